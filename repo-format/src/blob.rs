@@ -1,0 +1,241 @@
+//! Blobs: the unit of deduplication. A blob's stored form is an envelope around
+//! `mode (1 byte) || body`, where mode 0 means the body is the plaintext and mode 1
+//! means the body is a zstd frame of the plaintext.
+
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::{Context, Opener, Sealer};
+use crate::error::{FormatError, Result};
+use crate::id::BlobId;
+use crate::keys::MasterKey;
+
+/// The largest plaintext of any blob (16 MiB): the chunker's largest maximum,
+/// and the bound on a tree page.
+pub const MAX_BLOB_SIZE: u32 = 16 * 1024 * 1024;
+
+/// Mode byte: body stored as is.
+pub const MODE_STORED: u8 = 0;
+/// Mode byte: body is one zstd frame.
+pub const MODE_ZSTD: u8 = 1;
+
+/// What a blob holds; data and tree blobs live in separate packs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlobType {
+    /// A chunk of file content.
+    Data,
+    /// A page of a directory listing.
+    Tree,
+}
+
+impl BlobType {
+    /// The type's byte in pack headers, index files and additional data.
+    pub fn to_byte(self) -> u8 {
+        match self {
+            BlobType::Data => 0,
+            BlobType::Tree => 1,
+        }
+    }
+
+    /// Reads a type byte.
+    pub fn from_byte(b: u8) -> Result<Self> {
+        match b {
+            0 => Ok(BlobType::Data),
+            1 => Ok(BlobType::Tree),
+            other => Err(FormatError::malformed("blob type", format!("unknown type byte {other}"))),
+        }
+    }
+}
+
+impl std::fmt::Display for BlobType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BlobType::Data => "data",
+            BlobType::Tree => "tree",
+        })
+    }
+}
+
+/// How blobs are compressed before encryption. Encoded as
+/// `{"algorithm": "off"}` or `{"algorithm": "zstd", "level": 3}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "algorithm", content = "level", rename_all = "lowercase")]
+pub enum Compression {
+    /// Never compress.
+    Off,
+    /// zstd at this level (1 to 22; negative levels are zstd's fast levels).
+    Zstd(i32),
+}
+
+/// Compresses and seals blobs for one writer thread.
+pub struct BlobSealer {
+    sealer: Sealer,
+    compressor: Option<zstd::bulk::Compressor<'static>>,
+    scratch: Vec<u8>,
+}
+
+/// A sealed blob, ready for a pack.
+#[derive(Debug, Clone)]
+pub struct SealedBlob {
+    /// Type.
+    pub blob_type: BlobType,
+    /// Id of the plaintext.
+    pub id: BlobId,
+    /// The envelope.
+    pub bytes: Vec<u8>,
+    /// Length of the plaintext.
+    pub raw_len: u32,
+}
+
+impl BlobSealer {
+    /// A sealer for `key` that compresses as `compression` says.
+    pub fn new(key: &MasterKey, compression: Compression) -> Result<Self> {
+        let compressor = match compression {
+            Compression::Off => None,
+            Compression::Zstd(level) => Some(
+                zstd::bulk::Compressor::new(level)
+                    .map_err(|e| FormatError::malformed("compression", format!("zstd level {level}: {e}")))?,
+            ),
+        };
+        Ok(BlobSealer {
+            sealer: key.sealer()?,
+            compressor,
+            scratch: Vec::new(),
+        })
+    }
+
+    /// Seals a blob whose id the caller already computed.
+    ///
+    /// The body is stored compressed only when that saves at least 1/32 of it.
+    pub fn seal(&mut self, blob_type: BlobType, id: BlobId, plaintext: &[u8]) -> Result<SealedBlob> {
+        if plaintext.len() > MAX_BLOB_SIZE as usize {
+            return Err(FormatError::TooLarge {
+                what: "blob",
+                size: plaintext.len() as u64,
+                limit: MAX_BLOB_SIZE.into(),
+            });
+        }
+        let context = Context::Blob {
+            blob_type: blob_type.to_byte(),
+            id: &id.0,
+        };
+        let mut compressed = false;
+        if let Some(c) = self.compressor.as_mut() {
+            self.scratch.clear();
+            self.scratch.reserve(zstd::zstd_safe::compress_bound(plaintext.len()));
+            if let Ok(n) = c.compress_to_buffer(plaintext, &mut self.scratch) {
+                compressed = n + plaintext.len() / 32 < plaintext.len();
+            }
+        }
+        let mut bytes = Vec::new();
+        if compressed {
+            self.sealer
+                .seal_parts_into(context, &[&[MODE_ZSTD], &self.scratch], &mut bytes)?;
+        } else {
+            self.sealer
+                .seal_parts_into(context, &[&[MODE_STORED], plaintext], &mut bytes)?;
+        }
+        Ok(SealedBlob {
+            blob_type,
+            id,
+            bytes,
+            raw_len: plaintext.len() as u32,
+        })
+    }
+}
+
+/// Decrypts, decompresses and verifies one stored blob.
+///
+/// `raw_len` is the plaintext length recorded in the index or pack header; the
+/// plaintext must have exactly that length and hash to `id`.
+pub fn open_blob(
+    key: &MasterKey,
+    opener: &Opener,
+    blob_type: BlobType,
+    id: &BlobId,
+    raw_len: u32,
+    stored: &[u8],
+) -> Result<Vec<u8>> {
+    if raw_len > MAX_BLOB_SIZE {
+        return Err(FormatError::TooLarge {
+            what: "blob",
+            size: raw_len.into(),
+            limit: MAX_BLOB_SIZE.into(),
+        });
+    }
+    let context = Context::Blob {
+        blob_type: blob_type.to_byte(),
+        id: &id.0,
+    };
+    let mut payload = opener.open(context, stored)?;
+    let plaintext = match payload.first() {
+        Some(&MODE_STORED) => {
+            payload.remove(0);
+            payload
+        }
+        Some(&MODE_ZSTD) => zstd::bulk::decompress(&payload[1..], raw_len as usize)
+            .map_err(|e| FormatError::malformed("blob", format!("zstd: {e}")))?,
+        Some(&other) => {
+            return Err(FormatError::malformed("blob", format!("unknown mode byte {other}")));
+        }
+        None => return Err(FormatError::malformed("blob", "empty payload")),
+    };
+    if plaintext.len() != raw_len as usize {
+        return Err(FormatError::malformed(
+            "blob",
+            format!("plaintext has {} bytes, the index says {raw_len}", plaintext.len()),
+        ));
+    }
+    let actual = key.blob_id(&plaintext);
+    if actual != *id {
+        return Err(FormatError::IdMismatch {
+            what: "blob",
+            expected: id.to_hex(),
+            actual: actual.to_hex(),
+        });
+    }
+    Ok(plaintext)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compressible_blobs_shrink_and_round_trip() {
+        let key = MasterKey::generate().unwrap();
+        let mut s = BlobSealer::new(&key, Compression::Zstd(3)).unwrap();
+        let text = b"all work and no play ".repeat(1000);
+        let id = key.blob_id(&text);
+        let sealed = s.seal(BlobType::Data, id, &text).unwrap();
+        assert!(sealed.bytes.len() < text.len() / 10);
+        let back = open_blob(&key, &key.opener(), BlobType::Data, &id, text.len() as u32, &sealed.bytes).unwrap();
+        assert_eq!(back, text);
+    }
+
+    #[test]
+    fn incompressible_blobs_are_stored() {
+        let key = MasterKey::generate().unwrap();
+        let mut s = BlobSealer::new(&key, Compression::Zstd(3)).unwrap();
+        let data: Vec<u8> = (0..10000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let noise = blake3::Hasher::new().update(&data).finalize_xof();
+        let mut buf = vec![0u8; 10000];
+        let mut r = noise;
+        r.fill(&mut buf);
+        let id = key.blob_id(&buf);
+        let sealed = s.seal(BlobType::Data, id, &buf).unwrap();
+        assert_eq!(sealed.bytes.len(), buf.len() + 1 + crate::envelope::OVERHEAD);
+    }
+
+    #[test]
+    fn wrong_id_or_length_is_detected() {
+        let key = MasterKey::generate().unwrap();
+        let mut s = BlobSealer::new(&key, Compression::Off).unwrap();
+        let id = key.blob_id(b"abc");
+        let sealed = s.seal(BlobType::Tree, id, b"abc").unwrap();
+        let opener = key.opener();
+        assert!(open_blob(&key, &opener, BlobType::Tree, &id, 4, &sealed.bytes).is_err());
+        assert!(open_blob(&key, &opener, BlobType::Data, &id, 3, &sealed.bytes).is_err());
+        assert!(open_blob(&key, &opener, BlobType::Tree, &id, 3, &sealed.bytes).is_ok());
+    }
+}
