@@ -1,0 +1,310 @@
+//! Backup: source → chunker → hasher/dedup → compressor/encryptor → packer →
+//! uploader/indexer → tree builder → snapshot.
+//!
+//! Threads: one walker ([`source`]), `threads` file workers ([`chunker`], which
+//! also hash, dedup and seal, see [`dedup`]), and the tree builder on the calling
+//! blocking thread ([`tree_builder`]). Packs travel to the async [`uploader`]
+//! through a bounded channel. Every queue is bounded, so memory depends on the
+//! configuration (threads, pack size), not on the size of the source.
+
+mod chunker;
+mod dedup;
+mod packer;
+mod snapshot;
+mod source;
+mod tree_builder;
+mod uploader;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use coffer_repo_format::blob::{BlobType, Compression};
+use coffer_repo_format::chunker::Chunker;
+use coffer_repo_format::snapshot::{KubernetesOrigin, Snapshot};
+use coffer_repo_format::tree::{Node, NodeKind};
+use coffer_repo_format::SnapshotId;
+
+use crate::cancel::CancelToken;
+use crate::error::{Error, Result};
+use crate::index::Index;
+use crate::repository::Repository;
+
+
+/// Progress of a running backup.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct BackupProgress {
+    /// Seconds since the backup started.
+    pub seconds_elapsed: f64,
+    /// Entries (files, links, ...) finished.
+    pub files_done: u64,
+    /// Directories finished.
+    pub dirs_done: u64,
+    /// Bytes of file content read.
+    pub bytes_done: u64,
+    /// Bytes of new blobs (before compression).
+    pub bytes_added: u64,
+    /// Source files that could not be read so far.
+    pub errors: u64,
+}
+
+/// A progress callback; called from a pipeline thread at most every 100 ms.
+pub type ProgressFn = Arc<dyn Fn(&BackupProgress) + Send + Sync>;
+
+/// What to back up and how.
+#[derive(Clone)]
+pub struct BackupOptions {
+    /// Paths to back up.
+    pub paths: Vec<PathBuf>,
+    /// Tags of the new snapshot.
+    pub tags: Vec<String>,
+    /// Host name to record; the machine's name when `None`.
+    pub hostname: Option<String>,
+    /// File workers; 0 means one per core.
+    pub threads: usize,
+    /// Pack uploads at once.
+    pub upload_concurrency: usize,
+    /// Compression; the repository's default when `None`.
+    pub compression: Option<Compression>,
+    /// Kubernetes origin to record.
+    pub origin: Option<KubernetesOrigin>,
+    /// Progress callback.
+    pub progress: Option<ProgressFn>,
+    /// Cancellation.
+    pub cancel: CancelToken,
+}
+
+impl BackupOptions {
+    /// Options to back up `paths` with every default.
+    pub fn new(paths: impl IntoIterator<Item = impl Into<PathBuf>>) -> Self {
+        BackupOptions {
+            paths: paths.into_iter().map(Into::into).collect(),
+            tags: Vec::new(),
+            hostname: None,
+            threads: 0,
+            upload_concurrency: 4,
+            compression: None,
+            origin: None,
+            progress: None,
+            cancel: CancelToken::new(),
+        }
+    }
+}
+
+/// A source file that could not be read; the backup goes on without it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SourceError {
+    /// The file.
+    pub path: PathBuf,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// The result of a backup.
+#[derive(Clone, Debug)]
+pub struct BackupSummary {
+    /// The new snapshot's id.
+    pub snapshot_id: SnapshotId,
+    /// The new snapshot (its `summary` holds the counters).
+    pub snapshot: Snapshot,
+    /// Files that could not be read.
+    pub errors: Vec<SourceError>,
+    /// Wall time in seconds.
+    pub total_duration: f64,
+    /// Packs written.
+    pub packs_written: u64,
+    /// Index files written.
+    pub index_files_written: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Stats {
+    files: AtomicU64,
+    dirs: AtomicU64,
+    bytes_read: AtomicU64,
+    bytes_processed: AtomicU64,
+    data_blobs: AtomicU64,
+    tree_blobs: AtomicU64,
+    data_added: AtomicU64,
+    data_added_packed: AtomicU64,
+}
+
+impl Stats {
+    pub(crate) fn add_bytes(&self, n: u64) {
+        self.bytes_read.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_blob(&self, t: BlobType, raw: u64, stored: u64) {
+        match t {
+            BlobType::Data => self.data_blobs.fetch_add(1, Ordering::Relaxed),
+            BlobType::Tree => self.tree_blobs.fetch_add(1, Ordering::Relaxed),
+        };
+        self.data_added.fetch_add(raw, Ordering::Relaxed);
+        self.data_added_packed.fetch_add(stored, Ordering::Relaxed);
+    }
+
+    pub(crate) fn file_done(&self, node: &Node) {
+        self.files.fetch_add(1, Ordering::Relaxed);
+        if node.kind == NodeKind::File {
+            self.bytes_processed.fetch_add(node.size, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn dir_done(&self) {
+        self.dirs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn get(v: &AtomicU64) -> u64 {
+        v.load(Ordering::Relaxed)
+    }
+}
+
+/// Everything the pipeline's threads share.
+pub(crate) struct Ctx {
+    pub(crate) repo: Arc<Repository>,
+    pub(crate) index: Arc<Index>,
+    pub(crate) chunker: Chunker,
+    pub(crate) compression: Compression,
+    pub(crate) packer: packer::Packer,
+    pub(crate) stats: Stats,
+    pub(crate) errors: Mutex<Vec<SourceError>>,
+    pub(crate) cancel: CancelToken,
+    progress: Option<ProgressFn>,
+    started: Instant,
+    last_progress: Mutex<Instant>,
+}
+
+impl Ctx {
+    pub(crate) fn error(&self, path: &Path, message: String) {
+        tracing::warn!("{}: {message}", path.display());
+        self.errors.lock().unwrap_or_else(|p| p.into_inner()).push(SourceError {
+            path: path.to_path_buf(),
+            message,
+        });
+    }
+
+    pub(crate) fn progress(&self) -> BackupProgress {
+        BackupProgress {
+            seconds_elapsed: self.started.elapsed().as_secs_f64(),
+            files_done: Stats::get(&self.stats.files),
+            dirs_done: Stats::get(&self.stats.dirs),
+            bytes_done: Stats::get(&self.stats.bytes_read),
+            bytes_added: Stats::get(&self.stats.data_added),
+            errors: self.errors.lock().map(|e| e.len() as u64).unwrap_or(0),
+        }
+    }
+
+    pub(crate) fn report_progress(&self, force: bool) {
+        let Some(cb) = &self.progress else { return };
+        {
+            let mut last = self.last_progress.lock().unwrap_or_else(|p| p.into_inner());
+            if !force && last.elapsed().as_millis() < 100 {
+                return;
+            }
+            *last = Instant::now();
+        }
+        cb(&self.progress());
+    }
+}
+
+/// Backs up `opts.paths` into a new snapshot.
+///
+/// Files that cannot be read are reported in [`BackupSummary::errors`] and left
+/// out; the snapshot is written anyway. On a fatal error or cancellation no
+/// snapshot is written, but every pack already stored is indexed, so the next
+/// backup does not upload it again.
+pub async fn backup(repo: Arc<Repository>, index: Arc<Index>, opts: BackupOptions) -> Result<BackupSummary> {
+    let started = Instant::now();
+    let start_time = crate::repository::now_rfc3339();
+    let (plan, abs_paths) = source::SourcePlan::new(&opts.paths)?;
+    let threads = match opts.threads {
+        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+        n => n,
+    };
+    let config = repo.config().clone();
+    let chunker = Chunker::new(&repo.key().chunker_seed, config.chunker).map_err(|e| Error::corrupt("repository config", e))?;
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let uploader = tokio::spawn(uploader::run(repo.clone(), index.clone(), rx, opts.upload_concurrency.max(1)));
+    let header_sealer = repo.key().sealer().map_err(|e| Error::corrupt("random source", e))?;
+    let ctx = Arc::new(Ctx {
+        repo: repo.clone(),
+        index,
+        chunker,
+        compression: opts.compression.unwrap_or(config.compression),
+        packer: packer::Packer::new(config.pack_size as usize, header_sealer, tx)?,
+        stats: Stats::default(),
+        errors: Mutex::new(Vec::new()),
+        cancel: opts.cancel.clone(),
+        progress: opts.progress.clone(),
+        started,
+        last_progress: Mutex::new(started),
+    });
+    let root = source::root_node(&plan, snapshot::timestamp_now())?;
+    let pipeline_ctx = ctx.clone();
+    let built = tokio::task::spawn_blocking(move || {
+        let ctx = pipeline_ctx;
+        let built = run_pipeline(&ctx, &plan, root, threads);
+        // Ship what was packed even after a failure, so that it gets indexed.
+        let flushed = ctx.packer.flush();
+        ctx.packer.close();
+        built.and_then(|root| flushed.map(|()| root))
+    })
+    .await;
+    ctx.packer.close();
+    let report = uploader.await??;
+    let root = built??;
+    ctx.report_progress(true);
+    let errors = std::mem::take(&mut *ctx.errors.lock().unwrap_or_else(|p| p.into_inner()));
+    let snapshot = snapshot::build(&ctx, &opts, &abs_paths, root, start_time);
+    let snapshot_id = repo.write_snapshot(&snapshot).await?;
+    Ok(BackupSummary {
+        snapshot_id,
+        snapshot,
+        errors,
+        total_duration: started.elapsed().as_secs_f64(),
+        packs_written: report.packs,
+        index_files_written: report.index_files,
+    })
+}
+
+fn run_pipeline(ctx: &Ctx, plan: &source::SourcePlan, root: Node, threads: usize) -> Result<Node> {
+    let (ev_tx, ev_rx) = crossbeam_channel::bounded(4096);
+    let (job_tx, job_rx) = crossbeam_channel::bounded(threads * 4);
+    std::thread::scope(|s| {
+        let walker = s.spawn(move || {
+            source::Walker {
+                ctx,
+                events: ev_tx,
+                jobs: job_tx,
+                owners: Default::default(),
+            }
+            .run(plan)
+        });
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                let rx = job_rx.clone();
+                s.spawn(move || chunker::run_worker(ctx, rx))
+            })
+            .collect();
+        drop(job_rx);
+        let built = tree_builder::build(ctx, root, ev_rx);
+        let mut results = vec![built.as_ref().map(|_| ()).map_err(clone_err)];
+        results.push(walker.join().unwrap_or_else(|_| Err(Error::InvalidArgument("the walker thread panicked".into()))));
+        for w in workers {
+            results.push(w.join().unwrap_or_else(|_| Err(Error::InvalidArgument("a file worker panicked".into()))));
+        }
+        // The first real error wins over the "stopped" errors it caused elsewhere.
+        if let Some(e) = results.into_iter().filter_map(|r| r.err()).find(|e| !matches!(e, Error::Cancelled)) {
+            return Err(e);
+        }
+        built
+    })
+}
+
+fn clone_err(e: &Error) -> Error {
+    match e {
+        Error::Cancelled => Error::Cancelled,
+        other => Error::InvalidArgument(other.to_string()),
+    }
+}

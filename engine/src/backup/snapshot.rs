@@ -1,0 +1,52 @@
+//! Snapshot stage: the last object a backup writes.
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+use coffer_repo_format::snapshot::{SNAPSHOT_VERSION, Snapshot, SnapshotSummary};
+use coffer_repo_format::tree::{Node, Timestamp};
+
+use super::{BackupOptions, Ctx, Stats};
+use crate::repository::{Identity, now_rfc3339};
+
+pub(crate) fn timestamp_now() -> Timestamp {
+    let now = chrono::Utc::now();
+    Timestamp(now.timestamp(), now.timestamp_subsec_nanos())
+}
+
+pub(crate) fn build(ctx: &Ctx, opts: &BackupOptions, paths: &[PathBuf], root: Node, start_time: String) -> Snapshot {
+    let me = Identity::current();
+    let s = &ctx.stats;
+    let files = Stats::get(&s.files);
+    let dirs = Stats::get(&s.dirs) + 1;
+    Snapshot {
+        version: SNAPSHOT_VERSION,
+        time: start_time.clone(),
+        hostname: opts.hostname.clone().unwrap_or(me.hostname),
+        username: me.username,
+        uid: me.uid,
+        gid: me.gid,
+        paths: paths.iter().map(|p| p.as_os_str().as_bytes().into()).collect(),
+        tags: opts.tags.clone(),
+        root,
+        parent: None,
+        program: format!("coffer {}", env!("CARGO_PKG_VERSION")),
+        summary: SnapshotSummary {
+            backup_start: start_time,
+            backup_end: now_rfc3339(),
+            files_new: files,
+            files_changed: 0,
+            files_unmodified: 0,
+            dirs_new: dirs,
+            dirs_changed: 0,
+            dirs_unmodified: 0,
+            data_blobs: Stats::get(&s.data_blobs),
+            tree_blobs: Stats::get(&s.tree_blobs),
+            data_added: Stats::get(&s.data_added),
+            data_added_packed: Stats::get(&s.data_added_packed),
+            total_files_processed: files,
+            total_bytes_processed: Stats::get(&s.bytes_processed),
+        },
+        origin: opts.origin.clone(),
+    }
+}

@@ -1,0 +1,110 @@
+//! The engine's error: one sentence for the user that names the object and the
+//! next step.
+
+use std::path::PathBuf;
+
+use coffer_repo_format::FormatError;
+
+use crate::storage::{StoreError, StoreErrorKind};
+
+/// Everything that can make an engine operation fail.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No repository exists at the location.
+    #[error("there is no repository at {location}; create one with `coffer init`")]
+    RepositoryNotFound {
+        /// Where we looked.
+        location: String,
+    },
+    /// `init` found a repository already there.
+    #[error("a repository already exists at {location}; use it, or choose another location")]
+    RepositoryExists {
+        /// Where.
+        location: String,
+    },
+    /// No key file opens with the password.
+    #[error("wrong password: none of the {keys} key(s) of {location} opens with it")]
+    WrongPassword {
+        /// The repository.
+        location: String,
+        /// How many key files were tried.
+        keys: usize,
+    },
+    /// A named object (snapshot, path, blob) does not exist.
+    #[error("{what} not found{hint}")]
+    NotFound {
+        /// The object.
+        what: String,
+        /// The next step, starting with "; ", or empty.
+        hint: String,
+    },
+    /// A stored object could not be decoded or failed verification.
+    #[error("{object} is damaged: {source}; run `coffer check` to see everything that is wrong")]
+    Corrupt {
+        /// The object with its id, e.g. "pack 1a2b…".
+        object: String,
+        /// What the format layer found.
+        #[source]
+        source: FormatError,
+    },
+    /// A stored object was written by a newer program.
+    #[error("{object}: {source}")]
+    UnsupportedVersion {
+        /// The object.
+        object: String,
+        /// Which version.
+        #[source]
+        source: FormatError,
+    },
+    /// The store failed.
+    #[error("storage error at {location}: {source}{}", if source.kind == StoreErrorKind::Transient { " (temporary; try again)" } else { "" })]
+    Store {
+        /// The repository location.
+        location: String,
+        /// The store's error.
+        #[source]
+        source: StoreError,
+    },
+    /// A local file operation failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The local path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The caller asked for something impossible.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The operation was cancelled; the repository is left consistent.
+    #[error("the operation was cancelled")]
+    Cancelled,
+}
+
+impl Error {
+    /// Whether retrying the same operation may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Store { source, .. } if source.kind == StoreErrorKind::Transient)
+    }
+
+    pub(crate) fn corrupt(object: impl Into<String>, source: FormatError) -> Self {
+        let object = object.into();
+        if matches!(source, FormatError::UnsupportedVersion { .. }) {
+            Error::UnsupportedVersion { object, source }
+        } else {
+            Error::Corrupt { object, source }
+        }
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// Shorthand for engine results.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,179 @@
+//! File metadata: reading it into tree nodes at backup, applying it at restore.
+//! Unix only; every call here leaves symlinks themselves alone (no following).
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::Metadata;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+
+use coffer_repo_format::tree::{Node, NodeKind, Timestamp, Xattr};
+
+/// Caches uid and gid to name lookups.
+#[derive(Default)]
+pub(crate) struct Owners {
+    users: HashMap<u32, Option<String>>,
+    groups: HashMap<u32, Option<String>>,
+}
+
+impl Owners {
+    fn user(&mut self, uid: u32) -> Option<String> {
+        self.users
+            .entry(uid)
+            .or_insert_with(|| {
+                nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                    .ok()
+                    .flatten()
+                    .map(|u| u.name)
+            })
+            .clone()
+    }
+
+    fn group(&mut self, gid: u32) -> Option<String> {
+        self.groups
+            .entry(gid)
+            .or_insert_with(|| {
+                nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid))
+                    .ok()
+                    .flatten()
+                    .map(|g| g.name)
+            })
+            .clone()
+    }
+}
+
+/// The kind of a file type, or `None` for sockets, which are not backed up.
+pub(crate) fn kind_of(md: &Metadata) -> Option<NodeKind> {
+    let ft = md.file_type();
+    if ft.is_file() {
+        Some(NodeKind::File)
+    } else if ft.is_dir() {
+        Some(NodeKind::Dir)
+    } else if ft.is_symlink() {
+        Some(NodeKind::Symlink)
+    } else if ft.is_fifo() {
+        Some(NodeKind::Fifo)
+    } else if ft.is_char_device() {
+        Some(NodeKind::Chardev)
+    } else if ft.is_block_device() {
+        Some(NodeKind::Blockdev)
+    } else {
+        None
+    }
+}
+
+/// Builds a node from `lstat` metadata. Content and subtree are filled in later.
+pub(crate) fn read_node(name: &[u8], path: &Path, md: &Metadata, kind: NodeKind, owners: &mut Owners) -> io::Result<Node> {
+    let mut node = Node::new(name, kind);
+    node.mode = md.mode() & 0o7777;
+    node.uid = md.uid();
+    node.gid = md.gid();
+    node.user = owners.user(md.uid());
+    node.group = owners.group(md.gid());
+    node.mtime = Timestamp(md.mtime(), md.mtime_nsec() as u32);
+    node.atime = Timestamp(md.atime(), md.atime_nsec() as u32);
+    node.ctime = Timestamp(md.ctime(), md.ctime_nsec() as u32);
+    node.inode = md.ino();
+    node.device = md.dev();
+    node.links = md.nlink();
+    match kind {
+        NodeKind::File => node.size = md.size(),
+        NodeKind::Symlink => {
+            node.target = Some(std::fs::read_link(path)?.as_os_str().as_bytes().into());
+        }
+        NodeKind::Chardev | NodeKind::Blockdev => node.rdev = Some(md.rdev()),
+        _ => {}
+    }
+    node.xattrs = read_xattrs(path);
+    Ok(node)
+}
+
+/// Every extended attribute the process can read; none where the filesystem
+/// does not support them.
+pub(crate) fn read_xattrs(path: &Path) -> Vec<Xattr> {
+    let Ok(names) = xattr::list(path) else {
+        return Vec::new();
+    };
+    let mut out: Vec<Xattr> = names
+        .filter_map(|name| {
+            let value = xattr::get(path, &name).ok().flatten()?;
+            Some(Xattr {
+                name: name.as_bytes().into(),
+                value: value.into(),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// Whether the process runs as root and can restore owners and device nodes.
+pub(crate) fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+fn errno(e: nix::errno::Errno) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
+
+/// Creates a special node (FIFO or device).
+pub(crate) fn make_special(path: &Path, node: &Node) -> io::Result<()> {
+    use nix::sys::stat::{Mode, SFlag};
+    let perm = Mode::from_bits_truncate((node.mode & 0o777) as nix::libc::mode_t);
+    match node.kind {
+        NodeKind::Fifo => nix::unistd::mkfifo(path, perm).map_err(errno),
+        NodeKind::Chardev | NodeKind::Blockdev => {
+            let kind = if node.kind == NodeKind::Chardev { SFlag::S_IFCHR } else { SFlag::S_IFBLK };
+            nix::sys::stat::mknod(path, kind, perm, node.rdev.unwrap_or(0) as nix::libc::dev_t).map_err(errno)
+        }
+        _ => Err(io::Error::other("not a special file")),
+    }
+}
+
+/// Applies owner (as root), extended attributes, mode and times to a restored
+/// path, in that order: chown clears setuid bits, and times must come last.
+///
+/// Returns the problems that did not stop the restore of the path (for example
+/// an attribute the target filesystem refuses).
+pub(crate) fn apply(path: &Path, node: &Node, as_root: bool) -> Vec<String> {
+    let mut problems = Vec::new();
+    let is_link = node.kind == NodeKind::Symlink;
+    if as_root {
+        if let Err(e) = nix::unistd::fchownat(
+            nix::fcntl::AT_FDCWD,
+            path,
+            Some(nix::unistd::Uid::from_raw(node.uid)),
+            Some(nix::unistd::Gid::from_raw(node.gid)),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) {
+            problems.push(format!("cannot set owner {}:{}: {e}", node.uid, node.gid));
+        }
+    }
+    for x in &node.xattrs {
+        let name = OsStr::from_bytes(&x.name.0);
+        if let Err(e) = xattr::set(path, name, &x.value.0) {
+            // security.selinux and system.* need privileges or support the
+            // target may lack; report, do not fail.
+            problems.push(format!("cannot set extended attribute {}: {e}", x.name.to_string_lossy()));
+        }
+    }
+    if !is_link {
+        use std::os::unix::fs::PermissionsExt;
+        if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(node.mode)) {
+            problems.push(format!("cannot set mode {:o}: {e}", node.mode));
+        }
+    }
+    let ts = |t: Timestamp| nix::sys::time::TimeSpec::new(t.secs() as nix::libc::time_t, t.nanos() as _);
+    if let Err(e) = nix::sys::stat::utimensat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        &ts(node.atime),
+        &ts(node.mtime),
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    ) {
+        problems.push(format!("cannot set times: {e}"));
+    }
+    problems
+}

@@ -1,0 +1,528 @@
+//! An opened repository: its store, its master key and its config.
+//!
+//! Lifecycle: [`Repository::init`] or [`Repository::open`] gives a `Repository`;
+//! [`Repository::load_index`] gives the [`Index`] that backup and restore need.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+
+use coffer_repo_format::blob::{self, BlobType, Compression};
+use coffer_repo_format::chunker::ChunkerParams;
+use coffer_repo_format::config::{Config, FORMAT_VERSION};
+use coffer_repo_format::envelope::{Context, Opener};
+use coffer_repo_format::index::IndexFile;
+use coffer_repo_format::keys::{KdfCost, KeyFile, MasterKey};
+use coffer_repo_format::snapshot::Snapshot;
+use coffer_repo_format::tree::TreePage;
+use coffer_repo_format::{BlobId, FormatError, IndexId, KeyId, PackId, SnapshotId};
+
+use crate::error::{Error, Result};
+use crate::index::Index;
+use crate::storage::{DynStore, StoreError, StoreErrorKind, WriteMode};
+
+/// Object keys of the repository layout.
+pub mod layout {
+    use coffer_repo_format::{IndexId, KeyId, PackId, SnapshotId};
+
+    /// The config object.
+    pub const CONFIG: &str = "config";
+    /// Prefix of key files.
+    pub const KEYS: &str = "keys/";
+    /// Prefix of pack files.
+    pub const DATA: &str = "data/";
+    /// Prefix of index files.
+    pub const INDEX: &str = "index/";
+    /// Prefix of snapshot files.
+    pub const SNAPSHOTS: &str = "snapshots/";
+
+    /// `data/<first two hex digits>/<id>`.
+    pub fn pack(id: &PackId) -> String {
+        let h = id.to_hex();
+        format!("data/{}/{h}", &h[..2])
+    }
+    /// `index/<id>`.
+    pub fn index(id: &IndexId) -> String {
+        format!("index/{id}")
+    }
+    /// `snapshots/<id>`.
+    pub fn snapshot(id: &SnapshotId) -> String {
+        format!("snapshots/{id}")
+    }
+    /// `keys/<id>`.
+    pub fn key(id: &KeyId) -> String {
+        format!("keys/{id}")
+    }
+}
+
+/// Settings of a new repository.
+#[derive(Clone, Debug)]
+pub struct InitOptions {
+    /// Chunker parameters.
+    pub chunker: ChunkerParams,
+    /// Default compression.
+    pub compression: Compression,
+    /// Target pack size in bytes.
+    pub pack_size: u32,
+    /// Argon2id cost of the first key.
+    pub kdf: KdfCost,
+}
+
+/// Default target pack size: 16 MiB.
+pub const DEFAULT_PACK_SIZE: u32 = 16 * 1024 * 1024;
+/// Default compression: zstd level 3.
+pub const DEFAULT_COMPRESSION: Compression = Compression::Zstd(3);
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            chunker: ChunkerParams::default(),
+            compression: DEFAULT_COMPRESSION,
+            pack_size: DEFAULT_PACK_SIZE,
+            kdf: KdfCost::default(),
+        }
+    }
+}
+
+/// Who and where this process runs, recorded in snapshots and key files.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    /// Host name.
+    pub hostname: String,
+    /// User name.
+    pub username: String,
+    /// Numeric user id.
+    pub uid: u32,
+    /// Numeric group id.
+    pub gid: u32,
+}
+
+impl Identity {
+    /// The identity of the current process.
+    pub fn current() -> Self {
+        let uid = nix::unistd::getuid();
+        let username = nix::unistd::User::from_uid(uid)
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+            .unwrap_or_else(|| uid.to_string());
+        Identity {
+            hostname: nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| "localhost".into()),
+            username,
+            uid: uid.as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+        }
+    }
+}
+
+/// The current time as RFC 3339 with nanoseconds and the local offset.
+pub fn now_rfc3339() -> String {
+    chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, false)
+}
+
+/// An opened repository.
+pub struct Repository {
+    store: DynStore,
+    key: Arc<MasterKey>,
+    opener: Arc<Opener>,
+    config: Config,
+    key_id: KeyId,
+    tree_cache: Mutex<HashMap<BlobId, Arc<TreePage>>>,
+}
+
+const TREE_CACHE_ENTRIES: usize = 256;
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository")
+            .field("location", &self.store.location())
+            .field("id", &self.config.id_hex())
+            .finish()
+    }
+}
+
+impl Repository {
+    /// Creates a repository in an empty store and opens it.
+    pub async fn init(store: DynStore, password: &[u8], opts: InitOptions) -> Result<Repository> {
+        let location = store.location();
+        match store.size(layout::CONFIG).await {
+            Ok(_) => return Err(Error::RepositoryExists { location }),
+            Err(e) if e.kind == StoreErrorKind::NotFound => {}
+            Err(e) => return Err(Error::Store { location, source: e }),
+        }
+        if password.is_empty() {
+            return Err(Error::InvalidArgument("the password must not be empty".into()));
+        }
+        let config = Config {
+            version: FORMAT_VERSION,
+            id: random32()?.to_vec(),
+            created: now_rfc3339(),
+            chunker: opts.chunker,
+            compression: opts.compression,
+            pack_size: opts.pack_size,
+        };
+        config
+            .validate()
+            .map_err(|e| Error::InvalidArgument(format!("invalid repository settings: {e}")))?;
+        let key = MasterKey::generate().map_err(|e| Error::corrupt("random source", e))?;
+        let me = Identity::current();
+        let kf = KeyFile::wrap(&key, password, opts.kdf, now_rfc3339(), me.hostname, me.username)
+            .map_err(|e| Error::InvalidArgument(format!("cannot create key: {e}")))?;
+        let kf_bytes = kf.to_bytes();
+        let key_id = KeyId::of(&kf_bytes);
+        let put = |k: String, b: Vec<u8>| {
+            let store = store.clone();
+            async move { store.put(&k, Bytes::from(b), WriteMode::CreateNew).await }
+        };
+        put(layout::key(&key_id), kf_bytes)
+            .await
+            .map_err(|e| Error::Store { location: location.clone(), source: e })?;
+        let mut sealer = key.sealer().map_err(|e| Error::corrupt("random source", e))?;
+        let sealed = sealer
+            .seal(Context::Config, &config.encode().map_err(|e| Error::corrupt("config", e))?)
+            .map_err(|e| Error::corrupt("config", e))?;
+        // The config is written last: a store without it is not a repository.
+        match put(layout::CONFIG.to_string(), sealed).await {
+            Ok(()) => {}
+            Err(e) if e.kind == StoreErrorKind::AlreadyExists => return Err(Error::RepositoryExists { location }),
+            Err(e) => return Err(Error::Store { location, source: e }),
+        }
+        Ok(Self::assemble(store, key, config, key_id))
+    }
+
+    fn assemble(store: DynStore, key: MasterKey, config: Config, key_id: KeyId) -> Self {
+        let opener = Arc::new(key.opener());
+        Repository {
+            store,
+            key: Arc::new(key),
+            opener,
+            config,
+            key_id,
+            tree_cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Opens a repository with a password.
+    pub async fn open(store: DynStore, password: &[u8]) -> Result<Repository> {
+        let location = store.location();
+        let config_bytes = match store.get(layout::CONFIG).await {
+            Ok(b) => b,
+            Err(e) if e.kind == StoreErrorKind::NotFound => return Err(Error::RepositoryNotFound { location }),
+            Err(e) => return Err(Error::Store { location, source: e }),
+        };
+        let key_ids = list_ids::<KeyId>(&store, layout::KEYS).await?;
+        if key_ids.is_empty() {
+            return Err(Error::corrupt(
+                format!("repository {location}"),
+                FormatError::Malformed {
+                    what: "repository",
+                    reason: "it has a config but no key files".into(),
+                },
+            ));
+        }
+        let mut damaged = Vec::new();
+        for id in &key_ids {
+            let bytes = store
+                .get(&layout::key(id))
+                .await
+                .map_err(|e| Error::Store { location: location.clone(), source: e })?;
+            if KeyId::of(&bytes) != *id {
+                damaged.push(format!("key file {id} does not match its name"));
+                continue;
+            }
+            let kf = match KeyFile::from_bytes(&bytes) {
+                Ok(kf) => kf,
+                Err(e) => {
+                    damaged.push(format!("key file {id}: {e}"));
+                    continue;
+                }
+            };
+            match kf.unwrap_key(password) {
+                Ok(key) => {
+                    let plain = key
+                        .opener()
+                        .open(Context::Config, &config_bytes)
+                        .map_err(|e| Error::corrupt("repository config", e))?;
+                    let config = Config::decode(&plain).map_err(|e| Error::corrupt("repository config", e))?;
+                    return Ok(Self::assemble(store, key, config, *id));
+                }
+                Err(FormatError::WrongPassword) => continue,
+                Err(e) => damaged.push(format!("key file {id}: {e}")),
+            }
+        }
+        for d in &damaged {
+            tracing::warn!("{d}");
+        }
+        Err(Error::WrongPassword {
+            location,
+            keys: key_ids.len(),
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &DynStore {
+        &self.store
+    }
+
+    /// The repository location, for messages.
+    pub fn location(&self) -> String {
+        self.store.location()
+    }
+
+    /// The config.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The master key.
+    pub fn key(&self) -> &Arc<MasterKey> {
+        &self.key
+    }
+
+    /// The key file this session was opened with.
+    pub fn key_id(&self) -> KeyId {
+        self.key_id
+    }
+
+    pub(crate) fn store_err(&self, e: StoreError) -> Error {
+        Error::Store {
+            location: self.location(),
+            source: e,
+        }
+    }
+
+    /// Seals a plaintext and writes it as a content-addressed file under `prefix`.
+    pub(crate) async fn write_sealed(&self, context: Context<'_>, key_of: impl Fn(&[u8; 32]) -> String, plain: &[u8]) -> Result<[u8; 32]> {
+        let mut sealer = self.key.sealer().map_err(|e| Error::corrupt("random source", e))?;
+        let sealed = sealer.seal(context, plain).map_err(|e| Error::corrupt("new file", e))?;
+        let id = *blake3::hash(&sealed).as_bytes();
+        match self.store.put(&key_of(&id), Bytes::from(sealed), WriteMode::CreateNew).await {
+            Ok(()) => Ok(id),
+            // Same name means same bytes: someone stored it already.
+            Err(e) if e.kind == StoreErrorKind::AlreadyExists => Ok(id),
+            Err(e) => Err(self.store_err(e)),
+        }
+    }
+
+    /// Reads a content-addressed file, checks its name, and opens its envelope.
+    pub(crate) async fn read_sealed(&self, context: Context<'_>, object: &str, key: &str, id: &[u8; 32]) -> Result<Vec<u8>> {
+        let bytes = match self.store.get(key).await {
+            Ok(b) => b,
+            Err(e) if e.kind == StoreErrorKind::NotFound => {
+                return Err(Error::NotFound {
+                    what: object.to_string(),
+                    hint: "; run `coffer check`".into(),
+                });
+            }
+            Err(e) => return Err(self.store_err(e)),
+        };
+        let actual = blake3::hash(&bytes);
+        if actual.as_bytes() != id {
+            return Err(Error::corrupt(
+                object,
+                FormatError::IdMismatch {
+                    what: "stored file",
+                    expected: hex::encode(id),
+                    actual: actual.to_hex().to_string(),
+                },
+            ));
+        }
+        self.opener.open(context, &bytes).map_err(|e| Error::corrupt(object, e))
+    }
+
+    /// Writes an index file.
+    pub async fn write_index(&self, file: &IndexFile) -> Result<IndexId> {
+        let id = self.write_sealed(Context::Index, |id| layout::index(&IndexId(*id)), &file.encode()).await?;
+        Ok(IndexId(id))
+    }
+
+    /// Reads one index file.
+    pub async fn read_index(&self, id: &IndexId) -> Result<IndexFile> {
+        let object = format!("index file {id}");
+        let plain = self.read_sealed(Context::Index, &object, &layout::index(id), &id.0).await?;
+        IndexFile::decode(&plain).map_err(|e| Error::corrupt(object, e))
+    }
+
+    /// Ids of all index files.
+    pub async fn index_ids(&self) -> Result<Vec<IndexId>> {
+        list_ids(&self.store, layout::INDEX).await
+    }
+
+    /// Loads every index file into a new [`Index`].
+    pub async fn load_index(&self) -> Result<Arc<Index>> {
+        let index = Arc::new(Index::new());
+        let ids = self.index_ids().await?;
+        let mut reads = futures::stream::iter(ids.into_iter().map(|id| async move { self.read_index(&id).await }))
+            .buffer_unordered(8);
+        while let Some(file) = reads.try_next().await? {
+            index.add_file(&file);
+        }
+        Ok(index)
+    }
+
+    /// Writes a snapshot; this is the last write of a backup.
+    pub async fn write_snapshot(&self, snapshot: &Snapshot) -> Result<SnapshotId> {
+        let plain = snapshot.encode().map_err(|e| Error::corrupt("new snapshot", e))?;
+        let id = self.write_sealed(Context::Snapshot, |id| layout::snapshot(&SnapshotId(*id)), &plain).await?;
+        Ok(SnapshotId(id))
+    }
+
+    /// Reads one snapshot.
+    pub async fn read_snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
+        let object = format!("snapshot {id}");
+        let plain = self.read_sealed(Context::Snapshot, &object, &layout::snapshot(id), &id.0).await?;
+        Snapshot::decode(&plain).map_err(|e| Error::corrupt(object, e))
+    }
+
+    /// Every snapshot, oldest first.
+    pub async fn snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>> {
+        let ids = list_ids::<SnapshotId>(&self.store, layout::SNAPSHOTS).await?;
+        let mut out: Vec<(SnapshotId, Snapshot)> = futures::stream::iter(ids.into_iter().map(|id| async move {
+            self.read_snapshot(&id).await.map(|s| (id, s))
+        }))
+        .buffer_unordered(8)
+        .try_collect()
+        .await?;
+        out.sort_by(|a, b| snapshot_time(&a.1).cmp(&snapshot_time(&b.1)).then(a.0.cmp(&b.0)));
+        Ok(out)
+    }
+
+    /// Finds a snapshot by `latest`, a full id, or a unique id prefix.
+    pub async fn find_snapshot(&self, spec: &str) -> Result<(SnapshotId, Snapshot)> {
+        if spec == "latest" {
+            let mut all = self.snapshots().await?;
+            return all.pop().ok_or_else(|| Error::NotFound {
+                what: "snapshot \"latest\"".into(),
+                hint: "; the repository has no snapshots yet".into(),
+            });
+        }
+        if spec.is_empty() || !spec.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::InvalidArgument(format!(
+                "{spec:?} is not a snapshot id: use `latest`, an id, or an id prefix from `coffer snapshots`"
+            )));
+        }
+        let spec_lc = spec.to_ascii_lowercase();
+        let ids = list_ids::<SnapshotId>(&self.store, layout::SNAPSHOTS).await?;
+        let matches: Vec<_> = ids.into_iter().filter(|id| id.to_hex().starts_with(&spec_lc)).collect();
+        match matches.as_slice() {
+            [id] => Ok((*id, self.read_snapshot(id).await?)),
+            [] => Err(Error::NotFound {
+                what: format!("snapshot {spec}"),
+                hint: "; list snapshots with `coffer snapshots`".into(),
+            }),
+            many => Err(Error::InvalidArgument(format!(
+                "snapshot prefix {spec} is ambiguous: it matches {}; give more digits",
+                many.iter().map(|i| i.short()).collect::<Vec<_>>().join(", ")
+            ))),
+        }
+    }
+
+    /// Reads, decrypts and verifies one blob.
+    pub async fn read_blob(&self, index: &Index, blob_type: BlobType, id: &BlobId) -> Result<Vec<u8>> {
+        let loc = index.get(id).ok_or_else(|| Error::NotFound {
+            what: format!("{blob_type} blob {id}"),
+            hint: "; it is in no index file: run `coffer check`".into(),
+        })?;
+        if loc.blob_type != blob_type {
+            return Err(Error::corrupt(
+                format!("{blob_type} blob {id}"),
+                FormatError::Malformed {
+                    what: "index",
+                    reason: format!("the index lists it as a {} blob", loc.blob_type),
+                },
+            ));
+        }
+        let key = layout::pack(&loc.pack);
+        let bytes = self
+            .store
+            .get_range(&key, u64::from(loc.offset)..u64::from(loc.offset) + u64::from(loc.stored_len))
+            .await
+            .map_err(|e| self.store_err(e))?;
+        blob::open_blob(&self.key, &self.opener, blob_type, id, loc.raw_len, &bytes)
+            .map_err(|e| Error::corrupt(format!("{blob_type} blob {id} in pack {}", loc.pack), e))
+    }
+
+    /// Opens a blob's stored bytes (already fetched) and verifies it.
+    pub fn open_blob(&self, blob_type: BlobType, id: &BlobId, raw_len: u32, stored: &[u8]) -> Result<Vec<u8>, FormatError> {
+        blob::open_blob(&self.key, &self.opener, blob_type, id, raw_len, stored)
+    }
+
+    /// The envelope opener.
+    pub fn opener(&self) -> &Opener {
+        &self.opener
+    }
+
+    /// Reads one tree page, through a small cache.
+    pub async fn read_tree(&self, index: &Index, id: &BlobId) -> Result<Arc<TreePage>> {
+        if let Some(p) = self.tree_cache.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
+            return Ok(p.clone());
+        }
+        let plain = self.read_blob(index, BlobType::Tree, id).await?;
+        let page = Arc::new(TreePage::decode(&plain).map_err(|e| Error::corrupt(format!("tree {id}"), e))?);
+        let mut cache = self.tree_cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= TREE_CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(*id, page.clone());
+        Ok(page)
+    }
+
+    /// Reads a pack's header from the store.
+    pub async fn read_pack_header(&self, id: &PackId) -> Result<Vec<coffer_repo_format::pack::PackEntry>> {
+        use coffer_repo_format::pack;
+        let key = layout::pack(id);
+        let object = format!("pack {id}");
+        let size = self.store.size(&key).await.map_err(|e| self.store_err(e))?;
+        if size < pack::TRAILER_LEN as u64 {
+            return Err(Error::corrupt(
+                object,
+                FormatError::Truncated { what: "pack", needed: 4, available: size },
+            ));
+        }
+        let trailer = self
+            .store
+            .get_range(&key, size - pack::TRAILER_LEN as u64..size)
+            .await
+            .map_err(|e| self.store_err(e))?;
+        let start = pack::header_start(size, &trailer).map_err(|e| Error::corrupt(object.clone(), e))?;
+        let header = self
+            .store
+            .get_range(&key, start..size - pack::TRAILER_LEN as u64)
+            .await
+            .map_err(|e| self.store_err(e))?;
+        pack::open_header(&self.opener, start, &header).map_err(|e| Error::corrupt(object, e))
+    }
+}
+
+/// The instant of a snapshot's time, for sorting (unparsable times sort first).
+pub fn snapshot_time(s: &Snapshot) -> chrono::DateTime<chrono::FixedOffset> {
+    chrono::DateTime::parse_from_rfc3339(&s.time).unwrap_or_default()
+}
+
+fn random32() -> Result<[u8; 32]> {
+    let mut b = [0u8; 32];
+    getrandom_fill(&mut b)?;
+    Ok(b)
+}
+
+fn getrandom_fill(b: &mut [u8]) -> Result<()> {
+    getrandom::fill(b)
+        .map_err(|e| Error::InvalidArgument(format!("the system random number generator failed: {e}")))
+}
+
+/// Lists the ids of the files under a prefix; keys that are not ids are skipped.
+pub(crate) async fn list_ids<T: std::str::FromStr>(store: &DynStore, prefix: &str) -> Result<Vec<T>> {
+    let infos: Vec<_> = store
+        .list(prefix)
+        .try_collect()
+        .await
+        .map_err(|e| Error::Store { location: store.location(), source: e })?;
+    Ok(infos
+        .into_iter()
+        .filter_map(|i| i.key.rsplit('/').next().and_then(|n| n.parse().ok()))
+        .collect())
+}

@@ -1,0 +1,114 @@
+//! Storage: the only module that talks to the world outside the process.
+//!
+//! Every store sits behind [`Store`], a small trait shaped like `object_store`'s.
+//! Its contract:
+//!
+//! - a write is atomic: a reader sees the whole object or none of it;
+//! - [`WriteMode::CreateNew`] fails with [`StoreErrorKind::AlreadyExists`] when the
+//!   key exists (on stores that honour it; the engine never relies on it for data,
+//!   because stored files are named by the hash of their bytes);
+//! - keys of content-addressed files are never overwritten with other bytes;
+//! - a missing key reads as [`StoreErrorKind::NotFound`].
+//!
+//! Retries, caches and fault injection are wrappers around the trait, not flags
+//! inside each store.
+
+mod object;
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+pub use object::ObjectStoreBackend;
+
+/// What a store said went wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreErrorKind {
+    /// The key does not exist.
+    NotFound,
+    /// A create-if-absent write found the key present.
+    AlreadyExists,
+    /// A failure that may go away when retried (network, throttling, 5xx).
+    Transient,
+    /// A failure that a retry will not fix (permissions, bad configuration).
+    Permanent,
+}
+
+/// An error from a store, naming the key and the store's answer.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{operation} {key}: {message}")]
+pub struct StoreError {
+    /// What kind of failure.
+    pub kind: StoreErrorKind,
+    /// The operation, e.g. "reading".
+    pub operation: &'static str,
+    /// The key (no credentials are ever part of a key).
+    pub key: String,
+    /// The store's answer.
+    pub message: String,
+}
+
+/// How a write treats an existing object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Replace any object at the key.
+    Overwrite,
+    /// Fail with [`StoreErrorKind::AlreadyExists`] if the key exists.
+    CreateNew,
+}
+
+/// One listed object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Its key, relative to the repository root.
+    pub key: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// A place that holds a repository's objects. See the module docs for the contract.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Where the store is, for messages (never with credentials).
+    fn location(&self) -> String;
+    /// Reads a whole object.
+    async fn get(&self, key: &str) -> Result<Bytes, StoreError>;
+    /// Reads a byte range of an object; the result has exactly the range's length.
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError>;
+    /// The size of an object.
+    async fn size(&self, key: &str) -> Result<u64, StoreError>;
+    /// Writes an object atomically.
+    async fn put(&self, key: &str, data: Bytes, mode: WriteMode) -> Result<(), StoreError>;
+    /// Deletes an object; deleting a missing object is not an error.
+    async fn delete(&self, key: &str) -> Result<(), StoreError>;
+    /// Lists the objects whose keys start with `prefix` (a directory such as `"index/"`).
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxStream<'a, Result<ObjectInfo, StoreError>>;
+}
+
+/// A shared store.
+pub type DynStore = Arc<dyn Store>;
+
+/// Opens the store a repository location names: a path or `file:///path` (local
+/// directory), or `memory://` (a new, empty in-memory store, for tests).
+///
+/// With `create`, a missing local directory is created.
+pub fn open_location(location: &str, create: bool) -> Result<DynStore, StoreError> {
+    if location == "memory://" || location == "memory:" {
+        return Ok(Arc::new(ObjectStoreBackend::memory()));
+    }
+    let path = location.strip_prefix("file://").unwrap_or(location);
+    if let Some((scheme, _)) = path.split_once("://") {
+        return Err(StoreError {
+            kind: StoreErrorKind::Permanent,
+            operation: "opening",
+            key: location.to_string(),
+            message: format!("unsupported repository scheme {scheme:?}; use a local path or memory://"),
+        });
+    }
+    Ok(Arc::new(ObjectStoreBackend::local(std::path::Path::new(path), create)?))
+}
+
+#[cfg(test)]
+pub(crate) mod conformance;
