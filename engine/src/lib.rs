@@ -47,6 +47,7 @@ pub mod index;
 pub mod repository;
 pub mod restore;
 pub mod storage;
+pub mod trees;
 
 pub use cancel::CancelToken;
 pub use coffer_repo_format as format;

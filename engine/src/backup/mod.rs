@@ -177,7 +177,7 @@ pub(crate) struct Ctx {
 
 impl Ctx {
     pub(crate) fn error(&self, path: &Path, message: String) {
-        tracing::warn!("{}: {message}", path.display());
+        tracing::debug!("{}: {message}", path.display());
         self.errors.lock().unwrap_or_else(|p| p.into_inner()).push(SourceError {
             path: path.to_path_buf(),
             message,

@@ -1,1 +1,204 @@
-//! placeholder
+//! Restore: plan → fetcher → decryptor/decompressor/verifier → writer → metadata.
+//!
+//! 1. [`plan`]: walk the snapshot's trees, create directories, empty files of
+//!    the right length (sparse), links and special files; record which blob goes
+//!    to which file offsets, grouped by pack.
+//! 2. [`fetcher`]: read each needed pack once, with ranged reads that coalesce
+//!    neighbouring blobs, several packs at once.
+//! 3. [`writer`]: decrypt, decompress and verify each blob against its id, then
+//!    write it at every offset that needs it, skipping zero blocks so holes stay holes.
+//! 4. [`metadata`]: walk again and set owners, attributes, modes and times,
+//!    children before their directory, so read-only directories are made read-only last.
+//!
+//! A blob that is missing or fails verification is never written: each file that
+//! needs it is reported with the blob id and removed, and the rest goes on.
+
+mod fetcher;
+mod metadata;
+mod plan;
+mod writer;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use coffer_repo_format::{BlobId, SnapshotId};
+
+use crate::cancel::CancelToken;
+use crate::error::{Error, Result};
+use crate::index::Index;
+use crate::repository::Repository;
+
+/// What to restore, and where.
+#[derive(Clone, Debug)]
+pub struct RestoreOptions {
+    /// `latest`, a snapshot id, or a unique prefix.
+    pub snapshot: String,
+    /// A path inside the snapshot (`a/b`); the whole snapshot when `None`.
+    pub subpath: Option<PathBuf>,
+    /// The target directory.
+    pub target: PathBuf,
+    /// Replace existing files in the target (otherwise it must be empty).
+    pub overwrite: bool,
+    /// Packs fetched at once.
+    pub concurrency: usize,
+    /// Cancellation.
+    pub cancel: CancelToken,
+}
+
+impl RestoreOptions {
+    /// Restore `snapshot` into `target` with every default.
+    pub fn new(snapshot: impl Into<String>, target: impl Into<PathBuf>) -> Self {
+        RestoreOptions {
+            snapshot: snapshot.into(),
+            subpath: None,
+            target: target.into(),
+            overwrite: false,
+            concurrency: 4,
+            cancel: CancelToken::new(),
+        }
+    }
+}
+
+/// A file that could not be restored correctly.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RestoreError {
+    /// Its path in the target.
+    pub path: PathBuf,
+    /// The blob that was missing or damaged, if that was the cause.
+    pub blob: Option<BlobId>,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// The result of a restore.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct RestoreSummary {
+    /// The snapshot restored.
+    pub snapshot_id: SnapshotId,
+    /// Regular files restored.
+    pub files_restored: u64,
+    /// Directories restored.
+    pub dirs_restored: u64,
+    /// Other entries (links, FIFOs, devices) restored.
+    pub others_restored: u64,
+    /// Bytes of file content written (holes not counted).
+    pub bytes_written: u64,
+    /// Files that could not be restored; they are not left in the target.
+    pub errors: Vec<RestoreError>,
+    /// Metadata that could not be applied (the files themselves are correct).
+    pub warnings: Vec<String>,
+}
+
+/// State shared by the restore stages.
+pub(crate) struct Shared {
+    pub(crate) repo: Arc<Repository>,
+    pub(crate) index: Arc<Index>,
+    pub(crate) errors: Mutex<Vec<RestoreError>>,
+    pub(crate) damaged: Mutex<HashSet<PathBuf>>,
+    /// First restored path of each hard-link group, by (device, inode).
+    pub(crate) links: Mutex<std::collections::HashMap<(u64, u64), PathBuf>>,
+    pub(crate) warnings: Mutex<Vec<String>>,
+    pub(crate) bytes_written: AtomicU64,
+    pub(crate) as_root: bool,
+    pub(crate) cancel: CancelToken,
+}
+
+impl Shared {
+    pub(crate) fn fail(&self, path: &Path, blob: Option<BlobId>, message: String) {
+        tracing::debug!("{}: {message}", path.display());
+        self.damaged.lock().unwrap_or_else(|p| p.into_inner()).insert(path.to_path_buf());
+        self.errors.lock().unwrap_or_else(|p| p.into_inner()).push(RestoreError {
+            path: path.to_path_buf(),
+            blob,
+            message,
+        });
+    }
+
+    pub(crate) fn warn(&self, message: String) {
+        tracing::debug!("{message}");
+        self.warnings.lock().unwrap_or_else(|p| p.into_inner()).push(message);
+    }
+
+    /// Whether the file at `path`, or the hard-link group it belongs to, is damaged.
+    pub(crate) fn is_damaged(&self, path: &Path, node: &coffer_repo_format::tree::Node) -> bool {
+        let damaged = self.damaged.lock().unwrap_or_else(|p| p.into_inner());
+        if damaged.contains(path) {
+            return true;
+        }
+        if node.links > 1 {
+            let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(first) = links.get(&(node.device, node.inode)) {
+                return damaged.contains(first);
+            }
+        }
+        false
+    }
+
+    pub(crate) fn add_written(&self, n: u64) {
+        self.bytes_written.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Restores a snapshot (or a path in it) into a directory.
+pub async fn restore(repo: Arc<Repository>, index: Arc<Index>, opts: RestoreOptions) -> Result<RestoreSummary> {
+    let (snapshot_id, snapshot) = repo.find_snapshot(&opts.snapshot).await?;
+    let start = plan::resolve_start(&repo, &index, &snapshot, opts.subpath.as_deref()).await?;
+    prepare_target(&opts.target, opts.overwrite)?;
+    let shared = Arc::new(Shared {
+        repo,
+        index,
+        errors: Mutex::new(Vec::new()),
+        damaged: Mutex::new(HashSet::new()),
+        links: Mutex::new(std::collections::HashMap::new()),
+        warnings: Mutex::new(Vec::new()),
+        bytes_written: AtomicU64::new(0),
+        as_root: crate::fsmeta::is_root(),
+        cancel: opts.cancel.clone(),
+    });
+    let handle = tokio::runtime::Handle::current();
+    let s = shared.clone();
+    let o = opts.clone();
+    let st = start.clone();
+    let planned = tokio::task::spawn_blocking(move || plan::build(&s, &handle, &st, &o)).await??;
+    let counts = planned.counts;
+    fetcher::run(&shared, planned.packs, planned.files, opts.concurrency.max(1)).await?;
+    let s = shared.clone();
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || metadata::apply_all(&s, &handle, &start, &opts)).await??;
+    let errors = std::mem::take(&mut *shared.errors.lock().unwrap_or_else(|p| p.into_inner()));
+    let warnings = std::mem::take(&mut *shared.warnings.lock().unwrap_or_else(|p| p.into_inner()));
+    Ok(RestoreSummary {
+        snapshot_id,
+        files_restored: counts.files.saturating_sub(errors.len() as u64),
+        dirs_restored: counts.dirs,
+        others_restored: counts.others,
+        bytes_written: shared.bytes_written.load(Ordering::Relaxed),
+        errors,
+        warnings,
+    })
+}
+
+fn prepare_target(target: &Path, overwrite: bool) -> Result<()> {
+    match std::fs::symlink_metadata(target) {
+        Ok(md) if md.is_dir() => {
+            let mut entries = std::fs::read_dir(target).map_err(|e| Error::io(target, e))?;
+            if entries.next().is_some() && !overwrite {
+                return Err(Error::InvalidArgument(format!(
+                    "the target {} is not empty; restore into an empty or new directory, or pass --overwrite to replace what is there",
+                    target.display()
+                )));
+            }
+            Ok(())
+        }
+        Ok(_) => Err(Error::InvalidArgument(format!(
+            "the target {} exists and is not a directory",
+            target.display()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(target).map_err(|e| Error::io(target, e))
+        }
+        Err(e) => Err(Error::io(target, e)),
+    }
+}

@@ -93,21 +93,33 @@ pub type DynStore = Arc<dyn Store>;
 /// Opens the store a repository location names: a path or `file:///path` (local
 /// directory), or `memory://` (a new, empty in-memory store, for tests).
 ///
-/// With `create`, a missing local directory is created.
-pub fn open_location(location: &str, create: bool) -> Result<DynStore, StoreError> {
+/// With `create`, a missing local directory is created; without it, a missing
+/// directory is [`crate::Error::RepositoryNotFound`].
+pub fn open_location(location: &str, create: bool) -> crate::Result<DynStore> {
+    if location.is_empty() {
+        return Err(crate::Error::InvalidArgument(
+            "no repository given: use --repo or set COFFER_REPOSITORY".into(),
+        ));
+    }
     if location == "memory://" || location == "memory:" {
         return Ok(Arc::new(ObjectStoreBackend::memory()));
     }
     let path = location.strip_prefix("file://").unwrap_or(location);
     if let Some((scheme, _)) = path.split_once("://") {
-        return Err(StoreError {
-            kind: StoreErrorKind::Permanent,
-            operation: "opening",
-            key: location.to_string(),
-            message: format!("unsupported repository scheme {scheme:?}; use a local path or memory://"),
-        });
+        return Err(crate::Error::InvalidArgument(format!(
+            "unsupported repository scheme {scheme:?} in {location}; use a local path, file:///path or memory://"
+        )));
     }
-    Ok(Arc::new(ObjectStoreBackend::local(std::path::Path::new(path), create)?))
+    match ObjectStoreBackend::local(std::path::Path::new(path), create) {
+        Ok(s) => Ok(Arc::new(s)),
+        Err(e) if e.kind == StoreErrorKind::NotFound => Err(crate::Error::RepositoryNotFound {
+            location: location.to_string(),
+        }),
+        Err(e) => Err(crate::Error::Store {
+            location: location.to_string(),
+            source: e,
+        }),
+    }
 }
 
 #[cfg(test)]

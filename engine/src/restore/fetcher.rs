@@ -1,0 +1,71 @@
+//! Fetcher: reads the blobs a restore needs, each pack once, with ranged reads
+//! that cover neighbouring blobs together, several packs at once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures::StreamExt;
+
+use coffer_repo_format::PackId;
+
+use super::plan::{BlobTargets, FileEntry};
+use super::{Shared, writer};
+use crate::error::{Error, Result};
+use crate::repository::layout;
+
+/// Two blobs are read together when the gap between them is at most this.
+const MAX_GAP: u64 = 1024 * 1024;
+/// One ranged read covers at most this many bytes.
+const MAX_READ: u64 = 32 * 1024 * 1024;
+
+/// A ranged read and the blobs in it.
+pub(crate) struct Read {
+    pub(crate) start: u64,
+    pub(crate) end: u64,
+    pub(crate) blobs: Vec<BlobTargets>,
+}
+
+/// Groups a pack's blobs, sorted by offset, into ranged reads.
+pub(crate) fn coalesce(mut blobs: Vec<BlobTargets>) -> Vec<Read> {
+    blobs.sort_by_key(|b| b.offset);
+    let mut reads: Vec<Read> = Vec::new();
+    for b in blobs {
+        let (s, e) = (u64::from(b.offset), u64::from(b.offset) + u64::from(b.stored_len));
+        match reads.last_mut() {
+            Some(r) if s >= r.end && s - r.end <= MAX_GAP && e - r.start <= MAX_READ => {
+                r.end = e;
+                r.blobs.push(b);
+            }
+            Some(r) if s < r.end => {
+                // Overlapping entries cannot come from a valid index; read separately.
+                reads.push(Read { start: s, end: e, blobs: vec![b] });
+            }
+            _ => reads.push(Read { start: s, end: e, blobs: vec![b] }),
+        }
+    }
+    reads
+}
+
+pub(crate) async fn run(shared: &Arc<Shared>, packs: HashMap<PackId, Vec<BlobTargets>>, files: Vec<FileEntry>, concurrency: usize) -> Result<()> {
+    let files = Arc::new(files);
+    let jobs = packs.into_iter().flat_map(|(pack, blobs)| coalesce(blobs).into_iter().map(move |r| (pack, r)));
+    let mut stream = futures::stream::iter(jobs)
+        .map(|(pack, read)| {
+            let shared = shared.clone();
+            let files = files.clone();
+            async move {
+                if shared.cancel.is_cancelled() {
+                    return Err(Error::Cancelled);
+                }
+                let key = layout::pack(&pack);
+                let fetched = shared.repo.store().get_range(&key, read.start..read.end).await;
+                tokio::task::spawn_blocking(move || writer::write_read(&shared, &files, pack, read, fetched)).await?;
+                Ok(())
+            }
+        })
+        .buffer_unordered(concurrency);
+    while let Some(r) = stream.next().await {
+        r?;
+    }
+    Ok(())
+}

@@ -1,0 +1,68 @@
+//! Metadata: after all content is written, set owners, attributes, modes and
+//! times; every directory after its children. Damaged files are removed.
+
+use std::path::{Path, PathBuf};
+
+use coffer_repo_format::tree::{Node, NodeKind};
+
+use super::plan::{Start, child_path};
+use super::{RestoreOptions, Shared};
+use crate::error::{Error, Result};
+use crate::fsmeta;
+use crate::trees::DirReader;
+
+fn apply(shared: &Shared, path: &Path, node: &Node) {
+    if node.kind != NodeKind::Dir && shared.is_damaged(path, node) {
+        if let Err(e) = std::fs::remove_file(path) {
+            shared.warn(format!("{}: cannot remove damaged file: {e}", path.display()));
+        }
+        return;
+    }
+    if matches!(node.kind, NodeKind::Chardev | NodeKind::Blockdev) && !shared.as_root {
+        return;
+    }
+    for problem in fsmeta::apply(path, node, shared.as_root) {
+        shared.warn(format!("{}: {problem}", path.display()));
+    }
+}
+
+pub(crate) fn apply_all(shared: &Shared, rt: &tokio::runtime::Handle, start: &Start, opts: &RestoreOptions) -> Result<()> {
+    let (root, synthetic) = match start {
+        Start::Single(node) => {
+            let path = child_path(&opts.target, node);
+            apply(shared, &path, node);
+            return Ok(());
+        }
+        Start::Dir { node, synthetic } => (node, *synthetic),
+    };
+    let repo = &*shared.repo;
+    let index = &*shared.index;
+    let Some(sub) = root.subtree else { return Ok(()) };
+    let mut stack: Vec<(PathBuf, Node, DirReader<'_>)> =
+        vec![(opts.target.clone(), root.clone(), rt.block_on(DirReader::open(repo, index, &sub))?)];
+    while let Some((dir, _, reader)) = stack.last_mut() {
+        if shared.cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        match rt.block_on(reader.next())? {
+            Some(node) => {
+                let path = child_path(dir, &node);
+                match (node.kind, node.subtree) {
+                    (NodeKind::Dir, Some(sub)) => {
+                        let reader = rt.block_on(DirReader::open(repo, index, &sub))?;
+                        stack.push((path, node, reader));
+                    }
+                    _ => apply(shared, &path, &node),
+                }
+            }
+            None => {
+                let Some((path, node, _)) = stack.pop() else { break };
+                // The target itself gets the root's metadata, unless the root is synthetic.
+                if !stack.is_empty() || !synthetic {
+                    apply(shared, &path, &node);
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,261 @@
+//! Plan: create the structure of the restore and list which blob goes where.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use coffer_repo_format::snapshot::Snapshot;
+use coffer_repo_format::tree::{Node, NodeKind};
+use coffer_repo_format::{BlobId, PackId};
+
+use super::{RestoreOptions, Shared};
+use crate::error::{Error, Result};
+use crate::index::Index;
+use crate::repository::Repository;
+use crate::trees::{self, DirReader};
+
+/// Where the restore starts.
+#[derive(Clone, Debug)]
+pub(crate) enum Start {
+    /// A directory whose contents go into the target; its metadata goes onto the
+    /// target unless it is a synthetic root.
+    Dir { node: Node, synthetic: bool },
+    /// A single non-directory, restored as `target/<name>`.
+    Single(Node),
+}
+
+pub(crate) async fn resolve_start(repo: &Repository, index: &Index, snapshot: &Snapshot, subpath: Option<&Path>) -> Result<Start> {
+    let root = snapshot.root.clone();
+    // A synthetic root (several paths, or one file) has inode 0.
+    let synthetic = root.inode == 0 && root.device == 0;
+    let Some(sub) = subpath.filter(|p| !p.as_os_str().is_empty() && *p != Path::new("/")) else {
+        return Ok(Start::Dir { node: root, synthetic });
+    };
+    let node = trees::lookup(repo, index, &root, sub.as_os_str().as_bytes()).await?.ok_or_else(|| Error::NotFound {
+        what: format!("path {} in the snapshot", sub.display()),
+        hint: "; list the snapshot with `coffer ls`".into(),
+    })?;
+    Ok(if node.kind == NodeKind::Dir {
+        Start::Dir { node, synthetic: false }
+    } else {
+        Start::Single(node)
+    })
+}
+
+/// A regular file being restored.
+pub(crate) struct FileEntry {
+    pub(crate) path: PathBuf,
+}
+
+/// One blob needed by the restore, and every place it goes.
+pub(crate) struct BlobTargets {
+    pub(crate) id: BlobId,
+    pub(crate) offset: u32,
+    pub(crate) stored_len: u32,
+    pub(crate) raw_len: u32,
+    pub(crate) targets: Vec<(u32, u64)>,
+}
+
+#[derive(Default, Clone, Copy)]
+pub(crate) struct Counts {
+    pub(crate) files: u64,
+    pub(crate) dirs: u64,
+    pub(crate) others: u64,
+}
+
+pub(crate) struct Planned {
+    pub(crate) files: Vec<FileEntry>,
+    pub(crate) packs: HashMap<PackId, Vec<BlobTargets>>,
+    pub(crate) counts: Counts,
+}
+
+struct Planner<'a> {
+    shared: &'a Shared,
+    overwrite: bool,
+    files: Vec<FileEntry>,
+    blobs: Vec<(PackId, BlobTargets)>,
+    blob_slot: HashMap<BlobId, usize>,
+    counts: Counts,
+}
+
+/// Joins a validated name to a directory path.
+pub(crate) fn child_path(dir: &Path, node: &Node) -> PathBuf {
+    dir.join(OsStr::from_bytes(&node.name.0))
+}
+
+pub(crate) fn build(shared: &Shared, rt: &tokio::runtime::Handle, start: &Start, opts: &RestoreOptions) -> Result<Planned> {
+    let mut p = Planner {
+        shared,
+        overwrite: opts.overwrite,
+        files: Vec::new(),
+        blobs: Vec::new(),
+        blob_slot: HashMap::new(),
+        counts: Counts::default(),
+    };
+    match start {
+        Start::Single(node) => p.entry(&child_path(&opts.target, node), node)?,
+        Start::Dir { node, .. } => {
+            p.counts.dirs += 1;
+            let Some(root) = node.subtree else {
+                return Err(Error::InvalidArgument("the start directory has no listing".into()));
+            };
+            let repo = &*shared.repo;
+            let index = &*shared.index;
+            let mut stack: Vec<(PathBuf, DirReader<'_>)> =
+                vec![(opts.target.clone(), rt.block_on(DirReader::open(repo, index, &root))?)];
+            while let Some((dir, reader)) = stack.last_mut() {
+                if shared.cancel.is_cancelled() {
+                    return Err(Error::Cancelled);
+                }
+                let Some(node) = rt.block_on(reader.next())? else {
+                    stack.pop();
+                    continue;
+                };
+                let path = child_path(dir, &node);
+                if node.kind == NodeKind::Dir {
+                    p.make_dir(&path)?;
+                    p.counts.dirs += 1;
+                    let Some(sub) = node.subtree else { continue };
+                    let reader = rt.block_on(DirReader::open(repo, index, &sub))?;
+                    stack.push((path, reader));
+                } else {
+                    p.entry(&path, &node)?;
+                }
+            }
+        }
+    }
+    let mut packs: HashMap<PackId, Vec<BlobTargets>> = HashMap::new();
+    for (pack, b) in p.blobs {
+        packs.entry(pack).or_default().push(b);
+    }
+    Ok(Planned {
+        files: p.files,
+        packs,
+        counts: p.counts,
+    })
+}
+
+impl Planner<'_> {
+    /// Makes room for a new entry at `path` when overwriting.
+    fn clear(&self, path: &Path, keep_dir: bool) -> Result<bool> {
+        match std::fs::symlink_metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io(path, e)),
+            Ok(md) if md.is_dir() && keep_dir => Ok(true),
+            Ok(md) => {
+                if !self.overwrite {
+                    return Err(Error::InvalidArgument(format!(
+                        "{} already exists; pass --overwrite to replace it",
+                        path.display()
+                    )));
+                }
+                let r = if md.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) };
+                r.map_err(|e| Error::io(path, e))?;
+                Ok(false)
+            }
+        }
+    }
+
+    fn make_dir(&self, path: &Path) -> Result<()> {
+        if self.clear(path, true)? {
+            return Ok(());
+        }
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().mode(0o700).create(path).map_err(|e| Error::io(path, e))
+    }
+
+    fn entry(&mut self, path: &Path, node: &Node) -> Result<()> {
+        self.clear(path, false)?;
+        if node.links > 1 {
+            let key = (node.device, node.inode);
+            let first = self.shared.links.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
+            if let Some(first) = first {
+                match std::fs::hard_link(&first, path) {
+                    Ok(()) => {
+                        self.count(node);
+                        return Ok(());
+                    }
+                    Err(e) => self.shared.warn(format!(
+                        "{}: cannot hard-link to {}: {e}; restoring a separate copy",
+                        path.display(),
+                        first.display()
+                    )),
+                }
+            } else {
+                self.shared.links.lock().unwrap_or_else(|p| p.into_inner()).insert(key, path.to_path_buf());
+            }
+        }
+        match node.kind {
+            NodeKind::File => self.file(path, node)?,
+            NodeKind::Symlink => {
+                let target = node.target.as_ref().map(|t| t.0.as_slice()).unwrap_or_default();
+                std::os::unix::fs::symlink(OsStr::from_bytes(target), path).map_err(|e| Error::io(path, e))?;
+            }
+            NodeKind::Fifo => crate::fsmeta::make_special(path, node).map_err(|e| Error::io(path, e))?,
+            NodeKind::Chardev | NodeKind::Blockdev => {
+                if !self.shared.as_root {
+                    self.shared.warn(format!("{}: device nodes can only be restored by root; skipped", path.display()));
+                    return Ok(());
+                }
+                crate::fsmeta::make_special(path, node).map_err(|e| Error::io(path, e))?;
+            }
+            NodeKind::Dir => unreachable!("directories are handled by the walk"),
+        }
+        self.count(node);
+        Ok(())
+    }
+
+    fn count(&mut self, node: &Node) {
+        match node.kind {
+            NodeKind::File => self.counts.files += 1,
+            _ => self.counts.others += 1,
+        }
+    }
+
+    fn file(&mut self, path: &Path, node: &Node) -> Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        // A file of the final length with nothing written is one hole; only
+        // non-zero data is written later.
+        f.set_len(node.size).map_err(|e| Error::io(path, e))?;
+        let file_idx = self.files.len() as u32;
+        self.files.push(FileEntry { path: path.to_path_buf() });
+        let mut offset = 0u64;
+        for c in &node.content {
+            if let Some(id) = c.id {
+                match self.blob_slot.get(&id) {
+                    Some(&slot) => self.blobs[slot].1.targets.push((file_idx, offset)),
+                    None => match self.shared.index.get(&id) {
+                        Some(loc) if u64::from(loc.raw_len) == c.len => {
+                            self.blob_slot.insert(id, self.blobs.len());
+                            self.blobs.push((
+                                loc.pack,
+                                BlobTargets {
+                                    id,
+                                    offset: loc.offset,
+                                    stored_len: loc.stored_len,
+                                    raw_len: loc.raw_len,
+                                    targets: vec![(file_idx, offset)],
+                                },
+                            ));
+                        }
+                        Some(loc) => self.shared.fail(
+                            path,
+                            Some(id),
+                            format!("blob {id} has {} bytes in the index but {} in the tree", loc.raw_len, c.len),
+                        ),
+                        None => self.shared.fail(path, Some(id), format!("blob {id} is in no index file")),
+                    },
+                }
+            }
+            offset += c.len;
+        }
+        Ok(())
+    }
+}
