@@ -1,1 +1,72 @@
-fn main() {}
+//! The `coffer` command line.
+
+mod cli;
+mod commands;
+mod fmt;
+mod password;
+
+use clap::Parser;
+
+/// Exit status for each outcome, as restic's.
+pub mod exit {
+    /// Success.
+    pub const OK: i32 = 0;
+    /// Fatal error.
+    pub const FATAL: i32 = 1;
+    /// Finished, but some files could not be read or restored.
+    pub const PARTIAL: i32 = 3;
+    /// The repository does not exist.
+    pub const NO_REPOSITORY: i32 = 10;
+    /// Wrong password.
+    pub const WRONG_PASSWORD: i32 = 12;
+    /// Interrupted.
+    pub const INTERRUPTED: i32 = 130;
+}
+
+fn exit_code(err: &anyhow::Error) -> i32 {
+    use coffer_engine::Error;
+    match err.downcast_ref::<Error>() {
+        Some(Error::RepositoryNotFound { .. }) => exit::NO_REPOSITORY,
+        Some(Error::WrongPassword { .. }) => exit::WRONG_PASSWORD,
+        Some(Error::Cancelled) => exit::INTERRUPTED,
+        _ => exit::FATAL,
+    }
+}
+
+fn init_logging(global: &cli::Global) {
+    let level = match (global.quiet, global.verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, _) => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("COFFER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .try_init();
+}
+
+fn main() {
+    let cli = cli::Cli::parse();
+    init_logging(&cli.global);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("coffer: cannot start the async runtime: {e}");
+            std::process::exit(exit::FATAL);
+        }
+    };
+    let code = match rt.block_on(commands::run(cli)) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("coffer: {err:#}");
+            exit_code(&err)
+        }
+    };
+    drop(rt);
+    std::process::exit(code);
+}

@@ -1,0 +1,182 @@
+//! Command-line definitions.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// coffer: deduplicating, encrypted backups of directories and volumes.
+///
+/// Exit codes: 0 success; 1 fatal error; 3 the backup or restore finished but
+/// some files could not be read or restored (they are listed); 10 the
+/// repository does not exist; 12 wrong password; 130 interrupted.
+#[derive(Parser, Debug)]
+#[command(name = "coffer", version, about, long_about = None, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Repository: a local path or file:///path
+    #[arg(short = 'r', long = "repo", env = "COFFER_REPOSITORY", global = true, value_name = "REPO")]
+    pub repo: Option<String>,
+    /// Read the password from the first line of FILE
+    #[arg(long, env = "COFFER_PASSWORD_FILE", global = true, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// Run CMD with `sh -c` and use the first line of its output as the password
+    #[arg(long, env = "COFFER_PASSWORD_COMMAND", global = true, value_name = "CMD")]
+    pub password_command: Option<String>,
+    /// Print machine-readable JSON instead of text
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print only errors
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Print more (repeat for debug output)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a new repository
+    Init(InitArgs),
+    /// Back up files and directories into a new snapshot
+    Backup(BackupArgs),
+    /// List snapshots
+    Snapshots(SnapshotsArgs),
+    /// List the files in a snapshot
+    Ls(LsArgs),
+    /// Restore a snapshot, or a path in it, into a directory
+    Restore(RestoreArgs),
+    /// Print a repository object, decoded, as JSON
+    Cat(CatArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Average chunk size, e.g. 1MiB (minimum is 1/4, maximum 4x)
+    #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = parse_size)]
+    pub chunk_size: u64,
+    /// Target size of pack files, e.g. 16MiB
+    #[arg(long, value_name = "SIZE", default_value = "16MiB", value_parser = parse_size)]
+    pub pack_size: u64,
+    /// Default compression of new data: off, auto (zstd 3), max (zstd 19), or a zstd level
+    #[arg(long, value_name = "MODE", default_value = "auto", value_parser = parse_compression)]
+    pub compression: coffer_engine::format::blob::Compression,
+    /// Memory cost of the password hash (Argon2id) in KiB
+    #[arg(long, value_name = "KIB", default_value_t = 65536)]
+    pub kdf_memory: u32,
+    /// Number of passes of the password hash (Argon2id)
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub kdf_iterations: u32,
+}
+
+#[derive(Args, Debug)]
+pub struct BackupArgs {
+    /// Files and directories to back up
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// Add a tag to the snapshot (repeatable, or comma-separated)
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// Host name to record instead of this machine's
+    #[arg(long = "host", value_name = "HOST")]
+    pub host: Option<String>,
+    /// File workers (default: one per core)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub threads: usize,
+    /// Compression for this backup: off, auto, max, or a zstd level
+    #[arg(long, value_name = "MODE", value_parser = parse_compression)]
+    pub compression: Option<coffer_engine::format::blob::Compression>,
+}
+
+#[derive(Args, Debug)]
+pub struct SnapshotsArgs {}
+
+#[derive(Args, Debug)]
+pub struct LsArgs {
+    /// Snapshot (`latest`, an id or a unique prefix), optionally `:PATH` inside it
+    #[arg(value_name = "SNAPSHOT[:PATH]")]
+    pub snapshot: String,
+    /// Long listing: type, mode, owner, size, time
+    #[arg(short, long)]
+    pub long: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// Snapshot (`latest`, an id or a unique prefix), optionally `:PATH` inside it
+    #[arg(value_name = "SNAPSHOT[:PATH]")]
+    pub snapshot: String,
+    /// Directory to restore into (created if missing; must be empty unless --overwrite)
+    #[arg(short, long, value_name = "DIR")]
+    pub target: PathBuf,
+    /// Replace files that exist in the target
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CatArgs {
+    /// config, snapshot, index, tree, pack, key or blob
+    #[arg(value_name = "TYPE")]
+    pub kind: String,
+    /// Id of the object (not for config); a snapshot also takes `latest` or a prefix
+    #[arg(value_name = "ID")]
+    pub id: Option<String>,
+}
+
+/// Parses sizes like `4096`, `512K`, `16MiB`, `1G`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size like 4096, 512KiB or 16MiB"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        other => return Err(format!("unknown size unit {other:?} in {s:?}; use K, M, G or T")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// Parses a compression mode.
+pub fn parse_compression(s: &str) -> Result<coffer_engine::format::blob::Compression, String> {
+    use coffer_engine::format::blob::Compression;
+    match s {
+        "off" | "none" => Ok(Compression::Off),
+        "auto" => Ok(Compression::Zstd(3)),
+        "max" => Ok(Compression::Zstd(19)),
+        n => match n.parse::<i32>() {
+            Ok(l) if (-7..=22).contains(&l) && l != 0 => Ok(Compression::Zstd(l)),
+            _ => Err(format!("{s:?} is not a compression mode: use off, auto, max or a zstd level from 1 to 22")),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("16MiB"), Ok(16 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,43 @@
+use coffer_engine::format::chunker::ChunkerParams;
+use coffer_engine::keys::KdfCost;
+use coffer_engine::{InitOptions, Repository, storage};
+
+use crate::cli::{Global, InitArgs};
+use crate::exit;
+
+pub async fn run(g: &Global, a: InitArgs) -> anyhow::Result<i32> {
+    let location = super::location(g)?;
+    let avg = u32::try_from(a.chunk_size).map_err(|_| anyhow::anyhow!("--chunk-size is too large"))?;
+    let opts = InitOptions {
+        chunker: ChunkerParams {
+            min_size: avg / 4,
+            avg_size: avg,
+            max_size: avg.saturating_mul(4),
+            normalization: 1,
+        },
+        compression: a.compression,
+        pack_size: u32::try_from(a.pack_size).map_err(|_| anyhow::anyhow!("--pack-size is too large"))?,
+        kdf: KdfCost {
+            memory_kib: a.kdf_memory,
+            iterations: a.kdf_iterations,
+            parallelism: 1,
+        },
+    };
+    let store = storage::open_location(&location, true)?;
+    if store.size("config").await.is_ok() {
+        return Err(coffer_engine::Error::RepositoryExists { location }.into());
+    }
+    let password = crate::password::get(g, true)?;
+    let repo = Repository::init(store, &password, opts).await?;
+    if g.json {
+        super::print_json(&serde_json::json!({
+            "message_type": "initialized",
+            "id": repo.config().id_hex(),
+            "repository": repo.location(),
+        }))?;
+    } else if !g.quiet {
+        println!("created coffer repository {} at {}", &repo.config().id_hex()[..10], repo.location());
+        println!("Keep the password safe: without it the data in this repository cannot be read.");
+    }
+    Ok(exit::OK)
+}

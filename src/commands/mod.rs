@@ -1,0 +1,63 @@
+//! One module per command.
+
+mod backup;
+mod cat;
+mod init;
+mod ls;
+mod restore;
+mod snapshots;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use coffer_engine::{Error, Repository, storage};
+
+use crate::cli::{Cli, Command, Global};
+
+pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Init(a) => init::run(g, a).await,
+        Command::Backup(a) => backup::run(g, a).await,
+        Command::Snapshots(a) => snapshots::run(g, a).await,
+        Command::Ls(a) => ls::run(g, a).await,
+        Command::Restore(a) => restore::run(g, a).await,
+        Command::Cat(a) => cat::run(g, a).await,
+    }
+}
+
+pub(crate) fn location(g: &Global) -> anyhow::Result<String> {
+    match &g.repo {
+        Some(r) if !r.is_empty() => Ok(r.clone()),
+        _ => anyhow::bail!("no repository given: use --repo or set COFFER_REPOSITORY"),
+    }
+}
+
+/// Opens the repository: checks that it exists, then asks for the password.
+pub(crate) async fn open(g: &Global) -> anyhow::Result<Arc<Repository>> {
+    let location = location(g)?;
+    let store = storage::open_location(&location, false)?;
+    match store.size("config").await {
+        Ok(_) => {}
+        Err(e) if e.kind == storage::StoreErrorKind::NotFound => {
+            return Err(Error::RepositoryNotFound { location }.into());
+        }
+        Err(e) => return Err(Error::Store { location, source: e }.into()),
+    }
+    let password = crate::password::get(g, false)?;
+    let repo = Repository::open(store, &password).await?;
+    Ok(Arc::new(repo))
+}
+
+/// Splits `SNAPSHOT[:PATH]`.
+pub(crate) fn split_snapshot(spec: &str) -> (String, Option<String>) {
+    match spec.split_once(':') {
+        Some((s, p)) => (s.to_string(), Some(p.to_string()).filter(|p| !p.is_empty())),
+        None => (spec.to_string(), None),
+    }
+}
+
+pub(crate) fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(value).context("cannot encode JSON")?);
+    Ok(())
+}

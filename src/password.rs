@@ -1,0 +1,55 @@
+//! Where the password comes from: --password-file, --password-command,
+//! COFFER_PASSWORD, or a prompt on a terminal. There is no default password.
+
+use std::io::IsTerminal;
+
+use anyhow::{Context, bail};
+
+use crate::cli::Global;
+
+fn first_line(bytes: &[u8]) -> Vec<u8> {
+    let line = bytes.split(|b| *b == b'\n').next().unwrap_or_default();
+    line.strip_suffix(b"\r").unwrap_or(line).to_vec()
+}
+
+/// The password for an existing repository; `confirm` asks twice at a prompt.
+pub fn get(global: &Global, confirm: bool) -> anyhow::Result<Vec<u8>> {
+    if let Some(path) = &global.password_file {
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read the password file {}", path.display()))?;
+        return non_empty(first_line(&bytes), &format!("the password file {}", path.display()));
+    }
+    if let Some(cmd) = &global.password_command {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .with_context(|| format!("cannot run the password command {cmd:?}"))?;
+        if !out.status.success() {
+            bail!("the password command {cmd:?} failed ({})", out.status);
+        }
+        return non_empty(first_line(&out.stdout), "the password command's output");
+    }
+    if let Some(pw) = std::env::var_os("COFFER_PASSWORD") {
+        use std::os::unix::ffi::OsStrExt;
+        return non_empty(pw.as_bytes().to_vec(), "COFFER_PASSWORD");
+    }
+    if std::io::stdin().is_terminal() {
+        let pw = rpassword::prompt_password("enter password for repository: ")?;
+        if confirm {
+            let again = rpassword::prompt_password("enter password again: ")?;
+            if again != pw {
+                bail!("the passwords do not match");
+            }
+        }
+        return non_empty(pw.into_bytes(), "the password");
+    }
+    bail!("no password given: set COFFER_PASSWORD, or use --password-file or --password-command")
+}
+
+fn non_empty(pw: Vec<u8>, from: &str) -> anyhow::Result<Vec<u8>> {
+    if pw.is_empty() {
+        bail!("{from} is empty; an empty password is not allowed");
+    }
+    Ok(pw)
+}
