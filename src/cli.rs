@@ -21,13 +21,24 @@ pub struct Cli {
 #[derive(Args, Debug, Clone)]
 pub struct Global {
     /// Repository: a local path or file:///path
-    #[arg(short = 'r', long = "repo", env = "COFFER_REPOSITORY", global = true, value_name = "REPO")]
+    #[arg(
+        short = 'r',
+        long = "repo",
+        env = "COFFER_REPOSITORY",
+        global = true,
+        value_name = "REPO"
+    )]
     pub repo: Option<String>,
     /// Read the password from the first line of FILE
     #[arg(long, env = "COFFER_PASSWORD_FILE", global = true, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
     /// Run CMD with `sh -c` and use the first line of its output as the password
-    #[arg(long, env = "COFFER_PASSWORD_COMMAND", global = true, value_name = "CMD")]
+    #[arg(
+        long,
+        env = "COFFER_PASSWORD_COMMAND",
+        global = true,
+        value_name = "CMD"
+    )]
     pub password_command: Option<String>,
     /// Print machine-readable JSON instead of text
     #[arg(long, global = true)]
@@ -135,16 +146,23 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size like 4096, 512KiB or 16MiB"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 4096, 512KiB or 16MiB"))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
         "t" | "tb" | "tib" => 1 << 40,
-        other => return Err(format!("unknown size unit {other:?} in {s:?}; use K, M, G or T")),
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} in {s:?}; use K, M, G or T"
+            ))
+        }
     };
-    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// Parses a compression mode.
@@ -156,7 +174,9 @@ pub fn parse_compression(s: &str) -> Result<coffer_engine::format::blob::Compres
         "max" => Ok(Compression::Zstd(19)),
         n => match n.parse::<i32>() {
             Ok(l) if (-7..=22).contains(&l) && l != 0 => Ok(Compression::Zstd(l)),
-            _ => Err(format!("{s:?} is not a compression mode: use off, auto, max or a zstd level from 1 to 22")),
+            _ => Err(format!(
+                "{s:?} is not a compression mode: use off, auto, max or a zstd level from 1 to 22"
+            )),
         },
     }
 }

@@ -9,13 +9,20 @@ pub fn size(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.3} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.3} {}", UNITS[u])
+    }
 }
 
 /// An RFC 3339 time in local time, to the second.
 pub fn time(rfc3339: &str) -> String {
     match chrono::DateTime::parse_from_rfc3339(rfc3339) {
-        Ok(t) => t.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S").to_string(),
+        Ok(t) => t
+            .with_timezone(&chrono::Local)
+            .format("%Y-%m-%d %H:%M:%S")
+            .to_string(),
         Err(_) => rfc3339.to_string(),
     }
 }
@@ -23,7 +30,10 @@ pub fn time(rfc3339: &str) -> String {
 /// Seconds since the epoch (with nanoseconds) in local time.
 pub fn timestamp(secs: i64, nanos: u32) -> String {
     match chrono::DateTime::from_timestamp(secs, nanos) {
-        Some(t) => t.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S").to_string(),
+        Some(t) => t
+            .with_timezone(&chrono::Local)
+            .format("%Y-%m-%d %H:%M:%S")
+            .to_string(),
         None => format!("{secs}.{nanos:09}"),
     }
 }
@@ -41,7 +51,17 @@ pub fn mode(kind: &coffer_engine::format::tree::NodeKind, mode: u32) -> String {
     };
     let mut s = String::with_capacity(10);
     s.push(t);
-    let bits = [(0o400, 'r'), (0o200, 'w'), (0o100, 'x'), (0o040, 'r'), (0o020, 'w'), (0o010, 'x'), (0o004, 'r'), (0o002, 'w'), (0o001, 'x')];
+    let bits = [
+        (0o400, 'r'),
+        (0o200, 'w'),
+        (0o100, 'x'),
+        (0o040, 'r'),
+        (0o020, 'w'),
+        (0o010, 'x'),
+        (0o004, 'r'),
+        (0o002, 'w'),
+        (0o001, 'x'),
+    ];
     for (i, (bit, c)) in bits.iter().enumerate() {
         let set = mode & bit != 0;
         let special = match i {

@@ -53,7 +53,10 @@ fn init_logging(global: &cli::Global) {
 fn main() {
     let cli = cli::Cli::parse();
     init_logging(&cli.global);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("coffer: cannot start the async runtime: {e}");

@@ -3,7 +3,7 @@
 
 use std::io::IsTerminal;
 
-use anyhow::{Context, bail};
+use anyhow::{bail, Context};
 
 use crate::cli::Global;
 
@@ -15,8 +15,12 @@ fn first_line(bytes: &[u8]) -> Vec<u8> {
 /// The password for an existing repository; `confirm` asks twice at a prompt.
 pub fn get(global: &Global, confirm: bool) -> anyhow::Result<Vec<u8>> {
     if let Some(path) = &global.password_file {
-        let bytes = std::fs::read(path).with_context(|| format!("cannot read the password file {}", path.display()))?;
-        return non_empty(first_line(&bytes), &format!("the password file {}", path.display()));
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read the password file {}", path.display()))?;
+        return non_empty(
+            first_line(&bytes),
+            &format!("the password file {}", path.display()),
+        );
     }
     if let Some(cmd) = &global.password_command {
         let out = std::process::Command::new("sh")

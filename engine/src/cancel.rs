@@ -1,8 +1,8 @@
 //! Cancellation: a token the caller trips; operations stop at the next safe point
 //! and leave the repository as consistent as a finished operation would.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// A cheap, cloneable cancellation flag.
 #[derive(Clone, Debug, Default)]

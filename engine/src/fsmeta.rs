@@ -65,7 +65,13 @@ pub(crate) fn kind_of(md: &Metadata) -> Option<NodeKind> {
 }
 
 /// Builds a node from `lstat` metadata. Content and subtree are filled in later.
-pub(crate) fn read_node(name: &[u8], path: &Path, md: &Metadata, kind: NodeKind, owners: &mut Owners) -> io::Result<Node> {
+pub(crate) fn read_node(
+    name: &[u8],
+    path: &Path,
+    md: &Metadata,
+    kind: NodeKind,
+    owners: &mut Owners,
+) -> io::Result<Node> {
     let mut node = Node::new(name, kind);
     node.mode = md.mode() & 0o7777;
     node.uid = md.uid();
@@ -125,8 +131,13 @@ pub(crate) fn make_special(path: &Path, node: &Node) -> io::Result<()> {
     match node.kind {
         NodeKind::Fifo => nix::unistd::mkfifo(path, perm).map_err(errno),
         NodeKind::Chardev | NodeKind::Blockdev => {
-            let kind = if node.kind == NodeKind::Chardev { SFlag::S_IFCHR } else { SFlag::S_IFBLK };
-            nix::sys::stat::mknod(path, kind, perm, node.rdev.unwrap_or(0) as nix::libc::dev_t).map_err(errno)
+            let kind = if node.kind == NodeKind::Chardev {
+                SFlag::S_IFCHR
+            } else {
+                SFlag::S_IFBLK
+            };
+            nix::sys::stat::mknod(path, kind, perm, node.rdev.unwrap_or(0) as nix::libc::dev_t)
+                .map_err(errno)
         }
         _ => Err(io::Error::other("not a special file")),
     }
@@ -156,7 +167,10 @@ pub(crate) fn apply(path: &Path, node: &Node, as_root: bool) -> Vec<String> {
         if let Err(e) = xattr::set(path, name, &x.value.0) {
             // security.selinux and system.* need privileges or support the
             // target may lack; report, do not fail.
-            problems.push(format!("cannot set extended attribute {}: {e}", x.name.to_string_lossy()));
+            problems.push(format!(
+                "cannot set extended attribute {}: {e}",
+                x.name.to_string_lossy()
+            ));
         }
     }
     if !is_link {
@@ -165,7 +179,8 @@ pub(crate) fn apply(path: &Path, node: &Node, as_root: bool) -> Vec<String> {
             problems.push(format!("cannot set mode {:o}: {e}", node.mode));
         }
     }
-    let ts = |t: Timestamp| nix::sys::time::TimeSpec::new(t.secs() as nix::libc::time_t, t.nanos() as _);
+    let ts =
+        |t: Timestamp| nix::sys::time::TimeSpec::new(t.secs() as nix::libc::time_t, t.nanos() as _);
     if let Err(e) = nix::sys::stat::utimensat(
         nix::fcntl::AT_FDCWD,
         path,

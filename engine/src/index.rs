@@ -115,7 +115,10 @@ impl Index {
         if self.contains(id) {
             return false;
         }
-        self.claimed.lock().unwrap_or_else(|p| p.into_inner()).insert(*id)
+        self.claimed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(*id)
     }
 
     /// Number of indexed blobs.
@@ -154,11 +157,18 @@ mod tests {
         idx.add_pack(PackId([9; 32]), 100, &[entry(1), entry(2)]);
         assert_eq!(idx.get(&BlobId([2; 32])).unwrap().offset, 20);
         assert_eq!(idx.get(&BlobId([2; 32])).unwrap().pack, PackId([9; 32]));
-        assert!(!idx.claim(&BlobId([1; 32])), "indexed blobs are not claimed");
+        assert!(
+            !idx.claim(&BlobId([1; 32])),
+            "indexed blobs are not claimed"
+        );
         assert!(idx.claim(&BlobId([3; 32])));
         assert!(!idx.claim(&BlobId([3; 32])), "a claim is granted once");
         idx.add_pack(PackId([8; 32]), 100, &[entry(1)]);
-        assert_eq!(idx.get(&BlobId([1; 32])).unwrap().pack, PackId([9; 32]), "first location wins");
+        assert_eq!(
+            idx.get(&BlobId([1; 32])).unwrap().pack,
+            PackId([9; 32]),
+            "first location wins"
+        );
         assert_eq!(idx.len(), 2);
     }
 }

@@ -152,10 +152,17 @@ impl Repository {
         match store.size(layout::CONFIG).await {
             Ok(_) => return Err(Error::RepositoryExists { location }),
             Err(e) if e.kind == StoreErrorKind::NotFound => {}
-            Err(e) => return Err(Error::Store { location, source: e }),
+            Err(e) => {
+                return Err(Error::Store {
+                    location,
+                    source: e,
+                })
+            }
         }
         if password.is_empty() {
-            return Err(Error::InvalidArgument("the password must not be empty".into()));
+            return Err(Error::InvalidArgument(
+                "the password must not be empty".into(),
+            ));
         }
         let config = Config {
             version: FORMAT_VERSION,
@@ -170,8 +177,15 @@ impl Repository {
             .map_err(|e| Error::InvalidArgument(format!("invalid repository settings: {e}")))?;
         let key = MasterKey::generate().map_err(|e| Error::corrupt("random source", e))?;
         let me = Identity::current();
-        let kf = KeyFile::wrap(&key, password, opts.kdf, now_rfc3339(), me.hostname, me.username)
-            .map_err(|e| Error::InvalidArgument(format!("cannot create key: {e}")))?;
+        let kf = KeyFile::wrap(
+            &key,
+            password,
+            opts.kdf,
+            now_rfc3339(),
+            me.hostname,
+            me.username,
+        )
+        .map_err(|e| Error::InvalidArgument(format!("cannot create key: {e}")))?;
         let kf_bytes = kf.to_bytes();
         let key_id = KeyId::of(&kf_bytes);
         let put = |k: String, b: Vec<u8>| {
@@ -180,16 +194,31 @@ impl Repository {
         };
         put(layout::key(&key_id), kf_bytes)
             .await
-            .map_err(|e| Error::Store { location: location.clone(), source: e })?;
-        let mut sealer = key.sealer().map_err(|e| Error::corrupt("random source", e))?;
+            .map_err(|e| Error::Store {
+                location: location.clone(),
+                source: e,
+            })?;
+        let mut sealer = key
+            .sealer()
+            .map_err(|e| Error::corrupt("random source", e))?;
         let sealed = sealer
-            .seal(Context::Config, &config.encode().map_err(|e| Error::corrupt("config", e))?)
+            .seal(
+                Context::Config,
+                &config.encode().map_err(|e| Error::corrupt("config", e))?,
+            )
             .map_err(|e| Error::corrupt("config", e))?;
         // The config is written last: a store without it is not a repository.
         match put(layout::CONFIG.to_string(), sealed).await {
             Ok(()) => {}
-            Err(e) if e.kind == StoreErrorKind::AlreadyExists => return Err(Error::RepositoryExists { location }),
-            Err(e) => return Err(Error::Store { location, source: e }),
+            Err(e) if e.kind == StoreErrorKind::AlreadyExists => {
+                return Err(Error::RepositoryExists { location })
+            }
+            Err(e) => {
+                return Err(Error::Store {
+                    location,
+                    source: e,
+                })
+            }
         }
         Ok(Self::assemble(store, key, config, key_id))
     }
@@ -211,8 +240,15 @@ impl Repository {
         let location = store.location();
         let config_bytes = match store.get(layout::CONFIG).await {
             Ok(b) => b,
-            Err(e) if e.kind == StoreErrorKind::NotFound => return Err(Error::RepositoryNotFound { location }),
-            Err(e) => return Err(Error::Store { location, source: e }),
+            Err(e) if e.kind == StoreErrorKind::NotFound => {
+                return Err(Error::RepositoryNotFound { location })
+            }
+            Err(e) => {
+                return Err(Error::Store {
+                    location,
+                    source: e,
+                })
+            }
         };
         let key_ids = list_ids::<KeyId>(&store, layout::KEYS).await?;
         if key_ids.is_empty() {
@@ -229,7 +265,10 @@ impl Repository {
             let bytes = store
                 .get(&layout::key(id))
                 .await
-                .map_err(|e| Error::Store { location: location.clone(), source: e })?;
+                .map_err(|e| Error::Store {
+                    location: location.clone(),
+                    source: e,
+                })?;
             if KeyId::of(&bytes) != *id {
                 damaged.push(format!("key file {id} does not match its name"));
                 continue;
@@ -247,7 +286,8 @@ impl Repository {
                         .opener()
                         .open(Context::Config, &config_bytes)
                         .map_err(|e| Error::corrupt("repository config", e))?;
-                    let config = Config::decode(&plain).map_err(|e| Error::corrupt("repository config", e))?;
+                    let config = Config::decode(&plain)
+                        .map_err(|e| Error::corrupt("repository config", e))?;
                     return Ok(Self::assemble(store, key, config, *id));
                 }
                 Err(FormatError::WrongPassword) => continue,
@@ -296,11 +336,25 @@ impl Repository {
     }
 
     /// Seals a plaintext and writes it as a content-addressed file under `prefix`.
-    pub(crate) async fn write_sealed(&self, context: Context<'_>, key_of: impl Fn(&[u8; 32]) -> String, plain: &[u8]) -> Result<[u8; 32]> {
-        let mut sealer = self.key.sealer().map_err(|e| Error::corrupt("random source", e))?;
-        let sealed = sealer.seal(context, plain).map_err(|e| Error::corrupt("new file", e))?;
+    pub(crate) async fn write_sealed(
+        &self,
+        context: Context<'_>,
+        key_of: impl Fn(&[u8; 32]) -> String,
+        plain: &[u8],
+    ) -> Result<[u8; 32]> {
+        let mut sealer = self
+            .key
+            .sealer()
+            .map_err(|e| Error::corrupt("random source", e))?;
+        let sealed = sealer
+            .seal(context, plain)
+            .map_err(|e| Error::corrupt("new file", e))?;
         let id = *blake3::hash(&sealed).as_bytes();
-        match self.store.put(&key_of(&id), Bytes::from(sealed), WriteMode::CreateNew).await {
+        match self
+            .store
+            .put(&key_of(&id), Bytes::from(sealed), WriteMode::CreateNew)
+            .await
+        {
             Ok(()) => Ok(id),
             // Same name means same bytes: someone stored it already.
             Err(e) if e.kind == StoreErrorKind::AlreadyExists => Ok(id),
@@ -309,7 +363,13 @@ impl Repository {
     }
 
     /// Reads a content-addressed file, checks its name, and opens its envelope.
-    pub(crate) async fn read_sealed(&self, context: Context<'_>, object: &str, key: &str, id: &[u8; 32]) -> Result<Vec<u8>> {
+    pub(crate) async fn read_sealed(
+        &self,
+        context: Context<'_>,
+        object: &str,
+        key: &str,
+        id: &[u8; 32],
+    ) -> Result<Vec<u8>> {
         let bytes = match self.store.get(key).await {
             Ok(b) => b,
             Err(e) if e.kind == StoreErrorKind::NotFound => {
@@ -331,19 +391,29 @@ impl Repository {
                 },
             ));
         }
-        self.opener.open(context, &bytes).map_err(|e| Error::corrupt(object, e))
+        self.opener
+            .open(context, &bytes)
+            .map_err(|e| Error::corrupt(object, e))
     }
 
     /// Writes an index file.
     pub async fn write_index(&self, file: &IndexFile) -> Result<IndexId> {
-        let id = self.write_sealed(Context::Index, |id| layout::index(&IndexId(*id)), &file.encode()).await?;
+        let id = self
+            .write_sealed(
+                Context::Index,
+                |id| layout::index(&IndexId(*id)),
+                &file.encode(),
+            )
+            .await?;
         Ok(IndexId(id))
     }
 
     /// Reads one index file.
     pub async fn read_index(&self, id: &IndexId) -> Result<IndexFile> {
         let object = format!("index file {id}");
-        let plain = self.read_sealed(Context::Index, &object, &layout::index(id), &id.0).await?;
+        let plain = self
+            .read_sealed(Context::Index, &object, &layout::index(id), &id.0)
+            .await?;
         IndexFile::decode(&plain).map_err(|e| Error::corrupt(object, e))
     }
 
@@ -356,8 +426,11 @@ impl Repository {
     pub async fn load_index(&self) -> Result<Arc<Index>> {
         let index = Arc::new(Index::new());
         let ids = self.index_ids().await?;
-        let mut reads = futures::stream::iter(ids.into_iter().map(|id| async move { self.read_index(&id).await }))
-            .buffer_unordered(8);
+        let mut reads = futures::stream::iter(
+            ids.into_iter()
+                .map(|id| async move { self.read_index(&id).await }),
+        )
+        .buffer_unordered(8);
         while let Some(file) = reads.try_next().await? {
             index.add_file(&file);
         }
@@ -366,28 +439,43 @@ impl Repository {
 
     /// Writes a snapshot; this is the last write of a backup.
     pub async fn write_snapshot(&self, snapshot: &Snapshot) -> Result<SnapshotId> {
-        let plain = snapshot.encode().map_err(|e| Error::corrupt("new snapshot", e))?;
-        let id = self.write_sealed(Context::Snapshot, |id| layout::snapshot(&SnapshotId(*id)), &plain).await?;
+        let plain = snapshot
+            .encode()
+            .map_err(|e| Error::corrupt("new snapshot", e))?;
+        let id = self
+            .write_sealed(
+                Context::Snapshot,
+                |id| layout::snapshot(&SnapshotId(*id)),
+                &plain,
+            )
+            .await?;
         Ok(SnapshotId(id))
     }
 
     /// Reads one snapshot.
     pub async fn read_snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
         let object = format!("snapshot {id}");
-        let plain = self.read_sealed(Context::Snapshot, &object, &layout::snapshot(id), &id.0).await?;
+        let plain = self
+            .read_sealed(Context::Snapshot, &object, &layout::snapshot(id), &id.0)
+            .await?;
         Snapshot::decode(&plain).map_err(|e| Error::corrupt(object, e))
     }
 
     /// Every snapshot, oldest first.
     pub async fn snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>> {
         let ids = list_ids::<SnapshotId>(&self.store, layout::SNAPSHOTS).await?;
-        let mut out: Vec<(SnapshotId, Snapshot)> = futures::stream::iter(ids.into_iter().map(|id| async move {
-            self.read_snapshot(&id).await.map(|s| (id, s))
-        }))
+        let mut out: Vec<(SnapshotId, Snapshot)> = futures::stream::iter(
+            ids.into_iter()
+                .map(|id| async move { self.read_snapshot(&id).await.map(|s| (id, s)) }),
+        )
         .buffer_unordered(8)
         .try_collect()
         .await?;
-        out.sort_by(|a, b| snapshot_time(&a.1).cmp(&snapshot_time(&b.1)).then(a.0.cmp(&b.0)));
+        out.sort_by(|a, b| {
+            snapshot_time(&a.1)
+                .cmp(&snapshot_time(&b.1))
+                .then(a.0.cmp(&b.0))
+        });
         Ok(out)
     }
 
@@ -407,7 +495,10 @@ impl Repository {
         }
         let spec_lc = spec.to_ascii_lowercase();
         let ids = list_ids::<SnapshotId>(&self.store, layout::SNAPSHOTS).await?;
-        let matches: Vec<_> = ids.into_iter().filter(|id| id.to_hex().starts_with(&spec_lc)).collect();
+        let matches: Vec<_> = ids
+            .into_iter()
+            .filter(|id| id.to_hex().starts_with(&spec_lc))
+            .collect();
         match matches.as_slice() {
             [id] => Ok((*id, self.read_snapshot(id).await?)),
             [] => Err(Error::NotFound {
@@ -416,13 +507,21 @@ impl Repository {
             }),
             many => Err(Error::InvalidArgument(format!(
                 "snapshot prefix {spec} is ambiguous: it matches {}; give more digits",
-                many.iter().map(|i| i.short()).collect::<Vec<_>>().join(", ")
+                many.iter()
+                    .map(|i| i.short())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))),
         }
     }
 
     /// Reads, decrypts and verifies one blob.
-    pub async fn read_blob(&self, index: &Index, blob_type: BlobType, id: &BlobId) -> Result<Vec<u8>> {
+    pub async fn read_blob(
+        &self,
+        index: &Index,
+        blob_type: BlobType,
+        id: &BlobId,
+    ) -> Result<Vec<u8>> {
         let loc = index.get(id).ok_or_else(|| Error::NotFound {
             what: format!("{blob_type} blob {id}"),
             hint: "; it is in no index file: run `coffer check`".into(),
@@ -439,7 +538,10 @@ impl Repository {
         let key = layout::pack(&loc.pack);
         let bytes = self
             .store
-            .get_range(&key, u64::from(loc.offset)..u64::from(loc.offset) + u64::from(loc.stored_len))
+            .get_range(
+                &key,
+                u64::from(loc.offset)..u64::from(loc.offset) + u64::from(loc.stored_len),
+            )
             .await
             .map_err(|e| self.store_err(e))?;
         blob::open_blob(&self.key, &self.opener, blob_type, id, loc.raw_len, &bytes)
@@ -447,7 +549,13 @@ impl Repository {
     }
 
     /// Opens a blob's stored bytes (already fetched) and verifies it.
-    pub fn open_blob(&self, blob_type: BlobType, id: &BlobId, raw_len: u32, stored: &[u8]) -> Result<Vec<u8>, FormatError> {
+    pub fn open_blob(
+        &self,
+        blob_type: BlobType,
+        id: &BlobId,
+        raw_len: u32,
+        stored: &[u8],
+    ) -> Result<Vec<u8>, FormatError> {
         blob::open_blob(&self.key, &self.opener, blob_type, id, raw_len, stored)
     }
 
@@ -458,11 +566,18 @@ impl Repository {
 
     /// Reads one tree page, through a small cache.
     pub async fn read_tree(&self, index: &Index, id: &BlobId) -> Result<Arc<TreePage>> {
-        if let Some(p) = self.tree_cache.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
+        if let Some(p) = self
+            .tree_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+        {
             return Ok(p.clone());
         }
         let plain = self.read_blob(index, BlobType::Tree, id).await?;
-        let page = Arc::new(TreePage::decode(&plain).map_err(|e| Error::corrupt(format!("tree {id}"), e))?);
+        let page = Arc::new(
+            TreePage::decode(&plain).map_err(|e| Error::corrupt(format!("tree {id}"), e))?,
+        );
         let mut cache = self.tree_cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= TREE_CACHE_ENTRIES {
             cache.clear();
@@ -472,7 +587,10 @@ impl Repository {
     }
 
     /// Reads a pack's header from the store.
-    pub async fn read_pack_header(&self, id: &PackId) -> Result<Vec<coffer_repo_format::pack::PackEntry>> {
+    pub async fn read_pack_header(
+        &self,
+        id: &PackId,
+    ) -> Result<Vec<coffer_repo_format::pack::PackEntry>> {
         use coffer_repo_format::pack;
         let key = layout::pack(id);
         let object = format!("pack {id}");
@@ -480,7 +598,11 @@ impl Repository {
         if size < pack::TRAILER_LEN as u64 {
             return Err(Error::corrupt(
                 object,
-                FormatError::Truncated { what: "pack", needed: 4, available: size },
+                FormatError::Truncated {
+                    what: "pack",
+                    needed: 4,
+                    available: size,
+                },
             ));
         }
         let trailer = self
@@ -488,7 +610,8 @@ impl Repository {
             .get_range(&key, size - pack::TRAILER_LEN as u64..size)
             .await
             .map_err(|e| self.store_err(e))?;
-        let start = pack::header_start(size, &trailer).map_err(|e| Error::corrupt(object.clone(), e))?;
+        let start =
+            pack::header_start(size, &trailer).map_err(|e| Error::corrupt(object.clone(), e))?;
         let header = self
             .store
             .get_range(&key, start..size - pack::TRAILER_LEN as u64)
@@ -510,17 +633,24 @@ fn random32() -> Result<[u8; 32]> {
 }
 
 fn getrandom_fill(b: &mut [u8]) -> Result<()> {
-    getrandom::fill(b)
-        .map_err(|e| Error::InvalidArgument(format!("the system random number generator failed: {e}")))
+    getrandom::fill(b).map_err(|e| {
+        Error::InvalidArgument(format!("the system random number generator failed: {e}"))
+    })
 }
 
 /// Lists the ids of the files under a prefix; keys that are not ids are skipped.
-pub(crate) async fn list_ids<T: std::str::FromStr>(store: &DynStore, prefix: &str) -> Result<Vec<T>> {
+pub(crate) async fn list_ids<T: std::str::FromStr>(
+    store: &DynStore,
+    prefix: &str,
+) -> Result<Vec<T>> {
     let infos: Vec<_> = store
         .list(prefix)
         .try_collect()
         .await
-        .map_err(|e| Error::Store { location: store.location(), source: e })?;
+        .map_err(|e| Error::Store {
+            location: store.location(),
+            source: e,
+        })?;
     Ok(infos
         .into_iter()
         .filter_map(|i| i.key.rsplit('/').next().and_then(|n| n.parse().ok()))

@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use coffer_repo_format::BlobId;
 use coffer_repo_format::tree::{Node, NodeKind, TreePage};
+use coffer_repo_format::BlobId;
 
 use crate::error::{Error, Result};
 use crate::index::Index;
@@ -63,7 +63,12 @@ impl<'a> DirReader<'a> {
 }
 
 /// Finds the entry `name` in the directory whose root page is `dir`.
-pub async fn find_child(repo: &Repository, index: &Index, dir: &BlobId, name: &[u8]) -> Result<Option<Node>> {
+pub async fn find_child(
+    repo: &Repository,
+    index: &Index,
+    dir: &BlobId,
+    name: &[u8],
+) -> Result<Option<Node>> {
     let mut id = *dir;
     for _ in 0..=16 {
         let page = repo.read_tree(index, &id).await?;
@@ -85,13 +90,23 @@ pub async fn find_child(repo: &Repository, index: &Index, dir: &BlobId, name: &[
 }
 
 /// Follows a relative path (`a/b/c`) from a directory node.
-pub async fn lookup(repo: &Repository, index: &Index, root: &Node, path: &[u8]) -> Result<Option<Node>> {
+pub async fn lookup(
+    repo: &Repository,
+    index: &Index,
+    root: &Node,
+    path: &[u8],
+) -> Result<Option<Node>> {
     let mut node = root.clone();
-    for comp in path.split(|b| *b == b'/').filter(|c| !c.is_empty() && *c != b".") {
+    for comp in path
+        .split(|b| *b == b'/')
+        .filter(|c| !c.is_empty() && *c != b".")
+    {
         if node.kind != NodeKind::Dir {
             return Ok(None);
         }
-        let Some(subtree) = node.subtree else { return Ok(None) };
+        let Some(subtree) = node.subtree else {
+            return Ok(None);
+        };
         match find_child(repo, index, &subtree, comp).await? {
             Some(n) => node = n,
             None => return Ok(None),

@@ -22,7 +22,11 @@ async fn every_kind_of_metadata_round_trips() {
     let summary = backup_paths(&repo, &[&src]).await;
     assert!(summary.errors.is_empty(), "{:?}", summary.errors);
     // The sparse file's holes are never stored: far less than its 64 MiB.
-    assert!(summary.snapshot.summary.data_added < 8 << 20, "{:?}", summary.snapshot.summary);
+    assert!(
+        summary.snapshot.summary.data_added < 8 << 20,
+        "{:?}",
+        summary.snapshot.summary
+    );
 
     let target = tempdir();
     let out = target.path().join("restored");
@@ -30,13 +34,17 @@ async fn every_kind_of_metadata_round_trips() {
     assert!(restored.errors.is_empty(), "{:?}", restored.errors);
     // A symlink's atime, checked before anything reads the link: what the backup recorded.
     let index = repo.load_index().await.unwrap();
-    let recorded = coffer_engine::trees::lookup(&repo, &index, &summary.snapshot.root, b"links/dangling")
-        .await
-        .unwrap()
-        .unwrap();
+    let recorded =
+        coffer_engine::trees::lookup(&repo, &index, &summary.snapshot.root, b"links/dangling")
+            .await
+            .unwrap()
+            .unwrap();
     let md = std::fs::symlink_metadata(out.join("links/dangling")).unwrap();
     use std::os::unix::fs::MetadataExt;
-    assert_eq!((md.atime(), md.atime_nsec() as u32), (recorded.atime.secs(), recorded.atime.nanos()));
+    assert_eq!(
+        (md.atime(), md.atime_nsec() as u32),
+        (recorded.atime.secs(), recorded.atime.nanos())
+    );
     assert_eq!((md.mtime(), md.mtime_nsec()), (1_600_000_000, 2));
     let actual = manifest(&out);
     assert_same(&expected, &actual);
@@ -46,27 +54,49 @@ async fn every_kind_of_metadata_round_trips() {
     assert_eq!(root.mode, 0o750, "the target gets the root's own metadata");
     assert_eq!(root.mtime, (1_234_567_891, 43));
     assert_eq!(actual[&b"text.txt"[..]].mtime, (-86_400, 999_999_999));
-    assert_eq!(actual[&b"random.bin"[..]].mtime, (4_300_000_000, 500_000_000));
+    assert_eq!(
+        actual[&b"random.bin"[..]].mtime,
+        (4_300_000_000, 500_000_000)
+    );
     assert_eq!(actual[&b"modes/setuid"[..]].mode, 0o4755);
     assert_eq!(actual[&b"modes/ro-dir"[..]].mode, 0o555);
-    assert_eq!(actual[&b"links/bad-target"[..]].target.as_deref(), Some(&b"\xc3\x28bad"[..]));
-    assert_eq!(actual[&b"hard/sub/c"[..]].link_group.as_deref(), Some(&b"hard/a"[..]));
+    assert_eq!(
+        actual[&b"links/bad-target"[..]].target.as_deref(),
+        Some(&b"\xc3\x28bad"[..])
+    );
+    assert_eq!(
+        actual[&b"hard/sub/c"[..]].link_group.as_deref(),
+        Some(&b"hard/a"[..])
+    );
     assert!(actual.contains_key(&b"odd/\xff\xfe\xfd"[..]));
     if support.user_xattrs {
-        assert_eq!(actual[&b"text.txt"[..]].xattrs[&b"user.coffer.test"[..]], b"value \x00\xff");
+        assert_eq!(
+            actual[&b"text.txt"[..]].xattrs[&b"user.coffer.test"[..]],
+            b"value \x00\xff"
+        );
     }
     if support.acls {
-        assert_eq!(actual[&b"one"[..]].xattrs[&b"system.posix_acl_access"[..]], ACL);
+        assert_eq!(
+            actual[&b"one"[..]].xattrs[&b"system.posix_acl_access"[..]],
+            ACL
+        );
     }
     if is_root() {
         assert_eq!(actual[&b"one"[..]].owner, Some((1234, 5678)));
         assert_eq!(actual[&b"chardev"[..]].kind, "chardev");
-        assert_eq!(actual[&b"blockdev"[..]].rdev, expected[&b"blockdev"[..]].rdev);
+        assert_eq!(
+            actual[&b"blockdev"[..]].rdev,
+            expected[&b"blockdev"[..]].rdev
+        );
     }
     // Holes stay holes.
     let sparse = out.join("sparse");
     assert_eq!(std::fs::metadata(&sparse).unwrap().len(), 64 << 20);
-    assert!(allocated(&sparse) < 4 << 20, "restored sparse file allocates {} bytes", allocated(&sparse));
+    assert!(
+        allocated(&sparse) < 4 << 20,
+        "restored sparse file allocates {} bytes",
+        allocated(&sparse)
+    );
 }
 
 /// One expectation, restore equals source, across chunk sizes, compression,
@@ -81,11 +111,19 @@ async fn restore_equals_source_across_settings() {
     write(&src.join("b/small"), b"small");
     write(&src.join("zeros"), &vec![0u8; 600_000]);
     for i in 0..50 {
-        write(&src.join(format!("many/{i:03}")), &text(100 + i, (i * 997) as usize));
+        write(
+            &src.join(format!("many/{i:03}")),
+            &text(100 + i, (i * 997) as usize),
+        );
     }
     let expected = manifest(&src);
     let chunkers = [
-        ChunkerParams { min_size: 1024, avg_size: 4096, max_size: 16384, normalization: 2 },
+        ChunkerParams {
+            min_size: 1024,
+            avg_size: 4096,
+            max_size: 16384,
+            normalization: 2,
+        },
         small_chunks(),
         ChunkerParams::default(),
     ];
@@ -125,15 +163,27 @@ async fn duplicates_and_unchanged_backups_add_no_data() {
     let first = backup_paths(&repo_two, &[&two]).await;
     // Chunk boundaries depend on the repository's key: count the file's own chunks.
     let index = repo_two.load_index().await.unwrap();
-    let node = coffer_engine::trees::lookup(&repo_two, &index, &first.snapshot.root, b"a.bin").await.unwrap().unwrap();
+    let node = coffer_engine::trees::lookup(&repo_two, &index, &first.snapshot.root, b"a.bin")
+        .await
+        .unwrap()
+        .unwrap();
     let single = node.content.len() as u64;
     assert!(single > 10, "{single} chunks");
     let first = first.snapshot.summary;
-    assert_eq!(first.data_blobs, single, "a file stored twice in one tree is stored once");
+    assert_eq!(
+        first.data_blobs, single,
+        "a file stored twice in one tree is stored once"
+    );
 
     let again = backup_paths(&repo_two, &[&two]).await.snapshot.summary;
-    assert_eq!(again.data_blobs, 0, "an unchanged second backup adds no data blobs");
-    assert_eq!(again.data_added, again.data_added_packed.min(again.data_added));
+    assert_eq!(
+        again.data_blobs, 0,
+        "an unchanged second backup adds no data blobs"
+    );
+    assert_eq!(
+        again.data_added,
+        again.data_added_packed.min(again.data_added)
+    );
 
     let mut shifted = vec![0x42];
     shifted.extend_from_slice(&noise(20, 2_000_000));
@@ -159,7 +209,11 @@ async fn a_directory_larger_than_a_tree_page_round_trips() {
     let expected = manifest(&src);
     let repo = memory_repo(init_opts(small_chunks(), Compression::Zstd(3), 1 << 20)).await;
     let s = backup_paths(&repo, &[&src]).await;
-    assert!(s.snapshot.summary.tree_blobs >= 4, "{} tree blobs", s.snapshot.summary.tree_blobs);
+    assert!(
+        s.snapshot.summary.tree_blobs >= 4,
+        "{} tree blobs",
+        s.snapshot.summary.tree_blobs
+    );
     let target = tempdir();
     let out = target.path().join("out");
     restore_to(&repo, "latest", &out).await;
@@ -168,9 +222,13 @@ async fn a_directory_larger_than_a_tree_page_round_trips() {
     // A path found through the index pages.
     let index = repo.load_index().await.unwrap();
     let (_, snap) = repo.find_snapshot("latest").await.unwrap();
-    let node = coffer_engine::trees::lookup(&repo, &index, &snap.root, b"f008000").await.unwrap();
+    let node = coffer_engine::trees::lookup(&repo, &index, &snap.root, b"f008000")
+        .await
+        .unwrap();
     assert_eq!(node.unwrap().name.0, b"f008000");
-    let missing = coffer_engine::trees::lookup(&repo, &index, &snap.root, b"f999999").await.unwrap();
+    let missing = coffer_engine::trees::lookup(&repo, &index, &snap.root, b"f999999")
+        .await
+        .unwrap();
     assert!(missing.is_none());
 }
 
@@ -188,15 +246,23 @@ async fn subpaths_single_files_and_several_paths() {
     let s = backup_paths(&repo, &[&a, &b]).await;
     let target = tempdir();
     restore_to(&repo, &s.snapshot_id.to_hex(), target.path()).await;
-    assert_eq!(std::fs::read(target.path().join("a/sub/deep/x")).unwrap(), b"x in a");
-    assert_eq!(std::fs::read(target.path().join("b.txt")).unwrap(), b"file b");
+    assert_eq!(
+        std::fs::read(target.path().join("a/sub/deep/x")).unwrap(),
+        b"x in a"
+    );
+    assert_eq!(
+        std::fs::read(target.path().join("b.txt")).unwrap(),
+        b"file b"
+    );
 
     // A subdirectory: its contents go into the target.
     let index = repo.load_index().await.unwrap();
     let t2 = tempdir();
     let mut opts = RestoreOptions::new(s.snapshot_id.short(), t2.path());
     opts.subpath = Some("a/sub".into());
-    restore::restore(repo.clone(), index.clone(), opts).await.unwrap();
+    restore::restore(repo.clone(), index.clone(), opts)
+        .await
+        .unwrap();
     assert_eq!(std::fs::read(t2.path().join("deep/x")).unwrap(), b"x in a");
     assert!(!t2.path().join("top").exists());
 
@@ -204,13 +270,17 @@ async fn subpaths_single_files_and_several_paths() {
     let t3 = tempdir();
     let mut opts = RestoreOptions::new("latest", t3.path());
     opts.subpath = Some("a/top".into());
-    restore::restore(repo.clone(), index.clone(), opts).await.unwrap();
+    restore::restore(repo.clone(), index.clone(), opts)
+        .await
+        .unwrap();
     assert_eq!(std::fs::read(t3.path().join("top")).unwrap(), b"top");
 
     // A missing path is an error that names it.
     let mut opts = RestoreOptions::new("latest", tempdir().path().join("x"));
     opts.subpath = Some("a/nope".into());
-    let err = restore::restore(repo.clone(), index.clone(), opts).await.unwrap_err();
+    let err = restore::restore(repo.clone(), index.clone(), opts)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("a/nope"), "{err}");
 
     // One file as the only path.
@@ -223,9 +293,13 @@ async fn subpaths_single_files_and_several_paths() {
     let other = dir.path().join("other");
     write(&other.join("b.txt"), b"clash");
     let index = repo.load_index().await.unwrap();
-    let err = coffer_engine::backup::backup(repo.clone(), index, BackupOptions::new([b.clone(), other.join("b.txt")]))
-        .await
-        .unwrap_err();
+    let err = coffer_engine::backup::backup(
+        repo.clone(),
+        index,
+        BackupOptions::new([b.clone(), other.join("b.txt")]),
+    )
+    .await
+    .unwrap_err();
     assert!(err.to_string().contains("same name"), "{err}");
 }
 
@@ -240,16 +314,29 @@ async fn restore_refuses_a_non_empty_target_unless_overwriting() {
     write(&target.path().join("f"), b"old content that is longer");
     write(&target.path().join("keep"), b"unrelated");
     let index = repo.load_index().await.unwrap();
-    let err = restore::restore(repo.clone(), index.clone(), RestoreOptions::new("latest", target.path()))
-        .await
-        .unwrap_err();
+    let err = restore::restore(
+        repo.clone(),
+        index.clone(),
+        RestoreOptions::new("latest", target.path()),
+    )
+    .await
+    .unwrap_err();
     assert!(err.to_string().contains("not empty"), "{err}");
-    assert_eq!(std::fs::read(target.path().join("f")).unwrap(), b"old content that is longer");
+    assert_eq!(
+        std::fs::read(target.path().join("f")).unwrap(),
+        b"old content that is longer"
+    );
     let mut opts = RestoreOptions::new("latest", target.path());
     opts.overwrite = true;
     restore::restore(repo.clone(), index, opts).await.unwrap();
-    assert_eq!(std::fs::read(target.path().join("f")).unwrap(), b"new content");
-    assert_eq!(std::fs::read(target.path().join("keep")).unwrap(), b"unrelated");
+    assert_eq!(
+        std::fs::read(target.path().join("f")).unwrap(),
+        b"new content"
+    );
+    assert_eq!(
+        std::fs::read(target.path().join("keep")).unwrap(),
+        b"unrelated"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -260,13 +347,20 @@ async fn a_damaged_blob_is_never_restored_as_good_data() {
     write(&src.join("bystander"), &text(31, 300_000));
     let repo_dir = dir.path().join("repo");
     // One pack per blob, so the damage hits one file only.
-    let repo = local_repo(&repo_dir, init_opts(small_chunks(), Compression::Zstd(3), 64 * 1024)).await;
+    let repo = local_repo(
+        &repo_dir,
+        init_opts(small_chunks(), Compression::Zstd(3), 64 * 1024),
+    )
+    .await;
     backup_paths(&repo, &[&src]).await;
 
     // Flip one byte inside the first data blob of the victim.
     let index = repo.load_index().await.unwrap();
     let (_, snap) = repo.find_snapshot("latest").await.unwrap();
-    let victim = coffer_engine::trees::lookup(&repo, &index, &snap.root, b"victim").await.unwrap().unwrap();
+    let victim = coffer_engine::trees::lookup(&repo, &index, &snap.root, b"victim")
+        .await
+        .unwrap()
+        .unwrap();
     let blob = victim.content[0].id.unwrap();
     let loc = index.get(&blob).unwrap();
     let pack_path = repo_dir.join(coffer_engine::repository::layout::pack(&loc.pack));
@@ -281,8 +375,14 @@ async fn a_damaged_blob_is_never_restored_as_good_data() {
     assert_eq!(e.path, target.path().join("victim"));
     assert_eq!(e.blob, Some(blob));
     assert!(e.message.contains(&blob.to_hex()), "{}", e.message);
-    assert!(!target.path().join("victim").exists(), "a damaged file is not left looking complete");
-    assert_eq!(std::fs::read(target.path().join("bystander")).unwrap(), text(31, 300_000));
+    assert!(
+        !target.path().join("victim").exists(),
+        "a damaged file is not left looking complete"
+    );
+    assert_eq!(
+        std::fs::read(target.path().join("bystander")).unwrap(),
+        text(31, 300_000)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -295,7 +395,11 @@ async fn unreadable_files_are_reported_and_the_snapshot_is_still_written() {
     let src = dir.path().join("src");
     write(&src.join("ok"), b"fine");
     write(&src.join("locked"), b"no");
-    std::fs::set_permissions(src.join("locked"), std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
+    std::fs::set_permissions(
+        src.join("locked"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o000),
+    )
+    .unwrap();
     let repo = memory_repo(init_opts(small_chunks(), Compression::Zstd(3), 1 << 20)).await;
     let s = backup_paths(&repo, &[&src]).await;
     assert_eq!(s.errors.len(), 1);
@@ -307,16 +411,36 @@ async fn unreadable_files_are_reported_and_the_snapshot_is_still_written() {
 async fn wrong_password_and_missing_repository_are_distinct_errors() {
     let dir = tempdir();
     let repo_dir = dir.path().join("repo");
-    local_repo(&repo_dir, init_opts(small_chunks(), Compression::Zstd(3), 1 << 20)).await;
+    local_repo(
+        &repo_dir,
+        init_opts(small_chunks(), Compression::Zstd(3), 1 << 20),
+    )
+    .await;
     let store = coffer_engine::storage::open_location(repo_dir.to_str().unwrap(), false).unwrap();
-    let err = coffer_engine::Repository::open(store.clone(), b"nope").await.unwrap_err();
-    assert!(matches!(err, coffer_engine::Error::WrongPassword { .. }), "{err}");
-    let err = coffer_engine::Repository::init(store, b"x", init_opts(small_chunks(), Compression::Off, 1 << 20))
+    let err = coffer_engine::Repository::open(store.clone(), b"nope")
         .await
         .unwrap_err();
-    assert!(matches!(err, coffer_engine::Error::RepositoryExists { .. }), "{err}");
-    let missing = coffer_engine::storage::open_location(dir.path().join("nothing").to_str().unwrap(), false);
-    assert!(matches!(missing, Err(coffer_engine::Error::RepositoryNotFound { .. })));
+    assert!(
+        matches!(err, coffer_engine::Error::WrongPassword { .. }),
+        "{err}"
+    );
+    let err = coffer_engine::Repository::init(
+        store,
+        b"x",
+        init_opts(small_chunks(), Compression::Off, 1 << 20),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, coffer_engine::Error::RepositoryExists { .. }),
+        "{err}"
+    );
+    let missing =
+        coffer_engine::storage::open_location(dir.path().join("nothing").to_str().unwrap(), false);
+    assert!(matches!(
+        missing,
+        Err(coffer_engine::Error::RepositoryNotFound { .. })
+    ));
 }
 
 mod random_trees {
@@ -347,14 +471,17 @@ mod random_trees {
     fn item() -> impl Strategy<Value = Item> {
         let leaf = prop_oneof![content().prop_map(Item::File), name().prop_map(Item::Link)];
         leaf.prop_recursive(3, 24, 6, |inner| {
-            prop::collection::btree_map(name(), inner, 0..6).prop_map(|m| Item::Dir(m.into_iter().collect()))
+            prop::collection::btree_map(name(), inner, 0..6)
+                .prop_map(|m| Item::Dir(m.into_iter().collect()))
         })
     }
 
     fn create(path: &Path, item: &Item) {
         match item {
             Item::File(data) => std::fs::write(path, data).unwrap(),
-            Item::Link(t) => std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(t), path).unwrap(),
+            Item::Link(t) => {
+                std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(t), path).unwrap()
+            }
             Item::Dir(entries) => {
                 std::fs::create_dir(path).unwrap();
                 for (n, i) in entries {

@@ -42,7 +42,10 @@ impl BlobType {
         match b {
             0 => Ok(BlobType::Data),
             1 => Ok(BlobType::Tree),
-            other => Err(FormatError::malformed("blob type", format!("unknown type byte {other}"))),
+            other => Err(FormatError::malformed(
+                "blob type",
+                format!("unknown type byte {other}"),
+            )),
         }
     }
 }
@@ -92,10 +95,9 @@ impl BlobSealer {
     pub fn new(key: &MasterKey, compression: Compression) -> Result<Self> {
         let compressor = match compression {
             Compression::Off => None,
-            Compression::Zstd(level) => Some(
-                zstd::bulk::Compressor::new(level)
-                    .map_err(|e| FormatError::malformed("compression", format!("zstd level {level}: {e}")))?,
-            ),
+            Compression::Zstd(level) => Some(zstd::bulk::Compressor::new(level).map_err(|e| {
+                FormatError::malformed("compression", format!("zstd level {level}: {e}"))
+            })?),
         };
         Ok(BlobSealer {
             sealer: key.sealer()?,
@@ -107,7 +109,12 @@ impl BlobSealer {
     /// Seals a blob whose id the caller already computed.
     ///
     /// The body is stored compressed only when that saves at least 1/32 of it.
-    pub fn seal(&mut self, blob_type: BlobType, id: BlobId, plaintext: &[u8]) -> Result<SealedBlob> {
+    pub fn seal(
+        &mut self,
+        blob_type: BlobType,
+        id: BlobId,
+        plaintext: &[u8],
+    ) -> Result<SealedBlob> {
         if plaintext.len() > MAX_BLOB_SIZE as usize {
             return Err(FormatError::TooLarge {
                 what: "blob",
@@ -122,7 +129,8 @@ impl BlobSealer {
         let mut compressed = false;
         if let Some(c) = self.compressor.as_mut() {
             self.scratch.clear();
-            self.scratch.reserve(zstd::zstd_safe::compress_bound(plaintext.len()));
+            self.scratch
+                .reserve(zstd::zstd_safe::compress_bound(plaintext.len()));
             if let Ok(n) = c.compress_to_buffer(plaintext, &mut self.scratch) {
                 compressed = n + plaintext.len() / 32 < plaintext.len();
             }
@@ -176,14 +184,20 @@ pub fn open_blob(
         Some(&MODE_ZSTD) => zstd::bulk::decompress(&payload[1..], raw_len as usize)
             .map_err(|e| FormatError::malformed("blob", format!("zstd: {e}")))?,
         Some(&other) => {
-            return Err(FormatError::malformed("blob", format!("unknown mode byte {other}")));
+            return Err(FormatError::malformed(
+                "blob",
+                format!("unknown mode byte {other}"),
+            ));
         }
         None => return Err(FormatError::malformed("blob", "empty payload")),
     };
     if plaintext.len() != raw_len as usize {
         return Err(FormatError::malformed(
             "blob",
-            format!("plaintext has {} bytes, the index says {raw_len}", plaintext.len()),
+            format!(
+                "plaintext has {} bytes, the index says {raw_len}",
+                plaintext.len()
+            ),
         ));
     }
     let actual = key.blob_id(&plaintext);
@@ -209,7 +223,15 @@ mod tests {
         let id = key.blob_id(&text);
         let sealed = s.seal(BlobType::Data, id, &text).unwrap();
         assert!(sealed.bytes.len() < text.len() / 10);
-        let back = open_blob(&key, &key.opener(), BlobType::Data, &id, text.len() as u32, &sealed.bytes).unwrap();
+        let back = open_blob(
+            &key,
+            &key.opener(),
+            BlobType::Data,
+            &id,
+            text.len() as u32,
+            &sealed.bytes,
+        )
+        .unwrap();
         assert_eq!(back, text);
     }
 
@@ -217,14 +239,19 @@ mod tests {
     fn incompressible_blobs_are_stored() {
         let key = MasterKey::generate().unwrap();
         let mut s = BlobSealer::new(&key, Compression::Zstd(3)).unwrap();
-        let data: Vec<u8> = (0..10000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let data: Vec<u8> = (0..10000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
         let noise = blake3::Hasher::new().update(&data).finalize_xof();
         let mut buf = vec![0u8; 10000];
         let mut r = noise;
         r.fill(&mut buf);
         let id = key.blob_id(&buf);
         let sealed = s.seal(BlobType::Data, id, &buf).unwrap();
-        assert_eq!(sealed.bytes.len(), buf.len() + 1 + crate::envelope::OVERHEAD);
+        assert_eq!(
+            sealed.bytes.len(),
+            buf.len() + 1 + crate::envelope::OVERHEAD
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! CBOR (RFC 8949) encoding of the structured objects: trees, snapshots, config.
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use crate::error::{FormatError, Result};
 
@@ -98,7 +98,9 @@ impl<'de> serde::Deserialize<'de> for RawBytes {
             }
             match Human::deserialize(d)? {
                 Human::Text(t) => Ok(RawBytes(t.into_bytes())),
-                Human::Hex { hex } => hex::decode(hex).map(RawBytes).map_err(serde::de::Error::custom),
+                Human::Hex { hex } => hex::decode(hex)
+                    .map(RawBytes)
+                    .map_err(serde::de::Error::custom),
             }
         } else {
             serde_bytes::ByteBuf::deserialize(d).map(|b| RawBytes(b.into_vec()))

@@ -44,8 +44,14 @@ impl Default for ChunkerParams {
 impl ChunkerParams {
     /// Checks the parameters against the bounds of SPEC.md.
     pub fn validate(&self) -> Result<()> {
-        use fastcdc::v2020::{AVERAGE_MAX, AVERAGE_MIN, MAXIMUM_MAX, MAXIMUM_MIN, MINIMUM_MAX, MINIMUM_MIN};
-        let (min, avg, max) = (self.min_size as usize, self.avg_size as usize, self.max_size as usize);
+        use fastcdc::v2020::{
+            AVERAGE_MAX, AVERAGE_MIN, MAXIMUM_MAX, MAXIMUM_MIN, MINIMUM_MAX, MINIMUM_MIN,
+        };
+        let (min, avg, max) = (
+            self.min_size as usize,
+            self.avg_size as usize,
+            self.max_size as usize,
+        );
         let bad = |reason: String| Err(FormatError::malformed("chunker parameters", reason));
         if !(MINIMUM_MIN..=MINIMUM_MAX).contains(&min)
             || !(AVERAGE_MIN..=AVERAGE_MAX).contains(&avg)
@@ -62,7 +68,10 @@ impl ChunkerParams {
             return bad(format!("sizes must be even, got {min}/{avg}/{max}"));
         }
         if self.normalization > 3 {
-            return bad(format!("normalization level {} is not 0 to 3", self.normalization));
+            return bad(format!(
+                "normalization level {} is not 0 to 3",
+                self.normalization
+            ));
         }
         Ok(())
     }
@@ -80,7 +89,9 @@ pub struct Chunker {
 
 impl std::fmt::Debug for Chunker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Chunker").field("params", &self.params).finish_non_exhaustive()
+        f.debug_struct("Chunker")
+            .field("params", &self.params)
+            .finish_non_exhaustive()
     }
 }
 
@@ -212,8 +223,14 @@ mod tests {
     #[test]
     fn the_seed_changes_the_boundaries() {
         let data = pseudo_random(1 << 20, 7);
-        let a: Vec<usize> = Chunker::new(&[1; 32], small()).unwrap().chunks(&data).collect();
-        let b: Vec<usize> = Chunker::new(&[2; 32], small()).unwrap().chunks(&data).collect();
+        let a: Vec<usize> = Chunker::new(&[1; 32], small())
+            .unwrap()
+            .chunks(&data)
+            .collect();
+        let b: Vec<usize> = Chunker::new(&[2; 32], small())
+            .unwrap()
+            .chunks(&data)
+            .collect();
         assert_ne!(a, b);
     }
 

@@ -48,13 +48,19 @@ impl Config {
             });
         }
         if self.id.len() != 32 {
-            return Err(FormatError::malformed("repository config", "id is not 32 bytes"));
+            return Err(FormatError::malformed(
+                "repository config",
+                "id is not 32 bytes",
+            ));
         }
         self.chunker.validate()?;
         if self.pack_size < MIN_PACK_SIZE || u64::from(self.pack_size) > MAX_PACK_SIZE / 2 {
             return Err(FormatError::malformed(
                 "repository config",
-                format!("pack size {} outside {MIN_PACK_SIZE}..2 GiB", self.pack_size),
+                format!(
+                    "pack size {} outside {MIN_PACK_SIZE}..2 GiB",
+                    self.pack_size
+                ),
             ));
         }
         if let Compression::Zstd(level) = self.compression {

@@ -266,7 +266,10 @@ mod tests {
         let mut sealer = Sealer::new(&KEY).unwrap();
         let env = sealer.seal(Context::Index, b"hello").unwrap();
         assert_eq!(env.len(), 5 + OVERHEAD);
-        assert_eq!(Opener::new(&KEY).open(Context::Index, &env).unwrap(), b"hello");
+        assert_eq!(
+            Opener::new(&KEY).open(Context::Index, &env).unwrap(),
+            b"hello"
+        );
     }
 
     #[test]
@@ -277,7 +280,11 @@ mod tests {
             let mut bad = env.clone();
             bad[i] ^= 0x01;
             let err = Opener::new(&KEY).open(Context::Snapshot, &bad).unwrap_err();
-            assert_eq!(err, FormatError::Authentication { what: "snapshot" }, "byte {i}");
+            assert_eq!(
+                err,
+                FormatError::Authentication { what: "snapshot" },
+                "byte {i}"
+            );
         }
     }
 
@@ -285,19 +292,57 @@ mod tests {
     fn context_is_bound() {
         let mut sealer = Sealer::new(&KEY).unwrap();
         let id = [1u8; 32];
-        let env = sealer.seal(Context::Blob { blob_type: 0, id: &id }, b"x").unwrap();
+        let env = sealer
+            .seal(
+                Context::Blob {
+                    blob_type: 0,
+                    id: &id,
+                },
+                b"x",
+            )
+            .unwrap();
         let opener = Opener::new(&KEY);
-        assert!(opener.open(Context::Blob { blob_type: 1, id: &id }, &env).is_err());
-        assert!(opener.open(Context::Blob { blob_type: 0, id: &[2; 32] }, &env).is_err());
-        assert!(opener.open(Context::Blob { blob_type: 0, id: &id }, &env).is_ok());
+        assert!(opener
+            .open(
+                Context::Blob {
+                    blob_type: 1,
+                    id: &id
+                },
+                &env
+            )
+            .is_err());
+        assert!(opener
+            .open(
+                Context::Blob {
+                    blob_type: 0,
+                    id: &[2; 32]
+                },
+                &env
+            )
+            .is_err());
+        assert!(opener
+            .open(
+                Context::Blob {
+                    blob_type: 0,
+                    id: &id
+                },
+                &env
+            )
+            .is_ok());
         assert!(opener.open(Context::Index, &env).is_err());
     }
 
     #[test]
     fn short_and_unknown_version_envelopes_are_refused() {
         let opener = Opener::new(&KEY);
-        assert!(matches!(opener.open(Context::Config, &[1; 10]), Err(FormatError::Truncated { .. })));
-        let mut env = Sealer::new(&KEY).unwrap().seal(Context::Config, b"c").unwrap();
+        assert!(matches!(
+            opener.open(Context::Config, &[1; 10]),
+            Err(FormatError::Truncated { .. })
+        ));
+        let mut env = Sealer::new(&KEY)
+            .unwrap()
+            .seal(Context::Config, b"c")
+            .unwrap();
         env[0] = 9;
         assert!(matches!(
             opener.open(Context::Config, &env),

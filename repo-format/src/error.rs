@@ -18,7 +18,9 @@ pub enum FormatError {
         available: u64,
     },
     /// The object was written by a newer or unknown version of the format.
-    #[error("{what} has format version {found}, this program reads version {supported}; upgrade coffer")]
+    #[error(
+        "{what} has format version {found}, this program reads version {supported}; upgrade coffer"
+    )]
     UnsupportedVersion {
         /// The kind of object being decoded.
         what: &'static str,

@@ -13,7 +13,7 @@ use crate::blob::{BlobType, MAX_BLOB_SIZE};
 use crate::bytes::Reader;
 use crate::error::{FormatError, Result};
 use crate::id::{BlobId, PackId};
-use crate::pack::{MAX_BLOBS_PER_PACK, PackEntry};
+use crate::pack::{PackEntry, MAX_BLOBS_PER_PACK};
 
 /// Version of the index plaintext.
 pub const INDEX_VERSION: u8 = 1;
@@ -46,7 +46,9 @@ impl IndexFile {
 
     /// The plaintext encoding.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(5 + self.packs.len() * PACK_RECORD_LEN + self.blob_count() * ENTRY_LEN);
+        let mut out = Vec::with_capacity(
+            5 + self.packs.len() * PACK_RECORD_LEN + self.blob_count() * ENTRY_LEN,
+        );
         out.push(INDEX_VERSION);
         out.extend_from_slice(&(self.packs.len() as u32).to_le_bytes());
         for p in &self.packs {

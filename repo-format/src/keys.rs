@@ -6,11 +6,11 @@
 
 use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce, Tag};
-use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use crate::envelope::{NONCE_LEN, Opener, Sealer, TAG_LEN, random_bytes};
+use crate::envelope::{random_bytes, Opener, Sealer, NONCE_LEN, TAG_LEN};
 use crate::error::{FormatError, Result};
 use crate::id::BlobId;
 
@@ -165,7 +165,9 @@ impl KeyFile {
     ) -> Result<Self> {
         let salt: [u8; 16] = random_bytes()?;
         let nonce: [u8; NONCE_LEN] = random_bytes()?;
-        Self::wrap_with(master, password, cost, salt, nonce, created, hostname, username)
+        Self::wrap_with(
+            master, password, cost, salt, nonce, created, hostname, username,
+        )
     }
 
     /// Wraps with a fixed salt and nonce. Only for test vectors.
@@ -217,7 +219,11 @@ impl KeyFile {
         if data.len() != NONCE_LEN + 96 + TAG_LEN {
             return Err(FormatError::malformed(
                 "key file",
-                format!("wrapped key has {} bytes, expected {}", data.len(), NONCE_LEN + 96 + TAG_LEN),
+                format!(
+                    "wrapped key has {} bytes, expected {}",
+                    data.len(),
+                    NONCE_LEN + 96 + TAG_LEN
+                ),
             ));
         }
         let mut nonce = [0u8; NONCE_LEN];
@@ -226,7 +232,12 @@ impl KeyFile {
         let tag = Tag::try_from(&data[NONCE_LEN + 96..])
             .map_err(|_| FormatError::malformed("key file", "bad tag length"))?;
         Aes256Gcm::new(&kek.into())
-            .decrypt_inout_detached(&Nonce::from(nonce), KEY_AAD, buf.as_mut_slice().into(), &tag)
+            .decrypt_inout_detached(
+                &Nonce::from(nonce),
+                KEY_AAD,
+                buf.as_mut_slice().into(),
+                &tag,
+            )
             .map_err(|_| FormatError::WrongPassword)?;
         MasterKey::from_bytes(&buf)
     }
@@ -244,10 +255,16 @@ impl KeyFile {
         if k.algorithm != "argon2id" || k.version != 0x13 {
             return Err(FormatError::malformed(
                 "key file",
-                format!("unknown key derivation {} version {}", k.algorithm, k.version),
+                format!(
+                    "unknown key derivation {} version {}",
+                    k.algorithm, k.version
+                ),
             ));
         }
-        if k.memory_kib > MAX_KDF_MEMORY_KIB || k.iterations > MAX_KDF_ITERATIONS || k.parallelism > 64 {
+        if k.memory_kib > MAX_KDF_MEMORY_KIB
+            || k.iterations > MAX_KDF_ITERATIONS
+            || k.parallelism > 64
+        {
             return Err(FormatError::malformed(
                 "key file",
                 format!(
@@ -309,8 +326,15 @@ mod tests {
     use super::*;
 
     fn wrap(master: &MasterKey, pw: &[u8]) -> KeyFile {
-        KeyFile::wrap(master, pw, TEST_COST, "2026-01-01T00:00:00Z".into(), "h".into(), "u".into())
-            .unwrap()
+        KeyFile::wrap(
+            master,
+            pw,
+            TEST_COST,
+            "2026-01-01T00:00:00Z".into(),
+            "h".into(),
+            "u".into(),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -318,7 +342,10 @@ mod tests {
         let master = MasterKey::generate().unwrap();
         let kf = KeyFile::from_bytes(&wrap(&master, b"secret").to_bytes()).unwrap();
         assert_eq!(kf.unwrap_key(b"secret").unwrap(), master);
-        assert_eq!(kf.unwrap_key(b"Secret").unwrap_err(), FormatError::WrongPassword);
+        assert_eq!(
+            kf.unwrap_key(b"Secret").unwrap_err(),
+            FormatError::WrongPassword
+        );
     }
 
     #[test]
@@ -326,7 +353,10 @@ mod tests {
         let master = MasterKey::generate().unwrap();
         let mut kf = wrap(&master, b"pw");
         kf.kdf.memory_kib = u32::MAX;
-        assert!(matches!(kf.unwrap_key(b"pw"), Err(FormatError::Malformed { .. })));
+        assert!(matches!(
+            kf.unwrap_key(b"pw"),
+            Err(FormatError::Malformed { .. })
+        ));
     }
 
     #[test]
@@ -335,6 +365,9 @@ mod tests {
         let mut kf = wrap(&master, b"pw");
         kf.version = 2;
         let err = KeyFile::from_bytes(&kf.to_bytes()).unwrap_err();
-        assert!(matches!(err, FormatError::UnsupportedVersion { found: 2, .. }));
+        assert!(matches!(
+            err,
+            FormatError::UnsupportedVersion { found: 2, .. }
+        ));
     }
 }

@@ -90,7 +90,10 @@ pub fn decode_header(plain: &[u8]) -> Result<Vec<PackEntry>> {
             });
         }
         if offset + u64::from(stored_len) > MAX_PACK_SIZE {
-            return Err(FormatError::malformed("pack header", "blobs extend past 4 GiB"));
+            return Err(FormatError::malformed(
+                "pack header",
+                "blobs extend past 4 GiB",
+            ));
         }
         entries.push(PackEntry {
             blob_type,
@@ -124,7 +127,9 @@ pub fn header_start(pack_len: u64, trailer: &[u8]) -> Result<u64> {
             available: pack_len,
         });
     }
-    let header_len = u64::from(u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]));
+    let header_len = u64::from(u32::from_le_bytes([
+        trailer[0], trailer[1], trailer[2], trailer[3],
+    ]));
     let body = pack_len - TRAILER_LEN as u64;
     if header_len > body || header_len < crate::envelope::OVERHEAD as u64 {
         return Err(FormatError::malformed(
@@ -162,7 +167,11 @@ mod tests {
         (0..3u8)
             .map(|i| {
                 let e = PackEntry {
-                    blob_type: if i == 1 { BlobType::Tree } else { BlobType::Data },
+                    blob_type: if i == 1 {
+                        BlobType::Tree
+                    } else {
+                        BlobType::Data
+                    },
                     id: BlobId([i; 32]),
                     offset: off,
                     stored_len: 100 + u32::from(i),
@@ -189,7 +198,12 @@ mod tests {
         finish_pack(&mut sealer, &mut pack, &e).unwrap();
         let start = header_start(pack.len() as u64, &pack[pack.len() - 4..]).unwrap();
         assert_eq!(start, 303);
-        let got = open_header(&Opener::new(&key), start, &pack[start as usize..pack.len() - 4]).unwrap();
+        let got = open_header(
+            &Opener::new(&key),
+            start,
+            &pack[start as usize..pack.len() - 4],
+        )
+        .unwrap();
         assert_eq!(got, e);
     }
 
@@ -197,10 +211,16 @@ mod tests {
     fn hostile_counts_do_not_allocate() {
         let mut h = vec![1u8];
         h.extend_from_slice(&(MAX_BLOBS_PER_PACK).to_le_bytes());
-        assert!(matches!(decode_header(&h), Err(FormatError::Truncated { .. })));
+        assert!(matches!(
+            decode_header(&h),
+            Err(FormatError::Truncated { .. })
+        ));
         let mut h = vec![1u8];
         h.extend_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(decode_header(&h), Err(FormatError::TooLarge { .. })));
+        assert!(matches!(
+            decode_header(&h),
+            Err(FormatError::TooLarge { .. })
+        ));
     }
 
     #[test]

@@ -140,7 +140,10 @@ impl Snapshot {
             });
         }
         if s.root.kind != NodeKind::Dir {
-            return Err(FormatError::malformed("snapshot", "root is not a directory"));
+            return Err(FormatError::malformed(
+                "snapshot",
+                "root is not a directory",
+            ));
         }
         s.root.validate()?;
         Ok(s)

@@ -22,7 +22,9 @@ pub const PAGE_TARGET_BYTES: usize = 1024 * 1024;
 
 /// Seconds and nanoseconds since the Unix epoch (negative before 1970);
 /// `nanos` is always in `0..1_000_000_000`. Encoded as `[secs, nanos]`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Timestamp(pub i64, pub u32);
 
 impl Timestamp {
@@ -178,18 +180,27 @@ impl Node {
         let what = "tree node";
         for t in [self.mtime, self.atime, self.ctime] {
             if t.1 >= 1_000_000_000 {
-                return Err(FormatError::malformed(what, format!("nanoseconds {} out of range", t.1)));
+                return Err(FormatError::malformed(
+                    what,
+                    format!("nanoseconds {} out of range", t.1),
+                ));
             }
         }
         if self.mode > 0o7777 {
-            return Err(FormatError::malformed(what, format!("mode {:o} has bits above 0o7777", self.mode)));
+            return Err(FormatError::malformed(
+                what,
+                format!("mode {:o} has bits above 0o7777", self.mode),
+            ));
         }
         match self.kind {
             NodeKind::File => {
                 let mut total: u64 = 0;
                 for c in &self.content {
                     if c.id.is_some() && c.len > u64::from(MAX_BLOB_SIZE) {
-                        return Err(FormatError::malformed(what, "a content blob is longer than the blob limit"));
+                        return Err(FormatError::malformed(
+                            what,
+                            "a content blob is longer than the blob limit",
+                        ));
                     }
                     total = total
                         .checked_add(c.len)
@@ -284,7 +295,10 @@ impl TreePage {
             });
         }
         if !page.nodes.is_empty() && !page.pages.is_empty() {
-            return Err(FormatError::malformed("tree", "a page holds both nodes and page references"));
+            return Err(FormatError::malformed(
+                "tree",
+                "a page holds both nodes and page references",
+            ));
         }
         for n in &page.nodes {
             n.validate()?;
@@ -337,7 +351,13 @@ mod tests {
     fn file(name: &str) -> Node {
         let mut n = Node::new(name, NodeKind::File);
         n.size = 10;
-        n.content = vec![ContentRef { id: Some(BlobId([1; 32])), len: 6 }, ContentRef { id: None, len: 4 }];
+        n.content = vec![
+            ContentRef {
+                id: Some(BlobId([1; 32])),
+                len: 6,
+            },
+            ContentRef { id: None, len: 4 },
+        ];
         n.mtime = Timestamp(-5, 999_999_999);
         n
     }
@@ -352,7 +372,10 @@ mod tests {
     fn unsafe_names_are_refused() {
         for name in ["..", ".", "a/b", ""] {
             let page = TreePage::leaf(vec![file(name)]);
-            assert!(TreePage::decode(&page.encode().unwrap()).is_err(), "{name:?}");
+            assert!(
+                TreePage::decode(&page.encode().unwrap()).is_err(),
+                "{name:?}"
+            );
         }
     }
 
@@ -376,6 +399,9 @@ mod tests {
         let mut page = TreePage::leaf(vec![file("a")]);
         page.version = 2;
         let err = TreePage::decode(&page.encode().unwrap()).unwrap_err();
-        assert!(matches!(err, FormatError::UnsupportedVersion { found: 2, .. }));
+        assert!(matches!(
+            err,
+            FormatError::UnsupportedVersion { found: 2, .. }
+        ));
     }
 }

@@ -45,9 +45,19 @@ pub async fn run(g: &Global, a: BackupArgs) -> anyhow::Result<i32> {
             "errors": summary.errors.len(),
         }))?;
     } else if !g.quiet {
-        println!("Files:       {:>6} new, {:>6} changed, {:>6} unmodified", s.files_new, s.files_changed, s.files_unmodified);
-        println!("Dirs:        {:>6} new, {:>6} changed, {:>6} unmodified", s.dirs_new, s.dirs_changed, s.dirs_unmodified);
-        println!("Added to the repository: {} ({} stored)", fmt::size(s.data_added), fmt::size(s.data_added_packed));
+        println!(
+            "Files:       {:>6} new, {:>6} changed, {:>6} unmodified",
+            s.files_new, s.files_changed, s.files_unmodified
+        );
+        println!(
+            "Dirs:        {:>6} new, {:>6} changed, {:>6} unmodified",
+            s.dirs_new, s.dirs_changed, s.dirs_unmodified
+        );
+        println!(
+            "Added to the repository: {} ({} stored)",
+            fmt::size(s.data_added),
+            fmt::size(s.data_added_packed)
+        );
         println!(
             "processed {} files, {} in {:.2}s",
             s.total_files_processed,

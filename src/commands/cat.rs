@@ -1,6 +1,6 @@
 use std::io::Write;
 
-use anyhow::{Context, bail};
+use anyhow::{bail, Context};
 use coffer_engine::format::blob::BlobType;
 use coffer_engine::format::keys::KeyFile;
 use coffer_engine::format::pack::PackEntry;
@@ -37,7 +37,10 @@ where
 }
 
 fn pretty(v: &impl serde::Serialize) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v).context("cannot encode JSON")?);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).context("cannot encode JSON")?
+    );
     Ok(())
 }
 
@@ -56,7 +59,9 @@ pub async fn run(g: &Global, a: CatArgs) -> anyhow::Result<i32> {
             }))?;
         }
         "snapshot" => {
-            let Some(spec) = &a.id else { bail!("`coffer cat snapshot` needs an id or `latest`") };
+            let Some(spec) = &a.id else {
+                bail!("`coffer cat snapshot` needs an id or `latest`")
+            };
             let (_, s) = repo.find_snapshot(spec).await?;
             pretty(&s)?;
         }
@@ -75,14 +80,19 @@ pub async fn run(g: &Global, a: CatArgs) -> anyhow::Result<i32> {
         }
         "tree" => {
             let index = repo.load_index().await?;
-            let plain = repo.read_blob(&index, BlobType::Tree, &id::<BlobId>(&a)?).await?;
+            let plain = repo
+                .read_blob(&index, BlobType::Tree, &id::<BlobId>(&a)?)
+                .await?;
             let page = TreePage::decode(&plain).context("the tree blob does not decode")?;
             pretty(&page)?;
         }
         "blob" => {
             let index = repo.load_index().await?;
             let blob = id::<BlobId>(&a)?;
-            let t = index.get(&blob).map(|l| l.blob_type).unwrap_or(BlobType::Data);
+            let t = index
+                .get(&blob)
+                .map(|l| l.blob_type)
+                .unwrap_or(BlobType::Data);
             let plain = repo.read_blob(&index, t, &blob).await?;
             std::io::stdout().write_all(&plain)?;
         }
@@ -96,7 +106,9 @@ pub async fn run(g: &Global, a: CatArgs) -> anyhow::Result<i32> {
             let kf = KeyFile::from_bytes(&bytes)?;
             pretty(&kf)?;
         }
-        other => bail!("unknown object type {other:?}: use config, snapshot, index, pack, tree, blob or key"),
+        other => bail!(
+            "unknown object type {other:?}: use config, snapshot, index, pack, tree, blob or key"
+        ),
     }
     Ok(exit::OK)
 }

@@ -1,13 +1,14 @@
 use coffer_engine::format::chunker::ChunkerParams;
 use coffer_engine::keys::KdfCost;
-use coffer_engine::{InitOptions, Repository, storage};
+use coffer_engine::{storage, InitOptions, Repository};
 
 use crate::cli::{Global, InitArgs};
 use crate::exit;
 
 pub async fn run(g: &Global, a: InitArgs) -> anyhow::Result<i32> {
     let location = super::location(g)?;
-    let avg = u32::try_from(a.chunk_size).map_err(|_| anyhow::anyhow!("--chunk-size is too large"))?;
+    let avg =
+        u32::try_from(a.chunk_size).map_err(|_| anyhow::anyhow!("--chunk-size is too large"))?;
     let opts = InitOptions {
         chunker: ChunkerParams {
             min_size: avg / 4,
@@ -16,7 +17,8 @@ pub async fn run(g: &Global, a: InitArgs) -> anyhow::Result<i32> {
             normalization: 1,
         },
         compression: a.compression,
-        pack_size: u32::try_from(a.pack_size).map_err(|_| anyhow::anyhow!("--pack-size is too large"))?,
+        pack_size: u32::try_from(a.pack_size)
+            .map_err(|_| anyhow::anyhow!("--pack-size is too large"))?,
         kdf: KdfCost {
             memory_kib: a.kdf_memory,
             iterations: a.kdf_iterations,
@@ -36,7 +38,11 @@ pub async fn run(g: &Global, a: InitArgs) -> anyhow::Result<i32> {
             "repository": repo.location(),
         }))?;
     } else if !g.quiet {
-        println!("created coffer repository {} at {}", &repo.config().id_hex()[..10], repo.location());
+        println!(
+            "created coffer repository {} at {}",
+            &repo.config().id_hex()[..10],
+            repo.location()
+        );
         println!("Keep the password safe: without it the data in this repository cannot be read.");
     }
     Ok(exit::OK)

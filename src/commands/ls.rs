@@ -35,7 +35,11 @@ fn print_node(g: &Global, long: bool, path: &str, n: &Node) -> anyhow::Result<()
     if g.json {
         super::print_json(&node_json(path, n))?;
     } else if long {
-        let link = n.target.as_ref().map(|t| format!(" -> {}", t.to_string_lossy())).unwrap_or_default();
+        let link = n
+            .target
+            .as_ref()
+            .map(|t| format!(" -> {}", t.to_string_lossy()))
+            .unwrap_or_default();
         println!(
             "{} {:>8} {:>8} {:>12} {} {path}{link}",
             fmt::mode(&n.kind, n.mode),
@@ -61,21 +65,26 @@ pub async fn run(g: &Global, a: LsArgs) -> anyhow::Result<i32> {
         super::print_json(&v)?;
     }
     let root = &snapshot.root;
-    let prefix = sub.as_deref().map(|s| format!("/{}", s.trim_matches('/'))).unwrap_or_default();
+    let prefix = sub
+        .as_deref()
+        .map(|s| format!("/{}", s.trim_matches('/')))
+        .unwrap_or_default();
     let start = match &sub {
         None => root.clone(),
-        Some(p) => trees::lookup(&repo, &index, root, p.as_bytes()).await?.ok_or_else(|| {
-            coffer_engine::Error::NotFound {
+        Some(p) => trees::lookup(&repo, &index, root, p.as_bytes())
+            .await?
+            .ok_or_else(|| coffer_engine::Error::NotFound {
                 what: format!("path {p} in snapshot {}", id.short()),
                 hint: "; list the snapshot with `coffer ls SNAPSHOT`".into(),
-            }
-        })?,
+            })?,
     };
     if start.kind != NodeKind::Dir {
         print_node(g, a.long, &prefix, &start)?;
         return Ok(exit::OK);
     }
-    let Some(tree) = start.subtree else { return Ok(exit::OK) };
+    let Some(tree) = start.subtree else {
+        return Ok(exit::OK);
+    };
     let mut stack = vec![(prefix, DirReader::open(&repo, &index, &tree).await?)];
     while let Some((dir, reader)) = stack.last_mut() {
         let Some(node) = reader.next().await? else {

@@ -10,7 +10,7 @@ mod snapshots;
 use std::sync::Arc;
 
 use anyhow::Context;
-use coffer_engine::{Error, Repository, storage};
+use coffer_engine::{storage, Error, Repository};
 
 use crate::cli::{Cli, Command, Global};
 
@@ -42,7 +42,13 @@ pub(crate) async fn open(g: &Global) -> anyhow::Result<Arc<Repository>> {
         Err(e) if e.kind == storage::StoreErrorKind::NotFound => {
             return Err(Error::RepositoryNotFound { location }.into());
         }
-        Err(e) => return Err(Error::Store { location, source: e }.into()),
+        Err(e) => {
+            return Err(Error::Store {
+                location,
+                source: e,
+            }
+            .into())
+        }
     }
     let password = crate::password::get(g, false)?;
     let repo = Repository::open(store, &password).await?;
@@ -58,6 +64,9 @@ pub(crate) fn split_snapshot(spec: &str) -> (String, Option<String>) {
 }
 
 pub(crate) fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string(value).context("cannot encode JSON")?);
+    println!(
+        "{}",
+        serde_json::to_string(value).context("cannot encode JSON")?
+    );
     Ok(())
 }

@@ -32,7 +32,10 @@ pub async fn run(g: &Global, _a: SnapshotsArgs) -> anyhow::Result<i32> {
         super::print_json(&list)?;
         return Ok(exit::OK);
     }
-    println!("{:<9} {:<19}  {:<15} {:<15} {:>11}  Paths", "ID", "Time", "Host", "Tags", "Size");
+    println!(
+        "{:<9} {:<19}  {:<15} {:<15} {:>11}  Paths",
+        "ID", "Time", "Host", "Tags", "Size"
+    );
     println!("{}", "-".repeat(90));
     for (id, s) in &snaps {
         let paths: Vec<String> = s.paths.iter().map(|p| p.to_string_lossy()).collect();

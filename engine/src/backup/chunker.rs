@@ -17,21 +17,26 @@ use crate::error::Error;
 const READ_SIZE: usize = 8 * 1024 * 1024;
 
 /// One file worker: runs until the job queue closes.
-pub(crate) fn run_worker(ctx: &Ctx, jobs: crossbeam_channel::Receiver<FileJob>) -> crate::Result<()> {
-    let mut sealer = BlobSealer::new(ctx.repo.key(), ctx.compression).map_err(|e| Error::corrupt("blob sealer", e))?;
+pub(crate) fn run_worker(
+    ctx: &Ctx,
+    jobs: crossbeam_channel::Receiver<FileJob>,
+) -> crate::Result<()> {
+    let mut sealer = BlobSealer::new(ctx.repo.key(), ctx.compression)
+        .map_err(|e| Error::corrupt("blob sealer", e))?;
     let mut buf = Vec::new();
     for job in jobs {
         if ctx.cancel.is_cancelled() {
             return Err(Error::Cancelled);
         }
-        let outcome: FileOutcome = match back_up_file(ctx, &mut sealer, &mut buf, &job.path, job.node) {
-            Ok(node) => Ok(node),
-            Err(FileError::Source(e)) => Err(e),
-            Err(FileError::Fatal(e)) => {
-                // The tree builder sees the closed reply channel; the error is the pipeline's.
-                return Err(e);
-            }
-        };
+        let outcome: FileOutcome =
+            match back_up_file(ctx, &mut sealer, &mut buf, &job.path, job.node) {
+                Ok(node) => Ok(node),
+                Err(FileError::Source(e)) => Err(e),
+                Err(FileError::Fatal(e)) => {
+                    // The tree builder sees the closed reply channel; the error is the pipeline's.
+                    return Err(e);
+                }
+            };
         let _ = job.reply.send(outcome);
     }
     Ok(())
@@ -47,7 +52,11 @@ pub(crate) enum FileError {
 fn open_for_backup(path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     let noatime = nix::fcntl::OFlag::O_NOATIME.bits();
-    match std::fs::OpenOptions::new().read(true).custom_flags(noatime).open(path) {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(noatime)
+        .open(path)
+    {
         Ok(f) => Ok(f),
         // O_NOATIME is refused on files the process does not own.
         Err(e) if e.raw_os_error() == Some(nix::libc::EPERM) => std::fs::File::open(path),
@@ -55,7 +64,13 @@ fn open_for_backup(path: &Path) -> std::io::Result<std::fs::File> {
     }
 }
 
-fn back_up_file(ctx: &Ctx, sealer: &mut BlobSealer, buf: &mut Vec<u8>, path: &Path, mut node: Node) -> Result<Node, FileError> {
+fn back_up_file(
+    ctx: &Ctx,
+    sealer: &mut BlobSealer,
+    buf: &mut Vec<u8>,
+    path: &Path,
+    mut node: Node,
+) -> Result<Node, FileError> {
     let source_err = |e: std::io::Error| {
         FileError::Source(SourceError {
             path: path.to_path_buf(),

@@ -31,7 +31,6 @@ use crate::error::{Error, Result};
 use crate::index::Index;
 use crate::repository::Repository;
 
-
 /// Progress of a running backup.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct BackupProgress {
@@ -178,10 +177,13 @@ pub(crate) struct Ctx {
 impl Ctx {
     pub(crate) fn error(&self, path: &Path, message: String) {
         tracing::debug!("{}: {message}", path.display());
-        self.errors.lock().unwrap_or_else(|p| p.into_inner()).push(SourceError {
-            path: path.to_path_buf(),
-            message,
-        });
+        self.errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(SourceError {
+                path: path.to_path_buf(),
+                message,
+            });
     }
 
     pub(crate) fn progress(&self) -> BackupProgress {
@@ -214,19 +216,34 @@ impl Ctx {
 /// out; the snapshot is written anyway. On a fatal error or cancellation no
 /// snapshot is written, but every pack already stored is indexed, so the next
 /// backup does not upload it again.
-pub async fn backup(repo: Arc<Repository>, index: Arc<Index>, opts: BackupOptions) -> Result<BackupSummary> {
+pub async fn backup(
+    repo: Arc<Repository>,
+    index: Arc<Index>,
+    opts: BackupOptions,
+) -> Result<BackupSummary> {
     let started = Instant::now();
     let start_time = crate::repository::now_rfc3339();
     let (plan, abs_paths) = source::SourcePlan::new(&opts.paths)?;
     let threads = match opts.threads {
-        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+        0 => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2),
         n => n,
     };
     let config = repo.config().clone();
-    let chunker = Chunker::new(&repo.key().chunker_seed, config.chunker).map_err(|e| Error::corrupt("repository config", e))?;
+    let chunker = Chunker::new(&repo.key().chunker_seed, config.chunker)
+        .map_err(|e| Error::corrupt("repository config", e))?;
     let (tx, rx) = tokio::sync::mpsc::channel(2);
-    let uploader = tokio::spawn(uploader::run(repo.clone(), index.clone(), rx, opts.upload_concurrency.max(1)));
-    let header_sealer = repo.key().sealer().map_err(|e| Error::corrupt("random source", e))?;
+    let uploader = tokio::spawn(uploader::run(
+        repo.clone(),
+        index.clone(),
+        rx,
+        opts.upload_concurrency.max(1),
+    ));
+    let header_sealer = repo
+        .key()
+        .sealer()
+        .map_err(|e| Error::corrupt("random source", e))?;
     let ctx = Arc::new(Ctx {
         repo: repo.clone(),
         index,
@@ -290,12 +307,24 @@ fn run_pipeline(ctx: &Ctx, plan: &source::SourcePlan, root: Node, threads: usize
         drop(job_rx);
         let built = tree_builder::build(ctx, root, ev_rx);
         let mut results = vec![built.as_ref().map(|_| ()).map_err(clone_err)];
-        results.push(walker.join().unwrap_or_else(|_| Err(Error::InvalidArgument("the walker thread panicked".into()))));
+        results.push(
+            walker.join().unwrap_or_else(|_| {
+                Err(Error::InvalidArgument("the walker thread panicked".into()))
+            }),
+        );
         for w in workers {
-            results.push(w.join().unwrap_or_else(|_| Err(Error::InvalidArgument("a file worker panicked".into()))));
+            results.push(
+                w.join().unwrap_or_else(|_| {
+                    Err(Error::InvalidArgument("a file worker panicked".into()))
+                }),
+            );
         }
         // The first real error wins over the "stopped" errors it caused elsewhere.
-        if let Some(e) = results.into_iter().filter_map(|r| r.err()).find(|e| !matches!(e, Error::Cancelled)) {
+        if let Some(e) = results
+            .into_iter()
+            .filter_map(|r| r.err())
+            .find(|e| !matches!(e, Error::Cancelled))
+        {
             return Err(e);
         }
         built

@@ -9,10 +9,10 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 
-use coffer_repo_format::PackId;
 use coffer_repo_format::blob::{BlobType, SealedBlob};
 use coffer_repo_format::envelope::Sealer;
-use coffer_repo_format::pack::{self, MAX_BLOBS_PER_PACK, PackEntry};
+use coffer_repo_format::pack::{self, PackEntry, MAX_BLOBS_PER_PACK};
+use coffer_repo_format::PackId;
 
 use crate::error::{Error, Result};
 
@@ -65,9 +65,14 @@ pub(crate) struct Packer {
 }
 
 impl Packer {
-    pub(crate) fn new(target: usize, header_sealer: Sealer, out: tokio::sync::mpsc::Sender<FinishedPack>) -> Result<Self> {
+    pub(crate) fn new(
+        target: usize,
+        header_sealer: Sealer,
+        out: tokio::sync::mpsc::Sender<FinishedPack>,
+    ) -> Result<Self> {
         let mut seed = [0u8; 8];
-        getrandom::fill(&mut seed).map_err(|e| Error::InvalidArgument(format!("random number generator: {e}")))?;
+        getrandom::fill(&mut seed)
+            .map_err(|e| Error::InvalidArgument(format!("random number generator: {e}")))?;
         Ok(Packer {
             target,
             state: Mutex::new(State {
@@ -118,7 +123,10 @@ impl Packer {
             let [a, b] = std::mem::take(&mut st.data);
             (a, b, std::mem::take(&mut st.tree))
         };
-        if !a.entries.is_empty() && !b.entries.is_empty() && a.bytes.len() + b.bytes.len() < self.target {
+        if !a.entries.is_empty()
+            && !b.entries.is_empty()
+            && a.bytes.len() + b.bytes.len() < self.target
+        {
             a.append(b);
             self.ship(a)?;
         } else {
@@ -143,7 +151,8 @@ impl Packer {
         let OpenPack { mut bytes, entries } = open;
         {
             let mut sealer = self.header_sealer.lock().unwrap_or_else(|p| p.into_inner());
-            pack::finish_pack(&mut sealer, &mut bytes, &entries).map_err(|e| Error::corrupt("new pack header", e))?;
+            pack::finish_pack(&mut sealer, &mut bytes, &entries)
+                .map_err(|e| Error::corrupt("new pack header", e))?;
         }
         let id = PackId::of(&bytes);
         let out = self.out.read().unwrap_or_else(|p| p.into_inner());
@@ -151,11 +160,11 @@ impl Packer {
             return Err(Error::Cancelled);
         };
         out.blocking_send(FinishedPack {
-                id,
-                bytes: Bytes::from(bytes),
-                entries,
-            })
-            // The uploader stopped; its error is the one to report.
-            .map_err(|_| Error::Cancelled)
+            id,
+            bytes: Bytes::from(bytes),
+            entries,
+        })
+        // The uploader stopped; its error is the one to report.
+        .map_err(|_| Error::Cancelled)
     }
 }

@@ -3,18 +3,24 @@
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
-use coffer_repo_format::snapshot::{SNAPSHOT_VERSION, Snapshot, SnapshotSummary};
+use coffer_repo_format::snapshot::{Snapshot, SnapshotSummary, SNAPSHOT_VERSION};
 use coffer_repo_format::tree::{Node, Timestamp};
 
 use super::{BackupOptions, Ctx, Stats};
-use crate::repository::{Identity, now_rfc3339};
+use crate::repository::{now_rfc3339, Identity};
 
 pub(crate) fn timestamp_now() -> Timestamp {
     let now = chrono::Utc::now();
     Timestamp(now.timestamp(), now.timestamp_subsec_nanos())
 }
 
-pub(crate) fn build(ctx: &Ctx, opts: &BackupOptions, paths: &[PathBuf], root: Node, start_time: String) -> Snapshot {
+pub(crate) fn build(
+    ctx: &Ctx,
+    opts: &BackupOptions,
+    paths: &[PathBuf],
+    root: Node,
+    start_time: String,
+) -> Snapshot {
     let me = Identity::current();
     let s = &ctx.stats;
     let files = Stats::get(&s.files);
@@ -26,7 +32,10 @@ pub(crate) fn build(ctx: &Ctx, opts: &BackupOptions, paths: &[PathBuf], root: No
         username: me.username,
         uid: me.uid,
         gid: me.gid,
-        paths: paths.iter().map(|p| p.as_os_str().as_bytes().into()).collect(),
+        paths: paths
+            .iter()
+            .map(|p| p.as_os_str().as_bytes().into())
+            .collect(),
         tags: opts.tags.clone(),
         root,
         parent: None,

@@ -27,14 +27,14 @@ pub(crate) struct FileJob {
 
 /// A node of the walk, finished or still being read by a worker.
 pub(crate) enum Pending {
-    Ready(Node),
+    Ready(Box<Node>),
     File(PathBuf, Receiver<FileOutcome>),
 }
 
 /// The walk, as the tree builder sees it.
 pub(crate) enum Event {
     /// A directory starts; its entries follow until the matching `Leave`.
-    Enter(Node),
+    Enter(Box<Node>),
     /// A non-directory entry of the current directory.
     Entry(Pending),
     /// The current directory is complete.
@@ -53,7 +53,9 @@ impl SourcePlan {
     /// Checks the paths and decides the root layout.
     pub(crate) fn new(paths: &[PathBuf]) -> Result<(Self, Vec<PathBuf>)> {
         if paths.is_empty() {
-            return Err(Error::InvalidArgument("nothing to back up: give at least one path".into()));
+            return Err(Error::InvalidArgument(
+                "nothing to back up: give at least one path".into(),
+            ));
         }
         let mut abs = Vec::new();
         for p in paths {
@@ -64,12 +66,19 @@ impl SourcePlan {
             })?;
             abs.push(a);
         }
-        if abs.len() == 1 && std::fs::symlink_metadata(&abs[0]).map(|m| m.is_dir()).unwrap_or(false) {
+        if abs.len() == 1
+            && std::fs::symlink_metadata(&abs[0])
+                .map(|m| m.is_dir())
+                .unwrap_or(false)
+        {
             return Ok((SourcePlan::Single(abs[0].clone()), abs));
         }
         let mut named: Vec<(Vec<u8>, PathBuf)> = Vec::new();
         for a in &abs {
-            let name = a.file_name().map(|n| n.as_bytes().to_vec()).unwrap_or_else(|| b"root".to_vec());
+            let name = a
+                .file_name()
+                .map(|n| n.as_bytes().to_vec())
+                .unwrap_or_else(|| b"root".to_vec());
             if let Some((_, other)) = named.iter().find(|(n, _)| *n == name) {
                 return Err(Error::InvalidArgument(format!(
                     "{} and {} have the same name; back them up in separate snapshots, or back up their common parent",
@@ -105,8 +114,12 @@ pub(crate) fn root_node(plan: &SourcePlan, now: Timestamp) -> Result<Node> {
     match plan {
         SourcePlan::Single(path) => {
             let md = std::fs::symlink_metadata(path).map_err(|e| Error::io(path, e))?;
-            let name = path.file_name().map(|n| n.as_bytes().to_vec()).unwrap_or_else(|| b"root".to_vec());
-            fsmeta::read_node(&name, path, &md, NodeKind::Dir, &mut Owners::default()).map_err(|e| Error::io(path, e))
+            let name = path
+                .file_name()
+                .map(|n| n.as_bytes().to_vec())
+                .unwrap_or_else(|| b"root".to_vec());
+            fsmeta::read_node(&name, path, &md, NodeKind::Dir, &mut Owners::default())
+                .map_err(|e| Error::io(path, e))
         }
         SourcePlan::Synthetic(_) => {
             let mut n = Node::new("root", NodeKind::Dir);
@@ -145,7 +158,7 @@ impl Walker<'_> {
                     if md.is_dir() {
                         match fsmeta::read_node(name, path, &md, NodeKind::Dir, &mut self.owners) {
                             Ok(node) => {
-                                self.send(Event::Enter(node))?;
+                                self.send(Event::Enter(Box::new(node)))?;
                                 self.walk_dir_contents(path)?;
                                 self.send(Event::Leave)?;
                             }
@@ -177,8 +190,14 @@ impl Walker<'_> {
             let entry = match item {
                 Ok(e) => e,
                 Err(e) => {
-                    let path = e.path().map(Path::to_path_buf).unwrap_or_else(|| dir.to_path_buf());
-                    let msg = e.io_error().map(|io| io.to_string()).unwrap_or_else(|| e.to_string());
+                    let path = e
+                        .path()
+                        .map(Path::to_path_buf)
+                        .unwrap_or_else(|| dir.to_path_buf());
+                    let msg = e
+                        .io_error()
+                        .map(|io| io.to_string())
+                        .unwrap_or_else(|| e.to_string());
                     self.ctx.error(&path, msg);
                     continue;
                 }
@@ -198,7 +217,7 @@ impl Walker<'_> {
             if md.is_dir() {
                 match fsmeta::read_node(name, entry.path(), &md, NodeKind::Dir, &mut self.owners) {
                     Ok(node) => {
-                        self.send(Event::Enter(node))?;
+                        self.send(Event::Enter(Box::new(node)))?;
                         open += 1;
                     }
                     Err(e) => self.ctx.error(entry.path(), e.to_string()),
@@ -236,7 +255,7 @@ impl Walker<'_> {
                 .map_err(|_| Error::Cancelled)?;
             self.send(Event::Entry(Pending::File(path.to_path_buf(), rx)))
         } else {
-            self.send(Event::Entry(Pending::Ready(node)))
+            self.send(Event::Entry(Pending::Ready(Box::new(node))))
         }
     }
 }

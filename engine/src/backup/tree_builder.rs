@@ -5,12 +5,14 @@
 //! stored as an index page, and so on. Memory per directory is one page per
 //! level, whatever the directory's size.
 
-use coffer_repo_format::BlobId;
 use coffer_repo_format::blob::{BlobSealer, BlobType};
-use coffer_repo_format::tree::{Node, NodeKind, PAGE_MAX_NODES, PAGE_TARGET_BYTES, PageRef, TreePage};
+use coffer_repo_format::tree::{
+    Node, NodeKind, PageRef, TreePage, PAGE_MAX_NODES, PAGE_TARGET_BYTES,
+};
+use coffer_repo_format::BlobId;
 
-use super::Ctx;
 use super::source::{Event, Pending};
+use super::Ctx;
 use crate::error::{Error, Result};
 
 /// Builds the pages of one directory.
@@ -30,7 +32,10 @@ pub(crate) trait PageStore {
 fn estimate(n: &Node) -> usize {
     120 + n.name.0.len()
         + n.target.as_ref().map_or(0, |t| t.0.len())
-        + n.xattrs.iter().map(|x| x.name.0.len() + x.value.0.len() + 8).sum::<usize>()
+        + n.xattrs
+            .iter()
+            .map(|x| x.name.0.len() + x.value.0.len() + 8)
+            .sum::<usize>()
         + n.content.len() * 40
         + n.user.as_ref().map_or(0, String::len)
         + n.group.as_ref().map_or(0, String::len)
@@ -40,7 +45,9 @@ impl PageWriter {
     /// Adds the next node; names must arrive in strictly increasing order.
     pub(crate) fn push(&mut self, node: Node, store: &mut impl PageStore) -> Result<()> {
         let size = estimate(&node);
-        if !self.leaf.is_empty() && (self.leaf.len() >= PAGE_MAX_NODES || self.leaf_bytes + size > PAGE_TARGET_BYTES) {
+        if !self.leaf.is_empty()
+            && (self.leaf.len() >= PAGE_MAX_NODES || self.leaf_bytes + size > PAGE_TARGET_BYTES)
+        {
             self.flush_leaf(store)?;
         }
         if self.leaf.is_empty() {
@@ -57,7 +64,15 @@ impl PageWriter {
         let id = store.store(&TreePage::leaf(nodes))?;
         self.leaf_bytes = 0;
         let first = self.leaf_first.take().unwrap_or_default();
-        self.push_ref(0, PageRef { first: first.into(), id, count }, store)
+        self.push_ref(
+            0,
+            PageRef {
+                first: first.into(),
+                id,
+                count,
+            },
+            store,
+        )
     }
 
     fn push_ref(&mut self, level: usize, r: PageRef, store: &mut impl PageStore) -> Result<()> {
@@ -110,22 +125,33 @@ struct SessionStore<'a> {
 
 impl PageStore for SessionStore<'_> {
     fn store(&mut self, page: &TreePage) -> Result<BlobId> {
-        let bytes = page.encode().map_err(|e| Error::corrupt("new tree page", e))?;
-        self.ctx.dedup_and_store(self.sealer, BlobType::Tree, &bytes)
+        let bytes = page
+            .encode()
+            .map_err(|e| Error::corrupt("new tree page", e))?;
+        self.ctx
+            .dedup_and_store(self.sealer, BlobType::Tree, &bytes)
     }
 }
 
 /// Consumes the walk and returns the root node with its subtree set.
-pub(crate) fn build(ctx: &Ctx, root: Node, events: crossbeam_channel::Receiver<Event>) -> Result<Node> {
-    let mut sealer = BlobSealer::new(ctx.repo.key(), ctx.compression).map_err(|e| Error::corrupt("blob sealer", e))?;
-    let mut store = SessionStore { ctx, sealer: &mut sealer };
+pub(crate) fn build(
+    ctx: &Ctx,
+    root: Node,
+    events: crossbeam_channel::Receiver<Event>,
+) -> Result<Node> {
+    let mut sealer = BlobSealer::new(ctx.repo.key(), ctx.compression)
+        .map_err(|e| Error::corrupt("blob sealer", e))?;
+    let mut store = SessionStore {
+        ctx,
+        sealer: &mut sealer,
+    };
     let mut stack: Vec<(Node, PageWriter)> = vec![(root, PageWriter::default())];
     for ev in events {
         match ev {
-            Event::Enter(node) => stack.push((node, PageWriter::default())),
+            Event::Enter(node) => stack.push((*node, PageWriter::default())),
             Event::Entry(pending) => {
                 let node = match pending {
-                    Pending::Ready(n) => n,
+                    Pending::Ready(n) => *n,
                     Pending::File(path, rx) => match rx.recv() {
                         Ok(Ok(n)) => n,
                         Ok(Err(e)) => {
@@ -143,18 +169,26 @@ pub(crate) fn build(ctx: &Ctx, root: Node, events: crossbeam_channel::Receiver<E
                 ctx.report_progress(false);
                 let top = stack.last_mut().map(|(_, w)| w);
                 let Some(writer) = top else {
-                    return Err(Error::InvalidArgument("walk produced an entry outside any directory".into()));
+                    return Err(Error::InvalidArgument(
+                        "walk produced an entry outside any directory".into(),
+                    ));
                 };
                 writer.push(node, &mut store)?;
             }
             Event::Leave => {
                 if stack.len() < 2 {
-                    return Err(Error::InvalidArgument("walk left the root directory".into()));
+                    return Err(Error::InvalidArgument(
+                        "walk left the root directory".into(),
+                    ));
                 }
-                let Some((mut node, writer)) = stack.pop() else { unreachable!() };
+                let Some((mut node, writer)) = stack.pop() else {
+                    unreachable!()
+                };
                 node.subtree = Some(writer.finish(&mut store)?);
                 ctx.stats.dir_done();
-                let Some((_, parent)) = stack.last_mut() else { unreachable!() };
+                let Some((_, parent)) = stack.last_mut() else {
+                    unreachable!()
+                };
                 parent.push(node, &mut store)?;
             }
         }
@@ -163,7 +197,9 @@ pub(crate) fn build(ctx: &Ctx, root: Node, events: crossbeam_channel::Receiver<E
         // The walk stopped early (cancelled or failed).
         return Err(Error::Cancelled);
     }
-    let Some((mut root, writer)) = stack.pop() else { unreachable!() };
+    let Some((mut root, writer)) = stack.pop() else {
+        unreachable!()
+    };
     root.subtree = Some(writer.finish(&mut store)?);
     debug_assert_eq!(root.kind, NodeKind::Dir);
     Ok(root)
@@ -199,7 +235,13 @@ mod tests {
 
     #[test]
     fn large_directories_page_and_read_back_in_order() {
-        for n in [0usize, 1, PAGE_MAX_NODES, PAGE_MAX_NODES + 1, 3 * PAGE_MAX_NODES + 17] {
+        for n in [
+            0usize,
+            1,
+            PAGE_MAX_NODES,
+            PAGE_MAX_NODES + 1,
+            3 * PAGE_MAX_NODES + 17,
+        ] {
             let mut store = MemStore::default();
             let mut w = PageWriter::default();
             let expect: Vec<String> = (0..n).map(|i| format!("f{i:08}")).collect();
@@ -213,7 +255,15 @@ mod tests {
             names(&store, &root, &mut got);
             assert_eq!(got, expect, "n = {n}");
             let pages = store.0.len();
-            assert_eq!(pages, if n <= PAGE_MAX_NODES { 1 } else { n.div_ceil(PAGE_MAX_NODES) + 1 }, "n = {n}");
+            assert_eq!(
+                pages,
+                if n <= PAGE_MAX_NODES {
+                    1
+                } else {
+                    n.div_ceil(PAGE_MAX_NODES) + 1
+                },
+                "n = {n}"
+            );
         }
     }
 }

@@ -5,15 +5,15 @@
 
 use std::sync::Arc;
 
-use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use futures::StreamExt;
 
 use coffer_repo_format::index::{IndexFile, IndexedPack};
 
 use super::packer::FinishedPack;
 use crate::error::{Error, Result};
 use crate::index::Index;
-use crate::repository::{Repository, layout};
+use crate::repository::{layout, Repository};
 use crate::storage::{StoreErrorKind, WriteMode};
 
 /// Packs listed per index file written during a backup.
@@ -40,7 +40,11 @@ pub(crate) async fn run(
         let repo = repo.clone();
         async move {
             let key = layout::pack(&p.id);
-            match repo.store().put(&key, p.bytes.clone(), WriteMode::CreateNew).await {
+            match repo
+                .store()
+                .put(&key, p.bytes.clone(), WriteMode::CreateNew)
+                .await
+            {
                 Ok(()) => Ok(p),
                 // The name is the hash of the bytes: an existing pack is this pack.
                 Err(e) if e.kind == StoreErrorKind::AlreadyExists => Ok(p),
@@ -101,7 +105,11 @@ fn record(index: &Index, pending: &mut IndexFile, report: &mut UploadReport, p: 
     });
 }
 
-async fn flush(repo: &Repository, pending: &mut IndexFile, report: &mut UploadReport) -> Result<()> {
+async fn flush(
+    repo: &Repository,
+    pending: &mut IndexFile,
+    report: &mut UploadReport,
+) -> Result<()> {
     if pending.packs.is_empty() {
         return Ok(());
     }

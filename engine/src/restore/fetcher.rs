@@ -9,7 +9,7 @@ use futures::StreamExt;
 use coffer_repo_format::PackId;
 
 use super::plan::{BlobTargets, FileEntry};
-use super::{Shared, writer};
+use super::{writer, Shared};
 use crate::error::{Error, Result};
 use crate::repository::layout;
 
@@ -30,7 +30,10 @@ pub(crate) fn coalesce(mut blobs: Vec<BlobTargets>) -> Vec<Read> {
     blobs.sort_by_key(|b| b.offset);
     let mut reads: Vec<Read> = Vec::new();
     for b in blobs {
-        let (s, e) = (u64::from(b.offset), u64::from(b.offset) + u64::from(b.stored_len));
+        let (s, e) = (
+            u64::from(b.offset),
+            u64::from(b.offset) + u64::from(b.stored_len),
+        );
         match reads.last_mut() {
             Some(r) if s >= r.end && s - r.end <= MAX_GAP && e - r.start <= MAX_READ => {
                 r.end = e;
@@ -38,17 +41,32 @@ pub(crate) fn coalesce(mut blobs: Vec<BlobTargets>) -> Vec<Read> {
             }
             Some(r) if s < r.end => {
                 // Overlapping entries cannot come from a valid index; read separately.
-                reads.push(Read { start: s, end: e, blobs: vec![b] });
+                reads.push(Read {
+                    start: s,
+                    end: e,
+                    blobs: vec![b],
+                });
             }
-            _ => reads.push(Read { start: s, end: e, blobs: vec![b] }),
+            _ => reads.push(Read {
+                start: s,
+                end: e,
+                blobs: vec![b],
+            }),
         }
     }
     reads
 }
 
-pub(crate) async fn run(shared: &Arc<Shared>, packs: HashMap<PackId, Vec<BlobTargets>>, files: Vec<FileEntry>, concurrency: usize) -> Result<()> {
+pub(crate) async fn run(
+    shared: &Arc<Shared>,
+    packs: HashMap<PackId, Vec<BlobTargets>>,
+    files: Vec<FileEntry>,
+    concurrency: usize,
+) -> Result<()> {
     let files = Arc::new(files);
-    let jobs = packs.into_iter().flat_map(|(pack, blobs)| coalesce(blobs).into_iter().map(move |r| (pack, r)));
+    let jobs = packs
+        .into_iter()
+        .flat_map(|(pack, blobs)| coalesce(blobs).into_iter().map(move |r| (pack, r)));
     let mut stream = futures::stream::iter(jobs)
         .map(|(pack, read)| {
             let shared = shared.clone();
@@ -58,8 +76,15 @@ pub(crate) async fn run(shared: &Arc<Shared>, packs: HashMap<PackId, Vec<BlobTar
                     return Err(Error::Cancelled);
                 }
                 let key = layout::pack(&pack);
-                let fetched = shared.repo.store().get_range(&key, read.start..read.end).await;
-                tokio::task::spawn_blocking(move || writer::write_read(&shared, &files, pack, read, fetched)).await?;
+                let fetched = shared
+                    .repo
+                    .store()
+                    .get_range(&key, read.start..read.end)
+                    .await;
+                tokio::task::spawn_blocking(move || {
+                    writer::write_read(&shared, &files, pack, read, fetched)
+                })
+                .await?;
                 Ok(())
             }
         })

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use coffer_repo_format::tree::{Node, NodeKind};
 
-use super::plan::{Start, child_path};
+use super::plan::{child_path, Start};
 use super::{RestoreOptions, Shared};
 use crate::error::{Error, Result};
 use crate::fsmeta;
@@ -14,7 +14,10 @@ use crate::trees::DirReader;
 fn apply(shared: &Shared, path: &Path, node: &Node) {
     if node.kind != NodeKind::Dir && shared.is_damaged(path, node) {
         if let Err(e) = std::fs::remove_file(path) {
-            shared.warn(format!("{}: cannot remove damaged file: {e}", path.display()));
+            shared.warn(format!(
+                "{}: cannot remove damaged file: {e}",
+                path.display()
+            ));
         }
         return;
     }
@@ -26,7 +29,12 @@ fn apply(shared: &Shared, path: &Path, node: &Node) {
     }
 }
 
-pub(crate) fn apply_all(shared: &Shared, rt: &tokio::runtime::Handle, start: &Start, opts: &RestoreOptions) -> Result<()> {
+pub(crate) fn apply_all(
+    shared: &Shared,
+    rt: &tokio::runtime::Handle,
+    start: &Start,
+    opts: &RestoreOptions,
+) -> Result<()> {
     let (root, synthetic) = match start {
         Start::Single(node) => {
             let path = child_path(&opts.target, node);
@@ -37,9 +45,14 @@ pub(crate) fn apply_all(shared: &Shared, rt: &tokio::runtime::Handle, start: &St
     };
     let repo = &*shared.repo;
     let index = &*shared.index;
-    let Some(sub) = root.subtree else { return Ok(()) };
-    let mut stack: Vec<(PathBuf, Node, DirReader<'_>)> =
-        vec![(opts.target.clone(), root.clone(), rt.block_on(DirReader::open(repo, index, &sub))?)];
+    let Some(sub) = root.subtree else {
+        return Ok(());
+    };
+    let mut stack: Vec<(PathBuf, Node, DirReader<'_>)> = vec![(
+        opts.target.clone(),
+        root.clone(),
+        rt.block_on(DirReader::open(repo, index, &sub))?,
+    )];
     while let Some((dir, _, reader)) = stack.last_mut() {
         if shared.cancel.is_cancelled() {
             return Err(Error::Cancelled);
@@ -56,7 +69,9 @@ pub(crate) fn apply_all(shared: &Shared, rt: &tokio::runtime::Handle, start: &St
                 }
             }
             None => {
-                let Some((path, node, _)) = stack.pop() else { break };
+                let Some((path, node, _)) = stack.pop() else {
+                    break;
+                };
                 // The target itself gets the root's metadata, unless the root is synthetic.
                 if !stack.is_empty() || !synthetic {
                     apply(shared, &path, &node);

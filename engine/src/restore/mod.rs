@@ -108,17 +108,26 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn fail(&self, path: &Path, blob: Option<BlobId>, message: String) {
         tracing::debug!("{}: {message}", path.display());
-        self.damaged.lock().unwrap_or_else(|p| p.into_inner()).insert(path.to_path_buf());
-        self.errors.lock().unwrap_or_else(|p| p.into_inner()).push(RestoreError {
-            path: path.to_path_buf(),
-            blob,
-            message,
-        });
+        self.damaged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(path.to_path_buf());
+        self.errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(RestoreError {
+                path: path.to_path_buf(),
+                blob,
+                message,
+            });
     }
 
     pub(crate) fn warn(&self, message: String) {
         tracing::debug!("{message}");
-        self.warnings.lock().unwrap_or_else(|p| p.into_inner()).push(message);
+        self.warnings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(message);
     }
 
     /// Whether the file at `path`, or the hard-link group it belongs to, is damaged.
@@ -142,7 +151,11 @@ impl Shared {
 }
 
 /// Restores a snapshot (or a path in it) into a directory.
-pub async fn restore(repo: Arc<Repository>, index: Arc<Index>, opts: RestoreOptions) -> Result<RestoreSummary> {
+pub async fn restore(
+    repo: Arc<Repository>,
+    index: Arc<Index>,
+    opts: RestoreOptions,
+) -> Result<RestoreSummary> {
     let (snapshot_id, snapshot) = repo.find_snapshot(&opts.snapshot).await?;
     let start = plan::resolve_start(&repo, &index, &snapshot, opts.subpath.as_deref()).await?;
     prepare_target(&opts.target, opts.overwrite)?;
@@ -163,7 +176,13 @@ pub async fn restore(repo: Arc<Repository>, index: Arc<Index>, opts: RestoreOpti
     let st = start.clone();
     let planned = tokio::task::spawn_blocking(move || plan::build(&s, &handle, &st, &o)).await??;
     let counts = planned.counts;
-    fetcher::run(&shared, planned.packs, planned.files, opts.concurrency.max(1)).await?;
+    fetcher::run(
+        &shared,
+        planned.packs,
+        planned.files,
+        opts.concurrency.max(1),
+    )
+    .await?;
     let s = shared.clone();
     let handle = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || metadata::apply_all(&s, &handle, &start, &opts)).await??;

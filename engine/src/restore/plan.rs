@@ -25,19 +25,32 @@ pub(crate) enum Start {
     Single(Node),
 }
 
-pub(crate) async fn resolve_start(repo: &Repository, index: &Index, snapshot: &Snapshot, subpath: Option<&Path>) -> Result<Start> {
+pub(crate) async fn resolve_start(
+    repo: &Repository,
+    index: &Index,
+    snapshot: &Snapshot,
+    subpath: Option<&Path>,
+) -> Result<Start> {
     let root = snapshot.root.clone();
     // A synthetic root (several paths, or one file) has inode 0.
     let synthetic = root.inode == 0 && root.device == 0;
     let Some(sub) = subpath.filter(|p| !p.as_os_str().is_empty() && *p != Path::new("/")) else {
-        return Ok(Start::Dir { node: root, synthetic });
+        return Ok(Start::Dir {
+            node: root,
+            synthetic,
+        });
     };
-    let node = trees::lookup(repo, index, &root, sub.as_os_str().as_bytes()).await?.ok_or_else(|| Error::NotFound {
-        what: format!("path {} in the snapshot", sub.display()),
-        hint: "; list the snapshot with `coffer ls`".into(),
-    })?;
+    let node = trees::lookup(repo, index, &root, sub.as_os_str().as_bytes())
+        .await?
+        .ok_or_else(|| Error::NotFound {
+            what: format!("path {} in the snapshot", sub.display()),
+            hint: "; list the snapshot with `coffer ls`".into(),
+        })?;
     Ok(if node.kind == NodeKind::Dir {
-        Start::Dir { node, synthetic: false }
+        Start::Dir {
+            node,
+            synthetic: false,
+        }
     } else {
         Start::Single(node)
     })
@@ -84,7 +97,12 @@ pub(crate) fn child_path(dir: &Path, node: &Node) -> PathBuf {
     dir.join(OsStr::from_bytes(&node.name.0))
 }
 
-pub(crate) fn build(shared: &Shared, rt: &tokio::runtime::Handle, start: &Start, opts: &RestoreOptions) -> Result<Planned> {
+pub(crate) fn build(
+    shared: &Shared,
+    rt: &tokio::runtime::Handle,
+    start: &Start,
+    opts: &RestoreOptions,
+) -> Result<Planned> {
     let mut p = Planner {
         shared,
         overwrite: opts.overwrite,
@@ -98,12 +116,16 @@ pub(crate) fn build(shared: &Shared, rt: &tokio::runtime::Handle, start: &Start,
         Start::Dir { node, .. } => {
             p.counts.dirs += 1;
             let Some(root) = node.subtree else {
-                return Err(Error::InvalidArgument("the start directory has no listing".into()));
+                return Err(Error::InvalidArgument(
+                    "the start directory has no listing".into(),
+                ));
             };
             let repo = &*shared.repo;
             let index = &*shared.index;
-            let mut stack: Vec<(PathBuf, DirReader<'_>)> =
-                vec![(opts.target.clone(), rt.block_on(DirReader::open(repo, index, &root))?)];
+            let mut stack: Vec<(PathBuf, DirReader<'_>)> = vec![(
+                opts.target.clone(),
+                rt.block_on(DirReader::open(repo, index, &root))?,
+            )];
             while let Some((dir, reader)) = stack.last_mut() {
                 if shared.cancel.is_cancelled() {
                     return Err(Error::Cancelled);
@@ -150,7 +172,11 @@ impl Planner<'_> {
                         path.display()
                     )));
                 }
-                let r = if md.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) };
+                let r = if md.is_dir() {
+                    std::fs::remove_dir_all(path)
+                } else {
+                    std::fs::remove_file(path)
+                };
                 r.map_err(|e| Error::io(path, e))?;
                 Ok(false)
             }
@@ -162,14 +188,23 @@ impl Planner<'_> {
             return Ok(());
         }
         use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new().mode(0o700).create(path).map_err(|e| Error::io(path, e))
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(path)
+            .map_err(|e| Error::io(path, e))
     }
 
     fn entry(&mut self, path: &Path, node: &Node) -> Result<()> {
         self.clear(path, false)?;
         if node.links > 1 {
             let key = (node.device, node.inode);
-            let first = self.shared.links.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
+            let first = self
+                .shared
+                .links
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&key)
+                .cloned();
             if let Some(first) = first {
                 match std::fs::hard_link(&first, path) {
                     Ok(()) => {
@@ -183,19 +218,33 @@ impl Planner<'_> {
                     )),
                 }
             } else {
-                self.shared.links.lock().unwrap_or_else(|p| p.into_inner()).insert(key, path.to_path_buf());
+                self.shared
+                    .links
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key, path.to_path_buf());
             }
         }
         match node.kind {
             NodeKind::File => self.file(path, node)?,
             NodeKind::Symlink => {
-                let target = node.target.as_ref().map(|t| t.0.as_slice()).unwrap_or_default();
-                std::os::unix::fs::symlink(OsStr::from_bytes(target), path).map_err(|e| Error::io(path, e))?;
+                let target = node
+                    .target
+                    .as_ref()
+                    .map(|t| t.0.as_slice())
+                    .unwrap_or_default();
+                std::os::unix::fs::symlink(OsStr::from_bytes(target), path)
+                    .map_err(|e| Error::io(path, e))?;
             }
-            NodeKind::Fifo => crate::fsmeta::make_special(path, node).map_err(|e| Error::io(path, e))?,
+            NodeKind::Fifo => {
+                crate::fsmeta::make_special(path, node).map_err(|e| Error::io(path, e))?
+            }
             NodeKind::Chardev | NodeKind::Blockdev => {
                 if !self.shared.as_root {
-                    self.shared.warn(format!("{}: device nodes can only be restored by root; skipped", path.display()));
+                    self.shared.warn(format!(
+                        "{}: device nodes can only be restored by root; skipped",
+                        path.display()
+                    ));
                     return Ok(());
                 }
                 crate::fsmeta::make_special(path, node).map_err(|e| Error::io(path, e))?;
@@ -225,7 +274,9 @@ impl Planner<'_> {
         // non-zero data is written later.
         f.set_len(node.size).map_err(|e| Error::io(path, e))?;
         let file_idx = self.files.len() as u32;
-        self.files.push(FileEntry { path: path.to_path_buf() });
+        self.files.push(FileEntry {
+            path: path.to_path_buf(),
+        });
         let mut offset = 0u64;
         for c in &node.content {
             if let Some(id) = c.id {
@@ -248,9 +299,16 @@ impl Planner<'_> {
                         Some(loc) => self.shared.fail(
                             path,
                             Some(id),
-                            format!("blob {id} has {} bytes in the index but {} in the tree", loc.raw_len, c.len),
+                            format!(
+                                "blob {id} has {} bytes in the index but {} in the tree",
+                                loc.raw_len, c.len
+                            ),
                         ),
-                        None => self.shared.fail(path, Some(id), format!("blob {id} is in no index file")),
+                        None => self.shared.fail(
+                            path,
+                            Some(id),
+                            format!("blob {id} is in no index file"),
+                        ),
                     },
                 }
             }

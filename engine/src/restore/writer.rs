@@ -7,25 +7,35 @@ use std::os::unix::fs::FileExt;
 
 use bytes::Bytes;
 
-use coffer_repo_format::PackId;
 use coffer_repo_format::blob::BlobType;
 use coffer_repo_format::chunker::is_zero;
+use coffer_repo_format::PackId;
 
-use super::Shared;
 use super::fetcher::Read;
 use super::plan::FileEntry;
+use super::Shared;
 use crate::storage::StoreError;
 
 /// Holes are kept at this granularity: an all-zero block of a blob is not written.
 const BLOCK: u64 = 4096;
 
-pub(crate) fn write_read(shared: &Shared, files: &[FileEntry], pack: PackId, read: Read, fetched: Result<Bytes, StoreError>) {
+pub(crate) fn write_read(
+    shared: &Shared,
+    files: &[FileEntry],
+    pack: PackId,
+    read: Read,
+    fetched: Result<Bytes, StoreError>,
+) {
     let bytes = match fetched {
         Ok(b) => b,
         Err(e) => {
             for b in &read.blobs {
                 for (f, _) in &b.targets {
-                    shared.fail(&files[*f as usize].path, Some(b.id), format!("cannot read blob {} from pack {pack}: {e}", b.id));
+                    shared.fail(
+                        &files[*f as usize].path,
+                        Some(b.id),
+                        format!("cannot read blob {} from pack {pack}: {e}", b.id),
+                    );
                 }
             }
             return;
@@ -35,7 +45,10 @@ pub(crate) fn write_read(shared: &Shared, files: &[FileEntry], pack: PackId, rea
     for b in read.blobs {
         let s = (u64::from(b.offset) - read.start) as usize;
         let stored = &bytes[s..s + b.stored_len as usize];
-        let plain = match shared.repo.open_blob(BlobType::Data, &b.id, b.raw_len, stored) {
+        let plain = match shared
+            .repo
+            .open_blob(BlobType::Data, &b.id, b.raw_len, stored)
+        {
             Ok(p) => p,
             Err(e) => {
                 for (f, _) in &b.targets {

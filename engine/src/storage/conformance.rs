@@ -13,25 +13,44 @@ pub(crate) async fn run(store: &dyn Store) {
 
     // Put, get, ranged get, size.
     let data = Bytes::from((0..100_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>());
-    store.put("data/ab/abcd", data.clone(), WriteMode::Overwrite).await.unwrap();
+    store
+        .put("data/ab/abcd", data.clone(), WriteMode::Overwrite)
+        .await
+        .unwrap();
     assert_eq!(store.get("data/ab/abcd").await.unwrap(), data);
-    assert_eq!(store.get_range("data/ab/abcd", 10..20).await.unwrap(), data.slice(10..20));
+    assert_eq!(
+        store.get_range("data/ab/abcd", 10..20).await.unwrap(),
+        data.slice(10..20)
+    );
     assert_eq!(store.size("data/ab/abcd").await.unwrap(), 100_000);
-    assert!(store.get_range("data/ab/abcd", 99_990..100_010).await.is_err());
+    assert!(store
+        .get_range("data/ab/abcd", 99_990..100_010)
+        .await
+        .is_err());
 
     // Create-if-absent.
-    store.put("locks/x", Bytes::from_static(b"1"), WriteMode::CreateNew).await.unwrap();
+    store
+        .put("locks/x", Bytes::from_static(b"1"), WriteMode::CreateNew)
+        .await
+        .unwrap();
     let e = store
         .put("locks/x", Bytes::from_static(b"2"), WriteMode::CreateNew)
         .await
         .unwrap_err();
     assert_eq!(e.kind, StoreErrorKind::AlreadyExists);
-    assert_eq!(store.get("locks/x").await.unwrap(), Bytes::from_static(b"1"));
+    assert_eq!(
+        store.get("locks/x").await.unwrap(),
+        Bytes::from_static(b"1")
+    );
 
     // Listing by prefix, over many objects.
     for i in 0..1100 {
         store
-            .put(&format!("index/{i:05}"), Bytes::from(vec![1u8; i % 7]), WriteMode::Overwrite)
+            .put(
+                &format!("index/{i:05}"),
+                Bytes::from(vec![1u8; i % 7]),
+                WriteMode::Overwrite,
+            )
             .await
             .unwrap();
     }
@@ -47,7 +66,10 @@ pub(crate) async fn run(store: &dyn Store) {
     // Delete, and delete of a missing key.
     store.delete("locks/x").await.unwrap();
     store.delete("locks/x").await.unwrap();
-    assert_eq!(store.get("locks/x").await.unwrap_err().kind, StoreErrorKind::NotFound);
+    assert_eq!(
+        store.get("locks/x").await.unwrap_err().kind,
+        StoreErrorKind::NotFound
+    );
 }
 
 #[tokio::test]

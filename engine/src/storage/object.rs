@@ -4,8 +4,8 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use futures::stream::BoxStream;
+use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
@@ -63,7 +63,9 @@ fn classify(e: &object_store::Error) -> StoreErrorKind {
         object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. } => {
             StoreErrorKind::AlreadyExists
         }
-        object_store::Error::Generic { .. } | object_store::Error::JoinError { .. } => StoreErrorKind::Transient,
+        object_store::Error::Generic { .. } | object_store::Error::JoinError { .. } => {
+            StoreErrorKind::Transient
+        }
         _ => StoreErrorKind::Permanent,
     }
 }
@@ -84,7 +86,11 @@ impl Store for ObjectStoreBackend {
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
-        let r = self.inner.get(&Path::from(key)).await.map_err(|e| wrap("reading", key, e))?;
+        let r = self
+            .inner
+            .get(&Path::from(key))
+            .await
+            .map_err(|e| wrap("reading", key, e))?;
         r.bytes().await.map_err(|e| wrap("reading", key, e))
     }
 
@@ -112,7 +118,11 @@ impl Store for ObjectStoreBackend {
     }
 
     async fn size(&self, key: &str) -> Result<u64, StoreError> {
-        let m = self.inner.head(&Path::from(key)).await.map_err(|e| wrap("reading", key, e))?;
+        let m = self
+            .inner
+            .head(&Path::from(key))
+            .await
+            .map_err(|e| wrap("reading", key, e))?;
         Ok(m.size)
     }
 

@@ -16,7 +16,7 @@ use coffer_engine::format::blob::Compression;
 use coffer_engine::format::chunker::ChunkerParams;
 use coffer_engine::keys::KdfCost;
 use coffer_engine::restore::{self, RestoreOptions, RestoreSummary};
-use coffer_engine::{InitOptions, Repository, storage};
+use coffer_engine::{storage, InitOptions, Repository};
 
 pub const WEAK_KDF: KdfCost = KdfCost {
     memory_kib: 64,
@@ -44,12 +44,20 @@ pub fn init_opts(chunker: ChunkerParams, compression: Compression, pack_size: u3
 
 pub async fn memory_repo(opts: InitOptions) -> Arc<Repository> {
     let store = storage::open_location("memory://", true).unwrap();
-    Arc::new(Repository::init(store, b"test password", opts).await.unwrap())
+    Arc::new(
+        Repository::init(store, b"test password", opts)
+            .await
+            .unwrap(),
+    )
 }
 
 pub async fn local_repo(dir: &Path, opts: InitOptions) -> Arc<Repository> {
     let store = storage::open_location(dir.to_str().unwrap(), true).unwrap();
-    Arc::new(Repository::init(store, b"test password", opts).await.unwrap())
+    Arc::new(
+        Repository::init(store, b"test password", opts)
+            .await
+            .unwrap(),
+    )
 }
 
 pub async fn backup_paths(repo: &Arc<Repository>, paths: &[&Path]) -> BackupSummary {
@@ -63,7 +71,9 @@ pub async fn backup_with(repo: &Arc<Repository>, opts: BackupOptions) -> BackupS
 
 pub async fn restore_to(repo: &Arc<Repository>, snapshot: &str, target: &Path) -> RestoreSummary {
     let index = repo.load_index().await.unwrap();
-    restore::restore(repo.clone(), index, RestoreOptions::new(snapshot, target)).await.unwrap()
+    restore::restore(repo.clone(), index, RestoreOptions::new(snapshot, target))
+        .await
+        .unwrap()
 }
 
 pub fn is_root() -> bool {
@@ -81,7 +91,14 @@ pub fn noise(seed: u64, len: usize) -> Vec<u8> {
 
 /// Compressible text-like bytes.
 pub fn text(seed: u64, len: usize) -> Vec<u8> {
-    let words = [&b"alpha "[..], b"beta ", b"gamma\n", b"delta ", b"volume ", b"pod\t"];
+    let words = [
+        &b"alpha "[..],
+        b"beta ",
+        b"gamma\n",
+        b"delta ",
+        b"volume ",
+        b"pod\t",
+    ];
     let n = noise(seed, len);
     let mut out = Vec::with_capacity(len + 8);
     let mut i = 0;
@@ -125,8 +142,8 @@ pub struct Support {
 
 /// A minimal valid POSIX ACL (user::rw-, user:1234:r--, group::r--, mask::r--, other::r--).
 pub const ACL: [u8; 44] = [
-    2, 0, 0, 0, 1, 0, 6, 0, 255, 255, 255, 255, 2, 0, 4, 0, 210, 4, 0, 0, 4, 0, 4, 0, 255, 255, 255, 255, 16, 0, 4, 0,
-    255, 255, 255, 255, 32, 0, 4, 0, 255, 255, 255, 255,
+    2, 0, 0, 0, 1, 0, 6, 0, 255, 255, 255, 255, 2, 0, 4, 0, 210, 4, 0, 0, 4, 0, 4, 0, 255, 255,
+    255, 255, 16, 0, 4, 0, 255, 255, 255, 255, 32, 0, 4, 0, 255, 255, 255, 255,
 ];
 
 /// Builds a tree with every kind of metadata coffer must keep.
@@ -143,7 +160,14 @@ pub fn kitchen_sink(root: &Path) -> Support {
     // Names that are not UTF-8, with newlines, tabs, backslashes, 255 bytes.
     let odd = root.join("odd");
     std::fs::create_dir_all(&odd).unwrap();
-    for name in [&b"\xff\xfe\xfd"[..], b"new\nline", b"tab\there", b"back\\slash", b" lead space", b"-dash"] {
+    for name in [
+        &b"\xff\xfe\xfd"[..],
+        b"new\nline",
+        b"tab\there",
+        b"back\\slash",
+        b" lead space",
+        b"-dash",
+    ] {
         write(&odd.join(OsStr::from_bytes(name)), name);
     }
     write(&odd.join("n".repeat(255)), b"long name");
@@ -155,7 +179,8 @@ pub fn kitchen_sink(root: &Path) -> Support {
     std::os::unix::fs::symlink("does/not/exist", links.join("dangling")).unwrap();
     std::os::unix::fs::symlink("loop-b", links.join("loop-a")).unwrap();
     std::os::unix::fs::symlink("loop-a", links.join("loop-b")).unwrap();
-    std::os::unix::fs::symlink(OsStr::from_bytes(b"\xc3\x28bad"), links.join("bad-target")).unwrap();
+    std::os::unix::fs::symlink(OsStr::from_bytes(b"\xc3\x28bad"), links.join("bad-target"))
+        .unwrap();
     std::os::unix::fs::symlink("../dir", links.join("to-dir")).unwrap();
     // Hard links: a group of three across directories, a group of two.
     write(&root.join("hard/a"), &text(4, 50_000));
@@ -165,11 +190,27 @@ pub fn kitchen_sink(root: &Path) -> Support {
     write(&root.join("hard/x"), b"pair");
     std::fs::hard_link(root.join("hard/x"), root.join("hard/y")).unwrap();
     // Special files.
-    nix::unistd::mkfifo(&root.join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o640)).unwrap();
+    nix::unistd::mkfifo(
+        &root.join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o640),
+    )
+    .unwrap();
     if is_root() {
-        use nix::sys::stat::{Mode, SFlag, makedev, mknod};
-        mknod(&root.join("chardev"), SFlag::S_IFCHR, Mode::from_bits_truncate(0o620), makedev(1, 3)).unwrap();
-        mknod(&root.join("blockdev"), SFlag::S_IFBLK, Mode::from_bits_truncate(0o660), makedev(7, 200)).unwrap();
+        use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+        mknod(
+            &root.join("chardev"),
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o620),
+            makedev(1, 3),
+        )
+        .unwrap();
+        mknod(
+            &root.join("blockdev"),
+            SFlag::S_IFBLK,
+            Mode::from_bits_truncate(0o660),
+            makedev(7, 200),
+        )
+        .unwrap();
     }
     // A sparse file: data, a 48 MiB hole, data, and a trailing hole.
     {
@@ -188,12 +229,19 @@ pub fn kitchen_sink(root: &Path) -> Support {
     chmod(&root.join("modes/sticky"), 0o1777);
     write(&root.join("modes/none"), b"secret");
     chmod(&root.join("modes/none"), 0o000);
-    write(&root.join("modes/ro-dir/inside"), b"inside a read-only directory");
+    write(
+        &root.join("modes/ro-dir/inside"),
+        b"inside a read-only directory",
+    );
     write(&root.join("modes/readonly"), b"ro");
     chmod(&root.join("modes/readonly"), 0o444);
     // Owners (root only).
     if is_root() {
-        for (p, uid, gid) in [("one", 1234, 5678), ("dir", 4321, 8765), ("links/relative", 77, 88)] {
+        for (p, uid, gid) in [
+            ("one", 1234, 5678),
+            ("dir", 4321, 8765),
+            ("links/relative", 77, 88),
+        ] {
             nix::unistd::fchownat(
                 nix::fcntl::AT_FDCWD,
                 &root.join(p),
@@ -214,10 +262,26 @@ pub fn kitchen_sink(root: &Path) -> Support {
         support.acls = true;
     }
     // Times with nanoseconds, before 1970 and after 2100.
-    set_times(&root.join("one"), (1_000_000_000, 123_456_789), (1_100_000_000, 987_654_321));
-    set_times(&root.join("text.txt"), (-1_000_000_000, 5), (-86_400, 999_999_999));
-    set_times(&root.join("random.bin"), (4_200_000_000, 1), (4_300_000_000, 500_000_000));
-    set_times(&root.join("links/dangling"), (1_500_000_000, 1), (1_600_000_000, 2));
+    set_times(
+        &root.join("one"),
+        (1_000_000_000, 123_456_789),
+        (1_100_000_000, 987_654_321),
+    );
+    set_times(
+        &root.join("text.txt"),
+        (-1_000_000_000, 5),
+        (-86_400, 999_999_999),
+    );
+    set_times(
+        &root.join("random.bin"),
+        (4_200_000_000, 1),
+        (4_300_000_000, 500_000_000),
+    );
+    set_times(
+        &root.join("links/dangling"),
+        (1_500_000_000, 1),
+        (1_600_000_000, 2),
+    );
     set_times(&root.join("dir/nested"), (1_000, 1), (2_000, 2));
     // Read-only directory last (after its contents), and the root's own metadata.
     chmod(&root.join("modes/ro-dir"), 0o555);
@@ -251,7 +315,13 @@ pub fn manifest(root: &Path) -> BTreeMap<Vec<u8>, Entry> {
     let mut groups: BTreeMap<(u64, u64), Vec<Vec<u8>>> = BTreeMap::new();
     for e in walkdir::WalkDir::new(root).sort_by_file_name() {
         let e = e.unwrap();
-        let rel = e.path().strip_prefix(root).unwrap().as_os_str().as_bytes().to_vec();
+        let rel = e
+            .path()
+            .strip_prefix(root)
+            .unwrap()
+            .as_os_str()
+            .as_bytes()
+            .to_vec();
         let md = std::fs::symlink_metadata(e.path()).unwrap();
         let ft = md.file_type();
         use std::os::unix::fs::FileTypeExt;
@@ -296,7 +366,10 @@ pub fn manifest(root: &Path) -> BTreeMap<Vec<u8>, Entry> {
             h.finalize()
         });
         if ft.is_file() && md.nlink() > 1 {
-            groups.entry((md.dev(), md.ino())).or_default().push(rel.clone());
+            groups
+                .entry((md.dev(), md.ino()))
+                .or_default()
+                .push(rel.clone());
         }
         out.insert(
             rel,
@@ -304,11 +377,21 @@ pub fn manifest(root: &Path) -> BTreeMap<Vec<u8>, Entry> {
                 kind,
                 mode: md.mode() & 0o7777,
                 owner: is_root().then(|| (md.uid(), md.gid())),
-                size: if ft.is_file() || ft.is_symlink() { md.size() } else { 0 },
+                size: if ft.is_file() || ft.is_symlink() {
+                    md.size()
+                } else {
+                    0
+                },
                 mtime: (md.mtime(), md.mtime_nsec()),
                 atime: (!ft.is_dir() && !ft.is_symlink()).then(|| (md.atime(), md.atime_nsec())),
                 rdev: (ft.is_char_device() || ft.is_block_device()).then(|| md.rdev()),
-                target: ft.is_symlink().then(|| std::fs::read_link(e.path()).unwrap().as_os_str().as_bytes().to_vec()),
+                target: ft.is_symlink().then(|| {
+                    std::fs::read_link(e.path())
+                        .unwrap()
+                        .as_os_str()
+                        .as_bytes()
+                        .to_vec()
+                }),
                 content,
                 xattrs,
                 link_group: None,
@@ -330,11 +413,17 @@ pub fn manifest(root: &Path) -> BTreeMap<Vec<u8>, Entry> {
 pub fn assert_same(expected: &BTreeMap<Vec<u8>, Entry>, actual: &BTreeMap<Vec<u8>, Entry>) {
     for (path, e) in expected {
         let p = String::from_utf8_lossy(path);
-        let a = actual.get(path).unwrap_or_else(|| panic!("{p:?} is missing from the restore"));
+        let a = actual
+            .get(path)
+            .unwrap_or_else(|| panic!("{p:?} is missing from the restore"));
         assert_eq!(e, a, "{p:?} differs");
     }
     for path in actual.keys() {
-        assert!(expected.contains_key(path), "{:?} was restored but is not in the source", String::from_utf8_lossy(path));
+        assert!(
+            expected.contains_key(path),
+            "{:?} was restored but is not in the source",
+            String::from_utf8_lossy(path)
+        );
     }
 }
 

@@ -1,0 +1,329 @@
+//! Integration tests of the `coffer` command: every command and exit code.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+struct Env {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    repo: PathBuf,
+    /// Run commands as this uid/gid (to drop root for unreadable-file tests).
+    as_user: Option<(u32, u32)>,
+}
+
+impl Env {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        Env {
+            repo: root.join("repo"),
+            root,
+            _dir: dir,
+            as_user: None,
+        }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_coffer"));
+        c.args(args)
+            .env("COFFER_REPOSITORY", &self.repo)
+            .env("COFFER_PASSWORD", "correct horse")
+            .env_remove("COFFER_PASSWORD_FILE")
+            .env_remove("COFFER_PASSWORD_COMMAND")
+            .current_dir(&self.root);
+        if let Some((uid, gid)) = self.as_user {
+            c.uid(uid).gid(gid);
+        }
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    /// Runs and expects exit status `code`; returns stdout.
+    fn expect(&self, code: i32, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "coffer {args:?}\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn init(&self) {
+        self.expect(0, &["init", "--kdf-memory", "64", "--kdf-iterations", "1", "--chunk-size", "64KiB", "--pack-size", "1MiB"]);
+    }
+
+    fn source(&self) -> PathBuf {
+        let src = self.root.join("src");
+        write(&src.join("hello.txt"), b"hello, coffer\n");
+        write(&src.join("sub/data.bin"), &(0..300_000u32).map(|i| (i * 7 % 251) as u8).collect::<Vec<_>>());
+        write(&src.join("sub/empty"), b"");
+        std::os::unix::fs::symlink("hello.txt", src.join("link")).unwrap();
+        src
+    }
+}
+
+fn write(path: &Path, data: &[u8]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, data).unwrap();
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+fn last_json_line(s: &str) -> serde_json::Value {
+    json(s.lines().last().unwrap_or_default())
+}
+
+#[test]
+fn init_backup_snapshots_ls_restore_round_trip() {
+    let env = Env::new();
+    env.init();
+    let src = env.source();
+    let out = env.expect(0, &["backup", src.to_str().unwrap(), "--tag", "daily,db", "--host", "node-1", "--json"]);
+    let summary = last_json_line(&out);
+    for field in [
+        "files_new", "files_changed", "files_unmodified", "dirs_new", "dirs_changed", "dirs_unmodified", "data_blobs",
+        "tree_blobs", "data_added", "data_added_packed", "total_files_processed", "total_bytes_processed",
+        "total_duration", "snapshot_id",
+    ] {
+        assert!(summary.get(field).is_some(), "summary lacks {field}: {summary}");
+    }
+    assert_eq!(summary["files_new"], 4);
+    assert_eq!(summary["total_bytes_processed"], 300_014);
+    let id = summary["snapshot_id"].as_str().unwrap().to_string();
+
+    let snaps = json(&env.expect(0, &["snapshots", "--json"]));
+    let list = snaps.as_array().unwrap();
+    assert_eq!(list.len(), 1);
+    let s = &list[0];
+    for field in ["id", "short_id", "time", "hostname", "username", "paths", "tags", "tree", "parent"] {
+        assert!(s.get(field).is_some(), "snapshot lacks {field}: {s}");
+    }
+    assert_eq!(s["id"], id.as_str());
+    assert_eq!(s["short_id"], &id[..8]);
+    assert_eq!(s["hostname"], "node-1");
+    assert_eq!(s["tags"], serde_json::json!(["daily", "db"]));
+    assert_eq!(s["paths"][0], src.to_str().unwrap());
+    let text = env.expect(0, &["snapshots"]);
+    assert!(text.contains(&id[..8]) && text.contains("node-1"), "{text}");
+
+    let ls = env.expect(0, &["ls", &id[..10]]);
+    assert_eq!(ls.lines().collect::<Vec<_>>(), ["/hello.txt", "/link", "/sub", "/sub/data.bin", "/sub/empty"]);
+    let ls_sub = env.expect(0, &["ls", "latest:sub", "-l"]);
+    assert!(ls_sub.contains("/sub/data.bin") && ls_sub.contains("300000"), "{ls_sub}");
+    let ls_json = env.expect(0, &["ls", "latest", "--json"]);
+    let lines: Vec<_> = ls_json.lines().map(json).collect();
+    assert_eq!(lines[0]["message_type"], "snapshot");
+    let link = lines.iter().find(|l| l["path"] == "/link").unwrap();
+    assert_eq!(link["type"], "symlink");
+    assert_eq!(link["target"], "hello.txt");
+
+    let target = env.root.join("restored");
+    env.expect(0, &["restore", "latest", "--target", target.to_str().unwrap()]);
+    assert_eq!(std::fs::read(target.join("hello.txt")).unwrap(), b"hello, coffer\n");
+    assert_eq!(std::fs::read(target.join("sub/data.bin")).unwrap(), std::fs::read(src.join("sub/data.bin")).unwrap());
+    assert_eq!(std::fs::read_link(target.join("link")).unwrap(), Path::new("hello.txt"));
+
+    // A subpath restores its contents into the target.
+    let sub_target = env.root.join("sub-restored");
+    env.expect(0, &["restore", &format!("{}:sub", &id[..8]), "--target", sub_target.to_str().unwrap()]);
+    assert!(sub_target.join("data.bin").exists() && !sub_target.join("hello.txt").exists());
+
+    // A non-empty target is refused, and left alone, without --overwrite.
+    write(&target.join("hello.txt"), b"changed");
+    let out = env.run(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("not empty") && stderr(&out).contains("--overwrite"), "{}", stderr(&out));
+    assert_eq!(std::fs::read(target.join("hello.txt")).unwrap(), b"changed");
+    env.expect(0, &["restore", "latest", "--target", target.to_str().unwrap(), "--overwrite"]);
+    assert_eq!(std::fs::read(target.join("hello.txt")).unwrap(), b"hello, coffer\n");
+
+    // A second, unchanged backup adds no data.
+    let again = last_json_line(&env.expect(0, &["backup", src.to_str().unwrap(), "--json"]));
+    assert_eq!(again["data_blobs"], 0);
+    let text = env.expect(0, &["backup", src.to_str().unwrap()]);
+    assert!(text.contains("snapshot") && text.contains("saved"), "{text}");
+}
+
+#[test]
+fn cat_prints_every_object_as_json() {
+    let env = Env::new();
+    env.init();
+    let src = env.source();
+    let summary = last_json_line(&env.expect(0, &["backup", src.to_str().unwrap(), "--json"]));
+    let id = summary["snapshot_id"].as_str().unwrap();
+
+    let config = json(&env.expect(0, &["cat", "config"]));
+    assert_eq!(config["version"], 1);
+    assert_eq!(config["chunker"]["avg_size"], 65536);
+    assert_eq!(config["id"].as_str().unwrap().len(), 64);
+
+    let snap = json(&env.expect(0, &["cat", "snapshot", id]));
+    let tree = snap["root"]["subtree"].as_str().unwrap().to_string();
+    let page = json(&env.expect(0, &["cat", "tree", &tree]));
+    let names: Vec<_> = page["nodes"].as_array().unwrap().iter().map(|n| n["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["hello.txt", "link", "sub"]);
+
+    let index_dir = env.repo.join("index");
+    let index_id = std::fs::read_dir(&index_dir).unwrap().next().unwrap().unwrap().file_name();
+    let index = json(&env.expect(0, &["cat", "index", index_id.to_str().unwrap()]));
+    let pack = index["packs"][0]["id"].as_str().unwrap().to_string();
+    let header = json(&env.expect(0, &["cat", "pack", &pack]));
+    assert!(!header["blobs"].as_array().unwrap().is_empty());
+
+    // A data blob prints its plaintext.
+    let hello_blob = page["nodes"][0]["content"][0][0].as_str().unwrap().to_string();
+    let out = env.run(&["cat", "blob", &hello_blob]);
+    assert_eq!(out.stdout, b"hello, coffer\n");
+
+    let key_id = std::fs::read_dir(env.repo.join("keys")).unwrap().next().unwrap().unwrap().file_name();
+    let key = json(&env.expect(0, &["cat", "key", key_id.to_str().unwrap()]));
+    assert_eq!(key["kdf"]["algorithm"], "argon2id");
+
+    let out = env.run(&["cat", "frobnicate"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("unknown object type"), "{}", stderr(&out));
+    let out = env.run(&["cat", "snapshot", "zz"]);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn exit_codes_for_missing_repository_wrong_password_and_bad_usage() {
+    let env = Env::new();
+    // 10: no repository.
+    let out = env.run(&["snapshots"]);
+    assert_eq!(out.status.code(), Some(10), "{}", stderr(&out));
+    assert!(stderr(&out).contains("coffer init"), "{}", stderr(&out));
+
+    env.init();
+    // 1: init twice.
+    let out = env.run(&["init", "--kdf-memory", "64", "--kdf-iterations", "1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
+
+    // 12: wrong password.
+    let out = env.cmd(&["snapshots"]).env("COFFER_PASSWORD", "wrong").output().unwrap();
+    assert_eq!(out.status.code(), Some(12));
+    assert!(stderr(&out).contains("wrong password"), "{}", stderr(&out));
+
+    // Password from a file and from a command; none at all is a clear error.
+    let pw = env.root.join("pw");
+    std::fs::write(&pw, "correct horse\n").unwrap();
+    let out = env.cmd(&["snapshots"]).env_remove("COFFER_PASSWORD").env("COFFER_PASSWORD_FILE", &pw).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = env
+        .cmd(&["snapshots", "--password-command", "echo 'correct horse'"])
+        .env_remove("COFFER_PASSWORD")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = env.cmd(&["snapshots"]).env_remove("COFFER_PASSWORD").stdin(std::process::Stdio::null()).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no password"), "{}", stderr(&out));
+
+    // Unknown snapshot, missing path to back up, no repository given.
+    let out = env.run(&["restore", "deadbeef", "--target", "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("deadbeef"), "{}", stderr(&out));
+    let out = env.run(&["backup", "/no/such/path"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("/no/such/path"), "{}", stderr(&out));
+    let out = env.cmd(&["snapshots"]).env_remove("COFFER_REPOSITORY").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("--repo"), "{}", stderr(&out));
+    let out = env.run(&["restore", "latest", "--target", "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no snapshots"), "{}", stderr(&out));
+}
+
+#[test]
+fn unreadable_files_give_exit_code_3_and_a_snapshot() {
+    let mut env = Env::new();
+    if nix_is_root() {
+        // As root every file is readable: run as nobody in a world-writable place.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&env.root, std::fs::Permissions::from_mode(0o777)).unwrap();
+        env.as_user = Some((65534, 65534));
+    }
+    env.init();
+    let src = env.root.join("src");
+    write(&src.join("readable"), b"fine");
+    write(&src.join("locked"), b"secret");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(src.join("readable"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(src.join("locked"), std::fs::Permissions::from_mode(0o000)).unwrap();
+    let out = env.run(&["backup", src.to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("locked"), "{}", stderr(&out));
+    let summary = last_json_line(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(summary["errors"], 1);
+    let ls = env.expect(0, &["ls", "latest"]);
+    assert_eq!(ls.trim(), "/readable");
+}
+
+#[test]
+fn a_damaged_pack_makes_restore_exit_3_and_name_the_file() {
+    let env = Env::new();
+    env.init();
+    let src = env.root.join("src");
+    write(&src.join("only"), &noise(200_000));
+    env.expect(0, &["backup", src.to_str().unwrap()]);
+    // Damage every data pack (the tree pack is the one that decodes as a tree).
+    for entry in walk_files(&env.repo.join("data")) {
+        let mut bytes = std::fs::read(&entry).unwrap();
+        if bytes.len() > 2000 {
+            bytes[100] ^= 0xff;
+            std::fs::write(&entry, bytes).unwrap();
+        }
+    }
+    let target = env.root.join("out");
+    let out = env.run(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("only") && stderr(&out).contains("damaged"), "{}", stderr(&out));
+    assert!(!target.join("only").exists());
+}
+
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk_files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Whether the tests run as root: a new file is owned by the effective uid.
+fn nix_is_root() -> bool {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::os::unix::fs::MetadataExt::uid(&f.as_file().metadata().unwrap()) == 0
+}
+
+/// Incompressible bytes (xorshift).
+fn noise(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
