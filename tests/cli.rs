@@ -56,13 +56,31 @@ impl Env {
     }
 
     fn init(&self) {
-        self.expect(0, &["init", "--kdf-memory", "64", "--kdf-iterations", "1", "--chunk-size", "64KiB", "--pack-size", "1MiB"]);
+        self.expect(
+            0,
+            &[
+                "init",
+                "--kdf-memory",
+                "64",
+                "--kdf-iterations",
+                "1",
+                "--chunk-size",
+                "64KiB",
+                "--pack-size",
+                "1MiB",
+            ],
+        );
     }
 
     fn source(&self) -> PathBuf {
         let src = self.root.join("src");
         write(&src.join("hello.txt"), b"hello, coffer\n");
-        write(&src.join("sub/data.bin"), &(0..300_000u32).map(|i| (i * 7 % 251) as u8).collect::<Vec<_>>());
+        write(
+            &src.join("sub/data.bin"),
+            &(0..300_000u32)
+                .map(|i| (i * 7 % 251) as u8)
+                .collect::<Vec<_>>(),
+        );
         write(&src.join("sub/empty"), b"");
         std::os::unix::fs::symlink("hello.txt", src.join("link")).unwrap();
         src
@@ -91,14 +109,39 @@ fn init_backup_snapshots_ls_restore_round_trip() {
     let env = Env::new();
     env.init();
     let src = env.source();
-    let out = env.expect(0, &["backup", src.to_str().unwrap(), "--tag", "daily,db", "--host", "node-1", "--json"]);
+    let out = env.expect(
+        0,
+        &[
+            "backup",
+            src.to_str().unwrap(),
+            "--tag",
+            "daily,db",
+            "--host",
+            "node-1",
+            "--json",
+        ],
+    );
     let summary = last_json_line(&out);
     for field in [
-        "files_new", "files_changed", "files_unmodified", "dirs_new", "dirs_changed", "dirs_unmodified", "data_blobs",
-        "tree_blobs", "data_added", "data_added_packed", "total_files_processed", "total_bytes_processed",
-        "total_duration", "snapshot_id",
+        "files_new",
+        "files_changed",
+        "files_unmodified",
+        "dirs_new",
+        "dirs_changed",
+        "dirs_unmodified",
+        "data_blobs",
+        "tree_blobs",
+        "data_added",
+        "data_added_packed",
+        "total_files_processed",
+        "total_bytes_processed",
+        "total_duration",
+        "snapshot_id",
     ] {
-        assert!(summary.get(field).is_some(), "summary lacks {field}: {summary}");
+        assert!(
+            summary.get(field).is_some(),
+            "summary lacks {field}: {summary}"
+        );
     }
     assert_eq!(summary["files_new"], 4);
     assert_eq!(summary["total_bytes_processed"], 300_014);
@@ -108,7 +151,9 @@ fn init_backup_snapshots_ls_restore_round_trip() {
     let list = snaps.as_array().unwrap();
     assert_eq!(list.len(), 1);
     let s = &list[0];
-    for field in ["id", "short_id", "time", "hostname", "username", "paths", "tags", "tree", "parent"] {
+    for field in [
+        "id", "short_id", "time", "hostname", "username", "paths", "tags", "tree", "parent",
+    ] {
         assert!(s.get(field).is_some(), "snapshot lacks {field}: {s}");
     }
     assert_eq!(s["id"], id.as_str());
@@ -120,9 +165,15 @@ fn init_backup_snapshots_ls_restore_round_trip() {
     assert!(text.contains(&id[..8]) && text.contains("node-1"), "{text}");
 
     let ls = env.expect(0, &["ls", &id[..10]]);
-    assert_eq!(ls.lines().collect::<Vec<_>>(), ["/hello.txt", "/link", "/sub", "/sub/data.bin", "/sub/empty"]);
+    assert_eq!(
+        ls.lines().collect::<Vec<_>>(),
+        ["/hello.txt", "/link", "/sub", "/sub/data.bin", "/sub/empty"]
+    );
     let ls_sub = env.expect(0, &["ls", "latest:sub", "-l"]);
-    assert!(ls_sub.contains("/sub/data.bin") && ls_sub.contains("300000"), "{ls_sub}");
+    assert!(
+        ls_sub.contains("/sub/data.bin") && ls_sub.contains("300000"),
+        "{ls_sub}"
+    );
     let ls_json = env.expect(0, &["ls", "latest", "--json"]);
     let lines: Vec<_> = ls_json.lines().map(json).collect();
     assert_eq!(lines[0]["message_type"], "snapshot");
@@ -131,30 +182,69 @@ fn init_backup_snapshots_ls_restore_round_trip() {
     assert_eq!(link["target"], "hello.txt");
 
     let target = env.root.join("restored");
-    env.expect(0, &["restore", "latest", "--target", target.to_str().unwrap()]);
-    assert_eq!(std::fs::read(target.join("hello.txt")).unwrap(), b"hello, coffer\n");
-    assert_eq!(std::fs::read(target.join("sub/data.bin")).unwrap(), std::fs::read(src.join("sub/data.bin")).unwrap());
-    assert_eq!(std::fs::read_link(target.join("link")).unwrap(), Path::new("hello.txt"));
+    env.expect(
+        0,
+        &["restore", "latest", "--target", target.to_str().unwrap()],
+    );
+    assert_eq!(
+        std::fs::read(target.join("hello.txt")).unwrap(),
+        b"hello, coffer\n"
+    );
+    assert_eq!(
+        std::fs::read(target.join("sub/data.bin")).unwrap(),
+        std::fs::read(src.join("sub/data.bin")).unwrap()
+    );
+    assert_eq!(
+        std::fs::read_link(target.join("link")).unwrap(),
+        Path::new("hello.txt")
+    );
 
     // A subpath restores its contents into the target.
     let sub_target = env.root.join("sub-restored");
-    env.expect(0, &["restore", &format!("{}:sub", &id[..8]), "--target", sub_target.to_str().unwrap()]);
+    env.expect(
+        0,
+        &[
+            "restore",
+            &format!("{}:sub", &id[..8]),
+            "--target",
+            sub_target.to_str().unwrap(),
+        ],
+    );
     assert!(sub_target.join("data.bin").exists() && !sub_target.join("hello.txt").exists());
 
     // A non-empty target is refused, and left alone, without --overwrite.
     write(&target.join("hello.txt"), b"changed");
     let out = env.run(&["restore", "latest", "--target", target.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("not empty") && stderr(&out).contains("--overwrite"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not empty") && stderr(&out).contains("--overwrite"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(std::fs::read(target.join("hello.txt")).unwrap(), b"changed");
-    env.expect(0, &["restore", "latest", "--target", target.to_str().unwrap(), "--overwrite"]);
-    assert_eq!(std::fs::read(target.join("hello.txt")).unwrap(), b"hello, coffer\n");
+    env.expect(
+        0,
+        &[
+            "restore",
+            "latest",
+            "--target",
+            target.to_str().unwrap(),
+            "--overwrite",
+        ],
+    );
+    assert_eq!(
+        std::fs::read(target.join("hello.txt")).unwrap(),
+        b"hello, coffer\n"
+    );
 
     // A second, unchanged backup adds no data.
     let again = last_json_line(&env.expect(0, &["backup", src.to_str().unwrap(), "--json"]));
     assert_eq!(again["data_blobs"], 0);
     let text = env.expect(0, &["backup", src.to_str().unwrap()]);
-    assert!(text.contains("snapshot") && text.contains("saved"), "{text}");
+    assert!(
+        text.contains("snapshot") && text.contains("saved"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -173,28 +263,50 @@ fn cat_prints_every_object_as_json() {
     let snap = json(&env.expect(0, &["cat", "snapshot", id]));
     let tree = snap["root"]["subtree"].as_str().unwrap().to_string();
     let page = json(&env.expect(0, &["cat", "tree", &tree]));
-    let names: Vec<_> = page["nodes"].as_array().unwrap().iter().map(|n| n["name"].as_str().unwrap()).collect();
+    let names: Vec<_> = page["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["hello.txt", "link", "sub"]);
 
     let index_dir = env.repo.join("index");
-    let index_id = std::fs::read_dir(&index_dir).unwrap().next().unwrap().unwrap().file_name();
+    let index_id = std::fs::read_dir(&index_dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .file_name();
     let index = json(&env.expect(0, &["cat", "index", index_id.to_str().unwrap()]));
     let pack = index["packs"][0]["id"].as_str().unwrap().to_string();
     let header = json(&env.expect(0, &["cat", "pack", &pack]));
     assert!(!header["blobs"].as_array().unwrap().is_empty());
 
     // A data blob prints its plaintext.
-    let hello_blob = page["nodes"][0]["content"][0][0].as_str().unwrap().to_string();
+    let hello_blob = page["nodes"][0]["content"][0][0]
+        .as_str()
+        .unwrap()
+        .to_string();
     let out = env.run(&["cat", "blob", &hello_blob]);
     assert_eq!(out.stdout, b"hello, coffer\n");
 
-    let key_id = std::fs::read_dir(env.repo.join("keys")).unwrap().next().unwrap().unwrap().file_name();
+    let key_id = std::fs::read_dir(env.repo.join("keys"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .file_name();
     let key = json(&env.expect(0, &["cat", "key", key_id.to_str().unwrap()]));
     assert_eq!(key["kdf"]["algorithm"], "argon2id");
 
     let out = env.run(&["cat", "frobnicate"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("unknown object type"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("unknown object type"),
+        "{}",
+        stderr(&out)
+    );
     let out = env.run(&["cat", "snapshot", "zz"]);
     assert_eq!(out.status.code(), Some(1));
 }
@@ -214,14 +326,23 @@ fn exit_codes_for_missing_repository_wrong_password_and_bad_usage() {
     assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
 
     // 12: wrong password.
-    let out = env.cmd(&["snapshots"]).env("COFFER_PASSWORD", "wrong").output().unwrap();
+    let out = env
+        .cmd(&["snapshots"])
+        .env("COFFER_PASSWORD", "wrong")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(12));
     assert!(stderr(&out).contains("wrong password"), "{}", stderr(&out));
 
     // Password from a file and from a command; none at all is a clear error.
     let pw = env.root.join("pw");
     std::fs::write(&pw, "correct horse\n").unwrap();
-    let out = env.cmd(&["snapshots"]).env_remove("COFFER_PASSWORD").env("COFFER_PASSWORD_FILE", &pw).output().unwrap();
+    let out = env
+        .cmd(&["snapshots"])
+        .env_remove("COFFER_PASSWORD")
+        .env("COFFER_PASSWORD_FILE", &pw)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let out = env
         .cmd(&["snapshots", "--password-command", "echo 'correct horse'"])
@@ -229,7 +350,12 @@ fn exit_codes_for_missing_repository_wrong_password_and_bad_usage() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let out = env.cmd(&["snapshots"]).env_remove("COFFER_PASSWORD").stdin(std::process::Stdio::null()).output().unwrap();
+    let out = env
+        .cmd(&["snapshots"])
+        .env_remove("COFFER_PASSWORD")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("no password"), "{}", stderr(&out));
 
@@ -240,7 +366,11 @@ fn exit_codes_for_missing_repository_wrong_password_and_bad_usage() {
     let out = env.run(&["backup", "/no/such/path"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("/no/such/path"), "{}", stderr(&out));
-    let out = env.cmd(&["snapshots"]).env_remove("COFFER_REPOSITORY").output().unwrap();
+    let out = env
+        .cmd(&["snapshots"])
+        .env_remove("COFFER_REPOSITORY")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("--repo"), "{}", stderr(&out));
     let out = env.run(&["restore", "latest", "--target", "x"]);
@@ -292,7 +422,11 @@ fn a_damaged_pack_makes_restore_exit_3_and_name_the_file() {
     let target = env.root.join("out");
     let out = env.run(&["restore", "latest", "--target", target.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(stderr(&out).contains("only") && stderr(&out).contains("damaged"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("only") && stderr(&out).contains("damaged"),
+        "{}",
+        stderr(&out)
+    );
     assert!(!target.join("only").exists());
 }
 
