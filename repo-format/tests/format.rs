@@ -459,6 +459,20 @@ proptest! {
     }
 
     #[test]
+    fn configs_round_trip(id in any::<[u8; 32]>(), min_exp in 6u32..18, level in 1i32..20, pack in 65536u32..1 << 30, norm in 0u8..4) {
+        let min = 1u32 << min_exp;
+        let c = Config {
+            version: 1,
+            id: id.to_vec(),
+            created: "2026-01-01T00:00:00Z".into(),
+            chunker: ChunkerParams { min_size: min, avg_size: min * 4, max_size: min * 16, normalization: norm },
+            compression: if level % 5 == 0 { Compression::Off } else { Compression::Zstd(level) },
+            pack_size: pack,
+        };
+        prop_assert_eq!(Config::decode(&c.encode().unwrap()).unwrap(), c);
+    }
+
+    #[test]
     fn pack_headers_round_trip(e in entries()) {
         prop_assert_eq!(pack::decode_header(&pack::encode_header(&e)).unwrap(), e);
     }
