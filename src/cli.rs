@@ -65,6 +65,79 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Print a repository object, decoded, as JSON
     Cat(CatArgs),
+    /// Verify the repository: structure, and with --read-data every byte
+    Check(CheckArgs),
+    /// Manage the keys (passwords) of the repository
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Also download every pack and verify every blob
+    #[arg(long)]
+    pub read_data: bool,
+    /// Download and verify part of the packs: n/m (part n of m, the same every
+    /// time) or P% (a random sample)
+    #[arg(long, value_name = "n/m|P%", conflicts_with = "read_data")]
+    pub read_data_subset: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// List the key files
+    List,
+    /// Add a key: a new password for the same repository
+    Add(NewKeyArgs),
+    /// Remove a key (not the one in use, not the last one)
+    Remove {
+        /// Id or unique prefix of the key
+        #[arg(value_name = "ID")]
+        id: String,
+    },
+    /// Change the password of the key in use
+    Passwd(NewKeyArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct NewKeyArgs {
+    /// Read the new password from the first line of FILE (else a prompt)
+    #[arg(long, value_name = "FILE")]
+    pub new_password_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub kdf: KdfArgs,
+}
+
+#[derive(Args, Debug, Clone, Copy)]
+pub struct KdfArgs {
+    /// Memory cost of the password hash (Argon2id) in KiB [default: 65536]
+    #[arg(long, value_name = "KIB")]
+    pub kdf_memory: Option<u32>,
+    /// Passes of the password hash (Argon2id) [default: measured so that one
+    /// derivation takes about 0.5 s]
+    #[arg(long, value_name = "N")]
+    pub kdf_iterations: Option<u32>,
+}
+
+impl KdfArgs {
+    /// The cost to use: as given, or calibrated on this machine.
+    pub fn cost(&self) -> coffer_engine::keys::KdfCost {
+        match (self.kdf_memory, self.kdf_iterations) {
+            (Some(m), Some(t)) => coffer_engine::keys::KdfCost {
+                memory_kib: m,
+                iterations: t,
+                parallelism: 1,
+            },
+            (m, t) => {
+                let c = coffer_engine::keys::calibrate();
+                coffer_engine::keys::KdfCost {
+                    memory_kib: m.unwrap_or(c.memory_kib),
+                    iterations: t.unwrap_or(c.iterations),
+                    parallelism: 1,
+                }
+            }
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -78,12 +151,8 @@ pub struct InitArgs {
     /// Default compression of new data: off, auto (zstd 3), max (zstd 19), or a zstd level
     #[arg(long, value_name = "MODE", default_value = "auto", value_parser = parse_compression)]
     pub compression: coffer_engine::format::blob::Compression,
-    /// Memory cost of the password hash (Argon2id) in KiB
-    #[arg(long, value_name = "KIB", default_value_t = 65536)]
-    pub kdf_memory: u32,
-    /// Number of passes of the password hash (Argon2id)
-    #[arg(long, value_name = "N", default_value_t = 3)]
-    pub kdf_iterations: u32,
+    #[command(flatten)]
+    pub kdf: KdfArgs,
 }
 
 #[derive(Args, Debug)]

@@ -51,6 +51,27 @@ pub fn get(global: &Global, confirm: bool) -> anyhow::Result<Vec<u8>> {
     bail!("no password given: set COFFER_PASSWORD, or use --password-file or --password-command")
 }
 
+/// A new password: from `file`, or asked twice at a prompt.
+pub fn new_password(file: Option<&std::path::Path>) -> anyhow::Result<Vec<u8>> {
+    if let Some(path) = file {
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read the new password file {}", path.display()))?;
+        return non_empty(
+            first_line(&bytes),
+            &format!("the new password file {}", path.display()),
+        );
+    }
+    if std::io::stdin().is_terminal() {
+        let pw = rpassword::prompt_password("enter new password: ")?;
+        let again = rpassword::prompt_password("enter new password again: ")?;
+        if again != pw {
+            bail!("the passwords do not match");
+        }
+        return non_empty(pw.into_bytes(), "the new password");
+    }
+    bail!("no new password given: use --new-password-file, or run on a terminal")
+}
+
 fn non_empty(pw: Vec<u8>, from: &str) -> anyhow::Result<Vec<u8>> {
     if pw.is_empty() {
         bail!("{from} is empty; an empty password is not allowed");

@@ -461,3 +461,151 @@ fn noise(len: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+#[test]
+fn check_reports_a_clean_repository_and_names_damage() {
+    let env = Env::new();
+    env.init();
+    let src = env.root.join("src");
+    write(&src.join("big"), &noise(300_000));
+    env.expect(0, &["backup", src.to_str().unwrap()]);
+    let out = env.expect(0, &["check"]);
+    assert!(out.contains("no errors were found"), "{out}");
+    let out = env.expect(0, &["check", "--read-data"]);
+    assert!(
+        out.contains("verified") && out.contains("no errors"),
+        "{out}"
+    );
+    let out = env.expect(0, &["check", "--read-data-subset", "1/2"]);
+    assert!(out.contains("no errors"), "{out}");
+    let v = json(&env.expect(0, &["check", "--json", "--read-data-subset", "50%"]));
+    assert_eq!(v["ok"], true);
+    let out = env.run(&["check", "--read-data-subset", "3/2"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("3/2"), "{}", stderr(&out));
+
+    // Truncate the largest pack: check names it and exits 1.
+    let mut packs = walk_files(&env.repo.join("data"));
+    packs.sort_by_key(|p| std::fs::metadata(p).unwrap().len());
+    let victim = packs.last().unwrap();
+    let name = victim.file_name().unwrap().to_str().unwrap().to_string();
+    let len = std::fs::metadata(victim).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(victim)
+        .unwrap()
+        .set_len(len - 100)
+        .unwrap();
+    let out = env.run(&["check"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&name) && stderr(&out).contains("problem"),
+        "{}",
+        stderr(&out)
+    );
+    let out = env.run(&["check", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(v["ok"], false);
+    assert!(
+        v["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["kind"] == "pack-size"),
+        "{v}"
+    );
+}
+
+#[test]
+fn keys_are_listed_added_changed_and_removed() {
+    let env = Env::new();
+    env.init();
+    let new_pw = env.root.join("new-pw");
+    std::fs::write(&new_pw, "second password\n").unwrap();
+    let kdf = ["--kdf-memory", "64", "--kdf-iterations", "1"];
+    let mut args = vec![
+        "key",
+        "add",
+        "--new-password-file",
+        new_pw.to_str().unwrap(),
+    ];
+    args.extend(kdf);
+    env.expect(0, &args);
+    let list = json(&env.expect(0, &["key", "list", "--json"]));
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    let current = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["current"] == true)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let other = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["current"] == false)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let text = env.expect(0, &["key", "list"]);
+    assert!(
+        text.contains(&current[..8]) && text.contains("argon2id"),
+        "{text}"
+    );
+
+    // The key in use cannot be removed.
+    let out = env.run(&["key", "remove", &current[..8]]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("in use"), "{}", stderr(&out));
+    // With the second password, remove the first key.
+    let out = env
+        .cmd(&["key", "remove", &current[..8]])
+        .env("COFFER_PASSWORD", "second password")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(env.run(&["snapshots"]).status.code(), Some(12));
+
+    // Change the password of the remaining key.
+    let third = env.root.join("third");
+    std::fs::write(&third, "third password\n").unwrap();
+    let mut args = vec![
+        "key",
+        "passwd",
+        "--new-password-file",
+        third.to_str().unwrap(),
+    ];
+    args.extend(kdf);
+    let out = env
+        .cmd(&args)
+        .env("COFFER_PASSWORD", "second password")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = env
+        .cmd(&["snapshots"])
+        .env("COFFER_PASSWORD", "third password")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = env
+        .cmd(&["snapshots"])
+        .env("COFFER_PASSWORD", "second password")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(12));
+    let list = json(
+        &env.cmd(&["key", "list", "--json"])
+            .env("COFFER_PASSWORD", "third password")
+            .output()
+            .map(|o| String::from_utf8(o.stdout).unwrap())
+            .unwrap(),
+    );
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_ne!(list[0]["id"], other.as_str());
+}

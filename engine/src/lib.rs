@@ -41,9 +41,11 @@
 
 pub mod backup;
 pub mod cancel;
+pub mod check;
 pub mod error;
 pub(crate) mod fsmeta;
 pub mod index;
+pub mod keys;
 pub mod repository;
 pub mod restore;
 pub mod storage;
@@ -51,7 +53,6 @@ pub mod trees;
 
 pub use cancel::CancelToken;
 pub use coffer_repo_format as format;
-pub use coffer_repo_format::keys;
 pub use error::{Error, Result};
 pub use index::Index;
 pub use repository::{InitOptions, Repository};

@@ -297,6 +297,16 @@ impl Repository {
         for d in &damaged {
             tracing::warn!("{d}");
         }
+        if damaged.len() == key_ids.len() {
+            // Not a wrong password: there is no intact key file to try it on.
+            return Err(Error::corrupt(
+                format!("every key file of {location}"),
+                FormatError::Malformed {
+                    what: "key files",
+                    reason: damaged.join("; "),
+                },
+            ));
+        }
         Err(Error::WrongPassword {
             location,
             keys: key_ids.len(),
@@ -326,6 +336,10 @@ impl Repository {
     /// The key file this session was opened with.
     pub fn key_id(&self) -> KeyId {
         self.key_id
+    }
+
+    pub(crate) fn set_key_id(&mut self, id: KeyId) {
+        self.key_id = id;
     }
 
     pub(crate) fn store_err(&self, e: StoreError) -> Error {
@@ -422,17 +436,25 @@ impl Repository {
         list_ids(&self.store, layout::INDEX).await
     }
 
-    /// Loads every index file into a new [`Index`].
+    /// Loads every index file into a new [`Index`]. A damaged or vanished
+    /// index file is skipped with a warning (`coffer check` reports it); the
+    /// blobs it listed then read as missing. Store failures are errors.
     pub async fn load_index(&self) -> Result<Arc<Index>> {
         let index = Arc::new(Index::new());
         let ids = self.index_ids().await?;
         let mut reads = futures::stream::iter(
             ids.into_iter()
-                .map(|id| async move { self.read_index(&id).await }),
+                .map(|id| async move { (id, self.read_index(&id).await) }),
         )
         .buffer_unordered(8);
-        while let Some(file) = reads.try_next().await? {
-            index.add_file(&file);
+        while let Some((id, file)) = reads.next().await {
+            match file {
+                Ok(file) => index.add_file(&file),
+                Err(e) if is_damage(&e) => {
+                    tracing::warn!("skipping index file {}: {e}", id.short())
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(index)
     }
@@ -461,16 +483,25 @@ impl Repository {
         Snapshot::decode(&plain).map_err(|e| Error::corrupt(object, e))
     }
 
-    /// Every snapshot, oldest first.
+    /// Every readable snapshot, oldest first. A damaged snapshot is skipped
+    /// with a warning (`coffer check` reports it).
     pub async fn snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>> {
         let ids = list_ids::<SnapshotId>(&self.store, layout::SNAPSHOTS).await?;
-        let mut out: Vec<(SnapshotId, Snapshot)> = futures::stream::iter(
+        let results: Vec<_> = futures::stream::iter(
             ids.into_iter()
-                .map(|id| async move { self.read_snapshot(&id).await.map(|s| (id, s)) }),
+                .map(|id| async move { (id, self.read_snapshot(&id).await) }),
         )
         .buffer_unordered(8)
-        .try_collect()
-        .await?;
+        .collect()
+        .await;
+        let mut out = Vec::with_capacity(results.len());
+        for (id, r) in results {
+            match r {
+                Ok(s) => out.push((id, s)),
+                Err(e) if is_damage(&e) => tracing::warn!("skipping snapshot {}: {e}", id.short()),
+                Err(e) => return Err(e),
+            }
+        }
         out.sort_by(|a, b| {
             snapshot_time(&a.1)
                 .cmp(&snapshot_time(&b.1))
@@ -636,6 +667,15 @@ fn getrandom_fill(b: &mut [u8]) -> Result<()> {
     getrandom::fill(b).map_err(|e| {
         Error::InvalidArgument(format!("the system random number generator failed: {e}"))
     })
+}
+
+/// Whether an error means a damaged or missing object (as opposed to a store
+/// that failed, which is worth stopping for).
+pub(crate) fn is_damage(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Corrupt { .. } | Error::UnsupportedVersion { .. } | Error::NotFound { .. }
+    )
 }
 
 /// Lists the ids of the files under a prefix; keys that are not ids are skipped.

@@ -513,3 +513,446 @@ mod random_trees {
         }
     }
 }
+
+/// Damaged repositories as fixtures: what `check` says, what `restore` does.
+mod damage {
+    use super::*;
+    use coffer_engine::check::{self, CheckOptions, CheckReport, ReadData};
+    use coffer_engine::format::{IndexId, PackId};
+    use coffer_engine::repository::layout;
+    use std::sync::Arc;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        src: std::path::PathBuf,
+        repo_dir: std::path::PathBuf,
+        repo: Arc<coffer_engine::Repository>,
+        snapshot: String,
+    }
+
+    async fn fixture() -> Fixture {
+        let dir = tempdir();
+        let src = dir.path().join("src");
+        write(&src.join("a.bin"), &noise(40, 400_000));
+        write(&src.join("b.bin"), &noise(41, 300_000));
+        write(&src.join("notes.txt"), &text(42, 20_000));
+        write(&src.join("sub/inner.txt"), &text(43, 5_000));
+        let repo_dir = dir.path().join("repo");
+        let repo = local_repo(
+            &repo_dir,
+            init_opts(small_chunks(), Compression::Zstd(3), 64 * 1024),
+        )
+        .await;
+        let s = backup_paths(&repo, &[&src]).await;
+        Fixture {
+            snapshot: s.snapshot_id.to_hex(),
+            _dir: dir,
+            src,
+            repo_dir,
+            repo,
+        }
+    }
+
+    impl Fixture {
+        fn path(&self, key: &str) -> std::path::PathBuf {
+            self.repo_dir.join(key)
+        }
+
+        fn flip(&self, key: &str, offset_from_end: Option<usize>, offset: usize) {
+            let p = self.path(key);
+            let mut b = std::fs::read(&p).unwrap();
+            let i = match offset_from_end {
+                Some(back) => b.len() - back,
+                None => offset,
+            };
+            b[i] ^= 0x20;
+            std::fs::write(&p, b).unwrap();
+        }
+
+        async fn index_files(&self) -> Vec<(IndexId, coffer_engine::format::index::IndexFile)> {
+            let mut out = Vec::new();
+            for id in self.repo.index_ids().await.unwrap() {
+                out.push((id, self.repo.read_index(&id).await.unwrap()));
+            }
+            out
+        }
+
+        /// A data pack and the first data blob in it, with its offset.
+        async fn data_pack(&self) -> (PackId, coffer_engine::format::pack::PackEntry) {
+            for (_, f) in self.index_files().await {
+                for p in f.packs {
+                    if let Some(e) = p
+                        .blobs
+                        .iter()
+                        .find(|b| b.blob_type == coffer_engine::format::blob::BlobType::Data)
+                    {
+                        return (p.id, *e);
+                    }
+                }
+            }
+            panic!("no data pack")
+        }
+
+        async fn reopen(&self) -> Arc<coffer_engine::Repository> {
+            let store =
+                coffer_engine::storage::open_location(self.repo_dir.to_str().unwrap(), false)
+                    .unwrap();
+            Arc::new(
+                coffer_engine::Repository::open(store, b"test password")
+                    .await
+                    .unwrap(),
+            )
+        }
+
+        async fn check(&self, read_data: ReadData) -> CheckReport {
+            check::check(
+                self.reopen().await,
+                CheckOptions {
+                    read_data,
+                    concurrency: 4,
+                },
+            )
+            .await
+            .unwrap()
+        }
+
+        /// Restores and asserts that nothing wrong was written: every file in
+        /// the target equals the source, every file missing is reported.
+        async fn restore_soundly(&self) -> coffer_engine::restore::RestoreSummary {
+            self.try_restore_soundly().await.unwrap()
+        }
+
+        /// As `restore_soundly`, but a restore that cannot start is returned.
+        async fn try_restore_soundly(
+            &self,
+        ) -> coffer_engine::Result<coffer_engine::restore::RestoreSummary> {
+            let repo = self.reopen().await;
+            let index = repo.load_index().await.unwrap();
+            let target = tempdir();
+            let out = target.path().join("out");
+            let summary = restore::restore(
+                repo,
+                index,
+                RestoreOptions::new(self.snapshot.clone(), &out),
+            )
+            .await?;
+            for name in ["a.bin", "b.bin", "notes.txt"] {
+                let restored = out.join(name);
+                if restored.exists() {
+                    assert_eq!(
+                        std::fs::read(&restored).unwrap(),
+                        std::fs::read(self.src.join(name)).unwrap(),
+                        "{name}"
+                    );
+                } else {
+                    assert!(
+                        summary.errors.iter().any(|e| e.path == restored),
+                        "{name} is missing but not reported"
+                    );
+                }
+            }
+            Ok(summary)
+        }
+    }
+
+    fn has(report: &CheckReport, kind: &str, object_part: &str) -> bool {
+        report.problems.iter().any(|p| {
+            p.kind == kind && (p.object.contains(object_part) || p.message.contains(object_part))
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_intact_repository_checks_clean() {
+        let f = fixture().await;
+        let r = f.check(ReadData::All).await;
+        assert!(r.is_ok(), "{:?}", r.problems);
+        assert!(
+            r.packs >= 3 && r.packs_read == r.packs && r.blobs_read > 5,
+            "{r:?}"
+        );
+        let summary = f.restore_soundly().await;
+        assert!(summary.errors.is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flipped_byte_in_a_blob_is_found_by_read_data_and_never_restored() {
+        let f = fixture().await;
+        let (pack, blob) = f.data_pack().await;
+        f.flip(&layout::pack(&pack), None, blob.offset as usize + 60);
+        let structural = f.check(ReadData::None).await;
+        assert!(
+            structural.is_ok(),
+            "size and header are intact: {:?}",
+            structural.problems
+        );
+        let full = f.check(ReadData::All).await;
+        assert!(has(&full, "blob", &blob.id.to_hex()), "{:?}", full.problems);
+        assert!(
+            has(&full, "pack-name", &pack.to_hex()),
+            "{:?}",
+            full.problems
+        );
+        let summary = f.restore_soundly().await;
+        assert!(
+            summary.errors.iter().any(|e| e.blob == Some(blob.id)),
+            "{:?}",
+            summary.errors
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flipped_byte_in_a_pack_header_or_trailer_is_found() {
+        let f = fixture().await;
+        let (pack, _) = f.data_pack().await;
+        f.flip(&layout::pack(&pack), Some(10), 0);
+        let r = f.check(ReadData::None).await;
+        assert!(has(&r, "pack-header", &pack.to_hex()), "{:?}", r.problems);
+        // The blobs themselves are intact and verified: restore is complete.
+        assert!(f.restore_soundly().await.errors.is_empty());
+
+        let f = fixture().await;
+        let (pack, _) = f.data_pack().await;
+        f.flip(&layout::pack(&pack), Some(2), 0);
+        let r = f.check(ReadData::None).await;
+        assert!(has(&r, "pack-header", &pack.to_hex()), "{:?}", r.problems);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_truncated_or_missing_pack_is_found_and_its_files_reported() {
+        let f = fixture().await;
+        let (pack, _) = f.data_pack().await;
+        let p = f.path(&layout::pack(&pack));
+        let len = std::fs::metadata(&p).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(len / 2)
+            .unwrap();
+        let r = f.check(ReadData::None).await;
+        assert!(has(&r, "pack-size", &pack.to_hex()), "{:?}", r.problems);
+        assert!(!f.restore_soundly().await.errors.is_empty());
+
+        let f = fixture().await;
+        let (pack, _) = f.data_pack().await;
+        std::fs::remove_file(f.path(&layout::pack(&pack))).unwrap();
+        let r = f.check(ReadData::All).await;
+        assert!(has(&r, "pack-missing", &pack.to_hex()), "{:?}", r.problems);
+        let summary = f.restore_soundly().await;
+        assert!(!summary.errors.is_empty());
+        assert!(
+            summary
+                .errors
+                .iter()
+                .all(|e| e.message.contains(&pack.to_hex())),
+            "{:?}",
+            summary.errors
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pack_renamed_to_another_packs_name_is_found_and_never_restored() {
+        let f = fixture().await;
+        let mut packs: Vec<PackId> = f
+            .index_files()
+            .await
+            .into_iter()
+            .flat_map(|(_, i)| i.packs.into_iter().map(|p| p.id))
+            .collect();
+        packs.sort();
+        let (a, b) = (packs[0], packs[1]);
+        std::fs::rename(f.path(&layout::pack(&a)), f.path(&layout::pack(&b))).unwrap();
+        let r = f.check(ReadData::None).await;
+        assert!(has(&r, "pack-missing", &a.to_hex()), "{:?}", r.problems);
+        assert!(
+            has(&r, "pack-size", &b.to_hex()) || has(&r, "pack-header", &b.to_hex()),
+            "{:?}",
+            r.problems
+        );
+        let full = f.check(ReadData::All).await;
+        assert!(has(&full, "pack-name", &b.to_hex()), "{:?}", full.problems);
+        f.restore_soundly().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_damaged_or_missing_index_file_is_found_and_its_blobs_reported() {
+        let f = fixture().await;
+        let files = f.index_files().await;
+        let (id, _) = &files[0];
+        f.flip(&layout::index(id), None, 30);
+        let r = f.check(ReadData::None).await;
+        assert!(has(&r, "index", &id.to_hex()), "{:?}", r.problems);
+        assert!(
+            has(&r, "blob-missing", "is in no index file"),
+            "{:?}",
+            r.problems
+        );
+        assert!(!r.unindexed_packs.is_empty());
+        // The only index file is lost: the root tree cannot be found, and the
+        // restore says which tree.
+        let err = f.try_restore_soundly().await.unwrap_err();
+        assert!(
+            err.to_string().contains("tree blob") && err.to_string().contains("coffer check"),
+            "{err}"
+        );
+
+        let f = fixture().await;
+        let files = f.index_files().await;
+        std::fs::remove_file(f.path(&layout::index(&files[0].0))).unwrap();
+        let r = f.check(ReadData::None).await;
+        assert!(
+            has(&r, "blob-missing", "is in no index file"),
+            "{:?}",
+            r.problems
+        );
+        assert!(f.try_restore_soundly().await.is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_damaged_directory_tree_is_named_and_the_rest_restored() {
+        let f = fixture().await;
+        let index = f.repo.load_index().await.unwrap();
+        let (_, snap) = f.repo.find_snapshot("latest").await.unwrap();
+        let sub = coffer_engine::trees::lookup(&f.repo, &index, &snap.root, b"sub")
+            .await
+            .unwrap()
+            .unwrap();
+        let tree = sub.subtree.unwrap();
+        let loc = index.get(&tree).unwrap();
+        f.flip(&layout::pack(&loc.pack), None, loc.offset as usize + 50);
+        let r = f.check(ReadData::None).await;
+        assert!(has(&r, "tree", &tree.to_hex()), "{:?}", r.problems);
+        assert!(
+            r.problems.iter().any(|p| p.object.contains("/sub/")),
+            "{:?}",
+            r.problems
+        );
+        let summary = f.restore_soundly().await;
+        assert_eq!(summary.errors.len(), 1, "{:?}", summary.errors);
+        assert!(summary.errors[0].path.ends_with("sub") && summary.errors[0].blob == Some(tree));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_damaged_snapshot_is_found_and_named() {
+        let f = fixture().await;
+        f.flip(&format!("snapshots/{}", f.snapshot), None, 40);
+        let r = f.check(ReadData::None).await;
+        assert!(has(&r, "snapshot", &f.snapshot), "{:?}", r.problems);
+        let repo = f.reopen().await;
+        assert!(
+            repo.snapshots().await.unwrap().is_empty(),
+            "a damaged snapshot is not listed"
+        );
+        let err = repo.find_snapshot(&f.snapshot).await.unwrap_err();
+        assert!(
+            err.to_string().contains(&f.snapshot) && err.to_string().contains("damaged"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_damaged_key_file_or_config_is_named() {
+        let f = fixture().await;
+        // A second key, then damage the first: the second password still opens.
+        let second = f.repo.add_key(b"second password", WEAK_KDF).await.unwrap();
+        let first = f.repo.key_id();
+        f.flip(&layout::key(&first), None, 20);
+        let store =
+            coffer_engine::storage::open_location(f.repo_dir.to_str().unwrap(), false).unwrap();
+        let repo = Arc::new(
+            coffer_engine::Repository::open(store.clone(), b"second password")
+                .await
+                .unwrap(),
+        );
+        assert_eq!(repo.key_id(), second);
+        let r = check::check(repo.clone(), CheckOptions::default())
+            .await
+            .unwrap();
+        assert!(has(&r, "key", &first.to_hex()), "{:?}", r.problems);
+        // With only the damaged key left, the error says damaged, not wrong password.
+        std::fs::remove_file(f.path(&layout::key(&second))).unwrap();
+        let err = coffer_engine::Repository::open(store.clone(), b"test password")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, coffer_engine::Error::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains(&first.to_hex()), "{err}");
+
+        let f = fixture().await;
+        f.flip("config", None, 30);
+        let store =
+            coffer_engine::storage::open_location(f.repo_dir.to_str().unwrap(), false).unwrap();
+        let err = coffer_engine::Repository::open(store, b"test password")
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("config") && err.to_string().contains("damaged"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn read_data_subsets_cover_every_pack_exactly_once() {
+        let f = fixture().await;
+        let all = f.check(ReadData::All).await.packs_read;
+        let mut sum = 0;
+        for n in 1..=3 {
+            sum += f.check(ReadData::Subset { n, m: 3 }).await.packs_read;
+        }
+        assert_eq!(sum, all);
+        assert_eq!(f.check(ReadData::Percent(100.0)).await.packs_read, all);
+        assert!(ReadData::parse_subset("0/3").is_err() && ReadData::parse_subset("4/3").is_err());
+        assert!(ReadData::parse_subset("150%").is_err() && ReadData::parse_subset("x").is_err());
+        assert_eq!(
+            ReadData::parse_subset("2/7").unwrap(),
+            ReadData::Subset { n: 2, m: 7 }
+        );
+    }
+}
+
+mod keys {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn keys_can_be_added_changed_and_removed_safely() {
+        let dir = tempdir();
+        let repo_dir = dir.path().join("repo");
+        let repo = local_repo(
+            &repo_dir,
+            init_opts(small_chunks(), Compression::Off, 1 << 20),
+        )
+        .await;
+        let open = |pw: &'static [u8]| {
+            let loc = repo_dir.to_str().unwrap().to_string();
+            async move {
+                let store = coffer_engine::storage::open_location(&loc, false).unwrap();
+                coffer_engine::Repository::open(store, pw).await
+            }
+        };
+        let first = repo.key_id();
+        // The last key and the key in use cannot be removed.
+        assert!(repo.remove_key(&first).await.is_err());
+        let second = repo.add_key(b"two", WEAK_KDF).await.unwrap();
+        assert_eq!(repo.list_keys().await.unwrap().len(), 2);
+        assert!(open(b"two").await.is_ok());
+        let err = repo.remove_key(&first).await.unwrap_err();
+        assert!(err.to_string().contains("in use"), "{err}");
+        // From the second key, the first can go; then the second is the last.
+        let by_second = open(b"two").await.unwrap();
+        by_second.remove_key(&first).await.unwrap();
+        assert!(matches!(
+            open(b"test password").await,
+            Err(coffer_engine::Error::WrongPassword { .. })
+        ));
+        // Changing the password replaces the key in use.
+        let mut by_second = open(b"two").await.unwrap();
+        let third = by_second.change_password(b"three", WEAK_KDF).await.unwrap();
+        let keys = by_second.list_keys().await.unwrap();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].id, third);
+        assert!(keys[0].current);
+        assert!(open(b"two").await.is_err());
+        let reopened = open(b"three").await.unwrap();
+        assert_eq!(reopened.config().id, repo.config().id);
+        assert_ne!(second, third);
+    }
+}

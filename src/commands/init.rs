@@ -1,5 +1,4 @@
 use coffer_engine::format::chunker::ChunkerParams;
-use coffer_engine::keys::KdfCost;
 use coffer_engine::{storage, InitOptions, Repository};
 
 use crate::cli::{Global, InitArgs};
@@ -19,11 +18,7 @@ pub async fn run(g: &Global, a: InitArgs) -> anyhow::Result<i32> {
         compression: a.compression,
         pack_size: u32::try_from(a.pack_size)
             .map_err(|_| anyhow::anyhow!("--pack-size is too large"))?,
-        kdf: KdfCost {
-            memory_kib: a.kdf_memory,
-            iterations: a.kdf_iterations,
-            parallelism: 1,
-        },
+        kdf: a.kdf.cost(),
     };
     let store = storage::open_location(&location, true)?;
     if store.size("config").await.is_ok() {

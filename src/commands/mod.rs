@@ -2,7 +2,9 @@
 
 mod backup;
 mod cat;
+mod check;
 mod init;
+mod key;
 mod ls;
 mod restore;
 mod snapshots;
@@ -23,6 +25,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Ls(a) => ls::run(g, a).await,
         Command::Restore(a) => restore::run(g, a).await,
         Command::Cat(a) => cat::run(g, a).await,
+        Command::Check(a) => check::run(g, a).await,
+        Command::Key(k) => key::run(g, k).await,
     }
 }
 

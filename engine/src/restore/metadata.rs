@@ -9,6 +9,7 @@ use super::plan::{child_path, Start};
 use super::{RestoreOptions, Shared};
 use crate::error::{Error, Result};
 use crate::fsmeta;
+use crate::repository::is_damage;
 use crate::trees::DirReader;
 
 fn apply(shared: &Shared, path: &Path, node: &Node) {
@@ -57,13 +58,21 @@ pub(crate) fn apply_all(
         if shared.cancel.is_cancelled() {
             return Err(Error::Cancelled);
         }
-        match rt.block_on(reader.next())? {
+        // Trees that cannot be read were reported by the plan; skip them here.
+        let next = match rt.block_on(reader.next()) {
+            Err(e) if is_damage(&e) => None,
+            other => other?,
+        };
+        match next {
             Some(node) => {
                 let path = child_path(dir, &node);
                 match (node.kind, node.subtree) {
                     (NodeKind::Dir, Some(sub)) => {
-                        let reader = rt.block_on(DirReader::open(repo, index, &sub))?;
-                        stack.push((path, node, reader));
+                        match rt.block_on(DirReader::open(repo, index, &sub)) {
+                            Ok(reader) => stack.push((path, node, reader)),
+                            Err(e) if is_damage(&e) => {}
+                            Err(e) => return Err(e),
+                        }
                     }
                     _ => apply(shared, &path, &node),
                 }

@@ -12,7 +12,7 @@ use coffer_repo_format::{BlobId, PackId};
 use super::{RestoreOptions, Shared};
 use crate::error::{Error, Result};
 use crate::index::Index;
-use crate::repository::Repository;
+use crate::repository::{is_damage, Repository};
 use crate::trees::{self, DirReader};
 
 /// Where the restore starts.
@@ -130,17 +130,37 @@ pub(crate) fn build(
                 if shared.cancel.is_cancelled() {
                     return Err(Error::Cancelled);
                 }
-                let Some(node) = rt.block_on(reader.next())? else {
-                    stack.pop();
-                    continue;
+                let node = match rt.block_on(reader.next()) {
+                    Ok(Some(node)) => node,
+                    Ok(None) => {
+                        stack.pop();
+                        continue;
+                    }
+                    Err(e) if is_damage(&e) => {
+                        shared.fail(
+                            dir,
+                            None,
+                            format!("the rest of this directory cannot be read: {e}"),
+                        );
+                        stack.pop();
+                        continue;
+                    }
+                    Err(e) => return Err(e),
                 };
                 let path = child_path(dir, &node);
                 if node.kind == NodeKind::Dir {
                     p.make_dir(&path)?;
                     p.counts.dirs += 1;
                     let Some(sub) = node.subtree else { continue };
-                    let reader = rt.block_on(DirReader::open(repo, index, &sub))?;
-                    stack.push((path, reader));
+                    match rt.block_on(DirReader::open(repo, index, &sub)) {
+                        Ok(reader) => stack.push((path, reader)),
+                        Err(e) if is_damage(&e) => shared.fail(
+                            &path,
+                            Some(sub),
+                            format!("its listing (tree {sub}) cannot be read: {e}"),
+                        ),
+                        Err(e) => return Err(e),
+                    }
                 } else {
                     p.entry(&path, &node)?;
                 }

@@ -1,0 +1,508 @@
+//! Check: prove what can be proven about a repository, and name every problem.
+//!
+//! Without reading data: key files, index files and snapshots are read whole
+//! and must hash to their names and decrypt; every indexed pack must exist with
+//! the recorded size and a header that agrees with the index; every tree of
+//! every snapshot is walked and every blob it references must be indexed.
+//! With `read_data`, the selected packs are downloaded, must hash to their
+//! names, and every blob in them is decrypted, decompressed and verified.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
+
+use coffer_repo_format::blob::BlobType;
+use coffer_repo_format::pack::{self, PackEntry};
+use coffer_repo_format::tree::NodeKind;
+use coffer_repo_format::{BlobId, IndexId, PackId, SnapshotId};
+
+use crate::error::{Error, Result};
+use crate::index::Index;
+use crate::repository::{layout, list_ids, Repository};
+use crate::storage::StoreErrorKind;
+
+/// Which packs `check` downloads and verifies blob by blob.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ReadData {
+    /// None: structure only.
+    None,
+    /// Every pack.
+    All,
+    /// Part `n` (1-based) of `m`, by pack id: the same packs every time, so `m`
+    /// runs cover the repository.
+    Subset {
+        /// Which part.
+        n: u32,
+        /// Of how many.
+        m: u32,
+    },
+    /// A random sample of this percentage of packs.
+    Percent(f64),
+}
+
+impl ReadData {
+    /// Parses `n/m` or `P%`.
+    pub fn parse_subset(s: &str) -> Result<Self> {
+        let bad = || {
+            Error::InvalidArgument(format!(
+                "{s:?} is not a subset: use n/m (e.g. 2/7) or a percentage (e.g. 10%)"
+            ))
+        };
+        if let Some(p) = s.strip_suffix('%') {
+            let p: f64 = p.trim().parse().map_err(|_| bad())?;
+            if !(p > 0.0 && p <= 100.0) {
+                return Err(bad());
+            }
+            return Ok(ReadData::Percent(p));
+        }
+        let (n, m) = s.split_once('/').ok_or_else(bad)?;
+        let (n, m): (u32, u32) = (
+            n.trim().parse().map_err(|_| bad())?,
+            m.trim().parse().map_err(|_| bad())?,
+        );
+        if m == 0 || n == 0 || n > m {
+            return Err(bad());
+        }
+        Ok(ReadData::Subset { n, m })
+    }
+
+    fn selects(&self, id: &PackId) -> bool {
+        match *self {
+            ReadData::None => false,
+            ReadData::All => true,
+            ReadData::Subset { n, m } => {
+                let v = u32::from_be_bytes([id.0[0], id.0[1], id.0[2], id.0[3]]);
+                v % m == n - 1
+            }
+            ReadData::Percent(p) => {
+                let mut b = [0u8; 4];
+                let _ = getrandom::fill(&mut b);
+                (f64::from(u32::from_le_bytes(b)) / f64::from(u32::MAX)) * 100.0 < p
+            }
+        }
+    }
+}
+
+/// One thing that is wrong.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Problem {
+    /// The object, e.g. `pack 1a2b…` or `snapshot 3c4d… /etc/passwd`.
+    pub object: String,
+    /// A short class: key, index, snapshot, tree, pack-missing, pack-size,
+    /// pack-header, pack-name, blob, blob-missing.
+    pub kind: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// What `check` found.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct CheckReport {
+    /// Every problem, in the order found.
+    pub problems: Vec<Problem>,
+    /// Packs in the store that no index lists: left by an interrupted backup,
+    /// harmless, removed by prune.
+    pub unindexed_packs: Vec<PackId>,
+    /// Snapshots read.
+    pub snapshots: u64,
+    /// Tree pages read.
+    pub trees: u64,
+    /// Packs whose headers were checked.
+    pub packs: u64,
+    /// Packs downloaded and verified blob by blob.
+    pub packs_read: u64,
+    /// Blobs decrypted and verified.
+    pub blobs_read: u64,
+    /// Bytes downloaded for `read_data`.
+    pub bytes_read: u64,
+}
+
+impl CheckReport {
+    /// Whether nothing is wrong.
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    fn problem(&mut self, object: String, kind: &'static str, message: String) {
+        tracing::debug!("{object}: {message}");
+        self.problems.push(Problem {
+            object,
+            kind,
+            message,
+        });
+    }
+}
+
+/// Options of [`check`].
+#[derive(Clone, Debug)]
+pub struct CheckOptions {
+    /// Which packs to read whole.
+    pub read_data: ReadData,
+    /// Requests at once.
+    pub concurrency: usize,
+}
+
+impl Default for CheckOptions {
+    fn default() -> Self {
+        CheckOptions {
+            read_data: ReadData::None,
+            concurrency: 8,
+        }
+    }
+}
+
+/// Checks the repository; see the module docs.
+pub async fn check(repo: Arc<Repository>, opts: CheckOptions) -> Result<CheckReport> {
+    let mut report = CheckReport::default();
+    for k in repo.list_keys().await? {
+        if let Some(why) = k.damaged {
+            report.problem(format!("key file {}", k.id), "key", why);
+        }
+    }
+
+    // Index files: every one must read; together they say what every pack holds.
+    let index = Arc::new(Index::new());
+    let mut expected: HashMap<PackId, (u32, Vec<PackEntry>, Vec<IndexId>)> = HashMap::new();
+    for id in list_ids::<IndexId>(repo.store(), layout::INDEX).await? {
+        match repo.read_index(&id).await {
+            Ok(file) => {
+                index.add_file(&file);
+                for p in file.packs {
+                    let e = expected
+                        .entry(p.id)
+                        .or_insert_with(|| (p.size, Vec::new(), Vec::new()));
+                    if e.0 != p.size {
+                        report.problem(
+                            format!("pack {}", p.id),
+                            "index",
+                            format!(
+                                "index file {id} records {} bytes, another index file {}",
+                                p.size, e.0
+                            ),
+                        );
+                    }
+                    e.1.extend(p.blobs);
+                    e.2.push(id);
+                }
+            }
+            Err(e) => report.problem(format!("index file {id}"), "index", error_text(&e)),
+        }
+    }
+
+    // Packs: present with the recorded size and a header that agrees.
+    let mut present: HashMap<PackId, u64> = HashMap::new();
+    let listed: Vec<_> = repo
+        .store()
+        .list(layout::DATA)
+        .try_collect()
+        .await
+        .map_err(|e| repo.store_err(e))?;
+    for info in listed {
+        if let Some(id) = info
+            .key
+            .rsplit('/')
+            .next()
+            .and_then(|n| n.parse::<PackId>().ok())
+        {
+            present.insert(id, info.size);
+        }
+    }
+    let mut to_header = Vec::new();
+    for (id, (size, _, files)) in &expected {
+        match present.get(id) {
+            None => report.problem(
+                format!("pack {id}"),
+                "pack-missing",
+                format!(
+                    "listed in index file {} but not in the store",
+                    files[0].short()
+                ),
+            ),
+            Some(actual) if *actual != u64::from(*size) => report.problem(
+                format!("pack {id}"),
+                "pack-size",
+                format!("the index records {size} bytes, the store has {actual}"),
+            ),
+            Some(_) => to_header.push(*id),
+        }
+    }
+    report.unindexed_packs = present
+        .keys()
+        .filter(|id| !expected.contains_key(id))
+        .copied()
+        .collect();
+    let headers: Vec<(PackId, Result<Vec<PackEntry>>)> =
+        futures::stream::iter(to_header.into_iter().map(|id| {
+            let repo = repo.clone();
+            async move { (id, repo.read_pack_header(&id).await) }
+        }))
+        .buffer_unordered(opts.concurrency.max(1))
+        .collect()
+        .await;
+    for (id, header) in headers {
+        report.packs += 1;
+        match header {
+            Ok(entries) => compare_header(&mut report, &id, &entries, &expected[&id].1),
+            Err(e) => report.problem(format!("pack {id}"), "pack-header", error_text(&e)),
+        }
+    }
+
+    // Snapshots and their trees: every referenced blob must be indexed.
+    let mut seen_trees: HashSet<BlobId> = HashSet::new();
+    let mut missing_data: HashSet<BlobId> = HashSet::new();
+    for id in list_ids::<SnapshotId>(repo.store(), layout::SNAPSHOTS).await? {
+        let snapshot = match repo.read_snapshot(&id).await {
+            Ok(s) => s,
+            Err(e) => {
+                report.problem(format!("snapshot {id}"), "snapshot", error_text(&e));
+                continue;
+            }
+        };
+        report.snapshots += 1;
+        let Some(root) = snapshot.root.subtree else {
+            continue;
+        };
+        walk_trees(
+            &repo,
+            &index,
+            &mut report,
+            &id,
+            root,
+            &mut seen_trees,
+            &mut missing_data,
+        )
+        .await?;
+    }
+
+    if opts.read_data != ReadData::None {
+        read_data(&repo, &mut report, &expected, &present, opts).await?;
+    }
+    Ok(report)
+}
+
+fn error_text(e: &Error) -> String {
+    match e {
+        Error::Corrupt { source, .. } | Error::UnsupportedVersion { source, .. } => {
+            source.to_string()
+        }
+        other => other.to_string(),
+    }
+}
+
+fn compare_header(
+    report: &mut CheckReport,
+    id: &PackId,
+    header: &[PackEntry],
+    indexed: &[PackEntry],
+) {
+    let by_offset: HashMap<u32, &PackEntry> = header.iter().map(|e| (e.offset, e)).collect();
+    for want in indexed {
+        match by_offset.get(&want.offset) {
+            Some(got) if *got == want => {}
+            Some(got) => report.problem(
+                format!("pack {id}"),
+                "pack-header",
+                format!(
+                    "at offset {} the header has {} blob {} ({} bytes), the index says {} blob {} ({} bytes)",
+                    want.offset, got.blob_type, got.id, got.stored_len, want.blob_type, want.id, want.stored_len
+                ),
+            ),
+            None => report.problem(
+                format!("pack {id}"),
+                "pack-header",
+                format!("the index lists blob {} at offset {}, the header has no blob there", want.id, want.offset),
+            ),
+        }
+    }
+}
+
+async fn walk_trees(
+    repo: &Repository,
+    index: &Index,
+    report: &mut CheckReport,
+    snapshot: &SnapshotId,
+    root: BlobId,
+    seen: &mut HashSet<BlobId>,
+    missing_data: &mut HashSet<BlobId>,
+) -> Result<()> {
+    let mut stack: Vec<(String, BlobId)> = vec![("/".into(), root)];
+    while let Some((path, tree)) = stack.pop() {
+        if !seen.insert(tree) {
+            continue;
+        }
+        let object = format!("snapshot {} {path}", snapshot.short());
+        if !index.contains(&tree) {
+            report.problem(
+                object,
+                "blob-missing",
+                format!("tree blob {tree} is in no index file"),
+            );
+            continue;
+        }
+        let page = match repo.read_tree(index, &tree).await {
+            Ok(p) => p,
+            Err(Error::Store { source, .. }) if source.kind != StoreErrorKind::NotFound => {
+                return Err(Error::Store {
+                    location: repo.location(),
+                    source,
+                });
+            }
+            Err(e) => {
+                report.problem(
+                    object,
+                    "tree",
+                    format!("tree blob {tree}: {}", error_text(&e)),
+                );
+                continue;
+            }
+        };
+        report.trees += 1;
+        for r in &page.pages {
+            stack.push((path.clone(), r.id));
+        }
+        for node in &page.nodes {
+            let child = format!("{}{}", path, node.name.to_string_lossy());
+            match node.kind {
+                NodeKind::Dir => {
+                    if let Some(sub) = node.subtree {
+                        stack.push((format!("{child}/"), sub));
+                    }
+                }
+                NodeKind::File => {
+                    for c in &node.content {
+                        let Some(id) = c.id else { continue };
+                        if !index.contains(&id) && missing_data.insert(id) {
+                            report.problem(
+                                format!("snapshot {} {child}", snapshot.short()),
+                                "blob-missing",
+                                format!("data blob {id} is in no index file"),
+                            );
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn read_data(
+    repo: &Arc<Repository>,
+    report: &mut CheckReport,
+    expected: &HashMap<PackId, (u32, Vec<PackEntry>, Vec<IndexId>)>,
+    present: &HashMap<PackId, u64>,
+    opts: CheckOptions,
+) -> Result<()> {
+    let selected: Vec<PackId> = present
+        .keys()
+        .filter(|id| opts.read_data.selects(id))
+        .copied()
+        .collect();
+    let results: Vec<(PackId, Result<PackCheck>)> =
+        futures::stream::iter(selected.into_iter().map(|id| {
+            let repo = repo.clone();
+            async move {
+                let r = match repo.store().get(&layout::pack(&id)).await {
+                    Ok(bytes) => {
+                        let repo = repo.clone();
+                        tokio::task::spawn_blocking(move || Ok(verify_pack(&repo, &id, &bytes)))
+                            .await
+                            .unwrap_or_else(|e| {
+                                Err(Error::InvalidArgument(format!(
+                                    "pack verification failed: {e}"
+                                )))
+                            })
+                    }
+                    Err(e) => Err(repo.store_err(e)),
+                };
+                (id, r)
+            }
+        }))
+        .buffer_unordered(opts.concurrency.clamp(1, 4))
+        .collect()
+        .await;
+    for (id, r) in results {
+        match r {
+            Ok(pc) => {
+                report.packs_read += 1;
+                report.blobs_read += pc.blobs;
+                report.bytes_read += pc.bytes;
+                if let (Some(entries), Some((_, indexed, _))) = (&pc.entries, expected.get(&id)) {
+                    let before = report.problems.len();
+                    compare_header(report, &id, entries, indexed);
+                    // The structural pass already reported a header mismatch.
+                    report.problems.truncate(before);
+                }
+                for (kind, message) in pc.problems {
+                    report.problem(format!("pack {id}"), kind, message);
+                }
+            }
+            Err(e) => report.problem(format!("pack {id}"), "pack-missing", error_text(&e)),
+        }
+    }
+    Ok(())
+}
+
+struct PackCheck {
+    blobs: u64,
+    bytes: u64,
+    entries: Option<Vec<PackEntry>>,
+    problems: Vec<(&'static str, String)>,
+}
+
+fn verify_pack(repo: &Repository, id: &PackId, bytes: &[u8]) -> PackCheck {
+    let mut pc = PackCheck {
+        blobs: 0,
+        bytes: bytes.len() as u64,
+        entries: None,
+        problems: Vec::new(),
+    };
+    let actual = PackId::of(bytes);
+    if actual != *id {
+        pc.problems.push((
+            "pack-name",
+            format!("its content hashes to {actual}, not to its name"),
+        ));
+    }
+    if bytes.len() < pack::TRAILER_LEN {
+        pc.problems
+            .push(("pack-header", format!("only {} bytes", bytes.len())));
+        return pc;
+    }
+    let len = bytes.len() as u64;
+    let header =
+        pack::header_start(len, &bytes[bytes.len() - pack::TRAILER_LEN..]).and_then(|start| {
+            pack::open_header(
+                repo.opener(),
+                start,
+                &bytes[start as usize..bytes.len() - pack::TRAILER_LEN],
+            )
+        });
+    let entries = match header {
+        Ok(e) => e,
+        Err(e) => {
+            pc.problems.push(("pack-header", e.to_string()));
+            return pc;
+        }
+    };
+    for e in &entries {
+        let start = e.offset as usize;
+        let stored = &bytes[start..start + e.stored_len as usize];
+        pc.blobs += 1;
+        if let Err(err) = repo.open_blob(e.blob_type, &e.id, e.raw_len, stored) {
+            let what = if e.blob_type == BlobType::Tree {
+                "tree"
+            } else {
+                "data"
+            };
+            pc.problems.push((
+                "blob",
+                format!("{what} blob {} at offset {}: {err}", e.id, e.offset),
+            ));
+        }
+    }
+    pc.entries = Some(entries);
+    pc
+}

@@ -1,0 +1,190 @@
+//! Key management: list, add, remove and change the key files of a repository.
+//!
+//! Every key file wraps the same master key under its own password, so a key
+//! can be given to each person or namespace and withdrawn without re-encrypting
+//! anything.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use coffer_repo_format::KeyId;
+
+use crate::error::{Error, Result};
+use crate::repository::{layout, list_ids, now_rfc3339, Identity, Repository};
+use crate::storage::{StoreErrorKind, WriteMode};
+
+pub use coffer_repo_format::keys::*;
+
+/// One key file as `key list` shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct KeyInfo {
+    /// Its id.
+    pub id: KeyId,
+    /// Whether this session opened the repository with it.
+    pub current: bool,
+    /// When it was added.
+    pub created: String,
+    /// Host that added it.
+    pub hostname: String,
+    /// User that added it.
+    pub username: String,
+    /// Its Argon2id parameters.
+    pub kdf: Option<KdfParams>,
+    /// Why it could not be read, if it is damaged.
+    pub damaged: Option<String>,
+}
+
+/// Memory of the Argon2id derivation that [`calibrate`] picks: 64 MiB.
+pub const CALIBRATED_MEMORY_KIB: u32 = 64 * 1024;
+/// Time one key derivation should take when [`calibrate`] picks the passes.
+pub const CALIBRATION_TARGET_MS: u128 = 500;
+
+/// Argon2id parameters for a new key that take about [`CALIBRATION_TARGET_MS`]
+/// on this machine with [`CALIBRATED_MEMORY_KIB`] of memory: the number of
+/// passes is measured (at least 2, at most 16), memory and lanes (1) are fixed.
+pub fn calibrate() -> KdfCost {
+    let probe = KdfCost {
+        memory_kib: CALIBRATED_MEMORY_KIB,
+        iterations: 1,
+        parallelism: 1,
+    };
+    let start = Instant::now();
+    let ok = KeyFile::wrap_with(
+        &MasterKey::from_bytes(&[0u8; 96])
+            .unwrap_or_else(|_| unreachable!("96 bytes is a master key")),
+        b"calibration",
+        probe,
+        [0; 16],
+        [0; 12],
+        String::new(),
+        String::new(),
+        String::new(),
+    )
+    .is_ok();
+    let one_pass = start.elapsed().as_millis().max(1);
+    let iterations = if ok {
+        (CALIBRATION_TARGET_MS / one_pass).clamp(2, 16) as u32
+    } else {
+        3
+    };
+    KdfCost {
+        iterations,
+        ..probe
+    }
+}
+
+impl Repository {
+    /// Every key file, damaged ones included (with the reason).
+    pub async fn list_keys(&self) -> Result<Vec<KeyInfo>> {
+        let ids = list_ids::<KeyId>(self.store(), layout::KEYS).await?;
+        let mut out = Vec::new();
+        for id in ids {
+            let info = match self.store().get(&layout::key(&id)).await {
+                Ok(bytes) if KeyId::of(&bytes) != id => {
+                    damaged(id, "its content does not match its name".into())
+                }
+                Ok(bytes) => match KeyFile::from_bytes(&bytes) {
+                    Ok(kf) => KeyInfo {
+                        id,
+                        current: id == self.key_id(),
+                        created: kf.created,
+                        hostname: kf.hostname,
+                        username: kf.username,
+                        kdf: Some(kf.kdf),
+                        damaged: None,
+                    },
+                    Err(e) => damaged(id, e.to_string()),
+                },
+                Err(e) if e.kind == StoreErrorKind::NotFound => continue,
+                Err(e) => return Err(self.store_err(e)),
+            };
+            out.push(info);
+        }
+        out.sort_by(|a, b| a.created.cmp(&b.created).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// Adds a key file that wraps this repository's master key under `password`.
+    pub async fn add_key(&self, password: &[u8], cost: KdfCost) -> Result<KeyId> {
+        if password.is_empty() {
+            return Err(Error::InvalidArgument(
+                "the new password must not be empty".into(),
+            ));
+        }
+        let me = Identity::current();
+        let kf = KeyFile::wrap(
+            self.key(),
+            password,
+            cost,
+            now_rfc3339(),
+            me.hostname,
+            me.username,
+        )
+        .map_err(|e| Error::InvalidArgument(format!("cannot create the key: {e}")))?;
+        let bytes = kf.to_bytes();
+        let id = KeyId::of(&bytes);
+        self.store()
+            .put(&layout::key(&id), Bytes::from(bytes), WriteMode::CreateNew)
+            .await
+            .map_err(|e| self.store_err(e))?;
+        Ok(id)
+    }
+
+    /// Removes a key file. Refuses the key this session uses and the last key
+    /// that opens the repository.
+    pub async fn remove_key(&self, id: &KeyId) -> Result<()> {
+        if *id == self.key_id() {
+            return Err(Error::InvalidArgument(format!(
+                "key {} is the one in use; open the repository with another key to remove it, or use `coffer key passwd`",
+                id.short()
+            )));
+        }
+        let keys = self.list_keys().await?;
+        if !keys.iter().any(|k| k.id == *id) {
+            return Err(Error::NotFound {
+                what: format!("key {id}"),
+                hint: "; list keys with `coffer key list`".into(),
+            });
+        }
+        let usable = keys
+            .iter()
+            .filter(|k| k.damaged.is_none() && k.id != *id)
+            .count();
+        if usable == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "key {} is the last usable key; add another one first",
+                id.short()
+            )));
+        }
+        self.store()
+            .delete(&layout::key(id))
+            .await
+            .map_err(|e| self.store_err(e))
+    }
+
+    /// Replaces the key in use with a new one for `new_password`: the new key
+    /// file is written first, then the old one removed. Returns the new key's id.
+    pub async fn change_password(&mut self, new_password: &[u8], cost: KdfCost) -> Result<KeyId> {
+        let old = self.key_id();
+        let new = self.add_key(new_password, cost).await?;
+        self.set_key_id(new);
+        self.store()
+            .delete(&layout::key(&old))
+            .await
+            .map_err(|e| self.store_err(e))?;
+        Ok(new)
+    }
+}
+
+fn damaged(id: KeyId, why: String) -> KeyInfo {
+    KeyInfo {
+        id,
+        current: false,
+        created: String::new(),
+        hostname: String::new(),
+        username: String::new(),
+        kdf: None,
+        damaged: Some(why),
+    }
+}
