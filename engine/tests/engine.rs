@@ -956,3 +956,150 @@ mod keys {
         assert_ne!(second, third);
     }
 }
+
+mod incremental {
+    use super::*;
+    use coffer_engine::backup::ParentChoice;
+
+    fn opts(src: &Path) -> BackupOptions {
+        let mut o = BackupOptions::new([src]);
+        o.hostname = Some("host-a".into());
+        o
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unchanged_files_are_not_read_and_changes_are_counted() {
+        let dir = tempdir();
+        let src = dir.path().join("src");
+        for i in 0..20 {
+            write(
+                &src.join(format!("d{}/f{i}", i % 4)),
+                &text(200 + i, 30_000),
+            );
+        }
+        write(&src.join("keep/big.bin"), &noise(50, 500_000));
+        let repo = memory_repo(init_opts(small_chunks(), Compression::Zstd(3), 1 << 20)).await;
+        let first = backup_with(&repo, opts(&src)).await;
+        let s = &first.snapshot.summary;
+        assert_eq!(
+            (s.files_new, s.files_changed, s.files_unmodified),
+            (21, 0, 0)
+        );
+        assert_eq!(s.dirs_new, 6, "5 directories and the root");
+        assert_eq!(first.snapshot.parent, None);
+        assert_eq!(first.bytes_read, s.total_bytes_processed);
+
+        // Nothing changed: nothing is read, nothing is added.
+        let second = backup_with(&repo, opts(&src)).await;
+        let s = &second.snapshot.summary;
+        assert_eq!(second.snapshot.parent, Some(first.snapshot_id));
+        assert_eq!(
+            (s.files_new, s.files_changed, s.files_unmodified),
+            (0, 0, 21)
+        );
+        assert_eq!((s.dirs_new, s.dirs_changed, s.dirs_unmodified), (0, 0, 6));
+        assert_eq!(second.bytes_read, 0, "an unchanged backup reads no file");
+        assert_eq!(s.data_blobs, 0);
+        assert_eq!(
+            s.total_bytes_processed,
+            first.snapshot.summary.total_bytes_processed
+        );
+
+        // One modified, one with the same size and mtime but new content
+        // (caught by its ctime), one new, one removed, one chmod'ed.
+        write(&src.join("d0/f0"), &text(999, 31_000));
+        let victim = src.join("d1/f1");
+        let md = std::fs::metadata(&victim).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let (mt, mtn) = (md.mtime(), md.mtime_nsec() as u32);
+        let mut same_size = text(201, 30_000);
+        same_size[10] ^= 1;
+        std::fs::write(&victim, &same_size).unwrap();
+        set_times(&victim, (mt, mtn), (mt, mtn));
+        write(&src.join("d2/new"), b"new file");
+        std::fs::remove_file(src.join("d3/f3")).unwrap();
+        std::fs::set_permissions(
+            src.join("d3/f7"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        let third = backup_with(&repo, opts(&src)).await;
+        let s = &third.snapshot.summary;
+        assert_eq!(
+            (s.files_new, s.files_changed, s.files_unmodified),
+            (1, 3, 17),
+            "{s:?}"
+        );
+        assert_eq!((s.dirs_new, s.dirs_changed), (0, 5), "{s:?}");
+        assert!(
+            third.bytes_read < 200_000,
+            "only the changed files were read: {}",
+            third.bytes_read
+        );
+        let target = tempdir();
+        restore_to(&repo, &third.snapshot_id.to_hex(), target.path()).await;
+        let mut expected = manifest(&src);
+        let mut actual = manifest(target.path());
+        expected.remove(&b""[..]);
+        actual.remove(&b""[..]);
+        assert_same(&expected, &actual);
+
+        // --force reads everything again; another host starts from scratch.
+        let mut o = opts(&src);
+        o.force = true;
+        let forced = backup_with(&repo, o).await;
+        assert_eq!(
+            forced.bytes_read,
+            forced.snapshot.summary.total_bytes_processed
+        );
+        assert_eq!(forced.snapshot.summary.files_unmodified, 21);
+        let mut o = opts(&src);
+        o.hostname = Some("host-b".into());
+        let other = backup_with(&repo, o).await;
+        assert_eq!(other.snapshot.parent, None);
+        assert_eq!(other.snapshot.summary.files_new, 21);
+        // An explicit parent.
+        let mut o = opts(&src);
+        o.hostname = Some("host-b".into());
+        o.parent = ParentChoice::Snapshot(first.snapshot_id.short());
+        let explicit = backup_with(&repo, o).await;
+        assert_eq!(explicit.snapshot.parent, Some(first.snapshot_id));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_large_file_chunked_on_many_threads_equals_one_pass() {
+        let dir = tempdir();
+        let src = dir.path().join("src");
+        let mut big = noise(60, 3_000_000);
+        big[1_000_000..1_300_000].fill(0);
+        let copy = big[10_000..400_000].to_vec();
+        big[2_000_000..2_390_000].copy_from_slice(&copy);
+        write(&src.join("image.raw"), &big);
+        let repo = memory_repo(init_opts(small_chunks(), Compression::Zstd(3), 1 << 20)).await;
+        let mut contents = Vec::new();
+        for threads in [1, 2, 5] {
+            let mut o = BackupOptions::new([&src]);
+            o.threads = threads;
+            o.force = true;
+            o.segment_size = 200_000;
+            let s = backup_with(&repo, o).await;
+            if threads > 1 {
+                assert_eq!(
+                    s.snapshot.summary.data_blobs, 0,
+                    "the same chunks as the one-thread pass"
+                );
+            }
+            let index = repo.load_index().await.unwrap();
+            let node = coffer_engine::trees::lookup(&repo, &index, &s.snapshot.root, b"image.raw")
+                .await
+                .unwrap()
+                .unwrap();
+            contents.push(node.content);
+        }
+        assert_eq!(contents[0], contents[1]);
+        assert_eq!(contents[0], contents[2]);
+        let target = tempdir();
+        restore_to(&repo, "latest", target.path()).await;
+        assert_eq!(std::fs::read(target.path().join("image.raw")).unwrap(), big);
+    }
+}

@@ -1,42 +1,43 @@
-//! Chunker stage: a file worker reads one file at a time in large reads and cuts
-//! it into content-defined chunks; all-zero chunks become holes, the others go
-//! to the hasher and dedup ([`super::dedup`]).
+//! Chunker stage: a file worker reads one file in windows and cuts it into
+//! content-defined chunks; all-zero chunks become holes, the others go to the
+//! hasher and dedup ([`super::dedup`]).
+//!
+//! A large file uses every core: each window is split into segments that are
+//! chunked in parallel, each from its nominal start; a serial stitch then
+//! follows the true boundaries from the file's start and adopts a segment's cut
+//! points as soon as one of them is a true boundary (FastCDC boundaries depend
+//! only on the chunk's start, so from there on they coincide), cutting serially
+//! until they do. The result is identical to chunking the file in one pass.
+//! Hashing, compression and encryption of the window's chunks run in parallel too.
 
 use std::io::Read;
 use std::path::Path;
 
 use coffer_repo_format::blob::{BlobSealer, BlobType};
-use coffer_repo_format::chunker::is_zero;
+use coffer_repo_format::chunker::{is_zero, Chunker};
 use coffer_repo_format::tree::{ContentRef, Node};
 
 use super::source::{FileJob, FileOutcome};
 use super::{Ctx, SourceError};
-use crate::error::Error;
-
-/// Bytes read per `read` call.
-const READ_SIZE: usize = 8 * 1024 * 1024;
+use crate::error::{Error, Result};
 
 /// One file worker: runs until the job queue closes.
-pub(crate) fn run_worker(
-    ctx: &Ctx,
-    jobs: crossbeam_channel::Receiver<FileJob>,
-) -> crate::Result<()> {
-    let mut sealer = BlobSealer::new(ctx.repo.key(), ctx.compression)
-        .map_err(|e| Error::corrupt("blob sealer", e))?;
-    let mut buf = Vec::new();
+pub(crate) fn run_worker(ctx: &Ctx, jobs: crossbeam_channel::Receiver<FileJob>) -> Result<()> {
+    let mut w = Worker {
+        ctx,
+        sealers: Vec::new(),
+        buf: Vec::new(),
+    };
     for job in jobs {
         if ctx.cancel.is_cancelled() {
             return Err(Error::Cancelled);
         }
-        let outcome: FileOutcome =
-            match back_up_file(ctx, &mut sealer, &mut buf, &job.path, job.node) {
-                Ok(node) => Ok(node),
-                Err(FileError::Source(e)) => Err(e),
-                Err(FileError::Fatal(e)) => {
-                    // The tree builder sees the closed reply channel; the error is the pipeline's.
-                    return Err(e);
-                }
-            };
+        let outcome: FileOutcome = match w.back_up_file(&job.path, job.node) {
+            Ok(node) => Ok(node),
+            Err(FileError::Source(e)) => Err(e),
+            // The tree builder sees the closed reply channel; the error is the pipeline's.
+            Err(FileError::Fatal(e)) => return Err(e),
+        };
         let _ = job.reply.send(outcome);
     }
     Ok(())
@@ -47,6 +48,12 @@ pub(crate) enum FileError {
     Source(SourceError),
     /// The backup cannot go on (repository side).
     Fatal(Error),
+}
+
+struct Worker<'a> {
+    ctx: &'a Ctx,
+    sealers: Vec<BlobSealer>,
+    buf: Vec<u8>,
 }
 
 fn open_for_backup(path: &Path) -> std::io::Result<std::fs::File> {
@@ -64,76 +71,287 @@ fn open_for_backup(path: &Path) -> std::io::Result<std::fs::File> {
     }
 }
 
-fn back_up_file(
+/// Reads until `buf` holds `want` bytes or the file ends; true at the end.
+fn fill(file: &mut std::fs::File, buf: &mut Vec<u8>, want: usize) -> std::io::Result<bool> {
+    while buf.len() < want {
+        let old = buf.len();
+        buf.resize(want, 0);
+        match file.read(&mut buf[old..]) {
+            Ok(0) => {
+                buf.truncate(old);
+                return Ok(true);
+            }
+            Ok(n) => buf.truncate(old + n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => buf.truncate(old),
+            Err(e) => {
+                buf.truncate(old);
+                return Err(e);
+            }
+        }
+    }
+    Ok(false)
+}
+
+impl Worker<'_> {
+    fn sealers(&mut self, n: usize) -> Result<&mut [BlobSealer]> {
+        while self.sealers.len() < n {
+            let s = BlobSealer::new(self.ctx.repo.key(), self.ctx.compression)
+                .map_err(|e| Error::corrupt("blob sealer", e))?;
+            self.sealers.push(s);
+        }
+        Ok(&mut self.sealers[..n])
+    }
+
+    fn back_up_file(&mut self, path: &Path, mut node: Node) -> Result<Node, FileError> {
+        let source_err = |e: std::io::Error| {
+            FileError::Source(SourceError {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })
+        };
+        let mut file = open_for_backup(path).map_err(source_err)?;
+        let ctx = self.ctx;
+        let max = ctx.chunker.params().max_size as usize;
+        let seg = ctx.segment_size.max(2 * max);
+        let par = if node.size >= 2 * seg as u64 {
+            ctx.threads.max(1)
+        } else {
+            1
+        };
+        let window = par * seg;
+        let mut content: Vec<ContentRef> = Vec::new();
+        let mut total: u64 = 0;
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        let result = loop {
+            if ctx.cancel.is_cancelled() {
+                break Err(FileError::Fatal(Error::Cancelled));
+            }
+            // `buf` starts at a true chunk boundary (what the last window left).
+            let eof = match fill(&mut file, &mut buf, window + max) {
+                Ok(eof) => eof,
+                Err(e) => break Err(source_err(e)),
+            };
+            if buf.is_empty() {
+                break Ok(());
+            }
+            let limit = if eof { buf.len() } else { buf.len() - max };
+            let chunks = plan_chunks(&ctx.chunker, &buf, limit, seg, par);
+            let consumed = chunks.last().map_or(0, |(s, l)| s + l);
+            let sealers = match self.sealers(par) {
+                Ok(s) => s,
+                Err(e) => break Err(FileError::Fatal(e)),
+            };
+            match process_chunks(ctx, sealers, &buf, &chunks) {
+                Ok(refs) => {
+                    for r in refs {
+                        push_ref(&mut content, r);
+                    }
+                }
+                Err(e) => break Err(FileError::Fatal(e)),
+            }
+            total += consumed as u64;
+            ctx.stats.add_read(consumed as u64);
+            buf.drain(..consumed);
+            if eof && buf.is_empty() {
+                break Ok(());
+            }
+        };
+        // Keep a normal-sized buffer for the next file, not a big file's window.
+        if buf.capacity() <= 2 * (seg + max) {
+            self.buf = buf;
+        }
+        result?;
+        // The file may have changed size since it was listed: record what was read.
+        node.size = total;
+        node.content = content;
+        Ok(node)
+    }
+}
+
+fn push_ref(content: &mut Vec<ContentRef>, r: ContentRef) {
+    if r.id.is_none() {
+        if let Some(ContentRef { id: None, len }) = content.last_mut() {
+            *len += r.len;
+            return;
+        }
+    }
+    content.push(r);
+}
+
+/// The cut points `(start, len)` of every chunk that starts in `buf[start..end)`,
+/// chunking from `start` as if it were a chunk boundary.
+fn cuts_from(chunker: &Chunker, buf: &[u8], start: usize, end: usize) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut pos = start;
+    while pos < end {
+        let len = chunker.cut(&buf[pos..]);
+        out.push((pos, len));
+        pos += len;
+    }
+    out
+}
+
+/// The true chunks of `buf` (which starts at a boundary) that start before
+/// `limit`, in order. With `par > 1`, segments of `seg` bytes are chunked in
+/// parallel and stitched; the result is the same as one serial pass.
+pub(crate) fn plan_chunks(
+    chunker: &Chunker,
+    buf: &[u8],
+    limit: usize,
+    seg: usize,
+    par: usize,
+) -> Vec<(usize, usize)> {
+    if limit == 0 {
+        return Vec::new();
+    }
+    let nseg = limit.div_ceil(seg);
+    if par <= 1 || nseg <= 1 {
+        return cuts_from(chunker, buf, 0, limit);
+    }
+    let lists: Vec<Vec<(usize, usize)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (1..nseg)
+            .map(|j| s.spawn(move || cuts_from(chunker, buf, j * seg, ((j + 1) * seg).min(limit))))
+            .collect();
+        let mut lists = vec![cuts_from(chunker, buf, 0, seg.min(limit))];
+        for h in handles {
+            // A panicking segment thread would be a bug in the chunker; fall
+            // back to cutting that segment serially during the stitch.
+            lists.push(h.join().unwrap_or_default());
+        }
+        lists
+    });
+    let mut out = Vec::with_capacity(lists.iter().map(Vec::len).sum());
+    let mut p = 0usize;
+    for (j, list) in lists.iter().enumerate() {
+        let end = ((j + 1) * seg).min(limit);
+        let mut i = 0;
+        while p < end {
+            while i < list.len() && list[i].0 < p {
+                i += 1;
+            }
+            let chunk = if i < list.len() && list[i].0 == p {
+                i += 1;
+                list[i - 1]
+            } else {
+                (p, chunker.cut(&buf[p..]))
+            };
+            out.push(chunk);
+            p += chunk.1;
+        }
+    }
+    out
+}
+
+/// Zero check, hash, dedup and seal each chunk; in parallel when there are
+/// several sealers. Returns the content references in order.
+fn process_chunks(
     ctx: &Ctx,
-    sealer: &mut BlobSealer,
-    buf: &mut Vec<u8>,
-    path: &Path,
-    mut node: Node,
-) -> Result<Node, FileError> {
-    let source_err = |e: std::io::Error| {
-        FileError::Source(SourceError {
-            path: path.to_path_buf(),
-            message: e.to_string(),
+    sealers: &mut [BlobSealer],
+    buf: &[u8],
+    chunks: &[(usize, usize)],
+) -> Result<Vec<ContentRef>> {
+    let one = |sealer: &mut BlobSealer, (start, len): (usize, usize)| -> Result<ContentRef> {
+        let chunk = &buf[start..start + len];
+        ctx.stats.add_bytes(len as u64);
+        if is_zero(chunk) {
+            return Ok(ContentRef {
+                id: None,
+                len: len as u64,
+            });
+        }
+        let id = ctx.dedup_and_store(sealer, BlobType::Data, chunk)?;
+        Ok(ContentRef {
+            id: Some(id),
+            len: len as u64,
         })
     };
-    let mut file = open_for_backup(path).map_err(source_err)?;
-    let max = ctx.chunker.params().max_size as usize;
-    let mut content: Vec<ContentRef> = Vec::new();
-    let mut total: u64 = 0;
-    let mut eof = false;
-    buf.clear();
-    let mut start = 0usize;
-    loop {
-        if !eof && buf.len() - start < max {
-            buf.drain(..start);
-            start = 0;
-            let want = buf.len() + READ_SIZE.max(2 * max);
-            while !eof && buf.len() < want {
-                let old = buf.len();
-                buf.resize(want, 0);
-                match file.read(&mut buf[old..]) {
-                    Ok(0) => {
-                        buf.truncate(old);
-                        eof = true;
-                    }
-                    Ok(n) => buf.truncate(old + n),
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => buf.truncate(old),
-                    Err(e) => return Err(source_err(e)),
+    if sealers.len() <= 1 || chunks.len() <= 1 {
+        let Some(sealer) = sealers.first_mut() else {
+            return Err(Error::InvalidArgument("no sealer".into()));
+        };
+        return chunks.iter().map(|c| one(sealer, *c)).collect();
+    }
+    // Split into contiguous groups of about equal bytes, one per sealer.
+    let total: usize = chunks.iter().map(|c| c.1).sum();
+    let per = total.div_ceil(sealers.len());
+    let mut groups: Vec<&[(usize, usize)]> = Vec::new();
+    let (mut from, mut acc) = (0, 0);
+    for (i, c) in chunks.iter().enumerate() {
+        acc += c.1;
+        if acc >= per && groups.len() + 1 < sealers.len() {
+            groups.push(&chunks[from..=i]);
+            from = i + 1;
+            acc = 0;
+        }
+    }
+    groups.push(&chunks[from..]);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = groups
+            .into_iter()
+            .zip(sealers.iter_mut())
+            .map(|(group, sealer)| {
+                s.spawn(move || {
+                    group
+                        .iter()
+                        .map(|c| one(sealer, *c))
+                        .collect::<Result<Vec<_>>>()
+                })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(chunks.len());
+        for h in handles {
+            out.extend(
+                h.join()
+                    .map_err(|_| Error::InvalidArgument("a chunk worker panicked".into()))??,
+            );
+        }
+        Ok(out)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coffer_repo_format::chunker::ChunkerParams;
+
+    fn data(len: usize, seed: u8) -> Vec<u8> {
+        let mut out = vec![0u8; len];
+        blake3::Hasher::new()
+            .update(&[seed])
+            .finalize_xof()
+            .fill(&mut out);
+        // Zero runs and repeats, where boundaries behave differently.
+        let z = (len / 4).min(70_000);
+        out[len / 3..len / 3 + z].fill(0);
+        let copy = out[..len / 5].to_vec();
+        out[len / 2..len / 2 + copy.len()].copy_from_slice(&copy);
+        out
+    }
+
+    #[test]
+    fn parallel_segments_give_the_same_chunks_as_one_pass() {
+        let params = ChunkerParams {
+            min_size: 1024,
+            avg_size: 4096,
+            max_size: 16384,
+            normalization: 1,
+        };
+        let chunker = Chunker::new(&[9; 32], params).unwrap();
+        for (len, seed) in [
+            (1_000_000, 1u8),
+            (777_777, 2),
+            (40_000, 3),
+            (16_384 * 3 + 5, 4),
+        ] {
+            let buf = data(len, seed);
+            let serial = cuts_from(&chunker, &buf, 0, buf.len());
+            for seg in [32_768, 50_000, 100_003, 400_000] {
+                for par in [2, 3, 8] {
+                    let got = plan_chunks(&chunker, &buf, buf.len(), seg, par);
+                    assert_eq!(got, serial, "len {len} seg {seg} par {par}");
                 }
             }
         }
-        if start == buf.len() {
-            break;
-        }
-        if ctx.cancel.is_cancelled() {
-            return Err(FileError::Fatal(Error::Cancelled));
-        }
-        let len = ctx.chunker.cut(&buf[start..]);
-        let chunk = &buf[start..start + len];
-        start += len;
-        total += len as u64;
-        if is_zero(chunk) {
-            match content.last_mut() {
-                Some(ContentRef { id: None, len: run }) => *run += len as u64,
-                _ => content.push(ContentRef {
-                    id: None,
-                    len: len as u64,
-                }),
-            }
-            continue;
-        }
-        let id = ctx
-            .dedup_and_store(sealer, BlobType::Data, chunk)
-            .map_err(FileError::Fatal)?;
-        content.push(ContentRef {
-            id: Some(id),
-            len: len as u64,
-        });
-        ctx.stats.add_bytes(len as u64);
     }
-    // The file may have changed size since it was listed: record what was read.
-    node.size = total;
-    node.content = content;
-    Ok(node)
 }

@@ -72,7 +72,28 @@ pub struct BackupOptions {
     pub progress: Option<ProgressFn>,
     /// Cancellation.
     pub cancel: CancelToken,
+    /// Which snapshot to compare with.
+    pub parent: ParentChoice,
+    /// Read every file, even those unchanged since the parent snapshot.
+    pub force: bool,
+    /// Bytes per segment when one large file is chunked on several threads.
+    pub segment_size: usize,
 }
+
+/// How a backup picks its parent snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ParentChoice {
+    /// The latest snapshot with the same host and the same paths.
+    #[default]
+    Auto,
+    /// No parent: every file is new.
+    None,
+    /// This snapshot (`latest`, an id or a unique prefix).
+    Snapshot(String),
+}
+
+/// Default segment size for chunking a large file on several threads: 8 MiB.
+pub const DEFAULT_SEGMENT_SIZE: usize = 8 * 1024 * 1024;
 
 impl BackupOptions {
     /// Options to back up `paths` with every default.
@@ -87,6 +108,9 @@ impl BackupOptions {
             origin: None,
             progress: None,
             cancel: CancelToken::new(),
+            parent: ParentChoice::Auto,
+            force: false,
+            segment_size: DEFAULT_SEGMENT_SIZE,
         }
     }
 }
@@ -115,12 +139,19 @@ pub struct BackupSummary {
     pub packs_written: u64,
     /// Index files written.
     pub index_files_written: u64,
+    /// Bytes of file content read from the source (unchanged files are not read).
+    pub bytes_read: u64,
 }
 
 #[derive(Default)]
 pub(crate) struct Stats {
     files: AtomicU64,
     dirs: AtomicU64,
+    files_new: AtomicU64,
+    files_changed: AtomicU64,
+    dirs_new: AtomicU64,
+    dirs_changed: AtomicU64,
+    bytes_done: AtomicU64,
     bytes_read: AtomicU64,
     bytes_processed: AtomicU64,
     data_blobs: AtomicU64,
@@ -130,7 +161,13 @@ pub(crate) struct Stats {
 }
 
 impl Stats {
+    /// Content bytes done (read, or taken unchanged from the parent).
     pub(crate) fn add_bytes(&self, n: u64) {
+        self.bytes_done.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Content bytes read from the source.
+    pub(crate) fn add_read(&self, n: u64) {
         self.bytes_read.fetch_add(n, Ordering::Relaxed);
     }
 
@@ -143,15 +180,25 @@ impl Stats {
         self.data_added_packed.fetch_add(stored, Ordering::Relaxed);
     }
 
-    pub(crate) fn file_done(&self, node: &Node) {
+    pub(crate) fn file_done(&self, node: &Node, status: tree_builder::Status) {
         self.files.fetch_add(1, Ordering::Relaxed);
         if node.kind == NodeKind::File {
             self.bytes_processed.fetch_add(node.size, Ordering::Relaxed);
         }
+        match status {
+            tree_builder::Status::New => self.files_new.fetch_add(1, Ordering::Relaxed),
+            tree_builder::Status::Changed => self.files_changed.fetch_add(1, Ordering::Relaxed),
+            tree_builder::Status::Unmodified => 0,
+        };
     }
 
-    pub(crate) fn dir_done(&self) {
+    pub(crate) fn dir_done(&self, status: tree_builder::Status) {
         self.dirs.fetch_add(1, Ordering::Relaxed);
+        match status {
+            tree_builder::Status::New => self.dirs_new.fetch_add(1, Ordering::Relaxed),
+            tree_builder::Status::Changed => self.dirs_changed.fetch_add(1, Ordering::Relaxed),
+            tree_builder::Status::Unmodified => 0,
+        };
     }
 
     fn get(v: &AtomicU64) -> u64 {
@@ -169,6 +216,16 @@ pub(crate) struct Ctx {
     pub(crate) stats: Stats,
     pub(crate) errors: Mutex<Vec<SourceError>>,
     pub(crate) cancel: CancelToken,
+    /// The async runtime, for the pipeline threads' store reads.
+    pub(crate) rt: tokio::runtime::Handle,
+    /// File workers, and threads for one large file.
+    pub(crate) threads: usize,
+    /// Segment size for chunking a large file in parallel.
+    pub(crate) segment_size: usize,
+    /// Read every file (no reuse from the parent).
+    pub(crate) force: bool,
+    /// The parent snapshot's root listing.
+    pub(crate) parent_root: Option<coffer_repo_format::BlobId>,
     progress: Option<ProgressFn>,
     started: Instant,
     last_progress: Mutex<Instant>,
@@ -191,7 +248,7 @@ impl Ctx {
             seconds_elapsed: self.started.elapsed().as_secs_f64(),
             files_done: Stats::get(&self.stats.files),
             dirs_done: Stats::get(&self.stats.dirs),
-            bytes_done: Stats::get(&self.stats.bytes_read),
+            bytes_done: Stats::get(&self.stats.bytes_done),
             bytes_added: Stats::get(&self.stats.data_added),
             errors: self.errors.lock().map(|e| e.len() as u64).unwrap_or(0),
         }
@@ -230,6 +287,15 @@ pub async fn backup(
             .unwrap_or(2),
         n => n,
     };
+    let hostname = opts
+        .hostname
+        .clone()
+        .unwrap_or_else(|| crate::repository::Identity::current().hostname);
+    let parent = match &opts.parent {
+        ParentChoice::None => None,
+        ParentChoice::Snapshot(spec) => Some(repo.find_snapshot(spec).await?),
+        ParentChoice::Auto => find_parent(&repo, &hostname, &abs_paths).await?,
+    };
     let config = repo.config().clone();
     let chunker = Chunker::new(&repo.key().chunker_seed, config.chunker)
         .map_err(|e| Error::corrupt("repository config", e))?;
@@ -253,6 +319,11 @@ pub async fn backup(
         stats: Stats::default(),
         errors: Mutex::new(Vec::new()),
         cancel: opts.cancel.clone(),
+        rt: tokio::runtime::Handle::current(),
+        threads,
+        segment_size: opts.segment_size.max(64 * 1024),
+        force: opts.force,
+        parent_root: parent.as_ref().and_then(|(_, s)| s.root.subtree),
         progress: opts.progress.clone(),
         started,
         last_progress: Mutex::new(started),
@@ -273,7 +344,9 @@ pub async fn backup(
     let root = built??;
     ctx.report_progress(true);
     let errors = std::mem::take(&mut *ctx.errors.lock().unwrap_or_else(|p| p.into_inner()));
-    let snapshot = snapshot::build(&ctx, &opts, &abs_paths, root, start_time);
+    let mut snapshot = snapshot::build(&ctx, &opts, &abs_paths, root, start_time);
+    snapshot.hostname = hostname;
+    snapshot.parent = parent.map(|(id, _)| id);
     let snapshot_id = repo.write_snapshot(&snapshot).await?;
     Ok(BackupSummary {
         snapshot_id,
@@ -282,6 +355,7 @@ pub async fn backup(
         total_duration: started.elapsed().as_secs_f64(),
         packs_written: report.packs,
         index_files_written: report.index_files,
+        bytes_read: Stats::get(&ctx.stats.bytes_read),
     })
 }
 
@@ -295,8 +369,9 @@ fn run_pipeline(ctx: &Ctx, plan: &source::SourcePlan, root: Node, threads: usize
                 events: ev_tx,
                 jobs: job_tx,
                 owners: Default::default(),
+                parents: Vec::new(),
             }
-            .run(plan)
+            .run(plan, ctx.parent_root)
         });
         let workers: Vec<_> = (0..threads)
             .map(|_| {
@@ -329,6 +404,24 @@ fn run_pipeline(ctx: &Ctx, plan: &source::SourcePlan, root: Node, threads: usize
         }
         built
     })
+}
+
+/// The latest snapshot with the same host and the same paths.
+async fn find_parent(
+    repo: &Repository,
+    hostname: &str,
+    paths: &[PathBuf],
+) -> Result<Option<(SnapshotId, Snapshot)>> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut want: Vec<&[u8]> = paths.iter().map(|p| p.as_os_str().as_bytes()).collect();
+    want.sort();
+    let mut snapshots = repo.snapshots().await?;
+    snapshots.retain(|(_, s)| {
+        let mut have: Vec<&[u8]> = s.paths.iter().map(|p| p.0.as_slice()).collect();
+        have.sort();
+        s.hostname == hostname && have == want
+    });
+    Ok(snapshots.pop())
 }
 
 fn clone_err(e: &Error) -> Error {

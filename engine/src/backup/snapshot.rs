@@ -24,7 +24,9 @@ pub(crate) fn build(
     let me = Identity::current();
     let s = &ctx.stats;
     let files = Stats::get(&s.files);
-    let dirs = Stats::get(&s.dirs) + 1;
+    let dirs = Stats::get(&s.dirs);
+    let (files_new, files_changed) = (Stats::get(&s.files_new), Stats::get(&s.files_changed));
+    let (dirs_new, dirs_changed) = (Stats::get(&s.dirs_new), Stats::get(&s.dirs_changed));
     Snapshot {
         version: SNAPSHOT_VERSION,
         time: start_time.clone(),
@@ -43,12 +45,12 @@ pub(crate) fn build(
         summary: SnapshotSummary {
             backup_start: start_time,
             backup_end: now_rfc3339(),
-            files_new: files,
-            files_changed: 0,
-            files_unmodified: 0,
-            dirs_new: dirs,
-            dirs_changed: 0,
-            dirs_unmodified: 0,
+            files_new,
+            files_changed,
+            files_unmodified: files - files_new - files_changed,
+            dirs_new,
+            dirs_changed,
+            dirs_unmodified: dirs - dirs_new - dirs_changed,
             data_blobs: Stats::get(&s.data_blobs),
             tree_blobs: Stats::get(&s.tree_blobs),
             data_added: Stats::get(&s.data_added),

@@ -33,12 +33,95 @@ pub(crate) enum Pending {
 
 /// The walk, as the tree builder sees it.
 pub(crate) enum Event {
-    /// A directory starts; its entries follow until the matching `Leave`.
-    Enter(Box<Node>),
-    /// A non-directory entry of the current directory.
-    Entry(Pending),
+    /// A directory starts; its entries follow until the matching `Leave`. With
+    /// the listing of the same directory in the parent snapshot, if any.
+    Enter(Box<Node>, Option<coffer_repo_format::BlobId>),
+    /// A non-directory entry of the current directory, with the entry of the
+    /// same name in the parent snapshot, if any.
+    Entry(Pending, Option<Box<Node>>),
     /// The current directory is complete.
     Leave,
+}
+
+/// The parent snapshot's listing of one directory, read in step with the walk:
+/// both are in name order, so finding an entry is a merge.
+pub(crate) struct ParentDir<'a> {
+    reader: Option<crate::trees::DirReader<'a>>,
+    peeked: Option<Node>,
+}
+
+impl<'a> ParentDir<'a> {
+    pub(crate) fn none() -> Self {
+        ParentDir {
+            reader: None,
+            peeked: None,
+        }
+    }
+
+    /// Opens the listing `tree` of the parent snapshot; none if it cannot be read.
+    pub(crate) fn open(ctx: &'a Ctx, tree: Option<coffer_repo_format::BlobId>) -> Self {
+        let Some(tree) = tree else {
+            return Self::none();
+        };
+        match ctx
+            .rt
+            .block_on(crate::trees::DirReader::open(&ctx.repo, &ctx.index, &tree))
+        {
+            Ok(r) => ParentDir {
+                reader: Some(r),
+                peeked: None,
+            },
+            Err(e) => {
+                tracing::warn!(
+                    "parent snapshot: cannot read tree {}: {e}; reading the directory in full",
+                    tree.short()
+                );
+                Self::none()
+            }
+        }
+    }
+
+    /// The parent's entry named `name`; names must be asked in increasing order.
+    pub(crate) fn find(&mut self, ctx: &Ctx, name: &[u8]) -> Option<Node> {
+        loop {
+            if self.peeked.is_none() {
+                let reader = self.reader.as_mut()?;
+                match ctx.rt.block_on(reader.next()) {
+                    Ok(Some(n)) => self.peeked = Some(n),
+                    Ok(None) => {
+                        self.reader = None;
+                        return None;
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            "parent snapshot: {e}; reading the rest of the directory in full"
+                        );
+                        self.reader = None;
+                        return None;
+                    }
+                }
+            }
+            let peeked = self.peeked.as_ref()?;
+            match peeked.name.0.as_slice().cmp(name) {
+                std::cmp::Ordering::Less => self.peeked = None,
+                std::cmp::Ordering::Equal => return self.peeked.take(),
+                std::cmp::Ordering::Greater => return None,
+            }
+        }
+    }
+}
+
+/// Whether a file can be taken from the parent snapshot without reading it.
+fn unchanged(parent: &Node, now: &Node, index: &crate::index::Index) -> bool {
+    parent.kind == NodeKind::File
+        && parent.size == now.size
+        && parent.mtime == now.mtime
+        && parent.ctime == now.ctime
+        && parent.inode == now.inode
+        && parent
+            .content
+            .iter()
+            .all(|c| c.id.is_none_or(|id| index.contains(&id)))
 }
 
 /// How the given paths map onto the snapshot's root directory.
@@ -139,11 +222,18 @@ pub(crate) struct Walker<'a> {
     pub(crate) events: Sender<Event>,
     pub(crate) jobs: Sender<FileJob>,
     pub(crate) owners: Owners,
+    /// The parent snapshot's listing of each open directory, innermost last.
+    pub(crate) parents: Vec<ParentDir<'a>>,
 }
 
 impl Walker<'_> {
     /// Walks the plan; returns early only when cancelled or when the pipeline stopped.
-    pub(crate) fn run(mut self, plan: &SourcePlan) -> Result<()> {
+    pub(crate) fn run(
+        mut self,
+        plan: &SourcePlan,
+        parent_root: Option<coffer_repo_format::BlobId>,
+    ) -> Result<()> {
+        self.parents.push(ParentDir::open(self.ctx, parent_root));
         match plan {
             SourcePlan::Single(path) => self.walk_dir_contents(path),
             SourcePlan::Synthetic(items) => {
@@ -158,9 +248,9 @@ impl Walker<'_> {
                     if md.is_dir() {
                         match fsmeta::read_node(name, path, &md, NodeKind::Dir, &mut self.owners) {
                             Ok(node) => {
-                                self.send(Event::Enter(Box::new(node)))?;
+                                self.enter(node)?;
                                 self.walk_dir_contents(path)?;
-                                self.send(Event::Leave)?;
+                                self.leave()?;
                             }
                             Err(e) => self.ctx.error(path, e.to_string()),
                         }
@@ -175,6 +265,26 @@ impl Walker<'_> {
 
     fn send(&self, ev: Event) -> Result<()> {
         self.events.send(ev).map_err(|_| Error::Cancelled)
+    }
+
+    /// The parent snapshot's entry of this name in the current directory.
+    fn parent_of(&mut self, name: &[u8]) -> Option<Node> {
+        let ctx = self.ctx;
+        self.parents.last_mut().and_then(|p| p.find(ctx, name))
+    }
+
+    fn enter(&mut self, node: Node) -> Result<()> {
+        let parent_tree = self
+            .parent_of(&node.name.0)
+            .filter(|p| p.kind == NodeKind::Dir)
+            .and_then(|p| p.subtree);
+        self.parents.push(ParentDir::open(self.ctx, parent_tree));
+        self.send(Event::Enter(Box::new(node), parent_tree))
+    }
+
+    fn leave(&mut self) -> Result<()> {
+        self.parents.pop();
+        self.send(Event::Leave)
     }
 
     fn walk_dir_contents(&mut self, dir: &Path) -> Result<()> {
@@ -203,7 +313,7 @@ impl Walker<'_> {
                 }
             };
             while open >= entry.depth() {
-                self.send(Event::Leave)?;
+                self.leave()?;
                 open -= 1;
             }
             let md = match entry.metadata() {
@@ -217,7 +327,7 @@ impl Walker<'_> {
             if md.is_dir() {
                 match fsmeta::read_node(name, entry.path(), &md, NodeKind::Dir, &mut self.owners) {
                     Ok(node) => {
-                        self.send(Event::Enter(Box::new(node)))?;
+                        self.enter(node)?;
                         open += 1;
                     }
                     Err(e) => self.ctx.error(entry.path(), e.to_string()),
@@ -227,7 +337,7 @@ impl Walker<'_> {
             }
         }
         for _ in 0..open {
-            self.send(Event::Leave)?;
+            self.leave()?;
         }
         Ok(())
     }
@@ -237,14 +347,26 @@ impl Walker<'_> {
             tracing::info!("skipping socket {}", path.display());
             return Ok(());
         };
-        let node = match fsmeta::read_node(name, path, md, kind, &mut self.owners) {
+        let mut node = match fsmeta::read_node(name, path, md, kind, &mut self.owners) {
             Ok(n) => n,
             Err(e) => {
                 self.ctx.error(path, e.to_string());
                 return Ok(());
             }
         };
+        let parent = self.parent_of(name);
         if kind == NodeKind::File && node.size > 0 {
+            if let Some(p) = parent
+                .as_ref()
+                .filter(|p| !self.ctx.force && unchanged(p, &node, &self.ctx.index))
+            {
+                node.content = p.content.clone();
+                self.ctx.stats.add_bytes(node.size);
+                return self.send(Event::Entry(
+                    Pending::Ready(Box::new(node)),
+                    parent.map(Box::new),
+                ));
+            }
             let (tx, rx) = crossbeam_channel::bounded(1);
             self.jobs
                 .send(FileJob {
@@ -253,9 +375,15 @@ impl Walker<'_> {
                     reply: tx,
                 })
                 .map_err(|_| Error::Cancelled)?;
-            self.send(Event::Entry(Pending::File(path.to_path_buf(), rx)))
+            self.send(Event::Entry(
+                Pending::File(path.to_path_buf(), rx),
+                parent.map(Box::new),
+            ))
         } else {
-            self.send(Event::Entry(Pending::Ready(Box::new(node))))
+            self.send(Event::Entry(
+                Pending::Ready(Box::new(node)),
+                parent.map(Box::new),
+            ))
         }
     }
 }

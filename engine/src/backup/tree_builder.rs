@@ -133,6 +133,43 @@ impl PageStore for SessionStore<'_> {
     }
 }
 
+/// New, changed or unmodified, compared with the parent snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Status {
+    New,
+    Changed,
+    Unmodified,
+}
+
+fn dir_status(tree: BlobId, parent: Option<BlobId>) -> Status {
+    match parent {
+        None => Status::New,
+        Some(p) if p == tree => Status::Unmodified,
+        Some(_) => Status::Changed,
+    }
+}
+
+/// A non-directory is unmodified when its content and its metadata (other
+/// than access and change times) equal the parent's.
+fn classify(node: &Node, parent: Option<&Node>) -> Status {
+    let Some(p) = parent else { return Status::New };
+    let same = p.kind == node.kind
+        && p.size == node.size
+        && p.mode == node.mode
+        && p.uid == node.uid
+        && p.gid == node.gid
+        && p.mtime == node.mtime
+        && p.target == node.target
+        && p.rdev == node.rdev
+        && p.xattrs == node.xattrs
+        && p.content == node.content;
+    if same {
+        Status::Unmodified
+    } else {
+        Status::Changed
+    }
+}
+
 /// Consumes the walk and returns the root node with its subtree set.
 pub(crate) fn build(
     ctx: &Ctx,
@@ -146,10 +183,14 @@ pub(crate) fn build(
         sealer: &mut sealer,
     };
     let mut stack: Vec<(Node, PageWriter)> = vec![(root, PageWriter::default())];
+    let mut parent_trees: Vec<Option<BlobId>> = vec![ctx.parent_root];
     for ev in events {
         match ev {
-            Event::Enter(node) => stack.push((*node, PageWriter::default())),
-            Event::Entry(pending) => {
+            Event::Enter(node, parent_tree) => {
+                stack.push((*node, PageWriter::default()));
+                parent_trees.push(parent_tree);
+            }
+            Event::Entry(pending, parent) => {
                 let node = match pending {
                     Pending::Ready(n) => *n,
                     Pending::File(path, rx) => match rx.recv() {
@@ -165,10 +206,10 @@ pub(crate) fn build(
                         }
                     },
                 };
-                ctx.stats.file_done(&node);
+                ctx.stats
+                    .file_done(&node, classify(&node, parent.as_deref()));
                 ctx.report_progress(false);
-                let top = stack.last_mut().map(|(_, w)| w);
-                let Some(writer) = top else {
+                let Some((_, writer)) = stack.last_mut() else {
                     return Err(Error::InvalidArgument(
                         "walk produced an entry outside any directory".into(),
                     ));
@@ -176,31 +217,32 @@ pub(crate) fn build(
                 writer.push(node, &mut store)?;
             }
             Event::Leave => {
-                if stack.len() < 2 {
+                let (Some((mut node, writer)), Some(parent_tree)) =
+                    (stack.pop(), parent_trees.pop())
+                else {
+                    return Err(Error::InvalidArgument(
+                        "walk left more directories than it entered".into(),
+                    ));
+                };
+                let tree = writer.finish(&mut store)?;
+                node.subtree = Some(tree);
+                ctx.stats.dir_done(dir_status(tree, parent_tree));
+                let Some((_, parent)) = stack.last_mut() else {
                     return Err(Error::InvalidArgument(
                         "walk left the root directory".into(),
                     ));
-                }
-                let Some((mut node, writer)) = stack.pop() else {
-                    unreachable!()
-                };
-                node.subtree = Some(writer.finish(&mut store)?);
-                ctx.stats.dir_done();
-                let Some((_, parent)) = stack.last_mut() else {
-                    unreachable!()
                 };
                 parent.push(node, &mut store)?;
             }
         }
     }
-    if stack.len() != 1 {
+    let (Some((mut root, writer)), true) = (stack.pop(), stack.is_empty()) else {
         // The walk stopped early (cancelled or failed).
         return Err(Error::Cancelled);
-    }
-    let Some((mut root, writer)) = stack.pop() else {
-        unreachable!()
     };
-    root.subtree = Some(writer.finish(&mut store)?);
+    let tree = writer.finish(&mut store)?;
+    root.subtree = Some(tree);
+    ctx.stats.dir_done(dir_status(tree, ctx.parent_root));
     debug_assert_eq!(root.kind, NodeKind::Dir);
     Ok(root)
 }
