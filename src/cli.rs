@@ -67,9 +67,18 @@ pub enum Command {
     Cat(CatArgs),
     /// Verify the repository: structure, and with --read-data every byte
     Check(CheckArgs),
+    /// Show how much snapshots restore to and what they store
+    Stats(StatsArgs),
     /// Manage the keys (passwords) of the repository
     #[command(subcommand)]
     Key(KeyCommand),
+}
+
+#[derive(Args, Debug)]
+pub struct StatsArgs {
+    /// Snapshots to count (`latest`, ids or prefixes); all when none is given
+    #[arg(value_name = "SNAPSHOT")]
+    pub snapshots: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -172,6 +181,12 @@ pub struct BackupArgs {
     /// Compression for this backup: off, auto, max, or a zstd level
     #[arg(long, value_name = "MODE", value_parser = parse_compression)]
     pub compression: Option<coffer_engine::format::blob::Compression>,
+    /// Compare with this snapshot instead of the latest one of the same host and paths
+    #[arg(long, value_name = "SNAPSHOT")]
+    pub parent: Option<String>,
+    /// Read every file, even those unchanged since the parent snapshot
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Args, Debug)]

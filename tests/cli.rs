@@ -609,3 +609,71 @@ fn keys_are_listed_added_changed_and_removed() {
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert_ne!(list[0]["id"], other.as_str());
 }
+
+#[test]
+fn incremental_backups_stats_and_json_progress() {
+    let env = Env::new();
+    env.init();
+    let src = env.root.join("src");
+    let data = noise(400_000);
+    write(&src.join("a.bin"), &data);
+    write(&src.join("copy.bin"), &data);
+    write(&src.join("sparse"), &vec![0u8; 1_000_000]);
+    let first = last_json_line(&env.expect(0, &["backup", src.to_str().unwrap(), "--json"]));
+    assert_eq!(first["files_new"], 3);
+    // Every line of --json output is JSON: status lines, then the summary.
+    let out = env.expect(0, &["backup", src.to_str().unwrap(), "--json"]);
+    for line in out.lines() {
+        let v = json(line);
+        assert!(
+            v["message_type"] == "status" || v["message_type"] == "summary",
+            "{v}"
+        );
+    }
+    let second = last_json_line(&out);
+    assert_eq!(
+        (
+            second["files_new"].as_u64(),
+            second["files_unmodified"].as_u64()
+        ),
+        (Some(0), Some(3))
+    );
+    let forced =
+        last_json_line(&env.expect(0, &["backup", src.to_str().unwrap(), "--json", "--force"]));
+    assert_eq!(forced["files_unmodified"], 3);
+    assert_eq!(forced["data_blobs"], 0);
+    let first_id = first["snapshot_id"].as_str().unwrap();
+    let explicit = last_json_line(&env.expect(
+        0,
+        &[
+            "backup",
+            src.to_str().unwrap(),
+            "--json",
+            "--parent",
+            &first_id[..8],
+        ],
+    ));
+    let snaps = json(&env.expect(0, &["snapshots", "--json"]));
+    let last = snaps
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == explicit["snapshot_id"])
+        .unwrap();
+    assert_eq!(last["parent"], first_id);
+
+    let st = json(&env.expect(0, &["stats", "--json", first_id]));
+    assert_eq!(st["snapshots"], 1);
+    assert_eq!(st["total_size"], 1_800_000);
+    assert!(
+        st["raw_size"].as_u64().unwrap() < 450_000,
+        "duplicates and zeros are stored once: {st}"
+    );
+    assert!(st["dedup_ratio"].as_f64().unwrap() > 3.9, "{st}");
+    let all = json(&env.expect(0, &["stats", "--json"]));
+    assert_eq!(all["snapshots"], 4);
+    assert_eq!(all["total_size"], 4 * 1_800_000);
+    assert_eq!(all["data_blobs"], st["data_blobs"]);
+    let text = env.expect(0, &["stats"]);
+    assert!(text.contains("Dedup ratio"), "{text}");
+}

@@ -14,6 +14,7 @@ pub struct DirReader<'a> {
     repo: &'a Repository,
     index: &'a Index,
     stack: Vec<(Arc<TreePage>, usize)>,
+    child_pages: Vec<BlobId>,
 }
 
 impl<'a> DirReader<'a> {
@@ -24,7 +25,13 @@ impl<'a> DirReader<'a> {
             repo,
             index,
             stack: vec![(page, 0)],
+            child_pages: Vec::new(),
         })
+    }
+
+    /// The pages below the root page read so far (large directories only).
+    pub fn child_pages(&self) -> &[BlobId] {
+        &self.child_pages
     }
 
     /// The next node, or `None` at the end.
@@ -54,6 +61,7 @@ impl<'a> DirReader<'a> {
                     ));
                 }
                 let child = self.repo.read_tree(self.index, &id).await?;
+                self.child_pages.push(id);
                 self.stack.push((child, 0));
                 continue;
             }

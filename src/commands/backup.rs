@@ -1,4 +1,8 @@
-use coffer_engine::backup::{self, BackupOptions};
+use std::io::IsTerminal;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use coffer_engine::backup::{self, BackupOptions, BackupProgress, ParentChoice};
 
 use crate::cli::{BackupArgs, Global};
 use crate::{exit, fmt};
@@ -18,7 +22,16 @@ pub async fn run(g: &Global, a: BackupArgs) -> anyhow::Result<i32> {
     opts.hostname = a.host;
     opts.threads = a.threads;
     opts.compression = a.compression;
-    let summary = backup::backup(repo.clone(), index, opts).await?;
+    opts.force = a.force;
+    if let Some(p) = a.parent {
+        opts.parent = ParentChoice::Snapshot(p);
+    }
+    let bar = progress(g, &mut opts);
+    let result = backup::backup(repo.clone(), index, opts).await;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let summary = result?;
     for e in &summary.errors {
         eprintln!("error: cannot read {}: {}", e.path.display(), e.message);
     }
@@ -75,4 +88,68 @@ pub async fn run(g: &Global, a: BackupArgs) -> anyhow::Result<i32> {
         );
         Ok(exit::PARTIAL)
     }
+}
+
+/// Progress: a bar on a terminal, status lines with --json, nothing otherwise.
+fn progress(g: &Global, opts: &mut BackupOptions) -> Option<indicatif::ProgressBar> {
+    if g.quiet {
+        return None;
+    }
+    if g.json {
+        let last = Mutex::new(Instant::now());
+        opts.progress = Some(Arc::new(move |p: &BackupProgress| {
+            let Ok(mut last) = last.lock() else { return };
+            if last.elapsed() < Duration::from_secs(1) {
+                return;
+            }
+            *last = Instant::now();
+            let percent = match p.total_bytes {
+                Some(t) if t > 0 => (p.bytes_done as f64 / t as f64).min(1.0),
+                _ => 0.0,
+            };
+            println!(
+                "{}",
+                serde_json::json!({
+                    "message_type": "status",
+                    "seconds_elapsed": p.seconds_elapsed,
+                    "percent_done": percent,
+                    "total_files": p.total_files,
+                    "files_done": p.files_done,
+                    "total_bytes": p.total_bytes,
+                    "bytes_done": p.bytes_done,
+                    "error_count": p.errors,
+                    "current_files": p.current_file.iter().map(|c| c.display().to_string()).collect::<Vec<_>>(),
+                })
+            );
+        }));
+        return None;
+    }
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    let style = indicatif::ProgressStyle::with_template(
+        "[{elapsed_precise}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    let b = bar.clone();
+    opts.progress = Some(Arc::new(move |p: &BackupProgress| {
+        if let Some(t) = p.total_bytes {
+            b.set_length(t.max(p.bytes_done));
+        }
+        b.set_position(p.bytes_done);
+        let files = match p.total_files {
+            Some(t) => format!("{}/{} files", p.files_done, t),
+            None => format!("{} files", p.files_done),
+        };
+        let current = p
+            .current_file
+            .as_ref()
+            .and_then(|c| c.file_name())
+            .map(|n| format!(" {}", n.to_string_lossy()))
+            .unwrap_or_default();
+        b.set_message(format!("{files}{current}"));
+    }));
+    Some(bar)
 }

@@ -8,6 +8,7 @@ mod key;
 mod ls;
 mod restore;
 mod snapshots;
+mod stats;
 
 use std::sync::Arc;
 
@@ -26,6 +27,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Restore(a) => restore::run(g, a).await,
         Command::Cat(a) => cat::run(g, a).await,
         Command::Check(a) => check::run(g, a).await,
+        Command::Stats(a) => stats::run(g, a).await,
         Command::Key(k) => key::run(g, k).await,
     }
 }

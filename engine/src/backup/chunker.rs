@@ -32,6 +32,11 @@ pub(crate) fn run_worker(ctx: &Ctx, jobs: crossbeam_channel::Receiver<FileJob>) 
         if ctx.cancel.is_cancelled() {
             return Err(Error::Cancelled);
         }
+        if ctx.wants_progress() {
+            if let Ok(mut c) = ctx.current.lock() {
+                *c = Some(job.path.clone());
+            }
+        }
         let outcome: FileOutcome = match w.back_up_file(&job.path, job.node) {
             Ok(node) => Ok(node),
             Err(FileError::Source(e)) => Err(e),

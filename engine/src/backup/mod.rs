@@ -46,6 +46,12 @@ pub struct BackupProgress {
     pub bytes_added: u64,
     /// Source files that could not be read so far.
     pub errors: u64,
+    /// Files to back up in all, once a quick scan of the source has counted them.
+    pub total_files: Option<u64>,
+    /// Bytes of file content to back up in all, once counted.
+    pub total_bytes: Option<u64>,
+    /// A file being read now.
+    pub current_file: Option<PathBuf>,
 }
 
 /// A progress callback; called from a pipeline thread at most every 100 ms.
@@ -206,6 +212,40 @@ impl Stats {
     }
 }
 
+/// What a quick stat-only walk of the source counted, for progress totals.
+#[derive(Default)]
+pub(crate) struct Scan {
+    files: AtomicU64,
+    bytes: AtomicU64,
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl Scan {
+    fn run(&self, paths: &[PathBuf], cancel: &CancelToken) {
+        for p in paths {
+            for e in walkdir::WalkDir::new(p)
+                .follow_links(false)
+                .into_iter()
+                .flatten()
+            {
+                if cancel.is_cancelled() {
+                    return;
+                }
+                if e.file_type().is_dir() {
+                    continue;
+                }
+                self.files.fetch_add(1, Ordering::Relaxed);
+                if e.file_type().is_file() {
+                    if let Ok(md) = e.metadata() {
+                        self.bytes.fetch_add(md.len(), Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        self.done.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Everything the pipeline's threads share.
 pub(crate) struct Ctx {
     pub(crate) repo: Arc<Repository>,
@@ -227,6 +267,10 @@ pub(crate) struct Ctx {
     /// The parent snapshot's root listing.
     pub(crate) parent_root: Option<coffer_repo_format::BlobId>,
     progress: Option<ProgressFn>,
+    /// Totals from the scan, for the progress ETA.
+    pub(crate) scan: Scan,
+    /// The file a worker read last.
+    pub(crate) current: Mutex<Option<PathBuf>>,
     started: Instant,
     last_progress: Mutex<Instant>,
 }
@@ -244,7 +288,11 @@ impl Ctx {
     }
 
     pub(crate) fn progress(&self) -> BackupProgress {
+        let done = self.scan.done.load(Ordering::Relaxed);
         BackupProgress {
+            total_files: done.then(|| Stats::get(&self.scan.files)),
+            total_bytes: done.then(|| Stats::get(&self.scan.bytes)),
+            current_file: self.current.lock().ok().and_then(|c| c.clone()),
             seconds_elapsed: self.started.elapsed().as_secs_f64(),
             files_done: Stats::get(&self.stats.files),
             dirs_done: Stats::get(&self.stats.dirs),
@@ -252,6 +300,10 @@ impl Ctx {
             bytes_added: Stats::get(&self.stats.data_added),
             errors: self.errors.lock().map(|e| e.len() as u64).unwrap_or(0),
         }
+    }
+
+    pub(crate) fn wants_progress(&self) -> bool {
+        self.progress.is_some()
     }
 
     pub(crate) fn report_progress(&self, force: bool) {
@@ -325,14 +377,17 @@ pub async fn backup(
         force: opts.force,
         parent_root: parent.as_ref().and_then(|(_, s)| s.root.subtree),
         progress: opts.progress.clone(),
+        scan: Scan::default(),
+        current: Mutex::new(None),
         started,
         last_progress: Mutex::new(started),
     });
     let root = source::root_node(&plan, snapshot::timestamp_now())?;
     let pipeline_ctx = ctx.clone();
+    let scan_paths = abs_paths.clone();
     let built = tokio::task::spawn_blocking(move || {
         let ctx = pipeline_ctx;
-        let built = run_pipeline(&ctx, &plan, root, threads);
+        let built = run_pipeline(&ctx, &plan, &scan_paths, root, threads);
         // Ship what was packed even after a failure, so that it gets indexed.
         let flushed = ctx.packer.flush();
         ctx.packer.close();
@@ -359,10 +414,19 @@ pub async fn backup(
     })
 }
 
-fn run_pipeline(ctx: &Ctx, plan: &source::SourcePlan, root: Node, threads: usize) -> Result<Node> {
+fn run_pipeline(
+    ctx: &Ctx,
+    plan: &source::SourcePlan,
+    paths: &[PathBuf],
+    root: Node,
+    threads: usize,
+) -> Result<Node> {
     let (ev_tx, ev_rx) = crossbeam_channel::bounded(4096);
     let (job_tx, job_rx) = crossbeam_channel::bounded(threads * 4);
     std::thread::scope(|s| {
+        if ctx.progress.is_some() {
+            s.spawn(|| ctx.scan.run(paths, &ctx.cancel));
+        }
         let walker = s.spawn(move || {
             source::Walker {
                 ctx,
