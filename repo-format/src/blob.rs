@@ -74,8 +74,14 @@ pub enum Compression {
 pub struct BlobSealer {
     sealer: Sealer,
     compressor: Option<zstd::bulk::Compressor<'static>>,
+    probe: Option<zstd::bulk::Compressor<'static>>,
     scratch: Vec<u8>,
+    sample: Vec<u8>,
 }
+
+/// Blobs at least this long are probed before they are compressed.
+pub const PROBE_MIN: usize = 128 * 1024;
+const PROBE_PIECE: usize = 16 * 1024;
 
 /// A sealed blob, ready for a pack.
 #[derive(Debug, Clone)]
@@ -99,10 +105,16 @@ impl BlobSealer {
                 FormatError::malformed("compression", format!("zstd level {level}: {e}"))
             })?),
         };
+        let probe = match compression {
+            Compression::Off => None,
+            Compression::Zstd(_) => zstd::bulk::Compressor::new(1).ok(),
+        };
         Ok(BlobSealer {
             sealer: key.sealer()?,
             compressor,
+            probe,
             scratch: Vec::new(),
+            sample: Vec::new(),
         })
     }
 
@@ -127,7 +139,9 @@ impl BlobSealer {
             id: &id.0,
         };
         let mut compressed = false;
-        if let Some(c) = self.compressor.as_mut() {
+        if self.looks_incompressible(plaintext) {
+            // Skip compressing it in full.
+        } else if let Some(c) = self.compressor.as_mut() {
             self.scratch.clear();
             self.scratch
                 .reserve(zstd::zstd_safe::compress_bound(plaintext.len()));
@@ -149,6 +163,32 @@ impl BlobSealer {
             bytes,
             raw_len: plaintext.len() as u32,
         })
+    }
+}
+
+impl BlobSealer {
+    /// Whether three 16 KiB samples (start, middle, end) of a large blob fail to
+    /// shrink by 1/32 at zstd level 1: then the whole blob is stored as is,
+    /// without spending a full compression on it (media, encrypted or already
+    /// compressed data).
+    fn looks_incompressible(&mut self, data: &[u8]) -> bool {
+        let Some(probe) = self.probe.as_mut() else {
+            return false;
+        };
+        if data.len() < PROBE_MIN {
+            return false;
+        }
+        self.sample.clear();
+        let mid = data.len() / 2 - PROBE_PIECE / 2;
+        for start in [0, mid, data.len() - PROBE_PIECE] {
+            self.sample
+                .extend_from_slice(&data[start..start + PROBE_PIECE]);
+        }
+        let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(self.sample.len()));
+        match probe.compress_to_buffer(&self.sample, &mut out) {
+            Ok(n) => n + self.sample.len() / 32 >= self.sample.len(),
+            Err(_) => false,
+        }
     }
 }
 
@@ -252,6 +292,37 @@ mod tests {
             sealed.bytes.len(),
             buf.len() + 1 + crate::envelope::OVERHEAD
         );
+    }
+
+    #[test]
+    fn large_incompressible_blobs_skip_compression_and_large_text_does_not() {
+        let key = MasterKey::generate().unwrap();
+        let mut s = BlobSealer::new(&key, Compression::Zstd(3)).unwrap();
+        let mut noise = vec![0u8; 1 << 20];
+        blake3::Hasher::new()
+            .update(b"n")
+            .finalize_xof()
+            .fill(&mut noise);
+        let id = key.blob_id(&noise);
+        let sealed = s.seal(BlobType::Data, id, &noise).unwrap();
+        assert_eq!(
+            sealed.bytes.len(),
+            noise.len() + 1 + crate::envelope::OVERHEAD
+        );
+        let text = b"SELECT * FROM volumes WHERE pod = 'db-0';\n".repeat(25_000);
+        let id = key.blob_id(&text);
+        let sealed = s.seal(BlobType::Data, id, &text).unwrap();
+        assert!(sealed.bytes.len() < text.len() / 20);
+        let back = open_blob(
+            &key,
+            &key.opener(),
+            BlobType::Data,
+            &id,
+            text.len() as u32,
+            &sealed.bytes,
+        )
+        .unwrap();
+        assert_eq!(back, text);
     }
 
     #[test]
