@@ -164,11 +164,60 @@ pub struct InitArgs {
     pub kdf: KdfArgs,
 }
 
+/// Patterns (--exclude, --iexclude, --exclude-file) use .gitignore syntax,
+/// rooted at `/`: a pattern without a slash matches a name at any depth
+/// (`*.log`, `node_modules`); a leading or inner slash anchors it (`/var/cache`,
+/// `data/tmp`); a trailing slash matches directories only (`cache/`); `*` does
+/// not cross `/`, `**` does (`/home/**/.cache`); `!pattern` re-includes.
 #[derive(Args, Debug)]
+#[command(
+    after_help = "Examples:\n  coffer backup /var/lib/mysql --tag daily\n  coffer backup /data --exclude '*.tmp' --exclude '/data/cache/' --exclude-caches\n  coffer backup --files-from list.txt\n  mysqldump db | coffer backup --stdin --stdin-filename db.sql\n  coffer backup --stdin-from-command --stdin-filename db.sql -- mysqldump db\n  coffer backup /dev/vdb            # a block device's contents, as one file"
+)]
 pub struct BackupArgs {
-    /// Files and directories to back up
-    #[arg(required = true, value_name = "PATH")]
+    /// Files and directories to back up (a block device or image file given here
+    /// is backed up as one file with its contents)
+    #[arg(value_name = "PATH")]
     pub paths: Vec<PathBuf>,
+    /// Leave out paths matching PATTERN (repeatable; see above)
+    #[arg(long, value_name = "PATTERN")]
+    pub exclude: Vec<String>,
+    /// Like --exclude, ignoring case
+    #[arg(long, value_name = "PATTERN")]
+    pub iexclude: Vec<String>,
+    /// Read --exclude patterns from FILE, one per line (# comments)
+    #[arg(long, value_name = "FILE")]
+    pub exclude_file: Vec<PathBuf>,
+    /// Leave out directories that contain a file named NAME (e.g. .nobackup)
+    #[arg(long, value_name = "NAME")]
+    pub exclude_if_present: Vec<String>,
+    /// Leave out the contents of directories tagged with a valid CACHEDIR.TAG
+    #[arg(long)]
+    pub exclude_caches: bool,
+    /// Leave out files larger than SIZE (e.g. 2GiB)
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub exclude_larger_than: Option<u64>,
+    /// Stay on the filesystem of each path (mount points are kept, empty)
+    #[arg(short = 'x', long)]
+    pub one_file_system: bool,
+    /// Also back up the paths listed in FILE, one per line (# comments; - is stdin)
+    #[arg(long, value_name = "FILE")]
+    pub files_from: Vec<PathBuf>,
+    /// Also back up the paths listed in FILE, separated by NUL bytes (find -print0)
+    #[arg(long, value_name = "FILE")]
+    pub files_from_raw: Vec<PathBuf>,
+    /// Back up standard input as one file
+    #[arg(long, conflicts_with_all = ["paths", "stdin_from_command"])]
+    pub stdin: bool,
+    /// Name of the file that --stdin or --stdin-from-command stores
+    #[arg(long, value_name = "NAME", default_value = "stdin")]
+    pub stdin_filename: String,
+    /// Run the command given after `--` and back up its output as one file; the
+    /// snapshot is written only if the command exits with status 0
+    #[arg(long, requires = "command")]
+    pub stdin_from_command: bool,
+    /// The command for --stdin-from-command
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
     /// Add a tag to the snapshot (repeatable, or comma-separated)
     #[arg(long = "tag", value_name = "TAG")]
     pub tags: Vec<String>,

@@ -48,6 +48,7 @@ pub mod index;
 pub mod keys;
 pub mod repository;
 pub mod restore;
+pub mod select;
 pub mod stats;
 pub mod storage;
 pub mod trees;

@@ -1103,3 +1103,157 @@ mod incremental {
         assert_eq!(std::fs::read(target.path().join("image.raw")).unwrap(), big);
     }
 }
+
+mod selection {
+    use super::*;
+    use coffer_engine::select::{Selection, CACHEDIR_SIGNATURE};
+
+    fn listing(root: &Path) -> Vec<String> {
+        let mut v: Vec<String> = walkdir::WalkDir::new(root)
+            .min_depth(1)
+            .sort_by_file_name()
+            .into_iter()
+            .map(|e| {
+                e.unwrap()
+                    .path()
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    async fn backup_and_list(src: &Path, sel: Selection) -> Vec<String> {
+        let repo = memory_repo(init_opts(small_chunks(), Compression::Zstd(3), 1 << 20)).await;
+        let mut o = BackupOptions::new([src]);
+        o.selection = sel;
+        let s = backup_with(&repo, o).await;
+        assert!(s.errors.is_empty(), "{:?}", s.errors);
+        let target = tempdir();
+        restore_to(&repo, "latest", target.path()).await;
+        listing(target.path())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn excludes_follow_gitignore_rules_and_the_other_options() {
+        let dir = tempdir();
+        let src = dir.path().join("src");
+        for f in [
+            "a.log",
+            "keep.txt",
+            "sub/b.LOG",
+            "node_modules/x",
+            "data/tmp/y",
+            "x/data/tmp/z",
+            "nob/.nobackup",
+            "nob/f",
+        ] {
+            write(&src.join(f), b"x");
+        }
+        write(&src.join("big.bin"), &vec![7u8; 600_000]);
+        let mut tag = CACHEDIR_SIGNATURE.to_vec();
+        tag.extend_from_slice(b"\n# a cache\n");
+        write(&src.join("cache/CACHEDIR.TAG"), &tag);
+        write(&src.join("cache/junk"), b"junk");
+        write(&src.join("fakecache/CACHEDIR.TAG"), b"not a signature");
+        write(&src.join("fakecache/junk"), b"junk");
+
+        let everything = backup_and_list(&src, Selection::default()).await;
+        assert_eq!(everything.len(), 23, "{everything:?}");
+
+        let anchored = format!("{}/data/tmp", src.display());
+        let got = backup_and_list(
+            &src,
+            Selection {
+                exclude: vec!["*.log".into(), "node_modules".into(), anchored],
+                exclude_if_present: vec![".nobackup".into()],
+                exclude_caches: true,
+                exclude_larger_than: Some(500_000),
+                ..Default::default()
+            },
+        )
+        .await;
+        assert_eq!(
+            got,
+            [
+                "cache",
+                "cache/CACHEDIR.TAG",
+                "data",
+                "fakecache",
+                "fakecache/CACHEDIR.TAG",
+                "fakecache/junk",
+                "keep.txt",
+                "sub",
+                "sub/b.LOG",
+                "x",
+                "x/data",
+                "x/data/tmp",
+                "x/data/tmp/z",
+            ]
+        );
+
+        let got = backup_and_list(
+            &src,
+            Selection {
+                iexclude: vec!["*.log".into()],
+                ..Default::default()
+            },
+        )
+        .await;
+        assert!(
+            !got.contains(&"a.log".to_string()) && !got.contains(&"sub/b.LOG".to_string()),
+            "{got:?}"
+        );
+        assert_eq!(got.len(), 21);
+
+        let got = backup_and_list(
+            &src,
+            Selection {
+                exclude: vec!["/**/tmp/*".into(), "!z".into()],
+                ..Default::default()
+            },
+        )
+        .await;
+        assert!(
+            got.contains(&"x/data/tmp/z".to_string()) && !got.contains(&"data/tmp/y".to_string()),
+            "{got:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_file_system_keeps_mount_points_empty() {
+        let dir = tempdir();
+        let src = dir.path().join("src");
+        write(&src.join("local"), b"here");
+        std::fs::create_dir_all(src.join("mnt")).unwrap();
+        let mounted = is_root()
+            && std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "none"])
+                .arg(src.join("mnt"))
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+        if !mounted {
+            eprintln!("skipped: mounting a tmpfs needs root and mount permission");
+            return;
+        }
+        write(&src.join("mnt/remote"), b"elsewhere");
+        let both = backup_and_list(&src, Selection::default()).await;
+        let one = backup_and_list(
+            &src,
+            Selection {
+                one_file_system: true,
+                ..Default::default()
+            },
+        )
+        .await;
+        let _ = std::process::Command::new("umount")
+            .arg(src.join("mnt"))
+            .status();
+        assert_eq!(both, ["local", "mnt", "mnt/remote"]);
+        assert_eq!(one, ["local", "mnt"]);
+    }
+}

@@ -10,7 +10,31 @@ use crate::{exit, fmt};
 pub async fn run(g: &Global, a: BackupArgs) -> anyhow::Result<i32> {
     let repo = super::open(g).await?;
     let index = repo.load_index().await?;
-    let mut opts = BackupOptions::new(a.paths);
+    let mut paths = a.paths.clone();
+    for f in &a.files_from {
+        paths.extend(coffer_engine::select::read_files_from(f, false)?);
+    }
+    for f in &a.files_from_raw {
+        paths.extend(coffer_engine::select::read_files_from(f, true)?);
+    }
+    let mut exclude = a.exclude.clone();
+    for f in &a.exclude_file {
+        exclude.extend(coffer_engine::select::read_pattern_file(f)?);
+    }
+    if paths.is_empty() && !a.stdin && !a.stdin_from_command {
+        anyhow::bail!(
+            "nothing to back up: give paths, --files-from, --stdin or --stdin-from-command"
+        );
+    }
+    let mut opts = BackupOptions::new(paths);
+    opts.selection = coffer_engine::select::Selection {
+        exclude,
+        iexclude: a.iexclude.clone(),
+        exclude_if_present: a.exclude_if_present.clone(),
+        exclude_caches: a.exclude_caches,
+        exclude_larger_than: a.exclude_larger_than,
+        one_file_system: a.one_file_system,
+    };
     opts.tags = a
         .tags
         .iter()

@@ -84,6 +84,8 @@ pub struct BackupOptions {
     pub force: bool,
     /// Bytes per segment when one large file is chunked on several threads.
     pub segment_size: usize,
+    /// What to leave out.
+    pub selection: crate::select::Selection,
 }
 
 /// How a backup picks its parent snapshot.
@@ -117,6 +119,7 @@ impl BackupOptions {
             parent: ParentChoice::Auto,
             force: false,
             segment_size: DEFAULT_SEGMENT_SIZE,
+            selection: Default::default(),
         }
     }
 }
@@ -266,6 +269,8 @@ pub(crate) struct Ctx {
     pub(crate) force: bool,
     /// The parent snapshot's root listing.
     pub(crate) parent_root: Option<coffer_repo_format::BlobId>,
+    /// What to leave out.
+    pub(crate) selector: crate::select::Selector,
     progress: Option<ProgressFn>,
     /// Totals from the scan, for the progress ETA.
     pub(crate) scan: Scan,
@@ -376,6 +381,7 @@ pub async fn backup(
         segment_size: opts.segment_size.max(64 * 1024),
         force: opts.force,
         parent_root: parent.as_ref().and_then(|(_, s)| s.root.subtree),
+        selector: crate::select::Selector::new(&opts.selection)?,
         progress: opts.progress.clone(),
         scan: Scan::default(),
         current: Mutex::new(None),

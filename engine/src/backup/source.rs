@@ -245,6 +245,9 @@ impl Walker<'_> {
                             continue;
                         }
                     };
+                    if self.ctx.selector.excluded(path, &md) {
+                        continue;
+                    }
                     if md.is_dir() {
                         match fsmeta::read_node(name, path, &md, NodeKind::Dir, &mut self.owners) {
                             Ok(node) => {
@@ -288,12 +291,17 @@ impl Walker<'_> {
     }
 
     fn walk_dir_contents(&mut self, dir: &Path) -> Result<()> {
-        let walk = walkdir::WalkDir::new(dir)
+        let mut walk = walkdir::WalkDir::new(dir)
             .min_depth(1)
             .follow_links(false)
-            .sort_by_file_name();
+            .same_file_system(self.ctx.selector.one_file_system())
+            .sort_by_file_name()
+            .into_iter();
+        if self.ctx.selector.is_cache_dir(dir) {
+            return self.cache_tag(dir);
+        }
         let mut open = 0usize;
-        for item in walk {
+        while let Some(item) = walk.next() {
             if self.ctx.cancel.is_cancelled() {
                 return Err(Error::Cancelled);
             }
@@ -324,13 +332,26 @@ impl Walker<'_> {
                 }
             };
             let name = entry.file_name().as_bytes();
+            if self.ctx.selector.excluded(entry.path(), &md) {
+                if md.is_dir() {
+                    walk.skip_current_dir();
+                }
+                continue;
+            }
             if md.is_dir() {
                 match fsmeta::read_node(name, entry.path(), &md, NodeKind::Dir, &mut self.owners) {
                     Ok(node) => {
                         self.enter(node)?;
                         open += 1;
+                        if self.ctx.selector.is_cache_dir(entry.path()) {
+                            self.cache_tag(entry.path())?;
+                            walk.skip_current_dir();
+                        }
                     }
-                    Err(e) => self.ctx.error(entry.path(), e.to_string()),
+                    Err(e) => {
+                        self.ctx.error(entry.path(), e.to_string());
+                        walk.skip_current_dir();
+                    }
                 }
             } else {
                 self.entry(name, entry.path(), &md)?;
@@ -340,6 +361,18 @@ impl Walker<'_> {
             self.leave()?;
         }
         Ok(())
+    }
+
+    /// A cache directory keeps only its tag file.
+    fn cache_tag(&mut self, dir: &Path) -> Result<()> {
+        let tag = dir.join("CACHEDIR.TAG");
+        match std::fs::symlink_metadata(&tag) {
+            Ok(md) => self.entry(b"CACHEDIR.TAG", &tag, &md),
+            Err(e) => {
+                self.ctx.error(&tag, e.to_string());
+                Ok(())
+            }
+        }
     }
 
     fn entry(&mut self, name: &[u8], path: &Path, md: &std::fs::Metadata) -> Result<()> {
