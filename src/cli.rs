@@ -56,7 +56,7 @@ pub enum Command {
     /// Create a new repository
     Init(InitArgs),
     /// Back up files and directories into a new snapshot
-    Backup(BackupArgs),
+    Backup(Box<BackupArgs>),
     /// List snapshots
     Snapshots(SnapshotsArgs),
     /// List the files in a snapshot

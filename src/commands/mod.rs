@@ -21,7 +21,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     let g = &cli.global;
     match cli.command {
         Command::Init(a) => init::run(g, a).await,
-        Command::Backup(a) => backup::run(g, a).await,
+        Command::Backup(a) => backup::run(g, *a).await,
         Command::Snapshots(a) => snapshots::run(g, a).await,
         Command::Ls(a) => ls::run(g, a).await,
         Command::Restore(a) => restore::run(g, a).await,
