@@ -69,9 +69,24 @@ pub enum Command {
     Check(CheckArgs),
     /// Show how much snapshots restore to and what they store
     Stats(StatsArgs),
+    /// Write a file of a snapshot to standard output, or a directory as a tar stream
+    Dump(DumpArgs),
     /// Manage the keys (passwords) of the repository
     #[command(subcommand)]
     Key(KeyCommand),
+}
+
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Examples:\n  coffer dump latest db.sql | mysql db\n  coffer dump latest / > snapshot.tar\n  coffer dump 1a2b3c4d etc | tar -x -C /tmp/etc"
+)]
+pub struct DumpArgs {
+    /// Snapshot (`latest`, an id or a unique prefix)
+    #[arg(value_name = "SNAPSHOT")]
+    pub snapshot: String,
+    /// Path inside the snapshot (`/` for all of it)
+    #[arg(value_name = "PATH")]
+    pub path: String,
 }
 
 #[derive(Args, Debug)]

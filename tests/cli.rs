@@ -677,3 +677,106 @@ fn incremental_backups_stats_and_json_progress() {
     let text = env.expect(0, &["stats"]);
     assert!(text.contains("Dedup ratio"), "{text}");
 }
+
+#[test]
+fn streams_are_stored_only_when_complete_and_dump_gives_them_back() {
+    use std::io::Write;
+    let env = Env::new();
+    env.init();
+    let data = noise(700_000);
+    let mut child = env
+        .cmd(&["backup", "--stdin", "--stdin-filename", "db.sql", "--json"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        last_json_line(&String::from_utf8_lossy(&out.stdout))["files_new"],
+        1
+    );
+    assert_eq!(env.expect(0, &["ls", "latest"]).trim(), "/db.sql");
+    let dumped = env.run(&["dump", "latest", "db.sql"]);
+    assert_eq!(dumped.status.code(), Some(0));
+    assert!(dumped.stdout == data, "dump gives back the stream");
+
+    // A command that fails: no snapshot, exit 1, the message says so.
+    let before = json(&env.expect(0, &["snapshots", "--json"]))
+        .as_array()
+        .unwrap()
+        .len();
+    let out = env.run(&[
+        "backup",
+        "--stdin-from-command",
+        "--stdin-filename",
+        "dump.sql",
+        "--",
+        "sh",
+        "-c",
+        "echo partial; exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("failed") && stderr(&out).contains("no snapshot"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        json(&env.expect(0, &["snapshots", "--json"]))
+            .as_array()
+            .unwrap()
+            .len(),
+        before
+    );
+    // A command that succeeds.
+    env.expect(
+        0,
+        &[
+            "backup",
+            "--stdin-from-command",
+            "--stdin-filename",
+            "dump.sql",
+            "--",
+            "sh",
+            "-c",
+            "printf 'CREATE TABLE t;\\n'",
+        ],
+    );
+    assert_eq!(
+        env.run(&["dump", "latest", "dump.sql"]).stdout,
+        b"CREATE TABLE t;\n"
+    );
+
+    // A directory dumps as a tar stream that tar extracts to the same files.
+    let src = env.source();
+    env.expect(0, &["backup", src.to_str().unwrap()]);
+    let tarball = env.run(&["dump", "latest", "/"]);
+    assert_eq!(tarball.status.code(), Some(0), "{}", stderr(&tarball));
+    let x = env.root.join("x");
+    std::fs::create_dir_all(&x).unwrap();
+    let mut tar = Command::new("tar")
+        .args(["-x", "-C"])
+        .arg(&x)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tar.stdin
+        .take()
+        .unwrap()
+        .write_all(&tarball.stdout)
+        .unwrap();
+    assert!(tar.wait().unwrap().success());
+    assert_eq!(
+        std::fs::read(x.join("sub/data.bin")).unwrap(),
+        std::fs::read(src.join("sub/data.bin")).unwrap()
+    );
+    assert_eq!(
+        std::fs::read_link(x.join("link")).unwrap(),
+        Path::new("hello.txt")
+    );
+    let out = env.run(&["dump", "latest", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("nope"), "{}", stderr(&out));
+}

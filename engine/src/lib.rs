@@ -42,6 +42,7 @@
 pub mod backup;
 pub mod cancel;
 pub mod check;
+pub mod dump;
 pub mod error;
 pub(crate) mod fsmeta;
 pub mod index;

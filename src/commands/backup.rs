@@ -43,15 +43,20 @@ pub async fn run(g: &Global, a: BackupArgs) -> anyhow::Result<i32> {
         .filter(|t| !t.is_empty())
         .map(String::from)
         .collect();
-    opts.hostname = a.host;
+    opts.hostname = a.host.clone();
     opts.threads = a.threads;
     opts.compression = a.compression;
     opts.force = a.force;
-    if let Some(p) = a.parent {
+    if let Some(p) = a.parent.clone() {
         opts.parent = ParentChoice::Snapshot(p);
     }
     let bar = progress(g, &mut opts);
-    let result = backup::backup(repo.clone(), index, opts).await;
+    let result = if a.stdin || a.stdin_from_command {
+        let src = stream_source(&a)?;
+        backup::backup_stream(repo.clone(), index, src, opts).await
+    } else {
+        backup::backup(repo.clone(), index, opts).await
+    };
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
@@ -176,4 +181,36 @@ fn progress(g: &Global, opts: &mut BackupOptions) -> Option<indicatif::ProgressB
         b.set_message(format!("{files}{current}"));
     }));
     Some(bar)
+}
+
+/// Standard input, or the output of the command after `--`.
+fn stream_source(a: &BackupArgs) -> anyhow::Result<backup::StreamSource> {
+    if a.stdin {
+        return Ok(backup::StreamSource {
+            name: a.stdin_filename.clone(),
+            reader: Box::new(std::io::stdin()),
+            finish: Box::new(|| Ok(())),
+        });
+    }
+    let Some((program, args)) = a.command.split_first() else {
+        anyhow::bail!("--stdin-from-command needs a command after `--`");
+    };
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("cannot run {program:?}: {e}"))?;
+    let Some(stdout) = child.stdout.take() else {
+        anyhow::bail!("cannot read the output of {program:?}");
+    };
+    let shown = a.command.join(" ");
+    Ok(backup::StreamSource {
+        name: a.stdin_filename.clone(),
+        reader: Box::new(stdout),
+        finish: Box::new(move || match child.wait() {
+            Ok(status) if status.success() => Ok(()),
+            Ok(status) => Err(format!("the command `{shown}` failed ({status})")),
+            Err(e) => Err(format!("cannot wait for the command `{shown}`: {e}")),
+        }),
+    })
 }

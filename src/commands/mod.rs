@@ -3,6 +3,7 @@
 mod backup;
 mod cat;
 mod check;
+mod dump;
 mod init;
 mod key;
 mod ls;
@@ -28,6 +29,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Cat(a) => cat::run(g, a).await,
         Command::Check(a) => check::run(g, a).await,
         Command::Stats(a) => stats::run(g, a).await,
+        Command::Dump(a) => dump::run(g, a).await,
         Command::Key(k) => key::run(g, k).await,
     }
 }

@@ -23,11 +23,7 @@ use crate::error::{Error, Result};
 
 /// One file worker: runs until the job queue closes.
 pub(crate) fn run_worker(ctx: &Ctx, jobs: crossbeam_channel::Receiver<FileJob>) -> Result<()> {
-    let mut w = Worker {
-        ctx,
-        sealers: Vec::new(),
-        buf: Vec::new(),
-    };
+    let mut w = Worker::new(ctx);
     for job in jobs {
         if ctx.cancel.is_cancelled() {
             return Err(Error::Cancelled);
@@ -55,7 +51,7 @@ pub(crate) enum FileError {
     Fatal(Error),
 }
 
-struct Worker<'a> {
+pub(crate) struct Worker<'a> {
     ctx: &'a Ctx,
     sealers: Vec<BlobSealer>,
     buf: Vec<u8>,
@@ -77,7 +73,7 @@ fn open_for_backup(path: &Path) -> std::io::Result<std::fs::File> {
 }
 
 /// Reads until `buf` holds `want` bytes or the file ends; true at the end.
-fn fill(file: &mut std::fs::File, buf: &mut Vec<u8>, want: usize) -> std::io::Result<bool> {
+fn fill(file: &mut dyn Read, buf: &mut Vec<u8>, want: usize) -> std::io::Result<bool> {
     while buf.len() < want {
         let old = buf.len();
         buf.resize(want, 0);
@@ -97,7 +93,15 @@ fn fill(file: &mut std::fs::File, buf: &mut Vec<u8>, want: usize) -> std::io::Re
     Ok(false)
 }
 
-impl Worker<'_> {
+impl<'a> Worker<'a> {
+    pub(crate) fn new(ctx: &'a Ctx) -> Self {
+        Worker {
+            ctx,
+            sealers: Vec::new(),
+            buf: Vec::new(),
+        }
+    }
+
     fn sealers(&mut self, n: usize) -> Result<&mut [BlobSealer]> {
         while self.sealers.len() < n {
             let s = BlobSealer::new(self.ctx.repo.key(), self.ctx.compression)
@@ -107,14 +111,21 @@ impl Worker<'_> {
         Ok(&mut self.sealers[..n])
     }
 
-    fn back_up_file(&mut self, path: &Path, mut node: Node) -> Result<Node, FileError> {
-        let source_err = |e: std::io::Error| {
-            FileError::Source(SourceError {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            })
-        };
-        let mut file = open_for_backup(path).map_err(source_err)?;
+    fn back_up_file(&mut self, path: &Path, node: Node) -> Result<Node, FileError> {
+        let mut file = open_for_backup(path).map_err(|e| source_error(path, e))?;
+        self.back_up_reader(path, &mut file, node)
+    }
+
+    /// Chunks and stores everything `reader` yields as the content of `node`;
+    /// `path` names the source in errors.
+    pub(crate) fn back_up_reader(
+        &mut self,
+        path: &Path,
+        reader: &mut dyn Read,
+        mut node: Node,
+    ) -> Result<Node, FileError> {
+        let source_err = |e: std::io::Error| source_error(path, e);
+        let file = reader;
         let ctx = self.ctx;
         let max = ctx.chunker.params().max_size as usize;
         let seg = ctx.segment_size.max(2 * max);
@@ -133,7 +144,7 @@ impl Worker<'_> {
                 break Err(FileError::Fatal(Error::Cancelled));
             }
             // `buf` starts at a true chunk boundary (what the last window left).
-            let eof = match fill(&mut file, &mut buf, window + max) {
+            let eof = match fill(file, &mut buf, window + max) {
                 Ok(eof) => eof,
                 Err(e) => break Err(source_err(e)),
             };
@@ -172,6 +183,13 @@ impl Worker<'_> {
         node.content = content;
         Ok(node)
     }
+}
+
+fn source_error(path: &Path, e: std::io::Error) -> FileError {
+    FileError::Source(SourceError {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
 }
 
 fn push_ref(content: &mut Vec<ContentRef>, r: ContentRef) {

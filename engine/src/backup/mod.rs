@@ -12,6 +12,7 @@ mod dedup;
 mod packer;
 mod snapshot;
 mod source;
+mod stream;
 mod tree_builder;
 mod uploader;
 
@@ -30,6 +31,8 @@ use crate::cancel::CancelToken;
 use crate::error::{Error, Result};
 use crate::index::Index;
 use crate::repository::Repository;
+
+pub use stream::{backup_stream, FinishFn, StreamSource};
 
 /// Progress of a running backup.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -335,89 +338,133 @@ pub async fn backup(
     index: Arc<Index>,
     opts: BackupOptions,
 ) -> Result<BackupSummary> {
-    let started = Instant::now();
-    let start_time = crate::repository::now_rfc3339();
     let (plan, abs_paths) = source::SourcePlan::new(&opts.paths)?;
-    let threads = match opts.threads {
-        0 => std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2),
-        n => n,
-    };
-    let hostname = opts
-        .hostname
-        .clone()
-        .unwrap_or_else(|| crate::repository::Identity::current().hostname);
-    let parent = match &opts.parent {
-        ParentChoice::None => None,
-        ParentChoice::Snapshot(spec) => Some(repo.find_snapshot(spec).await?),
-        ParentChoice::Auto => find_parent(&repo, &hostname, &abs_paths).await?,
-    };
-    let config = repo.config().clone();
-    let chunker = Chunker::new(&repo.key().chunker_seed, config.chunker)
-        .map_err(|e| Error::corrupt("repository config", e))?;
-    let (tx, rx) = tokio::sync::mpsc::channel(2);
-    let uploader = tokio::spawn(uploader::run(
-        repo.clone(),
-        index.clone(),
-        rx,
-        opts.upload_concurrency.max(1),
-    ));
-    let header_sealer = repo
-        .key()
-        .sealer()
-        .map_err(|e| Error::corrupt("random source", e))?;
-    let ctx = Arc::new(Ctx {
-        repo: repo.clone(),
-        index,
-        chunker,
-        compression: opts.compression.unwrap_or(config.compression),
-        packer: packer::Packer::new(config.pack_size as usize, header_sealer, tx)?,
-        stats: Stats::default(),
-        errors: Mutex::new(Vec::new()),
-        cancel: opts.cancel.clone(),
-        rt: tokio::runtime::Handle::current(),
-        threads,
-        segment_size: opts.segment_size.max(64 * 1024),
-        force: opts.force,
-        parent_root: parent.as_ref().and_then(|(_, s)| s.root.subtree),
-        selector: crate::select::Selector::new(&opts.selection)?,
-        progress: opts.progress.clone(),
-        scan: Scan::default(),
-        current: Mutex::new(None),
-        started,
-        last_progress: Mutex::new(started),
-    });
+    let session = Session::start(repo, index, &opts, abs_paths.clone()).await?;
     let root = source::root_node(&plan, snapshot::timestamp_now())?;
-    let pipeline_ctx = ctx.clone();
-    let scan_paths = abs_paths.clone();
-    let built = tokio::task::spawn_blocking(move || {
-        let ctx = pipeline_ctx;
-        let built = run_pipeline(&ctx, &plan, &scan_paths, root, threads);
-        // Ship what was packed even after a failure, so that it gets indexed.
-        let flushed = ctx.packer.flush();
+    session
+        .run(&opts, move |ctx| {
+            run_pipeline(ctx, &plan, &abs_paths, root, ctx.threads)
+        })
+        .await
+}
+
+/// The common part of every backup: the shared context and the uploader
+/// before, and the index and snapshot after, the work itself.
+pub(crate) struct Session {
+    ctx: Arc<Ctx>,
+    uploader: tokio::task::JoinHandle<Result<uploader::UploadReport>>,
+    start_time: String,
+    hostname: String,
+    parent: Option<(SnapshotId, Snapshot)>,
+    paths: Vec<PathBuf>,
+}
+
+impl Session {
+    pub(crate) async fn start(
+        repo: Arc<Repository>,
+        index: Arc<Index>,
+        opts: &BackupOptions,
+        paths: Vec<PathBuf>,
+    ) -> Result<Session> {
+        let started = Instant::now();
+        let start_time = crate::repository::now_rfc3339();
+        let threads = match opts.threads {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            n => n,
+        };
+        let hostname = opts
+            .hostname
+            .clone()
+            .unwrap_or_else(|| crate::repository::Identity::current().hostname);
+        let parent = match &opts.parent {
+            ParentChoice::None => None,
+            ParentChoice::Snapshot(spec) => Some(repo.find_snapshot(spec).await?),
+            ParentChoice::Auto => find_parent(&repo, &hostname, &paths).await?,
+        };
+        let config = repo.config().clone();
+        let chunker = Chunker::new(&repo.key().chunker_seed, config.chunker)
+            .map_err(|e| Error::corrupt("repository config", e))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let uploader = tokio::spawn(uploader::run(
+            repo.clone(),
+            index.clone(),
+            rx,
+            opts.upload_concurrency.max(1),
+        ));
+        let header_sealer = repo
+            .key()
+            .sealer()
+            .map_err(|e| Error::corrupt("random source", e))?;
+        let ctx = Arc::new(Ctx {
+            repo,
+            index,
+            chunker,
+            compression: opts.compression.unwrap_or(config.compression),
+            packer: packer::Packer::new(config.pack_size as usize, header_sealer, tx)?,
+            stats: Stats::default(),
+            errors: Mutex::new(Vec::new()),
+            cancel: opts.cancel.clone(),
+            rt: tokio::runtime::Handle::current(),
+            threads,
+            segment_size: opts.segment_size.max(64 * 1024),
+            force: opts.force,
+            parent_root: parent.as_ref().and_then(|(_, s)| s.root.subtree),
+            selector: crate::select::Selector::new(&opts.selection)?,
+            progress: opts.progress.clone(),
+            scan: Scan::default(),
+            current: Mutex::new(None),
+            started,
+            last_progress: Mutex::new(started),
+        });
+        Ok(Session {
+            ctx,
+            uploader,
+            start_time,
+            hostname,
+            parent,
+            paths,
+        })
+    }
+
+    /// Runs `work` (which returns the root node) on a blocking thread, then
+    /// ships the last packs, waits for the uploads and index files, and writes
+    /// the snapshot, last.
+    pub(crate) async fn run(
+        self,
+        opts: &BackupOptions,
+        work: impl FnOnce(&Ctx) -> Result<Node> + Send + 'static,
+    ) -> Result<BackupSummary> {
+        let ctx = self.ctx.clone();
+        let built = tokio::task::spawn_blocking(move || {
+            let built = work(&ctx);
+            // Ship what was packed even after a failure, so that it gets indexed.
+            let flushed = ctx.packer.flush();
+            ctx.packer.close();
+            built.and_then(|root| flushed.map(|()| root))
+        })
+        .await;
+        let ctx = self.ctx;
         ctx.packer.close();
-        built.and_then(|root| flushed.map(|()| root))
-    })
-    .await;
-    ctx.packer.close();
-    let report = uploader.await??;
-    let root = built??;
-    ctx.report_progress(true);
-    let errors = std::mem::take(&mut *ctx.errors.lock().unwrap_or_else(|p| p.into_inner()));
-    let mut snapshot = snapshot::build(&ctx, &opts, &abs_paths, root, start_time);
-    snapshot.hostname = hostname;
-    snapshot.parent = parent.map(|(id, _)| id);
-    let snapshot_id = repo.write_snapshot(&snapshot).await?;
-    Ok(BackupSummary {
-        snapshot_id,
-        snapshot,
-        errors,
-        total_duration: started.elapsed().as_secs_f64(),
-        packs_written: report.packs,
-        index_files_written: report.index_files,
-        bytes_read: Stats::get(&ctx.stats.bytes_read),
-    })
+        let report = self.uploader.await??;
+        let root = built??;
+        ctx.report_progress(true);
+        let errors = std::mem::take(&mut *ctx.errors.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut snapshot = snapshot::build(&ctx, opts, &self.paths, root, self.start_time);
+        snapshot.hostname = self.hostname;
+        snapshot.parent = self.parent.map(|(id, _)| id);
+        let snapshot_id = ctx.repo.write_snapshot(&snapshot).await?;
+        Ok(BackupSummary {
+            snapshot_id,
+            snapshot,
+            errors,
+            total_duration: ctx.started.elapsed().as_secs_f64(),
+            packs_written: report.packs,
+            index_files_written: report.index_files,
+            bytes_read: Stats::get(&ctx.stats.bytes_read),
+        })
+    }
 }
 
 fn run_pipeline(

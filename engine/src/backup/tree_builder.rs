@@ -170,6 +170,25 @@ fn classify(node: &Node, parent: Option<&Node>) -> Status {
     }
 }
 
+/// Writes a root directory that holds `nodes` (sorted by name) and returns it.
+pub(crate) fn build_root(ctx: &Ctx, mut root: Node, mut nodes: Vec<Node>) -> Result<Node> {
+    let mut sealer = BlobSealer::new(ctx.repo.key(), ctx.compression)
+        .map_err(|e| Error::corrupt("blob sealer", e))?;
+    let mut store = SessionStore {
+        ctx,
+        sealer: &mut sealer,
+    };
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut writer = PageWriter::default();
+    for n in nodes {
+        writer.push(n, &mut store)?;
+    }
+    let tree = writer.finish(&mut store)?;
+    root.subtree = Some(tree);
+    ctx.stats.dir_done(Status::New);
+    Ok(root)
+}
+
 /// Consumes the walk and returns the root node with its subtree set.
 pub(crate) fn build(
     ctx: &Ctx,
