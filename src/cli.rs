@@ -172,7 +172,7 @@ pub struct InitArgs {
     /// Target size of pack files, e.g. 16MiB
     #[arg(long, value_name = "SIZE", default_value = "16MiB", value_parser = parse_size)]
     pub pack_size: u64,
-    /// Default compression of new data: off, auto (zstd 3), max (zstd 19), or a zstd level
+    /// Default compression of new data: off, auto (zstd 2), max (zstd 19), or a zstd level
     #[arg(long, value_name = "MODE", default_value = "auto", value_parser = parse_compression)]
     pub compression: coffer_engine::format::blob::Compression,
     #[command(flatten)]
@@ -318,7 +318,7 @@ pub fn parse_compression(s: &str) -> Result<coffer_engine::format::blob::Compres
     use coffer_engine::format::blob::Compression;
     match s {
         "off" | "none" => Ok(Compression::Off),
-        "auto" => Ok(Compression::Zstd(3)),
+        "auto" => Ok(Compression::Zstd(2)),
         "max" => Ok(Compression::Zstd(19)),
         n => match n.parse::<i32>() {
             Ok(l) if (-7..=22).contains(&l) && l != 0 => Ok(Compression::Zstd(l)),

@@ -544,6 +544,11 @@ mod damage {
         )
         .await;
         let s = backup_paths(&repo, &[&src]).await;
+        let staged: Vec<_> = std::fs::read_dir(repo_dir.join("tmp")).unwrap().collect();
+        assert!(
+            staged.is_empty(),
+            "a finished backup leaves no staged packs"
+        );
         Fixture {
             snapshot: s.snapshot_id.to_hex(),
             _dir: dir,
@@ -753,11 +758,18 @@ mod damage {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_pack_renamed_to_another_packs_name_is_found_and_never_restored() {
         let f = fixture().await;
+        // Two data packs (a tree pack's case is the damaged-tree fixture).
         let mut packs: Vec<PackId> = f
             .index_files()
             .await
             .into_iter()
-            .flat_map(|(_, i)| i.packs.into_iter().map(|p| p.id))
+            .flat_map(|(_, i)| i.packs.into_iter())
+            .filter(|p| {
+                p.blobs
+                    .iter()
+                    .all(|b| b.blob_type == coffer_engine::format::blob::BlobType::Data)
+            })
+            .map(|p| p.id)
             .collect();
         packs.sort();
         let (a, b) = (packs[0], packs[1]);

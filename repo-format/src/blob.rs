@@ -127,6 +127,26 @@ impl BlobSealer {
         id: BlobId,
         plaintext: &[u8],
     ) -> Result<SealedBlob> {
+        let mut bytes = Vec::new();
+        self.seal_to(blob_type, id, plaintext, &mut bytes)?;
+        Ok(SealedBlob {
+            blob_type,
+            id,
+            bytes,
+            raw_len: plaintext.len() as u32,
+        })
+    }
+
+    /// Seals a blob into `out` (cleared first), so that a caller can reuse one
+    /// buffer for every blob. Returns the stored length.
+    pub fn seal_to(
+        &mut self,
+        blob_type: BlobType,
+        id: BlobId,
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<usize> {
+        out.clear();
         if plaintext.len() > MAX_BLOB_SIZE as usize {
             return Err(FormatError::TooLarge {
                 what: "blob",
@@ -149,20 +169,14 @@ impl BlobSealer {
                 compressed = n + plaintext.len() / 32 < plaintext.len();
             }
         }
-        let mut bytes = Vec::new();
         if compressed {
             self.sealer
-                .seal_parts_into(context, &[&[MODE_ZSTD], &self.scratch], &mut bytes)?;
+                .seal_parts_into(context, &[&[MODE_ZSTD], &self.scratch], out)?;
         } else {
             self.sealer
-                .seal_parts_into(context, &[&[MODE_STORED], plaintext], &mut bytes)?;
+                .seal_parts_into(context, &[&[MODE_STORED], plaintext], out)?;
         }
-        Ok(SealedBlob {
-            blob_type,
-            id,
-            bytes,
-            raw_len: plaintext.len() as u32,
-        })
+        Ok(out.len())
     }
 }
 

@@ -13,10 +13,11 @@
 use std::io::Read;
 use std::path::Path;
 
-use coffer_repo_format::blob::{BlobSealer, BlobType};
+use coffer_repo_format::blob::BlobType;
 use coffer_repo_format::chunker::{is_zero, Chunker};
 use coffer_repo_format::tree::{ContentRef, Node};
 
+use super::dedup::BlobWriter;
 use super::source::{FileJob, FileOutcome};
 use super::{Ctx, SourceError};
 use crate::error::{Error, Result};
@@ -53,7 +54,7 @@ pub(crate) enum FileError {
 
 pub(crate) struct Worker<'a> {
     ctx: &'a Ctx,
-    sealers: Vec<BlobSealer>,
+    sealers: Vec<BlobWriter>,
     buf: Vec<u8>,
 }
 
@@ -73,21 +74,15 @@ fn open_for_backup(path: &Path) -> std::io::Result<std::fs::File> {
 }
 
 /// Reads until `buf` holds `want` bytes or the file ends; true at the end.
+/// Reads into the vector's spare capacity: nothing is zeroed first.
 fn fill(file: &mut dyn Read, buf: &mut Vec<u8>, want: usize) -> std::io::Result<bool> {
     while buf.len() < want {
-        let old = buf.len();
-        buf.resize(want, 0);
-        match file.read(&mut buf[old..]) {
-            Ok(0) => {
-                buf.truncate(old);
-                return Ok(true);
-            }
-            Ok(n) => buf.truncate(old + n),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => buf.truncate(old),
-            Err(e) => {
-                buf.truncate(old);
-                return Err(e);
-            }
+        let need = (want - buf.len()) as u64;
+        match file.take(need).read_to_end(buf) {
+            Ok(0) => return Ok(true),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(false)
@@ -102,10 +97,9 @@ impl<'a> Worker<'a> {
         }
     }
 
-    fn sealers(&mut self, n: usize) -> Result<&mut [BlobSealer]> {
+    fn sealers(&mut self, n: usize) -> Result<&mut [BlobWriter]> {
         while self.sealers.len() < n {
-            let s = BlobSealer::new(self.ctx.repo.key(), self.ctx.compression)
-                .map_err(|e| Error::corrupt("blob sealer", e))?;
+            let s = BlobWriter::new(self.ctx)?;
             self.sealers.push(s);
         }
         Ok(&mut self.sealers[..n])
@@ -139,6 +133,8 @@ impl<'a> Worker<'a> {
         let mut total: u64 = 0;
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
+        // Room for the whole file when it is small, for one window otherwise.
+        buf.reserve((node.size as usize).min(window + max) + 1);
         let result = loop {
             if ctx.cancel.is_cancelled() {
                 break Err(FileError::Fatal(Error::Cancelled));
@@ -270,11 +266,11 @@ pub(crate) fn plan_chunks(
 /// several sealers. Returns the content references in order.
 fn process_chunks(
     ctx: &Ctx,
-    sealers: &mut [BlobSealer],
+    sealers: &mut [BlobWriter],
     buf: &[u8],
     chunks: &[(usize, usize)],
 ) -> Result<Vec<ContentRef>> {
-    let one = |sealer: &mut BlobSealer, (start, len): (usize, usize)| -> Result<ContentRef> {
+    let one = |sealer: &mut BlobWriter, (start, len): (usize, usize)| -> Result<ContentRef> {
         let chunk = &buf[start..start + len];
         ctx.stats.add_bytes(len as u64);
         if is_zero(chunk) {

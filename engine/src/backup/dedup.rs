@@ -8,22 +8,40 @@ use coffer_repo_format::BlobId;
 use super::Ctx;
 use crate::error::{Error, Result};
 
+/// One thread's sealer and the buffer it seals into, reused for every blob.
+pub(crate) struct BlobWriter {
+    sealer: BlobSealer,
+    out: Vec<u8>,
+}
+
+impl BlobWriter {
+    pub(crate) fn new(ctx: &Ctx) -> Result<Self> {
+        Ok(BlobWriter {
+            sealer: BlobSealer::new(ctx.repo.key(), ctx.compression)
+                .map_err(|e| Error::corrupt("blob sealer", e))?,
+            out: Vec::new(),
+        })
+    }
+}
+
 impl Ctx {
     /// Stores a blob unless it is stored already; returns its id either way.
     pub(crate) fn dedup_and_store(
         &self,
-        sealer: &mut BlobSealer,
+        w: &mut BlobWriter,
         blob_type: BlobType,
         plaintext: &[u8],
     ) -> Result<BlobId> {
         let id = self.repo.key().blob_id(plaintext);
         if self.index.claim(&id) {
-            let sealed = sealer
-                .seal(blob_type, id, plaintext)
+            let stored = w
+                .sealer
+                .seal_to(blob_type, id, plaintext, &mut w.out)
                 .map_err(|e| Error::corrupt(format!("new {blob_type} blob {id}"), e))?;
             self.stats
-                .add_blob(blob_type, plaintext.len() as u64, sealed.bytes.len() as u64);
-            self.packer.add(sealed)?;
+                .add_blob(blob_type, plaintext.len() as u64, stored as u64);
+            self.packer
+                .add(blob_type, id, plaintext.len() as u32, &w.out)?;
         }
         Ok(id)
     }

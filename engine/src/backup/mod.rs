@@ -114,7 +114,7 @@ impl BackupOptions {
             tags: Vec::new(),
             hostname: None,
             threads: 0,
-            upload_concurrency: 4,
+            upload_concurrency: 2,
             compression: None,
             origin: None,
             progress: None,
@@ -386,23 +386,32 @@ impl Session {
         let config = repo.config().clone();
         let chunker = Chunker::new(&repo.key().chunker_seed, config.chunker)
             .map_err(|e| Error::corrupt("repository config", e))?;
-        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let pool = Arc::new(packer::BufferPool::default());
         let uploader = tokio::spawn(uploader::run(
             repo.clone(),
             index.clone(),
             rx,
             opts.upload_concurrency.max(1),
+            pool.clone(),
         ));
         let header_sealer = repo
             .key()
             .sealer()
             .map_err(|e| Error::corrupt("random source", e))?;
+        let repo_staging = repo.store().staging_dir();
         let ctx = Arc::new(Ctx {
             repo,
             index,
             chunker,
             compression: opts.compression.unwrap_or(config.compression),
-            packer: packer::Packer::new(config.pack_size as usize, header_sealer, tx)?,
+            packer: packer::Packer::new(
+                config.pack_size as usize,
+                header_sealer,
+                tx,
+                pool,
+                repo_staging,
+            )?,
             stats: Stats::default(),
             errors: Mutex::new(Vec::new()),
             cancel: opts.cancel.clone(),

@@ -4,61 +4,127 @@
 //! so that the size of a pack does not reveal the chunk sizes of one file; tree
 //! blobs go to their own pack. A full pack is finished (sealed header, trailer,
 //! name = BLAKE3 of its bytes) and handed to the uploader.
+//!
+//! Where the store offers a staging directory (a local repository), a pack is
+//! written to a file there as it fills, hashed on the way, and stored by a
+//! link: pack bytes never sit in memory. Otherwise packs are buffered in
+//! memory, and the buffers are reused.
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use bytes::Bytes;
 
-use coffer_repo_format::blob::{BlobType, SealedBlob};
+use coffer_repo_format::blob::BlobType;
 use coffer_repo_format::envelope::Sealer;
 use coffer_repo_format::pack::{self, PackEntry, MAX_BLOBS_PER_PACK};
-use coffer_repo_format::PackId;
+use coffer_repo_format::{BlobId, PackId};
 
 use crate::error::{Error, Result};
+
+/// A finished pack's bytes.
+pub(crate) enum PackData {
+    Memory(Bytes),
+    /// A staged file, for `Store::put_file`.
+    File(PathBuf),
+}
 
 /// A finished pack on its way to the store.
 pub(crate) struct FinishedPack {
     pub(crate) id: PackId,
-    pub(crate) bytes: Bytes,
+    pub(crate) data: PackData,
+    pub(crate) size: u32,
     pub(crate) entries: Vec<PackEntry>,
 }
 
+/// Pack buffers, reused: a finished pack's buffer comes back after its upload,
+/// so the process does not churn 16 MiB allocations (which glibc's malloc
+/// would keep around as heap, growing the resident size).
 #[derive(Default)]
+pub(crate) struct BufferPool {
+    free: Mutex<Vec<Vec<u8>>>,
+}
+
+/// Buffers kept for reuse.
+const POOL_KEEP: usize = 4;
+
+impl BufferPool {
+    fn take(&self, capacity: usize) -> Vec<u8> {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        match free.pop() {
+            Some(mut b) => {
+                b.clear();
+                b
+            }
+            None => Vec::with_capacity(capacity),
+        }
+    }
+
+    /// Gives a buffer back (dropped when the pool is full).
+    pub(crate) fn give(&self, buf: Vec<u8>) {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        if free.len() < POOL_KEEP {
+            free.push(buf);
+        }
+    }
+}
+
+/// Where an open pack's bytes go.
+enum Sink {
+    Memory(Vec<u8>),
+    File {
+        out: std::io::BufWriter<std::fs::File>,
+        path: PathBuf,
+        hasher: Box<blake3::Hasher>,
+    },
+}
+
 struct OpenPack {
-    bytes: Vec<u8>,
+    sink: Sink,
+    len: usize,
     entries: Vec<PackEntry>,
 }
 
+fn io_err(path: &Path, e: std::io::Error) -> Error {
+    Error::io(path, e)
+}
+
 impl OpenPack {
-    fn push(&mut self, blob: SealedBlob) {
-        self.entries.push(PackEntry {
-            blob_type: blob.blob_type,
-            id: blob.id,
-            offset: self.bytes.len() as u32,
-            stored_len: blob.bytes.len() as u32,
-            raw_len: blob.raw_len,
-        });
-        self.bytes.extend_from_slice(&blob.bytes);
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        match &mut self.sink {
+            Sink::Memory(v) => v.extend_from_slice(bytes),
+            Sink::File { out, path, hasher } => {
+                out.write_all(bytes).map_err(|e| io_err(path, e))?;
+                hasher.update(bytes);
+            }
+        }
+        self.len += bytes.len();
+        Ok(())
     }
 
-    fn append(&mut self, other: OpenPack) {
-        let base = self.bytes.len() as u32;
-        self.bytes.extend_from_slice(&other.bytes);
-        self.entries.extend(other.entries.into_iter().map(|mut e| {
-            e.offset += base;
-            e
-        }));
+    fn push(&mut self, blob_type: BlobType, id: BlobId, raw_len: u32, stored: &[u8]) -> Result<()> {
+        self.entries.push(PackEntry {
+            blob_type,
+            id,
+            offset: self.len as u32,
+            stored_len: stored.len() as u32,
+            raw_len,
+        });
+        self.write(stored)
     }
 }
 
 struct State {
-    data: [OpenPack; 2],
-    tree: OpenPack,
+    data: [Option<OpenPack>; 2],
+    tree: Option<OpenPack>,
     rng: u64,
 }
 
 pub(crate) struct Packer {
     target: usize,
+    pool: std::sync::Arc<BufferPool>,
+    staging: Option<PathBuf>,
     state: Mutex<State>,
     header_sealer: Mutex<Sealer>,
     out: std::sync::RwLock<Option<tokio::sync::mpsc::Sender<FinishedPack>>>,
@@ -69,15 +135,19 @@ impl Packer {
         target: usize,
         header_sealer: Sealer,
         out: tokio::sync::mpsc::Sender<FinishedPack>,
+        pool: std::sync::Arc<BufferPool>,
+        staging: Option<PathBuf>,
     ) -> Result<Self> {
         let mut seed = [0u8; 8];
         getrandom::fill(&mut seed)
             .map_err(|e| Error::InvalidArgument(format!("random number generator: {e}")))?;
         Ok(Packer {
             target,
+            pool,
+            staging,
             state: Mutex::new(State {
-                data: Default::default(),
-                tree: Default::default(),
+                data: [None, None],
+                tree: None,
                 rng: u64::from_le_bytes(seed) | 1,
             }),
             header_sealer: Mutex::new(header_sealer),
@@ -85,12 +155,46 @@ impl Packer {
         })
     }
 
+    fn open(&self, first_blob: usize) -> Result<OpenPack> {
+        let sink = match &self.staging {
+            Some(dir) => {
+                let mut name = [0u8; 12];
+                getrandom::fill(&mut name)
+                    .map_err(|e| Error::InvalidArgument(format!("random number generator: {e}")))?;
+                let path = dir.join(format!("pack-{}", hex::encode(name)));
+                let file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)
+                    .map_err(|e| io_err(&path, e))?;
+                Sink::File {
+                    out: std::io::BufWriter::with_capacity(256 * 1024, file),
+                    path,
+                    hasher: Box::new(blake3::Hasher::new()),
+                }
+            }
+            // Room for the target and one more large blob.
+            None => Sink::Memory(self.pool.take(self.target + self.target / 4 + first_blob)),
+        };
+        Ok(OpenPack {
+            sink,
+            len: 0,
+            entries: Vec::new(),
+        })
+    }
+
     /// Adds a blob; ships the pack it went into if that pack is now full.
-    pub(crate) fn add(&self, blob: SealedBlob) -> Result<()> {
+    pub(crate) fn add(
+        &self,
+        blob_type: BlobType,
+        id: BlobId,
+        raw_len: u32,
+        stored: &[u8],
+    ) -> Result<()> {
         let full = {
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
             let st = &mut *st;
-            let open = match blob.blob_type {
+            let slot = match blob_type {
                 BlobType::Tree => &mut st.tree,
                 BlobType::Data => {
                     st.rng ^= st.rng << 13;
@@ -99,12 +203,13 @@ impl Packer {
                     &mut st.data[(st.rng >> 32) as usize & 1]
                 }
             };
-            if open.bytes.capacity() == 0 {
-                open.bytes.reserve(self.target + blob.bytes.len());
-            }
-            open.push(blob);
-            if open.bytes.len() >= self.target || open.entries.len() as u32 >= MAX_BLOBS_PER_PACK {
-                Some(std::mem::take(open))
+            let open = match slot {
+                Some(p) => p,
+                None => slot.insert(self.open(stored.len())?),
+            };
+            open.push(blob_type, id, raw_len, stored)?;
+            if open.len >= self.target || open.entries.len() as u32 >= MAX_BLOBS_PER_PACK {
+                slot.take()
             } else {
                 None
             }
@@ -118,26 +223,24 @@ impl Packer {
     /// Ships every open pack. Two small data packs are merged first, so that a
     /// small backup does not leave its chunk sizes visible in two tiny packs.
     pub(crate) fn flush(&self) -> Result<()> {
-        let (mut a, b, tree) = {
+        let (a, b, tree) = {
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
             let [a, b] = std::mem::take(&mut st.data);
-            (a, b, std::mem::take(&mut st.tree))
+            (a, b, st.tree.take())
         };
-        if !a.entries.is_empty()
-            && !b.entries.is_empty()
-            && a.bytes.len() + b.bytes.len() < self.target
-        {
-            a.append(b);
-            self.ship(a)?;
-        } else {
-            for p in [a, b] {
-                if !p.entries.is_empty() {
+        match (a, b) {
+            (Some(mut a), Some(b)) if a.len + b.len < self.target => {
+                append(&mut a, b)?;
+                self.ship(a)?;
+            }
+            (a, b) => {
+                for p in [a, b].into_iter().flatten() {
                     self.ship(p)?;
                 }
             }
         }
-        if !tree.entries.is_empty() {
-            self.ship(tree)?;
+        if let Some(t) = tree {
+            self.ship(t)?;
         }
         Ok(())
     }
@@ -147,24 +250,60 @@ impl Packer {
         self.out.write().unwrap_or_else(|p| p.into_inner()).take();
     }
 
-    fn ship(&self, open: OpenPack) -> Result<()> {
-        let OpenPack { mut bytes, entries } = open;
-        {
+    fn ship(&self, mut open: OpenPack) -> Result<()> {
+        let header = {
             let mut sealer = self.header_sealer.lock().unwrap_or_else(|p| p.into_inner());
-            pack::finish_pack(&mut sealer, &mut bytes, &entries)
+            let mut header = Vec::new();
+            pack::finish_pack(&mut sealer, &mut header, &open.entries)
                 .map_err(|e| Error::corrupt("new pack header", e))?;
-        }
-        let id = PackId::of(&bytes);
+            header
+        };
+        open.write(&header)?;
+        let size = open.len as u32;
+        let (id, data) = match open.sink {
+            Sink::Memory(v) => (PackId::of(&v), PackData::Memory(Bytes::from(v))),
+            Sink::File { out, path, hasher } => {
+                let file = out
+                    .into_inner()
+                    .map_err(|e| io_err(&path, e.into_error()))?;
+                drop(file);
+                (PackId(*hasher.finalize().as_bytes()), PackData::File(path))
+            }
+        };
         let out = self.out.read().unwrap_or_else(|p| p.into_inner());
         let Some(out) = out.as_ref() else {
             return Err(Error::Cancelled);
         };
         out.blocking_send(FinishedPack {
             id,
-            bytes: Bytes::from(bytes),
-            entries,
+            data,
+            size,
+            entries: open.entries,
         })
         // The uploader stopped; its error is the one to report.
         .map_err(|_| Error::Cancelled)
     }
+}
+
+/// Appends pack `b`'s blobs to pack `a`.
+fn append(a: &mut OpenPack, b: OpenPack) -> Result<()> {
+    let base = a.len as u32;
+    let bytes = match b.sink {
+        Sink::Memory(v) => v,
+        Sink::File { out, path, .. } => {
+            drop(
+                out.into_inner()
+                    .map_err(|e| io_err(&path, e.into_error()))?,
+            );
+            let v = std::fs::read(&path).map_err(|e| io_err(&path, e))?;
+            let _ = std::fs::remove_file(&path);
+            v
+        }
+    };
+    a.write(&bytes)?;
+    a.entries.extend(b.entries.into_iter().map(|mut e| {
+        e.offset += base;
+        e
+    }));
+    Ok(())
 }

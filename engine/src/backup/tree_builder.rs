@@ -5,12 +5,13 @@
 //! stored as an index page, and so on. Memory per directory is one page per
 //! level, whatever the directory's size.
 
-use coffer_repo_format::blob::{BlobSealer, BlobType};
+use coffer_repo_format::blob::BlobType;
 use coffer_repo_format::tree::{
     Node, NodeKind, PageRef, TreePage, PAGE_MAX_NODES, PAGE_TARGET_BYTES,
 };
 use coffer_repo_format::BlobId;
 
+use super::dedup::BlobWriter;
 use super::source::{Event, Pending};
 use super::Ctx;
 use crate::error::{Error, Result};
@@ -120,7 +121,7 @@ impl PageWriter {
 
 struct SessionStore<'a> {
     ctx: &'a Ctx,
-    sealer: &'a mut BlobSealer,
+    sealer: &'a mut BlobWriter,
 }
 
 impl PageStore for SessionStore<'_> {
@@ -172,8 +173,7 @@ fn classify(node: &Node, parent: Option<&Node>) -> Status {
 
 /// Writes a root directory that holds `nodes` (sorted by name) and returns it.
 pub(crate) fn build_root(ctx: &Ctx, mut root: Node, mut nodes: Vec<Node>) -> Result<Node> {
-    let mut sealer = BlobSealer::new(ctx.repo.key(), ctx.compression)
-        .map_err(|e| Error::corrupt("blob sealer", e))?;
+    let mut sealer = BlobWriter::new(ctx)?;
     let mut store = SessionStore {
         ctx,
         sealer: &mut sealer,
@@ -195,8 +195,7 @@ pub(crate) fn build(
     root: Node,
     events: crossbeam_channel::Receiver<Event>,
 ) -> Result<Node> {
-    let mut sealer = BlobSealer::new(ctx.repo.key(), ctx.compression)
-        .map_err(|e| Error::corrupt("blob sealer", e))?;
+    let mut sealer = BlobWriter::new(ctx)?;
     let mut store = SessionStore {
         ctx,
         sealer: &mut sealer,

@@ -10,7 +10,7 @@ use futures::StreamExt;
 
 use coffer_repo_format::index::{IndexFile, IndexedPack};
 
-use super::packer::FinishedPack;
+use super::packer::{FinishedPack, PackData};
 use crate::error::{Error, Result};
 use crate::index::Index;
 use crate::repository::{layout, Repository};
@@ -32,6 +32,7 @@ pub(crate) async fn run(
     index: Arc<Index>,
     mut rx: tokio::sync::mpsc::Receiver<FinishedPack>,
     concurrency: usize,
+    pool: Arc<super::packer::BufferPool>,
 ) -> Result<UploadReport> {
     let mut report = UploadReport::default();
     let mut pending = IndexFile::default();
@@ -40,11 +41,12 @@ pub(crate) async fn run(
         let repo = repo.clone();
         async move {
             let key = layout::pack(&p.id);
-            match repo
-                .store()
-                .put(&key, p.bytes.clone(), WriteMode::CreateNew)
-                .await
-            {
+            let store = repo.store();
+            let stored = match &p.data {
+                PackData::Memory(b) => store.put(&key, b.clone(), WriteMode::CreateNew).await,
+                PackData::File(path) => store.put_file(&key, path, WriteMode::CreateNew).await,
+            };
+            match stored {
                 Ok(()) => Ok(p),
                 // The name is the hash of the bytes: an existing pack is this pack.
                 Err(e) if e.kind == StoreErrorKind::AlreadyExists => Ok(p),
@@ -62,7 +64,7 @@ pub(crate) async fn run(
             Some(done) = inflight.next(), if !inflight.is_empty() => {
                 match done {
                     Ok(p) => {
-                        record(&index, &mut pending, &mut report, p);
+                        record(&index, &mut pending, &mut report, p, &pool);
                         if pending.packs.len() >= INDEX_EVERY_PACKS {
                             if let Err(e) = flush(&repo, &mut pending, &mut report).await {
                                 result = Err(e);
@@ -79,7 +81,7 @@ pub(crate) async fn run(
     rx.close();
     while let Some(done) = inflight.next().await {
         match done {
-            Ok(p) => record(&index, &mut pending, &mut report, p),
+            Ok(p) => record(&index, &mut pending, &mut report, p, &pool),
             Err(e) => {
                 if result.is_ok() {
                     result = Err(e);
@@ -93,8 +95,14 @@ pub(crate) async fn run(
     Ok(report)
 }
 
-fn record(index: &Index, pending: &mut IndexFile, report: &mut UploadReport, p: FinishedPack) {
-    let size = p.bytes.len() as u32;
+fn record(
+    index: &Index,
+    pending: &mut IndexFile,
+    report: &mut UploadReport,
+    p: FinishedPack,
+    pool: &super::packer::BufferPool,
+) {
+    let size = p.size;
     index.add_pack(p.id, size, &p.entries);
     report.packs += 1;
     report.bytes += u64::from(size);
@@ -103,6 +111,12 @@ fn record(index: &Index, pending: &mut IndexFile, report: &mut UploadReport, p: 
         size,
         blobs: p.entries,
     });
+    // The store is done with the bytes: the buffer goes back to the packer.
+    if let PackData::Memory(bytes) = p.data {
+        if let Ok(buf) = bytes.try_into_mut() {
+            pool.give(Vec::from(buf));
+        }
+    }
 }
 
 async fn flush(

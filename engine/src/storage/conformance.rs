@@ -63,6 +63,27 @@ pub(crate) async fn run(store: &dyn Store) {
     assert_eq!(nested.len(), 1);
     assert_eq!(nested[0].key, "data/ab/abcd");
 
+    // Staged files: stored under the key, the staged file gone, create-if-absent kept.
+    let dir = store.staging_dir().unwrap_or_else(std::env::temp_dir);
+    for (i, mode) in [WriteMode::CreateNew, WriteMode::CreateNew]
+        .into_iter()
+        .enumerate()
+    {
+        let staged = dir.join(format!("conformance-{}-{i}", std::process::id()));
+        std::fs::write(&staged, b"staged pack").unwrap();
+        let r = store.put_file("data/cd/cdef", &staged, mode).await;
+        assert!(!staged.exists(), "the staged file is consumed");
+        if i == 0 {
+            r.unwrap();
+        } else {
+            assert_eq!(r.unwrap_err().kind, StoreErrorKind::AlreadyExists);
+        }
+    }
+    assert_eq!(
+        store.get("data/cd/cdef").await.unwrap(),
+        Bytes::from_static(b"staged pack")
+    );
+
     // Delete, and delete of a missing key.
     store.delete("locks/x").await.unwrap();
     store.delete("locks/x").await.unwrap();

@@ -85,6 +85,32 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
     /// Lists the objects whose keys start with `prefix` (a directory such as `"index/"`).
     fn list<'a>(&'a self, prefix: &'a str) -> BoxStream<'a, Result<ObjectInfo, StoreError>>;
+
+    /// A local directory where a writer may stage a whole object before it is
+    /// stored with [`Store::put_file`]; for a local store, on the same
+    /// filesystem, so that storing is a link, not a copy. `None`: stage in memory.
+    fn staging_dir(&self) -> Option<std::path::PathBuf> {
+        None
+    }
+
+    /// Stores the local file `path` under `key` and removes the file. The
+    /// default reads it and calls [`Store::put`].
+    async fn put_file(
+        &self,
+        key: &str,
+        path: &std::path::Path,
+        mode: WriteMode,
+    ) -> Result<(), StoreError> {
+        let data = tokio::fs::read(path).await.map_err(|e| StoreError {
+            kind: StoreErrorKind::Permanent,
+            operation: "reading staged file",
+            key: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let r = self.put(key, Bytes::from(data), mode).await;
+        let _ = tokio::fs::remove_file(path).await;
+        r
+    }
 }
 
 /// A shared store.

@@ -16,7 +16,12 @@ use super::{ObjectInfo, Store, StoreError, StoreErrorKind, WriteMode};
 pub struct ObjectStoreBackend {
     inner: Arc<dyn ObjectStore>,
     location: String,
+    /// The root directory, for a local filesystem store.
+    local_root: Option<std::path::PathBuf>,
 }
+
+/// The staging directory inside a local repository (writer-private; readers ignore it).
+pub const STAGING: &str = "tmp";
 
 impl ObjectStoreBackend {
     /// Wraps an `object_store` implementation; `location` is shown in messages.
@@ -24,6 +29,7 @@ impl ObjectStoreBackend {
         ObjectStoreBackend {
             inner,
             location: location.into(),
+            local_root: None,
         }
     }
 
@@ -53,7 +59,9 @@ impl ObjectStoreBackend {
         let fs = object_store::local::LocalFileSystem::new_with_prefix(&abs)
             .map_err(|e| err(e.to_string()))?
             .with_automatic_cleanup(true);
-        Ok(Self::new(Arc::new(fs), abs.display().to_string()))
+        let mut store = Self::new(Arc::new(fs), abs.display().to_string());
+        store.local_root = Some(abs);
+        Ok(store)
     }
 }
 
@@ -67,6 +75,19 @@ fn classify(e: &object_store::Error) -> StoreErrorKind {
             StoreErrorKind::Transient
         }
         _ => StoreErrorKind::Permanent,
+    }
+}
+
+fn wrap_io(operation: &'static str, key: &str, e: std::io::Error) -> StoreError {
+    StoreError {
+        kind: if e.kind() == std::io::ErrorKind::NotFound {
+            StoreErrorKind::NotFound
+        } else {
+            StoreErrorKind::Permanent
+        },
+        operation,
+        key: key.to_string(),
+        message: e.to_string(),
     }
 }
 
@@ -147,6 +168,61 @@ impl Store for ObjectStoreBackend {
             Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(wrap("deleting", key, e)),
         }
+    }
+
+    fn staging_dir(&self) -> Option<std::path::PathBuf> {
+        let dir = self.local_root.as_ref()?.join(STAGING);
+        std::fs::create_dir_all(&dir).ok()?;
+        Some(dir)
+    }
+
+    async fn put_file(
+        &self,
+        key: &str,
+        path: &std::path::Path,
+        mode: WriteMode,
+    ) -> Result<(), StoreError> {
+        let Some(root) = &self.local_root else {
+            let data = tokio::fs::read(path)
+                .await
+                .map_err(|e| wrap_io("reading staged file", key, e))?;
+            let r = self.put(key, Bytes::from(data), mode).await;
+            let _ = tokio::fs::remove_file(path).await;
+            return r;
+        };
+        // A hard link is an atomic create-if-absent on a local filesystem.
+        let target = root.join(key);
+        let (src, key_owned) = (path.to_path_buf(), key.to_string());
+        tokio::task::spawn_blocking(move || {
+            if let Some(dir) = target.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| wrap_io("writing", &key_owned, e))?;
+            }
+            let linked = std::fs::hard_link(&src, &target);
+            let _ = std::fs::remove_file(&src);
+            match linked {
+                Ok(()) => Ok(()),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::AlreadyExists
+                        && mode == WriteMode::Overwrite =>
+                {
+                    Ok(())
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(StoreError {
+                    kind: StoreErrorKind::AlreadyExists,
+                    operation: "writing",
+                    key: key_owned,
+                    message: "already exists".into(),
+                }),
+                Err(e) => Err(wrap_io("writing", &key_owned, e)),
+            }
+        })
+        .await
+        .map_err(|e| StoreError {
+            kind: StoreErrorKind::Transient,
+            operation: "writing",
+            key: key.to_string(),
+            message: e.to_string(),
+        })?
     }
 
     fn list<'a>(&'a self, prefix: &'a str) -> BoxStream<'a, Result<ObjectInfo, StoreError>> {
