@@ -600,6 +600,28 @@ impl Repository {
         blob::open_blob(&self.key, &self.opener, blob_type, id, raw_len, stored)
     }
 
+    /// As [`Repository::open_blob`], into reused buffers.
+    pub fn open_blob_into(
+        &self,
+        blob_type: BlobType,
+        id: &BlobId,
+        raw_len: u32,
+        stored: &[u8],
+        scratch: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), FormatError> {
+        blob::open_blob_into(
+            &self.key,
+            &self.opener,
+            blob_type,
+            id,
+            raw_len,
+            stored,
+            scratch,
+            out,
+        )
+    }
+
     /// The envelope opener.
     pub fn opener(&self) -> &Opener {
         &self.opener

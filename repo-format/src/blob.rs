@@ -218,6 +218,34 @@ pub fn open_blob(
     raw_len: u32,
     stored: &[u8],
 ) -> Result<Vec<u8>> {
+    let (mut scratch, mut out) = (Vec::new(), Vec::new());
+    open_blob_into(
+        key,
+        opener,
+        blob_type,
+        id,
+        raw_len,
+        stored,
+        &mut scratch,
+        &mut out,
+    )?;
+    Ok(out)
+}
+
+/// As [`open_blob`], into `out`, using `scratch` for the decrypted payload;
+/// both buffers are reused across calls.
+#[allow(clippy::too_many_arguments)]
+pub fn open_blob_into(
+    key: &MasterKey,
+    opener: &Opener,
+    blob_type: BlobType,
+    id: &BlobId,
+    raw_len: u32,
+    stored: &[u8],
+    scratch: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    out.clear();
     if raw_len > MAX_BLOB_SIZE {
         return Err(FormatError::TooLarge {
             what: "blob",
@@ -229,14 +257,15 @@ pub fn open_blob(
         blob_type: blob_type.to_byte(),
         id: &id.0,
     };
-    let mut payload = opener.open(context, stored)?;
-    let plaintext = match payload.first() {
-        Some(&MODE_STORED) => {
-            payload.remove(0);
-            payload
+    opener.open_into(context, stored, scratch)?;
+    match scratch.first() {
+        Some(&MODE_STORED) => out.extend_from_slice(&scratch[1..]),
+        Some(&MODE_ZSTD) => {
+            out.reserve(raw_len as usize);
+            zstd::bulk::Decompressor::new()
+                .and_then(|mut d| d.decompress_to_buffer(&scratch[1..], out))
+                .map_err(|e| FormatError::malformed("blob", format!("zstd: {e}")))?;
         }
-        Some(&MODE_ZSTD) => zstd::bulk::decompress(&payload[1..], raw_len as usize)
-            .map_err(|e| FormatError::malformed("blob", format!("zstd: {e}")))?,
         Some(&other) => {
             return Err(FormatError::malformed(
                 "blob",
@@ -244,17 +273,17 @@ pub fn open_blob(
             ));
         }
         None => return Err(FormatError::malformed("blob", "empty payload")),
-    };
-    if plaintext.len() != raw_len as usize {
+    }
+    if out.len() != raw_len as usize {
         return Err(FormatError::malformed(
             "blob",
             format!(
                 "plaintext has {} bytes, the index says {raw_len}",
-                plaintext.len()
+                out.len()
             ),
         ));
     }
-    let actual = key.blob_id(&plaintext);
+    let actual = key.blob_id(out);
     if actual != *id {
         return Err(FormatError::IdMismatch {
             what: "blob",
@@ -262,7 +291,7 @@ pub fn open_blob(
             actual: actual.to_hex(),
         });
     }
-    Ok(plaintext)
+    Ok(())
 }
 
 #[cfg(test)]

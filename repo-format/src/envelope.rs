@@ -220,6 +220,20 @@ impl Opener {
 
     /// Authenticates and decrypts an envelope.
     pub fn open(&self, context: Context<'_>, envelope: &[u8]) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.open_into(context, envelope, &mut out)?;
+        Ok(out)
+    }
+
+    /// Authenticates and decrypts an envelope into `out` (cleared first), so
+    /// that a caller can reuse one buffer.
+    pub fn open_into(
+        &self,
+        context: Context<'_>,
+        envelope: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        out.clear();
         let what = context.name();
         if envelope.len() < OVERHEAD {
             return Err(FormatError::Truncated {
@@ -242,16 +256,18 @@ impl Opener {
         let body = &envelope[1 + SALT_LEN + NONCE_LEN..];
         let (ciphertext, tag) = body.split_at(body.len() - TAG_LEN);
         let tag = Tag::try_from(tag).map_err(|_| FormatError::malformed(what, "bad tag length"))?;
-        let mut plaintext = ciphertext.to_vec();
-        self.cipher(&salt)
-            .decrypt_inout_detached(
-                &Nonce::from(nonce),
-                &context.aad(),
-                plaintext.as_mut_slice().into(),
-                &tag,
-            )
-            .map_err(|_| FormatError::Authentication { what })?;
-        Ok(plaintext)
+        out.extend_from_slice(ciphertext);
+        let ok = self.cipher(&salt).decrypt_inout_detached(
+            &Nonce::from(nonce),
+            &context.aad(),
+            out.as_mut_slice().into(),
+            &tag,
+        );
+        if ok.is_err() {
+            out.clear();
+            return Err(FormatError::Authentication { what });
+        }
+        Ok(())
     }
 }
 

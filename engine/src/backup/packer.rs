@@ -115,17 +115,28 @@ impl OpenPack {
     }
 }
 
+/// The open packs, each behind its own lock so that workers adding to
+/// different packs do not wait for each other.
 struct State {
-    data: [Option<OpenPack>; 2],
-    tree: Option<OpenPack>,
-    rng: u64,
+    data: [Mutex<Option<OpenPack>>; 2],
+    tree: Mutex<Option<OpenPack>>,
+    /// Picks a data pack for each blob (splitmix64 of a random seed and a counter).
+    seed: u64,
+    counter: std::sync::atomic::AtomicU64,
+}
+
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 pub(crate) struct Packer {
     target: usize,
     pool: std::sync::Arc<BufferPool>,
     staging: Option<PathBuf>,
-    state: Mutex<State>,
+    state: State,
     header_sealer: Mutex<Sealer>,
     out: std::sync::RwLock<Option<tokio::sync::mpsc::Sender<FinishedPack>>>,
 }
@@ -145,11 +156,12 @@ impl Packer {
             target,
             pool,
             staging,
-            state: Mutex::new(State {
-                data: [None, None],
-                tree: None,
-                rng: u64::from_le_bytes(seed) | 1,
-            }),
+            state: State {
+                data: [Mutex::new(None), Mutex::new(None)],
+                tree: Mutex::new(None),
+                seed: u64::from_le_bytes(seed),
+                counter: std::sync::atomic::AtomicU64::new(0),
+            },
             header_sealer: Mutex::new(header_sealer),
             out: std::sync::RwLock::new(Some(out)),
         })
@@ -191,19 +203,19 @@ impl Packer {
         raw_len: u32,
         stored: &[u8],
     ) -> Result<()> {
+        let slot = match blob_type {
+            BlobType::Tree => &self.state.tree,
+            BlobType::Data => {
+                let n = self
+                    .state
+                    .counter
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                &self.state.data[(splitmix64(self.state.seed ^ n) >> 63) as usize]
+            }
+        };
         let full = {
-            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            let st = &mut *st;
-            let slot = match blob_type {
-                BlobType::Tree => &mut st.tree,
-                BlobType::Data => {
-                    st.rng ^= st.rng << 13;
-                    st.rng ^= st.rng >> 7;
-                    st.rng ^= st.rng << 17;
-                    &mut st.data[(st.rng >> 32) as usize & 1]
-                }
-            };
-            let open = match slot {
+            let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+            let open = match &mut *slot {
                 Some(p) => p,
                 None => slot.insert(self.open(stored.len())?),
             };
@@ -223,11 +235,12 @@ impl Packer {
     /// Ships every open pack. Two small data packs are merged first, so that a
     /// small backup does not leave its chunk sizes visible in two tiny packs.
     pub(crate) fn flush(&self) -> Result<()> {
-        let (a, b, tree) = {
-            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            let [a, b] = std::mem::take(&mut st.data);
-            (a, b, st.tree.take())
-        };
+        let take = |m: &Mutex<Option<OpenPack>>| m.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let (a, b, tree) = (
+            take(&self.state.data[0]),
+            take(&self.state.data[1]),
+            take(&self.state.tree),
+        );
         match (a, b) {
             (Some(mut a), Some(b)) if a.len + b.len < self.target => {
                 append(&mut a, b)?;

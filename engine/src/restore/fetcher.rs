@@ -16,7 +16,7 @@ use crate::repository::layout;
 /// Two blobs are read together when the gap between them is at most this.
 const MAX_GAP: u64 = 1024 * 1024;
 /// One ranged read covers at most this many bytes.
-const MAX_READ: u64 = 32 * 1024 * 1024;
+const MAX_READ: u64 = 8 * 1024 * 1024;
 
 /// A ranged read and the blobs in it.
 pub(crate) struct Read {

@@ -42,14 +42,21 @@ pub(crate) fn write_read(
         }
     };
     let mut open: HashMap<u32, File> = HashMap::new();
+    // This thread's buffers, reused for every blob it opens.
+    let (mut scratch, mut plain) = BUFFERS.with(|b| std::mem::take(&mut *b.borrow_mut()));
     for b in read.blobs {
         let s = (u64::from(b.offset) - read.start) as usize;
         let stored = &bytes[s..s + b.stored_len as usize];
-        let plain = match shared
-            .repo
-            .open_blob(BlobType::Data, &b.id, b.raw_len, stored)
-        {
-            Ok(p) => p,
+        let opened = shared.repo.open_blob_into(
+            BlobType::Data,
+            &b.id,
+            b.raw_len,
+            stored,
+            &mut scratch,
+            &mut plain,
+        );
+        match opened {
+            Ok(()) => {}
             Err(e) => {
                 for (f, _) in &b.targets {
                     shared.fail(
@@ -81,6 +88,12 @@ pub(crate) fn write_read(
             }
         }
     }
+    BUFFERS.with(|b| *b.borrow_mut() = (scratch, plain));
+}
+
+thread_local! {
+    /// Decryption and decompression buffers of a blocking thread.
+    static BUFFERS: std::cell::RefCell<(Vec<u8>, Vec<u8>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// Writes `data` at `offset`, skipping the all-zero blocks (aligned to the
