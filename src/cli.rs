@@ -134,11 +134,11 @@ pub struct NewKeyArgs {
 
 #[derive(Args, Debug, Clone, Copy)]
 pub struct KdfArgs {
-    /// Memory cost of the password hash (Argon2id) in KiB [default: 65536]
+    /// Memory cost of the password hash (Argon2id) in KiB [default: 32768]
     #[arg(long, value_name = "KIB")]
     pub kdf_memory: Option<u32>,
     /// Passes of the password hash (Argon2id) [default: measured so that one
-    /// derivation takes about 0.5 s]
+    /// derivation takes about 0.25 s, at least 4]
     #[arg(long, value_name = "N")]
     pub kdf_iterations: Option<u32>,
 }
@@ -166,9 +166,13 @@ impl KdfArgs {
 
 #[derive(Args, Debug)]
 pub struct InitArgs {
-    /// Average chunk size, e.g. 1MiB (minimum is 1/4, maximum 4x)
-    #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = parse_size)]
+    /// Average chunk size (minimum is 1/4, maximum 4x); the default was chosen by
+    /// measurement (benches/RESULTS.md)
+    #[arg(long, value_name = "SIZE", default_value = "128KiB", value_parser = parse_size)]
     pub chunk_size: u64,
+    /// FastCDC normalization level, 0 to 3 (higher: chunk sizes closer to the average)
+    #[arg(long, value_name = "LEVEL", default_value_t = 2)]
+    pub chunk_normalization: u8,
     /// Target size of pack files, e.g. 16MiB
     #[arg(long, value_name = "SIZE", default_value = "16MiB", value_parser = parse_size)]
     pub pack_size: u64,

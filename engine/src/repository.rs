@@ -132,10 +132,14 @@ pub struct Repository {
     opener: Arc<Opener>,
     config: Config,
     key_id: KeyId,
-    tree_cache: Mutex<HashMap<BlobId, Arc<TreePage>>>,
+    tree_cache: Mutex<(HashMap<BlobId, Arc<TreePage>>, usize)>,
 }
 
+/// Tree pages kept decoded, at most.
 const TREE_CACHE_ENTRIES: usize = 256;
+/// Bytes of encoded tree pages kept decoded, at most (a page with long
+/// content lists decodes to about twice its encoding).
+const TREE_CACHE_BYTES: usize = 8 * 1024 * 1024;
 
 impl std::fmt::Debug for Repository {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -232,7 +236,7 @@ impl Repository {
             opener,
             config,
             key_id,
-            tree_cache: Mutex::new(HashMap::new()),
+            tree_cache: Mutex::new((HashMap::new(), 0)),
         }
     }
 
@@ -633,6 +637,7 @@ impl Repository {
             .tree_cache
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .0
             .get(id)
         {
             return Ok(p.clone());
@@ -642,10 +647,12 @@ impl Repository {
             TreePage::decode(&plain).map_err(|e| Error::corrupt(format!("tree {id}"), e))?,
         );
         let mut cache = self.tree_cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= TREE_CACHE_ENTRIES {
-            cache.clear();
+        if cache.0.len() >= TREE_CACHE_ENTRIES || cache.1 + plain.len() > TREE_CACHE_BYTES {
+            cache.0.clear();
+            cache.1 = 0;
         }
-        cache.insert(*id, page.clone());
+        cache.0.insert(*id, page.clone());
+        cache.1 += plain.len();
         Ok(page)
     }
 

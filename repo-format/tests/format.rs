@@ -295,7 +295,12 @@ fn config_vector() {
         version: 1,
         id: vec![0xab; 32],
         created: "2026-11-23T11:00:00+00:00".into(),
-        chunker: ChunkerParams::default(),
+        chunker: ChunkerParams {
+            min_size: 262_144,
+            avg_size: 1_048_576,
+            max_size: 4_194_304,
+            normalization: 1,
+        },
         compression: Compression::Zstd(3),
         pack_size: 16 * 1024 * 1024,
     };

@@ -13,7 +13,7 @@ pub async fn run(g: &Global, a: InitArgs) -> anyhow::Result<i32> {
             min_size: avg / 4,
             avg_size: avg,
             max_size: avg.saturating_mul(4),
-            normalization: 1,
+            normalization: a.chunk_normalization,
         },
         compression: a.compression,
         pack_size: u32::try_from(a.pack_size)
