@@ -281,6 +281,14 @@ pub struct RestoreArgs {
     /// Replace files that exist in the target
     #[arg(long)]
     pub overwrite: bool,
+    /// Allow --target to be a block device: write the snapshot's one file (a
+    /// device or image backup) onto it, replacing everything on it
+    #[arg(long)]
+    pub overwrite_device: bool,
+    /// With --overwrite-device: the device already reads as zeros (e.g. a new
+    /// thin volume), so only non-zero regions are written
+    #[arg(long, requires = "overwrite_device")]
+    pub device_is_zeroed: bool,
 }
 
 #[derive(Args, Debug)]

@@ -105,9 +105,57 @@ impl<'a> Worker<'a> {
         Ok(&mut self.sealers[..n])
     }
 
-    fn back_up_file(&mut self, path: &Path, node: Node) -> Result<Node, FileError> {
+    fn back_up_file(&mut self, path: &Path, mut node: Node) -> Result<Node, FileError> {
         let mut file = open_for_backup(path).map_err(|e| source_error(path, e))?;
-        self.back_up_reader(path, &mut file, node)
+        let extents = match sparse_extents(&file, node.size) {
+            Some(e) => e,
+            None => return self.back_up_reader(path, &mut file, node),
+        };
+        // A sparse file: holes become zero runs without being read.
+        let mut content: Vec<ContentRef> = Vec::new();
+        let mut pos = 0u64;
+        let mut total = 0u64;
+        for (start, end) in extents {
+            if start > pos {
+                push_ref(
+                    &mut content,
+                    ContentRef {
+                        id: None,
+                        len: start - pos,
+                    },
+                );
+                self.ctx.stats.add_bytes(start - pos);
+                total += start - pos;
+            }
+            use std::io::{Seek, SeekFrom};
+            file.seek(SeekFrom::Start(start))
+                .map_err(|e| source_error(path, e))?;
+            let mut part = Node::new(node.name.clone(), node.kind);
+            part.size = end - start;
+            let part = self.back_up_reader(path, &mut (&mut file).take(end - start), part)?;
+            for r in part.content {
+                push_ref(&mut content, r);
+            }
+            total += part.size;
+            pos = start + part.size;
+            if part.size < end - start {
+                break; // the file shrank while it was read
+            }
+        }
+        if pos < node.size && total == pos {
+            push_ref(
+                &mut content,
+                ContentRef {
+                    id: None,
+                    len: node.size - pos,
+                },
+            );
+            self.ctx.stats.add_bytes(node.size - pos);
+            total += node.size - pos;
+        }
+        node.size = total;
+        node.content = content;
+        Ok(node)
     }
 
     /// Chunks and stores everything `reader` yields as the content of `node`;
@@ -179,6 +227,36 @@ impl<'a> Worker<'a> {
         node.content = content;
         Ok(node)
     }
+}
+
+/// The data extents `(start, end)` of a sparse regular file, found with
+/// `SEEK_DATA`/`SEEK_HOLE`; `None` for a file that is not sparse (or where the
+/// filesystem cannot tell), which is then read in full.
+fn sparse_extents(file: &std::fs::File, size: u64) -> Option<Vec<(u64, u64)>> {
+    use nix::unistd::{lseek, Whence};
+    use std::os::unix::fs::MetadataExt;
+    let md = file.metadata().ok()?;
+    if !md.is_file() || md.blocks() * 512 >= size || size < 1024 * 1024 {
+        return None;
+    }
+    let mut extents = Vec::new();
+    let mut pos: i64 = 0;
+    let end = size as i64;
+    while pos < end {
+        let data = match lseek(file, pos, Whence::SeekData) {
+            Ok(d) => d,
+            // ENXIO: no data after pos; the rest is a hole.
+            Err(nix::errno::Errno::ENXIO) => break,
+            Err(_) => return None,
+        };
+        if data >= end {
+            break;
+        }
+        let hole = lseek(file, data, Whence::SeekHole).ok()?.min(end);
+        extents.push((data as u64, hole as u64));
+        pos = hole;
+    }
+    Some(extents)
 }
 
 fn source_error(path: &Path, e: std::io::Error) -> FileError {

@@ -32,6 +32,7 @@ use crate::error::{Error, Result};
 use crate::index::Index;
 use crate::repository::Repository;
 
+pub use source::device_size;
 pub use stream::{backup_stream, FinishFn, StreamSource};
 
 /// Progress of a running backup.

@@ -5,6 +5,7 @@
 //! tree builder gets every node in walk order however the workers interleave.
 
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -109,6 +110,12 @@ impl<'a> ParentDir<'a> {
             }
         }
     }
+}
+
+/// The size of a block device (or any file), by seeking to its end.
+pub fn device_size(path: &Path) -> std::io::Result<u64> {
+    use std::io::Seek;
+    std::fs::File::open(path)?.seek(std::io::SeekFrom::End(0))
 }
 
 /// Whether a file can be taken from the parent snapshot without reading it.
@@ -257,6 +264,8 @@ impl Walker<'_> {
                             }
                             Err(e) => self.ctx.error(path, e.to_string()),
                         }
+                    } else if md.file_type().is_block_device() {
+                        self.device(name, path, &md)?;
                     } else {
                         self.entry(name, path, &md)?;
                     }
@@ -361,6 +370,40 @@ impl Walker<'_> {
             self.leave()?;
         }
         Ok(())
+    }
+
+    /// A block device given as a path: its contents, as one file. It is always
+    /// read: a device node's times do not change with its contents.
+    fn device(&mut self, name: &[u8], path: &Path, md: &std::fs::Metadata) -> Result<()> {
+        let size = match device_size(path) {
+            Ok(s) => s,
+            Err(e) => {
+                self.ctx.error(path, e.to_string());
+                return Ok(());
+            }
+        };
+        let mut node = match fsmeta::read_node(name, path, md, NodeKind::File, &mut self.owners) {
+            Ok(n) => n,
+            Err(e) => {
+                self.ctx.error(path, e.to_string());
+                return Ok(());
+            }
+        };
+        node.size = size;
+        node.rdev = None;
+        let parent = self.parent_of(name);
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.jobs
+            .send(FileJob {
+                path: path.to_path_buf(),
+                node,
+                reply: tx,
+            })
+            .map_err(|_| Error::Cancelled)?;
+        self.send(Event::Entry(
+            Pending::File(path.to_path_buf(), rx),
+            parent.map(Box::new),
+        ))
     }
 
     /// A cache directory keeps only its tag file.

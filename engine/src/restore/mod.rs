@@ -13,6 +13,7 @@
 //! A blob that is missing or fails verification is never written: each file that
 //! needs it is reported with the blob id and removed, and the rest goes on.
 
+mod device;
 mod fetcher;
 mod metadata;
 mod plan;
@@ -43,6 +44,10 @@ pub struct RestoreOptions {
     pub overwrite: bool,
     /// Packs fetched at once.
     pub concurrency: usize,
+    /// Allow `target` to be a block device, overwritten with one file.
+    pub overwrite_device: bool,
+    /// The target device reads as zeros already: do not write zero regions.
+    pub device_zeroed: bool,
     /// Cancellation.
     pub cancel: CancelToken,
 }
@@ -56,6 +61,8 @@ impl RestoreOptions {
             target: target.into(),
             overwrite: false,
             concurrency: 4,
+            overwrite_device: false,
+            device_zeroed: false,
             cancel: CancelToken::new(),
         }
     }
@@ -103,6 +110,8 @@ pub(crate) struct Shared {
     pub(crate) bytes_written: AtomicU64,
     pub(crate) as_root: bool,
     pub(crate) cancel: CancelToken,
+    /// Write every byte, zero blocks included (a device not known to be zeroed).
+    pub(crate) dense: bool,
 }
 
 impl Shared {
@@ -158,7 +167,10 @@ pub async fn restore(
 ) -> Result<RestoreSummary> {
     let (snapshot_id, snapshot) = repo.find_snapshot(&opts.snapshot).await?;
     let start = plan::resolve_start(&repo, &index, &snapshot, opts.subpath.as_deref()).await?;
-    prepare_target(&opts.target, opts.overwrite)?;
+    let to_device = device::is_device(&opts.target);
+    if !to_device {
+        prepare_target(&opts.target, opts.overwrite)?;
+    }
     let shared = Arc::new(Shared {
         repo,
         index,
@@ -169,7 +181,19 @@ pub async fn restore(
         bytes_written: AtomicU64::new(0),
         as_root: crate::fsmeta::is_root(),
         cancel: opts.cancel.clone(),
+        dense: to_device && !opts.device_zeroed,
     });
+    if to_device {
+        device::restore(shared.clone(), &start, &opts).await?;
+        let errors = std::mem::take(&mut *shared.errors.lock().unwrap_or_else(|p| p.into_inner()));
+        return Ok(RestoreSummary {
+            snapshot_id,
+            files_restored: u64::from(errors.is_empty()),
+            bytes_written: shared.bytes_written.load(Ordering::Relaxed),
+            errors,
+            ..Default::default()
+        });
+    }
     let handle = tokio::runtime::Handle::current();
     let s = shared.clone();
     let o = opts.clone();

@@ -83,7 +83,7 @@ pub(crate) struct Planned {
     pub(crate) counts: Counts,
 }
 
-struct Planner<'a> {
+pub(crate) struct Planner<'a> {
     shared: &'a Shared,
     overwrite: bool,
     files: Vec<FileEntry>,
@@ -103,14 +103,7 @@ pub(crate) fn build(
     start: &Start,
     opts: &RestoreOptions,
 ) -> Result<Planned> {
-    let mut p = Planner {
-        shared,
-        overwrite: opts.overwrite,
-        files: Vec::new(),
-        blobs: Vec::new(),
-        blob_slot: HashMap::new(),
-        counts: Counts::default(),
-    };
+    let mut p = Planner::new(shared, opts.overwrite);
     match start {
         Start::Single(node) => p.entry(&child_path(&opts.target, node), node)?,
         Start::Dir { node, .. } => {
@@ -167,18 +160,42 @@ pub(crate) fn build(
             }
         }
     }
-    let mut packs: HashMap<PackId, Vec<BlobTargets>> = HashMap::new();
-    for (pack, b) in p.blobs {
-        packs.entry(pack).or_default().push(b);
-    }
-    Ok(Planned {
-        files: p.files,
-        packs,
-        counts: p.counts,
-    })
+    Ok(p.finish())
 }
 
-impl Planner<'_> {
+impl<'a> Planner<'a> {
+    pub(crate) fn new(shared: &'a Shared, overwrite: bool) -> Self {
+        Planner {
+            shared,
+            overwrite,
+            files: Vec::new(),
+            blobs: Vec::new(),
+            blob_slot: HashMap::new(),
+            counts: Counts::default(),
+        }
+    }
+
+    pub(crate) fn finish(self) -> Planned {
+        let mut packs: HashMap<PackId, Vec<BlobTargets>> = HashMap::new();
+        for (pack, b) in self.blobs {
+            packs.entry(pack).or_default().push(b);
+        }
+        Planned {
+            files: self.files,
+            packs,
+            counts: self.counts,
+        }
+    }
+
+    /// Records where `node`'s blobs go in the (existing) file at `path`.
+    pub(crate) fn plan_content(&mut self, path: &Path, node: &Node) {
+        let file_idx = self.files.len() as u32;
+        self.files.push(FileEntry {
+            path: path.to_path_buf(),
+        });
+        self.plan_content_of(file_idx, path, node);
+    }
+
     /// Makes room for a new entry at `path` when overwriting.
     fn clear(&self, path: &Path, keep_dir: bool) -> Result<bool> {
         match std::fs::symlink_metadata(path) {
@@ -293,10 +310,11 @@ impl Planner<'_> {
         // A file of the final length with nothing written is one hole; only
         // non-zero data is written later.
         f.set_len(node.size).map_err(|e| Error::io(path, e))?;
-        let file_idx = self.files.len() as u32;
-        self.files.push(FileEntry {
-            path: path.to_path_buf(),
-        });
+        self.plan_content(path, node);
+        Ok(())
+    }
+
+    fn plan_content_of(&mut self, file_idx: u32, path: &Path, node: &Node) {
         let mut offset = 0u64;
         for c in &node.content {
             if let Some(id) = c.id {
@@ -334,6 +352,5 @@ impl Planner<'_> {
             }
             offset += c.len;
         }
-        Ok(())
     }
 }

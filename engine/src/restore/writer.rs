@@ -82,7 +82,13 @@ pub(crate) fn write_read(
                     }
                 }
             };
-            match write_sparse(file, offset, &plain) {
+            let written = if shared.dense {
+                file.write_all_at(&plain, offset)
+                    .map(|()| plain.len() as u64)
+            } else {
+                write_sparse(file, offset, &plain)
+            };
+            match written {
                 Ok(n) => shared.add_written(n),
                 Err(e) => shared.fail(path, None, format!("cannot write: {e}")),
             }
