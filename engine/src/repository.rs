@@ -611,7 +611,7 @@ impl Repository {
         id: &BlobId,
         raw_len: u32,
         stored: &[u8],
-        scratch: &mut Vec<u8>,
+        bufs: &mut blob::OpenBuffers,
         out: &mut Vec<u8>,
     ) -> Result<(), FormatError> {
         blob::open_blob_into(
@@ -621,7 +621,7 @@ impl Repository {
             id,
             raw_len,
             stored,
-            scratch,
+            bufs,
             out,
         )
     }

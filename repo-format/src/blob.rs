@@ -218,23 +218,22 @@ pub fn open_blob(
     raw_len: u32,
     stored: &[u8],
 ) -> Result<Vec<u8>> {
-    let (mut scratch, mut out) = (Vec::new(), Vec::new());
+    let (mut bufs, mut out) = (OpenBuffers::default(), Vec::new());
     open_blob_into(
-        key,
-        opener,
-        blob_type,
-        id,
-        raw_len,
-        stored,
-        &mut scratch,
-        &mut out,
+        key, opener, blob_type, id, raw_len, stored, &mut bufs, &mut out,
     )?;
     Ok(out)
 }
 
-/// As [`open_blob`], into `out`, using `scratch` for the decrypted payload;
-/// both buffers are reused across calls.
-#[allow(clippy::too_many_arguments)]
+/// Buffers and a zstd context for opening many blobs on one thread.
+#[derive(Default)]
+pub struct OpenBuffers {
+    scratch: Vec<u8>,
+    dctx: Option<zstd::bulk::Decompressor<'static>>,
+}
+
+/// As [`open_blob`], into `out`, reusing `bufs` (the decrypted payload and
+/// the decompression context) across calls.
 pub fn open_blob_into(
     key: &MasterKey,
     opener: &Opener,
@@ -242,7 +241,7 @@ pub fn open_blob_into(
     id: &BlobId,
     raw_len: u32,
     stored: &[u8],
-    scratch: &mut Vec<u8>,
+    bufs: &mut OpenBuffers,
     out: &mut Vec<u8>,
 ) -> Result<()> {
     out.clear();
@@ -257,13 +256,20 @@ pub fn open_blob_into(
         blob_type: blob_type.to_byte(),
         id: &id.0,
     };
+    let scratch = &mut bufs.scratch;
     opener.open_into(context, stored, scratch)?;
     match scratch.first() {
         Some(&MODE_STORED) => out.extend_from_slice(&scratch[1..]),
         Some(&MODE_ZSTD) => {
             out.reserve(raw_len as usize);
-            zstd::bulk::Decompressor::new()
-                .and_then(|mut d| d.decompress_to_buffer(&scratch[1..], out))
+            let dctx = match &mut bufs.dctx {
+                Some(d) => d,
+                None => bufs.dctx.insert(
+                    zstd::bulk::Decompressor::new()
+                        .map_err(|e| FormatError::malformed("blob", format!("zstd: {e}")))?,
+                ),
+            };
+            dctx.decompress_to_buffer(&scratch[1..], out)
                 .map_err(|e| FormatError::malformed("blob", format!("zstd: {e}")))?;
         }
         Some(&other) => {

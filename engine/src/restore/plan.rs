@@ -59,6 +59,12 @@ pub(crate) async fn resolve_start(
 /// A regular file being restored.
 pub(crate) struct FileEntry {
     pub(crate) path: PathBuf,
+    /// The file's length: a writer that finds it missing creates it (sparse,
+    /// this long). `None`: it exists already (a device).
+    pub(crate) create_len: Option<u64>,
+    /// Set once a writer created it: later opens skip `O_CREAT`, which takes
+    /// the directory's lock.
+    pub(crate) created: std::sync::atomic::AtomicBool,
 }
 
 /// One blob needed by the restore, and every place it goes.
@@ -79,6 +85,8 @@ pub(crate) struct Counts {
 
 pub(crate) struct Planned {
     pub(crate) files: Vec<FileEntry>,
+    /// Hard links to make once the contents are written: (existing, new).
+    pub(crate) links: Vec<(PathBuf, PathBuf)>,
     pub(crate) packs: HashMap<PackId, Vec<BlobTargets>>,
     pub(crate) counts: Counts,
 }
@@ -86,6 +94,9 @@ pub(crate) struct Planned {
 pub(crate) struct Planner<'a> {
     shared: &'a Shared,
     overwrite: bool,
+    /// The target was empty: nothing in it can be in the way.
+    fresh: bool,
+    links: Vec<(PathBuf, PathBuf)>,
     files: Vec<FileEntry>,
     blobs: Vec<(PackId, BlobTargets)>,
     blob_slot: HashMap<BlobId, usize>,
@@ -104,6 +115,7 @@ pub(crate) fn build(
     opts: &RestoreOptions,
 ) -> Result<Planned> {
     let mut p = Planner::new(shared, opts.overwrite);
+    p.fresh = !opts.overwrite;
     match start {
         Start::Single(node) => p.entry(&child_path(&opts.target, node), node)?,
         Start::Dir { node, .. } => {
@@ -168,6 +180,8 @@ impl<'a> Planner<'a> {
         Planner {
             shared,
             overwrite,
+            fresh: false,
+            links: Vec::new(),
             files: Vec::new(),
             blobs: Vec::new(),
             blob_slot: HashMap::new(),
@@ -182,6 +196,7 @@ impl<'a> Planner<'a> {
         }
         Planned {
             files: self.files,
+            links: self.links,
             packs,
             counts: self.counts,
         }
@@ -189,15 +204,24 @@ impl<'a> Planner<'a> {
 
     /// Records where `node`'s blobs go in the (existing) file at `path`.
     pub(crate) fn plan_content(&mut self, path: &Path, node: &Node) {
+        self.plan_file(path, node, None);
+    }
+
+    fn plan_file(&mut self, path: &Path, node: &Node, create_len: Option<u64>) {
         let file_idx = self.files.len() as u32;
         self.files.push(FileEntry {
             path: path.to_path_buf(),
+            create_len,
+            created: std::sync::atomic::AtomicBool::new(false),
         });
         self.plan_content_of(file_idx, path, node);
     }
 
     /// Makes room for a new entry at `path` when overwriting.
     fn clear(&self, path: &Path, keep_dir: bool) -> Result<bool> {
+        if self.fresh {
+            return Ok(false);
+        }
         match std::fs::symlink_metadata(path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(Error::io(path, e)),
@@ -243,17 +267,10 @@ impl<'a> Planner<'a> {
                 .get(&key)
                 .cloned();
             if let Some(first) = first {
-                match std::fs::hard_link(&first, path) {
-                    Ok(()) => {
-                        self.count(node);
-                        return Ok(());
-                    }
-                    Err(e) => self.shared.warn(format!(
-                        "{}: cannot hard-link to {}: {e}; restoring a separate copy",
-                        path.display(),
-                        first.display()
-                    )),
-                }
+                // Linked once the first one has its contents.
+                self.links.push((first, path.to_path_buf()));
+                self.count(node);
+                return Ok(());
             } else {
                 self.shared
                     .links
@@ -300,6 +317,10 @@ impl<'a> Planner<'a> {
     }
 
     fn file(&mut self, path: &Path, node: &Node) -> Result<()> {
+        // Created here, on one thread: creating files from several threads in
+        // the same directories contends on the filesystem (measured slower).
+        // A file of the final length with nothing written is one hole; only
+        // non-zero data is written later.
         use std::os::unix::fs::OpenOptionsExt;
         let f = std::fs::OpenOptions::new()
             .write(true)
@@ -307,10 +328,10 @@ impl<'a> Planner<'a> {
             .mode(0o600)
             .open(path)
             .map_err(|e| Error::io(path, e))?;
-        // A file of the final length with nothing written is one hole; only
-        // non-zero data is written later.
         f.set_len(node.size).map_err(|e| Error::io(path, e))?;
-        self.plan_content(path, node);
+        if node.content.iter().any(|c| c.id.is_some()) {
+            self.plan_file(path, node, None);
+        }
         Ok(())
     }
 

@@ -43,7 +43,7 @@ pub(crate) fn write_read(
     };
     let mut open: HashMap<u32, File> = HashMap::new();
     // This thread's buffers, reused for every blob it opens.
-    let (mut scratch, mut plain) = BUFFERS.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    let (mut bufs, mut plain) = BUFFERS.with(|b| std::mem::take(&mut *b.borrow_mut()));
     for b in read.blobs {
         let s = (u64::from(b.offset) - read.start) as usize;
         let stored = &bytes[s..s + b.stored_len as usize];
@@ -52,7 +52,7 @@ pub(crate) fn write_read(
             &b.id,
             b.raw_len,
             stored,
-            &mut scratch,
+            &mut bufs,
             &mut plain,
         );
         match opened {
@@ -73,7 +73,7 @@ pub(crate) fn write_read(
             let file = match open.entry(f) {
                 std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                 std::collections::hash_map::Entry::Vacant(v) => {
-                    match std::fs::OpenOptions::new().write(true).open(path) {
+                    match open_target(&files[f as usize]) {
                         Ok(file) => v.insert(file),
                         Err(e) => {
                             shared.fail(path, None, format!("cannot open for writing: {e}"));
@@ -94,12 +94,34 @@ pub(crate) fn write_read(
             }
         }
     }
-    BUFFERS.with(|b| *b.borrow_mut() = (scratch, plain));
+    BUFFERS.with(|b| *b.borrow_mut() = (bufs, plain));
 }
 
 thread_local! {
     /// Decryption and decompression buffers of a blocking thread.
-    static BUFFERS: std::cell::RefCell<(Vec<u8>, Vec<u8>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    static BUFFERS: std::cell::RefCell<(coffer_repo_format::blob::OpenBuffers, Vec<u8>)> = std::cell::RefCell::new(Default::default());
+}
+
+/// Opens a target for writing; a file that does not exist yet is created with
+/// its final length (one hole). Writers racing to create it agree: the length
+/// is the same, and creation does not truncate.
+fn open_target(entry: &FileEntry) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::sync::atomic::Ordering;
+    let len = match entry.create_len {
+        Some(len) if !entry.created.load(Ordering::Acquire) => len,
+        _ => return std::fs::OpenOptions::new().write(true).open(&entry.path),
+    };
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .mode(0o600)
+        .open(&entry.path)?;
+    if file.metadata()?.len() != len {
+        file.set_len(len)?;
+    }
+    entry.created.store(true, Ordering::Release);
+    Ok(file)
 }
 
 /// Writes `data` at `offset`, skipping the all-zero blocks (aligned to the
