@@ -234,6 +234,7 @@ pub struct OpenBuffers {
 
 /// As [`open_blob`], into `out`, reusing `bufs` (the decrypted payload and
 /// the decompression context) across calls.
+#[allow(clippy::too_many_arguments)]
 pub fn open_blob_into(
     key: &MasterKey,
     opener: &Opener,

@@ -75,7 +75,7 @@ fn open_for_backup(path: &Path) -> std::io::Result<std::fs::File> {
 
 /// Reads until `buf` holds `want` bytes or the file ends; true at the end.
 /// Reads into the vector's spare capacity: nothing is zeroed first.
-fn fill(file: &mut dyn Read, buf: &mut Vec<u8>, want: usize) -> std::io::Result<bool> {
+fn fill(file: &mut (dyn Read + Send), buf: &mut Vec<u8>, want: usize) -> std::io::Result<bool> {
     while buf.len() < want {
         let need = (want - buf.len()) as u64;
         match file.take(need).read_to_end(buf) {
@@ -159,36 +159,65 @@ impl<'a> Worker<'a> {
     }
 
     /// Chunks and stores everything `reader` yields as the content of `node`;
-    /// `path` names the source in errors.
+    /// `path` names the source in errors. A large source is read ahead on its
+    /// own thread, so the disk and the chunking threads work at the same time.
     pub(crate) fn back_up_reader(
         &mut self,
         path: &Path,
-        reader: &mut dyn Read,
+        reader: &mut (dyn Read + Send),
         mut node: Node,
     ) -> Result<Node, FileError> {
-        let source_err = |e: std::io::Error| source_error(path, e);
-        let file = reader;
         let ctx = self.ctx;
         let max = ctx.chunker.params().max_size as usize;
         let seg = ctx.segment_size.max(2 * max);
-        let par = if node.size >= 2 * seg as u64 {
-            ctx.threads.max(1)
+        let big = node.size >= 2 * seg as u64;
+        let par = if big { ctx.threads.max(1) } else { 1 };
+        let (content, total) = if big {
+            std::thread::scope(|s| {
+                let (blocks_tx, blocks) = crossbeam_channel::bounded(1);
+                let (recycle, recycled) = crossbeam_channel::bounded(2);
+                s.spawn(move || read_ahead(reader, seg, blocks_tx, recycled));
+                let mut feed = Feed::Ahead {
+                    blocks,
+                    recycle,
+                    block: Vec::new(),
+                    pos: 0,
+                };
+                self.chunk_stream(path, &mut feed, node.size, seg, par)
+            })?
         } else {
-            1
+            self.chunk_stream(path, &mut Feed::Direct(reader), node.size, seg, par)?
         };
+        // The file may have changed size since it was listed: record what was read.
+        node.size = total;
+        node.content = content;
+        Ok(node)
+    }
+
+    fn chunk_stream(
+        &mut self,
+        path: &Path,
+        feed: &mut Feed<'_>,
+        size_hint: u64,
+        seg: usize,
+        par: usize,
+    ) -> Result<(Vec<ContentRef>, u64), FileError> {
+        let source_err = |e: std::io::Error| source_error(path, e);
+        let ctx = self.ctx;
+        let max = ctx.chunker.params().max_size as usize;
         let window = par * seg;
         let mut content: Vec<ContentRef> = Vec::new();
         let mut total: u64 = 0;
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
         // Room for the whole file when it is small, for one window otherwise.
-        buf.reserve((node.size as usize).min(window + max) + 1);
+        buf.reserve((size_hint as usize).min(window + max) + 1);
         let result = loop {
             if ctx.cancel.is_cancelled() {
                 break Err(FileError::Fatal(Error::Cancelled));
             }
             // `buf` starts at a true chunk boundary (what the last window left).
-            let eof = match fill(file, &mut buf, window + max) {
+            let eof = match feed.fill(&mut buf, window + max) {
                 Ok(eof) => eof,
                 Err(e) => break Err(source_err(e)),
             };
@@ -221,11 +250,100 @@ impl<'a> Worker<'a> {
         if buf.capacity() <= 2 * (seg + max) {
             self.buf = buf;
         }
-        result?;
-        // The file may have changed size since it was listed: record what was read.
-        node.size = total;
-        node.content = content;
-        Ok(node)
+        result.map(|()| (content, total))
+    }
+}
+
+/// Where a file's bytes come from: the reader itself, or blocks that a
+/// read-ahead thread filled.
+enum Feed<'r> {
+    Direct(&'r mut (dyn Read + Send)),
+    Ahead {
+        blocks: crossbeam_channel::Receiver<std::io::Result<Vec<u8>>>,
+        recycle: crossbeam_channel::Sender<Vec<u8>>,
+        block: Vec<u8>,
+        pos: usize,
+    },
+}
+
+impl Feed<'_> {
+    /// Appends to `buf` until it holds `want` bytes; true at the end of the source.
+    fn fill(&mut self, buf: &mut Vec<u8>, want: usize) -> std::io::Result<bool> {
+        match self {
+            Feed::Direct(r) => fill(*r, buf, want),
+            Feed::Ahead {
+                blocks,
+                recycle,
+                block,
+                pos,
+            } => {
+                while buf.len() < want {
+                    if *pos == block.len() {
+                        let used = std::mem::take(block);
+                        if used.capacity() > 0 {
+                            let _ = recycle.try_send(used);
+                        }
+                        *pos = 0;
+                        match blocks.recv() {
+                            Ok(Ok(b)) if b.is_empty() => return Ok(true),
+                            Ok(Ok(b)) => *block = b,
+                            Ok(Err(e)) => return Err(e),
+                            // The reader ended without an end marker: it failed.
+                            Err(_) => {
+                                return Err(std::io::Error::other("the read-ahead thread stopped"))
+                            }
+                        }
+                    }
+                    let n = (want - buf.len()).min(block.len() - *pos);
+                    buf.extend_from_slice(&block[*pos..*pos + n]);
+                    *pos += n;
+                }
+                Ok(false)
+            }
+        }
+    }
+}
+
+/// Reads `r` in blocks of `size` bytes and sends them, ending with an empty
+/// block; reuses the blocks the consumer sends back. Large plain `read` calls
+/// into blocks that are already initialized: no zeroing, no small reads.
+fn read_ahead(
+    r: &mut (dyn Read + Send),
+    size: usize,
+    out: crossbeam_channel::Sender<std::io::Result<Vec<u8>>>,
+    recycled: crossbeam_channel::Receiver<Vec<u8>>,
+) {
+    loop {
+        let mut b = recycled.try_recv().unwrap_or_default();
+        if b.capacity() < size {
+            b = vec![0u8; size];
+        }
+        // Within the capacity, already initialized once: no memset per block.
+        b.resize(size, 0);
+        let mut filled = 0;
+        let mut eof = false;
+        while filled < size {
+            match r.read(&mut b[filled..]) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let _ = out.send(Err(e));
+                    return;
+                }
+            }
+        }
+        b.truncate(filled);
+        if !b.is_empty() && out.send(Ok(b)).is_err() {
+            return;
+        }
+        if eof {
+            let _ = out.send(Ok(Vec::new()));
+            return;
+        }
     }
 }
 

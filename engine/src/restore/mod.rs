@@ -214,7 +214,7 @@ pub async fn restore(
     let s = shared.clone();
     let handle = tokio::runtime::Handle::current();
     for (first, path) in &planned_links {
-        if let Err(e) = std::fs::hard_link(first, &path) {
+        if let Err(e) = std::fs::hard_link(first, path) {
             if shared
                 .damaged
                 .lock()
@@ -229,8 +229,8 @@ pub async fn restore(
                 path.display(),
                 first.display()
             ));
-            if let Err(e) = std::fs::copy(first, &path) {
-                shared.fail(&path, None, format!("cannot copy {}: {e}", first.display()));
+            if let Err(e) = std::fs::copy(first, path) {
+                shared.fail(path, None, format!("cannot copy {}: {e}", first.display()));
             }
         }
     }

@@ -59,12 +59,6 @@ pub(crate) async fn resolve_start(
 /// A regular file being restored.
 pub(crate) struct FileEntry {
     pub(crate) path: PathBuf,
-    /// The file's length: a writer that finds it missing creates it (sparse,
-    /// this long). `None`: it exists already (a device).
-    pub(crate) create_len: Option<u64>,
-    /// Set once a writer created it: later opens skip `O_CREAT`, which takes
-    /// the directory's lock.
-    pub(crate) created: std::sync::atomic::AtomicBool,
 }
 
 /// One blob needed by the restore, and every place it goes.
@@ -204,15 +198,9 @@ impl<'a> Planner<'a> {
 
     /// Records where `node`'s blobs go in the (existing) file at `path`.
     pub(crate) fn plan_content(&mut self, path: &Path, node: &Node) {
-        self.plan_file(path, node, None);
-    }
-
-    fn plan_file(&mut self, path: &Path, node: &Node, create_len: Option<u64>) {
         let file_idx = self.files.len() as u32;
         self.files.push(FileEntry {
             path: path.to_path_buf(),
-            create_len,
-            created: std::sync::atomic::AtomicBool::new(false),
         });
         self.plan_content_of(file_idx, path, node);
     }
@@ -330,7 +318,7 @@ impl<'a> Planner<'a> {
             .map_err(|e| Error::io(path, e))?;
         f.set_len(node.size).map_err(|e| Error::io(path, e))?;
         if node.content.iter().any(|c| c.id.is_some()) {
-            self.plan_file(path, node, None);
+            self.plan_content(path, node);
         }
         Ok(())
     }

@@ -102,26 +102,9 @@ thread_local! {
     static BUFFERS: std::cell::RefCell<(coffer_repo_format::blob::OpenBuffers, Vec<u8>)> = std::cell::RefCell::new(Default::default());
 }
 
-/// Opens a target for writing; a file that does not exist yet is created with
-/// its final length (one hole). Writers racing to create it agree: the length
-/// is the same, and creation does not truncate.
+/// Opens a target (created by the plan, or a device) for writing.
 fn open_target(entry: &FileEntry) -> std::io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    use std::sync::atomic::Ordering;
-    let len = match entry.create_len {
-        Some(len) if !entry.created.load(Ordering::Acquire) => len,
-        _ => return std::fs::OpenOptions::new().write(true).open(&entry.path),
-    };
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .mode(0o600)
-        .open(&entry.path)?;
-    if file.metadata()?.len() != len {
-        file.set_len(len)?;
-    }
-    entry.created.store(true, Ordering::Release);
-    Ok(file)
+    std::fs::OpenOptions::new().write(true).open(&entry.path)
 }
 
 /// Writes `data` at `offset`, skipping the all-zero blocks (aligned to the
