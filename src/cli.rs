@@ -281,6 +281,19 @@ pub struct RestoreArgs {
     /// Replace files that exist in the target
     #[arg(long)]
     pub overwrite: bool,
+    /// Restore only paths matching PATTERN, and what is in matching directories
+    /// (repeatable; .gitignore syntax against the paths `coffer ls` shows)
+    #[arg(long, value_name = "PATTERN")]
+    pub include: Vec<String>,
+    /// Like --include, ignoring case
+    #[arg(long, value_name = "PATTERN")]
+    pub iinclude: Vec<String>,
+    /// Leave out paths matching PATTERN (repeatable)
+    #[arg(long, value_name = "PATTERN")]
+    pub exclude: Vec<String>,
+    /// Like --exclude, ignoring case
+    #[arg(long, value_name = "PATTERN")]
+    pub iexclude: Vec<String>,
     /// Allow --target to be a block device: write the snapshot's one file (a
     /// device or image backup) onto it, replacing everything on it
     #[arg(long)]

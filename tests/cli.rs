@@ -780,3 +780,133 @@ fn streams_are_stored_only_when_complete_and_dump_gives_them_back() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("nope"), "{}", stderr(&out));
 }
+
+#[test]
+fn backup_selection_and_restore_filters() {
+    let env = Env::new();
+    env.init();
+    let src = env.root.join("src");
+    for f in [
+        "app/main.rs",
+        "app/debug.log",
+        "app/cache/CACHEDIR.TAG",
+        "app/cache/blob",
+        "data/db.ibd",
+        "data/tmp/x",
+        "skip/.nobackup",
+        "skip/secret",
+    ] {
+        write(&src.join(f), b"content");
+    }
+    let mut tag = b"Signature: 8a477f597d28d172789f06886806bc55\n".to_vec();
+    tag.extend_from_slice(b"# cache\n");
+    write(&src.join("app/cache/CACHEDIR.TAG"), &tag);
+    write(&src.join("big.iso"), &vec![1u8; 3 << 20]);
+    let patterns = env.root.join("excludes");
+    std::fs::write(
+        &patterns,
+        format!("# comment\n{}/data/tmp\n", src.display()),
+    )
+    .unwrap();
+    let s = src.to_str().unwrap();
+    env.expect(
+        0,
+        &[
+            "backup",
+            s,
+            "--exclude",
+            "*.log",
+            "--exclude-file",
+            patterns.to_str().unwrap(),
+            "--exclude-if-present",
+            ".nobackup",
+            "--exclude-caches",
+            "--exclude-larger-than",
+            "1MiB",
+            "--one-file-system",
+        ],
+    );
+    let ls = env.expect(0, &["ls", "latest"]);
+    let got: Vec<&str> = ls.lines().collect();
+    assert_eq!(
+        got,
+        [
+            "/app",
+            "/app/cache",
+            "/app/cache/CACHEDIR.TAG",
+            "/app/main.rs",
+            "/data",
+            "/data/db.ibd"
+        ]
+    );
+
+    // --files-from adds paths, one per line.
+    let list = env.root.join("list");
+    std::fs::write(
+        &list,
+        format!("# what to save\n{s}/app/main.rs\n{s}/data\n"),
+    )
+    .unwrap();
+    env.expect(0, &["backup", "--files-from", list.to_str().unwrap()]);
+    let ls = env.expect(0, &["ls", "latest"]);
+    assert_eq!(
+        ls.lines().collect::<Vec<_>>(),
+        [
+            "/data",
+            "/data/db.ibd",
+            "/data/tmp",
+            "/data/tmp/x",
+            "/main.rs"
+        ]
+    );
+
+    // Restore filters: --include keeps matches and their parents, --exclude drops.
+    env.expect(0, &["backup", s]);
+    let t1 = env.root.join("t1");
+    env.expect(
+        0,
+        &[
+            "restore",
+            "latest",
+            "--target",
+            t1.to_str().unwrap(),
+            "--include",
+            "*.rs",
+            "--include",
+            "/data",
+        ],
+    );
+    let mut got: Vec<String> = walk_files(&t1)
+        .iter()
+        .map(|p| p.strip_prefix(&t1).unwrap().display().to_string())
+        .collect();
+    got.sort();
+    assert_eq!(got, ["app/main.rs", "data/db.ibd", "data/tmp/x"]);
+    assert!(
+        !t1.join("skip").exists(),
+        "directories with nothing included are not made"
+    );
+    let t2 = env.root.join("t2");
+    env.expect(
+        0,
+        &[
+            "restore",
+            "latest",
+            "--target",
+            t2.to_str().unwrap(),
+            "--exclude",
+            "/app",
+            "--iexclude",
+            "*.ISO",
+        ],
+    );
+    let mut got: Vec<String> = walk_files(&t2)
+        .iter()
+        .map(|p| p.strip_prefix(&t2).unwrap().display().to_string())
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        ["data/db.ibd", "data/tmp/x", "skip/.nobackup", "skip/secret"]
+    );
+}

@@ -10,6 +10,10 @@ pub async fn run(g: &Global, a: RestoreArgs) -> anyhow::Result<i32> {
     let mut opts = RestoreOptions::new(snap, &a.target);
     opts.subpath = sub.map(Into::into);
     opts.overwrite = a.overwrite;
+    opts.include = a.include;
+    opts.iinclude = a.iinclude;
+    opts.exclude = a.exclude;
+    opts.iexclude = a.iexclude;
     opts.overwrite_device = a.overwrite_device;
     opts.device_zeroed = a.device_is_zeroed;
     let summary = restore::restore(repo, index, opts).await?;

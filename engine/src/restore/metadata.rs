@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use coffer_repo_format::tree::{Node, NodeKind};
 
-use super::plan::{child_path, Start};
+use super::plan::{child_path, start_path, Filter, Start};
 use super::{RestoreOptions, Shared};
 use crate::error::{Error, Result};
 use crate::fsmeta;
@@ -46,15 +46,17 @@ pub(crate) fn apply_all(
     };
     let repo = &*shared.repo;
     let index = &*shared.index;
+    let filter = Filter::new(opts)?;
     let Some(sub) = root.subtree else {
         return Ok(());
     };
-    let mut stack: Vec<(PathBuf, Node, DirReader<'_>)> = vec![(
+    let mut stack: Vec<(PathBuf, PathBuf, Node, DirReader<'_>)> = vec![(
         opts.target.clone(),
+        start_path(opts),
         root.clone(),
         rt.block_on(DirReader::open(repo, index, &sub))?,
     )];
-    while let Some((dir, _, reader)) = stack.last_mut() {
+    while let Some((dir, snap_dir, _, reader)) = stack.last_mut() {
         if shared.cancel.is_cancelled() {
             return Err(Error::Cancelled);
         }
@@ -66,10 +68,15 @@ pub(crate) fn apply_all(
         match next {
             Some(node) => {
                 let path = child_path(dir, &node);
+                let snap = child_path(snap_dir, &node);
+                let is_dir = node.kind == NodeKind::Dir;
+                if filter.excluded(&snap, is_dir) || (!is_dir && !filter.included(&snap, false)) {
+                    continue;
+                }
                 match (node.kind, node.subtree) {
                     (NodeKind::Dir, Some(sub)) => {
                         match rt.block_on(DirReader::open(repo, index, &sub)) {
-                            Ok(reader) => stack.push((path, node, reader)),
+                            Ok(reader) => stack.push((path, snap, node, reader)),
                             Err(e) if is_damage(&e) => {}
                             Err(e) => return Err(e),
                         }
@@ -78,11 +85,15 @@ pub(crate) fn apply_all(
                 }
             }
             None => {
-                let Some((path, node, _)) = stack.pop() else {
+                let Some((path, _, node, _)) = stack.pop() else {
                     break;
                 };
-                // The target itself gets the root's metadata, unless the root is synthetic.
-                if !stack.is_empty() || !synthetic {
+                // The target itself gets the root's metadata, unless the root
+                // is synthetic; a directory nothing was restored into was not made.
+                let made = std::fs::symlink_metadata(&path)
+                    .map(|m| m.is_dir())
+                    .unwrap_or(false);
+                if made && (!stack.is_empty() || !synthetic) {
                     apply(shared, &path, &node);
                 }
             }

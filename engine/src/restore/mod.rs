@@ -42,6 +42,16 @@ pub struct RestoreOptions {
     pub target: PathBuf,
     /// Replace existing files in the target (otherwise it must be empty).
     pub overwrite: bool,
+    /// Restore only what matches these patterns (and what lies in matching
+    /// directories); everything when empty. Same syntax as backup's excludes,
+    /// matched against snapshot paths as `coffer ls` shows them.
+    pub include: Vec<String>,
+    /// Like `include`, ignoring case.
+    pub iinclude: Vec<String>,
+    /// Leave out what matches these patterns.
+    pub exclude: Vec<String>,
+    /// Like `exclude`, ignoring case.
+    pub iexclude: Vec<String>,
     /// Packs fetched at once.
     pub concurrency: usize,
     /// Allow `target` to be a block device, overwritten with one file.
@@ -60,6 +70,10 @@ impl RestoreOptions {
             subpath: None,
             target: target.into(),
             overwrite: false,
+            include: Vec::new(),
+            iinclude: Vec::new(),
+            exclude: Vec::new(),
+            iexclude: Vec::new(),
             concurrency: 4,
             overwrite_device: false,
             device_zeroed: false,

@@ -97,6 +97,40 @@ pub(crate) struct Planner<'a> {
     counts: Counts,
 }
 
+/// Which snapshot paths a restore takes (`--include`, `--exclude`).
+pub(crate) struct Filter {
+    include: crate::select::Patterns,
+    exclude: crate::select::Patterns,
+}
+
+impl Filter {
+    pub(crate) fn new(opts: &RestoreOptions) -> Result<Self> {
+        Ok(Filter {
+            include: crate::select::Patterns::new(&opts.include, &opts.iinclude)?,
+            exclude: crate::select::Patterns::new(&opts.exclude, &opts.iexclude)?,
+        })
+    }
+
+    pub(crate) fn excluded(&self, snap: &Path, is_dir: bool) -> bool {
+        self.exclude.matches(snap, is_dir)
+    }
+
+    /// With no include patterns, everything; else what matches, or lies in a
+    /// directory that matches.
+    pub(crate) fn included(&self, snap: &Path, is_dir: bool) -> bool {
+        self.include.is_empty() || self.include.matches_or_parent(snap, is_dir)
+    }
+}
+
+/// The snapshot path of the restore's start directory (`/` or `/SUBPATH`).
+pub(crate) fn start_path(opts: &RestoreOptions) -> PathBuf {
+    let mut p = PathBuf::from("/");
+    if let Some(sub) = &opts.subpath {
+        p.push(sub.strip_prefix("/").unwrap_or(sub));
+    }
+    p
+}
+
 /// Joins a validated name to a directory path.
 pub(crate) fn child_path(dir: &Path, node: &Node) -> PathBuf {
     dir.join(OsStr::from_bytes(&node.name.0))
@@ -119,13 +153,17 @@ pub(crate) fn build(
                     "the start directory has no listing".into(),
                 ));
             };
+            let filter = Filter::new(opts)?;
             let repo = &*shared.repo;
             let index = &*shared.index;
-            let mut stack: Vec<(PathBuf, DirReader<'_>)> = vec![(
+            // (target path, snapshot path, listing, directory made yet)
+            let mut stack: Vec<(PathBuf, PathBuf, DirReader<'_>, bool)> = vec![(
                 opts.target.clone(),
+                start_path(opts),
                 rt.block_on(DirReader::open(repo, index, &root))?,
+                true,
             )];
-            while let Some((dir, reader)) = stack.last_mut() {
+            while let Some((dir, _, reader, _)) = stack.last_mut() {
                 if shared.cancel.is_cancelled() {
                     return Err(Error::Cancelled);
                 }
@@ -147,12 +185,24 @@ pub(crate) fn build(
                     Err(e) => return Err(e),
                 };
                 let path = child_path(dir, &node);
-                if node.kind == NodeKind::Dir {
-                    p.make_dir(&path)?;
-                    p.counts.dirs += 1;
+                let snap = stack
+                    .last()
+                    .map(|f| child_path(&f.1, &node))
+                    .unwrap_or_default();
+                let is_dir = node.kind == NodeKind::Dir;
+                if filter.excluded(&snap, is_dir) {
+                    continue;
+                }
+                let included = filter.included(&snap, is_dir);
+                if is_dir {
+                    if included {
+                        p.make_parents(&mut stack)?;
+                        p.make_dir(&path)?;
+                        p.counts.dirs += 1;
+                    }
                     let Some(sub) = node.subtree else { continue };
                     match rt.block_on(DirReader::open(repo, index, &sub)) {
-                        Ok(reader) => stack.push((path, reader)),
+                        Ok(reader) => stack.push((path, snap, reader, included)),
                         Err(e) if is_damage(&e) => shared.fail(
                             &path,
                             Some(sub),
@@ -160,7 +210,8 @@ pub(crate) fn build(
                         ),
                         Err(e) => return Err(e),
                     }
-                } else {
+                } else if included {
+                    p.make_parents(&mut stack)?;
                     p.entry(&path, &node)?;
                 }
             }
@@ -230,6 +281,22 @@ impl<'a> Planner<'a> {
                 Ok(false)
             }
         }
+    }
+
+    /// Makes the directories on the stack that were left unmade because
+    /// nothing in them was included yet.
+    fn make_parents(
+        &mut self,
+        stack: &mut [(PathBuf, PathBuf, DirReader<'_>, bool)],
+    ) -> Result<()> {
+        for frame in stack.iter_mut() {
+            if !frame.3 {
+                self.make_dir(&frame.0)?;
+                self.counts.dirs += 1;
+                frame.3 = true;
+            }
+        }
+        Ok(())
     }
 
     fn make_dir(&self, path: &Path) -> Result<()> {
