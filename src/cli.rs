@@ -8,7 +8,8 @@ use clap::{Args, Parser, Subcommand};
 ///
 /// Exit codes: 0 success; 1 fatal error; 3 the backup or restore finished but
 /// some files could not be read or restored (they are listed); 10 the
-/// repository does not exist; 12 wrong password; 130 interrupted.
+/// repository does not exist; 12 wrong password; 130 interrupted (SIGINT);
+/// 143 terminated (SIGTERM).
 #[derive(Parser, Debug)]
 #[command(name = "coffer", version, about, long_about = None, max_term_width = 100)]
 pub struct Cli {
@@ -74,6 +75,88 @@ pub enum Command {
     /// Manage the keys (passwords) of the repository
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Remove snapshots by a retention policy (and with --prune, their data)
+    Forget(ForgetArgs),
+    /// Remove data no snapshot needs; safe while backups run
+    Prune(PruneArgs),
+    /// Show running backups and prunes (sessions and locks); nothing to unlock by hand
+    Unlock,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PruneOpts {
+    /// Unused space that may remain in packs, in percent of the repository
+    #[arg(long, value_name = "PERCENT", default_value = "5%", value_parser = parse_percent)]
+    pub max_unused: f64,
+    /// Repack at most SIZE of packs (e.g. 10GiB)
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_repack: Option<u64>,
+    /// How long to wait for running backups before leaving the rest to the next prune
+    #[arg(long, value_name = "DURATION", default_value = "1h")]
+    pub max_wait: String,
+}
+
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    pub opts: PruneOpts,
+    /// Print the plan only
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+}
+
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Examples:\n  coffer forget --keep-daily 7 --keep-weekly 5 --keep-monthly 12 --prune\n  coffer forget --keep-within 30d --tag nightly --dry-run\n  coffer forget 1a2b3c4d"
+)]
+pub struct ForgetArgs {
+    /// Snapshots to remove (ids or prefixes), instead of a policy
+    #[arg(value_name = "SNAPSHOT")]
+    pub snapshots: Vec<String>,
+    /// Keep the N newest snapshots
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_last: usize,
+    /// Keep the newest snapshot of each of the N newest hours
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_hourly: usize,
+    /// ... of each of the N newest days
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_daily: usize,
+    /// ... of each of the N newest (ISO) weeks
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_weekly: usize,
+    /// ... of each of the N newest months
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_monthly: usize,
+    /// ... of each of the N newest years
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_yearly: usize,
+    /// Keep snapshots at most DURATION older than the newest of their group (e.g. 7d, 1y6m, 36h)
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within: Option<String>,
+    /// Keep snapshots with this tag (repeatable)
+    #[arg(long, value_name = "TAG")]
+    pub keep_tag: Vec<String>,
+    /// Apply the policy per group of: host, paths, tags (comma-separated)
+    #[arg(long, value_name = "FIELDS", default_value = "host,paths")]
+    pub group_by: String,
+    /// Only consider snapshots with this tag (repeatable: all of them)
+    #[arg(long, value_name = "TAG")]
+    pub tag: Vec<String>,
+    /// Only consider snapshots of this host (repeatable)
+    #[arg(long, value_name = "HOST")]
+    pub host: Vec<String>,
+    /// Only consider snapshots that include this path (repeatable)
+    #[arg(long, value_name = "PATH")]
+    pub path: Vec<String>,
+    /// Print what would be removed, remove nothing
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    /// Then prune
+    #[arg(long)]
+    pub prune: bool,
+    #[command(flatten)]
+    pub prune_opts: PruneOpts,
 }
 
 #[derive(Args, Debug)]
@@ -336,6 +419,19 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// Parses `5%` or `5`.
+pub fn parse_percent(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("{s:?} is not a percentage like 5%"))?;
+    if !(0.0..=100.0).contains(&v) {
+        return Err(format!("{s:?} is not between 0% and 100%"));
+    }
+    Ok(v)
 }
 
 /// Parses a compression mode.

@@ -19,8 +19,10 @@ pub mod exit {
     pub const NO_REPOSITORY: i32 = 10;
     /// Wrong password.
     pub const WRONG_PASSWORD: i32 = 12;
-    /// Interrupted.
+    /// Interrupted (SIGINT).
     pub const INTERRUPTED: i32 = 130;
+    /// Terminated (SIGTERM).
+    pub const TERMINATED: i32 = 143;
 }
 
 fn exit_code(err: &anyhow::Error) -> i32 {

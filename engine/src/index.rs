@@ -210,6 +210,26 @@ impl Index {
         self.len() == 0
     }
 
+    /// Forgets every blob stored in one of `packs`: a backup must not
+    /// deduplicate against packs a prune plan may delete (it stores such blobs again).
+    pub fn exclude_packs(&self, packs: &std::collections::HashSet<PackId>) {
+        if packs.is_empty() {
+            return;
+        }
+        let mut inner = self.write();
+        let slots: HashSet<u32> = packs
+            .iter()
+            .filter_map(|p| inner.pack_slots.get(p).copied())
+            .collect();
+        if slots.is_empty() {
+            return;
+        }
+        inner.merge();
+        inner
+            .sorted
+            .retain(|e| !slots.contains(&(e.pack & !TREE_BIT)));
+    }
+
     /// Every indexed pack with its recorded size.
     pub fn packs(&self) -> Vec<(PackId, u32)> {
         self.read().packs.clone()

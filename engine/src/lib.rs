@@ -21,12 +21,11 @@
 //! let repo = Arc::new(Repository::init(store, b"password", opts).await?);
 //!
 //! // Back up, then restore into a new directory.
-//! let index = repo.load_index().await?;
-//! let summary = backup::backup(repo.clone(), index.clone(), backup::BackupOptions::new([source.path()])).await?;
+//! let summary = backup::backup(repo.clone(), backup::BackupOptions::new([source.path()])).await?;
 //! let target = tempfile::tempdir().unwrap();
 //! let restored = restore::restore(
 //!     repo.clone(),
-//!     index,
+//!     repo.load_index().await?,
 //!     restore::RestoreOptions::new(summary.snapshot_id.to_hex(), target.path()),
 //! )
 //! .await?;
@@ -44,12 +43,15 @@ pub mod cancel;
 pub mod check;
 pub mod dump;
 pub mod error;
+pub mod forget;
 pub(crate) mod fsmeta;
 pub mod index;
 pub mod keys;
+pub mod prune;
 pub mod repository;
 pub mod restore;
 pub mod select;
+pub mod session;
 pub mod stats;
 pub mod storage;
 pub mod trees;

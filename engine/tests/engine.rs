@@ -295,7 +295,6 @@ async fn subpaths_single_files_and_several_paths() {
     let index = repo.load_index().await.unwrap();
     let err = coffer_engine::backup::backup(
         repo.clone(),
-        index,
         BackupOptions::new([b.clone(), other.join("b.txt")]),
     )
     .await

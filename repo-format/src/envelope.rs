@@ -51,6 +51,10 @@ pub enum Context<'a> {
     Snapshot,
     /// The header at the end of a pack file.
     PackHeader,
+    /// A session or lock object (concurrency protocol).
+    Session,
+    /// A prune plan.
+    Plan,
 }
 
 impl Context<'_> {
@@ -68,6 +72,8 @@ impl Context<'_> {
             Context::Index => b"coffer.v1.index".to_vec(),
             Context::Snapshot => b"coffer.v1.snapshot".to_vec(),
             Context::PackHeader => b"coffer.v1.packheader".to_vec(),
+            Context::Session => b"coffer.v1.session".to_vec(),
+            Context::Plan => b"coffer.v1.plan".to_vec(),
         }
     }
 
@@ -78,6 +84,8 @@ impl Context<'_> {
             Context::Index => "index file",
             Context::Snapshot => "snapshot",
             Context::PackHeader => "pack header",
+            Context::Session => "session",
+            Context::Plan => "prune plan",
         }
     }
 }

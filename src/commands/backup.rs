@@ -9,7 +9,6 @@ use crate::{exit, fmt};
 
 pub async fn run(g: &Global, a: BackupArgs) -> anyhow::Result<i32> {
     let repo = super::open(g).await?;
-    let index = repo.load_index().await?;
     let mut paths = a.paths.clone();
     for f in &a.files_from {
         paths.extend(coffer_engine::select::read_files_from(f, false)?);
@@ -50,17 +49,44 @@ pub async fn run(g: &Global, a: BackupArgs) -> anyhow::Result<i32> {
     if let Some(p) = a.parent.clone() {
         opts.parent = ParentChoice::Snapshot(p);
     }
+    // SIGINT/SIGTERM: stop cleanly (what was uploaded gets indexed, no snapshot).
+    let signal = Arc::new(std::sync::atomic::AtomicI32::new(0));
+    {
+        let (cancel, signal) = (opts.cancel.clone(), signal.clone());
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal as unix_signal, SignalKind};
+            let (Ok(mut int), Ok(mut term)) = (
+                unix_signal(SignalKind::interrupt()),
+                unix_signal(SignalKind::terminate()),
+            ) else {
+                return;
+            };
+            let code = tokio::select! {
+                _ = int.recv() => exit::INTERRUPTED,
+                _ = term.recv() => exit::TERMINATED,
+            };
+            signal.store(code, std::sync::atomic::Ordering::SeqCst);
+            cancel.cancel();
+        });
+    }
     let bar = progress(g, &mut opts);
     let result = if a.stdin || a.stdin_from_command {
         let src = stream_source(&a)?;
-        backup::backup_stream(repo.clone(), index, src, opts).await
+        backup::backup_stream(repo.clone(), src, opts).await
     } else {
-        backup::backup(repo.clone(), index, opts).await
+        backup::backup(repo.clone(), opts).await
     };
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    let summary = result?;
+    let summary = match result {
+        Err(coffer_engine::Error::Cancelled) => {
+            let code = signal.load(std::sync::atomic::Ordering::SeqCst);
+            eprintln!("coffer: backup stopped; what was uploaded is indexed and the next backup reuses it; no snapshot was written");
+            return Ok(if code == 0 { exit::INTERRUPTED } else { code });
+        }
+        other => other?,
+    };
     for e in &summary.errors {
         eprintln!("error: cannot read {}: {}", e.path.display(), e.message);
     }

@@ -4,9 +4,11 @@ mod backup;
 mod cat;
 mod check;
 mod dump;
+mod forget;
 mod init;
 mod key;
 mod ls;
+mod prune;
 mod restore;
 mod snapshots;
 mod stats;
@@ -30,6 +32,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Check(a) => check::run(g, a).await,
         Command::Stats(a) => stats::run(g, a).await,
         Command::Dump(a) => dump::run(g, a).await,
+        Command::Forget(a) => forget::run(g, a).await,
+        Command::Prune(a) => prune::run(g, a).await,
+        Command::Unlock => prune::unlock(g).await,
         Command::Key(k) => key::run(g, k).await,
     }
 }

@@ -174,9 +174,11 @@ impl<'a> Worker<'a> {
         let par = if big { ctx.threads.max(1) } else { 1 };
         let (content, total) = if big {
             std::thread::scope(|s| {
-                let (blocks_tx, blocks) = crossbeam_channel::bounded(1);
-                let (recycle, recycled) = crossbeam_channel::bounded(2);
-                s.spawn(move || read_ahead(reader, seg, blocks_tx, recycled));
+                // 2 MiB reads, two queued: enough to keep the disk busy while
+                // the window is chunked (the kernel reads ahead too), little memory.
+                let (blocks_tx, blocks) = crossbeam_channel::bounded(2);
+                let (recycle, recycled) = crossbeam_channel::bounded(3);
+                s.spawn(move || read_ahead(reader, READ_AHEAD_BLOCK, blocks_tx, recycled));
                 let mut feed = Feed::Ahead {
                     blocks,
                     recycle,
@@ -303,6 +305,9 @@ impl Feed<'_> {
         }
     }
 }
+
+/// Block size of the read-ahead thread.
+const READ_AHEAD_BLOCK: usize = 2 * 1024 * 1024;
 
 /// Reads `r` in blocks of `size` bytes and sends them, ending with an empty
 /// block; reuses the blocks the consumer sends back. Large plain `read` calls

@@ -31,6 +31,7 @@ use crate::cancel::CancelToken;
 use crate::error::{Error, Result};
 use crate::index::Index;
 use crate::repository::Repository;
+use crate::session::{Live, SESSIONS};
 
 pub use source::device_size;
 pub use stream::{backup_stream, FinishFn, StreamSource};
@@ -90,6 +91,8 @@ pub struct BackupOptions {
     pub segment_size: usize,
     /// What to leave out.
     pub selection: crate::select::Selection,
+    /// The concurrency protocol's timings.
+    pub timing: crate::session::Timing,
 }
 
 /// How a backup picks its parent snapshot.
@@ -124,6 +127,7 @@ impl BackupOptions {
             force: false,
             segment_size: DEFAULT_SEGMENT_SIZE,
             selection: Default::default(),
+            timing: crate::session::Timing::from_env(),
         }
     }
 }
@@ -334,13 +338,9 @@ impl Ctx {
 /// out; the snapshot is written anyway. On a fatal error or cancellation no
 /// snapshot is written, but every pack already stored is indexed, so the next
 /// backup does not upload it again.
-pub async fn backup(
-    repo: Arc<Repository>,
-    index: Arc<Index>,
-    opts: BackupOptions,
-) -> Result<BackupSummary> {
+pub async fn backup(repo: Arc<Repository>, opts: BackupOptions) -> Result<BackupSummary> {
     let (plan, abs_paths) = source::SourcePlan::new(&opts.paths)?;
-    let session = Session::start(repo, index, &opts, abs_paths.clone()).await?;
+    let session = Job::start(repo, &opts, abs_paths.clone()).await?;
     let root = source::root_node(&plan, snapshot::timestamp_now())?;
     session
         .run(&opts, move |ctx| {
@@ -351,7 +351,8 @@ pub async fn backup(
 
 /// The common part of every backup: the shared context and the uploader
 /// before, and the index and snapshot after, the work itself.
-pub(crate) struct Session {
+pub(crate) struct Job {
+    live: Option<Live>,
     ctx: Arc<Ctx>,
     uploader: tokio::task::JoinHandle<Result<uploader::UploadReport>>,
     start_time: String,
@@ -360,14 +361,19 @@ pub(crate) struct Session {
     paths: Vec<PathBuf>,
 }
 
-impl Session {
+impl Job {
     pub(crate) async fn start(
         repo: Arc<Repository>,
-        index: Arc<Index>,
         opts: &BackupOptions,
         paths: Vec<PathBuf>,
-    ) -> Result<Session> {
+    ) -> Result<Job> {
         let started = Instant::now();
+        // The protocol's order (SPEC.md): announce the session, then read the
+        // prune plans, then the index; never deduplicate against planned packs.
+        let live = Live::start(repo.clone(), SESSIONS, "backup", opts.timing).await?;
+        let planned = crate::prune::planned_packs(&repo).await?;
+        let index = repo.load_index().await?;
+        index.exclude_packs(&planned);
         let start_time = crate::repository::now_rfc3339();
         let threads = match opts.threads {
             0 => std::thread::available_parallelism()
@@ -428,7 +434,8 @@ impl Session {
             started,
             last_progress: Mutex::new(started),
         });
-        Ok(Session {
+        Ok(Job {
+            live: Some(live),
             ctx,
             uploader,
             start_time,
@@ -442,9 +449,34 @@ impl Session {
     /// ships the last packs, waits for the uploads and index files, and writes
     /// the snapshot, last.
     pub(crate) async fn run(
+        mut self,
+        opts: &BackupOptions,
+        work: impl FnOnce(&Ctx) -> Result<Node> + Send + 'static,
+    ) -> Result<BackupSummary> {
+        let Some(live) = self.live.take() else {
+            return Err(Error::InvalidArgument(
+                "the backup session was already used".into(),
+            ));
+        };
+        match self.finish(opts, work, &live).await {
+            Ok(summary) => {
+                if let Err(e) = live.end().await {
+                    tracing::warn!("could not remove the backup session (prune will): {e}");
+                }
+                Ok(summary)
+            }
+            Err(e) => {
+                let _ = live.end().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn finish(
         self,
         opts: &BackupOptions,
         work: impl FnOnce(&Ctx) -> Result<Node> + Send + 'static,
+        live: &Live,
     ) -> Result<BackupSummary> {
         let ctx = self.ctx.clone();
         let built = tokio::task::spawn_blocking(move || {
@@ -464,6 +496,8 @@ impl Session {
         let mut snapshot = snapshot::build(&ctx, opts, &self.paths, root, self.start_time);
         snapshot.hostname = self.hostname;
         snapshot.parent = self.parent.map(|(id, _)| id);
+        // Nobody may have taken this backup for dead (and pruned what it uses).
+        live.check_alive().await?;
         let snapshot_id = ctx.repo.write_snapshot(&snapshot).await?;
         Ok(BackupSummary {
             snapshot_id,

@@ -10,9 +10,8 @@ use std::sync::Arc;
 use coffer_repo_format::tree::{check_name, Node, NodeKind};
 
 use super::chunker::{FileError, Worker};
-use super::{snapshot, tree_builder, BackupOptions, BackupSummary, Session};
+use super::{snapshot, tree_builder, BackupOptions, BackupSummary, Job};
 use crate::error::{Error, Result};
-use crate::index::Index;
 use crate::repository::Repository;
 
 /// Called when the stream has ended; an `Err` (why) means no snapshot.
@@ -32,7 +31,6 @@ pub struct StreamSource {
 /// Backs up one stream as the file `src.name` of a new snapshot.
 pub async fn backup_stream(
     repo: Arc<Repository>,
-    index: Arc<Index>,
     src: StreamSource,
     opts: BackupOptions,
 ) -> Result<BackupSummary> {
@@ -43,7 +41,7 @@ pub async fn backup_stream(
         ))
     })?;
     let paths = vec![PathBuf::from("/").join(&src.name)];
-    let session = Session::start(repo, index, &opts, paths).await?;
+    let session = Job::start(repo, &opts, paths).await?;
     session
         .run(&opts, move |ctx| {
             let now = snapshot::timestamp_now();

@@ -64,9 +64,9 @@ pub async fn backup_paths(repo: &Arc<Repository>, paths: &[&Path]) -> BackupSumm
     backup_with(repo, BackupOptions::new(paths.iter().copied())).await
 }
 
-pub async fn backup_with(repo: &Arc<Repository>, opts: BackupOptions) -> BackupSummary {
-    let index = repo.load_index().await.unwrap();
-    backup::backup(repo.clone(), index, opts).await.unwrap()
+pub async fn backup_with(repo: &Arc<Repository>, mut opts: BackupOptions) -> BackupSummary {
+    opts.timing = coffer_engine::session::Timing::fast();
+    backup::backup(repo.clone(), opts).await.unwrap()
 }
 
 pub async fn restore_to(repo: &Arc<Repository>, snapshot: &str, target: &Path) -> RestoreSummary {

@@ -1,0 +1,474 @@
+//! Forget: which snapshots a retention policy keeps, and why.
+//!
+//! Snapshots are grouped (by host and paths unless told otherwise) and each
+//! group is sorted newest first. A snapshot is kept when any rule keeps it:
+//!
+//! - `last N`: the N newest;
+//! - `hourly/daily/weekly/monthly/yearly N`: the newest snapshot of each of the
+//!   N newest distinct hours (days, ISO weeks, months, years) that have one,
+//!   in the snapshot's own recorded time zone;
+//! - `within D`: every snapshot at most D older than the group's newest one
+//!   (no clock is read: the group's newest snapshot is the reference);
+//! - `tag T`: every snapshot carrying T.
+//!
+//! Computing the plan changes nothing; [`execute`] removes the snapshot files.
+//! The data they referenced is freed by prune.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Datelike, FixedOffset, Timelike};
+
+use coffer_repo_format::snapshot::Snapshot;
+use coffer_repo_format::SnapshotId;
+
+use crate::error::{Error, Result};
+use crate::repository::{layout, snapshot_time, Repository};
+
+/// A retention policy. Counts of 0 are off.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// Keep the N newest.
+    pub last: usize,
+    /// Keep the newest of each of the N newest hours.
+    pub hourly: usize,
+    /// Days.
+    pub daily: usize,
+    /// ISO weeks.
+    pub weekly: usize,
+    /// Months.
+    pub monthly: usize,
+    /// Years.
+    pub yearly: usize,
+    /// Keep everything at most this long before the group's newest snapshot.
+    pub within: Option<chrono::Duration>,
+    /// Keep snapshots with any of these tags.
+    pub tags: Vec<String>,
+}
+
+impl Policy {
+    /// Whether the policy keeps anything at all (an empty policy is refused:
+    /// it would forget every snapshot).
+    pub fn is_empty(&self) -> bool {
+        self.last == 0
+            && self.hourly == 0
+            && self.daily == 0
+            && self.weekly == 0
+            && self.monthly == 0
+            && self.yearly == 0
+            && self.within.is_none()
+            && self.tags.is_empty()
+    }
+}
+
+/// Parses a duration such as `7d`, `2w`, `1y6m`, `36h`; units: `y` (365 days),
+/// `m` (30 days), `w`, `d`, `h`.
+pub fn parse_duration(s: &str) -> Result<chrono::Duration> {
+    let bad =
+        || Error::InvalidArgument(format!("{s:?} is not a duration like 7d, 2w, 1y6m or 36h"));
+    let mut total = chrono::Duration::zero();
+    let mut num = String::new();
+    for c in s.trim().chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: i64 = num.parse().map_err(|_| bad())?;
+        num.clear();
+        total += match c {
+            'y' => chrono::Duration::days(365 * n),
+            'm' => chrono::Duration::days(30 * n),
+            'w' => chrono::Duration::weeks(n),
+            'd' => chrono::Duration::days(n),
+            'h' => chrono::Duration::hours(n),
+            _ => return Err(bad()),
+        };
+    }
+    if !num.is_empty() || total <= chrono::Duration::zero() {
+        return Err(bad());
+    }
+    Ok(total)
+}
+
+/// What groups snapshots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupBy {
+    /// By host name.
+    pub host: bool,
+    /// By the set of paths.
+    pub paths: bool,
+    /// By the set of tags.
+    pub tags: bool,
+}
+
+impl Default for GroupBy {
+    fn default() -> Self {
+        GroupBy {
+            host: true,
+            paths: true,
+            tags: false,
+        }
+    }
+}
+
+impl GroupBy {
+    /// Parses `host,paths,tags` (any subset; empty for one group).
+    pub fn parse(s: &str) -> Result<Self> {
+        let mut g = GroupBy {
+            host: false,
+            paths: false,
+            tags: false,
+        };
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part {
+                "host" => g.host = true,
+                "paths" | "path" => g.paths = true,
+                "tags" | "tag" => g.tags = true,
+                other => {
+                    return Err(Error::InvalidArgument(format!(
+                        "cannot group by {other:?}: use host, paths and/or tags"
+                    )));
+                }
+            }
+        }
+        Ok(g)
+    }
+
+    fn key(&self, s: &Snapshot) -> String {
+        let mut parts = Vec::new();
+        if self.host {
+            parts.push(format!("host {}", s.hostname));
+        }
+        if self.paths {
+            let mut p: Vec<String> = s.paths.iter().map(|p| p.to_string_lossy()).collect();
+            p.sort();
+            parts.push(format!("paths [{}]", p.join(", ")));
+        }
+        if self.tags {
+            let mut t = s.tags.clone();
+            t.sort();
+            parts.push(format!("tags [{}]", t.join(", ")));
+        }
+        parts.join(", ")
+    }
+}
+
+/// Which snapshots forget considers (all when empty).
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// Only snapshots with one of these hosts.
+    pub hosts: Vec<String>,
+    /// Only snapshots with all of these tags.
+    pub tags: Vec<String>,
+    /// Only snapshots that include all of these paths.
+    pub paths: Vec<String>,
+}
+
+impl Filter {
+    /// Whether `s` passes the filter.
+    pub fn matches(&self, s: &Snapshot) -> bool {
+        (self.hosts.is_empty() || self.hosts.contains(&s.hostname))
+            && self.tags.iter().all(|t| s.tags.contains(t))
+            && self
+                .paths
+                .iter()
+                .all(|p| s.paths.iter().any(|sp| sp.to_string_lossy() == *p))
+    }
+}
+
+/// One snapshot's fate.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Decision {
+    /// The snapshot.
+    pub id: SnapshotId,
+    /// Its time.
+    pub time: String,
+    /// Why it is kept (`last`, `daily`, `within 7d`, `tag monthly`...); empty
+    /// when it is removed.
+    pub reasons: Vec<String>,
+}
+
+/// One group's plan.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct GroupPlan {
+    /// What the group shares (`host a, paths [/data]`).
+    pub key: String,
+    /// Kept snapshots, newest first.
+    pub keep: Vec<Decision>,
+    /// Removed snapshots, newest first.
+    pub remove: Vec<Decision>,
+}
+
+/// The whole plan.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ForgetPlan {
+    /// Per group.
+    pub groups: Vec<GroupPlan>,
+}
+
+impl ForgetPlan {
+    /// Every snapshot to remove.
+    pub fn removed(&self) -> Vec<SnapshotId> {
+        self.groups
+            .iter()
+            .flat_map(|g| g.remove.iter().map(|d| d.id))
+            .collect()
+    }
+}
+
+fn bucket(t: &DateTime<FixedOffset>, unit: &str) -> (i32, u32, u32, u32) {
+    match unit {
+        "hourly" => (t.year(), t.month(), t.day(), t.hour()),
+        "daily" => (t.year(), t.month(), t.day(), 0),
+        "weekly" => {
+            let w = t.iso_week();
+            (w.year(), w.week(), 0, 0)
+        }
+        "monthly" => (t.year(), t.month(), 0, 0),
+        _ => (t.year(), 0, 0, 0),
+    }
+}
+
+/// Applies `policy` to `snapshots` (those passing `filter`), grouped by `group_by`.
+pub fn plan(
+    snapshots: &[(SnapshotId, Snapshot)],
+    policy: &Policy,
+    group_by: GroupBy,
+    filter: &Filter,
+) -> Result<ForgetPlan> {
+    if policy.is_empty() {
+        return Err(Error::InvalidArgument(
+            "no policy given: nothing would be kept; use --keep-last, --keep-daily, --keep-within, ... ".into(),
+        ));
+    }
+    type Dated<'a> = (SnapshotId, &'a Snapshot, DateTime<FixedOffset>);
+    let mut groups: BTreeMap<String, Vec<Dated<'_>>> = BTreeMap::new();
+    for (id, s) in snapshots.iter().filter(|(_, s)| filter.matches(s)) {
+        groups
+            .entry(group_by.key(s))
+            .or_default()
+            .push((*id, s, snapshot_time(s)));
+    }
+    let mut out = ForgetPlan::default();
+    for (key, mut list) in groups {
+        list.sort_by(|a, b| b.2.cmp(&a.2).then(b.0.cmp(&a.0)));
+        let newest = list.first().map(|x| x.2);
+        let mut reasons: Vec<Vec<String>> = vec![Vec::new(); list.len()];
+        for r in reasons.iter_mut().take(policy.last) {
+            r.push("last".into());
+        }
+        for (unit, n) in [
+            ("hourly", policy.hourly),
+            ("daily", policy.daily),
+            ("weekly", policy.weekly),
+            ("monthly", policy.monthly),
+            ("yearly", policy.yearly),
+        ] {
+            let mut seen = Vec::new();
+            for (i, (_, _, t)) in list.iter().enumerate() {
+                if seen.len() >= n {
+                    break;
+                }
+                let b = bucket(t, unit);
+                if !seen.contains(&b) {
+                    seen.push(b);
+                    reasons[i].push(unit.to_string());
+                }
+            }
+        }
+        if let (Some(within), Some(newest)) = (policy.within, newest) {
+            for (i, (_, _, t)) in list.iter().enumerate() {
+                if newest - *t <= within {
+                    reasons[i].push(format!("within {}h", within.num_hours()));
+                }
+            }
+        }
+        for (i, (_, s, _)) in list.iter().enumerate() {
+            for t in &policy.tags {
+                if s.tags.contains(t) {
+                    reasons[i].push(format!("tag {t}"));
+                }
+            }
+        }
+        let mut g = GroupPlan {
+            key,
+            keep: Vec::new(),
+            remove: Vec::new(),
+        };
+        for ((id, s, _), r) in list.into_iter().zip(reasons) {
+            let d = Decision {
+                id,
+                time: s.time.clone(),
+                reasons: r,
+            };
+            if d.reasons.is_empty() {
+                g.remove.push(d);
+            } else {
+                g.keep.push(d);
+            }
+        }
+        out.groups.push(g);
+    }
+    Ok(out)
+}
+
+/// Removes the snapshot files the plan forgets. Returns how many were removed.
+pub async fn execute(repo: &Repository, plan: &ForgetPlan) -> Result<usize> {
+    let removed = plan.removed();
+    for id in &removed {
+        repo.store()
+            .delete(&layout::snapshot(id))
+            .await
+            .map_err(|e| repo.store_err(e))?;
+    }
+    Ok(removed.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coffer_repo_format::snapshot::{SnapshotSummary, SNAPSHOT_VERSION};
+    use coffer_repo_format::tree::{Node, NodeKind};
+
+    fn snap(i: u8, time: &str, host: &str, tags: &[&str]) -> (SnapshotId, Snapshot) {
+        let mut root = Node::new("r", NodeKind::Dir);
+        root.subtree = Some(coffer_repo_format::BlobId([1; 32]));
+        (
+            SnapshotId([i; 32]),
+            Snapshot {
+                version: SNAPSHOT_VERSION,
+                time: time.into(),
+                hostname: host.into(),
+                username: "u".into(),
+                uid: 0,
+                gid: 0,
+                paths: vec!["/data".into()],
+                tags: tags.iter().map(|t| t.to_string()).collect(),
+                root,
+                parent: None,
+                program: "t".into(),
+                summary: SnapshotSummary::default(),
+                origin: None,
+            },
+        )
+    }
+
+    fn ids(d: &[Decision]) -> Vec<u8> {
+        d.iter().map(|d| d.id.0[0]).collect()
+    }
+
+    #[test]
+    fn daily_weekly_last_and_tags() {
+        let s = vec![
+            snap(1, "2026-11-01T10:00:00+00:00", "a", &[]),
+            snap(2, "2026-11-01T22:00:00+00:00", "a", &[]),
+            snap(3, "2026-11-02T10:00:00+00:00", "a", &["keep"]),
+            snap(4, "2026-11-08T10:00:00+00:00", "a", &[]),
+            snap(5, "2026-11-09T09:00:00+00:00", "a", &[]),
+            snap(6, "2026-11-09T10:00:00+00:00", "a", &[]),
+        ];
+        let p = plan(
+            &s,
+            &Policy {
+                daily: 2,
+                ..Default::default()
+            },
+            GroupBy::default(),
+            &Filter::default(),
+        )
+        .unwrap();
+        assert_eq!(ids(&p.groups[0].keep), vec![6, 4]);
+        let p = plan(
+            &s,
+            &Policy {
+                weekly: 2,
+                last: 1,
+                ..Default::default()
+            },
+            GroupBy::default(),
+            &Filter::default(),
+        )
+        .unwrap();
+        // ISO weeks: 9 Nov is a Monday (week 46), 8 Nov Sunday (week 45).
+        assert_eq!(ids(&p.groups[0].keep), vec![6, 4]);
+        assert_eq!(p.groups[0].keep[0].reasons, vec!["last", "weekly"]);
+        let p = plan(
+            &s,
+            &Policy {
+                last: 1,
+                tags: vec!["keep".into()],
+                ..Default::default()
+            },
+            GroupBy::default(),
+            &Filter::default(),
+        )
+        .unwrap();
+        assert_eq!(ids(&p.groups[0].keep), vec![6, 3]);
+        assert_eq!(ids(&p.groups[0].remove), vec![5, 4, 2, 1]);
+    }
+
+    #[test]
+    fn within_is_relative_to_the_newest_and_groups_are_separate() {
+        let s = vec![
+            snap(1, "2026-11-01T00:00:00+00:00", "a", &[]),
+            snap(2, "2026-11-05T00:00:00+00:00", "a", &[]),
+            snap(3, "2026-11-07T00:00:00+00:00", "a", &[]),
+            snap(4, "2020-01-01T00:00:00+00:00", "b", &[]),
+        ];
+        let p = plan(
+            &s,
+            &Policy {
+                within: Some(parse_duration("3d").unwrap()),
+                ..Default::default()
+            },
+            GroupBy::default(),
+            &Filter::default(),
+        )
+        .unwrap();
+        assert_eq!(p.groups.len(), 2);
+        let a = p.groups.iter().find(|g| g.key.contains("host a")).unwrap();
+        assert_eq!(ids(&a.keep), vec![3, 2]);
+        let b = p.groups.iter().find(|g| g.key.contains("host b")).unwrap();
+        assert_eq!(
+            ids(&b.keep),
+            vec![4],
+            "the newest of a group is always within"
+        );
+        let only_b = plan(
+            &s,
+            &Policy {
+                last: 1,
+                ..Default::default()
+            },
+            GroupBy::default(),
+            &Filter {
+                hosts: vec!["b".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(only_b.groups.len(), 1);
+        assert!(plan(
+            &s,
+            &Policy::default(),
+            GroupBy::default(),
+            &Filter::default()
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn durations_and_group_specs() {
+        assert_eq!(
+            parse_duration("1y6m").unwrap(),
+            chrono::Duration::days(365 + 180)
+        );
+        assert_eq!(parse_duration("36h").unwrap(), chrono::Duration::hours(36));
+        assert!(
+            parse_duration("7").is_err()
+                && parse_duration("x").is_err()
+                && parse_duration("0d").is_err()
+        );
+        assert!(GroupBy::parse("host,tags").unwrap().tags);
+        assert!(GroupBy::parse("hostname").is_err());
+    }
+}

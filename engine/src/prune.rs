@@ -1,0 +1,687 @@
+//! Prune: free the packs that no snapshot needs, safely beside running backups.
+//!
+//! 1. Take the prune lock (see [`crate::session`]).
+//! 2. Plan: walk every snapshot's trees and mark the blobs in use; a pack
+//!    with no used blob is deleted, a pack with unused blobs may be repacked
+//!    (its used blobs copied into new packs), packs that no index lists are
+//!    deleted. The plan is written to `plans/<id>` *before* anything else, and
+//!    every backup that starts from then on reads it and does not deduplicate
+//!    against blobs in the plan's packs.
+//! 3. List the backup sessions: each of them may have started before the plan
+//!    and may reference anything. Wait until each has ended (or is stale).
+//! 4. Plan again against the snapshots and index files as they are now (the
+//!    waited-for backups have written theirs), keeping only packs that were in
+//!    the first plan, then execute: repack, write the new index files, delete
+//!    the old index files, delete the packs, delete the plan.
+//!
+//! Every step leaves a repository that `check` accepts: new packs are stored
+//! before the index files that list them, old index files are deleted before
+//! the packs they list, and a pack that no index lists is garbage, not damage.
+//! A killed prune leaves its plan, which only makes backups upload again what
+//! it listed; the next prune replaces it and finishes the job.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+
+use coffer_repo_format::blob::{BlobSealer, BlobType};
+use coffer_repo_format::cbor;
+use coffer_repo_format::envelope::Context;
+use coffer_repo_format::index::{IndexFile, IndexedPack};
+use coffer_repo_format::pack::{self, PackEntry};
+use coffer_repo_format::tree::NodeKind;
+use coffer_repo_format::{BlobId, IndexId, PackId};
+
+use crate::error::{Error, Result};
+use crate::index::Index;
+use crate::repository::{layout, list_ids, Repository};
+use crate::session::{self, Live, Timing, Watch, LOCKS, SESSIONS};
+use crate::storage::WriteMode;
+use crate::trees::DirReader;
+
+/// Prefix of prune plans.
+pub const PLANS: &str = "plans/";
+
+/// How prune decides and how long it waits.
+#[derive(Clone, Debug)]
+pub struct PruneOptions {
+    /// Unused space allowed to remain in packs, in percent of the repository:
+    /// packs with the most unused space are repacked until at most this much
+    /// is left (0: repack every pack with an unused blob).
+    pub max_unused_percent: f64,
+    /// Repack at most this many bytes of packs.
+    pub max_repack: Option<u64>,
+    /// Compute and return the plan, change nothing.
+    pub dry_run: bool,
+    /// The protocol's timings.
+    pub timing: Timing,
+    /// How long to wait for running backups (and another prune) before leaving
+    /// the plan for the next prune.
+    pub max_wait: Duration,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        PruneOptions {
+            max_unused_percent: 5.0,
+            max_repack: None,
+            dry_run: false,
+            timing: Timing::default(),
+            max_wait: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// What prune decided, and what it did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PrunePlan {
+    /// Packs deleted whole (no used blob).
+    pub delete_packs: Vec<PackId>,
+    /// Packs whose used blobs are copied to new packs before they are deleted.
+    pub repack_packs: Vec<PackId>,
+    /// Packs that no index lists (left by interrupted backups), deleted.
+    pub unindexed_packs: Vec<PackId>,
+    /// Index files replaced.
+    pub index_files_rewritten: usize,
+    /// Blobs in use / not in use.
+    pub used_blobs: u64,
+    /// Blobs no snapshot needs.
+    pub unused_blobs: u64,
+    /// Bytes of packs in the repository.
+    pub total_bytes: u64,
+    /// Bytes of unused blobs.
+    pub unused_bytes: u64,
+    /// Bytes freed (deleted packs, plus the unused part of repacked ones).
+    pub bytes_freed: u64,
+    /// Bytes of used blobs copied by repacking.
+    pub bytes_repacked: u64,
+    /// Backup sessions prune waited for.
+    pub sessions_waited: usize,
+    /// Stale sessions (dead backups) removed.
+    pub stale_sessions_removed: usize,
+    /// True when the plan was carried out (false for a dry run, or when
+    /// prune stopped waiting; the next prune finishes it).
+    pub executed: bool,
+}
+
+/// The stored plan: which packs backups must not deduplicate against.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredPlan {
+    /// Version, 1.
+    pub version: u32,
+    /// Packs the plan may delete or repack.
+    pub packs: Vec<PackId>,
+}
+
+/// Reads every stored plan; the union of their packs is what a starting
+/// backup must not deduplicate against.
+pub async fn planned_packs(repo: &Repository) -> Result<HashSet<PackId>> {
+    let mut out = HashSet::new();
+    for key in session::list_keys(repo, PLANS).await? {
+        let bytes = match repo.store().get(&key).await {
+            Ok(b) => b,
+            Err(e) if e.kind == crate::storage::StoreErrorKind::NotFound => continue,
+            Err(e) => return Err(repo.store_err(e)),
+        };
+        let plain = repo
+            .opener()
+            .open(Context::Plan, &bytes)
+            .map_err(|e| Error::corrupt(key.clone(), e))?;
+        let p: StoredPlan =
+            cbor::from_slice("prune plan", &plain).map_err(|e| Error::corrupt(key.clone(), e))?;
+        out.extend(p.packs);
+    }
+    Ok(out)
+}
+
+/// Blobs used by every snapshot, as positions in the index (one bit each).
+struct Usage {
+    used: HashSet<BlobId>,
+}
+
+async fn usage(repo: &Repository, index: &Index) -> Result<Usage> {
+    let mut used: HashSet<BlobId> = HashSet::new();
+    let ids = list_ids::<coffer_repo_format::SnapshotId>(repo.store(), layout::SNAPSHOTS).await?;
+    let mut seen_trees: HashSet<BlobId> = HashSet::new();
+    for id in ids {
+        // A snapshot that cannot be read might reference anything: stop.
+        let snap = repo.read_snapshot(&id).await.map_err(|e| {
+            Error::InvalidArgument(format!(
+                "prune cannot know what snapshot {} needs ({e}); repair or forget it first",
+                id.short()
+            ))
+        })?;
+        let Some(root) = snap.root.subtree else {
+            continue;
+        };
+        let mut stack = vec![root];
+        while let Some(tree) = stack.pop() {
+            if !seen_trees.insert(tree) {
+                continue;
+            }
+            used.insert(tree);
+            let mut r = DirReader::open(repo, index, &tree).await.map_err(|e| {
+                Error::InvalidArgument(format!(
+                    "prune cannot read tree {} of snapshot {} ({e}); run `coffer check`",
+                    tree.short(),
+                    id.short()
+                ))
+            })?;
+            while let Some(node) = r.next().await? {
+                match node.kind {
+                    NodeKind::Dir => stack.extend(node.subtree),
+                    NodeKind::File => used.extend(node.content.iter().filter_map(|c| c.id)),
+                    _ => {}
+                }
+            }
+            used.extend(r.child_pages().iter().copied());
+        }
+    }
+    Ok(Usage { used })
+}
+
+/// The index files and what they list, pack by pack.
+struct Indexes {
+    files: Vec<(IndexId, IndexFile)>,
+}
+
+async fn read_indexes(repo: &Repository) -> Result<(Indexes, Arc<Index>)> {
+    let index = Arc::new(Index::new());
+    let mut files = Vec::new();
+    for id in repo.index_ids().await? {
+        let f = repo.read_index(&id).await.map_err(|e| {
+            Error::InvalidArgument(format!(
+                "prune cannot read index file {} ({e}); run `coffer check`",
+                id.short()
+            ))
+        })?;
+        index.add_file(&f);
+        files.push((id, f));
+    }
+    Ok((Indexes { files }, index))
+}
+
+/// Computes what to delete and repack.
+fn decide(
+    idx: &Indexes,
+    usage: &Usage,
+    present: &HashMap<PackId, u64>,
+    opts: &PruneOptions,
+    only: Option<&HashSet<PackId>>,
+) -> PrunePlan {
+    let mut plan = PrunePlan::default();
+    // Per pack: (size, used bytes, unused bytes), each blob counted once per pack.
+    let mut packs: HashMap<PackId, (u64, u64, u64)> = HashMap::new();
+    let mut counted: HashSet<(PackId, BlobId)> = HashSet::new();
+    for (_, f) in &idx.files {
+        for p in &f.packs {
+            let e = packs.entry(p.id).or_insert((u64::from(p.size), 0, 0));
+            for b in &p.blobs {
+                if !counted.insert((p.id, b.id)) {
+                    continue;
+                }
+                if usage.used.contains(&b.id) {
+                    e.1 += u64::from(b.stored_len);
+                    plan.used_blobs += 1;
+                } else {
+                    e.2 += u64::from(b.stored_len);
+                    plan.unused_blobs += 1;
+                }
+            }
+        }
+    }
+    plan.total_bytes = packs.values().map(|v| v.0).sum();
+    plan.unused_bytes = packs.values().map(|v| v.2).sum();
+    let allowed = |p: &PackId| only.is_none_or(|o| o.contains(p));
+    for (id, (size, used, _)) in &packs {
+        if *used == 0 && allowed(id) && present.contains_key(id) {
+            plan.delete_packs.push(*id);
+            plan.bytes_freed += size;
+        }
+    }
+    // Repack the packs with the most unused space first, until what is left
+    // unused is within the allowance.
+    let mut partial: Vec<(PackId, u64, u64)> = packs
+        .iter()
+        .filter(|(id, v)| v.1 > 0 && v.2 > 0 && allowed(id) && present.contains_key(id))
+        .map(|(id, v)| (*id, v.1, v.2))
+        .collect();
+    partial.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
+    let mut left: u64 = partial.iter().map(|p| p.2).sum();
+    let allowance = (plan.total_bytes as f64 * opts.max_unused_percent / 100.0) as u64;
+    for (id, used, unused) in partial {
+        if left <= allowance {
+            break;
+        }
+        if let Some(max) = opts.max_repack {
+            if plan.bytes_repacked + used > max {
+                break;
+            }
+        }
+        plan.repack_packs.push(id);
+        plan.bytes_repacked += used;
+        plan.bytes_freed += unused;
+        left -= unused;
+    }
+    for (id, size) in present {
+        if !packs.contains_key(id) && allowed(id) {
+            plan.unindexed_packs.push(*id);
+            plan.bytes_freed += size;
+        }
+    }
+    plan.delete_packs.sort();
+    plan.repack_packs.sort();
+    plan.unindexed_packs.sort();
+    plan
+}
+
+async fn present_packs(repo: &Repository) -> Result<HashMap<PackId, u64>> {
+    let infos: Vec<_> = repo
+        .store()
+        .list(layout::DATA)
+        .try_collect()
+        .await
+        .map_err(|e| repo.store_err(e))?;
+    Ok(infos
+        .into_iter()
+        .filter_map(|i| {
+            i.key
+                .rsplit('/')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .map(|id| (id, i.size))
+        })
+        .collect())
+}
+
+/// Takes the prune lock: write our lock, list, go on only if ours is the only
+/// live one. Waits (up to `max_wait`) while another prune holds it.
+async fn lock(repo: &Arc<Repository>, opts: &PruneOptions) -> Result<Live> {
+    let deadline = Instant::now() + opts.max_wait;
+    let mut watch = Watch::default();
+    loop {
+        let mine = Live::start(repo.clone(), LOCKS, "prune", opts.timing).await?;
+        let mut others = Vec::new();
+        for key in session::list_keys(repo, LOCKS).await? {
+            if key == mine.key() || !key.starts_with("locks/prune-") {
+                continue;
+            }
+            match watch.observe(repo, &key, opts.timing).await? {
+                Some(true) => others.push(key),
+                // A dead prune's lock: remove it.
+                Some(false) => repo
+                    .store()
+                    .delete(&key)
+                    .await
+                    .map_err(|e| repo.store_err(e))?,
+                None => {}
+            }
+        }
+        if others.is_empty() {
+            return Ok(mine);
+        }
+        mine.end().await?;
+        if Instant::now() >= deadline {
+            let holder = session::read_beacon(repo, &others[0])
+                .await?
+                .map(|b| b.hostname)
+                .unwrap_or_default();
+            return Err(Error::InvalidArgument(format!(
+                "another prune is running (on {holder}); try again when it has finished"
+            )));
+        }
+        let mut jitter = [0u8; 1];
+        let _ = getrandom::fill(&mut jitter);
+        tokio::time::sleep(opts.timing.heartbeat + Duration::from_millis(u64::from(jitter[0]) * 4))
+            .await;
+    }
+}
+
+/// Runs prune; see the module docs.
+pub async fn prune(repo: Arc<Repository>, opts: PruneOptions) -> Result<PrunePlan> {
+    if opts.dry_run {
+        let (idx, index) = read_indexes(&repo).await?;
+        let u = usage(&repo, &index).await?;
+        let present = present_packs(&repo).await?;
+        return Ok(decide(&idx, &u, &present, &opts, None));
+    }
+    let lock = lock(&repo, &opts).await?;
+    let result = run(&repo, &opts, &lock).await;
+    let ended = lock.end().await;
+    let plan = result?;
+    ended?;
+    Ok(plan)
+}
+
+async fn run(repo: &Arc<Repository>, opts: &PruneOptions, lock: &Live) -> Result<PrunePlan> {
+    // Plan, and publish the plan before looking at sessions.
+    let (idx, index) = read_indexes(repo).await?;
+    let first = {
+        let u = usage(repo, &index).await?;
+        let present = present_packs(repo).await?;
+        decide(&idx, &u, &present, opts, None)
+    };
+    let mut packs: Vec<PackId> = first.delete_packs.clone();
+    packs.extend(&first.repack_packs);
+    packs.extend(&first.unindexed_packs);
+    if packs.is_empty() {
+        return Ok(PrunePlan {
+            executed: true,
+            ..first
+        });
+    }
+    let old_plans = session::list_keys(repo, PLANS).await?;
+    let plan_key = write_plan(repo, &packs).await?;
+    for key in old_plans {
+        // This plan covers what is still to do of theirs.
+        repo.store()
+            .delete(&key)
+            .await
+            .map_err(|e| repo.store_err(e))?;
+    }
+
+    // Wait for every backup that may have started before the plan.
+    let sessions = session::list_keys(repo, SESSIONS).await?;
+    let (waited, stale) = wait_for(repo, &sessions, opts, lock).await?;
+    let Some(stale) = stale else {
+        return Ok(PrunePlan {
+            sessions_waited: waited,
+            executed: false,
+            ..first
+        });
+    };
+
+    // Decide again with what those backups wrote, within the first plan.
+    let allowed: HashSet<PackId> = packs.iter().copied().collect();
+    let (idx, index) = read_indexes(repo).await?;
+    let u = usage(repo, &index).await?;
+    let present = present_packs(repo).await?;
+    let mut plan = decide(&idx, &u, &present, opts, Some(&allowed));
+    plan.sessions_waited = waited;
+    plan.stale_sessions_removed = stale;
+    lock.check_alive().await?;
+    execute(repo, &idx, &index, &u, &mut plan).await?;
+    repo.store()
+        .delete(&plan_key)
+        .await
+        .map_err(|e| repo.store_err(e))?;
+    plan.executed = true;
+    Ok(plan)
+}
+
+async fn write_plan(repo: &Repository, packs: &[PackId]) -> Result<String> {
+    let mut id = [0u8; 16];
+    getrandom::fill(&mut id)
+        .map_err(|e| Error::InvalidArgument(format!("random number generator: {e}")))?;
+    let key = format!("{PLANS}{}", hex::encode(id));
+    let plain = cbor::to_vec(
+        "prune plan",
+        &StoredPlan {
+            version: 1,
+            packs: packs.to_vec(),
+        },
+    )
+    .map_err(|e| Error::corrupt("prune plan", e))?;
+    let mut sealer = repo
+        .key()
+        .sealer()
+        .map_err(|e| Error::corrupt("random source", e))?;
+    let sealed = sealer
+        .seal(Context::Plan, &plain)
+        .map_err(|e| Error::corrupt("prune plan", e))?;
+    repo.store()
+        .put(&key, Bytes::from(sealed), WriteMode::Overwrite)
+        .await
+        .map_err(|e| repo.store_err(e))?;
+    Ok(key)
+}
+
+/// Waits until every session has ended or is stale (stale ones are removed).
+/// Returns (sessions waited for, `Some(stale removed)`), or `None` for the
+/// second when `max_wait` ran out.
+async fn wait_for(
+    repo: &Repository,
+    sessions: &[String],
+    opts: &PruneOptions,
+    lock: &Live,
+) -> Result<(usize, Option<usize>)> {
+    let deadline = Instant::now() + opts.max_wait;
+    let mut watch = Watch::default();
+    let mut pending: Vec<String> = sessions.to_vec();
+    let mut stale = 0;
+    loop {
+        let mut still = Vec::new();
+        for key in pending {
+            match watch.observe(repo, &key, opts.timing).await? {
+                Some(true) => still.push(key),
+                Some(false) => {
+                    tracing::info!("removing stale session {key}");
+                    repo.store()
+                        .delete(&key)
+                        .await
+                        .map_err(|e| repo.store_err(e))?;
+                    stale += 1;
+                }
+                None => {}
+            }
+        }
+        if still.is_empty() {
+            return Ok((sessions.len(), Some(stale)));
+        }
+        if Instant::now() >= deadline {
+            return Ok((sessions.len(), None));
+        }
+        lock.check_alive().await?;
+        pending = still;
+        tokio::time::sleep(opts.timing.heartbeat).await;
+    }
+}
+
+/// Repacks, rewrites the index, deletes packs.
+async fn execute(
+    repo: &Arc<Repository>,
+    idx: &Indexes,
+    index: &Index,
+    usage: &Usage,
+    plan: &mut PrunePlan,
+) -> Result<()> {
+    let gone: HashSet<PackId> = plan
+        .delete_packs
+        .iter()
+        .chain(&plan.repack_packs)
+        .chain(&plan.unindexed_packs)
+        .copied()
+        .collect();
+    // 1. Repack: copy the used blobs of each repacked pack into new packs,
+    //    stored before the index file that lists them.
+    let mut new_index = IndexFile::default();
+    if !plan.repack_packs.is_empty() {
+        let mut copied: HashSet<BlobId> = HashSet::new();
+        let mut writer = Repacker::new(repo)?;
+        for pack_id in &plan.repack_packs {
+            let entries: Vec<PackEntry> = idx
+                .files
+                .iter()
+                .flat_map(|(_, f)| {
+                    f.packs
+                        .iter()
+                        .filter(|p| p.id == *pack_id)
+                        .flat_map(|p| p.blobs.iter().copied())
+                })
+                .filter(|b| usage.used.contains(&b.id))
+                .collect();
+            let bytes = repo
+                .store()
+                .get(&layout::pack(pack_id))
+                .await
+                .map_err(|e| repo.store_err(e))?;
+            for e in entries {
+                if !copied.insert(e.id) {
+                    continue;
+                }
+                let start = e.offset as usize;
+                let Some(stored) = bytes.get(start..start + e.stored_len as usize) else {
+                    return Err(Error::corrupt(
+                        format!("pack {pack_id}"),
+                        coffer_repo_format::FormatError::Truncated {
+                            what: "pack",
+                            needed: u64::from(e.offset) + u64::from(e.stored_len),
+                            available: bytes.len() as u64,
+                        },
+                    ));
+                };
+                // Verify before copying: prune never spreads damage.
+                let plain = repo
+                    .open_blob(e.blob_type, &e.id, e.raw_len, stored)
+                    .map_err(|err| {
+                        Error::corrupt(
+                            format!("{} blob {} in pack {pack_id}", e.blob_type, e.id),
+                            err,
+                        )
+                    })?;
+                if let Some(p) = writer.add(e.blob_type, e.id, &plain)? {
+                    store_pack(repo, &p).await?;
+                    new_index.packs.push(p.indexed);
+                }
+            }
+        }
+        for p in writer.finish()? {
+            store_pack(repo, &p).await?;
+            new_index.packs.push(p.indexed);
+        }
+        if !new_index.packs.is_empty() {
+            repo.write_index(&new_index).await?;
+        }
+    }
+    // 2. Replace every index file that lists a pack that goes.
+    let mut rewritten = 0;
+    for (id, f) in &idx.files {
+        if !f.packs.iter().any(|p| gone.contains(&p.id)) {
+            continue;
+        }
+        let kept = IndexFile {
+            packs: f
+                .packs
+                .iter()
+                .filter(|p| !gone.contains(&p.id))
+                .cloned()
+                .collect(),
+        };
+        if !kept.packs.is_empty() {
+            repo.write_index(&kept).await?;
+        }
+        repo.store()
+            .delete(&layout::index(id))
+            .await
+            .map_err(|e| repo.store_err(e))?;
+        rewritten += 1;
+    }
+    plan.index_files_rewritten = rewritten;
+    // 3. Delete the packs, now that no index lists them.
+    for id in &gone {
+        repo.store()
+            .delete(&layout::pack(id))
+            .await
+            .map_err(|e| repo.store_err(e))?;
+    }
+    let _ = index;
+    Ok(())
+}
+
+/// A repacked pack, ready to store.
+struct NewPack {
+    id: PackId,
+    bytes: Bytes,
+    indexed: IndexedPack,
+}
+
+async fn store_pack(repo: &Repository, p: &NewPack) -> Result<()> {
+    repo.store()
+        .put(&layout::pack(&p.id), p.bytes.clone(), WriteMode::CreateNew)
+        .await
+        .or_else(|e| {
+            if e.kind == crate::storage::StoreErrorKind::AlreadyExists {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })
+        .map_err(|e| repo.store_err(e))
+}
+
+/// Packs re-sealed blobs (data and tree apart) into new packs.
+struct Repacker {
+    target: usize,
+    sealer: BlobSealer,
+    header: coffer_repo_format::envelope::Sealer,
+    open: [(Vec<u8>, Vec<PackEntry>); 2],
+    out: Vec<u8>,
+}
+
+impl Repacker {
+    fn new(repo: &Repository) -> Result<Self> {
+        Ok(Repacker {
+            target: repo.config().pack_size as usize,
+            sealer: BlobSealer::new(repo.key(), repo.config().compression)
+                .map_err(|e| Error::corrupt("blob sealer", e))?,
+            header: repo
+                .key()
+                .sealer()
+                .map_err(|e| Error::corrupt("random source", e))?,
+            open: Default::default(),
+            out: Vec::new(),
+        })
+    }
+
+    fn add(&mut self, t: BlobType, id: BlobId, plain: &[u8]) -> Result<Option<NewPack>> {
+        let stored = self
+            .sealer
+            .seal_to(t, id, plain, &mut self.out)
+            .map_err(|e| Error::corrupt(format!("{t} blob {id}"), e))?;
+        let slot = usize::from(t == BlobType::Tree);
+        let (bytes, entries) = &mut self.open[slot];
+        entries.push(PackEntry {
+            blob_type: t,
+            id,
+            offset: bytes.len() as u32,
+            stored_len: stored as u32,
+            raw_len: plain.len() as u32,
+        });
+        bytes.extend_from_slice(&self.out);
+        if bytes.len() >= self.target {
+            return self.close(slot).map(Some);
+        }
+        Ok(None)
+    }
+
+    fn close(&mut self, slot: usize) -> Result<NewPack> {
+        let (mut bytes, entries) = std::mem::take(&mut self.open[slot]);
+        pack::finish_pack(&mut self.header, &mut bytes, &entries)
+            .map_err(|e| Error::corrupt("new pack header", e))?;
+        let id = PackId::of(&bytes);
+        let size = bytes.len() as u32;
+        Ok(NewPack {
+            id,
+            bytes: Bytes::from(bytes),
+            indexed: IndexedPack {
+                id,
+                size,
+                blobs: entries,
+            },
+        })
+    }
+
+    fn finish(mut self) -> Result<Vec<NewPack>> {
+        let mut out = Vec::new();
+        for slot in 0..2 {
+            if !self.open[slot].1.is_empty() {
+                out.push(self.close(slot)?);
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,296 @@
+//! Sessions and the prune lock: how writers and prune see each other.
+//!
+//! A backup announces itself with a session object `sessions/<random id>`
+//! (sealed CBOR) holding a heartbeat counter that it rewrites every
+//! [`Timing::heartbeat`]. Prune never deletes data that a session that existed
+//! when prune planned could reference, until that session has ended or is
+//! stale: its counter did not change for [`Timing::stale_after`] as measured by
+//! the observer's own monotonic clock. No clock is compared across hosts.
+//!
+//! A backup whose own heartbeat could not be written for half of
+//! `stale_after` (its own monotonic clock) gives up instead of writing a
+//! snapshot: prune may already consider it dead.
+//!
+//! Prune excludes other prunes with a lock that needs no conditional write:
+//! it writes `locks/prune-<random id>`, then lists `locks/`, and goes on only
+//! if its own lock is the only live one (with linearizable writes and lists,
+//! two prunes cannot both see themselves alone); otherwise it removes its lock
+//! and waits.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+
+use coffer_repo_format::cbor;
+use coffer_repo_format::envelope::Context;
+
+use crate::error::{Error, Result};
+use crate::repository::{Identity, Repository};
+use crate::storage::{StoreErrorKind, WriteMode};
+
+/// Prefix of session objects.
+pub const SESSIONS: &str = "sessions/";
+/// Prefix of lock objects.
+pub const LOCKS: &str = "locks/";
+
+/// The protocol's timings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    /// How often a live session or lock rewrites its heartbeat.
+    pub heartbeat: Duration,
+    /// A session or lock whose heartbeat did not change for this long (observed)
+    /// is dead. At least four heartbeats.
+    pub stale_after: Duration,
+}
+
+impl Default for Timing {
+    /// Heartbeat every 60 s, stale after 10 minutes.
+    fn default() -> Self {
+        Timing {
+            heartbeat: Duration::from_secs(60),
+            stale_after: Duration::from_secs(600),
+        }
+    }
+}
+
+impl Timing {
+    /// Short timings for tests: heartbeat every 200 ms, stale after 2 s.
+    pub fn fast() -> Self {
+        Timing {
+            heartbeat: Duration::from_millis(200),
+            stale_after: Duration::from_secs(2),
+        }
+    }
+
+    /// Reads `COFFER_HEARTBEAT_MS` and `COFFER_STALE_MS` (tests), else the defaults.
+    pub fn from_env() -> Self {
+        let get = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+        match (get("COFFER_HEARTBEAT_MS"), get("COFFER_STALE_MS")) {
+            (Some(h), Some(s)) if s >= 4 * h && h > 0 => Timing {
+                heartbeat: Duration::from_millis(h),
+                stale_after: Duration::from_millis(s),
+            },
+            _ => Timing::default(),
+        }
+    }
+}
+
+/// The stored content of a session or lock.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Beacon {
+    /// Format version, 1.
+    pub version: u32,
+    /// `backup` or `prune`.
+    pub kind: String,
+    /// Host of the process.
+    pub hostname: String,
+    /// Its process id.
+    pub pid: u32,
+    /// When it started, by its own clock (informational only).
+    pub started: String,
+    /// Increases with every heartbeat.
+    pub beat: u64,
+}
+
+fn random_id() -> Result<String> {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b)
+        .map_err(|e| Error::InvalidArgument(format!("random number generator: {e}")))?;
+    Ok(hex::encode(b))
+}
+
+/// Writes a beacon (sealed) at `key`.
+async fn write_beacon(repo: &Repository, key: &str, b: &Beacon) -> Result<()> {
+    let plain = cbor::to_vec("session", b).map_err(|e| Error::corrupt("session", e))?;
+    let mut sealer = repo
+        .key()
+        .sealer()
+        .map_err(|e| Error::corrupt("random source", e))?;
+    let sealed = sealer
+        .seal(Context::Session, &plain)
+        .map_err(|e| Error::corrupt("session", e))?;
+    repo.store()
+        .put(key, Bytes::from(sealed), WriteMode::Overwrite)
+        .await
+        .map_err(|e| repo.store_err(e))
+}
+
+/// Reads a beacon; `None` if it is gone.
+pub async fn read_beacon(repo: &Repository, key: &str) -> Result<Option<Beacon>> {
+    let bytes = match repo.store().get(key).await {
+        Ok(b) => b,
+        Err(e) if e.kind == StoreErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(repo.store_err(e)),
+    };
+    let plain = repo
+        .opener()
+        .open(Context::Session, &bytes)
+        .map_err(|e| Error::corrupt(key.to_string(), e))?;
+    let b: Beacon =
+        cbor::from_slice("session", &plain).map_err(|e| Error::corrupt(key.to_string(), e))?;
+    Ok(Some(b))
+}
+
+/// Keys under a prefix.
+pub async fn list_keys(repo: &Repository, prefix: &str) -> Result<Vec<String>> {
+    let infos: Vec<_> = repo
+        .store()
+        .list(prefix)
+        .try_collect()
+        .await
+        .map_err(|e| repo.store_err(e))?;
+    Ok(infos.into_iter().map(|i| i.key).collect())
+}
+
+/// A live beacon: written now, rewritten by a background task until ended.
+pub struct Live {
+    repo: Arc<Repository>,
+    key: String,
+    timing: Timing,
+    stop: Arc<AtomicBool>,
+    /// When the last heartbeat was stored (this process's monotonic clock).
+    last_ok: Arc<Mutex<Instant>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Live {
+    /// Writes a new beacon under `prefix` and keeps it beating.
+    pub async fn start(
+        repo: Arc<Repository>,
+        prefix: &str,
+        kind: &str,
+        timing: Timing,
+    ) -> Result<Live> {
+        let key = format!(
+            "{prefix}{}{}",
+            if kind == "prune" { "prune-" } else { "" },
+            random_id()?
+        );
+        let me = Identity::current();
+        let mut beacon = Beacon {
+            version: 1,
+            kind: kind.into(),
+            hostname: me.hostname,
+            pid: std::process::id(),
+            started: crate::repository::now_rfc3339(),
+            beat: 0,
+        };
+        write_beacon(&repo, &key, &beacon).await?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let last_ok = Arc::new(Mutex::new(Instant::now()));
+        let beats = Arc::new(AtomicU64::new(0));
+        let task = {
+            let (repo, key, stop, last_ok) =
+                (repo.clone(), key.clone(), stop.clone(), last_ok.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(timing.heartbeat).await;
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    beacon.beat = beats.fetch_add(1, Ordering::SeqCst) + 1;
+                    if write_beacon(&repo, &key, &beacon).await.is_ok() {
+                        if let Ok(mut t) = last_ok.lock() {
+                            *t = Instant::now();
+                        }
+                    }
+                }
+            })
+        };
+        Ok(Live {
+            repo,
+            key,
+            timing,
+            stop,
+            last_ok,
+            task: Some(task),
+        })
+    }
+
+    /// The beacon's key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Fails if this process may already be considered dead by others: its
+    /// heartbeat has not been stored for half the stale time, or its beacon
+    /// is gone.
+    pub async fn check_alive(&self) -> Result<()> {
+        let since = self.last_ok.lock().map(|t| t.elapsed()).unwrap_or_default();
+        if since > self.timing.stale_after / 2 {
+            return Err(Error::InvalidArgument(format!(
+                "this process could not renew its session {} for {:.0} s; others may have taken it for dead, so it stops here",
+                self.key,
+                since.as_secs_f64()
+            )));
+        }
+        if read_beacon(&self.repo, &self.key).await?.is_none() {
+            return Err(Error::InvalidArgument(format!(
+                "the session {} was removed (taken for dead); nothing more is written",
+                self.key
+            )));
+        }
+        Ok(())
+    }
+
+    /// Stops the heartbeat and removes the beacon.
+    pub async fn end(mut self) -> Result<()> {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+        self.repo
+            .store()
+            .delete(&self.key)
+            .await
+            .map_err(|e| self.repo.store_err(e))
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        // Dropped without `end` (an error path): stop beating so the beacon
+        // goes stale; the next prune removes it.
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+/// Watches beacons with this process's monotonic clock, to tell live ones
+/// from dead ones.
+#[derive(Default)]
+pub struct Watch {
+    seen: std::collections::HashMap<String, (u64, Instant)>,
+}
+
+impl Watch {
+    /// Observes `key`: `Some(true)` live, `Some(false)` stale (its beat did not
+    /// change for `stale_after` of our observation), `None` gone.
+    pub async fn observe(
+        &mut self,
+        repo: &Repository,
+        key: &str,
+        timing: Timing,
+    ) -> Result<Option<bool>> {
+        let Some(b) = read_beacon(repo, key).await? else {
+            self.seen.remove(key);
+            return Ok(None);
+        };
+        let now = Instant::now();
+        match self.seen.get(key) {
+            Some((beat, since)) if *beat == b.beat => {
+                Ok(Some(now.duration_since(*since) < timing.stale_after))
+            }
+            _ => {
+                self.seen.insert(key.to_string(), (b.beat, now));
+                Ok(Some(true))
+            }
+        }
+    }
+}

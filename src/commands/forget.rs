@@ -1,0 +1,84 @@
+use coffer_engine::forget::{self, Filter, GroupBy, Policy};
+
+use crate::cli::{ForgetArgs, Global};
+use crate::{exit, fmt};
+
+pub async fn run(g: &Global, a: ForgetArgs) -> anyhow::Result<i32> {
+    let repo = super::open(g).await?;
+    let snapshots = repo.snapshots().await?;
+    let plan = if a.snapshots.is_empty() {
+        let policy = Policy {
+            last: a.keep_last,
+            hourly: a.keep_hourly,
+            daily: a.keep_daily,
+            weekly: a.keep_weekly,
+            monthly: a.keep_monthly,
+            yearly: a.keep_yearly,
+            within: a
+                .keep_within
+                .as_deref()
+                .map(forget::parse_duration)
+                .transpose()?,
+            tags: a.keep_tag.clone(),
+        };
+        let filter = Filter {
+            hosts: a.host.clone(),
+            tags: a.tag.clone(),
+            paths: a.path.clone(),
+        };
+        forget::plan(&snapshots, &policy, GroupBy::parse(&a.group_by)?, &filter)?
+    } else {
+        let mut remove = Vec::new();
+        for spec in &a.snapshots {
+            let (id, s) = repo.find_snapshot(spec).await?;
+            remove.push(forget::Decision {
+                id,
+                time: s.time,
+                reasons: Vec::new(),
+            });
+        }
+        forget::ForgetPlan {
+            groups: vec![forget::GroupPlan {
+                key: "given on the command line".into(),
+                keep: Vec::new(),
+                remove,
+            }],
+        }
+    };
+    if g.json {
+        super::print_json(
+            &serde_json::json!({ "message_type": "forget", "dry_run": a.dry_run, "groups": plan.groups }),
+        )?;
+    } else if !g.quiet {
+        for grp in &plan.groups {
+            println!("{}:", grp.key);
+            for d in &grp.keep {
+                println!(
+                    "  keep    {}  {}  ({})",
+                    d.id.short(),
+                    fmt::time(&d.time),
+                    d.reasons.join(", ")
+                );
+            }
+            for d in &grp.remove {
+                println!("  remove  {}  {}", d.id.short(), fmt::time(&d.time));
+            }
+        }
+    }
+    if a.dry_run {
+        if !g.json && !g.quiet {
+            println!("dry run: nothing removed");
+        }
+        return Ok(exit::OK);
+    }
+    let n = forget::execute(&repo, &plan).await?;
+    if !g.json && !g.quiet {
+        println!("removed {n} snapshot(s)");
+    }
+    if a.prune {
+        let p =
+            coffer_engine::prune::prune(repo, super::prune::options(&a.prune_opts, false)?).await?;
+        super::prune::print(g, &p)?;
+    }
+    Ok(exit::OK)
+}

@@ -1,0 +1,121 @@
+use coffer_engine::forget::parse_duration;
+use coffer_engine::prune::{self, PruneOptions, PrunePlan};
+use coffer_engine::session::{self, Timing};
+
+use crate::cli::{Global, PruneArgs, PruneOpts};
+use crate::{exit, fmt};
+
+pub fn options(o: &PruneOpts, dry_run: bool) -> anyhow::Result<PruneOptions> {
+    Ok(PruneOptions {
+        max_unused_percent: o.max_unused,
+        max_repack: o.max_repack,
+        dry_run,
+        timing: Timing::from_env(),
+        max_wait: parse_duration(&o.max_wait)
+            .map(|d| d.to_std().unwrap_or_default())
+            .or_else(|_| {
+                o.max_wait
+                    .trim_end_matches('s')
+                    .parse::<u64>()
+                    .map(std::time::Duration::from_secs)
+                    .map_err(|_| {
+                        anyhow::anyhow!(
+                            "--max-wait {:?} is not a duration like 1h or 30s",
+                            o.max_wait
+                        )
+                    })
+            })?,
+    })
+}
+
+pub fn print(g: &Global, plan: &PrunePlan) -> anyhow::Result<()> {
+    if g.json {
+        let mut v = serde_json::to_value(plan)?;
+        v["message_type"] = "prune".into();
+        return super::print_json(&v);
+    }
+    if g.quiet {
+        return Ok(());
+    }
+    println!(
+        "used: {} blobs; unused: {} blobs, {} of {} in packs",
+        plan.used_blobs,
+        plan.unused_blobs,
+        fmt::size(plan.unused_bytes),
+        fmt::size(plan.total_bytes)
+    );
+    println!(
+        "plan: delete {} packs, repack {} packs ({} copied), delete {} packs no index lists; frees {}",
+        plan.delete_packs.len(),
+        plan.repack_packs.len(),
+        fmt::size(plan.bytes_repacked),
+        plan.unindexed_packs.len(),
+        fmt::size(plan.bytes_freed)
+    );
+    if plan.sessions_waited > 0 {
+        println!(
+            "waited for {} running backup(s); removed {} stale session(s)",
+            plan.sessions_waited, plan.stale_sessions_removed
+        );
+    }
+    println!(
+        "{}",
+        if plan.executed {
+            format!(
+                "done: {} index file(s) rewritten",
+                plan.index_files_rewritten
+            )
+        } else {
+            "not executed (dry run, or backups still running: the next prune finishes it)"
+                .to_string()
+        }
+    );
+    Ok(())
+}
+
+pub async fn run(g: &Global, a: PruneArgs) -> anyhow::Result<i32> {
+    let repo = super::open(g).await?;
+    let plan = prune::prune(repo, options(&a.opts, a.dry_run)?).await?;
+    print(g, &plan)?;
+    Ok(exit::OK)
+}
+
+/// Lists sessions and locks. There is nothing to unlock by hand: a dead
+/// backup's session goes stale and the next prune removes it.
+pub async fn unlock(g: &Global) -> anyhow::Result<i32> {
+    let repo = super::open(g).await?;
+    let mut rows = Vec::new();
+    for prefix in [session::SESSIONS, session::LOCKS] {
+        for key in session::list_keys(&repo, prefix).await? {
+            if let Some(b) = session::read_beacon(&repo, &key).await? {
+                rows.push((key, b));
+            }
+        }
+    }
+    if g.json {
+        let list: Vec<_> = rows
+            .iter()
+            .map(|(k, b)| serde_json::json!({"key": k, "kind": b.kind, "hostname": b.hostname, "pid": b.pid, "started": b.started, "beat": b.beat}))
+            .collect();
+        super::print_json(&list)?;
+        return Ok(exit::OK);
+    }
+    if rows.is_empty() {
+        println!("no backup or prune is running");
+    }
+    for (k, b) in &rows {
+        println!(
+            "{k}: {} on {} (pid {}), started {}, heartbeat {}",
+            b.kind,
+            b.hostname,
+            b.pid,
+            fmt::time(&b.started),
+            b.beat
+        );
+    }
+    println!(
+        "Nothing needs unlocking: a backup never waits for these, and prune removes a session whose heartbeat stopped ({} s).",
+        Timing::from_env().stale_after.as_secs()
+    );
+    Ok(exit::OK)
+}
