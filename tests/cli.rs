@@ -910,3 +910,404 @@ fn backup_selection_and_restore_filters() {
         ["data/db.ibd", "data/tmp/x", "skip/.nobackup", "skip/secret"]
     );
 }
+
+// ---------------------------------------------------------------- many writers, crashes
+
+/// A small random generator; the seed is printed so a failure can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn new(label: &str) -> Self {
+        let seed = std::env::var("COFFER_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+            });
+        eprintln!("{label}: COFFER_TEST_SEED={seed}");
+        Rng(seed | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn noise_seeded(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+impl Env {
+    /// Fast protocol timings for the processes of a test.
+    fn fast(&self, args: &[&str]) -> Command {
+        let mut c = self.cmd(args);
+        c.env("COFFER_HEARTBEAT_MS", "100")
+            .env("COFFER_STALE_MS", "1000");
+        c
+    }
+
+    fn check_read_data(&self) {
+        let out = self.fast(&["check", "--read-data"]).output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "check --read-data:\n{}",
+            stderr(&out)
+        );
+    }
+
+    fn snapshot_ids(&self) -> Vec<String> {
+        let v = json(&self.expect(0, &["snapshots", "--json"]));
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+/// Writes one generation of a writer's directory: shared files, own files,
+/// and `gen-N` whose content is derived from N.
+fn generation(dir: &Path, writer: u64, n: u64) {
+    let _ = std::fs::remove_dir_all(dir);
+    write(&dir.join("shared.bin"), &noise_seeded(7, 300_000));
+    write(
+        &dir.join(format!("own-{writer}.bin")),
+        &noise_seeded(1000 + writer, 200_000),
+    );
+    write(
+        &dir.join(format!("gen-{n}")),
+        &noise_seeded(10_000 * writer + n, 150_000),
+    );
+}
+
+/// A restored generation is exactly what `generation` wrote.
+fn verify_generation(dir: &Path) {
+    let names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    let writer: u64 = names
+        .iter()
+        .find_map(|n| n.strip_prefix("own-").and_then(|r| r.strip_suffix(".bin")))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let n: u64 = names
+        .iter()
+        .find_map(|n| n.strip_prefix("gen-"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert!(std::fs::read(dir.join("shared.bin")).unwrap() == noise_seeded(7, 300_000));
+    assert!(
+        std::fs::read(dir.join(format!("own-{writer}.bin"))).unwrap()
+            == noise_seeded(1000 + writer, 200_000)
+    );
+    assert!(
+        std::fs::read(dir.join(format!("gen-{n}"))).unwrap()
+            == noise_seeded(10_000 * writer + n, 150_000)
+    );
+}
+
+#[test]
+fn four_writers_and_a_prune_loop_lose_nothing() {
+    for repetition in 0..2 {
+        let env = Env::new();
+        env.init();
+        let mut rng = Rng::new(&format!("writers repetition {repetition}"));
+        let delays: Vec<u64> = (0..16).map(|_| rng.below(300)).collect();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        std::thread::scope(|s| {
+            let pruner = {
+                let (env, stop) = (&env, stop.clone());
+                let pause = delays[15];
+                s.spawn(move || {
+                    let mut rounds = 0;
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) || rounds == 0 {
+                        let out = env
+                            .fast(&[
+                                "forget",
+                                "--keep-last",
+                                "2",
+                                "--prune",
+                                "--max-unused",
+                                "0%",
+                                "--max-wait",
+                                "20s",
+                            ])
+                            .output()
+                            .unwrap();
+                        assert_eq!(
+                            out.status.code(),
+                            Some(0),
+                            "forget --prune:\n{}",
+                            stderr(&out)
+                        );
+                        rounds += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(pause));
+                    }
+                    rounds
+                })
+            };
+            let writers: Vec<_> = (0..4u64)
+                .map(|w| {
+                    let env = &env;
+                    let delays = &delays;
+                    s.spawn(move || {
+                        let dir = env.root.join(format!("w{w}"));
+                        for n in 0..3u64 {
+                            generation(&dir, w, n);
+                            std::thread::sleep(std::time::Duration::from_millis(
+                                delays[(w * 3 + n) as usize],
+                            ));
+                            let out = env
+                                .fast(&[
+                                    "backup",
+                                    dir.to_str().unwrap(),
+                                    "--host",
+                                    &format!("writer-{w}"),
+                                ])
+                                .output()
+                                .unwrap();
+                            assert_eq!(out.status.code(), Some(0), "writer {w}:\n{}", stderr(&out));
+                        }
+                    })
+                })
+                .collect();
+            for w in writers {
+                w.join().unwrap();
+            }
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            assert!(pruner.join().unwrap() >= 1);
+        });
+        // A last forget and prune with nothing running, then everything must hold.
+        env.expect(
+            0,
+            &[
+                "forget",
+                "--keep-last",
+                "2",
+                "--prune",
+                "--max-unused",
+                "0%",
+            ],
+        );
+        env.check_read_data();
+        let ids = env.snapshot_ids();
+        assert_eq!(ids.len(), 8, "2 kept per writer: {ids:?}");
+        for id in ids {
+            let t = env.root.join(format!("restore-{id}"));
+            env.expect(0, &["restore", &id, "--target", t.to_str().unwrap()]);
+            verify_generation(&t);
+        }
+    }
+}
+
+#[test]
+fn backups_killed_at_random_moments_leave_a_checkable_repository_and_resume() {
+    let env = Env::new();
+    env.expect(
+        0,
+        &[
+            "init",
+            "--kdf-memory",
+            "64",
+            "--kdf-iterations",
+            "1",
+            "--chunk-size",
+            "64KiB",
+            "--pack-size",
+            "256KiB",
+        ],
+    );
+    let src = env.root.join("src");
+    for i in 0..6u64 {
+        write(&src.join(format!("f{i}")), &noise_seeded(i + 50, 6_000_000));
+    }
+    let mut rng = Rng::new("backup kills");
+    for _ in 0..6 {
+        let mut child = env
+            .fast(&["backup", src.to_str().unwrap(), "-q"])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(rng.below(700)));
+        let _ = child.kill();
+        let _ = child.wait();
+        let out = env.fast(&["check"]).output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "check after a kill:\n{}",
+            stderr(&out)
+        );
+    }
+    // Kill once more after an index file was written mid-backup; the next
+    // backup uploads only what was not indexed.
+    let full = {
+        let other = Env::new();
+        other.expect(
+            0,
+            &[
+                "init",
+                "--kdf-memory",
+                "64",
+                "--kdf-iterations",
+                "1",
+                "--chunk-size",
+                "64KiB",
+                "--pack-size",
+                "256KiB",
+            ],
+        );
+        last_json_line(&other.expect(0, &["backup", src.to_str().unwrap(), "--json"]))
+            ["data_added_packed"]
+            .as_u64()
+            .unwrap()
+    };
+    let resumed = last_json_line(&env.expect(0, &["backup", src.to_str().unwrap(), "--json"]));
+    let uploaded = resumed["data_added_packed"].as_u64().unwrap();
+    eprintln!("full backup stores {full} bytes; after the kills the backup stored {uploaded}");
+    assert!(
+        uploaded < full,
+        "a resumed backup reuses what the killed ones indexed"
+    );
+    env.check_read_data();
+    let t = env.root.join("out");
+    env.expect(0, &["restore", "latest", "--target", t.to_str().unwrap()]);
+    for i in 0..6u64 {
+        assert!(std::fs::read(t.join(format!("f{i}"))).unwrap() == noise_seeded(i + 50, 6_000_000));
+    }
+}
+
+#[test]
+fn sigterm_stops_a_backup_cleanly_and_its_uploads_are_reused() {
+    let env = Env::new();
+    env.expect(
+        0,
+        &[
+            "init",
+            "--kdf-memory",
+            "64",
+            "--kdf-iterations",
+            "1",
+            "--chunk-size",
+            "64KiB",
+            "--pack-size",
+            "256KiB",
+        ],
+    );
+    let src = env.root.join("src");
+    for i in 0..8u64 {
+        write(&src.join(format!("f{i}")), &noise_seeded(i + 70, 5_000_000));
+    }
+    let child = env
+        .fast(&["backup", src.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until packs are being stored, then ask it to stop.
+    let data = env.repo.join("data");
+    for _ in 0..200 {
+        if data.exists() && !walk_files(&data).is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let out = child.wait_with_output().unwrap();
+    if out.status.code() == Some(0) {
+        eprintln!("the backup finished before the signal arrived; nothing to check");
+        return;
+    }
+    assert_eq!(out.status.code(), Some(143), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no snapshot"), "{}", stderr(&out));
+    assert!(env.snapshot_ids().is_empty());
+    let out = env.fast(&["check"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        std::fs::read_dir(env.repo.join("index"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+            >= 1,
+        "what was uploaded is indexed"
+    );
+    let sessions = std::fs::read_dir(env.repo.join("sessions"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(sessions, 0, "a clean stop leaves no session");
+}
+
+#[test]
+fn prune_killed_at_random_moments_loses_nothing_and_the_next_prune_finishes() {
+    let env = Env::new();
+    env.expect(
+        0,
+        &[
+            "init",
+            "--kdf-memory",
+            "64",
+            "--kdf-iterations",
+            "1",
+            "--chunk-size",
+            "64KiB",
+            "--pack-size",
+            "256KiB",
+        ],
+    );
+    let src = env.root.join("src");
+    let mut rng = Rng::new("prune kills");
+    for round in 0..4 {
+        for n in 0..3u64 {
+            generation(&src, round, n);
+            env.expect(0, &["backup", src.to_str().unwrap()]);
+        }
+        env.expect(0, &["forget", "--keep-last", "2"]);
+        let mut child = env.fast(&["prune", "--max-unused", "0%"]).spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(rng.below(400)));
+        let _ = child.kill();
+        let _ = child.wait();
+        let out = env.fast(&["check"]).output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "check after killing prune:\n{}",
+            stderr(&out)
+        );
+    }
+    let out = env
+        .fast(&["prune", "--max-unused", "0%", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        json(&String::from_utf8_lossy(&out.stdout))["executed"],
+        true
+    );
+    env.check_read_data();
+    for id in env.snapshot_ids() {
+        let t = env.root.join(format!("r-{id}"));
+        env.expect(0, &["restore", &id, "--target", t.to_str().unwrap()]);
+        verify_generation(&t);
+    }
+}

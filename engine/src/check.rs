@@ -161,6 +161,11 @@ pub async fn check(repo: Arc<Repository>, opts: CheckOptions) -> Result<CheckRep
         }
     }
 
+    // Snapshots are listed before the index files are read: every listed
+    // snapshot's blobs are then in index files read below (write order), even
+    // while backups run.
+    let snapshot_ids = list_ids::<SnapshotId>(repo.store(), layout::SNAPSHOTS).await?;
+
     // Index files: every one must read; together they say what every pack holds.
     let index = Arc::new(Index::new());
     let mut expected: HashMap<PackId, (u32, Vec<PackEntry>, Vec<IndexId>)> = HashMap::new();
@@ -251,9 +256,11 @@ pub async fn check(repo: Arc<Repository>, opts: CheckOptions) -> Result<CheckRep
     // Snapshots and their trees: every referenced blob must be indexed.
     let mut seen_trees: HashSet<BlobId> = HashSet::new();
     let mut missing_data: HashSet<BlobId> = HashSet::new();
-    for id in list_ids::<SnapshotId>(repo.store(), layout::SNAPSHOTS).await? {
+    for id in snapshot_ids {
         let snapshot = match repo.read_snapshot(&id).await {
             Ok(s) => s,
+            // Forgotten since it was listed.
+            Err(Error::NotFound { .. }) => continue,
             Err(e) => {
                 report.problem(format!("snapshot {id}"), "snapshot", error_text(&e));
                 continue;

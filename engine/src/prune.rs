@@ -143,18 +143,38 @@ struct Usage {
     used: HashSet<BlobId>,
 }
 
-async fn usage(repo: &Repository, index: &Index) -> Result<Usage> {
+/// The repository as prune sees it: snapshots listed *first*, then the
+/// index files. By the write order (SPEC.md), every listed snapshot's blobs
+/// are in index files stored before it, so they are all read here; a
+/// snapshot written later belongs to a session prune waits for.
+async fn read_state(repo: &Repository) -> Result<(Indexes, Arc<Index>, Usage)> {
+    let snapshots =
+        list_ids::<coffer_repo_format::SnapshotId>(repo.store(), layout::SNAPSHOTS).await?;
+    let (idx, index) = read_indexes(repo).await?;
+    let u = usage(repo, &index, &snapshots).await?;
+    Ok((idx, index, u))
+}
+
+async fn usage(
+    repo: &Repository,
+    index: &Index,
+    ids: &[coffer_repo_format::SnapshotId],
+) -> Result<Usage> {
     let mut used: HashSet<BlobId> = HashSet::new();
-    let ids = list_ids::<coffer_repo_format::SnapshotId>(repo.store(), layout::SNAPSHOTS).await?;
     let mut seen_trees: HashSet<BlobId> = HashSet::new();
     for id in ids {
-        // A snapshot that cannot be read might reference anything: stop.
-        let snap = repo.read_snapshot(&id).await.map_err(|e| {
-            Error::InvalidArgument(format!(
-                "prune cannot know what snapshot {} needs ({e}); repair or forget it first",
-                id.short()
-            ))
-        })?;
+        let snap = match repo.read_snapshot(id).await {
+            Ok(s) => s,
+            // Forgotten since it was listed.
+            Err(Error::NotFound { .. }) => continue,
+            // A snapshot that cannot be read might reference anything: stop.
+            Err(e) => {
+                return Err(Error::InvalidArgument(format!(
+                    "prune cannot know what snapshot {} needs ({e}); repair or forget it first",
+                    id.short()
+                )));
+            }
+        };
         let Some(root) = snap.root.subtree else {
             continue;
         };
@@ -344,8 +364,7 @@ async fn lock(repo: &Arc<Repository>, opts: &PruneOptions) -> Result<Live> {
 /// Runs prune; see the module docs.
 pub async fn prune(repo: Arc<Repository>, opts: PruneOptions) -> Result<PrunePlan> {
     if opts.dry_run {
-        let (idx, index) = read_indexes(&repo).await?;
-        let u = usage(&repo, &index).await?;
+        let (idx, _, u) = read_state(&repo).await?;
         let present = present_packs(&repo).await?;
         return Ok(decide(&idx, &u, &present, &opts, None));
     }
@@ -359,9 +378,8 @@ pub async fn prune(repo: Arc<Repository>, opts: PruneOptions) -> Result<PrunePla
 
 async fn run(repo: &Arc<Repository>, opts: &PruneOptions, lock: &Live) -> Result<PrunePlan> {
     // Plan, and publish the plan before looking at sessions.
-    let (idx, index) = read_indexes(repo).await?;
     let first = {
-        let u = usage(repo, &index).await?;
+        let (idx, _, u) = read_state(repo).await?;
         let present = present_packs(repo).await?;
         decide(&idx, &u, &present, opts, None)
     };
@@ -397,8 +415,7 @@ async fn run(repo: &Arc<Repository>, opts: &PruneOptions, lock: &Live) -> Result
 
     // Decide again with what those backups wrote, within the first plan.
     let allowed: HashSet<PackId> = packs.iter().copied().collect();
-    let (idx, index) = read_indexes(repo).await?;
-    let u = usage(repo, &index).await?;
+    let (idx, index, u) = read_state(repo).await?;
     let present = present_packs(repo).await?;
     let mut plan = decide(&idx, &u, &present, opts, Some(&allowed));
     plan.sessions_waited = waited;

@@ -292,7 +292,7 @@ async fn subpaths_single_files_and_several_paths() {
     // Two paths with the same name are refused with a clear message.
     let other = dir.path().join("other");
     write(&other.join("b.txt"), b"clash");
-    let index = repo.load_index().await.unwrap();
+    let _ = repo.load_index().await.unwrap();
     let err = coffer_engine::backup::backup(
         repo.clone(),
         BackupOptions::new([b.clone(), other.join("b.txt")]),
@@ -1396,5 +1396,269 @@ mod devices {
         assert!(std::fs::read(t.path().join(&name)).unwrap() == changed);
         detach(&dst);
         detach(&dev);
+    }
+}
+
+/// Forget, prune and the concurrency protocol, inside one process.
+mod retention {
+    use super::*;
+    use coffer_engine::check::{self, CheckOptions, ReadData};
+    use coffer_engine::forget::{self, Filter, GroupBy, Policy};
+    use coffer_engine::prune::{self, PruneOptions};
+    use coffer_engine::session::{Live, Timing, SESSIONS};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn fast(max_wait: Duration) -> PruneOptions {
+        PruneOptions {
+            max_unused_percent: 0.0,
+            timing: Timing::fast(),
+            max_wait,
+            ..Default::default()
+        }
+    }
+
+    async fn assert_checks(repo: &Arc<coffer_engine::Repository>) {
+        let r = check::check(
+            repo.clone(),
+            CheckOptions {
+                read_data: ReadData::All,
+                concurrency: 4,
+            },
+        )
+        .await
+        .unwrap();
+        assert!(r.is_ok(), "{:?}", r.problems);
+    }
+
+    /// Three backups of a directory whose big file changes each time.
+    async fn history(
+        repo: &Arc<coffer_engine::Repository>,
+        src: &Path,
+    ) -> Vec<coffer_engine::format::SnapshotId> {
+        let mut ids = Vec::new();
+        for round in 0..3u64 {
+            write(&src.join("keep.txt"), &text(90, 50_000));
+            write(&src.join("changing.bin"), &noise(100 + round, 400_000));
+            ids.push(backup_paths(repo, &[src]).await.snapshot_id);
+        }
+        ids
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn forget_and_prune_free_what_no_snapshot_needs() {
+        let dir = tempdir();
+        let src = dir.path().join("src");
+        let repo_dir = dir.path().join("repo");
+        let repo = local_repo(
+            &repo_dir,
+            init_opts(small_chunks(), Compression::Zstd(2), 128 * 1024),
+        )
+        .await;
+        let ids = history(&repo, &src).await;
+        let before = du(&repo_dir.join("data"));
+
+        let snaps = repo.snapshots().await.unwrap();
+        let plan = forget::plan(
+            &snaps,
+            &Policy {
+                last: 1,
+                ..Default::default()
+            },
+            GroupBy::default(),
+            &Filter::default(),
+        )
+        .unwrap();
+        assert_eq!(plan.removed().len(), 2);
+        assert_eq!(plan.groups[0].keep[0].id, ids[2]);
+        forget::execute(&repo, &plan).await.unwrap();
+
+        let dry = prune::prune(
+            repo.clone(),
+            PruneOptions {
+                dry_run: true,
+                ..fast(Duration::from_secs(5))
+            },
+        )
+        .await
+        .unwrap();
+        assert!(!dry.executed && dry.unused_blobs > 0, "{dry:?}");
+        assert_eq!(
+            du(&repo_dir.join("data")),
+            before,
+            "a dry run changes nothing"
+        );
+
+        let done = prune::prune(repo.clone(), fast(Duration::from_secs(5)))
+            .await
+            .unwrap();
+        assert!(done.executed, "{done:?}");
+        assert!(
+            !done.delete_packs.is_empty() || !done.repack_packs.is_empty(),
+            "{done:?}"
+        );
+        let after = du(&repo_dir.join("data"));
+        assert!(
+            after < before * 3 / 4,
+            "prune freed space: {before} -> {after}"
+        );
+        assert_checks(&repo).await;
+        let again = prune::prune(repo.clone(), fast(Duration::from_secs(5)))
+            .await
+            .unwrap();
+        assert_eq!(again.unused_blobs, 0, "nothing left to free: {again:?}");
+
+        let t = tempdir();
+        restore_to(&repo, &ids[2].to_hex(), t.path()).await;
+        assert_eq!(
+            std::fs::read(t.path().join("changing.bin")).unwrap(),
+            noise(102, 400_000)
+        );
+        assert!(repo.read_snapshot(&ids[0]).await.is_err(), "forgotten");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn prune_waits_for_a_running_backup_and_later_backups_avoid_its_plan() {
+        let dir = tempdir();
+        let src = dir.path().join("src");
+        let repo_dir = dir.path().join("repo");
+        let repo = local_repo(
+            &repo_dir,
+            init_opts(small_chunks(), Compression::Zstd(2), 128 * 1024),
+        )
+        .await;
+        let ids = history(&repo, &src).await;
+        repo.store()
+            .delete(&coffer_engine::repository::layout::snapshot(&ids[0]))
+            .await
+            .unwrap();
+
+        // A backup that started before prune: it might reference anything.
+        let running = Live::start(repo.clone(), SESSIONS, "backup", Timing::fast())
+            .await
+            .unwrap();
+        let p = prune::prune(repo.clone(), fast(Duration::from_millis(800)))
+            .await
+            .unwrap();
+        assert!(!p.executed, "prune must not delete while that backup runs");
+        assert_eq!(
+            prune::planned_packs(&repo).await.unwrap().len(),
+            p.delete_packs.len() + p.repack_packs.len() + p.unindexed_packs.len()
+        );
+        assert_checks(&repo).await;
+
+        // A backup that starts now stores the forgotten content again instead of
+        // deduplicating against packs the plan may delete.
+        write(&src.join("changing.bin"), &noise(100, 400_000));
+        let b = backup_paths(&repo, &[&src]).await;
+        assert!(
+            b.snapshot.summary.data_blobs > 0,
+            "re-uploaded, not deduplicated against planned packs"
+        );
+
+        running.end().await.unwrap();
+        let p = prune::prune(repo.clone(), fast(Duration::from_secs(5)))
+            .await
+            .unwrap();
+        assert!(p.executed, "{p:?}");
+        assert!(
+            prune::planned_packs(&repo).await.unwrap().is_empty(),
+            "the plan is done and removed"
+        );
+        assert_checks(&repo).await;
+        let t = tempdir();
+        restore_to(&repo, &b.snapshot_id.to_hex(), t.path()).await;
+        assert_eq!(
+            std::fs::read(t.path().join("changing.bin")).unwrap(),
+            noise(100, 400_000)
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dead_backup_goes_stale_and_prune_removes_it_without_a_manual_unlock() {
+        let dir = tempdir();
+        let src = dir.path().join("src");
+        let repo_dir = dir.path().join("repo");
+        let repo = local_repo(
+            &repo_dir,
+            init_opts(small_chunks(), Compression::Zstd(2), 128 * 1024),
+        )
+        .await;
+        let ids = history(&repo, &src).await;
+        repo.store()
+            .delete(&coffer_engine::repository::layout::snapshot(&ids[1]))
+            .await
+            .unwrap();
+        // A backup that died: its session stays, its heartbeat stops.
+        drop(
+            Live::start(repo.clone(), SESSIONS, "backup", Timing::fast())
+                .await
+                .unwrap(),
+        );
+        assert_eq!(
+            coffer_engine::session::list_keys(&repo, SESSIONS)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        let p = prune::prune(repo.clone(), fast(Duration::from_secs(20)))
+            .await
+            .unwrap();
+        assert!(p.executed && p.stale_sessions_removed == 1, "{p:?}");
+        assert!(coffer_engine::session::list_keys(&repo, SESSIONS)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_checks(&repo).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_prunes_at_once_stay_consistent_on_a_store_that_ignores_create_if_absent() {
+        let dir = tempdir();
+        let src = dir.path().join("src");
+        let repo_dir = dir.path().join("repo");
+        local_repo(
+            &repo_dir,
+            init_opts(small_chunks(), Compression::Zstd(2), 128 * 1024),
+        )
+        .await;
+        let inner =
+            coffer_engine::storage::open_location(repo_dir.to_str().unwrap(), false).unwrap();
+        let store: coffer_engine::storage::DynStore = Arc::new(IgnoresCreateNew(inner));
+        let repo = Arc::new(
+            coffer_engine::Repository::open(store, b"test password")
+                .await
+                .unwrap(),
+        );
+        let ids = history(&repo, &src).await;
+        for id in &ids[..2] {
+            repo.store()
+                .delete(&coffer_engine::repository::layout::snapshot(id))
+                .await
+                .unwrap();
+        }
+        let (a, b) = tokio::join!(
+            prune::prune(repo.clone(), fast(Duration::from_secs(20))),
+            prune::prune(repo.clone(), fast(Duration::from_secs(20)))
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert!(a.executed && b.executed);
+        assert_checks(&repo).await;
+        let t = tempdir();
+        restore_to(&repo, "latest", t.path()).await;
+        assert_eq!(
+            std::fs::read(t.path().join("changing.bin")).unwrap(),
+            noise(102, 400_000)
+        );
+    }
+
+    fn du(p: &Path) -> u64 {
+        walkdir::WalkDir::new(p)
+            .into_iter()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_file())
+            .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+            .sum()
     }
 }

@@ -442,3 +442,50 @@ pub fn tempdir() -> tempfile::TempDir {
 pub fn path_buf(p: &Path, rel: &str) -> PathBuf {
     p.join(rel)
 }
+
+/// A store that accepts create-if-absent writes and overwrites anyway, as
+/// Garage 2.5 does: the protocol must not depend on them.
+#[derive(Debug)]
+pub struct IgnoresCreateNew(pub coffer_engine::storage::DynStore);
+
+#[async_trait::async_trait]
+impl coffer_engine::storage::Store for IgnoresCreateNew {
+    fn location(&self) -> String {
+        self.0.location()
+    }
+    async fn get(&self, key: &str) -> Result<bytes::Bytes, coffer_engine::storage::StoreError> {
+        self.0.get(key).await
+    }
+    async fn get_range(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<bytes::Bytes, coffer_engine::storage::StoreError> {
+        self.0.get_range(key, range).await
+    }
+    async fn size(&self, key: &str) -> Result<u64, coffer_engine::storage::StoreError> {
+        self.0.size(key).await
+    }
+    async fn put(
+        &self,
+        key: &str,
+        data: bytes::Bytes,
+        _mode: coffer_engine::storage::WriteMode,
+    ) -> Result<(), coffer_engine::storage::StoreError> {
+        self.0
+            .put(key, data, coffer_engine::storage::WriteMode::Overwrite)
+            .await
+    }
+    async fn delete(&self, key: &str) -> Result<(), coffer_engine::storage::StoreError> {
+        self.0.delete(key).await
+    }
+    fn list<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> futures::stream::BoxStream<
+        'a,
+        Result<coffer_engine::storage::ObjectInfo, coffer_engine::storage::StoreError>,
+    > {
+        self.0.list(prefix)
+    }
+}
