@@ -7,9 +7,11 @@
 //! stale: its counter did not change for [`Timing::stale_after`] as measured by
 //! the observer's own monotonic clock. No clock is compared across hosts.
 //!
-//! A backup whose own heartbeat could not be written for half of
+//! A backup whose own heartbeat could not be written for a fifth of
 //! `stale_after` (its own monotonic clock) gives up instead of writing a
-//! snapshot: prune may already consider it dead.
+//! snapshot: prune may soon consider it dead. (With clock rates within a
+//! factor of two, that is at most 0.4 of stale-after in real time, while prune
+//! waits at least 0.5 of it.)
 //!
 //! Prune excludes other prunes with a lock that needs no conditional write:
 //! it writes `locks/prune-<random id>`, then lists `locks/`, and goes on only
@@ -43,7 +45,7 @@ pub struct Timing {
     /// How often a live session or lock rewrites its heartbeat.
     pub heartbeat: Duration,
     /// A session or lock whose heartbeat did not change for this long (observed)
-    /// is dead. At least four heartbeats.
+    /// is dead. At least ten heartbeats.
     pub stale_after: Duration,
 }
 
@@ -58,11 +60,11 @@ impl Default for Timing {
 }
 
 impl Timing {
-    /// Short timings for tests: heartbeat every 200 ms, stale after 2 s.
+    /// Short timings for tests: heartbeat every 100 ms, stale after 3 s.
     pub fn fast() -> Self {
         Timing {
-            heartbeat: Duration::from_millis(200),
-            stale_after: Duration::from_secs(2),
+            heartbeat: Duration::from_millis(100),
+            stale_after: Duration::from_secs(3),
         }
     }
 
@@ -70,7 +72,7 @@ impl Timing {
     pub fn from_env() -> Self {
         let get = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
         match (get("COFFER_HEARTBEAT_MS"), get("COFFER_STALE_MS")) {
-            (Some(h), Some(s)) if s >= 4 * h && h > 0 => Timing {
+            (Some(h), Some(s)) if s >= 10 * h && h > 0 => Timing {
                 heartbeat: Duration::from_millis(h),
                 stale_after: Duration::from_millis(s),
             },
@@ -216,12 +218,12 @@ impl Live {
         &self.key
     }
 
-    /// Fails if this process may already be considered dead by others: its
-    /// heartbeat has not been stored for half the stale time, or its beacon
-    /// is gone.
+    /// Fails if this process may soon be considered dead by others: its
+    /// heartbeat has not been stored for a fifth of the stale time, or its
+    /// beacon is gone.
     pub async fn check_alive(&self) -> Result<()> {
         let since = self.last_ok.lock().map(|t| t.elapsed()).unwrap_or_default();
-        if since > self.timing.stale_after / 2 {
+        if since > self.timing.stale_after / 5 {
             return Err(Error::InvalidArgument(format!(
                 "this process could not renew its session {} for {:.0} s; others may have taken it for dead, so it stops here",
                 self.key,
