@@ -81,6 +81,12 @@ pub enum Command {
     Prune(PruneArgs),
     /// Show running backups and prunes (sessions and locks); nothing to unlock by hand
     Unlock,
+    /// Add, remove or set the tags of snapshots
+    Tag(TagArgs),
+    /// Show what changed between two snapshots (+ added, - removed, M modified, U metadata, T type)
+    Diff(DiffArgs),
+    /// Find which snapshots contain paths matching a pattern
+    Find(FindArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -341,7 +347,65 @@ pub struct BackupArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct SnapshotsArgs {}
+pub struct SnapshotsArgs {
+    /// Only snapshots with this tag (repeatable: all of them)
+    #[arg(long, value_name = "TAG")]
+    pub tag: Vec<String>,
+    /// Only snapshots of this host (repeatable)
+    #[arg(long, value_name = "HOST")]
+    pub host: Vec<String>,
+    /// Only snapshots that include this path (repeatable)
+    #[arg(long, value_name = "PATH")]
+    pub path: Vec<String>,
+    /// Only the N newest snapshots of each host and set of paths
+    #[arg(long, value_name = "N")]
+    pub latest: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+pub struct TagArgs {
+    /// Snapshots to change (ids, prefixes or `latest`); all that match the filters when none
+    #[arg(value_name = "SNAPSHOT")]
+    pub snapshots: Vec<String>,
+    /// Add this tag (repeatable)
+    #[arg(long, value_name = "TAG")]
+    pub add: Vec<String>,
+    /// Remove this tag (repeatable)
+    #[arg(long, value_name = "TAG")]
+    pub remove: Vec<String>,
+    /// Replace all tags with these (repeatable; give it once empty to clear)
+    #[arg(long, value_name = "TAG", num_args = 0..=1, default_missing_value = "")]
+    pub set: Vec<String>,
+    /// Only snapshots with this tag
+    #[arg(long, value_name = "TAG")]
+    pub tag: Vec<String>,
+    /// Only snapshots of this host
+    #[arg(long, value_name = "HOST")]
+    pub host: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct DiffArgs {
+    /// The older snapshot
+    #[arg(value_name = "SNAPSHOT_A")]
+    pub a: String,
+    /// The newer snapshot
+    #[arg(value_name = "SNAPSHOT_B")]
+    pub b: String,
+}
+
+#[derive(Args, Debug)]
+pub struct FindArgs {
+    /// Pattern: a name anywhere (`*.sql`), or an anchored path (`/var/lib/**/ibdata1`)
+    #[arg(value_name = "PATTERN")]
+    pub pattern: String,
+    /// Case-insensitive
+    #[arg(short, long)]
+    pub ignore_case: bool,
+    /// Only these snapshots (all when none)
+    #[arg(long = "snapshot", short = 's', value_name = "SNAPSHOT")]
+    pub snapshots: Vec<String>,
+}
 
 #[derive(Args, Debug)]
 pub struct LsArgs {

@@ -1311,3 +1311,123 @@ fn prune_killed_at_random_moments_loses_nothing_and_the_next_prune_finishes() {
         verify_generation(&t);
     }
 }
+
+#[test]
+fn snapshots_filters_tag_diff_find_and_forget() {
+    let env = Env::new();
+    env.init();
+    let src = env.root.join("src");
+    write(&src.join("a.txt"), b"one");
+    write(&src.join("dir/b.sql"), b"CREATE TABLE b;");
+    write(&src.join("gone.txt"), b"bye");
+    let s = src.to_str().unwrap();
+    let first = last_json_line(&env.expect(
+        0,
+        &["backup", s, "--json", "--tag", "nightly", "--host", "h1"],
+    ))["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    write(&src.join("a.txt"), b"two!");
+    std::fs::remove_file(src.join("gone.txt")).unwrap();
+    write(&src.join("new/c.sql"), b"CREATE TABLE c;");
+    std::fs::set_permissions(
+        src.join("dir/b.sql"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let second = last_json_line(&env.expect(0, &["backup", s, "--json", "--host", "h1"]))
+        ["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    env.expect(0, &["backup", s, "--host", "h2"]);
+
+    // snapshots filters.
+    let count = |args: &[&str]| {
+        let mut a = vec!["snapshots", "--json"];
+        a.extend(args);
+        json(&env.expect(0, &a)).as_array().unwrap().len()
+    };
+    assert_eq!(count(&[]), 3);
+    assert_eq!(count(&["--host", "h1"]), 2);
+    assert_eq!(count(&["--tag", "nightly"]), 1);
+    assert_eq!(count(&["--path", s]), 3);
+    assert_eq!(count(&["--latest", "1"]), 2, "one per host");
+
+    // diff.
+    let d = env.expect(0, &["diff", &first[..8], &second[..8]]);
+    let lines: Vec<&str> = d.lines().collect();
+    for want in [
+        "M    /a.txt",
+        "U    /dir/b.sql",
+        "-    /gone.txt",
+        "+    /new",
+        "+    /new/c.sql",
+    ] {
+        assert!(lines.contains(&want), "{want:?} missing from:\n{d}");
+    }
+    let dj = json(&env.expect(0, &["diff", &first, &second, "--json"]));
+    assert_eq!(dj["changes"].as_array().unwrap().len(), 5, "{dj}");
+
+    // find.
+    let f = json(&env.expect(0, &["find", "*.sql", "--json"]));
+    let hits: usize = f
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["matches"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(hits, 1 + 2 + 2, "{f}");
+    let f = env.expect(0, &["find", "C.SQL", "-i"]);
+    assert!(f.contains("/new/c.sql"), "{f}");
+
+    // tag: add, remove, set; the old snapshot object is replaced.
+    env.expect(
+        0,
+        &["tag", &second[..8], "--add", "keep", "--add", "weekly"],
+    );
+    assert_eq!(count(&["--tag", "keep"]), 1);
+    env.expect(0, &["tag", "--tag", "keep", "--remove", "weekly"]);
+    let tagged = json(&env.expect(0, &["snapshots", "--json", "--tag", "keep"]));
+    assert_eq!(tagged[0]["tags"], serde_json::json!(["keep"]));
+    assert_eq!(count(&[]), 3);
+
+    // forget: dry run changes nothing and explains; a policy removes; explicit ids remove.
+    let out = env.expect(
+        0,
+        &[
+            "forget",
+            "--keep-last",
+            "1",
+            "--keep-tag",
+            "keep",
+            "--dry-run",
+        ],
+    );
+    assert!(
+        out.contains("keep") && out.contains("remove") && out.contains("tag keep"),
+        "{out}"
+    );
+    assert_eq!(count(&[]), 3);
+    let fj = json(&env.expect(
+        0,
+        &["forget", "--keep-last", "1", "--keep-tag", "keep", "--json"],
+    ));
+    assert_eq!(
+        fj["groups"].as_array().unwrap().len(),
+        2,
+        "grouped by host: {fj}"
+    );
+    assert_eq!(count(&[]), 2);
+    let out = env.run(&["forget"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no policy"), "{}", stderr(&out));
+    let h2 = json(&env.expect(0, &["snapshots", "--json", "--host", "h2"]))[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    env.expect(0, &["forget", &h2[..8], "--prune", "--max-unused", "0%"]);
+    assert_eq!(count(&[]), 1);
+    env.check_read_data();
+}

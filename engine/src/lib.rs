@@ -41,6 +41,7 @@
 pub mod backup;
 pub mod cancel;
 pub mod check;
+pub mod diff;
 pub mod dump;
 pub mod error;
 pub mod forget;

@@ -3,6 +3,7 @@
 mod backup;
 mod cat;
 mod check;
+mod diff;
 mod dump;
 mod forget;
 mod init;
@@ -35,6 +36,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Forget(a) => forget::run(g, a).await,
         Command::Prune(a) => prune::run(g, a).await,
         Command::Unlock => prune::unlock(g).await,
+        Command::Tag(a) => diff::tag(g, a).await,
+        Command::Diff(a) => diff::diff(g, a).await,
+        Command::Find(a) => diff::find(g, a).await,
         Command::Key(k) => key::run(g, k).await,
     }
 }

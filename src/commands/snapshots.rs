@@ -24,9 +24,47 @@ pub fn to_json(id: &SnapshotId, s: &Snapshot) -> serde_json::Value {
     })
 }
 
-pub async fn run(g: &Global, _a: SnapshotsArgs) -> anyhow::Result<i32> {
+/// Applies --tag/--host/--path and --latest N (per host and paths).
+pub fn select(
+    snaps: Vec<(SnapshotId, Snapshot)>,
+    tags: &[String],
+    hosts: &[String],
+    paths: &[String],
+    latest: Option<usize>,
+) -> Vec<(SnapshotId, Snapshot)> {
+    let filter = coffer_engine::forget::Filter {
+        hosts: hosts.to_vec(),
+        tags: tags.to_vec(),
+        paths: paths.to_vec(),
+    };
+    let mut v: Vec<_> = snaps
+        .into_iter()
+        .filter(|(_, s)| filter.matches(s))
+        .collect();
+    if let Some(n) = latest {
+        let key = |s: &Snapshot| {
+            let mut p: Vec<String> = s.paths.iter().map(|p| p.to_string_lossy()).collect();
+            p.sort();
+            (s.hostname.clone(), p)
+        };
+        let mut counts: std::collections::HashMap<_, usize> = std::collections::HashMap::new();
+        let mut keep = vec![false; v.len()];
+        for i in (0..v.len()).rev() {
+            let c = counts.entry(key(&v[i].1)).or_default();
+            if *c < n {
+                keep[i] = true;
+                *c += 1;
+            }
+        }
+        let mut it = keep.into_iter();
+        v.retain(|_| it.next().unwrap_or(false));
+    }
+    v
+}
+
+pub async fn run(g: &Global, a: SnapshotsArgs) -> anyhow::Result<i32> {
     let repo = super::open(g).await?;
-    let snaps = repo.snapshots().await?;
+    let snaps = select(repo.snapshots().await?, &a.tag, &a.host, &a.path, a.latest);
     if g.json {
         let list: Vec<_> = snaps.iter().map(|(id, s)| to_json(id, s)).collect();
         super::print_json(&list)?;
