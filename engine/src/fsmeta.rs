@@ -64,8 +64,22 @@ pub(crate) fn kind_of(md: &Metadata) -> Option<NodeKind> {
     }
 }
 
-/// Builds a node from `lstat` metadata. Content and subtree are filled in later.
+/// Builds a node from `lstat` metadata and the path's extended attributes.
+/// Content and subtree are filled in later.
 pub(crate) fn read_node(
+    name: &[u8],
+    path: &Path,
+    md: &Metadata,
+    kind: NodeKind,
+    owners: &mut Owners,
+) -> io::Result<Node> {
+    let mut node = read_node_stat(name, path, md, kind, owners)?;
+    node.xattrs = read_xattrs(path);
+    Ok(node)
+}
+
+/// As [`read_node`], without the extended attributes.
+pub(crate) fn read_node_stat(
     name: &[u8],
     path: &Path,
     md: &Metadata,
@@ -92,7 +106,6 @@ pub(crate) fn read_node(
         NodeKind::Chardev | NodeKind::Blockdev => node.rdev = Some(md.rdev()),
         _ => {}
     }
-    node.xattrs = read_xattrs(path);
     Ok(node)
 }
 

@@ -518,7 +518,7 @@ fn run_pipeline(
     root: Node,
     threads: usize,
 ) -> Result<Node> {
-    let (ev_tx, ev_rx) = crossbeam_channel::bounded(4096);
+    let (ev_tx, ev_rx) = crossbeam_channel::bounded(4096 / source::EVENT_BATCH);
     let (job_tx, job_rx) = crossbeam_channel::bounded(threads * 4);
     std::thread::scope(|s| {
         if ctx.progress.is_some() {
@@ -528,6 +528,7 @@ fn run_pipeline(
             source::Walker {
                 ctx,
                 events: ev_tx,
+                batch: Vec::with_capacity(source::EVENT_BATCH),
                 jobs: job_tx,
                 owners: Default::default(),
                 parents: Vec::new(),

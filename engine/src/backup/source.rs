@@ -224,9 +224,15 @@ pub(crate) fn root_node(plan: &SourcePlan, now: Timestamp) -> Result<Node> {
     }
 }
 
+/// Events per message from the walker to the tree builder.
+pub(crate) const EVENT_BATCH: usize = 256;
+
 pub(crate) struct Walker<'a> {
     pub(crate) ctx: &'a Ctx,
-    pub(crate) events: Sender<Event>,
+    /// Batches of events (one message per [`EVENT_BATCH`] events: a channel
+    /// operation per event costs more than a small directory's whole walk).
+    pub(crate) events: Sender<Vec<Event>>,
+    pub(crate) batch: Vec<Event>,
     pub(crate) jobs: Sender<FileJob>,
     pub(crate) owners: Owners,
     /// The parent snapshot's listing of each open directory, innermost last.
@@ -241,6 +247,11 @@ impl Walker<'_> {
         parent_root: Option<coffer_repo_format::BlobId>,
     ) -> Result<()> {
         self.parents.push(ParentDir::open(self.ctx, parent_root));
+        self.walk(plan)?;
+        self.flush()
+    }
+
+    fn walk(&mut self, plan: &SourcePlan) -> Result<()> {
         match plan {
             SourcePlan::Single(path) => self.walk_dir_contents(path),
             SourcePlan::Synthetic(items) => {
@@ -275,8 +286,20 @@ impl Walker<'_> {
         }
     }
 
-    fn send(&self, ev: Event) -> Result<()> {
-        self.events.send(ev).map_err(|_| Error::Cancelled)
+    fn send(&mut self, ev: Event) -> Result<()> {
+        self.batch.push(ev);
+        if self.batch.len() >= EVENT_BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(EVENT_BATCH));
+        self.events.send(batch).map_err(|_| Error::Cancelled)
     }
 
     /// The parent snapshot's entry of this name in the current directory.
@@ -423,7 +446,7 @@ impl Walker<'_> {
             tracing::info!("skipping socket {}", path.display());
             return Ok(());
         };
-        let mut node = match fsmeta::read_node(name, path, md, kind, &mut self.owners) {
+        let mut node = match fsmeta::read_node_stat(name, path, md, kind, &mut self.owners) {
             Ok(n) => n,
             Err(e) => {
                 self.ctx.error(path, e.to_string());
@@ -431,6 +454,20 @@ impl Walker<'_> {
             }
         };
         let parent = self.parent_of(name);
+        // Changing an attribute changes the ctime: with the same ctime (and
+        // mtime, inode, size) the parent's attributes are this file's.
+        node.xattrs = match &parent {
+            Some(p)
+                if p.ctime == node.ctime
+                    && p.mtime == node.mtime
+                    && p.inode == node.inode
+                    && p.size == node.size
+                    && p.kind == node.kind =>
+            {
+                p.xattrs.clone()
+            }
+            _ => fsmeta::read_xattrs(path),
+        };
         if kind == NodeKind::File && node.size > 0 {
             if let Some(p) = parent
                 .as_ref()

@@ -193,7 +193,7 @@ pub(crate) fn build_root(ctx: &Ctx, mut root: Node, mut nodes: Vec<Node>) -> Res
 pub(crate) fn build(
     ctx: &Ctx,
     root: Node,
-    events: crossbeam_channel::Receiver<Event>,
+    events: crossbeam_channel::Receiver<Vec<Event>>,
 ) -> Result<Node> {
     let mut sealer = BlobWriter::new(ctx)?;
     let mut store = SessionStore {
@@ -202,7 +202,7 @@ pub(crate) fn build(
     };
     let mut stack: Vec<(Node, PageWriter)> = vec![(root, PageWriter::default())];
     let mut parent_trees: Vec<Option<BlobId>> = vec![ctx.parent_root];
-    for ev in events {
+    for ev in events.into_iter().flatten() {
         match ev {
             Event::Enter(node, parent_tree) => {
                 stack.push((*node, PageWriter::default()));
