@@ -21,7 +21,8 @@ pub struct Cli {
 
 #[derive(Args, Debug, Clone)]
 pub struct Global {
-    /// Repository: a local path or file:///path
+    /// Repository: a local path, file:///path, s3://BUCKET/PREFIX,
+    /// gs://BUCKET/PREFIX or az://CONTAINER/PREFIX
     #[arg(
         short = 'r',
         long = "repo",
@@ -41,6 +42,17 @@ pub struct Global {
         value_name = "CMD"
     )]
     pub password_command: Option<String>,
+    /// Set a store option, KEY=VALUE (repeatable): s3.endpoint=URL, s3.region=NAME,
+    /// any s3./gs./az. key of the object_store crate, timeout=SECONDS,
+    /// connect-timeout=SECONDS, connections=N (requests at once), retries=N
+    #[arg(short = 'o', long = "option", global = true, value_name = "KEY=VALUE", value_parser = parse_option)]
+    pub options: Vec<(String, String)>,
+    /// Cache repository metadata of network stores here [default: $XDG_CACHE_HOME/coffer]
+    #[arg(long, env = "COFFER_CACHE_DIR", global = true, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Do not use a local cache
+    #[arg(long, global = true)]
+    pub no_cache: bool,
     /// Print machine-readable JSON instead of text
     #[arg(long, global = true)]
     pub json: bool,
@@ -50,6 +62,15 @@ pub struct Global {
     /// Print more (repeat for debug output)
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+fn parse_option(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!(
+            "{s:?} is not KEY=VALUE (such as s3.endpoint=http://127.0.0.1:9000)"
+        )),
+    }
 }
 
 #[derive(Subcommand, Debug)]

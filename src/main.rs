@@ -84,10 +84,27 @@ fn main() {
     let code = match rt.block_on(commands::run(cli)) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("coffer: {err:#}");
+            eprintln!("coffer: {}", describe(&err));
             exit_code(&err)
         }
     };
     drop(rt);
     std::process::exit(code);
+}
+
+/// The error and its causes, each cause only when the message does not
+/// already say it.
+fn describe(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }

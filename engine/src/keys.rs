@@ -117,6 +117,7 @@ impl Repository {
                 "the new password must not be empty".into(),
             ));
         }
+        self.prepare_writes().await?;
         let me = Identity::current();
         let kf = KeyFile::wrap(
             self.key(),

@@ -368,6 +368,7 @@ pub async fn prune(repo: Arc<Repository>, opts: PruneOptions) -> Result<PrunePla
         let present = present_packs(&repo).await?;
         return Ok(decide(&idx, &u, &present, &opts, None));
     }
+    repo.prepare_writes().await?;
     let lock = lock(&repo, &opts).await?;
     let result = run(&repo, &opts, &lock).await;
     let ended = lock.end().await;

@@ -154,6 +154,12 @@ impl Repository {
     /// Creates a repository in an empty store and opens it.
     pub async fn init(store: DynStore, password: &[u8], opts: InitOptions) -> Result<Repository> {
         let location = store.location();
+        let store_err = |e| Error::Store {
+            location: location.clone(),
+            source: e,
+        };
+        store.prepare_container().await.map_err(store_err)?;
+        store.conditional_writes().await.map_err(store_err)?;
         match store.size(layout::CONFIG).await {
             Ok(_) => return Err(Error::RepositoryExists { location }),
             Err(e) if e.kind == StoreErrorKind::NotFound => {}
@@ -287,10 +293,22 @@ impl Repository {
             };
             match kf.unwrap_key(password) {
                 Ok(key) => {
-                    let plain = key
-                        .opener()
-                        .open(Context::Config, &config_bytes)
-                        .map_err(|e| Error::corrupt("repository config", e))?;
+                    let plain = match key.opener().open(Context::Config, &config_bytes) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            // A cached config from an earlier repository at
+                            // this location? Read it from the store once more.
+                            store.discard_cached(layout::CONFIG);
+                            let fresh =
+                                store.get(layout::CONFIG).await.map_err(|e| Error::Store {
+                                    location: location.clone(),
+                                    source: e,
+                                })?;
+                            key.opener()
+                                .open(Context::Config, &fresh)
+                                .map_err(|_| Error::corrupt("repository config", e))?
+                        }
+                    };
                     let config = Config::decode(&plain)
                         .map_err(|e| Error::corrupt("repository config", e))?;
                     return Ok(Self::assemble(store, key, config, *id));
@@ -345,6 +363,16 @@ impl Repository {
 
     pub(crate) fn set_key_id(&mut self, id: KeyId) {
         self.key_id = id;
+    }
+
+    /// Asks the store, once per process, whether it refuses a second
+    /// create-if-absent write (network stores are probed; see
+    /// [`crate::storage::Store::conditional_writes`]). Called before writing.
+    pub async fn prepare_writes(&self) -> Result<bool> {
+        self.store
+            .conditional_writes()
+            .await
+            .map_err(|e| self.store_err(e))
     }
 
     pub(crate) fn store_err(&self, e: StoreError) -> Error {
@@ -572,14 +600,12 @@ impl Repository {
             ));
         }
         let key = layout::pack(&loc.pack);
-        let bytes = match self
-            .store
-            .get_range(
-                &key,
-                u64::from(loc.offset)..u64::from(loc.offset) + u64::from(loc.stored_len),
-            )
-            .await
-        {
+        let range = u64::from(loc.offset)..u64::from(loc.offset) + u64::from(loc.stored_len);
+        let read = match blob_type {
+            BlobType::Tree => self.store.get_tree_range(&key, range).await,
+            BlobType::Data => self.store.get_range(&key, range).await,
+        };
+        let bytes = match read {
             Ok(b) => b,
             Err(e) if e.kind == StoreErrorKind::NotFound => {
                 return Err(Error::NotFound {
@@ -589,8 +615,11 @@ impl Repository {
             }
             Err(e) => return Err(self.store_err(e)),
         };
-        blob::open_blob(&self.key, &self.opener, blob_type, id, loc.raw_len, &bytes)
-            .map_err(|e| Error::corrupt(format!("{blob_type} blob {id} in pack {}", loc.pack), e))
+        blob::open_blob(&self.key, &self.opener, blob_type, id, loc.raw_len, &bytes).map_err(|e| {
+            // A cached pack is verified as a whole; still, never keep what failed.
+            self.store.discard_cached(&key);
+            Error::corrupt(format!("{blob_type} blob {id} in pack {}", loc.pack), e)
+        })
     }
 
     /// Opens a blob's stored bytes (already fetched) and verifies it.

@@ -1,11 +1,10 @@
 use coffer_engine::format::chunker::ChunkerParams;
-use coffer_engine::{storage, InitOptions, Repository};
+use coffer_engine::{InitOptions, Repository};
 
 use crate::cli::{Global, InitArgs};
 use crate::exit;
 
 pub async fn run(g: &Global, a: InitArgs) -> anyhow::Result<i32> {
-    let location = super::location(g)?;
     let avg =
         u32::try_from(a.chunk_size).map_err(|_| anyhow::anyhow!("--chunk-size is too large"))?;
     let opts = InitOptions {
@@ -20,9 +19,12 @@ pub async fn run(g: &Global, a: InitArgs) -> anyhow::Result<i32> {
             .map_err(|_| anyhow::anyhow!("--pack-size is too large"))?,
         kdf: a.kdf.cost(),
     };
-    let store = storage::open_location(&location, true)?;
+    let store = super::open_store(g, true)?;
     if store.size("config").await.is_ok() {
-        return Err(coffer_engine::Error::RepositoryExists { location }.into());
+        return Err(coffer_engine::Error::RepositoryExists {
+            location: store.location(),
+        }
+        .into());
     }
     let password = crate::password::get(g, true)?;
     let repo = Repository::init(store, &password, opts).await?;

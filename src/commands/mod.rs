@@ -50,10 +50,36 @@ pub(crate) fn location(g: &Global) -> anyhow::Result<String> {
     }
 }
 
+/// Opens the store `--repo` names, with `--option` and the cache settings.
+pub(crate) fn open_store(g: &Global, create: bool) -> anyhow::Result<storage::DynStore> {
+    let location = location(g)?;
+    let remote = ["s3://", "gs://", "az://"]
+        .iter()
+        .any(|s| location.starts_with(s));
+    let cache_dir = match (&g.cache_dir, g.no_cache) {
+        (_, true) => None,
+        (Some(dir), false) => Some(dir.clone()),
+        // Local repositories are read at disk speed: no cache unless asked.
+        (None, false) if remote => dirs::cache_dir().map(|d| d.join("coffer")),
+        (None, false) => None,
+    };
+    let opts = storage::OpenOptions {
+        create,
+        options: g.options.clone(),
+        cache_dir,
+    };
+    Ok(storage::open(&location, &opts)?)
+}
+
 /// Opens the repository: checks that it exists, then asks for the password.
 pub(crate) async fn open(g: &Global) -> anyhow::Result<Arc<Repository>> {
     let location = location(g)?;
-    let store = storage::open_location(&location, false)?;
+    let store = open_store(g, false)?;
+    let location = if store.location().contains("://") {
+        store.location()
+    } else {
+        location
+    };
     match store.size("config").await {
         Ok(_) => {}
         Err(e) if e.kind == storage::StoreErrorKind::NotFound => {

@@ -368,6 +368,7 @@ impl Job {
         paths: Vec<PathBuf>,
     ) -> Result<Job> {
         let started = Instant::now();
+        repo.prepare_writes().await?;
         // The protocol's order (SPEC.md): announce the session, then read the
         // prune plans, then the index; never deduplicate against planned packs.
         let live = Live::start(repo.clone(), SESSIONS, "backup", opts.timing).await?;

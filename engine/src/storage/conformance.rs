@@ -5,7 +5,10 @@ use futures::TryStreamExt;
 
 use super::{Store, StoreErrorKind, WriteMode};
 
-pub(crate) async fn run(store: &dyn Store) {
+/// Runs the suite; returns the store's answer to the create-if-absent probe.
+pub(crate) async fn run(store: &dyn Store) -> bool {
+    let honours_create = store.conditional_writes().await.unwrap();
+
     // Missing objects.
     let e = store.get("config").await.unwrap_err();
     assert_eq!(e.kind, StoreErrorKind::NotFound, "{e}");
@@ -28,7 +31,35 @@ pub(crate) async fn run(store: &dyn Store) {
         .await
         .is_err());
 
-    // Create-if-absent.
+    // A large object (uploaded in parts by network stores), read across a part edge.
+    let large = Bytes::from(
+        (0..40u32 << 20)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect::<Vec<_>>(),
+    );
+    store
+        .put("data/ef/large", large.clone(), WriteMode::CreateNew)
+        .await
+        .unwrap();
+    assert_eq!(store.size("data/ef/large").await.unwrap(), 40 << 20);
+    let edge = (16u64 << 20) - 100..(16u64 << 20) + 100;
+    assert_eq!(
+        store
+            .get_range("data/ef/large", edge.clone())
+            .await
+            .unwrap(),
+        large.slice(edge.start as usize..edge.end as usize)
+    );
+    assert_eq!(store.get("data/ef/large").await.unwrap(), large);
+    let e = store
+        .put("data/ef/large", large.slice(..1000), WriteMode::CreateNew)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, StoreErrorKind::AlreadyExists, "{e}");
+    store.delete("data/ef/large").await.unwrap();
+
+    // Create-if-absent (where the store ignores the condition, the store
+    // looks before it writes; the probe told it so).
     store
         .put("locks/x", Bytes::from_static(b"1"), WriteMode::CreateNew)
         .await
@@ -60,6 +91,8 @@ pub(crate) async fn run(store: &dyn Store) {
     assert_eq!(listed[7].key, "index/00007");
     assert_eq!(listed[8].size, 1);
     let nested: Vec<_> = store.list("data/").try_collect().await.unwrap();
+    let none: Vec<_> = store.list("snapshots/").try_collect().await.unwrap();
+    assert!(none.is_empty(), "{none:?}");
     assert_eq!(nested.len(), 1);
     assert_eq!(nested[0].key, "data/ab/abcd");
 
@@ -91,15 +124,109 @@ pub(crate) async fn run(store: &dyn Store) {
         store.get("locks/x").await.unwrap_err().kind,
         StoreErrorKind::NotFound
     );
+    honours_create
 }
 
 #[tokio::test]
 async fn memory_store_conforms() {
-    run(&super::ObjectStoreBackend::memory()).await;
+    assert!(run(&super::ObjectStoreBackend::memory()).await);
 }
 
 #[tokio::test]
 async fn local_store_conforms() {
     let dir = tempfile::tempdir().unwrap();
-    run(&super::ObjectStoreBackend::local(dir.path(), false).unwrap()).await;
+    assert!(run(&super::ObjectStoreBackend::local(dir.path(), false).unwrap()).await);
+}
+
+#[tokio::test]
+async fn a_cached_local_store_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = super::ObjectStoreBackend::local(&dir.path().join("repo"), true).unwrap();
+    let cached =
+        super::Caching::new(std::sync::Arc::new(local), &dir.path().join("cache"), "x").unwrap();
+    assert!(run(&cached).await);
+}
+
+/// Retries hide a store that fails a fifth of its operations and truncates reads.
+#[tokio::test]
+async fn a_faulty_store_behind_retries_conforms() {
+    let faulty = super::Faulty::new(
+        std::sync::Arc::new(super::ObjectStoreBackend::memory()),
+        super::Faults {
+            error_rate: 0.2,
+            truncate_rate: 0.2,
+            ..Default::default()
+        },
+        3,
+    );
+    let policy = super::RetryPolicy {
+        attempts: 30,
+        initial: std::time::Duration::from_micros(100),
+        max: std::time::Duration::from_millis(2),
+        concurrency: 4,
+    };
+    let faulty = std::sync::Arc::new(faulty);
+    let store = super::Retrying::new(faulty.clone(), policy);
+    assert!(run(&store).await);
+    assert!(faulty.injected() > 100, "{}", faulty.injected());
+}
+
+/// The S3 server the test script starts (`scripts/s3-server.sh`): its
+/// endpoint in `COFFER_TEST_S3_ENDPOINT`, credentials in `AWS_*` when it
+/// checks them. With `COFFER_TEST_REQUIRE_S3=1` (CI) a missing server fails.
+pub(crate) fn s3_endpoint() -> Option<String> {
+    match std::env::var("COFFER_TEST_S3_ENDPOINT") {
+        Ok(e) if !e.is_empty() => Some(e),
+        _ => {
+            assert!(
+                std::env::var("COFFER_TEST_REQUIRE_S3").as_deref() != Ok("1"),
+                "COFFER_TEST_REQUIRE_S3=1 but COFFER_TEST_S3_ENDPOINT is not set"
+            );
+            eprintln!("skipped: no S3 server (set COFFER_TEST_S3_ENDPOINT; scripts/test.sh does)");
+            None
+        }
+    }
+}
+
+/// Options for the test server: endpoint, plain http, and moto's dummy
+/// credentials unless the environment has real ones.
+pub(crate) fn s3_options(endpoint: &str) -> Vec<(String, String)> {
+    let mut o = vec![
+        ("s3.endpoint".to_string(), endpoint.to_string()),
+        ("s3.allow_http".to_string(), "true".to_string()),
+    ];
+    if std::env::var("AWS_ACCESS_KEY_ID").is_err() {
+        o.push(("s3.access_key_id".into(), "testing".into()));
+        o.push(("s3.secret_access_key".into(), "testing".into()));
+    }
+    if std::env::var("AWS_REGION").is_err() {
+        o.push(("s3.region".into(), "us-east-1".into()));
+    }
+    o
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_s3_store_conforms() {
+    let Some(endpoint) = s3_endpoint() else {
+        return;
+    };
+    let bucket = std::env::var("COFFER_TEST_S3_BUCKET")
+        .unwrap_or_else(|_| format!("conformance-{}", std::process::id()));
+    let cache = tempfile::tempdir().unwrap();
+    let location = format!("s3://{bucket}/conformance/{}", std::process::id());
+    let store = super::open(
+        &location,
+        &super::OpenOptions {
+            create: true,
+            options: s3_options(&endpoint),
+            cache_dir: Some(cache.path().to_path_buf()),
+        },
+    )
+    .unwrap();
+    store.prepare_container().await.unwrap();
+    let honours = run(store.as_ref()).await;
+    eprintln!("{location}: refuses a second create-if-absent write: {honours}");
+    if let Ok(expected) = std::env::var("COFFER_TEST_S3_CONDITIONAL") {
+        assert_eq!(honours.to_string(), expected, "the probe's answer");
+    }
 }

@@ -13,7 +13,12 @@
 //! Retries, caches and fault injection are wrappers around the trait, not flags
 //! inside each store.
 
+mod cache;
+mod fault;
 mod object;
+#[cfg(feature = "cloud")]
+mod remote;
+mod retry;
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -21,7 +26,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 
+pub use cache::Caching;
+pub use fault::{Faults, Faulty};
 pub use object::ObjectStoreBackend;
+pub use retry::{RetryPolicy, Retrying};
 
 /// What a store said went wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +94,28 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Lists the objects whose keys start with `prefix` (a directory such as `"index/"`).
     fn list<'a>(&'a self, prefix: &'a str) -> BoxStream<'a, Result<ObjectInfo, StoreError>>;
 
+    /// Reads a byte range of a pack that holds trees. The same as
+    /// [`Store::get_range`], except that a cache keeps such packs whole.
+    async fn get_tree_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
+        self.get_range(key, range).await
+    }
+
+    /// Forgets any cached copy of `key`: the caller found it did not open.
+    fn discard_cached(&self, _key: &str) {}
+
+    /// Whether the store refuses a second create-if-absent write to one key.
+    /// Network stores are probed once (the answer is kept); where the answer
+    /// is no, [`WriteMode::CreateNew`] looks before it writes.
+    async fn conditional_writes(&self) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
+    /// Makes sure the container (bucket) exists, creating it where the store
+    /// and the credentials allow; a repository is about to be created.
+    async fn prepare_container(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// A local directory where a writer may stage a whole object before it is
     /// stored with [`Store::put_file`]; for a local store, on the same
     /// filesystem, so that storing is a link, not a copy. `None`: stage in memory.
@@ -116,12 +146,40 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 /// A shared store.
 pub type DynStore = Arc<dyn Store>;
 
+/// How to open a store.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// Create a missing local directory (for `init`).
+    pub create: bool,
+    /// Backend options, `KEY=VALUE` as given with `--option`: `s3.endpoint`,
+    /// `s3.region`, any `object_store` key with its backend's prefix (`s3.`,
+    /// `gs.`, `az.`), and for every network store `timeout`,
+    /// `connect-timeout`, `connections`, `retries`.
+    pub options: Vec<(String, String)>,
+    /// Keep a local cache of metadata here (network stores only; `None`: no cache).
+    pub cache_dir: Option<std::path::PathBuf>,
+}
+
 /// Opens the store a repository location names: a path or `file:///path` (local
 /// directory), or `memory://` (a new, empty in-memory store, for tests).
 ///
 /// With `create`, a missing local directory is created; without it, a missing
 /// directory is [`crate::Error::RepositoryNotFound`].
 pub fn open_location(location: &str, create: bool) -> crate::Result<DynStore> {
+    open(
+        location,
+        &OpenOptions {
+            create,
+            ..Default::default()
+        },
+    )
+}
+
+/// Opens the store a repository location names: a path or `file:///path`,
+/// `s3://bucket/prefix`, `gs://bucket/prefix`, `az://container/prefix`, or
+/// `memory://`. Network stores are wrapped in retries and, with a cache
+/// directory, a verified cache.
+pub fn open(location: &str, opts: &OpenOptions) -> crate::Result<DynStore> {
     if location.is_empty() {
         return Err(crate::Error::InvalidArgument(
             "no repository given: use --repo or set COFFER_REPOSITORY".into(),
@@ -132,20 +190,72 @@ pub fn open_location(location: &str, create: bool) -> crate::Result<DynStore> {
     }
     let path = location.strip_prefix("file://").unwrap_or(location);
     if let Some((scheme, _)) = path.split_once("://") {
+        #[cfg(feature = "cloud")]
+        if matches!(scheme, "s3" | "gs" | "az") {
+            let (store, policy) = remote::open(location, &opts.options)?;
+            let store: DynStore = Arc::new(Retrying::new(Arc::new(store), policy));
+            return Ok(match &opts.cache_dir {
+                Some(dir) => Arc::new(Caching::new(store, dir, location)?),
+                None => store,
+            });
+        }
         return Err(crate::Error::InvalidArgument(format!(
-            "unsupported repository scheme {scheme:?} in {location}; use a local path, file:///path or memory://"
+            "unsupported repository scheme {scheme:?} in {}; use a local path, file:///path, s3://bucket/prefix, gs://bucket/prefix, az://container/prefix or memory://",
+            redact(location)
         )));
     }
-    match ObjectStoreBackend::local(std::path::Path::new(path), create) {
-        Ok(s) => Ok(Arc::new(s)),
-        Err(e) if e.kind == StoreErrorKind::NotFound => Err(crate::Error::RepositoryNotFound {
-            location: location.to_string(),
-        }),
-        Err(e) => Err(crate::Error::Store {
-            location: location.to_string(),
-            source: e,
-        }),
+    if let Some((k, _)) = opts.options.first() {
+        return Err(crate::Error::InvalidArgument(format!(
+            "option {k} does not apply to a local repository ({location})"
+        )));
     }
+    let local = match ObjectStoreBackend::local(std::path::Path::new(path), opts.create) {
+        Ok(s) => s,
+        Err(e) if e.kind == StoreErrorKind::NotFound => {
+            return Err(crate::Error::RepositoryNotFound {
+                location: location.to_string(),
+            })
+        }
+        Err(e) => {
+            return Err(crate::Error::Store {
+                location: location.to_string(),
+                source: e,
+            })
+        }
+    };
+    Ok(match &opts.cache_dir {
+        Some(dir) => Arc::new(Caching::new(Arc::new(local), dir, location)?),
+        None => Arc::new(local),
+    })
+}
+
+/// Removes what could carry credentials from a message: URL query strings
+/// (pre-signed URLs, SAS tokens) and the user part of URLs.
+pub fn redact(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == '>' || c == ')')
+            .unwrap_or(tail.len());
+        let (url, after) = tail.split_at(end);
+        let url = match url.find('@') {
+            Some(at) if !url[..at].contains('/') => &url[at + 1..],
+            _ => url,
+        };
+        match url.split_once('?') {
+            Some((base, _)) => {
+                out.push_str(base);
+                out.push_str("?<redacted>");
+            }
+            None => out.push_str(url),
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]

@@ -18,7 +18,25 @@ pub struct ObjectStoreBackend {
     location: String,
     /// The root directory, for a local filesystem store.
     local_root: Option<std::path::PathBuf>,
+    /// Set for stores reached over the network.
+    remote: Option<Arc<Remote>>,
 }
+
+/// What a network store needs beyond the `object_store` client.
+#[derive(Debug)]
+pub(crate) struct Remote {
+    /// Objects at least this large are uploaded in parts.
+    pub multipart_threshold: usize,
+    /// The size of one part.
+    pub part_size: usize,
+    /// How to create the bucket when it is missing (S3 only).
+    pub bucket: Option<super::remote::BucketMaker>,
+    /// The probe's answer: does the store refuse a second create-if-absent write?
+    pub conditional_writes: tokio::sync::OnceCell<bool>,
+}
+
+/// A probe object's key; the probe writes it twice with create-if-absent.
+pub const PROBE_PREFIX: &str = "probe/";
 
 /// The staging directory inside a local repository (writer-private; readers ignore it).
 pub const STAGING: &str = "tmp";
@@ -30,7 +48,85 @@ impl ObjectStoreBackend {
             inner,
             location: location.into(),
             local_root: None,
+            remote: None,
         }
+    }
+
+    /// A store reached over the network: errors are classified by HTTP status,
+    /// large objects are uploaded in parts, and create-if-absent is probed.
+    pub(crate) fn remote(
+        inner: Arc<dyn ObjectStore>,
+        location: impl Into<String>,
+        remote: Remote,
+    ) -> Self {
+        ObjectStoreBackend {
+            remote: Some(Arc::new(remote)),
+            ..Self::new(inner, location)
+        }
+    }
+
+    fn wrap(&self, operation: &'static str, key: &str, e: object_store::Error) -> StoreError {
+        let kind = match classify(&e) {
+            StoreErrorKind::Transient if self.remote.is_none() => StoreErrorKind::Permanent,
+            StoreErrorKind::Transient => classify_status(&e.to_string()),
+            k => k,
+        };
+        StoreError {
+            kind,
+            operation,
+            key: key.to_string(),
+            message: super::redact(&chain(&e)),
+        }
+    }
+
+    async fn put_parts(&self, remote: &Remote, key: &str, data: Bytes) -> Result<(), StoreError> {
+        let path = Path::from(key);
+        let upload = self
+            .inner
+            .put_multipart(&path)
+            .await
+            .map_err(|e| self.wrap("writing", key, e))?;
+        let mut w = object_store::WriteMultipart::new_with_chunk_size(upload, remote.part_size);
+        w.put(data);
+        w.finish().await.map_err(|e| self.wrap("writing", key, e))?;
+        Ok(())
+    }
+
+    /// Writes a probe object twice with create-if-absent and reports whether
+    /// the second write was refused. Some S3-compatible stores accept the
+    /// condition header and overwrite anyway.
+    async fn probe(&self) -> Result<bool, StoreError> {
+        let mut r = [0u8; 16];
+        getrandom::fill(&mut r).map_err(|e| StoreError {
+            kind: StoreErrorKind::Permanent,
+            operation: "probing",
+            key: PROBE_PREFIX.into(),
+            message: e.to_string(),
+        })?;
+        let key = format!("{PROBE_PREFIX}{}", hex::encode(r));
+        let path = Path::from(key.as_str());
+        let put = |b: &'static [u8]| {
+            let opts = PutOptions {
+                mode: PutMode::Create,
+                ..Default::default()
+            };
+            self.inner.put_opts(&path, PutPayload::from_static(b), opts)
+        };
+        put(b"first")
+            .await
+            .map_err(|e| self.wrap("probing with", &key, e))?;
+        let second = put(b"second").await;
+        let kept = self.get(&key).await;
+        let _ = self.delete(&key).await;
+        let honoured = match second {
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => true,
+            Ok(_) => false,
+            Err(e) => {
+                return Err(self.wrap("probing with", &key, e));
+            }
+        };
+        Ok(honoured && kept?.as_ref() == b"first")
     }
 
     /// A new, empty in-memory store.
@@ -78,6 +174,36 @@ fn classify(e: &object_store::Error) -> StoreErrorKind {
     }
 }
 
+/// An error and its causes (the cause says "connection refused", not the error).
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
+/// A network error with an HTTP status: 4xx answers other than 408 and 429
+/// will not change when retried; everything else (5xx, timeouts, resets) may.
+fn classify_status(message: &str) -> StoreErrorKind {
+    let status = message
+        .split("status code: ")
+        .nth(1)
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse::<u16>().ok());
+    match status {
+        Some(408 | 429) => StoreErrorKind::Transient,
+        Some(400..=499) => StoreErrorKind::Permanent,
+        _ => StoreErrorKind::Transient,
+    }
+}
+
 fn wrap_io(operation: &'static str, key: &str, e: std::io::Error) -> StoreError {
     StoreError {
         kind: if e.kind() == std::io::ErrorKind::NotFound {
@@ -85,15 +211,6 @@ fn wrap_io(operation: &'static str, key: &str, e: std::io::Error) -> StoreError 
         } else {
             StoreErrorKind::Permanent
         },
-        operation,
-        key: key.to_string(),
-        message: e.to_string(),
-    }
-}
-
-fn wrap(operation: &'static str, key: &str, e: object_store::Error) -> StoreError {
-    StoreError {
-        kind: classify(&e),
         operation,
         key: key.to_string(),
         message: e.to_string(),
@@ -111,8 +228,8 @@ impl Store for ObjectStoreBackend {
             .inner
             .get(&Path::from(key))
             .await
-            .map_err(|e| wrap("reading", key, e))?;
-        r.bytes().await.map_err(|e| wrap("reading", key, e))
+            .map_err(|e| self.wrap("reading", key, e))?;
+        r.bytes().await.map_err(|e| self.wrap("reading", key, e))
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
@@ -121,7 +238,7 @@ impl Store for ObjectStoreBackend {
             .inner
             .get_range(&Path::from(key), range.clone())
             .await
-            .map_err(|e| wrap("reading", key, e))?;
+            .map_err(|e| self.wrap("reading", key, e))?;
         if b.len() as u64 != want {
             return Err(StoreError {
                 kind: StoreErrorKind::Transient,
@@ -143,22 +260,55 @@ impl Store for ObjectStoreBackend {
             .inner
             .head(&Path::from(key))
             .await
-            .map_err(|e| wrap("reading", key, e))?;
+            .map_err(|e| self.wrap("reading", key, e))?;
         Ok(m.size)
     }
 
     async fn put(&self, key: &str, data: Bytes, mode: WriteMode) -> Result<(), StoreError> {
-        let opts = PutOptions {
+        let mut opts = PutOptions {
             mode: match mode {
                 WriteMode::Overwrite => PutMode::Overwrite,
                 WriteMode::CreateNew => PutMode::Create,
             },
             ..Default::default()
         };
+        if let Some(remote) = &self.remote {
+            let fallback = mode == WriteMode::CreateNew
+                && self
+                    .remote
+                    .as_ref()
+                    .and_then(|r| r.conditional_writes.get())
+                    == Some(&false);
+            if fallback
+                || (mode == WriteMode::CreateNew && data.len() >= remote.multipart_threshold)
+            {
+                // The store would not refuse the write (or a multipart upload
+                // cannot carry the condition): look first. Racy, which is
+                // why nothing in the engine depends on create-if-absent.
+                match self.inner.head(&Path::from(key)).await {
+                    Ok(_) => {
+                        return Err(StoreError {
+                            kind: StoreErrorKind::AlreadyExists,
+                            operation: "writing",
+                            key: key.to_string(),
+                            message: "already exists".into(),
+                        })
+                    }
+                    Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(self.wrap("writing", key, e)),
+                }
+            }
+            if data.len() >= remote.multipart_threshold {
+                return self.put_parts(remote, key, data).await;
+            }
+            if fallback {
+                opts.mode = PutMode::Overwrite;
+            }
+        }
         self.inner
             .put_opts(&Path::from(key), PutPayload::from_bytes(data), opts)
             .await
-            .map_err(|e| wrap("writing", key, e))?;
+            .map_err(|e| self.wrap("writing", key, e))?;
         Ok(())
     }
 
@@ -166,7 +316,7 @@ impl Store for ObjectStoreBackend {
         match self.inner.delete(&Path::from(key)).await {
             Ok(()) => Ok(()),
             Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(wrap("deleting", key, e)),
+            Err(e) => Err(self.wrap("deleting", key, e)),
         }
     }
 
@@ -225,6 +375,31 @@ impl Store for ObjectStoreBackend {
         })?
     }
 
+    async fn conditional_writes(&self) -> Result<bool, StoreError> {
+        let Some(remote) = &self.remote else {
+            // A local directory refuses through link(2); memory through its map.
+            return Ok(true);
+        };
+        let honoured = *remote
+            .conditional_writes
+            .get_or_try_init(|| self.probe())
+            .await?;
+        if !honoured {
+            tracing::info!(
+                "{} does not refuse a second create-if-absent write; writes look before they write",
+                self.location
+            );
+        }
+        Ok(honoured)
+    }
+
+    async fn prepare_container(&self) -> Result<(), StoreError> {
+        match self.remote.as_ref().and_then(|r| r.bucket.as_ref()) {
+            Some(maker) => maker.ensure(self.inner.as_ref()).await,
+            None => Ok(()),
+        }
+    }
+
     fn list<'a>(&'a self, prefix: &'a str) -> BoxStream<'a, Result<ObjectInfo, StoreError>> {
         let p = Path::from(prefix.trim_end_matches('/'));
         self.inner
@@ -234,7 +409,7 @@ impl Store for ObjectStoreBackend {
                     key: m.location.to_string(),
                     size: m.size,
                 }),
-                Err(e) => Err(wrap("listing", prefix, e)),
+                Err(e) => Err(self.wrap("listing", prefix, e)),
             })
             .boxed()
     }

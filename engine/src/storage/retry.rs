@@ -1,0 +1,163 @@
+//! Retries: a [`Store`] wrapper that repeats operations that failed with a
+//! transient error, with exponential backoff and full jitter, and bounds the
+//! number of requests in flight.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+
+use super::{DynStore, ObjectInfo, Store, StoreError, StoreErrorKind, WriteMode};
+
+/// How a [`Retrying`] store retries.
+#[derive(Clone, Copy, Debug)]
+pub struct RetryPolicy {
+    /// Attempts in all (the first one included).
+    pub attempts: u32,
+    /// Backoff before the second attempt; doubles each time.
+    pub initial: Duration,
+    /// The longest backoff.
+    pub max: Duration,
+    /// Requests in flight at once.
+    pub concurrency: usize,
+}
+
+impl Default for RetryPolicy {
+    /// 8 attempts, 100 ms doubling to 10 s, 16 requests at once.
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 8,
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(10),
+            concurrency: 16,
+        }
+    }
+}
+
+/// Retries transient failures of an inner store.
+#[derive(Debug)]
+pub struct Retrying {
+    inner: DynStore,
+    policy: RetryPolicy,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl Retrying {
+    /// Wraps `inner`.
+    pub fn new(inner: DynStore, policy: RetryPolicy) -> Self {
+        Retrying {
+            inner,
+            permits: Arc::new(tokio::sync::Semaphore::new(policy.concurrency.max(1))),
+            policy,
+        }
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self.policy.initial.saturating_mul(1u32 << attempt.min(16));
+        let cap = exp.min(self.policy.max);
+        let mut r = [0u8; 4];
+        let _ = getrandom::fill(&mut r);
+        // Full jitter: a uniform share of the capped backoff.
+        cap.mul_f64(f64::from(u32::from_le_bytes(r)) / f64::from(u32::MAX))
+    }
+
+    async fn run<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let _permit = self.permits.acquire().await;
+        let mut attempt = 0;
+        loop {
+            match op().await {
+                Err(e)
+                    if e.kind == StoreErrorKind::Transient
+                        && attempt + 1 < self.policy.attempts =>
+                {
+                    tracing::debug!("retrying after: {e}");
+                    tokio::time::sleep(self.backoff(attempt)).await;
+                    attempt += 1;
+                }
+                Err(mut e) if e.kind == StoreErrorKind::Transient => {
+                    e.message = format!("{} (after {} attempts)", e.message, attempt + 1);
+                    return Err(e);
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for Retrying {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        self.run(|| self.inner.get(key)).await
+    }
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
+        self.run(|| self.inner.get_range(key, range.clone())).await
+    }
+    async fn size(&self, key: &str) -> Result<u64, StoreError> {
+        self.run(|| self.inner.size(key)).await
+    }
+    async fn put(&self, key: &str, data: Bytes, mode: WriteMode) -> Result<(), StoreError> {
+        // A create-if-absent write that timed out may have succeeded: on the
+        // retry, AlreadyExists for a content-addressed key means done.
+        self.run(|| self.inner.put(key, data.clone(), mode)).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.run(|| self.inner.delete(key)).await
+    }
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxStream<'a, Result<ObjectInfo, StoreError>> {
+        // A listing is retried as a whole: it is collected, then replayed.
+        let listed = async move {
+            self.run(|| self.inner.list(prefix).try_collect::<Vec<_>>())
+                .await
+        };
+        futures::stream::once(listed)
+            .map_ok(|v| futures::stream::iter(v.into_iter().map(Ok)))
+            .try_flatten()
+            .boxed()
+    }
+    async fn get_tree_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
+        self.run(|| self.inner.get_tree_range(key, range.clone()))
+            .await
+    }
+    fn discard_cached(&self, key: &str) {
+        self.inner.discard_cached(key);
+    }
+    async fn conditional_writes(&self) -> Result<bool, StoreError> {
+        self.run(|| self.inner.conditional_writes()).await
+    }
+    async fn prepare_container(&self) -> Result<(), StoreError> {
+        self.run(|| self.inner.prepare_container()).await
+    }
+    fn staging_dir(&self) -> Option<std::path::PathBuf> {
+        self.inner.staging_dir()
+    }
+    async fn put_file(
+        &self,
+        key: &str,
+        path: &std::path::Path,
+        mode: WriteMode,
+    ) -> Result<(), StoreError> {
+        if self.inner.staging_dir().is_some() {
+            // Staged next to the store: storing is a link, nothing to retry.
+            return self.inner.put_file(key, path, mode).await;
+        }
+        let data = tokio::fs::read(path).await.map_err(|e| StoreError {
+            kind: StoreErrorKind::Permanent,
+            operation: "reading staged file",
+            key: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let r = self.put(key, Bytes::from(data), mode).await;
+        let _ = tokio::fs::remove_file(path).await;
+        r
+    }
+}
