@@ -231,3 +231,155 @@ impl Store for Caching {
         self.inner.put_file(key, path, mode).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::storage::ObjectStoreBackend;
+
+    fn named(prefix: &str, bytes: &[u8]) -> String {
+        format!("{prefix}{}", blake3::hash(bytes).to_hex())
+    }
+
+    fn setup() -> (tempfile::TempDir, ObjectStoreBackend, Caching) {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = ObjectStoreBackend::memory();
+        let cache = Caching::new(Arc::new(inner.clone()), dir.path(), "memory://t").unwrap();
+        (dir, inner, cache)
+    }
+
+    #[tokio::test]
+    async fn metadata_is_served_from_the_cache_once_read() {
+        let (_dir, inner, cache) = setup();
+        let body = Bytes::from_static(b"an index file");
+        let key = named("index/", &body);
+        inner
+            .put(&key, body.clone(), WriteMode::CreateNew)
+            .await
+            .unwrap();
+        inner
+            .put("config", Bytes::from_static(b"cfg"), WriteMode::CreateNew)
+            .await
+            .unwrap();
+        assert_eq!(cache.get(&key).await.unwrap(), body);
+        assert_eq!(
+            cache.get("config").await.unwrap(),
+            Bytes::from_static(b"cfg")
+        );
+        // Gone from the store, still served: the cache answered.
+        inner.delete(&key).await.unwrap();
+        inner.delete("config").await.unwrap();
+        assert_eq!(cache.get(&key).await.unwrap(), body);
+        assert_eq!(
+            cache.get("config").await.unwrap(),
+            Bytes::from_static(b"cfg")
+        );
+        // Deleting through the cache forgets the entry.
+        cache.delete(&key).await.unwrap();
+        assert_eq!(
+            cache.get(&key).await.unwrap_err().kind,
+            StoreErrorKind::NotFound
+        );
+        // So does discard_cached.
+        cache.discard_cached("config");
+        assert_eq!(
+            cache.get("config").await.unwrap_err().kind,
+            StoreErrorKind::NotFound
+        );
+    }
+
+    #[tokio::test]
+    async fn a_damaged_entry_is_discarded_and_read_again() {
+        let (_dir, inner, cache) = setup();
+        let body = Bytes::from_static(b"a snapshot");
+        let key = named("snapshots/", &body);
+        inner
+            .put(&key, body.clone(), WriteMode::CreateNew)
+            .await
+            .unwrap();
+        inner
+            .put("config", Bytes::from_static(b"cfg"), WriteMode::CreateNew)
+            .await
+            .unwrap();
+        cache.get(&key).await.unwrap();
+        cache.get("config").await.unwrap();
+        for k in [key.as_str(), "config"] {
+            let path = cache.path(k);
+            let mut b = std::fs::read(&path).unwrap();
+            b[1] ^= 0x20;
+            std::fs::write(&path, &b).unwrap();
+        }
+        assert_eq!(cache.get(&key).await.unwrap(), body);
+        assert_eq!(
+            cache.get("config").await.unwrap(),
+            Bytes::from_static(b"cfg")
+        );
+        // Damaged and the store no longer has it: the damage is never served.
+        let path = cache.path(&key);
+        let mut b = std::fs::read(&path).unwrap();
+        b[0] ^= 1;
+        std::fs::write(&path, &b).unwrap();
+        inner.delete(&key).await.unwrap();
+        assert_eq!(
+            cache.get(&key).await.unwrap_err().kind,
+            StoreErrorKind::NotFound
+        );
+        assert!(!path.exists());
+    }
+
+    #[tokio::test]
+    async fn what_does_not_match_its_name_is_never_cached() {
+        let (_dir, inner, cache) = setup();
+        let key = named("index/", b"what the name says");
+        inner
+            .put(
+                &key,
+                Bytes::from_static(b"other bytes"),
+                WriteMode::CreateNew,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            cache.get(&key).await.unwrap(),
+            Bytes::from_static(b"other bytes")
+        );
+        assert!(!cache.path(&key).exists());
+        // Mutable objects (sessions, plans) pass through uncached.
+        inner
+            .put("sessions/a", Bytes::from_static(b"1"), WriteMode::Overwrite)
+            .await
+            .unwrap();
+        cache.get("sessions/a").await.unwrap();
+        assert!(!cache.path("sessions/a").exists());
+    }
+
+    #[tokio::test]
+    async fn tree_packs_are_kept_whole_and_data_reads_pass_through() {
+        let (_dir, inner, cache) = setup();
+        let pack = Bytes::from((0..5000u32).map(|i| i as u8).collect::<Vec<_>>());
+        let h = blake3::hash(&pack).to_hex();
+        let key = format!("data/{}/{h}", &h[..2]);
+        inner
+            .put(&key, pack.clone(), WriteMode::CreateNew)
+            .await
+            .unwrap();
+        assert_eq!(
+            cache.get_tree_range(&key, 10..20).await.unwrap(),
+            pack.slice(10..20)
+        );
+        assert_eq!(std::fs::read(cache.path(&key)).unwrap(), pack.to_vec());
+        inner.delete(&key).await.unwrap();
+        assert_eq!(
+            cache.get_tree_range(&key, 4000..5000).await.unwrap(),
+            pack.slice(4000..5000)
+        );
+        assert!(cache.get_tree_range(&key, 4000..5001).await.is_err());
+        // Plain ranged reads (file contents) never use the cache.
+        assert_eq!(
+            cache.get_range(&key, 0..10).await.unwrap_err().kind,
+            StoreErrorKind::NotFound
+        );
+    }
+}

@@ -71,11 +71,17 @@ impl ObjectStoreBackend {
             StoreErrorKind::Transient => classify_status(&e.to_string()),
             k => k,
         };
+        let mut message = super::redact(&chain(&e));
+        if self.remote.is_some() && message.contains("169.254.169.254") {
+            message.push_str(
+                " (no credentials in the environment, and no instance metadata service: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or the store's equivalents)",
+            );
+        }
         StoreError {
             kind,
             operation,
             key: key.to_string(),
-            message: super::redact(&chain(&e)),
+            message,
         }
     }
 
