@@ -18,6 +18,8 @@ ratio to each peer.
   benches/compare.py [--size 2G] [--rounds 3] [--tools coffer,restic,rustic,borg]
                      [--workdir /tmp/coffer-bench] [--out benches/RESULTS.md]
   benches/compare.py --single-file 4G      # one large file: coffer --threads 1 vs 2
+  benches/compare.py --s3 --size 1G        # coffer and restic on a local S3 server (moto,
+                                           # started by scripts/s3-server.sh); no repository sizes
 
 Missing peers are installed: restic and borgbackup with apt-get, rustic with
 `cargo install rustic-rs`. coffer is built with `cargo build --release`.
@@ -103,17 +105,37 @@ def coffer_bin():
     return os.path.join(ROOT, "target", "release", "coffer")
 
 
+S3 = {}  # endpoint, once --s3 started the server
+
+
+def s3_env():
+    return {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": S3["endpoint"], "AWS_ALLOW_HTTP": "true"}
+
+
 class Tool:
     def __init__(self, name, repo):
         self.name, self.repo = name, repo
+        if S3:
+            # A fresh prefix per repository; the caches live beside it and start empty.
+            S3["n"] = S3.get("n", 0) + 1
+            prefix = f"{name}-{os.getpid()}-{S3['n']}"
+            self.repo = {"coffer": f"s3://bench/{prefix}",
+                         "restic": f"s3:{S3['endpoint']}/bench/{prefix}"}[name]
+            self.cache = os.path.join(S3["work"], f"cache-{name}")
+            shutil.rmtree(self.cache, ignore_errors=True)
         self.env = {"RESTIC_PASSWORD": PASSWORD, "RUSTIC_PASSWORD": PASSWORD,
                     "BORG_PASSPHRASE": PASSWORD, "COFFER_PASSWORD": PASSWORD,
                     "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes",
                     "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes"}
+        if S3:
+            self.env.update(s3_env())
+            self.env.update({"COFFER_CACHE_DIR": self.cache, "RESTIC_CACHE_DIR": self.cache})
         self.n = 0
 
     def init(self):
-        shutil.rmtree(self.repo, ignore_errors=True)
+        if not S3:
+            shutil.rmtree(self.repo, ignore_errors=True)
         c = {"coffer": [coffer_bin(), "init", "-r", self.repo, "-q"],
              "restic": ["restic", "init", "-r", self.repo],
              "rustic": ["rustic", "init", "-r", self.repo],
@@ -149,9 +171,14 @@ def apparent_size(path):
 
 def run(args):
     tools = args.tools.split(",")
-    ensure_tools(tools)
     work = args.workdir
     os.makedirs(work, exist_ok=True)
+    if args.s3:
+        tools = [t for t in tools if t in ("coffer", "restic")]
+        state = os.path.join(work, "s3-server")
+        r = sh([os.path.join(ROOT, "scripts", "s3-server.sh"), "start", state], capture=True)
+        S3.update(endpoint=r.stdout.strip().splitlines()[-1], work=work, state=state)
+    ensure_tools(tools)
     corpus = os.path.join(work, "corpus")
     results = {t: {k: [] for k in ("first", "unchanged", "mutated", "restore", "repo", "growth")} for t in tools}
     changed_bytes = []
@@ -181,8 +208,11 @@ def run(args):
             results[name]["restore"].append(t[name].restore(target))
             shutil.rmtree(target, ignore_errors=True)
         for name in order:
-            shutil.rmtree(t[name].repo, ignore_errors=True)
+            if not S3:
+                shutil.rmtree(t[name].repo, ignore_errors=True)
         print(f"round {rnd + 1}/{args.rounds} done", file=sys.stderr)
+    if S3:
+        sh([os.path.join(ROOT, "scripts", "s3-server.sh"), "stop", S3["state"]])
     report(args, tools, results, data_mib, changed_bytes, cold)
 
 
@@ -195,7 +225,8 @@ def report(args, tools, r, data_mib, changed_bytes, cold):
     lines = []
     host = os.uname()
     cpus = os.cpu_count()
-    lines.append(f"## {args.size} corpus, {args.rounds} round(s), {time.strftime('%Y-%m-%d')}\n")
+    where = f"on a local S3 server (moto 5.2.5 at {S3['endpoint']})" if S3 else "local repositories"
+    lines.append(f"## {args.size} corpus, {where}, {args.rounds} round(s), {time.strftime('%Y-%m-%d')}\n")
     lines.append(f"Machine: {host.nodename}, {host.machine}, {cpus} CPUs, Linux {host.release}; "
                  f"page cache {'dropped before each step (cold)' if cold else 'NOT dropped (warm)'}. "
                  f"Corpus: `gen_corpus.py gen --size {args.size} --seed 1`, {data_mib:.0f} MiB apparent; "
@@ -211,6 +242,13 @@ def report(args, tools, r, data_mib, changed_bytes, cold):
             ratio = "" if t == "coffer" or cw is None else f"{w / cw:.2f}x"
             rate = f"{data_mib / w:.0f}" if step in ("first", "restore") else ""
             lines.append(f"| {step} | {t} | {w:.2f} | {rate} | {c:.1f} | {m:.0f} | {ratio} |")
+    if S3:
+        text = "\n".join(lines) + "\n"
+        print(text)
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write(text + "\n")
+        return
     lines.append("")
     lines.append("| tool | repository MiB | vs coffer | growth after mutation MiB | growth / changed bytes |")
     lines.append("|---|---:|---:|---:|---:|")
@@ -278,6 +316,7 @@ def main():
     p.add_argument("--workdir", default="/tmp/coffer-bench")
     p.add_argument("--out", default=None, help="append the table to this file")
     p.add_argument("--single-file", default=None, help="measure one large file instead, e.g. 4G")
+    p.add_argument("--s3", action="store_true", help="repositories on a local S3 server (coffer and restic)")
     args = p.parse_args()
     if args.single_file:
         single_file(args)
