@@ -36,11 +36,13 @@ fn exit_code(err: &anyhow::Error) -> i32 {
 }
 
 fn init_logging(global: &cli::Global) {
+    // Libraries (HTTP clients among them) stay at warn: only coffer's own
+    // messages, which never carry credentials, get more verbose.
     let level = match (global.quiet, global.verbose) {
         (true, _) => "error",
         (false, 0) => "warn",
-        (false, 1) => "info",
-        (false, _) => "debug",
+        (false, 1) => "warn,coffer=info,coffer_engine=info",
+        (false, _) => "warn,coffer=debug,coffer_engine=debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("COFFER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));

@@ -209,7 +209,7 @@ fn init_backup_restore_check_forget_prune_on_s3() {
         good,
         "re-read and re-cached"
     );
-    env.expect(0, &["snapshots", "--no-cache"]);
+    env.expect(0, &["snapshots", "--no-cache", "-vv"]);
 
     // A second backup after a change; forget the first; prune; all still checks.
     write(&src.join("big/noise.bin"), &noise(2, 6_000_000));
