@@ -51,6 +51,16 @@ async fn open(store: DynStore) -> Arc<Repository> {
     Arc::new(Repository::open(store, b"test password").await.unwrap())
 }
 
+/// `check --read-data` finds nothing wrong.
+async fn assert_checks_clean(repo: Arc<Repository>) {
+    let opts = CheckOptions {
+        read_data: ReadData::All,
+        ..Default::default()
+    };
+    let report = check::check(repo, opts).await.unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+}
+
 /// Every file restored equals its source, or was reported and is absent.
 fn assert_restored_or_reported(
     files: &BTreeMap<String, Vec<u8>>,
@@ -112,16 +122,7 @@ async fn a_backup_under_ten_percent_transient_errors_completes_and_restores() {
     assert_restored_or_reported(&files, target.path(), &[]);
     assert!(faulty.injected() >= 8, "only {} faults", faulty.injected());
     let clean = open(Arc::new(memory)).await;
-    let report = check::check(
-        clean,
-        CheckOptions {
-            read_data: ReadData::All,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_checks_clean(clean).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,16 +159,7 @@ async fn a_persistent_write_error_fails_the_backup_cleanly_and_check_passes() {
     // Nothing half-written is visible: check passes, the first snapshot restores.
     let clean = open(Arc::new(memory)).await;
     assert_eq!(clean.snapshots().await.unwrap().len(), 1);
-    let report = check::check(
-        clean.clone(),
-        CheckOptions {
-            read_data: ReadData::All,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_checks_clean(clean.clone()).await;
     let target = tempdir();
     let r = restore_to(&clean, "latest", target.path()).await;
     assert!(r.errors.is_empty(), "{:?}", r.errors);

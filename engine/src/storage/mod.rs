@@ -131,16 +131,26 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         path: &std::path::Path,
         mode: WriteMode,
     ) -> Result<(), StoreError> {
-        let data = tokio::fs::read(path).await.map_err(|e| StoreError {
-            kind: StoreErrorKind::Permanent,
-            operation: "reading staged file",
-            key: path.display().to_string(),
-            message: e.to_string(),
-        })?;
-        let r = self.put(key, Bytes::from(data), mode).await;
-        let _ = tokio::fs::remove_file(path).await;
-        r
+        put_staged(self, key, path, mode).await
     }
+}
+
+/// Reads a staged file, stores it with [`Store::put`] and removes it.
+pub(crate) async fn put_staged<S: Store + ?Sized>(
+    store: &S,
+    key: &str,
+    path: &std::path::Path,
+    mode: WriteMode,
+) -> Result<(), StoreError> {
+    let data = tokio::fs::read(path).await.map_err(|e| StoreError {
+        kind: StoreErrorKind::Permanent,
+        operation: "reading staged file",
+        key: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let r = store.put(key, Bytes::from(data), mode).await;
+    let _ = tokio::fs::remove_file(path).await;
+    r
 }
 
 /// A shared store.

@@ -339,12 +339,7 @@ impl Store for ObjectStoreBackend {
         mode: WriteMode,
     ) -> Result<(), StoreError> {
         let Some(root) = &self.local_root else {
-            let data = tokio::fs::read(path)
-                .await
-                .map_err(|e| wrap_io("reading staged file", key, e))?;
-            let r = self.put(key, Bytes::from(data), mode).await;
-            let _ = tokio::fs::remove_file(path).await;
-            return r;
+            return super::put_staged(self, key, path, mode).await;
         };
         // A hard link is an atomic create-if-absent on a local filesystem.
         let target = root.join(key);

@@ -150,14 +150,6 @@ impl Store for Retrying {
             // Staged next to the store: storing is a link, nothing to retry.
             return self.inner.put_file(key, path, mode).await;
         }
-        let data = tokio::fs::read(path).await.map_err(|e| StoreError {
-            kind: StoreErrorKind::Permanent,
-            operation: "reading staged file",
-            key: path.display().to_string(),
-            message: e.to_string(),
-        })?;
-        let r = self.put(key, Bytes::from(data), mode).await;
-        let _ = tokio::fs::remove_file(path).await;
-        r
+        super::put_staged(self, key, path, mode).await
     }
 }
