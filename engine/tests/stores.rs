@@ -91,6 +91,7 @@ async fn a_backup_under_ten_percent_transient_errors_completes_and_restores() {
         Faults {
             error_rate: 0.10,
             truncate_rate: 0.05,
+            lost_reply_rate: 0.05,
             delay: Duration::from_millis(1),
             fail_writes_from: None,
         },

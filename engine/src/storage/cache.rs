@@ -131,6 +131,22 @@ impl Caching {
         }
     }
 
+    /// Deletes the entries under `prefix` whose keys are not in `present`.
+    async fn sweep(&self, prefix: &str, present: &std::collections::HashSet<String>) {
+        let Ok(mut dir) = tokio::fs::read_dir(self.path(prefix)).await else {
+            return;
+        };
+        while let Ok(Some(entry)) = dir.next_entry().await {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let key = format!("{prefix}{name}");
+            if !name.starts_with(".tmp-") && !present.contains(&key) {
+                tracing::debug!("cache: {key} is no longer in the store; removing it");
+                let _ = tokio::fs::remove_file(entry.path()).await;
+            }
+        }
+    }
+
     fn forget(&self, key: &str) {
         if check_for(key).is_some() {
             let _ = std::fs::remove_file(self.path(key));
@@ -207,7 +223,36 @@ impl Store for Caching {
     }
 
     fn list<'a>(&'a self, prefix: &'a str) -> BoxStream<'a, Result<ObjectInfo, StoreError>> {
-        self.inner.list(prefix)
+        use futures::StreamExt;
+        if !["keys/", "index/", "snapshots/"].contains(&prefix) {
+            return self.inner.list(prefix);
+        }
+        // A complete listing tells which entries are gone from the store
+        // (another host pruned): remove them, so the cache does not grow
+        // without bound.
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Some(
+            std::collections::HashSet::new(),
+        )));
+        let record = seen.clone();
+        let listed = self.inner.list(prefix).inspect(move |r| {
+            let mut s = record.lock().unwrap_or_else(|p| p.into_inner());
+            match r {
+                Ok(info) => {
+                    if let Some(set) = s.as_mut() {
+                        set.insert(info.key.clone());
+                    }
+                }
+                Err(_) => *s = None,
+            }
+        });
+        let sweep = futures::stream::once(async move {
+            let complete = seen.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(present) = complete {
+                self.sweep(prefix, &present).await;
+            }
+        })
+        .filter_map(|()| async { None });
+        listed.chain(sweep).boxed()
     }
 
     fn discard_cached(&self, key: &str) {
@@ -288,6 +333,27 @@ mod tests {
             cache.get("config").await.unwrap_err().kind,
             StoreErrorKind::NotFound
         );
+    }
+
+    #[tokio::test]
+    async fn entries_of_objects_gone_from_the_store_are_swept_by_a_listing() {
+        use futures::TryStreamExt;
+        let (_dir, inner, cache) = setup();
+        let (a, b) = (
+            Bytes::from_static(b"index a"),
+            Bytes::from_static(b"index b"),
+        );
+        let (ka, kb) = (named("index/", &a), named("index/", &b));
+        inner.put(&ka, a, WriteMode::CreateNew).await.unwrap();
+        inner.put(&kb, b, WriteMode::CreateNew).await.unwrap();
+        cache.get(&ka).await.unwrap();
+        cache.get(&kb).await.unwrap();
+        // Another host prunes b: the next full listing removes its entry.
+        inner.delete(&kb).await.unwrap();
+        let listed: Vec<_> = cache.list("index/").try_collect().await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert!(cache.path(&ka).exists());
+        assert!(!cache.path(&kb).exists());
     }
 
     #[tokio::test]

@@ -147,7 +147,8 @@ async fn a_cached_local_store_conforms() {
     assert!(run(&cached).await);
 }
 
-/// Retries hide a store that fails a fifth of its operations and truncates reads.
+/// Retries hide a store that fails a fifth of its operations, truncates
+/// reads and loses the replies to writes it made.
 #[tokio::test]
 async fn a_faulty_store_behind_retries_conforms() {
     let faulty = super::Faulty::new(
@@ -155,6 +156,7 @@ async fn a_faulty_store_behind_retries_conforms() {
         super::Faults {
             error_rate: 0.2,
             truncate_rate: 0.2,
+            lost_reply_rate: 0.2,
             ..Default::default()
         },
         3,

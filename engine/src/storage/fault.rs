@@ -19,6 +19,9 @@ pub struct Faults {
     /// Probability that a read returns fewer bytes than asked (reported as a
     /// transient error by the wrapped store's contract).
     pub truncate_rate: f64,
+    /// Probability that a write is stored but its reply is lost (reported as
+    /// a transient error): the retry then finds the object present.
+    pub lost_reply_rate: f64,
     /// Delay added to every operation.
     pub delay: Duration,
     /// The write with this number (1-based) and every later one fails permanently.
@@ -127,7 +130,17 @@ impl Store for Faulty {
     async fn put(&self, key: &str, data: Bytes, mode: WriteMode) -> Result<(), StoreError> {
         self.before("writing", key).await?;
         self.write_allowed(key)?;
-        self.inner.put(key, data, mode).await
+        self.inner.put(key, data, mode).await?;
+        if self.roll(self.faults.lost_reply_rate) {
+            self.injected.fetch_add(1, Ordering::Relaxed);
+            return Err(StoreError {
+                kind: StoreErrorKind::Transient,
+                operation: "writing",
+                key: key.to_string(),
+                message: "injected fault: connection reset after the request was sent".into(),
+            });
+        }
+        Ok(())
     }
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.before("deleting", key).await?;

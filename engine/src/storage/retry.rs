@@ -106,9 +106,27 @@ impl Store for Retrying {
         self.run(|| self.inner.size(key)).await
     }
     async fn put(&self, key: &str, data: Bytes, mode: WriteMode) -> Result<(), StoreError> {
-        // A create-if-absent write that timed out may have succeeded: on the
-        // retry, AlreadyExists for a content-addressed key means done.
-        self.run(|| self.inner.put(key, data.clone(), mode)).await
+        let tries = std::sync::atomic::AtomicU32::new(0);
+        let r = self
+            .run(|| {
+                tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.inner.put(key, data.clone(), mode)
+            })
+            .await;
+        match r {
+            // A create-if-absent write that failed on the way back may have
+            // been stored: if what is there now is what we wrote, it was ours.
+            Err(e)
+                if e.kind == StoreErrorKind::AlreadyExists
+                    && tries.load(std::sync::atomic::Ordering::Relaxed) > 1 =>
+            {
+                match self.get(key).await {
+                    Ok(stored) if stored == data => Ok(()),
+                    _ => Err(e),
+                }
+            }
+            other => other,
+        }
     }
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.run(|| self.inner.delete(key)).await
