@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite: unit, integration, property and doc tests of every
 # crate, with a real S3-compatible server (moto, see scripts/s3-server.sh)
-# started on 127.0.0.1 for the S3 conformance suite and the CLI round trip.
-# COFFER_TEST_NO_S3=1 runs without it (the S3 tests then say "skipped").
+# started on 127.0.0.1 for the S3 conformance suite and the CLI round trip,
+# and Azurite (Azure's emulator, from npm) for the Azure conformance suite.
+# COFFER_TEST_NO_S3=1 / COFFER_TEST_NO_AZURE=1 run without them (those tests
+# then say "skipped").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${COFFER_TEST_NO_S3:-}" != 1 ]; then
@@ -13,5 +15,14 @@ if [ "${COFFER_TEST_NO_S3:-}" != 1 ]; then
     # moto refuses a second create-if-absent write; the probe must say so.
     export COFFER_TEST_S3_CONDITIONAL=true
     echo "S3 tests against moto at $COFFER_TEST_S3_ENDPOINT"
+fi
+if [ "${COFFER_TEST_NO_AZURE:-}" != 1 ] && command -v npm >/dev/null; then
+    azstate=$(mktemp -d)
+    trap 'scripts/s3-server.sh stop "${state:-/nonexistent}"; scripts/azure-server.sh stop "$azstate"; rm -rf "${state:-}" "$azstate"' EXIT
+    AZURITE_BLOB_STORAGE_URL=$(scripts/azure-server.sh start "$azstate")
+    export AZURITE_BLOB_STORAGE_URL COFFER_TEST_AZURE_CONTAINER=coffer-test COFFER_TEST_REQUIRE_AZURE=1
+    echo "Azure tests against Azurite at $AZURITE_BLOB_STORAGE_URL"
+else
+    echo "Azure tests: SKIPPED (npm not found, or COFFER_TEST_NO_AZURE=1)"
 fi
 cargo test --workspace "$@"

@@ -232,3 +232,30 @@ async fn the_s3_store_conforms() {
         assert_eq!(honours.to_string(), expected, "the probe's answer");
     }
 }
+
+/// Azurite, the Azure Blob Storage emulator `scripts/azure-server.sh` starts:
+/// its endpoint in `AZURITE_BLOB_STORAGE_URL` (where `object_store` looks for
+/// it), the container in `COFFER_TEST_AZURE_CONTAINER`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_azure_store_conforms() {
+    let Ok(container) = std::env::var("COFFER_TEST_AZURE_CONTAINER") else {
+        assert!(
+            std::env::var("COFFER_TEST_REQUIRE_AZURE").as_deref() != Ok("1"),
+            "COFFER_TEST_REQUIRE_AZURE=1 but COFFER_TEST_AZURE_CONTAINER is not set"
+        );
+        eprintln!("skipped: no Azure emulator (scripts/test.sh starts one where npm is installed)");
+        return;
+    };
+    let location = format!("az://{container}/conformance/{}", std::process::id());
+    let store = super::open(
+        &location,
+        &super::OpenOptions {
+            create: true,
+            options: vec![("az.use_emulator".into(), "true".into())],
+            cache_dir: None,
+        },
+    )
+    .unwrap();
+    let honours = run(store.as_ref()).await;
+    assert!(honours, "Azurite refuses a second create-if-absent write");
+}

@@ -31,6 +31,8 @@ pub(crate) struct Remote {
     pub part_size: usize,
     /// How to create the bucket when it is missing (S3 only).
     pub bucket: Option<super::remote::BucketMaker>,
+    /// Where this kind of store takes its credentials from, for messages.
+    pub credentials_hint: &'static str,
     /// The probe's answer: does the store refuse a second create-if-absent write?
     pub conditional_writes: tokio::sync::OnceCell<bool>,
 }
@@ -72,10 +74,13 @@ impl ObjectStoreBackend {
             k => k,
         };
         let mut message = super::redact(&chain(&e));
-        if self.remote.is_some() && message.contains("169.254.169.254") {
-            message.push_str(
-                " (no credentials in the environment, and no instance metadata service: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or the store's equivalents)",
-            );
+        if let Some(remote) = &self.remote {
+            if message.contains("169.254.169.254") {
+                message.push_str(&format!(
+                    " (no credentials in the environment, and no instance metadata service: {})",
+                    remote.credentials_hint
+                ));
+            }
         }
         StoreError {
             kind,

@@ -143,9 +143,14 @@ pub(crate) fn open(
             super::redact(&super::object::chain(&e))
         ))
     };
+    let credentials_hint = match scheme {
+        "s3" => "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_REGION, AWS_ENDPOINT_URL for other S3 stores)",
+        "gs" => "set GOOGLE_SERVICE_ACCOUNT (or GOOGLE_APPLICATION_CREDENTIALS) to a service account key file",
+        _ => "set AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY (or -o az.account_name=NAME with another credential)",
+    };
     let build_err = |e: object_store::Error| {
         invalid(format!(
-            "cannot open {location}: {}",
+            "cannot open {location}: {}; {credentials_hint}",
             super::redact(&super::object::chain(&e))
         ))
     };
@@ -227,6 +232,7 @@ pub(crate) fn open(
         multipart_threshold: MULTIPART_THRESHOLD,
         part_size: PART_SIZE,
         bucket: bucket_maker,
+        credentials_hint,
         conditional_writes: Default::default(),
     };
     let location = format!("{scheme}://{bucket}/{prefix}");
