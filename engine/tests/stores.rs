@@ -39,6 +39,7 @@ fn fast_retries(attempts: u32) -> RetryPolicy {
         initial: Duration::from_millis(1),
         max: Duration::from_millis(20),
         concurrency: 8,
+        attempt_timeout: Duration::from_secs(60),
     }
 }
 

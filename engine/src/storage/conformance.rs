@@ -148,7 +148,7 @@ async fn a_cached_local_store_conforms() {
 }
 
 /// Retries hide a store that fails a fifth of its operations, truncates
-/// reads and loses the replies to writes it made.
+/// reads, loses the replies to writes it made, and hangs now and then.
 #[tokio::test]
 async fn a_faulty_store_behind_retries_conforms() {
     let faulty = super::Faulty::new(
@@ -157,6 +157,7 @@ async fn a_faulty_store_behind_retries_conforms() {
             error_rate: 0.2,
             truncate_rate: 0.2,
             lost_reply_rate: 0.2,
+            hang_rate: 0.02,
             ..Default::default()
         },
         3,
@@ -166,6 +167,7 @@ async fn a_faulty_store_behind_retries_conforms() {
         initial: std::time::Duration::from_micros(100),
         max: std::time::Duration::from_millis(2),
         concurrency: 4,
+        attempt_timeout: std::time::Duration::from_millis(200),
     };
     let faulty = std::sync::Arc::new(faulty);
     let store = super::Retrying::new(faulty.clone(), policy);

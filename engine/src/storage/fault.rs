@@ -22,6 +22,8 @@ pub struct Faults {
     /// Probability that a write is stored but its reply is lost (reported as
     /// a transient error): the retry then finds the object present.
     pub lost_reply_rate: f64,
+    /// Probability that an operation hangs (for an hour: a dead connection).
+    pub hang_rate: f64,
     /// Delay added to every operation.
     pub delay: Duration,
     /// The write with this number (1-based) and every later one fails permanently.
@@ -69,6 +71,10 @@ impl Faulty {
     async fn before(&self, op: &'static str, key: &str) -> Result<(), StoreError> {
         if !self.faults.delay.is_zero() {
             tokio::time::sleep(self.faults.delay).await;
+        }
+        if self.roll(self.faults.hang_rate) {
+            self.injected.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_secs(3600)).await;
         }
         if self.roll(self.faults.error_rate) {
             self.injected.fetch_add(1, Ordering::Relaxed);

@@ -23,16 +23,22 @@ pub struct RetryPolicy {
     pub max: Duration,
     /// Requests in flight at once.
     pub concurrency: usize,
+    /// An attempt that takes longer than this is abandoned and counts as a
+    /// transient failure (a backstop behind the HTTP client's own timeouts,
+    /// for a connection that hangs).
+    pub attempt_timeout: Duration,
 }
 
 impl Default for RetryPolicy {
-    /// 8 attempts, 100 ms doubling to 10 s, 16 requests at once.
+    /// 8 attempts, 100 ms doubling to 10 s, 16 requests at once, 10 minutes
+    /// at most per attempt.
     fn default() -> Self {
         RetryPolicy {
             attempts: 8,
             initial: Duration::from_millis(100),
             max: Duration::from_secs(10),
             concurrency: 16,
+            attempt_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -64,7 +70,12 @@ impl Retrying {
         cap.mul_f64(f64::from(u32::from_le_bytes(r)) / f64::from(u32::MAX))
     }
 
-    async fn run<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    async fn run<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        key: &str,
+        op: F,
+    ) -> Result<T, StoreError>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T, StoreError>>,
@@ -72,7 +83,17 @@ impl Retrying {
         let _permit = self.permits.acquire().await;
         let mut attempt = 0;
         loop {
-            match op().await {
+            let limit = self.policy.attempt_timeout;
+            let outcome = match tokio::time::timeout(limit, op()).await {
+                Ok(r) => r,
+                Err(_) => Err(StoreError {
+                    kind: StoreErrorKind::Transient,
+                    operation,
+                    key: key.to_string(),
+                    message: format!("no answer within {limit:?}"),
+                }),
+            };
+            match outcome {
                 Err(e)
                     if e.kind == StoreErrorKind::Transient
                         && attempt + 1 < self.policy.attempts =>
@@ -97,18 +118,19 @@ impl Store for Retrying {
         self.inner.location()
     }
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
-        self.run(|| self.inner.get(key)).await
+        self.run("reading", key, || self.inner.get(key)).await
     }
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
-        self.run(|| self.inner.get_range(key, range.clone())).await
+        self.run("reading", key, || self.inner.get_range(key, range.clone()))
+            .await
     }
     async fn size(&self, key: &str) -> Result<u64, StoreError> {
-        self.run(|| self.inner.size(key)).await
+        self.run("reading", key, || self.inner.size(key)).await
     }
     async fn put(&self, key: &str, data: Bytes, mode: WriteMode) -> Result<(), StoreError> {
         let tries = std::sync::atomic::AtomicU32::new(0);
         let r = self
-            .run(|| {
+            .run("writing", key, || {
                 tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 self.inner.put(key, data.clone(), mode)
             })
@@ -129,13 +151,15 @@ impl Store for Retrying {
         }
     }
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.run(|| self.inner.delete(key)).await
+        self.run("deleting", key, || self.inner.delete(key)).await
     }
     fn list<'a>(&'a self, prefix: &'a str) -> BoxStream<'a, Result<ObjectInfo, StoreError>> {
         // A listing is retried as a whole: it is collected, then replayed.
         let listed = async move {
-            self.run(|| self.inner.list(prefix).try_collect::<Vec<_>>())
-                .await
+            self.run("listing", prefix, || {
+                self.inner.list(prefix).try_collect::<Vec<_>>()
+            })
+            .await
         };
         futures::stream::once(listed)
             .map_ok(|v| futures::stream::iter(v.into_iter().map(Ok)))
@@ -143,17 +167,21 @@ impl Store for Retrying {
             .boxed()
     }
     async fn get_tree_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
-        self.run(|| self.inner.get_tree_range(key, range.clone()))
-            .await
+        self.run("reading", key, || {
+            self.inner.get_tree_range(key, range.clone())
+        })
+        .await
     }
     fn discard_cached(&self, key: &str) {
         self.inner.discard_cached(key);
     }
     async fn conditional_writes(&self) -> Result<bool, StoreError> {
-        self.run(|| self.inner.conditional_writes()).await
+        self.run("probing", "probe/", || self.inner.conditional_writes())
+            .await
     }
     async fn prepare_container(&self) -> Result<(), StoreError> {
-        self.run(|| self.inner.prepare_container()).await
+        self.run("preparing", "the bucket", || self.inner.prepare_container())
+            .await
     }
     fn staging_dir(&self) -> Option<std::path::PathBuf> {
         self.inner.staging_dir()
