@@ -39,7 +39,7 @@ fn fast_retries(attempts: u32) -> RetryPolicy {
         initial: Duration::from_millis(1),
         max: Duration::from_millis(20),
         concurrency: 8,
-        attempt_timeout: Duration::from_secs(60),
+        attempt_timeout: Duration::from_secs(2),
     }
 }
 
@@ -93,6 +93,7 @@ async fn a_backup_under_ten_percent_transient_errors_completes_and_restores() {
             error_rate: 0.10,
             truncate_rate: 0.05,
             lost_reply_rate: 0.05,
+            hang_rate: 0.01,
             delay: Duration::from_millis(1),
             fail_writes_from: None,
         },
