@@ -261,3 +261,117 @@ async fn the_azure_store_conforms() {
     let honours = run(store.as_ref()).await;
     assert!(honours, "Azurite refuses a second create-if-absent write");
 }
+
+/// An `object_store` store like some S3-compatible servers: it ignores the
+/// create-if-absent condition (overwrites, like Garage 2.5) or refuses the
+/// header (`NotImplemented`), so the probe and the fallback are exercised
+/// without those servers.
+#[derive(Debug)]
+struct Unconditional {
+    inner: object_store::memory::InMemory,
+    refuse: bool,
+}
+
+impl std::fmt::Display for Unconditional {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Unconditional(refuse: {})", self.refuse)
+    }
+}
+
+#[async_trait::async_trait]
+impl object_store::ObjectStore for Unconditional {
+    async fn put_opts(
+        &self,
+        location: &object_store::path::Path,
+        payload: object_store::PutPayload,
+        mut opts: object_store::PutOptions,
+    ) -> object_store::Result<object_store::PutResult> {
+        if opts.mode == object_store::PutMode::Create {
+            if self.refuse {
+                return Err(object_store::Error::NotImplemented {
+                    operation: "conditional put".into(),
+                    implementer: "this test store".into(),
+                });
+            }
+            opts.mode = object_store::PutMode::Overwrite;
+        }
+        self.inner.put_opts(location, payload, opts).await
+    }
+    async fn put_multipart_opts(
+        &self,
+        location: &object_store::path::Path,
+        opts: object_store::PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+    async fn get_opts(
+        &self,
+        location: &object_store::path::Path,
+        options: object_store::GetOptions,
+    ) -> object_store::Result<object_store::GetResult> {
+        self.inner.get_opts(location, options).await
+    }
+    fn delete_stream(
+        &self,
+        locations: futures::stream::BoxStream<
+            'static,
+            object_store::Result<object_store::path::Path>,
+        >,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>> {
+        self.inner.delete_stream(locations)
+    }
+    fn list(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> object_store::Result<object_store::ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+    async fn copy_opts(
+        &self,
+        from: &object_store::path::Path,
+        to: &object_store::path::Path,
+        options: object_store::CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}
+
+fn unconditional(refuse: bool) -> super::ObjectStoreBackend {
+    super::ObjectStoreBackend::remote(
+        std::sync::Arc::new(Unconditional {
+            inner: object_store::memory::InMemory::new(),
+            refuse,
+        }),
+        "test://unconditional",
+        super::object::Remote {
+            multipart_threshold: 32 << 20,
+            part_size: 16 << 20,
+            #[cfg(feature = "cloud")]
+            bucket: None,
+            credentials_hint: "",
+            conditional_writes: Default::default(),
+        },
+    )
+}
+
+#[tokio::test]
+async fn a_store_that_ignores_create_if_absent_is_found_out_and_still_conforms() {
+    assert!(
+        !run(&unconditional(false)).await,
+        "the probe sees the overwrite"
+    );
+}
+
+#[tokio::test]
+async fn a_store_that_refuses_the_condition_header_still_conforms() {
+    assert!(
+        !run(&unconditional(true)).await,
+        "the probe falls back to plain writes"
+    );
+}

@@ -30,6 +30,7 @@ pub(crate) struct Remote {
     /// The size of one part.
     pub part_size: usize,
     /// How to create the bucket when it is missing (S3 only).
+    #[cfg(feature = "cloud")]
     pub bucket: Option<super::remote::BucketMaker>,
     /// Where this kind of store takes its credentials from, for messages.
     pub credentials_hint: &'static str,
@@ -56,6 +57,7 @@ impl ObjectStoreBackend {
 
     /// A store reached over the network: errors are classified by HTTP status,
     /// large objects are uploaded in parts, and create-if-absent is probed.
+    #[cfg_attr(not(feature = "cloud"), allow(dead_code))]
     pub(crate) fn remote(
         inner: Arc<dyn ObjectStore>,
         location: impl Into<String>,
@@ -123,9 +125,30 @@ impl ObjectStoreBackend {
             };
             self.inner.put_opts(&path, PutPayload::from_static(b), opts)
         };
-        put(b"first")
-            .await
-            .map_err(|e| self.wrap("probing with", &key, e))?;
+        if let Err(e) = put(b"first").await {
+            // Some stores refuse the condition header itself (501, 400). If a
+            // plain write works, they are stores without conditional writes.
+            let first = self.wrap("probing with", &key, e);
+            if first.kind == StoreErrorKind::Transient {
+                return Err(first);
+            }
+            let plain = PutOptions::default();
+            let written = self
+                .inner
+                .put_opts(&path, PutPayload::from_static(b"first"), plain)
+                .await;
+            let _ = self.delete(&key).await;
+            return match written {
+                Ok(_) => {
+                    tracing::info!(
+                        "{}: create-if-absent refused ({first}); plain writes work",
+                        self.location
+                    );
+                    Ok(false)
+                }
+                Err(_) => Err(first),
+            };
+        }
         let second = put(b"second").await;
         let kept = self.get(&key).await;
         let _ = self.delete(&key).await;
@@ -400,10 +423,11 @@ impl Store for ObjectStoreBackend {
     }
 
     async fn prepare_container(&self) -> Result<(), StoreError> {
-        match self.remote.as_ref().and_then(|r| r.bucket.as_ref()) {
-            Some(maker) => maker.ensure(self.inner.as_ref()).await,
-            None => Ok(()),
+        #[cfg(feature = "cloud")]
+        if let Some(maker) = self.remote.as_ref().and_then(|r| r.bucket.as_ref()) {
+            return maker.ensure().await;
         }
+        Ok(())
     }
 
     fn list<'a>(&'a self, prefix: &'a str) -> BoxStream<'a, Result<ObjectInfo, StoreError>> {

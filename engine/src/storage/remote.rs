@@ -262,7 +262,7 @@ impl BucketMaker {
 
     /// Lists the bucket; where the store says it does not exist, creates it
     /// with a pre-signed `PUT` (so that signing stays `object_store`'s job).
-    pub(crate) async fn ensure(&self, _prefixed: &dyn ObjectStore) -> Result<(), StoreError> {
+    pub(crate) async fn ensure(&self) -> Result<(), StoreError> {
         let listed = self.s3.list_with_delimiter(None).await;
         let missing = match &listed {
             Ok(_) => return Ok(()),
