@@ -204,10 +204,7 @@ pub fn open(location: &str, opts: &OpenOptions) -> crate::Result<DynStore> {
         if matches!(scheme, "s3" | "gs" | "az") {
             let (store, policy) = remote::open(location, &opts.options)?;
             let store: DynStore = Arc::new(Retrying::new(Arc::new(store), policy));
-            return Ok(match &opts.cache_dir {
-                Some(dir) => Arc::new(Caching::new(store, dir, location)?),
-                None => store,
-            });
+            return Ok(with_cache(store, opts, location));
         }
         return Err(crate::Error::InvalidArgument(format!(
             "unsupported repository scheme {scheme:?} in {}; use a local path, file:///path, s3://bucket/prefix, gs://bucket/prefix, az://container/prefix or memory://",
@@ -233,10 +230,22 @@ pub fn open(location: &str, opts: &OpenOptions) -> crate::Result<DynStore> {
             })
         }
     };
-    Ok(match &opts.cache_dir {
-        Some(dir) => Arc::new(Caching::new(Arc::new(local), dir, location)?),
-        None => Arc::new(local),
-    })
+    Ok(with_cache(Arc::new(local), opts, location))
+}
+
+/// The store behind a cache when a cache directory is given; a cache that
+/// cannot be created (a read-only home in a container) only costs speed.
+fn with_cache(store: DynStore, opts: &OpenOptions, location: &str) -> DynStore {
+    let Some(dir) = &opts.cache_dir else {
+        return store;
+    };
+    match Caching::new(store.clone(), dir, location) {
+        Ok(cached) => Arc::new(cached),
+        Err(e) => {
+            tracing::warn!("{e}; going on without a cache");
+            store
+        }
+    }
 }
 
 /// Removes what could carry credentials from a message: URL query strings
