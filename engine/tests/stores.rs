@@ -52,6 +52,19 @@ async fn open(store: DynStore) -> Arc<Repository> {
     Arc::new(Repository::open(store, b"test password").await.unwrap())
 }
 
+/// A memory repository holding one snapshot of [`source`] written at `src`.
+async fn backed_up(src: &Path) -> (ObjectStoreBackend, BTreeMap<String, Vec<u8>>) {
+    let files = source(src);
+    let memory = ObjectStoreBackend::memory();
+    let repo = Arc::new(
+        Repository::init(Arc::new(memory.clone()), b"test password", opts())
+            .await
+            .unwrap(),
+    );
+    backup_paths(&repo, &[src]).await;
+    (memory, files)
+}
+
 /// `check --read-data` finds nothing wrong.
 async fn assert_checks_clean(repo: Arc<Repository>) {
     let opts = CheckOptions {
@@ -132,14 +145,8 @@ async fn a_backup_under_ten_percent_transient_errors_completes_and_restores() {
 async fn a_persistent_write_error_fails_the_backup_cleanly_and_check_passes() {
     let dir = tempdir();
     let src = dir.path().join("src");
-    let files = source(&src);
-    let memory = ObjectStoreBackend::memory();
-    Repository::init(Arc::new(memory.clone()), b"test password", opts())
-        .await
-        .unwrap();
     // A first snapshot, then a backup whose 6th write and every later one fail.
-    let clean = open(Arc::new(memory.clone())).await;
-    backup_paths(&clean, &[&src]).await;
+    let (memory, files) = backed_up(&src).await;
     write(&src.join("d0/new"), &noise(99, 3_000_000));
     let faulty: DynStore = Arc::new(Faulty::new(
         Arc::new(memory.clone()),
@@ -173,12 +180,7 @@ async fn a_persistent_write_error_fails_the_backup_cleanly_and_check_passes() {
 async fn a_restore_under_errors_restores_correctly_or_reports_what_it_could_not() {
     let dir = tempdir();
     let src = dir.path().join("src");
-    let files = source(&src);
-    let memory = ObjectStoreBackend::memory();
-    Repository::init(Arc::new(memory.clone()), b"test password", opts())
-        .await
-        .unwrap();
-    backup_paths(&open(Arc::new(memory.clone())).await, &[&src]).await;
+    let (memory, files) = backed_up(&src).await;
     let index = open(Arc::new(memory.clone()))
         .await
         .load_index()
@@ -300,14 +302,7 @@ impl coffer_engine::storage::Store for Counting {
 async fn a_full_restore_reads_each_pack_at_most_once() {
     let dir = tempdir();
     let src = dir.path().join("src");
-    let files = source(&src);
-    let memory = ObjectStoreBackend::memory();
-    let repo = Arc::new(
-        Repository::init(Arc::new(memory.clone()), b"test password", opts())
-            .await
-            .unwrap(),
-    );
-    backup_paths(&repo, &[&src]).await;
+    let (memory, files) = backed_up(&src).await;
     let counting = Arc::new(Counting {
         inner: Arc::new(memory),
         reads: Default::default(),
