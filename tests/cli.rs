@@ -4,6 +4,9 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod common;
+use common::{noise, walk_files, write};
+
 struct Env {
     _dir: tempfile::TempDir,
     root: PathBuf,
@@ -85,11 +88,6 @@ impl Env {
         std::os::unix::fs::symlink("hello.txt", src.join("link")).unwrap();
         src
     }
-}
-
-fn write(path: &Path, data: &[u8]) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, data).unwrap();
 }
 
 fn stderr(out: &Output) -> String {
@@ -409,7 +407,7 @@ fn a_damaged_pack_makes_restore_exit_3_and_name_the_file() {
     let env = Env::new();
     env.init();
     let src = env.root.join("src");
-    write(&src.join("only"), &noise(200_000));
+    write(&src.join("only"), &noise(1, 200_000));
     env.expect(0, &["backup", src.to_str().unwrap()]);
     // Damage every data pack (the tree pack is the one that decodes as a tree).
     for entry in walk_files(&env.repo.join("data")) {
@@ -430,36 +428,10 @@ fn a_damaged_pack_makes_restore_exit_3_and_name_the_file() {
     assert!(!target.join("only").exists());
 }
 
-fn walk_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk_files(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
 /// Whether the tests run as root: a new file is owned by the effective uid.
 fn nix_is_root() -> bool {
     let f = tempfile::NamedTempFile::new().unwrap();
     std::os::unix::fs::MetadataExt::uid(&f.as_file().metadata().unwrap()) == 0
-}
-
-/// Incompressible bytes (xorshift).
-fn noise(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 #[test]
@@ -467,7 +439,7 @@ fn check_reports_a_clean_repository_and_names_damage() {
     let env = Env::new();
     env.init();
     let src = env.root.join("src");
-    write(&src.join("big"), &noise(300_000));
+    write(&src.join("big"), &noise(1, 300_000));
     env.expect(0, &["backup", src.to_str().unwrap()]);
     let out = env.expect(0, &["check"]);
     assert!(out.contains("no errors were found"), "{out}");
@@ -615,7 +587,7 @@ fn incremental_backups_stats_and_json_progress() {
     let env = Env::new();
     env.init();
     let src = env.root.join("src");
-    let data = noise(400_000);
+    let data = noise(1, 400_000);
     write(&src.join("a.bin"), &data);
     write(&src.join("copy.bin"), &data);
     write(&src.join("sparse"), &vec![0u8; 1_000_000]);
@@ -683,7 +655,7 @@ fn streams_are_stored_only_when_complete_and_dump_gives_them_back() {
     use std::io::Write;
     let env = Env::new();
     env.init();
-    let data = noise(700_000);
+    let data = noise(1, 700_000);
     let mut child = env
         .cmd(&["backup", "--stdin", "--stdin-filename", "db.sql", "--json"])
         .stdin(std::process::Stdio::piped())
@@ -941,18 +913,6 @@ impl Rng {
     }
 }
 
-fn noise_seeded(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 impl Env {
     /// Fast protocol timings for the processes of a test.
     fn fast(&self, args: &[&str]) -> Command {
@@ -986,14 +946,14 @@ impl Env {
 /// and `gen-N` whose content is derived from N.
 fn generation(dir: &Path, writer: u64, n: u64) {
     let _ = std::fs::remove_dir_all(dir);
-    write(&dir.join("shared.bin"), &noise_seeded(7, 300_000));
+    write(&dir.join("shared.bin"), &noise(7, 300_000));
     write(
         &dir.join(format!("own-{writer}.bin")),
-        &noise_seeded(1000 + writer, 200_000),
+        &noise(1000 + writer, 200_000),
     );
     write(
         &dir.join(format!("gen-{n}")),
-        &noise_seeded(10_000 * writer + n, 150_000),
+        &noise(10_000 * writer + n, 150_000),
     );
 }
 
@@ -1016,14 +976,13 @@ fn verify_generation(dir: &Path) {
         .parse()
         .unwrap();
     assert_eq!(names.len(), 3, "{names:?}");
-    assert!(std::fs::read(dir.join("shared.bin")).unwrap() == noise_seeded(7, 300_000));
+    assert!(std::fs::read(dir.join("shared.bin")).unwrap() == noise(7, 300_000));
     assert!(
         std::fs::read(dir.join(format!("own-{writer}.bin"))).unwrap()
-            == noise_seeded(1000 + writer, 200_000)
+            == noise(1000 + writer, 200_000)
     );
     assert!(
-        std::fs::read(dir.join(format!("gen-{n}"))).unwrap()
-            == noise_seeded(10_000 * writer + n, 150_000)
+        std::fs::read(dir.join(format!("gen-{n}"))).unwrap() == noise(10_000 * writer + n, 150_000)
     );
 }
 
@@ -1140,7 +1099,7 @@ fn backups_killed_at_random_moments_leave_a_checkable_repository_and_resume() {
     );
     let src = env.root.join("src");
     for i in 0..6u64 {
-        write(&src.join(format!("f{i}")), &noise_seeded(i + 50, 6_000_000));
+        write(&src.join(format!("f{i}")), &noise(i + 50, 6_000_000));
     }
     let mut rng = Rng::new("backup kills");
     for _ in 0..6 {
@@ -1193,7 +1152,7 @@ fn backups_killed_at_random_moments_leave_a_checkable_repository_and_resume() {
     let t = env.root.join("out");
     env.expect(0, &["restore", "latest", "--target", t.to_str().unwrap()]);
     for i in 0..6u64 {
-        assert!(std::fs::read(t.join(format!("f{i}"))).unwrap() == noise_seeded(i + 50, 6_000_000));
+        assert!(std::fs::read(t.join(format!("f{i}"))).unwrap() == noise(i + 50, 6_000_000));
     }
 }
 
@@ -1216,7 +1175,7 @@ fn sigterm_stops_a_backup_cleanly_and_its_uploads_are_reused() {
     );
     let src = env.root.join("src");
     for i in 0..8u64 {
-        write(&src.join(format!("f{i}")), &noise_seeded(i + 70, 5_000_000));
+        write(&src.join(format!("f{i}")), &noise(i + 70, 5_000_000));
     }
     let child = env
         .fast(&["backup", src.to_str().unwrap()])

@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+mod common;
+use common::{noise, walk_files, write};
+
 /// A secret no output may ever contain.
 const SECRET: &str = "SeCrEt-4f9a0c1d2e3b";
 
@@ -102,25 +105,8 @@ impl S3Env {
     }
 }
 
-fn write(path: &Path, data: &[u8]) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, data).unwrap();
-}
-
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut v: Vec<_> = walk(dir)
+    let mut v: Vec<_> = walk_files(dir)
         .into_iter()
         .map(|p| {
             let data = std::fs::read(&p).unwrap();
@@ -129,19 +115,6 @@ fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
         .collect();
     v.sort();
     v
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 #[test]
@@ -182,7 +155,7 @@ fn init_backup_restore_check_forget_prune_on_s3() {
     assert!(check.contains("no errors were found"), "{check}");
 
     // The cache holds the metadata, verified: a damaged entry is replaced.
-    let cached = walk(&env.root.join("cache"));
+    let cached = walk_files(&env.root.join("cache"));
     let snapshot_entry = cached
         .iter()
         .find(|p| p.parent().unwrap().ends_with("snapshots"))
