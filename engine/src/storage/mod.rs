@@ -166,7 +166,8 @@ pub struct OpenOptions {
     /// `gs.`, `az.`), and for every network store `timeout`,
     /// `connect-timeout`, `connections`, `retries`.
     pub options: Vec<(String, String)>,
-    /// Keep a local cache of metadata here (network stores only; `None`: no cache).
+    /// Keep a verified local cache of metadata here (`None`: no cache). The
+    /// command line gives one for network stores unless told otherwise.
     pub cache_dir: Option<std::path::PathBuf>,
 }
 

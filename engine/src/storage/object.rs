@@ -307,12 +307,8 @@ impl Store for ObjectStoreBackend {
             ..Default::default()
         };
         if let Some(remote) = &self.remote {
-            let fallback = mode == WriteMode::CreateNew
-                && self
-                    .remote
-                    .as_ref()
-                    .and_then(|r| r.conditional_writes.get())
-                    == Some(&false);
+            let fallback =
+                mode == WriteMode::CreateNew && remote.conditional_writes.get() == Some(&false);
             if fallback
                 || (mode == WriteMode::CreateNew && data.len() >= remote.multipart_threshold)
             {
