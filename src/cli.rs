@@ -176,6 +176,8 @@ pub struct ForgetArgs {
     /// Only consider snapshots that include this path (repeatable)
     #[arg(long, value_name = "PATH")]
     pub path: Vec<String>,
+    #[command(flatten)]
+    pub origin: OriginArgs,
     /// Print what would be removed, remove nothing
     #[arg(long, short = 'n')]
     pub dry_run: bool,
@@ -378,6 +380,8 @@ pub struct SnapshotsArgs {
     /// Only snapshots that include this path (repeatable)
     #[arg(long, value_name = "PATH")]
     pub path: Vec<String>,
+    #[command(flatten)]
+    pub origin: OriginArgs,
     /// Only the N newest snapshots of each host and set of paths
     #[arg(long, value_name = "N")]
     pub latest: Option<usize>,
@@ -552,5 +556,35 @@ mod tests {
     fn cli_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+}
+
+/// Snapshot filters by Kubernetes origin (snapshots made by the node agent).
+#[derive(Args, Debug, Clone, Default)]
+pub struct OriginArgs {
+    /// Only snapshots from this cluster
+    #[arg(long, value_name = "NAME")]
+    pub cluster: Option<String>,
+    /// Only snapshots from this namespace
+    #[arg(long, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Only snapshots of this PersistentVolumeClaim
+    #[arg(long, value_name = "PVC")]
+    pub pvc: Option<String>,
+    /// Only snapshots taken from this pod
+    #[arg(long, value_name = "POD")]
+    pub pod: Option<String>,
+}
+
+impl OriginArgs {
+    /// The engine's filter.
+    pub fn filter(&self) -> coffer_engine::forget::OriginFilter {
+        coffer_engine::forget::OriginFilter {
+            cluster: self.cluster.clone(),
+            namespace: self.namespace.clone(),
+            pod: self.pod.clone(),
+            pvc: self.pvc.clone(),
+            ..Default::default()
+        }
     }
 }

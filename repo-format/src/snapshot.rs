@@ -38,6 +38,13 @@ pub struct KubernetesOrigin {
     /// Node name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// The pod's controlling workload, as `Kind/name` (`StatefulSet/db`), so
+    /// that the next pod of the same workload finds its parent snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// The volume's name in the pod spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
 }
 
 /// Counters of the backup that wrote a snapshot (restic's field names).

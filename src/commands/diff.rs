@@ -92,7 +92,14 @@ pub async fn tag(g: &Global, a: TagArgs) -> anyhow::Result<i32> {
     }
     let repo = super::open(g).await?;
     let targets = if a.snapshots.is_empty() {
-        super::snapshots::select(repo.snapshots().await?, &a.tag, &a.host, &[], None)
+        super::snapshots::select(
+            repo.snapshots().await?,
+            &a.tag,
+            &a.host,
+            &[],
+            Default::default(),
+            None,
+        )
     } else {
         let mut v = Vec::new();
         for s in &a.snapshots {

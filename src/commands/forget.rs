@@ -25,6 +25,7 @@ pub async fn run(g: &Global, a: ForgetArgs) -> anyhow::Result<i32> {
             hosts: a.host.clone(),
             tags: a.tag.clone(),
             paths: a.path.clone(),
+            origin: a.origin.filter(),
         };
         forget::plan(&snapshots, &policy, GroupBy::parse(&a.group_by)?, &filter)?
     } else {

@@ -67,6 +67,8 @@ pub(crate) fn open_store(g: &Global, create: bool) -> anyhow::Result<storage::Dy
         create,
         options: g.options.clone(),
         cache_dir,
+        // The command line follows the usual conventions of each store.
+        from_env: true,
     };
     Ok(storage::open(&location, &opts)?)
 }

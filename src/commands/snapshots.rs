@@ -30,12 +30,14 @@ pub fn select(
     tags: &[String],
     hosts: &[String],
     paths: &[String],
+    origin: coffer_engine::forget::OriginFilter,
     latest: Option<usize>,
 ) -> Vec<(SnapshotId, Snapshot)> {
     let filter = coffer_engine::forget::Filter {
         hosts: hosts.to_vec(),
         tags: tags.to_vec(),
         paths: paths.to_vec(),
+        origin,
     };
     let mut v: Vec<_> = snaps
         .into_iter()
@@ -64,7 +66,14 @@ pub fn select(
 
 pub async fn run(g: &Global, a: SnapshotsArgs) -> anyhow::Result<i32> {
     let repo = super::open(g).await?;
-    let snaps = select(repo.snapshots().await?, &a.tag, &a.host, &a.path, a.latest);
+    let snaps = select(
+        repo.snapshots().await?,
+        &a.tag,
+        &a.host,
+        &a.path,
+        a.origin.filter(),
+        a.latest,
+    );
     if g.json {
         let list: Vec<_> = snaps.iter().map(|(id, s)| to_json(id, s)).collect();
         super::print_json(&list)?;

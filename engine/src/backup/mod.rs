@@ -93,6 +93,10 @@ pub struct BackupOptions {
     pub selection: crate::select::Selection,
     /// The concurrency protocol's timings.
     pub timing: crate::session::Timing,
+    /// Record the one path given under this path instead (`/data` for a
+    /// volume read from `/var/lib/kubelet/pods/<uid>/volumes/...`): the
+    /// snapshot's `paths` and its root's name follow it.
+    pub record_path: Option<PathBuf>,
 }
 
 /// How a backup picks its parent snapshot.
@@ -105,6 +109,9 @@ pub enum ParentChoice {
     None,
     /// This snapshot (`latest`, an id or a unique prefix).
     Snapshot(String),
+    /// The latest snapshot of this Kubernetes origin, whatever its host and
+    /// paths (a volume whose pod moved to another node or got a new UID).
+    Origin(crate::forget::OriginFilter),
 }
 
 /// Default segment size for chunking a large file on several threads: 8 MiB.
@@ -112,6 +119,9 @@ pub const DEFAULT_SEGMENT_SIZE: usize = 8 * 1024 * 1024;
 
 impl BackupOptions {
     /// Options to back up `paths` with every default.
+    ///
+    /// Set [`BackupOptions::record_path`] to record one path under another
+    /// name.
     pub fn new(paths: impl IntoIterator<Item = impl Into<PathBuf>>) -> Self {
         BackupOptions {
             paths: paths.into_iter().map(Into::into).collect(),
@@ -128,6 +138,7 @@ impl BackupOptions {
             segment_size: DEFAULT_SEGMENT_SIZE,
             selection: Default::default(),
             timing: crate::session::Timing::from_env(),
+            record_path: None,
         }
     }
 }
@@ -339,8 +350,12 @@ impl Ctx {
 /// snapshot is written, but every pack already stored is indexed, so the next
 /// backup does not upload it again.
 pub async fn backup(repo: Arc<Repository>, opts: BackupOptions) -> Result<BackupSummary> {
-    let (plan, abs_paths) = source::SourcePlan::new(&opts.paths)?;
-    let session = Job::start(repo, &opts, abs_paths.clone()).await?;
+    let (plan, abs_paths) = source::SourcePlan::new(&opts.paths, opts.record_path.as_deref())?;
+    let recorded = match &opts.record_path {
+        Some(p) => vec![p.clone()],
+        None => abs_paths.clone(),
+    };
+    let session = Job::start(repo, &opts, recorded).await?;
     let root = source::root_node(&plan, snapshot::timestamp_now())?;
     session
         .run(&opts, move |ctx| {
@@ -390,6 +405,11 @@ impl Job {
             ParentChoice::None => None,
             ParentChoice::Snapshot(spec) => Some(repo.find_snapshot(spec).await?),
             ParentChoice::Auto => find_parent(&repo, &hostname, &paths).await?,
+            ParentChoice::Origin(filter) => {
+                let mut snapshots = repo.snapshots().await?;
+                snapshots.retain(|(_, s)| !filter.is_empty() && filter.matches(s));
+                snapshots.pop()
+            }
         };
         let config = repo.config().clone();
         let chunker = Chunker::new(&repo.key().chunker_seed, config.chunker)

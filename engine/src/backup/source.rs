@@ -133,20 +133,35 @@ fn unchanged(parent: &Node, now: &Node, index: &crate::index::Index) -> bool {
 
 /// How the given paths map onto the snapshot's root directory.
 pub(crate) enum SourcePlan {
-    /// One directory: its contents are the root, its metadata the root's.
-    Single(PathBuf),
+    /// One directory: its contents are the root, its metadata the root's; the
+    /// root is named after the directory (or the recorded path).
+    Single(PathBuf, Vec<u8>),
     /// Several paths, or one non-directory: a synthetic root holding each by name.
     Synthetic(Vec<(Vec<u8>, PathBuf)>),
 }
 
 impl SourcePlan {
     /// Checks the paths and decides the root layout.
-    pub(crate) fn new(paths: &[PathBuf]) -> Result<(Self, Vec<PathBuf>)> {
+    ///
+    /// With `record_as`, the one path is recorded under that name instead of
+    /// its own (a volume's `/data` rather than its kubelet directory).
+    pub(crate) fn new(paths: &[PathBuf], record_as: Option<&Path>) -> Result<(Self, Vec<PathBuf>)> {
         if paths.is_empty() {
             return Err(Error::InvalidArgument(
                 "nothing to back up: give at least one path".into(),
             ));
         }
+        if record_as.is_some() && paths.len() != 1 {
+            return Err(Error::InvalidArgument(format!(
+                "a recorded path names one source, but {} paths were given",
+                paths.len()
+            )));
+        }
+        let recorded_name = record_as.map(|p| {
+            p.file_name()
+                .map(|n| n.as_bytes().to_vec())
+                .unwrap_or_else(|| b"root".to_vec())
+        });
         let mut abs = Vec::new();
         for p in paths {
             let a = std::path::absolute(p).map_err(|e| Error::io(p, e))?;
@@ -161,14 +176,21 @@ impl SourcePlan {
                 .map(|m| m.is_dir())
                 .unwrap_or(false)
         {
-            return Ok((SourcePlan::Single(abs[0].clone()), abs));
+            let name = recorded_name.unwrap_or_else(|| {
+                abs[0]
+                    .file_name()
+                    .map(|n| n.as_bytes().to_vec())
+                    .unwrap_or_else(|| b"root".to_vec())
+            });
+            return Ok((SourcePlan::Single(abs[0].clone(), name), abs));
         }
         let mut named: Vec<(Vec<u8>, PathBuf)> = Vec::new();
         for a in &abs {
-            let name = a
-                .file_name()
-                .map(|n| n.as_bytes().to_vec())
-                .unwrap_or_else(|| b"root".to_vec());
+            let name = recorded_name.clone().unwrap_or_else(|| {
+                a.file_name()
+                    .map(|n| n.as_bytes().to_vec())
+                    .unwrap_or_else(|| b"root".to_vec())
+            });
             if let Some((_, other)) = named.iter().find(|(n, _)| *n == name) {
                 return Err(Error::InvalidArgument(format!(
                     "{} and {} have the same name; back them up in separate snapshots, or back up their common parent",
@@ -202,13 +224,9 @@ fn normalize(p: &Path) -> PathBuf {
 /// directory (mode 0755, owned by the current user, stamped with `now`).
 pub(crate) fn root_node(plan: &SourcePlan, now: Timestamp) -> Result<Node> {
     match plan {
-        SourcePlan::Single(path) => {
+        SourcePlan::Single(path, name) => {
             let md = std::fs::symlink_metadata(path).map_err(|e| Error::io(path, e))?;
-            let name = path
-                .file_name()
-                .map(|n| n.as_bytes().to_vec())
-                .unwrap_or_else(|| b"root".to_vec());
-            fsmeta::read_node(&name, path, &md, NodeKind::Dir, &mut Owners::default())
+            fsmeta::read_node(name, path, &md, NodeKind::Dir, &mut Owners::default())
                 .map_err(|e| Error::io(path, e))
         }
         SourcePlan::Synthetic(_) => {
@@ -253,7 +271,7 @@ impl Walker<'_> {
 
     fn walk(&mut self, plan: &SourcePlan) -> Result<()> {
         match plan {
-            SourcePlan::Single(path) => self.walk_dir_contents(path),
+            SourcePlan::Single(path, _) => self.walk_dir_contents(path),
             SourcePlan::Synthetic(items) => {
                 for (name, path) in items {
                     let md = match std::fs::symlink_metadata(path) {

@@ -224,6 +224,7 @@ async fn the_s3_store_conforms() {
             create: true,
             options: s3_options(&endpoint),
             cache_dir: Some(cache.path().to_path_buf()),
+            from_env: true,
         },
     )
     .unwrap();
@@ -255,6 +256,7 @@ async fn the_azure_store_conforms() {
             create: true,
             options: vec![("az.use_emulator".into(), "true".into())],
             cache_dir: None,
+            from_env: true,
         },
     )
     .unwrap();

@@ -169,6 +169,11 @@ pub struct OpenOptions {
     /// Keep a verified local cache of metadata here (`None`: no cache). The
     /// command line gives one for network stores unless told otherwise.
     pub cache_dir: Option<std::path::PathBuf>,
+    /// Also take credentials and settings from the process environment
+    /// (`AWS_*`, `GOOGLE_*`, `AZURE_*`), under `options`. Off by default: an
+    /// embedder that serves many tenants passes each repository's credentials
+    /// in `options` and nothing else; the command line turns it on.
+    pub from_env: bool,
 }
 
 /// Opens the store a repository location names: a path or `file:///path` (local
@@ -203,7 +208,7 @@ pub fn open(location: &str, opts: &OpenOptions) -> crate::Result<DynStore> {
     if let Some((scheme, _)) = path.split_once("://") {
         #[cfg(feature = "cloud")]
         if matches!(scheme, "s3" | "gs" | "az") {
-            let (store, policy) = remote::open(location, &opts.options)?;
+            let (store, policy) = remote::open(location, &opts.options, opts.from_env)?;
             let store: DynStore = Arc::new(Retrying::new(Arc::new(store), policy));
             return Ok(with_cache(store, opts, location));
         }

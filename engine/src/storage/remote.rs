@@ -104,6 +104,7 @@ fn no_retries() -> RetryConfig {
 pub(crate) fn open(
     location: &str,
     options: &[(String, String)],
+    from_env: bool,
 ) -> crate::Result<(ObjectStoreBackend, RetryPolicy)> {
     let (scheme, rest) = location
         .split_once("://")
@@ -143,10 +144,13 @@ pub(crate) fn open(
             super::redact(&super::object::chain(&e))
         ))
     };
-    let credentials_hint = match scheme {
-        "s3" => "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_REGION, AWS_ENDPOINT_URL for other S3 stores)",
-        "gs" => "set GOOGLE_SERVICE_ACCOUNT (or GOOGLE_APPLICATION_CREDENTIALS) to a service account key file",
-        _ => "set AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY (or -o az.account_name=NAME with another credential)",
+    let credentials_hint = match (scheme, from_env) {
+        ("s3", true) => "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_REGION, AWS_ENDPOINT_URL for other S3 stores)",
+        ("gs", true) => "set GOOGLE_SERVICE_ACCOUNT (or GOOGLE_APPLICATION_CREDENTIALS) to a service account key file",
+        (_, true) => "set AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY (or -o az.account_name=NAME with another credential)",
+        ("s3", false) => "give the options s3.access_key_id and s3.secret_access_key (and s3.region, s3.endpoint for other S3 stores)",
+        ("gs", false) => "give the option gs.service_account_key (the key file's JSON)",
+        (_, false) => "give the options az.account_name and az.access_key",
     };
     let build_err = |e: object_store::Error| {
         invalid(format!(
@@ -157,9 +161,12 @@ pub(crate) fn open(
     let mut bucket_maker = None;
     let store: Arc<dyn ObjectStore> = match scheme {
         "s3" => {
-            let mut b = AmazonS3Builder::from_env()
-                .with_bucket_name(bucket)
-                .with_retry(no_retries());
+            let b = if from_env {
+                AmazonS3Builder::from_env()
+            } else {
+                AmazonS3Builder::new()
+            };
+            let mut b = b.with_bucket_name(bucket).with_retry(no_retries());
             for (k, v) in &common.client {
                 b = b.with_config(AmazonS3ConfigKey::Client(*k), v);
             }
@@ -185,9 +192,12 @@ pub(crate) fn open(
             s3
         }
         "gs" => {
-            let mut b = GoogleCloudStorageBuilder::from_env()
-                .with_bucket_name(bucket)
-                .with_retry(no_retries());
+            let b = if from_env {
+                GoogleCloudStorageBuilder::from_env()
+            } else {
+                GoogleCloudStorageBuilder::new()
+            };
+            let mut b = b.with_bucket_name(bucket).with_retry(no_retries());
             for (k, v) in &common.client {
                 b = b.with_config(GoogleConfigKey::Client(*k), v);
             }
@@ -204,9 +214,12 @@ pub(crate) fn open(
             Arc::new(b.build().map_err(build_err)?)
         }
         _ => {
-            let mut b = MicrosoftAzureBuilder::from_env()
-                .with_container_name(bucket)
-                .with_retry(no_retries());
+            let b = if from_env {
+                MicrosoftAzureBuilder::from_env()
+            } else {
+                MicrosoftAzureBuilder::new()
+            };
+            let mut b = b.with_container_name(bucket).with_retry(no_retries());
             for (k, v) in &common.client {
                 b = b.with_config(AzureConfigKey::Client(*k), v);
             }

@@ -1,0 +1,357 @@
+//! The `coffer.dev/v1alpha1` custom resources. Every kind is namespaced, so
+//! that tenancy follows namespaces: a namespace's repository, password and
+//! runs live in that namespace.
+//!
+//! `coffer-agent crds` prints these definitions as YAML; `deploy/crds.yaml`
+//! holds the same text, and a test fails when the two differ.
+
+use std::collections::BTreeMap;
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The repository name a run uses when it names none.
+pub const DEFAULT_REPOSITORY: &str = "default";
+
+fn default_repository() -> String {
+    DEFAULT_REPOSITORY.to_string()
+}
+
+/// A repository, with the Secrets that open it.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "coffer.dev",
+    version = "v1alpha1",
+    kind = "BackupRepository",
+    namespaced,
+    status = "BackupRepositoryStatus",
+    shortname = "brepo",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"URL","type":"string","jsonPath":".spec.url"}"#,
+    printcolumn = r#"{"name":"Message","type":"string","jsonPath":".status.message","priority":1}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupRepositorySpec {
+    /// Where the repository lives: `file:///path`, `s3://bucket/prefix`,
+    /// `gs://bucket/prefix` or `az://container/prefix`.
+    pub url: String,
+    /// The Secret key that holds the repository password, in this namespace.
+    pub password_secret_ref: SecretKeyRef,
+    /// A Secret in this namespace whose keys are the store's credentials
+    /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AZURE_STORAGE_ACCOUNT_KEY`,
+    /// `GOOGLE_SERVICE_ACCOUNT_KEY`, ...). They go to the engine as values,
+    /// never through the agent's environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<SecretRef>,
+    /// Store options, as `coffer --option` takes them (`s3.endpoint`,
+    /// `s3.region`, `timeout`, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, String>,
+    /// Create the repository when it does not exist yet.
+    #[serde(default)]
+    pub init: bool,
+}
+
+/// A key of a Secret in the same namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct SecretKeyRef {
+    /// The Secret's name.
+    pub name: String,
+    /// The key inside it.
+    #[serde(default = "default_password_key")]
+    pub key: String,
+}
+
+fn default_password_key() -> String {
+    "password".to_string()
+}
+
+/// A Secret in the same namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct SecretRef {
+    /// The Secret's name.
+    pub name: String,
+}
+
+/// Whether a repository can be used.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum RepositoryPhase {
+    /// It opened with its password.
+    Ready,
+    /// It did not; `message` says why and what to do.
+    NotReady,
+}
+
+/// What the agent last found about a repository.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupRepositoryStatus {
+    /// Ready or NotReady.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<RepositoryPhase>,
+    /// The repository's id (from its config).
+    #[serde(
+        default,
+        rename = "repositoryID",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub repository_id: Option<String>,
+    /// Why it is not ready, and the next step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When it was last opened or tried (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_checked: Option<String>,
+    /// The generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// One backup of one volume of one pod.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "coffer.dev",
+    version = "v1alpha1",
+    kind = "VolumeBackup",
+    namespaced,
+    status = "RunStatus",
+    shortname = "vb",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Pod","type":"string","jsonPath":".spec.pod"}"#,
+    printcolumn = r#"{"name":"Volume","type":"string","jsonPath":".spec.volume"}"#,
+    printcolumn = r#"{"name":"Snapshot","type":"string","jsonPath":".status.snapshotID"}"#,
+    printcolumn = r#"{"name":"Bytes","type":"integer","jsonPath":".status.progress.bytesDone"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeBackupSpec {
+    /// The pod, in this namespace.
+    pub pod: String,
+    /// The volume's name in the pod's spec.
+    pub volume: String,
+    /// The BackupRepository, in this namespace.
+    #[serde(default = "default_repository")]
+    pub repository: String,
+    /// Tags recorded in the snapshot.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// Patterns to leave out, in `coffer backup --exclude`'s language,
+    /// relative to the volume's root.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excludes: Vec<String>,
+    /// Set to true to stop the run; it ends Canceled.
+    #[serde(default)]
+    pub cancel: bool,
+}
+
+/// A snapshot restored into one volume of a running pod.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "coffer.dev",
+    version = "v1alpha1",
+    kind = "VolumeRestore",
+    namespaced,
+    status = "RunStatus",
+    shortname = "vr",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Pod","type":"string","jsonPath":".spec.pod"}"#,
+    printcolumn = r#"{"name":"Volume","type":"string","jsonPath":".spec.volume"}"#,
+    printcolumn = r#"{"name":"Snapshot","type":"string","jsonPath":".status.snapshotID"}"#,
+    printcolumn = r#"{"name":"Bytes","type":"integer","jsonPath":".status.progress.bytesDone"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeRestoreSpec {
+    /// Which snapshot.
+    pub snapshot: SnapshotSource,
+    /// The pod, in this namespace, whose volume receives the data.
+    pub pod: String,
+    /// The volume's name in the pod's spec.
+    pub volume: String,
+    /// The BackupRepository, in this namespace.
+    #[serde(default = "default_repository")]
+    pub repository: String,
+    /// Restore only this path inside the snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subpath: Option<String>,
+    /// What to do with a volume that already holds data.
+    #[serde(default)]
+    pub policy: RestorePolicy,
+    /// Set to true to stop the run; it ends Canceled.
+    #[serde(default)]
+    pub cancel: bool,
+}
+
+/// A snapshot by id, or the latest of an origin.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotSource {
+    /// A snapshot id or unique prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The origin's cluster (`--cluster-name` of the agent that made it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// The origin's namespace (this namespace when only pvc, owner or volume
+    /// is given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The origin's PersistentVolumeClaim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pvc: Option<String>,
+    /// The origin pod's controlling workload, `Kind/name` (`StatefulSet/db`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// The origin's volume name (with `owner`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
+}
+
+/// What a restore does with a volume that already holds data.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum RestorePolicy {
+    /// Restore only into an empty volume (`lost+found` aside); otherwise fail.
+    #[default]
+    IfEmpty,
+    /// Replace what is there (a block volume is overwritten whole).
+    Overwrite,
+}
+
+/// Where a run stands.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Phase {
+    /// Not picked up yet.
+    #[default]
+    New,
+    /// An agent is running it.
+    InProgress,
+    /// Done, every file included.
+    Completed,
+    /// Done, but some files could not be read or written (`errors`).
+    PartiallyFailed,
+    /// Did not produce a result; `message` says why.
+    Failed,
+    /// Stopped through `spec.cancel`.
+    Canceled,
+}
+
+impl Phase {
+    /// Whether the run is over.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            Phase::Completed | Phase::PartiallyFailed | Phase::Failed | Phase::Canceled
+        )
+    }
+
+    /// The name used in status, metrics and Events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::New => "New",
+            Phase::InProgress => "InProgress",
+            Phase::Completed => "Completed",
+            Phase::PartiallyFailed => "PartiallyFailed",
+            Phase::Failed => "Failed",
+            Phase::Canceled => "Canceled",
+        }
+    }
+}
+
+/// Bytes and files done, with totals when known.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Progress {
+    /// Bytes read (backup) or written (restore).
+    pub bytes_done: u64,
+    /// All bytes, once known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_bytes: Option<u64>,
+    /// Files done.
+    pub files_done: u64,
+    /// All files, once known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_files: Option<u64>,
+}
+
+/// Files that could not be read or written.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunErrors {
+    /// How many.
+    pub count: u64,
+    /// The first few, each `path: reason`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+}
+
+/// The status of a VolumeBackup or a VolumeRestore.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunStatus {
+    /// Where the run stands.
+    #[serde(default)]
+    pub phase: Phase,
+    /// The node whose agent runs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// The path recorded in the snapshot (the volume's mount path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The snapshot written (backup) or read (restore).
+    #[serde(
+        default,
+        rename = "snapshotID",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub snapshot_id: Option<String>,
+    /// Bytes and files done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+    /// Bytes added to the repository by this backup (after deduplication
+    /// and compression).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incremental_bytes: Option<u64>,
+    /// When the agent started it (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+    /// When it ended (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<String>,
+    /// What happened, for humans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Files that could not be read (backup) or written (restore).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errors: Option<RunErrors>,
+    /// How many times an agent started this run (a restart resumes it; after
+    /// [`MAX_ATTEMPTS`] it fails).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempts: u32,
+}
+
+/// Starts of one run before it is marked Failed (an agent that dies on it
+/// every time must not loop forever).
+pub const MAX_ATTEMPTS: u32 = 3;
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// Every definition, as the YAML stream `coffer-agent crds` prints.
+pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
+    use kube::CustomResourceExt;
+    let mut out = String::from(
+        "# Generated by `coffer-agent crds` from node-agent/src/crd.rs; do not edit.\n",
+    );
+    for crd in [
+        BackupRepository::crd(),
+        VolumeBackup::crd(),
+        VolumeRestore::crd(),
+    ] {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(&crd)?);
+    }
+    Ok(out)
+}

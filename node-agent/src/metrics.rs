@@ -1,0 +1,180 @@
+//! Prometheus metrics, `/healthz` and `/readyz`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Runs by namespace and phase.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RunLabels {
+    /// `backup` or `restore`.
+    pub kind: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Final phase.
+    pub phase: String,
+}
+
+/// Per namespace.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NamespaceLabels {
+    /// `backup` or `restore`.
+    pub kind: String,
+    /// Namespace.
+    pub namespace: String,
+}
+
+/// Per volume.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VolumeLabels {
+    /// Namespace.
+    pub namespace: String,
+    /// Pod.
+    pub pod: String,
+    /// Volume.
+    pub volume: String,
+}
+
+/// The agent's metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// Finished runs.
+    pub runs: Family<RunLabels, Counter>,
+    /// Bytes read (backups) or written (restores).
+    pub bytes: Family<NamespaceLabels, Counter>,
+    /// Bytes added to repositories by backups.
+    pub bytes_added: Family<NamespaceLabels, Counter>,
+    /// Durations of finished runs.
+    pub duration: Family<NamespaceLabels, Histogram>,
+    /// The last successful backup, per volume (Unix seconds).
+    pub last_success: Family<VolumeLabels, Gauge<f64, AtomicU64>>,
+    /// Runs in progress now.
+    pub in_progress: Gauge,
+    ready: AtomicBool,
+}
+
+impl Metrics {
+    /// A registry with every metric.
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("coffer");
+        let runs = Family::<RunLabels, Counter>::default();
+        registry.register(
+            "runs",
+            "Finished backups and restores by namespace and phase",
+            runs.clone(),
+        );
+        let bytes = Family::<NamespaceLabels, Counter>::default();
+        registry.register(
+            "bytes",
+            "Bytes read by backups and written by restores",
+            bytes.clone(),
+        );
+        let bytes_added = Family::<NamespaceLabels, Counter>::default();
+        registry.register(
+            "bytes_added",
+            "Bytes added to repositories by backups (after deduplication and compression)",
+            bytes_added.clone(),
+        );
+        let duration = Family::<NamespaceLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([
+                1.0,
+                5.0,
+                15.0,
+                60.0,
+                300.0,
+                900.0,
+                3600.0,
+                4.0 * 3600.0,
+                12.0 * 3600.0,
+            ])
+        });
+        registry.register(
+            "run_duration_seconds",
+            "Durations of finished runs",
+            duration.clone(),
+        );
+        let last_success = Family::<VolumeLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "last_success_timestamp_seconds",
+            "When each volume's last backup succeeded (Unix time)",
+            last_success.clone(),
+        );
+        let in_progress = Gauge::default();
+        registry.register(
+            "runs_in_progress",
+            "Backups and restores running now",
+            in_progress.clone(),
+        );
+        Arc::new(Metrics {
+            registry,
+            runs,
+            bytes,
+            bytes_added,
+            duration,
+            last_success,
+            in_progress,
+            ready: AtomicBool::new(false),
+        })
+    }
+
+    /// Marks the agent ready (its watches have started).
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::SeqCst);
+    }
+
+    /// The text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+async fn metrics(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.encode(),
+    )
+}
+
+async fn readyz(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+    if m.ready.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until the process
+/// ends. Returns the bound address (port 0 picks one).
+pub async fn serve(addr: SocketAddr, m: Arc<Metrics>) -> std::io::Result<SocketAddr> {
+    let app = axum::Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(m);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("metrics server stopped: {e}");
+        }
+    });
+    Ok(bound)
+}

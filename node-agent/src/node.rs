@@ -1,0 +1,1250 @@
+//! `coffer-agent node`: the DaemonSet process.
+//!
+//! Watch, plan, run, report:
+//! - **watch** the pods of this node (a field selector on `spec.nodeName`),
+//!   VolumeBackups and VolumeRestores;
+//! - pod annotations become VolumeBackup objects (`backup-now`, `schedule`),
+//!   so every run has one status path;
+//! - a run whose pod is on this node is **claimed** (its status written with
+//!   the object's resourceVersion, so only one agent wins), **planned**
+//!   ([`crate::plan`]) and **run** as a task with the engine, at most
+//!   `--max-concurrent` at once;
+//! - progress and the result are **reported** in the run's status (at most
+//!   every [`STATUS_INTERVAL`]), as Events and as metrics.
+//!
+//! A run that was InProgress on this node when the agent stopped is resumed
+//! (the engine reuses what was stored); after [`crate::crd::MAX_ATTEMPTS`]
+//! starts it is marked Failed. `spec.cancel` and a deleted pod stop a run
+//! through the engine's cancellation token.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use coffer_engine::backup::{BackupOptions, BackupProgress, ParentChoice};
+use coffer_engine::restore::RestoreOptions;
+use coffer_engine::CancelToken;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Client, Resource, ResourceExt};
+use tokio::sync::{Notify, Semaphore};
+
+use crate::annotations;
+use crate::crd::{
+    Phase, Progress, RestorePolicy, RunStatus, VolumeBackup, VolumeBackupSpec, VolumeRestore,
+};
+use crate::kubelet;
+use crate::metrics::{Metrics, NamespaceLabels, RunLabels, VolumeLabels};
+use crate::plan::{self, NodeConfig, Planned, VolumeMode};
+use crate::repos::Repos;
+use crate::schedule::Schedule;
+use crate::status::{self, Decision, Outcome};
+
+/// How often a run's progress is written into its status, at most.
+pub const STATUS_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The node agent's settings.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Where volumes are and what is allowed.
+    pub node: NodeConfig,
+    /// Runs at once on this node.
+    pub max_concurrent: usize,
+    /// Engine threads per run.
+    pub threads_per_run: usize,
+}
+
+/// Which run.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+enum RunKey {
+    Backup(String, String),
+    Restore(String, String),
+}
+
+/// Why a running task was stopped.
+#[derive(Clone, Debug)]
+enum StopReason {
+    Canceled,
+    PodGone(String),
+}
+
+struct RunHandle {
+    cancel: CancelToken,
+    reason: Arc<Mutex<Option<StopReason>>>,
+    /// (namespace, pod)
+    pod: (String, String),
+}
+
+/// A scheduled volume: (namespace, pod, uid, volume) and when it next fires.
+struct Scheduled {
+    schedule: Schedule,
+    text: String,
+    next: chrono::DateTime<Utc>,
+}
+
+/// The node agent.
+pub struct Agent {
+    client: Client,
+    opts: Options,
+    repos: Repos,
+    metrics: Arc<Metrics>,
+    recorder: Recorder,
+    permits: Arc<Semaphore>,
+    runs: Mutex<HashMap<RunKey, RunHandle>>,
+    /// Pods on this node, by (namespace, name).
+    pods: Mutex<HashMap<(String, String), Pod>>,
+    schedules: Mutex<HashMap<(String, String, String, String), Scheduled>>,
+    schedules_changed: Notify,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn is_status(e: &kube::Error, code: u16) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == code)
+}
+
+impl Agent {
+    /// An agent for this node.
+    pub fn new(client: Client, opts: Options, metrics: Arc<Metrics>) -> Arc<Agent> {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "coffer-agent".into(),
+                instance: Some(opts.node.node.clone()),
+            },
+        );
+        Arc::new(Agent {
+            client,
+            permits: Arc::new(Semaphore::new(opts.max_concurrent.max(1))),
+            opts,
+            repos: Repos::default(),
+            metrics,
+            recorder,
+            runs: Mutex::new(HashMap::new()),
+            pods: Mutex::new(HashMap::new()),
+            schedules: Mutex::new(HashMap::new()),
+            schedules_changed: Notify::new(),
+        })
+    }
+
+    fn me(&self) -> &str {
+        &self.opts.node.node
+    }
+
+    /// Watches and runs until a watch ends for good.
+    pub async fn run(self: Arc<Self>) -> anyhow::Result<()> {
+        // The pods of this node first, so that runs find their pod.
+        let pods_synced = Arc::new(Notify::new());
+        let pods = tokio::spawn(self.clone().watch_pods(pods_synced.clone()));
+        pods_synced.notified().await;
+        let backups = tokio::spawn(self.clone().watch_backups());
+        let restores = tokio::spawn(self.clone().watch_restores());
+        let scheduler = tokio::spawn(self.clone().scheduler());
+        self.metrics.set_ready();
+        tracing::info!(
+            node = self.me(),
+            "watching pods, VolumeBackups and VolumeRestores"
+        );
+        tokio::select! {
+            r = pods => r?,
+            r = backups => r?,
+            r = restores => r?,
+            r = scheduler => r?,
+        }
+        anyhow::bail!("a watch ended")
+    }
+
+    async fn watch_pods(self: Arc<Self>, synced: Arc<Notify>) {
+        let api: Api<Pod> = Api::all(self.client.clone());
+        let cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", self.me()));
+        let mut stream = watcher::watcher(api, cfg).default_backoff().boxed();
+        let mut seen_init: Vec<(String, String)> = Vec::new();
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(Event::Apply(p)) => self.on_pod(p).await,
+                Ok(Event::InitApply(p)) => {
+                    seen_init.push((p.namespace().unwrap_or_default(), p.name_any()));
+                    self.on_pod(p).await;
+                }
+                Ok(Event::Delete(p)) => self.on_pod_gone(&p, "was deleted"),
+                Ok(Event::Init) => seen_init.clear(),
+                Ok(Event::InitDone) => {
+                    // Pods that vanished while the watch was down.
+                    let gone: Vec<Pod> = lock(&self.pods)
+                        .iter()
+                        .filter(|(k, _)| !seen_init.contains(k))
+                        .map(|(_, p)| p.clone())
+                        .collect();
+                    for p in gone {
+                        self.on_pod_gone(&p, "was deleted");
+                    }
+                    synced.notify_one();
+                }
+                Err(e) => tracing::warn!("pod watch: {e}; retrying"),
+            }
+        }
+    }
+
+    async fn watch_backups(self: Arc<Self>) {
+        let api: Api<VolumeBackup> = Api::all(self.client.clone());
+        let mut stream = watcher::watcher(api, watcher::Config::default())
+            .default_backoff()
+            .boxed();
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(Event::Apply(vb)) | Ok(Event::InitApply(vb)) => self.on_backup(vb).await,
+                Ok(Event::Delete(vb)) => {
+                    let key = RunKey::Backup(vb.namespace().unwrap_or_default(), vb.name_any());
+                    self.stop(&key, StopReason::Canceled);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("VolumeBackup watch: {e}; retrying"),
+            }
+        }
+    }
+
+    async fn watch_restores(self: Arc<Self>) {
+        let api: Api<VolumeRestore> = Api::all(self.client.clone());
+        let mut stream = watcher::watcher(api, watcher::Config::default())
+            .default_backoff()
+            .boxed();
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(Event::Apply(vr)) | Ok(Event::InitApply(vr)) => self.on_restore(vr).await,
+                Ok(Event::Delete(vr)) => {
+                    let key = RunKey::Restore(vr.namespace().unwrap_or_default(), vr.name_any());
+                    self.stop(&key, StopReason::Canceled);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("VolumeRestore watch: {e}; retrying"),
+            }
+        }
+    }
+
+    fn stop(&self, key: &RunKey, reason: StopReason) {
+        if let Some(h) = lock(&self.runs).get(key) {
+            *lock(&h.reason) = Some(reason);
+            h.cancel.cancel();
+        }
+    }
+
+    // ---- pods and annotations ----
+
+    async fn on_pod(self: &Arc<Self>, pod: Pod) {
+        let ns = pod.namespace().unwrap_or_default();
+        let name = pod.name_any();
+        if pod.metadata.deletion_timestamp.is_some() {
+            self.on_pod_gone(&pod, "is being deleted");
+            return;
+        }
+        lock(&self.pods).insert((ns.clone(), name.clone()), pod.clone());
+        self.annotations(&pod).await;
+        // Runs that waited for this pod to reach the node.
+        self.start_waiting_runs(&ns, &name).await;
+    }
+
+    fn on_pod_gone(&self, pod: &Pod, how: &str) {
+        let ns = pod.namespace().unwrap_or_default();
+        let name = pod.name_any();
+        lock(&self.pods).remove(&(ns.clone(), name.clone()));
+        lock(&self.schedules).retain(|k, _| !(k.0 == ns && k.1 == name));
+        let runs = lock(&self.runs);
+        for h in runs.values() {
+            if h.pod == (ns.clone(), name.clone()) {
+                *lock(&h.reason) = Some(StopReason::PodGone(format!(
+                    "pod {ns}/{name} {how} during the run; no snapshot was written"
+                )));
+                h.cancel.cancel();
+            }
+        }
+    }
+
+    async fn annotations(self: &Arc<Self>, pod: &Pod) {
+        let ns = pod.namespace().unwrap_or_default();
+        let name = pod.name_any();
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let volumes: Vec<String> = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.volumes.iter().flatten())
+            .map(|v| v.name.clone())
+            .collect();
+        let owner = plan::owner_of(pod).unwrap_or_else(|| format!("Pod/{name}"));
+        let identity = |v: &str| format!("{ns}/{owner}/{v}");
+        let req = match annotations::parse(pod.annotations(), &volumes, identity) {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                lock(&self.schedules).retain(|k, _| !(k.0 == ns && k.1 == name));
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(namespace = ns, pod = name, "{e}");
+                self.event(
+                    &pod.object_ref(&()),
+                    EventType::Warning,
+                    "BadAnnotation",
+                    "Plan",
+                    e.to_string(),
+                )
+                .await;
+                return;
+            }
+        };
+        // Schedules: one entry per volume; a changed text starts over.
+        {
+            let mut sch = lock(&self.schedules);
+            sch.retain(|k, _| {
+                !(k.0 == ns && k.1 == name && (k.2 != uid || !req.volumes.contains(&k.3)))
+            });
+            for v in &req.volumes {
+                let key = (ns.clone(), name.clone(), uid.clone(), v.clone());
+                match &req.schedule {
+                    None => {
+                        sch.remove(&key);
+                    }
+                    Some(text) => {
+                        if sch.get(&key).is_some_and(|s| &s.text == text) {
+                            continue;
+                        }
+                        if let Ok(s) = Schedule::parse(text, &identity(v)) {
+                            if let Some(next) = s.next_after(Utc::now()) {
+                                tracing::info!(namespace = ns, pod = name, volume = v, next = %next, "scheduled");
+                                sch.insert(
+                                    key,
+                                    Scheduled {
+                                        schedule: s,
+                                        text: text.clone(),
+                                        next,
+                                    },
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.schedules_changed.notify_one();
+        if let Some(now_value) = &req.backup_now {
+            let suffix = short_hash(&format!("{uid}/{now_value}"));
+            self.create_backups(pod, &req, "backup-now", &suffix).await;
+        }
+    }
+
+    /// Creates one VolumeBackup per selected volume that can be backed up
+    /// now; the names are deterministic, so a second call creates nothing.
+    async fn create_backups(
+        self: &Arc<Self>,
+        pod: &Pod,
+        req: &annotations::BackupRequest,
+        trigger: &str,
+        suffix: &str,
+    ) {
+        let ns = pod.namespace().unwrap_or_default();
+        let name = pod.name_any();
+        let api: Api<VolumeBackup> = Api::namespaced(self.client.clone(), &ns);
+        for v in &req.volumes {
+            let vb_name = object_name(&[&name, v, suffix]);
+            match api.get_opt(&vb_name).await {
+                Ok(Some(_)) => continue,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(
+                        namespace = ns,
+                        pod = name,
+                        volume = v,
+                        "cannot read VolumeBackup {vb_name}: {e}"
+                    );
+                    continue;
+                }
+            }
+            match self.plan(pod, v).await {
+                Ok(_) => {}
+                Err(skip) => {
+                    // Not a failure: the volume is skipped (and a not yet
+                    // mounted volume is tried again on the pod's next change).
+                    tracing::info!(namespace = ns, pod = name, volume = v, "skipped: {skip}");
+                    continue;
+                }
+            }
+            let vb = VolumeBackup {
+                metadata: ObjectMeta {
+                    name: Some(vb_name.clone()),
+                    namespace: Some(ns.clone()),
+                    labels: Some(BTreeMap::from([
+                        ("coffer.dev/pod".to_string(), label_value(&name)),
+                        ("coffer.dev/volume".to_string(), label_value(v)),
+                        ("coffer.dev/trigger".to_string(), trigger.to_string()),
+                    ])),
+                    ..Default::default()
+                },
+                spec: VolumeBackupSpec {
+                    pod: name.clone(),
+                    volume: v.clone(),
+                    repository: req.repository.clone(),
+                    tags: req.tags.clone(),
+                    excludes: req.excludes.get(v).cloned().unwrap_or_default(),
+                    cancel: false,
+                },
+                status: None,
+            };
+            match api.create(&PostParams::default(), &vb).await {
+                Ok(_) => tracing::info!(
+                    namespace = ns,
+                    pod = name,
+                    volume = v,
+                    trigger,
+                    "created VolumeBackup {vb_name}"
+                ),
+                Err(e) if is_status(&e, 409) => {}
+                Err(e) => tracing::warn!(
+                    namespace = ns,
+                    pod = name,
+                    volume = v,
+                    "cannot create VolumeBackup {vb_name}: {e}"
+                ),
+            }
+        }
+    }
+
+    async fn scheduler(self: Arc<Self>) {
+        loop {
+            let now = Utc::now();
+            let due: Vec<(String, String, String, chrono::DateTime<Utc>)> = {
+                let mut sch = lock(&self.schedules);
+                let mut due = Vec::new();
+                for (k, s) in sch.iter_mut() {
+                    if s.next <= now {
+                        due.push((k.0.clone(), k.1.clone(), k.3.clone(), s.next));
+                        s.next = s
+                            .schedule
+                            .next_after(now)
+                            .unwrap_or(now + chrono::Duration::days(365));
+                    }
+                }
+                due
+            };
+            for (ns, pod_name, volume, at) in due {
+                let pod = lock(&self.pods)
+                    .get(&(ns.clone(), pod_name.clone()))
+                    .cloned();
+                let Some(pod) = pod else { continue };
+                let ids: Vec<String> = pod
+                    .spec
+                    .iter()
+                    .flat_map(|s| s.volumes.iter().flatten())
+                    .map(|v| v.name.clone())
+                    .collect();
+                if let Ok(Some(mut req)) =
+                    annotations::parse(pod.annotations(), &ids, |v| v.to_string())
+                {
+                    req.volumes.retain(|v| *v == volume);
+                    let suffix = at.format("%Y%m%d%H%M").to_string();
+                    self.create_backups(&pod, &req, "schedule", &suffix).await;
+                }
+            }
+            let next = lock(&self.schedules).values().map(|s| s.next).min();
+            let wait = next
+                .map(|n| (n - Utc::now()).to_std().unwrap_or(Duration::ZERO))
+                .unwrap_or(Duration::from_secs(3600))
+                .min(Duration::from_secs(60));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.schedules_changed.notified() => {}
+            }
+        }
+    }
+
+    // ---- runs ----
+
+    fn pod_here(&self, ns: &str, name: &str) -> Option<Pod> {
+        lock(&self.pods)
+            .get(&(ns.to_string(), name.to_string()))
+            .cloned()
+    }
+
+    async fn start_waiting_runs(self: &Arc<Self>, ns: &str, pod: &str) {
+        let backups: Api<VolumeBackup> = Api::namespaced(self.client.clone(), ns);
+        if let Ok(list) = backups.list(&Default::default()).await {
+            for vb in list.items.into_iter().filter(|vb| vb.spec.pod == pod) {
+                if vb.status.as_ref().is_none_or(|s| s.phase == Phase::New) {
+                    self.on_backup(vb).await;
+                }
+            }
+        }
+        let restores: Api<VolumeRestore> = Api::namespaced(self.client.clone(), ns);
+        if let Ok(list) = restores.list(&Default::default()).await {
+            for vr in list.items.into_iter().filter(|vr| vr.spec.pod == pod) {
+                if vr.status.as_ref().is_none_or(|s| s.phase == Phase::New) {
+                    self.on_restore(vr).await;
+                }
+            }
+        }
+    }
+
+    /// The node of a run's pod: this node when the pod is here; otherwise
+    /// `None`, after failing the run when the pod does not exist at all.
+    async fn pod_node<K>(&self, ns: &str, pod: &str, obj: &K) -> Option<String>
+    where
+        K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        if self.pod_here(ns, pod).is_some() {
+            return Some(self.me().to_string());
+        }
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        match pods.get_opt(pod).await {
+            Ok(Some(p)) => p.spec.and_then(|s| s.node_name),
+            Ok(None) => {
+                let _ = obj;
+                None
+            }
+            Err(e) => {
+                tracing::warn!(namespace = ns, pod, "cannot read the pod: {e}");
+                None
+            }
+        }
+    }
+
+    async fn on_backup(self: &Arc<Self>, vb: VolumeBackup) {
+        let ns = vb.namespace().unwrap_or_default();
+        let key = RunKey::Backup(ns.clone(), vb.name_any());
+        let running = lock(&self.runs).contains_key(&key);
+        let status = vb.status.as_ref();
+        if status.is_some_and(|s| s.phase.is_final()) {
+            return;
+        }
+        let needs_pod = !running && status.is_none_or(|s| s.phase == Phase::New);
+        let pod_node = if needs_pod {
+            self.pod_node(&ns, &vb.spec.pod, &vb).await
+        } else {
+            None
+        };
+        match status::decide(
+            status,
+            vb.spec.cancel,
+            pod_node.as_deref(),
+            self.me(),
+            running,
+        ) {
+            Decision::Nothing => {}
+            Decision::Cancel => self.stop(&key, StopReason::Canceled),
+            Decision::GiveUp => {
+                let s = status::finished(
+                    vb.status.clone().unwrap_or_default(),
+                    Outcome::Failed(format!(
+                        "the agent on node {} restarted {} times during this run; giving up",
+                        self.me(),
+                        crate::crd::MAX_ATTEMPTS
+                    )),
+                );
+                self.finish_backup(&vb, s, None).await;
+            }
+            Decision::Start | Decision::Resume => {
+                if vb.spec.cancel {
+                    let s =
+                        status::finished(vb.status.clone().unwrap_or_default(), Outcome::Canceled);
+                    self.finish_backup(&vb, s, None).await;
+                    return;
+                }
+                self.claim_and_spawn(RunKind::Backup(Box::new(vb))).await;
+            }
+        }
+    }
+
+    async fn on_restore(self: &Arc<Self>, vr: VolumeRestore) {
+        let ns = vr.namespace().unwrap_or_default();
+        let key = RunKey::Restore(ns.clone(), vr.name_any());
+        let running = lock(&self.runs).contains_key(&key);
+        let status = vr.status.as_ref();
+        if status.is_some_and(|s| s.phase.is_final()) {
+            return;
+        }
+        let needs_pod = !running && status.is_none_or(|s| s.phase == Phase::New);
+        let pod_node = if needs_pod {
+            self.pod_node(&ns, &vr.spec.pod, &vr).await
+        } else {
+            None
+        };
+        match status::decide(
+            status,
+            vr.spec.cancel,
+            pod_node.as_deref(),
+            self.me(),
+            running,
+        ) {
+            Decision::Nothing => {}
+            Decision::Cancel => self.stop(&key, StopReason::Canceled),
+            Decision::GiveUp => {
+                let s = status::finished(
+                    vr.status.clone().unwrap_or_default(),
+                    Outcome::Failed(format!(
+                        "the agent on node {} restarted {} times during this restore; giving up",
+                        self.me(),
+                        crate::crd::MAX_ATTEMPTS
+                    )),
+                );
+                self.write_status::<VolumeRestore>(&ns, &vr.name_any(), &s, None)
+                    .await;
+            }
+            Decision::Start | Decision::Resume => {
+                self.claim_and_spawn(RunKind::Restore(Box::new(vr))).await;
+            }
+        }
+    }
+
+    /// Writes the claim with the object's resourceVersion (so one agent
+    /// wins), then runs the work as a task.
+    async fn claim_and_spawn(self: &Arc<Self>, run: RunKind) {
+        let (ns, name, pod, prev, rv, key) = match &run {
+            RunKind::Backup(vb) => (
+                vb.namespace().unwrap_or_default(),
+                vb.name_any(),
+                vb.spec.pod.clone(),
+                vb.status.clone(),
+                vb.resource_version(),
+                RunKey::Backup(vb.namespace().unwrap_or_default(), vb.name_any()),
+            ),
+            RunKind::Restore(vr) => (
+                vr.namespace().unwrap_or_default(),
+                vr.name_any(),
+                vr.spec.pod.clone(),
+                vr.status.clone(),
+                vr.resource_version(),
+                RunKey::Restore(vr.namespace().unwrap_or_default(), vr.name_any()),
+            ),
+        };
+        let claimed = status::started(prev.as_ref(), self.me(), None);
+        let ok = match &run {
+            RunKind::Backup(_) => {
+                self.write_status::<VolumeBackup>(&ns, &name, &claimed, rv)
+                    .await
+            }
+            RunKind::Restore(_) => {
+                self.write_status::<VolumeRestore>(&ns, &name, &claimed, rv)
+                    .await
+            }
+        };
+        if !ok {
+            return;
+        }
+        let handle = RunHandle {
+            cancel: CancelToken::new(),
+            reason: Arc::new(Mutex::new(None)),
+            pod: (ns.clone(), pod),
+        };
+        let cancel = handle.cancel.clone();
+        let reason = handle.reason.clone();
+        {
+            let mut runs = lock(&self.runs);
+            if runs.contains_key(&key) {
+                return;
+            }
+            runs.insert(key.clone(), handle);
+        }
+        let agent = self.clone();
+        tokio::spawn(async move {
+            let permit = agent.permits.clone().acquire_owned().await;
+            agent.metrics.in_progress.inc();
+            let started = Instant::now();
+            match run {
+                RunKind::Backup(vb) => {
+                    let (outcome, path, bytes) =
+                        agent.backup(&vb, claimed.clone(), &cancel, &reason).await;
+                    let mut s = claimed;
+                    s.path = path.or(s.path);
+                    let final_status = status::finished(s, outcome);
+                    agent.record(
+                        "backup",
+                        &vb.namespace().unwrap_or_default(),
+                        &final_status,
+                        started,
+                        bytes,
+                    );
+                    if final_status.phase == Phase::Completed
+                        || final_status.phase == Phase::PartiallyFailed
+                    {
+                        agent
+                            .metrics
+                            .last_success
+                            .get_or_create(&VolumeLabels {
+                                namespace: vb.namespace().unwrap_or_default(),
+                                pod: vb.spec.pod.clone(),
+                                volume: vb.spec.volume.clone(),
+                            })
+                            .set(Utc::now().timestamp() as f64);
+                    }
+                    agent.finish_backup(&vb, final_status, None).await;
+                }
+                RunKind::Restore(vr) => {
+                    let (outcome, path, bytes) = agent.restore(&vr, &cancel, &reason).await;
+                    let mut s = claimed;
+                    s.path = path.or(s.path);
+                    let final_status = status::finished(s, outcome);
+                    agent.record(
+                        "restore",
+                        &vr.namespace().unwrap_or_default(),
+                        &final_status,
+                        started,
+                        bytes,
+                    );
+                    let ns = vr.namespace().unwrap_or_default();
+                    agent
+                        .write_status::<VolumeRestore>(&ns, &vr.name_any(), &final_status, None)
+                        .await;
+                    let (etype, reason) = match final_status.phase {
+                        Phase::Completed => (EventType::Normal, "RestoreCompleted"),
+                        Phase::Canceled => (EventType::Normal, "RestoreCanceled"),
+                        _ => (EventType::Warning, "RestoreFailed"),
+                    };
+                    let note = final_status.message.clone().unwrap_or_else(|| {
+                        format!(
+                            "snapshot {} restored",
+                            final_status.snapshot_id.clone().unwrap_or_default()
+                        )
+                    });
+                    agent
+                        .event(&vr.object_ref(&()), etype, reason, "Restore", note)
+                        .await;
+                }
+            }
+            agent.metrics.in_progress.dec();
+            lock(&agent.runs).remove(&key);
+            drop(permit);
+        });
+    }
+
+    fn record(&self, kind: &str, ns: &str, s: &RunStatus, started: Instant, bytes: u64) {
+        self.metrics
+            .runs
+            .get_or_create(&RunLabels {
+                kind: kind.into(),
+                namespace: ns.into(),
+                phase: s.phase.as_str().into(),
+            })
+            .inc();
+        let l = NamespaceLabels {
+            kind: kind.into(),
+            namespace: ns.into(),
+        };
+        self.metrics.bytes.get_or_create(&l).inc_by(bytes);
+        if let Some(added) = s.incremental_bytes {
+            self.metrics.bytes_added.get_or_create(&l).inc_by(added);
+        }
+        self.metrics
+            .duration
+            .get_or_create(&l)
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    async fn finish_backup(&self, vb: &VolumeBackup, s: RunStatus, rv: Option<String>) {
+        let ns = vb.namespace().unwrap_or_default();
+        self.write_status::<VolumeBackup>(&ns, &vb.name_any(), &s, rv)
+            .await;
+        let (etype, reason) = match s.phase {
+            Phase::Completed => (EventType::Normal, "BackupCompleted"),
+            Phase::PartiallyFailed => (EventType::Warning, "BackupPartiallyFailed"),
+            Phase::Canceled => (EventType::Normal, "BackupCanceled"),
+            _ => (EventType::Warning, "BackupFailed"),
+        };
+        let note = match (&s.message, &s.snapshot_id) {
+            (Some(m), _) => m.clone(),
+            (None, Some(id)) => format!(
+                "volume {} of pod {}: snapshot {id}",
+                vb.spec.volume, vb.spec.pod
+            ),
+            (None, None) => reason.to_string(),
+        };
+        self.event(&vb.object_ref(&()), etype, reason, "Backup", note.clone())
+            .await;
+        if let Some(pod) = self.pod_here(&ns, &vb.spec.pod) {
+            self.event(&pod.object_ref(&()), etype, reason, "Backup", note)
+                .await;
+        }
+    }
+
+    /// Writes a run's status (merge patch on the status subresource); with
+    /// `rv`, only if the object is still at that resourceVersion. Returns
+    /// whether it was written.
+    async fn write_status<K>(&self, ns: &str, name: &str, s: &RunStatus, rv: Option<String>) -> bool
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let api: Api<K> = Api::namespaced(self.client.clone(), ns);
+        let mut patch = serde_json::json!({ "status": s });
+        if let Some(rv) = rv {
+            patch["metadata"] = serde_json::json!({ "resourceVersion": rv });
+        }
+        for attempt in 0..5u32 {
+            match api
+                .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => return true,
+                Err(e) if is_status(&e, 409) || is_status(&e, 404) => {
+                    tracing::debug!(namespace = ns, name, "status not written: {e}");
+                    return false;
+                }
+                Err(e) => {
+                    tracing::warn!(namespace = ns, name, attempt, "cannot write status: {e}");
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                }
+            }
+        }
+        false
+    }
+
+    async fn event(
+        &self,
+        reference: &k8s_openapi::api::core::v1::ObjectReference,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let mut note = note;
+        note.truncate(1000);
+        let ev = KubeEvent {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, reference).await {
+            tracing::debug!("cannot publish an Event: {e}");
+        }
+    }
+
+    /// Plans one volume of a pod on this node.
+    async fn plan(&self, pod: &Pod, volume: &str) -> Result<Planned, String> {
+        let ns = pod.namespace().unwrap_or_default();
+        let pvc_api: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), &ns);
+        let pv_api: Api<PersistentVolume> = Api::all(self.client.clone());
+        let mut pvcs = BTreeMap::new();
+        let mut pvs = BTreeMap::new();
+        let pod_name = pod.name_any();
+        let claim = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.volumes.iter().flatten())
+            .find(|v| v.name == volume)
+            .and_then(|v| {
+                v.persistent_volume_claim
+                    .as_ref()
+                    .map(|c| c.claim_name.clone())
+                    .or_else(|| v.ephemeral.as_ref().map(|_| format!("{pod_name}-{volume}")))
+            });
+        if let Some(claim) = claim {
+            match pvc_api.get_opt(&claim).await {
+                Ok(Some(pvc)) => {
+                    if let Some(pv) = pvc.spec.as_ref().and_then(|s| s.volume_name.clone()) {
+                        match pv_api.get_opt(&pv).await {
+                            Ok(Some(p)) => {
+                                pvs.insert(pv, p);
+                            }
+                            Ok(None) => {}
+                            Err(e) => return Err(format!("reading PersistentVolume {pv}: {e}")),
+                        }
+                    }
+                    pvcs.insert(claim, pvc);
+                }
+                Ok(None) => {}
+                Err(e) => return Err(format!("reading PersistentVolumeClaim {ns}/{claim}: {e}")),
+            }
+        }
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let root = self.opts.node.kubelet_root.clone();
+        let listing = tokio::task::spawn_blocking(move || kubelet::read_listing(&root, &uid))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("reading the kubelet directory: {e}"))?;
+        let mut planned = plan::plan_named(pod, volume, &pvcs, &pvs, &listing, &self.opts.node)
+            .map_err(|s| s.message)?;
+        if let (Some(host_path), Some(root)) = (&planned.host_path, &self.opts.node.host_root) {
+            let (resolved, inside) = kubelet::resolve_in_root(root, host_path)
+                .map_err(|e| format!("hostPath volume {volume:?}: {e}"))?;
+            if !plan::host_path_allowed(&resolved, &self.opts.node.host_path_allow) {
+                return Err(format!(
+                    "hostPath volume {volume:?} ({}) resolves to {}, outside the allowed prefixes",
+                    host_path.display(),
+                    resolved.display()
+                ));
+            }
+            planned.path = inside;
+        }
+        if planned.mode == VolumeMode::Block {
+            // The kubelet links the device; read the device itself.
+            planned.path = std::fs::canonicalize(&planned.path)
+                .map_err(|e| format!("block volume {volume:?}: {}: {e}", planned.path.display()))?;
+        }
+        Ok(planned)
+    }
+
+    async fn backup(
+        self: &Arc<Self>,
+        vb: &VolumeBackup,
+        claimed: RunStatus,
+        cancel: &CancelToken,
+        reason: &Arc<Mutex<Option<StopReason>>>,
+    ) -> (Outcome, Option<String>, u64) {
+        let ns = vb.namespace().unwrap_or_default();
+        let name = vb.name_any();
+        let span = tracing::info_span!(
+            "backup",
+            namespace = ns,
+            pod = vb.spec.pod,
+            volume = vb.spec.volume,
+            run = name
+        );
+        let _enter = span.enter();
+        let Some(pod) = self.pod_here(&ns, &vb.spec.pod) else {
+            return (
+                Outcome::Failed(format!(
+                    "pod {ns}/{} is not on node {} (deleted or moved)",
+                    vb.spec.pod,
+                    self.me()
+                )),
+                None,
+                0,
+            );
+        };
+        let planned = match self.plan(&pod, &vb.spec.volume).await {
+            Ok(p) => p,
+            Err(m) => return (Outcome::Failed(m), None, 0),
+        };
+        let path = planned.record_path.display().to_string();
+        let mut s = claimed.clone();
+        s.path = Some(path.clone());
+        self.write_status::<VolumeBackup>(&ns, &name, &s, None)
+            .await;
+        let repo = match self
+            .repos
+            .open(&self.client, &ns, &vb.spec.repository)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return (Outcome::Failed(e.to_string()), Some(path), 0),
+        };
+        self.event(
+            &vb.object_ref(&()),
+            EventType::Normal,
+            "BackupStarted",
+            "Backup",
+            format!(
+                "backing up volume {} of pod {} ({})",
+                vb.spec.volume,
+                vb.spec.pod,
+                planned.path.display()
+            ),
+        )
+        .await;
+        let (tx, mut rx) = tokio::sync::watch::channel(BackupProgress::default());
+        let mut opts = BackupOptions::new([planned.path.clone()]);
+        opts.record_path = Some(planned.record_path.clone());
+        opts.origin = Some(planned.origin.clone());
+        opts.parent = ParentChoice::Origin(planned.parent_filter());
+        opts.hostname = Some(self.me().to_string());
+        opts.tags = vb.spec.tags.clone();
+        opts.threads = self.opts.threads_per_run;
+        opts.cancel = cancel.clone();
+        opts.selection.exclude = vb.spec.excludes.clone();
+        opts.progress = Some(Arc::new(move |p: &BackupProgress| {
+            let _ = tx.send(p.clone());
+        }));
+        // Progress into status, at most every STATUS_INTERVAL.
+        let agent = self.clone();
+        let (ns2, name2) = (ns.clone(), name.clone());
+        let reporter = tokio::spawn(async move {
+            let mut last = Instant::now() - STATUS_INTERVAL;
+            while rx.changed().await.is_ok() {
+                let wait = STATUS_INTERVAL.saturating_sub(last.elapsed());
+                tokio::time::sleep(wait).await;
+                let p = rx.borrow_and_update().clone();
+                let mut st = s.clone();
+                st.progress = Some(progress_of(&p));
+                agent
+                    .write_status::<VolumeBackup>(&ns2, &name2, &st, None)
+                    .await;
+                last = Instant::now();
+            }
+        });
+        let result = coffer_engine::backup::backup(repo, opts).await;
+        reporter.abort();
+        match result {
+            Ok(summary) => {
+                let progress = Progress {
+                    bytes_done: summary.bytes_read,
+                    total_bytes: Some(summary.snapshot.summary.total_bytes_processed),
+                    files_done: summary.snapshot.summary.total_files_processed,
+                    total_files: Some(summary.snapshot.summary.total_files_processed),
+                };
+                let errors = summary
+                    .errors
+                    .iter()
+                    .map(|e| format!("{}: {}", e.path.display(), e.message))
+                    .collect();
+                tracing::info!(snapshot = %summary.snapshot_id.to_hex(), "backup done");
+                (
+                    Outcome::Done {
+                        snapshot_id: summary.snapshot_id.to_hex(),
+                        incremental_bytes: Some(summary.snapshot.summary.data_added_packed),
+                        progress,
+                        errors,
+                    },
+                    Some(path),
+                    summary.bytes_read,
+                )
+            }
+            Err(coffer_engine::Error::Cancelled) => (stopped(reason), Some(path), 0),
+            Err(e) => (Outcome::Failed(e.to_string()), Some(path), 0),
+        }
+    }
+
+    async fn restore(
+        self: &Arc<Self>,
+        vr: &VolumeRestore,
+        cancel: &CancelToken,
+        reason: &Arc<Mutex<Option<StopReason>>>,
+    ) -> (Outcome, Option<String>, u64) {
+        let ns = vr.namespace().unwrap_or_default();
+        let span = tracing::info_span!(
+            "restore",
+            namespace = ns,
+            pod = vr.spec.pod,
+            volume = vr.spec.volume,
+            run = vr.name_any()
+        );
+        let _enter = span.enter();
+        let Some(pod) = self.pod_here(&ns, &vr.spec.pod) else {
+            return (
+                Outcome::Failed(format!(
+                    "pod {ns}/{} is not on node {} (deleted or moved)",
+                    vr.spec.pod,
+                    self.me()
+                )),
+                None,
+                0,
+            );
+        };
+        let planned = match self.plan(&pod, &vr.spec.volume).await {
+            Ok(p) => p,
+            Err(m) => return (Outcome::Failed(m), None, 0),
+        };
+        let path = planned.record_path.display().to_string();
+        let repo = match self
+            .repos
+            .open(&self.client, &ns, &vr.spec.repository)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return (Outcome::Failed(e.to_string()), Some(path), 0),
+        };
+        // Which snapshot.
+        let src = &vr.spec.snapshot;
+        let snapshot = match &src.id {
+            Some(id) => id.clone(),
+            None => {
+                let filter = coffer_engine::forget::OriginFilter {
+                    cluster: src.cluster.clone(),
+                    namespace: Some(src.namespace.clone().unwrap_or_else(|| ns.clone())),
+                    pvc: src.pvc.clone(),
+                    owner: src.owner.clone(),
+                    volume: src.volume.clone(),
+                    pod: None,
+                };
+                if src.pvc.is_none() && src.owner.is_none() && src.volume.is_none() {
+                    return (
+                        Outcome::Failed("spec.snapshot names no snapshot: give an id, or an origin (pvc, or owner and volume)".into()),
+                        Some(path),
+                        0,
+                    );
+                }
+                match repo.snapshots().await {
+                    Ok(mut all) => {
+                        all.retain(|(_, s)| filter.matches(s));
+                        match all.pop() {
+                            Some((id, _)) => id.to_hex(),
+                            None => {
+                                return (
+                                    Outcome::Failed(format!(
+                                    "no snapshot in BackupRepository {ns}/{} matches {filter:?}",
+                                    vr.spec.repository
+                                )),
+                                    Some(path),
+                                    0,
+                                )
+                            }
+                        }
+                    }
+                    Err(e) => return (Outcome::Failed(e.to_string()), Some(path), 0),
+                }
+            }
+        };
+        let block = planned.mode == VolumeMode::Block;
+        let target = planned.path.clone();
+        let mut overwrite = vr.spec.policy == RestorePolicy::Overwrite;
+        if !overwrite {
+            if block {
+                return (
+                    Outcome::Failed(format!("volume {:?} is a block device; a restore overwrites it whole: set spec.policy: Overwrite", vr.spec.volume)),
+                    Some(path),
+                    0,
+                );
+            }
+            match dir_is_empty(&target) {
+                Ok(true) => overwrite = true, // only lost+found
+                Ok(false) => {
+                    return (
+                        Outcome::Failed(format!(
+                            "volume {:?} of pod {} is not empty; restore into an empty volume, or set spec.policy: Overwrite",
+                            vr.spec.volume, vr.spec.pod
+                        )),
+                        Some(path),
+                        0,
+                    )
+                }
+                Err(e) => return (Outcome::Failed(format!("{}: {e}", target.display())), Some(path), 0),
+            }
+        }
+        let index = match repo.load_index().await {
+            Ok(i) => i,
+            Err(e) => return (Outcome::Failed(e.to_string()), Some(path), 0),
+        };
+        let mut opts = RestoreOptions::new(snapshot, target);
+        opts.subpath = vr.spec.subpath.as_ref().map(PathBuf::from);
+        opts.overwrite = overwrite;
+        opts.overwrite_device = block;
+        opts.cancel = cancel.clone();
+        if block {
+            // The snapshot of a block volume holds one file: the device.
+            if opts.subpath.is_none() {
+                opts.subpath = Some(
+                    planned
+                        .record_path
+                        .file_name()
+                        .map(PathBuf::from)
+                        .unwrap_or_default(),
+                );
+            }
+        }
+        match coffer_engine::restore::restore(repo, index, opts).await {
+            Ok(summary) => {
+                let errors = summary
+                    .errors
+                    .iter()
+                    .map(|e| format!("{}: {}", e.path.display(), e.message))
+                    .collect::<Vec<_>>();
+                (
+                    Outcome::Done {
+                        snapshot_id: summary.snapshot_id.to_hex(),
+                        incremental_bytes: None,
+                        progress: Progress {
+                            bytes_done: summary.bytes_written,
+                            total_bytes: Some(summary.bytes_written),
+                            files_done: summary.files_restored,
+                            total_files: Some(summary.files_restored),
+                        },
+                        errors,
+                    },
+                    Some(path),
+                    summary.bytes_written,
+                )
+            }
+            Err(coffer_engine::Error::Cancelled) => (stopped(reason), Some(path), 0),
+            Err(e) => (Outcome::Failed(e.to_string()), Some(path), 0),
+        }
+    }
+}
+
+enum RunKind {
+    Backup(Box<VolumeBackup>),
+    Restore(Box<VolumeRestore>),
+}
+
+fn stopped(reason: &Arc<Mutex<Option<StopReason>>>) -> Outcome {
+    match lock(reason).clone() {
+        Some(StopReason::PodGone(m)) => Outcome::Failed(m),
+        _ => Outcome::Canceled,
+    }
+}
+
+fn progress_of(p: &BackupProgress) -> Progress {
+    Progress {
+        bytes_done: p.bytes_done,
+        total_bytes: p.total_bytes,
+        files_done: p.files_done,
+        total_files: p.total_files,
+    }
+}
+
+/// Whether a directory is empty, `lost+found` aside.
+fn dir_is_empty(dir: &std::path::Path) -> std::io::Result<bool> {
+    for e in std::fs::read_dir(dir)? {
+        if e?.file_name() != "lost+found" {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Eight hex digits of BLAKE3.
+fn short_hash(s: &str) -> String {
+    blake3::hash(s.as_bytes()).to_hex()[..8].to_string()
+}
+
+/// A valid object name from parts: joined with `-`, lowercased, at most 253
+/// characters (a long one keeps its head and gets a hash).
+pub fn object_name(parts: &[&str]) -> String {
+    let joined: String = parts
+        .join("-")
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if joined.len() <= 253 {
+        return joined;
+    }
+    format!("{}-{}", &joined[..240], short_hash(&joined))
+}
+
+/// A valid label value (at most 63 characters).
+fn label_value(s: &str) -> String {
+    if s.len() <= 63 {
+        return s.to_string();
+    }
+    format!("{}-{}", &s[..54], short_hash(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_valid_and_deterministic() {
+        assert_eq!(
+            object_name(&["db-0", "data", "1a2b3c4d"]),
+            "db-0-data-1a2b3c4d"
+        );
+        let long = "x".repeat(300);
+        let n = object_name(&[&long, "data"]);
+        assert!(n.len() <= 253);
+        assert_eq!(n, object_name(&[&long, "data"]));
+        assert_eq!(label_value(&"y".repeat(80)).len(), 63);
+    }
+}

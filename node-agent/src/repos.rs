@@ -1,0 +1,383 @@
+//! A namespace's repository: its BackupRepository, its password Secret and
+//! its credentials Secret, all read from that namespace and handed to the
+//! engine as values. There is no default password, and nothing comes from
+//! the agent's own environment.
+//!
+//! Opened repositories are kept per (namespace, name) with a fingerprint of
+//! everything that opened them; a changed spec or Secret opens it again.
+//! Argon2 runs on a blocking thread, never on the async executor.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use coffer_engine::{storage, InitOptions, Repository};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams};
+use kube::Client;
+use tokio::sync::Mutex;
+
+use crate::crd::{BackupRepository, BackupRepositoryStatus, RepositoryPhase};
+
+/// Why a repository could not be used; the message names the object and the
+/// next step, and becomes the BackupRepository's status message.
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    /// The BackupRepository does not exist.
+    #[error("BackupRepository {name:?} not found in namespace {namespace:?}; create one (see the README's Kubernetes section)")]
+    Missing {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+    },
+    /// Its password Secret or key is missing.
+    #[error("{what}; create it: kubectl -n {namespace} create secret generic {secret} --from-literal={key}=$(head -c 32 /dev/urandom | base64)")]
+    NoPassword {
+        /// What is missing, in a sentence.
+        what: String,
+        /// Namespace.
+        namespace: String,
+        /// Secret name.
+        secret: String,
+        /// Key.
+        key: String,
+    },
+    /// The credentials Secret is missing.
+    #[error("credentials Secret {secret:?} not found in namespace {namespace:?}; create it with the store's keys (for S3: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)")]
+    NoCredentials {
+        /// Namespace.
+        namespace: String,
+        /// Secret name.
+        secret: String,
+    },
+    /// The engine refused it (wrong password, missing repository, store
+    /// errors...).
+    #[error("BackupRepository {namespace}/{name} ({url}): {source}")]
+    Engine {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// Its URL.
+        url: String,
+        /// The engine's error.
+        #[source]
+        source: coffer_engine::Error,
+    },
+    /// The API server failed.
+    #[error("reading {what}: {source}")]
+    Kube {
+        /// What was being read.
+        what: String,
+        /// The client's error.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// Opened repositories, shared by every run of the agent.
+#[derive(Default)]
+pub struct Repos {
+    open: Mutex<HashMap<RepoKey, (blake3::Hash, Arc<Repository>)>>,
+}
+
+/// (namespace, name)
+type RepoKey = (String, String);
+
+fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+impl Repos {
+    /// Opens (or reuses) `namespace/name`, creating it when `spec.init` asks
+    /// and it does not exist. Records the outcome in the BackupRepository's
+    /// status.
+    pub async fn open(
+        &self,
+        client: &Client,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Arc<Repository>, RepoError> {
+        let api: Api<BackupRepository> = Api::namespaced(client.clone(), namespace);
+        let repo = match api.get(name).await {
+            Ok(r) => r,
+            Err(e) if is_not_found(&e) => {
+                return Err(RepoError::Missing {
+                    namespace: namespace.into(),
+                    name: name.into(),
+                })
+            }
+            Err(e) => {
+                return Err(RepoError::Kube {
+                    what: format!("BackupRepository {namespace}/{name}"),
+                    source: e,
+                })
+            }
+        };
+        let result = self.open_spec(client, namespace, name, &repo).await;
+        let status = match &result {
+            Ok(r) => BackupRepositoryStatus {
+                phase: Some(RepositoryPhase::Ready),
+                repository_id: Some(hex::encode(&r.config().id)),
+                message: None,
+                last_checked: Some(crate::status::now()),
+                observed_generation: repo.metadata.generation,
+            },
+            Err(e) => BackupRepositoryStatus {
+                phase: Some(RepositoryPhase::NotReady),
+                repository_id: None,
+                message: Some(e.to_string()),
+                last_checked: Some(crate::status::now()),
+                observed_generation: repo.metadata.generation,
+            },
+        };
+        if repo.status.as_ref().map(|s| (s.phase, &s.message))
+            != Some((status.phase, &status.message))
+            || repo.status.is_none()
+        {
+            let patch = serde_json::json!({ "status": status });
+            if let Err(e) = api
+                .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                tracing::warn!(
+                    namespace,
+                    repository = name,
+                    "cannot update the BackupRepository's status: {e}"
+                );
+            }
+        }
+        result
+    }
+
+    async fn open_spec(
+        &self,
+        client: &Client,
+        namespace: &str,
+        name: &str,
+        repo: &BackupRepository,
+    ) -> Result<Arc<Repository>, RepoError> {
+        let spec = &repo.spec;
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+        let pw_ref = &spec.password_secret_ref;
+        let no_password = |what: String| RepoError::NoPassword {
+            what,
+            namespace: namespace.into(),
+            secret: pw_ref.name.clone(),
+            key: pw_ref.key.clone(),
+        };
+        let pw_secret = match secrets.get(&pw_ref.name).await {
+            Ok(s) => s,
+            Err(e) if is_not_found(&e) => {
+                return Err(no_password(format!(
+                    "password Secret {:?} of BackupRepository {namespace}/{name} not found",
+                    pw_ref.name
+                )))
+            }
+            Err(e) => {
+                return Err(RepoError::Kube {
+                    what: format!("Secret {namespace}/{}", pw_ref.name),
+                    source: e,
+                })
+            }
+        };
+        let password = pw_secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(&pw_ref.key))
+            .map(|b| b.0.clone())
+            .or_else(|| {
+                pw_secret
+                    .string_data
+                    .as_ref()
+                    .and_then(|d| d.get(&pw_ref.key))
+                    .map(|s| s.clone().into_bytes())
+            })
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| {
+                no_password(format!(
+                    "Secret {namespace}/{} has no key {:?} (or it is empty)",
+                    pw_ref.name, pw_ref.key
+                ))
+            })?;
+        let mut options: Vec<(String, String)> = spec
+            .options
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if let Some(cref) = &spec.credentials_secret_ref {
+            let s = match secrets.get(&cref.name).await {
+                Ok(s) => s,
+                Err(e) if is_not_found(&e) => {
+                    return Err(RepoError::NoCredentials {
+                        namespace: namespace.into(),
+                        secret: cref.name.clone(),
+                    })
+                }
+                Err(e) => {
+                    return Err(RepoError::Kube {
+                        what: format!("Secret {namespace}/{}", cref.name),
+                        source: e,
+                    })
+                }
+            };
+            let data: BTreeMap<String, Vec<u8>> = s
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0))
+                .collect();
+            options.extend(credential_options(&spec.url, &data));
+        }
+        let mut fp = blake3::Hasher::new();
+        fp.update(serde_json::to_string(spec).unwrap_or_default().as_bytes());
+        fp.update(&(password.len() as u64).to_le_bytes());
+        fp.update(&password);
+        for (k, v) in &options {
+            fp.update(k.as_bytes());
+            fp.update(&[0]);
+            fp.update(v.as_bytes());
+            fp.update(&[0]);
+        }
+        let fp = fp.finalize();
+        let key = (namespace.to_string(), name.to_string());
+        let mut open = self.open.lock().await;
+        if let Some((have, r)) = open.get(&key) {
+            if *have == fp {
+                return Ok(r.clone());
+            }
+        }
+        let engine_err = |source| RepoError::Engine {
+            namespace: namespace.into(),
+            name: name.into(),
+            url: storage::redact(&spec.url),
+            source,
+        };
+        let url = spec.url.clone();
+        let init = spec.init;
+        // Argon2 and the first reads run off the executor.
+        let opened = tokio::task::spawn_blocking(move || {
+            tokio::runtime::Handle::current().block_on(open_or_init(&url, options, &password, init))
+        })
+        .await
+        .map_err(|e| {
+            engine_err(coffer_engine::Error::InvalidArgument(format!(
+                "opening panicked: {e}"
+            )))
+        })?
+        .map_err(engine_err)?;
+        let opened = Arc::new(opened);
+        open.insert(key, (fp, opened.clone()));
+        Ok(opened)
+    }
+}
+
+async fn open_or_init(
+    url: &str,
+    options: Vec<(String, String)>,
+    password: &[u8],
+    init: bool,
+) -> coffer_engine::Result<Repository> {
+    let local = !url.contains("://") || url.starts_with("file://");
+    let store = storage::open(
+        url,
+        &storage::OpenOptions {
+            create: init && local,
+            options,
+            cache_dir: None,
+            from_env: false,
+        },
+    )?;
+    let exists = match store.size("config").await {
+        Ok(_) => true,
+        Err(e) if e.kind == storage::StoreErrorKind::NotFound => false,
+        Err(e) => {
+            return Err(coffer_engine::Error::Store {
+                location: store.location(),
+                source: e,
+            })
+        }
+    };
+    if !exists {
+        if !init {
+            return Err(coffer_engine::Error::RepositoryNotFound {
+                location: storage::redact(url),
+            });
+        }
+        store
+            .prepare_container()
+            .await
+            .map_err(|e| coffer_engine::Error::Store {
+                location: store.location(),
+                source: e,
+            })?;
+        match Repository::init(store.clone(), password, InitOptions::default()).await {
+            Ok(r) => return Ok(r),
+            // Another node created it first: open it.
+            Err(coffer_engine::Error::RepositoryExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Repository::open(store, password).await
+}
+
+/// Store options from a credentials Secret: keys named as the store's own
+/// environment variables (`AWS_ACCESS_KEY_ID`, `AZURE_STORAGE_ACCOUNT_KEY`,
+/// `GOOGLE_SERVICE_ACCOUNT_KEY`, ...) become `s3.`/`az.`/`gs.` options; keys
+/// already in option form (`s3.endpoint`) pass as they are; other stores'
+/// keys are left out.
+pub fn credential_options(url: &str, data: &BTreeMap<String, Vec<u8>>) -> Vec<(String, String)> {
+    let (scheme, env_prefix) = match url.split_once("://").map(|(s, _)| s) {
+        Some("s3") => ("s3", "AWS_"),
+        Some("gs") => ("gs", "GOOGLE_"),
+        Some("az") => ("az", "AZURE_"),
+        _ => return Vec::new(),
+    };
+    let mut out = Vec::new();
+    for (k, v) in data {
+        let Ok(v) = String::from_utf8(v.clone()) else {
+            continue;
+        };
+        let v = v.trim_end_matches('\n').to_string();
+        if k.starts_with(&format!("{scheme}.")) {
+            out.push((k.clone(), v));
+        } else if k.starts_with(env_prefix) {
+            out.push((format!("{scheme}.{}", k.to_ascii_lowercase()), v));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_map_to_the_store_of_the_url() {
+        let data: BTreeMap<String, Vec<u8>> = [
+            ("AWS_ACCESS_KEY_ID", "AKIA"),
+            ("AWS_SECRET_ACCESS_KEY", "secret\n"),
+            ("AZURE_STORAGE_ACCOUNT_KEY", "az"),
+            ("s3.endpoint", "http://127.0.0.1:9000"),
+            ("unrelated", "x"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+        .collect();
+        let o = credential_options("s3://bucket/team-a", &data);
+        assert_eq!(
+            o,
+            vec![
+                ("s3.aws_access_key_id".to_string(), "AKIA".to_string()),
+                ("s3.aws_secret_access_key".into(), "secret".into()),
+                ("s3.endpoint".into(), "http://127.0.0.1:9000".into()),
+            ]
+        );
+        let o = credential_options("az://c/p", &data);
+        assert_eq!(
+            o,
+            vec![("az.azure_storage_account_key".to_string(), "az".to_string())]
+        );
+        assert!(credential_options("/local/path", &data).is_empty());
+    }
+}

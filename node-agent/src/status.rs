@@ -1,0 +1,249 @@
+//! Status transitions of a run (VolumeBackup or VolumeRestore), pure: what
+//! an agent does with a run it sees, and the status a result becomes.
+
+use crate::crd::{Phase, Progress, RunErrors, RunStatus, MAX_ATTEMPTS};
+
+/// The current time as Kubernetes writes it (RFC 3339, seconds, `Z`).
+pub fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// What this node's agent should do with a run it sees.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Nothing: it is over, or it belongs to another node, or it runs here.
+    Nothing,
+    /// Claim and start it (a new run whose pod is on this node).
+    Start,
+    /// It was InProgress on this node when the agent stopped: run it again
+    /// (the engine reuses what was already stored).
+    Resume,
+    /// It was InProgress on this node too many times: mark it Failed.
+    GiveUp,
+    /// Stop the running task (`spec.cancel`).
+    Cancel,
+}
+
+/// Decides for a run with `status`, whose pod is on `pod_node` (if known),
+/// seen by the agent of `me`; `running_here` says whether this process runs
+/// it now.
+pub fn decide(
+    status: Option<&RunStatus>,
+    cancel: bool,
+    pod_node: Option<&str>,
+    me: &str,
+    running_here: bool,
+) -> Decision {
+    let phase = status.map(|s| s.phase).unwrap_or_default();
+    if phase.is_final() {
+        return Decision::Nothing;
+    }
+    if running_here {
+        return if cancel {
+            Decision::Cancel
+        } else {
+            Decision::Nothing
+        };
+    }
+    match phase {
+        Phase::InProgress => {
+            let mine = status.and_then(|s| s.node.as_deref()) == Some(me);
+            if !mine {
+                Decision::Nothing
+            } else if status.map(|s| s.attempts).unwrap_or(0) >= MAX_ATTEMPTS {
+                Decision::GiveUp
+            } else {
+                Decision::Resume
+            }
+        }
+        _ if pod_node == Some(me) => Decision::Start,
+        _ => Decision::Nothing,
+    }
+}
+
+/// The status of a run just claimed by `node`.
+pub fn started(previous: Option<&RunStatus>, node: &str, path: Option<String>) -> RunStatus {
+    let attempts = previous.map(|s| s.attempts).unwrap_or(0) + 1;
+    RunStatus {
+        phase: Phase::InProgress,
+        node: Some(node.to_string()),
+        path,
+        start_time: Some(now()),
+        attempts,
+        message: (attempts > 1).then(|| {
+            format!("resumed on node {node} after the agent restarted (attempt {attempts} of {MAX_ATTEMPTS})")
+        }),
+        ..Default::default()
+    }
+}
+
+/// How a run ended.
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    /// The engine finished.
+    Done {
+        /// The snapshot written or read.
+        snapshot_id: String,
+        /// Bytes added to the repository (backups).
+        incremental_bytes: Option<u64>,
+        /// Final progress.
+        progress: Progress,
+        /// Files that could not be read or written: `path: reason`.
+        errors: Vec<String>,
+    },
+    /// Stopped through `spec.cancel`.
+    Canceled,
+    /// Did not produce a result.
+    Failed(String),
+}
+
+/// Paths listed in `status.errors`.
+pub const MAX_ERROR_PATHS: usize = 10;
+
+/// The final status of a run.
+pub fn finished(mut status: RunStatus, outcome: Outcome) -> RunStatus {
+    status.completion_time = Some(now());
+    match outcome {
+        Outcome::Done {
+            snapshot_id,
+            incremental_bytes,
+            progress,
+            errors,
+        } => {
+            status.snapshot_id = Some(snapshot_id);
+            status.incremental_bytes = incremental_bytes;
+            status.progress = Some(progress);
+            if errors.is_empty() {
+                status.phase = Phase::Completed;
+                status.message = None;
+            } else {
+                status.phase = Phase::PartiallyFailed;
+                status.message = Some(format!(
+                    "{} file(s) could not be processed; the snapshot holds everything else",
+                    errors.len()
+                ));
+                status.errors = Some(RunErrors {
+                    count: errors.len() as u64,
+                    paths: errors.into_iter().take(MAX_ERROR_PATHS).collect(),
+                });
+            }
+        }
+        Outcome::Canceled => {
+            status.phase = Phase::Canceled;
+            status.message = Some("canceled through spec.cancel".into());
+        }
+        Outcome::Failed(m) => {
+            status.phase = Phase::Failed;
+            status.message = Some(m);
+        }
+    }
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn st(phase: Phase, node: Option<&str>, attempts: u32) -> RunStatus {
+        RunStatus {
+            phase,
+            node: node.map(str::to_string),
+            attempts,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn decisions() {
+        use Decision::*;
+        // New runs start on the pod's node only.
+        assert_eq!(decide(None, false, Some("n1"), "n1", false), Start);
+        assert_eq!(decide(None, false, Some("n2"), "n1", false), Nothing);
+        assert_eq!(decide(None, false, None, "n1", false), Nothing);
+        assert_eq!(
+            decide(
+                Some(&st(Phase::New, None, 0)),
+                false,
+                Some("n1"),
+                "n1",
+                false
+            ),
+            Start
+        );
+        // Final phases are left alone, even when canceled afterwards.
+        for p in [
+            Phase::Completed,
+            Phase::PartiallyFailed,
+            Phase::Failed,
+            Phase::Canceled,
+        ] {
+            assert_eq!(
+                decide(Some(&st(p, Some("n1"), 1)), true, Some("n1"), "n1", false),
+                Nothing
+            );
+        }
+        // Running here: only a cancel matters.
+        let running = st(Phase::InProgress, Some("n1"), 1);
+        assert_eq!(
+            decide(Some(&running), false, Some("n1"), "n1", true),
+            Nothing
+        );
+        assert_eq!(decide(Some(&running), true, Some("n1"), "n1", true), Cancel);
+        // InProgress here but not in this process: a restart; resume, then give up.
+        assert_eq!(
+            decide(Some(&running), false, Some("n1"), "n1", false),
+            Resume
+        );
+        let tired = st(Phase::InProgress, Some("n1"), MAX_ATTEMPTS);
+        assert_eq!(decide(Some(&tired), false, Some("n1"), "n1", false), GiveUp);
+        // Another node's run.
+        assert_eq!(
+            decide(Some(&running), false, Some("n1"), "n2", false),
+            Nothing
+        );
+    }
+
+    #[test]
+    fn outcomes() {
+        let s = started(None, "n1", Some("/data".into()));
+        assert_eq!(
+            (s.phase, s.attempts, s.message.is_none()),
+            (Phase::InProgress, 1, true)
+        );
+        let again = started(Some(&s), "n1", None);
+        assert_eq!(again.attempts, 2);
+        assert!(again.message.unwrap().contains("attempt 2 of 3"));
+        let done = finished(
+            s.clone(),
+            Outcome::Done {
+                snapshot_id: "ab".into(),
+                incremental_bytes: Some(5),
+                progress: Progress::default(),
+                errors: vec![],
+            },
+        );
+        assert_eq!(done.phase, Phase::Completed);
+        assert!(done.completion_time.is_some());
+        let partial = finished(
+            s.clone(),
+            Outcome::Done {
+                snapshot_id: "ab".into(),
+                incremental_bytes: None,
+                progress: Progress::default(),
+                errors: (0..25)
+                    .map(|i| format!("/f{i}: permission denied"))
+                    .collect(),
+            },
+        );
+        assert_eq!(partial.phase, Phase::PartiallyFailed);
+        let e = partial.errors.unwrap();
+        assert_eq!((e.count, e.paths.len()), (25, MAX_ERROR_PATHS));
+        assert_eq!(
+            finished(s.clone(), Outcome::Canceled).phase,
+            Phase::Canceled
+        );
+        let f = finished(s, Outcome::Failed("pod db-0 was deleted".into()));
+        assert_eq!(f.phase, Phase::Failed);
+        assert_eq!(f.message.as_deref(), Some("pod db-0 was deleted"));
+    }
+}
