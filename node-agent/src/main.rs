@@ -16,7 +16,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run on a node (DaemonSet): back up and restore the volumes of its pods
-    Node(NodeArgs),
+    Node(Box<NodeArgs>),
     /// Print the CustomResourceDefinitions as YAML (kubectl apply -f -)
     Crds,
 }
@@ -52,6 +52,9 @@ struct NodeArgs {
     /// The cluster's name, recorded in every snapshot (restores in another cluster select by it)
     #[arg(long, env = "CLUSTER_NAME")]
     cluster_name: Option<String>,
+    /// How long a VolumeBackup or VolumeRestore waits for its pod to exist before it fails (e.g. 2m, 30s)
+    #[arg(long, env = "POD_WAIT", default_value = "2m", value_parser = parse_duration)]
+    pod_wait: std::time::Duration,
     /// Log format: json (default) or text
     #[arg(long, env = "LOG_FORMAT", default_value = "json")]
     log_format: String,
@@ -65,6 +68,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Node(a) => {
+            let a = *a;
             init_logs(&a.log_format);
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -107,6 +111,7 @@ async fn run_node(a: NodeArgs) -> anyhow::Result<()> {
         },
         max_concurrent: a.max_concurrent,
         threads_per_run: a.threads_per_run.max(1),
+        pod_wait: a.pod_wait,
     };
     let agent = node::Agent::new(client, opts, m);
     tokio::select! {
@@ -127,4 +132,9 @@ async fn shutdown() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+}
+
+/// `90s`, `2m`, `1h`.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (write e.g. 30s, 2m, 1h)"))
 }

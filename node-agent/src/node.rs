@@ -58,6 +58,8 @@ pub struct Options {
     pub max_concurrent: usize,
     /// Engine threads per run.
     pub threads_per_run: usize,
+    /// How long a run waits for its pod to exist before it fails.
+    pub pod_wait: Duration,
 }
 
 /// Which run.
@@ -101,7 +103,12 @@ pub struct Agent {
     pods: Mutex<HashMap<(String, String), Pod>>,
     schedules: Mutex<HashMap<(String, String, String, String), Scheduled>>,
     schedules_changed: Notify,
+    recheck_tx: tokio::sync::mpsc::UnboundedSender<Recheck>,
+    recheck_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Recheck>>>,
 }
+
+/// A run to look at again: (kind, namespace, name).
+type Recheck = (String, String, String);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -121,6 +128,7 @@ impl Agent {
                 instance: Some(opts.node.node.clone()),
             },
         );
+        let (recheck_tx, recheck_rx) = tokio::sync::mpsc::unbounded_channel();
         Arc::new(Agent {
             client,
             permits: Arc::new(Semaphore::new(opts.max_concurrent.max(1))),
@@ -132,6 +140,8 @@ impl Agent {
             pods: Mutex::new(HashMap::new()),
             schedules: Mutex::new(HashMap::new()),
             schedules_changed: Notify::new(),
+            recheck_tx,
+            recheck_rx: Mutex::new(Some(recheck_rx)),
         })
     }
 
@@ -148,6 +158,9 @@ impl Agent {
         let backups = tokio::spawn(self.clone().watch_backups());
         let restores = tokio::spawn(self.clone().watch_restores());
         let scheduler = tokio::spawn(self.clone().scheduler());
+        if let Some(rx) = lock(&self.recheck_rx).take() {
+            tokio::spawn(self.clone().rechecks(rx));
+        }
         self.metrics.set_ready();
         tracing::info!(
             node = self.me(),
@@ -489,11 +502,19 @@ impl Agent {
         }
     }
 
-    /// The node of a run's pod: this node when the pod is here; otherwise
-    /// `None`, after failing the run when the pod does not exist at all.
-    async fn pod_node<K>(&self, ns: &str, pod: &str, obj: &K) -> Option<String>
+    /// The node of a run's pod (this node when the pod is here). A pod that
+    /// does not exist gets `--pod-wait` from the run's creation to appear;
+    /// then the run fails (whichever agent writes first; the others see a
+    /// conflict). Until then the run is looked at again when the wait ends.
+    async fn pod_node<K>(self: &Arc<Self>, ns: &str, pod: &str, obj: &K) -> Option<String>
     where
-        K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug
+            + Send
+            + Sync
+            + 'static,
     {
         if self.pod_here(ns, pod).is_some() {
             return Some(self.me().to_string());
@@ -502,12 +523,56 @@ impl Agent {
         match pods.get_opt(pod).await {
             Ok(Some(p)) => p.spec.and_then(|s| s.node_name),
             Ok(None) => {
-                let _ = obj;
+                let created = obj
+                    .meta()
+                    .creation_timestamp
+                    .as_ref()
+                    .map(|t| t.0.as_second())
+                    .unwrap_or_else(|| Utc::now().timestamp());
+                let age = Duration::from_secs((Utc::now().timestamp() - created).max(0) as u64);
+                let name = obj.meta().name.clone().unwrap_or_default();
+                if age >= self.opts.pod_wait {
+                    let kind = K::kind(&());
+                    let s = status::finished(
+                        RunStatus::default(),
+                        Outcome::Failed(format!(
+                            "pod {ns}/{pod} not found (waited {}s); create the {kind} for an existing pod",
+                            self.opts.pod_wait.as_secs()
+                        )),
+                    );
+                    self.write_status::<K>(ns, &name, &s, obj.meta().resource_version.clone())
+                        .await;
+                } else {
+                    let tx = self.recheck_tx.clone();
+                    let item = (K::kind(&()).to_string(), ns.to_string(), name);
+                    let wait = self.opts.pod_wait - age;
+                    tokio::spawn(async move {
+                        tokio::time::sleep(wait).await;
+                        let _ = tx.send(item);
+                    });
+                }
                 None
             }
             Err(e) => {
                 tracing::warn!(namespace = ns, pod, "cannot read the pod: {e}");
                 None
+            }
+        }
+    }
+
+    /// Looks at runs again after a wait for their pod.
+    async fn rechecks(self: Arc<Self>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Recheck>) {
+        while let Some((kind, ns, name)) = rx.recv().await {
+            if kind == "VolumeBackup" {
+                let api: Api<VolumeBackup> = Api::namespaced(self.client.clone(), &ns);
+                if let Ok(Some(vb)) = api.get_opt(&name).await {
+                    self.on_backup(vb).await;
+                }
+            } else {
+                let api: Api<VolumeRestore> = Api::namespaced(self.client.clone(), &ns);
+                if let Ok(Some(vr)) = api.get_opt(&name).await {
+                    self.on_restore(vr).await;
+                }
             }
         }
     }

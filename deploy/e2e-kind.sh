@@ -1,0 +1,261 @@
+#!/usr/bin/env bash
+# A full run of coffer-agent in a real (kind) cluster, on your machine. CI
+# cannot run it (no container runtime there); the same steps are what a
+# platform engineer does on any cluster.
+#
+#   deploy/e2e-kind.sh [--keep]
+#
+# It creates a one-node kind cluster (or reuses one of that name), builds the
+# image from this checkout and loads it into the node, applies
+# `kubectl apply -k deploy/`, creates a namespace with its own password Secret
+# and BackupRepository, starts a busybox pod with an emptyDir volume and the
+# backup annotations, triggers a backup, waits for its VolumeBackup to reach
+# Completed and prints the snapshot id. Then it restores that snapshot into a
+# second pod with a VolumeRestore and compares the files.
+#
+# Needs: docker, kind, kubectl on PATH.
+#
+# Options:
+#   --keep   keep the cluster at the end (default: a cluster this script
+#            created is deleted on exit, success or not; a reused one is kept)
+#
+# Environment:
+#   COFFER_E2E_CLUSTER      kind cluster name (default coffer-e2e)
+#   COFFER_E2E_S3_ENDPOINT  an S3-compatible endpoint reachable from the kind
+#                           node (e.g. http://172.17.0.1:9000 for a MinIO on
+#                           the docker host); with it, the repository is
+#                           s3://$COFFER_E2E_S3_BUCKET/e2e and the credentials
+#                           come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
+#                           Without it, the repository is
+#                           file:///var/lib/coffer-repo: a directory ON THE
+#                           NODE (inside the kind node container), mounted into
+#                           the agent by an extra hostPath patch. A file://
+#                           repository is only visible to the agent of the node
+#                           it lives on, which is enough for one node.
+#   COFFER_E2E_S3_BUCKET    bucket for the S3 case (default coffer-e2e; it must exist)
+#   COFFER_E2E_SKIP_BUILD=1 use the image already in the local docker
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+keep=0
+for arg in "$@"; do
+    case $arg in
+    --keep) keep=1 ;;
+    -h | --help)
+        sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+        exit 0
+        ;;
+    *)
+        echo "unknown argument: $arg (try --help)" >&2
+        exit 2
+        ;;
+    esac
+done
+
+cluster=${COFFER_E2E_CLUSTER:-coffer-e2e}
+image=coffer/coffer-agent:0.1.0
+ns=coffer-e2e
+ctx=kind-$cluster
+k() { kubectl --context "$ctx" "$@"; }
+say() { printf '==> %s\n' "$*"; }
+
+for tool in docker kind kubectl; do
+    command -v "$tool" >/dev/null || {
+        echo "$tool is not on PATH" >&2
+        exit 1
+    }
+done
+
+created=0
+cleanup() {
+    local rc=$?
+    if [ "$created" = 1 ] && [ "$keep" = 0 ]; then
+        say "deleting kind cluster $cluster (--keep to keep it)"
+        kind delete cluster --name "$cluster" >/dev/null 2>&1 || true
+    elif [ "$rc" != 0 ]; then
+        say "cluster $cluster kept for inspection: kubectl --context $ctx ..."
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+
+# Prints what the agent and the objects say, for a failed wait.
+diagnose() {
+    set +e
+    say "diagnostics"
+    k -n "$ns" get backuprepositories,volumebackups,volumerestores,pods -o wide
+    k -n "$ns" get volumebackups,volumerestores -o yaml
+    k -n "$ns" get backuprepository default -o yaml
+    k -n "$ns" get events --sort-by=.lastTimestamp | tail -n 30
+    k -n coffer-system get pods -o wide
+    k -n coffer-system logs daemonset/coffer-agent --tail=200
+    set -e
+}
+
+# Waits (bounded) until a label selector matches at least one object.
+wait_exists() { # kind selector seconds
+    local i
+    for ((i = 0; i < $3; i += 2)); do
+        if [ -n "$(k -n "$ns" get "$1" -l "$2" -o name 2>/dev/null)" ]; then
+            return 0
+        fi
+        sleep 2
+    done
+    echo "no $1 with $2 after $3 s" >&2
+    return 1
+}
+
+if kind get clusters 2>/dev/null | grep -qx "$cluster"; then
+    say "reusing kind cluster $cluster"
+else
+    say "creating kind cluster $cluster"
+    created=1
+    kind create cluster --name "$cluster" --wait 180s
+fi
+
+if [ "${COFFER_E2E_SKIP_BUILD:-}" != 1 ]; then
+    say "building $image"
+    docker build -f deploy/Dockerfile -t "$image" .
+fi
+say "loading $image into the node"
+kind load docker-image "$image" --name "$cluster"
+
+say "applying deploy/"
+k apply -k deploy/
+k wait --for=condition=Established --timeout=60s \
+    crd/backuprepositories.coffer.dev crd/volumebackups.coffer.dev crd/volumerestores.coffer.dev
+k -n coffer-system set env daemonset/coffer-agent "CLUSTER_NAME=$ctx"
+
+if [ -n "${COFFER_E2E_S3_ENDPOINT:-}" ]; then
+    repo_url="s3://${COFFER_E2E_S3_BUCKET:-coffer-e2e}/e2e"
+else
+    repo_url=file:///var/lib/coffer-repo
+    # The repository directory lives on the node; the agent needs it mounted.
+    if ! k -n coffer-system get daemonset coffer-agent \
+        -o jsonpath='{.spec.template.spec.volumes[*].name}' | grep -qw coffer-repo; then
+        k -n coffer-system patch daemonset coffer-agent --type=json -p '[
+          {"op": "add", "path": "/spec/template/spec/volumes/-",
+           "value": {"name": "coffer-repo",
+                     "hostPath": {"path": "/var/lib/coffer-repo", "type": "DirectoryOrCreate"}}},
+          {"op": "add", "path": "/spec/template/spec/containers/0/volumeMounts/-",
+           "value": {"name": "coffer-repo", "mountPath": "/var/lib/coffer-repo"}}]'
+    fi
+fi
+k -n coffer-system rollout status daemonset/coffer-agent --timeout=180s
+
+say "namespace $ns: password Secret and BackupRepository ($repo_url)"
+k create namespace "$ns" --dry-run=client -o yaml | k apply -f -
+if ! k -n "$ns" get secret coffer-repo >/dev/null 2>&1; then
+    k -n "$ns" create secret generic coffer-repo \
+        --from-literal=password="$(head -c 32 /dev/urandom | base64)"
+fi
+if [ -n "${COFFER_E2E_S3_ENDPOINT:-}" ]; then
+    : "${AWS_ACCESS_KEY_ID:?set AWS_ACCESS_KEY_ID for the S3 endpoint}"
+    : "${AWS_SECRET_ACCESS_KEY:?set AWS_SECRET_ACCESS_KEY for the S3 endpoint}"
+    k -n "$ns" create secret generic coffer-s3 \
+        --from-literal=AWS_ACCESS_KEY_ID="$AWS_ACCESS_KEY_ID" \
+        --from-literal=AWS_SECRET_ACCESS_KEY="$AWS_SECRET_ACCESS_KEY" \
+        --dry-run=client -o yaml | k apply -f -
+    k apply -f - <<EOF
+apiVersion: coffer.dev/v1alpha1
+kind: BackupRepository
+metadata: {name: default, namespace: $ns}
+spec:
+  url: $repo_url
+  passwordSecretRef: {name: coffer-repo, key: password}
+  credentialsSecretRef: {name: coffer-s3}
+  options: {s3.endpoint: "$COFFER_E2E_S3_ENDPOINT", s3.region: us-east-1}
+  init: true
+EOF
+else
+    k apply -f - <<EOF
+apiVersion: coffer.dev/v1alpha1
+kind: BackupRepository
+metadata: {name: default, namespace: $ns}
+spec:
+  url: $repo_url
+  passwordSecretRef: {name: coffer-repo, key: password}
+  init: true
+EOF
+fi
+
+# A pod that writes a few files into an emptyDir, then sleeps.
+pod_manifest() { # name annotations(yaml, indented 4) write-data(0|1)
+    cat <<EOF
+apiVersion: v1
+kind: Pod
+metadata:
+  name: $1
+  namespace: $ns
+  annotations:
+$2
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: main
+      image: busybox:1.36
+      command: ["sh", "-c"]
+      args:
+        - |
+          if [ "$3" = 1 ]; then
+            mkdir -p /data/dir && echo hello > /data/hello.txt
+            head -c 3000000 /dev/urandom > /data/dir/random.bin
+            echo scratch > /data/skip.tmp
+          fi
+          exec sleep 86400
+      volumeMounts: [{name: data, mountPath: /data}]
+  volumes: [{name: data, emptyDir: {}}]
+EOF
+}
+
+say "pod $ns/source with an emptyDir volume and the backup annotations"
+k -n "$ns" delete pod source target --ignore-not-found --wait=true --timeout=60s
+pod_manifest source '    backup.coffer.dev/volumes: data
+    backup.coffer.dev/exclude.data: "*.tmp"' 1 | k apply -f -
+k -n "$ns" wait --for=condition=Ready pod/source --timeout=120s
+sleep 2 # the files are written before `sleep`; give the shell a moment
+
+say "backup now"
+k -n "$ns" annotate pod source "backup.coffer.dev/backup-now=$(date +%s)" --overwrite
+if ! wait_exists volumebackups coffer.dev/pod=source 60 ||
+    ! k -n "$ns" wait --for=jsonpath='{.status.phase}'=Completed \
+        volumebackups -l coffer.dev/pod=source --timeout=300s; then
+    diagnose
+    exit 1
+fi
+k -n "$ns" get volumebackups -l coffer.dev/pod=source
+snapshot=$(k -n "$ns" get volumebackups -l coffer.dev/pod=source \
+    -o jsonpath='{.items[0].status.snapshotID}')
+say "snapshot: $snapshot"
+
+say "restore it into a new pod's empty volume (VolumeRestore, policy IfEmpty)"
+pod_manifest target '    coffer.dev/e2e: target' 0 | k apply -f -
+k -n "$ns" wait --for=condition=Ready pod/target --timeout=120s
+k -n "$ns" delete volumerestore e2e-restore --ignore-not-found
+k apply -f - <<EOF
+apiVersion: coffer.dev/v1alpha1
+kind: VolumeRestore
+metadata: {name: e2e-restore, namespace: $ns}
+spec:
+  snapshot: {id: "$snapshot"}
+  pod: target
+  volume: data
+  policy: IfEmpty
+EOF
+if ! k -n "$ns" wait --for=jsonpath='{.status.phase}'=Completed \
+    volumerestore/e2e-restore --timeout=300s; then
+    diagnose
+    exit 1
+fi
+sums() { k -n "$ns" exec "$1" -- sh -c 'cd /data && find . -type f ! -name "*.tmp" | sort | xargs md5sum'; }
+if [ "$(sums source)" != "$(sums target)" ]; then
+    echo "restored files differ:" >&2
+    diff <(sums source) <(sums target) >&2 || true
+    exit 1
+fi
+if k -n "$ns" exec target -- test -e /data/skip.tmp; then
+    echo "the excluded file skip.tmp was restored" >&2
+    exit 1
+fi
+say "e2e passed: snapshot $snapshot backed up and restored byte for byte"
+echo "$snapshot"

@@ -1,0 +1,545 @@
+//! The end-to-end harness: an API server (the fake one in-process, or a real
+//! cluster named by `COFFER_TEST_KUBECONFIG`), the real `coffer-agent`
+//! binary talking to it over HTTP, and the test playing the parts no fake
+//! runs: the kubelet (directories and mounts under a temporary kubelet root)
+//! and the scheduler (`spec.nodeName`).
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use coffer_fake_apiserver::FakeServer;
+use coffer_node_agent::crd::{BackupRepository, Phase, VolumeBackup, VolumeRestore};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::watcher;
+use kube::{Client, CustomResourceExt, ResourceExt};
+use serde_json::json;
+
+use crate::common;
+
+/// How long any wait may take before the test fails (a bound, not a
+/// measurement: nothing asserts on time).
+pub const WAIT: Duration = Duration::from_secs(240);
+
+/// The password every test repository uses (each in its own namespace).
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// One test's world.
+pub struct Env {
+    pub server: Option<FakeServer>,
+    pub client: Client,
+    pub kubeconfig: PathBuf,
+    pub dir: tempfile::TempDir,
+    /// Namespaces created by this test (deleted at the end on a real cluster).
+    namespaces: Vec<String>,
+}
+
+impl Env {
+    /// A fresh fake API server (or the real cluster) with the CRDs installed.
+    pub async fn new() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let (server, yaml) = match std::env::var("COFFER_TEST_KUBECONFIG") {
+            Ok(path) => (None, std::fs::read_to_string(path).unwrap()),
+            Err(_) => {
+                let s = FakeServer::start("127.0.0.1:0".parse().unwrap())
+                    .await
+                    .unwrap();
+                let yaml = coffer_fake_apiserver::kubeconfig_yaml(&s.url, "default");
+                (Some(s), yaml)
+            }
+        };
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(&kubeconfig, &yaml).unwrap();
+        let kc = Kubeconfig::from_yaml(&yaml).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .unwrap();
+        let client = Client::try_from(config).unwrap();
+        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+        for crd in [
+            BackupRepository::crd(),
+            VolumeBackup::crd(),
+            VolumeRestore::crd(),
+        ] {
+            match crds.create(&PostParams::default(), &crd).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => panic!("installing CRD {}: {e}", crd.name_any()),
+            }
+        }
+        Env {
+            server,
+            client,
+            kubeconfig,
+            dir,
+            namespaces: Vec::new(),
+        }
+    }
+
+    /// A new namespace with a unique name.
+    pub async fn namespace(&mut self, prefix: &str) -> String {
+        let name = format!("{prefix}-{}", short_id());
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        api.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": name}})).unwrap(),
+        )
+        .await
+        .unwrap();
+        self.namespaces.push(name.clone());
+        name
+    }
+
+    /// A password Secret and a BackupRepository named `name` at a local path
+    /// (created on first use), in `ns`. Returns the repository's directory.
+    pub async fn repository(&self, ns: &str, name: &str, password: &str) -> PathBuf {
+        let path = self.dir.path().join("repos").join(ns).join(name);
+        self.secret(ns, &format!("{name}-password"), "password", password)
+            .await;
+        self.repository_at(ns, name, &path, &format!("{name}-password"))
+            .await;
+        path
+    }
+
+    /// A BackupRepository at `path` whose password is in Secret `secret`.
+    pub async fn repository_at(&self, ns: &str, name: &str, path: &Path, secret: &str) {
+        let api: Api<BackupRepository> = Api::namespaced(self.client.clone(), ns);
+        api.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "coffer.dev/v1alpha1",
+                "kind": "BackupRepository",
+                "metadata": {"name": name, "namespace": ns},
+                "spec": {
+                    "url": format!("file://{}", path.display()),
+                    "passwordSecretRef": {"name": secret, "key": "password"},
+                    "init": true
+                }
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    }
+
+    pub async fn secret(&self, ns: &str, name: &str, key: &str, value: &str) {
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
+        let secret = Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(ns.into()),
+                ..Default::default()
+            },
+            data: Some(BTreeMap::from([(
+                key.to_string(),
+                k8s_openapi::ByteString(value.as_bytes().to_vec()),
+            )])),
+            ..Default::default()
+        };
+        api.create(&PostParams::default(), &secret).await.unwrap();
+    }
+
+    /// Creates a pod from `spec` (volumes and containers) scheduled on
+    /// `node`, Running, with `annotations`; returns it with its UID.
+    pub async fn pod(
+        &self,
+        ns: &str,
+        name: &str,
+        node: &str,
+        spec: serde_json::Value,
+        annotations: &[(&str, &str)],
+    ) -> Pod {
+        let ann: BTreeMap<String, String> = annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut spec = spec;
+        spec["nodeName"] = json!(node);
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        api.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": ns, "annotations": ann},
+                "spec": spec,
+                "status": {"phase": "Running"}
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap()
+    }
+
+    pub async fn annotate(&self, ns: &str, pod: &str, key: &str, value: &str) {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        api.patch(
+            pod,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {key: value}}})),
+        )
+        .await
+        .unwrap();
+    }
+
+    pub async fn delete_pod(&self, ns: &str, pod: &str) {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        api.delete(pod, &DeleteParams::default()).await.unwrap();
+    }
+
+    pub async fn create<K>(&self, ns: &str, obj: serde_json::Value) -> K
+    where
+        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + serde::Serialize
+            + std::fmt::Debug,
+    {
+        let api: Api<K> = Api::namespaced(self.client.clone(), ns);
+        api.create(
+            &PostParams::default(),
+            &serde_json::from_value(obj).unwrap(),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Waits until `name` satisfies `cond`; returns it.
+    pub async fn wait_for<K>(
+        &self,
+        ns: &str,
+        name: &str,
+        what: &str,
+        cond: impl Fn(&K) -> bool,
+    ) -> K
+    where
+        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug
+            + Send
+            + 'static,
+    {
+        let api: Api<K> = Api::namespaced(self.client.clone(), ns);
+        let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let mut stream = watcher::watcher(api, cfg).boxed();
+        let mut last = None;
+        let found = tokio::time::timeout(WAIT, async {
+            while let Some(ev) = stream.next().await {
+                if let Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) = ev {
+                    if cond(&o) {
+                        return Some(o);
+                    }
+                    last = Some(o);
+                }
+            }
+            None
+        })
+        .await;
+        match found {
+            Ok(Some(o)) => o,
+            _ => panic!("{ns}/{name} never became {what}; last seen: {last:#?}"),
+        }
+    }
+
+    /// Waits until the VolumeBackups of pod `pod` satisfy `cond`; returns them.
+    pub async fn wait_backups(
+        &self,
+        ns: &str,
+        pod: &str,
+        what: &str,
+        cond: impl Fn(&[VolumeBackup]) -> bool,
+    ) -> Vec<VolumeBackup> {
+        let api: Api<VolumeBackup> = Api::namespaced(self.client.clone(), ns);
+        let cfg = watcher::Config::default().labels(&format!("coffer.dev/pod={pod}"));
+        let mut stream = watcher::watcher(api, cfg).boxed();
+        let mut all: BTreeMap<String, VolumeBackup> = BTreeMap::new();
+        let found = tokio::time::timeout(WAIT, async {
+            while let Some(ev) = stream.next().await {
+                match ev {
+                    Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
+                        all.insert(o.name_any(), o);
+                    }
+                    Ok(watcher::Event::Delete(o)) => {
+                        all.remove(&o.name_any());
+                    }
+                    _ => continue,
+                }
+                if cond(&all.values().cloned().collect::<Vec<_>>()) {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        if found != Ok(true) {
+            panic!("the VolumeBackups of {ns}/{pod} never became {what}; last seen: {all:#?}");
+        }
+        all.into_values().collect()
+    }
+
+    pub async fn list_backups(&self, ns: &str) -> Vec<VolumeBackup> {
+        let api: Api<VolumeBackup> = Api::namespaced(self.client.clone(), ns);
+        api.list(&ListParams::default()).await.unwrap().items
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if self.server.is_none() && !self.namespaces.is_empty() {
+            // A real cluster: leave nothing behind.
+            for ns in &self.namespaces {
+                let _ = Command::new("kubectl")
+                    .arg("--kubeconfig")
+                    .arg(&self.kubeconfig)
+                    .args(["delete", "namespace", ns, "--wait=false"])
+                    .status();
+            }
+        }
+    }
+}
+
+/// Whether a run is over.
+pub fn is_final(s: &Option<coffer_node_agent::crd::RunStatus>) -> bool {
+    s.as_ref().is_some_and(|s| s.phase.is_final())
+}
+
+pub fn phase(s: &Option<coffer_node_agent::crd::RunStatus>) -> Phase {
+    s.as_ref().map(|s| s.phase).unwrap_or_default()
+}
+
+/// A running `coffer-agent node`, killed on drop (its log is printed when the
+/// test fails).
+pub struct Agent {
+    pub child: Child,
+    pub metrics: std::net::SocketAddr,
+    pub log: PathBuf,
+}
+
+pub struct AgentConfig<'a> {
+    pub node_name: &'a str,
+    pub node: &'a common::Node,
+    pub host_path_allow: &'a [&'a str],
+    pub max_concurrent: usize,
+    pub threads: usize,
+}
+
+impl Agent {
+    pub fn start(env: &Env, cfg: &AgentConfig) -> Agent {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let log = env
+            .dir
+            .path()
+            .join(format!("agent-{}-{}.log", cfg.node_name, short_id()));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_coffer-agent"));
+        cmd.arg("node")
+            .args(["--node-name", cfg.node_name])
+            .arg("--kubelet-root")
+            .arg(cfg.node.kubelet())
+            .arg("--host-root")
+            .arg(cfg.node.host())
+            .args(["--max-concurrent", &cfg.max_concurrent.to_string()])
+            .args(["--threads-per-run", &cfg.threads.to_string()])
+            .args(["--metrics-addr", &port.to_string()])
+            .args(["--cluster-name", "test-cluster"])
+            .args(["--pod-wait", "1s"])
+            .args(["--log-format", "text"])
+            .env("KUBECONFIG", &env.kubeconfig)
+            .env(
+                "RUST_LOG",
+                std::env::var("COFFER_TEST_AGENT_LOG")
+                    .unwrap_or_else(|_| "info,coffer_node_agent=debug".into()),
+            )
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for p in cfg.host_path_allow {
+            cmd.args(["--host-path-allow", p]);
+        }
+        let child = cmd.spawn().unwrap();
+        Agent {
+            child,
+            metrics: port,
+            log,
+        }
+    }
+
+    /// SIGKILL, as a node drain or an OOM kill would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// GET a path of the metrics server, once it answers.
+    pub async fn http_get(&self, path: &str) -> (u16, String) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Ok(r) = http_get(self.metrics, path).await {
+                return r;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "metrics server never answered"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- agent log {} ----\n{}",
+                self.log.display(),
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+    }
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+/// Opens a test repository with the engine.
+pub async fn open_repo(path: &Path, password: &str) -> Arc<coffer_engine::Repository> {
+    let store = coffer_engine::storage::open_location(&path.display().to_string(), false).unwrap();
+    Arc::new(
+        coffer_engine::Repository::open(store, password.as_bytes())
+            .await
+            .unwrap(),
+    )
+}
+
+/// Restores `snapshot` (or its `subpath`) from the repository at `repo` into a
+/// new directory and returns it.
+pub async fn restore(repo: &Path, snapshot: &str, dir: &Path) -> PathBuf {
+    let r = open_repo(repo, PASSWORD).await;
+    let target = dir.join(format!("restore-{}", short_id()));
+    let opts = coffer_engine::restore::RestoreOptions::new(snapshot, &target);
+    let s = coffer_engine::restore::restore(r.clone(), r.load_index().await.unwrap(), opts)
+        .await
+        .unwrap();
+    assert!(s.errors.is_empty(), "{:?}", s.errors);
+    target
+}
+
+/// Asserts that two directory trees hold the same names and the same bytes.
+pub fn assert_same_tree(a: &Path, b: &Path) {
+    let list = |d: &Path| {
+        let mut v: Vec<PathBuf> = walkdir(d)
+            .into_iter()
+            .map(|p| p.strip_prefix(d).unwrap().to_path_buf())
+            .collect();
+        v.sort();
+        v
+    };
+    let (la, lb) = (list(a), list(b));
+    assert_eq!(
+        la,
+        lb,
+        "{} and {} list different entries",
+        a.display(),
+        b.display()
+    );
+    for rel in la {
+        let (pa, pb) = (a.join(&rel), b.join(&rel));
+        let ma = std::fs::symlink_metadata(&pa).unwrap();
+        if ma.is_file() {
+            assert!(
+                std::fs::read(&pa).unwrap() == std::fs::read(&pb).unwrap(),
+                "{} differs",
+                rel.display()
+            );
+        }
+    }
+}
+
+fn walkdir(d: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(d).unwrap() {
+        let p = e.unwrap().path();
+        out.push(p.clone());
+        if std::fs::symlink_metadata(&p).unwrap().is_dir() {
+            out.extend(walkdir(&p));
+        }
+    }
+    out
+}
+
+/// A small tree of files (some incompressible) under `dir`.
+pub fn fill(dir: &Path, seed: u64, files: usize) {
+    for i in 0..files {
+        let data = noise(seed + i as u64, 1000 + (i * 7919) % 50_000);
+        common::write(&dir.join(format!("d{}/f{i}.bin", i % 3)), &data);
+    }
+    common::write(
+        &dir.join("README"),
+        format!("volume seed {seed}\n").as_bytes(),
+    );
+}
+
+/// One large incompressible file (`mib` MiB).
+pub fn big_file(path: &Path, mib: usize, seed: u64) {
+    use std::io::Write;
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    for i in 0..mib {
+        f.write_all(&noise(seed * 1_000_003 + i as u64, 1 << 20))
+            .unwrap();
+    }
+    f.flush().unwrap();
+}
+
+/// Incompressible bytes (xorshift), the same for the same seed.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+pub fn short_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::SeqCst);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{:x}{n}", (t ^ std::process::id()) & 0xfffff)
+}

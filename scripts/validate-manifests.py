@@ -1,0 +1,435 @@
+"""Checks of the deployment under deploy/, run by scripts/validate-manifests.sh
+in its virtualenv (kubernetes-validate, jsonschema, PyYAML).
+
+    validate-manifests.py schemas VERSION FILE...   every object against the
+        Kubernetes schemas of VERSION (strict), coffer.dev objects against
+        the openAPIV3Schema of deploy/crds.yaml
+    validate-manifests.py negative VERSION FILE     the validators reject broken objects
+    validate-manifests.py policy RENDERED           RBAC, DaemonSet and Service rules
+    validate-manifests.py component NAME BASE OVERLAY
+        the component changes exactly what it should
+
+Each prints one summary line on success; on failure the reasons, and exits 1.
+"""
+
+import copy
+import re
+import sys
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CRDS = ROOT / "deploy" / "crds.yaml"
+RBAC_SOURCE = ROOT / "deploy" / "rbac.yaml"
+
+# What `coffer-agent node` calls, and nothing more (see deploy/rbac.yaml).
+EXPECTED_RULES = {
+    ("", "pods"): {"get", "list", "watch"},
+    ("", "persistentvolumeclaims"): {"get"},
+    ("", "persistentvolumes"): {"get"},
+    ("", "secrets"): {"get"},
+    ("coffer.dev", "backuprepositories"): {"get"},
+    ("coffer.dev", "backuprepositories/status"): {"patch"},
+    ("coffer.dev", "volumebackups"): {"get", "list", "watch", "create"},
+    ("coffer.dev", "volumebackups/status"): {"patch"},
+    ("coffer.dev", "volumerestores"): {"get", "list", "watch"},
+    ("coffer.dev", "volumerestores/status"): {"patch"},
+    ("events.k8s.io", "events"): {"create", "patch"},
+}
+# The capabilities the agent may hold without privileged (each explained in
+# deploy/daemonset.yaml).
+ALLOWED_CAPS = {"DAC_READ_SEARCH", "DAC_OVERRIDE", "FOWNER", "CHOWN", "FSETID", "MKNOD", "SETFCAP"}
+NAMESPACE = "coffer-system"
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+class Failed(Exception):
+    pass
+
+
+def load(path):
+    with open(path) as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+
+
+def kn(doc):
+    md = doc.get("metadata") or {}
+    ns = md.get("namespace")
+    return f"{doc.get('kind')}/{(ns + '/') if ns else ''}{md.get('name')}"
+
+
+# ---- custom resources against the CRDs -------------------------------------
+
+
+def openapi_to_jsonschema(node, root=False):
+    """The CRD's structural OpenAPI v3 schema as JSON Schema: `nullable`
+    becomes a null type, and objects refuse unknown fields (the API server
+    prunes or, with strict field validation, rejects them)."""
+    if isinstance(node, list):
+        return [openapi_to_jsonschema(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {}
+    for k, v in node.items():
+        if k in ("properties", "patternProperties"):
+            out[k] = {name: openapi_to_jsonschema(s) for name, s in v.items()}
+        elif k in ("items", "additionalProperties", "not"):
+            out[k] = openapi_to_jsonschema(v) if isinstance(v, dict) else v
+        elif k in ("allOf", "anyOf", "oneOf"):
+            out[k] = [openapi_to_jsonschema(s) for s in v]
+        elif k == "nullable" or k.startswith("x-kubernetes-"):
+            continue
+        else:
+            out[k] = v
+    if node.get("nullable") and "type" in out:
+        out["type"] = [out["type"], "null"]
+    if (
+        not root
+        and node.get("type") == "object"
+        and "additionalProperties" not in node
+        and not node.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        out["additionalProperties"] = False
+    return out
+
+
+def crd_schemas():
+    """(apiVersion, kind) -> (scope, JSON Schema) for every served version."""
+    out = {}
+    for crd in load(CRDS):
+        spec = crd["spec"]
+        for v in spec["versions"]:
+            if not v.get("served"):
+                continue
+            schema = openapi_to_jsonschema(v["schema"]["openAPIV3Schema"], root=True)
+            props = schema.setdefault("properties", {})
+            props["apiVersion"] = {"const": f"{spec['group']}/{v['name']}"}
+            props["kind"] = {"const": spec["names"]["kind"]}
+            props["metadata"] = {"type": "object"}
+            schema["required"] = sorted(set(schema.get("required", [])) | {"apiVersion", "kind", "metadata"})
+            schema["additionalProperties"] = False
+            out[(f"{spec['group']}/{v['name']}", spec["names"]["kind"])] = (spec["scope"], schema)
+    return out
+
+
+def validate_custom(doc, schemas):
+    key = (doc.get("apiVersion"), doc.get("kind"))
+    if key not in schemas:
+        raise Failed(f"{kn(doc)}: no CRD in deploy/crds.yaml serves {key[0]} {key[1]}")
+    scope, schema = schemas[key]
+    errors = sorted(
+        jsonschema.Draft202012Validator(schema).iter_errors(doc), key=lambda e: list(e.absolute_path)
+    )
+    if errors:
+        raise Failed(
+            "; ".join(f"{kn(doc)}: {'.'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}" for e in errors)
+        )
+    md = doc["metadata"]
+    if not DNS_SUBDOMAIN.match(md.get("name", "")):
+        raise Failed(f"{kn(doc)}: metadata.name is not a DNS subdomain")
+    if scope == "Namespaced" and not md.get("namespace"):
+        raise Failed(f"{kn(doc)}: namespaced kind without metadata.namespace")
+
+
+def validate_doc(doc, version, schemas):
+    api = doc.get("apiVersion", "")
+    if api.split("/")[0] in {g.split("/")[0] for g, _ in schemas}:
+        validate_custom(doc, schemas)
+        return "crd"
+    try:
+        kubernetes_validate.validate(doc, version, strict=True)
+    except kubernetes_validate.ValidationError as e:
+        path = ".".join(map(str, e.absolute_path)) or "(root)"
+        raise Failed(f"{kn(doc)}: {path}: {e.message}")
+    except kubernetes_validate.SchemaNotFoundError:
+        raise Failed(f"{kn(doc)}: kubernetes-validate has no schema for {api} {doc.get('kind')} at {version}")
+    return "k8s"
+
+
+def cmd_schemas(version, files):
+    schemas = crd_schemas()
+    counts = {"k8s": 0, "crd": 0}
+    problems = []
+    for f in files:
+        for doc in load(f):
+            try:
+                counts[validate_doc(doc, version, schemas)] += 1
+            except Failed as e:
+                problems.append(f"{f}: {e}")
+    if problems:
+        raise Failed("\n".join(problems))
+    return f"{counts['k8s']} objects against Kubernetes {version} (strict), {counts['crd']} against the CRDs"
+
+
+def cmd_negative(version, rendered):
+    """Broken objects must fail, or the checks above prove nothing."""
+    schemas = crd_schemas()
+    docs = load(rendered)
+    ds = next(d for d in docs if d["kind"] == "DaemonSet")
+    cases = []
+    bad = copy.deepcopy(ds)
+    bad["spec"]["template"]["spec"]["containers"][0]["mountPropagaton"] = "HostToContainer"
+    cases.append(("a misspelt container field", bad))
+    bad = copy.deepcopy(ds)
+    bad["spec"]["template"]["spec"]["volumes"][0]["hostPath"]["path"] = 7
+    cases.append(("a number as a hostPath path", bad))
+    examples = ROOT / "deploy" / "examples"
+    restore = next(d for d in load(examples / "restore.yaml") if d["kind"] == "VolumeRestore")
+    bad = copy.deepcopy(restore)
+    bad["spec"]["policy"] = "Sometimes"
+    cases.append(("a VolumeRestore policy outside its enum", bad))
+    bad = copy.deepcopy(restore)
+    bad["spec"]["snapshot"]["pvcName"] = "data-db-0"
+    cases.append(("an unknown VolumeRestore field", bad))
+    bad = copy.deepcopy(restore)
+    del bad["spec"]["pod"]
+    cases.append(("a VolumeRestore without its required pod", bad))
+    repo = next(d for d in load(examples / "repository.yaml") if d["kind"] == "BackupRepository")
+    bad = copy.deepcopy(repo)
+    bad["spec"]["options"]["timeout"] = 30
+    cases.append(("a BackupRepository option that is not a string", bad))
+    accepted = []
+    for what, doc in cases:
+        try:
+            validate_doc(doc, version, schemas)
+            accepted.append(what)
+        except Failed:
+            pass
+    if accepted:
+        raise Failed("the validators accepted: " + ", ".join(accepted))
+    return f"{len(cases)} broken objects rejected"
+
+
+# ---- policy -------------------------------------------------------------------
+
+
+def one(docs, kind, name=None):
+    found = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+    if len(found) != 1:
+        raise Failed(f"expected one {kind} {name or ''}, found {len(found)}")
+    return found[0]
+
+
+def check(cond, msg, problems):
+    if not cond:
+        problems.append(msg)
+
+
+def cmd_policy(rendered):
+    docs = load(rendered)
+    p = []
+    # Namespaced objects live in coffer-system.
+    for d in docs:
+        if d["kind"] in ("ServiceAccount", "Service", "DaemonSet"):
+            check(d["metadata"].get("namespace") == NAMESPACE, f"{kn(d)} is not in {NAMESPACE}", p)
+    one(docs, "Namespace", NAMESPACE)
+
+    # RBAC: exactly the expected rules, no wildcards, no built-in powerful roles.
+    role = one(docs, "ClusterRole", "coffer-agent")
+    got = {}
+    for r in role["rules"]:
+        for field in ("apiGroups", "resources", "verbs"):
+            check("*" not in r.get(field, []), f"ClusterRole rule with a wildcard in {field}: {r}", p)
+        check("nonResourceURLs" not in r, f"ClusterRole rule with nonResourceURLs: {r}", p)
+        for g in r.get("apiGroups", []):
+            for res in r.get("resources", []):
+                got.setdefault((g, res), set()).update(r.get("verbs", []))
+    for key in sorted(set(got) | set(EXPECTED_RULES)):
+        want, have = EXPECTED_RULES.get(key, set()), got.get(key, set())
+        if want != have:
+            g, res = key
+            p.append(
+                f"ClusterRole {g or 'core'}/{res}: verbs {sorted(have)}, expected {sorted(want)}"
+            )
+    for d in docs:
+        if d["kind"] in ("ClusterRoleBinding", "RoleBinding"):
+            check(
+                d["roleRef"]["name"] not in ("cluster-admin", "admin", "edit"),
+                f"{kn(d)} binds {d['roleRef']['name']}",
+                p,
+            )
+    binding = one(docs, "ClusterRoleBinding", "coffer-agent")
+    check(binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "coffer-agent"},
+          f"ClusterRoleBinding roleRef is {binding['roleRef']}", p)
+    check(binding.get("subjects") == [{"kind": "ServiceAccount", "name": "coffer-agent", "namespace": NAMESPACE}],
+          f"ClusterRoleBinding subjects are {binding.get('subjects')}", p)
+    one(docs, "ServiceAccount", "coffer-agent")
+    # Every rule in the source says why (a comment right above it).
+    lines = RBAC_SOURCE.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if re.match(r"^\s*- apiGroups:", line):
+            check(i > 0 and lines[i - 1].strip().startswith("#"),
+                  f"deploy/rbac.yaml:{i + 1}: rule without a comment above it", p)
+
+    # DaemonSet.
+    ds = one(docs, "DaemonSet", "coffer-agent")
+    pod = ds["spec"]["template"]["spec"]
+    check(pod.get("serviceAccountName") == "coffer-agent", "DaemonSet does not run as ServiceAccount coffer-agent", p)
+    check(not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC"),
+          "DaemonSet uses the host's network, PID or IPC namespace", p)
+    check("priorityClassName" not in pod, "DaemonSet sets a priorityClassName", p)
+    check({"operator": "Exists"} in pod.get("tolerations", []), "DaemonSet does not tolerate every taint", p)
+    check(pod.get("terminationGracePeriodSeconds", 30) >= 30, "terminationGracePeriodSeconds under 30 s", p)
+    us = ds["spec"].get("updateStrategy", {})
+    check(us.get("type") == "RollingUpdate" and us.get("rollingUpdate", {}).get("maxUnavailable"),
+          "DaemonSet updateStrategy is not a bounded RollingUpdate", p)
+    labels = ds["spec"]["template"]["metadata"]["labels"]
+    sel = ds["spec"]["selector"]["matchLabels"]
+    check(all(labels.get(k) == v for k, v in sel.items()), "DaemonSet selector does not match its pods", p)
+    _, c = agent(docs)
+    check(c.get("args") == ["node"], f"container agent args are {c.get('args')}", p)
+    version = cargo_version()
+    check(c.get("image") == f"coffer/coffer-agent:{version}",
+          f"image {c.get('image')} is not coffer/coffer-agent:{version} (the workspace version)", p)
+    env = {e["name"]: e for e in c.get("env", [])}
+    for name in ("NODE_NAME", "CLUSTER_NAME", "KUBELET_ROOT", "HOST_ROOT", "HOST_PATH_ALLOW",
+                 "MAX_CONCURRENT", "METRICS_ADDR", "LOG_FORMAT"):
+        check(name in env, f"env {name} missing", p)
+    check(env.get("NODE_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "spec.nodeName",
+          "NODE_NAME does not come from spec.nodeName", p)
+    val = lambda n: env.get(n, {}).get("value", "")  # noqa: E731
+    mounts = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
+    vols = {v["name"]: v for v in pod.get("volumes", [])}
+
+    def host_mount(mount_path, host_path, read_only, why):
+        m = mounts.get(mount_path)
+        if m is None:
+            p.append(f"no mount at {mount_path} ({why})")
+            return
+        v = vols.get(m["name"], {})
+        check(v.get("hostPath", {}).get("path") == host_path,
+              f"mount {mount_path} is not hostPath {host_path} ({why})", p)
+        check(m.get("mountPropagation") == "HostToContainer",
+              f"mount {mount_path} lacks mountPropagation HostToContainer ({why})", p)
+        check(bool(m.get("readOnly")) == read_only,
+              f"mount {mount_path} readOnly is {bool(m.get('readOnly'))}, expected {read_only} ({why})", p)
+
+    kubelet = val("KUBELET_ROOT").rstrip("/")
+    host_mount(f"{kubelet}/pods", f"{kubelet}/pods", False, "pod volumes, read-write for restores")
+    host_mount(f"{kubelet}/plugins", f"{kubelet}/plugins", False, "block devices")
+    host_root = val("HOST_ROOT").rstrip("/")
+    allow = [a.strip() for a in val("HOST_PATH_ALLOW").split(",") if a.strip()]
+    check(allow, "HOST_PATH_ALLOW is empty", p)
+    for prefix in allow:
+        host_mount(f"{host_root}{prefix}", prefix, True, f"allowed hostPath prefix {prefix}")
+    host_mounts = [m for m in c.get("volumeMounts", []) if "hostPath" in vols.get(m["name"], {})]
+    check(len(host_mounts) == 2 + len(allow),
+          f"{len(host_mounts)} hostPath mounts; expected the kubelet's two and one per HOST_PATH_ALLOW prefix", p)
+    for v in vols.values():
+        hp = v.get("hostPath", {}).get("path")
+        check(hp not in ("/", "/var", "/var/lib", "/etc", "/proc", "/sys", "/dev"),
+              f"volume {v['name']} mounts the host's {hp}", p)
+    check("emptyDir" in vols.get(mounts.get("/tmp", {}).get("name"), {}), "no emptyDir at /tmp", p)
+    sc = c.get("securityContext", {})
+    check(sc.get("privileged") is False, "container is privileged (use components/privileged)", p)
+    check(sc.get("allowPrivilegeEscalation") is False, "allowPrivilegeEscalation is not false", p)
+    check(sc.get("readOnlyRootFilesystem") is True, "root filesystem is not read-only", p)
+    caps = sc.get("capabilities", {})
+    check(caps.get("drop") == ["ALL"], "capabilities are not dropped first (drop: [ALL])", p)
+    extra = set(caps.get("add", [])) - ALLOWED_CAPS
+    check(not extra, f"capabilities beyond the documented set: {sorted(extra)}", p)
+    port = val("METRICS_ADDR").rsplit(":", 1)[-1]
+    ports = {x.get("name"): x for x in c.get("ports", [])}
+    check(str(ports.get("metrics", {}).get("containerPort")) == port,
+          f"containerPort metrics does not match METRICS_ADDR port {port}", p)
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        hg = c.get(probe, {}).get("httpGet", {})
+        check(hg.get("path") == path and hg.get("port") in ("metrics", int(port or 0)),
+              f"{probe} is not GET {path} on the metrics port", p)
+    res = c.get("resources", {})
+    check(res.get("requests", {}).get("cpu") and res.get("requests", {}).get("memory"),
+          "no cpu and memory requests", p)
+    check(res.get("limits", {}).get("memory"), "no memory limit", p)
+
+    # Metrics Service.
+    svc = one(docs, "Service", "coffer-agent-metrics")
+    check(svc["spec"].get("clusterIP") == "None", "metrics Service is not headless", p)
+    check(all(labels.get(k) == v for k, v in svc["spec"].get("selector", {}).items()) and svc["spec"].get("selector"),
+          "metrics Service does not select the agent pods", p)
+    sp = [x for x in svc["spec"].get("ports", []) if x.get("name") == "metrics"]
+    check(sp and str(sp[0].get("port")) == port and sp[0].get("targetPort") in ("metrics", int(port or 0)),
+          f"metrics Service has no port 'metrics' {port} to the agent's metrics port", p)
+
+    if p:
+        raise Failed("\n".join(p))
+    n = sum(len(v) for v in EXPECTED_RULES.values())
+    return f"RBAC {n} verbs on {len(EXPECTED_RULES)} resources, DaemonSet and Service rules hold"
+
+
+def cargo_version():
+    text = (ROOT / "Cargo.toml").read_text()
+    m = re.search(r'\[workspace\.package\][^\[]*?\nversion\s*=\s*"([^"]+)"', text)
+    if not m:
+        raise Failed("no [workspace.package] version in Cargo.toml")
+    return m.group(1)
+
+
+# ---- components ---------------------------------------------------------------
+
+
+def agent(docs):
+    ds = one(docs, "DaemonSet", "coffer-agent")
+    found = [c for c in ds["spec"]["template"]["spec"]["containers"] if c["name"] == "agent"]
+    if len(found) != 1:
+        raise Failed("DaemonSet coffer-agent has no container named agent")
+    return ds, found[0]
+
+
+def apply_privileged(docs):
+    _, c = agent(docs)
+    c["securityContext"]["privileged"] = True
+    c["securityContext"]["allowPrivilegeEscalation"] = True
+
+
+def apply_read_only(docs):
+    _, c = agent(docs)
+    for m in c["volumeMounts"]:
+        if m["mountPath"].endswith(("/pods", "/plugins")) and m["mountPath"].startswith("/var/lib/kubelet"):
+            m["readOnly"] = True
+
+
+COMPONENTS = {"privileged": [apply_privileged], "read-only": [apply_read_only],
+              "both": [apply_privileged, apply_read_only]}
+
+
+def cmd_component(name, base, overlay):
+    """The overlay equals the base with exactly the component's change."""
+    want = load(base)
+    for f in COMPONENTS[name]:
+        f(want)
+    have = load(overlay)
+    key = lambda d: kn(d)  # noqa: E731
+    want_by, have_by = {key(d): d for d in want}, {key(d): d for d in have}
+    if set(want_by) != set(have_by):
+        raise Failed(f"objects differ: {sorted(set(want_by) ^ set(have_by))}")
+    diff = [k for k in want_by if want_by[k] != have_by[k]]
+    if diff:
+        raise Failed(f"{name}: unexpected rendering of {diff}")
+    what = " and ".join(f.__name__.removeprefix("apply_").replace("_", "-") for f in COMPONENTS[name])
+    return f"exactly the {what} change"
+
+
+def main(argv):
+    try:
+        if argv[0] == "schemas":
+            msg = cmd_schemas(argv[1], argv[2:])
+        elif argv[0] == "negative":
+            msg = cmd_negative(argv[1], argv[2])
+        elif argv[0] == "policy":
+            msg = cmd_policy(argv[1])
+        elif argv[0] == "component":
+            msg = cmd_component(argv[1], argv[2], argv[3])
+        else:
+            raise SystemExit(__doc__)
+    except Failed as e:
+        print(e)
+        return 1
+    print(msg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,799 @@
+//! The fake API server as kube-rs and kubectl see it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use coffer_fake_apiserver::{kubeconfig_yaml, FakeServer};
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
+use kube::runtime::watcher::{self, Event};
+use kube::{Client, CustomResource, CustomResourceExt, ResourceExt};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+async fn setup() -> (FakeServer, Client) {
+    let server = FakeServer::start("127.0.0.1:0".parse().expect("address parses"))
+        .await
+        .expect("server starts");
+    let config = kube::Config::new(server.url.parse().expect("URL parses"));
+    let client = Client::try_from(config).expect("client builds");
+    (server, client)
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(value: Value) -> T {
+    serde_json::from_value(value).expect("test object deserializes")
+}
+
+fn config_map(name: &str, labels: Value, data: Value) -> ConfigMap {
+    from_json(json!({"metadata": {"name": name, "labels": labels}, "data": data}))
+}
+
+fn pod(name: &str, app: &str, node: &str) -> Pod {
+    from_json(json!({
+        "metadata": {"name": name, "labels": {"app": app}},
+        "spec": {"nodeName": node, "containers": [{"name": "main", "image": "busybox"}]},
+        "status": {"phase": "Pending"},
+    }))
+}
+
+/// The status code of a failed call.
+fn api_code<T: std::fmt::Debug>(result: kube::Result<T>) -> (u16, String) {
+    match result {
+        Err(kube::Error::Api(status)) => (status.code, status.reason.clone()),
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+/// The next watcher event; the timeout only keeps a broken server from hanging the suite.
+async fn next_event<K>(
+    stream: &mut (impl Stream<Item = watcher::Result<Event<K>>> + Unpin),
+) -> Event<K> {
+    tokio::time::timeout(Duration::from_secs(30), stream.next())
+        .await
+        .expect("an event arrives")
+        .expect("the stream goes on")
+        .expect("the watcher reports no error")
+}
+
+#[tokio::test]
+async fn create_with_generate_name_and_dry_run() {
+    let (_server, client) = setup().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    let mut cm = config_map("", json!({}), json!({"k": "v"}));
+    cm.metadata.name = None;
+    cm.metadata.generate_name = Some("gen-".into());
+    let created = cms
+        .create(&PostParams::default(), &cm)
+        .await
+        .expect("create");
+    let name = created.name_any();
+    assert!(name.starts_with("gen-") && name.len() == 9, "{name}");
+    assert_eq!(created.metadata.namespace.as_deref(), Some("default"));
+    assert_eq!(created.metadata.generation, Some(1));
+    assert_eq!(created.uid().map(|u| u.len()), Some(36));
+    assert!(created.metadata.creation_timestamp.is_some());
+    assert!(created
+        .resource_version()
+        .is_some_and(|rv| rv.parse::<u64>().is_ok()));
+    assert_eq!(cms.get(&name).await.expect("get").uid(), created.uid());
+
+    let dry = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let planned = config_map("planned", json!({}), json!({}));
+    cms.create(&dry, &planned).await.expect("dry-run create");
+    assert_eq!(api_code(cms.get("planned").await), (404, "NotFound".into()));
+    assert_eq!(
+        api_code(cms.create(&PostParams::default(), &created).await).0,
+        409
+    );
+    let mut nameless = planned.clone();
+    nameless.metadata.name = None;
+    assert_eq!(
+        api_code(cms.create(&PostParams::default(), &nameless).await).0,
+        422
+    );
+}
+
+#[tokio::test]
+async fn get_missing_is_not_found() {
+    let (_server, client) = setup().await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    match pods.get("x").await {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 404);
+            assert_eq!(status.reason, "NotFound");
+            assert_eq!(status.message, "pods \"x\" not found");
+        }
+        other => panic!("expected 404, got {other:?}"),
+    }
+    assert!(pods.get_opt("x").await.expect("get_opt").is_none());
+    let ns: Api<Namespace> = Api::all(client);
+    assert!(
+        ns.get("default").await.is_ok(),
+        "the default namespace exists"
+    );
+}
+
+#[tokio::test]
+async fn list_with_label_and_field_selectors() {
+    let (_server, client) = setup().await;
+    let default: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let other: Api<Pod> = Api::namespaced(client.clone(), "other");
+    let pp = PostParams::default();
+    default
+        .create(&pp, &pod("p1", "web", "n1"))
+        .await
+        .expect("create p1");
+    default
+        .create(&pp, &pod("p2", "web", "n2"))
+        .await
+        .expect("create p2");
+    other
+        .create(&pp, &pod("p3", "db", "n1"))
+        .await
+        .expect("create p3");
+    let all: Api<Pod> = Api::all(client);
+    let names = |list: kube::core::ObjectList<Pod>| {
+        list.items.iter().map(|p| p.name_any()).collect::<Vec<_>>()
+    };
+    let cases = [
+        (ListParams::default(), vec!["p1", "p2", "p3"]),
+        (
+            ListParams::default().fields("spec.nodeName=n1"),
+            vec!["p1", "p3"],
+        ),
+        (
+            ListParams::default().fields("spec.nodeName!=n1"),
+            vec!["p2"],
+        ),
+        (ListParams::default().labels("app=web"), vec!["p1", "p2"]),
+        (
+            ListParams::default()
+                .labels("app=web")
+                .fields("spec.nodeName==n1"),
+            vec!["p1"],
+        ),
+        (
+            ListParams::default().labels("app in (db,cache)"),
+            vec!["p3"],
+        ),
+        (
+            ListParams::default().labels("app notin (db),!missing"),
+            vec!["p1", "p2"],
+        ),
+        (
+            ListParams::default().fields("metadata.namespace=other"),
+            vec!["p3"],
+        ),
+        (
+            ListParams::default().fields("status.phase=Pending,metadata.name=p2"),
+            vec!["p2"],
+        ),
+    ];
+    for (lp, expected) in cases {
+        let list = all.list(&lp).await.expect("list");
+        assert!(list.metadata.resource_version.is_some());
+        assert_eq!(
+            names(list),
+            expected,
+            "{:?} {:?}",
+            lp.label_selector,
+            lp.field_selector
+        );
+    }
+    assert_eq!(
+        names(default.list(&ListParams::default()).await.expect("list")),
+        ["p1", "p2"]
+    );
+}
+
+async fn watcher_follows_changes(config: watcher::Config) {
+    let (_server, client) = setup().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    let pp = PostParams::default();
+    cms.create(&pp, &config_map("first", json!({"app": "web"}), json!({})))
+        .await
+        .expect("create");
+    cms.create(&pp, &config_map("other", json!({"app": "db"}), json!({})))
+        .await
+        .expect("create");
+    let mut events = watcher::watcher(cms.clone(), config.labels("app=web")).boxed();
+    assert!(matches!(next_event(&mut events).await, Event::Init));
+    match next_event(&mut events).await {
+        Event::InitApply(cm) => assert_eq!(cm.name_any(), "first"),
+        other => panic!("expected InitApply, got {other:?}"),
+    }
+    assert!(matches!(next_event(&mut events).await, Event::InitDone));
+
+    cms.create(&pp, &config_map("second", json!({"app": "web"}), json!({})))
+        .await
+        .expect("create");
+    match next_event(&mut events).await {
+        Event::Apply(cm) => assert_eq!(cm.name_any(), "second"),
+        other => panic!("expected Apply(second), got {other:?}"),
+    }
+    let data = Patch::Merge(json!({"data": {"k": "v"}}));
+    cms.patch("second", &PatchParams::default(), &data)
+        .await
+        .expect("patch");
+    match next_event(&mut events).await {
+        Event::Apply(cm) => assert_eq!(
+            cm.data.and_then(|d| d.get("k").cloned()).as_deref(),
+            Some("v")
+        ),
+        other => panic!("expected Apply with data, got {other:?}"),
+    }
+    // Changes outside the selector are not seen; an object leaving it is a deletion.
+    cms.patch("other", &PatchParams::default(), &data)
+        .await
+        .expect("patch other");
+    let leave = Patch::Merge(json!({"metadata": {"labels": {"app": "db"}}}));
+    cms.patch("first", &PatchParams::default(), &leave)
+        .await
+        .expect("relabel");
+    match next_event(&mut events).await {
+        Event::Delete(cm) => assert_eq!(cm.name_any(), "first"),
+        other => panic!("expected Delete(first), got {other:?}"),
+    }
+    cms.delete("second", &DeleteParams::default())
+        .await
+        .expect("delete");
+    match next_event(&mut events).await {
+        Event::Delete(cm) => assert_eq!(cm.name_any(), "second"),
+        other => panic!("expected Delete(second), got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn watcher_with_list_then_watch() {
+    watcher_follows_changes(watcher::Config::default()).await;
+}
+
+#[tokio::test]
+async fn watcher_with_streaming_lists() {
+    watcher_follows_changes(watcher::Config::default().streaming_lists()).await;
+}
+
+#[tokio::test]
+async fn watch_from_a_compacted_version_is_expired() {
+    let (server, client) = setup().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    let created = cms
+        .create(
+            &PostParams::default(),
+            &config_map("a", json!({}), json!({})),
+        )
+        .await
+        .expect("create");
+    let before = created.resource_version().expect("a resourceVersion");
+    cms.patch(
+        "a",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"x": "1"}})),
+    )
+    .await
+    .expect("patch");
+    // Before compaction the change after `before` is replayed.
+    let mut replay = cms
+        .watch(&WatchParams::default().timeout(1), &before)
+        .await
+        .expect("watch")
+        .boxed();
+    match replay.next().await {
+        Some(Ok(WatchEvent::Modified(cm))) => assert_eq!(cm.name_any(), "a"),
+        other => panic!("expected the replayed change, got {other:?}"),
+    }
+    server.compact();
+    let mut stream = cms
+        .watch(&WatchParams::default(), &before)
+        .await
+        .expect("watch")
+        .boxed();
+    match stream.next().await {
+        Some(Ok(WatchEvent::Error(status))) => {
+            assert_eq!((status.code, status.reason.as_str()), (410, "Expired"));
+        }
+        other => panic!("expected a 410 error event, got {other:?}"),
+    }
+    assert!(stream.next().await.is_none(), "the stream ends after 410");
+}
+
+#[tokio::test]
+async fn replace_with_stale_resource_version_conflicts() {
+    let (_server, client) = setup().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    let pp = PostParams::default();
+    let original = cms
+        .create(&pp, &config_map("c", json!({}), json!({"v": "1"})))
+        .await
+        .expect("create");
+    let mut fresh = original.clone();
+    fresh.data = Some([("v".to_string(), "2".to_string())].into());
+    let replaced = cms.replace("c", &pp, &fresh).await.expect("replace");
+    assert_ne!(replaced.resource_version(), original.resource_version());
+    assert_eq!(replaced.uid(), original.uid());
+    assert_eq!(
+        replaced.metadata.creation_timestamp,
+        original.metadata.creation_timestamp
+    );
+    let (code, reason) = api_code(cms.replace("c", &pp, &original).await);
+    assert_eq!((code, reason.as_str()), (409, "Conflict"));
+    let stale = Patch::Merge(
+        json!({"metadata": {"resourceVersion": original.resource_version()}, "data": {"v": "3"}}),
+    );
+    assert_eq!(
+        api_code(cms.patch("c", &PatchParams::default(), &stale).await).0,
+        409
+    );
+    // Without a resourceVersion the write is unconditional; a write that changes nothing
+    // keeps the version.
+    fresh.metadata.resource_version = None;
+    let again = cms
+        .replace("c", &pp, &fresh)
+        .await
+        .expect("unconditional replace");
+    assert_eq!(again.resource_version(), replaced.resource_version());
+    assert_eq!(
+        api_code(
+            cms.replace("missing", &pp, &config_map("missing", json!({}), json!({})))
+                .await
+        )
+        .0,
+        404
+    );
+}
+
+#[tokio::test]
+async fn merge_json_strategic_and_apply_patches() {
+    let (_server, client) = setup().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    let pp = PatchParams::default();
+    let data = |cm: &ConfigMap| {
+        cm.data
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect::<Vec<_>>()
+    };
+    let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+
+    let apply = PatchParams::apply("coffer-test").force();
+    let config = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "p"}, "data": {"a": "1"}});
+    let created = cms
+        .patch("p", &apply, &Patch::Apply(&config))
+        .await
+        .expect("apply creates");
+    assert_eq!(data(&created), [pair("a", "1")]);
+
+    let merged = cms
+        .patch(
+            "p",
+            &pp,
+            &Patch::Merge(json!({"data": {"a": null, "b": "2"}})),
+        )
+        .await
+        .expect("merge patch");
+    assert_eq!(data(&merged), [pair("b", "2")]);
+
+    let ops: Value = json!([{"op": "add", "path": "/data/c", "value": "3"}, {"op": "test", "path": "/data/b", "value": "2"}]);
+    let patched = cms
+        .patch("p", &pp, &Patch::Json::<()>(from_json(ops)))
+        .await
+        .expect("json patch");
+    assert_eq!(data(&patched), [pair("b", "2"), pair("c", "3")]);
+    let failing: Value = json!([{"op": "test", "path": "/data/b", "value": "nope"}]);
+    assert_eq!(
+        api_code(
+            cms.patch("p", &pp, &Patch::Json::<()>(from_json(failing)))
+                .await
+        )
+        .0,
+        422
+    );
+
+    let labelled = cms
+        .patch(
+            "p",
+            &pp,
+            &Patch::Strategic(json!({"metadata": {"labels": {"l": "x"}}})),
+        )
+        .await
+        .expect("strategic merge patch");
+    assert_eq!(labelled.labels().get("l").map(String::as_str), Some("x"));
+
+    let reapplied = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "p"}, "data": {"d": "4"}});
+    let applied = cms
+        .patch("p", &apply, &Patch::Apply(&reapplied))
+        .await
+        .expect("apply merges");
+    assert_eq!(
+        data(&applied),
+        [pair("b", "2"), pair("c", "3"), pair("d", "4")]
+    );
+    let missing = cms
+        .patch("nothing", &pp, &Patch::Merge(json!({"data": {}})))
+        .await;
+    assert_eq!(api_code(missing).0, 404);
+}
+
+#[tokio::test]
+async fn status_subresource_is_isolated() {
+    let (_server, client) = setup().await;
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+    let created = pods
+        .create(&PostParams::default(), &pod("s", "web", "n1"))
+        .await
+        .expect("create");
+    let phase = |p: &Pod| p.status.as_ref().and_then(|s| s.phase.clone());
+    let node = |p: &Pod| p.spec.as_ref().and_then(|s| s.node_name.clone());
+    assert_eq!(
+        phase(&created),
+        Some("Pending".into()),
+        "a created object keeps its status"
+    );
+
+    let status_patch =
+        Patch::Merge(json!({"status": {"phase": "Running"}, "spec": {"nodeName": "elsewhere"}}));
+    let after_status = pods
+        .patch_status("s", &PatchParams::default(), &status_patch)
+        .await
+        .expect("patch_status");
+    assert_eq!(phase(&after_status), Some("Running".into()));
+    assert_eq!(
+        node(&after_status),
+        Some("n1".into()),
+        "patch_status leaves spec alone"
+    );
+    assert_eq!(after_status.metadata.generation, Some(1));
+
+    let spec_patch =
+        Patch::Merge(json!({"status": {"phase": "Failed"}, "spec": {"activeDeadlineSeconds": 5}}));
+    let after_spec = pods
+        .patch("s", &PatchParams::default(), &spec_patch)
+        .await
+        .expect("patch");
+    assert_eq!(
+        phase(&after_spec),
+        Some("Running".into()),
+        "a spec patch leaves status alone"
+    );
+    assert_eq!(
+        after_spec
+            .spec
+            .as_ref()
+            .and_then(|s| s.active_deadline_seconds),
+        Some(5)
+    );
+    assert_eq!(after_spec.metadata.generation, Some(2));
+
+    let mut replaced = after_spec.clone();
+    replaced.status.as_mut().expect("status").phase = Some("Succeeded".into());
+    replaced.spec.as_mut().expect("spec").node_name = Some("n9".into());
+    let after_replace = pods
+        .replace_status("s", &PostParams::default(), &replaced)
+        .await
+        .expect("replace_status");
+    assert_eq!(phase(&after_replace), Some("Succeeded".into()));
+    assert_eq!(node(&after_replace), Some("n1".into()));
+}
+
+#[tokio::test]
+async fn finalizers_delay_deletion() {
+    let (_server, client) = setup().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    let mut cm = config_map("held", json!({}), json!({}));
+    cm.metadata.finalizers = Some(vec!["coffer.dev/cleanup".into()]);
+    cms.create(&PostParams::default(), &cm)
+        .await
+        .expect("create");
+    let marked = cms
+        .delete("held", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let marked = marked
+        .left()
+        .expect("the object comes back while finalizers remain");
+    assert!(marked.metadata.deletion_timestamp.is_some());
+    let still = cms.get("held").await.expect("still there");
+    assert!(still.metadata.deletion_timestamp.is_some());
+    let release = Patch::Merge(json!({"metadata": {"finalizers": null}}));
+    cms.patch("held", &PatchParams::default(), &release)
+        .await
+        .expect("remove finalizer");
+    assert_eq!(api_code(cms.get("held").await).0, 404);
+    assert_eq!(
+        api_code(cms.delete("held", &DeleteParams::default()).await).0,
+        404
+    );
+}
+
+#[tokio::test]
+async fn deletion_collects_dependents_and_namespace_contents() {
+    let (_server, client) = setup().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let pp = PostParams::default();
+    let owner = cms
+        .create(&pp, &config_map("owner", json!({}), json!({})))
+        .await
+        .expect("create owner");
+    let owned_by = |o: &ConfigMap, name: &str| {
+        let mut cm = config_map(name, json!({}), json!({}));
+        cm.metadata.owner_references = Some(vec![OwnerReference {
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            name: o.name_any(),
+            uid: o.uid().expect("uid"),
+            ..OwnerReference::default()
+        }]);
+        cm
+    };
+    let child = cms
+        .create(&pp, &owned_by(&owner, "child"))
+        .await
+        .expect("create child");
+    cms.create(&pp, &owned_by(&child, "grandchild"))
+        .await
+        .expect("create grandchild");
+    cms.create(&pp, &config_map("bystander", json!({}), json!({})))
+        .await
+        .expect("create bystander");
+    cms.delete("owner", &DeleteParams::default())
+        .await
+        .expect("delete owner");
+    for name in ["owner", "child", "grandchild"] {
+        assert_eq!(api_code(cms.get(name).await).0, 404, "{name} is gone");
+    }
+    assert!(cms.get("bystander").await.is_ok());
+
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(&pp, &from_json(json!({"metadata": {"name": "doomed"}})))
+        .await
+        .expect("create ns");
+    let inside: Api<ConfigMap> = Api::namespaced(client, "doomed");
+    inside
+        .create(&pp, &config_map("x", json!({}), json!({})))
+        .await
+        .expect("create inside");
+    namespaces
+        .delete("doomed", &DeleteParams::default())
+        .await
+        .expect("delete ns");
+    assert_eq!(api_code(inside.get("x").await).0, 404);
+}
+
+/// A small custom resource, as the agent defines its own.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, JsonSchema)]
+#[kube(
+    group = "test.coffer.dev",
+    version = "v1",
+    kind = "Gadget",
+    namespaced,
+    status = "GadgetStatus"
+)]
+pub struct GadgetSpec {
+    size: u32,
+}
+
+/// The status of a [`Gadget`].
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema)]
+pub struct GadgetStatus {
+    ready: bool,
+}
+
+#[tokio::test]
+async fn custom_resource_definition_serves_its_type() {
+    let (_server, client) = setup().await;
+    let gadgets: Api<Gadget> = Api::namespaced(client.clone(), "default");
+    assert_eq!(
+        api_code(gadgets.list(&ListParams::default()).await).0,
+        404,
+        "not served before the CRD"
+    );
+
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = crds
+        .create(&PostParams::default(), &Gadget::crd())
+        .await
+        .expect("create CRD");
+    let conditions = crd.status.and_then(|s| s.conditions).unwrap_or_default();
+    for kind in ["Established", "NamesAccepted"] {
+        assert!(
+            conditions
+                .iter()
+                .any(|c| c.type_ == kind && c.status == "True"),
+            "{kind}"
+        );
+    }
+
+    let created = gadgets
+        .create(
+            &PostParams::default(),
+            &Gadget::new("g", GadgetSpec { size: 3 }),
+        )
+        .await
+        .expect("create gadget");
+    assert_eq!(created.metadata.generation, Some(1));
+    let status = Patch::Merge(json!({"status": {"ready": true}, "spec": {"size": 99}}));
+    let patched = gadgets
+        .patch_status("g", &PatchParams::default(), &status)
+        .await
+        .expect("patch_status");
+    assert!(patched.status.as_ref().is_some_and(|s| s.ready));
+    assert_eq!(patched.spec.size, 3);
+    let listed = gadgets.list(&ListParams::default()).await.expect("list");
+    assert_eq!(listed.items.len(), 1);
+
+    crds.delete(&crd.metadata.name.expect("name"), &DeleteParams::default())
+        .await
+        .expect("delete CRD");
+    assert_eq!(api_code(gadgets.get("g").await).0, 404);
+}
+
+#[tokio::test]
+async fn kubeconfig_helper_works_with_kube() {
+    let (server, _) = setup().await;
+    let yaml = kubeconfig_yaml(&server.url, "team-a");
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&yaml).expect("kubeconfig parses");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("config loads");
+    assert_eq!(config.default_namespace, "team-a");
+    let client = Client::try_from(config).expect("client builds");
+    let version = client.apiserver_version().await.expect("version");
+    assert_eq!(version.git_version, "v1.33.0");
+    let cms: Api<ConfigMap> = Api::default_namespaced(client);
+    let cm = cms
+        .create(
+            &PostParams::default(),
+            &config_map("k", json!({}), json!({})),
+        )
+        .await
+        .expect("create");
+    assert_eq!(cm.metadata.namespace.as_deref(), Some("team-a"));
+}
+
+#[test]
+fn binary_prints_its_url_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url_file = dir.path().join("url");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_coffer-fake-apiserver"))
+        .arg("--url-file")
+        .arg(&url_file)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("binary starts");
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut first)
+        .expect("read URL");
+    assert!(first.starts_with("http://127.0.0.1:"), "{first}");
+    let written = std::fs::read_to_string(&url_file).expect("URL file");
+    assert_eq!(written, first);
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    assert!(
+        child.wait().expect("wait").success(),
+        "SIGTERM is a clean exit"
+    );
+}
+
+/// `kubectl` from `$KUBECTL`, or the first on `PATH`.
+fn find_kubectl() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("KUBECTL") {
+        return Some(PathBuf::from(path));
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join("kubectl"))
+        .find(|p| p.is_file())
+}
+
+const MANIFEST: &str = "apiVersion: v1
+kind: Namespace
+metadata:
+  name: demo
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: settings
+  namespace: demo
+data:
+  greeting: hello
+---
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.example.com
+spec:
+  group: example.com
+  names: {kind: Widget, plural: widgets, singular: widget, shortNames: [wd]}
+  scope: Namespaced
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+    subresources: {status: {}}
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_server_side_apply_and_get() {
+    let Some(kubectl) = find_kubectl() else {
+        println!("kubectl not found: skipped");
+        return;
+    };
+    let (server, client) = setup().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, kubeconfig_yaml(&server.url, "default")).expect("write kubeconfig");
+    let manifest = dir.path().join("manifest.yaml");
+    std::fs::write(&manifest, MANIFEST).expect("write manifest");
+    let cache = dir.path().join("cache");
+    let run = move |args: Vec<String>| {
+        let kubectl = kubectl.clone();
+        let (kubeconfig, cache) = (kubeconfig.clone(), cache.clone());
+        async move {
+            let output = tokio::task::spawn_blocking(move || {
+                std::process::Command::new(&kubectl)
+                    .arg("--kubeconfig")
+                    .arg(&kubeconfig)
+                    .arg("--cache-dir")
+                    .arg(&cache)
+                    .args(&args)
+                    .output()
+            })
+            .await
+            .expect("kubectl task")
+            .expect("kubectl runs");
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(output.status.success(), "kubectl failed: {stderr}");
+            String::from_utf8_lossy(&output.stdout).into_owned()
+        }
+    };
+    let args = |s: &str| s.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+    let applied = run([
+        args("apply --server-side -f"),
+        vec![manifest.display().to_string()],
+    ]
+    .concat())
+    .await;
+    assert!(
+        applied.contains("configmap/settings serverside-applied"),
+        "{applied}"
+    );
+    let greeting = run(args(
+        "get configmap settings -n demo -o jsonpath={.data.greeting}",
+    ))
+    .await;
+    assert_eq!(greeting, "hello");
+    let listed = run(args("get namespaces,crds -o name")).await;
+    assert!(listed.contains("namespace/demo"), "{listed}");
+    assert!(
+        listed.contains("customresourcedefinition.apiextensions.k8s.io/widgets.example.com"),
+        "{listed}"
+    );
+    // The same objects through kube-rs.
+    let cms: Api<ConfigMap> = Api::namespaced(client, "demo");
+    assert!(cms.get("settings").await.is_ok());
+    // Applying twice changes nothing.
+    let again = run([
+        args("apply --server-side -f"),
+        vec![manifest.display().to_string()],
+    ]
+    .concat())
+    .await;
+    assert!(again.contains("serverside-applied"), "{again}");
+}
