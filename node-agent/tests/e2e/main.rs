@@ -731,3 +731,52 @@ async fn volume_restore_into_a_running_pod() {
     assert_eq!(phase(&r.status), Phase::Failed);
     assert!(message(&r.status).contains("not empty"), "{:?}", r.status);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_back_up_into_one_repository_at_once() {
+    let mut env = Env::new().await;
+    let ns = env.namespace("multi").await;
+    let repo = env.repository(&ns, "default", PASSWORD).await;
+    let (node_a, node_b) = (common::Node::new(), common::Node::new());
+    let (name_a, name_b) = (
+        format!("node-a-{}", short_id()),
+        format!("node-b-{}", short_id()),
+    );
+    let dir_a = small_pod(&env, &node_a, &ns, "web-a", &name_a, 51, None).await;
+    let dir_b = small_pod(&env, &node_b, &ns, "web-b", &name_b, 52, None).await;
+    let _a = Agent::start(
+        &env,
+        &AgentConfig {
+            node_name: &name_a,
+            node: &node_a,
+            host_path_allow: &[],
+            max_concurrent: 2,
+            threads: 1,
+        },
+    );
+    let _b = Agent::start(
+        &env,
+        &AgentConfig {
+            node_name: &name_b,
+            node: &node_b,
+            host_path_allow: &[],
+            max_concurrent: 2,
+            threads: 1,
+        },
+    );
+    create_backup(&env, &ns, "a-1", "web-a").await;
+    create_backup(&env, &ns, "b-1", "web-b").await;
+    for (run, node, dir) in [("a-1", &name_a, &dir_a), ("b-1", &name_b, &dir_b)] {
+        let b = env
+            .wait_for::<VolumeBackup>(&ns, run, "final", |b| is_final(&b.status))
+            .await;
+        assert_eq!(phase(&b.status), Phase::Completed, "{run}: {:#?}", b.status);
+        // Each run was taken by the agent of its pod's node, and only by it.
+        assert_eq!(
+            b.status.as_ref().unwrap().node.as_deref(),
+            Some(node.as_str())
+        );
+        let r = restore(&repo, &snapshot_of(&b), env.dir.path()).await;
+        assert_same_tree(dir, &r);
+    }
+}

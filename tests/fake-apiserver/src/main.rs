@@ -28,15 +28,16 @@ async fn main() -> std::io::Result<()> {
     let args = Args::parse();
     let mut terminate = signal(SignalKind::terminate())?;
     let server = FakeServer::start(args.listen).await?;
-    let mut stdout = std::io::stdout();
-    writeln!(stdout, "{}", server.url)?;
-    stdout.flush()?;
+    // The file first: whoever reads the URL on stdout may then read the file.
     if let Some(path) = &args.url_file {
         let mut partial = path.clone().into_os_string();
         partial.push(".partial");
         std::fs::write(&partial, format!("{}\n", server.url))?;
         std::fs::rename(&partial, path)?;
     }
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "{}", server.url)?;
+    stdout.flush()?;
     tokio::select! {
         _ = terminate.recv() => {}
         result = tokio::signal::ctrl_c() => result?,
