@@ -1662,3 +1662,107 @@ mod retention {
             .sum()
     }
 }
+
+/// Progress comes while a large file is read, not only when it ends (a
+/// multi-GiB database file or a block device must show movement).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_arrives_during_a_single_large_file() {
+    let dir = tempdir();
+    let size = 256usize << 20;
+    write(&dir.path().join("db.bin"), &noise(77, size));
+    let repo = memory_repo(init_opts(
+        ChunkerParams::default(),
+        Compression::Off,
+        16 << 20,
+    ))
+    .await;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
+    let mut opts = coffer_engine::backup::BackupOptions::new([dir.path()]);
+    let log = seen.clone();
+    opts.progress = Some(std::sync::Arc::new(
+        move |p: &coffer_engine::backup::BackupProgress| {
+            log.lock().unwrap().push(p.bytes_done);
+        },
+    ));
+    let summary = backup_with(&repo, opts).await;
+    assert_eq!(summary.snapshot.summary.total_bytes_processed, size as u64);
+    let seen = seen.lock().unwrap().clone();
+    let during: Vec<u64> = seen
+        .iter()
+        .copied()
+        .filter(|b| *b > 0 && *b < size as u64)
+        .collect();
+    assert!(
+        !during.is_empty(),
+        "no progress event while the file was read: {seen:?}"
+    );
+    assert!(
+        seen.windows(2).all(|w| w[0] <= w[1]),
+        "bytes only grow: {seen:?}"
+    );
+}
+
+/// A volume read from the kubelet's directory is recorded under its own path,
+/// and the next backup of the same origin finds its parent whatever its host
+/// and paths (a new pod UID, another node).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recorded_path_and_parent_by_origin() {
+    use coffer_engine::backup::{BackupOptions, ParentChoice};
+    use coffer_engine::forget::OriginFilter;
+    use coffer_engine::format::snapshot::KubernetesOrigin;
+    let dir = tempdir();
+    let first_pod = dir
+        .path()
+        .join("pods/uid-1/volumes/kubernetes.io~csi/pv/mount");
+    write(&first_pod.join("a.bin"), &noise(1, 300_000));
+    let repo = memory_repo(init_opts(small_chunks(), Compression::Off, 1 << 20)).await;
+    let origin = |pod: &str, node: &str| KubernetesOrigin {
+        namespace: Some("team-a".into()),
+        pvc: Some("data".into()),
+        pod: Some(pod.into()),
+        node: Some(node.into()),
+        ..Default::default()
+    };
+    let filter = OriginFilter {
+        namespace: Some("team-a".into()),
+        pvc: Some("data".into()),
+        ..Default::default()
+    };
+    let mut opts = BackupOptions::new([&first_pod]);
+    opts.record_path = Some("/var/lib/mysql".into());
+    opts.origin = Some(origin("db-0", "node-1"));
+    opts.hostname = Some("node-1".into());
+    opts.parent = ParentChoice::Origin(filter.clone());
+    let first = backup_with(&repo, opts).await;
+    assert_eq!(first.snapshot.paths.len(), 1);
+    assert_eq!(first.snapshot.paths[0].to_string_lossy(), "/var/lib/mysql");
+    assert_eq!(first.snapshot.root.name.0, b"mysql".to_vec());
+    assert!(first.snapshot.parent.is_none());
+    // The same volume, mounted for a new pod on another node.
+    let second_pod = dir
+        .path()
+        .join("pods/uid-2/volumes/kubernetes.io~csi/pv/mount");
+    std::fs::create_dir_all(second_pod.parent().unwrap()).unwrap();
+    std::fs::rename(&first_pod, &second_pod).unwrap();
+    let mut opts = BackupOptions::new([&second_pod]);
+    opts.record_path = Some("/var/lib/mysql".into());
+    opts.origin = Some(origin("db-0", "node-2"));
+    opts.hostname = Some("node-2".into());
+    opts.parent = ParentChoice::Origin(filter.clone());
+    let second = backup_with(&repo, opts).await;
+    assert_eq!(second.snapshot.parent, Some(first.snapshot_id));
+    // An origin with no snapshot yet: no parent.
+    let mut opts = BackupOptions::new([&second_pod]);
+    opts.parent = ParentChoice::Origin(OriginFilter {
+        pvc: Some("other".into()),
+        ..filter
+    });
+    assert!(backup_with(&repo, opts).await.snapshot.parent.is_none());
+    // Restored, the tree is the volume's content.
+    let target = dir.path().join("restored");
+    restore_to(&repo, &second.snapshot_id.to_hex(), &target).await;
+    assert_eq!(
+        std::fs::read(target.join("a.bin")).unwrap(),
+        noise(1, 300_000)
+    );
+}

@@ -474,6 +474,8 @@ fn process_chunks(
     let one = |sealer: &mut BlobWriter, (start, len): (usize, usize)| -> Result<ContentRef> {
         let chunk = &buf[start..start + len];
         ctx.stats.add_bytes(len as u64);
+        // Progress while a large file is read, not only when it ends.
+        ctx.report_progress(false);
         if is_zero(chunk) {
             return Ok(ContentRef {
                 id: None,

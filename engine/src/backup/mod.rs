@@ -333,7 +333,15 @@ impl Ctx {
     pub(crate) fn report_progress(&self, force: bool) {
         let Some(cb) = &self.progress else { return };
         {
-            let mut last = self.last_progress.lock().unwrap_or_else(|p| p.into_inner());
+            // Called for every chunk: a busy lock means another thread reports.
+            let mut last = if force {
+                self.last_progress.lock().unwrap_or_else(|p| p.into_inner())
+            } else {
+                match self.last_progress.try_lock() {
+                    Ok(l) => l,
+                    Err(_) => return,
+                }
+            };
             if !force && last.elapsed().as_millis() < 100 {
                 return;
             }
