@@ -222,7 +222,12 @@ impl Repository {
         match put(layout::CONFIG.to_string(), sealed).await {
             Ok(()) => {}
             Err(e) if e.kind == StoreErrorKind::AlreadyExists => {
-                return Err(Error::RepositoryExists { location })
+                // Another init won the race: our key wraps a master key that
+                // opens nothing, so take it back.
+                if let Err(e) = store.delete(&layout::key(&key_id)).await {
+                    tracing::warn!("could not remove key file {key_id} of a lost init race: {e}");
+                }
+                return Err(Error::RepositoryExists { location });
             }
             Err(e) => {
                 return Err(Error::Store {
@@ -272,6 +277,7 @@ impl Repository {
             ));
         }
         let mut damaged = Vec::new();
+        let mut stray = Vec::new();
         for id in &key_ids {
             let bytes = store
                 .get(&layout::key(id))
@@ -304,9 +310,17 @@ impl Repository {
                                     location: location.clone(),
                                     source: e,
                                 })?;
-                            key.opener()
-                                .open(Context::Config, &fresh)
-                                .map_err(|_| Error::corrupt("repository config", e))?
+                            match key.opener().open(Context::Config, &fresh) {
+                                Ok(p) => p,
+                                Err(_) => {
+                                    // A key of another master key: one left by
+                                    // an init that lost a race for the config.
+                                    // Try the others.
+                                    tracing::debug!("key file {id} opens, but not the config: {e}");
+                                    stray.push(*id);
+                                    continue;
+                                }
+                            }
                         }
                     };
                     let config = Config::decode(&plain)
@@ -319,6 +333,23 @@ impl Repository {
         }
         for d in &damaged {
             tracing::warn!("{d}");
+        }
+        if !stray.is_empty() {
+            // The password opened key files, but none of them the config.
+            return Err(Error::corrupt(
+                "repository config",
+                FormatError::Malformed {
+                    what: "config",
+                    reason: format!(
+                        "it does not open with the master key of key file(s) {}",
+                        stray
+                            .iter()
+                            .map(|k| k.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                },
+            ));
         }
         if damaged.len() == key_ids.len() {
             // Not a wrong password: there is no intact key file to try it on.

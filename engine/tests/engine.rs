@@ -1766,3 +1766,67 @@ async fn recorded_path_and_parent_by_origin() {
         noise(1, 300_000)
     );
 }
+
+/// A backup cancelled while it walks writes no snapshot: the tree built so
+/// far looks complete, but it is not (regression: a walk stopped by its token
+/// became an empty snapshot). The same repository then serves the next backup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_cancelled_during_the_walk_writes_no_snapshot() {
+    let dir = tempdir();
+    let a = dir.path().join("a");
+    write(&a.join("one.bin"), &noise(5, 100_000));
+    write(&a.join("two.bin"), &noise(6, 100_000));
+    let repo = memory_repo(init_opts(small_chunks(), Compression::Off, 1 << 20)).await;
+    let opts = coffer_engine::backup::BackupOptions::new([&a]);
+    opts.cancel.cancel();
+    let r = coffer_engine::backup::backup(repo.clone(), opts).await;
+    assert!(matches!(r, Err(coffer_engine::Error::Cancelled)), "{r:?}");
+    assert!(repo.snapshots().await.unwrap().is_empty(), "no snapshot");
+    let next = backup_paths(&repo, &[&a]).await;
+    assert_eq!(next.snapshot.summary.total_files_processed, 2);
+}
+
+/// Many agents create a namespace's repository on first use at once: one init
+/// wins, the others report that it exists and leave no key file behind, and
+/// a stray key of another master key never stops the repository from opening.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_inits_leave_one_repository_that_opens() {
+    use coffer_engine::{storage, Error, Repository};
+    use futures::StreamExt;
+    let dir = tempdir();
+    let path = dir.path().join("repo");
+    let opts = init_opts(small_chunks(), Compression::Off, 1 << 20);
+    let inits = (0..4).map(|_| {
+        let store = storage::open_location(path.to_str().unwrap(), true).unwrap();
+        let opts = opts.clone();
+        tokio::spawn(async move { Repository::init(store, b"pw", opts).await })
+    });
+    let results = futures::future::join_all(inits).await;
+    let won = results.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
+    assert_eq!(won, 1, "exactly one init wins");
+    for r in &results {
+        match r {
+            Ok(Ok(_)) | Ok(Err(Error::RepositoryExists { .. })) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    let store = storage::open_location(path.to_str().unwrap(), false).unwrap();
+    let keys: Vec<_> = store.list("keys/").collect().await;
+    assert_eq!(keys.len(), 1, "the losers took their key files back");
+    let repo = Repository::open(store.clone(), b"pw").await.unwrap();
+    // A stray key file wrapping another master key under the same password.
+    let other = dir.path().join("other");
+    let other_store = storage::open_location(other.to_str().unwrap(), true).unwrap();
+    Repository::init(other_store.clone(), b"pw", opts)
+        .await
+        .unwrap();
+    let stray = other_store.list("keys/").collect::<Vec<_>>().await;
+    let stray = stray[0].as_ref().unwrap().key.clone();
+    let bytes = other_store.get(&stray).await.unwrap();
+    store
+        .put(&stray, bytes, storage::WriteMode::CreateNew)
+        .await
+        .unwrap();
+    let reopened = Repository::open(store, b"pw").await.unwrap();
+    assert_eq!(reopened.config().id, repo.config().id);
+}

@@ -105,7 +105,13 @@ pub struct Agent {
     schedules_changed: Notify,
     recheck_tx: tokio::sync::mpsc::UnboundedSender<Recheck>,
     recheck_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Recheck>>>,
+    /// New runs whose pod is not scheduled (or does not exist) yet, by
+    /// (namespace, pod): (kind, name).
+    waiting: Mutex<HashMap<PodKey, Vec<(String, String)>>>,
 }
+
+/// (namespace, pod name)
+type PodKey = (String, String);
 
 /// A run to look at again: (kind, namespace, name).
 type Recheck = (String, String, String);
@@ -142,6 +148,7 @@ impl Agent {
             schedules_changed: Notify::new(),
             recheck_tx,
             recheck_rx: Mutex::new(Some(recheck_rx)),
+            waiting: Mutex::new(HashMap::new()),
         })
     }
 
@@ -483,22 +490,11 @@ impl Agent {
             .cloned()
     }
 
+    /// Runs that waited for this pod: started now that it is on this node.
     async fn start_waiting_runs(self: &Arc<Self>, ns: &str, pod: &str) {
-        let backups: Api<VolumeBackup> = Api::namespaced(self.client.clone(), ns);
-        if let Ok(list) = backups.list(&Default::default()).await {
-            for vb in list.items.into_iter().filter(|vb| vb.spec.pod == pod) {
-                if vb.status.as_ref().is_none_or(|s| s.phase == Phase::New) {
-                    self.on_backup(vb).await;
-                }
-            }
-        }
-        let restores: Api<VolumeRestore> = Api::namespaced(self.client.clone(), ns);
-        if let Ok(list) = restores.list(&Default::default()).await {
-            for vr in list.items.into_iter().filter(|vr| vr.spec.pod == pod) {
-                if vr.status.as_ref().is_none_or(|s| s.phase == Phase::New) {
-                    self.on_restore(vr).await;
-                }
-            }
+        let waiting = lock(&self.waiting).remove(&(ns.to_string(), pod.to_string()));
+        for (kind, name) in waiting.unwrap_or_default() {
+            let _ = self.recheck_tx.send((kind, ns.to_string(), name));
         }
     }
 
@@ -520,9 +516,28 @@ impl Agent {
             return Some(self.me().to_string());
         }
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        let remember = || {
+            // Looked at again when the pod shows up on this node.
+            let mut w = lock(&self.waiting);
+            let runs = w.entry((ns.to_string(), pod.to_string())).or_default();
+            let run = (
+                K::kind(&()).to_string(),
+                obj.meta().name.clone().unwrap_or_default(),
+            );
+            if !runs.contains(&run) {
+                runs.push(run);
+            }
+        };
         match pods.get_opt(pod).await {
-            Ok(Some(p)) => p.spec.and_then(|s| s.node_name),
+            Ok(Some(p)) => {
+                let node = p.spec.and_then(|s| s.node_name);
+                if node.is_none() {
+                    remember();
+                }
+                node
+            }
             Ok(None) => {
+                remember();
                 let created = obj
                     .meta()
                     .creation_timestamp
@@ -1013,6 +1028,7 @@ impl Agent {
             ),
         )
         .await;
+        tracing::info!(path = %planned.path.display(), record = %planned.record_path.display(), "backup starts");
         let (tx, mut rx) = tokio::sync::watch::channel(BackupProgress::default());
         let mut opts = BackupOptions::new([planned.path.clone()]);
         opts.record_path = Some(planned.record_path.clone());

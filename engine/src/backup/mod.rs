@@ -586,12 +586,17 @@ fn run_pipeline(
             );
         }
         // The first real error wins over the "stopped" errors it caused elsewhere.
-        if let Some(e) = results
-            .into_iter()
-            .filter_map(|r| r.err())
-            .find(|e| !matches!(e, Error::Cancelled))
-        {
-            return Err(e);
+        let mut cancelled = false;
+        for e in results.into_iter().filter_map(|r| r.err()) {
+            match e {
+                Error::Cancelled => cancelled = true,
+                e => return Err(e),
+            }
+        }
+        // A walk that stopped early leaves a tree that looks complete: never
+        // let it become a snapshot.
+        if cancelled || ctx.cancel.is_cancelled() {
+            return Err(Error::Cancelled);
         }
         built
     })

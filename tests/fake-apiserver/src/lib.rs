@@ -61,8 +61,15 @@
 //! - `core/v1` and `events.k8s.io/v1` Events are stored separately.
 //! - Deletion options (propagation policy, preconditions, grace periods) are ignored;
 //!   dependents are always deleted in the background, after their owner is gone.
-//! - No periodic bookmarks, no OpenAPI documents (`/openapi/v2` and `/openapi/v3` are 404),
-//!   no Table output for `kubectl get` (it falls back to plain objects), HTTP/1.1 only.
+//! - JSON only: a protobuf or CBOR request body gets 415 (typed client-go commands such as
+//!   `kubectl create configmap` send protobuf; `kubectl apply`, `create -f`, `patch`, `label`,
+//!   `delete`, `get` and `wait` send JSON and work). Requests for metadata-only
+//!   (`PartialObjectMetadata`) or Table responses get the full objects, which kube-rs and
+//!   `kubectl` accept.
+//! - OpenAPI: `/openapi/v2` is 404, and `/openapi/v3` serves skeletal documents (no schemas)
+//!   that only tell `kubectl` that PATCH takes `fieldValidation`, so that it leaves validation
+//!   to the server instead of downloading schemas.
+//! - No periodic bookmarks; HTTP/1.1 only.
 
 mod http;
 mod patch;

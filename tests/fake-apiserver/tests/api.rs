@@ -189,6 +189,21 @@ async fn list_with_label_and_field_selectors() {
             lp.field_selector
         );
     }
+    let metadata = all
+        .list_metadata(&ListParams::default().labels("app=db"))
+        .await;
+    let metadata = metadata.expect("list_metadata");
+    assert_eq!(metadata.items.len(), 1);
+    assert_eq!(metadata.items[0].metadata.name.as_deref(), Some("p3"));
+    let one = other.get_metadata("p3").await.expect("get_metadata");
+    assert_eq!(
+        one.metadata
+            .labels
+            .unwrap_or_default()
+            .get("app")
+            .map(String::as_str),
+        Some("db")
+    );
     assert_eq!(
         names(default.list(&ListParams::default()).await.expect("list")),
         ["p1", "p2"]
@@ -665,13 +680,25 @@ async fn kubeconfig_helper_works_with_kube() {
 fn binary_prints_its_url_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().expect("temp dir");
     let url_file = dir.path().join("url");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_coffer-fake-apiserver"))
-        .arg("--url-file")
-        .arg(&url_file)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("binary starts");
-    let stdout = child.stdout.take().expect("stdout is piped");
+    /// Kills the server if the test fails before it stops by itself, so that no stray process
+    /// keeps the test's output pipe open.
+    struct Running(std::process::Child);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Running(
+        std::process::Command::new(env!("CARGO_BIN_EXE_coffer-fake-apiserver"))
+            .arg("--url-file")
+            .arg(&url_file)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("binary starts"),
+    );
+    let stdout = child.0.stdout.take().expect("stdout is piped");
     let mut first = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut first)
         .expect("read URL");
@@ -679,12 +706,12 @@ fn binary_prints_its_url_and_stops_on_sigterm() {
     let written = std::fs::read_to_string(&url_file).expect("URL file");
     assert_eq!(written, first);
     let killed = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status()
         .expect("kill runs");
     assert!(killed.success());
     assert!(
-        child.wait().expect("wait").success(),
+        child.0.wait().expect("wait").success(),
         "SIGTERM is a clean exit"
     );
 }
