@@ -148,7 +148,8 @@ impl Env {
     }
 
     /// Creates a pod from `spec` (volumes and containers) scheduled on
-    /// `node`, Running, with `annotations`; returns it with its UID.
+    /// `node`, Pending (the test, as the kubelet, mounts its volumes and then
+    /// marks it Running), with `annotations`; returns it with its UID.
     pub async fn pod(
         &self,
         ns: &str,
@@ -169,7 +170,7 @@ impl Env {
             &serde_json::from_value(json!({
                 "metadata": {"name": name, "namespace": ns, "annotations": ann},
                 "spec": spec,
-                "status": {"phase": "Running"}
+                "status": {"phase": "Pending"}
             }))
             .unwrap(),
         )

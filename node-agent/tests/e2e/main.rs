@@ -16,6 +16,15 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::ResourceExt;
 use serde_json::json;
 
+/// Waits until the agent's watches have synced (its readiness).
+async fn wait_ready(agent: &Agent) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while agent.http_get("/readyz").await.0 != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// A PV (CSI, or `source`) bound to a PVC `claim` in `ns`.
 async fn pvc_and_pv(env: &Env, ns: &str, claim: &str, mode: &str) -> String {
     let pv_name = format!("pv-{claim}-{}", short_id());
@@ -154,6 +163,10 @@ async fn annotated_volumes_are_backed_up_incrementally_and_restore_byte_for_byte
         )
         .await;
     let u = uid(&pod);
+    // The agent has seen the pod before the kubelet mounted anything: every
+    // volume was skipped as not mounted yet, and none failed.
+    wait_ready(&agent).await;
+    assert!(env.list_backups(&ns).await.is_empty());
     let cache = node.empty_dir(&u, "cache");
     fill(&cache, 1, 40);
     common::write(&cache.join("skip.tmp"), b"excluded");
@@ -289,6 +302,26 @@ async fn annotated_volumes_are_backed_up_incrementally_and_restore_byte_for_byte
     let b = explicit_backup(&env, &ns, "ghost-now", "no-such-pod", "data").await;
     assert_eq!(phase(&b.status), Phase::Failed);
     assert!(message(&b.status).contains("no-such-pod"), "{:?}", b.status);
+
+    // Events on the runs and on the pod.
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(env.client.clone(), &ns);
+    let events = events.list(&Default::default()).await.unwrap().items;
+    let completed = |kind: &str| {
+        events.iter().any(|e| {
+            e.reason.as_deref() == Some("BackupCompleted")
+                && e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some(kind)
+        })
+    };
+    assert!(completed("VolumeBackup") && completed("Pod"), "{events:#?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("BackupFailed")
+                && e.note
+                    .as_deref()
+                    .is_some_and(|n| n.contains("outside the allowed prefixes"))),
+        "a failed run has a Warning Event with its reason"
+    );
 
     // Metrics and health.
     let (code, body) = agent.http_get("/metrics").await;
