@@ -69,7 +69,22 @@ fn tune_malloc() {
     }
 }
 
+/// Writing to a closed pipe (`coffer snapshots | head -1`) ends the process
+/// quietly, as it does other Unix tools: Rust ignores SIGPIPE, which turns
+/// every later `println!` into a panic with a backtrace.
+#[allow(unsafe_code)]
+fn default_sigpipe() {
+    // SAFETY: called once at the start of main, before any other thread
+    // exists; SIG_DFL is a valid disposition. Sockets are written with
+    // MSG_NOSIGNAL by the standard library and tokio, so only pipes (standard
+    // output) are affected.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() {
+    default_sigpipe();
     tune_malloc();
     let cli = cli::Cli::parse();
     init_logging(&cli.global);

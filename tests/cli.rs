@@ -1390,3 +1390,88 @@ fn snapshots_filters_tag_diff_find_and_forget() {
     assert_eq!(count(&[]), 1);
     env.check_read_data();
 }
+
+/// `coffer snapshots --json | head -1`: a reader that goes away ends coffer
+/// quietly (SIGPIPE, as other Unix tools), without a panic or a backtrace.
+#[test]
+fn a_closed_pipe_ends_output_quietly() {
+    let env = Env::new();
+    env.expect(0, &["init"]);
+    let src = env.root.join("src");
+    common::write(&src.join("a"), b"a");
+    for _ in 0..3 {
+        env.expect(0, &["backup", src.to_str().unwrap()]);
+    }
+    let mut child = env
+        .cmd(&["snapshots", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader is gone before coffer writes its first line.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    use std::os::unix::process::ExitStatusExt;
+    assert!(
+        out.status.signal() == Some(libc::SIGPIPE) || out.status.success(),
+        "{:?}: {err}",
+        out.status
+    );
+}
+
+/// Snapshots made by the node agent carry their Kubernetes origin; the
+/// command line selects them by it.
+#[test]
+fn snapshots_and_forget_filter_by_kubernetes_origin() {
+    use coffer_engine::backup::{backup, BackupOptions};
+    use coffer_engine::format::snapshot::KubernetesOrigin;
+    let env = Env::new();
+    env.expect(0, &["init"]);
+    let src = env.root.join("vol");
+    common::write(&src.join("f"), b"data");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store =
+            coffer_engine::storage::open_location(env.repo.to_str().unwrap(), false).unwrap();
+        let repo = std::sync::Arc::new(
+            coffer_engine::Repository::open(store, b"correct horse")
+                .await
+                .unwrap(),
+        );
+        for (cluster, ns, pvc) in [
+            ("prod", "team-a", "data-db-0"),
+            ("prod", "team-b", "data-db-0"),
+            ("dr", "team-a", "logs"),
+        ] {
+            let mut o = BackupOptions::new([&src]);
+            o.origin = Some(KubernetesOrigin {
+                cluster: Some(cluster.into()),
+                namespace: Some(ns.into()),
+                pvc: Some(pvc.into()),
+                pod: Some("db-0".into()),
+                ..Default::default()
+            });
+            backup(repo.clone(), o).await.unwrap();
+        }
+    });
+    env.expect(0, &["backup", src.to_str().unwrap()]);
+    let count = |args: &[&str]| {
+        let mut all = vec!["snapshots", "--json"];
+        all.extend_from_slice(args);
+        json(&env.expect(0, &all)).as_array().unwrap().len()
+    };
+    assert_eq!(count(&[]), 4);
+    assert_eq!(count(&["--namespace", "team-a"]), 2);
+    assert_eq!(count(&["--cluster", "prod", "--pvc", "data-db-0"]), 2);
+    assert_eq!(count(&["--cluster", "prod", "--namespace", "team-b"]), 1);
+    assert_eq!(count(&["--pod", "db-0"]), 3);
+    assert_eq!(count(&["--namespace", "nobody"]), 0);
+    let listed = json(&env.expect(0, &["snapshots", "--json", "--namespace", "team-b"]));
+    assert_eq!(listed[0]["origin"]["namespace"], "team-b");
+    // forget by origin touches only that origin.
+    env.expect(0, &["forget", "--keep-last", "1", "--namespace", "team-a"]);
+    assert_eq!(count(&["--namespace", "team-a"]), 1);
+    assert_eq!(count(&[]), 3, "team-b and the plain backup are untouched");
+}
