@@ -1830,3 +1830,70 @@ async fn concurrent_inits_leave_one_repository_that_opens() {
     let reopened = Repository::open(store, b"pw").await.unwrap();
     assert_eq!(reopened.config().id, repo.config().id);
 }
+
+/// Dropping a backup's future (an abort, a timeout in an embedding program)
+/// stops the backup: uploads end, what was stored is indexed, and its session
+/// is removed, as after a SIGINT (regression: the threads kept uploading and
+/// the session stayed until it went stale).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_backup_future_stops_it_and_leaves_no_session() {
+    use futures::StreamExt;
+    let dir = tempdir();
+    let src = dir.path().join("src");
+    for i in 0..48 {
+        write(&src.join(format!("f{i}.bin")), &noise(900 + i, 4 << 20));
+    }
+    let repo = local_repo(
+        &dir.path().join("repo"),
+        init_opts(small_chunks(), Compression::Off, 1 << 20),
+    )
+    .await;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let tx = std::sync::Mutex::new(Some(tx));
+    let mut opts = coffer_engine::backup::BackupOptions::new([&src]);
+    opts.progress = Some(std::sync::Arc::new(
+        move |p: &coffer_engine::backup::BackupProgress| {
+            if p.bytes_done > 0 {
+                if let Some(tx) = tx.lock().unwrap().take() {
+                    let _ = tx.send(());
+                }
+            }
+        },
+    ));
+    let backup = coffer_engine::backup::backup(repo.clone(), opts);
+    tokio::select! {
+        r = backup => panic!("the backup finished before it could be dropped: {r:?}"),
+        _ = rx => {}
+    }
+    // The future is dropped here. The session goes away once the backup has
+    // stopped (bounded: no heartbeat timeout involved).
+    let store = repo.store().clone();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let sessions: Vec<_> = store.list("sessions/").collect().await;
+        if sessions.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the session stayed: {sessions:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let packs = store.list("data/").collect::<Vec<_>>().await.len();
+    assert!(
+        packs < 150,
+        "the backup stopped early ({packs} packs of 1 MiB for 192 MiB)"
+    );
+    assert!(repo.snapshots().await.unwrap().is_empty(), "no snapshot");
+    // Nothing is left half-done: the next backup completes and what was
+    // uploaded was indexed (it is not stored again).
+    let stored_before = packs;
+    let next = backup_paths(&repo, &[&src]).await;
+    assert_eq!(next.snapshot.summary.total_files_processed, 48);
+    let packs_after = store.list("data/").collect::<Vec<_>>().await.len();
+    assert!(
+        packs_after - stored_before < 200,
+        "{stored_before} -> {packs_after}"
+    );
+}

@@ -357,7 +357,39 @@ impl Ctx {
 /// out; the snapshot is written anyway. On a fatal error or cancellation no
 /// snapshot is written, but every pack already stored is indexed, so the next
 /// backup does not upload it again.
+///
+/// The work runs as its own task: dropping the returned future (an abort, a
+/// `tokio::time::timeout`) cancels it, and the task then stops within a
+/// bounded time and cleans up exactly as after a cancellation: what was
+/// uploaded is indexed and the session is removed.
 pub async fn backup(repo: Arc<Repository>, opts: BackupOptions) -> Result<BackupSummary> {
+    let guard = CancelOnDrop(Some(opts.cancel.clone()));
+    let task = tokio::spawn(backup_task(repo, opts));
+    let result = task
+        .await
+        .map_err(|e| Error::InvalidArgument(format!("the backup task failed: {e}")))?;
+    guard.disarm();
+    result
+}
+
+/// Cancels a token when dropped, unless disarmed.
+struct CancelOnDrop(Option<CancelToken>);
+
+impl CancelOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            t.cancel();
+        }
+    }
+}
+
+async fn backup_task(repo: Arc<Repository>, opts: BackupOptions) -> Result<BackupSummary> {
     let (plan, abs_paths) = source::SourcePlan::new(&opts.paths, opts.record_path.as_deref())?;
     let recorded = match &opts.record_path {
         Some(p) => vec![p.clone()],
