@@ -119,14 +119,20 @@ impl Repository {
         }
         self.prepare_writes().await?;
         let me = Identity::current();
-        let kf = KeyFile::wrap(
-            self.key(),
-            password,
-            cost,
-            now_rfc3339(),
-            me.hostname,
-            me.username,
-        )
+        let kf = {
+            let (key, password) = (self.key().clone(), password.to_vec());
+            crate::repository::blocking(move || {
+                KeyFile::wrap(
+                    &key,
+                    &password,
+                    cost,
+                    now_rfc3339(),
+                    me.hostname,
+                    me.username,
+                )
+            })
+            .await?
+        }
         .map_err(|e| Error::InvalidArgument(format!("cannot create the key: {e}")))?;
         let bytes = kf.to_bytes();
         let id = KeyId::of(&bytes);

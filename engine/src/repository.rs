@@ -87,6 +87,16 @@ impl Default for InitOptions {
     }
 }
 
+/// Runs CPU-heavy work (Argon2) on a blocking thread, never on the async
+/// executor that other operations of the process share.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::InvalidArgument(format!("a key derivation failed: {e}")))
+}
+
 /// Who and where this process runs, recorded in snapshots and key files.
 #[derive(Clone, Debug)]
 pub struct Identity {
@@ -188,14 +198,20 @@ impl Repository {
             .map_err(|e| Error::InvalidArgument(format!("invalid repository settings: {e}")))?;
         let key = MasterKey::generate().map_err(|e| Error::corrupt("random source", e))?;
         let me = Identity::current();
-        let kf = KeyFile::wrap(
-            &key,
-            password,
-            opts.kdf,
-            now_rfc3339(),
-            me.hostname,
-            me.username,
-        )
+        let kf = {
+            let (key, password, kdf) = (key.clone(), password.to_vec(), opts.kdf);
+            blocking(move || {
+                KeyFile::wrap(
+                    &key,
+                    &password,
+                    kdf,
+                    now_rfc3339(),
+                    me.hostname,
+                    me.username,
+                )
+            })
+            .await?
+        }
         .map_err(|e| Error::InvalidArgument(format!("cannot create key: {e}")))?;
         let kf_bytes = kf.to_bytes();
         let key_id = KeyId::of(&kf_bytes);
@@ -297,7 +313,11 @@ impl Repository {
                     continue;
                 }
             };
-            match kf.unwrap_key(password) {
+            let unwrapped = {
+                let password = password.to_vec();
+                blocking(move || kf.unwrap_key(&password)).await?
+            };
+            match unwrapped {
                 Ok(key) => {
                     let plain = match key.opener().open(Context::Config, &config_bytes) {
                         Ok(p) => p,

@@ -1897,3 +1897,33 @@ async fn dropping_a_backup_future_stops_it_and_leaves_no_session() {
         "{stored_before} -> {packs_after}"
     );
 }
+
+/// Argon2 runs on a blocking thread: while a repository is opened, other
+/// tasks on the same single-threaded executor go on.
+#[test]
+fn opening_a_repository_leaves_the_executor_free() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = coffer_engine::storage::open_location("memory://", true).unwrap();
+        let mut opts = init_opts(small_chunks(), Compression::Off, 1 << 20);
+        opts.kdf = coffer_engine::keys::KdfCost {
+            memory_kib: 8 * 1024,
+            iterations: 2,
+            parallelism: 1,
+        };
+        coffer_engine::Repository::init(store.clone(), b"pw", opts)
+            .await
+            .unwrap();
+        let ran = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = ran.clone();
+        tokio::spawn(async move { flag.store(true, std::sync::atomic::Ordering::SeqCst) });
+        coffer_engine::Repository::open(store, b"pw").await.unwrap();
+        assert!(
+            ran.load(std::sync::atomic::Ordering::SeqCst),
+            "another task ran while the key was derived"
+        );
+    });
+}

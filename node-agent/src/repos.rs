@@ -5,7 +5,7 @@
 //!
 //! Opened repositories are kept per (namespace, name) with a fingerprint of
 //! everything that opened them; a changed spec or Secret opens it again.
-//! Argon2 runs on a blocking thread, never on the async executor.
+//! (The engine runs Argon2 on a blocking thread, never on the executor.)
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -253,19 +253,10 @@ impl Repos {
             url: storage::redact(&spec.url),
             source,
         };
-        let url = spec.url.clone();
-        let init = spec.init;
-        // Argon2 and the first reads run off the executor.
-        let opened = tokio::task::spawn_blocking(move || {
-            tokio::runtime::Handle::current().block_on(open_or_init(&url, options, &password, init))
-        })
-        .await
-        .map_err(|e| {
-            engine_err(coffer_engine::Error::InvalidArgument(format!(
-                "opening panicked: {e}"
-            )))
-        })?
-        .map_err(engine_err)?;
+        // The engine derives keys (Argon2) on a blocking thread.
+        let opened = open_or_init(&spec.url, options, &password, spec.init)
+            .await
+            .map_err(engine_err)?;
         let opened = Arc::new(opened);
         open.insert(key, (fp, opened.clone()));
         Ok(opened)
