@@ -593,22 +593,31 @@ impl Agent {
     }
 
     async fn on_backup(self: &Arc<Self>, vb: VolumeBackup) {
-        let ns = vb.namespace().unwrap_or_default();
-        let key = RunKey::Backup(ns.clone(), vb.name_any());
+        self.on_run(RunKind::Backup(Box::new(vb))).await
+    }
+
+    async fn on_restore(self: &Arc<Self>, vr: VolumeRestore) {
+        self.on_run(RunKind::Restore(Box::new(vr))).await
+    }
+
+    /// What this agent does with a run it sees ([`status::decide`]).
+    async fn on_run(self: &Arc<Self>, run: RunKind) {
+        let (ns, key) = (run.namespace(), run.key());
         let running = lock(&self.runs).contains_key(&key);
-        let status = vb.status.as_ref();
+        let status = run.status();
         if status.is_some_and(|s| s.phase.is_final()) {
             return;
         }
         let needs_pod = !running && status.is_none_or(|s| s.phase == Phase::New);
-        let pod_node = if needs_pod {
-            self.pod_node(&ns, &vb.spec.pod, &vb).await
-        } else {
-            None
+        let pod_node = match (&run, needs_pod) {
+            (_, false) => None,
+            (RunKind::Backup(vb), true) => self.pod_node(&ns, &vb.spec.pod, vb.as_ref()).await,
+            (RunKind::Restore(vr), true) => self.pod_node(&ns, &vr.spec.pod, vr.as_ref()).await,
         };
+        let previous = status.cloned().unwrap_or_default();
         match status::decide(
             status,
-            vb.spec.cancel,
+            run.cancel(),
             pod_node.as_deref(),
             self.me(),
             running,
@@ -617,64 +626,30 @@ impl Agent {
             Decision::Cancel => self.stop(&key, StopReason::Canceled),
             Decision::GiveUp => {
                 let s = status::finished(
-                    vb.status.clone().unwrap_or_default(),
+                    previous,
                     Outcome::Failed(format!(
                         "the agent on node {} restarted {} times during this run; giving up",
                         self.me(),
                         crate::crd::MAX_ATTEMPTS
                     )),
                 );
-                self.finish_backup(&vb, s, None).await;
+                self.finish_unstarted(&run, s).await;
             }
-            Decision::Start | Decision::Resume => {
-                if vb.spec.cancel {
-                    let s =
-                        status::finished(vb.status.clone().unwrap_or_default(), Outcome::Canceled);
-                    self.finish_backup(&vb, s, None).await;
-                    return;
-                }
-                self.claim_and_spawn(RunKind::Backup(Box::new(vb))).await;
+            Decision::Start | Decision::Resume if run.cancel() => {
+                let s = status::finished(previous, Outcome::Canceled);
+                self.finish_unstarted(&run, s).await;
             }
+            Decision::Start | Decision::Resume => self.claim_and_spawn(run).await,
         }
     }
 
-    async fn on_restore(self: &Arc<Self>, vr: VolumeRestore) {
-        let ns = vr.namespace().unwrap_or_default();
-        let key = RunKey::Restore(ns.clone(), vr.name_any());
-        let running = lock(&self.runs).contains_key(&key);
-        let status = vr.status.as_ref();
-        if status.is_some_and(|s| s.phase.is_final()) {
-            return;
-        }
-        let needs_pod = !running && status.is_none_or(|s| s.phase == Phase::New);
-        let pod_node = if needs_pod {
-            self.pod_node(&ns, &vr.spec.pod, &vr).await
-        } else {
-            None
-        };
-        match status::decide(
-            status,
-            vr.spec.cancel,
-            pod_node.as_deref(),
-            self.me(),
-            running,
-        ) {
-            Decision::Nothing => {}
-            Decision::Cancel => self.stop(&key, StopReason::Canceled),
-            Decision::GiveUp => {
-                let s = status::finished(
-                    vr.status.clone().unwrap_or_default(),
-                    Outcome::Failed(format!(
-                        "the agent on node {} restarted {} times during this restore; giving up",
-                        self.me(),
-                        crate::crd::MAX_ATTEMPTS
-                    )),
-                );
-                self.write_status::<VolumeRestore>(&ns, &vr.name_any(), &s, None)
+    /// Ends a run that never started (or cannot start again).
+    async fn finish_unstarted(&self, run: &RunKind, s: RunStatus) {
+        match run {
+            RunKind::Backup(vb) => self.finish_backup(vb, s, None).await,
+            RunKind::Restore(vr) => {
+                self.write_status::<VolumeRestore>(&run.namespace(), &vr.name_any(), &s, None)
                     .await;
-            }
-            Decision::Start | Decision::Resume => {
-                self.claim_and_spawn(RunKind::Restore(Box::new(vr))).await;
             }
         }
     }
@@ -682,22 +657,19 @@ impl Agent {
     /// Writes the claim with the object's resourceVersion (so one agent
     /// wins), then runs the work as a task.
     async fn claim_and_spawn(self: &Arc<Self>, run: RunKind) {
-        let (ns, name, pod, prev, rv, key) = match &run {
+        let (ns, key) = (run.namespace(), run.key());
+        let (name, pod, prev, rv) = match &run {
             RunKind::Backup(vb) => (
-                vb.namespace().unwrap_or_default(),
                 vb.name_any(),
                 vb.spec.pod.clone(),
                 vb.status.clone(),
                 vb.resource_version(),
-                RunKey::Backup(vb.namespace().unwrap_or_default(), vb.name_any()),
             ),
             RunKind::Restore(vr) => (
-                vr.namespace().unwrap_or_default(),
                 vr.name_any(),
                 vr.spec.pod.clone(),
                 vr.status.clone(),
                 vr.resource_version(),
-                RunKey::Restore(vr.namespace().unwrap_or_default(), vr.name_any()),
             ),
         };
         let claimed = status::started(prev.as_ref(), self.me(), None);
@@ -1250,6 +1222,37 @@ impl Agent {
 enum RunKind {
     Backup(Box<VolumeBackup>),
     Restore(Box<VolumeRestore>),
+}
+
+impl RunKind {
+    fn namespace(&self) -> String {
+        match self {
+            RunKind::Backup(vb) => vb.namespace(),
+            RunKind::Restore(vr) => vr.namespace(),
+        }
+        .unwrap_or_default()
+    }
+
+    fn key(&self) -> RunKey {
+        match self {
+            RunKind::Backup(vb) => RunKey::Backup(self.namespace(), vb.name_any()),
+            RunKind::Restore(vr) => RunKey::Restore(self.namespace(), vr.name_any()),
+        }
+    }
+
+    fn status(&self) -> Option<&RunStatus> {
+        match self {
+            RunKind::Backup(vb) => vb.status.as_ref(),
+            RunKind::Restore(vr) => vr.status.as_ref(),
+        }
+    }
+
+    fn cancel(&self) -> bool {
+        match self {
+            RunKind::Backup(vb) => vb.spec.cancel,
+            RunKind::Restore(vr) => vr.spec.cancel,
+        }
+    }
 }
 
 fn stopped(reason: &Arc<Mutex<Option<StopReason>>>) -> Outcome {

@@ -331,6 +331,30 @@ pub struct AgentConfig<'a> {
     pub threads: usize,
 }
 
+impl<'a> AgentConfig<'a> {
+    /// Node `node_name` with its kubelet directory under `node`: no hostPath
+    /// prefixes, 2 runs at once, 2 threads each.
+    pub fn new(node_name: &'a str, node: &'a common::Node) -> Self {
+        AgentConfig {
+            node_name,
+            node,
+            host_path_allow: &[],
+            max_concurrent: 2,
+            threads: 2,
+        }
+    }
+
+    pub fn max_concurrent(mut self, n: usize) -> Self {
+        self.max_concurrent = n;
+        self
+    }
+
+    pub fn threads(mut self, n: usize) -> Self {
+        self.threads = n;
+        self
+    }
+}
+
 impl Agent {
     pub fn start(env: &Env, cfg: &AgentConfig) -> Agent {
         let port = std::net::TcpListener::bind("127.0.0.1:0")

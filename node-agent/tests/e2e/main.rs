@@ -375,16 +375,7 @@ async fn block_volume_backs_up_as_one_file_and_restores_onto_the_device() {
     let content = noise(7, 6 << 20);
     std::fs::write(&dev, &content).unwrap();
     set_running(&env, &ns, "db-0").await;
-    let _agent = Agent::start(
-        &env,
-        &AgentConfig {
-            node_name: &node_name,
-            node: &node,
-            host_path_allow: &[],
-            max_concurrent: 2,
-            threads: 2,
-        },
-    );
+    let _agent = Agent::start(&env, &AgentConfig::new(&node_name, &node));
     let b = explicit_backup(&env, &ns, "raw-1", "db-0", "raw").await;
     assert_eq!(phase(&b.status), Phase::Completed, "{:#?}", b.status);
     let r = restore(&repo, &snapshot_of(&b), env.dir.path()).await;
@@ -475,16 +466,7 @@ async fn a_small_backup_passes_a_large_one_and_cancel_and_pod_deletion_stop_runs
     big_pod(&env, &node, &ns, "large", &node_name, 1024, 11).await;
     let small = big_pod(&env, &node, &ns, "small", &node_name, 1, 12).await;
     big_pod(&env, &node, &ns, "doomed", &node_name, 1024, 13).await;
-    let _agent = Agent::start(
-        &env,
-        &AgentConfig {
-            node_name: &node_name,
-            node: &node,
-            host_path_allow: &[],
-            max_concurrent: 2,
-            threads: 1,
-        },
-    );
+    let _agent = Agent::start(&env, &AgentConfig::new(&node_name, &node).threads(1));
     create_backup(&env, &ns, "large-1", "large").await;
     env.wait_for::<VolumeBackup>(&ns, "large-1", "InProgress", |b| {
         phase(&b.status) == Phase::InProgress
@@ -548,13 +530,7 @@ async fn a_run_in_progress_survives_an_agent_sigkill() {
     let node = common::Node::new();
     let node_name = format!("node-{}", short_id());
     let dir = big_pod(&env, &node, &ns, "db-0", &node_name, 768, 21).await;
-    let cfg = AgentConfig {
-        node_name: &node_name,
-        node: &node,
-        host_path_allow: &[],
-        max_concurrent: 2,
-        threads: 1,
-    };
+    let cfg = AgentConfig::new(&node_name, &node).threads(1);
     let mut first = Agent::start(&env, &cfg);
     create_backup(&env, &ns, "db-1", "db-0").await;
     env.wait_for::<VolumeBackup>(&ns, "db-1", "InProgress", |b| {
@@ -637,16 +613,7 @@ async fn each_namespace_has_its_own_key() {
     small_pod(&env, &node, &a, "p", &node_name, 31, None).await;
     small_pod(&env, &node, &b, "p", &node_name, 32, None).await;
     small_pod(&env, &node, &c, "p", &node_name, 33, None).await;
-    let _agent = Agent::start(
-        &env,
-        &AgentConfig {
-            node_name: &node_name,
-            node: &node,
-            host_path_allow: &[],
-            max_concurrent: 2,
-            threads: 2,
-        },
-    );
+    let _agent = Agent::start(&env, &AgentConfig::new(&node_name, &node));
     create_backup(&env, &a, "a-1", "p").await;
     create_backup(&env, &b, "b-1", "p").await;
     for (ns, name) in [(&a, "a-1"), (&b, "b-1")] {
@@ -724,16 +691,7 @@ async fn volume_restore_into_a_running_pod() {
     let node = common::Node::new();
     let node_name = format!("node-{}", short_id());
     let src = small_pod(&env, &node, &ns, "app-0", &node_name, 41, Some("app")).await;
-    let _agent = Agent::start(
-        &env,
-        &AgentConfig {
-            node_name: &node_name,
-            node: &node,
-            host_path_allow: &[],
-            max_concurrent: 2,
-            threads: 2,
-        },
-    );
+    let _agent = Agent::start(&env, &AgentConfig::new(&node_name, &node));
     let b = explicit_backup(&env, &ns, "app-1", "app-0", "vol").await;
     assert_eq!(phase(&b.status), Phase::Completed, "{:#?}", b.status);
     // The workload's next pod (a new UID, on this node) gets the data back,
@@ -777,26 +735,8 @@ async fn two_nodes_back_up_into_one_repository_at_once() {
     );
     let dir_a = small_pod(&env, &node_a, &ns, "web-a", &name_a, 51, None).await;
     let dir_b = small_pod(&env, &node_b, &ns, "web-b", &name_b, 52, None).await;
-    let _a = Agent::start(
-        &env,
-        &AgentConfig {
-            node_name: &name_a,
-            node: &node_a,
-            host_path_allow: &[],
-            max_concurrent: 2,
-            threads: 1,
-        },
-    );
-    let _b = Agent::start(
-        &env,
-        &AgentConfig {
-            node_name: &name_b,
-            node: &node_b,
-            host_path_allow: &[],
-            max_concurrent: 2,
-            threads: 1,
-        },
-    );
+    let _a = Agent::start(&env, &AgentConfig::new(&name_a, &node_a).threads(1));
+    let _b = Agent::start(&env, &AgentConfig::new(&name_b, &node_b).threads(1));
     create_backup(&env, &ns, "a-1", "web-a").await;
     create_backup(&env, &ns, "b-1", "web-b").await;
     for (run, node, dir) in [("a-1", &name_a, &dir_a), ("b-1", &name_b, &dir_b)] {
