@@ -1,9 +1,9 @@
 //! Backup: source → chunker → hasher/dedup → compressor/encryptor → packer →
 //! uploader/indexer → tree builder → snapshot.
 //!
-//! Threads: one walker ([`source`]), `threads` file workers ([`chunker`], which
-//! also hash, dedup and seal, see [`dedup`]), and the tree builder on the calling
-//! blocking thread ([`tree_builder`]). Packs travel to the async [`uploader`]
+//! Threads: one walker (`source`), `threads` file workers (`chunker`, which
+//! also hash, dedup and seal, see `dedup`), and the tree builder on the calling
+//! blocking thread (`tree_builder`). Packs travel to the async `uploader`
 //! through a bounded channel. Every queue is bounded, so memory depends on the
 //! configuration (threads, pack size), not on the size of the source.
 

@@ -1,13 +1,13 @@
 //! Restore: plan → fetcher → decryptor/decompressor/verifier → writer → metadata.
 //!
-//! 1. [`plan`]: walk the snapshot's trees, create directories, empty files of
+//! 1. `plan`: walk the snapshot's trees, create directories, empty files of
 //!    the right length (sparse), links and special files; record which blob goes
 //!    to which file offsets, grouped by pack.
-//! 2. [`fetcher`]: read each needed pack once, with ranged reads that coalesce
+//! 2. `fetcher`: read each needed pack once, with ranged reads that coalesce
 //!    neighbouring blobs, several packs at once.
-//! 3. [`writer`]: decrypt, decompress and verify each blob against its id, then
+//! 3. `writer`: decrypt, decompress and verify each blob against its id, then
 //!    write it at every offset that needs it, skipping zero blocks so holes stay holes.
-//! 4. [`metadata`]: walk again and set owners, attributes, modes and times,
+//! 4. `metadata`: walk again and set owners, attributes, modes and times,
 //!    children before their directory, so read-only directories are made read-only last.
 //!
 //! A blob that is missing or fails verification is never written: each file that
