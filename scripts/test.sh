@@ -34,6 +34,8 @@ fi
 if [ "${COFFER_TEST_NO_MANIFESTS:-}" != 1 ]; then
     cargo build --quiet -p coffer-fake-apiserver
     COFFER_TEST_FAKE_APISERVER_BIN=$PWD/target/debug/coffer-fake-apiserver scripts/validate-manifests.sh
+    # The fake API server's own kubectl test uses the kubectl installed there.
+    export KUBECTL=${XDG_CACHE_HOME:-$HOME/.cache}/coffer-test/k8s-venv/bin/kubectl
 else
     echo "manifests: SKIPPED (COFFER_TEST_NO_MANIFESTS=1)"
 fi

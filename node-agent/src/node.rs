@@ -214,37 +214,36 @@ impl Agent {
     }
 
     async fn watch_backups(self: Arc<Self>) {
-        let api: Api<VolumeBackup> = Api::all(self.client.clone());
-        let mut stream = watcher::watcher(api, watcher::Config::default())
-            .default_backoff()
-            .boxed();
-        while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(Event::Apply(vb)) | Ok(Event::InitApply(vb)) => self.on_backup(vb).await,
-                Ok(Event::Delete(vb)) => {
-                    let key = RunKey::Backup(vb.namespace().unwrap_or_default(), vb.name_any());
-                    self.stop(&key, StopReason::Canceled);
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!("VolumeBackup watch: {e}; retrying"),
-            }
-        }
+        self.watch_runs(|vb: VolumeBackup| RunKind::Backup(Box::new(vb)))
+            .await
     }
 
     async fn watch_restores(self: Arc<Self>) {
-        let api: Api<VolumeRestore> = Api::all(self.client.clone());
+        self.watch_runs(|vr: VolumeRestore| RunKind::Restore(Box::new(vr)))
+            .await
+    }
+
+    /// Watches one kind of run in every namespace: a new or changed run is
+    /// decided on ([`Agent::on_run`]), a deleted one is stopped.
+    async fn watch_runs<K>(self: Arc<Self>, wrap: impl Fn(K) -> RunKind)
+    where
+        K: Resource<DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug
+            + Send
+            + 'static,
+    {
+        let api: Api<K> = Api::all(self.client.clone());
         let mut stream = watcher::watcher(api, watcher::Config::default())
             .default_backoff()
             .boxed();
         while let Some(ev) = stream.next().await {
             match ev {
-                Ok(Event::Apply(vr)) | Ok(Event::InitApply(vr)) => self.on_restore(vr).await,
-                Ok(Event::Delete(vr)) => {
-                    let key = RunKey::Restore(vr.namespace().unwrap_or_default(), vr.name_any());
-                    self.stop(&key, StopReason::Canceled);
-                }
+                Ok(Event::Apply(o)) | Ok(Event::InitApply(o)) => self.on_run(wrap(o)).await,
+                Ok(Event::Delete(o)) => self.stop(&wrap(o).key(), StopReason::Canceled),
                 Ok(_) => {}
-                Err(e) => tracing::warn!("VolumeRestore watch: {e}; retrying"),
+                Err(e) => tracing::warn!("{} watch: {e}; retrying", K::kind(&())),
             }
         }
     }

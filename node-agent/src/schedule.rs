@@ -115,32 +115,9 @@ fn spread(identity: &str) -> u64 {
     u64::from_le_bytes(b)
 }
 
-/// `6h`, `90m`, `1h30m`, `2d`, `45s`.
+/// `6h`, `90m`, `1h30m`, `2d`, `45s` (humantime's language).
 fn parse_interval(s: &str) -> Option<Duration> {
-    if s.is_empty() {
-        return None;
-    }
-    let mut total = Duration::zero();
-    let mut num = String::new();
-    for c in s.chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let n: i64 = num.parse().ok()?;
-        num.clear();
-        total += match c {
-            's' => Duration::seconds(n),
-            'm' => Duration::minutes(n),
-            'h' => Duration::hours(n),
-            'd' => Duration::days(n),
-            _ => return None,
-        };
-    }
-    if !num.is_empty() {
-        return None;
-    }
-    Some(total)
+    Duration::from_std(humantime::parse_duration(s).ok()?).ok()
 }
 
 impl FromStr for Schedule {
