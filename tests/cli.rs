@@ -456,6 +456,26 @@ fn check_reports_a_clean_repository_and_names_damage() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("3/2"), "{}", stderr(&out));
 
+    // A warm cache does not hide damage: check reads the repository itself.
+    let cache = env.root.join("cache");
+    let cache_arg = cache.to_str().unwrap();
+    env.expect(0, &["check", "--cache-dir", cache_arg]);
+    env.expect(0, &["snapshots", "--cache-dir", cache_arg]);
+    let snap = walk_files(&env.repo.join("snapshots")).pop().unwrap();
+    let snap_id = snap.file_name().unwrap().to_str().unwrap().to_string();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&snap)
+        .unwrap();
+    std::io::Write::write_all(&mut f, b"tail").unwrap();
+    drop(f);
+    for _ in 0..2 {
+        let out = env.run(&["check", "--cache-dir", cache_arg]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert!(stderr(&out).contains(&snap_id), "{}", stderr(&out));
+    }
+    std::fs::remove_file(&snap).unwrap();
+
     // Truncate the largest pack: check names it and exits 1.
     let mut packs = walk_files(&env.repo.join("data"));
     packs.sort_by_key(|p| std::fs::metadata(p).unwrap().len());

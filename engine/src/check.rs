@@ -6,6 +6,11 @@
 //! every snapshot is walked and every blob it references must be indexed.
 //! With `read_data`, the selected packs are downloaded, must hash to their
 //! names, and every blob in them is decrypted, decompressed and verified.
+//!
+//! Check reads the repository itself, never a local cache: a cache entry is
+//! only a copy of what the store held when it was read. At the end the cache
+//! is left consistent with the store: entries of objects found damaged or
+//! gone are dropped.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -89,7 +94,7 @@ impl ReadData {
 pub struct Problem {
     /// The object, e.g. `pack 1a2b…` or `snapshot 3c4d… /etc/passwd`.
     pub object: String,
-    /// A short class: key, index, snapshot, tree, pack-missing, pack-size,
+    /// A short class: config, key, index, snapshot, tree, pack-missing, pack-size,
     /// pack-header, pack-name, blob, blob-missing.
     pub kind: &'static str,
     /// What is wrong.
@@ -116,6 +121,9 @@ pub struct CheckReport {
     pub blobs_read: u64,
     /// Bytes downloaded for `read_data`.
     pub bytes_read: u64,
+    /// Store keys of objects found damaged or missing: their cache entries go.
+    #[serde(skip)]
+    damaged_keys: Vec<String>,
 }
 
 impl CheckReport {
@@ -131,6 +139,12 @@ impl CheckReport {
             kind,
             message,
         });
+    }
+
+    /// A problem with the object stored at `key`.
+    fn problem_at(&mut self, key: String, object: String, kind: &'static str, message: String) {
+        self.damaged_keys.push(key);
+        self.problem(object, kind, message);
     }
 }
 
@@ -154,10 +168,30 @@ impl Default for CheckOptions {
 
 /// Checks the repository; see the module docs.
 pub async fn check(repo: Arc<Repository>, opts: CheckOptions) -> Result<CheckReport> {
+    let cached = repo.store().clone();
+    let (repo, has_cache) = match repo.without_cache() {
+        Some(r) => (Arc::new(r), true),
+        None => (repo, false),
+    };
+    let report = check_store(&repo, opts).await?;
+    if has_cache {
+        for key in &report.damaged_keys {
+            cached.discard_cached(key);
+        }
+        // A complete listing through the cache drops entries of what is gone.
+        for prefix in [layout::KEYS, layout::INDEX, layout::SNAPSHOTS] {
+            let _ = cached.list(prefix).try_collect::<Vec<_>>().await;
+        }
+    }
+    Ok(report)
+}
+
+async fn check_store(repo: &Arc<Repository>, opts: CheckOptions) -> Result<CheckReport> {
     let mut report = CheckReport::default();
+    check_config(repo, &mut report).await?;
     for k in repo.list_keys().await? {
         if let Some(why) = k.damaged {
-            report.problem(format!("key file {}", k.id), "key", why);
+            report.problem_at(layout::key(&k.id), format!("key file {}", k.id), "key", why);
         }
     }
 
@@ -191,7 +225,12 @@ pub async fn check(repo: Arc<Repository>, opts: CheckOptions) -> Result<CheckRep
                     e.2.push(id);
                 }
             }
-            Err(e) => report.problem(format!("index file {id}"), "index", error_text(&e)),
+            Err(e) => report.problem_at(
+                layout::index(&id),
+                format!("index file {id}"),
+                "index",
+                error_text(&e),
+            ),
         }
     }
 
@@ -216,7 +255,8 @@ pub async fn check(repo: Arc<Repository>, opts: CheckOptions) -> Result<CheckRep
     let mut to_header = Vec::new();
     for (id, (size, _, files)) in &expected {
         match present.get(id) {
-            None => report.problem(
+            None => report.problem_at(
+                layout::pack(id),
                 format!("pack {id}"),
                 "pack-missing",
                 format!(
@@ -224,7 +264,8 @@ pub async fn check(repo: Arc<Repository>, opts: CheckOptions) -> Result<CheckRep
                     files[0].short()
                 ),
             ),
-            Some(actual) if *actual != u64::from(*size) => report.problem(
+            Some(actual) if *actual != u64::from(*size) => report.problem_at(
+                layout::pack(id),
                 format!("pack {id}"),
                 "pack-size",
                 format!("the index records {size} bytes, the store has {actual}"),
@@ -249,7 +290,12 @@ pub async fn check(repo: Arc<Repository>, opts: CheckOptions) -> Result<CheckRep
         report.packs += 1;
         match header {
             Ok(entries) => compare_header(&mut report, &id, &entries, &expected[&id].1),
-            Err(e) => report.problem(format!("pack {id}"), "pack-header", error_text(&e)),
+            Err(e) => report.problem_at(
+                layout::pack(&id),
+                format!("pack {id}"),
+                "pack-header",
+                error_text(&e),
+            ),
         }
     }
 
@@ -262,7 +308,12 @@ pub async fn check(repo: Arc<Repository>, opts: CheckOptions) -> Result<CheckRep
             // Forgotten since it was listed.
             Err(Error::NotFound { .. }) => continue,
             Err(e) => {
-                report.problem(format!("snapshot {id}"), "snapshot", error_text(&e));
+                report.problem_at(
+                    layout::snapshot(&id),
+                    format!("snapshot {id}"),
+                    "snapshot",
+                    error_text(&e),
+                );
                 continue;
             }
         };
@@ -271,7 +322,7 @@ pub async fn check(repo: Arc<Repository>, opts: CheckOptions) -> Result<CheckRep
             continue;
         };
         walk_trees(
-            &repo,
+            repo,
             &index,
             &mut report,
             &id,
@@ -283,9 +334,43 @@ pub async fn check(repo: Arc<Repository>, opts: CheckOptions) -> Result<CheckRep
     }
 
     if opts.read_data != ReadData::None {
-        read_data(&repo, &mut report, &expected, &present, opts).await?;
+        read_data(repo, &mut report, &expected, &present, opts).await?;
     }
     Ok(report)
+}
+
+/// The config in the store must open with the master key and say what the
+/// repository was opened with (which may have come from a cache).
+async fn check_config(repo: &Repository, report: &mut CheckReport) -> Result<()> {
+    let object = "config".to_string();
+    let bytes = match repo.store().get(layout::CONFIG).await {
+        Ok(b) => b,
+        Err(e) if e.kind == StoreErrorKind::NotFound => {
+            report.problem_at(
+                layout::CONFIG.into(),
+                object,
+                "config",
+                "the repository has no config: it is not a repository any more".into(),
+            );
+            return Ok(());
+        }
+        Err(e) => return Err(repo.store_err(e)),
+    };
+    let opened = repo
+        .opener()
+        .open(coffer_repo_format::envelope::Context::Config, &bytes)
+        .and_then(|plain| coffer_repo_format::config::Config::decode(&plain));
+    match opened {
+        Ok(c) if c == *repo.config() => {}
+        Ok(_) => report.problem_at(
+            layout::CONFIG.into(),
+            object,
+            "config",
+            "it differs from the config this repository was opened with (a cached copy)".into(),
+        ),
+        Err(e) => report.problem_at(layout::CONFIG.into(), object, "config", e.to_string()),
+    }
+    Ok(())
 }
 
 fn error_text(e: &Error) -> String {
@@ -356,7 +441,9 @@ async fn walk_trees(
                 });
             }
             Err(e) => {
-                report.problem(
+                let key = index.get(&tree).map(|l| layout::pack(&l.pack));
+                report.problem_at(
+                    key.unwrap_or_default(),
                     object,
                     "tree",
                     format!("tree blob {tree}: {}", error_text(&e)),
@@ -443,10 +530,15 @@ async fn read_data(
                     report.problems.truncate(before);
                 }
                 for (kind, message) in pc.problems {
-                    report.problem(format!("pack {id}"), kind, message);
+                    report.problem_at(layout::pack(&id), format!("pack {id}"), kind, message);
                 }
             }
-            Err(e) => report.problem(format!("pack {id}"), "pack-missing", error_text(&e)),
+            Err(e) => report.problem_at(
+                layout::pack(&id),
+                format!("pack {id}"),
+                "pack-missing",
+                error_text(&e),
+            ),
         }
     }
     Ok(())

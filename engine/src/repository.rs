@@ -387,6 +387,20 @@ impl Repository {
         })
     }
 
+    /// The same repository read with no cache in front of its store, where it
+    /// has one (see [`crate::storage::Store::uncached`]).
+    pub fn without_cache(&self) -> Option<Repository> {
+        let store = self.store.uncached()?;
+        Some(Repository {
+            store,
+            key: self.key.clone(),
+            opener: self.opener.clone(),
+            config: self.config.clone(),
+            key_id: self.key_id,
+            tree_cache: Mutex::new((HashMap::new(), 0)),
+        })
+    }
+
     /// The store.
     pub fn store(&self) -> &DynStore {
         &self.store

@@ -527,6 +527,8 @@ mod damage {
         repo_dir: std::path::PathBuf,
         repo: Arc<coffer_engine::Repository>,
         snapshot: String,
+        /// A cache filled from the intact repository, before any damage.
+        warm_cache: tempfile::TempDir,
     }
 
     async fn fixture() -> Fixture {
@@ -548,13 +550,27 @@ mod damage {
             staged.is_empty(),
             "a finished backup leaves no staged packs"
         );
-        Fixture {
+        let f = Fixture {
             snapshot: s.snapshot_id.to_hex(),
             _dir: dir,
             src,
             repo_dir,
             repo,
-        }
+            warm_cache: tempdir(),
+        };
+        // Warm the cache: config, keys, index files, snapshots and tree packs.
+        let cached = f.open_cached(f.warm_cache.path(), b"test password").await;
+        let index = cached.load_index().await.unwrap();
+        let target = tempdir();
+        restore::restore(
+            cached,
+            index,
+            RestoreOptions::new(f.snapshot.clone(), &target.path().join("out")),
+        )
+        .await
+        .unwrap();
+        assert!(f.cached_files(f.warm_cache.path()).len() >= 5);
+        f
     }
 
     impl Fixture {
@@ -608,16 +624,72 @@ mod damage {
             )
         }
 
-        async fn check(&self, read_data: ReadData) -> CheckReport {
-            check::check(
-                self.reopen().await,
-                CheckOptions {
-                    read_data,
-                    concurrency: 4,
+        /// Opens the repository through a cache in `dir`.
+        async fn open_cached(
+            &self,
+            dir: &std::path::Path,
+            password: &[u8],
+        ) -> Arc<coffer_engine::Repository> {
+            let store = coffer_engine::storage::open(
+                self.repo_dir.to_str().unwrap(),
+                &coffer_engine::storage::OpenOptions {
+                    cache_dir: Some(dir.to_path_buf()),
+                    ..Default::default()
                 },
             )
+            .unwrap();
+            Arc::new(
+                coffer_engine::Repository::open(store, password)
+                    .await
+                    .unwrap(),
+            )
+        }
+
+        /// The names of the files in a cache directory.
+        fn cached_files(&self, dir: &std::path::Path) -> Vec<String> {
+            walkdir::WalkDir::new(dir)
+                .into_iter()
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_type().is_file())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        }
+
+        /// Checks twice, through a cold cache and through the warm one: both
+        /// must find the same problems, since check reads the store itself.
+        async fn check(&self, read_data: ReadData) -> CheckReport {
+            self.check_as(read_data, b"test password").await
+        }
+
+        async fn check_as(&self, read_data: ReadData, password: &[u8]) -> CheckReport {
+            let opts = CheckOptions {
+                read_data,
+                concurrency: 4,
+            };
+            let cold_dir = tempdir();
+            let cold = check::check(
+                self.open_cached(cold_dir.path(), password).await,
+                opts.clone(),
+            )
             .await
-            .unwrap()
+            .unwrap();
+            let warm = check::check(
+                self.open_cached(self.warm_cache.path(), password).await,
+                opts,
+            )
+            .await
+            .unwrap();
+            let found = |r: &CheckReport| {
+                let mut v: Vec<_> = r
+                    .problems
+                    .iter()
+                    .map(|p| (p.kind, p.object.clone()))
+                    .collect();
+                v.sort();
+                v
+            };
+            assert_eq!(found(&cold), found(&warm), "cold cache, then warm cache");
+            warm
         }
 
         /// Restores and asserts that nothing wrong was written: every file in
@@ -849,6 +921,10 @@ mod damage {
         f.flip(&format!("snapshots/{}", f.snapshot), None, 40);
         let r = f.check(ReadData::None).await;
         assert!(has(&r, "snapshot", &f.snapshot), "{:?}", r.problems);
+        assert!(
+            !f.cached_files(f.warm_cache.path()).contains(&f.snapshot),
+            "the damaged snapshot's cache entry is dropped"
+        );
         let repo = f.reopen().await;
         assert!(
             repo.snapshots().await.unwrap().is_empty(),
@@ -876,10 +952,13 @@ mod damage {
                 .unwrap(),
         );
         assert_eq!(repo.key_id(), second);
-        let r = check::check(repo.clone(), CheckOptions::default())
-            .await
-            .unwrap();
+        let r = f.check_as(ReadData::None, b"second password").await;
         assert!(has(&r, "key", &first.to_hex()), "{:?}", r.problems);
+        assert!(
+            !f.cached_files(f.warm_cache.path())
+                .contains(&first.to_hex()),
+            "the damaged key file's cache entry is dropped"
+        );
         // With only the damaged key left, the error says damaged, not wrong password.
         std::fs::remove_file(f.path(&layout::key(&second))).unwrap();
         let err = coffer_engine::Repository::open(store.clone(), b"test password")
@@ -890,6 +969,10 @@ mod damage {
 
         let f = fixture().await;
         f.flip("config", None, 30);
+        // The warm cache still opens the repository; check reads the store.
+        let cached = f.open_cached(f.warm_cache.path(), b"test password").await;
+        let r = check::check(cached, CheckOptions::default()).await.unwrap();
+        assert!(has(&r, "config", "config"), "{:?}", r.problems);
         let store =
             coffer_engine::storage::open_location(f.repo_dir.to_str().unwrap(), false).unwrap();
         let err = coffer_engine::Repository::open(store, b"test password")
@@ -899,6 +982,18 @@ mod damage {
             err.to_string().contains("config") && err.to_string().contains("damaged"),
             "{err}"
         );
+        // Nor does the cache serve the damaged config any longer.
+        let store = coffer_engine::storage::open(
+            f.repo_dir.to_str().unwrap(),
+            &coffer_engine::storage::OpenOptions {
+                cache_dir: Some(f.warm_cache.path().to_path_buf()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(coffer_engine::Repository::open(store, b"test password")
+            .await
+            .is_err());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -260,6 +260,10 @@ impl Store for Caching {
         self.inner.discard_cached(key);
     }
 
+    fn uncached(&self) -> Option<DynStore> {
+        Some(self.inner.uncached().unwrap_or_else(|| self.inner.clone()))
+    }
+
     async fn conditional_writes(&self) -> Result<bool, StoreError> {
         self.inner.conditional_writes().await
     }

@@ -103,6 +103,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Forgets any cached copy of `key`: the caller found it did not open.
     fn discard_cached(&self, _key: &str) {}
 
+    /// The same store with no cache in front of it, where this one has a
+    /// cache: what `check` reads, since it must verify the repository and
+    /// never a local copy. `None`: nothing is cached.
+    fn uncached(&self) -> Option<DynStore> {
+        None
+    }
+
     /// Whether the store refuses a second create-if-absent write to one key.
     /// Network stores are probed once (the answer is kept); where the answer
     /// is no, [`WriteMode::CreateNew`] looks before it writes.
