@@ -1103,20 +1103,7 @@ fn four_writers_and_a_prune_loop_lose_nothing() {
 #[test]
 fn backups_killed_at_random_moments_leave_a_checkable_repository_and_resume() {
     let env = Env::new();
-    env.expect(
-        0,
-        &[
-            "init",
-            "--kdf-memory",
-            "64",
-            "--kdf-iterations",
-            "1",
-            "--chunk-size",
-            "64KiB",
-            "--pack-size",
-            "256KiB",
-        ],
-    );
+    env.expect(0, &INIT_SMALL_PACKS);
     let src = env.root.join("src");
     for i in 0..6u64 {
         write(&src.join(format!("f{i}")), &noise(i + 50, 6_000_000));
@@ -1142,20 +1129,7 @@ fn backups_killed_at_random_moments_leave_a_checkable_repository_and_resume() {
     // backup uploads only what was not indexed.
     let full = {
         let other = Env::new();
-        other.expect(
-            0,
-            &[
-                "init",
-                "--kdf-memory",
-                "64",
-                "--kdf-iterations",
-                "1",
-                "--chunk-size",
-                "64KiB",
-                "--pack-size",
-                "256KiB",
-            ],
-        );
+        other.expect(0, &INIT_SMALL_PACKS);
         last_json_line(&other.expect(0, &["backup", src.to_str().unwrap(), "--json"]))
             ["data_added_packed"]
             .as_u64()
@@ -1176,23 +1150,92 @@ fn backups_killed_at_random_moments_leave_a_checkable_repository_and_resume() {
     }
 }
 
+/// `init` with a weak key and small chunks and packs: many packs from little data.
+const INIT_SMALL_PACKS: [&str; 9] = [
+    "init",
+    "--kdf-memory",
+    "64",
+    "--kdf-iterations",
+    "1",
+    "--chunk-size",
+    "64KiB",
+    "--pack-size",
+    "256KiB",
+];
+
+/// Bytes stored under `data/`.
+fn data_bytes(repo: &Path) -> u64 {
+    let data = repo.join("data");
+    if !data.exists() {
+        return 0;
+    }
+    walk_files(&data)
+        .iter()
+        .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .sum()
+}
+
+#[test]
+fn a_backup_killed_before_it_indexes_its_packs_is_resumed_without_storing_them_again() {
+    const PACK: u64 = 256 * 1024;
+    let clean = Env::new();
+    clean.expect(0, &INIT_SMALL_PACKS);
+    let src = clean.root.join("src");
+    for i in 0..8u64 {
+        write(&src.join(format!("f{i}")), &noise(i + 90, 3_000_000));
+    }
+    let src_arg = src.to_str().unwrap();
+    clean.expect(0, &["backup", src_arg, "-q"]);
+    let full = data_bytes(&clean.repo);
+    // Kill when this many packs are stored: before the first one completes,
+    // then between uploads and the first index file (every 32 packs), then
+    // after it.
+    for target in [0usize, 1, 6, 20, 40] {
+        let env = Env::new();
+        env.expect(0, &INIT_SMALL_PACKS);
+        let mut child = env.fast(&["backup", src_arg, "-q"]).spawn().unwrap();
+        let (data, sessions) = (env.repo.join("data"), env.repo.join("sessions"));
+        let count = |d: &Path| if d.exists() { walk_files(d).len() } else { 0 };
+        loop {
+            let started = count(&sessions) > 0;
+            if (started && count(&data) >= target) || child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        let left = data_bytes(&env.repo);
+        if status.success() {
+            eprintln!("target {target}: the backup finished before the kill");
+            continue;
+        }
+        let out = last_json_line(&env.expect(0, &["backup", src_arg, "--json"]));
+        let total = data_bytes(&env.repo);
+        eprintln!(
+            "target {target}: {left} bytes stored before the kill, {total} after the re-run \
+             ({} packs adopted); a clean backup stores {full}",
+            out["packs_adopted"]
+        );
+        assert!(
+            total <= full + 2 * PACK,
+            "killed at {target} packs: the re-run stored {} bytes again ({left} were stored, \
+             {total} in all, a clean backup {full})",
+            total - full.min(total)
+        );
+        env.check_read_data();
+        let t = env.root.join("out");
+        env.expect(0, &["restore", "latest", "--target", t.to_str().unwrap()]);
+        for i in 0..8u64 {
+            assert!(std::fs::read(t.join(format!("f{i}"))).unwrap() == noise(i + 90, 3_000_000));
+        }
+    }
+}
+
 #[test]
 fn sigterm_stops_a_backup_cleanly_and_its_uploads_are_reused() {
     let env = Env::new();
-    env.expect(
-        0,
-        &[
-            "init",
-            "--kdf-memory",
-            "64",
-            "--kdf-iterations",
-            "1",
-            "--chunk-size",
-            "64KiB",
-            "--pack-size",
-            "256KiB",
-        ],
-    );
+    env.expect(0, &INIT_SMALL_PACKS);
     let src = env.root.join("src");
     for i in 0..8u64 {
         write(&src.join(format!("f{i}")), &noise(i + 70, 5_000_000));
@@ -1240,20 +1283,7 @@ fn sigterm_stops_a_backup_cleanly_and_its_uploads_are_reused() {
 #[test]
 fn prune_killed_at_random_moments_loses_nothing_and_the_next_prune_finishes() {
     let env = Env::new();
-    env.expect(
-        0,
-        &[
-            "init",
-            "--kdf-memory",
-            "64",
-            "--kdf-iterations",
-            "1",
-            "--chunk-size",
-            "64KiB",
-            "--pack-size",
-            "256KiB",
-        ],
-    );
+    env.expect(0, &INIT_SMALL_PACKS);
     let src = env.root.join("src");
     let mut rng = Rng::new("prune kills");
     for round in 0..4 {

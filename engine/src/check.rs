@@ -235,23 +235,7 @@ async fn check_store(repo: &Arc<Repository>, opts: CheckOptions) -> Result<Check
     }
 
     // Packs: present with the recorded size and a header that agrees.
-    let mut present: HashMap<PackId, u64> = HashMap::new();
-    let listed: Vec<_> = repo
-        .store()
-        .list(layout::DATA)
-        .try_collect()
-        .await
-        .map_err(|e| repo.store_err(e))?;
-    for info in listed {
-        if let Some(id) = info
-            .key
-            .rsplit('/')
-            .next()
-            .and_then(|n| n.parse::<PackId>().ok())
-        {
-            present.insert(id, info.size);
-        }
-    }
+    let present = repo.present_packs().await?;
     let mut to_header = Vec::new();
     for (id, (size, _, files)) in &expected {
         match present.get(id) {

@@ -25,7 +25,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 
 use coffer_repo_format::blob::{BlobSealer, BlobType};
@@ -299,25 +298,6 @@ fn decide(
     plan
 }
 
-async fn present_packs(repo: &Repository) -> Result<HashMap<PackId, u64>> {
-    let infos: Vec<_> = repo
-        .store()
-        .list(layout::DATA)
-        .try_collect()
-        .await
-        .map_err(|e| repo.store_err(e))?;
-    Ok(infos
-        .into_iter()
-        .filter_map(|i| {
-            i.key
-                .rsplit('/')
-                .next()
-                .and_then(|n| n.parse().ok())
-                .map(|id| (id, i.size))
-        })
-        .collect())
-}
-
 /// Takes the prune lock: write our lock, list, go on only if ours is the only
 /// live one. Waits (up to `max_wait`) while another prune holds it.
 async fn lock(repo: &Arc<Repository>, opts: &PruneOptions) -> Result<Live> {
@@ -365,7 +345,7 @@ async fn lock(repo: &Arc<Repository>, opts: &PruneOptions) -> Result<Live> {
 pub async fn prune(repo: Arc<Repository>, opts: PruneOptions) -> Result<PrunePlan> {
     if opts.dry_run {
         let (idx, _, u) = read_state(&repo).await?;
-        let present = present_packs(&repo).await?;
+        let present = repo.present_packs().await?;
         return Ok(decide(&idx, &u, &present, &opts, None));
     }
     repo.prepare_writes().await?;
@@ -381,7 +361,7 @@ async fn run(repo: &Arc<Repository>, opts: &PruneOptions, lock: &Live) -> Result
     // Plan, and publish the plan before looking at sessions.
     let first = {
         let (idx, _, u) = read_state(repo).await?;
-        let present = present_packs(repo).await?;
+        let present = repo.present_packs().await?;
         decide(&idx, &u, &present, opts, None)
     };
     let mut packs: Vec<PackId> = first.delete_packs.clone();
@@ -417,7 +397,7 @@ async fn run(repo: &Arc<Repository>, opts: &PruneOptions, lock: &Live) -> Result
     // Decide again with what those backups wrote, within the first plan.
     let allowed: HashSet<PackId> = packs.iter().copied().collect();
     let (idx, index, u) = read_state(repo).await?;
-    let present = present_packs(repo).await?;
+    let present = repo.present_packs().await?;
     let mut plan = decide(&idx, &u, &present, opts, Some(&allowed));
     plan.sessions_waited = waited;
     plan.stale_sessions_removed = stale;

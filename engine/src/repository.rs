@@ -750,6 +750,23 @@ impl Repository {
         Ok(page)
     }
 
+    /// Every pack in the store, with its size.
+    pub async fn present_packs(&self) -> Result<HashMap<PackId, u64>> {
+        let infos: Vec<_> = self
+            .store
+            .list(layout::DATA)
+            .try_collect()
+            .await
+            .map_err(|e| self.store_err(e))?;
+        Ok(infos
+            .into_iter()
+            .filter_map(|i| {
+                let id = i.key.rsplit('/').next()?.parse().ok()?;
+                Some((id, i.size))
+            })
+            .collect())
+    }
+
     /// Reads a pack's header from the store.
     pub async fn read_pack_header(
         &self,

@@ -565,7 +565,7 @@ mod damage {
         restore::restore(
             cached,
             index,
-            RestoreOptions::new(f.snapshot.clone(), &target.path().join("out")),
+            RestoreOptions::new(f.snapshot.clone(), target.path().join("out")),
         )
         .await
         .unwrap();

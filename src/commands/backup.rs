@@ -109,6 +109,7 @@ pub async fn run(g: &Global, a: BackupArgs) -> anyhow::Result<i32> {
             "total_duration": summary.total_duration,
             "backup_start": s.backup_start,
             "backup_end": s.backup_end,
+            "packs_adopted": summary.packs_adopted,
             "snapshot_id": summary.snapshot_id.to_hex(),
             "errors": summary.errors.len(),
         }))?;
@@ -126,6 +127,12 @@ pub async fn run(g: &Global, a: BackupArgs) -> anyhow::Result<i32> {
             fmt::size(s.data_added),
             fmt::size(s.data_added_packed)
         );
+        if summary.packs_adopted > 0 {
+            println!(
+                "Reused {} pack(s) stored by an interrupted backup",
+                summary.packs_adopted
+            );
+        }
         println!(
             "processed {} files, {} in {:.2}s",
             s.total_files_processed,

@@ -167,6 +167,8 @@ pub struct BackupSummary {
     pub packs_written: u64,
     /// Index files written.
     pub index_files_written: u64,
+    /// Packs stored by an interrupted backup and indexed by this one.
+    pub packs_adopted: u64,
     /// Bytes of file content read from the source (unchanged files are not read).
     pub bytes_read: u64,
 }
@@ -414,6 +416,7 @@ pub(crate) struct Job {
     hostname: String,
     parent: Option<(SnapshotId, Snapshot)>,
     paths: Vec<PathBuf>,
+    packs_adopted: u64,
 }
 
 impl Job {
@@ -430,6 +433,7 @@ impl Job {
         let planned = crate::prune::planned_packs(&repo).await?;
         let index = repo.load_index().await?;
         index.exclude_packs(&planned);
+        let packs_adopted = uploader::adopt_unindexed(&repo, &index, &planned).await?;
         let start_time = crate::repository::now_rfc3339();
         let threads = match opts.threads {
             0 => std::thread::available_parallelism()
@@ -503,6 +507,7 @@ impl Job {
             hostname,
             parent,
             paths,
+            packs_adopted,
         })
     }
 
@@ -567,6 +572,7 @@ impl Job {
             total_duration: ctx.started.elapsed().as_secs_f64(),
             packs_written: report.packs,
             index_files_written: report.index_files,
+            packs_adopted: self.packs_adopted,
             bytes_read: Stats::get(&ctx.stats.bytes_read),
         })
     }

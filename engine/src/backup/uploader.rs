@@ -1,9 +1,13 @@
 //! Uploader and indexer: stores finished packs with bounded concurrency, then
 //! records them in the in-memory index and in index files. An index file is
 //! written only after every pack it lists is stored, and at least every
-//! [`INDEX_EVERY_PACKS`] packs, so a killed backup leaves its uploads findable.
+//! [`INDEX_EVERY_PACKS`] packs. Packs that a killed backup stored but never
+//! indexed are adopted by the next backup ([`adopt_unindexed`]), so no
+//! upload is lost.
 
 use std::sync::Arc;
+
+use std::collections::HashSet;
 
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
@@ -15,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::index::Index;
 use crate::repository::{layout, Repository};
 use crate::storage::{StoreErrorKind, WriteMode};
+use coffer_repo_format::PackId;
 
 /// Packs listed per index file written during a backup.
 pub(crate) const INDEX_EVERY_PACKS: usize = 32;
@@ -137,4 +142,71 @@ impl From<tokio::task::JoinError> for Error {
     fn from(e: tokio::task::JoinError) -> Self {
         Error::InvalidArgument(format!("internal task failed: {e}"))
     }
+}
+
+/// Adopts the complete packs that no index file lists and no prune plan
+/// names: the uploads of a backup that was killed before it indexed them
+/// (SPEC.md §13, "Adoption"). Each pack's header is read and verified; the
+/// pack's blobs go into `index`, and index files listing the packs are
+/// written before this backup stores anything. A pack whose header does not
+/// open is left alone (prune deletes it; check reports it). Returns how many
+/// packs were adopted.
+pub(crate) async fn adopt_unindexed(
+    repo: &Arc<Repository>,
+    index: &Index,
+    planned: &HashSet<PackId>,
+) -> Result<u64> {
+    let indexed: HashSet<PackId> = index.packs().into_iter().map(|(id, _)| id).collect();
+    let orphans: Vec<(PackId, u64)> = repo
+        .present_packs()
+        .await?
+        .into_iter()
+        .filter(|(id, _)| !indexed.contains(id) && !planned.contains(id))
+        .collect();
+    if orphans.is_empty() {
+        return Ok(0);
+    }
+    let headers: Vec<_> = futures::stream::iter(orphans.into_iter().map(|(id, size)| {
+        let repo = repo.clone();
+        async move { (id, size, repo.read_pack_header(&id).await) }
+    }))
+    .buffer_unordered(8)
+    .collect()
+    .await;
+    let mut pending = IndexFile::default();
+    let mut report = UploadReport::default();
+    let mut adopted = 0;
+    for (id, size, header) in headers {
+        let entries = match header {
+            Ok(e) => e,
+            Err(e) if crate::repository::is_damage(&e) => {
+                tracing::warn!("not adopting unindexed pack {id}: {e}");
+                continue;
+            }
+            // Deleted since the listing (a prune of an older plan).
+            Err(Error::Store { source, .. }) if source.kind == StoreErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let Ok(size) = u32::try_from(size) else {
+            tracing::warn!("not adopting unindexed pack {id}: {size} bytes is too large");
+            continue;
+        };
+        index.add_pack(id, size, &entries);
+        pending.packs.push(IndexedPack {
+            id,
+            size,
+            blobs: entries,
+        });
+        adopted += 1;
+        if pending.packs.len() >= INDEX_EVERY_PACKS {
+            flush(repo, &mut pending, &mut report).await?;
+        }
+    }
+    flush(repo, &mut pending, &mut report).await?;
+    if adopted > 0 {
+        tracing::info!(
+            "adopted {adopted} pack(s) that an interrupted backup stored but did not index"
+        );
+    }
+    Ok(adopted)
 }
