@@ -1,8 +1,8 @@
 //! One benchmark per pipeline stage, reported in MiB/s.
 
 use coffer_repo_format::blob::{BlobSealer, BlobType, Compression};
-use coffer_repo_format::chunker::{is_zero, Chunker, ChunkerParams};
-use coffer_repo_format::envelope::{Context, Sealer};
+use coffer_repo_format::chunker::{is_zero, ChunkerParams};
+use coffer_repo_format::envelope::Context;
 use coffer_repo_format::keys::MasterKey;
 use coffer_repo_format::pack::{self, PackEntry};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -17,7 +17,7 @@ fn stages(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(SIZE as u64));
     g.sample_size(10);
 
-    let chunker = Chunker::new(&key.chunker_seed, ChunkerParams::default()).unwrap();
+    let chunker = key.chunker(ChunkerParams::default()).unwrap();
     g.bench_function("chunk (FastCDC, 1 MiB avg)", |b| {
         b.iter(|| black_box(chunker.chunks(&data).count()))
     });
@@ -35,13 +35,13 @@ fn stages(c: &mut Criterion) {
     g.bench_function("decompress (zstd)", |b| {
         b.iter(|| black_box(zstd::bulk::decompress(&compressed, SIZE).unwrap().len()))
     });
-    let mut sealer = Sealer::new(&key.data_key).unwrap();
+    let mut sealer = key.sealer().unwrap();
     g.bench_function("encrypt (AES-256-GCM envelope)", |b| {
         b.iter(|| black_box(sealer.seal(Context::Index, &data).unwrap().len()))
     });
     // Packing: seal every 1 MiB chunk as a blob and build a pack.
     let mut blob_sealer = BlobSealer::new(&key, Compression::Zstd(3)).unwrap();
-    let mut header_sealer = Sealer::new(&key.data_key).unwrap();
+    let mut header_sealer = key.sealer().unwrap();
     g.bench_function("seal blobs and pack (zstd 3 + AES-GCM)", |b| {
         b.iter(|| {
             let mut bytes = Vec::with_capacity(SIZE);

@@ -120,7 +120,10 @@ impl Repository {
         self.prepare_writes().await?;
         let me = Identity::current();
         let kf = {
-            let (key, password) = (self.key().clone(), password.to_vec());
+            let (key, password) = (
+                self.key().clone(),
+                zeroize::Zeroizing::new(password.to_vec()),
+            );
             crate::repository::blocking(move || {
                 KeyFile::wrap(
                     &key,

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
+use zeroize::Zeroizing;
 
 use coffer_repo_format::blob::{self, BlobType, Compression};
 use coffer_repo_format::chunker::ChunkerParams;
@@ -196,10 +197,10 @@ impl Repository {
         config
             .validate()
             .map_err(|e| Error::InvalidArgument(format!("invalid repository settings: {e}")))?;
-        let key = MasterKey::generate().map_err(|e| Error::corrupt("random source", e))?;
+        let key = Arc::new(MasterKey::generate().map_err(|e| Error::corrupt("random source", e))?);
         let me = Identity::current();
         let kf = {
-            let (key, password, kdf) = (key.clone(), password.to_vec(), opts.kdf);
+            let (key, password, kdf) = (key.clone(), Zeroizing::new(password.to_vec()), opts.kdf);
             blocking(move || {
                 KeyFile::wrap(
                     &key,
@@ -255,11 +256,11 @@ impl Repository {
         Ok(Self::assemble(store, key, config, key_id))
     }
 
-    fn assemble(store: DynStore, key: MasterKey, config: Config, key_id: KeyId) -> Self {
+    fn assemble(store: DynStore, key: Arc<MasterKey>, config: Config, key_id: KeyId) -> Self {
         let opener = Arc::new(key.opener());
         Repository {
             store,
-            key: Arc::new(key),
+            key,
             opener,
             config,
             key_id,
@@ -314,7 +315,7 @@ impl Repository {
                 }
             };
             let unwrapped = {
-                let password = password.to_vec();
+                let password = Zeroizing::new(password.to_vec());
                 blocking(move || kf.unwrap_key(&password)).await?
             };
             match unwrapped {
@@ -345,7 +346,7 @@ impl Repository {
                     };
                     let config = Config::decode(&plain)
                         .map_err(|e| Error::corrupt("repository config", e))?;
-                    return Ok(Self::assemble(store, key, config, *id));
+                    return Ok(Self::assemble(store, Arc::new(key), config, *id));
                 }
                 Err(FormatError::WrongPassword) => continue,
                 Err(e) => damaged.push(format!("key file {id}: {e}")),

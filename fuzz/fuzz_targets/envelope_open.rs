@@ -1,11 +1,11 @@
 #![no_main]
 //! Envelope parsing and authentication on arbitrary bytes, in every context.
 mod common;
-use coffer_repo_format::envelope::{Context, Opener};
+use coffer_repo_format::envelope::Context;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let opener = Opener::new(&common::vector_key().data_key);
+    let opener = common::vector_key().opener();
     for ctx in [
         Context::Config,
         Context::Index,

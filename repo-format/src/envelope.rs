@@ -90,12 +90,12 @@ impl Context<'_> {
     }
 }
 
-/// Derives the AES-256 subkey for one salt.
-pub fn subkey(data_key: &[u8; 32], salt: &[u8; SALT_LEN]) -> [u8; 32] {
+/// Derives the AES-256 subkey for one salt (zeroed when dropped).
+pub fn subkey(data_key: &[u8; 32], salt: &[u8; SALT_LEN]) -> zeroize::Zeroizing<[u8; 32]> {
     let hk = Hkdf::<Sha256>::new(Some(salt), data_key);
-    let mut okm = [0u8; 32];
+    let mut okm = zeroize::Zeroizing::new([0u8; 32]);
     // 32 bytes is far below HKDF-SHA256's limit of 255 * 32.
-    hk.expand(SUBKEY_INFO, &mut okm)
+    hk.expand(SUBKEY_INFO, okm.as_mut())
         .unwrap_or_else(|_| unreachable!("32 bytes is a valid HKDF-SHA256 output length"));
     okm
 }
@@ -129,7 +129,7 @@ impl Sealer {
         Sealer {
             data_key: *data_key,
             salt,
-            cipher: Aes256Gcm::new(&key.into()),
+            cipher: Aes256Gcm::new(&(*key).into()),
             sealed: 0,
         }
     }
@@ -196,6 +196,12 @@ impl Sealer {
     }
 }
 
+impl Drop for Sealer {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.data_key);
+    }
+}
+
 /// Opens envelopes, caching the subkeys of recently seen salts.
 pub struct Opener {
     data_key: [u8; 32],
@@ -203,6 +209,12 @@ pub struct Opener {
 }
 
 const OPENER_CACHE: usize = 32;
+
+impl Drop for Opener {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.data_key);
+    }
+}
 
 impl Opener {
     /// An opener for envelopes sealed under `data_key`.
@@ -218,7 +230,7 @@ impl Opener {
         if let Some(pos) = cache.iter().position(|(s, _)| s == salt) {
             return cache[pos].1.clone();
         }
-        let cipher = Aes256Gcm::new(&subkey(&self.data_key, salt).into());
+        let cipher = Aes256Gcm::new(&(*subkey(&self.data_key, salt)).into());
         if cache.len() >= OPENER_CACHE {
             cache.remove(0);
         }

@@ -10,19 +10,25 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
+use crate::chunker::Chunker;
 use crate::envelope::{random_bytes, Opener, Sealer, NONCE_LEN, TAG_LEN};
 use crate::error::{FormatError, Result};
 use crate::id::BlobId;
 
 /// The secret of a repository. Never stored in the clear.
-#[derive(Clone, PartialEq, Eq)]
+///
+/// The key material is private, is not `Clone` (share it behind an `Arc`),
+/// and is overwritten with zeros when the key is dropped.
+#[derive(PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
 pub struct MasterKey {
     /// Input to the per-salt subkeys of the encryption envelope.
-    pub data_key: [u8; 32],
+    data_key: [u8; 32],
     /// The BLAKE3 key for blob ids.
-    pub id_key: [u8; 32],
+    id_key: [u8; 32],
     /// The key from which the chunker's gear table is derived.
-    pub chunker_seed: [u8; 32],
+    chunker_seed: [u8; 32],
 }
 
 impl std::fmt::Debug for MasterKey {
@@ -41,9 +47,9 @@ impl MasterKey {
         })
     }
 
-    /// The 96-byte encoding wrapped by key files.
-    pub fn to_bytes(&self) -> [u8; 96] {
-        let mut out = [0u8; 96];
+    /// The 96-byte encoding wrapped by key files (zeroed when dropped).
+    pub fn to_bytes(&self) -> Zeroizing<[u8; 96]> {
+        let mut out = Zeroizing::new([0u8; 96]);
         out[..32].copy_from_slice(&self.data_key);
         out[32..64].copy_from_slice(&self.id_key);
         out[64..].copy_from_slice(&self.chunker_seed);
@@ -58,16 +64,15 @@ impl MasterKey {
                 format!("expected 96 bytes, found {}", bytes.len()),
             ));
         }
-        let part = |i: usize| {
-            let mut a = [0u8; 32];
-            a.copy_from_slice(&bytes[i * 32..(i + 1) * 32]);
-            a
+        let mut key = MasterKey {
+            data_key: [0; 32],
+            id_key: [0; 32],
+            chunker_seed: [0; 32],
         };
-        Ok(MasterKey {
-            data_key: part(0),
-            id_key: part(1),
-            chunker_seed: part(2),
-        })
+        key.data_key.copy_from_slice(&bytes[..32]);
+        key.id_key.copy_from_slice(&bytes[32..64]);
+        key.chunker_seed.copy_from_slice(&bytes[64..]);
+        Ok(key)
     }
 
     /// The id of a blob with this plaintext: BLAKE3 keyed with the id key.
@@ -80,9 +85,19 @@ impl MasterKey {
         Sealer::new(&self.data_key)
     }
 
+    /// A sealer with a given salt. Only for test vectors (see [`Sealer::with_salt`]).
+    pub fn sealer_with_salt(&self, salt: [u8; crate::envelope::SALT_LEN]) -> Sealer {
+        Sealer::with_salt(&self.data_key, salt)
+    }
+
     /// An opener for this repository's envelopes.
     pub fn opener(&self) -> Opener {
         Opener::new(&self.data_key)
+    }
+
+    /// The content-defined chunker of this repository.
+    pub fn chunker(&self, params: crate::chunker::ChunkerParams) -> Result<Chunker> {
+        Chunker::new(&self.chunker_seed, params)
     }
 }
 
@@ -191,8 +206,8 @@ impl KeyFile {
             salt: B64.encode(salt),
         };
         let kek = derive_kek(&kdf, password)?;
-        let cipher = Aes256Gcm::new(&kek.into());
-        let mut buf = master.to_bytes().to_vec();
+        let cipher = Aes256Gcm::new(&(*kek).into());
+        let mut buf = Zeroizing::new(master.to_bytes().to_vec());
         let tag = cipher
             .encrypt_inout_detached(&Nonce::from(nonce), KEY_AAD, buf.as_mut_slice().into())
             .unwrap_or_else(|_| unreachable!("96 bytes is a valid AES-GCM message"));
@@ -228,10 +243,10 @@ impl KeyFile {
         }
         let mut nonce = [0u8; NONCE_LEN];
         nonce.copy_from_slice(&data[..NONCE_LEN]);
-        let mut buf = data[NONCE_LEN..NONCE_LEN + 96].to_vec();
+        let mut buf = Zeroizing::new(data[NONCE_LEN..NONCE_LEN + 96].to_vec());
         let tag = Tag::try_from(&data[NONCE_LEN + 96..])
             .map_err(|_| FormatError::malformed("key file", "bad tag length"))?;
-        Aes256Gcm::new(&kek.into())
+        Aes256Gcm::new(&(*kek).into())
             .decrypt_inout_detached(
                 &Nonce::from(nonce),
                 KEY_AAD,
@@ -300,16 +315,16 @@ impl KeyFile {
     }
 }
 
-fn derive_kek(kdf: &KdfParams, password: &[u8]) -> Result<[u8; 32]> {
+fn derive_kek(kdf: &KdfParams, password: &[u8]) -> Result<Zeroizing<[u8; 32]>> {
     let salt = B64
         .decode(&kdf.salt)
         .map_err(|e| FormatError::malformed("key file", format!("salt is not base64: {e}")))?;
     let params = argon2::Params::new(kdf.memory_kib, kdf.iterations, kdf.parallelism, Some(32))
         .map_err(|e| FormatError::malformed("key file", format!("Argon2id parameters: {e}")))?;
     let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
-    let mut kek = [0u8; 32];
+    let mut kek = Zeroizing::new([0u8; 32]);
     argon
-        .hash_password_into(password, &salt, &mut kek)
+        .hash_password_into(password, &salt, kek.as_mut())
         .map_err(|e| FormatError::malformed("key file", format!("Argon2id: {e}")))?;
     Ok(kek)
 }
@@ -357,6 +372,17 @@ mod tests {
             kf.unwrap_key(b"pw"),
             Err(FormatError::Malformed { .. })
         ));
+    }
+
+    #[test]
+    fn key_material_is_zeroed_on_drop_and_never_printed() {
+        fn zeroized_on_drop<T: ZeroizeOnDrop>() {}
+        zeroized_on_drop::<MasterKey>();
+        let master = MasterKey::from_bytes(&[0x42; 96]).unwrap();
+        assert_eq!(format!("{master:?}"), "MasterKey(..)");
+        let mut copy = MasterKey::from_bytes(&master.to_bytes()[..]).unwrap();
+        copy.zeroize();
+        assert_eq!(&copy.to_bytes()[..], &[0u8; 96][..]);
     }
 
     #[test]

@@ -79,7 +79,7 @@ fn vector_params() -> ChunkerParams {
 
 #[test]
 fn chunker_vector() {
-    let c = Chunker::new(&master().chunker_seed, vector_params()).unwrap();
+    let c = master().chunker(vector_params()).unwrap();
     let input = chunker_input();
     let lens: Vec<usize> = c.chunks(&input).collect();
     assert_eq!(lens.iter().sum::<usize>(), input.len());
@@ -89,7 +89,7 @@ fn chunker_vector() {
 
 #[test]
 fn envelope_vector() {
-    let sealer = Sealer::with_salt(&master().data_key, SALT);
+    let sealer = master().sealer_with_salt(SALT);
     let mut env = Vec::new();
     sealer.seal_with_nonce(
         Context::Config,
@@ -98,9 +98,7 @@ fn envelope_vector() {
         &mut env,
     );
     golden("envelope-config.hex", &hexfile(&env));
-    let opened = Opener::new(&master().data_key)
-        .open(Context::Config, &env)
-        .unwrap();
+    let opened = master().opener().open(Context::Config, &env).unwrap();
     assert_eq!(opened, b"coffer envelope vector");
 }
 
@@ -114,7 +112,7 @@ fn blob_vector_opens() {
     let path = testdata("blob-data-zstd.hex");
     if std::env::var_os("COFFER_BLESS").is_some() {
         let body = zstd::bulk::compress(&plain, 3).unwrap();
-        let sealer = Sealer::with_salt(&key.data_key, SALT);
+        let sealer = key.sealer_with_salt(SALT);
         let mut env = Vec::new();
         sealer.seal_with_nonce(
             Context::Blob {
@@ -164,11 +162,11 @@ fn vector_entries() -> Vec<PackEntry> {
 fn pack_header_vector() {
     let plain = pack::encode_header(&vector_entries());
     golden("pack-header.plain.hex", &hexfile(&plain));
-    let sealer = Sealer::with_salt(&master().data_key, SALT);
+    let sealer = master().sealer_with_salt(SALT);
     let mut sealed = Vec::new();
     sealer.seal_with_nonce(Context::PackHeader, &[&plain], NONCE, &mut sealed);
     golden("pack-header.sealed.hex", &hexfile(&sealed));
-    let opened = pack::open_header(&Opener::new(&master().data_key), 1200, &sealed).unwrap();
+    let opened = pack::open_header(&master().opener(), 1200, &sealed).unwrap();
     assert_eq!(opened, vector_entries());
 }
 
@@ -561,15 +559,11 @@ proptest! {
             let _ = Snapshot::decode(&b);
             let _ = IndexFile::decode(&b);
         }
-        let mut sealed = Sealer::new(&key_data()).unwrap().seal(Context::Index, &index).unwrap();
+        let mut sealed = master().sealer().unwrap().seal(Context::Index, &index).unwrap();
         let i = pos.index(sealed.len());
         if sealed[i] != byte {
             sealed[i] = byte;
-            prop_assert!(Opener::new(&key_data()).open(Context::Index, &sealed).is_err());
+            prop_assert!(master().opener().open(Context::Index, &sealed).is_err());
         }
     }
-}
-
-fn key_data() -> [u8; 32] {
-    master().data_key
 }

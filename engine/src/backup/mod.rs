@@ -456,7 +456,9 @@ impl Job {
             }
         };
         let config = repo.config().clone();
-        let chunker = Chunker::new(&repo.key().chunker_seed, config.chunker)
+        let chunker = repo
+            .key()
+            .chunker(config.chunker)
             .map_err(|e| Error::corrupt("repository config", e))?;
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let pool = Arc::new(packer::BufferPool::default());
