@@ -246,18 +246,45 @@ pub struct NewKeyArgs {
 
 #[derive(Args, Debug, Clone, Copy)]
 pub struct KdfArgs {
-    /// Memory cost of the password hash (Argon2id) in KiB [default: 32768]
+    /// Memory cost of the password hash (Argon2id) in KiB, at most 1048576
+    /// [default: 32768]
     #[arg(long, value_name = "KIB")]
     pub kdf_memory: Option<u32>,
-    /// Passes of the password hash (Argon2id) [default: measured so that one
-    /// derivation takes about 0.25 s, at least 4]
+    /// Passes of the password hash (Argon2id), at most 32, and memory times
+    /// passes at most 4 GiB [default: measured so that one derivation takes
+    /// about 0.25 s, at least 4]
     #[arg(long, value_name = "N")]
     pub kdf_iterations: Option<u32>,
 }
 
 impl KdfArgs {
     /// The cost to use: as given, or calibrated on this machine.
-    pub fn cost(&self) -> coffer_engine::keys::KdfCost {
+    pub fn cost(&self) -> anyhow::Result<coffer_engine::keys::KdfCost> {
+        let cost = self.chosen_cost();
+        if cost.check().is_err() {
+            anyhow::bail!(
+                "--kdf-memory {} with --kdf-iterations {} is outside what readers accept \
+                 (SPEC.md §3.2): 8 to {} KiB, 1 to {} passes, memory times passes at most {}",
+                cost.memory_kib,
+                cost.iterations,
+                coffer_engine::keys::MAX_KDF_MEMORY_KIB,
+                coffer_engine::keys::MAX_KDF_ITERATIONS,
+                coffer_engine::keys::MAX_KDF_WORK
+            );
+        }
+        if cost.memory_kib < coffer_engine::keys::CALIBRATED_MEMORY_KIB || cost.iterations < 4 {
+            eprintln!(
+                "coffer: warning: Argon2id with {} KiB and {} passes is weaker than the {} KiB \
+                 and 4 passes SPEC.md §3.2 recommends; use such a key only for tests",
+                cost.memory_kib,
+                cost.iterations,
+                coffer_engine::keys::CALIBRATED_MEMORY_KIB
+            );
+        }
+        Ok(cost)
+    }
+
+    fn chosen_cost(&self) -> coffer_engine::keys::KdfCost {
         match (self.kdf_memory, self.kdf_iterations) {
             (Some(m), Some(t)) => coffer_engine::keys::KdfCost {
                 memory_kib: m,

@@ -8,8 +8,7 @@ use anyhow::{bail, Context};
 use crate::cli::Global;
 
 fn first_line(bytes: &[u8]) -> Vec<u8> {
-    let line = bytes.split(|b| *b == b'\n').next().unwrap_or_default();
-    line.strip_suffix(b"\r").unwrap_or(line).to_vec()
+    coffer_engine::keys::password_line(bytes).to_vec()
 }
 
 /// The password for an existing repository; `confirm` asks twice at a prompt.

@@ -523,7 +523,19 @@ fn keys_are_listed_added_changed_and_removed() {
         new_pw.to_str().unwrap(),
     ];
     args.extend(kdf);
-    env.expect(0, &args);
+    let out = env.run(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("weaker than"),
+        "a weak key is created with a warning: {}",
+        stderr(&out)
+    );
+    // A cost no reader would accept is refused before anything is written.
+    let mut costly = args[..4].to_vec();
+    costly.extend(["--kdf-memory", "2097152", "--kdf-iterations", "4"]);
+    let out = env.run(&costly);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("SPEC.md"), "{}", stderr(&out));
     let list = json(&env.expect(0, &["key", "list", "--json"]));
     assert_eq!(list.as_array().unwrap().len(), 2);
     let current = list

@@ -44,6 +44,46 @@ impl Owners {
     }
 }
 
+/// Opens a file or directory for reading without changing its access time
+/// (`O_NOATIME`), where the kernel permits it: it refuses on what the process
+/// neither owns nor may override, and then the file is opened plainly.
+pub(crate) fn open_noatime(path: &Path, directory: bool) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut flags = nix::libc::O_CLOEXEC;
+    if directory {
+        flags |= nix::libc::O_DIRECTORY;
+    }
+    let open = |extra: i32| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(flags | extra)
+            .open(path)
+    };
+    match open(nix::libc::O_NOATIME) {
+        Err(e) if e.raw_os_error() == Some(nix::libc::EPERM) => open(0),
+        other => other,
+    }
+}
+
+/// The names in a directory, sorted by their bytes, read without changing the
+/// directory's access time: a backup must not change what it backs up (an
+/// atime that moved would make the next backup write a new tree).
+pub(crate) fn dir_names(dir: &Path) -> io::Result<Vec<std::ffi::OsString>> {
+    use std::os::unix::ffi::OsStringExt;
+    let file = open_noatime(dir, true)?;
+    let mut d = nix::dir::Dir::from_fd(file.into()).map_err(io::Error::from)?;
+    let mut names = Vec::new();
+    for entry in d.iter() {
+        let entry = entry.map_err(io::Error::from)?;
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            names.push(std::ffi::OsString::from_vec(name.to_vec()));
+        }
+    }
+    names.sort_unstable();
+    Ok(names)
+}
+
 /// The kind of a file type, or `None` for sockets, which are not backed up.
 pub(crate) fn kind_of(md: &Metadata) -> Option<NodeKind> {
     let ft = md.file_type();

@@ -35,6 +35,15 @@ pub struct KeyInfo {
     pub damaged: Option<String>,
 }
 
+/// The password held in a file, a command's output or a Secret's value: the
+/// bytes before the first line feed, without a carriage return just before
+/// it. Nothing else is changed: no Unicode normalisation, and any bytes are
+/// accepted (SPEC.md §3.2).
+pub fn password_line(bytes: &[u8]) -> &[u8] {
+    let line = bytes.split(|b| *b == b'\n').next().unwrap_or_default();
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
 /// Memory of the Argon2id derivation that [`calibrate`] picks: 32 MiB.
 pub const CALIBRATED_MEMORY_KIB: u32 = 32 * 1024;
 /// Time one key derivation should take when [`calibrate`] picks the passes.
@@ -201,5 +210,24 @@ fn damaged(id: KeyId, why: String) -> KeyInfo {
         username: String::new(),
         kdf: None,
         damaged: Some(why),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::password_line;
+
+    #[test]
+    fn a_password_is_its_first_line_and_otherwise_untouched() {
+        assert_eq!(password_line(b"secret\n"), b"secret");
+        assert_eq!(password_line(b"secret\r\nsecond line\n"), b"secret");
+        assert_eq!(password_line(b" spaced \t"), b" spaced \t");
+        assert_eq!(password_line(b"\xff\xfe not utf-8"), b"\xff\xfe not utf-8");
+        // "é" precomposed and decomposed stay two different passwords.
+        assert_ne!(
+            password_line("\u{e9}".as_bytes()),
+            password_line("e\u{301}".as_bytes())
+        );
+        assert_eq!(password_line(b"\n"), b"");
     }
 }

@@ -295,6 +295,10 @@ impl Repository {
         }
         let mut damaged = Vec::new();
         let mut stray = Vec::new();
+        // Read and vet every key file first (cheap), then derive, cheapest
+        // declared cost first: a key file someone else put in the bucket
+        // costs at most its bounded derivation, and only after the others.
+        let mut candidates = Vec::new();
         for id in &key_ids {
             let bytes = store
                 .get(&layout::key(id))
@@ -307,13 +311,17 @@ impl Repository {
                 damaged.push(format!("key file {id} does not match its name"));
                 continue;
             }
-            let kf = match KeyFile::from_bytes(&bytes) {
-                Ok(kf) => kf,
-                Err(e) => {
-                    damaged.push(format!("key file {id}: {e}"));
-                    continue;
-                }
-            };
+            match KeyFile::from_bytes(&bytes) {
+                Ok(kf) => candidates.push((kf.kdf.cost().work(), *id, kf)),
+                Err(e) => damaged.push(format!(
+                    "key file {id}: {e}; if you did not add it, remove it with `coffer key remove {}`",
+                    id.short()
+                )),
+            }
+        }
+        candidates.sort_by_key(|c| (c.0, c.1));
+        for (_, id, kf) in candidates {
+            let id = &id;
             let unwrapped = {
                 let password = Zeroizing::new(password.to_vec());
                 blocking(move || kf.unwrap_key(&password)).await?

@@ -1018,22 +1018,29 @@ mod damage {
 mod keys {
     use super::*;
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn keys_can_be_added_changed_and_removed_safely() {
+    async fn keys_repo() -> (tempfile::TempDir, std::sync::Arc<coffer_engine::Repository>) {
         let dir = tempdir();
-        let repo_dir = dir.path().join("repo");
         let repo = local_repo(
-            &repo_dir,
+            &dir.path().join("repo"),
             init_opts(small_chunks(), Compression::Off, 1 << 20),
         )
         .await;
-        let open = |pw: &'static [u8]| {
-            let loc = repo_dir.to_str().unwrap().to_string();
-            async move {
-                let store = coffer_engine::storage::open_location(&loc, false).unwrap();
-                coffer_engine::Repository::open(store, pw).await
-            }
-        };
+        (dir, repo)
+    }
+
+    async fn open_at(
+        repo_dir: &std::path::Path,
+        password: &[u8],
+    ) -> coffer_engine::Result<coffer_engine::Repository> {
+        let store = coffer_engine::storage::open_location(repo_dir.to_str().unwrap(), false)?;
+        coffer_engine::Repository::open(store, password).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn keys_can_be_added_changed_and_removed_safely() {
+        let (dir, repo) = keys_repo().await;
+        let repo_dir = dir.path().join("repo");
+        let open = |pw: &'static [u8]| open_at(&repo_dir, pw);
         let first = repo.key_id();
         // The last key and the key in use cannot be removed.
         assert!(repo.remove_key(&first).await.is_err());
@@ -1061,11 +1068,106 @@ mod keys {
         assert_eq!(reopened.config().id, repo.config().id);
         assert_ne!(second, third);
     }
+
+    /// Anyone who can write to the bucket can add key files; one that declares
+    /// the costliest Argon2id parameters must not make opening slow or large.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_key_file_with_a_hostile_cost_is_refused_without_deriving() {
+        use coffer_engine::keys::KeyFile;
+        let (dir, repo) = keys_repo().await;
+        let repo_dir = dir.path().join("repo");
+        let key_path = |id: &coffer_engine::format::KeyId| {
+            repo_dir.join(coffer_engine::repository::layout::key(id))
+        };
+        let mut hostile =
+            KeyFile::from_bytes(&std::fs::read(key_path(&repo.key_id())).unwrap()).unwrap();
+        hostile.kdf.memory_kib = 4 * 1024 * 1024;
+        hostile.kdf.iterations = 64;
+        let bytes = hostile.to_bytes();
+        let hostile_id = coffer_engine::format::KeyId::of(&bytes);
+        std::fs::write(key_path(&hostile_id), &bytes).unwrap();
+        let open = |pw: &'static [u8]| open_at(&repo_dir, pw);
+        // Deriving with 4 GiB and 64 passes would take minutes: these return at once.
+        assert_eq!(
+            open(b"test password").await.unwrap().key_id(),
+            repo.key_id()
+        );
+        assert!(matches!(
+            open(b"wrong").await,
+            Err(coffer_engine::Error::WrongPassword { .. })
+        ));
+        let listed = repo.list_keys().await.unwrap();
+        let why = listed
+            .iter()
+            .find(|k| k.id == hostile_id)
+            .and_then(|k| k.damaged.clone())
+            .expect("the hostile key file is listed as unusable");
+        assert!(why.contains("SPEC.md") && why.contains("4194304"), "{why}");
+        let report = coffer_engine::check::check(repo.clone(), Default::default())
+            .await
+            .unwrap();
+        assert!(
+            report
+                .problems
+                .iter()
+                .any(|p| p.kind == "key" && p.object.contains(&hostile_id.to_hex())),
+            "{:?}",
+            report.problems
+        );
+        // It can be removed like any key file.
+        repo.remove_key(&hostile_id).await.unwrap();
+        assert_eq!(repo.list_keys().await.unwrap().len(), 1);
+    }
 }
 
 mod incremental {
     use super::*;
     use coffer_engine::backup::ParentChoice;
+
+    /// A directory whose mtime lies in the future has its atime updated by
+    /// every plain read (relatime). Reading it with `O_NOATIME` changes
+    /// nothing, so an unchanged re-backup stores no new tree.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_backup_changes_no_atime_and_an_unchanged_rebackup_writes_no_tree() {
+        let dir = tempdir();
+        let src = dir.path().join("src");
+        write(&src.join("a/b/file.txt"), b"hello");
+        write(&src.join("a/other.txt"), b"other");
+        write(&src.join("top.txt"), b"top");
+        let day = std::time::Duration::from_secs(86_400);
+        let now = std::time::SystemTime::now();
+        let dirs = [src.clone(), src.join("a"), src.join("a/b")];
+        for d in &dirs {
+            std::fs::File::open(d)
+                .unwrap()
+                .set_times(
+                    std::fs::FileTimes::new()
+                        .set_accessed(now - 30 * day)
+                        .set_modified(now + day),
+                )
+                .unwrap();
+        }
+        let atimes = || -> Vec<_> {
+            dirs.iter()
+                .map(|d| std::fs::metadata(d).unwrap().accessed().unwrap())
+                .collect()
+        };
+        let before = atimes();
+        let repo = local_repo(
+            &dir.path().join("repo"),
+            init_opts(small_chunks(), Compression::Off, 1 << 20),
+        )
+        .await;
+        let first = backup_paths(&repo, &[&src]).await;
+        assert_eq!(atimes(), before, "the backup changed an access time");
+        let second = backup_paths(&repo, &[&src]).await;
+        assert_eq!(
+            second.snapshot.root.subtree, first.snapshot.root.subtree,
+            "an unchanged re-backup stores the same trees"
+        );
+        assert_eq!(second.snapshot.summary.dirs_changed, 0);
+        assert_eq!(second.packs_written, 0, "nothing new was stored");
+    }
 
     fn opts(src: &Path) -> BackupOptions {
         let mut o = BackupOptions::new([src]);

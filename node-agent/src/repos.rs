@@ -193,6 +193,9 @@ impl Repos {
                     .and_then(|d| d.get(&pw_ref.key))
                     .map(|s| s.clone().into_bytes())
             })
+            // As from a password file: `kubectl create secret --from-file`
+            // keeps the file's newline, and the CLI drops it.
+            .map(|p| coffer_engine::keys::password_line(&p).to_vec())
             .filter(|p| !p.is_empty())
             .ok_or_else(|| {
                 no_password(format!(

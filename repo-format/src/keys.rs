@@ -130,22 +130,74 @@ pub struct KdfCost {
 }
 
 impl Default for KdfCost {
-    /// 64 MiB, 3 passes, 1 lane: RFC 9106's second recommended option, about
-    /// 0.2 s on one core of a current server.
+    /// 32 MiB, 4 passes, 1 lane: the least SPEC.md §3.2 recommends, about
+    /// 0.15 s on one core of a current server. The command line measures the
+    /// passes instead (`coffer_engine::keys::calibrate`).
     fn default() -> Self {
         KdfCost {
-            memory_kib: 64 * 1024,
-            iterations: 3,
+            memory_kib: 32 * 1024,
+            iterations: 4,
             parallelism: 1,
         }
     }
 }
 
-/// Largest memory cost accepted from a key file (4 GiB), so that a hostile key
-/// file cannot make `open` allocate without bound.
-pub const MAX_KDF_MEMORY_KIB: u32 = 4 * 1024 * 1024;
-/// Largest number of passes accepted from a key file.
-pub const MAX_KDF_ITERATIONS: u32 = 64;
+/// Largest memory cost of a key file (1 GiB). Readers refuse more before
+/// deriving anything, and writers never create more: a hostile key file in
+/// the bucket cannot make opening the repository expensive (SPEC.md §3.2).
+pub const MAX_KDF_MEMORY_KIB: u32 = 1024 * 1024;
+/// Largest number of passes of a key file.
+pub const MAX_KDF_ITERATIONS: u32 = 32;
+/// Largest number of lanes of a key file.
+pub const MAX_KDF_PARALLELISM: u32 = 16;
+/// Largest product of memory (KiB) and passes: 4 GiB·passes, a few seconds on
+/// one core.
+pub const MAX_KDF_WORK: u64 = 4 * 1024 * 1024;
+
+impl KdfCost {
+    /// Memory times passes: what one derivation costs, roughly.
+    pub fn work(&self) -> u64 {
+        u64::from(self.memory_kib) * u64::from(self.iterations)
+    }
+
+    /// Whether readers accept this cost (SPEC.md §3.2); writers check it too.
+    pub fn check(&self) -> Result<()> {
+        let within = self.memory_kib <= MAX_KDF_MEMORY_KIB
+            && (1..=MAX_KDF_ITERATIONS).contains(&self.iterations)
+            && (1..=MAX_KDF_PARALLELISM).contains(&self.parallelism)
+            && self.memory_kib >= 8 * self.parallelism
+            && self.work() <= MAX_KDF_WORK;
+        if within {
+            return Ok(());
+        }
+        Err(FormatError::malformed(
+            "key file",
+            format!(
+                "its Argon2id cost ({} KiB, {} passes, {} lanes) is outside what SPEC.md §3.2 \
+                 allows (8 KiB per lane to {} KiB, 1 to {} passes, 1 to {} lanes, memory \
+                 times passes at most {} KiB); coffer never creates such a key",
+                self.memory_kib,
+                self.iterations,
+                self.parallelism,
+                MAX_KDF_MEMORY_KIB,
+                MAX_KDF_ITERATIONS,
+                MAX_KDF_PARALLELISM,
+                MAX_KDF_WORK
+            ),
+        ))
+    }
+}
+
+impl KdfParams {
+    /// The cost these parameters declare.
+    pub fn cost(&self) -> KdfCost {
+        KdfCost {
+            memory_kib: self.memory_kib,
+            iterations: self.iterations,
+            parallelism: self.parallelism,
+        }
+    }
+}
 
 /// The current key file version.
 pub const KEY_FILE_VERSION: u32 = 1;
@@ -197,6 +249,7 @@ impl KeyFile {
         hostname: String,
         username: String,
     ) -> Result<Self> {
+        cost.check()?;
         let kdf = KdfParams {
             algorithm: "argon2id".into(),
             version: 0x13,
@@ -276,18 +329,7 @@ impl KeyFile {
                 ),
             ));
         }
-        if k.memory_kib > MAX_KDF_MEMORY_KIB
-            || k.iterations > MAX_KDF_ITERATIONS
-            || k.parallelism > 64
-        {
-            return Err(FormatError::malformed(
-                "key file",
-                format!(
-                    "Argon2id cost out of bounds (memory {} KiB, {} passes, {} lanes)",
-                    k.memory_kib, k.iterations, k.parallelism
-                ),
-            ));
-        }
+        k.cost().check()?;
         Ok(())
     }
 
@@ -366,12 +408,47 @@ mod tests {
     #[test]
     fn hostile_costs_are_refused_before_deriving() {
         let master = MasterKey::generate().unwrap();
-        let mut kf = wrap(&master, b"pw");
-        kf.kdf.memory_kib = u32::MAX;
-        assert!(matches!(
-            kf.unwrap_key(b"pw"),
-            Err(FormatError::Malformed { .. })
-        ));
+        let kf = wrap(&master, b"pw");
+        // Each would take minutes or gigabytes; each is refused at once.
+        for (m, t, p, v) in [
+            (u32::MAX, 1, 1, 0x13),
+            (4 * 1024 * 1024, 64, 1, 0x13),
+            (MAX_KDF_MEMORY_KIB, 8, 1, 0x13),
+            (64, 33, 1, 0x13),
+            (64, 1, 17, 0x13),
+            (64, 1, 0, 0x13),
+            (64, 1, 1, 0x10),
+        ] {
+            let mut hostile = kf.clone();
+            hostile.kdf.memory_kib = m;
+            hostile.kdf.iterations = t;
+            hostile.kdf.parallelism = p;
+            hostile.kdf.version = v;
+            let err = KeyFile::from_bytes(&hostile.to_bytes()).unwrap_err();
+            assert!(matches!(err, FormatError::Malformed { .. }), "{err}");
+            assert!(hostile.unwrap_key(b"pw").is_err());
+        }
+        // The largest cost allowed is accepted; writers cannot exceed it.
+        let most = KdfCost {
+            memory_kib: MAX_KDF_MEMORY_KIB,
+            iterations: 4,
+            parallelism: 1,
+        };
+        assert!(most.check().is_ok() && most.work() == MAX_KDF_WORK);
+        let too_much = KdfCost {
+            iterations: 5,
+            ..most
+        };
+        let err = KeyFile::wrap(
+            &master,
+            b"pw",
+            too_much,
+            String::new(),
+            String::new(),
+            String::new(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("SPEC.md"), "{err}");
     }
 
     #[test]

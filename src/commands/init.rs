@@ -17,7 +17,7 @@ pub async fn run(g: &Global, a: InitArgs) -> anyhow::Result<i32> {
         compression: a.compression,
         pack_size: u32::try_from(a.pack_size)
             .map_err(|_| anyhow::anyhow!("--pack-size is too large"))?,
-        kdf: a.kdf.cost(),
+        kdf: a.kdf.cost()?,
     };
     let store = super::open_store(g, true)?;
     if store.size("config").await.is_ok() {

@@ -39,7 +39,7 @@ pub async fn run(g: &Global, cmd: KeyCommand) -> anyhow::Result<i32> {
         }
         KeyCommand::Add(a) => {
             let pw = password::new_password(a.new_password_file.as_deref())?;
-            let id = repo.add_key(&pw, a.kdf.cost()).await?;
+            let id = repo.add_key(&pw, a.kdf.cost()?).await?;
             report(g, "added", &id)?;
         }
         KeyCommand::Remove { id } => {
@@ -61,7 +61,7 @@ pub async fn run(g: &Global, cmd: KeyCommand) -> anyhow::Result<i32> {
             let pw = password::new_password(a.new_password_file.as_deref())?;
             let mut repo = std::sync::Arc::try_unwrap(repo)
                 .map_err(|_| anyhow::anyhow!("the repository is in use"))?;
-            let id = repo.change_password(&pw, a.kdf.cost()).await?;
+            let id = repo.change_password(&pw, a.kdf.cost()?).await?;
             report(g, "password changed; new key", &id)?;
         }
     }

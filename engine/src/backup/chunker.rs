@@ -59,18 +59,7 @@ pub(crate) struct Worker<'a> {
 }
 
 fn open_for_backup(path: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let noatime = nix::fcntl::OFlag::O_NOATIME.bits();
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(noatime)
-        .open(path)
-    {
-        Ok(f) => Ok(f),
-        // O_NOATIME is refused on files the process does not own.
-        Err(e) if e.raw_os_error() == Some(nix::libc::EPERM) => std::fs::File::open(path),
-        Err(e) => Err(e),
-    }
+    crate::fsmeta::open_noatime(path, false)
 }
 
 /// Reads until `buf` holds `want` bytes or the file ends; true at the end.

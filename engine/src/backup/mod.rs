@@ -246,24 +246,24 @@ pub(crate) struct Scan {
 
 impl Scan {
     fn run(&self, paths: &[PathBuf], cancel: &CancelToken) {
-        for p in paths {
-            for e in walkdir::WalkDir::new(p)
-                .follow_links(false)
-                .into_iter()
-                .flatten()
-            {
-                if cancel.is_cancelled() {
-                    return;
+        // Depth first; directories are read without touching their atime.
+        let mut todo: Vec<PathBuf> = paths.to_vec();
+        while let Some(p) = todo.pop() {
+            if cancel.is_cancelled() {
+                return;
+            }
+            let Ok(md) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            if md.is_dir() {
+                if let Ok(names) = crate::fsmeta::dir_names(&p) {
+                    todo.extend(names.into_iter().rev().map(|n| p.join(n)));
                 }
-                if e.file_type().is_dir() {
-                    continue;
-                }
-                self.files.fetch_add(1, Ordering::Relaxed);
-                if e.file_type().is_file() {
-                    if let Ok(md) = e.metadata() {
-                        self.bytes.fetch_add(md.len(), Ordering::Relaxed);
-                    }
-                }
+                continue;
+            }
+            self.files.fetch_add(1, Ordering::Relaxed);
+            if md.is_file() {
+                self.bytes.fetch_add(md.len(), Ordering::Relaxed);
             }
         }
         self.done.store(true, Ordering::Relaxed);

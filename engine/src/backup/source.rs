@@ -340,75 +340,88 @@ impl Walker<'_> {
         self.send(Event::Leave)
     }
 
+    /// Walks below `dir` in name order, depth first. Directories are read
+    /// with `O_NOATIME` ([`fsmeta::dir_names`]): the walk changes nothing.
     fn walk_dir_contents(&mut self, dir: &Path) -> Result<()> {
-        let mut walk = walkdir::WalkDir::new(dir)
-            .min_depth(1)
-            .follow_links(false)
-            .same_file_system(self.ctx.selector.one_file_system())
-            .sort_by_file_name()
-            .into_iter();
         if self.ctx.selector.is_cache_dir(dir) {
             return self.cache_tag(dir);
         }
-        let mut open = 0usize;
-        while let Some(item) = walk.next() {
+        let root_dev = match self.ctx.selector.one_file_system() {
+            true => match std::fs::symlink_metadata(dir) {
+                Ok(md) => Some(std::os::unix::fs::MetadataExt::dev(&md)),
+                Err(e) => {
+                    self.ctx.error(dir, e.to_string());
+                    return Ok(());
+                }
+            },
+            false => None,
+        };
+        let names = match fsmeta::dir_names(dir) {
+            Ok(n) => n,
+            Err(e) => {
+                self.ctx.error(dir, e.to_string());
+                return Ok(());
+            }
+        };
+        // One entry per open directory: its path and the names still to visit.
+        let mut open = vec![(dir.to_path_buf(), names.into_iter())];
+        while let Some((parent, names)) = open.last_mut() {
             if self.ctx.cancel.is_cancelled() {
                 return Err(Error::Cancelled);
             }
-            let entry = match item {
-                Ok(e) => e,
-                Err(e) => {
-                    let path = e
-                        .path()
-                        .map(Path::to_path_buf)
-                        .unwrap_or_else(|| dir.to_path_buf());
-                    let msg = e
-                        .io_error()
-                        .map(|io| io.to_string())
-                        .unwrap_or_else(|| e.to_string());
-                    self.ctx.error(&path, msg);
-                    continue;
-                }
-            };
-            while open >= entry.depth() {
-                self.leave()?;
-                open -= 1;
-            }
-            let md = match entry.metadata() {
-                Ok(md) => md,
-                Err(e) => {
-                    self.ctx.error(entry.path(), e.to_string());
-                    continue;
-                }
-            };
-            let name = entry.file_name().as_bytes();
-            if self.ctx.selector.excluded(entry.path(), &md) {
-                if md.is_dir() {
-                    walk.skip_current_dir();
+            let Some(name) = names.next() else {
+                open.pop();
+                if !open.is_empty() {
+                    self.leave()?;
                 }
                 continue;
-            }
-            if md.is_dir() {
-                match fsmeta::read_node(name, entry.path(), &md, NodeKind::Dir, &mut self.owners) {
-                    Ok(node) => {
-                        self.enter(node)?;
-                        open += 1;
-                        if self.ctx.selector.is_cache_dir(entry.path()) {
-                            self.cache_tag(entry.path())?;
-                            walk.skip_current_dir();
-                        }
-                    }
-                    Err(e) => {
-                        self.ctx.error(entry.path(), e.to_string());
-                        walk.skip_current_dir();
-                    }
+            };
+            let path = parent.join(&name);
+            let md = match std::fs::symlink_metadata(&path) {
+                Ok(md) => md,
+                Err(e) => {
+                    self.ctx.error(&path, e.to_string());
+                    continue;
                 }
-            } else {
-                self.entry(name, entry.path(), &md)?;
+            };
+            if self.ctx.selector.excluded(&path, &md) {
+                continue;
             }
-        }
-        for _ in 0..open {
-            self.leave()?;
+            if !md.is_dir() {
+                self.entry(name.as_bytes(), &path, &md)?;
+                continue;
+            }
+            let node = match fsmeta::read_node(
+                name.as_bytes(),
+                &path,
+                &md,
+                NodeKind::Dir,
+                &mut self.owners,
+            ) {
+                Ok(node) => node,
+                Err(e) => {
+                    self.ctx.error(&path, e.to_string());
+                    continue;
+                }
+            };
+            self.enter(node)?;
+            // A cache directory keeps its tag; another file system its mount point.
+            if self.ctx.selector.is_cache_dir(&path) {
+                self.cache_tag(&path)?;
+                self.leave()?;
+                continue;
+            }
+            if root_dev.is_some_and(|dev| dev != std::os::unix::fs::MetadataExt::dev(&md)) {
+                self.leave()?;
+                continue;
+            }
+            match fsmeta::dir_names(&path) {
+                Ok(names) => open.push((path, names.into_iter())),
+                Err(e) => {
+                    self.ctx.error(&path, e.to_string());
+                    self.leave()?;
+                }
+            }
         }
         Ok(())
     }
