@@ -551,8 +551,15 @@ async fn execute(
             store_pack(repo, &p).await?;
             new_index.packs.push(p.indexed);
         }
-        if !new_index.packs.is_empty() {
-            repo.write_index(&new_index).await?;
+        // Index files as small as a backup's, far below the readers' limit.
+        for part in new_index
+            .packs
+            .chunks(crate::backup::uploader::INDEX_EVERY_PACKS)
+        {
+            repo.write_index(&IndexFile {
+                packs: part.to_vec(),
+            })
+            .await?;
         }
     }
     // 2. Replace every index file that lists a pack that goes.

@@ -17,6 +17,9 @@ use crate::pack::{PackEntry, MAX_BLOBS_PER_PACK};
 
 /// Version of the index plaintext.
 pub const INDEX_VERSION: u8 = 1;
+/// Largest index file plaintext a reader accepts (SPEC.md §14). Writers stay
+/// far below: coffer lists at most 32 packs per file.
+pub const MAX_INDEX_SIZE: usize = 256 * 1024 * 1024;
 const PACK_RECORD_LEN: usize = 32 + 4 + 4;
 const ENTRY_LEN: usize = 45;
 
@@ -68,6 +71,13 @@ impl IndexFile {
 
     /// Decodes a plaintext, checking every count and range against the bytes present.
     pub fn decode(plain: &[u8]) -> Result<Self> {
+        if plain.len() > MAX_INDEX_SIZE {
+            return Err(FormatError::TooLarge {
+                what: "index file",
+                size: plain.len() as u64,
+                limit: MAX_INDEX_SIZE as u64,
+            });
+        }
         let mut r = Reader::new("index file", plain);
         let version = r.u8()?;
         if version != INDEX_VERSION {
@@ -130,6 +140,16 @@ impl IndexFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_index_file_above_the_limit_is_refused_before_it_is_parsed() {
+        let mut big = vec![0u8; MAX_INDEX_SIZE + 1];
+        big[0] = INDEX_VERSION;
+        assert!(matches!(
+            IndexFile::decode(&big),
+            Err(FormatError::TooLarge { .. })
+        ));
+    }
 
     #[test]
     fn round_trip() {

@@ -17,6 +17,9 @@ use crate::id::BlobId;
 
 /// Version of the pack header plaintext.
 pub const PACK_HEADER_VERSION: u8 = 1;
+/// The smallest header envelope: the envelope's overhead around a version
+/// byte and a count.
+pub const MIN_HEADER_LEN: u64 = crate::envelope::OVERHEAD as u64 + 5;
 /// Bytes per header entry.
 pub const PACK_ENTRY_LEN: usize = 41;
 /// Length of the trailing header length field.
@@ -131,7 +134,7 @@ pub fn header_start(pack_len: u64, trailer: &[u8]) -> Result<u64> {
         trailer[0], trailer[1], trailer[2], trailer[3],
     ]));
     let body = pack_len - TRAILER_LEN as u64;
-    if header_len > body || header_len < crate::envelope::OVERHEAD as u64 {
+    if header_len > body || header_len < MIN_HEADER_LEN {
         return Err(FormatError::malformed(
             "pack",
             format!("header length {header_len} does not fit a pack of {pack_len} bytes"),
@@ -161,6 +164,15 @@ pub fn open_header(opener: &Opener, header_start: u64, envelope: &[u8]) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_header_length_below_the_smallest_header_is_refused() {
+        for len in [0u32, 45, 49] {
+            assert!(header_start(1000, &len.to_le_bytes()).is_err(), "{len}");
+        }
+        assert_eq!(header_start(1000, &50u32.to_le_bytes()).unwrap(), 1000 - 4 - 50);
+        assert!(header_start(1000, &997u32.to_le_bytes()).is_err());
+    }
 
     fn entries() -> Vec<PackEntry> {
         let mut off = 0;

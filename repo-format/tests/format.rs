@@ -170,18 +170,39 @@ fn pack_header_vector() {
     assert_eq!(opened, vector_entries());
 }
 
+/// Seals `plain` in `context` with the vectors' salt and nonce.
+fn seal_vector(context: Context<'_>, plain: &[u8]) -> Vec<u8> {
+    let mut sealed = Vec::new();
+    master()
+        .sealer_with_salt(SALT)
+        .seal_with_nonce(context, &[plain], NONCE, &mut sealed);
+    sealed
+}
+
 #[test]
 fn index_vector() {
+    // The pack of the header vector: its blobs, its sealed header, the
+    // 4-byte header length. `pack_size` is the whole pack object's length.
+    let sealed_header = seal_vector(
+        Context::PackHeader,
+        &pack::encode_header(&vector_entries()),
+    );
+    let pack_size = 1000 + 200 + sealed_header.len() + 4;
+    assert_eq!(pack_size, 1336);
     let idx = IndexFile {
         packs: vec![IndexedPack {
             id: PackId([0x33; 32]),
-            size: 1265,
+            size: pack_size as u32,
             blobs: vector_entries(),
         }],
     };
     let plain = idx.encode();
     golden("index.plain.hex", &hexfile(&plain));
     assert_eq!(IndexFile::decode(&plain).unwrap(), idx);
+    let sealed = seal_vector(Context::Index, &plain);
+    golden("index.sealed.hex", &hexfile(&sealed));
+    let opened = master().opener().open(Context::Index, &sealed).unwrap();
+    assert_eq!(IndexFile::decode(&opened).unwrap(), idx);
 }
 
 fn vector_tree() -> TreePage {
@@ -227,6 +248,30 @@ fn tree_vector() {
     let bytes = page.encode().unwrap();
     golden("tree-leaf.cbor", &bytes);
     assert_eq!(TreePage::decode(&bytes).unwrap(), page);
+    // The same page stored as a tree blob (mode 0: not compressed, so the
+    // bytes do not depend on a zstd version).
+    let id = master().blob_id(&bytes);
+    golden("tree-leaf.blob.id", format!("{id}\n").as_bytes());
+    let mut payload = vec![blob::MODE_STORED];
+    payload.extend_from_slice(&bytes);
+    let stored = seal_vector(
+        Context::Blob {
+            blob_type: 1,
+            id: &id.0,
+        },
+        &payload,
+    );
+    golden("tree-leaf.blob.hex", &hexfile(&stored));
+    let opened = blob::open_blob(
+        &master(),
+        &master().opener(),
+        BlobType::Tree,
+        &id,
+        bytes.len() as u32,
+        &stored,
+    )
+    .unwrap();
+    assert_eq!(TreePage::decode(&opened).unwrap(), page);
     let index_page = TreePage::index(vec![
         PageRef {
             first: "a".into(),
@@ -285,6 +330,10 @@ fn snapshot_vector() {
     let bytes = s.encode().unwrap();
     golden("snapshot.cbor", &bytes);
     assert_eq!(Snapshot::decode(&bytes).unwrap(), s);
+    let sealed = seal_vector(Context::Snapshot, &bytes);
+    golden("snapshot.sealed.hex", &hexfile(&sealed));
+    let opened = master().opener().open(Context::Snapshot, &sealed).unwrap();
+    assert_eq!(Snapshot::decode(&opened).unwrap(), s);
 }
 
 #[test]

@@ -14,7 +14,7 @@ mod snapshot;
 mod source;
 mod stream;
 mod tree_builder;
-mod uploader;
+pub(crate) mod uploader;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
