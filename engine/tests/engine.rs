@@ -2124,3 +2124,176 @@ fn opening_a_repository_leaves_the_executor_free() {
         );
     });
 }
+
+/// `repo-format/testdata/repo/`: a small complete repository that a second
+/// implementation can be tested against without coffer
+/// (`repo-format/testdata/repo.md`). `COFFER_BLESS=1` writes it anew.
+mod reference_repository {
+    use super::*;
+    use coffer_engine::check::{self, CheckOptions, ReadData};
+    use std::os::unix::ffi::OsStrExt;
+    use std::sync::Arc;
+
+    const PASSWORD: &[u8] = b"coffer reference password";
+
+    fn testdata() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../repo-format/testdata")
+    }
+
+    fn xof(label: &str, len: usize) -> Vec<u8> {
+        let mut out = vec![0u8; len];
+        blake3::Hasher::new()
+            .update(label.as_bytes())
+            .finalize_xof()
+            .fill(&mut out);
+        out
+    }
+
+    /// The source of the first snapshot.
+    fn first_source(dir: &std::path::Path) {
+        write(&dir.join("README.txt"), b"coffer reference repository\n");
+        write(&dir.join("data/blob.bin"), &xof("blob.bin", 40_000));
+        let mut mixed = xof("mixed head", 16_384);
+        mixed.extend(std::iter::repeat_n(0u8, 40_000));
+        mixed.extend(xof("mixed tail", 8_000));
+        write(&dir.join("data/zeros-and-data.bin"), &mixed);
+        write(
+            &dir.join("text/lines.txt"),
+            "a line of text\n".repeat(2_000).as_bytes(),
+        );
+        write(&dir.join("text/deep/er/file.txt"), b"deep\n");
+        write(&dir.join("empty"), b"");
+        write(&dir.join("caf\u{e9}.txt"), b"utf-8 name\n");
+        write(
+            &dir.join(std::ffi::OsStr::from_bytes(b"n\xffme.bin")),
+            b"a name that is not UTF-8\n",
+        );
+        std::os::unix::fs::symlink("data/blob.bin", dir.join("link")).unwrap();
+        std::fs::create_dir_all(dir.join("empty-dir")).unwrap();
+    }
+
+    /// The second snapshot's changes: 100 bytes changed, a file added.
+    fn second_source(dir: &std::path::Path) {
+        let mut blob = std::fs::read(dir.join("data/blob.bin")).unwrap();
+        blob[20_000..20_100].fill(0x5a);
+        write(&dir.join("data/blob.bin"), &blob);
+        write(&dir.join("second.txt"), b"added in the second snapshot\n");
+    }
+
+    /// One line per entry, in path order: `file PATH SIZE BLAKE3`,
+    /// `dir PATH`, `symlink PATH TARGET`; bytes that are not printable ASCII
+    /// are written `\xNN`.
+    fn listing(root: &std::path::Path) -> String {
+        let esc = |b: &[u8]| -> String {
+            b.iter()
+                .map(|&c| match c {
+                    b'!'..=b'~' if c != b'\\' => (c as char).to_string(),
+                    _ => format!("\\x{c:02x}"),
+                })
+                .collect()
+        };
+        let mut out = String::new();
+        for e in walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name() {
+            let e = e.unwrap();
+            let rel = e.path().strip_prefix(root).unwrap();
+            let p = esc(rel.as_os_str().as_bytes());
+            let ft = e.file_type();
+            if ft.is_symlink() {
+                let t = std::fs::read_link(e.path()).unwrap();
+                out += &format!("symlink {p} {}\n", esc(t.as_os_str().as_bytes()));
+            } else if ft.is_dir() {
+                out += &format!("dir {p}\n");
+            } else {
+                let b = std::fs::read(e.path()).unwrap();
+                out += &format!("file {p} {} {}\n", b.len(), blake3::hash(&b).to_hex());
+            }
+        }
+        out
+    }
+
+    async fn bless(repo_dir: &std::path::Path, expected: &std::path::Path) {
+        let _ = std::fs::remove_dir_all(repo_dir);
+        let src_dir = tempdir();
+        let src = src_dir.path().join("src");
+        first_source(&src);
+        let store =
+            coffer_engine::storage::open_location(repo_dir.to_str().unwrap(), true).unwrap();
+        let opts = init_opts(
+            ChunkerParams {
+                min_size: 2048,
+                avg_size: 8192,
+                max_size: 32768,
+                normalization: 1,
+            },
+            Compression::Zstd(3),
+            64 * 1024,
+        );
+        let repo = Arc::new(
+            coffer_engine::Repository::init(store, PASSWORD, opts)
+                .await
+                .unwrap(),
+        );
+        let mut text = String::new();
+        for (n, change) in [None, Some(second_source as fn(&std::path::Path))]
+            .into_iter()
+            .enumerate()
+        {
+            if let Some(change) = change {
+                change(&src);
+            }
+            let mut o = BackupOptions::new([src.as_path()]);
+            o.tags = vec![format!("snapshot-{}", n + 1)];
+            let s = backup_with(&repo, o).await;
+            text += &format!("# snapshot-{} {}\n{}", n + 1, s.snapshot_id, listing(&src));
+        }
+        for d in ["tmp", "sessions", "locks", "plans"] {
+            let _ = std::fs::remove_dir(repo_dir.join(d));
+        }
+        std::fs::write(expected, text).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_checked_in_repository_checks_clean_and_restores_what_it_lists() {
+        let (repo_dir, expected) = (testdata().join("repo"), testdata().join("repo.expected"));
+        if std::env::var_os("COFFER_BLESS").is_some() {
+            bless(&repo_dir, &expected).await;
+        }
+        // Work on a copy: nothing may write into the source tree.
+        let copy = tempdir();
+        let copied = copy.path().join("repo");
+        for e in walkdir::WalkDir::new(&repo_dir) {
+            let e = e.unwrap();
+            let to = copied.join(e.path().strip_prefix(&repo_dir).unwrap());
+            if e.file_type().is_dir() {
+                std::fs::create_dir_all(&to).unwrap();
+            } else {
+                std::fs::copy(e.path(), &to).unwrap();
+            }
+        }
+        let store = coffer_engine::storage::open_location(copied.to_str().unwrap(), false).unwrap();
+        let repo = Arc::new(
+            coffer_engine::Repository::open(store, PASSWORD)
+                .await
+                .unwrap(),
+        );
+        let report = check::check(
+            repo.clone(),
+            CheckOptions {
+                read_data: ReadData::All,
+                concurrency: 2,
+            },
+        )
+        .await
+        .unwrap();
+        assert!(report.is_ok(), "{:?}", report.problems);
+        assert!(report.packs >= 4, "several packs: {report:?}");
+        let expected = std::fs::read_to_string(&expected).unwrap();
+        let mut actual = String::new();
+        for (id, s) in repo.snapshots().await.unwrap() {
+            let out = tempdir();
+            restore_to(&repo, &id.to_hex(), &out.path().join("r")).await;
+            actual += &format!("# {} {id}\n{}", s.tags[0], listing(&out.path().join("r")));
+        }
+        assert_eq!(actual, expected);
+    }
+}

@@ -170,7 +170,10 @@ mod tests {
         for len in [0u32, 45, 49] {
             assert!(header_start(1000, &len.to_le_bytes()).is_err(), "{len}");
         }
-        assert_eq!(header_start(1000, &50u32.to_le_bytes()).unwrap(), 1000 - 4 - 50);
+        assert_eq!(
+            header_start(1000, &50u32.to_le_bytes()).unwrap(),
+            1000 - 4 - 50
+        );
         assert!(header_start(1000, &997u32.to_le_bytes()).is_err());
     }
 

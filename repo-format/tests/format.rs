@@ -183,10 +183,7 @@ fn seal_vector(context: Context<'_>, plain: &[u8]) -> Vec<u8> {
 fn index_vector() {
     // The pack of the header vector: its blobs, its sealed header, the
     // 4-byte header length. `pack_size` is the whole pack object's length.
-    let sealed_header = seal_vector(
-        Context::PackHeader,
-        &pack::encode_header(&vector_entries()),
-    );
+    let sealed_header = seal_vector(Context::PackHeader, &pack::encode_header(&vector_entries()));
     let pack_size = 1000 + 200 + sealed_header.len() + 4;
     assert_eq!(pack_size, 1336);
     let idx = IndexFile {
