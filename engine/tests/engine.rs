@@ -996,6 +996,59 @@ mod damage {
             .is_err());
     }
 
+    /// Every envelope is bound to its repository (by the repository's own
+    /// master key), to its kind (by its additional data) and to its name (by
+    /// the hash-name check): an object moved, swapped, or copied from another
+    /// repository is refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn objects_moved_swapped_or_from_another_repository_are_refused() {
+        let (a, b) = (fixture().await, fixture().await);
+        let snap_key = format!("snapshots/{}", b.snapshot);
+        // B's snapshot under its own, correct name in A: it hashes to its
+        // name, but A's key does not open it.
+        std::fs::copy(b.path(&snap_key), a.path(&snap_key)).unwrap();
+        let r = a.check(ReadData::None).await;
+        assert!(has(&r, "snapshot", &b.snapshot), "{:?}", r.problems);
+        let err = a
+            .reopen()
+            .await
+            .find_snapshot(&b.snapshot)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("damaged"), "{err}");
+        std::fs::remove_file(a.path(&snap_key)).unwrap();
+        // A's snapshot presented as an index file, under its own hash: the
+        // additional data of another kind does not open.
+        let as_index = format!("index/{}", a.snapshot);
+        std::fs::copy(
+            a.path(&format!("snapshots/{}", a.snapshot)),
+            a.path(&as_index),
+        )
+        .unwrap();
+        let r = a.check(ReadData::None).await;
+        assert!(has(&r, "index", &a.snapshot), "{:?}", r.problems);
+        std::fs::remove_file(a.path(&as_index)).unwrap();
+        // An older object put in place of another (a rollback): its bytes do
+        // not hash to the name.
+        let files = a.index_files().await;
+        let (first, _) = &files[0];
+        let second = b.index_files().await[0].0;
+        std::fs::copy(
+            b.path(&coffer_engine::repository::layout::index(&second)),
+            a.path(&coffer_engine::repository::layout::index(first)),
+        )
+        .unwrap();
+        let r = a.check(ReadData::None).await;
+        assert!(has(&r, "index", &first.to_hex()), "{:?}", r.problems);
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| p.message.contains("does not match its id")),
+            "{:?}",
+            r.problems
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn read_data_subsets_cover_every_pack_exactly_once() {
         let f = fixture().await;
