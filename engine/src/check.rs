@@ -22,6 +22,7 @@ use coffer_repo_format::pack::{self, PackEntry};
 use coffer_repo_format::tree::NodeKind;
 use coffer_repo_format::{BlobId, IndexId, PackId, SnapshotId};
 
+use crate::cancel::CancelToken;
 use crate::error::{Error, Result};
 use crate::index::Index;
 use crate::repository::{layout, list_ids, Repository};
@@ -155,6 +156,8 @@ pub struct CheckOptions {
     pub read_data: ReadData,
     /// Requests at once.
     pub concurrency: usize,
+    /// Stops check at the next object it reads (`Err(Cancelled)`).
+    pub cancel: CancelToken,
 }
 
 impl Default for CheckOptions {
@@ -162,6 +165,7 @@ impl Default for CheckOptions {
         CheckOptions {
             read_data: ReadData::None,
             concurrency: 8,
+            cancel: CancelToken::new(),
         }
     }
 }
@@ -204,6 +208,7 @@ async fn check_store(repo: &Arc<Repository>, opts: CheckOptions) -> Result<Check
     let index = Arc::new(Index::new());
     let mut expected: HashMap<PackId, (u32, Vec<PackEntry>, Vec<IndexId>)> = HashMap::new();
     for id in list_ids::<IndexId>(repo.store(), layout::INDEX).await? {
+        opts.cancel.check()?;
         match repo.read_index(&id).await {
             Ok(file) => {
                 index.add_file(&file);
@@ -284,9 +289,9 @@ async fn check_store(repo: &Arc<Repository>, opts: CheckOptions) -> Result<Check
     }
 
     // Snapshots and their trees: every referenced blob must be indexed.
-    let mut seen_trees: HashSet<BlobId> = HashSet::new();
-    let mut missing_data: HashSet<BlobId> = HashSet::new();
+    let mut seen = Seen::default();
     for id in snapshot_ids {
+        opts.cancel.check()?;
         let snapshot = match repo.read_snapshot(&id).await {
             Ok(s) => s,
             // Forgotten since it was listed.
@@ -311,8 +316,8 @@ async fn check_store(repo: &Arc<Repository>, opts: CheckOptions) -> Result<Check
             &mut report,
             &id,
             root,
-            &mut seen_trees,
-            &mut missing_data,
+            &mut seen,
+            &opts.cancel,
         )
         .await?;
     }
@@ -393,18 +398,27 @@ fn compare_header(
     }
 }
 
+/// What the walks of all snapshots have seen: each tree is walked once, and
+/// each missing data blob reported once.
+#[derive(Default)]
+struct Seen {
+    trees: HashSet<BlobId>,
+    missing_data: HashSet<BlobId>,
+}
+
 async fn walk_trees(
     repo: &Repository,
     index: &Index,
     report: &mut CheckReport,
     snapshot: &SnapshotId,
     root: BlobId,
-    seen: &mut HashSet<BlobId>,
-    missing_data: &mut HashSet<BlobId>,
+    seen: &mut Seen,
+    cancel: &CancelToken,
 ) -> Result<()> {
     let mut stack: Vec<(String, BlobId)> = vec![("/".into(), root)];
     while let Some((path, tree)) = stack.pop() {
-        if !seen.insert(tree) {
+        cancel.check()?;
+        if !seen.trees.insert(tree) {
             continue;
         }
         let object = format!("snapshot {} {path}", snapshot.short());
@@ -450,7 +464,7 @@ async fn walk_trees(
                 NodeKind::File => {
                     for c in &node.content {
                         let Some(id) = c.id else { continue };
-                        if !index.contains(&id) && missing_data.insert(id) {
+                        if !index.contains(&id) && seen.missing_data.insert(id) {
                             report.problem(
                                 format!("snapshot {} {child}", snapshot.short()),
                                 "blob-missing",
@@ -481,7 +495,11 @@ async fn read_data(
     let results: Vec<(PackId, Result<PackCheck>)> =
         futures::stream::iter(selected.into_iter().map(|id| {
             let repo = repo.clone();
+            let cancel = opts.cancel.clone();
             async move {
+                if cancel.is_cancelled() {
+                    return (id, Err(Error::Cancelled));
+                }
                 let r = match repo.store().get(&layout::pack(&id)).await {
                     Ok(bytes) => {
                         let repo = repo.clone();
@@ -501,6 +519,7 @@ async fn read_data(
         .buffer_unordered(opts.concurrency.clamp(1, 4))
         .collect()
         .await;
+    opts.cancel.check()?;
     for (id, r) in results {
         match r {
             Ok(pc) => {

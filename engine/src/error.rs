@@ -81,6 +81,25 @@ pub enum Error {
     /// The operation was cancelled; the repository is left consistent.
     #[error("the operation was cancelled")]
     Cancelled,
+    /// Another prune holds the prune lock, and `max_wait` ran out.
+    #[error("another prune is running (on {holder}); try again when it has finished")]
+    PruneRunning {
+        /// The host named in the other prune's lock (empty if unknown).
+        holder: String,
+    },
+    /// This process's session or lock may have been taken for dead by others
+    /// (its heartbeat was not stored in time, or its beacon is gone), so it
+    /// stopped before writing anything others rely on.
+    #[error("the session {session} {reason}; nothing more was written")]
+    SessionLost {
+        /// The beacon's key.
+        session: String,
+        /// What happened.
+        reason: String,
+    },
+    /// A bug: a worker thread panicked or an internal task failed.
+    #[error("internal error: {0}; please report it")]
+    Internal(String),
 }
 
 impl Error {

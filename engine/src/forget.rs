@@ -359,10 +359,16 @@ pub fn plan(
     Ok(out)
 }
 
-/// Removes the snapshot files the plan forgets. Returns how many were removed.
-pub async fn execute(repo: &Repository, plan: &ForgetPlan) -> Result<usize> {
+/// Removes the snapshot files the plan forgets. Returns how many were removed;
+/// `cancel` stops it between two snapshots (`Err(Cancelled)`).
+pub async fn execute(
+    repo: &Repository,
+    plan: &ForgetPlan,
+    cancel: &crate::cancel::CancelToken,
+) -> Result<usize> {
     let removed = plan.removed();
     for id in &removed {
+        cancel.check()?;
         repo.store()
             .delete(&layout::snapshot(id))
             .await

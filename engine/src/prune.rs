@@ -35,6 +35,7 @@ use coffer_repo_format::pack::{self, PackEntry};
 use coffer_repo_format::tree::NodeKind;
 use coffer_repo_format::{BlobId, IndexId, PackId};
 
+use crate::cancel::CancelToken;
 use crate::error::{Error, Result};
 use crate::index::Index;
 use crate::repository::{layout, list_ids, Repository};
@@ -59,8 +60,12 @@ pub struct PruneOptions {
     /// The protocol's timings.
     pub timing: Timing,
     /// How long to wait for running backups (and another prune) before leaving
-    /// the plan for the next prune.
+    /// the plan for the next prune. Held to within a heartbeat's check.
     pub max_wait: Duration,
+    /// Stops prune at its next safe point: while it waits, before it writes
+    /// its plan, and between repacked packs (nothing is deleted before the
+    /// new index files are stored).
+    pub cancel: CancelToken,
 }
 
 impl Default for PruneOptions {
@@ -71,6 +76,7 @@ impl Default for PruneOptions {
             dry_run: false,
             timing: Timing::default(),
             max_wait: Duration::from_secs(3600),
+            cancel: CancelToken::new(),
         }
     }
 }
@@ -330,14 +336,14 @@ async fn lock(repo: &Arc<Repository>, opts: &PruneOptions) -> Result<Live> {
                 .await?
                 .map(|b| b.hostname)
                 .unwrap_or_default();
-            return Err(Error::InvalidArgument(format!(
-                "another prune is running (on {holder}); try again when it has finished"
-            )));
+            return Err(Error::PruneRunning { holder });
         }
         let mut jitter = [0u8; 1];
         let _ = getrandom::fill(&mut jitter);
-        tokio::time::sleep(opts.timing.heartbeat + Duration::from_millis(u64::from(jitter[0]) * 4))
-            .await;
+        let pause = opts.timing.heartbeat + Duration::from_millis(u64::from(jitter[0]) * 4);
+        opts.cancel
+            .sleep(pause.min(deadline.saturating_duration_since(Instant::now())))
+            .await?;
     }
 }
 
@@ -348,6 +354,7 @@ pub async fn prune(repo: Arc<Repository>, opts: PruneOptions) -> Result<PrunePla
         let present = repo.present_packs().await?;
         return Ok(decide(&idx, &u, &present, &opts, None));
     }
+    opts.cancel.check()?;
     repo.prepare_writes().await?;
     let lock = lock(&repo, &opts).await?;
     let result = run(&repo, &opts, &lock).await;
@@ -373,6 +380,7 @@ async fn run(repo: &Arc<Repository>, opts: &PruneOptions, lock: &Live) -> Result
             ..first
         });
     }
+    opts.cancel.check()?;
     let old_plans = session::list_keys(repo, PLANS).await?;
     let plan_key = write_plan(repo, &packs).await?;
     for key in old_plans {
@@ -402,7 +410,8 @@ async fn run(repo: &Arc<Repository>, opts: &PruneOptions, lock: &Live) -> Result
     plan.sessions_waited = waited;
     plan.stale_sessions_removed = stale;
     lock.check_alive().await?;
-    execute(repo, &idx, &index, &u, &mut plan).await?;
+    opts.cancel.check()?;
+    execute(repo, &idx, &index, &u, &mut plan, &opts.cancel).await?;
     repo.store()
         .delete(&plan_key)
         .await
@@ -475,7 +484,9 @@ async fn wait_for(
         }
         lock.check_alive().await?;
         pending = still;
-        tokio::time::sleep(opts.timing.heartbeat).await;
+        // Never sleep past the deadline: max_wait holds to within a check.
+        let left = deadline.saturating_duration_since(Instant::now());
+        opts.cancel.sleep(opts.timing.heartbeat.min(left)).await?;
     }
 }
 
@@ -486,6 +497,7 @@ async fn execute(
     index: &Index,
     usage: &Usage,
     plan: &mut PrunePlan,
+    cancel: &CancelToken,
 ) -> Result<()> {
     let gone: HashSet<PackId> = plan
         .delete_packs
@@ -501,6 +513,10 @@ async fn execute(
         let mut copied: HashSet<BlobId> = HashSet::new();
         let mut writer = Repacker::new(repo)?;
         for pack_id in &plan.repack_packs {
+            // Safe to stop here: nothing was deleted, the plan stays for the
+            // next prune, and the packs stored so far are unindexed (adopted
+            // by a backup, or deleted by the next prune).
+            cancel.check()?;
             let entries: Vec<PackEntry> = idx
                 .files
                 .iter()

@@ -224,17 +224,19 @@ impl Live {
     pub async fn check_alive(&self) -> Result<()> {
         let since = self.last_ok.lock().map(|t| t.elapsed()).unwrap_or_default();
         if since > self.timing.stale_after / 5 {
-            return Err(Error::InvalidArgument(format!(
-                "this process could not renew its session {} for {:.0} s; others may have taken it for dead, so it stops here",
-                self.key,
-                since.as_secs_f64()
-            )));
+            return Err(Error::SessionLost {
+                session: self.key.clone(),
+                reason: format!(
+                    "could not be renewed for {:.0} s, so others may have taken it for dead",
+                    since.as_secs_f64()
+                ),
+            });
         }
         if read_beacon(&self.repo, &self.key).await?.is_none() {
-            return Err(Error::InvalidArgument(format!(
-                "the session {} was removed (taken for dead); nothing more is written",
-                self.key
-            )));
+            return Err(Error::SessionLost {
+                session: self.key.clone(),
+                reason: "was removed by another process (taken for dead)".into(),
+            });
         }
         Ok(())
     }

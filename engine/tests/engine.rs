@@ -665,6 +665,7 @@ mod damage {
             let opts = CheckOptions {
                 read_data,
                 concurrency: 4,
+                ..Default::default()
             };
             let cold_dir = tempdir();
             let cold = check::check(
@@ -1674,6 +1675,7 @@ mod retention {
             CheckOptions {
                 read_data: ReadData::All,
                 concurrency: 4,
+                ..Default::default()
             },
         )
         .await
@@ -1693,6 +1695,146 @@ mod retention {
             ids.push(backup_paths(repo, &[src]).await.snapshot_id);
         }
         ids
+    }
+
+    /// A repository with something to prune and a backup session that
+    /// stays live for an hour (its heartbeat is an hour apart).
+    async fn with_live_session() -> (
+        tempfile::TempDir,
+        Arc<coffer_engine::Repository>,
+        Live,
+        Timing,
+    ) {
+        let dir = tempdir();
+        let src = dir.path().join("src");
+        let repo = local_repo(
+            &dir.path().join("repo"),
+            init_opts(small_chunks(), Compression::Zstd(2), 128 * 1024),
+        )
+        .await;
+        history(&repo, &src).await;
+        let snaps = repo.snapshots().await.unwrap();
+        let policy = Policy {
+            last: 1,
+            ..Default::default()
+        };
+        let plan = forget::plan(&snaps, &policy, GroupBy::default(), &Filter::default()).unwrap();
+        forget::execute(&repo, &plan, &Default::default())
+            .await
+            .unwrap();
+        let slow = Timing {
+            heartbeat: Duration::from_secs(3600),
+            stale_after: Duration::from_secs(36_000),
+        };
+        let live = Live::start(repo.clone(), SESSIONS, "backup", slow)
+            .await
+            .unwrap();
+        (dir, repo, live, slow)
+    }
+
+    /// `max_wait` holds even when a heartbeat is far longer: prune used to
+    /// sleep a whole heartbeat before it looked at its deadline. (The
+    /// timeout only turns the old hang into a failure; nothing is timed.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn prune_gives_up_at_max_wait_and_stops_when_cancelled() {
+        let (dir, repo, live, slow) = with_live_session().await;
+        let opts = PruneOptions {
+            max_unused_percent: 0.0,
+            timing: slow,
+            max_wait: Duration::from_millis(200),
+            ..Default::default()
+        };
+        let plan = tokio::time::timeout(
+            Duration::from_secs(600),
+            prune::prune(repo.clone(), opts.clone()),
+        )
+        .await
+        .expect("prune returns at max_wait, not after a heartbeat")
+        .unwrap();
+        assert!(!plan.executed && plan.sessions_waited == 1, "{plan:?}");
+
+        // Cancelled while it waits: it stops, and takes its lock with it.
+        let cancel = coffer_engine::CancelToken::new();
+        let running = tokio::spawn(prune::prune(
+            repo.clone(),
+            PruneOptions {
+                max_wait: Duration::from_secs(3600),
+                cancel: cancel.clone(),
+                ..opts
+            },
+        ));
+        let locks = dir.path().join("repo/locks");
+        let held = || std::fs::read_dir(&locks).map(|d| d.count()).unwrap_or(0);
+        while held() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        cancel.cancel();
+        let r = tokio::time::timeout(Duration::from_secs(600), running)
+            .await
+            .expect("a cancelled prune returns")
+            .unwrap();
+        assert!(matches!(r, Err(coffer_engine::Error::Cancelled)), "{r:?}");
+        assert_eq!(held(), 0, "the cancelled prune removed its lock");
+        live.end().await.unwrap();
+        assert_checks(&repo).await;
+    }
+
+    /// Each failure an embedder must tell apart has its own error.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_concurrent_prune_and_a_cancelled_check_are_typed_errors() {
+        let (dir, repo, live, slow) = with_live_session().await;
+        let other = Live::start(repo.clone(), coffer_engine::session::LOCKS, "prune", slow)
+            .await
+            .unwrap();
+        let err = prune::prune(
+            repo.clone(),
+            PruneOptions {
+                timing: slow,
+                max_wait: Duration::ZERO,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&err, coffer_engine::Error::PruneRunning { holder } if !holder.is_empty()),
+            "{err:?}"
+        );
+        other.end().await.unwrap();
+        live.end().await.unwrap();
+        let cancel = coffer_engine::CancelToken::new();
+        cancel.cancel();
+        let err = check::check(
+            repo.clone(),
+            CheckOptions {
+                cancel,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, coffer_engine::Error::Cancelled), "{err:?}");
+        backup_paths(&repo, &[&dir.path().join("src")]).await;
+        let plan = forget::plan(
+            &repo.snapshots().await.unwrap(),
+            &Policy {
+                last: 1,
+                ..Default::default()
+            },
+            GroupBy::default(),
+            &Filter::default(),
+        )
+        .unwrap();
+        let cancel = coffer_engine::CancelToken::new();
+        cancel.cancel();
+        assert_eq!(plan.removed().len(), 1);
+        let err = forget::execute(&repo, &plan, &cancel).await.unwrap_err();
+        assert!(matches!(err, coffer_engine::Error::Cancelled), "{err:?}");
+        assert_eq!(
+            repo.snapshots().await.unwrap().len(),
+            2,
+            "nothing was forgotten"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1721,7 +1863,9 @@ mod retention {
         .unwrap();
         assert_eq!(plan.removed().len(), 2);
         assert_eq!(plan.groups[0].keep[0].id, ids[2]);
-        forget::execute(&repo, &plan).await.unwrap();
+        forget::execute(&repo, &plan, &Default::default())
+            .await
+            .unwrap();
 
         let dry = prune::prune(
             repo.clone(),
@@ -2334,6 +2478,7 @@ mod reference_repository {
             CheckOptions {
                 read_data: ReadData::All,
                 concurrency: 2,
+                ..Default::default()
             },
         )
         .await

@@ -50,25 +50,8 @@ pub async fn run(g: &Global, a: BackupArgs) -> anyhow::Result<i32> {
         opts.parent = ParentChoice::Snapshot(p);
     }
     // SIGINT/SIGTERM: stop cleanly (what was uploaded gets indexed, no snapshot).
-    let signal = Arc::new(std::sync::atomic::AtomicI32::new(0));
-    {
-        let (cancel, signal) = (opts.cancel.clone(), signal.clone());
-        tokio::spawn(async move {
-            use tokio::signal::unix::{signal as unix_signal, SignalKind};
-            let (Ok(mut int), Ok(mut term)) = (
-                unix_signal(SignalKind::interrupt()),
-                unix_signal(SignalKind::terminate()),
-            ) else {
-                return;
-            };
-            let code = tokio::select! {
-                _ = int.recv() => exit::INTERRUPTED,
-                _ = term.recv() => exit::TERMINATED,
-            };
-            signal.store(code, std::sync::atomic::Ordering::SeqCst);
-            cancel.cancel();
-        });
-    }
+    let (cancel, signal) = super::cancel_on_signal();
+    opts.cancel = cancel;
     let bar = progress(g, &mut opts);
     let result = if a.stdin || a.stdin_from_command {
         let src = stream_source(&a)?;

@@ -14,6 +14,7 @@ pub async fn run(g: &Global, a: CheckArgs) -> anyhow::Result<i32> {
         repo,
         CheckOptions {
             read_data,
+            cancel: super::cancel_on_signal().0,
             ..Default::default()
         },
     )

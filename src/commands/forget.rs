@@ -72,7 +72,7 @@ pub async fn run(g: &Global, a: ForgetArgs) -> anyhow::Result<i32> {
         }
         return Ok(exit::OK);
     }
-    let n = forget::execute(&repo, &plan).await?;
+    let n = forget::execute(&repo, &plan, &super::cancel_on_signal().0).await?;
     if !g.json && !g.quiet {
         println!("removed {n} snapshot(s)");
     }

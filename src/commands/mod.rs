@@ -115,3 +115,32 @@ pub(crate) fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A cancellation token that SIGINT or SIGTERM trips, so that a long
+/// operation stops at a safe point and cleans up (its session or lock goes)
+/// instead of dying; and the exit status the signal asks for (0 until one
+/// arrives).
+pub fn cancel_on_signal() -> (
+    coffer_engine::CancelToken,
+    std::sync::Arc<std::sync::atomic::AtomicI32>,
+) {
+    let cancel = coffer_engine::CancelToken::new();
+    let signal = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(0));
+    let (token, code) = (cancel.clone(), signal.clone());
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal as unix_signal, SignalKind};
+        let (Ok(mut int), Ok(mut term)) = (
+            unix_signal(SignalKind::interrupt()),
+            unix_signal(SignalKind::terminate()),
+        ) else {
+            return;
+        };
+        let c = tokio::select! {
+            _ = int.recv() => crate::exit::INTERRUPTED,
+            _ = term.recv() => crate::exit::TERMINATED,
+        };
+        code.store(c, std::sync::atomic::Ordering::SeqCst);
+        token.cancel();
+    });
+    (cancel, signal)
+}

@@ -11,6 +11,8 @@ pub fn options(o: &PruneOpts, dry_run: bool) -> anyhow::Result<PruneOptions> {
         max_repack: o.max_repack,
         dry_run,
         timing: Timing::from_env(),
+        // SIGINT/SIGTERM stop prune at a safe point; its lock goes with it.
+        cancel: super::cancel_on_signal().0,
         max_wait: parse_duration(&o.max_wait)
             .map(|d| d.to_std().unwrap_or_default())
             .or_else(|_| {

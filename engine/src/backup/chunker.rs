@@ -514,7 +514,7 @@ fn process_chunks(
         for h in handles {
             out.extend(
                 h.join()
-                    .map_err(|_| Error::InvalidArgument("a chunk worker panicked".into()))??,
+                    .map_err(|_| Error::Internal("a chunk worker panicked".into()))??,
             );
         }
         Ok(out)

@@ -614,15 +614,14 @@ fn run_pipeline(
         let built = tree_builder::build(ctx, root, ev_rx);
         let mut results = vec![built.as_ref().map(|_| ()).map_err(clone_err)];
         results.push(
-            walker.join().unwrap_or_else(|_| {
-                Err(Error::InvalidArgument("the walker thread panicked".into()))
-            }),
+            walker
+                .join()
+                .unwrap_or_else(|_| Err(Error::Internal("the walker thread panicked".into()))),
         );
         for w in workers {
             results.push(
-                w.join().unwrap_or_else(|_| {
-                    Err(Error::InvalidArgument("a file worker panicked".into()))
-                }),
+                w.join()
+                    .unwrap_or_else(|_| Err(Error::Internal("a file worker panicked".into()))),
             );
         }
         // The first real error wins over the "stopped" errors it caused elsewhere.

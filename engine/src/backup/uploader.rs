@@ -140,7 +140,7 @@ async fn flush(
 
 impl From<tokio::task::JoinError> for Error {
     fn from(e: tokio::task::JoinError) -> Self {
-        Error::InvalidArgument(format!("internal task failed: {e}"))
+        Error::Internal(format!("a task failed: {e}"))
     }
 }
 
