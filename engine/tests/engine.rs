@@ -1683,6 +1683,16 @@ mod retention {
         assert!(r.is_ok(), "{:?}", r.problems);
     }
 
+    /// The plan that keeps only the latest snapshot.
+    async fn keep_last_one(repo: &coffer_engine::Repository) -> forget::ForgetPlan {
+        let policy = Policy {
+            last: 1,
+            ..Default::default()
+        };
+        let snaps = repo.snapshots().await.unwrap();
+        forget::plan(&snaps, &policy, GroupBy::default(), &Filter::default()).unwrap()
+    }
+
     /// Three backups of a directory whose big file changes each time.
     async fn history(
         repo: &Arc<coffer_engine::Repository>,
@@ -1713,12 +1723,7 @@ mod retention {
         )
         .await;
         history(&repo, &src).await;
-        let snaps = repo.snapshots().await.unwrap();
-        let policy = Policy {
-            last: 1,
-            ..Default::default()
-        };
-        let plan = forget::plan(&snaps, &policy, GroupBy::default(), &Filter::default()).unwrap();
+        let plan = keep_last_one(&repo).await;
         forget::execute(&repo, &plan, &Default::default())
             .await
             .unwrap();
@@ -1815,16 +1820,7 @@ mod retention {
         .unwrap_err();
         assert!(matches!(err, coffer_engine::Error::Cancelled), "{err:?}");
         backup_paths(&repo, &[&dir.path().join("src")]).await;
-        let plan = forget::plan(
-            &repo.snapshots().await.unwrap(),
-            &Policy {
-                last: 1,
-                ..Default::default()
-            },
-            GroupBy::default(),
-            &Filter::default(),
-        )
-        .unwrap();
+        let plan = keep_last_one(&repo).await;
         let cancel = coffer_engine::CancelToken::new();
         cancel.cancel();
         assert_eq!(plan.removed().len(), 1);
@@ -1850,17 +1846,7 @@ mod retention {
         let ids = history(&repo, &src).await;
         let before = du(&repo_dir.join("data"));
 
-        let snaps = repo.snapshots().await.unwrap();
-        let plan = forget::plan(
-            &snaps,
-            &Policy {
-                last: 1,
-                ..Default::default()
-            },
-            GroupBy::default(),
-            &Filter::default(),
-        )
-        .unwrap();
+        let plan = keep_last_one(&repo).await;
         assert_eq!(plan.removed().len(), 2);
         assert_eq!(plan.groups[0].keep[0].id, ids[2]);
         forget::execute(&repo, &plan, &Default::default())
