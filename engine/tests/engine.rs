@@ -403,7 +403,25 @@ async fn unreadable_files_are_reported_and_the_snapshot_is_still_written() {
     let s = backup_paths(&repo, &[&src]).await;
     assert_eq!(s.errors.len(), 1);
     assert!(s.errors[0].path.ends_with("locked"));
+    assert_eq!(s.errors[0].kind, Some(std::io::ErrorKind::PermissionDenied));
+    assert!(!s.errors[0].is_transient());
     assert_eq!(repo.snapshots().await.unwrap().len(), 1);
+}
+
+#[test]
+fn a_source_error_keeps_its_kind_and_says_whether_a_retry_may_work() {
+    use coffer_engine::backup::SourceError;
+    let e = |kind| SourceError {
+        path: "/f".into(),
+        message: String::new(),
+        kind,
+    };
+    assert!(e(Some(std::io::ErrorKind::Interrupted)).is_transient());
+    assert!(e(Some(std::io::ErrorKind::TimedOut)).is_transient());
+    assert!(!e(Some(std::io::ErrorKind::NotFound)).is_transient());
+    assert!(!e(None).is_transient());
+    let json = serde_json::to_value(e(Some(std::io::ErrorKind::PermissionDenied))).unwrap();
+    assert_eq!(json["kind"], "PermissionDenied");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

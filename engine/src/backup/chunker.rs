@@ -375,6 +375,7 @@ fn source_error(path: &Path, e: std::io::Error) -> FileError {
     FileError::Source(SourceError {
         path: path.to_path_buf(),
         message: e.to_string(),
+        kind: Some(e.kind()),
     })
 }
 

@@ -150,6 +150,31 @@ pub struct SourceError {
     pub path: PathBuf,
     /// What went wrong.
     pub message: String,
+    /// The operating system's class of the error, when it came from one.
+    #[serde(serialize_with = "kind_name")]
+    pub kind: Option<std::io::ErrorKind>,
+}
+
+fn kind_name<S: serde::Serializer>(
+    kind: &Option<std::io::ErrorKind>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match kind {
+        Some(k) => s.serialize_some(&format!("{k:?}")),
+        None => s.serialize_none(),
+    }
+}
+
+impl SourceError {
+    /// Whether reading the file again may work: it was busy, interrupted or
+    /// timed out, rather than missing or forbidden.
+    pub fn is_transient(&self) -> bool {
+        use std::io::ErrorKind::*;
+        matches!(
+            self.kind,
+            Some(Interrupted | WouldBlock | TimedOut | ResourceBusy | StaleNetworkFileHandle)
+        )
+    }
 }
 
 /// The result of a backup.
@@ -302,15 +327,21 @@ pub(crate) struct Ctx {
 }
 
 impl Ctx {
-    pub(crate) fn error(&self, path: &Path, message: String) {
-        tracing::debug!("{}: {message}", path.display());
+    /// Records a file that could not be read, with the OS error's class.
+    pub(crate) fn io_error(&self, path: &Path, e: &std::io::Error) {
+        self.source_error(SourceError {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+            kind: Some(e.kind()),
+        });
+    }
+
+    fn source_error(&self, e: SourceError) {
+        tracing::debug!("{}: {}", e.path.display(), e.message);
         self.errors
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(SourceError {
-                path: path.to_path_buf(),
-                message,
-            });
+            .push(e);
     }
 
     pub(crate) fn progress(&self) -> BackupProgress {
@@ -611,8 +642,11 @@ fn run_pipeline(
             })
             .collect();
         drop(job_rx);
-        let built = tree_builder::build(ctx, root, ev_rx);
-        let mut results = vec![built.as_ref().map(|_| ()).map_err(clone_err)];
+        let (root, built) = match tree_builder::build(ctx, root, ev_rx) {
+            Ok(root) => (Some(root), Ok(())),
+            Err(e) => (None, Err(e)),
+        };
+        let mut results = vec![built];
         results.push(
             walker
                 .join()
@@ -634,10 +668,10 @@ fn run_pipeline(
         }
         // A walk that stopped early leaves a tree that looks complete: never
         // let it become a snapshot.
-        if cancelled || ctx.cancel.is_cancelled() {
-            return Err(Error::Cancelled);
+        match root {
+            Some(root) if !cancelled && !ctx.cancel.is_cancelled() => Ok(root),
+            _ => Err(Error::Cancelled),
         }
-        built
     })
 }
 
@@ -657,11 +691,4 @@ async fn find_parent(
         s.hostname == hostname && have == want
     });
     Ok(snapshots.pop())
-}
-
-fn clone_err(e: &Error) -> Error {
-    match e {
-        Error::Cancelled => Error::Cancelled,
-        other => Error::InvalidArgument(other.to_string()),
-    }
 }

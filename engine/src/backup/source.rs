@@ -277,7 +277,7 @@ impl Walker<'_> {
                     let md = match std::fs::symlink_metadata(path) {
                         Ok(md) => md,
                         Err(e) => {
-                            self.ctx.error(path, e.to_string());
+                            self.ctx.io_error(path, &e);
                             continue;
                         }
                     };
@@ -291,7 +291,7 @@ impl Walker<'_> {
                                 self.walk_dir_contents(path)?;
                                 self.leave()?;
                             }
-                            Err(e) => self.ctx.error(path, e.to_string()),
+                            Err(e) => self.ctx.io_error(path, &e),
                         }
                     } else if md.file_type().is_block_device() {
                         self.device(name, path, &md)?;
@@ -350,7 +350,7 @@ impl Walker<'_> {
             true => match std::fs::symlink_metadata(dir) {
                 Ok(md) => Some(std::os::unix::fs::MetadataExt::dev(&md)),
                 Err(e) => {
-                    self.ctx.error(dir, e.to_string());
+                    self.ctx.io_error(dir, &e);
                     return Ok(());
                 }
             },
@@ -359,7 +359,7 @@ impl Walker<'_> {
         let names = match fsmeta::dir_names(dir) {
             Ok(n) => n,
             Err(e) => {
-                self.ctx.error(dir, e.to_string());
+                self.ctx.io_error(dir, &e);
                 return Ok(());
             }
         };
@@ -380,7 +380,7 @@ impl Walker<'_> {
             let md = match std::fs::symlink_metadata(&path) {
                 Ok(md) => md,
                 Err(e) => {
-                    self.ctx.error(&path, e.to_string());
+                    self.ctx.io_error(&path, &e);
                     continue;
                 }
             };
@@ -400,7 +400,7 @@ impl Walker<'_> {
             ) {
                 Ok(node) => node,
                 Err(e) => {
-                    self.ctx.error(&path, e.to_string());
+                    self.ctx.io_error(&path, &e);
                     continue;
                 }
             };
@@ -418,7 +418,7 @@ impl Walker<'_> {
             match fsmeta::dir_names(&path) {
                 Ok(names) => open.push((path, names.into_iter())),
                 Err(e) => {
-                    self.ctx.error(&path, e.to_string());
+                    self.ctx.io_error(&path, &e);
                     self.leave()?;
                 }
             }
@@ -432,14 +432,14 @@ impl Walker<'_> {
         let size = match device_size(path) {
             Ok(s) => s,
             Err(e) => {
-                self.ctx.error(path, e.to_string());
+                self.ctx.io_error(path, &e);
                 return Ok(());
             }
         };
         let mut node = match fsmeta::read_node(name, path, md, NodeKind::File, &mut self.owners) {
             Ok(n) => n,
             Err(e) => {
-                self.ctx.error(path, e.to_string());
+                self.ctx.io_error(path, &e);
                 return Ok(());
             }
         };
@@ -466,7 +466,7 @@ impl Walker<'_> {
         match std::fs::symlink_metadata(&tag) {
             Ok(md) => self.entry(b"CACHEDIR.TAG", &tag, &md),
             Err(e) => {
-                self.ctx.error(&tag, e.to_string());
+                self.ctx.io_error(&tag, &e);
                 Ok(())
             }
         }
@@ -480,7 +480,7 @@ impl Walker<'_> {
         let mut node = match fsmeta::read_node_stat(name, path, md, kind, &mut self.owners) {
             Ok(n) => n,
             Err(e) => {
-                self.ctx.error(path, e.to_string());
+                self.ctx.io_error(path, &e);
                 return Ok(());
             }
         };
