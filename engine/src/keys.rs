@@ -16,6 +16,26 @@ use crate::storage::{StoreErrorKind, WriteMode};
 
 pub use coffer_repo_format::keys::*;
 
+/// Who added a key: recorded in the key file, shown by `key list`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyOwner {
+    /// Host name.
+    pub hostname: String,
+    /// User name.
+    pub username: String,
+}
+
+impl KeyOwner {
+    /// This process's host and user.
+    pub fn current() -> Self {
+        let me = Identity::current();
+        KeyOwner {
+            hostname: me.hostname,
+            username: me.username,
+        }
+    }
+}
+
 /// One key file as `key list` shows it.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct KeyInfo {
@@ -119,15 +139,27 @@ impl Repository {
         Ok(out)
     }
 
-    /// Adds a key file that wraps this repository's master key under `password`.
+    /// Adds a key file that wraps this repository's master key under `password`,
+    /// owned by this process's host and user.
     pub async fn add_key(&self, password: &[u8], cost: KdfCost) -> Result<KeyId> {
+        self.add_key_as(password, cost, KeyOwner::current()).await
+    }
+
+    /// As [`Repository::add_key`], recording `owner` in the key file (a
+    /// daemon adding a key for a namespace, say).
+    pub async fn add_key_as(
+        &self,
+        password: &[u8],
+        cost: KdfCost,
+        owner: KeyOwner,
+    ) -> Result<KeyId> {
         if password.is_empty() {
             return Err(Error::InvalidArgument(
                 "the new password must not be empty".into(),
             ));
         }
         self.prepare_writes().await?;
-        let me = Identity::current();
+        let me = owner;
         let kf = {
             let (key, password) = (
                 self.key().clone(),

@@ -69,6 +69,8 @@ pub struct InitOptions {
     pub pack_size: u32,
     /// Argon2id cost of the first key.
     pub kdf: KdfCost,
+    /// Host and user recorded in the first key file; this process's when `None`.
+    pub key_owner: Option<crate::keys::KeyOwner>,
 }
 
 /// Default target pack size: 16 MiB.
@@ -84,6 +86,7 @@ impl Default for InitOptions {
             compression: DEFAULT_COMPRESSION,
             pack_size: DEFAULT_PACK_SIZE,
             kdf: KdfCost::default(),
+            key_owner: None,
         }
     }
 }
@@ -198,7 +201,10 @@ impl Repository {
             .validate()
             .map_err(|e| Error::InvalidArgument(format!("invalid repository settings: {e}")))?;
         let key = Arc::new(MasterKey::generate().map_err(|e| Error::corrupt("random source", e))?);
-        let me = Identity::current();
+        let me = opts
+            .key_owner
+            .clone()
+            .unwrap_or_else(crate::keys::KeyOwner::current);
         let kf = {
             let (key, password, kdf) = (key.clone(), Zeroizing::new(password.to_vec()), opts.kdf);
             blocking(move || {

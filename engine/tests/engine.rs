@@ -1141,6 +1141,47 @@ mod keys {
         assert_ne!(second, third);
     }
 
+    /// Host, user and program are options of each operation: a daemon that
+    /// works for many namespaces records what it is told.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hostname_username_and_program_are_options() {
+        use coffer_engine::keys::KeyOwner;
+        let dir = tempdir();
+        let owner = |h: &str, u: &str| KeyOwner {
+            hostname: h.into(),
+            username: u.into(),
+        };
+        let mut opts = init_opts(small_chunks(), Compression::Off, 1 << 20);
+        opts.key_owner = Some(owner("node-7", "coffer-agent"));
+        let repo = local_repo(&dir.path().join("repo"), opts).await;
+        let added = repo
+            .add_key_as(b"two", WEAK_KDF, owner("ci", "team-a"))
+            .await
+            .unwrap();
+        let keys = repo.list_keys().await.unwrap();
+        let shown = |id| {
+            let k = keys.iter().find(|k| k.id == id).unwrap();
+            (k.hostname.clone(), k.username.clone())
+        };
+        assert_eq!(
+            shown(repo.key_id()),
+            ("node-7".into(), "coffer-agent".into())
+        );
+        assert_eq!(shown(added), ("ci".into(), "team-a".into()));
+
+        let src = dir.path().join("src");
+        write(&src.join("f"), b"x");
+        let mut o = BackupOptions::new([src.as_path()]);
+        o.hostname = Some("node-7".into());
+        o.username = Some("team-a".into());
+        o.program = Some("coffer-agent 9.9".into());
+        let s = backup_with(&repo, o).await.snapshot;
+        assert_eq!(
+            (s.hostname.as_str(), s.username.as_str(), s.program.as_str()),
+            ("node-7", "team-a", "coffer-agent 9.9")
+        );
+    }
+
     /// Anyone who can write to the bucket can add key files; one that declares
     /// the costliest Argon2id parameters must not make opening slow or large.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

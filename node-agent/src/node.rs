@@ -1006,6 +1006,7 @@ impl Agent {
         opts.origin = Some(planned.origin.clone());
         opts.parent = ParentChoice::Origin(planned.parent_filter());
         opts.hostname = Some(self.me().to_string());
+        opts.program = Some(format!("coffer-agent {}", env!("CARGO_PKG_VERSION")));
         opts.tags = vb.spec.tags.clone();
         opts.threads = self.opts.threads_per_run;
         opts.cancel = cancel.clone();

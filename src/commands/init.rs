@@ -18,6 +18,7 @@ pub async fn run(g: &Global, a: InitArgs) -> anyhow::Result<i32> {
         pack_size: u32::try_from(a.pack_size)
             .map_err(|_| anyhow::anyhow!("--pack-size is too large"))?,
         kdf: a.kdf.cost()?,
+        key_owner: None,
     };
     let store = super::open_store(g, true)?;
     if store.size("config").await.is_ok() {

@@ -71,6 +71,11 @@ pub struct BackupOptions {
     pub tags: Vec<String>,
     /// Host name to record; the machine's name when `None`.
     pub hostname: Option<String>,
+    /// User name to record; this process's user when `None`.
+    pub username: Option<String>,
+    /// Program to record (`coffer-agent 0.1.0`, say); the engine's own name
+    /// and version when `None`.
+    pub program: Option<String>,
     /// File workers; 0 means one per core.
     pub threads: usize,
     /// Pack uploads at once.
@@ -127,6 +132,8 @@ impl BackupOptions {
             paths: paths.into_iter().map(Into::into).collect(),
             tags: Vec::new(),
             hostname: None,
+            username: None,
+            program: None,
             threads: 0,
             upload_concurrency: 2,
             compression: None,

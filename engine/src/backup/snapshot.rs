@@ -31,7 +31,7 @@ pub(crate) fn build(
         version: SNAPSHOT_VERSION,
         time: start_time.clone(),
         hostname: opts.hostname.clone().unwrap_or(me.hostname),
-        username: me.username,
+        username: opts.username.clone().unwrap_or(me.username),
         uid: me.uid,
         gid: me.gid,
         paths: paths
@@ -41,7 +41,10 @@ pub(crate) fn build(
         tags: opts.tags.clone(),
         root,
         parent: None,
-        program: format!("coffer {}", env!("CARGO_PKG_VERSION")),
+        program: opts
+            .program
+            .clone()
+            .unwrap_or_else(|| format!("coffer {}", env!("CARGO_PKG_VERSION"))),
         summary: SnapshotSummary {
             backup_start: start_time,
             backup_end: now_rfc3339(),

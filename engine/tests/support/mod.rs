@@ -39,6 +39,7 @@ pub fn init_opts(chunker: ChunkerParams, compression: Compression, pack_size: u3
         compression,
         pack_size,
         kdf: WEAK_KDF,
+        key_owner: None,
     }
 }
 
