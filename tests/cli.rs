@@ -59,20 +59,7 @@ impl Env {
     }
 
     fn init(&self) {
-        self.expect(
-            0,
-            &[
-                "init",
-                "--kdf-memory",
-                "64",
-                "--kdf-iterations",
-                "1",
-                "--chunk-size",
-                "64KiB",
-                "--pack-size",
-                "1MiB",
-            ],
-        );
+        self.expect(0, &init_args("1MiB"));
     }
 
     fn source(&self) -> PathBuf {
@@ -1163,17 +1150,22 @@ fn backups_killed_at_random_moments_leave_a_checkable_repository_and_resume() {
 }
 
 /// `init` with a weak key and small chunks and packs: many packs from little data.
-const INIT_SMALL_PACKS: [&str; 9] = [
-    "init",
-    "--kdf-memory",
-    "64",
-    "--kdf-iterations",
-    "1",
-    "--chunk-size",
-    "64KiB",
-    "--pack-size",
-    "256KiB",
-];
+const INIT_SMALL_PACKS: [&str; 9] = init_args("256KiB");
+
+/// `init` with a weak key (fast tests), 64 KiB chunks and packs of `pack_size`.
+const fn init_args(pack_size: &'static str) -> [&'static str; 9] {
+    [
+        "init",
+        "--kdf-memory",
+        "64",
+        "--kdf-iterations",
+        "1",
+        "--chunk-size",
+        "64KiB",
+        "--pack-size",
+        pack_size,
+    ]
+}
 
 /// Bytes stored under `data/`.
 fn data_bytes(repo: &Path) -> u64 {

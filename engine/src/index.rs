@@ -230,6 +230,11 @@ impl Index {
             .retain(|e| !slots.contains(&(e.pack & !TREE_BIT)));
     }
 
+    /// Whether an index file lists the pack.
+    pub(crate) fn has_pack(&self, id: &PackId) -> bool {
+        self.read().pack_slots.contains_key(id)
+    }
+
     /// Every indexed pack with its recorded size.
     pub fn packs(&self) -> Vec<(PackId, u32)> {
         self.read().packs.clone()

@@ -72,13 +72,14 @@ pub async fn run(g: &Global, a: ForgetArgs) -> anyhow::Result<i32> {
         }
         return Ok(exit::OK);
     }
-    let n = forget::execute(&repo, &plan, &super::cancel_on_signal().0).await?;
+    // One signal handler for both steps: prune's options carry its token.
+    let prune_opts = super::prune::options(&a.prune_opts, false)?;
+    let n = forget::execute(&repo, &plan, &prune_opts.cancel).await?;
     if !g.json && !g.quiet {
         println!("removed {n} snapshot(s)");
     }
     if a.prune {
-        let p =
-            coffer_engine::prune::prune(repo, super::prune::options(&a.prune_opts, false)?).await?;
+        let p = coffer_engine::prune::prune(repo, prune_opts).await?;
         super::prune::print(g, &p)?;
     }
     Ok(exit::OK)

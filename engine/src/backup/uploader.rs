@@ -156,13 +156,24 @@ pub(crate) async fn adopt_unindexed(
     index: &Index,
     planned: &HashSet<PackId>,
 ) -> Result<u64> {
-    let indexed: HashSet<PackId> = index.packs().into_iter().map(|(id, _)| id).collect();
-    let orphans: Vec<(PackId, u64)> = repo
-        .present_packs()
-        .await?
-        .into_iter()
-        .filter(|(id, _)| !indexed.contains(id) && !planned.contains(id))
-        .collect();
+    // Streamed: only the (few) unindexed packs are kept, never the listing.
+    let mut orphans: Vec<(PackId, u64)> = Vec::new();
+    let mut listing = repo.store().list(layout::DATA);
+    while let Some(info) = listing.next().await {
+        let info = info.map_err(|e| repo.store_err(e))?;
+        let Some(id) = info
+            .key
+            .rsplit('/')
+            .next()
+            .and_then(|n| n.parse::<PackId>().ok())
+        else {
+            continue;
+        };
+        if !index.has_pack(&id) && !planned.contains(&id) {
+            orphans.push((id, info.size));
+        }
+    }
+    drop(listing);
     if orphans.is_empty() {
         return Ok(0);
     }
