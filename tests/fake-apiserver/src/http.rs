@@ -302,6 +302,14 @@ fn resource_list(app: &App, group: &str, version: &str) -> Result<Response, ApiE
 
 /// Serves `/api/v1/...` and `/apis/{group}/{version}/...` below the version.
 #[allow(clippy::too_many_arguments)]
+/// The request's Content-Type, or "" when it has none.
+fn content_type(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
 fn resource(
     app: &App,
     method: &Method,
@@ -312,10 +320,7 @@ fn resource(
     params: &Params,
     body: &[u8],
 ) -> Result<Response, ApiError> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let content_type = content_type(headers);
     if content_type.contains("protobuf") || content_type.contains("cbor") {
         // Typed client-go clients (`kubectl create configmap`) send protobuf: JSON only here.
         return Err(ApiError::unsupported_media_type(content_type));
@@ -431,10 +436,7 @@ fn patch_object(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Response, ApiError> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let content_type = content_type(headers);
     let media = content_type.split(';').next().unwrap_or("").trim();
     let patched = match media {
         "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
