@@ -300,8 +300,6 @@ fn resource_list(app: &App, group: &str, version: &str) -> Result<Response, ApiE
     })))
 }
 
-/// Serves `/api/v1/...` and `/apis/{group}/{version}/...` below the version.
-#[allow(clippy::too_many_arguments)]
 /// The request's Content-Type, or "" when it has none.
 fn content_type(headers: &HeaderMap) -> &str {
     headers
@@ -310,6 +308,8 @@ fn content_type(headers: &HeaderMap) -> &str {
         .unwrap_or("")
 }
 
+/// Serves `/api/v1/...` and `/apis/{group}/{version}/...` below the version.
+#[allow(clippy::too_many_arguments)]
 fn resource(
     app: &App,
     method: &Method,
