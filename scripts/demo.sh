@@ -11,6 +11,8 @@ src=${1:-engine}
 repo=${2:-$(mktemp -d /tmp/coffer-demo.XXXXXX)/repo}
 export COFFER_REPOSITORY="$repo"
 export COFFER_PASSWORD="${COFFER_PASSWORD:-demo-password-change-me}"
+# etcd support compiles etcd's protobuf files: protoc (Debian: protobuf-compiler).
+scripts/apt-install.sh protoc protobuf-compiler
 cargo build --release --quiet
 bin=target/release/coffer
 [ -e "$repo/config" ] || "$bin" init

@@ -11,8 +11,18 @@
 # and applies it to the same fake server, run as a binary.
 # COFFER_TEST_KUBECONFIG=FILE runs the agent's end-to-end tests against that
 # cluster instead.
+# The etcd tests (tests/etcd.rs) start etcd themselves on 127.0.0.1; this
+# script installs it (Debian's etcd-server and etcd-client) unless
+# COFFER_TEST_NO_ETCD=1. Building needs protoc (protobuf-compiler).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/apt-install.sh protoc protobuf-compiler
+if [ "${COFFER_TEST_NO_ETCD:-}" != 1 ]; then
+    scripts/apt-install.sh "etcd etcdctl" etcd-server etcd-client
+    export COFFER_TEST_REQUIRE_ETCD=1
+else
+    echo "etcd tests: SKIPPED (COFFER_TEST_NO_ETCD=1)"
+fi
 if [ "${COFFER_TEST_NO_S3:-}" != 1 ]; then
     state=$(mktemp -d)
     trap 'scripts/s3-server.sh stop "$state"; rm -rf "$state"' EXIT

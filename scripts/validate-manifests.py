@@ -412,6 +412,44 @@ def cmd_component(name, base, overlay):
     return f"exactly the {what} change"
 
 
+def cmd_etcd(rendered):
+    """The etcd CronJob: control-plane node, host network, etcd's certificates
+    read-only, the flags coffer takes, one run at a time, retention."""
+    docs = load(rendered)
+    p = []
+    cj = one(docs, "CronJob")
+    check(cj["metadata"].get("namespace") == "coffer-system", "the CronJob is not in coffer-system", p)
+    check(cj["spec"].get("concurrencyPolicy") == "Forbid", "etcd backups may overlap", p)
+    pod = cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    check(pod.get("hostNetwork") is True, "no host network: etcd's 127.0.0.1:2379 is unreachable", p)
+    check("node-role.kubernetes.io/control-plane" in pod.get("nodeSelector", {}), "not pinned to control-plane nodes", p)
+    check(any(t.get("key") == "node-role.kubernetes.io/control-plane" for t in pod.get("tolerations", [])),
+          "does not tolerate the control-plane taint", p)
+    check(pod.get("automountServiceAccountToken") is False, "mounts an API token it does not use", p)
+    [c] = pod["containers"]
+    script = " ".join(c.get("command", []) + c.get("args", []))
+    mounts = {m["name"]: m for m in c.get("volumeMounts", [])}
+    vols = {v["name"]: v for v in pod.get("volumes", [])}
+    pki = [n for n, v in vols.items() if "hostPath" in v]
+    check(len(pki) == 1 and vols[pki[0]]["hostPath"]["path"] == "/etc/kubernetes/pki/etcd",
+          "the only hostPath must be etcd's certificates", p)
+    for n in pki:
+        check(mounts.get(n, {}).get("readOnly") is True, f"{n} is not mounted read-only", p)
+        mp = mounts.get(n, {}).get("mountPath", "")
+        for flag in ("--etcd-cacert", "--etcd-cert", "--etcd-key"):
+            check(f"{flag} {mp}/" in script, f"{flag} does not name a file in {mp}", p)
+    for word in ("coffer backup", "--etcd https://127.0.0.1:2379", "coffer forget", "--keep-", "--prune"):
+        check(word in script, f"the job does not run {word!r}", p)
+    sc = c.get("securityContext", {})
+    check(sc.get("readOnlyRootFilesystem") is True and sc.get("allowPrivilegeEscalation") is False,
+          "the container may write its filesystem or escalate", p)
+    check(sc.get("capabilities", {}).get("drop") == ["ALL"], "capabilities are not all dropped", p)
+    check("memory" in c.get("resources", {}).get("limits", {}), "no memory limit", p)
+    if p:
+        raise Failed("\n".join(p))
+    return "control-plane node, host network, certificates read-only, backup then retention"
+
+
 def main(argv):
     try:
         if argv[0] == "schemas":
@@ -420,6 +458,8 @@ def main(argv):
             msg = cmd_negative(argv[1], argv[2])
         elif argv[0] == "policy":
             msg = cmd_policy(argv[1])
+        elif argv[0] == "etcd":
+            msg = cmd_etcd(argv[1])
         elif argv[0] == "component":
             msg = cmd_component(argv[1], argv[2], argv[3])
         else:

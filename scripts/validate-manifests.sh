@@ -110,8 +110,9 @@ check "render deploy/ (kubectl kustomize)" render deploy "$work/base.yaml"
 check "render with components/privileged" overlay privileged privileged
 check "render with components/read-only" overlay read-only read-only
 check "render with both components" overlay both privileged read-only
+check "render deploy/etcd-backup" render deploy/etcd-backup "$work/etcd.yaml"
 rendered=()
-for f in base privileged read-only both; do
+for f in base privileged read-only both etcd; do
     [ -s "$work/$f.yaml" ] && rendered+=("$work/$f.yaml")
 done
 
@@ -149,6 +150,9 @@ check "kubernetes-validate CLI on the rendered deploy/" kv_cli "$work/base.yaml"
 [ -s "$work/base.yaml" ] &&
     check "least privilege and DaemonSet shape" "$py" scripts/validate-manifests.py policy "$work/base.yaml"
 
+[ -s "$work/etcd.yaml" ] &&
+    check "etcd CronJob shape" "$py" scripts/validate-manifests.py etcd "$work/etcd.yaml"
+
 dockerfile() {
     local f=deploy/Dockerfile
     grep -q '^FROM rust:1-bookworm AS ' $f
@@ -156,6 +160,8 @@ dockerfile() {
     grep -q '^FROM debian:bookworm-slim' $f
     grep -q 'ca-certificates' $f
     grep -q '/usr/local/bin/coffer-agent' $f
+    grep -q '/usr/local/bin/coffer ' $f
+    grep -q 'protobuf-compiler' $f
     grep -q '^ENTRYPOINT \["coffer-agent"\]' $f
     grep -qx 'target/' .dockerignore
     grep -qx '.git' .dockerignore
@@ -163,7 +169,7 @@ dockerfile() {
         echo ".gitignore hides .dockerignore or deploy/Dockerfile"
         return 1
     fi
-    echo "multi-stage, builds coffer-agent, context without target/ and .git"
+    echo "multi-stage, builds coffer-agent and coffer, context without target/ and .git"
 }
 check "deploy/Dockerfile and .dockerignore" dockerfile
 

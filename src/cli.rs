@@ -329,7 +329,7 @@ pub struct InitArgs {
 /// not cross `/`, `**` does (`/home/**/.cache`); `!pattern` re-includes.
 #[derive(Args, Debug)]
 #[command(
-    after_help = "Examples:\n  coffer backup /var/lib/mysql --tag daily\n  coffer backup /data --exclude '*.tmp' --exclude '/data/cache/' --exclude-caches\n  coffer backup --files-from list.txt\n  mysqldump db | coffer backup --stdin --stdin-filename db.sql\n  coffer backup --stdin-from-command --stdin-filename db.sql -- mysqldump db\n  coffer backup /dev/vdb            # a block device's contents, as one file"
+    after_help = "Examples:\n  coffer backup /var/lib/mysql --tag daily\n  coffer backup /data --exclude '*.tmp' --exclude '/data/cache/' --exclude-caches\n  coffer backup --files-from list.txt\n  mysqldump db | coffer backup --stdin --stdin-filename db.sql\n  coffer backup --stdin-from-command --stdin-filename db.sql -- mysqldump db\n  coffer backup /dev/vdb            # a block device's contents, as one file\n  coffer backup --etcd https://127.0.0.1:2379 --etcd-cacert ca.crt --etcd-cert client.crt --etcd-key client.key"
 )]
 pub struct BackupArgs {
     /// Files and directories to back up (a block device or image file given here
@@ -364,11 +364,30 @@ pub struct BackupArgs {
     #[arg(long, value_name = "FILE")]
     pub files_from_raw: Vec<PathBuf>,
     /// Back up standard input as one file
-    #[arg(long, conflicts_with_all = ["paths", "stdin_from_command"])]
+    #[arg(long, conflicts_with_all = ["paths", "stdin_from_command", "etcd"])]
     pub stdin: bool,
-    /// Name of the file that --stdin or --stdin-from-command stores
-    #[arg(long, value_name = "NAME", default_value = "stdin")]
-    pub stdin_filename: String,
+    /// Name of the file that --stdin, --stdin-from-command or --etcd stores
+    /// [default: stdin; etcd-snapshot.db with --etcd]
+    #[arg(long, value_name = "NAME")]
+    pub stdin_filename: Option<String>,
+    /// Stream this etcd member's snapshot (v3 Maintenance API) into the
+    /// repository as one file, tagged with its revision, member and cluster id.
+    /// ENDPOINT: host:port, http://host:port or https://host:port
+    #[arg(long, value_name = "ENDPOINT", conflicts_with_all = ["paths", "stdin_from_command", "files_from", "files_from_raw"])]
+    pub etcd: Option<String>,
+    /// CA certificate (PEM) of etcd's server certificate; turns TLS on
+    #[arg(long, value_name = "FILE", requires = "etcd")]
+    pub etcd_cacert: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd's client-certificate authentication
+    #[arg(long, value_name = "FILE", requires_all = ["etcd", "etcd_key"])]
+    pub etcd_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM)
+    #[arg(long, value_name = "FILE", requires_all = ["etcd", "etcd_cert"])]
+    pub etcd_key: Option<PathBuf>,
+    /// Give up when etcd does not answer within this time: connecting, each
+    /// request, and any pause in the stream
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_timeout, requires = "etcd")]
+    pub etcd_timeout: std::time::Duration,
     /// Run the command given after `--` and back up its output as one file; the
     /// snapshot is written only if the command exits with status 0
     #[arg(long, requires = "command")]
@@ -514,6 +533,15 @@ pub struct CatArgs {
 }
 
 /// Parses sizes like `4096`, `512K`, `16MiB`, `1G`.
+/// A timeout such as `30s`, `2m` or `1m30s`.
+fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err("a timeout of zero would never wait; give e.g. 30s".into()),
+        Err(e) => Err(format!("{s:?} is not a duration like 30s or 2m: {e}")),
+    }
+}
+
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());

@@ -1,93 +1,10 @@
 //! Integration tests of the `coffer` command: every command and exit code.
 
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 
 mod common;
-use common::{noise, walk_files, write};
-
-struct Env {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-    repo: PathBuf,
-    /// Run commands as this uid/gid (to drop root for unreadable-file tests).
-    as_user: Option<(u32, u32)>,
-}
-
-impl Env {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().to_path_buf();
-        Env {
-            repo: root.join("repo"),
-            root,
-            _dir: dir,
-            as_user: None,
-        }
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_coffer"));
-        c.args(args)
-            .env("COFFER_REPOSITORY", &self.repo)
-            .env("COFFER_PASSWORD", "correct horse")
-            .env_remove("COFFER_PASSWORD_FILE")
-            .env_remove("COFFER_PASSWORD_COMMAND")
-            .current_dir(&self.root);
-        if let Some((uid, gid)) = self.as_user {
-            c.uid(uid).gid(gid);
-        }
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().unwrap()
-    }
-
-    /// Runs and expects exit status `code`; returns stdout.
-    fn expect(&self, code: i32, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert_eq!(
-            out.status.code(),
-            Some(code),
-            "coffer {args:?}\nstdout: {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn init(&self) {
-        self.expect(0, &init_args("1MiB"));
-    }
-
-    fn source(&self) -> PathBuf {
-        let src = self.root.join("src");
-        write(&src.join("hello.txt"), b"hello, coffer\n");
-        write(
-            &src.join("sub/data.bin"),
-            &(0..300_000u32)
-                .map(|i| (i * 7 % 251) as u8)
-                .collect::<Vec<_>>(),
-        );
-        write(&src.join("sub/empty"), b"");
-        std::os::unix::fs::symlink("hello.txt", src.join("link")).unwrap();
-        src
-    }
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn json(s: &str) -> serde_json::Value {
-    serde_json::from_str(s.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
-}
-
-fn last_json_line(s: &str) -> serde_json::Value {
-    json(s.lines().last().unwrap_or_default())
-}
+use common::{init_args, json, last_json_line, noise, stderr, walk_files, write, Env};
 
 #[test]
 fn init_backup_snapshots_ls_restore_round_trip() {
@@ -1153,20 +1070,6 @@ fn backups_killed_at_random_moments_leave_a_checkable_repository_and_resume() {
 const INIT_SMALL_PACKS: [&str; 9] = init_args("256KiB");
 
 /// `init` with a weak key (fast tests), 64 KiB chunks and packs of `pack_size`.
-const fn init_args(pack_size: &'static str) -> [&'static str; 9] {
-    [
-        "init",
-        "--kdf-memory",
-        "64",
-        "--kdf-iterations",
-        "1",
-        "--chunk-size",
-        "64KiB",
-        "--pack-size",
-        pack_size,
-    ]
-}
-
 /// Bytes stored under `data/`.
 fn data_bytes(repo: &Path) -> u64 {
     let data = repo.join("data");

@@ -97,6 +97,24 @@ pub enum Error {
         /// What happened.
         reason: String,
     },
+    /// A stream backup's source did not end well (a read failed, a command
+    /// exited with an error, a checksum did not match): no snapshot was written.
+    #[error("{name}: {reason}; no snapshot was written")]
+    StreamFailed {
+        /// The stream's file name in the snapshot.
+        name: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// etcd could not be reached, refused the request, or broke off the
+    /// snapshot stream: no snapshot was written.
+    #[error("etcd at {endpoint}: {reason}; no snapshot was written")]
+    Etcd {
+        /// The endpoint as given.
+        endpoint: String,
+        /// What happened.
+        reason: String,
+    },
     /// A bug: a worker thread panicked or an internal task failed.
     #[error("internal error: {0}; please report it")]
     Internal(String),

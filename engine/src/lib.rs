@@ -44,6 +44,8 @@ pub mod check;
 pub mod diff;
 pub mod dump;
 pub mod error;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod forget;
 pub(crate) mod fsmeta;
 pub mod index;

@@ -20,9 +20,9 @@ pub async fn run(g: &Global, a: BackupArgs) -> anyhow::Result<i32> {
     for f in &a.exclude_file {
         exclude.extend(coffer_engine::select::read_pattern_file(f)?);
     }
-    if paths.is_empty() && !a.stdin && !a.stdin_from_command {
+    if paths.is_empty() && !a.stdin && !a.stdin_from_command && a.etcd.is_none() {
         anyhow::bail!(
-            "nothing to back up: give paths, --files-from, --stdin or --stdin-from-command"
+            "nothing to back up: give paths, --files-from, --stdin, --stdin-from-command or --etcd"
         );
     }
     let mut opts = BackupOptions::new(paths);
@@ -53,7 +53,17 @@ pub async fn run(g: &Global, a: BackupArgs) -> anyhow::Result<i32> {
     let (cancel, signal) = super::cancel_on_signal();
     opts.cancel = cancel;
     let bar = progress(g, &mut opts);
-    let result = if a.stdin || a.stdin_from_command {
+    let mut etcd_info = None;
+    let result = if let Some(endpoint) = &a.etcd {
+        let src = etcd_source(endpoint, &a)?;
+        match coffer_engine::etcd::backup_etcd(repo.clone(), src, opts).await {
+            Ok(done) => {
+                etcd_info = Some(done.info);
+                Ok(done.summary)
+            }
+            Err(e) => Err(e),
+        }
+    } else if a.stdin || a.stdin_from_command {
         let src = stream_source(&a)?;
         backup::backup_stream(repo.clone(), src, opts).await
     } else {
@@ -93,6 +103,13 @@ pub async fn run(g: &Global, a: BackupArgs) -> anyhow::Result<i32> {
             "backup_start": s.backup_start,
             "backup_end": s.backup_end,
             "packs_adopted": summary.packs_adopted,
+            "etcd": etcd_info.as_ref().map(|i| serde_json::json!({
+                "revision": i.revision,
+                "member_id": format!("{:x}", i.member_id),
+                "cluster_id": format!("{:x}", i.cluster_id),
+                "version": i.version,
+                "size": i.size,
+            })),
             "snapshot_id": summary.snapshot_id.to_hex(),
             "errors": summary.errors.len(),
         }))?;
@@ -110,6 +127,16 @@ pub async fn run(g: &Global, a: BackupArgs) -> anyhow::Result<i32> {
             fmt::size(s.data_added),
             fmt::size(s.data_added_packed)
         );
+        if let Some(i) = &etcd_info {
+            println!(
+                "etcd {}: revision {}, member {:x}, cluster {:x}, {} verified by its SHA-256",
+                i.version,
+                i.revision,
+                i.member_id,
+                i.cluster_id,
+                fmt::size(i.size)
+            );
+        }
         if summary.packs_adopted > 0 {
             println!(
                 "Reused {} pack(s) stored by an interrupted backup",
@@ -199,11 +226,40 @@ fn progress(g: &Global, opts: &mut BackupOptions) -> Option<indicatif::ProgressB
     Some(bar)
 }
 
+/// The etcd member to snapshot, with the TLS files read (never logged).
+fn etcd_source(endpoint: &str, a: &BackupArgs) -> anyhow::Result<coffer_engine::etcd::EtcdSource> {
+    let read = |what: &str, f: &std::path::Path| {
+        std::fs::read(f)
+            .map_err(|e| anyhow::anyhow!("cannot read the etcd {what} {}: {e}", f.display()))
+    };
+    let mut src = coffer_engine::etcd::EtcdSource::new(endpoint);
+    if let Some(f) = &a.etcd_cacert {
+        src.ca_pem = Some(read("CA certificate", f)?);
+    }
+    if let (Some(cert), Some(key)) = (&a.etcd_cert, &a.etcd_key) {
+        src.client_identity = Some(coffer_engine::etcd::ClientIdentity {
+            cert_pem: read("client certificate", cert)?,
+            key_pem: read("client key", key)?.into(),
+        });
+    }
+    if src.ca_pem.is_none() && (src.client_identity.is_some() || endpoint.starts_with("https://")) {
+        anyhow::bail!(
+            "TLS to etcd at {endpoint} needs --etcd-cacert: the CA certificate that signed etcd's server certificate"
+        );
+    }
+    src.timeout = a.etcd_timeout;
+    if let Some(name) = &a.stdin_filename {
+        src.file_name = name.clone();
+    }
+    Ok(src)
+}
+
 /// Standard input, or the output of the command after `--`.
 fn stream_source(a: &BackupArgs) -> anyhow::Result<backup::StreamSource> {
+    let name = a.stdin_filename.clone().unwrap_or_else(|| "stdin".into());
     if a.stdin {
         return Ok(backup::StreamSource {
-            name: a.stdin_filename.clone(),
+            name,
             reader: Box::new(std::io::stdin()),
             finish: Box::new(|| Ok(())),
         });
@@ -221,7 +277,7 @@ fn stream_source(a: &BackupArgs) -> anyhow::Result<backup::StreamSource> {
     };
     let shown = a.command.join(" ");
     Ok(backup::StreamSource {
-        name: a.stdin_filename.clone(),
+        name,
         reader: Box::new(stdout),
         finish: Box::new(move || match child.wait() {
             Ok(status) if status.success() => Ok(()),

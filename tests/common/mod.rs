@@ -3,7 +3,9 @@
 
 #![allow(dead_code)]
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 /// Writes a file, making its parent directories.
 pub fn write(path: &Path, data: &[u8]) {
@@ -36,4 +38,103 @@ pub fn noise(seed: u64, len: usize) -> Vec<u8> {
             (x >> 24) as u8
         })
         .collect()
+}
+
+/// A temporary directory with a repository path, and the `coffer` binary to
+/// run in it.
+pub struct Env {
+    _dir: tempfile::TempDir,
+    pub root: PathBuf,
+    pub repo: PathBuf,
+    /// Run commands as this uid/gid (to drop root for unreadable-file tests).
+    pub as_user: Option<(u32, u32)>,
+}
+
+impl Env {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        Env {
+            repo: root.join("repo"),
+            root,
+            _dir: dir,
+            as_user: None,
+        }
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_coffer"));
+        c.args(args)
+            .env("COFFER_REPOSITORY", &self.repo)
+            .env("COFFER_PASSWORD", "correct horse")
+            .env_remove("COFFER_PASSWORD_FILE")
+            .env_remove("COFFER_PASSWORD_COMMAND")
+            .current_dir(&self.root);
+        if let Some((uid, gid)) = self.as_user {
+            c.uid(uid).gid(gid);
+        }
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    /// Runs and expects exit status `code`; returns stdout.
+    pub fn expect(&self, code: i32, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "coffer {args:?}\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn init(&self) {
+        self.expect(0, &init_args("1MiB"));
+    }
+
+    pub fn source(&self) -> PathBuf {
+        let src = self.root.join("src");
+        write(&src.join("hello.txt"), b"hello, coffer\n");
+        write(
+            &src.join("sub/data.bin"),
+            &(0..300_000u32)
+                .map(|i| (i * 7 % 251) as u8)
+                .collect::<Vec<_>>(),
+        );
+        write(&src.join("sub/empty"), b"");
+        std::os::unix::fs::symlink("hello.txt", src.join("link")).unwrap();
+        src
+    }
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+pub fn last_json_line(s: &str) -> serde_json::Value {
+    json(s.lines().last().unwrap_or_default())
+}
+
+/// `coffer init` with a cheap key and small chunks and packs.
+pub const fn init_args(pack_size: &'static str) -> [&'static str; 9] {
+    [
+        "init",
+        "--kdf-memory",
+        "64",
+        "--kdf-iterations",
+        "1",
+        "--chunk-size",
+        "64KiB",
+        "--pack-size",
+        pack_size,
+    ]
 }

@@ -403,11 +403,19 @@ impl Ctx {
 /// bounded time and cleans up exactly as after a cancellation: what was
 /// uploaded is indexed and the session is removed.
 pub async fn backup(repo: Arc<Repository>, opts: BackupOptions) -> Result<BackupSummary> {
-    let guard = CancelOnDrop(Some(opts.cancel.clone()));
-    let task = tokio::spawn(backup_task(repo, opts));
-    let result = task
+    stop_on_drop(opts.cancel.clone(), backup_task(repo, opts)).await
+}
+
+/// Runs a backup as its own task, and trips `cancel` if the caller drops the
+/// future before the task has ended.
+pub(crate) async fn stop_on_drop(
+    cancel: CancelToken,
+    work: impl std::future::Future<Output = Result<BackupSummary>> + Send + 'static,
+) -> Result<BackupSummary> {
+    let guard = CancelOnDrop(Some(cancel));
+    let result = tokio::spawn(work)
         .await
-        .map_err(|e| Error::InvalidArgument(format!("the backup task failed: {e}")))?;
+        .map_err(|e| Error::Internal(format!("the backup task failed: {e}")))?;
     guard.disarm();
     result
 }

@@ -40,6 +40,14 @@ pub async fn backup_stream(
             src.name
         ))
     })?;
+    super::stop_on_drop(opts.cancel.clone(), stream_task(repo, src, opts)).await
+}
+
+async fn stream_task(
+    repo: Arc<Repository>,
+    src: StreamSource,
+    opts: BackupOptions,
+) -> Result<BackupSummary> {
     let paths = vec![PathBuf::from("/").join(&src.name)];
     let session = Job::start(repo, &opts, paths).await?;
     session
@@ -56,15 +64,17 @@ pub async fn backup_stream(
                 Ok(n) => n,
                 Err(FileError::Fatal(e)) => return Err(e),
                 Err(FileError::Source(e)) => {
-                    return Err(Error::InvalidArgument(format!(
-                        "reading {}: {}; no snapshot was written",
-                        src.name, e.message
-                    )));
+                    return Err(Error::StreamFailed {
+                        name: src.name,
+                        reason: format!("reading failed: {}", e.message),
+                    });
                 }
             };
             drop(reader);
-            (src.finish)()
-                .map_err(|why| Error::InvalidArgument(format!("{why}; no snapshot was written")))?;
+            (src.finish)().map_err(|reason| Error::StreamFailed {
+                name: src.name.clone(),
+                reason,
+            })?;
             ctx.stats.file_done(&node, tree_builder::Status::New);
             let root =
                 super::source::root_node(&super::source::SourcePlan::Synthetic(Vec::new()), now)?;
