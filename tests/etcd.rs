@@ -362,6 +362,7 @@ fn tls_with_a_client_certificate_works_and_without_one_fails_naming_the_endpoint
     eprintln!("without a client certificate: {err}");
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains(&format!("etcd at {endpoint}")), "{err}");
+    assert!(err.contains("client certificate"), "{err}");
     assert!(err.contains("no snapshot was written"), "{err}");
     // TLS without the CA is refused before connecting, naming the option.
     let out = env.run(&["backup", "--etcd", &endpoint]);
@@ -372,6 +373,50 @@ fn tls_with_a_client_certificate_works_and_without_one_fails_naming_the_endpoint
         "{err}"
     );
     assert_eq!(snapshot_tags(&env).len(), 1);
+
+    // The CronJob's own script (deploy/etcd-backup/cronjob.yaml), with
+    // kubeadm's certificate directory here: it backs up and applies the
+    // retention to this node's etcd snapshots only.
+    let pki_dir = env.root.join("pki-etcd");
+    std::fs::create_dir_all(&pki_dir).unwrap();
+    for (from, to) in [
+        (&pki.ca, "ca.crt"),
+        (&pki.client_cert, "healthcheck-client.crt"),
+        (&pki.client_key, "healthcheck-client.key"),
+    ] {
+        std::fs::copy(from, pki_dir.join(to)).unwrap();
+    }
+    let script = cronjob_script()
+        .replace("/etc/kubernetes/pki/etcd", pki_dir.to_str().unwrap())
+        .replace("https://127.0.0.1:2379", &endpoint);
+    std::fs::write(env.root.join("password"), "correct horse\n").unwrap();
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_coffer")).parent().unwrap();
+    for _ in 0..2 {
+        let out = Command::new("/bin/sh")
+            .args(["-c", &script])
+            .env("PATH", format!("{}:/usr/bin:/bin", bin_dir.display()))
+            .env("NODE_NAME", "cp-1")
+            .env("COFFER_REPOSITORY", &env.repo)
+            .env_remove("COFFER_PASSWORD")
+            .env("COFFER_PASSWORD_FILE", env.root.join("password"))
+            .env("COFFER_CACHE_DIR", env.root.join("cache"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "the CronJob's script: {}",
+            stderr(&out)
+        );
+    }
+    let tags = snapshot_tags(&env);
+    assert_eq!(tags.len(), 2, "{tags:?}");
+    assert_eq!(
+        tags.iter()
+            .filter(|t| t.contains(&"etcd".to_string()))
+            .count(),
+        1,
+        "keep-hourly keeps one snapshot of this hour: {tags:?}"
+    );
 
     // The key never reaches the output, even verbose.
     let key_text = std::fs::read_to_string(&pki.client_key).unwrap();
@@ -394,6 +439,23 @@ fn tls_with_a_client_certificate_works_and_without_one_fails_naming_the_endpoint
         stderr(&verbose)
     );
     assert!(!all.contains(secret_line), "the client key was printed");
+}
+
+/// The shell script the etcd CronJob runs: its folded `args` entry.
+fn cronjob_script() -> String {
+    let manifest = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/etcd-backup/cronjob.yaml"),
+    )
+    .unwrap();
+    let mut lines = manifest.lines().skip_while(|l| l.trim() != "- >-");
+    let marker = lines.next().expect("the CronJob has a folded script");
+    let indent = marker.len() - marker.trim_start().len();
+    let script: Vec<&str> = lines
+        .take_while(|l| l.len() - l.trim_start().len() > indent)
+        .map(str::trim)
+        .collect();
+    assert!(script.len() > 3, "{script:?}");
+    script.join(" ")
 }
 
 /// Forwards one port to another and counts the bytes coming back; `cut` is

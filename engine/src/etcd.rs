@@ -199,7 +199,16 @@ pub async fn backup_etcd(
     let status = tokio::time::timeout(limit, client.status())
         .await
         .map_err(bounded("to the status request"))?
-        .map_err(|e| src.fail(format!("status request failed: {}", chain(&e))))?;
+        .map_err(|e| {
+            // With TLS 1.3 a refused client certificate shows only here, as a
+            // closed connection.
+            let hint = if src.uses_tls() && src.client_identity.is_none() {
+                "; if etcd requires client certificates (--client-cert-auth), give one"
+            } else {
+                ""
+            };
+            src.fail(format!("status request failed: {}{hint}", chain(&e)))
+        })?;
     let header = status
         .header()
         .ok_or_else(|| src.fail("the status reply has no header"))?;
