@@ -206,6 +206,8 @@ pub struct StatsArgs {
     /// Snapshots to count (`latest`, ids or prefixes); all when none is given
     #[arg(value_name = "SNAPSHOT")]
     pub snapshots: Vec<String>,
+    #[command(flatten)]
+    pub origin: OriginArgs,
 }
 
 #[derive(Args, Debug)]
@@ -476,6 +478,8 @@ pub struct FindArgs {
     /// Only these snapshots (all when none)
     #[arg(long = "snapshot", short = 's', value_name = "SNAPSHOT")]
     pub snapshots: Vec<String>,
+    #[command(flatten)]
+    pub origin: OriginArgs,
 }
 
 #[derive(Args, Debug)]
@@ -496,6 +500,9 @@ pub struct RestoreArgs {
     /// Directory to restore into (created if missing; must be empty unless --overwrite)
     #[arg(short, long, value_name = "DIR")]
     pub target: PathBuf,
+    /// SNAPSHOT is looked for among these (`latest --namespace db --pvc data`)
+    #[command(flatten)]
+    pub origin: OriginArgs,
     /// Replace files that exist in the target
     #[arg(long)]
     pub overwrite: bool,
@@ -632,6 +639,14 @@ pub struct OriginArgs {
 }
 
 impl OriginArgs {
+    /// A snapshot filter of the origin only.
+    pub fn snapshot_filter(&self) -> coffer_engine::forget::Filter {
+        coffer_engine::forget::Filter {
+            origin: self.filter(),
+            ..Default::default()
+        }
+    }
+
     /// The engine's filter.
     pub fn filter(&self) -> coffer_engine::forget::OriginFilter {
         coffer_engine::forget::OriginFilter {

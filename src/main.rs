@@ -101,12 +101,43 @@ fn main() {
     let code = match rt.block_on(commands::run(cli)) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("coffer: {}", describe(&err));
+            match hint(&err) {
+                Some(h) => eprintln!("coffer: {}; {h}", describe(&err)),
+                None => eprintln!("coffer: {}", describe(&err)),
+            }
             exit_code(&err)
         }
     };
     drop(rt);
     std::process::exit(code);
+}
+
+/// The next step on the command line, for the engine's errors that have one
+/// (the engine's own messages name no command or flag).
+fn hint(err: &anyhow::Error) -> Option<&'static str> {
+    use coffer_engine::error::{Conflict, Missing};
+    use coffer_engine::Error;
+    let check = "run `coffer check` to see everything that is wrong";
+    Some(match err.chain().find_map(|c| c.downcast_ref::<Error>())? {
+        Error::RepositoryNotFound { .. } => "create one with `coffer init`",
+        Error::Corrupt { .. } => check,
+        Error::Unreadable { source, .. } if !source.is_transient() => check,
+        Error::NotFound { missing, .. } => match missing {
+            Missing::Snapshot => "list snapshots with `coffer snapshots`",
+            Missing::Path => "list the snapshot with `coffer ls SNAPSHOT`",
+            Missing::Key => "list keys with `coffer key list`",
+            Missing::Object => check,
+            _ => return None,
+        },
+        Error::TargetExists { conflict, .. } => match conflict {
+            Conflict::BlockDevice => "pass --overwrite-device to overwrite everything on it",
+            _ => "pass --overwrite to replace what is there",
+        },
+        Error::KeyInUse { .. } => "change its password with `coffer key passwd`",
+        Error::NoPolicy => "use --keep-last, --keep-daily, --keep-within, ...",
+        Error::Cache { .. } => "give another with --cache-dir, or use --no-cache",
+        _ => return None,
+    })
 }
 
 /// The error and its causes, each cause only when the message does not

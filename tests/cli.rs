@@ -1338,7 +1338,11 @@ fn snapshots_filters_tag_diff_find_and_forget() {
     assert_eq!(count(&[]), 2);
     let out = env.run(&["forget"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("no policy"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no retention policy") && stderr(&out).contains("--keep-last"),
+        "{}",
+        stderr(&out)
+    );
     let h2 = json(&env.expect(0, &["snapshots", "--json", "--host", "h2"]))[0]["id"]
         .as_str()
         .unwrap()
@@ -1402,6 +1406,7 @@ fn snapshots_and_forget_filter_by_kubernetes_origin() {
             ("prod", "team-b", "data-db-0"),
             ("dr", "team-a", "logs"),
         ] {
+            common::write(&src.join("f"), format!("{cluster}/{ns}/{pvc}").as_bytes());
             let mut o = BackupOptions::new([&src]);
             o.origin = Some(KubernetesOrigin {
                 cluster: Some(cluster.into()),
@@ -1427,6 +1432,56 @@ fn snapshots_and_forget_filter_by_kubernetes_origin() {
     assert_eq!(count(&["--namespace", "nobody"]), 0);
     let listed = json(&env.expect(0, &["snapshots", "--json", "--namespace", "team-b"]));
     assert_eq!(listed[0]["origin"]["namespace"], "team-b");
+    let team_b = listed[0]["id"].as_str().unwrap().to_string();
+    // find, stats and restore take the same filters.
+    let found = json(&env.expect(0, &["find", "f", "--json", "--namespace", "team-a"]));
+    assert_eq!(found.as_array().unwrap().len(), 2, "{found}");
+    let st = json(&env.expect(0, &["stats", "--json", "--cluster", "prod"]));
+    assert_eq!(st["snapshots"], 2, "{st}");
+    let restored = |args: &[&str]| {
+        let target = tempfile::tempdir().unwrap();
+        let mut all = vec![
+            "restore",
+            "latest",
+            "--target",
+            target.path().to_str().unwrap(),
+        ];
+        all.extend_from_slice(args);
+        env.expect(0, &all);
+        let files = walk_files(target.path());
+        assert_eq!(files.len(), 1, "{files:?}");
+        std::fs::read_to_string(&files[0]).unwrap()
+    };
+    assert_eq!(
+        restored(&["--namespace", "team-b"]),
+        "prod/team-b/data-db-0"
+    );
+    assert_eq!(restored(&["--cluster", "dr"]), "dr/team-a/logs");
+    assert_eq!(
+        restored(&["--namespace", "team-a", "--pvc", "data-db-0"]),
+        "prod/team-a/data-db-0"
+    );
+    let out = env.run(&[
+        "restore",
+        "latest",
+        "--target",
+        "x",
+        "--namespace",
+        "nobody",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("matches the filter"),
+        "{}",
+        stderr(&out)
+    );
+    let out = env.run(&["restore", &team_b, "--target", "x", "--namespace", "team-a"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("not found") && stderr(&out).contains("coffer snapshots"),
+        "{}",
+        stderr(&out)
+    );
     // forget by origin touches only that origin.
     env.expect(0, &["forget", "--keep-last", "1", "--namespace", "team-a"]);
     assert_eq!(count(&["--namespace", "team-a"]), 1);

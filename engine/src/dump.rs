@@ -9,7 +9,7 @@ use std::sync::Arc;
 use coffer_repo_format::blob::BlobType;
 use coffer_repo_format::tree::{ContentRef, Node, NodeKind};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Missing, Result};
 use crate::index::Index;
 use crate::repository::Repository;
 use crate::trees::{self, DirReader};
@@ -77,7 +77,7 @@ pub async fn dump(
         .await?
         .ok_or_else(|| Error::NotFound {
             what: format!("path {path} in snapshot {}", id.short()),
-            hint: "; list the snapshot with `coffer ls`".into(),
+            missing: Missing::Path,
         })?;
     let rt = tokio::runtime::Handle::current();
     let n = node.clone();

@@ -12,7 +12,7 @@ use crate::storage::{StoreError, StoreErrorKind};
 #[non_exhaustive]
 pub enum Error {
     /// No repository exists at the location.
-    #[error("there is no repository at {location}; create one with `coffer init`")]
+    #[error("there is no repository at {location}")]
     RepositoryNotFound {
         /// Where we looked.
         location: String,
@@ -31,16 +31,16 @@ pub enum Error {
         /// How many key files were tried.
         keys: usize,
     },
-    /// A named object (snapshot, path, blob) does not exist.
-    #[error("{what} not found{hint}")]
+    /// A named object (snapshot, path, key, blob) does not exist.
+    #[error("{what} not found{}", missing.note())]
     NotFound {
         /// The object.
         what: String,
-        /// The next step, starting with "; ", or empty.
-        hint: String,
+        /// What kind of thing is missing.
+        missing: Missing,
     },
     /// A stored object could not be decoded or failed verification.
-    #[error("{object} is damaged: {source}; run `coffer check` to see everything that is wrong")]
+    #[error("{object} is damaged: {source}")]
     Corrupt {
         /// The object with its id, e.g. "pack 1a2b…".
         object: String,
@@ -70,6 +70,42 @@ pub enum Error {
     #[error("{}: {source}", path.display())]
     Io {
         /// The local path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An object an operation depends on could not be read; the operation
+    /// stopped before changing anything.
+    #[error("{object} cannot be read: {source}")]
+    Unreadable {
+        /// The object, e.g. "tree 1a2b3c4d of snapshot 5e6f7a8b".
+        object: String,
+        /// Why.
+        #[source]
+        source: Box<Error>,
+    },
+    /// A restore would replace something that is already there.
+    #[error("{}", conflict.describe(path))]
+    TargetExists {
+        /// What is there.
+        path: PathBuf,
+        /// How it is in the way.
+        conflict: Conflict,
+    },
+    /// The key to remove is the one this repository was opened with.
+    #[error("key {key} is the one in use; open the repository with another key to remove it, or change its password instead")]
+    KeyInUse {
+        /// The key's short id.
+        key: String,
+    },
+    /// `forget` was given no rule that keeps anything.
+    #[error("no retention policy given: nothing would be kept")]
+    NoPolicy,
+    /// The local cache directory could not be created.
+    #[error("cannot create the cache directory {}: {source}", path.display())]
+    Cache {
+        /// The directory.
         path: PathBuf,
         /// The OS error.
         #[source]
@@ -120,10 +156,68 @@ pub enum Error {
     Internal(String),
 }
 
+/// What kind of thing [`Error::NotFound`] did not find.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Missing {
+    /// No snapshot has this id or id prefix.
+    Snapshot,
+    /// `latest` was asked of a repository that has no snapshots.
+    NoSnapshots,
+    /// The snapshot holds no such path.
+    Path,
+    /// No key file has this id.
+    Key,
+    /// An object the repository refers to (a blob, a pack, an index entry)
+    /// is gone: the repository is damaged.
+    Object,
+}
+
+impl Missing {
+    fn note(self) -> &'static str {
+        match self {
+            Missing::NoSnapshots => "; the repository has no snapshots yet",
+            Missing::Object => "; the repository refers to it, so it is damaged",
+            _ => "",
+        }
+    }
+}
+
+/// How a restore's target is in the way ([`Error::TargetExists`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Conflict {
+    /// The target directory has entries, and overwriting was not allowed.
+    NotEmpty,
+    /// A file to restore exists, and overwriting was not allowed.
+    Exists,
+    /// The target is a block device, and overwriting devices was not allowed.
+    BlockDevice,
+}
+
+impl Conflict {
+    fn describe(self, path: &std::path::Path) -> String {
+        let p = path.display();
+        match self {
+            Conflict::NotEmpty => format!(
+                "the target {p} is not empty; restore into an empty or new directory, or allow overwriting"
+            ),
+            Conflict::Exists => format!("{p} already exists, and overwriting was not allowed"),
+            Conflict::BlockDevice => format!(
+                "{p} is a block device; a restore overwrites everything on it, which must be allowed explicitly"
+            ),
+        }
+    }
+}
+
 impl Error {
     /// Whether retrying the same operation may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Store { source, .. } if source.kind == StoreErrorKind::Transient)
+        match self {
+            Error::Store { source, .. } => source.kind == StoreErrorKind::Transient,
+            Error::Unreadable { source, .. } => source.is_transient(),
+            _ => false,
+        }
     }
 
     pub(crate) fn corrupt(object: impl Into<String>, source: FormatError) -> Self {

@@ -153,7 +153,7 @@ impl GroupBy {
 }
 
 /// Which snapshots forget considers (all when empty).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Filter {
     /// Only snapshots with one of these hosts.
     pub hosts: Vec<String>,
@@ -284,9 +284,7 @@ pub fn plan(
     filter: &Filter,
 ) -> Result<ForgetPlan> {
     if policy.is_empty() {
-        return Err(Error::InvalidArgument(
-            "no policy given: nothing would be kept; use --keep-last, --keep-daily, --keep-within, ... ".into(),
-        ));
+        return Err(Error::NoPolicy);
     }
     type Dated<'a> = (SnapshotId, &'a Snapshot, DateTime<FixedOffset>);
     let mut groups: BTreeMap<String, Vec<Dated<'_>>> = BTreeMap::new();

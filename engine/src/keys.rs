@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use coffer_repo_format::KeyId;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Missing, Result};
 use crate::repository::{layout, list_ids, now_rfc3339, Identity, Repository};
 use crate::storage::{StoreErrorKind, WriteMode};
 
@@ -191,16 +191,13 @@ impl Repository {
     /// that opens the repository.
     pub async fn remove_key(&self, id: &KeyId) -> Result<()> {
         if *id == self.key_id() {
-            return Err(Error::InvalidArgument(format!(
-                "key {} is the one in use; open the repository with another key to remove it, or use `coffer key passwd`",
-                id.short()
-            )));
+            return Err(Error::KeyInUse { key: id.short() });
         }
         let keys = self.list_keys().await?;
         if !keys.iter().any(|k| k.id == *id) {
             return Err(Error::NotFound {
                 what: format!("key {id}"),
-                hint: "; list keys with `coffer key list`".into(),
+                missing: Missing::Key,
             });
         }
         let usable = keys

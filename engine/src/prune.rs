@@ -189,13 +189,13 @@ async fn usage(
                 continue;
             }
             used.insert(tree);
-            let mut r = DirReader::open(repo, index, &tree).await.map_err(|e| {
-                Error::InvalidArgument(format!(
-                    "prune cannot read tree {} of snapshot {} ({e}); run `coffer check`",
-                    tree.short(),
-                    id.short()
-                ))
-            })?;
+            let mut r =
+                DirReader::open(repo, index, &tree)
+                    .await
+                    .map_err(|e| Error::Unreadable {
+                        object: format!("tree {} of snapshot {}", tree.short(), id.short()),
+                        source: Box::new(e),
+                    })?;
             while let Some(node) = r.next().await? {
                 match node.kind {
                     NodeKind::Dir => stack.extend(node.subtree),
@@ -218,11 +218,9 @@ async fn read_indexes(repo: &Repository) -> Result<(Indexes, Arc<Index>)> {
     let index = Arc::new(Index::new());
     let mut files = Vec::new();
     for id in repo.index_ids().await? {
-        let f = repo.read_index(&id).await.map_err(|e| {
-            Error::InvalidArgument(format!(
-                "prune cannot read index file {} ({e}); run `coffer check`",
-                id.short()
-            ))
+        let f = repo.read_index(&id).await.map_err(|e| Error::Unreadable {
+            object: format!("index file {}", id.short()),
+            source: Box::new(e),
         })?;
         index.add_file(&f);
         files.push((id, f));

@@ -20,7 +20,7 @@ use coffer_repo_format::snapshot::Snapshot;
 use coffer_repo_format::tree::TreePage;
 use coffer_repo_format::{BlobId, FormatError, IndexId, KeyId, PackId, SnapshotId};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Missing, Result};
 use crate::index::Index;
 use crate::storage::{DynStore, StoreError, StoreErrorKind, WriteMode};
 
@@ -320,7 +320,7 @@ impl Repository {
             match KeyFile::from_bytes(&bytes) {
                 Ok(kf) => candidates.push((kf.kdf.cost().work(), *id, kf)),
                 Err(e) => damaged.push(format!(
-                    "key file {id}: {e}; if you did not add it, remove it with `coffer key remove {}`",
+                    "key file {id}: {e}; if you did not add it, remove it (key {})",
                     id.short()
                 )),
             }
@@ -502,7 +502,7 @@ impl Repository {
             Err(e) if e.kind == StoreErrorKind::NotFound => {
                 return Err(Error::NotFound {
                     what: object.to_string(),
-                    hint: "; run `coffer check`".into(),
+                    missing: Missing::Object,
                 });
             }
             Err(e) => return Err(self.store_err(e)),
@@ -623,18 +623,66 @@ impl Repository {
         Ok(out)
     }
 
+    /// Finds a snapshot by `latest`, a full id or a unique id prefix, among
+    /// the snapshots `filter` passes: `latest` is the newest of those, and an
+    /// id of a snapshot the filter rejects is not found.
+    pub async fn find_snapshot_matching(
+        &self,
+        spec: &str,
+        filter: &crate::forget::Filter,
+    ) -> Result<(SnapshotId, Snapshot)> {
+        if *filter == crate::forget::Filter::default() {
+            return self.find_snapshot(spec).await;
+        }
+        if spec == "latest" {
+            let mut all = self.snapshots().await?;
+            all.retain(|(_, s)| filter.matches(s));
+            return all.pop().ok_or_else(|| Error::NotFound {
+                what: "a snapshot that matches the filter".into(),
+                missing: Missing::Snapshot,
+            });
+        }
+        let (id, snap) = self.find_snapshot(spec).await?;
+        if !filter.matches(&snap) {
+            return Err(Error::NotFound {
+                what: format!("snapshot {} among those that match the filter", id.short()),
+                missing: Missing::Snapshot,
+            });
+        }
+        Ok((id, snap))
+    }
+
+    /// The snapshots `specs` name (each `latest`, an id or a prefix), or all
+    /// of them when `specs` is empty, keeping only those `filter` passes.
+    pub async fn select_snapshots(
+        &self,
+        specs: &[String],
+        filter: &crate::forget::Filter,
+    ) -> Result<Vec<(SnapshotId, Snapshot)>> {
+        if specs.is_empty() {
+            let mut all = self.snapshots().await?;
+            all.retain(|(_, s)| filter.matches(s));
+            return Ok(all);
+        }
+        let mut out = Vec::with_capacity(specs.len());
+        for s in specs {
+            out.push(self.find_snapshot_matching(s, filter).await?);
+        }
+        Ok(out)
+    }
+
     /// Finds a snapshot by `latest`, a full id, or a unique id prefix.
     pub async fn find_snapshot(&self, spec: &str) -> Result<(SnapshotId, Snapshot)> {
         if spec == "latest" {
             let mut all = self.snapshots().await?;
             return all.pop().ok_or_else(|| Error::NotFound {
                 what: "snapshot \"latest\"".into(),
-                hint: "; the repository has no snapshots yet".into(),
+                missing: Missing::NoSnapshots,
             });
         }
         if spec.is_empty() || !spec.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(Error::InvalidArgument(format!(
-                "{spec:?} is not a snapshot id: use `latest`, an id, or an id prefix from `coffer snapshots`"
+                "{spec:?} is not a snapshot id: use `latest`, an id, or an id prefix"
             )));
         }
         let spec_lc = spec.to_ascii_lowercase();
@@ -647,7 +695,7 @@ impl Repository {
             [id] => Ok((*id, self.read_snapshot(id).await?)),
             [] => Err(Error::NotFound {
                 what: format!("snapshot {spec}"),
-                hint: "; list snapshots with `coffer snapshots`".into(),
+                missing: Missing::Snapshot,
             }),
             many => Err(Error::InvalidArgument(format!(
                 "snapshot prefix {spec} is ambiguous: it matches {}; give more digits",
@@ -667,8 +715,8 @@ impl Repository {
         id: &BlobId,
     ) -> Result<Vec<u8>> {
         let loc = index.get(id).ok_or_else(|| Error::NotFound {
-            what: format!("{blob_type} blob {id}"),
-            hint: "; it is in no index file: run `coffer check`".into(),
+            what: format!("the index entry of {blob_type} blob {id}"),
+            missing: Missing::Object,
         })?;
         if loc.blob_type != blob_type {
             return Err(Error::corrupt(
@@ -690,7 +738,7 @@ impl Repository {
             Err(e) if e.kind == StoreErrorKind::NotFound => {
                 return Err(Error::NotFound {
                     what: format!("pack {} (it holds {blob_type} blob {id})", loc.pack),
-                    hint: "; run `coffer check`".into(),
+                    missing: Missing::Object,
                 });
             }
             Err(e) => return Err(self.store_err(e)),

@@ -39,16 +39,13 @@ pub struct Stats {
 }
 
 /// Counts `snapshots` (all of them when empty).
-pub async fn stats(repo: &Arc<Repository>, index: &Index, snapshots: &[String]) -> Result<Stats> {
-    let list = if snapshots.is_empty() {
-        repo.snapshots().await?
-    } else {
-        let mut v = Vec::new();
-        for s in snapshots {
-            v.push(repo.find_snapshot(s).await?);
-        }
-        v
-    };
+pub async fn stats(
+    repo: &Arc<Repository>,
+    index: &Index,
+    snapshots: &[String],
+    filter: &crate::forget::Filter,
+) -> Result<Stats> {
+    let list = repo.select_snapshots(snapshots, filter).await?;
     let mut st = Stats {
         snapshots: list.len() as u64,
         ..Default::default()

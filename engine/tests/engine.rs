@@ -320,6 +320,14 @@ async fn restore_refuses_a_non_empty_target_unless_overwriting() {
     )
     .await
     .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            coffer_engine::Error::TargetExists { path, conflict: coffer_engine::error::Conflict::NotEmpty }
+                if path == target.path()
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("not empty"), "{err}");
     assert_eq!(
         std::fs::read(target.path().join("f")).unwrap(),
@@ -422,6 +430,147 @@ fn a_source_error_keeps_its_kind_and_says_whether_a_retry_may_work() {
     assert!(!e(None).is_transient());
     let json = serde_json::to_value(e(Some(std::io::ErrorKind::PermissionDenied))).unwrap();
     assert_eq!(json["kind"], "PermissionDenied");
+}
+
+/// Each failure an embedder tells apart is its own variant, and the engine's
+/// messages name the object but no command or flag of the CLI (which adds
+/// its own next step).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_errors_name_the_object_and_no_command_line() {
+    use coffer_engine::error::{Conflict, Missing};
+    use coffer_engine::Error;
+    fn no_cli(err: &Error) {
+        let text = err.to_string();
+        assert!(
+            !text.contains("`coffer") && !text.contains(" --"),
+            "a CLI hint in the engine: {text}"
+        );
+    }
+    let dir = tempdir();
+    let repo_dir = dir.path().join("repo");
+    let repo = local_repo(
+        &repo_dir,
+        init_opts(small_chunks(), Compression::Zstd(3), 1 << 20),
+    )
+    .await;
+    let err = repo.find_snapshot("latest").await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::NotFound {
+                missing: Missing::NoSnapshots,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    no_cli(&err);
+    let src = dir.path().join("src");
+    write(&src.join("f"), b"data");
+    backup_paths(&repo, &[&src]).await;
+    let err = repo.find_snapshot("abcdef12").await.unwrap_err();
+    assert!(
+        matches!(&err, Error::NotFound { missing: Missing::Snapshot, what } if what.contains("abcdef12")),
+        "{err}"
+    );
+    no_cli(&err);
+    let err = repo.find_snapshot("not-hex").await.unwrap_err();
+    assert!(matches!(&err, Error::InvalidArgument(_)), "{err}");
+    no_cli(&err);
+    let index = repo.load_index().await.unwrap();
+    let err = coffer_engine::dump::dump(
+        repo.clone(),
+        index.clone(),
+        "latest",
+        "/nope",
+        Box::new(std::io::sink()),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, Error::NotFound { missing: Missing::Path, what } if what.contains("/nope")),
+        "{err}"
+    );
+    no_cli(&err);
+    let target = dir.path().join("full");
+    write(&target.join("x"), b"in the way");
+    let err = restore::restore(
+        repo.clone(),
+        index.clone(),
+        RestoreOptions::new("latest", &target),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::TargetExists {
+                conflict: Conflict::NotEmpty,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    no_cli(&err);
+    let err = repo.remove_key(&repo.key_id()).await.unwrap_err();
+    assert!(matches!(&err, Error::KeyInUse { .. }), "{err}");
+    no_cli(&err);
+    let other = coffer_engine::format::KeyId::of(b"no such key");
+    let err = repo.remove_key(&other).await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::NotFound {
+                missing: Missing::Key,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    no_cli(&err);
+    let snaps = repo.snapshots().await.unwrap();
+    let err = coffer_engine::forget::plan(
+        &snaps,
+        &coffer_engine::forget::Policy::default(),
+        Default::default(),
+        &Default::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(&err, Error::NoPolicy), "{err}");
+    no_cli(&err);
+    let not_a_dir = dir.path().join("file");
+    write(&not_a_dir, b"");
+    let store = coffer_engine::storage::open_location(repo_dir.to_str().unwrap(), false).unwrap();
+    let err = coffer_engine::storage::Caching::new(store, &not_a_dir, "x")
+        .err()
+        .unwrap();
+    assert!(
+        matches!(&err, Error::Cache { path, .. } if path.starts_with(&not_a_dir)),
+        "{err}"
+    );
+    no_cli(&err);
+    // A damaged index file stops prune before it changes anything.
+    let index_dir = repo_dir.join("index");
+    let victim = std::fs::read_dir(&index_dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&victim, &bytes).unwrap();
+    let err = coffer_engine::prune::prune(repo.clone(), Default::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Unreadable { object, source } if object.starts_with("index file")
+            && matches!(**source, Error::Corrupt { .. })),
+        "{err}"
+    );
+    assert!(!err.is_transient());
+    no_cli(&err);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -894,7 +1043,13 @@ mod damage {
         // restore says which tree.
         let err = f.try_restore_soundly().await.unwrap_err();
         assert!(
-            err.to_string().contains("tree blob") && err.to_string().contains("coffer check"),
+            matches!(
+                &err,
+                coffer_engine::Error::NotFound {
+                    missing: coffer_engine::error::Missing::Object,
+                    what,
+                } if what.contains("tree blob")
+            ),
             "{err}"
         );
 
@@ -1688,7 +1843,16 @@ mod devices {
         let err = restore::restore(repo.clone(), index.clone(), opts.clone())
             .await
             .unwrap_err();
-        assert!(err.to_string().contains("--overwrite-device"), "{err}");
+        assert!(
+            matches!(
+                &err,
+                coffer_engine::Error::TargetExists {
+                    conflict: coffer_engine::error::Conflict::BlockDevice,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         opts.overwrite_device = true;
         let r = restore::restore(repo.clone(), index.clone(), opts)
             .await

@@ -46,15 +46,9 @@ pub async fn find(g: &Global, a: FindArgs) -> anyhow::Result<i32> {
     } else {
         Patterns::new(std::slice::from_ref(&a.pattern), &[])?
     };
-    let snaps = if a.snapshots.is_empty() {
-        repo.snapshots().await?
-    } else {
-        let mut v = Vec::new();
-        for s in &a.snapshots {
-            v.push(repo.find_snapshot(s).await?);
-        }
-        v
-    };
+    let snaps = repo
+        .select_snapshots(&a.snapshots, &a.origin.snapshot_filter())
+        .await?;
     let mut results = Vec::new();
     for (id, s) in &snaps {
         let found = diff::find(&repo, &index, s, &pattern).await?;

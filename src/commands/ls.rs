@@ -75,7 +75,7 @@ pub async fn run(g: &Global, a: LsArgs) -> anyhow::Result<i32> {
             .await?
             .ok_or_else(|| coffer_engine::Error::NotFound {
                 what: format!("path {p} in snapshot {}", id.short()),
-                hint: "; list the snapshot with `coffer ls SNAPSHOT`".into(),
+                missing: coffer_engine::error::Missing::Path,
             })?,
     };
     if start.kind != NodeKind::Dir {

@@ -16,6 +16,7 @@ pub async fn run(g: &Global, a: RestoreArgs) -> anyhow::Result<i32> {
     opts.iexclude = a.iexclude;
     opts.overwrite_device = a.overwrite_device;
     opts.device_zeroed = a.device_is_zeroed;
+    opts.filter = a.origin.snapshot_filter();
     let summary = restore::restore(repo, index, opts).await?;
     for e in &summary.errors {
         eprintln!("error: {}: {}", e.path.display(), e.message);

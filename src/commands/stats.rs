@@ -4,7 +4,8 @@ use crate::{exit, fmt};
 pub async fn run(g: &Global, a: StatsArgs) -> anyhow::Result<i32> {
     let repo = super::open(g).await?;
     let index = repo.load_index().await?;
-    let st = coffer_engine::stats::stats(&repo, &index, &a.snapshots).await?;
+    let st = coffer_engine::stats::stats(&repo, &index, &a.snapshots, &a.origin.snapshot_filter())
+        .await?;
     if g.json {
         super::print_json(&st)?;
         return Ok(exit::OK);

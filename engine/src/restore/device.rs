@@ -10,7 +10,7 @@ use coffer_repo_format::tree::{Node, NodeKind};
 
 use super::plan::{Planner, Start};
 use super::{fetcher, RestoreOptions, Shared};
-use crate::error::{Error, Result};
+use crate::error::{Conflict, Error, Result};
 use crate::trees::DirReader;
 
 /// Whether `target` is a block device (following a `/dev/disk/by-id/...` link).
@@ -52,10 +52,10 @@ pub(crate) async fn restore(
 ) -> Result<u64> {
     let target = &opts.target;
     if !opts.overwrite_device {
-        return Err(Error::InvalidArgument(format!(
-            "{} is a block device; pass --overwrite-device to overwrite everything on it",
-            target.display()
-        )));
+        return Err(Error::TargetExists {
+            path: target.clone(),
+            conflict: Conflict::BlockDevice,
+        });
     }
     let node = the_file(&shared, start).await?;
     let size = super::super::backup::device_size(target).map_err(|e| Error::io(target, e))?;

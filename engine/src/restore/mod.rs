@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use coffer_repo_format::{BlobId, SnapshotId};
 
 use crate::cancel::CancelToken;
-use crate::error::{Error, Result};
+use crate::error::{Conflict, Error, Result};
 use crate::index::Index;
 use crate::repository::Repository;
 
@@ -58,6 +58,9 @@ pub struct RestoreOptions {
     pub overwrite_device: bool,
     /// The target device reads as zeros already: do not write zero regions.
     pub device_zeroed: bool,
+    /// `snapshot` is looked for among the snapshots this filter passes
+    /// (`latest` of a Kubernetes origin, say).
+    pub filter: crate::forget::Filter,
     /// Cancellation.
     pub cancel: CancelToken,
 }
@@ -77,6 +80,7 @@ impl RestoreOptions {
             concurrency: 4,
             overwrite_device: false,
             device_zeroed: false,
+            filter: Default::default(),
             cancel: CancelToken::new(),
         }
     }
@@ -179,7 +183,9 @@ pub async fn restore(
     index: Arc<Index>,
     opts: RestoreOptions,
 ) -> Result<RestoreSummary> {
-    let (snapshot_id, snapshot) = repo.find_snapshot(&opts.snapshot).await?;
+    let (snapshot_id, snapshot) = repo
+        .find_snapshot_matching(&opts.snapshot, &opts.filter)
+        .await?;
     let start = plan::resolve_start(&repo, &index, &snapshot, opts.subpath.as_deref()).await?;
     let to_device = device::is_device(&opts.target);
     if !to_device {
@@ -270,10 +276,10 @@ fn prepare_target(target: &Path, overwrite: bool) -> Result<()> {
         Ok(md) if md.is_dir() => {
             let mut entries = std::fs::read_dir(target).map_err(|e| Error::io(target, e))?;
             if entries.next().is_some() && !overwrite {
-                return Err(Error::InvalidArgument(format!(
-                    "the target {} is not empty; restore into an empty or new directory, or pass --overwrite to replace what is there",
-                    target.display()
-                )));
+                return Err(Error::TargetExists {
+                    path: target.to_path_buf(),
+                    conflict: Conflict::NotEmpty,
+                });
             }
             Ok(())
         }

@@ -10,7 +10,7 @@ use coffer_repo_format::tree::{Node, NodeKind};
 use coffer_repo_format::{BlobId, PackId};
 
 use super::{RestoreOptions, Shared};
-use crate::error::{Error, Result};
+use crate::error::{Conflict, Error, Missing, Result};
 use crate::index::Index;
 use crate::repository::{is_damage, Repository};
 use crate::trees::{self, DirReader};
@@ -44,7 +44,7 @@ pub(crate) async fn resolve_start(
         .await?
         .ok_or_else(|| Error::NotFound {
             what: format!("path {} in the snapshot", sub.display()),
-            hint: "; list the snapshot with `coffer ls`".into(),
+            missing: Missing::Path,
         })?;
     Ok(if node.kind == NodeKind::Dir {
         Start::Dir {
@@ -267,10 +267,10 @@ impl<'a> Planner<'a> {
             Ok(md) if md.is_dir() && keep_dir => Ok(true),
             Ok(md) => {
                 if !self.overwrite {
-                    return Err(Error::InvalidArgument(format!(
-                        "{} already exists; pass --overwrite to replace it",
-                        path.display()
-                    )));
+                    return Err(Error::TargetExists {
+                        path: path.to_path_buf(),
+                        conflict: Conflict::Exists,
+                    });
                 }
                 let r = if md.is_dir() {
                     std::fs::remove_dir_all(path)

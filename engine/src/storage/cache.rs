@@ -58,11 +58,9 @@ impl Caching {
     pub fn new(inner: DynStore, dir: &Path, location: &str) -> crate::Result<Self> {
         let hash = blake3::hash(location.as_bytes());
         let dir = dir.join(hex::encode(&hash.as_bytes()[..16]));
-        std::fs::create_dir_all(&dir).map_err(|e| {
-            crate::Error::InvalidArgument(format!(
-                "cannot create the cache directory {}: {e}; give another with --cache-dir, or use --no-cache",
-                dir.display()
-            ))
+        std::fs::create_dir_all(&dir).map_err(|source| crate::Error::Cache {
+            path: dir.clone(),
+            source,
         })?;
         Ok(Caching { inner, dir })
     }

@@ -205,7 +205,7 @@ pub fn open_location(location: &str, create: bool) -> crate::Result<DynStore> {
 pub fn open(location: &str, opts: &OpenOptions) -> crate::Result<DynStore> {
     if location.is_empty() {
         return Err(crate::Error::InvalidArgument(
-            "no repository given: use --repo or set COFFER_REPOSITORY".into(),
+            "no repository location given".into(),
         ));
     }
     if location == "memory://" || location == "memory:" {

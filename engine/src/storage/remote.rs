@@ -125,7 +125,7 @@ pub(crate) fn open(
     }
     if rest.contains('?') {
         return Err(invalid(format!(
-            "{scheme}:// repository URLs take no query string; give settings with --option {scheme}.KEY=VALUE"
+            "{scheme}:// repository URLs take no query string; give settings as store options ({scheme}.KEY=VALUE)"
         )));
     }
     let (bucket, prefix) = match rest.split_once('/') {
