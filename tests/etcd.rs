@@ -330,9 +330,8 @@ fn tls_with_a_client_certificate_works_and_without_one_fails_naming_the_endpoint
     let path = |p: &Path| p.to_str().unwrap().to_string();
     let (ca, cert, key) = (path(&pki.ca), path(&pki.client_cert), path(&pki.client_key));
 
-    let out = env.expect(
-        0,
-        &[
+    let with_cert = |extra: &str| -> Vec<String> {
+        [
             "backup",
             "--etcd",
             &endpoint,
@@ -342,9 +341,13 @@ fn tls_with_a_client_certificate_works_and_without_one_fails_naming_the_endpoint
             &cert,
             "--etcd-key",
             &key,
-            "-v",
-        ],
-    );
+            extra,
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let args = with_cert("-v");
+    let out = env.expect(0, &args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(out.contains("verified by its SHA-256"), "{out}");
     assert_eq!(snapshot_tags(&env).len(), 1);
 
@@ -421,18 +424,8 @@ fn tls_with_a_client_certificate_works_and_without_one_fails_naming_the_endpoint
     // The key never reaches the output, even verbose.
     let key_text = std::fs::read_to_string(&pki.client_key).unwrap();
     let secret_line = key_text.lines().nth(1).unwrap();
-    let verbose = env.run(&[
-        "backup",
-        "--etcd",
-        &endpoint,
-        "--etcd-cacert",
-        &ca,
-        "--etcd-cert",
-        &cert,
-        "--etcd-key",
-        &key,
-        "-vv",
-    ]);
+    let args = with_cert("-vv");
+    let verbose = env.run(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let all = format!(
         "{}{}",
         String::from_utf8_lossy(&verbose.stdout),

@@ -28,6 +28,7 @@ use zeroize::Zeroizing;
 use crate::backup::{backup_stream, BackupOptions, BackupSummary, StreamSource};
 use crate::error::{Error, Result};
 use crate::repository::Repository;
+use crate::storage::chain;
 
 /// The file name etcd's snapshot gets when none is chosen (the one etcd's own
 /// documentation uses).
@@ -455,22 +456,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn show(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
-}
-
-/// An error and its sources, joined: tonic's "transport error" alone says
-/// nothing.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut next = e.source();
-    while let Some(s) = next {
-        let s_text = s.to_string();
-        if !out.contains(&s_text) {
-            out.push_str(": ");
-            out.push_str(&s_text);
-        }
-        next = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

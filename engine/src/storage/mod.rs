@@ -28,6 +28,7 @@ use futures::stream::BoxStream;
 
 pub use cache::Caching;
 pub use fault::{Faults, Faulty};
+pub(crate) use object::chain;
 pub use object::ObjectStoreBackend;
 pub use retry::{RetryPolicy, Retrying};
 
