@@ -109,7 +109,9 @@ pub struct BackupRepositoryStatus {
     pub observed_generation: Option<i64>,
 }
 
-/// One backup of one volume of one pod.
+/// One backup of one volume: a pod's volume read in place by the node agent
+/// (`Filesystem`), or a PersistentVolumeClaim read from a CSI snapshot by a
+/// mover pod that the controller runs (`Snapshot`).
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "coffer.dev",
@@ -119,18 +121,33 @@ pub struct BackupRepositoryStatus {
     status = "RunStatus",
     shortname = "vb",
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Method","type":"string","jsonPath":".spec.method"}"#,
     printcolumn = r#"{"name":"Pod","type":"string","jsonPath":".spec.pod"}"#,
     printcolumn = r#"{"name":"Volume","type":"string","jsonPath":".spec.volume"}"#,
+    printcolumn = r#"{"name":"PVC","type":"string","jsonPath":".spec.pvc"}"#,
     printcolumn = r#"{"name":"Snapshot","type":"string","jsonPath":".status.snapshotID"}"#,
     printcolumn = r#"{"name":"Bytes","type":"integer","jsonPath":".status.progress.bytesDone"}"#,
+    printcolumn = r#"{"name":"Stage","type":"string","jsonPath":".status.stage","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct VolumeBackupSpec {
+    /// How the volume is read: `Filesystem` (in place, by the node agent of
+    /// the pod's node; needs `pod` and `volume`) or `Snapshot` (through a CSI
+    /// VolumeSnapshot and a mover pod; needs `pvc`, or `pod` and `volume`
+    /// naming a PVC).
+    #[serde(default)]
+    pub method: BackupMethod,
     /// The pod, in this namespace.
-    pub pod: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
     /// The volume's name in the pod's spec.
-    pub volume: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
+    /// The PersistentVolumeClaim, in this namespace (method `Snapshot`; no
+    /// pod needs to use it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pvc: Option<String>,
     /// The BackupRepository, in this namespace.
     #[serde(default = "default_repository")]
     pub repository: String,
@@ -141,9 +158,34 @@ pub struct VolumeBackupSpec {
     /// relative to the volume's root.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub excludes: Vec<String>,
+    /// Keep the CSI VolumeSnapshot after the run (method `Snapshot`); by
+    /// default it is deleted once its data is in the repository.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub retain_snapshot: bool,
     /// Set to true to stop the run; it ends Canceled.
     #[serde(default)]
     pub cancel: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl VolumeBackupSpec {
+    /// The pod and the volume, when both are given.
+    pub fn pod_volume(&self) -> Option<(&str, &str)> {
+        Some((self.pod.as_deref()?, self.volume.as_deref()?))
+    }
+}
+
+/// How a VolumeBackup reads its volume.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum BackupMethod {
+    /// In place, from the kubelet's directory, by the node agent.
+    #[default]
+    Filesystem,
+    /// From a CSI VolumeSnapshot of the PVC, by a mover pod (crash-consistent).
+    Snapshot,
 }
 
 /// A snapshot restored into one volume of a running pod.
@@ -299,6 +341,13 @@ pub struct RunStatus {
     /// The path recorded in the snapshot (the volume's mount path).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// For method `Snapshot`: the PersistentVolumeClaim read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pvc: Option<String>,
+    /// For method `Snapshot`: the step the controller is at
+    /// (`Snapshotting`, `Moving`, `CleaningUp`, `Done`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
     /// The snapshot written (backup) or read (restore).
     #[serde(
         default,

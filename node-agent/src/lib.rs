@@ -11,11 +11,14 @@
 //! Secrets), [`metrics`] (Prometheus and health).
 
 pub mod annotations;
+pub mod controller;
 pub mod crd;
 pub mod kubelet;
 pub mod metrics;
+pub mod mover;
 pub mod node;
 pub mod plan;
 pub mod repos;
 pub mod schedule;
+pub mod snapshot;
 pub mod status;

@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use coffer_node_agent::{metrics, node, plan::NodeConfig};
+use coffer_node_agent::crd::Phase;
+use coffer_node_agent::{controller, metrics, mover, node, plan::NodeConfig};
 
 #[derive(Parser, Debug)]
 #[command(name = "coffer-agent", version, about = "coffer's Kubernetes agent")]
@@ -17,8 +18,111 @@ struct Cli {
 enum Command {
     /// Run on a node (DaemonSet): back up and restore the volumes of its pods
     Node(Box<NodeArgs>),
+    /// Run the controller (Deployment): back up PVCs through CSI snapshots and mover pods
+    Controller(Box<ControllerArgs>),
+    /// Run inside a mover pod (started by the controller)
+    #[command(subcommand)]
+    Mover(MoverCommand),
     /// Print the CustomResourceDefinitions as YAML (kubectl apply -f -)
     Crds,
+}
+
+#[derive(clap::Args, Debug)]
+struct ControllerArgs {
+    /// The namespace of the leader-election Lease (the controller's own)
+    #[arg(long, env = "POD_NAMESPACE", default_value = "coffer-system")]
+    namespace: String,
+    /// This replica's identity in the Lease
+    #[arg(long, env = "POD_NAME")]
+    identity: String,
+    /// The Lease's name
+    #[arg(long, env = "LEASE_NAME", default_value = "coffer-controller")]
+    lease_name: String,
+    /// How long the Lease holds without renewal; a standby takes over after it
+    #[arg(long, env = "LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    lease_duration: std::time::Duration,
+    /// The cluster's name, recorded in every snapshot
+    #[arg(long, env = "CLUSTER_NAME")]
+    cluster_name: Option<String>,
+    /// The image of mover pods (this image)
+    #[arg(long, env = "MOVER_IMAGE")]
+    mover_image: String,
+    /// Memory limit of mover pods
+    #[arg(long, env = "MOVER_MEMORY", default_value = "1Gi")]
+    mover_memory: String,
+    /// Engine threads in each mover pod
+    #[arg(long, env = "MOVER_THREADS", default_value_t = 2)]
+    mover_threads: usize,
+    /// How long a VolumeSnapshot may take to become ready
+    #[arg(long, env = "SNAPSHOT_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    snapshot_timeout: std::time::Duration,
+    /// How long a mover pod may take to start (scheduling, attaching, pulling)
+    #[arg(long, env = "PREPARE_TIMEOUT", default_value = "30m", value_parser = parse_duration)]
+    prepare_timeout: std::time::Duration,
+    /// Clones of PVCs of storage class OLD use class NEW (repeatable)
+    #[arg(long = "clone-storage-class", value_name = "OLD=NEW", value_parser = parse_pair)]
+    clone_storage_class: Vec<(String, String)>,
+    /// Clones ask for ReadOnlyMany instead of the source's access modes
+    #[arg(long, env = "CLONE_READ_ONLY_MANY")]
+    clone_read_only_many: bool,
+    /// Serve /metrics, /healthz and /readyz here
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9464")]
+    metrics_addr: SocketAddr,
+    /// Log format: json (default) or text
+    #[arg(long, env = "LOG_FORMAT", default_value = "json")]
+    log_format: String,
+}
+
+#[derive(Subcommand, Debug)]
+enum MoverCommand {
+    /// Back up a mounted clone into the repository; the password comes from COFFER_PASSWORD
+    Backup(Box<MoverBackupArgs>),
+}
+
+#[derive(clap::Args, Debug)]
+struct MoverBackupArgs {
+    /// The VolumeBackup's namespace
+    #[arg(long)]
+    namespace: String,
+    /// The VolumeBackup whose status this mover writes
+    #[arg(long)]
+    run: String,
+    /// The mounted clone (a directory or a block device)
+    #[arg(long)]
+    source: PathBuf,
+    /// The path recorded in the snapshot
+    #[arg(long)]
+    record_path: PathBuf,
+    /// The repository's URL
+    #[arg(long)]
+    repository_url: String,
+    /// Store options, KEY=VALUE (repeatable)
+    #[arg(long = "option", value_name = "KEY=VALUE", value_parser = parse_pair)]
+    options: Vec<(String, String)>,
+    /// A mounted Secret with the store's credentials
+    #[arg(long)]
+    credentials_dir: Option<PathBuf>,
+    /// Create the repository when it does not exist
+    #[arg(long)]
+    init: bool,
+    /// The Kubernetes origin recorded in the snapshot (JSON)
+    #[arg(long)]
+    origin: String,
+    /// Tags (repeatable)
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+    /// Exclude patterns (repeatable)
+    #[arg(long = "exclude")]
+    excludes: Vec<String>,
+    /// Engine threads
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// The hostname recorded in the snapshot
+    #[arg(long, default_value = "kubernetes")]
+    hostname: String,
+    /// Log format: json (default) or text
+    #[arg(long, env = "LOG_FORMAT", default_value = "json")]
+    log_format: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -75,7 +179,97 @@ fn main() -> anyhow::Result<()> {
                 .build()?;
             rt.block_on(run_node(a))
         }
+        Command::Controller(a) => {
+            let a = *a;
+            init_logs(&a.log_format);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(run_controller(a))
+        }
+        Command::Mover(MoverCommand::Backup(a)) => {
+            let a = *a;
+            init_logs(&a.log_format);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let phase = rt.block_on(run_mover_backup(a))?;
+            if matches!(phase, Phase::Completed | Phase::PartiallyFailed) {
+                Ok(())
+            } else {
+                std::process::exit(1)
+            }
+        }
     }
+}
+
+async fn client() -> anyhow::Result<kube::Client> {
+    kube::Client::try_default().await.map_err(|e| {
+        anyhow::anyhow!("cannot reach the Kubernetes API (in-cluster config, else KUBECONFIG): {e}")
+    })
+}
+
+async fn run_controller(a: ControllerArgs) -> anyhow::Result<()> {
+    let client = client().await?;
+    let m = metrics::Metrics::new();
+    let bound = metrics::serve(a.metrics_addr, m.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot serve metrics on {}: {e}", a.metrics_addr))?;
+    tracing::info!(%bound, "metrics, /healthz and /readyz");
+    let opts = controller::Options {
+        cluster: a.cluster_name,
+        namespace: a.namespace,
+        lease_name: a.lease_name,
+        identity: a.identity,
+        lease_duration: a.lease_duration,
+        mover_image: a.mover_image,
+        mover_memory: a.mover_memory,
+        mover_threads: a.mover_threads.max(1),
+        snapshot_timeout: a.snapshot_timeout,
+        prepare_timeout: a.prepare_timeout,
+        storage_class_map: a.clone_storage_class.into_iter().collect(),
+        read_only_many: a.clone_read_only_many,
+    };
+    tokio::select! {
+        r = controller::run(client, opts, m) => r,
+        _ = shutdown() => {
+            tracing::info!("stopping");
+            Ok(())
+        }
+    }
+}
+
+async fn run_mover_backup(a: MoverBackupArgs) -> anyhow::Result<Phase> {
+    let password = std::env::var_os("COFFER_PASSWORD")
+        .map(|p| p.into_encoded_bytes())
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("COFFER_PASSWORD is not set: the mover pod takes the repository password from its BackupRepository's Secret"))?;
+    let origin = serde_json::from_str(&a.origin)
+        .map_err(|e| anyhow::anyhow!("--origin is not a Kubernetes origin in JSON: {e}"))?;
+    let client = client().await?;
+    let job = mover::BackupJob {
+        namespace: a.namespace,
+        run: a.run,
+        source: a.source,
+        record_path: a.record_path,
+        repository_url: a.repository_url,
+        options: a.options,
+        credentials_dir: a.credentials_dir,
+        init: a.init,
+        origin,
+        tags: a.tags,
+        excludes: a.excludes,
+        threads: a.threads,
+        hostname: a.hostname,
+    };
+    let cancel = coffer_engine::CancelToken::new();
+    let stop = cancel.clone();
+    tokio::spawn(async move {
+        shutdown().await;
+        tracing::info!("stopping: the backup ends without a snapshot");
+        stop.cancel();
+    });
+    Ok(mover::backup(client, job, password, cancel).await)
 }
 
 fn init_logs(format: &str) {
@@ -93,9 +287,7 @@ fn init_logs(format: &str) {
 }
 
 async fn run_node(a: NodeArgs) -> anyhow::Result<()> {
-    let client = kube::Client::try_default().await.map_err(|e| {
-        anyhow::anyhow!("cannot reach the Kubernetes API (in-cluster config, else KUBECONFIG): {e}")
-    })?;
+    let client = client().await?;
     let m = metrics::Metrics::new();
     let bound = metrics::serve(a.metrics_addr, m.clone())
         .await
@@ -132,6 +324,14 @@ async fn shutdown() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+}
+
+/// `KEY=VALUE`.
+fn parse_pair(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("{s:?}: write KEY=VALUE"))
 }
 
 /// `90s`, `2m`, `1h`.

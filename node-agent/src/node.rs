@@ -28,7 +28,7 @@ use coffer_engine::restore::RestoreOptions;
 use coffer_engine::CancelToken;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
-use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, ObjectMeta, PostParams};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
@@ -37,7 +37,8 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::annotations;
 use crate::crd::{
-    Phase, Progress, RestorePolicy, RunStatus, VolumeBackup, VolumeBackupSpec, VolumeRestore,
+    BackupMethod, Phase, Progress, RestorePolicy, RunStatus, VolumeBackup, VolumeBackupSpec,
+    VolumeRestore,
 };
 use crate::kubelet;
 use crate::metrics::{Metrics, NamespaceLabels, RunLabels, VolumeLabels};
@@ -405,11 +406,14 @@ impl Agent {
                     ..Default::default()
                 },
                 spec: VolumeBackupSpec {
-                    pod: name.clone(),
-                    volume: v.clone(),
+                    method: BackupMethod::Filesystem,
+                    pod: Some(name.clone()),
+                    volume: Some(v.clone()),
+                    pvc: None,
                     repository: req.repository.clone(),
                     tags: req.tags.clone(),
                     excludes: req.excludes.get(v).cloned().unwrap_or_default(),
+                    retain_snapshot: false,
                     cancel: false,
                 },
                 status: None,
@@ -601,6 +605,12 @@ impl Agent {
 
     /// What this agent does with a run it sees ([`status::decide`]).
     async fn on_run(self: &Arc<Self>, run: RunKind) {
+        if let RunKind::Backup(vb) = &run {
+            if vb.spec.method != BackupMethod::Filesystem || vb.spec.pod_volume().is_none() {
+                // The controller's (and it reports what is missing).
+                return;
+            }
+        }
         let (ns, key) = (run.namespace(), run.key());
         let running = lock(&self.runs).contains_key(&key);
         let status = run.status();
@@ -610,7 +620,7 @@ impl Agent {
         let needs_pod = !running && status.is_none_or(|s| s.phase == Phase::New);
         let pod_node = match (&run, needs_pod) {
             (_, false) => None,
-            (RunKind::Backup(vb), true) => self.pod_node(&ns, &vb.spec.pod, vb.as_ref()).await,
+            (RunKind::Backup(vb), true) => self.pod_node(&ns, pod_of(vb), vb.as_ref()).await,
             (RunKind::Restore(vr), true) => self.pod_node(&ns, &vr.spec.pod, vr.as_ref()).await,
         };
         let previous = status.cloned().unwrap_or_default();
@@ -660,7 +670,7 @@ impl Agent {
         let (name, pod, prev, rv) = match &run {
             RunKind::Backup(vb) => (
                 vb.name_any(),
-                vb.spec.pod.clone(),
+                pod_of(vb).to_string(),
                 vb.status.clone(),
                 vb.resource_version(),
             ),
@@ -726,8 +736,8 @@ impl Agent {
                             .last_success
                             .get_or_create(&VolumeLabels {
                                 namespace: vb.namespace().unwrap_or_default(),
-                                pod: vb.spec.pod.clone(),
-                                volume: vb.spec.volume.clone(),
+                                pod: pod_of(&vb).to_string(),
+                                volume: volume_of(&vb).to_string(),
                             })
                             .set(Utc::now().timestamp() as f64);
                     }
@@ -808,13 +818,14 @@ impl Agent {
             (Some(m), _) => m.clone(),
             (None, Some(id)) => format!(
                 "volume {} of pod {}: snapshot {id}",
-                vb.spec.volume, vb.spec.pod
+                volume_of(vb),
+                pod_of(vb)
             ),
             (None, None) => reason.to_string(),
         };
         self.event(&vb.object_ref(&()), etype, reason, "Backup", note.clone())
             .await;
-        if let Some(pod) = self.pod_here(&ns, &vb.spec.pod) {
+        if let Some(pod) = self.pod_here(&ns, pod_of(vb)) {
             self.event(&pod.object_ref(&()), etype, reason, "Backup", note)
                 .await;
         }
@@ -830,28 +841,7 @@ impl Agent {
             + serde::de::DeserializeOwned
             + std::fmt::Debug,
     {
-        let api: Api<K> = Api::namespaced(self.client.clone(), ns);
-        let mut patch = serde_json::json!({ "status": s });
-        if let Some(rv) = rv {
-            patch["metadata"] = serde_json::json!({ "resourceVersion": rv });
-        }
-        for attempt in 0..5u32 {
-            match api
-                .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
-                Ok(_) => return true,
-                Err(e) if is_status(&e, 409) || is_status(&e, 404) => {
-                    tracing::debug!(namespace = ns, name, "status not written: {e}");
-                    return false;
-                }
-                Err(e) => {
-                    tracing::warn!(namespace = ns, name, attempt, "cannot write status: {e}");
-                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-                }
-            }
-        }
-        false
+        status::write::<K>(&self.client, ns, name, s, rv).await
     }
 
     async fn event(
@@ -953,23 +943,23 @@ impl Agent {
         let span = tracing::info_span!(
             "backup",
             namespace = ns,
-            pod = vb.spec.pod,
-            volume = vb.spec.volume,
+            pod = pod_of(vb),
+            volume = volume_of(vb),
             run = name
         );
         let _enter = span.enter();
-        let Some(pod) = self.pod_here(&ns, &vb.spec.pod) else {
+        let Some(pod) = self.pod_here(&ns, pod_of(vb)) else {
             return (
                 Outcome::Failed(format!(
                     "pod {ns}/{} is not on node {} (deleted or moved)",
-                    vb.spec.pod,
+                    pod_of(vb),
                     self.me()
                 )),
                 None,
                 0,
             );
         };
-        let planned = match self.plan(&pod, &vb.spec.volume).await {
+        let planned = match self.plan(&pod, volume_of(vb)).await {
             Ok(p) => p,
             Err(m) => return (Outcome::Failed(m), None, 0),
         };
@@ -993,8 +983,8 @@ impl Agent {
             "Backup",
             format!(
                 "backing up volume {} of pod {} ({})",
-                vb.spec.volume,
-                vb.spec.pod,
+                volume_of(vb),
+                pod_of(vb),
                 planned.path.display()
             ),
         )
@@ -1024,7 +1014,7 @@ impl Agent {
                 tokio::time::sleep(wait).await;
                 let p = rx.borrow_and_update().clone();
                 let mut st = s.clone();
-                st.progress = Some(progress_of(&p));
+                st.progress = Some(status::progress_of(&p));
                 agent
                     .write_status::<VolumeBackup>(&ns2, &name2, &st, None)
                     .await;
@@ -1255,19 +1245,21 @@ impl RunKind {
     }
 }
 
+/// The pod of a Filesystem backup ([`Agent::on_run`] takes only those that
+/// name one).
+fn pod_of(vb: &VolumeBackup) -> &str {
+    vb.spec.pod.as_deref().unwrap_or_default()
+}
+
+/// The volume of a Filesystem backup.
+fn volume_of(vb: &VolumeBackup) -> &str {
+    vb.spec.volume.as_deref().unwrap_or_default()
+}
+
 fn stopped(reason: &Arc<Mutex<Option<StopReason>>>) -> Outcome {
     match lock(reason).clone() {
         Some(StopReason::PodGone(m)) => Outcome::Failed(m),
         _ => Outcome::Canceled,
-    }
-}
-
-fn progress_of(p: &BackupProgress) -> Progress {
-    Progress {
-        bytes_done: p.bytes_done,
-        total_bytes: p.total_bytes,
-        files_done: p.files_done,
-        total_files: p.total_files,
     }
 }
 

@@ -266,7 +266,10 @@ impl Repos {
     }
 }
 
-async fn open_or_init(
+/// Opens the repository at `url` with `password`, creating it first when
+/// `init` asks and it does not exist (another writer creating it at the same
+/// moment is fine).
+pub async fn open_or_init(
     url: &str,
     options: Vec<(String, String)>,
     password: &[u8],

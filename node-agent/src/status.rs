@@ -1,6 +1,11 @@
 //! Status transitions of a run (VolumeBackup or VolumeRestore), pure: what
 //! an agent does with a run it sees, and the status a result becomes.
 
+use std::time::Duration;
+
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Client, Resource};
+
 use crate::crd::{Phase, Progress, RunErrors, RunStatus, MAX_ATTEMPTS};
 
 /// The current time as Kubernetes writes it (RFC 3339, seconds, `Z`).
@@ -138,6 +143,121 @@ pub fn finished(mut status: RunStatus, outcome: Outcome) -> RunStatus {
         }
     }
     status
+}
+
+/// A backup's progress as status shows it.
+pub fn progress_of(p: &coffer_engine::backup::BackupProgress) -> Progress {
+    Progress {
+        bytes_done: p.bytes_done,
+        total_bytes: p.total_bytes,
+        files_done: p.files_done,
+        total_files: p.total_files,
+    }
+}
+
+/// Writes a run's status (merge patch on the status subresource); with
+/// `rv`, only if the object is still at that resourceVersion. Returns whether
+/// it was written (a conflict or a missing object is not retried).
+pub async fn write<K>(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    s: &RunStatus,
+    rv: Option<String>,
+) -> bool
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let mut patch = serde_json::json!({ "status": s });
+    if let Some(rv) = rv {
+        patch["metadata"] = serde_json::json!({ "resourceVersion": rv });
+    }
+    for attempt in 0..5u32 {
+        match api
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => return true,
+            Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {
+                tracing::debug!(namespace = ns, name, "status not written: {e}");
+                return false;
+            }
+            Err(e) => {
+                tracing::warn!(namespace = ns, name, attempt, "cannot write status: {e}");
+                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+            }
+        }
+    }
+    false
+}
+
+/// Changes a run's status unless it is over: reads it, applies `change`,
+/// writes it back at the version read (again on a conflict). Returns the
+/// status written, or `None` when the run had ended (or is gone).
+pub async fn update<K>(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    change: impl Fn(&mut RunStatus),
+) -> Option<RunStatus>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + HasRunStatus,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    for attempt in 0..8u32 {
+        let current = match api.get_status(name).await {
+            Ok(o) => o,
+            Err(kube::Error::Api(e)) if e.code == 404 => return None,
+            Err(e) => {
+                tracing::warn!(namespace = ns, name, attempt, "cannot read status: {e}");
+                tokio::time::sleep(Duration::from_millis(200 << attempt.min(5))).await;
+                continue;
+            }
+        };
+        let mut s = current.run_status().cloned().unwrap_or_default();
+        if s.phase.is_final() {
+            return None;
+        }
+        change(&mut s);
+        if write::<K>(
+            client,
+            ns,
+            name,
+            &s,
+            current.meta().resource_version.clone(),
+        )
+        .await
+        {
+            return Some(s);
+        }
+    }
+    None
+}
+
+/// Kinds whose status is a [`RunStatus`].
+pub trait HasRunStatus {
+    /// The status, if any.
+    fn run_status(&self) -> Option<&RunStatus>;
+}
+
+impl HasRunStatus for crate::crd::VolumeBackup {
+    fn run_status(&self) -> Option<&RunStatus> {
+        self.status.as_ref()
+    }
+}
+
+impl HasRunStatus for crate::crd::VolumeRestore {
+    fn run_status(&self) -> Option<&RunStatus> {
+        self.status.as_ref()
+    }
 }
 
 #[cfg(test)]

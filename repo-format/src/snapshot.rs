@@ -45,6 +45,26 @@ pub struct KubernetesOrigin {
     /// The volume's name in the pod spec.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume: Option<String>,
+    /// The PersistentVolumeClaim's spec, recorded so that a restore can
+    /// create the claim again from the repository alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<ClaimSpec>,
+}
+
+/// What a restore needs to create a PersistentVolumeClaim again (its
+/// `volume_mode` and `storage_class` are the origin's).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimSpec {
+    /// The claim's size as Kubernetes writes it (`10Gi`): its capacity, else
+    /// its request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<String>,
+    /// Its access modes (`ReadWriteOnce`, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access_modes: Vec<String>,
+    /// Its labels.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// Counters of the backup that wrote a snapshot (restic's field names).

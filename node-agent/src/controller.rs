@@ -1,0 +1,1148 @@
+//! `coffer-agent controller`: backs up PersistentVolumeClaims through CSI
+//! snapshots (VolumeBackups with `method: Snapshot`).
+//!
+//! One replica leads (a Lease); the others wait and take over when it dies.
+//! The leader reconciles each run, level-triggered, one step at a time:
+//!
+//! 1. **claim**: check the PVC and the repository, add the cleanup
+//!    finalizer, mark the run InProgress;
+//! 2. **snapshot**: create a VolumeSnapshot of the PVC (class:
+//!    [`snapshot::choose_class`]) and wait for `readyToUse`, at most
+//!    `--snapshot-timeout`; a snapshot error ends the run with its message;
+//! 3. **clone**: a PVC provisioned from the snapshot
+//!    ([`snapshot::clone_claim`]);
+//! 4. **move**: a mover pod ([`snapshot::mover_pod`], running
+//!    [`crate::mover`]) reads the clone into the repository and writes the
+//!    run's status; a pod that cannot be scheduled, cannot pull its image or
+//!    fails ends the run at once with the pod's own reason
+//!    ([`snapshot::mover_failure`]); one that has not started after
+//!    `--prepare-timeout` ends it with the pod's last events;
+//! 5. **clean up**, after success, failure and cancellation alike: the mover
+//!    pod, then the clone PVC and its PV, then the VolumeSnapshot (unless
+//!    `retainSnapshot`); each step waits until the previous object is gone.
+//!    The finalizer is removed last.
+//!
+//! Every object made for a run carries the run label and an owner reference
+//! to the run, so a new leader finds where the run stands from the cluster
+//! alone, and a start-up sweep removes what a deleted run left.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use coffer_engine::format::snapshot::KubernetesOrigin;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{
+    Event as CoreEvent, PersistentVolume, PersistentVolumeClaim, Pod, ServiceAccount,
+};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
+    PatchParams, PostParams,
+};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+
+use crate::crd::{BackupMethod, BackupRepository, Phase, RunStatus, VolumeBackup};
+use crate::metrics::{Metrics, NamespaceLabels, RunLabels};
+use crate::node::object_name;
+use crate::snapshot::{self, SnapshotClass, SnapshotState, VolumeSnapshot, RUN_LABEL};
+use crate::status::{self, Outcome};
+
+/// The finalizer that keeps a run until its objects are cleaned up.
+pub const FINALIZER: &str = "coffer.dev/cleanup";
+/// The mover's ServiceAccount, Role and RoleBinding, in each namespace with
+/// snapshot runs.
+pub const MOVER_ACCOUNT: &str = "coffer-mover";
+
+/// The controller's settings.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The cluster's name, recorded in every snapshot.
+    pub cluster: Option<String>,
+    /// The namespace of the Lease (the controller's own).
+    pub namespace: String,
+    /// The Lease's name.
+    pub lease_name: String,
+    /// This replica's identity in the Lease (its pod name).
+    pub identity: String,
+    /// How long a Lease holds without renewal.
+    pub lease_duration: Duration,
+    /// The image mover pods run (`coffer-agent`).
+    pub mover_image: String,
+    /// Mover pods' memory limit.
+    pub mover_memory: String,
+    /// Engine threads in a mover.
+    pub mover_threads: usize,
+    /// How long a VolumeSnapshot may take to become ready.
+    pub snapshot_timeout: Duration,
+    /// How long a mover pod may take to start.
+    pub prepare_timeout: Duration,
+    /// Storage class renames for clones.
+    pub storage_class_map: BTreeMap<String, String>,
+    /// Clones ask for ReadOnlyMany.
+    pub read_only_many: bool,
+}
+
+/// Why a reconcile step failed (it is tried again).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API server refused or failed.
+    #[error("{what}: {source}")]
+    Kube {
+        /// What was being done.
+        what: String,
+        /// The client's error.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Kube { what, source }
+}
+
+struct Ctx {
+    client: Client,
+    opts: Options,
+    recorder: Recorder,
+    metrics: Arc<Metrics>,
+    /// Namespaces whose mover ServiceAccount and Role exist.
+    mover_accounts: Mutex<HashSet<String>>,
+}
+
+/// Leads (or waits to lead), then reconciles until leadership is lost or a
+/// watch ends. Losing the Lease ends the process's work: the caller exits
+/// and the Deployment starts it again as a candidate.
+pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) -> anyhow::Result<()> {
+    let duration = opts.lease_duration.as_secs().max(2);
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &opts.lease_name)
+        .with_namespace(&opts.namespace)
+        .with_identity(&opts.identity)
+        .with_duration(duration)
+        .with_grace((duration / 3).max(1))
+        .build()
+        .await
+        .map_err(|e| anyhow::anyhow!("Lease {}/{}: {e}", opts.namespace, opts.lease_name))?;
+    let (mut leading, lease_task) = manager.watch().await;
+    tracing::info!(
+        identity = opts.identity,
+        lease = opts.lease_name,
+        "waiting for the Lease"
+    );
+    while !*leading.borrow_and_update() {
+        leading
+            .changed()
+            .await
+            .map_err(|_| anyhow::anyhow!("the Lease manager stopped"))?;
+    }
+    tracing::info!(identity = opts.identity, "leading");
+    metrics.set_ready();
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "coffer-controller".into(),
+            instance: Some(opts.identity.clone()),
+        },
+    );
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        opts,
+        recorder,
+        metrics,
+        mover_accounts: Mutex::new(HashSet::new()),
+    });
+    sweep(&ctx).await;
+    let children = watcher::Config::default().labels(RUN_LABEL);
+    let controller = Controller::new(
+        Api::<VolumeBackup>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(Api::<Pod>::all(client.clone()), children.clone())
+    .owns(
+        Api::<PersistentVolumeClaim>::all(client.clone()),
+        children.clone(),
+    )
+    .owns(Api::<VolumeSnapshot>::all(client.clone()), children)
+    .run(reconcile, error_policy, ctx)
+    .for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::debug!("reconcile: {e}");
+        }
+    });
+    let lost = async {
+        loop {
+            if leading.changed().await.is_err() || !*leading.borrow() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = controller => anyhow::bail!("the VolumeBackup watch ended"),
+        _ = lost => {
+            lease_task.abort();
+            anyhow::bail!("lost the Lease; stopping so that the new leader alone acts")
+        }
+    }
+}
+
+fn error_policy(vb: Arc<VolumeBackup>, e: &Error, _: Arc<Ctx>) -> Action {
+    tracing::warn!(
+        namespace = vb.namespace().unwrap_or_default(),
+        run = vb.name_any(),
+        "{e}; trying again"
+    );
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// The name of every object made for a run.
+fn child_name(vb: &VolumeBackup) -> String {
+    object_name(&["coffer", &vb.name_any()])
+}
+
+fn run_labels(vb: &VolumeBackup) -> BTreeMap<String, String> {
+    let name = vb.name_any();
+    let value = if name.len() <= 63 {
+        name
+    } else {
+        format!(
+            "{}-{}",
+            &name[..54],
+            &blake3::hash(name.as_bytes()).to_hex()[..8]
+        )
+    };
+    BTreeMap::from([
+        (RUN_LABEL.to_string(), value),
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            "coffer-controller".to_string(),
+        ),
+    ])
+}
+
+async fn reconcile(vb: Arc<VolumeBackup>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let st = vb.status.clone().unwrap_or_default();
+    if vb.spec.method == BackupMethod::Filesystem {
+        if vb.spec.pod_volume().is_none()
+            && st.phase == Phase::New
+            && vb.meta().deletion_timestamp.is_none()
+        {
+            ctx.fail(&vb, "spec.pod and spec.volume are required for method Filesystem; to back up a PVC that no pod uses, set method: Snapshot and spec.pvc".into())
+                .await;
+        }
+        return Ok(Action::await_change());
+    }
+    let finalized = vb.finalizers().iter().any(|f| f == FINALIZER);
+    if vb.meta().deletion_timestamp.is_some() || st.phase.is_final() {
+        if !finalized {
+            return Ok(Action::await_change());
+        }
+        if !cleanup(&ctx, &vb).await? {
+            return Ok(Action::requeue(Duration::from_secs(5)));
+        }
+        ctx.record(&vb, &st);
+        if st.phase.is_final() {
+            status::write::<VolumeBackup>(
+                &ctx.client,
+                &vb.namespace().unwrap_or_default(),
+                &vb.name_any(),
+                &RunStatus {
+                    stage: Some("Done".into()),
+                    ..st
+                },
+                None,
+            )
+            .await;
+        }
+        remove_finalizer(&ctx, &vb).await?;
+        return Ok(Action::await_change());
+    }
+    if vb.spec.cancel {
+        ctx.end(&vb, Outcome::Canceled).await;
+        return Ok(Action::requeue(Duration::ZERO));
+    }
+    match st.phase {
+        Phase::New => claim(&ctx, &vb).await,
+        _ => advance(&ctx, &vb, &st).await,
+    }
+}
+
+/// Step 1: check what the run names, then take it.
+async fn claim(ctx: &Ctx, vb: &VolumeBackup) -> Result<Action, Error> {
+    let ns = vb.namespace().unwrap_or_default();
+    let pvc_name = match source_claim(ctx, vb).await? {
+        Ok(n) => n,
+        Err(m) => {
+            ctx.fail(vb, m).await;
+            return Ok(Action::await_change());
+        }
+    };
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    let pvc = pvcs
+        .get_opt(&pvc_name)
+        .await
+        .map_err(kube_err(format!("reading PVC {ns}/{pvc_name}")))?;
+    let Some(pvc) = pvc else {
+        ctx.fail(
+            vb,
+            format!("PersistentVolumeClaim {ns}/{pvc_name} not found"),
+        )
+        .await;
+        return Ok(Action::await_change());
+    };
+    let phase = pvc
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.clone())
+        .unwrap_or_default();
+    if phase != "Bound" {
+        ctx.fail(vb, format!("PersistentVolumeClaim {ns}/{pvc_name} is {phase:?}, not Bound: only a provisioned volume can be snapshotted")).await;
+        return Ok(Action::await_change());
+    }
+    let repos: Api<BackupRepository> = Api::namespaced(ctx.client.clone(), &ns);
+    let repo = repos
+        .get_opt(&vb.spec.repository)
+        .await
+        .map_err(kube_err(format!(
+            "reading BackupRepository {ns}/{}",
+            vb.spec.repository
+        )))?;
+    if repo.is_none() {
+        let e = crate::repos::RepoError::Missing {
+            namespace: ns.clone(),
+            name: vb.spec.repository.clone(),
+        };
+        ctx.fail(vb, e.to_string()).await;
+        return Ok(Action::await_change());
+    }
+    // The finalizer first, with the version read: a run is never InProgress
+    // without it.
+    let api: Api<VolumeBackup> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut finalizers = vb.finalizers().to_vec();
+    finalizers.push(FINALIZER.to_string());
+    let patched = api
+        .patch(
+            &vb.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {
+                "finalizers": finalizers,
+                "resourceVersion": vb.resource_version(),
+            }})),
+        )
+        .await;
+    let patched = match patched {
+        Ok(p) => p,
+        Err(kube::Error::Api(e)) if e.code == 409 => return Ok(Action::requeue(Duration::ZERO)),
+        Err(e) => return Err(kube_err("adding the cleanup finalizer")(e)),
+    };
+    let mut s = status::started(
+        vb.status.as_ref(),
+        &ctx.opts.identity,
+        Some(format!("/{pvc_name}")),
+    );
+    s.node = None;
+    s.pvc = Some(pvc_name.clone());
+    s.stage = Some("Snapshotting".into());
+    status::write::<VolumeBackup>(
+        &ctx.client,
+        &ns,
+        &vb.name_any(),
+        &s,
+        patched.resource_version(),
+    )
+    .await;
+    ctx.event(
+        vb,
+        EventType::Normal,
+        "BackupStarted",
+        format!("snapshotting PVC {pvc_name}"),
+    )
+    .await;
+    Ok(Action::requeue(Duration::ZERO))
+}
+
+/// The PVC a run reads: `spec.pvc`, or the claim of the pod's volume.
+async fn source_claim(ctx: &Ctx, vb: &VolumeBackup) -> Result<Result<String, String>, Error> {
+    if let Some(p) = &vb.spec.pvc {
+        return Ok(Ok(p.clone()));
+    }
+    let Some((pod, volume)) = vb.spec.pod_volume() else {
+        return Ok(Err("method Snapshot needs spec.pvc, or spec.pod and spec.volume naming a PersistentVolumeClaim".into()));
+    };
+    let ns = vb.namespace().unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(p) = pods
+        .get_opt(pod)
+        .await
+        .map_err(kube_err(format!("reading pod {ns}/{pod}")))?
+    else {
+        return Ok(Err(format!("pod {ns}/{pod} not found")));
+    };
+    let claim = p
+        .spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .find(|v| v.name == volume)
+        .map(|v| {
+            v.persistent_volume_claim
+                .as_ref()
+                .map(|c| c.claim_name.clone())
+        });
+    Ok(match claim {
+        Some(Some(c)) => Ok(c),
+        Some(None) => Err(format!("volume {volume:?} of pod {ns}/{pod} is not a PersistentVolumeClaim; method Snapshot reads PVCs only (use method Filesystem)")),
+        None => Err(format!("pod {ns}/{pod} has no volume {volume:?}")),
+    })
+}
+
+/// Steps 2 to 4, from where the run stands.
+async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Result<Action, Error> {
+    let ns = vb.namespace().unwrap_or_default();
+    let child = child_name(vb);
+    let Some(pvc_name) = st.pvc.clone() else {
+        ctx.fail(
+            vb,
+            "the run's status lost its PVC; create the VolumeBackup again".into(),
+        )
+        .await;
+        return Ok(Action::await_change());
+    };
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    let snaps: Api<VolumeSnapshot> = Api::namespaced(ctx.client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+
+    // 2. The snapshot.
+    let Some(vs) = snaps
+        .get_opt(&child)
+        .await
+        .map_err(kube_err(format!("reading VolumeSnapshot {ns}/{child}")))?
+    else {
+        let Some(pvc) = pvcs
+            .get_opt(&pvc_name)
+            .await
+            .map_err(kube_err(format!("reading PVC {ns}/{pvc_name}")))?
+        else {
+            ctx.fail(
+                vb,
+                format!(
+                    "PersistentVolumeClaim {ns}/{pvc_name} was deleted before it was snapshotted"
+                ),
+            )
+            .await;
+            return Ok(Action::await_change());
+        };
+        let class = match snapshot_class(ctx, &pvc).await? {
+            Ok(c) => c,
+            Err(m) => {
+                ctx.fail(vb, m).await;
+                return Ok(Action::await_change());
+            }
+        };
+        let vs = VolumeSnapshot {
+            metadata: kube::api::ObjectMeta {
+                name: Some(child.clone()),
+                namespace: Some(ns.clone()),
+                labels: Some(run_labels(vb)),
+                owner_references: vb.controller_owner_ref(&()).map(|o| vec![o]),
+                ..Default::default()
+            },
+            spec: snapshot::VolumeSnapshotSpec {
+                source: snapshot::VolumeSnapshotSource {
+                    persistent_volume_claim_name: Some(pvc_name.clone()),
+                    volume_snapshot_content_name: None,
+                },
+                volume_snapshot_class_name: Some(class.clone()),
+            },
+            status: None,
+        };
+        create(&snaps, &vs, &format!("VolumeSnapshot {ns}/{child}")).await?;
+        tracing::info!(
+            namespace = ns,
+            run = vb.name_any(),
+            class,
+            "VolumeSnapshot {child} created"
+        );
+        return Ok(Action::requeue(ctx.opts.snapshot_timeout));
+    };
+    let restore_size = match snapshot::snapshot_state(&vs) {
+        SnapshotState::Failed(m) => {
+            ctx.fail(vb, format!("VolumeSnapshot {ns}/{child} failed: {m}"))
+                .await;
+            return Ok(Action::await_change());
+        }
+        SnapshotState::Pending => {
+            let left = remaining(
+                vs.meta().creation_timestamp.as_ref(),
+                ctx.opts.snapshot_timeout,
+            );
+            if left.is_zero() {
+                ctx.fail(vb, format!(
+                    "VolumeSnapshot {ns}/{child} did not become ready within {}; check the CSI driver and the snapshot controller (kubectl -n {ns} describe volumesnapshot {child})",
+                    humantime::format_duration(ctx.opts.snapshot_timeout)
+                ))
+                .await;
+                return Ok(Action::await_change());
+            }
+            return Ok(Action::requeue(left));
+        }
+        SnapshotState::Ready(size) => size,
+    };
+
+    // 3. The clone.
+    let source = pvcs
+        .get_opt(&pvc_name)
+        .await
+        .map_err(kube_err(format!("reading PVC {ns}/{pvc_name}")))?;
+    let clone = pvcs
+        .get_opt(&child)
+        .await
+        .map_err(kube_err(format!("reading PVC {ns}/{child}")))?;
+    let (block, spec_source) = match (&clone, &source) {
+        (Some(c), _) => (
+            snapshot::is_block(c),
+            source.clone().unwrap_or_else(|| c.clone()),
+        ),
+        (None, Some(s)) => (snapshot::is_block(s), s.clone()),
+        (None, None) => {
+            ctx.fail(
+                vb,
+                format!(
+                    "PersistentVolumeClaim {ns}/{pvc_name} was deleted before its clone was made"
+                ),
+            )
+            .await;
+            return Ok(Action::await_change());
+        }
+    };
+    if clone.is_none() {
+        let labels = run_labels(vb);
+        let owner = vb.controller_owner_ref(&()).unwrap_or_default();
+        let c = snapshot::clone_claim(&snapshot::Clone {
+            name: &child,
+            snapshot: &child,
+            source: &spec_source,
+            restore_size: restore_size.as_ref(),
+            storage_class_map: &ctx.opts.storage_class_map,
+            read_only_many: ctx.opts.read_only_many,
+            labels: &labels,
+            owner: &owner,
+        });
+        create(&pvcs, &c, &format!("PVC {ns}/{child}")).await?;
+    }
+
+    // 4. The mover.
+    let pod = pods
+        .get_opt(&child)
+        .await
+        .map_err(kube_err(format!("reading pod {ns}/{child}")))?;
+    let Some(pod) = pod else {
+        if st.stage.as_deref() == Some("Moving") {
+            ctx.fail(vb, format!("mover pod {ns}/{child} disappeared before the backup ended (deleted or evicted)")).await;
+            return Ok(Action::await_change());
+        }
+        let repo = Api::<BackupRepository>::namespaced(ctx.client.clone(), &ns)
+            .get_opt(&vb.spec.repository)
+            .await
+            .map_err(kube_err(format!(
+                "reading BackupRepository {ns}/{}",
+                vb.spec.repository
+            )))?;
+        let Some(repo) = repo else {
+            let e = crate::repos::RepoError::Missing {
+                namespace: ns.clone(),
+                name: vb.spec.repository.clone(),
+            };
+            ctx.fail(vb, e.to_string()).await;
+            return Ok(Action::await_change());
+        };
+        ensure_mover_account(ctx, &ns).await?;
+        let origin = origin_of(ctx, &spec_source).await;
+        let args = mover_args(ctx, vb, &repo, &pvc_name, block, &origin);
+        let labels = run_labels(vb);
+        let owner = vb.controller_owner_ref(&()).unwrap_or_default();
+        let p = snapshot::mover_pod(&snapshot::Mover {
+            name: &child,
+            namespace: &ns,
+            image: &ctx.opts.mover_image,
+            service_account: MOVER_ACCOUNT,
+            claim: &child,
+            block,
+            args,
+            password: &repo.spec.password_secret_ref,
+            credentials: repo.spec.credentials_secret_ref.as_ref(),
+            memory: &ctx.opts.mover_memory,
+            labels: &labels,
+            owner: &owner,
+        });
+        create(&pods, &p, &format!("pod {ns}/{child}")).await?;
+        status::update::<VolumeBackup>(&ctx.client, &ns, &vb.name_any(), |s| {
+            s.stage = Some("Moving".into())
+        })
+        .await;
+        ctx.event(
+            vb,
+            EventType::Normal,
+            "MoverStarted",
+            format!("VolumeSnapshot {child} is ready; mover pod {child} reads its clone"),
+        )
+        .await;
+        return Ok(Action::requeue(ctx.opts.prepare_timeout));
+    };
+    if let Some(why) = snapshot::mover_failure(&pod) {
+        ctx.fail(vb, why).await;
+        return Ok(Action::await_change());
+    }
+    if pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded") {
+        // The mover writes the result before it exits; a run still open
+        // after that has no result.
+        let fresh = Api::<VolumeBackup>::namespaced(ctx.client.clone(), &ns)
+            .get_status(&vb.name_any())
+            .await
+            .map_err(kube_err(format!(
+                "reading VolumeBackup {ns}/{}",
+                vb.name_any()
+            )))?;
+        if !fresh.status.is_some_and(|s| s.phase.is_final()) {
+            ctx.fail(
+                vb,
+                format!("mover pod {ns}/{child} exited without writing a result"),
+            )
+            .await;
+        }
+        return Ok(Action::await_change());
+    }
+    if !snapshot::mover_started(&pod) {
+        let left = remaining(
+            pod.meta().creation_timestamp.as_ref(),
+            ctx.opts.prepare_timeout,
+        );
+        if left.is_zero() {
+            let events = pod_events(ctx, &ns, &child).await;
+            ctx.fail(
+                vb,
+                format!(
+                    "mover pod {ns}/{child} did not start within {}{events}",
+                    humantime::format_duration(ctx.opts.prepare_timeout)
+                ),
+            )
+            .await;
+            return Ok(Action::await_change());
+        }
+        return Ok(Action::requeue(left));
+    }
+    Ok(Action::await_change())
+}
+
+/// The time left of `limit` since `since` (all of it when unknown).
+fn remaining(
+    since: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    limit: Duration,
+) -> Duration {
+    let Some(t) = since else { return limit };
+    let elapsed = Utc::now().timestamp() - t.0.as_second();
+    limit.saturating_sub(Duration::from_secs(elapsed.max(0) as u64))
+}
+
+/// The snapshot class for a PVC, from its driver.
+async fn snapshot_class(
+    ctx: &Ctx,
+    pvc: &PersistentVolumeClaim,
+) -> Result<Result<String, String>, Error> {
+    let name = pvc.name_any();
+    let driver = match pvc.spec.as_ref().and_then(|s| s.volume_name.clone()) {
+        Some(pv) => Api::<PersistentVolume>::all(ctx.client.clone())
+            .get_opt(&pv)
+            .await
+            .map_err(kube_err(format!("reading PV {pv}")))?
+            .and_then(|pv| pv.spec?.csi.map(|c| c.driver)),
+        None => None,
+    };
+    let driver = match driver {
+        Some(d) => Some(d),
+        None => match pvc.spec.as_ref().and_then(|s| s.storage_class_name.clone()) {
+            Some(sc) => Api::<StorageClass>::all(ctx.client.clone())
+                .get_opt(&sc)
+                .await
+                .map_err(kube_err(format!("reading StorageClass {sc}")))?
+                .map(|sc| sc.provisioner),
+            None => None,
+        },
+    };
+    let Some(driver) = driver else {
+        return Ok(Err(format!("PersistentVolumeClaim {} is not on a CSI volume (no CSI driver on its PV or StorageClass); back it up with method Filesystem", name)));
+    };
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(snapshot::SNAPSHOT_GROUP, "v1", "VolumeSnapshotClass"),
+        "volumesnapshotclasses",
+    );
+    let classes: Vec<SnapshotClass> = Api::<DynamicObject>::all_with(ctx.client.clone(), &ar)
+        .list(&ListParams::default())
+        .await
+        .map_err(kube_err("listing VolumeSnapshotClasses"))?
+        .items
+        .iter()
+        .map(SnapshotClass::from_dynamic)
+        .collect();
+    let annotation = pvc
+        .annotations()
+        .get(snapshot::CLASS_ANNOTATION)
+        .map(String::as_str);
+    Ok(snapshot::choose_class(&name, annotation, &driver, &classes))
+}
+
+/// The origin recorded in the snapshot, with the claim's spec.
+async fn origin_of(ctx: &Ctx, pvc: &PersistentVolumeClaim) -> KubernetesOrigin {
+    let spec = pvc.spec.clone().unwrap_or_default();
+    KubernetesOrigin {
+        cluster: ctx.opts.cluster.clone(),
+        namespace: pvc.namespace(),
+        pvc: Some(pvc.name_any()),
+        pv: spec.volume_name.clone(),
+        storage_class: spec.storage_class_name.clone(),
+        volume_mode: Some(
+            spec.volume_mode
+                .clone()
+                .unwrap_or_else(|| "Filesystem".into()),
+        ),
+        claim: Some(snapshot::claim_spec(pvc)),
+        ..Default::default()
+    }
+}
+
+/// The mover's command line.
+fn mover_args(
+    ctx: &Ctx,
+    vb: &VolumeBackup,
+    repo: &BackupRepository,
+    pvc: &str,
+    block: bool,
+    origin: &KubernetesOrigin,
+) -> Vec<String> {
+    let mut a: Vec<String> = vec![
+        "mover".into(),
+        "backup".into(),
+        "--namespace".into(),
+        vb.namespace().unwrap_or_default(),
+        "--run".into(),
+        vb.name_any(),
+        "--source".into(),
+        if block {
+            snapshot::SOURCE_DEVICE
+        } else {
+            snapshot::SOURCE_DIR
+        }
+        .into(),
+        "--record-path".into(),
+        format!("/{pvc}"),
+        "--repository-url".into(),
+        repo.spec.url.clone(),
+        "--origin".into(),
+        serde_json::to_string(origin).unwrap_or_default(),
+        "--threads".into(),
+        ctx.opts.mover_threads.to_string(),
+        "--hostname".into(),
+        ctx.opts
+            .cluster
+            .clone()
+            .unwrap_or_else(|| "kubernetes".into()),
+    ];
+    for (k, v) in &repo.spec.options {
+        a.push("--option".into());
+        a.push(format!("{k}={v}"));
+    }
+    if repo.spec.credentials_secret_ref.is_some() {
+        a.push("--credentials-dir".into());
+        a.push(snapshot::CREDENTIALS_DIR.into());
+    }
+    if repo.spec.init {
+        a.push("--init".into());
+    }
+    for t in &vb.spec.tags {
+        a.push("--tag".into());
+        a.push(t.clone());
+    }
+    for e in &vb.spec.excludes {
+        a.push("--exclude".into());
+        a.push(e.clone());
+    }
+    a
+}
+
+/// The mover's ServiceAccount in `ns`, whose Role may only read and patch
+/// the status of runs in that namespace.
+async fn ensure_mover_account(ctx: &Ctx, ns: &str) -> Result<(), Error> {
+    if ctx
+        .mover_accounts
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains(ns)
+    {
+        return Ok(());
+    }
+    let labels = json!({"app.kubernetes.io/managed-by": "coffer-controller"});
+    let sa: ServiceAccount = serde_json::from_value(json!({
+        "metadata": {"name": MOVER_ACCOUNT, "namespace": ns, "labels": labels},
+        "automountServiceAccountToken": true,
+    }))
+    .unwrap_or_default();
+    let role: Role = serde_json::from_value(json!({
+        "metadata": {"name": MOVER_ACCOUNT, "namespace": ns, "labels": labels},
+        "rules": [{
+            "apiGroups": ["coffer.dev"],
+            "resources": ["volumebackups/status", "volumerestores/status"],
+            "verbs": ["get", "patch"],
+        }],
+    }))
+    .unwrap_or_default();
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": MOVER_ACCOUNT, "namespace": ns, "labels": labels},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": MOVER_ACCOUNT},
+        "subjects": [{"kind": "ServiceAccount", "name": MOVER_ACCOUNT, "namespace": ns}],
+    }))
+    .unwrap_or_default();
+    create(
+        &Api::namespaced(ctx.client.clone(), ns),
+        &sa,
+        &format!("ServiceAccount {ns}/{MOVER_ACCOUNT}"),
+    )
+    .await?;
+    create(
+        &Api::namespaced(ctx.client.clone(), ns),
+        &role,
+        &format!("Role {ns}/{MOVER_ACCOUNT}"),
+    )
+    .await?;
+    create(
+        &Api::namespaced(ctx.client.clone(), ns),
+        &binding,
+        &format!("RoleBinding {ns}/{MOVER_ACCOUNT}"),
+    )
+    .await?;
+    ctx.mover_accounts
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(ns.to_string());
+    Ok(())
+}
+
+/// Creates `obj`; one that exists already is fine (a step done before a
+/// restart).
+async fn create<K>(api: &Api<K>, obj: &K, what: &str) -> Result<(), Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    match api.create(&PostParams::default(), obj).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(kube_err(format!("creating {what}"))(e)),
+    }
+}
+
+/// Step 5, one deletion at a time: the mover pod, the clone PVC, its PV,
+/// the VolumeSnapshot. Returns true when nothing is left.
+async fn cleanup(ctx: &Ctx, vb: &VolumeBackup) -> Result<bool, Error> {
+    let ns = vb.namespace().unwrap_or_default();
+    let child = child_name(vb);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    if let Some(p) = pods
+        .get_opt(&child)
+        .await
+        .map_err(kube_err(format!("reading pod {ns}/{child}")))?
+    {
+        if p.meta().deletion_timestamp.is_none() {
+            delete(&pods, &child, &format!("pod {ns}/{child}")).await?;
+        }
+        return Ok(false);
+    }
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    if let Some(c) = pvcs
+        .get_opt(&child)
+        .await
+        .map_err(kube_err(format!("reading PVC {ns}/{child}")))?
+    {
+        if c.meta().deletion_timestamp.is_none() {
+            delete(&pvcs, &child, &format!("PVC {ns}/{child}")).await?;
+        }
+        return Ok(false);
+    }
+    let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    let bound = pvs
+        .list(&ListParams::default())
+        .await
+        .map_err(kube_err("listing PersistentVolumes"))?
+        .items
+        .into_iter()
+        .find(|pv| {
+            pv.spec
+                .as_ref()
+                .and_then(|s| s.claim_ref.as_ref())
+                .is_some_and(|r| {
+                    r.namespace.as_deref() == Some(ns.as_str())
+                        && r.name.as_deref() == Some(child.as_str())
+                })
+        });
+    if let Some(pv) = bound {
+        let name = pv.name_any();
+        if pv.meta().deletion_timestamp.is_none() {
+            // Retained clones would outlive the run: let the driver delete
+            // the volume with the object.
+            if pv
+                .spec
+                .as_ref()
+                .and_then(|s| s.persistent_volume_reclaim_policy.as_deref())
+                == Some("Retain")
+            {
+                pvs.patch(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"persistentVolumeReclaimPolicy": "Delete"}})),
+                )
+                .await
+                .map_err(kube_err(format!("setting PV {name} to Delete")))?;
+            }
+            delete(&pvs, &name, &format!("PV {name}")).await?;
+        }
+        return Ok(false);
+    }
+    let snaps: Api<VolumeSnapshot> = Api::namespaced(ctx.client.clone(), &ns);
+    if let Some(vs) = snaps
+        .get_opt(&child)
+        .await
+        .map_err(kube_err(format!("reading VolumeSnapshot {ns}/{child}")))?
+    {
+        if vb.spec.retain_snapshot {
+            if !vs.owner_references().is_empty() {
+                // Kept: no longer owned by the run, so deleting the run
+                // keeps it too.
+                snaps
+                    .patch(
+                        &child,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"metadata": {"ownerReferences": null}})),
+                    )
+                    .await
+                    .map_err(kube_err(format!("releasing VolumeSnapshot {ns}/{child}")))?;
+            }
+        } else {
+            if vs.meta().deletion_timestamp.is_none() {
+                delete(&snaps, &child, &format!("VolumeSnapshot {ns}/{child}")).await?;
+            }
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+async fn delete<K>(api: &Api<K>, name: &str, what: &str) -> Result<(), Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => {
+            tracing::info!("deleted {what}");
+            Ok(())
+        }
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(kube_err(format!("deleting {what}"))(e)),
+    }
+}
+
+async fn remove_finalizer(ctx: &Ctx, vb: &VolumeBackup) -> Result<(), Error> {
+    let ns = vb.namespace().unwrap_or_default();
+    let api: Api<VolumeBackup> = Api::namespaced(ctx.client.clone(), &ns);
+    let rest: Vec<&String> = vb.finalizers().iter().filter(|f| *f != FINALIZER).collect();
+    match api
+        .patch(
+            &vb.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"finalizers": rest, "resourceVersion": vb.resource_version()}}),
+            ),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(kube_err("removing the cleanup finalizer")(e)),
+    }
+}
+
+/// The last Warning events of a pod, for a message.
+async fn pod_events(ctx: &Ctx, ns: &str, pod: &str) -> String {
+    let api: Api<CoreEvent> = Api::namespaced(ctx.client.clone(), ns);
+    let lp = ListParams::default().fields(&format!("involvedObject.name={pod}"));
+    let Ok(list) = api.list(&lp).await else {
+        return String::new();
+    };
+    let notes: Vec<String> = list
+        .items
+        .iter()
+        .filter(|e| e.type_.as_deref() == Some("Warning"))
+        .rev()
+        .take(3)
+        .map(|e| {
+            format!(
+                "{}: {}",
+                e.reason.as_deref().unwrap_or_default(),
+                e.message.as_deref().unwrap_or_default()
+            )
+        })
+        .collect();
+    if notes.is_empty() {
+        "; it has no Warning events".into()
+    } else {
+        format!("; its events: {}", notes.join("; "))
+    }
+}
+
+/// Start-up sweep: objects made for runs that no longer exist (deleted
+/// while no controller ran, finalizer removed by hand) are deleted, pods
+/// first.
+async fn sweep(ctx: &Ctx) {
+    let lp = ListParams::default().labels(RUN_LABEL);
+    let owner_gone = |refs: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference],
+                      ns: &str| {
+        let run = refs
+            .iter()
+            .find(|r| r.kind == "VolumeBackup")
+            .map(|r| (r.name.clone(), r.uid.clone()));
+        let client = ctx.client.clone();
+        let ns = ns.to_string();
+        async move {
+            let Some((name, uid)) = run else { return false };
+            match Api::<VolumeBackup>::namespaced(client, &ns)
+                .get_opt(&name)
+                .await
+            {
+                Ok(Some(vb)) => vb.uid().as_deref() != Some(uid.as_str()),
+                Ok(None) => true,
+                Err(_) => false,
+            }
+        }
+    };
+    if let Ok(list) = Api::<Pod>::all(ctx.client.clone()).list(&lp).await {
+        for p in list.items {
+            let ns = p.namespace().unwrap_or_default();
+            if owner_gone(p.owner_references(), &ns).await {
+                let _ = delete(
+                    &Api::<Pod>::namespaced(ctx.client.clone(), &ns),
+                    &p.name_any(),
+                    "leftover mover pod",
+                )
+                .await;
+            }
+        }
+    }
+    if let Ok(list) = Api::<PersistentVolumeClaim>::all(ctx.client.clone())
+        .list(&lp)
+        .await
+    {
+        for c in list.items {
+            let ns = c.namespace().unwrap_or_default();
+            if owner_gone(c.owner_references(), &ns).await {
+                let _ = delete(
+                    &Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &ns),
+                    &c.name_any(),
+                    "leftover clone PVC",
+                )
+                .await;
+            }
+        }
+    }
+    if let Ok(list) = Api::<VolumeSnapshot>::all(ctx.client.clone())
+        .list(&lp)
+        .await
+    {
+        for s in list.items {
+            let ns = s.namespace().unwrap_or_default();
+            if !s.owner_references().is_empty() && owner_gone(s.owner_references(), &ns).await {
+                let _ = delete(
+                    &Api::<VolumeSnapshot>::namespaced(ctx.client.clone(), &ns),
+                    &s.name_any(),
+                    "leftover VolumeSnapshot",
+                )
+                .await;
+            }
+        }
+    }
+}
+
+impl Ctx {
+    /// Ends a run that is not over yet (a mover's own result stands).
+    async fn end(&self, vb: &VolumeBackup, outcome: Outcome) {
+        let ns = vb.namespace().unwrap_or_default();
+        let (etype, reason, note) = match &outcome {
+            Outcome::Failed(m) => (EventType::Warning, "BackupFailed", m.clone()),
+            Outcome::Canceled => (
+                EventType::Normal,
+                "BackupCanceled",
+                "canceled through spec.cancel".to_string(),
+            ),
+            Outcome::Done { .. } => (EventType::Normal, "BackupCompleted", String::new()),
+        };
+        let written = status::update::<VolumeBackup>(&self.client, &ns, &vb.name_any(), |s| {
+            let stage = s.stage.clone();
+            *s = status::finished(s.clone(), outcome.clone());
+            s.stage = stage.or(Some("Snapshotting".into()));
+            if s.start_time.is_none() {
+                s.start_time = s.completion_time.clone();
+            }
+        })
+        .await;
+        if written.is_some() {
+            tracing::info!(namespace = ns, run = vb.name_any(), "{reason}: {note}");
+            self.event(vb, etype, reason, note).await;
+        }
+    }
+
+    async fn fail(&self, vb: &VolumeBackup, message: String) {
+        self.end(vb, Outcome::Failed(message)).await
+    }
+
+    /// Metrics of a run that ended and is cleaned up.
+    fn record(&self, vb: &VolumeBackup, st: &RunStatus) {
+        if !st.phase.is_final() {
+            return;
+        }
+        let ns = vb.namespace().unwrap_or_default();
+        self.metrics
+            .runs
+            .get_or_create(&RunLabels {
+                kind: "snapshot-backup".into(),
+                namespace: ns.clone(),
+                phase: st.phase.as_str().into(),
+            })
+            .inc();
+        let l = NamespaceLabels {
+            kind: "snapshot-backup".into(),
+            namespace: ns,
+        };
+        if let Some(p) = &st.progress {
+            self.metrics.bytes.get_or_create(&l).inc_by(p.bytes_done);
+        }
+        if let Some(added) = st.incremental_bytes {
+            self.metrics.bytes_added.get_or_create(&l).inc_by(added);
+        }
+    }
+
+    async fn event(&self, vb: &VolumeBackup, type_: EventType, reason: &str, note: String) {
+        let mut note = note;
+        note.truncate(1000);
+        let ev = KubeEvent {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Backup".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &vb.object_ref(&())).await {
+            tracing::debug!("cannot publish an Event: {e}");
+        }
+    }
+}

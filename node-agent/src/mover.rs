@@ -1,0 +1,200 @@
+//! `coffer-agent mover`: the process inside a mover pod. It backs up one
+//! mounted path or block device (a clone of a CSI snapshot) with the engine,
+//! in-process, and writes its progress and result into the status of its
+//! VolumeBackup: the only API access its ServiceAccount has.
+//!
+//! Everything else comes from its arguments (written by the controller) and
+//! its environment (the password, from the repository's Secret): the mover
+//! reads no Secret and no other object.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use coffer_engine::backup::{BackupOptions, BackupProgress, ParentChoice};
+use coffer_engine::forget::OriginFilter;
+use coffer_engine::format::snapshot::KubernetesOrigin;
+use coffer_engine::CancelToken;
+use kube::Client;
+
+use crate::crd::{Phase, Progress, VolumeBackup};
+use crate::node::STATUS_INTERVAL;
+use crate::status::{self, Outcome};
+
+/// One backup, as the controller describes it.
+#[derive(Clone, Debug)]
+pub struct BackupJob {
+    /// The VolumeBackup's namespace.
+    pub namespace: String,
+    /// The VolumeBackup whose status is written.
+    pub run: String,
+    /// What is read: the clone's mount or device.
+    pub source: PathBuf,
+    /// The path recorded in the snapshot.
+    pub record_path: PathBuf,
+    /// The repository.
+    pub repository_url: String,
+    /// Store options (`s3.endpoint`, ...).
+    pub options: Vec<(String, String)>,
+    /// A directory holding the credentials Secret's keys as files.
+    pub credentials_dir: Option<PathBuf>,
+    /// Create the repository when it does not exist.
+    pub init: bool,
+    /// The origin recorded in the snapshot (and the parent's selector).
+    pub origin: KubernetesOrigin,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Exclude patterns.
+    pub excludes: Vec<String>,
+    /// Engine threads.
+    pub threads: usize,
+    /// The hostname recorded in the snapshot.
+    pub hostname: String,
+}
+
+/// Runs the backup and reports it; returns the final phase (also when the
+/// run had already been ended by the controller: then nothing is written).
+pub async fn backup(
+    client: Client,
+    job: BackupJob,
+    password: Vec<u8>,
+    cancel: CancelToken,
+) -> Phase {
+    let (ns, name) = (job.namespace.clone(), job.run.clone());
+    let outcome = run_backup(&client, &job, &password, &cancel).await;
+    if let Outcome::Failed(m) = &outcome {
+        tracing::error!(namespace = ns, run = name, "{m}");
+    }
+    let written = status::update::<VolumeBackup>(&client, &ns, &name, |s| {
+        *s = status::finished(s.clone(), outcome.clone());
+    })
+    .await;
+    match written {
+        Some(s) => s.phase,
+        None => {
+            tracing::info!(
+                namespace = ns,
+                run = name,
+                "the run had already ended; its status is left as it is"
+            );
+            match outcome {
+                Outcome::Done { .. } => Phase::Completed,
+                Outcome::Canceled => Phase::Canceled,
+                Outcome::Failed(_) => Phase::Failed,
+            }
+        }
+    }
+}
+
+async fn run_backup(
+    client: &Client,
+    job: &BackupJob,
+    password: &[u8],
+    cancel: &CancelToken,
+) -> Outcome {
+    let mut options = job.options.clone();
+    if let Some(dir) = &job.credentials_dir {
+        match read_secret_dir(dir) {
+            Ok(data) => {
+                options.extend(crate::repos::credential_options(&job.repository_url, &data))
+            }
+            Err(e) => return Outcome::Failed(format!("credentials in {}: {e}", dir.display())),
+        }
+    }
+    let repo =
+        match crate::repos::open_or_init(&job.repository_url, options, password, job.init).await {
+            Ok(r) => Arc::new(r),
+            Err(e) => {
+                return Outcome::Failed(format!(
+                    "repository {}: {e}",
+                    coffer_engine::storage::redact(&job.repository_url)
+                ))
+            }
+        };
+    let (tx, mut rx) = tokio::sync::watch::channel(BackupProgress::default());
+    let mut opts = BackupOptions::new([job.source.clone()]);
+    opts.record_path = Some(job.record_path.clone());
+    opts.origin = Some(job.origin.clone());
+    let o = &job.origin;
+    opts.parent = ParentChoice::Origin(OriginFilter {
+        cluster: o.cluster.clone(),
+        namespace: o.namespace.clone(),
+        pvc: o.pvc.clone(),
+        ..Default::default()
+    });
+    opts.hostname = Some(job.hostname.clone());
+    opts.program = Some(format!("coffer-agent mover {}", env!("CARGO_PKG_VERSION")));
+    opts.tags = job.tags.clone();
+    opts.threads = job.threads.max(1);
+    opts.cancel = cancel.clone();
+    opts.selection.exclude = job.excludes.clone();
+    opts.progress = Some(Arc::new(move |p: &BackupProgress| {
+        let _ = tx.send(p.clone());
+    }));
+    // Progress into status, at most every STATUS_INTERVAL.
+    let (c, ns, name) = (client.clone(), job.namespace.clone(), job.run.clone());
+    let reporter = tokio::spawn(async move {
+        let mut last = Instant::now() - STATUS_INTERVAL;
+        while rx.changed().await.is_ok() {
+            tokio::time::sleep(STATUS_INTERVAL.saturating_sub(last.elapsed())).await;
+            let p = status::progress_of(&rx.borrow_and_update());
+            status::update::<VolumeBackup>(&c, &ns, &name, |s| s.progress = Some(p.clone())).await;
+            last = Instant::now();
+        }
+    });
+    let result = coffer_engine::backup::backup(repo, opts).await;
+    reporter.abort();
+    match result {
+        Ok(summary) => Outcome::Done {
+            snapshot_id: summary.snapshot_id.to_hex(),
+            incremental_bytes: Some(summary.snapshot.summary.data_added_packed),
+            progress: Progress {
+                bytes_done: summary.bytes_read,
+                total_bytes: Some(summary.snapshot.summary.total_bytes_processed),
+                files_done: summary.snapshot.summary.total_files_processed,
+                total_files: Some(summary.snapshot.summary.total_files_processed),
+            },
+            errors: summary
+                .errors
+                .iter()
+                .map(|e| format!("{}: {}", e.path.display(), e.message))
+                .collect(),
+        },
+        Err(coffer_engine::Error::Cancelled) => Outcome::Failed(
+            "the mover was stopped (its pod was deleted or evicted); no snapshot was written"
+                .into(),
+        ),
+        Err(e) => Outcome::Failed(e.to_string()),
+    }
+}
+
+/// A mounted Secret: one file per key (the `..data` links and hidden files
+/// the kubelet adds are skipped).
+fn read_secret_dir(dir: &Path) -> std::io::Result<BTreeMap<String, Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.starts_with('.') || !e.path().is_file() {
+            continue;
+        }
+        out.insert(name, std::fs::read(e.path())?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mounted_secret_reads_as_its_keys() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("AWS_ACCESS_KEY_ID"), "AKIA").unwrap();
+        std::fs::create_dir(d.path().join("..2026_11_24")).unwrap();
+        std::fs::write(d.path().join(".hidden"), "x").unwrap();
+        let m = read_secret_dir(d.path()).unwrap();
+        assert_eq!(m.keys().collect::<Vec<_>>(), vec!["AWS_ACCESS_KEY_ID"]);
+    }
+}

@@ -1,0 +1,602 @@
+//! The snapshot path of a VolumeBackup, pure: which VolumeSnapshotClass, the
+//! clone claim, the mover pod, and what a mover pod's status says about its
+//! fate. [`crate::controller`] does the API calls around these.
+//!
+//! The CSI snapshot kinds (`snapshot.storage.k8s.io/v1`) are not in
+//! k8s-openapi; [`VolumeSnapshot`] holds the fields used here.
+
+use std::collections::BTreeMap;
+
+use coffer_engine::format::snapshot::ClaimSpec;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::DynamicObject;
+use kube::CustomResource;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::crd::{SecretKeyRef, SecretRef};
+
+/// The CSI snapshot API group.
+pub const SNAPSHOT_GROUP: &str = "snapshot.storage.k8s.io";
+/// The PVC annotation that names the VolumeSnapshotClass to use.
+pub const CLASS_ANNOTATION: &str = "backup.coffer.dev/snapshot-class";
+/// The VolumeSnapshotClass label that makes a class coffer's choice for its
+/// driver.
+pub const DEFAULT_CLASS_LABEL: &str = "backup.coffer.dev/default";
+/// The annotation that makes a class the driver's default.
+pub const IS_DEFAULT_CLASS: &str = "snapshot.storage.kubernetes.io/is-default-class";
+/// The label on every object the controller creates for a run: the run's
+/// name (shortened when needed; the owner reference is exact).
+pub const RUN_LABEL: &str = "coffer.dev/volumebackup";
+/// Where a mover pod sees a filesystem clone (read-only).
+pub const SOURCE_DIR: &str = "/coffer/source";
+/// Where a mover pod sees a block clone.
+pub const SOURCE_DEVICE: &str = "/dev/coffer-source";
+/// Where a mover pod sees the repository's credentials Secret.
+pub const CREDENTIALS_DIR: &str = "/coffer/credentials";
+
+/// A CSI VolumeSnapshot (the fields coffer reads and writes).
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "snapshot.storage.k8s.io",
+    version = "v1",
+    kind = "VolumeSnapshot",
+    namespaced,
+    status = "VolumeSnapshotStatus",
+    schema = "disabled"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeSnapshotSpec {
+    /// What is snapshotted.
+    pub source: VolumeSnapshotSource,
+    /// The class (the driver's default when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_snapshot_class_name: Option<String>,
+}
+
+/// A VolumeSnapshot's source.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeSnapshotSource {
+    /// A PVC in the snapshot's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_volume_claim_name: Option<String>,
+    /// A pre-provisioned content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_snapshot_content_name: Option<String>,
+}
+
+/// What the snapshot controller reports.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeSnapshotStatus {
+    /// The content it is bound to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bound_volume_snapshot_content_name: Option<String>,
+    /// Whether a volume can be provisioned from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_to_use: Option<bool>,
+    /// The smallest volume it restores into.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_size: Option<Quantity>,
+    /// The last error of the snapshot controller or the driver.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<VolumeSnapshotError>,
+}
+
+/// A snapshot error.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeSnapshotError {
+    /// What went wrong.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// How far a VolumeSnapshot is.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SnapshotState {
+    /// Not ready yet.
+    Pending,
+    /// Ready, with its restore size when known.
+    Ready(Option<Quantity>),
+    /// The driver or the snapshot controller reported an error.
+    Failed(String),
+}
+
+/// What a VolumeSnapshot's status says.
+pub fn snapshot_state(vs: &VolumeSnapshot) -> SnapshotState {
+    let Some(st) = &vs.status else {
+        return SnapshotState::Pending;
+    };
+    if let Some(m) = st.error.as_ref().and_then(|e| e.message.clone()) {
+        return SnapshotState::Failed(m);
+    }
+    if st.ready_to_use == Some(true) {
+        return SnapshotState::Ready(st.restore_size.clone());
+    }
+    SnapshotState::Pending
+}
+
+/// A VolumeSnapshotClass (cluster-scoped; read as a dynamic object).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotClass {
+    /// Its name.
+    pub name: String,
+    /// Its CSI driver.
+    pub driver: String,
+    /// Labelled `backup.coffer.dev/default: "true"`.
+    pub coffer_default: bool,
+    /// Annotated as the driver's default class.
+    pub driver_default: bool,
+}
+
+impl SnapshotClass {
+    /// Reads one from the API's object.
+    pub fn from_dynamic(o: &DynamicObject) -> SnapshotClass {
+        let is_true = |m: &Option<BTreeMap<String, String>>, k: &str| {
+            m.as_ref()
+                .and_then(|m| m.get(k))
+                .is_some_and(|v| v == "true")
+        };
+        SnapshotClass {
+            name: o.metadata.name.clone().unwrap_or_default(),
+            driver: o.data["driver"].as_str().unwrap_or_default().to_string(),
+            coffer_default: is_true(&o.metadata.labels, DEFAULT_CLASS_LABEL),
+            driver_default: is_true(&o.metadata.annotations, IS_DEFAULT_CLASS),
+        }
+    }
+}
+
+/// The class for a snapshot of a PVC of `driver`: the PVC's annotation, else
+/// the driver's class labelled `backup.coffer.dev/default`, else the driver's
+/// default class. The error says what to label or annotate.
+pub fn choose_class(
+    pvc: &str,
+    annotation: Option<&str>,
+    driver: &str,
+    classes: &[SnapshotClass],
+) -> Result<String, String> {
+    if let Some(name) = annotation {
+        return match classes.iter().find(|c| c.name == name) {
+            Some(c) if c.driver == driver => Ok(c.name.clone()),
+            Some(c) => Err(format!(
+                "VolumeSnapshotClass {name:?} (annotation {CLASS_ANNOTATION} of PVC {pvc}) is for driver {}, but the PVC's volume is on {driver}",
+                c.driver
+            )),
+            None => Err(format!(
+                "VolumeSnapshotClass {name:?} (annotation {CLASS_ANNOTATION} of PVC {pvc}) does not exist"
+            )),
+        };
+    }
+    let of_driver: Vec<&SnapshotClass> = classes.iter().filter(|c| c.driver == driver).collect();
+    let coffer_default: fn(&SnapshotClass) -> bool = |c| c.coffer_default;
+    let driver_default: fn(&SnapshotClass) -> bool = |c| c.driver_default;
+    for pick in [coffer_default, driver_default] {
+        let picked: Vec<&SnapshotClass> = of_driver.iter().copied().filter(|c| pick(c)).collect();
+        match picked.as_slice() {
+            [] => continue,
+            [one] => return Ok(one.name.clone()),
+            several => {
+                let names: Vec<&str> = several.iter().map(|c| c.name.as_str()).collect();
+                return Err(format!(
+                    "several VolumeSnapshotClasses for driver {driver} are defaults ({}); label exactly one with {DEFAULT_CLASS_LABEL}=true",
+                    names.join(", ")
+                ));
+            }
+        }
+    }
+    Err(format!(
+        "no VolumeSnapshotClass for driver {driver} is a default: label one with {DEFAULT_CLASS_LABEL}=true, or annotate PVC {pvc} with {CLASS_ANNOTATION}"
+    ))
+}
+
+/// The claim's size: its capacity, else its request.
+pub fn claim_size(pvc: &PersistentVolumeClaim) -> Option<Quantity> {
+    pvc.status
+        .as_ref()
+        .and_then(|s| s.capacity.as_ref())
+        .and_then(|c| c.get("storage"))
+        .or_else(|| {
+            pvc.spec
+                .as_ref()
+                .and_then(|s| s.resources.as_ref())
+                .and_then(|r| r.requests.as_ref())
+                .and_then(|r| r.get("storage"))
+        })
+        .cloned()
+}
+
+/// What a snapshot records of a claim, so that a restore can create it again.
+pub fn claim_spec(pvc: &PersistentVolumeClaim) -> ClaimSpec {
+    ClaimSpec {
+        capacity: claim_size(pvc).map(|q| q.0),
+        access_modes: pvc
+            .spec
+            .as_ref()
+            .and_then(|s| s.access_modes.clone())
+            .unwrap_or_default(),
+        labels: pvc.metadata.labels.clone().unwrap_or_default(),
+    }
+}
+
+/// Whether the claim is a block device.
+pub fn is_block(pvc: &PersistentVolumeClaim) -> bool {
+    pvc.spec.as_ref().and_then(|s| s.volume_mode.as_deref()) == Some("Block")
+}
+
+/// How the clone of a snapshot is made.
+pub struct Clone<'a> {
+    /// The clone's name (in the source's namespace).
+    pub name: &'a str,
+    /// The VolumeSnapshot it is provisioned from.
+    pub snapshot: &'a str,
+    /// The source claim.
+    pub source: &'a PersistentVolumeClaim,
+    /// The snapshot's restore size, when it reported one.
+    pub restore_size: Option<&'a Quantity>,
+    /// Storage class renames for clones (`source class -> clone class`).
+    pub storage_class_map: &'a BTreeMap<String, String>,
+    /// Ask for ReadOnlyMany instead of the source's access modes.
+    pub read_only_many: bool,
+    /// Labels (the run label).
+    pub labels: &'a BTreeMap<String, String>,
+    /// The owning VolumeBackup.
+    pub owner: &'a OwnerReference,
+}
+
+/// The clone claim: provisioned from the snapshot, sized from its restore
+/// size (else the source's size), with the source's volume mode and access
+/// modes (or ReadOnlyMany), and its storage class mapped.
+pub fn clone_claim(c: &Clone) -> PersistentVolumeClaim {
+    let spec = c.source.spec.clone().unwrap_or_default();
+    let class = spec
+        .storage_class_name
+        .as_ref()
+        .map(|s| c.storage_class_map.get(s).unwrap_or(s).clone());
+    let modes = if c.read_only_many {
+        vec!["ReadOnlyMany".to_string()]
+    } else {
+        spec.access_modes
+            .clone()
+            .filter(|m| !m.is_empty())
+            .unwrap_or_else(|| vec!["ReadWriteOnce".to_string()])
+    };
+    let size = c.restore_size.cloned().or_else(|| claim_size(c.source));
+    let mut value = json!({
+        "metadata": {
+            "name": c.name,
+            "namespace": c.source.metadata.namespace,
+            "labels": c.labels,
+            "ownerReferences": [c.owner],
+        },
+        "spec": {
+            "accessModes": modes,
+            "volumeMode": spec.volume_mode.clone().unwrap_or_else(|| "Filesystem".into()),
+            "dataSource": {"apiGroup": SNAPSHOT_GROUP, "kind": "VolumeSnapshot", "name": c.snapshot},
+            "resources": {"requests": {"storage": size}},
+        }
+    });
+    if let Some(class) = class {
+        value["spec"]["storageClassName"] = json!(class);
+    }
+    serde_json::from_value(value).unwrap_or_default()
+}
+
+/// What a mover pod runs with.
+pub struct Mover<'a> {
+    /// The pod's name (in the run's namespace).
+    pub name: &'a str,
+    /// The namespace.
+    pub namespace: &'a str,
+    /// The image holding `coffer-agent`.
+    pub image: &'a str,
+    /// The mover's ServiceAccount (may patch run statuses only).
+    pub service_account: &'a str,
+    /// The clone claim it reads.
+    pub claim: &'a str,
+    /// Whether the claim is a block device.
+    pub block: bool,
+    /// `coffer-agent` arguments.
+    pub args: Vec<String>,
+    /// The repository's password.
+    pub password: &'a SecretKeyRef,
+    /// The repository's credentials Secret, mounted at [`CREDENTIALS_DIR`].
+    pub credentials: Option<&'a SecretRef>,
+    /// Memory limit (`512Mi`).
+    pub memory: &'a str,
+    /// Labels (the run label).
+    pub labels: &'a BTreeMap<String, String>,
+    /// The owning run.
+    pub owner: &'a OwnerReference,
+}
+
+/// The mover pod: the clone mounted read-only (or attached as a device), the
+/// password from its Secret, nothing else from the cluster (no API token but
+/// its own ServiceAccount's), never restarted.
+pub fn mover_pod(m: &Mover) -> Pod {
+    let mut volumes = vec![json!({
+        "name": "source",
+        "persistentVolumeClaim": {"claimName": m.claim, "readOnly": !m.block},
+    })];
+    let mut mounts = Vec::new();
+    let mut devices = Vec::new();
+    if m.block {
+        devices.push(json!({"name": "source", "devicePath": SOURCE_DEVICE}));
+    } else {
+        mounts.push(json!({"name": "source", "mountPath": SOURCE_DIR, "readOnly": true}));
+    }
+    if let Some(c) = m.credentials {
+        volumes.push(json!({"name": "credentials", "secret": {"secretName": c.name}}));
+        mounts.push(json!({"name": "credentials", "mountPath": CREDENTIALS_DIR, "readOnly": true}));
+    }
+    volumes.push(json!({"name": "cache", "emptyDir": {}}));
+    mounts.push(json!({"name": "cache", "mountPath": "/tmp"}));
+    let value = json!({
+        "metadata": {
+            "name": m.name,
+            "namespace": m.namespace,
+            "labels": m.labels,
+            "ownerReferences": [m.owner],
+        },
+        "spec": {
+            "restartPolicy": "Never",
+            "serviceAccountName": m.service_account,
+            "containers": [{
+                "name": "mover",
+                "image": m.image,
+                "args": m.args,
+                "env": [
+                    {"name": "COFFER_PASSWORD", "valueFrom": {"secretKeyRef": {"name": m.password.name, "key": m.password.key}}},
+                    {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                ],
+                "volumeMounts": mounts,
+                "volumeDevices": devices,
+                "resources": {"requests": {"memory": "128Mi"}, "limits": {"memory": m.memory}},
+                // Root reads every file of the clone, whoever owns it; it
+                // needs no other privilege.
+                "securityContext": {
+                    "runAsUser": 0,
+                    "allowPrivilegeEscalation": false,
+                    "readOnlyRootFilesystem": true,
+                    "capabilities": {"drop": ["ALL"], "add": ["DAC_READ_SEARCH"]},
+                },
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+            }],
+            "volumes": volumes,
+        }
+    });
+    serde_json::from_value(value).unwrap_or_default()
+}
+
+/// Why a mover pod will never finish its work, when its status already
+/// says so: it failed, it cannot be scheduled, or its container cannot
+/// start. `None` while it may still run (or ran to the end).
+pub fn mover_failure(pod: &Pod) -> Option<String> {
+    let name = format!(
+        "mover pod {}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or_default(),
+        pod.metadata.name.as_deref().unwrap_or_default()
+    );
+    let st = pod.status.as_ref()?;
+    let containers = st.container_statuses.iter().flatten();
+    if st.phase.as_deref() == Some("Failed") {
+        let why = containers
+            .filter_map(|c| c.state.as_ref()?.terminated.as_ref())
+            .map(|t| {
+                let mut s = format!("exit code {}", t.exit_code);
+                if let Some(r) = &t.reason {
+                    s.push_str(&format!(" ({r})"));
+                }
+                if let Some(m) = t
+                    .message
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|m| !m.is_empty())
+                {
+                    s.push_str(&format!(": {}", last_line(m)));
+                }
+                s
+            })
+            .next()
+            .or_else(|| st.message.clone())
+            .or_else(|| st.reason.clone())
+            .unwrap_or_else(|| "no reason given".into());
+        return Some(format!("{name} failed: {why}"));
+    }
+    for c in st.conditions.iter().flatten() {
+        if c.type_ == "PodScheduled"
+            && c.status == "False"
+            && c.reason.as_deref() == Some("Unschedulable")
+        {
+            return Some(format!(
+                "{name} cannot be scheduled: {}",
+                c.message.as_deref().unwrap_or("no node fits")
+            ));
+        }
+    }
+    for c in containers {
+        let Some(w) = c.state.as_ref().and_then(|s| s.waiting.as_ref()) else {
+            continue;
+        };
+        let reason = w.reason.as_deref().unwrap_or_default();
+        if matches!(
+            reason,
+            "ErrImagePull"
+                | "ImagePullBackOff"
+                | "InvalidImageName"
+                | "CreateContainerConfigError"
+                | "CreateContainerError"
+        ) {
+            return Some(format!(
+                "{name} cannot start: {reason}: {}",
+                w.message.as_deref().unwrap_or_default()
+            ));
+        }
+    }
+    None
+}
+
+/// Whether a mover pod's container has started (preparation is over).
+pub fn mover_started(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Running" | "Succeeded" | "Failed")
+    )
+}
+
+/// The last non-empty line of a message (a mover's log ends with its error).
+fn last_line(m: &str) -> &str {
+    m.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn class(name: &str, driver: &str, coffer: bool, default: bool) -> SnapshotClass {
+        SnapshotClass {
+            name: name.into(),
+            driver: driver.into(),
+            coffer_default: coffer,
+            driver_default: default,
+        }
+    }
+
+    #[test]
+    fn class_choice_follows_annotation_then_label_then_driver_default() {
+        let classes = [
+            class("fast", "csi.a", false, true),
+            class("backup", "csi.a", true, false),
+            class("other", "csi.b", false, true),
+        ];
+        assert_eq!(
+            choose_class("db", None, "csi.a", &classes),
+            Ok("backup".into())
+        );
+        assert_eq!(
+            choose_class("db", Some("fast"), "csi.a", &classes),
+            Ok("fast".into())
+        );
+        assert_eq!(
+            choose_class("db", None, "csi.b", &classes),
+            Ok("other".into())
+        );
+        let e = choose_class("db", Some("other"), "csi.a", &classes).unwrap_err();
+        assert!(e.contains("is for driver csi.b"), "{e}");
+        let e = choose_class("db", Some("gone"), "csi.a", &classes).unwrap_err();
+        assert!(
+            e.contains("\"gone\"") && e.contains("does not exist"),
+            "{e}"
+        );
+        let e = choose_class("db", None, "csi.c", &classes).unwrap_err();
+        assert!(
+            e.contains("csi.c") && e.contains(DEFAULT_CLASS_LABEL),
+            "{e}"
+        );
+        let two = [
+            class("x", "csi.a", true, false),
+            class("y", "csi.a", true, false),
+        ];
+        let e = choose_class("db", None, "csi.a", &two).unwrap_err();
+        assert!(e.contains("x, y"), "{e}");
+    }
+
+    fn pvc(value: serde_json::Value) -> PersistentVolumeClaim {
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn the_clone_takes_the_snapshot_size_mode_and_mapped_class() {
+        let source = pvc(json!({
+            "metadata": {"name": "data", "namespace": "db", "labels": {"app": "pg"}},
+            "spec": {"accessModes": ["ReadWriteOnce"], "volumeMode": "Block", "storageClassName": "fast",
+                     "resources": {"requests": {"storage": "5Gi"}}},
+            "status": {"capacity": {"storage": "8Gi"}}
+        }));
+        let labels = BTreeMap::from([(RUN_LABEL.to_string(), "run".to_string())]);
+        let owner = OwnerReference::default();
+        let map = BTreeMap::from([("fast".to_string(), "cheap".to_string())]);
+        let size = Quantity("9Gi".into());
+        let mut c = Clone {
+            name: "coffer-run",
+            snapshot: "coffer-run",
+            source: &source,
+            restore_size: Some(&size),
+            storage_class_map: &map,
+            read_only_many: false,
+            labels: &labels,
+            owner: &owner,
+        };
+        let clone = clone_claim(&c);
+        let spec = clone.spec.unwrap();
+        assert_eq!(spec.storage_class_name.as_deref(), Some("cheap"));
+        assert_eq!(spec.volume_mode.as_deref(), Some("Block"));
+        assert_eq!(spec.access_modes.unwrap(), vec!["ReadWriteOnce"]);
+        assert_eq!(spec.data_source.unwrap().name, "coffer-run");
+        assert_eq!(
+            spec.resources.unwrap().requests.unwrap()["storage"].0,
+            "9Gi"
+        );
+        assert_eq!(clone.metadata.namespace.as_deref(), Some("db"));
+        // No restore size: the source's capacity; ReadOnlyMany when asked.
+        c.restore_size = None;
+        c.read_only_many = true;
+        let spec = clone_claim(&c).spec.unwrap();
+        assert_eq!(
+            spec.resources.unwrap().requests.unwrap()["storage"].0,
+            "8Gi"
+        );
+        assert_eq!(spec.access_modes.unwrap(), vec!["ReadOnlyMany"]);
+        let rec = claim_spec(&source);
+        assert_eq!(rec.capacity.as_deref(), Some("8Gi"));
+        assert_eq!(rec.labels["app"], "pg");
+        assert!(is_block(&source));
+    }
+
+    fn pod(status: serde_json::Value) -> Pod {
+        serde_json::from_value(
+            json!({"metadata": {"name": "m", "namespace": "ns"}, "status": status}),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn mover_failures_are_read_from_conditions_and_container_states() {
+        assert_eq!(mover_failure(&pod(json!({"phase": "Pending"}))), None);
+        assert_eq!(mover_failure(&pod(json!({"phase": "Succeeded"}))), None);
+        let unsched = pod(
+            json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
+            "reason": "Unschedulable", "message": "0/3 nodes are available: 3 Insufficient memory."}]}),
+        );
+        assert_eq!(
+            mover_failure(&unsched).unwrap(),
+            "mover pod ns/m cannot be scheduled: 0/3 nodes are available: 3 Insufficient memory."
+        );
+        let pull = pod(
+            json!({"phase": "Pending", "containerStatuses": [{"name": "mover", "image": "x", "imageID": "",
+            "ready": false, "restartCount": 0, "state": {"waiting": {"reason": "ImagePullBackOff", "message": "back-off pulling x"}}}]}),
+        );
+        assert!(mover_failure(&pull)
+            .unwrap()
+            .contains("ImagePullBackOff: back-off pulling x"));
+        let failed = pod(
+            json!({"phase": "Failed", "containerStatuses": [{"name": "mover", "image": "x", "imageID": "",
+            "ready": false, "restartCount": 0, "state": {"terminated": {"exitCode": 1, "reason": "Error",
+            "message": "starting\nrepository: wrong password\n"}}}]}),
+        );
+        assert_eq!(
+            mover_failure(&failed).unwrap(),
+            "mover pod ns/m failed: exit code 1 (Error): repository: wrong password"
+        );
+        let evicted = pod(
+            json!({"phase": "Failed", "reason": "Evicted", "message": "The node was low on memory."}),
+        );
+        assert!(mover_failure(&evicted)
+            .unwrap()
+            .ends_with("The node was low on memory."));
+        assert!(!mover_started(&unsched) && mover_started(&failed));
+    }
+}
