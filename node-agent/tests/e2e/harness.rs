@@ -454,6 +454,79 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<(u1
     Ok((code, body))
 }
 
+/// A running `coffer-agent controller` replica, killed on drop (its log is
+/// printed when the test fails).
+pub struct Controller {
+    pub child: Child,
+    pub identity: String,
+    pub log: PathBuf,
+}
+
+impl Controller {
+    /// Replica `identity`, with a 3 s Lease, and `extra` arguments.
+    pub fn start(env: &Env, identity: &str, extra: &[&str]) -> Controller {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let log = env
+            .dir
+            .path()
+            .join(format!("controller-{identity}-{}.log", short_id()));
+        let child = Command::new(env!("CARGO_BIN_EXE_coffer-agent"))
+            .arg("controller")
+            .args(["--identity", identity])
+            .args(["--namespace", "default"])
+            .args(["--lease-duration", "3s"])
+            .args(["--mover-image", "coffer/coffer:test"])
+            .args(["--metrics-addr", &port.to_string()])
+            .args(["--cluster-name", "test-cluster"])
+            .args(["--log-format", "text"])
+            .args(extra)
+            .env("KUBECONFIG", &env.kubeconfig)
+            .env(
+                "RUST_LOG",
+                std::env::var("COFFER_TEST_AGENT_LOG")
+                    .unwrap_or_else(|_| "info,coffer_node_agent=debug".into()),
+            )
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Controller {
+            child,
+            identity: identity.to_string(),
+            log,
+        }
+    }
+
+    /// SIGKILL, as a node failure or an OOM kill would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- controller {} log {} ----\n{}",
+                self.identity,
+                self.log.display(),
+                self.log_text()
+            );
+        }
+    }
+}
+
 /// Opens a test repository with the engine.
 pub async fn open_repo(path: &Path, password: &str) -> Arc<coffer_engine::Repository> {
     let store = coffer_engine::storage::open_location(&path.display().to_string(), false).unwrap();

@@ -6,6 +6,8 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod harness;
+mod sim;
+mod snapshots;
 
 use coffer_node_agent::crd::{
     BackupRepository, Phase, RepositoryPhase, VolumeBackup, VolumeRestore,
@@ -205,7 +207,7 @@ async fn annotated_volumes_are_backed_up_incrementally_and_restore_byte_for_byte
         })
         .await
         .into_iter()
-        .map(|b| (b.spec.volume.clone(), b))
+        .map(|b| (b.spec.volume.clone().unwrap_or_default(), b))
         .collect();
     // Refused, projected and unmounted volumes got no VolumeBackup.
     let mut volumes: Vec<String> = first.keys().cloned().collect();
@@ -270,7 +272,10 @@ async fn annotated_volumes_are_backed_up_incrementally_and_restore_byte_for_byte
     for b in &all {
         assert_eq!(phase(&b.status), Phase::Completed, "{:#?}", b.status);
     }
-    let cache_runs: Vec<_> = all.iter().filter(|b| b.spec.volume == "cache").collect();
+    let cache_runs: Vec<_> = all
+        .iter()
+        .filter(|b| b.spec.volume.as_deref() == Some("cache"))
+        .collect();
     let ids: Vec<String> = cache_runs.iter().map(|b| snapshot_of(b)).collect();
     let first_id = snapshot_of(&first["cache"]);
     let second_id = ids.iter().find(|i| **i != first_id).unwrap().clone();

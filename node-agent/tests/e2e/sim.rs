@@ -1,0 +1,601 @@
+//! The parts of a cluster that the fake API server does not run, played for
+//! the controller's tests:
+//! - the **snapshot controller**: a VolumeSnapshot of a PVC gets a copy of
+//!   the volume's data, a VolumeSnapshotContent, `readyToUse` and
+//!   `restoreSize` (or never becomes ready, or fails, as a test asks);
+//! - the **binder**: a PVC provisioned from a snapshot is bound to a new PV
+//!   holding a copy of the snapshot's data;
+//! - the **scheduler and kubelet** of mover pods: the pod's container runs
+//!   as a local `coffer-agent` process with the pod's arguments and
+//!   environment (Secrets resolved), the clone's data as its mount; its exit
+//!   becomes the pod's phase and termination message. A deleted pod's
+//!   process is killed. Or the pod stays Pending as Unschedulable.
+//!
+//! A volume's data lives where its PV's CSI attribute `path` says: a
+//! directory (Filesystem) or a file standing in for the device (Block).
+//! Every deletion is recorded with its resourceVersion, so a test can check
+//! the order of cleanup.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use coffer_node_agent::snapshot::{VolumeSnapshot, RUN_LABEL};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, Secret};
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+};
+use kube::runtime::watcher::{self, Event};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+use crate::harness::Env;
+
+/// The CSI driver of every test volume.
+pub const DRIVER: &str = "hostpath.csi.k8s.io";
+
+/// What the simulated cluster does.
+#[derive(Clone, Debug, Default)]
+pub struct Behaviour {
+    /// VolumeSnapshots never become ready.
+    pub never_ready: bool,
+    /// VolumeSnapshots fail with this message.
+    pub snapshot_error: Option<String>,
+    /// Mover pods are never scheduled.
+    pub unschedulable: bool,
+}
+
+/// A running simulation; its tasks and processes end on drop.
+pub struct Sim {
+    pub behaviour: Arc<Mutex<Behaviour>>,
+    /// (resourceVersion, `Kind/namespace/name`) of every deletion.
+    pub deletions: Arc<Mutex<Vec<(u64, String)>>>,
+    /// Mover processes started, with their pods' names.
+    pub started: Arc<Mutex<Vec<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    logs: PathBuf,
+    movers: Arc<Mutex<HashMap<String, tokio::sync::oneshot::Sender<()>>>>,
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        // Dropping the senders stops the movers (kill_on_drop).
+        self.movers.lock().unwrap().clear();
+        if std::thread::panicking() {
+            for e in std::fs::read_dir(&self.logs)
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                eprintln!(
+                    "---- mover log {} ----\n{}",
+                    e.path().display(),
+                    std::fs::read_to_string(e.path()).unwrap_or_default()
+                );
+            }
+        }
+    }
+}
+
+fn snapshot_class_api(client: &Client) -> Api<DynamicObject> {
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("snapshot.storage.k8s.io", "v1", "VolumeSnapshotClass"),
+        "volumesnapshotclasses",
+    );
+    Api::all_with(client.clone(), &ar)
+}
+
+fn content_api(client: &Client) -> Api<DynamicObject> {
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("snapshot.storage.k8s.io", "v1", "VolumeSnapshotContent"),
+        "volumesnapshotcontents",
+    );
+    Api::all_with(client.clone(), &ar)
+}
+
+/// Where a PV's data is.
+fn pv_path(pv: &PersistentVolume) -> Option<PathBuf> {
+    pv.spec
+        .as_ref()?
+        .csi
+        .as_ref()?
+        .volume_attributes
+        .as_ref()?
+        .get("path")
+        .map(PathBuf::from)
+}
+
+fn copy(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+    let ok = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "cp -a {} {}", from.display(), to.display());
+}
+
+impl Sim {
+    /// Starts the simulation against `env`'s API server, with a default
+    /// VolumeSnapshotClass for [`DRIVER`].
+    pub async fn start(env: &Env) -> Sim {
+        let client = env.client.clone();
+        let class: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "snapshot.storage.k8s.io/v1",
+            "kind": "VolumeSnapshotClass",
+            "metadata": {"name": "hostpath-snapclass", "labels": {"backup.coffer.dev/default": "true"}},
+            "driver": DRIVER,
+            "deletionPolicy": "Delete",
+        }))
+        .unwrap();
+        let _ = snapshot_class_api(&client)
+            .create(&PostParams::default(), &class)
+            .await;
+        let mut sim = Sim {
+            behaviour: Arc::default(),
+            deletions: Arc::default(),
+            started: Arc::default(),
+            tasks: Vec::new(),
+            logs: env.dir.path().join("movers"),
+            movers: Arc::default(),
+        };
+        let data = env.dir.path().join("csi");
+        let kubeconfig = env.kubeconfig.clone();
+        sim.tasks.push(tokio::spawn(snapshotter(
+            client.clone(),
+            data.clone(),
+            sim.behaviour.clone(),
+            sim.deletions.clone(),
+        )));
+        sim.tasks.push(tokio::spawn(binder(
+            client.clone(),
+            data,
+            sim.deletions.clone(),
+        )));
+        sim.tasks.push(tokio::spawn(pv_deletions(
+            client.clone(),
+            sim.deletions.clone(),
+        )));
+        sim.tasks.push(tokio::spawn(kubelet(
+            client,
+            kubeconfig,
+            env.dir.path().join("movers"),
+            sim.behaviour.clone(),
+            sim.deletions.clone(),
+            sim.started.clone(),
+            sim.movers.clone(),
+        )));
+        sim
+    }
+
+    /// The deletions, oldest first, as `Kind/namespace/name`.
+    pub fn deletions(&self) -> Vec<String> {
+        let mut d = self.deletions.lock().unwrap().clone();
+        d.sort();
+        d.into_iter().map(|(_, s)| s).collect()
+    }
+}
+
+/// A bound PVC `name` of `size` on a CSI PV whose data is at `path` (a
+/// directory, or a file for `Block`).
+pub async fn csi_pvc(
+    env: &Env,
+    ns: &str,
+    name: &str,
+    mode: &str,
+    path: &Path,
+    labels: serde_json::Value,
+) {
+    let pv_name = format!("pv-{ns}-{name}");
+    let pvs: Api<PersistentVolume> = Api::all(env.client.clone());
+    pvs.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "metadata": {"name": pv_name},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadWriteOnce"],
+                "volumeMode": mode,
+                "persistentVolumeReclaimPolicy": "Delete",
+                "storageClassName": "hostpath",
+                "claimRef": {"namespace": ns, "name": name},
+                "csi": {"driver": DRIVER, "volumeHandle": pv_name, "volumeAttributes": {"path": path.display().to_string()}},
+            },
+            "status": {"phase": "Bound"}
+        }))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(env.client.clone(), ns);
+    pvcs.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": ns, "labels": labels},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "volumeMode": mode,
+                "storageClassName": "hostpath",
+                "volumeName": pv_name,
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+            "status": {"phase": "Bound", "capacity": {"storage": "1Gi"}}
+        }))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+}
+
+fn record(deletions: &Arc<Mutex<Vec<(u64, String)>>>, kind: &str, o: &impl ResourceExt) {
+    let rv = o
+        .resource_version()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    deletions.lock().unwrap().push((
+        rv,
+        format!(
+            "{kind}/{}/{}",
+            o.namespace().unwrap_or_default(),
+            o.name_any()
+        ),
+    ));
+}
+
+/// The snapshot controller.
+async fn snapshotter(
+    client: Client,
+    data: PathBuf,
+    behaviour: Arc<Mutex<Behaviour>>,
+    deletions: Arc<Mutex<Vec<(u64, String)>>>,
+) {
+    let api: Api<VolumeSnapshot> = Api::all(client.clone());
+    let mut stream = watcher::watcher(api, watcher::Config::default()).boxed();
+    while let Some(ev) = stream.next().await {
+        let vs = match ev {
+            Ok(Event::Apply(vs) | Event::InitApply(vs)) => vs,
+            Ok(Event::Delete(vs)) => {
+                record(&deletions, "VolumeSnapshot", &vs);
+                continue;
+            }
+            _ => continue,
+        };
+        if vs.status.as_ref().and_then(|s| s.ready_to_use) == Some(true)
+            || vs.status.as_ref().is_some_and(|s| s.error.is_some())
+        {
+            continue;
+        }
+        let b = behaviour.lock().unwrap().clone();
+        if b.never_ready {
+            continue;
+        }
+        let ns = vs.namespace().unwrap_or_default();
+        let snaps: Api<VolumeSnapshot> = Api::namespaced(client.clone(), &ns);
+        if let Some(m) = b.snapshot_error {
+            let _ = snaps
+                .patch_status(
+                    &vs.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(
+                        json!({"status": {"readyToUse": false, "error": {"message": m}}}),
+                    ),
+                )
+                .await;
+            continue;
+        }
+        let Some(claim) = vs.spec.source.persistent_volume_claim_name.clone() else {
+            continue;
+        };
+        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+        let Ok(pvc) = pvcs.get(&claim).await else {
+            continue;
+        };
+        let pv_name = pvc
+            .spec
+            .as_ref()
+            .and_then(|s| s.volume_name.clone())
+            .unwrap_or_default();
+        let Ok(pv) = Api::<PersistentVolume>::all(client.clone())
+            .get(&pv_name)
+            .await
+        else {
+            continue;
+        };
+        let Some(from) = pv_path(&pv) else { continue };
+        let content = format!("snapcontent-{}", vs.uid().unwrap_or_default());
+        let to = data.join("snapshots").join(&content);
+        copy(&from, &to);
+        let c: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "snapshot.storage.k8s.io/v1",
+            "kind": "VolumeSnapshotContent",
+            "metadata": {"name": content, "annotations": {"path": to.display().to_string()}},
+            "spec": {
+                "driver": DRIVER,
+                "deletionPolicy": "Delete",
+                "source": {"volumeHandle": pv_name},
+                "volumeSnapshotRef": {"namespace": ns, "name": vs.name_any()},
+            },
+        }))
+        .unwrap();
+        let _ = content_api(&client)
+            .create(&PostParams::default(), &c)
+            .await;
+        let _ = snaps
+            .patch_status(
+                &vs.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {
+                    "readyToUse": true,
+                    "restoreSize": "1Gi",
+                    "boundVolumeSnapshotContentName": content,
+                }})),
+            )
+            .await;
+    }
+}
+
+/// The binder of clones.
+async fn binder(client: Client, data: PathBuf, deletions: Arc<Mutex<Vec<(u64, String)>>>) {
+    let api: Api<PersistentVolumeClaim> = Api::all(client.clone());
+    let mut stream = watcher::watcher(api, watcher::Config::default()).boxed();
+    while let Some(ev) = stream.next().await {
+        let pvc = match ev {
+            Ok(Event::Apply(p) | Event::InitApply(p)) => p,
+            Ok(Event::Delete(p)) => {
+                record(&deletions, "PersistentVolumeClaim", &p);
+                continue;
+            }
+            _ => continue,
+        };
+        let spec = pvc.spec.clone().unwrap_or_default();
+        let Some(src) = spec
+            .data_source
+            .clone()
+            .filter(|d| d.kind == "VolumeSnapshot")
+        else {
+            continue;
+        };
+        if spec.volume_name.is_some() || pvc.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let ns = pvc.namespace().unwrap_or_default();
+        let Ok(vs) = Api::<VolumeSnapshot>::namespaced(client.clone(), &ns)
+            .get(&src.name)
+            .await
+        else {
+            continue;
+        };
+        let Some(content) = vs.status.and_then(|s| s.bound_volume_snapshot_content_name) else {
+            continue;
+        };
+        let Ok(c) = content_api(&client).get(&content).await else {
+            continue;
+        };
+        let Some(from) = c.annotations().get("path").map(PathBuf::from) else {
+            continue;
+        };
+        let pv_name = format!("pvc-{}", pvc.uid().unwrap_or_default());
+        let to = data.join("volumes").join(&pv_name);
+        copy(&from, &to);
+        let pv: PersistentVolume = serde_json::from_value(json!({
+            "metadata": {"name": pv_name},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": spec.access_modes,
+                "volumeMode": spec.volume_mode,
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": spec.storage_class_name,
+                "claimRef": {"namespace": ns, "name": pvc.name_any(), "uid": pvc.uid()},
+                "csi": {"driver": DRIVER, "volumeHandle": pv_name, "volumeAttributes": {"path": to.display().to_string()}},
+            },
+            "status": {"phase": "Bound"}
+        }))
+        .unwrap();
+        let _ = Api::<PersistentVolume>::all(client.clone())
+            .create(&PostParams::default(), &pv)
+            .await;
+        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+        let _ = pvcs
+            .patch(
+                &pvc.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"volumeName": pv_name}})),
+            )
+            .await;
+        let _ = pvcs
+            .patch_status(
+                &pvc.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(
+                    json!({"status": {"phase": "Bound", "capacity": {"storage": "1Gi"}}}),
+                ),
+            )
+            .await;
+    }
+}
+
+async fn pv_deletions(client: Client, deletions: Arc<Mutex<Vec<(u64, String)>>>) {
+    let api: Api<PersistentVolume> = Api::all(client);
+    let mut stream = watcher::watcher(api, watcher::Config::default()).boxed();
+    while let Some(ev) = stream.next().await {
+        if let Ok(Event::Delete(pv)) = ev {
+            record(&deletions, "PersistentVolume", &pv);
+        }
+    }
+}
+
+/// The scheduler and kubelet of mover pods.
+async fn kubelet(
+    client: Client,
+    kubeconfig: PathBuf,
+    logs: PathBuf,
+    behaviour: Arc<Mutex<Behaviour>>,
+    deletions: Arc<Mutex<Vec<(u64, String)>>>,
+    started: Arc<Mutex<Vec<String>>>,
+    movers: Arc<Mutex<HashMap<String, tokio::sync::oneshot::Sender<()>>>>,
+) {
+    std::fs::create_dir_all(&logs).unwrap();
+    let api: Api<Pod> = Api::all(client.clone());
+    let mut stream = watcher::watcher(api, watcher::Config::default().labels(RUN_LABEL)).boxed();
+    while let Some(ev) = stream.next().await {
+        let pod = match ev {
+            Ok(Event::Apply(p) | Event::InitApply(p)) => p,
+            Ok(Event::Delete(p)) => {
+                record(&deletions, "Pod", &p);
+                let key = format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any());
+                // SIGTERM, as the kubelet stops a container.
+                if let Some(stop) = movers.lock().unwrap().remove(&key) {
+                    let _ = stop.send(());
+                }
+                continue;
+            }
+            _ => continue,
+        };
+        let ns = pod.namespace().unwrap_or_default();
+        let name = pod.name_any();
+        let key = format!("{ns}/{name}");
+        if pod
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .is_some_and(|p| p != "Pending")
+            || started.lock().unwrap().contains(&key)
+            || pod.metadata.deletion_timestamp.is_some()
+        {
+            continue;
+        }
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        if behaviour.lock().unwrap().unschedulable {
+            let _ = pods
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({"status": {
+                    "phase": "Pending",
+                    "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                        "message": "0/3 nodes are available: 3 node(s) had volume node affinity conflict."}],
+                }})))
+                .await;
+            continue;
+        }
+        let Some(spec) = pod.spec.clone() else {
+            continue;
+        };
+        let claim = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "source")
+            .and_then(|v| v.persistent_volume_claim.clone());
+        let Some(claim) = claim else { continue };
+        // As the kubelet, wait until the clone is bound.
+        started.lock().unwrap().push(key.clone());
+        let pvcs = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns);
+        let cfg = watcher::Config::default().fields(&format!("metadata.name={}", claim.claim_name));
+        let mut bound = watcher::watcher(pvcs, cfg).boxed();
+        let mut pv_name = None;
+        while let Some(ev) = bound.next().await {
+            if let Ok(Event::Apply(c) | Event::InitApply(c)) = ev {
+                if let Some(v) = c.spec.and_then(|s| s.volume_name) {
+                    pv_name = Some(v);
+                    break;
+                }
+            }
+        }
+        let pv_name = pv_name.unwrap();
+        let pv = Api::<PersistentVolume>::all(client.clone())
+            .get(&pv_name)
+            .await
+            .unwrap();
+        let data = pv_path(&pv).unwrap();
+        let c = &spec.containers[0];
+        let args: Vec<String> = c
+            .args
+            .iter()
+            .flatten()
+            .map(|a| match a.as_str() {
+                "/coffer/source" | "/dev/coffer-source" => data.display().to_string(),
+                _ => a.clone(),
+            })
+            .collect();
+        let mut env: BTreeMap<String, String> = BTreeMap::new();
+        for e in c.env.iter().flatten() {
+            let value = match (&e.value, &e.value_from) {
+                (Some(v), _) => v.clone(),
+                (None, Some(from)) => match &from.secret_key_ref {
+                    Some(k) => {
+                        let s = Api::<Secret>::namespaced(client.clone(), &ns)
+                            .get(&k.name)
+                            .await;
+                        match s.ok().and_then(|s| s.data?.get(&k.key).cloned()) {
+                            Some(v) => String::from_utf8(v.0).unwrap(),
+                            None => continue,
+                        }
+                    }
+                    None => name.clone(),
+                },
+                _ => continue,
+            };
+            env.insert(e.name.clone(), value);
+        }
+        let log = logs.join(format!("{ns}-{name}.log"));
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_coffer-agent"))
+            .args(&args)
+            .envs(&env)
+            .env("KUBECONFIG", &kubeconfig)
+            .env("LOG_FORMAT", "text")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        movers.lock().unwrap().insert(key.clone(), stop_tx);
+        let _ = pods
+            .patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {
+                    "phase": "Running",
+                    "conditions": [{"type": "PodScheduled", "status": "True"}],
+                }})),
+            )
+            .await;
+        tokio::spawn(async move {
+            let status = tokio::select! {
+                s = child.wait() => s,
+                _ = stop_rx => {
+                    if let Some(pid) = child.id() {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid as i32),
+                            nix::sys::signal::Signal::SIGTERM,
+                        );
+                    }
+                    // The pod is gone: nothing to report.
+                    let _ = child.wait().await;
+                    return;
+                }
+            };
+            // The exit becomes the pod's phase and termination message.
+            let code = status.ok().and_then(|s| s.code()).unwrap_or(137);
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(5).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            let phase = if code == 0 { "Succeeded" } else { "Failed" };
+            let _ = pods
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({"status": {
+                    "phase": phase,
+                    "containerStatuses": [{"name": "mover", "image": "coffer", "imageID": "", "ready": false,
+                        "restartCount": 0, "state": {"terminated": {"exitCode": code,
+                        "reason": if code == 0 { "Completed" } else { "Error" }, "message": tail.join("\n")}}}],
+                }})))
+                .await;
+        });
+    }
+}

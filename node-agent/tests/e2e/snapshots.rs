@@ -1,0 +1,392 @@
+//! The controller's snapshot path, end to end: the real `coffer-agent
+//! controller` (one or two replicas) and real `coffer-agent mover`
+//! processes against the fake API server, with [`crate::sim`] playing the
+//! snapshot controller, the binder, the scheduler and the kubelet.
+//!
+//! A real cluster (`COFFER_TEST_KUBECONFIG`) runs its own CSI driver and
+//! kubelet; these tests put data into volumes through the simulated
+//! driver's directories, so they run against the fake API server only.
+
+use coffer_node_agent::controller::FINALIZER;
+use coffer_node_agent::crd::{Phase, VolumeBackup};
+use coffer_node_agent::snapshot::VolumeSnapshot;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{Api, Patch, PatchParams};
+use kube::ResourceExt;
+use serde_json::json;
+
+use crate::harness::*;
+use crate::sim::{self, Sim};
+
+/// A new fake cluster with the simulation, or `None` on a real cluster.
+async fn fake_cluster() -> Option<(Env, Sim)> {
+    if std::env::var_os("COFFER_TEST_KUBECONFIG").is_some() {
+        eprintln!("skipped on a real cluster: the snapshot tests simulate the CSI driver");
+        return None;
+    }
+    let env = Env::new().await;
+    let sim = Sim::start(&env).await;
+    Some((env, sim))
+}
+
+async fn snapshot_backup(env: &Env, ns: &str, name: &str, spec: serde_json::Value) {
+    let mut spec = spec;
+    spec["method"] = json!("Snapshot");
+    env.create::<VolumeBackup>(
+        ns,
+        json!({
+            "apiVersion": "coffer.dev/v1alpha1", "kind": "VolumeBackup",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": spec
+        }),
+    )
+    .await;
+}
+
+/// Waits until the run is over and cleaned up (its finalizer gone).
+async fn wait_cleaned(env: &Env, ns: &str, name: &str) -> VolumeBackup {
+    env.wait_for::<VolumeBackup>(ns, name, "final and cleaned up", |b| {
+        is_final(&b.status) && !b.finalizers().iter().any(|f| f == FINALIZER)
+    })
+    .await
+}
+
+fn message(vb: &VolumeBackup) -> String {
+    vb.status
+        .as_ref()
+        .and_then(|s| s.message.clone())
+        .unwrap_or_default()
+}
+
+/// The run's objects in cleanup order, as [`Sim::deletions`] names them.
+fn cleanup_order(ns: &str, run: &str, pv: Option<&str>, snapshot: bool) -> Vec<String> {
+    let child = format!("coffer-{run}");
+    let mut v = vec![
+        format!("Pod/{ns}/{child}"),
+        format!("PersistentVolumeClaim/{ns}/{child}"),
+    ];
+    if let Some(pv) = pv {
+        v.push(format!("PersistentVolume//{pv}"));
+    }
+    if snapshot {
+        v.push(format!("VolumeSnapshot/{ns}/{child}"));
+    }
+    v
+}
+
+/// The name of the PV the binder made for a clone (recorded as deleted).
+fn clone_pv(sim: &Sim) -> Option<String> {
+    sim.deletions()
+        .into_iter()
+        .find_map(|d| d.strip_prefix("PersistentVolume//").map(str::to_string))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orphan_pvc_backs_up_through_a_snapshot_and_everything_is_cleaned_up_in_order() {
+    let Some((mut env, sim)) = fake_cluster().await else {
+        return;
+    };
+    let ns = env.namespace("snap").await;
+    let repo = env.repository(&ns, "default", PASSWORD).await;
+    let data = env.dir.path().join("csi/source/data");
+    fill(&data, 11, 40);
+    sim::csi_pvc(&env, &ns, "data", "Filesystem", &data, json!({"app": "pg"})).await;
+    let _c = Controller::start(&env, "a", &[]);
+
+    snapshot_backup(
+        &env,
+        &ns,
+        "nightly",
+        json!({"pvc": "data", "tags": ["nightly"]}),
+    )
+    .await;
+    let vb = wait_cleaned(&env, &ns, "nightly").await;
+    let st = vb.status.clone().unwrap();
+    assert_eq!(st.phase, Phase::Completed, "{st:#?}");
+    assert_eq!(st.stage.as_deref(), Some("Done"));
+    assert_eq!(st.path.as_deref(), Some("/data"));
+    let restored = restore(&repo, st.snapshot_id.as_deref().unwrap(), env.dir.path()).await;
+    assert_same_tree(&data, &restored);
+
+    // The snapshot records where it came from and the claim's spec.
+    let r = open_repo(&repo, PASSWORD).await;
+    let snaps = r.snapshots().await.unwrap();
+    let (_, snap) = snaps.last().unwrap();
+    let origin = snap.origin.clone().unwrap();
+    assert_eq!(origin.pvc.as_deref(), Some("data"));
+    assert_eq!(origin.namespace.as_deref(), Some(ns.as_str()));
+    assert_eq!(origin.cluster.as_deref(), Some("test-cluster"));
+    assert_eq!(origin.storage_class.as_deref(), Some("hostpath"));
+    assert_eq!(origin.volume_mode.as_deref(), Some("Filesystem"));
+    let claim = origin.claim.unwrap();
+    assert_eq!(claim.capacity.as_deref(), Some("1Gi"));
+    assert_eq!(claim.access_modes, vec!["ReadWriteOnce"]);
+    assert_eq!(claim.labels.get("app").map(String::as_str), Some("pg"));
+    assert!(snap.tags.contains(&"nightly".to_string()));
+
+    // Pod, clone PVC, its PV, then the VolumeSnapshot.
+    let pv = clone_pv(&sim).expect("the clone's PV was deleted");
+    assert_eq!(
+        sim.deletions(),
+        cleanup_order(&ns, "nightly", Some(&pv), true)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_mover_and_a_cancel_clean_up_in_the_same_order() {
+    let Some((mut env, sim)) = fake_cluster().await else {
+        return;
+    };
+    let ns = env.namespace("fail").await;
+    // The password Secret holds a different password than the repository's.
+    let repo = env.dir.path().join("repos/shared");
+    {
+        let store =
+            coffer_engine::storage::open_location(&repo.display().to_string(), true).unwrap();
+        coffer_engine::Repository::init(store, PASSWORD.as_bytes(), Default::default())
+            .await
+            .unwrap();
+    }
+    env.secret(&ns, "wrong", "password", "not the password")
+        .await;
+    env.repository_at(&ns, "default", &repo, "wrong").await;
+    let data = env.dir.path().join("csi/source/data");
+    fill(&data, 12, 5);
+    sim::csi_pvc(&env, &ns, "data", "Filesystem", &data, json!({})).await;
+    let _c = Controller::start(&env, "a", &[]);
+
+    snapshot_backup(&env, &ns, "bad-password", json!({"pvc": "data"})).await;
+    let vb = wait_cleaned(&env, &ns, "bad-password").await;
+    assert_eq!(vb.status.as_ref().unwrap().phase, Phase::Failed);
+    assert!(message(&vb).contains("wrong password"), "{}", message(&vb));
+    let pv = clone_pv(&sim).expect("the clone's PV was deleted");
+    assert_eq!(
+        sim.deletions(),
+        cleanup_order(&ns, "bad-password", Some(&pv), true)
+    );
+
+    // Canceled while its snapshot is pending: only the snapshot existed.
+    sim.behaviour.lock().unwrap().never_ready = true;
+    sim.deletions.lock().unwrap().clear();
+    snapshot_backup(&env, &ns, "canceled", json!({"pvc": "data"})).await;
+    env.wait_for::<VolumeBackup>(&ns, "canceled", "snapshotting", |b| {
+        b.status.as_ref().and_then(|s| s.stage.as_deref()) == Some("Snapshotting")
+    })
+    .await;
+    let api: Api<VolumeBackup> = Api::namespaced(env.client.clone(), &ns);
+    api.patch(
+        "canceled",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"cancel": true}})),
+    )
+    .await
+    .unwrap();
+    let vb = wait_cleaned(&env, &ns, "canceled").await;
+    assert_eq!(vb.status.as_ref().unwrap().phase, Phase::Canceled);
+    assert_eq!(
+        sim.deletions(),
+        vec![format!("VolumeSnapshot/{ns}/coffer-canceled")]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_that_never_become_ready_or_fail_end_the_run_with_their_reason() {
+    let Some((mut env, sim)) = fake_cluster().await else {
+        return;
+    };
+    let ns = env.namespace("notready").await;
+    env.repository(&ns, "default", PASSWORD).await;
+    let data = env.dir.path().join("csi/source/data");
+    fill(&data, 13, 3);
+    sim::csi_pvc(&env, &ns, "data", "Filesystem", &data, json!({})).await;
+    let _c = Controller::start(&env, "a", &["--snapshot-timeout", "2s"]);
+
+    sim.behaviour.lock().unwrap().never_ready = true;
+    snapshot_backup(&env, &ns, "stuck", json!({"pvc": "data"})).await;
+    let vb = wait_cleaned(&env, &ns, "stuck").await;
+    assert_eq!(vb.status.as_ref().unwrap().phase, Phase::Failed);
+    assert!(
+        message(&vb).contains(&format!(
+            "VolumeSnapshot {ns}/coffer-stuck did not become ready within 2s"
+        )),
+        "{}",
+        message(&vb)
+    );
+
+    {
+        let mut b = sim.behaviour.lock().unwrap();
+        b.never_ready = false;
+        b.snapshot_error =
+            Some("rpc error: code = ResourceExhausted desc = snapshot quota exceeded".into());
+    }
+    snapshot_backup(&env, &ns, "quota", json!({"pvc": "data"})).await;
+    let vb = wait_cleaned(&env, &ns, "quota").await;
+    assert_eq!(vb.status.as_ref().unwrap().phase, Phase::Failed);
+    assert!(
+        message(&vb).contains("snapshot quota exceeded"),
+        "{}",
+        message(&vb)
+    );
+    assert!(sim.started.lock().unwrap().is_empty(), "no mover ran");
+
+    // A run naming neither a PVC nor a pod fails at once, saying so.
+    snapshot_backup(&env, &ns, "nothing", json!({})).await;
+    let vb = env
+        .wait_for::<VolumeBackup>(&ns, "nothing", "final", |b| is_final(&b.status))
+        .await;
+    assert!(message(&vb).contains("needs spec.pvc"), "{}", message(&vb));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unschedulable_mover_fails_the_run_at_once_naming_the_reason() {
+    let Some((mut env, sim)) = fake_cluster().await else {
+        return;
+    };
+    let ns = env.namespace("unsched").await;
+    env.repository(&ns, "default", PASSWORD).await;
+    let data = env.dir.path().join("csi/source/data");
+    fill(&data, 14, 3);
+    sim::csi_pvc(&env, &ns, "data", "Filesystem", &data, json!({})).await;
+    // Preparation may take 30 minutes: the failure must not wait for it.
+    let _c = Controller::start(&env, "a", &["--prepare-timeout", "30m"]);
+    sim.behaviour.lock().unwrap().unschedulable = true;
+    snapshot_backup(&env, &ns, "nowhere", json!({"pvc": "data"})).await;
+    let vb = wait_cleaned(&env, &ns, "nowhere").await;
+    assert_eq!(vb.status.as_ref().unwrap().phase, Phase::Failed);
+    assert!(
+        message(&vb).contains(&format!(
+            "mover pod {ns}/coffer-nowhere cannot be scheduled: 0/3 nodes are available: 3 node(s) had volume node affinity conflict."
+        )),
+        "{}",
+        message(&vb)
+    );
+    let pv = clone_pv(&sim).expect("the clone's PV was deleted");
+    assert_eq!(
+        sim.deletions(),
+        cleanup_order(&ns, "nowhere", Some(&pv), true)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_pvc_of_a_pod_backs_up_as_one_file_and_a_retained_snapshot_stays() {
+    let Some((mut env, sim)) = fake_cluster().await else {
+        return;
+    };
+    let ns = env.namespace("block").await;
+    let repo = env.repository(&ns, "default", PASSWORD).await;
+    let device = env.dir.path().join("csi/source/raw.img");
+    std::fs::create_dir_all(device.parent().unwrap()).unwrap();
+    let content = noise(21, 3 << 20);
+    std::fs::write(&device, &content).unwrap();
+    sim::csi_pvc(&env, &ns, "raw", "Block", &device, json!({})).await;
+    // Named through a pod's volume; the pod need not run.
+    env.pod(
+        &ns,
+        "db-0",
+        "node-x",
+        json!({"containers": [{"name": "db", "image": "busybox",
+            "volumeDevices": [{"name": "disk", "devicePath": "/dev/xvdb"}]}],
+            "volumes": [{"name": "disk", "persistentVolumeClaim": {"claimName": "raw"}}]}),
+        &[],
+    )
+    .await;
+    let _c = Controller::start(&env, "a", &[]);
+    snapshot_backup(
+        &env,
+        &ns,
+        "disk",
+        json!({"pod": "db-0", "volume": "disk", "retainSnapshot": true}),
+    )
+    .await;
+    let vb = wait_cleaned(&env, &ns, "disk").await;
+    let st = vb.status.clone().unwrap();
+    assert_eq!(st.phase, Phase::Completed, "{st:#?}");
+    let restored = restore(&repo, st.snapshot_id.as_deref().unwrap(), env.dir.path()).await;
+    assert!(
+        std::fs::read(restored.join("raw")).unwrap() == content,
+        "the snapshot holds the device's bytes"
+    );
+    let r = open_repo(&repo, PASSWORD).await;
+    let snaps = r.snapshots().await.unwrap();
+    assert_eq!(
+        snaps
+            .last()
+            .unwrap()
+            .1
+            .origin
+            .as_ref()
+            .unwrap()
+            .volume_mode
+            .as_deref(),
+        Some("Block")
+    );
+    // Retained: the VolumeSnapshot stays, no longer owned by the run.
+    let pv = clone_pv(&sim).expect("the clone's PV was deleted");
+    assert_eq!(
+        sim.deletions(),
+        cleanup_order(&ns, "disk", Some(&pv), false)
+    );
+    let vs = Api::<VolumeSnapshot>::namespaced(env.client.clone(), &ns)
+        .get("coffer-disk")
+        .await
+        .unwrap();
+    assert!(vs.owner_references().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_of_two_replicas_leads_and_the_other_finishes_the_run_after_a_sigkill() {
+    let Some((mut env, sim)) = fake_cluster().await else {
+        return;
+    };
+    let ns = env.namespace("leader").await;
+    let repo = env.repository(&ns, "default", PASSWORD).await;
+    let data = env.dir.path().join("csi/source/data");
+    fill(&data, 15, 20);
+    sim::csi_pvc(&env, &ns, "data", "Filesystem", &data, json!({})).await;
+    let mut a = Controller::start(&env, "replica-a", &[]);
+    env.wait_for::<Lease>("default", "coffer-controller", "held by replica-a", |l| {
+        holder(l).as_deref() == Some("replica-a")
+    })
+    .await;
+    let b = Controller::start(&env, "replica-b", &[]);
+
+    // The run stops at its snapshot; the leader dies there.
+    sim.behaviour.lock().unwrap().never_ready = true;
+    snapshot_backup(&env, &ns, "handover", json!({"pvc": "data"})).await;
+    env.wait_for::<VolumeBackup>(&ns, "handover", "snapshotting", |b| {
+        b.status.as_ref().and_then(|s| s.stage.as_deref()) == Some("Snapshotting")
+    })
+    .await;
+    env.wait_for::<VolumeSnapshot>(&ns, "coffer-handover", "created", |_| true)
+        .await;
+    assert!(
+        !b.log_text().contains("leading"),
+        "the standby acted while the leader lived"
+    );
+    a.kill();
+
+    // The standby takes the Lease, then the snapshot becomes ready.
+    env.wait_for::<Lease>("default", "coffer-controller", "held by replica-b", |l| {
+        holder(l).as_deref() == Some("replica-b")
+    })
+    .await;
+    sim.behaviour.lock().unwrap().never_ready = false;
+    Api::<VolumeSnapshot>::namespaced(env.client.clone(), &ns)
+        .patch(
+            "coffer-handover",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"poke": "1"}}})),
+        )
+        .await
+        .unwrap();
+    let vb = wait_cleaned(&env, &ns, "handover").await;
+    let st = vb.status.clone().unwrap();
+    assert_eq!(st.phase, Phase::Completed, "{st:#?}");
+    let restored = restore(&repo, st.snapshot_id.as_deref().unwrap(), env.dir.path()).await;
+    assert_same_tree(&data, &restored);
+    assert_eq!(sim.started.lock().unwrap().len(), 1, "one mover ran");
+}
+
+fn holder(l: &Lease) -> Option<String> {
+    l.spec.as_ref()?.holder_identity.clone()
+}
