@@ -39,6 +39,26 @@ EXPECTED_RULES = {
     ("coffer.dev", "volumerestores/status"): {"patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
 }
+# What `coffer-agent controller` calls, and nothing more (see
+# deploy/controller.yaml).
+EXPECTED_CONTROLLER_RULES = {
+    ("coffer.dev", "volumebackups"): {"get", "list", "watch", "patch"},
+    ("coffer.dev", "volumebackups/status"): {"get", "patch"},
+    ("coffer.dev", "volumerestores/status"): {"get", "patch"},
+    ("coffer.dev", "backuprepositories"): {"get"},
+    ("", "pods"): {"get", "list", "watch", "create", "delete"},
+    ("", "persistentvolumeclaims"): {"get", "list", "watch", "create", "delete"},
+    ("", "persistentvolumes"): {"get", "list", "patch", "delete"},
+    ("storage.k8s.io", "storageclasses"): {"get"},
+    ("snapshot.storage.k8s.io", "volumesnapshots"): {"get", "list", "watch", "create", "delete", "patch"},
+    ("snapshot.storage.k8s.io", "volumesnapshotclasses"): {"list"},
+    ("", "events"): {"list"},
+    ("events.k8s.io", "events"): {"create", "patch"},
+    ("", "serviceaccounts"): {"create"},
+    ("rbac.authorization.k8s.io", "roles"): {"create"},
+    ("rbac.authorization.k8s.io", "rolebindings"): {"create"},
+}
+CONTROLLER_SOURCE = ROOT / "deploy" / "controller.yaml"
 # The capabilities the agent may hold without privileged (each explained in
 # deploy/daemonset.yaml).
 ALLOWED_CAPS = {"DAC_READ_SEARCH", "DAC_OVERRIDE", "FOWNER", "CHOWN", "FSETID", "MKNOD", "SETFCAP"}
@@ -218,32 +238,85 @@ def check(cond, msg, problems):
         problems.append(msg)
 
 
+def rules_of(role, p):
+    """A role's rules as {(group, resource): verbs}; wildcards are problems."""
+    got = {}
+    for r in role["rules"]:
+        for field in ("apiGroups", "resources", "verbs"):
+            check("*" not in r.get(field, []), f"{kn(role)} rule with a wildcard in {field}: {r}", p)
+        check("nonResourceURLs" not in r, f"{kn(role)} rule with nonResourceURLs: {r}", p)
+        for g in r.get("apiGroups", []):
+            for res in r.get("resources", []):
+                got.setdefault((g, res), set()).update(r.get("verbs", []))
+    return got
+
+
+def compare_rules(what, got, expected, p):
+    for key in sorted(set(got) | set(expected)):
+        want, have = expected.get(key, set()), got.get(key, set())
+        if want != have:
+            g, res = key
+            p.append(f"{what} {g or 'core'}/{res}: verbs {sorted(have)}, expected {sorted(want)}")
+
+
+def commented_rules(source, p):
+    """Every rule in the source says why (a comment right above it)."""
+    lines = source.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if re.match(r"^\s*- apiGroups:", line):
+            check(i > 0 and lines[i - 1].strip().startswith("#"),
+                  f"{source.relative_to(ROOT)}:{i + 1}: rule without a comment above it", p)
+
+
+def controller_policy(docs, p):
+    """The controller: its ClusterRole exactly as used, the Lease Role in its
+    own namespace only, two replicas, the downward API for its identity,
+    movers on its own image, a locked-down container."""
+    role = one(docs, "ClusterRole", "coffer-controller")
+    compare_rules("ClusterRole coffer-controller", rules_of(role, p), EXPECTED_CONTROLLER_RULES, p)
+    binding = one(docs, "ClusterRoleBinding", "coffer-controller")
+    check(binding.get("subjects") == [{"kind": "ServiceAccount", "name": "coffer-controller", "namespace": NAMESPACE}],
+          f"ClusterRoleBinding coffer-controller subjects are {binding.get('subjects')}", p)
+    lease = one(docs, "Role", "coffer-controller-lease")
+    check(lease["metadata"].get("namespace") == NAMESPACE, "the Lease Role is not in coffer-system", p)
+    compare_rules("Role coffer-controller-lease", rules_of(lease, p),
+                  {("coordination.k8s.io", "leases"): {"get", "create", "patch"}}, p)
+    one(docs, "ServiceAccount", "coffer-controller")
+    dep = one(docs, "Deployment", "coffer-controller")
+    check(dep["metadata"].get("namespace") == NAMESPACE, "the Deployment is not in coffer-system", p)
+    check(dep["spec"].get("replicas", 1) >= 2, "one replica: no standby takes over", p)
+    pod = dep["spec"]["template"]["spec"]
+    check(pod.get("serviceAccountName") == "coffer-controller", "the controller does not run as coffer-controller", p)
+    [c] = pod["containers"]
+    env = {e["name"]: e for e in c.get("env", [])}
+    check(env.get("POD_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name",
+          "POD_NAME (the Lease identity) is not the pod's name", p)
+    check(env.get("POD_NAMESPACE", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.namespace",
+          "POD_NAMESPACE (the Lease's namespace) is not the pod's namespace", p)
+    check(env.get("MOVER_IMAGE", {}).get("value") == c.get("image"), "mover pods do not run the controller's image", p)
+    check(c.get("args") == ["controller"], f"the container runs {c.get('args')}", p)
+    sc = c.get("securityContext", {})
+    check(sc.get("readOnlyRootFilesystem") is True and sc.get("allowPrivilegeEscalation") is False,
+          "the controller may write its filesystem or escalate", p)
+    check(sc.get("capabilities", {}).get("drop") == ["ALL"], "the controller keeps capabilities", p)
+    check(pod.get("securityContext", {}).get("runAsNonRoot") is True, "the controller may run as root", p)
+    check("memory" in c.get("resources", {}).get("limits", {}), "the controller has no memory limit", p)
+    commented_rules(CONTROLLER_SOURCE, p)
+
+
 def cmd_policy(rendered):
     docs = load(rendered)
     p = []
+    controller_policy(docs, p)
     # Namespaced objects live in coffer-system.
     for d in docs:
-        if d["kind"] in ("ServiceAccount", "Service", "DaemonSet"):
+        if d["kind"] in ("ServiceAccount", "Service", "DaemonSet", "Deployment"):
             check(d["metadata"].get("namespace") == NAMESPACE, f"{kn(d)} is not in {NAMESPACE}", p)
     one(docs, "Namespace", NAMESPACE)
 
     # RBAC: exactly the expected rules, no wildcards, no built-in powerful roles.
     role = one(docs, "ClusterRole", "coffer-agent")
-    got = {}
-    for r in role["rules"]:
-        for field in ("apiGroups", "resources", "verbs"):
-            check("*" not in r.get(field, []), f"ClusterRole rule with a wildcard in {field}: {r}", p)
-        check("nonResourceURLs" not in r, f"ClusterRole rule with nonResourceURLs: {r}", p)
-        for g in r.get("apiGroups", []):
-            for res in r.get("resources", []):
-                got.setdefault((g, res), set()).update(r.get("verbs", []))
-    for key in sorted(set(got) | set(EXPECTED_RULES)):
-        want, have = EXPECTED_RULES.get(key, set()), got.get(key, set())
-        if want != have:
-            g, res = key
-            p.append(
-                f"ClusterRole {g or 'core'}/{res}: verbs {sorted(have)}, expected {sorted(want)}"
-            )
+    compare_rules("ClusterRole coffer-agent", rules_of(role, p), EXPECTED_RULES, p)
     for d in docs:
         if d["kind"] in ("ClusterRoleBinding", "RoleBinding"):
             check(
@@ -257,12 +330,7 @@ def cmd_policy(rendered):
     check(binding.get("subjects") == [{"kind": "ServiceAccount", "name": "coffer-agent", "namespace": NAMESPACE}],
           f"ClusterRoleBinding subjects are {binding.get('subjects')}", p)
     one(docs, "ServiceAccount", "coffer-agent")
-    # Every rule in the source says why (a comment right above it).
-    lines = RBAC_SOURCE.read_text().splitlines()
-    for i, line in enumerate(lines):
-        if re.match(r"^\s*- apiGroups:", line):
-            check(i > 0 and lines[i - 1].strip().startswith("#"),
-                  f"deploy/rbac.yaml:{i + 1}: rule without a comment above it", p)
+    commented_rules(RBAC_SOURCE, p)
 
     # DaemonSet.
     ds = one(docs, "DaemonSet", "coffer-agent")
@@ -356,7 +424,7 @@ def cmd_policy(rendered):
     if p:
         raise Failed("\n".join(p))
     n = sum(len(v) for v in EXPECTED_RULES.values())
-    return f"RBAC {n} verbs on {len(EXPECTED_RULES)} resources, DaemonSet and Service rules hold"
+    return f"RBAC {n} verbs on {len(EXPECTED_RULES)} resources, DaemonSet, Service and controller rules hold"
 
 
 def cargo_version():
