@@ -43,7 +43,7 @@ use kube::api::{
     PatchParams, PostParams,
 };
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
@@ -384,17 +384,7 @@ async fn source_claim(ctx: &Ctx, vb: &VolumeBackup) -> Result<Result<String, Str
     else {
         return Ok(Err(format!("pod {ns}/{pod} not found")));
     };
-    let claim = p
-        .spec
-        .iter()
-        .flat_map(|s| s.volumes.iter().flatten())
-        .find(|v| v.name == volume)
-        .map(|v| {
-            v.persistent_volume_claim
-                .as_ref()
-                .map(|c| c.claim_name.clone())
-        });
-    Ok(match claim {
+    Ok(match crate::plan::volume_claim(&p, volume) {
         Some(Some(c)) => Ok(c),
         Some(None) => Err(format!("volume {volume:?} of pod {ns}/{pod} is not a PersistentVolumeClaim; method Snapshot reads PVCs only (use method Filesystem)")),
         None => Err(format!("pod {ns}/{pod} has no volume {volume:?}")),
@@ -1005,70 +995,51 @@ async fn pod_events(ctx: &Ctx, ns: &str, pod: &str) -> String {
 /// while no controller ran, finalizer removed by hand) are deleted, pods
 /// first.
 async fn sweep(ctx: &Ctx) {
-    let lp = ListParams::default().labels(RUN_LABEL);
-    let owner_gone = |refs: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference],
-                      ns: &str| {
-        let run = refs
+    sweep_kind::<Pod>(ctx, "leftover mover pod").await;
+    sweep_kind::<PersistentVolumeClaim>(ctx, "leftover clone PVC").await;
+    sweep_kind::<VolumeSnapshot>(ctx, "leftover VolumeSnapshot").await;
+}
+
+/// Deletes the run-labelled objects of one kind whose owning VolumeBackup
+/// is gone (or is another object of the same name).
+async fn sweep_kind<K>(ctx: &Ctx, what: &str)
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let Ok(list) = Api::<K>::all(ctx.client.clone())
+        .list(&ListParams::default().labels(RUN_LABEL))
+        .await
+    else {
+        return;
+    };
+    for o in list.items {
+        let ns = o.namespace().unwrap_or_default();
+        let Some(run) = o
+            .owner_references()
             .iter()
             .find(|r| r.kind == "VolumeBackup")
-            .map(|r| (r.name.clone(), r.uid.clone()));
-        let client = ctx.client.clone();
-        let ns = ns.to_string();
-        async move {
-            let Some((name, uid)) = run else { return false };
-            match Api::<VolumeBackup>::namespaced(client, &ns)
-                .get_opt(&name)
-                .await
-            {
-                Ok(Some(vb)) => vb.uid().as_deref() != Some(uid.as_str()),
-                Ok(None) => true,
-                Err(_) => false,
-            }
-        }
-    };
-    if let Ok(list) = Api::<Pod>::all(ctx.client.clone()).list(&lp).await {
-        for p in list.items {
-            let ns = p.namespace().unwrap_or_default();
-            if owner_gone(p.owner_references(), &ns).await {
-                let _ = delete(
-                    &Api::<Pod>::namespaced(ctx.client.clone(), &ns),
-                    &p.name_any(),
-                    "leftover mover pod",
-                )
-                .await;
-            }
-        }
-    }
-    if let Ok(list) = Api::<PersistentVolumeClaim>::all(ctx.client.clone())
-        .list(&lp)
-        .await
-    {
-        for c in list.items {
-            let ns = c.namespace().unwrap_or_default();
-            if owner_gone(c.owner_references(), &ns).await {
-                let _ = delete(
-                    &Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &ns),
-                    &c.name_any(),
-                    "leftover clone PVC",
-                )
-                .await;
-            }
-        }
-    }
-    if let Ok(list) = Api::<VolumeSnapshot>::all(ctx.client.clone())
-        .list(&lp)
-        .await
-    {
-        for s in list.items {
-            let ns = s.namespace().unwrap_or_default();
-            if !s.owner_references().is_empty() && owner_gone(s.owner_references(), &ns).await {
-                let _ = delete(
-                    &Api::<VolumeSnapshot>::namespaced(ctx.client.clone(), &ns),
-                    &s.name_any(),
-                    "leftover VolumeSnapshot",
-                )
-                .await;
-            }
+        else {
+            continue;
+        };
+        let gone = match Api::<VolumeBackup>::namespaced(ctx.client.clone(), &ns)
+            .get_opt(&run.name)
+            .await
+        {
+            Ok(Some(vb)) => vb.uid().as_deref() != Some(run.uid.as_str()),
+            Ok(None) => true,
+            Err(_) => false,
+        };
+        if gone {
+            let api = Api::<K>::namespaced(ctx.client.clone(), &ns);
+            let _ = delete(
+                &api,
+                &o.name_any(),
+                &format!("{what} {ns}/{}", o.name_any()),
+            )
+            .await;
         }
     }
 }
@@ -1132,17 +1103,14 @@ impl Ctx {
     }
 
     async fn event(&self, vb: &VolumeBackup, type_: EventType, reason: &str, note: String) {
-        let mut note = note;
-        note.truncate(1000);
-        let ev = KubeEvent {
+        status::publish_event(
+            &self.recorder,
+            &vb.object_ref(&()),
             type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: "Backup".into(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&ev, &vb.object_ref(&())).await {
-            tracing::debug!("cannot publish an Event: {e}");
-        }
+            reason,
+            "Backup",
+            note,
+        )
+        .await
     }
 }

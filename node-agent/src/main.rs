@@ -174,25 +174,19 @@ fn main() -> anyhow::Result<()> {
         Command::Node(a) => {
             let a = *a;
             init_logs(&a.log_format);
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
+            let rt = runtime()?;
             rt.block_on(run_node(a))
         }
         Command::Controller(a) => {
             let a = *a;
             init_logs(&a.log_format);
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
+            let rt = runtime()?;
             rt.block_on(run_controller(a))
         }
         Command::Mover(MoverCommand::Backup(a)) => {
             let a = *a;
             init_logs(&a.log_format);
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
+            let rt = runtime()?;
             let phase = rt.block_on(run_mover_backup(a))?;
             if matches!(phase, Phase::Completed | Phase::PartiallyFailed) {
                 Ok(())
@@ -201,6 +195,12 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
 }
 
 async fn client() -> anyhow::Result<kube::Client> {

@@ -29,7 +29,7 @@ use coffer_engine::CancelToken;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::api::{Api, ObjectMeta, PostParams};
-use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Client, Resource, ResourceExt};
@@ -852,18 +852,7 @@ impl Agent {
         action: &str,
         note: String,
     ) {
-        let mut note = note;
-        note.truncate(1000);
-        let ev = KubeEvent {
-            type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: action.into(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&ev, reference).await {
-            tracing::debug!("cannot publish an Event: {e}");
-        }
+        status::publish_event(&self.recorder, reference, type_, reason, action, note).await
     }
 
     /// Plans one volume of a pod on this node.
@@ -873,18 +862,7 @@ impl Agent {
         let pv_api: Api<PersistentVolume> = Api::all(self.client.clone());
         let mut pvcs = BTreeMap::new();
         let mut pvs = BTreeMap::new();
-        let pod_name = pod.name_any();
-        let claim = pod
-            .spec
-            .iter()
-            .flat_map(|s| s.volumes.iter().flatten())
-            .find(|v| v.name == volume)
-            .and_then(|v| {
-                v.persistent_volume_claim
-                    .as_ref()
-                    .map(|c| c.claim_name.clone())
-                    .or_else(|| v.ephemeral.as_ref().map(|_| format!("{pod_name}-{volume}")))
-            });
+        let claim = plan::volume_claim(pod, volume).flatten();
         if let Some(claim) = claim {
             match pvc_api.get_opt(&claim).await {
                 Ok(Some(pvc)) => {

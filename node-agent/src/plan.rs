@@ -234,6 +234,17 @@ pub fn claim_names(pod: &Pod) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The PVC behind volume `volume` of a pod: `None` when the pod has no such
+/// volume, `Some(None)` when the volume is not a claim.
+pub fn volume_claim(pod: &Pod, volume: &str) -> Option<Option<String>> {
+    let pod_name = pod.metadata.name.clone().unwrap_or_default();
+    pod.spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .find(|v| v.name == volume)
+        .map(|v| claim_of(&pod_name, v))
+}
+
 fn claim_of(pod_name: &str, v: &Volume) -> Option<String> {
     if let Some(c) = &v.persistent_volume_claim {
         return Some(c.claim_name.clone());

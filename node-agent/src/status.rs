@@ -242,6 +242,43 @@ where
     None
 }
 
+/// Longest Event note, in bytes.
+pub const MAX_NOTE: usize = 1000;
+
+/// Publishes an Event about `reference` (its note cut to [`MAX_NOTE`] bytes,
+/// at a character boundary). A failure is logged, never fatal.
+pub async fn publish_event(
+    recorder: &kube::runtime::events::Recorder,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    type_: kube::runtime::events::EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let ev = kube::runtime::events::Event {
+        type_,
+        reason: reason.into(),
+        note: Some(cut_note(note)),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&ev, reference).await {
+        tracing::debug!("cannot publish an Event: {e}");
+    }
+}
+
+/// `note` cut to at most [`MAX_NOTE`] bytes, at a character boundary.
+fn cut_note(mut note: String) -> String {
+    if note.len() > MAX_NOTE {
+        let mut end = MAX_NOTE;
+        while !note.is_char_boundary(end) {
+            end -= 1;
+        }
+        note.truncate(end);
+    }
+    note
+}
+
 /// Kinds whose status is a [`RunStatus`].
 pub trait HasRunStatus {
     /// The status, if any.
@@ -321,6 +358,15 @@ mod tests {
             decide(Some(&running), false, Some("n1"), "n2", false),
             Nothing
         );
+    }
+
+    #[test]
+    fn event_notes_are_cut_at_a_character_boundary() {
+        // 999 ASCII bytes, then a 3-byte character across the limit.
+        let note = format!("{}€tail", "a".repeat(999));
+        let cut = cut_note(note);
+        assert_eq!(cut, "a".repeat(999));
+        assert_eq!(cut_note("short".into()), "short");
     }
 
     #[test]

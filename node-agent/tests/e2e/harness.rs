@@ -357,44 +357,23 @@ impl<'a> AgentConfig<'a> {
 
 impl Agent {
     pub fn start(env: &Env, cfg: &AgentConfig) -> Agent {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let log = env
-            .dir
-            .path()
-            .join(format!("agent-{}-{}.log", cfg.node_name, short_id()));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_coffer-agent"));
-        cmd.arg("node")
-            .args(["--node-name", cfg.node_name])
-            .arg("--kubelet-root")
-            .arg(cfg.node.kubelet())
-            .arg("--host-root")
-            .arg(cfg.node.host())
-            .args(["--max-concurrent", &cfg.max_concurrent.to_string()])
-            .args(["--threads-per-run", &cfg.threads.to_string()])
-            .args(["--metrics-addr", &port.to_string()])
-            .args(["--cluster-name", "test-cluster"])
-            .args(["--pod-wait", "1s"])
-            .args(["--log-format", "text"])
-            .env("KUBECONFIG", &env.kubeconfig)
-            .env(
-                "RUST_LOG",
-                std::env::var("COFFER_TEST_AGENT_LOG")
-                    .unwrap_or_else(|_| "info,coffer_node_agent=debug".into()),
-            )
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
+        let mut args: Vec<std::ffi::OsString> =
+            vec!["node".into(), "--node-name".into(), cfg.node_name.into()];
+        args.extend(["--kubelet-root".into(), cfg.node.kubelet().into()]);
+        args.extend(["--host-root".into(), cfg.node.host().into()]);
+        args.extend([
+            "--max-concurrent".into(),
+            cfg.max_concurrent.to_string().into(),
+        ]);
+        args.extend(["--threads-per-run".into(), cfg.threads.to_string().into()]);
+        args.extend(["--pod-wait".into(), "1s".into()]);
         for p in cfg.host_path_allow {
-            cmd.args(["--host-path-allow", p]);
+            args.extend(["--host-path-allow".into(), (*p).into()]);
         }
-        let child = cmd.spawn().unwrap();
+        let (child, metrics, log) = spawn_agent(env, &format!("agent-{}", cfg.node_name), args);
         Agent {
             child,
-            metrics: port,
+            metrics,
             log,
         }
     }
@@ -434,6 +413,39 @@ impl Drop for Agent {
     }
 }
 
+/// Starts `coffer-agent ARGS` against `env`'s API server with a free metrics
+/// port, the test cluster's name and text logs into `<label>-<id>.log`;
+/// returns the process, its metrics address and its log.
+fn spawn_agent(
+    env: &Env,
+    label: &str,
+    args: Vec<std::ffi::OsString>,
+) -> (Child, std::net::SocketAddr, PathBuf) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let log = env.dir.path().join(format!("{label}-{}.log", short_id()));
+    let child = Command::new(env!("CARGO_BIN_EXE_coffer-agent"))
+        .args(args)
+        .args(["--metrics-addr", &port.to_string()])
+        .args(["--cluster-name", "test-cluster"])
+        .args(["--log-format", "text"])
+        .env("KUBECONFIG", &env.kubeconfig)
+        .env(
+            "RUST_LOG",
+            std::env::var("COFFER_TEST_AGENT_LOG")
+                .unwrap_or_else(|_| "info,coffer_node_agent=debug".into()),
+        )
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    (child, port, log)
+}
+
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await?;
@@ -465,36 +477,24 @@ pub struct Controller {
 impl Controller {
     /// Replica `identity`, with a 3 s Lease, and `extra` arguments.
     pub fn start(env: &Env, identity: &str, extra: &[&str]) -> Controller {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let log = env
-            .dir
-            .path()
-            .join(format!("controller-{identity}-{}.log", short_id()));
-        let child = Command::new(env!("CARGO_BIN_EXE_coffer-agent"))
-            .arg("controller")
-            .args(["--identity", identity])
-            .args(["--namespace", "default"])
-            .args(["--lease-duration", "3s"])
-            .args(["--mover-image", "coffer/coffer:test"])
-            .args(["--metrics-addr", &port.to_string()])
-            .args(["--cluster-name", "test-cluster"])
-            .args(["--log-format", "text"])
-            .args(extra)
-            .env("KUBECONFIG", &env.kubeconfig)
-            .env(
-                "RUST_LOG",
-                std::env::var("COFFER_TEST_AGENT_LOG")
-                    .unwrap_or_else(|_| "info,coffer_node_agent=debug".into()),
-            )
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+        let args: Vec<std::ffi::OsString> = [
+            "controller",
+            "--identity",
+            identity,
+            "--namespace",
+            "default",
+        ]
+        .iter()
+        .chain(&[
+            "--lease-duration",
+            "3s",
+            "--mover-image",
+            "coffer/coffer:test",
+        ])
+        .chain(extra)
+        .map(|a| (*a).into())
+        .collect();
+        let (child, _, log) = spawn_agent(env, &format!("controller-{identity}"), args);
         Controller {
             child,
             identity: identity.to_string(),
