@@ -1,5 +1,6 @@
 //! `coffer-agent controller`: backs up PersistentVolumeClaims through CSI
-//! snapshots (VolumeBackups with `method: Snapshot`).
+//! snapshots (VolumeBackups with `method: Snapshot`), and restores into new
+//! PVCs (VolumeRestores with `target`: [`crate::restorer`]).
 //!
 //! One replica leads (a Lease); the others wait and take over when it dies.
 //! The leader reconciles each run, level-triggered, one step at a time:
@@ -48,7 +49,7 @@ use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
-use crate::crd::{BackupMethod, BackupRepository, Phase, RunStatus, VolumeBackup};
+use crate::crd::{BackupMethod, BackupRepository, Phase, RunStatus, VolumeBackup, VolumeRestore};
 use crate::metrics::{Metrics, NamespaceLabels, RunLabels};
 use crate::node::object_name;
 use crate::snapshot::{self, SnapshotClass, SnapshotState, VolumeSnapshot, RUN_LABEL};
@@ -103,14 +104,14 @@ pub enum Error {
     },
 }
 
-fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+pub(crate) fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
     let what = what.into();
     move |source| Error::Kube { what, source }
 }
 
-struct Ctx {
-    client: Client,
-    opts: Options,
+pub(crate) struct Ctx {
+    pub(crate) client: Client,
+    pub(crate) opts: Options,
     recorder: Recorder,
     metrics: Arc<Metrics>,
     /// Namespaces whose mover ServiceAccount and Role exist.
@@ -159,8 +160,9 @@ pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) -> anyhow
         mover_accounts: Mutex::new(HashSet::new()),
     });
     sweep(&ctx).await;
+    crate::restorer::sweep(&ctx).await;
     let children = watcher::Config::default().labels(RUN_LABEL);
-    let controller = Controller::new(
+    let backups = Controller::new(
         Api::<VolumeBackup>::all(client.clone()),
         watcher::Config::default(),
     )
@@ -170,7 +172,22 @@ pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) -> anyhow
         children.clone(),
     )
     .owns(Api::<VolumeSnapshot>::all(client.clone()), children)
-    .run(reconcile, error_policy, ctx)
+    .run(reconcile, error_policy, ctx.clone())
+    .for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::debug!("reconcile: {e}");
+        }
+    });
+    let restores = Controller::new(
+        Api::<VolumeRestore>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .watches(
+        Api::<Pod>::all(client.clone()),
+        watcher::Config::default().labels(crate::restorer::RESTORE_LABEL),
+        crate::restorer::run_of,
+    )
+    .run(crate::restorer::reconcile, error_policy, ctx)
     .for_each(|r| async move {
         if let Err(e) = r {
             tracing::debug!("reconcile: {e}");
@@ -184,7 +201,7 @@ pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) -> anyhow
         }
     };
     tokio::select! {
-        _ = controller => anyhow::bail!("the VolumeBackup watch ended"),
+        _ = futures::future::join(backups, restores) => anyhow::bail!("the VolumeBackup and VolumeRestore watches ended"),
         _ = lost => {
             lease_task.abort();
             anyhow::bail!("lost the Lease; stopping so that the new leader alone acts")
@@ -192,10 +209,10 @@ pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) -> anyhow
     }
 }
 
-fn error_policy(vb: Arc<VolumeBackup>, e: &Error, _: Arc<Ctx>) -> Action {
+fn error_policy<K: Run>(run: Arc<K>, e: &Error, _: Arc<Ctx>) -> Action {
     tracing::warn!(
-        namespace = vb.namespace().unwrap_or_default(),
-        run = vb.name_any(),
+        namespace = run.namespace().unwrap_or_default(),
+        run = run.name_any(),
         "{e}; trying again"
     );
     Action::requeue(Duration::from_secs(5))
@@ -246,7 +263,7 @@ async fn reconcile(vb: Arc<VolumeBackup>, ctx: Arc<Ctx>) -> Result<Action, Error
         if !cleanup(&ctx, &vb).await? {
             return Ok(Action::requeue(Duration::from_secs(5)));
         }
-        ctx.record(&vb, &st);
+        ctx.record("snapshot-backup", &vb.namespace().unwrap_or_default(), &st);
         if st.phase.is_final() {
             status::write::<VolumeBackup>(
                 &ctx.client,
@@ -260,11 +277,11 @@ async fn reconcile(vb: Arc<VolumeBackup>, ctx: Arc<Ctx>) -> Result<Action, Error
             )
             .await;
         }
-        remove_finalizer(&ctx, &vb).await?;
+        remove_finalizer(&ctx, vb.as_ref()).await?;
         return Ok(Action::await_change());
     }
     if vb.spec.cancel {
-        ctx.end(&vb, Outcome::Canceled).await;
+        ctx.end(vb.as_ref(), Outcome::Canceled, "Snapshotting").await;
         return Ok(Action::requeue(Duration::ZERO));
     }
     match st.phase {
@@ -323,23 +340,8 @@ async fn claim(ctx: &Ctx, vb: &VolumeBackup) -> Result<Action, Error> {
     }
     // The finalizer first, with the version read: a run is never InProgress
     // without it.
-    let api: Api<VolumeBackup> = Api::namespaced(ctx.client.clone(), &ns);
-    let mut finalizers = vb.finalizers().to_vec();
-    finalizers.push(FINALIZER.to_string());
-    let patched = api
-        .patch(
-            &vb.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {
-                "finalizers": finalizers,
-                "resourceVersion": vb.resource_version(),
-            }})),
-        )
-        .await;
-    let patched = match patched {
-        Ok(p) => p,
-        Err(kube::Error::Api(e)) if e.code == 409 => return Ok(Action::requeue(Duration::ZERO)),
-        Err(e) => return Err(kube_err("adding the cleanup finalizer")(e)),
+    let Some(patched) = add_finalizer(ctx, vb).await? else {
+        return Ok(Action::requeue(Duration::ZERO));
     };
     let mut s = status::started(
         vb.status.as_ref(),
@@ -561,14 +563,17 @@ async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Result<Action,
             namespace: &ns,
             image: &ctx.opts.mover_image,
             service_account: MOVER_ACCOUNT,
-            claim: &child,
-            block,
+            volume: Some(snapshot::MoverVolume {
+                claim: &child,
+                block,
+                write: false,
+            }),
             args,
             password: &repo.spec.password_secret_ref,
             credentials: repo.spec.credentials_secret_ref.as_ref(),
             memory: &ctx.opts.mover_memory,
             labels: &labels,
-            owner: &owner,
+            owner: Some(&owner),
         });
         create(&pods, &p, &format!("pod {ns}/{child}")).await?;
         status::update::<VolumeBackup>(&ctx.client, &ns, &vb.name_any(), |s| {
@@ -630,7 +635,7 @@ async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Result<Action,
 }
 
 /// The time left of `limit` since `since` (all of it when unknown).
-fn remaining(
+pub(crate) fn remaining(
     since: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
     limit: Duration,
 ) -> Duration {
@@ -705,42 +710,23 @@ async fn origin_of(ctx: &Ctx, pvc: &PersistentVolumeClaim) -> KubernetesOrigin {
     }
 }
 
-/// The mover's command line.
-fn mover_args(
-    ctx: &Ctx,
-    vb: &VolumeBackup,
+/// A mover's command line up to its own arguments: the subcommand, its
+/// run, and how it opens the repository.
+pub(crate) fn mover_command(
+    sub: &str,
+    run_ns: &str,
+    run: &str,
     repo: &BackupRepository,
-    pvc: &str,
-    block: bool,
-    origin: &KubernetesOrigin,
 ) -> Vec<String> {
     let mut a: Vec<String> = vec![
         "mover".into(),
-        "backup".into(),
+        sub.into(),
         "--namespace".into(),
-        vb.namespace().unwrap_or_default(),
+        run_ns.into(),
         "--run".into(),
-        vb.name_any(),
-        "--source".into(),
-        if block {
-            snapshot::SOURCE_DEVICE
-        } else {
-            snapshot::SOURCE_DIR
-        }
-        .into(),
-        "--record-path".into(),
-        format!("/{pvc}"),
+        run.into(),
         "--repository-url".into(),
         repo.spec.url.clone(),
-        "--origin".into(),
-        serde_json::to_string(origin).unwrap_or_default(),
-        "--threads".into(),
-        ctx.opts.mover_threads.to_string(),
-        "--hostname".into(),
-        ctx.opts
-            .cluster
-            .clone()
-            .unwrap_or_else(|| "kubernetes".into()),
     ];
     for (k, v) in &repo.spec.options {
         a.push("--option".into());
@@ -753,6 +739,44 @@ fn mover_args(
     if repo.spec.init {
         a.push("--init".into());
     }
+    a
+}
+
+/// The backup mover's command line.
+fn mover_args(
+    ctx: &Ctx,
+    vb: &VolumeBackup,
+    repo: &BackupRepository,
+    pvc: &str,
+    block: bool,
+    origin: &KubernetesOrigin,
+) -> Vec<String> {
+    let mut a = mover_command(
+        "backup",
+        &vb.namespace().unwrap_or_default(),
+        &vb.name_any(),
+        repo,
+    );
+    a.extend([
+        "--source".into(),
+        if block {
+            snapshot::SOURCE_DEVICE
+        } else {
+            snapshot::SOURCE_DIR
+        }
+        .into(),
+        "--record-path".into(),
+        format!("/{pvc}"),
+        "--origin".into(),
+        serde_json::to_string(origin).unwrap_or_default(),
+        "--threads".into(),
+        ctx.opts.mover_threads.to_string(),
+        "--hostname".into(),
+        ctx.opts
+            .cluster
+            .clone()
+            .unwrap_or_else(|| "kubernetes".into()),
+    ]);
     for t in &vb.spec.tags {
         a.push("--tag".into());
         a.push(t.clone());
@@ -766,7 +790,7 @@ fn mover_args(
 
 /// The mover's ServiceAccount in `ns`, whose Role may only read and patch
 /// the status of runs in that namespace.
-async fn ensure_mover_account(ctx: &Ctx, ns: &str) -> Result<(), Error> {
+pub(crate) async fn ensure_mover_account(ctx: &Ctx, ns: &str) -> Result<(), Error> {
     if ctx
         .mover_accounts
         .lock()
@@ -823,7 +847,7 @@ async fn ensure_mover_account(ctx: &Ctx, ns: &str) -> Result<(), Error> {
 
 /// Creates `obj`; one that exists already is fine (a step done before a
 /// restart).
-async fn create<K>(api: &Api<K>, obj: &K, what: &str) -> Result<(), Error>
+pub(crate) async fn create<K>(api: &Api<K>, obj: &K, what: &str) -> Result<(), Error>
 where
     K: Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
 {
@@ -929,7 +953,7 @@ async fn cleanup(ctx: &Ctx, vb: &VolumeBackup) -> Result<bool, Error> {
     Ok(true)
 }
 
-async fn delete<K>(api: &Api<K>, name: &str, what: &str) -> Result<(), Error>
+pub(crate) async fn delete<K>(api: &Api<K>, name: &str, what: &str) -> Result<(), Error>
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
@@ -943,16 +967,38 @@ where
     }
 }
 
-async fn remove_finalizer(ctx: &Ctx, vb: &VolumeBackup) -> Result<(), Error> {
-    let ns = vb.namespace().unwrap_or_default();
-    let api: Api<VolumeBackup> = Api::namespaced(ctx.client.clone(), &ns);
-    let rest: Vec<&String> = vb.finalizers().iter().filter(|f| *f != FINALIZER).collect();
+/// Adds the cleanup finalizer at the version read; `None` when the run
+/// changed meanwhile (it is reconciled again).
+pub(crate) async fn add_finalizer<K: Run>(ctx: &Ctx, run: &K) -> Result<Option<K>, Error> {
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default());
+    let mut finalizers = run.finalizers().to_vec();
+    finalizers.push(FINALIZER.to_string());
+    let patched = api
+        .patch(
+            &run.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {
+                "finalizers": finalizers,
+                "resourceVersion": run.resource_version(),
+            }})),
+        )
+        .await;
+    match patched {
+        Ok(p) => Ok(Some(p)),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
+        Err(e) => Err(kube_err("adding the cleanup finalizer")(e)),
+    }
+}
+
+pub(crate) async fn remove_finalizer<K: Run>(ctx: &Ctx, run: &K) -> Result<(), Error> {
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default());
+    let rest: Vec<&String> = run.finalizers().iter().filter(|f| *f != FINALIZER).collect();
     match api
         .patch(
-            &vb.name_any(),
+            &run.name_any(),
             &PatchParams::default(),
             &Patch::Merge(
-                json!({"metadata": {"finalizers": rest, "resourceVersion": vb.resource_version()}}),
+                json!({"metadata": {"finalizers": rest, "resourceVersion": run.resource_version()}}),
             ),
         )
         .await
@@ -964,7 +1010,7 @@ async fn remove_finalizer(ctx: &Ctx, vb: &VolumeBackup) -> Result<(), Error> {
 }
 
 /// The last Warning events of a pod, for a message.
-async fn pod_events(ctx: &Ctx, ns: &str, pod: &str) -> String {
+pub(crate) async fn pod_events(ctx: &Ctx, ns: &str, pod: &str) -> String {
     let api: Api<CoreEvent> = Api::namespaced(ctx.client.clone(), ns);
     let lp = ListParams::default().fields(&format!("involvedObject.name={pod}"));
     let Ok(list) = api.list(&lp).await else {
@@ -1044,55 +1090,70 @@ where
     }
 }
 
+/// The kinds the controller runs: VolumeBackup and VolumeRestore.
+pub(crate) trait Run:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + status::HasRunStatus
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+{
+}
+
+impl<K> Run for K where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + status::HasRunStatus
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+{
+}
+
 impl Ctx {
     /// Ends a run that is not over yet (a mover's own result stands).
-    async fn end(&self, vb: &VolumeBackup, outcome: Outcome) {
-        let ns = vb.namespace().unwrap_or_default();
+    pub(crate) async fn end<K: Run>(&self, run: &K, outcome: Outcome, first_stage: &str) {
+        let ns = run.namespace().unwrap_or_default();
         let (etype, reason, note) = match &outcome {
-            Outcome::Failed(m) => (EventType::Warning, "BackupFailed", m.clone()),
+            Outcome::Failed(m) => (EventType::Warning, "Failed", m.clone()),
             Outcome::Canceled => (
                 EventType::Normal,
-                "BackupCanceled",
+                "Canceled",
                 "canceled through spec.cancel".to_string(),
             ),
-            Outcome::Done { .. } => (EventType::Normal, "BackupCompleted", String::new()),
+            Outcome::Done { .. } => (EventType::Normal, "Completed", String::new()),
         };
-        let written = status::update::<VolumeBackup>(&self.client, &ns, &vb.name_any(), |s| {
+        let written = status::update::<K>(&self.client, &ns, &run.name_any(), |s| {
             let stage = s.stage.clone();
             *s = status::finished(s.clone(), outcome.clone());
-            s.stage = stage.or(Some("Snapshotting".into()));
+            s.stage = stage.or(Some(first_stage.into()));
             if s.start_time.is_none() {
                 s.start_time = s.completion_time.clone();
             }
         })
         .await;
         if written.is_some() {
-            tracing::info!(namespace = ns, run = vb.name_any(), "{reason}: {note}");
-            self.event(vb, etype, reason, note).await;
+            let reason = format!("{}{reason}", K::ACTION);
+            tracing::info!(namespace = ns, run = run.name_any(), "{reason}: {note}");
+            self.event(run, etype, &reason, note).await;
         }
-    }
-
-    async fn fail(&self, vb: &VolumeBackup, message: String) {
-        self.end(vb, Outcome::Failed(message)).await
     }
 
     /// Metrics of a run that ended and is cleaned up.
-    fn record(&self, vb: &VolumeBackup, st: &RunStatus) {
+    pub(crate) fn record(&self, kind: &str, ns: &str, st: &RunStatus) {
         if !st.phase.is_final() {
             return;
         }
-        let ns = vb.namespace().unwrap_or_default();
         self.metrics
             .runs
             .get_or_create(&RunLabels {
-                kind: "snapshot-backup".into(),
-                namespace: ns.clone(),
+                kind: kind.into(),
+                namespace: ns.into(),
                 phase: st.phase.as_str().into(),
             })
             .inc();
         let l = NamespaceLabels {
-            kind: "snapshot-backup".into(),
-            namespace: ns,
+            kind: kind.into(),
+            namespace: ns.into(),
         };
         if let Some(p) = &st.progress {
             self.metrics.bytes.get_or_create(&l).inc_by(p.bytes_done);
@@ -1102,15 +1163,21 @@ impl Ctx {
         }
     }
 
-    async fn event(&self, vb: &VolumeBackup, type_: EventType, reason: &str, note: String) {
+    pub(crate) async fn event<K: Run>(&self, run: &K, type_: EventType, reason: &str, note: String) {
         status::publish_event(
             &self.recorder,
-            &vb.object_ref(&()),
+            &run.object_ref(&()),
             type_,
             reason,
-            "Backup",
+            K::ACTION,
             note,
         )
         .await
+    }
+}
+
+impl Ctx {
+    async fn fail(&self, vb: &VolumeBackup, message: String) {
+        self.end(vb, Outcome::Failed(message), "Snapshotting").await
     }
 }

@@ -200,19 +200,30 @@ pub enum BackupMethod {
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Pod","type":"string","jsonPath":".spec.pod"}"#,
     printcolumn = r#"{"name":"Volume","type":"string","jsonPath":".spec.volume"}"#,
+    printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.target.pvc"}"#,
     printcolumn = r#"{"name":"Snapshot","type":"string","jsonPath":".status.snapshotID"}"#,
     printcolumn = r#"{"name":"Bytes","type":"integer","jsonPath":".status.progress.bytesDone"}"#,
+    printcolumn = r#"{"name":"Stage","type":"string","jsonPath":".status.stage","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct VolumeRestoreSpec {
     /// Which snapshot.
     pub snapshot: SnapshotSource,
-    /// The pod, in this namespace, whose volume receives the data.
-    pub pod: String,
-    /// The volume's name in the pod's spec.
-    pub volume: String,
-    /// The BackupRepository, in this namespace.
+    /// The pod, in this namespace, whose volume receives the data (restored
+    /// in place by the node agent of the pod's node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// The volume's name in the pod's spec (with `pod`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
+    /// Instead of `pod` and `volume`: a new PersistentVolumeClaim, created by
+    /// the controller from the claim recorded in the snapshot and filled by
+    /// a mover pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<RestoreTarget>,
+    /// The BackupRepository, in this namespace (with `target`: in the
+    /// target's namespace, whose Secrets open it).
     #[serde(default = "default_repository")]
     pub repository: String,
     /// Restore only this path inside the snapshot.
@@ -224,6 +235,32 @@ pub struct VolumeRestoreSpec {
     /// Set to true to stop the run; it ends Canceled.
     #[serde(default)]
     pub cancel: bool,
+}
+
+impl VolumeRestoreSpec {
+    /// The pod and the volume, when both are given.
+    pub fn pod_volume(&self) -> Option<(&str, &str)> {
+        Some((self.pod.as_deref()?, self.volume.as_deref()?))
+    }
+}
+
+/// A new PersistentVolumeClaim to restore into.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreTarget {
+    /// Its namespace (this namespace when not given). That namespace needs
+    /// a BackupRepository named `spec.repository`: the mover runs there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Its name; it must not exist yet.
+    pub pvc: String,
+    /// Its storage class (default: the recorded one, after the
+    /// controller's `--storage-class-map`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// Its size (default: the recorded capacity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
 }
 
 /// A snapshot by id, or the latest of an origin.
@@ -348,6 +385,10 @@ pub struct RunStatus {
     /// (`Snapshotting`, `Moving`, `CleaningUp`, `Done`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage: Option<String>,
+    /// For a restore into a new PVC: the claim recorded in the snapshot,
+    /// from which the PVC is made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_claim: Option<RecordedClaim>,
     /// The snapshot written (backup) or read (restore).
     #[serde(
         default,
@@ -378,6 +419,27 @@ pub struct RunStatus {
     /// [`MAX_ATTEMPTS`] it fails).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub attempts: u32,
+}
+
+/// A PersistentVolumeClaim as a snapshot recorded it.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordedClaim {
+    /// Its capacity (`10Gi`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<String>,
+    /// Its access modes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access_modes: Vec<String>,
+    /// `Filesystem` or `Block`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_mode: Option<String>,
+    /// Its storage class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// Its labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Starts of one run before it is marked Failed (an agent that dies on it

@@ -19,6 +19,8 @@ pub mod mover;
 pub mod node;
 pub mod plan;
 pub mod repos;
+pub mod restore;
+pub mod restorer;
 pub mod schedule;
 pub mod snapshot;
 pub mod status;

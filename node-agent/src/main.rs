@@ -77,22 +77,21 @@ struct ControllerArgs {
 enum MoverCommand {
     /// Back up a mounted clone into the repository; the password comes from COFFER_PASSWORD
     Backup(Box<MoverBackupArgs>),
+    /// Find the snapshot a VolumeRestore names; write its id and recorded claim into the run's status
+    Resolve(Box<MoverResolveArgs>),
+    /// Restore a snapshot into a mounted new volume
+    Restore(Box<MoverRestoreArgs>),
 }
 
+/// What every mover takes: its run, and how to open the repository.
 #[derive(clap::Args, Debug)]
-struct MoverBackupArgs {
-    /// The VolumeBackup's namespace
+struct MoverCommon {
+    /// The run's namespace
     #[arg(long)]
     namespace: String,
-    /// The VolumeBackup whose status this mover writes
+    /// The VolumeBackup or VolumeRestore whose status this mover writes
     #[arg(long)]
     run: String,
-    /// The mounted clone (a directory or a block device)
-    #[arg(long)]
-    source: PathBuf,
-    /// The path recorded in the snapshot
-    #[arg(long)]
-    record_path: PathBuf,
     /// The repository's URL
     #[arg(long)]
     repository_url: String,
@@ -105,6 +104,32 @@ struct MoverBackupArgs {
     /// Create the repository when it does not exist
     #[arg(long)]
     init: bool,
+    /// Log format: json (default) or text
+    #[arg(long, env = "LOG_FORMAT", default_value = "json")]
+    log_format: String,
+}
+
+impl MoverCommon {
+    fn repo(&self) -> mover::RepoAccess {
+        mover::RepoAccess {
+            url: self.repository_url.clone(),
+            options: self.options.clone(),
+            credentials_dir: self.credentials_dir.clone(),
+            init: self.init,
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+struct MoverBackupArgs {
+    #[command(flatten)]
+    common: MoverCommon,
+    /// The mounted clone (a directory or a block device)
+    #[arg(long)]
+    source: PathBuf,
+    /// The path recorded in the snapshot
+    #[arg(long)]
+    record_path: PathBuf,
     /// The Kubernetes origin recorded in the snapshot (JSON)
     #[arg(long)]
     origin: String,
@@ -120,9 +145,36 @@ struct MoverBackupArgs {
     /// The hostname recorded in the snapshot
     #[arg(long, default_value = "kubernetes")]
     hostname: String,
-    /// Log format: json (default) or text
-    #[arg(long, env = "LOG_FORMAT", default_value = "json")]
-    log_format: String,
+}
+
+#[derive(clap::Args, Debug)]
+struct MoverResolveArgs {
+    #[command(flatten)]
+    common: MoverCommon,
+    /// The BackupRepository's name, for messages
+    #[arg(long)]
+    repository: String,
+    /// The VolumeRestore's spec.snapshot (JSON)
+    #[arg(long)]
+    snapshot: String,
+}
+
+#[derive(clap::Args, Debug)]
+struct MoverRestoreArgs {
+    #[command(flatten)]
+    common: MoverCommon,
+    /// The snapshot's id
+    #[arg(long)]
+    snapshot: String,
+    /// Restore only this path inside the snapshot
+    #[arg(long)]
+    subpath: Option<String>,
+    /// The mounted new volume (a directory, or a block device with --block)
+    #[arg(long)]
+    target: PathBuf,
+    /// The target is a block device
+    #[arg(long)]
+    block: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -183,12 +235,15 @@ fn main() -> anyhow::Result<()> {
             let rt = runtime()?;
             rt.block_on(run_controller(a))
         }
-        Command::Mover(MoverCommand::Backup(a)) => {
-            let a = *a;
-            init_logs(&a.log_format);
+        Command::Mover(m) => {
+            let log_format = match &m {
+                MoverCommand::Backup(a) => &a.common.log_format,
+                MoverCommand::Resolve(a) => &a.common.log_format,
+                MoverCommand::Restore(a) => &a.common.log_format,
+            };
+            init_logs(log_format);
             let rt = runtime()?;
-            let phase = rt.block_on(run_mover_backup(a))?;
-            if matches!(phase, Phase::Completed | Phase::PartiallyFailed) {
+            if rt.block_on(run_mover(m))? {
                 Ok(())
             } else {
                 std::process::exit(1)
@@ -239,37 +294,63 @@ async fn run_controller(a: ControllerArgs) -> anyhow::Result<()> {
     }
 }
 
-async fn run_mover_backup(a: MoverBackupArgs) -> anyhow::Result<Phase> {
+/// Runs a mover; returns whether it succeeded (its exit status).
+async fn run_mover(m: MoverCommand) -> anyhow::Result<bool> {
     let password = std::env::var_os("COFFER_PASSWORD")
         .map(|p| p.into_encoded_bytes())
         .filter(|p| !p.is_empty())
         .ok_or_else(|| anyhow::anyhow!("COFFER_PASSWORD is not set: the mover pod takes the repository password from its BackupRepository's Secret"))?;
-    let origin = serde_json::from_str(&a.origin)
-        .map_err(|e| anyhow::anyhow!("--origin is not a Kubernetes origin in JSON: {e}"))?;
-    let client = client().await?;
-    let job = mover::BackupJob {
-        namespace: a.namespace,
-        run: a.run,
-        source: a.source,
-        record_path: a.record_path,
-        repository_url: a.repository_url,
-        options: a.options,
-        credentials_dir: a.credentials_dir,
-        init: a.init,
-        origin,
-        tags: a.tags,
-        excludes: a.excludes,
-        threads: a.threads,
-        hostname: a.hostname,
-    };
     let cancel = coffer_engine::CancelToken::new();
     let stop = cancel.clone();
     tokio::spawn(async move {
         shutdown().await;
-        tracing::info!("stopping: the backup ends without a snapshot");
+        tracing::info!("stopping: the run ends unfinished");
         stop.cancel();
     });
-    Ok(mover::backup(client, job, password, cancel).await)
+    let done = |p: Phase| matches!(p, Phase::Completed | Phase::PartiallyFailed);
+    match m {
+        MoverCommand::Backup(a) => {
+            let origin = serde_json::from_str(&a.origin)
+                .map_err(|e| anyhow::anyhow!("--origin is not a Kubernetes origin in JSON: {e}"))?;
+            let job = mover::BackupJob {
+                namespace: a.common.namespace.clone(),
+                run: a.common.run.clone(),
+                repo: a.common.repo(),
+                source: a.source,
+                record_path: a.record_path,
+                origin,
+                tags: a.tags,
+                excludes: a.excludes,
+                threads: a.threads,
+                hostname: a.hostname,
+            };
+            Ok(done(mover::backup(client().await?, job, password, cancel).await))
+        }
+        MoverCommand::Resolve(a) => {
+            let snapshot = serde_json::from_str(&a.snapshot)
+                .map_err(|e| anyhow::anyhow!("--snapshot is not a VolumeRestore's spec.snapshot in JSON: {e}"))?;
+            let job = mover::ResolveJob {
+                namespace: a.common.namespace.clone(),
+                run: a.common.run.clone(),
+                repo: a.common.repo(),
+                repository: a.repository,
+                snapshot,
+            };
+            Ok(mover::resolve(client().await?, job, password).await)
+        }
+        MoverCommand::Restore(a) => {
+            let job = mover::RestoreJob {
+                namespace: a.common.namespace.clone(),
+                run: a.common.run.clone(),
+                repo: a.common.repo(),
+                snapshot: a.snapshot,
+                subpath: a.subpath,
+                target: a.target,
+                block: a.block,
+            };
+            Ok(done(mover::restore(client().await?, job, password, cancel).await))
+        }
+    }
 }
 
 fn init_logs(format: &str) {

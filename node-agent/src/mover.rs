@@ -1,7 +1,8 @@
 //! `coffer-agent mover`: the process inside a mover pod. It backs up one
-//! mounted path or block device (a clone of a CSI snapshot) with the engine,
-//! in-process, and writes its progress and result into the status of its
-//! VolumeBackup: the only API access its ServiceAccount has.
+//! mounted path or block device (a clone of a CSI snapshot), or restores a
+//! snapshot into a new one, with the engine, in-process, and writes its
+//! progress and result into the status of its VolumeBackup or VolumeRestore:
+//! the only API access its ServiceAccount has.
 //!
 //! Everything else comes from its arguments (written by the controller) and
 //! its environment (the password, from the repository's Secret): the mover
@@ -15,12 +16,47 @@ use std::time::Instant;
 use coffer_engine::backup::{BackupOptions, BackupProgress, ParentChoice};
 use coffer_engine::forget::OriginFilter;
 use coffer_engine::format::snapshot::KubernetesOrigin;
-use coffer_engine::CancelToken;
+use coffer_engine::{CancelToken, Repository};
 use kube::Client;
 
-use crate::crd::{Phase, Progress, VolumeBackup};
+use crate::crd::{Phase, Progress, RestorePolicy, SnapshotSource, VolumeBackup, VolumeRestore};
 use crate::node::STATUS_INTERVAL;
 use crate::status::{self, Outcome};
+
+/// How a mover opens its repository: everything but the password (from
+/// `COFFER_PASSWORD`) comes from its arguments.
+#[derive(Clone, Debug)]
+pub struct RepoAccess {
+    /// The repository.
+    pub url: String,
+    /// Store options (`s3.endpoint`, ...).
+    pub options: Vec<(String, String)>,
+    /// A directory holding the credentials Secret's keys as files.
+    pub credentials_dir: Option<PathBuf>,
+    /// Create the repository when it does not exist.
+    pub init: bool,
+}
+
+impl RepoAccess {
+    /// Opens (or creates) the repository; the error is the run's message.
+    async fn open(&self, password: &[u8]) -> Result<Arc<Repository>, String> {
+        let mut options = self.options.clone();
+        if let Some(dir) = &self.credentials_dir {
+            let data =
+                read_secret_dir(dir).map_err(|e| format!("credentials in {}: {e}", dir.display()))?;
+            options.extend(crate::repos::credential_options(&self.url, &data));
+        }
+        crate::repos::open_or_init(&self.url, options, password, self.init)
+            .await
+            .map(Arc::new)
+            .map_err(|e| {
+                format!(
+                    "repository {}: {e}",
+                    coffer_engine::storage::redact(&self.url)
+                )
+            })
+    }
+}
 
 /// One backup, as the controller describes it.
 #[derive(Clone, Debug)]
@@ -34,13 +70,7 @@ pub struct BackupJob {
     /// The path recorded in the snapshot.
     pub record_path: PathBuf,
     /// The repository.
-    pub repository_url: String,
-    /// Store options (`s3.endpoint`, ...).
-    pub options: Vec<(String, String)>,
-    /// A directory holding the credentials Secret's keys as files.
-    pub credentials_dir: Option<PathBuf>,
-    /// Create the repository when it does not exist.
-    pub init: bool,
+    pub repo: RepoAccess,
     /// The origin recorded in the snapshot (and the parent's selector).
     pub origin: KubernetesOrigin,
     /// Tags.
@@ -61,12 +91,25 @@ pub async fn backup(
     password: Vec<u8>,
     cancel: CancelToken,
 ) -> Phase {
-    let (ns, name) = (job.namespace.clone(), job.run.clone());
     let outcome = run_backup(&client, &job, &password, &cancel).await;
+    report::<VolumeBackup>(&client, &job.namespace, &job.run, outcome).await
+}
+
+/// Writes a run's result into its status; returns its final phase (also
+/// when the run had already been ended by the controller: then nothing is
+/// written).
+async fn report<K>(client: &Client, ns: &str, name: &str, outcome: Outcome) -> Phase
+where
+    K: status::HasRunStatus
+        + kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
     if let Outcome::Failed(m) = &outcome {
         tracing::error!(namespace = ns, run = name, "{m}");
     }
-    let written = status::update::<VolumeBackup>(&client, &ns, &name, |s| {
+    let written = status::update::<K>(client, ns, name, |s| {
         *s = status::finished(s.clone(), outcome.clone());
     })
     .await;
@@ -87,31 +130,115 @@ pub async fn backup(
     }
 }
 
+/// A restore into a new PVC, first step: which snapshot, and the claim it
+/// recorded (the controller makes the PVC from it).
+#[derive(Clone, Debug)]
+pub struct ResolveJob {
+    /// The VolumeRestore's namespace.
+    pub namespace: String,
+    /// The VolumeRestore whose status is written.
+    pub run: String,
+    /// The repository.
+    pub repo: RepoAccess,
+    /// The repository's name, for messages.
+    pub repository: String,
+    /// The snapshot, by id or origin.
+    pub snapshot: SnapshotSource,
+}
+
+/// Finds the snapshot and writes its id and recorded claim into the run's
+/// status (the phase stays InProgress); a snapshot not found fails the run.
+/// Returns whether it was found.
+pub async fn resolve(client: Client, job: ResolveJob, password: Vec<u8>) -> bool {
+    let found = match job.repo.open(&password).await {
+        Ok(repo) => {
+            crate::restore::find_snapshot(&repo, &job.snapshot, &job.namespace, &job.repository)
+                .await
+        }
+        Err(m) => Err(m),
+    };
+    match found {
+        Ok((id, snap)) => {
+            let claim = crate::restore::recorded_claim(&snap);
+            tracing::info!(namespace = job.namespace, run = job.run, snapshot = id, "found");
+            status::update::<VolumeRestore>(&client, &job.namespace, &job.run, |s| {
+                s.snapshot_id = Some(id.clone());
+                s.source_claim = Some(claim.clone());
+            })
+            .await
+            .is_some()
+        }
+        Err(m) => {
+            report::<VolumeRestore>(&client, &job.namespace, &job.run, Outcome::Failed(m)).await;
+            false
+        }
+    }
+}
+
+/// A restore into a new PVC, second step: the snapshot written into the
+/// mounted volume.
+#[derive(Clone, Debug)]
+pub struct RestoreJob {
+    /// The VolumeRestore's namespace.
+    pub namespace: String,
+    /// The VolumeRestore whose status is written.
+    pub run: String,
+    /// The repository.
+    pub repo: RepoAccess,
+    /// The snapshot's id.
+    pub snapshot: String,
+    /// Restore only this path inside the snapshot.
+    pub subpath: Option<String>,
+    /// The new volume: its mount, or its device.
+    pub target: PathBuf,
+    /// Whether `target` is a block device.
+    pub block: bool,
+}
+
+/// Restores and reports; returns the final phase.
+pub async fn restore(
+    client: Client,
+    job: RestoreJob,
+    password: Vec<u8>,
+    cancel: CancelToken,
+) -> Phase {
+    let outcome = match job.repo.open(&password).await {
+        Err(m) => Outcome::Failed(m),
+        Ok(repo) => {
+            let target = crate::restore::Target {
+                path: &job.target,
+                block: job.block,
+                policy: if job.block {
+                    RestorePolicy::Overwrite
+                } else {
+                    RestorePolicy::IfEmpty
+                },
+                what: "the new PersistentVolumeClaim",
+            };
+            let subpath = job.subpath.as_deref();
+            match crate::restore::restore_into(repo, &job.snapshot, subpath, &target, &cancel).await
+            {
+                Ok(o) => o,
+                Err(coffer_engine::Error::Cancelled) => Outcome::Failed(
+                    "the mover was stopped (its pod was deleted or evicted); the restore is incomplete".into(),
+                ),
+                Err(e) => Outcome::Failed(e.to_string()),
+            }
+        }
+    };
+    report::<VolumeRestore>(&client, &job.namespace, &job.run, outcome).await
+}
+
 async fn run_backup(
     client: &Client,
     job: &BackupJob,
     password: &[u8],
     cancel: &CancelToken,
 ) -> Outcome {
-    let mut options = job.options.clone();
-    if let Some(dir) = &job.credentials_dir {
-        match read_secret_dir(dir) {
-            Ok(data) => {
-                options.extend(crate::repos::credential_options(&job.repository_url, &data))
-            }
-            Err(e) => return Outcome::Failed(format!("credentials in {}: {e}", dir.display())),
-        }
-    }
-    let repo =
-        match crate::repos::open_or_init(&job.repository_url, options, password, job.init).await {
-            Ok(r) => Arc::new(r),
-            Err(e) => {
-                return Outcome::Failed(format!(
-                    "repository {}: {e}",
-                    coffer_engine::storage::redact(&job.repository_url)
-                ))
-            }
-        };
+    let repo = match job.repo.open(password).await {
+        Ok(r) => r,
+        Err(m) => return Outcome::Failed(m),
+    };
     let (tx, mut rx) = tokio::sync::watch::channel(BackupProgress::default());
     let mut opts = BackupOptions::new([job.source.clone()]);
     opts.record_path = Some(job.record_path.clone());

@@ -18,13 +18,11 @@
 //! through the engine's cancellation token.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use coffer_engine::backup::{BackupOptions, BackupProgress, ParentChoice};
-use coffer_engine::restore::RestoreOptions;
 use coffer_engine::CancelToken;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
@@ -37,7 +35,7 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::annotations;
 use crate::crd::{
-    BackupMethod, Phase, Progress, RestorePolicy, RunStatus, VolumeBackup, VolumeBackupSpec,
+    BackupMethod, Phase, Progress, RunStatus, VolumeBackup, VolumeBackupSpec,
     VolumeRestore,
 };
 use crate::kubelet;
@@ -605,11 +603,9 @@ impl Agent {
 
     /// What this agent does with a run it sees ([`status::decide`]).
     async fn on_run(self: &Arc<Self>, run: RunKind) {
-        if let RunKind::Backup(vb) = &run {
-            if vb.spec.method != BackupMethod::Filesystem || vb.spec.pod_volume().is_none() {
-                // The controller's (and it reports what is missing).
-                return;
-            }
+        if run.pod_volume().is_none() {
+            // The controller's (and it reports what is missing).
+            return;
         }
         let (ns, key) = (run.namespace(), run.key());
         let running = lock(&self.runs).contains_key(&key);
@@ -620,8 +616,8 @@ impl Agent {
         let needs_pod = !running && status.is_none_or(|s| s.phase == Phase::New);
         let pod_node = match (&run, needs_pod) {
             (_, false) => None,
-            (RunKind::Backup(vb), true) => self.pod_node(&ns, pod_of(vb), vb.as_ref()).await,
-            (RunKind::Restore(vr), true) => self.pod_node(&ns, &vr.spec.pod, vr.as_ref()).await,
+            (RunKind::Backup(vb), true) => self.pod_node(&ns, run.pod(), vb.as_ref()).await,
+            (RunKind::Restore(vr), true) => self.pod_node(&ns, run.pod(), vr.as_ref()).await,
         };
         let previous = status.cloned().unwrap_or_default();
         match status::decide(
@@ -667,19 +663,10 @@ impl Agent {
     /// wins), then runs the work as a task.
     async fn claim_and_spawn(self: &Arc<Self>, run: RunKind) {
         let (ns, key) = (run.namespace(), run.key());
-        let (name, pod, prev, rv) = match &run {
-            RunKind::Backup(vb) => (
-                vb.name_any(),
-                pod_of(vb).to_string(),
-                vb.status.clone(),
-                vb.resource_version(),
-            ),
-            RunKind::Restore(vr) => (
-                vr.name_any(),
-                vr.spec.pod.clone(),
-                vr.status.clone(),
-                vr.resource_version(),
-            ),
+        let pod = run.pod().to_string();
+        let (name, prev, rv) = match &run {
+            RunKind::Backup(vb) => (vb.name_any(), vb.status.clone(), vb.resource_version()),
+            RunKind::Restore(vr) => (vr.name_any(), vr.status.clone(), vr.resource_version()),
         };
         let claimed = status::started(prev.as_ref(), self.me(), None);
         let ok = match &run {
@@ -1038,26 +1025,26 @@ impl Agent {
         reason: &Arc<Mutex<Option<StopReason>>>,
     ) -> (Outcome, Option<String>, u64) {
         let ns = vr.namespace().unwrap_or_default();
+        let (pod_name, volume) = vr.spec.pod_volume().unwrap_or_default();
         let span = tracing::info_span!(
             "restore",
             namespace = ns,
-            pod = vr.spec.pod,
-            volume = vr.spec.volume,
+            pod = pod_name,
+            volume = volume,
             run = vr.name_any()
         );
         let _enter = span.enter();
-        let Some(pod) = self.pod_here(&ns, &vr.spec.pod) else {
+        let Some(pod) = self.pod_here(&ns, pod_name) else {
             return (
                 Outcome::Failed(format!(
-                    "pod {ns}/{} is not on node {} (deleted or moved)",
-                    vr.spec.pod,
+                    "pod {ns}/{pod_name} is not on node {} (deleted or moved)",
                     self.me()
                 )),
                 None,
                 0,
             );
         };
-        let planned = match self.plan(&pod, &vr.spec.volume).await {
+        let planned = match self.plan(&pod, volume).await {
             Ok(p) => p,
             Err(m) => return (Outcome::Failed(m), None, 0),
         };
@@ -1070,116 +1057,28 @@ impl Agent {
             Ok(r) => r,
             Err(e) => return (Outcome::Failed(e.to_string()), Some(path), 0),
         };
-        // Which snapshot.
-        let src = &vr.spec.snapshot;
-        let snapshot = match &src.id {
-            Some(id) => id.clone(),
-            None => {
-                let filter = coffer_engine::forget::OriginFilter {
-                    cluster: src.cluster.clone(),
-                    namespace: Some(src.namespace.clone().unwrap_or_else(|| ns.clone())),
-                    pvc: src.pvc.clone(),
-                    owner: src.owner.clone(),
-                    volume: src.volume.clone(),
-                    pod: None,
+        let snapshot =
+            match crate::restore::find_snapshot(&repo, &vr.spec.snapshot, &ns, &vr.spec.repository)
+                .await
+            {
+                Ok((id, _)) => id,
+                Err(m) => return (Outcome::Failed(m), Some(path), 0),
+            };
+        let what = format!("volume {volume:?} of pod {pod_name}");
+        let target = crate::restore::Target {
+            path: &planned.path,
+            block: planned.mode == VolumeMode::Block,
+            policy: vr.spec.policy,
+            what: &what,
+        };
+        let subpath = vr.spec.subpath.as_deref();
+        match crate::restore::restore_into(repo, &snapshot, subpath, &target, cancel).await {
+            Ok(outcome) => {
+                let bytes = match &outcome {
+                    Outcome::Done { progress, .. } => progress.bytes_done,
+                    _ => 0,
                 };
-                if src.pvc.is_none() && src.owner.is_none() && src.volume.is_none() {
-                    return (
-                        Outcome::Failed("spec.snapshot names no snapshot: give an id, or an origin (pvc, or owner and volume)".into()),
-                        Some(path),
-                        0,
-                    );
-                }
-                match repo.snapshots().await {
-                    Ok(mut all) => {
-                        all.retain(|(_, s)| filter.matches(s));
-                        match all.pop() {
-                            Some((id, _)) => id.to_hex(),
-                            None => {
-                                return (
-                                    Outcome::Failed(format!(
-                                    "no snapshot in BackupRepository {ns}/{} matches {filter:?}",
-                                    vr.spec.repository
-                                )),
-                                    Some(path),
-                                    0,
-                                )
-                            }
-                        }
-                    }
-                    Err(e) => return (Outcome::Failed(e.to_string()), Some(path), 0),
-                }
-            }
-        };
-        let block = planned.mode == VolumeMode::Block;
-        let target = planned.path.clone();
-        let mut overwrite = vr.spec.policy == RestorePolicy::Overwrite;
-        if !overwrite {
-            if block {
-                return (
-                    Outcome::Failed(format!("volume {:?} is a block device; a restore overwrites it whole: set spec.policy: Overwrite", vr.spec.volume)),
-                    Some(path),
-                    0,
-                );
-            }
-            match dir_is_empty(&target) {
-                Ok(true) => overwrite = true, // only lost+found
-                Ok(false) => {
-                    return (
-                        Outcome::Failed(format!(
-                            "volume {:?} of pod {} is not empty; restore into an empty volume, or set spec.policy: Overwrite",
-                            vr.spec.volume, vr.spec.pod
-                        )),
-                        Some(path),
-                        0,
-                    )
-                }
-                Err(e) => return (Outcome::Failed(format!("{}: {e}", target.display())), Some(path), 0),
-            }
-        }
-        let index = match repo.load_index().await {
-            Ok(i) => i,
-            Err(e) => return (Outcome::Failed(e.to_string()), Some(path), 0),
-        };
-        let mut opts = RestoreOptions::new(snapshot, target);
-        opts.subpath = vr.spec.subpath.as_ref().map(PathBuf::from);
-        opts.overwrite = overwrite;
-        opts.overwrite_device = block;
-        opts.cancel = cancel.clone();
-        if block {
-            // The snapshot of a block volume holds one file: the device.
-            if opts.subpath.is_none() {
-                opts.subpath = Some(
-                    planned
-                        .record_path
-                        .file_name()
-                        .map(PathBuf::from)
-                        .unwrap_or_default(),
-                );
-            }
-        }
-        match coffer_engine::restore::restore(repo, index, opts).await {
-            Ok(summary) => {
-                let errors = summary
-                    .errors
-                    .iter()
-                    .map(|e| format!("{}: {}", e.path.display(), e.message))
-                    .collect::<Vec<_>>();
-                (
-                    Outcome::Done {
-                        snapshot_id: summary.snapshot_id.to_hex(),
-                        incremental_bytes: None,
-                        progress: Progress {
-                            bytes_done: summary.bytes_written,
-                            total_bytes: Some(summary.bytes_written),
-                            files_done: summary.files_restored,
-                            total_files: Some(summary.files_restored),
-                        },
-                        errors,
-                    },
-                    Some(path),
-                    summary.bytes_written,
-                )
+                (outcome, Some(path), bytes)
             }
             Err(coffer_engine::Error::Cancelled) => (stopped(reason), Some(path), 0),
             Err(e) => (Outcome::Failed(e.to_string()), Some(path), 0),
@@ -1193,6 +1092,25 @@ enum RunKind {
 }
 
 impl RunKind {
+    /// The pod and volume this node agent would read or write; `None` for
+    /// the controller's runs (method Snapshot, restores into a new PVC) and
+    /// for runs that name no pod.
+    fn pod_volume(&self) -> Option<(&str, &str)> {
+        match self {
+            RunKind::Backup(vb) if vb.spec.method == BackupMethod::Filesystem => {
+                vb.spec.pod_volume()
+            }
+            RunKind::Backup(_) => None,
+            RunKind::Restore(vr) if vr.spec.target.is_none() => vr.spec.pod_volume(),
+            RunKind::Restore(_) => None,
+        }
+    }
+
+    /// The pod ([`Agent::on_run`] takes only runs that name one).
+    fn pod(&self) -> &str {
+        self.pod_volume().unwrap_or_default().0
+    }
+
     fn namespace(&self) -> String {
         match self {
             RunKind::Backup(vb) => vb.namespace(),
@@ -1226,12 +1144,12 @@ impl RunKind {
 /// The pod of a Filesystem backup ([`Agent::on_run`] takes only those that
 /// name one).
 fn pod_of(vb: &VolumeBackup) -> &str {
-    vb.spec.pod.as_deref().unwrap_or_default()
+    vb.spec.pod_volume().unwrap_or_default().0
 }
 
 /// The volume of a Filesystem backup.
 fn volume_of(vb: &VolumeBackup) -> &str {
-    vb.spec.volume.as_deref().unwrap_or_default()
+    vb.spec.pod_volume().unwrap_or_default().1
 }
 
 fn stopped(reason: &Arc<Mutex<Option<StopReason>>>) -> Outcome {
@@ -1242,15 +1160,6 @@ fn stopped(reason: &Arc<Mutex<Option<StopReason>>>) -> Outcome {
 }
 
 /// Whether a directory is empty, `lost+found` aside.
-fn dir_is_empty(dir: &std::path::Path) -> std::io::Result<bool> {
-    for e in std::fs::read_dir(dir)? {
-        if e?.file_name() != "lost+found" {
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}
-
 /// Eight hex digits of BLAKE3.
 fn short_hash(s: &str) -> String {
     blake3::hash(s.as_bytes()).to_hex()[..8].to_string()

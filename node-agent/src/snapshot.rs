@@ -16,7 +16,7 @@ use kube::CustomResource;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::crd::{SecretKeyRef, SecretRef};
+use crate::crd::{RecordedClaim, RestoreTarget, SecretKeyRef, SecretRef};
 
 /// The CSI snapshot API group.
 pub const SNAPSHOT_GROUP: &str = "snapshot.storage.k8s.io";
@@ -34,7 +34,11 @@ pub const RUN_LABEL: &str = "coffer.dev/volumebackup";
 pub const SOURCE_DIR: &str = "/coffer/source";
 /// Where a mover pod sees a block clone.
 pub const SOURCE_DEVICE: &str = "/dev/coffer-source";
-/// Where a mover pod sees the repository's credentials Secret.
+/// Where a restore mover finds its new filesystem volume.
+pub const TARGET_DIR: &str = "/coffer/target";
+/// Where a restore mover finds its new block volume.
+pub const TARGET_DEVICE: &str = "/dev/coffer-target";
+/// Where a mover finds the repository's credentials Secret.
 pub const CREDENTIALS_DIR: &str = "/coffer/credentials";
 
 /// A CSI VolumeSnapshot (the fields coffer reads and writes).
@@ -285,6 +289,62 @@ pub fn clone_claim(c: &Clone) -> PersistentVolumeClaim {
     serde_json::from_value(value).unwrap_or_default()
 }
 
+/// A new PVC for a restore, made from the claim a snapshot recorded.
+pub struct Restored<'a> {
+    /// Its name.
+    pub name: &'a str,
+    /// Its namespace.
+    pub namespace: &'a str,
+    /// The claim the snapshot recorded.
+    pub recorded: &'a RecordedClaim,
+    /// The VolumeRestore's target (its class and size win).
+    pub target: &'a RestoreTarget,
+    /// Storage class renames (`recorded class -> new class`).
+    pub storage_class_map: &'a BTreeMap<String, String>,
+    /// Annotations (which run made it, from which snapshot).
+    pub annotations: &'a BTreeMap<String, String>,
+}
+
+/// The restored PVC: the recorded access modes, volume mode and labels;
+/// the target's size and class, else the recorded ones (the class mapped).
+/// It belongs to no run: deleting the VolumeRestore keeps it.
+pub fn restored_claim(r: &Restored) -> Result<PersistentVolumeClaim, String> {
+    let size = r
+        .target
+        .size
+        .clone()
+        .or_else(|| r.recorded.capacity.clone())
+        .ok_or("the snapshot records no claim size; set spec.target.size")?;
+    let class = r.target.storage_class_name.clone().or_else(|| {
+        r.recorded
+            .storage_class_name
+            .as_ref()
+            .map(|s| r.storage_class_map.get(s).unwrap_or(s).clone())
+    });
+    let modes = if r.recorded.access_modes.is_empty() {
+        vec!["ReadWriteOnce".to_string()]
+    } else {
+        r.recorded.access_modes.clone()
+    };
+    let mut value = json!({
+        "metadata": {
+            "name": r.name,
+            "namespace": r.namespace,
+            "labels": r.recorded.labels,
+            "annotations": r.annotations,
+        },
+        "spec": {
+            "accessModes": modes,
+            "volumeMode": r.recorded.volume_mode.clone().unwrap_or_else(|| "Filesystem".into()),
+            "resources": {"requests": {"storage": size}},
+        }
+    });
+    if let Some(class) = class {
+        value["spec"]["storageClassName"] = json!(class);
+    }
+    serde_json::from_value(value).map_err(|e| format!("the restored claim: {e}"))
+}
+
 /// What a mover pod runs with.
 pub struct Mover<'a> {
     /// The pod's name (in the run's namespace).
@@ -295,10 +355,9 @@ pub struct Mover<'a> {
     pub image: &'a str,
     /// The mover's ServiceAccount (may patch run statuses only).
     pub service_account: &'a str,
-    /// The clone claim it reads.
-    pub claim: &'a str,
-    /// Whether the claim is a block device.
-    pub block: bool,
+    /// The volume it reads or writes (none for a mover that only looks
+    /// into the repository).
+    pub volume: Option<MoverVolume<'a>>,
     /// `coffer-agent` arguments.
     pub args: Vec<String>,
     /// The repository's password.
@@ -309,25 +368,61 @@ pub struct Mover<'a> {
     pub memory: &'a str,
     /// Labels (the run label).
     pub labels: &'a BTreeMap<String, String>,
-    /// The owning run.
-    pub owner: &'a OwnerReference,
+    /// The owning run (none when it is in another namespace).
+    pub owner: Option<&'a OwnerReference>,
 }
 
-/// The mover pod: the clone mounted read-only (or attached as a device), the
-/// password from its Secret, nothing else from the cluster (no API token but
-/// its own ServiceAccount's), never restarted.
+/// A mover's one volume.
+#[derive(Clone, Copy, Debug)]
+pub struct MoverVolume<'a> {
+    /// The claim.
+    pub claim: &'a str,
+    /// Whether it is a block device.
+    pub block: bool,
+    /// Written (a restore, mounted at [`TARGET_DIR`] or [`TARGET_DEVICE`])
+    /// rather than read (a backup, at [`SOURCE_DIR`] or [`SOURCE_DEVICE`],
+    /// read-only).
+    pub write: bool,
+}
+
+impl MoverVolume<'_> {
+    /// Where the mover finds it.
+    pub fn path(&self) -> &'static str {
+        match (self.write, self.block) {
+            (false, false) => SOURCE_DIR,
+            (false, true) => SOURCE_DEVICE,
+            (true, false) => TARGET_DIR,
+            (true, true) => TARGET_DEVICE,
+        }
+    }
+}
+
+/// The mover pod: its volume mounted (read-only for a backup) or attached
+/// as a device, the password from its Secret, nothing else from the cluster
+/// (no API token but its own ServiceAccount's), never restarted.
 pub fn mover_pod(m: &Mover) -> Pod {
-    let mut volumes = vec![json!({
-        "name": "source",
-        "persistentVolumeClaim": {"claimName": m.claim, "readOnly": !m.block},
-    })];
+    let mut volumes = Vec::new();
     let mut mounts = Vec::new();
     let mut devices = Vec::new();
-    if m.block {
-        devices.push(json!({"name": "source", "devicePath": SOURCE_DEVICE}));
-    } else {
-        mounts.push(json!({"name": "source", "mountPath": SOURCE_DIR, "readOnly": true}));
+    if let Some(v) = &m.volume {
+        let name = if v.write { "target" } else { "source" };
+        volumes.push(json!({
+            "name": name,
+            "persistentVolumeClaim": {"claimName": v.claim, "readOnly": !v.write && !v.block},
+        }));
+        if v.block {
+            devices.push(json!({"name": name, "devicePath": v.path()}));
+        } else {
+            mounts.push(json!({"name": name, "mountPath": v.path(), "readOnly": !v.write}));
+        }
     }
+    // Root reads every file, whoever owns it; a restore also writes them
+    // with their recorded owners and modes. Nothing else.
+    let capabilities: &[&str] = if m.volume.is_some_and(|v| v.write) {
+        &["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID"]
+    } else {
+        &["DAC_READ_SEARCH"]
+    };
     if let Some(c) = m.credentials {
         volumes.push(json!({"name": "credentials", "secret": {"secretName": c.name}}));
         mounts.push(json!({"name": "credentials", "mountPath": CREDENTIALS_DIR, "readOnly": true}));
@@ -339,7 +434,7 @@ pub fn mover_pod(m: &Mover) -> Pod {
             "name": m.name,
             "namespace": m.namespace,
             "labels": m.labels,
-            "ownerReferences": [m.owner],
+            "ownerReferences": m.owner.map(|o| vec![o]),
         },
         "spec": {
             "restartPolicy": "Never",
@@ -355,13 +450,11 @@ pub fn mover_pod(m: &Mover) -> Pod {
                 "volumeMounts": mounts,
                 "volumeDevices": devices,
                 "resources": {"requests": {"memory": "128Mi"}, "limits": {"memory": m.memory}},
-                // Root reads every file of the clone, whoever owns it; it
-                // needs no other privilege.
                 "securityContext": {
                     "runAsUser": 0,
                     "allowPrivilegeEscalation": false,
                     "readOnlyRootFilesystem": true,
-                    "capabilities": {"drop": ["ALL"], "add": ["DAC_READ_SEARCH"]},
+                    "capabilities": {"drop": ["ALL"], "add": capabilities},
                 },
                 "terminationMessagePolicy": "FallbackToLogsOnError",
             }],
@@ -506,6 +599,63 @@ mod tests {
 
     fn pvc(value: serde_json::Value) -> PersistentVolumeClaim {
         serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn a_restored_claim_follows_the_recording_unless_the_target_says_otherwise() {
+        let recorded = RecordedClaim {
+            capacity: Some("8Gi".into()),
+            access_modes: vec!["ReadWriteOnce".into()],
+            volume_mode: Some("Block".into()),
+            storage_class_name: Some("fast".into()),
+            labels: BTreeMap::from([("app".to_string(), "pg".to_string())]),
+        };
+        let map = BTreeMap::from([("fast".to_string(), "standard".to_string())]);
+        let annotations = BTreeMap::new();
+        let target = RestoreTarget {
+            pvc: "data".into(),
+            ..Default::default()
+        };
+        let r = Restored {
+            name: "data",
+            namespace: "copy",
+            recorded: &recorded,
+            target: &target,
+            storage_class_map: &map,
+            annotations: &annotations,
+        };
+        let c = restored_claim(&r).unwrap();
+        assert_eq!(c.metadata.namespace.as_deref(), Some("copy"));
+        assert_eq!(c.metadata.labels.unwrap()["app"], "pg");
+        assert!(c.metadata.owner_references.is_none());
+        let spec = c.spec.unwrap();
+        assert_eq!(spec.storage_class_name.as_deref(), Some("standard"));
+        assert_eq!(spec.volume_mode.as_deref(), Some("Block"));
+        assert_eq!(spec.access_modes.unwrap(), vec!["ReadWriteOnce"]);
+        assert_eq!(spec.resources.unwrap().requests.unwrap()["storage"].0, "8Gi");
+        // The target's class and size win.
+        let sized = RestoreTarget {
+            storage_class_name: Some("slow".into()),
+            size: Some("20Gi".into()),
+            ..target.clone()
+        };
+        let spec = restored_claim(&Restored {
+            target: &sized,
+            ..r
+        })
+            .unwrap()
+            .spec
+            .unwrap();
+        assert_eq!(spec.storage_class_name.as_deref(), Some("slow"));
+        assert_eq!(spec.resources.unwrap().requests.unwrap()["storage"].0, "20Gi");
+        // Nothing recorded and no size: a clear error.
+        let bare = RecordedClaim::default();
+        let e = restored_claim(&Restored {
+            recorded: &bare,
+            ..r
+        })
+        .unwrap_err();
+        assert!(e.contains("spec.target.size"), "{e}");
     }
 
     #[test]

@@ -281,17 +281,22 @@ fn cut_note(mut note: String) -> String {
 
 /// Kinds whose status is a [`RunStatus`].
 pub trait HasRunStatus {
+    /// `Backup` or `Restore`: the action of its Events, and the first word
+    /// of their reasons (`BackupFailed`).
+    const ACTION: &'static str;
     /// The status, if any.
     fn run_status(&self) -> Option<&RunStatus>;
 }
 
 impl HasRunStatus for crate::crd::VolumeBackup {
+    const ACTION: &'static str = "Backup";
     fn run_status(&self) -> Option<&RunStatus> {
         self.status.as_ref()
     }
 }
 
 impl HasRunStatus for crate::crd::VolumeRestore {
+    const ACTION: &'static str = "Restore";
     fn run_status(&self) -> Option<&RunStatus> {
         self.status.as_ref()
     }

@@ -1,0 +1,551 @@
+//! The controller's restores into new PersistentVolumeClaims
+//! (VolumeRestores with `spec.target`), one step at a time:
+//!
+//! 1. **claim**: check the target (its namespace has the BackupRepository,
+//!    its PVC does not exist yet), add the cleanup finalizer, mark the run
+//!    InProgress (stage `Resolving`);
+//! 2. **resolve**: a mover pod with no volume finds the snapshot (by id, or
+//!    the latest of an origin) and writes its id and recorded claim into the
+//!    run's status. The controller never reads Secrets, so it cannot open
+//!    the repository itself;
+//! 3. **provision**: the PVC, from the recorded claim with the target's
+//!    size and class, or the mapped class ([`snapshot::restored_claim`]);
+//! 4. **restore**: a mover pod mounts it read-write (or as a device) and
+//!    restores the snapshot into it (stage `Restoring`);
+//! 5. **clean up**: the mover pods are deleted; the PVC stays, Bound and
+//!    ready for the workload. A restore that failed or was canceled also
+//!    deletes the PVC it made, so that running it again starts clean.
+//!
+//! Mover pods run in the target's namespace, with that namespace's
+//! BackupRepository: its Secrets open the repository, so a namespace
+//! without one cannot be restored into. Owner references cannot cross
+//! namespaces, so the pods carry the run in a label and an annotation.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use kube::api::{Api, ListParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use crate::controller::{
+    add_finalizer, create, delete, ensure_mover_account, kube_err, mover_command, pod_events,
+    remaining, remove_finalizer, Ctx, Error, FINALIZER, MOVER_ACCOUNT,
+};
+use crate::crd::{BackupRepository, Phase, RestoreTarget, RunStatus, VolumeRestore};
+use crate::node::object_name;
+use crate::snapshot::{self, MoverVolume};
+use crate::status::{self, Outcome};
+
+/// The label on the mover pods of a restore (its value: the run's name,
+/// shortened when needed).
+pub const RESTORE_LABEL: &str = "coffer.dev/volumerestore";
+/// The annotation naming a mover pod's run exactly: `namespace/name`.
+pub const RUN_ANNOTATION: &str = "coffer.dev/run";
+/// The annotation on a restored PVC: the run that made it.
+pub const RESTORED_BY: &str = "coffer.dev/restored-by";
+/// The annotation on a restored PVC: the snapshot it holds.
+pub const RESTORED_FROM: &str = "coffer.dev/restored-from";
+
+/// The metrics kind of these runs.
+const KIND: &str = "pvc-restore";
+
+/// The run a mover pod belongs to (the controller's watch mapper).
+pub fn run_of(pod: Pod) -> Option<ObjectRef<VolumeRestore>> {
+    let (ns, name) = pod.annotations().get(RUN_ANNOTATION)?.split_once('/')?;
+    Some(ObjectRef::new(name).within(ns))
+}
+
+fn target_ns(vr: &VolumeRestore, t: &RestoreTarget) -> String {
+    t.namespace
+        .clone()
+        .unwrap_or_else(|| vr.namespace().unwrap_or_default())
+}
+
+fn resolver_name(vr: &VolumeRestore) -> String {
+    object_name(&["coffer-resolve", &vr.name_any()])
+}
+
+fn restorer_name(vr: &VolumeRestore) -> String {
+    object_name(&["coffer-restore", &vr.name_any()])
+}
+
+fn run_key(vr: &VolumeRestore) -> String {
+    format!("{}/{}", vr.namespace().unwrap_or_default(), vr.name_any())
+}
+
+fn pod_labels(vr: &VolumeRestore) -> BTreeMap<String, String> {
+    let name = vr.name_any();
+    let value = if name.len() <= 63 {
+        name
+    } else {
+        format!(
+            "{}-{}",
+            &name[..54],
+            &blake3::hash(name.as_bytes()).to_hex()[..8]
+        )
+    };
+    BTreeMap::from([
+        (RESTORE_LABEL.to_string(), value),
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            "coffer-controller".to_string(),
+        ),
+    ])
+}
+
+async fn fail(ctx: &Ctx, vr: &VolumeRestore, message: String) {
+    ctx.end(vr, Outcome::Failed(message), "Resolving").await
+}
+
+/// Reconciles one VolumeRestore; those without a target are the node
+/// agent's.
+pub(crate) async fn reconcile(vr: Arc<VolumeRestore>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let st = vr.status.clone().unwrap_or_default();
+    let fresh = st.phase == Phase::New && vr.meta().deletion_timestamp.is_none();
+    let Some(target) = vr.spec.target.clone() else {
+        if fresh && vr.spec.pod_volume().is_none() {
+            fail(&ctx, &vr, "spec.target (a new PVC), or spec.pod and spec.volume (a running pod's volume), is required".into()).await;
+        }
+        return Ok(Action::await_change());
+    };
+    if fresh && (vr.spec.pod.is_some() || vr.spec.volume.is_some()) {
+        fail(&ctx, &vr, "give spec.target (a new PVC) or spec.pod and spec.volume (a running pod's volume), not both".into()).await;
+        return Ok(Action::await_change());
+    }
+    let finalized = vr.finalizers().iter().any(|f| f == FINALIZER);
+    if vr.meta().deletion_timestamp.is_some() || st.phase.is_final() {
+        if !finalized {
+            return Ok(Action::await_change());
+        }
+        if !cleanup(&ctx, &vr, &target, &st).await? {
+            return Ok(Action::requeue(Duration::from_secs(5)));
+        }
+        let ns = vr.namespace().unwrap_or_default();
+        ctx.record(KIND, &ns, &st);
+        if st.phase.is_final() {
+            let done = RunStatus {
+                stage: Some("Done".into()),
+                ..st
+            };
+            status::write::<VolumeRestore>(&ctx.client, &ns, &vr.name_any(), &done, None).await;
+        }
+        remove_finalizer(&ctx, vr.as_ref()).await?;
+        return Ok(Action::await_change());
+    }
+    if vr.spec.cancel {
+        ctx.end(vr.as_ref(), Outcome::Canceled, "Resolving").await;
+        return Ok(Action::requeue(Duration::ZERO));
+    }
+    match st.phase {
+        Phase::New => claim(&ctx, &vr, &target).await,
+        _ => advance(&ctx, &vr, &target, &st).await,
+    }
+}
+
+/// Step 1.
+async fn claim(ctx: &Ctx, vr: &VolumeRestore, target: &RestoreTarget) -> Result<Action, Error> {
+    let tns = target_ns(vr, target);
+    if target.pvc.is_empty() {
+        fail(ctx, vr, "spec.target.pvc is empty: name the PVC to create".into()).await;
+        return Ok(Action::await_change());
+    }
+    let Some(_) = repository(ctx, vr, &tns).await? else {
+        return Ok(Action::await_change());
+    };
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &tns);
+    if let Some(existing) = pvcs
+        .get_opt(&target.pvc)
+        .await
+        .map_err(kube_err(format!("reading PVC {tns}/{}", target.pvc)))?
+    {
+        if existing.annotations().get(RESTORED_BY) != Some(&run_key(vr)) {
+            fail(ctx, vr, format!("PersistentVolumeClaim {tns}/{} already exists; a restore creates a new PVC: choose another spec.target.pvc, or delete that one", target.pvc)).await;
+            return Ok(Action::await_change());
+        }
+    }
+    let Some(patched) = add_finalizer(ctx, vr).await? else {
+        return Ok(Action::requeue(Duration::ZERO));
+    };
+    let mut s = status::started(vr.status.as_ref(), &ctx.opts.identity, None);
+    s.node = None;
+    s.pvc = Some(target.pvc.clone());
+    s.stage = Some("Resolving".into());
+    let ns = vr.namespace().unwrap_or_default();
+    status::write::<VolumeRestore>(
+        &ctx.client,
+        &ns,
+        &vr.name_any(),
+        &s,
+        patched.resource_version(),
+    )
+    .await;
+    ctx.event(
+        vr,
+        EventType::Normal,
+        "RestoreStarted",
+        format!("restoring into new PVC {tns}/{}", target.pvc),
+    )
+    .await;
+    Ok(Action::requeue(Duration::ZERO))
+}
+
+/// The target namespace's BackupRepository; a missing one fails the run.
+async fn repository(
+    ctx: &Ctx,
+    vr: &VolumeRestore,
+    tns: &str,
+) -> Result<Option<BackupRepository>, Error> {
+    let name = &vr.spec.repository;
+    let repo = Api::<BackupRepository>::namespaced(ctx.client.clone(), tns)
+        .get_opt(name)
+        .await
+        .map_err(kube_err(format!("reading BackupRepository {tns}/{name}")))?;
+    if repo.is_none() {
+        fail(ctx, vr, format!("BackupRepository {tns}/{name} not found: a restore into namespace {tns} runs there, with a BackupRepository of that name (the repository's URL and password Secret); create it, or set spec.repository")).await;
+    }
+    Ok(repo)
+}
+
+/// Steps 2 to 4, from where the run stands.
+async fn advance(
+    ctx: &Ctx,
+    vr: &VolumeRestore,
+    target: &RestoreTarget,
+    st: &RunStatus,
+) -> Result<Action, Error> {
+    let tns = target_ns(vr, target);
+    let ns = vr.namespace().unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &tns);
+    let resolver = resolver_name(vr);
+    let (Some(snapshot_id), Some(recorded)) = (&st.snapshot_id, &st.source_claim) else {
+        // 2. Resolve.
+        let pod = pods
+            .get_opt(&resolver)
+            .await
+            .map_err(kube_err(format!("reading pod {tns}/{resolver}")))?;
+        let Some(pod) = pod else {
+            let Some(repo) = repository(ctx, vr, &tns).await? else {
+                return Ok(Action::await_change());
+            };
+            let mut args = mover_command("resolve", &ns, &vr.name_any(), &repo);
+            args.extend([
+                "--repository".into(),
+                vr.spec.repository.clone(),
+                "--snapshot".into(),
+                serde_json::to_string(&vr.spec.snapshot).unwrap_or_default(),
+            ]);
+            start_mover(ctx, vr, &tns, &resolver, &repo, None, args).await?;
+            return Ok(Action::requeue(ctx.opts.prepare_timeout));
+        };
+        return watch_mover(ctx, vr, &tns, &pod).await;
+    };
+
+    // 3. The PVC.
+    if let Some(p) = pods
+        .get_opt(&resolver)
+        .await
+        .map_err(kube_err(format!("reading pod {tns}/{resolver}")))?
+    {
+        if p.meta().deletion_timestamp.is_none() {
+            delete(&pods, &resolver, &format!("pod {tns}/{resolver}")).await?;
+        }
+    }
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &tns);
+    let existing = pvcs
+        .get_opt(&target.pvc)
+        .await
+        .map_err(kube_err(format!("reading PVC {tns}/{}", target.pvc)))?;
+    let pvc = match existing {
+        Some(p) if p.annotations().get(RESTORED_BY) == Some(&run_key(vr)) => p,
+        Some(_) => {
+            fail(ctx, vr, format!("PersistentVolumeClaim {tns}/{} was created by someone else during the restore; choose another spec.target.pvc", target.pvc)).await;
+            return Ok(Action::await_change());
+        }
+        None => {
+            if st.stage.as_deref() == Some("Restoring") {
+                fail(
+                    ctx,
+                    vr,
+                    format!(
+                        "PersistentVolumeClaim {tns}/{} was deleted during the restore",
+                        target.pvc
+                    ),
+                )
+                .await;
+                return Ok(Action::await_change());
+            }
+            let annotations = BTreeMap::from([
+                (RESTORED_BY.to_string(), run_key(vr)),
+                (RESTORED_FROM.to_string(), snapshot_id.clone()),
+            ]);
+            let made = snapshot::restored_claim(&snapshot::Restored {
+                name: &target.pvc,
+                namespace: &tns,
+                recorded,
+                target,
+                storage_class_map: &ctx.opts.storage_class_map,
+                annotations: &annotations,
+            });
+            let made = match made {
+                Ok(c) => c,
+                Err(m) => {
+                    fail(ctx, vr, m).await;
+                    return Ok(Action::await_change());
+                }
+            };
+            match pvcs.create(&PostParams::default(), &made).await {
+                Ok(p) => p,
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    return Ok(Action::requeue(Duration::ZERO))
+                }
+                Err(kube::Error::Api(e)) if (400..500).contains(&e.code) => {
+                    fail(ctx, vr, format!("creating PersistentVolumeClaim {tns}/{}: {} (check spec.target.size and spec.target.storageClassName)", target.pvc, e.message)).await;
+                    return Ok(Action::await_change());
+                }
+                Err(e) => {
+                    return Err(kube_err(format!("creating PVC {tns}/{}", target.pvc))(e))
+                }
+            }
+        }
+    };
+
+    // 4. The restore mover.
+    let restorer = restorer_name(vr);
+    let pod = pods
+        .get_opt(&restorer)
+        .await
+        .map_err(kube_err(format!("reading pod {tns}/{restorer}")))?;
+    let Some(pod) = pod else {
+        if st.stage.as_deref() == Some("Restoring") {
+            fail(ctx, vr, format!("mover pod {tns}/{restorer} disappeared before the restore ended (deleted or evicted)")).await;
+            return Ok(Action::await_change());
+        }
+        let Some(repo) = repository(ctx, vr, &tns).await? else {
+            return Ok(Action::await_change());
+        };
+        let volume = MoverVolume {
+            claim: &target.pvc,
+            block: snapshot::is_block(&pvc),
+            write: true,
+        };
+        let mut args = mover_command("restore", &ns, &vr.name_any(), &repo);
+        args.extend([
+            "--snapshot".into(),
+            snapshot_id.clone(),
+            "--target".into(),
+            volume.path().into(),
+        ]);
+        if volume.block {
+            args.push("--block".into());
+        }
+        if let Some(sub) = &vr.spec.subpath {
+            args.push("--subpath".into());
+            args.push(sub.clone());
+        }
+        start_mover(ctx, vr, &tns, &restorer, &repo, Some(volume), args).await?;
+        status::update::<VolumeRestore>(&ctx.client, &ns, &vr.name_any(), |s| {
+            s.stage = Some("Restoring".into())
+        })
+        .await;
+        ctx.event(
+            vr,
+            EventType::Normal,
+            "MoverStarted",
+            format!(
+                "PVC {tns}/{} created; mover pod {restorer} restores snapshot {snapshot_id} into it",
+                target.pvc
+            ),
+        )
+        .await;
+        return Ok(Action::requeue(ctx.opts.prepare_timeout));
+    };
+    watch_mover(ctx, vr, &tns, &pod).await
+}
+
+/// Creates a mover pod in `tns` for the run.
+async fn start_mover(
+    ctx: &Ctx,
+    vr: &VolumeRestore,
+    tns: &str,
+    name: &str,
+    repo: &BackupRepository,
+    volume: Option<MoverVolume<'_>>,
+    args: Vec<String>,
+) -> Result<(), Error> {
+    ensure_mover_account(ctx, tns).await?;
+    let ns = vr.namespace().unwrap_or_default();
+    if tns != ns {
+        // The mover runs in the target namespace and writes the status of a
+        // run in this one.
+        ensure_mover_account(ctx, &ns).await?;
+        let binding: RoleBinding = serde_json::from_value(json!({
+            "metadata": {"name": format!("{MOVER_ACCOUNT}-{tns}"), "namespace": ns,
+                "labels": {"app.kubernetes.io/managed-by": "coffer-controller"}},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": MOVER_ACCOUNT},
+            "subjects": [{"kind": "ServiceAccount", "name": MOVER_ACCOUNT, "namespace": tns}],
+        }))
+        .unwrap_or_default();
+        create(
+            &Api::namespaced(ctx.client.clone(), &ns),
+            &binding,
+            &format!("RoleBinding {ns}/{MOVER_ACCOUNT}-{tns}"),
+        )
+        .await?;
+    }
+    let labels = pod_labels(vr);
+    let mut p = snapshot::mover_pod(&snapshot::Mover {
+        name,
+        namespace: tns,
+        image: &ctx.opts.mover_image,
+        service_account: MOVER_ACCOUNT,
+        volume,
+        args,
+        password: &repo.spec.password_secret_ref,
+        credentials: repo.spec.credentials_secret_ref.as_ref(),
+        memory: &ctx.opts.mover_memory,
+        labels: &labels,
+        owner: None,
+    });
+    p.metadata.annotations = Some(BTreeMap::from([(RUN_ANNOTATION.to_string(), run_key(vr))]));
+    create(&Api::namespaced(ctx.client.clone(), tns), &p, &format!("pod {tns}/{name}")).await
+}
+
+/// A running mover: fail fast on a pod that cannot finish, and on one that
+/// exited without writing what it had to.
+async fn watch_mover(
+    ctx: &Ctx,
+    vr: &VolumeRestore,
+    tns: &str,
+    pod: &Pod,
+) -> Result<Action, Error> {
+    let name = pod.name_any();
+    if let Some(why) = snapshot::mover_failure(pod) {
+        fail(ctx, vr, why).await;
+        return Ok(Action::await_change());
+    }
+    if pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded") {
+        let ns = vr.namespace().unwrap_or_default();
+        let fresh = Api::<VolumeRestore>::namespaced(ctx.client.clone(), &ns)
+            .get_status(&vr.name_any())
+            .await
+            .map_err(kube_err(format!("reading VolumeRestore {ns}/{}", vr.name_any())))?
+            .status
+            .unwrap_or_default();
+        let wrote = if name == resolver_name(vr) {
+            fresh.snapshot_id.is_some() && fresh.source_claim.is_some()
+        } else {
+            fresh.phase.is_final()
+        };
+        if !wrote && !fresh.phase.is_final() {
+            fail(
+                ctx,
+                vr,
+                format!("mover pod {tns}/{name} exited without writing its result"),
+            )
+            .await;
+        }
+        return Ok(Action::await_change());
+    }
+    if !snapshot::mover_started(pod) {
+        let left = remaining(
+            pod.meta().creation_timestamp.as_ref(),
+            ctx.opts.prepare_timeout,
+        );
+        if left.is_zero() {
+            let events = pod_events(ctx, tns, &name).await;
+            fail(
+                ctx,
+                vr,
+                format!(
+                    "mover pod {tns}/{name} did not start within {}{events}",
+                    humantime::format_duration(ctx.opts.prepare_timeout)
+                ),
+            )
+            .await;
+            return Ok(Action::await_change());
+        }
+        return Ok(Action::requeue(left));
+    }
+    Ok(Action::await_change())
+}
+
+/// Step 5: the mover pods, then (after a failure or cancel) the PVC this
+/// run made. Returns true when nothing is left to do.
+async fn cleanup(
+    ctx: &Ctx,
+    vr: &VolumeRestore,
+    target: &RestoreTarget,
+    st: &RunStatus,
+) -> Result<bool, Error> {
+    let tns = target_ns(vr, target);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &tns);
+    let mut left = false;
+    for name in [resolver_name(vr), restorer_name(vr)] {
+        if let Some(p) = pods
+            .get_opt(&name)
+            .await
+            .map_err(kube_err(format!("reading pod {tns}/{name}")))?
+        {
+            if p.meta().deletion_timestamp.is_none() {
+                delete(&pods, &name, &format!("pod {tns}/{name}")).await?;
+            }
+            left = true;
+        }
+    }
+    if left {
+        return Ok(false);
+    }
+    let keep = matches!(st.phase, Phase::Completed | Phase::PartiallyFailed);
+    if !keep && !target.pvc.is_empty() {
+        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &tns);
+        if let Some(p) = pvcs
+            .get_opt(&target.pvc)
+            .await
+            .map_err(kube_err(format!("reading PVC {tns}/{}", target.pvc)))?
+        {
+            if p.annotations().get(RESTORED_BY) == Some(&run_key(vr)) {
+                if p.meta().deletion_timestamp.is_none() {
+                    let what = format!("PVC {tns}/{} (an unfinished restore)", target.pvc);
+                    delete(&pvcs, &target.pvc, &what).await?;
+                }
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Start-up sweep: mover pods of restores that no longer exist.
+pub(crate) async fn sweep(ctx: &Ctx) {
+    let Ok(list) = Api::<Pod>::all(ctx.client.clone())
+        .list(&ListParams::default().labels(RESTORE_LABEL))
+        .await
+    else {
+        return;
+    };
+    for pod in list.items {
+        let Some(run) = run_of(pod.clone()) else {
+            continue;
+        };
+        let ns = run.namespace.clone().unwrap_or_default();
+        let gone = matches!(
+            Api::<VolumeRestore>::namespaced(ctx.client.clone(), &ns)
+                .get_opt(&run.name)
+                .await,
+            Ok(None)
+        );
+        if gone {
+            let pns = pod.namespace().unwrap_or_default();
+            let api = Api::<Pod>::namespaced(ctx.client.clone(), &pns);
+            let what = format!("leftover mover pod {pns}/{}", pod.name_any());
+            let _ = delete(&api, &pod.name_any(), &what).await;
+        }
+    }
+}
