@@ -86,6 +86,9 @@ pub struct Options {
     pub prepare_timeout: Duration,
     /// Storage class renames for clones.
     pub storage_class_map: BTreeMap<String, String>,
+    /// Storage class renames for restored PVCs (a class that does not
+    /// exist in this cluster, or a cheaper one).
+    pub restore_storage_class_map: BTreeMap<String, String>,
     /// Clones ask for ReadOnlyMany.
     pub read_only_many: bool,
 }
@@ -281,7 +284,8 @@ async fn reconcile(vb: Arc<VolumeBackup>, ctx: Arc<Ctx>) -> Result<Action, Error
         return Ok(Action::await_change());
     }
     if vb.spec.cancel {
-        ctx.end(vb.as_ref(), Outcome::Canceled, "Snapshotting").await;
+        ctx.end(vb.as_ref(), Outcome::Canceled, "Snapshotting")
+            .await;
         return Ok(Action::requeue(Duration::ZERO));
     }
     match st.phase {
@@ -992,7 +996,11 @@ pub(crate) async fn add_finalizer<K: Run>(ctx: &Ctx, run: &K) -> Result<Option<K
 
 pub(crate) async fn remove_finalizer<K: Run>(ctx: &Ctx, run: &K) -> Result<(), Error> {
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default());
-    let rest: Vec<&String> = run.finalizers().iter().filter(|f| *f != FINALIZER).collect();
+    let rest: Vec<&String> = run
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .collect();
     match api
         .patch(
             &run.name_any(),
@@ -1163,7 +1171,13 @@ impl Ctx {
         }
     }
 
-    pub(crate) async fn event<K: Run>(&self, run: &K, type_: EventType, reason: &str, note: String) {
+    pub(crate) async fn event<K: Run>(
+        &self,
+        run: &K,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
         status::publish_event(
             &self.recorder,
             &run.object_ref(&()),

@@ -254,8 +254,8 @@ pub struct RestoreTarget {
     pub namespace: Option<String>,
     /// Its name; it must not exist yet.
     pub pvc: String,
-    /// Its storage class (default: the recorded one, after the
-    /// controller's `--storage-class-map`).
+    /// Its storage class (default: the recorded one, renamed by the
+    /// controller's `--restore-storage-class`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
     /// Its size (default: the recorded capacity).

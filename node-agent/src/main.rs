@@ -62,6 +62,9 @@ struct ControllerArgs {
     /// Clones of PVCs of storage class OLD use class NEW (repeatable)
     #[arg(long = "clone-storage-class", value_name = "OLD=NEW", value_parser = parse_pair)]
     clone_storage_class: Vec<(String, String)>,
+    /// Restored PVCs whose recorded storage class is OLD use class NEW (repeatable)
+    #[arg(long = "restore-storage-class", value_name = "OLD=NEW", value_parser = parse_pair)]
+    restore_storage_class: Vec<(String, String)>,
     /// Clones ask for ReadOnlyMany instead of the source's access modes
     #[arg(long, env = "CLONE_READ_ONLY_MANY")]
     clone_read_only_many: bool,
@@ -283,6 +286,7 @@ async fn run_controller(a: ControllerArgs) -> anyhow::Result<()> {
         snapshot_timeout: a.snapshot_timeout,
         prepare_timeout: a.prepare_timeout,
         storage_class_map: a.clone_storage_class.into_iter().collect(),
+        restore_storage_class_map: a.restore_storage_class.into_iter().collect(),
         read_only_many: a.clone_read_only_many,
     };
     tokio::select! {
@@ -324,11 +328,14 @@ async fn run_mover(m: MoverCommand) -> anyhow::Result<bool> {
                 threads: a.threads,
                 hostname: a.hostname,
             };
-            Ok(done(mover::backup(client().await?, job, password, cancel).await))
+            Ok(done(
+                mover::backup(client().await?, job, password, cancel).await,
+            ))
         }
         MoverCommand::Resolve(a) => {
-            let snapshot = serde_json::from_str(&a.snapshot)
-                .map_err(|e| anyhow::anyhow!("--snapshot is not a VolumeRestore's spec.snapshot in JSON: {e}"))?;
+            let snapshot = serde_json::from_str(&a.snapshot).map_err(|e| {
+                anyhow::anyhow!("--snapshot is not a VolumeRestore's spec.snapshot in JSON: {e}")
+            })?;
             let job = mover::ResolveJob {
                 namespace: a.common.namespace.clone(),
                 run: a.common.run.clone(),
@@ -348,7 +355,9 @@ async fn run_mover(m: MoverCommand) -> anyhow::Result<bool> {
                 target: a.target,
                 block: a.block,
             };
-            Ok(done(mover::restore(client().await?, job, password, cancel).await))
+            Ok(done(
+                mover::restore(client().await?, job, password, cancel).await,
+            ))
         }
     }
 }

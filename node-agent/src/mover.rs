@@ -42,8 +42,8 @@ impl RepoAccess {
     async fn open(&self, password: &[u8]) -> Result<Arc<Repository>, String> {
         let mut options = self.options.clone();
         if let Some(dir) = &self.credentials_dir {
-            let data =
-                read_secret_dir(dir).map_err(|e| format!("credentials in {}: {e}", dir.display()))?;
+            let data = read_secret_dir(dir)
+                .map_err(|e| format!("credentials in {}: {e}", dir.display()))?;
             options.extend(crate::repos::credential_options(&self.url, &data));
         }
         crate::repos::open_or_init(&self.url, options, password, self.init)
@@ -160,7 +160,12 @@ pub async fn resolve(client: Client, job: ResolveJob, password: Vec<u8>) -> bool
     match found {
         Ok((id, snap)) => {
             let claim = crate::restore::recorded_claim(&snap);
-            tracing::info!(namespace = job.namespace, run = job.run, snapshot = id, "found");
+            tracing::info!(
+                namespace = job.namespace,
+                run = job.run,
+                snapshot = id,
+                "found"
+            );
             status::update::<VolumeRestore>(&client, &job.namespace, &job.run, |s| {
                 s.snapshot_id = Some(id.clone());
                 s.source_claim = Some(claim.clone());

@@ -35,8 +35,7 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::annotations;
 use crate::crd::{
-    BackupMethod, Phase, Progress, RunStatus, VolumeBackup, VolumeBackupSpec,
-    VolumeRestore,
+    BackupMethod, Phase, Progress, RunStatus, VolumeBackup, VolumeBackupSpec, VolumeRestore,
 };
 use crate::kubelet;
 use crate::metrics::{Metrics, NamespaceLabels, RunLabels, VolumeLabels};

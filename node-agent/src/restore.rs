@@ -51,11 +51,9 @@ pub async fn find_snapshot(
         .await
         .map_err(|e| format!("BackupRepository {namespace}/{repository}: {e}"))?;
     all.retain(|(_, s)| filter.matches(s));
-    all.pop()
-        .map(|(id, s)| (id.to_hex(), s))
-        .ok_or_else(|| {
-            format!("no snapshot in BackupRepository {namespace}/{repository} matches {filter:?}")
-        })
+    all.pop().map(|(id, s)| (id.to_hex(), s)).ok_or_else(|| {
+        format!("no snapshot in BackupRepository {namespace}/{repository} matches {filter:?}")
+    })
 }
 
 /// The claim a snapshot recorded (Kubernetes origin and claim spec), from
@@ -111,12 +109,7 @@ pub async fn restore_into(
                     target.what
                 )))
             }
-            Err(e) => {
-                return Ok(Outcome::Failed(format!(
-                    "{}: {e}",
-                    target.path.display()
-                )))
-            }
+            Err(e) => return Ok(Outcome::Failed(format!("{}: {e}", target.path.display()))),
         }
     }
     let index = repo.load_index().await?;

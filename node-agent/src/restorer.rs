@@ -153,7 +153,12 @@ pub(crate) async fn reconcile(vr: Arc<VolumeRestore>, ctx: Arc<Ctx>) -> Result<A
 async fn claim(ctx: &Ctx, vr: &VolumeRestore, target: &RestoreTarget) -> Result<Action, Error> {
     let tns = target_ns(vr, target);
     if target.pvc.is_empty() {
-        fail(ctx, vr, "spec.target.pvc is empty: name the PVC to create".into()).await;
+        fail(
+            ctx,
+            vr,
+            "spec.target.pvc is empty: name the PVC to create".into(),
+        )
+        .await;
         return Ok(Action::await_change());
     }
     let Some(_) = repository(ctx, vr, &tns).await? else {
@@ -290,7 +295,7 @@ async fn advance(
                 namespace: &tns,
                 recorded,
                 target,
-                storage_class_map: &ctx.opts.storage_class_map,
+                storage_class_map: &ctx.opts.restore_storage_class_map,
                 annotations: &annotations,
             });
             let made = match made {
@@ -309,9 +314,7 @@ async fn advance(
                     fail(ctx, vr, format!("creating PersistentVolumeClaim {tns}/{}: {} (check spec.target.size and spec.target.storageClassName)", target.pvc, e.message)).await;
                     return Ok(Action::await_change());
                 }
-                Err(e) => {
-                    return Err(kube_err(format!("creating PVC {tns}/{}", target.pvc))(e))
-                }
+                Err(e) => return Err(kube_err(format!("creating PVC {tns}/{}", target.pvc))(e)),
             }
         }
     };
@@ -414,17 +417,17 @@ async fn start_mover(
         owner: None,
     });
     p.metadata.annotations = Some(BTreeMap::from([(RUN_ANNOTATION.to_string(), run_key(vr))]));
-    create(&Api::namespaced(ctx.client.clone(), tns), &p, &format!("pod {tns}/{name}")).await
+    create(
+        &Api::namespaced(ctx.client.clone(), tns),
+        &p,
+        &format!("pod {tns}/{name}"),
+    )
+    .await
 }
 
 /// A running mover: fail fast on a pod that cannot finish, and on one that
 /// exited without writing what it had to.
-async fn watch_mover(
-    ctx: &Ctx,
-    vr: &VolumeRestore,
-    tns: &str,
-    pod: &Pod,
-) -> Result<Action, Error> {
+async fn watch_mover(ctx: &Ctx, vr: &VolumeRestore, tns: &str, pod: &Pod) -> Result<Action, Error> {
     let name = pod.name_any();
     if let Some(why) = snapshot::mover_failure(pod) {
         fail(ctx, vr, why).await;
@@ -435,7 +438,10 @@ async fn watch_mover(
         let fresh = Api::<VolumeRestore>::namespaced(ctx.client.clone(), &ns)
             .get_status(&vr.name_any())
             .await
-            .map_err(kube_err(format!("reading VolumeRestore {ns}/{}", vr.name_any())))?
+            .map_err(kube_err(format!(
+                "reading VolumeRestore {ns}/{}",
+                vr.name_any()
+            )))?
             .status
             .unwrap_or_default();
         let wrote = if name == resolver_name(vr) {

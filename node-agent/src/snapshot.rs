@@ -632,7 +632,10 @@ mod tests {
         assert_eq!(spec.storage_class_name.as_deref(), Some("standard"));
         assert_eq!(spec.volume_mode.as_deref(), Some("Block"));
         assert_eq!(spec.access_modes.unwrap(), vec!["ReadWriteOnce"]);
-        assert_eq!(spec.resources.unwrap().requests.unwrap()["storage"].0, "8Gi");
+        assert_eq!(
+            spec.resources.unwrap().requests.unwrap()["storage"].0,
+            "8Gi"
+        );
         // The target's class and size win.
         let sized = RestoreTarget {
             storage_class_name: Some("slow".into()),
@@ -643,11 +646,14 @@ mod tests {
             target: &sized,
             ..r
         })
-            .unwrap()
-            .spec
-            .unwrap();
+        .unwrap()
+        .spec
+        .unwrap();
         assert_eq!(spec.storage_class_name.as_deref(), Some("slow"));
-        assert_eq!(spec.resources.unwrap().requests.unwrap()["storage"].0, "20Gi");
+        assert_eq!(
+            spec.resources.unwrap().requests.unwrap()["storage"].0,
+            "20Gi"
+        );
         // Nothing recorded and no size: a clear error.
         let bare = RecordedClaim::default();
         let e = restored_claim(&Restored {

@@ -414,7 +414,7 @@ impl Drop for Agent {
 }
 
 /// Starts `coffer-agent ARGS` against `env`'s API server with a free metrics
-/// port, the test cluster's name and text logs into `<label>-<id>.log`;
+/// port, the test cluster's name (unless `args` name one) and text logs into `<label>-<id>.log`;
 /// returns the process, its metrics address and its log.
 fn spawn_agent(
     env: &Env,
@@ -426,10 +426,15 @@ fn spawn_agent(
         .local_addr()
         .unwrap();
     let log = env.dir.path().join(format!("{label}-{}.log", short_id()));
+    let named = args.iter().any(|a| a == "--cluster-name");
     let child = Command::new(env!("CARGO_BIN_EXE_coffer-agent"))
         .args(args)
         .args(["--metrics-addr", &port.to_string()])
-        .args(["--cluster-name", "test-cluster"])
+        .args(if named {
+            &[][..]
+        } else {
+            &["--cluster-name", "test-cluster"][..]
+        })
         .args(["--log-format", "text"])
         .env("KUBECONFIG", &env.kubeconfig)
         .env(

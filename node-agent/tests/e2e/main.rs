@@ -6,6 +6,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod harness;
+mod pvc_restores;
 mod sim;
 mod snapshots;
 

@@ -3,11 +3,12 @@
 //! - the **snapshot controller**: a VolumeSnapshot of a PVC gets a copy of
 //!   the volume's data, a VolumeSnapshotContent, `readyToUse` and
 //!   `restoreSize` (or never becomes ready, or fails, as a test asks);
-//! - the **binder**: a PVC provisioned from a snapshot is bound to a new PV
-//!   holding a copy of the snapshot's data;
+//! - the **binder** and provisioner: a PVC provisioned from a snapshot is
+//!   bound to a new PV holding a copy of the snapshot's data; any other
+//!   unbound PVC (a restore's target) to a new, empty one;
 //! - the **scheduler and kubelet** of mover pods: the pod's container runs
 //!   as a local `coffer-agent` process with the pod's arguments and
-//!   environment (Secrets resolved), the clone's data as its mount; its exit
+//!   environment (Secrets resolved), each claim's data as its mount; its exit
 //!   becomes the pod's phase and termination message. A deleted pod's
 //!   process is killed. Or the pod stays Pending as Unschedulable.
 //!
@@ -21,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
-use coffer_node_agent::snapshot::{VolumeSnapshot, RUN_LABEL};
+use coffer_node_agent::snapshot::VolumeSnapshot;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, Secret};
 use kube::api::{
@@ -355,35 +356,44 @@ async fn binder(client: Client, data: PathBuf, deletions: Arc<Mutex<Vec<(u64, St
             _ => continue,
         };
         let spec = pvc.spec.clone().unwrap_or_default();
-        let Some(src) = spec
-            .data_source
-            .clone()
-            .filter(|d| d.kind == "VolumeSnapshot")
-        else {
-            continue;
-        };
         if spec.volume_name.is_some() || pvc.metadata.deletion_timestamp.is_some() {
             continue;
         }
         let ns = pvc.namespace().unwrap_or_default();
-        let Ok(vs) = Api::<VolumeSnapshot>::namespaced(client.clone(), &ns)
-            .get(&src.name)
-            .await
-        else {
-            continue;
-        };
-        let Some(content) = vs.status.and_then(|s| s.bound_volume_snapshot_content_name) else {
-            continue;
-        };
-        let Ok(c) = content_api(&client).get(&content).await else {
-            continue;
-        };
-        let Some(from) = c.annotations().get("path").map(PathBuf::from) else {
-            continue;
-        };
         let pv_name = format!("pvc-{}", pvc.uid().unwrap_or_default());
         let to = data.join("volumes").join(&pv_name);
-        copy(&from, &to);
+        match spec.data_source.clone() {
+            // A clone: a copy of the snapshot's data.
+            Some(src) if src.kind == "VolumeSnapshot" => {
+                let Ok(vs) = Api::<VolumeSnapshot>::namespaced(client.clone(), &ns)
+                    .get(&src.name)
+                    .await
+                else {
+                    continue;
+                };
+                let Some(content) = vs.status.and_then(|s| s.bound_volume_snapshot_content_name)
+                else {
+                    continue;
+                };
+                let Ok(c) = content_api(&client).get(&content).await else {
+                    continue;
+                };
+                let Some(from) = c.annotations().get("path").map(PathBuf::from) else {
+                    continue;
+                };
+                copy(&from, &to);
+            }
+            Some(_) => continue,
+            // A new, empty volume (a restore's target).
+            None => {
+                std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+                if spec.volume_mode.as_deref() == Some("Block") {
+                    std::fs::File::create(&to).unwrap();
+                } else {
+                    std::fs::create_dir_all(&to).unwrap();
+                }
+            }
+        }
         let pv: PersistentVolume = serde_json::from_value(json!({
             "metadata": {"name": pv_name},
             "spec": {
@@ -431,6 +441,27 @@ async fn pv_deletions(client: Client, deletions: Arc<Mutex<Vec<(u64, String)>>>)
     }
 }
 
+/// Where the data of claim `ns/name` is, once it is bound.
+async fn bound_path(client: &Client, ns: &str, name: &str) -> PathBuf {
+    let pvcs = Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns);
+    let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut bound = watcher::watcher(pvcs, cfg).boxed();
+    let mut pv_name = None;
+    while let Some(ev) = bound.next().await {
+        if let Ok(Event::Apply(c) | Event::InitApply(c)) = ev {
+            if let Some(v) = c.spec.and_then(|s| s.volume_name) {
+                pv_name = Some(v);
+                break;
+            }
+        }
+    }
+    let pv = Api::<PersistentVolume>::all(client.clone())
+        .get(&pv_name.unwrap())
+        .await
+        .unwrap();
+    pv_path(&pv).unwrap()
+}
+
 /// The scheduler and kubelet of mover pods.
 async fn kubelet(
     client: Client,
@@ -443,7 +474,11 @@ async fn kubelet(
 ) {
     std::fs::create_dir_all(&logs).unwrap();
     let api: Api<Pod> = Api::all(client.clone());
-    let mut stream = watcher::watcher(api, watcher::Config::default().labels(RUN_LABEL)).boxed();
+    let mut stream = watcher::watcher(
+        api,
+        watcher::Config::default().labels("app.kubernetes.io/managed-by=coffer-controller"),
+    )
+    .boxed();
     while let Some(ev) = stream.next().await {
         let pod = match ev {
             Ok(Event::Apply(p) | Event::InitApply(p)) => p,
@@ -485,41 +520,40 @@ async fn kubelet(
         let Some(spec) = pod.spec.clone() else {
             continue;
         };
-        let claim = spec
-            .volumes
-            .iter()
-            .flatten()
-            .find(|v| v.name == "source")
-            .and_then(|v| v.persistent_volume_claim.clone());
-        let Some(claim) = claim else { continue };
-        // As the kubelet, wait until the clone is bound.
         started.lock().unwrap().push(key.clone());
-        let pvcs = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns);
-        let cfg = watcher::Config::default().fields(&format!("metadata.name={}", claim.claim_name));
-        let mut bound = watcher::watcher(pvcs, cfg).boxed();
-        let mut pv_name = None;
-        while let Some(ev) = bound.next().await {
-            if let Ok(Event::Apply(c) | Event::InitApply(c)) = ev {
-                if let Some(v) = c.spec.and_then(|s| s.volume_name) {
-                    pv_name = Some(v);
-                    break;
-                }
+        // As the kubelet, wait until each claim is bound; its data's path
+        // stands in for the mount or the device.
+        let c = &spec.containers[0];
+        let mut mounts: HashMap<String, PathBuf> = HashMap::new();
+        for v in spec.volumes.iter().flatten() {
+            let Some(claim) = &v.persistent_volume_claim else {
+                continue;
+            };
+            let data = bound_path(&client, &ns, &claim.claim_name).await;
+            let at = c
+                .volume_mounts
+                .iter()
+                .flatten()
+                .filter(|m| m.name == v.name)
+                .map(|m| m.mount_path.clone())
+                .chain(
+                    c.volume_devices
+                        .iter()
+                        .flatten()
+                        .filter(|d| d.name == v.name)
+                        .map(|d| d.device_path.clone()),
+                );
+            for path in at {
+                mounts.insert(path, data.clone());
             }
         }
-        let pv_name = pv_name.unwrap();
-        let pv = Api::<PersistentVolume>::all(client.clone())
-            .get(&pv_name)
-            .await
-            .unwrap();
-        let data = pv_path(&pv).unwrap();
-        let c = &spec.containers[0];
         let args: Vec<String> = c
             .args
             .iter()
             .flatten()
-            .map(|a| match a.as_str() {
-                "/coffer/source" | "/dev/coffer-source" => data.display().to_string(),
-                _ => a.clone(),
+            .map(|a| match mounts.get(a) {
+                Some(data) => data.display().to_string(),
+                None => a.clone(),
             })
             .collect();
         let mut env: BTreeMap<String, String> = BTreeMap::new();

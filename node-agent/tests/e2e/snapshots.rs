@@ -19,7 +19,7 @@ use crate::harness::*;
 use crate::sim::{self, Sim};
 
 /// A new fake cluster with the simulation, or `None` on a real cluster.
-async fn fake_cluster() -> Option<(Env, Sim)> {
+pub(crate) async fn fake_cluster() -> Option<(Env, Sim)> {
     if std::env::var_os("COFFER_TEST_KUBECONFIG").is_some() {
         eprintln!("skipped on a real cluster: the snapshot tests simulate the CSI driver");
         return None;
@@ -29,7 +29,7 @@ async fn fake_cluster() -> Option<(Env, Sim)> {
     Some((env, sim))
 }
 
-async fn snapshot_backup(env: &Env, ns: &str, name: &str, spec: serde_json::Value) {
+pub(crate) async fn snapshot_backup(env: &Env, ns: &str, name: &str, spec: serde_json::Value) {
     let mut spec = spec;
     spec["method"] = json!("Snapshot");
     env.create::<VolumeBackup>(
@@ -44,14 +44,14 @@ async fn snapshot_backup(env: &Env, ns: &str, name: &str, spec: serde_json::Valu
 }
 
 /// Waits until the run is over and cleaned up (its finalizer gone).
-async fn wait_cleaned(env: &Env, ns: &str, name: &str) -> VolumeBackup {
+pub(crate) async fn wait_cleaned(env: &Env, ns: &str, name: &str) -> VolumeBackup {
     env.wait_for::<VolumeBackup>(ns, name, "final and cleaned up", |b| {
         is_final(&b.status) && !b.finalizers().iter().any(|f| f == FINALIZER)
     })
     .await
 }
 
-fn message(vb: &VolumeBackup) -> String {
+pub(crate) fn message(vb: &VolumeBackup) -> String {
     vb.status
         .as_ref()
         .and_then(|s| s.message.clone())

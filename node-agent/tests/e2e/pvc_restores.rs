@@ -1,0 +1,241 @@
+//! Restores into new PersistentVolumeClaims (VolumeRestore `target`), end
+//! to end: the real controller and real mover processes against the fake
+//! API server, with [`crate::sim`] provisioning and binding the new PVC and
+//! running the movers. Each restore is compared with the backed-up data
+//! byte for byte, in the PV the restore filled.
+
+use std::path::PathBuf;
+
+use coffer_node_agent::controller::FINALIZER;
+use coffer_node_agent::crd::{Phase, VolumeRestore};
+use coffer_node_agent::restorer::{RESTORED_BY, RESTORED_FROM};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use kube::api::Api;
+use kube::ResourceExt;
+use serde_json::json;
+
+use crate::harness::*;
+use crate::sim;
+use crate::snapshots::{fake_cluster, snapshot_backup, wait_cleaned};
+
+async fn volume_restore(env: &Env, ns: &str, name: &str, spec: serde_json::Value) {
+    env.create::<VolumeRestore>(
+        ns,
+        json!({
+            "apiVersion": "coffer.dev/v1alpha1", "kind": "VolumeRestore",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": spec
+        }),
+    )
+    .await;
+}
+
+/// Waits until the restore is over and cleaned up.
+async fn wait_restored(env: &Env, ns: &str, name: &str) -> VolumeRestore {
+    env.wait_for::<VolumeRestore>(ns, name, "final and cleaned up", |r| {
+        is_final(&r.status) && !r.finalizers().iter().any(|f| f == FINALIZER)
+    })
+    .await
+}
+
+fn message(r: &VolumeRestore) -> String {
+    r.status
+        .as_ref()
+        .and_then(|s| s.message.clone())
+        .unwrap_or_default()
+}
+
+/// A PVC, and where its PV's data is.
+async fn restored_pvc(env: &Env, ns: &str, name: &str) -> (PersistentVolumeClaim, PathBuf) {
+    let pvc = Api::<PersistentVolumeClaim>::namespaced(env.client.clone(), ns)
+        .get(name)
+        .await
+        .unwrap();
+    let pv_name = pvc.spec.clone().unwrap().volume_name.unwrap();
+    let pv = Api::<PersistentVolume>::all(env.client.clone())
+        .get(&pv_name)
+        .await
+        .unwrap();
+    let path = pv.spec.unwrap().csi.unwrap().volume_attributes.unwrap()["path"].clone();
+    (pvc, PathBuf::from(path))
+}
+
+/// Backs up PVC `data` (filled with `seed`) of a new namespace through a
+/// snapshot; returns the namespace, the repository, the data and the
+/// snapshot's id.
+async fn backed_up(env: &mut Env, seed: u64) -> (String, PathBuf, PathBuf, String) {
+    let ns = env.namespace("src").await;
+    let repo = env.repository(&ns, "default", PASSWORD).await;
+    let data = env.dir.path().join(format!("csi/source/{ns}"));
+    fill(&data, seed, 30);
+    sim::csi_pvc(env, &ns, "data", "Filesystem", &data, json!({"app": "pg"})).await;
+    snapshot_backup(env, &ns, "nightly", json!({"pvc": "data"})).await;
+    let vb = wait_cleaned(env, &ns, "nightly").await;
+    let st = vb.status.unwrap();
+    assert_eq!(st.phase, Phase::Completed, "{st:#?}");
+    (ns, repo, data, st.snapshot_id.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_makes_a_new_pvc_in_another_namespace_with_a_mapped_storage_class() {
+    let Some((mut env, sim)) = fake_cluster().await else {
+        return;
+    };
+    let _c = Controller::start(&env, "a", &["--restore-storage-class", "hostpath=fast"]);
+    let (src, repo, data, snapshot) = backed_up(&mut env, 21).await;
+    // The target namespace opens the same repository with its own Secret.
+    let copy = env.namespace("copy").await;
+    env.secret(&copy, "repo-password", "password", PASSWORD)
+        .await;
+    env.repository_at(&copy, "default", &repo, "repo-password")
+        .await;
+
+    volume_restore(
+        &env,
+        &src,
+        "back",
+        json!({"snapshot": {"pvc": "data"}, "target": {"namespace": copy, "pvc": "data-copy"}}),
+    )
+    .await;
+    let vr = wait_restored(&env, &src, "back").await;
+    let st = vr.status.clone().unwrap();
+    assert_eq!(st.phase, Phase::Completed, "{st:#?}");
+    assert_eq!(st.stage.as_deref(), Some("Done"));
+    assert_eq!(st.snapshot_id.as_deref(), Some(snapshot.as_str()));
+    let recorded = st.source_claim.unwrap();
+    assert_eq!(recorded.storage_class_name.as_deref(), Some("hostpath"));
+
+    // The PVC: the recorded claim, the class mapped, bound, holding the data.
+    let (pvc, path) = restored_pvc(&env, &copy, "data-copy").await;
+    let spec = pvc.spec.clone().unwrap();
+    assert_eq!(spec.storage_class_name.as_deref(), Some("fast"));
+    assert_eq!(spec.access_modes.unwrap(), vec!["ReadWriteOnce"]);
+    assert_eq!(
+        spec.resources.unwrap().requests.unwrap()["storage"].0,
+        "1Gi"
+    );
+    assert_eq!(pvc.labels().get("app").map(String::as_str), Some("pg"));
+    assert_eq!(
+        pvc.annotations().get(RESTORED_FROM),
+        Some(&snapshot),
+        "{pvc:#?}"
+    );
+    assert_eq!(
+        pvc.annotations().get(RESTORED_BY),
+        Some(&format!("{src}/back"))
+    );
+    assert!(pvc.owner_references().is_empty());
+    assert_same_tree(&data, &path);
+
+    // Both movers ran in the target namespace and are gone; their account
+    // may write the run's status in the source namespace.
+    let deleted = sim.deletions();
+    for pod in ["coffer-resolve-back", "coffer-restore-back"] {
+        assert!(
+            deleted.contains(&format!("Pod/{copy}/{pod}")),
+            "{deleted:?}"
+        );
+    }
+    assert!(!deleted
+        .iter()
+        .any(|d| d.starts_with("PersistentVolumeClaim/") && d.ends_with("/data-copy")));
+    let rb = Api::<RoleBinding>::namespaced(env.client.clone(), &src)
+        .get(&format!("coffer-mover-{copy}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        rb.subjects.unwrap()[0].namespace.as_deref(),
+        Some(copy.as_str())
+    );
+
+    // The same target again: refused, and the existing PVC is left alone.
+    volume_restore(
+        &env,
+        &src,
+        "again",
+        json!({"snapshot": {"id": snapshot}, "target": {"namespace": copy, "pvc": "data-copy"}}),
+    )
+    .await;
+    let vr = wait_restored(&env, &src, "again").await;
+    assert_eq!(vr.status.as_ref().unwrap().phase, Phase::Failed);
+    assert!(message(&vr).contains("already exists"), "{}", message(&vr));
+    assert_same_tree(&data, &restored_pvc(&env, &copy, "data-copy").await.1);
+
+    // A namespace without the repository cannot be restored into.
+    let other = env.namespace("bare").await;
+    volume_restore(
+        &env,
+        &src,
+        "nowhere",
+        json!({"snapshot": {"pvc": "data"}, "target": {"namespace": other, "pvc": "data"}}),
+    )
+    .await;
+    let vr = wait_restored(&env, &src, "nowhere").await;
+    assert_eq!(vr.status.as_ref().unwrap().phase, Phase::Failed);
+    assert!(
+        message(&vr).contains(&format!("BackupRepository {other}/default not found")),
+        "{}",
+        message(&vr)
+    );
+
+    // An origin with no snapshot: the resolver fails the run, no PVC is made.
+    volume_restore(
+        &env,
+        &src,
+        "unknown",
+        json!({"snapshot": {"pvc": "nope"}, "target": {"pvc": "nope"}}),
+    )
+    .await;
+    let vr = wait_restored(&env, &src, "unknown").await;
+    assert_eq!(vr.status.as_ref().unwrap().phase, Phase::Failed);
+    assert!(message(&vr).contains("no snapshot"), "{}", message(&vr));
+    assert!(
+        Api::<PersistentVolumeClaim>::namespaced(env.client.clone(), &src)
+            .get_opt("nope")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_cluster_restores_from_the_url_and_password_alone() {
+    let Some((mut env, _sim)) = fake_cluster().await else {
+        return;
+    };
+    let c = Controller::start(&env, "a", &[]);
+    let (src, repo, data, snapshot) = backed_up(&mut env, 22).await;
+    drop(c);
+
+    // Another API server, another controller: nothing shared with the first
+    // cluster but the repository's URL and password.
+    let Some((mut dr, _dr_sim)) = fake_cluster().await else {
+        return;
+    };
+    let _c2 = Controller::start(&dr, "b", &["--cluster-name", "dr"]);
+    let ns = dr.namespace("dr").await;
+    dr.secret(&ns, "repo-password", "password", PASSWORD).await;
+    dr.repository_at(&ns, "default", &repo, "repo-password")
+        .await;
+    volume_restore(
+        &dr,
+        &ns,
+        "recover",
+        json!({
+            "snapshot": {"cluster": "test-cluster", "namespace": src, "pvc": "data"},
+            "target": {"pvc": "data", "storageClassName": "standard"},
+        }),
+    )
+    .await;
+    let vr = wait_restored(&dr, &ns, "recover").await;
+    let st = vr.status.clone().unwrap();
+    assert_eq!(st.phase, Phase::Completed, "{st:#?}");
+    assert_eq!(st.snapshot_id.as_deref(), Some(snapshot.as_str()));
+    let (pvc, path) = restored_pvc(&dr, &ns, "data").await;
+    assert_eq!(
+        pvc.spec.unwrap().storage_class_name.as_deref(),
+        Some("standard")
+    );
+    assert_same_tree(&data, &path);
+}
