@@ -43,6 +43,7 @@ EXPECTED_RULES = {
 # deploy/controller.yaml).
 EXPECTED_CONTROLLER_RULES = {
     ("coffer.dev", "volumebackups"): {"get", "list", "watch", "patch"},
+    ("coffer.dev", "volumerestores"): {"get", "list", "watch", "patch"},
     ("coffer.dev", "volumebackups/status"): {"get", "patch"},
     ("coffer.dev", "volumerestores/status"): {"get", "patch"},
     ("coffer.dev", "backuprepositories"): {"get"},
@@ -205,8 +206,11 @@ def cmd_negative(version, rendered):
     bad["spec"]["snapshot"]["pvcName"] = "data-db-0"
     cases.append(("an unknown VolumeRestore field", bad))
     bad = copy.deepcopy(restore)
-    del bad["spec"]["pod"]
-    cases.append(("a VolumeRestore without its required pod", bad))
+    del bad["spec"]["snapshot"]
+    cases.append(("a VolumeRestore without its required snapshot", bad))
+    bad = copy.deepcopy(restore)
+    bad["spec"]["target"] = {"namespace": "copy"}
+    cases.append(("a VolumeRestore target without its pvc", bad))
     repo = next(d for d in load(examples / "repository.yaml") if d["kind"] == "BackupRepository")
     bad = copy.deepcopy(repo)
     bad["spec"]["options"]["timeout"] = 30
