@@ -42,8 +42,10 @@ EXPECTED_RULES = {
 # What `coffer-agent controller` calls, and nothing more (see
 # deploy/controller.yaml).
 EXPECTED_CONTROLLER_RULES = {
-    ("coffer.dev", "volumebackups"): {"get", "list", "watch", "patch"},
+    ("coffer.dev", "volumebackups"): {"get", "list", "watch", "patch", "create"},
     ("coffer.dev", "volumerestores"): {"get", "list", "watch", "patch"},
+    ("coffer.dev", "backupschedules"): {"get", "list", "watch"},
+    ("coffer.dev", "backupschedules/status"): {"get", "patch"},
     ("coffer.dev", "volumebackups/status"): {"get", "patch"},
     ("coffer.dev", "volumerestores/status"): {"get", "patch"},
     ("coffer.dev", "backuprepositories"): {"get"},

@@ -164,7 +164,7 @@ pub struct ForgetArgs {
     /// Keep snapshots with this tag (repeatable)
     #[arg(long, value_name = "TAG")]
     pub keep_tag: Vec<String>,
-    /// Apply the policy per group of: host, paths, tags (comma-separated)
+    /// Apply the policy per group of: host, paths, tags, origin (Kubernetes cluster/namespace/PVC or workload and volume) (comma-separated)
     #[arg(long, value_name = "FIELDS", default_value = "host,paths")]
     pub group_by: String,
     /// Only consider snapshots with this tag (repeatable: all of them)

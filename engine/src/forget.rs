@@ -98,6 +98,10 @@ pub struct GroupBy {
     pub paths: bool,
     /// By the set of tags.
     pub tags: bool,
+    /// By Kubernetes origin: cluster, namespace, then the PVC, else the
+    /// owning workload and volume, else the pod and volume. One volume stays
+    /// one group when its pod moves to another node or gets a new name.
+    pub origin: bool,
 }
 
 impl Default for GroupBy {
@@ -106,26 +110,29 @@ impl Default for GroupBy {
             host: true,
             paths: true,
             tags: false,
+            origin: false,
         }
     }
 }
 
 impl GroupBy {
-    /// Parses `host,paths,tags` (any subset; empty for one group).
+    /// Parses `host,paths,tags,origin` (any subset; empty for one group).
     pub fn parse(s: &str) -> Result<Self> {
         let mut g = GroupBy {
             host: false,
             paths: false,
             tags: false,
+            origin: false,
         };
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             match part {
                 "host" => g.host = true,
                 "paths" | "path" => g.paths = true,
                 "tags" | "tag" => g.tags = true,
+                "origin" => g.origin = true,
                 other => {
                     return Err(Error::InvalidArgument(format!(
-                        "cannot group by {other:?}: use host, paths and/or tags"
+                        "cannot group by {other:?}: use host, paths, tags and/or origin"
                     )));
                 }
             }
@@ -148,8 +155,25 @@ impl GroupBy {
             t.sort();
             parts.push(format!("tags [{}]", t.join(", ")));
         }
+        if self.origin {
+            parts.push(origin_key(s));
+        }
         parts.join(", ")
     }
+}
+
+/// The origin a snapshot's retention follows (`origin none` without one).
+fn origin_key(s: &Snapshot) -> String {
+    let Some(o) = &s.origin else {
+        return "origin none".into();
+    };
+    let f = |v: &Option<String>| v.clone().unwrap_or_default();
+    let what = match (&o.pvc, &o.owner, &o.pod) {
+        (Some(pvc), _, _) => format!("pvc {pvc}"),
+        (None, Some(owner), _) => format!("{owner} volume {}", f(&o.volume)),
+        (None, None, _) => format!("pod {} volume {}", f(&o.pod), f(&o.volume)),
+    };
+    format!("origin {}/{} {what}", f(&o.cluster), f(&o.namespace))
 }
 
 /// Which snapshots forget considers (all when empty).
@@ -406,6 +430,47 @@ mod tests {
 
     fn ids(d: &[Decision]) -> Vec<u8> {
         d.iter().map(|d| d.id.0[0]).collect()
+    }
+
+    #[test]
+    fn grouped_by_origin_a_volume_is_one_group_across_hosts() {
+        use coffer_repo_format::snapshot::KubernetesOrigin;
+        let with = |i: u8, time: &str, host: &str, pvc: &str| {
+            let (id, mut s) = snap(i, time, host, &[]);
+            s.origin = Some(KubernetesOrigin {
+                cluster: Some("prod".into()),
+                namespace: Some("db".into()),
+                pvc: Some(pvc.into()),
+                ..Default::default()
+            });
+            (id, s)
+        };
+        let s = vec![
+            with(1, "2026-11-01T10:00:00+00:00", "node-a", "data-0"),
+            with(2, "2026-11-02T10:00:00+00:00", "node-b", "data-0"),
+            with(3, "2026-11-03T10:00:00+00:00", "node-c", "data-0"),
+            with(4, "2026-11-01T10:00:00+00:00", "node-a", "data-1"),
+            snap(5, "2026-11-01T10:00:00+00:00", "node-a", &[]),
+        ];
+        let policy = Policy {
+            last: 1,
+            ..Default::default()
+        };
+        let g = GroupBy::parse("origin").unwrap();
+        let p = plan(&s, &policy, g, &Filter::default()).unwrap();
+        let keys: Vec<&str> = p.groups.iter().map(|g| g.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "origin none",
+                "origin prod/db pvc data-0",
+                "origin prod/db pvc data-1"
+            ]
+        );
+        assert_eq!(ids(&p.groups[1].keep), vec![3]);
+        assert_eq!(ids(&p.groups[1].remove), vec![2, 1]);
+        assert_eq!(ids(&p.groups[2].keep), vec![4]);
+        assert!(GroupBy::parse("origin,pvc").is_err());
     }
 
     #[test]

@@ -49,9 +49,11 @@ use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
-use crate::crd::{BackupMethod, BackupRepository, Phase, RunStatus, VolumeBackup, VolumeRestore};
+use crate::crd::{
+    BackupMethod, BackupRepository, BackupSchedule, Phase, RunStatus, VolumeBackup, VolumeRestore,
+};
 use crate::metrics::{Metrics, NamespaceLabels, RunLabels};
-use crate::node::object_name;
+use crate::node::{label_value, object_name};
 use crate::snapshot::{self, SnapshotClass, SnapshotState, VolumeSnapshot, RUN_LABEL};
 use crate::status::{self, Outcome};
 
@@ -105,6 +107,9 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// An object could not be built.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 pub(crate) fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
@@ -190,7 +195,20 @@ pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) -> anyhow
         watcher::Config::default().labels(crate::restorer::RESTORE_LABEL),
         crate::restorer::run_of,
     )
-    .run(crate::restorer::reconcile, error_policy, ctx)
+    .run(crate::restorer::reconcile, error_policy, ctx.clone())
+    .for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::debug!("reconcile: {e}");
+        }
+    });
+    let scheduled = watcher::Config::default().labels(crate::schedules::SCHEDULE_LABEL);
+    let schedules = Controller::new(
+        Api::<BackupSchedule>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(Api::<VolumeBackup>::all(client.clone()), scheduled.clone())
+    .owns(Api::<Pod>::all(client.clone()), scheduled)
+    .run(crate::schedules::reconcile, schedule_error_policy, ctx)
     .for_each(|r| async move {
         if let Err(e) = r {
             tracing::debug!("reconcile: {e}");
@@ -204,7 +222,7 @@ pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) -> anyhow
         }
     };
     tokio::select! {
-        _ = futures::future::join(backups, restores) => anyhow::bail!("the VolumeBackup and VolumeRestore watches ended"),
+        _ = futures::future::join3(backups, restores, schedules) => anyhow::bail!("the controller's watches ended"),
         _ = lost => {
             lease_task.abort();
             anyhow::bail!("lost the Lease; stopping so that the new leader alone acts")
@@ -221,24 +239,23 @@ fn error_policy<K: Run>(run: Arc<K>, e: &Error, _: Arc<Ctx>) -> Action {
     Action::requeue(Duration::from_secs(5))
 }
 
+fn schedule_error_policy(bs: Arc<BackupSchedule>, e: &Error, _: Arc<Ctx>) -> Action {
+    tracing::warn!(
+        namespace = bs.namespace().unwrap_or_default(),
+        schedule = bs.name_any(),
+        "{e}; trying again"
+    );
+    Action::requeue(Duration::from_secs(5))
+}
+
 /// The name of every object made for a run.
 fn child_name(vb: &VolumeBackup) -> String {
     object_name(&["coffer", &vb.name_any()])
 }
 
 fn run_labels(vb: &VolumeBackup) -> BTreeMap<String, String> {
-    let name = vb.name_any();
-    let value = if name.len() <= 63 {
-        name
-    } else {
-        format!(
-            "{}-{}",
-            &name[..54],
-            &blake3::hash(name.as_bytes()).to_hex()[..8]
-        )
-    };
     BTreeMap::from([
-        (RUN_LABEL.to_string(), value),
+        (RUN_LABEL.to_string(), label_value(&vb.name_any())),
         (
             "app.kubernetes.io/managed-by".to_string(),
             "coffer-controller".to_string(),
@@ -266,22 +283,7 @@ async fn reconcile(vb: Arc<VolumeBackup>, ctx: Arc<Ctx>) -> Result<Action, Error
         if !cleanup(&ctx, &vb).await? {
             return Ok(Action::requeue(Duration::from_secs(5)));
         }
-        ctx.record("snapshot-backup", &vb.namespace().unwrap_or_default(), &st);
-        if st.phase.is_final() {
-            status::write::<VolumeBackup>(
-                &ctx.client,
-                &vb.namespace().unwrap_or_default(),
-                &vb.name_any(),
-                &RunStatus {
-                    stage: Some("Done".into()),
-                    ..st
-                },
-                None,
-            )
-            .await;
-        }
-        remove_finalizer(&ctx, vb.as_ref()).await?;
-        return Ok(Action::await_change());
+        return finish(&ctx, vb.as_ref(), &st, "snapshot-backup").await;
     }
     if vb.spec.cancel {
         ctx.end(vb.as_ref(), Outcome::Canceled, "Snapshotting")
@@ -813,7 +815,7 @@ pub(crate) async fn ensure_mover_account(ctx: &Ctx, ns: &str) -> Result<(), Erro
         "metadata": {"name": MOVER_ACCOUNT, "namespace": ns, "labels": labels},
         "rules": [{
             "apiGroups": ["coffer.dev"],
-            "resources": ["volumebackups/status", "volumerestores/status"],
+            "resources": ["volumebackups/status", "volumerestores/status", "backupschedules/status"],
             "verbs": ["get", "patch"],
         }],
     }))
@@ -969,6 +971,28 @@ where
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
         Err(e) => Err(kube_err(format!("deleting {what}"))(e)),
     }
+}
+
+/// After cleanup: the stage `Done` and the run's metrics, then, on the next
+/// pass (at the version that write made), the finalizer off.
+pub(crate) async fn finish<K: Run>(
+    ctx: &Ctx,
+    run: &K,
+    st: &RunStatus,
+    kind: &str,
+) -> Result<Action, Error> {
+    if st.phase.is_final() && st.stage.as_deref() != Some("Done") {
+        let ns = run.namespace().unwrap_or_default();
+        ctx.record(kind, &ns, st);
+        let done = RunStatus {
+            stage: Some("Done".into()),
+            ..st.clone()
+        };
+        status::write::<K>(&ctx.client, &ns, &run.name_any(), &done, None).await;
+        return Ok(Action::requeue(Duration::ZERO));
+    }
+    remove_finalizer(ctx, run).await?;
+    Ok(Action::await_change())
 }
 
 /// Adds the cleanup finalizer at the version read; `None` when the run
@@ -1178,12 +1202,24 @@ impl Ctx {
         reason: &str,
         note: String,
     ) {
+        self.event_on(run, K::ACTION, type_, reason, note).await
+    }
+
+    /// An Event about any object.
+    pub(crate) async fn event_on<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        action: &str,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
         status::publish_event(
             &self.recorder,
-            &run.object_ref(&()),
+            &obj.object_ref(&()),
             type_,
             reason,
-            K::ACTION,
+            action,
             note,
         )
         .await

@@ -450,6 +450,193 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
+/// Backups on a schedule: at each time, one VolumeBackup per selected
+/// volume; after the runs, the retention policy, per origin, over the
+/// snapshots this schedule made. Run by the controller.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "coffer.dev",
+    version = "v1alpha1",
+    kind = "BackupSchedule",
+    namespaced,
+    status = "BackupScheduleStatus",
+    shortname = "bsched",
+    printcolumn = r#"{"name":"Schedule","type":"string","jsonPath":".spec.schedule"}"#,
+    printcolumn = r#"{"name":"Method","type":"string","jsonPath":".spec.method"}"#,
+    printcolumn = r#"{"name":"Paused","type":"boolean","jsonPath":".spec.paused"}"#,
+    printcolumn = r#"{"name":"Last","type":"date","jsonPath":".status.lastScheduleTime"}"#,
+    printcolumn = r#"{"name":"Next","type":"string","jsonPath":".status.nextScheduleTime"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupScheduleSpec {
+    /// When: the annotation's language (five-field cron, `@daily`,
+    /// `@every 6h`, `@daily-random`, ...), spread by this schedule's name.
+    pub schedule: String,
+    /// Which volumes: pods (method Filesystem), or PVCs and the PVCs of
+    /// pods (method Snapshot), whose labels match.
+    #[serde(default)]
+    pub selector: Selector,
+    /// Only these volume names of the selected pods (default: every volume
+    /// that is a PVC).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
+    /// How each volume is read.
+    #[serde(default)]
+    pub method: BackupMethod,
+    /// The BackupRepository, in this namespace.
+    #[serde(default = "default_repository")]
+    pub repository: String,
+    /// Tags recorded in every snapshot (besides `coffer.dev/schedule=NAME`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// Patterns to leave out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excludes: Vec<String>,
+    /// What to keep of this schedule's snapshots, per origin, after each
+    /// run (nothing is forgotten without it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<Retention>,
+    /// Stop scheduling (runs already started go on; `backup-now` still works).
+    #[serde(default)]
+    pub paused: bool,
+    /// What a time does while the previous runs are still going: `Forbid`
+    /// (skip it, the default), `Allow`, or `Replace` (cancel them).
+    #[serde(default)]
+    pub concurrency_policy: ConcurrencyPolicy,
+}
+
+/// Labels to match (all of them).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Selector {
+    /// `key: value` pairs.
+    #[serde(default)]
+    pub match_labels: BTreeMap<String, String>,
+}
+
+impl Selector {
+    /// As a label selector string (`a=b,c=d`).
+    pub fn to_query(&self) -> String {
+        self.match_labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// A retention policy, as `coffer forget` takes it.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Retention {
+    /// The newest N.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_last: Option<u32>,
+    /// The newest of each of the N newest hours.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_hourly: Option<u32>,
+    /// ... days.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_daily: Option<u32>,
+    /// ... ISO weeks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_weekly: Option<u32>,
+    /// ... months.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_monthly: Option<u32>,
+    /// ... years.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_yearly: Option<u32>,
+    /// Everything within this of the newest (`30d`, `12h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_within: Option<String>,
+    /// Snapshots with any of these tags.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keep_tags: Vec<String>,
+}
+
+/// What a schedule does while its previous runs go on.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ConcurrencyPolicy {
+    /// Skip the new time.
+    #[default]
+    Forbid,
+    /// Start the new runs beside them.
+    Allow,
+    /// Cancel them, then start the new runs.
+    Replace,
+}
+
+/// Where a schedule stands.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupScheduleStatus {
+    /// When it last created runs (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_schedule_time: Option<String>,
+    /// When it last skipped a time (concurrencyPolicy Forbid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_skipped_time: Option<String>,
+    /// When a run of it last completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_successful_time: Option<String>,
+    /// When it fires next (none while paused or invalid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_schedule_time: Option<String>,
+    /// The last `backup.coffer.dev/backup-now` value acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_trigger: Option<String>,
+    /// The runs of the last time that are not over.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub active: Vec<String>,
+    /// The last retention pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_retention: Option<RetentionResult>,
+    /// `Scheduled`, `LastRunSucceeded`, `RetentionApplied`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// What a retention pass did.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetentionResult {
+    /// The `lastScheduleTime` whose runs it followed.
+    pub after: String,
+    /// When it ran.
+    pub time: String,
+    /// Snapshots kept.
+    pub kept: u64,
+    /// Snapshots forgotten.
+    pub removed: u64,
+    /// Origins (groups) it went through.
+    pub origins: u64,
+    /// Why it failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A condition, as Kubernetes objects report them.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// Its name.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True` or `False`.
+    pub status: String,
+    /// A CamelCase reason.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// For humans.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// When `status` last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+}
+
 /// Every definition, as the YAML stream `coffer-agent crds` prints.
 pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
     use kube::CustomResourceExt;
@@ -460,6 +647,7 @@ pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
         BackupRepository::crd(),
         VolumeBackup::crd(),
         VolumeRestore::crd(),
+        BackupSchedule::crd(),
     ] {
         out.push_str("---\n");
         out.push_str(&serde_yaml::to_string(&crd)?);

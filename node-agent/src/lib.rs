@@ -22,5 +22,6 @@ pub mod repos;
 pub mod restore;
 pub mod restorer;
 pub mod schedule;
+pub mod schedules;
 pub mod snapshot;
 pub mod status;

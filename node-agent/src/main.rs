@@ -84,6 +84,8 @@ enum MoverCommand {
     Resolve(Box<MoverResolveArgs>),
     /// Restore a snapshot into a mounted new volume
     Restore(Box<MoverRestoreArgs>),
+    /// Apply a schedule's retention policy, per origin, to its snapshots
+    Forget(Box<MoverForgetArgs>),
 }
 
 /// What every mover takes: its run, and how to open the repository.
@@ -92,7 +94,7 @@ struct MoverCommon {
     /// The run's namespace
     #[arg(long)]
     namespace: String,
-    /// The VolumeBackup or VolumeRestore whose status this mover writes
+    /// The VolumeBackup, VolumeRestore or BackupSchedule whose status this mover writes
     #[arg(long)]
     run: String,
     /// The repository's URL
@@ -160,6 +162,45 @@ struct MoverResolveArgs {
     /// The VolumeRestore's spec.snapshot (JSON)
     #[arg(long)]
     snapshot: String,
+}
+
+#[derive(clap::Args, Debug)]
+struct MoverForgetArgs {
+    #[command(flatten)]
+    common: MoverCommon,
+    /// Only snapshots with this tag (the schedule's)
+    #[arg(long)]
+    tag: String,
+    /// Only snapshots of this cluster
+    #[arg(long)]
+    cluster: Option<String>,
+    /// The schedule time whose runs this pass follows
+    #[arg(long)]
+    after: String,
+    /// Keep the newest N
+    #[arg(long, default_value_t = 0)]
+    keep_last: usize,
+    /// Keep the newest of each of N hours
+    #[arg(long, default_value_t = 0)]
+    keep_hourly: usize,
+    /// ... days
+    #[arg(long, default_value_t = 0)]
+    keep_daily: usize,
+    /// ... weeks
+    #[arg(long, default_value_t = 0)]
+    keep_weekly: usize,
+    /// ... months
+    #[arg(long, default_value_t = 0)]
+    keep_monthly: usize,
+    /// ... years
+    #[arg(long, default_value_t = 0)]
+    keep_yearly: usize,
+    /// Keep everything within this of the newest (30d, 12h)
+    #[arg(long)]
+    keep_within: Option<String>,
+    /// Keep snapshots with this tag (repeatable)
+    #[arg(long)]
+    keep_tag: Vec<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -243,6 +284,7 @@ fn main() -> anyhow::Result<()> {
                 MoverCommand::Backup(a) => &a.common.log_format,
                 MoverCommand::Resolve(a) => &a.common.log_format,
                 MoverCommand::Restore(a) => &a.common.log_format,
+                MoverCommand::Forget(a) => &a.common.log_format,
             };
             init_logs(log_format);
             let rt = runtime()?;
@@ -344,6 +386,33 @@ async fn run_mover(m: MoverCommand) -> anyhow::Result<bool> {
                 snapshot,
             };
             Ok(mover::resolve(client().await?, job, password).await)
+        }
+        MoverCommand::Forget(a) => {
+            let within = a
+                .keep_within
+                .as_deref()
+                .map(coffer_engine::forget::parse_duration)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--keep-within: {e}"))?;
+            let job = mover::ForgetJob {
+                namespace: a.common.namespace.clone(),
+                schedule: a.common.run.clone(),
+                repo: a.common.repo(),
+                tag: a.tag,
+                cluster: a.cluster,
+                after: a.after,
+                policy: coffer_engine::forget::Policy {
+                    last: a.keep_last,
+                    hourly: a.keep_hourly,
+                    daily: a.keep_daily,
+                    weekly: a.keep_weekly,
+                    monthly: a.keep_monthly,
+                    yearly: a.keep_yearly,
+                    within,
+                    tags: a.keep_tag,
+                },
+            };
+            Ok(mover::forget(client().await?, job, password, cancel).await)
         }
         MoverCommand::Restore(a) => {
             let job = mover::RestoreJob {

@@ -17,9 +17,13 @@ use coffer_engine::backup::{BackupOptions, BackupProgress, ParentChoice};
 use coffer_engine::forget::OriginFilter;
 use coffer_engine::format::snapshot::KubernetesOrigin;
 use coffer_engine::{CancelToken, Repository};
+use kube::api::{Api, Patch, PatchParams};
 use kube::Client;
 
-use crate::crd::{Phase, Progress, RestorePolicy, SnapshotSource, VolumeBackup, VolumeRestore};
+use crate::crd::{
+    BackupSchedule, Phase, Progress, RestorePolicy, RetentionResult, SnapshotSource, VolumeBackup,
+    VolumeRestore,
+};
 use crate::node::STATUS_INTERVAL;
 use crate::status::{self, Outcome};
 
@@ -128,6 +132,104 @@ where
             }
         }
     }
+}
+
+/// A schedule's retention pass.
+#[derive(Clone, Debug)]
+pub struct ForgetJob {
+    /// The BackupSchedule's namespace (and its snapshots' origin namespace).
+    pub namespace: String,
+    /// The BackupSchedule whose status is written.
+    pub schedule: String,
+    /// The repository.
+    pub repo: RepoAccess,
+    /// Only snapshots with this tag (the schedule's).
+    pub tag: String,
+    /// Only snapshots of this cluster.
+    pub cluster: Option<String>,
+    /// The schedule time whose runs this pass follows.
+    pub after: String,
+    /// What to keep, per origin.
+    pub policy: coffer_engine::forget::Policy,
+}
+
+/// Applies the policy per origin to the schedule's snapshots and writes
+/// what it did into the schedule's `status.lastRetention`. Returns whether
+/// it succeeded.
+pub async fn forget(
+    client: Client,
+    job: ForgetJob,
+    password: Vec<u8>,
+    cancel: CancelToken,
+) -> bool {
+    use coffer_engine::forget::{self, Filter, GroupBy};
+    let run = async {
+        let repo = job.repo.open(&password).await?;
+        let snapshots = repo.snapshots().await.map_err(|e| e.to_string())?;
+        let filter = Filter {
+            tags: vec![job.tag.clone()],
+            origin: OriginFilter {
+                cluster: job.cluster.clone(),
+                namespace: Some(job.namespace.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let by_origin = GroupBy {
+            host: false,
+            paths: false,
+            tags: false,
+            origin: true,
+        };
+        let plan =
+            forget::plan(&snapshots, &job.policy, by_origin, &filter).map_err(|e| e.to_string())?;
+        let removed = forget::execute(&repo, &plan, &cancel)
+            .await
+            .map_err(|e| e.to_string())?;
+        let kept: usize = plan.groups.iter().map(|g| g.keep.len()).sum();
+        for g in &plan.groups {
+            tracing::info!(
+                origin = g.key,
+                kept = g.keep.len(),
+                removed = g.remove.len(),
+                "retention"
+            );
+        }
+        Ok::<_, String>(RetentionResult {
+            after: job.after.clone(),
+            time: status::now(),
+            kept: kept as u64,
+            removed: removed as u64,
+            origins: plan.groups.len() as u64,
+            error: None,
+        })
+    };
+    let result = run.await.unwrap_or_else(|e| RetentionResult {
+        after: job.after.clone(),
+        time: status::now(),
+        error: Some(e),
+        ..Default::default()
+    });
+    let ok = result.error.is_none();
+    if let Some(e) = &result.error {
+        tracing::error!(namespace = job.namespace, schedule = job.schedule, "{e}");
+    }
+    let written = Api::<BackupSchedule>::namespaced(client, &job.namespace)
+        .patch_status(
+            &job.schedule,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"status": {"lastRetention": result}})),
+        )
+        .await;
+    if let Err(e) = written {
+        tracing::error!(
+            namespace = job.namespace,
+            schedule = job.schedule,
+            "cannot write the result: {e}"
+        );
+        return false;
+    }
+    ok
 }
 
 /// A restore into a new PVC, first step: which snapshot, and the claim it

@@ -1186,7 +1186,7 @@ pub fn object_name(parts: &[&str]) -> String {
 }
 
 /// A valid label value (at most 63 characters).
-fn label_value(s: &str) -> String {
+pub fn label_value(s: &str) -> String {
     if s.len() <= 63 {
         return s.to_string();
     }

@@ -35,11 +35,11 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use crate::controller::{
-    add_finalizer, create, delete, ensure_mover_account, kube_err, mover_command, pod_events,
-    remaining, remove_finalizer, Ctx, Error, FINALIZER, MOVER_ACCOUNT,
+    add_finalizer, create, delete, ensure_mover_account, finish, kube_err, mover_command,
+    pod_events, remaining, Ctx, Error, FINALIZER, MOVER_ACCOUNT,
 };
 use crate::crd::{BackupRepository, Phase, RestoreTarget, RunStatus, VolumeRestore};
-use crate::node::object_name;
+use crate::node::{label_value, object_name};
 use crate::snapshot::{self, MoverVolume};
 use crate::status::{self, Outcome};
 
@@ -81,18 +81,8 @@ fn run_key(vr: &VolumeRestore) -> String {
 }
 
 fn pod_labels(vr: &VolumeRestore) -> BTreeMap<String, String> {
-    let name = vr.name_any();
-    let value = if name.len() <= 63 {
-        name
-    } else {
-        format!(
-            "{}-{}",
-            &name[..54],
-            &blake3::hash(name.as_bytes()).to_hex()[..8]
-        )
-    };
     BTreeMap::from([
-        (RESTORE_LABEL.to_string(), value),
+        (RESTORE_LABEL.to_string(), label_value(&vr.name_any())),
         (
             "app.kubernetes.io/managed-by".to_string(),
             "coffer-controller".to_string(),
@@ -127,17 +117,7 @@ pub(crate) async fn reconcile(vr: Arc<VolumeRestore>, ctx: Arc<Ctx>) -> Result<A
         if !cleanup(&ctx, &vr, &target, &st).await? {
             return Ok(Action::requeue(Duration::from_secs(5)));
         }
-        let ns = vr.namespace().unwrap_or_default();
-        ctx.record(KIND, &ns, &st);
-        if st.phase.is_final() {
-            let done = RunStatus {
-                stage: Some("Done".into()),
-                ..st
-            };
-            status::write::<VolumeRestore>(&ctx.client, &ns, &vr.name_any(), &done, None).await;
-        }
-        remove_finalizer(&ctx, vr.as_ref()).await?;
-        return Ok(Action::await_change());
+        return finish(&ctx, vr.as_ref(), &st, KIND).await;
     }
     if vr.spec.cancel {
         ctx.end(vr.as_ref(), Outcome::Canceled, "Resolving").await;

@@ -68,6 +68,7 @@ impl Env {
             BackupRepository::crd(),
             VolumeBackup::crd(),
             VolumeRestore::crd(),
+            coffer_node_agent::crd::BackupSchedule::crd(),
         ] {
             match crds.create(&PostParams::default(), &crd).await {
                 Ok(_) => {}
@@ -179,9 +180,20 @@ impl Env {
     }
 
     pub async fn annotate(&self, ns: &str, pod: &str, key: &str, value: &str) {
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        self.annotate_object::<Pod>(ns, pod, key, value).await
+    }
+
+    /// Sets annotation `key` of any namespaced object.
+    pub async fn annotate_object<K>(&self, ns: &str, name: &str, key: &str, value: &str)
+    where
+        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let api: Api<K> = Api::namespaced(self.client.clone(), ns);
         api.patch(
-            pod,
+            name,
             &PatchParams::default(),
             &Patch::Merge(json!({"metadata": {"annotations": {key: value}}})),
         )

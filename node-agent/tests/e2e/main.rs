@@ -7,6 +7,7 @@
 mod common;
 mod harness;
 mod pvc_restores;
+mod schedules;
 mod sim;
 mod snapshots;
 

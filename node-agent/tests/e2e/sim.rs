@@ -53,7 +53,7 @@ pub struct Sim {
     pub behaviour: Arc<Mutex<Behaviour>>,
     /// (resourceVersion, `Kind/namespace/name`) of every deletion.
     pub deletions: Arc<Mutex<Vec<(u64, String)>>>,
-    /// Mover processes started, with their pods' names.
+    /// Mover processes started, as `namespace/pod/uid`.
     pub started: Arc<Mutex<Vec<String>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     logs: PathBuf,
@@ -496,12 +496,14 @@ async fn kubelet(
         let ns = pod.namespace().unwrap_or_default();
         let name = pod.name_any();
         let key = format!("{ns}/{name}");
+        // A pod of the same name made again is another pod.
+        let run_key = format!("{key}/{}", pod.uid().unwrap_or_default());
         if pod
             .status
             .as_ref()
             .and_then(|s| s.phase.as_deref())
             .is_some_and(|p| p != "Pending")
-            || started.lock().unwrap().contains(&key)
+            || started.lock().unwrap().contains(&run_key)
             || pod.metadata.deletion_timestamp.is_some()
         {
             continue;
@@ -520,7 +522,7 @@ async fn kubelet(
         let Some(spec) = pod.spec.clone() else {
             continue;
         };
-        started.lock().unwrap().push(key.clone());
+        started.lock().unwrap().push(run_key);
         // As the kubelet, wait until each claim is bound; its data's path
         // stands in for the mount or the device.
         let c = &spec.containers[0];

@@ -1,0 +1,732 @@
+//! The controller's BackupSchedules. At each time of `spec.schedule` (or
+//! when the annotation `backup.coffer.dev/backup-now` gets a new value) it
+//! creates one VolumeBackup per selected volume, labelled with the schedule
+//! and annotated with the time. When every run of that time is over, the
+//! retention policy is applied per origin to the snapshots this schedule
+//! made (tag `coffer.dev/schedule=NAME`), by a mover pod running
+//! `coffer-agent mover forget`: the controller reads no Secret, so it cannot
+//! open the repository itself.
+//!
+//! Level-triggered like the rest: the schedule's status says what was done;
+//! the controller requeues at the next time and wakes on its runs' changes.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use crate::annotations::BACKUP_NOW;
+use crate::controller::{create, delete, kube_err, mover_command, Ctx, Error, MOVER_ACCOUNT};
+use crate::crd::{
+    BackupMethod, BackupRepository, BackupSchedule, BackupScheduleStatus, ConcurrencyPolicy,
+    Condition, Phase, Retention, RetentionResult, VolumeBackup,
+};
+use crate::node::{label_value, object_name};
+use crate::schedule::Schedule;
+use crate::snapshot;
+
+/// The label on a schedule's VolumeBackups and retention pods.
+pub const SCHEDULE_LABEL: &str = "coffer.dev/schedule";
+/// The annotation on a schedule's VolumeBackups: the time that made them.
+pub const SCHEDULED_AT: &str = "coffer.dev/scheduled-at";
+
+/// The tag on every snapshot a schedule makes; retention considers only
+/// those.
+pub fn schedule_tag(name: &str) -> String {
+    format!("{SCHEDULE_LABEL}={name}")
+}
+
+/// What a schedule does now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Tick {
+    /// Nothing until this time (never, while paused).
+    Wait(Option<DateTime<Utc>>),
+    /// Create the runs now; `trigger` is the `backup-now` value acted on.
+    Fire {
+        /// The manual trigger, if that is why.
+        trigger: Option<String>,
+    },
+}
+
+/// Whether a schedule fires at `now`: a new `backup-now` value always does
+/// (paused or not); otherwise the first time after the last one (or the
+/// schedule's creation), unless paused. Missed times fire once.
+pub fn tick(
+    schedule: &Schedule,
+    paused: bool,
+    trigger: Option<&str>,
+    status: &BackupScheduleStatus,
+    created: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Tick {
+    if let Some(t) = trigger.filter(|t| status.last_trigger.as_deref() != Some(*t)) {
+        return Tick::Fire {
+            trigger: Some(t.to_string()),
+        };
+    }
+    if paused {
+        return Tick::Wait(None);
+    }
+    let parse = |t: &Option<String>| {
+        t.as_deref()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc))
+    };
+    let base = parse(&status.last_schedule_time)
+        .max(parse(&status.last_skipped_time))
+        .unwrap_or(created);
+    match schedule.next_after(base) {
+        Some(next) if next <= now => Tick::Fire { trigger: None },
+        next => Tick::Wait(next),
+    }
+}
+
+/// Sets condition `type_`, keeping its transition time when the status
+/// did not change.
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    now: &str,
+) {
+    let status = if ok { "True" } else { "False" };
+    let since = conditions
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .and_then(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| now.to_string());
+    conditions.retain(|c| c.type_ != type_);
+    conditions.push(Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        last_transition_time: Some(since),
+    });
+}
+
+/// The policy as `coffer-agent mover forget` flags (`coffer forget`'s).
+pub fn retention_args(r: &Retention) -> Vec<String> {
+    let mut a = Vec::new();
+    for (flag, n) in [
+        ("--keep-last", r.keep_last),
+        ("--keep-hourly", r.keep_hourly),
+        ("--keep-daily", r.keep_daily),
+        ("--keep-weekly", r.keep_weekly),
+        ("--keep-monthly", r.keep_monthly),
+        ("--keep-yearly", r.keep_yearly),
+    ] {
+        if let Some(n) = n {
+            a.push(flag.to_string());
+            a.push(n.to_string());
+        }
+    }
+    if let Some(w) = &r.keep_within {
+        a.push("--keep-within".into());
+        a.push(w.clone());
+    }
+    for t in &r.keep_tags {
+        a.push("--keep-tag".into());
+        a.push(t.clone());
+    }
+    a
+}
+
+fn retention_pod_name(bs: &BackupSchedule) -> String {
+    object_name(&["coffer-forget", &bs.name_any()])
+}
+
+/// Reconciles one schedule.
+pub(crate) async fn reconcile(bs: Arc<BackupSchedule>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    if bs.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let ns = bs.namespace().unwrap_or_default();
+    let name = bs.name_any();
+    let old = bs.status.clone().unwrap_or_default();
+    let mut st = old.clone();
+    let now = Utc::now();
+    let now_s = crate::status::now();
+    // A time, to the millisecond: two triggers in one second are two times.
+    let at = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let schedule = match Schedule::parse(&bs.spec.schedule, &format!("{ns}/{name}")) {
+        Ok(s) => s,
+        Err(e) => {
+            set_condition(
+                &mut st.conditions,
+                "Scheduled",
+                false,
+                "InvalidSchedule",
+                e.to_string(),
+                &now_s,
+            );
+            st.next_schedule_time = None;
+            write_status(&ctx, &bs, &old, &st, false).await?;
+            return Ok(Action::await_change());
+        }
+    };
+
+    // The runs of the last time.
+    let runs = Api::<VolumeBackup>::namespaced(ctx.client.clone(), &ns)
+        .list(&ListParams::default().labels(&format!("{SCHEDULE_LABEL}={}", label_value(&name))))
+        .await
+        .map_err(kube_err(format!(
+            "listing the VolumeBackups of schedule {ns}/{name}"
+        )))?
+        .items;
+    let mine = |vb: &&VolumeBackup| {
+        vb.owner_references()
+            .iter()
+            .any(|o| Some(&o.uid) == bs.uid().as_ref())
+    };
+    let active: Vec<String> = runs
+        .iter()
+        .filter(mine)
+        .filter(|vb| !vb.status.as_ref().is_some_and(|s| s.phase.is_final()))
+        .map(|vb| vb.name_any())
+        .collect();
+    let last_tick = st.last_schedule_time.clone();
+    let tick_runs: Vec<&VolumeBackup> = runs
+        .iter()
+        .filter(mine)
+        .filter(|vb| {
+            last_tick.is_some() && vb.annotations().get(SCHEDULED_AT) == last_tick.as_ref()
+        })
+        .collect();
+    let tick_over = !tick_runs.is_empty()
+        && tick_runs
+            .iter()
+            .all(|vb| vb.status.as_ref().is_some_and(|s| s.phase.is_final()));
+    st.active = active.clone();
+    let mut requeue: Option<Duration> = None;
+    if tick_over {
+        let failed: Vec<String> = tick_runs
+            .iter()
+            .filter(|vb| {
+                !matches!(
+                    vb.status.as_ref().map(|s| s.phase),
+                    Some(Phase::Completed | Phase::PartiallyFailed)
+                )
+            })
+            .map(|vb| {
+                let m = vb
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.message.clone())
+                    .unwrap_or_default();
+                format!("{}: {m}", vb.name_any())
+            })
+            .collect();
+        if let Some(done) = tick_runs
+            .iter()
+            .filter(|vb| {
+                vb.status.as_ref().is_some_and(|s| {
+                    s.phase == Phase::Completed || s.phase == Phase::PartiallyFailed
+                })
+            })
+            .filter_map(|vb| vb.status.as_ref()?.completion_time.clone())
+            .max()
+        {
+            if st.last_successful_time.as_ref().is_none_or(|t| *t < done) {
+                st.last_successful_time = Some(done);
+            }
+        }
+        if failed.is_empty() {
+            set_condition(
+                &mut st.conditions,
+                "LastRunSucceeded",
+                true,
+                "Completed",
+                format!("{} run(s) completed", tick_runs.len()),
+                &now_s,
+            );
+        } else {
+            set_condition(
+                &mut st.conditions,
+                "LastRunSucceeded",
+                false,
+                "RunsFailed",
+                failed.join("; "),
+                &now_s,
+            );
+        }
+        let completed = failed.len() < tick_runs.len();
+        if let (Some(policy), Some(after), true) = (&bs.spec.retention, &last_tick, completed) {
+            let applied = st
+                .last_retention
+                .as_ref()
+                .is_some_and(|r| &r.after == after);
+            if !applied {
+                requeue = retention(&ctx, &bs, policy, after, &mut st).await?;
+            }
+        }
+    }
+    if let Some(r) = &st.last_retention {
+        let ok = r.error.is_none();
+        let msg = match &r.error {
+            Some(e) => e.clone(),
+            None => format!(
+                "{} kept, {} forgotten, over {} origin(s)",
+                r.kept, r.removed, r.origins
+            ),
+        };
+        set_condition(
+            &mut st.conditions,
+            "RetentionApplied",
+            ok,
+            if ok { "Applied" } else { "Failed" },
+            msg,
+            &now_s,
+        );
+    }
+    // A finished retention pod goes.
+    if st.last_retention.as_ref().map(|r| &r.after) == last_tick.as_ref() {
+        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+        let pod = retention_pod_name(&bs);
+        if pods
+            .get_opt(&pod)
+            .await
+            .map_err(kube_err(format!("reading pod {ns}/{pod}")))?
+            .is_some()
+        {
+            delete(&pods, &pod, &format!("pod {ns}/{pod}")).await?;
+        }
+    }
+
+    let created = bs
+        .meta()
+        .creation_timestamp
+        .as_ref()
+        .and_then(|t| DateTime::<Utc>::from_timestamp(t.0.as_second(), 0))
+        .unwrap_or(now);
+    let trigger = bs.annotations().get(BACKUP_NOW).map(String::as_str);
+    match tick(&schedule, bs.spec.paused, trigger, &st, created, now) {
+        Tick::Fire { trigger } => {
+            st.last_trigger = trigger.or(st.last_trigger.clone());
+            let skip =
+                !active.is_empty() && bs.spec.concurrency_policy == ConcurrencyPolicy::Forbid;
+            let planned = if skip {
+                st.last_skipped_time = Some(at.clone());
+                Vec::new()
+            } else {
+                let planned = targets(&ctx, &bs).await?;
+                st.last_schedule_time = Some(at.clone());
+                st.active = planned.iter().map(|t| run_name(&name, t, &at)).collect();
+                planned
+            };
+            // Claimed at the version read: a pass on a stale copy fires
+            // nothing.
+            if !write_status(&ctx, &bs, &old, &st, true).await? {
+                return Ok(Action::requeue(Duration::ZERO));
+            }
+            if skip {
+                ctx.event_on(bs.as_ref(), "Schedule", EventType::Normal, "Skipped", format!("the runs of the previous time are still going ({}); concurrencyPolicy is Forbid", active.join(", "))).await;
+            } else {
+                if bs.spec.concurrency_policy == ConcurrencyPolicy::Replace {
+                    cancel(&ctx, &ns, &active).await?;
+                }
+                fire(&ctx, &bs, &planned, &at).await?;
+            }
+            return Ok(Action::requeue(Duration::ZERO));
+        }
+        Tick::Wait(next) => {
+            st.next_schedule_time =
+                next.map(|n| n.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+            if let Some(n) = next {
+                let wait = (n - now).to_std().unwrap_or(Duration::ZERO) + Duration::from_secs(1);
+                requeue = Some(requeue.map_or(wait, |r| r.min(wait)));
+            }
+        }
+    }
+    let (ok, reason) = if bs.spec.paused {
+        (false, "Paused")
+    } else {
+        (true, "Scheduled")
+    };
+    set_condition(
+        &mut st.conditions,
+        "Scheduled",
+        ok,
+        reason,
+        String::new(),
+        &now_s,
+    );
+    write_status(&ctx, &bs, &old, &st, false).await?;
+    Ok(match requeue {
+        Some(d) => Action::requeue(d),
+        None => Action::await_change(),
+    })
+}
+
+/// Writes the fields the controller owns (the retention mover writes
+/// `lastRetention` itself), when they changed; with `at_version`, only if
+/// the schedule is still the version read. Returns false when it was not.
+async fn write_status(
+    ctx: &Ctx,
+    bs: &BackupSchedule,
+    old: &BackupScheduleStatus,
+    st: &BackupScheduleStatus,
+    at_version: bool,
+) -> Result<bool, Error> {
+    if old == st {
+        return Ok(true);
+    }
+    let ns = bs.namespace().unwrap_or_default();
+    let mut patch = json!({"status": {
+        "lastScheduleTime": st.last_schedule_time,
+        "lastSkippedTime": st.last_skipped_time,
+        "lastSuccessfulTime": st.last_successful_time,
+        "nextScheduleTime": st.next_schedule_time,
+        "lastTrigger": st.last_trigger,
+        "active": st.active,
+        "conditions": st.conditions,
+    }});
+    if st.last_retention != old.last_retention {
+        patch["status"]["lastRetention"] = json!(st.last_retention);
+    }
+    if at_version {
+        patch["metadata"] = json!({"resourceVersion": bs.resource_version()});
+    }
+    match Api::<BackupSchedule>::namespaced(ctx.client.clone(), &ns)
+        .patch_status(
+            &bs.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+        Err(e) => Err(kube_err(format!(
+            "writing the status of schedule {ns}/{}",
+            bs.name_any()
+        ))(e)),
+    }
+}
+
+/// Cancels runs (concurrencyPolicy Replace).
+async fn cancel(ctx: &Ctx, ns: &str, runs: &[String]) -> Result<(), Error> {
+    let api: Api<VolumeBackup> = Api::namespaced(ctx.client.clone(), ns);
+    for r in runs {
+        match api
+            .patch(
+                r,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"cancel": true}})),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(kube_err(format!("canceling VolumeBackup {ns}/{r}"))(e)),
+        }
+    }
+    Ok(())
+}
+
+/// The volumes a schedule backs up: `(pod, volume)` for Filesystem, or
+/// PVC names for Snapshot.
+async fn targets(ctx: &Ctx, bs: &BackupSchedule) -> Result<Vec<(Option<String>, String)>, Error> {
+    let ns = bs.namespace().unwrap_or_default();
+    let lp = ListParams::default().labels(&bs.spec.selector.to_query());
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+        .list(&lp)
+        .await
+        .map_err(kube_err(format!("listing pods in {ns}")))?
+        .items;
+    let wanted = |v: &str| bs.spec.volumes.is_empty() || bs.spec.volumes.iter().any(|w| w == v);
+    let mut out: BTreeSet<(Option<String>, String)> = BTreeSet::new();
+    for p in &pods {
+        if p.meta().deletion_timestamp.is_some() {
+            continue;
+        }
+        for v in p.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+            let claim = crate::plan::volume_claim(p, &v.name).flatten();
+            let named = !bs.spec.volumes.is_empty() && wanted(&v.name);
+            if !(wanted(&v.name) && (claim.is_some() || named)) {
+                continue;
+            }
+            match (bs.spec.method, claim) {
+                (BackupMethod::Filesystem, _) => {
+                    out.insert((Some(p.name_any()), v.name.clone()));
+                }
+                (BackupMethod::Snapshot, Some(c)) => {
+                    out.insert((None, c));
+                }
+                (BackupMethod::Snapshot, None) => {}
+            }
+        }
+    }
+    if bs.spec.method == BackupMethod::Snapshot {
+        for c in Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &ns)
+            .list(&lp)
+            .await
+            .map_err(kube_err(format!("listing PVCs in {ns}")))?
+            .items
+        {
+            out.insert((None, c.name_any()));
+        }
+    }
+    Ok(out.into_iter().collect())
+}
+
+/// The name of the run of `target` at time `at`.
+fn run_name(schedule: &str, target: &(Option<String>, String), at: &str) -> String {
+    let stamp: String = at.chars().filter(char::is_ascii_digit).collect();
+    match &target.0 {
+        Some(pod) => object_name(&[schedule, pod, &target.1, &stamp]),
+        None => object_name(&[schedule, &target.1, &stamp]),
+    }
+}
+
+/// Creates the runs of one time.
+async fn fire(
+    ctx: &Ctx,
+    bs: &BackupSchedule,
+    targets: &[(Option<String>, String)],
+    at: &str,
+) -> Result<(), Error> {
+    let ns = bs.namespace().unwrap_or_default();
+    let name = bs.name_any();
+    if targets.is_empty() {
+        let what = if bs.spec.method == BackupMethod::Snapshot {
+            "PVC or pod"
+        } else {
+            "pod"
+        };
+        let note = format!(
+            "no {what} matches selector {:?}",
+            bs.spec.selector.to_query()
+        );
+        ctx.event_on(bs, "Schedule", EventType::Warning, "NothingSelected", note)
+            .await;
+        return Ok(());
+    }
+    let api: Api<VolumeBackup> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut tags = bs.spec.tags.clone();
+    tags.push(schedule_tag(&name));
+    let mut made = Vec::new();
+    for target in targets {
+        let run = run_name(&name, target, at);
+        let mut spec = json!({
+            "method": bs.spec.method,
+            "repository": bs.spec.repository,
+            "tags": tags,
+            "excludes": bs.spec.excludes,
+        });
+        match &target.0 {
+            Some(p) => {
+                spec["pod"] = json!(p);
+                spec["volume"] = json!(target.1);
+            }
+            None => spec["pvc"] = json!(target.1),
+        }
+        let vb: VolumeBackup = serde_json::from_value(json!({
+            "apiVersion": "coffer.dev/v1alpha1", "kind": "VolumeBackup",
+            "metadata": {
+                "name": run, "namespace": ns,
+                "labels": {SCHEDULE_LABEL: label_value(&name)},
+                "annotations": {SCHEDULED_AT: at},
+                "ownerReferences": bs.controller_owner_ref(&()).map(|o| vec![o]),
+            },
+            "spec": spec,
+        }))
+        .map_err(|e| Error::Invalid(format!("VolumeBackup {ns}/{run}: {e}")))?;
+        create(&api, &vb, &format!("VolumeBackup {ns}/{run}")).await?;
+        made.push(run);
+    }
+    let note = format!("created {}", made.join(", "));
+    ctx.event_on(bs, "Schedule", EventType::Normal, "Scheduled", note)
+        .await;
+    Ok(())
+}
+
+/// Runs (or follows) the retention mover for the time `after`. Returns when
+/// to look again.
+async fn retention(
+    ctx: &Ctx,
+    bs: &BackupSchedule,
+    policy: &Retention,
+    after: &str,
+    st: &mut BackupScheduleStatus,
+) -> Result<Option<Duration>, Error> {
+    let ns = bs.namespace().unwrap_or_default();
+    let name = bs.name_any();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let pod_name = retention_pod_name(bs);
+    let failed = |why: String| RetentionResult {
+        after: after.to_string(),
+        time: crate::status::now(),
+        error: Some(why),
+        ..Default::default()
+    };
+    let Some(pod) = pods
+        .get_opt(&pod_name)
+        .await
+        .map_err(kube_err(format!("reading pod {ns}/{pod_name}")))?
+    else {
+        let repo = Api::<BackupRepository>::namespaced(ctx.client.clone(), &ns)
+            .get_opt(&bs.spec.repository)
+            .await
+            .map_err(kube_err(format!(
+                "reading BackupRepository {ns}/{}",
+                bs.spec.repository
+            )))?;
+        let Some(repo) = repo else {
+            st.last_retention = Some(failed(format!(
+                "BackupRepository {ns}/{} not found",
+                bs.spec.repository
+            )));
+            return Ok(None);
+        };
+        crate::controller::ensure_mover_account(ctx, &ns).await?;
+        let mut args = mover_command("forget", &ns, &name, &repo);
+        args.extend([
+            "--tag".into(),
+            schedule_tag(&name),
+            "--after".into(),
+            after.to_string(),
+        ]);
+        if let Some(c) = &ctx.opts.cluster {
+            args.extend(["--cluster".into(), c.clone()]);
+        }
+        args.extend(retention_args(policy));
+        let labels = std::collections::BTreeMap::from([
+            (SCHEDULE_LABEL.to_string(), label_value(&name)),
+            (
+                "app.kubernetes.io/managed-by".to_string(),
+                "coffer-controller".to_string(),
+            ),
+        ]);
+        let owner = bs.controller_owner_ref(&()).unwrap_or_default();
+        let p = snapshot::mover_pod(&snapshot::Mover {
+            name: &pod_name,
+            namespace: &ns,
+            image: &ctx.opts.mover_image,
+            service_account: MOVER_ACCOUNT,
+            volume: None,
+            args,
+            password: &repo.spec.password_secret_ref,
+            credentials: repo.spec.credentials_secret_ref.as_ref(),
+            memory: &ctx.opts.mover_memory,
+            labels: &labels,
+            owner: Some(&owner),
+        });
+        create(&pods, &p, &format!("pod {ns}/{pod_name}")).await?;
+        return Ok(Some(ctx.opts.prepare_timeout));
+    };
+    if let Some(why) = snapshot::mover_failure(&pod) {
+        st.last_retention = Some(failed(why.clone()));
+        ctx.event_on(bs, "Retention", EventType::Warning, "RetentionFailed", why)
+            .await;
+    } else if pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded") {
+        // The mover wrote lastRetention before it exited; the next pass
+        // sees it and deletes the pod.
+        let fresh = Api::<BackupSchedule>::namespaced(ctx.client.clone(), &ns)
+            .get_status(&name)
+            .await
+            .map_err(kube_err(format!("reading BackupSchedule {ns}/{name}")))?;
+        let wrote = fresh
+            .status
+            .and_then(|s| s.last_retention)
+            .filter(|r| r.after == after);
+        st.last_retention = Some(wrote.unwrap_or_else(|| {
+            failed(format!(
+                "retention pod {ns}/{pod_name} exited without writing its result"
+            ))
+        }));
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn a_schedule_fires_once_per_time_a_trigger_once_per_value_and_not_while_paused() {
+        let daily: Schedule = "0 2 * * *".parse().unwrap();
+        let created = t("2026-11-20T10:00:00Z");
+        let mut st = BackupScheduleStatus::default();
+        // Before the first time: wait for it.
+        let now = t("2026-11-21T01:00:00Z");
+        assert_eq!(
+            tick(&daily, false, None, &st, created, now),
+            Tick::Wait(Some(t("2026-11-21T02:00:00Z")))
+        );
+        // Three missed times fire once.
+        let now = t("2026-11-24T09:00:00Z");
+        assert_eq!(
+            tick(&daily, false, None, &st, created, now),
+            Tick::Fire { trigger: None }
+        );
+        st.last_schedule_time = Some("2026-11-24T09:00:00.000Z".into());
+        assert_eq!(
+            tick(&daily, false, None, &st, created, now),
+            Tick::Wait(Some(t("2026-11-25T02:00:00Z")))
+        );
+        // Paused: nothing, but a new backup-now value still fires, once.
+        assert_eq!(
+            tick(&daily, true, None, &st, created, now),
+            Tick::Wait(None)
+        );
+        assert_eq!(
+            tick(&daily, true, Some("1"), &st, created, now),
+            Tick::Fire {
+                trigger: Some("1".into())
+            }
+        );
+        st.last_trigger = Some("1".into());
+        assert_eq!(
+            tick(&daily, true, Some("1"), &st, created, now),
+            Tick::Wait(None)
+        );
+        // A skipped time counts as the last one.
+        st.last_skipped_time = Some("2026-11-25T02:00:00Z".into());
+        let later = t("2026-11-25T03:00:00Z");
+        assert_eq!(
+            tick(&daily, false, None, &st, created, later),
+            Tick::Wait(Some(t("2026-11-26T02:00:00Z")))
+        );
+    }
+
+    #[test]
+    fn conditions_keep_their_transition_time_until_they_change() {
+        let mut c = Vec::new();
+        set_condition(&mut c, "Scheduled", true, "Scheduled", String::new(), "t1");
+        set_condition(&mut c, "Scheduled", true, "Scheduled", String::new(), "t2");
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].last_transition_time.as_deref(), Some("t1"));
+        set_condition(&mut c, "Scheduled", false, "Paused", String::new(), "t3");
+        assert_eq!(c[0].status, "False");
+        assert_eq!(c[0].last_transition_time.as_deref(), Some("t3"));
+    }
+
+    #[test]
+    fn retention_becomes_forget_flags() {
+        let r = Retention {
+            keep_last: Some(3),
+            keep_daily: Some(7),
+            keep_within: Some("30d".into()),
+            keep_tags: vec!["keep".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            retention_args(&r).join(" "),
+            "--keep-last 3 --keep-daily 7 --keep-within 30d --keep-tag keep"
+        );
+    }
+}

@@ -1,0 +1,123 @@
+//! BackupSchedules, end to end: the real controller creates the runs of
+//! each time, the snapshot path backs them up, and a real retention mover
+//! applies the policy per origin to the schedule's snapshots only.
+
+use std::collections::BTreeSet;
+
+use coffer_node_agent::crd::{BackupSchedule, Phase, VolumeBackup};
+use coffer_node_agent::schedules::{SCHEDULED_AT, SCHEDULE_LABEL};
+use kube::api::{Api, ListParams};
+use kube::ResourceExt;
+use serde_json::json;
+
+use crate::harness::*;
+use crate::sim;
+use crate::snapshots::{fake_cluster, snapshot_backup, wait_cleaned};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_keeps_exactly_the_newest_snapshots_of_each_origin_and_nothing_else() {
+    let Some((mut env, _sim)) = fake_cluster().await else {
+        return;
+    };
+    let ns = env.namespace("sched").await;
+    let repo = env.repository(&ns, "default", PASSWORD).await;
+    for (pvc, app, seed) in [("data-0", "db", 1), ("data-1", "db", 2), ("web", "web", 3)] {
+        let dir = env.dir.path().join(format!("csi/source/{pvc}"));
+        fill(&dir, seed, 5);
+        sim::csi_pvc(&env, &ns, pvc, "Filesystem", &dir, json!({"app": app})).await;
+    }
+    let _c = Controller::start(&env, "a", &[]);
+    // A snapshot of a selected PVC that the schedule did not make.
+    snapshot_backup(&env, &ns, "manual", json!({"pvc": "data-0"})).await;
+    let manual = wait_cleaned(&env, &ns, "manual").await;
+    let manual = manual.status.unwrap().snapshot_id.unwrap();
+
+    env.create::<BackupSchedule>(
+        &ns,
+        json!({
+            "apiVersion": "coffer.dev/v1alpha1", "kind": "BackupSchedule",
+            "metadata": {"name": "db", "namespace": ns},
+            "spec": {
+                "schedule": "@daily",
+                "selector": {"matchLabels": {"app": "db"}},
+                "method": "Snapshot",
+                "retention": {"keepLast": 2},
+            }
+        }),
+    )
+    .await;
+    let api: Api<BackupSchedule> = Api::namespaced(env.client.clone(), &ns);
+    let mut ticks = Vec::new();
+    for i in 1..=3 {
+        env.annotate_object::<BackupSchedule>(
+            &ns,
+            "db",
+            "backup.coffer.dev/backup-now",
+            &i.to_string(),
+        )
+        .await;
+        let bs = env
+            .wait_for::<BackupSchedule>(&ns, "db", "run and retained", |b| {
+                b.status.as_ref().is_some_and(|s| {
+                    s.last_trigger.as_deref() == Some(&i.to_string())
+                        && s.active.is_empty()
+                        && s.last_retention.as_ref().map(|r| &r.after)
+                            == s.last_schedule_time.as_ref()
+                })
+            })
+            .await;
+        ticks.push(bs.status.unwrap().last_schedule_time.unwrap());
+    }
+
+    // The runs of each time: one per selected PVC, all completed.
+    let runs = Api::<VolumeBackup>::namespaced(env.client.clone(), &ns)
+        .list(&ListParams::default().labels(SCHEDULE_LABEL))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(runs.len(), 6, "{runs:#?}");
+    let snapshot_of = |tick: &str| -> BTreeSet<String> {
+        runs.iter()
+            .filter(|r| r.annotations().get(SCHEDULED_AT).map(String::as_str) == Some(tick))
+            .map(|r| {
+                let st = r.status.clone().unwrap();
+                assert_eq!(st.phase, Phase::Completed, "{st:#?}");
+                st.snapshot_id.unwrap()
+            })
+            .collect()
+    };
+    let mut expected: BTreeSet<String> = snapshot_of(&ticks[1]);
+    expected.extend(snapshot_of(&ticks[2]));
+    expected.insert(manual);
+    assert_eq!(expected.len(), 5);
+    let r = open_repo(&repo, PASSWORD).await;
+    let left: BTreeSet<String> = r
+        .snapshots()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id.to_hex())
+        .collect();
+    assert_eq!(left, expected);
+    for id in snapshot_of(&ticks[0]) {
+        assert!(!left.contains(&id), "the oldest time's {id} was kept");
+    }
+
+    let st = api.get_status("db").await.unwrap().status.unwrap();
+    let ret = st.last_retention.clone().unwrap();
+    assert_eq!((ret.kept, ret.removed, ret.origins), (4, 2, 2), "{ret:#?}");
+    assert!(ret.error.is_none());
+    assert!(st.last_successful_time.is_some());
+    assert!(st.next_schedule_time.is_some());
+    let cond = |t: &str| {
+        st.conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .unwrap()
+            .status
+            .clone()
+    };
+    assert_eq!(cond("Scheduled"), "True");
+    assert_eq!(cond("LastRunSucceeded"), "True");
+    assert_eq!(cond("RetentionApplied"), "True");
+}
