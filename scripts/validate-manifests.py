@@ -213,6 +213,13 @@ def cmd_negative(version, rendered):
     bad = copy.deepcopy(restore)
     bad["spec"]["target"] = {"namespace": "copy"}
     cases.append(("a VolumeRestore target without its pvc", bad))
+    sched = next(d for d in load(examples / "schedule.yaml") if d["kind"] == "BackupSchedule")
+    bad = copy.deepcopy(sched)
+    bad["spec"]["concurrencyPolicy"] = "Sometimes"
+    cases.append(("a BackupSchedule concurrencyPolicy outside its enum", bad))
+    bad = copy.deepcopy(sched)
+    bad["spec"]["retention"]["keepLast"] = "seven"
+    cases.append(("a BackupSchedule keepLast that is not a number", bad))
     repo = next(d for d in load(examples / "repository.yaml") if d["kind"] == "BackupRepository")
     bad = copy.deepcopy(repo)
     bad["spec"]["options"]["timeout"] = 30
