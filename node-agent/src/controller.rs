@@ -564,22 +564,17 @@ async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Result<Action,
         let args = mover_args(ctx, vb, &repo, &pvc_name, block, &origin);
         let labels = run_labels(vb);
         let owner = vb.controller_owner_ref(&()).unwrap_or_default();
+        let volume = snapshot::MoverVolume {
+            claim: &child,
+            block,
+            write: false,
+        };
         let p = snapshot::mover_pod(&snapshot::Mover {
-            name: &child,
-            namespace: &ns,
-            image: &ctx.opts.mover_image,
-            service_account: MOVER_ACCOUNT,
-            volume: Some(snapshot::MoverVolume {
-                claim: &child,
-                block,
-                write: false,
-            }),
+            volume: Some(volume),
             args,
-            password: &repo.spec.password_secret_ref,
-            credentials: repo.spec.credentials_secret_ref.as_ref(),
-            memory: &ctx.opts.mover_memory,
             labels: &labels,
             owner: Some(&owner),
+            ..ctx.mover(&child, &ns, &repo)
         });
         create(&pods, &p, &format!("pod {ns}/{child}")).await?;
         status::update::<VolumeBackup>(&ctx.client, &ns, &vb.name_any(), |s| {
@@ -1142,6 +1137,32 @@ impl<K> Run for K where
 }
 
 impl Ctx {
+    /// A mover pod `name` in `ns` that opens `repo` (its password Secret in
+    /// the environment, its credentials Secret mounted), with this
+    /// controller's image, account and memory limit; no volume, arguments,
+    /// labels or owner yet (struct update syntax fills them).
+    pub(crate) fn mover<'a>(
+        &'a self,
+        name: &'a str,
+        ns: &'a str,
+        repo: &'a BackupRepository,
+    ) -> snapshot::Mover<'a> {
+        static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+        snapshot::Mover {
+            name,
+            namespace: ns,
+            image: &self.opts.mover_image,
+            service_account: MOVER_ACCOUNT,
+            volume: None,
+            args: Vec::new(),
+            password: &repo.spec.password_secret_ref,
+            credentials: repo.spec.credentials_secret_ref.as_ref(),
+            memory: &self.opts.mover_memory,
+            labels: &NO_LABELS,
+            owner: None,
+        }
+    }
+
     /// Ends a run that is not over yet (a mover's own result stands).
     pub(crate) async fn end<K: Run>(&self, run: &K, outcome: Outcome, first_stage: &str) {
         let ns = run.namespace().unwrap_or_default();

@@ -384,17 +384,10 @@ async fn start_mover(
     }
     let labels = pod_labels(vr);
     let mut p = snapshot::mover_pod(&snapshot::Mover {
-        name,
-        namespace: tns,
-        image: &ctx.opts.mover_image,
-        service_account: MOVER_ACCOUNT,
         volume,
         args,
-        password: &repo.spec.password_secret_ref,
-        credentials: repo.spec.credentials_secret_ref.as_ref(),
-        memory: &ctx.opts.mover_memory,
         labels: &labels,
-        owner: None,
+        ..ctx.mover(name, tns, repo)
     });
     p.metadata.annotations = Some(BTreeMap::from([(RUN_ANNOTATION.to_string(), run_key(vr))]));
     create(

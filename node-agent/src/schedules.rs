@@ -23,7 +23,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use crate::annotations::BACKUP_NOW;
-use crate::controller::{create, delete, kube_err, mover_command, Ctx, Error, MOVER_ACCOUNT};
+use crate::controller::{create, delete, kube_err, mover_command, Ctx, Error};
 use crate::crd::{
     BackupMethod, BackupRepository, BackupSchedule, BackupScheduleStatus, ConcurrencyPolicy,
     Condition, Phase, Retention, RetentionResult, VolumeBackup,
@@ -609,17 +609,10 @@ async fn retention(
         ]);
         let owner = bs.controller_owner_ref(&()).unwrap_or_default();
         let p = snapshot::mover_pod(&snapshot::Mover {
-            name: &pod_name,
-            namespace: &ns,
-            image: &ctx.opts.mover_image,
-            service_account: MOVER_ACCOUNT,
-            volume: None,
             args,
-            password: &repo.spec.password_secret_ref,
-            credentials: repo.spec.credentials_secret_ref.as_ref(),
-            memory: &ctx.opts.mover_memory,
             labels: &labels,
             owner: Some(&owner),
+            ..ctx.mover(&pod_name, &ns, &repo)
         });
         create(&pods, &p, &format!("pod {ns}/{pod_name}")).await?;
         return Ok(Some(ctx.opts.prepare_timeout));

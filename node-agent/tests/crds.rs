@@ -17,8 +17,13 @@ fn deploy_crds_match_the_rust_types() {
         .unwrap();
     assert!(out.status.success());
     assert_eq!(String::from_utf8(out.stdout).unwrap(), generated);
-    for kind in ["BackupRepository", "VolumeBackup", "VolumeRestore"] {
+    for kind in [
+        "BackupRepository",
+        "VolumeBackup",
+        "VolumeRestore",
+        "BackupSchedule",
+    ] {
         assert!(generated.contains(&format!("kind: {kind}\n")), "{kind}");
     }
-    assert_eq!(generated.matches("scope: Namespaced").count(), 3);
+    assert_eq!(generated.matches("scope: Namespaced").count(), 4);
 }
