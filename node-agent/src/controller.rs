@@ -865,25 +865,11 @@ async fn cleanup(ctx: &Ctx, vb: &VolumeBackup) -> Result<bool, Error> {
     let ns = vb.namespace().unwrap_or_default();
     let child = child_name(vb);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    if let Some(p) = pods
-        .get_opt(&child)
-        .await
-        .map_err(kube_err(format!("reading pod {ns}/{child}")))?
-    {
-        if p.meta().deletion_timestamp.is_none() {
-            delete(&pods, &child, &format!("pod {ns}/{child}")).await?;
-        }
+    if delete_present(&pods, &child, &format!("pod {ns}/{child}")).await? {
         return Ok(false);
     }
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
-    if let Some(c) = pvcs
-        .get_opt(&child)
-        .await
-        .map_err(kube_err(format!("reading PVC {ns}/{child}")))?
-    {
-        if c.meta().deletion_timestamp.is_none() {
-            delete(&pvcs, &child, &format!("PVC {ns}/{child}")).await?;
-        }
+    if delete_present(&pvcs, &child, &format!("PVC {ns}/{child}")).await? {
         return Ok(false);
     }
     let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
@@ -950,6 +936,25 @@ async fn cleanup(ctx: &Ctx, vb: &VolumeBackup) -> Result<bool, Error> {
             }
             return Ok(false);
         }
+    }
+    Ok(true)
+}
+
+/// Deletes `name` unless it is gone or going; returns whether it was still
+/// there (a cleanup step then waits for it to go).
+pub(crate) async fn delete_present<K>(api: &Api<K>, name: &str, what: &str) -> Result<bool, Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let Some(o) = api
+        .get_opt(name)
+        .await
+        .map_err(kube_err(format!("reading {what}")))?
+    else {
+        return Ok(false);
+    };
+    if o.meta().deletion_timestamp.is_none() {
+        delete(api, name, what).await?;
     }
     Ok(true)
 }

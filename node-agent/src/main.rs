@@ -309,13 +309,19 @@ async fn client() -> anyhow::Result<kube::Client> {
     })
 }
 
+/// Metrics, /healthz and /readyz on `addr`.
+async fn serve_metrics(addr: SocketAddr) -> anyhow::Result<std::sync::Arc<metrics::Metrics>> {
+    let m = metrics::Metrics::new();
+    let bound = metrics::serve(addr, m.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))?;
+    tracing::info!(%bound, "metrics, /healthz and /readyz");
+    Ok(m)
+}
+
 async fn run_controller(a: ControllerArgs) -> anyhow::Result<()> {
     let client = client().await?;
-    let m = metrics::Metrics::new();
-    let bound = metrics::serve(a.metrics_addr, m.clone())
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot serve metrics on {}: {e}", a.metrics_addr))?;
-    tracing::info!(%bound, "metrics, /healthz and /readyz");
+    let m = serve_metrics(a.metrics_addr).await?;
     let opts = controller::Options {
         cluster: a.cluster_name,
         namespace: a.namespace,
@@ -447,11 +453,7 @@ fn init_logs(format: &str) {
 
 async fn run_node(a: NodeArgs) -> anyhow::Result<()> {
     let client = client().await?;
-    let m = metrics::Metrics::new();
-    let bound = metrics::serve(a.metrics_addr, m.clone())
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot serve metrics on {}: {e}", a.metrics_addr))?;
-    tracing::info!(%bound, "metrics, /healthz and /readyz");
+    let m = serve_metrics(a.metrics_addr).await?;
     let opts = node::Options {
         node: NodeConfig {
             kubelet_root: a.kubelet_root,

@@ -35,8 +35,8 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use crate::controller::{
-    add_finalizer, create, delete, ensure_mover_account, finish, kube_err, mover_command,
-    pod_events, remaining, Ctx, Error, FINALIZER, MOVER_ACCOUNT,
+    add_finalizer, create, delete, delete_present, ensure_mover_account, finish, kube_err,
+    mover_command, pod_events, remaining, Ctx, Error, FINALIZER, MOVER_ACCOUNT,
 };
 use crate::crd::{BackupRepository, Phase, RestoreTarget, RunStatus, VolumeRestore};
 use crate::node::{label_value, object_name};
@@ -233,15 +233,7 @@ async fn advance(
     };
 
     // 3. The PVC.
-    if let Some(p) = pods
-        .get_opt(&resolver)
-        .await
-        .map_err(kube_err(format!("reading pod {tns}/{resolver}")))?
-    {
-        if p.meta().deletion_timestamp.is_none() {
-            delete(&pods, &resolver, &format!("pod {tns}/{resolver}")).await?;
-        }
-    }
+    delete_present(&pods, &resolver, &format!("pod {tns}/{resolver}")).await?;
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &tns);
     let existing = pvcs
         .get_opt(&target.pvc)
@@ -467,16 +459,7 @@ async fn cleanup(
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &tns);
     let mut left = false;
     for name in [resolver_name(vr), restorer_name(vr)] {
-        if let Some(p) = pods
-            .get_opt(&name)
-            .await
-            .map_err(kube_err(format!("reading pod {tns}/{name}")))?
-        {
-            if p.meta().deletion_timestamp.is_none() {
-                delete(&pods, &name, &format!("pod {tns}/{name}")).await?;
-            }
-            left = true;
-        }
+        left |= delete_present(&pods, &name, &format!("pod {tns}/{name}")).await?;
     }
     if left {
         return Ok(false);

@@ -23,7 +23,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use crate::annotations::BACKUP_NOW;
-use crate::controller::{create, delete, kube_err, mover_command, Ctx, Error};
+use crate::controller::{create, delete_present, kube_err, mover_command, Ctx, Error};
 use crate::crd::{
     BackupMethod, BackupRepository, BackupSchedule, BackupScheduleStatus, ConcurrencyPolicy,
     Condition, Phase, Retention, RetentionResult, VolumeBackup,
@@ -292,14 +292,7 @@ pub(crate) async fn reconcile(bs: Arc<BackupSchedule>, ctx: Arc<Ctx>) -> Result<
     if st.last_retention.as_ref().map(|r| &r.after) == last_tick.as_ref() {
         let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
         let pod = retention_pod_name(&bs);
-        if pods
-            .get_opt(&pod)
-            .await
-            .map_err(kube_err(format!("reading pod {ns}/{pod}")))?
-            .is_some()
-        {
-            delete(&pods, &pod, &format!("pod {ns}/{pod}")).await?;
-        }
+        delete_present(&pods, &pod, &format!("pod {ns}/{pod}")).await?;
     }
 
     let created = bs
