@@ -48,7 +48,8 @@ EXPECTED_CONTROLLER_RULES = {
     ("coffer.dev", "backupschedules/status"): {"get", "patch"},
     ("coffer.dev", "volumebackups/status"): {"get", "patch"},
     ("coffer.dev", "volumerestores/status"): {"get", "patch"},
-    ("coffer.dev", "backuprepositories"): {"get"},
+    ("coffer.dev", "backuprepositories"): {"get", "list", "watch"},
+    ("coffer.dev", "backuprepositories/status"): {"get", "patch"},
     ("", "pods"): {"get", "list", "watch", "create", "delete"},
     ("", "persistentvolumeclaims"): {"get", "list", "watch", "create", "delete"},
     ("", "persistentvolumes"): {"get", "list", "patch", "delete"},
@@ -58,7 +59,7 @@ EXPECTED_CONTROLLER_RULES = {
     ("", "events"): {"list"},
     ("events.k8s.io", "events"): {"create", "patch"},
     ("", "serviceaccounts"): {"create"},
-    ("rbac.authorization.k8s.io", "roles"): {"create"},
+    ("rbac.authorization.k8s.io", "roles"): {"create", "patch"},
     ("rbac.authorization.k8s.io", "rolebindings"): {"create"},
 }
 CONTROLLER_SOURCE = ROOT / "deploy" / "controller.yaml"
@@ -224,6 +225,12 @@ def cmd_negative(version, rendered):
     bad = copy.deepcopy(repo)
     bad["spec"]["options"]["timeout"] = 30
     cases.append(("a BackupRepository option that is not a string", bad))
+    bad = copy.deepcopy(repo)
+    bad["spec"]["maintenance"]["maxUnusedPercent"] = "five"
+    cases.append(("a BackupRepository maxUnusedPercent that is not a number", bad))
+    bad = copy.deepcopy(repo)
+    bad["spec"]["maintenance"]["pruneSchedul"] = "@daily"
+    cases.append(("a misspelt maintenance field", bad))
     accepted = []
     for what, doc in cases:
         try:

@@ -121,7 +121,7 @@ pub(crate) struct Ctx {
     pub(crate) client: Client,
     pub(crate) opts: Options,
     recorder: Recorder,
-    metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     /// Namespaces whose mover ServiceAccount and Role exist.
     mover_accounts: Mutex<HashSet<String>>,
 }
@@ -181,11 +181,7 @@ pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) -> anyhow
     )
     .owns(Api::<VolumeSnapshot>::all(client.clone()), children)
     .run(reconcile, error_policy, ctx.clone())
-    .for_each(|r| async move {
-        if let Err(e) = r {
-            tracing::debug!("reconcile: {e}");
-        }
-    });
+    .for_each(log_error);
     let restores = Controller::new(
         Api::<VolumeRestore>::all(client.clone()),
         watcher::Config::default(),
@@ -196,11 +192,7 @@ pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) -> anyhow
         crate::restorer::run_of,
     )
     .run(crate::restorer::reconcile, error_policy, ctx.clone())
-    .for_each(|r| async move {
-        if let Err(e) = r {
-            tracing::debug!("reconcile: {e}");
-        }
-    });
+    .for_each(log_error);
     let scheduled = watcher::Config::default().labels(crate::schedules::SCHEDULE_LABEL);
     let schedules = Controller::new(
         Api::<BackupSchedule>::all(client.clone()),
@@ -208,12 +200,22 @@ pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) -> anyhow
     )
     .owns(Api::<VolumeBackup>::all(client.clone()), scheduled.clone())
     .owns(Api::<Pod>::all(client.clone()), scheduled)
-    .run(crate::schedules::reconcile, schedule_error_policy, ctx)
-    .for_each(|r| async move {
-        if let Err(e) = r {
-            tracing::debug!("reconcile: {e}");
-        }
-    });
+    .run(
+        crate::schedules::reconcile,
+        object_error_policy,
+        ctx.clone(),
+    )
+    .for_each(log_error);
+    let maintenance = Controller::new(
+        Api::<BackupRepository>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(
+        Api::<Pod>::all(client.clone()),
+        watcher::Config::default().labels(crate::maintenance::MAINTENANCE_LABEL),
+    )
+    .run(crate::maintenance::reconcile, object_error_policy, ctx)
+    .for_each(log_error);
     let lost = async {
         loop {
             if leading.changed().await.is_err() || !*leading.borrow() {
@@ -222,11 +224,19 @@ pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) -> anyhow
         }
     };
     tokio::select! {
-        _ = futures::future::join3(backups, restores, schedules) => anyhow::bail!("the controller's watches ended"),
+        _ = futures::future::join4(backups, restores, schedules, maintenance) => anyhow::bail!("the controller's watches ended"),
         _ = lost => {
             lease_task.abort();
             anyhow::bail!("lost the Lease; stopping so that the new leader alone acts")
         }
+    }
+}
+
+/// A reconcile's error is logged where it happens (the error policy); the
+/// stream's copy is for debugging.
+async fn log_error<T, E: std::fmt::Display>(r: Result<T, E>) {
+    if let Err(e) = r {
+        tracing::debug!("reconcile: {e}");
     }
 }
 
@@ -239,10 +249,10 @@ fn error_policy<K: Run>(run: Arc<K>, e: &Error, _: Arc<Ctx>) -> Action {
     Action::requeue(Duration::from_secs(5))
 }
 
-fn schedule_error_policy(bs: Arc<BackupSchedule>, e: &Error, _: Arc<Ctx>) -> Action {
+fn object_error_policy<K: Resource>(obj: Arc<K>, e: &Error, _: Arc<Ctx>) -> Action {
     tracing::warn!(
-        namespace = bs.namespace().unwrap_or_default(),
-        schedule = bs.name_any(),
+        namespace = obj.namespace().unwrap_or_default(),
+        name = obj.name_any(),
         "{e}; trying again"
     );
     Action::requeue(Duration::from_secs(5))
@@ -635,6 +645,46 @@ async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Result<Action,
     Ok(Action::await_change())
 }
 
+/// Where a mover pod that runs a job (rather than a run) stands.
+pub(crate) enum MoverState {
+    /// Still starting or running; look again after this, if given.
+    Running(Option<Duration>),
+    /// It will never run: it cannot be scheduled, cannot pull its image, or
+    /// has not started within `--prepare-timeout`.
+    Stuck(String),
+    /// It exited; the reason when it failed. Its result, if it wrote one,
+    /// is in the object it reports to.
+    Exited(Option<String>),
+}
+
+/// Where `pod` stands.
+pub(crate) async fn mover_state(ctx: &Ctx, pod: &Pod) -> MoverState {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    if matches!(phase, Some("Succeeded" | "Failed")) {
+        return MoverState::Exited(snapshot::mover_failure(pod));
+    }
+    if let Some(why) = snapshot::mover_failure(pod) {
+        return MoverState::Stuck(why);
+    }
+    if snapshot::mover_started(pod) {
+        return MoverState::Running(None);
+    }
+    let left = remaining(
+        pod.meta().creation_timestamp.as_ref(),
+        ctx.opts.prepare_timeout,
+    );
+    if !left.is_zero() {
+        return MoverState::Running(Some(left));
+    }
+    let ns = pod.namespace().unwrap_or_default();
+    let name = pod.name_any();
+    let events = pod_events(ctx, &ns, &name).await;
+    MoverState::Stuck(format!(
+        "mover pod {ns}/{name} did not start within {}{events}",
+        humantime::format_duration(ctx.opts.prepare_timeout)
+    ))
+}
+
 /// The time left of `limit` since `since` (all of it when unknown).
 pub(crate) fn remaining(
     since: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
@@ -810,7 +860,12 @@ pub(crate) async fn ensure_mover_account(ctx: &Ctx, ns: &str) -> Result<(), Erro
         "metadata": {"name": MOVER_ACCOUNT, "namespace": ns, "labels": labels},
         "rules": [{
             "apiGroups": ["coffer.dev"],
-            "resources": ["volumebackups/status", "volumerestores/status", "backupschedules/status"],
+            "resources": [
+                "volumebackups/status",
+                "volumerestores/status",
+                "backupschedules/status",
+                "backuprepositories/status",
+            ],
             "verbs": ["get", "patch"],
         }],
     }))
@@ -827,12 +882,18 @@ pub(crate) async fn ensure_mover_account(ctx: &Ctx, ns: &str) -> Result<(), Erro
         &format!("ServiceAccount {ns}/{MOVER_ACCOUNT}"),
     )
     .await?;
-    create(
-        &Api::namespaced(ctx.client.clone(), ns),
-        &role,
-        &format!("Role {ns}/{MOVER_ACCOUNT}"),
-    )
-    .await?;
+    let roles: Api<Role> = Api::namespaced(ctx.client.clone(), ns);
+    let what = format!("Role {ns}/{MOVER_ACCOUNT}");
+    create(&roles, &role, &what).await?;
+    // A Role an older controller made gets today's rules.
+    roles
+        .patch(
+            MOVER_ACCOUNT,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"rules": role.rules})),
+        )
+        .await
+        .map_err(kube_err(format!("updating {what}")))?;
     create(
         &Api::namespaced(ctx.client.clone(), ns),
         &binding,

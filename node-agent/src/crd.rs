@@ -52,6 +52,37 @@ pub struct BackupRepositorySpec {
     /// Create the repository when it does not exist yet.
     #[serde(default)]
     pub init: bool,
+    /// Scheduled prune and check, run by the controller in mover pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<Maintenance>,
+}
+
+/// A repository's scheduled maintenance. Each job runs in a mover pod in the
+/// repository's namespace, beside running backups (the engine's protocol
+/// needs no lock), never beside the other job.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Maintenance {
+    /// When to prune, in the schedule language of the backup annotation
+    /// (`@daily`, `H 3 * * 0`, ...); none: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune_schedule: Option<String>,
+    /// When to check; none: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check_schedule: Option<String>,
+    /// What each check downloads and verifies, as `coffer check
+    /// --read-data-subset` takes it: `P%` (a random sample) or `n/m` (part n
+    /// of m; the controller moves to the next part at each check, so m
+    /// checks cover the repository). None: the structure only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_data_subset: Option<String>,
+    /// Unused space prune leaves in packs, in percent (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unused_percent: Option<u32>,
+    /// The maintenance pods' memory limit (default: the controller's
+    /// `--mover-memory`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
 }
 
 /// A key of a Secret in the same namespace.
@@ -107,6 +138,91 @@ pub struct BackupRepositoryStatus {
     /// The generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// Scheduling of the prune job (the controller's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune: Option<JobTimes>,
+    /// Scheduling of the check job (the controller's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<JobTimes>,
+    /// What the last prune did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_prune: Option<PruneResult>,
+    /// What the last check found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check: Option<CheckResult>,
+}
+
+/// When a maintenance job last fired and fires next.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobTimes {
+    /// The time the last job was started for (RFC 3339, ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_schedule_time: Option<String>,
+    /// The next time, when the schedule has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_schedule_time: Option<String>,
+    /// The last `maintenance.coffer.dev/{prune,check}-now` value acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_trigger: Option<String>,
+    /// Why the schedule cannot be used, when it cannot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What a prune did.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PruneResult {
+    /// The `lastScheduleTime` it ran for.
+    pub scheduled_at: String,
+    /// When it ended.
+    pub time: String,
+    /// Bytes freed in the store.
+    pub bytes_freed: u64,
+    /// Bytes of used blobs copied out of repacked packs.
+    pub bytes_repacked: u64,
+    /// Packs deleted whole, repacked, and left unindexed by interrupted
+    /// backups.
+    pub packs_deleted: u64,
+    /// Bytes of packs left in the repository.
+    pub total_bytes: u64,
+    /// Running backups it waited for.
+    pub sessions_waited: u64,
+    /// False when it stopped waiting for backups; the next prune finishes.
+    pub executed: bool,
+    /// Why it failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What a check found.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckResult {
+    /// The `lastScheduleTime` it ran for.
+    pub scheduled_at: String,
+    /// When it ended.
+    pub time: String,
+    /// Whether the repository is sound (and the check ran).
+    pub ok: bool,
+    /// The subset of packs read, when data was read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_data_subset: Option<String>,
+    /// Snapshots, packs checked, and packs downloaded and verified.
+    pub snapshots: u64,
+    /// Packs whose headers were checked.
+    pub packs: u64,
+    /// Packs downloaded and verified blob by blob.
+    pub packs_read: u64,
+    /// Problems found.
+    pub problems: u64,
+    /// The first problems, each naming its object.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub first_problems: Vec<String>,
+    /// Why it could not run, when it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// One backup of one volume: a pod's volume read in place by the node agent

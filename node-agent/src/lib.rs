@@ -14,6 +14,7 @@ pub mod annotations;
 pub mod controller;
 pub mod crd;
 pub mod kubelet;
+pub mod maintenance;
 pub mod metrics;
 pub mod mover;
 pub mod node;

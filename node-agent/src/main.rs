@@ -86,6 +86,34 @@ enum MoverCommand {
     Restore(Box<MoverRestoreArgs>),
     /// Apply a schedule's retention policy, per origin, to its snapshots
     Forget(Box<MoverForgetArgs>),
+    /// Prune the repository (scheduled maintenance); write what it freed into the BackupRepository's status
+    Prune(Box<MoverPruneArgs>),
+    /// Check the repository (scheduled maintenance); write the result into the BackupRepository's status
+    Check(Box<MoverCheckArgs>),
+}
+
+#[derive(clap::Args, Debug)]
+struct MoverPruneArgs {
+    #[command(flatten)]
+    common: MoverCommon,
+    /// The schedule time this job runs for
+    #[arg(long)]
+    scheduled_at: String,
+    /// Unused space to leave in packs, in percent
+    #[arg(long, default_value_t = 5.0)]
+    max_unused_percent: f64,
+}
+
+#[derive(clap::Args, Debug)]
+struct MoverCheckArgs {
+    #[command(flatten)]
+    common: MoverCommon,
+    /// The schedule time this job runs for
+    #[arg(long)]
+    scheduled_at: String,
+    /// Download and verify this subset of packs: n/m or P%
+    #[arg(long)]
+    read_data_subset: Option<String>,
 }
 
 /// What every mover takes: its run, and how to open the repository.
@@ -94,7 +122,7 @@ struct MoverCommon {
     /// The run's namespace
     #[arg(long)]
     namespace: String,
-    /// The VolumeBackup, VolumeRestore or BackupSchedule whose status this mover writes
+    /// The VolumeBackup, VolumeRestore, BackupSchedule or BackupRepository whose status this mover writes
     #[arg(long)]
     run: String,
     /// The repository's URL
@@ -121,6 +149,15 @@ impl MoverCommon {
             options: self.options.clone(),
             credentials_dir: self.credentials_dir.clone(),
             init: self.init,
+        }
+    }
+
+    fn maintenance(&self, scheduled_at: String) -> mover::MaintenanceJob {
+        mover::MaintenanceJob {
+            namespace: self.namespace.clone(),
+            repository: self.run.clone(),
+            repo: self.repo(),
+            scheduled_at,
         }
     }
 }
@@ -285,6 +322,8 @@ fn main() -> anyhow::Result<()> {
                 MoverCommand::Resolve(a) => &a.common.log_format,
                 MoverCommand::Restore(a) => &a.common.log_format,
                 MoverCommand::Forget(a) => &a.common.log_format,
+                MoverCommand::Prune(a) => &a.common.log_format,
+                MoverCommand::Check(a) => &a.common.log_format,
             };
             init_logs(log_format);
             let rt = runtime()?;
@@ -419,6 +458,14 @@ async fn run_mover(m: MoverCommand) -> anyhow::Result<bool> {
                 },
             };
             Ok(mover::forget(client().await?, job, password, cancel).await)
+        }
+        MoverCommand::Prune(a) => {
+            let job = a.common.maintenance(a.scheduled_at);
+            Ok(mover::prune(client().await?, job, a.max_unused_percent, password, cancel).await)
+        }
+        MoverCommand::Check(a) => {
+            let job = a.common.maintenance(a.scheduled_at);
+            Ok(mover::check(client().await?, job, a.read_data_subset, password, cancel).await)
         }
         MoverCommand::Restore(a) => {
             let job = mover::RestoreJob {

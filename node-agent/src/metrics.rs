@@ -46,6 +46,19 @@ pub struct VolumeLabels {
     pub volume: String,
 }
 
+/// Per repository maintenance job.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MaintenanceLabels {
+    /// Namespace.
+    pub namespace: String,
+    /// The BackupRepository.
+    pub repository: String,
+    /// `prune` or `check`.
+    pub job: String,
+    /// `ok` or `failed` (a check that found damage is `failed`).
+    pub result: String,
+}
+
 /// The agent's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -61,6 +74,10 @@ pub struct Metrics {
     pub last_success: Family<VolumeLabels, Gauge<f64, AtomicU64>>,
     /// Runs in progress now.
     pub in_progress: Gauge,
+    /// Finished maintenance jobs (the controller's).
+    pub maintenance: Family<MaintenanceLabels, Counter>,
+    /// Bytes freed by prune (the controller's).
+    pub bytes_freed: Family<MaintenanceLabels, Counter>,
     ready: AtomicBool,
 }
 
@@ -116,8 +133,22 @@ impl Metrics {
             "Backups and restores running now",
             in_progress.clone(),
         );
+        let maintenance = Family::<MaintenanceLabels, Counter>::default();
+        registry.register(
+            "maintenance_jobs",
+            "Finished repository prunes and checks by result (a check that found damage failed)",
+            maintenance.clone(),
+        );
+        let bytes_freed = Family::<MaintenanceLabels, Counter>::default();
+        registry.register(
+            "prune_freed_bytes",
+            "Bytes freed in repositories by scheduled prunes",
+            bytes_freed.clone(),
+        );
         Arc::new(Metrics {
             registry,
+            maintenance,
+            bytes_freed,
             runs,
             bytes,
             bytes_added,

@@ -21,8 +21,8 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::Client;
 
 use crate::crd::{
-    BackupSchedule, Phase, Progress, RestorePolicy, RetentionResult, SnapshotSource, VolumeBackup,
-    VolumeRestore,
+    BackupRepository, BackupSchedule, CheckResult, Phase, Progress, PruneResult, RestorePolicy,
+    RetentionResult, SnapshotSource, VolumeBackup, VolumeRestore,
 };
 use crate::node::STATUS_INTERVAL;
 use crate::status::{self, Outcome};
@@ -230,6 +230,166 @@ pub async fn forget(
         return false;
     }
     ok
+}
+
+/// A repository's scheduled prune or check.
+#[derive(Clone, Debug)]
+pub struct MaintenanceJob {
+    /// The BackupRepository's namespace.
+    pub namespace: String,
+    /// The BackupRepository whose status is written.
+    pub repository: String,
+    /// The repository.
+    pub repo: RepoAccess,
+    /// The schedule time this job runs for.
+    pub scheduled_at: String,
+}
+
+impl MaintenanceJob {
+    /// Writes `field` of the BackupRepository's status; returns whether it
+    /// was written.
+    async fn write(&self, client: Client, field: &str, value: serde_json::Value) -> bool {
+        let written = Api::<BackupRepository>::namespaced(client, &self.namespace)
+            .patch_status(
+                &self.repository,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({ "status": { field: value } })),
+            )
+            .await;
+        if let Err(e) = &written {
+            tracing::error!(
+                namespace = self.namespace,
+                repository = self.repository,
+                "cannot write {field}: {e}"
+            );
+        }
+        written.is_ok()
+    }
+}
+
+/// Prunes the repository beside running backups, and writes what it freed
+/// into `status.lastPrune`. Returns whether it succeeded.
+pub async fn prune(
+    client: Client,
+    job: MaintenanceJob,
+    max_unused_percent: f64,
+    password: Vec<u8>,
+    cancel: CancelToken,
+) -> bool {
+    use coffer_engine::prune::{prune, PruneOptions};
+    let run = async {
+        let repo = job.repo.open(&password).await?;
+        let opts = PruneOptions {
+            max_unused_percent,
+            cancel,
+            ..Default::default()
+        };
+        prune(repo, opts).await.map_err(|e| e.to_string())
+    };
+    let result = match run.await {
+        Ok(plan) => PruneResult {
+            scheduled_at: job.scheduled_at.clone(),
+            time: status::now(),
+            bytes_freed: plan.bytes_freed,
+            bytes_repacked: plan.bytes_repacked,
+            packs_deleted: (plan.delete_packs.len()
+                + plan.repack_packs.len()
+                + plan.unindexed_packs.len()) as u64,
+            total_bytes: plan.total_bytes.saturating_sub(plan.bytes_freed),
+            sessions_waited: plan.sessions_waited as u64,
+            executed: plan.executed,
+            error: None,
+        },
+        Err(e) => PruneResult {
+            scheduled_at: job.scheduled_at.clone(),
+            time: status::now(),
+            error: Some(e),
+            ..Default::default()
+        },
+    };
+    tracing::info!(
+        namespace = job.namespace,
+        repository = job.repository,
+        freed = result.bytes_freed,
+        error = result.error,
+        "prune"
+    );
+    let ok = result.error.is_none();
+    job.write(client, "lastPrune", serde_json::json!(result))
+        .await
+        && ok
+}
+
+/// How many problems a check's status lists (the mover's log has them all).
+const LISTED_PROBLEMS: usize = 10;
+
+/// Checks the repository (and downloads the subset of packs), and writes
+/// the result into `status.lastCheck`. Returns whether the check ran and
+/// found nothing wrong.
+pub async fn check(
+    client: Client,
+    job: MaintenanceJob,
+    subset: Option<String>,
+    password: Vec<u8>,
+    cancel: CancelToken,
+) -> bool {
+    use coffer_engine::check::{check, CheckOptions, ReadData};
+    let run = async {
+        let read_data = match &subset {
+            Some(s) => ReadData::parse_subset(s).map_err(|e| format!("readDataSubset: {e}"))?,
+            None => ReadData::None,
+        };
+        let repo = job.repo.open(&password).await?;
+        let opts = CheckOptions {
+            read_data,
+            cancel,
+            ..Default::default()
+        };
+        check(repo, opts).await.map_err(|e| e.to_string())
+    };
+    let result = match run.await {
+        Ok(report) => {
+            for p in &report.problems {
+                tracing::error!(object = p.object, kind = p.kind, "{}", p.message);
+            }
+            CheckResult {
+                scheduled_at: job.scheduled_at.clone(),
+                time: status::now(),
+                ok: report.is_ok(),
+                read_data_subset: subset.clone(),
+                snapshots: report.snapshots,
+                packs: report.packs,
+                packs_read: report.packs_read,
+                problems: report.problems.len() as u64,
+                first_problems: report
+                    .problems
+                    .iter()
+                    .take(LISTED_PROBLEMS)
+                    .map(|p| format!("{}: {}", p.object, p.message))
+                    .collect(),
+                error: None,
+            }
+        }
+        Err(e) => CheckResult {
+            scheduled_at: job.scheduled_at.clone(),
+            time: status::now(),
+            read_data_subset: subset.clone(),
+            error: Some(e),
+            ..Default::default()
+        },
+    };
+    tracing::info!(
+        namespace = job.namespace,
+        repository = job.repository,
+        ok = result.ok,
+        problems = result.problems,
+        error = result.error,
+        "check"
+    );
+    let ok = result.ok;
+    job.write(client, "lastCheck", serde_json::json!(result))
+        .await
+        && ok
 }
 
 /// A restore into a new PVC, first step: which snapshot, and the claim it

@@ -122,6 +122,7 @@ impl Repos {
                 message: None,
                 last_checked: Some(crate::status::now()),
                 observed_generation: repo.metadata.generation,
+                ..Default::default()
             },
             Err(e) => BackupRepositoryStatus {
                 phase: Some(RepositoryPhase::NotReady),
@@ -129,13 +130,23 @@ impl Repos {
                 message: Some(e.to_string()),
                 last_checked: Some(crate::status::now()),
                 observed_generation: repo.metadata.generation,
+                ..Default::default()
             },
         };
         if repo.status.as_ref().map(|s| (s.phase, &s.message))
             != Some((status.phase, &status.message))
             || repo.status.is_none()
         {
-            let patch = serde_json::json!({ "status": status });
+            // Every field the agent owns, null included (a Ready status
+            // clears the last message); the controller's maintenance
+            // fields are left alone.
+            let patch = serde_json::json!({ "status": {
+                "phase": status.phase,
+                "repositoryID": status.repository_id,
+                "message": status.message,
+                "lastChecked": status.last_checked,
+                "observedGeneration": status.observed_generation,
+            }});
             if let Err(e) = api
                 .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await

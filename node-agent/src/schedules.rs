@@ -55,37 +55,46 @@ pub enum Tick {
     },
 }
 
-/// Whether a schedule fires at `now`: a new `backup-now` value always does
-/// (paused or not); otherwise the first time after the last one (or the
-/// schedule's creation), unless paused. Missed times fire once.
+/// Whether a schedule fires at `now`: a new trigger value (one that is not
+/// `last_trigger`) always does, paused or not; otherwise the first time of
+/// `schedule` after `last` (or `created`), unless paused or there is no
+/// schedule. Missed times fire once.
 pub fn tick(
-    schedule: &Schedule,
+    schedule: Option<&Schedule>,
     paused: bool,
     trigger: Option<&str>,
-    status: &BackupScheduleStatus,
+    last_trigger: Option<&str>,
+    last: Option<DateTime<Utc>>,
     created: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Tick {
-    if let Some(t) = trigger.filter(|t| status.last_trigger.as_deref() != Some(*t)) {
+    if let Some(t) = trigger.filter(|t| last_trigger != Some(*t)) {
         return Tick::Fire {
             trigger: Some(t.to_string()),
         };
     }
-    if paused {
+    let Some(schedule) = schedule.filter(|_| !paused) else {
         return Tick::Wait(None);
-    }
-    let parse = |t: &Option<String>| {
-        t.as_deref()
-            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| t.with_timezone(&Utc))
     };
-    let base = parse(&status.last_schedule_time)
-        .max(parse(&status.last_skipped_time))
-        .unwrap_or(created);
-    match schedule.next_after(base) {
+    match schedule.next_after(last.unwrap_or(created)) {
         Some(next) if next <= now => Tick::Fire { trigger: None },
         next => Tick::Wait(next),
     }
+}
+
+/// When `obj` was created (`now` when the server did not say).
+pub fn created_at<K: Resource>(obj: &K, now: DateTime<Utc>) -> DateTime<Utc> {
+    obj.meta()
+        .creation_timestamp
+        .as_ref()
+        .and_then(|t| DateTime::<Utc>::from_timestamp(t.0.as_second(), 0))
+        .unwrap_or(now)
+}
+
+/// An RFC 3339 time of a status, when it is one.
+pub fn parse_time(t: Option<&String>) -> Option<DateTime<Utc>> {
+    t.and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&Utc))
 }
 
 /// Sets condition `type_`, keeping its transition time when the status
@@ -295,14 +304,20 @@ pub(crate) async fn reconcile(bs: Arc<BackupSchedule>, ctx: Arc<Ctx>) -> Result<
         delete_present(&pods, &pod, &format!("pod {ns}/{pod}")).await?;
     }
 
-    let created = bs
-        .meta()
-        .creation_timestamp
-        .as_ref()
-        .and_then(|t| DateTime::<Utc>::from_timestamp(t.0.as_second(), 0))
-        .unwrap_or(now);
+    let created = created_at(bs.as_ref(), now);
     let trigger = bs.annotations().get(BACKUP_NOW).map(String::as_str);
-    match tick(&schedule, bs.spec.paused, trigger, &st, created, now) {
+    let last =
+        parse_time(st.last_schedule_time.as_ref()).max(parse_time(st.last_skipped_time.as_ref()));
+    let last_trigger = st.last_trigger.as_deref();
+    match tick(
+        Some(&schedule),
+        bs.spec.paused,
+        trigger,
+        last_trigger,
+        last,
+        created,
+        now,
+    ) {
         Tick::Fire { trigger } => {
             st.last_trigger = trigger.or(st.last_trigger.clone());
             let skip =
@@ -647,6 +662,20 @@ mod tests {
         let daily: Schedule = "0 2 * * *".parse().unwrap();
         let created = t("2026-11-20T10:00:00Z");
         let mut st = BackupScheduleStatus::default();
+        let tick = |_: &Schedule, paused, trigger, st: &BackupScheduleStatus, created, now| {
+            let last = parse_time(st.last_schedule_time.as_ref())
+                .max(parse_time(st.last_skipped_time.as_ref()));
+            let last_trigger = st.last_trigger.as_deref();
+            tick(
+                Some(&daily),
+                paused,
+                trigger,
+                last_trigger,
+                last,
+                created,
+                now,
+            )
+        };
         // Before the first time: wait for it.
         let now = t("2026-11-21T01:00:00Z");
         assert_eq!(
@@ -686,6 +715,17 @@ mod tests {
         assert_eq!(
             tick(&daily, false, None, &st, created, later),
             Tick::Wait(Some(t("2026-11-26T02:00:00Z")))
+        );
+        // No schedule: only triggers fire.
+        assert_eq!(
+            super::tick(None, false, None, None, None, created, later),
+            Tick::Wait(None)
+        );
+        assert_eq!(
+            super::tick(None, false, Some("2"), Some("1"), None, created, later),
+            Tick::Fire {
+                trigger: Some("2".into())
+            }
         );
     }
 

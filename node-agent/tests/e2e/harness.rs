@@ -398,17 +398,22 @@ impl Agent {
 
     /// GET a path of the metrics server, once it answers.
     pub async fn http_get(&self, path: &str) -> (u16, String) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            if let Ok(r) = http_get(self.metrics, path).await {
-                return r;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "metrics server never answered"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        get_when_up(self.metrics, path).await
+    }
+}
+
+/// GET a path of a metrics server, once it answers.
+pub async fn get_when_up(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Ok(r) = http_get(addr, path).await {
+            return r;
         }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "metrics server never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -489,6 +494,7 @@ pub struct Controller {
     pub child: Child,
     pub identity: String,
     pub log: PathBuf,
+    pub metrics: std::net::SocketAddr,
 }
 
 impl Controller {
@@ -511,11 +517,12 @@ impl Controller {
         .chain(extra)
         .map(|a| (*a).into())
         .collect();
-        let (child, _, log) = spawn_agent(env, &format!("controller-{identity}"), args);
+        let (child, metrics, log) = spawn_agent(env, &format!("controller-{identity}"), args);
         Controller {
             child,
             identity: identity.to_string(),
             log,
+            metrics,
         }
     }
 

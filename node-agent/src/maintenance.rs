@@ -1,0 +1,484 @@
+//! The controller's repository maintenance: `spec.maintenance` of a
+//! BackupRepository schedules prune and `check --read-data-subset`. Each job
+//! runs in a mover pod in the repository's namespace (the controller reads
+//! no Secret), with the maintenance memory limit, beside running backups:
+//! the engine's protocol lets prune run while backups write. The two jobs
+//! never run at once on one repository: a check reading packs that prune is
+//! deleting would report them missing.
+//!
+//! Level-triggered like the rest. `status.prune` / `status.check` say which
+//! time was last started; the mover writes `status.lastPrune` /
+//! `status.lastCheck` for that time and exits. When the result is there and
+//! the pod still is, the controller records it (an Event, metrics; a failed
+//! check is a Warning) and deletes the pod. A pod that fails, cannot start,
+//! or exits without a result gets a failed result written by the
+//! controller. The annotations `maintenance.coffer.dev/prune-now` and
+//! `.../check-now` start a job at once, once per value.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use crate::controller::{
+    create, delete_present, kube_err, mover_command, mover_state, Ctx, Error, MoverState,
+};
+use crate::crd::{
+    BackupRepository, BackupRepositoryStatus, CheckResult, JobTimes, Maintenance, PruneResult,
+};
+use crate::metrics::MaintenanceLabels;
+use crate::node::{label_value, object_name};
+use crate::schedule::Schedule;
+use crate::schedules::{created_at, parse_time, tick, Tick};
+use crate::snapshot;
+
+/// The label on maintenance pods: the repository's name.
+pub const MAINTENANCE_LABEL: &str = "coffer.dev/maintenance";
+/// Starts a prune now, once per value.
+pub const PRUNE_NOW: &str = "maintenance.coffer.dev/prune-now";
+/// Starts a check now, once per value.
+pub const CHECK_NOW: &str = "maintenance.coffer.dev/check-now";
+
+/// One of the two maintenance jobs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Job {
+    /// `coffer prune`.
+    Prune,
+    /// `coffer check`.
+    Check,
+}
+
+impl Job {
+    const ALL: [Job; 2] = [Job::Prune, Job::Check];
+
+    /// `prune` or `check`: the mover subcommand, the pod name's part, the
+    /// metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Job::Prune => "prune",
+            Job::Check => "check",
+        }
+    }
+
+    fn trigger(self) -> &'static str {
+        match self {
+            Job::Prune => PRUNE_NOW,
+            Job::Check => CHECK_NOW,
+        }
+    }
+
+    fn schedule(self, m: &Maintenance) -> Option<&String> {
+        match self {
+            Job::Prune => m.prune_schedule.as_ref(),
+            Job::Check => m.check_schedule.as_ref(),
+        }
+    }
+
+    fn times(self, st: &mut BackupRepositoryStatus) -> &mut Option<JobTimes> {
+        match self {
+            Job::Prune => &mut st.prune,
+            Job::Check => &mut st.check,
+        }
+    }
+
+    /// The time the last result was written for.
+    fn result_at(self, st: &BackupRepositoryStatus) -> Option<&str> {
+        match self {
+            Job::Prune => st.last_prune.as_ref().map(|r| r.scheduled_at.as_str()),
+            Job::Check => st.last_check.as_ref().map(|r| r.scheduled_at.as_str()),
+        }
+    }
+
+    /// Writes a failed result for `at` into `st`.
+    fn fail(self, st: &mut BackupRepositoryStatus, at: &str, why: String) {
+        let time = crate::status::now();
+        match self {
+            Job::Prune => {
+                st.last_prune = Some(PruneResult {
+                    scheduled_at: at.into(),
+                    time,
+                    error: Some(why),
+                    ..Default::default()
+                })
+            }
+            Job::Check => {
+                st.last_check = Some(CheckResult {
+                    scheduled_at: at.into(),
+                    time,
+                    error: Some(why),
+                    ..Default::default()
+                })
+            }
+        }
+    }
+
+    fn pod_name(self, repo: &str) -> String {
+        object_name(&["coffer", self.as_str(), repo])
+    }
+}
+
+/// The subset the next check reads: a configured `n/m` moves on from the
+/// last check's part (`k/m` is followed by `k+1/m`, and `m/m` by `1/m`), so
+/// that `m` checks read every pack; a percentage stays as it is.
+pub fn next_subset(configured: &str, last: Option<&str>) -> String {
+    let part = |s: &str| -> Option<(u32, u32)> {
+        let (n, m) = s.split_once('/')?;
+        Some((n.trim().parse().ok()?, m.trim().parse().ok()?))
+    };
+    match (part(configured), last.and_then(part)) {
+        (Some((_, m)), Some((k, lm))) if m == lm && m > 0 => format!("{}/{m}", k % m + 1),
+        _ => configured.to_string(),
+    }
+}
+
+/// Reconciles one repository's maintenance.
+pub(crate) async fn reconcile(repo: Arc<BackupRepository>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    if repo.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let m = repo.spec.maintenance.clone().unwrap_or_default();
+    let old = repo.status.clone().unwrap_or_default();
+    let mut st = old.clone();
+    let mut requeue: Option<Duration> = None;
+    let mut soonest = |d: Duration| requeue = Some(requeue.map_or(d, |r: Duration| r.min(d)));
+
+    // The jobs started and not recorded yet.
+    let mut running = false;
+    for job in Job::ALL {
+        let Some(at) = job
+            .times(&mut st)
+            .as_ref()
+            .and_then(|t| t.last_schedule_time.clone())
+        else {
+            continue;
+        };
+        if job.result_at(&st) == Some(at.as_str()) {
+            record(&ctx, &repo, job, &st).await?;
+            continue;
+        }
+        running = true;
+        if let Some(d) = follow(&ctx, &repo, &m, job, &at, &mut st).await? {
+            soonest(d);
+        }
+    }
+
+    // The next times; one job starts per pass, and none while one runs.
+    let now = Utc::now();
+    let created = created_at(repo.as_ref(), now);
+    let id = format!(
+        "{}/{}",
+        repo.namespace().unwrap_or_default(),
+        repo.name_any()
+    );
+    let mut fire = None;
+    for job in Job::ALL {
+        let text = job.schedule(&m);
+        let trigger = repo.annotations().get(job.trigger()).map(String::as_str);
+        if text.is_none() && trigger.is_none() && job.times(&mut st).is_none() {
+            continue;
+        }
+        let times = job.times(&mut st).get_or_insert_with(Default::default);
+        let schedule = match text.map(|s| Schedule::parse(s, &format!("{id}/{}", job.as_str()))) {
+            Some(Err(e)) => {
+                times.error = Some(format!("spec.maintenance.{}Schedule: {e}", job.as_str()));
+                None
+            }
+            Some(Ok(s)) => {
+                times.error = None;
+                Some(s)
+            }
+            None => {
+                times.error = None;
+                None
+            }
+        };
+        let last = parse_time(times.last_schedule_time.as_ref());
+        let last_trigger = times.last_trigger.as_deref();
+        match tick(
+            schedule.as_ref(),
+            false,
+            trigger,
+            last_trigger,
+            last,
+            created,
+            now,
+        ) {
+            Tick::Fire { trigger } if !running && fire.is_none() => fire = Some((job, trigger)),
+            Tick::Fire { .. } => times.next_schedule_time = Some(crate::status::now()),
+            Tick::Wait(next) => {
+                times.next_schedule_time =
+                    next.map(|n| n.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+                if let Some(n) = next {
+                    soonest((n - now).to_std().unwrap_or_default() + Duration::from_secs(1));
+                }
+            }
+        }
+    }
+    if let Some((job, trigger)) = fire {
+        let times = job.times(&mut st).get_or_insert_with(Default::default);
+        times.last_schedule_time = Some(now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+        times.last_trigger = trigger.or(times.last_trigger.take());
+        // Claimed at the version read: a pass on a stale copy starts nothing.
+        write_status(&ctx, &repo, &old, &st, true).await?;
+        return Ok(Action::requeue(Duration::ZERO));
+    }
+    write_status(&ctx, &repo, &old, &st, false).await?;
+    Ok(requeue.map_or_else(Action::await_change, Action::requeue))
+}
+
+/// Starts (or follows) the mover of `job` for time `at`. A pod that failed,
+/// cannot start, or exited without its result gets a failed result in
+/// `st`. Returns when to look again.
+async fn follow(
+    ctx: &Ctx,
+    repo: &BackupRepository,
+    m: &Maintenance,
+    job: Job,
+    at: &str,
+    st: &mut BackupRepositoryStatus,
+) -> Result<Option<Duration>, Error> {
+    let ns = repo.namespace().unwrap_or_default();
+    let name = repo.name_any();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let pod_name = job.pod_name(&name);
+    let pod = pods
+        .get_opt(&pod_name)
+        .await
+        .map_err(kube_err(format!("reading pod {ns}/{pod_name}")))?;
+    let Some(pod) = pod else {
+        crate::controller::ensure_mover_account(ctx, &ns).await?;
+        let mut args = mover_command(job.as_str(), &ns, &name, repo);
+        args.extend(["--scheduled-at".into(), at.to_string()]);
+        match job {
+            Job::Prune => {
+                if let Some(p) = m.max_unused_percent {
+                    args.extend(["--max-unused-percent".into(), p.to_string()]);
+                }
+            }
+            Job::Check => {
+                if let Some(s) = &m.read_data_subset {
+                    let last = st
+                        .last_check
+                        .as_ref()
+                        .and_then(|c| c.read_data_subset.as_deref());
+                    args.extend(["--read-data-subset".into(), next_subset(s, last)]);
+                }
+            }
+        }
+        let labels = BTreeMap::from([
+            (MAINTENANCE_LABEL.to_string(), label_value(&name)),
+            (
+                "app.kubernetes.io/managed-by".to_string(),
+                "coffer-controller".to_string(),
+            ),
+        ]);
+        let owner = repo.controller_owner_ref(&()).unwrap_or_default();
+        let memory = m.memory.as_ref().unwrap_or(&ctx.opts.mover_memory);
+        let p = snapshot::mover_pod(&snapshot::Mover {
+            args,
+            labels: &labels,
+            owner: Some(&owner),
+            memory,
+            ..ctx.mover(&pod_name, &ns, repo)
+        });
+        create(&pods, &p, &format!("pod {ns}/{pod_name}")).await?;
+        return Ok(Some(ctx.opts.prepare_timeout));
+    };
+    match mover_state(ctx, &pod).await {
+        MoverState::Running(again) => Ok(again),
+        MoverState::Stuck(why) => {
+            job.fail(st, at, why);
+            Ok(None)
+        }
+        MoverState::Exited(why) => {
+            // The mover wrote its result before it exited (a check that
+            // found damage exits 1 after writing it).
+            let fresh = Api::<BackupRepository>::namespaced(ctx.client.clone(), &ns)
+                .get_status(&name)
+                .await
+                .map_err(kube_err(format!("reading BackupRepository {ns}/{name}")))?
+                .status
+                .unwrap_or_default();
+            if job.result_at(&fresh) == Some(at) {
+                st.last_prune = fresh.last_prune.or(st.last_prune.take());
+                st.last_check = fresh.last_check.or(st.last_check.take());
+            } else {
+                let why = why.unwrap_or_else(|| {
+                    format!("mover pod {ns}/{pod_name} exited without writing its result")
+                });
+                job.fail(st, at, why);
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// A job's result is in the status and its pod is still there: tell
+/// (Event, metrics), then delete the pod. Runs once per result, as the pod
+/// goes.
+async fn record(
+    ctx: &Ctx,
+    repo: &BackupRepository,
+    job: Job,
+    st: &BackupRepositoryStatus,
+) -> Result<(), Error> {
+    let ns = repo.namespace().unwrap_or_default();
+    let name = repo.name_any();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let pod_name = job.pod_name(&name);
+    let present = pods
+        .get_opt(&pod_name)
+        .await
+        .map_err(kube_err(format!("reading pod {ns}/{pod_name}")))?
+        .is_some();
+    if !present {
+        return Ok(());
+    }
+    let (ok, reason, note) = match job {
+        Job::Prune => {
+            let r = st.last_prune.clone().unwrap_or_default();
+            match &r.error {
+                Some(e) => (false, "PruneFailed", e.clone()),
+                None => {
+                    ctx.metrics
+                        .bytes_freed
+                        .get_or_create(&repo_labels(&ns, &name, job, "ok"))
+                        .inc_by(r.bytes_freed);
+                    let note = format!(
+                        "freed {} in {} pack(s); {} left{}",
+                        bytesize::ByteSize(r.bytes_freed),
+                        r.packs_deleted,
+                        bytesize::ByteSize(r.total_bytes),
+                        if r.executed {
+                            ""
+                        } else {
+                            "; stopped waiting for running backups, the next prune finishes"
+                        }
+                    );
+                    (true, "Pruned", note)
+                }
+            }
+        }
+        Job::Check => {
+            let r = st.last_check.clone().unwrap_or_default();
+            match (&r.error, r.ok) {
+                (Some(e), _) => (false, "CheckFailed", format!("the check did not run: {e}")),
+                (None, false) => (
+                    false,
+                    "CheckFailed",
+                    format!("{} problem(s): {}", r.problems, r.first_problems.join("; ")),
+                ),
+                (None, true) => (
+                    true,
+                    "Checked",
+                    format!(
+                        "no problem in {} snapshot(s) and {} pack(s); {} pack(s) read{}",
+                        r.snapshots,
+                        r.packs,
+                        r.packs_read,
+                        r.read_data_subset
+                            .map(|s| format!(" (subset {s})"))
+                            .unwrap_or_default()
+                    ),
+                ),
+            }
+        }
+    };
+    let result = if ok { "ok" } else { "failed" };
+    ctx.metrics
+        .maintenance
+        .get_or_create(&repo_labels(&ns, &name, job, result))
+        .inc();
+    let etype = if ok {
+        EventType::Normal
+    } else {
+        EventType::Warning
+    };
+    tracing::info!(namespace = ns, repository = name, "{reason}: {note}");
+    ctx.event_on(repo, "Maintenance", etype, reason, note).await;
+    delete_present(&pods, &pod_name, &format!("pod {ns}/{pod_name}")).await?;
+    Ok(())
+}
+
+fn repo_labels(ns: &str, name: &str, job: Job, result: &str) -> MaintenanceLabels {
+    MaintenanceLabels {
+        namespace: ns.into(),
+        repository: name.into(),
+        job: job.as_str().into(),
+        result: result.into(),
+    }
+}
+
+/// Writes the fields the controller owns when they changed (the node agent
+/// writes the phase, the movers their results); with `at_version`, only if
+/// the repository is still the version read.
+async fn write_status(
+    ctx: &Ctx,
+    repo: &BackupRepository,
+    old: &BackupRepositoryStatus,
+    st: &BackupRepositoryStatus,
+    at_version: bool,
+) -> Result<(), Error> {
+    let mut fields = serde_json::Map::new();
+    let mut put = |k: &str, changed: bool, v: serde_json::Value| {
+        if changed {
+            fields.insert(k.into(), v);
+        }
+    };
+    put("prune", old.prune != st.prune, json!(st.prune));
+    put("check", old.check != st.check, json!(st.check));
+    put(
+        "lastPrune",
+        old.last_prune != st.last_prune,
+        json!(st.last_prune),
+    );
+    put(
+        "lastCheck",
+        old.last_check != st.last_check,
+        json!(st.last_check),
+    );
+    if fields.is_empty() {
+        return Ok(());
+    }
+    let ns = repo.namespace().unwrap_or_default();
+    let name = repo.name_any();
+    let mut patch = json!({ "status": fields });
+    if at_version {
+        patch["metadata"] = json!({"resourceVersion": repo.resource_version()});
+    }
+    match Api::<BackupRepository>::namespaced(ctx.client.clone(), &ns)
+        .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        // Someone wrote first: the next pass reads what they wrote.
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(kube_err(format!(
+            "writing the status of BackupRepository {ns}/{name}"
+        ))(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_subset_of_parts_moves_to_the_next_part_and_wraps() {
+        assert_eq!(next_subset("1/3", None), "1/3");
+        assert_eq!(next_subset("1/3", Some("1/3")), "2/3");
+        assert_eq!(next_subset("1/3", Some("2/3")), "3/3");
+        assert_eq!(next_subset("1/3", Some("3/3")), "1/3");
+        // A changed m starts again from the configured part.
+        assert_eq!(next_subset("2/4", Some("3/3")), "2/4");
+        assert_eq!(next_subset("10%", Some("10%")), "10%");
+        assert_eq!(next_subset("10%", Some("1/3")), "10%");
+    }
+}
