@@ -32,6 +32,10 @@ pub(crate) struct App {
 /// The router: one handler that reads the path itself.
 pub(crate) fn router(app: Arc<App>) -> Router {
     Router::new()
+        .route(
+            "/api/v1/namespaces/{ns}/pods/{name}/exec",
+            axum::routing::any(crate::exec::exec),
+        )
         .fallback(handle)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(app)
@@ -63,7 +67,7 @@ fn ok(value: &Value) -> Response {
     json_response(StatusCode::OK, value)
 }
 
-fn error_response(e: &ApiError) -> Response {
+pub(crate) fn error_response(e: &ApiError) -> Response {
     let code = StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     json_response(code, &e.to_status())
 }

@@ -71,6 +71,7 @@
 //!   to the server instead of downloading schemas.
 //! - No periodic bookmarks; HTTP/1.1 only.
 
+mod exec;
 mod http;
 mod patch;
 mod selector;

@@ -824,3 +824,60 @@ async fn kubectl_server_side_apply_and_get() {
     .await;
     assert!(again.contains("serverside-applied"), "{again}");
 }
+
+#[tokio::test]
+async fn exec_runs_the_command_streams_its_output_and_reports_its_exit_code() {
+    use kube::api::AttachParams;
+    use tokio::io::AsyncReadExt;
+    let (_server, client) = setup().await;
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+    pods.create(&PostParams::default(), &pod("db", "db", "n1"))
+        .await
+        .expect("pod created");
+    let ap = AttachParams::default().stderr(false);
+    let script = [
+        "sh",
+        "-c",
+        "echo \"$COFFER_FAKE_POD $COFFER_FAKE_CONTAINER\"; exit 3",
+    ];
+    // Not running yet: refused, naming the pod.
+    let refused = pods.exec("db", script, &ap).await;
+    assert!(
+        matches!(&refused, Err(e) if e.to_string().contains("db")),
+        "{:?}",
+        refused.err()
+    );
+    pods.patch_status(
+        "db",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "Running"}})),
+    )
+    .await
+    .expect("status patched");
+    let wrong = pods
+        .exec("db", script, &AttachParams::default().container("sidecar"))
+        .await;
+    assert!(
+        matches!(&wrong, Err(e) if e.to_string().contains("sidecar")),
+        "{:?}",
+        wrong.err()
+    );
+
+    let mut p = pods.exec("db", script, &ap).await.expect("exec starts");
+    let mut out = String::new();
+    p.stdout()
+        .expect("stdout")
+        .read_to_string(&mut out)
+        .await
+        .expect("stdout read");
+    let status = p.take_status().expect("status").await.expect("a status");
+    assert_eq!(out, "default/db main\n");
+    assert_eq!(status.status.as_deref(), Some("Failure"));
+    assert_eq!(status.reason.as_deref(), Some("NonZeroExitCode"));
+    let code = status.details.and_then(|d| d.causes).unwrap_or_default();
+    assert_eq!(code[0].message.as_deref(), Some("3"));
+
+    let mut ok = pods.exec("db", ["true"], &ap).await.expect("exec starts");
+    let status = ok.take_status().expect("status").await.expect("a status");
+    assert_eq!(status.status.as_deref(), Some("Success"));
+}
