@@ -9,6 +9,7 @@
 //! | `backup.coffer.dev/repository` | the BackupRepository (default `default`) |
 //! | `backup.coffer.dev/tags` | tags for the snapshots, comma-separated |
 //! | `backup.coffer.dev/backup-now` | any new value starts one backup of each selected volume |
+//! | `backup.coffer.dev/command` | a dump (see [`crate::hooks`]): backed up with the volumes, as the pseudo-volume [`DUMP_VOLUME`] |
 
 use std::collections::BTreeMap;
 
@@ -31,6 +32,10 @@ pub const REPOSITORY: &str = "backup.coffer.dev/repository";
 pub const TAGS: &str = "backup.coffer.dev/tags";
 /// A new value runs one backup now.
 pub const BACKUP_NOW: &str = "backup.coffer.dev/backup-now";
+
+/// The pseudo-volume that stands for a pod's dump (`backup.coffer.dev/command`)
+/// among the selected volumes; its runs have method Command.
+pub const DUMP_VOLUME: &str = "coffer-dump";
 
 /// What a pod's annotations ask for.
 #[derive(Clone, Debug)]
@@ -76,8 +81,11 @@ pub fn parse(
     pod_volumes: &[String],
     identity: impl Fn(&str) -> String,
 ) -> Result<Option<BackupRequest>, AnnotationError> {
-    let Some(selected) = annotations.get(VOLUMES) else {
-        return Ok(None);
+    let dump = annotations.contains_key(crate::hooks::COMMAND);
+    let selected = match annotations.get(VOLUMES) {
+        Some(s) => s.as_str(),
+        None if dump => "",
+        None => return Ok(None),
     };
     let excluded = annotations
         .get(VOLUMES_EXCLUDES)
@@ -96,6 +104,9 @@ pub fn parse(
     }
     volumes.retain(|v| !excluded.contains(v));
     volumes.dedup();
+    if dump {
+        volumes.push(DUMP_VOLUME.to_string());
+    }
     let excludes = annotations
         .iter()
         .filter_map(|(k, v)| Some((k.strip_prefix(EXCLUDE_PREFIX)?.to_string(), list(v))))

@@ -275,13 +275,20 @@ fn run_labels(vb: &VolumeBackup) -> BTreeMap<String, String> {
 
 async fn reconcile(vb: Arc<VolumeBackup>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let st = vb.status.clone().unwrap_or_default();
-    if vb.spec.method == BackupMethod::Filesystem {
-        if vb.spec.pod_volume().is_none()
-            && st.phase == Phase::New
-            && vb.meta().deletion_timestamp.is_none()
+    if vb.spec.method != BackupMethod::Snapshot {
+        // The node agent's; only a run it can never take is ended here.
+        let unusable = match vb.spec.method {
+            BackupMethod::Command => vb.spec.pod.is_none().then_some(
+                "spec.pod is required for method Command (the pod whose backup.coffer.dev/command is run)",
+            ),
+            _ => vb.spec.pod_volume().is_none().then_some(
+                "spec.pod and spec.volume are required for method Filesystem; to back up a PVC that no pod uses, set method: Snapshot and spec.pvc",
+            ),
+        };
+        if let Some(why) =
+            unusable.filter(|_| st.phase == Phase::New && vb.meta().deletion_timestamp.is_none())
         {
-            ctx.fail(&vb, "spec.pod and spec.volume are required for method Filesystem; to back up a PVC that no pod uses, set method: Snapshot and spec.pvc".into())
-                .await;
+            ctx.fail(&vb, why.into()).await;
         }
         return Ok(Action::await_change());
     }

@@ -302,6 +302,10 @@ pub enum BackupMethod {
     Filesystem,
     /// From a CSI VolumeSnapshot of the PVC, by a mover pod (crash-consistent).
     Snapshot,
+    /// The stdout of the pod's `backup.coffer.dev/command` (a dump), read
+    /// through `pods/exec` by the node agent of the pod's node; the snapshot
+    /// is written only if the command exits 0. Needs `pod`.
+    Command,
 }
 
 /// A snapshot restored into one volume of a running pod.
@@ -485,6 +489,9 @@ pub struct RunErrors {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RunStatus {
+    /// The hooks run so far, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<HookRun>,
     /// Where the run stands.
     #[serde(default)]
     pub phase: Phase,
@@ -731,6 +738,23 @@ pub struct RetentionResult {
     /// Why it failed, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// One hook run.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HookRun {
+    /// `pre` or `post`.
+    pub stage: String,
+    /// The pod it ran in.
+    pub pod: String,
+    /// The container.
+    pub container: String,
+    /// Whether it exited 0 within its timeout.
+    pub succeeded: bool,
+    /// Why not, naming the hook and the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// A condition, as Kubernetes objects report them.

@@ -13,6 +13,7 @@
 pub mod annotations;
 pub mod controller;
 pub mod crd;
+pub mod hooks;
 pub mod kubelet;
 pub mod maintenance;
 pub mod metrics;

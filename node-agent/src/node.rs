@@ -18,11 +18,13 @@
 //! through the engine's cancellation token.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use coffer_engine::backup::{BackupOptions, BackupProgress, ParentChoice};
+use coffer_engine::format::snapshot::KubernetesOrigin;
 use coffer_engine::CancelToken;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
@@ -35,8 +37,10 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::annotations;
 use crate::crd::{
-    BackupMethod, Phase, Progress, RunStatus, VolumeBackup, VolumeBackupSpec, VolumeRestore,
+    BackupMethod, HookRun, Phase, Progress, RunStatus, VolumeBackup, VolumeBackupSpec,
+    VolumeRestore,
 };
+use crate::hooks;
 use crate::kubelet;
 use crate::metrics::{Metrics, NamespaceLabels, RunLabels, VolumeLabels};
 use crate::plan::{self, NodeConfig, Planned, VolumeMode};
@@ -382,8 +386,13 @@ impl Agent {
                     continue;
                 }
             }
-            match self.plan(pod, v).await {
-                Ok(_) => {}
+            let dump = v == annotations::DUMP_VOLUME;
+            match if dump {
+                Ok(())
+            } else {
+                self.plan(pod, v).await.map(drop)
+            } {
+                Ok(()) => {}
                 Err(skip) => {
                     // Not a failure: the volume is skipped (and a not yet
                     // mounted volume is tried again on the pod's next change).
@@ -403,9 +412,13 @@ impl Agent {
                     ..Default::default()
                 },
                 spec: VolumeBackupSpec {
-                    method: BackupMethod::Filesystem,
+                    method: if dump {
+                        BackupMethod::Command
+                    } else {
+                        BackupMethod::Filesystem
+                    },
                     pod: Some(name.clone()),
-                    volume: Some(v.clone()),
+                    volume: (!dump).then(|| v.clone()),
                     pvc: None,
                     repository: req.repository.clone(),
                     tags: req.tags.clone(),
@@ -702,10 +715,12 @@ impl Agent {
             let started = Instant::now();
             match run {
                 RunKind::Backup(vb) => {
-                    let (outcome, path, bytes) =
-                        agent.backup(&vb, claimed.clone(), &cancel, &reason).await;
+                    let (outcome, path, bytes, hooks) = agent
+                        .backup_with_hooks(&vb, claimed.clone(), &cancel, &reason)
+                        .await;
                     let mut s = claimed;
                     s.path = path.or(s.path);
+                    s.hooks = hooks;
                     let final_status = status::finished(s, outcome);
                     agent.record(
                         "backup",
@@ -893,6 +908,181 @@ impl Agent {
                 .map_err(|e| format!("block volume {volume:?}: {}: {e}", planned.path.display()))?;
         }
         Ok(planned)
+    }
+
+    /// A backup between the pod's pre- and post-hooks (see
+    /// [`crate::hooks`]): a pre-hook that fails with on-error Fail ends the
+    /// run before anything is read; the post-hook runs whatever the read's
+    /// outcome when the pre-hook did not stop it.
+    async fn backup_with_hooks(
+        self: &Arc<Self>,
+        vb: &VolumeBackup,
+        claimed: RunStatus,
+        cancel: &CancelToken,
+        reason: &Arc<Mutex<Option<StopReason>>>,
+    ) -> (Outcome, Option<String>, u64, Vec<HookRun>) {
+        let ns = vb.namespace().unwrap_or_default();
+        let pod_name = pod_of(vb);
+        let Some(cached) = self.pod_here(&ns, pod_name) else {
+            let (o, p, b) = self.backup(vb, claimed, cancel, reason).await;
+            return (o, p, b, Vec::new());
+        };
+        // The hooks as the pod has them now, not as the watch last saw them.
+        let pod = match Api::<Pod>::namespaced(self.client.clone(), &ns)
+            .get_opt(pod_name)
+            .await
+        {
+            Ok(Some(p)) if p.metadata.uid == cached.metadata.uid => p,
+            _ => cached,
+        };
+        let hooks = match hooks::parse(pod.annotations()) {
+            Ok(h) => h,
+            Err(e) => {
+                let m = format!("pod {ns}/{pod_name}: {e}");
+                return (Outcome::Failed(m), None, 0, Vec::new());
+            }
+        };
+        let first = hooks::first_container(&pod);
+        let mut runs = Vec::new();
+        if let Some(pre) = &hooks.pre {
+            let r = self.hook(vb, &ns, pod_name, &first, pre).await;
+            runs.push(r.clone());
+            if !r.succeeded && pre.on_error == hooks::OnError::Fail {
+                let m = format!(
+                    "{}; nothing was read (on-error Fail)",
+                    r.message.unwrap_or_default()
+                );
+                return (Outcome::Failed(m), None, 0, runs);
+            }
+        }
+        let (mut outcome, path, bytes) = match vb.spec.method {
+            BackupMethod::Command => self.dump(vb, &pod, cancel, reason).await,
+            _ => self.backup(vb, claimed, cancel, reason).await,
+        };
+        if let Some(post) = &hooks.post {
+            let r = self.hook(vb, &ns, pod_name, &first, post).await;
+            runs.push(r.clone());
+            if let (false, hooks::OnError::Fail, Outcome::Done { snapshot_id, .. }) =
+                (r.succeeded, post.on_error, &outcome)
+            {
+                outcome = Outcome::Failed(format!(
+                    "{} (on-error Fail); snapshot {snapshot_id} was written",
+                    r.message.unwrap_or_default()
+                ));
+            }
+        }
+        (outcome, path, bytes, runs)
+    }
+
+    /// Runs one hook; a failure is a Warning Event on the run.
+    async fn hook(
+        &self,
+        vb: &VolumeBackup,
+        ns: &str,
+        pod: &str,
+        first: &str,
+        hook: &hooks::Hook,
+    ) -> HookRun {
+        tracing::info!(namespace = ns, pod, stage = hook.stage, "hook starts");
+        let r = hooks::run(&self.client, ns, pod, first, hook).await;
+        if let Some(m) = &r.message {
+            tracing::warn!(namespace = ns, pod, "{m}");
+            self.event(
+                &vb.object_ref(&()),
+                EventType::Warning,
+                "HookFailed",
+                "Hook",
+                m.clone(),
+            )
+            .await;
+        }
+        r
+    }
+
+    /// A Command backup: the stdout of the pod's dump becomes a snapshot,
+    /// written only if the command exits 0.
+    async fn dump(
+        self: &Arc<Self>,
+        vb: &VolumeBackup,
+        pod: &Pod,
+        cancel: &CancelToken,
+        reason: &Arc<Mutex<Option<StopReason>>>,
+    ) -> (Outcome, Option<String>, u64) {
+        let ns = vb.namespace().unwrap_or_default();
+        let name = pod.name_any();
+        let first = hooks::first_container(pod);
+        let d = match hooks::parse_dump(pod.annotations(), &first) {
+            Ok(Some(d)) => d,
+            Ok(None) => {
+                let m = format!("pod {ns}/{name} has no annotation {}: method Command backs up the output of that command", hooks::COMMAND);
+                return (Outcome::Failed(m), None, 0);
+            }
+            Err(e) => return (Outcome::Failed(format!("pod {ns}/{name}: {e}")), None, 0),
+        };
+        let path = format!("/{}", d.filename);
+        let repo = match self
+            .repos
+            .open(&self.client, &ns, &vb.spec.repository)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return (Outcome::Failed(e.to_string()), Some(path), 0),
+        };
+        let (stdout, process) = match hooks::start_dump(&self.client, &ns, &name, &first, &d).await
+        {
+            Ok(p) => p,
+            Err(m) => return (Outcome::Failed(m), Some(path), 0),
+        };
+        tracing::info!(namespace = ns, pod = name, command = ?d.command, "dump starts");
+        let handle = tokio::runtime::Handle::current();
+        let reader = tokio_util::io::SyncIoBridge::new_with_handle(stdout, handle.clone());
+        let finish: coffer_engine::backup::FinishFn = Box::new(move || {
+            handle
+                .block_on(process.finish())
+                .map_err(|why| format!("the command failed ({why}); no snapshot was written"))
+        });
+        let mut opts = BackupOptions::new(Vec::<PathBuf>::new());
+        opts.origin = Some(KubernetesOrigin {
+            cluster: self.opts.node.cluster.clone(),
+            namespace: Some(ns.clone()),
+            pod: Some(name.clone()),
+            node: Some(self.me().to_string()),
+            owner: plan::owner_of(pod),
+            volume: Some(d.filename.clone()),
+            ..Default::default()
+        });
+        opts.hostname = Some(self.me().to_string());
+        opts.program = Some(format!("coffer-agent {}", env!("CARGO_PKG_VERSION")));
+        opts.tags = vb.spec.tags.clone();
+        opts.cancel = cancel.clone();
+        let src = coffer_engine::backup::StreamSource {
+            name: d.filename.clone(),
+            reader: Box::new(reader),
+            finish,
+        };
+        match coffer_engine::backup::backup_stream(repo, src, opts).await {
+            Ok(summary) => {
+                tracing::info!(snapshot = %summary.snapshot_id.to_hex(), "dump done");
+                let progress = Progress {
+                    bytes_done: summary.bytes_read,
+                    total_bytes: Some(summary.bytes_read),
+                    files_done: 1,
+                    total_files: Some(1),
+                };
+                (
+                    Outcome::Done {
+                        snapshot_id: summary.snapshot_id.to_hex(),
+                        incremental_bytes: Some(summary.snapshot.summary.data_added_packed),
+                        progress,
+                        errors: Vec::new(),
+                    },
+                    Some(path),
+                    summary.bytes_read,
+                )
+            }
+            Err(coffer_engine::Error::Cancelled) => (stopped(reason), Some(path), 0),
+            Err(e) => (Outcome::Failed(e.to_string()), Some(path), 0),
+        }
     }
 
     async fn backup(
@@ -1099,6 +1289,9 @@ impl RunKind {
             RunKind::Backup(vb) if vb.spec.method == BackupMethod::Filesystem => {
                 vb.spec.pod_volume()
             }
+            RunKind::Backup(vb) if vb.spec.method == BackupMethod::Command => {
+                Some((vb.spec.pod.as_deref()?, annotations::DUMP_VOLUME))
+            }
             RunKind::Backup(_) => None,
             RunKind::Restore(vr) if vr.spec.target.is_none() => vr.spec.pod_volume(),
             RunKind::Restore(_) => None,
@@ -1140,15 +1333,19 @@ impl RunKind {
     }
 }
 
-/// The pod of a Filesystem backup ([`Agent::on_run`] takes only those that
-/// name one).
+/// The pod of a Filesystem or Command backup ([`Agent::on_run`] takes only
+/// those that name one).
 fn pod_of(vb: &VolumeBackup) -> &str {
-    vb.spec.pod_volume().unwrap_or_default().0
+    vb.spec.pod.as_deref().unwrap_or_default()
 }
 
-/// The volume of a Filesystem backup.
+/// The volume of a Filesystem backup ([`annotations::DUMP_VOLUME`] for a
+/// dump).
 fn volume_of(vb: &VolumeBackup) -> &str {
-    vb.spec.pod_volume().unwrap_or_default().1
+    match vb.spec.method {
+        BackupMethod::Command => annotations::DUMP_VOLUME,
+        _ => vb.spec.volume.as_deref().unwrap_or_default(),
+    }
 }
 
 fn stopped(reason: &Arc<Mutex<Option<StopReason>>>) -> Outcome {

@@ -441,8 +441,8 @@ async fn cancel(ctx: &Ctx, ns: &str, runs: &[String]) -> Result<(), Error> {
     Ok(())
 }
 
-/// The volumes a schedule backs up: `(pod, volume)` for Filesystem, or
-/// PVC names for Snapshot.
+/// The volumes a schedule backs up: `(pod, volume)` for Filesystem, PVC
+/// names for Snapshot, `(pod, "command")` for the dumps of Command.
 async fn targets(ctx: &Ctx, bs: &BackupSchedule) -> Result<Vec<(Option<String>, String)>, Error> {
     let ns = bs.namespace().unwrap_or_default();
     let lp = ListParams::default().labels(&bs.spec.selector.to_query());
@@ -455,6 +455,13 @@ async fn targets(ctx: &Ctx, bs: &BackupSchedule) -> Result<Vec<(Option<String>, 
     let mut out: BTreeSet<(Option<String>, String)> = BTreeSet::new();
     for p in &pods {
         if p.meta().deletion_timestamp.is_some() {
+            continue;
+        }
+        if bs.spec.method == BackupMethod::Command {
+            // The pods that have a dump.
+            if p.annotations().contains_key(crate::hooks::COMMAND) {
+                out.insert((Some(p.name_any()), "command".into()));
+            }
             continue;
         }
         for v in p.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
@@ -470,7 +477,8 @@ async fn targets(ctx: &Ctx, bs: &BackupSchedule) -> Result<Vec<(Option<String>, 
                 (BackupMethod::Snapshot, Some(c)) => {
                     out.insert((None, c));
                 }
-                (BackupMethod::Snapshot, None) => {}
+                (BackupMethod::Snapshot | BackupMethod::Command, None) => {}
+                (BackupMethod::Command, Some(_)) => {}
             }
         }
     }

@@ -6,6 +6,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod harness;
+mod hooks;
 mod maintenance;
 mod pvc_restores;
 mod schedules;

@@ -1,0 +1,487 @@
+//! Application hooks and dumps, through `pods/exec`.
+//!
+//! | annotation | value |
+//! |---|---|
+//! | `pre.hook.backup.coffer.dev/command` | a JSON array, run before the volume is read (or snapshotted) |
+//! | `pre.hook.backup.coffer.dev/container` | where (default: the pod's first container) |
+//! | `pre.hook.backup.coffer.dev/on-error` | `Fail` (default: no backup) or `Continue` (a Warning Event) |
+//! | `pre.hook.backup.coffer.dev/timeout` | at most this long (default `30s`) |
+//! | `post.hook.backup.coffer.dev/...` | the same, run after the read (or the snapshot), whatever its outcome, when the pre-hook ran |
+//! | `backup.coffer.dev/command` | a dump: its stdout becomes a snapshot (a JSON array, or a shell line run by `sh -c`) |
+//! | `backup.coffer.dev/command-container` | where (default: the pod's first container) |
+//! | `backup.coffer.dev/command-filename` | the file's name in the snapshot (default `<container>.dump`) |
+//!
+//! Parsing is pure; [`run`] and [`dump`] call the API server.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, AttachParams, AttachedProcess};
+use kube::Client;
+use tokio::io::AsyncReadExt;
+
+use crate::crd::HookRun;
+
+/// The pre-hook annotations' prefix.
+pub const PRE: &str = "pre.hook.backup.coffer.dev/";
+/// The post-hook annotations' prefix.
+pub const POST: &str = "post.hook.backup.coffer.dev/";
+/// A dump's command.
+pub const COMMAND: &str = "backup.coffer.dev/command";
+/// A dump's container.
+pub const COMMAND_CONTAINER: &str = "backup.coffer.dev/command-container";
+/// A dump's file name in the snapshot.
+pub const COMMAND_FILENAME: &str = "backup.coffer.dev/command-filename";
+/// How long a hook may take when its annotation does not say.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How much of a failed hook's output its message keeps.
+const OUTPUT_TAIL: usize = 400;
+
+/// What a hook's failure does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnError {
+    /// The backup fails (a pre-hook: nothing is read).
+    Fail,
+    /// The backup goes on; the failure is a Warning Event.
+    Continue,
+}
+
+/// One hook.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hook {
+    /// `pre` or `post`.
+    pub stage: &'static str,
+    /// The command and its arguments.
+    pub command: Vec<String>,
+    /// The container; `None`: the pod's first.
+    pub container: Option<String>,
+    /// What a failure does.
+    pub on_error: OnError,
+    /// At most this long.
+    pub timeout: Duration,
+}
+
+/// A pod's hooks.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Hooks {
+    /// Before the read or the snapshot.
+    pub pre: Option<Hook>,
+    /// After it.
+    pub post: Option<Hook>,
+}
+
+/// A pod's dump.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dump {
+    /// The command and its arguments.
+    pub command: Vec<String>,
+    /// The container; `None`: the pod's first.
+    pub container: Option<String>,
+    /// The file's name in the snapshot.
+    pub filename: String,
+}
+
+/// A hook or dump annotation that cannot be used; the message names it.
+#[derive(Debug, thiserror::Error)]
+#[error("annotation {annotation}: {why}")]
+pub struct HookError {
+    /// The annotation.
+    pub annotation: String,
+    /// What is wrong, and what it should be.
+    pub why: String,
+}
+
+fn bad(annotation: String, why: impl Into<String>) -> HookError {
+    HookError {
+        annotation,
+        why: why.into(),
+    }
+}
+
+fn one(
+    a: &BTreeMap<String, String>,
+    prefix: &str,
+    stage: &'static str,
+) -> Result<Option<Hook>, HookError> {
+    let key = |k: &str| format!("{prefix}{k}");
+    let Some(text) = a.get(&key("command")) else {
+        for k in ["container", "on-error", "timeout"] {
+            if a.contains_key(&key(k)) {
+                return Err(bad(key(k), format!("set, but {} is not", key("command"))));
+            }
+        }
+        return Ok(None);
+    };
+    let command: Vec<String> = serde_json::from_str(text).map_err(|_| {
+        bad(
+            key("command"),
+            format!("{text:?} is not a JSON array of strings, e.g. [\"/sbin/fsfreeze\", \"--freeze\", \"/data\"]"),
+        )
+    })?;
+    if command.is_empty() || command[0].is_empty() {
+        return Err(bad(key("command"), "the array is empty"));
+    }
+    let on_error = match a.get(&key("on-error")).map(String::as_str) {
+        None | Some("Fail") => OnError::Fail,
+        Some("Continue") => OnError::Continue,
+        Some(other) => {
+            return Err(bad(
+                key("on-error"),
+                format!("{other:?} is neither Fail nor Continue"),
+            ))
+        }
+    };
+    let timeout = match a.get(&key("timeout")) {
+        None => DEFAULT_TIMEOUT,
+        Some(t) => humantime::parse_duration(t)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                bad(
+                    key("timeout"),
+                    format!("{t:?} is not a duration such as 30s or 5m"),
+                )
+            })?,
+    };
+    Ok(Some(Hook {
+        stage,
+        command,
+        container: a.get(&key("container")).cloned(),
+        on_error,
+        timeout,
+    }))
+}
+
+/// The hooks a pod's annotations ask for.
+pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Hooks, HookError> {
+    Ok(Hooks {
+        pre: one(annotations, PRE, "pre")?,
+        post: one(annotations, POST, "post")?,
+    })
+}
+
+/// The dump a pod's annotations ask for, if any. `first_container` names
+/// the default file.
+pub fn parse_dump(
+    annotations: &BTreeMap<String, String>,
+    first_container: &str,
+) -> Result<Option<Dump>, HookError> {
+    let Some(text) = annotations.get(COMMAND) else {
+        return Ok(None);
+    };
+    let command = if text.trim_start().starts_with('[') {
+        serde_json::from_str::<Vec<String>>(text).map_err(|_| {
+            bad(
+                COMMAND.into(),
+                format!("{text:?} is not a JSON array of strings"),
+            )
+        })?
+    } else {
+        vec!["sh".into(), "-c".into(), text.clone()]
+    };
+    if command.is_empty() || command.iter().all(|c| c.trim().is_empty()) {
+        return Err(bad(COMMAND.into(), "the command is empty"));
+    }
+    let container = annotations.get(COMMAND_CONTAINER).cloned();
+    let filename = match annotations.get(COMMAND_FILENAME) {
+        Some(f) if f.is_empty() || f.contains('/') || f == "." || f == ".." => {
+            return Err(bad(
+                COMMAND_FILENAME.into(),
+                format!("{f:?} is not a file name (no '/', not empty)"),
+            ))
+        }
+        Some(f) => f.clone(),
+        None => format!("{}.dump", container.as_deref().unwrap_or(first_container)),
+    };
+    Ok(Some(Dump {
+        command,
+        container,
+        filename,
+    }))
+}
+
+/// The name of a pod's first container (the default for hooks and dumps).
+pub fn first_container(pod: &Pod) -> String {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .map(|c| c.name.clone())
+        .unwrap_or_default()
+}
+
+fn attach(container: &str, stdout: bool) -> AttachParams {
+    AttachParams::default()
+        .container(container)
+        .stdin(false)
+        .stdout(stdout)
+        .stderr(true)
+}
+
+/// Why a finished exec failed, from its final Status; `None`: exit 0.
+fn exec_failure(
+    status: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Status>,
+) -> Option<String> {
+    let Some(s) = status else {
+        return Some("the connection ended without an exit status".into());
+    };
+    if s.status.as_deref() == Some("Success") {
+        return None;
+    }
+    let code = s
+        .details
+        .and_then(|d| d.causes)
+        .into_iter()
+        .flatten()
+        .find(|c| c.reason.as_deref() == Some("ExitCode"))
+        .and_then(|c| c.message);
+    Some(match code {
+        Some(c) => format!("exit code {c}"),
+        None => s.message.unwrap_or_else(|| "failed".into()),
+    })
+}
+
+fn tail(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let text = text.trim();
+    let start = text
+        .char_indices()
+        .map(|(i, _)| i)
+        .find(|&i| text.len() - i <= OUTPUT_TAIL)
+        .unwrap_or(text.len());
+    text[start..].to_string()
+}
+
+/// Runs `hook` in pod `ns/pod` (whose first container is `first`) and
+/// returns what happened, for the run's status; `ok` tells whether it
+/// succeeded within its timeout.
+pub async fn run(client: &Client, ns: &str, pod: &str, first: &str, hook: &Hook) -> HookRun {
+    let container = hook.container.clone().unwrap_or_else(|| first.to_string());
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let go = async {
+        let mut p = api
+            .exec(pod, hook.command.clone(), &attach(&container, true))
+            .await
+            .map_err(|e| format!("cannot exec: {e}"))?;
+        let (mut out, err) = tokio::join!(drain(p.stdout()), drain(p.stderr()));
+        let status = match p.take_status() {
+            Some(s) => s.await,
+            None => None,
+        };
+        match exec_failure(status) {
+            None => Ok(()),
+            Some(why) => {
+                out.extend_from_slice(&err);
+                let output = tail(&out);
+                Err(if output.is_empty() {
+                    why
+                } else {
+                    format!("{why}: {output}")
+                })
+            }
+        }
+    };
+    let result = match tokio::time::timeout(hook.timeout, go).await {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "did not finish within {}",
+            humantime::format_duration(hook.timeout)
+        )),
+    };
+    HookRun {
+        stage: hook.stage.into(),
+        pod: pod.into(),
+        container,
+        succeeded: result.is_ok(),
+        message: result.err().map(|why| {
+            format!(
+                "{} hook {:?} in pod {ns}/{pod}: {why}",
+                hook.stage, hook.command
+            )
+        }),
+    }
+}
+
+/// Reads a stream to its end, keeping its last bytes.
+async fn drain(r: Option<impl tokio::io::AsyncRead + Unpin>) -> Vec<u8> {
+    let Some(mut r) = r else {
+        return Vec::new();
+    };
+    let mut kept = Vec::new();
+    let mut buf = vec![0u8; 8192];
+    while let Ok(n) = r.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        kept.extend_from_slice(&buf[..n]);
+        if kept.len() > 4 * OUTPUT_TAIL {
+            kept.drain(..kept.len() - 4 * OUTPUT_TAIL);
+        }
+    }
+    kept
+}
+
+/// A dump's stdout.
+pub type DumpOutput = tokio::io::ReadHalf<tokio::io::SimplexStream>;
+
+/// A started dump, less its stdout: ask, after the last byte, whether it
+/// exited 0.
+pub struct DumpProcess {
+    stderr: tokio::task::JoinHandle<Vec<u8>>,
+    process: AttachedProcess,
+}
+
+impl DumpProcess {
+    /// After the last byte: `Err(why)` unless the command exited 0.
+    pub async fn finish(mut self) -> Result<(), String> {
+        let err = self.stderr.await.unwrap_or_default();
+        let status = match self.process.take_status() {
+            Some(s) => s.await,
+            None => None,
+        };
+        match exec_failure(status) {
+            None => Ok(()),
+            Some(why) => {
+                let output = tail(&err);
+                Err(if output.is_empty() {
+                    why
+                } else {
+                    format!("{why}: {output}")
+                })
+            }
+        }
+    }
+}
+
+/// Starts `dump` in pod `ns/pod`: its stdout, and the process.
+pub async fn start_dump(
+    client: &Client,
+    ns: &str,
+    pod: &str,
+    first: &str,
+    dump: &Dump,
+) -> Result<(DumpOutput, DumpProcess), String> {
+    let container = dump.container.clone().unwrap_or_else(|| first.to_string());
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let mut process = api
+        .exec(pod, dump.command.clone(), &attach(&container, true))
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot exec {:?} in pod {ns}/{pod} container {container}: {e}",
+                dump.command
+            )
+        })?;
+    let stdout = process
+        .stdout()
+        .ok_or_else(|| "the exec has no stdout".to_string())?;
+    // Drained beside stdout, so that a chatty command never blocks.
+    let stderr = tokio::spawn(drain(process.stderr()));
+    Ok((stdout, DumpProcess { stderr, process }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ann(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn hooks_parse_with_defaults_and_bad_values_name_their_annotation() {
+        let h = parse(&ann(&[
+            (
+                "pre.hook.backup.coffer.dev/command",
+                r#"["fsfreeze", "--freeze", "/data"]"#,
+            ),
+            ("pre.hook.backup.coffer.dev/container", "freezer"),
+            (
+                "post.hook.backup.coffer.dev/command",
+                r#"["fsfreeze", "--unfreeze", "/data"]"#,
+            ),
+            ("post.hook.backup.coffer.dev/on-error", "Continue"),
+            ("post.hook.backup.coffer.dev/timeout", "2m"),
+        ]))
+        .unwrap();
+        let pre = h.pre.unwrap();
+        assert_eq!(pre.command, ["fsfreeze", "--freeze", "/data"]);
+        assert_eq!(pre.container.as_deref(), Some("freezer"));
+        assert_eq!(
+            (pre.on_error, pre.timeout),
+            (OnError::Fail, DEFAULT_TIMEOUT)
+        );
+        let post = h.post.unwrap();
+        assert_eq!(
+            (post.on_error, post.timeout),
+            (OnError::Continue, Duration::from_secs(120))
+        );
+        assert_eq!(parse(&ann(&[])).unwrap(), Hooks::default());
+
+        for (pairs, named) in [
+            (
+                vec![("pre.hook.backup.coffer.dev/command", "fsfreeze --freeze")],
+                "pre.hook.backup.coffer.dev/command",
+            ),
+            (
+                vec![("pre.hook.backup.coffer.dev/command", "[]")],
+                "pre.hook.backup.coffer.dev/command",
+            ),
+            (
+                vec![
+                    ("post.hook.backup.coffer.dev/command", r#"["x"]"#),
+                    ("post.hook.backup.coffer.dev/on-error", "Ignore"),
+                ],
+                "post.hook.backup.coffer.dev/on-error",
+            ),
+            (
+                vec![
+                    ("pre.hook.backup.coffer.dev/command", r#"["x"]"#),
+                    ("pre.hook.backup.coffer.dev/timeout", "soon"),
+                ],
+                "pre.hook.backup.coffer.dev/timeout",
+            ),
+            (
+                vec![("pre.hook.backup.coffer.dev/container", "db")],
+                "pre.hook.backup.coffer.dev/container",
+            ),
+        ] {
+            let e = parse(&ann(&pairs)).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("annotation {named}:")), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_dump_is_a_shell_line_or_an_array_with_a_safe_file_name() {
+        let d = parse_dump(&ann(&[(COMMAND, "mysqldump --all-databases")]), "mysql")
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.command, ["sh", "-c", "mysqldump --all-databases"]);
+        assert_eq!(d.filename, "mysql.dump");
+        let d = parse_dump(
+            &ann(&[
+                (COMMAND, r#"["pg_dumpall"]"#),
+                (COMMAND_CONTAINER, "pg"),
+                (COMMAND_FILENAME, "all.sql"),
+            ]),
+            "app",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (d.command, d.container.as_deref(), d.filename.as_str()),
+            (vec!["pg_dumpall".to_string()], Some("pg"), "all.sql")
+        );
+        assert!(parse_dump(&ann(&[]), "app").unwrap().is_none());
+        let e = parse_dump(
+            &ann(&[(COMMAND, "x"), (COMMAND_FILENAME, "../etc/passwd")]),
+            "app",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains(COMMAND_FILENAME), "{e}");
+    }
+}

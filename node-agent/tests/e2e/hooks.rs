@@ -1,0 +1,224 @@
+//! Hooks and dumps through `pods/exec`, end to end: the real node agent
+//! execs into pods of the fake API server, which runs each command as a
+//! local process (with the pod and container in its environment).
+
+use coffer_node_agent::crd::{BackupMethod, Phase, VolumeBackup};
+use coffer_node_agent::hooks::{COMMAND, COMMAND_FILENAME};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::Api;
+use serde_json::json;
+
+use crate::harness::*;
+use crate::{common, explicit_backup, message, small_pod, snapshot_of};
+
+fn sh(script: &str) -> String {
+    json!(["sh", "-c", script]).to_string()
+}
+
+async fn snapshot_count(repo: &std::path::Path) -> usize {
+    open_repo(repo, PASSWORD)
+        .await
+        .snapshots()
+        .await
+        .unwrap()
+        .len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_run_in_order_around_the_read_and_on_error_decides_what_a_failure_does() {
+    let mut env = Env::new().await;
+    let ns = env.namespace("hooks").await;
+    let repo = env.repository(&ns, "default", PASSWORD).await;
+    let node = common::Node::new();
+    let node_name = format!("node-{}", short_id());
+    let src = small_pod(&env, &node, &ns, "db-0", &node_name, 51, None).await;
+    let _agent = Agent::start(&env, &AgentConfig::new(&node_name, &node));
+    let log = env.dir.path().join("hooks.log");
+    let lines = || std::fs::read_to_string(&log).unwrap_or_default();
+    let marker = src.join("frozen");
+    // The pre-hook leaves a marker in the volume, the post-hook removes it:
+    // the snapshot holds it only if the read came between the two.
+    let pre = sh(&format!(
+        "echo \"pre $COFFER_FAKE_POD $COFFER_FAKE_CONTAINER\" >> {log}; touch {marker}",
+        log = log.display(),
+        marker = marker.display()
+    ));
+    let post = sh(&format!(
+        "echo post >> {log}; rm -f {marker}",
+        log = log.display(),
+        marker = marker.display()
+    ));
+    env.annotate(&ns, "db-0", "pre.hook.backup.coffer.dev/command", &pre)
+        .await;
+    env.annotate(&ns, "db-0", "pre.hook.backup.coffer.dev/container", "c")
+        .await;
+    env.annotate(&ns, "db-0", "post.hook.backup.coffer.dev/command", &post)
+        .await;
+
+    let b = explicit_backup(&env, &ns, "b1", "db-0", "vol").await;
+    assert_eq!(phase(&b.status), Phase::Completed, "{:#?}", b.status);
+    assert_eq!(lines(), format!("pre {ns}/db-0 c\npost\n"));
+    let hooks = b.status.clone().unwrap().hooks;
+    let stages: Vec<(&str, bool)> = hooks
+        .iter()
+        .map(|h| (h.stage.as_str(), h.succeeded))
+        .collect();
+    assert_eq!(stages, [("pre", true), ("post", true)], "{hooks:#?}");
+    assert!(!marker.exists(), "the post-hook did not run");
+    let out = restore(&repo, &snapshot_of(&b), env.dir.path()).await;
+    assert!(
+        out.join("frozen").exists(),
+        "the read did not come after the pre-hook"
+    );
+    std::fs::remove_file(out.join("frozen")).unwrap();
+    assert_same_tree(&src, &out);
+
+    // A failing pre-hook with on-error Fail: nothing is read, no post-hook,
+    // and the message has the hook's output and exit code.
+    let failing = sh("echo 'cannot freeze: busy' >&2; exit 7");
+    env.annotate(&ns, "db-0", "pre.hook.backup.coffer.dev/command", &failing)
+        .await;
+    let b = explicit_backup(&env, &ns, "b2", "db-0", "vol").await;
+    assert_eq!(phase(&b.status), Phase::Failed, "{:#?}", b.status);
+    let m = message(&b.status);
+    for part in [
+        "pre hook",
+        &format!("pod {ns}/db-0"),
+        "exit code 7",
+        "cannot freeze: busy",
+    ] {
+        assert!(m.contains(part), "{part:?} not in {m:?}");
+    }
+    assert_eq!(snapshot_count(&repo).await, 1);
+    assert_eq!(
+        lines().lines().count(),
+        2,
+        "the post-hook ran after a failed pre-hook"
+    );
+    let events = Api::<Event>::namespaced(env.client.clone(), &ns)
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("HookFailed")
+                && e.note.as_deref().is_some_and(|n| n.contains("exit code 7"))),
+        "{events:#?}"
+    );
+
+    // The same failure with on-error Continue: the backup goes on, the
+    // post-hook runs, the status tells.
+    env.annotate(
+        &ns,
+        "db-0",
+        "pre.hook.backup.coffer.dev/on-error",
+        "Continue",
+    )
+    .await;
+    let b = explicit_backup(&env, &ns, "b3", "db-0", "vol").await;
+    assert_eq!(phase(&b.status), Phase::Completed, "{:#?}", b.status);
+    let hooks = b.status.clone().unwrap().hooks;
+    assert!(!hooks[0].succeeded && hooks[1].succeeded, "{hooks:#?}");
+    assert_eq!(lines().lines().last(), Some("post"));
+    assert_eq!(snapshot_count(&repo).await, 2);
+
+    // A hook that outlives its timeout fails the run.
+    env.annotate(
+        &ns,
+        "db-0",
+        "pre.hook.backup.coffer.dev/command",
+        &sh("sleep 60"),
+    )
+    .await;
+    env.annotate(&ns, "db-0", "pre.hook.backup.coffer.dev/on-error", "Fail")
+        .await;
+    env.annotate(&ns, "db-0", "pre.hook.backup.coffer.dev/timeout", "1s")
+        .await;
+    let b = explicit_backup(&env, &ns, "b4", "db-0", "vol").await;
+    assert_eq!(phase(&b.status), Phase::Failed, "{:#?}", b.status);
+    assert!(
+        message(&b.status).contains("did not finish within 1s"),
+        "{:?}",
+        b.status
+    );
+
+    // A bad annotation fails the run, naming it.
+    env.annotate(
+        &ns,
+        "db-0",
+        "pre.hook.backup.coffer.dev/command",
+        "fsfreeze -f /data",
+    )
+    .await;
+    let b = explicit_backup(&env, &ns, "b5", "db-0", "vol").await;
+    assert_eq!(phase(&b.status), Phase::Failed);
+    assert!(
+        message(&b.status).contains("pre.hook.backup.coffer.dev/command"),
+        "{:?}",
+        b.status
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dump_becomes_a_snapshot_only_when_its_command_exits_zero() {
+    let mut env = Env::new().await;
+    let ns = env.namespace("dump").await;
+    let repo = env.repository(&ns, "default", PASSWORD).await;
+    let node = common::Node::new();
+    let node_name = format!("node-{}", short_id());
+    small_pod(&env, &node, &ns, "mysql-0", &node_name, 0, None).await;
+    let _agent = Agent::start(&env, &AgentConfig::new(&node_name, &node));
+    // What the "database" dumps: several chunks of noise.
+    let data = env.dir.path().join("db.sql");
+    std::fs::write(&data, noise(61, 3 << 20)).unwrap();
+    env.annotate(&ns, "mysql-0", COMMAND, &format!("cat {}", data.display()))
+        .await;
+    env.annotate(&ns, "mysql-0", COMMAND_FILENAME, "all.sql")
+        .await;
+    // backup-now backs up the dump (and the selected volumes: none here).
+    env.annotate(&ns, "mysql-0", "backup.coffer.dev/backup-now", "1")
+        .await;
+    let runs = env
+        .wait_backups(&ns, "mysql-0", "one final dump", |bs| {
+            bs.len() == 1 && is_final(&bs[0].status)
+        })
+        .await;
+    let b = &runs[0];
+    assert_eq!(b.spec.method, BackupMethod::Command);
+    assert_eq!(phase(&b.status), Phase::Completed, "{:#?}", b.status);
+    assert_eq!(b.status.as_ref().unwrap().path.as_deref(), Some("/all.sql"));
+    let out = restore(&repo, &snapshot_of(b), env.dir.path()).await;
+    assert_eq!(
+        std::fs::read(out.join("all.sql")).unwrap(),
+        std::fs::read(&data).unwrap()
+    );
+
+    // The same output, then a failure: no snapshot.
+    env.annotate(
+        &ns,
+        "mysql-0",
+        COMMAND,
+        &format!("cat {}; echo 'lost connection' >&2; exit 3", data.display()),
+    )
+    .await;
+    env.create::<VolumeBackup>(
+        &ns,
+        json!({
+            "apiVersion": "coffer.dev/v1alpha1", "kind": "VolumeBackup",
+            "metadata": {"name": "dump-2", "namespace": ns},
+            "spec": {"method": "Command", "pod": "mysql-0"}
+        }),
+    )
+    .await;
+    let b = env
+        .wait_for::<VolumeBackup>(&ns, "dump-2", "final", |b| is_final(&b.status))
+        .await;
+    assert_eq!(phase(&b.status), Phase::Failed, "{:#?}", b.status);
+    let m = message(&b.status);
+    for part in ["exit code 3", "lost connection", "no snapshot was written"] {
+        assert!(m.contains(part), "{part:?} not in {m:?}");
+    }
+    assert_eq!(snapshot_count(&repo).await, 1);
+}
