@@ -28,6 +28,7 @@ RBAC_SOURCE = ROOT / "deploy" / "rbac.yaml"
 # What `coffer-agent node` calls, and nothing more (see deploy/rbac.yaml).
 EXPECTED_RULES = {
     ("", "pods"): {"get", "list", "watch"},
+    ("", "pods/exec"): {"create"},
     ("", "persistentvolumeclaims"): {"get"},
     ("", "persistentvolumes"): {"get"},
     ("", "secrets"): {"get"},
@@ -51,6 +52,7 @@ EXPECTED_CONTROLLER_RULES = {
     ("coffer.dev", "backuprepositories"): {"get", "list", "watch"},
     ("coffer.dev", "backuprepositories/status"): {"get", "patch"},
     ("", "pods"): {"get", "list", "watch", "create", "delete"},
+    ("", "pods/exec"): {"create"},
     ("", "persistentvolumeclaims"): {"get", "list", "watch", "create", "delete"},
     ("", "persistentvolumes"): {"get", "list", "patch", "delete"},
     ("storage.k8s.io", "storageclasses"): {"get"},

@@ -459,6 +459,11 @@ async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Result<Action,
                 return Ok(Action::await_change());
             }
         };
+        // The pre-hooks of the pods using the PVC, then at once the snapshot.
+        if let Err(m) = snapshot_hooks(ctx, vb, st, &pvc_name, "pre").await? {
+            ctx.fail(vb, m).await;
+            return Ok(Action::await_change());
+        }
         let vs = VolumeSnapshot {
             metadata: kube::api::ObjectMeta {
                 name: Some(child.clone()),
@@ -485,7 +490,17 @@ async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Result<Action,
         );
         return Ok(Action::requeue(ctx.opts.snapshot_timeout));
     };
-    let restore_size = match snapshot::snapshot_state(&vs) {
+    let state = snapshot::snapshot_state(&vs);
+    if state != SnapshotState::Pending {
+        // The point in time is taken (or never will be): the post-hooks.
+        if let Err(m) = snapshot_hooks(ctx, vb, st, &pvc_name, "post").await? {
+            if !matches!(state, SnapshotState::Failed(_)) {
+                ctx.fail(vb, m).await;
+                return Ok(Action::await_change());
+            }
+        }
+    }
+    let restore_size = match state {
         SnapshotState::Failed(m) => {
             ctx.fail(vb, format!("VolumeSnapshot {ns}/{child} failed: {m}"))
                 .await;
@@ -614,14 +629,10 @@ async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Result<Action,
     if pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded") {
         // The mover writes the result before it exits; a run still open
         // after that has no result.
-        let fresh = Api::<VolumeBackup>::namespaced(ctx.client.clone(), &ns)
-            .get_status(&vb.name_any())
-            .await
-            .map_err(kube_err(format!(
-                "reading VolumeBackup {ns}/{}",
-                vb.name_any()
-            )))?;
-        if !fresh.status.is_some_and(|s| s.phase.is_final()) {
+        if !fresh_status(ctx, vb)
+            .await?
+            .is_some_and(|s| s.phase.is_final())
+        {
             ctx.fail(
                 vb,
                 format!("mover pod {ns}/{child} exited without writing a result"),
@@ -690,6 +701,114 @@ pub(crate) async fn mover_state(ctx: &Ctx, pod: &Pod) -> MoverState {
         "mover pod {ns}/{name} did not start within {}{events}",
         humantime::format_duration(ctx.opts.prepare_timeout)
     ))
+}
+
+/// The run's status as the API server has it now (the cache may lag).
+async fn fresh_status(ctx: &Ctx, vb: &VolumeBackup) -> Result<Option<RunStatus>, Error> {
+    let ns = vb.namespace().unwrap_or_default();
+    Ok(Api::<VolumeBackup>::namespaced(ctx.client.clone(), &ns)
+        .get_status(&vb.name_any())
+        .await
+        .map_err(kube_err(format!(
+            "reading VolumeBackup {ns}/{}",
+            vb.name_any()
+        )))?
+        .status)
+}
+
+/// Runs the `stage` hooks (see [`crate::hooks`]) of the running pods that
+/// use PVC `pvc` (only `spec.pod`, when the run names one), once per run:
+/// they are recorded in `status.hooks`. `Ok(Err(why))` when a hook with
+/// on-error Fail failed; after a failed pre-hook, the post-hooks of the pods
+/// whose pre-hook ran are run at once, so that nothing stays frozen.
+async fn snapshot_hooks(
+    ctx: &Ctx,
+    vb: &VolumeBackup,
+    st: &RunStatus,
+    pvc: &str,
+    stage: &str,
+) -> Result<Result<(), String>, Error> {
+    let ns = vb.namespace().unwrap_or_default();
+    if st.hooks.iter().any(|h| h.stage == stage) {
+        return Ok(Ok(()));
+    }
+    // The cache may lag behind our own last write: hooks run once.
+    if fresh_status(ctx, vb)
+        .await?
+        .is_some_and(|s| s.hooks.iter().any(|h| h.stage == stage))
+    {
+        return Ok(Ok(()));
+    }
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .map_err(kube_err(format!("listing pods in {ns}")))?
+        .items;
+    let mut targets = Vec::new();
+    for p in pods {
+        let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+        let uses = p
+            .spec
+            .iter()
+            .flat_map(|s| s.volumes.iter().flatten())
+            .filter_map(|v| v.persistent_volume_claim.as_ref())
+            .any(|c| c.claim_name == pvc);
+        let named = vb.spec.pod.as_ref().is_none_or(|n| *n == p.name_any());
+        if !(running && uses && named && p.meta().deletion_timestamp.is_none()) {
+            continue;
+        }
+        let hooks = match crate::hooks::parse(p.annotations()) {
+            Ok(h) => h,
+            Err(e) => return Ok(Err(format!("pod {ns}/{}: {e}", p.name_any()))),
+        };
+        // With a pre-hook, its pod's post-hook (run at once if a pre-hook fails).
+        let (hook, post) = if stage == "pre" {
+            (hooks.pre, hooks.post)
+        } else {
+            (hooks.post, None)
+        };
+        if let Some(h) = hook {
+            targets.push((p, h, post));
+        }
+    }
+    let mut runs = Vec::new();
+    let mut failed = None;
+    for (p, hook, post) in &targets {
+        let first = crate::hooks::first_container(p);
+        let r = crate::hooks::run(&ctx.client, &ns, &p.name_any(), &first, hook).await;
+        if let Some(m) = &r.message {
+            ctx.event(vb, EventType::Warning, "HookFailed", m.clone())
+                .await;
+            if hook.on_error == crate::hooks::OnError::Fail && failed.is_none() {
+                failed = Some(m.clone());
+            }
+        }
+        runs.push((r, p, post.clone()));
+        if failed.is_some() {
+            break;
+        }
+    }
+    let mut recorded: Vec<crate::crd::HookRun> = runs.iter().map(|(r, _, _)| r.clone()).collect();
+    if failed.is_some() && stage == "pre" {
+        for (r, p, post) in &runs {
+            if let (true, Some(post)) = (r.succeeded, post) {
+                let first = crate::hooks::first_container(p);
+                recorded
+                    .push(crate::hooks::run(&ctx.client, &ns, &p.name_any(), &first, post).await);
+            }
+        }
+    }
+    if !recorded.is_empty() {
+        status::update::<VolumeBackup>(&ctx.client, &ns, &vb.name_any(), |s| {
+            s.hooks.extend(recorded.iter().cloned());
+        })
+        .await;
+    }
+    Ok(match failed {
+        Some(m) if stage == "pre" => Err(format!("{m}; no snapshot was taken (on-error Fail)")),
+        Some(m) => Err(format!("{m} (on-error Fail)")),
+        None => Ok(()),
+    })
 }
 
 /// The time left of `limit` since `since` (all of it when unknown).

@@ -222,3 +222,96 @@ async fn a_dump_becomes_a_snapshot_only_when_its_command_exits_zero() {
     }
     assert_eq!(snapshot_count(&repo).await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_hooks_bracket_the_volume_snapshot_and_a_failed_pre_hook_takes_none() {
+    use crate::sim;
+    use crate::snapshots::{fake_cluster, snapshot_backup, wait_cleaned};
+    use coffer_node_agent::snapshot::VolumeSnapshot;
+    let Some((mut env, sim)) = fake_cluster().await else {
+        return;
+    };
+    let ns = env.namespace("snaphooks").await;
+    let repo = env.repository(&ns, "default", PASSWORD).await;
+    let dir = env.dir.path().join("csi/source/data");
+    fill(&dir, 71, 5);
+    sim::csi_pvc(&env, &ns, "data", "Filesystem", &dir, json!({})).await;
+    let marker = dir.join("frozen");
+    let log = env.dir.path().join("hooks.log");
+    let pre = sh(&format!(
+        "echo pre >> {}; touch {}",
+        log.display(),
+        marker.display()
+    ));
+    let post = sh(&format!(
+        "echo post >> {}; rm -f {}",
+        log.display(),
+        marker.display()
+    ));
+    env.pod(
+        &ns,
+        "db-0",
+        "node-1",
+        json!({
+            "containers": [{"name": "db", "image": "postgres"}],
+            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]
+        }),
+        &[
+            ("pre.hook.backup.coffer.dev/command", &pre),
+            ("post.hook.backup.coffer.dev/command", &post),
+        ],
+    )
+    .await;
+    crate::set_running(&env, &ns, "db-0").await;
+    let _c = Controller::start(&env, "a", &[]);
+
+    snapshot_backup(&env, &ns, "s1", json!({"pvc": "data"})).await;
+    let b = wait_cleaned(&env, &ns, "s1").await;
+    assert_eq!(phase(&b.status), Phase::Completed, "{:#?}", b.status);
+    let hooks = b.status.clone().unwrap().hooks;
+    let stages: Vec<(&str, &str, bool)> = hooks
+        .iter()
+        .map(|h| (h.stage.as_str(), h.pod.as_str(), h.succeeded))
+        .collect();
+    assert_eq!(stages, [("pre", "db-0", true), ("post", "db-0", true)]);
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "pre\npost\n");
+    assert!(!marker.exists(), "the post-hook did not run");
+    // The marker is in the snapshot: the VolumeSnapshot was cut between the hooks.
+    let out = restore(&repo, &snapshot_of(&b), env.dir.path()).await;
+    assert!(out.join("frozen").exists());
+    std::fs::remove_file(out.join("frozen")).unwrap();
+    assert_same_tree(&dir, &out);
+
+    // A pre-hook that fails (on-error Fail): no VolumeSnapshot, the run
+    // fails with the hook's reason; its pod's post-hook does not run (only
+    // pods whose pre-hook succeeded are thawed).
+    let before = sim.deletions().len();
+    env.annotate(
+        &ns,
+        "db-0",
+        "pre.hook.backup.coffer.dev/command",
+        &sh(&format!("echo pre >> {}; exit 4", log.display())),
+    )
+    .await;
+    snapshot_backup(&env, &ns, "s2", json!({"pvc": "data"})).await;
+    let b = wait_cleaned(&env, &ns, "s2").await;
+    assert_eq!(phase(&b.status), Phase::Failed, "{:#?}", b.status);
+    let m = message(&b.status);
+    assert!(
+        m.contains("exit code 4") && m.contains("no snapshot was taken"),
+        "{m}"
+    );
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "pre\npost\npre\n");
+    let snapshots = Api::<VolumeSnapshot>::namespaced(env.client.clone(), &ns)
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items;
+    assert!(snapshots.is_empty(), "{snapshots:#?}");
+    assert!(
+        !sim.deletions()[before..]
+            .iter()
+            .any(|d| d.starts_with("VolumeSnapshot/")),
+        "a VolumeSnapshot was made"
+    );
+}
