@@ -11,7 +11,7 @@
 //! | `backup.coffer.dev/command-container` | where (default: the pod's first container) |
 //! | `backup.coffer.dev/command-filename` | the file's name in the snapshot (default `<container>.dump`) |
 //!
-//! Parsing is pure; [`run`] and [`dump`] call the API server.
+//! Parsing is pure; [`run`] and [`start_dump`] call the API server.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
