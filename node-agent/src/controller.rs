@@ -297,6 +297,14 @@ async fn reconcile(vb: Arc<VolumeBackup>, ctx: Arc<Ctx>) -> Result<Action, Error
         if !finalized {
             return Ok(Action::await_change());
         }
+        // A run that ended between its pre- and post-hooks (the snapshot
+        // failed or timed out, a cancel) thaws its pods first.
+        let frozen = st.hooks.iter().any(|h| h.stage == "pre" && h.succeeded)
+            && !st.hooks.iter().any(|h| h.stage == "post");
+        if let (true, Some(pvc)) = (frozen, &st.pvc) {
+            // Its failure is an Event; the run's outcome stands.
+            let _ = snapshot_hooks(&ctx, &vb, &st, pvc, "post").await?;
+        }
         if !cleanup(&ctx, &vb).await? {
             return Ok(Action::requeue(Duration::from_secs(5)));
         }
@@ -490,17 +498,7 @@ async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Result<Action,
         );
         return Ok(Action::requeue(ctx.opts.snapshot_timeout));
     };
-    let state = snapshot::snapshot_state(&vs);
-    if state != SnapshotState::Pending {
-        // The point in time is taken (or never will be): the post-hooks.
-        if let Err(m) = snapshot_hooks(ctx, vb, st, &pvc_name, "post").await? {
-            if !matches!(state, SnapshotState::Failed(_)) {
-                ctx.fail(vb, m).await;
-                return Ok(Action::await_change());
-            }
-        }
-    }
-    let restore_size = match state {
+    let restore_size = match snapshot::snapshot_state(&vs) {
         SnapshotState::Failed(m) => {
             ctx.fail(vb, format!("VolumeSnapshot {ns}/{child} failed: {m}"))
                 .await;
@@ -533,6 +531,13 @@ async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Result<Action,
         .get_opt(&child)
         .await
         .map_err(kube_err(format!("reading PVC {ns}/{child}")))?;
+    if clone.is_none() {
+        // The point in time is taken: the post-hooks, before the clone.
+        if let Err(m) = snapshot_hooks(ctx, vb, st, &pvc_name, "post").await? {
+            ctx.fail(vb, m).await;
+            return Ok(Action::await_change());
+        }
+    }
     let (block, spec_source) = match (&clone, &source) {
         (Some(c), _) => (
             snapshot::is_block(c),
@@ -733,10 +738,8 @@ async fn snapshot_hooks(
         return Ok(Ok(()));
     }
     // The cache may lag behind our own last write: hooks run once.
-    if fresh_status(ctx, vb)
-        .await?
-        .is_some_and(|s| s.hooks.iter().any(|h| h.stage == stage))
-    {
+    let mut hooks = fresh_status(ctx, vb).await?.unwrap_or_default().hooks;
+    if hooks.iter().any(|h| h.stage == stage) {
         return Ok(Ok(()));
     }
     let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
@@ -799,10 +802,20 @@ async fn snapshot_hooks(
         }
     }
     if !recorded.is_empty() {
-        status::update::<VolumeBackup>(&ctx.client, &ns, &vb.name_any(), |s| {
-            s.hooks.extend(recorded.iter().cloned());
-        })
-        .await;
+        // Written even on an ended run (the thaw after a failed snapshot);
+        // the controller alone writes `hooks`.
+        hooks.extend(recorded);
+        Api::<VolumeBackup>::namespaced(ctx.client.clone(), &ns)
+            .patch_status(
+                &vb.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"hooks": hooks}})),
+            )
+            .await
+            .map_err(kube_err(format!(
+                "recording the hooks of VolumeBackup {ns}/{}",
+                vb.name_any()
+            )))?;
     }
     Ok(match failed {
         Some(m) if stage == "pre" => Err(format!("{m}; no snapshot was taken (on-error Fail)")),

@@ -241,6 +241,22 @@ fn exec_failure(
     })
 }
 
+/// `Ok` on exit 0; otherwise why, with the end of the command's `output`.
+fn exit_result(
+    status: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Status>,
+    output: &[u8],
+) -> Result<(), String> {
+    let Some(why) = exec_failure(status) else {
+        return Ok(());
+    };
+    let output = tail(output);
+    Err(if output.is_empty() {
+        why
+    } else {
+        format!("{why}: {output}")
+    })
+}
+
 fn tail(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
     let text = text.trim();
@@ -268,18 +284,8 @@ pub async fn run(client: &Client, ns: &str, pod: &str, first: &str, hook: &Hook)
             Some(s) => s.await,
             None => None,
         };
-        match exec_failure(status) {
-            None => Ok(()),
-            Some(why) => {
-                out.extend_from_slice(&err);
-                let output = tail(&out);
-                Err(if output.is_empty() {
-                    why
-                } else {
-                    format!("{why}: {output}")
-                })
-            }
-        }
+        out.extend_from_slice(&err);
+        exit_result(status, &out)
     };
     let result = match tokio::time::timeout(hook.timeout, go).await {
         Ok(r) => r,
@@ -339,17 +345,7 @@ impl DumpProcess {
             Some(s) => s.await,
             None => None,
         };
-        match exec_failure(status) {
-            None => Ok(()),
-            Some(why) => {
-                let output = tail(&err);
-                Err(if output.is_empty() {
-                    why
-                } else {
-                    format!("{why}: {output}")
-                })
-            }
-        }
+        exit_result(status, &err)
     }
 }
 

@@ -314,4 +314,31 @@ async fn snapshot_hooks_bracket_the_volume_snapshot_and_a_failed_pre_hook_takes_
             .any(|d| d.starts_with("VolumeSnapshot/")),
         "a VolumeSnapshot was made"
     );
+
+    // The pre-hook succeeds, then the snapshot fails: the run fails with
+    // the snapshot's message, and the pod is still thawed.
+    env.annotate(&ns, "db-0", "pre.hook.backup.coffer.dev/command", &pre)
+        .await;
+    sim.behaviour.lock().unwrap().snapshot_error = Some("snapshot quota exceeded".into());
+    snapshot_backup(&env, &ns, "s3", json!({"pvc": "data"})).await;
+    let b = wait_cleaned(&env, &ns, "s3").await;
+    assert_eq!(phase(&b.status), Phase::Failed, "{:#?}", b.status);
+    assert!(
+        message(&b.status).contains("snapshot quota exceeded"),
+        "{:?}",
+        b.status
+    );
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "pre\npost\npre\npre\npost\n"
+    );
+    assert!(!marker.exists(), "a failed snapshot left the pod frozen");
+    let stages: Vec<String> = b
+        .status
+        .unwrap()
+        .hooks
+        .iter()
+        .map(|h| h.stage.clone())
+        .collect();
+    assert_eq!(stages, ["pre", "post"]);
 }
