@@ -9,7 +9,10 @@
 //!    finalizer, mark the run InProgress;
 //! 2. **snapshot**: create a VolumeSnapshot of the PVC (class:
 //!    [`snapshot::choose_class`]) and wait for `readyToUse`, at most
-//!    `--snapshot-timeout`; a snapshot error ends the run with its message;
+//!    `--snapshot-timeout`; a snapshot error ends the run with its message.
+//!    The pre-hooks run just before, the post-hooks once it is ready; the
+//!    runs of a group (`spec.group`) share them: every pre-hook, every
+//!    snapshot, then every post-hook (`take_snapshots`, `thaw`);
 //! 3. **clone**: a PVC provisioned from the snapshot
 //!    ([`snapshot::clone_claim`]);
 //! 4. **move**: a mover pod ([`snapshot::mover_pod`], running
@@ -299,11 +302,18 @@ async fn reconcile(vb: Arc<VolumeBackup>, ctx: Arc<Ctx>) -> Result<Action, Error
         }
         // A run that ended between its pre- and post-hooks (the snapshot
         // failed or timed out, a cancel) thaws its pods first.
-        let frozen = st.hooks.iter().any(|h| h.stage == "pre" && h.succeeded)
-            && !st.hooks.iter().any(|h| h.stage == "post");
-        if let (true, Some(pvc)) = (frozen, &st.pvc) {
+        if frozen(&st.hooks) {
+            // Its group's open runs are thawed with it (and carry the record).
+            let mut runs = vec![vb.as_ref().clone()];
+            if let Group::Claimed(members) = group(&ctx, &vb).await? {
+                runs.extend(
+                    members
+                        .into_iter()
+                        .filter(|r| is_open(r) && r.name_any() != vb.name_any()),
+                );
+            }
             // Its failure is an Event; the run's outcome stands.
-            let _ = snapshot_hooks(&ctx, &vb, &st, pvc, "post").await?;
+            let _ = snapshot_hooks(&ctx, &runs, "post").await?;
         }
         if !cleanup(&ctx, &vb).await? {
             return Ok(Action::requeue(Duration::from_secs(5)));
@@ -440,62 +450,25 @@ async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Result<Action,
     let snaps: Api<VolumeSnapshot> = Api::namespaced(ctx.client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
 
-    // 2. The snapshot.
+    // 2. The snapshot, taken by the group's leader.
     let Some(vs) = snaps
         .get_opt(&child)
         .await
         .map_err(kube_err(format!("reading VolumeSnapshot {ns}/{child}")))?
     else {
-        let Some(pvc) = pvcs
-            .get_opt(&pvc_name)
-            .await
-            .map_err(kube_err(format!("reading PVC {ns}/{pvc_name}")))?
-        else {
-            ctx.fail(
-                vb,
-                format!(
-                    "PersistentVolumeClaim {ns}/{pvc_name} was deleted before it was snapshotted"
-                ),
-            )
-            .await;
-            return Ok(Action::await_change());
-        };
-        let class = match snapshot_class(ctx, &pvc).await? {
-            Ok(c) => c,
-            Err(m) => {
+        let open = match group(ctx, vb).await? {
+            Group::Claimed(members) => members.into_iter().filter(is_open).collect::<Vec<_>>(),
+            Group::Waiting(d) => return Ok(Action::requeue(d)),
+            Group::Incomplete(m) => {
                 ctx.fail(vb, m).await;
                 return Ok(Action::await_change());
             }
         };
-        // The pre-hooks of the pods using the PVC, then at once the snapshot.
-        if let Err(m) = snapshot_hooks(ctx, vb, st, &pvc_name, "pre").await? {
-            ctx.fail(vb, m).await;
-            return Ok(Action::await_change());
+        if open.first().map(ResourceExt::name_any) != Some(vb.name_any()) {
+            // The leader takes this run's snapshot; its creation wakes this run.
+            return Ok(Action::requeue(GROUP_POLL));
         }
-        let vs = VolumeSnapshot {
-            metadata: kube::api::ObjectMeta {
-                name: Some(child.clone()),
-                namespace: Some(ns.clone()),
-                labels: Some(run_labels(vb)),
-                owner_references: vb.controller_owner_ref(&()).map(|o| vec![o]),
-                ..Default::default()
-            },
-            spec: snapshot::VolumeSnapshotSpec {
-                source: snapshot::VolumeSnapshotSource {
-                    persistent_volume_claim_name: Some(pvc_name.clone()),
-                    volume_snapshot_content_name: None,
-                },
-                volume_snapshot_class_name: Some(class.clone()),
-            },
-            status: None,
-        };
-        create(&snaps, &vs, &format!("VolumeSnapshot {ns}/{child}")).await?;
-        tracing::info!(
-            namespace = ns,
-            run = vb.name_any(),
-            class,
-            "VolumeSnapshot {child} created"
-        );
+        take_snapshots(ctx, &open).await?;
         return Ok(Action::requeue(ctx.opts.snapshot_timeout));
     };
     let restore_size = match snapshot::snapshot_state(&vs) {
@@ -533,9 +506,8 @@ async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Result<Action,
         .map_err(kube_err(format!("reading PVC {ns}/{child}")))?;
     if clone.is_none() {
         // The point in time is taken: the post-hooks, before the clone.
-        if let Err(m) = snapshot_hooks(ctx, vb, st, &pvc_name, "post").await? {
-            ctx.fail(vb, m).await;
-            return Ok(Action::await_change());
+        if let Some(wait) = thaw(ctx, vb).await? {
+            return Ok(wait);
         }
     }
     let (block, spec_source) = match (&clone, &source) {
@@ -721,24 +693,219 @@ async fn fresh_status(ctx: &Ctx, vb: &VolumeBackup) -> Result<Option<RunStatus>,
         .status)
 }
 
+/// How often a run of a group looks at the others while it waits for them.
+const GROUP_POLL: Duration = Duration::from_secs(2);
+
+/// Where a run's group (`spec.group`) stands.
+enum Group {
+    /// Every run of the group was claimed, or ended at its claim: those
+    /// claimed (ended ones included), by name. A run without a group is
+    /// alone in it.
+    Claimed(Vec<VolumeBackup>),
+    /// Runs of the group are missing or not claimed yet: look again after
+    /// this.
+    Waiting(Duration),
+    /// Still so after `--snapshot-timeout`: why.
+    Incomplete(String),
+}
+
+/// The runs snapshotted at one instant with `vb`, as the API server has
+/// them now.
+async fn group(ctx: &Ctx, vb: &VolumeBackup) -> Result<Group, Error> {
+    let Some(g) = &vb.spec.group else {
+        return Ok(Group::Claimed(vec![vb.clone()]));
+    };
+    let ns = vb.namespace().unwrap_or_default();
+    let runs: Vec<VolumeBackup> = Api::<VolumeBackup>::namespaced(ctx.client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .map_err(kube_err(format!(
+            "listing the VolumeBackups of group {:?} in {ns}",
+            g.name
+        )))?
+        .items
+        .into_iter()
+        .filter(|r| {
+            r.spec.method == BackupMethod::Snapshot
+                && r.spec.group.as_ref().is_some_and(|o| o.name == g.name)
+        })
+        .collect();
+    let claimed = runs
+        .iter()
+        .filter(|r| r.status.as_ref().is_some_and(|s| s.phase != Phase::New))
+        .count();
+    if claimed < g.size as usize {
+        let first = runs
+            .iter()
+            .filter_map(|r| r.meta().creation_timestamp.as_ref())
+            .min_by_key(|t| t.0);
+        let left = remaining(first, ctx.opts.snapshot_timeout);
+        if left.is_zero() {
+            return Ok(Group::Incomplete(format!(
+                "group {:?} has {claimed} of its {} VolumeBackups in {ns} claimed after {}: create the missing ones with the same spec.group, or lower spec.group.size to the runs there are",
+                g.name,
+                g.size,
+                humantime::format_duration(ctx.opts.snapshot_timeout)
+            )));
+        }
+        return Ok(Group::Waiting(left.min(GROUP_POLL)));
+    }
+    let mut members: Vec<VolumeBackup> = runs
+        .into_iter()
+        .filter(|r| r.status.as_ref().is_some_and(|s| s.pvc.is_some()))
+        .collect();
+    members.sort_by_key(ResourceExt::name_any);
+    Ok(Group::Claimed(members))
+}
+
+/// Whether a run still goes on. The first open run of a group leads it.
+fn is_open(r: &VolumeBackup) -> bool {
+    !r.status.as_ref().is_some_and(|s| s.phase.is_final())
+        && r.meta().deletion_timestamp.is_none()
+        && !r.spec.cancel
+}
+
+/// The leader's step 2: the pre-hooks of the running pods that use the PVCs
+/// of the `open` runs, then at once a VolumeSnapshot for each run that has
+/// none (after a restart, only those missing). A run whose PVC is gone or
+/// whose class cannot be chosen ends alone; a failed pre-hook ends them all.
+async fn take_snapshots(ctx: &Ctx, open: &[VolumeBackup]) -> Result<(), Error> {
+    let mut todo = Vec::new();
+    for r in open {
+        let ns = r.namespace().unwrap_or_default();
+        let child = child_name(r);
+        let snaps: Api<VolumeSnapshot> = Api::namespaced(ctx.client.clone(), &ns);
+        if snaps
+            .get_opt(&child)
+            .await
+            .map_err(kube_err(format!("reading VolumeSnapshot {ns}/{child}")))?
+            .is_some()
+        {
+            continue;
+        }
+        let pvc_name = r
+            .status
+            .as_ref()
+            .and_then(|s| s.pvc.clone())
+            .unwrap_or_default();
+        let Some(pvc) = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &ns)
+            .get_opt(&pvc_name)
+            .await
+            .map_err(kube_err(format!("reading PVC {ns}/{pvc_name}")))?
+        else {
+            let m = format!(
+                "PersistentVolumeClaim {ns}/{pvc_name} was deleted before it was snapshotted"
+            );
+            ctx.fail(r, m).await;
+            continue;
+        };
+        match snapshot_class(ctx, &pvc).await? {
+            Ok(class) => todo.push((r.clone(), pvc_name, class)),
+            Err(m) => ctx.fail(r, m).await,
+        }
+    }
+    let runs: Vec<VolumeBackup> = todo.iter().map(|(r, _, _)| r.clone()).collect();
+    if let Err(m) = snapshot_hooks(ctx, &runs, "pre").await? {
+        for r in &runs {
+            ctx.fail(r, m.clone()).await;
+        }
+        return Ok(());
+    }
+    for (r, pvc_name, class) in todo {
+        let ns = r.namespace().unwrap_or_default();
+        let child = child_name(&r);
+        let vs = VolumeSnapshot {
+            metadata: kube::api::ObjectMeta {
+                name: Some(child.clone()),
+                namespace: Some(ns.clone()),
+                labels: Some(run_labels(&r)),
+                owner_references: r.controller_owner_ref(&()).map(|o| vec![o]),
+                ..Default::default()
+            },
+            spec: snapshot::VolumeSnapshotSpec {
+                source: snapshot::VolumeSnapshotSource {
+                    persistent_volume_claim_name: Some(pvc_name),
+                    volume_snapshot_content_name: None,
+                },
+                volume_snapshot_class_name: Some(class.clone()),
+            },
+            status: None,
+        };
+        let snaps: Api<VolumeSnapshot> = Api::namespaced(ctx.client.clone(), &ns);
+        create(&snaps, &vs, &format!("VolumeSnapshot {ns}/{child}")).await?;
+        tracing::info!(
+            namespace = ns,
+            run = r.name_any(),
+            class,
+            "VolumeSnapshot {child} created"
+        );
+    }
+    Ok(())
+}
+
+/// The end of step 2, for a run whose VolumeSnapshot is ready: once every
+/// open run of its group has a ready (or failed) one, the leader runs the
+/// post-hooks; the other runs wait for them when their pods are frozen.
+/// `Some(action)` while this run waits, or when it ended.
+async fn thaw(ctx: &Ctx, vb: &VolumeBackup) -> Result<Option<Action>, Error> {
+    let open = match group(ctx, vb).await? {
+        Group::Claimed(members) => members.into_iter().filter(is_open).collect::<Vec<_>>(),
+        Group::Waiting(d) => return Ok(Some(Action::requeue(d))),
+        Group::Incomplete(m) => {
+            ctx.fail(vb, m).await;
+            return Ok(Some(Action::await_change()));
+        }
+    };
+    if open.first().map(ResourceExt::name_any) != Some(vb.name_any()) {
+        let hooks = fresh_status(ctx, vb).await?.unwrap_or_default().hooks;
+        return Ok(frozen(&hooks).then(|| Action::requeue(GROUP_POLL)));
+    }
+    // After a restart, the snapshots not taken yet.
+    take_snapshots(ctx, &open).await?;
+    for r in &open[1..] {
+        let ns = r.namespace().unwrap_or_default();
+        let child = child_name(r);
+        let vs = Api::<VolumeSnapshot>::namespaced(ctx.client.clone(), &ns)
+            .get_opt(&child)
+            .await
+            .map_err(kube_err(format!("reading VolumeSnapshot {ns}/{child}")))?;
+        if vs.is_none_or(|vs| matches!(snapshot::snapshot_state(&vs), SnapshotState::Pending)) {
+            return Ok(Some(Action::requeue(GROUP_POLL)));
+        }
+    }
+    if let Err(m) = snapshot_hooks(ctx, &open, "post").await? {
+        for r in &open {
+            ctx.fail(r, m.clone()).await;
+        }
+        return Ok(Some(Action::await_change()));
+    }
+    Ok(None)
+}
+
+/// Whether pods were frozen and not thawed: a pre-hook succeeded and no
+/// post-hook has run.
+fn frozen(hooks: &[crate::crd::HookRun]) -> bool {
+    hooks.iter().any(|h| h.stage == "pre" && h.succeeded)
+        && !hooks.iter().any(|h| h.stage == "post")
+}
+
 /// Runs the `stage` hooks (see [`crate::hooks`]) of the running pods that
-/// use PVC `pvc` (only `spec.pod`, when the run names one), once per run:
-/// they are recorded in `status.hooks`. `Ok(Err(why))` when a hook with
-/// on-error Fail failed; after a failed pre-hook, the post-hooks of the pods
-/// whose pre-hook ran are run at once, so that nothing stays frozen.
+/// use the PVCs of `runs` (only the pods the runs name, when they do), once
+/// per group: they are recorded in the `status.hooks` of every run, and
+/// the first run's record says whether they ran. `Ok(Err(why))` when a hook
+/// with on-error Fail failed; after a failed pre-hook, the post-hooks of the
+/// pods whose pre-hook ran are run at once, so that nothing stays frozen.
 async fn snapshot_hooks(
     ctx: &Ctx,
-    vb: &VolumeBackup,
-    st: &RunStatus,
-    pvc: &str,
+    runs: &[VolumeBackup],
     stage: &str,
 ) -> Result<Result<(), String>, Error> {
-    let ns = vb.namespace().unwrap_or_default();
-    if st.hooks.iter().any(|h| h.stage == stage) {
+    let Some(first) = runs.first() else {
         return Ok(Ok(()));
-    }
+    };
+    let ns = first.namespace().unwrap_or_default();
     // The cache may lag behind our own last write: hooks run once.
-    let mut hooks = fresh_status(ctx, vb).await?.unwrap_or_default().hooks;
+    let mut hooks = fresh_status(ctx, first).await?.unwrap_or_default().hooks;
     if hooks.iter().any(|h| h.stage == stage) {
         return Ok(Ok(()));
     }
@@ -750,14 +917,18 @@ async fn snapshot_hooks(
     let mut targets = Vec::new();
     for p in pods {
         let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
-        let uses = p
+        let claims: Vec<&str> = p
             .spec
             .iter()
             .flat_map(|s| s.volumes.iter().flatten())
-            .filter_map(|v| v.persistent_volume_claim.as_ref())
-            .any(|c| c.claim_name == pvc);
-        let named = vb.spec.pod.as_ref().is_none_or(|n| *n == p.name_any());
-        if !(running && uses && named && p.meta().deletion_timestamp.is_none()) {
+            .filter_map(|v| Some(v.persistent_volume_claim.as_ref()?.claim_name.as_str()))
+            .collect();
+        let read = runs.iter().any(|r| {
+            let pvc = r.status.as_ref().and_then(|s| s.pvc.as_deref());
+            pvc.is_some_and(|c| claims.contains(&c))
+                && r.spec.pod.as_ref().is_none_or(|n| *n == p.name_any())
+        });
+        if !(running && read && p.meta().deletion_timestamp.is_none()) {
             continue;
         }
         let hooks = match crate::hooks::parse(p.annotations()) {
@@ -774,30 +945,32 @@ async fn snapshot_hooks(
             targets.push((p, h, post));
         }
     }
-    let mut runs = Vec::new();
+    let mut runs_done = Vec::new();
     let mut failed = None;
     for (p, hook, post) in &targets {
-        let first = crate::hooks::first_container(p);
-        let r = crate::hooks::run(&ctx.client, &ns, &p.name_any(), &first, hook).await;
+        let container = crate::hooks::first_container(p);
+        let r = crate::hooks::run(&ctx.client, &ns, &p.name_any(), &container, hook).await;
         if let Some(m) = &r.message {
-            ctx.event(vb, EventType::Warning, "HookFailed", m.clone())
+            ctx.event(first, EventType::Warning, "HookFailed", m.clone())
                 .await;
             if hook.on_error == crate::hooks::OnError::Fail && failed.is_none() {
                 failed = Some(m.clone());
             }
         }
-        runs.push((r, p, post.clone()));
+        runs_done.push((r, p, post.clone()));
         if failed.is_some() {
             break;
         }
     }
-    let mut recorded: Vec<crate::crd::HookRun> = runs.iter().map(|(r, _, _)| r.clone()).collect();
+    let mut recorded: Vec<crate::crd::HookRun> =
+        runs_done.iter().map(|(r, _, _)| r.clone()).collect();
     if failed.is_some() && stage == "pre" {
-        for (r, p, post) in &runs {
+        for (r, p, post) in &runs_done {
             if let (true, Some(post)) = (r.succeeded, post) {
-                let first = crate::hooks::first_container(p);
-                recorded
-                    .push(crate::hooks::run(&ctx.client, &ns, &p.name_any(), &first, post).await);
+                let container = crate::hooks::first_container(p);
+                recorded.push(
+                    crate::hooks::run(&ctx.client, &ns, &p.name_any(), &container, post).await,
+                );
             }
         }
     }
@@ -805,17 +978,19 @@ async fn snapshot_hooks(
         // Written even on an ended run (the thaw after a failed snapshot);
         // the controller alone writes `hooks`.
         hooks.extend(recorded);
-        Api::<VolumeBackup>::namespaced(ctx.client.clone(), &ns)
-            .patch_status(
-                &vb.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": {"hooks": hooks}})),
-            )
-            .await
-            .map_err(kube_err(format!(
-                "recording the hooks of VolumeBackup {ns}/{}",
-                vb.name_any()
-            )))?;
+        for r in runs {
+            Api::<VolumeBackup>::namespaced(ctx.client.clone(), &ns)
+                .patch_status(
+                    &r.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"status": {"hooks": hooks}})),
+                )
+                .await
+                .map_err(kube_err(format!(
+                    "recording the hooks of VolumeBackup {ns}/{}",
+                    r.name_any()
+                )))?;
+        }
     }
     Ok(match failed {
         Some(m) if stage == "pre" => Err(format!("{m}; no snapshot was taken (on-error Fail)")),

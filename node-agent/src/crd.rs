@@ -281,6 +281,22 @@ pub struct VolumeBackupSpec {
     /// Set to true to stop the run; it ends Canceled.
     #[serde(default)]
     pub cancel: bool,
+    /// Method `Snapshot`: the runs of this namespace with this group are
+    /// snapshotted at one instant (a BackupSchedule groups the PVCs of one
+    /// workload). The controller waits until `size` of them exist, runs
+    /// every pre-hook, takes all the VolumeSnapshots, waits until they are
+    /// ready, then runs every post-hook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<RunGroup>,
+}
+
+/// Runs snapshotted together.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct RunGroup {
+    /// The group's name, shared by its runs.
+    pub name: String,
+    /// How many runs it has.
+    pub size: u32,
 }
 
 fn is_false(b: &bool) -> bool {

@@ -425,6 +425,7 @@ impl Agent {
                     excludes: req.excludes.get(v).cloned().unwrap_or_default(),
                     retain_snapshot: false,
                     cancel: false,
+                    group: None,
                 },
                 status: None,
             };

@@ -7,10 +7,14 @@
 //! `coffer-agent mover forget`: the controller reads no Secret, so it cannot
 //! open the repository itself.
 //!
+//! With method Snapshot, the PVCs used by the pods of one workload (the
+//! pods' controller: a StatefulSet, a ReplicaSet, ...) form a group
+//! (`spec.group`), snapshotted at one instant: [`workload_groups`].
+//!
 //! Level-triggered like the rest: the schedule's status says what was done;
 //! the controller requeues at the next time and wakes on its runs' changes.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -495,6 +499,43 @@ async fn targets(ctx: &Ctx, bs: &BackupSchedule) -> Result<Vec<(Option<String>, 
     Ok(out.into_iter().collect())
 }
 
+/// The groups of a Snapshot schedule's `pvcs`: a PVC used by a pod with a
+/// controller (a StatefulSet, a ReplicaSet, ...) belongs to that workload,
+/// named `Kind/name`. Only workloads with two PVCs or more are returned, as
+/// PVC to workload.
+pub fn workload_groups(pods: &[Pod], pvcs: &[String]) -> BTreeMap<String, String> {
+    let mut of = BTreeMap::new();
+    let mut pods: Vec<&Pod> = pods
+        .iter()
+        .filter(|p| p.meta().deletion_timestamp.is_none())
+        .collect();
+    pods.sort_by_key(|p| p.name_any());
+    for p in pods {
+        let Some(owner) = p
+            .owner_references()
+            .iter()
+            .find(|o| o.controller == Some(true))
+        else {
+            continue;
+        };
+        let workload = format!("{}/{}", owner.kind, owner.name);
+        for v in p.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+            if let Some(c) = &v.persistent_volume_claim {
+                if pvcs.contains(&c.claim_name) {
+                    of.entry(c.claim_name.clone())
+                        .or_insert_with(|| workload.clone());
+                }
+            }
+        }
+    }
+    let mut size: BTreeMap<String, usize> = BTreeMap::new();
+    for w in of.values() {
+        *size.entry(w.clone()).or_default() += 1;
+    }
+    of.retain(|_, w| size[w.as_str()] > 1);
+    of
+}
+
 /// The name of the run of `target` at time `at`.
 fn run_name(schedule: &str, target: &(Option<String>, String), at: &str) -> String {
     let stamp: String = at.chars().filter(char::is_ascii_digit).collect();
@@ -528,6 +569,18 @@ async fn fire(
         return Ok(());
     }
     let api: Api<VolumeBackup> = Api::namespaced(ctx.client.clone(), &ns);
+    let groups = if bs.spec.method == BackupMethod::Snapshot {
+        let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+            .list(&ListParams::default())
+            .await
+            .map_err(kube_err(format!("listing pods in {ns}")))?
+            .items;
+        let pvcs: Vec<String> = targets.iter().map(|t| t.1.clone()).collect();
+        workload_groups(&pods, &pvcs)
+    } else {
+        BTreeMap::new()
+    };
+    let stamp: String = at.chars().filter(char::is_ascii_digit).collect();
     let mut tags = bs.spec.tags.clone();
     tags.push(schedule_tag(&name));
     let mut made = Vec::new();
@@ -545,6 +598,11 @@ async fn fire(
                 spec["volume"] = json!(target.1);
             }
             None => spec["pvc"] = json!(target.1),
+        }
+        if let Some(w) = groups.get(&target.1) {
+            let size = groups.values().filter(|o| *o == w).count();
+            let workload = w.split('/').next_back().unwrap_or_default();
+            spec["group"] = json!({"name": object_name(&[&name, workload, &stamp]), "size": size});
         }
         let vb: VolumeBackup = serde_json::from_value(json!({
             "apiVersion": "coffer.dev/v1alpha1", "kind": "VolumeBackup",
@@ -735,6 +793,62 @@ mod tests {
                 trigger: Some("2".into())
             }
         );
+    }
+
+    #[test]
+    fn pvcs_of_one_workload_form_a_group_and_a_lone_pvc_none() {
+        let pod = |name: &str, owner: Option<(&str, &str)>, claims: &[&str]| -> Pod {
+            let refs: Vec<serde_json::Value> = owner
+                .iter()
+                .map(|(kind, n)| json!({"apiVersion": "apps/v1", "kind": kind, "name": n, "uid": n, "controller": true}))
+                .collect();
+            let vols: Vec<serde_json::Value> = claims
+                .iter()
+                .map(|c| json!({"name": c, "persistentVolumeClaim": {"claimName": c}}))
+                .collect();
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "ownerReferences": refs},
+                "spec": {"containers": [{"name": "c"}], "volumes": vols},
+            }))
+            .unwrap()
+        };
+        let pods = [
+            pod(
+                "db-1",
+                Some(("StatefulSet", "db")),
+                &["data-db-1", "wal-db-1"],
+            ),
+            pod("db-0", Some(("StatefulSet", "db")), &["data-db-0"]),
+            pod("web-x", Some(("ReplicaSet", "web-5d8")), &["cache"]),
+            pod("lone", None, &["scratch", "data-db-0"]),
+            pod(
+                "two",
+                Some(("ReplicaSet", "two")),
+                &["shared", "unselected"],
+            ),
+        ];
+        let pvcs: Vec<String> = [
+            "data-db-0",
+            "data-db-1",
+            "wal-db-1",
+            "cache",
+            "scratch",
+            "shared",
+            "orphan",
+        ]
+        .map(String::from)
+        .into();
+        let groups = workload_groups(&pods, &pvcs);
+        let want: BTreeMap<String, String> = [
+            ("data-db-0", "StatefulSet/db"),
+            ("data-db-1", "StatefulSet/db"),
+            ("wal-db-1", "StatefulSet/db"),
+        ]
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .into();
+        // A workload with one selected PVC (web, two) and a pod without a
+        // controller (lone) make no group; nor does a PVC no pod uses.
+        assert_eq!(groups, want);
     }
 
     #[test]

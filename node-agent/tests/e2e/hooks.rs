@@ -342,3 +342,147 @@ async fn snapshot_hooks_bracket_the_volume_snapshot_and_a_failed_pre_hook_takes_
         .collect();
     assert_eq!(stages, ["pre", "post"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pvcs_of_one_workload_are_snapshotted_between_all_pre_hooks_and_all_post_hooks() {
+    use crate::sim;
+    use crate::snapshots::{fake_cluster, wait_cleaned};
+    use coffer_node_agent::crd::BackupSchedule;
+    use coffer_node_agent::schedules::SCHEDULE_LABEL;
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{ListParams, Patch, PatchParams};
+    use kube::ResourceExt;
+    let Some((mut env, _sim)) = fake_cluster().await else {
+        return;
+    };
+    let ns = env.namespace("groups").await;
+    let repo = env.repository(&ns, "default", PASSWORD).await;
+    let log = env.dir.path().join("group-hooks.log");
+    let dirs: Vec<_> = (0..2)
+        .map(|i| env.dir.path().join(format!("csi/source/db-{i}")))
+        .collect();
+    for (i, dir) in dirs.iter().enumerate() {
+        fill(dir, 80 + i as u64, 4);
+        let pvc = format!("data-db-{i}");
+        sim::csi_pvc(&env, &ns, &pvc, "Filesystem", dir, json!({"app": "db"})).await;
+    }
+    // A selected PVC that no pod of the workload uses: snapshotted alone.
+    let lone = env.dir.path().join("csi/source/lone");
+    fill(&lone, 90, 2);
+    sim::csi_pvc(&env, &ns, "lone", "Filesystem", &lone, json!({"app": "db"})).await;
+    // Each pod's pre-hook marks both volumes; its post-hook unmarks them. A
+    // snapshot that holds both marks was cut after both pre-hooks and
+    // before either post-hook.
+    for i in 0..2 {
+        let pod = format!("db-{i}");
+        let marks: Vec<String> = dirs
+            .iter()
+            .map(|d| d.join(format!("frozen-{pod}")).display().to_string())
+            .collect();
+        let pre = sh(&format!(
+            "echo pre-{pod} >> {}; touch {}",
+            log.display(),
+            marks.join(" ")
+        ));
+        let post = sh(&format!(
+            "echo post-{pod} >> {}; rm -f {}",
+            log.display(),
+            marks.join(" ")
+        ));
+        env.pod(
+            &ns,
+            &pod,
+            "node-1",
+            json!({
+                "containers": [{"name": "db", "image": "postgres"}],
+                "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": format!("data-{pod}")}}]
+            }),
+            &[
+                ("pre.hook.backup.coffer.dev/command", &pre),
+                ("post.hook.backup.coffer.dev/command", &post),
+            ],
+        )
+        .await;
+        Api::<Pod>::namespaced(env.client.clone(), &ns)
+            .patch(
+                &pod,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"ownerReferences": [{
+                    "apiVersion": "apps/v1", "kind": "StatefulSet", "name": "db",
+                    "uid": "3b1e0c1a-0000-4000-8000-000000000001", "controller": true,
+                }]}})),
+            )
+            .await
+            .unwrap();
+        crate::set_running(&env, &ns, &pod).await;
+    }
+    let _c = Controller::start(&env, "a", &[]);
+    env.create::<BackupSchedule>(
+        &ns,
+        json!({
+            "apiVersion": "coffer.dev/v1alpha1", "kind": "BackupSchedule",
+            "metadata": {"name": "db", "namespace": ns},
+            "spec": {"schedule": "@daily", "selector": {"matchLabels": {"app": "db"}}, "method": "Snapshot"}
+        }),
+    )
+    .await;
+    env.annotate_object::<BackupSchedule>(&ns, "db", "backup.coffer.dev/backup-now", "1")
+        .await;
+    env.wait_for::<BackupSchedule>(&ns, "db", "its runs over", |b| {
+        b.status
+            .as_ref()
+            .is_some_and(|s| s.last_trigger.as_deref() == Some("1") && s.active.is_empty())
+    })
+    .await;
+    let mut runs = Api::<VolumeBackup>::namespaced(env.client.clone(), &ns)
+        .list(&ListParams::default().labels(SCHEDULE_LABEL))
+        .await
+        .unwrap()
+        .items;
+    runs.sort_by_key(|r| r.spec.pvc.clone());
+    let pvcs: Vec<_> = runs.iter().map(|r| r.spec.pvc.clone().unwrap()).collect();
+    assert_eq!(pvcs, ["data-db-0", "data-db-1", "lone"]);
+    let group = runs[0]
+        .spec
+        .group
+        .clone()
+        .expect("the workload's runs have a group");
+    assert_eq!(group.size, 2);
+    assert_eq!(runs[1].spec.group.as_ref(), Some(&group));
+    assert_eq!(runs[2].spec.group, None);
+
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "pre-db-0\npre-db-1\npost-db-0\npost-db-1\n"
+    );
+    for (run, dir) in runs.iter().zip(&dirs) {
+        let b = wait_cleaned(&env, &ns, &run.name_any()).await;
+        assert_eq!(phase(&b.status), Phase::Completed, "{:#?}", b.status);
+        // Both runs carry the group's hooks.
+        let hooks: Vec<(String, String)> = b
+            .status
+            .clone()
+            .unwrap()
+            .hooks
+            .into_iter()
+            .map(|h| (h.stage, h.pod))
+            .collect();
+        let want = [
+            ("pre", "db-0"),
+            ("pre", "db-1"),
+            ("post", "db-0"),
+            ("post", "db-1"),
+        ];
+        assert_eq!(hooks, want.map(|(s, p)| (s.to_string(), p.to_string())));
+        let out = restore(&repo, &snapshot_of(&b), env.dir.path()).await;
+        for pod in ["db-0", "db-1"] {
+            let mark = out.join(format!("frozen-{pod}"));
+            assert!(mark.exists(), "{} lacks {pod}'s mark", run.name_any());
+            std::fs::remove_file(mark).unwrap();
+        }
+        assert_same_tree(dir, &out);
+    }
+    let b = wait_cleaned(&env, &ns, &runs[2].name_any()).await;
+    assert_eq!(phase(&b.status), Phase::Completed, "{:#?}", b.status);
+    assert!(b.status.unwrap().hooks.is_empty());
+}
