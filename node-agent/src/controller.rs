@@ -30,7 +30,7 @@
 //! to the run, so a new leader finds where the run stands from the cluster
 //! alone, and a start-up sweep removes what a deleted run left.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -447,33 +447,41 @@ async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Result<Action,
         return Ok(Action::await_change());
     };
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
-    let snaps: Api<VolumeSnapshot> = Api::namespaced(ctx.client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
 
     // 2. The snapshot, taken by the group's leader.
-    let Some(vs) = snaps
-        .get_opt(&child)
-        .await
-        .map_err(kube_err(format!("reading VolumeSnapshot {ns}/{child}")))?
-    else {
-        let open = match group(ctx, vb).await? {
-            Group::Claimed(members) => members.into_iter().filter(is_open).collect::<Vec<_>>(),
-            Group::Waiting(d) => return Ok(Action::requeue(d)),
-            Group::Incomplete(m) => {
-                ctx.fail(vb, m).await;
-                return Ok(Action::await_change());
-            }
-        };
-        if open.first().map(ResourceExt::name_any) != Some(vb.name_any()) {
-            // The leader takes this run's snapshot; its creation wakes this run.
-            return Ok(Action::requeue(GROUP_POLL));
+    let vs = match find_snapshot(ctx, vb).await? {
+        Found::Snapshot(vs) => *vs,
+        Found::Wait(d) => return Ok(Action::requeue(d)),
+        Found::Failed(m) => {
+            ctx.fail(vb, m).await;
+            return Ok(Action::await_change());
         }
-        take_snapshots(ctx, &open).await?;
-        return Ok(Action::requeue(ctx.opts.snapshot_timeout));
+        Found::Missing => {
+            let open = match group(ctx, vb).await? {
+                Group::Claimed(members) => members.into_iter().filter(is_open).collect::<Vec<_>>(),
+                Group::Waiting(d) => return Ok(Action::requeue(d)),
+                Group::Incomplete(m) => {
+                    ctx.fail(vb, m).await;
+                    return Ok(Action::await_change());
+                }
+            };
+            if open.first().map(ResourceExt::name_any) != Some(vb.name_any()) {
+                // The leader takes this run's snapshot; its creation wakes this run.
+                return Ok(Action::requeue(GROUP_POLL));
+            }
+            take_snapshots(ctx, &open).await?;
+            return Ok(Action::requeue(if vb.spec.group.is_some() {
+                GROUP_POLL
+            } else {
+                ctx.opts.snapshot_timeout
+            }));
+        }
     };
+    let vs_name = vs.name_any();
     let restore_size = match snapshot::snapshot_state(&vs) {
         SnapshotState::Failed(m) => {
-            ctx.fail(vb, format!("VolumeSnapshot {ns}/{child} failed: {m}"))
+            ctx.fail(vb, format!("VolumeSnapshot {ns}/{vs_name} failed: {m}"))
                 .await;
             return Ok(Action::await_change());
         }
@@ -484,7 +492,7 @@ async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Result<Action,
             );
             if left.is_zero() {
                 ctx.fail(vb, format!(
-                    "VolumeSnapshot {ns}/{child} did not become ready within {}; check the CSI driver and the snapshot controller (kubectl -n {ns} describe volumesnapshot {child})",
+                    "VolumeSnapshot {ns}/{vs_name} did not become ready within {}; check the CSI driver and the snapshot controller (kubectl -n {ns} describe volumesnapshot {vs_name})",
                     humantime::format_duration(ctx.opts.snapshot_timeout)
                 ))
                 .await;
@@ -532,7 +540,7 @@ async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Result<Action,
         let owner = vb.controller_owner_ref(&()).unwrap_or_default();
         let c = snapshot::clone_claim(&snapshot::Clone {
             name: &child,
-            snapshot: &child,
+            snapshot: &vs_name,
             source: &spec_source,
             restore_size: restore_size.as_ref(),
             storage_class_map: &ctx.opts.storage_class_map,
@@ -773,14 +781,7 @@ async fn take_snapshots(ctx: &Ctx, open: &[VolumeBackup]) -> Result<(), Error> {
     let mut todo = Vec::new();
     for r in open {
         let ns = r.namespace().unwrap_or_default();
-        let child = child_name(r);
-        let snaps: Api<VolumeSnapshot> = Api::namespaced(ctx.client.clone(), &ns);
-        if snaps
-            .get_opt(&child)
-            .await
-            .map_err(kube_err(format!("reading VolumeSnapshot {ns}/{child}")))?
-            .is_some()
-        {
+        if !matches!(find_snapshot(ctx, r).await?, Found::Missing) {
             continue;
         }
         let pvc_name = r
@@ -805,10 +806,49 @@ async fn take_snapshots(ctx: &Ctx, open: &[VolumeBackup]) -> Result<(), Error> {
         }
     }
     let runs: Vec<VolumeBackup> = todo.iter().map(|(r, _, _)| r.clone()).collect();
+    let Some(first) = runs.first() else {
+        return Ok(());
+    };
+    let grouped = match first.spec.group.as_ref() {
+        Some(g) if runs.len() > 1 => group_snapshot_plan(ctx, g, &runs).await?,
+        _ => None,
+    };
+    if grouped.is_some() {
+        // The PVCs the VolumeGroupSnapshot selects, labelled before any hook.
+        label_group(ctx, &runs, true).await?;
+    }
     if let Err(m) = snapshot_hooks(ctx, &runs, "pre").await? {
         for r in &runs {
             ctx.fail(r, m.clone()).await;
         }
+        return Ok(());
+    }
+    if let (Some((api, class)), Some(g)) = (&grouped, first.spec.group.as_ref()) {
+        let ns = first.namespace().unwrap_or_default();
+        let name = group_snapshot_name(g);
+        // Owned by every run: it goes when the last run is deleted.
+        let owners: Vec<_> = runs
+            .iter()
+            .filter_map(|r| r.controller_owner_ref(&()))
+            .map(|mut o| {
+                o.controller = Some(false);
+                o
+            })
+            .collect();
+        let mut vgs = DynamicObject::new(&name, &api.snapshots).within(&ns);
+        vgs.metadata.owner_references = Some(owners);
+        vgs.data = json!({"spec": {
+            "source": {"selector": {"matchLabels": {snapshot::GROUP_LABEL: label_value(&g.name)}}},
+            "volumeGroupSnapshotClassName": class,
+        }});
+        let vgss = Api::<DynamicObject>::namespaced_with(ctx.client.clone(), &ns, &api.snapshots);
+        create(&vgss, &vgs, &format!("VolumeGroupSnapshot {ns}/{name}")).await?;
+        tracing::info!(
+            namespace = ns,
+            group = g.name,
+            class,
+            "VolumeGroupSnapshot {name} created"
+        );
         return Ok(());
     }
     for (r, pvc_name, class) in todo {
@@ -863,13 +903,13 @@ async fn thaw(ctx: &Ctx, vb: &VolumeBackup) -> Result<Option<Action>, Error> {
     // After a restart, the snapshots not taken yet.
     take_snapshots(ctx, &open).await?;
     for r in &open[1..] {
-        let ns = r.namespace().unwrap_or_default();
-        let child = child_name(r);
-        let vs = Api::<VolumeSnapshot>::namespaced(ctx.client.clone(), &ns)
-            .get_opt(&child)
-            .await
-            .map_err(kube_err(format!("reading VolumeSnapshot {ns}/{child}")))?;
-        if vs.is_none_or(|vs| matches!(snapshot::snapshot_state(&vs), SnapshotState::Pending)) {
+        let pending = match find_snapshot(ctx, r).await? {
+            Found::Snapshot(vs) => snapshot::snapshot_state(&vs) == SnapshotState::Pending,
+            Found::Missing | Found::Wait(_) => true,
+            // It ends on its own.
+            Found::Failed(_) => false,
+        };
+        if pending {
             return Ok(Some(Action::requeue(GROUP_POLL)));
         }
     }
@@ -880,6 +920,195 @@ async fn thaw(ctx: &Ctx, vb: &VolumeBackup) -> Result<Option<Action>, Error> {
         return Ok(Some(Action::await_change()));
     }
     Ok(None)
+}
+
+/// A run's VolumeSnapshot, as far as it is.
+enum Found {
+    /// Its own (named after the run), or its member of the group's
+    /// VolumeGroupSnapshot.
+    Snapshot(Box<VolumeSnapshot>),
+    /// None taken yet.
+    Missing,
+    /// The group's VolumeGroupSnapshot is not ready yet: look again after
+    /// this.
+    Wait(Duration),
+    /// The group's VolumeGroupSnapshot failed, was not ready in time, or has
+    /// no snapshot of the run's PVC: why.
+    Failed(String),
+}
+
+async fn find_snapshot(ctx: &Ctx, r: &VolumeBackup) -> Result<Found, Error> {
+    let ns = r.namespace().unwrap_or_default();
+    let child = child_name(r);
+    let snaps: Api<VolumeSnapshot> = Api::namespaced(ctx.client.clone(), &ns);
+    if let Some(vs) = snaps
+        .get_opt(&child)
+        .await
+        .map_err(kube_err(format!("reading VolumeSnapshot {ns}/{child}")))?
+    {
+        return Ok(Found::Snapshot(Box::new(vs)));
+    }
+    let Some(g) = &r.spec.group else {
+        return Ok(Found::Missing);
+    };
+    let Some(api) = group_snapshot_api(ctx).await? else {
+        return Ok(Found::Missing);
+    };
+    let name = group_snapshot_name(g);
+    let Some(vgs) = Api::<DynamicObject>::namespaced_with(ctx.client.clone(), &ns, &api.snapshots)
+        .get_opt(&name)
+        .await
+        .map_err(kube_err(format!("reading VolumeGroupSnapshot {ns}/{name}")))?
+    else {
+        return Ok(Found::Missing);
+    };
+    Ok(match snapshot::group_snapshot_state(&vgs) {
+        SnapshotState::Failed(m) => {
+            Found::Failed(format!("VolumeGroupSnapshot {ns}/{name} failed: {m}"))
+        }
+        SnapshotState::Pending => {
+            let left = remaining(
+                vgs.metadata.creation_timestamp.as_ref(),
+                ctx.opts.snapshot_timeout,
+            );
+            if left.is_zero() {
+                Found::Failed(format!(
+                    "VolumeGroupSnapshot {ns}/{name} did not become ready within {}; check the CSI driver and the snapshot controller (kubectl -n {ns} describe volumegroupsnapshot {name})",
+                    humantime::format_duration(ctx.opts.snapshot_timeout)
+                ))
+            } else {
+                Found::Wait(left.min(GROUP_POLL))
+            }
+        }
+        SnapshotState::Ready(_) => {
+            let pvc = r.status.as_ref().and_then(|s| s.pvc.clone());
+            let member = snaps
+                .list(&ListParams::default())
+                .await
+                .map_err(kube_err(format!("listing VolumeSnapshots in {ns}")))?
+                .items
+                .into_iter()
+                .find(|vs| {
+                    let of_group = vs
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.volume_group_snapshot_name.as_ref())
+                        == Some(&name)
+                        || vs
+                            .owner_references()
+                            .iter()
+                            .any(|o| o.kind == "VolumeGroupSnapshot" && o.name == name);
+                    of_group && vs.spec.source.persistent_volume_claim_name == pvc
+                });
+            match member {
+                Some(vs) => Found::Snapshot(Box::new(vs)),
+                None => Found::Failed(format!(
+                    "VolumeGroupSnapshot {ns}/{name} is ready but holds no VolumeSnapshot of PVC {}",
+                    pvc.unwrap_or_default()
+                )),
+            }
+        }
+    })
+}
+
+/// The VolumeGroupSnapshot API, when the cluster serves it.
+struct GroupApi {
+    snapshots: ApiResource,
+    classes: ApiResource,
+}
+
+async fn group_snapshot_api(ctx: &Ctx) -> Result<Option<GroupApi>, Error> {
+    let g = match kube::discovery::group(&ctx.client, snapshot::GROUP_SNAPSHOT_GROUP).await {
+        Ok(g) => g,
+        Err(kube::Error::Discovery(_)) => return Ok(None),
+        Err(e) => return Err(kube_err("discovering the VolumeGroupSnapshot API")(e)),
+    };
+    Ok(
+        match (
+            g.recommended_kind("VolumeGroupSnapshot"),
+            g.recommended_kind("VolumeGroupSnapshotClass"),
+        ) {
+            (Some((snapshots, _)), Some((classes, _))) => Some(GroupApi { snapshots, classes }),
+            _ => None,
+        },
+    )
+}
+
+/// The name of a group's VolumeGroupSnapshot.
+fn group_snapshot_name(g: &crate::crd::RunGroup) -> String {
+    object_name(&["coffer", &g.name])
+}
+
+/// Whether the group `runs` is snapshotted with one VolumeGroupSnapshot:
+/// when the cluster serves the API and their PVCs are on one CSI driver
+/// that has a VolumeGroupSnapshotClass chosen as for VolumeSnapshots (the
+/// one labelled `backup.coffer.dev/default`, else the driver's default).
+/// Otherwise their VolumeSnapshots are taken one by one, between the same
+/// hooks.
+async fn group_snapshot_plan(
+    ctx: &Ctx,
+    g: &crate::crd::RunGroup,
+    runs: &[VolumeBackup],
+) -> Result<Option<(GroupApi, String)>, Error> {
+    let Some(api) = group_snapshot_api(ctx).await? else {
+        return Ok(None);
+    };
+    let mut drivers = BTreeSet::new();
+    for r in runs {
+        let ns = r.namespace().unwrap_or_default();
+        let pvc = r.status.as_ref().and_then(|s| s.pvc.clone());
+        let pvc = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &ns)
+            .get_opt(&pvc.unwrap_or_default())
+            .await
+            .map_err(kube_err(format!(
+                "reading the PVC of VolumeBackup {ns}/{}",
+                r.name_any()
+            )))?;
+        drivers.insert(match pvc {
+            Some(p) => pvc_driver(ctx, &p).await?,
+            None => None,
+        });
+    }
+    let driver = match (drivers.len(), drivers.pop_first()) {
+        (1, Some(Some(d))) => d,
+        _ => return Ok(None),
+    };
+    let classes: Vec<SnapshotClass> =
+        Api::<DynamicObject>::all_with(ctx.client.clone(), &api.classes)
+            .list(&ListParams::default())
+            .await
+            .map_err(kube_err("listing VolumeGroupSnapshotClasses"))?
+            .items
+            .iter()
+            .map(|o| SnapshotClass::from_dynamic(o, snapshot::IS_DEFAULT_GROUP_CLASS))
+            .collect();
+    Ok(snapshot::choose_class(&g.name, None, &driver, &classes)
+        .ok()
+        .map(|class| (api, class)))
+}
+
+/// Sets (or removes) [`snapshot::GROUP_LABEL`] on the PVCs of `runs`.
+async fn label_group(ctx: &Ctx, runs: &[VolumeBackup], set: bool) -> Result<(), Error> {
+    for r in runs {
+        let (Some(g), Some(pvc)) = (
+            r.spec.group.as_ref(),
+            r.status.as_ref().and_then(|s| s.pvc.clone()),
+        ) else {
+            continue;
+        };
+        let ns = r.namespace().unwrap_or_default();
+        let value = set.then(|| label_value(&g.name));
+        let patch = json!({"metadata": {"labels": {snapshot::GROUP_LABEL: value}}});
+        match Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &ns)
+            .patch(&pvc, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 && !set => {}
+            Err(e) => return Err(kube_err(format!("labelling PVC {ns}/{pvc}"))(e)),
+        }
+    }
+    Ok(())
 }
 
 /// Whether pods were frozen and not thawed: a pre-hook succeeded and no
@@ -1015,6 +1244,31 @@ async fn snapshot_class(
     pvc: &PersistentVolumeClaim,
 ) -> Result<Result<String, String>, Error> {
     let name = pvc.name_any();
+    let Some(driver) = pvc_driver(ctx, pvc).await? else {
+        return Ok(Err(format!("PersistentVolumeClaim {} is not on a CSI volume (no CSI driver on its PV or StorageClass); back it up with method Filesystem", name)));
+    };
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(snapshot::SNAPSHOT_GROUP, "v1", "VolumeSnapshotClass"),
+        "volumesnapshotclasses",
+    );
+    let classes: Vec<SnapshotClass> = Api::<DynamicObject>::all_with(ctx.client.clone(), &ar)
+        .list(&ListParams::default())
+        .await
+        .map_err(kube_err("listing VolumeSnapshotClasses"))?
+        .items
+        .iter()
+        .map(|o| SnapshotClass::from_dynamic(o, snapshot::IS_DEFAULT_CLASS))
+        .collect();
+    let annotation = pvc
+        .annotations()
+        .get(snapshot::CLASS_ANNOTATION)
+        .map(String::as_str);
+    Ok(snapshot::choose_class(&name, annotation, &driver, &classes))
+}
+
+/// The CSI driver of a PVC's volume: its PV's, else its StorageClass's
+/// provisioner.
+async fn pvc_driver(ctx: &Ctx, pvc: &PersistentVolumeClaim) -> Result<Option<String>, Error> {
     let driver = match pvc.spec.as_ref().and_then(|s| s.volume_name.clone()) {
         Some(pv) => Api::<PersistentVolume>::all(ctx.client.clone())
             .get_opt(&pv)
@@ -1034,26 +1288,7 @@ async fn snapshot_class(
             None => None,
         },
     };
-    let Some(driver) = driver else {
-        return Ok(Err(format!("PersistentVolumeClaim {} is not on a CSI volume (no CSI driver on its PV or StorageClass); back it up with method Filesystem", name)));
-    };
-    let ar = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk(snapshot::SNAPSHOT_GROUP, "v1", "VolumeSnapshotClass"),
-        "volumesnapshotclasses",
-    );
-    let classes: Vec<SnapshotClass> = Api::<DynamicObject>::all_with(ctx.client.clone(), &ar)
-        .list(&ListParams::default())
-        .await
-        .map_err(kube_err("listing VolumeSnapshotClasses"))?
-        .items
-        .iter()
-        .map(SnapshotClass::from_dynamic)
-        .collect();
-    let annotation = pvc
-        .annotations()
-        .get(snapshot::CLASS_ANNOTATION)
-        .map(String::as_str);
-    Ok(snapshot::choose_class(&name, annotation, &driver, &classes))
+    Ok(driver)
 }
 
 /// The origin recorded in the snapshot, with the claim's spec.
@@ -1312,7 +1547,97 @@ async fn cleanup(ctx: &Ctx, vb: &VolumeBackup) -> Result<bool, Error> {
             return Ok(false);
         }
     }
-    Ok(true)
+    match &vb.spec.group {
+        Some(g) => group_cleanup(ctx, vb, g).await,
+        None => Ok(true),
+    }
+}
+
+/// The last step of a run of a group taken by a VolumeGroupSnapshot: once
+/// every run of the group has ended and has no mover pod, clone or clone
+/// volume left, the VolumeGroupSnapshot is deleted (its VolumeSnapshots go
+/// with it), or kept when a run retains its snapshot, and the PVCs lose
+/// their group label. Until then the run waits. Returns whether it is done.
+async fn group_cleanup(
+    ctx: &Ctx,
+    vb: &VolumeBackup,
+    g: &crate::crd::RunGroup,
+) -> Result<bool, Error> {
+    let Some(api) = group_snapshot_api(ctx).await? else {
+        return Ok(true);
+    };
+    let ns = vb.namespace().unwrap_or_default();
+    let name = group_snapshot_name(g);
+    let vgss = Api::<DynamicObject>::namespaced_with(ctx.client.clone(), &ns, &api.snapshots);
+    let Some(vgs) = vgss
+        .get_opt(&name)
+        .await
+        .map_err(kube_err(format!("reading VolumeGroupSnapshot {ns}/{name}")))?
+    else {
+        return Ok(true);
+    };
+    let Group::Claimed(runs) = group(ctx, vb).await? else {
+        return Ok(true);
+    };
+    let clones: BTreeSet<String> = runs.iter().map(child_name).collect();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    for r in &runs {
+        let c = child_name(r);
+        let busy = !r.status.as_ref().is_some_and(|s| s.phase.is_final())
+            || pods
+                .get_opt(&c)
+                .await
+                .map_err(kube_err(format!("reading pod {ns}/{c}")))?
+                .is_some()
+            || pvcs
+                .get_opt(&c)
+                .await
+                .map_err(kube_err(format!("reading PVC {ns}/{c}")))?
+                .is_some();
+        if busy {
+            return Ok(false);
+        }
+    }
+    let clone_volumes = Api::<PersistentVolume>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(kube_err("listing PersistentVolumes"))?
+        .items
+        .into_iter()
+        .any(|pv| {
+            pv.spec.and_then(|s| s.claim_ref).is_some_and(|r| {
+                r.namespace.as_deref() == Some(ns.as_str())
+                    && r.name.as_ref().is_some_and(|n| clones.contains(n))
+            })
+        });
+    if clone_volumes {
+        return Ok(false);
+    }
+    label_group(ctx, &runs, false).await?;
+    if runs.iter().any(|r| r.spec.retain_snapshot) {
+        if vgs
+            .metadata
+            .owner_references
+            .as_ref()
+            .is_some_and(|o| !o.is_empty())
+        {
+            vgss.patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"ownerReferences": null}})),
+            )
+            .await
+            .map_err(kube_err(format!(
+                "releasing VolumeGroupSnapshot {ns}/{name}"
+            )))?;
+        }
+        return Ok(true);
+    }
+    if vgs.metadata.deletion_timestamp.is_none() {
+        delete(&vgss, &name, &format!("VolumeGroupSnapshot {ns}/{name}")).await?;
+    }
+    Ok(false)
 }
 
 /// Deletes `name` unless it is gone or going; returns whether it was still

@@ -27,6 +27,13 @@ pub const CLASS_ANNOTATION: &str = "backup.coffer.dev/snapshot-class";
 pub const DEFAULT_CLASS_LABEL: &str = "backup.coffer.dev/default";
 /// The annotation that makes a class the driver's default.
 pub const IS_DEFAULT_CLASS: &str = "snapshot.storage.kubernetes.io/is-default-class";
+/// The API group of VolumeGroupSnapshots.
+pub const GROUP_SNAPSHOT_GROUP: &str = "groupsnapshot.storage.k8s.io";
+/// The annotation that makes a VolumeGroupSnapshotClass the driver's default.
+pub const IS_DEFAULT_GROUP_CLASS: &str = "groupsnapshot.storage.kubernetes.io/is-default-class";
+/// The label that selects the PVCs of a group's VolumeGroupSnapshot; the
+/// controller sets it on them while the group is snapshotted.
+pub const GROUP_LABEL: &str = "coffer.dev/group";
 /// The label on every object the controller creates for a run: the run's
 /// name (shortened when needed; the owner reference is exact).
 pub const RUN_LABEL: &str = "coffer.dev/volumebackup";
@@ -88,6 +95,9 @@ pub struct VolumeSnapshotStatus {
     /// The last error of the snapshot controller or the driver.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<VolumeSnapshotError>,
+    /// The VolumeGroupSnapshot it was taken in, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_group_snapshot_name: Option<String>,
 }
 
 /// A snapshot error.
@@ -124,6 +134,19 @@ pub fn snapshot_state(vs: &VolumeSnapshot) -> SnapshotState {
     SnapshotState::Pending
 }
 
+/// How far a VolumeGroupSnapshot (read as a dynamic object, whatever its
+/// version) is; its members' sizes are on their VolumeSnapshots.
+pub fn group_snapshot_state(vgs: &DynamicObject) -> SnapshotState {
+    let st = &vgs.data["status"];
+    if let Some(m) = st["error"]["message"].as_str() {
+        return SnapshotState::Failed(m.to_string());
+    }
+    if st["readyToUse"].as_bool() == Some(true) {
+        return SnapshotState::Ready(None);
+    }
+    SnapshotState::Pending
+}
+
 /// A VolumeSnapshotClass (cluster-scoped; read as a dynamic object).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SnapshotClass {
@@ -138,8 +161,10 @@ pub struct SnapshotClass {
 }
 
 impl SnapshotClass {
-    /// Reads one from the API's object.
-    pub fn from_dynamic(o: &DynamicObject) -> SnapshotClass {
+    /// Reads one from the API's object (a VolumeSnapshotClass, or a
+    /// VolumeGroupSnapshotClass with `default_annotation`
+    /// [`IS_DEFAULT_GROUP_CLASS`]).
+    pub fn from_dynamic(o: &DynamicObject, default_annotation: &str) -> SnapshotClass {
         let is_true = |m: &Option<BTreeMap<String, String>>, k: &str| {
             m.as_ref()
                 .and_then(|m| m.get(k))
@@ -149,7 +174,7 @@ impl SnapshotClass {
             name: o.metadata.name.clone().unwrap_or_default(),
             driver: o.data["driver"].as_str().unwrap_or_default().to_string(),
             coffer_default: is_true(&o.metadata.labels, DEFAULT_CLASS_LABEL),
-            driver_default: is_true(&o.metadata.annotations, IS_DEFAULT_CLASS),
+            driver_default: is_true(&o.metadata.annotations, default_annotation),
         }
     }
 }

@@ -345,16 +345,30 @@ async fn snapshot_hooks_bracket_the_volume_snapshot_and_a_failed_pre_hook_takes_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pvcs_of_one_workload_are_snapshotted_between_all_pre_hooks_and_all_post_hooks() {
+    workload_group(false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn where_the_cluster_serves_volume_group_snapshots_a_workload_gets_one() {
+    workload_group(true).await
+}
+
+/// A BackupSchedule over a two-PVC StatefulSet and a lone PVC, with hooks;
+/// the cluster serves VolumeGroupSnapshots or not.
+async fn workload_group(group_snapshots: bool) {
     use crate::sim;
     use crate::snapshots::{fake_cluster, wait_cleaned};
     use coffer_node_agent::crd::BackupSchedule;
     use coffer_node_agent::schedules::SCHEDULE_LABEL;
-    use k8s_openapi::api::core::v1::Pod;
+    use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
     use kube::api::{ListParams, Patch, PatchParams};
     use kube::ResourceExt;
-    let Some((mut env, _sim)) = fake_cluster().await else {
+    let Some((mut env, mut sim)) = fake_cluster().await else {
         return;
     };
+    if group_snapshots {
+        sim.serve_group_snapshots(&env).await;
+    }
     let ns = env.namespace("groups").await;
     let repo = env.repository(&ns, "default", PASSWORD).await;
     let log = env.dir.path().join("group-hooks.log");
@@ -485,4 +499,33 @@ async fn the_pvcs_of_one_workload_are_snapshotted_between_all_pre_hooks_and_all_
     let b = wait_cleaned(&env, &ns, &runs[2].name_any()).await;
     assert_eq!(phase(&b.status), Phase::Completed, "{:#?}", b.status);
     assert!(b.status.unwrap().hooks.is_empty());
+
+    // How the group's snapshots were taken, and that nothing stays.
+    let deleted: Vec<String> = sim
+        .deletions()
+        .into_iter()
+        .filter(|d| d.starts_with("VolumeSnapshot/") || d.starts_with("VolumeGroupSnapshot/"))
+        .collect();
+    let group_snapshot = format!("VolumeGroupSnapshot/{ns}/coffer-{}", group.name);
+    let own = |r: &VolumeBackup| format!("VolumeSnapshot/{ns}/coffer-{}", r.name_any());
+    if group_snapshots {
+        assert!(deleted.contains(&group_snapshot), "{deleted:#?}");
+        assert!(!deleted.contains(&own(&runs[0])) && !deleted.contains(&own(&runs[1])));
+        let members = deleted
+            .iter()
+            .filter(|d| d.starts_with(&format!("VolumeSnapshot/{ns}/snapshot-")))
+            .count();
+        assert_eq!(members, 2, "{deleted:#?}");
+    } else {
+        assert!(!deleted.contains(&group_snapshot), "{deleted:#?}");
+        assert!(deleted.contains(&own(&runs[0])) && deleted.contains(&own(&runs[1])));
+    }
+    assert!(deleted.contains(&own(&runs[2])), "{deleted:#?}");
+    for pvc in Api::<PersistentVolumeClaim>::namespaced(env.client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+    {
+        assert!(!pvc.labels().contains_key("coffer.dev/group"), "{pvc:#?}");
+    }
 }

@@ -12,6 +12,12 @@
 //!   becomes the pod's phase and termination message. A deleted pod's
 //!   process is killed. Or the pod stays Pending as Unschedulable.
 //!
+//! - the **group snapshot controller**, when a test serves the
+//!   VolumeGroupSnapshot API ([`Sim::serve_group_snapshots`]): a
+//!   VolumeGroupSnapshot gets one VolumeSnapshot per PVC its selector
+//!   matches (owned by it, named as the real controller names them), and
+//!   `readyToUse` once they all are.
+//!
 //! A volume's data lives where its PV's CSI attribute `path` says: a
 //! directory (Filesystem) or a file standing in for the device (Block).
 //! Every deletion is recorded with its resourceVersion, so a test can check
@@ -176,6 +182,54 @@ impl Sim {
         sim
     }
 
+    /// Serves `groupsnapshot.storage.k8s.io/v1beta1` (the CRDs, a default
+    /// VolumeGroupSnapshotClass for [`DRIVER`]) and runs its controller.
+    pub async fn serve_group_snapshots(&mut self, env: &Env) {
+        use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+        let client = env.client.clone();
+        for (kind, plural, scope) in [
+            ("VolumeGroupSnapshot", "volumegroupsnapshots", "Namespaced"),
+            (
+                "VolumeGroupSnapshotClass",
+                "volumegroupsnapshotclasses",
+                "Cluster",
+            ),
+        ] {
+            let crd: CustomResourceDefinition = serde_json::from_value(json!({
+                "metadata": {"name": format!("{plural}.{GROUP_SNAPSHOTS}")},
+                "spec": {
+                    "group": GROUP_SNAPSHOTS, "scope": scope,
+                    "names": {"kind": kind, "plural": plural, "singular": kind.to_lowercase(), "listKind": format!("{kind}List")},
+                    "versions": [{"name": "v1beta1", "served": true, "storage": true,
+                        "subresources": {"status": {}},
+                        "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}],
+                },
+            }))
+            .unwrap();
+            Api::<CustomResourceDefinition>::all(client.clone())
+                .create(&PostParams::default(), &crd)
+                .await
+                .unwrap();
+        }
+        let class: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": format!("{GROUP_SNAPSHOTS}/v1beta1"),
+            "kind": "VolumeGroupSnapshotClass",
+            "metadata": {"name": "hostpath-groupsnapclass",
+                "annotations": {"groupsnapshot.storage.kubernetes.io/is-default-class": "true"}},
+            "driver": DRIVER,
+            "deletionPolicy": "Delete",
+        }))
+        .unwrap();
+        Api::<DynamicObject>::all_with(client.clone(), &group_api("VolumeGroupSnapshotClass"))
+            .create(&PostParams::default(), &class)
+            .await
+            .unwrap();
+        self.tasks.push(tokio::spawn(group_snapshotter(
+            client,
+            self.deletions.clone(),
+        )));
+    }
+
     /// The deletions, oldest first, as `Kind/namespace/name`.
     pub fn deletions(&self) -> Vec<String> {
         let mut d = self.deletions.lock().unwrap().clone();
@@ -312,6 +366,10 @@ async fn snapshotter(
         let Some(from) = pv_path(&pv) else { continue };
         let content = format!("snapcontent-{}", vs.uid().unwrap_or_default());
         let to = data.join("snapshots").join(&content);
+        if to.exists() {
+            // Taken already; this event is another writer's status patch.
+            continue;
+        }
         copy(&from, &to);
         let c: DynamicObject = serde_json::from_value(json!({
             "apiVersion": "snapshot.storage.k8s.io/v1",
@@ -339,6 +397,92 @@ async fn snapshotter(
                 }})),
             )
             .await;
+    }
+}
+
+const GROUP_SNAPSHOTS: &str = "groupsnapshot.storage.k8s.io";
+
+pub fn group_api(kind: &str) -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk(GROUP_SNAPSHOTS, "v1beta1", kind))
+}
+
+/// The group snapshot controller: member VolumeSnapshots (made ready by the
+/// [`snapshotter`]), then the group's `readyToUse`.
+async fn group_snapshotter(client: Client, deletions: Arc<Mutex<Vec<(u64, String)>>>) {
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &group_api("VolumeGroupSnapshot"));
+    let mut stream = watcher::watcher(api, watcher::Config::default()).boxed();
+    while let Some(ev) = stream.next().await {
+        let vgs = match ev {
+            Ok(Event::Apply(o) | Event::InitApply(o)) => o,
+            Ok(Event::Delete(o)) => {
+                record(&deletions, "VolumeGroupSnapshot", &o);
+                continue;
+            }
+            _ => continue,
+        };
+        if vgs.data["status"]["readyToUse"].as_bool() == Some(true)
+            || vgs.metadata.deletion_timestamp.is_some()
+        {
+            continue;
+        }
+        let ns = vgs.namespace().unwrap_or_default();
+        let name = vgs.name_any();
+        let uid = vgs.uid().unwrap_or_default();
+        let labels: Vec<String> = vgs.data["spec"]["source"]["selector"]["matchLabels"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+            .collect();
+        let pvcs = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns)
+            .list(&kube::api::ListParams::default().labels(&labels.join(",")))
+            .await
+            .unwrap()
+            .items;
+        let snaps: Api<VolumeSnapshot> = Api::namespaced(client.clone(), &ns);
+        let mut members = Vec::new();
+        for pvc in pvcs {
+            let member = format!("snapshot-{}-{}", &uid[..8.min(uid.len())], pvc.name_any());
+            let vs: VolumeSnapshot = serde_json::from_value(json!({
+                "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+                "metadata": {"name": member, "namespace": ns, "ownerReferences": [{
+                    "apiVersion": format!("{GROUP_SNAPSHOTS}/v1beta1"), "kind": "VolumeGroupSnapshot",
+                    "name": name, "uid": uid, "controller": true}]},
+                "spec": {"source": {"persistentVolumeClaimName": pvc.name_any()}},
+            }))
+            .unwrap();
+            if snaps.create(&PostParams::default(), &vs).await.is_ok() {
+                let _ = snaps
+                    .patch_status(
+                        &member,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"status": {"volumeGroupSnapshotName": name}})),
+                    )
+                    .await;
+            }
+            members.push(member);
+        }
+        let client = client.clone();
+        tokio::spawn(async move {
+            let snaps: Api<VolumeSnapshot> = Api::namespaced(client.clone(), &ns);
+            for m in &members {
+                let ready = |vs: Option<&VolumeSnapshot>| {
+                    vs.and_then(|v| v.status.as_ref()?.ready_to_use) == Some(true)
+                };
+                let _ = kube::runtime::wait::await_condition(snaps.clone(), m, ready).await;
+            }
+            let _ = Api::<DynamicObject>::namespaced_with(
+                client,
+                &ns,
+                &group_api("VolumeGroupSnapshot"),
+            )
+            .patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"readyToUse": true}})),
+            )
+            .await;
+        });
     }
 }
 
