@@ -818,6 +818,9 @@ async fn take_snapshots(ctx: &Ctx, open: &[VolumeBackup]) -> Result<(), Error> {
         label_group(ctx, &runs, true).await?;
     }
     if let Err(m) = snapshot_hooks(ctx, &runs, "pre").await? {
+        if grouped.is_some() {
+            label_group(ctx, &runs, false).await?;
+        }
         for r in &runs {
             ctx.fail(r, m.clone()).await;
         }
