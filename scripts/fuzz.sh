@@ -18,7 +18,8 @@ export RUSTC_BOOTSTRAP=1
 td=repo-format/testdata
 seed() { # seed TARGET FILE [hex]
     mkdir -p "fuzz/corpus/$1"
-    local out="fuzz/corpus/$1/seed-$(basename "$2")"
+    local out
+    out="fuzz/corpus/$1/seed-$(basename "$2")"
     if [ "${3:-}" = hex ]; then
         python3 -c 'import sys; open(sys.argv[2],"wb").write(bytes.fromhex(open(sys.argv[1]).read().strip()))' "$2" "$out"
     else

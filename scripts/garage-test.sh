@@ -51,8 +51,9 @@ root_domain = ".s3.garage.localhost"
 [admin]
 api_bind_addr = "127.0.0.1:$admin"
 TOML
-export GARAGE_DEFAULT_ACCESS_KEY=GK$(python3 -c 'import secrets; print(secrets.token_hex(12))')
-export GARAGE_DEFAULT_SECRET_KEY=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+GARAGE_DEFAULT_ACCESS_KEY=GK$(python3 -c 'import secrets; print(secrets.token_hex(12))')
+GARAGE_DEFAULT_SECRET_KEY=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+export GARAGE_DEFAULT_ACCESS_KEY GARAGE_DEFAULT_SECRET_KEY
 export GARAGE_DEFAULT_BUCKET=coffer-test
 
 start_garage() {

@@ -176,17 +176,17 @@ check "deploy/Dockerfile and .dockerignore" dockerfile
 # ---- shell scripts --------------------------------------------------------------
 scripts() {
     local s
-    for s in deploy/e2e-kind.sh deploy/examples/backup-now.sh scripts/validate-manifests.sh; do
+    for s in deploy/e2e-kind.sh deploy/examples/backup-now.sh scripts/*.sh .ci/run; do
         bash -n "$s"
         [ -x "$s" ] || {
             echo "$s is not executable"
             return 1
         }
     done
-    "$venv/bin/shellcheck" deploy/e2e-kind.sh deploy/examples/backup-now.sh scripts/validate-manifests.sh
+    "$venv/bin/shellcheck" deploy/e2e-kind.sh deploy/examples/backup-now.sh scripts/*.sh .ci/run
     echo "bash -n and shellcheck clean"
 }
-check "deploy/e2e-kind.sh, examples/backup-now.sh, this script" scripts
+check "deploy/e2e-kind.sh, examples/backup-now.sh, scripts/*.sh, .ci/run" scripts
 
 # ---- c) the fake API server --------------------------------------------------------
 fake=${COFFER_TEST_FAKE_APISERVER_BIN:-}

@@ -1865,6 +1865,7 @@ impl Ctx {
             args: Vec::new(),
             password: &repo.spec.password_secret_ref,
             credentials: repo.spec.credentials_secret_ref.as_ref(),
+            repository_dir: snapshot::local_repository_dir(&repo.spec.url),
             memory: &self.opts.mover_memory,
             labels: &NO_LABELS,
             owner: None,

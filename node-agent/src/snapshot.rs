@@ -370,6 +370,17 @@ pub fn restored_claim(r: &Restored) -> Result<PersistentVolumeClaim, String> {
     serde_json::from_value(value).map_err(|e| format!("the restored claim: {e}"))
 }
 
+/// The directory of a local repository URL (`file:///path` or `/path`),
+/// which a mover pod can only reach as the same directory on its node (an
+/// NFS share mounted on every node, or a one-node cluster). `None` for an
+/// object store, and for a relative path, which names nothing in a pod.
+pub fn local_repository_dir(url: &str) -> Option<&str> {
+    let path = url.strip_prefix("file://").unwrap_or(url);
+    (!url.contains("://") || url.starts_with("file://"))
+        .then_some(path)
+        .filter(|p| p.starts_with('/'))
+}
+
 /// What a mover pod runs with.
 pub struct Mover<'a> {
     /// The pod's name (in the run's namespace).
@@ -389,6 +400,9 @@ pub struct Mover<'a> {
     pub password: &'a SecretKeyRef,
     /// The repository's credentials Secret, mounted at [`CREDENTIALS_DIR`].
     pub credentials: Option<&'a SecretRef>,
+    /// A local repository's directory (see [`local_repository_dir`]),
+    /// mounted from the node at the same path.
+    pub repository_dir: Option<&'a str>,
     /// Memory limit (`512Mi`).
     pub memory: &'a str,
     /// Labels (the run label).
@@ -451,6 +465,13 @@ pub fn mover_pod(m: &Mover) -> Pod {
     if let Some(c) = m.credentials {
         volumes.push(json!({"name": "credentials", "secret": {"secretName": c.name}}));
         mounts.push(json!({"name": "credentials", "mountPath": CREDENTIALS_DIR, "readOnly": true}));
+    }
+    if let Some(dir) = m.repository_dir {
+        // `Directory`, not `DirectoryOrCreate`: on a node where the shared
+        // directory is missing the pod fails to start instead of writing a
+        // repository nobody else sees.
+        volumes.push(json!({"name": "repository", "hostPath": {"path": dir, "type": "Directory"}}));
+        mounts.push(json!({"name": "repository", "mountPath": dir}));
     }
     volumes.push(json!({"name": "cache", "emptyDir": {}}));
     mounts.push(json!({"name": "cache", "mountPath": "/tmp"}));
@@ -742,6 +763,49 @@ mod tests {
             json!({"metadata": {"name": "m", "namespace": "ns"}, "status": status}),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn a_local_repository_is_mounted_into_the_mover_from_its_node() {
+        assert_eq!(
+            local_repository_dir("file:///srv/backup"),
+            Some("/srv/backup")
+        );
+        assert_eq!(local_repository_dir("/srv/backup"), Some("/srv/backup"));
+        assert_eq!(local_repository_dir("repo"), None);
+        assert_eq!(local_repository_dir("s3://bucket/file:///x"), None);
+        let labels = BTreeMap::new();
+        let password = SecretKeyRef {
+            name: "pw".into(),
+            key: "password".into(),
+        };
+        let mover = |dir| {
+            let pod = mover_pod(&Mover {
+                name: "coffer-run",
+                namespace: "team-a",
+                image: "coffer",
+                service_account: "coffer-mover",
+                volume: None,
+                args: Vec::new(),
+                password: &password,
+                credentials: None,
+                repository_dir: dir,
+                memory: "1Gi",
+                labels: &labels,
+                owner: None,
+            });
+            serde_json::to_value(pod.spec.unwrap()).unwrap()
+        };
+        let spec = mover(Some("/srv/backup"));
+        assert!(spec["volumes"].as_array().unwrap().contains(&json!(
+            {"name": "repository", "hostPath": {"path": "/srv/backup", "type": "Directory"}}
+        )));
+        assert!(spec["containers"][0]["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "repository", "mountPath": "/srv/backup"})));
+        let spec = mover(None);
+        assert!(!spec.to_string().contains("hostPath"), "{spec}");
     }
 
     #[test]
