@@ -729,6 +729,10 @@ pub struct BackupScheduleStatus {
     /// The runs of the last time that are not over.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub active: Vec<String>,
+    /// A time claimed (`lastScheduleTime`) whose runs are not all created
+    /// yet; a controller that stopped in between creates the rest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creating: Option<String>,
     /// The last retention pass.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_retention: Option<RetentionResult>,

@@ -219,6 +219,31 @@ pub(crate) async fn reconcile(bs: Arc<BackupSchedule>, ctx: Arc<Ctx>) -> Result<
         && tick_runs
             .iter()
             .all(|vb| vb.status.as_ref().is_some_and(|s| s.phase.is_final()));
+    if st.creating.is_some() && st.creating == last_tick {
+        // A pass claimed this time and stopped before every run existed
+        // (a crash, an API error): create the rest (`create` leaves the
+        // ones that exist), and do what Replace had to do first.
+        let at = last_tick.unwrap_or_default();
+        tracing::info!(
+            namespace = ns,
+            schedule = name,
+            time = at,
+            "creating the rest of a claimed time's runs"
+        );
+        if bs.spec.concurrency_policy == ConcurrencyPolicy::Replace {
+            let older: Vec<String> = active
+                .iter()
+                .filter(|n| !tick_runs.iter().any(|vb| vb.name_any() == **n))
+                .cloned()
+                .collect();
+            cancel(&ctx, &ns, &older).await?;
+        }
+        let planned = targets(&ctx, &bs).await?;
+        fire(&ctx, &bs, &planned, &at).await?;
+        st.creating = None;
+        write_status(&ctx, &bs, &old, &st, false).await?;
+        return Ok(Action::requeue(Duration::ZERO));
+    }
     st.active = active.clone();
     let mut requeue: Option<Duration> = None;
     if tick_over {
@@ -332,6 +357,7 @@ pub(crate) async fn reconcile(bs: Arc<BackupSchedule>, ctx: Arc<Ctx>) -> Result<
             } else {
                 let planned = targets(&ctx, &bs).await?;
                 st.last_schedule_time = Some(at.clone());
+                st.creating = Some(at.clone());
                 st.active = planned.iter().map(|t| run_name(&name, t, &at)).collect();
                 planned
             };
@@ -347,6 +373,9 @@ pub(crate) async fn reconcile(bs: Arc<BackupSchedule>, ctx: Arc<Ctx>) -> Result<
                     cancel(&ctx, &ns, &active).await?;
                 }
                 fire(&ctx, &bs, &planned, &at).await?;
+                let mut created = st.clone();
+                created.creating = None;
+                write_status(&ctx, &bs, &st, &created, false).await?;
             }
             return Ok(Action::requeue(Duration::ZERO));
         }
@@ -400,6 +429,7 @@ async fn write_status(
         "nextScheduleTime": st.next_schedule_time,
         "lastTrigger": st.last_trigger,
         "active": st.active,
+        "creating": st.creating,
         "conditions": st.conditions,
     }});
     if st.last_retention != old.last_retention {

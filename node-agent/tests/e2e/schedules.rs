@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use coffer_node_agent::crd::{BackupSchedule, Phase, VolumeBackup};
 use coffer_node_agent::schedules::{SCHEDULED_AT, SCHEDULE_LABEL};
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::ResourceExt;
 use serde_json::json;
 
@@ -120,4 +120,73 @@ async fn retention_keeps_exactly_the_newest_snapshots_of_each_origin_and_nothing
     assert_eq!(cond("Scheduled"), "True");
     assert_eq!(cond("LastRunSucceeded"), "True");
     assert_eq!(cond("RetentionApplied"), "True");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_time_claimed_by_a_controller_that_stopped_before_creating_its_runs_is_created_after_it()
+{
+    let Some((mut env, _sim)) = fake_cluster().await else {
+        return;
+    };
+    let ns = env.namespace("resume").await;
+    env.repository(&ns, "default", PASSWORD).await;
+    for (pvc, seed) in [("data-0", 1), ("data-1", 2)] {
+        let dir = env.dir.path().join(format!("csi/source/{pvc}"));
+        fill(&dir, seed, 3);
+        sim::csi_pvc(&env, &ns, pvc, "Filesystem", &dir, json!({"app": "db"})).await;
+    }
+    env.create::<BackupSchedule>(
+        &ns,
+        json!({
+            "apiVersion": "coffer.dev/v1alpha1", "kind": "BackupSchedule",
+            "metadata": {"name": "db", "namespace": ns},
+            "spec": {
+                "schedule": "0 0 1 1 *",
+                "selector": {"matchLabels": {"app": "db"}},
+                "method": "Snapshot",
+            }
+        }),
+    )
+    .await;
+    // What a controller leaves when it dies between claiming a time and
+    // creating its runs: the time claimed, no run made.
+    let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let api: Api<BackupSchedule> = Api::namespaced(env.client.clone(), &ns);
+    api.patch_status(
+        "db",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"lastScheduleTime": at, "creating": at}})),
+    )
+    .await
+    .unwrap();
+
+    let _c = Controller::start(&env, "a", &[]);
+    let bs = env
+        .wait_for::<BackupSchedule>(&ns, "db", "the claimed time's runs done", |b| {
+            b.status.as_ref().is_some_and(|s| {
+                s.creating.is_none() && s.active.is_empty() && s.last_successful_time.is_some()
+            })
+        })
+        .await;
+    let st = bs.status.unwrap();
+    assert_eq!(st.last_schedule_time.as_deref(), Some(at.as_str()));
+    let runs = Api::<VolumeBackup>::namespaced(env.client.clone(), &ns)
+        .list(&ListParams::default().labels(SCHEDULE_LABEL))
+        .await
+        .unwrap()
+        .items;
+    let pvcs: BTreeSet<String> = runs
+        .iter()
+        .map(|r| {
+            assert_eq!(
+                r.annotations().get(SCHEDULED_AT).map(String::as_str),
+                Some(at.as_str()),
+                "{r:#?}"
+            );
+            assert_eq!(phase(&r.status), Phase::Completed, "{r:#?}");
+            r.spec.pvc.clone().unwrap()
+        })
+        .collect();
+    assert_eq!(runs.len(), 2, "{runs:#?}");
+    assert_eq!(pvcs, BTreeSet::from(["data-0".into(), "data-1".into()]));
 }
