@@ -14,6 +14,24 @@ use crate::harness::*;
 use crate::sim;
 use crate::snapshots::{fake_cluster, snapshot_backup, wait_cleaned};
 
+/// Schedule `db`: snapshots of the PVCs labelled `app: db`.
+async fn db_schedule(env: &Env, ns: &str, schedule: &str, retention: serde_json::Value) {
+    env.create::<BackupSchedule>(
+        ns,
+        json!({
+            "apiVersion": "coffer.dev/v1alpha1", "kind": "BackupSchedule",
+            "metadata": {"name": "db", "namespace": ns},
+            "spec": {
+                "schedule": schedule,
+                "selector": {"matchLabels": {"app": "db"}},
+                "method": "Snapshot",
+                "retention": retention,
+            }
+        }),
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_keeps_exactly_the_newest_snapshots_of_each_origin_and_nothing_else() {
     let Some((mut env, _sim)) = fake_cluster().await else {
@@ -32,20 +50,7 @@ async fn retention_keeps_exactly_the_newest_snapshots_of_each_origin_and_nothing
     let manual = wait_cleaned(&env, &ns, "manual").await;
     let manual = manual.status.unwrap().snapshot_id.unwrap();
 
-    env.create::<BackupSchedule>(
-        &ns,
-        json!({
-            "apiVersion": "coffer.dev/v1alpha1", "kind": "BackupSchedule",
-            "metadata": {"name": "db", "namespace": ns},
-            "spec": {
-                "schedule": "@daily",
-                "selector": {"matchLabels": {"app": "db"}},
-                "method": "Snapshot",
-                "retention": {"keepLast": 2},
-            }
-        }),
-    )
-    .await;
+    db_schedule(&env, &ns, "@daily", json!({"keepLast": 2})).await;
     let api: Api<BackupSchedule> = Api::namespaced(env.client.clone(), &ns);
     let mut ticks = Vec::new();
     for i in 1..=3 {
@@ -135,19 +140,7 @@ async fn a_time_claimed_by_a_controller_that_stopped_before_creating_its_runs_is
         fill(&dir, seed, 3);
         sim::csi_pvc(&env, &ns, pvc, "Filesystem", &dir, json!({"app": "db"})).await;
     }
-    env.create::<BackupSchedule>(
-        &ns,
-        json!({
-            "apiVersion": "coffer.dev/v1alpha1", "kind": "BackupSchedule",
-            "metadata": {"name": "db", "namespace": ns},
-            "spec": {
-                "schedule": "0 0 1 1 *",
-                "selector": {"matchLabels": {"app": "db"}},
-                "method": "Snapshot",
-            }
-        }),
-    )
-    .await;
+    db_schedule(&env, &ns, "0 0 1 1 *", json!(null)).await;
     // What a controller leaves when it dies between claiming a time and
     // creating its runs: the time claimed, no run made.
     let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
