@@ -127,6 +127,8 @@ pub(crate) struct Ctx {
     pub(crate) metrics: Arc<Metrics>,
     /// Namespaces whose mover ServiceAccount and Role exist.
     mover_accounts: Mutex<HashSet<String>>,
+    /// The last discovery of the VolumeGroupSnapshot API, and when.
+    group_api: Mutex<Option<(std::time::Instant, Option<GroupApi>)>>,
 }
 
 /// Leads (or waits to lead), then reconciles until leadership is lost or a
@@ -169,6 +171,7 @@ pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) -> anyhow
         recorder,
         metrics,
         mover_accounts: Mutex::new(HashSet::new()),
+        group_api: Mutex::new(None),
     });
     sweep(&ctx).await;
     crate::restorer::sweep(&ctx).await;
@@ -1015,12 +1018,29 @@ async fn find_snapshot(ctx: &Ctx, r: &VolumeBackup) -> Result<Found, Error> {
 }
 
 /// The VolumeGroupSnapshot API, when the cluster serves it.
+#[derive(Clone)]
 struct GroupApi {
     snapshots: ApiResource,
     classes: ApiResource,
 }
 
+/// How long a discovery of the VolumeGroupSnapshot API stands: runs of a
+/// group ask for it on every pass, and the API may be installed later.
+const GROUP_API_TTL: Duration = Duration::from_secs(60);
+
 async fn group_snapshot_api(ctx: &Ctx) -> Result<Option<GroupApi>, Error> {
+    if let Some((at, api)) = &*ctx.group_api.lock().unwrap_or_else(|e| e.into_inner()) {
+        if at.elapsed() < GROUP_API_TTL {
+            return Ok(api.clone());
+        }
+    }
+    let api = discover_group_snapshot_api(ctx).await?;
+    *ctx.group_api.lock().unwrap_or_else(|e| e.into_inner()) =
+        Some((std::time::Instant::now(), api.clone()));
+    Ok(api)
+}
+
+async fn discover_group_snapshot_api(ctx: &Ctx) -> Result<Option<GroupApi>, Error> {
     let g = match kube::discovery::group(&ctx.client, snapshot::GROUP_SNAPSHOT_GROUP).await {
         Ok(g) => g,
         Err(kube::Error::Discovery(_)) => return Ok(None),
