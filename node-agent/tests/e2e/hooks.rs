@@ -521,11 +521,87 @@ async fn workload_group(group_snapshots: bool) {
         assert!(deleted.contains(&own(&runs[0])) && deleted.contains(&own(&runs[1])));
     }
     assert!(deleted.contains(&own(&runs[2])), "{deleted:#?}");
-    for pvc in Api::<PersistentVolumeClaim>::namespaced(env.client.clone(), &ns)
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-    {
-        assert!(!pvc.labels().contains_key("coffer.dev/group"), "{pvc:#?}");
+    let unlabelled = || async {
+        for pvc in Api::<PersistentVolumeClaim>::namespaced(env.client.clone(), &ns)
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+        {
+            assert!(!pvc.labels().contains_key("coffer.dev/group"), "{pvc:#?}");
+        }
+    };
+    unlabelled().await;
+
+    // A failing pre-hook fails the whole group: no snapshot, the pod whose
+    // pre-hook ran is thawed, the PVCs lose their group label.
+    env.annotate(
+        &ns,
+        "db-1",
+        "pre.hook.backup.coffer.dev/command",
+        &sh("exit 7"),
+    )
+    .await;
+    std::fs::write(&log, "").unwrap();
+    env.annotate_object::<BackupSchedule>(&ns, "db", "backup.coffer.dev/backup-now", "2")
+        .await;
+    env.wait_for::<BackupSchedule>(&ns, "db", "its second runs over", |b| {
+        b.status
+            .as_ref()
+            .is_some_and(|s| s.last_trigger.as_deref() == Some("2") && s.active.is_empty())
+    })
+    .await;
+    let (second, lone): (Vec<VolumeBackup>, Vec<VolumeBackup>) =
+        Api::<VolumeBackup>::namespaced(env.client.clone(), &ns)
+            .list(&ListParams::default().labels(SCHEDULE_LABEL))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|r| !runs.iter().any(|f| f.name_any() == r.name_any()))
+            .partition(|r| r.spec.group.is_some());
+    assert_eq!((second.len(), lone.len()), (2, 1), "{second:#?} {lone:#?}");
+    for run in &second {
+        let b = wait_cleaned(&env, &ns, &run.name_any()).await;
+        let st = b.status.unwrap();
+        assert_eq!(st.phase, Phase::Failed, "{st:#?}");
+        assert!(st.snapshot_id.is_none());
+        assert!(st.message.unwrap_or_default().contains("db-1"));
     }
+    let b = wait_cleaned(&env, &ns, &lone[0].name_any()).await;
+    assert_eq!(phase(&b.status), Phase::Completed, "{:#?}", b.status);
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "pre-db-0\npost-db-0\n"
+    );
+    let group2 = second[0].spec.group.clone().unwrap().name;
+    let vgs = kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
+        "groupsnapshot.storage.k8s.io",
+        "v1beta1",
+        "VolumeGroupSnapshot",
+    ));
+    let taken = Api::<kube::api::DynamicObject>::namespaced_with(env.client.clone(), &ns, &vgs)
+        .get_opt(&format!("coffer-{group2}"))
+        .await
+        .unwrap();
+    assert!(taken.is_none(), "{taken:#?}");
+    // The first group's members stay in the fake server (a real one deletes
+    // them with their VolumeGroupSnapshot): no other may exist.
+    let first = format!("coffer-{}", group.name);
+    let snapshots: Vec<String> =
+        Api::<coffer_node_agent::snapshot::VolumeSnapshot>::namespaced(env.client.clone(), &ns)
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|vs| {
+                vs.status
+                    .as_ref()
+                    .and_then(|s| s.volume_group_snapshot_name.as_ref())
+                    != Some(&first)
+            })
+            .map(|vs| vs.name_any())
+            .collect();
+    assert!(snapshots.is_empty(), "{snapshots:?}");
+    unlabelled().await;
 }
