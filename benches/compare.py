@@ -12,8 +12,11 @@ Each measurement records wall seconds, CPU seconds (user + system) and peak RSS
 (from GNU time), and the repository size (after `first`) and its growth (after
 `mutated`). The page cache is dropped before each timed step when the script
 may write /proc/sys/vm/drop_caches (root), so the numbers are cold-cache.
-Medians over the rounds are printed as one Markdown table, with coffer's
-ratio to each peer.
+The rounds are printed as one Markdown table: wall seconds as min / median /
+max, CPU seconds as the median, peak RSS as the max, and coffer's speed-up
+over each peer twice: the one that holds in the worst case (the peer's
+fastest round against coffer's slowest), which is the one to claim, and the
+median one.
 
   benches/compare.py [--size 2G] [--rounds 3] [--tools coffer,restic,rustic,borg]
                      [--workdir /tmp/coffer-bench] [--out benches/RESULTS.md]
@@ -233,15 +236,22 @@ def report(args, tools, r, data_mib, changed_bytes, cold):
                  f"mutation: `gen_corpus.py mutate --round 1`"
                  + (f", {changed_bytes[0] / 2**20:.1f} MiB changed" if changed_bytes and changed_bytes[0] else "") + ".\n")
     lines.append("Versions: " + "; ".join(version(t) for t in tools) + ".\n")
-    lines.append("| step | tool | wall s | MiB/s | CPU s | peak RSS MiB | coffer speed-up |")
-    lines.append("|---|---|---:|---:|---:|---:|---:|")
+    lines.append("| step | tool | wall s min / median / max | MiB/s (median) | CPU s (median) | peak RSS MiB (max) "
+                 "| coffer speed-up, worst case (peer min / coffer max) | median |")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|")
     for step in ("first", "unchanged", "mutated", "restore"):
-        cw = med(r["coffer"][step], 0) if "coffer" in r else None
+        coffer = [x[0] for x in r["coffer"][step]] if "coffer" in r else None
         for t in tools:
-            w, c, m = med(r[t][step], 0), med(r[t][step], 1), med(r[t][step], 2)
-            ratio = "" if t == "coffer" or cw is None else f"{w / cw:.2f}x"
+            walls = [x[0] for x in r[t][step]]
+            w, c = med(r[t][step], 0), med(r[t][step], 1)
+            m = max(x[2] for x in r[t][step])
+            worst = med_ratio = ""
+            if t != "coffer" and coffer:
+                worst = f"{min(walls) / max(coffer):.2f}x"
+                med_ratio = f"{w / statistics.median(coffer):.2f}x"
             rate = f"{data_mib / w:.0f}" if step in ("first", "restore") else ""
-            lines.append(f"| {step} | {t} | {w:.2f} | {rate} | {c:.1f} | {m:.0f} | {ratio} |")
+            lines.append(f"| {step} | {t} | {min(walls):.2f} / {w:.2f} / {max(walls):.2f} | {rate} | {c:.1f} "
+                         f"| {m:.0f} | {worst} | {med_ratio} |")
     if S3:
         text = "\n".join(lines) + "\n"
         print(text)
