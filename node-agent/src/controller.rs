@@ -1057,6 +1057,25 @@ async fn discover_group_snapshot_api(ctx: &Ctx) -> Result<Option<GroupApi>, Erro
     )
 }
 
+/// Every snapshot class of kind `ar` (VolumeSnapshotClass or
+/// VolumeGroupSnapshotClass), with `default_annotation` marking the
+/// driver's default.
+async fn list_classes(
+    ctx: &Ctx,
+    ar: &ApiResource,
+    what: &str,
+    default_annotation: &str,
+) -> Result<Vec<SnapshotClass>, Error> {
+    Ok(Api::<DynamicObject>::all_with(ctx.client.clone(), ar)
+        .list(&ListParams::default())
+        .await
+        .map_err(kube_err(format!("listing {what}")))?
+        .items
+        .iter()
+        .map(|o| SnapshotClass::from_dynamic(o, default_annotation))
+        .collect())
+}
+
 /// The name of a group's VolumeGroupSnapshot.
 fn group_snapshot_name(g: &crate::crd::RunGroup) -> String {
     object_name(&["coffer", &g.name])
@@ -1096,15 +1115,13 @@ async fn group_snapshot_plan(
         (1, Some(Some(d))) => d,
         _ => return Ok(None),
     };
-    let classes: Vec<SnapshotClass> =
-        Api::<DynamicObject>::all_with(ctx.client.clone(), &api.classes)
-            .list(&ListParams::default())
-            .await
-            .map_err(kube_err("listing VolumeGroupSnapshotClasses"))?
-            .items
-            .iter()
-            .map(|o| SnapshotClass::from_dynamic(o, snapshot::IS_DEFAULT_GROUP_CLASS))
-            .collect();
+    let classes = list_classes(
+        ctx,
+        &api.classes,
+        "VolumeGroupSnapshotClasses",
+        snapshot::IS_DEFAULT_GROUP_CLASS,
+    )
+    .await?;
     Ok(snapshot::choose_class(&g.name, None, &driver, &classes)
         .ok()
         .map(|class| (api, class)))
@@ -1274,14 +1291,13 @@ async fn snapshot_class(
         &GroupVersionKind::gvk(snapshot::SNAPSHOT_GROUP, "v1", "VolumeSnapshotClass"),
         "volumesnapshotclasses",
     );
-    let classes: Vec<SnapshotClass> = Api::<DynamicObject>::all_with(ctx.client.clone(), &ar)
-        .list(&ListParams::default())
-        .await
-        .map_err(kube_err("listing VolumeSnapshotClasses"))?
-        .items
-        .iter()
-        .map(|o| SnapshotClass::from_dynamic(o, snapshot::IS_DEFAULT_CLASS))
-        .collect();
+    let classes = list_classes(
+        ctx,
+        &ar,
+        "VolumeSnapshotClasses",
+        snapshot::IS_DEFAULT_CLASS,
+    )
+    .await?;
     let annotation = pvc
         .annotations()
         .get(snapshot::CLASS_ANNOTATION)
