@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+pub use coffer_engine::backup::parse_size;
 
 /// coffer: deduplicating, encrypted backups of directories and volumes.
 ///
@@ -415,6 +416,9 @@ pub struct BackupArgs {
     /// Read every file, even those unchanged since the parent snapshot
     #[arg(long)]
     pub force: bool,
+    /// Read the source no faster than RATE (e.g. 50MiB/s), to leave the disk to others
+    #[arg(long, value_name = "RATE", value_parser = coffer_engine::backup::parse_rate)]
+    pub limit_read: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -539,7 +543,6 @@ pub struct CatArgs {
     pub id: Option<String>,
 }
 
-/// Parses sizes like `4096`, `512K`, `16MiB`, `1G`.
 /// A timeout such as `30s`, `2m` or `1m30s`.
 fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
     match humantime::parse_duration(s) {
@@ -547,29 +550,6 @@ fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
         Ok(_) => Err("a timeout of zero would never wait; give e.g. 30s".into()),
         Err(e) => Err(format!("{s:?} is not a duration like 30s or 2m: {e}")),
     }
-}
-
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size like 4096, 512KiB or 16MiB"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        "t" | "tb" | "tib" => 1 << 40,
-        other => {
-            return Err(format!(
-                "unknown size unit {other:?} in {s:?}; use K, M, G or T"
-            ))
-        }
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// Parses `5%` or `5`.

@@ -85,6 +85,8 @@ pub struct Options {
     pub mover_memory: String,
     /// Engine threads in a mover.
     pub mover_threads: usize,
+    /// A backup mover reads its clone no faster than this (bytes per second).
+    pub mover_read_limit: Option<u64>,
     /// How long a VolumeSnapshot may take to become ready.
     pub snapshot_timeout: Duration,
     /// How long a mover pod may take to start.
@@ -1423,6 +1425,10 @@ fn mover_args(
     for e in &vb.spec.excludes {
         a.push("--exclude".into());
         a.push(e.clone());
+    }
+    if let Some(rate) = ctx.opts.mover_read_limit {
+        a.push("--limit-read".into());
+        a.push(format!("{rate}B/s"));
     }
     a
 }

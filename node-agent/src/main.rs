@@ -53,6 +53,9 @@ struct ControllerArgs {
     /// Engine threads in each mover pod
     #[arg(long, env = "MOVER_THREADS", default_value_t = 2)]
     mover_threads: usize,
+    /// A backup mover reads its clone no faster than RATE (e.g. 50MiB/s)
+    #[arg(long, env = "MOVER_LIMIT_READ", value_name = "RATE", value_parser = coffer_engine::backup::parse_rate)]
+    mover_limit_read: Option<u64>,
     /// How long a VolumeSnapshot may take to become ready
     #[arg(long, env = "SNAPSHOT_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
     snapshot_timeout: std::time::Duration,
@@ -184,6 +187,9 @@ struct MoverBackupArgs {
     /// Engine threads
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Read the source no faster than RATE (e.g. 50MiB/s)
+    #[arg(long, value_name = "RATE", value_parser = coffer_engine::backup::parse_rate)]
+    limit_read: Option<u64>,
     /// The hostname recorded in the snapshot
     #[arg(long, default_value = "kubernetes")]
     hostname: String,
@@ -283,6 +289,9 @@ struct NodeArgs {
     /// Engine threads per backup or restore
     #[arg(long, env = "THREADS_PER_RUN", default_value_t = 2)]
     threads_per_run: usize,
+    /// Each backup reads its volume no faster than RATE (e.g. 50MiB/s), leaving the disk to the application
+    #[arg(long, env = "LIMIT_READ", value_name = "RATE", value_parser = coffer_engine::backup::parse_rate)]
+    limit_read: Option<u64>,
     /// Serve /metrics, /healthz and /readyz here
     #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9464")]
     metrics_addr: SocketAddr,
@@ -370,6 +379,7 @@ async fn run_controller(a: ControllerArgs) -> anyhow::Result<()> {
         mover_image: a.mover_image,
         mover_memory: a.mover_memory,
         mover_threads: a.mover_threads.max(1),
+        mover_read_limit: a.mover_limit_read,
         snapshot_timeout: a.snapshot_timeout,
         prepare_timeout: a.prepare_timeout,
         storage_class_map: a.clone_storage_class.into_iter().collect(),
@@ -413,6 +423,7 @@ async fn run_mover(m: MoverCommand) -> anyhow::Result<bool> {
                 tags: a.tags,
                 excludes: a.excludes,
                 threads: a.threads,
+                read_limit: a.limit_read,
                 hostname: a.hostname,
             };
             Ok(done(
@@ -511,6 +522,7 @@ async fn run_node(a: NodeArgs) -> anyhow::Result<()> {
         },
         max_concurrent: a.max_concurrent,
         threads_per_run: a.threads_per_run.max(1),
+        read_limit: a.limit_read,
         pod_wait: a.pod_wait,
     };
     let agent = node::Agent::new(client, opts, m);

@@ -83,6 +83,8 @@ pub struct BackupJob {
     pub excludes: Vec<String>,
     /// Engine threads.
     pub threads: usize,
+    /// Read the clone no faster than this (bytes per second).
+    pub read_limit: Option<u64>,
     /// The hostname recorded in the snapshot.
     pub hostname: String,
 }
@@ -521,6 +523,7 @@ async fn run_backup(
     opts.program = Some(format!("coffer-agent mover {}", env!("CARGO_PKG_VERSION")));
     opts.tags = job.tags.clone();
     opts.threads = job.threads.max(1);
+    opts.read_limit = job.read_limit;
     opts.cancel = cancel.clone();
     opts.selection.exclude = job.excludes.clone();
     opts.progress = Some(Arc::new(move |p: &BackupProgress| {

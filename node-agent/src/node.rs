@@ -60,6 +60,8 @@ pub struct Options {
     pub max_concurrent: usize,
     /// Engine threads per run.
     pub threads_per_run: usize,
+    /// Each backup reads its volume no faster than this (bytes per second).
+    pub read_limit: Option<u64>,
     /// How long a run waits for its pod to exist before it fails.
     pub pod_wait: Duration,
 }
@@ -1154,6 +1156,7 @@ impl Agent {
         opts.program = Some(format!("coffer-agent {}", env!("CARGO_PKG_VERSION")));
         opts.tags = vb.spec.tags.clone();
         opts.threads = self.opts.threads_per_run;
+        opts.read_limit = self.opts.read_limit;
         opts.cancel = cancel.clone();
         opts.selection.exclude = vb.spec.excludes.clone();
         opts.progress = Some(Arc::new(move |p: &BackupProgress| {

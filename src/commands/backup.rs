@@ -46,6 +46,7 @@ pub async fn run(g: &Global, a: BackupArgs) -> anyhow::Result<i32> {
     opts.threads = a.threads;
     opts.compression = a.compression;
     opts.force = a.force;
+    opts.read_limit = a.limit_read;
     if let Some(p) = a.parent.clone() {
         opts.parent = ParentChoice::Snapshot(p);
     }

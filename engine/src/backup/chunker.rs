@@ -232,6 +232,10 @@ impl<'a> Worker<'a> {
             }
             total += consumed as u64;
             ctx.stats.add_read(consumed as u64);
+            if let Some(pacer) = &ctx.pacer {
+                // A cancel during the wait ends the loop at its top.
+                pacer.pace(consumed as u64, &ctx.cancel);
+            }
             buf.drain(..consumed);
             if eof && buf.is_empty() {
                 break Ok(());

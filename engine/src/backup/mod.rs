@@ -9,6 +9,7 @@
 
 mod chunker;
 mod dedup;
+mod pace;
 mod packer;
 mod snapshot;
 mod source;
@@ -33,6 +34,7 @@ use crate::index::Index;
 use crate::repository::Repository;
 use crate::session::{Live, SESSIONS};
 
+pub use pace::{parse_rate, parse_size};
 pub use source::device_size;
 pub use stream::{backup_stream, FinishFn, StreamSource};
 
@@ -102,6 +104,10 @@ pub struct BackupOptions {
     /// volume read from `/var/lib/kubelet/pods/<uid>/volumes/...`): the
     /// snapshot's `paths` and its root's name follow it.
     pub record_path: Option<PathBuf>,
+    /// Read the source no faster than this many bytes per second, all file
+    /// workers together (`None`: as fast as it goes). For a live volume whose
+    /// application needs the disk.
+    pub read_limit: Option<u64>,
 }
 
 /// How a backup picks its parent snapshot.
@@ -146,6 +152,7 @@ impl BackupOptions {
             selection: Default::default(),
             timing: crate::session::Timing::from_env(),
             record_path: None,
+            read_limit: None,
         }
     }
 }
@@ -329,6 +336,8 @@ pub(crate) struct Ctx {
     pub(crate) scan: Scan,
     /// The file a worker read last.
     pub(crate) current: Mutex<Option<PathBuf>>,
+    /// Paces the reads when the options set a read limit.
+    pub(crate) pacer: Option<pace::Pacer>,
     started: Instant,
     last_progress: Mutex<Instant>,
 }
@@ -544,6 +553,7 @@ impl Job {
             progress: opts.progress.clone(),
             scan: Scan::default(),
             current: Mutex::new(None),
+            pacer: opts.read_limit.map(pace::Pacer::new),
             started,
             last_progress: Mutex::new(started),
         });

@@ -341,6 +341,8 @@ pub struct AgentConfig<'a> {
     pub host_path_allow: &'a [&'a str],
     pub max_concurrent: usize,
     pub threads: usize,
+    /// `--limit-read`: slows a backup down without a large volume on disk.
+    pub limit_read: Option<&'a str>,
 }
 
 impl<'a> AgentConfig<'a> {
@@ -353,7 +355,13 @@ impl<'a> AgentConfig<'a> {
             host_path_allow: &[],
             max_concurrent: 2,
             threads: 2,
+            limit_read: None,
         }
+    }
+
+    pub fn limit_read(mut self, rate: &'a str) -> Self {
+        self.limit_read = Some(rate);
+        self
     }
 
     pub fn max_concurrent(mut self, n: usize) -> Self {
@@ -381,6 +389,9 @@ impl Agent {
         args.extend(["--pod-wait".into(), "1s".into()]);
         for p in cfg.host_path_allow {
             args.extend(["--host-path-allow".into(), (*p).into()]);
+        }
+        if let Some(rate) = cfg.limit_read {
+            args.extend(["--limit-read".into(), rate.into()]);
         }
         let (child, metrics, log) = spawn_agent(env, &format!("agent-{}", cfg.node_name), args);
         Agent {

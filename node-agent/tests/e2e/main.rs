@@ -148,11 +148,8 @@ async fn annotated_volumes_are_backed_up_incrementally_and_restore_byte_for_byte
     let agent = Agent::start(
         &env,
         &AgentConfig {
-            node_name: &node_name,
-            node: &node,
             host_path_allow: &["/srv/app"],
-            max_concurrent: 2,
-            threads: 2,
+            ..AgentConfig::new(&node_name, &node)
         },
     );
     let pod = env
@@ -472,10 +469,15 @@ async fn a_small_backup_passes_a_large_one_and_cancel_and_pod_deletion_stop_runs
     let repo = env.repository(&ns, "default", PASSWORD).await;
     let node = common::Node::new();
     let node_name = format!("node-{}", short_id());
-    big_pod(&env, &node, &ns, "large", &node_name, 1024, 11).await;
+    // At 4 MiB/s, 64 MiB take 16 s: long enough to pass, cancel and delete
+    // it mid-read, with little disk.
+    big_pod(&env, &node, &ns, "large", &node_name, 64, 11).await;
     let small = big_pod(&env, &node, &ns, "small", &node_name, 1, 12).await;
-    big_pod(&env, &node, &ns, "doomed", &node_name, 1024, 13).await;
-    let _agent = Agent::start(&env, &AgentConfig::new(&node_name, &node).threads(1));
+    big_pod(&env, &node, &ns, "doomed", &node_name, 64, 13).await;
+    let cfg = AgentConfig::new(&node_name, &node)
+        .threads(1)
+        .limit_read("4MiB/s");
+    let _agent = Agent::start(&env, &cfg);
     create_backup(&env, &ns, "large-1", "large").await;
     env.wait_for::<VolumeBackup>(&ns, "large-1", "InProgress", |b| {
         phase(&b.status) == Phase::InProgress
@@ -538,8 +540,11 @@ async fn a_run_in_progress_survives_an_agent_sigkill() {
     let repo = env.repository(&ns, "default", PASSWORD).await;
     let node = common::Node::new();
     let node_name = format!("node-{}", short_id());
-    let dir = big_pod(&env, &node, &ns, "db-0", &node_name, 768, 21).await;
-    let cfg = AgentConfig::new(&node_name, &node).threads(1);
+    // 24 MiB at 4 MiB/s: 6 s to read, so the kill lands mid-backup.
+    let dir = big_pod(&env, &node, &ns, "db-0", &node_name, 24, 21).await;
+    let cfg = AgentConfig::new(&node_name, &node)
+        .threads(1)
+        .limit_read("4MiB/s");
     let mut first = Agent::start(&env, &cfg);
     create_backup(&env, &ns, "db-1", "db-0").await;
     env.wait_for::<VolumeBackup>(&ns, "db-1", "InProgress", |b| {
