@@ -114,6 +114,31 @@ fn init_backup_snapshots_ls_restore_round_trip() {
     );
     assert!(sub_target.join("data.bin").exists() && !sub_target.join("hello.txt").exists());
 
+    // --json: status lines (restic's message_type), then the summary.
+    let json_target = env.root.join("json-restored");
+    let out = env.expect(
+        0,
+        &[
+            "restore",
+            "latest",
+            "--json",
+            "--target",
+            json_target.to_str().unwrap(),
+        ],
+    );
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["message_type"], "status", "{out}");
+    assert_eq!(lines[0]["phase"], "restore", "{out}");
+    let summary = lines.last().unwrap();
+    assert_eq!(summary["message_type"], "summary", "{out}");
+    assert!(
+        lines[0]["total_bytes"].as_u64().unwrap() >= summary["bytes_written"].as_u64().unwrap(),
+        "{out}"
+    );
+
     // A non-empty target is refused, and left alone, without --overwrite.
     write(&target.join("hello.txt"), b"changed");
     let out = env.run(&["restore", "latest", "--target", target.to_str().unwrap()]);

@@ -25,6 +25,7 @@ use coffer_repo_format::{BlobId, IndexId, PackId, SnapshotId};
 use crate::cancel::CancelToken;
 use crate::error::{Error, Result};
 use crate::index::Index;
+use crate::progress::{Phase, ProgressFn, Reporter};
 use crate::repository::{layout, list_ids, Repository};
 use crate::storage::StoreErrorKind;
 
@@ -158,6 +159,9 @@ pub struct CheckOptions {
     pub concurrency: usize,
     /// Stops check at the next object it reads (`Err(Cancelled)`).
     pub cancel: CancelToken,
+    /// Progress callback: [`Phase::CheckStructure`] first, then with
+    /// `read_data`, [`Phase::CheckReadData`] with packs and bytes verified.
+    pub progress: Option<ProgressFn>,
 }
 
 impl Default for CheckOptions {
@@ -166,6 +170,7 @@ impl Default for CheckOptions {
             read_data: ReadData::None,
             concurrency: 8,
             cancel: CancelToken::new(),
+            progress: None,
         }
     }
 }
@@ -191,6 +196,8 @@ pub async fn check(repo: Arc<Repository>, opts: CheckOptions) -> Result<CheckRep
 }
 
 async fn check_store(repo: &Arc<Repository>, opts: CheckOptions) -> Result<CheckReport> {
+    let progress = Reporter::new(opts.progress.clone(), Phase::CheckStructure);
+    progress.phase(Phase::CheckStructure, None, None);
     let mut report = CheckReport::default();
     check_config(repo, &mut report).await?;
     for k in repo.list_keys().await? {
@@ -322,8 +329,10 @@ async fn check_store(repo: &Arc<Repository>, opts: CheckOptions) -> Result<Check
         .await?;
     }
 
+    progress.finish();
     if opts.read_data != ReadData::None {
-        read_data(repo, &mut report, &expected, &present, opts).await?;
+        read_data(repo, &mut report, &expected, &present, opts, &progress).await?;
+        progress.finish();
     }
     Ok(report)
 }
@@ -486,12 +495,18 @@ async fn read_data(
     expected: &HashMap<PackId, (u32, Vec<PackEntry>, Vec<IndexId>)>,
     present: &HashMap<PackId, u64>,
     opts: CheckOptions,
+    progress: &Reporter,
 ) -> Result<()> {
     let selected: Vec<PackId> = present
         .keys()
         .filter(|id| opts.read_data.selects(id))
         .copied()
         .collect();
+    progress.phase(
+        Phase::CheckReadData,
+        Some(selected.iter().map(|id| present[id]).sum()),
+        Some(selected.len() as u64),
+    );
     let results: Vec<(PackId, Result<PackCheck>)> =
         futures::stream::iter(selected.into_iter().map(|id| {
             let repo = repo.clone();
@@ -513,6 +528,7 @@ async fn read_data(
                     }
                     Err(e) => Err(repo.store_err(e)),
                 };
+                progress.add(present[&id], 1);
                 (id, r)
             }
         }))

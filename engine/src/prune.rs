@@ -38,6 +38,7 @@ use coffer_repo_format::{BlobId, IndexId, PackId};
 use crate::cancel::CancelToken;
 use crate::error::{Error, Result};
 use crate::index::Index;
+use crate::progress::{Phase, ProgressFn, Reporter};
 use crate::repository::{layout, list_ids, Repository};
 use crate::session::{self, Live, Timing, Watch, LOCKS, SESSIONS};
 use crate::storage::WriteMode;
@@ -66,6 +67,9 @@ pub struct PruneOptions {
     /// its plan, and between repacked packs (nothing is deleted before the
     /// new index files are stored).
     pub cancel: CancelToken,
+    /// Progress callback: [`Phase::PrunePlan`], [`Phase::PruneWait`] (sessions),
+    /// [`Phase::PruneRepack`] and [`Phase::PruneDelete`] (packs and their bytes).
+    pub progress: Option<ProgressFn>,
 }
 
 impl Default for PruneOptions {
@@ -77,6 +81,7 @@ impl Default for PruneOptions {
             timing: Timing::default(),
             max_wait: Duration::from_secs(3600),
             cancel: CancelToken::new(),
+            progress: None,
         }
     }
 }
@@ -353,16 +358,24 @@ pub async fn prune(repo: Arc<Repository>, opts: PruneOptions) -> Result<PrunePla
         return Ok(decide(&idx, &u, &present, &opts, None));
     }
     opts.cancel.check()?;
+    let progress = Reporter::new(opts.progress.clone(), Phase::PrunePlan);
+    progress.phase(Phase::PrunePlan, None, None);
     repo.prepare_writes().await?;
     let lock = lock(&repo, &opts).await?;
-    let result = run(&repo, &opts, &lock).await;
+    let result = run(&repo, &opts, &lock, &progress).await;
+    progress.finish();
     let ended = lock.end().await;
     let plan = result?;
     ended?;
     Ok(plan)
 }
 
-async fn run(repo: &Arc<Repository>, opts: &PruneOptions, lock: &Live) -> Result<PrunePlan> {
+async fn run(
+    repo: &Arc<Repository>,
+    opts: &PruneOptions,
+    lock: &Live,
+    progress: &Reporter,
+) -> Result<PrunePlan> {
     // Plan, and publish the plan before looking at sessions.
     let first = {
         let (idx, _, u) = read_state(repo).await?;
@@ -391,7 +404,8 @@ async fn run(repo: &Arc<Repository>, opts: &PruneOptions, lock: &Live) -> Result
 
     // Wait for every backup that may have started before the plan.
     let sessions = session::list_keys(repo, SESSIONS).await?;
-    let (waited, stale) = wait_for(repo, &sessions, opts, lock).await?;
+    progress.phase(Phase::PruneWait, None, Some(sessions.len() as u64));
+    let (waited, stale) = wait_for(repo, &sessions, opts, lock, progress).await?;
     let Some(stale) = stale else {
         return Ok(PrunePlan {
             sessions_waited: waited,
@@ -402,14 +416,19 @@ async fn run(repo: &Arc<Repository>, opts: &PruneOptions, lock: &Live) -> Result
 
     // Decide again with what those backups wrote, within the first plan.
     let allowed: HashSet<PackId> = packs.iter().copied().collect();
-    let (idx, index, u) = read_state(repo).await?;
+    let (idx, _, u) = read_state(repo).await?;
     let present = repo.present_packs().await?;
     let mut plan = decide(&idx, &u, &present, opts, Some(&allowed));
     plan.sessions_waited = waited;
     plan.stale_sessions_removed = stale;
     lock.check_alive().await?;
     opts.cancel.check()?;
-    execute(repo, &idx, &index, &u, &mut plan, &opts.cancel).await?;
+    let state = State {
+        idx: &idx,
+        usage: &u,
+        present: &present,
+    };
+    execute(repo, &state, &mut plan, &opts.cancel, progress).await?;
     repo.store()
         .delete(&plan_key)
         .await
@@ -453,12 +472,14 @@ async fn wait_for(
     sessions: &[String],
     opts: &PruneOptions,
     lock: &Live,
+    progress: &Reporter,
 ) -> Result<(usize, Option<usize>)> {
     let deadline = Instant::now() + opts.max_wait;
     let mut watch = Watch::default();
     let mut pending: Vec<String> = sessions.to_vec();
     let mut stale = 0;
     loop {
+        let pending_len = pending.len();
         let mut still = Vec::new();
         for key in pending {
             match watch.observe(repo, &key, opts.timing).await? {
@@ -474,6 +495,7 @@ async fn wait_for(
                 None => {}
             }
         }
+        progress.add(0, (pending_len - still.len()) as u64);
         if still.is_empty() {
             return Ok((sessions.len(), Some(stale)));
         }
@@ -488,15 +510,27 @@ async fn wait_for(
     }
 }
 
+/// What the second look at the repository found, for [`execute`].
+struct State<'a> {
+    idx: &'a Indexes,
+    usage: &'a Usage,
+    /// Packs in the store, with their sizes.
+    present: &'a HashMap<PackId, u64>,
+}
+
 /// Repacks, rewrites the index, deletes packs.
 async fn execute(
     repo: &Arc<Repository>,
-    idx: &Indexes,
-    index: &Index,
-    usage: &Usage,
+    state: &State<'_>,
     plan: &mut PrunePlan,
     cancel: &CancelToken,
+    progress: &Reporter,
 ) -> Result<()> {
+    let State {
+        idx,
+        usage,
+        present,
+    } = *state;
     let gone: HashSet<PackId> = plan
         .delete_packs
         .iter()
@@ -508,6 +542,16 @@ async fn execute(
     //    stored before the index file that lists them.
     let mut new_index = IndexFile::default();
     if !plan.repack_packs.is_empty() {
+        progress.phase(
+            Phase::PruneRepack,
+            Some(
+                plan.repack_packs
+                    .iter()
+                    .filter_map(|id| present.get(id))
+                    .sum(),
+            ),
+            Some(plan.repack_packs.len() as u64),
+        );
         let mut copied: HashSet<BlobId> = HashSet::new();
         let mut writer = Repacker::new(repo)?;
         for pack_id in &plan.repack_packs {
@@ -560,6 +604,7 @@ async fn execute(
                     new_index.packs.push(p.indexed);
                 }
             }
+            progress.add(bytes.len() as u64, 1);
         }
         for p in writer.finish()? {
             store_pack(repo, &p).await?;
@@ -601,13 +646,18 @@ async fn execute(
     }
     plan.index_files_rewritten = rewritten;
     // 3. Delete the packs, now that no index lists them.
+    progress.phase(
+        Phase::PruneDelete,
+        Some(gone.iter().filter_map(|id| present.get(id)).sum()),
+        Some(gone.len() as u64),
+    );
     for id in &gone {
         repo.store()
             .delete(&layout::pack(id))
             .await
             .map_err(|e| repo.store_err(e))?;
+        progress.add(present.get(id).copied().unwrap_or(0), 1);
     }
-    let _ = index;
     Ok(())
 }
 

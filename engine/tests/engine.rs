@@ -1963,6 +1963,129 @@ mod retention {
     /// `max_wait` holds even when a heartbeat is far longer: prune used to
     /// sleep a whole heartbeat before it looked at its deadline. (The
     /// timeout only turns the old hang into a failure; nothing is timed.)
+    /// A callback that keeps every report.
+    fn recorder() -> (
+        coffer_engine::progress::ProgressFn,
+        Arc<std::sync::Mutex<Vec<coffer_engine::progress::Progress>>>,
+    ) {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let cb =
+            coffer_engine::progress::ProgressFn::new(move |p| log.lock().unwrap().push(p.clone()));
+        (cb, seen)
+    }
+
+    /// Within each phase, counts only grow and never pass a known total.
+    fn assert_sane(seen: &[coffer_engine::progress::Progress]) {
+        for w in seen.windows(2) {
+            if w[0].phase == w[1].phase {
+                assert!(
+                    w[0].bytes_done <= w[1].bytes_done && w[0].items_done <= w[1].items_done,
+                    "{seen:?}"
+                );
+            }
+        }
+        for p in seen {
+            assert!(p.total_bytes.is_none_or(|t| p.bytes_done <= t), "{p:?}");
+            assert!(p.total_items.is_none_or(|t| p.items_done <= t), "{p:?}");
+        }
+    }
+
+    /// Restore, `check --read-data` and prune report their progress, and
+    /// each phase's last report reaches its totals.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn restore_check_and_prune_report_progress_up_to_their_totals() {
+        use coffer_engine::progress::Phase;
+        let dir = tempdir();
+        let src = dir.path().join("src");
+        let repo = memory_repo(init_opts(small_chunks(), Compression::Zstd(3), 1 << 20)).await;
+        let ids = history(&repo, &src).await;
+
+        // Restore: bytes placed up to the snapshot's content, every pack read.
+        let (cb, seen) = recorder();
+        let mut opts = RestoreOptions::new(ids[2].to_hex(), dir.path().join("out"));
+        opts.progress = Some(cb);
+        let index = repo.load_index().await.unwrap();
+        let summary = restore::restore(repo.clone(), index, opts).await.unwrap();
+        assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+        let seen = seen.lock().unwrap().clone();
+        assert_sane(&seen);
+        let last = seen.last().expect("restore reported nothing");
+        assert_eq!(last.phase, Phase::Restore);
+        assert_eq!(last.total_bytes, Some(450_000), "both files' contents");
+        assert_eq!(last.bytes_done, 450_000);
+        assert!(
+            last.total_items.is_some_and(|n| n > 0) && last.total_items == Some(last.items_done),
+            "{last:?}"
+        );
+
+        // check --read-data: structure, then every pack read and counted.
+        let (cb, seen) = recorder();
+        let report = check::check(
+            repo.clone(),
+            CheckOptions {
+                read_data: ReadData::All,
+                progress: Some(cb),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let seen = seen.lock().unwrap().clone();
+        assert_sane(&seen);
+        assert_eq!(seen[0].phase, Phase::CheckStructure);
+        let last = seen.last().unwrap();
+        assert_eq!(last.phase, Phase::CheckReadData);
+        assert_eq!(
+            (last.items_done, last.total_items),
+            (report.packs_read, Some(report.packs_read))
+        );
+        assert_eq!(
+            (last.bytes_done, last.total_bytes),
+            (report.bytes_read, Some(report.bytes_read))
+        );
+
+        // Prune after forgetting two snapshots: plan, wait, repack, delete.
+        let plan = keep_last_one(&repo).await;
+        forget::execute(&repo, &plan, &coffer_engine::CancelToken::new())
+            .await
+            .unwrap();
+        let (cb, seen) = recorder();
+        let pruned = prune::prune(
+            repo.clone(),
+            PruneOptions {
+                progress: Some(cb),
+                ..fast(Duration::from_secs(60))
+            },
+        )
+        .await
+        .unwrap();
+        assert!(pruned.executed, "{pruned:?}");
+        let seen = seen.lock().unwrap().clone();
+        assert_sane(&seen);
+        let mut phases: Vec<Phase> = seen.iter().map(|p| p.phase).collect();
+        phases.dedup();
+        let expected: &[Phase] = if pruned.repack_packs.is_empty() {
+            &[Phase::PrunePlan, Phase::PruneWait, Phase::PruneDelete]
+        } else {
+            &[
+                Phase::PrunePlan,
+                Phase::PruneWait,
+                Phase::PruneRepack,
+                Phase::PruneDelete,
+            ]
+        };
+        assert_eq!(phases, expected);
+        let gone = (pruned.delete_packs.len()
+            + pruned.repack_packs.len()
+            + pruned.unindexed_packs.len()) as u64;
+        let last = seen.last().unwrap();
+        assert!(gone > 0);
+        assert_eq!((last.items_done, last.total_items), (gone, Some(gone)));
+        assert_eq!(Some(last.bytes_done), last.total_bytes);
+        assert_checks(&repo).await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn prune_gives_up_at_max_wait_and_stops_when_cancelled() {
         let (dir, repo, live, slow) = with_live_session().await;

@@ -632,33 +632,54 @@ async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Result<Action,
         return Ok(Action::await_change());
     }
     if !snapshot::mover_started(&pod) {
-        let left = remaining(
-            pod.meta().creation_timestamp.as_ref(),
-            ctx.opts.prepare_timeout,
-        );
-        if left.is_zero() {
-            let events = pod_events(ctx, &ns, &child).await;
-            ctx.fail(
-                vb,
-                format!(
-                    "mover pod {ns}/{child} did not start within {}{events}",
-                    humantime::format_duration(ctx.opts.prepare_timeout)
-                ),
-            )
-            .await;
-            return Ok(Action::await_change());
-        }
-        return Ok(Action::requeue(left));
+        return match not_started(ctx, &pod).await {
+            Ok(wait) => Ok(Action::requeue(wait)),
+            Err(why) => {
+                ctx.fail(vb, why).await;
+                Ok(Action::await_change())
+            }
+        };
     }
     Ok(Action::await_change())
+}
+
+/// How often a mover pod that has not started is looked at again: the
+/// kubelet reports a mount it cannot make only in Events, which do not wake
+/// the controller.
+const MOUNT_CHECK: Duration = Duration::from_secs(10);
+
+/// A mover pod that has not started: why it never will (`--prepare-timeout`
+/// passed, or a mount that cannot succeed), or when to look again.
+pub(crate) async fn not_started(ctx: &Ctx, pod: &Pod) -> Result<Duration, String> {
+    let ns = pod.namespace().unwrap_or_default();
+    let name = pod.name_any();
+    let left = remaining(
+        pod.meta().creation_timestamp.as_ref(),
+        ctx.opts.prepare_timeout,
+    );
+    if left.is_zero() {
+        let events = pod_events(ctx, &ns, &name).await;
+        return Err(format!(
+            "mover pod {ns}/{name} did not start within {}{events}",
+            humantime::format_duration(ctx.opts.prepare_timeout)
+        ));
+    }
+    let api: Api<CoreEvent> = Api::namespaced(ctx.client.clone(), &ns);
+    let lp = ListParams::default().fields(&format!("involvedObject.name={name}"));
+    if let Ok(list) = api.list(&lp).await {
+        if let Some(why) = snapshot::permanent_mount_failure(&list.items) {
+            return Err(format!("mover pod {ns}/{name} cannot start: {why}"));
+        }
+    }
+    Ok(left.min(MOUNT_CHECK))
 }
 
 /// Where a mover pod that runs a job (rather than a run) stands.
 pub(crate) enum MoverState {
     /// Still starting or running; look again after this, if given.
     Running(Option<Duration>),
-    /// It will never run: it cannot be scheduled, cannot pull its image, or
-    /// has not started within `--prepare-timeout`.
+    /// It will never run: it cannot be scheduled, cannot pull its image or
+    /// mount its repository, or has not started within `--prepare-timeout`.
     Stuck(String),
     /// It exited; the reason when it failed. Its result, if it wrote one,
     /// is in the object it reports to.
@@ -677,20 +698,10 @@ pub(crate) async fn mover_state(ctx: &Ctx, pod: &Pod) -> MoverState {
     if snapshot::mover_started(pod) {
         return MoverState::Running(None);
     }
-    let left = remaining(
-        pod.meta().creation_timestamp.as_ref(),
-        ctx.opts.prepare_timeout,
-    );
-    if !left.is_zero() {
-        return MoverState::Running(Some(left));
+    match not_started(ctx, pod).await {
+        Ok(wait) => MoverState::Running(Some(wait)),
+        Err(why) => MoverState::Stuck(why),
     }
-    let ns = pod.namespace().unwrap_or_default();
-    let name = pod.name_any();
-    let events = pod_events(ctx, &ns, &name).await;
-    MoverState::Stuck(format!(
-        "mover pod {ns}/{name} did not start within {}{events}",
-        humantime::format_duration(ctx.opts.prepare_timeout)
-    ))
 }
 
 /// The run's status as the API server has it now (the cache may lag).

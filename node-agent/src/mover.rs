@@ -485,8 +485,23 @@ pub async fn restore(
                 what: "the new PersistentVolumeClaim",
             };
             let subpath = job.subpath.as_deref();
-            match crate::restore::restore_into(repo, &job.snapshot, subpath, &target, &cancel).await
-            {
+            let (progress, reporter) = status::restore_progress(
+                client.clone(),
+                job.namespace.clone(),
+                job.run.clone(),
+                STATUS_INTERVAL,
+            );
+            let result = crate::restore::restore_into(
+                repo,
+                &job.snapshot,
+                subpath,
+                &target,
+                &cancel,
+                Some(progress),
+            )
+            .await;
+            reporter.abort();
+            match result {
                 Ok(o) => o,
                 Err(coffer_engine::Error::Cancelled) => Outcome::Failed(
                     "the mover was stopped (its pod was deleted or evicted); the restore is incomplete".into(),

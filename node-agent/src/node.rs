@@ -1265,7 +1265,17 @@ impl Agent {
             what: &what,
         };
         let subpath = vr.spec.subpath.as_deref();
-        match crate::restore::restore_into(repo, &snapshot, subpath, &target, cancel).await {
+        let (progress, reporter) = status::restore_progress(
+            self.client.clone(),
+            ns.clone(),
+            vr.name_any(),
+            STATUS_INTERVAL,
+        );
+        let result =
+            crate::restore::restore_into(repo, &snapshot, subpath, &target, cancel, Some(progress))
+                .await;
+        reporter.abort();
+        match result {
             Ok(outcome) => {
                 let bytes = match &outcome {
                     Outcome::Done { progress, .. } => progress.bytes_done,

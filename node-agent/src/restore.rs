@@ -92,6 +92,7 @@ pub async fn restore_into(
     subpath: Option<&str>,
     target: &Target<'_>,
     cancel: &CancelToken,
+    progress: Option<coffer_engine::progress::ProgressFn>,
 ) -> Result<Outcome, coffer_engine::Error> {
     let mut overwrite = target.policy == RestorePolicy::Overwrite;
     if !overwrite {
@@ -118,6 +119,7 @@ pub async fn restore_into(
     opts.overwrite = overwrite;
     opts.overwrite_device = target.block;
     opts.cancel = cancel.clone();
+    opts.progress = progress;
     if target.block && opts.subpath.is_none() {
         // The snapshot of a block volume holds one file: the device, named
         // after the recorded path.

@@ -36,7 +36,7 @@ use serde_json::json;
 
 use crate::controller::{
     add_finalizer, create, delete, delete_present, ensure_mover_account, finish, kube_err,
-    mover_command, pod_events, remaining, Ctx, Error, FINALIZER, MOVER_ACCOUNT,
+    mover_command, not_started, Ctx, Error, FINALIZER, MOVER_ACCOUNT,
 };
 use crate::crd::{BackupRepository, Phase, RestoreTarget, RunStatus, VolumeRestore};
 use crate::node::{label_value, object_name};
@@ -425,24 +425,13 @@ async fn watch_mover(ctx: &Ctx, vr: &VolumeRestore, tns: &str, pod: &Pod) -> Res
         return Ok(Action::await_change());
     }
     if !snapshot::mover_started(pod) {
-        let left = remaining(
-            pod.meta().creation_timestamp.as_ref(),
-            ctx.opts.prepare_timeout,
-        );
-        if left.is_zero() {
-            let events = pod_events(ctx, tns, &name).await;
-            fail(
-                ctx,
-                vr,
-                format!(
-                    "mover pod {tns}/{name} did not start within {}{events}",
-                    humantime::format_duration(ctx.opts.prepare_timeout)
-                ),
-            )
-            .await;
-            return Ok(Action::await_change());
-        }
-        return Ok(Action::requeue(left));
+        return match not_started(ctx, pod).await {
+            Ok(wait) => Ok(Action::requeue(wait)),
+            Err(why) => {
+                fail(ctx, vr, why).await;
+                Ok(Action::await_change())
+            }
+        };
     }
     Ok(Action::await_change())
 }

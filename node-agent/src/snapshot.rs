@@ -578,6 +578,21 @@ pub fn mover_failure(pod: &Pod) -> Option<String> {
     None
 }
 
+/// A mount the kubelet reports it can never make, from a pod's events: a
+/// hostPath of type `Directory` that is missing on the node (a `file://`
+/// repository that is not there). Other mount failures may pass (a volume
+/// still attaching) and are left to `--prepare-timeout`.
+pub fn permanent_mount_failure(events: &[k8s_openapi::api::core::v1::Event]) -> Option<String> {
+    events
+        .iter()
+        .filter(|e| {
+            e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some("FailedMount")
+        })
+        .filter_map(|e| e.message.as_deref())
+        .find(|m| m.contains("hostPath type check failed"))
+        .map(|m| format!("FailedMount: {m}"))
+}
+
 /// Whether a mover pod's container has started (preparation is over).
 pub fn mover_started(pod: &Pod) -> bool {
     matches!(
@@ -806,6 +821,33 @@ mod tests {
             .contains(&json!({"name": "repository", "mountPath": "/srv/backup"})));
         let spec = mover(None);
         assert!(!spec.to_string().contains("hostPath"), "{spec}");
+    }
+
+    #[test]
+    fn a_missing_host_path_is_a_permanent_mount_failure_and_an_attaching_volume_is_not() {
+        let event = |type_: &str, reason: &str, message: &str| {
+            serde_json::from_value::<k8s_openapi::api::core::v1::Event>(json!({
+                "metadata": {"name": "e"}, "involvedObject": {},
+                "type": type_, "reason": reason, "message": message
+            }))
+            .unwrap()
+        };
+        let attaching = event(
+            "Warning",
+            "FailedMount",
+            "Unable to attach or mount volumes: unmounted volumes=[source]: timed out waiting for the condition",
+        );
+        let missing = event(
+            "Warning",
+            "FailedMount",
+            r#"MountVolume.SetUp failed for volume "repository" : hostPath type check failed: /srv/backup is not a directory"#,
+        );
+        let normal = event("Normal", "Scheduled", "hostPath type check failed (quoted)");
+        assert_eq!(permanent_mount_failure(&[attaching.clone(), normal]), None);
+        assert_eq!(
+            permanent_mount_failure(&[attaching, missing]).unwrap(),
+            r#"FailedMount: MountVolume.SetUp failed for volume "repository" : hostPath type check failed: /srv/backup is not a directory"#
+        );
     }
 
     #[test]

@@ -155,6 +155,47 @@ pub fn progress_of(p: &coffer_engine::backup::BackupProgress) -> Progress {
     }
 }
 
+/// Writes a restore's progress (bytes placed of bytes to place) into its
+/// VolumeRestore's status, at most every `every`, until the returned task is
+/// aborted.
+pub fn restore_progress(
+    client: Client,
+    ns: String,
+    name: String,
+    every: Duration,
+) -> (
+    coffer_engine::progress::ProgressFn,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, mut rx) = tokio::sync::watch::channel(None);
+    let callback = coffer_engine::progress::ProgressFn::new(move |p| {
+        let _ = tx.send(Some(p.clone()));
+    });
+    let task = tokio::spawn(async move {
+        let mut last: Option<std::time::Instant> = None;
+        while rx.changed().await.is_ok() {
+            if let Some(at) = last {
+                tokio::time::sleep(every.saturating_sub(at.elapsed())).await;
+            }
+            let Some(p) = rx.borrow_and_update().clone() else {
+                continue;
+            };
+            let progress = Progress {
+                bytes_done: p.bytes_done,
+                total_bytes: p.total_bytes,
+                files_done: 0,
+                total_files: None,
+            };
+            update::<crate::crd::VolumeRestore>(&client, &ns, &name, |s| {
+                s.progress = Some(progress.clone())
+            })
+            .await;
+            last = Some(std::time::Instant::now());
+        }
+    });
+    (callback, task)
+}
+
 /// Writes a run's status (merge patch on the status subresource); with
 /// `rv`, only if the object is still at that resourceVersion. Returns whether
 /// it was written (a conflict or a missing object is not retried).

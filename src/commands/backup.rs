@@ -176,24 +176,16 @@ fn progress(g: &Global, opts: &mut BackupOptions) -> Option<indicatif::ProgressB
                 return;
             }
             *last = Instant::now();
-            let percent = match p.total_bytes {
-                Some(t) if t > 0 => (p.bytes_done as f64 / t as f64).min(1.0),
-                _ => 0.0,
-            };
-            println!(
-                "{}",
-                serde_json::json!({
-                    "message_type": "status",
-                    "seconds_elapsed": p.seconds_elapsed,
-                    "percent_done": percent,
-                    "total_files": p.total_files,
-                    "files_done": p.files_done,
-                    "total_bytes": p.total_bytes,
-                    "bytes_done": p.bytes_done,
-                    "error_count": p.errors,
-                    "current_files": p.current_file.iter().map(|c| c.display().to_string()).collect::<Vec<_>>(),
-                })
-            );
+            super::status_line(serde_json::json!({
+                "seconds_elapsed": p.seconds_elapsed,
+                "percent_done": super::fraction(p.bytes_done, p.total_bytes),
+                "total_files": p.total_files,
+                "files_done": p.files_done,
+                "total_bytes": p.total_bytes,
+                "bytes_done": p.bytes_done,
+                "error_count": p.errors,
+                "current_files": p.current_file.iter().map(|c| c.display().to_string()).collect::<Vec<_>>(),
+            }));
         }));
         return None;
     }

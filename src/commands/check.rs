@@ -10,15 +10,22 @@ pub async fn run(g: &Global, a: CheckArgs) -> anyhow::Result<i32> {
         (None, false) => ReadData::None,
     };
     let repo = super::open(g).await?;
+    // --json prints one report object: no status lines in between.
+    let (progress, bar) = super::op_progress(g, false);
     let report = check::check(
         repo,
         CheckOptions {
             read_data,
             cancel: super::cancel_on_signal().0,
+            progress,
             ..Default::default()
         },
     )
-    .await?;
+    .await;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let report = report?;
     if g.json {
         let mut v = serde_json::to_value(&report)?;
         v["ok"] = report.is_ok().into();

@@ -79,7 +79,7 @@ pub async fn run(g: &Global, a: ForgetArgs) -> anyhow::Result<i32> {
         println!("removed {n} snapshot(s)");
     }
     if a.prune {
-        let p = coffer_engine::prune::prune(repo, prune_opts).await?;
+        let p = super::prune::with_progress(g, repo, prune_opts).await?;
         super::prune::print(g, &p)?;
     }
     Ok(exit::OK)

@@ -144,3 +144,83 @@ pub fn cancel_on_signal() -> (
     });
     (cancel, signal)
 }
+
+/// Progress of restore, check and prune: a bar on a terminal; with `--json`
+/// and `json_status`, status lines at most once a second and at each phase's
+/// start; nothing otherwise. The bar must be cleared when the operation ends.
+pub(crate) fn op_progress(
+    g: &Global,
+    json_status: bool,
+) -> (
+    Option<coffer_engine::progress::ProgressFn>,
+    Option<indicatif::ProgressBar>,
+) {
+    use coffer_engine::progress::{Progress, ProgressFn};
+    use std::io::IsTerminal;
+    if g.quiet {
+        return (None, None);
+    }
+    if g.json {
+        if !json_status {
+            return (None, None);
+        }
+        let last: std::sync::Mutex<Option<(coffer_engine::progress::Phase, std::time::Instant)>> =
+            std::sync::Mutex::new(None);
+        let cb = ProgressFn::new(move |p: &Progress| {
+            let Ok(mut last) = last.lock() else { return };
+            let due = match *last {
+                Some((phase, at)) => phase != p.phase || at.elapsed().as_secs() >= 1,
+                None => true,
+            };
+            if !due {
+                return;
+            }
+            *last = Some((p.phase, std::time::Instant::now()));
+            status_line(serde_json::json!({
+                "phase": p.phase,
+                "seconds_elapsed": p.seconds_elapsed,
+                "percent_done": fraction(p.bytes_done, p.total_bytes),
+                "total_bytes": p.total_bytes,
+                "bytes_done": p.bytes_done,
+                "total_items": p.total_items,
+                "items_done": p.items_done,
+            }));
+        });
+        return (Some(cb), None);
+    }
+    if !std::io::stderr().is_terminal() {
+        return (None, None);
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    let style = indicatif::ProgressStyle::with_template(
+        "[{elapsed_precise}] {msg} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    let b = bar.clone();
+    let cb = ProgressFn::new(move |p: &Progress| {
+        b.set_length(p.total_bytes.unwrap_or(0).max(p.bytes_done));
+        b.set_position(p.bytes_done);
+        let items = match p.total_items {
+            Some(t) => format!(" {}/{t}", p.items_done),
+            None => String::new(),
+        };
+        b.set_message(format!("{}{items}", p.phase.name()));
+    });
+    (Some(cb), Some(bar))
+}
+
+/// `done` of `total` as a fraction (restic's `percent_done`); 0 while the
+/// total is unknown.
+pub(crate) fn fraction(done: u64, total: Option<u64>) -> f64 {
+    match total {
+        Some(t) if t > 0 => (done as f64 / t as f64).min(1.0),
+        _ => 0.0,
+    }
+}
+
+/// Prints a `--json` status line: `fields` with `"message_type": "status"`.
+pub(crate) fn status_line(mut fields: serde_json::Value) {
+    fields["message_type"] = "status".into();
+    println!("{fields}");
+}

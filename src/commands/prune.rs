@@ -13,6 +13,7 @@ pub fn options(o: &PruneOpts, dry_run: bool) -> anyhow::Result<PruneOptions> {
         timing: Timing::from_env(),
         // SIGINT/SIGTERM stop prune at a safe point; its lock goes with it.
         cancel: super::cancel_on_signal().0,
+        progress: None,
         max_wait: parse_duration(&o.max_wait)
             .map(|d| d.to_std().unwrap_or_default())
             .or_else(|_| {
@@ -77,9 +78,24 @@ pub fn print(g: &Global, plan: &PrunePlan) -> anyhow::Result<()> {
 
 pub async fn run(g: &Global, a: PruneArgs) -> anyhow::Result<i32> {
     let repo = super::open(g).await?;
-    let plan = prune::prune(repo, options(&a.opts, a.dry_run)?).await?;
+    let plan = with_progress(g, repo, options(&a.opts, a.dry_run)?).await?;
     print(g, &plan)?;
     Ok(exit::OK)
+}
+
+/// Prunes with a progress bar on a terminal (nothing between the JSON objects).
+pub async fn with_progress(
+    g: &Global,
+    repo: std::sync::Arc<coffer_engine::Repository>,
+    mut opts: PruneOptions,
+) -> anyhow::Result<PrunePlan> {
+    let (progress, bar) = super::op_progress(g, false);
+    opts.progress = progress;
+    let plan = prune::prune(repo, opts).await;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    Ok(plan?)
 }
 
 /// Lists sessions and locks. There is nothing to unlock by hand: a dead

@@ -17,7 +17,13 @@ pub async fn run(g: &Global, a: RestoreArgs) -> anyhow::Result<i32> {
     opts.overwrite_device = a.overwrite_device;
     opts.device_zeroed = a.device_is_zeroed;
     opts.filter = a.origin.snapshot_filter();
-    let summary = restore::restore(repo, index, opts).await?;
+    let (progress, bar) = super::op_progress(g, true);
+    opts.progress = progress;
+    let summary = restore::restore(repo, index, opts).await;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let summary = summary?;
     for e in &summary.errors {
         eprintln!("error: {}: {}", e.path.display(), e.message);
     }

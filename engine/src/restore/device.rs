@@ -11,6 +11,7 @@ use coffer_repo_format::tree::{Node, NodeKind};
 use super::plan::{Planner, Start};
 use super::{fetcher, RestoreOptions, Shared};
 use crate::error::{Conflict, Error, Result};
+use crate::progress::Reporter;
 use crate::trees::DirReader;
 
 /// Whether `target` is a block device (following a `/dev/disk/by-id/...` link).
@@ -49,6 +50,7 @@ pub(crate) async fn restore(
     shared: Arc<Shared>,
     start: &Start,
     opts: &RestoreOptions,
+    progress: &Reporter,
 ) -> Result<u64> {
     let target = &opts.target;
     if !opts.overwrite_device {
@@ -69,11 +71,23 @@ pub(crate) async fn restore(
     let mut planner = Planner::new(&shared, true);
     planner.plan_content(target, &node);
     let planned = planner.finish();
+    // Holes are written as zeros too unless the device reads as zeros.
+    let holes: u64 = if opts.device_zeroed {
+        0
+    } else {
+        node.content
+            .iter()
+            .filter(|c| c.id.is_none())
+            .map(|c| c.len)
+            .sum()
+    };
     fetcher::run(
         &shared,
         planned.packs,
         planned.files,
         opts.concurrency.max(1),
+        progress,
+        holes,
     )
     .await?;
     let dev = std::fs::OpenOptions::new()
@@ -91,6 +105,7 @@ pub(crate) async fn restore(
                     dev.write_all_at(&zeros[..n], offset + done)
                         .map_err(|e| Error::io(target, e))?;
                     done += n as u64;
+                    progress.add(n as u64, 0);
                 }
                 shared.add_written(c.len);
             }

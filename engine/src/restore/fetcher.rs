@@ -11,6 +11,7 @@ use coffer_repo_format::PackId;
 use super::plan::{BlobTargets, FileEntry};
 use super::{writer, Shared};
 use crate::error::{Error, Result};
+use crate::progress::{Phase, Reporter};
 use crate::repository::layout;
 
 /// Two blobs are read together when the gap between them is at most this.
@@ -57,16 +58,38 @@ pub(crate) fn coalesce(mut blobs: Vec<BlobTargets>) -> Vec<Read> {
     reads
 }
 
+/// Bytes of file content a blob fills: its length at each of its places.
+fn placed(b: &BlobTargets) -> u64 {
+    u64::from(b.raw_len) * b.targets.len() as u64
+}
+
+/// Fetches and writes every blob of `packs`, reporting bytes placed and packs
+/// done to `progress` (whose phase has begun; `extra_bytes` more are the
+/// caller's, after this).
 pub(crate) async fn run(
     shared: &Arc<Shared>,
     packs: HashMap<PackId, Vec<BlobTargets>>,
     files: Vec<FileEntry>,
     concurrency: usize,
+    progress: &Reporter,
+    extra_bytes: u64,
 ) -> Result<()> {
     let files = Arc::new(files);
-    let jobs = packs
+    let total: u64 = packs.values().flatten().map(placed).sum();
+    progress.phase(
+        Phase::Restore,
+        Some(total + extra_bytes),
+        Some(packs.len() as u64),
+    );
+    let jobs: Vec<(PackId, Read)> = packs
         .into_iter()
-        .flat_map(|(pack, blobs)| coalesce(blobs).into_iter().map(move |r| (pack, r)));
+        .flat_map(|(pack, blobs)| coalesce(blobs).into_iter().map(move |r| (pack, r)))
+        .collect();
+    // Reads left per pack: a pack is done when its last read is.
+    let mut left: HashMap<PackId, usize> = HashMap::new();
+    for (pack, _) in &jobs {
+        *left.entry(*pack).or_default() += 1;
+    }
     let mut stream = futures::stream::iter(jobs)
         .map(|(pack, read)| {
             let shared = shared.clone();
@@ -75,6 +98,7 @@ pub(crate) async fn run(
                 if shared.cancel.is_cancelled() {
                     return Err(Error::Cancelled);
                 }
+                let bytes: u64 = read.blobs.iter().map(placed).sum();
                 let key = layout::pack(&pack);
                 let fetched = shared
                     .repo
@@ -85,12 +109,15 @@ pub(crate) async fn run(
                     writer::write_read(&shared, &files, pack, read, fetched)
                 })
                 .await?;
-                Ok(())
+                Ok((pack, bytes))
             }
         })
         .buffer_unordered(concurrency);
     while let Some(r) = stream.next().await {
-        r?;
+        let (pack, bytes) = r?;
+        let n = left.entry(pack).or_default();
+        *n = n.saturating_sub(1);
+        progress.add(bytes, u64::from(*n == 0));
     }
     Ok(())
 }

@@ -29,6 +29,7 @@ use coffer_repo_format::{BlobId, SnapshotId};
 use crate::cancel::CancelToken;
 use crate::error::{Conflict, Error, Result};
 use crate::index::Index;
+use crate::progress::{Phase, ProgressFn, Reporter};
 use crate::repository::Repository;
 
 /// What to restore, and where.
@@ -63,6 +64,9 @@ pub struct RestoreOptions {
     pub filter: crate::forget::Filter,
     /// Cancellation.
     pub cancel: CancelToken,
+    /// Progress callback: phase [`Phase::Restore`], bytes of file content
+    /// placed (holes included on a device that is zero-filled) and packs read.
+    pub progress: Option<ProgressFn>,
 }
 
 impl RestoreOptions {
@@ -82,6 +86,7 @@ impl RestoreOptions {
             device_zeroed: false,
             filter: Default::default(),
             cancel: CancelToken::new(),
+            progress: None,
         }
     }
 }
@@ -203,8 +208,10 @@ pub async fn restore(
         cancel: opts.cancel.clone(),
         dense: to_device && !opts.device_zeroed,
     });
+    let progress = Reporter::new(opts.progress.clone(), Phase::Restore);
     if to_device {
-        device::restore(shared.clone(), &start, &opts).await?;
+        device::restore(shared.clone(), &start, &opts, &progress).await?;
+        progress.finish();
         let errors = std::mem::take(&mut *shared.errors.lock().unwrap_or_else(|p| p.into_inner()));
         return Ok(RestoreSummary {
             snapshot_id,
@@ -229,8 +236,11 @@ pub async fn restore(
         planned.packs,
         planned.files,
         opts.concurrency.max(1),
+        &progress,
+        0,
     )
     .await?;
+    progress.finish();
     let s = shared.clone();
     let handle = tokio::runtime::Handle::current();
     for (first, path) in &planned_links {

@@ -103,6 +103,8 @@ impl Env {
     /// (created on first use), in `ns`. Returns the repository's directory.
     pub async fn repository(&self, ns: &str, name: &str, password: &str) -> PathBuf {
         let path = self.dir.path().join("repos").join(ns).join(name);
+        // As an administrator makes it on the share: mover pods mount it.
+        std::fs::create_dir_all(&path).unwrap();
         self.secret(ns, &format!("{name}-password"), "password", password)
             .await;
         self.repository_at(ns, name, &path, &format!("{name}-password"))

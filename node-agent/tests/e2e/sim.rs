@@ -10,7 +10,8 @@
 //!   as a local `coffer-agent` process with the pod's arguments and
 //!   environment (Secrets resolved), each claim's data as its mount; its exit
 //!   becomes the pod's phase and termination message. A deleted pod's
-//!   process is killed. Or the pod stays Pending as Unschedulable.
+//!   process is killed. Or the pod stays Pending as Unschedulable, or with a
+//!   `FailedMount` Event when a hostPath of type `Directory` is missing.
 //!
 //! - the **group snapshot controller**, when a test serves the
 //!   VolumeGroupSnapshot API ([`Sim::serve_group_snapshots`]): a
@@ -666,6 +667,25 @@ async fn kubelet(
         let Some(spec) = pod.spec.clone() else {
             continue;
         };
+        if let Some((volume, path)) = missing_host_path(&pod) {
+            // As the kubelet: the mount fails, again and again; the pod stays Pending.
+            started.lock().unwrap().push(run_key);
+            let events: Api<k8s_openapi::api::core::v1::Event> =
+                Api::namespaced(client.clone(), &ns);
+            let event = json!({
+                "metadata": {"name": format!("{name}.mount"), "namespace": ns},
+                "involvedObject": {"kind": "Pod", "namespace": ns, "name": name, "uid": pod.uid()},
+                "type": "Warning", "reason": "FailedMount",
+                "message": format!("MountVolume.SetUp failed for volume \"{volume}\" : hostPath type check failed: {path} is not a directory"),
+            });
+            let _ = events
+                .create(
+                    &PostParams::default(),
+                    &serde_json::from_value(event).unwrap(),
+                )
+                .await;
+            continue;
+        }
         started.lock().unwrap().push(run_key);
         // As the kubelet, wait until each claim is bound; its data's path
         // stands in for the mount or the device.
@@ -778,4 +798,17 @@ async fn kubelet(
                 .await;
         });
     }
+}
+
+/// The first hostPath volume of type `Directory` that is not a directory
+/// here (the node), as (volume, path).
+fn missing_host_path(pod: &Pod) -> Option<(String, String)> {
+    pod.spec
+        .as_ref()?
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| Some((v.name.clone(), v.host_path.as_ref()?)))
+        .find(|(_, h)| h.type_.as_deref() == Some("Directory") && !Path::new(&h.path).is_dir())
+        .map(|(v, h)| (v, h.path.clone()))
 }

@@ -267,6 +267,40 @@ async fn an_unschedulable_mover_fails_the_run_at_once_naming_the_reason() {
     );
 }
 
+/// A `file://` repository whose directory the node lacks: the kubelet
+/// reports the failed hostPath mount only in an Event, and the run fails on
+/// it at once, not at `--prepare-timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mover_whose_repository_directory_is_missing_fails_the_run_at_once() {
+    let Some((mut env, _sim)) = fake_cluster().await else {
+        return;
+    };
+    let ns = env.namespace("nodir").await;
+    let missing = env.dir.path().join("not-mounted-here/repo");
+    env.secret(&ns, "repo-password", "password", PASSWORD).await;
+    env.repository_at(&ns, "default", &missing, "repo-password")
+        .await;
+    let data = env.dir.path().join("csi/source/data");
+    fill(&data, 15, 2);
+    sim::csi_pvc(&env, &ns, "data", "Filesystem", &data, json!({})).await;
+    let _c = Controller::start(&env, "a", &["--prepare-timeout", "30m"]);
+    snapshot_backup(&env, &ns, "nodir", json!({"pvc": "data"})).await;
+    let vb = wait_cleaned(&env, &ns, "nodir").await;
+    assert_eq!(vb.status.as_ref().unwrap().phase, Phase::Failed);
+    assert!(
+        message(&vb).contains(&format!(
+            "mover pod {ns}/coffer-nodir cannot start: FailedMount: MountVolume.SetUp failed for volume \"repository\" : hostPath type check failed: {} is not a directory",
+            missing.display()
+        )),
+        "{}",
+        message(&vb)
+    );
+    assert!(
+        !missing.exists(),
+        "no repository was made where the share is missing"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_block_pvc_of_a_pod_backs_up_as_one_file_and_a_retained_snapshot_stays() {
     let Some((mut env, sim)) = fake_cluster().await else {
