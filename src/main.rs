@@ -70,21 +70,36 @@ fn tune_malloc() {
 }
 
 /// Writing to a closed pipe (`coffer snapshots | head -1`) ends the process
-/// quietly, as it does other Unix tools: Rust ignores SIGPIPE, which turns
-/// every later `println!` into a panic with a backtrace.
+/// quietly, killed by SIGPIPE as other Unix tools are. SIGPIPE itself stays
+/// ignored (Rust's default): a socket the other end has closed must give an
+/// error to retry on, not kill the process (vectored socket writes, as
+/// HTTP/2 and TLS make, raise it; only plain `send` can suppress it). So the
+/// signal is raised only when standard output is the closed pipe: `println!`
+/// panics then, and this hook turns that panic into the signal.
 #[allow(unsafe_code)]
-fn default_sigpipe() {
-    // SAFETY: called once at the start of main, before any other thread
-    // exists; SIG_DFL is a valid disposition. Sockets are written with
-    // MSG_NOSIGNAL by the standard library and tokio, so only pipes (standard
-    // output) are affected.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+fn die_quietly_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            // SAFETY: SIG_DFL is a valid disposition, and raise only sends
+            // this process the signal it now dies of.
+            unsafe {
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+                libc::raise(libc::SIGPIPE);
+            }
+        }
+        default(info);
+    }));
 }
 
 fn main() {
-    default_sigpipe();
+    die_quietly_on_closed_stdout();
     tune_malloc();
     let cli = cli::Cli::parse();
     init_logging(&cli.global);
