@@ -1602,12 +1602,32 @@ mod selection {
         v
     }
 
+    /// Backs `src` up with `sel` and lists what a restore gives. The
+    /// progress totals (a separate quick walk) must count exactly what the
+    /// backup went through.
     async fn backup_and_list(src: &Path, sel: Selection) -> Vec<String> {
         let repo = memory_repo(init_opts(small_chunks(), Compression::Zstd(3), 1 << 20)).await;
         let mut o = BackupOptions::new([src]);
         o.selection = sel;
+        let last = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let l = last.clone();
+        o.progress = Some(std::sync::Arc::new(
+            move |p: &coffer_engine::backup::BackupProgress| {
+                *l.lock().unwrap() = Some((p.total_files, p.total_bytes));
+            },
+        ));
         let s = backup_with(&repo, o).await;
         assert!(s.errors.is_empty(), "{:?}", s.errors);
+        let totals = last.lock().unwrap().expect("no progress report");
+        let summary = &s.snapshot.summary;
+        assert_eq!(
+            totals,
+            (
+                Some(summary.total_files_processed),
+                Some(summary.total_bytes_processed)
+            ),
+            "progress totals against what the backup processed"
+        );
         let target = tempdir();
         restore_to(&repo, "latest", target.path()).await;
         listing(target.path())

@@ -1,14 +1,14 @@
-//! Backup: source → chunker → hasher/dedup → compressor/encryptor → packer →
+//! Backup: source → file workers (chunk, hash, dedup, compress, encrypt) → packer →
 //! uploader/indexer → tree builder → snapshot.
 //!
-//! Threads: one walker (`source`), `threads` file workers (`chunker`, which
+//! Threads: one walker (`source`), `threads` file workers (`file_worker`, which
 //! also hash, dedup and seal, see `dedup`), and the tree builder on the calling
 //! blocking thread (`tree_builder`). Packs travel to the async `uploader`
 //! through a bounded channel. Every queue is bounded, so memory depends on the
 //! configuration (threads, pack size), not on the size of the source.
 
-mod chunker;
 mod dedup;
+mod file_worker;
 mod pace;
 mod packer;
 mod snapshot;
@@ -36,6 +36,7 @@ use crate::session::{Live, SESSIONS};
 
 pub use pace::{parse_rate, parse_size};
 pub use source::device_size;
+use source::Scan;
 pub use stream::{backup_stream, FinishFn, StreamSource};
 
 /// Progress of a running backup.
@@ -275,40 +276,6 @@ impl Stats {
     }
 }
 
-/// What a quick stat-only walk of the source counted, for progress totals.
-#[derive(Default)]
-pub(crate) struct Scan {
-    files: AtomicU64,
-    bytes: AtomicU64,
-    done: std::sync::atomic::AtomicBool,
-}
-
-impl Scan {
-    fn run(&self, paths: &[PathBuf], cancel: &CancelToken) {
-        // Depth first; directories are read without touching their atime.
-        let mut todo: Vec<PathBuf> = paths.to_vec();
-        while let Some(p) = todo.pop() {
-            if cancel.is_cancelled() {
-                return;
-            }
-            let Ok(md) = std::fs::symlink_metadata(&p) else {
-                continue;
-            };
-            if md.is_dir() {
-                if let Ok(names) = crate::fsmeta::dir_names(&p) {
-                    todo.extend(names.into_iter().rev().map(|n| p.join(n)));
-                }
-                continue;
-            }
-            self.files.fetch_add(1, Ordering::Relaxed);
-            if md.is_file() {
-                self.bytes.fetch_add(md.len(), Ordering::Relaxed);
-            }
-        }
-        self.done.store(true, Ordering::Relaxed);
-    }
-}
-
 /// Everything the pipeline's threads share.
 pub(crate) struct Ctx {
     pub(crate) repo: Arc<Repository>,
@@ -450,13 +417,13 @@ async fn backup_task(repo: Arc<Repository>, opts: BackupOptions) -> Result<Backu
     let (plan, abs_paths) = source::SourcePlan::new(&opts.paths, opts.record_path.as_deref())?;
     let recorded = match &opts.record_path {
         Some(p) => vec![p.clone()],
-        None => abs_paths.clone(),
+        None => abs_paths,
     };
     let session = Job::start(repo, &opts, recorded).await?;
     let root = source::root_node(&plan, snapshot::timestamp_now())?;
     session
         .run(&opts, move |ctx| {
-            run_pipeline(ctx, &plan, &abs_paths, root, ctx.threads)
+            run_pipeline(ctx, &plan, root, ctx.threads)
         })
         .await
 }
@@ -636,18 +603,12 @@ impl Job {
     }
 }
 
-fn run_pipeline(
-    ctx: &Ctx,
-    plan: &source::SourcePlan,
-    paths: &[PathBuf],
-    root: Node,
-    threads: usize,
-) -> Result<Node> {
+fn run_pipeline(ctx: &Ctx, plan: &source::SourcePlan, root: Node, threads: usize) -> Result<Node> {
     let (ev_tx, ev_rx) = crossbeam_channel::bounded(4096 / source::EVENT_BATCH);
     let (job_tx, job_rx) = crossbeam_channel::bounded(threads * 4);
     std::thread::scope(|s| {
         if ctx.progress.is_some() {
-            s.spawn(|| ctx.scan.run(paths, &ctx.cancel));
+            s.spawn(|| ctx.scan.run(plan, &ctx.selector, &ctx.cancel));
         }
         let walker = s.spawn(move || {
             source::Walker {
@@ -663,7 +624,7 @@ fn run_pipeline(
         let workers: Vec<_> = (0..threads)
             .map(|_| {
                 let rx = job_rx.clone();
-                s.spawn(move || chunker::run_worker(ctx, rx))
+                s.spawn(move || file_worker::run_worker(ctx, rx))
             })
             .collect();
         drop(job_rx);

@@ -5,16 +5,19 @@
 //! tree builder gets every node in walk order however the workers interleave.
 
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crossbeam_channel::{Receiver, Sender};
 
 use coffer_repo_format::tree::{Node, NodeKind, Timestamp};
 
 use super::{Ctx, SourceError};
+use crate::cancel::CancelToken;
 use crate::error::{Error, Result};
 use crate::fsmeta::{self, Owners};
+use crate::select::Selector;
 
 /// What a file worker sends back: the node with its content, or why not.
 pub(crate) type FileOutcome = std::result::Result<Node, SourceError>;
@@ -528,6 +531,93 @@ impl Walker<'_> {
                 Pending::Ready(Box::new(node)),
                 parent.map(Box::new),
             ))
+        }
+    }
+}
+
+/// What a quick stat-only walk of the source counted, for progress totals.
+/// It follows the walker's rules (excludes, cache directories, one file
+/// system), so the totals are what the backup will go through.
+#[derive(Default)]
+pub(crate) struct Scan {
+    pub(crate) files: AtomicU64,
+    pub(crate) bytes: AtomicU64,
+    pub(crate) done: AtomicBool,
+}
+
+impl Scan {
+    pub(crate) fn run(&self, plan: &SourcePlan, selector: &Selector, cancel: &CancelToken) {
+        match plan {
+            SourcePlan::Single(dir, _) => self.dir_contents(dir, selector, cancel),
+            SourcePlan::Synthetic(items) => {
+                for (_, path) in items {
+                    let Ok(md) = std::fs::symlink_metadata(path) else {
+                        continue;
+                    };
+                    if selector.excluded(path, &md) {
+                        continue;
+                    }
+                    if md.is_dir() {
+                        self.dir_contents(path, selector, cancel);
+                    } else if md.file_type().is_block_device() {
+                        self.files.fetch_add(1, Ordering::Relaxed);
+                        let size = device_size(path).unwrap_or(0);
+                        self.bytes.fetch_add(size, Ordering::Relaxed);
+                    } else {
+                        self.add(&md);
+                    }
+                }
+            }
+        }
+        self.done.store(true, Ordering::Relaxed);
+    }
+
+    /// What lies below `dir`, as [`Walker::walk_dir_contents`] goes through it.
+    fn dir_contents(&self, dir: &Path, selector: &Selector, cancel: &CancelToken) {
+        if selector.is_cache_dir(dir) {
+            return self.cache_tag(dir);
+        }
+        let root_dev = selector
+            .one_file_system()
+            .then(|| std::fs::symlink_metadata(dir).ok().map(|md| md.dev()))
+            .flatten();
+        let mut todo = vec![dir.to_path_buf()];
+        while let Some(d) = todo.pop() {
+            let Ok(names) = fsmeta::dir_names(&d) else {
+                continue;
+            };
+            for name in names {
+                if cancel.is_cancelled() {
+                    return;
+                }
+                let path = d.join(name);
+                let Ok(md) = std::fs::symlink_metadata(&path) else {
+                    continue;
+                };
+                if selector.excluded(&path, &md) {
+                    continue;
+                }
+                if !md.is_dir() {
+                    self.add(&md);
+                } else if selector.is_cache_dir(&path) {
+                    self.cache_tag(&path);
+                } else if root_dev.is_none_or(|dev| dev == md.dev()) {
+                    todo.push(path);
+                }
+            }
+        }
+    }
+
+    fn cache_tag(&self, dir: &Path) {
+        if let Ok(md) = std::fs::symlink_metadata(dir.join("CACHEDIR.TAG")) {
+            self.add(&md);
+        }
+    }
+
+    fn add(&self, md: &std::fs::Metadata) {
+        self.files.fetch_add(1, Ordering::Relaxed);
+        if md.is_file() {
+            self.bytes.fetch_add(md.len(), Ordering::Relaxed);
         }
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use coffer_repo_format::tree::{check_name, Node, NodeKind};
 
-use super::chunker::{FileError, Worker};
+use super::file_worker::{FileError, Worker};
 use super::{snapshot, tree_builder, BackupOptions, BackupSummary, Job};
 use crate::error::{Error, Result};
 use crate::repository::Repository;

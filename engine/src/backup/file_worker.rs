@@ -1,4 +1,4 @@
-//! Chunker stage: a file worker reads one file in windows and cuts it into
+//! File workers: each reads one file in windows and cuts it into
 //! content-defined chunks; all-zero chunks become holes, the others go to the
 //! hasher and dedup ([`super::dedup`]).
 //!
