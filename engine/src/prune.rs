@@ -613,7 +613,7 @@ async fn execute(
         // Index files as small as a backup's, far below the readers' limit.
         for part in new_index
             .packs
-            .chunks(crate::backup::uploader::INDEX_EVERY_PACKS)
+            .chunks(crate::backup::indexer::INDEX_EVERY_PACKS)
         {
             repo.write_index(&IndexFile {
                 packs: part.to_vec(),

@@ -1,5 +1,5 @@
 //! Backup: source → file workers (chunk, hash, dedup, compress, encrypt) → packer →
-//! uploader/indexer → tree builder → snapshot.
+//! uploader → indexer → tree builder → snapshot.
 //!
 //! Threads: one walker (`source`), `threads` file workers (`file_worker`, which
 //! also hash, dedup and seal, see `dedup`), and the tree builder on the calling
@@ -9,13 +9,14 @@
 
 mod dedup;
 mod file_worker;
+pub(crate) mod indexer;
 mod pace;
 mod packer;
 mod snapshot;
 mod source;
 mod stream;
 mod tree_builder;
-pub(crate) mod uploader;
+mod uploader;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -455,7 +456,7 @@ impl Job {
         let planned = crate::prune::planned_packs(&repo).await?;
         let index = repo.load_index().await?;
         index.exclude_packs(&planned);
-        let packs_adopted = uploader::adopt_unindexed(&repo, &index, &planned).await?;
+        let packs_adopted = indexer::adopt_unindexed(&repo, &index, &planned).await?;
         let start_time = crate::repository::now_rfc3339();
         let threads = match opts.threads {
             0 => std::thread::available_parallelism()
