@@ -1,6 +1,6 @@
 //! Prune: free the packs that no snapshot needs, safely beside running backups.
 //!
-//! 1. Take the prune lock (see [`crate::session`]).
+//! 1. Take the prune lock (see [`crate::protocol`]).
 //! 2. Plan: walk every snapshot's trees and mark the blobs in use; a pack
 //!    with no used blob is deleted, a pack with unused blobs may be repacked
 //!    (its used blobs copied into new packs), packs that no index lists are
@@ -22,14 +22,12 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use coffer_repo_format::blob::{BlobSealer, BlobType};
-use coffer_repo_format::cbor;
-use coffer_repo_format::envelope::Context;
 use coffer_repo_format::index::{IndexFile, IndexedPack};
 use coffer_repo_format::pack::{self, PackEntry};
 use coffer_repo_format::tree::NodeKind;
@@ -39,13 +37,13 @@ use crate::cancel::CancelToken;
 use crate::error::{Error, Result};
 use crate::index::Index;
 use crate::progress::{Phase, ProgressFn, Reporter};
+use crate::protocol::{
+    list_keys, take_prune_lock, wait_for_sessions, write_plan, Live, Timing, Waiting, PLANS,
+    SESSIONS,
+};
 use crate::repository::{layout, list_ids, Repository};
-use crate::session::{self, Live, Timing, Watch, LOCKS, SESSIONS};
 use crate::storage::WriteMode;
 use crate::trees::DirReader;
-
-/// Prefix of prune plans.
-pub const PLANS: &str = "plans/";
 
 /// How prune decides and how long it waits.
 #[derive(Clone, Debug)]
@@ -70,6 +68,16 @@ pub struct PruneOptions {
     /// Progress callback: [`Phase::PrunePlan`], [`Phase::PruneWait`] (sessions),
     /// [`Phase::PruneRepack`] and [`Phase::PruneDelete`] (packs and their bytes).
     pub progress: Option<ProgressFn>,
+}
+
+impl PruneOptions {
+    fn waiting(&self) -> Waiting<'_> {
+        Waiting {
+            timing: self.timing,
+            max_wait: self.max_wait,
+            cancel: &self.cancel,
+        }
+    }
 }
 
 impl Default for PruneOptions {
@@ -116,36 +124,6 @@ pub struct PrunePlan {
     /// True when the plan was carried out (false for a dry run, or when
     /// prune stopped waiting; the next prune finishes it).
     pub executed: bool,
-}
-
-/// The stored plan: which packs backups must not deduplicate against.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredPlan {
-    /// Version, 1.
-    pub version: u32,
-    /// Packs the plan may delete or repack.
-    pub packs: Vec<PackId>,
-}
-
-/// Reads every stored plan; the union of their packs is what a starting
-/// backup must not deduplicate against.
-pub async fn planned_packs(repo: &Repository) -> Result<HashSet<PackId>> {
-    let mut out = HashSet::new();
-    for key in session::list_keys(repo, PLANS).await? {
-        let bytes = match repo.store().get(&key).await {
-            Ok(b) => b,
-            Err(e) if e.kind == crate::storage::StoreErrorKind::NotFound => continue,
-            Err(e) => return Err(repo.store_err(e)),
-        };
-        let plain = repo
-            .opener()
-            .open(Context::Plan, &bytes)
-            .map_err(|e| Error::corrupt(key.clone(), e))?;
-        let p: StoredPlan =
-            cbor::from_slice("prune plan", &plain).map_err(|e| Error::corrupt(key.clone(), e))?;
-        out.extend(p.packs);
-    }
-    Ok(out)
 }
 
 /// Blobs used by every snapshot, as positions in the index (one bit each).
@@ -307,49 +285,6 @@ fn decide(
     plan
 }
 
-/// Takes the prune lock: write our lock, list, go on only if ours is the only
-/// live one. Waits (up to `max_wait`) while another prune holds it.
-async fn lock(repo: &Arc<Repository>, opts: &PruneOptions) -> Result<Live> {
-    let deadline = Instant::now() + opts.max_wait;
-    let mut watch = Watch::default();
-    loop {
-        let mine = Live::start(repo.clone(), LOCKS, "prune", opts.timing).await?;
-        let mut others = Vec::new();
-        for key in session::list_keys(repo, LOCKS).await? {
-            if key == mine.key() || !key.starts_with("locks/prune-") {
-                continue;
-            }
-            match watch.observe(repo, &key, opts.timing).await? {
-                Some(true) => others.push(key),
-                // A dead prune's lock: remove it.
-                Some(false) => repo
-                    .store()
-                    .delete(&key)
-                    .await
-                    .map_err(|e| repo.store_err(e))?,
-                None => {}
-            }
-        }
-        if others.is_empty() {
-            return Ok(mine);
-        }
-        mine.end().await?;
-        if Instant::now() >= deadline {
-            let holder = session::read_beacon(repo, &others[0])
-                .await?
-                .map(|b| b.hostname)
-                .unwrap_or_default();
-            return Err(Error::PruneRunning { holder });
-        }
-        let mut jitter = [0u8; 1];
-        let _ = getrandom::fill(&mut jitter);
-        let pause = opts.timing.heartbeat + Duration::from_millis(u64::from(jitter[0]) * 4);
-        opts.cancel
-            .sleep(pause.min(deadline.saturating_duration_since(Instant::now())))
-            .await?;
-    }
-}
-
 /// Runs prune; see the module docs.
 pub async fn prune(repo: Arc<Repository>, opts: PruneOptions) -> Result<PrunePlan> {
     if opts.dry_run {
@@ -361,7 +296,7 @@ pub async fn prune(repo: Arc<Repository>, opts: PruneOptions) -> Result<PrunePla
     let progress = Reporter::new(opts.progress.clone(), Phase::PrunePlan);
     progress.phase(Phase::PrunePlan, None, None);
     repo.prepare_writes().await?;
-    let lock = lock(&repo, &opts).await?;
+    let lock = take_prune_lock(&repo, opts.waiting()).await?;
     let result = run(&repo, &opts, &lock, &progress).await;
     progress.finish();
     let ended = lock.end().await;
@@ -392,7 +327,7 @@ async fn run(
         });
     }
     opts.cancel.check()?;
-    let old_plans = session::list_keys(repo, PLANS).await?;
+    let old_plans = list_keys(repo, PLANS).await?;
     let plan_key = write_plan(repo, &packs).await?;
     for key in old_plans {
         // This plan covers what is still to do of theirs.
@@ -403,9 +338,10 @@ async fn run(
     }
 
     // Wait for every backup that may have started before the plan.
-    let sessions = session::list_keys(repo, SESSIONS).await?;
+    let sessions = list_keys(repo, SESSIONS).await?;
     progress.phase(Phase::PruneWait, None, Some(sessions.len() as u64));
-    let (waited, stale) = wait_for(repo, &sessions, opts, lock, progress).await?;
+    let (waited, stale) =
+        wait_for_sessions(repo, &sessions, opts.waiting(), lock, progress).await?;
     let Some(stale) = stale else {
         return Ok(PrunePlan {
             sessions_waited: waited,
@@ -435,79 +371,6 @@ async fn run(
         .map_err(|e| repo.store_err(e))?;
     plan.executed = true;
     Ok(plan)
-}
-
-async fn write_plan(repo: &Repository, packs: &[PackId]) -> Result<String> {
-    let mut id = [0u8; 16];
-    getrandom::fill(&mut id)
-        .map_err(|e| Error::InvalidArgument(format!("random number generator: {e}")))?;
-    let key = format!("{PLANS}{}", hex::encode(id));
-    let plain = cbor::to_vec(
-        "prune plan",
-        &StoredPlan {
-            version: 1,
-            packs: packs.to_vec(),
-        },
-    )
-    .map_err(|e| Error::corrupt("prune plan", e))?;
-    let mut sealer = repo
-        .key()
-        .sealer()
-        .map_err(|e| Error::corrupt("random source", e))?;
-    let sealed = sealer
-        .seal(Context::Plan, &plain)
-        .map_err(|e| Error::corrupt("prune plan", e))?;
-    repo.store()
-        .put(&key, Bytes::from(sealed), WriteMode::Overwrite)
-        .await
-        .map_err(|e| repo.store_err(e))?;
-    Ok(key)
-}
-
-/// Waits until every session has ended or is stale (stale ones are removed).
-/// Returns (sessions waited for, `Some(stale removed)`), or `None` for the
-/// second when `max_wait` ran out.
-async fn wait_for(
-    repo: &Repository,
-    sessions: &[String],
-    opts: &PruneOptions,
-    lock: &Live,
-    progress: &Reporter,
-) -> Result<(usize, Option<usize>)> {
-    let deadline = Instant::now() + opts.max_wait;
-    let mut watch = Watch::default();
-    let mut pending: Vec<String> = sessions.to_vec();
-    let mut stale = 0;
-    loop {
-        let pending_len = pending.len();
-        let mut still = Vec::new();
-        for key in pending {
-            match watch.observe(repo, &key, opts.timing).await? {
-                Some(true) => still.push(key),
-                Some(false) => {
-                    tracing::info!("removing stale session {key}");
-                    repo.store()
-                        .delete(&key)
-                        .await
-                        .map_err(|e| repo.store_err(e))?;
-                    stale += 1;
-                }
-                None => {}
-            }
-        }
-        progress.add(0, (pending_len - still.len()) as u64);
-        if still.is_empty() {
-            return Ok((sessions.len(), Some(stale)));
-        }
-        if Instant::now() >= deadline {
-            return Ok((sessions.len(), None));
-        }
-        lock.check_alive().await?;
-        pending = still;
-        // Never sleep past the deadline: max_wait holds to within a check.
-        let left = deadline.saturating_duration_since(Instant::now());
-        opts.cancel.sleep(opts.timing.heartbeat.min(left)).await?;
-    }
 }
 
 /// What the second look at the repository found, for [`execute`].

@@ -1898,8 +1898,8 @@ mod retention {
     use super::*;
     use coffer_engine::check::{self, CheckOptions, ReadData};
     use coffer_engine::forget::{self, Filter, GroupBy, Policy};
+    use coffer_engine::protocol::{Live, Timing, SESSIONS};
     use coffer_engine::prune::{self, PruneOptions};
-    use coffer_engine::session::{Live, Timing, SESSIONS};
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -2154,7 +2154,7 @@ mod retention {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_concurrent_prune_and_a_cancelled_check_are_typed_errors() {
         let (dir, repo, live, slow) = with_live_session().await;
-        let other = Live::start(repo.clone(), coffer_engine::session::LOCKS, "prune", slow)
+        let other = Live::start(repo.clone(), coffer_engine::protocol::LOCKS, "prune", slow)
             .await
             .unwrap();
         let err = prune::prune(
@@ -2288,7 +2288,10 @@ mod retention {
             .unwrap();
         assert!(!p.executed, "prune must not delete while that backup runs");
         assert_eq!(
-            prune::planned_packs(&repo).await.unwrap().len(),
+            coffer_engine::protocol::planned_packs(&repo)
+                .await
+                .unwrap()
+                .len(),
             p.delete_packs.len() + p.repack_packs.len() + p.unindexed_packs.len()
         );
         assert_checks(&repo).await;
@@ -2308,7 +2311,10 @@ mod retention {
             .unwrap();
         assert!(p.executed, "{p:?}");
         assert!(
-            prune::planned_packs(&repo).await.unwrap().is_empty(),
+            coffer_engine::protocol::planned_packs(&repo)
+                .await
+                .unwrap()
+                .is_empty(),
             "the plan is done and removed"
         );
         assert_checks(&repo).await;
@@ -2342,7 +2348,7 @@ mod retention {
                 .unwrap(),
         );
         assert_eq!(
-            coffer_engine::session::list_keys(&repo, SESSIONS)
+            coffer_engine::protocol::list_keys(&repo, SESSIONS)
                 .await
                 .unwrap()
                 .len(),
@@ -2352,7 +2358,7 @@ mod retention {
             .await
             .unwrap();
         assert!(p.executed && p.stale_sessions_removed == 1, "{p:?}");
-        assert!(coffer_engine::session::list_keys(&repo, SESSIONS)
+        assert!(coffer_engine::protocol::list_keys(&repo, SESSIONS)
             .await
             .unwrap()
             .is_empty());

@@ -119,7 +119,7 @@ async fn a_backup_under_ten_percent_transient_errors_completes_and_restores() {
             .unwrap(),
     );
     let mut bo = BackupOptions::new([src.as_path()]);
-    bo.timing = coffer_engine::session::Timing::fast();
+    bo.timing = coffer_engine::protocol::Timing::fast();
     let summary = backup::backup(repo.clone(), bo).await.unwrap();
     assert!(summary.errors.is_empty(), "{:?}", summary.errors);
     assert!(faulty.injected() >= 1, "no fault hit the backup");
@@ -158,7 +158,7 @@ async fn a_persistent_write_error_fails_the_backup_cleanly_and_check_passes() {
     ));
     let failing = open(Arc::new(Retrying::new(faulty, fast_retries(4)))).await;
     let mut bo = BackupOptions::new([src.as_path()]);
-    bo.timing = coffer_engine::session::Timing::fast();
+    bo.timing = coffer_engine::protocol::Timing::fast();
     let err = backup::backup(failing, bo).await.unwrap_err().to_string();
     assert!(err.contains("403 Access Denied"), "{err}");
     assert!(

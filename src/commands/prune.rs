@@ -1,6 +1,6 @@
 use coffer_engine::forget::parse_duration;
+use coffer_engine::protocol::{self, Timing};
 use coffer_engine::prune::{self, PruneOptions, PrunePlan};
-use coffer_engine::session::{self, Timing};
 
 use crate::cli::{Global, PruneArgs, PruneOpts};
 use crate::{exit, fmt};
@@ -103,9 +103,9 @@ pub async fn with_progress(
 pub async fn unlock(g: &Global) -> anyhow::Result<i32> {
     let repo = super::open(g).await?;
     let mut rows = Vec::new();
-    for prefix in [session::SESSIONS, session::LOCKS] {
-        for key in session::list_keys(&repo, prefix).await? {
-            if let Some(b) = session::read_beacon(&repo, &key).await? {
+    for prefix in [protocol::SESSIONS, protocol::LOCKS] {
+        for key in protocol::list_keys(&repo, prefix).await? {
+            if let Some(b) = protocol::read_beacon(&repo, &key).await? {
                 rows.push((key, b));
             }
         }

@@ -32,8 +32,8 @@ use coffer_repo_format::SnapshotId;
 use crate::cancel::CancelToken;
 use crate::error::{Error, Result};
 use crate::index::Index;
+use crate::protocol::{Live, SESSIONS};
 use crate::repository::Repository;
-use crate::session::{Live, SESSIONS};
 
 pub use pace::{parse_rate, parse_size};
 pub use source::device_size;
@@ -101,7 +101,7 @@ pub struct BackupOptions {
     /// What to leave out.
     pub selection: crate::select::Selection,
     /// The concurrency protocol's timings.
-    pub timing: crate::session::Timing,
+    pub timing: crate::protocol::Timing,
     /// Record the one path given under this path instead (`/data` for a
     /// volume read from `/var/lib/kubelet/pods/<uid>/volumes/...`): the
     /// snapshot's `paths` and its root's name follow it.
@@ -152,7 +152,7 @@ impl BackupOptions {
             force: false,
             segment_size: DEFAULT_SEGMENT_SIZE,
             selection: Default::default(),
-            timing: crate::session::Timing::from_env(),
+            timing: crate::protocol::Timing::from_env(),
             record_path: None,
             read_limit: None,
         }
@@ -453,7 +453,7 @@ impl Job {
         // The protocol's order (SPEC.md): announce the session, then read the
         // prune plans, then the index; never deduplicate against planned packs.
         let live = Live::start(repo.clone(), SESSIONS, "backup", opts.timing).await?;
-        let planned = crate::prune::planned_packs(&repo).await?;
+        let planned = crate::protocol::planned_packs(&repo).await?;
         let index = repo.load_index().await?;
         index.exclude_packs(&planned);
         let packs_adopted = indexer::adopt_unindexed(&repo, &index, &planned).await?;

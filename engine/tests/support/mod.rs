@@ -66,7 +66,7 @@ pub async fn backup_paths(repo: &Arc<Repository>, paths: &[&Path]) -> BackupSumm
 }
 
 pub async fn backup_with(repo: &Arc<Repository>, mut opts: BackupOptions) -> BackupSummary {
-    opts.timing = coffer_engine::session::Timing::fast();
+    opts.timing = coffer_engine::protocol::Timing::fast();
     backup::backup(repo.clone(), opts).await.unwrap()
 }
 

@@ -1,4 +1,6 @@
-//! Sessions and the prune lock: how writers and prune see each other.
+//! The concurrency protocol (SPEC.md §13): how writers and prune see each
+//! other. Backup sessions, the prune lock and prune plans live here; backup
+//! and prune both go through this module.
 //!
 //! A backup announces itself with a session object `sessions/<random id>`
 //! (sealed CBOR) holding a heartbeat counter that it rewrites every
@@ -18,7 +20,12 @@
 //! if its own lock is the only live one (with linearizable writes and lists,
 //! two prunes cannot both see themselves alone); otherwise it removes its lock
 //! and waits.
+//!
+//! Prune publishes the packs it may delete as a plan `plans/<random id>`
+//! before it looks at sessions; a backup that starts reads every plan
+//! ([`planned_packs`]) and does not deduplicate against those packs.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,8 +36,11 @@ use serde::{Deserialize, Serialize};
 
 use coffer_repo_format::cbor;
 use coffer_repo_format::envelope::Context;
+use coffer_repo_format::PackId;
 
+use crate::cancel::CancelToken;
 use crate::error::{Error, Result};
+use crate::progress::Reporter;
 use crate::repository::{Identity, Repository};
 use crate::storage::{StoreErrorKind, WriteMode};
 
@@ -296,5 +306,163 @@ impl Watch {
                 Ok(Some(true))
             }
         }
+    }
+}
+
+/// Prefix of prune plans.
+pub const PLANS: &str = "plans/";
+
+/// How long a protocol step may wait for others, and what stops it.
+#[derive(Clone, Copy)]
+pub(crate) struct Waiting<'a> {
+    pub(crate) timing: Timing,
+    pub(crate) max_wait: Duration,
+    pub(crate) cancel: &'a CancelToken,
+}
+
+/// The stored plan: which packs backups must not deduplicate against.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredPlan {
+    /// Version, 1.
+    pub version: u32,
+    /// Packs the plan may delete or repack.
+    pub packs: Vec<PackId>,
+}
+
+/// Reads every stored plan; the union of their packs is what a starting
+/// backup must not deduplicate against.
+pub async fn planned_packs(repo: &Repository) -> Result<HashSet<PackId>> {
+    let mut out = HashSet::new();
+    for key in list_keys(repo, PLANS).await? {
+        let bytes = match repo.store().get(&key).await {
+            Ok(b) => b,
+            Err(e) if e.kind == crate::storage::StoreErrorKind::NotFound => continue,
+            Err(e) => return Err(repo.store_err(e)),
+        };
+        let plain = repo
+            .opener()
+            .open(Context::Plan, &bytes)
+            .map_err(|e| Error::corrupt(key.clone(), e))?;
+        let p: StoredPlan =
+            cbor::from_slice("prune plan", &plain).map_err(|e| Error::corrupt(key.clone(), e))?;
+        out.extend(p.packs);
+    }
+    Ok(out)
+}
+
+/// Stores a plan naming `packs` under a new key, which it returns.
+pub(crate) async fn write_plan(repo: &Repository, packs: &[PackId]) -> Result<String> {
+    let mut id = [0u8; 16];
+    getrandom::fill(&mut id)
+        .map_err(|e| Error::InvalidArgument(format!("random number generator: {e}")))?;
+    let key = format!("{PLANS}{}", hex::encode(id));
+    let plain = cbor::to_vec(
+        "prune plan",
+        &StoredPlan {
+            version: 1,
+            packs: packs.to_vec(),
+        },
+    )
+    .map_err(|e| Error::corrupt("prune plan", e))?;
+    let mut sealer = repo
+        .key()
+        .sealer()
+        .map_err(|e| Error::corrupt("random source", e))?;
+    let sealed = sealer
+        .seal(Context::Plan, &plain)
+        .map_err(|e| Error::corrupt("prune plan", e))?;
+    repo.store()
+        .put(&key, Bytes::from(sealed), WriteMode::Overwrite)
+        .await
+        .map_err(|e| repo.store_err(e))?;
+    Ok(key)
+}
+
+/// Takes the prune lock: write our lock, list, go on only if ours is the only
+/// live one. Waits (up to `max_wait`) while another prune holds it.
+pub(crate) async fn take_prune_lock(repo: &Arc<Repository>, w: Waiting<'_>) -> Result<Live> {
+    let deadline = Instant::now() + w.max_wait;
+    let mut watch = Watch::default();
+    loop {
+        let mine = Live::start(repo.clone(), LOCKS, "prune", w.timing).await?;
+        let mut others = Vec::new();
+        for key in list_keys(repo, LOCKS).await? {
+            if key == mine.key() || !key.starts_with("locks/prune-") {
+                continue;
+            }
+            match watch.observe(repo, &key, w.timing).await? {
+                Some(true) => others.push(key),
+                // A dead prune's lock: remove it.
+                Some(false) => repo
+                    .store()
+                    .delete(&key)
+                    .await
+                    .map_err(|e| repo.store_err(e))?,
+                None => {}
+            }
+        }
+        if others.is_empty() {
+            return Ok(mine);
+        }
+        mine.end().await?;
+        if Instant::now() >= deadline {
+            let holder = read_beacon(repo, &others[0])
+                .await?
+                .map(|b| b.hostname)
+                .unwrap_or_default();
+            return Err(Error::PruneRunning { holder });
+        }
+        let mut jitter = [0u8; 1];
+        let _ = getrandom::fill(&mut jitter);
+        let pause = w.timing.heartbeat + Duration::from_millis(u64::from(jitter[0]) * 4);
+        w.cancel
+            .sleep(pause.min(deadline.saturating_duration_since(Instant::now())))
+            .await?;
+    }
+}
+
+/// Waits until every session has ended or is stale (stale ones are removed).
+/// Returns (sessions waited for, `Some(stale removed)`), or `None` for the
+/// second when `max_wait` ran out.
+pub(crate) async fn wait_for_sessions(
+    repo: &Repository,
+    sessions: &[String],
+    w: Waiting<'_>,
+    lock: &Live,
+    progress: &Reporter,
+) -> Result<(usize, Option<usize>)> {
+    let deadline = Instant::now() + w.max_wait;
+    let mut watch = Watch::default();
+    let mut pending: Vec<String> = sessions.to_vec();
+    let mut stale = 0;
+    loop {
+        let pending_len = pending.len();
+        let mut still = Vec::new();
+        for key in pending {
+            match watch.observe(repo, &key, w.timing).await? {
+                Some(true) => still.push(key),
+                Some(false) => {
+                    tracing::info!("removing stale session {key}");
+                    repo.store()
+                        .delete(&key)
+                        .await
+                        .map_err(|e| repo.store_err(e))?;
+                    stale += 1;
+                }
+                None => {}
+            }
+        }
+        progress.add(0, (pending_len - still.len()) as u64);
+        if still.is_empty() {
+            return Ok((sessions.len(), Some(stale)));
+        }
+        if Instant::now() >= deadline {
+            return Ok((sessions.len(), None));
+        }
+        lock.check_alive().await?;
+        pending = still;
+        // Never sleep past the deadline: max_wait holds to within a check.
+        let left = deadline.saturating_duration_since(Instant::now());
+        w.cancel.sleep(w.timing.heartbeat.min(left)).await?;
     }
 }
