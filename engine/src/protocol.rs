@@ -115,24 +115,35 @@ fn random_id() -> Result<String> {
     Ok(hex::encode(b))
 }
 
-/// Writes a beacon (sealed) at `key`.
-async fn write_beacon(repo: &Repository, key: &str, b: &Beacon) -> Result<()> {
-    let plain = cbor::to_vec("session", b).map_err(|e| Error::corrupt("session", e))?;
+/// Stores `value` as sealed CBOR at `key` (`what` names it in errors).
+async fn write_sealed<T: Serialize>(
+    repo: &Repository,
+    key: &str,
+    context: Context<'_>,
+    what: &'static str,
+    value: &T,
+) -> Result<()> {
+    let plain = cbor::to_vec(what, value).map_err(|e| Error::corrupt(what, e))?;
     let mut sealer = repo
         .key()
         .sealer()
         .map_err(|e| Error::corrupt("random source", e))?;
     let sealed = sealer
-        .seal(Context::Session, &plain)
-        .map_err(|e| Error::corrupt("session", e))?;
+        .seal(context, &plain)
+        .map_err(|e| Error::corrupt(what, e))?;
     repo.store()
         .put(key, Bytes::from(sealed), WriteMode::Overwrite)
         .await
         .map_err(|e| repo.store_err(e))
 }
 
-/// Reads a beacon; `None` if it is gone.
-pub async fn read_beacon(repo: &Repository, key: &str) -> Result<Option<Beacon>> {
+/// Reads the sealed CBOR object at `key`; `None` if it is gone.
+async fn read_sealed<T: serde::de::DeserializeOwned>(
+    repo: &Repository,
+    key: &str,
+    context: Context<'_>,
+    what: &'static str,
+) -> Result<Option<T>> {
     let bytes = match repo.store().get(key).await {
         Ok(b) => b,
         Err(e) if e.kind == StoreErrorKind::NotFound => return Ok(None),
@@ -140,11 +151,21 @@ pub async fn read_beacon(repo: &Repository, key: &str) -> Result<Option<Beacon>>
     };
     let plain = repo
         .opener()
-        .open(Context::Session, &bytes)
+        .open(context, &bytes)
         .map_err(|e| Error::corrupt(key.to_string(), e))?;
-    let b: Beacon =
-        cbor::from_slice("session", &plain).map_err(|e| Error::corrupt(key.to_string(), e))?;
-    Ok(Some(b))
+    cbor::from_slice(what, &plain)
+        .map(Some)
+        .map_err(|e| Error::corrupt(key.to_string(), e))
+}
+
+/// Writes a beacon (sealed) at `key`.
+async fn write_beacon(repo: &Repository, key: &str, b: &Beacon) -> Result<()> {
+    write_sealed(repo, key, Context::Session, "session", b).await
+}
+
+/// Reads a beacon; `None` if it is gone.
+pub async fn read_beacon(repo: &Repository, key: &str) -> Result<Option<Beacon>> {
+    read_sealed(repo, key, Context::Session, "session").await
 }
 
 /// Keys under a prefix.
@@ -334,47 +355,22 @@ pub struct StoredPlan {
 pub async fn planned_packs(repo: &Repository) -> Result<HashSet<PackId>> {
     let mut out = HashSet::new();
     for key in list_keys(repo, PLANS).await? {
-        let bytes = match repo.store().get(&key).await {
-            Ok(b) => b,
-            Err(e) if e.kind == crate::storage::StoreErrorKind::NotFound => continue,
-            Err(e) => return Err(repo.store_err(e)),
-        };
-        let plain = repo
-            .opener()
-            .open(Context::Plan, &bytes)
-            .map_err(|e| Error::corrupt(key.clone(), e))?;
-        let p: StoredPlan =
-            cbor::from_slice("prune plan", &plain).map_err(|e| Error::corrupt(key.clone(), e))?;
-        out.extend(p.packs);
+        // A plan gone since the listing: its prune finished.
+        if let Some(p) = read_sealed::<StoredPlan>(repo, &key, Context::Plan, "prune plan").await? {
+            out.extend(p.packs);
+        }
     }
     Ok(out)
 }
 
 /// Stores a plan naming `packs` under a new key, which it returns.
 pub(crate) async fn write_plan(repo: &Repository, packs: &[PackId]) -> Result<String> {
-    let mut id = [0u8; 16];
-    getrandom::fill(&mut id)
-        .map_err(|e| Error::InvalidArgument(format!("random number generator: {e}")))?;
-    let key = format!("{PLANS}{}", hex::encode(id));
-    let plain = cbor::to_vec(
-        "prune plan",
-        &StoredPlan {
-            version: 1,
-            packs: packs.to_vec(),
-        },
-    )
-    .map_err(|e| Error::corrupt("prune plan", e))?;
-    let mut sealer = repo
-        .key()
-        .sealer()
-        .map_err(|e| Error::corrupt("random source", e))?;
-    let sealed = sealer
-        .seal(Context::Plan, &plain)
-        .map_err(|e| Error::corrupt("prune plan", e))?;
-    repo.store()
-        .put(&key, Bytes::from(sealed), WriteMode::Overwrite)
-        .await
-        .map_err(|e| repo.store_err(e))?;
+    let key = format!("{PLANS}{}", random_id()?);
+    let plan = StoredPlan {
+        version: 1,
+        packs: packs.to_vec(),
+    };
+    write_sealed(repo, &key, Context::Plan, "prune plan", &plan).await?;
     Ok(key)
 }
 
