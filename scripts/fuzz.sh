@@ -37,6 +37,8 @@ seed snapshot "$td/snapshot.cbor"
 seed key_file "$td/keyfile.json"
 seed config "$td/config.cbor"
 seed chunker "$td/chunker-lengths.txt"
+seed protocol "$td/beacon.cbor"
+seed protocol "$td/plan.cbor"
 
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || mapfile -t targets < <(cargo fuzz list)

@@ -32,9 +32,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::TryStreamExt;
-use serde::{Deserialize, Serialize};
 
-use coffer_repo_format::cbor;
 use coffer_repo_format::envelope::Context;
 use coffer_repo_format::PackId;
 
@@ -44,10 +42,8 @@ use crate::progress::Reporter;
 use crate::repository::{Identity, Repository};
 use crate::storage::{StoreErrorKind, WriteMode};
 
-/// Prefix of session objects.
-pub const SESSIONS: &str = "sessions/";
-/// Prefix of lock objects.
-pub const LOCKS: &str = "locks/";
+pub use coffer_repo_format::layout::{LOCKS, PLANS, SESSIONS};
+pub use coffer_repo_format::protocol::{Beacon, StoredPlan};
 
 /// The protocol's timings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,23 +87,6 @@ impl Timing {
     }
 }
 
-/// The stored content of a session or lock.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Beacon {
-    /// Format version, 1.
-    pub version: u32,
-    /// `backup` or `prune`.
-    pub kind: String,
-    /// Host of the process.
-    pub hostname: String,
-    /// Its process id.
-    pub pid: u32,
-    /// When it started, by its own clock (informational only).
-    pub started: String,
-    /// Increases with every heartbeat.
-    pub beat: u64,
-}
-
 fn random_id() -> Result<String> {
     let mut b = [0u8; 16];
     getrandom::fill(&mut b)
@@ -115,15 +94,15 @@ fn random_id() -> Result<String> {
     Ok(hex::encode(b))
 }
 
-/// Stores `value` as sealed CBOR at `key` (`what` names it in errors).
-async fn write_sealed<T: Serialize>(
+/// Seals the plaintext `plain` of a `what` and stores it at `key`.
+async fn write_sealed(
     repo: &Repository,
     key: &str,
     context: Context<'_>,
     what: &'static str,
-    value: &T,
+    plain: Result<Vec<u8>, coffer_repo_format::FormatError>,
 ) -> Result<()> {
-    let plain = cbor::to_vec(what, value).map_err(|e| Error::corrupt(what, e))?;
+    let plain = plain.map_err(|e| Error::corrupt(what, e))?;
     let mut sealer = repo
         .key()
         .sealer()
@@ -137,12 +116,12 @@ async fn write_sealed<T: Serialize>(
         .map_err(|e| repo.store_err(e))
 }
 
-/// Reads the sealed CBOR object at `key`; `None` if it is gone.
-async fn read_sealed<T: serde::de::DeserializeOwned>(
+/// Reads and decodes the sealed object at `key`; `None` if it is gone.
+async fn read_sealed<T>(
     repo: &Repository,
     key: &str,
     context: Context<'_>,
-    what: &'static str,
+    decode: fn(&[u8]) -> Result<T, coffer_repo_format::FormatError>,
 ) -> Result<Option<T>> {
     let bytes = match repo.store().get(key).await {
         Ok(b) => b,
@@ -153,19 +132,19 @@ async fn read_sealed<T: serde::de::DeserializeOwned>(
         .opener()
         .open(context, &bytes)
         .map_err(|e| Error::corrupt(key.to_string(), e))?;
-    cbor::from_slice(what, &plain)
+    decode(&plain)
         .map(Some)
         .map_err(|e| Error::corrupt(key.to_string(), e))
 }
 
 /// Writes a beacon (sealed) at `key`.
 async fn write_beacon(repo: &Repository, key: &str, b: &Beacon) -> Result<()> {
-    write_sealed(repo, key, Context::Session, "session", b).await
+    write_sealed(repo, key, Context::Session, "session", b.encode()).await
 }
 
 /// Reads a beacon; `None` if it is gone.
 pub async fn read_beacon(repo: &Repository, key: &str) -> Result<Option<Beacon>> {
-    read_sealed(repo, key, Context::Session, "session").await
+    read_sealed(repo, key, Context::Session, Beacon::decode).await
 }
 
 /// Keys under a prefix.
@@ -330,9 +309,6 @@ impl Watch {
     }
 }
 
-/// Prefix of prune plans.
-pub const PLANS: &str = "plans/";
-
 /// How long a protocol step may wait for others, and what stops it.
 #[derive(Clone, Copy)]
 pub(crate) struct Waiting<'a> {
@@ -341,22 +317,13 @@ pub(crate) struct Waiting<'a> {
     pub(crate) cancel: &'a CancelToken,
 }
 
-/// The stored plan: which packs backups must not deduplicate against.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredPlan {
-    /// Version, 1.
-    pub version: u32,
-    /// Packs the plan may delete or repack.
-    pub packs: Vec<PackId>,
-}
-
 /// Reads every stored plan; the union of their packs is what a starting
 /// backup must not deduplicate against.
 pub async fn planned_packs(repo: &Repository) -> Result<HashSet<PackId>> {
     let mut out = HashSet::new();
     for key in list_keys(repo, PLANS).await? {
         // A plan gone since the listing: its prune finished.
-        if let Some(p) = read_sealed::<StoredPlan>(repo, &key, Context::Plan, "prune plan").await? {
+        if let Some(p) = read_sealed(repo, &key, Context::Plan, StoredPlan::decode).await? {
             out.extend(p.packs);
         }
     }
@@ -365,12 +332,12 @@ pub async fn planned_packs(repo: &Repository) -> Result<HashSet<PackId>> {
 
 /// Stores a plan naming `packs` under a new key, which it returns.
 pub(crate) async fn write_plan(repo: &Repository, packs: &[PackId]) -> Result<String> {
-    let key = format!("{PLANS}{}", random_id()?);
+    let key = coffer_repo_format::layout::plan(&random_id()?);
     let plan = StoredPlan {
         version: 1,
         packs: packs.to_vec(),
     };
-    write_sealed(repo, &key, Context::Plan, "prune plan", &plan).await?;
+    write_sealed(repo, &key, Context::Plan, "prune plan", plan.encode()).await?;
     Ok(key)
 }
 
@@ -383,7 +350,7 @@ pub(crate) async fn take_prune_lock(repo: &Arc<Repository>, w: Waiting<'_>) -> R
         let mine = Live::start(repo.clone(), LOCKS, "prune", w.timing).await?;
         let mut others = Vec::new();
         for key in list_keys(repo, LOCKS).await? {
-            if key == mine.key() || !key.starts_with("locks/prune-") {
+            if key == mine.key() || !key.starts_with(coffer_repo_format::layout::PRUNE_LOCK) {
                 continue;
             }
             match watch.observe(repo, &key, w.timing).await? {

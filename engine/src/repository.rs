@@ -25,38 +25,7 @@ use crate::index::Index;
 use crate::storage::{DynStore, StoreError, StoreErrorKind, WriteMode};
 
 /// Object keys of the repository layout.
-pub mod layout {
-    use coffer_repo_format::{IndexId, KeyId, PackId, SnapshotId};
-
-    /// The config object.
-    pub const CONFIG: &str = "config";
-    /// Prefix of key files.
-    pub const KEYS: &str = "keys/";
-    /// Prefix of pack files.
-    pub const DATA: &str = "data/";
-    /// Prefix of index files.
-    pub const INDEX: &str = "index/";
-    /// Prefix of snapshot files.
-    pub const SNAPSHOTS: &str = "snapshots/";
-
-    /// `data/<first two hex digits>/<id>`.
-    pub fn pack(id: &PackId) -> String {
-        let h = id.to_hex();
-        format!("data/{}/{h}", &h[..2])
-    }
-    /// `index/<id>`.
-    pub fn index(id: &IndexId) -> String {
-        format!("index/{id}")
-    }
-    /// `snapshots/<id>`.
-    pub fn snapshot(id: &SnapshotId) -> String {
-        format!("snapshots/{id}")
-    }
-    /// `keys/<id>`.
-    pub fn key(id: &KeyId) -> String {
-        format!("keys/{id}")
-    }
-}
+pub use coffer_repo_format::layout;
 
 /// Settings of a new repository.
 #[derive(Clone, Debug)]

@@ -15,6 +15,9 @@
 //! | `index/<id>` | [`index`] | fixed binary records in an envelope |
 //! | `snapshots/<id>` | [`snapshot`] | CBOR in an envelope |
 //! | (tree blobs) | [`tree`] | CBOR pages |
+//! | `sessions/<r>`, `locks/prune-<r>`, `plans/<r>` | [`protocol`] | CBOR in an envelope |
+//!
+//! [`layout`] names every key.
 //!
 //! ## Example: seal a blob, pack it, read it back
 //!
@@ -61,7 +64,9 @@ pub mod error;
 pub mod id;
 pub mod index;
 pub mod keys;
+pub mod layout;
 pub mod pack;
+pub mod protocol;
 pub mod snapshot;
 pub mod tree;
 

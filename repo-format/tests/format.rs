@@ -11,6 +11,7 @@ use coffer_repo_format::envelope::{Context, Opener, Sealer};
 use coffer_repo_format::index::{IndexFile, IndexedPack};
 use coffer_repo_format::keys::{KdfCost, KeyFile, MasterKey};
 use coffer_repo_format::pack::{self, PackEntry};
+use coffer_repo_format::protocol::{Beacon, StoredPlan};
 use coffer_repo_format::snapshot::{KubernetesOrigin, Snapshot, SnapshotSummary};
 use coffer_repo_format::tree::{ContentRef, Node, NodeKind, PageRef, Timestamp, TreePage, Xattr};
 use coffer_repo_format::{BlobId, PackId, SnapshotId};
@@ -319,6 +320,56 @@ fn vector_snapshot() -> Snapshot {
             ..Default::default()
         }),
     }
+}
+
+fn vector_beacon() -> Beacon {
+    Beacon {
+        version: 1,
+        kind: "backup".into(),
+        hostname: "node-1".into(),
+        pid: 4242,
+        started: "2026-11-25T01:00:00Z".into(),
+        beat: 7,
+    }
+}
+
+/// Beacons and prune plans (§13): the vectors, sealed in their contexts, and
+/// the versions and kinds a reader refuses.
+#[test]
+fn protocol_object_vectors() {
+    let beacon = vector_beacon();
+    let bytes = beacon.encode().unwrap();
+    golden("beacon.cbor", &bytes);
+    assert_eq!(Beacon::decode(&bytes).unwrap(), beacon);
+    let sealed = seal_vector(Context::Session, &bytes);
+    golden("beacon.sealed.hex", &hexfile(&sealed));
+    let opened = master().opener().open(Context::Session, &sealed).unwrap();
+    assert_eq!(Beacon::decode(&opened).unwrap(), beacon);
+
+    let plan = StoredPlan {
+        version: 1,
+        packs: vec![
+            PackId::from_slice(&[0x11; 32]).unwrap(),
+            PackId::from_slice(&[0x22; 32]).unwrap(),
+        ],
+    };
+    let bytes = plan.encode().unwrap();
+    golden("plan.cbor", &bytes);
+    assert_eq!(StoredPlan::decode(&bytes).unwrap(), plan);
+    let sealed = seal_vector(Context::Plan, &bytes);
+    golden("plan.sealed.hex", &hexfile(&sealed));
+    // A plan is not a session: the context binds it.
+    assert!(master().opener().open(Context::Session, &sealed).is_err());
+
+    let newer = StoredPlan { version: 2, ..plan };
+    let err = StoredPlan::decode(&newer.encode().unwrap()).unwrap_err();
+    assert!(err.to_string().contains("version 2"), "{err}");
+    let odd = Beacon {
+        kind: "restore".into(),
+        ..beacon
+    };
+    let err = Beacon::decode(&odd.encode().unwrap()).unwrap_err();
+    assert!(err.to_string().contains("restore"), "{err}");
 }
 
 #[test]

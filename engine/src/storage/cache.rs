@@ -16,6 +16,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
+use coffer_repo_format::layout;
 use futures::stream::BoxStream;
 
 use super::{DynStore, ObjectInfo, Store, StoreError, StoreErrorKind, WriteMode};
@@ -39,18 +40,15 @@ enum Check {
 }
 
 fn check_for(key: &str) -> Option<Check> {
-    if key == "config" {
+    if key == layout::CONFIG {
         return Some(Check::Trailer);
     }
-    let cached = ["keys/", "index/", "snapshots/", "data/"]
-        .iter()
-        .any(|p| key.starts_with(p));
+    let cached = layout::CONTENT_ADDRESSED.iter().any(|p| key.starts_with(p));
     (cached && !key.contains("..")).then_some(Check::Name)
 }
 
 fn name_matches(key: &str, bytes: &[u8]) -> bool {
-    let name = key.rsplit('/').next().unwrap_or("");
-    name == blake3::hash(bytes).to_hex().as_str()
+    layout::name(key) == blake3::hash(bytes).to_hex().as_str()
 }
 
 impl Caching {
@@ -160,7 +158,7 @@ impl Store for Caching {
 
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
         // Packs are cached only when they hold trees (see get_tree_range).
-        let Some(check) = check_for(key).filter(|_| !key.starts_with("data/")) else {
+        let Some(check) = check_for(key).filter(|_| !key.starts_with(layout::DATA)) else {
             return self.inner.get(key).await;
         };
         if let Some(b) = self.lookup(key, &check).await {

@@ -38,11 +38,11 @@ pub(crate) struct Remote {
     pub conditional_writes: tokio::sync::OnceCell<bool>,
 }
 
-/// A probe object's key; the probe writes it twice with create-if-absent.
-pub const PROBE_PREFIX: &str = "probe/";
+/// A probe object's key prefix; the probe writes one twice with create-if-absent.
+pub use coffer_repo_format::layout::PROBES as PROBE_PREFIX;
 
 /// The staging directory inside a local repository (writer-private; readers ignore it).
-pub const STAGING: &str = "tmp";
+pub use coffer_repo_format::layout::STAGING;
 
 impl ObjectStoreBackend {
     /// Wraps an `object_store` implementation; `location` is shown in messages.
@@ -116,7 +116,7 @@ impl ObjectStoreBackend {
             key: PROBE_PREFIX.into(),
             message: e.to_string(),
         })?;
-        let key = format!("{PROBE_PREFIX}{}", hex::encode(r));
+        let key = coffer_repo_format::layout::probe(&hex::encode(r));
         let path = Path::from(key.as_str());
         let put = |b: &'static [u8]| {
             let opts = PutOptions {
