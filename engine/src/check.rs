@@ -26,7 +26,7 @@ use crate::cancel::CancelToken;
 use crate::error::{Error, Result};
 use crate::index::Index;
 use crate::progress::{Phase, ProgressFn, Reporter};
-use crate::repository::{layout, list_ids, Repository};
+use crate::repository::{layout, Repository};
 use crate::storage::StoreErrorKind;
 
 /// Which packs `check` downloads and verifies blob by blob.
@@ -209,12 +209,12 @@ async fn check_store(repo: &Arc<Repository>, opts: CheckOptions) -> Result<Check
     // Snapshots are listed before the index files are read: every listed
     // snapshot's blobs are then in index files read below (write order), even
     // while backups run.
-    let snapshot_ids = list_ids::<SnapshotId>(repo.store(), layout::SNAPSHOTS).await?;
+    let snapshot_ids = repo.snapshot_ids().await?;
 
     // Index files: every one must read; together they say what every pack holds.
     let index = Arc::new(Index::new());
     let mut expected: HashMap<PackId, (u32, Vec<PackEntry>, Vec<IndexId>)> = HashMap::new();
-    for id in list_ids::<IndexId>(repo.store(), layout::INDEX).await? {
+    for id in repo.index_ids().await? {
         opts.cancel.check()?;
         match repo.read_index(&id).await {
             Ok(file) => {
@@ -515,7 +515,7 @@ async fn read_data(
                 if cancel.is_cancelled() {
                     return (id, Err(Error::Cancelled));
                 }
-                let r = match repo.store().get(&layout::pack(&id)).await {
+                let r = match repo.read_pack(&id).await {
                     Ok(bytes) => {
                         let repo = repo.clone();
                         tokio::task::spawn_blocking(move || Ok(verify_pack(&repo, &id, &bytes)))
@@ -526,7 +526,7 @@ async fn read_data(
                                 )))
                             })
                     }
-                    Err(e) => Err(repo.store_err(e)),
+                    Err(e) => Err(e),
                 };
                 progress.add(present[&id], 1);
                 (id, r)

@@ -9,7 +9,7 @@ use coffer_repo_format::{BlobId, SnapshotId};
 
 use crate::error::Result;
 use crate::index::Index;
-use crate::repository::{layout, Repository};
+use crate::repository::Repository;
 use crate::select::Patterns;
 use crate::trees::DirReader;
 
@@ -226,9 +226,6 @@ pub async fn retag(
         return Ok(*id);
     }
     let new = repo.write_snapshot(&s).await?;
-    repo.store()
-        .delete(&layout::snapshot(id))
-        .await
-        .map_err(|e| repo.store_err(e))?;
+    repo.delete_snapshot(id).await?;
     Ok(new)
 }

@@ -22,7 +22,7 @@ use coffer_repo_format::snapshot::Snapshot;
 use coffer_repo_format::SnapshotId;
 
 use crate::error::{Error, Result};
-use crate::repository::{layout, snapshot_time, Repository};
+use crate::repository::{snapshot_time, Repository};
 
 /// A retention policy. Counts of 0 are off.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -391,10 +391,7 @@ pub async fn execute(
     let removed = plan.removed();
     for id in &removed {
         cancel.check()?;
-        repo.store()
-            .delete(&layout::snapshot(id))
-            .await
-            .map_err(|e| repo.store_err(e))?;
+        repo.delete_snapshot(id).await?;
     }
     Ok(removed.len())
 }

@@ -406,10 +406,7 @@ pub(crate) async fn wait_for_sessions(
                 Some(true) => still.push(key),
                 Some(false) => {
                     tracing::info!("removing stale session {key}");
-                    repo.store()
-                        .delete(&key)
-                        .await
-                        .map_err(|e| repo.store_err(e))?;
+                    repo.delete(&key).await?;
                     stale += 1;
                 }
                 None => {}

@@ -41,8 +41,7 @@ use crate::protocol::{
     list_keys, take_prune_lock, wait_for_sessions, write_plan, Live, Timing, Waiting, PLANS,
     SESSIONS,
 };
-use crate::repository::{layout, list_ids, Repository};
-use crate::storage::WriteMode;
+use crate::repository::{PackBytes, Repository};
 use crate::trees::DirReader;
 
 /// How prune decides and how long it waits.
@@ -136,8 +135,7 @@ struct Usage {
 /// are in index files stored before it, so they are all read here; a
 /// snapshot written later belongs to a session prune waits for.
 async fn read_state(repo: &Repository) -> Result<(Indexes, Arc<Index>, Usage)> {
-    let snapshots =
-        list_ids::<coffer_repo_format::SnapshotId>(repo.store(), layout::SNAPSHOTS).await?;
+    let snapshots = repo.snapshot_ids().await?;
     let (idx, index) = read_indexes(repo).await?;
     let u = usage(repo, &index, &snapshots).await?;
     Ok((idx, index, u))
@@ -331,10 +329,7 @@ async fn run(
     let plan_key = write_plan(repo, &packs).await?;
     for key in old_plans {
         // This plan covers what is still to do of theirs.
-        repo.store()
-            .delete(&key)
-            .await
-            .map_err(|e| repo.store_err(e))?;
+        repo.delete(&key).await?;
     }
 
     // Wait for every backup that may have started before the plan.
@@ -365,10 +360,7 @@ async fn run(
         present: &present,
     };
     execute(repo, &state, &mut plan, &opts.cancel, progress).await?;
-    repo.store()
-        .delete(&plan_key)
-        .await
-        .map_err(|e| repo.store_err(e))?;
+    repo.delete(&plan_key).await?;
     plan.executed = true;
     Ok(plan)
 }
@@ -433,11 +425,7 @@ async fn execute(
                 })
                 .filter(|b| usage.used.contains(&b.id))
                 .collect();
-            let bytes = repo
-                .store()
-                .get(&layout::pack(pack_id))
-                .await
-                .map_err(|e| repo.store_err(e))?;
+            let bytes = repo.read_pack(pack_id).await?;
             for e in entries {
                 if !copied.insert(e.id) {
                     continue;
@@ -501,10 +489,7 @@ async fn execute(
         if !kept.packs.is_empty() {
             repo.write_index(&kept).await?;
         }
-        repo.store()
-            .delete(&layout::index(id))
-            .await
-            .map_err(|e| repo.store_err(e))?;
+        repo.delete_index(id).await?;
         rewritten += 1;
     }
     plan.index_files_rewritten = rewritten;
@@ -515,10 +500,7 @@ async fn execute(
         Some(gone.len() as u64),
     );
     for id in &gone {
-        repo.store()
-            .delete(&layout::pack(id))
-            .await
-            .map_err(|e| repo.store_err(e))?;
+        repo.delete_pack(id).await?;
         progress.add(present.get(id).copied().unwrap_or(0), 1);
     }
     Ok(())
@@ -532,17 +514,8 @@ struct NewPack {
 }
 
 async fn store_pack(repo: &Repository, p: &NewPack) -> Result<()> {
-    repo.store()
-        .put(&layout::pack(&p.id), p.bytes.clone(), WriteMode::CreateNew)
+    repo.store_pack(&p.id, PackBytes::Memory(p.bytes.clone()))
         .await
-        .or_else(|e| {
-            if e.kind == crate::storage::StoreErrorKind::AlreadyExists {
-                Ok(())
-            } else {
-                Err(e)
-            }
-        })
-        .map_err(|e| repo.store_err(e))
 }
 
 /// Packs re-sealed blobs (data and tree apart) into new packs.

@@ -782,6 +782,55 @@ impl Repository {
         Ok(page)
     }
 
+    /// Ids of all snapshots.
+    pub async fn snapshot_ids(&self) -> Result<Vec<SnapshotId>> {
+        list_ids(&self.store, layout::SNAPSHOTS).await
+    }
+
+    /// Deletes a snapshot (`forget`; an old version after a tag change).
+    pub async fn delete_snapshot(&self, id: &SnapshotId) -> Result<()> {
+        self.delete(&layout::snapshot(id)).await
+    }
+
+    /// Deletes an index file (prune, after its replacement is stored).
+    pub async fn delete_index(&self, id: &IndexId) -> Result<()> {
+        self.delete(&layout::index(id)).await
+    }
+
+    /// Deletes a pack (prune, after no index file lists it).
+    pub async fn delete_pack(&self, id: &PackId) -> Result<()> {
+        self.delete(&layout::pack(id)).await
+    }
+
+    /// Deletes the object at `key` (a session, a lock, a plan); deleting a
+    /// missing object is not an error.
+    pub(crate) async fn delete(&self, key: &str) -> Result<()> {
+        self.store.delete(key).await.map_err(|e| self.store_err(e))
+    }
+
+    /// Stores a pack under its id, from memory or from a staged file (which
+    /// is gone afterwards). A pack already there is this pack: its name is
+    /// the hash of its bytes.
+    pub(crate) async fn store_pack(&self, id: &PackId, data: PackBytes<'_>) -> Result<()> {
+        let key = layout::pack(id);
+        let stored = match data {
+            PackBytes::Memory(b) => self.store.put(&key, b, WriteMode::CreateNew).await,
+            PackBytes::File(path) => self.store.put_file(&key, path, WriteMode::CreateNew).await,
+        };
+        match stored {
+            Err(e) if e.kind != StoreErrorKind::AlreadyExists => Err(self.store_err(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Reads a whole pack (check `--read-data`, prune's repacking).
+    pub async fn read_pack(&self, id: &PackId) -> Result<Bytes> {
+        self.store
+            .get(&layout::pack(id))
+            .await
+            .map_err(|e| self.store_err(e))
+    }
+
     /// Every pack in the store, with its size.
     pub async fn present_packs(&self) -> Result<HashMap<PackId, u64>> {
         let infos: Vec<_> = self
@@ -832,6 +881,14 @@ impl Repository {
             .map_err(|e| self.store_err(e))?;
         pack::open_header(&self.opener, start, &header).map_err(|e| Error::corrupt(object, e))
     }
+}
+
+/// A pack's bytes for [`Repository::store_pack`].
+pub(crate) enum PackBytes<'a> {
+    /// In memory.
+    Memory(Bytes),
+    /// Staged in a file (see [`crate::storage::Store::staging_dir`]).
+    File(&'a std::path::Path),
 }
 
 /// The instant of a snapshot's time, for sorting (unparsable times sort first).

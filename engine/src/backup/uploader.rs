@@ -11,8 +11,7 @@ use super::indexer::Indexer;
 use super::packer::{BufferPool, FinishedPack, PackData};
 use crate::error::Result;
 use crate::index::Index;
-use crate::repository::{layout, Repository};
-use crate::storage::{StoreErrorKind, WriteMode};
+use crate::repository::{PackBytes, Repository};
 
 /// What the uploader did.
 #[derive(Default, Debug)]
@@ -35,18 +34,11 @@ pub(crate) async fn run(
     let upload = |p: FinishedPack| {
         let repo = repo.clone();
         async move {
-            let key = layout::pack(&p.id);
-            let store = repo.store();
-            let stored = match &p.data {
-                PackData::Memory(b) => store.put(&key, b.clone(), WriteMode::CreateNew).await,
-                PackData::File(path) => store.put_file(&key, path, WriteMode::CreateNew).await,
+            let data = match &p.data {
+                PackData::Memory(b) => PackBytes::Memory(b.clone()),
+                PackData::File(path) => PackBytes::File(path),
             };
-            match stored {
-                Ok(()) => Ok(p),
-                // The name is the hash of the bytes: an existing pack is this pack.
-                Err(e) if e.kind == StoreErrorKind::AlreadyExists => Ok(p),
-                Err(e) => Err(repo.store_err(e)),
-            }
+            repo.store_pack(&p.id, data).await.map(|()| p)
         }
     };
     let mut result: Result<()> = Ok(());
