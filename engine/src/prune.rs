@@ -409,20 +409,29 @@ async fn execute(
         );
         let mut copied: HashSet<BlobId> = HashSet::new();
         let mut writer = Repacker::new(repo)?;
+        // Each repacked pack's entries, found in one pass over the index
+        // files (a pack may be listed by more than one).
+        let mut listed: HashMap<PackId, Vec<PackEntry>> = plan
+            .repack_packs
+            .iter()
+            .map(|id| (*id, Vec::new()))
+            .collect();
+        for (_, f) in &idx.files {
+            for p in &f.packs {
+                if let Some(entries) = listed.get_mut(&p.id) {
+                    entries.extend(p.blobs.iter().copied());
+                }
+            }
+        }
         for pack_id in &plan.repack_packs {
             // Safe to stop here: nothing was deleted, the plan stays for the
             // next prune, and the packs stored so far are unindexed (adopted
             // by a backup, or deleted by the next prune).
             cancel.check()?;
-            let entries: Vec<PackEntry> = idx
-                .files
-                .iter()
-                .flat_map(|(_, f)| {
-                    f.packs
-                        .iter()
-                        .filter(|p| p.id == *pack_id)
-                        .flat_map(|p| p.blobs.iter().copied())
-                })
+            let entries: Vec<PackEntry> = listed
+                .remove(pack_id)
+                .unwrap_or_default()
+                .into_iter()
                 .filter(|b| usage.used.contains(&b.id))
                 .collect();
             let bytes = repo.read_pack(pack_id).await?;
