@@ -35,6 +35,15 @@ pub struct NamespaceLabels {
     pub namespace: String,
 }
 
+/// Per BackupSchedule.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScheduleLabels {
+    /// Namespace.
+    pub namespace: String,
+    /// The BackupSchedule.
+    pub schedule: String,
+}
+
 /// Per volume.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VolumeLabels {
@@ -78,6 +87,12 @@ pub struct Metrics {
     pub maintenance: Family<MaintenanceLabels, Counter>,
     /// Bytes freed by prune (the controller's).
     pub bytes_freed: Family<MaintenanceLabels, Counter>,
+    /// When each schedule's runs last succeeded (Unix time).
+    pub schedule_last_success: Family<ScheduleLabels, Gauge<f64, AtomicU64>>,
+    /// Whether each schedule's last time's runs all succeeded (1) or not (0).
+    pub schedule_last_run_succeeded: Family<ScheduleLabels, Gauge>,
+    /// When each schedule fires next (Unix time).
+    pub schedule_next_run: Family<ScheduleLabels, Gauge<f64, AtomicU64>>,
     ready: AtomicBool,
 }
 
@@ -145,10 +160,31 @@ impl Metrics {
             "Bytes freed in repositories by scheduled prunes",
             bytes_freed.clone(),
         );
+        let schedule_last_success = Family::<ScheduleLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "schedule_last_success_timestamp_seconds",
+            "When each BackupSchedule's runs last succeeded (Unix time)",
+            schedule_last_success.clone(),
+        );
+        let schedule_last_run_succeeded = Family::<ScheduleLabels, Gauge>::default();
+        registry.register(
+            "schedule_last_run_succeeded",
+            "1 when every run of a BackupSchedule's last time succeeded, 0 when one failed",
+            schedule_last_run_succeeded.clone(),
+        );
+        let schedule_next_run = Family::<ScheduleLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "schedule_next_run_timestamp_seconds",
+            "When each BackupSchedule fires next (Unix time)",
+            schedule_next_run.clone(),
+        );
         Arc::new(Metrics {
             registry,
             maintenance,
             bytes_freed,
+            schedule_last_success,
+            schedule_last_run_succeeded,
+            schedule_next_run,
             runs,
             bytes,
             bytes_added,

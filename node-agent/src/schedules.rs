@@ -32,6 +32,7 @@ use crate::crd::{
     BackupMethod, BackupRepository, BackupSchedule, BackupScheduleStatus, ConcurrencyPolicy,
     Condition, Phase, Retention, RetentionResult, VolumeBackup,
 };
+use crate::metrics::ScheduleLabels;
 use crate::node::{label_value, object_name};
 use crate::schedule::Schedule;
 use crate::snapshot;
@@ -408,6 +409,38 @@ pub(crate) async fn reconcile(bs: Arc<BackupSchedule>, ctx: Arc<Ctx>) -> Result<
     })
 }
 
+/// The schedule's state as gauges, for alerts such as "no successful backup
+/// for a day" or "the last run failed". (A deleted schedule's gauges stay
+/// until the controller restarts.)
+fn export(ctx: &Ctx, bs: &BackupSchedule, st: &BackupScheduleStatus) {
+    let labels = ScheduleLabels {
+        namespace: bs.namespace().unwrap_or_default(),
+        schedule: bs.name_any(),
+    };
+    let unix = |t: &Option<String>| {
+        t.as_deref()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.timestamp_millis() as f64 / 1000.0)
+    };
+    let m = &ctx.metrics;
+    if let Some(t) = unix(&st.last_successful_time) {
+        m.schedule_last_success.get_or_create(&labels).set(t);
+    }
+    match unix(&st.next_schedule_time) {
+        Some(t) => {
+            m.schedule_next_run.get_or_create(&labels).set(t);
+        }
+        None => {
+            m.schedule_next_run.remove(&labels);
+        }
+    }
+    if let Some(c) = st.conditions.iter().find(|c| c.type_ == "LastRunSucceeded") {
+        m.schedule_last_run_succeeded
+            .get_or_create(&labels)
+            .set(i64::from(c.status == "True"));
+    }
+}
+
 /// Writes the fields the controller owns (the retention mover writes
 /// `lastRetention` itself), when they changed; with `at_version`, only if
 /// the schedule is still the version read. Returns false when it was not.
@@ -418,6 +451,7 @@ async fn write_status(
     st: &BackupScheduleStatus,
     at_version: bool,
 ) -> Result<bool, Error> {
+    export(ctx, bs, st);
     if old == st {
         return Ok(true);
     }

@@ -44,7 +44,7 @@ async fn retention_keeps_exactly_the_newest_snapshots_of_each_origin_and_nothing
         fill(&dir, seed, 5);
         sim::csi_pvc(&env, &ns, pvc, "Filesystem", &dir, json!({"app": app})).await;
     }
-    let _c = Controller::start(&env, "a", &[]);
+    let c = Controller::start(&env, "a", &[]);
     // A snapshot of a selected PVC that the schedule did not make.
     snapshot_backup(&env, &ns, "manual", json!({"pvc": "data-0"})).await;
     let manual = wait_cleaned(&env, &ns, "manual").await;
@@ -125,6 +125,40 @@ async fn retention_keeps_exactly_the_newest_snapshots_of_each_origin_and_nothing
     assert_eq!(cond("Scheduled"), "True");
     assert_eq!(cond("LastRunSucceeded"), "True");
     assert_eq!(cond("RetentionApplied"), "True");
+
+    // The same, as gauges to alert on.
+    let (_, metrics) = get_when_up(c.metrics, "/metrics").await;
+    let gauge = |name: &str| -> Option<f64> {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!("{name}{{"))
+                    && l.contains(&format!("namespace=\"{ns}\""))
+                    && l.contains("schedule=\"db\"")
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    let unix = |t: &Option<String>| {
+        chrono::DateTime::parse_from_rfc3339(t.as_deref().unwrap())
+            .unwrap()
+            .timestamp_millis() as f64
+            / 1000.0
+    };
+    assert_eq!(
+        gauge("coffer_schedule_last_run_succeeded"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        gauge("coffer_schedule_last_success_timestamp_seconds"),
+        Some(unix(&st.last_successful_time)),
+        "{metrics}"
+    );
+    assert_eq!(
+        gauge("coffer_schedule_next_run_timestamp_seconds"),
+        Some(unix(&st.next_schedule_time)),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
