@@ -1,7 +1,7 @@
 //! The `coffer` command line.
 
 mod cli;
-mod commands;
+pub(crate) mod commands;
 mod fmt;
 mod password;
 
@@ -75,8 +75,8 @@ fn tune_malloc() {
 /// error to retry on, not kill the process (vectored socket writes, as
 /// HTTP/2 and TLS make, raise it; only plain `send` can suppress it). So the
 /// signal is raised only when standard output is the closed pipe: `println!`
-/// panics then, and this hook turns that panic into the signal.
-#[allow(unsafe_code)]
+/// panics then, and this hook turns that panic into the signal (raw output
+/// goes through [`commands::RawStdout`], which does the same).
 fn die_quietly_on_closed_stdout() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -86,16 +86,26 @@ fn die_quietly_on_closed_stdout() {
             .map(String::as_str)
             .or_else(|| payload.downcast_ref::<&str>().copied())
             .unwrap_or_default();
-        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
-            // SAFETY: SIG_DFL is a valid disposition, and raise only sends
-            // this process the signal it now dies of.
-            unsafe {
-                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-                libc::raise(libc::SIGPIPE);
-            }
+        // The text after the colon is the OS error: "Broken pipe (os error 32)".
+        if message.starts_with("failed printing to stdout")
+            && message.contains(&format!("(os error {})", libc::EPIPE))
+        {
+            die_of_sigpipe();
         }
         default(info);
     }));
+}
+
+/// Ends the process by SIGPIPE: standard output's reader is gone.
+#[allow(unsafe_code)]
+pub(crate) fn die_of_sigpipe() -> ! {
+    // SAFETY: SIG_DFL is a valid disposition, and raise only sends this
+    // process the signal it then dies of.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::raise(libc::SIGPIPE);
+    }
+    std::process::exit(128 + libc::SIGPIPE)
 }
 
 fn main() {

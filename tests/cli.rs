@@ -1389,23 +1389,28 @@ fn a_closed_pipe_ends_output_quietly() {
     for _ in 0..3 {
         env.expect(0, &["backup", src.to_str().unwrap()]);
     }
-    let mut child = env
-        .cmd(&["snapshots", "--json"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The reader is gone before coffer writes its first line.
-    drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!err.contains("panicked"), "{err}");
-    use std::os::unix::process::ExitStatusExt;
-    assert!(
-        out.status.signal() == Some(libc::SIGPIPE) || out.status.success(),
-        "{:?}: {err}",
-        out.status
-    );
+    common::write(&src.join("big"), &vec![7u8; 4 << 20]);
+    env.expect(0, &["backup", src.to_str().unwrap()]);
+    // Lines (println!) and raw bytes (dump) alike.
+    for args in [&["snapshots", "--json"][..], &["dump", "latest", "big"][..]] {
+        let mut child = env
+            .cmd(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader is gone before coffer writes its first byte.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{args:?}: {err}");
+        use std::os::unix::process::ExitStatusExt;
+        assert!(
+            out.status.signal() == Some(libc::SIGPIPE) || out.status.success(),
+            "{args:?}: {:?}: {err}",
+            out.status
+        );
+    }
 }
 
 /// Snapshots made by the node agent carry their Kubernetes origin; the

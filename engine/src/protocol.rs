@@ -177,6 +177,12 @@ impl Live {
         kind: &str,
         timing: Timing,
     ) -> Result<Live> {
+        // Readers refuse any other kind (SPEC §13): never write one.
+        if kind != "backup" && kind != "prune" {
+            return Err(Error::InvalidArgument(format!(
+                "a beacon's kind is backup or prune, not {kind:?}"
+            )));
+        }
         let key = format!(
             "{prefix}{}{}",
             if kind == "prune" { "prune-" } else { "" },

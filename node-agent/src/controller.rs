@@ -664,8 +664,13 @@ pub(crate) async fn not_started(ctx: &Ctx, pod: &Pod) -> Result<Duration, String
             humantime::format_duration(ctx.opts.prepare_timeout)
         ));
     }
+    // This pod's own events: an earlier pod of the same name (a maintenance
+    // job, a recreated run) may have failed on a directory made since.
     let api: Api<CoreEvent> = Api::namespaced(ctx.client.clone(), &ns);
-    let lp = ListParams::default().fields(&format!("involvedObject.name={name}"));
+    let lp = ListParams::default().fields(&format!(
+        "involvedObject.kind=Pod,involvedObject.name={name},involvedObject.uid={}",
+        pod.uid().unwrap_or_default()
+    ));
     if let Ok(list) = api.list(&lp).await {
         if let Some(why) = snapshot::permanent_mount_failure(&list.items) {
             return Err(format!("mover pod {ns}/{name} cannot start: {why}"));

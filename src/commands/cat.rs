@@ -94,7 +94,7 @@ pub async fn run(g: &Global, a: CatArgs) -> anyhow::Result<i32> {
                 .map(|l| l.blob_type)
                 .unwrap_or(BlobType::Data);
             let plain = repo.read_blob(&index, t, &blob).await?;
-            std::io::stdout().write_all(&plain)?;
+            super::RawStdout::new().write_all(&plain)?;
         }
         "key" => {
             let kid = id::<KeyId>(&a)?;

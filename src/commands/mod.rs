@@ -168,8 +168,10 @@ pub(crate) fn op_progress(
             std::sync::Mutex::new(None);
         let cb = ProgressFn::new(move |p: &Progress| {
             let Ok(mut last) = last.lock() else { return };
+            // A phase's start and end always print; between, once a second.
+            let ended = p.total_bytes == Some(p.bytes_done) || p.total_items == Some(p.items_done);
             let due = match *last {
-                Some((phase, at)) => phase != p.phase || at.elapsed().as_secs() >= 1,
+                Some((phase, at)) => ended || phase != p.phase || at.elapsed().as_secs() >= 1,
                 None => true,
             };
             if !due {
@@ -223,4 +225,33 @@ pub(crate) fn fraction(done: u64, total: Option<u64>) -> f64 {
 pub(crate) fn status_line(mut fields: serde_json::Value) {
     fields["message_type"] = "status".into();
     println!("{fields}");
+}
+
+/// Standard output for raw bytes (`dump`, `cat blob`): when its reader is
+/// gone, the process ends by SIGPIPE, as it does for `println!` (main.rs).
+pub(crate) struct RawStdout(std::io::Stdout);
+
+impl RawStdout {
+    pub(crate) fn new() -> Self {
+        RawStdout(std::io::stdout())
+    }
+
+    fn check<T>(r: std::io::Result<T>) -> std::io::Result<T> {
+        if let Err(e) = &r {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                crate::die_of_sigpipe();
+            }
+        }
+        r
+    }
+}
+
+impl std::io::Write for RawStdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        Self::check(self.0.write(buf))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Self::check(self.0.flush())
+    }
 }

@@ -27,6 +27,9 @@ pub(crate) struct Indexer<'a> {
     index: &'a Index,
     pending: IndexFile,
     files_written: u64,
+    /// A write failed: the store is likely down, so keep collecting and
+    /// leave the one last attempt to the final [`Indexer::flush`].
+    failed: bool,
 }
 
 impl<'a> Indexer<'a> {
@@ -36,6 +39,7 @@ impl<'a> Indexer<'a> {
             index,
             pending: IndexFile::default(),
             files_written: 0,
+            failed: false,
         }
     }
 
@@ -52,7 +56,7 @@ impl<'a> Indexer<'a> {
             size,
             blobs: entries,
         });
-        if self.pending.packs.len() >= INDEX_EVERY_PACKS {
+        if self.pending.packs.len() >= INDEX_EVERY_PACKS && !self.failed {
             self.flush().await?;
         }
         Ok(())
@@ -63,7 +67,10 @@ impl<'a> Indexer<'a> {
         if self.pending.packs.is_empty() {
             return Ok(());
         }
-        self.repo.write_index(&self.pending).await?;
+        if let Err(e) = self.repo.write_index(&self.pending).await {
+            self.failed = true;
+            return Err(e);
+        }
         self.files_written += 1;
         self.pending.packs.clear();
         Ok(())

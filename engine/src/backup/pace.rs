@@ -1,10 +1,13 @@
 //! Read pacing: a backup reads its source no faster than a set rate, so that
 //! it does not take the disk from the application whose volume it reads.
 //!
-//! The file workers report each window they have read; the pacer keeps the
-//! time at which the bytes read so far are due at the rate, and a worker that
-//! is ahead of it sleeps until then. Windows are a few MiB, so the rate holds
-//! over seconds, not within one window.
+//! The file workers report each window they have read (8 MiB per chunking
+//! thread); the pacer keeps the time at which the bytes read so far are due
+//! at the rate, and a worker that is ahead of it sleeps until then. The rate
+//! holds over seconds, not within one window. A reader that fell behind (its
+//! own chunking took the time) may catch up by at most [`CREDIT`], so the
+//! time spent processing a window is not charged on top of the rate, and an
+//! idle pause gives no burst longer than that.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -13,6 +16,9 @@ use crate::cancel::CancelToken;
 
 /// Longest single sleep: a cancelled backup stops within this.
 const STEP: Duration = Duration::from_millis(100);
+
+/// How far behind its schedule a reader may be and still catch up.
+const CREDIT: Duration = Duration::from_secs(1);
 
 /// Paces the reads of one backup (all its file workers together).
 #[derive(Debug)]
@@ -35,10 +41,9 @@ impl Pacer {
     /// reader must not go on.
     fn reserve(&self, n: u64, now: Instant) -> Instant {
         let mut due = self.due.lock().unwrap_or_else(|e| e.into_inner());
-        // Time not used earlier is not saved up: an idle pause gives no burst.
         let from = match *due {
-            Some(d) if d > now => d,
-            _ => now,
+            Some(d) => d.max(now.checked_sub(CREDIT).unwrap_or(now)),
+            None => now,
         };
         let cost = Duration::from_secs_f64(n as f64 / self.bytes_per_second as f64);
         let until = from + cost;
@@ -113,7 +118,7 @@ mod tests {
     const MIB: u64 = 1 << 20;
 
     #[test]
-    fn reads_are_due_at_the_rate_and_idle_time_is_not_saved_up() {
+    fn reads_are_due_at_the_rate_and_idle_time_is_saved_up_to_a_second() {
         let p = Pacer::new(2 * MIB);
         let t0 = Instant::now();
         // 4 MiB at 2 MiB/s: due 2 s later, then 1 MiB more 0.5 s after that.
@@ -122,8 +127,13 @@ mod tests {
             p.reserve(MIB, t0 + Duration::from_secs(1)),
             t0 + Duration::from_millis(2500)
         );
-        // After a 10 s pause the next read is due from the time it was made.
-        let later = t0 + Duration::from_secs(12);
+        // Processing made the reader 0.3 s late: the next window is charged
+        // from when it was due, not from now.
+        let late = t0 + Duration::from_millis(2800);
+        assert_eq!(p.reserve(MIB, late), t0 + Duration::from_secs(3));
+        // After a 10 s pause, at most one second is made up.
+        let later = t0 + Duration::from_secs(13);
+        assert_eq!(p.reserve(2 * MIB, later), later);
         assert_eq!(p.reserve(2 * MIB, later), later + Duration::from_secs(1));
     }
 

@@ -615,6 +615,10 @@ impl Scan {
     }
 
     fn add(&self, md: &std::fs::Metadata) {
+        // The walker skips sockets.
+        if fsmeta::kind_of(md).is_none() {
+            return;
+        }
         self.files.fetch_add(1, Ordering::Relaxed);
         if md.is_file() {
             self.bytes.fetch_add(md.len(), Ordering::Relaxed);
