@@ -1403,7 +1403,10 @@ fn a_closed_pipe_ends_output_quietly() {
         drop(child.stdout.take());
         let out = child.wait_with_output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{args:?}: {err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("Broken pipe"),
+            "{args:?}: {err}"
+        );
         use std::os::unix::process::ExitStatusExt;
         assert!(
             out.status.signal() == Some(libc::SIGPIPE) || out.status.success(),
