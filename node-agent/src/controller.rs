@@ -1287,7 +1287,7 @@ async fn snapshot_hooks(
 }
 
 /// The time left of `limit` since `since` (all of it when unknown).
-pub(crate) fn remaining(
+fn remaining(
     since: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
     limit: Duration,
 ) -> Duration {
@@ -1803,7 +1803,7 @@ pub(crate) async fn remove_finalizer<K: Run>(ctx: &Ctx, run: &K) -> Result<(), E
 }
 
 /// The last Warning events of a pod, for a message.
-pub(crate) async fn pod_events(ctx: &Ctx, ns: &str, pod: &str) -> String {
+async fn pod_events(ctx: &Ctx, ns: &str, pod: &str) -> String {
     let api: Api<CoreEvent> = Api::namespaced(ctx.client.clone(), ns);
     let lp = ListParams::default().fields(&format!("involvedObject.name={pod}"));
     let Ok(list) = api.list(&lp).await else {
