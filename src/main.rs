@@ -54,21 +54,6 @@ fn init_logging(global: &cli::Global) {
         .try_init();
 }
 
-/// glibc's malloc raises its trim threshold to twice the largest freed mmapped
-/// block (here megabytes) and then keeps that much freed memory in every
-/// thread's arena: a restore of 2 GiB peaked at 223 MB resident, half of it
-/// freed memory. A fixed 1 MiB trim threshold gives it back to the system:
-/// measured 105 MB at the same speed (benches/RESULTS.md).
-#[allow(unsafe_code)]
-fn tune_malloc() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets an allocator parameter; it is called once at the
-    // start of main, before any other thread exists, with a valid option.
-    unsafe {
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 20);
-    }
-}
-
 /// Writing to a closed pipe (`coffer snapshots | head -1`) ends the process
 /// quietly, killed by SIGPIPE as other Unix tools are. SIGPIPE itself stays
 /// ignored (Rust's default): a socket the other end has closed must give an
@@ -110,7 +95,7 @@ pub(crate) fn die_of_sigpipe() -> ! {
 
 fn main() {
     die_quietly_on_closed_stdout();
-    tune_malloc();
+    coffer_engine::memory::return_freed_memory();
     let cli = cli::Cli::parse();
     init_logging(&cli.global);
     let rt = match tokio::runtime::Builder::new_multi_thread()

@@ -50,6 +50,7 @@ pub mod forget;
 pub(crate) mod fsmeta;
 pub mod index;
 pub mod keys;
+pub mod memory;
 pub mod progress;
 pub mod protocol;
 pub mod prune;

@@ -1,7 +1,7 @@
 //! Progress of the long operations other than backup: restore,
 //! `check --read-data` and prune. Like backup's, a callback in the options,
-//! called from the operation at most every 100 ms, when a phase begins, and
-//! once when it ends.
+//! called from the operation at most every 100 ms, when a phase begins or its
+//! totals grow, and once when it ends.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -128,6 +128,19 @@ impl Reporter {
             total_items,
             last: Instant::now(),
         };
+        self.emit(&s);
+    }
+
+    /// Adds to the current phase's totals (work found while it runs: a
+    /// restore's next pass), and reports them.
+    pub(crate) fn grow(&self, bytes: u64, items: u64) {
+        if self.callback.is_none() {
+            return;
+        }
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.total_bytes = Some(s.total_bytes.unwrap_or(0) + bytes);
+        s.total_items = Some(s.total_items.unwrap_or(0) + items);
+        s.last = Instant::now();
         self.emit(&s);
     }
 

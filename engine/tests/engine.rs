@@ -1863,6 +1863,8 @@ mod devices {
         let dst = losetup(&dst_img).unwrap();
         let index = repo.load_index().await.unwrap();
         let mut opts = RestoreOptions::new("latest", &dst);
+        // In passes of 5 blob places: the device is written in many.
+        opts.plan_limit = 5;
         let err = restore::restore(repo.clone(), index.clone(), opts.clone())
             .await
             .unwrap_err();
@@ -2012,6 +2014,46 @@ mod retention {
             assert!(p.total_bytes.is_none_or(|t| p.bytes_done <= t), "{p:?}");
             assert!(p.total_items.is_none_or(|t| p.items_done <= t), "{p:?}");
         }
+    }
+
+    /// A restore whose plan holds a few blob places at a time still restores
+    /// everything exactly: files split across passes, blobs shared by files
+    /// in different passes, hard links to files of an earlier pass. Its
+    /// totals grow pass by pass and end equal to what was placed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restore_larger_than_its_plan_limit_runs_in_passes() {
+        let dir = tempdir();
+        let src = dir.path().join("src");
+        crate::support::kitchen_sink(&src);
+        let shared = noise(95, 700_000);
+        write(&src.join("copies/one.bin"), &shared);
+        write(&src.join("copies/two.bin"), &shared);
+        write(&src.join("big.bin"), &noise(96, 3_000_000));
+        let repo = memory_repo(init_opts(small_chunks(), Compression::Zstd(3), 1 << 20)).await;
+        backup_paths(&repo, &[&src]).await;
+
+        let (cb, seen) = recorder();
+        let out = dir.path().join("out");
+        let mut opts = RestoreOptions::new("latest", &out);
+        opts.plan_limit = 7;
+        opts.progress = Some(cb);
+        let index = repo.load_index().await.unwrap();
+        let summary = restore::restore(repo.clone(), index, opts).await.unwrap();
+        assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+        crate::support::assert_same(
+            &crate::support::manifest(&src),
+            &crate::support::manifest(&out),
+        );
+
+        let seen = seen.lock().unwrap().clone();
+        assert_sane(&seen);
+        let mut totals: Vec<u64> = seen.iter().filter_map(|p| p.total_bytes).collect();
+        totals.dedup();
+        assert!(totals.len() > 3, "the totals grow pass by pass: {totals:?}");
+        assert!(totals.windows(2).all(|w| w[0] < w[1]), "{totals:?}");
+        let last = seen.last().unwrap();
+        assert_eq!(Some(last.bytes_done), last.total_bytes);
+        assert!(last.bytes_done >= 2 * 700_000 + 3_000_000, "{last:?}");
     }
 
     /// Restore, `check --read-data` and prune report their progress, and

@@ -307,6 +307,8 @@ struct NodeArgs {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Restores and backups free large buffers on many threads: give that memory back.
+    coffer_engine::memory::return_freed_memory();
     let cli = Cli::parse();
     match cli.command {
         Command::Crds => {

@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use coffer_repo_format::tree::{Node, NodeKind};
 
+use super::fetcher::Fetch;
 use super::plan::{Planner, Start};
-use super::{fetcher, RestoreOptions, Shared};
+use super::{RestoreOptions, Shared};
 use crate::error::{Conflict, Error, Result};
 use crate::progress::Reporter;
 use crate::trees::DirReader;
@@ -50,7 +51,7 @@ pub(crate) async fn restore(
     shared: Arc<Shared>,
     start: &Start,
     opts: &RestoreOptions,
-    progress: &Reporter,
+    progress: &Arc<Reporter>,
 ) -> Result<u64> {
     let target = &opts.target;
     if !opts.overwrite_device {
@@ -68,9 +69,6 @@ pub(crate) async fn restore(
             node.size
         )));
     }
-    let mut planner = Planner::new(&shared, true);
-    planner.plan_content(target, &node);
-    let planned = planner.finish();
     // Holes are written as zeros too unless the device reads as zeros.
     let holes: u64 = if opts.device_zeroed {
         0
@@ -81,15 +79,21 @@ pub(crate) async fn restore(
             .map(|c| c.len)
             .sum()
     };
-    fetcher::run(
-        &shared,
-        planned.packs,
-        planned.files,
-        opts.concurrency.max(1),
-        progress,
-        holes,
-    )
-    .await?;
+    let (s, p, t) = (shared.clone(), progress.clone(), target.clone());
+    let (handle, concurrency, limit) = (
+        tokio::runtime::Handle::current(),
+        opts.concurrency,
+        opts.plan_limit,
+    );
+    let node = tokio::task::spawn_blocking(move || {
+        let mut fetch = Fetch::new(s.clone(), handle, p, concurrency, holes);
+        let mut planner = Planner::new(&s, &mut fetch, true, limit);
+        planner.plan_content(&t, &node)?;
+        planner.finish()?;
+        fetch.finish();
+        Ok::<_, Error>(node)
+    })
+    .await??;
     let dev = std::fs::OpenOptions::new()
         .write(true)
         .open(target)

@@ -8,7 +8,7 @@ use futures::StreamExt;
 
 use coffer_repo_format::PackId;
 
-use super::plan::{BlobTargets, FileEntry};
+use super::plan::{Batch, BlobTargets};
 use super::{writer, Shared};
 use crate::error::{Error, Result};
 use crate::progress::{Phase, Reporter};
@@ -58,30 +58,77 @@ pub(crate) fn coalesce(mut blobs: Vec<BlobTargets>) -> Vec<Read> {
     reads
 }
 
-/// Bytes of file content a blob fills: its length at each of its places.
-fn placed(b: &BlobTargets) -> u64 {
-    u64::from(b.raw_len) * b.targets.len() as u64
+/// Fetches the batches of one restore as the planner fills them, from the
+/// planner's blocking thread.
+pub(crate) struct Fetch {
+    shared: Arc<Shared>,
+    rt: tokio::runtime::Handle,
+    progress: Arc<Reporter>,
+    concurrency: usize,
+    /// Bytes the caller places after the batches (a device's holes).
+    extra_bytes: u64,
+    started: bool,
 }
 
-/// Fetches and writes every blob of `packs`, reporting bytes placed and packs
-/// done to `progress` (whose phase has begun; `extra_bytes` more are the
-/// caller's, after this).
-pub(crate) async fn run(
+impl Fetch {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        rt: tokio::runtime::Handle,
+        progress: Arc<Reporter>,
+        concurrency: usize,
+        extra_bytes: u64,
+    ) -> Self {
+        Fetch {
+            shared,
+            rt,
+            progress,
+            concurrency: concurrency.max(1),
+            extra_bytes,
+            started: false,
+        }
+    }
+
+    /// Reads and writes one batch. The totals reported are those of the
+    /// batches planned so far: they grow when a restore takes several.
+    pub(crate) fn batch(&mut self, batch: Batch) -> Result<()> {
+        let bytes: u64 = batch
+            .packs
+            .values()
+            .flatten()
+            .map(BlobTargets::placed)
+            .sum();
+        let packs = batch.packs.len() as u64;
+        if self.started {
+            self.progress.grow(bytes, packs);
+        } else {
+            self.started = true;
+            self.progress
+                .phase(Phase::Restore, Some(bytes + self.extra_bytes), Some(packs));
+        }
+        self.rt
+            .block_on(run(&self.shared, batch, self.concurrency, &self.progress))
+    }
+
+    /// Starts the phase if no batch did (nothing had contents).
+    pub(crate) fn finish(self) {
+        if !self.started {
+            self.progress
+                .phase(Phase::Restore, Some(self.extra_bytes), Some(0));
+        }
+    }
+}
+
+/// Fetches and writes every blob of a batch, reporting bytes placed and packs
+/// done to `progress`.
+async fn run(
     shared: &Arc<Shared>,
-    packs: HashMap<PackId, Vec<BlobTargets>>,
-    files: Vec<FileEntry>,
+    batch: Batch,
     concurrency: usize,
     progress: &Reporter,
-    extra_bytes: u64,
 ) -> Result<()> {
-    let files = Arc::new(files);
-    let total: u64 = packs.values().flatten().map(placed).sum();
-    progress.phase(
-        Phase::Restore,
-        Some(total + extra_bytes),
-        Some(packs.len() as u64),
-    );
-    let jobs: Vec<(PackId, Read)> = packs
+    let files = Arc::new(batch.files);
+    let jobs: Vec<(PackId, Read)> = batch
+        .packs
         .into_iter()
         .flat_map(|(pack, blobs)| coalesce(blobs).into_iter().map(move |r| (pack, r)))
         .collect();
@@ -98,7 +145,7 @@ pub(crate) async fn run(
                 if shared.cancel.is_cancelled() {
                     return Err(Error::Cancelled);
                 }
-                let bytes: u64 = read.blobs.iter().map(placed).sum();
+                let bytes: u64 = read.blobs.iter().map(BlobTargets::placed).sum();
                 let key = layout::pack(&pack);
                 let fetched = shared
                     .repo

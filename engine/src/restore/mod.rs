@@ -32,6 +32,10 @@ use crate::index::Index;
 use crate::progress::{Phase, ProgressFn, Reporter};
 use crate::repository::Repository;
 
+/// [`RestoreOptions::plan_limit`]'s default: about 10 MiB of plan, for
+/// 8 GiB of content at the default chunk size.
+pub const DEFAULT_PLAN_LIMIT: usize = 65_536;
+
 /// What to restore, and where.
 #[derive(Clone, Debug)]
 pub struct RestoreOptions {
@@ -55,6 +59,12 @@ pub struct RestoreOptions {
     pub iexclude: Vec<String>,
     /// Packs fetched at once.
     pub concurrency: usize,
+    /// Blob places (one blob at one offset of one file) planned before they
+    /// are fetched and written. This bounds the plan's memory, at about 150
+    /// bytes a place, whatever the snapshot's size; a snapshot with more is
+    /// restored in several passes, and a pack with blobs in two passes is read
+    /// in both.
+    pub plan_limit: usize,
     /// Allow `target` to be a block device, overwritten with one file.
     pub overwrite_device: bool,
     /// The target device reads as zeros already: do not write zero regions.
@@ -82,6 +92,7 @@ impl RestoreOptions {
             exclude: Vec::new(),
             iexclude: Vec::new(),
             concurrency: 4,
+            plan_limit: DEFAULT_PLAN_LIMIT,
             overwrite_device: false,
             device_zeroed: false,
             filter: Default::default(),
@@ -208,7 +219,7 @@ pub async fn restore(
         cancel: opts.cancel.clone(),
         dense: to_device && !opts.device_zeroed,
     });
-    let progress = Reporter::new(opts.progress.clone(), Phase::Restore);
+    let progress = Arc::new(Reporter::new(opts.progress.clone(), Phase::Restore));
     if to_device {
         device::restore(shared.clone(), &start, &opts, &progress).await?;
         progress.finish();
@@ -225,22 +236,22 @@ pub async fn restore(
     let s = shared.clone();
     let o = opts.clone();
     let st = start.clone();
+    let p = progress.clone();
     let t0 = std::time::Instant::now();
-    let planned = tokio::task::spawn_blocking(move || plan::build(&s, &handle, &st, &o)).await??;
-    tracing::debug!("restore plan: {:.2}s", t0.elapsed().as_secs_f64());
+    let planned = tokio::task::spawn_blocking(move || {
+        let mut fetch = fetcher::Fetch::new(s.clone(), handle.clone(), p, o.concurrency, 0);
+        let planned = plan::build(&s, &mut fetch, &handle, &st, &o)?;
+        fetch.finish();
+        Ok::<_, Error>(planned)
+    })
+    .await??;
+    progress.finish();
+    tracing::debug!(
+        "restore plan and contents: {:.2}s",
+        t0.elapsed().as_secs_f64()
+    );
     let counts = planned.counts;
     let planned_links = planned.links;
-    let t1 = std::time::Instant::now();
-    fetcher::run(
-        &shared,
-        planned.packs,
-        planned.files,
-        opts.concurrency.max(1),
-        &progress,
-        0,
-    )
-    .await?;
-    progress.finish();
     let s = shared.clone();
     let handle = tokio::runtime::Handle::current();
     for (first, path) in &planned_links {
@@ -264,7 +275,6 @@ pub async fn restore(
             }
         }
     }
-    tracing::debug!("restore contents: {:.2}s", t1.elapsed().as_secs_f64());
     let t2 = std::time::Instant::now();
     tokio::task::spawn_blocking(move || metadata::apply_all(&s, &handle, &start, &opts)).await??;
     tracing::debug!("restore metadata: {:.2}s", t2.elapsed().as_secs_f64());

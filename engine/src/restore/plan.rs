@@ -9,6 +9,7 @@ use coffer_repo_format::snapshot::Snapshot;
 use coffer_repo_format::tree::{Node, NodeKind};
 use coffer_repo_format::{BlobId, PackId};
 
+use super::fetcher::Fetch;
 use super::{RestoreOptions, Shared};
 use crate::error::{Conflict, Error, Missing, Result};
 use crate::index::Index;
@@ -70,6 +71,20 @@ pub(crate) struct BlobTargets {
     pub(crate) targets: Vec<(u32, u64)>,
 }
 
+impl BlobTargets {
+    /// Bytes of file content this blob fills: its length at each of its places.
+    pub(crate) fn placed(&self) -> u64 {
+        u64::from(self.raw_len) * self.targets.len() as u64
+    }
+}
+
+/// What one pass of the fetcher reads and writes: at most
+/// [`RestoreOptions::plan_limit`] blob places, grouped by pack.
+pub(crate) struct Batch {
+    pub(crate) files: Vec<FileEntry>,
+    pub(crate) packs: HashMap<PackId, Vec<BlobTargets>>,
+}
+
 #[derive(Default, Clone, Copy)]
 pub(crate) struct Counts {
     pub(crate) files: u64,
@@ -77,16 +92,21 @@ pub(crate) struct Counts {
     pub(crate) others: u64,
 }
 
+/// What is left once every batch is written.
 pub(crate) struct Planned {
-    pub(crate) files: Vec<FileEntry>,
     /// Hard links to make once the contents are written: (existing, new).
     pub(crate) links: Vec<(PathBuf, PathBuf)>,
-    pub(crate) packs: HashMap<PackId, Vec<BlobTargets>>,
     pub(crate) counts: Counts,
 }
 
+/// Walks what is restored, creates it, and hands its contents to the fetcher
+/// a batch at a time, so the plan's memory is bounded by the batch size, not by
+/// the snapshot's.
 pub(crate) struct Planner<'a> {
     shared: &'a Shared,
+    fetch: &'a mut Fetch,
+    /// Blob places planned before the batch is fetched.
+    limit: usize,
     overwrite: bool,
     /// The target was empty: nothing in it can be in the way.
     fresh: bool,
@@ -94,6 +114,8 @@ pub(crate) struct Planner<'a> {
     files: Vec<FileEntry>,
     blobs: Vec<(PackId, BlobTargets)>,
     blob_slot: HashMap<BlobId, usize>,
+    /// Blob places in this batch.
+    places: usize,
     counts: Counts,
 }
 
@@ -138,11 +160,12 @@ pub(crate) fn child_path(dir: &Path, node: &Node) -> PathBuf {
 
 pub(crate) fn build(
     shared: &Shared,
+    fetch: &mut Fetch,
     rt: &tokio::runtime::Handle,
     start: &Start,
     opts: &RestoreOptions,
 ) -> Result<Planned> {
-    let mut p = Planner::new(shared, opts.overwrite);
+    let mut p = Planner::new(shared, fetch, opts.overwrite, opts.plan_limit);
     p.fresh = !opts.overwrite;
     match start {
         Start::Single(node) => p.entry(&child_path(&opts.target, node), node)?,
@@ -217,43 +240,53 @@ pub(crate) fn build(
             }
         }
     }
-    Ok(p.finish())
+    p.finish()
 }
 
 impl<'a> Planner<'a> {
-    pub(crate) fn new(shared: &'a Shared, overwrite: bool) -> Self {
+    pub(crate) fn new(
+        shared: &'a Shared,
+        fetch: &'a mut Fetch,
+        overwrite: bool,
+        limit: usize,
+    ) -> Self {
         Planner {
             shared,
+            fetch,
+            limit: limit.max(1),
             overwrite,
             fresh: false,
             links: Vec::new(),
             files: Vec::new(),
             blobs: Vec::new(),
             blob_slot: HashMap::new(),
+            places: 0,
             counts: Counts::default(),
         }
     }
 
-    pub(crate) fn finish(self) -> Planned {
-        let mut packs: HashMap<PackId, Vec<BlobTargets>> = HashMap::new();
-        for (pack, b) in self.blobs {
-            packs.entry(pack).or_default().push(b);
-        }
-        Planned {
-            files: self.files,
+    /// Fetches what is planned and not fetched yet.
+    pub(crate) fn finish(mut self) -> Result<Planned> {
+        self.flush()?;
+        Ok(Planned {
             links: self.links,
-            packs,
             counts: self.counts,
-        }
+        })
     }
 
-    /// Records where `node`'s blobs go in the (existing) file at `path`.
-    pub(crate) fn plan_content(&mut self, path: &Path, node: &Node) {
-        let file_idx = self.files.len() as u32;
-        self.files.push(FileEntry {
-            path: path.to_path_buf(),
-        });
-        self.plan_content_of(file_idx, path, node);
+    /// Hands the batch planned so far to the fetcher, and starts a new one.
+    fn flush(&mut self) -> Result<()> {
+        let mut packs: HashMap<PackId, Vec<BlobTargets>> = HashMap::new();
+        for (pack, b) in self.blobs.drain(..) {
+            packs.entry(pack).or_default().push(b);
+        }
+        self.blob_slot.clear();
+        self.places = 0;
+        let files = std::mem::take(&mut self.files);
+        if packs.is_empty() {
+            return Ok(());
+        }
+        self.fetch.batch(Batch { files, packs })
     }
 
     /// Makes room for a new entry at `path` when overwriting.
@@ -384,18 +417,33 @@ impl<'a> Planner<'a> {
             .open(path)
             .map_err(|e| Error::io(path, e))?;
         f.set_len(node.size).map_err(|e| Error::io(path, e))?;
-        if node.content.iter().any(|c| c.id.is_some()) {
-            self.plan_content(path, node);
-        }
-        Ok(())
+        self.plan_content(path, node)
     }
 
-    fn plan_content_of(&mut self, file_idx: u32, path: &Path, node: &Node) {
+    /// Records where `node`'s blobs go in the (existing) file at `path`,
+    /// fetching a batch whenever it is full (within a file too).
+    pub(crate) fn plan_content(&mut self, path: &Path, node: &Node) -> Result<()> {
+        // The file's entry in this batch, made at its first blob place.
+        let mut file_idx: Option<u32> = None;
         let mut offset = 0u64;
         for c in &node.content {
             if let Some(id) = c.id {
+                if self.places >= self.limit {
+                    self.flush()?;
+                    file_idx = None;
+                }
+                let files = &mut self.files;
+                let f = *file_idx.get_or_insert_with(|| {
+                    files.push(FileEntry {
+                        path: path.to_path_buf(),
+                    });
+                    (files.len() - 1) as u32
+                });
                 match self.blob_slot.get(&id) {
-                    Some(&slot) => self.blobs[slot].1.targets.push((file_idx, offset)),
+                    Some(&slot) => {
+                        self.blobs[slot].1.targets.push((f, offset));
+                        self.places += 1;
+                    }
                     None => match self.shared.index.get(&id) {
                         Some(loc) if u64::from(loc.raw_len) == c.len => {
                             self.blob_slot.insert(id, self.blobs.len());
@@ -406,9 +454,10 @@ impl<'a> Planner<'a> {
                                     offset: loc.offset,
                                     stored_len: loc.stored_len,
                                     raw_len: loc.raw_len,
-                                    targets: vec![(file_idx, offset)],
+                                    targets: vec![(f, offset)],
                                 },
                             ));
+                            self.places += 1;
                         }
                         Some(loc) => self.shared.fail(
                             path,
@@ -428,5 +477,6 @@ impl<'a> Planner<'a> {
             }
             offset += c.len;
         }
+        Ok(())
     }
 }
