@@ -3,6 +3,7 @@
 # crate, with a real S3-compatible server (moto, see scripts/s3-server.sh)
 # started on 127.0.0.1 for the S3 conformance suite and the CLI round trip,
 # and Azurite (Azure's emulator, from npm) for the Azure conformance suite.
+# Then it runs engine/examples/agent.rs, the engine as an embedder uses it.
 # COFFER_TEST_NO_S3=1 / COFFER_TEST_NO_AZURE=1 run without them (those tests
 # then say "skipped").
 # The Kubernetes agent's end-to-end tests start the fake API server
@@ -50,3 +51,7 @@ else
     echo "manifests: SKIPPED (COFFER_TEST_NO_MANIFESTS=1)"
 fi
 cargo test --workspace "$@"
+# The engine used as the node agent embeds it (engine/examples/agent.rs):
+# init, backups by origin with progress, a cancellation, two at once, a
+# restore, forget and prune. It fails on any mismatch.
+cargo run --quiet -p coffer-engine --example agent

@@ -531,6 +531,11 @@ pub struct RestoreArgs {
     /// thin volume), so only non-zero regions are written
     #[arg(long, requires = "overwrite_device")]
     pub device_is_zeroed: bool,
+    /// Blob places planned before they are fetched (about 190 bytes each):
+    /// a larger snapshot is restored in several passes, so memory stays bounded
+    #[arg(long, value_name = "N", default_value_t = coffer_engine::restore::DEFAULT_PLAN_LIMIT,
+          value_parser = parse_plan_limit)]
+    pub plan_limit: usize,
 }
 
 #[derive(Args, Debug)]
@@ -636,5 +641,15 @@ impl OriginArgs {
             pvc: self.pvc.clone(),
             ..Default::default()
         }
+    }
+}
+
+/// A restore's plan limit: a positive number of blob places.
+fn parse_plan_limit(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!(
+            "{s:?} is not a positive number of blob places, e.g. 65536"
+        )),
     }
 }

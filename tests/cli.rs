@@ -846,6 +846,25 @@ fn backup_selection_and_restore_filters() {
         got,
         ["data/db.ibd", "data/tmp/x", "skip/.nobackup", "skip/secret"]
     );
+
+    // --plan-limit: the same restore in passes of two blob places; 0 is refused.
+    let t3 = env.root.join("t3");
+    let t3s = t3.to_str().unwrap();
+    env.expect(
+        0,
+        &["restore", "latest", "--target", t3s, "--plan-limit", "2"],
+    );
+    for f in ["app/main.rs", "data/db.ibd", "big.iso"] {
+        assert_eq!(
+            std::fs::read(t3.join(f)).unwrap(),
+            std::fs::read(src.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    let out = env.run(&["restore", "latest", "--target", t3s, "--plan-limit", "0"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("positive number of blob places"), "{err}");
 }
 
 // ---------------------------------------------------------------- many writers, crashes

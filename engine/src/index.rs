@@ -189,7 +189,7 @@ impl Index {
 
     /// Claims a blob for storing in this session: true if the caller must store
     /// it, false if it is already stored or another stage of this session claimed it.
-    pub fn claim(&self, id: &BlobId) -> bool {
+    pub(crate) fn claim(&self, id: &BlobId) -> bool {
         if self.contains(id) {
             return false;
         }
@@ -212,7 +212,7 @@ impl Index {
 
     /// Forgets every blob stored in one of `packs`: a backup must not
     /// deduplicate against packs a prune plan may delete (it stores such blobs again).
-    pub fn exclude_packs(&self, packs: &std::collections::HashSet<PackId>) {
+    pub(crate) fn exclude_packs(&self, packs: &std::collections::HashSet<PackId>) {
         if packs.is_empty() {
             return;
         }

@@ -139,6 +139,23 @@ impl Repository {
         Ok(out)
     }
 
+    /// The key file `id` as stored (`coffer cat key`): its KDF parameters and
+    /// wrapped master key, never anything unwrapped.
+    pub async fn read_key_file(&self, id: &KeyId) -> Result<KeyFile> {
+        let what = || format!("key file {id}");
+        let bytes = self.store().get(&layout::key(id)).await.map_err(|e| {
+            if e.kind == StoreErrorKind::NotFound {
+                Error::NotFound {
+                    what: what(),
+                    missing: crate::error::Missing::Key,
+                }
+            } else {
+                self.store_err(e)
+            }
+        })?;
+        KeyFile::from_bytes(&bytes).map_err(|e| Error::corrupt(what(), e))
+    }
+
     /// Adds a key file that wraps this repository's master key under `password`,
     /// owned by this process's host and user.
     pub async fn add_key(&self, password: &[u8], cost: KdfCost) -> Result<KeyId> {

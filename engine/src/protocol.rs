@@ -42,8 +42,48 @@ use crate::progress::Reporter;
 use crate::repository::{Identity, Repository};
 use crate::storage::{StoreErrorKind, WriteMode};
 
-pub use coffer_repo_format::layout::{LOCKS, PLANS, SESSIONS};
-pub use coffer_repo_format::protocol::{Beacon, StoredPlan};
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+pub(crate) use coffer_repo_format::layout::{LOCKS, PLANS, SESSIONS};
+pub(crate) use coffer_repo_format::protocol::{Beacon, StoredPlan};
+
+/// A backup or prune that holds a session or the prune lock, as its object
+/// says. A dead one's heartbeat stops; the next prune removes it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Running {
+    /// Its object's key (`sessions/...` or `locks/...`).
+    pub key: String,
+    /// `backup` or `prune`.
+    pub kind: String,
+    /// The host it runs on.
+    pub hostname: String,
+    /// Its process id there.
+    pub pid: u32,
+    /// When it started, by its own clock.
+    pub started: String,
+    /// Its heartbeat count.
+    pub beat: u64,
+}
+
+/// The backups and prunes that hold a session or the lock now.
+pub async fn running(repo: &Repository) -> Result<Vec<Running>> {
+    let mut out = Vec::new();
+    for prefix in [SESSIONS, LOCKS] {
+        for key in list_keys(repo, prefix).await? {
+            // Gone since the listing: it ended.
+            if let Some(b) = read_beacon(repo, &key).await? {
+                out.push(Running {
+                    key,
+                    kind: b.kind,
+                    hostname: b.hostname,
+                    pid: b.pid,
+                    started: b.started,
+                    beat: b.beat,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
 
 /// The protocol's timings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,16 +114,13 @@ impl Timing {
         }
     }
 
-    /// Reads `COFFER_HEARTBEAT_MS` and `COFFER_STALE_MS` (tests), else the defaults.
-    pub fn from_env() -> Self {
-        let get = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
-        match (get("COFFER_HEARTBEAT_MS"), get("COFFER_STALE_MS")) {
-            (Some(h), Some(s)) if s >= 10 * h && h > 0 => Timing {
-                heartbeat: Duration::from_millis(h),
-                stale_after: Duration::from_millis(s),
-            },
-            _ => Timing::default(),
-        }
+    /// A heartbeat and stale time given in milliseconds; `None` unless the
+    /// stale time is at least ten heartbeats.
+    pub fn from_millis(heartbeat: u64, stale_after: u64) -> Option<Self> {
+        (heartbeat > 0 && stale_after >= 10 * heartbeat).then(|| Timing {
+            heartbeat: Duration::from_millis(heartbeat),
+            stale_after: Duration::from_millis(stale_after),
+        })
     }
 }
 
@@ -143,12 +180,14 @@ async fn write_beacon(repo: &Repository, key: &str, b: &Beacon) -> Result<()> {
 }
 
 /// Reads a beacon; `None` if it is gone.
-pub async fn read_beacon(repo: &Repository, key: &str) -> Result<Option<Beacon>> {
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+pub(crate) async fn read_beacon(repo: &Repository, key: &str) -> Result<Option<Beacon>> {
     read_sealed(repo, key, Context::Session, Beacon::decode).await
 }
 
 /// Keys under a prefix.
-pub async fn list_keys(repo: &Repository, prefix: &str) -> Result<Vec<String>> {
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+pub(crate) async fn list_keys(repo: &Repository, prefix: &str) -> Result<Vec<String>> {
     let infos: Vec<_> = repo
         .store()
         .list(prefix)
@@ -159,7 +198,8 @@ pub async fn list_keys(repo: &Repository, prefix: &str) -> Result<Vec<String>> {
 }
 
 /// A live beacon: written now, rewritten by a background task until ended.
-pub struct Live {
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+pub(crate) struct Live {
     repo: Arc<Repository>,
     key: String,
     timing: Timing,
@@ -285,7 +325,8 @@ impl Drop for Live {
 /// Watches beacons with this process's monotonic clock, to tell live ones
 /// from dead ones.
 #[derive(Default)]
-pub struct Watch {
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+pub(crate) struct Watch {
     seen: std::collections::HashMap<String, (u64, Instant)>,
 }
 
@@ -325,7 +366,8 @@ pub(crate) struct Waiting<'a> {
 
 /// Reads every stored plan; the union of their packs is what a starting
 /// backup must not deduplicate against.
-pub async fn planned_packs(repo: &Repository) -> Result<HashSet<PackId>> {
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+pub(crate) async fn planned_packs(repo: &Repository) -> Result<HashSet<PackId>> {
     let mut out = HashSet::new();
     for key in list_keys(repo, PLANS).await? {
         // A plan gone since the listing: its prune finished.

@@ -25,7 +25,7 @@ use crate::index::Index;
 use crate::storage::{DynStore, StoreError, StoreErrorKind, WriteMode};
 
 /// Object keys of the repository layout.
-pub use coffer_repo_format::layout;
+pub(crate) use coffer_repo_format::layout;
 
 /// Settings of a new repository.
 #[derive(Clone, Debug)]
@@ -493,7 +493,7 @@ impl Repository {
     }
 
     /// Writes an index file.
-    pub async fn write_index(&self, file: &IndexFile) -> Result<IndexId> {
+    pub(crate) async fn write_index(&self, file: &IndexFile) -> Result<IndexId> {
         let id = self
             .write_sealed(
                 Context::Index,
@@ -542,7 +542,7 @@ impl Repository {
     }
 
     /// Writes a snapshot; this is the last write of a backup.
-    pub async fn write_snapshot(&self, snapshot: &Snapshot) -> Result<SnapshotId> {
+    pub(crate) async fn write_snapshot(&self, snapshot: &Snapshot) -> Result<SnapshotId> {
         let plain = snapshot
             .encode()
             .map_err(|e| Error::corrupt("new snapshot", e))?;

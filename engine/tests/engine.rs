@@ -373,7 +373,7 @@ async fn a_damaged_blob_is_never_restored_as_good_data() {
         .unwrap();
     let blob = victim.content[0].id.unwrap();
     let loc = index.get(&blob).unwrap();
-    let pack_path = repo_dir.join(coffer_engine::repository::layout::pack(&loc.pack));
+    let pack_path = repo_dir.join(coffer_engine::format::layout::pack(&loc.pack));
     let mut bytes = std::fs::read(&pack_path).unwrap();
     bytes[loc.offset as usize + 100] ^= 0x01;
     std::fs::write(&pack_path, bytes).unwrap();
@@ -687,8 +687,8 @@ mod random_trees {
 mod damage {
     use super::*;
     use coffer_engine::check::{self, CheckOptions, CheckReport, ReadData};
+    use coffer_engine::format::layout;
     use coffer_engine::format::{IndexId, PackId};
-    use coffer_engine::repository::layout;
     use std::sync::Arc;
 
     struct Fixture {
@@ -1211,8 +1211,8 @@ mod damage {
         let (first, _) = &files[0];
         let second = b.index_files().await[0].0;
         std::fs::copy(
-            b.path(&coffer_engine::repository::layout::index(&second)),
-            a.path(&coffer_engine::repository::layout::index(first)),
+            b.path(&coffer_engine::format::layout::index(&second)),
+            a.path(&coffer_engine::format::layout::index(first)),
         )
         .unwrap();
         let r = a.check(ReadData::None).await;
@@ -1348,7 +1348,7 @@ mod keys {
         let (dir, repo) = keys_repo().await;
         let repo_dir = dir.path().join("repo");
         let key_path = |id: &coffer_engine::format::KeyId| {
-            repo_dir.join(coffer_engine::repository::layout::key(id))
+            repo_dir.join(coffer_engine::format::layout::key(id))
         };
         let mut hostile =
             KeyFile::from_bytes(&std::fs::read(key_path(&repo.key_id())).unwrap()).unwrap();
@@ -2320,7 +2320,7 @@ mod retention {
         .await;
         let ids = history(&repo, &src).await;
         repo.store()
-            .delete(&coffer_engine::repository::layout::snapshot(&ids[0]))
+            .delete(&coffer_engine::format::layout::snapshot(&ids[0]))
             .await
             .unwrap();
 
@@ -2383,7 +2383,7 @@ mod retention {
         .await;
         let ids = history(&repo, &src).await;
         repo.store()
-            .delete(&coffer_engine::repository::layout::snapshot(&ids[1]))
+            .delete(&coffer_engine::format::layout::snapshot(&ids[1]))
             .await
             .unwrap();
         // A backup that died: its session stays, its heartbeat stops.
@@ -2392,18 +2392,19 @@ mod retention {
                 .await
                 .unwrap(),
         );
+        // `coffer unlock` lists it, with this process's host and pid.
+        let running = coffer_engine::protocol::running(&repo).await.unwrap();
+        assert_eq!(running.len(), 1, "{running:?}");
         assert_eq!(
-            coffer_engine::protocol::list_keys(&repo, SESSIONS)
-                .await
-                .unwrap()
-                .len(),
-            1
+            (running[0].kind.as_str(), running[0].pid),
+            ("backup", std::process::id())
         );
+        assert!(running[0].key.starts_with(SESSIONS), "{running:?}");
         let p = prune::prune(repo.clone(), fast(Duration::from_secs(20)))
             .await
             .unwrap();
         assert!(p.executed && p.stale_sessions_removed == 1, "{p:?}");
-        assert!(coffer_engine::protocol::list_keys(&repo, SESSIONS)
+        assert!(coffer_engine::protocol::running(&repo)
             .await
             .unwrap()
             .is_empty());
@@ -2431,7 +2432,7 @@ mod retention {
         let ids = history(&repo, &src).await;
         for id in &ids[..2] {
             repo.store()
-                .delete(&coffer_engine::repository::layout::snapshot(id))
+                .delete(&coffer_engine::format::layout::snapshot(id))
                 .await
                 .unwrap();
         }

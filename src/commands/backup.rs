@@ -26,6 +26,7 @@ pub async fn run(g: &Global, a: BackupArgs) -> anyhow::Result<i32> {
         );
     }
     let mut opts = BackupOptions::new(paths);
+    opts.timing = super::timing();
     opts.selection = coffer_engine::select::Selection {
         exclude,
         iexclude: a.iexclude.clone(),

@@ -2,11 +2,9 @@ use std::io::Write;
 
 use anyhow::{bail, Context};
 use coffer_engine::format::blob::BlobType;
-use coffer_engine::format::keys::KeyFile;
 use coffer_engine::format::pack::PackEntry;
 use coffer_engine::format::tree::TreePage;
 use coffer_engine::format::{BlobId, IndexId, KeyId, PackId};
-use coffer_engine::repository::layout;
 
 use crate::cli::{CatArgs, Global};
 use crate::exit;
@@ -98,13 +96,7 @@ pub async fn run(g: &Global, a: CatArgs) -> anyhow::Result<i32> {
         }
         "key" => {
             let kid = id::<KeyId>(&a)?;
-            let bytes = repo
-                .store()
-                .get(&layout::key(&kid))
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            let kf = KeyFile::from_bytes(&bytes)?;
-            pretty(&kf)?;
+            pretty(&repo.read_key_file(&kid).await?)?;
         }
         other => bail!(
             "unknown object type {other:?}: use config, snapshot, index, pack, tree, blob or key"

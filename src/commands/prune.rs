@@ -1,5 +1,5 @@
 use coffer_engine::forget::parse_duration;
-use coffer_engine::protocol::{self, Timing};
+use coffer_engine::protocol;
 use coffer_engine::prune::{self, PruneOptions, PrunePlan};
 
 use crate::cli::{Global, PruneArgs, PruneOpts};
@@ -10,7 +10,7 @@ pub fn options(o: &PruneOpts, dry_run: bool) -> anyhow::Result<PruneOptions> {
         max_unused_percent: o.max_unused,
         max_repack: o.max_repack,
         dry_run,
-        timing: Timing::from_env(),
+        timing: super::timing(),
         // SIGINT/SIGTERM stop prune at a safe point; its lock goes with it.
         cancel: super::cancel_on_signal().0,
         progress: None,
@@ -102,28 +102,18 @@ pub async fn with_progress(
 /// backup's session goes stale and the next prune removes it.
 pub async fn unlock(g: &Global) -> anyhow::Result<i32> {
     let repo = super::open(g).await?;
-    let mut rows = Vec::new();
-    for prefix in [protocol::SESSIONS, protocol::LOCKS] {
-        for key in protocol::list_keys(&repo, prefix).await? {
-            if let Some(b) = protocol::read_beacon(&repo, &key).await? {
-                rows.push((key, b));
-            }
-        }
-    }
+    let rows = protocol::running(&repo).await?;
     if g.json {
-        let list: Vec<_> = rows
-            .iter()
-            .map(|(k, b)| serde_json::json!({"key": k, "kind": b.kind, "hostname": b.hostname, "pid": b.pid, "started": b.started, "beat": b.beat}))
-            .collect();
-        super::print_json(&list)?;
+        super::print_json(&rows)?;
         return Ok(exit::OK);
     }
     if rows.is_empty() {
         println!("no backup or prune is running");
     }
-    for (k, b) in &rows {
+    for b in &rows {
         println!(
-            "{k}: {} on {} (pid {}), started {}, heartbeat {}",
+            "{}: {} on {} (pid {}), started {}, heartbeat {}",
+            b.key,
             b.kind,
             b.hostname,
             b.pid,
@@ -133,7 +123,7 @@ pub async fn unlock(g: &Global) -> anyhow::Result<i32> {
     }
     println!(
         "Nothing needs unlocking: a backup never waits for these, and prune removes a session whose heartbeat stopped ({} s).",
-        Timing::from_env().stale_after.as_secs()
+        super::timing().stale_after.as_secs()
     );
     Ok(exit::OK)
 }

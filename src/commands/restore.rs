@@ -16,6 +16,7 @@ pub async fn run(g: &Global, a: RestoreArgs) -> anyhow::Result<i32> {
     opts.iexclude = a.iexclude;
     opts.overwrite_device = a.overwrite_device;
     opts.device_zeroed = a.device_is_zeroed;
+    opts.plan_limit = a.plan_limit;
     opts.filter = a.origin.snapshot_filter();
     let (progress, bar) = super::op_progress(g, true);
     opts.progress = progress;

@@ -152,7 +152,7 @@ impl BackupOptions {
             force: false,
             segment_size: DEFAULT_SEGMENT_SIZE,
             selection: Default::default(),
-            timing: crate::protocol::Timing::from_env(),
+            timing: crate::protocol::Timing::default(),
             record_path: None,
             read_limit: None,
         }

@@ -32,7 +32,7 @@ use crate::index::Index;
 use crate::progress::{Phase, ProgressFn, Reporter};
 use crate::repository::Repository;
 
-/// [`RestoreOptions::plan_limit`]'s default: about 10 MiB of plan, for
+/// [`RestoreOptions::plan_limit`]'s default: about 12 MiB of plan, for
 /// 8 GiB of content at the default chunk size.
 pub const DEFAULT_PLAN_LIMIT: usize = 65_536;
 
@@ -60,7 +60,7 @@ pub struct RestoreOptions {
     /// Packs fetched at once.
     pub concurrency: usize,
     /// Blob places (one blob at one offset of one file) planned before they
-    /// are fetched and written. This bounds the plan's memory, at about 150
+    /// are fetched and written. This bounds the plan's memory, at about 190
     /// bytes a place, whatever the snapshot's size; a snapshot with more is
     /// restored in several passes, and a pack with blobs in two passes is read
     /// in both.

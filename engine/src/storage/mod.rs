@@ -14,6 +14,7 @@
 //! inside each store.
 
 mod cache;
+#[cfg(feature = "internals")]
 mod fault;
 mod object;
 #[cfg(feature = "cloud")]
@@ -27,6 +28,8 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 
 pub use cache::Caching;
+/// A store that injects faults, for the engine's own tests.
+#[cfg(feature = "internals")]
 pub use fault::{Faults, Faulty};
 pub(crate) use object::chain;
 pub use object::ObjectStoreBackend;
