@@ -23,7 +23,7 @@
 //!
 //! Prune publishes the packs it may delete as a plan `plans/<random id>`
 //! before it looks at sessions; a backup that starts reads every plan
-//! ([`planned_packs`]) and does not deduplicate against those packs.
+//! (`planned_packs`) and does not deduplicate against those packs.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
