@@ -407,6 +407,9 @@ pub struct BackupArgs {
     /// File workers (default: one per core)
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub threads: usize,
+    /// Threads that read directories ahead of the walk (0: none)
+    #[arg(long, value_name = "N", default_value_t = coffer_engine::backup::DEFAULT_WALK_THREADS)]
+    pub walk_threads: usize,
     /// Compression for this backup: off, auto, max, or a zstd level
     #[arg(long, value_name = "MODE", value_parser = parse_compression)]
     pub compression: Option<coffer_engine::format::blob::Compression>,

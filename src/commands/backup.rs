@@ -45,6 +45,7 @@ pub async fn run(g: &Global, a: BackupArgs) -> anyhow::Result<i32> {
         .collect();
     opts.hostname = a.host.clone();
     opts.threads = a.threads;
+    opts.walk_threads = a.walk_threads;
     opts.compression = a.compression;
     opts.force = a.force;
     opts.read_limit = a.limit_read;

@@ -10,6 +10,7 @@
 mod dedup;
 mod file_worker;
 pub(crate) mod indexer;
+mod lookahead;
 mod pace;
 mod packer;
 mod snapshot;
@@ -82,6 +83,10 @@ pub struct BackupOptions {
     pub program: Option<String>,
     /// File workers; 0 means one per core.
     pub threads: usize,
+    /// Threads that read directories ahead of the walk, and stat their
+    /// entries (0: the walker reads each directory when it gets there). A
+    /// cold walk mostly waits on the disk; these keep several reads in flight.
+    pub walk_threads: usize,
     /// Pack uploads at once.
     pub upload_concurrency: usize,
     /// Compression; the repository's default when `None`.
@@ -127,6 +132,9 @@ pub enum ParentChoice {
     Origin(crate::forget::OriginFilter),
 }
 
+/// [`BackupOptions::walk_threads`]' default.
+pub const DEFAULT_WALK_THREADS: usize = 4;
+
 /// Default segment size for chunking a large file on several threads: 8 MiB.
 pub const DEFAULT_SEGMENT_SIZE: usize = 8 * 1024 * 1024;
 
@@ -143,6 +151,7 @@ impl BackupOptions {
             username: None,
             program: None,
             threads: 0,
+            walk_threads: DEFAULT_WALK_THREADS,
             upload_concurrency: 2,
             compression: None,
             origin: None,
@@ -291,6 +300,8 @@ pub(crate) struct Ctx {
     pub(crate) rt: tokio::runtime::Handle,
     /// File workers, and threads for one large file.
     pub(crate) threads: usize,
+    /// Directory readers ahead of the walk.
+    pub(crate) walk_threads: usize,
     /// Segment size for chunking a large file in parallel.
     pub(crate) segment_size: usize,
     /// Read every file (no reuse from the parent).
@@ -514,6 +525,7 @@ impl Job {
             cancel: opts.cancel.clone(),
             rt: tokio::runtime::Handle::current(),
             threads,
+            walk_threads: opts.walk_threads,
             segment_size: opts.segment_size.max(64 * 1024),
             force: opts.force,
             parent_root: parent.as_ref().and_then(|(_, s)| s.root.subtree),
@@ -619,6 +631,7 @@ fn run_pipeline(ctx: &Ctx, plan: &source::SourcePlan, root: Node, threads: usize
                 jobs: job_tx,
                 owners: Default::default(),
                 parents: Vec::new(),
+                lookahead: lookahead::Lookahead::new(ctx.walk_threads),
             }
             .run(plan, ctx.parent_root)
         });

@@ -13,6 +13,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use coffer_repo_format::tree::{Node, NodeKind, Timestamp};
 
+use super::lookahead::{Listing, Lookahead};
 use super::{Ctx, SourceError};
 use crate::cancel::CancelToken;
 use crate::error::{Error, Result};
@@ -258,6 +259,8 @@ pub(crate) struct Walker<'a> {
     pub(crate) owners: Owners,
     /// The parent snapshot's listing of each open directory, innermost last.
     pub(crate) parents: Vec<ParentDir<'a>>,
+    /// Reads the directories ahead of the walk.
+    pub(crate) lookahead: Lookahead,
 }
 
 impl Walker<'_> {
@@ -359,20 +362,21 @@ impl Walker<'_> {
             },
             false => None,
         };
-        let names = match fsmeta::dir_names(dir) {
-            Ok(n) => n,
+        let listing = match self.lookahead.listing(dir) {
+            Ok(l) => l,
             Err(e) => {
                 self.ctx.io_error(dir, &e);
                 return Ok(());
             }
         };
-        // One entry per open directory: its path and the names still to visit.
-        let mut open = vec![(dir.to_path_buf(), names.into_iter())];
-        while let Some((parent, names)) = open.last_mut() {
+        self.want_children(dir, &listing, root_dev);
+        // One entry per open directory: its path and the entries still to visit.
+        let mut open = vec![(dir.to_path_buf(), listing.into_iter())];
+        while let Some((parent, entries)) = open.last_mut() {
             if self.ctx.cancel.is_cancelled() {
                 return Err(Error::Cancelled);
             }
-            let Some(name) = names.next() else {
+            let Some((name, read_ahead)) = entries.next() else {
                 open.pop();
                 if !open.is_empty() {
                     self.leave()?;
@@ -380,7 +384,7 @@ impl Walker<'_> {
                 continue;
             };
             let path = parent.join(&name);
-            let md = match std::fs::symlink_metadata(&path) {
+            let md = match read_ahead.unwrap_or_else(|| std::fs::symlink_metadata(&path)) {
                 Ok(md) => md,
                 Err(e) => {
                     self.ctx.io_error(&path, &e);
@@ -404,12 +408,14 @@ impl Walker<'_> {
                 Ok(node) => node,
                 Err(e) => {
                     self.ctx.io_error(&path, &e);
+                    self.lookahead.forget(&path);
                     continue;
                 }
             };
             self.enter(node)?;
             // A cache directory keeps its tag; another file system its mount point.
             if self.ctx.selector.is_cache_dir(&path) {
+                self.lookahead.forget(&path);
                 self.cache_tag(&path)?;
                 self.leave()?;
                 continue;
@@ -418,8 +424,11 @@ impl Walker<'_> {
                 self.leave()?;
                 continue;
             }
-            match fsmeta::dir_names(&path) {
-                Ok(names) => open.push((path, names.into_iter())),
+            match self.lookahead.listing(&path) {
+                Ok(listing) => {
+                    self.want_children(&path, &listing, root_dev);
+                    open.push((path, listing.into_iter()));
+                }
                 Err(e) => {
                     self.ctx.io_error(&path, &e);
                     self.leave()?;
@@ -427,6 +436,27 @@ impl Walker<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Asks the lookahead for the subdirectories of `dir` the walk will enter
+    /// (those whose metadata it has, in name order).
+    fn want_children(&mut self, dir: &Path, listing: &Listing, root_dev: Option<u64>) {
+        let children: Vec<PathBuf> = listing
+            .iter()
+            .filter_map(|(name, md)| match md {
+                Some(Ok(md))
+                    if md.is_dir()
+                        && root_dev.is_none_or(|dev| dev == md.dev())
+                        && !self.ctx.selector.excluded(&dir.join(name), md) =>
+                {
+                    Some(dir.join(name))
+                }
+                _ => None,
+            })
+            .collect();
+        if !children.is_empty() {
+            self.lookahead.want(children);
+        }
     }
 
     /// A block device given as a path: its contents, as one file. It is always

@@ -1,0 +1,237 @@
+//! Lookahead: a few threads read the directories the walker will enter next,
+//! and stat their entries, while it is still busy elsewhere. A cold walk
+//! waits on the disk for every directory block and inode; with several
+//! requests in flight the disk serves them together. The walker still visits
+//! everything in name order, so the tree builder sees the same events.
+//!
+//! Memory is bounded by [`WINDOW`] listings of at most [`STAT_CAP`] stat
+//! results each, plus the names of the directories still to be read ahead.
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::OsString;
+use std::fs::Metadata;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::fsmeta;
+
+/// Directories read ahead and not yet taken by the walker, at most.
+pub(crate) const WINDOW: usize = 32;
+/// Entries of one directory stat-ed ahead; the walker stats the rest.
+pub(crate) const STAT_CAP: usize = 1024;
+/// Directories remembered to be read ahead later, at most.
+const QUEUE: usize = 4096;
+
+/// A directory's entries in name order, each with its metadata when it was
+/// read ahead (`None`: not yet read).
+pub(crate) type Listing = Vec<(OsString, Option<io::Result<Metadata>>)>;
+
+type Request = (PathBuf, Sender<io::Result<Listing>>);
+
+pub(crate) struct Lookahead {
+    requests: Option<Sender<Request>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    /// Read ahead, or being read: taken by [`Lookahead::listing`].
+    waiting: HashMap<PathBuf, Receiver<io::Result<Listing>>>,
+    /// To read ahead when the window has room, soonest first.
+    queue: VecDeque<PathBuf>,
+}
+
+impl Lookahead {
+    /// Starts `threads` readers; with none, every listing is read when asked.
+    pub(crate) fn new(threads: usize) -> Self {
+        if threads == 0 {
+            return Lookahead {
+                requests: None,
+                threads: Vec::new(),
+                waiting: HashMap::new(),
+                queue: VecDeque::new(),
+            };
+        }
+        let (tx, rx) = crossbeam_channel::unbounded::<Request>();
+        let threads = (0..threads)
+            .map(|_| {
+                let rx = rx.clone();
+                std::thread::spawn(move || {
+                    for (dir, reply) in rx {
+                        // The walker may have stopped waiting: nothing to do then.
+                        let _ = reply.send(read(&dir, STAT_CAP));
+                    }
+                })
+            })
+            .collect();
+        Lookahead {
+            requests: Some(tx),
+            threads,
+            waiting: HashMap::new(),
+            queue: VecDeque::new(),
+        }
+    }
+
+    /// The listing of `dir`: the one read ahead, else read now. Without
+    /// reader threads it holds names only (the walker stats each entry as it
+    /// gets there, as a plain walk does).
+    pub(crate) fn listing(&mut self, dir: &Path) -> io::Result<Listing> {
+        let stat = if self.requests.is_some() { STAT_CAP } else { 0 };
+        let listing = match self.waiting.remove(dir) {
+            Some(rx) => rx.recv().unwrap_or_else(|_| read(dir, stat)),
+            None => {
+                self.unqueue(dir);
+                read(dir, stat)
+            }
+        };
+        self.refill();
+        listing
+    }
+
+    /// Directories the walk will enter, in the order it will, before anything
+    /// asked for earlier (a depth-first walk enters a directory's children
+    /// before its next siblings).
+    pub(crate) fn want(&mut self, dirs: Vec<PathBuf>) {
+        if self.requests.is_none() {
+            return;
+        }
+        for d in dirs.into_iter().rev() {
+            self.queue.push_front(d);
+        }
+        // The farthest ones are read when the walk gets there.
+        self.queue.truncate(QUEUE);
+        self.refill();
+    }
+
+    /// The walk will not enter `dir` after all.
+    pub(crate) fn forget(&mut self, dir: &Path) {
+        if self.waiting.remove(dir).is_none() {
+            self.unqueue(dir);
+        }
+        self.refill();
+    }
+
+    fn unqueue(&mut self, dir: &Path) {
+        if self.queue.front().is_some_and(|d| d == dir) {
+            self.queue.pop_front();
+        } else if !self.queue.is_empty() {
+            self.queue.retain(|d| d != dir);
+        }
+    }
+
+    fn refill(&mut self) {
+        let Some(requests) = &self.requests else {
+            return;
+        };
+        while self.waiting.len() < WINDOW {
+            let Some(dir) = self.queue.pop_front() else {
+                break;
+            };
+            if self.waiting.contains_key(&dir) {
+                continue;
+            }
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            if requests.send((dir.clone(), tx)).is_err() {
+                break;
+            }
+            self.waiting.insert(dir, rx);
+        }
+    }
+}
+
+impl Drop for Lookahead {
+    fn drop(&mut self) {
+        // Requests not started are dropped with the channel's last sender's
+        // receivers; the threads end after the listing they are reading.
+        self.waiting.clear();
+        self.requests = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Reads `dir`'s names in order and stats the first `stat` entries.
+fn read(dir: &Path, stat: usize) -> io::Result<Listing> {
+    let names = fsmeta::dir_names(dir)?;
+    Ok(names
+        .into_iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let md = (i < stat).then(|| std::fs::symlink_metadata(dir.join(&name)));
+            (name, md)
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tree of `width` directories per level, `depth` levels, a file in each.
+    fn tree(root: &Path, width: usize, depth: usize) {
+        std::fs::create_dir_all(root).unwrap();
+        std::fs::write(root.join("f"), b"x").unwrap();
+        if depth > 0 {
+            for i in 0..width {
+                tree(&root.join(format!("d{i}")), width, depth - 1);
+            }
+        }
+    }
+
+    /// Walks depth first through the lookahead; returns every path in order.
+    fn walk(la: &mut Lookahead, dir: &Path, out: &mut Vec<PathBuf>) {
+        let listing = la.listing(dir).unwrap();
+        let children: Vec<PathBuf> = listing
+            .iter()
+            .filter(|(n, _)| n.to_string_lossy().starts_with('d'))
+            .map(|(n, _)| dir.join(n))
+            .collect();
+        la.want(children);
+        for (name, md) in listing {
+            let path = dir.join(&name);
+            let md = md
+                .unwrap_or_else(|| std::fs::symlink_metadata(&path))
+                .unwrap();
+            out.push(path.clone());
+            if md.is_dir() {
+                walk(la, &path, out);
+            }
+        }
+    }
+
+    #[test]
+    fn a_walk_through_the_lookahead_sees_what_a_plain_walk_sees_in_the_same_order() {
+        let dir = tempfile::tempdir().unwrap();
+        // 4 + 16 + 64 + 256 directories: more than the window holds.
+        tree(dir.path(), 4, 4);
+        let mut plain = Vec::new();
+        walk(&mut Lookahead::new(0), dir.path(), &mut plain);
+        let mut ahead = Vec::new();
+        let mut la = Lookahead::new(4);
+        walk(&mut la, dir.path(), &mut ahead);
+        assert_eq!(plain.len(), 341 + 340);
+        assert_eq!(ahead, plain);
+        assert!(la.waiting.is_empty() && la.queue.is_empty());
+    }
+
+    #[test]
+    fn a_directory_read_ahead_then_skipped_frees_its_place() {
+        let dir = tempfile::tempdir().unwrap();
+        tree(dir.path(), 3, 1);
+        let mut la = Lookahead::new(2);
+        la.listing(dir.path()).unwrap();
+        let dirs: Vec<PathBuf> = (0..3).map(|i| dir.path().join(format!("d{i}"))).collect();
+        la.want(dirs.clone());
+        assert_eq!(la.waiting.len(), 3);
+        la.forget(&dirs[1]);
+        assert_eq!(la.waiting.len(), 2);
+        // A directory that vanished after it was read ahead: its error comes back.
+        std::fs::remove_dir_all(&dirs[2]).unwrap();
+        la.listing(&dirs[0]).unwrap();
+        let gone = la.listing(&dirs[2]);
+        assert!(
+            gone.is_ok() || gone.unwrap_err().kind() == io::ErrorKind::NotFound,
+            "read ahead before or after the removal"
+        );
+        assert!(la.waiting.is_empty());
+    }
+}
