@@ -202,6 +202,63 @@ impl Filter {
     }
 }
 
+/// The snapshots of `snaps` (oldest first) that `filter` passes; with
+/// `latest`, only the newest `latest` of each host and set of paths
+/// (`coffer snapshots --latest N`). Order is kept.
+pub fn select(
+    snaps: Vec<(SnapshotId, Snapshot)>,
+    filter: &Filter,
+    latest: Option<usize>,
+) -> Vec<(SnapshotId, Snapshot)> {
+    let mut v: Vec<_> = snaps
+        .into_iter()
+        .filter(|(_, s)| filter.matches(s))
+        .collect();
+    if let Some(n) = latest {
+        let key = |s: &Snapshot| {
+            let mut p: Vec<String> = s.paths.iter().map(|p| p.to_string_lossy()).collect();
+            p.sort();
+            (s.hostname.clone(), p)
+        };
+        let mut counts: std::collections::HashMap<_, usize> = std::collections::HashMap::new();
+        let mut keep = vec![false; v.len()];
+        for i in (0..v.len()).rev() {
+            let c = counts.entry(key(&v[i].1)).or_default();
+            if *c < n {
+                keep[i] = true;
+                *c += 1;
+            }
+        }
+        let mut it = keep.into_iter();
+        v.retain(|_| it.next().unwrap_or(false));
+    }
+    v
+}
+
+/// A plan that removes the snapshots `specs` name (each `latest`, an id or
+/// a unique prefix) and keeps everything else: `coffer forget ID...`.
+pub async fn plan_ids(repo: &Repository, specs: &[String]) -> Result<ForgetPlan> {
+    let mut remove = Vec::new();
+    for spec in specs {
+        let (id, s) = repo.find_snapshot(spec).await?;
+        if remove.iter().any(|d: &Decision| d.id == id) {
+            continue;
+        }
+        remove.push(Decision {
+            id,
+            time: s.time,
+            reasons: Vec::new(),
+        });
+    }
+    Ok(ForgetPlan {
+        groups: vec![GroupPlan {
+            key: "given by id".into(),
+            keep: Vec::new(),
+            remove,
+        }],
+    })
+}
+
 /// Snapshots by Kubernetes origin: each field given must equal the snapshot's;
 /// a field left `None` matches anything. An empty filter matches every
 /// snapshot, with or without an origin.
@@ -427,6 +484,38 @@ mod tests {
 
     fn ids(d: &[Decision]) -> Vec<u8> {
         d.iter().map(|d| d.id.0[0]).collect()
+    }
+
+    #[test]
+    fn select_keeps_the_newest_n_of_each_host_and_paths_in_order() {
+        let mut s = vec![
+            snap(1, "2026-11-01T10:00:00+00:00", "a", &["x"]),
+            snap(2, "2026-11-02T10:00:00+00:00", "b", &[]),
+            snap(3, "2026-11-03T10:00:00+00:00", "a", &[]),
+            snap(4, "2026-11-04T10:00:00+00:00", "a", &["x"]),
+        ];
+        s[3].1.paths = vec!["/other".into()];
+        let all = |v: Vec<(SnapshotId, Snapshot)>| -> Vec<u8> {
+            v.iter().map(|(id, _)| id.0[0]).collect()
+        };
+        assert_eq!(
+            all(select(s.clone(), &Filter::default(), None)),
+            [1, 2, 3, 4]
+        );
+        // a:/data keeps 3 (its newest), b keeps 2, a:/other keeps 4.
+        assert_eq!(
+            all(select(s.clone(), &Filter::default(), Some(1))),
+            [2, 3, 4]
+        );
+        assert_eq!(
+            all(select(s.clone(), &Filter::default(), Some(2))),
+            [1, 2, 3, 4]
+        );
+        let tagged = Filter {
+            tags: vec!["x".into()],
+            ..Default::default()
+        };
+        assert_eq!(all(select(s, &tagged, Some(1))), [1, 4]);
     }
 
     #[test]

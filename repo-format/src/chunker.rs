@@ -45,6 +45,17 @@ impl Default for ChunkerParams {
 }
 
 impl ChunkerParams {
+    /// The sizes around an average, as `coffer init --chunk-size` sets them:
+    /// a quarter of it at least, four times it at most.
+    pub fn from_average(avg_size: u32, normalization: u8) -> Self {
+        ChunkerParams {
+            min_size: avg_size / 4,
+            avg_size,
+            max_size: avg_size.saturating_mul(4),
+            normalization,
+        }
+    }
+
     /// Checks the parameters against the bounds of SPEC.md.
     pub fn validate(&self) -> Result<()> {
         use fastcdc::v2020::{
@@ -188,6 +199,18 @@ pub fn is_zero(data: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_from_an_average_are_a_quarter_and_four_times_it() {
+        let p = ChunkerParams::from_average(1 << 20, 1);
+        assert_eq!(
+            (p.min_size, p.avg_size, p.max_size),
+            (256 << 10, 1 << 20, 4 << 20)
+        );
+        p.validate().unwrap();
+        let d = ChunkerParams::default();
+        assert_eq!(ChunkerParams::from_average(d.avg_size, d.normalization), d);
+    }
 
     fn small() -> ChunkerParams {
         ChunkerParams {

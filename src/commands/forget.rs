@@ -29,22 +29,7 @@ pub async fn run(g: &Global, a: ForgetArgs) -> anyhow::Result<i32> {
         };
         forget::plan(&snapshots, &policy, GroupBy::parse(&a.group_by)?, &filter)?
     } else {
-        let mut remove = Vec::new();
-        for spec in &a.snapshots {
-            let (id, s) = repo.find_snapshot(spec).await?;
-            remove.push(forget::Decision {
-                id,
-                time: s.time,
-                reasons: Vec::new(),
-            });
-        }
-        forget::ForgetPlan {
-            groups: vec![forget::GroupPlan {
-                key: "given on the command line".into(),
-                keep: Vec::new(),
-                remove,
-            }],
-        }
+        forget::plan_ids(&repo, &a.snapshots).await?
     };
     if g.json {
         super::print_json(

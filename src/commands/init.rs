@@ -8,12 +8,7 @@ pub async fn run(g: &Global, a: InitArgs) -> anyhow::Result<i32> {
     let avg =
         u32::try_from(a.chunk_size).map_err(|_| anyhow::anyhow!("--chunk-size is too large"))?;
     let opts = InitOptions {
-        chunker: ChunkerParams {
-            min_size: avg / 4,
-            avg_size: avg,
-            max_size: avg.saturating_mul(4),
-            normalization: a.chunk_normalization,
-        },
+        chunker: ChunkerParams::from_average(avg, a.chunk_normalization),
         compression: a.compression,
         pack_size: u32::try_from(a.pack_size)
             .map_err(|_| anyhow::anyhow!("--pack-size is too large"))?,

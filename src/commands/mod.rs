@@ -53,15 +53,10 @@ pub(crate) fn location(g: &Global) -> anyhow::Result<String> {
 /// Opens the store `--repo` names, with `--option` and the cache settings.
 pub(crate) fn open_store(g: &Global, create: bool) -> anyhow::Result<storage::DynStore> {
     let location = location(g)?;
-    let remote = ["s3://", "gs://", "az://"]
-        .iter()
-        .any(|s| location.starts_with(s));
     let cache_dir = match (&g.cache_dir, g.no_cache) {
         (_, true) => None,
         (Some(dir), false) => Some(dir.clone()),
-        // Local repositories are read at disk speed: no cache unless asked.
-        (None, false) if remote => dirs::cache_dir().map(|d| d.join("coffer")),
-        (None, false) => None,
+        (None, false) => storage::default_cache_dir(&location, dirs::cache_dir().as_deref()),
     };
     let opts = storage::OpenOptions {
         create,

@@ -24,7 +24,7 @@ pub fn to_json(id: &SnapshotId, s: &Snapshot) -> serde_json::Value {
     })
 }
 
-/// Applies --tag/--host/--path and --latest N (per host and paths).
+/// Applies --tag/--host/--path, the origin flags and --latest N (per host and paths).
 pub fn select(
     snaps: Vec<(SnapshotId, Snapshot)>,
     tags: &[String],
@@ -39,29 +39,7 @@ pub fn select(
         paths: paths.to_vec(),
         origin,
     };
-    let mut v: Vec<_> = snaps
-        .into_iter()
-        .filter(|(_, s)| filter.matches(s))
-        .collect();
-    if let Some(n) = latest {
-        let key = |s: &Snapshot| {
-            let mut p: Vec<String> = s.paths.iter().map(|p| p.to_string_lossy()).collect();
-            p.sort();
-            (s.hostname.clone(), p)
-        };
-        let mut counts: std::collections::HashMap<_, usize> = std::collections::HashMap::new();
-        let mut keep = vec![false; v.len()];
-        for i in (0..v.len()).rev() {
-            let c = counts.entry(key(&v[i].1)).or_default();
-            if *c < n {
-                keep[i] = true;
-                *c += 1;
-            }
-        }
-        let mut it = keep.into_iter();
-        v.retain(|_| it.next().unwrap_or(false));
-    }
-    v
+    coffer_engine::forget::select(snaps, &filter, latest)
 }
 
 pub async fn run(g: &Global, a: SnapshotsArgs) -> anyhow::Result<i32> {

@@ -187,6 +187,27 @@ pub struct OpenOptions {
     pub from_env: bool,
 }
 
+/// Whether `location` names a network store (`s3://`, `gs://`, `az://`).
+pub fn is_remote(location: &str) -> bool {
+    ["s3://", "gs://", "az://"]
+        .iter()
+        .any(|s| location.starts_with(s))
+}
+
+/// The metadata cache a program uses unless told otherwise: for a network
+/// store, `coffer` under the user's cache directory (`~/.cache`, which the
+/// caller finds); a local repository is read at disk speed and needs none.
+pub fn default_cache_dir(
+    location: &str,
+    user_cache_dir: Option<&std::path::Path>,
+) -> Option<std::path::PathBuf> {
+    if is_remote(location) {
+        user_cache_dir.map(|d| d.join("coffer"))
+    } else {
+        None
+    }
+}
+
 /// Opens the store a repository location names: a path or `file:///path` (local
 /// directory), or `memory://` (a new, empty in-memory store, for tests).
 ///
@@ -296,3 +317,20 @@ pub fn redact(message: &str) -> String {
 
 #[cfg(test)]
 pub(crate) mod conformance;
+
+#[cfg(test)]
+mod default_cache_tests {
+    use super::*;
+
+    #[test]
+    fn only_network_stores_get_a_cache_by_default() {
+        let home = std::path::Path::new("/home/u/.cache");
+        assert_eq!(
+            default_cache_dir("s3://bucket/x", Some(home)),
+            Some(home.join("coffer"))
+        );
+        assert_eq!(default_cache_dir("az://c/p", None), None);
+        assert_eq!(default_cache_dir("/srv/repo", Some(home)), None);
+        assert_eq!(default_cache_dir("file:///srv/repo", Some(home)), None);
+    }
+}
