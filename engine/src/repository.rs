@@ -108,6 +108,11 @@ pub fn now_rfc3339() -> String {
     chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, false)
 }
 
+thread_local! {
+    /// [`Repository::read_blob`]'s decryption buffer and zstd context.
+    static OPEN_BUFFERS: std::cell::RefCell<blob::OpenBuffers> = Default::default();
+}
+
 /// An opened repository.
 pub struct Repository {
     store: DynStore,
@@ -712,11 +717,28 @@ impl Repository {
             }
             Err(e) => return Err(self.store_err(e)),
         };
-        blob::open_blob(&self.key, &self.opener, blob_type, id, loc.raw_len, &bytes).map_err(|e| {
+        // A zstd context per thread: making one per blob cost more than
+        // opening a small tree page (measured: 2 % of an unchanged re-backup).
+        let mut out = Vec::new();
+        let opened = OPEN_BUFFERS.with(|b| {
+            let mut bufs = b.borrow_mut();
+            blob::open_blob_into(
+                &self.key,
+                &self.opener,
+                blob_type,
+                id,
+                loc.raw_len,
+                &bytes,
+                &mut bufs,
+                &mut out,
+            )
+        });
+        opened.map_err(|e| {
             // A cached pack is verified as a whole; still, never keep what failed.
             self.store.discard_cached(&key);
             Error::corrupt(format!("{blob_type} blob {id} in pack {}", loc.pack), e)
-        })
+        })?;
+        Ok(out)
     }
 
     /// Opens a blob's stored bytes (already fetched) and verifies it.
