@@ -114,7 +114,7 @@ pub enum Command {
 #[derive(Args, Debug, Clone)]
 pub struct PruneOpts {
     /// Unused space that may remain in packs, in percent of the repository
-    #[arg(long, value_name = "PERCENT", default_value = "5%", value_parser = parse_percent)]
+    #[arg(long, value_name = "PERCENT", default_value = "5%", value_parser = coffer_engine::prune::parse_percent)]
     pub max_unused: f64,
     /// Repack at most SIZE of packs (e.g. 10GiB)
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
@@ -558,19 +558,6 @@ fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
         Ok(_) => Err("a timeout of zero would never wait; give e.g. 30s".into()),
         Err(e) => Err(format!("{s:?} is not a duration like 30s or 2m: {e}")),
     }
-}
-
-/// Parses `5%` or `5`.
-pub fn parse_percent(s: &str) -> Result<f64, String> {
-    let v: f64 = s
-        .trim()
-        .trim_end_matches('%')
-        .parse()
-        .map_err(|_| format!("{s:?} is not a percentage like 5%"))?;
-    if !(0.0..=100.0).contains(&v) {
-        return Err(format!("{s:?} is not between 0% and 100%"));
-    }
-    Ok(v)
 }
 
 /// Parses a compression mode.

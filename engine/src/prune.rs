@@ -93,6 +93,19 @@ impl Default for PruneOptions {
     }
 }
 
+/// Parses a percentage, `5%` or `5`, between 0 and 100 (`--max-unused`).
+pub fn parse_percent(s: &str) -> std::result::Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("{s:?} is not a percentage like 5%"))?;
+    if !(0.0..=100.0).contains(&v) {
+        return Err(format!("{s:?} is not between 0% and 100%"));
+    }
+    Ok(v)
+}
+
 /// What prune decided, and what it did.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct PrunePlan {
@@ -597,5 +610,24 @@ impl Repacker {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod percent_tests {
+    use super::parse_percent;
+
+    #[test]
+    fn percentages_with_or_without_the_sign_and_in_range() {
+        assert_eq!(parse_percent("5%"), Ok(5.0));
+        assert_eq!(parse_percent(" 12.5 "), Ok(12.5));
+        assert_eq!(parse_percent("0"), Ok(0.0));
+        assert!(parse_percent("101%")
+            .unwrap_err()
+            .contains("between 0% and 100%"));
+        assert!(parse_percent("-1").is_err());
+        assert!(parse_percent("five")
+            .unwrap_err()
+            .contains("not a percentage"));
     }
 }
