@@ -12,6 +12,8 @@ use std::ffi::OsString;
 use std::fs::Metadata;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -32,6 +34,8 @@ type Request = (PathBuf, Sender<io::Result<Listing>>);
 
 pub(crate) struct Lookahead {
     requests: Option<Sender<Request>>,
+    /// Set when the walk ends: readers skip the requests still queued.
+    stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<()>>,
     /// Read ahead, or being read: taken by [`Lookahead::listing`].
     waiting: HashMap<PathBuf, Receiver<io::Result<Listing>>>,
@@ -45,17 +49,22 @@ impl Lookahead {
         if threads == 0 {
             return Lookahead {
                 requests: None,
+                stop: Arc::default(),
                 threads: Vec::new(),
                 waiting: HashMap::new(),
                 queue: VecDeque::new(),
             };
         }
         let (tx, rx) = crossbeam_channel::unbounded::<Request>();
+        let stop = Arc::new(AtomicBool::new(false));
         let threads = (0..threads)
             .map(|_| {
-                let rx = rx.clone();
+                let (rx, stop) = (rx.clone(), stop.clone());
                 std::thread::spawn(move || {
                     for (dir, reply) in rx {
+                        if stop.load(Ordering::Relaxed) {
+                            continue;
+                        }
                         // The walker may have stopped waiting: nothing to do then.
                         let _ = reply.send(read(&dir, STAT_CAP));
                     }
@@ -64,6 +73,7 @@ impl Lookahead {
             .collect();
         Lookahead {
             requests: Some(tx),
+            stop,
             threads,
             waiting: HashMap::new(),
             queue: VecDeque::new(),
@@ -139,8 +149,9 @@ impl Lookahead {
 
 impl Drop for Lookahead {
     fn drop(&mut self) {
-        // Requests not started are dropped with the channel's last sender's
-        // receivers; the threads end after the listing they are reading.
+        // Queued requests are skipped, not read; each thread ends after the
+        // listing it is reading, if any.
+        self.stop.store(true, Ordering::Relaxed);
         self.waiting.clear();
         self.requests = None;
         for t in self.threads.drain(..) {
