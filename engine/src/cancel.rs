@@ -60,6 +60,29 @@ impl CancelToken {
     }
 }
 
+/// Cancels a token when dropped, unless disarmed: an operation whose future
+/// the caller drops stops its blocking and spawned work too.
+pub(crate) struct CancelOnDrop(Option<CancelToken>);
+
+impl CancelOnDrop {
+    pub(crate) fn new(token: CancelToken) -> Self {
+        CancelOnDrop(Some(token))
+    }
+
+    /// The operation ended: leave the token as it is.
+    pub(crate) fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            t.cancel();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

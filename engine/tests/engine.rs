@@ -2088,6 +2088,64 @@ mod retention {
         assert!(last.bytes_done >= 2 * 700_000 + 3_000_000, "{last:?}");
     }
 
+    /// A restore whose future is dropped (a timeout) trips its token, and its
+    /// planning and writing threads stop: the passes after it are never written.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_restore_stops_its_threads() {
+        let dir = tempdir();
+        let src = dir.path().join("src");
+        for i in 0..40u64 {
+            write(&src.join(format!("f{i:02}")), &noise(200 + i, 200_000));
+        }
+        let repo = memory_repo(init_opts(small_chunks(), Compression::Zstd(3), 1 << 20)).await;
+        backup_paths(&repo, &[&src]).await;
+        let out = dir.path().join("out");
+        let mut opts = RestoreOptions::new("latest", &out);
+        // One blob place per pass, and each pass's first report waits: the
+        // restore is still running when the timeout drops it.
+        opts.plan_limit = 1;
+        let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+        let started_tx = std::sync::Mutex::new(started_tx);
+        opts.progress = Some(coffer_engine::progress::ProgressFn::new(move |_| {
+            let _ = started_tx.lock().unwrap().send(());
+            std::thread::sleep(Duration::from_millis(20));
+        }));
+        let cancel = opts.cancel.clone();
+        let index = repo.load_index().await.unwrap();
+        let r = tokio::time::timeout(
+            Duration::from_millis(200),
+            restore::restore(repo.clone(), index, opts),
+        )
+        .await;
+        assert!(r.is_err(), "the restore was still running: {r:?}");
+        assert!(started_rx.try_recv().is_ok(), "it had started");
+        assert!(cancel.is_cancelled(), "dropping the future trips the token");
+        // Once stopped, nothing more is written.
+        let written = || -> u64 {
+            use std::os::unix::fs::MetadataExt;
+            walkdir::WalkDir::new(&out)
+                .into_iter()
+                .filter_map(|e| e.ok())
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.blocks() * 512)
+                .sum()
+        };
+        let mut last = written();
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = written();
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+        assert!(
+            last < 40 * 200_000,
+            "the restore stopped before writing everything: {last} bytes"
+        );
+    }
+
     /// Restore, `check --read-data` and prune report their progress, and
     /// each phase's last report reaches its totals.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

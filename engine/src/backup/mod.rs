@@ -400,29 +400,12 @@ pub(crate) async fn stop_on_drop(
     cancel: CancelToken,
     work: impl std::future::Future<Output = Result<BackupSummary>> + Send + 'static,
 ) -> Result<BackupSummary> {
-    let guard = CancelOnDrop(Some(cancel));
+    let guard = crate::cancel::CancelOnDrop::new(cancel);
     let result = tokio::spawn(work)
         .await
         .map_err(|e| Error::Internal(format!("the backup task failed: {e}")))?;
     guard.disarm();
     result
-}
-
-/// Cancels a token when dropped, unless disarmed.
-struct CancelOnDrop(Option<CancelToken>);
-
-impl CancelOnDrop {
-    fn disarm(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        if let Some(t) = self.0.take() {
-            t.cancel();
-        }
-    }
 }
 
 async fn backup_task(repo: Arc<Repository>, opts: BackupOptions) -> Result<BackupSummary> {

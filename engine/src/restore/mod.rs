@@ -194,7 +194,22 @@ impl Shared {
 }
 
 /// Restores a snapshot (or a path in it) into a directory.
+///
+/// Dropping the returned future (an abort, a `tokio::time::timeout`) trips
+/// `opts.cancel`: the planning and writing threads stop at their next check,
+/// as after a cancellation.
 pub async fn restore(
+    repo: Arc<Repository>,
+    index: Arc<Index>,
+    opts: RestoreOptions,
+) -> Result<RestoreSummary> {
+    let guard = crate::cancel::CancelOnDrop::new(opts.cancel.clone());
+    let result = restore_inner(repo, index, opts).await;
+    guard.disarm();
+    result
+}
+
+async fn restore_inner(
     repo: Arc<Repository>,
     index: Arc<Index>,
     opts: RestoreOptions,
