@@ -28,6 +28,7 @@ use crate::index::Index;
 use crate::progress::{Phase, ProgressFn, Reporter};
 use crate::repository::{layout, Repository};
 use crate::storage::StoreErrorKind;
+use crate::trees::{Page, Pages};
 
 /// Which packs `check` downloads and verifies blob by blob.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -296,7 +297,10 @@ async fn check_store(repo: &Arc<Repository>, opts: CheckOptions) -> Result<Check
     }
 
     // Snapshots and their trees: every referenced blob must be indexed.
-    let mut seen = Seen::default();
+    let mut seen = Seen {
+        pages: Pages::new(repo, &index),
+        missing_data: HashSet::new(),
+    };
     for id in snapshot_ids {
         opts.cancel.check()?;
         let snapshot = match repo.read_snapshot(&id).await {
@@ -317,16 +321,7 @@ async fn check_store(repo: &Arc<Repository>, opts: CheckOptions) -> Result<Check
         let Some(root) = snapshot.root.subtree else {
             continue;
         };
-        walk_trees(
-            repo,
-            &index,
-            &mut report,
-            &id,
-            root,
-            &mut seen,
-            &opts.cancel,
-        )
-        .await?;
+        walk_trees(&index, &mut report, &id, root, &mut seen, &opts.cancel).await?;
     }
 
     progress.finish();
@@ -407,82 +402,68 @@ fn compare_header(
     }
 }
 
-/// What the walks of all snapshots have seen: each tree is walked once, and
+/// The walk of every snapshot's trees: each tree page is read once, and
 /// each missing data blob reported once.
-#[derive(Default)]
-struct Seen {
-    trees: HashSet<BlobId>,
+struct Seen<'a> {
+    pages: Pages<'a>,
     missing_data: HashSet<BlobId>,
 }
 
 async fn walk_trees(
-    repo: &Repository,
     index: &Index,
     report: &mut CheckReport,
     snapshot: &SnapshotId,
     root: BlobId,
-    seen: &mut Seen,
+    seen: &mut Seen<'_>,
     cancel: &CancelToken,
 ) -> Result<()> {
-    let mut stack: Vec<(String, BlobId)> = vec![("/".into(), root)];
-    while let Some((path, tree)) = stack.pop() {
+    seen.pages.add("/".into(), root);
+    while let Some(Page { dir, id, page }) = seen.pages.next().await {
         cancel.check()?;
-        if !seen.trees.insert(tree) {
-            continue;
-        }
+        // A directory's path ends with a slash.
+        let path = match dir.to_str() {
+            Some("/") => "/".to_string(),
+            _ => format!("{}/", dir.display()),
+        };
         let object = format!("snapshot {} {path}", snapshot.short());
-        if !index.contains(&tree) {
-            report.problem(
-                object,
-                "blob-missing",
-                format!("tree blob {tree} is in no index file"),
-            );
-            continue;
-        }
-        let page = match repo.read_tree(index, &tree).await {
+        let page = match page {
             Ok(p) => p,
-            Err(Error::Store { source, .. }) if source.kind != StoreErrorKind::NotFound => {
-                return Err(Error::Store {
-                    location: repo.location(),
-                    source,
-                });
+            Err(_) if !index.contains(&id) => {
+                report.problem(
+                    object,
+                    "blob-missing",
+                    format!("tree blob {id} is in no index file"),
+                );
+                continue;
+            }
+            Err(Error::Store { location, source }) if source.kind != StoreErrorKind::NotFound => {
+                return Err(Error::Store { location, source });
             }
             Err(e) => {
-                let key = index.get(&tree).map(|l| layout::pack(&l.pack));
+                let key = index.get(&id).map(|l| layout::pack(&l.pack));
                 report.problem_at(
                     key.unwrap_or_default(),
                     object,
                     "tree",
-                    format!("tree blob {tree}: {}", error_text(&e)),
+                    format!("tree blob {id}: {}", error_text(&e)),
                 );
                 continue;
             }
         };
         report.trees += 1;
-        for r in &page.pages {
-            stack.push((path.clone(), r.id));
-        }
-        for node in &page.nodes {
-            let child = format!("{}{}", path, node.name.to_string_lossy());
-            match node.kind {
-                NodeKind::Dir => {
-                    if let Some(sub) = node.subtree {
-                        stack.push((format!("{child}/"), sub));
-                    }
+        for node in page.nodes.iter().filter(|n| n.kind == NodeKind::File) {
+            for id in node.content.iter().filter_map(|c| c.id) {
+                if !index.contains(&id) && seen.missing_data.insert(id) {
+                    report.problem(
+                        format!(
+                            "snapshot {} {path}{}",
+                            snapshot.short(),
+                            node.name.to_string_lossy()
+                        ),
+                        "blob-missing",
+                        format!("data blob {id} is in no index file"),
+                    );
                 }
-                NodeKind::File => {
-                    for c in &node.content {
-                        let Some(id) = c.id else { continue };
-                        if !index.contains(&id) && seen.missing_data.insert(id) {
-                            report.problem(
-                                format!("snapshot {} {child}", snapshot.short()),
-                                "blob-missing",
-                                format!("data blob {id} is in no index file"),
-                            );
-                        }
-                    }
-                }
-                _ => {}
             }
         }
     }

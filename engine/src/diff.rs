@@ -1,17 +1,17 @@
 //! Diff two snapshots, find paths in snapshots, change tags.
 
-use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::cmp::Ordering;
+use std::path::Path;
 
 use coffer_repo_format::snapshot::Snapshot;
 use coffer_repo_format::tree::{Node, NodeKind};
-use coffer_repo_format::{BlobId, SnapshotId};
+use coffer_repo_format::SnapshotId;
 
 use crate::error::Result;
 use crate::index::Index;
 use crate::repository::Repository;
 use crate::select::Patterns;
-use crate::trees::DirReader;
+use crate::trees::{Entry, Step, Walk};
 
 /// How a path differs between two snapshots.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -72,15 +72,22 @@ fn compare(a: &Node, b: &Node) -> Option<Change> {
     meta.then_some(Change::Metadata)
 }
 
-async fn next_of(r: &mut Option<DirReader<'_>>) -> Result<Option<Node>> {
-    match r {
-        Some(r) => r.next().await,
-        None => Ok(None),
+/// The next node of a walk, directories on entry; `None` at the end.
+async fn next_node(w: &mut Walk<'_>) -> Result<Option<Entry>> {
+    while let Some(step) = w.next().await? {
+        if let Step::Enter(e) | Step::Leaf(e) = step {
+            return Ok(Some(e));
+        }
     }
+    Ok(None)
 }
 
 /// Lists every path that differs between snapshots `a` and `b`, in name
 /// order. Directories with identical listings are not entered.
+///
+/// Both trees are walked at once. A depth-first walk in name order meets
+/// paths in component order, so the two walks merge like sorted lists: a
+/// path only in `a` was removed, a path only in `b` added.
 pub async fn diff(
     repo: &Repository,
     index: &Index,
@@ -88,87 +95,58 @@ pub async fn diff(
     b: &Snapshot,
 ) -> Result<Vec<Difference>> {
     let mut out = Vec::new();
-    let mut stack: Vec<(String, Option<BlobId>, Option<BlobId>)> =
-        vec![(String::new(), a.root.subtree, b.root.subtree)];
-    while let Some((dir, ta, tb)) = stack.pop() {
-        if ta == tb {
-            continue;
-        }
-        let mut ra = match ta {
-            Some(t) => Some(DirReader::open(repo, index, &t).await?),
-            None => None,
+    let mut wa = Walk::new(repo, index, "/".into(), a.root.clone());
+    let mut wb = Walk::new(repo, index, "/".into(), b.root.clone());
+    let (mut na, mut nb) = (next_node(&mut wa).await?, next_node(&mut wb).await?);
+    loop {
+        let order = match (&na, &nb) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some(x), Some(y)) => x.path.cmp(&y.path),
         };
-        let mut rb = match tb {
-            Some(t) => Some(DirReader::open(repo, index, &t).await?),
-            None => None,
-        };
-        let (mut na, mut nb) = (next_of(&mut ra).await?, next_of(&mut rb).await?);
-        let mut subdirs = Vec::new();
-        loop {
-            let order = match (&na, &nb) {
-                (None, None) => break,
-                (Some(_), None) => std::cmp::Ordering::Less,
-                (None, Some(_)) => std::cmp::Ordering::Greater,
-                (Some(x), Some(y)) => x.name.cmp(&y.name),
-            };
-            let name = match order {
-                std::cmp::Ordering::Greater => nb.as_ref(),
-                _ => na.as_ref(),
+        match order {
+            Ordering::Less => {
+                if let Some(x) = na.take() {
+                    out.push(Difference::at(&x.path, Change::Removed));
+                }
+                na = next_node(&mut wa).await?;
             }
-            .map(|n| n.name.to_string_lossy())
-            .unwrap_or_default();
-            let path = format!("{dir}/{name}");
-            match order {
-                std::cmp::Ordering::Less => {
-                    if let Some(x) = na.take() {
-                        out.push(Difference {
-                            path: path.clone(),
-                            change: Change::Removed,
-                        });
-                        if x.kind == NodeKind::Dir {
-                            subdirs.push((path, x.subtree, None));
+            Ordering::Greater => {
+                if let Some(y) = nb.take() {
+                    out.push(Difference::at(&y.path, Change::Added));
+                }
+                nb = next_node(&mut wb).await?;
+            }
+            Ordering::Equal => {
+                if let (Some(x), Some(y)) = (na.take(), nb.take()) {
+                    // The roots themselves are not compared.
+                    if wa.depth() > 0 {
+                        if let Some(c) = compare(&x.node, &y.node) {
+                            out.push(Difference::at(&x.path, c));
                         }
                     }
-                    na = next_of(&mut ra).await?;
-                }
-                std::cmp::Ordering::Greater => {
-                    if let Some(y) = nb.take() {
-                        out.push(Difference {
-                            path: path.clone(),
-                            change: Change::Added,
-                        });
-                        if y.kind == NodeKind::Dir {
-                            subdirs.push((path, None, y.subtree));
-                        }
+                    let same = |e: &Entry| (e.node.kind == NodeKind::Dir).then_some(e.node.subtree);
+                    if same(&x).is_some() && same(&x) == same(&y) {
+                        wa.skip();
+                        wb.skip();
                     }
-                    nb = next_of(&mut rb).await?;
                 }
-                std::cmp::Ordering::Equal => {
-                    if let (Some(x), Some(y)) = (na.take(), nb.take()) {
-                        if let Some(c) = compare(&x, &y) {
-                            out.push(Difference {
-                                path: path.clone(),
-                                change: c,
-                            });
-                        }
-                        match (x.kind, y.kind) {
-                            (NodeKind::Dir, NodeKind::Dir) => {
-                                subdirs.push((path, x.subtree, y.subtree))
-                            }
-                            (NodeKind::Dir, _) => subdirs.push((path, x.subtree, None)),
-                            (_, NodeKind::Dir) => subdirs.push((path, None, y.subtree)),
-                            _ => {}
-                        }
-                    }
-                    na = next_of(&mut ra).await?;
-                    nb = next_of(&mut rb).await?;
-                }
+                na = next_node(&mut wa).await?;
+                nb = next_node(&mut wb).await?;
             }
         }
-        // Depth first, in name order.
-        stack.extend(subdirs.into_iter().rev());
     }
     Ok(out)
+}
+
+impl Difference {
+    fn at(path: &Path, change: Change) -> Self {
+        Difference {
+            path: path.display().to_string(),
+            change,
+        }
+    }
 }
 
 /// Paths matching `pattern` (backup's pattern language: a name anywhere, or
@@ -180,24 +158,12 @@ pub async fn find(
     pattern: &Patterns,
 ) -> Result<Vec<(String, Node)>> {
     let mut out = Vec::new();
-    let Some(root) = snapshot.root.subtree else {
-        return Ok(out);
-    };
-    let mut stack = vec![(PathBuf::from("/"), root)];
-    while let Some((dir, tree)) = stack.pop() {
-        let mut r = DirReader::open(repo, index, &tree).await?;
-        let mut subdirs = Vec::new();
-        while let Some(node) = r.next().await? {
-            let path = dir.join(std::ffi::OsStr::from_bytes(&node.name.0));
-            let is_dir = node.kind == NodeKind::Dir;
-            if pattern.matches(&path, is_dir) {
-                out.push((path.display().to_string(), node.clone()));
-            }
-            if let (true, Some(sub)) = (is_dir, node.subtree) {
-                subdirs.push((path, sub));
-            }
+    let mut walk = Walk::new(repo, index, "/".into(), snapshot.root.clone());
+    while let Some(e) = next_node(&mut walk).await? {
+        let is_dir = e.node.kind == NodeKind::Dir;
+        if walk.depth() > 0 && pattern.matches(&e.path, is_dir) {
+            out.push((e.path.display().to_string(), e.node));
         }
-        stack.extend(subdirs.into_iter().rev());
     }
     Ok(out)
 }

@@ -12,7 +12,7 @@ use coffer_repo_format::tree::{ContentRef, Node, NodeKind};
 use crate::error::{Error, Missing, Result};
 use crate::index::Index;
 use crate::repository::Repository;
-use crate::trees::{self, DirReader};
+use crate::trees::{self, Entry, Step, Walk};
 
 /// Reads a file's content blob by blob.
 struct ContentReader<'a> {
@@ -160,21 +160,15 @@ fn write_tree<W: Write>(
 ) -> Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let io = |e: std::io::Error| Error::io("tar output", e);
-    let mut h = header(dir, tar::EntryType::Directory, 0);
-    tar.append_data(&mut h, &path, std::io::empty())
-        .map_err(io)?;
-    let Some(sub) = dir.subtree else {
-        return Ok(());
-    };
     let mut links: std::collections::HashMap<(u64, u64), PathBuf> =
         std::collections::HashMap::new();
-    let mut stack = vec![(path, rt.block_on(DirReader::open(repo, index, &sub))?)];
-    while let Some((dir_path, r)) = stack.last_mut() {
-        let Some(n) = rt.block_on(r.next())? else {
-            stack.pop();
+    let mut walk = Walk::new(repo, index, path, dir.clone());
+    while let Some(step) = rt.block_on(walk.next())? {
+        let (Step::Enter(Entry { path: p, node: n }) | Step::Leaf(Entry { path: p, node: n })) =
+            step
+        else {
             continue;
         };
-        let p = dir_path.join(std::ffi::OsStr::from_bytes(&n.name.0));
         if n.kind != NodeKind::Dir && n.links > 1 {
             if let Some(first) = links.get(&(n.device, n.inode)) {
                 let mut h = header(&n, tar::EntryType::Link, 0);
@@ -187,10 +181,6 @@ fn write_tree<W: Write>(
             NodeKind::Dir => {
                 let mut h = header(&n, tar::EntryType::Directory, 0);
                 tar.append_data(&mut h, &p, std::io::empty()).map_err(io)?;
-                if let Some(sub) = n.subtree {
-                    let reader = rt.block_on(DirReader::open(repo, index, &sub))?;
-                    stack.push((p, reader));
-                }
             }
             NodeKind::File => {
                 let mut h = header(&n, tar::EntryType::Regular, n.size);

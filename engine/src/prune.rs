@@ -42,7 +42,7 @@ use crate::protocol::{
     SESSIONS,
 };
 use crate::repository::{PackBytes, Repository};
-use crate::trees::DirReader;
+use crate::trees::Pages;
 
 /// How prune decides and how long it waits.
 #[derive(Clone, Debug)]
@@ -160,7 +160,7 @@ async fn usage(
     ids: &[coffer_repo_format::SnapshotId],
 ) -> Result<Usage> {
     let mut used: HashSet<BlobId> = HashSet::new();
-    let mut seen_trees: HashSet<BlobId> = HashSet::new();
+    let mut pages = Pages::new(repo, index);
     for id in ids {
         let snap = match repo.read_snapshot(id).await {
             Ok(s) => s,
@@ -177,29 +177,20 @@ async fn usage(
         let Some(root) = snap.root.subtree else {
             continue;
         };
-        let mut stack = vec![root];
-        while let Some(tree) = stack.pop() {
-            if !seen_trees.insert(tree) {
-                continue;
-            }
-            used.insert(tree);
-            let mut r =
-                DirReader::open(repo, index, &tree)
-                    .await
-                    .map_err(|e| Error::Unreadable {
-                        object: format!("tree {} of snapshot {}", tree.short(), id.short()),
-                        source: Box::new(e),
-                    })?;
-            while let Some(node) = r.next().await? {
-                match node.kind {
-                    NodeKind::Dir => stack.extend(node.subtree),
-                    NodeKind::File => used.extend(node.content.iter().filter_map(|c| c.id)),
-                    _ => {}
+        pages.add("/".into(), root);
+        while let Some(p) = pages.next().await {
+            let page = p.page.map_err(|e| Error::Unreadable {
+                object: format!("tree {} of snapshot {}", p.id.short(), id.short()),
+                source: Box::new(e),
+            })?;
+            for node in &page.nodes {
+                if node.kind == NodeKind::File {
+                    used.extend(node.content.iter().filter_map(|c| c.id));
                 }
             }
-            used.extend(r.child_pages().iter().copied());
         }
     }
+    used.extend(pages.seen().iter().copied());
     Ok(Usage { used })
 }
 

@@ -9,7 +9,7 @@ use coffer_repo_format::{BlobId, PackId};
 use crate::error::Result;
 use crate::index::Index;
 use crate::repository::Repository;
-use crate::trees::DirReader;
+use crate::trees::{Step, Walk};
 
 /// What a set of snapshots holds.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -50,7 +50,6 @@ pub async fn stats(
         snapshots: list.len() as u64,
         ..Default::default()
     };
-    let mut trees: HashSet<BlobId> = HashSet::new();
     let mut blobs: HashSet<BlobId> = HashSet::new();
     let mut packs: HashSet<PackId> = HashSet::new();
     let mut count = |id: BlobId, st: &mut Stats, data: bool| {
@@ -69,38 +68,33 @@ pub async fn stats(
         }
     };
     for (_, snap) in &list {
-        let Some(root) = snap.root.subtree else {
-            continue;
-        };
         // Each snapshot restores in full, even where it shares trees with others.
-        let mut stack = vec![root];
-        while let Some(dir) = stack.pop() {
-            let first_visit = trees.insert(dir);
-            if first_visit {
-                count(dir, &mut st, false);
-            }
-            let mut r = DirReader::open(repo, index, &dir).await?;
-            while let Some(node) = r.next().await? {
-                st.total_file_count += 1;
-                match node.kind {
-                    NodeKind::Dir => stack.extend(node.subtree),
-                    NodeKind::File => {
-                        st.total_size += node.size;
-                        if first_visit {
-                            for c in &node.content {
-                                if let Some(id) = c.id {
-                                    count(id, &mut st, true);
-                                }
-                            }
+        let mut walk = Walk::new(repo, index, "/".into(), snap.root.clone());
+        while let Some(step) = walk.next().await? {
+            match step {
+                Step::Enter(e) => {
+                    if walk.depth() > 0 {
+                        st.total_file_count += 1;
+                    }
+                    if let Some(tree) = e.node.subtree {
+                        count(tree, &mut st, false);
+                    }
+                }
+                Step::Leaf(e) => {
+                    st.total_file_count += 1;
+                    if e.node.kind == NodeKind::File {
+                        st.total_size += e.node.size;
+                        for id in e.node.content.iter().filter_map(|c| c.id) {
+                            count(id, &mut st, true);
                         }
                     }
-                    _ => {}
                 }
-            }
-            if first_visit {
-                for page in r.child_pages().to_vec() {
-                    count(page, &mut st, false);
+                Step::Leave(_, pages) => {
+                    for page in pages {
+                        count(page, &mut st, false);
+                    }
                 }
+                Step::Unreadable(_, e) => return Err(e),
             }
         }
     }

@@ -1,5 +1,10 @@
-//! Reading directory listings: a directory is one tree page or a B-tree of pages.
+//! Reading directory listings (a directory is one tree page or a B-tree of
+//! pages), and the two walks over them: [`Walk`] by path, [`Pages`] by page.
 
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use coffer_repo_format::tree::{Node, NodeKind, TreePage};
@@ -121,4 +126,216 @@ pub async fn lookup(
         }
     }
     Ok(Some(node))
+}
+
+/// A node met by a [`Walk`], with its path: the walk's root path joined with
+/// the names on the way down.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// Where the node is.
+    pub path: PathBuf,
+    /// The node as the snapshot recorded it.
+    pub node: Node,
+}
+
+/// One step of a [`Walk`].
+#[derive(Debug)]
+pub enum Step {
+    /// A directory, before its entries. Its entries and its `Leave` follow,
+    /// unless [`Walk::skip`] is called now.
+    Enter(Entry),
+    /// Anything that is not a directory.
+    Leaf(Entry),
+    /// A directory, after its entries, with the pages below its root page
+    /// (large directories only).
+    Leave(Entry, Vec<BlobId>),
+    /// The listing of this directory, or the rest of it, cannot be read (only
+    /// with [`Walk::keep_going`]). The directory's `Leave` follows.
+    Unreadable(Entry, Error),
+}
+
+/// A directory being read by a [`Walk`].
+struct Frame<'a> {
+    entry: Entry,
+    reader: Option<DirReader<'a>>,
+}
+
+/// The one way through a snapshot's tree: depth first, in name order, one
+/// page per level in memory. Check, prune, stats, diff, find, dump, ls and
+/// restore all walk with it (or with [`Pages`]).
+pub struct Walk<'a> {
+    repo: &'a Repository,
+    index: &'a Index,
+    keep_going: bool,
+    /// The root, until the first step.
+    root: Option<Entry>,
+    frames: Vec<Frame<'a>>,
+    /// The directory the last `Enter` announced, read by the next step.
+    entered: Option<Entry>,
+}
+
+impl<'a> Walk<'a> {
+    /// A walk of `root` (a directory, or a single node), whose path is `path`.
+    pub fn new(repo: &'a Repository, index: &'a Index, path: PathBuf, root: Node) -> Self {
+        Walk {
+            repo,
+            index,
+            keep_going: false,
+            root: Some(Entry { path, node: root }),
+            frames: Vec::new(),
+            entered: None,
+        }
+    }
+
+    /// Reports a listing that cannot be read as [`Step::Unreadable`] and goes
+    /// on, instead of ending the walk with the error.
+    pub fn keep_going(mut self) -> Self {
+        self.keep_going = true;
+        self
+    }
+
+    /// Leaves out the entries of the directory the last step entered; its
+    /// `Leave` does not come either.
+    pub fn skip(&mut self) {
+        self.entered = None;
+    }
+
+    /// How many directories enclose the node of the last step.
+    pub fn depth(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// The next step, or `None` at the end.
+    pub async fn next(&mut self) -> Result<Option<Step>> {
+        if let Some(entry) = self.entered.take() {
+            let opened = match entry.node.subtree {
+                Some(id) => DirReader::open(self.repo, self.index, &id).await.map(Some),
+                None => Ok(None),
+            };
+            let (reader, failed) = match opened {
+                Ok(r) => (r, None),
+                Err(e) => (None, Some(e)),
+            };
+            self.frames.push(Frame {
+                entry: entry.clone(),
+                reader,
+            });
+            if let Some(e) = failed {
+                return self.unreadable(entry, e);
+            }
+        }
+        let Some(frame) = self.frames.last_mut() else {
+            return Ok(self.root.take().map(|root| self.announce(root)));
+        };
+        let next = match &mut frame.reader {
+            Some(r) => r.next().await,
+            None => Ok(None),
+        };
+        let node = match next {
+            Ok(node) => node,
+            Err(e) => {
+                let entry = frame.entry.clone();
+                frame.reader = None;
+                return self.unreadable(entry, e);
+            }
+        };
+        match node {
+            Some(node) => {
+                let path = frame.entry.path.join(OsStr::from_bytes(&node.name.0));
+                Ok(Some(self.announce(Entry { path, node })))
+            }
+            None => {
+                let Some(frame) = self.frames.pop() else {
+                    return Ok(None);
+                };
+                let pages = frame.reader.map(|r| r.child_pages).unwrap_or_default();
+                Ok(Some(Step::Leave(frame.entry, pages)))
+            }
+        }
+    }
+
+    fn announce(&mut self, entry: Entry) -> Step {
+        if entry.node.kind == NodeKind::Dir {
+            self.entered = Some(entry.clone());
+            Step::Enter(entry)
+        } else {
+            Step::Leaf(entry)
+        }
+    }
+
+    fn unreadable(&self, entry: Entry, e: Error) -> Result<Option<Step>> {
+        if self.keep_going {
+            Ok(Some(Step::Unreadable(entry, e)))
+        } else {
+            Err(e)
+        }
+    }
+}
+
+/// Every distinct tree page reachable from the roots given, each read once,
+/// in no set order: the walk of what is stored rather than of where it
+/// restores to (check, prune). Each page comes with the path of the
+/// directory it lists, the first path it was found under.
+pub struct Pages<'a> {
+    repo: &'a Repository,
+    index: &'a Index,
+    seen: HashSet<BlobId>,
+    todo: Vec<(PathBuf, BlobId)>,
+}
+
+/// One page met by [`Pages`], or the error reading it.
+pub struct Page {
+    /// The directory the page lists part or all of.
+    pub dir: PathBuf,
+    /// The page's blob.
+    pub id: BlobId,
+    /// The page, or why it cannot be read.
+    pub page: Result<Arc<TreePage>>,
+}
+
+impl<'a> Pages<'a> {
+    /// A walk with no roots yet: see [`Pages::add`].
+    pub fn new(repo: &'a Repository, index: &'a Index) -> Self {
+        Pages {
+            repo,
+            index,
+            seen: HashSet::new(),
+            todo: Vec::new(),
+        }
+    }
+
+    /// Adds the directory tree `id`, listed at `dir`; nothing if it was seen.
+    pub fn add(&mut self, dir: PathBuf, id: BlobId) {
+        if !self.seen.contains(&id) {
+            self.todo.push((dir, id));
+        }
+    }
+
+    /// Every page read or tried so far.
+    pub fn seen(&self) -> &HashSet<BlobId> {
+        &self.seen
+    }
+
+    /// The next page not seen before; `None` when all are done. The
+    /// directories and pages a page lists are walked next.
+    pub async fn next(&mut self) -> Option<Page> {
+        loop {
+            let (dir, id) = self.todo.pop()?;
+            if !self.seen.insert(id) {
+                continue;
+            }
+            let page = self.repo.read_tree(self.index, &id).await;
+            if let Ok(p) = &page {
+                for r in &p.pages {
+                    self.add(dir.clone(), r.id);
+                }
+                for n in p.nodes.iter().rev() {
+                    if let (NodeKind::Dir, Some(sub)) = (n.kind, n.subtree) {
+                        self.add(dir.join(OsStr::from_bytes(&n.name.0)), sub);
+                    }
+                }
+            }
+            return Some(Page { dir, id, page });
+        }
+    }
 }

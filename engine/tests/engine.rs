@@ -677,9 +677,69 @@ mod random_trees {
                 let r = restore_to(&repo, "latest", &out).await;
                 prop_assert!(r.errors.is_empty());
                 assert_same(&expected, &manifest(&out));
+                // The walk meets what was backed up in the order a sorted
+                // walk of the source does, every Enter with its Leave.
+                let (all, skipped) = walked(&repo).await;
+                // Component order, which diff's merge of two walks relies on.
+                let mut paths: Vec<Vec<u8>> = expected.keys().cloned().collect();
+                let as_path = |p: &Vec<u8>| std::path::PathBuf::from(std::ffi::OsStr::from_bytes(p));
+                paths.sort_by_key(as_path);
+                prop_assert_eq!(&all, &paths);
+                let (first_dir, gone) = skipped;
+                if let Some(d) = first_dir {
+                    let mut inside = d.clone();
+                    inside.push(b'/');
+                    let kept: Vec<Vec<u8>> =
+                        paths.into_iter().filter(|p| !p.starts_with(&inside)).collect();
+                    prop_assert_eq!(gone, kept);
+                }
                 Ok(())
             })?;
         }
+    }
+
+    /// The paths a walk of the latest snapshot meets, in order; then the
+    /// first directory below the root, and the paths met when it is skipped.
+    async fn walked(
+        repo: &std::sync::Arc<coffer_engine::Repository>,
+    ) -> (Vec<Vec<u8>>, (Option<Vec<u8>>, Vec<Vec<u8>>)) {
+        use coffer_engine::trees::{Step, Walk};
+        let index = repo.load_index().await.unwrap();
+        let (_, snap) = repo.find_snapshot("latest").await.unwrap();
+        let bytes = |p: &Path| p.as_os_str().as_bytes().to_vec();
+        let mut all = Vec::new();
+        let mut open = Vec::new();
+        let mut first_dir = None;
+        let mut walk = Walk::new(repo, &index, "".into(), snap.root.clone());
+        while let Some(step) = walk.next().await.unwrap() {
+            match step {
+                Step::Enter(e) => {
+                    if first_dir.is_none() && walk.depth() == 1 {
+                        first_dir = Some(bytes(&e.path));
+                    }
+                    all.push(bytes(&e.path));
+                    open.push(e.path);
+                }
+                Step::Leaf(e) => all.push(bytes(&e.path)),
+                Step::Leave(e, _) => assert_eq!(open.pop(), Some(e.path)),
+                Step::Unreadable(e, err) => panic!("{}: {err}", e.path.display()),
+            }
+        }
+        assert!(open.is_empty());
+        let mut gone = Vec::new();
+        let mut walk = Walk::new(repo, &index, "".into(), snap.root.clone());
+        while let Some(step) = walk.next().await.unwrap() {
+            match step {
+                Step::Enter(e) | Step::Leaf(e) => {
+                    if Some(bytes(&e.path)) == first_dir {
+                        walk.skip();
+                    }
+                    gone.push(bytes(&e.path));
+                }
+                _ => {}
+            }
+        }
+        (all, (first_dir, gone))
     }
 }
 

@@ -1,5 +1,5 @@
-use coffer_engine::format::tree::{Node, NodeKind};
-use coffer_engine::trees::{self, DirReader};
+use coffer_engine::format::tree::Node;
+use coffer_engine::trees::{self, Step, Walk};
 
 use crate::cli::{Global, LsArgs};
 use crate::{exit, fmt};
@@ -78,25 +78,19 @@ pub async fn run(g: &Global, a: LsArgs) -> anyhow::Result<i32> {
                 missing: coffer_engine::error::Missing::Path,
             })?,
     };
-    if start.kind != NodeKind::Dir {
-        print_node(g, a.long, &prefix, &start)?;
-        return Ok(exit::OK);
-    }
-    let Some(tree) = start.subtree else {
-        return Ok(exit::OK);
-    };
-    let mut stack = vec![(prefix, DirReader::open(&repo, &index, &tree).await?)];
-    while let Some((dir, reader)) = stack.last_mut() {
-        let Some(node) = reader.next().await? else {
-            stack.pop();
-            continue;
-        };
-        let path = format!("{dir}/{}", node.name.to_string_lossy());
-        print_node(g, a.long, &path, &node)?;
-        if let (NodeKind::Dir, Some(sub)) = (node.kind, node.subtree) {
-            let reader = DirReader::open(&repo, &index, &sub).await?;
-            stack.push((path, reader));
+    let root = if prefix.is_empty() { "/" } else { &prefix };
+    let mut walk = Walk::new(&repo, &index, root.into(), start);
+    // The start is listed only when it is not a directory.
+    let mut at_start = true;
+    while let Some(step) = walk.next().await? {
+        match step {
+            Step::Enter(_) if at_start => {}
+            Step::Enter(e) | Step::Leaf(e) => {
+                print_node(g, a.long, &e.path.display().to_string(), &e.node)?
+            }
+            _ => {}
         }
+        at_start = false;
     }
     Ok(exit::OK)
 }

@@ -10,7 +10,7 @@ use super::{RestoreOptions, Shared};
 use crate::error::{Error, Result};
 use crate::fsmeta;
 use crate::repository::is_damage;
-use crate::trees::DirReader;
+use crate::trees::{Step, Walk};
 
 fn apply(shared: &Shared, path: &Path, node: &Node) {
     if node.kind != NodeKind::Dir && shared.is_damaged(path, node) {
@@ -47,56 +47,50 @@ pub(crate) fn apply_all(
     let repo = &*shared.repo;
     let index = &*shared.index;
     let filter = Filter::new(opts)?;
-    let Some(sub) = root.subtree else {
+    if root.subtree.is_none() {
         return Ok(());
-    };
-    let mut stack: Vec<(PathBuf, PathBuf, Node, DirReader<'_>)> = vec![(
-        opts.target.clone(),
-        start_path(opts),
-        root.clone(),
-        rt.block_on(DirReader::open(repo, index, &sub))?,
-    )];
-    while let Some((dir, snap_dir, _, reader)) = stack.last_mut() {
+    }
+    // The directories the walk is in, by target path; a directory's
+    // metadata goes on after its entries', so that its times stay.
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    let mut walk = Walk::new(repo, index, start_path(opts), root.clone()).keep_going();
+    while let Some(step) = rt.block_on(walk.next())? {
         if shared.cancel.is_cancelled() {
             return Err(Error::Cancelled);
         }
-        // Trees that cannot be read were reported by the plan; skip them here.
-        let next = match rt.block_on(reader.next()) {
-            Err(e) if is_damage(&e) => None,
-            other => other?,
-        };
-        match next {
-            Some(node) => {
-                let path = child_path(dir, &node);
-                let snap = child_path(snap_dir, &node);
-                let is_dir = node.kind == NodeKind::Dir;
-                if filter.excluded(&snap, is_dir) || (!is_dir && !filter.included(&snap, false)) {
-                    continue;
-                }
-                match (node.kind, node.subtree) {
-                    (NodeKind::Dir, Some(sub)) => {
-                        match rt.block_on(DirReader::open(repo, index, &sub)) {
-                            Ok(reader) => stack.push((path, snap, node, reader)),
-                            Err(e) if is_damage(&e) => {}
-                            Err(e) => return Err(e),
-                        }
-                    }
-                    _ => apply(shared, &path, &node),
-                }
+        let e = match step {
+            Step::Enter(_) if dirs.is_empty() => {
+                dirs.push(opts.target.clone());
+                continue;
             }
-            None => {
-                let Some((path, _, node, _)) = stack.pop() else {
-                    break;
-                };
+            Step::Enter(e) | Step::Leaf(e) => e,
+            Step::Leave(e, _) => {
+                let Some(path) = dirs.pop() else { break };
                 // The target itself gets the root's metadata, unless the root
                 // is synthetic; a directory nothing was restored into was not made.
                 let made = std::fs::symlink_metadata(&path)
                     .map(|m| m.is_dir())
                     .unwrap_or(false);
-                if made && (!stack.is_empty() || !synthetic) {
-                    apply(shared, &path, &node);
+                if made && (!dirs.is_empty() || !synthetic) {
+                    apply(shared, &path, &e.node);
                 }
+                continue;
             }
+            // Trees that cannot be read were reported by the plan.
+            Step::Unreadable(_, err) if is_damage(&err) => continue,
+            Step::Unreadable(_, err) => return Err(err),
+        };
+        let Some(dir) = dirs.last() else { continue };
+        let path = child_path(dir, &e.node);
+        let is_dir = e.node.kind == NodeKind::Dir;
+        if filter.excluded(&e.path, is_dir) || (!is_dir && !filter.included(&e.path, false)) {
+            walk.skip();
+            continue;
+        }
+        if is_dir {
+            dirs.push(path);
+        } else {
+            apply(shared, &path, &e.node);
         }
     }
     Ok(())

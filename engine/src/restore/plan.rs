@@ -14,7 +14,7 @@ use super::{RestoreOptions, Shared};
 use crate::error::{Conflict, Error, Missing, Result};
 use crate::index::Index;
 use crate::repository::{is_damage, Repository};
-use crate::trees::{self, DirReader};
+use crate::trees::{self, Step, Walk};
 
 /// Where the restore starts.
 #[derive(Clone, Debug)]
@@ -171,71 +171,65 @@ pub(crate) fn build(
         Start::Single(node) => p.entry(&child_path(&opts.target, node), node)?,
         Start::Dir { node, .. } => {
             p.counts.dirs += 1;
-            let Some(root) = node.subtree else {
+            if node.subtree.is_none() {
                 return Err(Error::InvalidArgument(
                     "the start directory has no listing".into(),
                 ));
-            };
+            }
             let filter = Filter::new(opts)?;
-            let repo = &*shared.repo;
-            let index = &*shared.index;
-            // (target path, snapshot path, listing, directory made yet)
-            let mut stack: Vec<(PathBuf, PathBuf, DirReader<'_>, bool)> = vec![(
-                opts.target.clone(),
-                start_path(opts),
-                rt.block_on(DirReader::open(repo, index, &root))?,
-                true,
-            )];
-            while let Some((dir, _, reader, _)) = stack.last_mut() {
+            // The directories the walk is in: (target path, made yet).
+            let mut dirs: Vec<(PathBuf, bool)> = Vec::new();
+            let mut walk =
+                Walk::new(&shared.repo, &shared.index, start_path(opts), node.clone()).keep_going();
+            while let Some(step) = rt.block_on(walk.next())? {
                 if shared.cancel.is_cancelled() {
                     return Err(Error::Cancelled);
                 }
-                let node = match rt.block_on(reader.next()) {
-                    Ok(Some(node)) => node,
-                    Ok(None) => {
-                        stack.pop();
+                let e = match step {
+                    Step::Enter(_) if dirs.is_empty() => {
+                        dirs.push((opts.target.clone(), true));
                         continue;
                     }
-                    Err(e) if is_damage(&e) => {
-                        shared.fail(
-                            dir,
-                            None,
-                            format!("the rest of this directory cannot be read: {e}"),
-                        );
-                        stack.pop();
+                    Step::Enter(e) | Step::Leaf(e) => e,
+                    Step::Leave(..) => {
+                        dirs.pop();
                         continue;
                     }
-                    Err(e) => return Err(e),
+                    // The start's own listing: nothing can be restored.
+                    Step::Unreadable(_, err) if dirs.len() == 1 => return Err(err),
+                    Step::Unreadable(e, err) if is_damage(&err) => {
+                        if let Some((dir, _)) = dirs.last() {
+                            let tree = e.node.subtree.map(|t| t.to_string()).unwrap_or_default();
+                            shared.fail(
+                                dir,
+                                e.node.subtree,
+                                format!("its listing (tree {tree}) cannot be read: {err}"),
+                            );
+                        }
+                        continue;
+                    }
+                    Step::Unreadable(_, err) => return Err(err),
                 };
-                let path = child_path(dir, &node);
-                let snap = stack
-                    .last()
-                    .map(|f| child_path(&f.1, &node))
-                    .unwrap_or_default();
-                let is_dir = node.kind == NodeKind::Dir;
-                if filter.excluded(&snap, is_dir) {
+                let Some((dir, _)) = dirs.last() else {
+                    continue;
+                };
+                let path = child_path(dir, &e.node);
+                let is_dir = e.node.kind == NodeKind::Dir;
+                if filter.excluded(&e.path, is_dir) {
+                    walk.skip();
                     continue;
                 }
-                let included = filter.included(&snap, is_dir);
+                let included = filter.included(&e.path, is_dir);
                 if is_dir {
                     if included {
-                        p.make_parents(&mut stack)?;
+                        p.make_parents(&mut dirs)?;
                         p.make_dir(&path)?;
                         p.counts.dirs += 1;
                     }
-                    let Some(sub) = node.subtree else { continue };
-                    match rt.block_on(DirReader::open(repo, index, &sub)) {
-                        Ok(reader) => stack.push((path, snap, reader, included)),
-                        Err(e) if is_damage(&e) => shared.fail(
-                            &path,
-                            Some(sub),
-                            format!("its listing (tree {sub}) cannot be read: {e}"),
-                        ),
-                        Err(e) => return Err(e),
-                    }
+                    dirs.push((path, included));
                 } else if included {
-                    p.make_parents(&mut stack)?;
-                    p.entry(&path, &node)?;
+                    p.make_parents(&mut dirs)?;
+                    p.entry(&path, &e.node)?;
                 }
             }
         }
@@ -318,15 +312,12 @@ impl<'a> Planner<'a> {
 
     /// Makes the directories on the stack that were left unmade because
     /// nothing in them was included yet.
-    fn make_parents(
-        &mut self,
-        stack: &mut [(PathBuf, PathBuf, DirReader<'_>, bool)],
-    ) -> Result<()> {
-        for frame in stack.iter_mut() {
-            if !frame.3 {
-                self.make_dir(&frame.0)?;
+    fn make_parents(&mut self, dirs: &mut [(PathBuf, bool)]) -> Result<()> {
+        for (path, made) in dirs.iter_mut() {
+            if !*made {
+                self.make_dir(path)?;
                 self.counts.dirs += 1;
-                frame.3 = true;
+                *made = true;
             }
         }
         Ok(())
