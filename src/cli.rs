@@ -182,7 +182,7 @@ pub struct ForgetArgs {
     /// Print what would be removed, remove nothing
     #[arg(long, short = 'n')]
     pub dry_run: bool,
-    /// Then prune
+    /// Then prune, if any snapshot was removed
     #[arg(long)]
     pub prune: bool,
     #[command(flatten)]

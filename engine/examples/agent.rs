@@ -191,15 +191,16 @@ async fn main() -> Res<()> {
         },
         &Filter::default(),
     )?;
-    let removed = forget::execute(&repo, &plan, &CancelToken::new()).await?;
-    let pruned = prune::prune(
+    let done = forget::execute_and_prune(
         repo.clone(),
+        &plan,
         PruneOptions {
             max_unused_percent: 0.0,
             ..Default::default()
         },
     )
     .await?;
+    let (removed, pruned) = (done.removed, done.prune.ok_or("no prune ran")?);
     check(
         removed == 1 && pruned.executed && pruned.bytes_freed > 0,
         "forget kept one snapshot per PVC; prune freed the old one's data",

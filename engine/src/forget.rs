@@ -15,6 +15,7 @@
 //! The data they referenced is freed by prune.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Datelike, FixedOffset, Timelike};
 
@@ -451,6 +452,32 @@ pub async fn execute(
         repo.delete_snapshot(id).await?;
     }
     Ok(removed.len())
+}
+
+/// What [`execute_and_prune`] did.
+#[derive(Clone, Debug)]
+pub struct Forgotten {
+    /// Snapshot files removed.
+    pub removed: usize,
+    /// The prune that followed; `None` when nothing was removed, so there
+    /// was nothing new to free.
+    pub prune: Option<crate::prune::PrunePlan>,
+}
+
+/// Forgets what the plan removes, then prunes with `prune` when anything was
+/// removed (restic's `forget --prune`). `prune.cancel` stops both steps.
+pub async fn execute_and_prune(
+    repo: Arc<Repository>,
+    plan: &ForgetPlan,
+    prune: crate::prune::PruneOptions,
+) -> Result<Forgotten> {
+    let removed = execute(&repo, plan, &prune.cancel).await?;
+    let prune = if removed > 0 {
+        Some(crate::prune::prune(repo, prune).await?)
+    } else {
+        None
+    };
+    Ok(Forgotten { removed, prune })
 }
 
 #[cfg(test)]

@@ -2394,6 +2394,47 @@ mod retention {
         );
     }
 
+    /// `forget --prune` as one call: the prune runs only when something
+    /// was forgotten, as in restic.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn forget_then_prune_is_one_call_that_prunes_only_after_a_removal() {
+        let dir = tempdir();
+        let repo_dir = dir.path().join("repo");
+        let repo = local_repo(
+            &repo_dir,
+            init_opts(small_chunks(), Compression::Zstd(2), 128 * 1024),
+        )
+        .await;
+        let ids = history(&repo, &dir.path().join("src")).await;
+        let before = du(&repo_dir.join("data"));
+        let plan = keep_last_one(&repo).await;
+        let done = forget::execute_and_prune(repo.clone(), &plan, fast(Duration::from_secs(5)))
+            .await
+            .unwrap();
+        assert_eq!(done.removed, 2);
+        let pruned = done.prune.expect("a prune after the removal");
+        assert!(pruned.executed && pruned.bytes_freed > 0, "{pruned:?}");
+        assert!(du(&repo_dir.join("data")) < before);
+        assert_eq!(repo.snapshots().await.unwrap().len(), 1);
+        assert_checks(&repo).await;
+
+        let plan = keep_last_one(&repo).await;
+        let again = forget::execute_and_prune(repo.clone(), &plan, fast(Duration::from_secs(5)))
+            .await
+            .unwrap();
+        assert_eq!(
+            (again.removed, again.prune.is_none()),
+            (0, true),
+            "nothing to prune"
+        );
+        let t = tempdir();
+        restore_to(&repo, &ids[2].to_hex(), t.path()).await;
+        assert_eq!(
+            std::fs::read(t.path().join("changing.bin")).unwrap(),
+            noise(102, 400_000)
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn forget_and_prune_free_what_no_snapshot_needs() {
         let dir = tempdir();

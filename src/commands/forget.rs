@@ -59,13 +59,25 @@ pub async fn run(g: &Global, a: ForgetArgs) -> anyhow::Result<i32> {
     }
     // One signal handler for both steps: prune's options carry its token.
     let prune_opts = super::prune::options(&a.prune_opts, false)?;
-    let n = forget::execute(&repo, &plan, &prune_opts.cancel).await?;
+    let (removed, pruned) = if a.prune {
+        let done = super::prune::showing_progress(g, prune_opts, |opts| {
+            forget::execute_and_prune(repo, &plan, opts)
+        })
+        .await?;
+        (done.removed, done.prune)
+    } else {
+        (
+            forget::execute(&repo, &plan, &prune_opts.cancel).await?,
+            None,
+        )
+    };
     if !g.json && !g.quiet {
-        println!("removed {n} snapshot(s)");
+        println!("removed {removed} snapshot(s)");
     }
-    if a.prune {
-        let p = super::prune::with_progress(g, repo, prune_opts).await?;
-        super::prune::print(g, &p)?;
+    if let Some(p) = &pruned {
+        super::prune::print(g, p)?;
+    } else if a.prune && !g.json && !g.quiet {
+        println!("nothing removed: no prune needed");
     }
     Ok(exit::OK)
 }

@@ -87,15 +87,28 @@ pub async fn run(g: &Global, a: PruneArgs) -> anyhow::Result<i32> {
 pub async fn with_progress(
     g: &Global,
     repo: std::sync::Arc<coffer_engine::Repository>,
-    mut opts: PruneOptions,
+    opts: PruneOptions,
 ) -> anyhow::Result<PrunePlan> {
+    showing_progress(g, opts, |opts| prune::prune(repo, opts)).await
+}
+
+/// Runs `f` (a prune, or a forget then a prune) with prune's progress shown.
+pub async fn showing_progress<T, F, Fut>(
+    g: &Global,
+    mut opts: PruneOptions,
+    f: F,
+) -> anyhow::Result<T>
+where
+    F: FnOnce(PruneOptions) -> Fut,
+    Fut: std::future::Future<Output = coffer_engine::Result<T>>,
+{
     let (progress, bar) = super::op_progress(g, false);
     opts.progress = progress;
-    let plan = prune::prune(repo, opts).await;
+    let out = f(opts).await;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    Ok(plan?)
+    Ok(out?)
 }
 
 /// Lists sessions and locks. There is nothing to unlock by hand: a dead
