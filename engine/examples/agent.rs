@@ -14,7 +14,7 @@ use coffer_engine::backup::{self, BackupOptions, ParentChoice};
 use coffer_engine::forget::{self, Filter, GroupBy, OriginFilter, Policy};
 use coffer_engine::format::snapshot::KubernetesOrigin;
 use coffer_engine::keys::KdfCost;
-use coffer_engine::prune::{self, PruneOptions};
+use coffer_engine::prune::PruneOptions;
 use coffer_engine::restore::{self, RestoreOptions};
 use coffer_engine::storage::{self, OpenOptions};
 use coffer_engine::{protocol, CancelToken, Error, InitOptions, Repository};
