@@ -5,7 +5,7 @@
 use coffer_repo_format::blob::{BlobSealer, BlobType};
 use coffer_repo_format::BlobId;
 
-use super::Ctx;
+use super::Sink;
 use crate::error::{Error, Result};
 
 /// One thread's sealer and the buffer it seals into, reused for every blob.
@@ -15,16 +15,16 @@ pub(crate) struct BlobWriter {
 }
 
 impl BlobWriter {
-    pub(crate) fn new(ctx: &Ctx) -> Result<Self> {
+    pub(crate) fn new(sink: &Sink) -> Result<Self> {
         Ok(BlobWriter {
-            sealer: BlobSealer::new(ctx.repo.key(), ctx.compression)
+            sealer: BlobSealer::new(sink.repo.key(), sink.compression)
                 .map_err(|e| Error::corrupt("blob sealer", e))?,
             out: Vec::new(),
         })
     }
 }
 
-impl Ctx {
+impl Sink {
     /// Stores a blob unless it is stored already; returns its id either way.
     pub(crate) fn dedup_and_store(
         &self,

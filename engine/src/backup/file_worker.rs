@@ -19,18 +19,23 @@ use coffer_repo_format::tree::{ContentRef, Node};
 
 use super::dedup::BlobWriter;
 use super::source::{FileJob, FileOutcome};
-use super::{Ctx, SourceError};
+use super::{Monitor, ReadSetup, Sink, SourceError};
 use crate::error::{Error, Result};
 
 /// One file worker: runs until the job queue closes.
-pub(crate) fn run_worker(ctx: &Ctx, jobs: crossbeam_channel::Receiver<FileJob>) -> Result<()> {
-    let mut w = Worker::new(ctx);
+pub(crate) fn run_worker(
+    read: &ReadSetup,
+    sink: &Sink,
+    monitor: &Monitor,
+    jobs: crossbeam_channel::Receiver<FileJob>,
+) -> Result<()> {
+    let mut w = Worker::new(read, sink, monitor);
     for job in jobs {
-        if ctx.cancel.is_cancelled() {
+        if monitor.cancel.is_cancelled() {
             return Err(Error::Cancelled);
         }
-        if ctx.wants_progress() {
-            if let Ok(mut c) = ctx.current.lock() {
+        if monitor.wants_progress() {
+            if let Ok(mut c) = monitor.current.lock() {
                 *c = Some(job.path.clone());
             }
         }
@@ -53,7 +58,9 @@ pub(crate) enum FileError {
 }
 
 pub(crate) struct Worker<'a> {
-    ctx: &'a Ctx,
+    read: &'a ReadSetup,
+    sink: &'a Sink,
+    monitor: &'a Monitor,
     sealers: Vec<BlobWriter>,
     buf: Vec<u8>,
 }
@@ -78,9 +85,11 @@ fn fill(file: &mut (dyn Read + Send), buf: &mut Vec<u8>, want: usize) -> std::io
 }
 
 impl<'a> Worker<'a> {
-    pub(crate) fn new(ctx: &'a Ctx) -> Self {
+    pub(crate) fn new(read: &'a ReadSetup, sink: &'a Sink, monitor: &'a Monitor) -> Self {
         Worker {
-            ctx,
+            read,
+            sink,
+            monitor,
             sealers: Vec::new(),
             buf: Vec::new(),
         }
@@ -88,7 +97,7 @@ impl<'a> Worker<'a> {
 
     fn sealers(&mut self, n: usize) -> Result<&mut [BlobWriter]> {
         while self.sealers.len() < n {
-            let s = BlobWriter::new(self.ctx)?;
+            let s = BlobWriter::new(self.sink)?;
             self.sealers.push(s);
         }
         Ok(&mut self.sealers[..n])
@@ -113,7 +122,7 @@ impl<'a> Worker<'a> {
                         len: start - pos,
                     },
                 );
-                self.ctx.stats.add_bytes(start - pos);
+                self.monitor.stats.add_bytes(start - pos);
                 total += start - pos;
             }
             use std::io::{Seek, SeekFrom};
@@ -139,7 +148,7 @@ impl<'a> Worker<'a> {
                     len: node.size - pos,
                 },
             );
-            self.ctx.stats.add_bytes(node.size - pos);
+            self.monitor.stats.add_bytes(node.size - pos);
             total += node.size - pos;
         }
         node.size = total;
@@ -156,11 +165,11 @@ impl<'a> Worker<'a> {
         reader: &mut (dyn Read + Send),
         mut node: Node,
     ) -> Result<Node, FileError> {
-        let ctx = self.ctx;
-        let max = ctx.chunker.params().max_size as usize;
-        let seg = ctx.segment_size.max(2 * max);
+        let read = self.read;
+        let max = read.chunker.params().max_size as usize;
+        let seg = read.segment_size.max(2 * max);
         let big = node.size >= 2 * seg as u64;
-        let par = if big { ctx.threads.max(1) } else { 1 };
+        let par = if big { read.threads.max(1) } else { 1 };
         let (content, total) = if big {
             std::thread::scope(|s| {
                 // 2 MiB reads, two queued: enough to keep the disk busy while
@@ -194,8 +203,8 @@ impl<'a> Worker<'a> {
         par: usize,
     ) -> Result<(Vec<ContentRef>, u64), FileError> {
         let source_err = |e: std::io::Error| source_error(path, e);
-        let ctx = self.ctx;
-        let max = ctx.chunker.params().max_size as usize;
+        let (read, sink, monitor) = (self.read, self.sink, self.monitor);
+        let max = read.chunker.params().max_size as usize;
         let window = par * seg;
         let mut content: Vec<ContentRef> = Vec::new();
         let mut total: u64 = 0;
@@ -204,7 +213,7 @@ impl<'a> Worker<'a> {
         // Room for the whole file when it is small, for one window otherwise.
         buf.reserve((size_hint as usize).min(window + max) + 1);
         let result = loop {
-            if ctx.cancel.is_cancelled() {
+            if monitor.cancel.is_cancelled() {
                 break Err(FileError::Fatal(Error::Cancelled));
             }
             // `buf` starts at a true chunk boundary (what the last window left).
@@ -216,13 +225,13 @@ impl<'a> Worker<'a> {
                 break Ok(());
             }
             let limit = if eof { buf.len() } else { buf.len() - max };
-            let chunks = plan_chunks(&ctx.chunker, &buf, limit, seg, par);
+            let chunks = plan_chunks(&read.chunker, &buf, limit, seg, par);
             let consumed = chunks.last().map_or(0, |(s, l)| s + l);
             let sealers = match self.sealers(par) {
                 Ok(s) => s,
                 Err(e) => break Err(FileError::Fatal(e)),
             };
-            match process_chunks(ctx, sealers, &buf, &chunks) {
+            match process_chunks(sink, monitor, sealers, &buf, &chunks) {
                 Ok(refs) => {
                     for r in refs {
                         push_ref(&mut content, r);
@@ -231,10 +240,10 @@ impl<'a> Worker<'a> {
                 Err(e) => break Err(FileError::Fatal(e)),
             }
             total += consumed as u64;
-            ctx.stats.add_read(consumed as u64);
-            if let Some(pacer) = &ctx.pacer {
+            monitor.stats.add_read(consumed as u64);
+            if let Some(pacer) = &read.pacer {
                 // A cancel during the wait ends the loop at its top.
-                pacer.pace(consumed as u64, &ctx.cancel);
+                pacer.pace(consumed as u64, &monitor.cancel);
             }
             buf.drain(..consumed);
             if eof && buf.is_empty() {
@@ -460,23 +469,24 @@ pub(crate) fn plan_chunks(
 /// Zero check, hash, dedup and seal each chunk; in parallel when there are
 /// several sealers. Returns the content references in order.
 fn process_chunks(
-    ctx: &Ctx,
+    sink: &Sink,
+    monitor: &Monitor,
     sealers: &mut [BlobWriter],
     buf: &[u8],
     chunks: &[(usize, usize)],
 ) -> Result<Vec<ContentRef>> {
     let one = |sealer: &mut BlobWriter, (start, len): (usize, usize)| -> Result<ContentRef> {
         let chunk = &buf[start..start + len];
-        ctx.stats.add_bytes(len as u64);
+        monitor.stats.add_bytes(len as u64);
         // Progress while a large file is read, not only when it ends.
-        ctx.report_progress(false);
+        monitor.report_progress(false);
         if is_zero(chunk) {
             return Ok(ContentRef {
                 id: None,
                 len: len as u64,
             });
         }
-        let id = ctx.dedup_and_store(sealer, BlobType::Data, chunk)?;
+        let id = sink.dedup_and_store(sealer, BlobType::Data, chunk)?;
         Ok(ContentRef {
             id: Some(id),
             len: len as u64,

@@ -286,42 +286,68 @@ impl Stats {
     }
 }
 
-/// Everything the pipeline's threads share.
+/// One backup's parts, each handed only to the stages that use it: the
+/// walker gets `walk` and `monitor`; the file workers `read`, `sink` and
+/// `monitor`; the tree builder `sink` and `monitor`.
 pub(crate) struct Ctx {
+    pub(crate) sink: Sink,
+    pub(crate) monitor: Monitor,
+    pub(crate) walk: WalkSetup,
+    pub(crate) read: ReadSetup,
+}
+
+/// Where blobs go: deduplicated against the index and this session's
+/// claims, sealed, packed (see `dedup.rs`).
+pub(crate) struct Sink {
     pub(crate) repo: Arc<Repository>,
     pub(crate) index: Arc<Index>,
-    pub(crate) chunker: Chunker,
     pub(crate) compression: Compression,
     pub(crate) packer: packer::Packer,
-    pub(crate) stats: Stats,
+    pub(crate) stats: Arc<Stats>,
+}
+
+/// What every stage reports to, and the token that stops them all.
+pub(crate) struct Monitor {
+    pub(crate) stats: Arc<Stats>,
     pub(crate) errors: Mutex<Vec<SourceError>>,
     pub(crate) cancel: CancelToken,
-    /// The async runtime, for the pipeline threads' store reads.
-    pub(crate) rt: tokio::runtime::Handle,
-    /// File workers, and threads for one large file.
-    pub(crate) threads: usize,
-    /// Directory readers ahead of the walk.
-    pub(crate) walk_threads: usize,
-    /// Segment size for chunking a large file in parallel.
-    pub(crate) segment_size: usize,
-    /// Read every file (no reuse from the parent).
-    pub(crate) force: bool,
-    /// The parent snapshot's root listing.
-    pub(crate) parent_root: Option<coffer_repo_format::BlobId>,
-    /// What to leave out.
-    pub(crate) selector: crate::select::Selector,
     progress: Option<ProgressFn>,
     /// Totals from the scan, for the progress ETA.
     pub(crate) scan: Scan,
     /// The file a worker read last.
     pub(crate) current: Mutex<Option<PathBuf>>,
-    /// Paces the reads when the options set a read limit.
-    pub(crate) pacer: Option<pace::Pacer>,
     started: Instant,
     last_progress: Mutex<Instant>,
 }
 
-impl Ctx {
+/// How the walker reads the source, and the parent snapshot beside it.
+pub(crate) struct WalkSetup {
+    pub(crate) repo: Arc<Repository>,
+    pub(crate) index: Arc<Index>,
+    /// The async runtime, for reading the parent's listings.
+    pub(crate) rt: tokio::runtime::Handle,
+    /// What to leave out.
+    pub(crate) selector: crate::select::Selector,
+    /// Read every file (no reuse from the parent).
+    pub(crate) force: bool,
+    /// The parent snapshot's root listing.
+    pub(crate) parent_root: Option<coffer_repo_format::BlobId>,
+    /// Directory readers ahead of the walk.
+    pub(crate) walk_threads: usize,
+}
+
+/// How the file workers read and cut files.
+pub(crate) struct ReadSetup {
+    pub(crate) chunker: Chunker,
+    /// File workers, and threads for one large file.
+    pub(crate) threads: usize,
+    /// Segment size for chunking a large file in parallel.
+    pub(crate) segment_size: usize,
+    /// Paces the reads when the options set a read limit.
+    pub(crate) pacer: Option<pace::Pacer>,
+}
+
+impl Monitor {
     /// Records a file that could not be read, with the OS error's class.
     pub(crate) fn io_error(&self, path: &Path, e: &std::io::Error) {
         self.source_error(SourceError {
@@ -331,7 +357,7 @@ impl Ctx {
         });
     }
 
-    fn source_error(&self, e: SourceError) {
+    pub(crate) fn source_error(&self, e: SourceError) {
         tracing::debug!("{}: {}", e.path.display(), e.message);
         self.errors
             .lock()
@@ -417,9 +443,7 @@ async fn backup_task(repo: Arc<Repository>, opts: BackupOptions) -> Result<Backu
     let session = Job::start(repo, &opts, recorded).await?;
     let root = source::root_node(&plan, snapshot::timestamp_now())?;
     session
-        .run(&opts, move |ctx| {
-            run_pipeline(ctx, &plan, root, ctx.threads)
-        })
+        .run(&opts, move |ctx| run_pipeline(ctx, &plan, root))
         .await
 }
 
@@ -491,34 +515,46 @@ impl Job {
             .sealer()
             .map_err(|e| Error::corrupt("random source", e))?;
         let repo_staging = repo.store().staging_dir();
+        let stats = Arc::new(Stats::default());
         let ctx = Arc::new(Ctx {
-            repo,
-            index,
-            chunker,
-            compression: opts.compression.unwrap_or(config.compression),
-            packer: packer::Packer::new(
-                config.pack_size as usize,
-                header_sealer,
-                tx,
-                pool,
-                repo_staging,
-            )?,
-            stats: Stats::default(),
-            errors: Mutex::new(Vec::new()),
-            cancel: opts.cancel.clone(),
-            rt: tokio::runtime::Handle::current(),
-            threads,
-            walk_threads: opts.walk_threads,
-            segment_size: opts.segment_size.max(64 * 1024),
-            force: opts.force,
-            parent_root: parent.as_ref().and_then(|(_, s)| s.root.subtree),
-            selector: crate::select::Selector::new(&opts.selection)?,
-            progress: opts.progress.clone(),
-            scan: Scan::default(),
-            current: Mutex::new(None),
-            pacer: opts.read_limit.map(pace::Pacer::new),
-            started,
-            last_progress: Mutex::new(started),
+            sink: Sink {
+                repo: repo.clone(),
+                index: index.clone(),
+                compression: opts.compression.unwrap_or(config.compression),
+                packer: packer::Packer::new(
+                    config.pack_size as usize,
+                    header_sealer,
+                    tx,
+                    pool,
+                    repo_staging,
+                )?,
+                stats: stats.clone(),
+            },
+            monitor: Monitor {
+                stats,
+                errors: Mutex::new(Vec::new()),
+                cancel: opts.cancel.clone(),
+                progress: opts.progress.clone(),
+                scan: Scan::default(),
+                current: Mutex::new(None),
+                started,
+                last_progress: Mutex::new(started),
+            },
+            walk: WalkSetup {
+                repo,
+                index,
+                rt: tokio::runtime::Handle::current(),
+                selector: crate::select::Selector::new(&opts.selection)?,
+                force: opts.force,
+                parent_root: parent.as_ref().and_then(|(_, s)| s.root.subtree),
+                walk_threads: opts.walk_threads,
+            },
+            read: ReadSetup {
+                chunker,
+                threads,
+                segment_size: opts.segment_size.max(64 * 1024),
+                pacer: opts.read_limit.map(pace::Pacer::new),
+            },
         });
         Ok(Job {
             live: Some(live),
@@ -569,63 +605,72 @@ impl Job {
         let built = tokio::task::spawn_blocking(move || {
             let built = work(&ctx);
             // Ship what was packed even after a failure, so that it gets indexed.
-            let flushed = ctx.packer.flush();
-            ctx.packer.close();
+            let flushed = ctx.sink.packer.flush();
+            ctx.sink.packer.close();
             built.and_then(|root| flushed.map(|()| root))
         })
         .await;
         let ctx = self.ctx;
-        ctx.packer.close();
+        ctx.sink.packer.close();
         let report = self.uploader.await??;
         let root = built??;
-        ctx.report_progress(true);
-        let errors = std::mem::take(&mut *ctx.errors.lock().unwrap_or_else(|p| p.into_inner()));
-        let mut snapshot = snapshot::build(&ctx, opts, &self.paths, root, self.start_time);
+        ctx.monitor.report_progress(true);
+        let errors =
+            std::mem::take(&mut *ctx.monitor.errors.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut snapshot = snapshot::build(&ctx.monitor, opts, &self.paths, root, self.start_time);
         snapshot.hostname = self.hostname;
         snapshot.parent = self.parent.map(|(id, _)| id);
         // Nobody may have taken this backup for dead (and pruned what it uses).
         live.check_alive().await?;
-        let snapshot_id = ctx.repo.write_snapshot(&snapshot).await?;
+        let snapshot_id = ctx.sink.repo.write_snapshot(&snapshot).await?;
         Ok(BackupSummary {
             snapshot_id,
             snapshot,
             errors,
-            total_duration: ctx.started.elapsed().as_secs_f64(),
+            total_duration: ctx.monitor.started.elapsed().as_secs_f64(),
             packs_written: report.packs,
             index_files_written: report.index_files,
             packs_adopted: self.packs_adopted,
-            bytes_read: Stats::get(&ctx.stats.bytes_read),
+            bytes_read: Stats::get(&ctx.monitor.stats.bytes_read),
         })
     }
 }
 
-fn run_pipeline(ctx: &Ctx, plan: &source::SourcePlan, root: Node, threads: usize) -> Result<Node> {
+fn run_pipeline(ctx: &Ctx, plan: &source::SourcePlan, root: Node) -> Result<Node> {
+    let Ctx {
+        sink,
+        monitor,
+        walk,
+        read,
+    } = ctx;
     let (ev_tx, ev_rx) = crossbeam_channel::bounded(4096 / source::EVENT_BATCH);
-    let (job_tx, job_rx) = crossbeam_channel::bounded(threads * 4);
+    let (job_tx, job_rx) = crossbeam_channel::bounded(read.threads * 4);
     std::thread::scope(|s| {
-        if ctx.progress.is_some() {
-            s.spawn(|| ctx.scan.run(plan, &ctx.selector, &ctx.cancel));
+        if monitor.wants_progress() {
+            s.spawn(|| monitor.scan.run(plan, &walk.selector, &monitor.cancel));
         }
         let walker = s.spawn(move || {
             source::Walker {
-                ctx,
+                setup: walk,
+                monitor,
                 events: ev_tx,
                 batch: Vec::with_capacity(source::EVENT_BATCH),
                 jobs: job_tx,
                 owners: Default::default(),
                 parents: Vec::new(),
-                lookahead: lookahead::Lookahead::new(ctx.walk_threads),
+                lookahead: lookahead::Lookahead::new(walk.walk_threads),
             }
-            .run(plan, ctx.parent_root)
+            .run(plan, walk.parent_root)
         });
-        let workers: Vec<_> = (0..threads)
+        let workers: Vec<_> = (0..read.threads)
             .map(|_| {
                 let rx = job_rx.clone();
-                s.spawn(move || file_worker::run_worker(ctx, rx))
+                s.spawn(move || file_worker::run_worker(read, sink, monitor, rx))
             })
             .collect();
         drop(job_rx);
-        let (root, built) = match tree_builder::build(ctx, root, ev_rx) {
+        let (root, built) = match tree_builder::build(sink, monitor, walk.parent_root, root, ev_rx)
+        {
             Ok(root) => (Some(root), Ok(())),
             Err(e) => (None, Err(e)),
         };
@@ -652,7 +697,7 @@ fn run_pipeline(ctx: &Ctx, plan: &source::SourcePlan, root: Node, threads: usize
         // A walk that stopped early leaves a tree that looks complete: never
         // let it become a snapshot.
         match root {
-            Some(root) if !cancelled && !ctx.cancel.is_cancelled() => Ok(root),
+            Some(root) if !cancelled && !monitor.cancel.is_cancelled() => Ok(root),
             _ => Err(Error::Cancelled),
         }
     })

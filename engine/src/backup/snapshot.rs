@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use coffer_repo_format::snapshot::{Snapshot, SnapshotSummary, SNAPSHOT_VERSION};
 use coffer_repo_format::tree::{Node, Timestamp};
 
-use super::{BackupOptions, Ctx, Stats};
+use super::{BackupOptions, Monitor, Stats};
 use crate::repository::{now_rfc3339, Identity};
 
 pub(crate) fn timestamp_now() -> Timestamp {
@@ -15,14 +15,14 @@ pub(crate) fn timestamp_now() -> Timestamp {
 }
 
 pub(crate) fn build(
-    ctx: &Ctx,
+    monitor: &Monitor,
     opts: &BackupOptions,
     paths: &[PathBuf],
     root: Node,
     start_time: String,
 ) -> Snapshot {
     let me = Identity::current();
-    let s = &ctx.stats;
+    let s = &monitor.stats;
     let files = Stats::get(&s.files);
     let dirs = Stats::get(&s.dirs);
     let (files_new, files_changed) = (Stats::get(&s.files_new), Stats::get(&s.files_changed));

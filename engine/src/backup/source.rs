@@ -14,7 +14,7 @@ use crossbeam_channel::{Receiver, Sender};
 use coffer_repo_format::tree::{Node, NodeKind, Timestamp};
 
 use super::lookahead::{Listing, Lookahead};
-use super::{Ctx, SourceError};
+use super::{Monitor, SourceError, WalkSetup};
 use crate::cancel::CancelToken;
 use crate::error::{Error, Result};
 use crate::fsmeta::{self, Owners};
@@ -64,14 +64,15 @@ impl<'a> ParentDir<'a> {
     }
 
     /// Opens the listing `tree` of the parent snapshot; none if it cannot be read.
-    pub(crate) fn open(ctx: &'a Ctx, tree: Option<coffer_repo_format::BlobId>) -> Self {
+    pub(crate) fn open(setup: &'a WalkSetup, tree: Option<coffer_repo_format::BlobId>) -> Self {
         let Some(tree) = tree else {
             return Self::none();
         };
-        match ctx
-            .rt
-            .block_on(crate::trees::DirReader::open(&ctx.repo, &ctx.index, &tree))
-        {
+        match setup.rt.block_on(crate::trees::DirReader::open(
+            &setup.repo,
+            &setup.index,
+            &tree,
+        )) {
             Ok(r) => ParentDir {
                 reader: Some(r),
                 peeked: None,
@@ -87,11 +88,11 @@ impl<'a> ParentDir<'a> {
     }
 
     /// The parent's entry named `name`; names must be asked in increasing order.
-    pub(crate) fn find(&mut self, ctx: &Ctx, name: &[u8]) -> Option<Node> {
+    pub(crate) fn find(&mut self, setup: &WalkSetup, name: &[u8]) -> Option<Node> {
         loop {
             if self.peeked.is_none() {
                 let reader = self.reader.as_mut()?;
-                match ctx.rt.block_on(reader.next()) {
+                match setup.rt.block_on(reader.next()) {
                     Ok(Some(n)) => self.peeked = Some(n),
                     Ok(None) => {
                         self.reader = None;
@@ -250,7 +251,8 @@ pub(crate) fn root_node(plan: &SourcePlan, now: Timestamp) -> Result<Node> {
 pub(crate) const EVENT_BATCH: usize = 256;
 
 pub(crate) struct Walker<'a> {
-    pub(crate) ctx: &'a Ctx,
+    pub(crate) setup: &'a WalkSetup,
+    pub(crate) monitor: &'a Monitor,
     /// Batches of events (one message per [`EVENT_BATCH`] events: a channel
     /// operation per event costs more than a small directory's whole walk).
     pub(crate) events: Sender<Vec<Event>>,
@@ -270,7 +272,7 @@ impl Walker<'_> {
         plan: &SourcePlan,
         parent_root: Option<coffer_repo_format::BlobId>,
     ) -> Result<()> {
-        self.parents.push(ParentDir::open(self.ctx, parent_root));
+        self.parents.push(ParentDir::open(self.setup, parent_root));
         self.walk(plan)?;
         self.flush()
     }
@@ -283,11 +285,11 @@ impl Walker<'_> {
                     let md = match std::fs::symlink_metadata(path) {
                         Ok(md) => md,
                         Err(e) => {
-                            self.ctx.io_error(path, &e);
+                            self.monitor.io_error(path, &e);
                             continue;
                         }
                     };
-                    if self.ctx.selector.excluded(path, &md) {
+                    if self.setup.selector.excluded(path, &md) {
                         continue;
                     }
                     if md.is_dir() {
@@ -297,7 +299,7 @@ impl Walker<'_> {
                                 self.walk_dir_contents(path)?;
                                 self.leave()?;
                             }
-                            Err(e) => self.ctx.io_error(path, &e),
+                            Err(e) => self.monitor.io_error(path, &e),
                         }
                     } else if md.file_type().is_block_device() {
                         self.device(name, path, &md)?;
@@ -328,8 +330,8 @@ impl Walker<'_> {
 
     /// The parent snapshot's entry of this name in the current directory.
     fn parent_of(&mut self, name: &[u8]) -> Option<Node> {
-        let ctx = self.ctx;
-        self.parents.last_mut().and_then(|p| p.find(ctx, name))
+        let setup = self.setup;
+        self.parents.last_mut().and_then(|p| p.find(setup, name))
     }
 
     fn enter(&mut self, node: Node) -> Result<()> {
@@ -337,7 +339,7 @@ impl Walker<'_> {
             .parent_of(&node.name.0)
             .filter(|p| p.kind == NodeKind::Dir)
             .and_then(|p| p.subtree);
-        self.parents.push(ParentDir::open(self.ctx, parent_tree));
+        self.parents.push(ParentDir::open(self.setup, parent_tree));
         self.send(Event::Enter(Box::new(node), parent_tree))
     }
 
@@ -349,14 +351,14 @@ impl Walker<'_> {
     /// Walks below `dir` in name order, depth first. Directories are read
     /// with `O_NOATIME` ([`fsmeta::dir_names`]): the walk changes nothing.
     fn walk_dir_contents(&mut self, dir: &Path) -> Result<()> {
-        if self.ctx.selector.is_cache_dir(dir) {
+        if self.setup.selector.is_cache_dir(dir) {
             return self.cache_tag(dir);
         }
-        let root_dev = match self.ctx.selector.one_file_system() {
+        let root_dev = match self.setup.selector.one_file_system() {
             true => match std::fs::symlink_metadata(dir) {
                 Ok(md) => Some(std::os::unix::fs::MetadataExt::dev(&md)),
                 Err(e) => {
-                    self.ctx.io_error(dir, &e);
+                    self.monitor.io_error(dir, &e);
                     return Ok(());
                 }
             },
@@ -365,7 +367,7 @@ impl Walker<'_> {
         let listing = match self.lookahead.listing(dir) {
             Ok(l) => l,
             Err(e) => {
-                self.ctx.io_error(dir, &e);
+                self.monitor.io_error(dir, &e);
                 return Ok(());
             }
         };
@@ -373,7 +375,7 @@ impl Walker<'_> {
         // One entry per open directory: its path and the entries still to visit.
         let mut open = vec![(dir.to_path_buf(), listing.into_iter())];
         while let Some((parent, entries)) = open.last_mut() {
-            if self.ctx.cancel.is_cancelled() {
+            if self.monitor.cancel.is_cancelled() {
                 return Err(Error::Cancelled);
             }
             let Some((name, read_ahead)) = entries.next() else {
@@ -387,11 +389,11 @@ impl Walker<'_> {
             let md = match read_ahead.unwrap_or_else(|| std::fs::symlink_metadata(&path)) {
                 Ok(md) => md,
                 Err(e) => {
-                    self.ctx.io_error(&path, &e);
+                    self.monitor.io_error(&path, &e);
                     continue;
                 }
             };
-            if self.ctx.selector.excluded(&path, &md) {
+            if self.setup.selector.excluded(&path, &md) {
                 continue;
             }
             if !md.is_dir() {
@@ -407,14 +409,14 @@ impl Walker<'_> {
             ) {
                 Ok(node) => node,
                 Err(e) => {
-                    self.ctx.io_error(&path, &e);
+                    self.monitor.io_error(&path, &e);
                     self.lookahead.forget(&path);
                     continue;
                 }
             };
             self.enter(node)?;
             // A cache directory keeps its tag; another file system its mount point.
-            if self.ctx.selector.is_cache_dir(&path) {
+            if self.setup.selector.is_cache_dir(&path) {
                 self.lookahead.forget(&path);
                 self.cache_tag(&path)?;
                 self.leave()?;
@@ -430,7 +432,7 @@ impl Walker<'_> {
                     open.push((path, listing.into_iter()));
                 }
                 Err(e) => {
-                    self.ctx.io_error(&path, &e);
+                    self.monitor.io_error(&path, &e);
                     self.leave()?;
                 }
             }
@@ -447,7 +449,7 @@ impl Walker<'_> {
                 Some(Ok(md))
                     if md.is_dir()
                         && root_dev.is_none_or(|dev| dev == md.dev())
-                        && !self.ctx.selector.excluded(&dir.join(name), md) =>
+                        && !self.setup.selector.excluded(&dir.join(name), md) =>
                 {
                     Some(dir.join(name))
                 }
@@ -465,14 +467,14 @@ impl Walker<'_> {
         let size = match device_size(path) {
             Ok(s) => s,
             Err(e) => {
-                self.ctx.io_error(path, &e);
+                self.monitor.io_error(path, &e);
                 return Ok(());
             }
         };
         let mut node = match fsmeta::read_node(name, path, md, NodeKind::File, &mut self.owners) {
             Ok(n) => n,
             Err(e) => {
-                self.ctx.io_error(path, &e);
+                self.monitor.io_error(path, &e);
                 return Ok(());
             }
         };
@@ -499,7 +501,7 @@ impl Walker<'_> {
         match std::fs::symlink_metadata(&tag) {
             Ok(md) => self.entry(b"CACHEDIR.TAG", &tag, &md),
             Err(e) => {
-                self.ctx.io_error(&tag, &e);
+                self.monitor.io_error(&tag, &e);
                 Ok(())
             }
         }
@@ -513,7 +515,7 @@ impl Walker<'_> {
         let mut node = match fsmeta::read_node_stat(name, path, md, kind, &mut self.owners) {
             Ok(n) => n,
             Err(e) => {
-                self.ctx.io_error(path, &e);
+                self.monitor.io_error(path, &e);
                 return Ok(());
             }
         };
@@ -535,10 +537,10 @@ impl Walker<'_> {
         if kind == NodeKind::File && node.size > 0 {
             if let Some(p) = parent
                 .as_ref()
-                .filter(|p| !self.ctx.force && unchanged(p, &node, &self.ctx.index))
+                .filter(|p| !self.setup.force && unchanged(p, &node, &self.setup.index))
             {
                 node.content = p.content.clone();
-                self.ctx.stats.add_bytes(node.size);
+                self.monitor.stats.add_bytes(node.size);
                 return self.send(Event::Entry(
                     Pending::Ready(Box::new(node)),
                     parent.map(Box::new),

@@ -60,7 +60,11 @@ async fn stream_task(
             (node.mtime, node.atime, node.ctime) = (now, now, now);
             let mut reader = src.reader;
             let name = PathBuf::from(&src.name);
-            let node = match Worker::new(ctx).back_up_reader(&name, &mut *reader, node) {
+            let node = match Worker::new(&ctx.read, &ctx.sink, &ctx.monitor).back_up_reader(
+                &name,
+                &mut *reader,
+                node,
+            ) {
                 Ok(n) => n,
                 Err(FileError::Fatal(e)) => return Err(e),
                 Err(FileError::Source(e)) => {
@@ -75,10 +79,12 @@ async fn stream_task(
                 name: src.name.clone(),
                 reason,
             })?;
-            ctx.stats.file_done(&node, tree_builder::Status::New);
+            ctx.monitor
+                .stats
+                .file_done(&node, tree_builder::Status::New);
             let root =
                 super::source::root_node(&super::source::SourcePlan::Synthetic(Vec::new()), now)?;
-            tree_builder::build_root(ctx, root, vec![node])
+            tree_builder::build_root(&ctx.sink, &ctx.monitor, root, vec![node])
         })
         .await
 }

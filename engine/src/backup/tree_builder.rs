@@ -13,7 +13,7 @@ use coffer_repo_format::BlobId;
 
 use super::dedup::BlobWriter;
 use super::source::{Event, Pending};
-use super::Ctx;
+use super::{Monitor, Sink};
 use crate::error::{Error, Result};
 
 /// Builds the pages of one directory.
@@ -120,7 +120,7 @@ impl PageWriter {
 }
 
 struct SessionStore<'a> {
-    ctx: &'a Ctx,
+    sink: &'a Sink,
     sealer: &'a mut BlobWriter,
 }
 
@@ -129,7 +129,7 @@ impl PageStore for SessionStore<'_> {
         let bytes = page
             .encode()
             .map_err(|e| Error::corrupt("new tree page", e))?;
-        self.ctx
+        self.sink
             .dedup_and_store(self.sealer, BlobType::Tree, &bytes)
     }
 }
@@ -172,10 +172,15 @@ fn classify(node: &Node, parent: Option<&Node>) -> Status {
 }
 
 /// Writes a root directory that holds `nodes` (sorted by name) and returns it.
-pub(crate) fn build_root(ctx: &Ctx, mut root: Node, mut nodes: Vec<Node>) -> Result<Node> {
-    let mut sealer = BlobWriter::new(ctx)?;
+pub(crate) fn build_root(
+    sink: &Sink,
+    monitor: &Monitor,
+    mut root: Node,
+    mut nodes: Vec<Node>,
+) -> Result<Node> {
+    let mut sealer = BlobWriter::new(sink)?;
     let mut store = SessionStore {
-        ctx,
+        sink,
         sealer: &mut sealer,
     };
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
@@ -185,23 +190,25 @@ pub(crate) fn build_root(ctx: &Ctx, mut root: Node, mut nodes: Vec<Node>) -> Res
     }
     let tree = writer.finish(&mut store)?;
     root.subtree = Some(tree);
-    ctx.stats.dir_done(Status::New);
+    monitor.stats.dir_done(Status::New);
     Ok(root)
 }
 
 /// Consumes the walk and returns the root node with its subtree set.
 pub(crate) fn build(
-    ctx: &Ctx,
+    sink: &Sink,
+    monitor: &Monitor,
+    parent_root: Option<BlobId>,
     root: Node,
     events: crossbeam_channel::Receiver<Vec<Event>>,
 ) -> Result<Node> {
-    let mut sealer = BlobWriter::new(ctx)?;
+    let mut sealer = BlobWriter::new(sink)?;
     let mut store = SessionStore {
-        ctx,
+        sink,
         sealer: &mut sealer,
     };
     let mut stack: Vec<(Node, PageWriter)> = vec![(root, PageWriter::default())];
-    let mut parent_trees: Vec<Option<BlobId>> = vec![ctx.parent_root];
+    let mut parent_trees: Vec<Option<BlobId>> = vec![parent_root];
     for ev in events.into_iter().flatten() {
         match ev {
             Event::Enter(node, parent_tree) => {
@@ -214,7 +221,7 @@ pub(crate) fn build(
                     Pending::File(path, rx) => match rx.recv() {
                         Ok(Ok(n)) => n,
                         Ok(Err(e)) => {
-                            ctx.errors.lock().unwrap_or_else(|p| p.into_inner()).push(e);
+                            monitor.source_error(e);
                             continue;
                         }
                         // The worker stopped; the pipeline reports why.
@@ -224,9 +231,10 @@ pub(crate) fn build(
                         }
                     },
                 };
-                ctx.stats
+                monitor
+                    .stats
                     .file_done(&node, classify(&node, parent.as_deref()));
-                ctx.report_progress(false);
+                monitor.report_progress(false);
                 let Some((_, writer)) = stack.last_mut() else {
                     return Err(Error::InvalidArgument(
                         "walk produced an entry outside any directory".into(),
@@ -244,7 +252,7 @@ pub(crate) fn build(
                 };
                 let tree = writer.finish(&mut store)?;
                 node.subtree = Some(tree);
-                ctx.stats.dir_done(dir_status(tree, parent_tree));
+                monitor.stats.dir_done(dir_status(tree, parent_tree));
                 let Some((_, parent)) = stack.last_mut() else {
                     return Err(Error::InvalidArgument(
                         "walk left the root directory".into(),
@@ -260,7 +268,7 @@ pub(crate) fn build(
     };
     let tree = writer.finish(&mut store)?;
     root.subtree = Some(tree);
-    ctx.stats.dir_done(dir_status(tree, ctx.parent_root));
+    monitor.stats.dir_done(dir_status(tree, parent_root));
     debug_assert_eq!(root.kind, NodeKind::Dir);
     Ok(root)
 }
