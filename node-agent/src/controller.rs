@@ -222,8 +222,9 @@ pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) -> anyhow
         Api::<Pod>::all(client.clone()),
         watcher::Config::default().labels(crate::maintenance::MAINTENANCE_LABEL),
     )
-    .run(crate::maintenance::reconcile, object_error_policy, ctx)
+    .run(crate::maintenance::reconcile, object_error_policy, ctx.clone())
     .for_each(log_error);
+    let gauges = crate::schedules::forget_deleted(client.clone(), ctx);
     let lost = async {
         loop {
             if leading.changed().await.is_err() || !*leading.borrow() {
@@ -232,7 +233,7 @@ pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) -> anyhow
         }
     };
     tokio::select! {
-        _ = futures::future::join4(backups, restores, schedules, maintenance) => anyhow::bail!("the controller's watches ended"),
+        _ = futures::future::join5(backups, restores, schedules, maintenance, gauges) => anyhow::bail!("the controller's watches ended"),
         _ = lost => {
             lease_task.abort();
             anyhow::bail!("lost the Lease; stopping so that the new leader alone acts")

@@ -409,14 +409,38 @@ pub(crate) async fn reconcile(bs: Arc<BackupSchedule>, ctx: Arc<Ctx>) -> Result<
     })
 }
 
-/// The schedule's state as gauges, for alerts such as "no successful backup
-/// for a day" or "the last run failed". (A deleted schedule's gauges stay
-/// until the controller restarts.)
-fn export(ctx: &Ctx, bs: &BackupSchedule, st: &BackupScheduleStatus) {
-    let labels = ScheduleLabels {
+fn schedule_labels(bs: &BackupSchedule) -> ScheduleLabels {
+    ScheduleLabels {
         namespace: bs.namespace().unwrap_or_default(),
         schedule: bs.name_any(),
-    };
+    }
+}
+
+/// Drops a schedule's gauges when it is deleted (a deleted object is never
+/// reconciled). Runs as long as the controller leads.
+pub(crate) async fn forget_deleted(client: kube::Client, ctx: Arc<Ctx>) {
+    use futures::StreamExt;
+    use kube::runtime::{watcher, WatchStreamExt};
+    let api = Api::<BackupSchedule>::all(client);
+    let mut events = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    while let Some(ev) = events.next().await {
+        if let Ok(watcher::Event::Delete(bs)) = ev {
+            let labels = schedule_labels(&bs);
+            let m = &ctx.metrics;
+            m.schedule_last_success.remove(&labels);
+            m.schedule_next_run.remove(&labels);
+            m.schedule_last_run_succeeded.remove(&labels);
+        }
+    }
+}
+
+/// The schedule's state as gauges, for alerts such as "no successful backup
+/// for a day" or "the last run failed". A deleted schedule's gauges go
+/// ([`forget_deleted`]).
+fn export(ctx: &Ctx, bs: &BackupSchedule, st: &BackupScheduleStatus) {
+    let labels = schedule_labels(bs);
     let unix = |t: &Option<String>| {
         t.as_deref()
             .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())

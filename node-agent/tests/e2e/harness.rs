@@ -511,8 +511,14 @@ pub struct Controller {
 }
 
 impl Controller {
-    /// Replica `identity`, with a 3 s Lease, and `extra` arguments.
+    /// Replica `identity`, with a 3 s Lease, and `extra` arguments. Its
+    /// mover image is `COFFER_TEST_MOVER_IMAGE` on a real cluster.
     pub fn start(env: &Env, identity: &str, extra: &[&str]) -> Controller {
+        let image = match (&env.server, std::env::var("COFFER_TEST_MOVER_IMAGE")) {
+            (None, Ok(image)) => image,
+            (None, Err(_)) => "coffer/coffer-agent:0.1.0".into(),
+            (Some(_), _) => "coffer/coffer:test".into(),
+        };
         let args: Vec<std::ffi::OsString> = [
             "controller",
             "--identity",
@@ -521,12 +527,7 @@ impl Controller {
             "default",
         ]
         .iter()
-        .chain(&[
-            "--lease-duration",
-            "3s",
-            "--mover-image",
-            "coffer/coffer:test",
-        ])
+        .chain(&["--lease-duration", "3s", "--mover-image", &image])
         .chain(extra)
         .map(|a| (*a).into())
         .collect();

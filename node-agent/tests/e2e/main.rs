@@ -4,6 +4,7 @@
 //! snapshot and comparing it with the source byte for byte.
 
 #[path = "../common/mod.rs"]
+mod cluster;
 mod common;
 mod harness;
 mod hooks;

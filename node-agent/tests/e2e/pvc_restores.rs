@@ -19,7 +19,7 @@ use crate::harness::*;
 use crate::sim;
 use crate::snapshots::{fake_cluster, snapshot_backup, wait_cleaned};
 
-async fn volume_restore(env: &Env, ns: &str, name: &str, spec: serde_json::Value) {
+pub(crate) async fn volume_restore(env: &Env, ns: &str, name: &str, spec: serde_json::Value) {
     env.create::<VolumeRestore>(
         ns,
         json!({
@@ -32,7 +32,7 @@ async fn volume_restore(env: &Env, ns: &str, name: &str, spec: serde_json::Value
 }
 
 /// Waits until the restore is over and cleaned up.
-async fn wait_restored(env: &Env, ns: &str, name: &str) -> VolumeRestore {
+pub(crate) async fn wait_restored(env: &Env, ns: &str, name: &str) -> VolumeRestore {
     env.wait_for::<VolumeRestore>(ns, name, "final and cleaned up", |r| {
         is_final(&r.status) && !r.finalizers().iter().any(|f| f == FINALIZER)
     })

@@ -159,6 +159,25 @@ async fn retention_keeps_exactly_the_newest_snapshots_of_each_origin_and_nothing
         Some(unix(&st.next_schedule_time)),
         "{metrics}"
     );
+
+    // A deleted schedule's gauges go with it.
+    Api::<BackupSchedule>::namespaced(env.client.clone(), &ns)
+        .delete("db", &Default::default())
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, metrics) = get_when_up(c.metrics, "/metrics").await;
+        let left: Vec<&str> = metrics
+            .lines()
+            .filter(|l| l.starts_with("coffer_schedule_") && l.contains(&format!("namespace=\"{ns}\"")))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "gauges left: {left:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

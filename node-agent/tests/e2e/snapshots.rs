@@ -6,6 +6,7 @@
 //! A real cluster (`COFFER_TEST_KUBECONFIG`) runs its own CSI driver and
 //! kubelet; these tests put data into volumes through the simulated
 //! driver's directories, so they run against the fake API server only.
+//! [`crate::cluster`] runs the snapshot path on both.
 
 use coffer_node_agent::controller::FINALIZER;
 use coffer_node_agent::crd::{Phase, VolumeBackup};
