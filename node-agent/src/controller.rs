@@ -222,7 +222,11 @@ pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) -> anyhow
         Api::<Pod>::all(client.clone()),
         watcher::Config::default().labels(crate::maintenance::MAINTENANCE_LABEL),
     )
-    .run(crate::maintenance::reconcile, object_error_policy, ctx.clone())
+    .run(
+        crate::maintenance::reconcile,
+        object_error_policy,
+        ctx.clone(),
+    )
     .for_each(log_error);
     let gauges = crate::schedules::forget_deleted(client.clone(), ctx);
     let lost = async {

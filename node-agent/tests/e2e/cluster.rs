@@ -34,9 +34,7 @@ use std::path::{Path, PathBuf};
 
 use coffer_node_agent::crd::{BackupRepository, Phase};
 use coffer_node_agent::snapshot::VolumeSnapshot;
-use k8s_openapi::api::core::v1::{
-    ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod,
-};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::ByteString;
 use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams};
 use serde_json::json;
@@ -66,8 +64,10 @@ pub struct Real {
 
 /// Where the volumes live.
 pub enum World {
-    /// The fake API server, with the simulated driver.
-    Fake(Sim),
+    /// The fake API server, with the simulated driver (running while held).
+    Fake {
+        _sim: Sim,
+    },
     Real(Real),
 }
 
@@ -84,7 +84,7 @@ impl World {
         if std::env::var_os("COFFER_TEST_KUBECONFIG").is_none() {
             let env = Env::new().await;
             let sim = Sim::start(&env).await;
-            return Some((env, World::Fake(sim)));
+            return Some((env, World::Fake { _sim: sim }));
         }
         let Ok(url) = std::env::var("COFFER_TEST_REPOSITORY_URL") else {
             eprintln!(
@@ -111,7 +111,7 @@ impl World {
     /// A new repository for `ns`, as BackupRepository `default` there.
     pub async fn repository(&self, env: &Env, ns: &str) -> RepoAt {
         let at = match self {
-            World::Fake(_) => RepoAt::Dir(env.repository(ns, "default", PASSWORD).await),
+            World::Fake { .. } => RepoAt::Dir(env.repository(ns, "default", PASSWORD).await),
             World::Real(r) => RepoAt::Url(format!("{}/{ns}", r.url)),
         };
         if let RepoAt::Url(_) = at {
@@ -147,7 +147,7 @@ impl World {
                 (url.clone(), r.options.clone(), Some("repo-credentials"))
             }
             (_, RepoAt::Dir(path)) => (format!("file://{}", path.display()), BTreeMap::new(), None),
-            (World::Fake(_), RepoAt::Url(url)) => (url.clone(), BTreeMap::new(), None),
+            (World::Fake { .. }, RepoAt::Url(url)) => (url.clone(), BTreeMap::new(), None),
         };
         let mut spec = json!({
             "url": url,
@@ -172,7 +172,7 @@ impl World {
     /// A bound PVC `name` holding `files` (relative path, content).
     pub async fn filled_pvc(&self, env: &Env, ns: &str, name: &str, files: &[(String, Vec<u8>)]) {
         match self {
-            World::Fake(_) => {
+            World::Fake { .. } => {
                 let dir = env.dir.path().join("csi/source").join(ns).join(name);
                 for (path, data) in files {
                     let p = dir.join(path);
@@ -230,8 +230,15 @@ impl World {
                     {"name": "files", "mountPath": "/files", "readOnly": true}
                 ]);
                 // The ConfigMap's own `..data` entries start with a dot: `*` leaves them out.
-                r.run_pod(env, ns, &format!("fill-{name}"), "cp -rL /files/* /data/", volumes, mounts)
-                    .await;
+                r.run_pod(
+                    env,
+                    ns,
+                    &format!("fill-{name}"),
+                    "cp -rL /files/* /data/",
+                    volumes,
+                    mounts,
+                )
+                .await;
             }
         }
     }
@@ -239,7 +246,7 @@ impl World {
     /// The SHA-256 of every regular file in PVC `name`, by relative path.
     pub async fn contents(&self, env: &Env, ns: &str, name: &str) -> BTreeMap<String, String> {
         match self {
-            World::Fake(_) => hashes_under(&bound_path(env, ns, name).await),
+            World::Fake { .. } => hashes_under(&bound_path(env, ns, name).await),
             World::Real(r) => {
                 let volumes =
                     json!([{"name": "data", "persistentVolumeClaim": {"claimName": name}}]);
@@ -322,7 +329,10 @@ async fn bound_path(env: &Env, ns: &str, name: &str) -> PathBuf {
         .get(&pv)
         .await
         .unwrap();
-    let attrs = pv.spec.and_then(|s| s.csi).and_then(|c| c.volume_attributes);
+    let attrs = pv
+        .spec
+        .and_then(|s| s.csi)
+        .and_then(|c| c.volume_attributes);
     PathBuf::from(&attrs.expect("a CSI volume")["path"])
 }
 
@@ -399,12 +409,24 @@ async fn a_pvc_goes_through_a_csi_snapshot_and_comes_back_as_a_new_pvc_in_anothe
     let repo = world.repository(&env, &ns).await;
     let files = sample_files(31);
     world.filled_pvc(&env, &ns, "data", &files).await;
-    let expected: BTreeMap<String, String> =
-        files.iter().map(|(p, d)| (p.clone(), sha256_hex(d))).collect();
-    assert_eq!(world.contents(&env, &ns, "data").await, expected, "the filled PVC");
+    let expected: BTreeMap<String, String> = files
+        .iter()
+        .map(|(p, d)| (p.clone(), sha256_hex(d)))
+        .collect();
+    assert_eq!(
+        world.contents(&env, &ns, "data").await,
+        expected,
+        "the filled PVC"
+    );
     let _c = Controller::start(&env, "a", &[]);
 
-    snapshot_backup(&env, &ns, "nightly", json!({"pvc": "data", "tags": ["e2e"]})).await;
+    snapshot_backup(
+        &env,
+        &ns,
+        "nightly",
+        json!({"pvc": "data", "tags": ["e2e"]}),
+    )
+    .await;
     let vb = wait_cleaned(&env, &ns, "nightly").await;
     let st = vb.status.clone().unwrap();
     assert_eq!(st.phase, Phase::Completed, "{st:#?}");
@@ -426,5 +448,9 @@ async fn a_pvc_goes_through_a_csi_snapshot_and_comes_back_as_a_new_pvc_in_anothe
     let rs = vr.status.clone().unwrap();
     assert_eq!(rs.phase, Phase::Completed, "{rs:#?}");
     assert_eq!(rs.snapshot_id, st.snapshot_id);
-    assert_eq!(world.contents(&env, &copy, "data-copy").await, expected, "the restored PVC");
+    assert_eq!(
+        world.contents(&env, &copy, "data-copy").await,
+        expected,
+        "the restored PVC"
+    );
 }

@@ -3,8 +3,8 @@
 //! the kubelet and the scheduler. Every backup is checked by restoring its
 //! snapshot and comparing it with the source byte for byte.
 
-#[path = "../common/mod.rs"]
 mod cluster;
+#[path = "../common/mod.rs"]
 mod common;
 mod harness;
 mod hooks;

@@ -170,12 +170,17 @@ async fn retention_keeps_exactly_the_newest_snapshots_of_each_origin_and_nothing
         let (_, metrics) = get_when_up(c.metrics, "/metrics").await;
         let left: Vec<&str> = metrics
             .lines()
-            .filter(|l| l.starts_with("coffer_schedule_") && l.contains(&format!("namespace=\"{ns}\"")))
+            .filter(|l| {
+                l.starts_with("coffer_schedule_") && l.contains(&format!("namespace=\"{ns}\""))
+            })
             .collect();
         if left.is_empty() {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "gauges left: {left:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gauges left: {left:?}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
