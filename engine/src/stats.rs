@@ -94,7 +94,7 @@ pub async fn stats(
                         count(page, &mut st, false);
                     }
                 }
-                Step::Unreadable(_, e) => return Err(e),
+                Step::Unreadable { error, .. } => return Err(error),
             }
         }
     }

@@ -149,9 +149,17 @@ pub enum Step {
     /// A directory, after its entries, with the pages below its root page
     /// (large directories only).
     Leave(Entry, Vec<BlobId>),
-    /// The listing of this directory, or the rest of it, cannot be read (only
-    /// with [`Walk::keep_going`]). The directory's `Leave` follows.
-    Unreadable(Entry, Error),
+    /// The listing of this directory cannot be read (only with
+    /// [`Walk::keep_going`]): from its start, or, when `opened`, from a later
+    /// page on (the entries before it came). The directory's `Leave` follows.
+    Unreadable {
+        /// The directory.
+        entry: Entry,
+        /// Why.
+        error: Error,
+        /// Whether its first page was read.
+        opened: bool,
+    },
 }
 
 /// A directory being read by a [`Walk`].
@@ -221,7 +229,7 @@ impl<'a> Walk<'a> {
                 reader,
             });
             if let Some(e) = failed {
-                return self.unreadable(entry, e);
+                return self.unreadable(entry, e, false);
             }
         }
         let Some(frame) = self.frames.last_mut() else {
@@ -236,7 +244,7 @@ impl<'a> Walk<'a> {
             Err(e) => {
                 let entry = frame.entry.clone();
                 frame.reader = None;
-                return self.unreadable(entry, e);
+                return self.unreadable(entry, e, true);
             }
         };
         match node {
@@ -263,11 +271,15 @@ impl<'a> Walk<'a> {
         }
     }
 
-    fn unreadable(&self, entry: Entry, e: Error) -> Result<Option<Step>> {
+    fn unreadable(&self, entry: Entry, error: Error, opened: bool) -> Result<Option<Step>> {
         if self.keep_going {
-            Ok(Some(Step::Unreadable(entry, e)))
+            Ok(Some(Step::Unreadable {
+                entry,
+                error,
+                opened,
+            }))
         } else {
-            Err(e)
+            Err(error)
         }
     }
 }
@@ -324,7 +336,16 @@ impl<'a> Pages<'a> {
             if !self.seen.insert(id) {
                 continue;
             }
-            let page = self.repo.read_tree(self.index, &id).await;
+            // A page the index does not list is missing, even where a
+            // cache still holds it.
+            let page = if self.index.contains(&id) {
+                self.repo.read_tree(self.index, &id).await
+            } else {
+                Err(Error::NotFound {
+                    what: format!("tree blob {id} in the index"),
+                    missing: crate::error::Missing::Object,
+                })
+            };
             if let Ok(p) = &page {
                 for r in &p.pages {
                     self.add(dir.clone(), r.id);

@@ -722,7 +722,9 @@ mod random_trees {
                 }
                 Step::Leaf(e) => all.push(bytes(&e.path)),
                 Step::Leave(e, _) => assert_eq!(open.pop(), Some(e.path)),
-                Step::Unreadable(e, err) => panic!("{}: {err}", e.path.display()),
+                Step::Unreadable { entry, error, .. } => {
+                    panic!("{}: {error}", entry.path.display())
+                }
             }
         }
         assert!(open.is_empty());
@@ -960,6 +962,75 @@ mod damage {
             }
             Ok(summary)
         }
+    }
+
+    /// A large directory whose second listing page is damaged: the restore
+    /// goes on, writes what the pages before it list, and reports the rest
+    /// of the directory as unreadable; `check` names the page.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_damaged_page_of_a_large_directory_fails_only_the_rest_of_it() {
+        use coffer_engine::trees::{Step, Walk};
+        let dir = tempdir();
+        let src = dir.path().join("big");
+        std::fs::create_dir_all(&src).unwrap();
+        let n = coffer_engine::format::tree::PAGE_MAX_NODES * 2 + 5;
+        for i in 0..n {
+            std::fs::write(src.join(format!("f{i:06}")), format!("{i}")).unwrap();
+        }
+        let repo_dir = dir.path().join("repo");
+        let repo = local_repo(
+            &repo_dir,
+            init_opts(small_chunks(), Compression::Zstd(3), 1 << 20),
+        )
+        .await;
+        backup_paths(&repo, &[&src]).await;
+        let index = repo.load_index().await.unwrap();
+        let (_, snap) = repo.find_snapshot("latest").await.unwrap();
+        let mut walk = Walk::new(&repo, &index, "".into(), snap.root.clone());
+        let mut pages = Vec::new();
+        while let Some(step) = walk.next().await.unwrap() {
+            if let Step::Leave(_, p) = step {
+                pages = p;
+            }
+        }
+        assert!(pages.len() >= 3, "{pages:?}");
+        let loc = index.get(&pages[1]).unwrap();
+        let pack = repo_dir.join(layout::pack(&loc.pack));
+        let mut bytes = std::fs::read(&pack).unwrap();
+        bytes[loc.offset as usize + 20] ^= 0x20;
+        std::fs::write(&pack, bytes).unwrap();
+
+        let store =
+            coffer_engine::storage::open_location(repo_dir.to_str().unwrap(), false).unwrap();
+        let repo = Arc::new(
+            coffer_engine::Repository::open(store, b"test password")
+                .await
+                .unwrap(),
+        );
+        let index = repo.load_index().await.unwrap();
+        let out = dir.path().join("out");
+        let summary = restore::restore(repo.clone(), index, RestoreOptions::new("latest", &out))
+            .await
+            .unwrap();
+        assert!(
+            summary
+                .errors
+                .iter()
+                .any(|e| e.path == out && e.message.contains("the rest of this directory")),
+            "{:?}",
+            summary.errors
+        );
+        // The first page's files are there, byte for byte.
+        assert_eq!(std::fs::read(out.join("f000000")).unwrap(), b"0");
+        assert_eq!(std::fs::read(out.join("f000100")).unwrap(), b"100");
+        let report = check::check(repo.clone(), CheckOptions::default())
+            .await
+            .unwrap();
+        assert!(
+            has(&report, "tree", &pages[1].to_hex()),
+            "{:?}",
+            report.problems
+        );
     }
 
     fn has(report: &CheckReport, kind: &str, object_part: &str) -> bool {

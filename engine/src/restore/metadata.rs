@@ -77,8 +77,8 @@ pub(crate) fn apply_all(
                 continue;
             }
             // Trees that cannot be read were reported by the plan.
-            Step::Unreadable(_, err) if is_damage(&err) => continue,
-            Step::Unreadable(_, err) => return Err(err),
+            Step::Unreadable { error, .. } if is_damage(&error) => continue,
+            Step::Unreadable { error, .. } => return Err(error),
         };
         let Some(dir) = dirs.last() else { continue };
         let path = child_path(dir, &e.node);

@@ -196,19 +196,32 @@ pub(crate) fn build(
                         continue;
                     }
                     // The start's own listing: nothing can be restored.
-                    Step::Unreadable(_, err) if dirs.len() == 1 => return Err(err),
-                    Step::Unreadable(e, err) if is_damage(&err) => {
+                    Step::Unreadable {
+                        error,
+                        opened: false,
+                        ..
+                    } if dirs.len() == 1 => return Err(error),
+                    Step::Unreadable {
+                        entry,
+                        error,
+                        opened,
+                    } if is_damage(&error) => {
                         if let Some((dir, _)) = dirs.last() {
-                            let tree = e.node.subtree.map(|t| t.to_string()).unwrap_or_default();
-                            shared.fail(
-                                dir,
-                                e.node.subtree,
-                                format!("its listing (tree {tree}) cannot be read: {err}"),
-                            );
+                            if opened {
+                                let message =
+                                    format!("the rest of this directory cannot be read: {error}");
+                                shared.fail(dir, None, message);
+                            } else {
+                                let tree = entry.node.subtree;
+                                let name = tree.map(|t| t.to_string()).unwrap_or_default();
+                                let message =
+                                    format!("its listing (tree {name}) cannot be read: {error}");
+                                shared.fail(dir, tree, message);
+                            }
                         }
                         continue;
                     }
-                    Step::Unreadable(_, err) => return Err(err),
+                    Step::Unreadable { error, .. } => return Err(error),
                 };
                 let Some((dir, _)) = dirs.last() else {
                     continue;
