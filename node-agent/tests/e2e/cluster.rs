@@ -381,20 +381,12 @@ async fn leftovers(env: &Env, ns: &str, run: &str) -> Vec<String> {
     {
         left.push(format!("Pod/{}", kube::ResourceExt::name_any(&p)));
     }
-    if Api::<PersistentVolumeClaim>::namespaced(env.client.clone(), ns)
-        .get_opt(&child)
-        .await
-        .unwrap()
-        .is_some()
-    {
+    let pvcs = Api::<PersistentVolumeClaim>::namespaced(env.client.clone(), ns);
+    if pvcs.get_opt(&child).await.unwrap().is_some() {
         left.push(format!("PersistentVolumeClaim/{child}"));
     }
-    if Api::<VolumeSnapshot>::namespaced(env.client.clone(), ns)
-        .get_opt(&child)
-        .await
-        .unwrap()
-        .is_some()
-    {
+    let snapshots = Api::<VolumeSnapshot>::namespaced(env.client.clone(), ns);
+    if snapshots.get_opt(&child).await.unwrap().is_some() {
         left.push(format!("VolumeSnapshot/{child}"));
     }
     left
