@@ -131,6 +131,8 @@ pub(crate) struct Ctx {
     mover_accounts: Mutex<HashSet<String>>,
     /// The last discovery of the VolumeGroupSnapshot API, and when.
     group_api: Mutex<Option<(std::time::Instant, Option<GroupApi>)>>,
+    /// The BackupSchedules' gauges.
+    pub(crate) schedule_gauges: crate::schedules::Gauges,
 }
 
 /// Leads (or waits to lead), then reconciles until leadership is lost or a
@@ -171,6 +173,7 @@ pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) -> anyhow
         client: client.clone(),
         opts,
         recorder,
+        schedule_gauges: crate::schedules::Gauges::new(metrics.clone()),
         metrics,
         mover_accounts: Mutex::new(HashSet::new()),
         group_api: Mutex::new(None),

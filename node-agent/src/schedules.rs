@@ -14,8 +14,8 @@
 //! Level-triggered like the rest: the schedule's status says what was done;
 //! the controller requeues at the next time and wakes on its runs' changes.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -32,7 +32,7 @@ use crate::crd::{
     BackupMethod, BackupRepository, BackupSchedule, BackupScheduleStatus, ConcurrencyPolicy,
     Condition, Phase, Retention, RetentionResult, VolumeBackup,
 };
-use crate::metrics::ScheduleLabels;
+use crate::metrics::{Metrics, ScheduleLabels};
 use crate::node::{label_value, object_name};
 use crate::schedule::Schedule;
 use crate::snapshot;
@@ -427,41 +427,82 @@ pub(crate) async fn forget_deleted(client: kube::Client, ctx: Arc<Ctx>) {
         .boxed();
     while let Some(ev) = events.next().await {
         if let Ok(watcher::Event::Delete(bs)) = ev {
-            let labels = schedule_labels(&bs);
-            let m = &ctx.metrics;
-            m.schedule_last_success.remove(&labels);
-            m.schedule_next_run.remove(&labels);
-            m.schedule_last_run_succeeded.remove(&labels);
+            ctx.schedule_gauges.forget(&bs);
         }
     }
 }
 
-/// The schedule's state as gauges, for alerts such as "no successful backup
+/// The schedules' state as gauges, for alerts such as "no successful backup
 /// for a day" or "the last run failed". A deleted schedule's gauges go
-/// ([`forget_deleted`]).
-fn export(ctx: &Ctx, bs: &BackupSchedule, st: &BackupScheduleStatus) {
-    let labels = schedule_labels(bs);
-    let unix = |t: &Option<String>| {
-        t.as_deref()
-            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| t.timestamp_millis() as f64 / 1000.0)
-    };
-    let m = &ctx.metrics;
-    if let Some(t) = unix(&st.last_successful_time) {
-        m.schedule_last_success.get_or_create(&labels).set(t);
-    }
-    match unix(&st.next_schedule_time) {
-        Some(t) => {
-            m.schedule_next_run.get_or_create(&labels).set(t);
-        }
-        None => {
-            m.schedule_next_run.remove(&labels);
+/// ([`forget_deleted`]) and stay gone.
+pub(crate) struct Gauges {
+    metrics: Arc<Metrics>,
+    /// The uids of the schedules deleted lately, oldest first, so that a
+    /// reconcile that read one before its deletion cannot export it again.
+    deleted: Mutex<VecDeque<String>>,
+}
+
+impl Gauges {
+    /// How many deleted schedules are remembered.
+    const REMEMBERED: usize = 1024;
+
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Gauges {
+        Gauges {
+            metrics,
+            deleted: Mutex::new(VecDeque::new()),
         }
     }
-    if let Some(c) = st.conditions.iter().find(|c| c.type_ == "LastRunSucceeded") {
-        m.schedule_last_run_succeeded
-            .get_or_create(&labels)
-            .set(i64::from(c.status == "True"));
+
+    fn deleted(&self) -> std::sync::MutexGuard<'_, VecDeque<String>> {
+        self.deleted.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets `bs`'s gauges from `st`, unless `bs` was deleted. The check and
+    /// the update are one step under the lock that [`Gauges::forget`] takes.
+    fn export(&self, bs: &BackupSchedule, st: &BackupScheduleStatus) {
+        let deleted = self.deleted();
+        if bs.uid().is_some_and(|uid| deleted.contains(&uid)) {
+            return;
+        }
+        let labels = schedule_labels(bs);
+        let unix = |t: &Option<String>| {
+            t.as_deref()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.timestamp_millis() as f64 / 1000.0)
+        };
+        let m = &self.metrics;
+        if let Some(t) = unix(&st.last_successful_time) {
+            m.schedule_last_success.get_or_create(&labels).set(t);
+        }
+        match unix(&st.next_schedule_time) {
+            Some(t) => {
+                m.schedule_next_run.get_or_create(&labels).set(t);
+            }
+            None => {
+                m.schedule_next_run.remove(&labels);
+            }
+        }
+        if let Some(c) = st.conditions.iter().find(|c| c.type_ == "LastRunSucceeded") {
+            m.schedule_last_run_succeeded
+                .get_or_create(&labels)
+                .set(i64::from(c.status == "True"));
+        }
+    }
+
+    /// Removes a deleted schedule's gauges, and remembers it.
+    fn forget(&self, bs: &BackupSchedule) {
+        let mut deleted = self.deleted();
+        if let Some(uid) = bs.uid() {
+            if deleted.len() == Self::REMEMBERED {
+                deleted.pop_front();
+            }
+            deleted.push_back(uid);
+        }
+        let labels = schedule_labels(bs);
+        let m = &self.metrics;
+        m.schedule_last_success.remove(&labels);
+        m.schedule_next_run.remove(&labels);
+        m.schedule_last_run_succeeded.remove(&labels);
     }
 }
 
@@ -475,7 +516,7 @@ async fn write_status(
     st: &BackupScheduleStatus,
     at_version: bool,
 ) -> Result<bool, Error> {
-    export(ctx, bs, st);
+    ctx.schedule_gauges.export(bs, st);
     if old == st {
         return Ok(true);
     }
@@ -964,5 +1005,45 @@ mod tests {
             retention_args(&r).join(" "),
             "--keep-last 3 --keep-daily 7 --keep-within 30d --keep-tag keep"
         );
+    }
+
+    #[test]
+    fn a_deleted_schedule_keeps_no_gauges_even_when_a_reconcile_in_flight_exports_it_after() {
+        let metrics = Metrics::new();
+        let gauges = Gauges::new(metrics.clone());
+        let schedule = |ns: &str, uid: &str| -> BackupSchedule {
+            serde_json::from_value(json!({
+                "metadata": {"name": "nightly", "namespace": ns, "uid": uid},
+                "spec": {"schedule": "0 2 * * *", "repository": "main"},
+            }))
+            .unwrap()
+        };
+        let st = BackupScheduleStatus {
+            last_successful_time: Some("2026-11-25T02:00:00Z".into()),
+            next_schedule_time: Some("2026-11-26T02:00:00Z".into()),
+            ..Default::default()
+        };
+        let series = |ns: &str| {
+            metrics
+                .encode()
+                .lines()
+                .filter(|l| {
+                    l.starts_with("coffer_schedule_") && l.contains(&format!("namespace=\"{ns}\""))
+                })
+                .count()
+        };
+        let (old, other) = (schedule("shop", "uid-1"), schedule("blog", "uid-2"));
+        gauges.export(&old, &st);
+        gauges.export(&other, &st);
+        assert_eq!(series("shop"), 2);
+        gauges.forget(&old);
+        assert_eq!(series("shop"), 0);
+        // A reconcile that read the schedule before its deletion.
+        gauges.export(&old, &st);
+        assert_eq!(series("shop"), 0, "{}", metrics.encode());
+        assert_eq!(series("blog"), 2);
+        // A new schedule of the same name is a new object.
+        gauges.export(&schedule("shop", "uid-3"), &st);
+        assert_eq!(series("shop"), 2);
     }
 }
