@@ -43,7 +43,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, ObjectList, Patch,
     PatchParams, PostParams,
 };
 use kube::runtime::controller::{Action, Controller};
@@ -115,6 +115,11 @@ pub enum Error {
     /// An object could not be built.
     #[error("{0}")]
     Invalid(String),
+    /// The API server refused to create an object, for a reason that trying
+    /// again does not change (admission, quota, validation, permissions):
+    /// the run fails with it rather than waiting for ever.
+    #[error("{0}")]
+    Refused(String),
 }
 
 pub(crate) fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
@@ -338,9 +343,16 @@ async fn reconcile(vb: Arc<VolumeBackup>, ctx: Arc<Ctx>) -> Result<Action, Error
             .await;
         return Ok(Action::requeue(Duration::ZERO));
     }
-    match st.phase {
+    let step = match st.phase {
         Phase::New => claim(&ctx, &vb).await,
         _ => advance(&ctx, &vb, &st).await,
+    };
+    match step {
+        Err(Error::Refused(why)) => {
+            ctx.fail(&vb, why).await;
+            Ok(Action::await_change())
+        }
+        step => step,
     }
 }
 
@@ -666,20 +678,13 @@ pub(crate) async fn not_started(ctx: &Ctx, pod: &Pod) -> Result<Duration, String
         ctx.opts.prepare_timeout,
     );
     if left.is_zero() {
-        let events = pod_events(ctx, &ns, &name).await;
+        let events = pod_events(ctx, pod).await;
         return Err(format!(
             "mover pod {ns}/{name} did not start within {}{events}",
             humantime::format_duration(ctx.opts.prepare_timeout)
         ));
     }
-    // This pod's own events: an earlier pod of the same name (a maintenance
-    // job, a recreated run) may have failed on a directory made since.
-    let api: Api<CoreEvent> = Api::namespaced(ctx.client.clone(), &ns);
-    let lp = ListParams::default().fields(&format!(
-        "involvedObject.kind=Pod,involvedObject.name={name},involvedObject.uid={}",
-        pod.uid().unwrap_or_default()
-    ));
-    if let Ok(list) = api.list(&lp).await {
+    if let Ok(list) = this_pods_events(ctx, pod).await {
         if let Some(why) = snapshot::permanent_mount_failure(&list.items) {
             return Err(format!("mover pod {ns}/{name} cannot start: {why}"));
         }
@@ -1526,7 +1531,8 @@ pub(crate) async fn ensure_mover_account(ctx: &Ctx, ns: &str) -> Result<(), Erro
 }
 
 /// Creates `obj`; one that exists already is fine (a step done before a
-/// restart).
+/// restart). A refusal that trying again will not change (a 4xx other than
+/// a conflict or throttling) is [`Error::Refused`].
 pub(crate) async fn create<K>(api: &Api<K>, obj: &K, what: &str) -> Result<(), Error>
 where
     K: Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
@@ -1534,6 +1540,13 @@ where
     match api.create(&PostParams::default(), obj).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(kube::Error::Api(e)) if (400..500).contains(&e.code) && e.code != 429 => {
+            Err(Error::Refused(format!(
+                "the API server refused to create {what}: {} ({}, {}); \
+                 check the admission policies, quotas and the controller's RBAC in that namespace",
+                e.message, e.code, e.reason
+            )))
+        }
         Err(e) => Err(kube_err(format!("creating {what}"))(e)),
     }
 }
@@ -1811,10 +1824,8 @@ pub(crate) async fn remove_finalizer<K: Run>(ctx: &Ctx, run: &K) -> Result<(), E
 }
 
 /// The last Warning events of a pod, for a message.
-async fn pod_events(ctx: &Ctx, ns: &str, pod: &str) -> String {
-    let api: Api<CoreEvent> = Api::namespaced(ctx.client.clone(), ns);
-    let lp = ListParams::default().fields(&format!("involvedObject.name={pod}"));
-    let Ok(list) = api.list(&lp).await else {
+async fn pod_events(ctx: &Ctx, pod: &Pod) -> String {
+    let Ok(list) = this_pods_events(ctx, pod).await else {
         return String::new();
     };
     let notes: Vec<String> = list
@@ -1836,6 +1847,20 @@ async fn pod_events(ctx: &Ctx, ns: &str, pod: &str) -> String {
     } else {
         format!("; its events: {}", notes.join("; "))
     }
+}
+
+/// The events of this pod, not of an earlier pod of the same name (a
+/// maintenance job, a recreated run), which may have failed on something
+/// mended since.
+async fn this_pods_events(ctx: &Ctx, pod: &Pod) -> Result<ObjectList<CoreEvent>, kube::Error> {
+    let api: Api<CoreEvent> =
+        Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
+    let lp = ListParams::default().fields(&format!(
+        "involvedObject.kind=Pod,involvedObject.name={},involvedObject.uid={}",
+        pod.name_any(),
+        pod.uid().unwrap_or_default()
+    ));
+    api.list(&lp).await
 }
 
 /// Start-up sweep: objects made for runs that no longer exist (deleted

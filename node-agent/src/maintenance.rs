@@ -253,7 +253,6 @@ async fn follow(
         .await
         .map_err(kube_err(format!("reading pod {ns}/{pod_name}")))?;
     let Some(pod) = pod else {
-        crate::controller::ensure_mover_account(ctx, &ns).await?;
         let mut args = mover_command(job.as_str(), &ns, &name, repo);
         args.extend(["--scheduled-at".into(), at.to_string()]);
         match job {
@@ -288,7 +287,15 @@ async fn follow(
             memory,
             ..ctx.mover(&pod_name, &ns, repo)
         });
-        create(&pods, &p, &format!("pod {ns}/{pod_name}")).await?;
+        let made = match crate::controller::ensure_mover_account(ctx, &ns).await {
+            Ok(()) => create(&pods, &p, &format!("pod {ns}/{pod_name}")).await,
+            Err(e) => Err(e),
+        };
+        if let Err(Error::Refused(why)) = made {
+            job.fail(st, at, why);
+            return Ok(None);
+        }
+        made?;
         return Ok(Some(ctx.opts.prepare_timeout));
     };
     match mover_state(ctx, &pod).await {

@@ -123,9 +123,16 @@ pub(crate) async fn reconcile(vr: Arc<VolumeRestore>, ctx: Arc<Ctx>) -> Result<A
         ctx.end(vr.as_ref(), Outcome::Canceled, "Resolving").await;
         return Ok(Action::requeue(Duration::ZERO));
     }
-    match st.phase {
+    let step = match st.phase {
         Phase::New => claim(&ctx, &vr, &target).await,
         _ => advance(&ctx, &vr, &target, &st).await,
+    };
+    match step {
+        Err(Error::Refused(why)) => {
+            fail(&ctx, &vr, why).await;
+            Ok(Action::await_change())
+        }
+        step => step,
     }
 }
 

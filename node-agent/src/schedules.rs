@@ -27,7 +27,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use crate::annotations::BACKUP_NOW;
-use crate::controller::{create, delete_present, kube_err, mover_command, Ctx, Error};
+use crate::controller::{create, delete_present, kube_err, mover_command, Ctx, Error, MoverState};
 use crate::crd::{
     BackupMethod, BackupRepository, BackupSchedule, BackupScheduleStatus, ConcurrencyPolicy,
     Condition, Phase, Retention, RetentionResult, VolumeBackup,
@@ -791,7 +791,6 @@ async fn retention(
             )));
             return Ok(None);
         };
-        crate::controller::ensure_mover_account(ctx, &ns).await?;
         let mut args = mover_command("forget", &ns, &name, &repo);
         args.extend([
             "--tag".into(),
@@ -817,30 +816,42 @@ async fn retention(
             owner: Some(&owner),
             ..ctx.mover(&pod_name, &ns, &repo)
         });
-        create(&pods, &p, &format!("pod {ns}/{pod_name}")).await?;
+        let made = match crate::controller::ensure_mover_account(ctx, &ns).await {
+            Ok(()) => create(&pods, &p, &format!("pod {ns}/{pod_name}")).await,
+            Err(e) => Err(e),
+        };
+        if let Err(Error::Refused(why)) = made {
+            st.last_retention = Some(failed(why));
+            return Ok(None);
+        }
+        made?;
         return Ok(Some(ctx.opts.prepare_timeout));
     };
-    if let Some(why) = snapshot::mover_failure(&pod) {
-        st.last_retention = Some(failed(why.clone()));
-        ctx.event_on(bs, "Retention", EventType::Warning, "RetentionFailed", why)
-            .await;
-    } else if pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded") {
-        // The mover wrote lastRetention before it exited; the next pass
-        // sees it and deletes the pod.
-        let fresh = Api::<BackupSchedule>::namespaced(ctx.client.clone(), &ns)
-            .get_status(&name)
-            .await
-            .map_err(kube_err(format!("reading BackupSchedule {ns}/{name}")))?;
-        let wrote = fresh
-            .status
-            .and_then(|s| s.last_retention)
-            .filter(|r| r.after == after);
-        st.last_retention = Some(wrote.unwrap_or_else(|| {
-            failed(format!(
-                "retention pod {ns}/{pod_name} exited without writing its result"
-            ))
-        }));
+    match crate::controller::mover_state(ctx, &pod).await {
+        MoverState::Running(again) => return Ok(again),
+        MoverState::Stuck(why) | MoverState::Exited(Some(why)) => {
+            st.last_retention = Some(failed(why.clone()));
+            ctx.event_on(bs, "Retention", EventType::Warning, "RetentionFailed", why)
+                .await;
+            return Ok(None);
+        }
+        MoverState::Exited(None) => {}
     }
+    // The mover wrote lastRetention before it exited; the next pass sees it
+    // and deletes the pod.
+    let fresh = Api::<BackupSchedule>::namespaced(ctx.client.clone(), &ns)
+        .get_status(&name)
+        .await
+        .map_err(kube_err(format!("reading BackupSchedule {ns}/{name}")))?;
+    let wrote = fresh
+        .status
+        .and_then(|s| s.last_retention)
+        .filter(|r| r.after == after);
+    st.last_retention = Some(wrote.unwrap_or_else(|| {
+        failed(format!(
+            "retention pod {ns}/{pod_name} exited without writing its result"
+        ))
+    }));
     Ok(None)
 }
 

@@ -549,6 +549,7 @@ pub fn mover_failure(pod: &Pod) -> Option<String> {
         if c.type_ == "PodScheduled"
             && c.status == "False"
             && c.reason.as_deref() == Some("Unschedulable")
+            && !c.message.as_deref().is_some_and(waits_for_its_claim)
         {
             return Some(format!(
                 "{name} cannot be scheduled: {}",
@@ -561,10 +562,12 @@ pub fn mover_failure(pod: &Pod) -> Option<String> {
             continue;
         };
         let reason = w.reason.as_deref().unwrap_or_default();
+        // Not `ErrImagePull`: a first pull can fail on a passing registry
+        // error; the kubelet says `ImagePullBackOff` seconds later if the
+        // next one fails too.
         if matches!(
             reason,
-            "ErrImagePull"
-                | "ImagePullBackOff"
+            "ImagePullBackOff"
                 | "InvalidImageName"
                 | "CreateContainerConfigError"
                 | "CreateContainerError"
@@ -576,6 +579,15 @@ pub fn mover_failure(pod: &Pod) -> Option<String> {
         }
     }
     None
+}
+
+/// Whether the scheduler's reason is only that the pod's claim is not bound
+/// yet (a clone or restore target still being provisioned): the scheduler
+/// tries again once it binds, so this is left to `--prepare-timeout`.
+fn waits_for_its_claim(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("unbound immediate persistentvolumeclaims")
+        || (m.contains("persistentvolumeclaim") && m.contains("not found"))
 }
 
 /// A mount the kubelet reports it can never make, from a pod's events: a
@@ -862,6 +874,25 @@ mod tests {
             mover_failure(&unsched).unwrap(),
             "mover pod ns/m cannot be scheduled: 0/3 nodes are available: 3 Insufficient memory."
         );
+        // The clone is still being provisioned: the scheduler tries again.
+        for message in [
+            "0/3 nodes are available: pod has unbound immediate PersistentVolumeClaims. preemption: 0/3 nodes are available: 3 Preemption is not helpful for scheduling.",
+            r#"persistentvolumeclaim "coffer-clone-x" not found"#,
+        ] {
+            let waiting = pod(
+                json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
+                "reason": "Unschedulable", "message": message}]}),
+            );
+            assert_eq!(mover_failure(&waiting), None, "{message}");
+        }
+        let waiting = |reason: &str| {
+            pod(
+                json!({"phase": "Pending", "containerStatuses": [{"name": "mover", "image": "x", "imageID": "",
+                "ready": false, "restartCount": 0, "state": {"waiting": {"reason": reason, "message": "pulling x"}}}]}),
+            )
+        };
+        assert_eq!(mover_failure(&waiting("ErrImagePull")), None);
+        assert_eq!(mover_failure(&waiting("ContainerCreating")), None);
         let pull = pod(
             json!({"phase": "Pending", "containerStatuses": [{"name": "mover", "image": "x", "imageID": "",
             "ready": false, "restartCount": 0, "state": {"waiting": {"reason": "ImagePullBackOff", "message": "back-off pulling x"}}}]}),

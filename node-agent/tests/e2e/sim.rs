@@ -607,6 +607,20 @@ async fn bound_path(client: &Client, ns: &str, name: &str) -> PathBuf {
     pv_path(&pv).unwrap()
 }
 
+/// As the scheduler says it cannot place a pod, for now or for good.
+async fn unschedulable(pods: &Api<Pod>, name: &str, why: &str) {
+    let _ = pods
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {
+                "phase": "Pending",
+                "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": why}],
+            }})),
+        )
+        .await;
+}
+
 /// The scheduler and kubelet of mover pods.
 async fn kubelet(
     client: Client,
@@ -655,13 +669,12 @@ async fn kubelet(
         }
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
         if behaviour.lock().unwrap().unschedulable {
-            let _ = pods
-                .patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({"status": {
-                    "phase": "Pending",
-                    "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                        "message": "0/3 nodes are available: 3 node(s) had volume node affinity conflict."}],
-                }})))
-                .await;
+            unschedulable(
+                &pods,
+                &name,
+                "0/3 nodes are available: 3 node(s) had volume node affinity conflict.",
+            )
+            .await;
             continue;
         }
         let Some(spec) = pod.spec.clone() else {
@@ -687,6 +700,16 @@ async fn kubelet(
             continue;
         }
         started.lock().unwrap().push(run_key);
+        if spec
+            .volumes
+            .iter()
+            .flatten()
+            .any(|v| v.persistent_volume_claim.is_some())
+        {
+            // As the scheduler, whose first pass may come before the
+            // binder's: on a real cluster this is passing, not a failure.
+            unschedulable(&pods, &name, "0/3 nodes are available: pod has unbound immediate PersistentVolumeClaims. preemption: 0/3 nodes are available: 3 Preemption is not helpful for scheduling.").await;
+        }
         // As the kubelet, wait until each claim is bound; its data's path
         // stands in for the mount or the device.
         let c = &spec.containers[0];

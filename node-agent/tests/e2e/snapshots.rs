@@ -268,6 +268,42 @@ async fn an_unschedulable_mover_fails_the_run_at_once_naming_the_reason() {
     );
 }
 
+/// An admission policy refuses the mover pod: the run fails at once with the
+/// API server's reason, not after retrying for ever, and is cleaned up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mover_pod_refused_by_admission_fails_the_run_at_once_with_the_refusal() {
+    let Some((mut env, sim)) = fake_cluster().await else {
+        return;
+    };
+    let ns = env.namespace("refused").await;
+    env.repository(&ns, "default", PASSWORD).await;
+    let data = env.dir.path().join("csi/source/data");
+    fill(&data, 16, 2);
+    sim::csi_pvc(&env, &ns, "data", "Filesystem", &data, json!({})).await;
+    let policy = r#"violates PodSecurity "restricted:latest": runAsNonRoot != true"#;
+    env.server
+        .as_ref()
+        .unwrap()
+        .forbid_creates("pods", &ns, policy);
+    let _c = Controller::start(&env, "a", &["--prepare-timeout", "30m"]);
+    snapshot_backup(&env, &ns, "refused", json!({"pvc": "data"})).await;
+    let vb = wait_cleaned(&env, &ns, "refused").await;
+    assert_eq!(vb.status.as_ref().unwrap().phase, Phase::Failed);
+    assert!(
+        message(&vb).contains(&format!(
+            "the API server refused to create pod {ns}/coffer-refused: pods \"coffer-refused\" is forbidden: {policy} (403, Forbidden)"
+        )),
+        "{}",
+        message(&vb)
+    );
+    // No pod was made; the clone and the snapshot go, in order.
+    let pv = clone_pv(&sim).expect("the clone's PV was deleted");
+    assert_eq!(
+        sim.deletions(),
+        cleanup_order(&ns, "refused", Some(&pv), true)[1..]
+    );
+}
+
 /// A `file://` repository whose directory the node lacks: the kubelet
 /// reports the failed hostPath mount only in an Event, and the run fails on
 /// it at once, not at `--prepare-timeout`.

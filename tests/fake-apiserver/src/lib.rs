@@ -46,7 +46,8 @@
 //! # Simplified
 //!
 //! - No authentication, authorization, admission, validation against schemas, defaulting or
-//!   field pruning. Any JSON object is accepted as long as it has a name.
+//!   field pruning. Any JSON object is accepted as long as it has a name, except where a test
+//!   forbids creations ([`FakeServer::forbid_creates`]), as an admission policy would.
 //! - Created objects keep the status they were given, also for resources with a status
 //!   subresource (Kubernetes drops it there): tests use it to set up running pods quickly.
 //! - Nothing runs: no scheduler, no kubelet, no controllers. Pods get no status, and a deleted
@@ -142,6 +143,13 @@ impl FakeServer {
     /// relists.
     pub fn compact(&self) {
         self.store.compact();
+    }
+
+    /// Refuses, from now on, every creation of `plural` (a resource's plural name, such as
+    /// `pods`) in `namespace` with 403 Forbidden and `why`, as an admission policy (Pod Security,
+    /// a quota, a webhook) refuses: `pods "x" is forbidden: {why}`.
+    pub fn forbid_creates(&self, plural: &str, namespace: &str, why: &str) {
+        self.store.forbid_creates(plural, namespace, why);
     }
 
     /// Stops accepting connections, ends open watches and waits until the server is down.

@@ -179,6 +179,12 @@ impl ApiError {
         Self::new(409, "Conflict", message).with_details(name, rt, &rt.plural)
     }
 
+    /// As Kubernetes words an admission refusal (Pod Security, a quota).
+    fn forbidden(rt: &ResourceType, name: &str, why: &str) -> Self {
+        let message = format!("{} \"{name}\" is forbidden: {why}", rt.plural);
+        Self::new(403, "Forbidden", message).with_details(name, rt, &rt.plural)
+    }
+
     pub(crate) fn invalid(rt: &ResourceType, name: &str, why: &str) -> Self {
         let message = format!("{} \"{name}\" is invalid: {why}", rt.kind);
         Self::new(422, "Invalid", message).with_details(name, rt, &rt.kind)
@@ -286,6 +292,8 @@ struct State {
     /// Watches may resume from this resourceVersion or later.
     oldest_resumable: u64,
     tx: broadcast::Sender<Arc<Change>>,
+    /// Creations refused as an admission policy would: (plural, namespace, why).
+    forbidden: Vec<(String, String, String)>,
 }
 
 /// The whole cluster state behind one lock.
@@ -325,6 +333,7 @@ impl Store {
                 objects: BTreeMap::new(),
                 log: VecDeque::new(),
                 oldest_resumable: 0,
+                forbidden: Vec::new(),
                 tx: broadcast::channel(BROADCAST_CAPACITY).0,
             }),
         };
@@ -372,6 +381,13 @@ impl Store {
         let mut state = self.lock();
         state.log.clear();
         state.oldest_resumable = state.rv;
+    }
+
+    /// From now on, creating `plural` in `namespace` gets 403 Forbidden with `why`.
+    pub(crate) fn forbid_creates(&self, plural: &str, namespace: &str, why: &str) {
+        self.lock()
+            .forbidden
+            .push((plural.into(), namespace.into(), why.into()));
     }
 
     /// One object, or 404.
@@ -477,6 +493,13 @@ impl Store {
         }
         if exists(&state, &name) {
             return Err(ApiError::already_exists(rt, &name));
+        }
+        if let Some((_, _, why)) = state
+            .forbidden
+            .iter()
+            .find(|(plural, in_ns, _)| *plural == rt.plural && *in_ns == ns)
+        {
+            return Err(ApiError::forbidden(rt, &name, why));
         }
         set_meta(&mut obj, "name", Value::String(name.clone()));
         let crd_types = if rt.is_crd() {
