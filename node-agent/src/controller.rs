@@ -1182,11 +1182,10 @@ async fn label_group(ctx: &Ctx, runs: &[VolumeBackup], set: bool) -> Result<(), 
     Ok(())
 }
 
-/// Whether pods were frozen and not thawed: a pre-hook succeeded and no
-/// post-hook has run.
+/// Whether pods may be frozen and not thawed: a pre-hook ran (one that
+/// failed or timed out may have frozen all the same) and no post-hook has.
 fn frozen(hooks: &[crate::crd::HookRun]) -> bool {
-    hooks.iter().any(|h| h.stage == "pre" && h.succeeded)
-        && !hooks.iter().any(|h| h.stage == "post")
+    hooks.iter().any(|h| h.stage == "pre") && !hooks.iter().any(|h| h.stage == "post")
 }
 
 /// Runs the `stage` hooks (see [`crate::hooks`]) of the running pods that
@@ -1194,7 +1193,9 @@ fn frozen(hooks: &[crate::crd::HookRun]) -> bool {
 /// per group: they are recorded in the `status.hooks` of every run, and
 /// the first run's record says whether they ran. `Ok(Err(why))` when a hook
 /// with on-error Fail failed; after a failed pre-hook, the post-hooks of the
-/// pods whose pre-hook ran are run at once, so that nothing stays frozen.
+/// pods whose pre-hook ran (the failed one included: it may have frozen
+/// before it failed or timed out) are run at once, so that nothing stays
+/// frozen.
 async fn snapshot_hooks(
     ctx: &Ctx,
     runs: &[VolumeBackup],
@@ -1265,8 +1266,8 @@ async fn snapshot_hooks(
     let mut recorded: Vec<crate::crd::HookRun> =
         runs_done.iter().map(|(r, _, _)| r.clone()).collect();
     if failed.is_some() && stage == "pre" {
-        for (r, p, post) in &runs_done {
-            if let (true, Some(post)) = (r.succeeded, post) {
+        for (_, p, post) in &runs_done {
+            if let Some(post) = post {
                 let container = crate::hooks::first_container(p);
                 recorded.push(
                     crate::hooks::run(&ctx.client, &ns, &p.name_any(), &container, post).await,

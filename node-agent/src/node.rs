@@ -915,8 +915,8 @@ impl Agent {
 
     /// A backup between the pod's pre- and post-hooks (see
     /// [`crate::hooks`]): a pre-hook that fails with on-error Fail ends the
-    /// run before anything is read; the post-hook runs whatever the read's
-    /// outcome when the pre-hook did not stop it.
+    /// run before anything is read; the post-hook runs whenever the
+    /// pre-hook ran, whatever the read's or the pre-hook's outcome.
     async fn backup_with_hooks(
         self: &Arc<Self>,
         vb: &VolumeBackup,
@@ -955,6 +955,11 @@ impl Agent {
                     "{}; nothing was read (on-error Fail)",
                     r.message.unwrap_or_default()
                 );
+                // A pre-hook that failed or timed out may still have frozen
+                // the application: the post-hook runs all the same.
+                if let Some(post) = &hooks.post {
+                    runs.push(self.hook(vb, &ns, pod_name, &first, post).await);
+                }
                 return (Outcome::Failed(m), None, 0, runs);
             }
         }

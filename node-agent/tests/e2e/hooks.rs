@@ -73,8 +73,9 @@ async fn hooks_run_in_order_around_the_read_and_on_error_decides_what_a_failure_
     std::fs::remove_file(out.join("frozen")).unwrap();
     assert_same_tree(&src, &out);
 
-    // A failing pre-hook with on-error Fail: nothing is read, no post-hook,
-    // and the message has the hook's output and exit code.
+    // A failing pre-hook with on-error Fail: nothing is read, the message
+    // has the hook's output and exit code, and the post-hook runs all the
+    // same (a freeze that failed or timed out may have frozen).
     let failing = sh("echo 'cannot freeze: busy' >&2; exit 7");
     env.annotate(&ns, "db-0", "pre.hook.backup.coffer.dev/command", &failing)
         .await;
@@ -90,11 +91,16 @@ async fn hooks_run_in_order_around_the_read_and_on_error_decides_what_a_failure_
         assert!(m.contains(part), "{part:?} not in {m:?}");
     }
     assert_eq!(snapshot_count(&repo).await, 1);
-    assert_eq!(
-        lines().lines().count(),
-        2,
-        "the post-hook ran after a failed pre-hook"
-    );
+    assert_eq!(lines(), format!("pre {ns}/db-0 c\npost\npost\n"));
+    let stages: Vec<(&str, bool)> = b
+        .status
+        .as_ref()
+        .unwrap()
+        .hooks
+        .iter()
+        .map(|h| (h.stage.as_str(), h.succeeded))
+        .collect();
+    assert_eq!(stages, [("pre", false), ("post", true)]);
     let events = Api::<Event>::namespaced(env.client.clone(), &ns)
         .list(&Default::default())
         .await
@@ -282,15 +288,22 @@ async fn snapshot_hooks_bracket_the_volume_snapshot_and_a_failed_pre_hook_takes_
     std::fs::remove_file(out.join("frozen")).unwrap();
     assert_same_tree(&dir, &out);
 
-    // A pre-hook that fails (on-error Fail): no VolumeSnapshot, the run
-    // fails with the hook's reason; its pod's post-hook does not run (only
-    // pods whose pre-hook succeeded are thawed).
+    // A pre-hook that freezes, then fails (on-error Fail): no
+    // VolumeSnapshot, the run fails with the hook's reason, and its pod's
+    // post-hook runs all the same: nothing stays frozen.
     let before = sim.deletions().len();
+    let freeze_then_fail = |code: u8| {
+        sh(&format!(
+            "echo pre >> {}; touch {}; exit {code}",
+            log.display(),
+            marker.display()
+        ))
+    };
     env.annotate(
         &ns,
         "db-0",
         "pre.hook.backup.coffer.dev/command",
-        &sh(&format!("echo pre >> {}; exit 4", log.display())),
+        &freeze_then_fail(4),
     )
     .await;
     snapshot_backup(&env, &ns, "s2", json!({"pvc": "data"})).await;
@@ -301,7 +314,11 @@ async fn snapshot_hooks_bracket_the_volume_snapshot_and_a_failed_pre_hook_takes_
         m.contains("exit code 4") && m.contains("no snapshot was taken"),
         "{m}"
     );
-    assert_eq!(std::fs::read_to_string(&log).unwrap(), "pre\npost\npre\n");
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "pre\npost\npre\npost\n"
+    );
+    assert!(!marker.exists(), "a failed pre-hook left the pod frozen");
     let snapshots = Api::<VolumeSnapshot>::namespaced(env.client.clone(), &ns)
         .list(&Default::default())
         .await
@@ -330,17 +347,48 @@ async fn snapshot_hooks_bracket_the_volume_snapshot_and_a_failed_pre_hook_takes_
     );
     assert_eq!(
         std::fs::read_to_string(&log).unwrap(),
-        "pre\npost\npre\npre\npost\n"
+        "pre\npost\npre\npost\npre\npost\n"
     );
     assert!(!marker.exists(), "a failed snapshot left the pod frozen");
-    let stages: Vec<String> = b
-        .status
-        .unwrap()
-        .hooks
-        .iter()
-        .map(|h| h.stage.clone())
-        .collect();
-    assert_eq!(stages, ["pre", "post"]);
+    let stages = |b: &VolumeBackup| -> Vec<(String, bool)> {
+        let hooks = &b.status.as_ref().unwrap().hooks;
+        hooks
+            .iter()
+            .map(|h| (h.stage.clone(), h.succeeded))
+            .collect()
+    };
+    assert_eq!(stages(&b), [("pre".into(), true), ("post".into(), true)]);
+
+    // A pre-hook that freezes, then fails with on-error Continue: the run
+    // goes on to the snapshot (whose failure it reports), and the pod is
+    // thawed after it.
+    env.annotate(
+        &ns,
+        "db-0",
+        "pre.hook.backup.coffer.dev/command",
+        &freeze_then_fail(5),
+    )
+    .await;
+    env.annotate(
+        &ns,
+        "db-0",
+        "pre.hook.backup.coffer.dev/on-error",
+        "Continue",
+    )
+    .await;
+    snapshot_backup(&env, &ns, "s4", json!({"pvc": "data"})).await;
+    let b = wait_cleaned(&env, &ns, "s4").await;
+    assert_eq!(phase(&b.status), Phase::Failed, "{:#?}", b.status);
+    assert!(
+        message(&b.status).contains("snapshot quota exceeded"),
+        "{:?}",
+        b.status
+    );
+    assert!(
+        !marker.exists(),
+        "a failed Continue pre-hook left the pod frozen"
+    );
+    assert_eq!(stages(&b), [("pre".into(), false), ("post".into(), true)]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -532,8 +580,9 @@ async fn workload_group(group_snapshots: bool) {
     };
     unlabelled().await;
 
-    // A failing pre-hook fails the whole group: no snapshot, the pod whose
-    // pre-hook ran is thawed, the PVCs lose their group label.
+    // A failing pre-hook fails the whole group: no snapshot, every pod
+    // whose pre-hook ran is thawed (the failed one too: it may have frozen
+    // before it failed), the PVCs lose their group label.
     env.annotate(
         &ns,
         "db-1",
@@ -571,7 +620,7 @@ async fn workload_group(group_snapshots: bool) {
     assert_eq!(phase(&b.status), Phase::Completed, "{:#?}", b.status);
     assert_eq!(
         std::fs::read_to_string(&log).unwrap(),
-        "pre-db-0\npost-db-0\n"
+        "pre-db-0\npost-db-0\npost-db-1\n"
     );
     let group2 = second[0].spec.group.clone().unwrap().name;
     let vgs = kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
