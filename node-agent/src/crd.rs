@@ -399,7 +399,8 @@ pub struct RestoreTarget {
     pub size: Option<String>,
 }
 
-/// A snapshot by id, or the latest of an origin.
+/// A snapshot by id, or the latest of an origin (at a point in time, with
+/// `asOf`).
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SnapshotSource {
@@ -422,6 +423,10 @@ pub struct SnapshotSource {
     /// The origin's volume name (with `owner`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume: Option<String>,
+    /// With an origin: the latest of its snapshots taken at or before this
+    /// time (RFC 3339, such as `2026-11-24T02:00:00Z`), instead of the latest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_of: Option<String>,
 }
 
 /// What a restore does with a volume that already holds data.

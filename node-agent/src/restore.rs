@@ -14,7 +14,8 @@ use crate::status::Outcome;
 
 /// The snapshot `src` names in the repository `repository` of namespace
 /// `namespace` (the origin's namespace when `src` gives none): by id or
-/// prefix, or the latest of an origin. The error is the run's message.
+/// prefix, or the latest of an origin (at or before `asOf`, when given).
+/// The error is the run's message.
 pub async fn find_snapshot(
     repo: &Repository,
     src: &SnapshotSource,
@@ -34,6 +35,12 @@ pub async fn find_snapshot(
                 .into(),
         );
     }
+    let as_of = match src.as_of.as_deref() {
+        None => None,
+        Some(t) => Some(chrono::DateTime::parse_from_rfc3339(t).map_err(|e| {
+            format!("spec.snapshot.asOf {t:?} is not an RFC 3339 time such as 2026-11-24T02:00:00Z: {e}")
+        })?),
+    };
     let filter = coffer_engine::forget::OriginFilter {
         cluster: src.cluster.clone(),
         namespace: Some(
@@ -51,9 +58,25 @@ pub async fn find_snapshot(
         .await
         .map_err(|e| format!("BackupRepository {namespace}/{repository}: {e}"))?;
     all.retain(|(_, s)| filter.matches(s));
-    all.pop().map(|(id, s)| (id.to_hex(), s)).ok_or_else(|| {
-        format!("no snapshot in BackupRepository {namespace}/{repository} matches {filter:?}")
-    })
+    let Some(as_of) = as_of else {
+        return all.pop().map(|(id, s)| (id.to_hex(), s)).ok_or_else(|| {
+            format!("no snapshot in BackupRepository {namespace}/{repository} matches {filter:?}")
+        });
+    };
+    let count = all.len();
+    all.into_iter()
+        .filter_map(|(id, s)| {
+            let t = chrono::DateTime::parse_from_rfc3339(&s.time).ok()?;
+            (t <= as_of).then_some((t, id, s))
+        })
+        .max_by_key(|(t, _, _)| *t)
+        .map(|(_, id, s)| (id.to_hex(), s))
+        .ok_or_else(|| {
+            format!(
+                "none of the {count} snapshots in BackupRepository {namespace}/{repository} \
+                 that match {filter:?} was taken at or before {as_of}"
+            )
+        })
 }
 
 /// The claim a snapshot recorded (Kubernetes origin and claim spec), from

@@ -205,7 +205,22 @@ async fn a_second_cluster_restores_from_the_url_and_password_alone() {
         return;
     };
     let c = Controller::start(&env, "a", &[]);
-    let (src, repo, data, snapshot) = backed_up(&mut env, 22).await;
+    let (src, repo, data, first) = backed_up(&mut env, 22).await;
+    // A later backup of changed data: `asOf` between the two picks the first.
+    let then = env.dir.path().join("then");
+    let copied = std::process::Command::new("cp")
+        .args(["-a"])
+        .arg(&data)
+        .arg(&then)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let as_of = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+    fill(&data, 23, 4);
+    snapshot_backup(&env, &src, "later", json!({"pvc": "data"})).await;
+    let st = wait_cleaned(&env, &src, "later").await.status.unwrap();
+    assert_eq!(st.phase, Phase::Completed, "{st:#?}");
+    let latest = st.snapshot_id.unwrap();
     drop(c);
 
     // Another API server, another controller: nothing shared with the first
@@ -231,11 +246,28 @@ async fn a_second_cluster_restores_from_the_url_and_password_alone() {
     let vr = wait_restored(&dr, &ns, "recover").await;
     let st = vr.status.clone().unwrap();
     assert_eq!(st.phase, Phase::Completed, "{st:#?}");
-    assert_eq!(st.snapshot_id.as_deref(), Some(snapshot.as_str()));
+    assert_eq!(st.snapshot_id.as_deref(), Some(latest.as_str()));
     let (pvc, path) = restored_pvc(&dr, &ns, "data").await;
     assert_eq!(
         pvc.spec.unwrap().storage_class_name.as_deref(),
         Some("standard")
     );
     assert_same_tree(&data, &path);
+
+    // The same origin at a point in time: the snapshot before the change.
+    volume_restore(
+        &dr,
+        &ns,
+        "as-of",
+        json!({
+            "snapshot": {"cluster": "test-cluster", "namespace": src, "pvc": "data", "asOf": as_of},
+            "target": {"pvc": "data-then", "storageClassName": "standard"},
+        }),
+    )
+    .await;
+    let st = wait_restored(&dr, &ns, "as-of").await.status.unwrap();
+    assert_eq!(st.phase, Phase::Completed, "{st:#?}");
+    assert_eq!(st.snapshot_id.as_deref(), Some(first.as_str()));
+    let (_, path) = restored_pvc(&dr, &ns, "data-then").await;
+    assert_same_tree(&then, &path);
 }
