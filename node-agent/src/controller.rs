@@ -1315,9 +1315,9 @@ async fn snapshot_class(
     ctx: &Ctx,
     pvc: &PersistentVolumeClaim,
 ) -> Result<Result<String, String>, Error> {
-    let name = pvc.name_any();
+    let name = format!("{}/{}", pvc.namespace().unwrap_or_default(), pvc.name_any());
     let Some(driver) = pvc_driver(ctx, pvc).await? else {
-        return Ok(Err(format!("PersistentVolumeClaim {} is not on a CSI volume (no CSI driver on its PV or StorageClass); back it up with method Filesystem", name)));
+        return Ok(Err(format!("PersistentVolumeClaim {name} is not on a CSI volume (no CSI driver on its PV or StorageClass); back it up with method Filesystem")));
     };
     let ar = ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk(snapshot::SNAPSHOT_GROUP, "v1", "VolumeSnapshotClass"),

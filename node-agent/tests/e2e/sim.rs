@@ -53,6 +53,8 @@ pub struct Behaviour {
     pub snapshot_error: Option<String>,
     /// Mover pods are never scheduled.
     pub unschedulable: bool,
+    /// Mover pods run but never finish (a slow upload): no process starts.
+    pub hold_movers: bool,
 }
 
 /// A running simulation; its tasks and processes end on drop.
@@ -709,6 +711,19 @@ async fn kubelet(
             // As the scheduler, whose first pass may come before the
             // binder's: on a real cluster this is passing, not a failure.
             unschedulable(&pods, &name, "0/3 nodes are available: pod has unbound immediate PersistentVolumeClaims. preemption: 0/3 nodes are available: 3 Preemption is not helpful for scheduling.").await;
+        }
+        if behaviour.lock().unwrap().hold_movers {
+            let _ = pods
+                .patch_status(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"status": {
+                        "phase": "Running",
+                        "conditions": [{"type": "PodScheduled", "status": "True"}],
+                    }})),
+                )
+                .await;
+            continue;
         }
         // As the kubelet, wait until each claim is bound; its data's path
         // stands in for the mount or the device.

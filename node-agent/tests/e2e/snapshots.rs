@@ -12,6 +12,7 @@ use coffer_node_agent::controller::FINALIZER;
 use coffer_node_agent::crd::{Phase, VolumeBackup};
 use coffer_node_agent::snapshot::VolumeSnapshot;
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams};
 use kube::ResourceExt;
 use serde_json::json;
@@ -187,6 +188,75 @@ async fn a_failed_mover_and_a_cancel_clean_up_in_the_same_order() {
     assert_eq!(
         sim.deletions(),
         vec![format!("VolumeSnapshot/{ns}/coffer-canceled")]
+    );
+}
+
+/// A run canceled while its mover runs, and a run deleted while the
+/// controller is down (SIGKILLed mid-move): both are cleaned up in order, the
+/// second by the controller's own restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_canceled_or_deleted_while_their_mover_runs_are_cleaned_up_in_order_across_a_restart()
+{
+    let Some((mut env, sim)) = fake_cluster().await else {
+        return;
+    };
+    let ns = env.namespace("midmove").await;
+    env.repository(&ns, "default", PASSWORD).await;
+    let data = env.dir.path().join("csi/source/data");
+    fill(&data, 17, 3);
+    sim::csi_pvc(&env, &ns, "data", "Filesystem", &data, json!({})).await;
+    sim.behaviour.lock().unwrap().hold_movers = true;
+    let mut c = Controller::start(&env, "a", &[]);
+    let moving = |run: &'static str| {
+        let env = &env;
+        let ns = ns.clone();
+        async move {
+            snapshot_backup(env, &ns, run, json!({"pvc": "data"})).await;
+            env.wait_for::<Pod>(&ns, &format!("coffer-{run}"), "running", |p| {
+                p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+            })
+            .await;
+        }
+    };
+    let api: Api<VolumeBackup> = Api::namespaced(env.client.clone(), &ns);
+
+    moving("canceled").await;
+    api.patch(
+        "canceled",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"cancel": true}})),
+    )
+    .await
+    .unwrap();
+    let vb = wait_cleaned(&env, &ns, "canceled").await;
+    assert_eq!(vb.status.as_ref().unwrap().phase, Phase::Canceled);
+    let pv = clone_pv(&sim).expect("the clone's PV was deleted");
+    assert_eq!(
+        sim.deletions(),
+        cleanup_order(&ns, "canceled", Some(&pv), true)
+    );
+
+    sim.deletions.lock().unwrap().clear();
+    moving("deleted").await;
+    c.kill();
+    let uid = api.get("deleted").await.unwrap().uid().unwrap();
+    api.delete("deleted", &Default::default()).await.unwrap();
+    let _c = Controller::start(&env, "a", &[]);
+    tokio::time::timeout(
+        WAIT,
+        kube::runtime::wait::await_condition(
+            api.clone(),
+            "deleted",
+            kube::runtime::conditions::is_deleted(&uid),
+        ),
+    )
+    .await
+    .expect("the deleted run's finalizer was never removed")
+    .unwrap();
+    let pv = clone_pv(&sim).expect("the clone's PV was deleted");
+    assert_eq!(
+        sim.deletions(),
+        cleanup_order(&ns, "deleted", Some(&pv), true)
     );
 }
 
