@@ -241,3 +241,108 @@ async fn a_time_claimed_by_a_controller_that_stopped_before_creating_its_runs_is
     assert_eq!(runs.len(), 2, "{runs:#?}");
     assert_eq!(pvcs, BTreeSet::from(["data-0".into(), "data-1".into()]));
 }
+
+/// While a time's runs go on (their movers never finish here), the next
+/// time is skipped (Forbid, the default), replaces them (Replace: they are
+/// canceled) or runs beside them (Allow).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_policy_skips_replaces_or_overlaps_runs_still_going() {
+    let Some((mut env, sim)) = fake_cluster().await else {
+        return;
+    };
+    let ns = env.namespace("overlap").await;
+    env.repository(&ns, "default", PASSWORD).await;
+    let dir = env.dir.path().join("csi/source/data-0");
+    fill(&dir, 4, 2);
+    sim::csi_pvc(
+        &env,
+        &ns,
+        "data-0",
+        "Filesystem",
+        &dir,
+        json!({"app": "db"}),
+    )
+    .await;
+    sim.behaviour.lock().unwrap().hold_movers = true;
+    let _c = Controller::start(&env, "a", &[]);
+    db_schedule(&env, &ns, "@daily", json!(null)).await;
+    let schedules: Api<BackupSchedule> = Api::namespaced(env.client.clone(), &ns);
+    let runs: Api<VolumeBackup> = Api::namespaced(env.client.clone(), &ns);
+    let open_runs = || async {
+        let mut open: Vec<String> = runs
+            .list(&ListParams::default().labels(SCHEDULE_LABEL))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|r| !r.status.as_ref().is_some_and(|s| s.phase.is_final()))
+            .map(|r| r.name_any())
+            .collect();
+        open.sort();
+        open
+    };
+    let fire = |n: &'static str| {
+        let env = &env;
+        let ns = ns.clone();
+        async move {
+            env.annotate_object::<BackupSchedule>(&ns, "db", "backup.coffer.dev/backup-now", n)
+                .await;
+            env.wait_for::<BackupSchedule>(&ns, "db", "past its trigger", |b| {
+                b.status
+                    .as_ref()
+                    .is_some_and(|s| s.last_trigger.as_deref() == Some(n) && s.creating.is_none())
+            })
+            .await
+            .status
+            .unwrap()
+        }
+    };
+    let policy = |p: &'static str| {
+        let schedules = schedules.clone();
+        async move {
+            schedules
+                .patch(
+                    "db",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"concurrencyPolicy": p}})),
+                )
+                .await
+                .unwrap();
+        }
+    };
+
+    let st = fire("1").await;
+    let first = open_runs().await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(st.active, first);
+
+    // Forbid: the time is skipped, and says so.
+    let st = fire("2").await;
+    assert!(st.last_skipped_time.is_some(), "{st:#?}");
+    assert_eq!(open_runs().await, first);
+    let all = runs
+        .list(&ListParams::default().labels(SCHEDULE_LABEL))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(all.len(), 1, "a skipped time made runs: {all:#?}");
+
+    // Replace: the running one is canceled (and cleaned up), a new one runs.
+    policy("Replace").await;
+    let st = fire("3").await;
+    assert_eq!(st.active.len(), 1);
+    assert_ne!(st.active, first);
+    let old = wait_cleaned(&env, &ns, &first[0]).await;
+    assert_eq!(old.status.unwrap().phase, Phase::Canceled);
+    let second = open_runs().await;
+    assert_eq!(second, st.active);
+
+    // Allow: the new run starts beside the one still going.
+    policy("Allow").await;
+    let st = fire("4").await;
+    let mut both = second.clone();
+    both.extend(st.active.clone());
+    both.sort();
+    assert_eq!(both.len(), 2);
+    assert_eq!(open_runs().await, both);
+}
