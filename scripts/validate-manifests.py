@@ -64,7 +64,7 @@ EXPECTED_CONTROLLER_RULES = {
     ("events.k8s.io", "events"): {"create", "patch"},
     ("", "serviceaccounts"): {"create"},
     ("rbac.authorization.k8s.io", "roles"): {"create", "patch"},
-    ("rbac.authorization.k8s.io", "rolebindings"): {"create"},
+    ("rbac.authorization.k8s.io", "rolebindings"): {"create", "get", "delete"},
 }
 CONTROLLER_SOURCE = ROOT / "deploy" / "controller.yaml"
 # The capabilities the agent may hold without privileged (each explained in

@@ -76,6 +76,12 @@ fn restorer_name(vr: &VolumeRestore) -> String {
     object_name(&["coffer-restore", &vr.name_any()])
 }
 
+/// The RoleBinding that lets a mover in another namespace write this run's
+/// status; it lasts as long as the run.
+fn binding_name(vr: &VolumeRestore) -> String {
+    object_name(&["coffer-restore", &vr.name_any()])
+}
+
 fn run_key(vr: &VolumeRestore) -> String {
     format!("{}/{}", vr.namespace().unwrap_or_default(), vr.name_any())
 }
@@ -365,11 +371,14 @@ async fn start_mover(
     let ns = vr.namespace().unwrap_or_default();
     if tns != ns {
         // The mover runs in the target namespace and writes the status of a
-        // run in this one.
+        // run in this one, for as long as the run lasts (deleted at its
+        // cleanup, or with it).
         ensure_mover_account(ctx, &ns).await?;
+        let name = binding_name(vr);
         let binding: RoleBinding = serde_json::from_value(json!({
-            "metadata": {"name": format!("{MOVER_ACCOUNT}-{tns}"), "namespace": ns,
-                "labels": {"app.kubernetes.io/managed-by": "coffer-controller"}},
+            "metadata": {"name": name, "namespace": ns,
+                "labels": {"app.kubernetes.io/managed-by": "coffer-controller"},
+                "ownerReferences": vr.controller_owner_ref(&()).into_iter().collect::<Vec<_>>()},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": MOVER_ACCOUNT},
             "subjects": [{"kind": "ServiceAccount", "name": MOVER_ACCOUNT, "namespace": tns}],
         }))
@@ -377,7 +386,7 @@ async fn start_mover(
         create(
             &Api::namespaced(ctx.client.clone(), &ns),
             &binding,
-            &format!("RoleBinding {ns}/{MOVER_ACCOUNT}-{tns}"),
+            &format!("RoleBinding {ns}/{name}"),
         )
         .await?;
     }
@@ -460,6 +469,10 @@ async fn cleanup(
     if left {
         return Ok(false);
     }
+    let ns = vr.namespace().unwrap_or_default();
+    let binding = binding_name(vr);
+    let bindings: Api<RoleBinding> = Api::namespaced(ctx.client.clone(), &ns);
+    delete_present(&bindings, &binding, &format!("RoleBinding {ns}/{binding}")).await?;
     let keep = matches!(st.phase, Phase::Completed | Phase::PartiallyFailed);
     if !keep && !target.pvc.is_empty() {
         let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &tns);

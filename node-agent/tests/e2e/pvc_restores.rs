@@ -91,6 +91,33 @@ async fn a_restore_makes_a_new_pvc_in_another_namespace_with_a_mapped_storage_cl
     env.repository_at(&copy, "default", &repo, "repo-password")
         .await;
 
+    // The RoleBindings of the source namespace, as they come and go.
+    let bindings = {
+        use futures::StreamExt;
+        let api = Api::<RoleBinding>::namespaced(env.client.clone(), &src);
+        let mut events = kube::runtime::watcher(api, Default::default()).boxed();
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some(Ok(ev)) = events.next().await {
+                match ev {
+                    kube::runtime::watcher::Event::Apply(b) => {
+                        let subject = b.subjects.unwrap_or_default()[0].namespace.clone();
+                        seen.push(format!(
+                            "made {} for {}",
+                            b.metadata.name.unwrap(),
+                            subject.unwrap()
+                        ));
+                    }
+                    kube::runtime::watcher::Event::Delete(b) => {
+                        seen.push(format!("deleted {}", b.metadata.name.unwrap()));
+                        return seen;
+                    }
+                    _ => {}
+                }
+            }
+            seen
+        })
+    };
     volume_restore(
         &env,
         &src,
@@ -140,13 +167,14 @@ async fn a_restore_makes_a_new_pvc_in_another_namespace_with_a_mapped_storage_cl
     assert!(!deleted
         .iter()
         .any(|d| d.starts_with("PersistentVolumeClaim/") && d.ends_with("/data-copy")));
-    let rb = Api::<RoleBinding>::namespaced(env.client.clone(), &src)
-        .get(&format!("coffer-mover-{copy}"))
-        .await
-        .unwrap();
+    // That grant lasted as long as the run.
+    let seen = tokio::time::timeout(WAIT, bindings).await.unwrap().unwrap();
     assert_eq!(
-        rb.subjects.unwrap()[0].namespace.as_deref(),
-        Some(copy.as_str())
+        seen,
+        [
+            format!("made coffer-restore-back for {copy}"),
+            "deleted coffer-restore-back".to_string()
+        ]
     );
 
     // The same target again: refused, and the existing PVC is left alone.
