@@ -114,6 +114,18 @@ impl Timing {
         }
     }
 
+    /// The timings from `COFFER_HEARTBEAT_MS` and `COFFER_STALE_MS` (tests
+    /// use short ones) when both are set and valid for
+    /// [`Timing::from_millis`], else the defaults. The CLI and the node
+    /// agent's movers read them alike.
+    pub fn from_env() -> Self {
+        let get = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+        get("COFFER_HEARTBEAT_MS")
+            .zip(get("COFFER_STALE_MS"))
+            .and_then(|(h, s)| Timing::from_millis(h, s))
+            .unwrap_or_default()
+    }
+
     /// A heartbeat and stale time given in milliseconds; `None` unless the
     /// stale time is at least ten heartbeats.
     pub fn from_millis(heartbeat: u64, stale_after: u64) -> Option<Self> {

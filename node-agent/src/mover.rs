@@ -284,6 +284,7 @@ pub async fn prune(
         let opts = PruneOptions {
             max_unused_percent,
             cancel,
+            timing: coffer_engine::protocol::Timing::from_env(),
             ..Default::default()
         };
         prune(repo, opts).await.map_err(|e| e.to_string())
@@ -540,6 +541,7 @@ async fn run_backup(
     opts.threads = job.threads.max(1);
     opts.read_limit = job.read_limit;
     opts.cancel = cancel.clone();
+    opts.timing = coffer_engine::protocol::Timing::from_env();
     opts.selection.exclude = job.excludes.clone();
     opts.progress = Some(Arc::new(move |p: &BackupProgress| {
         let _ = tx.send(p.clone());

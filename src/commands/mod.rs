@@ -251,13 +251,8 @@ impl std::io::Write for RawStdout {
     }
 }
 
-/// The concurrency protocol's timings: `COFFER_HEARTBEAT_MS` and
-/// `COFFER_STALE_MS` (tests use short ones) when both are set and the stale
-/// time is at least ten heartbeats, else the defaults.
+/// The concurrency protocol's timings
+/// ([`coffer_engine::protocol::Timing::from_env`]).
 pub fn timing() -> coffer_engine::protocol::Timing {
-    let get = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
-    get("COFFER_HEARTBEAT_MS")
-        .zip(get("COFFER_STALE_MS"))
-        .and_then(|(h, s)| coffer_engine::protocol::Timing::from_millis(h, s))
-        .unwrap_or_default()
+    coffer_engine::protocol::Timing::from_env()
 }

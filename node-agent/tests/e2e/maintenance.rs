@@ -52,9 +52,23 @@ async fn run_now(env: &Env, ns: &str, key: &str, value: &str) -> BackupRepositor
     st
 }
 
+/// Waits until the repository directory `dir` holds an object (the
+/// engine's files tell nothing else when they appear).
+async fn appears(dir: &std::path::Path, what: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while std::fs::read_dir(dir).map_or(true, |mut d| d.next().is_none()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} never appeared in {}",
+            dir.display()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prune_runs_beside_a_backup_and_a_check_reads_every_part_then_finds_a_flipped_byte() {
-    let Some((mut env, _sim)) = fake_cluster().await else {
+    let Some((mut env, sim)) = fake_cluster().await else {
         return;
     };
     let ns = env.namespace("maint").await;
@@ -64,7 +78,8 @@ async fn prune_runs_beside_a_backup_and_a_check_reads_every_part_then_finds_a_fl
         fill(&dir, seed, 6);
         sim::csi_pvc(&env, &ns, pvc, "Filesystem", &dir, json!({})).await;
     }
-    let c = Controller::start(&env, "a", &[]);
+    // Backups that last long enough to be paused while they run.
+    let c = Controller::start(&env, "a", &["--mover-limit-read", "100KiB/s"]);
     snapshot_backup(&env, &ns, "old-1", json!({"pvc": "old"})).await;
     assert_eq!(
         phase(&wait_cleaned(&env, &ns, "old-1").await.status),
@@ -109,14 +124,26 @@ async fn prune_runs_beside_a_backup_and_a_check_reads_every_part_then_finds_a_fl
         .await
         .unwrap();
 
-    // A backup and a prune at once, on one repository.
+    // A backup and a prune at once, on one repository: the backup's mover
+    // is paused once its session is open; the prune publishes its plan, sees
+    // the session and waits; then the backup goes on and ends, and the
+    // prune finishes.
+    use nix::sys::signal::Signal;
     snapshot_backup(&env, &ns, "new-1", json!({"pvc": "new"})).await;
-    let st = run_now(&env, &ns, PRUNE_NOW, "1").await;
+    let mover = format!("{ns}/coffer-new-1");
+    appears(&repo_dir.join("sessions"), "the backup's session").await;
+    assert!(sim.signal(&mover, Signal::SIGSTOP), "no mover runs");
+    let resume = async {
+        appears(&repo_dir.join("plans"), "the prune's plan").await;
+        assert!(sim.signal(&mover, Signal::SIGCONT));
+    };
+    let (st, ()) = tokio::join!(run_now(&env, &ns, PRUNE_NOW, "1"), resume);
     let new = wait_cleaned(&env, &ns, "new-1").await;
     assert_eq!(phase(&new.status), Phase::Completed, "{new:#?}");
     let prune = st.last_prune.clone().unwrap();
     assert!(prune.error.is_none(), "{prune:#?}");
     assert!(prune.executed, "{prune:#?}");
+    assert_eq!(prune.sessions_waited, 1, "{prune:#?}");
     assert!(
         prune.bytes_freed > 0,
         "the forgotten volume's data was not freed: {prune:#?}"

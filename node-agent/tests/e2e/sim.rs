@@ -57,6 +57,13 @@ pub struct Behaviour {
     pub hold_movers: bool,
 }
 
+/// A mover process the kubelet runs for a pod.
+struct Mover {
+    /// Stops it, as the kubelet does when its pod is deleted.
+    stop: tokio::sync::oneshot::Sender<()>,
+    pid: Option<u32>,
+}
+
 /// A running simulation; its tasks and processes end on drop.
 pub struct Sim {
     pub behaviour: Arc<Mutex<Behaviour>>,
@@ -66,7 +73,7 @@ pub struct Sim {
     pub started: Arc<Mutex<Vec<String>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     logs: PathBuf,
-    movers: Arc<Mutex<HashMap<String, tokio::sync::oneshot::Sender<()>>>>,
+    movers: Arc<Mutex<HashMap<String, Mover>>>,
 }
 
 impl Drop for Sim {
@@ -231,6 +238,15 @@ impl Sim {
             client,
             self.deletions.clone(),
         )));
+    }
+
+    /// Sends `signal` to the mover process of pod `namespace/name` (SIGSTOP
+    /// and SIGCONT pause and resume it); false when it runs none.
+    pub fn signal(&self, pod: &str, signal: nix::sys::signal::Signal) -> bool {
+        let pid = self.movers.lock().unwrap().get(pod).and_then(|m| m.pid);
+        pid.is_some_and(|pid| {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).is_ok()
+        })
     }
 
     /// The deletions, oldest first, as `Kind/namespace/name`.
@@ -631,7 +647,7 @@ async fn kubelet(
     behaviour: Arc<Mutex<Behaviour>>,
     deletions: Arc<Mutex<Vec<(u64, String)>>>,
     started: Arc<Mutex<Vec<String>>>,
-    movers: Arc<Mutex<HashMap<String, tokio::sync::oneshot::Sender<()>>>>,
+    movers: Arc<Mutex<HashMap<String, Mover>>>,
 ) {
     std::fs::create_dir_all(&logs).unwrap();
     let api: Api<Pod> = Api::all(client.clone());
@@ -647,8 +663,8 @@ async fn kubelet(
                 record(&deletions, "Pod", &p);
                 let key = format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any());
                 // SIGTERM, as the kubelet stops a container.
-                if let Some(stop) = movers.lock().unwrap().remove(&key) {
-                    let _ = stop.send(());
+                if let Some(mover) = movers.lock().unwrap().remove(&key) {
+                    let _ = mover.stop.send(());
                 }
                 continue;
             }
@@ -786,6 +802,10 @@ async fn kubelet(
             .envs(&env)
             .env("KUBECONFIG", &kubeconfig)
             .env("LOG_FORMAT", "text")
+            // A prune notices a backup's end within a heartbeat; a mover
+            // paused for a test stays well short of stale.
+            .env("COFFER_HEARTBEAT_MS", "200")
+            .env("COFFER_STALE_MS", "30000")
             .env_remove("KUBERNETES_SERVICE_HOST")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -794,7 +814,11 @@ async fn kubelet(
             .spawn()
             .unwrap();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        movers.lock().unwrap().insert(key.clone(), stop_tx);
+        let pid = child.id();
+        movers
+            .lock()
+            .unwrap()
+            .insert(key.clone(), Mover { stop: stop_tx, pid });
         let _ = pods
             .patch_status(
                 &name,
