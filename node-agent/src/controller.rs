@@ -1582,26 +1582,7 @@ async fn cleanup(ctx: &Ctx, vb: &VolumeBackup) -> Result<bool, Error> {
                 })
         });
     if let Some(pv) = bound {
-        let name = pv.name_any();
-        if pv.meta().deletion_timestamp.is_none() {
-            // Retained clones would outlive the run: let the driver delete
-            // the volume with the object.
-            if pv
-                .spec
-                .as_ref()
-                .and_then(|s| s.persistent_volume_reclaim_policy.as_deref())
-                == Some("Retain")
-            {
-                pvs.patch(
-                    &name,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"spec": {"persistentVolumeReclaimPolicy": "Delete"}})),
-                )
-                .await
-                .map_err(kube_err(format!("setting PV {name} to Delete")))?;
-            }
-            delete(&pvs, &name, &format!("PV {name}")).await?;
-        }
+        delete_clone_volume(&pvs, &pv).await?;
         return Ok(false);
     }
     let snaps: Api<VolumeSnapshot> = Api::namespaced(ctx.client.clone(), &ns);
@@ -1634,6 +1615,34 @@ async fn cleanup(ctx: &Ctx, vb: &VolumeBackup) -> Result<bool, Error> {
         Some(g) => group_cleanup(ctx, vb, g).await,
         None => Ok(true),
     }
+}
+
+/// Deletes a clone's PV, with its volume: a retained one would outlive the
+/// run, so it is set to Delete first and the driver deletes the volume with
+/// the object.
+async fn delete_clone_volume(
+    pvs: &Api<PersistentVolume>,
+    pv: &PersistentVolume,
+) -> Result<(), Error> {
+    let name = pv.name_any();
+    if pv.meta().deletion_timestamp.is_some() {
+        return Ok(());
+    }
+    if pv
+        .spec
+        .as_ref()
+        .and_then(|s| s.persistent_volume_reclaim_policy.as_deref())
+        == Some("Retain")
+    {
+        pvs.patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"persistentVolumeReclaimPolicy": "Delete"}})),
+        )
+        .await
+        .map_err(kube_err(format!("setting PV {name} to Delete")))?;
+    }
+    delete(pvs, &name, &format!("PV {name}")).await
 }
 
 /// The last step of a run of a group taken by a VolumeGroupSnapshot: once
@@ -1866,27 +1875,47 @@ async fn this_pods_events(ctx: &Ctx, pod: &Pod) -> Result<ObjectList<CoreEvent>,
 
 /// Start-up sweep: objects made for runs that no longer exist (deleted
 /// while no controller ran, finalizer removed by hand) are deleted, pods
-/// first.
+/// first, then clones with their volumes, then VolumeSnapshots.
 async fn sweep(ctx: &Ctx) {
     sweep_kind::<Pod>(ctx, "leftover mover pod").await;
-    sweep_kind::<PersistentVolumeClaim>(ctx, "leftover clone PVC").await;
+    let clones = sweep_kind::<PersistentVolumeClaim>(ctx, "leftover clone PVC").await;
+    let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    for volume in clones
+        .iter()
+        .filter_map(|c| c.spec.as_ref()?.volume_name.as_deref())
+    {
+        let deleted = match pvs.get_opt(volume).await {
+            Ok(Some(pv)) => delete_clone_volume(&pvs, &pv).await,
+            Ok(None) => Ok(()),
+            Err(e) => Err(kube_err(format!("reading PV {volume}"))(e)),
+        };
+        if let Err(e) = deleted {
+            tracing::warn!("start-up sweep: the volume of a leftover clone: {e}");
+        }
+    }
     sweep_kind::<VolumeSnapshot>(ctx, "leftover VolumeSnapshot").await;
 }
 
 /// Deletes the run-labelled objects of one kind whose owning VolumeBackup
-/// is gone (or is another object of the same name).
-async fn sweep_kind<K>(ctx: &Ctx, what: &str)
+/// is gone (or is another object of the same name); returns them.
+async fn sweep_kind<K>(ctx: &Ctx, what: &str) -> Vec<K>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
         + serde::de::DeserializeOwned
         + std::fmt::Debug,
 {
-    let Ok(list) = Api::<K>::all(ctx.client.clone())
+    let mut swept = Vec::new();
+    let list = match Api::<K>::all(ctx.client.clone())
         .list(&ListParams::default().labels(RUN_LABEL))
         .await
-    else {
-        return;
+    {
+        Ok(list) => list,
+        Err(e) => {
+            // Runs clean up after themselves; the sweep only helps.
+            tracing::warn!("start-up sweep: listing {what}s: {e}");
+            return swept;
+        }
     };
     for o in list.items {
         let ns = o.namespace().unwrap_or_default();
@@ -1907,14 +1936,14 @@ where
         };
         if gone {
             let api = Api::<K>::namespaced(ctx.client.clone(), &ns);
-            let _ = delete(
-                &api,
-                &o.name_any(),
-                &format!("{what} {ns}/{}", o.name_any()),
-            )
-            .await;
+            let what = format!("{what} {ns}/{}", o.name_any());
+            match delete(&api, &o.name_any(), &what).await {
+                Ok(()) => swept.push(o),
+                Err(e) => tracing::warn!("start-up sweep: {e}"),
+            }
         }
     }
+    swept
 }
 
 /// The kinds the controller runs: VolumeBackup and VolumeRestore.

@@ -12,7 +12,7 @@ use coffer_node_agent::controller::FINALIZER;
 use coffer_node_agent::crd::{Phase, VolumeBackup};
 use coffer_node_agent::snapshot::VolumeSnapshot;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::api::{Api, Patch, PatchParams};
 use kube::ResourceExt;
 use serde_json::json;
@@ -258,6 +258,82 @@ async fn runs_canceled_or_deleted_while_their_mover_runs_are_cleaned_up_in_order
         sim.deletions(),
         cleanup_order(&ns, "deleted", Some(&pv), true)
     );
+}
+
+/// What a run left when it was deleted while no controller ran and its
+/// finalizer was removed by hand (owned by a VolumeBackup that no longer
+/// exists): the start-up sweep deletes it in cleanup order, the clone's
+/// retained volume included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_start_up_sweep_deletes_what_a_run_deleted_behind_its_back_left() {
+    let Some((mut env, sim)) = fake_cluster().await else {
+        return;
+    };
+    let ns = env.namespace("sweep").await;
+    let data = env.dir.path().join("csi/source/data");
+    fill(&data, 18, 1);
+    let left = json!({
+        "labels": {coffer_node_agent::snapshot::RUN_LABEL: "gone",
+            "app.kubernetes.io/managed-by": "coffer-controller"},
+        "ownerReferences": [{"apiVersion": "coffer.dev/v1alpha1", "kind": "VolumeBackup",
+            "name": "gone", "uid": "a-run-long-gone", "controller": true}],
+    });
+    sim::csi_pvc(&env, &ns, "coffer-gone", "Filesystem", &data, json!({})).await;
+    let pv = format!("pv-{ns}-coffer-gone");
+    Api::<PersistentVolumeClaim>::namespaced(env.client.clone(), &ns)
+        .patch(
+            "coffer-gone",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": left})),
+        )
+        .await
+        .unwrap();
+    Api::<PersistentVolume>::all(env.client.clone())
+        .patch(
+            &pv,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"persistentVolumeReclaimPolicy": "Retain"}})),
+        )
+        .await
+        .unwrap();
+    let mut pod = left.clone();
+    pod["name"] = json!("coffer-gone");
+    env.create::<Pod>(
+        &ns,
+        json!({
+            "metadata": pod,
+            "spec": {"containers": [{"name": "mover", "image": "coffer"}]},
+            "status": {"phase": "Running"},
+        }),
+    )
+    .await;
+    let mut vs = left.clone();
+    vs["name"] = json!("coffer-gone");
+    env.create::<VolumeSnapshot>(
+        &ns,
+        json!({
+            "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+            "metadata": vs,
+            "spec": {"source": {"persistentVolumeClaimName": "data"}},
+        }),
+    )
+    .await;
+
+    let _c = Controller::start(&env, "a", &[]);
+    let snaps: Api<VolumeSnapshot> = Api::namespaced(env.client.clone(), &ns);
+    let uid = snaps.get("coffer-gone").await.unwrap().uid().unwrap();
+    tokio::time::timeout(
+        WAIT,
+        kube::runtime::wait::await_condition(
+            snaps,
+            "coffer-gone",
+            kube::runtime::conditions::is_deleted(&uid),
+        ),
+    )
+    .await
+    .expect("the leftover VolumeSnapshot stays")
+    .unwrap();
+    assert_eq!(sim.deletions(), cleanup_order(&ns, "gone", Some(&pv), true));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
