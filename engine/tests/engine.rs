@@ -1954,10 +1954,17 @@ mod devices {
         (out.status.success() && dev.starts_with("/dev/")).then_some(dev)
     }
 
-    fn detach(dev: &str) {
-        let _ = std::process::Command::new("losetup")
-            .args(["-d", dev])
-            .status();
+    /// Detaches its loop devices when dropped, after a failed assertion too.
+    struct Attached(Vec<String>);
+
+    impl Drop for Attached {
+        fn drop(&mut self) {
+            for dev in &self.0 {
+                let _ = std::process::Command::new("losetup")
+                    .args(["-d", dev])
+                    .status();
+            }
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1993,6 +2000,7 @@ mod devices {
             eprintln!("skipped: needs root and losetup (the image-file test covers the rest)");
             return;
         };
+        let mut attached = Attached(vec![dev.clone()]);
         let repo = memory_repo(init_opts(small_chunks(), Compression::Zstd(2), 1 << 20)).await;
         let first = backup_paths(&repo, &[Path::new(&dev)]).await;
         let name = Path::new(&dev)
@@ -2024,6 +2032,7 @@ mod devices {
         let dst_img = dir.path().join("dst.img");
         std::fs::write(&dst_img, vec![0xAAu8; 24 << 20]).unwrap();
         let dst = losetup(&dst_img).unwrap();
+        attached.0.push(dst.clone());
         let index = repo.load_index().await.unwrap();
         let mut opts = RestoreOptions::new("latest", &dst);
         // In passes of 5 blob places: the device is written in many.
@@ -2056,8 +2065,6 @@ mod devices {
         o.subpath = Some(name.clone().into());
         restore::restore(repo.clone(), index, o).await.unwrap();
         assert!(std::fs::read(t.path().join(&name)).unwrap() == changed);
-        detach(&dst);
-        detach(&dev);
     }
 }
 

@@ -47,7 +47,11 @@ fn message(r: &VolumeRestore) -> String {
 }
 
 /// A PVC, and where its PV's data is.
-async fn restored_pvc(env: &Env, ns: &str, name: &str) -> (PersistentVolumeClaim, PathBuf) {
+pub(crate) async fn restored_pvc(
+    env: &Env,
+    ns: &str,
+    name: &str,
+) -> (PersistentVolumeClaim, PathBuf) {
     let pvc = Api::<PersistentVolumeClaim>::namespaced(env.client.clone(), ns)
         .get(name)
         .await

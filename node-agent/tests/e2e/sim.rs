@@ -74,6 +74,8 @@ pub struct Sim {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     logs: PathBuf,
     movers: Arc<Mutex<HashMap<String, Mover>>>,
+    /// Loop devices attached for new block volumes.
+    loops: Arc<Mutex<Vec<String>>>,
 }
 
 impl Drop for Sim {
@@ -83,6 +85,9 @@ impl Drop for Sim {
         }
         // Dropping the senders stops the movers (kill_on_drop).
         self.movers.lock().unwrap().clear();
+        for d in self.loops.lock().unwrap().iter() {
+            let _ = Command::new("losetup").arg("-d").arg(d).status();
+        }
         if std::thread::panicking() {
             for e in std::fs::read_dir(&self.logs)
                 .into_iter()
@@ -162,6 +167,7 @@ impl Sim {
             tasks: Vec::new(),
             logs: env.dir.path().join("movers"),
             movers: Arc::default(),
+            loops: Arc::default(),
         };
         let data = env.dir.path().join("csi");
         let kubeconfig = env.kubeconfig.clone();
@@ -175,6 +181,7 @@ impl Sim {
             client.clone(),
             data,
             sim.deletions.clone(),
+            sim.loops.clone(),
         )));
         sim.tasks.push(tokio::spawn(pv_deletions(
             client.clone(),
@@ -506,7 +513,12 @@ async fn group_snapshotter(client: Client, deletions: Arc<Mutex<Vec<(u64, String
 }
 
 /// The binder of clones.
-async fn binder(client: Client, data: PathBuf, deletions: Arc<Mutex<Vec<(u64, String)>>>) {
+async fn binder(
+    client: Client,
+    data: PathBuf,
+    deletions: Arc<Mutex<Vec<(u64, String)>>>,
+    loops: Arc<Mutex<Vec<String>>>,
+) {
     let api: Api<PersistentVolumeClaim> = Api::all(client.clone());
     let mut stream = watcher::watcher(api, watcher::Config::default()).boxed();
     while let Some(ev) = stream.next().await {
@@ -524,7 +536,7 @@ async fn binder(client: Client, data: PathBuf, deletions: Arc<Mutex<Vec<(u64, St
         }
         let ns = pvc.namespace().unwrap_or_default();
         let pv_name = format!("pvc-{}", pvc.uid().unwrap_or_default());
-        let to = data.join("volumes").join(&pv_name);
+        let mut to = data.join("volumes").join(&pv_name);
         match spec.data_source.clone() {
             // A clone: a copy of the snapshot's data.
             Some(src) if src.kind == "VolumeSnapshot" => {
@@ -551,7 +563,16 @@ async fn binder(client: Client, data: PathBuf, deletions: Arc<Mutex<Vec<(u64, St
             None => {
                 std::fs::create_dir_all(to.parent().unwrap()).unwrap();
                 if spec.volume_mode.as_deref() == Some("Block") {
-                    std::fs::File::create(&to).unwrap();
+                    // A device, as a driver provisions: a loop device over a
+                    // sparse image where this runs as root, else the image.
+                    std::fs::File::create(&to)
+                        .unwrap()
+                        .set_len(NEW_BLOCK_VOLUME)
+                        .unwrap();
+                    if let Some(dev) = attach_loop(&to) {
+                        loops.lock().unwrap().push(dev.clone());
+                        to = PathBuf::from(dev);
+                    }
                 } else {
                     std::fs::create_dir_all(&to).unwrap();
                 }
@@ -592,6 +613,24 @@ async fn binder(client: Client, data: PathBuf, deletions: Arc<Mutex<Vec<(u64, St
             )
             .await;
     }
+}
+
+/// The size of a new block volume.
+pub const NEW_BLOCK_VOLUME: u64 = 64 << 20;
+
+/// A loop device over `image`, as root.
+fn attach_loop(image: &Path) -> Option<String> {
+    if !crate::common::is_root() {
+        return None;
+    }
+    let out = Command::new("losetup")
+        .args(["--find", "--show"])
+        .arg(image)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 async fn pv_deletions(client: Client, deletions: Arc<Mutex<Vec<(u64, String)>>>) {

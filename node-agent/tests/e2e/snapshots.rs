@@ -548,6 +548,36 @@ async fn a_block_pvc_of_a_pod_backs_up_as_one_file_and_a_retained_snapshot_stays
         .await
         .unwrap();
     assert!(vs.owner_references().is_empty());
+
+    // Back into a new block PVC: the recorded mode, the device's bytes.
+    if !crate::common::is_root() {
+        eprintln!("skipped the restore into a new block PVC: it needs root (loop devices)");
+        return;
+    }
+    use crate::pvc_restores::{restored_pvc, volume_restore, wait_restored};
+    volume_restore(
+        &env,
+        &ns,
+        "disk-copy",
+        json!({"snapshot": {"pvc": "raw"}, "target": {"pvc": "raw-copy"}}),
+    )
+    .await;
+    let st = wait_restored(&env, &ns, "disk-copy").await.status.unwrap();
+    assert_eq!(st.phase, Phase::Completed, "{st:#?}");
+    assert_eq!(st.snapshot_id, vb.status.unwrap().snapshot_id);
+    let (pvc, device) = restored_pvc(&env, &ns, "raw-copy").await;
+    assert_eq!(pvc.spec.unwrap().volume_mode.as_deref(), Some("Block"));
+    let written = std::fs::read(&device).unwrap();
+    assert_eq!(
+        written.len() as u64,
+        sim::NEW_BLOCK_VOLUME,
+        "{}",
+        device.display()
+    );
+    assert!(
+        written[..content.len()] == content[..],
+        "the new block volume holds the device's bytes"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
