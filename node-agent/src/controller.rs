@@ -120,6 +120,11 @@ pub enum Error {
     /// the run fails with it rather than waiting for ever.
     #[error("{0}")]
     Refused(String),
+    /// The API server refused to create an object for an exhausted quota,
+    /// which frees up as other runs' objects go: a run waits up to
+    /// `--prepare-timeout` from its creation, then fails with it.
+    #[error("{0}")]
+    Quota(String),
 }
 
 pub(crate) fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
@@ -348,12 +353,44 @@ async fn reconcile(vb: Arc<VolumeBackup>, ctx: Arc<Ctx>) -> Result<Action, Error
         _ => advance(&ctx, &vb, &st).await,
     };
     match step {
+        Err(Error::Quota(why)) => Ok(quota_wait(&ctx, vb.as_ref(), why, "Snapshotting").await),
         Err(Error::Refused(why)) => {
             ctx.fail(&vb, why).await;
             Ok(Action::await_change())
         }
         step => step,
     }
+}
+
+/// How often a run refused for an exhausted quota tries again.
+const QUOTA_RETRY: Duration = Duration::from_secs(5);
+
+/// A run refused for an exhausted quota tries again until
+/// `--prepare-timeout` after its creation, then fails with the refusal.
+pub(crate) async fn quota_wait<K: Run>(
+    ctx: &Ctx,
+    run: &K,
+    why: String,
+    first_stage: &str,
+) -> Action {
+    let left = remaining(
+        run.meta().creation_timestamp.as_ref(),
+        ctx.opts.prepare_timeout,
+    );
+    if left.is_zero() {
+        let m = format!(
+            "{why} (still refused after --prepare-timeout {})",
+            humantime::format_duration(ctx.opts.prepare_timeout)
+        );
+        ctx.end(run, Outcome::Failed(m), first_stage).await;
+        return Action::await_change();
+    }
+    tracing::warn!(
+        namespace = run.namespace().unwrap_or_default(),
+        run = run.name_any(),
+        "{why}; trying again"
+    );
+    Action::requeue(left.min(QUOTA_RETRY))
 }
 
 /// Step 1: check what the run names, then take it.
@@ -879,7 +916,19 @@ async fn take_snapshots(ctx: &Ctx, open: &[VolumeBackup]) -> Result<(), Error> {
             "volumeGroupSnapshotClassName": class,
         }});
         let vgss = Api::<DynamicObject>::namespaced_with(ctx.client.clone(), &ns, &api.snapshots);
-        create(&vgss, &vgs, &format!("VolumeGroupSnapshot {ns}/{name}")).await?;
+        match create(&vgss, &vgs, &format!("VolumeGroupSnapshot {ns}/{name}")).await {
+            Ok(()) => {}
+            // The whole group fails now, as after a failed pre-hook: no
+            // member's snapshot may be taken later, after the post-hooks.
+            Err(Error::Refused(m)) => {
+                label_group(ctx, &runs, false).await?;
+                for r in &runs {
+                    ctx.fail(r, m.clone()).await;
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
         tracing::info!(
             namespace = ns,
             group = g.name,
@@ -909,7 +958,15 @@ async fn take_snapshots(ctx: &Ctx, open: &[VolumeBackup]) -> Result<(), Error> {
             status: None,
         };
         let snaps: Api<VolumeSnapshot> = Api::namespaced(ctx.client.clone(), &ns);
-        create(&snaps, &vs, &format!("VolumeSnapshot {ns}/{child}")).await?;
+        match create(&snaps, &vs, &format!("VolumeSnapshot {ns}/{child}")).await {
+            Ok(()) => {}
+            // This member fails; the others' snapshots are taken now.
+            Err(Error::Refused(m)) => {
+                ctx.fail(&r, m).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
         tracing::info!(
             namespace = ns,
             run = r.name_any(),
@@ -1532,8 +1589,8 @@ pub(crate) async fn ensure_mover_account(ctx: &Ctx, ns: &str) -> Result<(), Erro
 }
 
 /// Creates `obj`; one that exists already is fine (a step done before a
-/// restart). A refusal that trying again will not change (a 4xx other than
-/// a conflict or throttling) is [`Error::Refused`].
+/// restart). A refusal that trying again will not change
+/// ([`refused_for_good`]) is [`Error::Refused`].
 pub(crate) async fn create<K>(api: &Api<K>, obj: &K, what: &str) -> Result<(), Error>
 where
     K: Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
@@ -1541,15 +1598,26 @@ where
     match api.create(&PostParams::default(), obj).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-        Err(kube::Error::Api(e)) if (400..500).contains(&e.code) && e.code != 429 => {
-            Err(Error::Refused(format!(
+        Err(kube::Error::Api(e)) if refused_for_good(&e) => {
+            let why = format!(
                 "the API server refused to create {what}: {} ({}, {}); \
                  check the admission policies, quotas and the controller's RBAC in that namespace",
                 e.message, e.code, e.reason
-            )))
+            );
+            Err(if e.message.contains("exceeded quota") {
+                Error::Quota(why)
+            } else {
+                Error::Refused(why)
+            })
         }
         Err(e) => Err(kube_err(format!("creating {what}"))(e)),
     }
+}
+
+/// Whether trying again cannot change a refusal: a 4xx, except a conflict,
+/// throttling and an expired credential.
+fn refused_for_good(e: &kube::core::Status) -> bool {
+    (400..500).contains(&e.code) && !matches!(e.code, 401 | 409 | 429)
 }
 
 /// Step 5, one deletion at a time: the mover pod, the clone PVC, its PV,

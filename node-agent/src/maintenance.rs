@@ -291,7 +291,7 @@ async fn follow(
             Ok(()) => create(&pods, &p, &format!("pod {ns}/{pod_name}")).await,
             Err(e) => Err(e),
         };
-        if let Err(Error::Refused(why)) = made {
+        if let Err(Error::Refused(why) | Error::Quota(why)) = made {
             job.fail(st, at, why);
             return Ok(None);
         }

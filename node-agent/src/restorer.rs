@@ -36,7 +36,7 @@ use serde_json::json;
 
 use crate::controller::{
     add_finalizer, create, delete, delete_present, ensure_mover_account, finish, kube_err,
-    mover_command, not_started, Ctx, Error, FINALIZER, MOVER_ACCOUNT,
+    mover_command, not_started, quota_wait, Ctx, Error, FINALIZER, MOVER_ACCOUNT,
 };
 use crate::crd::{BackupRepository, Phase, RestoreTarget, RunStatus, VolumeRestore};
 use crate::node::{label_value, object_name};
@@ -134,6 +134,7 @@ pub(crate) async fn reconcile(vr: Arc<VolumeRestore>, ctx: Arc<Ctx>) -> Result<A
         _ => advance(&ctx, &vr, &target, &st).await,
     };
     match step {
+        Err(Error::Quota(why)) => Ok(quota_wait(&ctx, vr.as_ref(), why, "Resolving").await),
         Err(Error::Refused(why)) => {
             fail(&ctx, &vr, why).await;
             Ok(Action::await_change())

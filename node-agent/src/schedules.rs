@@ -820,7 +820,7 @@ async fn retention(
             Ok(()) => create(&pods, &p, &format!("pod {ns}/{pod_name}")).await,
             Err(e) => Err(e),
         };
-        if let Err(Error::Refused(why)) = made {
+        if let Err(Error::Refused(why) | Error::Quota(why)) = made {
             st.last_retention = Some(failed(why));
             return Ok(None);
         }

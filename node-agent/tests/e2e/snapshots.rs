@@ -417,7 +417,7 @@ async fn an_unschedulable_mover_fails_the_run_at_once_naming_the_reason() {
 /// An admission policy refuses the mover pod: the run fails at once with the
 /// API server's reason, not after retrying for ever, and is cleaned up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_mover_pod_refused_by_admission_fails_the_run_at_once_with_the_refusal() {
+async fn a_mover_refused_by_admission_fails_the_run_at_once_and_one_refused_for_quota_waits() {
     let Some((mut env, sim)) = fake_cluster().await else {
         return;
     };
@@ -447,6 +447,32 @@ async fn a_mover_pod_refused_by_admission_fails_the_run_at_once_with_the_refusal
     assert_eq!(
         sim.deletions(),
         cleanup_order(&ns, "refused", Some(&pv), true)[1..]
+    );
+
+    // An exhausted quota frees up as other objects go: the run tries again
+    // until it is lifted, then completes.
+    let quota = env.namespace("quota").await;
+    env.repository(&quota, "default", PASSWORD).await;
+    sim::csi_pvc(&env, &quota, "data", "Filesystem", &data, json!({})).await;
+    let server = env.server.as_ref().unwrap();
+    server.forbid_creates(
+        "pods",
+        &quota,
+        "exceeded quota: pods, requested: pods=1, used: pods=10, limited: pods=10",
+    );
+    let before = server.refusals();
+    snapshot_backup(&env, &quota, "later", json!({"pvc": "data"})).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while server.refusals() < before + 2 {
+        assert!(tokio::time::Instant::now() < deadline, "never tried again");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    server.allow_creates("pods", &quota);
+    let vb = wait_cleaned(&env, &quota, "later").await;
+    assert_eq!(
+        vb.status.as_ref().unwrap().phase,
+        Phase::Completed,
+        "{vb:#?}"
     );
 }
 

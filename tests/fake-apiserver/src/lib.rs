@@ -152,6 +152,16 @@ impl FakeServer {
         self.store.forbid_creates(plural, namespace, why);
     }
 
+    /// Lifts [`FakeServer::forbid_creates`] for `plural` in `namespace`, as a raised quota would.
+    pub fn allow_creates(&self, plural: &str, namespace: &str) {
+        self.store.allow_creates(plural, namespace);
+    }
+
+    /// How many creations were refused by [`FakeServer::forbid_creates`] so far.
+    pub fn refusals(&self) -> usize {
+        self.store.refusals()
+    }
+
     /// Stops accepting connections, ends open watches and waits until the server is down.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);

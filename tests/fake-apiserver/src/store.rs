@@ -294,6 +294,8 @@ struct State {
     tx: broadcast::Sender<Arc<Change>>,
     /// Creations refused as an admission policy would: (plural, namespace, why).
     forbidden: Vec<(String, String, String)>,
+    /// How many creations were refused so.
+    refusals: usize,
 }
 
 /// The whole cluster state behind one lock.
@@ -334,6 +336,7 @@ impl Store {
                 log: VecDeque::new(),
                 oldest_resumable: 0,
                 forbidden: Vec::new(),
+                refusals: 0,
                 tx: broadcast::channel(BROADCAST_CAPACITY).0,
             }),
         };
@@ -388,6 +391,18 @@ impl Store {
         self.lock()
             .forbidden
             .push((plural.into(), namespace.into(), why.into()));
+    }
+
+    /// Lifts the refusals of [`Store::forbid_creates`] for `plural` in `namespace`.
+    pub(crate) fn allow_creates(&self, plural: &str, namespace: &str) {
+        self.lock()
+            .forbidden
+            .retain(|(p, ns, _)| !(p == plural && ns == namespace));
+    }
+
+    /// How many creations were refused so far.
+    pub(crate) fn refusals(&self) -> usize {
+        self.lock().refusals
     }
 
     /// One object, or 404.
@@ -499,7 +514,9 @@ impl Store {
             .iter()
             .find(|(plural, in_ns, _)| *plural == rt.plural && *in_ns == ns)
         {
-            return Err(ApiError::forbidden(rt, &name, why));
+            let refused = ApiError::forbidden(rt, &name, why);
+            state.refusals += 1;
+            return Err(refused);
         }
         set_meta(&mut obj, "name", Value::String(name.clone()));
         let crd_types = if rt.is_crd() {
