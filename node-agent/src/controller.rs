@@ -1685,9 +1685,7 @@ async fn cleanup(ctx: &Ctx, vb: &VolumeBackup) -> Result<bool, Error> {
     }
 }
 
-/// Deletes a clone's PV, with its volume: a retained one would outlive the
-/// run, so it is set to Delete first and the driver deletes the volume with
-/// the object.
+/// Deletes a clone's PV, once its claim is gone, with its volume.
 async fn delete_clone_volume(
     pvs: &Api<PersistentVolume>,
     pv: &PersistentVolume,
@@ -1696,21 +1694,33 @@ async fn delete_clone_volume(
     if pv.meta().deletion_timestamp.is_some() {
         return Ok(());
     }
+    reclaim_on_release(pvs, pv).await?;
+    delete(pvs, &name, &format!("PV {name}")).await
+}
+
+/// Sets a retained clone volume to Delete: it would outlive the run, and
+/// with Delete the driver deletes the volume with the object.
+async fn reclaim_on_release(
+    pvs: &Api<PersistentVolume>,
+    pv: &PersistentVolume,
+) -> Result<(), Error> {
+    let name = pv.name_any();
     if pv
         .spec
         .as_ref()
         .and_then(|s| s.persistent_volume_reclaim_policy.as_deref())
-        == Some("Retain")
+        != Some("Retain")
     {
-        pvs.patch(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"persistentVolumeReclaimPolicy": "Delete"}})),
-        )
-        .await
-        .map_err(kube_err(format!("setting PV {name} to Delete")))?;
+        return Ok(());
     }
-    delete(pvs, &name, &format!("PV {name}")).await
+    pvs.patch(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"persistentVolumeReclaimPolicy": "Delete"}})),
+    )
+    .await
+    .map(drop)
+    .map_err(kube_err(format!("setting PV {name} to Delete")))
 }
 
 /// The last step of a run of a group taken by a VolumeGroupSnapshot: once
@@ -1943,7 +1953,10 @@ async fn this_pods_events(ctx: &Ctx, pod: &Pod) -> Result<ObjectList<CoreEvent>,
 
 /// Start-up sweep: objects made for runs that no longer exist (deleted
 /// while no controller ran, finalizer removed by hand) are deleted, pods
-/// first, then clones with their volumes, then VolumeSnapshots.
+/// first, then clones, then VolumeSnapshots. A retained clone volume is set
+/// to Delete, so that it goes once its claim is gone, as any PV of that
+/// policy does (deleting a PV while its claim still exists can leave the
+/// volume behind).
 async fn sweep(ctx: &Ctx) {
     sweep_kind::<Pod>(ctx, "leftover mover pod").await;
     let clones = sweep_kind::<PersistentVolumeClaim>(ctx, "leftover clone PVC").await;
@@ -1952,12 +1965,12 @@ async fn sweep(ctx: &Ctx) {
         .iter()
         .filter_map(|c| c.spec.as_ref()?.volume_name.as_deref())
     {
-        let deleted = match pvs.get_opt(volume).await {
-            Ok(Some(pv)) => delete_clone_volume(&pvs, &pv).await,
+        let released = match pvs.get_opt(volume).await {
+            Ok(Some(pv)) => reclaim_on_release(&pvs, &pv).await,
             Ok(None) => Ok(()),
             Err(e) => Err(kube_err(format!("reading PV {volume}"))(e)),
         };
-        if let Err(e) = deleted {
+        if let Err(e) = released {
             tracing::warn!("start-up sweep: the volume of a leftover clone: {e}");
         }
     }

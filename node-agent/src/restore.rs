@@ -22,6 +22,12 @@ pub async fn find_snapshot(
     namespace: &str,
     repository: &str,
 ) -> Result<(String, Snapshot), String> {
+    if let (Some(_), Some(_)) = (&src.id, &src.as_of) {
+        return Err(
+            "spec.snapshot gives both id and asOf: an id names one snapshot; give asOf with an origin instead"
+                .into(),
+        );
+    }
     if let Some(id) = &src.id {
         return repo
             .find_snapshot(id)

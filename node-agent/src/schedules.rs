@@ -437,9 +437,17 @@ pub(crate) async fn forget_deleted(client: kube::Client, ctx: Arc<Ctx>) {
 /// ([`forget_deleted`]) and stay gone.
 pub(crate) struct Gauges {
     metrics: Arc<Metrics>,
-    /// The uids of the schedules deleted lately, oldest first, so that a
-    /// reconcile that read one before its deletion cannot export it again.
-    deleted: Mutex<VecDeque<String>>,
+    /// Under one lock: the uids of the schedules deleted lately, oldest
+    /// first, so that a reconcile that read one before its deletion cannot
+    /// export it again; and which schedule's uid exported each series, so
+    /// that a deletion seen late does not remove a same-named successor's.
+    state: Mutex<GaugeOwners>,
+}
+
+#[derive(Default)]
+struct GaugeOwners {
+    deleted: VecDeque<String>,
+    exported_by: BTreeMap<(String, String), String>,
 }
 
 impl Gauges {
@@ -449,22 +457,26 @@ impl Gauges {
     pub(crate) fn new(metrics: Arc<Metrics>) -> Gauges {
         Gauges {
             metrics,
-            deleted: Mutex::new(VecDeque::new()),
+            state: Mutex::default(),
         }
     }
 
-    fn deleted(&self) -> std::sync::MutexGuard<'_, VecDeque<String>> {
-        self.deleted.lock().unwrap_or_else(|e| e.into_inner())
+    fn state(&self) -> std::sync::MutexGuard<'_, GaugeOwners> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Sets `bs`'s gauges from `st`, unless `bs` was deleted. The check and
     /// the update are one step under the lock that [`Gauges::forget`] takes.
     fn export(&self, bs: &BackupSchedule, st: &BackupScheduleStatus) {
-        let deleted = self.deleted();
-        if bs.uid().is_some_and(|uid| deleted.contains(&uid)) {
+        let mut state = self.state();
+        let uid = bs.uid().unwrap_or_default();
+        if state.deleted.contains(&uid) {
             return;
         }
         let labels = schedule_labels(bs);
+        state
+            .exported_by
+            .insert((labels.namespace.clone(), labels.schedule.clone()), uid);
         let unix = |t: &Option<String>| {
             t.as_deref()
                 .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
@@ -491,14 +503,19 @@ impl Gauges {
 
     /// Removes a deleted schedule's gauges, and remembers it.
     fn forget(&self, bs: &BackupSchedule) {
-        let mut deleted = self.deleted();
-        if let Some(uid) = bs.uid() {
-            if deleted.len() == Self::REMEMBERED {
-                deleted.pop_front();
-            }
-            deleted.push_back(uid);
+        let mut state = self.state();
+        let uid = bs.uid().unwrap_or_default();
+        if state.deleted.len() == Self::REMEMBERED {
+            state.deleted.pop_front();
         }
+        state.deleted.push_back(uid.clone());
         let labels = schedule_labels(bs);
+        let key = (labels.namespace.clone(), labels.schedule.clone());
+        if state.exported_by.get(&key).is_some_and(|by| *by != uid) {
+            // A schedule of the same name, made since, owns them.
+            return;
+        }
+        state.exported_by.remove(&key);
         let m = &self.metrics;
         m.schedule_last_success.remove(&labels);
         m.schedule_next_run.remove(&labels);
@@ -744,12 +761,23 @@ async fn fire(
             "spec": spec,
         }))
         .map_err(|e| Error::Invalid(format!("VolumeBackup {ns}/{run}: {e}")))?;
-        create(&api, &vb, &format!("VolumeBackup {ns}/{run}")).await?;
-        made.push(run);
+        match create(&api, &vb, &format!("VolumeBackup {ns}/{run}")).await {
+            Ok(()) => made.push(run),
+            // Refused (a policy, a quota): this volume misses this time,
+            // the others go on, and the next time tries again.
+            Err(Error::Refused(why) | Error::Quota(why)) => {
+                tracing::warn!(namespace = ns, schedule = name, "{why}");
+                ctx.event_on(bs, "Schedule", EventType::Warning, "RunRefused", why)
+                    .await;
+            }
+            Err(e) => return Err(e),
+        }
     }
-    let note = format!("created {}", made.join(", "));
-    ctx.event_on(bs, "Schedule", EventType::Normal, "Scheduled", note)
-        .await;
+    if !made.is_empty() {
+        let note = format!("created {}", made.join(", "));
+        ctx.event_on(bs, "Schedule", EventType::Normal, "Scheduled", note)
+            .await;
+    }
     Ok(())
 }
 
@@ -1053,8 +1081,13 @@ mod tests {
         gauges.export(&old, &st);
         assert_eq!(series("shop"), 0, "{}", metrics.encode());
         assert_eq!(series("blog"), 2);
-        // A new schedule of the same name is a new object.
+        // A new schedule of the same name is a new object, whose series a
+        // late deletion of the old one leaves alone.
         gauges.export(&schedule("shop", "uid-3"), &st);
         assert_eq!(series("shop"), 2);
+        gauges.forget(&old);
+        assert_eq!(series("shop"), 2);
+        gauges.forget(&schedule("shop", "uid-3"));
+        assert_eq!(series("shop"), 0);
     }
 }

@@ -135,6 +135,9 @@ async fn prune_runs_beside_a_backup_and_a_check_reads_every_part_then_finds_a_fl
     assert!(sim.signal(&mover, Signal::SIGSTOP), "no mover runs");
     let resume = async {
         appears(&repo_dir.join("plans"), "the prune's plan").await;
+        // The prune lists the sessions right after its plan; nothing in the
+        // repository tells when it has, so the backup is held a moment more.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         assert!(sim.signal(&mover, Signal::SIGCONT));
     };
     let (st, ()) = tokio::join!(run_now(&env, &ns, PRUNE_NOW, "1"), resume);

@@ -345,4 +345,30 @@ async fn concurrency_policy_skips_replaces_or_overlaps_runs_still_going() {
     both.sort();
     assert_eq!(both.len(), 2);
     assert_eq!(open_runs().await, both);
+
+    // A run the API server refuses (a policy on VolumeBackups): the time
+    // passes with a Warning that names it, and the schedule goes on.
+    env.server.as_ref().unwrap().forbid_creates(
+        "volumebackups",
+        &ns,
+        "denied by the backup-window policy",
+    );
+    let st = fire("5").await;
+    assert_eq!(open_runs().await, both);
+    assert!(st.next_schedule_time.is_some(), "{st:#?}");
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(env.client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("RunRefused")
+                && e.note
+                    .as_deref()
+                    .is_some_and(|n| n.contains("denied by the backup-window policy")
+                        && n.contains(&format!("VolumeBackup {ns}/")))),
+        "{events:#?}"
+    );
 }

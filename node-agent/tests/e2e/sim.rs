@@ -844,7 +844,7 @@ async fn kubelet(
             // A prune notices a backup's end within a heartbeat; a mover
             // paused for a test stays well short of stale.
             .env("COFFER_HEARTBEAT_MS", "200")
-            .env("COFFER_STALE_MS", "30000")
+            .env("COFFER_STALE_MS", "300000")
             .env_remove("KUBERNETES_SERVICE_HOST")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -262,8 +262,8 @@ async fn runs_canceled_or_deleted_while_their_mover_runs_are_cleaned_up_in_order
 
 /// What a run left when it was deleted while no controller ran and its
 /// finalizer was removed by hand (owned by a VolumeBackup that no longer
-/// exists): the start-up sweep deletes it in cleanup order, the clone's
-/// retained volume included.
+/// exists): the start-up sweep deletes it in cleanup order, and sets the
+/// clone's retained volume to Delete, so that it goes with its claim.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_start_up_sweep_deletes_what_a_run_deleted_behind_its_back_left() {
     let Some((mut env, sim)) = fake_cluster().await else {
@@ -333,7 +333,15 @@ async fn the_start_up_sweep_deletes_what_a_run_deleted_behind_its_back_left() {
     .await
     .expect("the leftover VolumeSnapshot stays")
     .unwrap();
-    assert_eq!(sim.deletions(), cleanup_order(&ns, "gone", Some(&pv), true));
+    assert_eq!(sim.deletions(), cleanup_order(&ns, "gone", None, true));
+    let policy = Api::<PersistentVolume>::all(env.client.clone())
+        .get(&pv)
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .persistent_volume_reclaim_policy;
+    assert_eq!(policy.as_deref(), Some("Delete"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
