@@ -185,6 +185,19 @@ impl Env {
         self.annotate_object::<Pod>(ns, pod, key, value).await
     }
 
+    /// The notes of the `events.k8s.io` Events of namespace `ns` with `reason`.
+    pub async fn event_notes(&self, ns: &str, reason: &str) -> Vec<String> {
+        Api::<k8s_openapi::api::events::v1::Event>::namespaced(self.client.clone(), ns)
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .filter_map(|e| e.note)
+            .collect()
+    }
+
     /// Sets annotation `key` of any namespaced object.
     pub async fn annotate_object<K>(&self, ns: &str, name: &str, key: &str, value: &str)
     where

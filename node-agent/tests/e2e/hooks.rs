@@ -4,7 +4,6 @@
 
 use coffer_node_agent::crd::{BackupMethod, Phase, VolumeBackup};
 use coffer_node_agent::hooks::{COMMAND, COMMAND_FILENAME};
-use k8s_openapi::api::events::v1::Event;
 use kube::api::Api;
 use serde_json::json;
 
@@ -101,17 +100,10 @@ async fn hooks_run_in_order_around_the_read_and_on_error_decides_what_a_failure_
         .map(|h| (h.stage.as_str(), h.succeeded))
         .collect();
     assert_eq!(stages, [("pre", false), ("post", true)]);
-    let events = Api::<Event>::namespaced(env.client.clone(), &ns)
-        .list(&Default::default())
-        .await
-        .unwrap()
-        .items;
+    let failed = env.event_notes(&ns, "HookFailed").await;
     assert!(
-        events
-            .iter()
-            .any(|e| e.reason.as_deref() == Some("HookFailed")
-                && e.note.as_deref().is_some_and(|n| n.contains("exit code 7"))),
-        "{events:#?}"
+        failed.iter().any(|n| n.contains("exit code 7")),
+        "{failed:#?}"
     );
 
     // The same failure with on-error Continue: the backup goes on, the

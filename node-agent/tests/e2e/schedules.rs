@@ -356,19 +356,12 @@ async fn concurrency_policy_skips_replaces_or_overlaps_runs_still_going() {
     let st = fire("5").await;
     assert_eq!(open_runs().await, both);
     assert!(st.next_schedule_time.is_some(), "{st:#?}");
-    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(env.client.clone(), &ns)
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items;
+    let refused = env.event_notes(&ns, "RunRefused").await;
     assert!(
-        events
+        refused
             .iter()
-            .any(|e| e.reason.as_deref() == Some("RunRefused")
-                && e.note
-                    .as_deref()
-                    .is_some_and(|n| n.contains("denied by the backup-window policy")
-                        && n.contains(&format!("VolumeBackup {ns}/")))),
-        "{events:#?}"
+            .any(|n| n.contains("denied by the backup-window policy")
+                && n.contains(&format!("VolumeBackup {ns}/"))),
+        "{refused:#?}"
     );
 }
