@@ -125,6 +125,10 @@ pub enum Error {
     /// `--prepare-timeout` from its creation, then fails with it.
     #[error("{0}")]
     Quota(String),
+    /// A run's status could not be written (the API server failed every
+    /// try); the step is tried again.
+    #[error(transparent)]
+    Status(#[from] crate::status::NotWritten),
 }
 
 pub(crate) fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
@@ -164,6 +168,11 @@ pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) -> anyhow
         lease = opts.lease_name,
         "waiting for the Lease"
     );
+    // Ready as a standby too: readiness says the replica is up and reaches
+    // the API server, so a rolling update of two replicas can complete
+    // (with only the leader ready, the Deployment never becomes available).
+    // Which replica leads is the gauge coffer_controller_leading.
+    metrics.set_ready();
     while !*leading.borrow_and_update() {
         leading
             .changed()
@@ -171,7 +180,7 @@ pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) -> anyhow
             .map_err(|_| anyhow::anyhow!("the Lease manager stopped"))?;
     }
     tracing::info!(identity = opts.identity, "leading");
-    metrics.set_ready();
+    metrics.leading.set(1);
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -314,7 +323,7 @@ async fn reconcile(vb: Arc<VolumeBackup>, ctx: Arc<Ctx>) -> Result<Action, Error
         if let Some(why) =
             unusable.filter(|_| st.phase == Phase::New && vb.meta().deletion_timestamp.is_none())
         {
-            ctx.fail(&vb, why.into()).await;
+            ctx.fail(&vb, why.into()).await?;
         }
         return Ok(Action::await_change());
     }
@@ -345,7 +354,7 @@ async fn reconcile(vb: Arc<VolumeBackup>, ctx: Arc<Ctx>) -> Result<Action, Error
     }
     if vb.spec.cancel {
         ctx.end(vb.as_ref(), Outcome::Canceled, "Snapshotting")
-            .await;
+            .await?;
         return Ok(Action::requeue(Duration::ZERO));
     }
     let step = match st.phase {
@@ -353,9 +362,9 @@ async fn reconcile(vb: Arc<VolumeBackup>, ctx: Arc<Ctx>) -> Result<Action, Error
         _ => advance(&ctx, &vb, &st).await,
     };
     match step {
-        Err(Error::Quota(why)) => Ok(quota_wait(&ctx, vb.as_ref(), why, "Snapshotting").await),
+        Err(Error::Quota(why)) => quota_wait(&ctx, vb.as_ref(), why, "Snapshotting").await,
         Err(Error::Refused(why)) => {
-            ctx.fail(&vb, why).await;
+            ctx.fail(&vb, why).await?;
             Ok(Action::await_change())
         }
         step => step,
@@ -372,7 +381,7 @@ pub(crate) async fn quota_wait<K: Run>(
     run: &K,
     why: String,
     first_stage: &str,
-) -> Action {
+) -> Result<Action, Error> {
     let left = remaining(
         run.meta().creation_timestamp.as_ref(),
         ctx.opts.prepare_timeout,
@@ -382,15 +391,15 @@ pub(crate) async fn quota_wait<K: Run>(
             "{why} (still refused after --prepare-timeout {})",
             humantime::format_duration(ctx.opts.prepare_timeout)
         );
-        ctx.end(run, Outcome::Failed(m), first_stage).await;
-        return Action::await_change();
+        ctx.end(run, Outcome::Failed(m), first_stage).await?;
+        return Ok(Action::await_change());
     }
     tracing::warn!(
         namespace = run.namespace().unwrap_or_default(),
         run = run.name_any(),
         "{why}; trying again"
     );
-    Action::requeue(left.min(QUOTA_RETRY))
+    Ok(Action::requeue(left.min(QUOTA_RETRY)))
 }
 
 /// Step 1: check what the run names, then take it.
@@ -399,7 +408,7 @@ async fn claim(ctx: &Ctx, vb: &VolumeBackup) -> Result<Action, Error> {
     let pvc_name = match source_claim(ctx, vb).await? {
         Ok(n) => n,
         Err(m) => {
-            ctx.fail(vb, m).await;
+            ctx.fail(vb, m).await?;
             return Ok(Action::await_change());
         }
     };
@@ -413,7 +422,7 @@ async fn claim(ctx: &Ctx, vb: &VolumeBackup) -> Result<Action, Error> {
             vb,
             format!("PersistentVolumeClaim {ns}/{pvc_name} not found"),
         )
-        .await;
+        .await?;
         return Ok(Action::await_change());
     };
     let phase = pvc
@@ -422,7 +431,7 @@ async fn claim(ctx: &Ctx, vb: &VolumeBackup) -> Result<Action, Error> {
         .and_then(|s| s.phase.clone())
         .unwrap_or_default();
     if phase != "Bound" {
-        ctx.fail(vb, format!("PersistentVolumeClaim {ns}/{pvc_name} is {phase:?}, not Bound: only a provisioned volume can be snapshotted")).await;
+        ctx.fail(vb, format!("PersistentVolumeClaim {ns}/{pvc_name} is {phase:?}, not Bound: only a provisioned volume can be snapshotted")).await?;
         return Ok(Action::await_change());
     }
     let repos: Api<BackupRepository> = Api::namespaced(ctx.client.clone(), &ns);
@@ -438,7 +447,7 @@ async fn claim(ctx: &Ctx, vb: &VolumeBackup) -> Result<Action, Error> {
             namespace: ns.clone(),
             name: vb.spec.repository.clone(),
         };
-        ctx.fail(vb, e.to_string()).await;
+        ctx.fail(vb, e.to_string()).await?;
         return Ok(Action::await_change());
     }
     // The finalizer first, with the version read: a run is never InProgress
@@ -505,7 +514,7 @@ async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Result<Action,
             vb,
             "the run's status lost its PVC; create the VolumeBackup again".into(),
         )
-        .await;
+        .await?;
         return Ok(Action::await_change());
     };
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
@@ -516,7 +525,7 @@ async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Result<Action,
         Found::Snapshot(vs) => *vs,
         Found::Wait(d) => return Ok(Action::requeue(d)),
         Found::Failed(m) => {
-            ctx.fail(vb, m).await;
+            ctx.fail(vb, m).await?;
             return Ok(Action::await_change());
         }
         Found::Missing => {
@@ -524,7 +533,7 @@ async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Result<Action,
                 Group::Claimed(members) => members.into_iter().filter(is_open).collect::<Vec<_>>(),
                 Group::Waiting(d) => return Ok(Action::requeue(d)),
                 Group::Incomplete(m) => {
-                    ctx.fail(vb, m).await;
+                    ctx.fail(vb, m).await?;
                     return Ok(Action::await_change());
                 }
             };
@@ -544,7 +553,7 @@ async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Result<Action,
     let restore_size = match snapshot::snapshot_state(&vs) {
         SnapshotState::Failed(m) => {
             ctx.fail(vb, format!("VolumeSnapshot {ns}/{vs_name} failed: {m}"))
-                .await;
+                .await?;
             return Ok(Action::await_change());
         }
         SnapshotState::Pending => {
@@ -557,7 +566,7 @@ async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Result<Action,
                     "VolumeSnapshot {ns}/{vs_name} did not become ready within {}; check the CSI driver and the snapshot controller (kubectl -n {ns} describe volumesnapshot {vs_name})",
                     humantime::format_duration(ctx.opts.snapshot_timeout)
                 ))
-                .await;
+                .await?;
                 return Ok(Action::await_change());
             }
             return Ok(Action::requeue(left));
@@ -593,7 +602,7 @@ async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Result<Action,
                     "PersistentVolumeClaim {ns}/{pvc_name} was deleted before its clone was made"
                 ),
             )
-            .await;
+            .await?;
             return Ok(Action::await_change());
         }
     };
@@ -620,7 +629,7 @@ async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Result<Action,
         .map_err(kube_err(format!("reading pod {ns}/{child}")))?;
     let Some(pod) = pod else {
         if st.stage.as_deref() == Some("Moving") {
-            ctx.fail(vb, format!("mover pod {ns}/{child} disappeared before the backup ended (deleted or evicted)")).await;
+            ctx.fail(vb, format!("mover pod {ns}/{child} disappeared before the backup ended (deleted or evicted)")).await?;
             return Ok(Action::await_change());
         }
         let repo = Api::<BackupRepository>::namespaced(ctx.client.clone(), &ns)
@@ -635,7 +644,7 @@ async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Result<Action,
                 namespace: ns.clone(),
                 name: vb.spec.repository.clone(),
             };
-            ctx.fail(vb, e.to_string()).await;
+            ctx.fail(vb, e.to_string()).await?;
             return Ok(Action::await_change());
         };
         ensure_mover_account(ctx, &ns).await?;
@@ -670,7 +679,7 @@ async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Result<Action,
         return Ok(Action::requeue(ctx.opts.prepare_timeout));
     };
     if let Some(why) = snapshot::mover_failure(&pod) {
-        ctx.fail(vb, why).await;
+        ctx.fail(vb, why).await?;
         return Ok(Action::await_change());
     }
     if pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded") {
@@ -684,7 +693,7 @@ async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Result<Action,
                 vb,
                 format!("mover pod {ns}/{child} exited without writing a result"),
             )
-            .await;
+            .await?;
         }
         return Ok(Action::await_change());
     }
@@ -692,7 +701,7 @@ async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Result<Action,
         return match not_started(ctx, &pod).await {
             Ok(wait) => Ok(Action::requeue(wait)),
             Err(why) => {
-                ctx.fail(vb, why).await;
+                ctx.fail(vb, why).await?;
                 Ok(Action::await_change())
             }
         };
@@ -868,12 +877,12 @@ async fn take_snapshots(ctx: &Ctx, open: &[VolumeBackup]) -> Result<(), Error> {
             let m = format!(
                 "PersistentVolumeClaim {ns}/{pvc_name} was deleted before it was snapshotted"
             );
-            ctx.fail(r, m).await;
+            ctx.fail(r, m).await?;
             continue;
         };
         match snapshot_class(ctx, &pvc).await? {
             Ok(class) => todo.push((r.clone(), pvc_name, class)),
-            Err(m) => ctx.fail(r, m).await,
+            Err(m) => ctx.fail(r, m).await?,
         }
     }
     let runs: Vec<VolumeBackup> = todo.iter().map(|(r, _, _)| r.clone()).collect();
@@ -893,7 +902,7 @@ async fn take_snapshots(ctx: &Ctx, open: &[VolumeBackup]) -> Result<(), Error> {
             label_group(ctx, &runs, false).await?;
         }
         for r in &runs {
-            ctx.fail(r, m.clone()).await;
+            ctx.fail(r, m.clone()).await?;
         }
         return Ok(());
     }
@@ -923,7 +932,7 @@ async fn take_snapshots(ctx: &Ctx, open: &[VolumeBackup]) -> Result<(), Error> {
             Err(Error::Refused(m)) => {
                 label_group(ctx, &runs, false).await?;
                 for r in &runs {
-                    ctx.fail(r, m.clone()).await;
+                    ctx.fail(r, m.clone()).await?;
                 }
                 return Ok(());
             }
@@ -962,7 +971,7 @@ async fn take_snapshots(ctx: &Ctx, open: &[VolumeBackup]) -> Result<(), Error> {
             Ok(()) => {}
             // This member fails; the others' snapshots are taken now.
             Err(Error::Refused(m)) => {
-                ctx.fail(&r, m).await;
+                ctx.fail(&r, m).await?;
                 continue;
             }
             Err(e) => return Err(e),
@@ -986,13 +995,16 @@ async fn thaw(ctx: &Ctx, vb: &VolumeBackup) -> Result<Option<Action>, Error> {
         Group::Claimed(members) => members.into_iter().filter(is_open).collect::<Vec<_>>(),
         Group::Waiting(d) => return Ok(Some(Action::requeue(d))),
         Group::Incomplete(m) => {
-            ctx.fail(vb, m).await;
+            ctx.fail(vb, m).await?;
             return Ok(Some(Action::await_change()));
         }
     };
-    if open.first().map(ResourceExt::name_any) != Some(vb.name_any()) {
+    if let Some(leader) = open.first().filter(|l| l.name_any() != vb.name_any()) {
         let hooks = fresh_status(ctx, vb).await?.unwrap_or_default().hooks;
-        return Ok(frozen(&hooks).then(|| Action::requeue(GROUP_POLL)));
+        // The leader moves on to its clone only once the post-hooks ran, or
+        // when its pods had none to run (then none is recorded).
+        let leader_on = leader.status.as_ref().and_then(|s| s.stage.as_deref()) == Some("Moving");
+        return Ok((frozen(&hooks) && !leader_on).then(|| Action::requeue(GROUP_POLL)));
     }
     // After a restart, the snapshots not taken yet.
     take_snapshots(ctx, &open).await?;
@@ -1009,7 +1021,7 @@ async fn thaw(ctx: &Ctx, vb: &VolumeBackup) -> Result<Option<Action>, Error> {
     }
     if let Err(m) = snapshot_hooks(ctx, &open, "post").await? {
         for r in &open {
-            ctx.fail(r, m.clone()).await;
+            ctx.fail(r, m.clone()).await?;
         }
         return Ok(Some(Action::await_change()));
     }
@@ -1626,7 +1638,7 @@ async fn cleanup(ctx: &Ctx, vb: &VolumeBackup) -> Result<bool, Error> {
     let ns = vb.namespace().unwrap_or_default();
     let child = child_name(vb);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    if delete_present(&pods, &child, &format!("pod {ns}/{child}")).await? {
+    if delete_pod(&pods, &child, &format!("pod {ns}/{child}")).await? {
         return Ok(false);
     }
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
@@ -1829,6 +1841,53 @@ where
     Ok(true)
 }
 
+/// How long past its deletion time a pod may stay Terminating before it is
+/// deleted at once. Only a kubelet that is gone (a dead or cut-off node)
+/// leaves a pod Terminating that long; it would otherwise hold the clone,
+/// the run's finalizer and the next job for as long as the node stays down.
+pub(crate) const TERMINATING_LIMIT: Duration = Duration::from_secs(60);
+
+/// Whether a pod deleted at `deletion` (the time its grace period ends)
+/// has stayed past [`TERMINATING_LIMIT`] at `now` (Unix seconds).
+pub(crate) fn terminating_too_long(deletion: i64, now: i64) -> bool {
+    now.saturating_sub(deletion) > TERMINATING_LIMIT.as_secs() as i64
+}
+
+/// [`delete_present`] for a mover pod: one still Terminating long after
+/// its grace period is deleted at once (grace period 0), as `kubectl
+/// delete --force` does, so that cleanup is bounded even when its node is
+/// gone. A mover holds no state that outlives it: a backup it was writing
+/// is an unfinished session the repository's protocol tolerates.
+pub(crate) async fn delete_pod(pods: &Api<Pod>, name: &str, what: &str) -> Result<bool, Error> {
+    let Some(p) = pods
+        .get_opt(name)
+        .await
+        .map_err(kube_err(format!("reading {what}")))?
+    else {
+        return Ok(false);
+    };
+    match &p.metadata.deletion_timestamp {
+        None => delete(pods, name, what).await?,
+        Some(t) if terminating_too_long(t.0.as_second(), Utc::now().timestamp()) => {
+            tracing::warn!(
+                "{what} is still Terminating {}s after its grace period (its node may be gone); deleting it at once",
+                TERMINATING_LIMIT.as_secs()
+            );
+            let force = DeleteParams {
+                grace_period_seconds: Some(0),
+                ..DeleteParams::background()
+            };
+            match pods.delete(name, &force).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(kube_err(format!("deleting {what} at once"))(e)),
+            }
+        }
+        Some(_) => {}
+    }
+    Ok(true)
+}
+
 pub(crate) async fn delete<K>(api: &Api<K>, name: &str, what: &str) -> Result<(), Error>
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
@@ -1916,8 +1975,19 @@ async fn pod_events(ctx: &Ctx, pod: &Pod) -> String {
     let Ok(list) = this_pods_events(ctx, pod).await else {
         return String::new();
     };
-    let notes: Vec<String> = list
-        .items
+    let notes = last_warnings(&list.items);
+    let mut out = if notes.is_empty() {
+        "; it has no Warning events".to_string()
+    } else {
+        format!("; its events: {}", notes.join("; "))
+    };
+    out.push_str(&unbound_claims(ctx, pod).await);
+    out
+}
+
+/// The last three Warning events, newest first, as `Reason: message`.
+fn last_warnings(events: &[CoreEvent]) -> Vec<String> {
+    events
         .iter()
         .filter(|e| e.type_.as_deref() == Some("Warning"))
         .rev()
@@ -1929,12 +1999,46 @@ async fn pod_events(ctx: &Ctx, pod: &Pod) -> String {
                 e.message.as_deref().unwrap_or_default()
             )
         })
-        .collect();
-    if notes.is_empty() {
-        "; it has no Warning events".into()
-    } else {
-        format!("; its events: {}", notes.join("; "))
+        .collect()
+}
+
+/// Why the claims a pod mounts are not bound yet (a clone or restore
+/// target whose provisioning fails: a missing storage class, a driver
+/// that cannot clone): each unbound claim with its last Warning events.
+async fn unbound_claims(ctx: &Ctx, pod: &Pod) -> String {
+    let ns = pod.namespace().unwrap_or_default();
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    let events: Api<CoreEvent> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut out = String::new();
+    let claims = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .filter_map(|v| v.persistent_volume_claim.as_ref());
+    for c in claims {
+        let Ok(Some(pvc)) = pvcs.get_opt(&c.claim_name).await else {
+            continue;
+        };
+        let phase = pvc.status.as_ref().and_then(|s| s.phase.clone());
+        if phase.as_deref() == Some("Bound") {
+            continue;
+        }
+        let lp = ListParams::default().fields(&format!(
+            "involvedObject.kind=PersistentVolumeClaim,involvedObject.name={},involvedObject.uid={}",
+            pvc.name_any(),
+            pvc.uid().unwrap_or_default()
+        ));
+        let notes = last_warnings(&events.list(&lp).await.map(|l| l.items).unwrap_or_default());
+        out.push_str(&format!(
+            "; PVC {ns}/{} is {}",
+            pvc.name_any(),
+            phase.as_deref().unwrap_or("Pending")
+        ));
+        if !notes.is_empty() {
+            out.push_str(&format!(" ({})", notes.join("; ")));
+        }
     }
+    out
 }
 
 /// The events of this pod, not of an earlier pod of the same name (a
@@ -2075,7 +2179,15 @@ impl Ctx {
     }
 
     /// Ends a run that is not over yet (a mover's own result stands).
-    pub(crate) async fn end<K: Run>(&self, run: &K, outcome: Outcome, first_stage: &str) {
+    /// Ends a run: its final status, then an Event. `Err` when the status
+    /// could not be written, so that the reconcile is tried again rather
+    /// than leaving the run open with nothing left to wake it.
+    pub(crate) async fn end<K: Run>(
+        &self,
+        run: &K,
+        outcome: Outcome,
+        first_stage: &str,
+    ) -> Result<(), Error> {
         let ns = run.namespace().unwrap_or_default();
         let (etype, reason, note) = match &outcome {
             Outcome::Failed(m) => (EventType::Warning, "Failed", m.clone()),
@@ -2086,7 +2198,7 @@ impl Ctx {
             ),
             Outcome::Done { .. } => (EventType::Normal, "Completed", String::new()),
         };
-        let written = status::update::<K>(&self.client, &ns, &run.name_any(), |s| {
+        let written = status::try_update::<K>(&self.client, &ns, &run.name_any(), |s| {
             let stage = s.stage.clone();
             *s = status::finished(s.clone(), outcome.clone());
             s.stage = stage.or(Some(first_stage.into()));
@@ -2094,12 +2206,13 @@ impl Ctx {
                 s.start_time = s.completion_time.clone();
             }
         })
-        .await;
+        .await?;
         if written.is_some() {
             let reason = format!("{}{reason}", K::ACTION);
             tracing::info!(namespace = ns, run = run.name_any(), "{reason}: {note}");
             self.event(run, etype, &reason, note).await;
         }
+        Ok(())
     }
 
     /// Metrics of a run that ended and is cleaned up.
@@ -2159,7 +2272,26 @@ impl Ctx {
 }
 
 impl Ctx {
-    async fn fail(&self, vb: &VolumeBackup, message: String) {
+    async fn fail(&self, vb: &VolumeBackup, message: String) -> Result<(), Error> {
         self.end(vb, Outcome::Failed(message), "Snapshotting").await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pod_terminating_past_the_limit_is_deleted_at_once() {
+        let deletion = 1_000_000;
+        let limit = TERMINATING_LIMIT.as_secs() as i64;
+        // Before its grace period ends, and within the limit after: the
+        // kubelet may still be stopping it.
+        assert!(!terminating_too_long(deletion, deletion - 30));
+        assert!(!terminating_too_long(deletion, deletion + limit));
+        // Past the limit: its kubelet is gone.
+        assert!(terminating_too_long(deletion, deletion + limit + 1));
+        // A clock far behind never underflows into "overdue".
+        assert!(!terminating_too_long(i64::MAX, i64::MIN));
     }
 }

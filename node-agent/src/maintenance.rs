@@ -28,7 +28,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use crate::controller::{
-    create, delete_present, kube_err, mover_command, mover_state, Ctx, Error, MoverState,
+    create, delete_pod, kube_err, mover_command, mover_state, Ctx, Error, MoverState,
 };
 use crate::crd::{
     BackupRepository, BackupRepositoryStatus, CheckResult, JobTimes, Maintenance, PruneResult,
@@ -292,7 +292,9 @@ async fn follow(
             Err(e) => Err(e),
         };
         if let Err(Error::Refused(why) | Error::Quota(why)) = made {
+            // No pod will report it: tell now.
             job.fail(st, at, why);
+            announce(ctx, repo, job, st).await;
             return Ok(None);
         }
         made?;
@@ -348,6 +350,15 @@ async fn record(
     if !present {
         return Ok(());
     }
+    announce(ctx, repo, job, st).await;
+    delete_pod(&pods, &pod_name, &format!("pod {ns}/{pod_name}")).await?;
+    Ok(())
+}
+
+/// A job's result as an Event on the repository and in the metrics.
+async fn announce(ctx: &Ctx, repo: &BackupRepository, job: Job, st: &BackupRepositoryStatus) {
+    let ns = repo.namespace().unwrap_or_default();
+    let name = repo.name_any();
     let (ok, reason, note) = match job {
         Job::Prune => {
             let r = st.last_prune.clone().unwrap_or_default();
@@ -410,8 +421,6 @@ async fn record(
     };
     tracing::info!(namespace = ns, repository = name, "{reason}: {note}");
     ctx.event_on(repo, "Maintenance", etype, reason, note).await;
-    delete_present(&pods, &pod_name, &format!("pod {ns}/{pod_name}")).await?;
-    Ok(())
 }
 
 fn repo_labels(ns: &str, name: &str, job: Job, result: &str) -> MaintenanceLabels {

@@ -93,6 +93,8 @@ pub struct Metrics {
     pub schedule_last_run_succeeded: Family<ScheduleLabels, Gauge>,
     /// When each schedule fires next (Unix time).
     pub schedule_next_run: Family<ScheduleLabels, Gauge<f64, AtomicU64>>,
+    /// 1 while this controller replica holds the Lease, else 0.
+    pub leading: Gauge,
     ready: AtomicBool,
 }
 
@@ -178,8 +180,15 @@ impl Metrics {
             "When each BackupSchedule fires next (Unix time)",
             schedule_next_run.clone(),
         );
+        let leading = Gauge::default();
+        registry.register(
+            "controller_leading",
+            "1 while this controller replica holds the Lease and acts, 0 while it stands by",
+            leading.clone(),
+        );
         Arc::new(Metrics {
             registry,
+            leading,
             maintenance,
             bytes_freed,
             schedule_last_success,

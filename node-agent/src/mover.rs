@@ -167,7 +167,12 @@ pub async fn forget(
     use coffer_engine::forget::{self, Filter, GroupBy};
     let run = async {
         let repo = job.repo.open(&password).await?;
-        let snapshots = repo.snapshots().await.map_err(|e| e.to_string())?;
+        let mut snapshots = repo.snapshots().await.map_err(|e| e.to_string())?;
+        // This cluster's only, also when it has no name: the filter below
+        // lets an unset cluster match every cluster's snapshots.
+        snapshots.retain(|(_, s)| {
+            s.origin.as_ref().and_then(|o| o.cluster.as_ref()) == job.cluster.as_ref()
+        });
         let filter = Filter {
             tags: vec![job.tag.clone()],
             origin: OriginFilter {

@@ -35,8 +35,8 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use crate::controller::{
-    add_finalizer, create, delete, delete_present, ensure_mover_account, finish, kube_err,
-    mover_command, not_started, quota_wait, Ctx, Error, FINALIZER, MOVER_ACCOUNT,
+    add_finalizer, create, delete, delete_pod, delete_present, ensure_mover_account, finish,
+    kube_err, mover_command, not_started, quota_wait, Ctx, Error, FINALIZER, MOVER_ACCOUNT,
 };
 use crate::crd::{BackupRepository, Phase, RestoreTarget, RunStatus, VolumeRestore};
 use crate::node::{label_value, object_name};
@@ -96,7 +96,7 @@ fn pod_labels(vr: &VolumeRestore) -> BTreeMap<String, String> {
     ])
 }
 
-async fn fail(ctx: &Ctx, vr: &VolumeRestore, message: String) {
+async fn fail(ctx: &Ctx, vr: &VolumeRestore, message: String) -> Result<(), Error> {
     ctx.end(vr, Outcome::Failed(message), "Resolving").await
 }
 
@@ -107,12 +107,12 @@ pub(crate) async fn reconcile(vr: Arc<VolumeRestore>, ctx: Arc<Ctx>) -> Result<A
     let fresh = st.phase == Phase::New && vr.meta().deletion_timestamp.is_none();
     let Some(target) = vr.spec.target.clone() else {
         if fresh && vr.spec.pod_volume().is_none() {
-            fail(&ctx, &vr, "spec.target (a new PVC), or spec.pod and spec.volume (a running pod's volume), is required".into()).await;
+            fail(&ctx, &vr, "spec.target (a new PVC), or spec.pod and spec.volume (a running pod's volume), is required".into()).await?;
         }
         return Ok(Action::await_change());
     };
     if fresh && (vr.spec.pod.is_some() || vr.spec.volume.is_some()) {
-        fail(&ctx, &vr, "give spec.target (a new PVC) or spec.pod and spec.volume (a running pod's volume), not both".into()).await;
+        fail(&ctx, &vr, "give spec.target (a new PVC) or spec.pod and spec.volume (a running pod's volume), not both".into()).await?;
         return Ok(Action::await_change());
     }
     let finalized = vr.finalizers().iter().any(|f| f == FINALIZER);
@@ -126,7 +126,7 @@ pub(crate) async fn reconcile(vr: Arc<VolumeRestore>, ctx: Arc<Ctx>) -> Result<A
         return finish(&ctx, vr.as_ref(), &st, KIND).await;
     }
     if vr.spec.cancel {
-        ctx.end(vr.as_ref(), Outcome::Canceled, "Resolving").await;
+        ctx.end(vr.as_ref(), Outcome::Canceled, "Resolving").await?;
         return Ok(Action::requeue(Duration::ZERO));
     }
     let step = match st.phase {
@@ -134,9 +134,9 @@ pub(crate) async fn reconcile(vr: Arc<VolumeRestore>, ctx: Arc<Ctx>) -> Result<A
         _ => advance(&ctx, &vr, &target, &st).await,
     };
     match step {
-        Err(Error::Quota(why)) => Ok(quota_wait(&ctx, vr.as_ref(), why, "Resolving").await),
+        Err(Error::Quota(why)) => quota_wait(&ctx, vr.as_ref(), why, "Resolving").await,
         Err(Error::Refused(why)) => {
-            fail(&ctx, &vr, why).await;
+            fail(&ctx, &vr, why).await?;
             Ok(Action::await_change())
         }
         step => step,
@@ -152,7 +152,7 @@ async fn claim(ctx: &Ctx, vr: &VolumeRestore, target: &RestoreTarget) -> Result<
             vr,
             "spec.target.pvc is empty: name the PVC to create".into(),
         )
-        .await;
+        .await?;
         return Ok(Action::await_change());
     }
     let Some(_) = repository(ctx, vr, &tns).await? else {
@@ -165,7 +165,7 @@ async fn claim(ctx: &Ctx, vr: &VolumeRestore, target: &RestoreTarget) -> Result<
         .map_err(kube_err(format!("reading PVC {tns}/{}", target.pvc)))?
     {
         if existing.annotations().get(RESTORED_BY) != Some(&run_key(vr)) {
-            fail(ctx, vr, format!("PersistentVolumeClaim {tns}/{} already exists; a restore creates a new PVC: choose another spec.target.pvc, or delete that one", target.pvc)).await;
+            fail(ctx, vr, format!("PersistentVolumeClaim {tns}/{} already exists; a restore creates a new PVC: choose another spec.target.pvc, or delete that one", target.pvc)).await?;
             return Ok(Action::await_change());
         }
     }
@@ -207,7 +207,7 @@ async fn repository(
         .await
         .map_err(kube_err(format!("reading BackupRepository {tns}/{name}")))?;
     if repo.is_none() {
-        fail(ctx, vr, format!("BackupRepository {tns}/{name} not found: a restore into namespace {tns} runs there, with a BackupRepository of that name (the repository's URL and password Secret); create it, or set spec.repository")).await;
+        fail(ctx, vr, format!("BackupRepository {tns}/{name} not found: a restore into namespace {tns} runs there, with a BackupRepository of that name (the repository's URL and password Secret); create it, or set spec.repository")).await?;
     }
     Ok(repo)
 }
@@ -247,7 +247,7 @@ async fn advance(
     };
 
     // 3. The PVC.
-    delete_present(&pods, &resolver, &format!("pod {tns}/{resolver}")).await?;
+    delete_pod(&pods, &resolver, &format!("pod {tns}/{resolver}")).await?;
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &tns);
     let existing = pvcs
         .get_opt(&target.pvc)
@@ -256,7 +256,7 @@ async fn advance(
     let pvc = match existing {
         Some(p) if p.annotations().get(RESTORED_BY) == Some(&run_key(vr)) => p,
         Some(_) => {
-            fail(ctx, vr, format!("PersistentVolumeClaim {tns}/{} was created by someone else during the restore; choose another spec.target.pvc", target.pvc)).await;
+            fail(ctx, vr, format!("PersistentVolumeClaim {tns}/{} was created by someone else during the restore; choose another spec.target.pvc", target.pvc)).await?;
             return Ok(Action::await_change());
         }
         None => {
@@ -269,7 +269,7 @@ async fn advance(
                         target.pvc
                     ),
                 )
-                .await;
+                .await?;
                 return Ok(Action::await_change());
             }
             let annotations = BTreeMap::from([
@@ -287,7 +287,7 @@ async fn advance(
             let made = match made {
                 Ok(c) => c,
                 Err(m) => {
-                    fail(ctx, vr, m).await;
+                    fail(ctx, vr, m).await?;
                     return Ok(Action::await_change());
                 }
             };
@@ -297,7 +297,7 @@ async fn advance(
                     return Ok(Action::requeue(Duration::ZERO))
                 }
                 Err(kube::Error::Api(e)) if (400..500).contains(&e.code) => {
-                    fail(ctx, vr, format!("creating PersistentVolumeClaim {tns}/{}: {} (check spec.target.size and spec.target.storageClassName)", target.pvc, e.message)).await;
+                    fail(ctx, vr, format!("creating PersistentVolumeClaim {tns}/{}: {} (check spec.target.size and spec.target.storageClassName)", target.pvc, e.message)).await?;
                     return Ok(Action::await_change());
                 }
                 Err(e) => return Err(kube_err(format!("creating PVC {tns}/{}", target.pvc))(e)),
@@ -313,7 +313,7 @@ async fn advance(
         .map_err(kube_err(format!("reading pod {tns}/{restorer}")))?;
     let Some(pod) = pod else {
         if st.stage.as_deref() == Some("Restoring") {
-            fail(ctx, vr, format!("mover pod {tns}/{restorer} disappeared before the restore ended (deleted or evicted)")).await;
+            fail(ctx, vr, format!("mover pod {tns}/{restorer} disappeared before the restore ended (deleted or evicted)")).await?;
             return Ok(Action::await_change());
         }
         let Some(repo) = repository(ctx, vr, &tns).await? else {
@@ -412,7 +412,7 @@ async fn start_mover(
 async fn watch_mover(ctx: &Ctx, vr: &VolumeRestore, tns: &str, pod: &Pod) -> Result<Action, Error> {
     let name = pod.name_any();
     if let Some(why) = snapshot::mover_failure(pod) {
-        fail(ctx, vr, why).await;
+        fail(ctx, vr, why).await?;
         return Ok(Action::await_change());
     }
     if pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded") {
@@ -437,7 +437,7 @@ async fn watch_mover(ctx: &Ctx, vr: &VolumeRestore, tns: &str, pod: &Pod) -> Res
                 vr,
                 format!("mover pod {tns}/{name} exited without writing its result"),
             )
-            .await;
+            .await?;
         }
         return Ok(Action::await_change());
     }
@@ -445,7 +445,7 @@ async fn watch_mover(ctx: &Ctx, vr: &VolumeRestore, tns: &str, pod: &Pod) -> Res
         return match not_started(ctx, pod).await {
             Ok(wait) => Ok(Action::requeue(wait)),
             Err(why) => {
-                fail(ctx, vr, why).await;
+                fail(ctx, vr, why).await?;
                 Ok(Action::await_change())
             }
         };
@@ -465,7 +465,7 @@ async fn cleanup(
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &tns);
     let mut left = false;
     for name in [resolver_name(vr), restorer_name(vr)] {
-        left |= delete_present(&pods, &name, &format!("pod {tns}/{name}")).await?;
+        left |= delete_pod(&pods, &name, &format!("pod {tns}/{name}")).await?;
     }
     if left {
         return Ok(false);

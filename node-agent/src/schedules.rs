@@ -27,7 +27,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use crate::annotations::BACKUP_NOW;
-use crate::controller::{create, delete_present, kube_err, mover_command, Ctx, Error, MoverState};
+use crate::controller::{create, delete_pod, kube_err, mover_command, Ctx, Error, MoverState};
 use crate::crd::{
     BackupMethod, BackupRepository, BackupSchedule, BackupScheduleStatus, ConcurrencyPolicy,
     Condition, Phase, Retention, RetentionResult, VolumeBackup,
@@ -246,6 +246,23 @@ pub(crate) async fn reconcile(bs: Arc<BackupSchedule>, ctx: Arc<Ctx>) -> Result<
         return Ok(Action::requeue(Duration::ZERO));
     }
     st.active = active.clone();
+    // Any run of this schedule that succeeded counts, also an older time's
+    // that finished after a newer one (concurrencyPolicy Allow).
+    if let Some(done) = runs
+        .iter()
+        .filter(mine)
+        .filter(|vb| {
+            vb.status
+                .as_ref()
+                .is_some_and(|s| s.phase == Phase::Completed || s.phase == Phase::PartiallyFailed)
+        })
+        .filter_map(|vb| vb.status.as_ref()?.completion_time.clone())
+        .max()
+    {
+        if st.last_successful_time.as_ref().is_none_or(|t| *t < done) {
+            st.last_successful_time = Some(done);
+        }
+    }
     let mut requeue: Option<Duration> = None;
     if tick_over {
         let failed: Vec<String> = tick_runs
@@ -265,20 +282,6 @@ pub(crate) async fn reconcile(bs: Arc<BackupSchedule>, ctx: Arc<Ctx>) -> Result<
                 format!("{}: {m}", vb.name_any())
             })
             .collect();
-        if let Some(done) = tick_runs
-            .iter()
-            .filter(|vb| {
-                vb.status.as_ref().is_some_and(|s| {
-                    s.phase == Phase::Completed || s.phase == Phase::PartiallyFailed
-                })
-            })
-            .filter_map(|vb| vb.status.as_ref()?.completion_time.clone())
-            .max()
-        {
-            if st.last_successful_time.as_ref().is_none_or(|t| *t < done) {
-                st.last_successful_time = Some(done);
-            }
-        }
         if failed.is_empty() {
             set_condition(
                 &mut st.conditions,
@@ -331,7 +334,7 @@ pub(crate) async fn reconcile(bs: Arc<BackupSchedule>, ctx: Arc<Ctx>) -> Result<
     if st.last_retention.as_ref().map(|r| &r.after) == last_tick.as_ref() {
         let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
         let pod = retention_pod_name(&bs);
-        delete_present(&pods, &pod, &format!("pod {ns}/{pod}")).await?;
+        delete_pod(&pods, &pod, &format!("pod {ns}/{pod}")).await?;
     }
 
     let created = created_at(bs.as_ref(), now);
@@ -604,7 +607,7 @@ async fn targets(ctx: &Ctx, bs: &BackupSchedule) -> Result<Vec<(Option<String>, 
     let wanted = |v: &str| bs.spec.volumes.is_empty() || bs.spec.volumes.iter().any(|w| w == v);
     let mut out: BTreeSet<(Option<String>, String)> = BTreeSet::new();
     for p in &pods {
-        if p.meta().deletion_timestamp.is_some() {
+        if p.meta().deletion_timestamp.is_some() || ours(p) {
             continue;
         }
         if bs.spec.method == BackupMethod::Command {
@@ -639,10 +642,22 @@ async fn targets(ctx: &Ctx, bs: &BackupSchedule) -> Result<Vec<(Option<String>, 
             .map_err(kube_err(format!("listing PVCs in {ns}")))?
             .items
         {
-            out.insert((None, c.name_any()));
+            if !ours(&c) {
+                out.insert((None, c.name_any()));
+            }
         }
     }
     Ok(out.into_iter().collect())
+}
+
+/// Whether the controller made this object for a run or a job (a mover
+/// pod, a clone PVC): never a schedule's target, even under an empty
+/// selector. A restored PVC is the workload's, and is not one of these.
+fn ours<K: Resource>(o: &K) -> bool {
+    o.labels()
+        .get("app.kubernetes.io/managed-by")
+        .map(String::as_str)
+        == Some("coffer-controller")
 }
 
 /// The groups of a Snapshot schedule's `pvcs`: a PVC used by a pod with a

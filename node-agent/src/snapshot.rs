@@ -511,15 +511,40 @@ pub fn mover_pod(m: &Mover) -> Pod {
 }
 
 /// Why a mover pod will never finish its work, when its status already
-/// says so: it failed, it cannot be scheduled, or its container cannot
-/// start. `None` while it may still run (or ran to the end).
+/// says so: it failed, it is being deleted (evicted, drained, or its node
+/// was lost), it cannot be scheduled, or its container cannot start.
+/// `None` while it may still run (or ran to the end).
 pub fn mover_failure(pod: &Pod) -> Option<String> {
     let name = format!(
         "mover pod {}/{}",
         pod.metadata.namespace.as_deref().unwrap_or_default(),
         pod.metadata.name.as_deref().unwrap_or_default()
     );
-    let st = pod.status.as_ref()?;
+    let st = pod.status.clone().unwrap_or_default();
+    if st.phase.as_deref() == Some("Succeeded") {
+        return None;
+    }
+    if pod.metadata.deletion_timestamp.is_some() && st.phase.as_deref() != Some("Failed") {
+        // Only cleanup deletes a mover, after its run ended: this one is
+        // going for another reason and will not finish (a node that died
+        // leaves it Terminating until the node comes back).
+        let why = st
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "DisruptionTarget" && c.status == "True")
+            .map(|c| {
+                let reason = c.reason.as_deref().unwrap_or("deleted");
+                match c.message.as_deref().filter(|m| !m.is_empty()) {
+                    Some(m) => format!("{reason}: {m}"),
+                    None => reason.to_string(),
+                }
+            })
+            .unwrap_or_else(|| "deleted or evicted".into());
+        return Some(format!(
+            "{name} is being deleted before it finished ({why})"
+        ));
+    }
     let containers = st.container_statuses.iter().flatten();
     if st.phase.as_deref() == Some("Failed") {
         let why = containers
@@ -916,5 +941,35 @@ mod tests {
             .unwrap()
             .ends_with("The node was low on memory."));
         assert!(!mover_started(&unsched) && mover_started(&failed));
+    }
+
+    #[test]
+    fn a_mover_deleted_before_it_finished_fails_naming_why() {
+        let deleted = |status: serde_json::Value| -> Pod {
+            serde_json::from_value(json!({"metadata": {"name": "m", "namespace": "ns",
+                "deletionTimestamp": "2026-12-03T10:00:00Z"}, "status": status}))
+            .unwrap()
+        };
+        // Its node was lost: the taint manager evicts it and it stays
+        // Terminating, Running as far as the API server knows.
+        let lost = deleted(
+            json!({"phase": "Running", "conditions": [{"type": "DisruptionTarget", "status": "True",
+            "reason": "DeletionByTaintManager", "message": "Taint manager: deleting due to NoExecute taint"}]}),
+        );
+        assert_eq!(
+            mover_failure(&lost).unwrap(),
+            "mover pod ns/m is being deleted before it finished (DeletionByTaintManager: Taint manager: deleting due to NoExecute taint)"
+        );
+        assert!(mover_failure(&deleted(json!({"phase": "Pending"})))
+            .unwrap()
+            .ends_with("(deleted or evicted)"));
+        // One that finished is not a failure while it goes, nor is one that
+        // failed described twice.
+        assert_eq!(mover_failure(&deleted(json!({"phase": "Succeeded"}))), None);
+        assert!(
+            mover_failure(&deleted(json!({"phase": "Failed", "message": "boom"})))
+                .unwrap()
+                .ends_with("failed: boom")
+        );
     }
 }

@@ -238,7 +238,8 @@ where
 
 /// Changes a run's status unless it is over: reads it, applies `change`,
 /// writes it back at the version read (again on a conflict). Returns the
-/// status written, or `None` when the run had ended (or is gone).
+/// status written, or `None` when the run had ended, is gone, or the API
+/// server failed every try (see [`try_update`] to tell these apart).
 pub async fn update<K>(
     client: &Client,
     ns: &str,
@@ -252,11 +253,46 @@ where
         + std::fmt::Debug
         + HasRunStatus,
 {
+    try_update::<K>(client, ns, name, change)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// A status the API server did not take, after every try.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write the status of {kind} {ns}/{name}; the API server failed every try")]
+pub struct NotWritten {
+    /// The run's kind.
+    pub kind: String,
+    /// Its namespace.
+    pub ns: String,
+    /// Its name.
+    pub name: String,
+}
+
+/// [`update`], saying when the status could not be written: `Ok(None)`
+/// when the run had ended or is gone, `Err` when the API server failed
+/// every try (the caller tries again later, so that no run stays open for
+/// want of one write).
+pub async fn try_update<K>(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    change: impl Fn(&mut RunStatus),
+) -> Result<Option<RunStatus>, NotWritten>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + HasRunStatus,
+{
     let api: Api<K> = Api::namespaced(client.clone(), ns);
     for attempt in 0..8u32 {
         let current = match api.get_status(name).await {
             Ok(o) => o,
-            Err(kube::Error::Api(e)) if e.code == 404 => return None,
+            Err(kube::Error::Api(e)) if e.code == 404 => return Ok(None),
             Err(e) => {
                 tracing::warn!(namespace = ns, name, attempt, "cannot read status: {e}");
                 tokio::time::sleep(Duration::from_millis(200 << attempt.min(5))).await;
@@ -265,7 +301,7 @@ where
         };
         let mut s = current.run_status().cloned().unwrap_or_default();
         if s.phase.is_final() {
-            return None;
+            return Ok(None);
         }
         change(&mut s);
         if write::<K>(
@@ -277,10 +313,14 @@ where
         )
         .await
         {
-            return Some(s);
+            return Ok(Some(s));
         }
     }
-    None
+    Err(NotWritten {
+        kind: K::kind(&()).into_owned(),
+        ns: ns.into(),
+        name: name.into(),
+    })
 }
 
 /// Longest Event note, in bytes.

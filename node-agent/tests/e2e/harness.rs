@@ -562,6 +562,24 @@ impl Controller {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Waits until GET `path` answers 200 with a body that `ok` accepts,
+    /// and returns that body.
+    pub async fn http_until(&self, path: &str, what: &str, ok: impl Fn(&str) -> bool) -> String {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let (code, body) = get_when_up(self.metrics, path).await;
+            if code == 200 && ok(&body) {
+                return body;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "controller {}: GET {path} never showed {what} (last: {code} {body})",
+                self.identity
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 impl Drop for Controller {

@@ -262,6 +262,30 @@ impl Sim {
         d.sort();
         d.into_iter().map(|(_, s)| s).collect()
     }
+
+    /// [`Sim::deletions`] once at least `n` are recorded (bounded by
+    /// `WAIT`): the simulation's watches may trail what the controller and
+    /// the test already saw.
+    pub async fn deletions_at_least(&self, n: usize) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + crate::harness::WAIT;
+        while self.deletions.lock().unwrap().len() < n && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        self.deletions()
+    }
+
+    /// [`Sim::deletions`] once each of `want` is recorded (bounded by
+    /// `WAIT`).
+    pub async fn deletions_including(&self, want: &[String]) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + crate::harness::WAIT;
+        loop {
+            let d = self.deletions();
+            if want.iter().all(|w| d.contains(w)) || tokio::time::Instant::now() >= deadline {
+                return d;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
 }
 
 /// A bound PVC `name` of `size` on a CSI PV whose data is at `path` (a

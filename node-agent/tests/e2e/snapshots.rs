@@ -76,11 +76,26 @@ fn cleanup_order(ns: &str, run: &str, pv: Option<&str>, snapshot: bool) -> Vec<S
     v
 }
 
-/// The name of the PV the binder made for a clone (recorded as deleted).
-fn clone_pv(sim: &Sim) -> Option<String> {
-    sim.deletions()
-        .into_iter()
-        .find_map(|d| d.strip_prefix("PersistentVolume//").map(str::to_string))
+/// Asserts the recorded deletions, in order, once the simulation has seen
+/// as many as expected.
+async fn assert_deletions(sim: &Sim, want: Vec<String>) {
+    assert_eq!(sim.deletions_at_least(want.len()).await, want);
+}
+
+/// The name of the PV the binder made for a clone, once its deletion is
+/// recorded (bounded by `WAIT`).
+async fn clone_pv(sim: &Sim) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let pv = sim
+            .deletions()
+            .into_iter()
+            .find_map(|d| d.strip_prefix("PersistentVolume//").map(str::to_string));
+        if pv.is_some() || tokio::time::Instant::now() >= deadline {
+            return pv;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,11 +142,8 @@ async fn an_orphan_pvc_backs_up_through_a_snapshot_and_everything_is_cleaned_up_
     assert!(snap.tags.contains(&"nightly".to_string()));
 
     // Pod, clone PVC, its PV, then the VolumeSnapshot.
-    let pv = clone_pv(&sim).expect("the clone's PV was deleted");
-    assert_eq!(
-        sim.deletions(),
-        cleanup_order(&ns, "nightly", Some(&pv), true)
-    );
+    let pv = clone_pv(&sim).await.expect("the clone's PV was deleted");
+    assert_deletions(&sim, cleanup_order(&ns, "nightly", Some(&pv), true)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,11 +173,8 @@ async fn a_failed_mover_and_a_cancel_clean_up_in_the_same_order() {
     let vb = wait_cleaned(&env, &ns, "bad-password").await;
     assert_eq!(vb.status.as_ref().unwrap().phase, Phase::Failed);
     assert!(message(&vb).contains("wrong password"), "{}", message(&vb));
-    let pv = clone_pv(&sim).expect("the clone's PV was deleted");
-    assert_eq!(
-        sim.deletions(),
-        cleanup_order(&ns, "bad-password", Some(&pv), true)
-    );
+    let pv = clone_pv(&sim).await.expect("the clone's PV was deleted");
+    assert_deletions(&sim, cleanup_order(&ns, "bad-password", Some(&pv), true)).await;
 
     // Canceled while its snapshot is pending: only the snapshot existed.
     sim.behaviour.lock().unwrap().never_ready = true;
@@ -185,10 +194,7 @@ async fn a_failed_mover_and_a_cancel_clean_up_in_the_same_order() {
     .unwrap();
     let vb = wait_cleaned(&env, &ns, "canceled").await;
     assert_eq!(vb.status.as_ref().unwrap().phase, Phase::Canceled);
-    assert_eq!(
-        sim.deletions(),
-        vec![format!("VolumeSnapshot/{ns}/coffer-canceled")]
-    );
+    assert_deletions(&sim, vec![format!("VolumeSnapshot/{ns}/coffer-canceled")]).await;
 }
 
 /// A run canceled while its mover runs, and a run deleted while the
@@ -230,11 +236,8 @@ async fn runs_canceled_or_deleted_while_their_mover_runs_are_cleaned_up_in_order
     .unwrap();
     let vb = wait_cleaned(&env, &ns, "canceled").await;
     assert_eq!(vb.status.as_ref().unwrap().phase, Phase::Canceled);
-    let pv = clone_pv(&sim).expect("the clone's PV was deleted");
-    assert_eq!(
-        sim.deletions(),
-        cleanup_order(&ns, "canceled", Some(&pv), true)
-    );
+    let pv = clone_pv(&sim).await.expect("the clone's PV was deleted");
+    assert_deletions(&sim, cleanup_order(&ns, "canceled", Some(&pv), true)).await;
 
     sim.deletions.lock().unwrap().clear();
     moving("deleted").await;
@@ -253,11 +256,63 @@ async fn runs_canceled_or_deleted_while_their_mover_runs_are_cleaned_up_in_order
     .await
     .expect("the deleted run's finalizer was never removed")
     .unwrap();
-    let pv = clone_pv(&sim).expect("the clone's PV was deleted");
-    assert_eq!(
-        sim.deletions(),
-        cleanup_order(&ns, "deleted", Some(&pv), true)
+    let pv = clone_pv(&sim).await.expect("the clone's PV was deleted");
+    assert_deletions(&sim, cleanup_order(&ns, "deleted", Some(&pv), true)).await;
+
+    // Its node is lost: the taint manager evicts the mover, whose kubelet
+    // never confirms (a finalizer stands in for it). The run fails at once,
+    // naming why, instead of hanging on a pod that will never finish; the
+    // cleanup goes on once the pod is gone.
+    sim.deletions.lock().unwrap().clear();
+    moving("evicted").await;
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &ns);
+    let mover = "coffer-evicted";
+    pods.patch(
+        mover,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": ["test.coffer.dev/kubelet"]}})),
+    )
+    .await
+    .unwrap();
+    pods.patch_status(
+        mover,
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"status": {"conditions": [{"type": "DisruptionTarget",
+            "status": "True", "reason": "DeletionByTaintManager",
+            "message": "Taint manager: deleting due to NoExecute taint"}]}}),
+        ),
+    )
+    .await
+    .unwrap();
+    pods.delete(mover, &Default::default()).await.unwrap();
+    let vb = env
+        .wait_for::<VolumeBackup>(&ns, "evicted", "failed", |b| {
+            b.status.as_ref().is_some_and(|s| s.phase.is_final())
+        })
+        .await;
+    assert_eq!(vb.status.as_ref().unwrap().phase, Phase::Failed);
+    assert!(
+        message(&vb).contains(&format!(
+            "mover pod {ns}/{mover} is being deleted before it finished (DeletionByTaintManager"
+        )),
+        "{}",
+        message(&vb)
     );
+    assert!(
+        sim.deletions().is_empty(),
+        "nothing after the mover is deleted while it stays"
+    );
+    pods.patch(
+        mover,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    wait_cleaned(&env, &ns, "evicted").await;
+    let pv = clone_pv(&sim).await.expect("the clone's PV was deleted");
+    assert_deletions(&sim, cleanup_order(&ns, "evicted", Some(&pv), true)).await;
 }
 
 /// What a run left when it was deleted while no controller ran and its
@@ -333,7 +388,7 @@ async fn the_start_up_sweep_deletes_what_a_run_deleted_behind_its_back_left() {
     .await
     .expect("the leftover VolumeSnapshot stays")
     .unwrap();
-    assert_eq!(sim.deletions(), cleanup_order(&ns, "gone", None, true));
+    assert_deletions(&sim, cleanup_order(&ns, "gone", None, true)).await;
     let policy = Api::<PersistentVolume>::all(env.client.clone())
         .get(&pv)
         .await
@@ -415,11 +470,8 @@ async fn an_unschedulable_mover_fails_the_run_at_once_naming_the_reason() {
         "{}",
         message(&vb)
     );
-    let pv = clone_pv(&sim).expect("the clone's PV was deleted");
-    assert_eq!(
-        sim.deletions(),
-        cleanup_order(&ns, "nowhere", Some(&pv), true)
-    );
+    let pv = clone_pv(&sim).await.expect("the clone's PV was deleted");
+    assert_deletions(&sim, cleanup_order(&ns, "nowhere", Some(&pv), true)).await;
 }
 
 /// An admission policy refuses the mover pod: the run fails at once with the
@@ -451,11 +503,12 @@ async fn a_mover_refused_by_admission_fails_the_run_at_once_and_one_refused_for_
         message(&vb)
     );
     // No pod was made; the clone and the snapshot go, in order.
-    let pv = clone_pv(&sim).expect("the clone's PV was deleted");
-    assert_eq!(
-        sim.deletions(),
-        cleanup_order(&ns, "refused", Some(&pv), true)[1..]
-    );
+    let pv = clone_pv(&sim).await.expect("the clone's PV was deleted");
+    assert_deletions(
+        &sim,
+        cleanup_order(&ns, "refused", Some(&pv), true)[1..].to_vec(),
+    )
+    .await;
 
     // An exhausted quota frees up as other objects go: the run tries again
     // until it is lifted, then completes.
@@ -572,11 +625,8 @@ async fn a_block_pvc_of_a_pod_backs_up_as_one_file_and_a_retained_snapshot_stays
         Some("Block")
     );
     // Retained: the VolumeSnapshot stays, no longer owned by the run.
-    let pv = clone_pv(&sim).expect("the clone's PV was deleted");
-    assert_eq!(
-        sim.deletions(),
-        cleanup_order(&ns, "disk", Some(&pv), false)
-    );
+    let pv = clone_pv(&sim).await.expect("the clone's PV was deleted");
+    assert_deletions(&sim, cleanup_order(&ns, "disk", Some(&pv), false)).await;
     let vs = Api::<VolumeSnapshot>::namespaced(env.client.clone(), &ns)
         .get("coffer-disk")
         .await
@@ -630,6 +680,14 @@ async fn one_of_two_replicas_leads_and_the_other_finishes_the_run_after_a_sigkil
     })
     .await;
     let b = Controller::start(&env, "replica-b", &[]);
+    // Both replicas are ready (a rolling update can complete); the gauge
+    // tells the leader from the standby.
+    let leading =
+        |v: &'static str| move |m: &str| m.contains(&format!("coffer_controller_leading {v}\n"));
+    a.http_until("/metrics", "leading 1", leading("1")).await;
+    b.http_until("/readyz", "ready as a standby", |_| true)
+        .await;
+    b.http_until("/metrics", "leading 0", leading("0")).await;
 
     // The run stops at its snapshot; the leader dies there.
     sim.behaviour.lock().unwrap().never_ready = true;
@@ -651,6 +709,7 @@ async fn one_of_two_replicas_leads_and_the_other_finishes_the_run_after_a_sigkil
         holder(l).as_deref() == Some("replica-b")
     })
     .await;
+    b.http_until("/metrics", "leading 1", leading("1")).await;
     sim.behaviour.lock().unwrap().never_ready = false;
     Api::<VolumeSnapshot>::namespaced(env.client.clone(), &ns)
         .patch(
