@@ -9,7 +9,8 @@
 //! new PVC in another namespace, and compare every file's SHA-256.
 //!
 //! A real cluster needs:
-//! - `kubectl apply -k deploy/` (the CRDs and the mover's ClusterRole), with
+//! - `kubectl apply -k deploy/` (the CRDs and the controller's RBAC; the
+//!   controller makes each namespace's mover account and Role itself), with
 //!   the `coffer-controller` Deployment scaled to 0: the test runs its own
 //!   controller, from this checkout, against the cluster;
 //! - a VolumeSnapshotClass for the driver, its default or labelled
