@@ -131,6 +131,22 @@ pub enum Error {
     Status(#[from] crate::status::NotWritten),
 }
 
+/// The label on everything the controller makes, and its value.
+pub(crate) const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// See [`MANAGED_BY`].
+pub(crate) const MANAGER: &str = "coffer-controller";
+
+/// The [`MANAGED_BY`] label, as a map entry.
+pub(crate) fn managed_by() -> (String, String) {
+    (MANAGED_BY.to_string(), MANAGER.to_string())
+}
+
+/// Whether the controller made this object for a run or a job (a mover
+/// pod, a clone PVC). A restored PVC is the workload's, not one of these.
+pub(crate) fn made_by_us<K: Resource>(o: &K) -> bool {
+    o.labels().get(MANAGED_BY).map(String::as_str) == Some(MANAGER)
+}
+
 pub(crate) fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
     let what = what.into();
     move |source| Error::Kube { what, source }
@@ -301,10 +317,7 @@ fn child_name(vb: &VolumeBackup) -> String {
 fn run_labels(vb: &VolumeBackup) -> BTreeMap<String, String> {
     BTreeMap::from([
         (RUN_LABEL.to_string(), label_value(&vb.name_any())),
-        (
-            "app.kubernetes.io/managed-by".to_string(),
-            "coffer-controller".to_string(),
-        ),
+        crate::controller::managed_by(),
     ])
 }
 
@@ -1543,7 +1556,7 @@ pub(crate) async fn ensure_mover_account(ctx: &Ctx, ns: &str) -> Result<(), Erro
     {
         return Ok(());
     }
-    let labels = json!({"app.kubernetes.io/managed-by": "coffer-controller"});
+    let labels = json!({MANAGED_BY: MANAGER});
     let sa: ServiceAccount = serde_json::from_value(json!({
         "metadata": {"name": MOVER_ACCOUNT, "namespace": ns, "labels": labels},
         "automountServiceAccountToken": true,
@@ -2178,8 +2191,8 @@ impl Ctx {
         }
     }
 
-    /// Ends a run that is not over yet (a mover's own result stands).
-    /// Ends a run: its final status, then an Event. `Err` when the status
+    /// Ends a run that is not over yet (a mover's own result stands): its
+    /// final status, then an Event. `Err` when the status
     /// could not be written, so that the reconcile is tried again rather
     /// than leaving the run open with nothing left to wake it.
     pub(crate) async fn end<K: Run>(

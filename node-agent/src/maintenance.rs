@@ -273,10 +273,7 @@ async fn follow(
         }
         let labels = BTreeMap::from([
             (MAINTENANCE_LABEL.to_string(), label_value(&name)),
-            (
-                "app.kubernetes.io/managed-by".to_string(),
-                "coffer-controller".to_string(),
-            ),
+            crate::controller::managed_by(),
         ]);
         let owner = repo.controller_owner_ref(&()).unwrap_or_default();
         let memory = m.memory.as_ref().unwrap_or(&ctx.opts.mover_memory);

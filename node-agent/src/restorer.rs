@@ -89,10 +89,7 @@ fn run_key(vr: &VolumeRestore) -> String {
 fn pod_labels(vr: &VolumeRestore) -> BTreeMap<String, String> {
     BTreeMap::from([
         (RESTORE_LABEL.to_string(), label_value(&vr.name_any())),
-        (
-            "app.kubernetes.io/managed-by".to_string(),
-            "coffer-controller".to_string(),
-        ),
+        crate::controller::managed_by(),
     ])
 }
 
@@ -378,7 +375,7 @@ async fn start_mover(
         let name = binding_name(vr);
         let binding: RoleBinding = serde_json::from_value(json!({
             "metadata": {"name": name, "namespace": ns,
-                "labels": {"app.kubernetes.io/managed-by": "coffer-controller"},
+                "labels": {crate::controller::MANAGED_BY: crate::controller::MANAGER},
                 "ownerReferences": vr.controller_owner_ref(&()).into_iter().collect::<Vec<_>>()},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": MOVER_ACCOUNT},
             "subjects": [{"kind": "ServiceAccount", "name": MOVER_ACCOUNT, "namespace": tns}],

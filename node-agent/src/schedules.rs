@@ -27,7 +27,9 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use crate::annotations::BACKUP_NOW;
-use crate::controller::{create, delete_pod, kube_err, mover_command, Ctx, Error, MoverState};
+use crate::controller::{
+    create, delete_pod, kube_err, made_by_us, mover_command, Ctx, Error, MoverState,
+};
 use crate::crd::{
     BackupMethod, BackupRepository, BackupSchedule, BackupScheduleStatus, ConcurrencyPolicy,
     Condition, Phase, Retention, RetentionResult, VolumeBackup,
@@ -607,7 +609,7 @@ async fn targets(ctx: &Ctx, bs: &BackupSchedule) -> Result<Vec<(Option<String>, 
     let wanted = |v: &str| bs.spec.volumes.is_empty() || bs.spec.volumes.iter().any(|w| w == v);
     let mut out: BTreeSet<(Option<String>, String)> = BTreeSet::new();
     for p in &pods {
-        if p.meta().deletion_timestamp.is_some() || ours(p) {
+        if p.meta().deletion_timestamp.is_some() || made_by_us(p) {
             continue;
         }
         if bs.spec.method == BackupMethod::Command {
@@ -642,22 +644,13 @@ async fn targets(ctx: &Ctx, bs: &BackupSchedule) -> Result<Vec<(Option<String>, 
             .map_err(kube_err(format!("listing PVCs in {ns}")))?
             .items
         {
-            if !ours(&c) {
+            // Never a clone, even under an empty selector.
+            if !made_by_us(&c) {
                 out.insert((None, c.name_any()));
             }
         }
     }
     Ok(out.into_iter().collect())
-}
-
-/// Whether the controller made this object for a run or a job (a mover
-/// pod, a clone PVC): never a schedule's target, even under an empty
-/// selector. A restored PVC is the workload's, and is not one of these.
-fn ours<K: Resource>(o: &K) -> bool {
-    o.labels()
-        .get("app.kubernetes.io/managed-by")
-        .map(String::as_str)
-        == Some("coffer-controller")
 }
 
 /// The groups of a Snapshot schedule's `pvcs`: a PVC used by a pod with a
@@ -847,10 +840,7 @@ async fn retention(
         args.extend(retention_args(policy));
         let labels = std::collections::BTreeMap::from([
             (SCHEDULE_LABEL.to_string(), label_value(&name)),
-            (
-                "app.kubernetes.io/managed-by".to_string(),
-                "coffer-controller".to_string(),
-            ),
+            crate::controller::managed_by(),
         ]);
         let owner = bs.controller_owner_ref(&()).unwrap_or_default();
         let p = snapshot::mover_pod(&snapshot::Mover {

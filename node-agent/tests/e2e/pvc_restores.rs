@@ -166,7 +166,9 @@ async fn a_restore_makes_a_new_pvc_in_another_namespace_with_a_mapped_storage_cl
     // Both movers ran in the target namespace and are gone; their account
     // may write the run's status in the source namespace.
     let movers = ["coffer-resolve-back", "coffer-restore-back"].map(|p| format!("Pod/{copy}/{p}"));
-    let deleted = sim.deletions_including(&movers).await;
+    let deleted = sim
+        .deletions_when(|d| movers.iter().all(|m| d.contains(m)))
+        .await;
     for pod in ["coffer-resolve-back", "coffer-restore-back"] {
         assert!(
             deleted.contains(&format!("Pod/{copy}/{pod}")),

@@ -263,24 +263,14 @@ impl Sim {
         d.into_iter().map(|(_, s)| s).collect()
     }
 
-    /// [`Sim::deletions`] once at least `n` are recorded (bounded by
-    /// `WAIT`): the simulation's watches may trail what the controller and
-    /// the test already saw.
-    pub async fn deletions_at_least(&self, n: usize) -> Vec<String> {
-        let deadline = tokio::time::Instant::now() + crate::harness::WAIT;
-        while self.deletions.lock().unwrap().len() < n && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        self.deletions()
-    }
-
-    /// [`Sim::deletions`] once each of `want` is recorded (bounded by
-    /// `WAIT`).
-    pub async fn deletions_including(&self, want: &[String]) -> Vec<String> {
+    /// [`Sim::deletions`] once they satisfy `done` (bounded by `WAIT`):
+    /// the simulation's watches may trail what the controller and the test
+    /// already saw.
+    pub async fn deletions_when(&self, done: impl Fn(&[String]) -> bool) -> Vec<String> {
         let deadline = tokio::time::Instant::now() + crate::harness::WAIT;
         loop {
             let d = self.deletions();
-            if want.iter().all(|w| d.contains(w)) || tokio::time::Instant::now() >= deadline {
+            if done(&d) || tokio::time::Instant::now() >= deadline {
                 return d;
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;

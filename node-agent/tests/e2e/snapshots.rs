@@ -79,23 +79,17 @@ fn cleanup_order(ns: &str, run: &str, pv: Option<&str>, snapshot: bool) -> Vec<S
 /// Asserts the recorded deletions, in order, once the simulation has seen
 /// as many as expected.
 async fn assert_deletions(sim: &Sim, want: Vec<String>) {
-    assert_eq!(sim.deletions_at_least(want.len()).await, want);
+    assert_eq!(sim.deletions_when(|d| d.len() >= want.len()).await, want);
 }
 
 /// The name of the PV the binder made for a clone, once its deletion is
-/// recorded (bounded by `WAIT`).
+/// recorded.
 async fn clone_pv(sim: &Sim) -> Option<String> {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let pv = sim
-            .deletions()
-            .into_iter()
-            .find_map(|d| d.strip_prefix("PersistentVolume//").map(str::to_string));
-        if pv.is_some() || tokio::time::Instant::now() >= deadline {
-            return pv;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let pv = |d: &[String]| {
+        d.iter()
+            .find_map(|d| d.strip_prefix("PersistentVolume//").map(str::to_string))
+    };
+    pv(&sim.deletions_when(|d| pv(d).is_some()).await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
