@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use tokio::sync::{broadcast, watch};
 
 use crate::patch;
+use crate::rbac;
 use crate::selector::Filter;
 use crate::store::{watch_event, ApiError, Change, Endpoint, ResourceType, Store, WatchStart};
 
@@ -358,6 +359,28 @@ fn resource(
         Some(_) => return Err(ApiError::no_route()),
     };
     let param = |k: &str| params.get(k).map(String::as_str);
+    let verb = match (method, name) {
+        (&Method::GET, None) if matches!(param("watch"), Some("1" | "true")) => "watch",
+        (&Method::GET, None) => "list",
+        (&Method::GET, Some(_)) => "get",
+        (&Method::POST, _) => "create",
+        (&Method::PUT, _) => "update",
+        (&Method::PATCH, _) => "patch",
+        (&Method::DELETE, None) => "deletecollection",
+        (&Method::DELETE, Some(_)) => "delete",
+        _ => "",
+    };
+    rbac::authorize(
+        store,
+        headers,
+        &rbac::Request {
+            verb,
+            rt: &rt,
+            subresource: sub,
+            namespace: ns,
+            name,
+        },
+    )?;
     let dry_run = param("dryRun") == Some("All");
     let filter = || {
         Filter::parse(param("labelSelector"), param("fieldSelector")).map_err(ApiError::bad_request)

@@ -38,6 +38,11 @@
 //!   is too old, or after [`FakeServer::compact`]), `sendInitialEvents` with the
 //!   initial-events-end bookmark, `timeoutSeconds`, selectors (an object leaving the selection
 //!   is a DELETED to that watcher). Slow watchers never block writers: they get 410 instead.
+//! - RBAC for service accounts: a bearer token that is a service account's user name,
+//!   `system:serviceaccount:{namespace}:{name}` ([`service_account_kubeconfig_yaml`]), is
+//!   allowed only what the Roles and ClusterRoles bound to it allow (API group, resource and
+//!   subresource, verb, resource names), and gets 403 Forbidden, worded as Kubernetes words
+//!   it, otherwise.
 //! - Finalizers (deletion marks the object until the last finalizer is removed), background
 //!   garbage collection through `ownerReferences`, namespace deletion taking its contents.
 //! - CustomResourceDefinitions: creating one serves its versions (no conversion: every version
@@ -45,9 +50,10 @@
 //!
 //! # Simplified
 //!
-//! - No authentication, authorization, admission, validation against schemas, defaulting or
-//!   field pruning. Any JSON object is accepted as long as it has a name, except where a test
-//!   forbids creations ([`FakeServer::forbid_creates`]), as an admission policy would.
+//! - No authentication, admission, validation against schemas, defaulting or field pruning.
+//!   Any other token acts as a cluster admin (the exec subresource is not authorized at all).
+//!   Any JSON object is accepted as long as it has a name, except where a test forbids
+//!   creations ([`FakeServer::forbid_creates`]), as an admission policy would.
 //! - Created objects keep the status they were given, also for resources with a status
 //!   subresource (Kubernetes drops it there): tests use it to set up running pods quickly.
 //! - Nothing runs: no scheduler, no kubelet, no controllers. Pods get no status, and a deleted
@@ -75,6 +81,7 @@
 mod exec;
 mod http;
 mod patch;
+mod rbac;
 mod selector;
 mod store;
 
@@ -179,9 +186,23 @@ impl Drop for FakeServer {
 }
 
 /// A kubeconfig that points `kubectl` and kube-rs at `url`: one cluster (TLS verification
-/// off, which plain HTTP ignores anyway), one user with a dummy token, one current context with
-/// `namespace` as its default namespace. All three are named `fake`.
+/// off, which plain HTTP ignores anyway), one user with a dummy token (a cluster admin), one
+/// current context with `namespace` as its default namespace. All three are named `fake`.
 pub fn kubeconfig_yaml(url: &str, namespace: &str) -> String {
+    kubeconfig_with_token(url, namespace, "fake-token")
+}
+
+/// As [`kubeconfig_yaml`], for the ServiceAccount `account` in `namespace`: its requests are
+/// allowed only what its Roles allow, as a pod running under that account is.
+pub fn service_account_kubeconfig_yaml(url: &str, namespace: &str, account: &str) -> String {
+    kubeconfig_with_token(
+        url,
+        namespace,
+        &format!("system:serviceaccount:{namespace}:{account}"),
+    )
+}
+
+fn kubeconfig_with_token(url: &str, namespace: &str, token: &str) -> String {
     format!(
         "apiVersion: v1
 kind: Config
@@ -193,7 +214,7 @@ clusters:
 users:
 - name: fake
   user:
-    token: fake-token
+    token: {token:?}
 contexts:
 - name: fake
   context:

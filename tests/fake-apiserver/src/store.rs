@@ -185,6 +185,17 @@ impl ApiError {
         Self::new(403, "Forbidden", message).with_details(name, rt, &rt.plural)
     }
 
+    /// As Kubernetes words an authorization refusal: `why` names the user and what it
+    /// may not do.
+    pub(crate) fn unauthorized(rt: &ResourceType, name: &str, why: &str) -> Self {
+        let message = if name.is_empty() {
+            format!("{} is forbidden: {why}", rt.qualified())
+        } else {
+            format!("{} \"{name}\" is forbidden: {why}", rt.qualified())
+        };
+        Self::new(403, "Forbidden", message).with_details(name, rt, &rt.plural)
+    }
+
     pub(crate) fn invalid(rt: &ResourceType, name: &str, why: &str) -> Self {
         let message = format!("{} \"{name}\" is invalid: {why}", rt.kind);
         Self::new(422, "Invalid", message).with_details(name, rt, &rt.kind)

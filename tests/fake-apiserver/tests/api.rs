@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use coffer_fake_apiserver::{kubeconfig_yaml, FakeServer};
+use coffer_fake_apiserver::{kubeconfig_yaml, service_account_kubeconfig_yaml, FakeServer};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -674,6 +674,130 @@ async fn kubeconfig_helper_works_with_kube() {
         .await
         .expect("create");
     assert_eq!(cm.metadata.namespace.as_deref(), Some("team-a"));
+}
+
+/// A client that authenticates as the ServiceAccount `account` in `ns`.
+async fn service_account_client(server: &FakeServer, ns: &str, account: &str) -> Client {
+    let yaml = service_account_kubeconfig_yaml(&server.url, ns, account);
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&yaml).expect("kubeconfig parses");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("config loads");
+    Client::try_from(config).expect("client builds")
+}
+
+#[tokio::test]
+async fn a_service_account_may_do_only_what_its_roles_allow() {
+    let (server, admin) = setup().await;
+    let ns = "team-a";
+    let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), ns);
+    for name in ["mine", "theirs"] {
+        cms.create(
+            &PostParams::default(),
+            &config_map(name, json!({}), json!({})),
+        )
+        .await
+        .expect("admin creates");
+    }
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), ns);
+    pods.create(&PostParams::default(), &pod("p", "web", "n1"))
+        .await
+        .expect("admin creates");
+    let create = |plural: &str, body: Value| {
+        let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
+            admin.clone(),
+            ns,
+            &kube::api::ApiResource {
+                group: "rbac.authorization.k8s.io".into(),
+                version: "v1".into(),
+                api_version: "rbac.authorization.k8s.io/v1".into(),
+                kind: String::new(),
+                plural: plural.into(),
+            },
+        );
+        async move {
+            api.create(&PostParams::default(), &from_json(body))
+                .await
+                .expect("admin creates RBAC objects");
+        }
+    };
+    create(
+        "roles",
+        json!({"metadata": {"name": "mover"}, "rules": [
+            {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["mine"], "verbs": ["get", "patch"]},
+            {"apiGroups": [""], "resources": ["pods/status"], "verbs": ["patch"]},
+        ]}),
+    )
+    .await;
+    create(
+        "rolebindings",
+        json!({"metadata": {"name": "mover"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "mover"},
+            "subjects": [{"kind": "ServiceAccount", "name": "mover", "namespace": ns}]}),
+    )
+    .await;
+
+    let mover = service_account_client(&server, ns, "mover").await;
+    let as_mover: Api<ConfigMap> = Api::namespaced(mover.clone(), ns);
+    as_mover.get("mine").await.expect("its own object");
+    let patch = Patch::Merge(json!({"data": {"k": "v"}}));
+    as_mover
+        .patch("mine", &PatchParams::default(), &patch)
+        .await
+        .expect("a verb its Role lists");
+    let refused = |r: kube::Result<ConfigMap>| match r {
+        Err(kube::Error::Api(s)) => (s.code, s.message),
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    let (code, message) = refused(as_mover.get("theirs").await);
+    assert_eq!(code, 403);
+    assert_eq!(
+        message,
+        "configmaps \"theirs\" is forbidden: User \"system:serviceaccount:team-a:mover\" \
+         cannot get resource \"configmaps\" in API group \"\" in the namespace \"team-a\""
+    );
+    assert_eq!(
+        refused(
+            as_mover
+                .delete("mine", &DeleteParams::default())
+                .await
+                .map(|_| ConfigMap::default())
+        )
+        .0,
+        403,
+        "a verb its Role does not list"
+    );
+    match as_mover.list(&ListParams::default()).await {
+        Err(kube::Error::Api(s)) => assert_eq!(s.code, 403, "a named rule never allows a list"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let elsewhere: Api<ConfigMap> = Api::namespaced(mover.clone(), "default");
+    assert_eq!(
+        refused(elsewhere.get("mine").await).0,
+        403,
+        "another namespace"
+    );
+
+    // A subresource is its own resource: the status, not the pod.
+    let as_mover: Api<Pod> = Api::namespaced(mover.clone(), ns);
+    let status = Patch::Merge(json!({"status": {"phase": "Running"}}));
+    as_mover
+        .patch_status("p", &PatchParams::default(), &status)
+        .await
+        .expect("pods/status");
+    match as_mover.patch("p", &PatchParams::default(), &status).await {
+        Err(kube::Error::Api(s)) => assert_eq!(s.code, 403, "pods is not pods/status"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // Another account, and the admin, are unaffected by the Role.
+    let other = service_account_client(&server, ns, "other").await;
+    assert_eq!(
+        refused(Api::<ConfigMap>::namespaced(other, ns).get("mine").await).0,
+        403
+    );
+    cms.get("theirs")
+        .await
+        .expect("the admin token is not a service account");
 }
 
 #[test]
