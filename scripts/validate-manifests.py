@@ -62,9 +62,9 @@ EXPECTED_CONTROLLER_RULES = {
     ("groupsnapshot.storage.k8s.io", "volumegroupsnapshotclasses"): {"list"},
     ("", "events"): {"list"},
     ("events.k8s.io", "events"): {"create", "patch"},
-    ("", "serviceaccounts"): {"create"},
-    ("rbac.authorization.k8s.io", "roles"): {"create", "patch"},
-    ("rbac.authorization.k8s.io", "rolebindings"): {"create", "get", "delete"},
+    ("", "serviceaccounts"): {"get", "create", "delete"},
+    ("rbac.authorization.k8s.io", "roles"): {"create", "delete"},
+    ("rbac.authorization.k8s.io", "rolebindings"): {"create", "delete"},
 }
 CONTROLLER_SOURCE = ROOT / "deploy" / "controller.yaml"
 # The capabilities the agent may hold without privileged (each explained in

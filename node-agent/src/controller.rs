@@ -30,7 +30,7 @@
 //! to the run, so a new leader finds where the run stands from the cluster
 //! alone, and a start-up sweep removes what a deleted run left.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,6 +42,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, ObjectList, Patch,
     PatchParams, PostParams,
@@ -62,9 +63,6 @@ use crate::status::{self, Outcome};
 
 /// The finalizer that keeps a run until its objects are cleaned up.
 pub const FINALIZER: &str = "coffer.dev/cleanup";
-/// The mover's ServiceAccount, Role and RoleBinding, in each namespace with
-/// snapshot runs.
-pub const MOVER_ACCOUNT: &str = "coffer-mover";
 
 /// The controller's settings.
 #[derive(Clone, Debug)]
@@ -157,8 +155,6 @@ pub(crate) struct Ctx {
     pub(crate) opts: Options,
     recorder: Recorder,
     pub(crate) metrics: Arc<Metrics>,
-    /// Namespaces whose mover ServiceAccount and Role exist.
-    mover_accounts: Mutex<HashSet<String>>,
     /// The last discovery of the VolumeGroupSnapshot API, and when.
     group_api: Mutex<Option<(std::time::Instant, Option<GroupApi>)>>,
     /// The BackupSchedules' gauges.
@@ -210,7 +206,6 @@ pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) -> anyhow
         recorder,
         schedule_gauges: crate::schedules::Gauges::new(metrics.clone()),
         metrics,
-        mover_accounts: Mutex::new(HashSet::new()),
         group_api: Mutex::new(None),
     });
     sweep(&ctx).await;
@@ -660,7 +655,6 @@ async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Result<Action,
             ctx.fail(vb, e.to_string()).await?;
             return Ok(Action::await_change());
         };
-        ensure_mover_account(ctx, &ns).await?;
         let origin = origin_of(ctx, &spec_source).await;
         let args = mover_args(ctx, vb, &repo, &pvc_name, block, &origin);
         let labels = run_labels(vb);
@@ -677,7 +671,7 @@ async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Result<Action,
             owner: Some(&owner),
             ..ctx.mover(&child, &ns, &repo)
         });
-        create(&pods, &p, &format!("pod {ns}/{child}")).await?;
+        create_mover(ctx, &p, &StatusOf::of(vb)).await?;
         status::update::<VolumeBackup>(&ctx.client, &ns, &vb.name_any(), |s| {
             s.stage = Some("Moving".into())
         })
@@ -1545,72 +1539,129 @@ fn mover_args(
     a
 }
 
-/// The mover's ServiceAccount in `ns`, whose Role may only read and patch
-/// the status of runs in that namespace.
-pub(crate) async fn ensure_mover_account(ctx: &Ctx, ns: &str) -> Result<(), Error> {
-    if ctx
-        .mover_accounts
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .contains(ns)
-    {
-        return Ok(());
+/// The one object whose status a mover writes (its run, schedule or
+/// repository): the mover's account may read and patch that status, and
+/// nothing else.
+pub(crate) struct StatusOf {
+    plural: String,
+    namespace: String,
+    name: String,
+    owner: Option<OwnerReference>,
+}
+
+impl StatusOf {
+    pub(crate) fn of<K: Resource<DynamicType = ()>>(obj: &K) -> StatusOf {
+        StatusOf {
+            plural: K::plural(&()).into_owned(),
+            namespace: obj.namespace().unwrap_or_default(),
+            name: obj.name_any(),
+            owner: obj.controller_owner_ref(&()),
+        }
     }
-    let labels = json!({MANAGED_BY: MANAGER});
+}
+
+/// Creates a mover pod, after its own ServiceAccount (named as the pod, in
+/// the pod's namespace) and a Role and RoleBinding (in `writes`' namespace)
+/// that let that account read and patch `writes`' status and nothing else:
+/// a mover cannot touch another run, even in its own namespace. The three
+/// carry the pod's labels and, where they share its namespace, are owned by
+/// the object written to, so that they go with it; [`delete_mover`] deletes
+/// them once the pod is gone.
+pub(crate) async fn create_mover(ctx: &Ctx, pod: &Pod, writes: &StatusOf) -> Result<(), Error> {
+    let ns = pod.namespace().unwrap_or_default();
+    let name = pod.name_any();
+    let tns = writes.namespace.as_str();
+    let owners = |in_ns: &str| -> Vec<&OwnerReference> {
+        writes.owner.iter().filter(|_| in_ns == tns).collect()
+    };
+    let meta = |in_ns: &str| json!({"name": name, "namespace": in_ns, "labels": pod.labels(), "ownerReferences": owners(in_ns)});
     let sa: ServiceAccount = serde_json::from_value(json!({
-        "metadata": {"name": MOVER_ACCOUNT, "namespace": ns, "labels": labels},
+        "metadata": meta(&ns),
         "automountServiceAccountToken": true,
     }))
     .unwrap_or_default();
     let role: Role = serde_json::from_value(json!({
-        "metadata": {"name": MOVER_ACCOUNT, "namespace": ns, "labels": labels},
+        "metadata": meta(tns),
         "rules": [{
             "apiGroups": ["coffer.dev"],
-            "resources": [
-                "volumebackups/status",
-                "volumerestores/status",
-                "backupschedules/status",
-                "backuprepositories/status",
-            ],
+            "resources": [format!("{}/status", writes.plural)],
+            "resourceNames": [writes.name],
             "verbs": ["get", "patch"],
         }],
     }))
     .unwrap_or_default();
     let binding: RoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": MOVER_ACCOUNT, "namespace": ns, "labels": labels},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": MOVER_ACCOUNT},
-        "subjects": [{"kind": "ServiceAccount", "name": MOVER_ACCOUNT, "namespace": ns}],
+        "metadata": meta(tns),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}],
     }))
     .unwrap_or_default();
     create(
-        &Api::namespaced(ctx.client.clone(), ns),
+        &Api::namespaced(ctx.client.clone(), &ns),
         &sa,
-        &format!("ServiceAccount {ns}/{MOVER_ACCOUNT}"),
+        &format!("ServiceAccount {ns}/{name}"),
     )
     .await?;
-    let roles: Api<Role> = Api::namespaced(ctx.client.clone(), ns);
-    let what = format!("Role {ns}/{MOVER_ACCOUNT}");
-    create(&roles, &role, &what).await?;
-    // A Role an older controller made gets today's rules.
-    roles
-        .patch(
-            MOVER_ACCOUNT,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"rules": role.rules})),
-        )
-        .await
-        .map_err(kube_err(format!("updating {what}")))?;
     create(
-        &Api::namespaced(ctx.client.clone(), ns),
-        &binding,
-        &format!("RoleBinding {ns}/{MOVER_ACCOUNT}"),
+        &Api::namespaced(ctx.client.clone(), tns),
+        &role,
+        &format!("Role {tns}/{name}"),
     )
     .await?;
-    ctx.mover_accounts
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(ns.to_string());
-    Ok(())
+    create(
+        &Api::namespaced(ctx.client.clone(), tns),
+        &binding,
+        &format!("RoleBinding {tns}/{name}"),
+    )
+    .await?;
+    create(
+        &Api::namespaced(ctx.client.clone(), &ns),
+        pod,
+        &format!("pod {ns}/{name}"),
+    )
+    .await
+}
+
+/// Deletes the mover pod `ns/name` and, once it is gone, its account (made
+/// by [`create_mover`] for a status in `writes_ns`). Returns true while the
+/// pod is still there.
+pub(crate) async fn delete_mover(
+    ctx: &Ctx,
+    ns: &str,
+    name: &str,
+    writes_ns: &str,
+) -> Result<bool, Error> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    if delete_pod(&pods, name, &format!("pod {ns}/{name}")).await? {
+        return Ok(true);
+    }
+    delete_account(ctx, ns, name, writes_ns).await?;
+    Ok(false)
+}
+
+/// Deletes a mover's ServiceAccount, Role and RoleBinding; the account goes
+/// last, so that one still there means the rest may be too.
+pub(crate) async fn delete_account(
+    ctx: &Ctx,
+    ns: &str,
+    name: &str,
+    writes_ns: &str,
+) -> Result<(), Error> {
+    let accounts: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), ns);
+    let what = format!("ServiceAccount {ns}/{name}");
+    if accounts
+        .get_opt(name)
+        .await
+        .map_err(kube_err(format!("reading {what}")))?
+        .is_none()
+    {
+        return Ok(());
+    }
+    let bindings: Api<RoleBinding> = Api::namespaced(ctx.client.clone(), writes_ns);
+    delete(&bindings, name, &format!("RoleBinding {writes_ns}/{name}")).await?;
+    let roles: Api<Role> = Api::namespaced(ctx.client.clone(), writes_ns);
+    delete(&roles, name, &format!("Role {writes_ns}/{name}")).await?;
+    delete(&accounts, name, &what).await
 }
 
 /// Creates `obj`; one that exists already is fine (a step done before a
@@ -1650,8 +1701,7 @@ fn refused_for_good(e: &kube::core::Status) -> bool {
 async fn cleanup(ctx: &Ctx, vb: &VolumeBackup) -> Result<bool, Error> {
     let ns = vb.namespace().unwrap_or_default();
     let child = child_name(vb);
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    if delete_pod(&pods, &child, &format!("pod {ns}/{child}")).await? {
+    if delete_mover(ctx, &ns, &child, &ns).await? {
         return Ok(false);
     }
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
@@ -2179,7 +2229,6 @@ impl Ctx {
             name,
             namespace: ns,
             image: &self.opts.mover_image,
-            service_account: MOVER_ACCOUNT,
             volume: None,
             args: Vec::new(),
             password: &repo.spec.password_secret_ref,

@@ -28,7 +28,8 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use crate::controller::{
-    create, delete_pod, kube_err, mover_command, mover_state, Ctx, Error, MoverState,
+    create_mover, delete_mover, kube_err, mover_command, mover_state, Ctx, Error, MoverState,
+    StatusOf,
 };
 use crate::crd::{
     BackupRepository, BackupRepositoryStatus, CheckResult, JobTimes, Maintenance, PruneResult,
@@ -284,10 +285,7 @@ async fn follow(
             memory,
             ..ctx.mover(&pod_name, &ns, repo)
         });
-        let made = match crate::controller::ensure_mover_account(ctx, &ns).await {
-            Ok(()) => create(&pods, &p, &format!("pod {ns}/{pod_name}")).await,
-            Err(e) => Err(e),
-        };
+        let made = create_mover(ctx, &p, &StatusOf::of(repo)).await;
         if let Err(Error::Refused(why) | Error::Quota(why)) = made {
             // No pod will report it: tell now.
             job.fail(st, at, why);
@@ -348,7 +346,7 @@ async fn record(
         return Ok(());
     }
     announce(ctx, repo, job, st).await;
-    delete_pod(&pods, &pod_name, &format!("pod {ns}/{pod_name}")).await?;
+    delete_mover(ctx, &ns, &pod_name, &ns).await?;
     Ok(())
 }
 

@@ -26,17 +26,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
-use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 
 use crate::controller::{
-    add_finalizer, create, delete, delete_pod, delete_present, ensure_mover_account, finish,
-    kube_err, mover_command, not_started, quota_wait, Ctx, Error, FINALIZER, MOVER_ACCOUNT,
+    add_finalizer, create_mover, delete, delete_account, delete_mover, finish, kube_err,
+    mover_command, not_started, quota_wait, Ctx, Error, StatusOf, FINALIZER,
 };
 use crate::crd::{BackupRepository, Phase, RestoreTarget, RunStatus, VolumeRestore};
 use crate::node::{label_value, object_name};
@@ -73,12 +71,6 @@ fn resolver_name(vr: &VolumeRestore) -> String {
 }
 
 fn restorer_name(vr: &VolumeRestore) -> String {
-    object_name(&["coffer-restore", &vr.name_any()])
-}
-
-/// The RoleBinding that lets a mover in another namespace write this run's
-/// status; it lasts as long as the run.
-fn binding_name(vr: &VolumeRestore) -> String {
     object_name(&["coffer-restore", &vr.name_any()])
 }
 
@@ -244,7 +236,7 @@ async fn advance(
     };
 
     // 3. The PVC.
-    delete_pod(&pods, &resolver, &format!("pod {tns}/{resolver}")).await?;
+    delete_mover(ctx, &tns, &resolver, &ns).await?;
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &tns);
     let existing = pvcs
         .get_opt(&target.pvc)
@@ -365,29 +357,6 @@ async fn start_mover(
     volume: Option<MoverVolume<'_>>,
     args: Vec<String>,
 ) -> Result<(), Error> {
-    ensure_mover_account(ctx, tns).await?;
-    let ns = vr.namespace().unwrap_or_default();
-    if tns != ns {
-        // The mover runs in the target namespace and writes the status of a
-        // run in this one, for as long as the run lasts (deleted at its
-        // cleanup, or with it).
-        ensure_mover_account(ctx, &ns).await?;
-        let name = binding_name(vr);
-        let binding: RoleBinding = serde_json::from_value(json!({
-            "metadata": {"name": name, "namespace": ns,
-                "labels": {crate::controller::MANAGED_BY: crate::controller::MANAGER},
-                "ownerReferences": vr.controller_owner_ref(&()).into_iter().collect::<Vec<_>>()},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": MOVER_ACCOUNT},
-            "subjects": [{"kind": "ServiceAccount", "name": MOVER_ACCOUNT, "namespace": tns}],
-        }))
-        .unwrap_or_default();
-        create(
-            &Api::namespaced(ctx.client.clone(), &ns),
-            &binding,
-            &format!("RoleBinding {ns}/{name}"),
-        )
-        .await?;
-    }
     let labels = pod_labels(vr);
     let mut p = snapshot::mover_pod(&snapshot::Mover {
         volume,
@@ -396,12 +365,9 @@ async fn start_mover(
         ..ctx.mover(name, tns, repo)
     });
     p.metadata.annotations = Some(BTreeMap::from([(RUN_ANNOTATION.to_string(), run_key(vr))]));
-    create(
-        &Api::namespaced(ctx.client.clone(), tns),
-        &p,
-        &format!("pod {tns}/{name}"),
-    )
-    .await
+    // In another namespace, the run's status is written across namespaces:
+    // the Role and its binding are in the run's, the account in the pod's.
+    create_mover(ctx, &p, &StatusOf::of(vr)).await
 }
 
 /// A running mover: fail fast on a pod that cannot finish, and on one that
@@ -459,18 +425,14 @@ async fn cleanup(
     st: &RunStatus,
 ) -> Result<bool, Error> {
     let tns = target_ns(vr, target);
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &tns);
+    let ns = vr.namespace().unwrap_or_default();
     let mut left = false;
     for name in [resolver_name(vr), restorer_name(vr)] {
-        left |= delete_pod(&pods, &name, &format!("pod {tns}/{name}")).await?;
+        left |= delete_mover(ctx, &tns, &name, &ns).await?;
     }
     if left {
         return Ok(false);
     }
-    let ns = vr.namespace().unwrap_or_default();
-    let binding = binding_name(vr);
-    let bindings: Api<RoleBinding> = Api::namespaced(ctx.client.clone(), &ns);
-    delete_present(&bindings, &binding, &format!("RoleBinding {ns}/{binding}")).await?;
     let keep = matches!(st.phase, Phase::Completed | Phase::PartiallyFailed);
     if !keep && !target.pvc.is_empty() {
         let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &tns);
@@ -511,10 +473,13 @@ pub(crate) async fn sweep(ctx: &Ctx) {
             Ok(None)
         );
         if gone {
+            // The Role and its binding went with the run (owned by it); the
+            // account in another namespace cannot be.
             let pns = pod.namespace().unwrap_or_default();
             let api = Api::<Pod>::namespaced(ctx.client.clone(), &pns);
             let what = format!("leftover mover pod {pns}/{}", pod.name_any());
             let _ = delete(&api, &pod.name_any(), &what).await;
+            let _ = delete_account(ctx, &pns, &pod.name_any(), &ns).await;
         }
     }
 }

@@ -28,7 +28,8 @@ use serde_json::json;
 
 use crate::annotations::BACKUP_NOW;
 use crate::controller::{
-    create, delete_pod, kube_err, made_by_us, mover_command, Ctx, Error, MoverState,
+    create, create_mover, delete_mover, kube_err, made_by_us, mover_command, Ctx, Error,
+    MoverState, StatusOf,
 };
 use crate::crd::{
     BackupMethod, BackupRepository, BackupSchedule, BackupScheduleStatus, ConcurrencyPolicy,
@@ -334,9 +335,7 @@ pub(crate) async fn reconcile(bs: Arc<BackupSchedule>, ctx: Arc<Ctx>) -> Result<
     }
     // A finished retention pod goes.
     if st.last_retention.as_ref().map(|r| &r.after) == last_tick.as_ref() {
-        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-        let pod = retention_pod_name(&bs);
-        delete_pod(&pods, &pod, &format!("pod {ns}/{pod}")).await?;
+        delete_mover(&ctx, &ns, &retention_pod_name(&bs), &ns).await?;
     }
 
     let created = created_at(bs.as_ref(), now);
@@ -849,10 +848,7 @@ async fn retention(
             owner: Some(&owner),
             ..ctx.mover(&pod_name, &ns, &repo)
         });
-        let made = match crate::controller::ensure_mover_account(ctx, &ns).await {
-            Ok(()) => create(&pods, &p, &format!("pod {ns}/{pod_name}")).await,
-            Err(e) => Err(e),
-        };
+        let made = create_mover(ctx, &p, &StatusOf::of(bs)).await;
         if let Err(Error::Refused(why) | Error::Quota(why)) = made {
             st.last_retention = Some(failed(why));
             return Ok(None);

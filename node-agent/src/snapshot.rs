@@ -389,8 +389,6 @@ pub struct Mover<'a> {
     pub namespace: &'a str,
     /// The image holding `coffer-agent`.
     pub image: &'a str,
-    /// The mover's ServiceAccount (may patch run statuses only).
-    pub service_account: &'a str,
     /// The volume it reads or writes (none for a mover that only looks
     /// into the repository).
     pub volume: Option<MoverVolume<'a>>,
@@ -484,7 +482,8 @@ pub fn mover_pod(m: &Mover) -> Pod {
         },
         "spec": {
             "restartPolicy": "Never",
-            "serviceAccountName": m.service_account,
+            // Its own account ([`crate::controller::create_mover`]).
+            "serviceAccountName": m.name,
             "containers": [{
                 "name": "mover",
                 "image": m.image,
@@ -836,7 +835,6 @@ mod tests {
                 name: "coffer-run",
                 namespace: "team-a",
                 image: "coffer",
-                service_account: "coffer-mover",
                 volume: None,
                 args: Vec::new(),
                 password: &password,

@@ -15,7 +15,8 @@ use std::time::Duration;
 use coffer_fake_apiserver::FakeServer;
 use coffer_node_agent::crd::{BackupRepository, Phase, VolumeBackup, VolumeRestore};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -97,6 +98,38 @@ impl Env {
         .unwrap();
         self.namespaces.push(name.clone());
         name
+    }
+
+    /// A client acting as the ServiceAccount `ns/account`, allowed only what
+    /// its Roles allow (the fake API server only).
+    pub async fn client_as(&self, ns: &str, account: &str) -> Client {
+        let url = &self.server.as_ref().expect("a fake API server").url;
+        let yaml = coffer_fake_apiserver::service_account_kubeconfig_yaml(url, ns, account);
+        let kc = Kubeconfig::from_yaml(&yaml).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .unwrap();
+        Client::try_from(config).unwrap()
+    }
+
+    /// Asserts that the mover `name`'s account is gone: its ServiceAccount
+    /// in `ns`, its Role and RoleBinding in `writes_ns`.
+    pub async fn assert_no_mover_account(&self, ns: &str, writes_ns: &str, name: &str) {
+        let sa = Api::<ServiceAccount>::namespaced(self.client.clone(), ns);
+        let roles = Api::<Role>::namespaced(self.client.clone(), writes_ns);
+        let bindings = Api::<RoleBinding>::namespaced(self.client.clone(), writes_ns);
+        assert!(
+            sa.get_opt(name).await.unwrap().is_none(),
+            "ServiceAccount {ns}/{name} is left"
+        );
+        assert!(
+            roles.get_opt(name).await.unwrap().is_none(),
+            "Role {writes_ns}/{name} is left"
+        );
+        assert!(
+            bindings.get_opt(name).await.unwrap().is_none(),
+            "RoleBinding {writes_ns}/{name} is left"
+        );
     }
 
     /// A password Secret and a BackupRepository named `name` at a local path

@@ -95,8 +95,8 @@ async fn a_restore_makes_a_new_pvc_in_another_namespace_with_a_mapped_storage_cl
     env.repository_at(&copy, "default", &repo, "repo-password")
         .await;
 
-    // The cross-namespace RoleBindings of the source namespace, as they
-    // come and go (its own mover account's binding is not one).
+    // The RoleBindings of the source namespace, as they come and go: each
+    // mover's, for its account in the target namespace.
     let bindings = {
         use futures::StreamExt;
         let api = Api::<RoleBinding>::namespaced(env.client.clone(), &src);
@@ -106,9 +106,7 @@ async fn a_restore_makes_a_new_pvc_in_another_namespace_with_a_mapped_storage_cl
             while let Some(Ok(ev)) = events.next().await {
                 match ev {
                     kube::runtime::watcher::Event::Apply(b)
-                    | kube::runtime::watcher::Event::InitApply(b)
-                        if b.name_any() != "coffer-mover" =>
-                    {
+                    | kube::runtime::watcher::Event::InitApply(b) => {
                         let subject = b.subjects.unwrap_or_default()[0].namespace.clone();
                         seen.push(format!(
                             "made {} for {}",
@@ -117,8 +115,11 @@ async fn a_restore_makes_a_new_pvc_in_another_namespace_with_a_mapped_storage_cl
                         ));
                     }
                     kube::runtime::watcher::Event::Delete(b) => {
-                        seen.push(format!("deleted {}", b.metadata.name.unwrap()));
-                        return seen;
+                        let name = b.metadata.name.unwrap();
+                        seen.push(format!("deleted {name}"));
+                        if name == "coffer-restore-back" {
+                            return seen;
+                        }
                     }
                     _ => {}
                 }
@@ -178,15 +179,19 @@ async fn a_restore_makes_a_new_pvc_in_another_namespace_with_a_mapped_storage_cl
     assert!(!deleted
         .iter()
         .any(|d| d.starts_with("PersistentVolumeClaim/") && d.ends_with("/data-copy")));
-    // That grant lasted as long as the run.
+    // Each mover's grant, for its account in the target namespace, was made
+    // once and deleted once, after it was made.
     let seen = tokio::time::timeout(WAIT, bindings).await.unwrap().unwrap();
-    assert_eq!(
-        seen,
-        [
-            format!("made coffer-restore-back for {copy}"),
-            "deleted coffer-restore-back".to_string()
-        ]
-    );
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    for mover in ["coffer-resolve-back", "coffer-restore-back"] {
+        let at = |e: String| seen.iter().position(|s| *s == e);
+        let made = at(format!("made {mover} for {copy}"));
+        let deleted = at(format!("deleted {mover}"));
+        assert!(made.is_some() && deleted > made, "{seen:?}");
+    }
+    for mover in ["coffer-resolve-back", "coffer-restore-back"] {
+        env.assert_no_mover_account(&copy, &src, mover).await;
+    }
 
     // The same target again: refused, and the existing PVC is left alone.
     volume_restore(

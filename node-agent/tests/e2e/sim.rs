@@ -9,7 +9,9 @@
 //! - the **scheduler and kubelet** of mover pods: the pod's container runs
 //!   as a local `coffer-agent` process with the pod's arguments and
 //!   environment (Secrets resolved), each claim's data as its mount; its exit
-//!   becomes the pod's phase and termination message. A deleted pod's
+//!   becomes the pod's phase and termination message. It talks to the API
+//!   server as the pod's ServiceAccount, allowed only what that account's
+//!   Roles allow. A deleted pod's
 //!   process is killed. Or the pod stays Pending as Unschedulable, or with a
 //!   `FailedMount` Event when a hostPath of type `Directory` is missing.
 //!
@@ -170,7 +172,12 @@ impl Sim {
             loops: Arc::default(),
         };
         let data = env.dir.path().join("csi");
-        let kubeconfig = env.kubeconfig.clone();
+        let url = env
+            .server
+            .as_ref()
+            .expect("the sim plays a fake cluster")
+            .url
+            .clone();
         sim.tasks.push(tokio::spawn(snapshotter(
             client.clone(),
             data.clone(),
@@ -189,7 +196,7 @@ impl Sim {
         )));
         sim.tasks.push(tokio::spawn(kubelet(
             client,
-            kubeconfig,
+            url,
             env.dir.path().join("movers"),
             sim.behaviour.clone(),
             sim.deletions.clone(),
@@ -695,7 +702,7 @@ async fn unschedulable(pods: &Api<Pod>, name: &str, why: &str) {
 /// The scheduler and kubelet of mover pods.
 async fn kubelet(
     client: Client,
-    kubeconfig: PathBuf,
+    url: String,
     logs: PathBuf,
     behaviour: Arc<Mutex<Behaviour>>,
     deletions: Arc<Mutex<Vec<(u64, String)>>>,
@@ -849,6 +856,15 @@ async fn kubelet(
             };
             env.insert(e.name.clone(), value);
         }
+        // The pod's own ServiceAccount, which the fake API server allows
+        // only what its Roles allow.
+        let account = spec.service_account_name.as_deref().unwrap_or("default");
+        let kubeconfig = logs.join(format!("{ns}-{name}.kubeconfig"));
+        std::fs::write(
+            &kubeconfig,
+            coffer_fake_apiserver::service_account_kubeconfig_yaml(&url, &ns, account),
+        )
+        .unwrap();
         let log = logs.join(format!("{ns}-{name}.log"));
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_coffer-agent"))
             .args(&args)

@@ -221,6 +221,53 @@ async fn runs_canceled_or_deleted_while_their_mover_runs_are_cleaned_up_in_order
     let api: Api<VolumeBackup> = Api::namespaced(env.client.clone(), &ns);
 
     moving("canceled").await;
+    // The mover's own account may read and patch its run's status, and
+    // nothing else: not another run's, not its run's spec, not the
+    // repository's status, not the Secrets of its namespace.
+    let mover = env.client_as(&ns, "coffer-canceled").await;
+    let runs: Api<VolumeBackup> = Api::namespaced(mover.clone(), &ns);
+    let nothing = Patch::Merge(json!({"status": {}}));
+    let pp = PatchParams::default();
+    runs.get_status("canceled").await.expect("its run's status");
+    runs.patch_status("canceled", &pp, &nothing)
+        .await
+        .expect("its run's status");
+    let refusals = [
+        (
+            "another run's status",
+            runs.patch_status("other", &pp, &nothing).await.map(drop),
+        ),
+        (
+            "its run's spec",
+            runs.patch(
+                "canceled",
+                &pp,
+                &Patch::Merge(json!({"spec": {"cancel": true}})),
+            )
+            .await
+            .map(drop),
+        ),
+        (
+            "the repository's status",
+            Api::<coffer_node_agent::crd::BackupRepository>::namespaced(mover.clone(), &ns)
+                .patch_status("default", &pp, &nothing)
+                .await
+                .map(drop),
+        ),
+        (
+            "the namespace's Secrets",
+            Api::<k8s_openapi::api::core::v1::Secret>::namespaced(mover.clone(), &ns)
+                .list(&Default::default())
+                .await
+                .map(drop),
+        ),
+    ];
+    for (what, r) in refusals {
+        match r {
+            Err(kube::Error::Api(e)) => assert_eq!(e.code, 403, "{what}: {e:?}"),
+            other => panic!("the mover's account reached {what}: {other:?}"),
+        }
+    }
     api.patch(
         "canceled",
         &PatchParams::default(),
@@ -232,6 +279,8 @@ async fn runs_canceled_or_deleted_while_their_mover_runs_are_cleaned_up_in_order
     assert_eq!(vb.status.as_ref().unwrap().phase, Phase::Canceled);
     let pv = clone_pv(&sim).await.expect("the clone's PV was deleted");
     assert_deletions(&sim, cleanup_order(&ns, "canceled", Some(&pv), true)).await;
+    env.assert_no_mover_account(&ns, &ns, "coffer-canceled")
+        .await;
 
     sim.deletions.lock().unwrap().clear();
     moving("deleted").await;
