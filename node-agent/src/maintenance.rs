@@ -28,8 +28,8 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use crate::controller::{
-    create_mover, delete_mover, kube_err, mover_command, mover_state, Ctx, Error, MoverState,
-    StatusOf,
+    create_mover, delete_account, delete_mover, kube_err, mover_command, mover_state, Ctx, Error,
+    MoverState, StatusOf,
 };
 use crate::crd::{
     BackupRepository, BackupRepositoryStatus, CheckResult, JobTimes, Maintenance, PruneResult,
@@ -326,7 +326,7 @@ async fn follow(
 
 /// A job's result is in the status and its pod is still there: tell
 /// (Event, metrics), then delete the pod. Runs once per result, as the pod
-/// goes.
+/// goes; a later pass, once the pod is gone, deletes its account.
 async fn record(
     ctx: &Ctx,
     repo: &BackupRepository,
@@ -343,7 +343,7 @@ async fn record(
         .map_err(kube_err(format!("reading pod {ns}/{pod_name}")))?
         .is_some();
     if !present {
-        return Ok(());
+        return delete_account(ctx, &ns, &pod_name, &ns).await;
     }
     announce(ctx, repo, job, st).await;
     delete_mover(ctx, &ns, &pod_name, &ns).await?;

@@ -309,6 +309,27 @@ impl Env {
         }
     }
 
+    /// Waits until `name` does not exist.
+    pub async fn wait_gone<K>(&self, ns: &str, name: &str)
+    where
+        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug
+            + Send
+            + 'static,
+    {
+        let api: Api<K> = Api::namespaced(self.client.clone(), ns);
+        let gone = |o: Option<&K>| o.is_none();
+        let waited =
+            tokio::time::timeout(WAIT, kube::runtime::wait::await_condition(api, name, gone)).await;
+        assert!(
+            matches!(waited, Ok(Ok(_))),
+            "{} {ns}/{name} is still there: {waited:?}",
+            K::kind(&())
+        );
+    }
+
     /// Waits until the VolumeBackups of pod `pod` satisfy `cond`; returns them.
     pub async fn wait_backups(
         &self,

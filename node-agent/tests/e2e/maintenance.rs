@@ -6,6 +6,7 @@
 use coffer_engine::forget::{self, Filter, GroupBy, OriginFilter, Policy};
 use coffer_node_agent::crd::{BackupRepository, BackupRepositoryStatus, Phase};
 use coffer_node_agent::maintenance::{CHECK_NOW, PRUNE_NOW};
+use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
@@ -221,6 +222,13 @@ async fn prune_runs_beside_a_backup_and_a_check_reads_every_part_then_finds_a_fl
     assert_eq!(line("check", "failed").as_deref(), Some("1"), "{metrics}");
     assert_eq!(line("check", "ok").as_deref(), Some("2"), "{metrics}");
     assert_eq!(line("prune", "ok").as_deref(), Some("1"), "{metrics}");
+
+    // Each job's pod went once its result was in, and then its account.
+    for job in ["prune", "check"] {
+        let mover = format!("coffer-{job}-default");
+        env.wait_gone::<ServiceAccount>(&ns, &mover).await;
+        env.assert_no_mover_account(&ns, &ns, &mover).await;
+    }
 }
 
 fn largest_file(dir: &std::path::Path) -> std::path::PathBuf {

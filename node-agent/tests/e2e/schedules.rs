@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 
 use coffer_node_agent::crd::{BackupSchedule, Phase, VolumeBackup};
 use coffer_node_agent::schedules::{SCHEDULED_AT, SCHEDULE_LABEL};
+use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::ResourceExt;
 use serde_json::json;
@@ -125,6 +126,11 @@ async fn retention_keeps_exactly_the_newest_snapshots_of_each_origin_and_nothing
     assert_eq!(cond("Scheduled"), "True");
     assert_eq!(cond("LastRunSucceeded"), "True");
     assert_eq!(cond("RetentionApplied"), "True");
+    // The retention pod went once its result was in, and then its account.
+    env.wait_gone::<ServiceAccount>(&ns, "coffer-forget-db")
+        .await;
+    env.assert_no_mover_account(&ns, &ns, "coffer-forget-db")
+        .await;
 
     // The same, as gauges to alert on.
     let (_, metrics) = get_when_up(c.metrics, "/metrics").await;
