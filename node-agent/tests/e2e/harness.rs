@@ -33,6 +33,27 @@ pub const WAIT: Duration = Duration::from_secs(240);
 /// The password every test repository uses (each in its own namespace).
 pub const PASSWORD: &str = "correct horse battery staple";
 
+/// A namespaced object a test can wait for.
+pub trait Watchable:
+    kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + 'static
+{
+}
+
+impl<K> Watchable for K where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static
+{
+}
+
 /// One test's world.
 pub struct Env {
     pub server: Option<FakeServer>,
@@ -272,21 +293,13 @@ impl Env {
     }
 
     /// Waits until `name` satisfies `cond`; returns it.
-    pub async fn wait_for<K>(
+    pub async fn wait_for<K: Watchable>(
         &self,
         ns: &str,
         name: &str,
         what: &str,
         cond: impl Fn(&K) -> bool,
-    ) -> K
-    where
-        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-            + Clone
-            + serde::de::DeserializeOwned
-            + std::fmt::Debug
-            + Send
-            + 'static,
-    {
+    ) -> K {
         let api: Api<K> = Api::namespaced(self.client.clone(), ns);
         let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
         let mut stream = watcher::watcher(api, cfg).boxed();
@@ -310,15 +323,7 @@ impl Env {
     }
 
     /// Waits until `name` does not exist.
-    pub async fn wait_gone<K>(&self, ns: &str, name: &str)
-    where
-        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-            + Clone
-            + serde::de::DeserializeOwned
-            + std::fmt::Debug
-            + Send
-            + 'static,
-    {
+    pub async fn wait_gone<K: Watchable>(&self, ns: &str, name: &str) {
         let api: Api<K> = Api::namespaced(self.client.clone(), ns);
         let gone = |o: Option<&K>| o.is_none();
         let waited =
