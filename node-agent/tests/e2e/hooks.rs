@@ -646,3 +646,79 @@ async fn workload_group(group_snapshots: bool) {
     assert!(snapshots.is_empty(), "{snapshots:?}");
     unlabelled().await;
 }
+
+/// A group whose pods have pre-hooks and no post-hooks: nothing is frozen
+/// that a post-hook would thaw, so no run of the group waits for another's
+/// move. The movers are held (never finish): a run that waited for the
+/// other's would never get its mover, so both running at once is the proof.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_with_only_pre_hooks_moves_its_runs_at_once() {
+    use crate::sim;
+    use crate::snapshots::{fake_cluster, snapshot_backup};
+    use k8s_openapi::api::core::v1::Pod;
+    let Some((mut env, sim)) = fake_cluster().await else {
+        return;
+    };
+    let ns = env.namespace("prehooks").await;
+    env.repository(&ns, "default", PASSWORD).await;
+    let log = env.dir.path().join("pre-hooks.log");
+    for i in 0..2 {
+        let dir = env.dir.path().join(format!("csi/source/db-{i}"));
+        fill(&dir, 70 + i, 3);
+        let pvc = format!("data-db-{i}");
+        sim::csi_pvc(&env, &ns, &pvc, "Filesystem", &dir, json!({})).await;
+        let pod = format!("db-{i}");
+        let pre = sh(&format!("echo pre-{pod} >> {}", log.display()));
+        env.pod(
+            &ns,
+            &pod,
+            "node-1",
+            json!({
+                "containers": [{"name": "db", "image": "postgres"}],
+                "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": pvc}}]
+            }),
+            &[("pre.hook.backup.coffer.dev/command", &pre)],
+        )
+        .await;
+        crate::set_running(&env, &ns, &pod).await;
+    }
+    sim.behaviour.lock().unwrap().hold_movers = true;
+    let _c = Controller::start(&env, "a", &[]);
+    for i in 0..2 {
+        snapshot_backup(
+            &env,
+            &ns,
+            &format!("db-{i}"),
+            json!({"pvc": format!("data-db-{i}"), "group": {"name": "db", "size": 2}}),
+        )
+        .await;
+    }
+    for i in 0..2 {
+        env.wait_for::<Pod>(&ns, &format!("coffer-db-{i}"), "running", |p| {
+            p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+        })
+        .await;
+        let b = env
+            .wait_for::<VolumeBackup>(&ns, &format!("db-{i}"), "moving", |b| {
+                b.status.as_ref().and_then(|s| s.stage.as_deref()) == Some("Moving")
+            })
+            .await;
+        let hooks: Vec<String> = b
+            .status
+            .unwrap()
+            .hooks
+            .iter()
+            .map(|h| h.stage.clone())
+            .collect();
+        assert_eq!(
+            hooks,
+            ["pre", "pre"],
+            "both runs record the group's pre-hooks"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "pre-db-0\npre-db-1\n",
+        "each pre-hook ran once, for the group"
+    );
+}
