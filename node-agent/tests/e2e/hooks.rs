@@ -393,6 +393,21 @@ async fn where_the_cluster_serves_volume_group_snapshots_a_workload_gets_one() {
     workload_group(true).await
 }
 
+/// A database pod on node-1 that mounts PVC `pvc`, with `annotations`.
+async fn db_pod(env: &Env, ns: &str, pod: &str, pvc: &str, annotations: &[(&str, &str)]) {
+    env.pod(
+        ns,
+        pod,
+        "node-1",
+        json!({
+            "containers": [{"name": "db", "image": "postgres"}],
+            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": pvc}}]
+        }),
+        annotations,
+    )
+    .await;
+}
+
 /// A BackupSchedule over a two-PVC StatefulSet and a lone PVC, with hooks;
 /// the cluster serves VolumeGroupSnapshots or not.
 async fn workload_group(group_snapshots: bool) {
@@ -443,14 +458,11 @@ async fn workload_group(group_snapshots: bool) {
             log.display(),
             marks.join(" ")
         ));
-        env.pod(
+        db_pod(
+            &env,
             &ns,
             &pod,
-            "node-1",
-            json!({
-                "containers": [{"name": "db", "image": "postgres"}],
-                "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": format!("data-{pod}")}}]
-            }),
+            &format!("data-{pod}"),
             &[
                 ("pre.hook.backup.coffer.dev/command", &pre),
                 ("post.hook.backup.coffer.dev/command", &post),
@@ -669,14 +681,11 @@ async fn a_group_with_only_pre_hooks_moves_its_runs_at_once() {
         sim::csi_pvc(&env, &ns, &pvc, "Filesystem", &dir, json!({})).await;
         let pod = format!("db-{i}");
         let pre = sh(&format!("echo pre-{pod} >> {}", log.display()));
-        env.pod(
+        db_pod(
+            &env,
             &ns,
             &pod,
-            "node-1",
-            json!({
-                "containers": [{"name": "db", "image": "postgres"}],
-                "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": pvc}}]
-            }),
+            &pvc,
             &[("pre.hook.backup.coffer.dev/command", &pre)],
         )
         .await;
