@@ -246,6 +246,28 @@ struct MoverForgetArgs {
     keep_tag: Vec<String>,
 }
 
+impl MoverForgetArgs {
+    /// The engine's policy from the `--keep-*` flags.
+    fn policy(&self) -> anyhow::Result<coffer_engine::forget::Policy> {
+        let within = self
+            .keep_within
+            .as_deref()
+            .map(coffer_engine::forget::parse_duration)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--keep-within: {e}"))?;
+        Ok(coffer_engine::forget::Policy {
+            last: self.keep_last,
+            hourly: self.keep_hourly,
+            daily: self.keep_daily,
+            weekly: self.keep_weekly,
+            monthly: self.keep_monthly,
+            yearly: self.keep_yearly,
+            within,
+            tags: self.keep_tag.clone(),
+        })
+    }
+}
+
 #[derive(clap::Args, Debug)]
 struct MoverRestoreArgs {
     #[command(flatten)]
@@ -446,29 +468,14 @@ async fn run_mover(m: MoverCommand) -> anyhow::Result<bool> {
             Ok(mover::resolve(client().await?, job, password).await)
         }
         MoverCommand::Forget(a) => {
-            let within = a
-                .keep_within
-                .as_deref()
-                .map(coffer_engine::forget::parse_duration)
-                .transpose()
-                .map_err(|e| anyhow::anyhow!("--keep-within: {e}"))?;
             let job = mover::ForgetJob {
                 namespace: a.common.namespace.clone(),
                 schedule: a.common.run.clone(),
                 repo: a.common.repo(),
+                policy: a.policy()?,
                 tag: a.tag,
                 cluster: a.cluster,
                 after: a.after,
-                policy: coffer_engine::forget::Policy {
-                    last: a.keep_last,
-                    hourly: a.keep_hourly,
-                    daily: a.keep_daily,
-                    weekly: a.keep_weekly,
-                    monthly: a.keep_monthly,
-                    yearly: a.keep_yearly,
-                    within,
-                    tags: a.keep_tag,
-                },
             };
             Ok(mover::forget(client().await?, job, password, cancel).await)
         }
@@ -559,4 +566,75 @@ fn parse_pair(s: &str) -> Result<(String, String), String> {
 /// `90s`, `2m`, `1h`.
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (write e.g. 30s, 2m, 1h)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coffer_node_agent::crd::Retention;
+
+    /// A schedule's retention, as the controller writes it into the
+    /// retention pod's arguments, is the engine policy the mover applies:
+    /// every rule, none lost or renamed on the way.
+    #[test]
+    fn every_retention_rule_reaches_the_movers_policy() {
+        let retention = Retention {
+            keep_last: Some(1),
+            keep_hourly: Some(2),
+            keep_daily: Some(3),
+            keep_weekly: Some(4),
+            keep_monthly: Some(5),
+            keep_yearly: Some(6),
+            keep_within: Some("36h".into()),
+            keep_tags: vec!["pinned".into(), "legal".into()],
+        };
+        let mut argv: Vec<String> = [
+            "coffer-agent",
+            "mover",
+            "forget",
+            "--namespace",
+            "team-a",
+            "--run",
+            "db",
+            "--repository-url",
+            "file:///repo",
+            "--tag",
+            "schedule:db",
+            "--after",
+            "2026-12-03T02:00:00Z",
+        ]
+        .map(String::from)
+        .into();
+        let common = argv.len();
+        argv.extend(coffer_node_agent::schedules::retention_args(&retention));
+        let cli = Cli::try_parse_from(&argv).expect("the controller's arguments parse");
+        let Command::Mover(MoverCommand::Forget(f)) = cli.command else {
+            panic!("not mover forget: {:?}", cli.command)
+        };
+        let want = coffer_engine::forget::Policy {
+            last: 1,
+            hourly: 2,
+            daily: 3,
+            weekly: 4,
+            monthly: 5,
+            yearly: 6,
+            within: Some(chrono::Duration::hours(36)),
+            tags: vec!["pinned".into(), "legal".into()],
+        };
+        assert_eq!(f.policy().unwrap(), want);
+
+        // A duration the engine cannot read is refused, naming the flag.
+        let bad = Retention {
+            keep_within: Some("soon".into()),
+            ..retention
+        };
+        argv.truncate(common);
+        argv.extend(coffer_node_agent::schedules::retention_args(&bad));
+        let cli = Cli::try_parse_from(&argv).unwrap();
+        let Command::Mover(MoverCommand::Forget(f)) = cli.command else {
+            unreachable!()
+        };
+        let e = f.policy().unwrap_err().to_string();
+        assert!(e.starts_with("--keep-within: "), "{e}");
+    }
 }

@@ -158,6 +158,34 @@ pub fn retention_args(r: &Retention) -> Vec<String> {
     a
 }
 
+/// Why a retention policy cannot be applied, told before any pod starts: a
+/// `keepWithin` the engine cannot read, or a policy that keeps nothing
+/// (the engine refuses to forget everything).
+pub fn retention_problem(r: &Retention) -> Option<String> {
+    if let Some(w) = &r.keep_within {
+        if let Err(e) = coffer_engine::forget::parse_duration(w) {
+            return Some(format!("spec.retention.keepWithin: {e}"));
+        }
+    }
+    let counts = [
+        r.keep_last,
+        r.keep_hourly,
+        r.keep_daily,
+        r.keep_weekly,
+        r.keep_monthly,
+        r.keep_yearly,
+    ];
+    let nothing = counts.iter().all(|n| n.unwrap_or(0) == 0)
+        && r.keep_within.is_none()
+        && r.keep_tags.is_empty();
+    nothing.then(|| {
+        "spec.retention keeps nothing: set keepLast, keepHourly, keepDaily, keepWeekly, \
+         keepMonthly, keepYearly, keepWithin or keepTags, or remove spec.retention to keep \
+         every snapshot"
+            .to_string()
+    })
+}
+
 fn retention_pod_name(bs: &BackupSchedule) -> String {
     object_name(&["coffer-forget", &bs.name_any()])
 }
@@ -812,6 +840,10 @@ async fn retention(
         .await
         .map_err(kube_err(format!("reading pod {ns}/{pod_name}")))?
     else {
+        if let Some(why) = retention_problem(policy) {
+            st.last_retention = Some(failed(why));
+            return Ok(None);
+        }
         let repo = Api::<BackupRepository>::namespaced(ctx.client.clone(), &ns)
             .get_opt(&bs.spec.repository)
             .await
@@ -1045,6 +1077,34 @@ mod tests {
             retention_args(&r).join(" "),
             "--keep-last 3 --keep-daily 7 --keep-within 30d --keep-tag keep"
         );
+        assert_eq!(retention_problem(&r), None);
+    }
+
+    #[test]
+    fn a_retention_that_cannot_be_applied_is_told_before_any_pod_starts() {
+        let r = Retention {
+            keep_last: Some(3),
+            keep_within: Some("soon".into()),
+            ..Default::default()
+        };
+        let why = retention_problem(&r).unwrap();
+        assert!(
+            why.starts_with("spec.retention.keepWithin: ") && why.contains("\"soon\""),
+            "{why}"
+        );
+        let zeros = Retention {
+            keep_last: Some(0),
+            ..Default::default()
+        };
+        for r in [Retention::default(), zeros] {
+            let why = retention_problem(&r).unwrap();
+            assert!(why.starts_with("spec.retention keeps nothing"), "{why}");
+        }
+        let tags_only = Retention {
+            keep_tags: vec!["pinned".into()],
+            ..Default::default()
+        };
+        assert_eq!(retention_problem(&tags_only), None);
     }
 
     #[test]
