@@ -248,6 +248,79 @@ async fn a_time_claimed_by_a_controller_that_stopped_before_creating_its_runs_is
     assert_eq!(pvcs, BTreeSet::from(["data-0".into(), "data-1".into()]));
 }
 
+/// The cron schedule itself, with no trigger: a controller that was down
+/// for two hours of an hourly schedule fires the missed times once, at
+/// start, and then waits for the next full hour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missed_times_of_a_cron_schedule_fire_once_then_it_waits_for_the_next() {
+    let Some((mut env, _sim)) = fake_cluster().await else {
+        return;
+    };
+    let ns = env.namespace("cron").await;
+    env.repository(&ns, "default", PASSWORD).await;
+    let dir = env.dir.path().join("csi/source/data-0");
+    fill(&dir, 5, 3);
+    sim::csi_pvc(
+        &env,
+        &ns,
+        "data-0",
+        "Filesystem",
+        &dir,
+        json!({"app": "db"}),
+    )
+    .await;
+    db_schedule(&env, &ns, "0 * * * *", json!(null)).await;
+    // Fired last two hours ago, by a controller that then went away.
+    let before = chrono::Utc::now() - chrono::Duration::hours(2);
+    let at = before.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let api: Api<BackupSchedule> = Api::namespaced(env.client.clone(), &ns);
+    api.patch_status(
+        "db",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"lastScheduleTime": at}})),
+    )
+    .await
+    .unwrap();
+
+    let _c = Controller::start(&env, "a", &[]);
+    let bs = env
+        .wait_for::<BackupSchedule>(&ns, "db", "fired and done", |b| {
+            b.status.as_ref().is_some_and(|s| {
+                s.last_schedule_time.as_deref() != Some(at.as_str())
+                    && s.active.is_empty()
+                    && s.last_successful_time.is_some()
+            })
+        })
+        .await;
+    let st = bs.status.unwrap();
+    assert_eq!(
+        st.last_trigger, None,
+        "fired by its schedule, not a trigger"
+    );
+    let fired = chrono::DateTime::parse_from_rfc3339(st.last_schedule_time.as_deref().unwrap())
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    assert!(fired > before + chrono::Duration::hours(1), "{st:#?}");
+    let runs = Api::<VolumeBackup>::namespaced(env.client.clone(), &ns)
+        .list(&ListParams::default().labels(SCHEDULE_LABEL))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(runs.len(), 1, "two missed times fire once: {runs:#?}");
+    assert_eq!(phase(&runs[0].status), Phase::Completed);
+    assert_eq!(
+        runs[0].annotations().get(SCHEDULED_AT),
+        st.last_schedule_time.as_ref()
+    );
+    // The next time is the next full hour.
+    use chrono::{DurationRound, TimeDelta};
+    let hour = TimeDelta::hours(1);
+    let next = fired.duration_trunc(hour).unwrap() + hour;
+    let said =
+        chrono::DateTime::parse_from_rfc3339(st.next_schedule_time.as_deref().unwrap()).unwrap();
+    assert_eq!(said, next, "{st:#?}");
+}
+
 /// While a time's runs go on (their movers never finish here), the next
 /// time is skipped (Forbid, the default), replaces them (Replace: they are
 /// canceled) or runs beside them (Allow).
