@@ -33,6 +33,16 @@ async fn db_schedule(env: &Env, ns: &str, schedule: &str, retention: serde_json:
     .await;
 }
 
+/// PVCs of the `app: db` workload, each filled with `files` files from its
+/// seed.
+async fn db_pvcs(env: &Env, ns: &str, pvcs: &[(&str, u64)], files: usize) {
+    for (pvc, seed) in pvcs {
+        let dir = env.dir.path().join(format!("csi/source/{pvc}"));
+        fill(&dir, *seed, files);
+        sim::csi_pvc(env, ns, pvc, "Filesystem", &dir, json!({"app": "db"})).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_keeps_exactly_the_newest_snapshots_of_each_origin_and_nothing_else() {
     let Some((mut env, _sim)) = fake_cluster().await else {
@@ -199,11 +209,7 @@ async fn a_time_claimed_by_a_controller_that_stopped_before_creating_its_runs_is
     };
     let ns = env.namespace("resume").await;
     env.repository(&ns, "default", PASSWORD).await;
-    for (pvc, seed) in [("data-0", 1), ("data-1", 2)] {
-        let dir = env.dir.path().join(format!("csi/source/{pvc}"));
-        fill(&dir, seed, 3);
-        sim::csi_pvc(&env, &ns, pvc, "Filesystem", &dir, json!({"app": "db"})).await;
-    }
+    db_pvcs(&env, &ns, &[("data-0", 1), ("data-1", 2)], 3).await;
     db_schedule(&env, &ns, "0 0 1 1 *", json!(null)).await;
     // What a controller leaves when it dies between claiming a time and
     // creating its runs: the time claimed, no run made.
@@ -258,17 +264,7 @@ async fn missed_times_of_a_cron_schedule_fire_once_then_it_waits_for_the_next() 
     };
     let ns = env.namespace("cron").await;
     env.repository(&ns, "default", PASSWORD).await;
-    let dir = env.dir.path().join("csi/source/data-0");
-    fill(&dir, 5, 3);
-    sim::csi_pvc(
-        &env,
-        &ns,
-        "data-0",
-        "Filesystem",
-        &dir,
-        json!({"app": "db"}),
-    )
-    .await;
+    db_pvcs(&env, &ns, &[("data-0", 5)], 3).await;
     db_schedule(&env, &ns, "0 * * * *", json!(null)).await;
     // Fired last two hours ago, by a controller that then went away.
     let before = chrono::Utc::now() - chrono::Duration::hours(2);
@@ -331,17 +327,7 @@ async fn concurrency_policy_skips_replaces_or_overlaps_runs_still_going() {
     };
     let ns = env.namespace("overlap").await;
     env.repository(&ns, "default", PASSWORD).await;
-    let dir = env.dir.path().join("csi/source/data-0");
-    fill(&dir, 4, 2);
-    sim::csi_pvc(
-        &env,
-        &ns,
-        "data-0",
-        "Filesystem",
-        &dir,
-        json!({"app": "db"}),
-    )
-    .await;
+    db_pvcs(&env, &ns, &[("data-0", 4)], 2).await;
     sim.behaviour.lock().unwrap().hold_movers = true;
     let _c = Controller::start(&env, "a", &[]);
     db_schedule(&env, &ns, "@daily", json!(null)).await;
