@@ -89,6 +89,12 @@ pub struct Options {
     pub snapshot_timeout: Duration,
     /// How long a mover pod may take to start.
     pub prepare_timeout: Duration,
+    /// How long past its grace period a mover pod may stay Terminating
+    /// before it is deleted at once. Only a kubelet that is gone (a dead or
+    /// cut-off node) leaves a pod Terminating that long; it would otherwise
+    /// hold the clone, the run's finalizer and the next job for as long as
+    /// the node stays down.
+    pub terminating_limit: Duration,
     /// Storage class renames for clones.
     pub storage_class_map: BTreeMap<String, String>,
     /// Storage class renames for restored PVCs (a class that does not
@@ -1632,7 +1638,8 @@ pub(crate) async fn delete_mover(
     writes_ns: &str,
 ) -> Result<bool, Error> {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-    if delete_pod(&pods, name, &format!("pod {ns}/{name}")).await? {
+    let what = format!("pod {ns}/{name}");
+    if delete_pod(&pods, name, &what, ctx.opts.terminating_limit).await? {
         return Ok(true);
     }
     delete_account(ctx, ns, name, writes_ns).await?;
@@ -1904,16 +1911,10 @@ where
     Ok(true)
 }
 
-/// How long past its deletion time a pod may stay Terminating before it is
-/// deleted at once. Only a kubelet that is gone (a dead or cut-off node)
-/// leaves a pod Terminating that long; it would otherwise hold the clone,
-/// the run's finalizer and the next job for as long as the node stays down.
-pub(crate) const TERMINATING_LIMIT: Duration = Duration::from_secs(60);
-
 /// Whether a pod deleted at `deletion` (the time its grace period ends)
-/// has stayed past [`TERMINATING_LIMIT`] at `now` (Unix seconds).
-pub(crate) fn terminating_too_long(deletion: i64, now: i64) -> bool {
-    now.saturating_sub(deletion) > TERMINATING_LIMIT.as_secs() as i64
+/// has stayed past `limit` at `now` (Unix seconds).
+pub(crate) fn terminating_too_long(deletion: i64, now: i64, limit: Duration) -> bool {
+    now.saturating_sub(deletion) > limit.as_secs() as i64
 }
 
 /// [`delete_present`] for a mover pod: one still Terminating long after
@@ -1921,7 +1922,12 @@ pub(crate) fn terminating_too_long(deletion: i64, now: i64) -> bool {
 /// delete --force` does, so that cleanup is bounded even when its node is
 /// gone. A mover holds no state that outlives it: a backup it was writing
 /// is an unfinished session the repository's protocol tolerates.
-pub(crate) async fn delete_pod(pods: &Api<Pod>, name: &str, what: &str) -> Result<bool, Error> {
+async fn delete_pod(
+    pods: &Api<Pod>,
+    name: &str,
+    what: &str,
+    limit: Duration,
+) -> Result<bool, Error> {
     let Some(p) = pods
         .get_opt(name)
         .await
@@ -1931,10 +1937,10 @@ pub(crate) async fn delete_pod(pods: &Api<Pod>, name: &str, what: &str) -> Resul
     };
     match &p.metadata.deletion_timestamp {
         None => delete(pods, name, what).await?,
-        Some(t) if terminating_too_long(t.0.as_second(), Utc::now().timestamp()) => {
+        Some(t) if terminating_too_long(t.0.as_second(), Utc::now().timestamp(), limit) => {
             tracing::warn!(
                 "{what} is still Terminating {}s after its grace period (its node may be gone); deleting it at once",
-                TERMINATING_LIMIT.as_secs()
+                limit.as_secs()
             );
             let force = DeleteParams {
                 grace_period_seconds: Some(0),
@@ -2346,14 +2352,15 @@ mod tests {
     #[test]
     fn a_pod_terminating_past_the_limit_is_deleted_at_once() {
         let deletion = 1_000_000;
-        let limit = TERMINATING_LIMIT.as_secs() as i64;
+        let limit = Duration::from_secs(60);
+        let too_long = |now| terminating_too_long(deletion, now, limit);
         // Before its grace period ends, and within the limit after: the
         // kubelet may still be stopping it.
-        assert!(!terminating_too_long(deletion, deletion - 30));
-        assert!(!terminating_too_long(deletion, deletion + limit));
+        assert!(!too_long(deletion - 30));
+        assert!(!too_long(deletion + 60));
         // Past the limit: its kubelet is gone.
-        assert!(terminating_too_long(deletion, deletion + limit + 1));
+        assert!(too_long(deletion + 61));
         // A clock far behind never underflows into "overdue".
-        assert!(!terminating_too_long(i64::MAX, i64::MIN));
+        assert!(!terminating_too_long(i64::MAX, i64::MIN, limit));
     }
 }

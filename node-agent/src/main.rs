@@ -62,6 +62,10 @@ struct ControllerArgs {
     /// How long a mover pod may take to start (scheduling, attaching, pulling)
     #[arg(long, env = "PREPARE_TIMEOUT", default_value = "30m", value_parser = parse_duration)]
     prepare_timeout: std::time::Duration,
+    /// How long past its grace period a mover pod may stay Terminating (its node gone)
+    /// before it is deleted at once (grace period 0)
+    #[arg(long, env = "TERMINATING_LIMIT", default_value = "60s", value_parser = parse_duration)]
+    terminating_limit: std::time::Duration,
     /// Clones of PVCs of storage class OLD use class NEW (repeatable)
     #[arg(long = "clone-storage-class", value_name = "OLD=NEW", value_parser = parse_pair)]
     clone_storage_class: Vec<(String, String)>,
@@ -406,6 +410,7 @@ async fn run_controller(a: ControllerArgs) -> anyhow::Result<()> {
         mover_read_limit: a.mover_limit_read,
         snapshot_timeout: a.snapshot_timeout,
         prepare_timeout: a.prepare_timeout,
+        terminating_limit: a.terminating_limit,
         storage_class_map: a.clone_storage_class.into_iter().collect(),
         restore_storage_class_map: a.restore_storage_class.into_iter().collect(),
         read_only_many: a.clone_read_only_many,

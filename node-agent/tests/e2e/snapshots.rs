@@ -358,6 +358,52 @@ async fn runs_canceled_or_deleted_while_their_mover_runs_are_cleaned_up_in_order
     assert_deletions(&sim, cleanup_order(&ns, "evicted", Some(&pv), true)).await;
 }
 
+/// A mover on a node that is gone: deleted, it stays Terminating, as its
+/// kubelet never confirms. Past `--terminating-limit` the controller deletes
+/// it at once (grace period 0), and the cleanup goes on instead of waiting
+/// for the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mover_left_terminating_by_a_lost_node_is_force_deleted_and_cleanup_goes_on() {
+    let Some((mut env, sim)) = fake_cluster().await else {
+        return;
+    };
+    let ns = env.namespace("lostnode").await;
+    env.repository(&ns, "default", PASSWORD).await;
+    let data = env.dir.path().join("csi/source/data");
+    fill(&data, 18, 2);
+    sim::csi_pvc(&env, &ns, "data", "Filesystem", &data, json!({})).await;
+    sim.behaviour.lock().unwrap().hold_movers = true;
+    env.server
+        .as_ref()
+        .unwrap()
+        .leave_pod_deletions_unconfirmed(&ns);
+    let c = Controller::start(&env, "a", &["--terminating-limit", "1s"]);
+    snapshot_backup(&env, &ns, "lost", json!({"pvc": "data"})).await;
+    env.wait_for::<Pod>(&ns, "coffer-lost", "running", |p| {
+        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+    })
+    .await;
+    Api::<VolumeBackup>::namespaced(env.client.clone(), &ns)
+        .patch(
+            "lost",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"cancel": true}})),
+        )
+        .await
+        .unwrap();
+    let vb = wait_cleaned(&env, &ns, "lost").await;
+    assert_eq!(vb.status.as_ref().unwrap().phase, Phase::Canceled);
+    let pv = clone_pv(&sim).await.expect("the clone's PV was deleted");
+    assert_deletions(&sim, cleanup_order(&ns, "lost", Some(&pv), true)).await;
+    let log = c.log_text();
+    assert!(
+        log.contains(&format!(
+            "pod {ns}/coffer-lost is still Terminating 1s after its grace period"
+        )),
+        "{log}"
+    );
+}
+
 /// What a run left when it was deleted while no controller ran and its
 /// finalizer was removed by hand (owned by a VolumeBackup that no longer
 /// exists): the start-up sweep deletes it in cleanup order, and sets the

@@ -382,6 +382,11 @@ fn resource(
         },
     )?;
     let dry_run = param("dryRun") == Some("All");
+    // A grace period of 0, in the query or the DeleteOptions body: a force deletion.
+    let force = *method == Method::DELETE
+        && (param("gracePeriodSeconds") == Some("0")
+            || serde_json::from_slice::<Value>(body)
+                .is_ok_and(|o| o.get("gracePeriodSeconds") == Some(&json!(0))));
     let filter = || {
         Filter::parse(param("labelSelector"), param("fieldSelector")).map_err(ApiError::bad_request)
     };
@@ -412,6 +417,7 @@ fn resource(
                         item_ns.filter(|_| rt.namespaced),
                         name,
                         dry_run,
+                        force,
                     )?);
                 }
                 Ok(ok(&list_json(&rt, deleted, store.resource_version())))
@@ -434,7 +440,7 @@ fn resource(
         }
         Method::PATCH => patch_object(store, &rt, ns, name, endpoint, dry_run, headers, body),
         Method::DELETE if endpoint == Endpoint::Main => {
-            Ok(ok(&store.delete(&rt, ns, name, dry_run)?))
+            Ok(ok(&store.delete(&rt, ns, name, dry_run, force)?))
         }
         _ => Err(ApiError::method_not_allowed()),
     }

@@ -67,7 +67,10 @@
 //! - Field selectors accept any dotted path on every resource.
 //! - `core/v1` and `events.k8s.io/v1` Events are stored separately.
 //! - Deletion options (propagation policy, preconditions, grace periods) are ignored;
-//!   dependents are always deleted in the background, after their owner is gone.
+//!   dependents are always deleted in the background, after their owner is gone. The one
+//!   exception: pods of a namespace given to [`FakeServer::leave_pod_deletions_unconfirmed`]
+//!   stay Terminating until a deletion with grace period 0 (their `deletionTimestamp` is the
+//!   time of the first deletion; Kubernetes adds the grace period).
 //! - JSON only: a protobuf or CBOR request body gets 415 (typed client-go commands such as
 //!   `kubectl create configmap` send protobuf; `kubectl apply`, `create -f`, `patch`, `label`,
 //!   `delete`, `get` and `wait` send JSON and work). Requests for metadata-only
@@ -162,6 +165,14 @@ impl FakeServer {
     /// Lifts [`FakeServer::forbid_creates`] for `plural` in `namespace`, as a raised quota would.
     pub fn allow_creates(&self, plural: &str, namespace: &str) {
         self.store.allow_creates(plural, namespace);
+    }
+
+    /// From now on, a pod in `namespace` deleted with a grace period (any but 0) stays
+    /// Terminating, its `deletionTimestamp` set, until it is deleted with grace period 0: as
+    /// the pods of a node that is gone, whose kubelet never confirms, stay until a force
+    /// deletion (`kubectl delete --force --grace-period=0`).
+    pub fn leave_pod_deletions_unconfirmed(&self, namespace: &str) {
+        self.store.leave_pod_deletions_unconfirmed(namespace);
     }
 
     /// How many creations were refused by [`FakeServer::forbid_creates`] so far.

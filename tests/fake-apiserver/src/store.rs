@@ -307,6 +307,8 @@ struct State {
     forbidden: Vec<(String, String, String)>,
     /// How many creations were refused so.
     refusals: usize,
+    /// Namespaces whose pods' graceful deletions no kubelet confirms.
+    unconfirmed: Vec<String>,
 }
 
 /// The whole cluster state behind one lock.
@@ -348,6 +350,7 @@ impl Store {
                 oldest_resumable: 0,
                 forbidden: Vec::new(),
                 refusals: 0,
+                unconfirmed: Vec::new(),
                 tx: broadcast::channel(BROADCAST_CAPACITY).0,
             }),
         };
@@ -409,6 +412,12 @@ impl Store {
         self.lock()
             .forbidden
             .retain(|(p, ns, _)| !(p == plural && ns == namespace));
+    }
+
+    /// From now on, a pod in `namespace` deleted with a grace period other than 0 stays
+    /// Terminating until it is deleted with grace period 0.
+    pub(crate) fn leave_pod_deletions_unconfirmed(&self, namespace: &str) {
+        self.lock().unconfirmed.push(namespace.into());
     }
 
     /// How many creations were refused so far.
@@ -690,6 +699,7 @@ impl Store {
         ns: Option<&str>,
         name: &str,
         dry_run: bool,
+        force: bool,
     ) -> Result<Value, ApiError> {
         let mut state = self.lock();
         let obj_key = (ns.unwrap_or("").to_string(), name.to_string());
@@ -699,9 +709,14 @@ impl Store {
             .get(&key)
             .and_then(|m| m.get(&obj_key))
             .cloned();
+        let unconfirmed =
+            key.0.is_empty() && key.1 == "pods" && !force && state.unconfirmed.contains(&obj_key.0);
         let mut obj = match cur {
             None => return Err(ApiError::not_found(rt, name)),
             Some(cur) if dry_run => cur,
+            Some(_) if unconfirmed => state
+                .mark_deleting(&key, &obj_key)
+                .ok_or_else(|| ApiError::not_found(rt, name))?,
             Some(_) => state
                 .delete_request(&key, &obj_key)
                 .ok_or_else(|| ApiError::not_found(rt, name))?,
@@ -828,7 +843,7 @@ impl State {
     /// The deletion rules: a namespace takes its contents along; an object with finalizers is
     /// only marked; otherwise it goes at once. Returns the object as it is afterwards.
     fn delete_request(&mut self, key: &StorageKey, obj_key: &ObjectKey) -> Option<Value> {
-        let mut obj = self.objects.get(key)?.get(obj_key)?.clone();
+        let obj = self.objects.get(key)?.get(obj_key)?.clone();
         if key.0.is_empty() && key.1 == "namespaces" {
             let contents: Vec<(StorageKey, ObjectKey)> = self
                 .objects
@@ -846,6 +861,12 @@ impl State {
         if finalizers(&obj).is_empty() {
             return self.remove_now(key, obj_key);
         }
+        self.mark_deleting(key, obj_key)
+    }
+
+    /// Sets `deletionTimestamp` (once) and keeps the object, for what will remove it.
+    fn mark_deleting(&mut self, key: &StorageKey, obj_key: &ObjectKey) -> Option<Value> {
+        let mut obj = self.objects.get(key)?.get(obj_key)?.clone();
         if obj.pointer("/metadata/deletionTimestamp").is_none() {
             let old = obj.clone();
             self.rv += 1;
@@ -1208,7 +1229,7 @@ mod tests {
             .resource("", "v1", "namespaces")
             .expect("namespaces are built in");
         store
-            .delete(&ns, None, "default", false)
+            .delete(&ns, None, "default", false, false)
             .expect("delete namespace");
         assert_eq!(
             store.get(&rt, Some("default"), "a").map_err(|e| e.code),

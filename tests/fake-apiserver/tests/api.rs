@@ -676,6 +676,31 @@ async fn kubeconfig_helper_works_with_kube() {
     assert_eq!(cm.metadata.namespace.as_deref(), Some("team-a"));
 }
 
+#[tokio::test]
+async fn a_lost_nodes_pod_stays_terminating_until_a_force_deletion() {
+    let (server, client) = setup().await;
+    server.leave_pod_deletions_unconfirmed("default");
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+    pods.create(&PostParams::default(), &pod("p", "web", "gone"))
+        .await
+        .expect("create");
+    pods.delete("p", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let p = pods.get("p").await.expect("still there");
+    assert!(p.metadata.deletion_timestamp.is_some(), "{p:?}");
+    pods.delete("p", &DeleteParams::default())
+        .await
+        .expect("again");
+    assert!(pods.get_opt("p").await.expect("get").is_some());
+    let force = DeleteParams {
+        grace_period_seconds: Some(0),
+        ..DeleteParams::default()
+    };
+    pods.delete("p", &force).await.expect("force");
+    assert!(pods.get_opt("p").await.expect("get").is_none());
+}
+
 /// A client that authenticates as the ServiceAccount `account` in `ns`.
 async fn service_account_client(server: &FakeServer, ns: &str, account: &str) -> Client {
     let yaml = service_account_kubeconfig_yaml(&server.url, ns, account);
