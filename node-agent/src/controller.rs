@@ -1911,6 +1911,10 @@ where
     Ok(true)
 }
 
+/// How long after `--terminating-limit` a pod still Terminating is looked
+/// at again, where no event would wake its owner (a lost node sends none).
+pub(crate) const TERMINATING_RECHECK: Duration = Duration::from_secs(5);
+
 /// Whether a pod deleted at `deletion` (the time its grace period ends)
 /// has stayed past `limit` at `now` (Unix seconds).
 pub(crate) fn terminating_too_long(deletion: i64, now: i64, limit: Duration) -> bool {

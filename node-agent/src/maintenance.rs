@@ -29,7 +29,7 @@ use serde_json::json;
 
 use crate::controller::{
     create_mover, delete_account, delete_mover, kube_err, mover_command, mover_state, Ctx, Error,
-    MoverState, StatusOf,
+    MoverState, StatusOf, TERMINATING_RECHECK,
 };
 use crate::crd::{
     BackupRepository, BackupRepositoryStatus, CheckResult, JobTimes, Maintenance, PruneResult,
@@ -161,7 +161,9 @@ pub(crate) async fn reconcile(repo: Arc<BackupRepository>, ctx: Arc<Ctx>) -> Res
             continue;
         };
         if job.result_at(&st) == Some(at.as_str()) {
-            record(&ctx, &repo, job, &st).await?;
+            if let Some(d) = record(&ctx, &repo, job, &st).await? {
+                soonest(d);
+            }
             continue;
         }
         running = true;
@@ -326,28 +328,33 @@ async fn follow(
 
 /// A job's result is in the status and its pod is still there: tell
 /// (Event, metrics), then delete the pod. Runs once per result, as the pod
-/// goes; a later pass, once the pod is gone, deletes its account.
+/// goes; a later pass, once the pod is gone, deletes its account. Returns
+/// when to look again at a pod still Terminating (a lost node sends no
+/// event).
 async fn record(
     ctx: &Ctx,
     repo: &BackupRepository,
     job: Job,
     st: &BackupRepositoryStatus,
-) -> Result<(), Error> {
+) -> Result<Option<Duration>, Error> {
     let ns = repo.namespace().unwrap_or_default();
     let name = repo.name_any();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let pod_name = job.pod_name(&name);
-    let present = pods
+    let pod = pods
         .get_opt(&pod_name)
         .await
-        .map_err(kube_err(format!("reading pod {ns}/{pod_name}")))?
-        .is_some();
-    if !present {
-        return delete_account(ctx, &ns, &pod_name, &ns).await;
+        .map_err(kube_err(format!("reading pod {ns}/{pod_name}")))?;
+    let Some(pod) = pod else {
+        delete_account(ctx, &ns, &pod_name, &ns).await?;
+        return Ok(None);
+    };
+    // Told once: not again while the pod terminates.
+    if pod.metadata.deletion_timestamp.is_none() {
+        announce(ctx, repo, job, st).await;
     }
-    announce(ctx, repo, job, st).await;
-    delete_mover(ctx, &ns, &pod_name, &ns).await?;
-    Ok(())
+    let left = delete_mover(ctx, &ns, &pod_name, &ns).await?;
+    Ok(left.then_some(ctx.opts.terminating_limit + TERMINATING_RECHECK))
 }
 
 /// A job's result as an Event on the repository and in the metrics.

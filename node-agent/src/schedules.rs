@@ -29,7 +29,7 @@ use serde_json::json;
 use crate::annotations::BACKUP_NOW;
 use crate::controller::{
     create, create_mover, delete_mover, kube_err, made_by_us, mover_command, Ctx, Error,
-    MoverState, StatusOf,
+    MoverState, StatusOf, TERMINATING_RECHECK,
 };
 use crate::crd::{
     BackupMethod, BackupRepository, BackupSchedule, BackupScheduleStatus, ConcurrencyPolicy,
@@ -340,6 +340,23 @@ pub(crate) async fn reconcile(bs: Arc<BackupSchedule>, ctx: Arc<Ctx>) -> Result<
                 .is_some_and(|r| &r.after == after);
             if !applied {
                 requeue = retention(&ctx, &bs, policy, after, &mut st).await?;
+                // Whatever failed it (the policy, the repository, the pod,
+                // the mover's own report), once per time.
+                let error = st
+                    .last_retention
+                    .as_ref()
+                    .filter(|r| &r.after == after)
+                    .and_then(|r| r.error.clone());
+                if let Some(why) = error {
+                    ctx.event_on(
+                        bs.as_ref(),
+                        "Retention",
+                        EventType::Warning,
+                        "RetentionFailed",
+                        why,
+                    )
+                    .await;
+                }
             }
         }
     }
@@ -361,9 +378,13 @@ pub(crate) async fn reconcile(bs: Arc<BackupSchedule>, ctx: Arc<Ctx>) -> Result<
             &now_s,
         );
     }
-    // A finished retention pod goes.
-    if st.last_retention.as_ref().map(|r| &r.after) == last_tick.as_ref() {
-        delete_mover(&ctx, &ns, &retention_pod_name(&bs), &ns).await?;
+    // A finished retention pod goes; one left Terminating (a lost node)
+    // sends no event, so it is looked at again past the limit.
+    if st.last_retention.as_ref().map(|r| &r.after) == last_tick.as_ref()
+        && delete_mover(&ctx, &ns, &retention_pod_name(&bs), &ns).await?
+    {
+        let again = ctx.opts.terminating_limit + TERMINATING_RECHECK;
+        requeue = Some(requeue.map_or(again, |r| r.min(again)));
     }
 
     let created = created_at(bs.as_ref(), now);
@@ -891,9 +912,7 @@ async fn retention(
     match crate::controller::mover_state(ctx, &pod).await {
         MoverState::Running(again) => return Ok(again),
         MoverState::Stuck(why) | MoverState::Exited(Some(why)) => {
-            st.last_retention = Some(failed(why.clone()));
-            ctx.event_on(bs, "Retention", EventType::Warning, "RetentionFailed", why)
-                .await;
+            st.last_retention = Some(failed(why));
             return Ok(None);
         }
         MoverState::Exited(None) => {}

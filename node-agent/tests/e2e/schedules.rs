@@ -176,6 +176,34 @@ async fn retention_keeps_exactly_the_newest_snapshots_of_each_origin_and_nothing
         "{metrics}"
     );
 
+    // A policy that keeps nothing: the next time's retention fails at once,
+    // naming the field, with an Event, and forgets nothing.
+    api.patch(
+        "db",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"retention": {"keepLast": 0}}})),
+    )
+    .await
+    .unwrap();
+    env.annotate_object::<BackupSchedule>(&ns, "db", "backup.coffer.dev/backup-now", "4")
+        .await;
+    let bs = env
+        .wait_for::<BackupSchedule>(&ns, "db", "its retention refused", |b| {
+            b.status.as_ref().is_some_and(|s| {
+                s.last_trigger.as_deref() == Some("4")
+                    && s.last_retention.as_ref().map(|r| &r.after) == s.last_schedule_time.as_ref()
+            })
+        })
+        .await;
+    let why = bs.status.unwrap().last_retention.unwrap().error.unwrap();
+    assert!(why.starts_with("spec.retention keeps nothing"), "{why}");
+    assert_eq!(env.event_notes(&ns, "RetentionFailed").await, [why]);
+    assert_eq!(
+        r.snapshots().await.unwrap().len(),
+        7,
+        "4 kept, the manual one, 2 new"
+    );
+
     // A deleted schedule's gauges go with it.
     Api::<BackupSchedule>::namespaced(env.client.clone(), &ns)
         .delete("db", &Default::default())
@@ -255,8 +283,9 @@ async fn a_time_claimed_by_a_controller_that_stopped_before_creating_its_runs_is
 }
 
 /// The cron schedule itself, with no trigger: a controller that was down
-/// for two hours of an hourly schedule fires the missed times once, at
-/// start, and then waits for the next full hour.
+/// for two times of a yearly schedule fires the missed times once, at
+/// start, and then waits for the next New Year (yearly, so that no time of
+/// the schedule falls while the test runs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missed_times_of_a_cron_schedule_fire_once_then_it_waits_for_the_next() {
     let Some((mut env, _sim)) = fake_cluster().await else {
@@ -265,9 +294,9 @@ async fn missed_times_of_a_cron_schedule_fire_once_then_it_waits_for_the_next() 
     let ns = env.namespace("cron").await;
     env.repository(&ns, "default", PASSWORD).await;
     db_pvcs(&env, &ns, &[("data-0", 5)], 3).await;
-    db_schedule(&env, &ns, "0 * * * *", json!(null)).await;
-    // Fired last two hours ago, by a controller that then went away.
-    let before = chrono::Utc::now() - chrono::Duration::hours(2);
+    db_schedule(&env, &ns, "0 0 1 1 *", json!(null)).await;
+    // Fired last 800 days ago, by a controller that then went away.
+    let before = chrono::Utc::now() - chrono::Duration::days(800);
     let at = before.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let api: Api<BackupSchedule> = Api::namespaced(env.client.clone(), &ns);
     api.patch_status(
@@ -296,22 +325,23 @@ async fn missed_times_of_a_cron_schedule_fire_once_then_it_waits_for_the_next() 
     let fired = chrono::DateTime::parse_from_rfc3339(st.last_schedule_time.as_deref().unwrap())
         .unwrap()
         .with_timezone(&chrono::Utc);
-    assert!(fired > before + chrono::Duration::hours(1), "{st:#?}");
+    assert!(fired > before + chrono::Duration::days(799), "{st:#?}");
     let runs = Api::<VolumeBackup>::namespaced(env.client.clone(), &ns)
         .list(&ListParams::default().labels(SCHEDULE_LABEL))
         .await
         .unwrap()
         .items;
-    assert_eq!(runs.len(), 1, "two missed times fire once: {runs:#?}");
+    assert_eq!(runs.len(), 1, "missed times fire once: {runs:#?}");
     assert_eq!(phase(&runs[0].status), Phase::Completed);
     assert_eq!(
         runs[0].annotations().get(SCHEDULED_AT),
         st.last_schedule_time.as_ref()
     );
-    // The next time is the next full hour.
-    use chrono::{DurationRound, TimeDelta};
-    let hour = TimeDelta::hours(1);
-    let next = fired.duration_trunc(hour).unwrap() + hour;
+    // The next time is the next New Year.
+    use chrono::{Datelike, TimeZone};
+    let next = chrono::Utc
+        .with_ymd_and_hms(fired.year() + 1, 1, 1, 0, 0, 0)
+        .unwrap();
     let said =
         chrono::DateTime::parse_from_rfc3339(st.next_schedule_time.as_deref().unwrap()).unwrap();
     assert_eq!(said, next, "{st:#?}");

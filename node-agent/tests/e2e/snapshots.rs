@@ -395,6 +395,7 @@ async fn a_mover_left_terminating_by_a_lost_node_is_force_deleted_and_cleanup_go
     assert_eq!(vb.status.as_ref().unwrap().phase, Phase::Canceled);
     let pv = clone_pv(&sim).await.expect("the clone's PV was deleted");
     assert_deletions(&sim, cleanup_order(&ns, "lost", Some(&pv), true)).await;
+    env.assert_no_mover_account(&ns, &ns, "coffer-lost").await;
     let log = c.log_text();
     assert!(
         log.contains(&format!(

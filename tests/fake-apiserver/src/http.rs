@@ -400,7 +400,11 @@ fn resource(
                 Ok(ok(&list_json(&rt, items, rv)))
             }
             Method::POST => {
-                let created = store.create(&rt, ns, parse_json(body)?, dry_run)?;
+                let body = parse_json(body)?;
+                if rt.group.is_empty() && rt.plural == "pods" {
+                    rbac::admit_pod(store, &rt, ns, &body)?;
+                }
+                let created = store.create(&rt, ns, body, dry_run)?;
                 Ok(json_response(StatusCode::CREATED, &created))
             }
             Method::DELETE => {

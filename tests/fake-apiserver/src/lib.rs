@@ -42,7 +42,9 @@
 //!   `system:serviceaccount:{namespace}:{name}` ([`service_account_kubeconfig_yaml`]), is
 //!   allowed only what the Roles and ClusterRoles bound to it allow (API group, resource and
 //!   subresource, verb, resource names), and gets 403 Forbidden, worded as Kubernetes words
-//!   it, otherwise.
+//!   it, otherwise; 401 once that ServiceAccount is deleted. A pod that names a
+//!   `serviceAccountName` which does not exist is refused, as the ServiceAccount admission
+//!   plugin refuses it.
 //! - Finalizers (deletion marks the object until the last finalizer is removed), background
 //!   garbage collection through `ownerReferences`, namespace deletion taking its contents.
 //! - CustomResourceDefinitions: creating one serves its versions (no conversion: every version

@@ -38,6 +38,10 @@ pub(crate) fn authorize(store: &Store, headers: &HeaderMap, req: &Request) -> Re
     let Some((sa_ns, sa)) = account(headers) else {
         return Ok(());
     };
+    if get_in(store, "", "serviceaccounts", Some(&sa_ns), Some(&sa)).is_none() {
+        // A deleted account's token no longer authenticates.
+        return Err(ApiError::unauthenticated());
+    }
     let resource = match req.subresource {
         Some(sub) => format!("{}/{sub}", req.rt.plural),
         None => req.rt.plural.clone(),
@@ -122,6 +126,48 @@ fn list(store: &Store, plural: &str, ns: Option<&str>, filter: &Filter) -> Vec<V
 }
 
 fn get(store: &Store, plural: &str, ns: Option<&str>, name: Option<&str>) -> Option<Value> {
-    let rt = store.resource(GROUP, "v1", plural)?;
+    get_in(store, GROUP, plural, ns, name)
+}
+
+fn get_in(
+    store: &Store,
+    group: &str,
+    plural: &str,
+    ns: Option<&str>,
+    name: Option<&str>,
+) -> Option<Value> {
+    let rt = store.resource(group, "v1", plural)?;
     store.get(&rt, ns, name?).ok()
+}
+
+/// As the ServiceAccount admission plugin: a pod that names a ServiceAccount which does not
+/// exist in its namespace is refused (a pod that names none runs as `default`, which is not
+/// checked here).
+pub(crate) fn admit_pod(
+    store: &Store,
+    rt: &ResourceType,
+    ns: Option<&str>,
+    pod: &Value,
+) -> Result<(), ApiError> {
+    let Some(account) = pod
+        .pointer("/spec/serviceAccountName")
+        .and_then(Value::as_str)
+    else {
+        return Ok(());
+    };
+    let ns = ns
+        .or_else(|| pod.pointer("/metadata/namespace").and_then(Value::as_str))
+        .unwrap_or("default");
+    if get_in(store, "", "serviceaccounts", Some(ns), Some(account)).is_some() {
+        return Ok(());
+    }
+    let name = pod
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    Err(ApiError::unauthorized(
+        rt,
+        name,
+        &format!("error looking up service account {ns}/{account}: serviceaccount \"{account}\" not found"),
+    ))
 }

@@ -201,6 +201,11 @@ impl ApiError {
         Self::new(422, "Invalid", message).with_details(name, rt, &rt.kind)
     }
 
+    /// 401, as for a token that does not authenticate.
+    pub(crate) fn unauthenticated() -> Self {
+        Self::new(401, "Unauthorized", "Unauthorized".into())
+    }
+
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "BadRequest", message.into())
     }

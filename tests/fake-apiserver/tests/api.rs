@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use coffer_fake_apiserver::{kubeconfig_yaml, service_account_kubeconfig_yaml, FakeServer};
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{
@@ -762,6 +762,17 @@ async fn a_service_account_may_do_only_what_its_roles_allow() {
     )
     .await;
 
+    let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), ns);
+    for name in ["mover", "other"] {
+        accounts
+            .create(
+                &PostParams::default(),
+                &from_json(json!({"metadata": {"name": name}})),
+            )
+            .await
+            .expect("admin creates");
+    }
+
     let mover = service_account_client(&server, ns, "mover").await;
     let as_mover: Api<ConfigMap> = Api::namespaced(mover.clone(), ns);
     as_mover.get("mine").await.expect("its own object");
@@ -823,6 +834,31 @@ async fn a_service_account_may_do_only_what_its_roles_allow() {
     cms.get("theirs")
         .await
         .expect("the admin token is not a service account");
+
+    // A deleted account's token no longer authenticates.
+    accounts
+        .delete("mover", &DeleteParams::default())
+        .await
+        .expect("delete");
+    match Api::<ConfigMap>::namespaced(mover, ns).get("mine").await {
+        Err(kube::Error::Api(s)) => assert_eq!(s.code, 401),
+        other => panic!("expected 401, got {other:?}"),
+    }
+    // A pod may only name an account that exists, as the ServiceAccount
+    // admission plugin sees to.
+    let mut p = pod("q", "web", "n1");
+    p.spec.as_mut().unwrap().service_account_name = Some("mover".into());
+    match pods.create(&PostParams::default(), &p).await {
+        Err(kube::Error::Api(s)) => assert_eq!(
+            (s.code, s.message.as_str()),
+            (403, "pods \"q\" is forbidden: error looking up service account team-a/mover: serviceaccount \"mover\" not found")
+        ),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    p.spec.as_mut().unwrap().service_account_name = Some("other".into());
+    pods.create(&PostParams::default(), &p)
+        .await
+        .expect("an existing account");
 }
 
 #[test]
