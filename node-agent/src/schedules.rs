@@ -162,23 +162,28 @@ pub fn retention_args(r: &Retention) -> Vec<String> {
 /// `keepWithin` the engine cannot read, or a policy that keeps nothing
 /// (the engine refuses to forget everything).
 pub fn retention_problem(r: &Retention) -> Option<String> {
-    if let Some(w) = &r.keep_within {
-        if let Err(e) = coffer_engine::forget::parse_duration(w) {
-            return Some(format!("spec.retention.keepWithin: {e}"));
-        }
-    }
-    let counts = [
-        r.keep_last,
-        r.keep_hourly,
-        r.keep_daily,
-        r.keep_weekly,
-        r.keep_monthly,
-        r.keep_yearly,
-    ];
-    let nothing = counts.iter().all(|n| n.unwrap_or(0) == 0)
-        && r.keep_within.is_none()
-        && r.keep_tags.is_empty();
-    nothing.then(|| {
+    let within = match r
+        .keep_within
+        .as_deref()
+        .map(coffer_engine::forget::parse_duration)
+    {
+        Some(Err(e)) => return Some(format!("spec.retention.keepWithin: {e}")),
+        Some(Ok(w)) => Some(w),
+        None => None,
+    };
+    let count = |n: Option<u32>| n.unwrap_or(0) as usize;
+    let policy = coffer_engine::forget::Policy {
+        last: count(r.keep_last),
+        hourly: count(r.keep_hourly),
+        daily: count(r.keep_daily),
+        weekly: count(r.keep_weekly),
+        monthly: count(r.keep_monthly),
+        yearly: count(r.keep_yearly),
+        within,
+        tags: r.keep_tags.clone(),
+    };
+    // The engine's own rule: it refuses a policy that would forget all.
+    policy.is_empty().then(|| {
         "spec.retention keeps nothing: set keepLast, keepHourly, keepDaily, keepWeekly, \
          keepMonthly, keepYearly, keepWithin or keepTags, or remove spec.retention to keep \
          every snapshot"

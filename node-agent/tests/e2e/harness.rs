@@ -322,6 +322,14 @@ impl Env {
         }
     }
 
+    /// Waits until pod `name` is Running (a held mover, in the sim).
+    pub async fn wait_running(&self, ns: &str, name: &str) {
+        self.wait_for::<Pod>(ns, name, "running", |p| {
+            p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+        })
+        .await;
+    }
+
     /// Waits until `name` does not exist.
     pub async fn wait_gone<K: Watchable>(&self, ns: &str, name: &str) {
         let api: Api<K> = Api::namespaced(self.client.clone(), ns);

@@ -667,7 +667,6 @@ async fn workload_group(group_snapshots: bool) {
 async fn a_group_with_only_pre_hooks_moves_its_runs_at_once() {
     use crate::sim;
     use crate::snapshots::{fake_cluster, snapshot_backup};
-    use k8s_openapi::api::core::v1::Pod;
     let Some((mut env, sim)) = fake_cluster().await else {
         return;
     };
@@ -703,10 +702,7 @@ async fn a_group_with_only_pre_hooks_moves_its_runs_at_once() {
         .await;
     }
     for i in 0..2 {
-        env.wait_for::<Pod>(&ns, &format!("coffer-db-{i}"), "running", |p| {
-            p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-        })
-        .await;
+        env.wait_running(&ns, &format!("coffer-db-{i}")).await;
         let b = env
             .wait_for::<VolumeBackup>(&ns, &format!("db-{i}"), "moving", |b| {
                 b.status.as_ref().and_then(|s| s.stage.as_deref()) == Some("Moving")

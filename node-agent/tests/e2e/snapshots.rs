@@ -174,10 +174,10 @@ async fn a_failed_mover_and_a_cancel_clean_up_in_the_same_order() {
     sim.behaviour.lock().unwrap().never_ready = true;
     sim.deletions.lock().unwrap().clear();
     snapshot_backup(&env, &ns, "canceled", json!({"pvc": "data"})).await;
-    env.wait_for::<VolumeBackup>(&ns, "canceled", "snapshotting", |b| {
-        b.status.as_ref().and_then(|s| s.stage.as_deref()) == Some("Snapshotting")
-    })
-    .await;
+    // The stage is set when the run is claimed, a pass before its
+    // VolumeSnapshot is made: wait for the VolumeSnapshot itself.
+    env.wait_for::<VolumeSnapshot>(&ns, "coffer-canceled", "created", |_| true)
+        .await;
     let api: Api<VolumeBackup> = Api::namespaced(env.client.clone(), &ns);
     api.patch(
         "canceled",
@@ -212,10 +212,7 @@ async fn runs_canceled_or_deleted_while_their_mover_runs_are_cleaned_up_in_order
         let ns = ns.clone();
         async move {
             snapshot_backup(env, &ns, run, json!({"pvc": "data"})).await;
-            env.wait_for::<Pod>(&ns, &format!("coffer-{run}"), "running", |p| {
-                p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-            })
-            .await;
+            env.wait_running(&ns, &format!("coffer-{run}")).await;
         }
     };
     let api: Api<VolumeBackup> = Api::namespaced(env.client.clone(), &ns);
@@ -379,10 +376,7 @@ async fn a_mover_left_terminating_by_a_lost_node_is_force_deleted_and_cleanup_go
         .leave_pod_deletions_unconfirmed(&ns);
     let c = Controller::start(&env, "a", &["--terminating-limit", "1s"]);
     snapshot_backup(&env, &ns, "lost", json!({"pvc": "data"})).await;
-    env.wait_for::<Pod>(&ns, "coffer-lost", "running", |p| {
-        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-    })
-    .await;
+    env.wait_running(&ns, "coffer-lost").await;
     Api::<VolumeBackup>::namespaced(env.client.clone(), &ns)
         .patch(
             "lost",
