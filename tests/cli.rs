@@ -1232,6 +1232,87 @@ fn sigterm_stops_a_backup_cleanly_and_its_uploads_are_reused() {
     assert_eq!(sessions, 0, "a clean stop leaves no session");
 }
 
+/// Waits until process `pid` is stopped (state `T` in /proc), as it is
+/// once it raised SIGSTOP. Polls: the event has no other signal.
+fn wait_stopped(child: &mut std::process::Child) {
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap();
+        // "pid (comm) S ...": the state follows the last ')'.
+        let state = stat.rsplit(')').next().unwrap().trim_start().chars().next();
+        if state == Some('T') {
+            return;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the backup ended ({status}) before it stopped");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// SPEC §13, "Leases", scenario 0: a backup frozen (SIGSTOP, as a node
+/// freezes a pod) at each moment that matters, while a prune takes it for
+/// dead and deletes what it relies on, then thawed (SIGCONT). It must fail
+/// saying it lost its session, and leave a repository whose data all
+/// checks: no snapshot or index file may point at a deleted pack.
+#[test]
+fn a_backup_frozen_while_a_prune_takes_it_for_dead_fails_and_loses_nothing() {
+    for at in ["session-open", "pack-stored", "snapshot-write"] {
+        let env = Env::new();
+        env.expect(0, &INIT_SMALL_PACKS);
+        let src = env.root.join("src");
+        // Packs that nothing needs once their snapshot is forgotten, and
+        // that the frozen backup deduplicates against.
+        write(&src.join("old.bin"), &noise(7, 1_000_000));
+        env.expect(0, &["backup", src.to_str().unwrap()]);
+        let old = env.snapshot_ids().remove(0);
+        env.expect(0, &["forget", &old]);
+        write(&src.join("new.bin"), &noise(8, 600_000));
+
+        let mut backup = env
+            .fast(&["backup", src.to_str().unwrap()])
+            .env("COFFER_TEST_STOP_AT", at)
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_stopped(&mut backup);
+        let prune = env
+            .fast(&["prune", "--max-unused", "0%", "--json"])
+            .output()
+            .unwrap();
+        assert_eq!(prune.status.code(), Some(0), "{at}: {}", stderr(&prune));
+        let p = json(&String::from_utf8_lossy(&prune.stdout));
+        assert_eq!(p["stale_sessions_removed"], 1, "{at}: {p}");
+        assert_eq!(p["executed"], true, "{at}: {p}");
+
+        let cont = Command::new("kill")
+            .args(["-CONT", &backup.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(cont.success());
+        let out = backup.wait_with_output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{at}: {err}");
+        assert!(err.contains("for dead"), "{at}: {err}");
+        assert!(
+            env.snapshot_ids().is_empty(),
+            "{at}: a snapshot was written"
+        );
+        env.check_read_data();
+
+        // The next backup stores what was freed again, and restores.
+        env.expect(0, &["backup", src.to_str().unwrap()]);
+        env.check_read_data();
+        let t = env.root.join("restored");
+        env.expect(0, &["restore", "latest", "--target", t.to_str().unwrap()]);
+        assert_eq!(
+            std::fs::read(t.join("old.bin")).unwrap(),
+            noise(7, 1_000_000)
+        );
+        assert_eq!(std::fs::read(t.join("new.bin")).unwrap(), noise(8, 600_000));
+    }
+}
+
 #[test]
 fn prune_killed_at_random_moments_loses_nothing_and_the_next_prune_finishes() {
     let env = Env::new();

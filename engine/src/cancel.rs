@@ -12,12 +12,24 @@ pub struct CancelToken(Arc<Inner>);
 struct Inner {
     cancelled: AtomicBool,
     notify: tokio::sync::Notify,
+    /// A child token is also cancelled when its parent is.
+    parent: Option<CancelToken>,
 }
 
 impl CancelToken {
     /// A token that is not cancelled.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A new token that is cancelled when this one is, and may also be
+    /// cancelled on its own (without cancelling this one): an operation
+    /// that must stop for its own reasons as well as for its caller's.
+    pub fn child(&self) -> Self {
+        CancelToken(Arc::new(Inner {
+            parent: Some(self.clone()),
+            ..Inner::default()
+        }))
     }
 
     /// Asks every holder of the token to stop.
@@ -29,10 +41,25 @@ impl CancelToken {
     /// Whether cancellation was asked for.
     pub fn is_cancelled(&self) -> bool {
         self.0.cancelled.load(Ordering::Relaxed)
+            || self.0.parent.as_ref().is_some_and(|p| p.is_cancelled())
     }
 
     /// Returns once cancellation is asked for (at once if it was).
     pub async fn cancelled(&self) {
+        match &self.0.parent {
+            None => self.own().await,
+            Some(parent) => {
+                let parent = Box::pin(parent.cancelled());
+                tokio::select! {
+                    () = self.own() => {}
+                    () = parent => {}
+                }
+            }
+        }
+    }
+
+    /// Returns once this token itself is cancelled.
+    async fn own(&self) {
         loop {
             let notified = self.0.notify.notified();
             if self.0.cancelled.load(Ordering::SeqCst) {
@@ -103,5 +130,24 @@ mod tests {
         // Already cancelled: returns at once.
         token.cancelled().await;
         assert!(token.check().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_child_stops_with_its_parent_but_not_the_other_way_round() {
+        let parent = CancelToken::new();
+        let child = parent.child();
+        child.cancel();
+        assert!(child.is_cancelled());
+        assert!(!parent.is_cancelled());
+
+        let child = parent.child();
+        let waiter = {
+            let child = child.clone();
+            tokio::spawn(async move { child.cancelled().await })
+        };
+        tokio::task::yield_now().await;
+        parent.cancel();
+        waiter.await.unwrap();
+        assert!(child.is_cancelled());
     }
 }

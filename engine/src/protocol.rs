@@ -9,11 +9,15 @@
 //! stale: its counter did not change for [`Timing::stale_after`] as measured by
 //! the observer's own monotonic clock. No clock is compared across hosts.
 //!
-//! A backup whose own heartbeat could not be written for a fifth of
-//! `stale_after` (its own monotonic clock) gives up instead of writing a
-//! snapshot: prune may soon consider it dead. (With clock rates within a
-//! factor of two, that is at most 0.4 of stale-after in real time, while prune
-//! waits at least 0.5 of it.)
+//! The holder of a beacon has a [`Lease`]: valid until a fifth of
+//! `stale_after` (its own monotonic clock) after it *sent* the last heartbeat
+//! that was stored in time. A heartbeat not stored before the lease runs out
+//! ends it for good, and every write others rely on (a backup's index files
+//! and snapshot, a prune's index files and deletions) must complete within
+//! the lease. (With clock rates within a factor of two, a fifth is at most
+//! 0.4 of stale-after in real time, while an observer waits at least 0.5 of
+//! it.) A backup also reads its session back after storing its snapshot and
+//! deletes the snapshot if the session is gone.
 //!
 //! Prune excludes other prunes with a lock that needs no conditional write:
 //! it writes `locks/prune-<random id>`, then lists `locks/`, and goes on only
@@ -26,7 +30,7 @@
 //! (`planned_packs`) and does not deduplicate against those packs.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -209,25 +213,181 @@ pub(crate) async fn list_keys(repo: &Repository, prefix: &str) -> Result<Vec<Str
     Ok(infos.into_iter().map(|i| i.key).collect())
 }
 
+/// Longest stale-after an observer honours from a beacon (a hostile or
+/// mistaken value cannot make prune wait longer than this; prune's own
+/// `max_wait` bounds it further).
+const MAX_DECLARED_STALE: Duration = Duration::from_secs(24 * 3600);
+
+/// What the holder of a beacon knows about its own liveness (SPEC §13,
+/// "Leases"): until when others cannot have taken it for dead, and whether
+/// it lost the beacon for good.
+///
+/// Every heartbeat counts from the moment it was *sent*. The lease is
+/// valid until a fifth of stale-after after the send of the last heartbeat
+/// that was stored in time; a heartbeat that is not stored before the lease
+/// runs out (a stalled store, a frozen process) ends the lease for good,
+/// even if that write lands later. Everything a holder writes that others
+/// rely on (a backup's index files and snapshot, a prune's index files and
+/// deletions) goes through [`Lease::bounded`], so it completes while the
+/// lease is valid or not at all.
+#[derive(Clone)]
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+pub(crate) struct Lease(Arc<LeaseState>);
+
+struct LeaseState {
+    key: String,
+    /// A fifth of stale-after.
+    bound: Duration,
+    inner: Mutex<LeaseInner>,
+    /// Tripped when the lease is lost, so the holder's work stops.
+    on_lost: Option<CancelToken>,
+}
+
+struct LeaseInner {
+    valid_until: Instant,
+    lost: Option<String>,
+}
+
+impl Lease {
+    fn new(key: String, bound: Duration, sent: Instant, on_lost: Option<CancelToken>) -> Self {
+        Lease(Arc::new(LeaseState {
+            key,
+            bound,
+            inner: Mutex::new(LeaseInner {
+                valid_until: sent + bound,
+                lost: None,
+            }),
+            on_lost,
+        }))
+    }
+
+    fn inner(&self) -> std::sync::MutexGuard<'_, LeaseInner> {
+        self.0.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Until when the lease is valid (this process's monotonic clock).
+    pub fn valid_until(&self) -> Instant {
+        self.inner().valid_until
+    }
+
+    /// Why the lease was lost for good, if it was.
+    pub fn lost(&self) -> Option<String> {
+        self.inner().lost.clone()
+    }
+
+    /// Ends the lease for good, and stops the holder's work.
+    fn lose(&self, reason: String) {
+        {
+            let mut inner = self.inner();
+            if inner.lost.is_some() {
+                return;
+            }
+            tracing::warn!("session {} lost: {reason}", self.0.key);
+            inner.lost = Some(reason);
+        }
+        if let Some(t) = &self.0.on_lost {
+            t.cancel();
+        }
+    }
+
+    /// A heartbeat sent at `sent` was stored at `now`: valid if it was
+    /// stored while the lease still held.
+    fn renewed(&self, sent: Instant, now: Instant) {
+        let mut inner = self.inner();
+        if inner.lost.is_none() && now <= inner.valid_until {
+            inner.valid_until = inner.valid_until.max(sent + self.0.bound);
+        } else if inner.lost.is_none() {
+            let late = now.duration_since(inner.valid_until);
+            drop(inner);
+            self.lose(format!(
+                "had a heartbeat stored {:.1} s after its lease ran out, so others may have \
+                 taken it for dead",
+                late.as_secs_f64()
+            ));
+        }
+    }
+
+    fn error(&self, reason: String) -> Error {
+        Error::SessionLost {
+            session: self.0.key.clone(),
+            reason,
+        }
+    }
+
+    /// Fails if the lease is lost or ran out: a write started now might
+    /// land after others took this process for dead.
+    pub fn check(&self) -> Result<()> {
+        let inner = self.inner();
+        if let Some(reason) = &inner.lost {
+            return Err(self.error(reason.clone()));
+        }
+        let now = Instant::now();
+        if now >= inner.valid_until {
+            return Err(self.error(format!(
+                "could not be renewed for {:.1} s (a stalled store or a paused process), so \
+                 others may have taken it for dead",
+                (now - inner.valid_until + self.0.bound).as_secs_f64()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Runs `work` (a write others rely on) only while the lease is valid:
+    /// checks it first, abandons the work once the lease runs out (no retry
+    /// past it; heartbeats stored meanwhile extend it), and checks it again
+    /// when the work is done. `what` names the work in the error.
+    pub async fn bounded<T>(
+        &self,
+        what: &str,
+        work: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        self.check()?;
+        let mut work = std::pin::pin!(work);
+        let out = loop {
+            let until = self.valid_until();
+            match tokio::time::timeout_at(until.into(), &mut work).await {
+                Ok(r) => break r?,
+                // Renewed meanwhile: keep waiting.
+                Err(_) if self.lost().is_none() && self.valid_until() > until => continue,
+                Err(_) => {
+                    return Err(self.error(format!(
+                        "ran out of its lease while {what} (the store did not answer in time), \
+                         so others may have taken it for dead"
+                    )))
+                }
+            }
+        };
+        // Done, but perhaps after a pause that outlived the lease.
+        self.check().map_err(|e| match e {
+            Error::SessionLost { session, reason } => Error::SessionLost {
+                session,
+                reason: format!("{reason} ({what} completed too late)"),
+            },
+            e => e,
+        })?;
+        Ok(out)
+    }
+}
+
 /// A live beacon: written now, rewritten by a background task until ended.
 #[cfg_attr(feature = "internals", visibility::make(pub))]
 pub(crate) struct Live {
     repo: Arc<Repository>,
     key: String,
-    timing: Timing,
+    lease: Lease,
     stop: Arc<AtomicBool>,
-    /// When the last heartbeat was stored (this process's monotonic clock).
-    last_ok: Arc<Mutex<Instant>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Live {
-    /// Writes a new beacon under `prefix` and keeps it beating.
+    /// Writes a new beacon under `prefix` and keeps it beating. When the
+    /// lease is lost, `on_lost` (if any) is cancelled.
     pub async fn start(
         repo: Arc<Repository>,
         prefix: &str,
         kind: &str,
         timing: Timing,
+        on_lost: Option<CancelToken>,
     ) -> Result<Live> {
         // Readers refuse any other kind (SPEC §13): never write one.
         if kind != "backup" && kind != "prune" {
@@ -248,25 +408,64 @@ impl Live {
             pid: std::process::id(),
             started: crate::repository::now_rfc3339(),
             beat: 0,
+            stale_after_ms: Some(
+                timing
+                    .stale_after
+                    .as_millis()
+                    .try_into()
+                    .unwrap_or(u64::MAX),
+            ),
         };
-        write_beacon(&repo, &key, &beacon).await?;
+        let bound = timing.stale_after / 5;
+        let sent = Instant::now();
+        let lease = Lease::new(key.clone(), bound, sent, on_lost);
+        lease
+            .bounded("writing its session", write_beacon(&repo, &key, &beacon))
+            .await?;
         let stop = Arc::new(AtomicBool::new(false));
-        let last_ok = Arc::new(Mutex::new(Instant::now()));
-        let beats = Arc::new(AtomicU64::new(0));
         let task = {
-            let (repo, key, stop, last_ok) =
-                (repo.clone(), key.clone(), stop.clone(), last_ok.clone());
+            let (repo, key, stop, lease) = (repo.clone(), key.clone(), stop.clone(), lease.clone());
             tokio::spawn(async move {
+                let mut last_sent = sent;
                 loop {
-                    tokio::time::sleep(timing.heartbeat).await;
+                    // Beats are due a heartbeat after the last one was sent,
+                    // however long it took to store.
+                    tokio::time::sleep_until((last_sent + timing.heartbeat).into()).await;
                     if stop.load(Ordering::SeqCst) {
                         return;
                     }
-                    beacon.beat = beats.fetch_add(1, Ordering::SeqCst) + 1;
-                    if write_beacon(&repo, &key, &beacon).await.is_ok() {
-                        if let Ok(mut t) = last_ok.lock() {
-                            *t = Instant::now();
+                    let now = Instant::now();
+                    let until = lease.valid_until();
+                    if now >= until {
+                        lease.lose(format!(
+                            "could not send a heartbeat for {:.1} s (the process was paused or \
+                             starved), so others may have taken it for dead",
+                            now.duration_since(last_sent).as_secs_f64()
+                        ));
+                        return;
+                    }
+                    beacon.beat += 1;
+                    let write = write_beacon(&repo, &key, &beacon);
+                    match tokio::time::timeout_at(until.into(), write).await {
+                        Ok(Ok(())) => {
+                            lease.renewed(now, Instant::now());
+                            last_sent = now;
                         }
+                        Ok(Err(e)) => {
+                            lease.lose(format!("could not store a heartbeat: {e}"));
+                            return;
+                        }
+                        Err(_) => {
+                            lease.lose(format!(
+                                "could not store a heartbeat within {:.1} s, so others may \
+                                 have taken it for dead",
+                                until.duration_since(now).as_secs_f64()
+                            ));
+                            return;
+                        }
+                    }
+                    if lease.lost().is_some() {
+                        return;
                     }
                 }
             })
@@ -274,9 +473,8 @@ impl Live {
         Ok(Live {
             repo,
             key,
-            timing,
+            lease,
             stop,
-            last_ok,
             task: Some(task),
         })
     }
@@ -286,20 +484,15 @@ impl Live {
         &self.key
     }
 
+    /// The lease this beacon gives: what bounds the holder's writes.
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
     /// Fails if this process may soon be considered dead by others: its
-    /// heartbeat has not been stored for a fifth of the stale time, or its
-    /// beacon is gone.
+    /// lease is lost or ran out, or its beacon is gone from the store.
     pub async fn check_alive(&self) -> Result<()> {
-        let since = self.last_ok.lock().map(|t| t.elapsed()).unwrap_or_default();
-        if since > self.timing.stale_after / 5 {
-            return Err(Error::SessionLost {
-                session: self.key.clone(),
-                reason: format!(
-                    "could not be renewed for {:.0} s, so others may have taken it for dead",
-                    since.as_secs_f64()
-                ),
-            });
-        }
+        self.lease.check()?;
         if read_beacon(&self.repo, &self.key).await?.is_none() {
             return Err(Error::SessionLost {
                 session: self.key.clone(),
@@ -344,7 +537,8 @@ pub(crate) struct Watch {
 
 impl Watch {
     /// Observes `key`: `Some(true)` live, `Some(false)` stale (its beat did not
-    /// change for `stale_after` of our observation), `None` gone.
+    /// change for stale-after of our observation: `timing`'s, or the longer
+    /// one the beacon declares, up to a day), `None` gone.
     pub async fn observe(
         &mut self,
         repo: &Repository,
@@ -356,9 +550,15 @@ impl Watch {
             return Ok(None);
         };
         let now = Instant::now();
+        // The writer's own stale-after, where it is longer than ours: it
+        // stops within a fifth of *its* value, so we wait at least that.
+        let stale_after = b
+            .stale_after_ms
+            .map(|ms| Duration::from_millis(ms).min(MAX_DECLARED_STALE))
+            .map_or(timing.stale_after, |d| d.max(timing.stale_after));
         match self.seen.get(key) {
             Some((beat, since)) if *beat == b.beat => {
-                Ok(Some(now.duration_since(*since) < timing.stale_after))
+                Ok(Some(now.duration_since(*since) < stale_after))
             }
             _ => {
                 self.seen.insert(key.to_string(), (b.beat, now));
@@ -407,7 +607,7 @@ pub(crate) async fn take_prune_lock(repo: &Arc<Repository>, w: Waiting<'_>) -> R
     let deadline = Instant::now() + w.max_wait;
     let mut watch = Watch::default();
     loop {
-        let mine = Live::start(repo.clone(), LOCKS, "prune", w.timing).await?;
+        let mine = Live::start(repo.clone(), LOCKS, "prune", w.timing, None).await?;
         let mut others = Vec::new();
         for key in list_keys(repo, LOCKS).await? {
             if key == mine.key() || !key.starts_with(coffer_repo_format::layout::PRUNE_LOCK) {

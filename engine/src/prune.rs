@@ -38,7 +38,7 @@ use crate::error::{Error, Result};
 use crate::index::Index;
 use crate::progress::{Phase, ProgressFn, Reporter};
 use crate::protocol::{
-    list_keys, take_prune_lock, wait_for_sessions, write_plan, Live, Timing, Waiting, PLANS,
+    list_keys, take_prune_lock, wait_for_sessions, write_plan, Lease, Live, Timing, Waiting, PLANS,
     SESSIONS,
 };
 use crate::repository::{PackBytes, Repository};
@@ -329,11 +329,16 @@ async fn run(
         });
     }
     opts.cancel.check()?;
+    let lease = lock.lease();
     let old_plans = list_keys(repo, PLANS).await?;
-    let plan_key = write_plan(repo, &packs).await?;
+    let plan_key = lease
+        .bounded("writing its plan", write_plan(repo, &packs))
+        .await?;
     for key in old_plans {
         // This plan covers what is still to do of theirs.
-        repo.delete(&key).await?;
+        lease
+            .bounded("deleting an older plan", repo.delete(&key))
+            .await?;
     }
 
     // Wait for every backup that may have started before the plan.
@@ -363,8 +368,10 @@ async fn run(
         usage: &u,
         present: &present,
     };
-    execute(repo, &state, &mut plan, &opts.cancel, progress).await?;
-    repo.delete(&plan_key).await?;
+    execute(repo, &state, &mut plan, &opts.cancel, lease, progress).await?;
+    lease
+        .bounded("deleting its plan", repo.delete(&plan_key))
+        .await?;
     plan.executed = true;
     Ok(plan)
 }
@@ -377,12 +384,20 @@ struct State<'a> {
     present: &'a HashMap<PackId, u64>,
 }
 
-/// Repacks, rewrites the index, deletes packs.
+/// Pack deletions sent at once; the lock's lease is checked before each
+/// batch, and a batch must complete within it.
+const DELETE_BATCH: usize = 16;
+
+/// Repacks, rewrites the index, deletes packs. Every index write, index
+/// deletion and batch of pack deletions happens within the lock's lease
+/// (SPEC §13): a prune that stalled past it stops there, so it never runs
+/// beside the prune that took its lock over.
 async fn execute(
     repo: &Arc<Repository>,
     state: &State<'_>,
     plan: &mut PrunePlan,
     cancel: &CancelToken,
+    lease: &Lease,
     progress: &Reporter,
 ) -> Result<()> {
     let State {
@@ -479,10 +494,12 @@ async fn execute(
             .packs
             .chunks(crate::backup::indexer::INDEX_EVERY_PACKS)
         {
-            repo.write_index(&IndexFile {
+            let file = IndexFile {
                 packs: part.to_vec(),
-            })
-            .await?;
+            };
+            lease
+                .bounded("writing an index file", repo.write_index(&file))
+                .await?;
         }
     }
     // 2. Replace every index file that lists a pack that goes.
@@ -500,9 +517,13 @@ async fn execute(
                 .collect(),
         };
         if !kept.packs.is_empty() {
-            repo.write_index(&kept).await?;
+            lease
+                .bounded("writing an index file", repo.write_index(&kept))
+                .await?;
         }
-        repo.delete_index(id).await?;
+        lease
+            .bounded("deleting an index file", repo.delete_index(id))
+            .await?;
         rewritten += 1;
     }
     plan.index_files_rewritten = rewritten;
@@ -512,9 +533,13 @@ async fn execute(
         Some(gone.iter().filter_map(|id| present.get(id)).sum()),
         Some(gone.len() as u64),
     );
-    for id in &gone {
-        repo.delete_pack(id).await?;
-        progress.add(present.get(id).copied().unwrap_or(0), 1);
+    let gone: Vec<PackId> = gone.into_iter().collect();
+    for batch in gone.chunks(DELETE_BATCH) {
+        let deletions = futures::future::try_join_all(batch.iter().map(|id| repo.delete_pack(id)));
+        lease.bounded("deleting packs", deletions).await?;
+        for id in batch {
+            progress.add(present.get(id).copied().unwrap_or(0), 1);
+        }
     }
     Ok(())
 }

@@ -443,6 +443,14 @@ impl Repository {
         key_of: impl Fn(&[u8; 32]) -> String,
         plain: &[u8],
     ) -> Result<[u8; 32]> {
+        let (id, sealed) = self.seal_file(context, plain)?;
+        self.put_sealed(&key_of(&id), sealed).await?;
+        Ok(id)
+    }
+
+    /// Seals a content-addressed file: its name (the BLAKE3 of the sealed
+    /// bytes) and the bytes.
+    fn seal_file(&self, context: Context<'_>, plain: &[u8]) -> Result<([u8; 32], Bytes)> {
         let mut sealer = self
             .key
             .sealer()
@@ -450,15 +458,15 @@ impl Repository {
         let sealed = sealer
             .seal(context, plain)
             .map_err(|e| Error::corrupt("new file", e))?;
-        let id = *blake3::hash(&sealed).as_bytes();
-        match self
-            .store
-            .put(&key_of(&id), Bytes::from(sealed), WriteMode::CreateNew)
-            .await
-        {
-            Ok(()) => Ok(id),
+        Ok((*blake3::hash(&sealed).as_bytes(), Bytes::from(sealed)))
+    }
+
+    /// Stores a sealed content-addressed file at `key`.
+    async fn put_sealed(&self, key: &str, sealed: Bytes) -> Result<()> {
+        match self.store.put(key, sealed, WriteMode::CreateNew).await {
+            Ok(()) => Ok(()),
             // Same name means same bytes: someone stored it already.
-            Err(e) if e.kind == StoreErrorKind::AlreadyExists => Ok(id),
+            Err(e) if e.kind == StoreErrorKind::AlreadyExists => Ok(()),
             Err(e) => Err(self.store_err(e)),
         }
     }
@@ -548,17 +556,23 @@ impl Repository {
 
     /// Writes a snapshot; this is the last write of a backup.
     pub(crate) async fn write_snapshot(&self, snapshot: &Snapshot) -> Result<SnapshotId> {
+        let (id, sealed) = self.seal_snapshot(snapshot)?;
+        self.put_snapshot(&id, sealed).await?;
+        Ok(id)
+    }
+
+    /// Seals a snapshot: its id and its stored bytes, for [`Self::put_snapshot`].
+    pub(crate) fn seal_snapshot(&self, snapshot: &Snapshot) -> Result<(SnapshotId, Bytes)> {
         let plain = snapshot
             .encode()
             .map_err(|e| Error::corrupt("new snapshot", e))?;
-        let id = self
-            .write_sealed(
-                Context::Snapshot,
-                |id| layout::snapshot(&SnapshotId(*id)),
-                &plain,
-            )
-            .await?;
-        Ok(SnapshotId(id))
+        let (id, sealed) = self.seal_file(Context::Snapshot, &plain)?;
+        Ok((SnapshotId(id), sealed))
+    }
+
+    /// Stores a snapshot sealed by [`Self::seal_snapshot`].
+    pub(crate) async fn put_snapshot(&self, id: &SnapshotId, sealed: Bytes) -> Result<()> {
+        self.put_sealed(&layout::snapshot(id), sealed).await
     }
 
     /// Reads one snapshot.

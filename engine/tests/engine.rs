@@ -2075,6 +2075,7 @@ mod retention {
     use coffer_engine::forget::{self, Filter, GroupBy, Policy};
     use coffer_engine::protocol::{Live, Timing, SESSIONS};
     use coffer_engine::prune::{self, PruneOptions};
+    use coffer_engine::storage::{Faults, Faulty, Hold, HoldOp};
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -2149,7 +2150,7 @@ mod retention {
             heartbeat: Duration::from_secs(3600),
             stale_after: Duration::from_secs(36_000),
         };
-        let live = Live::start(repo.clone(), SESSIONS, "backup", slow)
+        let live = Live::start(repo.clone(), SESSIONS, "backup", slow, None)
             .await
             .unwrap();
         (dir, repo, live, slow)
@@ -2427,9 +2428,15 @@ mod retention {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_concurrent_prune_and_a_cancelled_check_are_typed_errors() {
         let (dir, repo, live, slow) = with_live_session().await;
-        let other = Live::start(repo.clone(), coffer_engine::protocol::LOCKS, "prune", slow)
-            .await
-            .unwrap();
+        let other = Live::start(
+            repo.clone(),
+            coffer_engine::protocol::LOCKS,
+            "prune",
+            slow,
+            None,
+        )
+        .await
+        .unwrap();
         let err = prune::prune(
             repo.clone(),
             PruneOptions {
@@ -2594,7 +2601,7 @@ mod retention {
             .unwrap();
 
         // A backup that started before prune: it might reference anything.
-        let running = Live::start(repo.clone(), SESSIONS, "backup", Timing::fast())
+        let running = Live::start(repo.clone(), SESSIONS, "backup", Timing::fast(), None)
             .await
             .unwrap();
         let p = prune::prune(repo.clone(), fast(Duration::from_millis(800)))
@@ -2657,7 +2664,7 @@ mod retention {
             .unwrap();
         // A backup that died: its session stays, its heartbeat stops.
         drop(
-            Live::start(repo.clone(), SESSIONS, "backup", Timing::fast())
+            Live::start(repo.clone(), SESSIONS, "backup", Timing::fast(), None)
                 .await
                 .unwrap(),
         );
@@ -2681,7 +2688,7 @@ mod retention {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn two_prunes_at_once_stay_consistent_on_a_store_that_ignores_create_if_absent() {
+    async fn two_prunes_started_at_once_take_turns_on_a_store_that_ignores_create_if_absent() {
         let dir = tempdir();
         let src = dir.path().join("src");
         let repo_dir = dir.path().join("repo");
@@ -2718,6 +2725,218 @@ mod retention {
             std::fs::read(t.path().join("changing.bin")).unwrap(),
             noise(102, 400_000)
         );
+    }
+
+    /// A directory with `src/` and a repository in `repo/`.
+    async fn stall_fixture(
+        compression: Compression,
+        pack_size: u32,
+    ) -> (
+        tempfile::TempDir,
+        std::path::PathBuf,
+        std::path::PathBuf,
+        Arc<coffer_engine::Repository>,
+    ) {
+        let dir = tempdir();
+        let (src, repo_dir) = (dir.path().join("src"), dir.path().join("repo"));
+        let repo = local_repo(&repo_dir, init_opts(small_chunks(), compression, pack_size)).await;
+        (dir, src, repo_dir, repo)
+    }
+
+    /// A second handle on the repository at `dir`, whose store holds the
+    /// operations `holds` match (as a stalled store or a paused process).
+    async fn stalled_view(dir: &Path, holds: Vec<Arc<Hold>>) -> Arc<coffer_engine::Repository> {
+        let inner = coffer_engine::storage::open_location(dir.to_str().unwrap(), false).unwrap();
+        let faults = Faults {
+            holds,
+            ..Default::default()
+        };
+        let store: coffer_engine::storage::DynStore = Arc::new(Faulty::new(inner, faults, 1));
+        Arc::new(
+            coffer_engine::Repository::open(store, b"test password")
+                .await
+                .unwrap(),
+        )
+    }
+
+    fn lost_session(err: &coffer_engine::Error) -> bool {
+        matches!(err, coffer_engine::Error::SessionLost { .. })
+            && err.to_string().contains("for dead")
+    }
+
+    /// SPEC §13, "Leases", scenario 1: a backup's heartbeats stall past
+    /// stale-after (its store stops answering), a prune takes it for dead
+    /// and deletes the packs its files were deduplicated against, then the
+    /// stalled heartbeat lands (putting the session back) and the backup
+    /// tries to finish. It must not write its snapshot: it says it lost its
+    /// session, and the repository checks clean.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_backup_whose_heartbeat_stalls_past_stale_after_writes_no_snapshot() {
+        let (_dir, src, repo_dir, repo) = stall_fixture(Compression::Zstd(2), 128 * 1024).await;
+        // Data that a forgotten snapshot stored: prune deletes its packs.
+        write(&src.join("old.bin"), &noise(7, 400_000));
+        let forgotten = backup_paths(&repo, &[&src]).await.snapshot_id;
+        repo.delete_snapshot(&forgotten).await.unwrap();
+        write(&src.join("new.bin"), &noise(8, 300_000));
+
+        // The backup deduplicates old.bin against those packs; its first
+        // pack upload, then its heartbeats, stall.
+        let upload = Arc::new(Hold::new(HoldOp::Put, "data/"));
+        let beats = Arc::new(Hold::new(HoldOp::Put, SESSIONS).disarmed().lands_late());
+        let stalled = stalled_view(&repo_dir, vec![upload.clone(), beats.clone()]).await;
+        let mut opts = BackupOptions::new([src.as_path()]);
+        opts.timing = Timing::fast();
+        let backup = tokio::spawn(coffer_engine::backup::backup(stalled, opts));
+        // (A bound on a wait for an event, not a timing: a hang fails.)
+        tokio::time::timeout(Duration::from_secs(120), upload.wait_held(1))
+            .await
+            .expect("the backup never uploaded a pack");
+        beats.arm();
+
+        // Prune takes the silent session for dead and frees the old packs.
+        let p = prune::prune(repo.clone(), fast(Duration::from_secs(60)))
+            .await
+            .unwrap();
+        assert!(p.executed && p.stale_sessions_removed == 1, "{p:?}");
+        assert!(!p.delete_packs.is_empty(), "{p:?}");
+
+        // The stalled heartbeat lands, the upload goes on.
+        beats.release();
+        upload.release();
+        let err = backup.await.unwrap().unwrap_err();
+        assert!(lost_session(&err), "{err}");
+        assert!(
+            repo.snapshot_ids().await.unwrap().is_empty(),
+            "no snapshot may be written after its session was taken for dead"
+        );
+        assert_checks(&repo).await;
+
+        // The next backup stores old.bin again and restores byte for byte.
+        let b = backup_paths(&repo, &[&src]).await;
+        let t = tempdir();
+        restore_to(&repo, &b.snapshot_id.to_hex(), t.path()).await;
+        assert_eq!(
+            std::fs::read(t.path().join("old.bin")).unwrap(),
+            noise(7, 400_000)
+        );
+        assert_checks(&repo).await;
+    }
+
+    /// SPEC §13, "Leases", rule 5: a session that is gone once the
+    /// snapshot is stored (a prune that took it for dead against the
+    /// protocol's clock assumption) takes the snapshot back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_backup_whose_session_vanished_while_it_wrote_its_snapshot_takes_it_back() {
+        let (_dir, src, repo_dir, repo) = stall_fixture(Compression::Zstd(2), 128 * 1024).await;
+        write(&src.join("a.bin"), &noise(3, 200_000));
+        // Heartbeats stop once the snapshot write is held, well within a
+        // long lease, so nothing puts the session back.
+        let snapshot_write = Arc::new(Hold::new(HoldOp::Put, "snapshots/"));
+        let beats = Arc::new(Hold::new(HoldOp::Put, SESSIONS).disarmed());
+        let view = stalled_view(&repo_dir, vec![snapshot_write.clone(), beats.clone()]).await;
+        let mut opts = BackupOptions::new([src.as_path()]);
+        opts.timing = Timing {
+            heartbeat: Duration::from_millis(100),
+            stale_after: Duration::from_secs(600),
+        };
+        let backup = tokio::spawn(coffer_engine::backup::backup(view, opts));
+        tokio::time::timeout(Duration::from_secs(120), snapshot_write.wait_held(1))
+            .await
+            .expect("the backup never wrote its snapshot");
+        beats.arm();
+        let sessions = coffer_engine::protocol::list_keys(&repo, SESSIONS)
+            .await
+            .unwrap();
+        assert_eq!(sessions.len(), 1, "{sessions:?}");
+        repo.store().delete(&sessions[0]).await.unwrap();
+        snapshot_write.release();
+        let err = backup.await.unwrap().unwrap_err();
+        assert!(lost_session(&err), "{err}");
+        assert!(
+            err.to_string().contains("removed by another process"),
+            "{err}"
+        );
+        beats.release();
+        assert!(
+            repo.snapshot_ids().await.unwrap().is_empty(),
+            "the snapshot written without a session was deleted"
+        );
+        assert_checks(&repo).await;
+    }
+
+    /// Two processes with different timings agree on who is dead: a prune
+    /// configured with a 3 s stale-after waits for a session that declares
+    /// ten hours (its heartbeat is an hour apart) instead of removing it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_is_judged_by_the_longer_stale_after_it_declares() {
+        let (_dir, repo, live, _) = with_live_session().await;
+        let p = prune::prune(repo.clone(), fast(Duration::from_secs(4)))
+            .await
+            .unwrap();
+        assert!(
+            !p.executed && p.sessions_waited == 1 && p.stale_sessions_removed == 0,
+            "{p:?}"
+        );
+        live.check_alive().await.unwrap();
+        live.end().await.unwrap();
+    }
+
+    /// Scenario 2: prune A stalls in the middle of rewriting the index (its
+    /// store stops answering, its lock's heartbeat too), prune B takes the
+    /// lock over and finishes a different plan (it repacks what A keeps),
+    /// then A's store answers again. A must stop at its next step instead
+    /// of writing an index file that lists a pack B deleted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_prune_that_stalls_mid_way_stops_before_it_undoes_its_successor() {
+        // Packs large enough that each backup's blobs share two data packs.
+        let (_dir, src, repo_dir, repo) = stall_fixture(Compression::Off, 4 << 20).await;
+        write(&src.join("keep.bin"), &noise(90, 400_000));
+        let mut ids = Vec::new();
+        for round in 0..3u64 {
+            write(&src.join("changing.bin"), &noise(100 + round, 400_000));
+            ids.push(backup_paths(&repo, &[&src]).await.snapshot_id);
+        }
+        // The first snapshot's data packs now hold used blobs (keep.bin)
+        // beside unused ones: A (no repacking) keeps those packs and
+        // rewrites their index file, B (repacks all) deletes them.
+        repo.delete_snapshot(&ids[0]).await.unwrap();
+
+        let index_write = Arc::new(Hold::new(HoldOp::Put, "index/"));
+        let beats = Arc::new(Hold::new(HoldOp::Put, "locks/").disarmed());
+        let stalled = stalled_view(&repo_dir, vec![index_write.clone(), beats.clone()]).await;
+        let keep_partial = PruneOptions {
+            max_unused_percent: 100.0,
+            ..fast(Duration::from_secs(60))
+        };
+        let a = tokio::spawn(prune::prune(stalled, keep_partial));
+        // (A bound on a wait for an event, not a timing: a hang fails.)
+        tokio::time::timeout(Duration::from_secs(120), index_write.wait_held(1))
+            .await
+            .expect("prune A never wrote an index file");
+        beats.arm();
+
+        let b = prune::prune(repo.clone(), fast(Duration::from_secs(60)))
+            .await
+            .unwrap();
+        assert!(b.executed && !b.repack_packs.is_empty(), "{b:?}");
+        index_write.release();
+        beats.release();
+        let err = a.await.unwrap().unwrap_err();
+        assert!(lost_session(&err), "{err}");
+
+        assert_checks(&repo).await;
+        for (round, id) in ids.iter().enumerate().skip(1) {
+            let t = tempdir();
+            restore_to(&repo, &id.to_hex(), t.path()).await;
+            assert_eq!(
+                std::fs::read(t.path().join("changing.bin")).unwrap(),
+                noise(100 + round as u64, 400_000)
+            );
+            assert_eq!(
+                std::fs::read(t.path().join("keep.bin")).unwrap(),
+                noise(90, 400_000)
+            );
+        }
     }
 
     fn du(p: &Path) -> u64 {

@@ -109,6 +109,7 @@ async fn a_backup_under_ten_percent_transient_errors_completes_and_restores() {
             hang_rate: 0.01,
             delay: Duration::from_millis(1),
             fail_writes_from: None,
+            holds: Vec::new(),
         },
         7,
     ));

@@ -25,6 +25,11 @@ pub struct Beacon {
     pub started: String,
     /// Increases with every heartbeat.
     pub beat: u64,
+    /// The writer's stale-after in milliseconds (optional, added within
+    /// version 1): it stops within a fifth of this after its last stored
+    /// heartbeat, and an observer waits at least this long (§13).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_after_ms: Option<u64>,
 }
 
 /// A prune plan: the packs that backups must not deduplicate against.

@@ -330,6 +330,7 @@ fn vector_beacon() -> Beacon {
         pid: 4242,
         started: "2026-11-25T01:00:00Z".into(),
         beat: 7,
+        stale_after_ms: None,
     }
 }
 
@@ -370,6 +371,15 @@ fn protocol_object_vectors() {
     };
     let err = Beacon::decode(&odd.encode().unwrap()).unwrap_err();
     assert!(err.to_string().contains("restore"), "{err}");
+    // The optional stale-after (added within version 1) round-trips, and a
+    // beacon without it (the vector, older writers) still decodes.
+    let declared = Beacon {
+        stale_after_ms: Some(600_000),
+        ..vector_beacon()
+    };
+    let bytes = declared.encode().unwrap();
+    assert_eq!(Beacon::decode(&bytes).unwrap(), declared);
+    assert_ne!(bytes, vector_beacon().encode().unwrap());
 }
 
 #[test]

@@ -15,6 +15,7 @@ use coffer_repo_format::PackId;
 
 use crate::error::{Error, Result};
 use crate::index::Index;
+use crate::protocol::Lease;
 use crate::repository::{layout, Repository};
 use crate::storage::StoreErrorKind;
 
@@ -30,16 +31,20 @@ pub(crate) struct Indexer<'a> {
     /// A write failed: the store is likely down, so keep collecting and
     /// leave the one last attempt to the final [`Indexer::flush`].
     failed: bool,
+    /// The session's lease: an index file is written only within it, so
+    /// none lands after a prune took this backup for dead (SPEC §13).
+    lease: Lease,
 }
 
 impl<'a> Indexer<'a> {
-    pub(crate) fn new(repo: &'a Repository, index: &'a Index) -> Self {
+    pub(crate) fn new(repo: &'a Repository, index: &'a Index, lease: Lease) -> Self {
         Indexer {
             repo,
             index,
             pending: IndexFile::default(),
             files_written: 0,
             failed: false,
+            lease,
         }
     }
 
@@ -67,7 +72,8 @@ impl<'a> Indexer<'a> {
         if self.pending.packs.is_empty() {
             return Ok(());
         }
-        if let Err(e) = self.repo.write_index(&self.pending).await {
+        let write = self.repo.write_index(&self.pending);
+        if let Err(e) = self.lease.bounded("writing an index file", write).await {
             self.failed = true;
             return Err(e);
         }
@@ -92,6 +98,7 @@ pub(crate) async fn adopt_unindexed(
     repo: &Arc<Repository>,
     index: &Index,
     planned: &HashSet<PackId>,
+    lease: &Lease,
 ) -> Result<u64> {
     // Streamed: only the (few) unindexed packs are kept, never the listing.
     let mut orphans: Vec<(PackId, u64)> = Vec::new();
@@ -121,7 +128,7 @@ pub(crate) async fn adopt_unindexed(
     .buffer_unordered(8)
     .collect()
     .await;
-    let mut indexer = Indexer::new(repo, index);
+    let mut indexer = Indexer::new(repo, index, lease.clone());
     let mut adopted = 0;
     for (id, size, header) in headers {
         let entries = match header {

@@ -67,6 +67,36 @@ pub struct BackupProgress {
 /// A progress callback; called from a pipeline thread at most every 100 ms.
 pub type ProgressFn = Arc<dyn Fn(&BackupProgress) + Send + Sync>;
 
+/// A moment in a backup that matters to the concurrency protocol (SPEC §13),
+/// reported to [`BackupOptions::checkpoint`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Checkpoint {
+    /// The session is written and the index loaded; nothing of this backup
+    /// is stored yet.
+    SessionOpen,
+    /// A pack was stored; the index file that lists it is not written yet.
+    PackStored,
+    /// The session was checked; the snapshot is about to be written.
+    SnapshotWrite,
+}
+
+impl Checkpoint {
+    /// The checkpoint's name: `session-open`, `pack-stored`, `snapshot-write`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Checkpoint::SessionOpen => "session-open",
+            Checkpoint::PackStored => "pack-stored",
+            Checkpoint::SnapshotWrite => "snapshot-write",
+        }
+    }
+}
+
+/// A [`Checkpoint`] callback. It runs on the backup's own tasks, so it can
+/// hold the backup at that moment (the CLI's tests freeze the whole process
+/// there with SIGSTOP to reproduce a paused pod).
+pub type CheckpointFn = Arc<dyn Fn(Checkpoint) + Send + Sync>;
+
 /// What to back up and how.
 #[derive(Clone)]
 pub struct BackupOptions {
@@ -115,6 +145,8 @@ pub struct BackupOptions {
     /// workers together (`None`: as fast as it goes). For a live volume whose
     /// application needs the disk.
     pub read_limit: Option<u64>,
+    /// Called at each [`Checkpoint`].
+    pub checkpoint: Option<CheckpointFn>,
 }
 
 /// How a backup picks its parent snapshot.
@@ -164,6 +196,7 @@ impl BackupOptions {
             timing: crate::protocol::Timing::default(),
             record_path: None,
             read_limit: None,
+            checkpoint: None,
         }
     }
 }
@@ -470,11 +503,25 @@ impl Job {
         repo.prepare_writes().await?;
         // The protocol's order (SPEC.md): announce the session, then read the
         // prune plans, then the index; never deduplicate against planned packs.
-        let live = Live::start(repo.clone(), SESSIONS, "backup", opts.timing).await?;
+        // The work stops when the caller cancels, and when the session's
+        // lease is lost (then the backup fails with the lease's reason).
+        let cancel = opts.cancel.child();
+        let live = Live::start(
+            repo.clone(),
+            SESSIONS,
+            "backup",
+            opts.timing,
+            Some(cancel.clone()),
+        )
+        .await?;
+        let lease = live.lease().clone();
         let planned = crate::protocol::planned_packs(&repo).await?;
         let index = repo.load_index().await?;
         index.exclude_packs(&planned);
-        let packs_adopted = indexer::adopt_unindexed(&repo, &index, &planned).await?;
+        let packs_adopted = indexer::adopt_unindexed(&repo, &index, &planned, &lease).await?;
+        if let Some(cp) = &opts.checkpoint {
+            cp(Checkpoint::SessionOpen);
+        }
         let start_time = crate::repository::now_rfc3339();
         let threads = match opts.threads {
             0 => std::thread::available_parallelism()
@@ -509,6 +556,8 @@ impl Job {
             rx,
             opts.upload_concurrency.max(1),
             pool.clone(),
+            lease,
+            opts.checkpoint.clone(),
         ));
         let header_sealer = repo
             .key()
@@ -533,7 +582,7 @@ impl Job {
             monitor: Monitor {
                 stats,
                 errors: Mutex::new(Vec::new()),
-                cancel: opts.cancel.clone(),
+                cancel,
                 progress: opts.progress.clone(),
                 scan: Scan::default(),
                 current: Mutex::new(None),
@@ -589,6 +638,17 @@ impl Job {
                 Ok(summary)
             }
             Err(e) => {
+                // Work stopped because the lease was lost reads as that, not
+                // as a cancellation the caller did not ask for.
+                let e = match (e, live.lease().lost()) {
+                    (Error::Cancelled, Some(reason)) if !opts.cancel.is_cancelled() => {
+                        Error::SessionLost {
+                            session: live.key().to_string(),
+                            reason,
+                        }
+                    }
+                    (e, _) => e,
+                };
                 let _ = live.end().await;
                 Err(e)
             }
@@ -620,9 +680,9 @@ impl Job {
         let mut snapshot = snapshot::build(&ctx.monitor, opts, &self.paths, root, self.start_time);
         snapshot.hostname = self.hostname;
         snapshot.parent = self.parent.map(|(id, _)| id);
-        // Nobody may have taken this backup for dead (and pruned what it uses).
-        live.check_alive().await?;
-        let snapshot_id = ctx.sink.repo.write_snapshot(&snapshot).await?;
+        let snapshot_id =
+            write_snapshot_in_lease(&ctx.sink.repo, &snapshot, live, opts.checkpoint.as_ref())
+                .await?;
         Ok(BackupSummary {
             snapshot_id,
             snapshot,
@@ -634,6 +694,50 @@ impl Job {
             bytes_read: Stats::get(&ctx.monitor.stats.bytes_read),
         })
     }
+}
+
+/// Writes the snapshot only while nobody may have taken this backup for dead
+/// (and pruned what it uses), SPEC §13: the session must be in the store and
+/// its lease valid before the write, the write must complete within the
+/// lease (no retry past it), and the session must still be there after it.
+/// Otherwise the snapshot, which may have landed anyway, is deleted.
+async fn write_snapshot_in_lease(
+    repo: &Repository,
+    snapshot: &Snapshot,
+    live: &Live,
+    checkpoint: Option<&CheckpointFn>,
+) -> Result<SnapshotId> {
+    live.check_alive().await?;
+    let (id, sealed) = repo.seal_snapshot(snapshot)?;
+    if let Some(cp) = checkpoint {
+        cp(Checkpoint::SnapshotWrite);
+    }
+    let stored = live
+        .lease()
+        .bounded("writing the snapshot", repo.put_snapshot(&id, sealed))
+        .await;
+    let verdict = match stored {
+        Ok(()) => live.check_alive().await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = verdict {
+        // The write may have landed (or may still land) although it was
+        // abandoned: take the snapshot back so nothing relies on it.
+        match repo.delete_snapshot(&id).await {
+            Ok(()) => tracing::warn!(
+                "deleted snapshot {} written without a lease: {e}",
+                id.short()
+            ),
+            Err(d) => tracing::error!(
+                "snapshot {} may have been written without a lease and could not be deleted \
+                 ({d}); forget it: coffer forget {}",
+                id.short(),
+                id
+            ),
+        }
+        return Err(e);
+    }
+    Ok(id)
 }
 
 fn run_pipeline(ctx: &Ctx, plan: &source::SourcePlan, root: Node) -> Result<Node> {

@@ -1,6 +1,8 @@
 //! Uploader: stores finished packs with bounded concurrency and hands each
 //! stored pack to the [`Indexer`]. Whatever happens, every pack stored is
-//! indexed before the uploader returns.
+//! indexed before the uploader returns, unless the session's lease is lost:
+//! then no index file is written (the packs are adopted by a later backup,
+//! or deleted by prune).
 
 use std::sync::Arc;
 
@@ -11,6 +13,7 @@ use super::indexer::Indexer;
 use super::packer::{BufferPool, FinishedPack, PackData};
 use crate::error::Result;
 use crate::index::Index;
+use crate::protocol::Lease;
 use crate::repository::{PackBytes, Repository};
 
 /// What the uploader did.
@@ -27,9 +30,11 @@ pub(crate) async fn run(
     mut rx: tokio::sync::mpsc::Receiver<FinishedPack>,
     concurrency: usize,
     pool: Arc<BufferPool>,
+    lease: Lease,
+    checkpoint: Option<super::CheckpointFn>,
 ) -> Result<UploadReport> {
     let mut report = UploadReport::default();
-    let mut indexer = Indexer::new(&repo, &index);
+    let mut indexer = Indexer::new(&repo, &index, lease);
     let mut inflight = FuturesUnordered::new();
     let upload = |p: FinishedPack| {
         let repo = repo.clone();
@@ -41,6 +46,7 @@ pub(crate) async fn run(
             repo.store_pack(&p.id, data).await.map(|()| p)
         }
     };
+
     let mut result: Result<()> = Ok(());
     loop {
         tokio::select! {
@@ -50,7 +56,7 @@ pub(crate) async fn run(
             },
             Some(done) = inflight.next(), if !inflight.is_empty() => {
                 let stored = match done {
-                    Ok(p) => stored(&mut indexer, &mut report, p, &pool).await,
+                    Ok(p) => stored(&mut indexer, &mut report, p, &pool, checkpoint.as_ref()).await,
                     Err(e) => Err(e),
                 };
                 if let Err(e) = stored {
@@ -64,7 +70,7 @@ pub(crate) async fn run(
     rx.close();
     while let Some(done) = inflight.next().await {
         let stored = match done {
-            Ok(p) => stored(&mut indexer, &mut report, p, &pool).await,
+            Ok(p) => stored(&mut indexer, &mut report, p, &pool, checkpoint.as_ref()).await,
             Err(e) => Err(e),
         };
         if let (Err(e), Ok(())) = (stored, &result) {
@@ -84,7 +90,11 @@ async fn stored(
     report: &mut UploadReport,
     p: FinishedPack,
     pool: &BufferPool,
+    checkpoint: Option<&super::CheckpointFn>,
 ) -> Result<()> {
+    if let Some(cp) = checkpoint {
+        cp(super::Checkpoint::PackStored);
+    }
     report.packs += 1;
     report.bytes += u64::from(p.size);
     let indexed = indexer.add(p.id, p.size, p.entries).await;

@@ -2,8 +2,8 @@
 //! truncates operations on purpose.
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,6 +28,118 @@ pub struct Faults {
     pub delay: Duration,
     /// The write with this number (1-based) and every later one fails permanently.
     pub fail_writes_from: Option<u64>,
+    /// Operations held until a test releases them.
+    pub holds: Vec<Arc<Hold>>,
+}
+
+/// Which operations a [`Hold`] holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HoldOp {
+    /// Writes.
+    Put,
+    /// Deletions.
+    Delete,
+}
+
+/// Holds the matching operations (a kind, a key prefix) until released: a
+/// stalled store, or a request stuck in a proxy. Deterministic: a test
+/// waits until an operation is held ([`Hold::wait_held`]), does what must
+/// happen meanwhile, then [`Hold::release`]s it.
+#[derive(Debug)]
+pub struct Hold {
+    op: HoldOp,
+    prefix: String,
+    /// Matching operations let through before the hold starts holding.
+    skip: AtomicU64,
+    armed: AtomicBool,
+    lands_late: bool,
+    held: AtomicU64,
+    held_changed: tokio::sync::Notify,
+    released: tokio::sync::watch::Sender<bool>,
+}
+
+impl Hold {
+    /// Holds every `op` on a key that starts with `prefix`, from now on.
+    pub fn new(op: HoldOp, prefix: &str) -> Self {
+        Hold {
+            op,
+            prefix: prefix.to_string(),
+            skip: AtomicU64::new(0),
+            armed: AtomicBool::new(true),
+            lands_late: false,
+            held: AtomicU64::new(0),
+            held_changed: tokio::sync::Notify::new(),
+            released: tokio::sync::watch::channel(false).0,
+        }
+    }
+
+    /// Lets the first `n` matching operations through.
+    pub fn after(self, n: u64) -> Self {
+        self.skip.store(n, Ordering::SeqCst);
+        self
+    }
+
+    /// Holds nothing until [`Hold::arm`].
+    pub fn disarmed(self) -> Self {
+        self.armed.store(false, Ordering::SeqCst);
+        self
+    }
+
+    /// A held write is carried out when released even if its caller gave up
+    /// meanwhile (a request that a proxy delivers late); otherwise a caller
+    /// that gives up takes its operation back.
+    pub fn lands_late(mut self) -> Self {
+        self.lands_late = true;
+        self
+    }
+
+    /// Starts holding.
+    pub fn arm(&self) {
+        self.armed.store(true, Ordering::SeqCst);
+    }
+
+    /// Lets every held operation go, and holds nothing more.
+    pub fn release(&self) {
+        self.armed.store(false, Ordering::SeqCst);
+        self.released.send_replace(true);
+    }
+
+    /// How many operations were held so far.
+    pub fn held(&self) -> u64 {
+        self.held.load(Ordering::SeqCst)
+    }
+
+    /// Returns once at least `n` operations were held.
+    pub async fn wait_held(&self, n: u64) {
+        loop {
+            let changed = self.held_changed.notified();
+            if self.held() >= n {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// Whether this hold takes `op` on `key` now (counting it if so).
+    fn takes(&self, op: HoldOp, key: &str) -> bool {
+        if op != self.op || !key.starts_with(&self.prefix) || !self.armed.load(Ordering::SeqCst) {
+            return false;
+        }
+        let skipped = self
+            .skip
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if skipped {
+            return false;
+        }
+        self.held.fetch_add(1, Ordering::SeqCst);
+        self.held_changed.notify_waiters();
+        true
+    }
+
+    async fn until_released(mut released: tokio::sync::watch::Receiver<bool>) {
+        let _ = released.wait_for(|r| *r).await;
+    }
 }
 
 /// A store that misbehaves as [`Faults`] says.
@@ -88,6 +200,10 @@ impl Faulty {
         Ok(())
     }
 
+    fn holding(&self, op: HoldOp, key: &str) -> Option<&Arc<Hold>> {
+        self.faults.holds.iter().find(|h| h.takes(op, key))
+    }
+
     fn write_allowed(&self, key: &str) -> Result<(), StoreError> {
         let n = self.writes.fetch_add(1, Ordering::SeqCst) + 1;
         match self.faults.fail_writes_from {
@@ -134,6 +250,26 @@ impl Store for Faulty {
         self.inner.size(key).await
     }
     async fn put(&self, key: &str, data: Bytes, mode: WriteMode) -> Result<(), StoreError> {
+        if let Some(hold) = self.holding(HoldOp::Put, key) {
+            let released = Hold::until_released(hold.released.subscribe());
+            if hold.lands_late {
+                // The request is on its way whatever the caller does now.
+                let (inner, key) = (self.inner.clone(), key.to_string());
+                let late = tokio::spawn(async move {
+                    released.await;
+                    inner.put(&key, data, mode).await
+                });
+                return late.await.unwrap_or_else(|e| {
+                    Err(StoreError {
+                        kind: StoreErrorKind::Transient,
+                        operation: "writing",
+                        key: String::new(),
+                        message: format!("held write failed: {e}"),
+                    })
+                });
+            }
+            released.await;
+        }
         self.before("writing", key).await?;
         self.write_allowed(key)?;
         self.inner.put(key, data, mode).await?;
@@ -149,6 +285,9 @@ impl Store for Faulty {
         Ok(())
     }
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        if let Some(hold) = self.holding(HoldOp::Delete, key) {
+            Hold::until_released(hold.released.subscribe()).await;
+        }
         self.before("deleting", key).await?;
         self.inner.delete(key).await
     }

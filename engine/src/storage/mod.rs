@@ -30,7 +30,7 @@ use futures::stream::BoxStream;
 pub use cache::Caching;
 /// A store that injects faults, for the engine's own tests.
 #[cfg(feature = "internals")]
-pub use fault::{Faults, Faulty};
+pub use fault::{Faults, Faulty, Hold, HoldOp};
 pub(crate) use object::chain;
 pub use object::ObjectStoreBackend;
 pub use retry::{RetryPolicy, Retrying};
