@@ -1,8 +1,8 @@
-//! File metadata: reading it into tree nodes at backup, applying it at restore.
-//! Unix only; every call here leaves symlinks themselves alone (no following).
+//! File metadata: reading it into tree nodes at backup (restore applies it
+//! through descriptors, in `restore/target.rs`). Unix only; every call here
+//! leaves symlinks themselves alone (no following).
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
 use std::fs::Metadata;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -171,77 +171,4 @@ pub(crate) fn read_xattrs(path: &Path) -> Vec<Xattr> {
 /// Whether the process runs as root and can restore owners and device nodes.
 pub(crate) fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
-}
-
-fn errno(e: nix::errno::Errno) -> io::Error {
-    io::Error::from_raw_os_error(e as i32)
-}
-
-/// Creates a special node (FIFO or device).
-pub(crate) fn make_special(path: &Path, node: &Node) -> io::Result<()> {
-    use nix::sys::stat::{Mode, SFlag};
-    let perm = Mode::from_bits_truncate((node.mode & 0o777) as nix::libc::mode_t);
-    match node.kind {
-        NodeKind::Fifo => nix::unistd::mkfifo(path, perm).map_err(errno),
-        NodeKind::Chardev | NodeKind::Blockdev => {
-            let kind = if node.kind == NodeKind::Chardev {
-                SFlag::S_IFCHR
-            } else {
-                SFlag::S_IFBLK
-            };
-            nix::sys::stat::mknod(path, kind, perm, node.rdev.unwrap_or(0) as nix::libc::dev_t)
-                .map_err(errno)
-        }
-        _ => Err(io::Error::other("not a special file")),
-    }
-}
-
-/// Applies owner (as root), extended attributes, mode and times to a restored
-/// path, in that order: chown clears setuid bits, and times must come last.
-///
-/// Returns the problems that did not stop the restore of the path (for example
-/// an attribute the target filesystem refuses).
-pub(crate) fn apply(path: &Path, node: &Node, as_root: bool) -> Vec<String> {
-    let mut problems = Vec::new();
-    let is_link = node.kind == NodeKind::Symlink;
-    if as_root {
-        if let Err(e) = nix::unistd::fchownat(
-            nix::fcntl::AT_FDCWD,
-            path,
-            Some(nix::unistd::Uid::from_raw(node.uid)),
-            Some(nix::unistd::Gid::from_raw(node.gid)),
-            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-        ) {
-            problems.push(format!("cannot set owner {}:{}: {e}", node.uid, node.gid));
-        }
-    }
-    for x in &node.xattrs {
-        let name = OsStr::from_bytes(&x.name.0);
-        if let Err(e) = xattr::set(path, name, &x.value.0) {
-            // security.selinux and system.* need privileges or support the
-            // target may lack; report, do not fail.
-            problems.push(format!(
-                "cannot set extended attribute {}: {e}",
-                x.name.to_string_lossy()
-            ));
-        }
-    }
-    if !is_link {
-        use std::os::unix::fs::PermissionsExt;
-        if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(node.mode)) {
-            problems.push(format!("cannot set mode {:o}: {e}", node.mode));
-        }
-    }
-    let ts =
-        |t: Timestamp| nix::sys::time::TimeSpec::new(t.secs() as nix::libc::time_t, t.nanos() as _);
-    if let Err(e) = nix::sys::stat::utimensat(
-        nix::fcntl::AT_FDCWD,
-        path,
-        &ts(node.atime),
-        &ts(node.mtime),
-        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-    ) {
-        problems.push(format!("cannot set times: {e}"));
-    }
-    problems
 }

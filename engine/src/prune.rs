@@ -544,6 +544,33 @@ async fn execute(
     Ok(())
 }
 
+/// Stores `blobs` (type and plaintext) in new packs, with index files that
+/// list them, outside any backup; returns their ids. The engine's own tests
+/// build hostile snapshots with it (any tree a password holder could write).
+#[cfg_attr(feature = "internals", visibility::make(pub))]
+pub(crate) async fn store_blobs(
+    repo: &Arc<Repository>,
+    blobs: &[(BlobType, Vec<u8>)],
+) -> Result<Vec<BlobId>> {
+    let mut writer = Repacker::new(repo)?;
+    let mut index = IndexFile::default();
+    let mut ids = Vec::new();
+    for (t, plain) in blobs {
+        let id = repo.key().blob_id(plain);
+        ids.push(id);
+        if let Some(p) = writer.add(*t, id, plain)? {
+            store_pack(repo, &p).await?;
+            index.packs.push(p.indexed);
+        }
+    }
+    for p in writer.finish()? {
+        store_pack(repo, &p).await?;
+        index.packs.push(p.indexed);
+    }
+    repo.write_index(&index).await?;
+    Ok(ids)
+}
+
 /// A repacked pack, ready to store.
 struct NewPack {
     id: PackId,

@@ -555,6 +555,7 @@ impl Repository {
     }
 
     /// Writes a snapshot; this is the last write of a backup.
+    #[cfg_attr(feature = "internals", visibility::make(pub))]
     pub(crate) async fn write_snapshot(&self, snapshot: &Snapshot) -> Result<SnapshotId> {
         let (id, sealed) = self.seal_snapshot(snapshot)?;
         self.put_snapshot(&id, sealed).await?;

@@ -14,12 +14,40 @@ use crate::error::{Error, Result};
 use crate::index::Index;
 use crate::repository::Repository;
 
-/// Iterates the nodes of one directory in name order, one page per level in memory.
+/// Directories nested deeper than this below a snapshot's root are damage
+/// (SPEC §14): a crafted chain of trees cannot hold a walk for good.
+pub const MAX_TREE_DEPTH: usize = 1024;
+
+/// One page being read by a [`DirReader`], with the names its parent's page
+/// reference allows under it: `lower` included, `upper` excluded.
+struct Level {
+    id: BlobId,
+    page: Arc<TreePage>,
+    pos: usize,
+    lower: Option<Vec<u8>>,
+    upper: Option<Vec<u8>>,
+}
+
+/// Iterates the nodes of one directory in name order, one page per level in
+/// memory. Names must be strictly increasing across the directory's pages
+/// and within the range each page reference announces; a listing that
+/// breaks this (the same name twice across two pages, say) is damage.
 pub struct DirReader<'a> {
     repo: &'a Repository,
     index: &'a Index,
-    stack: Vec<(Arc<TreePage>, usize)>,
+    stack: Vec<Level>,
     child_pages: Vec<BlobId>,
+    last: Option<Vec<u8>>,
+}
+
+fn malformed(id: &BlobId, reason: String) -> Error {
+    Error::corrupt(
+        format!("tree {id}"),
+        coffer_repo_format::FormatError::Malformed {
+            what: "tree",
+            reason,
+        },
+    )
 }
 
 impl<'a> DirReader<'a> {
@@ -29,8 +57,15 @@ impl<'a> DirReader<'a> {
         Ok(DirReader {
             repo,
             index,
-            stack: vec![(page, 0)],
+            stack: vec![Level {
+                id: *id,
+                page,
+                pos: 0,
+                lower: None,
+                upper: None,
+            }],
             child_pages: Vec::new(),
+            last: None,
         })
     }
 
@@ -42,32 +77,76 @@ impl<'a> DirReader<'a> {
     /// The next node, or `None` at the end.
     pub async fn next(&mut self) -> Result<Option<Node>> {
         loop {
-            let Some((page, pos)) = self.stack.last_mut() else {
+            let Some(level) = self.stack.last_mut() else {
                 return Ok(None);
             };
-            if !page.nodes.is_empty() {
-                if *pos < page.nodes.len() {
-                    *pos += 1;
-                    return Ok(Some(page.nodes[*pos - 1].clone()));
+            if !level.page.nodes.is_empty() {
+                if level.pos < level.page.nodes.len() {
+                    level.pos += 1;
+                    let node = &level.page.nodes[level.pos - 1];
+                    let name = node.name.0.as_slice();
+                    let below = level.lower.as_deref().is_some_and(|l| name < l);
+                    let above = level.upper.as_deref().is_some_and(|u| name >= u);
+                    if below || above {
+                        return Err(malformed(
+                            &level.id,
+                            format!(
+                                "name {:?} lies outside the range its page reference announces",
+                                String::from_utf8_lossy(name)
+                            ),
+                        ));
+                    }
+                    if self.last.as_deref().is_some_and(|l| name <= l) {
+                        return Err(malformed(
+                            &level.id,
+                            format!(
+                                "name {:?} comes again or out of order across the directory's pages",
+                                String::from_utf8_lossy(name)
+                            ),
+                        ));
+                    }
+                    self.last = Some(name.to_vec());
+                    return Ok(Some(node.clone()));
                 }
                 self.stack.pop();
                 continue;
             }
-            if *pos < page.pages.len() {
-                let id = page.pages[*pos].id;
-                *pos += 1;
+            if level.pos < level.page.pages.len() {
+                let i = level.pos;
+                level.pos += 1;
+                let r = &level.page.pages[i];
+                let id = r.id;
+                let lower = r.first.0.clone();
+                let upper = match level.page.pages.get(i + 1) {
+                    Some(next) => Some(next.first.0.clone()),
+                    None => level.upper.clone(),
+                };
+                if level.lower.as_deref().is_some_and(|l| lower.as_slice() < l)
+                    || level
+                        .upper
+                        .as_deref()
+                        .is_some_and(|u| lower.as_slice() >= u)
+                {
+                    return Err(malformed(
+                        &level.id,
+                        "a page reference lies outside the range of its own page".into(),
+                    ));
+                }
                 if self.stack.len() > 16 {
-                    return Err(Error::corrupt(
-                        format!("tree {id}"),
-                        coffer_repo_format::FormatError::Malformed {
-                            what: "tree",
-                            reason: "index pages nested more than 16 deep".into(),
-                        },
+                    return Err(malformed(
+                        &id,
+                        "index pages nested more than 16 deep".into(),
                     ));
                 }
                 let child = self.repo.read_tree(self.index, &id).await?;
                 self.child_pages.push(id);
-                self.stack.push((child, 0));
+                self.stack.push(Level {
+                    id,
+                    page: child,
+                    pos: 0,
+                    lower: Some(lower),
+                    upper,
+                });
                 continue;
             }
             self.stack.pop();
@@ -217,7 +296,10 @@ impl<'a> Walk<'a> {
     pub async fn next(&mut self) -> Result<Option<Step>> {
         if let Some(entry) = self.entered.take() {
             let opened = match entry.node.subtree {
-                Some(id) => DirReader::open(self.repo, self.index, &id).await.map(Some),
+                Some(id) => match self.nesting_problem(&id) {
+                    Some(reason) => Err(malformed(&id, reason)),
+                    None => DirReader::open(self.repo, self.index, &id).await.map(Some),
+                },
                 None => Ok(None),
             };
             let (reader, failed) = match opened {
@@ -262,6 +344,20 @@ impl<'a> Walk<'a> {
         }
     }
 
+    /// Why the directory listed by `id` cannot be entered from here: it is
+    /// nested too deep, or it lists one of its own ancestors (a loop).
+    fn nesting_problem(&self, id: &BlobId) -> Option<String> {
+        if self.frames.len() >= MAX_TREE_DEPTH {
+            return Some(format!(
+                "directories nested more than {MAX_TREE_DEPTH} deep"
+            ));
+        }
+        self.frames
+            .iter()
+            .any(|f| f.entry.node.subtree == Some(*id))
+            .then(|| "a directory lists one of its own ancestors".to_string())
+    }
+
     fn announce(&mut self, entry: Entry) -> Step {
         if entry.node.kind == NodeKind::Dir {
             self.entered = Some(entry.clone());
@@ -292,7 +388,47 @@ pub struct Pages<'a> {
     repo: &'a Repository,
     index: &'a Index,
     seen: HashSet<BlobId>,
-    todo: Vec<(PathBuf, BlobId)>,
+    /// Pages still to read.
+    todo: Vec<Todo>,
+}
+
+/// A page for [`Pages`] to read: the directory it lists, how many
+/// directories enclose that one, and the names its parent page's reference
+/// allows under it (`lower` included, `upper` excluded; none for a
+/// directory's root page).
+struct Todo {
+    dir: PathBuf,
+    id: BlobId,
+    depth: usize,
+    lower: Option<Vec<u8>>,
+    upper: Option<Vec<u8>>,
+}
+
+impl Todo {
+    /// Whether the page's names lie within the range its reference announces.
+    fn check_range(&self, page: &TreePage) -> Result<()> {
+        let first = page
+            .nodes
+            .first()
+            .map(|n| n.name.0.as_slice())
+            .or(page.pages.first().map(|r| r.first.0.as_slice()));
+        let last = page
+            .nodes
+            .last()
+            .map(|n| n.name.0.as_slice())
+            .or(page.pages.last().map(|r| r.first.0.as_slice()));
+        let below = first.zip(self.lower.as_deref()).is_some_and(|(f, l)| f < l);
+        let above = last.zip(self.upper.as_deref()).is_some_and(|(z, u)| z >= u);
+        if below || above {
+            return Err(malformed(
+                &self.id,
+                "its names lie outside the range its page reference announces (a name \
+                 that comes again or out of order across the directory's pages)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// One page met by [`Pages`], or the error reading it.
@@ -318,8 +454,22 @@ impl<'a> Pages<'a> {
 
     /// Adds the directory tree `id`, listed at `dir`; nothing if it was seen.
     pub fn add(&mut self, dir: PathBuf, id: BlobId) {
-        if !self.seen.contains(&id) {
-            self.todo.push((dir, id));
+        self.add_at(dir, id, 0);
+    }
+
+    fn add_at(&mut self, dir: PathBuf, id: BlobId, depth: usize) {
+        self.push(Todo {
+            dir,
+            id,
+            depth,
+            lower: None,
+            upper: None,
+        });
+    }
+
+    fn push(&mut self, todo: Todo) {
+        if !self.seen.contains(&todo.id) {
+            self.todo.push(todo);
         }
     }
 
@@ -332,27 +482,47 @@ impl<'a> Pages<'a> {
     /// directories and pages a page lists are walked next.
     pub async fn next(&mut self) -> Option<Page> {
         loop {
-            let (dir, id) = self.todo.pop()?;
+            let todo = self.todo.pop()?;
+            let (id, depth) = (todo.id, todo.depth);
             if !self.seen.insert(id) {
                 continue;
             }
             // A page the index does not list is missing, even where a
             // cache still holds it.
-            let page = if self.index.contains(&id) {
-                self.repo.read_tree(self.index, &id).await
+            let page = if depth > MAX_TREE_DEPTH {
+                Err(malformed(
+                    &id,
+                    format!("directories nested more than {MAX_TREE_DEPTH} deep"),
+                ))
+            } else if self.index.contains(&id) {
+                match self.repo.read_tree(self.index, &id).await {
+                    Ok(p) => todo.check_range(&p).map(|()| p),
+                    Err(e) => Err(e),
+                }
             } else {
                 Err(Error::NotFound {
                     what: format!("tree blob {id} in the index"),
                     missing: crate::error::Missing::Object,
                 })
             };
+            let dir = todo.dir;
             if let Ok(p) = &page {
-                for r in &p.pages {
-                    self.add(dir.clone(), r.id);
+                for (i, r) in p.pages.iter().enumerate() {
+                    let upper = match p.pages.get(i + 1) {
+                        Some(next) => Some(next.first.0.clone()),
+                        None => todo.upper.clone(),
+                    };
+                    self.push(Todo {
+                        dir: dir.clone(),
+                        id: r.id,
+                        depth,
+                        lower: Some(r.first.0.clone()),
+                        upper,
+                    });
                 }
                 for n in p.nodes.iter().rev() {
                     if let (NodeKind::Dir, Some(sub)) = (n.kind, n.subtree) {
-                        self.add(dir.join(OsStr::from_bytes(&n.name.0)), sub);
+                        self.add_at(dir.join(OsStr::from_bytes(&n.name.0)), sub, depth + 1);
                     }
                 }
             }

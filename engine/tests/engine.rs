@@ -3387,3 +3387,385 @@ mod reference_repository {
         assert_eq!(actual, expected);
     }
 }
+
+/// Snapshots written by someone who knows the password (a tenant owns its
+/// repository): any tree the format can hold, well formed or not. Reading
+/// them refuses what the format forbids as damage, and a restore never
+/// writes, changes or deletes anything outside its target, checked on a
+/// sentinel directory beside it.
+mod hostile {
+    use super::*;
+    use coffer_engine::check::{self, CheckOptions};
+    use coffer_engine::format::blob::BlobType;
+    use coffer_engine::format::snapshot::{Snapshot, SnapshotSummary, SNAPSHOT_VERSION};
+    use coffer_engine::format::tree::{ContentRef, Node, NodeKind, PageRef, TreePage};
+    use coffer_engine::format::{BlobId, SnapshotId};
+    use coffer_engine::prune::store_blobs;
+    use coffer_engine::trees::Walk;
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::Arc;
+
+    async fn blob(repo: &Arc<coffer_engine::Repository>, t: BlobType, bytes: Vec<u8>) -> BlobId {
+        store_blobs(repo, &[(t, bytes)]).await.unwrap()[0]
+    }
+
+    async fn page(repo: &Arc<coffer_engine::Repository>, p: TreePage) -> BlobId {
+        blob(repo, BlobType::Tree, p.encode().unwrap()).await
+    }
+
+    fn dir(name: &str, subtree: BlobId) -> Node {
+        let mut n = Node::new(name, NodeKind::Dir);
+        n.mode = 0o755;
+        n.subtree = Some(subtree);
+        n
+    }
+
+    async fn file(repo: &Arc<coffer_engine::Repository>, name: &str, data: &[u8]) -> Node {
+        let mut n = Node::new(name, NodeKind::File);
+        n.mode = 0o644;
+        n.size = data.len() as u64;
+        n.content = vec![ContentRef {
+            id: Some(blob(repo, BlobType::Data, data.to_vec()).await),
+            len: data.len() as u64,
+        }];
+        n
+    }
+
+    fn symlink(name: &str, target: &Path) -> Node {
+        let mut n = Node::new(name, NodeKind::Symlink);
+        n.mode = 0o777;
+        n.target = Some(target.as_os_str().as_bytes().into());
+        n
+    }
+
+    async fn snapshot_of(repo: &Arc<coffer_engine::Repository>, tree: BlobId) -> SnapshotId {
+        let mut root = Node::new("root", NodeKind::Dir);
+        root.mode = 0o755;
+        root.subtree = Some(tree);
+        let s = Snapshot {
+            version: SNAPSHOT_VERSION,
+            time: coffer_engine::repository::now_rfc3339(),
+            hostname: "forger".into(),
+            username: "forger".into(),
+            uid: 0,
+            gid: 0,
+            paths: vec![b"/data".as_slice().into()],
+            tags: Vec::new(),
+            root,
+            parent: None,
+            program: "forged".into(),
+            summary: SnapshotSummary::default(),
+            origin: None,
+        };
+        repo.write_snapshot(&s).await.unwrap()
+    }
+
+    /// A directory holding `outside` (the sentinel) and `target`.
+    struct Places {
+        _dir: tempfile::TempDir,
+        outside: std::path::PathBuf,
+        target: std::path::PathBuf,
+    }
+
+    fn places() -> Places {
+        let dir = tempdir();
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        write(&outside.join("secret"), b"secret");
+        std::fs::set_permissions(
+            outside.join("secret"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        Places {
+            target: dir.path().join("target"),
+            outside,
+            _dir: dir,
+        }
+    }
+
+    impl Places {
+        /// The sentinel is as it was made: one file, its bytes and mode.
+        fn assert_untouched(&self) {
+            let names: Vec<_> = std::fs::read_dir(&self.outside)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(
+                names,
+                ["secret"],
+                "something was written outside the target"
+            );
+            let secret = self.outside.join("secret");
+            assert_eq!(std::fs::read(&secret).unwrap(), b"secret");
+            let mode = std::fs::symlink_metadata(&secret)
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o7777, 0o600, "the sentinel's mode was changed");
+        }
+    }
+
+    async fn restore_overwriting(
+        repo: &Arc<coffer_engine::Repository>,
+        id: &SnapshotId,
+        target: &Path,
+    ) -> coffer_engine::Result<restore::RestoreSummary> {
+        let index = repo.load_index().await.unwrap();
+        let mut opts = RestoreOptions::new(id.to_hex(), target);
+        opts.overwrite = true;
+        restore::restore(repo.clone(), index, opts).await
+    }
+
+    /// Walks the whole snapshot as `ls` does; the error that stopped it.
+    async fn walk_error(repo: &Arc<coffer_engine::Repository>, id: &SnapshotId) -> String {
+        let index = repo.load_index().await.unwrap();
+        let snap = repo.read_snapshot(id).await.unwrap();
+        let mut walk = Walk::new(repo, &index, "/".into(), snap.root);
+        loop {
+            match walk.next().await {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("the hostile tree was walked without an error"),
+                Err(e) => return e.to_string(),
+            }
+        }
+    }
+
+    /// The reproduction of the review: a directory `d` holding `x` in one
+    /// leaf page of the root, then a symlink `d` to a directory outside in
+    /// the next. `ls` and `check` refuse it as damage naming the page, and
+    /// a restore with overwrite into an empty directory writes nothing
+    /// through the link (both orders of the page references' ranges).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_same_name_twice_across_pages_is_damage_and_nothing_escapes() {
+        for (first, second) in [("c", "d"), ("d", "e")] {
+            let p = places();
+            let repo = memory_repo(init_opts(small_chunks(), Compression::Off, 1 << 20)).await;
+            let x = file(&repo, "x", b"escaped").await;
+            let d = page(&repo, TreePage::leaf(vec![x])).await;
+            let leaf1 = page(&repo, TreePage::leaf(vec![dir("d", d)])).await;
+            let leaf2 = page(&repo, TreePage::leaf(vec![symlink("d", &p.outside)])).await;
+            let refs = vec![
+                PageRef {
+                    first: first.as_bytes().into(),
+                    id: leaf1,
+                    count: 1,
+                },
+                PageRef {
+                    first: second.as_bytes().into(),
+                    id: leaf2,
+                    count: 1,
+                },
+            ];
+            let root = page(&repo, TreePage::index(refs)).await;
+            let id = snapshot_of(&repo, root).await;
+
+            let err = walk_error(&repo, &id).await;
+            assert!(err.contains("outside the range"), "{err}");
+            let report = check::check(repo.clone(), CheckOptions::default())
+                .await
+                .unwrap();
+            assert!(
+                report
+                    .problems
+                    .iter()
+                    .any(|p| p.kind == "tree" && p.message.contains("outside the range")),
+                "check must report the listing: {:?}",
+                report.problems
+            );
+            let summary = restore_overwriting(&repo, &id, &p.target).await.unwrap();
+            assert!(
+                summary
+                    .errors
+                    .iter()
+                    .any(|e| e.message.contains("outside the range")),
+                "{:?}",
+                summary.errors
+            );
+            p.assert_untouched();
+            assert!(!std::fs::symlink_metadata(p.target.join("d"))
+                .map(|m| m.file_type().is_symlink())
+                .unwrap_or(false));
+        }
+    }
+
+    /// Names the format forbids (`..`, a `/`) are damage: the page is
+    /// refused and nothing is written outside.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn names_that_leave_their_directory_are_damage() {
+        for name in ["..", "../escaped", "a/../../escaped"] {
+            let p = places();
+            let repo = memory_repo(init_opts(small_chunks(), Compression::Off, 1 << 20)).await;
+            let bad = file(&repo, name, b"escaped").await;
+            let root = page(&repo, TreePage::leaf(vec![bad])).await;
+            let id = snapshot_of(&repo, root).await;
+            let err = walk_error(&repo, &id).await;
+            assert!(err.contains("name"), "{name}: {err}");
+            let summary = restore_overwriting(&repo, &id, &p.target).await;
+            assert!(
+                summary.is_err() || !summary.as_ref().unwrap().errors.is_empty(),
+                "{name}: {summary:?}"
+            );
+            p.assert_untouched();
+        }
+    }
+
+    /// A hard-link group whose first name is a symlink to a file outside:
+    /// the second name, a file, must not become a link through which its
+    /// metadata (mode 04777) lands on the file outside.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hard_link_whose_first_name_is_a_symlink_changes_nothing_outside() {
+        let p = places();
+        let repo = memory_repo(init_opts(small_chunks(), Compression::Off, 1 << 20)).await;
+        let mut a = symlink("a", &p.outside.join("secret"));
+        let mut b = file(&repo, "b", b"pwned").await;
+        for n in [&mut a, &mut b] {
+            n.links = 2;
+            n.inode = 42;
+            n.device = 7;
+            n.mode = 0o4777;
+        }
+        let root = page(&repo, TreePage::leaf(vec![a, b])).await;
+        let id = snapshot_of(&repo, root).await;
+        let summary = restore_overwriting(&repo, &id, &p.target).await.unwrap();
+        assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+        p.assert_untouched();
+        assert_eq!(std::fs::read(p.target.join("b")).unwrap(), b"pwned");
+        assert!(std::fs::symlink_metadata(p.target.join("a"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+    }
+
+    /// A chain of directories deeper than the documented bound is refused
+    /// as damage instead of holding a walk (and an agent's worker).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn directories_nested_deeper_than_the_bound_are_damage() {
+        let repo = memory_repo(init_opts(small_chunks(), Compression::Off, 1 << 20)).await;
+        let depth = coffer_engine::trees::MAX_TREE_DEPTH + 5;
+        let mut pages = Vec::new();
+        let mut inner = blob(
+            &repo,
+            BlobType::Tree,
+            TreePage::leaf(Vec::new()).encode().unwrap(),
+        )
+        .await;
+        // Bottom up; all pages in one pack.
+        for _ in 0..depth {
+            let p = TreePage::leaf(vec![dir("n", inner)]).encode().unwrap();
+            inner = repo.key().blob_id(&p);
+            pages.push((BlobType::Tree, p));
+        }
+        store_blobs(&repo, &pages).await.unwrap();
+        let id = snapshot_of(&repo, inner).await;
+        let err = walk_error(&repo, &id).await;
+        assert!(err.contains("nested more than 1024"), "{err}");
+        let report = check::check(repo.clone(), CheckOptions::default())
+            .await
+            .unwrap();
+        assert!(
+            report
+                .problems
+                .iter()
+                .any(|p| p.message.contains("nested more than 1024")),
+            "{:?}",
+            report.problems
+        );
+    }
+
+    /// Device nodes and setuid/setgid bits only when the restore asks for
+    /// them (the agent's default is not to).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn device_nodes_and_setid_bits_only_when_asked_for() {
+        let p = places();
+        let repo = memory_repo(init_opts(small_chunks(), Compression::Off, 1 << 20)).await;
+        let mut suid = file(&repo, "suid", b"#!/bin/sh\n").await;
+        suid.mode = 0o4755;
+        let mut null = Node::new("null", NodeKind::Chardev);
+        null.mode = 0o666;
+        null.rdev = Some((1 << 8) | 3);
+        let root = page(&repo, TreePage::leaf(vec![null, suid])).await;
+        let id = snapshot_of(&repo, root).await;
+        let index = repo.load_index().await.unwrap();
+        let mut opts = RestoreOptions::new(id.to_hex(), &p.target);
+        opts.device_nodes = false;
+        opts.setid_bits = false;
+        let summary = restore::restore(repo.clone(), index.clone(), opts)
+            .await
+            .unwrap();
+        assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+        assert!(!p.target.join("null").exists());
+        let mode = std::fs::metadata(p.target.join("suid"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o755);
+        // The command line's defaults: both, where the process is root.
+        let again = p.target.with_extension("cli");
+        restore::restore(
+            repo.clone(),
+            index,
+            RestoreOptions::new(id.to_hex(), &again),
+        )
+        .await
+        .unwrap();
+        let mode = std::fs::metadata(again.join("suid"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o4755);
+        if is_root() {
+            use std::os::unix::fs::FileTypeExt;
+            let md = std::fs::symlink_metadata(again.join("null")).unwrap();
+            assert!(md.file_type().is_char_device());
+        }
+    }
+
+    /// A process on the volume swaps a directory of the restore for a
+    /// symlink to the sentinel, back and forth (`renameat2(RENAME_EXCHANGE)`),
+    /// while an overwriting restore writes into it: whatever the timing,
+    /// nothing lands outside.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_directory_swapped_for_a_symlink_during_a_restore_is_never_followed() {
+        let p = places();
+        let src = p.target.with_extension("src");
+        for i in 0..200 {
+            write(
+                &src.join(format!("d/f{i:03}")),
+                format!("file {i}").as_bytes(),
+            );
+        }
+        let repo = memory_repo(init_opts(small_chunks(), Compression::Off, 1 << 20)).await;
+        let id = backup_paths(&repo, &[&src]).await.snapshot_id;
+        for _round in 0..5 {
+            let _ = std::fs::remove_dir_all(&p.target);
+            std::fs::create_dir_all(p.target.join("d")).unwrap();
+            std::os::unix::fs::symlink(&p.outside, p.target.join("evil")).unwrap();
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let swapper = {
+                let (stop, t) = (stop.clone(), p.target.clone());
+                std::thread::spawn(move || {
+                    let mut swaps = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        if nix::fcntl::renameat2(
+                            nix::fcntl::AT_FDCWD,
+                            &t.join("d"),
+                            nix::fcntl::AT_FDCWD,
+                            &t.join("evil"),
+                            nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+                        )
+                        .is_ok()
+                        {
+                            swaps += 1;
+                        }
+                    }
+                    swaps
+                })
+            };
+            let _ = restore_overwriting(&repo, &id, &p.target).await;
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            assert!(swapper.join().unwrap() > 0);
+            p.assert_untouched();
+        }
+    }
+}

@@ -88,7 +88,7 @@ pub(crate) async fn restore(
     let node = tokio::task::spawn_blocking(move || {
         let mut fetch = Fetch::new(s.clone(), handle, p, concurrency, holes);
         let mut planner = Planner::new(&s, &mut fetch, true, limit);
-        planner.plan_content(&t, &node)?;
+        planner.plan_content(&t, None, &node)?;
         planner.finish()?;
         fetch.finish();
         Ok::<_, Error>(node)

@@ -6,15 +6,15 @@ use std::path::{Path, PathBuf};
 use coffer_repo_format::tree::{Node, NodeKind};
 
 use super::plan::{child_path, start_path, Filter, Start};
+use super::target::Target;
 use super::{RestoreOptions, Shared};
 use crate::error::{Error, Result};
-use crate::fsmeta;
 use crate::repository::is_damage;
 use crate::trees::{Step, Walk};
 
-fn apply(shared: &Shared, path: &Path, node: &Node) {
+fn apply(shared: &Shared, target: &Target, path: &Path, node: &Node) {
     if node.kind != NodeKind::Dir && shared.is_damaged(path, node) {
-        if let Err(e) = std::fs::remove_file(path) {
+        if let Err(e) = target.remove(path) {
             shared.warn(format!(
                 "{}: cannot remove damaged file: {e}",
                 path.display()
@@ -22,10 +22,10 @@ fn apply(shared: &Shared, path: &Path, node: &Node) {
         }
         return;
     }
-    if matches!(node.kind, NodeKind::Chardev | NodeKind::Blockdev) && !shared.as_root {
+    if matches!(node.kind, NodeKind::Chardev | NodeKind::Blockdev) && !shared.devices {
         return;
     }
-    for problem in fsmeta::apply(path, node, shared.as_root) {
+    for problem in target.apply_metadata(path, node, shared.as_root, shared.setid) {
         shared.warn(format!("{}: {problem}", path.display()));
     }
 }
@@ -36,10 +36,13 @@ pub(crate) fn apply_all(
     start: &Start,
     opts: &RestoreOptions,
 ) -> Result<()> {
+    let Some(target) = shared.target.as_ref() else {
+        return Ok(());
+    };
     let (root, synthetic) = match start {
         Start::Single(node) => {
             let path = child_path(&opts.target, node);
-            apply(shared, &path, node);
+            apply(shared, target, &path, node);
             return Ok(());
         }
         Start::Dir { node, synthetic } => (node, *synthetic),
@@ -68,11 +71,13 @@ pub(crate) fn apply_all(
                 let Some(path) = dirs.pop() else { break };
                 // The target itself gets the root's metadata, unless the root
                 // is synthetic; a directory nothing was restored into was not made.
-                let made = std::fs::symlink_metadata(&path)
-                    .map(|m| m.is_dir())
-                    .unwrap_or(false);
+                let made = target
+                    .lstat(&path)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|f| f.is_dir());
                 if made && (!dirs.is_empty() || !synthetic) {
-                    apply(shared, &path, &e.node);
+                    apply(shared, target, &path, &e.node);
                 }
                 continue;
             }
@@ -90,7 +95,7 @@ pub(crate) fn apply_all(
         if is_dir {
             dirs.push(path);
         } else {
-            apply(shared, &path, &e.node);
+            apply(shared, target, &path, &e.node);
         }
     }
     Ok(())

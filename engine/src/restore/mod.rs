@@ -17,6 +17,7 @@ mod device;
 mod fetcher;
 mod metadata;
 mod plan;
+mod target;
 mod writer;
 
 use std::collections::HashSet;
@@ -77,6 +78,13 @@ pub struct RestoreOptions {
     /// Progress callback: phase [`Phase::Restore`], bytes of file content
     /// placed (holes included on a device that is zero-filled) and packs read.
     pub progress: Option<ProgressFn>,
+    /// Restore device nodes (as root; otherwise they are skipped with a
+    /// warning). The command line does; the Kubernetes agent only when a
+    /// run asks for it.
+    pub device_nodes: bool,
+    /// Keep the setuid and setgid bits of restored files and directories
+    /// (otherwise they are cleared, with the rest of the mode kept).
+    pub setid_bits: bool,
 }
 
 impl RestoreOptions {
@@ -98,6 +106,8 @@ impl RestoreOptions {
             filter: Default::default(),
             cancel: CancelToken::new(),
             progress: None,
+            device_nodes: true,
+            setid_bits: true,
         }
     }
 }
@@ -143,6 +153,13 @@ pub(crate) struct Shared {
     pub(crate) warnings: Mutex<Vec<String>>,
     pub(crate) bytes_written: AtomicU64,
     pub(crate) as_root: bool,
+    /// Device nodes are restored (as root, when the options ask for it).
+    pub(crate) devices: bool,
+    /// Setuid and setgid bits are kept.
+    pub(crate) setid: bool,
+    /// The target directory, held open: every path is opened beneath it
+    /// (`None` for a block device target).
+    pub(crate) target: Option<target::Target>,
     pub(crate) cancel: CancelToken,
     /// Write every byte, zero blocks included (a device not known to be zeroed).
     pub(crate) dense: bool,
@@ -219,9 +236,13 @@ async fn restore_inner(
         .await?;
     let start = plan::resolve_start(&repo, &index, &snapshot, opts.subpath.as_deref()).await?;
     let to_device = device::is_device(&opts.target);
-    if !to_device {
+    let target = if to_device {
+        None
+    } else {
         prepare_target(&opts.target, opts.overwrite)?;
-    }
+        Some(target::Target::open(&opts.target).map_err(|e| Error::io(&opts.target, e))?)
+    };
+    let as_root = crate::fsmeta::is_root();
     let shared = Arc::new(Shared {
         repo,
         index,
@@ -230,7 +251,10 @@ async fn restore_inner(
         links: Mutex::new(std::collections::HashMap::new()),
         warnings: Mutex::new(Vec::new()),
         bytes_written: AtomicU64::new(0),
-        as_root: crate::fsmeta::is_root(),
+        as_root,
+        devices: as_root && opts.device_nodes,
+        setid: opts.setid_bits,
+        target,
         cancel: opts.cancel.clone(),
         dense: to_device && !opts.device_zeroed,
     });
@@ -269,8 +293,8 @@ async fn restore_inner(
     let planned_links = planned.links;
     let s = shared.clone();
     let handle = tokio::runtime::Handle::current();
-    for (first, path) in &planned_links {
-        if let Err(e) = std::fs::hard_link(first, path) {
+    if let Some(target) = &shared.target {
+        for (first, path) in &planned_links {
             if shared
                 .damaged
                 .lock()
@@ -280,13 +304,18 @@ async fn restore_inner(
                 // The group's file was not restored: neither is this name of it.
                 continue;
             }
-            shared.warn(format!(
-                "{}: cannot hard-link to {}: {e}; restoring a copy",
-                path.display(),
-                first.display()
-            ));
-            if let Err(e) = std::fs::copy(first, path) {
-                shared.fail(path, None, format!("cannot copy {}: {e}", first.display()));
+            match target.hard_link(first, path) {
+                Ok(true) => {}
+                Ok(false) => shared.warn(format!(
+                    "{}: cannot hard-link to {}; restored a copy",
+                    path.display(),
+                    first.display()
+                )),
+                Err(e) => shared.fail(
+                    path,
+                    None,
+                    format!("cannot link or copy {}: {e}", first.display()),
+                ),
             }
         }
     }

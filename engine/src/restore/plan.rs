@@ -60,6 +60,8 @@ pub(crate) async fn resolve_start(
 /// A regular file being restored.
 pub(crate) struct FileEntry {
     pub(crate) path: PathBuf,
+    /// Its inode, where the plan created it: the writer opens that file only.
+    pub(crate) inode: Option<u64>,
 }
 
 /// One blob needed by the restore, and every place it goes.
@@ -301,26 +303,28 @@ impl<'a> Planner<'a> {
         if self.fresh {
             return Ok(false);
         }
-        match std::fs::symlink_metadata(path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(Error::io(path, e)),
-            Ok(md) if md.is_dir() && keep_dir => Ok(true),
-            Ok(md) => {
+        match self.target().lstat(path).map_err(|e| Error::io(path, e))? {
+            None => Ok(false),
+            Some(found) if found.is_dir() && keep_dir => Ok(true),
+            Some(_) => {
                 if !self.overwrite {
                     return Err(Error::TargetExists {
                         path: path.to_path_buf(),
                         conflict: Conflict::Exists,
                     });
                 }
-                let r = if md.is_dir() {
-                    std::fs::remove_dir_all(path)
-                } else {
-                    std::fs::remove_file(path)
-                };
-                r.map_err(|e| Error::io(path, e))?;
+                self.target().remove(path).map_err(|e| Error::io(path, e))?;
                 Ok(false)
             }
         }
+    }
+
+    /// The target directory: every path of a directory restore is beneath it.
+    fn target(&self) -> &super::target::Target {
+        self.shared
+            .target
+            .as_ref()
+            .expect("a directory restore has a target directory")
     }
 
     /// Makes the directories on the stack that were left unmade because
@@ -340,16 +344,14 @@ impl<'a> Planner<'a> {
         if self.clear(path, true)? {
             return Ok(());
         }
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(path)
-            .map_err(|e| Error::io(path, e))
+        self.target().mkdir(path).map_err(|e| Error::io(path, e))
     }
 
     fn entry(&mut self, path: &Path, node: &Node) -> Result<()> {
         self.clear(path, false)?;
-        if node.links > 1 {
+        // Hard-link groups are of regular files only: a symlink, a FIFO or a
+        // device that claims to share an inode is restored on its own.
+        if node.links > 1 && node.kind == NodeKind::File {
             let key = (node.device, node.inode);
             let first = self
                 .shared
@@ -379,21 +381,25 @@ impl<'a> Planner<'a> {
                     .as_ref()
                     .map(|t| t.0.as_slice())
                     .unwrap_or_default();
-                std::os::unix::fs::symlink(OsStr::from_bytes(target), path)
+                self.target()
+                    .symlink(target, path)
                     .map_err(|e| Error::io(path, e))?;
             }
-            NodeKind::Fifo => {
-                crate::fsmeta::make_special(path, node).map_err(|e| Error::io(path, e))?
-            }
+            NodeKind::Fifo => self
+                .target()
+                .make_special(path, node)
+                .map_err(|e| Error::io(path, e))?,
             NodeKind::Chardev | NodeKind::Blockdev => {
-                if !self.shared.as_root {
+                if !self.shared.devices {
                     self.shared.warn(format!(
-                        "{}: device nodes can only be restored by root; skipped",
+                        "{}: device nodes are restored only by root when asked for; skipped",
                         path.display()
                     ));
                     return Ok(());
                 }
-                crate::fsmeta::make_special(path, node).map_err(|e| Error::io(path, e))?;
+                self.target()
+                    .make_special(path, node)
+                    .map_err(|e| Error::io(path, e))?;
             }
             NodeKind::Dir => unreachable!("directories are handled by the walk"),
         }
@@ -413,20 +419,22 @@ impl<'a> Planner<'a> {
         // the same directories contends on the filesystem (measured slower).
         // A file of the final length with nothing written is one hole; only
         // non-zero data is written later.
-        use std::os::unix::fs::OpenOptionsExt;
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
+        let (f, inode) = self
+            .target()
+            .create_file(path)
             .map_err(|e| Error::io(path, e))?;
         f.set_len(node.size).map_err(|e| Error::io(path, e))?;
-        self.plan_content(path, node)
+        self.plan_content(path, Some(inode), node)
     }
 
     /// Records where `node`'s blobs go in the (existing) file at `path`,
     /// fetching a batch whenever it is full (within a file too).
-    pub(crate) fn plan_content(&mut self, path: &Path, node: &Node) -> Result<()> {
+    pub(crate) fn plan_content(
+        &mut self,
+        path: &Path,
+        inode: Option<u64>,
+        node: &Node,
+    ) -> Result<()> {
         // The file's entry in this batch, made at its first blob place.
         let mut file_idx: Option<u32> = None;
         let mut offset = 0u64;
@@ -440,6 +448,7 @@ impl<'a> Planner<'a> {
                 let f = *file_idx.get_or_insert_with(|| {
                     files.push(FileEntry {
                         path: path.to_path_buf(),
+                        inode,
                     });
                     (files.len() - 1) as u32
                 });

@@ -73,7 +73,7 @@ pub(crate) fn write_read(
             let file = match open.entry(f) {
                 std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                 std::collections::hash_map::Entry::Vacant(v) => {
-                    match open_target(&files[f as usize]) {
+                    match open_target(shared, &files[f as usize]) {
                         Ok(file) => v.insert(file),
                         Err(e) => {
                             shared.fail(path, None, format!("cannot open for writing: {e}"));
@@ -102,9 +102,14 @@ thread_local! {
     static BUFFERS: std::cell::RefCell<(coffer_repo_format::blob::OpenBuffers, Vec<u8>)> = std::cell::RefCell::new(Default::default());
 }
 
-/// Opens a target (created by the plan, or a device) for writing.
-fn open_target(entry: &FileEntry) -> std::io::Result<File> {
-    std::fs::OpenOptions::new().write(true).open(&entry.path)
+/// Opens a target for writing: a file the plan created, beneath the target
+/// directory (the very file: never through a symlink, never another inode),
+/// or the block device the caller named.
+fn open_target(shared: &Shared, entry: &FileEntry) -> std::io::Result<File> {
+    match &shared.target {
+        Some(target) => target.open_write(&entry.path, entry.inode),
+        None => std::fs::OpenOptions::new().write(true).open(&entry.path),
+    }
 }
 
 /// Writes `data` at `offset`, skipping the all-zero blocks (aligned to the
