@@ -1,15 +1,24 @@
 //! File metadata: reading it into tree nodes at backup (restore applies it
-//! through descriptors, in `restore/target.rs`). Unix only; every call here
-//! leaves symlinks themselves alone (no following).
+//! through descriptors, in `restore/target.rs`). Unix only. Everything below
+//! a walk's root is reached through its directory's descriptor and its name
+//! ([`At::Dir`]), never by a path a tenant's process could change, and no
+//! call here follows a symbolic link.
 
 use std::collections::HashMap;
-use std::fs::Metadata;
+use std::ffi::{OsStr, OsString};
 use std::io;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::Path;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{FileStat, Mode, SFlag};
 
 use coffer_repo_format::tree::{Node, NodeKind, Timestamp, Xattr};
+
+fn errno(e: nix::errno::Errno) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
 
 /// Caches uid and gid to name lookups.
 #[derive(Default)]
@@ -44,6 +53,205 @@ impl Owners {
     }
 }
 
+/// What `lstat` says of a file (the link itself for a symlink).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Meta {
+    /// `st_mode`: type and permission bits.
+    pub(crate) mode: u32,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) size: u64,
+    pub(crate) mtime: Timestamp,
+    pub(crate) atime: Timestamp,
+    pub(crate) ctime: Timestamp,
+    pub(crate) ino: u64,
+    pub(crate) dev: u64,
+    pub(crate) nlink: u64,
+    pub(crate) rdev: u64,
+}
+
+impl Meta {
+    pub(crate) fn from_stat(st: &FileStat) -> Meta {
+        let ts = |s: i64, ns: i64| Timestamp(s, ns.clamp(0, 999_999_999) as u32);
+        Meta {
+            mode: st.st_mode,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            size: st.st_size.max(0) as u64,
+            mtime: ts(st.st_mtime, st.st_mtime_nsec),
+            atime: ts(st.st_atime, st.st_atime_nsec),
+            ctime: ts(st.st_ctime, st.st_ctime_nsec),
+            ino: st.st_ino,
+            dev: st.st_dev,
+            nlink: st.st_nlink,
+            rdev: st.st_rdev,
+        }
+    }
+
+    fn format(&self) -> SFlag {
+        SFlag::from_bits_truncate(self.mode & SFlag::S_IFMT.bits())
+    }
+
+    pub(crate) fn is_dir(&self) -> bool {
+        self.format() == SFlag::S_IFDIR
+    }
+
+    pub(crate) fn is_file(&self) -> bool {
+        self.format() == SFlag::S_IFREG
+    }
+
+    pub(crate) fn is_block_device(&self) -> bool {
+        self.format() == SFlag::S_IFBLK
+    }
+
+    /// Whether `other` is the same file: device, inode and type.
+    pub(crate) fn same_file(&self, other: &Meta) -> bool {
+        self.dev == other.dev && self.ino == other.ino && self.format() == other.format()
+    }
+}
+
+/// `lstat` of a path the caller gave (a backup's source, trusted).
+pub(crate) fn lstat(path: &Path) -> io::Result<Meta> {
+    nix::sys::stat::lstat(path)
+        .map(|st| Meta::from_stat(&st))
+        .map_err(errno)
+}
+
+/// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`.
+pub(crate) fn stat_at(dir: &impl AsFd, name: &OsStr) -> io::Result<Meta> {
+    nix::sys::stat::fstatat(dir.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)
+        .map(|st| Meta::from_stat(&st))
+        .map_err(errno)
+}
+
+/// `fstat` of an open file.
+pub(crate) fn fstat(fd: &impl AsFd) -> io::Result<Meta> {
+    nix::sys::stat::fstat(fd.as_fd())
+        .map(|st| Meta::from_stat(&st))
+        .map_err(errno)
+}
+
+/// Where a file is: beneath a walk's root, its directory's descriptor and
+/// its name; or a path the caller gave.
+#[derive(Clone, Copy)]
+pub(crate) enum At<'a> {
+    Dir(&'a OwnedFd, &'a OsStr),
+    /// A directory held open (its listing's descriptor).
+    Open(&'a OwnedFd),
+    Path(&'a Path),
+}
+
+impl At<'_> {
+    /// A path that names the same file without any lookup a tenant could
+    /// redirect: the directory's `/proc/self/fd` link and the name (the last
+    /// component is never followed by the calls that take it).
+    fn stable_path(&self) -> PathBuf {
+        match self {
+            At::Dir(dir, name) => {
+                PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd())).join(name)
+            }
+            At::Open(fd) => PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())),
+            At::Path(p) => p.to_path_buf(),
+        }
+    }
+
+    fn read_link(&self) -> io::Result<OsString> {
+        match self {
+            At::Dir(dir, name) => nix::fcntl::readlinkat(dir.as_fd(), *name).map_err(errno),
+            At::Open(_) => Err(io::Error::other("a directory is not a symbolic link")),
+            At::Path(p) => std::fs::read_link(p).map(PathBuf::into_os_string),
+        }
+    }
+
+    /// Opens a regular file for reading, with its metadata: never through a
+    /// symlink, and never opening anything else (a FIFO would block, a
+    /// device node could act): the name is opened as a path descriptor,
+    /// checked to be a regular file, then reopened through that descriptor
+    /// (its `/proc/self/fd` link names exactly that inode). Without changing
+    /// the access time, where allowed. Anything else is an error of kind
+    /// `InvalidData` that says what it is.
+    pub(crate) fn open_regular(&self) -> io::Result<(std::fs::File, Meta)> {
+        let (dir, name) = match self {
+            At::Dir(dir, name) => (*dir, *name),
+            At::Open(_) => return Err(io::Error::other("a directory is not a regular file")),
+            At::Path(p) => {
+                let f = open_noatime(p, false)?;
+                let md = fstat(&f)?;
+                return Ok((f, md));
+            }
+        };
+        let flags = OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let handle = nix::fcntl::openat(dir.as_fd(), name, OFlag::O_PATH | flags, Mode::empty())
+            .map_err(errno)?;
+        let md = fstat(&handle)?;
+        if !md.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "changed while it was read: it is now a {}, not a regular file; skipped",
+                    kind_name(kind_of(&md))
+                ),
+            ));
+        }
+        let read = OFlag::O_RDONLY | OFlag::O_CLOEXEC;
+        let link = format!("/proc/self/fd/{}", handle.as_raw_fd());
+        let reopen = |extra: OFlag| nix::fcntl::open(link.as_str(), read | extra, Mode::empty());
+        let file = match reopen(OFlag::O_NOATIME) {
+            Err(nix::errno::Errno::EPERM) => reopen(OFlag::empty()),
+            other => other,
+        };
+        match file {
+            Ok(fd) => Ok((std::fs::File::from(fd), md)),
+            // No /proc: open the name again, and check it is the same file.
+            Err(nix::errno::Errno::ENOENT) => {
+                let fd = nix::fcntl::openat(
+                    dir.as_fd(),
+                    name,
+                    read | flags | OFlag::O_NONBLOCK,
+                    Mode::empty(),
+                )
+                .map_err(errno)?;
+                let again = fstat(&fd)?;
+                if !again.same_file(&md) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "changed while it was read: it was replaced; skipped",
+                    ));
+                }
+                Ok((std::fs::File::from(fd), again))
+            }
+            Err(e) => Err(errno(e)),
+        }
+    }
+}
+
+/// Opens the directory `rel` beneath `root` for reading its entries, never
+/// through a symlink, without changing its access time where allowed.
+pub(crate) fn open_dir_beneath(root: &impl AsFd, rel: &Path) -> io::Result<OwnedFd> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY;
+    match crate::beneath::open_beneath(root, rel, flags | OFlag::O_NOATIME, Mode::empty()) {
+        Err(e) if e.raw_os_error() == Some(nix::libc::EPERM) => {
+            crate::beneath::open_beneath(root, rel, flags, Mode::empty())
+        }
+        other => other,
+    }
+}
+
+/// The names in an open directory, sorted by their bytes.
+pub(crate) fn names_of(dir: &OwnedFd) -> io::Result<Vec<OsString>> {
+    let mut d = nix::dir::Dir::from_fd(dir.try_clone()?).map_err(errno)?;
+    let mut names = Vec::new();
+    for entry in d.iter() {
+        let entry = entry.map_err(errno)?;
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            names.push(OsString::from_vec(name.to_vec()));
+        }
+    }
+    names.sort_unstable();
+    Ok(names)
+}
+
 /// Opens a file or directory for reading without changing its access time
 /// (`O_NOATIME`), where the kernel permits it: it refuses on what the process
 /// neither owns nor may override, and then the file is opened plainly.
@@ -65,105 +273,116 @@ pub(crate) fn open_noatime(path: &Path, directory: bool) -> io::Result<std::fs::
     }
 }
 
-/// The names in a directory, sorted by their bytes, read without changing the
-/// directory's access time: a backup must not change what it backs up (an
-/// atime that moved would make the next backup write a new tree).
-pub(crate) fn dir_names(dir: &Path) -> io::Result<Vec<std::ffi::OsString>> {
-    use std::os::unix::ffi::OsStringExt;
-    let file = open_noatime(dir, true)?;
-    let mut d = nix::dir::Dir::from_fd(file.into()).map_err(io::Error::from)?;
-    let mut names = Vec::new();
-    for entry in d.iter() {
-        let entry = entry.map_err(io::Error::from)?;
-        let name = entry.file_name().to_bytes();
-        if name != b"." && name != b".." {
-            names.push(std::ffi::OsString::from_vec(name.to_vec()));
-        }
-    }
-    names.sort_unstable();
-    Ok(names)
-}
-
-/// The kind of a file type, or `None` for sockets, which are not backed up.
-pub(crate) fn kind_of(md: &Metadata) -> Option<NodeKind> {
-    let ft = md.file_type();
-    if ft.is_file() {
-        Some(NodeKind::File)
-    } else if ft.is_dir() {
-        Some(NodeKind::Dir)
-    } else if ft.is_symlink() {
-        Some(NodeKind::Symlink)
-    } else if ft.is_fifo() {
-        Some(NodeKind::Fifo)
-    } else if ft.is_char_device() {
-        Some(NodeKind::Chardev)
-    } else if ft.is_block_device() {
-        Some(NodeKind::Blockdev)
-    } else {
-        None
+/// A file kind in words (`None`: a socket).
+pub(crate) fn kind_name(kind: Option<NodeKind>) -> &'static str {
+    match kind {
+        Some(NodeKind::File) => "regular file",
+        Some(NodeKind::Dir) => "directory",
+        Some(NodeKind::Symlink) => "symbolic link",
+        Some(NodeKind::Fifo) => "FIFO",
+        Some(NodeKind::Chardev) => "character device",
+        Some(NodeKind::Blockdev) => "block device",
+        None => "socket",
     }
 }
 
-/// Builds a node from `lstat` metadata and the path's extended attributes.
+/// The kind of a file, or `None` for sockets, which are not backed up.
+pub(crate) fn kind_of(md: &Meta) -> Option<NodeKind> {
+    match md.format() {
+        SFlag::S_IFREG => Some(NodeKind::File),
+        SFlag::S_IFDIR => Some(NodeKind::Dir),
+        SFlag::S_IFLNK => Some(NodeKind::Symlink),
+        SFlag::S_IFIFO => Some(NodeKind::Fifo),
+        SFlag::S_IFCHR => Some(NodeKind::Chardev),
+        SFlag::S_IFBLK => Some(NodeKind::Blockdev),
+        _ => None,
+    }
+}
+
+/// Builds a node from `lstat` metadata and the file's extended attributes.
 /// Content and subtree are filled in later.
 pub(crate) fn read_node(
     name: &[u8],
-    path: &Path,
-    md: &Metadata,
+    at: At<'_>,
+    md: &Meta,
     kind: NodeKind,
     owners: &mut Owners,
 ) -> io::Result<Node> {
-    let mut node = read_node_stat(name, path, md, kind, owners)?;
-    node.xattrs = read_xattrs(path);
+    let mut node = read_node_stat(name, at, md, kind, owners)?;
+    node.xattrs = read_xattrs(at);
     Ok(node)
+}
+
+/// Sets a node's metadata fields from `lstat` metadata.
+pub(crate) fn set_stat(node: &mut Node, md: &Meta, owners: &mut Owners) {
+    node.mode = md.mode & 0o7777;
+    node.uid = md.uid;
+    node.gid = md.gid;
+    node.user = owners.user(md.uid);
+    node.group = owners.group(md.gid);
+    node.mtime = md.mtime;
+    node.atime = md.atime;
+    node.ctime = md.ctime;
+    node.inode = md.ino;
+    node.device = md.dev;
+    node.links = md.nlink;
 }
 
 /// As [`read_node`], without the extended attributes.
 pub(crate) fn read_node_stat(
     name: &[u8],
-    path: &Path,
-    md: &Metadata,
+    at: At<'_>,
+    md: &Meta,
     kind: NodeKind,
     owners: &mut Owners,
 ) -> io::Result<Node> {
     let mut node = Node::new(name, kind);
-    node.mode = md.mode() & 0o7777;
-    node.uid = md.uid();
-    node.gid = md.gid();
-    node.user = owners.user(md.uid());
-    node.group = owners.group(md.gid());
-    node.mtime = Timestamp(md.mtime(), md.mtime_nsec() as u32);
-    node.atime = Timestamp(md.atime(), md.atime_nsec() as u32);
-    node.ctime = Timestamp(md.ctime(), md.ctime_nsec() as u32);
-    node.inode = md.ino();
-    node.device = md.dev();
-    node.links = md.nlink();
+    set_stat(&mut node, md, owners);
     match kind {
-        NodeKind::File => node.size = md.size(),
-        NodeKind::Symlink => {
-            node.target = Some(std::fs::read_link(path)?.as_os_str().as_bytes().into());
-        }
-        NodeKind::Chardev | NodeKind::Blockdev => node.rdev = Some(md.rdev()),
+        NodeKind::File => node.size = md.size,
+        NodeKind::Symlink => node.target = Some(at.read_link()?.as_bytes().into()),
+        NodeKind::Chardev | NodeKind::Blockdev => node.rdev = Some(md.rdev),
         _ => {}
     }
     Ok(node)
 }
 
 /// Every extended attribute the process can read; none where the filesystem
-/// does not support them.
-pub(crate) fn read_xattrs(path: &Path) -> Vec<Xattr> {
-    let Ok(names) = xattr::list(path) else {
-        return Vec::new();
-    };
-    let mut out: Vec<Xattr> = names
-        .filter_map(|name| {
-            let value = xattr::get(path, &name).ok().flatten()?;
-            Some(Xattr {
-                name: name.as_bytes().into(),
-                value: value.into(),
+/// does not support them. Read without following a symlink.
+pub(crate) fn read_xattrs(at: At<'_>) -> Vec<Xattr> {
+    let mut out: Vec<Xattr> = if let At::Open(fd) = at {
+        // The open directory itself (its /proc link would be the link).
+        use xattr::FileExt;
+        let Ok(file) = fd.try_clone().map(std::fs::File::from) else {
+            return Vec::new();
+        };
+        let Ok(names) = file.list_xattr() else {
+            return Vec::new();
+        };
+        names
+            .filter_map(|name| {
+                let value = file.get_xattr(&name).ok().flatten()?;
+                Some(Xattr {
+                    name: name.as_bytes().into(),
+                    value: value.into(),
+                })
             })
-        })
-        .collect();
+            .collect()
+    } else {
+        let path = at.stable_path();
+        let Ok(names) = xattr::list(&path) else {
+            return Vec::new();
+        };
+        names
+            .filter_map(|name| {
+                let value = xattr::get(&path, &name).ok().flatten()?;
+                Some(Xattr {
+                    name: name.as_bytes().into(),
+                    value: value.into(),
+                })
+            })
+            .collect()
+    };
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out
 }

@@ -39,6 +39,7 @@
 #![warn(missing_docs)]
 
 pub mod backup;
+mod beneath;
 pub mod cancel;
 pub mod check;
 pub mod diff;

@@ -138,36 +138,40 @@ impl Selector {
         })
     }
 
-    /// Whether to leave out `path`, given its `lstat` metadata.
-    pub(crate) fn excluded(&self, path: &Path, md: &std::fs::Metadata) -> bool {
-        let is_dir = md.is_dir();
-        if self.patterns.matches(path, is_dir) {
+    /// Whether to leave out `path`, given its `lstat` metadata (patterns
+    /// and sizes; a directory's markers are [`Selector::has_marker`]).
+    pub(crate) fn excluded(&self, path: &Path, md: &crate::fsmeta::Meta) -> bool {
+        if self.patterns.matches(path, md.is_dir()) {
             return true;
         }
         if md.is_file() {
             if let Some(limit) = self.sel.exclude_larger_than {
-                return md.len() > limit;
-            }
-            return false;
-        }
-        if is_dir {
-            for name in &self.sel.exclude_if_present {
-                if std::fs::symlink_metadata(path.join(name)).is_ok() {
-                    return true;
-                }
+                return md.size > limit;
             }
         }
         false
     }
 
-    /// Whether a directory is a cache directory to keep empty but for its tag.
-    pub(crate) fn is_cache_dir(&self, dir: &Path) -> bool {
+    /// Whether a directory whose entries are `names` (sorted) holds a file
+    /// named by `exclude_if_present`, and so is left out.
+    pub(crate) fn has_marker(&self, names: &[std::ffi::OsString]) -> bool {
+        self.sel.exclude_if_present.iter().any(|m| {
+            names
+                .binary_search_by(|n| n.as_os_str().cmp(m.as_ref()))
+                .is_ok()
+        })
+    }
+
+    /// Whether the open directory `dir` is a cache directory to keep empty
+    /// but for its tag (read beneath it, never through a symlink).
+    pub(crate) fn is_cache_dir(&self, dir: &std::os::fd::OwnedFd) -> bool {
         if !self.sel.exclude_caches {
             return false;
         }
         let mut buf = [0u8; CACHEDIR_SIGNATURE.len()];
-        match std::fs::File::open(dir.join("CACHEDIR.TAG")) {
-            Ok(mut f) => {
+        let tag = crate::fsmeta::At::Dir(dir, std::ffi::OsStr::new("CACHEDIR.TAG"));
+        match tag.open_regular() {
+            Ok((mut f, _)) => {
                 std::io::Read::read_exact(&mut f, &mut buf).is_ok() && buf == CACHEDIR_SIGNATURE
             }
             Err(_) => false,

@@ -3769,3 +3769,145 @@ mod hostile {
         }
     }
 }
+
+/// A volume that changes under the backup (SPEC §15, the README's "Security
+/// model"): a tenant's pod swaps what the backup is about to read.
+mod changing_source {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    const SENTINEL: &[u8] = b"SENTINEL-outside-the-source-8c1f";
+
+    /// Exchanges `a` and `b` (`renameat2(RENAME_EXCHANGE)`) until `stop`.
+    fn swapper(
+        pairs: Vec<(std::path::PathBuf, std::path::PathBuf)>,
+        stop: Arc<AtomicBool>,
+    ) -> std::thread::JoinHandle<u64> {
+        std::thread::spawn(move || {
+            let mut swaps = 0;
+            while !stop.load(Ordering::Relaxed) {
+                for (a, b) in &pairs {
+                    if nix::fcntl::renameat2(
+                        nix::fcntl::AT_FDCWD,
+                        a,
+                        nix::fcntl::AT_FDCWD,
+                        b,
+                        nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+                    )
+                    .is_ok()
+                    {
+                        swaps += 1;
+                    }
+                }
+            }
+            swaps
+        })
+    }
+
+    /// Every regular file below `dir`, read.
+    fn contents(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+        walkdir::WalkDir::new(dir)
+            .into_iter()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_file())
+            .map(|e| (e.path().to_path_buf(), std::fs::read(e.path()).unwrap()))
+            .collect()
+    }
+
+    /// A file and a directory exchanged with symlinks to a sentinel outside
+    /// the source, and a file exchanged with a FIFO, again and again while
+    /// backups of many files run: no snapshot ever holds the sentinel (nor
+    /// anything from outside), and the FIFO never hangs a backup.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn what_a_pod_swaps_in_during_a_backup_is_never_followed_nor_blocks() {
+        let dir = tempdir();
+        let src = dir.path().join("src");
+        let outside = dir.path().join("outside");
+        write(&outside.join("secret"), SENTINEL);
+        write(&outside.join("dir/inner"), SENTINEL);
+        for i in 0..300 {
+            write(
+                &src.join(format!("f{i:03}")),
+                format!("file {i}").as_bytes(),
+            );
+        }
+        for i in 0..50 {
+            write(
+                &src.join(format!("d/g{i:02}")),
+                format!("inner {i}").as_bytes(),
+            );
+        }
+        write(&src.join("victim"), b"an ordinary file");
+        write(&src.join("plain"), b"another ordinary file");
+        std::os::unix::fs::symlink(outside.join("secret"), src.join("evil-file")).unwrap();
+        std::os::unix::fs::symlink(outside.join("dir"), src.join("evil-dir")).unwrap();
+        nix::unistd::mkfifo(
+            &src.join("pipe"),
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .unwrap();
+        let repo = memory_repo(init_opts(small_chunks(), Compression::Off, 1 << 20)).await;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let swaps = swapper(
+            vec![
+                (src.join("victim"), src.join("evil-file")),
+                (src.join("d"), src.join("evil-dir")),
+                (src.join("plain"), src.join("pipe")),
+            ],
+            stop.clone(),
+        );
+        // Should a backup block on the FIFO, the failure must not hang the
+        // test: stop the swapper and open the FIFO for writing, which lets a
+        // blocked reader go.
+        struct Unblock(Arc<AtomicBool>, Vec<std::path::PathBuf>);
+        impl Drop for Unblock {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+                for p in &self.1 {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    let _ = std::fs::OpenOptions::new()
+                        .write(true)
+                        .custom_flags(nix::libc::O_NONBLOCK)
+                        .open(p);
+                }
+            }
+        }
+        let _unblock = Unblock(stop.clone(), vec![src.join("plain"), src.join("pipe")]);
+        let mut ids = Vec::new();
+        for _ in 0..8 {
+            let mut opts = BackupOptions::new([src.as_path()]);
+            opts.parent = coffer_engine::backup::ParentChoice::None;
+            opts.timing = coffer_engine::protocol::Timing::fast();
+            // (A bound on a hang, not a timing: a FIFO opened for reading
+            // blocks until a writer comes, which never happens here.)
+            let summary = tokio::time::timeout(
+                Duration::from_secs(300),
+                coffer_engine::backup::backup(repo.clone(), opts),
+            )
+            .await
+            .expect("a FIFO swapped in hung the backup")
+            .unwrap();
+            ids.push(summary.snapshot_id);
+        }
+        stop.store(true, Ordering::Relaxed);
+        assert!(swaps.join().unwrap() > 0);
+
+        for id in ids {
+            let t = tempdir();
+            let summary = restore_to(&repo, &id.to_hex(), t.path()).await;
+            assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+            let files = contents(t.path());
+            assert!(files.len() >= 300, "{}", files.len());
+            for (path, data) in files {
+                assert!(
+                    !data.windows(SENTINEL.len()).any(|w| w == SENTINEL),
+                    "{} holds data from outside the source",
+                    path.display()
+                );
+            }
+        }
+    }
+}

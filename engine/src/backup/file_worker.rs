@@ -18,7 +18,7 @@ use coffer_repo_format::chunker::{is_zero, Chunker};
 use coffer_repo_format::tree::{ContentRef, Node};
 
 use super::dedup::BlobWriter;
-use super::source::{FileJob, FileOutcome};
+use super::source::{FileAt, FileJob, FileOutcome};
 use super::{Monitor, ReadSetup, Sink, SourceError};
 use crate::error::{Error, Result};
 
@@ -39,7 +39,7 @@ pub(crate) fn run_worker(
                 *c = Some(job.path.clone());
             }
         }
-        let outcome: FileOutcome = match w.back_up_file(&job.path, job.node) {
+        let outcome: FileOutcome = match w.back_up_file(&job.at, &job.path, job.node) {
             Ok(node) => Ok(node),
             Err(FileError::Source(e)) => Err(e),
             // The tree builder sees the closed reply channel; the error is the pipeline's.
@@ -63,10 +63,6 @@ pub(crate) struct Worker<'a> {
     monitor: &'a Monitor,
     sealers: Vec<BlobWriter>,
     buf: Vec<u8>,
-}
-
-fn open_for_backup(path: &Path) -> std::io::Result<std::fs::File> {
-    crate::fsmeta::open_noatime(path, false)
 }
 
 /// Reads until `buf` holds `want` bytes or the file ends; true at the end.
@@ -103,8 +99,30 @@ impl<'a> Worker<'a> {
         Ok(&mut self.sealers[..n])
     }
 
-    fn back_up_file(&mut self, path: &Path, mut node: Node) -> Result<Node, FileError> {
-        let mut file = open_for_backup(path).map_err(|e| source_error(path, e))?;
+    /// Opens the file where the walker listed it (never through a symlink,
+    /// never anything but a regular file) and reads it. A file replaced by
+    /// another regular file since it was listed is read as it is now, with
+    /// its metadata.
+    fn back_up_file(
+        &mut self,
+        at: &FileAt,
+        path: &Path,
+        mut node: Node,
+    ) -> Result<Node, FileError> {
+        let (mut file, md) = at.at().open_regular().map_err(|e| source_error(path, e))?;
+        if let FileAt::Dir(..) = at {
+            if (md.dev, md.ino) != (node.device, node.inode) {
+                tracing::debug!(
+                    "{} was replaced since it was listed; reading the new file",
+                    path.display()
+                );
+                crate::fsmeta::set_stat(&mut node, &md, &mut crate::fsmeta::Owners::default());
+                node.size = md.size;
+                if let Ok(fd) = file.try_clone().map(std::os::fd::OwnedFd::from) {
+                    node.xattrs = crate::fsmeta::read_xattrs(crate::fsmeta::At::Open(&fd));
+                }
+            }
+        }
         let extents = match sparse_extents(&file, node.size) {
             Some(e) => e,
             None => return self.back_up_reader(path, &mut file, node),

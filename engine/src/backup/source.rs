@@ -4,27 +4,49 @@
 //! workers as [`FileJob`]s; the event stream carries a receiver for each, so the
 //! tree builder gets every node in walk order however the workers interleave.
 
+use std::ffi::{OsStr, OsString};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
 
 use coffer_repo_format::tree::{Node, NodeKind, Timestamp};
 
-use super::lookahead::{Listing, Lookahead};
+use super::lookahead::{Listing, Lookahead, Root};
 use super::{Monitor, SourceError, WalkSetup};
 use crate::cancel::CancelToken;
 use crate::error::{Error, Result};
-use crate::fsmeta::{self, Owners};
+use crate::fsmeta::{self, At, Meta, Owners};
 use crate::select::Selector;
+use crate::trees::MAX_TREE_DEPTH;
 
 /// What a file worker sends back: the node with its content, or why not.
 pub(crate) type FileOutcome = std::result::Result<Node, SourceError>;
 
+/// Where a worker opens a file: by name in its directory (beneath a walk's
+/// root, never through a symlink), or by the path the caller gave.
+pub(crate) enum FileAt {
+    Dir(Arc<OwnedFd>, OsString),
+    Path(PathBuf),
+}
+
+impl FileAt {
+    pub(crate) fn at(&self) -> At<'_> {
+        match self {
+            FileAt::Dir(dir, name) => At::Dir(dir, name),
+            FileAt::Path(p) => At::Path(p),
+        }
+    }
+}
+
 /// A regular file for a worker to read.
 pub(crate) struct FileJob {
+    /// Where to open it.
+    pub(crate) at: FileAt,
+    /// Its path, for messages and progress.
     pub(crate) path: PathBuf,
     pub(crate) node: Node,
     pub(crate) reply: Sender<FileOutcome>,
@@ -230,9 +252,15 @@ fn normalize(p: &Path) -> PathBuf {
 pub(crate) fn root_node(plan: &SourcePlan, now: Timestamp) -> Result<Node> {
     match plan {
         SourcePlan::Single(path, name) => {
-            let md = std::fs::symlink_metadata(path).map_err(|e| Error::io(path, e))?;
-            fsmeta::read_node(name, path, &md, NodeKind::Dir, &mut Owners::default())
-                .map_err(|e| Error::io(path, e))
+            let md = fsmeta::lstat(path).map_err(|e| Error::io(path, e))?;
+            fsmeta::read_node(
+                name,
+                At::Path(path),
+                &md,
+                NodeKind::Dir,
+                &mut Owners::default(),
+            )
+            .map_err(|e| Error::io(path, e))
         }
         SourcePlan::Synthetic(_) => {
             let mut n = Node::new("root", NodeKind::Dir);
@@ -279,10 +307,16 @@ impl Walker<'_> {
 
     fn walk(&mut self, plan: &SourcePlan) -> Result<()> {
         match plan {
-            SourcePlan::Single(path, _) => self.walk_dir_contents(path),
+            SourcePlan::Single(path, _) => match Root::open(path) {
+                Ok(root) => self.walk_dir_contents(&root),
+                Err(e) => {
+                    self.monitor.io_error(path, &e);
+                    Ok(())
+                }
+            },
             SourcePlan::Synthetic(items) => {
                 for (name, path) in items {
-                    let md = match std::fs::symlink_metadata(path) {
+                    let md = match fsmeta::lstat(path) {
                         Ok(md) => md,
                         Err(e) => {
                             self.monitor.io_error(path, &e);
@@ -293,18 +327,28 @@ impl Walker<'_> {
                         continue;
                     }
                     if md.is_dir() {
-                        match fsmeta::read_node(name, path, &md, NodeKind::Dir, &mut self.owners) {
-                            Ok(node) => {
+                        let opened = Root::open(path).and_then(|root| {
+                            let node = fsmeta::read_node(
+                                name,
+                                At::Path(path),
+                                &md,
+                                NodeKind::Dir,
+                                &mut self.owners,
+                            )?;
+                            Ok((root, node))
+                        });
+                        match opened {
+                            Ok((root, node)) => {
                                 self.enter(node)?;
-                                self.walk_dir_contents(path)?;
+                                self.walk_dir_contents(&root)?;
                                 self.leave()?;
                             }
                             Err(e) => self.monitor.io_error(path, &e),
                         }
-                    } else if md.file_type().is_block_device() {
+                    } else if md.is_block_device() {
                         self.device(name, path, &md)?;
                     } else {
-                        self.entry(name, path, &md)?;
+                        self.entry(name, FileAt::Path(path.clone()), path, &md)?;
                     }
                 }
                 Ok(())
@@ -348,33 +392,38 @@ impl Walker<'_> {
         self.send(Event::Leave)
     }
 
-    /// Walks below `dir` in name order, depth first. Directories are read
-    /// with `O_NOATIME` ([`fsmeta::dir_names`]): the walk changes nothing.
-    fn walk_dir_contents(&mut self, dir: &Path) -> Result<()> {
-        if self.setup.selector.is_cache_dir(dir) {
-            return self.cache_tag(dir);
-        }
-        let root_dev = match self.setup.selector.one_file_system() {
-            true => match std::fs::symlink_metadata(dir) {
-                Ok(md) => Some(std::os::unix::fs::MetadataExt::dev(&md)),
-                Err(e) => {
-                    self.monitor.io_error(dir, &e);
-                    return Ok(());
-                }
-            },
-            false => None,
-        };
-        let listing = match self.lookahead.listing(dir) {
-            Ok(l) => l,
+    /// Walks below `root` in name order, depth first. Every directory is
+    /// opened beneath the root, never through a symlink, with `O_NOATIME`
+    /// (the walk changes nothing), and checked to be the directory its
+    /// parent listed; entries are stat-ed and files opened through their
+    /// directory's descriptor. What changed meanwhile is reported and left
+    /// out, never followed.
+    fn walk_dir_contents(&mut self, root: &Arc<Root>) -> Result<()> {
+        let dir = root.path.clone();
+        let listing = match self.lookahead.listing(root, &dir) {
+            Ok(l) if l.meta.same_file(&root.meta) => l,
+            Ok(_) => {
+                self.monitor.io_error(&dir, &changed());
+                return Ok(());
+            }
             Err(e) => {
-                self.monitor.io_error(dir, &e);
+                self.monitor.io_error(&dir, &e);
                 return Ok(());
             }
         };
-        self.want_children(dir, &listing, root_dev);
-        // One entry per open directory: its path and the entries still to visit.
-        let mut open = vec![(dir.to_path_buf(), listing.into_iter())];
-        while let Some((parent, entries)) = open.last_mut() {
+        if self.setup.selector.is_cache_dir(&listing.dir) {
+            return self.cache_tag(&dir, &listing.dir);
+        }
+        let root_dev = self
+            .setup
+            .selector
+            .one_file_system()
+            .then_some(listing.meta.dev);
+        self.want_children(root, &dir, &listing, root_dev);
+        // One entry per open directory: its path, its descriptor and the
+        // entries still to visit.
+        let mut open = vec![(dir, listing.dir, listing.entries.into_iter())];
+        while let Some((parent, parent_fd, entries)) = open.last_mut() {
             if self.monitor.cancel.is_cancelled() {
                 return Err(Error::Cancelled);
             }
@@ -386,7 +435,8 @@ impl Walker<'_> {
                 continue;
             };
             let path = parent.join(&name);
-            let md = match read_ahead.unwrap_or_else(|| std::fs::symlink_metadata(&path)) {
+            let parent_fd = parent_fd.clone();
+            let md = match read_ahead.unwrap_or_else(|| fsmeta::stat_at(&*parent_fd, &name)) {
                 Ok(md) => md,
                 Err(e) => {
                     self.monitor.io_error(&path, &e);
@@ -397,39 +447,79 @@ impl Walker<'_> {
                 continue;
             }
             if !md.is_dir() {
-                self.entry(name.as_bytes(), &path, &md)?;
+                let bytes = name.as_bytes().to_vec();
+                self.entry(&bytes, FileAt::Dir(parent_fd, name), &path, &md)?;
                 continue;
             }
-            let node = match fsmeta::read_node(
-                name.as_bytes(),
-                &path,
-                &md,
-                NodeKind::Dir,
-                &mut self.owners,
-            ) {
+            let at = At::Dir(&parent_fd, &name);
+            // Another file system: its mount point is kept, empty.
+            if root_dev.is_some_and(|dev| dev != md.dev) {
+                match fsmeta::read_node(name.as_bytes(), at, &md, NodeKind::Dir, &mut self.owners) {
+                    Ok(node) => {
+                        self.enter(node)?;
+                        self.leave()?;
+                    }
+                    Err(e) => self.monitor.io_error(&path, &e),
+                }
+                continue;
+            }
+            if open.len() >= MAX_TREE_DEPTH {
+                self.lookahead.forget(&path);
+                let e = std::io::Error::other(format!(
+                    "directories nested more than {MAX_TREE_DEPTH} deep; left out"
+                ));
+                self.monitor.io_error(&path, &e);
+                continue;
+            }
+            let listing = match self.lookahead.listing(root, &path) {
+                Ok(l) if l.meta.same_file(&md) => Ok(l),
+                Ok(_) => {
+                    self.monitor.io_error(&path, &changed());
+                    continue;
+                }
+                Err(e) => Err(e),
+            };
+            if let Ok(l) = &listing {
+                let names: Vec<OsString> = l.entries.iter().map(|(n, _)| n.clone()).collect();
+                if self.setup.selector.has_marker(&names) {
+                    continue;
+                }
+            }
+            // The directory's own attributes, through its descriptor when open.
+            let node = match &listing {
+                Ok(l) => fsmeta::read_node_stat(
+                    name.as_bytes(),
+                    at,
+                    &md,
+                    NodeKind::Dir,
+                    &mut self.owners,
+                )
+                .map(|mut n| {
+                    n.xattrs = fsmeta::read_xattrs(At::Open(&l.dir));
+                    n
+                }),
+                Err(_) => {
+                    fsmeta::read_node(name.as_bytes(), at, &md, NodeKind::Dir, &mut self.owners)
+                }
+            };
+            let node = match node {
                 Ok(node) => node,
                 Err(e) => {
                     self.monitor.io_error(&path, &e);
-                    self.lookahead.forget(&path);
                     continue;
                 }
             };
             self.enter(node)?;
-            // A cache directory keeps its tag; another file system its mount point.
-            if self.setup.selector.is_cache_dir(&path) {
-                self.lookahead.forget(&path);
-                self.cache_tag(&path)?;
-                self.leave()?;
-                continue;
-            }
-            if root_dev.is_some_and(|dev| dev != std::os::unix::fs::MetadataExt::dev(&md)) {
-                self.leave()?;
-                continue;
-            }
-            match self.lookahead.listing(&path) {
+            match listing {
                 Ok(listing) => {
-                    self.want_children(&path, &listing, root_dev);
-                    open.push((path, listing.into_iter()));
+                    // A cache directory keeps its tag.
+                    if self.setup.selector.is_cache_dir(&listing.dir) {
+                        self.cache_tag(&path, &listing.dir)?;
+                        self.leave()?;
+                        continue;
+                    }
+                    self.want_children(root, &path, &listing, root_dev);
+                    open.push((path, listing.dir, listing.entries.into_iter()));
                 }
                 Err(e) => {
                     self.monitor.io_error(&path, &e);
@@ -442,13 +532,20 @@ impl Walker<'_> {
 
     /// Asks the lookahead for the subdirectories of `dir` the walk will enter
     /// (those whose metadata it has, in name order).
-    fn want_children(&mut self, dir: &Path, listing: &Listing, root_dev: Option<u64>) {
+    fn want_children(
+        &mut self,
+        root: &Arc<Root>,
+        dir: &Path,
+        listing: &Listing,
+        root_dev: Option<u64>,
+    ) {
         let children: Vec<PathBuf> = listing
+            .entries
             .iter()
             .filter_map(|(name, md)| match md {
                 Some(Ok(md))
                     if md.is_dir()
-                        && root_dev.is_none_or(|dev| dev == md.dev())
+                        && root_dev.is_none_or(|dev| dev == md.dev)
                         && !self.setup.selector.excluded(&dir.join(name), md) =>
                 {
                     Some(dir.join(name))
@@ -457,13 +554,13 @@ impl Walker<'_> {
             })
             .collect();
         if !children.is_empty() {
-            self.lookahead.want(children);
+            self.lookahead.want(root, children);
         }
     }
 
     /// A block device given as a path: its contents, as one file. It is always
     /// read: a device node's times do not change with its contents.
-    fn device(&mut self, name: &[u8], path: &Path, md: &std::fs::Metadata) -> Result<()> {
+    fn device(&mut self, name: &[u8], path: &Path, md: &Meta) -> Result<()> {
         let size = match device_size(path) {
             Ok(s) => s,
             Err(e) => {
@@ -471,19 +568,21 @@ impl Walker<'_> {
                 return Ok(());
             }
         };
-        let mut node = match fsmeta::read_node(name, path, md, NodeKind::File, &mut self.owners) {
-            Ok(n) => n,
-            Err(e) => {
-                self.monitor.io_error(path, &e);
-                return Ok(());
-            }
-        };
+        let mut node =
+            match fsmeta::read_node(name, At::Path(path), md, NodeKind::File, &mut self.owners) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.monitor.io_error(path, &e);
+                    return Ok(());
+                }
+            };
         node.size = size;
         node.rdev = None;
         let parent = self.parent_of(name);
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.jobs
             .send(FileJob {
+                at: FileAt::Path(path.to_path_buf()),
                 path: path.to_path_buf(),
                 node,
                 reply: tx,
@@ -496,10 +595,16 @@ impl Walker<'_> {
     }
 
     /// A cache directory keeps only its tag file.
-    fn cache_tag(&mut self, dir: &Path) -> Result<()> {
-        let tag = dir.join("CACHEDIR.TAG");
-        match std::fs::symlink_metadata(&tag) {
-            Ok(md) => self.entry(b"CACHEDIR.TAG", &tag, &md),
+    fn cache_tag(&mut self, dir: &Path, dir_fd: &Arc<OwnedFd>) -> Result<()> {
+        let name = OsStr::new("CACHEDIR.TAG");
+        let tag = dir.join(name);
+        match fsmeta::stat_at(&**dir_fd, name) {
+            Ok(md) => self.entry(
+                b"CACHEDIR.TAG",
+                FileAt::Dir(dir_fd.clone(), name.to_os_string()),
+                &tag,
+                &md,
+            ),
             Err(e) => {
                 self.monitor.io_error(&tag, &e);
                 Ok(())
@@ -507,12 +612,12 @@ impl Walker<'_> {
         }
     }
 
-    fn entry(&mut self, name: &[u8], path: &Path, md: &std::fs::Metadata) -> Result<()> {
+    fn entry(&mut self, name: &[u8], at: FileAt, path: &Path, md: &Meta) -> Result<()> {
         let Some(kind) = fsmeta::kind_of(md) else {
             tracing::info!("skipping socket {}", path.display());
             return Ok(());
         };
-        let mut node = match fsmeta::read_node_stat(name, path, md, kind, &mut self.owners) {
+        let mut node = match fsmeta::read_node_stat(name, at.at(), md, kind, &mut self.owners) {
             Ok(n) => n,
             Err(e) => {
                 self.monitor.io_error(path, &e);
@@ -532,7 +637,7 @@ impl Walker<'_> {
             {
                 p.xattrs.clone()
             }
-            _ => fsmeta::read_xattrs(path),
+            _ => fsmeta::read_xattrs(at.at()),
         };
         if kind == NodeKind::File && node.size > 0 {
             if let Some(p) = parent
@@ -549,6 +654,7 @@ impl Walker<'_> {
             let (tx, rx) = crossbeam_channel::bounded(1);
             self.jobs
                 .send(FileJob {
+                    at,
                     path: path.to_path_buf(),
                     node,
                     reply: tx,
@@ -583,7 +689,7 @@ impl Scan {
             SourcePlan::Single(dir, _) => self.dir_contents(dir, selector, cancel),
             SourcePlan::Synthetic(items) => {
                 for (_, path) in items {
-                    let Ok(md) = std::fs::symlink_metadata(path) else {
+                    let Ok(md) = fsmeta::lstat(path) else {
                         continue;
                     };
                     if selector.excluded(path, &md) {
@@ -591,7 +697,7 @@ impl Scan {
                     }
                     if md.is_dir() {
                         self.dir_contents(path, selector, cancel);
-                    } else if md.file_type().is_block_device() {
+                    } else if md.is_block_device() {
                         self.files.fetch_add(1, Ordering::Relaxed);
                         let size = device_size(path).unwrap_or(0);
                         self.bytes.fetch_add(size, Ordering::Relaxed);
@@ -604,56 +710,69 @@ impl Scan {
         self.done.store(true, Ordering::Relaxed);
     }
 
-    /// What lies below `dir`, as [`Walker::walk_dir_contents`] goes through it.
+    /// What lies below `dir`, as [`Walker::walk_dir_contents`] goes through
+    /// it (beneath it, never through a symlink).
     fn dir_contents(&self, dir: &Path, selector: &Selector, cancel: &CancelToken) {
-        if selector.is_cache_dir(dir) {
-            return self.cache_tag(dir);
-        }
-        let root_dev = selector
-            .one_file_system()
-            .then(|| std::fs::symlink_metadata(dir).ok().map(|md| md.dev()))
-            .flatten();
-        let mut todo = vec![dir.to_path_buf()];
-        while let Some(d) = todo.pop() {
-            let Ok(names) = fsmeta::dir_names(&d) else {
+        let Ok(root) = Root::open(dir) else {
+            return;
+        };
+        let mut todo = vec![(PathBuf::new(), 0usize)];
+        let mut root_dev = None;
+        while let Some((rel, depth)) = todo.pop() {
+            let Ok(fd) = fsmeta::open_dir_beneath(&root.fd, &rel) else {
                 continue;
             };
+            if selector.is_cache_dir(&fd) {
+                if let Ok(md) = fsmeta::stat_at(&fd, OsStr::new("CACHEDIR.TAG")) {
+                    self.add(&md);
+                }
+                continue;
+            }
+            if rel.as_os_str().is_empty() && selector.one_file_system() {
+                root_dev = fsmeta::fstat(&fd).ok().map(|md| md.dev);
+            }
+            let Ok(names) = fsmeta::names_of(&fd) else {
+                continue;
+            };
+            if !rel.as_os_str().is_empty() && selector.has_marker(&names) {
+                continue;
+            }
             for name in names {
                 if cancel.is_cancelled() {
                     return;
                 }
-                let path = d.join(name);
-                let Ok(md) = std::fs::symlink_metadata(&path) else {
+                let Ok(md) = fsmeta::stat_at(&fd, &name) else {
                     continue;
                 };
-                if selector.excluded(&path, &md) {
+                if selector.excluded(&dir.join(rel.join(&name)), &md) {
                     continue;
                 }
                 if !md.is_dir() {
                     self.add(&md);
-                } else if selector.is_cache_dir(&path) {
-                    self.cache_tag(&path);
-                } else if root_dev.is_none_or(|dev| dev == md.dev()) {
-                    todo.push(path);
+                } else if root_dev.is_none_or(|dev| dev == md.dev) && depth < MAX_TREE_DEPTH {
+                    todo.push((rel.join(&name), depth + 1));
                 }
             }
         }
     }
 
-    fn cache_tag(&self, dir: &Path) {
-        if let Ok(md) = std::fs::symlink_metadata(dir.join("CACHEDIR.TAG")) {
-            self.add(&md);
-        }
-    }
-
-    fn add(&self, md: &std::fs::Metadata) {
+    fn add(&self, md: &Meta) {
         // The walker skips sockets.
         if fsmeta::kind_of(md).is_none() {
             return;
         }
         self.files.fetch_add(1, Ordering::Relaxed);
         if md.is_file() {
-            self.bytes.fetch_add(md.len(), Ordering::Relaxed);
+            self.bytes.fetch_add(md.size, Ordering::Relaxed);
         }
     }
+}
+
+/// What the walker reports for a directory that is no longer the one its
+/// parent's listing showed (renamed, swapped meanwhile).
+fn changed() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        "changed while it was read: it is no longer the directory that was listed; skipped",
+    )
 }
