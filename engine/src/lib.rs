@@ -66,4 +66,4 @@ pub use cancel::CancelToken;
 pub use coffer_repo_format as format;
 pub use error::{Error, Result};
 pub use index::Index;
-pub use repository::{InitOptions, Repository};
+pub use repository::{InitOptions, OpenLimits, Repository};

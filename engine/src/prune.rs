@@ -548,6 +548,7 @@ async fn execute(
 /// list them, outside any backup; returns their ids. The engine's own tests
 /// build hostile snapshots with it (any tree a password holder could write).
 #[cfg_attr(feature = "internals", visibility::make(pub))]
+#[cfg_attr(not(feature = "internals"), allow(dead_code))]
 pub(crate) async fn store_blobs(
     repo: &Arc<Repository>,
     blobs: &[(BlobType, Vec<u8>)],

@@ -27,6 +27,22 @@ use crate::storage::{DynStore, StoreError, StoreErrorKind, WriteMode};
 /// Object keys of the repository layout.
 pub(crate) use coffer_repo_format::layout;
 
+/// What opening a repository may cost, at most.
+#[derive(Clone, Debug)]
+pub struct OpenLimits {
+    /// The most Argon2 memory a key file may ask for, in KiB (the format's
+    /// own bound by default: 1 GiB).
+    pub max_kdf_memory_kib: u32,
+}
+
+impl Default for OpenLimits {
+    fn default() -> Self {
+        OpenLimits {
+            max_kdf_memory_kib: coffer_repo_format::keys::MAX_KDF_MEMORY_KIB,
+        }
+    }
+}
+
 /// Settings of a new repository.
 #[derive(Clone, Debug)]
 pub struct InitOptions {
@@ -250,6 +266,18 @@ impl Repository {
 
     /// Opens a repository with a password.
     pub async fn open(store: DynStore, password: &[u8]) -> Result<Repository> {
+        Self::open_with(store, password, &OpenLimits::default()).await
+    }
+
+    /// Opens a repository with a password, within `limits`: a key file that
+    /// asks for more than they allow is not tried (an agent whose memory
+    /// limit is below the format's largest Argon2 cost opens tenants'
+    /// repositories with a lower cap).
+    pub async fn open_with(
+        store: DynStore,
+        password: &[u8],
+        limits: &OpenLimits,
+    ) -> Result<Repository> {
         let location = store.location();
         let config_bytes = match store.get(layout::CONFIG).await {
             Ok(b) => b,
@@ -292,6 +320,14 @@ impl Repository {
                 continue;
             }
             match KeyFile::from_bytes(&bytes) {
+                Ok(kf) if kf.kdf.cost().memory_kib > limits.max_kdf_memory_kib => {
+                    damaged.push(format!(
+                        "key file {id} asks for {} MiB of Argon2 memory, more than this program \
+                         allows ({} MiB); not tried",
+                        kf.kdf.cost().memory_kib / 1024,
+                        limits.max_kdf_memory_kib / 1024
+                    ))
+                }
                 Ok(kf) => candidates.push((kf.kdf.cost().work(), *id, kf)),
                 Err(e) => damaged.push(format!(
                     "key file {id}: {e}; if you did not add it, remove it (key {})",

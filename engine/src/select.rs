@@ -170,7 +170,7 @@ impl Selector {
         }
         let mut buf = [0u8; CACHEDIR_SIGNATURE.len()];
         let tag = crate::fsmeta::At::Dir(dir, std::ffi::OsStr::new("CACHEDIR.TAG"));
-        match tag.open_regular() {
+        match tag.open_regular(true) {
             Ok((mut f, _)) => {
                 std::io::Read::read_exact(&mut f, &mut buf).is_ok() && buf == CACHEDIR_SIGNATURE
             }

@@ -1397,6 +1397,74 @@ mod keys {
         coffer_engine::Repository::open(store, password).await
     }
 
+    /// A process with less memory than the format's largest Argon2 cost
+    /// (the agent) opens repositories with a cap: a key file that asks for
+    /// more is not derived, and the error says so; the others still open.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_key_file_above_the_process_s_kdf_cap_is_not_tried() {
+        let (dir, repo) = keys_repo().await;
+        let costly = coffer_engine::keys::KdfCost {
+            memory_kib: 64 * 1024,
+            iterations: 1,
+            parallelism: 1,
+        };
+        repo.add_key(b"costly", costly).await.unwrap();
+        let store = || {
+            coffer_engine::storage::open_location(dir.path().join("repo").to_str().unwrap(), false)
+                .unwrap()
+        };
+        let cap = coffer_engine::OpenLimits {
+            max_kdf_memory_kib: 32 * 1024,
+        };
+        let err = coffer_engine::Repository::open_with(store(), b"costly", &cap)
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, coffer_engine::Error::WrongPassword { .. }),
+            "{err}"
+        );
+        assert!(
+            coffer_engine::Repository::open_with(store(), b"test password", &cap)
+                .await
+                .is_ok()
+        );
+        assert!(coffer_engine::Repository::open(store(), b"costly")
+            .await
+            .is_ok());
+    }
+
+    /// An object larger than any valid one at its key (a `config` of 2 MiB,
+    /// a key file of 2 MiB) is refused before it is read whole.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_oversized_object_is_refused_before_it_is_read() {
+        let (dir, repo) = keys_repo().await;
+        let repo_dir = dir.path().join("repo");
+        let big = vec![0u8; 2 << 20];
+        let key_file = repo_dir.join(coffer_engine::format::layout::key(&repo.key_id()));
+        std::fs::write(repo_dir.join("config"), &big).unwrap();
+        let err = open_at(&repo_dir, b"test password")
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("config") && err.contains("more than any valid object"),
+            "{err}"
+        );
+        std::fs::write(&key_file, &big).unwrap();
+        let store =
+            coffer_engine::storage::open_location(repo_dir.to_str().unwrap(), false).unwrap();
+        let err = store
+            .get(&coffer_engine::format::layout::key(&repo.key_id()))
+            .await
+            .unwrap_err();
+        assert!(
+            err.message.contains("more than any valid object"),
+            "{err:?}"
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn keys_can_be_added_changed_and_removed_safely() {
         let (dir, repo) = keys_repo().await;
@@ -3881,6 +3949,8 @@ mod changing_source {
             let mut opts = BackupOptions::new([src.as_path()]);
             opts.parent = coffer_engine::backup::ParentChoice::None;
             opts.timing = coffer_engine::protocol::Timing::fast();
+            // Both ways of opening files: the command line's, a tenant's.
+            opts.untrusted_source = ids.len() % 2 == 1;
             // (A bound on a hang, not a timing: a FIFO opened for reading
             // blocks until a writer comes, which never happens here.)
             let summary = tokio::time::timeout(

@@ -56,6 +56,7 @@ use serde_json::json;
 use crate::crd::{
     BackupMethod, BackupRepository, BackupSchedule, Phase, RunStatus, VolumeBackup, VolumeRestore,
 };
+use crate::lenient::Lenient;
 use crate::metrics::{Metrics, NamespaceLabels, RunLabels};
 use crate::node::{label_value, object_name};
 use crate::snapshot::{self, SnapshotClass, SnapshotState, VolumeSnapshot, RUN_LABEL};
@@ -102,6 +103,8 @@ pub struct Options {
     pub restore_storage_class_map: BTreeMap<String, String>,
     /// Clones ask for ReadOnlyMany.
     pub read_only_many: bool,
+    /// What namespaced objects may ask for; every mover gets it too.
+    pub policy: crate::policy::TenantPolicy,
 }
 
 /// Why a reconcile step failed (it is tried again).
@@ -216,21 +219,26 @@ pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) -> anyhow
     });
     sweep(&ctx).await;
     crate::restorer::sweep(&ctx).await;
+    // Every watched kind is lenient: one object that does not parse (in
+    // any namespace) is logged and skipped, never the whole list.
     let children = watcher::Config::default().labels(RUN_LABEL);
     let backups = Controller::new(
-        Api::<VolumeBackup>::all(client.clone()),
+        Api::<Lenient<VolumeBackup>>::all(client.clone()),
         watcher::Config::default(),
     )
-    .owns(Api::<Pod>::all(client.clone()), children.clone())
+    .owns(Api::<Lenient<Pod>>::all(client.clone()), children.clone())
     .owns(
-        Api::<PersistentVolumeClaim>::all(client.clone()),
+        Api::<Lenient<PersistentVolumeClaim>>::all(client.clone()),
         children.clone(),
     )
-    .owns(Api::<VolumeSnapshot>::all(client.clone()), children)
-    .run(reconcile, error_policy, ctx.clone())
+    .owns(
+        Api::<Lenient<VolumeSnapshot>>::all(client.clone()),
+        children,
+    )
+    .run(parsed(reconcile), parsed_policy(error_policy), ctx.clone())
     .for_each(log_error);
     let restores = Controller::new(
-        Api::<VolumeRestore>::all(client.clone()),
+        Api::<Lenient<VolumeRestore>>::all(client.clone()),
         watcher::Config::default(),
     )
     .watches(
@@ -238,32 +246,39 @@ pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) -> anyhow
         watcher::Config::default().labels(crate::restorer::RESTORE_LABEL),
         crate::restorer::run_of,
     )
-    .run(crate::restorer::reconcile, error_policy, ctx.clone())
+    .run(
+        parsed(crate::restorer::reconcile),
+        parsed_policy(error_policy),
+        ctx.clone(),
+    )
     .for_each(log_error);
     let scheduled = watcher::Config::default().labels(crate::schedules::SCHEDULE_LABEL);
     let schedules = Controller::new(
-        Api::<BackupSchedule>::all(client.clone()),
+        Api::<Lenient<BackupSchedule>>::all(client.clone()),
         watcher::Config::default(),
     )
-    .owns(Api::<VolumeBackup>::all(client.clone()), scheduled.clone())
-    .owns(Api::<Pod>::all(client.clone()), scheduled)
+    .owns(
+        Api::<Lenient<VolumeBackup>>::all(client.clone()),
+        scheduled.clone(),
+    )
+    .owns(Api::<Lenient<Pod>>::all(client.clone()), scheduled)
     .run(
-        crate::schedules::reconcile,
-        object_error_policy,
+        parsed(crate::schedules::reconcile),
+        parsed_policy(object_error_policy),
         ctx.clone(),
     )
     .for_each(log_error);
     let maintenance = Controller::new(
-        Api::<BackupRepository>::all(client.clone()),
+        Api::<Lenient<BackupRepository>>::all(client.clone()),
         watcher::Config::default(),
     )
     .owns(
-        Api::<Pod>::all(client.clone()),
+        Api::<Lenient<Pod>>::all(client.clone()),
         watcher::Config::default().labels(crate::maintenance::MAINTENANCE_LABEL),
     )
     .run(
-        crate::maintenance::reconcile,
-        object_error_policy,
+        parsed(crate::maintenance::reconcile),
+        parsed_policy(object_error_policy),
         ctx.clone(),
     )
     .for_each(log_error);
@@ -289,6 +304,37 @@ pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) -> anyhow
 async fn log_error<T, E: std::fmt::Display>(r: Result<T, E>) {
     if let Err(e) = r {
         tracing::debug!("reconcile: {e}");
+    }
+}
+
+/// A reconciler over the objects that parse: one that does not is logged
+/// (by [`Lenient::object`]) and left until it changes.
+fn parsed<K, F, Fut>(
+    reconcile: F,
+) -> impl FnMut(Arc<Lenient<K>>, Arc<Ctx>) -> futures::future::BoxFuture<'static, Result<Action, Error>>
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+    F: Fn(Arc<K>, Arc<Ctx>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<Action, Error>> + Send + 'static,
+{
+    move |obj, ctx| {
+        let reconcile = reconcile.clone();
+        Box::pin(async move {
+            match obj.object() {
+                Some(k) => reconcile(Arc::new(k.clone()), ctx).await,
+                None => Ok(Action::await_change()),
+            }
+        })
+    }
+}
+
+/// `policy` for objects that parse (others are never reconciled).
+fn parsed_policy<K: Resource<DynamicType = ()> + Clone>(
+    policy: fn(Arc<K>, &Error, Arc<Ctx>) -> Action,
+) -> impl Fn(Arc<Lenient<K>>, &Error, Arc<Ctx>) -> Action {
+    move |obj, e, ctx| match &obj.parsed {
+        Ok(k) => policy(Arc::new(k.clone()), e, ctx),
+        Err(_) => Action::await_change(),
     }
 }
 
@@ -662,7 +708,7 @@ async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Result<Action,
             return Ok(Action::await_change());
         };
         let origin = origin_of(ctx, &spec_source).await;
-        let args = mover_args(ctx, vb, &repo, &pvc_name, block, &origin);
+        let args = mover_args(ctx, vb, &repo, &pvc_name, block, &origin)?;
         let labels = run_labels(vb);
         let owner = vb.controller_owner_ref(&()).unwrap_or_default();
         let volume = snapshot::MoverVolume {
@@ -1019,9 +1065,14 @@ async fn thaw(ctx: &Ctx, vb: &VolumeBackup) -> Result<Option<Action>, Error> {
         let leader_on = leader.status.as_ref().and_then(|s| s.stage.as_deref()) == Some("Moving");
         return Ok((frozen(&hooks) && !leader_on).then(|| Action::requeue(GROUP_POLL)));
     }
+    // No open member (this run was canceled, or left its group, since the
+    // event): nothing to thaw; the next pass sees where it stands.
+    let Some(followers) = followers(&open) else {
+        return Ok(Some(Action::requeue(Duration::ZERO)));
+    };
     // After a restart, the snapshots not taken yet.
     take_snapshots(ctx, &open).await?;
-    for r in &open[1..] {
+    for r in followers {
         let pending = match find_snapshot(ctx, r).await? {
             Found::Snapshot(vs) => snapshot::snapshot_state(&vs) == SnapshotState::Pending,
             Found::Missing | Found::Wait(_) => true,
@@ -1039,6 +1090,12 @@ async fn thaw(ctx: &Ctx, vb: &VolumeBackup) -> Result<Option<Action>, Error> {
         return Ok(Some(Action::await_change()));
     }
     Ok(None)
+}
+
+/// The open members of a group after its leader (the first); `None` when
+/// none is open (a list freshly read can be empty).
+fn followers<T>(open: &[T]) -> Option<&[T]> {
+    open.get(1..)
 }
 
 /// A run's VolumeSnapshot, as far as it is.
@@ -1464,13 +1521,24 @@ async fn origin_of(ctx: &Ctx, pvc: &PersistentVolumeClaim) -> KubernetesOrigin {
 }
 
 /// A mover's command line up to its own arguments: the subcommand, its
-/// run, and how it opens the repository.
+/// run, how it opens the repository, and the administrator's limits.
+/// [`Error::Refused`] when those limits do not allow the repository (its
+/// URL): the run fails naming it, and no pod is made.
 pub(crate) fn mover_command(
+    ctx: &Ctx,
     sub: &str,
     run_ns: &str,
     run: &str,
     repo: &BackupRepository,
-) -> Vec<String> {
+) -> Result<Vec<String>, Error> {
+    let policy = &ctx.opts.policy;
+    policy.check_url(&repo.spec.url).map_err(|why| {
+        Error::Refused(format!(
+            "BackupRepository {}/{}: {why}",
+            repo.namespace().unwrap_or_default(),
+            repo.name_any()
+        ))
+    })?;
     let mut a: Vec<String> = vec![
         "mover".into(),
         sub.into(),
@@ -1492,7 +1560,8 @@ pub(crate) fn mover_command(
     if repo.spec.init {
         a.push("--init".into());
     }
-    a
+    a.extend(policy.mover_args());
+    Ok(a)
 }
 
 /// The backup mover's command line.
@@ -1503,13 +1572,14 @@ fn mover_args(
     pvc: &str,
     block: bool,
     origin: &KubernetesOrigin,
-) -> Vec<String> {
+) -> Result<Vec<String>, Error> {
     let mut a = mover_command(
+        ctx,
         "backup",
         &vb.namespace().unwrap_or_default(),
         &vb.name_any(),
         repo,
-    );
+    )?;
     a.extend([
         "--source".into(),
         if block {
@@ -1542,7 +1612,7 @@ fn mover_args(
         a.push("--limit-read".into());
         a.push(format!("{rate}B/s"));
     }
-    a
+    Ok(a)
 }
 
 /// The one object whose status a mover writes (its run, schedule or
@@ -2366,5 +2436,15 @@ mod tests {
         assert!(too_long(deletion + 61));
         // A clock far behind never underflows into "overdue".
         assert!(!terminating_too_long(i64::MAX, i64::MIN, limit));
+    }
+
+    /// `thaw` sliced `&open[1..]` from a group it had just listed, which is
+    /// empty once the run was canceled or left its group meanwhile: the
+    /// controller panicked (and its standby after it).
+    #[test]
+    fn a_group_with_no_open_member_has_no_followers_and_no_panic() {
+        assert_eq!(followers::<&str>(&[]), None);
+        assert_eq!(followers(&["leader"]), Some(&[][..]));
+        assert_eq!(followers(&["leader", "b", "c"]), Some(&["b", "c"][..]));
     }
 }

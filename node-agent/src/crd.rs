@@ -52,6 +52,12 @@ pub struct BackupRepositorySpec {
     /// Create the repository when it does not exist yet.
     #[serde(default)]
     pub init: bool,
+    /// Namespaces whose VolumeRestores may restore into this namespace with
+    /// this repository (`spec.target.namespace` naming this one). A restore
+    /// from another namespace reads this namespace's repository and writes
+    /// a claim here, so it needs this namespace's consent; none by default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_source_namespaces: Vec<String>,
     /// Scheduled prune and check, run by the controller in mover pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maintenance: Option<Maintenance>,
@@ -78,6 +84,7 @@ pub struct Maintenance {
     pub read_data_subset: Option<String>,
     /// Unused space prune leaves in packs, in percent (default 5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
     pub max_unused_percent: Option<u32>,
     /// The maintenance pods' memory limit (default: the controller's
     /// `--mover-memory`).
@@ -137,6 +144,7 @@ pub struct BackupRepositoryStatus {
     pub last_checked: Option<String>,
     /// The generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0_i64, max = 9_007_199_254_740_991_i64))]
     pub observed_generation: Option<i64>,
     /// Scheduling of the prune job (the controller's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -179,15 +187,20 @@ pub struct PruneResult {
     /// When it ended.
     pub time: String,
     /// Bytes freed in the store.
+    #[schemars(range(min = 0_i64, max = 9_007_199_254_740_991_i64))]
     pub bytes_freed: u64,
     /// Bytes of used blobs copied out of repacked packs.
+    #[schemars(range(min = 0_i64, max = 9_007_199_254_740_991_i64))]
     pub bytes_repacked: u64,
     /// Packs deleted whole, repacked, and left unindexed by interrupted
     /// backups.
+    #[schemars(range(min = 0_i64, max = 9_007_199_254_740_991_i64))]
     pub packs_deleted: u64,
     /// Bytes of packs left in the repository.
+    #[schemars(range(min = 0_i64, max = 9_007_199_254_740_991_i64))]
     pub total_bytes: u64,
     /// Running backups it waited for.
+    #[schemars(range(min = 0_i64, max = 9_007_199_254_740_991_i64))]
     pub sessions_waited: u64,
     /// False when it stopped waiting for backups; the next prune finishes.
     pub executed: bool,
@@ -210,12 +223,16 @@ pub struct CheckResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_data_subset: Option<String>,
     /// Snapshots, packs checked, and packs downloaded and verified.
+    #[schemars(range(min = 0_i64, max = 9_007_199_254_740_991_i64))]
     pub snapshots: u64,
     /// Packs whose headers were checked.
+    #[schemars(range(min = 0_i64, max = 9_007_199_254_740_991_i64))]
     pub packs: u64,
     /// Packs downloaded and verified blob by blob.
+    #[schemars(range(min = 0_i64, max = 9_007_199_254_740_991_i64))]
     pub packs_read: u64,
     /// Problems found.
+    #[schemars(range(min = 0_i64, max = 9_007_199_254_740_991_i64))]
     pub problems: u64,
     /// The first problems, each naming its object.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -296,6 +313,7 @@ pub struct RunGroup {
     /// The group's name, shared by its runs.
     pub name: String,
     /// How many runs it has.
+    #[schemars(range(min = 1, max = 10000))]
     pub size: u32,
 }
 
@@ -484,14 +502,18 @@ impl Phase {
 #[serde(rename_all = "camelCase")]
 pub struct Progress {
     /// Bytes read (backup) or written (restore).
+    #[schemars(range(min = 0_i64, max = 9_007_199_254_740_991_i64))]
     pub bytes_done: u64,
     /// All bytes, once known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0_i64, max = 9_007_199_254_740_991_i64))]
     pub total_bytes: Option<u64>,
     /// Files done.
+    #[schemars(range(min = 0_i64, max = 9_007_199_254_740_991_i64))]
     pub files_done: u64,
     /// All files, once known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0_i64, max = 9_007_199_254_740_991_i64))]
     pub total_files: Option<u64>,
 }
 
@@ -500,6 +522,7 @@ pub struct Progress {
 #[serde(rename_all = "camelCase")]
 pub struct RunErrors {
     /// How many.
+    #[schemars(range(min = 0_i64, max = 9_007_199_254_740_991_i64))]
     pub count: u64,
     /// The first few, each `path: reason`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -546,6 +569,7 @@ pub struct RunStatus {
     /// Bytes added to the repository by this backup (after deduplication
     /// and compression).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0_i64, max = 9_007_199_254_740_991_i64))]
     pub incremental_bytes: Option<u64>,
     /// When the agent started it (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -562,6 +586,7 @@ pub struct RunStatus {
     /// How many times an agent started this run (a restart resumes it; after
     /// [`MAX_ATTEMPTS`] it fails).
     #[serde(default, skip_serializing_if = "is_zero")]
+    #[schemars(range(min = 0, max = 1000000))]
     pub attempts: u32,
 }
 
@@ -676,21 +701,27 @@ impl Selector {
 pub struct Retention {
     /// The newest N.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000000))]
     pub keep_last: Option<u32>,
     /// The newest of each of the N newest hours.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000000))]
     pub keep_hourly: Option<u32>,
     /// ... days.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000000))]
     pub keep_daily: Option<u32>,
     /// ... ISO weeks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000000))]
     pub keep_weekly: Option<u32>,
     /// ... months.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000000))]
     pub keep_monthly: Option<u32>,
     /// ... years.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000000))]
     pub keep_yearly: Option<u32>,
     /// Everything within this of the newest (`30d`, `12h`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -755,10 +786,13 @@ pub struct RetentionResult {
     /// When it ran.
     pub time: String,
     /// Snapshots kept.
+    #[schemars(range(min = 0_i64, max = 9_007_199_254_740_991_i64))]
     pub kept: u64,
     /// Snapshots forgotten.
+    #[schemars(range(min = 0_i64, max = 9_007_199_254_740_991_i64))]
     pub removed: u64,
     /// Origins (groups) it went through.
+    #[schemars(range(min = 0_i64, max = 9_007_199_254_740_991_i64))]
     pub origins: u64,
     /// Why it failed, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -81,6 +81,9 @@ struct ControllerArgs {
     /// Log format: json (default) or text
     #[arg(long, env = "LOG_FORMAT", default_value = "json")]
     log_format: String,
+    /// What namespaced objects may ask for (passed on to every mover)
+    #[command(flatten)]
+    policy: coffer_node_agent::policy::TenantPolicy,
 }
 
 #[derive(Subcommand, Debug)]
@@ -147,6 +150,9 @@ struct MoverCommon {
     /// Log format: json (default) or text
     #[arg(long, env = "LOG_FORMAT", default_value = "json")]
     log_format: String,
+    /// The administrator's limits, as the controller that started this mover has them
+    #[command(flatten)]
+    policy: coffer_node_agent::policy::TenantPolicy,
 }
 
 impl MoverCommon {
@@ -156,6 +162,7 @@ impl MoverCommon {
             options: self.options.clone(),
             credentials_dir: self.credentials_dir.clone(),
             init: self.init,
+            policy: self.policy.clone(),
         }
     }
 
@@ -330,6 +337,13 @@ struct NodeArgs {
     /// Log format: json (default) or text
     #[arg(long, env = "LOG_FORMAT", default_value = "json")]
     log_format: String,
+    /// What namespaced objects may ask for
+    #[command(flatten)]
+    policy: coffer_node_agent::policy::TenantPolicy,
+    /// An opened repository nobody used for this long is closed, its keys
+    /// leaving memory
+    #[arg(long, env = "REPOSITORY_IDLE", default_value = "10m", value_parser = parse_duration)]
+    repository_idle: std::time::Duration,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -414,6 +428,7 @@ async fn run_controller(a: ControllerArgs) -> anyhow::Result<()> {
         storage_class_map: a.clone_storage_class.into_iter().collect(),
         restore_storage_class_map: a.restore_storage_class.into_iter().collect(),
         read_only_many: a.clone_read_only_many,
+        policy: a.policy,
     };
     tokio::select! {
         r = controller::run(client, opts, m) => r,
@@ -538,6 +553,8 @@ async fn run_node(a: NodeArgs) -> anyhow::Result<()> {
         threads_per_run: a.threads_per_run.max(1),
         read_limit: a.limit_read,
         pod_wait: a.pod_wait,
+        policy: a.policy,
+        repository_idle: a.repository_idle,
     };
     let agent = node::Agent::new(client, opts, m);
     tokio::select! {

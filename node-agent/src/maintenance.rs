@@ -256,38 +256,42 @@ async fn follow(
         .await
         .map_err(kube_err(format!("reading pod {ns}/{pod_name}")))?;
     let Some(pod) = pod else {
-        let mut args = mover_command(job.as_str(), &ns, &name, repo);
-        args.extend(["--scheduled-at".into(), at.to_string()]);
-        match job {
-            Job::Prune => {
-                if let Some(p) = m.max_unused_percent {
-                    args.extend(["--max-unused-percent".into(), p.to_string()]);
+        // A repository the administrator does not allow is refused like a pod.
+        let made = async {
+            let mut args = mover_command(ctx, job.as_str(), &ns, &name, repo)?;
+            args.extend(["--scheduled-at".into(), at.to_string()]);
+            match job {
+                Job::Prune => {
+                    if let Some(p) = m.max_unused_percent {
+                        args.extend(["--max-unused-percent".into(), p.to_string()]);
+                    }
+                }
+                Job::Check => {
+                    if let Some(s) = &m.read_data_subset {
+                        let last = st
+                            .last_check
+                            .as_ref()
+                            .and_then(|c| c.read_data_subset.as_deref());
+                        args.extend(["--read-data-subset".into(), next_subset(s, last)]);
+                    }
                 }
             }
-            Job::Check => {
-                if let Some(s) = &m.read_data_subset {
-                    let last = st
-                        .last_check
-                        .as_ref()
-                        .and_then(|c| c.read_data_subset.as_deref());
-                    args.extend(["--read-data-subset".into(), next_subset(s, last)]);
-                }
-            }
+            let labels = BTreeMap::from([
+                (MAINTENANCE_LABEL.to_string(), label_value(&name)),
+                crate::controller::managed_by(),
+            ]);
+            let owner = repo.controller_owner_ref(&()).unwrap_or_default();
+            let memory = m.memory.as_ref().unwrap_or(&ctx.opts.mover_memory);
+            let p = snapshot::mover_pod(&snapshot::Mover {
+                args,
+                labels: &labels,
+                owner: Some(&owner),
+                memory,
+                ..ctx.mover(&pod_name, &ns, repo)
+            });
+            create_mover(ctx, &p, &StatusOf::of(repo)).await
         }
-        let labels = BTreeMap::from([
-            (MAINTENANCE_LABEL.to_string(), label_value(&name)),
-            crate::controller::managed_by(),
-        ]);
-        let owner = repo.controller_owner_ref(&()).unwrap_or_default();
-        let memory = m.memory.as_ref().unwrap_or(&ctx.opts.mover_memory);
-        let p = snapshot::mover_pod(&snapshot::Mover {
-            args,
-            labels: &labels,
-            owner: Some(&owner),
-            memory,
-            ..ctx.mover(&pod_name, &ns, repo)
-        });
-        let made = create_mover(ctx, &p, &StatusOf::of(repo)).await;
+        .await;
         if let Err(Error::Refused(why) | Error::Quota(why)) = made {
             // No pod will report it: tell now.
             job.fail(st, at, why);

@@ -39,6 +39,8 @@ pub struct RepoAccess {
     pub credentials_dir: Option<PathBuf>,
     /// Create the repository when it does not exist.
     pub init: bool,
+    /// What the administrator allows (the controller's, passed on).
+    pub policy: crate::policy::TenantPolicy,
 }
 
 impl RepoAccess {
@@ -50,7 +52,7 @@ impl RepoAccess {
                 .map_err(|e| format!("credentials in {}: {e}", dir.display()))?;
             options.extend(crate::repos::credential_options(&self.url, &data));
         }
-        crate::repos::open_or_init(&self.url, options, password, self.init)
+        crate::repos::open_or_init(&self.url, options, password, self.init, &self.policy)
             .await
             .map(Arc::new)
             .map_err(|e| {
@@ -531,6 +533,8 @@ async fn run_backup(
     };
     let (tx, mut rx) = tokio::sync::watch::channel(BackupProgress::default());
     let mut opts = BackupOptions::new([job.source.clone()]);
+    // A clone of a tenant's volume: treated as the volume itself.
+    opts.untrusted_source = true;
     opts.record_path = Some(job.record_path.clone());
     opts.origin = Some(job.origin.clone());
     let o = &job.origin;

@@ -42,6 +42,7 @@ use crate::crd::{
 };
 use crate::hooks;
 use crate::kubelet;
+use crate::lenient::Lenient;
 use crate::metrics::{Metrics, NamespaceLabels, RunLabels, VolumeLabels};
 use crate::plan::{self, NodeConfig, Planned, VolumeMode};
 use crate::repos::Repos;
@@ -64,6 +65,11 @@ pub struct Options {
     pub read_limit: Option<u64>,
     /// How long a run waits for its pod to exist before it fails.
     pub pod_wait: Duration,
+    /// What namespaced objects may ask for.
+    pub policy: crate::policy::TenantPolicy,
+    /// An opened repository nobody used for this long is closed (its keys
+    /// leave memory).
+    pub repository_idle: Duration,
 }
 
 /// Which run.
@@ -142,8 +148,8 @@ impl Agent {
         Arc::new(Agent {
             client,
             permits: Arc::new(Semaphore::new(opts.max_concurrent.max(1))),
+            repos: Repos::new(opts.policy.clone()),
             opts,
-            repos: Repos::default(),
             metrics,
             recorder,
             runs: Mutex::new(HashMap::new()),
@@ -172,6 +178,18 @@ impl Agent {
         if let Some(rx) = lock(&self.recheck_rx).take() {
             tokio::spawn(self.clone().rechecks(rx));
         }
+        // Repositories idle for --repository-idle leave memory, keys and all.
+        let idle = self.opts.repository_idle;
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep((idle / 4).max(Duration::from_secs(1))).await;
+                let n = me.repos.evict_idle(idle);
+                if n > 0 {
+                    tracing::debug!("{n} idle repositories closed");
+                }
+            }
+        });
         self.metrics.set_ready();
         tracing::info!(
             node = self.me(),
@@ -238,14 +256,24 @@ impl Agent {
             + Send
             + 'static,
     {
-        let api: Api<K> = Api::all(self.client.clone());
+        // Lenient: one run that does not parse, in any namespace, is
+        // logged and skipped, never the whole list.
+        let api: Api<Lenient<K>> = Api::all(self.client.clone());
         let mut stream = watcher::watcher(api, watcher::Config::default())
             .default_backoff()
             .boxed();
         while let Some(ev) = stream.next().await {
             match ev {
-                Ok(Event::Apply(o)) | Ok(Event::InitApply(o)) => self.on_run(wrap(o)).await,
-                Ok(Event::Delete(o)) => self.stop(&wrap(o).key(), StopReason::Canceled),
+                Ok(Event::Apply(o)) | Ok(Event::InitApply(o)) => {
+                    if let Some(run) = o.object() {
+                        self.on_run(wrap(run.clone())).await
+                    }
+                }
+                Ok(Event::Delete(o)) => {
+                    if let Ok(run) = o.parsed {
+                        self.stop(&wrap(run).key(), StopReason::Canceled)
+                    }
+                }
                 Ok(_) => {}
                 Err(e) => tracing::warn!("{} watch: {e}; retrying", K::kind(&())),
             }
@@ -1154,6 +1182,8 @@ impl Agent {
         tracing::info!(path = %planned.path.display(), record = %planned.record_path.display(), "backup starts");
         let (tx, mut rx) = tokio::sync::watch::channel(BackupProgress::default());
         let mut opts = BackupOptions::new([planned.path.clone()]);
+        // A tenant's volume: its pod may swap files while they are read.
+        opts.untrusted_source = true;
         opts.record_path = Some(planned.record_path.clone());
         opts.origin = Some(planned.origin.clone());
         opts.parent = ParentChoice::Origin(planned.parent_filter());

@@ -158,6 +158,10 @@ pub enum SkipReason {
     Unbound,
     /// A hostPath outside the allowed prefixes, or no host root.
     HostPathRefused,
+    /// A claim that names a PersistentVolume which is not bound to it (its
+    /// `claimRef` names another claim: another namespace's data), or a pod
+    /// that is not running.
+    NotItsVolume,
     /// A volume type this agent cannot read.
     Unsupported,
 }
@@ -459,6 +463,15 @@ fn plan_volume(
             format!("volume {name:?}: PersistentVolume {pv_name} (of claim {claim}) not found"),
         );
     };
+    // Anyone can write any name into a claim's volumeName: the volume is
+    // this claim's only when the claim is Bound and the PV's claimRef names
+    // it (namespace, name, uid), and only a running pod's is read.
+    if let Err(why) = bound_to(pod, &claim, pvc, pv) {
+        return skip(
+            SkipReason::NotItsVolume,
+            format!("volume {name:?}: {why}; not backed up"),
+        );
+    }
     let spec = pv.spec.clone().unwrap_or_default();
     let block = spec.volume_mode.as_deref() == Some("Block") || block_mount;
     let mode = if block {
@@ -523,6 +536,54 @@ fn plan_volume(
         Ok(p) => planned(source, mode, p, origin),
         Err(m) => skip(SkipReason::NotMountedYet, m),
     }
+}
+
+/// Whether `pv` is the volume of claim `claim` (of `pod`'s namespace) and
+/// `pod` runs: the claim is Bound, the PV's `claimRef` names the claim by
+/// namespace, name and uid. Otherwise why not, naming both.
+pub fn bound_to(
+    pod: &Pod,
+    claim: &str,
+    pvc: &PersistentVolumeClaim,
+    pv: &PersistentVolume,
+) -> Result<(), String> {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
+    let pv_name = pv.metadata.name.as_deref().unwrap_or_default();
+    let phase = pvc.status.as_ref().and_then(|s| s.phase.as_deref());
+    if phase != Some("Bound") {
+        return Err(format!(
+            "PersistentVolumeClaim {ns}/{claim} is not Bound ({})",
+            phase.unwrap_or("no phase")
+        ));
+    }
+    let r = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref());
+    let names_it = r.is_some_and(|r| {
+        r.namespace.as_deref() == Some(ns)
+            && r.name.as_deref() == Some(claim)
+            && r.uid.is_some()
+            && r.uid == pvc.metadata.uid
+    });
+    if !names_it {
+        return Err(format!(
+            "PersistentVolume {pv_name} is not bound to claim {ns}/{claim} (its claimRef names {})",
+            r.map(|r| format!(
+                "{}/{} uid {}",
+                r.namespace.as_deref().unwrap_or("?"),
+                r.name.as_deref().unwrap_or("?"),
+                r.uid.as_deref().unwrap_or("?")
+            ))
+            .unwrap_or_else(|| "no claim".into())
+        ));
+    }
+    let running = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    if running != Some("Running") {
+        return Err(format!(
+            "pod {ns}/{} is not running ({})",
+            pod.metadata.name.as_deref().unwrap_or_default(),
+            running.unwrap_or("no phase")
+        ));
+    }
+    Ok(())
 }
 
 /// The in-tree plugin directory name of a PV, for the plugins the kubelet

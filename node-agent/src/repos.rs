@@ -15,8 +15,10 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use kube::Client;
 use tokio::sync::Mutex;
+use zeroize::Zeroizing;
 
 use crate::crd::{BackupRepository, BackupRepositoryStatus, RepositoryPhase};
+use crate::policy::TenantPolicy;
 
 /// Why a repository could not be used; the message names the object and the
 /// next step, and becomes the BackupRepository's status message.
@@ -75,10 +77,28 @@ pub enum RepoError {
     },
 }
 
-/// Opened repositories, shared by every run of the agent.
+/// Opened repositories, shared by every run of the agent. Each repository
+/// has its own lock, so a slow or hostile store (or an expensive key file)
+/// holds up only the runs of its own repository; the map's lock is never
+/// held across I/O or key derivation.
 #[derive(Default)]
 pub struct Repos {
-    open: Mutex<HashMap<RepoKey, (blake3::Hash, Arc<Repository>)>>,
+    open: std::sync::Mutex<HashMap<RepoKey, Slot>>,
+    /// What the administrator allows the namespaces' repositories.
+    policy: TenantPolicy,
+    /// Keys the fingerprints of what opened a repository (a password is
+    /// never kept, not even hashed without a secret).
+    fingerprint_key: [u8; 32],
+}
+
+/// One repository's place in the cache: empty until opened.
+type Slot = Arc<Mutex<Option<Open>>>;
+
+/// An opened repository, what opened it, and when it was last asked for.
+struct Open {
+    fingerprint: blake3::Hash,
+    repo: Arc<Repository>,
+    last_used: std::time::Instant,
 }
 
 /// (namespace, name)
@@ -89,6 +109,63 @@ fn is_not_found(e: &kube::Error) -> bool {
 }
 
 impl Repos {
+    /// No repository open yet; each will be opened within `policy`.
+    pub fn new(policy: TenantPolicy) -> Self {
+        let mut fingerprint_key = [0u8; 32];
+        let _ = getrandom::fill(&mut fingerprint_key);
+        Repos {
+            open: Default::default(),
+            policy,
+            fingerprint_key,
+        }
+    }
+
+    /// The repository `key` opened with `fingerprint`, from the cache, or
+    /// opened now by `open`. Only callers for the same repository wait for
+    /// each other.
+    async fn cached<E>(
+        &self,
+        key: RepoKey,
+        fingerprint: blake3::Hash,
+        open: impl std::future::Future<Output = Result<Repository, E>>,
+    ) -> Result<Arc<Repository>, E> {
+        let slot = {
+            let mut map = self.open.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(key).or_default().clone()
+        };
+        let mut entry = slot.lock().await;
+        if let Some(e) = entry.as_mut().filter(|e| e.fingerprint == fingerprint) {
+            e.last_used = std::time::Instant::now();
+            return Ok(e.repo.clone());
+        }
+        let repo = Arc::new(open.await?);
+        *entry = Some(Open {
+            fingerprint,
+            repo: repo.clone(),
+            last_used: std::time::Instant::now(),
+        });
+        Ok(repo)
+    }
+
+    /// Forgets the repositories nobody used for `idle` and nobody holds
+    /// now: their master keys leave memory (they are zeroed on drop).
+    /// Returns how many were forgotten.
+    pub fn evict_idle(&self, idle: std::time::Duration) -> usize {
+        let mut map = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let before = map.len();
+        map.retain(|_, slot| {
+            // Being opened or used right now: keep.
+            let Ok(entry) = slot.try_lock() else {
+                return true;
+            };
+            match entry.as_ref() {
+                None => false,
+                Some(e) => e.last_used.elapsed() < idle || Arc::strong_count(&e.repo) > 1,
+            }
+        });
+        before - map.len()
+    }
+
     /// Opens (or reuses) `namespace/name`, creating it when `spec.init` asks
     /// and it does not exist. Records the outcome in the BackupRepository's
     /// status.
@@ -192,7 +269,7 @@ impl Repos {
                 })
             }
         };
-        let password = pw_secret
+        let password: Zeroizing<Vec<u8>> = pw_secret
             .data
             .as_ref()
             .and_then(|d| d.get(&pw_ref.key))
@@ -206,7 +283,7 @@ impl Repos {
             })
             // As from a password file: `kubectl create secret --from-file`
             // keeps the file's newline, and the CLI drops it.
-            .map(|p| coffer_engine::keys::password_line(&p).to_vec())
+            .map(|p| Zeroizing::new(coffer_engine::keys::password_line(&p).to_vec()))
             .filter(|p| !p.is_empty())
             .ok_or_else(|| {
                 no_password(format!(
@@ -243,7 +320,7 @@ impl Repos {
                 .collect();
             options.extend(credential_options(&spec.url, &data));
         }
-        let mut fp = blake3::Hasher::new();
+        let mut fp = blake3::Hasher::new_keyed(&self.fingerprint_key);
         fp.update(serde_json::to_string(spec).unwrap_or_default().as_bytes());
         fp.update(&(password.len() as u64).to_le_bytes());
         fp.update(&password);
@@ -255,12 +332,6 @@ impl Repos {
         }
         let fp = fp.finalize();
         let key = (namespace.to_string(), name.to_string());
-        let mut open = self.open.lock().await;
-        if let Some((have, r)) = open.get(&key) {
-            if *have == fp {
-                return Ok(r.clone());
-            }
-        }
         let engine_err = |source| RepoError::Engine {
             namespace: namespace.into(),
             name: name.into(),
@@ -268,24 +339,27 @@ impl Repos {
             source,
         };
         // The engine derives keys (Argon2) on a blocking thread.
-        let opened = open_or_init(&spec.url, options, &password, spec.init)
+        let open = open_or_init(&spec.url, options, &password, spec.init, &self.policy);
+        self.cached(key, fp, async { open.await.map_err(engine_err) })
             .await
-            .map_err(engine_err)?;
-        let opened = Arc::new(opened);
-        open.insert(key, (fp, opened.clone()));
-        Ok(opened)
     }
 }
 
-/// Opens the repository at `url` with `password`, creating it first when
-/// `init` asks and it does not exist (another writer creating it at the same
-/// moment is fine).
+/// Opens the repository at `url` (named by a tenant's BackupRepository)
+/// with `password`, within what `policy` allows: the URL, the options, the
+/// process's own identity, the cost of its key files. Creates it first
+/// when `init` asks and it does not exist (another writer creating it at
+/// the same moment is fine).
 pub async fn open_or_init(
     url: &str,
     options: Vec<(String, String)>,
     password: &[u8],
     init: bool,
+    policy: &TenantPolicy,
 ) -> coffer_engine::Result<Repository> {
+    let limits = policy
+        .check_url(url)
+        .map_err(coffer_engine::Error::InvalidArgument)?;
     let local = !url.contains("://") || url.starts_with("file://");
     let store = storage::open(
         url,
@@ -294,6 +368,7 @@ pub async fn open_or_init(
             options,
             cache_dir: None,
             from_env: false,
+            tenant: Some(limits),
         },
     )?;
     let exists = match store.size("config").await {
@@ -326,7 +401,7 @@ pub async fn open_or_init(
             Err(e) => return Err(e),
         }
     }
-    Repository::open(store, password).await
+    Repository::open_with(store, password, &policy.open_limits()).await
 }
 
 /// Store options from a credentials Secret: keys named as the store's own
@@ -359,6 +434,83 @@ pub fn credential_options(url: &str, data: &BTreeMap<String, Vec<u8>>) -> Vec<(S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn memory_repo() -> Repository {
+        let store = storage::open_location("memory://", true).unwrap();
+        let init = InitOptions {
+            kdf: coffer_engine::keys::KdfCost {
+                memory_kib: 64,
+                iterations: 1,
+                parallelism: 1,
+            },
+            ..Default::default()
+        };
+        Repository::init(store, b"pw", init).await.unwrap()
+    }
+
+    fn key(ns: &str) -> RepoKey {
+        (ns.to_string(), "default".to_string())
+    }
+
+    /// One repository whose store never answers holds up only its own
+    /// runs: another namespace's repository opens meanwhile. (Before, one
+    /// lock over every repository was held across the opening.)
+    #[tokio::test]
+    async fn a_store_that_hangs_holds_up_only_its_own_repository() {
+        let repos = Arc::new(Repos::new(TenantPolicy::default()));
+        let fp = blake3::hash(b"spec");
+        let hung = {
+            let repos = repos.clone();
+            tokio::spawn(async move {
+                repos
+                    .cached(key("slow"), fp, async {
+                        std::future::pending::<Result<Repository, String>>().await
+                    })
+                    .await
+            })
+        };
+        tokio::task::yield_now().await;
+        let other = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            repos.cached(key("fast"), fp, async {
+                Ok::<_, String>(memory_repo().await)
+            }),
+        )
+        .await
+        .expect("another namespace's repository waited for the hung one");
+        assert!(other.is_ok());
+        hung.abort();
+    }
+
+    /// A repository is opened once per fingerprint, reopened when its spec
+    /// or password changes, and closed when idle and held by nobody.
+    #[tokio::test]
+    async fn repositories_are_reused_then_closed_when_idle() {
+        let repos = Repos::new(TenantPolicy::default());
+        let opens = std::sync::atomic::AtomicUsize::new(0);
+        let open = || async {
+            opens.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok::<_, String>(memory_repo().await)
+        };
+        let a = blake3::hash(b"a");
+        let first = repos.cached(key("ns"), a, open()).await.unwrap();
+        let again = repos.cached(key("ns"), a, open()).await.unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        assert_eq!(opens.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // Held by a run: not closed, however idle.
+        assert_eq!(repos.evict_idle(std::time::Duration::ZERO), 0);
+        drop((first, again));
+        assert_eq!(repos.evict_idle(std::time::Duration::from_secs(3600)), 0);
+        assert_eq!(repos.evict_idle(std::time::Duration::ZERO), 1);
+        let reopened = repos.cached(key("ns"), a, open()).await.unwrap();
+        assert_eq!(opens.load(std::sync::atomic::Ordering::SeqCst), 2);
+        let changed = repos
+            .cached(key("ns"), blake3::hash(b"b"), open())
+            .await
+            .unwrap();
+        assert!(!Arc::ptr_eq(&reopened, &changed));
+        assert_eq!(opens.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
 
     #[test]
     fn credentials_map_to_the_store_of_the_url() {

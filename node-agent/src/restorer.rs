@@ -55,7 +55,7 @@ pub const RESTORED_FROM: &str = "coffer.dev/restored-from";
 const KIND: &str = "pvc-restore";
 
 /// The run a mover pod belongs to (the controller's watch mapper).
-pub fn run_of(pod: Pod) -> Option<ObjectRef<VolumeRestore>> {
+pub fn run_of(pod: Pod) -> Option<ObjectRef<crate::lenient::Lenient<VolumeRestore>>> {
     let (ns, name) = pod.annotations().get(RUN_ANNOTATION)?.split_once('/')?;
     Some(ObjectRef::new(name).within(ns))
 }
@@ -185,16 +185,30 @@ async fn claim(ctx: &Ctx, vr: &VolumeRestore, target: &RestoreTarget) -> Result<
 }
 
 /// The target namespace's BackupRepository; a missing one fails the run.
+/// Another namespace's repository serves only the namespaces it names in
+/// `spec.allowedSourceNamespaces`: without that consent the run fails with
+/// the same words whether or not the repository exists, so nothing of the
+/// other namespace is learnt, and nothing is made there.
 async fn repository(
     ctx: &Ctx,
     vr: &VolumeRestore,
     tns: &str,
 ) -> Result<Option<BackupRepository>, Error> {
     let name = &vr.spec.repository;
+    let ns = vr.namespace().unwrap_or_default();
     let repo = Api::<BackupRepository>::namespaced(ctx.client.clone(), tns)
         .get_opt(name)
         .await
         .map_err(kube_err(format!("reading BackupRepository {tns}/{name}")))?;
+    if tns != ns {
+        let consents = repo
+            .as_ref()
+            .is_some_and(|r| r.spec.allowed_source_namespaces.contains(&ns));
+        if !consents {
+            fail(ctx, vr, format!("namespace {tns} does not allow restores from namespace {ns}: a restore into another namespace needs a BackupRepository {tns}/{name} whose spec.allowedSourceNamespaces lists {ns}; ask that namespace's owner")).await?;
+            return Ok(None);
+        }
+    }
     if repo.is_none() {
         fail(ctx, vr, format!("BackupRepository {tns}/{name} not found: a restore into namespace {tns} runs there, with a BackupRepository of that name (the repository's URL and password Secret); create it, or set spec.repository")).await?;
     }
@@ -222,7 +236,7 @@ async fn advance(
             let Some(repo) = repository(ctx, vr, &tns).await? else {
                 return Ok(Action::await_change());
             };
-            let mut args = mover_command("resolve", &ns, &vr.name_any(), &repo);
+            let mut args = mover_command(ctx, "resolve", &ns, &vr.name_any(), &repo)?;
             args.extend([
                 "--repository".into(),
                 vr.spec.repository.clone(),
@@ -313,7 +327,7 @@ async fn advance(
             block: snapshot::is_block(&pvc),
             write: true,
         };
-        let mut args = mover_command("restore", &ns, &vr.name_any(), &repo);
+        let mut args = mover_command(ctx, "restore", &ns, &vr.name_any(), &repo)?;
         args.extend([
             "--snapshot".into(),
             snapshot_id.clone(),

@@ -884,29 +884,33 @@ async fn retention(
             )));
             return Ok(None);
         };
-        let mut args = mover_command("forget", &ns, &name, &repo);
-        args.extend([
-            "--tag".into(),
-            schedule_tag(&name),
-            "--after".into(),
-            after.to_string(),
-        ]);
-        if let Some(c) = &ctx.opts.cluster {
-            args.extend(["--cluster".into(), c.clone()]);
+        // A repository the administrator does not allow is refused like a pod.
+        let made = async {
+            let mut args = mover_command(ctx, "forget", &ns, &name, &repo)?;
+            args.extend([
+                "--tag".into(),
+                schedule_tag(&name),
+                "--after".into(),
+                after.to_string(),
+            ]);
+            if let Some(c) = &ctx.opts.cluster {
+                args.extend(["--cluster".into(), c.clone()]);
+            }
+            args.extend(retention_args(policy));
+            let labels = std::collections::BTreeMap::from([
+                (SCHEDULE_LABEL.to_string(), label_value(&name)),
+                crate::controller::managed_by(),
+            ]);
+            let owner = bs.controller_owner_ref(&()).unwrap_or_default();
+            let p = snapshot::mover_pod(&snapshot::Mover {
+                args,
+                labels: &labels,
+                owner: Some(&owner),
+                ..ctx.mover(&pod_name, &ns, &repo)
+            });
+            create_mover(ctx, &p, &StatusOf::of(bs)).await
         }
-        args.extend(retention_args(policy));
-        let labels = std::collections::BTreeMap::from([
-            (SCHEDULE_LABEL.to_string(), label_value(&name)),
-            crate::controller::managed_by(),
-        ]);
-        let owner = bs.controller_owner_ref(&()).unwrap_or_default();
-        let p = snapshot::mover_pod(&snapshot::Mover {
-            args,
-            labels: &labels,
-            owner: Some(&owner),
-            ..ctx.mover(&pod_name, &ns, &repo)
-        });
-        let made = create_mover(ctx, &p, &StatusOf::of(bs)).await;
+        .await;
         if let Err(Error::Refused(why) | Error::Quota(why)) = made {
             st.last_retention = Some(failed(why));
             return Ok(None);

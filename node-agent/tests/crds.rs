@@ -27,3 +27,38 @@ fn deploy_crds_match_the_rust_types() {
     }
     assert_eq!(generated.matches("scope: Namespaced").count(), 4);
 }
+
+/// Every integer a tenant could write has bounds in the schema, so the API
+/// server refuses what would not parse (a `group.size` of 2^32 used to stop
+/// every namespace's runs).
+#[test]
+fn every_integer_of_every_crd_is_bounded() {
+    let generated = coffer_node_agent::crd::crds_yaml().unwrap();
+    let mut integers = 0;
+    for doc in generated.split("\n---\n").filter(|d| d.contains("kind:")) {
+        let v: serde_json::Value = serde_yaml::from_str(doc).unwrap();
+        let mut todo = vec![(String::new(), v)];
+        while let Some((path, v)) = todo.pop() {
+            match v {
+                serde_json::Value::Object(m) => {
+                    let column = path.contains("additionalPrinterColumns");
+                    if m.get("type").and_then(|t| t.as_str()) == Some("integer") && !column {
+                        integers += 1;
+                        assert!(
+                            m.contains_key("minimum") && m.contains_key("maximum"),
+                            "{path} has no bounds"
+                        );
+                    }
+                    for (k, v) in m {
+                        todo.push((format!("{path}.{k}"), v));
+                    }
+                }
+                serde_json::Value::Array(a) => {
+                    todo.extend(a.into_iter().map(|v| (path.clone(), v)));
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(integers >= 35, "{integers}");
+}

@@ -38,6 +38,8 @@ fn pod() -> Pod {
         json!({"name": "k3s", "persistentVolumeClaim": {"claimName": "k3s"}}),
         json!({"name": "late", "persistentVolumeClaim": {"claimName": "late"}}),
         json!({"name": "inline-csi", "csi": {"driver": "secrets-store.csi.k8s.io"}}),
+        // A claim whose volumeName names another namespace's local-path PV.
+        json!({"name": "stolen", "persistentVolumeClaim": {"claimName": "stolen"}}),
     ];
     let mounts: Vec<_> = vols
         .iter()
@@ -69,28 +71,42 @@ fn pod() -> Pod {
                 {"name": "sidecar", "image": "busybox", "volumeMounts": mounts}
             ],
             "volumes": vols
-        }
+        },
+        "status": {"phase": "Running"}
     }))
     .unwrap()
 }
 
+/// A claim of team-a (uid `uid-NAME`), Bound when it names a volume.
 fn pvc(name: &str, pv: Option<&str>, class: &str) -> (String, PersistentVolumeClaim) {
     let mut spec = json!({"storageClassName": class});
+    let mut status = json!({"phase": "Pending"});
     if let Some(pv) = pv {
         spec["volumeName"] = json!(pv);
+        status = json!({"phase": "Bound"});
     }
     (
         name.to_string(),
-        serde_json::from_value(
-            json!({"metadata": {"name": name, "namespace": "team-a"}, "spec": spec}),
-        )
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "team-a", "uid": format!("uid-{name}")},
+            "spec": spec,
+            "status": status
+        }))
         .unwrap(),
     )
 }
 
-fn pv(name: &str, source: serde_json::Value, mode: &str) -> (String, PersistentVolume) {
+/// A volume bound to claim `ns/claim` (as the PV binder records it).
+fn pv(
+    name: &str,
+    (ns, claim): (&str, &str),
+    source: serde_json::Value,
+    mode: &str,
+) -> (String, PersistentVolume) {
     let mut spec = source;
     spec["volumeMode"] = json!(mode);
+    spec["claimRef"] = json!({"kind": "PersistentVolumeClaim", "namespace": ns, "name": claim,
+        "uid": format!("uid-{claim}")});
     (
         name.to_string(),
         serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap(),
@@ -137,6 +153,7 @@ fn every_volume_kind_on_a_real_kubelet_layout() {
     node.empty_dir(UID, "spare");
     node.host_dir("/var/lib/rancher/k3s/storage/logs");
     node.host_dir("/var/lib/rancher/k3s/storage/pvc-k3s_team-a_k3s");
+    node.host_dir("/var/lib/rancher/k3s/storage/pvc-x_team-b_data");
     node.mounted(UID, "volumes/kubernetes.io~nfs/share");
     node.mounted(UID, "volumes/kubernetes.io~local-volume/pv-local");
     node.mounted(UID, "volumes/kubernetes.io~aws-ebs/pv-ebs");
@@ -163,48 +180,64 @@ fn every_volume_kind_on_a_real_kubelet_layout() {
         pvc("db-0-scratch", Some("pv-scratch"), "fast"),
         pvc("k3s", Some("pv-k3s"), "local-path"),
         pvc("late", Some("pv-late"), "fast"),
+        pvc("stolen", Some("pv-theirs"), "local-path"),
     ]
     .into_iter()
     .collect();
     let pvs: BTreeMap<_, _> = [
         pv(
             "pv-data",
+            ("team-a", "data-db-0"),
             json!({"csi": {"driver": "ebs.csi.aws.com", "volumeHandle": "vol-1"}}),
             "Filesystem",
         ),
         pv(
             "pv-local",
+            ("team-a", "local"),
             json!({"local": {"path": "/mnt/disks/ssd1"}}),
             "Filesystem",
         ),
         pv(
             "pv-ebs",
+            ("team-a", "ebs"),
             json!({"awsElasticBlockStore": {"volumeID": "vol-2"}}),
             "Filesystem",
         ),
         pv(
             "pv-gce",
+            ("team-a", "gce"),
             json!({"gcePersistentDisk": {"pdName": "disk-1"}}),
             "Filesystem",
         ),
         pv(
             "pv-raw",
+            ("team-a", "raw"),
             json!({"csi": {"driver": "ebs.csi.aws.com", "volumeHandle": "vol-3"}}),
             "Block",
         ),
         pv(
             "pv-scratch",
+            ("team-a", "db-0-scratch"),
             json!({"csi": {"driver": "pd.csi.storage.gke.io", "volumeHandle": "v"}}),
             "Filesystem",
         ),
         pv(
             "pv-k3s",
+            ("team-a", "k3s"),
             json!({"hostPath": {"path": "/var/lib/rancher/k3s/storage/pvc-k3s_team-a_k3s"}}),
             "Filesystem",
         ),
         pv(
             "pv-late",
+            ("team-a", "late"),
             json!({"csi": {"driver": "ebs.csi.aws.com", "volumeHandle": "vol-4"}}),
+            "Filesystem",
+        ),
+        // team-b's data, under an allowed host path.
+        pv(
+            "pv-theirs",
+            ("team-b", "data"),
+            json!({"hostPath": {"path": "/var/lib/rancher/k3s/storage/pvc-x_team-b_data"}}),
             "Filesystem",
         ),
     ]
@@ -242,6 +275,45 @@ fn every_volume_kind_on_a_real_kubelet_layout() {
         .collect();
     // Only hostPath volumes do not depend on the kubelet's directory.
     assert_eq!(planned, ["logs", "k3s"]);
+}
+
+/// A PV-backed volume is read only when its claim is Bound, the PV's
+/// claimRef names that very claim (namespace, name, uid), and the pod runs.
+#[test]
+fn a_volume_is_a_claim_s_only_when_bound_to_it_and_its_pod_runs() {
+    use coffer_node_agent::plan::bound_to;
+    let p = pod();
+    let (_, claim) = pvc("data-db-0", Some("pv-data"), "fast");
+    let (_, vol) = pv("pv-data", ("team-a", "data-db-0"), json!({}), "Filesystem");
+    assert_eq!(bound_to(&p, "data-db-0", &claim, &vol), Ok(()));
+    // Another namespace's claim, another claim, another uid (a claim deleted
+    // and made again), no claimRef at all.
+    for (ns, name, uid) in [
+        ("team-b", "data-db-0", "uid-data-db-0"),
+        ("team-a", "other", "uid-data-db-0"),
+        ("team-a", "data-db-0", "uid-old"),
+    ] {
+        let mut v = vol.clone();
+        let r = v.spec.as_mut().unwrap().claim_ref.as_mut().unwrap();
+        r.namespace = Some(ns.into());
+        r.name = Some(name.into());
+        r.uid = Some(uid.into());
+        let e = bound_to(&p, "data-db-0", &claim, &v).unwrap_err();
+        assert!(e.contains("not bound to claim team-a/data-db-0"), "{e}");
+        assert!(e.contains(ns) && e.contains(uid), "{e}");
+    }
+    let mut v = vol.clone();
+    v.spec.as_mut().unwrap().claim_ref = None;
+    assert!(bound_to(&p, "data-db-0", &claim, &v)
+        .unwrap_err()
+        .contains("no claim"));
+    let (_, pending) = pvc("data-db-0", None, "fast");
+    let e = bound_to(&p, "data-db-0", &pending, &vol).unwrap_err();
+    assert!(e.contains("not Bound (Pending)"), "{e}");
+    let mut done = pod();
+    done.status.as_mut().unwrap().phase = Some("Succeeded".into());
+    let e = bound_to(&done, "data-db-0", &claim, &vol).unwrap_err();
+    assert!(e.contains("not running (Succeeded)"), "{e}");
 }
 
 #[test]

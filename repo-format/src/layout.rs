@@ -71,6 +71,27 @@ pub fn probe(random: &str) -> String {
     format!("{PROBES}{random}")
 }
 
+/// Bytes an object's envelope, length fields and slack may add to the
+/// largest plaintext a reader accepts (§14).
+const STORED_SLACK: u64 = 1 << 20;
+
+/// The largest stored object a reader reads whole at `key` (§14): larger
+/// ones cannot be valid, so a reader refuses them before reading them.
+pub fn max_stored_size(key: &str) -> u64 {
+    let plain = if key == CONFIG || key.starts_with(KEYS) || key.starts_with(PROBES) {
+        64 * 1024
+    } else if key.starts_with(SNAPSHOTS) {
+        crate::snapshot::MAX_SNAPSHOT_SIZE as u64
+    } else if key.starts_with(INDEX) {
+        crate::index::MAX_INDEX_SIZE as u64
+    } else if key.starts_with(SESSIONS) || key.starts_with(LOCKS) || key.starts_with(PLANS) {
+        crate::protocol::MAX_PROTOCOL_OBJECT as u64
+    } else {
+        crate::pack::MAX_PACK_SIZE
+    };
+    plain + STORED_SLACK
+}
+
 /// The name part of a key: what follows its last `/`.
 pub fn name(key: &str) -> &str {
     key.rsplit('/').next().unwrap_or(key)

@@ -9,7 +9,8 @@ use crate::tree::{Node, NodeKind};
 
 /// Version of snapshot objects.
 pub const SNAPSHOT_VERSION: u32 = 1;
-const MAX_SNAPSHOT_SIZE: usize = 16 * 1024 * 1024;
+/// Largest snapshot plaintext a reader accepts.
+pub const MAX_SNAPSHOT_SIZE: usize = 16 * 1024 * 1024;
 
 /// Where a backup came from in Kubernetes, when the node agent made it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -62,8 +62,10 @@ pub(crate) fn open_store(g: &Global, create: bool) -> anyhow::Result<storage::Dy
         create,
         options: g.options.clone(),
         cache_dir,
-        // The command line follows the usual conventions of each store.
+        // The command line follows the usual conventions of each store,
+        // and trusts its user with every option.
         from_env: true,
+        tenant: None,
     };
     Ok(storage::open(&location, &opts)?)
 }

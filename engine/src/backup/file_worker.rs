@@ -109,7 +109,10 @@ impl<'a> Worker<'a> {
         path: &Path,
         mut node: Node,
     ) -> Result<Node, FileError> {
-        let (mut file, md) = at.at().open_regular().map_err(|e| source_error(path, e))?;
+        let (mut file, md) = at
+            .at()
+            .open_regular(self.read.untrusted_source)
+            .map_err(|e| source_error(path, e))?;
         if let FileAt::Dir(..) = at {
             if (md.dev, md.ino) != (node.device, node.inode) {
                 tracing::debug!(

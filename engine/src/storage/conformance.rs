@@ -225,6 +225,7 @@ async fn the_s3_store_conforms() {
             options: s3_options(&endpoint),
             cache_dir: Some(cache.path().to_path_buf()),
             from_env: true,
+            tenant: None,
         },
     )
     .unwrap();
@@ -257,6 +258,7 @@ async fn the_azure_store_conforms() {
             options: vec![("az.use_emulator".into(), "true".into())],
             cache_dir: None,
             from_env: true,
+            tenant: None,
         },
     )
     .unwrap();

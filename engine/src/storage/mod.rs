@@ -185,6 +185,45 @@ pub struct OpenOptions {
     /// embedder that serves many tenants passes each repository's credentials
     /// in `options` and nothing else; the command line turns it on.
     pub from_env: bool,
+    /// The repository is named by someone the process must not trust with
+    /// its own privileges (a Kubernetes tenant): `options` pass an
+    /// allow-list, limits cap them, and the process's own identity is used
+    /// only where these limits allow it. `None`: the caller is trusted (the
+    /// command line, for its own user).
+    pub tenant: Option<TenantLimits>,
+}
+
+/// What a repository named by a tenant may ask of the process that opens it
+/// (see [`OpenOptions::tenant`]). Options that name a file, a credential
+/// endpoint, a credential process, a proxy or a client timeout are refused,
+/// naming the option; `timeout`, `connect-timeout`, `retries` and
+/// `connections` are capped; without static credentials the store is opened
+/// only when `ambient_credentials` allows the node's or pod's own identity.
+#[derive(Debug, Clone)]
+pub struct TenantLimits {
+    /// The administrator allows this repository to use the process's own
+    /// cloud identity (instance metadata, workload identity from the
+    /// environment) when it gives no credentials.
+    pub ambient_credentials: bool,
+    /// The longest `timeout` or `connect-timeout`.
+    pub max_timeout: std::time::Duration,
+    /// The most `retries`.
+    pub max_retries: u32,
+    /// The most `connections`.
+    pub max_connections: usize,
+}
+
+impl Default for TenantLimits {
+    /// No ambient credentials; timeouts up to 5 minutes, 10 retries, 64
+    /// connections.
+    fn default() -> Self {
+        TenantLimits {
+            ambient_credentials: false,
+            max_timeout: std::time::Duration::from_secs(300),
+            max_retries: 10,
+            max_connections: 64,
+        }
+    }
 }
 
 /// Whether `location` names a network store (`s3://`, `gs://`, `az://`).
@@ -240,7 +279,8 @@ pub fn open(location: &str, opts: &OpenOptions) -> crate::Result<DynStore> {
     if let Some((scheme, _)) = path.split_once("://") {
         #[cfg(feature = "cloud")]
         if matches!(scheme, "s3" | "gs" | "az") {
-            let (store, policy) = remote::open(location, &opts.options, opts.from_env)?;
+            let (store, policy) =
+                remote::open(location, &opts.options, opts.from_env, opts.tenant.as_ref())?;
             let store: DynStore = Arc::new(Retrying::new(Arc::new(store), policy));
             return Ok(with_cache(store, opts, location));
         }

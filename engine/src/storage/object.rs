@@ -263,6 +263,21 @@ impl Store for ObjectStoreBackend {
             .get(&Path::from(key))
             .await
             .map_err(|e| self.wrap("reading", key, e))?;
+        // Checked before the body is read: a huge object at a key where no
+        // valid one is that large (a hostile `config`, say) costs nothing.
+        let max = coffer_repo_format::layout::max_stored_size(key);
+        if r.meta.size > max {
+            return Err(StoreError {
+                kind: StoreErrorKind::Permanent,
+                operation: "reading",
+                key: key.to_string(),
+                message: format!(
+                    "{} bytes, more than any valid object there ({max}): damaged or not \
+                     written by coffer; not read",
+                    r.meta.size
+                ),
+            });
+        }
         r.bytes().await.map_err(|e| self.wrap("reading", key, e))
     }
 

@@ -430,6 +430,7 @@ async fn a_pvc_goes_through_a_csi_snapshot_and_comes_back_as_a_new_pvc_in_anothe
     // restore names the source by origin.
     let copy = env.namespace("copy").await;
     world.open_in(&env, &copy, &repo).await;
+    env.allow_restores_from(&copy, "default", &ns).await;
     volume_restore(
         &env,
         &ns,

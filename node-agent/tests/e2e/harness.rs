@@ -187,6 +187,19 @@ impl Env {
         .unwrap();
     }
 
+    /// Namespace `ns`'s owner lets VolumeRestores of namespace `from` use
+    /// its BackupRepository `name` (`spec.allowedSourceNamespaces`).
+    pub async fn allow_restores_from(&self, ns: &str, name: &str, from: &str) {
+        let api: Api<BackupRepository> = Api::namespaced(self.client.clone(), ns);
+        api.patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"allowedSourceNamespaces": [from]}})),
+        )
+        .await
+        .unwrap();
+    }
+
     pub async fn secret(&self, ns: &str, name: &str, key: &str, value: &str) {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
         let secret = Secret {
@@ -524,8 +537,9 @@ impl Drop for Agent {
 }
 
 /// Starts `coffer-agent ARGS` against `env`'s API server with a free metrics
-/// port, the test cluster's name (unless `args` name one) and text logs into `<label>-<id>.log`;
-/// returns the process, its metrics address and its log.
+/// port, the test cluster's name (unless `args` name one), file repositories
+/// allowed in the environment's directory, and text logs into
+/// `<label>-<id>.log`; returns the process, its metrics address and its log.
 fn spawn_agent(
     env: &Env,
     label: &str,
@@ -546,6 +560,12 @@ fn spawn_agent(
             &["--cluster-name", "test-cluster"][..]
         })
         .args(["--log-format", "text"])
+        // The test repositories live in the environment's directory: the
+        // administrator allows file repositories there (and nowhere else).
+        .arg(format!(
+            "--allow-file-repository={}",
+            env.dir.path().display()
+        ))
         .env("KUBECONFIG", &env.kubeconfig)
         .env(
             "RUST_LOG",

@@ -13,6 +13,7 @@ mod pvc_restores;
 mod schedules;
 mod sim;
 mod snapshots;
+mod tenancy;
 
 use coffer_node_agent::crd::{
     BackupRepository, Phase, RepositoryPhase, VolumeBackup, VolumeRestore,
@@ -32,9 +33,29 @@ async fn wait_ready(agent: &Agent) {
     }
 }
 
-/// A PV (CSI, or `source`) bound to a PVC `claim` in `ns`.
+/// A PV (CSI) bound to a PVC `claim` in `ns`, as the PV binder leaves them:
+/// the claim Bound, the PV's claimRef naming it with its uid.
 async fn pvc_and_pv(env: &Env, ns: &str, claim: &str, mode: &str) -> String {
     let pv_name = format!("pv-{claim}-{}", short_id());
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(env.client.clone(), ns);
+    let made = pvcs
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": claim, "namespace": ns},
+                "spec": {
+                    "accessModes": ["ReadWriteOnce"],
+                    "volumeMode": mode,
+                    "storageClassName": "fast",
+                    "resources": {"requests": {"storage": "1Gi"}},
+                    "volumeName": pv_name
+                },
+                "status": {"phase": "Bound"}
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
     let pvs: Api<PersistentVolume> = Api::all(env.client.clone());
     pvs.create(
         &PostParams::default(),
@@ -46,24 +67,7 @@ async fn pvc_and_pv(env: &Env, ns: &str, claim: &str, mode: &str) -> String {
                 "volumeMode": mode,
                 "storageClassName": "fast",
                 "csi": {"driver": "hostpath.csi.k8s.io", "volumeHandle": pv_name},
-                "claimRef": {"namespace": ns, "name": claim}
-            }
-        }))
-        .unwrap(),
-    )
-    .await
-    .unwrap();
-    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(env.client.clone(), ns);
-    pvcs.create(
-        &PostParams::default(),
-        &serde_json::from_value(json!({
-            "metadata": {"name": claim, "namespace": ns},
-            "spec": {
-                "accessModes": ["ReadWriteOnce"],
-                "volumeMode": mode,
-                "storageClassName": "fast",
-                "resources": {"requests": {"storage": "1Gi"}},
-                "volumeName": pv_name
+                "claimRef": {"namespace": ns, "name": claim, "uid": made.metadata.uid}
             }
         }))
         .unwrap(),

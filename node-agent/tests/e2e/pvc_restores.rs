@@ -95,6 +95,53 @@ async fn a_restore_makes_a_new_pvc_in_another_namespace_with_a_mapped_storage_cl
     env.repository_at(&copy, "default", &repo, "repo-password")
         .await;
 
+    // Without the target namespace's consent: refused, nothing is made
+    // there, and nothing of it reaches the run's status.
+    volume_restore(
+        &env,
+        &src,
+        "uninvited",
+        json!({"snapshot": {"pvc": "data"}, "target": {"namespace": copy, "pvc": "data-copy"}}),
+    )
+    .await;
+    let vr = wait_restored(&env, &src, "uninvited").await;
+    let st = vr.status.clone().unwrap();
+    assert_eq!(st.phase, Phase::Failed, "{st:#?}");
+    assert!(
+        message(&vr).contains(&format!(
+            "namespace {copy} does not allow restores from namespace {src}"
+        )),
+        "{}",
+        message(&vr)
+    );
+    assert!(
+        st.snapshot_id.is_none() && st.source_claim.is_none(),
+        "{st:#?}"
+    );
+    let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(env.client.clone(), &copy);
+    let accounts =
+        Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(env.client.clone(), &copy);
+    let claims = Api::<PersistentVolumeClaim>::namespaced(env.client.clone(), &copy);
+    assert!(pods
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .is_empty());
+    assert!(accounts
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .is_empty());
+    assert!(claims
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .is_empty());
+    env.allow_restores_from(&copy, "default", &src).await;
+
     // The RoleBindings of the source namespace, as they come and go: each
     // mover's, for its account in the target namespace.
     let bindings = {
@@ -217,8 +264,11 @@ async fn a_restore_makes_a_new_pvc_in_another_namespace_with_a_mapped_storage_cl
     .await;
     let vr = wait_restored(&env, &src, "nowhere").await;
     assert_eq!(vr.status.as_ref().unwrap().phase, Phase::Failed);
+    // The same words whether the repository is missing or only silent.
     assert!(
-        message(&vr).contains(&format!("BackupRepository {other}/default not found")),
+        message(&vr).contains(&format!(
+            "namespace {other} does not allow restores from namespace {src}"
+        )),
         "{}",
         message(&vr)
     );
@@ -272,7 +322,9 @@ async fn a_second_cluster_restores_from_the_url_and_password_alone() {
     let Some((mut dr, _dr_sim)) = fake_cluster().await else {
         return;
     };
-    let _c2 = Controller::start(&dr, "b", &["--cluster-name", "dr"]);
+    // The first cluster's repository directory is this cluster's bucket.
+    let allow = format!("--allow-file-repository={}", env.dir.path().display());
+    let _c2 = Controller::start(&dr, "b", &["--cluster-name", "dr", &allow]);
     let ns = dr.namespace("dr").await;
     dr.secret(&ns, "repo-password", "password", PASSWORD).await;
     dr.repository_at(&ns, "default", &repo, "repo-password")

@@ -296,6 +296,25 @@ pub async fn csi_pvc(
     labels: serde_json::Value,
 ) {
     let pv_name = format!("pv-{ns}-{name}");
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(env.client.clone(), ns);
+    let made = pvcs
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": ns, "labels": labels},
+                "spec": {
+                    "accessModes": ["ReadWriteOnce"],
+                    "volumeMode": mode,
+                    "storageClassName": "hostpath",
+                    "volumeName": pv_name,
+                    "resources": {"requests": {"storage": "1Gi"}},
+                },
+                "status": {"phase": "Bound", "capacity": {"storage": "1Gi"}}
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
     let pvs: Api<PersistentVolume> = Api::all(env.client.clone());
     pvs.create(
         &PostParams::default(),
@@ -307,28 +326,10 @@ pub async fn csi_pvc(
                 "volumeMode": mode,
                 "persistentVolumeReclaimPolicy": "Delete",
                 "storageClassName": "hostpath",
-                "claimRef": {"namespace": ns, "name": name},
+                "claimRef": {"namespace": ns, "name": name, "uid": made.metadata.uid},
                 "csi": {"driver": DRIVER, "volumeHandle": pv_name, "volumeAttributes": {"path": path.display().to_string()}},
             },
             "status": {"phase": "Bound"}
-        }))
-        .unwrap(),
-    )
-    .await
-    .unwrap();
-    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(env.client.clone(), ns);
-    pvcs.create(
-        &PostParams::default(),
-        &serde_json::from_value(json!({
-            "metadata": {"name": name, "namespace": ns, "labels": labels},
-            "spec": {
-                "accessModes": ["ReadWriteOnce"],
-                "volumeMode": mode,
-                "storageClassName": "hostpath",
-                "volumeName": pv_name,
-                "resources": {"requests": {"storage": "1Gi"}},
-            },
-            "status": {"phase": "Bound", "capacity": {"storage": "1Gi"}}
         }))
         .unwrap(),
     )
