@@ -105,6 +105,9 @@ pub struct Options {
     pub read_only_many: bool,
     /// What namespaced objects may ask for; every mover gets it too.
     pub policy: crate::policy::TenantPolicy,
+    /// A node agent's run whose node is gone (deleted, or not Ready this
+    /// long) is ended.
+    pub lost_node_timeout: Duration,
 }
 
 /// Why a reconcile step failed (it is tried again).
@@ -356,6 +359,66 @@ fn object_error_policy<K: Resource>(obj: Arc<K>, e: &Error, _: Arc<Ctx>) -> Acti
     Action::requeue(Duration::from_secs(5))
 }
 
+/// Why the node a run is on is gone, if it is: its Node object is deleted,
+/// or not Ready for longer than `limit` (its agent cannot end the run).
+pub(crate) fn node_gone(
+    name: &str,
+    node: Option<&k8s_openapi::api::core::v1::Node>,
+    now: chrono::DateTime<chrono::Utc>,
+    limit: Duration,
+) -> Option<String> {
+    let Some(node) = node else {
+        return Some(format!("node {name} no longer exists"));
+    };
+    let ready = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))?;
+    if ready.status == "True" {
+        return None;
+    }
+    let since = ready.last_transition_time.as_ref()?.0.as_second();
+    let down = Duration::from_secs(u64::try_from(now.timestamp().checked_sub(since)?).ok()?);
+    (down > limit).then(|| {
+        format!(
+            "node {name} has not been Ready for {} (its Ready condition is {}: {}), so its agent cannot finish the run",
+            humantime::format_duration(Duration::from_secs(down.as_secs())),
+            ready.status,
+            ready.reason.as_deref().unwrap_or("no reason")
+        )
+    })
+}
+
+/// A node agent's run in progress on a node that is gone is ended here,
+/// naming the node, after `--lost-node-timeout`: nothing else would end it,
+/// and a schedule with concurrencyPolicy Forbid would skip for ever. While
+/// the run goes on, it is looked at again now and then.
+pub(crate) async fn end_if_node_gone<K: Run>(
+    ctx: &Ctx,
+    run: &K,
+    st: &RunStatus,
+) -> Result<Action, Error> {
+    let (Phase::InProgress, Some(node)) = (st.phase, st.node.as_deref()) else {
+        return Ok(Action::await_change());
+    };
+    if run.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let found = Api::<k8s_openapi::api::core::v1::Node>::all(ctx.client.clone())
+        .get_opt(node)
+        .await
+        .map_err(kube_err(format!("reading node {node}")))?;
+    let limit = ctx.opts.lost_node_timeout;
+    if let Some(why) = node_gone(node, found.as_ref(), chrono::Utc::now(), limit) {
+        ctx.end(run, Outcome::Failed(why), "Running").await?;
+        return Ok(Action::await_change());
+    }
+    Ok(Action::requeue(
+        (limit / 2).clamp(Duration::from_secs(1), Duration::from_secs(300)),
+    ))
+}
+
 /// The name of every object made for a run.
 fn child_name(vb: &VolumeBackup) -> String {
     object_name(&["coffer", &vb.name_any()])
@@ -384,8 +447,9 @@ async fn reconcile(vb: Arc<VolumeBackup>, ctx: Arc<Ctx>) -> Result<Action, Error
             unusable.filter(|_| st.phase == Phase::New && vb.meta().deletion_timestamp.is_none())
         {
             ctx.fail(&vb, why.into()).await?;
+            return Ok(Action::await_change());
         }
-        return Ok(Action::await_change());
+        return end_if_node_gone(&ctx, vb.as_ref(), &st).await;
     }
     let finalized = vb.finalizers().iter().any(|f| f == FINALIZER);
     if vb.meta().deletion_timestamp.is_some() || st.phase.is_final() {
@@ -1371,7 +1435,7 @@ async fn snapshot_hooks(
         if !(running && read && p.meta().deletion_timestamp.is_none()) {
             continue;
         }
-        let hooks = match crate::hooks::parse(p.annotations()) {
+        let hooks = match crate::hooks::parse(p.annotations(), ctx.opts.policy.max_hook_timeout) {
             Ok(h) => h,
             Err(e) => return Ok(Err(format!("pod {ns}/{}: {e}", p.name_any()))),
         };
@@ -2436,6 +2500,41 @@ mod tests {
         assert!(too_long(deletion + 61));
         // A clock far behind never underflows into "overdue".
         assert!(!terminating_too_long(i64::MAX, i64::MIN, limit));
+    }
+
+    #[test]
+    fn a_node_deleted_or_not_ready_past_the_limit_is_gone() {
+        use k8s_openapi::api::core::v1::Node;
+        let now = chrono::Utc::now();
+        let limit = Duration::from_secs(600);
+        let node = |status: &str, ago: i64| -> Node {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "n1"},
+                "status": {"conditions": [{"type": "Ready", "status": status, "reason": "NodeStatusUnknown",
+                    "lastTransitionTime": (now - chrono::Duration::seconds(ago)).to_rfc3339()}]}
+            }))
+            .unwrap()
+        };
+        assert!(node_gone("n1", None, now, limit)
+            .unwrap()
+            .contains("node n1 no longer exists"));
+        assert_eq!(
+            node_gone("n1", Some(&node("True", 10_000)), now, limit),
+            None
+        );
+        assert_eq!(
+            node_gone("n1", Some(&node("Unknown", 60)), now, limit),
+            None
+        );
+        let why = node_gone("n1", Some(&node("Unknown", 700)), now, limit).unwrap();
+        assert!(
+            why.contains("node n1 has not been Ready for 11m") && why.contains("NodeStatusUnknown"),
+            "{why}"
+        );
+        // No Ready condition yet (a node registering): not gone.
+        let bare: Node =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "n1"}})).unwrap();
+        assert_eq!(node_gone("n1", Some(&bare), now, limit), None);
     }
 
     /// `thaw` sliced `&open[1..]` from a group it had just listed, which is

@@ -33,6 +33,9 @@ pub const COMMAND: &str = "backup.coffer.dev/command";
 pub const COMMAND_CONTAINER: &str = "backup.coffer.dev/command-container";
 /// A dump's file name in the snapshot.
 pub const COMMAND_FILENAME: &str = "backup.coffer.dev/command-filename";
+/// How long the dump command may run (at most, and by default, the
+/// administrator's `--max-dump-duration`).
+pub const COMMAND_TIMEOUT: &str = "backup.coffer.dev/command-timeout";
 /// How long a hook may take when its annotation does not say.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How much of a failed hook's output its message keeps.
@@ -80,6 +83,8 @@ pub struct Dump {
     pub container: Option<String>,
     /// The file's name in the snapshot.
     pub filename: String,
+    /// The command must have written its last byte and exited within this.
+    pub timeout: Duration,
 }
 
 /// A hook or dump annotation that cannot be used; the message names it.
@@ -99,10 +104,43 @@ fn bad(annotation: String, why: impl Into<String>) -> HookError {
     }
 }
 
+/// A duration annotation `key` (`what` it bounds), within `max` (the
+/// administrator's cap, which no annotation can raise).
+fn duration(
+    a: &BTreeMap<String, String>,
+    key: String,
+    default: Duration,
+    max: Duration,
+) -> Result<Duration, HookError> {
+    let Some(t) = a.get(&key) else {
+        return Ok(default.min(max));
+    };
+    let d = humantime::parse_duration(t)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            bad(
+                key.clone(),
+                format!("{t:?} is not a duration such as 30s or 5m"),
+            )
+        })?;
+    if d > max {
+        return Err(bad(
+            key,
+            format!(
+                "{t} is above the limit the cluster's administrator set ({})",
+                humantime::format_duration(max)
+            ),
+        ));
+    }
+    Ok(d)
+}
+
 fn one(
     a: &BTreeMap<String, String>,
     prefix: &str,
     stage: &'static str,
+    max_timeout: Duration,
 ) -> Result<Option<Hook>, HookError> {
     let key = |k: &str| format!("{prefix}{k}");
     let Some(text) = a.get(&key("command")) else {
@@ -132,18 +170,7 @@ fn one(
             ))
         }
     };
-    let timeout = match a.get(&key("timeout")) {
-        None => DEFAULT_TIMEOUT,
-        Some(t) => humantime::parse_duration(t)
-            .ok()
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| {
-                bad(
-                    key("timeout"),
-                    format!("{t:?} is not a duration such as 30s or 5m"),
-                )
-            })?,
-    };
+    let timeout = duration(a, key("timeout"), DEFAULT_TIMEOUT, max_timeout)?;
     Ok(Some(Hook {
         stage,
         command,
@@ -153,19 +180,25 @@ fn one(
     }))
 }
 
-/// The hooks a pod's annotations ask for.
-pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Hooks, HookError> {
+/// The hooks a pod's annotations ask for; a timeout above `max_timeout`
+/// (the administrator's) is refused.
+pub fn parse(
+    annotations: &BTreeMap<String, String>,
+    max_timeout: Duration,
+) -> Result<Hooks, HookError> {
     Ok(Hooks {
-        pre: one(annotations, PRE, "pre")?,
-        post: one(annotations, POST, "post")?,
+        pre: one(annotations, PRE, "pre", max_timeout)?,
+        post: one(annotations, POST, "post", max_timeout)?,
     })
 }
 
 /// The dump a pod's annotations ask for, if any. `first_container` names
-/// the default file.
+/// the default file; `max_duration` (the administrator's) bounds it, and is
+/// its timeout unless [`COMMAND_TIMEOUT`] asks for less.
 pub fn parse_dump(
     annotations: &BTreeMap<String, String>,
     first_container: &str,
+    max_duration: Duration,
 ) -> Result<Option<Dump>, HookError> {
     let Some(text) = annotations.get(COMMAND) else {
         return Ok(None);
@@ -194,10 +227,17 @@ pub fn parse_dump(
         Some(f) => f.clone(),
         None => format!("{}.dump", container.as_deref().unwrap_or(first_container)),
     };
+    let timeout = duration(
+        annotations,
+        COMMAND_TIMEOUT.into(),
+        max_duration,
+        max_duration,
+    )?;
     Ok(Some(Dump {
         command,
         container,
         filename,
+        timeout,
     }))
 }
 
@@ -376,9 +416,83 @@ pub async fn start_dump(
     Ok((stdout, DumpProcess { stderr, process }))
 }
 
+/// A dump's output that ends (with an error) when its time is up or its run
+/// is stopped: a command that neither writes nor exits cannot hold a run,
+/// even while a read of its output waits.
+pub struct Bounded<R> {
+    inner: R,
+    timeout: Duration,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    stopped: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    /// `stopped` completed (it must not be polled again).
+    stopped_now: bool,
+}
+
+impl<R> Bounded<R> {
+    /// `inner` until `timeout` from now, or until `cancel` is tripped.
+    pub fn new(inner: R, timeout: Duration, cancel: coffer_engine::CancelToken) -> Self {
+        Bounded {
+            inner,
+            timeout,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+            stopped: Box::pin(async move { cancel.cancelled().await }),
+            stopped_now: false,
+        }
+    }
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Bounded<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::future::Future;
+        use std::task::Poll;
+        // (Not `Interrupted`: readers retry that one.)
+        if self.stopped_now || self.stopped.as_mut().poll(cx).is_ready() {
+            self.stopped_now = true;
+            return Poll::Ready(Err(std::io::Error::other("the run was stopped")));
+        }
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            let t = humantime::format_duration(self.timeout);
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the command did not finish within {t} ({COMMAND_TIMEOUT}, at most the administrator's --max-dump-duration)"),
+            )));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A command that never writes nor exits: its output ends at the
+    /// timeout, with an error that says so.
+    #[tokio::test]
+    async fn a_silent_dump_ends_at_its_timeout() {
+        use tokio::io::AsyncReadExt;
+        let (_writer, reader) = tokio::io::duplex(64);
+        let mut out = Bounded::new(
+            reader,
+            Duration::from_millis(50),
+            coffer_engine::CancelToken::new(),
+        );
+        let mut buf = Vec::new();
+        let e = out.read_to_end(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        assert!(e.to_string().contains(COMMAND_TIMEOUT), "{e}");
+        let cancel = coffer_engine::CancelToken::new();
+        let (_writer, reader) = tokio::io::duplex(64);
+        let mut out = Bounded::new(reader, HOUR, cancel.clone());
+        cancel.cancel();
+        let e = out.read_to_end(&mut buf).await.unwrap_err();
+        assert!(e.to_string().contains("stopped"), "{e}");
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
 
     fn ann(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
@@ -389,19 +503,22 @@ mod tests {
 
     #[test]
     fn hooks_parse_with_defaults_and_bad_values_name_their_annotation() {
-        let h = parse(&ann(&[
-            (
-                "pre.hook.backup.coffer.dev/command",
-                r#"["fsfreeze", "--freeze", "/data"]"#,
-            ),
-            ("pre.hook.backup.coffer.dev/container", "freezer"),
-            (
-                "post.hook.backup.coffer.dev/command",
-                r#"["fsfreeze", "--unfreeze", "/data"]"#,
-            ),
-            ("post.hook.backup.coffer.dev/on-error", "Continue"),
-            ("post.hook.backup.coffer.dev/timeout", "2m"),
-        ]))
+        let h = parse(
+            &ann(&[
+                (
+                    "pre.hook.backup.coffer.dev/command",
+                    r#"["fsfreeze", "--freeze", "/data"]"#,
+                ),
+                ("pre.hook.backup.coffer.dev/container", "freezer"),
+                (
+                    "post.hook.backup.coffer.dev/command",
+                    r#"["fsfreeze", "--unfreeze", "/data"]"#,
+                ),
+                ("post.hook.backup.coffer.dev/on-error", "Continue"),
+                ("post.hook.backup.coffer.dev/timeout", "2m"),
+            ]),
+            HOUR,
+        )
         .unwrap();
         let pre = h.pre.unwrap();
         assert_eq!(pre.command, ["fsfreeze", "--freeze", "/data"]);
@@ -415,7 +532,7 @@ mod tests {
             (post.on_error, post.timeout),
             (OnError::Continue, Duration::from_secs(120))
         );
-        assert_eq!(parse(&ann(&[])).unwrap(), Hooks::default());
+        assert_eq!(parse(&ann(&[]), HOUR).unwrap(), Hooks::default());
 
         for (pairs, named) in [
             (
@@ -445,16 +562,58 @@ mod tests {
                 "pre.hook.backup.coffer.dev/container",
             ),
         ] {
-            let e = parse(&ann(&pairs)).unwrap_err().to_string();
+            let e = parse(&ann(&pairs), HOUR).unwrap_err().to_string();
             assert!(e.starts_with(&format!("annotation {named}:")), "{e}");
         }
     }
 
+    /// A hook or a dump cannot hold a node's run slot longer than the
+    /// administrator allows: a longer timeout is refused, naming the
+    /// annotation and the limit; a dump's timeout is the limit by default.
     #[test]
-    fn a_dump_is_a_shell_line_or_an_array_with_a_safe_file_name() {
-        let d = parse_dump(&ann(&[(COMMAND, "mysqldump --all-databases")]), "mysql")
+    fn timeouts_above_the_administrator_s_limit_are_refused() {
+        let pairs = [
+            ("pre.hook.backup.coffer.dev/command", r#"["x"]"#),
+            ("pre.hook.backup.coffer.dev/timeout", "2h"),
+        ];
+        let e = parse(&ann(&pairs), HOUR).unwrap_err().to_string();
+        assert!(
+            e.contains("pre.hook.backup.coffer.dev/timeout")
+                && e.contains("limit")
+                && e.contains("1h"),
+            "{e}"
+        );
+        let d = parse_dump(&ann(&[(COMMAND, "x")]), "app", HOUR)
             .unwrap()
             .unwrap();
+        assert_eq!(d.timeout, HOUR);
+        let d = parse_dump(
+            &ann(&[(COMMAND, "x"), (COMMAND_TIMEOUT, "5m")]),
+            "app",
+            HOUR,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(d.timeout, Duration::from_secs(300));
+        let e = parse_dump(
+            &ann(&[(COMMAND, "x"), (COMMAND_TIMEOUT, "2h")]),
+            "app",
+            HOUR,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains(COMMAND_TIMEOUT) && e.contains("limit"), "{e}");
+    }
+
+    #[test]
+    fn a_dump_is_a_shell_line_or_an_array_with_a_safe_file_name() {
+        let d = parse_dump(
+            &ann(&[(COMMAND, "mysqldump --all-databases")]),
+            "mysql",
+            HOUR,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(d.command, ["sh", "-c", "mysqldump --all-databases"]);
         assert_eq!(d.filename, "mysql.dump");
         let d = parse_dump(
@@ -464,6 +623,7 @@ mod tests {
                 (COMMAND_FILENAME, "all.sql"),
             ]),
             "app",
+            HOUR,
         )
         .unwrap()
         .unwrap();
@@ -471,10 +631,11 @@ mod tests {
             (d.command, d.container.as_deref(), d.filename.as_str()),
             (vec!["pg_dumpall".to_string()], Some("pg"), "all.sql")
         );
-        assert!(parse_dump(&ann(&[]), "app").unwrap().is_none());
+        assert!(parse_dump(&ann(&[]), "app", HOUR).unwrap().is_none());
         let e = parse_dump(
             &ann(&[(COMMAND, "x"), (COMMAND_FILENAME, "../etc/passwd")]),
             "app",
+            HOUR,
         )
         .unwrap_err()
         .to_string();

@@ -84,6 +84,9 @@ struct ControllerArgs {
     /// What namespaced objects may ask for (passed on to every mover)
     #[command(flatten)]
     policy: coffer_node_agent::policy::TenantPolicy,
+    /// A node agent's run whose node is deleted, or not Ready this long, is ended (Failed, naming the node)
+    #[arg(long, env = "LOST_NODE_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    lost_node_timeout: std::time::Duration,
 }
 
 #[derive(Subcommand, Debug)]
@@ -429,6 +432,7 @@ async fn run_controller(a: ControllerArgs) -> anyhow::Result<()> {
         restore_storage_class_map: a.restore_storage_class.into_iter().collect(),
         read_only_many: a.clone_read_only_many,
         policy: a.policy,
+        lost_node_timeout: a.lost_node_timeout,
     };
     tokio::select! {
         r = controller::run(client, opts, m) => r,
@@ -442,7 +446,7 @@ async fn run_controller(a: ControllerArgs) -> anyhow::Result<()> {
 /// Runs a mover; returns whether it succeeded (its exit status).
 async fn run_mover(m: MoverCommand) -> anyhow::Result<bool> {
     let password = std::env::var_os("COFFER_PASSWORD")
-        .map(|p| p.into_encoded_bytes())
+        .map(|p| zeroize::Zeroizing::new(p.into_encoded_bytes()))
         .filter(|p| !p.is_empty())
         .ok_or_else(|| anyhow::anyhow!("COFFER_PASSWORD is not set: the mover pod takes the repository password from its BackupRepository's Secret"))?;
     let cancel = coffer_engine::CancelToken::new();

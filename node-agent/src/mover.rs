@@ -27,6 +27,9 @@ use crate::crd::{
 use crate::node::STATUS_INTERVAL;
 use crate::status::{self, Outcome};
 
+/// The repository password, zeroed when it is dropped.
+pub type Password = zeroize::Zeroizing<Vec<u8>>;
+
 /// How a mover opens its repository: everything but the password (from
 /// `COFFER_PASSWORD`) comes from its arguments.
 #[derive(Clone, Debug)]
@@ -96,7 +99,7 @@ pub struct BackupJob {
 pub async fn backup(
     client: Client,
     job: BackupJob,
-    password: Vec<u8>,
+    password: Password,
     cancel: CancelToken,
 ) -> Phase {
     let outcome = run_backup(&client, &job, &password, &cancel).await;
@@ -163,7 +166,7 @@ pub struct ForgetJob {
 pub async fn forget(
     client: Client,
     job: ForgetJob,
-    password: Vec<u8>,
+    password: Password,
     cancel: CancelToken,
 ) -> bool {
     use coffer_engine::forget::{self, Filter, GroupBy};
@@ -282,7 +285,7 @@ pub async fn prune(
     client: Client,
     job: MaintenanceJob,
     max_unused_percent: f64,
-    password: Vec<u8>,
+    password: Password,
     cancel: CancelToken,
 ) -> bool {
     use coffer_engine::prune::{prune, PruneOptions};
@@ -340,7 +343,7 @@ pub async fn check(
     client: Client,
     job: MaintenanceJob,
     subset: Option<String>,
-    password: Vec<u8>,
+    password: Password,
     cancel: CancelToken,
 ) -> bool {
     use coffer_engine::check::{check, CheckOptions, ReadData};
@@ -421,7 +424,7 @@ pub struct ResolveJob {
 /// Finds the snapshot and writes its id and recorded claim into the run's
 /// status (the phase stays InProgress); a snapshot not found fails the run.
 /// Returns whether it was found.
-pub async fn resolve(client: Client, job: ResolveJob, password: Vec<u8>) -> bool {
+pub async fn resolve(client: Client, job: ResolveJob, password: Password) -> bool {
     let found = match job.repo.open(&password).await {
         Ok(repo) => {
             crate::restore::find_snapshot(&repo, &job.snapshot, &job.namespace, &job.repository)
@@ -476,7 +479,7 @@ pub struct RestoreJob {
 pub async fn restore(
     client: Client,
     job: RestoreJob,
-    password: Vec<u8>,
+    password: Password,
     cancel: CancelToken,
 ) -> Phase {
     let outcome = match job.repo.open(&password).await {

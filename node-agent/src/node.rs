@@ -966,7 +966,7 @@ impl Agent {
             Ok(Some(p)) if p.metadata.uid == cached.metadata.uid => p,
             _ => cached,
         };
-        let hooks = match hooks::parse(pod.annotations()) {
+        let hooks = match hooks::parse(pod.annotations(), self.opts.policy.max_hook_timeout) {
             Ok(h) => h,
             Err(e) => {
                 let m = format!("pod {ns}/{pod_name}: {e}");
@@ -1047,7 +1047,11 @@ impl Agent {
         let ns = vb.namespace().unwrap_or_default();
         let name = pod.name_any();
         let first = hooks::first_container(pod);
-        let d = match hooks::parse_dump(pod.annotations(), &first) {
+        let d = match hooks::parse_dump(
+            pod.annotations(),
+            &first,
+            self.opts.policy.max_dump_duration,
+        ) {
             Ok(Some(d)) => d,
             Ok(None) => {
                 let m = format!("pod {ns}/{name} has no annotation {}: method Command backs up the output of that command", hooks::COMMAND);
@@ -1071,6 +1075,7 @@ impl Agent {
         };
         tracing::info!(namespace = ns, pod = name, command = ?d.command, "dump starts");
         let handle = tokio::runtime::Handle::current();
+        let stdout = hooks::Bounded::new(stdout, d.timeout, cancel.clone());
         let reader = tokio_util::io::SyncIoBridge::new_with_handle(stdout, handle.clone());
         let finish: coffer_engine::backup::FinishFn = Box::new(move || {
             handle
@@ -1117,6 +1122,7 @@ impl Agent {
                 )
             }
             Err(coffer_engine::Error::Cancelled) => (stopped(reason), Some(path), 0),
+            Err(_) if cancel.is_cancelled() => (stopped(reason), Some(path), 0),
             Err(e) => (Outcome::Failed(e.to_string()), Some(path), 0),
         }
     }

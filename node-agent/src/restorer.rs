@@ -97,8 +97,10 @@ pub(crate) async fn reconcile(vr: Arc<VolumeRestore>, ctx: Arc<Ctx>) -> Result<A
     let Some(target) = vr.spec.target.clone() else {
         if fresh && vr.spec.pod_volume().is_none() {
             fail(&ctx, &vr, "spec.target (a new PVC), or spec.pod and spec.volume (a running pod's volume), is required".into()).await?;
+            return Ok(Action::await_change());
         }
-        return Ok(Action::await_change());
+        // The node agent's: ended here only when its node is gone.
+        return crate::controller::end_if_node_gone(&ctx, vr.as_ref(), &st).await;
     };
     if fresh && (vr.spec.pod.is_some() || vr.spec.volume.is_some()) {
         fail(&ctx, &vr, "give spec.target (a new PVC) or spec.pod and spec.volume (a running pod's volume), not both".into()).await?;

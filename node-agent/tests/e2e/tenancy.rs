@@ -266,3 +266,58 @@ async fn one_object_that_does_not_parse_stops_nobody_else_s_runs() {
         "{agent_log}"
     );
 }
+
+/// Item 6: a node agent's run in progress on a node that is gone is ended
+/// by the controller, naming the node, after --lost-node-timeout (a
+/// schedule with Forbid would otherwise skip for ever); a run on a Ready
+/// node is left to its agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_on_a_node_that_is_gone_is_ended_naming_the_node() {
+    let mut env = Env::new().await;
+    let ns = env.namespace("lost").await;
+    env.repository(&ns, "default", PASSWORD).await;
+    Api::<k8s_openapi::api::core::v1::Node>::all(env.client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "alive"},
+                "status": {"conditions": [{"type": "Ready", "status": "True",
+                    "lastTransitionTime": "2026-01-01T00:00:00Z"}]}}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    for (run, node) in [("on-gone", "gone"), ("on-alive", "alive")] {
+        env.create::<VolumeBackup>(
+            &ns,
+            json!({"apiVersion": "coffer.dev/v1alpha1", "kind": "VolumeBackup",
+                   "metadata": {"name": run, "namespace": ns},
+                   "spec": {"pod": "p", "volume": "vol"}}),
+        )
+        .await;
+        // As the agent of that node claims a run.
+        Api::<VolumeBackup>::namespaced(env.client.clone(), &ns)
+            .patch_status(
+                run,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(json!({"status": {"phase": "InProgress", "node": node,
+                    "startTime": "2026-01-01T00:00:00Z"}})),
+            )
+            .await
+            .unwrap();
+    }
+    let _c = Controller::start(&env, "a", &["--lost-node-timeout", "1s"]);
+    let gone = env
+        .wait_for::<VolumeBackup>(&ns, "on-gone", "final", |v| is_final(&v.status))
+        .await;
+    assert_eq!(phase(&gone.status), Phase::Failed, "{:#?}", gone.status);
+    assert!(
+        run_message(&gone).contains("node gone no longer exists"),
+        "{}",
+        run_message(&gone)
+    );
+    let alive = Api::<VolumeBackup>::namespaced(env.client.clone(), &ns)
+        .get("on-alive")
+        .await
+        .unwrap();
+    assert_eq!(phase(&alive.status), Phase::InProgress);
+}
