@@ -28,10 +28,8 @@ RBAC_SOURCE = ROOT / "deploy" / "rbac.yaml"
 # What `coffer-agent node` calls, and nothing more (see deploy/rbac.yaml).
 EXPECTED_RULES = {
     ("", "pods"): {"get", "list", "watch"},
-    ("", "pods/exec"): {"create"},
     ("", "persistentvolumeclaims"): {"get"},
     ("", "persistentvolumes"): {"get"},
-    ("", "secrets"): {"get"},
     ("coffer.dev", "backuprepositories"): {"get"},
     ("coffer.dev", "backuprepositories/status"): {"patch"},
     ("coffer.dev", "volumebackups"): {"get", "list", "watch", "create"},
@@ -51,8 +49,8 @@ EXPECTED_CONTROLLER_RULES = {
     ("coffer.dev", "volumerestores/status"): {"get", "patch"},
     ("coffer.dev", "backuprepositories"): {"get", "list", "watch"},
     ("coffer.dev", "backuprepositories/status"): {"get", "patch"},
-    ("", "pods"): {"get", "list", "watch", "create", "delete"},
-    ("", "pods/exec"): {"create"},
+    ("", "pods"): {"get", "list", "watch"},
+    ("", "nodes"): {"get"},
     ("", "persistentvolumeclaims"): {"get", "list", "watch", "create", "delete", "patch"},
     ("", "persistentvolumes"): {"get", "list", "patch", "delete"},
     ("storage.k8s.io", "storageclasses"): {"get"},
@@ -62,11 +60,22 @@ EXPECTED_CONTROLLER_RULES = {
     ("groupsnapshot.storage.k8s.io", "volumegroupsnapshotclasses"): {"list"},
     ("", "events"): {"list"},
     ("events.k8s.io", "events"): {"create", "patch"},
+}
+CONTROLLER_SOURCE = ROOT / "deploy" / "controller.yaml"
+# What coffer may do in a namespace that opts in, bound there by the
+# namespace's own RoleBinding (see deploy/tenant.yaml), never cluster-wide.
+EXPECTED_TENANT_RULES = {
+    ("", "secrets"): {"get"},
+    ("", "pods/exec"): {"create"},
+    ("", "pods"): {"create", "delete"},
     ("", "serviceaccounts"): {"get", "create", "delete"},
     ("rbac.authorization.k8s.io", "roles"): {"create", "delete"},
     ("rbac.authorization.k8s.io", "rolebindings"): {"create", "delete"},
 }
-CONTROLLER_SOURCE = ROOT / "deploy" / "controller.yaml"
+TENANT_SOURCE = ROOT / "deploy" / "tenant.yaml"
+# Rights that reach a namespace's Secrets (directly, through a pod that
+# mounts them, or through exec): never in a cluster-wide binding.
+SECRET_REACH = {("", "secrets"), ("", "pods/exec"), ("", "pods")}
 # The capabilities the agent may hold without privileged (each explained in
 # deploy/daemonset.yaml).
 ALLOWED_CAPS = {"DAC_READ_SEARCH", "DAC_OVERRIDE", "FOWNER", "CHOWN", "FSETID", "MKNOD", "SETFCAP"}
@@ -348,6 +357,20 @@ def cmd_policy(rendered):
                 f"{kn(d)} binds {d['roleRef']['name']}",
                 p,
             )
+    # The tenant role: exactly its rules, bound by no ClusterRoleBinding;
+    # nothing bound cluster-wide reaches Secrets.
+    tenant = one(docs, "ClusterRole", "coffer-tenant")
+    compare_rules("ClusterRole coffer-tenant", rules_of(tenant, p), EXPECTED_TENANT_RULES, p)
+    commented_rules(TENANT_SOURCE, p)
+    roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ClusterRole"}
+    for d in docs:
+        if d["kind"] != "ClusterRoleBinding":
+            continue
+        name = d["roleRef"]["name"]
+        check(name != "coffer-tenant", f"{kn(d)} binds coffer-tenant cluster-wide", p)
+        for (g, res), verbs in rules_of(roles.get(name, {"rules": []}), p).items():
+            reaches = (g, res) in SECRET_REACH and (res != "pods" or verbs & {"create", "update", "patch"})
+            check(not reaches, f"{kn(d)} grants {g or 'core'}/{res} {sorted(verbs)} cluster-wide", p)
     binding = one(docs, "ClusterRoleBinding", "coffer-agent")
     check(binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "coffer-agent"},
           f"ClusterRoleBinding roleRef is {binding['roleRef']}", p)

@@ -9,7 +9,7 @@
 //! stale: its counter did not change for [`Timing::stale_after`] as measured by
 //! the observer's own monotonic clock. No clock is compared across hosts.
 //!
-//! The holder of a beacon has a [`Lease`]: valid until a fifth of
+//! The holder of a beacon has a `Lease`: valid until a fifth of
 //! `stale_after` (its own monotonic clock) after it *sent* the last heartbeat
 //! that was stored in time. A heartbeat not stored before the lease runs out
 //! ends it for good, and every write others rely on (a backup's index files

@@ -1790,13 +1790,19 @@ pub(crate) async fn delete_account(
 ) -> Result<(), Error> {
     let accounts: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), ns);
     let what = format!("ServiceAccount {ns}/{name}");
-    if accounts
-        .get_opt(name)
-        .await
-        .map_err(kube_err(format!("reading {what}")))?
-        .is_none()
-    {
-        return Ok(());
+    match accounts.get_opt(name).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return Ok(()),
+        // A namespace that has not opted in (or no longer does): nothing
+        // could be made there, and what was made is owned by the run.
+        Err(kube::Error::Api(e)) if e.code == 403 => {
+            tracing::warn!(
+                "cannot read {what} ({}); leaving it to the garbage collector",
+                e.message
+            );
+            return Ok(());
+        }
+        Err(e) => return Err(kube_err(format!("reading {what}"))(e)),
     }
     let bindings: Api<RoleBinding> = Api::namespaced(ctx.client.clone(), writes_ns);
     delete(&bindings, name, &format!("RoleBinding {writes_ns}/{name}")).await?;
@@ -1815,6 +1821,18 @@ where
     match api.create(&PostParams::default(), obj).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        // RBAC's refusal (not admission's, not a quota's): not opted in.
+        Err(kube::Error::Api(e))
+            if e.code == 403 && e.message.contains("cannot create resource") =>
+        {
+            let ns = obj.meta().namespace.clone().unwrap_or_default();
+            Err(Error::Refused(format!(
+                "the API server refused to create {what}: {} (403); if namespace {ns} has not \
+                 allowed coffer to work there, its admin opts it in: {}",
+                e.message,
+                crate::policy::opt_in_command(&ns)
+            )))
+        }
         Err(kube::Error::Api(e)) if refused_for_good(&e) => {
             let why = format!(
                 "the API server refused to create {what}: {} ({}, {}); \
@@ -2105,6 +2123,15 @@ where
             Ok(())
         }
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        // A namespace that opted out since: the object is owned by its
+        // run, and Kubernetes' garbage collector takes it with the run.
+        Err(kube::Error::Api(e)) if e.code == 403 => {
+            tracing::warn!(
+                "cannot delete {what} ({}); leaving it to the garbage collector",
+                e.message
+            );
+            Ok(())
+        }
         Err(e) => Err(kube_err(format!("deleting {what}"))(e)),
     }
 }

@@ -386,6 +386,11 @@ pub struct VolumeRestoreSpec {
     /// What to do with a volume that already holds data.
     #[serde(default)]
     pub policy: RestorePolicy,
+    /// Also restore device nodes and the setuid/setgid bits of files. Off
+    /// by default: device nodes are skipped (with a warning) and those bits
+    /// cleared, as a snapshot is its namespace's to write.
+    #[serde(default)]
+    pub special_files: bool,
     /// Set to true to stop the run; it ends Canceled.
     #[serde(default)]
     pub cancel: bool,

@@ -308,6 +308,20 @@ fn tail(bytes: &[u8]) -> String {
     text[start..].to_string()
 }
 
+/// Why an exec failed; a refusal (403) says how the namespace opts in.
+fn exec_refused(ns: &str, e: &kube::Error) -> String {
+    let text = e.to_string();
+    if matches!(e, kube::Error::Api(s) if s.code == 403) || text.contains("403") {
+        format!(
+            "cannot exec: namespace {ns} has not allowed coffer to run hooks in its pods ({text}); \
+             its admin opts it in: {}",
+            crate::policy::opt_in_command(ns)
+        )
+    } else {
+        format!("cannot exec: {text}")
+    }
+}
+
 /// Runs `hook` in pod `ns/pod` (whose first container is `first`) and
 /// returns what happened, for the run's status; `ok` tells whether it
 /// succeeded within its timeout.
@@ -318,7 +332,7 @@ pub async fn run(client: &Client, ns: &str, pod: &str, first: &str, hook: &Hook)
         let mut p = api
             .exec(pod, hook.command.clone(), &attach(&container, true))
             .await
-            .map_err(|e| format!("cannot exec: {e}"))?;
+            .map_err(|e| exec_refused(ns, &e))?;
         let (mut out, err) = tokio::join!(drain(p.stdout()), drain(p.stderr()));
         let status = match p.take_status() {
             Some(s) => s.await,
@@ -404,8 +418,9 @@ pub async fn start_dump(
         .await
         .map_err(|e| {
             format!(
-                "cannot exec {:?} in pod {ns}/{pod} container {container}: {e}",
-                dump.command
+                "{:?} in pod {ns}/{pod} container {container}: {}",
+                dump.command,
+                exec_refused(ns, &e)
             )
         })?;
     let stdout = process

@@ -298,6 +298,9 @@ struct MoverRestoreArgs {
     /// The target is a block device
     #[arg(long)]
     block: bool,
+    /// Restore device nodes and setuid/setgid bits (the run's spec.specialFiles)
+    #[arg(long)]
+    special_files: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -520,6 +523,7 @@ async fn run_mover(m: MoverCommand) -> anyhow::Result<bool> {
                 subpath: a.subpath,
                 target: a.target,
                 block: a.block,
+                special_files: a.special_files,
             };
             Ok(done(
                 mover::restore(client().await?, job, password, cancel).await,

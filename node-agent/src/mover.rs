@@ -473,6 +473,8 @@ pub struct RestoreJob {
     pub target: PathBuf,
     /// Whether `target` is a block device.
     pub block: bool,
+    /// Restore device nodes and setuid/setgid bits.
+    pub special_files: bool,
 }
 
 /// Restores and reports; returns the final phase.
@@ -494,6 +496,7 @@ pub async fn restore(
                     RestorePolicy::IfEmpty
                 },
                 what: "the new PersistentVolumeClaim",
+                special_files: job.special_files,
             };
             let subpath = job.subpath.as_deref();
             let (progress, reporter) = status::restore_progress(

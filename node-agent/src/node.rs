@@ -1304,6 +1304,7 @@ impl Agent {
             block: planned.mode == VolumeMode::Block,
             policy: vr.spec.policy,
             what: &what,
+            special_files: vr.spec.special_files,
         };
         let subpath = vr.spec.subpath.as_deref();
         let (progress, reporter) = status::restore_progress(

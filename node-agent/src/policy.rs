@@ -74,6 +74,16 @@ impl Default for TenantPolicy {
     }
 }
 
+/// What a namespace's admin runs to let coffer work in it: the RoleBinding
+/// of ClusterRole coffer-tenant (deploy/tenant.yaml) to the agent's and the
+/// controller's accounts.
+pub fn opt_in_command(namespace: &str) -> String {
+    format!(
+        "kubectl -n {namespace} create rolebinding coffer --clusterrole=coffer-tenant \
+         --serviceaccount=coffer-system:coffer-agent --serviceaccount=coffer-system:coffer-controller"
+    )
+}
+
 /// `90s`, `2m`, `1h`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (write e.g. 30s, 2m, 1h)"))

@@ -44,6 +44,14 @@ pub enum RepoError {
         /// Key.
         key: String,
     },
+    /// The namespace has not opted in: the agent may not read its Secrets.
+    #[error("namespace {namespace} has not allowed coffer to read its Secrets (403 reading Secret {secret:?}); its admin opts it in: {}", crate::policy::opt_in_command(namespace))]
+    NotAllowed {
+        /// Namespace.
+        namespace: String,
+        /// The Secret that could not be read.
+        secret: String,
+    },
     /// The credentials Secret is missing.
     #[error("credentials Secret {secret:?} not found in namespace {namespace:?}; create it with the store's keys (for S3: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)")]
     NoCredentials {
@@ -106,6 +114,10 @@ type RepoKey = (String, String);
 
 fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+fn is_forbidden(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 403)
 }
 
 impl Repos {
@@ -256,6 +268,12 @@ impl Repos {
         };
         let pw_secret = match secrets.get(&pw_ref.name).await {
             Ok(s) => s,
+            Err(e) if is_forbidden(&e) => {
+                return Err(RepoError::NotAllowed {
+                    namespace: namespace.into(),
+                    secret: pw_ref.name.clone(),
+                })
+            }
             Err(e) if is_not_found(&e) => {
                 return Err(no_password(format!(
                     "password Secret {:?} of BackupRepository {namespace}/{name} not found",
@@ -299,6 +317,12 @@ impl Repos {
         if let Some(cref) = &spec.credentials_secret_ref {
             let s = match secrets.get(&cref.name).await {
                 Ok(s) => s,
+                Err(e) if is_forbidden(&e) => {
+                    return Err(RepoError::NotAllowed {
+                        namespace: namespace.into(),
+                        secret: cref.name.clone(),
+                    })
+                }
                 Err(e) if is_not_found(&e) => {
                     return Err(RepoError::NoCredentials {
                         namespace: namespace.into(),

@@ -110,6 +110,9 @@ pub struct Target<'a> {
     pub policy: RestorePolicy,
     /// What the target is, for messages (`volume "data" of pod db-0`).
     pub what: &'a str,
+    /// Restore device nodes and setuid/setgid bits (`spec.specialFiles`):
+    /// off unless the run asks.
+    pub special_files: bool,
 }
 
 /// Restores `snapshot` (or its `subpath`) into `target`. A block target
@@ -147,6 +150,10 @@ pub async fn restore_into(
     opts.subpath = subpath.map(PathBuf::from);
     opts.overwrite = overwrite;
     opts.overwrite_device = target.block;
+    // A tenant's snapshot: device nodes and setuid/setgid bits only when
+    // its run asks (the agent and movers are privileged on the node).
+    opts.device_nodes = target.special_files;
+    opts.setid_bits = target.special_files;
     opts.cancel = cancel.clone();
     opts.progress = progress;
     if target.block && opts.subpath.is_none() {

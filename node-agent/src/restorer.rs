@@ -343,6 +343,9 @@ async fn advance(
             args.push("--subpath".into());
             args.push(sub.clone());
         }
+        if vr.spec.special_files {
+            args.push("--special-files".into());
+        }
         start_mover(ctx, vr, &tns, &restorer, &repo, Some(volume), args).await?;
         status::update::<VolumeRestore>(&ctx.client, &ns, &vr.name_any(), |s| {
             s.stage = Some("Restoring".into())

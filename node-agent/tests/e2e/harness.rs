@@ -54,11 +54,77 @@ impl<K> Watchable for K where
 {
 }
 
+/// Where deploy/ runs the agent and the controller (their accounts, and the
+/// controller's Lease).
+pub const COFFER_NAMESPACE: &str = "coffer-system";
+
+/// Creates what deploy/ creates for RBAC, as the manifests say: the
+/// coffer-system namespace, the agent's and the controller's accounts,
+/// ClusterRoles and bindings, the Lease Role, and ClusterRole coffer-tenant.
+async fn install_deploy_rbac(client: &Client) {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    let create = |r: Result<serde_json::Value, kube::Error>| match r {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => panic!("installing deploy/'s RBAC: {e}"),
+    };
+    let pp = PostParams::default();
+    create(
+        Api::<Namespace>::all(client.clone())
+            .create(
+                &pp,
+                &serde_json::from_value(json!({"metadata": {"name": COFFER_NAMESPACE}})).unwrap(),
+            )
+            .await
+            .map(|_| json!({})),
+    );
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    for file in ["rbac.yaml", "controller.yaml", "tenant.yaml"] {
+        let text = std::fs::read_to_string(deploy.join(file)).unwrap();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let v: serde_json::Value = serde::Deserialize::deserialize(doc).unwrap();
+            let ns = v["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or(COFFER_NAMESPACE)
+                .to_string();
+            let r = match v["kind"].as_str().unwrap_or_default() {
+                "ServiceAccount" => Api::<ServiceAccount>::namespaced(client.clone(), &ns)
+                    .create(&pp, &serde_json::from_value(v).unwrap())
+                    .await
+                    .map(|_| json!({})),
+                "ClusterRole" => Api::<ClusterRole>::all(client.clone())
+                    .create(&pp, &serde_json::from_value(v).unwrap())
+                    .await
+                    .map(|_| json!({})),
+                "ClusterRoleBinding" => Api::<ClusterRoleBinding>::all(client.clone())
+                    .create(&pp, &serde_json::from_value(v).unwrap())
+                    .await
+                    .map(|_| json!({})),
+                "Role" => Api::<Role>::namespaced(client.clone(), &ns)
+                    .create(&pp, &serde_json::from_value(v).unwrap())
+                    .await
+                    .map(|_| json!({})),
+                "RoleBinding" => Api::<RoleBinding>::namespaced(client.clone(), &ns)
+                    .create(&pp, &serde_json::from_value(v).unwrap())
+                    .await
+                    .map(|_| json!({})),
+                _ => continue,
+            };
+            create(r);
+        }
+    }
+}
+
 /// One test's world.
 pub struct Env {
     pub server: Option<FakeServer>,
     pub client: Client,
     pub kubeconfig: PathBuf,
+    /// The agent's and the controller's kubeconfigs: on the fake API server
+    /// their own ServiceAccounts (coffer-system/coffer-agent and
+    /// coffer-controller), allowed only what deploy/ grants them.
+    pub agent_kubeconfig: PathBuf,
+    pub controller_kubeconfig: PathBuf,
     pub dir: tempfile::TempDir,
     /// Namespaces created by this test (deleted at the end on a real cluster).
     namespaces: Vec<String>,
@@ -98,17 +164,67 @@ impl Env {
                 Err(e) => panic!("installing CRD {}: {e}", crd.name_any()),
             }
         }
+        // The agent and the controller run as their own accounts, with the
+        // RBAC of deploy/ and nothing more: a missing or too wide grant
+        // fails the tests.
+        let (agent_kubeconfig, controller_kubeconfig) = match &server {
+            Some(s) => {
+                install_deploy_rbac(&client).await;
+                let write = |account: &str| {
+                    let path = dir.path().join(format!("kubeconfig-{account}"));
+                    let yaml = coffer_fake_apiserver::service_account_kubeconfig_yaml(
+                        &s.url,
+                        COFFER_NAMESPACE,
+                        account,
+                    );
+                    std::fs::write(&path, yaml).unwrap();
+                    path
+                };
+                (write("coffer-agent"), write("coffer-controller"))
+            }
+            None => (kubeconfig.clone(), kubeconfig.clone()),
+        };
         Env {
             server,
             client,
             kubeconfig,
+            agent_kubeconfig,
+            controller_kubeconfig,
             dir,
             namespaces: Vec::new(),
         }
     }
 
-    /// A new namespace with a unique name.
+    /// A new namespace with a unique name, opted in to coffer (the
+    /// RoleBinding of ClusterRole coffer-tenant its admin makes).
     pub async fn namespace(&mut self, prefix: &str) -> String {
+        let name = self.namespace_not_opted_in(prefix).await;
+        self.opt_in(&name).await;
+        name
+    }
+
+    /// Namespace `name`'s admin opts it in to coffer.
+    pub async fn opt_in(&self, name: &str) {
+        let bindings: Api<RoleBinding> = Api::namespaced(self.client.clone(), name);
+        bindings
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({
+                    "metadata": {"name": "coffer", "namespace": name},
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "coffer-tenant"},
+                    "subjects": [
+                        {"kind": "ServiceAccount", "name": "coffer-agent", "namespace": COFFER_NAMESPACE},
+                        {"kind": "ServiceAccount", "name": "coffer-controller", "namespace": COFFER_NAMESPACE}
+                    ]
+                }))
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// A new namespace with a unique name that has not opted in to coffer.
+    pub async fn namespace_not_opted_in(&mut self, prefix: &str) -> String {
         let name = format!("{prefix}-{}", short_id());
         let api: Api<Namespace> = Api::all(self.client.clone());
         api.create(
@@ -472,6 +588,26 @@ impl<'a> AgentConfig<'a> {
 
 impl Agent {
     pub fn start(env: &Env, cfg: &AgentConfig) -> Agent {
+        // The node is registered, Ready, as its kubelet registers it (the
+        // controller ends the runs of a node that does not exist).
+        if env.server.is_some() {
+            let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(env.client.clone());
+            let node = serde_json::from_value(json!({
+                "metadata": {"name": cfg.node_name},
+                "status": {"conditions": [{"type": "Ready", "status": "True",
+                    "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
+            }))
+            .unwrap();
+            tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(async {
+                    match nodes.create(&PostParams::default(), &node).await {
+                        Ok(_) => {}
+                        Err(kube::Error::Api(s)) if s.code == 409 => {}
+                        Err(e) => panic!("registering node {}: {e}", cfg.node_name),
+                    }
+                })
+            });
+        }
         let mut args: Vec<std::ffi::OsString> =
             vec!["node".into(), "--node-name".into(), cfg.node_name.into()];
         args.extend(["--kubelet-root".into(), cfg.node.kubelet().into()]);
@@ -551,6 +687,11 @@ fn spawn_agent(
         .unwrap();
     let log = env.dir.path().join(format!("{label}-{}.log", short_id()));
     let named = args.iter().any(|a| a == "--cluster-name");
+    let kubeconfig = match args.first().and_then(|a| a.to_str()) {
+        Some("node") => &env.agent_kubeconfig,
+        Some("controller") => &env.controller_kubeconfig,
+        _ => &env.kubeconfig,
+    };
     let child = Command::new(env!("CARGO_BIN_EXE_coffer-agent"))
         .args(args)
         .args(["--metrics-addr", &port.to_string()])
@@ -566,7 +707,7 @@ fn spawn_agent(
             "--allow-file-repository={}",
             env.dir.path().display()
         ))
-        .env("KUBECONFIG", &env.kubeconfig)
+        .env("KUBECONFIG", kubeconfig)
         .env(
             "RUST_LOG",
             std::env::var("COFFER_TEST_AGENT_LOG")
@@ -624,7 +765,7 @@ impl Controller {
             "--identity",
             identity,
             "--namespace",
-            "default",
+            COFFER_NAMESPACE,
         ]
         .iter()
         .chain(&["--lease-duration", "3s", "--mover-image", &image])

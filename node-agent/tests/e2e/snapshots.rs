@@ -759,9 +759,12 @@ async fn one_of_two_replicas_leads_and_the_other_finishes_the_run_after_a_sigkil
     fill(&data, 15, 20);
     sim::csi_pvc(&env, &ns, "data", "Filesystem", &data, json!({})).await;
     let mut a = Controller::start(&env, "replica-a", &[]);
-    env.wait_for::<Lease>("default", "coffer-controller", "held by replica-a", |l| {
-        holder(l).as_deref() == Some("replica-a")
-    })
+    env.wait_for::<Lease>(
+        COFFER_NAMESPACE,
+        "coffer-controller",
+        "held by replica-a",
+        |l| holder(l).as_deref() == Some("replica-a"),
+    )
     .await;
     let b = Controller::start(&env, "replica-b", &[]);
     // Both replicas are ready (a rolling update can complete); the gauge
@@ -789,9 +792,12 @@ async fn one_of_two_replicas_leads_and_the_other_finishes_the_run_after_a_sigkil
     a.kill();
 
     // The standby takes the Lease, then the snapshot becomes ready.
-    env.wait_for::<Lease>("default", "coffer-controller", "held by replica-b", |l| {
-        holder(l).as_deref() == Some("replica-b")
-    })
+    env.wait_for::<Lease>(
+        COFFER_NAMESPACE,
+        "coffer-controller",
+        "held by replica-b",
+        |l| holder(l).as_deref() == Some("replica-b"),
+    )
     .await;
     b.http_until("/metrics", "leading 1", leading("1")).await;
     sim.behaviour.lock().unwrap().never_ready = false;

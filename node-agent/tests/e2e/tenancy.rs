@@ -321,3 +321,46 @@ async fn a_run_on_a_node_that_is_gone_is_ended_naming_the_node() {
         .unwrap();
     assert_eq!(phase(&alive.status), Phase::InProgress);
 }
+
+/// Item 5: Secrets and pods/exec are granted per namespace only (ClusterRole
+/// coffer-tenant, bound by the namespace's admin). In a namespace that has
+/// not opted in, a run fails saying so, with the command that opts it in,
+/// and the agent read nothing there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_that_has_not_opted_in_is_told_how_and_nothing_is_read() {
+    let Some((mut env, _sim)) = fake_cluster().await else {
+        return;
+    };
+    let ns = env.namespace_not_opted_in("closed").await;
+    env.repository(&ns, "default", PASSWORD).await;
+    let node = common::Node::new();
+    let node_name = format!("node-{}", short_id());
+    pod_with_data(&env, &node, &ns, &node_name).await;
+    let _agent = Agent::start(&env, &AgentConfig::new(&node_name, &node));
+    let _c = Controller::start(&env, "a", &[]);
+    let opt_in = format!("kubectl -n {ns} create rolebinding coffer --clusterrole=coffer-tenant");
+    let run = backup_of(&env, &ns, "by-agent", "default").await;
+    assert_eq!(phase(&run.status), Phase::Failed, "{:#?}", run.status);
+    let m = run_message(&run);
+    assert!(
+        m.contains(&format!(
+            "namespace {ns} has not allowed coffer to read its Secrets"
+        )) && m.contains(&opt_in),
+        "{m}"
+    );
+    assert!(repository_message(&env, &ns, "default")
+        .await
+        .contains(&opt_in));
+    // The controller cannot start a mover there either.
+    let data = env.dir.path().join(format!("csi/source/{ns}"));
+    fill(&data, 44, 3);
+    sim::csi_pvc(&env, &ns, "data", "Filesystem", &data, json!({})).await;
+    snapshot_backup(&env, &ns, "by-controller", json!({"pvc": "data"})).await;
+    let vb = wait_cleaned(&env, &ns, "by-controller").await;
+    assert_eq!(phase(&vb.status), Phase::Failed, "{:#?}", vb.status);
+    assert!(run_message(&vb).contains(&opt_in), "{}", run_message(&vb));
+    // Opted in, the same runs complete.
+    env.opt_in(&ns).await;
+    let run = backup_of(&env, &ns, "after", "default").await;
+    assert_eq!(phase(&run.status), Phase::Completed, "{:#?}", run.status);
+}

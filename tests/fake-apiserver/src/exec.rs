@@ -50,9 +50,23 @@ pub(crate) async fn exec(
     State(app): State<Arc<App>>,
     Path((ns, name)): Path<(String, String)>,
     RawQuery(query): RawQuery,
+    headers: axum::http::HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
     let req = parse(query.as_deref());
+    // RBAC as Kubernetes has it: `create` on `pods/exec` in the namespace.
+    if let Some(rt) = app.store.resource("", "v1", "pods") {
+        let asked = crate::rbac::Request {
+            verb: "create",
+            rt: &rt,
+            subresource: Some("exec"),
+            namespace: Some(&ns),
+            name: Some(&name),
+        };
+        if let Err(e) = crate::rbac::authorize(&app.store, &headers, &asked) {
+            return crate::http::error_response(&e);
+        }
+    }
     let container = match check(&app, &ns, &name, &req) {
         Ok(c) => c,
         Err(e) => return crate::http::error_response(&e),

@@ -825,6 +825,48 @@ async fn a_service_account_may_do_only_what_its_roles_allow() {
         Err(kube::Error::Api(s)) => assert_eq!(s.code, 403, "pods is not pods/status"),
         other => panic!("expected a refusal, got {other:?}"),
     }
+    // pods/exec is `create` on the subresource: refused without it, then
+    // allowed by a RoleBinding of a ClusterRole in this namespace only (as
+    // a namespace opts in to coffer with ClusterRole coffer-tenant).
+    let ap = kube::api::AttachParams::default().stderr(false);
+    match as_mover.exec("p", ["true"], &ap).await {
+        Err(e) => assert!(
+            e.to_string().contains("403") || e.to_string().contains("forbidden"),
+            "{e}"
+        ),
+        Ok(_) => panic!("exec without pods/exec"),
+    }
+    let cluster: Api<kube::api::DynamicObject> = Api::all_with(
+        admin.clone(),
+        &kube::api::ApiResource {
+            group: "rbac.authorization.k8s.io".into(),
+            version: "v1".into(),
+            api_version: "rbac.authorization.k8s.io/v1".into(),
+            kind: String::new(),
+            plural: "clusterroles".into(),
+        },
+    );
+    cluster
+        .create(
+            &PostParams::default(),
+            &from_json(json!({"metadata": {"name": "exec"}, "rules": [
+                {"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["create"]}]})),
+        )
+        .await
+        .expect("admin creates");
+    create(
+        "rolebindings",
+        json!({"metadata": {"name": "exec"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "exec"},
+            "subjects": [{"kind": "ServiceAccount", "name": "mover", "namespace": ns}]}),
+    )
+    .await;
+    let mut run = as_mover
+        .exec("p", ["true"], &ap)
+        .await
+        .expect("exec allowed");
+    let st = run.take_status().expect("status").await.expect("a status");
+    assert_eq!(st.status.as_deref(), Some("Success"));
     // Another account, and the admin, are unaffected by the Role.
     let other = service_account_client(&server, ns, "other").await;
     assert_eq!(
