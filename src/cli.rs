@@ -109,6 +109,144 @@ pub enum Command {
     Diff(DiffArgs),
     /// Find which snapshots contain paths matching a pattern
     Find(FindArgs),
+    /// Write new snapshots without the paths that match --exclude (a secret
+    /// backed up by mistake); with --forget the originals go, and a prune then
+    /// deletes the data
+    Rewrite(RewriteArgs),
+    /// Copy snapshots from another repository (--from-repo) into this one
+    Copy(CopyArgs),
+    /// Repair a damaged repository (after `check` found damage)
+    #[command(subcommand)]
+    Repair(RepairCommand),
+}
+
+/// The source repository of `copy` and `init --copy-chunker-params`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct FromRepoArgs {
+    /// Source repository (same forms as --repo)
+    #[arg(long, env = "COFFER_FROM_REPOSITORY", value_name = "REPO")]
+    pub from_repo: Option<String>,
+    /// Read the source repository's password from the first line of FILE
+    /// (else COFFER_FROM_PASSWORD, or a prompt)
+    #[arg(long, env = "COFFER_FROM_PASSWORD_FILE", value_name = "FILE")]
+    pub from_password_file: Option<PathBuf>,
+    /// Run CMD with `sh -c` for the source repository's password
+    #[arg(long, env = "COFFER_FROM_PASSWORD_COMMAND", value_name = "CMD")]
+    pub from_password_command: Option<String>,
+    /// A store option of the source repository, KEY=VALUE (repeatable; as -o)
+    #[arg(long = "from-option", value_name = "KEY=VALUE", value_parser = parse_option)]
+    pub from_options: Vec<(String, String)>,
+}
+
+impl FromRepoArgs {
+    /// `g` as it would be with the source repository's settings.
+    pub fn global(&self, g: &Global) -> Global {
+        Global {
+            repo: self.from_repo.clone(),
+            password_file: self.from_password_file.clone(),
+            password_command: self.from_password_command.clone(),
+            options: self.from_options.clone(),
+            ..g.clone()
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Examples:\n  coffer -r s3://offsite/db copy --from-repo /srv/backup --from-password-file pw.txt\n  coffer -r /mnt/usb copy --from-repo s3://main/db latest --host db1\n  coffer -r /mnt/usb init --from-repo s3://main/db --copy-chunker-params   # copies without re-chunking\n\nThe destination is --repo (with --password-file etc.); the source is --from-repo.\nA snapshot copied before (the destination records its id as \"original\") is\nskipped, so running copy again copies only new snapshots; and files unchanged\nsince the last copied snapshot of the same host and paths are not read again."
+)]
+pub struct CopyArgs {
+    #[command(flatten)]
+    pub from: FromRepoArgs,
+    #[command(flatten)]
+    pub select: SnapshotSelection,
+    /// Print which snapshots would be copied, copy nothing
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+}
+
+/// Which snapshots a command works on: those named, or all that match the
+/// filters.
+#[derive(Args, Debug, Clone)]
+pub struct SnapshotSelection {
+    /// Snapshots (`latest`, ids or unique prefixes); all that match the filters when none
+    #[arg(value_name = "SNAPSHOT")]
+    pub snapshots: Vec<String>,
+    /// Only snapshots with this tag (repeatable: all of them)
+    #[arg(long, value_name = "TAG")]
+    pub tag: Vec<String>,
+    /// Only snapshots of this host (repeatable)
+    #[arg(long, value_name = "HOST")]
+    pub host: Vec<String>,
+    /// Only snapshots that include this path (repeatable)
+    #[arg(long, value_name = "PATH")]
+    pub path: Vec<String>,
+    #[command(flatten)]
+    pub origin: OriginArgs,
+}
+
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Examples:\n  coffer rewrite --exclude /app/.env --dry-run\n  coffer rewrite --exclude /app/.env --forget && coffer prune\n  coffer rewrite 1a2b3c4d --exclude-file secrets.txt\n\nThe new snapshots keep the originals' time, host, paths, tags and origin and\nrecord the original's id (`coffer cat snapshot ID` shows it as \"original\").\nPatterns are those of backup --exclude, matched against the paths `coffer ls` shows."
+)]
+pub struct RewriteArgs {
+    #[command(flatten)]
+    pub select: SnapshotSelection,
+    /// Leave out paths matching PATTERN (repeatable)
+    #[arg(long, value_name = "PATTERN")]
+    pub exclude: Vec<String>,
+    /// Like --exclude, ignoring case
+    #[arg(long, value_name = "PATTERN")]
+    pub iexclude: Vec<String>,
+    /// Read --exclude patterns from FILE, one per line (# comments)
+    #[arg(long, value_name = "FILE")]
+    pub exclude_file: Vec<PathBuf>,
+    /// Remove each original once its rewritten snapshot is stored
+    #[arg(long)]
+    pub forget: bool,
+    /// Print what would be left out, write nothing
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RepairCommand {
+    /// Rebuild the index from the packs (lost or damaged index files); with
+    /// --read-data, also leave out blobs that fail verification
+    Index(RepairIndexArgs),
+    /// Rewrite snapshots that refer to lost blobs: lost file pieces read as
+    /// zeros, lost directory listings as empty, each marked with the xattr
+    /// user.coffer.repaired
+    Snapshots(RepairSnapshotsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RepairIndexArgs {
+    /// Download every pack and verify every blob; packs holding damaged blobs
+    /// are repacked without them
+    #[arg(long)]
+    pub read_data: bool,
+    /// Print what would be done, change nothing
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    /// How long to wait for a running prune
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_timeout)]
+    pub max_wait: std::time::Duration,
+}
+
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Run `coffer repair index` first (with --read-data to find damaged blobs), then\n  coffer repair snapshots --dry-run\n  coffer repair snapshots --forget\n  coffer check"
+)]
+pub struct RepairSnapshotsArgs {
+    #[command(flatten)]
+    pub select: SnapshotSelection,
+    /// Remove each original once its repaired snapshot is stored
+    #[arg(long)]
+    pub forget: bool,
+    /// Print what would be repaired, write nothing
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -323,6 +461,13 @@ pub struct InitArgs {
     pub compression: coffer_engine::format::blob::Compression,
     #[command(flatten)]
     pub kdf: KdfArgs,
+    /// With --from-repo: use the source repository's chunker (seed and
+    /// parameters), so that `coffer copy` from it copies chunks without
+    /// re-chunking; --chunk-size and --chunk-normalization are then ignored
+    #[arg(long, requires = "from_repo")]
+    pub copy_chunker_params: bool,
+    #[command(flatten)]
+    pub from: FromRepoArgs,
 }
 
 /// Patterns (--exclude, --iexclude, --exclude-file) use .gitignore syntax,

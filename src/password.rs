@@ -13,6 +13,18 @@ fn first_line(bytes: &[u8]) -> Vec<u8> {
 
 /// The password for an existing repository; `confirm` asks twice at a prompt.
 pub fn get(global: &Global, confirm: bool) -> anyhow::Result<Vec<u8>> {
+    get_for(global, confirm, "COFFER_PASSWORD", "")
+}
+
+/// The password of the source repository of `copy` and `init --from-repo`:
+/// `global` holds its --from-password-file and --from-password-command.
+pub fn get_source(global: &Global) -> anyhow::Result<Vec<u8>> {
+    get_for(global, false, "COFFER_FROM_PASSWORD", "source ")
+}
+
+/// The password from `global`'s file or command, the environment variable
+/// `env`, or a prompt; `which` ("source " or "") goes into the messages.
+fn get_for(global: &Global, confirm: bool, env: &str, which: &str) -> anyhow::Result<Vec<u8>> {
     if let Some(path) = &global.password_file {
         let bytes = std::fs::read(path)
             .with_context(|| format!("cannot read the password file {}", path.display()))?;
@@ -33,12 +45,12 @@ pub fn get(global: &Global, confirm: bool) -> anyhow::Result<Vec<u8>> {
         }
         return non_empty(first_line(&out.stdout), "the password command's output");
     }
-    if let Some(pw) = std::env::var_os("COFFER_PASSWORD") {
+    if let Some(pw) = std::env::var_os(env) {
         use std::os::unix::ffi::OsStrExt;
-        return non_empty(pw.as_bytes().to_vec(), "COFFER_PASSWORD");
+        return non_empty(pw.as_bytes().to_vec(), env);
     }
     if std::io::stdin().is_terminal() {
-        let pw = rpassword::prompt_password("enter password for repository: ")?;
+        let pw = rpassword::prompt_password(format!("enter password for {which}repository: "))?;
         if confirm {
             let again = rpassword::prompt_password("enter password again: ")?;
             if again != pw {
@@ -47,7 +59,15 @@ pub fn get(global: &Global, confirm: bool) -> anyhow::Result<Vec<u8>> {
         }
         return non_empty(pw.into_bytes(), "the password");
     }
-    bail!("no password given: set COFFER_PASSWORD, or use --password-file or --password-command")
+    if which.is_empty() {
+        bail!(
+            "no password given: set COFFER_PASSWORD, or use --password-file or --password-command"
+        )
+    }
+    bail!(
+        "no password given for the source repository: set {env}, or use --from-password-file \
+         or --from-password-command"
+    )
 }
 
 /// A new password: from `file`, or asked twice at a prompt.

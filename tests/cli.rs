@@ -4,7 +4,9 @@ use std::path::Path;
 use std::process::Command;
 
 mod common;
-use common::{init_args, json, last_json_line, noise, stderr, walk_files, write, Env};
+use common::{
+    init_args, json, last_json_line, noise, stderr, wait_stopped, walk_files, write, Env,
+};
 
 #[test]
 fn init_backup_snapshots_ls_restore_round_trip() {
@@ -1230,23 +1232,6 @@ fn sigterm_stops_a_backup_cleanly_and_its_uploads_are_reused() {
         .map(|d| d.count())
         .unwrap_or(0);
     assert_eq!(sessions, 0, "a clean stop leaves no session");
-}
-
-/// Waits until process `pid` is stopped (state `T` in /proc), as it is
-/// once it raised SIGSTOP. Polls: the event has no other signal.
-fn wait_stopped(child: &mut std::process::Child) {
-    loop {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap();
-        // "pid (comm) S ...": the state follows the last ')'.
-        let state = stat.rsplit(')').next().unwrap().trim_start().chars().next();
-        if state == Some('T') {
-            return;
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("the backup ended ({status}) before it stopped");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
 }
 
 /// SPEC §13, "Leases", scenario 0: a backup frozen (SIGSTOP, as a node

@@ -256,3 +256,73 @@ fn store_errors_name_the_object_and_never_print_credentials() {
     let printed = creds_in_url.outputs.borrow().join("\n");
     assert!(!printed.contains(SECRET), "{printed}");
 }
+
+/// `coffer copy` from S3 into a local repository, and from that into a
+/// second S3 repository: every snapshot restores byte for byte, and a
+/// second copy sends nothing.
+#[test]
+fn copy_from_s3_to_local_and_from_local_to_s3() {
+    let Some(endpoint) = endpoint() else { return };
+    let s3 = S3Env::new(endpoint.clone());
+    let weak = [
+        "--kdf-memory",
+        "64",
+        "--kdf-iterations",
+        "1",
+        "--pack-size",
+        "1MiB",
+    ];
+    let init: Vec<&str> = std::iter::once("init").chain(weak).collect();
+    s3.expect(0, &init);
+    let src = s3.root.join("src");
+    write(&src.join("a.txt"), b"hello, copy\n");
+    write(&src.join("big.bin"), &noise(5, 3_000_000));
+    s3.expect(0, &["backup", "src"]);
+
+    let local = s3.root.join("local");
+    let to_local = |args: &[&str]| {
+        let mut c = s3.cmd(args);
+        c.env("COFFER_REPOSITORY", &local)
+            .env("COFFER_PASSWORD", "local password")
+            .env("COFFER_FROM_REPOSITORY", &s3.repo)
+            .env("COFFER_FROM_PASSWORD", "correct horse");
+        let out = c.output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    to_local(&init);
+    let first: serde_json::Value = serde_json::from_str(&to_local(&["copy", "--json"])).unwrap();
+    assert!(first["snapshots"][0]["new"].is_string(), "{first}");
+    let again: serde_json::Value = serde_json::from_str(&to_local(&["copy", "--json"])).unwrap();
+    assert!(again["snapshots"][0]["already"].is_string(), "{again}");
+    let out = s3.root.join("from-local");
+    to_local(&["restore", "latest", "--target", out.to_str().unwrap()]);
+    assert_eq!(files_under(&src), files_under(&out));
+
+    let s3b = S3Env::new(endpoint);
+    let to_s3 = |args: &[&str]| {
+        let mut c = s3b.cmd(args);
+        c.env("COFFER_FROM_REPOSITORY", &local)
+            .env("COFFER_FROM_PASSWORD", "local password");
+        let out = c.output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    to_s3(&init);
+    to_s3(&["copy"]);
+    let out2 = s3.root.join("from-s3b");
+    to_s3(&["restore", "latest", "--target", out2.to_str().unwrap()]);
+    assert_eq!(files_under(&src), files_under(&out2));
+    to_s3(&["check", "--read-data"]);
+    s3.assert_no_secret();
+}

@@ -505,6 +505,7 @@ mod tests {
                 program: "t".into(),
                 summary: SnapshotSummary::default(),
                 origin: None,
+                original: None,
             },
         )
     }

@@ -479,14 +479,14 @@ async fn execute(
                         )
                     })?;
                 if let Some(p) = writer.add(e.blob_type, e.id, &plain)? {
-                    store_pack(repo, &p).await?;
+                    store_new_pack(repo, &p).await?;
                     new_index.packs.push(p.indexed);
                 }
             }
             progress.add(bytes.len() as u64, 1);
         }
         for p in writer.finish()? {
-            store_pack(repo, &p).await?;
+            store_new_pack(repo, &p).await?;
             new_index.packs.push(p.indexed);
         }
         // Index files as small as a backup's, far below the readers' limit.
@@ -560,12 +560,12 @@ pub(crate) async fn store_blobs(
         let id = repo.key().blob_id(plain);
         ids.push(id);
         if let Some(p) = writer.add(*t, id, plain)? {
-            store_pack(repo, &p).await?;
+            store_new_pack(repo, &p).await?;
             index.packs.push(p.indexed);
         }
     }
     for p in writer.finish()? {
-        store_pack(repo, &p).await?;
+        store_new_pack(repo, &p).await?;
         index.packs.push(p.indexed);
     }
     repo.write_index(&index).await?;
@@ -573,19 +573,19 @@ pub(crate) async fn store_blobs(
 }
 
 /// A repacked pack, ready to store.
-struct NewPack {
+pub(crate) struct NewPack {
     id: PackId,
     bytes: Bytes,
-    indexed: IndexedPack,
+    pub(crate) indexed: IndexedPack,
 }
 
-async fn store_pack(repo: &Repository, p: &NewPack) -> Result<()> {
+pub(crate) async fn store_new_pack(repo: &Repository, p: &NewPack) -> Result<()> {
     repo.store_pack(&p.id, PackBytes::Memory(p.bytes.clone()))
         .await
 }
 
 /// Packs re-sealed blobs (data and tree apart) into new packs.
-struct Repacker {
+pub(crate) struct Repacker {
     target: usize,
     sealer: BlobSealer,
     header: coffer_repo_format::envelope::Sealer,
@@ -594,7 +594,7 @@ struct Repacker {
 }
 
 impl Repacker {
-    fn new(repo: &Repository) -> Result<Self> {
+    pub(crate) fn new(repo: &Repository) -> Result<Self> {
         Ok(Repacker {
             target: repo.config().pack_size as usize,
             sealer: BlobSealer::new(repo.key(), repo.config().compression)
@@ -608,7 +608,7 @@ impl Repacker {
         })
     }
 
-    fn add(&mut self, t: BlobType, id: BlobId, plain: &[u8]) -> Result<Option<NewPack>> {
+    pub(crate) fn add(&mut self, t: BlobType, id: BlobId, plain: &[u8]) -> Result<Option<NewPack>> {
         let stored = self
             .sealer
             .seal_to(t, id, plain, &mut self.out)
@@ -646,7 +646,7 @@ impl Repacker {
         })
     }
 
-    fn finish(mut self) -> Result<Vec<NewPack>> {
+    pub(crate) fn finish(mut self) -> Result<Vec<NewPack>> {
         let mut out = Vec::new();
         for slot in 0..2 {
             if !self.open[slot].1.is_empty() {

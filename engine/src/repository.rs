@@ -56,6 +56,10 @@ pub struct InitOptions {
     pub kdf: KdfCost,
     /// Host and user recorded in the first key file; this process's when `None`.
     pub key_owner: Option<crate::keys::KeyOwner>,
+    /// Cut content as this repository does (its chunker seed; give its
+    /// chunker parameters too): `coffer copy` from it then copies chunks
+    /// without re-chunking (`coffer init --copy-chunker-params`).
+    pub same_chunker_as: Option<Arc<Repository>>,
 }
 
 /// Default target pack size: 16 MiB.
@@ -72,6 +76,7 @@ impl Default for InitOptions {
             pack_size: DEFAULT_PACK_SIZE,
             kdf: KdfCost::default(),
             key_owner: None,
+            same_chunker_as: None,
         }
     }
 }
@@ -190,7 +195,11 @@ impl Repository {
         config
             .validate()
             .map_err(|e| Error::InvalidArgument(format!("invalid repository settings: {e}")))?;
-        let key = Arc::new(MasterKey::generate().map_err(|e| Error::corrupt("random source", e))?);
+        let key = match &opts.same_chunker_as {
+            Some(other) => MasterKey::generate_with_chunker_of(other.key()),
+            None => MasterKey::generate(),
+        };
+        let key = Arc::new(key.map_err(|e| Error::corrupt("random source", e))?);
         let me = opts
             .key_owner
             .clone()

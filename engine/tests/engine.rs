@@ -3524,6 +3524,7 @@ mod hostile {
             program: "forged".into(),
             summary: SnapshotSummary::default(),
             origin: None,
+            original: None,
         };
         repo.write_snapshot(&s).await.unwrap()
     }

@@ -1203,25 +1203,28 @@ impl Agent {
         opts.progress = Some(Arc::new(move |p: &BackupProgress| {
             let _ = tx.send(p.clone());
         }));
-        // Progress into status, at most every STATUS_INTERVAL.
-        let agent = self.clone();
+        // Progress into status, at most every STATUS_INTERVAL. Only while
+        // the run is not over, at the version read: a progress write still in
+        // flight when the run ends must never land on the final status (it
+        // would put the phase back to InProgress).
+        let client = self.client.clone();
         let (ns2, name2) = (ns.clone(), name.clone());
         let reporter = tokio::spawn(async move {
             let mut last = Instant::now() - STATUS_INTERVAL;
             while rx.changed().await.is_ok() {
                 let wait = STATUS_INTERVAL.saturating_sub(last.elapsed());
                 tokio::time::sleep(wait).await;
-                let p = rx.borrow_and_update().clone();
-                let mut st = s.clone();
-                st.progress = Some(status::progress_of(&p));
-                agent
-                    .write_status::<VolumeBackup>(&ns2, &name2, &st, None)
-                    .await;
+                let p = status::progress_of(&rx.borrow_and_update().clone());
+                status::update::<VolumeBackup>(&client, &ns2, &name2, |st| {
+                    st.progress = Some(p.clone())
+                })
+                .await;
                 last = Instant::now();
             }
         });
         let result = coffer_engine::backup::backup(repo, opts).await;
         reporter.abort();
+        let _ = reporter.await;
         match result {
             Ok(summary) => {
                 let progress = Progress {
@@ -1317,6 +1320,7 @@ impl Agent {
             crate::restore::restore_into(repo, &snapshot, subpath, &target, cancel, Some(progress))
                 .await;
         reporter.abort();
+        let _ = reporter.await;
         match result {
             Ok(outcome) => {
                 let bytes = match &outcome {

@@ -47,6 +47,24 @@ impl MasterKey {
         })
     }
 
+    /// A new random master key whose chunker seed is `other`'s, so that both
+    /// repositories cut the same content at the same places (`coffer init
+    /// --copy-chunker-params`): what `coffer copy` needs to copy chunks
+    /// without re-chunking. The data and id keys are new.
+    pub fn generate_with_chunker_of(other: &MasterKey) -> Result<Self> {
+        Ok(MasterKey {
+            data_key: random_bytes()?,
+            id_key: random_bytes()?,
+            chunker_seed: other.chunker_seed,
+        })
+    }
+
+    /// Whether `other` has the same chunker seed (with equal parameters,
+    /// both repositories cut content at the same places).
+    pub fn same_chunker_seed(&self, other: &MasterKey) -> bool {
+        self.chunker_seed == other.chunker_seed
+    }
+
     /// The 96-byte encoding wrapped by key files (zeroed when dropped).
     pub fn to_bytes(&self) -> Zeroizing<[u8; 96]> {
         let mut out = Zeroizing::new([0u8; 96]);

@@ -135,6 +135,11 @@ pub struct Snapshot {
     /// Kubernetes origin, when the node agent made it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<KubernetesOrigin>,
+    /// The snapshot this one was made from by `rewrite`, `repair snapshots`
+    /// or `copy` (in the repository it came from); the first one's when
+    /// that one had an `original` too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original: Option<SnapshotId>,
 }
 
 impl Snapshot {

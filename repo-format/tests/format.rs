@@ -319,6 +319,7 @@ fn vector_snapshot() -> Snapshot {
             volume_mode: Some("Filesystem".into()),
             ..Default::default()
         }),
+        original: None,
     }
 }
 

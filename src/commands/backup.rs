@@ -55,7 +55,7 @@ pub async fn run(g: &Global, a: BackupArgs) -> anyhow::Result<i32> {
     // SIGINT/SIGTERM: stop cleanly (what was uploaded gets indexed, no snapshot).
     let (cancel, signal) = super::cancel_on_signal();
     opts.cancel = cancel;
-    opts.checkpoint = stop_at_checkpoint();
+    opts.checkpoint = super::stop_at_checkpoint();
     let bar = progress(g, &mut opts);
     let mut etcd_info = None;
     let result = if let Some(endpoint) = &a.etcd {
@@ -281,20 +281,4 @@ fn stream_source(a: &BackupArgs) -> anyhow::Result<backup::StreamSource> {
             Err(e) => Err(format!("cannot wait for the command `{shown}`: {e}")),
         }),
     })
-}
-
-/// For the protocol's tests: `COFFER_TEST_STOP_AT=session-open|pack-stored|
-/// snapshot-write` freezes this process with SIGSTOP the first time the
-/// backup reaches that checkpoint, as a node that pauses a pod does; the
-/// test thaws it with SIGCONT.
-fn stop_at_checkpoint() -> Option<backup::CheckpointFn> {
-    let at = std::env::var("COFFER_TEST_STOP_AT").ok()?;
-    let once = std::sync::Once::new();
-    Some(Arc::new(move |cp: backup::Checkpoint| {
-        if cp.name() == at {
-            once.call_once(|| {
-                let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
-            });
-        }
-    }))
 }

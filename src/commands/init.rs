@@ -14,6 +14,17 @@ pub async fn run(g: &Global, a: InitArgs) -> anyhow::Result<i32> {
             .map_err(|_| anyhow::anyhow!("--pack-size is too large"))?,
         kdf: a.kdf.cost()?,
         key_owner: None,
+        same_chunker_as: None,
+    };
+    let opts = if a.copy_chunker_params {
+        let source = super::open_source(g, &a.from).await?;
+        InitOptions {
+            chunker: source.config().chunker,
+            same_chunker_as: Some(source),
+            ..opts
+        }
+    } else {
+        opts
     };
     let store = super::open_store(g, true)?;
     if store.size("config").await.is_ok() {

@@ -3,6 +3,7 @@
 mod backup;
 mod cat;
 mod check;
+mod copy;
 mod diff;
 mod dump;
 mod forget;
@@ -10,6 +11,7 @@ mod init;
 mod key;
 mod ls;
 mod prune;
+mod repair;
 mod restore;
 mod snapshots;
 mod stats;
@@ -39,6 +41,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Tag(a) => diff::tag(g, a).await,
         Command::Diff(a) => diff::diff(g, a).await,
         Command::Find(a) => diff::find(g, a).await,
+        Command::Rewrite(a) => repair::rewrite(g, a).await,
+        Command::Copy(a) => copy::run(g, a).await,
+        Command::Repair(c) => repair::run(g, c).await,
         Command::Key(k) => key::run(g, k).await,
     }
 }
@@ -72,6 +77,21 @@ pub(crate) fn open_store(g: &Global, create: bool) -> anyhow::Result<storage::Dy
 
 /// Opens the repository: checks that it exists, then asks for the password.
 pub(crate) async fn open(g: &Global) -> anyhow::Result<Arc<Repository>> {
+    open_as(g, false).await
+}
+
+/// Opens the source repository of `copy` or `init --from-repo`.
+pub(crate) async fn open_source(
+    g: &Global,
+    from: &crate::cli::FromRepoArgs,
+) -> anyhow::Result<Arc<Repository>> {
+    if from.from_repo.as_deref().is_none_or(str::is_empty) {
+        anyhow::bail!("no source repository given: use --from-repo or set COFFER_FROM_REPOSITORY");
+    }
+    open_as(&from.global(g), true).await
+}
+
+async fn open_as(g: &Global, source: bool) -> anyhow::Result<Arc<Repository>> {
     let location = location(g)?;
     let store = open_store(g, false)?;
     let location = if store.location().contains("://") {
@@ -92,7 +112,11 @@ pub(crate) async fn open(g: &Global) -> anyhow::Result<Arc<Repository>> {
             .into())
         }
     }
-    let password = crate::password::get(g, false)?;
+    let password = if source {
+        crate::password::get_source(g)?
+    } else {
+        crate::password::get(g, false)?
+    };
     let repo = Repository::open(store, &password).await?;
     Ok(Arc::new(repo))
 }
@@ -257,4 +281,20 @@ impl std::io::Write for RawStdout {
 /// ([`coffer_engine::protocol::Timing::from_env`]).
 pub fn timing() -> coffer_engine::protocol::Timing {
     coffer_engine::protocol::Timing::from_env()
+}
+
+/// For the protocol's tests: `COFFER_TEST_STOP_AT=session-open|pack-stored|
+/// snapshot-write` freezes this process with SIGSTOP the first time the
+/// backup reaches that checkpoint, as a node that pauses a pod does; the
+/// test thaws it with SIGCONT.
+pub(crate) fn stop_at_checkpoint() -> Option<coffer_engine::backup::CheckpointFn> {
+    let at = std::env::var("COFFER_TEST_STOP_AT").ok()?;
+    let once = std::sync::Once::new();
+    Some(Arc::new(move |cp: coffer_engine::backup::Checkpoint| {
+        if cp.name() == at {
+            once.call_once(|| {
+                let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
+            });
+        }
+    }))
 }

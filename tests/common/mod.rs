@@ -138,3 +138,20 @@ pub const fn init_args(pack_size: &'static str) -> [&'static str; 9] {
         pack_size,
     ]
 }
+
+/// Waits until process `pid` is stopped (state `T` in /proc), as it is
+/// once it raised SIGSTOP. Polls: the event has no other signal.
+pub fn wait_stopped(child: &mut std::process::Child) {
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap();
+        // "pid (comm) S ...": the state follows the last ')'.
+        let state = stat.rsplit(')').next().unwrap().trim_start().chars().next();
+        if state == Some('T') {
+            return;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the process ended ({status}) before it stopped");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}

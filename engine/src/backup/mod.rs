@@ -7,16 +7,16 @@
 //! through a bounded channel. Every queue is bounded, so memory depends on the
 //! configuration (threads, pack size), not on the size of the source.
 
-mod dedup;
-mod file_worker;
+pub(crate) mod dedup;
+pub(crate) mod file_worker;
 pub(crate) mod indexer;
 mod lookahead;
 mod pace;
 mod packer;
 mod snapshot;
-mod source;
+pub(crate) mod source;
 mod stream;
-mod tree_builder;
+pub(crate) mod tree_builder;
 mod uploader;
 
 use std::path::{Path, PathBuf};
@@ -261,6 +261,10 @@ pub struct BackupSummary {
     pub packs_adopted: u64,
     /// Bytes of file content read from the source (unchanged files are not read).
     pub bytes_read: u64,
+    /// Blobs (data and tree) this backup stored, not in the repository before.
+    pub blobs_added: u64,
+    /// Their size before compression and encryption.
+    pub bytes_added: u64,
 }
 
 #[derive(Default)]
@@ -493,6 +497,11 @@ async fn backup_task(repo: Arc<Repository>, opts: BackupOptions) -> Result<Backu
 /// before, and the index and snapshot after, the work itself.
 pub(crate) struct Job {
     live: Option<Live>,
+    /// A prune plan named packs when the session started.
+    planned_any: bool,
+    /// The snapshot to write, but for its root: a rewrite or a copy keeps
+    /// the original's time, host, paths, tags and origin.
+    template: Option<Box<Snapshot>>,
     ctx: Arc<Ctx>,
     uploader: tokio::task::JoinHandle<Result<uploader::UploadReport>>,
     start_time: String,
@@ -617,6 +626,8 @@ impl Job {
         });
         Ok(Job {
             live: Some(live),
+            planned_any: !planned.is_empty(),
+            template: None,
             ctx,
             uploader,
             start_time,
@@ -625,6 +636,28 @@ impl Job {
             paths,
             packs_adopted,
         })
+    }
+
+    /// Whether a prune plan named packs when this session started: a job
+    /// that refers to blobs it did not store itself (a rewrite) must not
+    /// run then (SPEC §13: it could refer to a pack the prune deletes).
+    pub(crate) fn planned_any(&self) -> bool {
+        self.planned_any
+    }
+
+    /// Ends the session without writing anything.
+    pub(crate) async fn abandon(mut self) {
+        self.uploader.abort();
+        if let Some(live) = self.live.take() {
+            let _ = live.end().await;
+        }
+    }
+
+    /// The snapshot this job writes is `template` with the root the work
+    /// returns.
+    pub(crate) fn with_template(mut self, template: Snapshot) -> Self {
+        self.template = Some(Box::new(template));
+        self
     }
 
     /// Runs `work` (which returns the root node) on a blocking thread, then
@@ -687,9 +720,15 @@ impl Job {
         ctx.monitor.report_progress(true);
         let errors =
             std::mem::take(&mut *ctx.monitor.errors.lock().unwrap_or_else(|p| p.into_inner()));
-        let mut snapshot = snapshot::build(&ctx.monitor, opts, &self.paths, root, self.start_time);
-        snapshot.hostname = self.hostname;
-        snapshot.parent = self.parent.map(|(id, _)| id);
+        let snapshot = match self.template {
+            Some(template) => Snapshot { root, ..*template },
+            None => {
+                let mut s = snapshot::build(&ctx.monitor, opts, &self.paths, root, self.start_time);
+                s.hostname = self.hostname;
+                s.parent = self.parent.map(|(id, _)| id);
+                s
+            }
+        };
         let snapshot_id =
             write_snapshot_in_lease(&ctx.sink.repo, &snapshot, live, opts.checkpoint.as_ref())
                 .await?;
@@ -702,6 +741,9 @@ impl Job {
             index_files_written: report.index_files,
             packs_adopted: self.packs_adopted,
             bytes_read: Stats::get(&ctx.monitor.stats.bytes_read),
+            blobs_added: Stats::get(&ctx.monitor.stats.data_blobs)
+                + Stats::get(&ctx.monitor.stats.tree_blobs),
+            bytes_added: Stats::get(&ctx.monitor.stats.data_added),
         })
     }
 }

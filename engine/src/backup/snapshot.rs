@@ -62,5 +62,6 @@ pub(crate) fn build(
             total_bytes_processed: Stats::get(&s.bytes_processed),
         },
         origin: opts.origin.clone(),
+        original: None,
     }
 }

@@ -87,14 +87,21 @@ impl<'a> ParentDir<'a> {
 
     /// Opens the listing `tree` of the parent snapshot; none if it cannot be read.
     pub(crate) fn open(setup: &'a WalkSetup, tree: Option<coffer_repo_format::BlobId>) -> Self {
+        Self::open_in(&setup.rt, &setup.repo, &setup.index, tree)
+    }
+
+    /// Opens the listing `tree` of a snapshot of `repo` (a copy's parents);
+    /// none if it cannot be read.
+    pub(crate) fn open_in(
+        rt: &tokio::runtime::Handle,
+        repo: &'a crate::repository::Repository,
+        index: &'a crate::index::Index,
+        tree: Option<coffer_repo_format::BlobId>,
+    ) -> Self {
         let Some(tree) = tree else {
             return Self::none();
         };
-        match setup.rt.block_on(crate::trees::DirReader::open(
-            &setup.repo,
-            &setup.index,
-            &tree,
-        )) {
+        match rt.block_on(crate::trees::DirReader::open(repo, index, &tree)) {
             Ok(r) => ParentDir {
                 reader: Some(r),
                 peeked: None,
@@ -111,10 +118,15 @@ impl<'a> ParentDir<'a> {
 
     /// The parent's entry named `name`; names must be asked in increasing order.
     pub(crate) fn find(&mut self, setup: &WalkSetup, name: &[u8]) -> Option<Node> {
+        self.find_in(&setup.rt, name)
+    }
+
+    /// [`ParentDir::find`], on the runtime `rt`.
+    pub(crate) fn find_in(&mut self, rt: &tokio::runtime::Handle, name: &[u8]) -> Option<Node> {
         loop {
             if self.peeked.is_none() {
                 let reader = self.reader.as_mut()?;
-                match setup.rt.block_on(reader.next()) {
+                match rt.block_on(reader.next()) {
                     Ok(Some(n)) => self.peeked = Some(n),
                     Ok(None) => {
                         self.reader = None;

@@ -119,9 +119,20 @@ impl PageWriter {
     }
 }
 
-struct SessionStore<'a> {
+/// Stores tree pages as a backup session's blobs.
+pub(crate) struct SessionStore<'a> {
     sink: &'a Sink,
-    sealer: &'a mut BlobWriter,
+    sealer: BlobWriter,
+}
+
+impl<'a> SessionStore<'a> {
+    /// A store with its own sealer.
+    pub(crate) fn new(sink: &'a Sink) -> Result<Self> {
+        Ok(SessionStore {
+            sink,
+            sealer: BlobWriter::new(sink)?,
+        })
+    }
 }
 
 impl PageStore for SessionStore<'_> {
@@ -130,7 +141,7 @@ impl PageStore for SessionStore<'_> {
             .encode()
             .map_err(|e| Error::corrupt("new tree page", e))?;
         self.sink
-            .dedup_and_store(self.sealer, BlobType::Tree, &bytes)
+            .dedup_and_store(&mut self.sealer, BlobType::Tree, &bytes)
     }
 }
 
@@ -178,11 +189,7 @@ pub(crate) fn build_root(
     mut root: Node,
     mut nodes: Vec<Node>,
 ) -> Result<Node> {
-    let mut sealer = BlobWriter::new(sink)?;
-    let mut store = SessionStore {
-        sink,
-        sealer: &mut sealer,
-    };
+    let mut store = SessionStore::new(sink)?;
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
     let mut writer = PageWriter::default();
     for n in nodes {
@@ -202,11 +209,7 @@ pub(crate) fn build(
     root: Node,
     events: crossbeam_channel::Receiver<Vec<Event>>,
 ) -> Result<Node> {
-    let mut sealer = BlobWriter::new(sink)?;
-    let mut store = SessionStore {
-        sink,
-        sealer: &mut sealer,
-    };
+    let mut store = SessionStore::new(sink)?;
     let mut stack: Vec<(Node, PageWriter)> = vec![(root, PageWriter::default())];
     let mut parent_trees: Vec<Option<BlobId>> = vec![parent_root];
     for ev in events.into_iter().flatten() {

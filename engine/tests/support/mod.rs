@@ -40,6 +40,7 @@ pub fn init_opts(chunker: ChunkerParams, compression: Compression, pack_size: u3
         pack_size,
         kdf: WEAK_KDF,
         key_owner: None,
+        same_chunker_as: None,
     }
 }
 
