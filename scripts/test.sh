@@ -13,6 +13,8 @@
 # COFFER_TEST_KUBECONFIG=FILE runs the agent's end-to-end tests against that
 # cluster instead (the snapshot path needs COFFER_TEST_REPOSITORY_URL and
 # more: node-agent/tests/e2e/cluster.rs lists them).
+# tests/mount.rs mounts with FUSE where the script runs as root with
+# /dev/fuse (COFFER_TEST_REQUIRE_FUSE=1 then: a skip fails).
 # The etcd tests (tests/etcd.rs) start etcd themselves on 127.0.0.1; this
 # script installs it (Debian's etcd-server and etcd-client) unless
 # COFFER_TEST_NO_ETCD=1. Building needs protoc (protobuf-compiler).
@@ -24,6 +26,15 @@ if [ "${COFFER_TEST_NO_ETCD:-}" != 1 ]; then
     export COFFER_TEST_REQUIRE_ETCD=1
 else
     echo "etcd tests: SKIPPED (COFFER_TEST_NO_ETCD=1)"
+fi
+# coffer mount's tests (tests/mount.rs) mount through the kernel: root and
+# /dev/fuse (CI has both), and fusermount3 (Debian's fuse3) for users who
+# mount without root. Where they cannot run, this says so and they skip.
+if [ "${COFFER_TEST_NO_FUSE:-}" != 1 ] && [ "$(id -u)" = 0 ] && [ -e /dev/fuse ]; then
+    scripts/apt-install.sh fusermount3 fuse3
+    export COFFER_TEST_REQUIRE_FUSE=1
+else
+    echo "mount tests: SKIPPED (they need root and /dev/fuse, or COFFER_TEST_NO_FUSE=1 was set)"
 fi
 if [ "${COFFER_TEST_NO_S3:-}" != 1 ]; then
     state=$(mktemp -d)

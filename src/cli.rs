@@ -115,6 +115,8 @@ pub enum Command {
     Rewrite(RewriteArgs),
     /// Copy snapshots from another repository (--from-repo) into this one
     Copy(CopyArgs),
+    /// Browse every snapshot as a read-only filesystem (FUSE) until unmounted
+    Mount(MountArgs),
     /// Repair a damaged repository (after `check` found damage)
     #[command(subcommand)]
     Repair(RepairCommand),
@@ -163,6 +165,27 @@ pub struct CopyArgs {
     /// Print which snapshots would be copied, copy nothing
     #[arg(long, short = 'n')]
     pub dry_run: bool,
+}
+
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Layout:\n  snapshots/<time>/        every snapshot by time (UTC), and latest\n  ids/<id>/                by short id\n  hosts/<host>/<time>/     by host, and latest\n  tags/<tag>/<time>/       by tag, and latest\n  k8s/<cluster>/<namespace>/<pvc or pod-volume>/<time>/   by Kubernetes origin, and latest\n\nStop with Ctrl-C (or SIGTERM, or `umount MOUNTPOINT`): coffer unmounts and exits.\nA damaged blob makes the read of its file fail with EIO; the log names the blob.\nAs root the mount needs /dev/fuse; as another user also fusermount3 (Debian: fuse3)."
+)]
+pub struct MountArgs {
+    /// Empty directory to mount on
+    #[arg(value_name = "MOUNTPOINT")]
+    pub mountpoint: PathBuf,
+    /// Memory for verified file data read through the mount (blobs)
+    #[arg(long, value_name = "SIZE", default_value = "128MiB", value_parser = parse_size)]
+    pub cache_size: u64,
+    /// Read the snapshot list again this often, so that new snapshots
+    /// appear (0 turns it off; SIGHUP reads it at once)
+    #[arg(long, value_name = "DURATION", default_value = "1m")]
+    pub refresh: humantime::Duration,
+    /// Let other users (and root) use the mount (needs user_allow_other in
+    /// /etc/fuse.conf unless run as root)
+    #[arg(long)]
+    pub allow_other: bool,
 }
 
 /// Which snapshots a command works on: those named, or all that match the

@@ -3,6 +3,7 @@
 mod cli;
 pub(crate) mod commands;
 mod fmt;
+mod mount;
 mod password;
 
 use clap::Parser;

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod common;
-use common::{init_args, json, noise, stderr, wait_stopped, walk_files, write, Env};
+use common::{
+    contains, init_args, json, noise, pack_holding, stderr, wait_stopped, walk_files, write, Env,
+};
 
 const INIT: [&str; 9] = init_args("256KiB");
 const SECRET: &[u8] = b"AWS_SECRET_ACCESS_KEY=MARKER-5d41402abc4b2a76b9719d911017c592\n";
@@ -50,10 +52,6 @@ impl Env {
         );
         target
     }
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Every file below `dir`, by path relative to it, with its content.
@@ -204,21 +202,7 @@ fn restores_but(env: &Env, src: &Path, lost: &[&str], name: &str) {
 /// A pack holding a piece of the middle of `file` (2 MB), and of no other file.
 fn the_pack_holding(env: &Env, file: &str) -> PathBuf {
     let content = std::fs::read(env.root.join("src").join(file)).unwrap();
-    let middle = &content[800_000..1_200_000];
-    for pack in walk_files(&env.repo.join("data")) {
-        let id = pack.file_name().unwrap().to_str().unwrap();
-        let header = json(&env.expect(0, &["cat", "pack", id]));
-        for b in header["blobs"].as_array().unwrap() {
-            if b["type"] != "data" {
-                continue;
-            }
-            let got = env.run(&["cat", "blob", b["id"].as_str().unwrap()]).stdout;
-            if got.len() >= 64 && contains(middle, &got[..64]) {
-                return pack;
-            }
-        }
-    }
-    panic!("no pack holds {file}");
+    pack_holding(env, &content[800_000..1_200_000])
 }
 
 #[test]

@@ -74,6 +74,81 @@ impl<'a> DirReader<'a> {
         &self.child_pages
     }
 
+    /// Starts reading the directory whose root page is `id` after the name
+    /// `after` (the entries from the first name greater than it), reading
+    /// only the pages on the way there: how a listing is resumed.
+    pub async fn open_after(
+        repo: &'a Repository,
+        index: &'a Index,
+        id: &BlobId,
+        after: &[u8],
+    ) -> Result<Self> {
+        let mut reader = Self::open(repo, index, id).await?;
+        while let Some(level) = reader.stack.last_mut() {
+            if level.page.pages.is_empty() {
+                level.pos = level
+                    .page
+                    .nodes
+                    .partition_point(|n| n.name.0.as_slice() <= after);
+                break;
+            }
+            // The last child page whose first name is not after `after`.
+            let i = level
+                .page
+                .pages
+                .partition_point(|r| r.first.0.as_slice() <= after);
+            if i == 0 {
+                break;
+            }
+            level.pos = i;
+            reader.descend(i - 1).await?;
+        }
+        reader.last = Some(after.to_vec());
+        Ok(reader)
+    }
+
+    /// Reads child page `i` of the current index page and makes it the
+    /// current page, checking the name range its reference announces.
+    async fn descend(&mut self, i: usize) -> Result<()> {
+        let Some(level) = self.stack.last() else {
+            return Ok(());
+        };
+        let r = &level.page.pages[i];
+        let id = r.id;
+        let lower = r.first.0.clone();
+        let upper = match level.page.pages.get(i + 1) {
+            Some(next) => Some(next.first.0.clone()),
+            None => level.upper.clone(),
+        };
+        if level.lower.as_deref().is_some_and(|l| lower.as_slice() < l)
+            || level
+                .upper
+                .as_deref()
+                .is_some_and(|u| lower.as_slice() >= u)
+        {
+            return Err(malformed(
+                &level.id,
+                "a page reference lies outside the range of its own page".into(),
+            ));
+        }
+        if self.stack.len() > 16 {
+            return Err(malformed(
+                &id,
+                "index pages nested more than 16 deep".into(),
+            ));
+        }
+        let child = self.repo.read_tree(self.index, &id).await?;
+        self.child_pages.push(id);
+        self.stack.push(Level {
+            id,
+            page: child,
+            pos: 0,
+            lower: Some(lower),
+            upper,
+        });
+        Ok(())
+    }
+
     /// The next node, or `None` at the end.
     pub async fn next(&mut self) -> Result<Option<Node>> {
         loop {
@@ -114,39 +189,7 @@ impl<'a> DirReader<'a> {
             if level.pos < level.page.pages.len() {
                 let i = level.pos;
                 level.pos += 1;
-                let r = &level.page.pages[i];
-                let id = r.id;
-                let lower = r.first.0.clone();
-                let upper = match level.page.pages.get(i + 1) {
-                    Some(next) => Some(next.first.0.clone()),
-                    None => level.upper.clone(),
-                };
-                if level.lower.as_deref().is_some_and(|l| lower.as_slice() < l)
-                    || level
-                        .upper
-                        .as_deref()
-                        .is_some_and(|u| lower.as_slice() >= u)
-                {
-                    return Err(malformed(
-                        &level.id,
-                        "a page reference lies outside the range of its own page".into(),
-                    ));
-                }
-                if self.stack.len() > 16 {
-                    return Err(malformed(
-                        &id,
-                        "index pages nested more than 16 deep".into(),
-                    ));
-                }
-                let child = self.repo.read_tree(self.index, &id).await?;
-                self.child_pages.push(id);
-                self.stack.push(Level {
-                    id,
-                    page: child,
-                    pos: 0,
-                    lower: Some(lower),
-                    upper,
-                });
+                self.descend(i).await?;
                 continue;
             }
             self.stack.pop();

@@ -233,6 +233,44 @@ async fn a_directory_larger_than_a_tree_page_round_trips() {
         .await
         .unwrap();
     assert!(missing.is_none());
+
+    // A listing resumed after any name yields exactly the names after it,
+    // across the page boundaries (how a mounted directory is read on).
+    let root = snap.root.subtree.unwrap();
+    let mut all = Vec::new();
+    let mut r = coffer_engine::trees::DirReader::open(&repo, &index, &root)
+        .await
+        .unwrap();
+    while let Some(n) = r.next().await.unwrap() {
+        all.push(n.name.0);
+    }
+    assert_eq!(all.len(), n + 1);
+    for after in [
+        b"".to_vec(),
+        b"f000000".to_vec(),
+        all[4095].clone(),
+        all[4096].clone(),
+        b"f004100x".to_vec(),
+        all[n - 1].clone(),
+        b"zz-last".to_vec(),
+        b"\xff".to_vec(),
+    ] {
+        let mut r = coffer_engine::trees::DirReader::open_after(&repo, &index, &root, &after)
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        while let Some(n) = r.next().await.unwrap() {
+            got.push(n.name.0);
+        }
+        let want: Vec<Vec<u8>> = all.iter().filter(|a| **a > after).cloned().collect();
+        assert_eq!(
+            got.len(),
+            want.len(),
+            "after {:?}",
+            String::from_utf8_lossy(&after)
+        );
+        assert!(got == want, "after {:?}", String::from_utf8_lossy(&after));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,6 +10,7 @@ mod forget;
 mod init;
 mod key;
 mod ls;
+mod mount;
 mod prune;
 mod repair;
 mod restore;
@@ -43,6 +44,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Find(a) => diff::find(g, a).await,
         Command::Rewrite(a) => repair::rewrite(g, a).await,
         Command::Copy(a) => copy::run(g, a).await,
+        Command::Mount(a) => mount::run(g, a).await,
         Command::Repair(c) => repair::run(g, c).await,
         Command::Key(k) => key::run(g, k).await,
     }

@@ -155,3 +155,27 @@ pub fn wait_stopped(child: &mut std::process::Child) {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
+
+/// Whether `needle` occurs in `hay`.
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The data pack of `env`'s repository holding a blob whose first 64 bytes
+/// occur in `piece` (a piece of one file, from a backup with one worker).
+pub fn pack_holding(env: &Env, piece: &[u8]) -> PathBuf {
+    for pack in walk_files(&env.repo.join("data")) {
+        let id = pack.file_name().unwrap().to_str().unwrap();
+        let header = json(&env.expect(0, &["cat", "pack", id]));
+        for b in header["blobs"].as_array().unwrap() {
+            if b["type"] != "data" {
+                continue;
+            }
+            let got = env.run(&["cat", "blob", b["id"].as_str().unwrap()]).stdout;
+            if got.len() >= 64 && contains(piece, &got[..64]) {
+                return pack;
+            }
+        }
+    }
+    panic!("no pack holds the piece");
+}
