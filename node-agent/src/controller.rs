@@ -2408,6 +2408,7 @@ impl Ctx {
             memory: &self.opts.mover_memory,
             labels: &NO_LABELS,
             owner: None,
+            destination: None,
         }
     }
 

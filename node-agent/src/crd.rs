@@ -90,6 +90,14 @@ pub struct Maintenance {
     /// `--mover-memory`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<String>,
+    /// A second BackupRepository in this namespace (another bucket, region
+    /// or account) that `copySchedule` keeps in step with this one: every
+    /// snapshot not copied yet is copied into it (`coffer copy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy_to: Option<String>,
+    /// When to copy into `copyTo`; none: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy_schedule: Option<String>,
 }
 
 /// A key of a Secret in the same namespace.
@@ -158,6 +166,12 @@ pub struct BackupRepositoryStatus {
     /// What the last check found.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_check: Option<CheckResult>,
+    /// Scheduling of the copy job (the controller's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy: Option<JobTimes>,
+    /// What the last copy did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_copy: Option<CopyResult>,
 }
 
 /// When a maintenance job last fired and fires next.
@@ -238,6 +252,33 @@ pub struct CheckResult {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub first_problems: Vec<String>,
     /// Why it could not run, when it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What a copy into `spec.maintenance.copyTo` did.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CopyResult {
+    /// The `lastScheduleTime` it ran for.
+    pub scheduled_at: String,
+    /// When it ended.
+    pub time: String,
+    /// The BackupRepository copied into.
+    pub destination: String,
+    /// Snapshots copied now.
+    #[schemars(range(min = 0_i64, max = 9_007_199_254_740_991_i64))]
+    pub snapshots_copied: u64,
+    /// Snapshots the destination had already.
+    #[schemars(range(min = 0_i64, max = 9_007_199_254_740_991_i64))]
+    pub snapshots_skipped: u64,
+    /// Content bytes read from this repository.
+    #[schemars(range(min = 0_i64, max = 9_007_199_254_740_991_i64))]
+    pub bytes_read: u64,
+    /// Bytes stored in the destination (before compression), new there.
+    #[schemars(range(min = 0_i64, max = 9_007_199_254_740_991_i64))]
+    pub bytes_stored: u64,
+    /// Why it failed, when it did (snapshots copied before the failure stay).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }

@@ -103,6 +103,32 @@ enum MoverCommand {
     Prune(Box<MoverPruneArgs>),
     /// Check the repository (scheduled maintenance); write the result into the BackupRepository's status
     Check(Box<MoverCheckArgs>),
+    /// Copy every snapshot not copied yet into a second repository (scheduled maintenance); write the result into the BackupRepository's status
+    Copy(Box<MoverCopyArgs>),
+}
+
+#[derive(clap::Args, Debug)]
+struct MoverCopyArgs {
+    #[command(flatten)]
+    common: MoverCommon,
+    /// The schedule time this job runs for
+    #[arg(long)]
+    scheduled_at: String,
+    /// The BackupRepository copied into (its password is COFFER_TO_PASSWORD)
+    #[arg(long)]
+    to: String,
+    /// The destination's URL
+    #[arg(long)]
+    to_repository_url: String,
+    /// The destination's store options, KEY=VALUE (repeatable)
+    #[arg(long = "to-option", value_name = "KEY=VALUE", value_parser = parse_pair)]
+    to_options: Vec<(String, String)>,
+    /// A mounted Secret with the destination store's credentials
+    #[arg(long)]
+    to_credentials_dir: Option<PathBuf>,
+    /// Create the destination when it does not exist
+    #[arg(long)]
+    to_init: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -380,6 +406,7 @@ fn main() -> anyhow::Result<()> {
                 MoverCommand::Restore(a) => &a.common.log_format,
                 MoverCommand::Forget(a) => &a.common.log_format,
                 MoverCommand::Prune(a) => &a.common.log_format,
+                MoverCommand::Copy(a) => &a.common.log_format,
                 MoverCommand::Check(a) => &a.common.log_format,
             };
             init_logs(log_format);
@@ -513,6 +540,25 @@ async fn run_mover(m: MoverCommand) -> anyhow::Result<bool> {
         MoverCommand::Check(a) => {
             let job = a.common.maintenance(a.scheduled_at);
             Ok(mover::check(client().await?, job, a.read_data_subset, password, cancel).await)
+        }
+        MoverCommand::Copy(a) => {
+            let to_password = std::env::var_os("COFFER_TO_PASSWORD")
+                .map(|p| zeroize::Zeroizing::new(p.into_encoded_bytes()))
+                .filter(|p| !p.is_empty())
+                .ok_or_else(|| anyhow::anyhow!("COFFER_TO_PASSWORD is not set: the copy mover takes the destination's password from its BackupRepository's Secret"))?;
+            let destination = mover::CopyDestination {
+                name: a.to,
+                repo: mover::RepoAccess {
+                    url: a.to_repository_url,
+                    options: a.to_options,
+                    credentials_dir: a.to_credentials_dir,
+                    init: a.to_init,
+                    policy: a.common.policy.clone(),
+                },
+                password: to_password,
+            };
+            let job = a.common.maintenance(a.scheduled_at);
+            Ok(mover::copy(client().await?, job, destination, password, cancel).await)
         }
         MoverCommand::Restore(a) => {
             let job = mover::RestoreJob {

@@ -1,10 +1,13 @@
 //! The controller's repository maintenance: `spec.maintenance` of a
-//! BackupRepository schedules prune and `check --read-data-subset`. Each job
+//! BackupRepository schedules prune, `check --read-data-subset`, and a copy
+//! of every snapshot into a second BackupRepository (`copyTo`). Each job
 //! runs in a mover pod in the repository's namespace (the controller reads
 //! no Secret), with the maintenance memory limit, beside running backups:
-//! the engine's protocol lets prune run while backups write. The two jobs
-//! never run at once on one repository: a check reading packs that prune is
-//! deleting would report them missing.
+//! the engine's protocol lets prune run while backups write. The jobs never
+//! run at once on one repository: a check reading packs that prune is
+//! deleting would report them missing (a copy could run beside either, as
+//! the protocol allows, but one job at a time keeps a repository's load
+//! predictable).
 //!
 //! Level-triggered like the rest. `status.prune` / `status.check` say which
 //! time was last started; the mover writes `status.lastPrune` /
@@ -12,8 +15,8 @@
 //! the pod still is, the controller records it (an Event, metrics; a failed
 //! check is a Warning) and deletes the pod. A pod that fails, cannot start,
 //! or exits without a result gets a failed result written by the
-//! controller. The annotations `maintenance.coffer.dev/prune-now` and
-//! `.../check-now` start a job at once, once per value.
+//! controller. The annotations `maintenance.coffer.dev/prune-now`,
+//! `.../check-now` and `.../copy-now` start a job at once, once per value.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -32,9 +35,10 @@ use crate::controller::{
     MoverState, StatusOf, TERMINATING_RECHECK,
 };
 use crate::crd::{
-    BackupRepository, BackupRepositoryStatus, CheckResult, JobTimes, Maintenance, PruneResult,
+    BackupRepository, BackupRepositoryStatus, CheckResult, CopyResult, JobTimes, Maintenance,
+    PruneResult,
 };
-use crate::metrics::MaintenanceLabels;
+use crate::metrics::{CopyLabels, MaintenanceLabels};
 use crate::node::{label_value, object_name};
 use crate::schedule::Schedule;
 use crate::schedules::{created_at, parse_time, tick, Tick};
@@ -46,25 +50,30 @@ pub const MAINTENANCE_LABEL: &str = "coffer.dev/maintenance";
 pub const PRUNE_NOW: &str = "maintenance.coffer.dev/prune-now";
 /// Starts a check now, once per value.
 pub const CHECK_NOW: &str = "maintenance.coffer.dev/check-now";
+/// Starts a copy into `spec.maintenance.copyTo` now, once per value.
+pub const COPY_NOW: &str = "maintenance.coffer.dev/copy-now";
 
-/// One of the two maintenance jobs.
+/// One of the maintenance jobs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Job {
     /// `coffer prune`.
     Prune,
     /// `coffer check`.
     Check,
+    /// `coffer copy` into `copyTo`.
+    Copy,
 }
 
 impl Job {
-    const ALL: [Job; 2] = [Job::Prune, Job::Check];
+    const ALL: [Job; 3] = [Job::Prune, Job::Check, Job::Copy];
 
-    /// `prune` or `check`: the mover subcommand, the pod name's part, the
-    /// metric label.
+    /// `prune`, `check` or `copy`: the mover subcommand, the pod name's
+    /// part, the metric label.
     pub fn as_str(self) -> &'static str {
         match self {
             Job::Prune => "prune",
             Job::Check => "check",
+            Job::Copy => "copy",
         }
     }
 
@@ -72,6 +81,7 @@ impl Job {
         match self {
             Job::Prune => PRUNE_NOW,
             Job::Check => CHECK_NOW,
+            Job::Copy => COPY_NOW,
         }
     }
 
@@ -79,6 +89,7 @@ impl Job {
         match self {
             Job::Prune => m.prune_schedule.as_ref(),
             Job::Check => m.check_schedule.as_ref(),
+            Job::Copy => m.copy_schedule.as_ref(),
         }
     }
 
@@ -86,6 +97,7 @@ impl Job {
         match self {
             Job::Prune => &mut st.prune,
             Job::Check => &mut st.check,
+            Job::Copy => &mut st.copy,
         }
     }
 
@@ -94,6 +106,7 @@ impl Job {
         match self {
             Job::Prune => st.last_prune.as_ref().map(|r| r.scheduled_at.as_str()),
             Job::Check => st.last_check.as_ref().map(|r| r.scheduled_at.as_str()),
+            Job::Copy => st.last_copy.as_ref().map(|r| r.scheduled_at.as_str()),
         }
     }
 
@@ -101,6 +114,19 @@ impl Job {
     fn fail(self, st: &mut BackupRepositoryStatus, at: &str, why: String) {
         let time = crate::status::now();
         match self {
+            Job::Copy => {
+                st.last_copy = Some(CopyResult {
+                    scheduled_at: at.into(),
+                    time,
+                    destination: st
+                        .last_copy
+                        .as_ref()
+                        .map(|c| c.destination.clone())
+                        .unwrap_or_default(),
+                    error: Some(why),
+                    ..Default::default()
+                })
+            }
             Job::Prune => {
                 st.last_prune = Some(PruneResult {
                     scheduled_at: at.into(),
@@ -189,6 +215,13 @@ pub(crate) async fn reconcile(repo: Arc<BackupRepository>, ctx: Arc<Ctx>) -> Res
         }
         let times = job.times(&mut st).get_or_insert_with(Default::default);
         let schedule = match text.map(|s| Schedule::parse(s, &format!("{id}/{}", job.as_str()))) {
+            Some(_) if job == Job::Copy && m.copy_to.is_none() => {
+                times.error = Some(
+                    "spec.maintenance.copySchedule needs copyTo: the BackupRepository to copy into"
+                        .into(),
+                );
+                None
+            }
             Some(Err(e)) => {
                 times.error = Some(format!("spec.maintenance.{}Schedule: {e}", job.as_str()));
                 None
@@ -260,6 +293,13 @@ async fn follow(
         let made = async {
             let mut args = mover_command(ctx, job.as_str(), &ns, &name, repo)?;
             args.extend(["--scheduled-at".into(), at.to_string()]);
+            let destination = match job {
+                Job::Copy => Some(copy_destination(ctx, repo, m).await?),
+                _ => None,
+            };
+            if let Some(d) = &destination {
+                args.extend(copy_args(d));
+            }
             match job {
                 Job::Prune => {
                     if let Some(p) = m.max_unused_percent {
@@ -275,6 +315,7 @@ async fn follow(
                         args.extend(["--read-data-subset".into(), next_subset(s, last)]);
                     }
                 }
+                Job::Copy => {}
             }
             let labels = BTreeMap::from([
                 (MAINTENANCE_LABEL.to_string(), label_value(&name)),
@@ -282,11 +323,19 @@ async fn follow(
             ]);
             let owner = repo.controller_owner_ref(&()).unwrap_or_default();
             let memory = m.memory.as_ref().unwrap_or(&ctx.opts.mover_memory);
+            let dest_dir = destination
+                .as_ref()
+                .and_then(|d| snapshot::local_repository_dir(&d.spec.url));
             let p = snapshot::mover_pod(&snapshot::Mover {
                 args,
                 labels: &labels,
                 owner: Some(&owner),
                 memory,
+                destination: destination.as_ref().map(|d| snapshot::Destination {
+                    password: &d.spec.password_secret_ref,
+                    credentials: d.spec.credentials_secret_ref.as_ref(),
+                    repository_dir: dest_dir,
+                }),
                 ..ctx.mover(&pod_name, &ns, repo)
             });
             create_mover(ctx, &p, &StatusOf::of(repo)).await
@@ -319,6 +368,7 @@ async fn follow(
             if job.result_at(&fresh) == Some(at) {
                 st.last_prune = fresh.last_prune.or(st.last_prune.take());
                 st.last_check = fresh.last_check.or(st.last_check.take());
+                st.last_copy = fresh.last_copy.or(st.last_copy.take());
             } else {
                 let why = why.unwrap_or_else(|| {
                     format!("mover pod {ns}/{pod_name} exited without writing its result")
@@ -328,6 +378,65 @@ async fn follow(
             Ok(None)
         }
     }
+}
+
+/// The BackupRepository `spec.maintenance.copyTo` names, in the same
+/// namespace; refused (a failed result, no pod) when it is missing, is this
+/// repository, or has a URL the administrator does not allow.
+async fn copy_destination(
+    ctx: &Ctx,
+    repo: &BackupRepository,
+    m: &Maintenance,
+) -> Result<BackupRepository, Error> {
+    let ns = repo.namespace().unwrap_or_default();
+    let Some(to) = m.copy_to.as_deref() else {
+        return Err(Error::Refused(
+            "spec.maintenance.copySchedule needs copyTo: the BackupRepository to copy into".into(),
+        ));
+    };
+    if to == repo.name_any() {
+        return Err(Error::Refused(format!(
+            "spec.maintenance.copyTo names this BackupRepository ({ns}/{to}); name another one"
+        )));
+    }
+    let dest = Api::<BackupRepository>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(to)
+        .await
+        .map_err(kube_err(format!("reading BackupRepository {ns}/{to}")))?
+        .ok_or_else(|| {
+            Error::Refused(format!(
+                "spec.maintenance.copyTo: BackupRepository {ns}/{to} does not exist; create it \
+                 (another bucket, region or account) or fix the name"
+            ))
+        })?;
+    ctx.opts
+        .policy
+        .check_url(&dest.spec.url)
+        .map_err(|why| Error::Refused(format!("BackupRepository {ns}/{to} (copyTo): {why}")))?;
+    Ok(dest)
+}
+
+/// The copy mover's arguments for the destination: its URL, options,
+/// credentials and whether to create it.
+fn copy_args(dest: &BackupRepository) -> Vec<String> {
+    let mut a = vec![
+        "--to".into(),
+        dest.name_any(),
+        "--to-repository-url".into(),
+        dest.spec.url.clone(),
+    ];
+    for (k, v) in &dest.spec.options {
+        a.push("--to-option".into());
+        a.push(format!("{k}={v}"));
+    }
+    if dest.spec.credentials_secret_ref.is_some() {
+        a.push("--to-credentials-dir".into());
+        a.push(snapshot::DESTINATION_CREDENTIALS_DIR.into());
+    }
+    if dest.spec.init {
+        a.push("--to-init".into());
+    }
+    a
 }
 
 /// A job's result is in the status and its pod is still there: tell
@@ -387,6 +496,40 @@ async fn announce(ctx: &Ctx, repo: &BackupRepository, job: Job, st: &BackupRepos
                         }
                     );
                     (true, "Pruned", note)
+                }
+            }
+        }
+        Job::Copy => {
+            let r = st.last_copy.clone().unwrap_or_default();
+            let labels = CopyLabels {
+                namespace: ns.clone(),
+                repository: name.clone(),
+                destination: r.destination.clone(),
+            };
+            match &r.error {
+                Some(e) => (
+                    false,
+                    "CopyFailed",
+                    format!("copy into {}: {e}", r.destination),
+                ),
+                None => {
+                    ctx.metrics
+                        .copy_last_success
+                        .get_or_create(&labels)
+                        .set(Utc::now().timestamp() as f64);
+                    ctx.metrics
+                        .copy_bytes
+                        .get_or_create(&labels)
+                        .inc_by(r.bytes_stored);
+                    let note = format!(
+                        "copied {} snapshot(s) into {} ({} new there, {} read); {} were there already",
+                        r.snapshots_copied,
+                        r.destination,
+                        bytesize::ByteSize(r.bytes_stored),
+                        bytesize::ByteSize(r.bytes_read),
+                        r.snapshots_skipped
+                    );
+                    (true, "Copied", note)
                 }
             }
         }
@@ -465,6 +608,12 @@ async fn write_status(
         "lastCheck",
         old.last_check != st.last_check,
         json!(st.last_check),
+    );
+    put("copy", old.copy != st.copy, json!(st.copy));
+    put(
+        "lastCopy",
+        old.last_copy != st.last_copy,
+        json!(st.last_copy),
     );
     if fields.is_empty() {
         return Ok(());

@@ -62,10 +62,21 @@ pub struct MaintenanceLabels {
     pub namespace: String,
     /// The BackupRepository.
     pub repository: String,
-    /// `prune` or `check`.
+    /// `prune`, `check` or `copy`.
     pub job: String,
     /// `ok` or `failed` (a check that found damage is `failed`).
     pub result: String,
+}
+
+/// A repository and the one it is copied into.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CopyLabels {
+    /// Namespace.
+    pub namespace: String,
+    /// The BackupRepository copied from.
+    pub repository: String,
+    /// The BackupRepository copied into (`spec.maintenance.copyTo`).
+    pub destination: String,
 }
 
 /// The agent's metrics.
@@ -87,6 +98,11 @@ pub struct Metrics {
     pub maintenance: Family<MaintenanceLabels, Counter>,
     /// Bytes freed by prune (the controller's).
     pub bytes_freed: Family<MaintenanceLabels, Counter>,
+    /// When each repository's copy into `spec.maintenance.copyTo` last
+    /// succeeded (the controller's).
+    pub copy_last_success: Family<CopyLabels, Gauge<f64, AtomicU64>>,
+    /// Bytes each copy stored in the destination.
+    pub copy_bytes: Family<CopyLabels, Counter>,
     /// When each schedule's runs last succeeded (Unix time).
     pub schedule_last_success: Family<ScheduleLabels, Gauge<f64, AtomicU64>>,
     /// Whether each schedule's last time's runs all succeeded (1) or not (0).
@@ -153,7 +169,7 @@ impl Metrics {
         let maintenance = Family::<MaintenanceLabels, Counter>::default();
         registry.register(
             "maintenance_jobs",
-            "Finished repository prunes and checks by result (a check that found damage failed)",
+            "Finished repository prunes, checks and copies by result (a check that found damage failed)",
             maintenance.clone(),
         );
         let bytes_freed = Family::<MaintenanceLabels, Counter>::default();
@@ -161,6 +177,18 @@ impl Metrics {
             "prune_freed_bytes",
             "Bytes freed in repositories by scheduled prunes",
             bytes_freed.clone(),
+        );
+        let copy_last_success = Family::<CopyLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "copy_last_success_timestamp_seconds",
+            "When each repository's scheduled copy into its copyTo last succeeded (Unix time)",
+            copy_last_success.clone(),
+        );
+        let copy_bytes = Family::<CopyLabels, Counter>::default();
+        registry.register(
+            "copy_stored_bytes",
+            "Bytes scheduled copies stored in their destination repositories (new there)",
+            copy_bytes.clone(),
         );
         let schedule_last_success = Family::<ScheduleLabels, Gauge<f64, AtomicU64>>::default();
         registry.register(
@@ -191,6 +219,8 @@ impl Metrics {
             leading,
             maintenance,
             bytes_freed,
+            copy_last_success,
+            copy_bytes,
             schedule_last_success,
             schedule_last_run_succeeded,
             schedule_next_run,

@@ -21,8 +21,8 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::Client;
 
 use crate::crd::{
-    BackupRepository, BackupSchedule, CheckResult, Phase, Progress, PruneResult, RestorePolicy,
-    RetentionResult, SnapshotSource, VolumeBackup, VolumeRestore,
+    BackupRepository, BackupSchedule, CheckResult, CopyResult, Phase, Progress, PruneResult,
+    RestorePolicy, RetentionResult, SnapshotSource, VolumeBackup, VolumeRestore,
 };
 use crate::node::STATUS_INTERVAL;
 use crate::status::{self, Outcome};
@@ -329,6 +329,73 @@ pub async fn prune(
     );
     let ok = result.error.is_none();
     job.write(client, "lastPrune", serde_json::json!(result))
+        .await
+        && ok
+}
+
+/// The repository a copy writes into.
+pub struct CopyDestination {
+    /// Its BackupRepository.
+    pub name: String,
+    /// How to open it.
+    pub repo: RepoAccess,
+    /// Its password.
+    pub password: Password,
+}
+
+/// Copies every snapshot of the repository that the destination does not
+/// have yet (`coffer copy`), and writes what it did into
+/// `status.lastCopy`. Returns whether it succeeded.
+pub async fn copy(
+    client: Client,
+    job: MaintenanceJob,
+    dest: CopyDestination,
+    password: Password,
+    cancel: CancelToken,
+) -> bool {
+    use coffer_engine::copy::{copy, CopyOptions};
+    let run = async {
+        let src = job.repo.open(&password).await?;
+        let dst = dest.repo.open(&dest.password).await?;
+        let snapshots = src.snapshots().await.map_err(|e| e.to_string())?;
+        let opts = CopyOptions {
+            cancel,
+            timing: coffer_engine::protocol::Timing::from_env(),
+            ..Default::default()
+        };
+        copy(src, dst, snapshots, opts)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let result = match run.await {
+        Ok(done) => CopyResult {
+            scheduled_at: job.scheduled_at.clone(),
+            time: status::now(),
+            destination: dest.name.clone(),
+            snapshots_copied: done.iter().filter(|c| c.new.is_some()).count() as u64,
+            snapshots_skipped: done.iter().filter(|c| c.already.is_some()).count() as u64,
+            bytes_read: done.iter().map(|c| c.bytes_read).sum(),
+            bytes_stored: done.iter().map(|c| c.bytes_stored).sum(),
+            error: None,
+        },
+        Err(e) => CopyResult {
+            scheduled_at: job.scheduled_at.clone(),
+            time: status::now(),
+            destination: dest.name.clone(),
+            error: Some(e),
+            ..Default::default()
+        },
+    };
+    tracing::info!(
+        namespace = job.namespace,
+        repository = job.repository,
+        destination = dest.name,
+        copied = result.snapshots_copied,
+        error = result.error,
+        "copy"
+    );
+    let ok = result.error.is_none();
+    job.write(client, "lastCopy", serde_json::json!(result))
         .await
         && ok
 }

@@ -47,6 +47,8 @@ pub const TARGET_DIR: &str = "/coffer/target";
 pub const TARGET_DEVICE: &str = "/dev/coffer-target";
 /// Where a mover finds the repository's credentials Secret.
 pub const CREDENTIALS_DIR: &str = "/coffer/credentials";
+/// Where a copy mover finds its destination's credentials Secret.
+pub const DESTINATION_CREDENTIALS_DIR: &str = "/coffer/destination-credentials";
 
 /// A CSI VolumeSnapshot (the fields coffer reads and writes).
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
@@ -407,6 +409,20 @@ pub struct Mover<'a> {
     pub labels: &'a BTreeMap<String, String>,
     /// The owning run (none when it is in another namespace).
     pub owner: Option<&'a OwnerReference>,
+    /// A copy's second repository: its password (as `COFFER_TO_PASSWORD`),
+    /// credentials (at [`DESTINATION_CREDENTIALS_DIR`]) and local directory.
+    pub destination: Option<Destination<'a>>,
+}
+
+/// The repository a copy mover writes into.
+#[derive(Clone, Copy, Debug)]
+pub struct Destination<'a> {
+    /// Its password.
+    pub password: &'a SecretKeyRef,
+    /// Its credentials Secret.
+    pub credentials: Option<&'a SecretRef>,
+    /// A local repository's directory, mounted from the node.
+    pub repository_dir: Option<&'a str>,
 }
 
 /// A mover's one volume.
@@ -471,6 +487,27 @@ pub fn mover_pod(m: &Mover) -> Pod {
         volumes.push(json!({"name": "repository", "hostPath": {"path": dir, "type": "Directory"}}));
         mounts.push(json!({"name": "repository", "mountPath": dir}));
     }
+    let mut env = vec![
+        json!({"name": "COFFER_PASSWORD", "valueFrom": {"secretKeyRef": {"name": m.password.name, "key": m.password.key}}}),
+        json!({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
+    ];
+    if let Some(d) = &m.destination {
+        env.push(json!({"name": "COFFER_TO_PASSWORD", "valueFrom": {"secretKeyRef": {"name": d.password.name, "key": d.password.key}}}));
+        if let Some(c) = d.credentials {
+            volumes
+                .push(json!({"name": "destination-credentials", "secret": {"secretName": c.name}}));
+            mounts.push(json!({"name": "destination-credentials", "mountPath": DESTINATION_CREDENTIALS_DIR, "readOnly": true}));
+        }
+        if let Some(dir) = d
+            .repository_dir
+            .filter(|dir| Some(*dir) != m.repository_dir)
+        {
+            volumes.push(
+                json!({"name": "destination", "hostPath": {"path": dir, "type": "Directory"}}),
+            );
+            mounts.push(json!({"name": "destination", "mountPath": dir}));
+        }
+    }
     volumes.push(json!({"name": "cache", "emptyDir": {}}));
     mounts.push(json!({"name": "cache", "mountPath": "/tmp"}));
     let value = json!({
@@ -488,10 +525,7 @@ pub fn mover_pod(m: &Mover) -> Pod {
                 "name": "mover",
                 "image": m.image,
                 "args": m.args,
-                "env": [
-                    {"name": "COFFER_PASSWORD", "valueFrom": {"secretKeyRef": {"name": m.password.name, "key": m.password.key}}},
-                    {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-                ],
+                "env": env,
                 "volumeMounts": mounts,
                 "volumeDevices": devices,
                 "resources": {"requests": {"memory": "128Mi"}, "limits": {"memory": m.memory}},
@@ -843,6 +877,7 @@ mod tests {
                 memory: "1Gi",
                 labels: &labels,
                 owner: None,
+                destination: None,
             });
             serde_json::to_value(pod.spec.unwrap()).unwrap()
         };

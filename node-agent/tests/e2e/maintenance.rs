@@ -5,7 +5,7 @@
 
 use coffer_engine::forget::{self, Filter, GroupBy, OriginFilter, Policy};
 use coffer_node_agent::crd::{BackupRepository, BackupRepositoryStatus, Phase};
-use coffer_node_agent::maintenance::{CHECK_NOW, PRUNE_NOW};
+use coffer_node_agent::maintenance::{CHECK_NOW, COPY_NOW, PRUNE_NOW};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, Patch, PatchParams};
@@ -21,23 +21,26 @@ async fn run_now(env: &Env, ns: &str, key: &str, value: &str) -> BackupRepositor
     env.annotate_object::<BackupRepository>(ns, "default", key, value)
         .await;
     let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(env.client.clone(), ns);
-    let job = if key == PRUNE_NOW { "prune" } else { "check" };
+    let job = match key {
+        PRUNE_NOW => "prune",
+        COPY_NOW => "copy",
+        _ => "check",
+    };
     let st = env
         .wait_for::<BackupRepository>(ns, "default", "the job's result", |r| {
             r.status.as_ref().is_some_and(|s| {
-                let times = if key == PRUNE_NOW { &s.prune } else { &s.check };
+                let (times, result_at) = match key {
+                    PRUNE_NOW => (&s.prune, s.last_prune.as_ref().map(|r| &r.scheduled_at)),
+                    COPY_NOW => (&s.copy, s.last_copy.as_ref().map(|r| &r.scheduled_at)),
+                    _ => (&s.check, s.last_check.as_ref().map(|r| &r.scheduled_at)),
+                };
                 let Some(t) = times
                     .as_ref()
                     .filter(|t| t.last_trigger.as_deref() == Some(value))
                 else {
                     return false;
                 };
-                let at = t.last_schedule_time.as_deref();
-                let result_at = if key == PRUNE_NOW {
-                    s.last_prune.as_ref().map(|r| r.scheduled_at.as_str())
-                } else {
-                    s.last_check.as_ref().map(|r| r.scheduled_at.as_str())
-                };
+                let at = t.last_schedule_time.as_ref();
                 at.is_some() && at == result_at
             })
         })
@@ -229,6 +232,126 @@ async fn prune_runs_beside_a_backup_and_a_check_reads_every_part_then_finds_a_fl
         env.wait_gone::<ServiceAccount>(&ns, &mover).await;
         env.assert_no_mover_account(&ns, &ns, &mover).await;
     }
+}
+
+/// `spec.maintenance.copyTo`: the controller's copy mover keeps a second
+/// repository (its own password) in step; a second copy sends nothing; a
+/// copyTo naming no repository fails the job, naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_copy_keeps_a_second_repository_in_step_and_sends_nothing_twice() {
+    let Some((mut env, _sim)) = fake_cluster().await else {
+        return;
+    };
+    let ns = env.namespace("copy").await;
+    let _ = env.repository(&ns, "default", PASSWORD).await;
+    let offsite_dir = env.repository(&ns, "offsite", "offsite password").await;
+    let dir = env.dir.path().join("csi/source/data");
+    fill(&dir, 21, 6);
+    sim::csi_pvc(&env, &ns, "data", "Filesystem", &dir, json!({})).await;
+    let c = Controller::start(&env, "a", &[]);
+    snapshot_backup(&env, &ns, "data-1", json!({"pvc": "data"})).await;
+    let backup = wait_cleaned(&env, &ns, "data-1").await;
+    assert_eq!(phase(&backup.status), Phase::Completed, "{backup:#?}");
+    let source_id = backup.status.unwrap().snapshot_id.unwrap();
+
+    Api::<BackupRepository>::namespaced(env.client.clone(), &ns)
+        .patch(
+            "default",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"maintenance": {
+                "copyTo": "offsite",
+                "copySchedule": "@weekly",
+            }}})),
+        )
+        .await
+        .unwrap();
+    let st = run_now(&env, &ns, COPY_NOW, "1").await;
+    let first = st.last_copy.clone().unwrap();
+    assert!(first.error.is_none(), "{first:#?}");
+    assert_eq!(
+        (first.snapshots_copied, first.snapshots_skipped),
+        (1, 0),
+        "{first:#?}"
+    );
+    assert!(first.bytes_stored > 0, "{first:#?}");
+    assert_eq!(first.destination, "offsite");
+    assert!(
+        st.copy.as_ref().unwrap().next_schedule_time.is_some(),
+        "{st:#?}"
+    );
+
+    // The copy, opened with the offsite password, restores the volume.
+    let offsite = open_repo(&offsite_dir, "offsite password").await;
+    let copies = offsite.snapshots().await.unwrap();
+    assert_eq!(copies.len(), 1);
+    assert_eq!(copies[0].1.original.map(|o| o.to_hex()), Some(source_id));
+    let target = env.dir.path().join("offsite-restore");
+    let opts = coffer_engine::restore::RestoreOptions::new(copies[0].0.to_hex(), &target);
+    let done =
+        coffer_engine::restore::restore(offsite.clone(), offsite.load_index().await.unwrap(), opts)
+            .await
+            .unwrap();
+    assert!(done.errors.is_empty(), "{:?}", done.errors);
+    assert_same_tree(&dir, &target);
+
+    // Again: nothing new to copy, nothing stored.
+    let again = run_now(&env, &ns, COPY_NOW, "2").await.last_copy.unwrap();
+    assert!(again.error.is_none(), "{again:#?}");
+    assert_eq!(
+        (again.snapshots_copied, again.snapshots_skipped),
+        (0, 1),
+        "{again:#?}"
+    );
+    assert_eq!(again.bytes_stored, 0);
+
+    let (_, metrics) = get_when_up(c.metrics, "/metrics").await;
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("coffer_copy_last_success_timestamp_seconds{")
+                && l.contains("destination=\"offsite\"")
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("coffer_maintenance_jobs_total{")
+                && l.contains("job=\"copy\"")
+                && l.contains("result=\"ok\"")
+                && l.ends_with(" 2")),
+        "{metrics}"
+    );
+
+    // A copyTo that names no repository: the job fails, naming it.
+    Api::<BackupRepository>::namespaced(env.client.clone(), &ns)
+        .patch(
+            "default",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"maintenance": {"copyTo": "nowhere"}}})),
+        )
+        .await
+        .unwrap();
+    env.annotate_object::<BackupRepository>(&ns, "default", COPY_NOW, "3")
+        .await;
+    let failed = env
+        .wait_for::<BackupRepository>(&ns, "default", "a failed copy", env_copy_failed)
+        .await
+        .status
+        .unwrap()
+        .last_copy
+        .unwrap();
+    let why = failed.error.unwrap();
+    assert!(
+        why.contains("nowhere") && why.contains("does not exist"),
+        "{why}"
+    );
+}
+
+fn env_copy_failed(r: &BackupRepository) -> bool {
+    r.status
+        .as_ref()
+        .and_then(|s| s.last_copy.as_ref())
+        .is_some_and(|c| c.error.is_some())
 }
 
 fn largest_file(dir: &std::path::Path) -> std::path::PathBuf {
