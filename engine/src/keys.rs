@@ -11,30 +11,11 @@ use bytes::Bytes;
 use coffer_repo_format::KeyId;
 
 use crate::error::{Error, Missing, Result};
-use crate::repository::{layout, list_ids, now_rfc3339, Identity, Repository};
+use crate::repository::{layout, list_ids, now_rfc3339, Repository};
 use crate::storage::{StoreErrorKind, WriteMode};
 
+pub use crate::identity::KeyOwner;
 pub use coffer_repo_format::keys::*;
-
-/// Who added a key: recorded in the key file, shown by `key list`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KeyOwner {
-    /// Host name.
-    pub hostname: String,
-    /// User name.
-    pub username: String,
-}
-
-impl KeyOwner {
-    /// This process's host and user.
-    pub fn current() -> Self {
-        let me = Identity::current();
-        KeyOwner {
-            hostname: me.hostname,
-            username: me.username,
-        }
-    }
-}
 
 /// One key file as `key list` shows it.
 #[derive(Clone, Debug, serde::Serialize)]

@@ -48,8 +48,10 @@ pub mod dump;
 pub mod error;
 #[cfg(feature = "etcd")]
 pub mod etcd;
+pub mod filter;
 pub mod forget;
 pub(crate) mod fsmeta;
+pub mod identity;
 pub mod index;
 pub mod keys;
 pub mod memory;

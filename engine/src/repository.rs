@@ -24,6 +24,8 @@ use crate::error::{Error, Missing, Result};
 use crate::index::Index;
 use crate::storage::{DynStore, StoreError, StoreErrorKind, WriteMode};
 
+pub use crate::identity::Identity;
+
 /// Object keys of the repository layout.
 pub(crate) use coffer_repo_format::layout;
 
@@ -55,7 +57,7 @@ pub struct InitOptions {
     /// Argon2id cost of the first key.
     pub kdf: KdfCost,
     /// Host and user recorded in the first key file; this process's when `None`.
-    pub key_owner: Option<crate::keys::KeyOwner>,
+    pub key_owner: Option<crate::identity::KeyOwner>,
     /// Cut content as this repository does (its chunker seed; give its
     /// chunker parameters too): `coffer copy` from it then copies chunks
     /// without re-chunking (`coffer init --copy-chunker-params`).
@@ -89,39 +91,6 @@ pub(crate) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::InvalidArgument(format!("a key derivation failed: {e}")))
-}
-
-/// Who and where this process runs, recorded in snapshots and key files.
-#[derive(Clone, Debug)]
-pub struct Identity {
-    /// Host name.
-    pub hostname: String,
-    /// User name.
-    pub username: String,
-    /// Numeric user id.
-    pub uid: u32,
-    /// Numeric group id.
-    pub gid: u32,
-}
-
-impl Identity {
-    /// The identity of the current process.
-    pub fn current() -> Self {
-        let uid = nix::unistd::getuid();
-        let username = nix::unistd::User::from_uid(uid)
-            .ok()
-            .flatten()
-            .map(|u| u.name)
-            .unwrap_or_else(|| uid.to_string());
-        Identity {
-            hostname: nix::unistd::gethostname()
-                .map(|h| h.to_string_lossy().into_owned())
-                .unwrap_or_else(|_| "localhost".into()),
-            username,
-            uid: uid.as_raw(),
-            gid: nix::unistd::getgid().as_raw(),
-        }
-    }
 }
 
 /// The current time as RFC 3339 with nanoseconds and the local offset.
@@ -203,7 +172,7 @@ impl Repository {
         let me = opts
             .key_owner
             .clone()
-            .unwrap_or_else(crate::keys::KeyOwner::current);
+            .unwrap_or_else(crate::identity::KeyOwner::current);
         let kf = {
             let (key, password, kdf) = (key.clone(), Zeroizing::new(password.to_vec()), opts.kdf);
             blocking(move || {
@@ -663,9 +632,9 @@ impl Repository {
     pub async fn find_snapshot_matching(
         &self,
         spec: &str,
-        filter: &crate::forget::Filter,
+        filter: &crate::filter::Filter,
     ) -> Result<(SnapshotId, Snapshot)> {
-        if *filter == crate::forget::Filter::default() {
+        if *filter == crate::filter::Filter::default() {
             return self.find_snapshot(spec).await;
         }
         if spec == "latest" {
@@ -691,7 +660,7 @@ impl Repository {
     pub async fn select_snapshots(
         &self,
         specs: &[String],
-        filter: &crate::forget::Filter,
+        filter: &crate::filter::Filter,
     ) -> Result<Vec<(SnapshotId, Snapshot)>> {
         if specs.is_empty() {
             let mut all = self.snapshots().await?;

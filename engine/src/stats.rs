@@ -43,7 +43,7 @@ pub async fn stats(
     repo: &Arc<Repository>,
     index: &Index,
     snapshots: &[String],
-    filter: &crate::forget::Filter,
+    filter: &crate::filter::Filter,
 ) -> Result<Stats> {
     let list = repo.select_snapshots(snapshots, filter).await?;
     let mut st = Stats {

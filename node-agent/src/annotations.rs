@@ -14,7 +14,8 @@
 use std::collections::BTreeMap;
 
 use crate::crd::DEFAULT_REPOSITORY;
-use crate::schedule::{Schedule, ScheduleError};
+use crate::names::BACKUP_NOW;
+use crate::scheduling::{Schedule, ScheduleError};
 
 /// The annotations' common prefix.
 pub const PREFIX: &str = "backup.coffer.dev/";
@@ -30,8 +31,6 @@ pub const SCHEDULE: &str = "backup.coffer.dev/schedule";
 pub const REPOSITORY: &str = "backup.coffer.dev/repository";
 /// Tags.
 pub const TAGS: &str = "backup.coffer.dev/tags";
-/// A new value runs one backup now.
-pub const BACKUP_NOW: &str = "backup.coffer.dev/backup-now";
 
 /// The pseudo-volume that stands for a pod's dump (`backup.coffer.dev/command`)
 /// among the selected volumes; its runs have method Command.

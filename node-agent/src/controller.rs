@@ -45,7 +45,7 @@ use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, ObjectList, Patch,
-    PatchParams, PostParams,
+    PatchParams,
 };
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{EventType, Recorder, Reporter};
@@ -58,12 +58,12 @@ use crate::crd::{
 };
 use crate::lenient::Lenient;
 use crate::metrics::{Metrics, NamespaceLabels, RunLabels};
-use crate::node::{label_value, object_name};
-use crate::snapshot::{self, SnapshotClass, SnapshotState, VolumeSnapshot, RUN_LABEL};
-use crate::status::{self, Outcome};
 
-/// The finalizer that keeps a run until its objects are cleaned up.
-pub const FINALIZER: &str = "coffer.dev/cleanup";
+use crate::api::{create, delete, delete_present, kube_err, Error};
+use crate::names::{label_value, object_name, FINALIZER, RUN_LABEL};
+use crate::run::RunObject;
+use crate::snapshot::{self, SnapshotClass, SnapshotState, VolumeSnapshot};
+use crate::status::{self, Outcome};
 
 /// The controller's settings.
 #[derive(Clone, Debug)]
@@ -110,58 +110,6 @@ pub struct Options {
     pub lost_node_timeout: Duration,
 }
 
-/// Why a reconcile step failed (it is tried again).
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The API server refused or failed.
-    #[error("{what}: {source}")]
-    Kube {
-        /// What was being done.
-        what: String,
-        /// The client's error.
-        #[source]
-        source: kube::Error,
-    },
-    /// An object could not be built.
-    #[error("{0}")]
-    Invalid(String),
-    /// The API server refused to create an object, for a reason that trying
-    /// again does not change (admission, quota, validation, permissions):
-    /// the run fails with it rather than waiting for ever.
-    #[error("{0}")]
-    Refused(String),
-    /// The API server refused to create an object for an exhausted quota,
-    /// which frees up as other runs' objects go: a run waits up to
-    /// `--prepare-timeout` from its creation, then fails with it.
-    #[error("{0}")]
-    Quota(String),
-    /// A run's status could not be written (the API server failed every
-    /// try); the step is tried again.
-    #[error(transparent)]
-    Status(#[from] crate::status::NotWritten),
-}
-
-/// The label on everything the controller makes, and its value.
-pub(crate) const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
-/// See [`MANAGED_BY`].
-pub(crate) const MANAGER: &str = "coffer-controller";
-
-/// The [`MANAGED_BY`] label, as a map entry.
-pub(crate) fn managed_by() -> (String, String) {
-    (MANAGED_BY.to_string(), MANAGER.to_string())
-}
-
-/// Whether the controller made this object for a run or a job (a mover
-/// pod, a clone PVC). A restored PVC is the workload's, not one of these.
-pub(crate) fn made_by_us<K: Resource>(o: &K) -> bool {
-    o.labels().get(MANAGED_BY).map(String::as_str) == Some(MANAGER)
-}
-
-pub(crate) fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
-    let what = what.into();
-    move |source| Error::Kube { what, source }
-}
-
 pub(crate) struct Ctx {
     pub(crate) client: Client,
     pub(crate) opts: Options,
@@ -170,7 +118,7 @@ pub(crate) struct Ctx {
     /// The last discovery of the VolumeGroupSnapshot API, and when.
     group_api: Mutex<Option<(std::time::Instant, Option<GroupApi>)>>,
     /// The BackupSchedules' gauges.
-    pub(crate) schedule_gauges: crate::schedules::Gauges,
+    pub(crate) schedule_gauges: crate::metrics::ScheduleGauges,
 }
 
 /// Leads (or waits to lead), then reconciles until leadership is lost or a
@@ -216,7 +164,7 @@ pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) -> anyhow
         client: client.clone(),
         opts,
         recorder,
-        schedule_gauges: crate::schedules::Gauges::new(metrics.clone()),
+        schedule_gauges: crate::metrics::ScheduleGauges::new(metrics.clone()),
         metrics,
         group_api: Mutex::new(None),
     });
@@ -246,7 +194,7 @@ pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) -> anyhow
     )
     .watches(
         Api::<Pod>::all(client.clone()),
-        watcher::Config::default().labels(crate::restorer::RESTORE_LABEL),
+        watcher::Config::default().labels(crate::names::RESTORE_LABEL),
         crate::restorer::run_of,
     )
     .run(
@@ -255,7 +203,7 @@ pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) -> anyhow
         ctx.clone(),
     )
     .for_each(log_error);
-    let scheduled = watcher::Config::default().labels(crate::schedules::SCHEDULE_LABEL);
+    let scheduled = watcher::Config::default().labels(crate::names::SCHEDULE_LABEL);
     let schedules = Controller::new(
         Api::<Lenient<BackupSchedule>>::all(client.clone()),
         watcher::Config::default(),
@@ -277,7 +225,7 @@ pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) -> anyhow
     )
     .owns(
         Api::<Lenient<Pod>>::all(client.clone()),
-        watcher::Config::default().labels(crate::maintenance::MAINTENANCE_LABEL),
+        watcher::Config::default().labels(crate::names::MAINTENANCE_LABEL),
     )
     .run(
         parsed(crate::maintenance::reconcile),
@@ -341,7 +289,7 @@ fn parsed_policy<K: Resource<DynamicType = ()> + Clone>(
     }
 }
 
-fn error_policy<K: Run>(run: Arc<K>, e: &Error, _: Arc<Ctx>) -> Action {
+fn error_policy<K: RunObject>(run: Arc<K>, e: &Error, _: Arc<Ctx>) -> Action {
     tracing::warn!(
         namespace = run.namespace().unwrap_or_default(),
         run = run.name_any(),
@@ -394,7 +342,7 @@ pub(crate) fn node_gone(
 /// naming the node, after `--lost-node-timeout`: nothing else would end it,
 /// and a schedule with concurrencyPolicy Forbid would skip for ever. While
 /// the run goes on, it is looked at again now and then.
-pub(crate) async fn end_if_node_gone<K: Run>(
+pub(crate) async fn end_if_node_gone<K: RunObject>(
     ctx: &Ctx,
     run: &K,
     st: &RunStatus,
@@ -427,7 +375,7 @@ fn child_name(vb: &VolumeBackup) -> String {
 fn run_labels(vb: &VolumeBackup) -> BTreeMap<String, String> {
     BTreeMap::from([
         (RUN_LABEL.to_string(), label_value(&vb.name_any())),
-        crate::controller::managed_by(),
+        crate::names::managed_by(),
     ])
 }
 
@@ -500,7 +448,7 @@ const QUOTA_RETRY: Duration = Duration::from_secs(5);
 
 /// A run refused for an exhausted quota tries again until
 /// `--prepare-timeout` after its creation, then fails with the refusal.
-pub(crate) async fn quota_wait<K: Run>(
+pub(crate) async fn quota_wait<K: RunObject>(
     ctx: &Ctx,
     run: &K,
     why: String,
@@ -587,7 +535,7 @@ async fn claim(ctx: &Ctx, vb: &VolumeBackup) -> Result<Action, Error> {
     s.node = None;
     s.pvc = Some(pvc_name.clone());
     s.stage = Some("Snapshotting".into());
-    status::write::<VolumeBackup>(
+    crate::report::write_run::<VolumeBackup>(
         &ctx.client,
         &ns,
         &vb.name_any(),
@@ -622,7 +570,7 @@ async fn source_claim(ctx: &Ctx, vb: &VolumeBackup) -> Result<Result<String, Str
     else {
         return Ok(Err(format!("pod {ns}/{pod} not found")));
     };
-    Ok(match crate::plan::volume_claim(&p, volume) {
+    Ok(match crate::pods::volume_claim(&p, volume) {
         Some(Some(c)) => Ok(c),
         Some(None) => Err(format!("volume {volume:?} of pod {ns}/{pod} is not a PersistentVolumeClaim; method Snapshot reads PVCs only (use method Filesystem)")),
         None => Err(format!("pod {ns}/{pod} has no volume {volume:?}")),
@@ -788,7 +736,7 @@ async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Result<Action,
             ..ctx.mover(&child, &ns, &repo)
         });
         create_mover(ctx, &p, &StatusOf::of(vb)).await?;
-        status::update::<VolumeBackup>(&ctx.client, &ns, &vb.name_any(), |s| {
+        crate::report::update_run::<VolumeBackup>(&ctx.client, &ns, &vb.name_any(), |s| {
             s.stage = Some("Moving".into())
         })
         .await;
@@ -1044,7 +992,7 @@ async fn take_snapshots(ctx: &Ctx, open: &[VolumeBackup]) -> Result<(), Error> {
         let mut vgs = DynamicObject::new(&name, &api.snapshots).within(&ns);
         vgs.metadata.owner_references = Some(owners);
         vgs.data = json!({"spec": {
-            "source": {"selector": {"matchLabels": {snapshot::GROUP_LABEL: label_value(&g.name)}}},
+            "source": {"selector": {"matchLabels": {crate::names::GROUP_LABEL: label_value(&g.name)}}},
             "volumeGroupSnapshotClassName": class,
         }});
         let vgss = Api::<DynamicObject>::namespaced_with(ctx.client.clone(), &ns, &api.snapshots);
@@ -1361,7 +1309,7 @@ async fn group_snapshot_plan(
         .map(|class| (api, class)))
 }
 
-/// Sets (or removes) [`snapshot::GROUP_LABEL`] on the PVCs of `runs`.
+/// Sets (or removes) [`crate::names::GROUP_LABEL`] on the PVCs of `runs`.
 async fn label_group(ctx: &Ctx, runs: &[VolumeBackup], set: bool) -> Result<(), Error> {
     for r in runs {
         let (Some(g), Some(pvc)) = (
@@ -1372,7 +1320,7 @@ async fn label_group(ctx: &Ctx, runs: &[VolumeBackup], set: bool) -> Result<(), 
         };
         let ns = r.namespace().unwrap_or_default();
         let value = set.then(|| label_value(&g.name));
-        let patch = json!({"metadata": {"labels": {snapshot::GROUP_LABEL: value}}});
+        let patch = json!({"metadata": {"labels": {crate::names::GROUP_LABEL: value}}});
         match Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &ns)
             .patch(&pvc, &PatchParams::default(), &Patch::Merge(patch))
             .await
@@ -1811,50 +1759,6 @@ pub(crate) async fn delete_account(
     delete(&accounts, name, &what).await
 }
 
-/// Creates `obj`; one that exists already is fine (a step done before a
-/// restart). A refusal that trying again will not change
-/// ([`refused_for_good`]) is [`Error::Refused`].
-pub(crate) async fn create<K>(api: &Api<K>, obj: &K, what: &str) -> Result<(), Error>
-where
-    K: Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
-{
-    match api.create(&PostParams::default(), obj).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-        // RBAC's refusal (not admission's, not a quota's): not opted in.
-        Err(kube::Error::Api(e))
-            if e.code == 403 && e.message.contains("cannot create resource") =>
-        {
-            let ns = obj.meta().namespace.clone().unwrap_or_default();
-            Err(Error::Refused(format!(
-                "the API server refused to create {what}: {} (403); if namespace {ns} has not \
-                 allowed coffer to work there, its admin opts it in: {}",
-                e.message,
-                crate::policy::opt_in_command(&ns)
-            )))
-        }
-        Err(kube::Error::Api(e)) if refused_for_good(&e) => {
-            let why = format!(
-                "the API server refused to create {what}: {} ({}, {}); \
-                 check the admission policies, quotas and the controller's RBAC in that namespace",
-                e.message, e.code, e.reason
-            );
-            Err(if e.message.contains("exceeded quota") {
-                Error::Quota(why)
-            } else {
-                Error::Refused(why)
-            })
-        }
-        Err(e) => Err(kube_err(format!("creating {what}"))(e)),
-    }
-}
-
-/// Whether trying again cannot change a refusal: a 4xx, except a conflict,
-/// throttling and an expired credential.
-fn refused_for_good(e: &kube::core::Status) -> bool {
-    (400..500).contains(&e.code) && !matches!(e.code, 401 | 409 | 429)
-}
-
 /// Step 5, one deletion at a time: the mover pod, the clone PVC, its PV,
 /// the VolumeSnapshot. Returns true when nothing is left.
 async fn cleanup(ctx: &Ctx, vb: &VolumeBackup) -> Result<bool, Error> {
@@ -2044,25 +1948,6 @@ async fn group_cleanup(
     Ok(false)
 }
 
-/// Deletes `name` unless it is gone or going; returns whether it was still
-/// there (a cleanup step then waits for it to go).
-pub(crate) async fn delete_present<K>(api: &Api<K>, name: &str, what: &str) -> Result<bool, Error>
-where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    let Some(o) = api
-        .get_opt(name)
-        .await
-        .map_err(kube_err(format!("reading {what}")))?
-    else {
-        return Ok(false);
-    };
-    if o.meta().deletion_timestamp.is_none() {
-        delete(api, name, what).await?;
-    }
-    Ok(true)
-}
-
 /// How long after `--terminating-limit` a pod still Terminating is looked
 /// at again, where no event would wake its owner (a lost node sends none).
 pub(crate) const TERMINATING_RECHECK: Duration = Duration::from_secs(5);
@@ -2113,32 +1998,9 @@ async fn delete_pod(
     Ok(true)
 }
 
-pub(crate) async fn delete<K>(api: &Api<K>, name: &str, what: &str) -> Result<(), Error>
-where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    match api.delete(name, &DeleteParams::background()).await {
-        Ok(_) => {
-            tracing::info!("deleted {what}");
-            Ok(())
-        }
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        // A namespace that opted out since: the object is owned by its
-        // run, and Kubernetes' garbage collector takes it with the run.
-        Err(kube::Error::Api(e)) if e.code == 403 => {
-            tracing::warn!(
-                "cannot delete {what} ({}); leaving it to the garbage collector",
-                e.message
-            );
-            Ok(())
-        }
-        Err(e) => Err(kube_err(format!("deleting {what}"))(e)),
-    }
-}
-
 /// After cleanup: the stage `Done` and the run's metrics, then, on the next
 /// pass (at the version that write made), the finalizer off.
-pub(crate) async fn finish<K: Run>(
+pub(crate) async fn finish<K: RunObject>(
     ctx: &Ctx,
     run: &K,
     st: &RunStatus,
@@ -2151,7 +2013,7 @@ pub(crate) async fn finish<K: Run>(
             stage: Some("Done".into()),
             ..st.clone()
         };
-        status::write::<K>(&ctx.client, &ns, &run.name_any(), &done, None).await;
+        crate::report::write_run::<K>(&ctx.client, &ns, &run.name_any(), &done, None).await;
         return Ok(Action::requeue(Duration::ZERO));
     }
     remove_finalizer(ctx, run).await?;
@@ -2160,7 +2022,7 @@ pub(crate) async fn finish<K: Run>(
 
 /// Adds the cleanup finalizer at the version read; `None` when the run
 /// changed meanwhile (it is reconciled again).
-pub(crate) async fn add_finalizer<K: Run>(ctx: &Ctx, run: &K) -> Result<Option<K>, Error> {
+pub(crate) async fn add_finalizer<K: RunObject>(ctx: &Ctx, run: &K) -> Result<Option<K>, Error> {
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default());
     let mut finalizers = run.finalizers().to_vec();
     finalizers.push(FINALIZER.to_string());
@@ -2181,7 +2043,7 @@ pub(crate) async fn add_finalizer<K: Run>(ctx: &Ctx, run: &K) -> Result<Option<K
     }
 }
 
-pub(crate) async fn remove_finalizer<K: Run>(ctx: &Ctx, run: &K) -> Result<(), Error> {
+pub(crate) async fn remove_finalizer<K: RunObject>(ctx: &Ctx, run: &K) -> Result<(), Error> {
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default());
     let rest: Vec<&String> = run
         .finalizers()
@@ -2365,25 +2227,6 @@ where
     swept
 }
 
-/// The kinds the controller runs: VolumeBackup and VolumeRestore.
-pub(crate) trait Run:
-    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-    + status::HasRunStatus
-    + Clone
-    + serde::de::DeserializeOwned
-    + std::fmt::Debug
-{
-}
-
-impl<K> Run for K where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + status::HasRunStatus
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-{
-}
-
 impl Ctx {
     /// A mover pod `name` in `ns` that opens `repo` (its password Secret in
     /// the environment, its credentials Secret mounted), with this
@@ -2416,7 +2259,7 @@ impl Ctx {
     /// final status, then an Event. `Err` when the status
     /// could not be written, so that the reconcile is tried again rather
     /// than leaving the run open with nothing left to wake it.
-    pub(crate) async fn end<K: Run>(
+    pub(crate) async fn end<K: RunObject>(
         &self,
         run: &K,
         outcome: Outcome,
@@ -2432,7 +2275,7 @@ impl Ctx {
             ),
             Outcome::Done { .. } => (EventType::Normal, "Completed", String::new()),
         };
-        let written = status::try_update::<K>(&self.client, &ns, &run.name_any(), |s| {
+        let written = crate::report::try_update_run::<K>(&self.client, &ns, &run.name_any(), |s| {
             let stage = s.stage.clone();
             *s = status::finished(s.clone(), outcome.clone());
             s.stage = stage.or(Some(first_stage.into()));
@@ -2474,7 +2317,7 @@ impl Ctx {
         }
     }
 
-    pub(crate) async fn event<K: Run>(
+    pub(crate) async fn event<K: RunObject>(
         &self,
         run: &K,
         type_: EventType,
@@ -2493,7 +2336,7 @@ impl Ctx {
         reason: &str,
         note: String,
     ) {
-        status::publish_event(
+        crate::report::publish_event(
             &self.recorder,
             &obj.object_ref(&()),
             type_,

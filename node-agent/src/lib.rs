@@ -11,6 +11,7 @@
 //! Secrets), [`metrics`] (Prometheus and health).
 
 pub mod annotations;
+pub mod api;
 pub mod controller;
 pub mod crd;
 pub mod hooks;
@@ -19,13 +20,19 @@ pub mod lenient;
 pub mod maintenance;
 pub mod metrics;
 pub mod mover;
+pub mod names;
 pub mod node;
 pub mod plan;
+pub mod pods;
 pub mod policy;
+pub mod report;
 pub mod repos;
-pub mod restore;
+pub mod restore_target;
 pub mod restorer;
-pub mod schedule;
+pub mod run;
 pub mod schedules;
+pub mod scheduling;
 pub mod snapshot;
+pub mod snapshot_source;
 pub mod status;
+pub mod time;

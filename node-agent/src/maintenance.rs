@@ -31,27 +31,20 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use crate::controller::{
-    create_mover, delete_account, delete_mover, kube_err, mover_command, mover_state, Ctx, Error,
-    MoverState, StatusOf, TERMINATING_RECHECK,
+    create_mover, delete_account, delete_mover, mover_command, mover_state, Ctx, MoverState,
+    StatusOf, TERMINATING_RECHECK,
 };
 use crate::crd::{
     BackupRepository, BackupRepositoryStatus, CheckResult, CopyResult, JobTimes, Maintenance,
     PruneResult,
 };
 use crate::metrics::{CopyLabels, MaintenanceLabels};
-use crate::node::{label_value, object_name};
-use crate::schedule::Schedule;
-use crate::schedules::{created_at, parse_time, tick, Tick};
-use crate::snapshot;
 
-/// The label on maintenance pods: the repository's name.
-pub const MAINTENANCE_LABEL: &str = "coffer.dev/maintenance";
-/// Starts a prune now, once per value.
-pub const PRUNE_NOW: &str = "maintenance.coffer.dev/prune-now";
-/// Starts a check now, once per value.
-pub const CHECK_NOW: &str = "maintenance.coffer.dev/check-now";
-/// Starts a copy into `spec.maintenance.copyTo` now, once per value.
-pub const COPY_NOW: &str = "maintenance.coffer.dev/copy-now";
+use crate::api::{kube_err, Error};
+use crate::names::{label_value, object_name, CHECK_NOW, COPY_NOW, MAINTENANCE_LABEL, PRUNE_NOW};
+use crate::scheduling::Schedule;
+use crate::scheduling::{created_at, parse_time, tick, Tick};
+use crate::snapshot;
 
 /// One of the maintenance jobs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,7 +105,7 @@ impl Job {
 
     /// Writes a failed result for `at` into `st`.
     fn fail(self, st: &mut BackupRepositoryStatus, at: &str, why: String) {
-        let time = crate::status::now();
+        let time = crate::time::now_secs();
         match self {
             Job::Copy => {
                 st.last_copy = Some(CopyResult {
@@ -247,7 +240,7 @@ pub(crate) async fn reconcile(repo: Arc<BackupRepository>, ctx: Arc<Ctx>) -> Res
             now,
         ) {
             Tick::Fire { trigger } if !running && fire.is_none() => fire = Some((job, trigger)),
-            Tick::Fire { .. } => times.next_schedule_time = Some(crate::status::now()),
+            Tick::Fire { .. } => times.next_schedule_time = Some(crate::time::now_secs()),
             Tick::Wait(next) => {
                 times.next_schedule_time =
                     next.map(|n| n.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
@@ -319,7 +312,7 @@ async fn follow(
             }
             let labels = BTreeMap::from([
                 (MAINTENANCE_LABEL.to_string(), label_value(&name)),
-                crate::controller::managed_by(),
+                crate::names::managed_by(),
             ]);
             let owner = repo.controller_owner_ref(&()).unwrap_or_default();
             let memory = m.memory.as_ref().unwrap_or(&ctx.opts.mover_memory);

@@ -1,8 +1,9 @@
 //! Prometheus metrics, `/healthz` and `/readyz`.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -14,6 +15,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+use kube::ResourceExt;
+
+use crate::crd::{BackupSchedule, BackupScheduleStatus};
 
 /// Runs by namespace and phase.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -283,4 +288,153 @@ pub async fn serve(addr: SocketAddr, m: Arc<Metrics>) -> std::io::Result<SocketA
         }
     });
     Ok(bound)
+}
+
+fn schedule_labels(bs: &BackupSchedule) -> ScheduleLabels {
+    ScheduleLabels {
+        namespace: bs.namespace().unwrap_or_default(),
+        schedule: bs.name_any(),
+    }
+}
+
+/// The schedules' state as gauges, for alerts such as "no successful backup
+/// for a day" or "the last run failed". A deleted schedule's gauges go
+/// (`controller::schedules::forget_deleted`) and stay gone.
+pub(crate) struct ScheduleGauges {
+    metrics: Arc<Metrics>,
+    /// Under one lock: the uids of the schedules deleted lately, oldest
+    /// first, so that a reconcile that read one before its deletion cannot
+    /// export it again; and which schedule's uid exported each series, so
+    /// that a deletion seen late does not remove a same-named successor's.
+    state: Mutex<GaugeOwners>,
+}
+
+#[derive(Default)]
+struct GaugeOwners {
+    deleted: VecDeque<String>,
+    exported_by: BTreeMap<(String, String), String>,
+}
+
+impl ScheduleGauges {
+    /// How many deleted schedules are remembered.
+    const REMEMBERED: usize = 1024;
+
+    pub(crate) fn new(metrics: Arc<Metrics>) -> ScheduleGauges {
+        ScheduleGauges {
+            metrics,
+            state: Mutex::default(),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, GaugeOwners> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets `bs`'s gauges from `st`, unless `bs` was deleted. The check and
+    /// the update are one step under the lock that [`ScheduleGauges::forget`] takes.
+    pub(crate) fn export(&self, bs: &BackupSchedule, st: &BackupScheduleStatus) {
+        let mut state = self.state();
+        let uid = bs.uid().unwrap_or_default();
+        if state.deleted.contains(&uid) {
+            return;
+        }
+        let labels = schedule_labels(bs);
+        state
+            .exported_by
+            .insert((labels.namespace.clone(), labels.schedule.clone()), uid);
+        let unix = |t: &Option<String>| {
+            t.as_deref()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.timestamp_millis() as f64 / 1000.0)
+        };
+        let m = &self.metrics;
+        if let Some(t) = unix(&st.last_successful_time) {
+            m.schedule_last_success.get_or_create(&labels).set(t);
+        }
+        match unix(&st.next_schedule_time) {
+            Some(t) => {
+                m.schedule_next_run.get_or_create(&labels).set(t);
+            }
+            None => {
+                m.schedule_next_run.remove(&labels);
+            }
+        }
+        if let Some(c) = st.conditions.iter().find(|c| c.type_ == "LastRunSucceeded") {
+            m.schedule_last_run_succeeded
+                .get_or_create(&labels)
+                .set(i64::from(c.status == "True"));
+        }
+    }
+
+    /// Removes a deleted schedule's gauges, and remembers it.
+    pub(crate) fn forget(&self, bs: &BackupSchedule) {
+        let mut state = self.state();
+        let uid = bs.uid().unwrap_or_default();
+        if state.deleted.len() == Self::REMEMBERED {
+            state.deleted.pop_front();
+        }
+        state.deleted.push_back(uid.clone());
+        let labels = schedule_labels(bs);
+        let key = (labels.namespace.clone(), labels.schedule.clone());
+        if state.exported_by.get(&key).is_some_and(|by| *by != uid) {
+            // A schedule of the same name, made since, owns them.
+            return;
+        }
+        state.exported_by.remove(&key);
+        let m = &self.metrics;
+        m.schedule_last_success.remove(&labels);
+        m.schedule_next_run.remove(&labels);
+        m.schedule_last_run_succeeded.remove(&labels);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_deleted_schedule_keeps_no_gauges_even_when_a_reconcile_in_flight_exports_it_after() {
+        let metrics = Metrics::new();
+        let gauges = ScheduleGauges::new(metrics.clone());
+        let schedule = |ns: &str, uid: &str| -> BackupSchedule {
+            serde_json::from_value(json!({
+                "metadata": {"name": "nightly", "namespace": ns, "uid": uid},
+                "spec": {"schedule": "0 2 * * *", "repository": "main"},
+            }))
+            .unwrap()
+        };
+        let st = BackupScheduleStatus {
+            last_successful_time: Some("2026-11-25T02:00:00Z".into()),
+            next_schedule_time: Some("2026-11-26T02:00:00Z".into()),
+            ..Default::default()
+        };
+        let series = |ns: &str| {
+            metrics
+                .encode()
+                .lines()
+                .filter(|l| {
+                    l.starts_with("coffer_schedule_") && l.contains(&format!("namespace=\"{ns}\""))
+                })
+                .count()
+        };
+        let (old, other) = (schedule("shop", "uid-1"), schedule("blog", "uid-2"));
+        gauges.export(&old, &st);
+        gauges.export(&other, &st);
+        assert_eq!(series("shop"), 2);
+        gauges.forget(&old);
+        assert_eq!(series("shop"), 0);
+        // A reconcile that read the schedule before its deletion.
+        gauges.export(&old, &st);
+        assert_eq!(series("shop"), 0, "{}", metrics.encode());
+        assert_eq!(series("blog"), 2);
+        // A new schedule of the same name is a new object, whose series a
+        // late deletion of the old one leaves alone.
+        gauges.export(&schedule("shop", "uid-3"), &st);
+        assert_eq!(series("shop"), 2);
+        gauges.forget(&old);
+        assert_eq!(series("shop"), 2);
+        gauges.forget(&schedule("shop", "uid-3"));
+        assert_eq!(series("shop"), 0);
+    }
 }

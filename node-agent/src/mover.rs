@@ -24,7 +24,7 @@ use crate::crd::{
     BackupRepository, BackupSchedule, CheckResult, CopyResult, Phase, Progress, PruneResult,
     RestorePolicy, RetentionResult, SnapshotSource, VolumeBackup, VolumeRestore,
 };
-use crate::node::STATUS_INTERVAL;
+use crate::report::STATUS_INTERVAL;
 use crate::status::{self, Outcome};
 
 /// The repository password, zeroed when it is dropped.
@@ -111,16 +111,12 @@ pub async fn backup(
 /// written).
 async fn report<K>(client: &Client, ns: &str, name: &str, outcome: Outcome) -> Phase
 where
-    K: status::HasRunStatus
-        + kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
+    K: crate::run::RunObject,
 {
     if let Outcome::Failed(m) = &outcome {
         tracing::error!(namespace = ns, run = name, "{m}");
     }
-    let written = status::update::<K>(client, ns, name, |s| {
+    let written = crate::report::update_run::<K>(client, ns, name, |s| {
         *s = status::finished(s.clone(), outcome.clone());
     })
     .await;
@@ -209,7 +205,7 @@ pub async fn forget(
         }
         Ok::<_, String>(RetentionResult {
             after: job.after.clone(),
-            time: status::now(),
+            time: crate::time::now_secs(),
             kept: kept as u64,
             removed: removed as u64,
             origins: plan.groups.len() as u64,
@@ -218,7 +214,7 @@ pub async fn forget(
     };
     let result = run.await.unwrap_or_else(|e| RetentionResult {
         after: job.after.clone(),
-        time: status::now(),
+        time: crate::time::now_secs(),
         error: Some(e),
         ..Default::default()
     });
@@ -302,7 +298,7 @@ pub async fn prune(
     let result = match run.await {
         Ok(plan) => PruneResult {
             scheduled_at: job.scheduled_at.clone(),
-            time: status::now(),
+            time: crate::time::now_secs(),
             bytes_freed: plan.bytes_freed,
             bytes_repacked: plan.bytes_repacked,
             packs_deleted: (plan.delete_packs.len()
@@ -315,7 +311,7 @@ pub async fn prune(
         },
         Err(e) => PruneResult {
             scheduled_at: job.scheduled_at.clone(),
-            time: status::now(),
+            time: crate::time::now_secs(),
             error: Some(e),
             ..Default::default()
         },
@@ -370,7 +366,7 @@ pub async fn copy(
     let result = match run.await {
         Ok(done) => CopyResult {
             scheduled_at: job.scheduled_at.clone(),
-            time: status::now(),
+            time: crate::time::now_secs(),
             destination: dest.name.clone(),
             snapshots_copied: done.iter().filter(|c| c.new.is_some()).count() as u64,
             snapshots_skipped: done.iter().filter(|c| c.already.is_some()).count() as u64,
@@ -380,7 +376,7 @@ pub async fn copy(
         },
         Err(e) => CopyResult {
             scheduled_at: job.scheduled_at.clone(),
-            time: status::now(),
+            time: crate::time::now_secs(),
             destination: dest.name.clone(),
             error: Some(e),
             ..Default::default()
@@ -434,7 +430,7 @@ pub async fn check(
             }
             CheckResult {
                 scheduled_at: job.scheduled_at.clone(),
-                time: status::now(),
+                time: crate::time::now_secs(),
                 ok: report.is_ok(),
                 read_data_subset: subset.clone(),
                 snapshots: report.snapshots,
@@ -452,7 +448,7 @@ pub async fn check(
         }
         Err(e) => CheckResult {
             scheduled_at: job.scheduled_at.clone(),
-            time: status::now(),
+            time: crate::time::now_secs(),
             read_data_subset: subset.clone(),
             error: Some(e),
             ..Default::default()
@@ -494,21 +490,26 @@ pub struct ResolveJob {
 pub async fn resolve(client: Client, job: ResolveJob, password: Password) -> bool {
     let found = match job.repo.open(&password).await {
         Ok(repo) => {
-            crate::restore::find_snapshot(&repo, &job.snapshot, &job.namespace, &job.repository)
-                .await
+            crate::snapshot_source::find_snapshot(
+                &repo,
+                &job.snapshot,
+                &job.namespace,
+                &job.repository,
+            )
+            .await
         }
         Err(m) => Err(m),
     };
     match found {
         Ok((id, snap)) => {
-            let claim = crate::restore::recorded_claim(&snap);
+            let claim = crate::snapshot_source::recorded_claim(&snap);
             tracing::info!(
                 namespace = job.namespace,
                 run = job.run,
                 snapshot = id,
                 "found"
             );
-            status::update::<VolumeRestore>(&client, &job.namespace, &job.run, |s| {
+            crate::report::update_run::<VolumeRestore>(&client, &job.namespace, &job.run, |s| {
                 s.snapshot_id = Some(id.clone());
                 s.source_claim = Some(claim.clone());
             })
@@ -554,7 +555,7 @@ pub async fn restore(
     let outcome = match job.repo.open(&password).await {
         Err(m) => Outcome::Failed(m),
         Ok(repo) => {
-            let target = crate::restore::Target {
+            let target = crate::restore_target::Target {
                 path: &job.target,
                 block: job.block,
                 policy: if job.block {
@@ -566,13 +567,13 @@ pub async fn restore(
                 special_files: job.special_files,
             };
             let subpath = job.subpath.as_deref();
-            let (progress, reporter) = status::restore_progress(
+            let (progress, reporter) = crate::report::restore_progress(
                 client.clone(),
                 job.namespace.clone(),
                 job.run.clone(),
                 STATUS_INTERVAL,
             );
-            let result = crate::restore::restore_into(
+            let result = crate::restore_target::restore_into(
                 repo,
                 &job.snapshot,
                 subpath,
@@ -635,7 +636,10 @@ async fn run_backup(
         while rx.changed().await.is_ok() {
             tokio::time::sleep(STATUS_INTERVAL.saturating_sub(last.elapsed())).await;
             let p = status::progress_of(&rx.borrow_and_update());
-            status::update::<VolumeBackup>(&c, &ns, &name, |s| s.progress = Some(p.clone())).await;
+            crate::report::update_run::<VolumeBackup>(&c, &ns, &name, |s| {
+                s.progress = Some(p.clone())
+            })
+            .await;
             last = Instant::now();
         }
     });

@@ -36,6 +36,7 @@ use kube::{Client, Resource, ResourceExt};
 use tokio::sync::{Notify, Semaphore};
 
 use crate::annotations;
+use crate::api::is_status;
 use crate::crd::{
     BackupMethod, HookRun, Phase, Progress, RunStatus, VolumeBackup, VolumeBackupSpec,
     VolumeRestore,
@@ -44,13 +45,13 @@ use crate::hooks;
 use crate::kubelet;
 use crate::lenient::Lenient;
 use crate::metrics::{Metrics, NamespaceLabels, RunLabels, VolumeLabels};
+use crate::names::{label_value, object_name, POD_LABEL, TRIGGER_LABEL, VOLUME_LABEL};
 use crate::plan::{self, NodeConfig, Planned, VolumeMode};
+use crate::report::STATUS_INTERVAL;
 use crate::repos::Repos;
-use crate::schedule::Schedule;
+use crate::run::RunObject;
+use crate::scheduling::Schedule;
 use crate::status::{self, Decision, Outcome};
-
-/// How often a run's progress is written into its status, at most.
-pub const STATUS_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The node agent's settings.
 #[derive(Clone, Debug)]
@@ -128,10 +129,6 @@ type Recheck = (String, String, String);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn is_status(e: &kube::Error, code: u16) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == code)
 }
 
 impl Agent {
@@ -328,7 +325,7 @@ impl Agent {
             .flat_map(|s| s.volumes.iter().flatten())
             .map(|v| v.name.clone())
             .collect();
-        let owner = plan::owner_of(pod).unwrap_or_else(|| format!("Pod/{name}"));
+        let owner = crate::pods::owner_of(pod).unwrap_or_else(|| format!("Pod/{name}"));
         let identity = |v: &str| format!("{ns}/{owner}/{v}");
         let req = match annotations::parse(pod.annotations(), &volumes, identity) {
             Ok(Some(r)) => r,
@@ -384,7 +381,7 @@ impl Agent {
         }
         self.schedules_changed.notify_one();
         if let Some(now_value) = &req.backup_now {
-            let suffix = short_hash(&format!("{uid}/{now_value}"));
+            let suffix = crate::names::short_hash(&format!("{uid}/{now_value}"));
             self.create_backups(pod, &req, "backup-now", &suffix).await;
         }
     }
@@ -435,9 +432,9 @@ impl Agent {
                     name: Some(vb_name.clone()),
                     namespace: Some(ns.clone()),
                     labels: Some(BTreeMap::from([
-                        ("coffer.dev/pod".to_string(), label_value(&name)),
-                        ("coffer.dev/volume".to_string(), label_value(v)),
-                        ("coffer.dev/trigger".to_string(), trigger.to_string()),
+                        (POD_LABEL.to_string(), label_value(&name)),
+                        (VOLUME_LABEL.to_string(), label_value(v)),
+                        (TRIGGER_LABEL.to_string(), trigger.to_string()),
                     ])),
                     ..Default::default()
                 },
@@ -548,13 +545,7 @@ impl Agent {
     /// conflict). Until then the run is looked at again when the wait ends.
     async fn pod_node<K>(self: &Arc<Self>, ns: &str, pod: &str, obj: &K) -> Option<String>
     where
-        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-            + Clone
-            + serde::de::DeserializeOwned
-            + std::fmt::Debug
-            + Send
-            + Sync
-            + 'static,
+        K: RunObject + Send + Sync + 'static,
     {
         if self.pod_here(ns, pod).is_some() {
             return Some(self.me().to_string());
@@ -868,12 +859,9 @@ impl Agent {
     /// whether it was written.
     async fn write_status<K>(&self, ns: &str, name: &str, s: &RunStatus, rv: Option<String>) -> bool
     where
-        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-            + Clone
-            + serde::de::DeserializeOwned
-            + std::fmt::Debug,
+        K: RunObject,
     {
-        status::write::<K>(&self.client, ns, name, s, rv).await
+        crate::report::write_run::<K>(&self.client, ns, name, s, rv).await
     }
 
     async fn event(
@@ -884,7 +872,7 @@ impl Agent {
         action: &str,
         note: String,
     ) {
-        status::publish_event(&self.recorder, reference, type_, reason, action, note).await
+        crate::report::publish_event(&self.recorder, reference, type_, reason, action, note).await
     }
 
     /// Plans one volume of a pod on this node.
@@ -894,7 +882,7 @@ impl Agent {
         let pv_api: Api<PersistentVolume> = Api::all(self.client.clone());
         let mut pvcs = BTreeMap::new();
         let mut pvs = BTreeMap::new();
-        let claim = plan::volume_claim(pod, volume).flatten();
+        let claim = crate::pods::volume_claim(pod, volume).flatten();
         if let Some(claim) = claim {
             match pvc_api.get_opt(&claim).await {
                 Ok(Some(pvc)) => {
@@ -924,7 +912,7 @@ impl Agent {
         if let (Some(host_path), Some(root)) = (&planned.host_path, &self.opts.node.host_root) {
             let (resolved, inside) = kubelet::resolve_in_root(root, host_path)
                 .map_err(|e| format!("hostPath volume {volume:?}: {e}"))?;
-            if !plan::host_path_allowed(&resolved, &self.opts.node.host_path_allow) {
+            if !crate::policy::host_path_allowed(&resolved, &self.opts.node.host_path_allow) {
                 return Err(format!(
                     "hostPath volume {volume:?} ({}) resolves to {}, outside the allowed prefixes",
                     host_path.display(),
@@ -1088,7 +1076,7 @@ impl Agent {
             namespace: Some(ns.clone()),
             pod: Some(name.clone()),
             node: Some(self.me().to_string()),
-            owner: plan::owner_of(pod),
+            owner: crate::pods::owner_of(pod),
             volume: Some(d.filename.clone()),
             ..Default::default()
         });
@@ -1215,7 +1203,7 @@ impl Agent {
                 let wait = STATUS_INTERVAL.saturating_sub(last.elapsed());
                 tokio::time::sleep(wait).await;
                 let p = status::progress_of(&rx.borrow_and_update().clone());
-                status::update::<VolumeBackup>(&client, &ns2, &name2, |st| {
+                crate::report::update_run::<VolumeBackup>(&client, &ns2, &name2, |st| {
                     st.progress = Some(p.clone())
                 })
                 .await;
@@ -1294,15 +1282,19 @@ impl Agent {
             Ok(r) => r,
             Err(e) => return (Outcome::Failed(e.to_string()), Some(path), 0),
         };
-        let snapshot =
-            match crate::restore::find_snapshot(&repo, &vr.spec.snapshot, &ns, &vr.spec.repository)
-                .await
-            {
-                Ok((id, _)) => id,
-                Err(m) => return (Outcome::Failed(m), Some(path), 0),
-            };
+        let snapshot = match crate::snapshot_source::find_snapshot(
+            &repo,
+            &vr.spec.snapshot,
+            &ns,
+            &vr.spec.repository,
+        )
+        .await
+        {
+            Ok((id, _)) => id,
+            Err(m) => return (Outcome::Failed(m), Some(path), 0),
+        };
         let what = format!("volume {volume:?} of pod {pod_name}");
-        let target = crate::restore::Target {
+        let target = crate::restore_target::Target {
             path: &planned.path,
             block: planned.mode == VolumeMode::Block,
             policy: vr.spec.policy,
@@ -1310,15 +1302,21 @@ impl Agent {
             special_files: vr.spec.special_files,
         };
         let subpath = vr.spec.subpath.as_deref();
-        let (progress, reporter) = status::restore_progress(
+        let (progress, reporter) = crate::report::restore_progress(
             self.client.clone(),
             ns.clone(),
             vr.name_any(),
             STATUS_INTERVAL,
         );
-        let result =
-            crate::restore::restore_into(repo, &snapshot, subpath, &target, cancel, Some(progress))
-                .await;
+        let result = crate::restore_target::restore_into(
+            repo,
+            &snapshot,
+            subpath,
+            &target,
+            cancel,
+            Some(progress),
+        )
+        .await;
         reporter.abort();
         let _ = reporter.await;
         match result {
@@ -1412,58 +1410,5 @@ fn stopped(reason: &Arc<Mutex<Option<StopReason>>>) -> Outcome {
     match lock(reason).clone() {
         Some(StopReason::PodGone(m)) => Outcome::Failed(m),
         _ => Outcome::Canceled,
-    }
-}
-
-/// Whether a directory is empty, `lost+found` aside.
-/// Eight hex digits of BLAKE3.
-fn short_hash(s: &str) -> String {
-    blake3::hash(s.as_bytes()).to_hex()[..8].to_string()
-}
-
-/// A valid object name from parts: joined with `-`, lowercased, at most 253
-/// characters (a long one keeps its head and gets a hash).
-pub fn object_name(parts: &[&str]) -> String {
-    let joined: String = parts
-        .join("-")
-        .to_ascii_lowercase()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    if joined.len() <= 253 {
-        return joined;
-    }
-    format!("{}-{}", &joined[..240], short_hash(&joined))
-}
-
-/// A valid label value (at most 63 characters).
-pub fn label_value(s: &str) -> String {
-    if s.len() <= 63 {
-        return s.to_string();
-    }
-    format!("{}-{}", &s[..54], short_hash(s))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_are_valid_and_deterministic() {
-        assert_eq!(
-            object_name(&["db-0", "data", "1a2b3c4d"]),
-            "db-0-data-1a2b3c4d"
-        );
-        let long = "x".repeat(300);
-        let n = object_name(&[&long, "data"]);
-        assert!(n.len() <= 253);
-        assert_eq!(n, object_name(&[&long, "data"]));
-        assert_eq!(label_value(&"y".repeat(80)).len(), 63);
     }
 }

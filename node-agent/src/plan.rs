@@ -21,11 +21,14 @@
 //! volumes the kubelet has not mounted yet: a skip is never a failure.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use coffer_engine::forget::OriginFilter;
 use coffer_engine::format::snapshot::KubernetesOrigin;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, Volume};
+
+use crate::pods::{claim_of, owner_of};
+use crate::policy::{clean_absolute, host_path_allowed};
 
 /// What the planner needs to know about the node and the agent.
 #[derive(Clone, Debug)]
@@ -227,38 +230,6 @@ pub fn plan_named(
     }
 }
 
-/// The PVC names a pod refers to (its own claims and generic ephemeral
-/// volumes' claims), for the caller to fetch.
-pub fn claim_names(pod: &Pod) -> Vec<String> {
-    let pod_name = pod.metadata.name.clone().unwrap_or_default();
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.volumes.as_ref())
-        .map(|vs| vs.iter().filter_map(|v| claim_of(&pod_name, v)).collect())
-        .unwrap_or_default()
-}
-
-/// The PVC behind volume `volume` of a pod: `None` when the pod has no such
-/// volume, `Some(None)` when the volume is not a claim.
-pub fn volume_claim(pod: &Pod, volume: &str) -> Option<Option<String>> {
-    let pod_name = pod.metadata.name.clone().unwrap_or_default();
-    pod.spec
-        .iter()
-        .flat_map(|s| s.volumes.iter().flatten())
-        .find(|v| v.name == volume)
-        .map(|v| claim_of(&pod_name, v))
-}
-
-fn claim_of(pod_name: &str, v: &Volume) -> Option<String> {
-    if let Some(c) = &v.persistent_volume_claim {
-        return Some(c.claim_name.clone());
-    }
-    // Generic ephemeral volumes: the PVC is named <pod>-<volume>.
-    v.ephemeral
-        .as_ref()
-        .map(|_| format!("{pod_name}-{}", v.name))
-}
-
 /// Where the first container that uses the volume has it: (path, block).
 fn mount_of(pod: &Pod, volume: &str) -> Option<(String, bool)> {
     let spec = pod.spec.as_ref()?;
@@ -280,29 +251,6 @@ fn mount_of(pod: &Pod, volume: &str) -> Option<(String, bool)> {
         }
     }
     found
-}
-
-/// The pod's controlling workload as `Kind/name`; a ReplicaSet made by a
-/// Deployment is named by its Deployment (its name minus the pod template
-/// hash), so that a rollout keeps the same origin.
-pub fn owner_of(pod: &Pod) -> Option<String> {
-    let r = pod
-        .metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|r| r.controller == Some(true))?;
-    if r.kind == "ReplicaSet" {
-        let hash = pod
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get("pod-template-hash"));
-        if let Some(base) = hash.and_then(|h| r.name.strip_suffix(&format!("-{h}"))) {
-            return Some(format!("Deployment/{base}"));
-        }
-    }
-    Some(format!("{}/{}", r.kind, r.name))
 }
 
 fn plan_volume(
@@ -643,55 +591,4 @@ fn host_path(
     };
     let rel = clean.strip_prefix("/").unwrap_or(&clean);
     Ok((root.join(rel), clean))
-}
-
-/// `path` without `.` components, refusing `..` and relative paths.
-pub fn clean_absolute(path: &Path) -> Option<PathBuf> {
-    if !path.is_absolute() {
-        return None;
-    }
-    let mut out = PathBuf::from("/");
-    for c in path.components() {
-        match c {
-            Component::RootDir | Component::CurDir => {}
-            Component::Normal(n) => out.push(n),
-            Component::ParentDir | Component::Prefix(_) => return None,
-        }
-    }
-    Some(out)
-}
-
-/// Whether a clean host path lies at or below one of the allowed prefixes
-/// (whole components: `/data` allows `/data/x`, not `/database`).
-pub fn host_path_allowed(clean: &Path, allow: &[PathBuf]) -> bool {
-    allow
-        .iter()
-        .filter_map(|a| clean_absolute(a))
-        .any(|a| clean.starts_with(&a))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn allowed_prefixes_are_whole_components() {
-        let allow = vec![
-            PathBuf::from("/var/lib/rancher/k3s/storage"),
-            PathBuf::from("/data/"),
-        ];
-        let ok = |p: &str| host_path_allowed(&clean_absolute(Path::new(p)).unwrap(), &allow);
-        assert!(ok("/data"));
-        assert!(ok("/data/db"));
-        assert!(ok("/var/lib/rancher/k3s/storage/pvc-1_ns_x"));
-        assert!(!ok("/database"));
-        assert!(!ok("/var/lib/rancher"));
-        assert!(!ok("/etc"));
-        assert!(clean_absolute(Path::new("/data/../etc")).is_none());
-        assert!(clean_absolute(Path::new("data")).is_none());
-        assert_eq!(
-            clean_absolute(Path::new("/data/./x/")).unwrap(),
-            PathBuf::from("/data/x")
-        );
-    }
 }

@@ -4,12 +4,10 @@
 //! handed by the controller to every mover it starts, and never raised by a
 //! BackupRepository, a run or an annotation.
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use coffer_engine::storage::TenantLimits;
-
-use crate::plan::{clean_absolute, host_path_allowed};
 
 /// The administrator's limits on what a tenant's objects may ask for.
 #[derive(Clone, Debug, clap::Args)]
@@ -209,6 +207,31 @@ impl TenantPolicy {
     }
 }
 
+/// `path` without `.` components, refusing `..` and relative paths.
+pub fn clean_absolute(path: &Path) -> Option<PathBuf> {
+    if !path.is_absolute() {
+        return None;
+    }
+    let mut out = PathBuf::from("/");
+    for c in path.components() {
+        match c {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(out)
+}
+
+/// Whether a clean host path lies at or below one of the allowed prefixes
+/// (whole components: `/data` allows `/data/x`, not `/database`).
+pub fn host_path_allowed(clean: &Path, allow: &[PathBuf]) -> bool {
+    allow
+        .iter()
+        .filter_map(|a| clean_absolute(a))
+        .any(|a| clean.starts_with(&a))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,5 +314,26 @@ mod tests {
         .unwrap()
         .policy;
         assert_eq!(format!("{parsed:?}"), format!("{p:?}"));
+    }
+
+    #[test]
+    fn allowed_prefixes_are_whole_components() {
+        let allow = vec![
+            PathBuf::from("/var/lib/rancher/k3s/storage"),
+            PathBuf::from("/data/"),
+        ];
+        let ok = |p: &str| host_path_allowed(&clean_absolute(Path::new(p)).unwrap(), &allow);
+        assert!(ok("/data"));
+        assert!(ok("/data/db"));
+        assert!(ok("/var/lib/rancher/k3s/storage/pvc-1_ns_x"));
+        assert!(!ok("/database"));
+        assert!(!ok("/var/lib/rancher"));
+        assert!(!ok("/etc"));
+        assert!(clean_absolute(Path::new("/data/../etc")).is_none());
+        assert!(clean_absolute(Path::new("data")).is_none());
+        assert_eq!(
+            clean_absolute(Path::new("/data/./x/")).unwrap(),
+            PathBuf::from("/data/x")
+        );
     }
 }

@@ -17,6 +17,7 @@ use kube::Client;
 use tokio::sync::Mutex;
 use zeroize::Zeroizing;
 
+use crate::api::is_status;
 use crate::crd::{BackupRepository, BackupRepositoryStatus, RepositoryPhase};
 use crate::policy::TenantPolicy;
 
@@ -112,14 +113,6 @@ struct Open {
 /// (namespace, name)
 type RepoKey = (String, String);
 
-fn is_not_found(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == 404)
-}
-
-fn is_forbidden(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == 403)
-}
-
 impl Repos {
     /// No repository open yet; each will be opened within `policy`.
     pub fn new(policy: TenantPolicy) -> Self {
@@ -190,7 +183,7 @@ impl Repos {
         let api: Api<BackupRepository> = Api::namespaced(client.clone(), namespace);
         let repo = match api.get(name).await {
             Ok(r) => r,
-            Err(e) if is_not_found(&e) => {
+            Err(e) if is_status(&e, 404) => {
                 return Err(RepoError::Missing {
                     namespace: namespace.into(),
                     name: name.into(),
@@ -209,7 +202,7 @@ impl Repos {
                 phase: Some(RepositoryPhase::Ready),
                 repository_id: Some(hex::encode(&r.config().id)),
                 message: None,
-                last_checked: Some(crate::status::now()),
+                last_checked: Some(crate::time::now_secs()),
                 observed_generation: repo.metadata.generation,
                 ..Default::default()
             },
@@ -217,7 +210,7 @@ impl Repos {
                 phase: Some(RepositoryPhase::NotReady),
                 repository_id: None,
                 message: Some(e.to_string()),
-                last_checked: Some(crate::status::now()),
+                last_checked: Some(crate::time::now_secs()),
                 observed_generation: repo.metadata.generation,
                 ..Default::default()
             },
@@ -268,13 +261,13 @@ impl Repos {
         };
         let pw_secret = match secrets.get(&pw_ref.name).await {
             Ok(s) => s,
-            Err(e) if is_forbidden(&e) => {
+            Err(e) if is_status(&e, 403) => {
                 return Err(RepoError::NotAllowed {
                     namespace: namespace.into(),
                     secret: pw_ref.name.clone(),
                 })
             }
-            Err(e) if is_not_found(&e) => {
+            Err(e) if is_status(&e, 404) => {
                 return Err(no_password(format!(
                     "password Secret {:?} of BackupRepository {namespace}/{name} not found",
                     pw_ref.name
@@ -317,13 +310,13 @@ impl Repos {
         if let Some(cref) = &spec.credentials_secret_ref {
             let s = match secrets.get(&cref.name).await {
                 Ok(s) => s,
-                Err(e) if is_forbidden(&e) => {
+                Err(e) if is_status(&e, 403) => {
                     return Err(RepoError::NotAllowed {
                         namespace: namespace.into(),
                         secret: cref.name.clone(),
                     })
                 }
-                Err(e) if is_not_found(&e) => {
+                Err(e) if is_status(&e, 404) => {
                     return Err(RepoError::NoCredentials {
                         namespace: namespace.into(),
                         secret: cref.name.clone(),

@@ -33,23 +33,17 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
 use crate::controller::{
-    add_finalizer, create_mover, delete, delete_account, delete_mover, finish, kube_err,
-    mover_command, not_started, quota_wait, Ctx, Error, StatusOf, FINALIZER,
+    add_finalizer, create_mover, delete_account, delete_mover, finish, mover_command, not_started,
+    quota_wait, Ctx, StatusOf,
 };
 use crate::crd::{BackupRepository, Phase, RestoreTarget, RunStatus, VolumeRestore};
-use crate::node::{label_value, object_name};
+
+use crate::api::{delete, kube_err, Error};
+use crate::names::{
+    label_value, object_name, FINALIZER, RESTORED_BY, RESTORED_FROM, RESTORE_LABEL, RUN_ANNOTATION,
+};
 use crate::snapshot::{self, MoverVolume};
 use crate::status::{self, Outcome};
-
-/// The label on the mover pods of a restore (its value: the run's name,
-/// shortened when needed).
-pub const RESTORE_LABEL: &str = "coffer.dev/volumerestore";
-/// The annotation naming a mover pod's run exactly: `namespace/name`.
-pub const RUN_ANNOTATION: &str = "coffer.dev/run";
-/// The annotation on a restored PVC: the run that made it.
-pub const RESTORED_BY: &str = "coffer.dev/restored-by";
-/// The annotation on a restored PVC: the snapshot it holds.
-pub const RESTORED_FROM: &str = "coffer.dev/restored-from";
 
 /// The metrics kind of these runs.
 const KIND: &str = "pvc-restore";
@@ -81,7 +75,7 @@ fn run_key(vr: &VolumeRestore) -> String {
 fn pod_labels(vr: &VolumeRestore) -> BTreeMap<String, String> {
     BTreeMap::from([
         (RESTORE_LABEL.to_string(), label_value(&vr.name_any())),
-        crate::controller::managed_by(),
+        crate::names::managed_by(),
     ])
 }
 
@@ -168,7 +162,7 @@ async fn claim(ctx: &Ctx, vr: &VolumeRestore, target: &RestoreTarget) -> Result<
     s.pvc = Some(target.pvc.clone());
     s.stage = Some("Resolving".into());
     let ns = vr.namespace().unwrap_or_default();
-    status::write::<VolumeRestore>(
+    crate::report::write_run::<VolumeRestore>(
         &ctx.client,
         &ns,
         &vr.name_any(),
@@ -347,7 +341,7 @@ async fn advance(
             args.push("--special-files".into());
         }
         start_mover(ctx, vr, &tns, &restorer, &repo, Some(volume), args).await?;
-        status::update::<VolumeRestore>(&ctx.client, &ns, &vr.name_any(), |s| {
+        crate::report::update_run::<VolumeRestore>(&ctx.client, &ns, &vr.name_any(), |s| {
             s.stage = Some("Restoring".into())
         })
         .await;

@@ -14,11 +14,11 @@
 //! Level-triggered like the rest: the schedule's status says what was done;
 //! the controller requeues at the next time and wakes on its runs' changes.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -26,110 +26,22 @@ use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use crate::annotations::BACKUP_NOW;
 use crate::controller::{
-    create, create_mover, delete_mover, kube_err, made_by_us, mover_command, Ctx, Error,
-    MoverState, StatusOf, TERMINATING_RECHECK,
+    create_mover, delete_mover, mover_command, Ctx, MoverState, StatusOf, TERMINATING_RECHECK,
 };
 use crate::crd::{
-    BackupMethod, BackupRepository, BackupSchedule, BackupScheduleStatus, ConcurrencyPolicy,
-    Condition, Phase, Retention, RetentionResult, VolumeBackup,
+    BackupMethod, BackupRepository, BackupSchedule, BackupScheduleStatus, ConcurrencyPolicy, Phase,
+    Retention, RetentionResult, VolumeBackup,
 };
-use crate::metrics::{Metrics, ScheduleLabels};
-use crate::node::{label_value, object_name};
-use crate::schedule::Schedule;
+
+use crate::api::{create, kube_err, Error};
+use crate::names::{
+    label_value, made_by_us, object_name, schedule_tag, BACKUP_NOW, SCHEDULED_AT, SCHEDULE_LABEL,
+};
+use crate::scheduling::Schedule;
+use crate::scheduling::{created_at, parse_time, tick, Tick};
 use crate::snapshot;
-
-/// The label on a schedule's VolumeBackups and retention pods.
-pub const SCHEDULE_LABEL: &str = "coffer.dev/schedule";
-/// The annotation on a schedule's VolumeBackups: the time that made them.
-pub const SCHEDULED_AT: &str = "coffer.dev/scheduled-at";
-
-/// The tag on every snapshot a schedule makes; retention considers only
-/// those.
-pub fn schedule_tag(name: &str) -> String {
-    format!("{SCHEDULE_LABEL}={name}")
-}
-
-/// What a schedule does now.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Tick {
-    /// Nothing until this time (never, while paused).
-    Wait(Option<DateTime<Utc>>),
-    /// Create the runs now; `trigger` is the `backup-now` value acted on.
-    Fire {
-        /// The manual trigger, if that is why.
-        trigger: Option<String>,
-    },
-}
-
-/// Whether a schedule fires at `now`: a new trigger value (one that is not
-/// `last_trigger`) always does, paused or not; otherwise the first time of
-/// `schedule` after `last` (or `created`), unless paused or there is no
-/// schedule. Missed times fire once.
-pub fn tick(
-    schedule: Option<&Schedule>,
-    paused: bool,
-    trigger: Option<&str>,
-    last_trigger: Option<&str>,
-    last: Option<DateTime<Utc>>,
-    created: DateTime<Utc>,
-    now: DateTime<Utc>,
-) -> Tick {
-    if let Some(t) = trigger.filter(|t| last_trigger != Some(*t)) {
-        return Tick::Fire {
-            trigger: Some(t.to_string()),
-        };
-    }
-    let Some(schedule) = schedule.filter(|_| !paused) else {
-        return Tick::Wait(None);
-    };
-    match schedule.next_after(last.unwrap_or(created)) {
-        Some(next) if next <= now => Tick::Fire { trigger: None },
-        next => Tick::Wait(next),
-    }
-}
-
-/// When `obj` was created (`now` when the server did not say).
-pub fn created_at<K: Resource>(obj: &K, now: DateTime<Utc>) -> DateTime<Utc> {
-    obj.meta()
-        .creation_timestamp
-        .as_ref()
-        .and_then(|t| DateTime::<Utc>::from_timestamp(t.0.as_second(), 0))
-        .unwrap_or(now)
-}
-
-/// An RFC 3339 time of a status, when it is one.
-pub fn parse_time(t: Option<&String>) -> Option<DateTime<Utc>> {
-    t.and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| t.with_timezone(&Utc))
-}
-
-/// Sets condition `type_`, keeping its transition time when the status
-/// did not change.
-pub fn set_condition(
-    conditions: &mut Vec<Condition>,
-    type_: &str,
-    ok: bool,
-    reason: &str,
-    message: String,
-    now: &str,
-) {
-    let status = if ok { "True" } else { "False" };
-    let since = conditions
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
-        .and_then(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| now.to_string());
-    conditions.retain(|c| c.type_ != type_);
-    conditions.push(Condition {
-        type_: type_.into(),
-        status: status.into(),
-        reason: reason.into(),
-        message,
-        last_transition_time: Some(since),
-    });
-}
+use crate::status::set_condition;
 
 /// The policy as `coffer-agent mover forget` flags (`coffer forget`'s).
 pub fn retention_args(r: &Retention) -> Vec<String> {
@@ -205,7 +117,7 @@ pub(crate) async fn reconcile(bs: Arc<BackupSchedule>, ctx: Arc<Ctx>) -> Result<
     let old = bs.status.clone().unwrap_or_default();
     let mut st = old.clone();
     let now = Utc::now();
-    let now_s = crate::status::now();
+    let now_s = crate::time::now_secs();
     // A time, to the millisecond: two triggers in one second are two times.
     let at = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let schedule = match Schedule::parse(&bs.spec.schedule, &format!("{ns}/{name}")) {
@@ -467,13 +379,6 @@ pub(crate) async fn reconcile(bs: Arc<BackupSchedule>, ctx: Arc<Ctx>) -> Result<
     })
 }
 
-fn schedule_labels(bs: &BackupSchedule) -> ScheduleLabels {
-    ScheduleLabels {
-        namespace: bs.namespace().unwrap_or_default(),
-        schedule: bs.name_any(),
-    }
-}
-
 /// Drops a schedule's gauges when it is deleted (a deleted object is never
 /// reconciled). Runs as long as the controller leads.
 pub(crate) async fn forget_deleted(client: kube::Client, ctx: Arc<Ctx>) {
@@ -487,97 +392,6 @@ pub(crate) async fn forget_deleted(client: kube::Client, ctx: Arc<Ctx>) {
         if let Ok(watcher::Event::Delete(bs)) = ev {
             ctx.schedule_gauges.forget(&bs);
         }
-    }
-}
-
-/// The schedules' state as gauges, for alerts such as "no successful backup
-/// for a day" or "the last run failed". A deleted schedule's gauges go
-/// ([`forget_deleted`]) and stay gone.
-pub(crate) struct Gauges {
-    metrics: Arc<Metrics>,
-    /// Under one lock: the uids of the schedules deleted lately, oldest
-    /// first, so that a reconcile that read one before its deletion cannot
-    /// export it again; and which schedule's uid exported each series, so
-    /// that a deletion seen late does not remove a same-named successor's.
-    state: Mutex<GaugeOwners>,
-}
-
-#[derive(Default)]
-struct GaugeOwners {
-    deleted: VecDeque<String>,
-    exported_by: BTreeMap<(String, String), String>,
-}
-
-impl Gauges {
-    /// How many deleted schedules are remembered.
-    const REMEMBERED: usize = 1024;
-
-    pub(crate) fn new(metrics: Arc<Metrics>) -> Gauges {
-        Gauges {
-            metrics,
-            state: Mutex::default(),
-        }
-    }
-
-    fn state(&self) -> std::sync::MutexGuard<'_, GaugeOwners> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Sets `bs`'s gauges from `st`, unless `bs` was deleted. The check and
-    /// the update are one step under the lock that [`Gauges::forget`] takes.
-    fn export(&self, bs: &BackupSchedule, st: &BackupScheduleStatus) {
-        let mut state = self.state();
-        let uid = bs.uid().unwrap_or_default();
-        if state.deleted.contains(&uid) {
-            return;
-        }
-        let labels = schedule_labels(bs);
-        state
-            .exported_by
-            .insert((labels.namespace.clone(), labels.schedule.clone()), uid);
-        let unix = |t: &Option<String>| {
-            t.as_deref()
-                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                .map(|t| t.timestamp_millis() as f64 / 1000.0)
-        };
-        let m = &self.metrics;
-        if let Some(t) = unix(&st.last_successful_time) {
-            m.schedule_last_success.get_or_create(&labels).set(t);
-        }
-        match unix(&st.next_schedule_time) {
-            Some(t) => {
-                m.schedule_next_run.get_or_create(&labels).set(t);
-            }
-            None => {
-                m.schedule_next_run.remove(&labels);
-            }
-        }
-        if let Some(c) = st.conditions.iter().find(|c| c.type_ == "LastRunSucceeded") {
-            m.schedule_last_run_succeeded
-                .get_or_create(&labels)
-                .set(i64::from(c.status == "True"));
-        }
-    }
-
-    /// Removes a deleted schedule's gauges, and remembers it.
-    fn forget(&self, bs: &BackupSchedule) {
-        let mut state = self.state();
-        let uid = bs.uid().unwrap_or_default();
-        if state.deleted.len() == Self::REMEMBERED {
-            state.deleted.pop_front();
-        }
-        state.deleted.push_back(uid.clone());
-        let labels = schedule_labels(bs);
-        let key = (labels.namespace.clone(), labels.schedule.clone());
-        if state.exported_by.get(&key).is_some_and(|by| *by != uid) {
-            // A schedule of the same name, made since, owns them.
-            return;
-        }
-        state.exported_by.remove(&key);
-        let m = &self.metrics;
-        m.schedule_last_success.remove(&labels);
-        m.schedule_next_run.remove(&labels);
-        m.schedule_last_run_succeeded.remove(&labels);
     }
 }
 
@@ -673,7 +487,7 @@ async fn targets(ctx: &Ctx, bs: &BackupSchedule) -> Result<Vec<(Option<String>, 
             continue;
         }
         for v in p.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
-            let claim = crate::plan::volume_claim(p, &v.name).flatten();
+            let claim = crate::pods::volume_claim(p, &v.name).flatten();
             let named = !bs.spec.volumes.is_empty() && wanted(&v.name);
             if !(wanted(&v.name) && (claim.is_some() || named)) {
                 continue;
@@ -857,7 +671,7 @@ async fn retention(
     let pod_name = retention_pod_name(bs);
     let failed = |why: String| RetentionResult {
         after: after.to_string(),
-        time: crate::status::now(),
+        time: crate::time::now_secs(),
         error: Some(why),
         ..Default::default()
     };
@@ -899,7 +713,7 @@ async fn retention(
             args.extend(retention_args(policy));
             let labels = std::collections::BTreeMap::from([
                 (SCHEDULE_LABEL.to_string(), label_value(&name)),
-                crate::controller::managed_by(),
+                crate::names::managed_by(),
             ]);
             let owner = bs.controller_owner_ref(&()).unwrap_or_default();
             let p = snapshot::mover_pod(&snapshot::Mover {
@@ -947,82 +761,6 @@ async fn retention(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn t(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-    }
-
-    #[test]
-    fn a_schedule_fires_once_per_time_a_trigger_once_per_value_and_not_while_paused() {
-        let daily: Schedule = "0 2 * * *".parse().unwrap();
-        let created = t("2026-11-20T10:00:00Z");
-        let mut st = BackupScheduleStatus::default();
-        let tick = |_: &Schedule, paused, trigger, st: &BackupScheduleStatus, created, now| {
-            let last = parse_time(st.last_schedule_time.as_ref())
-                .max(parse_time(st.last_skipped_time.as_ref()));
-            let last_trigger = st.last_trigger.as_deref();
-            tick(
-                Some(&daily),
-                paused,
-                trigger,
-                last_trigger,
-                last,
-                created,
-                now,
-            )
-        };
-        // Before the first time: wait for it.
-        let now = t("2026-11-21T01:00:00Z");
-        assert_eq!(
-            tick(&daily, false, None, &st, created, now),
-            Tick::Wait(Some(t("2026-11-21T02:00:00Z")))
-        );
-        // Three missed times fire once.
-        let now = t("2026-11-24T09:00:00Z");
-        assert_eq!(
-            tick(&daily, false, None, &st, created, now),
-            Tick::Fire { trigger: None }
-        );
-        st.last_schedule_time = Some("2026-11-24T09:00:00.000Z".into());
-        assert_eq!(
-            tick(&daily, false, None, &st, created, now),
-            Tick::Wait(Some(t("2026-11-25T02:00:00Z")))
-        );
-        // Paused: nothing, but a new backup-now value still fires, once.
-        assert_eq!(
-            tick(&daily, true, None, &st, created, now),
-            Tick::Wait(None)
-        );
-        assert_eq!(
-            tick(&daily, true, Some("1"), &st, created, now),
-            Tick::Fire {
-                trigger: Some("1".into())
-            }
-        );
-        st.last_trigger = Some("1".into());
-        assert_eq!(
-            tick(&daily, true, Some("1"), &st, created, now),
-            Tick::Wait(None)
-        );
-        // A skipped time counts as the last one.
-        st.last_skipped_time = Some("2026-11-25T02:00:00Z".into());
-        let later = t("2026-11-25T03:00:00Z");
-        assert_eq!(
-            tick(&daily, false, None, &st, created, later),
-            Tick::Wait(Some(t("2026-11-26T02:00:00Z")))
-        );
-        // No schedule: only triggers fire.
-        assert_eq!(
-            super::tick(None, false, None, None, None, created, later),
-            Tick::Wait(None)
-        );
-        assert_eq!(
-            super::tick(None, false, Some("2"), Some("1"), None, created, later),
-            Tick::Fire {
-                trigger: Some("2".into())
-            }
-        );
-    }
 
     #[test]
     fn pvcs_of_one_workload_form_a_group_and_a_lone_pvc_none() {
@@ -1081,18 +819,6 @@ mod tests {
     }
 
     #[test]
-    fn conditions_keep_their_transition_time_until_they_change() {
-        let mut c = Vec::new();
-        set_condition(&mut c, "Scheduled", true, "Scheduled", String::new(), "t1");
-        set_condition(&mut c, "Scheduled", true, "Scheduled", String::new(), "t2");
-        assert_eq!(c.len(), 1);
-        assert_eq!(c[0].last_transition_time.as_deref(), Some("t1"));
-        set_condition(&mut c, "Scheduled", false, "Paused", String::new(), "t3");
-        assert_eq!(c[0].status, "False");
-        assert_eq!(c[0].last_transition_time.as_deref(), Some("t3"));
-    }
-
-    #[test]
     fn retention_becomes_forget_flags() {
         let r = Retention {
             keep_last: Some(3),
@@ -1133,50 +859,5 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(retention_problem(&tags_only), None);
-    }
-
-    #[test]
-    fn a_deleted_schedule_keeps_no_gauges_even_when_a_reconcile_in_flight_exports_it_after() {
-        let metrics = Metrics::new();
-        let gauges = Gauges::new(metrics.clone());
-        let schedule = |ns: &str, uid: &str| -> BackupSchedule {
-            serde_json::from_value(json!({
-                "metadata": {"name": "nightly", "namespace": ns, "uid": uid},
-                "spec": {"schedule": "0 2 * * *", "repository": "main"},
-            }))
-            .unwrap()
-        };
-        let st = BackupScheduleStatus {
-            last_successful_time: Some("2026-11-25T02:00:00Z".into()),
-            next_schedule_time: Some("2026-11-26T02:00:00Z".into()),
-            ..Default::default()
-        };
-        let series = |ns: &str| {
-            metrics
-                .encode()
-                .lines()
-                .filter(|l| {
-                    l.starts_with("coffer_schedule_") && l.contains(&format!("namespace=\"{ns}\""))
-                })
-                .count()
-        };
-        let (old, other) = (schedule("shop", "uid-1"), schedule("blog", "uid-2"));
-        gauges.export(&old, &st);
-        gauges.export(&other, &st);
-        assert_eq!(series("shop"), 2);
-        gauges.forget(&old);
-        assert_eq!(series("shop"), 0);
-        // A reconcile that read the schedule before its deletion.
-        gauges.export(&old, &st);
-        assert_eq!(series("shop"), 0, "{}", metrics.encode());
-        assert_eq!(series("blog"), 2);
-        // A new schedule of the same name is a new object, whose series a
-        // late deletion of the old one leaves alone.
-        gauges.export(&schedule("shop", "uid-3"), &st);
-        assert_eq!(series("shop"), 2);
-        gauges.forget(&old);
-        assert_eq!(series("shop"), 2);
-        gauges.forget(&schedule("shop", "uid-3"));
-        assert_eq!(series("shop"), 0);
     }
 }

@@ -31,12 +31,6 @@ pub const IS_DEFAULT_CLASS: &str = "snapshot.storage.kubernetes.io/is-default-cl
 pub const GROUP_SNAPSHOT_GROUP: &str = "groupsnapshot.storage.k8s.io";
 /// The annotation that makes a VolumeGroupSnapshotClass the driver's default.
 pub const IS_DEFAULT_GROUP_CLASS: &str = "groupsnapshot.storage.kubernetes.io/is-default-class";
-/// The label that selects the PVCs of a group's VolumeGroupSnapshot; the
-/// controller sets it on them while the group is snapshotted.
-pub const GROUP_LABEL: &str = "coffer.dev/group";
-/// The label on every object the controller creates for a run: the run's
-/// name (shortened when needed; the owner reference is exact).
-pub const RUN_LABEL: &str = "coffer.dev/volumebackup";
 /// Where a mover pod sees a filesystem clone (read-only).
 pub const SOURCE_DIR: &str = "/coffer/source";
 /// Where a mover pod sees a block clone.
@@ -803,7 +797,7 @@ mod tests {
                      "resources": {"requests": {"storage": "5Gi"}}},
             "status": {"capacity": {"storage": "8Gi"}}
         }));
-        let labels = BTreeMap::from([(RUN_LABEL.to_string(), "run".to_string())]);
+        let labels = BTreeMap::from([(crate::names::RUN_LABEL.to_string(), "run".to_string())]);
         let owner = OwnerReference::default();
         let map = BTreeMap::from([("fast".to_string(), "cheap".to_string())]);
         let size = Quantity("9Gi".into());

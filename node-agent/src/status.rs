@@ -1,17 +1,7 @@
-//! Status transitions of a run (VolumeBackup or VolumeRestore), pure: what
-//! an agent does with a run it sees, and the status a result becomes.
+//! Status transitions, pure: what an agent does with a run it sees, the
+//! status a result becomes, and the conditions of the other kinds.
 
-use std::time::Duration;
-
-use kube::api::{Api, Patch, PatchParams};
-use kube::{Client, Resource};
-
-use crate::crd::{Phase, Progress, RunErrors, RunStatus, MAX_ATTEMPTS};
-
-/// The current time as Kubernetes writes it (RFC 3339, seconds, `Z`).
-pub fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
+use crate::crd::{Condition, Phase, Progress, RunErrors, RunStatus, MAX_ATTEMPTS};
 
 /// What this node's agent should do with a run it sees.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,7 +63,7 @@ pub fn started(previous: Option<&RunStatus>, node: &str, path: Option<String>) -
         phase: Phase::InProgress,
         node: Some(node.to_string()),
         path,
-        start_time: Some(now()),
+        start_time: Some(crate::time::now_secs()),
         attempts,
         message: (attempts > 1).then(|| {
             format!("resumed on node {node} after the agent restarted (attempt {attempts} of {MAX_ATTEMPTS})")
@@ -107,7 +97,7 @@ pub const MAX_ERROR_PATHS: usize = 10;
 
 /// The final status of a run.
 pub fn finished(mut status: RunStatus, outcome: Outcome) -> RunStatus {
-    status.completion_time = Some(now());
+    status.completion_time = Some(crate::time::now_secs());
     match outcome {
         Outcome::Done {
             snapshot_id,
@@ -155,232 +145,30 @@ pub fn progress_of(p: &coffer_engine::backup::BackupProgress) -> Progress {
     }
 }
 
-/// Writes a restore's progress (bytes placed of bytes to place) into its
-/// VolumeRestore's status, at most every `every`, until the returned task is
-/// aborted.
-pub fn restore_progress(
-    client: Client,
-    ns: String,
-    name: String,
-    every: Duration,
-) -> (
-    coffer_engine::progress::ProgressFn,
-    tokio::task::JoinHandle<()>,
-) {
-    let (tx, mut rx) = tokio::sync::watch::channel(None);
-    let callback = coffer_engine::progress::ProgressFn::new(move |p| {
-        let _ = tx.send(Some(p.clone()));
-    });
-    let task = tokio::spawn(async move {
-        let mut last: Option<std::time::Instant> = None;
-        while rx.changed().await.is_ok() {
-            if let Some(at) = last {
-                tokio::time::sleep(every.saturating_sub(at.elapsed())).await;
-            }
-            let Some(p) = rx.borrow_and_update().clone() else {
-                continue;
-            };
-            let progress = Progress {
-                bytes_done: p.bytes_done,
-                total_bytes: p.total_bytes,
-                files_done: 0,
-                total_files: None,
-            };
-            update::<crate::crd::VolumeRestore>(&client, &ns, &name, |s| {
-                s.progress = Some(progress.clone())
-            })
-            .await;
-            last = Some(std::time::Instant::now());
-        }
-    });
-    (callback, task)
-}
-
-/// Writes a run's status (merge patch on the status subresource); with
-/// `rv`, only if the object is still at that resourceVersion. Returns whether
-/// it was written (a conflict or a missing object is not retried).
-pub async fn write<K>(
-    client: &Client,
-    ns: &str,
-    name: &str,
-    s: &RunStatus,
-    rv: Option<String>,
-) -> bool
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
-    let mut patch = serde_json::json!({ "status": s });
-    if let Some(rv) = rv {
-        patch["metadata"] = serde_json::json!({ "resourceVersion": rv });
-    }
-    for attempt in 0..5u32 {
-        match api
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(_) => return true,
-            Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {
-                tracing::debug!(namespace = ns, name, "status not written: {e}");
-                return false;
-            }
-            Err(e) => {
-                tracing::warn!(namespace = ns, name, attempt, "cannot write status: {e}");
-                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-            }
-        }
-    }
-    false
-}
-
-/// Changes a run's status unless it is over: reads it, applies `change`,
-/// writes it back at the version read (again on a conflict). Returns the
-/// status written, or `None` when the run had ended, is gone, or the API
-/// server failed every try (see [`try_update`] to tell these apart).
-pub async fn update<K>(
-    client: &Client,
-    ns: &str,
-    name: &str,
-    change: impl Fn(&mut RunStatus),
-) -> Option<RunStatus>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + HasRunStatus,
-{
-    try_update::<K>(client, ns, name, change)
-        .await
-        .ok()
-        .flatten()
-}
-
-/// A status the API server did not take, after every try.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot write the status of {kind} {ns}/{name}; the API server failed every try")]
-pub struct NotWritten {
-    /// The run's kind.
-    pub kind: String,
-    /// Its namespace.
-    pub ns: String,
-    /// Its name.
-    pub name: String,
-}
-
-/// [`update`], saying when the status could not be written: `Ok(None)`
-/// when the run had ended or is gone, `Err` when the API server failed
-/// every try (the caller tries again later, so that no run stays open for
-/// want of one write).
-pub async fn try_update<K>(
-    client: &Client,
-    ns: &str,
-    name: &str,
-    change: impl Fn(&mut RunStatus),
-) -> Result<Option<RunStatus>, NotWritten>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + HasRunStatus,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
-    for attempt in 0..8u32 {
-        let current = match api.get_status(name).await {
-            Ok(o) => o,
-            Err(kube::Error::Api(e)) if e.code == 404 => return Ok(None),
-            Err(e) => {
-                tracing::warn!(namespace = ns, name, attempt, "cannot read status: {e}");
-                tokio::time::sleep(Duration::from_millis(200 << attempt.min(5))).await;
-                continue;
-            }
-        };
-        let mut s = current.run_status().cloned().unwrap_or_default();
-        if s.phase.is_final() {
-            return Ok(None);
-        }
-        change(&mut s);
-        if write::<K>(
-            client,
-            ns,
-            name,
-            &s,
-            current.meta().resource_version.clone(),
-        )
-        .await
-        {
-            return Ok(Some(s));
-        }
-    }
-    Err(NotWritten {
-        kind: K::kind(&()).into_owned(),
-        ns: ns.into(),
-        name: name.into(),
-    })
-}
-
-/// Longest Event note, in bytes.
-pub const MAX_NOTE: usize = 1000;
-
-/// Publishes an Event about `reference` (its note cut to [`MAX_NOTE`] bytes,
-/// at a character boundary). A failure is logged, never fatal.
-pub async fn publish_event(
-    recorder: &kube::runtime::events::Recorder,
-    reference: &k8s_openapi::api::core::v1::ObjectReference,
-    type_: kube::runtime::events::EventType,
+/// Sets condition `type_`, keeping its transition time when the status
+/// did not change.
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    ok: bool,
     reason: &str,
-    action: &str,
-    note: String,
+    message: String,
+    now: &str,
 ) {
-    let ev = kube::runtime::events::Event {
-        type_,
+    let status = if ok { "True" } else { "False" };
+    let since = conditions
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .and_then(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| now.to_string());
+    conditions.retain(|c| c.type_ != type_);
+    conditions.push(Condition {
+        type_: type_.into(),
+        status: status.into(),
         reason: reason.into(),
-        note: Some(cut_note(note)),
-        action: action.into(),
-        secondary: None,
-    };
-    if let Err(e) = recorder.publish(&ev, reference).await {
-        tracing::debug!("cannot publish an Event: {e}");
-    }
-}
-
-/// `note` cut to at most [`MAX_NOTE`] bytes, at a character boundary.
-fn cut_note(mut note: String) -> String {
-    if note.len() > MAX_NOTE {
-        let mut end = MAX_NOTE;
-        while !note.is_char_boundary(end) {
-            end -= 1;
-        }
-        note.truncate(end);
-    }
-    note
-}
-
-/// Kinds whose status is a [`RunStatus`].
-pub trait HasRunStatus {
-    /// `Backup` or `Restore`: the action of its Events, and the first word
-    /// of their reasons (`BackupFailed`).
-    const ACTION: &'static str;
-    /// The status, if any.
-    fn run_status(&self) -> Option<&RunStatus>;
-}
-
-impl HasRunStatus for crate::crd::VolumeBackup {
-    const ACTION: &'static str = "Backup";
-    fn run_status(&self) -> Option<&RunStatus> {
-        self.status.as_ref()
-    }
-}
-
-impl HasRunStatus for crate::crd::VolumeRestore {
-    const ACTION: &'static str = "Restore";
-    fn run_status(&self) -> Option<&RunStatus> {
-        self.status.as_ref()
-    }
+        message,
+        last_transition_time: Some(since),
+    });
 }
 
 #[cfg(test)]
@@ -447,15 +235,6 @@ mod tests {
     }
 
     #[test]
-    fn event_notes_are_cut_at_a_character_boundary() {
-        // 999 ASCII bytes, then a 3-byte character across the limit.
-        let note = format!("{}€tail", "a".repeat(999));
-        let cut = cut_note(note);
-        assert_eq!(cut, "a".repeat(999));
-        assert_eq!(cut_note("short".into()), "short");
-    }
-
-    #[test]
     fn outcomes() {
         let s = started(None, "n1", Some("/data".into()));
         assert_eq!(
@@ -497,5 +276,17 @@ mod tests {
         let f = finished(s, Outcome::Failed("pod db-0 was deleted".into()));
         assert_eq!(f.phase, Phase::Failed);
         assert_eq!(f.message.as_deref(), Some("pod db-0 was deleted"));
+    }
+
+    #[test]
+    fn conditions_keep_their_transition_time_until_they_change() {
+        let mut c = Vec::new();
+        set_condition(&mut c, "Scheduled", true, "Scheduled", String::new(), "t1");
+        set_condition(&mut c, "Scheduled", true, "Scheduled", String::new(), "t2");
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].last_transition_time.as_deref(), Some("t1"));
+        set_condition(&mut c, "Scheduled", false, "Paused", String::new(), "t3");
+        assert_eq!(c[0].status, "False");
+        assert_eq!(c[0].last_transition_time.as_deref(), Some("t3"));
     }
 }

@@ -328,9 +328,9 @@ fn a_deployment_pod_is_known_by_its_deployment() {
     }))
     .unwrap();
     assert_eq!(
-        coffer_node_agent::plan::owner_of(&p).as_deref(),
+        coffer_node_agent::pods::owner_of(&p).as_deref(),
         Some("Deployment/web")
     );
     let bare: Pod = serde_json::from_value(json!({"metadata": {"name": "x"}})).unwrap();
-    assert_eq!(coffer_node_agent::plan::owner_of(&bare), None);
+    assert_eq!(coffer_node_agent::pods::owner_of(&bare), None);
 }

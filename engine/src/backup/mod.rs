@@ -167,7 +167,7 @@ pub enum ParentChoice {
     Snapshot(String),
     /// The latest snapshot of this Kubernetes origin, whatever its host and
     /// paths (a volume whose pod moved to another node or got a new UID).
-    Origin(crate::forget::OriginFilter),
+    Origin(crate::filter::OriginFilter),
 }
 
 /// [`BackupOptions::walk_threads`]' default.

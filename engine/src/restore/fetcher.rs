@@ -8,55 +8,11 @@ use futures::StreamExt;
 
 use coffer_repo_format::PackId;
 
-use super::plan::{Batch, BlobTargets};
+use super::batch::{coalesce, Batch, BlobTargets, Read};
 use super::{writer, Shared};
 use crate::error::{Error, Result};
 use crate::progress::{Phase, Reporter};
 use crate::repository::layout;
-
-/// Two blobs are read together when the gap between them is at most this.
-const MAX_GAP: u64 = 1024 * 1024;
-/// One ranged read covers at most this many bytes.
-const MAX_READ: u64 = 8 * 1024 * 1024;
-
-/// A ranged read and the blobs in it.
-pub(crate) struct Read {
-    pub(crate) start: u64,
-    pub(crate) end: u64,
-    pub(crate) blobs: Vec<BlobTargets>,
-}
-
-/// Groups a pack's blobs, sorted by offset, into ranged reads.
-pub(crate) fn coalesce(mut blobs: Vec<BlobTargets>) -> Vec<Read> {
-    blobs.sort_by_key(|b| b.offset);
-    let mut reads: Vec<Read> = Vec::new();
-    for b in blobs {
-        let (s, e) = (
-            u64::from(b.offset),
-            u64::from(b.offset) + u64::from(b.stored_len),
-        );
-        match reads.last_mut() {
-            Some(r) if s >= r.end && s - r.end <= MAX_GAP && e - r.start <= MAX_READ => {
-                r.end = e;
-                r.blobs.push(b);
-            }
-            Some(r) if s < r.end => {
-                // Overlapping entries cannot come from a valid index; read separately.
-                reads.push(Read {
-                    start: s,
-                    end: e,
-                    blobs: vec![b],
-                });
-            }
-            _ => reads.push(Read {
-                start: s,
-                end: e,
-                blobs: vec![b],
-            }),
-        }
-    }
-    reads
-}
 
 /// Fetches the batches of one restore as the planner fills them, from the
 /// planner's blocking thread.

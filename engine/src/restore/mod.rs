@@ -13,6 +13,7 @@
 //! A blob that is missing or fails verification is never written: each file that
 //! needs it is reported with the blob id and removed, and the rest goes on.
 
+mod batch;
 mod device;
 mod fetcher;
 mod metadata;
@@ -72,7 +73,7 @@ pub struct RestoreOptions {
     pub device_zeroed: bool,
     /// `snapshot` is looked for among the snapshots this filter passes
     /// (`latest` of a Kubernetes origin, say).
-    pub filter: crate::forget::Filter,
+    pub filter: crate::filter::Filter,
     /// Cancellation.
     pub cancel: CancelToken,
     /// Progress callback: phase [`Phase::Restore`], bytes of file content

@@ -9,6 +9,7 @@ use coffer_repo_format::snapshot::Snapshot;
 use coffer_repo_format::tree::{Node, NodeKind};
 use coffer_repo_format::{BlobId, PackId};
 
+use super::batch::{Batch, BlobTargets, FileEntry};
 use super::fetcher::Fetch;
 use super::{RestoreOptions, Shared};
 use crate::error::{Conflict, Error, Missing, Result};
@@ -55,36 +56,6 @@ pub(crate) async fn resolve_start(
     } else {
         Start::Single(node)
     })
-}
-
-/// A regular file being restored.
-pub(crate) struct FileEntry {
-    pub(crate) path: PathBuf,
-    /// Its inode, where the plan created it: the writer opens that file only.
-    pub(crate) inode: Option<u64>,
-}
-
-/// One blob needed by the restore, and every place it goes.
-pub(crate) struct BlobTargets {
-    pub(crate) id: BlobId,
-    pub(crate) offset: u32,
-    pub(crate) stored_len: u32,
-    pub(crate) raw_len: u32,
-    pub(crate) targets: Vec<(u32, u64)>,
-}
-
-impl BlobTargets {
-    /// Bytes of file content this blob fills: its length at each of its places.
-    pub(crate) fn placed(&self) -> u64 {
-        u64::from(self.raw_len) * self.targets.len() as u64
-    }
-}
-
-/// What one pass of the fetcher reads and writes: at most
-/// [`RestoreOptions::plan_limit`] blob places, grouped by pack.
-pub(crate) struct Batch {
-    pub(crate) files: Vec<FileEntry>,
-    pub(crate) packs: HashMap<PackId, Vec<BlobTargets>>,
 }
 
 #[derive(Default, Clone, Copy)]

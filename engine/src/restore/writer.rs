@@ -11,8 +11,7 @@ use coffer_repo_format::blob::BlobType;
 use coffer_repo_format::chunker::is_zero;
 use coffer_repo_format::PackId;
 
-use super::fetcher::Read;
-use super::plan::FileEntry;
+use super::batch::{FileEntry, Read};
 use super::Shared;
 use crate::storage::StoreError;
 

@@ -13,6 +13,8 @@
 //! Retries, caches and fault injection are wrappers around the trait, not flags
 //! inside each store.
 
+#[cfg(feature = "cloud")]
+mod bucket;
 mod cache;
 #[cfg(feature = "internals")]
 mod fault;
@@ -31,7 +33,6 @@ pub use cache::Caching;
 /// A store that injects faults, for the engine's own tests.
 #[cfg(feature = "internals")]
 pub use fault::{Faults, Faulty, Hold, HoldOp};
-pub(crate) use object::chain;
 pub use object::ObjectStoreBackend;
 pub use retry::{RetryPolicy, Retrying};
 
@@ -324,6 +325,21 @@ fn with_cache(store: DynStore, opts: &OpenOptions, location: &str) -> DynStore {
             store
         }
     }
+}
+
+/// An error and its causes (the cause says "connection refused", not the error).
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
 }
 
 /// Removes what could carry credentials from a message: URL query strings

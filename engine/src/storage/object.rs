@@ -31,7 +31,7 @@ pub(crate) struct Remote {
     pub part_size: usize,
     /// How to create the bucket when it is missing (S3 only).
     #[cfg(feature = "cloud")]
-    pub bucket: Option<super::remote::BucketMaker>,
+    pub bucket: Option<super::bucket::BucketMaker>,
     /// Where this kind of store takes its credentials from, for messages.
     pub credentials_hint: &'static str,
     /// The probe's answer: does the store refuse a second create-if-absent write?
@@ -75,7 +75,7 @@ impl ObjectStoreBackend {
             StoreErrorKind::Transient => classify_status(&e.to_string()),
             k => k,
         };
-        let mut message = super::redact(&chain(&e));
+        let mut message = super::redact(&super::chain(&e));
         if let Some(remote) = &self.remote {
             if message.contains("169.254.169.254") {
                 message.push_str(&format!(
@@ -206,21 +206,6 @@ fn classify(e: &object_store::Error) -> StoreErrorKind {
         }
         _ => StoreErrorKind::Permanent,
     }
-}
-
-/// An error and its causes (the cause says "connection refused", not the error).
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cause = c.source();
-    }
-    out
 }
 
 /// A network error with an HTTP status: 4xx answers other than 408 and 429

@@ -4,16 +4,16 @@
 
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
 use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
 use object_store::prefix::PrefixStore;
 use object_store::{ClientConfigKey, ObjectStore, RetryConfig};
 
+use super::bucket::BucketMaker;
 use super::object::{ObjectStoreBackend, Remote};
-use super::{RetryPolicy, StoreError, StoreErrorKind, TenantLimits};
+use super::{RetryPolicy, TenantLimits};
 
 /// Objects at least this large are uploaded in parts (packs are 16 MiB by default).
 const MULTIPART_THRESHOLD: usize = 32 * 1024 * 1024;
@@ -181,7 +181,7 @@ pub(crate) fn open(
     let bad_key = |k: &str, e: object_store::Error| {
         invalid(format!(
             "option {scheme}.{k}: {}",
-            super::redact(&super::object::chain(&e))
+            super::redact(&super::chain(&e))
         ))
     };
     let credentials_hint = match (scheme, from_env) {
@@ -201,7 +201,7 @@ pub(crate) fn open(
     let build_err = |e: object_store::Error| {
         invalid(format!(
             "cannot open {location}: {}; {credentials_hint}",
-            super::redact(&super::object::chain(&e))
+            super::redact(&super::chain(&e))
         ))
     };
     let mut bucket_maker = None;
@@ -244,11 +244,7 @@ pub(crate) fn open(
                 .get_config_value(&AmazonS3ConfigKey::Region)
                 .unwrap_or_else(|| "us-east-1".into());
             let s3 = Arc::new(b.build().map_err(build_err)?);
-            bucket_maker = Some(BucketMaker {
-                s3: s3.clone(),
-                bucket: bucket.to_string(),
-                region,
-            });
+            bucket_maker = Some(BucketMaker::new(s3.clone(), bucket.to_string(), region));
             s3
         }
         "gs" => {
@@ -412,82 +408,6 @@ fn gcs_allowed(k: &GoogleConfigKey) -> bool {
         K::ServiceAccountKey | K::BearerToken | K::BaseUrl | K::SkipSignature => true,
         K::Client(c) => client_allowed(c),
         _ => false,
-    }
-}
-
-/// Creates a missing S3 bucket (`init` only).
-#[derive(Debug)]
-pub(crate) struct BucketMaker {
-    s3: Arc<AmazonS3>,
-    bucket: String,
-    region: String,
-}
-
-impl BucketMaker {
-    fn error(&self, message: String) -> StoreError {
-        StoreError {
-            kind: StoreErrorKind::Permanent,
-            operation: "creating bucket",
-            key: self.bucket.clone(),
-            message,
-        }
-    }
-
-    /// Lists the bucket; where the store says it does not exist, creates it
-    /// with a pre-signed `PUT` (so that signing stays `object_store`'s job).
-    pub(crate) async fn ensure(&self) -> Result<(), StoreError> {
-        let listed = self.s3.list_with_delimiter(None).await;
-        let missing = match &listed {
-            Ok(_) => return Ok(()),
-            Err(e) => super::object::chain(e).contains("NoSuchBucket"),
-        };
-        if !missing {
-            let e = listed
-                .err()
-                .map(|e| super::object::chain(&e))
-                .unwrap_or_default();
-            return Err(StoreError {
-                kind: StoreErrorKind::Permanent,
-                operation: "listing bucket",
-                key: self.bucket.clone(),
-                message: super::redact(&e),
-            });
-        }
-        tracing::info!("bucket {} does not exist; creating it", self.bucket);
-        use object_store::signer::Signer;
-        let url = self
-            .s3
-            .signed_url(
-                object_store::signer::Method::PUT,
-                &object_store::path::Path::from(""),
-                Duration::from_secs(300),
-            )
-            .await
-            .map_err(|e| self.error(super::redact(&super::object::chain(&e))))?;
-        let body = if self.region == "us-east-1" {
-            String::new()
-        } else {
-            format!(
-                "<CreateBucketConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><LocationConstraint>{}</LocationConstraint></CreateBucketConfiguration>",
-                self.region
-            )
-        };
-        let answer = reqwest::Client::new()
-            .put(url)
-            .header(reqwest::header::CONTENT_LENGTH, body.len())
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| self.error(super::redact(&super::object::chain(&e))))?;
-        let status = answer.status();
-        if status.is_success() {
-            return Ok(());
-        }
-        let text = answer.text().await.unwrap_or_default();
-        Err(self.error(format!(
-            "the bucket does not exist and could not be created (status {status}: {}); create it, or use credentials that may",
-            text.chars().take(300).collect::<String>()
-        )))
     }
 }
 

@@ -414,7 +414,7 @@ async fn workload_group(group_snapshots: bool) {
     use crate::sim;
     use crate::snapshots::{fake_cluster, wait_cleaned};
     use coffer_node_agent::crd::BackupSchedule;
-    use coffer_node_agent::schedules::SCHEDULE_LABEL;
+    use coffer_node_agent::names::SCHEDULE_LABEL;
     use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
     use kube::api::{ListParams, Patch, PatchParams};
     use kube::ResourceExt;

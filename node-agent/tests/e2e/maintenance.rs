@@ -5,7 +5,7 @@
 
 use coffer_engine::forget::{self, Filter, GroupBy, OriginFilter, Policy};
 use coffer_node_agent::crd::{BackupRepository, BackupRepositoryStatus, Phase};
-use coffer_node_agent::maintenance::{CHECK_NOW, COPY_NOW, PRUNE_NOW};
+use coffer_node_agent::names::{CHECK_NOW, COPY_NOW, PRUNE_NOW};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, Patch, PatchParams};

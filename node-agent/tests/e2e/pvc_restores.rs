@@ -6,9 +6,9 @@
 
 use std::path::PathBuf;
 
-use coffer_node_agent::controller::FINALIZER;
 use coffer_node_agent::crd::{Phase, VolumeRestore};
-use coffer_node_agent::restorer::{RESTORED_BY, RESTORED_FROM};
+use coffer_node_agent::names::FINALIZER;
+use coffer_node_agent::names::{RESTORED_BY, RESTORED_FROM};
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::Api;

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use coffer_node_agent::crd::{BackupSchedule, Phase, VolumeBackup};
-use coffer_node_agent::schedules::{SCHEDULED_AT, SCHEDULE_LABEL};
+use coffer_node_agent::names::{SCHEDULED_AT, SCHEDULE_LABEL};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::ResourceExt;

@@ -8,8 +8,8 @@
 //! driver's directories, so they run against the fake API server only.
 //! [`crate::cluster`] runs the snapshot path on both.
 
-use coffer_node_agent::controller::FINALIZER;
 use coffer_node_agent::crd::{Phase, VolumeBackup};
+use coffer_node_agent::names::FINALIZER;
 use coffer_node_agent::snapshot::VolumeSnapshot;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
@@ -412,7 +412,7 @@ async fn the_start_up_sweep_deletes_what_a_run_deleted_behind_its_back_left() {
     let data = env.dir.path().join("csi/source/data");
     fill(&data, 18, 1);
     let left = json!({
-        "labels": {coffer_node_agent::snapshot::RUN_LABEL: "gone",
+        "labels": {coffer_node_agent::names::RUN_LABEL: "gone",
             "app.kubernetes.io/managed-by": "coffer-controller"},
         "ownerReferences": [{"apiVersion": "coffer.dev/v1alpha1", "kind": "VolumeBackup",
             "name": "gone", "uid": "a-run-long-gone", "controller": true}],

@@ -1,0 +1,210 @@
+//! Reporting a run: its status written to the API server (with conflicts and
+//! missing objects handled here), its progress, and its Events.
+
+use std::time::Duration;
+
+use kube::api::{Api, Patch, PatchParams};
+use kube::Client;
+
+use crate::api::NotWritten;
+use crate::crd::{Progress, RunStatus};
+use crate::run::RunObject;
+
+/// How often a run's progress is written into its status, at most.
+pub const STATUS_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Writes a restore's progress (bytes placed of bytes to place) into its
+/// VolumeRestore's status, at most every `every`, until the returned task is
+/// aborted.
+pub fn restore_progress(
+    client: Client,
+    ns: String,
+    name: String,
+    every: Duration,
+) -> (
+    coffer_engine::progress::ProgressFn,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, mut rx) = tokio::sync::watch::channel(None);
+    let callback = coffer_engine::progress::ProgressFn::new(move |p| {
+        let _ = tx.send(Some(p.clone()));
+    });
+    let task = tokio::spawn(async move {
+        let mut last: Option<std::time::Instant> = None;
+        while rx.changed().await.is_ok() {
+            if let Some(at) = last {
+                tokio::time::sleep(every.saturating_sub(at.elapsed())).await;
+            }
+            let Some(p) = rx.borrow_and_update().clone() else {
+                continue;
+            };
+            let progress = Progress {
+                bytes_done: p.bytes_done,
+                total_bytes: p.total_bytes,
+                files_done: 0,
+                total_files: None,
+            };
+            update_run::<crate::crd::VolumeRestore>(&client, &ns, &name, |s| {
+                s.progress = Some(progress.clone())
+            })
+            .await;
+            last = Some(std::time::Instant::now());
+        }
+    });
+    (callback, task)
+}
+
+/// Writes a run's status (merge patch on the status subresource); with
+/// `rv`, only if the object is still at that resourceVersion. Returns whether
+/// it was written (a conflict or a missing object is not retried).
+pub async fn write_run<K>(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    s: &RunStatus,
+    rv: Option<String>,
+) -> bool
+where
+    K: RunObject,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let mut patch = serde_json::json!({ "status": s });
+    if let Some(rv) = rv {
+        patch["metadata"] = serde_json::json!({ "resourceVersion": rv });
+    }
+    for attempt in 0..5u32 {
+        match api
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => return true,
+            Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {
+                tracing::debug!(namespace = ns, name, "status not written: {e}");
+                return false;
+            }
+            Err(e) => {
+                tracing::warn!(namespace = ns, name, attempt, "cannot write status: {e}");
+                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+            }
+        }
+    }
+    false
+}
+
+/// Changes a run's status unless it is over: reads it, applies `change`,
+/// writes it back at the version read (again on a conflict). Returns the
+/// status written, or `None` when the run had ended, is gone, or the API
+/// server failed every try (see [`try_update_run`] to tell these apart).
+pub async fn update_run<K>(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    change: impl Fn(&mut RunStatus),
+) -> Option<RunStatus>
+where
+    K: RunObject,
+{
+    try_update_run::<K>(client, ns, name, change)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// [`update_run`], saying when the status could not be written: `Ok(None)`
+/// when the run had ended or is gone, `Err` when the API server failed
+/// every try (the caller tries again later, so that no run stays open for
+/// want of one write).
+pub async fn try_update_run<K>(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    change: impl Fn(&mut RunStatus),
+) -> Result<Option<RunStatus>, NotWritten>
+where
+    K: RunObject,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    for attempt in 0..8u32 {
+        let current = match api.get_status(name).await {
+            Ok(o) => o,
+            Err(kube::Error::Api(e)) if e.code == 404 => return Ok(None),
+            Err(e) => {
+                tracing::warn!(namespace = ns, name, attempt, "cannot read status: {e}");
+                tokio::time::sleep(Duration::from_millis(200 << attempt.min(5))).await;
+                continue;
+            }
+        };
+        let mut s = current.run_status().cloned().unwrap_or_default();
+        if s.phase.is_final() {
+            return Ok(None);
+        }
+        change(&mut s);
+        if write_run::<K>(
+            client,
+            ns,
+            name,
+            &s,
+            current.meta().resource_version.clone(),
+        )
+        .await
+        {
+            return Ok(Some(s));
+        }
+    }
+    Err(NotWritten {
+        kind: K::kind(&()).into_owned(),
+        ns: ns.into(),
+        name: name.into(),
+    })
+}
+
+/// Longest Event note, in bytes.
+pub const MAX_NOTE: usize = 1000;
+
+/// Publishes an Event about `reference` (its note cut to [`MAX_NOTE`] bytes,
+/// at a character boundary). A failure is logged, never fatal.
+pub async fn publish_event(
+    recorder: &kube::runtime::events::Recorder,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    type_: kube::runtime::events::EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let ev = kube::runtime::events::Event {
+        type_,
+        reason: reason.into(),
+        note: Some(cut_note(note)),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&ev, reference).await {
+        tracing::debug!("cannot publish an Event: {e}");
+    }
+}
+
+/// `note` cut to at most [`MAX_NOTE`] bytes, at a character boundary.
+fn cut_note(mut note: String) -> String {
+    if note.len() > MAX_NOTE {
+        let mut end = MAX_NOTE;
+        while !note.is_char_boundary(end) {
+            end -= 1;
+        }
+        note.truncate(end);
+    }
+    note
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_notes_are_cut_at_a_character_boundary() {
+        // 999 ASCII bytes, then a 3-byte character across the limit.
+        let note = format!("{}€tail", "a".repeat(999));
+        let cut = cut_note(note);
+        assert_eq!(cut, "a".repeat(999));
+        assert_eq!(cut_note("short".into()), "short");
+    }
+}

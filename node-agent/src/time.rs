@@ -1,0 +1,18 @@
+//! Time as the API server writes it.
+
+use chrono::{DateTime, Utc};
+use kube::Resource;
+
+/// The current time as Kubernetes writes it (RFC 3339, seconds, `Z`).
+pub fn now_secs() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// When `obj` was created (`now` when the server did not say).
+pub fn created_at<K: Resource>(obj: &K, now: DateTime<Utc>) -> DateTime<Utc> {
+    obj.meta()
+        .creation_timestamp
+        .as_ref()
+        .and_then(|t| DateTime::<Utc>::from_timestamp(t.0.as_second(), 0))
+        .unwrap_or(now)
+}
