@@ -5,7 +5,7 @@
 //! | `backup.coffer.dev/volumes` | `*`, or volume names separated by commas |
 //! | `backup.coffer.dev/volumes-excludes` | volume names left out (with `*`) |
 //! | `backup.coffer.dev/exclude.<volume>` | patterns inside that volume, comma- or newline-separated |
-//! | `backup.coffer.dev/schedule` | see [`crate::schedule`] |
+//! | `backup.coffer.dev/schedule` | see [`crate::scheduling`] |
 //! | `backup.coffer.dev/repository` | the BackupRepository (default `default`) |
 //! | `backup.coffer.dev/tags` | tags for the snapshots, comma-separated |
 //! | `backup.coffer.dev/backup-now` | any new value starts one backup of each selected volume |

@@ -4,11 +4,18 @@
 //! DaemonSet, finds pod volumes under the kubelet's directory, and backs them
 //! up (and restores them) with `coffer-engine`, in-process.
 //!
-//! The shape follows the data: [`crd`] (the API), [`annotations`] and
-//! [`schedule`] (what pods ask for), [`plan`] and [`kubelet`] (where each
-//! volume lives: pure planning over a listing of the kubelet's directory),
-//! [`node`] (watch, run, report), [`repos`] (a namespace's repository and its
-//! Secrets), [`metrics`] (Prometheus and health).
+//! The folders show the roles: [`node`] is the DaemonSet (watches, triggers,
+//! backups and restores in place), [`controller`] the Deployment (one module
+//! per controller, plus the run lifecycle, mover pods and CSI they share),
+//! and [`mover`] the program that a mover pod runs. Below them sit the shared
+//! modules: [`crd`] (the API), [`names`] (names, labels, annotations),
+//! [`api`] (API calls and their errors), [`run`], [`status`] and [`report`]
+//! (what a run is, its status transitions, and writing them), [`scheduling`]
+//! (the schedule language and the one durable rule for firing), [`repos`] (a
+//! namespace's repository and its Secrets), [`policy`] (the administrator's
+//! limits) and [`metrics`] (Prometheus and health). `node` and `controller`
+//! never name each other, and no module imports one that imports it back
+//! (`tests/layout.rs` checks both).
 
 pub mod annotations;
 pub mod api;
@@ -17,7 +24,6 @@ pub mod crd;
 pub mod hooks;
 pub mod kubelet;
 pub mod lenient;
-pub mod maintenance;
 pub mod metrics;
 pub mod mover;
 pub mod names;
@@ -28,11 +34,8 @@ pub mod policy;
 pub mod report;
 pub mod repos;
 pub mod restore_target;
-pub mod restorer;
 pub mod run;
-pub mod schedules;
 pub mod scheduling;
-pub mod snapshot;
 pub mod snapshot_source;
 pub mod status;
 pub mod time;

@@ -682,7 +682,9 @@ mod tests {
         .map(String::from)
         .into();
         let common = argv.len();
-        argv.extend(coffer_node_agent::schedules::retention_args(&retention));
+        argv.extend(coffer_node_agent::controller::schedules::retention_args(
+            &retention,
+        ));
         let cli = Cli::try_parse_from(&argv).expect("the controller's arguments parse");
         let Command::Mover(MoverCommand::Forget(f)) = cli.command else {
             panic!("not mover forget: {:?}", cli.command)
@@ -705,7 +707,9 @@ mod tests {
             ..retention
         };
         argv.truncate(common);
-        argv.extend(coffer_node_agent::schedules::retention_args(&bad));
+        argv.extend(coffer_node_agent::controller::schedules::retention_args(
+            &bad,
+        ));
         let cli = Cli::try_parse_from(&argv).unwrap();
         let Command::Mover(MoverCommand::Forget(f)) = cli.command else {
             unreachable!()

@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use kube::Resource;
+use std::time::Duration;
 
 /// The current time as Kubernetes writes it (RFC 3339, seconds, `Z`).
 pub fn now_secs() -> String {
@@ -15,4 +16,14 @@ pub fn created_at<K: Resource>(obj: &K, now: DateTime<Utc>) -> DateTime<Utc> {
         .as_ref()
         .and_then(|t| DateTime::<Utc>::from_timestamp(t.0.as_second(), 0))
         .unwrap_or(now)
+}
+
+/// The time left of `limit` since `since` (all of it when unknown).
+pub fn remaining(
+    since: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    limit: Duration,
+) -> Duration {
+    let Some(t) = since else { return limit };
+    let elapsed = Utc::now().timestamp() - t.0.as_second();
+    limit.saturating_sub(Duration::from_secs(elapsed.max(0) as u64))
 }

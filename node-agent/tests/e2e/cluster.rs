@@ -33,8 +33,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use coffer_node_agent::controller::csi::VolumeSnapshot;
 use coffer_node_agent::crd::{BackupRepository, Phase};
-use coffer_node_agent::snapshot::VolumeSnapshot;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::ByteString;
 use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams};

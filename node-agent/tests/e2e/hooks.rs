@@ -225,7 +225,7 @@ async fn a_dump_becomes_a_snapshot_only_when_its_command_exits_zero() {
 async fn snapshot_hooks_bracket_the_volume_snapshot_and_a_failed_pre_hook_takes_none() {
     use crate::sim;
     use crate::snapshots::{fake_cluster, snapshot_backup, wait_cleaned};
-    use coffer_node_agent::snapshot::VolumeSnapshot;
+    use coffer_node_agent::controller::csi::VolumeSnapshot;
     let Some((mut env, sim)) = fake_cluster().await else {
         return;
     };
@@ -641,20 +641,23 @@ async fn workload_group(group_snapshots: bool) {
     // them with their VolumeGroupSnapshot): no other may exist.
     let first = format!("coffer-{}", group.name);
     let snapshots: Vec<String> =
-        Api::<coffer_node_agent::snapshot::VolumeSnapshot>::namespaced(env.client.clone(), &ns)
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .filter(|vs| {
-                vs.status
-                    .as_ref()
-                    .and_then(|s| s.volume_group_snapshot_name.as_ref())
-                    != Some(&first)
-            })
-            .map(|vs| vs.name_any())
-            .collect();
+        Api::<coffer_node_agent::controller::csi::VolumeSnapshot>::namespaced(
+            env.client.clone(),
+            &ns,
+        )
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|vs| {
+            vs.status
+                .as_ref()
+                .and_then(|s| s.volume_group_snapshot_name.as_ref())
+                != Some(&first)
+        })
+        .map(|vs| vs.name_any())
+        .collect();
     assert!(snapshots.is_empty(), "{snapshots:?}");
     unlabelled().await;
 }

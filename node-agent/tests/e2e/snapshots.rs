@@ -8,9 +8,9 @@
 //! driver's directories, so they run against the fake API server only.
 //! [`crate::cluster`] runs the snapshot path on both.
 
+use coffer_node_agent::controller::csi::VolumeSnapshot;
 use coffer_node_agent::crd::{Phase, VolumeBackup};
 use coffer_node_agent::names::FINALIZER;
-use coffer_node_agent::snapshot::VolumeSnapshot;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::api::{Api, Patch, PatchParams};

@@ -30,10 +30,6 @@ use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use crate::controller::{
-    create_mover, delete_account, delete_mover, mover_command, mover_state, Ctx, MoverState,
-    StatusOf, TERMINATING_RECHECK,
-};
 use crate::crd::{
     BackupRepository, BackupRepositoryStatus, CheckResult, CopyResult, JobTimes, Maintenance,
     PruneResult,
@@ -41,10 +37,17 @@ use crate::crd::{
 use crate::metrics::{CopyLabels, MaintenanceLabels};
 
 use crate::api::{kube_err, Error};
+use crate::controller::context::Ctx;
+use crate::controller::movers::pod::{
+    local_repository_dir, mover_pod, Destination, MoverPod, DESTINATION_CREDENTIALS_DIR,
+};
+use crate::controller::movers::{
+    create_mover, delete_account, delete_mover, mover_command, mover_state, MoverState, StatusOf,
+    TERMINATING_RECHECK,
+};
 use crate::names::{label_value, object_name, CHECK_NOW, COPY_NOW, MAINTENANCE_LABEL, PRUNE_NOW};
 use crate::scheduling::Schedule;
 use crate::scheduling::{created_at, parse_time, tick, Tick};
-use crate::snapshot;
 
 /// One of the maintenance jobs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -318,13 +321,13 @@ async fn follow(
             let memory = m.memory.as_ref().unwrap_or(&ctx.opts.mover_memory);
             let dest_dir = destination
                 .as_ref()
-                .and_then(|d| snapshot::local_repository_dir(&d.spec.url));
-            let p = snapshot::mover_pod(&snapshot::Mover {
+                .and_then(|d| local_repository_dir(&d.spec.url));
+            let p = mover_pod(&MoverPod {
                 args,
                 labels: &labels,
                 owner: Some(&owner),
                 memory,
-                destination: destination.as_ref().map(|d| snapshot::Destination {
+                destination: destination.as_ref().map(|d| Destination {
                     password: &d.spec.password_secret_ref,
                     credentials: d.spec.credentials_secret_ref.as_ref(),
                     repository_dir: dest_dir,
@@ -424,7 +427,7 @@ fn copy_args(dest: &BackupRepository) -> Vec<String> {
     }
     if dest.spec.credentials_secret_ref.is_some() {
         a.push("--to-credentials-dir".into());
-        a.push(snapshot::DESTINATION_CREDENTIALS_DIR.into());
+        a.push(DESTINATION_CREDENTIALS_DIR.into());
     }
     if dest.spec.init {
         a.push("--to-init".into());

@@ -26,21 +26,23 @@ use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use crate::controller::{
-    create_mover, delete_mover, mover_command, Ctx, MoverState, StatusOf, TERMINATING_RECHECK,
-};
 use crate::crd::{
     BackupMethod, BackupRepository, BackupSchedule, BackupScheduleStatus, ConcurrencyPolicy, Phase,
     Retention, RetentionResult, VolumeBackup,
 };
 
 use crate::api::{create, kube_err, Error};
+use crate::controller::context::Ctx;
+use crate::controller::movers::mover_state;
+use crate::controller::movers::pod::{mover_pod, MoverPod};
+use crate::controller::movers::{
+    create_mover, delete_mover, mover_command, MoverState, StatusOf, TERMINATING_RECHECK,
+};
 use crate::names::{
     label_value, made_by_us, object_name, schedule_tag, BACKUP_NOW, SCHEDULED_AT, SCHEDULE_LABEL,
 };
 use crate::scheduling::Schedule;
 use crate::scheduling::{created_at, parse_time, tick, Tick};
-use crate::snapshot;
 use crate::status::set_condition;
 
 /// The policy as `coffer-agent mover forget` flags (`coffer forget`'s).
@@ -716,7 +718,7 @@ async fn retention(
                 crate::names::managed_by(),
             ]);
             let owner = bs.controller_owner_ref(&()).unwrap_or_default();
-            let p = snapshot::mover_pod(&snapshot::Mover {
+            let p = mover_pod(&MoverPod {
                 args,
                 labels: &labels,
                 owner: Some(&owner),
@@ -732,7 +734,7 @@ async fn retention(
         made?;
         return Ok(Some(ctx.opts.prepare_timeout));
     };
-    match crate::controller::mover_state(ctx, &pod).await {
+    match mover_state(ctx, &pod).await {
         MoverState::Running(again) => return Ok(again),
         MoverState::Stuck(why) | MoverState::Exited(Some(why)) => {
             st.last_retention = Some(failed(why));

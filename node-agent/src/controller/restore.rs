@@ -9,7 +9,7 @@
 //!    run's status. The controller never reads Secrets, so it cannot open
 //!    the repository itself;
 //! 3. **provision**: the PVC, from the recorded claim with the target's
-//!    size and class, or the mapped class ([`snapshot::restored_claim`]);
+//!    size and class, or the mapped class ([`restored_claim`]);
 //! 4. **restore**: a mover pod mounts it read-write (or as a device) and
 //!    restores the snapshot into it (stage `Restoring`);
 //! 5. **clean up**: the mover pods are deleted; the PVC stays, Bound and
@@ -32,17 +32,22 @@ use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
-use crate::controller::{
-    add_finalizer, create_mover, delete_account, delete_mover, finish, mover_command, not_started,
-    quota_wait, Ctx, StatusOf,
-};
 use crate::crd::{BackupRepository, Phase, RestoreTarget, RunStatus, VolumeRestore};
 
 use crate::api::{delete, kube_err, Error};
+use crate::controller::claims::{is_block, restored_claim, RestoredClaim};
+use crate::controller::context::Ctx;
+use crate::controller::lifecycle::end_if_node_gone;
+use crate::controller::lifecycle::{add_finalizer, finish, quota_wait};
+use crate::controller::movers::pod::MoverVolume;
+use crate::controller::movers::pod::{mover_pod, MoverPod};
+use crate::controller::movers::state::{mover_failure, mover_started};
+use crate::controller::movers::{
+    create_mover, delete_account, delete_mover, mover_command, not_started, StatusOf,
+};
 use crate::names::{
     label_value, object_name, FINALIZER, RESTORED_BY, RESTORED_FROM, RESTORE_LABEL, RUN_ANNOTATION,
 };
-use crate::snapshot::{self, MoverVolume};
 use crate::status::{self, Outcome};
 
 /// The metrics kind of these runs.
@@ -94,7 +99,7 @@ pub(crate) async fn reconcile(vr: Arc<VolumeRestore>, ctx: Arc<Ctx>) -> Result<A
             return Ok(Action::await_change());
         }
         // The node agent's: ended here only when its node is gone.
-        return crate::controller::end_if_node_gone(&ctx, vr.as_ref(), &st).await;
+        return end_if_node_gone(&ctx, vr.as_ref(), &st).await;
     };
     if fresh && (vr.spec.pod.is_some() || vr.spec.volume.is_some()) {
         fail(&ctx, &vr, "give spec.target (a new PVC) or spec.pod and spec.volume (a running pod's volume), not both".into()).await?;
@@ -275,7 +280,7 @@ async fn advance(
                 (RESTORED_BY.to_string(), run_key(vr)),
                 (RESTORED_FROM.to_string(), snapshot_id.clone()),
             ]);
-            let made = snapshot::restored_claim(&snapshot::Restored {
+            let made = restored_claim(&RestoredClaim {
                 name: &target.pvc,
                 namespace: &tns,
                 recorded,
@@ -320,7 +325,7 @@ async fn advance(
         };
         let volume = MoverVolume {
             claim: &target.pvc,
-            block: snapshot::is_block(&pvc),
+            block: is_block(&pvc),
             write: true,
         };
         let mut args = mover_command(ctx, "restore", &ns, &vr.name_any(), &repo)?;
@@ -371,7 +376,7 @@ async fn start_mover(
     args: Vec<String>,
 ) -> Result<(), Error> {
     let labels = pod_labels(vr);
-    let mut p = snapshot::mover_pod(&snapshot::Mover {
+    let mut p = mover_pod(&MoverPod {
         volume,
         args,
         labels: &labels,
@@ -387,7 +392,7 @@ async fn start_mover(
 /// exited without writing what it had to.
 async fn watch_mover(ctx: &Ctx, vr: &VolumeRestore, tns: &str, pod: &Pod) -> Result<Action, Error> {
     let name = pod.name_any();
-    if let Some(why) = snapshot::mover_failure(pod) {
+    if let Some(why) = mover_failure(pod) {
         fail(ctx, vr, why).await?;
         return Ok(Action::await_change());
     }
@@ -417,7 +422,7 @@ async fn watch_mover(ctx: &Ctx, vr: &VolumeRestore, tns: &str, pod: &Pod) -> Res
         }
         return Ok(Action::await_change());
     }
-    if !snapshot::mover_started(pod) {
+    if !mover_started(pod) {
         return match not_started(ctx, pod).await {
             Ok(wait) => Ok(Action::requeue(wait)),
             Err(why) => {

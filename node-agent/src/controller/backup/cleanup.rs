@@ -1,0 +1,196 @@
+//! The end of a backup by snapshot: its mover pod, clone claim and
+//! VolumeSnapshot go, in that order; and the start-up sweep of what deleted
+//! runs left.
+
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use crate::crd::VolumeBackup;
+
+use crate::api::{delete, delete_present, kube_err, Error};
+use crate::controller::backup::group::group_cleanup;
+use crate::controller::backup::run::child_name;
+use crate::controller::context::Ctx;
+use crate::controller::csi::VolumeSnapshot;
+use crate::controller::movers::delete_mover;
+use crate::names::RUN_LABEL;
+
+/// Step 5, one deletion at a time: the mover pod, the clone PVC, its PV,
+/// the VolumeSnapshot. Returns true when nothing is left.
+pub(crate) async fn cleanup(ctx: &Ctx, vb: &VolumeBackup) -> Result<bool, Error> {
+    let ns = vb.namespace().unwrap_or_default();
+    let child = child_name(vb);
+    if delete_mover(ctx, &ns, &child, &ns).await? {
+        return Ok(false);
+    }
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    if delete_present(&pvcs, &child, &format!("PVC {ns}/{child}")).await? {
+        return Ok(false);
+    }
+    let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    let bound = pvs
+        .list(&ListParams::default())
+        .await
+        .map_err(kube_err("listing PersistentVolumes"))?
+        .items
+        .into_iter()
+        .find(|pv| {
+            pv.spec
+                .as_ref()
+                .and_then(|s| s.claim_ref.as_ref())
+                .is_some_and(|r| {
+                    r.namespace.as_deref() == Some(ns.as_str())
+                        && r.name.as_deref() == Some(child.as_str())
+                })
+        });
+    if let Some(pv) = bound {
+        delete_clone_volume(&pvs, &pv).await?;
+        return Ok(false);
+    }
+    let snaps: Api<VolumeSnapshot> = Api::namespaced(ctx.client.clone(), &ns);
+    if let Some(vs) = snaps
+        .get_opt(&child)
+        .await
+        .map_err(kube_err(format!("reading VolumeSnapshot {ns}/{child}")))?
+    {
+        if vb.spec.retain_snapshot {
+            if !vs.owner_references().is_empty() {
+                // Kept: no longer owned by the run, so deleting the run
+                // keeps it too.
+                snaps
+                    .patch(
+                        &child,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"metadata": {"ownerReferences": null}})),
+                    )
+                    .await
+                    .map_err(kube_err(format!("releasing VolumeSnapshot {ns}/{child}")))?;
+            }
+        } else {
+            if vs.meta().deletion_timestamp.is_none() {
+                delete(&snaps, &child, &format!("VolumeSnapshot {ns}/{child}")).await?;
+            }
+            return Ok(false);
+        }
+    }
+    match &vb.spec.group {
+        Some(g) => group_cleanup(ctx, vb, g).await,
+        None => Ok(true),
+    }
+}
+
+/// Deletes a clone's PV, once its claim is gone, with its volume.
+pub(crate) async fn delete_clone_volume(
+    pvs: &Api<PersistentVolume>,
+    pv: &PersistentVolume,
+) -> Result<(), Error> {
+    let name = pv.name_any();
+    if pv.meta().deletion_timestamp.is_some() {
+        return Ok(());
+    }
+    reclaim_on_release(pvs, pv).await?;
+    delete(pvs, &name, &format!("PV {name}")).await
+}
+
+/// Sets a retained clone volume to Delete: it would outlive the run, and
+/// with Delete the driver deletes the volume with the object.
+pub(crate) async fn reclaim_on_release(
+    pvs: &Api<PersistentVolume>,
+    pv: &PersistentVolume,
+) -> Result<(), Error> {
+    let name = pv.name_any();
+    if pv
+        .spec
+        .as_ref()
+        .and_then(|s| s.persistent_volume_reclaim_policy.as_deref())
+        != Some("Retain")
+    {
+        return Ok(());
+    }
+    pvs.patch(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"persistentVolumeReclaimPolicy": "Delete"}})),
+    )
+    .await
+    .map(drop)
+    .map_err(kube_err(format!("setting PV {name} to Delete")))
+}
+
+/// Start-up sweep: objects made for runs that no longer exist (deleted
+/// while no controller ran, finalizer removed by hand) are deleted, pods
+/// first, then clones, then VolumeSnapshots. A retained clone volume is set
+/// to Delete, so that it goes once its claim is gone, as any PV of that
+/// policy does (deleting a PV while its claim still exists can leave the
+/// volume behind).
+pub(crate) async fn sweep(ctx: &Ctx) {
+    sweep_kind::<Pod>(ctx, "leftover mover pod").await;
+    let clones = sweep_kind::<PersistentVolumeClaim>(ctx, "leftover clone PVC").await;
+    let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    for volume in clones
+        .iter()
+        .filter_map(|c| c.spec.as_ref()?.volume_name.as_deref())
+    {
+        let released = match pvs.get_opt(volume).await {
+            Ok(Some(pv)) => reclaim_on_release(&pvs, &pv).await,
+            Ok(None) => Ok(()),
+            Err(e) => Err(kube_err(format!("reading PV {volume}"))(e)),
+        };
+        if let Err(e) = released {
+            tracing::warn!("start-up sweep: the volume of a leftover clone: {e}");
+        }
+    }
+    sweep_kind::<VolumeSnapshot>(ctx, "leftover VolumeSnapshot").await;
+}
+
+/// Deletes the run-labelled objects of one kind whose owning VolumeBackup
+/// is gone (or is another object of the same name); returns them.
+pub(crate) async fn sweep_kind<K>(ctx: &Ctx, what: &str) -> Vec<K>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let mut swept = Vec::new();
+    let list = match Api::<K>::all(ctx.client.clone())
+        .list(&ListParams::default().labels(RUN_LABEL))
+        .await
+    {
+        Ok(list) => list,
+        Err(e) => {
+            // Runs clean up after themselves; the sweep only helps.
+            tracing::warn!("start-up sweep: listing {what}s: {e}");
+            return swept;
+        }
+    };
+    for o in list.items {
+        let ns = o.namespace().unwrap_or_default();
+        let Some(run) = o
+            .owner_references()
+            .iter()
+            .find(|r| r.kind == "VolumeBackup")
+        else {
+            continue;
+        };
+        let gone = match Api::<VolumeBackup>::namespaced(ctx.client.clone(), &ns)
+            .get_opt(&run.name)
+            .await
+        {
+            Ok(Some(vb)) => vb.uid().as_deref() != Some(run.uid.as_str()),
+            Ok(None) => true,
+            Err(_) => false,
+        };
+        if gone {
+            let api = Api::<K>::namespaced(ctx.client.clone(), &ns);
+            let what = format!("{what} {ns}/{}", o.name_any());
+            match delete(&api, &o.name_any(), &what).await {
+                Ok(()) => swept.push(o),
+                Err(e) => tracing::warn!("start-up sweep: {e}"),
+            }
+        }
+    }
+    swept
+}

@@ -1,0 +1,467 @@
+//! The VolumeBackup reconciler (method Snapshot), one step per pass.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use coffer_engine::format::snapshot::KubernetesOrigin;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
+
+use crate::crd::{BackupMethod, BackupRepository, Phase, RunStatus, VolumeBackup};
+
+use crate::api::{create, kube_err, Error};
+use crate::controller::backup::cleanup::cleanup;
+use crate::controller::backup::group::{
+    find_snapshot, group, take_snapshots, thaw, Found, Group, GROUP_POLL,
+};
+use crate::controller::backup::hooks::{frozen, snapshot_hooks};
+use crate::controller::backup::run::{child_name, fresh_status, is_open, run_labels};
+use crate::controller::claims::{claim_spec, clone_claim, is_block, CloneClaim};
+use crate::controller::context::Ctx;
+use crate::controller::csi::snapshot_state;
+use crate::controller::csi::SnapshotState;
+use crate::controller::lifecycle::{add_finalizer, end_if_node_gone, finish, quota_wait};
+use crate::controller::movers::pod::{mover_pod, MoverPod, MoverVolume, SOURCE_DEVICE, SOURCE_DIR};
+use crate::controller::movers::state::{mover_failure, mover_started};
+use crate::controller::movers::{create_mover, mover_command, not_started, StatusOf};
+use crate::names::FINALIZER;
+use crate::status::{self, Outcome};
+use crate::time::remaining;
+
+pub(crate) async fn reconcile(vb: Arc<VolumeBackup>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let st = vb.status.clone().unwrap_or_default();
+    if vb.spec.method != BackupMethod::Snapshot {
+        // The node agent's; only a run it can never take is ended here.
+        let unusable = match vb.spec.method {
+            BackupMethod::Command => vb.spec.pod.is_none().then_some(
+                "spec.pod is required for method Command (the pod whose backup.coffer.dev/command is run)",
+            ),
+            _ => vb.spec.pod_volume().is_none().then_some(
+                "spec.pod and spec.volume are required for method Filesystem; to back up a PVC that no pod uses, set method: Snapshot and spec.pvc",
+            ),
+        };
+        if let Some(why) =
+            unusable.filter(|_| st.phase == Phase::New && vb.meta().deletion_timestamp.is_none())
+        {
+            ctx.fail(&vb, why.into()).await?;
+            return Ok(Action::await_change());
+        }
+        return end_if_node_gone(&ctx, vb.as_ref(), &st).await;
+    }
+    let finalized = vb.finalizers().iter().any(|f| f == FINALIZER);
+    if vb.meta().deletion_timestamp.is_some() || st.phase.is_final() {
+        if !finalized {
+            return Ok(Action::await_change());
+        }
+        // A run that ended between its pre- and post-hooks (the snapshot
+        // failed or timed out, a cancel) thaws its pods first.
+        if frozen(&st.hooks) {
+            // Its group's open runs are thawed with it (and carry the record).
+            let mut runs = vec![vb.as_ref().clone()];
+            if let Group::Claimed(members) = group(&ctx, &vb).await? {
+                runs.extend(
+                    members
+                        .into_iter()
+                        .filter(|r| is_open(r) && r.name_any() != vb.name_any()),
+                );
+            }
+            // Its failure is an Event; the run's outcome stands.
+            let _ = snapshot_hooks(&ctx, &runs, "post").await?;
+        }
+        if !cleanup(&ctx, &vb).await? {
+            return Ok(Action::requeue(Duration::from_secs(5)));
+        }
+        return finish(&ctx, vb.as_ref(), &st, "snapshot-backup").await;
+    }
+    if vb.spec.cancel {
+        ctx.end(vb.as_ref(), Outcome::Canceled, "Snapshotting")
+            .await?;
+        return Ok(Action::requeue(Duration::ZERO));
+    }
+    let step = match st.phase {
+        Phase::New => claim(&ctx, &vb).await,
+        _ => advance(&ctx, &vb, &st).await,
+    };
+    match step {
+        Err(Error::Quota(why)) => quota_wait(&ctx, vb.as_ref(), why, "Snapshotting").await,
+        Err(Error::Refused(why)) => {
+            ctx.fail(&vb, why).await?;
+            Ok(Action::await_change())
+        }
+        step => step,
+    }
+}
+
+/// Step 1: check what the run names, then take it.
+pub(crate) async fn claim(ctx: &Ctx, vb: &VolumeBackup) -> Result<Action, Error> {
+    let ns = vb.namespace().unwrap_or_default();
+    let pvc_name = match source_claim(ctx, vb).await? {
+        Ok(n) => n,
+        Err(m) => {
+            ctx.fail(vb, m).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    let pvc = pvcs
+        .get_opt(&pvc_name)
+        .await
+        .map_err(kube_err(format!("reading PVC {ns}/{pvc_name}")))?;
+    let Some(pvc) = pvc else {
+        ctx.fail(
+            vb,
+            format!("PersistentVolumeClaim {ns}/{pvc_name} not found"),
+        )
+        .await?;
+        return Ok(Action::await_change());
+    };
+    let phase = pvc
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.clone())
+        .unwrap_or_default();
+    if phase != "Bound" {
+        ctx.fail(vb, format!("PersistentVolumeClaim {ns}/{pvc_name} is {phase:?}, not Bound: only a provisioned volume can be snapshotted")).await?;
+        return Ok(Action::await_change());
+    }
+    let repos: Api<BackupRepository> = Api::namespaced(ctx.client.clone(), &ns);
+    let repo = repos
+        .get_opt(&vb.spec.repository)
+        .await
+        .map_err(kube_err(format!(
+            "reading BackupRepository {ns}/{}",
+            vb.spec.repository
+        )))?;
+    if repo.is_none() {
+        let e = crate::repos::RepoError::Missing {
+            namespace: ns.clone(),
+            name: vb.spec.repository.clone(),
+        };
+        ctx.fail(vb, e.to_string()).await?;
+        return Ok(Action::await_change());
+    }
+    // The finalizer first, with the version read: a run is never InProgress
+    // without it.
+    let Some(patched) = add_finalizer(ctx, vb).await? else {
+        return Ok(Action::requeue(Duration::ZERO));
+    };
+    let mut s = status::started(
+        vb.status.as_ref(),
+        &ctx.opts.identity,
+        Some(format!("/{pvc_name}")),
+    );
+    s.node = None;
+    s.pvc = Some(pvc_name.clone());
+    s.stage = Some("Snapshotting".into());
+    crate::report::write_run::<VolumeBackup>(
+        &ctx.client,
+        &ns,
+        &vb.name_any(),
+        &s,
+        patched.resource_version(),
+    )
+    .await;
+    ctx.event(
+        vb,
+        EventType::Normal,
+        "BackupStarted",
+        format!("snapshotting PVC {pvc_name}"),
+    )
+    .await;
+    Ok(Action::requeue(Duration::ZERO))
+}
+
+/// The PVC a run reads: `spec.pvc`, or the claim of the pod's volume.
+pub(crate) async fn source_claim(
+    ctx: &Ctx,
+    vb: &VolumeBackup,
+) -> Result<Result<String, String>, Error> {
+    if let Some(p) = &vb.spec.pvc {
+        return Ok(Ok(p.clone()));
+    }
+    let Some((pod, volume)) = vb.spec.pod_volume() else {
+        return Ok(Err("method Snapshot needs spec.pvc, or spec.pod and spec.volume naming a PersistentVolumeClaim".into()));
+    };
+    let ns = vb.namespace().unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(p) = pods
+        .get_opt(pod)
+        .await
+        .map_err(kube_err(format!("reading pod {ns}/{pod}")))?
+    else {
+        return Ok(Err(format!("pod {ns}/{pod} not found")));
+    };
+    Ok(match crate::pods::volume_claim(&p, volume) {
+        Some(Some(c)) => Ok(c),
+        Some(None) => Err(format!("volume {volume:?} of pod {ns}/{pod} is not a PersistentVolumeClaim; method Snapshot reads PVCs only (use method Filesystem)")),
+        None => Err(format!("pod {ns}/{pod} has no volume {volume:?}")),
+    })
+}
+
+/// Steps 2 to 4, from where the run stands.
+pub(crate) async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Result<Action, Error> {
+    let ns = vb.namespace().unwrap_or_default();
+    let child = child_name(vb);
+    let Some(pvc_name) = st.pvc.clone() else {
+        ctx.fail(
+            vb,
+            "the run's status lost its PVC; create the VolumeBackup again".into(),
+        )
+        .await?;
+        return Ok(Action::await_change());
+    };
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+
+    // 2. The snapshot, taken by the group's leader.
+    let vs = match find_snapshot(ctx, vb).await? {
+        Found::Snapshot(vs) => *vs,
+        Found::Wait(d) => return Ok(Action::requeue(d)),
+        Found::Failed(m) => {
+            ctx.fail(vb, m).await?;
+            return Ok(Action::await_change());
+        }
+        Found::Missing => {
+            let open = match group(ctx, vb).await? {
+                Group::Claimed(members) => members.into_iter().filter(is_open).collect::<Vec<_>>(),
+                Group::Waiting(d) => return Ok(Action::requeue(d)),
+                Group::Incomplete(m) => {
+                    ctx.fail(vb, m).await?;
+                    return Ok(Action::await_change());
+                }
+            };
+            if open.first().map(ResourceExt::name_any) != Some(vb.name_any()) {
+                // The leader takes this run's snapshot; its creation wakes this run.
+                return Ok(Action::requeue(GROUP_POLL));
+            }
+            take_snapshots(ctx, &open).await?;
+            return Ok(Action::requeue(if vb.spec.group.is_some() {
+                GROUP_POLL
+            } else {
+                ctx.opts.snapshot_timeout
+            }));
+        }
+    };
+    let vs_name = vs.name_any();
+    let restore_size = match snapshot_state(&vs) {
+        SnapshotState::Failed(m) => {
+            ctx.fail(vb, format!("VolumeSnapshot {ns}/{vs_name} failed: {m}"))
+                .await?;
+            return Ok(Action::await_change());
+        }
+        SnapshotState::Pending => {
+            let left = remaining(
+                vs.meta().creation_timestamp.as_ref(),
+                ctx.opts.snapshot_timeout,
+            );
+            if left.is_zero() {
+                ctx.fail(vb, format!(
+                    "VolumeSnapshot {ns}/{vs_name} did not become ready within {}; check the CSI driver and the snapshot controller (kubectl -n {ns} describe volumesnapshot {vs_name})",
+                    humantime::format_duration(ctx.opts.snapshot_timeout)
+                ))
+                .await?;
+                return Ok(Action::await_change());
+            }
+            return Ok(Action::requeue(left));
+        }
+        SnapshotState::Ready(size) => size,
+    };
+
+    // 3. The clone.
+    let source = pvcs
+        .get_opt(&pvc_name)
+        .await
+        .map_err(kube_err(format!("reading PVC {ns}/{pvc_name}")))?;
+    let clone = pvcs
+        .get_opt(&child)
+        .await
+        .map_err(kube_err(format!("reading PVC {ns}/{child}")))?;
+    if clone.is_none() {
+        // The point in time is taken: the post-hooks, before the clone.
+        if let Some(wait) = thaw(ctx, vb).await? {
+            return Ok(wait);
+        }
+    }
+    let (block, spec_source) = match (&clone, &source) {
+        (Some(c), _) => (is_block(c), source.clone().unwrap_or_else(|| c.clone())),
+        (None, Some(s)) => (is_block(s), s.clone()),
+        (None, None) => {
+            ctx.fail(
+                vb,
+                format!(
+                    "PersistentVolumeClaim {ns}/{pvc_name} was deleted before its clone was made"
+                ),
+            )
+            .await?;
+            return Ok(Action::await_change());
+        }
+    };
+    if clone.is_none() {
+        let labels = run_labels(vb);
+        let owner = vb.controller_owner_ref(&()).unwrap_or_default();
+        let c = clone_claim(&CloneClaim {
+            name: &child,
+            snapshot: &vs_name,
+            source: &spec_source,
+            restore_size: restore_size.as_ref(),
+            storage_class_map: &ctx.opts.storage_class_map,
+            read_only_many: ctx.opts.read_only_many,
+            labels: &labels,
+            owner: &owner,
+        });
+        create(&pvcs, &c, &format!("PVC {ns}/{child}")).await?;
+    }
+
+    // 4. The mover.
+    let pod = pods
+        .get_opt(&child)
+        .await
+        .map_err(kube_err(format!("reading pod {ns}/{child}")))?;
+    let Some(pod) = pod else {
+        if st.stage.as_deref() == Some("Moving") {
+            ctx.fail(vb, format!("mover pod {ns}/{child} disappeared before the backup ended (deleted or evicted)")).await?;
+            return Ok(Action::await_change());
+        }
+        let repo = Api::<BackupRepository>::namespaced(ctx.client.clone(), &ns)
+            .get_opt(&vb.spec.repository)
+            .await
+            .map_err(kube_err(format!(
+                "reading BackupRepository {ns}/{}",
+                vb.spec.repository
+            )))?;
+        let Some(repo) = repo else {
+            let e = crate::repos::RepoError::Missing {
+                namespace: ns.clone(),
+                name: vb.spec.repository.clone(),
+            };
+            ctx.fail(vb, e.to_string()).await?;
+            return Ok(Action::await_change());
+        };
+        let origin = origin_of(ctx, &spec_source).await;
+        let args = mover_args(ctx, vb, &repo, &pvc_name, block, &origin)?;
+        let labels = run_labels(vb);
+        let owner = vb.controller_owner_ref(&()).unwrap_or_default();
+        let volume = MoverVolume {
+            claim: &child,
+            block,
+            write: false,
+        };
+        let p = mover_pod(&MoverPod {
+            volume: Some(volume),
+            args,
+            labels: &labels,
+            owner: Some(&owner),
+            ..ctx.mover(&child, &ns, &repo)
+        });
+        create_mover(ctx, &p, &StatusOf::of(vb)).await?;
+        crate::report::update_run::<VolumeBackup>(&ctx.client, &ns, &vb.name_any(), |s| {
+            s.stage = Some("Moving".into())
+        })
+        .await;
+        ctx.event(
+            vb,
+            EventType::Normal,
+            "MoverStarted",
+            format!("VolumeSnapshot {child} is ready; mover pod {child} reads its clone"),
+        )
+        .await;
+        return Ok(Action::requeue(ctx.opts.prepare_timeout));
+    };
+    if let Some(why) = mover_failure(&pod) {
+        ctx.fail(vb, why).await?;
+        return Ok(Action::await_change());
+    }
+    if pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded") {
+        // The mover writes the result before it exits; a run still open
+        // after that has no result.
+        if !fresh_status(ctx, vb)
+            .await?
+            .is_some_and(|s| s.phase.is_final())
+        {
+            ctx.fail(
+                vb,
+                format!("mover pod {ns}/{child} exited without writing a result"),
+            )
+            .await?;
+        }
+        return Ok(Action::await_change());
+    }
+    if !mover_started(&pod) {
+        return match not_started(ctx, &pod).await {
+            Ok(wait) => Ok(Action::requeue(wait)),
+            Err(why) => {
+                ctx.fail(vb, why).await?;
+                Ok(Action::await_change())
+            }
+        };
+    }
+    Ok(Action::await_change())
+}
+
+/// The origin recorded in the snapshot, with the claim's spec.
+pub(crate) async fn origin_of(ctx: &Ctx, pvc: &PersistentVolumeClaim) -> KubernetesOrigin {
+    let spec = pvc.spec.clone().unwrap_or_default();
+    KubernetesOrigin {
+        cluster: ctx.opts.cluster.clone(),
+        namespace: pvc.namespace(),
+        pvc: Some(pvc.name_any()),
+        pv: spec.volume_name.clone(),
+        storage_class: spec.storage_class_name.clone(),
+        volume_mode: Some(
+            spec.volume_mode
+                .clone()
+                .unwrap_or_else(|| "Filesystem".into()),
+        ),
+        claim: Some(claim_spec(pvc)),
+        ..Default::default()
+    }
+}
+
+/// The backup mover's command line.
+pub(crate) fn mover_args(
+    ctx: &Ctx,
+    vb: &VolumeBackup,
+    repo: &BackupRepository,
+    pvc: &str,
+    block: bool,
+    origin: &KubernetesOrigin,
+) -> Result<Vec<String>, Error> {
+    let mut a = mover_command(
+        ctx,
+        "backup",
+        &vb.namespace().unwrap_or_default(),
+        &vb.name_any(),
+        repo,
+    )?;
+    a.extend([
+        "--source".into(),
+        if block { SOURCE_DEVICE } else { SOURCE_DIR }.into(),
+        "--record-path".into(),
+        format!("/{pvc}"),
+        "--origin".into(),
+        serde_json::to_string(origin).unwrap_or_default(),
+        "--threads".into(),
+        ctx.opts.mover_threads.to_string(),
+        "--hostname".into(),
+        ctx.opts
+            .cluster
+            .clone()
+            .unwrap_or_else(|| "kubernetes".into()),
+    ]);
+    for t in &vb.spec.tags {
+        a.push("--tag".into());
+        a.push(t.clone());
+    }
+    for e in &vb.spec.excludes {
+        a.push("--exclude".into());
+        a.push(e.clone());
+    }
+    if let Some(rate) = ctx.opts.mover_read_limit {
+        a.push("--limit-read".into());
+        a.push(format!("{rate}B/s"));
+    }
+    Ok(a)
+}

@@ -1,0 +1,321 @@
+//! The life of a run that the controller carries (a VolumeBackup by
+//! snapshot, a VolumeRestore into a new claim): the finalizer, waiting for
+//! quota, the end of a run (status, Event, metrics), and runs whose node
+//! agent is gone.
+
+use std::time::Duration;
+
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use crate::crd::{Phase, RunStatus};
+use crate::metrics::{NamespaceLabels, RunLabels};
+
+use crate::api::{kube_err, Error};
+use crate::controller::context::Ctx;
+use crate::names::FINALIZER;
+use crate::run::RunObject;
+use crate::status::{self, Outcome};
+use crate::time::remaining;
+
+/// Why the node a run is on is gone, if it is: its Node object is deleted,
+/// or not Ready for longer than `limit` (its agent cannot end the run).
+pub(crate) fn node_gone(
+    name: &str,
+    node: Option<&k8s_openapi::api::core::v1::Node>,
+    now: chrono::DateTime<chrono::Utc>,
+    limit: Duration,
+) -> Option<String> {
+    let Some(node) = node else {
+        return Some(format!("node {name} no longer exists"));
+    };
+    let ready = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))?;
+    if ready.status == "True" {
+        return None;
+    }
+    let since = ready.last_transition_time.as_ref()?.0.as_second();
+    let down = Duration::from_secs(u64::try_from(now.timestamp().checked_sub(since)?).ok()?);
+    (down > limit).then(|| {
+        format!(
+            "node {name} has not been Ready for {} (its Ready condition is {}: {}), so its agent cannot finish the run",
+            humantime::format_duration(Duration::from_secs(down.as_secs())),
+            ready.status,
+            ready.reason.as_deref().unwrap_or("no reason")
+        )
+    })
+}
+
+/// A node agent's run in progress on a node that is gone is ended here,
+/// naming the node, after `--lost-node-timeout`: nothing else would end it,
+/// and a schedule with concurrencyPolicy Forbid would skip for ever. While
+/// the run goes on, it is looked at again now and then.
+pub(crate) async fn end_if_node_gone<K: RunObject>(
+    ctx: &Ctx,
+    run: &K,
+    st: &RunStatus,
+) -> Result<Action, Error> {
+    let (Phase::InProgress, Some(node)) = (st.phase, st.node.as_deref()) else {
+        return Ok(Action::await_change());
+    };
+    if run.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let found = Api::<k8s_openapi::api::core::v1::Node>::all(ctx.client.clone())
+        .get_opt(node)
+        .await
+        .map_err(kube_err(format!("reading node {node}")))?;
+    let limit = ctx.opts.lost_node_timeout;
+    if let Some(why) = node_gone(node, found.as_ref(), chrono::Utc::now(), limit) {
+        ctx.end(run, Outcome::Failed(why), "Running").await?;
+        return Ok(Action::await_change());
+    }
+    Ok(Action::requeue(
+        (limit / 2).clamp(Duration::from_secs(1), Duration::from_secs(300)),
+    ))
+}
+
+/// How often a run refused for an exhausted quota tries again.
+pub(crate) const QUOTA_RETRY: Duration = Duration::from_secs(5);
+
+/// A run refused for an exhausted quota tries again until
+/// `--prepare-timeout` after its creation, then fails with the refusal.
+pub(crate) async fn quota_wait<K: RunObject>(
+    ctx: &Ctx,
+    run: &K,
+    why: String,
+    first_stage: &str,
+) -> Result<Action, Error> {
+    let left = remaining(
+        run.meta().creation_timestamp.as_ref(),
+        ctx.opts.prepare_timeout,
+    );
+    if left.is_zero() {
+        let m = format!(
+            "{why} (still refused after --prepare-timeout {})",
+            humantime::format_duration(ctx.opts.prepare_timeout)
+        );
+        ctx.end(run, Outcome::Failed(m), first_stage).await?;
+        return Ok(Action::await_change());
+    }
+    tracing::warn!(
+        namespace = run.namespace().unwrap_or_default(),
+        run = run.name_any(),
+        "{why}; trying again"
+    );
+    Ok(Action::requeue(left.min(QUOTA_RETRY)))
+}
+
+/// After cleanup: the stage `Done` and the run's metrics, then, on the next
+/// pass (at the version that write made), the finalizer off.
+pub(crate) async fn finish<K: RunObject>(
+    ctx: &Ctx,
+    run: &K,
+    st: &RunStatus,
+    kind: &str,
+) -> Result<Action, Error> {
+    if st.phase.is_final() && st.stage.as_deref() != Some("Done") {
+        let ns = run.namespace().unwrap_or_default();
+        ctx.record(kind, &ns, st);
+        let done = RunStatus {
+            stage: Some("Done".into()),
+            ..st.clone()
+        };
+        crate::report::write_run::<K>(&ctx.client, &ns, &run.name_any(), &done, None).await;
+        return Ok(Action::requeue(Duration::ZERO));
+    }
+    remove_finalizer(ctx, run).await?;
+    Ok(Action::await_change())
+}
+
+/// Adds the cleanup finalizer at the version read; `None` when the run
+/// changed meanwhile (it is reconciled again).
+pub(crate) async fn add_finalizer<K: RunObject>(ctx: &Ctx, run: &K) -> Result<Option<K>, Error> {
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default());
+    let mut finalizers = run.finalizers().to_vec();
+    finalizers.push(FINALIZER.to_string());
+    let patched = api
+        .patch(
+            &run.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {
+                "finalizers": finalizers,
+                "resourceVersion": run.resource_version(),
+            }})),
+        )
+        .await;
+    match patched {
+        Ok(p) => Ok(Some(p)),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
+        Err(e) => Err(kube_err("adding the cleanup finalizer")(e)),
+    }
+}
+
+pub(crate) async fn remove_finalizer<K: RunObject>(ctx: &Ctx, run: &K) -> Result<(), Error> {
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default());
+    let rest: Vec<&String> = run
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .collect();
+    match api
+        .patch(
+            &run.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"finalizers": rest, "resourceVersion": run.resource_version()}}),
+            ),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(kube_err("removing the cleanup finalizer")(e)),
+    }
+}
+
+impl Ctx /* end */ {
+    /// Ends a run that is not over yet (a mover's own result stands): its
+    /// final status, then an Event. `Err` when the status
+    /// could not be written, so that the reconcile is tried again rather
+    /// than leaving the run open with nothing left to wake it.
+    pub(crate) async fn end<K: RunObject>(
+        &self,
+        run: &K,
+        outcome: Outcome,
+        first_stage: &str,
+    ) -> Result<(), Error> {
+        let ns = run.namespace().unwrap_or_default();
+        let (etype, reason, note) = match &outcome {
+            Outcome::Failed(m) => (EventType::Warning, "Failed", m.clone()),
+            Outcome::Canceled => (
+                EventType::Normal,
+                "Canceled",
+                "canceled through spec.cancel".to_string(),
+            ),
+            Outcome::Done { .. } => (EventType::Normal, "Completed", String::new()),
+        };
+        let written = crate::report::try_update_run::<K>(&self.client, &ns, &run.name_any(), |s| {
+            let stage = s.stage.clone();
+            *s = status::finished(s.clone(), outcome.clone());
+            s.stage = stage.or(Some(first_stage.into()));
+            if s.start_time.is_none() {
+                s.start_time = s.completion_time.clone();
+            }
+        })
+        .await?;
+        if written.is_some() {
+            let reason = format!("{}{reason}", K::ACTION);
+            tracing::info!(namespace = ns, run = run.name_any(), "{reason}: {note}");
+            self.event(run, etype, &reason, note).await;
+        }
+        Ok(())
+    }
+}
+
+impl Ctx /* record */ {
+    /// Metrics of a run that ended and is cleaned up.
+    pub(crate) fn record(&self, kind: &str, ns: &str, st: &RunStatus) {
+        if !st.phase.is_final() {
+            return;
+        }
+        self.metrics
+            .runs
+            .get_or_create(&RunLabels {
+                kind: kind.into(),
+                namespace: ns.into(),
+                phase: st.phase.as_str().into(),
+            })
+            .inc();
+        let l = NamespaceLabels {
+            kind: kind.into(),
+            namespace: ns.into(),
+        };
+        if let Some(p) = &st.progress {
+            self.metrics.bytes.get_or_create(&l).inc_by(p.bytes_done);
+        }
+        if let Some(added) = st.incremental_bytes {
+            self.metrics.bytes_added.get_or_create(&l).inc_by(added);
+        }
+    }
+}
+
+impl Ctx /* event */ {
+    pub(crate) async fn event<K: RunObject>(
+        &self,
+        run: &K,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        self.event_on(run, K::ACTION, type_, reason, note).await
+    }
+}
+
+impl Ctx /* event_on */ {
+    /// An Event about any object.
+    pub(crate) async fn event_on<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        action: &str,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        crate::report::publish_event(
+            &self.recorder,
+            &obj.object_ref(&()),
+            type_,
+            reason,
+            action,
+            note,
+        )
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_deleted_or_not_ready_past_the_limit_is_gone() {
+        use k8s_openapi::api::core::v1::Node;
+        let now = chrono::Utc::now();
+        let limit = Duration::from_secs(600);
+        let node = |status: &str, ago: i64| -> Node {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "n1"},
+                "status": {"conditions": [{"type": "Ready", "status": status, "reason": "NodeStatusUnknown",
+                    "lastTransitionTime": (now - chrono::Duration::seconds(ago)).to_rfc3339()}]}
+            }))
+            .unwrap()
+        };
+        assert!(node_gone("n1", None, now, limit)
+            .unwrap()
+            .contains("node n1 no longer exists"));
+        assert_eq!(
+            node_gone("n1", Some(&node("True", 10_000)), now, limit),
+            None
+        );
+        assert_eq!(
+            node_gone("n1", Some(&node("Unknown", 60)), now, limit),
+            None
+        );
+        let why = node_gone("n1", Some(&node("Unknown", 700)), now, limit).unwrap();
+        assert!(
+            why.contains("node n1 has not been Ready for 11m") && why.contains("NodeStatusUnknown"),
+            "{why}"
+        );
+        // No Ready condition yet (a node registering): not gone.
+        let bare: Node =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "n1"}})).unwrap();
+        assert_eq!(node_gone("n1", Some(&bare), now, limit), None);
+    }
+}
