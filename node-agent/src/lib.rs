@@ -17,18 +17,15 @@
 //! never name each other, and no module imports one that imports it back
 //! (`tests/layout.rs` checks both).
 
-pub mod annotations;
 pub mod api;
 pub mod controller;
 pub mod crd;
 pub mod hooks;
-pub mod kubelet;
 pub mod lenient;
 pub mod metrics;
 pub mod mover;
 pub mod names;
 pub mod node;
-pub mod plan;
 pub mod pods;
 pub mod policy;
 pub mod report;

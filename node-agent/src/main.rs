@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use coffer_node_agent::crd::Phase;
-use coffer_node_agent::{controller, metrics, mover, node, plan::NodeConfig};
+use coffer_node_agent::node::plan::NodeConfig;
+use coffer_node_agent::{controller, metrics, mover, node};
 
 #[derive(Parser, Debug)]
 #[command(name = "coffer-agent", version, about = "coffer's Kubernetes agent")]

@@ -8,8 +8,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use coffer_node_agent::kubelet::read_listing;
-use coffer_node_agent::plan::{plan_pod, NodeConfig, VolumePlan};
+use coffer_node_agent::node::kubelet::read_listing;
+use coffer_node_agent::node::plan::{plan_pod, NodeConfig, VolumePlan};
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use serde_json::json;
 
@@ -281,7 +281,7 @@ fn every_volume_kind_on_a_real_kubelet_layout() {
 /// claimRef names that very claim (namespace, name, uid), and the pod runs.
 #[test]
 fn a_volume_is_a_claim_s_only_when_bound_to_it_and_its_pod_runs() {
-    use coffer_node_agent::plan::bound_to;
+    use coffer_node_agent::node::plan::bound_to;
     let p = pod();
     let (_, claim) = pvc("data-db-0", Some("pv-data"), "fast");
     let (_, vol) = pv("pv-data", ("team-a", "data-db-0"), json!({}), "Filesystem");

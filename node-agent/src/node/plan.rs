@@ -1,7 +1,7 @@
 //! Volume planning: where each volume of a pod lives on this node, or why it
 //! cannot be backed up. Pure: the pod, its PVCs and PVs, and a listing of the
 //! pod's kubelet directory come in; no I/O happens here (the listing is read by
-//! [`crate::kubelet`]).
+//! [`crate::node::kubelet`]).
 //!
 //! Where the kubelet puts volumes (`<root>` is `--kubelet-root`):
 //!
@@ -106,7 +106,7 @@ pub struct Planned {
     pub mode: VolumeMode,
     /// The directory or device to read, as the agent sees it. For hostPath
     /// volumes this is the host path below `host_root`, to be resolved with
-    /// [`crate::kubelet::resolve_in_root`] before use.
+    /// [`crate::node::kubelet::resolve_in_root`] before use.
     pub path: PathBuf,
     /// For hostPath volumes: the path on the host (checked against the
     /// allowed prefixes again after symlinks are resolved).

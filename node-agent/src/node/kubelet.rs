@@ -1,4 +1,4 @@
-//! Reading the kubelet's directory: the listing [`crate::plan`] plans from,
+//! Reading the kubelet's directory: the listing [`crate::node::plan`] plans from,
 //! and hostPath resolution that keeps symlinks inside the host's root.
 
 use std::collections::BTreeSet;
@@ -7,7 +7,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Component, Path, PathBuf};
 
-use crate::plan::KubeletListing;
+use crate::node::plan::KubeletListing;
 
 /// Lists `<kubelet_root>/pods/<uid>/volumes/*/*` (and `*/*/mount`) and
 /// `volumeDevices/*/*`, marking mount points from `/proc/self/mountinfo`.
