@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use coffer_node_agent::crd::Phase;
+use coffer_node_agent::mover::args::MoverArgs;
 use coffer_node_agent::node::plan::NodeConfig;
 use coffer_node_agent::{controller, metrics, mover, node};
 
@@ -23,7 +24,7 @@ enum Command {
     Controller(Box<ControllerArgs>),
     /// Run inside a mover pod (started by the controller)
     #[command(subcommand)]
-    Mover(MoverCommand),
+    Mover(MoverArgs),
     /// Print the CustomResourceDefinitions as YAML (kubectl apply -f -)
     Crds,
 }
@@ -88,246 +89,6 @@ struct ControllerArgs {
     /// A node agent's run whose node is deleted, or not Ready this long, is ended (Failed, naming the node)
     #[arg(long, env = "LOST_NODE_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
     lost_node_timeout: std::time::Duration,
-}
-
-#[derive(Subcommand, Debug)]
-enum MoverCommand {
-    /// Back up a mounted clone into the repository; the password comes from COFFER_PASSWORD
-    Backup(Box<MoverBackupArgs>),
-    /// Find the snapshot a VolumeRestore names; write its id and recorded claim into the run's status
-    Resolve(Box<MoverResolveArgs>),
-    /// Restore a snapshot into a mounted new volume
-    Restore(Box<MoverRestoreArgs>),
-    /// Apply a schedule's retention policy, per origin, to its snapshots
-    Forget(Box<MoverForgetArgs>),
-    /// Prune the repository (scheduled maintenance); write what it freed into the BackupRepository's status
-    Prune(Box<MoverPruneArgs>),
-    /// Check the repository (scheduled maintenance); write the result into the BackupRepository's status
-    Check(Box<MoverCheckArgs>),
-    /// Copy every snapshot not copied yet into a second repository (scheduled maintenance); write the result into the BackupRepository's status
-    Copy(Box<MoverCopyArgs>),
-}
-
-#[derive(clap::Args, Debug)]
-struct MoverCopyArgs {
-    #[command(flatten)]
-    common: MoverCommon,
-    /// The schedule time this job runs for
-    #[arg(long)]
-    scheduled_at: String,
-    /// The BackupRepository copied into (its password is COFFER_TO_PASSWORD)
-    #[arg(long)]
-    to: String,
-    /// The destination's URL
-    #[arg(long)]
-    to_repository_url: String,
-    /// The destination's store options, KEY=VALUE (repeatable)
-    #[arg(long = "to-option", value_name = "KEY=VALUE", value_parser = parse_pair)]
-    to_options: Vec<(String, String)>,
-    /// A mounted Secret with the destination store's credentials
-    #[arg(long)]
-    to_credentials_dir: Option<PathBuf>,
-    /// Create the destination when it does not exist
-    #[arg(long)]
-    to_init: bool,
-}
-
-#[derive(clap::Args, Debug)]
-struct MoverPruneArgs {
-    #[command(flatten)]
-    common: MoverCommon,
-    /// The schedule time this job runs for
-    #[arg(long)]
-    scheduled_at: String,
-    /// Unused space to leave in packs, in percent
-    #[arg(long, default_value_t = 5.0)]
-    max_unused_percent: f64,
-}
-
-#[derive(clap::Args, Debug)]
-struct MoverCheckArgs {
-    #[command(flatten)]
-    common: MoverCommon,
-    /// The schedule time this job runs for
-    #[arg(long)]
-    scheduled_at: String,
-    /// Download and verify this subset of packs: n/m or P%
-    #[arg(long)]
-    read_data_subset: Option<String>,
-}
-
-/// What every mover takes: its run, and how to open the repository.
-#[derive(clap::Args, Debug)]
-struct MoverCommon {
-    /// The run's namespace
-    #[arg(long)]
-    namespace: String,
-    /// The VolumeBackup, VolumeRestore, BackupSchedule or BackupRepository whose status this mover writes
-    #[arg(long)]
-    run: String,
-    /// The repository's URL
-    #[arg(long)]
-    repository_url: String,
-    /// Store options, KEY=VALUE (repeatable)
-    #[arg(long = "option", value_name = "KEY=VALUE", value_parser = parse_pair)]
-    options: Vec<(String, String)>,
-    /// A mounted Secret with the store's credentials
-    #[arg(long)]
-    credentials_dir: Option<PathBuf>,
-    /// Create the repository when it does not exist
-    #[arg(long)]
-    init: bool,
-    /// Log format: json (default) or text
-    #[arg(long, env = "LOG_FORMAT", default_value = "json")]
-    log_format: String,
-    /// The administrator's limits, as the controller that started this mover has them
-    #[command(flatten)]
-    policy: coffer_node_agent::policy::TenantPolicy,
-}
-
-impl MoverCommon {
-    fn repo(&self) -> mover::RepoAccess {
-        mover::RepoAccess {
-            url: self.repository_url.clone(),
-            options: self.options.clone(),
-            credentials_dir: self.credentials_dir.clone(),
-            init: self.init,
-            policy: self.policy.clone(),
-        }
-    }
-
-    fn maintenance(&self, scheduled_at: String) -> mover::MaintenanceJob {
-        mover::MaintenanceJob {
-            namespace: self.namespace.clone(),
-            repository: self.run.clone(),
-            repo: self.repo(),
-            scheduled_at,
-        }
-    }
-}
-
-#[derive(clap::Args, Debug)]
-struct MoverBackupArgs {
-    #[command(flatten)]
-    common: MoverCommon,
-    /// The mounted clone (a directory or a block device)
-    #[arg(long)]
-    source: PathBuf,
-    /// The path recorded in the snapshot
-    #[arg(long)]
-    record_path: PathBuf,
-    /// The Kubernetes origin recorded in the snapshot (JSON)
-    #[arg(long)]
-    origin: String,
-    /// Tags (repeatable)
-    #[arg(long = "tag")]
-    tags: Vec<String>,
-    /// Exclude patterns (repeatable)
-    #[arg(long = "exclude")]
-    excludes: Vec<String>,
-    /// Engine threads
-    #[arg(long, default_value_t = 2)]
-    threads: usize,
-    /// Read the source no faster than RATE (e.g. 50MiB/s)
-    #[arg(long, value_name = "RATE", value_parser = coffer_engine::backup::parse_rate)]
-    limit_read: Option<u64>,
-    /// The hostname recorded in the snapshot
-    #[arg(long, default_value = "kubernetes")]
-    hostname: String,
-}
-
-#[derive(clap::Args, Debug)]
-struct MoverResolveArgs {
-    #[command(flatten)]
-    common: MoverCommon,
-    /// The BackupRepository's name, for messages
-    #[arg(long)]
-    repository: String,
-    /// The VolumeRestore's spec.snapshot (JSON)
-    #[arg(long)]
-    snapshot: String,
-}
-
-#[derive(clap::Args, Debug)]
-struct MoverForgetArgs {
-    #[command(flatten)]
-    common: MoverCommon,
-    /// Only snapshots with this tag (the schedule's)
-    #[arg(long)]
-    tag: String,
-    /// Only snapshots of this cluster
-    #[arg(long)]
-    cluster: Option<String>,
-    /// The schedule time whose runs this pass follows
-    #[arg(long)]
-    after: String,
-    /// Keep the newest N
-    #[arg(long, default_value_t = 0)]
-    keep_last: usize,
-    /// Keep the newest of each of N hours
-    #[arg(long, default_value_t = 0)]
-    keep_hourly: usize,
-    /// ... days
-    #[arg(long, default_value_t = 0)]
-    keep_daily: usize,
-    /// ... weeks
-    #[arg(long, default_value_t = 0)]
-    keep_weekly: usize,
-    /// ... months
-    #[arg(long, default_value_t = 0)]
-    keep_monthly: usize,
-    /// ... years
-    #[arg(long, default_value_t = 0)]
-    keep_yearly: usize,
-    /// Keep everything within this of the newest (30d, 12h)
-    #[arg(long)]
-    keep_within: Option<String>,
-    /// Keep snapshots with this tag (repeatable)
-    #[arg(long)]
-    keep_tag: Vec<String>,
-}
-
-impl MoverForgetArgs {
-    /// The engine's policy from the `--keep-*` flags.
-    fn policy(&self) -> anyhow::Result<coffer_engine::forget::Policy> {
-        let within = self
-            .keep_within
-            .as_deref()
-            .map(coffer_engine::forget::parse_duration)
-            .transpose()
-            .map_err(|e| anyhow::anyhow!("--keep-within: {e}"))?;
-        Ok(coffer_engine::forget::Policy {
-            last: self.keep_last,
-            hourly: self.keep_hourly,
-            daily: self.keep_daily,
-            weekly: self.keep_weekly,
-            monthly: self.keep_monthly,
-            yearly: self.keep_yearly,
-            within,
-            tags: self.keep_tag.clone(),
-        })
-    }
-}
-
-#[derive(clap::Args, Debug)]
-struct MoverRestoreArgs {
-    #[command(flatten)]
-    common: MoverCommon,
-    /// The snapshot's id
-    #[arg(long)]
-    snapshot: String,
-    /// Restore only this path inside the snapshot
-    #[arg(long)]
-    subpath: Option<String>,
-    /// The mounted new volume (a directory, or a block device with --block)
-    #[arg(long)]
-    target: PathBuf,
-    /// The target is a block device
-    #[arg(long)]
-    block: bool,
-    /// Restore device nodes and setuid/setgid bits (the run's spec.specialFiles)
-    #[arg(long)]
-    special_files: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -401,16 +162,7 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(run_controller(a))
         }
         Command::Mover(m) => {
-            let log_format = match &m {
-                MoverCommand::Backup(a) => &a.common.log_format,
-                MoverCommand::Resolve(a) => &a.common.log_format,
-                MoverCommand::Restore(a) => &a.common.log_format,
-                MoverCommand::Forget(a) => &a.common.log_format,
-                MoverCommand::Prune(a) => &a.common.log_format,
-                MoverCommand::Copy(a) => &a.common.log_format,
-                MoverCommand::Check(a) => &a.common.log_format,
-            };
-            init_logs(log_format);
+            init_logs(&m.common().log_format);
             let rt = runtime()?;
             if rt.block_on(run_mover(m))? {
                 Ok(())
@@ -475,7 +227,7 @@ async fn run_controller(a: ControllerArgs) -> anyhow::Result<()> {
 }
 
 /// Runs a mover; returns whether it succeeded (its exit status).
-async fn run_mover(m: MoverCommand) -> anyhow::Result<bool> {
+async fn run_mover(m: MoverArgs) -> anyhow::Result<bool> {
     let password = std::env::var_os("COFFER_PASSWORD")
         .map(|p| zeroize::Zeroizing::new(p.into_encoded_bytes()))
         .filter(|p| !p.is_empty())
@@ -489,16 +241,14 @@ async fn run_mover(m: MoverCommand) -> anyhow::Result<bool> {
     });
     let done = |p: Phase| matches!(p, Phase::Completed | Phase::PartiallyFailed);
     match m {
-        MoverCommand::Backup(a) => {
-            let origin = serde_json::from_str(&a.origin)
-                .map_err(|e| anyhow::anyhow!("--origin is not a Kubernetes origin in JSON: {e}"))?;
+        MoverArgs::Backup(a) => {
             let job = mover::BackupJob {
                 namespace: a.common.namespace.clone(),
                 run: a.common.run.clone(),
                 repo: a.common.repo(),
                 source: a.source,
                 record_path: a.record_path,
-                origin,
+                origin: a.origin,
                 tags: a.tags,
                 excludes: a.excludes,
                 threads: a.threads,
@@ -509,40 +259,38 @@ async fn run_mover(m: MoverCommand) -> anyhow::Result<bool> {
                 mover::backup(client().await?, job, password, cancel).await,
             ))
         }
-        MoverCommand::Resolve(a) => {
-            let snapshot = serde_json::from_str(&a.snapshot).map_err(|e| {
-                anyhow::anyhow!("--snapshot is not a VolumeRestore's spec.snapshot in JSON: {e}")
-            })?;
+        MoverArgs::Resolve(a) => {
             let job = mover::ResolveJob {
                 namespace: a.common.namespace.clone(),
                 run: a.common.run.clone(),
                 repo: a.common.repo(),
                 repository: a.repository,
-                snapshot,
+                snapshot: a.snapshot,
             };
             Ok(mover::resolve(client().await?, job, password).await)
         }
-        MoverCommand::Forget(a) => {
+        MoverArgs::Forget(a) => {
             let job = mover::ForgetJob {
                 namespace: a.common.namespace.clone(),
                 schedule: a.common.run.clone(),
                 repo: a.common.repo(),
-                policy: a.policy()?,
+                policy: a.keep.policy()?,
                 tag: a.tag,
                 cluster: a.cluster,
                 after: a.after,
             };
             Ok(mover::forget(client().await?, job, password, cancel).await)
         }
-        MoverCommand::Prune(a) => {
+        MoverArgs::Prune(a) => {
             let job = a.common.maintenance(a.scheduled_at);
-            Ok(mover::prune(client().await?, job, a.max_unused_percent, password, cancel).await)
+            let unused = a.max_unused_percent.unwrap_or(5.0);
+            Ok(mover::prune(client().await?, job, unused, password, cancel).await)
         }
-        MoverCommand::Check(a) => {
+        MoverArgs::Check(a) => {
             let job = a.common.maintenance(a.scheduled_at);
             Ok(mover::check(client().await?, job, a.read_data_subset, password, cancel).await)
         }
-        MoverCommand::Copy(a) => {
+        MoverArgs::Copy(a) => {
             let to_password = std::env::var_os("COFFER_TO_PASSWORD")
                 .map(|p| zeroize::Zeroizing::new(p.into_encoded_bytes()))
                 .filter(|p| !p.is_empty())
@@ -561,7 +309,7 @@ async fn run_mover(m: MoverCommand) -> anyhow::Result<bool> {
             let job = a.common.maintenance(a.scheduled_at);
             Ok(mover::copy(client().await?, job, destination, password, cancel).await)
         }
-        MoverCommand::Restore(a) => {
+        MoverArgs::Restore(a) => {
             let job = mover::RestoreJob {
                 namespace: a.common.namespace.clone(),
                 run: a.common.run.clone(),
@@ -687,7 +435,7 @@ mod tests {
             &retention,
         ));
         let cli = Cli::try_parse_from(&argv).expect("the controller's arguments parse");
-        let Command::Mover(MoverCommand::Forget(f)) = cli.command else {
+        let Command::Mover(MoverArgs::Forget(f)) = cli.command else {
             panic!("not mover forget: {:?}", cli.command)
         };
         let want = coffer_engine::forget::Policy {
@@ -700,7 +448,7 @@ mod tests {
             within: Some(chrono::Duration::hours(36)),
             tags: vec!["pinned".into(), "legal".into()],
         };
-        assert_eq!(f.policy().unwrap(), want);
+        assert_eq!(f.keep.policy().unwrap(), want);
 
         // A duration the engine cannot read is refused, naming the flag.
         let bad = Retention {
@@ -712,10 +460,10 @@ mod tests {
             &bad,
         ));
         let cli = Cli::try_parse_from(&argv).unwrap();
-        let Command::Mover(MoverCommand::Forget(f)) = cli.command else {
+        let Command::Mover(MoverArgs::Forget(f)) = cli.command else {
             unreachable!()
         };
-        let e = f.policy().unwrap_err().to_string();
+        let e = f.keep.policy().unwrap_err().to_string();
         assert!(e.starts_with("--keep-within: "), "{e}");
     }
 }

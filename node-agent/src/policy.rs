@@ -10,7 +10,7 @@ use std::time::Duration;
 use coffer_engine::storage::TenantLimits;
 
 /// The administrator's limits on what a tenant's objects may ask for.
-#[derive(Clone, Debug, clap::Args)]
+#[derive(Clone, Debug, PartialEq, clap::Args)]
 pub struct TenantPolicy {
     /// Local (file://) repositories named by a BackupRepository are allowed
     /// at or below these directories (repeatable or comma-separated; none by

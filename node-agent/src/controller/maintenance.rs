@@ -42,9 +42,10 @@ use crate::controller::movers::pod::{
     local_repository_dir, mover_pod, Destination, MoverPod, DESTINATION_CREDENTIALS_DIR,
 };
 use crate::controller::movers::{
-    create_mover, delete_account, delete_mover, mover_command, mover_state, MoverState, StatusOf,
+    common_args, create_mover, delete_account, delete_mover, mover_state, MoverState, StatusOf,
     TERMINATING_RECHECK,
 };
+use crate::mover::args::{CheckArgs, CopyArgs, MoverArgs, MoverCommon, PruneArgs};
 use crate::names::{label_value, object_name, CHECK_NOW, COPY_NOW, MAINTENANCE_LABEL, PRUNE_NOW};
 use crate::scheduling::Schedule;
 use crate::scheduling::{created_at, parse_time, tick, Tick};
@@ -287,32 +288,35 @@ async fn follow(
     let Some(pod) = pod else {
         // A repository the administrator does not allow is refused like a pod.
         let made = async {
-            let mut args = mover_command(ctx, job.as_str(), &ns, &name, repo)?;
-            args.extend(["--scheduled-at".into(), at.to_string()]);
+            let common = common_args(ctx, &ns, &name, repo)?;
+            let scheduled_at = at.to_string();
             let destination = match job {
                 Job::Copy => Some(copy_destination(ctx, repo, m).await?),
                 _ => None,
             };
-            if let Some(d) = &destination {
-                args.extend(copy_args(d));
-            }
-            match job {
-                Job::Prune => {
-                    if let Some(p) = m.max_unused_percent {
-                        args.extend(["--max-unused-percent".into(), p.to_string()]);
-                    }
+            let args = match (job, &destination) {
+                (Job::Prune, _) => MoverArgs::Prune(Box::new(PruneArgs {
+                    common,
+                    scheduled_at,
+                    max_unused_percent: m.max_unused_percent.map(f64::from),
+                })),
+                (Job::Check, _) => {
+                    let last = st
+                        .last_check
+                        .as_ref()
+                        .and_then(|c| c.read_data_subset.as_deref());
+                    MoverArgs::Check(Box::new(CheckArgs {
+                        common,
+                        scheduled_at,
+                        read_data_subset: m.read_data_subset.as_ref().map(|s| next_subset(s, last)),
+                    }))
                 }
-                Job::Check => {
-                    if let Some(s) = &m.read_data_subset {
-                        let last = st
-                            .last_check
-                            .as_ref()
-                            .and_then(|c| c.read_data_subset.as_deref());
-                        args.extend(["--read-data-subset".into(), next_subset(s, last)]);
-                    }
+                (Job::Copy, Some(d)) => {
+                    MoverArgs::Copy(Box::new(copy_args(common, scheduled_at, d)))
                 }
-                Job::Copy => {}
+                (Job::Copy, None) => unreachable!("a copy has a destination"),
             }
+            .to_argv();
             let labels = BTreeMap::from([
                 (MAINTENANCE_LABEL.to_string(), label_value(&name)),
                 crate::names::managed_by(),
@@ -414,25 +418,25 @@ async fn copy_destination(
 
 /// The copy mover's arguments for the destination: its URL, options,
 /// credentials and whether to create it.
-fn copy_args(dest: &BackupRepository) -> Vec<String> {
-    let mut a = vec![
-        "--to".into(),
-        dest.name_any(),
-        "--to-repository-url".into(),
-        dest.spec.url.clone(),
-    ];
-    for (k, v) in &dest.spec.options {
-        a.push("--to-option".into());
-        a.push(format!("{k}={v}"));
+fn copy_args(common: MoverCommon, scheduled_at: String, dest: &BackupRepository) -> CopyArgs {
+    CopyArgs {
+        common,
+        scheduled_at,
+        to: dest.name_any(),
+        to_repository_url: dest.spec.url.clone(),
+        to_options: dest
+            .spec
+            .options
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        to_credentials_dir: dest
+            .spec
+            .credentials_secret_ref
+            .as_ref()
+            .map(|_| DESTINATION_CREDENTIALS_DIR.into()),
+        to_init: dest.spec.init,
     }
-    if dest.spec.credentials_secret_ref.is_some() {
-        a.push("--to-credentials-dir".into());
-        a.push(DESTINATION_CREDENTIALS_DIR.into());
-    }
-    if dest.spec.init {
-        a.push("--to-init".into());
-    }
-    a
 }
 
 /// A job's result is in the status and its pod is still there: tell

@@ -43,8 +43,9 @@ use crate::controller::movers::pod::MoverVolume;
 use crate::controller::movers::pod::{mover_pod, MoverPod};
 use crate::controller::movers::state::{mover_failure, mover_started};
 use crate::controller::movers::{
-    create_mover, delete_account, delete_mover, mover_command, not_started, StatusOf,
+    common_args, create_mover, delete_account, delete_mover, not_started, StatusOf,
 };
+use crate::mover::args::{MoverArgs, ResolveArgs, RestoreArgs};
 use crate::names::{
     label_value, object_name, FINALIZER, RESTORED_BY, RESTORED_FROM, RESTORE_LABEL, RUN_ANNOTATION,
 };
@@ -237,13 +238,12 @@ async fn advance(
             let Some(repo) = repository(ctx, vr, &tns).await? else {
                 return Ok(Action::await_change());
             };
-            let mut args = mover_command(ctx, "resolve", &ns, &vr.name_any(), &repo)?;
-            args.extend([
-                "--repository".into(),
-                vr.spec.repository.clone(),
-                "--snapshot".into(),
-                serde_json::to_string(&vr.spec.snapshot).unwrap_or_default(),
-            ]);
+            let args = MoverArgs::Resolve(Box::new(ResolveArgs {
+                common: common_args(ctx, &ns, &vr.name_any(), &repo)?,
+                repository: vr.spec.repository.clone(),
+                snapshot: vr.spec.snapshot.clone(),
+            }))
+            .to_argv();
             start_mover(ctx, vr, &tns, &resolver, &repo, None, args).await?;
             return Ok(Action::requeue(ctx.opts.prepare_timeout));
         };
@@ -328,23 +328,15 @@ async fn advance(
             block: is_block(&pvc),
             write: true,
         };
-        let mut args = mover_command(ctx, "restore", &ns, &vr.name_any(), &repo)?;
-        args.extend([
-            "--snapshot".into(),
-            snapshot_id.clone(),
-            "--target".into(),
-            volume.path().into(),
-        ]);
-        if volume.block {
-            args.push("--block".into());
-        }
-        if let Some(sub) = &vr.spec.subpath {
-            args.push("--subpath".into());
-            args.push(sub.clone());
-        }
-        if vr.spec.special_files {
-            args.push("--special-files".into());
-        }
+        let args = MoverArgs::Restore(Box::new(RestoreArgs {
+            common: common_args(ctx, &ns, &vr.name_any(), &repo)?,
+            snapshot: snapshot_id.clone(),
+            target: volume.path().into(),
+            block: volume.block,
+            subpath: vr.spec.subpath.clone(),
+            special_files: vr.spec.special_files,
+        }))
+        .to_argv();
         start_mover(ctx, vr, &tns, &restorer, &repo, Some(volume), args).await?;
         crate::report::update_run::<VolumeRestore>(&ctx.client, &ns, &vr.name_any(), |s| {
             s.stage = Some("Restoring".into())

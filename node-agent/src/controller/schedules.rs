@@ -36,8 +36,9 @@ use crate::controller::context::Ctx;
 use crate::controller::movers::mover_state;
 use crate::controller::movers::pod::{mover_pod, MoverPod};
 use crate::controller::movers::{
-    create_mover, delete_mover, mover_command, MoverState, StatusOf, TERMINATING_RECHECK,
+    common_args, create_mover, delete_mover, MoverState, StatusOf, TERMINATING_RECHECK,
 };
+use crate::mover::args::{ForgetArgs, KeepArgs, MoverArgs};
 use crate::names::{
     label_value, made_by_us, object_name, schedule_tag, BACKUP_NOW, SCHEDULED_AT, SCHEDULE_LABEL,
 };
@@ -47,29 +48,7 @@ use crate::status::set_condition;
 
 /// The policy as `coffer-agent mover forget` flags (`coffer forget`'s).
 pub fn retention_args(r: &Retention) -> Vec<String> {
-    let mut a = Vec::new();
-    for (flag, n) in [
-        ("--keep-last", r.keep_last),
-        ("--keep-hourly", r.keep_hourly),
-        ("--keep-daily", r.keep_daily),
-        ("--keep-weekly", r.keep_weekly),
-        ("--keep-monthly", r.keep_monthly),
-        ("--keep-yearly", r.keep_yearly),
-    ] {
-        if let Some(n) = n {
-            a.push(flag.to_string());
-            a.push(n.to_string());
-        }
-    }
-    if let Some(w) = &r.keep_within {
-        a.push("--keep-within".into());
-        a.push(w.clone());
-    }
-    for t in &r.keep_tags {
-        a.push("--keep-tag".into());
-        a.push(t.clone());
-    }
-    a
+    KeepArgs::from(r).to_argv()
 }
 
 /// Why a retention policy cannot be applied, told before any pod starts: a
@@ -702,17 +681,14 @@ async fn retention(
         };
         // A repository the administrator does not allow is refused like a pod.
         let made = async {
-            let mut args = mover_command(ctx, "forget", &ns, &name, &repo)?;
-            args.extend([
-                "--tag".into(),
-                schedule_tag(&name),
-                "--after".into(),
-                after.to_string(),
-            ]);
-            if let Some(c) = &ctx.opts.cluster {
-                args.extend(["--cluster".into(), c.clone()]);
-            }
-            args.extend(retention_args(policy));
+            let args = MoverArgs::Forget(Box::new(ForgetArgs {
+                common: common_args(ctx, &ns, &name, &repo)?,
+                tag: schedule_tag(&name),
+                after: after.to_string(),
+                cluster: ctx.opts.cluster.clone(),
+                keep: KeepArgs::from(policy),
+            }))
+            .to_argv();
             let labels = std::collections::BTreeMap::from([
                 (SCHEDULE_LABEL.to_string(), label_value(&name)),
                 crate::names::managed_by(),

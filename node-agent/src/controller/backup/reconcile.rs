@@ -26,7 +26,8 @@ use crate::controller::csi::SnapshotState;
 use crate::controller::lifecycle::{add_finalizer, end_if_node_gone, finish, quota_wait};
 use crate::controller::movers::pod::{mover_pod, MoverPod, MoverVolume, SOURCE_DEVICE, SOURCE_DIR};
 use crate::controller::movers::state::{mover_failure, mover_started};
-use crate::controller::movers::{create_mover, mover_command, not_started, StatusOf};
+use crate::controller::movers::{common_args, create_mover, not_started, StatusOf};
+use crate::mover::args::{BackupArgs, MoverArgs};
 use crate::names::FINALIZER;
 use crate::status::{self, Outcome};
 use crate::time::remaining;
@@ -429,39 +430,26 @@ pub(crate) fn mover_args(
     block: bool,
     origin: &KubernetesOrigin,
 ) -> Result<Vec<String>, Error> {
-    let mut a = mover_command(
+    let common = common_args(
         ctx,
-        "backup",
         &vb.namespace().unwrap_or_default(),
         &vb.name_any(),
         repo,
     )?;
-    a.extend([
-        "--source".into(),
-        if block { SOURCE_DEVICE } else { SOURCE_DIR }.into(),
-        "--record-path".into(),
-        format!("/{pvc}"),
-        "--origin".into(),
-        serde_json::to_string(origin).unwrap_or_default(),
-        "--threads".into(),
-        ctx.opts.mover_threads.to_string(),
-        "--hostname".into(),
-        ctx.opts
+    let args = MoverArgs::Backup(Box::new(BackupArgs {
+        common,
+        source: if block { SOURCE_DEVICE } else { SOURCE_DIR }.into(),
+        record_path: format!("/{pvc}").into(),
+        origin: origin.clone(),
+        tags: vb.spec.tags.clone(),
+        excludes: vb.spec.excludes.clone(),
+        threads: ctx.opts.mover_threads,
+        limit_read: ctx.opts.mover_read_limit,
+        hostname: ctx
+            .opts
             .cluster
             .clone()
             .unwrap_or_else(|| "kubernetes".into()),
-    ]);
-    for t in &vb.spec.tags {
-        a.push("--tag".into());
-        a.push(t.clone());
-    }
-    for e in &vb.spec.excludes {
-        a.push("--exclude".into());
-        a.push(e.clone());
-    }
-    if let Some(rate) = ctx.opts.mover_read_limit {
-        a.push("--limit-read".into());
-        a.push(format!("{rate}B/s"));
-    }
-    Ok(a)
+    }));
+    Ok(args.to_argv())
 }

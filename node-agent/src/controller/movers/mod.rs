@@ -21,6 +21,7 @@ use crate::controller::context::Ctx;
 use crate::controller::movers::events::{pod_events, this_pods_events};
 use crate::controller::movers::pod::{local_repository_dir, MoverPod, CREDENTIALS_DIR};
 use crate::controller::movers::state::{mover_failure, mover_started, permanent_mount_failure};
+use crate::mover::args::MoverCommon;
 use crate::time::remaining;
 
 pub(crate) mod events;
@@ -86,17 +87,15 @@ pub(crate) async fn mover_state(ctx: &Ctx, pod: &Pod) -> MoverState {
     }
 }
 
-/// A mover's command line up to its own arguments: the subcommand, its
-/// run, how it opens the repository, and the administrator's limits.
-/// [`Error::Refused`] when those limits do not allow the repository (its
-/// URL): the run fails naming it, and no pod is made.
-pub(crate) fn mover_command(
+/// What every mover of `run` (in `run_ns`) that opens `repo` is given: its
+/// run, the repository, and this controller's limits; a repository the
+/// administrator does not allow is refused for good.
+pub(crate) fn common_args(
     ctx: &Ctx,
-    sub: &str,
     run_ns: &str,
     run: &str,
     repo: &BackupRepository,
-) -> Result<Vec<String>, Error> {
+) -> Result<MoverCommon, Error> {
     let policy = &ctx.opts.policy;
     policy.check_url(&repo.spec.url).map_err(|why| {
         Error::Refused(format!(
@@ -105,29 +104,25 @@ pub(crate) fn mover_command(
             repo.name_any()
         ))
     })?;
-    let mut a: Vec<String> = vec![
-        "mover".into(),
-        sub.into(),
-        "--namespace".into(),
-        run_ns.into(),
-        "--run".into(),
-        run.into(),
-        "--repository-url".into(),
-        repo.spec.url.clone(),
-    ];
-    for (k, v) in &repo.spec.options {
-        a.push("--option".into());
-        a.push(format!("{k}={v}"));
-    }
-    if repo.spec.credentials_secret_ref.is_some() {
-        a.push("--credentials-dir".into());
-        a.push(CREDENTIALS_DIR.into());
-    }
-    if repo.spec.init {
-        a.push("--init".into());
-    }
-    a.extend(policy.mover_args());
-    Ok(a)
+    Ok(MoverCommon {
+        namespace: run_ns.into(),
+        run: run.into(),
+        repository_url: repo.spec.url.clone(),
+        options: repo
+            .spec
+            .options
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        credentials_dir: repo
+            .spec
+            .credentials_secret_ref
+            .as_ref()
+            .map(|_| CREDENTIALS_DIR.into()),
+        init: repo.spec.init,
+        log_format: String::new(),
+        policy: policy.clone(),
+    })
 }
 
 /// The one object whose status a mover writes (its run, schedule or

@@ -25,6 +25,8 @@ use crate::crd::{
     RestorePolicy, RetentionResult, SnapshotSource, VolumeBackup, VolumeRestore,
 };
 use crate::report::STATUS_INTERVAL;
+
+pub mod args;
 use crate::status::{self, Outcome};
 
 /// The repository password, zeroed when it is dropped.
@@ -682,6 +684,29 @@ fn read_secret_dir(dir: &Path) -> std::io::Result<BTreeMap<String, Vec<u8>>> {
         out.insert(name, std::fs::read(e.path())?);
     }
     Ok(out)
+}
+
+impl args::MoverCommon {
+    /// How this mover opens its repository.
+    pub fn repo(&self) -> RepoAccess {
+        RepoAccess {
+            url: self.repository_url.clone(),
+            options: self.options.clone(),
+            credentials_dir: self.credentials_dir.clone(),
+            init: self.init,
+            policy: self.policy.clone(),
+        }
+    }
+
+    /// A maintenance job on the repository this mover reports to.
+    pub fn maintenance(&self, scheduled_at: String) -> MaintenanceJob {
+        MaintenanceJob {
+            namespace: self.namespace.clone(),
+            repository: self.run.clone(),
+            repo: self.repo(),
+            scheduled_at,
+        }
+    }
 }
 
 #[cfg(test)]
