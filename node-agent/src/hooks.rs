@@ -54,7 +54,7 @@ pub enum OnError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hook {
     /// `pre` or `post`.
-    pub stage: &'static str,
+    pub stage: HookStage,
     /// The command and its arguments.
     pub command: Vec<String>,
     /// The container; `None`: the pod's first.
@@ -139,7 +139,7 @@ fn duration(
 fn one(
     a: &BTreeMap<String, String>,
     prefix: &str,
-    stage: &'static str,
+    stage: HookStage,
     max_timeout: Duration,
 ) -> Result<Option<Hook>, HookError> {
     let key = |k: &str| format!("{prefix}{k}");
@@ -187,8 +187,8 @@ pub fn parse(
     max_timeout: Duration,
 ) -> Result<Hooks, HookError> {
     Ok(Hooks {
-        pre: one(annotations, PRE, "pre", max_timeout)?,
-        post: one(annotations, POST, "post", max_timeout)?,
+        pre: one(annotations, PRE, HookStage::Pre, max_timeout)?,
+        post: one(annotations, POST, HookStage::Post, max_timeout)?,
     })
 }
 
@@ -349,7 +349,7 @@ pub async fn run(client: &Client, ns: &str, pod: &str, first: &str, hook: &Hook)
         )),
     };
     HookRun {
-        stage: hook.stage.into(),
+        stage: hook.stage.as_str().into(),
         pod: pod.into(),
         container,
         succeeded: result.is_ok(),
@@ -477,6 +477,36 @@ impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Bounded<R> {
             )));
         }
         std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+/// When a hook runs: before the volume is read (or snapshotted), or after.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookStage {
+    /// Before: a freeze, a flush.
+    Pre,
+    /// After: the thaw.
+    Post,
+}
+
+impl HookStage {
+    /// The name recorded in `status.hooks[].stage`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookStage::Pre => "pre",
+            HookStage::Post => "post",
+        }
+    }
+
+    /// Whether a recorded hook ran at this stage.
+    pub fn of(self, h: &HookRun) -> bool {
+        h.stage == self.as_str()
+    }
+}
+
+impl std::fmt::Display for HookStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

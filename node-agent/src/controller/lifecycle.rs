@@ -18,6 +18,7 @@ use crate::api::{kube_err, Error};
 use crate::controller::context::Ctx;
 use crate::names::FINALIZER;
 use crate::run::RunObject;
+use crate::run::Stage;
 use crate::status::{self, Outcome};
 use crate::time::remaining;
 
@@ -73,7 +74,7 @@ pub(crate) async fn end_if_node_gone<K: RunObject>(
         .map_err(kube_err(format!("reading node {node}")))?;
     let limit = ctx.opts.lost_node_timeout;
     if let Some(why) = node_gone(node, found.as_ref(), chrono::Utc::now(), limit) {
-        ctx.end(run, Outcome::Failed(why), "Running").await?;
+        ctx.end(run, Outcome::Failed(why), Stage::Running).await?;
         return Ok(Action::await_change());
     }
     Ok(Action::requeue(
@@ -90,7 +91,7 @@ pub(crate) async fn quota_wait<K: RunObject>(
     ctx: &Ctx,
     run: &K,
     why: String,
-    first_stage: &str,
+    first_stage: Stage,
 ) -> Result<Action, Error> {
     let left = remaining(
         run.meta().creation_timestamp.as_ref(),
@@ -120,11 +121,11 @@ pub(crate) async fn finish<K: RunObject>(
     st: &RunStatus,
     kind: &str,
 ) -> Result<Action, Error> {
-    if st.phase.is_final() && st.stage.as_deref() != Some("Done") {
+    if st.phase.is_final() && Stage::of(st) != Some(Stage::Done) {
         let ns = run.namespace().unwrap_or_default();
         ctx.record(kind, &ns, st);
         let done = RunStatus {
-            stage: Some("Done".into()),
+            stage: Some(Stage::Done.into()),
             ..st.clone()
         };
         crate::report::write_run::<K>(&ctx.client, &ns, &run.name_any(), &done, None).await;
@@ -189,7 +190,7 @@ impl Ctx /* end */ {
         &self,
         run: &K,
         outcome: Outcome,
-        first_stage: &str,
+        first_stage: Stage,
     ) -> Result<(), Error> {
         let ns = run.namespace().unwrap_or_default();
         let (etype, reason, note) = match &outcome {

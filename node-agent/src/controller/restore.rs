@@ -49,6 +49,7 @@ use crate::mover::args::{MoverArgs, ResolveArgs, RestoreArgs};
 use crate::names::{
     label_value, object_name, FINALIZER, RESTORED_BY, RESTORED_FROM, RESTORE_LABEL, RUN_ANNOTATION,
 };
+use crate::run::Stage;
 use crate::status::{self, Outcome};
 
 /// The metrics kind of these runs.
@@ -86,7 +87,8 @@ fn pod_labels(vr: &VolumeRestore) -> BTreeMap<String, String> {
 }
 
 async fn fail(ctx: &Ctx, vr: &VolumeRestore, message: String) -> Result<(), Error> {
-    ctx.end(vr, Outcome::Failed(message), "Resolving").await
+    ctx.end(vr, Outcome::Failed(message), Stage::Resolving)
+        .await
 }
 
 /// Reconciles one VolumeRestore; those without a target are the node
@@ -117,7 +119,8 @@ pub(crate) async fn reconcile(vr: Arc<VolumeRestore>, ctx: Arc<Ctx>) -> Result<A
         return finish(&ctx, vr.as_ref(), &st, KIND).await;
     }
     if vr.spec.cancel {
-        ctx.end(vr.as_ref(), Outcome::Canceled, "Resolving").await?;
+        ctx.end(vr.as_ref(), Outcome::Canceled, Stage::Resolving)
+            .await?;
         return Ok(Action::requeue(Duration::ZERO));
     }
     let step = match st.phase {
@@ -125,7 +128,7 @@ pub(crate) async fn reconcile(vr: Arc<VolumeRestore>, ctx: Arc<Ctx>) -> Result<A
         _ => advance(&ctx, &vr, &target, &st).await,
     };
     match step {
-        Err(Error::Quota(why)) => quota_wait(&ctx, vr.as_ref(), why, "Resolving").await,
+        Err(Error::Quota(why)) => quota_wait(&ctx, vr.as_ref(), why, Stage::Resolving).await,
         Err(Error::Refused(why)) => {
             fail(&ctx, &vr, why).await?;
             Ok(Action::await_change())
@@ -166,7 +169,7 @@ async fn claim(ctx: &Ctx, vr: &VolumeRestore, target: &RestoreTarget) -> Result<
     let mut s = status::started(vr.status.as_ref(), &ctx.opts.identity, None);
     s.node = None;
     s.pvc = Some(target.pvc.clone());
-    s.stage = Some("Resolving".into());
+    s.stage = Some(Stage::Resolving.into());
     let ns = vr.namespace().unwrap_or_default();
     crate::report::write_run::<VolumeRestore>(
         &ctx.client,
@@ -264,7 +267,7 @@ async fn advance(
             return Ok(Action::await_change());
         }
         None => {
-            if st.stage.as_deref() == Some("Restoring") {
+            if Stage::of(st) == Some(Stage::Restoring) {
                 fail(
                     ctx,
                     vr,
@@ -316,7 +319,7 @@ async fn advance(
         .await
         .map_err(kube_err(format!("reading pod {tns}/{restorer}")))?;
     let Some(pod) = pod else {
-        if st.stage.as_deref() == Some("Restoring") {
+        if Stage::of(st) == Some(Stage::Restoring) {
             fail(ctx, vr, format!("mover pod {tns}/{restorer} disappeared before the restore ended (deleted or evicted)")).await?;
             return Ok(Action::await_change());
         }
@@ -339,7 +342,7 @@ async fn advance(
         .to_argv();
         start_mover(ctx, vr, &tns, &restorer, &repo, Some(volume), args).await?;
         crate::report::update_run::<VolumeRestore>(&ctx.client, &ns, &vr.name_any(), |s| {
-            s.stage = Some("Restoring".into())
+            s.stage = Some(Stage::Restoring.into())
         })
         .await;
         ctx.event(

@@ -160,7 +160,12 @@ impl Agent /* hook */ {
         first: &str,
         hook: &hooks::Hook,
     ) -> HookRun {
-        tracing::info!(namespace = ns, pod, stage = hook.stage, "hook starts");
+        tracing::info!(
+            namespace = ns,
+            pod,
+            stage = hook.stage.as_str(),
+            "hook starts"
+        );
         let r = hooks::run(&self.client, ns, pod, first, hook).await;
         if let Some(m) = &r.message {
             tracing::warn!(namespace = ns, pod, "{m}");

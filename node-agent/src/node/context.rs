@@ -81,18 +81,33 @@ pub struct Agent {
     pub(crate) pods: Mutex<HashMap<(String, String), Pod>>,
     pub(crate) schedules: Mutex<HashMap<(String, String, String, String), Scheduled>>,
     pub(crate) schedules_changed: Notify,
-    pub(crate) recheck_tx: tokio::sync::mpsc::UnboundedSender<Recheck>,
-    pub(crate) recheck_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Recheck>>>,
+    pub(crate) recheck_tx: tokio::sync::mpsc::UnboundedSender<RunKey>,
+    pub(crate) recheck_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<RunKey>>>,
     /// New runs whose pod is not scheduled (or does not exist) yet, by
     /// (namespace, pod): (kind, name).
-    pub(crate) waiting: Mutex<HashMap<PodKey, Vec<(String, String)>>>,
+    pub(crate) waiting: Mutex<HashMap<PodKey, Vec<RunKey>>>,
 }
 
 /// (namespace, pod name)
 pub(crate) type PodKey = (String, String);
 
-/// A run to look at again: (kind, namespace, name).
-pub(crate) type Recheck = (String, String, String);
+/// The kinds of run a node agent carries, each with its key.
+pub(crate) trait NodeRun: RunObject + Send + Sync + 'static {
+    /// The key of the run `name` in `ns`.
+    fn key(ns: String, name: String) -> RunKey;
+}
+
+impl NodeRun for crate::crd::VolumeBackup {
+    fn key(ns: String, name: String) -> RunKey {
+        RunKey::Backup(ns, name)
+    }
+}
+
+impl NodeRun for crate::crd::VolumeRestore {
+    fn key(ns: String, name: String) -> RunKey {
+        RunKey::Restore(ns, name)
+    }
+}
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())

@@ -19,9 +19,8 @@ use crate::lenient::Lenient;
 use crate::metrics::VolumeLabels;
 use crate::node::annotations;
 use crate::node::backup::{pod_of, volume_of};
-use crate::node::context::{lock, Agent, Recheck, RunHandle, RunKey, StopReason};
+use crate::node::context::{lock, Agent, NodeRun, RunHandle, RunKey, StopReason};
 use crate::node::decide::{decide, Decision};
-use crate::run::RunObject;
 use crate::status::{self, Outcome};
 
 impl Agent /* watch_backups */ {
@@ -88,8 +87,8 @@ impl Agent /* start_waiting_runs */ {
     /// Runs that waited for this pod: started now that it is on this node.
     pub(crate) async fn start_waiting_runs(self: &Arc<Self>, ns: &str, pod: &str) {
         let waiting = lock(&self.waiting).remove(&(ns.to_string(), pod.to_string()));
-        for (kind, name) in waiting.unwrap_or_default() {
-            let _ = self.recheck_tx.send((kind, ns.to_string(), name));
+        for run in waiting.unwrap_or_default() {
+            let _ = self.recheck_tx.send(run);
         }
     }
 }
@@ -106,7 +105,7 @@ impl Agent /* pod_node */ {
         obj: &K,
     ) -> Option<String>
     where
-        K: RunObject + Send + Sync + 'static,
+        K: NodeRun,
     {
         if self.pod_here(ns, pod).is_some() {
             return Some(self.me().to_string());
@@ -116,10 +115,7 @@ impl Agent /* pod_node */ {
             // Looked at again when the pod shows up on this node.
             let mut w = lock(&self.waiting);
             let runs = w.entry((ns.to_string(), pod.to_string())).or_default();
-            let run = (
-                K::kind(&()).to_string(),
-                obj.meta().name.clone().unwrap_or_default(),
-            );
+            let run = K::key(ns.to_string(), obj.meta().name.clone().unwrap_or_default());
             if !runs.contains(&run) {
                 runs.push(run);
             }
@@ -155,7 +151,7 @@ impl Agent /* pod_node */ {
                         .await;
                 } else {
                     let tx = self.recheck_tx.clone();
-                    let item = (K::kind(&()).to_string(), ns.to_string(), name);
+                    let item = K::key(ns.to_string(), name);
                     let wait = self.opts.pod_wait - age;
                     tokio::spawn(async move {
                         tokio::time::sleep(wait).await;
@@ -176,18 +172,21 @@ impl Agent /* rechecks */ {
     /// Looks at runs again after a wait for their pod.
     pub(crate) async fn rechecks(
         self: Arc<Self>,
-        mut rx: tokio::sync::mpsc::UnboundedReceiver<Recheck>,
+        mut rx: tokio::sync::mpsc::UnboundedReceiver<RunKey>,
     ) {
-        while let Some((kind, ns, name)) = rx.recv().await {
-            if kind == "VolumeBackup" {
-                let api: Api<VolumeBackup> = Api::namespaced(self.client.clone(), &ns);
-                if let Ok(Some(vb)) = api.get_opt(&name).await {
-                    self.on_backup(vb).await;
+        while let Some(run) = rx.recv().await {
+            match run {
+                RunKey::Backup(ns, name) => {
+                    let api: Api<VolumeBackup> = Api::namespaced(self.client.clone(), &ns);
+                    if let Ok(Some(vb)) = api.get_opt(&name).await {
+                        self.on_backup(vb).await;
+                    }
                 }
-            } else {
-                let api: Api<VolumeRestore> = Api::namespaced(self.client.clone(), &ns);
-                if let Ok(Some(vr)) = api.get_opt(&name).await {
-                    self.on_restore(vr).await;
+                RunKey::Restore(ns, name) => {
+                    let api: Api<VolumeRestore> = Api::namespaced(self.client.clone(), &ns);
+                    if let Ok(Some(vr)) = api.get_opt(&name).await {
+                        self.on_restore(vr).await;
+                    }
                 }
             }
         }

@@ -24,7 +24,9 @@ use crate::controller::csi::{
 use crate::controller::csi::{
     group_snapshot_api, list_classes, pvc_driver, snapshot_class, GroupApi, SnapshotState,
 };
+use crate::hooks::HookStage;
 use crate::names::{label_value, object_name};
+use crate::run::Stage;
 use crate::time::remaining;
 
 /// How often a run of a group looks at the others while it waits for them.
@@ -136,7 +138,7 @@ pub(crate) async fn take_snapshots(ctx: &Ctx, open: &[VolumeBackup]) -> Result<(
         // The PVCs the VolumeGroupSnapshot selects, labelled before any hook.
         label_group(ctx, &runs, true).await?;
     }
-    if let Err(m) = snapshot_hooks(ctx, &runs, "pre").await? {
+    if let Err(m) = snapshot_hooks(ctx, &runs, HookStage::Pre).await? {
         if grouped.is_some() {
             label_group(ctx, &runs, false).await?;
         }
@@ -242,7 +244,7 @@ pub(crate) async fn thaw(ctx: &Ctx, vb: &VolumeBackup) -> Result<Option<Action>,
         let hooks = fresh_status(ctx, vb).await?.unwrap_or_default().hooks;
         // The leader moves on to its clone only once the post-hooks ran, or
         // when its pods had none to run (then none is recorded).
-        let leader_on = leader.status.as_ref().and_then(|s| s.stage.as_deref()) == Some("Moving");
+        let leader_on = leader.status.as_ref().and_then(Stage::of) == Some(Stage::Moving);
         return Ok((frozen(&hooks) && !leader_on).then(|| Action::requeue(GROUP_POLL)));
     }
     // No open member (this run was canceled, or left its group, since the
@@ -263,7 +265,7 @@ pub(crate) async fn thaw(ctx: &Ctx, vb: &VolumeBackup) -> Result<Option<Action>,
             return Ok(Some(Action::requeue(GROUP_POLL)));
         }
     }
-    if let Err(m) = snapshot_hooks(ctx, &open, "post").await? {
+    if let Err(m) = snapshot_hooks(ctx, &open, HookStage::Post).await? {
         for r in &open {
             ctx.fail(r, m.clone()).await?;
         }

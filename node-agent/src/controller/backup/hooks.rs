@@ -11,11 +11,12 @@ use crate::crd::VolumeBackup;
 use crate::api::{kube_err, Error};
 use crate::controller::backup::run::fresh_status;
 use crate::controller::context::Ctx;
+use crate::hooks::HookStage;
 
 /// Whether pods may be frozen and not thawed: a pre-hook ran (one that
 /// failed or timed out may have frozen all the same) and no post-hook has.
 pub(crate) fn frozen(hooks: &[crate::crd::HookRun]) -> bool {
-    hooks.iter().any(|h| h.stage == "pre") && !hooks.iter().any(|h| h.stage == "post")
+    hooks.iter().any(|h| HookStage::Pre.of(h)) && !hooks.iter().any(|h| HookStage::Post.of(h))
 }
 
 /// Runs the `stage` hooks (see [`crate::hooks`]) of the running pods that
@@ -29,7 +30,7 @@ pub(crate) fn frozen(hooks: &[crate::crd::HookRun]) -> bool {
 pub(crate) async fn snapshot_hooks(
     ctx: &Ctx,
     runs: &[VolumeBackup],
-    stage: &str,
+    stage: HookStage,
 ) -> Result<Result<(), String>, Error> {
     let Some(first) = runs.first() else {
         return Ok(Ok(()));
@@ -37,7 +38,7 @@ pub(crate) async fn snapshot_hooks(
     let ns = first.namespace().unwrap_or_default();
     // The cache may lag behind our own last write: hooks run once.
     let mut hooks = fresh_status(ctx, first).await?.unwrap_or_default().hooks;
-    if hooks.iter().any(|h| h.stage == stage) {
+    if hooks.iter().any(|h| stage.of(h)) {
         return Ok(Ok(()));
     }
     let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
@@ -67,7 +68,7 @@ pub(crate) async fn snapshot_hooks(
             Err(e) => return Ok(Err(format!("pod {ns}/{}: {e}", p.name_any()))),
         };
         // With a pre-hook, its pod's post-hook (run at once if a pre-hook fails).
-        let (hook, post) = if stage == "pre" {
+        let (hook, post) = if stage == HookStage::Pre {
             (hooks.pre, hooks.post)
         } else {
             (hooks.post, None)
@@ -95,7 +96,7 @@ pub(crate) async fn snapshot_hooks(
     }
     let mut recorded: Vec<crate::crd::HookRun> =
         runs_done.iter().map(|(r, _, _)| r.clone()).collect();
-    if failed.is_some() && stage == "pre" {
+    if failed.is_some() && stage == HookStage::Pre {
         for (_, p, post) in &runs_done {
             if let Some(post) = post {
                 let container = crate::hooks::first_container(p);
@@ -124,7 +125,9 @@ pub(crate) async fn snapshot_hooks(
         }
     }
     Ok(match failed {
-        Some(m) if stage == "pre" => Err(format!("{m}; no snapshot was taken (on-error Fail)")),
+        Some(m) if stage == HookStage::Pre => {
+            Err(format!("{m}; no snapshot was taken (on-error Fail)"))
+        }
         Some(m) => Err(format!("{m} (on-error Fail)")),
         None => Ok(()),
     })

@@ -27,8 +27,10 @@ use crate::controller::lifecycle::{add_finalizer, end_if_node_gone, finish, quot
 use crate::controller::movers::pod::{mover_pod, MoverPod, MoverVolume, SOURCE_DEVICE, SOURCE_DIR};
 use crate::controller::movers::state::{mover_failure, mover_started};
 use crate::controller::movers::{common_args, create_mover, not_started, StatusOf};
+use crate::hooks::HookStage;
 use crate::mover::args::{BackupArgs, MoverArgs};
 use crate::names::FINALIZER;
+use crate::run::Stage;
 use crate::status::{self, Outcome};
 use crate::time::remaining;
 
@@ -70,7 +72,7 @@ pub(crate) async fn reconcile(vb: Arc<VolumeBackup>, ctx: Arc<Ctx>) -> Result<Ac
                 );
             }
             // Its failure is an Event; the run's outcome stands.
-            let _ = snapshot_hooks(&ctx, &runs, "post").await?;
+            let _ = snapshot_hooks(&ctx, &runs, HookStage::Post).await?;
         }
         if !cleanup(&ctx, &vb).await? {
             return Ok(Action::requeue(Duration::from_secs(5)));
@@ -78,7 +80,7 @@ pub(crate) async fn reconcile(vb: Arc<VolumeBackup>, ctx: Arc<Ctx>) -> Result<Ac
         return finish(&ctx, vb.as_ref(), &st, "snapshot-backup").await;
     }
     if vb.spec.cancel {
-        ctx.end(vb.as_ref(), Outcome::Canceled, "Snapshotting")
+        ctx.end(vb.as_ref(), Outcome::Canceled, Stage::Snapshotting)
             .await?;
         return Ok(Action::requeue(Duration::ZERO));
     }
@@ -87,7 +89,7 @@ pub(crate) async fn reconcile(vb: Arc<VolumeBackup>, ctx: Arc<Ctx>) -> Result<Ac
         _ => advance(&ctx, &vb, &st).await,
     };
     match step {
-        Err(Error::Quota(why)) => quota_wait(&ctx, vb.as_ref(), why, "Snapshotting").await,
+        Err(Error::Quota(why)) => quota_wait(&ctx, vb.as_ref(), why, Stage::Snapshotting).await,
         Err(Error::Refused(why)) => {
             ctx.fail(&vb, why).await?;
             Ok(Action::await_change())
@@ -156,7 +158,7 @@ pub(crate) async fn claim(ctx: &Ctx, vb: &VolumeBackup) -> Result<Action, Error>
     );
     s.node = None;
     s.pvc = Some(pvc_name.clone());
-    s.stage = Some("Snapshotting".into());
+    s.stage = Some(Stage::Snapshotting.into());
     crate::report::write_run::<VolumeBackup>(
         &ctx.client,
         &ns,
@@ -322,7 +324,7 @@ pub(crate) async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Res
         .await
         .map_err(kube_err(format!("reading pod {ns}/{child}")))?;
     let Some(pod) = pod else {
-        if st.stage.as_deref() == Some("Moving") {
+        if Stage::of(st) == Some(Stage::Moving) {
             ctx.fail(vb, format!("mover pod {ns}/{child} disappeared before the backup ended (deleted or evicted)")).await?;
             return Ok(Action::await_change());
         }
@@ -359,7 +361,7 @@ pub(crate) async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Res
         });
         create_mover(ctx, &p, &StatusOf::of(vb)).await?;
         crate::report::update_run::<VolumeBackup>(&ctx.client, &ns, &vb.name_any(), |s| {
-            s.stage = Some("Moving".into())
+            s.stage = Some(Stage::Moving.into())
         })
         .await;
         ctx.event(

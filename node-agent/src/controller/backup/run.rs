@@ -10,6 +10,7 @@ use crate::crd::{RunStatus, VolumeBackup};
 use crate::api::{kube_err, Error};
 use crate::controller::context::Ctx;
 use crate::names::{label_value, object_name, RUN_LABEL};
+use crate::run::Stage;
 use crate::status::Outcome;
 
 /// The name of every object made for a run.
@@ -46,6 +47,7 @@ pub(crate) fn is_open(r: &VolumeBackup) -> bool {
 
 impl Ctx /* fail */ {
     pub(crate) async fn fail(&self, vb: &VolumeBackup, message: String) -> Result<(), Error> {
-        self.end(vb, Outcome::Failed(message), "Snapshotting").await
+        self.end(vb, Outcome::Failed(message), Stage::Snapshotting)
+            .await
     }
 }
