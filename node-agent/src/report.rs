@@ -195,6 +195,107 @@ fn cut_note(mut note: String) -> String {
     note
 }
 
+/// The one reporter of Events and run metrics, for the node agent and the
+/// controller alike.
+pub struct Reporter {
+    recorder: kube::runtime::events::Recorder,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+}
+
+impl Reporter {
+    /// Events signed by `controller` (`coffer-agent`, `coffer-controller`)
+    /// from `instance` (the node, the replica).
+    pub fn new(
+        client: Client,
+        controller: &str,
+        instance: String,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
+    ) -> Reporter {
+        let recorder = kube::runtime::events::Recorder::new(
+            client,
+            kube::runtime::events::Reporter {
+                controller: controller.into(),
+                instance: Some(instance),
+            },
+        );
+        Reporter { recorder, metrics }
+    }
+
+    /// An Event about the object `reference` names.
+    pub async fn event_on_ref(
+        &self,
+        reference: &k8s_openapi::api::core::v1::ObjectReference,
+        type_: kube::runtime::events::EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        publish_event(&self.recorder, reference, type_, reason, action, note).await
+    }
+
+    /// An Event about any object.
+    pub async fn event_on<K: kube::Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        action: &str,
+        type_: kube::runtime::events::EventType,
+        reason: &str,
+        note: String,
+    ) {
+        self.event_on_ref(&obj.object_ref(&()), type_, reason, action, note)
+            .await
+    }
+
+    /// An Event about a run; its action is the run's (`Backup`, `Restore`).
+    pub async fn run_event<K: RunObject>(
+        &self,
+        run: &K,
+        type_: kube::runtime::events::EventType,
+        reason: &str,
+        note: String,
+    ) {
+        self.event_on(run, K::ACTION, type_, reason, note).await
+    }
+
+    /// The metrics of a run that ended (nothing for one that has not):
+    /// its count by phase, the bytes it read (`bytes`, where known) and
+    /// added, and how long it took (where known).
+    pub fn run_ended(
+        &self,
+        kind: &str,
+        ns: &str,
+        st: &RunStatus,
+        bytes: Option<u64>,
+        took: Option<Duration>,
+    ) {
+        use crate::metrics::{NamespaceLabels, RunLabels};
+        if !st.phase.is_final() {
+            return;
+        }
+        let m = &self.metrics;
+        m.runs
+            .get_or_create(&RunLabels {
+                kind: kind.into(),
+                namespace: ns.into(),
+                phase: st.phase.as_str().into(),
+            })
+            .inc();
+        let l = NamespaceLabels {
+            kind: kind.into(),
+            namespace: ns.into(),
+        };
+        if let Some(b) = bytes {
+            m.bytes.get_or_create(&l).inc_by(b);
+        }
+        if let Some(added) = st.incremental_bytes {
+            m.bytes_added.get_or_create(&l).inc_by(added);
+        }
+        if let Some(t) = took {
+            m.duration.get_or_create(&l).observe(t.as_secs_f64());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

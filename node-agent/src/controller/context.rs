@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube::runtime::controller::Action;
-use kube::runtime::events::Recorder;
 use kube::{Client, Resource, ResourceExt};
 
 use crate::lenient::Lenient;
@@ -64,7 +63,7 @@ pub struct Options {
 pub(crate) struct Ctx {
     pub(crate) client: Client,
     pub(crate) opts: Options,
-    pub(crate) recorder: Recorder,
+    pub(crate) reporter: crate::report::Reporter,
     pub(crate) metrics: Arc<Metrics>,
     /// The last discovery of the VolumeGroupSnapshot API, and when.
     pub(crate) group_api: GroupApiCache,

@@ -8,11 +8,10 @@ use std::time::Duration;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
 use serde_json::json;
 
 use crate::crd::{Phase, RunStatus};
-use crate::metrics::{NamespaceLabels, RunLabels};
 
 use crate::api::{kube_err, Error};
 use crate::controller::context::Ctx;
@@ -123,7 +122,13 @@ pub(crate) async fn finish<K: RunObject>(
 ) -> Result<Action, Error> {
     if st.phase.is_final() && Stage::of(st) != Some(Stage::Done) {
         let ns = run.namespace().unwrap_or_default();
-        ctx.record(kind, &ns, st);
+        ctx.reporter.run_ended(
+            kind,
+            &ns,
+            st,
+            st.progress.as_ref().map(|p| p.bytes_done),
+            None,
+        );
         let done = RunStatus {
             stage: Some(Stage::Done.into()),
             ..st.clone()
@@ -214,70 +219,9 @@ impl Ctx /* end */ {
         if written.is_some() {
             let reason = format!("{}{reason}", K::ACTION);
             tracing::info!(namespace = ns, run = run.name_any(), "{reason}: {note}");
-            self.event(run, etype, &reason, note).await;
+            self.reporter.run_event(run, etype, &reason, note).await;
         }
         Ok(())
-    }
-}
-
-impl Ctx /* record */ {
-    /// Metrics of a run that ended and is cleaned up.
-    pub(crate) fn record(&self, kind: &str, ns: &str, st: &RunStatus) {
-        if !st.phase.is_final() {
-            return;
-        }
-        self.metrics
-            .runs
-            .get_or_create(&RunLabels {
-                kind: kind.into(),
-                namespace: ns.into(),
-                phase: st.phase.as_str().into(),
-            })
-            .inc();
-        let l = NamespaceLabels {
-            kind: kind.into(),
-            namespace: ns.into(),
-        };
-        if let Some(p) = &st.progress {
-            self.metrics.bytes.get_or_create(&l).inc_by(p.bytes_done);
-        }
-        if let Some(added) = st.incremental_bytes {
-            self.metrics.bytes_added.get_or_create(&l).inc_by(added);
-        }
-    }
-}
-
-impl Ctx /* event */ {
-    pub(crate) async fn event<K: RunObject>(
-        &self,
-        run: &K,
-        type_: EventType,
-        reason: &str,
-        note: String,
-    ) {
-        self.event_on(run, K::ACTION, type_, reason, note).await
-    }
-}
-
-impl Ctx /* event_on */ {
-    /// An Event about any object.
-    pub(crate) async fn event_on<K: Resource<DynamicType = ()>>(
-        &self,
-        obj: &K,
-        action: &str,
-        type_: EventType,
-        reason: &str,
-        note: String,
-    ) {
-        crate::report::publish_event(
-            &self.recorder,
-            &obj.object_ref(&()),
-            type_,
-            reason,
-            action,
-            note,
-        )
-        .await
     }
 }
 

@@ -569,7 +569,9 @@ async fn announce(ctx: &Ctx, repo: &BackupRepository, job: Job, st: &BackupRepos
         EventType::Warning
     };
     tracing::info!(namespace = ns, repository = name, "{reason}: {note}");
-    ctx.event_on(repo, "Maintenance", etype, reason, note).await;
+    ctx.reporter
+        .event_on(repo, "Maintenance", etype, reason, note)
+        .await;
 }
 
 fn repo_labels(ns: &str, name: &str, job: Job, result: &str) -> MaintenanceLabels {

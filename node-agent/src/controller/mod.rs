@@ -38,7 +38,6 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::Api;
 use kube::runtime::controller::Controller;
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::Client;
 
@@ -84,17 +83,16 @@ pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) -> anyhow
     }
     tracing::info!(identity = opts.identity, "leading");
     metrics.leading.set(1);
-    let recorder = Recorder::new(
+    let reporter = crate::report::Reporter::new(
         client.clone(),
-        Reporter {
-            controller: "coffer-controller".into(),
-            instance: Some(opts.identity.clone()),
-        },
+        "coffer-controller",
+        opts.identity.clone(),
+        metrics.clone(),
     );
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         opts,
-        recorder,
+        reporter,
         schedule_gauges: crate::metrics::ScheduleGauges::new(metrics.clone()),
         metrics,
         group_api: Default::default(),

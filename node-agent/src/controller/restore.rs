@@ -179,13 +179,14 @@ async fn claim(ctx: &Ctx, vr: &VolumeRestore, target: &RestoreTarget) -> Result<
         patched.resource_version(),
     )
     .await;
-    ctx.event(
-        vr,
-        EventType::Normal,
-        "RestoreStarted",
-        format!("restoring into new PVC {tns}/{}", target.pvc),
-    )
-    .await;
+    ctx.reporter
+        .run_event(
+            vr,
+            EventType::Normal,
+            "RestoreStarted",
+            format!("restoring into new PVC {tns}/{}", target.pvc),
+        )
+        .await;
     Ok(Action::requeue(Duration::ZERO))
 }
 
@@ -345,7 +346,7 @@ async fn advance(
             s.stage = Some(Stage::Restoring.into())
         })
         .await;
-        ctx.event(
+        ctx.reporter.run_event(
             vr,
             EventType::Normal,
             "MoverStarted",

@@ -246,14 +246,15 @@ pub(crate) async fn reconcile(bs: Arc<BackupSchedule>, ctx: Arc<Ctx>) -> Result<
                     .filter(|r| &r.after == after)
                     .and_then(|r| r.error.clone());
                 if let Some(why) = error {
-                    ctx.event_on(
-                        bs.as_ref(),
-                        "Retention",
-                        EventType::Warning,
-                        "RetentionFailed",
-                        why,
-                    )
-                    .await;
+                    ctx.reporter
+                        .event_on(
+                            bs.as_ref(),
+                            "Retention",
+                            EventType::Warning,
+                            "RetentionFailed",
+                            why,
+                        )
+                        .await;
                 }
             }
         }
@@ -319,7 +320,7 @@ pub(crate) async fn reconcile(bs: Arc<BackupSchedule>, ctx: Arc<Ctx>) -> Result<
                 return Ok(Action::requeue(Duration::ZERO));
             }
             if skip {
-                ctx.event_on(bs.as_ref(), "Schedule", EventType::Normal, "Skipped", format!("the runs of the previous time are still going ({}); concurrencyPolicy is Forbid", active.join(", "))).await;
+                ctx.reporter.event_on(bs.as_ref(), "Schedule", EventType::Normal, "Skipped", format!("the runs of the previous time are still going ({}); concurrencyPolicy is Forbid", active.join(", "))).await;
             } else {
                 if bs.spec.concurrency_policy == ConcurrencyPolicy::Replace {
                     cancel(&ctx, &ns, &active).await?;
@@ -566,7 +567,8 @@ async fn fire(
             "no {what} matches selector {:?}",
             bs.spec.selector.to_query()
         );
-        ctx.event_on(bs, "Schedule", EventType::Warning, "NothingSelected", note)
+        ctx.reporter
+            .event_on(bs, "Schedule", EventType::Warning, "NothingSelected", note)
             .await;
         return Ok(());
     }
@@ -623,7 +625,8 @@ async fn fire(
             // the others go on, and the next time tries again.
             Err(Error::Refused(why) | Error::Quota(why)) => {
                 tracing::warn!(namespace = ns, schedule = name, "{why}");
-                ctx.event_on(bs, "Schedule", EventType::Warning, "RunRefused", why)
+                ctx.reporter
+                    .event_on(bs, "Schedule", EventType::Warning, "RunRefused", why)
                     .await;
             }
             Err(e) => return Err(e),
@@ -631,7 +634,8 @@ async fn fire(
     }
     if !made.is_empty() {
         let note = format!("created {}", made.join(", "));
-        ctx.event_on(bs, "Schedule", EventType::Normal, "Scheduled", note)
+        ctx.reporter
+            .event_on(bs, "Schedule", EventType::Normal, "Scheduled", note)
             .await;
     }
     Ok(())

@@ -169,14 +169,15 @@ impl Agent /* hook */ {
         let r = hooks::run(&self.client, ns, pod, first, hook).await;
         if let Some(m) = &r.message {
             tracing::warn!(namespace = ns, pod, "{m}");
-            self.event(
-                &vb.object_ref(&()),
-                EventType::Warning,
-                "HookFailed",
-                "Hook",
-                m.clone(),
-            )
-            .await;
+            self.reporter
+                .event_on_ref(
+                    &vb.object_ref(&()),
+                    EventType::Warning,
+                    "HookFailed",
+                    "Hook",
+                    m.clone(),
+                )
+                .await;
         }
         r
     }
@@ -322,19 +323,20 @@ impl Agent /* backup */ {
             Ok(r) => r,
             Err(e) => return (Outcome::Failed(e.to_string()), Some(path), 0),
         };
-        self.event(
-            &vb.object_ref(&()),
-            EventType::Normal,
-            "BackupStarted",
-            "Backup",
-            format!(
-                "backing up volume {} of pod {} ({})",
-                volume_of(vb),
-                pod_of(vb),
-                planned.path.display()
-            ),
-        )
-        .await;
+        self.reporter
+            .event_on_ref(
+                &vb.object_ref(&()),
+                EventType::Normal,
+                "BackupStarted",
+                "Backup",
+                format!(
+                    "backing up volume {} of pod {} ({})",
+                    volume_of(vb),
+                    pod_of(vb),
+                    planned.path.display()
+                ),
+            )
+            .await;
         tracing::info!(path = %planned.path.display(), record = %planned.record_path.display(), "backup starts");
         let (tx, mut rx) = tokio::sync::watch::channel(BackupProgress::default());
         let mut opts = BackupOptions::new([planned.path.clone()]);

@@ -3,17 +3,16 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::Utc;
 use coffer_engine::CancelToken;
 use k8s_openapi::api::core::v1::Pod;
-use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::Client;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::crd::RunStatus;
-use crate::metrics::{Metrics, NamespaceLabels, RunLabels};
+use crate::metrics::Metrics;
 use crate::node::plan::NodeConfig;
 use crate::repos::Repos;
 use crate::run::RunObject;
@@ -74,7 +73,7 @@ pub struct Agent {
     pub(crate) opts: Options,
     pub(crate) repos: Repos,
     pub(crate) metrics: Arc<Metrics>,
-    pub(crate) recorder: Recorder,
+    pub(crate) reporter: crate::report::Reporter,
     pub(crate) permits: Arc<Semaphore>,
     pub(crate) runs: Mutex<HashMap<RunKey, RunHandle>>,
     /// Pods on this node, by (namespace, name).
@@ -116,12 +115,11 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Agent /* new */ {
     /// An agent for this node.
     pub fn new(client: Client, opts: Options, metrics: Arc<Metrics>) -> Arc<Agent> {
-        let recorder = Recorder::new(
+        let reporter = crate::report::Reporter::new(
             client.clone(),
-            Reporter {
-                controller: "coffer-agent".into(),
-                instance: Some(opts.node.node.clone()),
-            },
+            "coffer-agent",
+            opts.node.node.clone(),
+            metrics.clone(),
         );
         let (recheck_tx, recheck_rx) = tokio::sync::mpsc::unbounded_channel();
         Arc::new(Agent {
@@ -130,7 +128,7 @@ impl Agent /* new */ {
             repos: Repos::new(opts.policy.clone()),
             opts,
             metrics,
-            recorder,
+            reporter,
             runs: Mutex::new(HashMap::new()),
             pods: Mutex::new(HashMap::new()),
             schedules: Mutex::new(HashMap::new()),
@@ -158,31 +156,6 @@ impl Agent /* pod_here */ {
     }
 }
 
-impl Agent /* record */ {
-    pub(crate) fn record(&self, kind: &str, ns: &str, s: &RunStatus, started: Instant, bytes: u64) {
-        self.metrics
-            .runs
-            .get_or_create(&RunLabels {
-                kind: kind.into(),
-                namespace: ns.into(),
-                phase: s.phase.as_str().into(),
-            })
-            .inc();
-        let l = NamespaceLabels {
-            kind: kind.into(),
-            namespace: ns.into(),
-        };
-        self.metrics.bytes.get_or_create(&l).inc_by(bytes);
-        if let Some(added) = s.incremental_bytes {
-            self.metrics.bytes_added.get_or_create(&l).inc_by(added);
-        }
-        self.metrics
-            .duration
-            .get_or_create(&l)
-            .observe(started.elapsed().as_secs_f64());
-    }
-}
-
 impl Agent /* write_status */ {
     /// Writes a run's status (merge patch on the status subresource); with
     /// `rv`, only if the object is still at that resourceVersion. Returns
@@ -198,19 +171,6 @@ impl Agent /* write_status */ {
         K: RunObject,
     {
         crate::report::write_run::<K>(&self.client, ns, name, s, rv).await
-    }
-}
-
-impl Agent /* event */ {
-    pub(crate) async fn event(
-        &self,
-        reference: &k8s_openapi::api::core::v1::ObjectReference,
-        type_: EventType,
-        reason: &str,
-        action: &str,
-        note: String,
-    ) {
-        crate::report::publish_event(&self.recorder, reference, type_, reason, action, note).await
     }
 }
 

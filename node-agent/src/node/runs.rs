@@ -319,12 +319,12 @@ impl Agent /* claim_and_spawn */ {
                     s.path = path.or(s.path);
                     s.hooks = hooks;
                     let final_status = status::finished(s, outcome);
-                    agent.record(
+                    agent.reporter.run_ended(
                         "backup",
                         &vb.namespace().unwrap_or_default(),
                         &final_status,
-                        started,
-                        bytes,
+                        Some(bytes),
+                        Some(started.elapsed()),
                     );
                     if final_status.phase == Phase::Completed
                         || final_status.phase == Phase::PartiallyFailed
@@ -346,12 +346,12 @@ impl Agent /* claim_and_spawn */ {
                     let mut s = claimed;
                     s.path = path.or(s.path);
                     let final_status = status::finished(s, outcome);
-                    agent.record(
+                    agent.reporter.run_ended(
                         "restore",
                         &vr.namespace().unwrap_or_default(),
                         &final_status,
-                        started,
-                        bytes,
+                        Some(bytes),
+                        Some(started.elapsed()),
                     );
                     let ns = vr.namespace().unwrap_or_default();
                     agent
@@ -369,7 +369,8 @@ impl Agent /* claim_and_spawn */ {
                         )
                     });
                     agent
-                        .event(&vr.object_ref(&()), etype, reason, "Restore", note)
+                        .reporter
+                        .event_on_ref(&vr.object_ref(&()), etype, reason, "Restore", note)
                         .await;
                 }
             }
@@ -400,10 +401,12 @@ impl Agent /* finish_backup */ {
             ),
             (None, None) => reason.to_string(),
         };
-        self.event(&vb.object_ref(&()), etype, reason, "Backup", note.clone())
+        self.reporter
+            .event_on_ref(&vb.object_ref(&()), etype, reason, "Backup", note.clone())
             .await;
         if let Some(pod) = self.pod_here(&ns, pod_of(vb)) {
-            self.event(&pod.object_ref(&()), etype, reason, "Backup", note)
+            self.reporter
+                .event_on_ref(&pod.object_ref(&()), etype, reason, "Backup", note)
                 .await;
         }
     }

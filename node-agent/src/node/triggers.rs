@@ -39,14 +39,15 @@ impl Agent /* annotations */ {
             }
             Err(e) => {
                 tracing::warn!(namespace = ns, pod = name, "{e}");
-                self.event(
-                    &pod.object_ref(&()),
-                    EventType::Warning,
-                    "BadAnnotation",
-                    "Plan",
-                    e.to_string(),
-                )
-                .await;
+                self.reporter
+                    .event_on_ref(
+                        &pod.object_ref(&()),
+                        EventType::Warning,
+                        "BadAnnotation",
+                        "Plan",
+                        e.to_string(),
+                    )
+                    .await;
                 return;
             }
         };

@@ -83,7 +83,8 @@ pub(crate) async fn snapshot_hooks(
         let container = crate::hooks::first_container(p);
         let r = crate::hooks::run(&ctx.client, &ns, &p.name_any(), &container, hook).await;
         if let Some(m) = &r.message {
-            ctx.event(first, EventType::Warning, "HookFailed", m.clone())
+            ctx.reporter
+                .run_event(first, EventType::Warning, "HookFailed", m.clone())
                 .await;
             if hook.on_error == crate::hooks::OnError::Fail && failed.is_none() {
                 failed = Some(m.clone());

@@ -167,13 +167,14 @@ pub(crate) async fn claim(ctx: &Ctx, vb: &VolumeBackup) -> Result<Action, Error>
         patched.resource_version(),
     )
     .await;
-    ctx.event(
-        vb,
-        EventType::Normal,
-        "BackupStarted",
-        format!("snapshotting PVC {pvc_name}"),
-    )
-    .await;
+    ctx.reporter
+        .run_event(
+            vb,
+            EventType::Normal,
+            "BackupStarted",
+            format!("snapshotting PVC {pvc_name}"),
+        )
+        .await;
     Ok(Action::requeue(Duration::ZERO))
 }
 
@@ -364,13 +365,14 @@ pub(crate) async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Res
             s.stage = Some(Stage::Moving.into())
         })
         .await;
-        ctx.event(
-            vb,
-            EventType::Normal,
-            "MoverStarted",
-            format!("VolumeSnapshot {child} is ready; mover pod {child} reads its clone"),
-        )
-        .await;
+        ctx.reporter
+            .run_event(
+                vb,
+                EventType::Normal,
+                "MoverStarted",
+                format!("VolumeSnapshot {child} is ready; mover pod {child} reads its clone"),
+            )
+            .await;
         return Ok(Action::requeue(ctx.opts.prepare_timeout));
     };
     if let Some(why) = mover_failure(&pod) {
