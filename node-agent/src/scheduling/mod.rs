@@ -3,7 +3,7 @@
 //! maintenance share. Missed times fire once, however long the process was
 //! away, because the last time that fired is read from the object.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Timelike, Utc};
 
 pub mod expr;
 
@@ -53,6 +53,24 @@ pub fn tick(
 pub fn parse_time(t: Option<&String>) -> Option<DateTime<Utc>> {
     t.and_then(|t| DateTime::parse_from_rfc3339(t).ok())
         .map(|t| t.with_timezone(&Utc))
+}
+
+/// The latest time of `schedule` at or before `now`, from `due` (a time of
+/// the schedule at or before `now`): the one time that fires for all the
+/// times missed since `due`, so that missed times fire once.
+pub fn latest_due(schedule: &Schedule, due: DateTime<Utc>, now: DateTime<Utc>) -> DateTime<Utc> {
+    let mut at = due;
+    // Bounded: a schedule every minute missed for ten years is 5 million
+    // steps; past the bound, the time fired is `now`'s minute.
+    for _ in 0..1_000_000 {
+        match schedule.next_after(at) {
+            Some(n) if n <= now => at = n,
+            _ => return at,
+        }
+    }
+    now.with_second(0)
+        .and_then(|t| t.with_nanosecond(0))
+        .unwrap_or(now)
 }
 
 #[cfg(test)]
@@ -133,6 +151,26 @@ mod tests {
             Tick::Fire {
                 trigger: Some("2".into())
             }
+        );
+    }
+
+    #[test]
+    fn missed_times_collapse_into_the_latest_one() {
+        let hourly = Schedule::parse("0 * * * *", "x").unwrap();
+        let due = t("2026-01-01T00:00:00Z");
+        assert_eq!(
+            latest_due(&hourly, due, t("2026-01-02T05:30:00Z")),
+            t("2026-01-02T05:00:00Z")
+        );
+        assert_eq!(latest_due(&hourly, due, t("2026-01-01T00:10:00Z")), due);
+        let yearly = Schedule::parse("0 0 1 1 *", "x").unwrap();
+        assert_eq!(
+            latest_due(
+                &yearly,
+                t("2024-01-01T00:00:00Z"),
+                t("2026-12-06T10:00:00Z")
+            ),
+            t("2026-01-01T00:00:00Z")
         );
     }
 }

@@ -772,3 +772,84 @@ async fn two_nodes_back_up_into_one_repository_at_once() {
         assert_same_tree(dir, &r);
     }
 }
+
+/// Annotation schedules are durable: a yearly time missed while no agent ran
+/// (its last run, 800 days ago, is all the cluster remembers) fires once
+/// when an agent starts, as the latest missed time, and an agent started
+/// again fires nothing more before the next New Year.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missed_annotation_schedule_fires_once_after_the_agent_was_away() {
+    use chrono::Datelike;
+    use coffer_node_agent::names::{POD_LABEL, SCHEDULED_AT, TRIGGER_LABEL, VOLUME_LABEL};
+    let mut env = Env::new().await;
+    let ns = env.namespace("missed").await;
+    let repo = env.repository(&ns, "default", PASSWORD).await;
+    let node = common::Node::new();
+    let node_name = format!("node-{}", short_id());
+    let dir = small_pod(&env, &node, &ns, "db-0", &node_name, 9, None).await;
+    let before = chrono::Utc::now() - chrono::Duration::days(800);
+    let old = format!("db-0-vol-{}", before.format("%Y%m%d%H%M"));
+    let runs: Api<VolumeBackup> = Api::namespaced(env.client.clone(), &ns);
+    env.create::<VolumeBackup>(
+        &ns,
+        json!({
+            "metadata": {"name": old, "namespace": ns,
+                "labels": {POD_LABEL: "db-0", VOLUME_LABEL: "vol", TRIGGER_LABEL: "schedule"},
+                "annotations": {SCHEDULED_AT: before.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)}},
+            "spec": {"pod": "db-0", "volume": "vol"},
+        }),
+    )
+    .await;
+    runs.patch_status(
+        &old,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "Completed"}})),
+    )
+    .await
+    .unwrap();
+    env.annotate(&ns, "db-0", "backup.coffer.dev/volumes", "vol")
+        .await;
+    env.annotate(&ns, "db-0", "backup.coffer.dev/schedule", "0 0 1 1 *")
+        .await;
+
+    let cfg = AgentConfig::new(&node_name, &node);
+    let mut first = Agent::start(&env, &cfg);
+    let year = chrono::Utc::now().year();
+    let fired = format!("db-0-vol-{year}01010000");
+    let b = env
+        .wait_for::<VolumeBackup>(&ns, &fired, "final", |b| is_final(&b.status))
+        .await;
+    assert_eq!(phase(&b.status), Phase::Completed, "{:#?}", b.status);
+    assert_eq!(
+        b.annotations().get(SCHEDULED_AT).map(String::as_str),
+        Some(format!("{year}-01-01T00:00:00.000Z").as_str())
+    );
+    let r = restore(&repo, &snapshot_of(&b), env.dir.path()).await;
+    assert_same_tree(&dir, &r);
+    first.kill();
+
+    // Started again: the schedule starts from this year's time. A backup-now
+    // (created in the same pass that reads the schedule) shows the pass is
+    // over; nothing else was created.
+    let second = Agent::start(&env, &cfg);
+    wait_ready(&second).await;
+    env.annotate(&ns, "db-0", "backup.coffer.dev/backup-now", "1")
+        .await;
+    let all = env
+        .wait_backups(
+            &ns,
+            "db-0",
+            "the backup-now run and the two scheduled",
+            |bs| bs.len() == 3 && bs.iter().all(|b| is_final(&b.status)),
+        )
+        .await;
+    let mut scheduled: Vec<String> = all
+        .iter()
+        .filter(|b| b.labels().get(TRIGGER_LABEL).map(String::as_str) == Some("schedule"))
+        .map(|b| b.name_any())
+        .collect();
+    scheduled.sort();
+    let mut want = vec![old, fired];
+    want.sort();
+    assert_eq!(scheduled, want, "{all:#?}");
+}
