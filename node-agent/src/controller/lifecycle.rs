@@ -3,6 +3,8 @@
 //! quota, the end of a run (status, Event, metrics), and runs whose node
 //! agent is gone.
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use kube::api::{Api, Patch, PatchParams};
@@ -223,6 +225,140 @@ impl Ctx /* end */ {
         }
         Ok(())
     }
+}
+
+/// Whose a run is, as its spec says.
+pub(crate) enum Triage {
+    /// The node agent's (a pod's volume): the controller ends it only when
+    /// its node is gone.
+    NodeAgents,
+    /// The controller's.
+    Ours,
+}
+
+/// A kind of run the controller carries: a VolumeBackup by snapshot, a
+/// VolumeRestore into a new claim. Each says what is particular to it; the
+/// life of the run ([`reconcile`]) is written once, here.
+pub(crate) trait ControllerRun: RunObject + Send + Sync {
+    /// Its metrics kind (`snapshot-backup`, `pvc-restore`).
+    const METRIC: &'static str;
+    /// The stage a claimed run starts in, and the one a run that ends
+    /// before any other keeps.
+    const FIRST_STAGE: Stage;
+
+    /// Whose it is, and why its spec cannot be carried out (a new run with
+    /// such a spec fails at once, naming why).
+    fn triage(&self) -> (Triage, Option<String>);
+
+    /// Whether `spec.cancel` is set.
+    fn cancel_requested(&self) -> bool;
+
+    /// Step 1: check what the run names, then take it ([`claim`]).
+    fn claim(&self, ctx: &Ctx) -> impl Future<Output = Result<Action, Error>> + Send;
+
+    /// The next step of a claimed run.
+    fn advance(
+        &self,
+        ctx: &Ctx,
+        st: &RunStatus,
+    ) -> impl Future<Output = Result<Action, Error>> + Send;
+
+    /// The objects the run made go; `true` once all are gone.
+    fn cleanup(
+        &self,
+        ctx: &Ctx,
+        st: &RunStatus,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+}
+
+/// One pass over a run of the controller: a spec it cannot carry out fails
+/// it, the node agent's runs are left to it (unless their node is gone), an
+/// ended or deleted run is cleaned up and let go, `spec.cancel` ends it,
+/// and otherwise it is claimed or taken one step further. A refusal for
+/// good fails it; an exhausted quota is waited for.
+pub(crate) async fn reconcile<K: ControllerRun>(
+    run: Arc<K>,
+    ctx: Arc<Ctx>,
+) -> Result<Action, Error> {
+    let run = run.as_ref();
+    let st = run.run_status().cloned().unwrap_or_default();
+    let fresh = st.phase == Phase::New && run.meta().deletion_timestamp.is_none();
+    let (whose, invalid) = run.triage();
+    if let Some(why) = invalid.filter(|_| fresh) {
+        fail(&ctx, run, why).await?;
+        return Ok(Action::await_change());
+    }
+    if let Triage::NodeAgents = whose {
+        return end_if_node_gone(&ctx, run, &st).await;
+    }
+    let finalized = run.finalizers().iter().any(|f| f == FINALIZER);
+    if run.meta().deletion_timestamp.is_some() || st.phase.is_final() {
+        if !finalized {
+            return Ok(Action::await_change());
+        }
+        if !run.cleanup(&ctx, &st).await? {
+            return Ok(Action::requeue(Duration::from_secs(5)));
+        }
+        return finish(&ctx, run, &st, K::METRIC).await;
+    }
+    if run.cancel_requested() {
+        ctx.end(run, Outcome::Canceled, K::FIRST_STAGE).await?;
+        return Ok(Action::requeue(Duration::ZERO));
+    }
+    let step = match st.phase {
+        Phase::New => run.claim(&ctx).await,
+        _ => run.advance(&ctx, &st).await,
+    };
+    match step {
+        Err(Error::Quota(why)) => quota_wait(&ctx, run, why, K::FIRST_STAGE).await,
+        Err(Error::Refused(why)) => {
+            fail(&ctx, run, why).await?;
+            Ok(Action::await_change())
+        }
+        step => step,
+    }
+}
+
+/// Ends a run as Failed with `message` (its stage kept, or the first).
+pub(crate) async fn fail<K: ControllerRun>(
+    ctx: &Ctx,
+    run: &K,
+    message: String,
+) -> Result<(), Error> {
+    ctx.end(run, Outcome::Failed(message), K::FIRST_STAGE).await
+}
+
+/// Takes a run whose checks passed: the finalizer first, with the version
+/// read (a run is never InProgress without it), then InProgress at that
+/// version in its first stage, naming the claim it works on, then the
+/// `<Action>Started` Event with `note`.
+pub(crate) async fn claim<K: ControllerRun>(
+    ctx: &Ctx,
+    run: &K,
+    pvc: String,
+    path: Option<String>,
+    note: String,
+) -> Result<Action, Error> {
+    let Some(patched) = add_finalizer(ctx, run).await? else {
+        return Ok(Action::requeue(Duration::ZERO));
+    };
+    let mut s = crate::status::started(run.run_status(), &ctx.opts.identity, path);
+    s.node = None;
+    s.pvc = Some(pvc);
+    s.stage = Some(K::FIRST_STAGE.into());
+    crate::report::write_run::<K>(
+        &ctx.client,
+        &run.namespace().unwrap_or_default(),
+        &run.name_any(),
+        &s,
+        patched.resource_version(),
+    )
+    .await;
+    let reason = format!("{}Started", K::ACTION);
+    ctx.reporter
+        .run_event(run, EventType::Normal, &reason, note)
+        .await;
+    Ok(Action::requeue(Duration::ZERO))
 }
 
 #[cfg(test)]

@@ -37,8 +37,7 @@ use crate::crd::{BackupRepository, Phase, RestoreTarget, RunStatus, VolumeRestor
 use crate::api::{delete, kube_err, Error};
 use crate::controller::claims::{is_block, restored_claim, RestoredClaim};
 use crate::controller::context::Ctx;
-use crate::controller::lifecycle::end_if_node_gone;
-use crate::controller::lifecycle::{add_finalizer, finish, quota_wait};
+use crate::controller::lifecycle::{self, fail, ControllerRun, Triage};
 use crate::controller::movers::pod::MoverVolume;
 use crate::controller::movers::pod::{mover_pod, MoverPod};
 use crate::controller::movers::state::{mover_failure, mover_started};
@@ -47,13 +46,9 @@ use crate::controller::movers::{
 };
 use crate::mover::args::{MoverArgs, ResolveArgs, RestoreArgs};
 use crate::names::{
-    label_value, object_name, FINALIZER, RESTORED_BY, RESTORED_FROM, RESTORE_LABEL, RUN_ANNOTATION,
+    label_value, object_name, RESTORED_BY, RESTORED_FROM, RESTORE_LABEL, RUN_ANNOTATION,
 };
 use crate::run::Stage;
-use crate::status::{self, Outcome};
-
-/// The metrics kind of these runs.
-const KIND: &str = "pvc-restore";
 
 /// The run a mover pod belongs to (the controller's watch mapper).
 pub fn run_of(pod: Pod) -> Option<ObjectRef<crate::lenient::Lenient<VolumeRestore>>> {
@@ -86,54 +81,52 @@ fn pod_labels(vr: &VolumeRestore) -> BTreeMap<String, String> {
     ])
 }
 
-async fn fail(ctx: &Ctx, vr: &VolumeRestore, message: String) -> Result<(), Error> {
-    ctx.end(vr, Outcome::Failed(message), Stage::Resolving)
-        .await
-}
-
 /// Reconciles one VolumeRestore; those without a target are the node
 /// agent's.
 pub(crate) async fn reconcile(vr: Arc<VolumeRestore>, ctx: Arc<Ctx>) -> Result<Action, Error> {
-    let st = vr.status.clone().unwrap_or_default();
-    let fresh = st.phase == Phase::New && vr.meta().deletion_timestamp.is_none();
-    let Some(target) = vr.spec.target.clone() else {
-        if fresh && vr.spec.pod_volume().is_none() {
-            fail(&ctx, &vr, "spec.target (a new PVC), or spec.pod and spec.volume (a running pod's volume), is required".into()).await?;
-            return Ok(Action::await_change());
+    lifecycle::reconcile(vr, ctx).await
+}
+
+impl ControllerRun for VolumeRestore {
+    const METRIC: &'static str = "pvc-restore";
+    const FIRST_STAGE: Stage = Stage::Resolving;
+
+    fn triage(&self) -> (Triage, Option<String>) {
+        match &self.spec.target {
+            None => (
+                Triage::NodeAgents,
+                self.spec.pod_volume().is_none().then(|| "spec.target (a new PVC), or spec.pod and spec.volume (a running pod's volume), is required".into()),
+            ),
+            Some(_) => (
+                Triage::Ours,
+                (self.spec.pod.is_some() || self.spec.volume.is_some()).then(|| "give spec.target (a new PVC) or spec.pod and spec.volume (a running pod's volume), not both".into()),
+            ),
         }
-        // The node agent's: ended here only when its node is gone.
-        return end_if_node_gone(&ctx, vr.as_ref(), &st).await;
-    };
-    if fresh && (vr.spec.pod.is_some() || vr.spec.volume.is_some()) {
-        fail(&ctx, &vr, "give spec.target (a new PVC) or spec.pod and spec.volume (a running pod's volume), not both".into()).await?;
-        return Ok(Action::await_change());
     }
-    let finalized = vr.finalizers().iter().any(|f| f == FINALIZER);
-    if vr.meta().deletion_timestamp.is_some() || st.phase.is_final() {
-        if !finalized {
-            return Ok(Action::await_change());
-        }
-        if !cleanup(&ctx, &vr, &target, &st).await? {
-            return Ok(Action::requeue(Duration::from_secs(5)));
-        }
-        return finish(&ctx, vr.as_ref(), &st, KIND).await;
+
+    fn cancel_requested(&self) -> bool {
+        self.spec.cancel
     }
-    if vr.spec.cancel {
-        ctx.end(vr.as_ref(), Outcome::Canceled, Stage::Resolving)
-            .await?;
-        return Ok(Action::requeue(Duration::ZERO));
-    }
-    let step = match st.phase {
-        Phase::New => claim(&ctx, &vr, &target).await,
-        _ => advance(&ctx, &vr, &target, &st).await,
-    };
-    match step {
-        Err(Error::Quota(why)) => quota_wait(&ctx, vr.as_ref(), why, Stage::Resolving).await,
-        Err(Error::Refused(why)) => {
-            fail(&ctx, &vr, why).await?;
-            Ok(Action::await_change())
+
+    async fn claim(&self, ctx: &Ctx) -> Result<Action, Error> {
+        match &self.spec.target {
+            Some(target) => claim(ctx, self, target).await,
+            None => Ok(Action::await_change()),
         }
-        step => step,
+    }
+
+    async fn advance(&self, ctx: &Ctx, st: &RunStatus) -> Result<Action, Error> {
+        match &self.spec.target {
+            Some(target) => advance(ctx, self, target, st).await,
+            None => Ok(Action::await_change()),
+        }
+    }
+
+    async fn cleanup(&self, ctx: &Ctx, st: &RunStatus) -> Result<bool, Error> {
+        match &self.spec.target {
+            Some(target) => cleanup(ctx, self, target, st).await,
+            None => Ok(true),
+        }
     }
 }
 
@@ -163,31 +156,14 @@ async fn claim(ctx: &Ctx, vr: &VolumeRestore, target: &RestoreTarget) -> Result<
             return Ok(Action::await_change());
         }
     }
-    let Some(patched) = add_finalizer(ctx, vr).await? else {
-        return Ok(Action::requeue(Duration::ZERO));
-    };
-    let mut s = status::started(vr.status.as_ref(), &ctx.opts.identity, None);
-    s.node = None;
-    s.pvc = Some(target.pvc.clone());
-    s.stage = Some(Stage::Resolving.into());
-    let ns = vr.namespace().unwrap_or_default();
-    crate::report::write_run::<VolumeRestore>(
-        &ctx.client,
-        &ns,
-        &vr.name_any(),
-        &s,
-        patched.resource_version(),
+    lifecycle::claim(
+        ctx,
+        vr,
+        target.pvc.clone(),
+        None,
+        format!("restoring into new PVC {tns}/{}", target.pvc),
     )
-    .await;
-    ctx.reporter
-        .run_event(
-            vr,
-            EventType::Normal,
-            "RestoreStarted",
-            format!("restoring into new PVC {tns}/{}", target.pvc),
-        )
-        .await;
-    Ok(Action::requeue(Duration::ZERO))
+    .await
 }
 
 /// The target namespace's BackupRepository; a missing one fails the run.

@@ -24,6 +24,7 @@ use crate::controller::csi::{
 use crate::controller::csi::{
     group_snapshot_api, list_classes, pvc_driver, snapshot_class, GroupApi, SnapshotState,
 };
+use crate::controller::lifecycle::fail;
 use crate::hooks::HookStage;
 use crate::names::{label_value, object_name};
 use crate::run::Stage;
@@ -118,12 +119,12 @@ pub(crate) async fn take_snapshots(ctx: &Ctx, open: &[VolumeBackup]) -> Result<(
             let m = format!(
                 "PersistentVolumeClaim {ns}/{pvc_name} was deleted before it was snapshotted"
             );
-            ctx.fail(r, m).await?;
+            fail(ctx, r, m).await?;
             continue;
         };
         match snapshot_class(&ctx.client, &pvc).await? {
             Ok(class) => todo.push((r.clone(), pvc_name, class)),
-            Err(m) => ctx.fail(r, m).await?,
+            Err(m) => fail(ctx, r, m).await?,
         }
     }
     let runs: Vec<VolumeBackup> = todo.iter().map(|(r, _, _)| r.clone()).collect();
@@ -143,7 +144,7 @@ pub(crate) async fn take_snapshots(ctx: &Ctx, open: &[VolumeBackup]) -> Result<(
             label_group(ctx, &runs, false).await?;
         }
         for r in &runs {
-            ctx.fail(r, m.clone()).await?;
+            fail(ctx, r, m.clone()).await?;
         }
         return Ok(());
     }
@@ -173,7 +174,7 @@ pub(crate) async fn take_snapshots(ctx: &Ctx, open: &[VolumeBackup]) -> Result<(
             Err(Error::Refused(m)) => {
                 label_group(ctx, &runs, false).await?;
                 for r in &runs {
-                    ctx.fail(r, m.clone()).await?;
+                    fail(ctx, r, m.clone()).await?;
                 }
                 return Ok(());
             }
@@ -212,7 +213,7 @@ pub(crate) async fn take_snapshots(ctx: &Ctx, open: &[VolumeBackup]) -> Result<(
             Ok(()) => {}
             // This member fails; the others' snapshots are taken now.
             Err(Error::Refused(m)) => {
-                ctx.fail(&r, m).await?;
+                fail(ctx, &r, m).await?;
                 continue;
             }
             Err(e) => return Err(e),
@@ -236,7 +237,7 @@ pub(crate) async fn thaw(ctx: &Ctx, vb: &VolumeBackup) -> Result<Option<Action>,
         Group::Claimed(members) => members.into_iter().filter(is_open).collect::<Vec<_>>(),
         Group::Waiting(d) => return Ok(Some(Action::requeue(d))),
         Group::Incomplete(m) => {
-            ctx.fail(vb, m).await?;
+            fail(ctx, vb, m).await?;
             return Ok(Some(Action::await_change()));
         }
     };
@@ -267,7 +268,7 @@ pub(crate) async fn thaw(ctx: &Ctx, vb: &VolumeBackup) -> Result<Option<Action>,
     }
     if let Err(m) = snapshot_hooks(ctx, &open, HookStage::Post).await? {
         for r in &open {
-            ctx.fail(r, m.clone()).await?;
+            fail(ctx, r, m.clone()).await?;
         }
         return Ok(Some(Action::await_change()));
     }

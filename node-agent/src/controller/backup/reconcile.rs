@@ -1,7 +1,6 @@
 //! The VolumeBackup reconciler (method Snapshot), one step per pass.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use coffer_engine::format::snapshot::KubernetesOrigin;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
@@ -10,7 +9,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 
-use crate::crd::{BackupMethod, BackupRepository, Phase, RunStatus, VolumeBackup};
+use crate::crd::{BackupMethod, BackupRepository, RunStatus, VolumeBackup};
 
 use crate::api::{create, kube_err, Error};
 use crate::controller::backup::cleanup::cleanup;
@@ -23,78 +22,69 @@ use crate::controller::claims::{claim_spec, clone_claim, is_block, CloneClaim};
 use crate::controller::context::Ctx;
 use crate::controller::csi::snapshot_state;
 use crate::controller::csi::SnapshotState;
-use crate::controller::lifecycle::{add_finalizer, end_if_node_gone, finish, quota_wait};
+use crate::controller::lifecycle::{self, fail, ControllerRun, Triage};
 use crate::controller::movers::pod::{mover_pod, MoverPod, MoverVolume, SOURCE_DEVICE, SOURCE_DIR};
 use crate::controller::movers::state::{mover_failure, mover_started};
 use crate::controller::movers::{common_args, create_mover, not_started, StatusOf};
 use crate::hooks::HookStage;
 use crate::mover::args::{BackupArgs, MoverArgs};
-use crate::names::FINALIZER;
 use crate::run::Stage;
-use crate::status::{self, Outcome};
 use crate::time::remaining;
 
+/// Reconciles one VolumeBackup; those of the node agent are left to it.
 pub(crate) async fn reconcile(vb: Arc<VolumeBackup>, ctx: Arc<Ctx>) -> Result<Action, Error> {
-    let st = vb.status.clone().unwrap_or_default();
-    if vb.spec.method != BackupMethod::Snapshot {
+    lifecycle::reconcile(vb, ctx).await
+}
+
+impl ControllerRun for VolumeBackup {
+    const METRIC: &'static str = "snapshot-backup";
+    const FIRST_STAGE: Stage = Stage::Snapshotting;
+
+    fn triage(&self) -> (Triage, Option<String>) {
+        if self.spec.method == BackupMethod::Snapshot {
+            return (Triage::Ours, None);
+        }
         // The node agent's; only a run it can never take is ended here.
-        let unusable = match vb.spec.method {
-            BackupMethod::Command => vb.spec.pod.is_none().then_some(
+        let unusable = match self.spec.method {
+            BackupMethod::Command => self.spec.pod.is_none().then_some(
                 "spec.pod is required for method Command (the pod whose backup.coffer.dev/command is run)",
             ),
-            _ => vb.spec.pod_volume().is_none().then_some(
+            _ => self.spec.pod_volume().is_none().then_some(
                 "spec.pod and spec.volume are required for method Filesystem; to back up a PVC that no pod uses, set method: Snapshot and spec.pvc",
             ),
         };
-        if let Some(why) =
-            unusable.filter(|_| st.phase == Phase::New && vb.meta().deletion_timestamp.is_none())
-        {
-            ctx.fail(&vb, why.into()).await?;
-            return Ok(Action::await_change());
-        }
-        return end_if_node_gone(&ctx, vb.as_ref(), &st).await;
+        (Triage::NodeAgents, unusable.map(String::from))
     }
-    let finalized = vb.finalizers().iter().any(|f| f == FINALIZER);
-    if vb.meta().deletion_timestamp.is_some() || st.phase.is_final() {
-        if !finalized {
-            return Ok(Action::await_change());
-        }
+
+    fn cancel_requested(&self) -> bool {
+        self.spec.cancel
+    }
+
+    async fn claim(&self, ctx: &Ctx) -> Result<Action, Error> {
+        claim(ctx, self).await
+    }
+
+    async fn advance(&self, ctx: &Ctx, st: &RunStatus) -> Result<Action, Error> {
+        advance(ctx, self, st).await
+    }
+
+    async fn cleanup(&self, ctx: &Ctx, st: &RunStatus) -> Result<bool, Error> {
         // A run that ended between its pre- and post-hooks (the snapshot
         // failed or timed out, a cancel) thaws its pods first.
         if frozen(&st.hooks) {
             // Its group's open runs are thawed with it (and carry the record).
-            let mut runs = vec![vb.as_ref().clone()];
-            if let Group::Claimed(members) = group(&ctx, &vb).await? {
+            let mut runs = vec![self.clone()];
+            if let Group::Claimed(members) = group(ctx, self).await? {
                 runs.extend(
                     members
                         .into_iter()
-                        .filter(|r| is_open(r) && r.name_any() != vb.name_any()),
+                        .filter(|r| is_open(r) && r.name_any() != self.name_any()),
                 );
             }
             // Its failure is an Event; the run's outcome stands.
-            let _ = snapshot_hooks(&ctx, &runs, HookStage::Post).await?;
+            let _ = snapshot_hooks(ctx, &runs, HookStage::Post).await?;
         }
-        if !cleanup(&ctx, &vb).await? {
-            return Ok(Action::requeue(Duration::from_secs(5)));
-        }
-        return finish(&ctx, vb.as_ref(), &st, "snapshot-backup").await;
-    }
-    if vb.spec.cancel {
-        ctx.end(vb.as_ref(), Outcome::Canceled, Stage::Snapshotting)
-            .await?;
-        return Ok(Action::requeue(Duration::ZERO));
-    }
-    let step = match st.phase {
-        Phase::New => claim(&ctx, &vb).await,
-        _ => advance(&ctx, &vb, &st).await,
-    };
-    match step {
-        Err(Error::Quota(why)) => quota_wait(&ctx, vb.as_ref(), why, Stage::Snapshotting).await,
-        Err(Error::Refused(why)) => {
-            ctx.fail(&vb, why).await?;
-            Ok(Action::await_change())
-        }
-        step => step,
+        cleanup(ctx, self).await
     }
 }
 
@@ -104,7 +94,7 @@ pub(crate) async fn claim(ctx: &Ctx, vb: &VolumeBackup) -> Result<Action, Error>
     let pvc_name = match source_claim(ctx, vb).await? {
         Ok(n) => n,
         Err(m) => {
-            ctx.fail(vb, m).await?;
+            fail(ctx, vb, m).await?;
             return Ok(Action::await_change());
         }
     };
@@ -114,7 +104,8 @@ pub(crate) async fn claim(ctx: &Ctx, vb: &VolumeBackup) -> Result<Action, Error>
         .await
         .map_err(kube_err(format!("reading PVC {ns}/{pvc_name}")))?;
     let Some(pvc) = pvc else {
-        ctx.fail(
+        fail(
+            ctx,
             vb,
             format!("PersistentVolumeClaim {ns}/{pvc_name} not found"),
         )
@@ -127,7 +118,7 @@ pub(crate) async fn claim(ctx: &Ctx, vb: &VolumeBackup) -> Result<Action, Error>
         .and_then(|s| s.phase.clone())
         .unwrap_or_default();
     if phase != "Bound" {
-        ctx.fail(vb, format!("PersistentVolumeClaim {ns}/{pvc_name} is {phase:?}, not Bound: only a provisioned volume can be snapshotted")).await?;
+        fail(ctx, vb, format!("PersistentVolumeClaim {ns}/{pvc_name} is {phase:?}, not Bound: only a provisioned volume can be snapshotted")).await?;
         return Ok(Action::await_change());
     }
     let repos: Api<BackupRepository> = Api::namespaced(ctx.client.clone(), &ns);
@@ -143,39 +134,17 @@ pub(crate) async fn claim(ctx: &Ctx, vb: &VolumeBackup) -> Result<Action, Error>
             namespace: ns.clone(),
             name: vb.spec.repository.clone(),
         };
-        ctx.fail(vb, e.to_string()).await?;
+        fail(ctx, vb, e.to_string()).await?;
         return Ok(Action::await_change());
     }
-    // The finalizer first, with the version read: a run is never InProgress
-    // without it.
-    let Some(patched) = add_finalizer(ctx, vb).await? else {
-        return Ok(Action::requeue(Duration::ZERO));
-    };
-    let mut s = status::started(
-        vb.status.as_ref(),
-        &ctx.opts.identity,
+    lifecycle::claim(
+        ctx,
+        vb,
+        pvc_name.clone(),
         Some(format!("/{pvc_name}")),
-    );
-    s.node = None;
-    s.pvc = Some(pvc_name.clone());
-    s.stage = Some(Stage::Snapshotting.into());
-    crate::report::write_run::<VolumeBackup>(
-        &ctx.client,
-        &ns,
-        &vb.name_any(),
-        &s,
-        patched.resource_version(),
+        format!("snapshotting PVC {pvc_name}"),
     )
-    .await;
-    ctx.reporter
-        .run_event(
-            vb,
-            EventType::Normal,
-            "BackupStarted",
-            format!("snapshotting PVC {pvc_name}"),
-        )
-        .await;
-    Ok(Action::requeue(Duration::ZERO))
+    .await
 }
 
 /// The PVC a run reads: `spec.pvc`, or the claim of the pod's volume.
@@ -210,7 +179,8 @@ pub(crate) async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Res
     let ns = vb.namespace().unwrap_or_default();
     let child = child_name(vb);
     let Some(pvc_name) = st.pvc.clone() else {
-        ctx.fail(
+        fail(
+            ctx,
             vb,
             "the run's status lost its PVC; create the VolumeBackup again".into(),
         )
@@ -225,7 +195,7 @@ pub(crate) async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Res
         Found::Snapshot(vs) => *vs,
         Found::Wait(d) => return Ok(Action::requeue(d)),
         Found::Failed(m) => {
-            ctx.fail(vb, m).await?;
+            fail(ctx, vb, m).await?;
             return Ok(Action::await_change());
         }
         Found::Missing => {
@@ -233,7 +203,7 @@ pub(crate) async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Res
                 Group::Claimed(members) => members.into_iter().filter(is_open).collect::<Vec<_>>(),
                 Group::Waiting(d) => return Ok(Action::requeue(d)),
                 Group::Incomplete(m) => {
-                    ctx.fail(vb, m).await?;
+                    fail(ctx, vb, m).await?;
                     return Ok(Action::await_change());
                 }
             };
@@ -252,8 +222,12 @@ pub(crate) async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Res
     let vs_name = vs.name_any();
     let restore_size = match snapshot_state(&vs) {
         SnapshotState::Failed(m) => {
-            ctx.fail(vb, format!("VolumeSnapshot {ns}/{vs_name} failed: {m}"))
-                .await?;
+            fail(
+                ctx,
+                vb,
+                format!("VolumeSnapshot {ns}/{vs_name} failed: {m}"),
+            )
+            .await?;
             return Ok(Action::await_change());
         }
         SnapshotState::Pending => {
@@ -262,7 +236,7 @@ pub(crate) async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Res
                 ctx.opts.snapshot_timeout,
             );
             if left.is_zero() {
-                ctx.fail(vb, format!(
+                fail(ctx, vb, format!(
                     "VolumeSnapshot {ns}/{vs_name} did not become ready within {}; check the CSI driver and the snapshot controller (kubectl -n {ns} describe volumesnapshot {vs_name})",
                     humantime::format_duration(ctx.opts.snapshot_timeout)
                 ))
@@ -293,7 +267,8 @@ pub(crate) async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Res
         (Some(c), _) => (is_block(c), source.clone().unwrap_or_else(|| c.clone())),
         (None, Some(s)) => (is_block(s), s.clone()),
         (None, None) => {
-            ctx.fail(
+            fail(
+                ctx,
                 vb,
                 format!(
                     "PersistentVolumeClaim {ns}/{pvc_name} was deleted before its clone was made"
@@ -326,7 +301,7 @@ pub(crate) async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Res
         .map_err(kube_err(format!("reading pod {ns}/{child}")))?;
     let Some(pod) = pod else {
         if Stage::of(st) == Some(Stage::Moving) {
-            ctx.fail(vb, format!("mover pod {ns}/{child} disappeared before the backup ended (deleted or evicted)")).await?;
+            fail(ctx, vb, format!("mover pod {ns}/{child} disappeared before the backup ended (deleted or evicted)")).await?;
             return Ok(Action::await_change());
         }
         let repo = Api::<BackupRepository>::namespaced(ctx.client.clone(), &ns)
@@ -341,7 +316,7 @@ pub(crate) async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Res
                 namespace: ns.clone(),
                 name: vb.spec.repository.clone(),
             };
-            ctx.fail(vb, e.to_string()).await?;
+            fail(ctx, vb, e.to_string()).await?;
             return Ok(Action::await_change());
         };
         let origin = origin_of(ctx, &spec_source).await;
@@ -376,7 +351,7 @@ pub(crate) async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Res
         return Ok(Action::requeue(ctx.opts.prepare_timeout));
     };
     if let Some(why) = mover_failure(&pod) {
-        ctx.fail(vb, why).await?;
+        fail(ctx, vb, why).await?;
         return Ok(Action::await_change());
     }
     if pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded") {
@@ -386,7 +361,8 @@ pub(crate) async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Res
             .await?
             .is_some_and(|s| s.phase.is_final())
         {
-            ctx.fail(
+            fail(
+                ctx,
                 vb,
                 format!("mover pod {ns}/{child} exited without writing a result"),
             )
@@ -398,7 +374,7 @@ pub(crate) async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Res
         return match not_started(ctx, &pod).await {
             Ok(wait) => Ok(Action::requeue(wait)),
             Err(why) => {
-                ctx.fail(vb, why).await?;
+                fail(ctx, vb, why).await?;
                 Ok(Action::await_change())
             }
         };

@@ -10,8 +10,6 @@ use crate::crd::{RunStatus, VolumeBackup};
 use crate::api::{kube_err, Error};
 use crate::controller::context::Ctx;
 use crate::names::{label_value, object_name, RUN_LABEL};
-use crate::run::Stage;
-use crate::status::Outcome;
 
 /// The name of every object made for a run.
 pub(crate) fn child_name(vb: &VolumeBackup) -> String {
@@ -43,11 +41,4 @@ pub(crate) fn is_open(r: &VolumeBackup) -> bool {
     !r.status.as_ref().is_some_and(|s| s.phase.is_final())
         && r.meta().deletion_timestamp.is_none()
         && !r.spec.cancel
-}
-
-impl Ctx /* fail */ {
-    pub(crate) async fn fail(&self, vb: &VolumeBackup, message: String) -> Result<(), Error> {
-        self.end(vb, Outcome::Failed(message), Stage::Snapshotting)
-            .await
-    }
 }
