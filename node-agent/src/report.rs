@@ -54,9 +54,53 @@ pub fn restore_progress(
     (callback, task)
 }
 
-/// Writes a run's status (merge patch on the status subresource); with
-/// `rv`, only if the object is still at that resourceVersion. Returns whether
-/// it was written (a conflict or a missing object is not retried).
+/// What became of a status write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Written {
+    /// It was written.
+    Applied,
+    /// The object changed since the version given: the next pass reads it.
+    Conflict,
+    /// The object is gone.
+    Gone,
+}
+
+/// The one way coffer writes a status: a merge patch of `fields` (the
+/// status object, or the fields of it to change) on the status
+/// subresource of `K` `ns/name`; with `at_version`, only if the object is
+/// still at that resourceVersion. Conflicts and missing objects are told
+/// apart here, never by the callers; other errors are the API server's.
+pub async fn patch_status<K>(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    fields: serde_json::Value,
+    at_version: Option<String>,
+) -> Result<Written, kube::Error>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let mut patch = serde_json::json!({ "status": fields });
+    if let Some(rv) = at_version {
+        patch["metadata"] = serde_json::json!({ "resourceVersion": rv });
+    }
+    match Api::<K>::namespaced(client.clone(), ns)
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(Written::Applied),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(Written::Conflict),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(Written::Gone),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes a run's status; with `rv`, only if the object is still at that
+/// resourceVersion. Returns whether it was written (a conflict or a missing
+/// object is not retried; a failing API server is, 5 times).
 pub async fn write_run<K>(
     client: &Client,
     ns: &str,
@@ -67,19 +111,12 @@ pub async fn write_run<K>(
 where
     K: RunObject,
 {
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
-    let mut patch = serde_json::json!({ "status": s });
-    if let Some(rv) = rv {
-        patch["metadata"] = serde_json::json!({ "resourceVersion": rv });
-    }
+    let fields = serde_json::json!(s);
     for attempt in 0..5u32 {
-        match api
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(_) => return true,
-            Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {
-                tracing::debug!(namespace = ns, name, "status not written: {e}");
+        match patch_status::<K>(client, ns, name, fields.clone(), rv.clone()).await {
+            Ok(Written::Applied) => return true,
+            Ok(w) => {
+                tracing::debug!(namespace = ns, name, "status not written: {w:?}");
                 return false;
             }
             Err(e) => {

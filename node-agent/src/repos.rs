@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use coffer_engine::{storage, InitOptions, Repository};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::Client;
 use tokio::sync::Mutex;
 use zeroize::Zeroizing;
@@ -222,21 +222,22 @@ impl Repos {
             // Every field the agent owns, null included (a Ready status
             // clears the last message); the controller's maintenance
             // fields are left alone.
-            let patch = serde_json::json!({ "status": {
+            let fields = serde_json::json!({
                 "phase": status.phase,
                 "repositoryID": status.repository_id,
                 "message": status.message,
                 "lastChecked": status.last_checked,
                 "observedGeneration": status.observed_generation,
-            }});
-            if let Err(e) = api
-                .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
+            });
+            let written = crate::report::patch_status::<BackupRepository>(
+                client, namespace, name, fields, None,
+            )
+            .await;
+            if written.as_ref().ok() != Some(&crate::report::Written::Applied) {
                 tracing::warn!(
                     namespace,
                     repository = name,
-                    "cannot update the BackupRepository's status: {e}"
+                    "cannot update the BackupRepository's status: {written:?}"
                 );
             }
         }

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
@@ -47,6 +47,7 @@ use crate::controller::movers::{
 };
 use crate::mover::args::{CheckArgs, CopyArgs, MoverArgs, MoverCommon, PruneArgs};
 use crate::names::{label_value, object_name, CHECK_NOW, COPY_NOW, MAINTENANCE_LABEL, PRUNE_NOW};
+use crate::report::patch_status;
 use crate::scheduling::Schedule;
 use crate::scheduling::{created_at, parse_time, tick, Tick};
 
@@ -622,17 +623,11 @@ async fn write_status(
     }
     let ns = repo.namespace().unwrap_or_default();
     let name = repo.name_any();
-    let mut patch = json!({ "status": fields });
-    if at_version {
-        patch["metadata"] = json!({"resourceVersion": repo.resource_version()});
-    }
-    match Api::<BackupRepository>::namespaced(ctx.client.clone(), &ns)
-        .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
-        .await
-    {
+    let version = at_version.then(|| repo.resource_version()).flatten();
+    match patch_status::<BackupRepository>(&ctx.client, &ns, &name, json!(fields), version).await {
+        // Written, or someone wrote first (the next pass reads what they
+        // wrote), or the repository is gone.
         Ok(_) => Ok(()),
-        // Someone wrote first: the next pass reads what they wrote.
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
         Err(e) => Err(kube_err(format!(
             "writing the status of BackupRepository {ns}/{name}"
         ))(e)),

@@ -42,6 +42,7 @@ use crate::mover::args::{ForgetArgs, KeepArgs, MoverArgs};
 use crate::names::{
     label_value, made_by_us, object_name, schedule_tag, BACKUP_NOW, SCHEDULED_AT, SCHEDULE_LABEL,
 };
+use crate::report::{patch_status, Written};
 use crate::scheduling::Schedule;
 use crate::scheduling::{created_at, parse_time, tick, Tick};
 use crate::status::set_condition;
@@ -392,7 +393,7 @@ async fn write_status(
         return Ok(true);
     }
     let ns = bs.namespace().unwrap_or_default();
-    let mut patch = json!({"status": {
+    let mut fields = json!({
         "lastScheduleTime": st.last_schedule_time,
         "lastSkippedTime": st.last_skipped_time,
         "lastSuccessfulTime": st.last_successful_time,
@@ -401,23 +402,13 @@ async fn write_status(
         "active": st.active,
         "creating": st.creating,
         "conditions": st.conditions,
-    }});
+    });
     if st.last_retention != old.last_retention {
-        patch["status"]["lastRetention"] = json!(st.last_retention);
+        fields["lastRetention"] = json!(st.last_retention);
     }
-    if at_version {
-        patch["metadata"] = json!({"resourceVersion": bs.resource_version()});
-    }
-    match Api::<BackupSchedule>::namespaced(ctx.client.clone(), &ns)
-        .patch_status(
-            &bs.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(patch),
-        )
-        .await
-    {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+    let version = at_version.then(|| bs.resource_version()).flatten();
+    match patch_status::<BackupSchedule>(&ctx.client, &ns, &bs.name_any(), fields, version).await {
+        Ok(w) => Ok(w == Written::Applied),
         Err(e) => Err(kube_err(format!(
             "writing the status of schedule {ns}/{}",
             bs.name_any()

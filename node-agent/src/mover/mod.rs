@@ -17,7 +17,6 @@ use coffer_engine::backup::{BackupOptions, BackupProgress, ParentChoice};
 use coffer_engine::forget::OriginFilter;
 use coffer_engine::format::snapshot::KubernetesOrigin;
 use coffer_engine::{CancelToken, Repository};
-use kube::api::{Api, Patch, PatchParams};
 use kube::Client;
 
 use crate::crd::{
@@ -224,18 +223,19 @@ pub async fn forget(
     if let Some(e) = &result.error {
         tracing::error!(namespace = job.namespace, schedule = job.schedule, "{e}");
     }
-    let written = Api::<BackupSchedule>::namespaced(client, &job.namespace)
-        .patch_status(
-            &job.schedule,
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"status": {"lastRetention": result}})),
-        )
-        .await;
-    if let Err(e) = written {
+    let written = crate::report::patch_status::<BackupSchedule>(
+        &client,
+        &job.namespace,
+        &job.schedule,
+        serde_json::json!({ "lastRetention": result }),
+        None,
+    )
+    .await;
+    if written.as_ref().ok() != Some(&crate::report::Written::Applied) {
         tracing::error!(
             namespace = job.namespace,
             schedule = job.schedule,
-            "cannot write the result: {e}"
+            "cannot write the result: {written:?}"
         );
         return false;
     }
@@ -259,21 +259,23 @@ impl MaintenanceJob {
     /// Writes `field` of the BackupRepository's status; returns whether it
     /// was written.
     async fn write(&self, client: Client, field: &str, value: serde_json::Value) -> bool {
-        let written = Api::<BackupRepository>::namespaced(client, &self.namespace)
-            .patch_status(
-                &self.repository,
-                &PatchParams::default(),
-                &Patch::Merge(serde_json::json!({ "status": { field: value } })),
-            )
-            .await;
-        if let Err(e) = &written {
+        let written = crate::report::patch_status::<BackupRepository>(
+            &client,
+            &self.namespace,
+            &self.repository,
+            serde_json::json!({ field: value }),
+            None,
+        )
+        .await;
+        let ok = written.as_ref().ok() == Some(&crate::report::Written::Applied);
+        if !ok {
             tracing::error!(
                 namespace = self.namespace,
                 repository = self.repository,
-                "cannot write {field}: {e}"
+                "cannot write {field}: {written:?}"
             );
         }
-        written.is_ok()
+        ok
     }
 }
 

@@ -853,3 +853,43 @@ async fn a_missed_annotation_schedule_fires_once_after_the_agent_was_away() {
     want.sort();
     assert_eq!(scheduled, want, "{all:#?}");
 }
+
+/// The one status writer tells a write that landed from one that lost to a
+/// newer version and from one whose object is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_write_is_applied_refused_as_stale_or_told_gone() {
+    use coffer_node_agent::report::{patch_status, Written};
+    let mut env = Env::new().await;
+    let ns = env.namespace("status").await;
+    let vb: VolumeBackup = env
+        .create(
+            &ns,
+            json!({"metadata": {"name": "b", "namespace": ns}, "spec": {"pod": "p", "volume": "v"}}),
+        )
+        .await;
+    let stale = vb.resource_version();
+    let write = |fields: serde_json::Value, at: Option<String>| {
+        let client = env.client.clone();
+        let ns = ns.clone();
+        async move { patch_status::<VolumeBackup>(&client, &ns, "b", fields, at).await }
+    };
+    assert_eq!(
+        write(json!({"message": "one"}), stale.clone())
+            .await
+            .unwrap(),
+        Written::Applied
+    );
+    assert_eq!(
+        write(json!({"message": "two"}), stale).await.unwrap(),
+        Written::Conflict
+    );
+    let api: Api<VolumeBackup> = Api::namespaced(env.client.clone(), &ns);
+    let now = api.get("b").await.unwrap();
+    assert_eq!(now.status.unwrap().message.as_deref(), Some("one"));
+    api.delete("b", &Default::default()).await.unwrap();
+    env.wait_gone::<VolumeBackup>(&ns, "b").await;
+    assert_eq!(
+        write(json!({"message": "three"}), None).await.unwrap(),
+        Written::Gone
+    );
+}

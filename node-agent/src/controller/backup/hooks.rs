@@ -1,7 +1,7 @@
 //! The pre- and post-hooks around a run's (or a group's) snapshots.
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams};
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -12,6 +12,7 @@ use crate::api::{kube_err, Error};
 use crate::controller::backup::run::fresh_status;
 use crate::controller::context::Ctx;
 use crate::hooks::HookStage;
+use crate::report::{patch_status, Written};
 
 /// Whether pods may be frozen and not thawed: a pre-hook ran (one that
 /// failed or timed out may have frozen all the same) and no post-hook has.
@@ -112,17 +113,19 @@ pub(crate) async fn snapshot_hooks(
         // the controller alone writes `hooks`.
         hooks.extend(recorded);
         for r in runs {
-            Api::<VolumeBackup>::namespaced(ctx.client.clone(), &ns)
-                .patch_status(
-                    &r.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"status": {"hooks": hooks}})),
-                )
-                .await
-                .map_err(kube_err(format!(
-                    "recording the hooks of VolumeBackup {ns}/{}",
-                    r.name_any()
-                )))?;
+            let what = format!("recording the hooks of VolumeBackup {ns}/{}", r.name_any());
+            let written = patch_status::<VolumeBackup>(
+                &ctx.client,
+                &ns,
+                &r.name_any(),
+                json!({ "hooks": hooks }),
+                None,
+            )
+            .await
+            .map_err(kube_err(what.clone()))?;
+            if written == Written::Gone {
+                return Err(Error::Invalid(format!("{what}: it is gone")));
+            }
         }
     }
     Ok(match failed {
