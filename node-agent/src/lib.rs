@@ -28,6 +28,7 @@ pub mod names;
 pub mod node;
 pub mod pods;
 pub mod policy;
+pub mod reconcile;
 pub mod report;
 pub mod repos;
 pub mod restore_target;

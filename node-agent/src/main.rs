@@ -359,9 +359,8 @@ async fn run_node(a: NodeArgs) -> anyhow::Result<()> {
         policy: a.policy,
         repository_idle: a.repository_idle,
     };
-    let agent = node::Agent::new(client, opts, m);
     tokio::select! {
-        r = agent.run() => r,
+        r = node::run(client, opts, m) => r,
         _ = shutdown() => {
             tracing::info!("stopping");
             Ok(())

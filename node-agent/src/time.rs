@@ -18,6 +18,13 @@ pub fn created_at<K: Resource>(obj: &K, now: DateTime<Utc>) -> DateTime<Utc> {
         .unwrap_or(now)
 }
 
+/// How long ago `obj` was created (zero when the server did not say).
+pub fn age<K: Resource>(obj: &K, now: DateTime<Utc>) -> Duration {
+    (now - created_at(obj, now))
+        .to_std()
+        .unwrap_or(Duration::ZERO)
+}
+
 /// The time left of `limit` since `since` (all of it when unknown).
 pub fn remaining(
     since: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,

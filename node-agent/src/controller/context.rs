@@ -5,15 +5,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::runtime::controller::Action;
-use kube::{Client, Resource, ResourceExt};
+use kube::Client;
 
-use crate::lenient::Lenient;
 use crate::metrics::Metrics;
 
-use crate::api::Error;
 use crate::controller::csi::GroupApiCache;
-use crate::run::RunObject;
 
 /// The controller's settings.
 #[derive(Clone, Debug)]
@@ -69,61 +65,4 @@ pub(crate) struct Ctx {
     pub(crate) group_api: GroupApiCache,
     /// The BackupSchedules' gauges.
     pub(crate) schedule_gauges: crate::metrics::ScheduleGauges,
-}
-
-/// A reconcile's error is logged where it happens (the error policy); the
-/// stream's copy is for debugging.
-pub(crate) async fn log_error<T, E: std::fmt::Display>(r: Result<T, E>) {
-    if let Err(e) = r {
-        tracing::debug!("reconcile: {e}");
-    }
-}
-
-/// A reconciler over the objects that parse: one that does not is logged
-/// (by [`Lenient::object`]) and left until it changes.
-pub(crate) fn parsed<K, F, Fut>(
-    reconcile: F,
-) -> impl FnMut(Arc<Lenient<K>>, Arc<Ctx>) -> futures::future::BoxFuture<'static, Result<Action, Error>>
-where
-    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
-    F: Fn(Arc<K>, Arc<Ctx>) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = Result<Action, Error>> + Send + 'static,
-{
-    move |obj, ctx| {
-        let reconcile = reconcile.clone();
-        Box::pin(async move {
-            match obj.object() {
-                Some(k) => reconcile(Arc::new(k.clone()), ctx).await,
-                None => Ok(Action::await_change()),
-            }
-        })
-    }
-}
-
-/// `policy` for objects that parse (others are never reconciled).
-pub(crate) fn parsed_policy<K: Resource<DynamicType = ()> + Clone>(
-    policy: fn(Arc<K>, &Error, Arc<Ctx>) -> Action,
-) -> impl Fn(Arc<Lenient<K>>, &Error, Arc<Ctx>) -> Action {
-    move |obj, e, ctx| match &obj.parsed {
-        Ok(k) => policy(Arc::new(k.clone()), e, ctx),
-        Err(_) => Action::await_change(),
-    }
-}
-
-pub(crate) fn error_policy<K: RunObject>(run: Arc<K>, e: &Error, _: Arc<Ctx>) -> Action {
-    tracing::warn!(
-        namespace = run.namespace().unwrap_or_default(),
-        run = run.name_any(),
-        "{e}; trying again"
-    );
-    Action::requeue(Duration::from_secs(5))
-}
-
-pub(crate) fn object_error_policy<K: Resource>(obj: Arc<K>, e: &Error, _: Arc<Ctx>) -> Action {
-    tracing::warn!(
-        namespace = obj.namespace().unwrap_or_default(),
-        name = obj.name_any(),
-        "{e}; trying again"
-    );
-    Action::requeue(Duration::from_secs(5))
 }

@@ -45,11 +45,10 @@ use crate::crd::{BackupRepository, BackupSchedule, VolumeBackup, VolumeRestore};
 use crate::lenient::Lenient;
 use crate::metrics::Metrics;
 
-use crate::controller::context::{
-    error_policy, log_error, object_error_policy, parsed, parsed_policy, Ctx,
-};
+use crate::controller::context::Ctx;
 use crate::controller::csi::VolumeSnapshot;
 use crate::names::RUN_LABEL;
+use crate::reconcile::{error_policy, log_error, object_error_policy, parsed, parsed_policy};
 
 /// Leads (or waits to lead), then reconciles until leadership is lost or a
 /// watch ends. Losing the Lease ends the process's work: the caller exits

@@ -5,18 +5,20 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use coffer_engine::CancelToken;
 use k8s_openapi::api::core::v1::Pod;
-use kube::Client;
-use tokio::sync::{Notify, Semaphore};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, ResourceExt};
+use tokio::sync::Semaphore;
 
-use crate::crd::RunStatus;
+use crate::crd::{BackupMethod, RunStatus, VolumeBackup, VolumeRestore};
+use crate::lenient::Lenient;
 use crate::metrics::Metrics;
+use crate::node::annotations;
 use crate::node::plan::NodeConfig;
 use crate::repos::Repos;
 use crate::run::RunObject;
-use crate::scheduling::Schedule;
 use crate::status::Outcome;
 
 /// The node agent's settings.
@@ -60,13 +62,6 @@ pub(crate) struct RunHandle {
     pub(crate) pod: (String, String),
 }
 
-/// A scheduled volume: (namespace, pod, uid, volume) and when it next fires.
-pub(crate) struct Scheduled {
-    pub(crate) schedule: Schedule,
-    pub(crate) text: String,
-    pub(crate) next: chrono::DateTime<Utc>,
-}
-
 /// The node agent.
 pub struct Agent {
     pub(crate) client: Client,
@@ -75,36 +70,52 @@ pub struct Agent {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) reporter: crate::report::Reporter,
     pub(crate) permits: Arc<Semaphore>,
+    /// The runs this agent is running: tracked tasks, each stoppable.
     pub(crate) runs: Mutex<HashMap<RunKey, RunHandle>>,
-    /// Pods on this node, by (namespace, name).
-    pub(crate) pods: Mutex<HashMap<(String, String), Pod>>,
-    pub(crate) schedules: Mutex<HashMap<(String, String, String, String), Scheduled>>,
-    pub(crate) schedules_changed: Notify,
-    pub(crate) recheck_tx: tokio::sync::mpsc::UnboundedSender<RunKey>,
-    pub(crate) recheck_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<RunKey>>>,
-    /// New runs whose pod is not scheduled (or does not exist) yet, by
-    /// (namespace, pod): (kind, name).
-    pub(crate) waiting: Mutex<HashMap<PodKey, Vec<RunKey>>>,
+    /// The pods of this node (the pod controller's cache).
+    pub(crate) pods: Store<Pod>,
+    /// Every VolumeBackup (the backup controller's cache): where annotation
+    /// schedules read when they last fired.
+    pub(crate) backups: Store<Lenient<VolumeBackup>>,
+    /// True once `backups` holds the first listing.
+    pub(crate) backups_listed: tokio::sync::watch::Receiver<bool>,
+    /// The last time each annotation schedule fired here, by (pod uid,
+    /// volume): a floor under what the VolumeBackups say, so that a
+    /// scheduled run deleted by hand is not made again.
+    pub(crate) fired: Mutex<HashMap<(String, String), DateTime<Utc>>>,
 }
-
-/// (namespace, pod name)
-pub(crate) type PodKey = (String, String);
 
 /// The kinds of run a node agent carries, each with its key.
 pub(crate) trait NodeRun: RunObject + Send + Sync + 'static {
     /// The key of the run `name` in `ns`.
     fn key(ns: String, name: String) -> RunKey;
+    /// The pod it names, if any.
+    fn target_pod(&self) -> Option<&str>;
+    /// The run, for dispatch.
+    fn into_run(self) -> RunKind;
 }
 
-impl NodeRun for crate::crd::VolumeBackup {
+impl NodeRun for VolumeBackup {
     fn key(ns: String, name: String) -> RunKey {
         RunKey::Backup(ns, name)
     }
+    fn target_pod(&self) -> Option<&str> {
+        self.spec.pod.as_deref()
+    }
+    fn into_run(self) -> RunKind {
+        RunKind::Backup(Box::new(self))
+    }
 }
 
-impl NodeRun for crate::crd::VolumeRestore {
+impl NodeRun for VolumeRestore {
     fn key(ns: String, name: String) -> RunKey {
         RunKey::Restore(ns, name)
+    }
+    fn target_pod(&self) -> Option<&str> {
+        self.spec.pod.as_deref()
+    }
+    fn into_run(self) -> RunKind {
+        RunKind::Restore(Box::new(self))
     }
 }
 
@@ -114,14 +125,20 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Agent /* new */ {
     /// An agent for this node.
-    pub fn new(client: Client, opts: Options, metrics: Arc<Metrics>) -> Arc<Agent> {
+    pub(crate) fn new(
+        client: Client,
+        opts: Options,
+        metrics: Arc<Metrics>,
+        pods: Store<Pod>,
+        backups: Store<Lenient<VolumeBackup>>,
+        backups_listed: tokio::sync::watch::Receiver<bool>,
+    ) -> Arc<Agent> {
         let reporter = crate::report::Reporter::new(
             client.clone(),
             "coffer-agent",
             opts.node.node.clone(),
             metrics.clone(),
         );
-        let (recheck_tx, recheck_rx) = tokio::sync::mpsc::unbounded_channel();
         Arc::new(Agent {
             client,
             permits: Arc::new(Semaphore::new(opts.max_concurrent.max(1))),
@@ -130,12 +147,10 @@ impl Agent /* new */ {
             metrics,
             reporter,
             runs: Mutex::new(HashMap::new()),
-            pods: Mutex::new(HashMap::new()),
-            schedules: Mutex::new(HashMap::new()),
-            schedules_changed: Notify::new(),
-            recheck_tx,
-            recheck_rx: Mutex::new(Some(recheck_rx)),
-            waiting: Mutex::new(HashMap::new()),
+            pods,
+            backups,
+            backups_listed,
+            fired: Mutex::new(HashMap::new()),
         })
     }
 }
@@ -150,9 +165,9 @@ impl Agent /* pod_here */ {
     // ---- runs ----
 
     pub(crate) fn pod_here(&self, ns: &str, name: &str) -> Option<Pod> {
-        lock(&self.pods)
-            .get(&(ns.to_string(), name.to_string()))
-            .cloned()
+        self.pods
+            .get(&ObjectRef::new(name).within(ns))
+            .map(|p| (*p).clone())
     }
 }
 
@@ -178,5 +193,64 @@ pub(crate) fn stopped(reason: &Arc<Mutex<Option<StopReason>>>) -> Outcome {
     match lock(reason).clone() {
         Some(StopReason::PodGone(m)) => Outcome::Failed(m),
         _ => Outcome::Canceled,
+    }
+}
+
+/// A run of either kind, for dispatch.
+pub(crate) enum RunKind {
+    Backup(Box<VolumeBackup>),
+    Restore(Box<VolumeRestore>),
+}
+
+impl RunKind {
+    /// The pod and volume this node agent would read or write; `None` for
+    /// the controller's runs (method Snapshot, restores into a new PVC) and
+    /// for runs that name no pod.
+    pub(crate) fn pod_volume(&self) -> Option<(&str, &str)> {
+        match self {
+            RunKind::Backup(vb) if vb.spec.method == BackupMethod::Filesystem => {
+                vb.spec.pod_volume()
+            }
+            RunKind::Backup(vb) if vb.spec.method == BackupMethod::Command => {
+                Some((vb.spec.pod.as_deref()?, annotations::DUMP_VOLUME))
+            }
+            RunKind::Backup(_) => None,
+            RunKind::Restore(vr) if vr.spec.target.is_none() => vr.spec.pod_volume(),
+            RunKind::Restore(_) => None,
+        }
+    }
+
+    /// The pod ([`Agent::on_run`] takes only runs that name one).
+    pub(crate) fn pod(&self) -> &str {
+        self.pod_volume().unwrap_or_default().0
+    }
+
+    pub(crate) fn namespace(&self) -> String {
+        match self {
+            RunKind::Backup(vb) => vb.namespace(),
+            RunKind::Restore(vr) => vr.namespace(),
+        }
+        .unwrap_or_default()
+    }
+
+    pub(crate) fn key(&self) -> RunKey {
+        match self {
+            RunKind::Backup(vb) => RunKey::Backup(self.namespace(), vb.name_any()),
+            RunKind::Restore(vr) => RunKey::Restore(self.namespace(), vr.name_any()),
+        }
+    }
+
+    pub(crate) fn status(&self) -> Option<&RunStatus> {
+        match self {
+            RunKind::Backup(vb) => vb.status.as_ref(),
+            RunKind::Restore(vr) => vr.status.as_ref(),
+        }
+    }
+
+    pub(crate) fn cancel(&self) -> bool {
+        match self {
+            RunKind::Backup(vb) => vb.spec.cancel,
+            RunKind::Restore(vr) => vr.spec.cancel,
+        }
     }
 }

@@ -6,73 +6,18 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use coffer_engine::CancelToken;
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
+use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::runtime::watcher::{self, Event};
-use kube::runtime::WatchStreamExt;
 use kube::{Resource, ResourceExt};
 
-use crate::crd::{BackupMethod, Phase, RunStatus, VolumeBackup, VolumeRestore};
-use crate::lenient::Lenient;
+use crate::crd::{Phase, RunStatus, VolumeBackup, VolumeRestore};
 use crate::metrics::VolumeLabels;
-use crate::node::annotations;
 use crate::node::backup::{pod_of, volume_of};
-use crate::node::context::{lock, Agent, NodeRun, RunHandle, RunKey, StopReason};
+use crate::node::context::{lock, Agent, NodeRun, RunHandle, RunKey, RunKind, StopReason};
 use crate::node::decide::{decide, Decision};
 use crate::status::{self, Outcome};
-
-impl Agent /* watch_backups */ {
-    pub(crate) async fn watch_backups(self: Arc<Self>) {
-        self.watch_runs(|vb: VolumeBackup| RunKind::Backup(Box::new(vb)))
-            .await
-    }
-}
-
-impl Agent /* watch_restores */ {
-    pub(crate) async fn watch_restores(self: Arc<Self>) {
-        self.watch_runs(|vr: VolumeRestore| RunKind::Restore(Box::new(vr)))
-            .await
-    }
-}
-
-impl Agent /* watch_runs */ {
-    /// Watches one kind of run in every namespace: a new or changed run is
-    /// decided on ([`Agent::on_run`]), a deleted one is stopped.
-    pub(crate) async fn watch_runs<K>(self: Arc<Self>, wrap: impl Fn(K) -> RunKind)
-    where
-        K: Resource<DynamicType = ()>
-            + Clone
-            + serde::de::DeserializeOwned
-            + std::fmt::Debug
-            + Send
-            + 'static,
-    {
-        // Lenient: one run that does not parse, in any namespace, is
-        // logged and skipped, never the whole list.
-        let api: Api<Lenient<K>> = Api::all(self.client.clone());
-        let mut stream = watcher::watcher(api, watcher::Config::default())
-            .default_backoff()
-            .boxed();
-        while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(Event::Apply(o)) | Ok(Event::InitApply(o)) => {
-                    if let Some(run) = o.object() {
-                        self.on_run(wrap(run.clone())).await
-                    }
-                }
-                Ok(Event::Delete(o)) => {
-                    if let Ok(run) = o.parsed {
-                        self.stop(&wrap(run).key(), StopReason::Canceled)
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!("{} watch: {e}; retrying", K::kind(&())),
-            }
-        }
-    }
-}
 
 impl Agent /* stop */ {
     pub(crate) fn stop(&self, key: &RunKey, reason: StopReason) {
@@ -83,146 +28,84 @@ impl Agent /* stop */ {
     }
 }
 
-impl Agent /* start_waiting_runs */ {
-    /// Runs that waited for this pod: started now that it is on this node.
-    pub(crate) async fn start_waiting_runs(self: &Arc<Self>, ns: &str, pod: &str) {
-        let waiting = lock(&self.waiting).remove(&(ns.to_string(), pod.to_string()));
-        for run in waiting.unwrap_or_default() {
-            let _ = self.recheck_tx.send(run);
-        }
-    }
-}
-
 impl Agent /* pod_node */ {
-    /// The node of a run's pod (this node when the pod is here). A pod that
-    /// does not exist gets `--pod-wait` from the run's creation to appear;
-    /// then the run fails (whichever agent writes first; the others see a
-    /// conflict). Until then the run is looked at again when the wait ends.
+    /// The node of a run's pod (this node when the pod is here), or when
+    /// to look at the run again. A pod that is not scheduled yet wakes the
+    /// run when it comes to this node (the run controller watches the
+    /// node's pods). A pod that does not exist gets `--pod-wait` from the
+    /// run's creation to appear; then the run fails (whichever agent writes
+    /// first; the others see a conflict).
     pub(crate) async fn pod_node<K>(
         self: &Arc<Self>,
         ns: &str,
         pod: &str,
         obj: &K,
-    ) -> Option<String>
+    ) -> Result<String, Action>
     where
         K: NodeRun,
     {
         if self.pod_here(ns, pod).is_some() {
-            return Some(self.me().to_string());
+            return Ok(self.me().to_string());
         }
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
-        let remember = || {
-            // Looked at again when the pod shows up on this node.
-            let mut w = lock(&self.waiting);
-            let runs = w.entry((ns.to_string(), pod.to_string())).or_default();
-            let run = K::key(ns.to_string(), obj.meta().name.clone().unwrap_or_default());
-            if !runs.contains(&run) {
-                runs.push(run);
-            }
-        };
         match pods.get_opt(pod).await {
-            Ok(Some(p)) => {
-                let node = p.spec.and_then(|s| s.node_name);
-                if node.is_none() {
-                    remember();
-                }
-                node
-            }
+            Ok(Some(p)) => p
+                .spec
+                .and_then(|s| s.node_name)
+                .ok_or_else(Action::await_change),
             Ok(None) => {
-                remember();
-                let created = obj
-                    .meta()
-                    .creation_timestamp
-                    .as_ref()
-                    .map(|t| t.0.as_second())
-                    .unwrap_or_else(|| Utc::now().timestamp());
-                let age = Duration::from_secs((Utc::now().timestamp() - created).max(0) as u64);
+                let age = crate::time::age(obj, Utc::now());
                 let name = obj.meta().name.clone().unwrap_or_default();
-                if age >= self.opts.pod_wait {
-                    let kind = K::kind(&());
-                    let s = status::finished(
-                        RunStatus::default(),
-                        Outcome::Failed(format!(
-                            "pod {ns}/{pod} not found (waited {}s); create the {kind} for an existing pod",
-                            self.opts.pod_wait.as_secs()
-                        )),
-                    );
-                    self.write_status::<K>(ns, &name, &s, obj.meta().resource_version.clone())
-                        .await;
-                } else {
-                    let tx = self.recheck_tx.clone();
-                    let item = K::key(ns.to_string(), name);
-                    let wait = self.opts.pod_wait - age;
-                    tokio::spawn(async move {
-                        tokio::time::sleep(wait).await;
-                        let _ = tx.send(item);
-                    });
+                if age < self.opts.pod_wait {
+                    return Err(Action::requeue(self.opts.pod_wait - age));
                 }
-                None
+                let kind = K::kind(&());
+                let s = status::finished(
+                    RunStatus::default(),
+                    Outcome::Failed(format!(
+                        "pod {ns}/{pod} not found (waited {}s); create the {kind} for an existing pod",
+                        self.opts.pod_wait.as_secs()
+                    )),
+                );
+                self.write_status::<K>(ns, &name, &s, obj.meta().resource_version.clone())
+                    .await;
+                Err(Action::await_change())
             }
             Err(e) => {
-                tracing::warn!(namespace = ns, pod, "cannot read the pod: {e}");
-                None
+                tracing::warn!(
+                    namespace = ns,
+                    pod,
+                    "cannot read the pod: {e}; trying again"
+                );
+                Err(Action::requeue(Duration::from_secs(5)))
             }
         }
-    }
-}
-
-impl Agent /* rechecks */ {
-    /// Looks at runs again after a wait for their pod.
-    pub(crate) async fn rechecks(
-        self: Arc<Self>,
-        mut rx: tokio::sync::mpsc::UnboundedReceiver<RunKey>,
-    ) {
-        while let Some(run) = rx.recv().await {
-            match run {
-                RunKey::Backup(ns, name) => {
-                    let api: Api<VolumeBackup> = Api::namespaced(self.client.clone(), &ns);
-                    if let Ok(Some(vb)) = api.get_opt(&name).await {
-                        self.on_backup(vb).await;
-                    }
-                }
-                RunKey::Restore(ns, name) => {
-                    let api: Api<VolumeRestore> = Api::namespaced(self.client.clone(), &ns);
-                    if let Ok(Some(vr)) = api.get_opt(&name).await {
-                        self.on_restore(vr).await;
-                    }
-                }
-            }
-        }
-    }
-}
-
-impl Agent /* on_backup */ {
-    pub(crate) async fn on_backup(self: &Arc<Self>, vb: VolumeBackup) {
-        self.on_run(RunKind::Backup(Box::new(vb))).await
-    }
-}
-
-impl Agent /* on_restore */ {
-    pub(crate) async fn on_restore(self: &Arc<Self>, vr: VolumeRestore) {
-        self.on_run(RunKind::Restore(Box::new(vr))).await
     }
 }
 
 impl Agent /* on_run */ {
-    /// What this agent does with a run it sees ([`status::decide`]).
-    pub(crate) async fn on_run(self: &Arc<Self>, run: RunKind) {
+    /// What this agent does with a run it sees ([`decide`]), and when to
+    /// look at it again.
+    pub(crate) async fn on_run(self: &Arc<Self>, run: RunKind) -> Action {
         if run.pod_volume().is_none() {
             // The controller's (and it reports what is missing).
-            return;
+            return Action::await_change();
         }
         let (ns, key) = (run.namespace(), run.key());
         let running = lock(&self.runs).contains_key(&key);
         let status = run.status();
         if status.is_some_and(|s| s.phase.is_final()) {
-            return;
+            return Action::await_change();
         }
         let needs_pod = !running && status.is_none_or(|s| s.phase == Phase::New);
-        let pod_node = match (&run, needs_pod) {
-            (_, false) => None,
+        let found = match (&run, needs_pod) {
+            (_, false) => Err(Action::await_change()),
             (RunKind::Backup(vb), true) => self.pod_node(&ns, run.pod(), vb.as_ref()).await,
             (RunKind::Restore(vr), true) => self.pod_node(&ns, run.pod(), vr.as_ref()).await,
+        };
+        let (pod_node, then) = match found {
+            Ok(node) => (Some(node), Action::await_change()),
+            Err(then) => (None, then),
         };
         let previous = status.cloned().unwrap_or_default();
         match decide(
@@ -251,6 +134,7 @@ impl Agent /* on_run */ {
             }
             Decision::Start | Decision::Resume => self.claim_and_spawn(run).await,
         }
+        then
     }
 }
 
@@ -408,64 +292,6 @@ impl Agent /* finish_backup */ {
             self.reporter
                 .event_on_ref(&pod.object_ref(&()), etype, reason, "Backup", note)
                 .await;
-        }
-    }
-}
-
-pub(crate) enum RunKind {
-    Backup(Box<VolumeBackup>),
-    Restore(Box<VolumeRestore>),
-}
-
-impl RunKind {
-    /// The pod and volume this node agent would read or write; `None` for
-    /// the controller's runs (method Snapshot, restores into a new PVC) and
-    /// for runs that name no pod.
-    pub(crate) fn pod_volume(&self) -> Option<(&str, &str)> {
-        match self {
-            RunKind::Backup(vb) if vb.spec.method == BackupMethod::Filesystem => {
-                vb.spec.pod_volume()
-            }
-            RunKind::Backup(vb) if vb.spec.method == BackupMethod::Command => {
-                Some((vb.spec.pod.as_deref()?, annotations::DUMP_VOLUME))
-            }
-            RunKind::Backup(_) => None,
-            RunKind::Restore(vr) if vr.spec.target.is_none() => vr.spec.pod_volume(),
-            RunKind::Restore(_) => None,
-        }
-    }
-
-    /// The pod ([`Agent::on_run`] takes only runs that name one).
-    pub(crate) fn pod(&self) -> &str {
-        self.pod_volume().unwrap_or_default().0
-    }
-
-    pub(crate) fn namespace(&self) -> String {
-        match self {
-            RunKind::Backup(vb) => vb.namespace(),
-            RunKind::Restore(vr) => vr.namespace(),
-        }
-        .unwrap_or_default()
-    }
-
-    pub(crate) fn key(&self) -> RunKey {
-        match self {
-            RunKind::Backup(vb) => RunKey::Backup(self.namespace(), vb.name_any()),
-            RunKind::Restore(vr) => RunKey::Restore(self.namespace(), vr.name_any()),
-        }
-    }
-
-    pub(crate) fn status(&self) -> Option<&RunStatus> {
-        match self {
-            RunKind::Backup(vb) => vb.status.as_ref(),
-            RunKind::Restore(vr) => vr.status.as_ref(),
-        }
-    }
-
-    pub(crate) fn cancel(&self) -> bool {
-        match self {
-            RunKind::Backup(vb) => vb.spec.cancel,
-            RunKind::Restore(vr) => vr.spec.cancel,
         }
     }
 }

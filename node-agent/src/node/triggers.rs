@@ -8,6 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ObjectMeta, PostParams};
+use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 
@@ -17,11 +18,13 @@ use crate::names::{
     label_value, object_name, POD_LABEL, SCHEDULED_AT, TRIGGER_LABEL, VOLUME_LABEL,
 };
 use crate::node::annotations;
-use crate::node::context::{lock, Agent, Scheduled};
+use crate::node::context::{lock, Agent};
 use crate::scheduling::{latest_due, Schedule};
 
 impl Agent /* annotations */ {
-    pub(crate) async fn annotations(self: &Arc<Self>, pod: &Pod) {
+    /// Carries out what a pod's annotations ask for now, and says when to
+    /// look at the pod again (its next scheduled time).
+    pub(crate) async fn annotations(self: &Arc<Self>, pod: &Pod) -> Action {
         let ns = pod.namespace().unwrap_or_default();
         let name = pod.name_any();
         let uid = pod.metadata.uid.clone().unwrap_or_default();
@@ -35,10 +38,7 @@ impl Agent /* annotations */ {
         let identity = |v: &str| format!("{ns}/{owner}/{v}");
         let req = match annotations::parse(pod.annotations(), &volumes, identity) {
             Ok(Some(r)) => r,
-            Ok(None) => {
-                lock(&self.schedules).retain(|k, _| !(k.0 == ns && k.1 == name));
-                return;
-            }
+            Ok(None) => return Action::await_change(),
             Err(e) => {
                 tracing::warn!(namespace = ns, pod = name, "{e}");
                 self.reporter
@@ -50,71 +50,106 @@ impl Agent /* annotations */ {
                         e.to_string(),
                     )
                     .await;
-                return;
+                return Action::await_change();
             }
         };
-        // Schedules: one entry per volume; a changed text starts over. A new
-        // entry starts from the last time that fired for that volume, read
-        // from its VolumeBackups, so that a time missed while no agent ran
-        // fires once (from the pod's creation when none fired yet).
-        let mut new = Vec::new();
-        {
-            let mut sch = lock(&self.schedules);
-            sch.retain(|k, _| {
-                !(k.0 == ns && k.1 == name && (k.2 != uid || !req.volumes.contains(&k.3)))
-            });
-            for v in &req.volumes {
-                let key = (ns.clone(), name.clone(), uid.clone(), v.clone());
-                match &req.schedule {
-                    None => {
-                        sch.remove(&key);
-                    }
-                    Some(text) => {
-                        if sch.get(&key).is_some_and(|s| &s.text == text) {
-                            continue;
-                        }
-                        if let Ok(s) = Schedule::parse(text, &identity(v)) {
-                            new.push((key, s, text.clone()));
-                        }
-                    }
-                }
-            }
-        }
-        let created = crate::time::created_at(pod, Utc::now());
-        for (key, schedule, text) in new {
-            let last = match self.last_fired(&ns, &name, &key.3).await {
-                Ok(last) => last,
-                Err(e) => {
-                    // Looked at again on the pod's next change.
-                    tracing::warn!(
-                        namespace = ns,
-                        pod = name,
-                        volume = key.3,
-                        "cannot list the volume's scheduled VolumeBackups: {e}"
-                    );
-                    continue;
-                }
-            };
-            let Some(next) = schedule.next_after(last.unwrap_or(created)) else {
-                continue;
-            };
-            tracing::info!(namespace = ns, pod = name, volume = key.3, next = %next, "scheduled");
-            lock(&self.schedules).insert(
-                key,
-                Scheduled {
-                    schedule,
-                    text,
-                    next,
-                },
-            );
-        }
-        self.schedules_changed.notify_one();
         if let Some(now_value) = &req.backup_now {
             let suffix = crate::names::short_hash(&format!("{uid}/{now_value}"));
             self.create_backups(pod, &req, "backup-now", &suffix, None)
                 .await;
         }
+        let Some(text) = &req.schedule else {
+            return Action::await_change();
+        };
+        // Each volume's schedule goes on from the last time it fired, read
+        // from its VolumeBackups (so a time missed while no agent ran fires
+        // once), or from the pod's creation.
+        if self
+            .backups_listed
+            .clone()
+            .wait_for(|listed| *listed)
+            .await
+            .is_err()
+        {
+            return Action::requeue(RECHECK);
+        }
+        let now = Utc::now();
+        let scheduled: Vec<ScheduledVolume> = req
+            .volumes
+            .iter()
+            .filter_map(|v| {
+                Some(ScheduledVolume {
+                    volume: v.clone(),
+                    schedule: Schedule::parse(text, &identity(v)).ok()?,
+                    last: self.last_fired(&ns, &name, &uid, v),
+                })
+            })
+            .collect();
+        let plan = plan_schedules(&scheduled, crate::time::created_at(pod, now), now);
+        for (volume, at) in plan.due {
+            let mut one = req.clone();
+            one.volumes = vec![volume.clone()];
+            let suffix = at.format("%Y%m%d%H%M").to_string();
+            self.create_backups(pod, &one, "schedule", &suffix, Some(at))
+                .await;
+            lock(&self.fired).insert((uid.clone(), volume), at);
+        }
+        match plan.wake {
+            Some(t) => {
+                tracing::debug!(namespace = ns, pod = name, next = %t, "scheduled");
+                Action::requeue((t - Utc::now()).to_std().unwrap_or_default().min(RECHECK))
+            }
+            None => Action::await_change(),
+        }
     }
+}
+
+/// The longest a scheduled pod waits before it is looked at again (a clock
+/// that jumps is noticed within this).
+const RECHECK: Duration = Duration::from_secs(60);
+
+/// One volume of a pod with a schedule, and when it last fired.
+pub(crate) struct ScheduledVolume {
+    pub(crate) volume: String,
+    pub(crate) schedule: Schedule,
+    pub(crate) last: Option<DateTime<Utc>>,
+}
+
+/// What a pass over a pod's schedules does: the volumes due now, each at
+/// the latest time it missed (missed times fire once), and when the next
+/// one is due.
+#[derive(Debug, PartialEq)]
+pub(crate) struct SchedulePlan {
+    pub(crate) due: Vec<(String, DateTime<Utc>)>,
+    pub(crate) wake: Option<DateTime<Utc>>,
+}
+
+/// Plans a pass over a pod's schedules; a volume that never fired starts
+/// from the pod's creation.
+pub(crate) fn plan_schedules(
+    volumes: &[ScheduledVolume],
+    created: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> SchedulePlan {
+    let mut plan = SchedulePlan {
+        due: Vec::new(),
+        wake: None,
+    };
+    for v in volumes {
+        let Some(mut next) = v.schedule.next_after(v.last.unwrap_or(created)) else {
+            continue;
+        };
+        if next <= now {
+            let at = latest_due(&v.schedule, next, now);
+            plan.due.push((v.volume.clone(), at));
+            match v.schedule.next_after(at.max(now)) {
+                Some(n) => next = n,
+                None => continue,
+            }
+        }
+        plan.wake = Some(plan.wake.map_or(next, |w| w.min(next)));
+    }
+    plan
 }
 
 impl Agent /* create_backups */ {
@@ -216,24 +251,35 @@ impl Agent /* create_backups */ {
 }
 
 impl Agent /* last_fired */ {
-    /// The last time a schedule fired for volume `volume` of pod `pod`: from
-    /// its scheduled VolumeBackups.
-    pub(crate) async fn last_fired(
+    /// The last time a schedule fired for volume `volume` of pod `pod`
+    /// (uid `uid`): from its scheduled VolumeBackups, and no earlier than
+    /// this agent last fired it.
+    pub(crate) fn last_fired(
         &self,
         ns: &str,
         pod: &str,
+        uid: &str,
         volume: &str,
-    ) -> Result<Option<DateTime<Utc>>, kube::Error> {
-        let api: Api<VolumeBackup> = Api::namespaced(self.client.clone(), ns);
-        let selector = format!(
-            "{POD_LABEL}={},{VOLUME_LABEL}={},{TRIGGER_LABEL}=schedule",
-            label_value(pod),
-            label_value(volume)
-        );
-        let runs = api
-            .list(&kube::api::ListParams::default().labels(&selector))
-            .await?;
-        Ok(last_fired(&runs.items))
+    ) -> Option<DateTime<Utc>> {
+        let (pod_label, volume_label) = (label_value(pod), label_value(volume));
+        let runs: Vec<VolumeBackup> = self
+            .backups
+            .state()
+            .iter()
+            .filter(|o| o.metadata.namespace.as_deref() == Some(ns))
+            .filter_map(|o| o.parsed.as_ref().ok())
+            .filter(|vb| {
+                let l = vb.labels();
+                l.get(POD_LABEL) == Some(&pod_label)
+                    && l.get(VOLUME_LABEL) == Some(&volume_label)
+                    && l.get(TRIGGER_LABEL).map(String::as_str) == Some("schedule")
+            })
+            .cloned()
+            .collect();
+        let floor = lock(&self.fired)
+            .get(&(uid.to_string(), volume.to_string()))
+            .copied();
+        last_fired(&runs).max(floor)
     }
 }
 
@@ -263,59 +309,6 @@ pub(crate) fn last_fired(runs: &[VolumeBackup]) -> Option<DateTime<Utc>> {
                 .and_then(|t| DateTime::<Utc>::from_timestamp(t.0.as_second(), 0))
         })
         .max()
-}
-
-impl Agent /* scheduler */ {
-    pub(crate) async fn scheduler(self: Arc<Self>) {
-        loop {
-            let now = Utc::now();
-            let due: Vec<(String, String, String, chrono::DateTime<Utc>)> = {
-                let mut sch = lock(&self.schedules);
-                let mut due = Vec::new();
-                for (k, s) in sch.iter_mut() {
-                    if s.next <= now {
-                        // Missed times fire once, as the latest of them.
-                        let at = latest_due(&s.schedule, s.next, now);
-                        due.push((k.0.clone(), k.1.clone(), k.3.clone(), at));
-                        s.next = s
-                            .schedule
-                            .next_after(at.max(now))
-                            .unwrap_or(now + chrono::Duration::days(365));
-                    }
-                }
-                due
-            };
-            for (ns, pod_name, volume, at) in due {
-                let pod = lock(&self.pods)
-                    .get(&(ns.clone(), pod_name.clone()))
-                    .cloned();
-                let Some(pod) = pod else { continue };
-                let ids: Vec<String> = pod
-                    .spec
-                    .iter()
-                    .flat_map(|s| s.volumes.iter().flatten())
-                    .map(|v| v.name.clone())
-                    .collect();
-                if let Ok(Some(mut req)) =
-                    annotations::parse(pod.annotations(), &ids, |v| v.to_string())
-                {
-                    req.volumes.retain(|v| *v == volume);
-                    let suffix = at.format("%Y%m%d%H%M").to_string();
-                    self.create_backups(&pod, &req, "schedule", &suffix, Some(at))
-                        .await;
-                }
-            }
-            let next = lock(&self.schedules).values().map(|s| s.next).min();
-            let wait = next
-                .map(|n| (n - Utc::now()).to_std().unwrap_or(Duration::ZERO))
-                .unwrap_or(Duration::from_secs(3600))
-                .min(Duration::from_secs(60));
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = self.schedules_changed.notified() => {}
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -350,5 +343,47 @@ mod tests {
         assert_eq!(last_fired(&runs), Some(t("2026-02-01T00:00:00Z")));
         assert_eq!(last_fired(&runs[..1]), Some(t("2026-01-01T00:00:00Z")));
         assert_eq!(last_fired(&runs[2..]), Some(t("2025-12-01T00:00:00Z")));
+    }
+
+    #[test]
+    fn a_schedule_pass_fires_each_due_volume_once_at_its_latest_missed_time() {
+        let t = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        let hourly = |v: &str, last: Option<&str>| ScheduledVolume {
+            volume: v.to_string(),
+            schedule: Schedule::parse("0 * * * *", v).unwrap(),
+            last: last.map(t),
+        };
+        let created = t("2026-03-01T00:30:00Z");
+        let now = t("2026-03-01T05:10:00Z");
+        let plan = plan_schedules(
+            &[
+                // Never fired: from the pod's creation; four hours missed.
+                hourly("data", None),
+                // Fired at 05:00: not due again until 06:00.
+                hourly("logs", Some("2026-03-01T05:00:00Z")),
+                // Fired at 03:00: 04:00 and 05:00 missed, 05:00 fires.
+                hourly("wal", Some("2026-03-01T03:00:00Z")),
+            ],
+            created,
+            now,
+        );
+        assert_eq!(
+            plan,
+            SchedulePlan {
+                due: vec![
+                    ("data".into(), t("2026-03-01T05:00:00Z")),
+                    ("wal".into(), t("2026-03-01T05:00:00Z")),
+                ],
+                wake: Some(t("2026-03-01T06:00:00Z")),
+            }
+        );
+        // Nothing scheduled: nothing due, nothing to wake for.
+        assert_eq!(
+            plan_schedules(&[], created, now),
+            SchedulePlan {
+                due: vec![],
+                wake: None
+            }
+        );
     }
 }
