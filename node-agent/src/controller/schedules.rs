@@ -89,19 +89,55 @@ fn retention_pod_name(bs: &BackupSchedule) -> String {
     object_name(&["coffer-forget", &bs.name_any()])
 }
 
-/// Reconciles one schedule.
-pub(crate) async fn reconcile(bs: Arc<BackupSchedule>, ctx: Arc<Ctx>) -> Result<Action, Error> {
-    if bs.meta().deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
-    }
+/// What one pass over a schedule does, decided from what it observed (the
+/// schedule, its runs, the time) by [`plan_pass`]; [`reconcile`] carries
+/// it out.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Pass {
+    /// The status as the pass leaves it (retention and the runs' names,
+    /// which need the API, are filled in by the actions).
+    pub(crate) status: BackupScheduleStatus,
+    /// Retention due for the runs of this time (the time they were made
+    /// for), when it has not been applied yet.
+    pub(crate) retention: Option<String>,
+    /// What to start.
+    pub(crate) step: Step,
+}
+
+/// What a pass starts.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Step {
+    /// The schedule does not parse (the status says why): wait for a change.
+    Invalid,
+    /// A pass claimed time `at` and stopped before every run existed (a
+    /// crash, an API error): make the rest, after canceling `cancel`
+    /// (concurrencyPolicy Replace).
+    Resume { at: String, cancel: Vec<String> },
+    /// Make the runs of time `at` now, after canceling `cancel`; claimed at
+    /// the version read, so a pass on a stale copy fires nothing.
+    Fire { at: String, cancel: Vec<String> },
+    /// A time came while `running` still run (concurrencyPolicy Forbid).
+    Skip { running: Vec<String> },
+    /// Nothing to start until this long from now (never: `None`).
+    Wait(Option<Duration>),
+}
+
+/// Plans a pass over schedule `bs` whose VolumeBackups (labelled with its
+/// name) are `runs`, at `now`.
+pub(crate) fn plan_pass(
+    bs: &BackupSchedule,
+    runs: &[VolumeBackup],
+    now: chrono::DateTime<Utc>,
+) -> Pass {
     let ns = bs.namespace().unwrap_or_default();
     let name = bs.name_any();
-    let old = bs.status.clone().unwrap_or_default();
-    let mut st = old.clone();
-    let now = Utc::now();
-    let now_s = crate::time::now_secs();
-    // A time, to the millisecond: two triggers in one second are two times.
-    let at = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let mut st = bs.status.clone().unwrap_or_default();
+    let now_s = now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let pass = |status, retention, step| Pass {
+        status,
+        retention,
+        step,
+    };
     let schedule = match Schedule::parse(&bs.spec.schedule, &format!("{ns}/{name}")) {
         Ok(s) => s,
         Err(e) => {
@@ -114,12 +150,161 @@ pub(crate) async fn reconcile(bs: Arc<BackupSchedule>, ctx: Arc<Ctx>) -> Result<
                 &now_s,
             );
             st.next_schedule_time = None;
-            write_status(&ctx, &bs, &old, &st, false).await?;
-            return Ok(Action::await_change());
+            return pass(st, None, Step::Invalid);
         }
     };
+    let mine: Vec<&VolumeBackup> = runs
+        .iter()
+        .filter(|vb| {
+            vb.owner_references()
+                .iter()
+                .any(|o| Some(&o.uid) == bs.uid().as_ref())
+        })
+        .collect();
+    let is_final = |vb: &VolumeBackup| vb.status.as_ref().is_some_and(|s| s.phase.is_final());
+    let succeeded = |vb: &VolumeBackup| {
+        matches!(
+            vb.status.as_ref().map(|s| s.phase),
+            Some(Phase::Completed | Phase::PartiallyFailed)
+        )
+    };
+    let active: Vec<String> = mine
+        .iter()
+        .filter(|vb| !is_final(vb))
+        .map(|vb| vb.name_any())
+        .collect();
+    let last_tick = st.last_schedule_time.clone();
+    let tick_runs: Vec<&VolumeBackup> = mine
+        .iter()
+        .copied()
+        .filter(|vb| {
+            last_tick.is_some() && vb.annotations().get(SCHEDULED_AT) == last_tick.as_ref()
+        })
+        .collect();
+    let replace = bs.spec.concurrency_policy == ConcurrencyPolicy::Replace;
+    if let Some(at) = last_tick
+        .clone()
+        .filter(|t| st.creating.as_ref() == Some(t))
+    {
+        // Replace had to cancel the older runs first.
+        let cancel = if replace {
+            active
+                .iter()
+                .filter(|n| !tick_runs.iter().any(|vb| vb.name_any() == **n))
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        st.creating = None;
+        return pass(st, None, Step::Resume { at, cancel });
+    }
+    st.active = active.clone();
+    // Any run of this schedule that succeeded counts, also an older time's
+    // that finished after a newer one (concurrencyPolicy Allow).
+    let done = mine
+        .iter()
+        .filter(|vb| succeeded(vb))
+        .filter_map(|vb| vb.status.as_ref()?.completion_time.clone())
+        .max();
+    if done > st.last_successful_time {
+        st.last_successful_time = done;
+    }
+    let mut retention = None;
+    if !tick_runs.is_empty() && tick_runs.iter().all(|vb| is_final(vb)) {
+        let failed: Vec<String> = tick_runs
+            .iter()
+            .filter(|vb| !succeeded(vb))
+            .map(|vb| {
+                let m = vb.status.as_ref().and_then(|s| s.message.clone());
+                format!("{}: {}", vb.name_any(), m.unwrap_or_default())
+            })
+            .collect();
+        let (ok, reason, message) = if failed.is_empty() {
+            (
+                true,
+                "Completed",
+                format!("{} run(s) completed", tick_runs.len()),
+            )
+        } else {
+            (false, "RunsFailed", failed.join("; "))
+        };
+        set_condition(
+            &mut st.conditions,
+            "LastRunSucceeded",
+            ok,
+            reason,
+            message,
+            &now_s,
+        );
+        let applied = |after: &String| {
+            st.last_retention
+                .as_ref()
+                .is_some_and(|r| &r.after == after)
+        };
+        if bs.spec.retention.is_some() && failed.len() < tick_runs.len() {
+            retention = last_tick.clone().filter(|after| !applied(after));
+        }
+    }
+    let created = created_at(bs, now);
+    let last =
+        parse_time(st.last_schedule_time.as_ref()).max(parse_time(st.last_skipped_time.as_ref()));
+    let trigger = bs.annotations().get(BACKUP_NOW).map(String::as_str);
+    match tick(
+        Some(&schedule),
+        bs.spec.paused,
+        trigger,
+        st.last_trigger.as_deref(),
+        last,
+        created,
+        now,
+    ) {
+        Tick::Fire { trigger } => {
+            // A time, to the millisecond: two triggers in one second are
+            // two times.
+            let at = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            st.last_trigger = trigger.or(st.last_trigger.clone());
+            if !active.is_empty() && bs.spec.concurrency_policy == ConcurrencyPolicy::Forbid {
+                st.last_skipped_time = Some(at);
+                return pass(st, retention, Step::Skip { running: active });
+            }
+            st.last_schedule_time = Some(at.clone());
+            st.creating = Some(at.clone());
+            let cancel = if replace { active } else { Vec::new() };
+            pass(st, retention, Step::Fire { at, cancel })
+        }
+        Tick::Wait(next) => {
+            st.next_schedule_time =
+                next.map(|n| n.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+            let (ok, reason) = if bs.spec.paused {
+                (false, "Paused")
+            } else {
+                (true, "Scheduled")
+            };
+            set_condition(
+                &mut st.conditions,
+                "Scheduled",
+                ok,
+                reason,
+                String::new(),
+                &now_s,
+            );
+            let wait =
+                next.map(|n| (n - now).to_std().unwrap_or(Duration::ZERO) + Duration::from_secs(1));
+            pass(st, retention, Step::Wait(wait))
+        }
+    }
+}
 
-    // The runs of the last time.
+/// Reconciles one schedule: observes its runs, plans the pass
+/// ([`plan_pass`]), then carries the plan out.
+pub(crate) async fn reconcile(bs: Arc<BackupSchedule>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    if bs.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let ns = bs.namespace().unwrap_or_default();
+    let name = bs.name_any();
+    let old = bs.status.clone().unwrap_or_default();
     let runs = Api::<VolumeBackup>::namespaced(ctx.client.clone(), &ns)
         .list(&ListParams::default().labels(&format!("{SCHEDULE_LABEL}={}", label_value(&name))))
         .await
@@ -127,157 +312,55 @@ pub(crate) async fn reconcile(bs: Arc<BackupSchedule>, ctx: Arc<Ctx>) -> Result<
             "listing the VolumeBackups of schedule {ns}/{name}"
         )))?
         .items;
-    let mine = |vb: &&VolumeBackup| {
-        vb.owner_references()
-            .iter()
-            .any(|o| Some(&o.uid) == bs.uid().as_ref())
-    };
-    let active: Vec<String> = runs
-        .iter()
-        .filter(mine)
-        .filter(|vb| !vb.status.as_ref().is_some_and(|s| s.phase.is_final()))
-        .map(|vb| vb.name_any())
-        .collect();
-    let last_tick = st.last_schedule_time.clone();
-    let tick_runs: Vec<&VolumeBackup> = runs
-        .iter()
-        .filter(mine)
-        .filter(|vb| {
-            last_tick.is_some() && vb.annotations().get(SCHEDULED_AT) == last_tick.as_ref()
-        })
-        .collect();
-    let tick_over = !tick_runs.is_empty()
-        && tick_runs
-            .iter()
-            .all(|vb| vb.status.as_ref().is_some_and(|s| s.phase.is_final()));
-    if st.creating.is_some() && st.creating == last_tick {
-        // A pass claimed this time and stopped before every run existed
-        // (a crash, an API error): create the rest (`create` leaves the
-        // ones that exist), and do what Replace had to do first.
-        let at = last_tick.unwrap_or_default();
-        tracing::info!(
-            namespace = ns,
-            schedule = name,
-            time = at,
-            "creating the rest of a claimed time's runs"
-        );
-        if bs.spec.concurrency_policy == ConcurrencyPolicy::Replace {
-            let older: Vec<String> = active
-                .iter()
-                .filter(|n| !tick_runs.iter().any(|vb| vb.name_any() == **n))
-                .cloned()
-                .collect();
+    let Pass {
+        status: mut st,
+        retention: due,
+        step,
+    } = plan_pass(&bs, &runs, Utc::now());
+    match step {
+        Step::Invalid => {
+            write_status(&ctx, &bs, &old, &st, false).await?;
+            return Ok(Action::await_change());
+        }
+        Step::Resume { at, cancel: older } => {
+            tracing::info!(
+                namespace = ns,
+                schedule = name,
+                time = at,
+                "creating the rest of a claimed time's runs"
+            );
             cancel(&ctx, &ns, &older).await?;
+            let planned = targets(&ctx, &bs).await?;
+            fire(&ctx, &bs, &planned, &at).await?;
+            write_status(&ctx, &bs, &old, &st, false).await?;
+            return Ok(Action::requeue(Duration::ZERO));
         }
-        let planned = targets(&ctx, &bs).await?;
-        fire(&ctx, &bs, &planned, &at).await?;
-        st.creating = None;
-        write_status(&ctx, &bs, &old, &st, false).await?;
-        return Ok(Action::requeue(Duration::ZERO));
-    }
-    st.active = active.clone();
-    // Any run of this schedule that succeeded counts, also an older time's
-    // that finished after a newer one (concurrencyPolicy Allow).
-    if let Some(done) = runs
-        .iter()
-        .filter(mine)
-        .filter(|vb| {
-            vb.status
-                .as_ref()
-                .is_some_and(|s| s.phase == Phase::Completed || s.phase == Phase::PartiallyFailed)
-        })
-        .filter_map(|vb| vb.status.as_ref()?.completion_time.clone())
-        .max()
-    {
-        if st.last_successful_time.as_ref().is_none_or(|t| *t < done) {
-            st.last_successful_time = Some(done);
-        }
+        _ => {}
     }
     let mut requeue: Option<Duration> = None;
-    if tick_over {
-        let failed: Vec<String> = tick_runs
-            .iter()
-            .filter(|vb| {
-                !matches!(
-                    vb.status.as_ref().map(|s| s.phase),
-                    Some(Phase::Completed | Phase::PartiallyFailed)
+    let last_tick = old.last_schedule_time.clone();
+    if let (Some(policy), Some(after)) = (&bs.spec.retention, &due) {
+        requeue = retention(&ctx, &bs, policy, after, &mut st).await?;
+        // Whatever failed it (the policy, the repository, the pod, the
+        // mover's own report), once per time.
+        let error = st
+            .last_retention
+            .as_ref()
+            .filter(|r| &r.after == after)
+            .and_then(|r| r.error.clone());
+        if let Some(why) = error {
+            ctx.reporter
+                .event_on(
+                    bs.as_ref(),
+                    "Retention",
+                    EventType::Warning,
+                    "RetentionFailed",
+                    why,
                 )
-            })
-            .map(|vb| {
-                let m = vb
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.message.clone())
-                    .unwrap_or_default();
-                format!("{}: {m}", vb.name_any())
-            })
-            .collect();
-        if failed.is_empty() {
-            set_condition(
-                &mut st.conditions,
-                "LastRunSucceeded",
-                true,
-                "Completed",
-                format!("{} run(s) completed", tick_runs.len()),
-                &now_s,
-            );
-        } else {
-            set_condition(
-                &mut st.conditions,
-                "LastRunSucceeded",
-                false,
-                "RunsFailed",
-                failed.join("; "),
-                &now_s,
-            );
-        }
-        let completed = failed.len() < tick_runs.len();
-        if let (Some(policy), Some(after), true) = (&bs.spec.retention, &last_tick, completed) {
-            let applied = st
-                .last_retention
-                .as_ref()
-                .is_some_and(|r| &r.after == after);
-            if !applied {
-                requeue = retention(&ctx, &bs, policy, after, &mut st).await?;
-                // Whatever failed it (the policy, the repository, the pod,
-                // the mover's own report), once per time.
-                let error = st
-                    .last_retention
-                    .as_ref()
-                    .filter(|r| &r.after == after)
-                    .and_then(|r| r.error.clone());
-                if let Some(why) = error {
-                    ctx.reporter
-                        .event_on(
-                            bs.as_ref(),
-                            "Retention",
-                            EventType::Warning,
-                            "RetentionFailed",
-                            why,
-                        )
-                        .await;
-                }
-            }
+                .await;
         }
     }
-    if let Some(r) = &st.last_retention {
-        let ok = r.error.is_none();
-        let msg = match &r.error {
-            Some(e) => e.clone(),
-            None => format!(
-                "{} kept, {} forgotten, over {} origin(s)",
-                r.kept, r.removed, r.origins
-            ),
-        };
-        set_condition(
-            &mut st.conditions,
-            "RetentionApplied",
-            ok,
-            if ok { "Applied" } else { "Failed" },
-            msg,
-            &now_s,
-        );
-    }
+    retention_condition(&mut st, &crate::time::now_secs());
     // A finished retention pod goes; one left Terminating (a lost node)
     // sends no event, so it is looked at again past the limit.
     if st.last_retention.as_ref().map(|r| &r.after) == last_tick.as_ref()
@@ -286,80 +369,58 @@ pub(crate) async fn reconcile(bs: Arc<BackupSchedule>, ctx: Arc<Ctx>) -> Result<
         let again = ctx.opts.terminating_limit + TERMINATING_RECHECK;
         requeue = Some(requeue.map_or(again, |r| r.min(again)));
     }
-
-    let created = created_at(bs.as_ref(), now);
-    let trigger = bs.annotations().get(BACKUP_NOW).map(String::as_str);
-    let last =
-        parse_time(st.last_schedule_time.as_ref()).max(parse_time(st.last_skipped_time.as_ref()));
-    let last_trigger = st.last_trigger.as_deref();
-    match tick(
-        Some(&schedule),
-        bs.spec.paused,
-        trigger,
-        last_trigger,
-        last,
-        created,
-        now,
-    ) {
-        Tick::Fire { trigger } => {
-            st.last_trigger = trigger.or(st.last_trigger.clone());
-            let skip =
-                !active.is_empty() && bs.spec.concurrency_policy == ConcurrencyPolicy::Forbid;
-            let planned = if skip {
-                st.last_skipped_time = Some(at.clone());
-                Vec::new()
-            } else {
-                let planned = targets(&ctx, &bs).await?;
-                st.last_schedule_time = Some(at.clone());
-                st.creating = Some(at.clone());
-                st.active = planned.iter().map(|t| run_name(&name, t, &at)).collect();
-                planned
-            };
-            // Claimed at the version read: a pass on a stale copy fires
-            // nothing.
+    match step {
+        Step::Fire { at, cancel: older } => {
+            let planned = targets(&ctx, &bs).await?;
+            st.active = planned.iter().map(|t| run_name(&name, t, &at)).collect();
             if !write_status(&ctx, &bs, &old, &st, true).await? {
                 return Ok(Action::requeue(Duration::ZERO));
             }
-            if skip {
-                ctx.reporter.event_on(bs.as_ref(), "Schedule", EventType::Normal, "Skipped", format!("the runs of the previous time are still going ({}); concurrencyPolicy is Forbid", active.join(", "))).await;
-            } else {
-                if bs.spec.concurrency_policy == ConcurrencyPolicy::Replace {
-                    cancel(&ctx, &ns, &active).await?;
-                }
-                fire(&ctx, &bs, &planned, &at).await?;
-                let mut created = st.clone();
-                created.creating = None;
-                write_status(&ctx, &bs, &st, &created, false).await?;
-            }
-            return Ok(Action::requeue(Duration::ZERO));
+            cancel(&ctx, &ns, &older).await?;
+            fire(&ctx, &bs, &planned, &at).await?;
+            let mut created = st.clone();
+            created.creating = None;
+            write_status(&ctx, &bs, &st, &created, false).await?;
+            Ok(Action::requeue(Duration::ZERO))
         }
-        Tick::Wait(next) => {
-            st.next_schedule_time =
-                next.map(|n| n.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
-            if let Some(n) = next {
-                let wait = (n - now).to_std().unwrap_or(Duration::ZERO) + Duration::from_secs(1);
-                requeue = Some(requeue.map_or(wait, |r| r.min(wait)));
+        Step::Skip { running } => {
+            if write_status(&ctx, &bs, &old, &st, true).await? {
+                ctx.reporter.event_on(bs.as_ref(), "Schedule", EventType::Normal, "Skipped", format!("the runs of the previous time are still going ({}); concurrencyPolicy is Forbid", running.join(", "))).await;
             }
+            Ok(Action::requeue(Duration::ZERO))
         }
+        Step::Wait(wait) => {
+            write_status(&ctx, &bs, &old, &st, false).await?;
+            Ok(match requeue.into_iter().chain(wait).min() {
+                Some(d) => Action::requeue(d),
+                None => Action::await_change(),
+            })
+        }
+        Step::Invalid | Step::Resume { .. } => Ok(Action::await_change()),
     }
-    let (ok, reason) = if bs.spec.paused {
-        (false, "Paused")
-    } else {
-        (true, "Scheduled")
+}
+
+/// The RetentionApplied condition, from the last retention's result.
+fn retention_condition(st: &mut BackupScheduleStatus, now_s: &str) {
+    let Some(r) = &st.last_retention else {
+        return;
+    };
+    let ok = r.error.is_none();
+    let msg = match &r.error {
+        Some(e) => e.clone(),
+        None => format!(
+            "{} kept, {} forgotten, over {} origin(s)",
+            r.kept, r.removed, r.origins
+        ),
     };
     set_condition(
         &mut st.conditions,
-        "Scheduled",
+        "RetentionApplied",
         ok,
-        reason,
-        String::new(),
-        &now_s,
+        if ok { "Applied" } else { "Failed" },
+        msg,
+        now_s,
     );
-    write_status(&ctx, &bs, &old, &st, false).await?;
-    Ok(match requeue {
-        Some(d) => Action::requeue(d),
-        None => Action::await_change(),
-    })
 }
 
 /// Drops a schedule's gauges when it is deleted (a deleted object is never
@@ -734,6 +795,215 @@ async fn retention(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn t(s: &str) -> chrono::DateTime<Utc> {
+        chrono::DateTime::parse_from_rfc3339(s)
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    /// An hourly schedule made at midnight, with `spec` and `status` merged
+    /// in.
+    fn schedule(spec: serde_json::Value, status: serde_json::Value) -> BackupSchedule {
+        let mut v = json!({
+            "apiVersion": "coffer.dev/v1alpha1", "kind": "BackupSchedule",
+            "metadata": {"name": "nightly", "namespace": "shop", "uid": "bs-1",
+                         "creationTimestamp": "2026-03-01T00:00:00Z"},
+            "spec": {"schedule": "0 * * * *"},
+            "status": status,
+        });
+        for (k, x) in spec.as_object().unwrap() {
+            v["spec"][k] = x.clone();
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    /// A run of the schedule made for time `at`, in `phase` (none: new).
+    fn run(name: &str, at: &str, phase: Option<&str>) -> VolumeBackup {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "shop",
+                         "annotations": {SCHEDULED_AT: at},
+                         "ownerReferences": [{"apiVersion": "coffer.dev/v1alpha1", "kind": "BackupSchedule", "name": "nightly", "uid": "bs-1"}]},
+            "spec": {"pod": "db-0", "volume": "data"},
+            "status": phase.map(|p| json!({"phase": p, "message": format!("{name} {p}"), "completionTime": "2026-03-01T01:05:00Z"})),
+        }))
+        .unwrap()
+    }
+
+    fn condition(st: &BackupScheduleStatus, kind: &str) -> (String, String, String) {
+        let c = st.conditions.iter().find(|c| c.type_ == kind).unwrap();
+        (c.status.clone(), c.reason.clone(), c.message.clone())
+    }
+
+    #[test]
+    fn a_pass_waits_for_the_next_time_and_fires_when_it_comes() {
+        let bs = schedule(json!({}), json!(null));
+        let waiting = plan_pass(&bs, &[], t("2026-03-01T00:30:00Z"));
+        assert_eq!(
+            waiting.step,
+            Step::Wait(Some(Duration::from_secs(30 * 60 + 1)))
+        );
+        assert_eq!(
+            waiting.status.next_schedule_time.as_deref(),
+            Some("2026-03-01T01:00:00Z")
+        );
+        assert_eq!(condition(&waiting.status, "Scheduled").1, "Scheduled");
+        let firing = plan_pass(&bs, &[], t("2026-03-01T01:00:02Z"));
+        let at = "2026-03-01T01:00:02.000Z".to_string();
+        assert_eq!(
+            firing.step,
+            Step::Fire {
+                at: at.clone(),
+                cancel: vec![]
+            }
+        );
+        assert_eq!(firing.status.last_schedule_time, Some(at.clone()));
+        assert_eq!(firing.status.creating, Some(at));
+        // Paused: nothing until it is resumed.
+        let paused = plan_pass(
+            &schedule(json!({"paused": true}), json!(null)),
+            &[],
+            t("2026-03-01T05:00:00Z"),
+        );
+        assert_eq!(paused.step, Step::Wait(None));
+        assert_eq!(condition(&paused.status, "Scheduled").1, "Paused");
+    }
+
+    #[test]
+    fn a_bad_schedule_is_said_and_nothing_fires() {
+        let bs = schedule(json!({"schedule": "at teatime"}), json!(null));
+        let p = plan_pass(&bs, &[], t("2026-03-01T05:00:00Z"));
+        assert_eq!(p.step, Step::Invalid);
+        let (ok, reason, message) = condition(&p.status, "Scheduled");
+        assert_eq!((ok.as_str(), reason.as_str()), ("False", "InvalidSchedule"));
+        assert!(message.contains("at teatime"), "{message}");
+    }
+
+    #[test]
+    fn the_policies_cancel_skip_or_leave_a_time_still_running() {
+        let last = "2026-03-01T01:00:00.000Z";
+        let status = json!({"lastScheduleTime": last});
+        let runs = [run("old-1", last, Some("InProgress"))];
+        let now = t("2026-03-01T02:00:01Z");
+        let at = "2026-03-01T02:00:01.000Z".to_string();
+        let replace = plan_pass(
+            &schedule(json!({"concurrencyPolicy": "Replace"}), status.clone()),
+            &runs,
+            now,
+        );
+        assert_eq!(
+            replace.step,
+            Step::Fire {
+                at: at.clone(),
+                cancel: vec!["old-1".into()]
+            }
+        );
+        let forbid = plan_pass(
+            &schedule(json!({"concurrencyPolicy": "Forbid"}), status.clone()),
+            &runs,
+            now,
+        );
+        assert_eq!(
+            forbid.step,
+            Step::Skip {
+                running: vec!["old-1".into()]
+            }
+        );
+        assert_eq!(forbid.status.last_skipped_time, Some(at.clone()));
+        assert_eq!(
+            forbid.status.last_schedule_time.as_deref(),
+            Some(last),
+            "a skip is not a time made"
+        );
+        let allow = plan_pass(
+            &schedule(json!({"concurrencyPolicy": "Allow"}), status),
+            &runs,
+            now,
+        );
+        assert_eq!(allow.step, Step::Fire { at, cancel: vec![] });
+        assert_eq!(allow.status.active, vec!["old-1".to_string()]);
+    }
+
+    #[test]
+    fn a_claimed_time_whose_runs_were_not_all_made_is_finished_first() {
+        let last = "2026-03-01T01:00:00.000Z";
+        let bs = schedule(
+            json!({"concurrencyPolicy": "Replace"}),
+            json!({"lastScheduleTime": last, "creating": last}),
+        );
+        let runs = [
+            run("older", "2026-03-01T00:00:00.000Z", Some("InProgress")),
+            run("made", last, None),
+        ];
+        let p = plan_pass(&bs, &runs, t("2026-03-01T03:00:00Z"));
+        assert_eq!(
+            p.step,
+            Step::Resume {
+                at: last.into(),
+                cancel: vec!["older".into()]
+            }
+        );
+        assert_eq!(p.status.creating, None);
+    }
+
+    #[test]
+    fn a_time_that_is_over_says_which_runs_failed_and_is_retained_once() {
+        let last = "2026-03-01T01:00:00.000Z";
+        let policy = json!({"retention": {"keepLast": 3}});
+        let runs = [
+            run("a", last, Some("Completed")),
+            run("b", last, Some("Failed")),
+            run("c", "2026-03-01T00:00:00.000Z", Some("Completed")),
+        ];
+        let now = t("2026-03-01T01:30:00Z");
+        let p = plan_pass(
+            &schedule(policy.clone(), json!({"lastScheduleTime": last})),
+            &runs,
+            now,
+        );
+        let (ok, reason, message) = condition(&p.status, "LastRunSucceeded");
+        assert_eq!((ok.as_str(), reason.as_str()), ("False", "RunsFailed"));
+        assert_eq!(message, "b: b Failed");
+        assert_eq!(
+            p.retention.as_deref(),
+            Some(last),
+            "one run completed: retention"
+        );
+        assert_eq!(
+            p.status.last_successful_time.as_deref(),
+            Some("2026-03-01T01:05:00Z")
+        );
+        // Applied already: not again.
+        let applied = json!({"lastScheduleTime": last,
+            "lastRetention": {"after": last, "time": "2026-03-01T01:10:00Z", "kept": 1, "removed": 0, "origins": 1}});
+        assert_eq!(
+            plan_pass(&schedule(policy.clone(), applied), &runs, now).retention,
+            None
+        );
+        // Every run failed: nothing is forgotten.
+        let failed = [run("a", last, Some("Failed"))];
+        assert_eq!(
+            plan_pass(
+                &schedule(policy, json!({"lastScheduleTime": last})),
+                &failed,
+                now
+            )
+            .retention,
+            None
+        );
+        // A time still running is not over.
+        let running = [run("a", last, Some("InProgress"))];
+        let p = plan_pass(
+            &schedule(json!({}), json!({"lastScheduleTime": last})),
+            &running,
+            now,
+        );
+        assert!(p
+            .status
+            .conditions
+            .iter()
+            .all(|c| c.type_ != "LastRunSucceeded"));
+    }
 
     #[test]
     fn pvcs_of_one_workload_form_a_group_and_a_lone_pvc_none() {
