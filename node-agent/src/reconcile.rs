@@ -10,7 +10,6 @@ use kube::{Resource, ResourceExt};
 
 use crate::api::Error;
 use crate::lenient::Lenient;
-use crate::run::RunObject;
 
 /// A reconcile's error is logged where it happens (the error policy); the
 /// stream's copy is for debugging.
@@ -52,20 +51,18 @@ pub(crate) fn parsed_policy<K: Resource<DynamicType = ()> + Clone, C>(
     }
 }
 
-pub(crate) fn error_policy<K: RunObject, C>(run: Arc<K>, e: &Error, _: Arc<C>) -> Action {
-    tracing::warn!(
-        namespace = run.namespace().unwrap_or_default(),
-        run = run.name_any(),
-        "{e}; trying again"
-    );
-    Action::requeue(Duration::from_secs(5))
-}
-
-pub(crate) fn object_error_policy<K: Resource, C>(obj: Arc<K>, e: &Error, _: Arc<C>) -> Action {
+/// The one error policy: the error is logged with the object's kind,
+/// namespace and name, and the object is looked at again in 5 s.
+pub(crate) fn retry_policy<K: Resource<DynamicType = ()>, C>(
+    obj: Arc<K>,
+    e: &Error,
+    _: Arc<C>,
+) -> Action {
     tracing::warn!(
         namespace = obj.namespace().unwrap_or_default(),
         name = obj.name_any(),
-        "{e}; trying again"
+        "{} {e}; trying again",
+        K::kind(&())
     );
     Action::requeue(Duration::from_secs(5))
 }

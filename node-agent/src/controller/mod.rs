@@ -48,7 +48,7 @@ use crate::metrics::Metrics;
 use crate::controller::context::Ctx;
 use crate::controller::csi::VolumeSnapshot;
 use crate::names::RUN_LABEL;
-use crate::reconcile::{error_policy, log_error, object_error_policy, parsed, parsed_policy};
+use crate::reconcile::{log_error, parsed, parsed_policy, retry_policy};
 
 /// Leads (or waits to lead), then reconciles until leadership is lost or a
 /// watch ends. Losing the Lease ends the process's work: the caller exits
@@ -116,7 +116,7 @@ pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) -> anyhow
     )
     .run(
         parsed(backup::reconcile),
-        parsed_policy(error_policy),
+        parsed_policy(retry_policy),
         ctx.clone(),
     )
     .for_each(log_error);
@@ -131,7 +131,7 @@ pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) -> anyhow
     )
     .run(
         parsed(restore::reconcile),
-        parsed_policy(error_policy),
+        parsed_policy(retry_policy),
         ctx.clone(),
     )
     .for_each(log_error);
@@ -147,7 +147,7 @@ pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) -> anyhow
     .owns(Api::<Lenient<Pod>>::all(client.clone()), scheduled)
     .run(
         parsed(schedules::reconcile),
-        parsed_policy(object_error_policy),
+        parsed_policy(retry_policy),
         ctx.clone(),
     )
     .for_each(log_error);
@@ -161,7 +161,7 @@ pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) -> anyhow
     )
     .run(
         parsed(maintenance::reconcile),
-        parsed_policy(object_error_policy),
+        parsed_policy(retry_policy),
         ctx.clone(),
     )
     .for_each(log_error);

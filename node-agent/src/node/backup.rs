@@ -20,6 +20,7 @@ use crate::node::annotations;
 use crate::node::context::{stopped, Agent, StopReason};
 use crate::node::kubelet;
 use crate::node::plan::{self, Planned, VolumeMode};
+use crate::report::write_run;
 use crate::report::STATUS_INTERVAL;
 use crate::status::{self, Outcome};
 
@@ -313,8 +314,7 @@ impl Agent /* backup */ {
         let path = planned.record_path.display().to_string();
         let mut s = claimed.clone();
         s.path = Some(path.clone());
-        self.write_status::<VolumeBackup>(&ns, &name, &s, None)
-            .await;
+        write_run::<VolumeBackup>(&self.client, &ns, &name, &s, None).await;
         let repo = match self
             .repos
             .open(&self.client, &ns, &vb.spec.repository)

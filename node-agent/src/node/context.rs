@@ -171,24 +171,6 @@ impl Agent /* pod_here */ {
     }
 }
 
-impl Agent /* write_status */ {
-    /// Writes a run's status (merge patch on the status subresource); with
-    /// `rv`, only if the object is still at that resourceVersion. Returns
-    /// whether it was written.
-    pub(crate) async fn write_status<K>(
-        &self,
-        ns: &str,
-        name: &str,
-        s: &RunStatus,
-        rv: Option<String>,
-    ) -> bool
-    where
-        K: RunObject,
-    {
-        crate::report::write_run::<K>(&self.client, ns, name, s, rv).await
-    }
-}
-
 pub(crate) fn stopped(reason: &Arc<Mutex<Option<StopReason>>>) -> Outcome {
     match lock(reason).clone() {
         Some(StopReason::PodGone(m)) => Outcome::Failed(m),

@@ -54,7 +54,7 @@ use crate::crd::{Phase, VolumeBackup, VolumeRestore};
 use crate::lenient::Lenient;
 use crate::metrics::Metrics;
 use crate::node::context::NodeRun;
-use crate::reconcile::{log_error, object_error_policy, parsed, parsed_policy};
+use crate::reconcile::{log_error, parsed, parsed_policy, retry_policy};
 
 /// Runs the node agent until a watch ends for good.
 pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) -> anyhow::Result<()> {
@@ -92,7 +92,7 @@ pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) -> anyhow
         Controller::for_stream(pod_stream, pods.clone())
             .run(
                 |pod, agent: Arc<Agent>| async move { agent.reconcile_pod(pod).await },
-                object_error_policy,
+                retry_policy,
                 agent.clone(),
             )
             .for_each(log_error),
@@ -184,7 +184,7 @@ where
             parsed(|run: Arc<K>, agent: Arc<Agent>| async move {
                 Ok(agent.on_run((*run).clone().into_run()).await)
             }),
-            parsed_policy(object_error_policy),
+            parsed_policy(retry_policy),
             agent.clone(),
         )
         .for_each(log_error)

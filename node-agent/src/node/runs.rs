@@ -17,6 +17,7 @@ use crate::metrics::VolumeLabels;
 use crate::node::backup::{pod_of, volume_of};
 use crate::node::context::{lock, Agent, NodeRun, RunHandle, RunKey, RunKind, StopReason};
 use crate::node::decide::{decide, Decision};
+use crate::report::write_run;
 use crate::status::{self, Outcome};
 
 impl Agent /* stop */ {
@@ -67,8 +68,14 @@ impl Agent /* pod_node */ {
                         self.opts.pod_wait.as_secs()
                     )),
                 );
-                self.write_status::<K>(ns, &name, &s, obj.meta().resource_version.clone())
-                    .await;
+                write_run::<K>(
+                    &self.client,
+                    ns,
+                    &name,
+                    &s,
+                    obj.meta().resource_version.clone(),
+                )
+                .await;
                 Err(Action::await_change())
             }
             Err(e) => {
@@ -144,8 +151,14 @@ impl Agent /* finish_unstarted */ {
         match run {
             RunKind::Backup(vb) => self.finish_backup(vb, s, None).await,
             RunKind::Restore(vr) => {
-                self.write_status::<VolumeRestore>(&run.namespace(), &vr.name_any(), &s, None)
-                    .await;
+                write_run::<VolumeRestore>(
+                    &self.client,
+                    &run.namespace(),
+                    &vr.name_any(),
+                    &s,
+                    None,
+                )
+                .await;
             }
         }
     }
@@ -164,12 +177,10 @@ impl Agent /* claim_and_spawn */ {
         let claimed = status::started(prev.as_ref(), self.me(), None);
         let ok = match &run {
             RunKind::Backup(_) => {
-                self.write_status::<VolumeBackup>(&ns, &name, &claimed, rv)
-                    .await
+                write_run::<VolumeBackup>(&self.client, &ns, &name, &claimed, rv).await
             }
             RunKind::Restore(_) => {
-                self.write_status::<VolumeRestore>(&ns, &name, &claimed, rv)
-                    .await
+                write_run::<VolumeRestore>(&self.client, &ns, &name, &claimed, rv).await
             }
         };
         if !ok {
@@ -238,9 +249,14 @@ impl Agent /* claim_and_spawn */ {
                         Some(started.elapsed()),
                     );
                     let ns = vr.namespace().unwrap_or_default();
-                    agent
-                        .write_status::<VolumeRestore>(&ns, &vr.name_any(), &final_status, None)
-                        .await;
+                    write_run::<VolumeRestore>(
+                        &agent.client,
+                        &ns,
+                        &vr.name_any(),
+                        &final_status,
+                        None,
+                    )
+                    .await;
                     let (etype, reason) = match final_status.phase {
                         Phase::Completed => (EventType::Normal, "RestoreCompleted"),
                         Phase::Canceled => (EventType::Normal, "RestoreCanceled"),
@@ -268,8 +284,7 @@ impl Agent /* claim_and_spawn */ {
 impl Agent /* finish_backup */ {
     pub(crate) async fn finish_backup(&self, vb: &VolumeBackup, s: RunStatus, rv: Option<String>) {
         let ns = vb.namespace().unwrap_or_default();
-        self.write_status::<VolumeBackup>(&ns, &vb.name_any(), &s, rv)
-            .await;
+        write_run::<VolumeBackup>(&self.client, &ns, &vb.name_any(), &s, rv).await;
         let (etype, reason) = match s.phase {
             Phase::Completed => (EventType::Normal, "BackupCompleted"),
             Phase::PartiallyFailed => (EventType::Warning, "BackupPartiallyFailed"),
