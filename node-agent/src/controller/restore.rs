@@ -197,7 +197,80 @@ async fn repository(
     Ok(repo)
 }
 
-/// Steps 2 to 4, from where the run stands.
+/// What a restore pass saw: the mover pods and the claim it made, each
+/// read only when the run has come that far.
+#[derive(Debug, Default)]
+pub(crate) struct Seen {
+    /// The resolver pod (read until the snapshot is resolved).
+    pub(crate) resolver: Option<Pod>,
+    /// The target claim (read once the snapshot is resolved).
+    pub(crate) claim: Option<PersistentVolumeClaim>,
+    /// The restore mover pod (read once the snapshot is resolved).
+    pub(crate) restorer: Option<Pod>,
+}
+
+/// What a pass over a restore into a new claim does (steps 2 to 4).
+#[derive(Debug, PartialEq)]
+pub(crate) enum RestoreStep {
+    /// 2. Start the mover that finds the snapshot.
+    StartResolver,
+    /// 2. or 4. Watch the mover that runs: the resolver, or the restorer.
+    Watch(MoverRole),
+    /// 3. Create the claim from the recorded one.
+    CreateClaim,
+    /// 4. Start the mover that restores into the claim (a raw block
+    ///    claim is written as a device).
+    StartRestorer { block: bool },
+    /// End the run: something it relied on went.
+    Fail(String),
+}
+
+/// Which of a restore's two movers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MoverRole {
+    Resolver,
+    Restorer,
+}
+
+/// Plans a pass over restore `vr` (into claim `pvc` of namespace `tns`)
+/// from its status and what was seen.
+pub(crate) fn plan_restore(
+    vr: &VolumeRestore,
+    tns: &str,
+    pvc: &str,
+    st: &RunStatus,
+    seen: &Seen,
+) -> RestoreStep {
+    if st.snapshot_id.is_none() || st.source_claim.is_none() {
+        return match seen.resolver {
+            None => RestoreStep::StartResolver,
+            Some(_) => RestoreStep::Watch(MoverRole::Resolver),
+        };
+    }
+    let restoring = Stage::of(st) == Some(Stage::Restoring);
+    let claim = match &seen.claim {
+        Some(c) if c.annotations().get(RESTORED_BY) == Some(&run_key(vr)) => c,
+        Some(_) => return RestoreStep::Fail(format!("PersistentVolumeClaim {tns}/{pvc} was created by someone else during the restore; choose another spec.target.pvc")),
+        None if restoring => {
+            return RestoreStep::Fail(format!(
+                "PersistentVolumeClaim {tns}/{pvc} was deleted during the restore"
+            ))
+        }
+        None => return RestoreStep::CreateClaim,
+    };
+    match seen.restorer {
+        Some(_) => RestoreStep::Watch(MoverRole::Restorer),
+        None if restoring => RestoreStep::Fail(format!(
+            "mover pod {tns}/{} disappeared before the restore ended (deleted or evicted)",
+            restorer_name(vr)
+        )),
+        None => RestoreStep::StartRestorer {
+            block: is_block(claim),
+        },
+    }
+}
+
+/// Steps 2 to 4, from where the run stands: observe, plan, act.
 async fn advance(
     ctx: &Ctx,
     vr: &VolumeRestore,
@@ -207,14 +280,43 @@ async fn advance(
     let tns = target_ns(vr, target);
     let ns = vr.namespace().unwrap_or_default();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &tns);
-    let resolver = resolver_name(vr);
-    let (Some(snapshot_id), Some(recorded)) = (&st.snapshot_id, &st.source_claim) else {
-        // 2. Resolve.
-        let pod = pods
-            .get_opt(&resolver)
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &tns);
+    let (resolver, restorer) = (resolver_name(vr), restorer_name(vr));
+    let read_pod = |name: String| {
+        let pods = pods.clone();
+        let what = format!("reading pod {tns}/{name}");
+        async move { pods.get_opt(&name).await.map_err(kube_err(what)) }
+    };
+    let mut seen = Seen::default();
+    if st.snapshot_id.is_some() && st.source_claim.is_some() {
+        // Resolved: its mover has done its work.
+        delete_mover(ctx, &tns, &resolver, &ns).await?;
+        seen.claim = pvcs
+            .get_opt(&target.pvc)
             .await
-            .map_err(kube_err(format!("reading pod {tns}/{resolver}")))?;
-        let Some(pod) = pod else {
+            .map_err(kube_err(format!("reading PVC {tns}/{}", target.pvc)))?;
+        seen.restorer = read_pod(restorer.clone()).await?;
+    } else {
+        seen.resolver = read_pod(resolver.clone()).await?;
+    }
+    let step = plan_restore(vr, &tns, &target.pvc, st, &seen);
+    let snapshot_id = st.snapshot_id.clone().unwrap_or_default();
+    match step {
+        RestoreStep::Fail(why) => {
+            fail(ctx, vr, why).await?;
+            Ok(Action::await_change())
+        }
+        RestoreStep::Watch(role) => {
+            let pod = match role {
+                MoverRole::Resolver => seen.resolver,
+                MoverRole::Restorer => seen.restorer,
+            };
+            match pod {
+                Some(pod) => watch_mover(ctx, vr, &tns, &pod).await,
+                None => Ok(Action::requeue(Duration::ZERO)),
+            }
+        }
+        RestoreStep::StartResolver => {
             let Some(repo) = repository(ctx, vr, &tns).await? else {
                 return Ok(Action::await_change());
             };
@@ -225,40 +327,15 @@ async fn advance(
             }))
             .to_argv();
             start_mover(ctx, vr, &tns, &resolver, &repo, None, args).await?;
-            return Ok(Action::requeue(ctx.opts.prepare_timeout));
-        };
-        return watch_mover(ctx, vr, &tns, &pod).await;
-    };
-
-    // 3. The PVC.
-    delete_mover(ctx, &tns, &resolver, &ns).await?;
-    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &tns);
-    let existing = pvcs
-        .get_opt(&target.pvc)
-        .await
-        .map_err(kube_err(format!("reading PVC {tns}/{}", target.pvc)))?;
-    let pvc = match existing {
-        Some(p) if p.annotations().get(RESTORED_BY) == Some(&run_key(vr)) => p,
-        Some(_) => {
-            fail(ctx, vr, format!("PersistentVolumeClaim {tns}/{} was created by someone else during the restore; choose another spec.target.pvc", target.pvc)).await?;
-            return Ok(Action::await_change());
+            Ok(Action::requeue(ctx.opts.prepare_timeout))
         }
-        None => {
-            if Stage::of(st) == Some(Stage::Restoring) {
-                fail(
-                    ctx,
-                    vr,
-                    format!(
-                        "PersistentVolumeClaim {tns}/{} was deleted during the restore",
-                        target.pvc
-                    ),
-                )
-                .await?;
-                return Ok(Action::await_change());
-            }
+        RestoreStep::CreateClaim => {
+            let Some(recorded) = st.source_claim.as_ref() else {
+                return Ok(Action::requeue(Duration::ZERO));
+            };
             let annotations = BTreeMap::from([
                 (RESTORED_BY.to_string(), run_key(vr)),
-                (RESTORED_FROM.to_string(), snapshot_id.clone()),
+                (RESTORED_FROM.to_string(), snapshot_id),
             ]);
             let made = restored_claim(&RestoredClaim {
                 name: &target.pvc,
@@ -276,65 +353,52 @@ async fn advance(
                 }
             };
             match pvcs.create(&PostParams::default(), &made).await {
-                Ok(p) => p,
-                Err(kube::Error::Api(e)) if e.code == 409 => {
-                    return Ok(Action::requeue(Duration::ZERO))
-                }
+                // The next pass starts the restorer (or finds who made it).
+                Ok(_) => Ok(Action::requeue(Duration::ZERO)),
+                Err(kube::Error::Api(e)) if e.code == 409 => Ok(Action::requeue(Duration::ZERO)),
                 Err(kube::Error::Api(e)) if (400..500).contains(&e.code) => {
                     fail(ctx, vr, format!("creating PersistentVolumeClaim {tns}/{}: {} (check spec.target.size and spec.target.storageClassName)", target.pvc, e.message)).await?;
-                    return Ok(Action::await_change());
+                    Ok(Action::await_change())
                 }
-                Err(e) => return Err(kube_err(format!("creating PVC {tns}/{}", target.pvc))(e)),
+                Err(e) => Err(kube_err(format!("creating PVC {tns}/{}", target.pvc))(e)),
             }
         }
-    };
-
-    // 4. The restore mover.
-    let restorer = restorer_name(vr);
-    let pod = pods
-        .get_opt(&restorer)
-        .await
-        .map_err(kube_err(format!("reading pod {tns}/{restorer}")))?;
-    let Some(pod) = pod else {
-        if Stage::of(st) == Some(Stage::Restoring) {
-            fail(ctx, vr, format!("mover pod {tns}/{restorer} disappeared before the restore ended (deleted or evicted)")).await?;
-            return Ok(Action::await_change());
+        RestoreStep::StartRestorer { block } => {
+            let Some(repo) = repository(ctx, vr, &tns).await? else {
+                return Ok(Action::await_change());
+            };
+            let volume = MoverVolume {
+                claim: &target.pvc,
+                block,
+                write: true,
+            };
+            let args = MoverArgs::Restore(Box::new(RestoreArgs {
+                common: common_args(ctx, &ns, &vr.name_any(), &repo)?,
+                snapshot: snapshot_id.clone(),
+                target: volume.path().into(),
+                block: volume.block,
+                subpath: vr.spec.subpath.clone(),
+                special_files: vr.spec.special_files,
+            }))
+            .to_argv();
+            start_mover(ctx, vr, &tns, &restorer, &repo, Some(volume), args).await?;
+            crate::report::update_run::<VolumeRestore>(&ctx.client, &ns, &vr.name_any(), |s| {
+                s.stage = Some(Stage::Restoring.into())
+            })
+            .await;
+            ctx.reporter.run_event(
+                vr,
+                EventType::Normal,
+                "MoverStarted",
+                format!(
+                    "PVC {tns}/{} created; mover pod {restorer} restores snapshot {snapshot_id} into it",
+                    target.pvc
+                ),
+            )
+            .await;
+            Ok(Action::requeue(ctx.opts.prepare_timeout))
         }
-        let Some(repo) = repository(ctx, vr, &tns).await? else {
-            return Ok(Action::await_change());
-        };
-        let volume = MoverVolume {
-            claim: &target.pvc,
-            block: is_block(&pvc),
-            write: true,
-        };
-        let args = MoverArgs::Restore(Box::new(RestoreArgs {
-            common: common_args(ctx, &ns, &vr.name_any(), &repo)?,
-            snapshot: snapshot_id.clone(),
-            target: volume.path().into(),
-            block: volume.block,
-            subpath: vr.spec.subpath.clone(),
-            special_files: vr.spec.special_files,
-        }))
-        .to_argv();
-        start_mover(ctx, vr, &tns, &restorer, &repo, Some(volume), args).await?;
-        crate::report::update_run::<VolumeRestore>(&ctx.client, &ns, &vr.name_any(), |s| {
-            s.stage = Some(Stage::Restoring.into())
-        })
-        .await;
-        ctx.reporter.run_event(
-            vr,
-            EventType::Normal,
-            "MoverStarted",
-            format!(
-                "PVC {tns}/{} created; mover pod {restorer} restores snapshot {snapshot_id} into it",
-                target.pvc
-            ),
-        )
-        .await;
-        return Ok(Action::requeue(ctx.opts.prepare_timeout));
-    };
-    watch_mover(ctx, vr, &tns, &pod).await
+    }
 }
 
 /// Creates a mover pod in `tns` for the run.
@@ -471,5 +535,111 @@ pub(crate) async fn sweep(ctx: &Ctx) {
             let _ = delete(&api, &pod.name_any(), &what).await;
             let _ = delete_account(ctx, &pns, &pod.name_any(), &ns).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn restore() -> VolumeRestore {
+        serde_json::from_value(json!({
+            "metadata": {"name": "back", "namespace": "shop"},
+            "spec": {"snapshot": {"pvc": "data"}, "target": {"namespace": "copy", "pvc": "data-copy"}},
+        }))
+        .unwrap()
+    }
+
+    fn status(resolved: bool, stage: Stage) -> RunStatus {
+        RunStatus {
+            phase: Phase::InProgress,
+            stage: Some(stage.into()),
+            snapshot_id: resolved.then(|| "ab12".into()),
+            source_claim: resolved.then(Default::default),
+            ..Default::default()
+        }
+    }
+
+    fn pod(name: &str) -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": name, "namespace": "copy"}})).unwrap()
+    }
+
+    fn claim(made_by: &str, block: bool) -> PersistentVolumeClaim {
+        serde_json::from_value(json!({
+            "metadata": {"name": "data-copy", "namespace": "copy", "annotations": {RESTORED_BY: made_by}},
+            "spec": {"volumeMode": if block { "Block" } else { "Filesystem" }},
+        }))
+        .unwrap()
+    }
+
+    fn plan(st: &RunStatus, seen: &Seen) -> RestoreStep {
+        plan_restore(&restore(), "copy", "data-copy", st, seen)
+    }
+
+    #[test]
+    fn a_restore_resolves_then_makes_its_claim_then_restores_into_it() {
+        let resolving = status(false, Stage::Resolving);
+        assert_eq!(
+            plan(&resolving, &Seen::default()),
+            RestoreStep::StartResolver
+        );
+        let running = Seen {
+            resolver: Some(pod("coffer-resolve-back")),
+            ..Default::default()
+        };
+        assert_eq!(
+            plan(&resolving, &running),
+            RestoreStep::Watch(MoverRole::Resolver)
+        );
+        let resolved = status(true, Stage::Resolving);
+        assert_eq!(plan(&resolved, &Seen::default()), RestoreStep::CreateClaim);
+        for block in [false, true] {
+            let made = Seen {
+                claim: Some(claim("shop/back", block)),
+                ..Default::default()
+            };
+            assert_eq!(plan(&resolved, &made), RestoreStep::StartRestorer { block });
+        }
+        let restoring = Seen {
+            claim: Some(claim("shop/back", false)),
+            restorer: Some(pod("coffer-restore-back")),
+            ..Default::default()
+        };
+        assert_eq!(
+            plan(&status(true, Stage::Restoring), &restoring),
+            RestoreStep::Watch(MoverRole::Restorer)
+        );
+    }
+
+    #[test]
+    fn a_claim_or_mover_that_goes_or_is_taken_fails_the_restore_naming_it() {
+        let fail = |step: RestoreStep| match step {
+            RestoreStep::Fail(m) => m,
+            other => panic!("expected a failure, planned {other:?}"),
+        };
+        let taken = Seen {
+            claim: Some(claim("other/run", false)),
+            ..Default::default()
+        };
+        let m = fail(plan(&status(true, Stage::Resolving), &taken));
+        assert!(
+            m.contains("copy/data-copy was created by someone else"),
+            "{m}"
+        );
+        let m = fail(plan(&status(true, Stage::Restoring), &Seen::default()));
+        assert!(
+            m.contains("copy/data-copy was deleted during the restore"),
+            "{m}"
+        );
+        let no_mover = Seen {
+            claim: Some(claim("shop/back", false)),
+            ..Default::default()
+        };
+        let m = fail(plan(&status(true, Stage::Restoring), &no_mover));
+        assert!(
+            m.contains("mover pod copy/coffer-restore-back disappeared"),
+            "{m}"
+        );
     }
 }
