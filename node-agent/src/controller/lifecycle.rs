@@ -7,6 +7,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -17,6 +18,7 @@ use crate::crd::{Phase, RunStatus};
 
 use crate::api::{kube_err, Error};
 use crate::controller::context::Ctx;
+use crate::controller::movers::{mover_state, MoverState};
 use crate::names::FINALIZER;
 use crate::run::RunObject;
 use crate::run::Stage;
@@ -317,6 +319,53 @@ pub(crate) async fn reconcile<K: ControllerRun>(
         }
         step => step,
     }
+}
+
+/// A run's status as the API server has it now (not as the cache had it).
+pub(crate) async fn fresh_status<K: RunObject>(
+    ctx: &Ctx,
+    run: &K,
+) -> Result<Option<RunStatus>, Error> {
+    let ns = run.namespace().unwrap_or_default();
+    let name = run.name_any();
+    Ok(Api::<K>::namespaced(ctx.client.clone(), &ns)
+        .get_status(&name)
+        .await
+        .map_err(kube_err(format!("reading {} {ns}/{name}", K::kind(&()))))?
+        .run_status()
+        .cloned())
+}
+
+/// Follows the mover `pod` of `run`: one that cannot run or failed ends the
+/// run with why; one that exited without writing what it had to (`wrote`,
+/// of the run's fresh status) ends it so; otherwise the run is looked at
+/// again when the pod changes or its start is due.
+pub(crate) async fn follow_mover<K: ControllerRun>(
+    ctx: &Ctx,
+    run: &K,
+    pod: &Pod,
+    wrote: impl Fn(&RunStatus) -> bool,
+) -> Result<Action, Error> {
+    let why = match mover_state(ctx, pod).await {
+        MoverState::Running(again) => {
+            return Ok(again.map_or_else(Action::await_change, Action::requeue))
+        }
+        MoverState::Stuck(why) | MoverState::Exited(Some(why)) => why,
+        MoverState::Exited(None) => {
+            // The mover writes its result before it exits.
+            let fresh = fresh_status(ctx, run).await?.unwrap_or_default();
+            if wrote(&fresh) || fresh.phase.is_final() {
+                return Ok(Action::await_change());
+            }
+            format!(
+                "mover pod {}/{} exited without writing its result",
+                pod.namespace().unwrap_or_default(),
+                pod.name_any()
+            )
+        }
+    };
+    fail(ctx, run, why).await?;
+    Ok(Action::await_change())
 }
 
 /// Ends a run as Failed with `message` (its stage kept, or the first).

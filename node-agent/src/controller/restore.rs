@@ -37,12 +37,11 @@ use crate::crd::{BackupRepository, Phase, RestoreTarget, RunStatus, VolumeRestor
 use crate::api::{delete, kube_err, Error};
 use crate::controller::claims::{is_block, restored_claim, RestoredClaim};
 use crate::controller::context::Ctx;
-use crate::controller::lifecycle::{self, fail, ControllerRun, Triage};
+use crate::controller::lifecycle::{self, fail, follow_mover, ControllerRun, Triage};
 use crate::controller::movers::pod::MoverVolume;
 use crate::controller::movers::pod::{mover_pod, MoverPod};
-use crate::controller::movers::state::{mover_failure, mover_started};
 use crate::controller::movers::{
-    common_args, create_mover, delete_account, delete_mover, not_started, StatusOf,
+    common_args, create_mover, delete_account, delete_mover, StatusOf,
 };
 use crate::mover::args::{MoverArgs, ResolveArgs, RestoreArgs};
 use crate::names::{
@@ -312,7 +311,15 @@ async fn advance(
                 MoverRole::Restorer => seen.restorer,
             };
             match pod {
-                Some(pod) => watch_mover(ctx, vr, &tns, &pod).await,
+                Some(pod) => {
+                    follow_mover(ctx, vr, &pod, |fresh| match role {
+                        MoverRole::Resolver => {
+                            fresh.snapshot_id.is_some() && fresh.source_claim.is_some()
+                        }
+                        MoverRole::Restorer => false,
+                    })
+                    .await
+                }
                 None => Ok(Action::requeue(Duration::ZERO)),
             }
         }
@@ -422,52 +429,6 @@ async fn start_mover(
     // In another namespace, the run's status is written across namespaces:
     // the Role and its binding are in the run's, the account in the pod's.
     create_mover(ctx, &p, &StatusOf::of(vr)).await
-}
-
-/// A running mover: fail fast on a pod that cannot finish, and on one that
-/// exited without writing what it had to.
-async fn watch_mover(ctx: &Ctx, vr: &VolumeRestore, tns: &str, pod: &Pod) -> Result<Action, Error> {
-    let name = pod.name_any();
-    if let Some(why) = mover_failure(pod) {
-        fail(ctx, vr, why).await?;
-        return Ok(Action::await_change());
-    }
-    if pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded") {
-        let ns = vr.namespace().unwrap_or_default();
-        let fresh = Api::<VolumeRestore>::namespaced(ctx.client.clone(), &ns)
-            .get_status(&vr.name_any())
-            .await
-            .map_err(kube_err(format!(
-                "reading VolumeRestore {ns}/{}",
-                vr.name_any()
-            )))?
-            .status
-            .unwrap_or_default();
-        let wrote = if name == resolver_name(vr) {
-            fresh.snapshot_id.is_some() && fresh.source_claim.is_some()
-        } else {
-            fresh.phase.is_final()
-        };
-        if !wrote && !fresh.phase.is_final() {
-            fail(
-                ctx,
-                vr,
-                format!("mover pod {tns}/{name} exited without writing its result"),
-            )
-            .await?;
-        }
-        return Ok(Action::await_change());
-    }
-    if !mover_started(pod) {
-        return match not_started(ctx, pod).await {
-            Ok(wait) => Ok(Action::requeue(wait)),
-            Err(why) => {
-                fail(ctx, vr, why).await?;
-                Ok(Action::await_change())
-            }
-        };
-    }
-    Ok(Action::await_change())
 }
 
 /// Step 5: the mover pods, then (after a failure or cancel) the PVC this

@@ -14,7 +14,7 @@ use crate::crd::{BackupMethod, Phase, VolumeBackup};
 
 use crate::api::{create, delete, kube_err, Error};
 use crate::controller::backup::hooks::{frozen, snapshot_hooks};
-use crate::controller::backup::run::{child_name, fresh_status, is_open, run_labels};
+use crate::controller::backup::run::{child_name, is_open, run_labels};
 use crate::controller::context::Ctx;
 use crate::controller::csi::VolumeSnapshot;
 use crate::controller::csi::{
@@ -25,6 +25,7 @@ use crate::controller::csi::{
     group_snapshot_api, list_classes, pvc_driver, snapshot_class, GroupApi, SnapshotState,
 };
 use crate::controller::lifecycle::fail;
+use crate::controller::lifecycle::fresh_status;
 use crate::hooks::HookStage;
 use crate::names::{label_value, object_name};
 use crate::run::Stage;

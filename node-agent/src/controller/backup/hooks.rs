@@ -9,8 +9,8 @@ use serde_json::json;
 use crate::crd::VolumeBackup;
 
 use crate::api::{kube_err, Error};
-use crate::controller::backup::run::fresh_status;
 use crate::controller::context::Ctx;
+use crate::controller::lifecycle::fresh_status;
 use crate::hooks::HookStage;
 use crate::report::{patch_status, Written};
 

@@ -17,15 +17,14 @@ use crate::controller::backup::group::{
     find_snapshot, group, take_snapshots, thaw, Found, Group, GROUP_POLL,
 };
 use crate::controller::backup::hooks::{frozen, snapshot_hooks};
-use crate::controller::backup::run::{child_name, fresh_status, is_open, run_labels};
+use crate::controller::backup::run::{child_name, is_open, run_labels};
 use crate::controller::claims::{claim_spec, clone_claim, is_block, CloneClaim};
 use crate::controller::context::Ctx;
 use crate::controller::csi::snapshot_state;
 use crate::controller::csi::SnapshotState;
-use crate::controller::lifecycle::{self, fail, ControllerRun, Triage};
+use crate::controller::lifecycle::{self, fail, follow_mover, ControllerRun, Triage};
 use crate::controller::movers::pod::{mover_pod, MoverPod, MoverVolume, SOURCE_DEVICE, SOURCE_DIR};
-use crate::controller::movers::state::{mover_failure, mover_started};
-use crate::controller::movers::{common_args, create_mover, not_started, StatusOf};
+use crate::controller::movers::{common_args, create_mover, StatusOf};
 use crate::hooks::HookStage;
 use crate::mover::args::{BackupArgs, MoverArgs};
 use crate::run::Stage;
@@ -350,36 +349,7 @@ pub(crate) async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Res
             .await;
         return Ok(Action::requeue(ctx.opts.prepare_timeout));
     };
-    if let Some(why) = mover_failure(&pod) {
-        fail(ctx, vb, why).await?;
-        return Ok(Action::await_change());
-    }
-    if pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded") {
-        // The mover writes the result before it exits; a run still open
-        // after that has no result.
-        if !fresh_status(ctx, vb)
-            .await?
-            .is_some_and(|s| s.phase.is_final())
-        {
-            fail(
-                ctx,
-                vb,
-                format!("mover pod {ns}/{child} exited without writing a result"),
-            )
-            .await?;
-        }
-        return Ok(Action::await_change());
-    }
-    if !mover_started(&pod) {
-        return match not_started(ctx, &pod).await {
-            Ok(wait) => Ok(Action::requeue(wait)),
-            Err(why) => {
-                fail(ctx, vb, why).await?;
-                Ok(Action::await_change())
-            }
-        };
-    }
-    Ok(Action::await_change())
+    follow_mover(ctx, vb, &pod, |_| false).await
 }
 
 /// The origin recorded in the snapshot, with the claim's spec.

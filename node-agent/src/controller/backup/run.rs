@@ -2,13 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use kube::api::Api;
 use kube::{Resource, ResourceExt};
 
-use crate::crd::{RunStatus, VolumeBackup};
+use crate::crd::VolumeBackup;
 
-use crate::api::{kube_err, Error};
-use crate::controller::context::Ctx;
 use crate::names::{label_value, object_name, RUN_LABEL};
 
 /// The name of every object made for a run.
@@ -21,19 +18,6 @@ pub(crate) fn run_labels(vb: &VolumeBackup) -> BTreeMap<String, String> {
         (RUN_LABEL.to_string(), label_value(&vb.name_any())),
         crate::names::managed_by(),
     ])
-}
-
-/// The run's status as the API server has it now (the cache may lag).
-pub(crate) async fn fresh_status(ctx: &Ctx, vb: &VolumeBackup) -> Result<Option<RunStatus>, Error> {
-    let ns = vb.namespace().unwrap_or_default();
-    Ok(Api::<VolumeBackup>::namespaced(ctx.client.clone(), &ns)
-        .get_status(&vb.name_any())
-        .await
-        .map_err(kube_err(format!(
-            "reading VolumeBackup {ns}/{}",
-            vb.name_any()
-        )))?
-        .status)
 }
 
 /// Whether a run still goes on. The first open run of a group leads it.
