@@ -333,6 +333,23 @@ impl Reporter {
     }
 }
 
+/// The type and reason of the Event that says a run of kind `K` ended in
+/// `phase` (`BackupCompleted`, `RestoreFailed`): one table for the node
+/// agent and the controller. A phase that is no end reads as a failure.
+pub fn end_event<K: RunObject>(
+    phase: crate::crd::Phase,
+) -> (kube::runtime::events::EventType, String) {
+    use crate::crd::Phase;
+    use kube::runtime::events::EventType;
+    let (type_, word) = match phase {
+        Phase::Completed => (EventType::Normal, "Completed"),
+        Phase::PartiallyFailed => (EventType::Warning, "PartiallyFailed"),
+        Phase::Canceled => (EventType::Normal, "Canceled"),
+        _ => (EventType::Warning, "Failed"),
+    };
+    (type_, format!("{}{word}", K::ACTION))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -344,5 +361,21 @@ mod tests {
         let cut = cut_note(note);
         assert_eq!(cut, "a".repeat(999));
         assert_eq!(cut_note("short".into()), "short");
+    }
+
+    #[test]
+    fn the_end_of_a_run_is_announced_with_its_kind_and_phase() {
+        use crate::crd::{Phase, VolumeBackup, VolumeRestore};
+        use kube::runtime::events::EventType;
+        let reason = |p| end_event::<VolumeBackup>(p).1;
+        assert_eq!(reason(Phase::Completed), "BackupCompleted");
+        assert_eq!(reason(Phase::PartiallyFailed), "BackupPartiallyFailed");
+        assert_eq!(reason(Phase::Canceled), "BackupCanceled");
+        assert_eq!(reason(Phase::Failed), "BackupFailed");
+        let (type_, reason) = end_event::<VolumeRestore>(Phase::Failed);
+        assert_eq!(
+            (type_, reason.as_str()),
+            (EventType::Warning, "RestoreFailed")
+        );
     }
 }

@@ -202,15 +202,12 @@ impl Ctx /* end */ {
         first_stage: Stage,
     ) -> Result<(), Error> {
         let ns = run.namespace().unwrap_or_default();
-        let (etype, reason, note) = match &outcome {
-            Outcome::Failed(m) => (EventType::Warning, "Failed", m.clone()),
-            Outcome::Canceled => (
-                EventType::Normal,
-                "Canceled",
-                "canceled through spec.cancel".to_string(),
-            ),
-            Outcome::Done { .. } => (EventType::Normal, "Completed", String::new()),
+        let (phase, note) = match &outcome {
+            Outcome::Failed(m) => (Phase::Failed, m.clone()),
+            Outcome::Canceled => (Phase::Canceled, "canceled through spec.cancel".into()),
+            Outcome::Done { .. } => (Phase::Completed, String::new()),
         };
+        let (etype, reason) = crate::report::end_event::<K>(phase);
         let written = crate::report::try_update_run::<K>(&self.client, &ns, &run.name_any(), |s| {
             let stage = s.stage.clone();
             *s = status::finished(s.clone(), outcome.clone());
@@ -221,7 +218,6 @@ impl Ctx /* end */ {
         })
         .await?;
         if written.is_some() {
-            let reason = format!("{}{reason}", K::ACTION);
             tracing::info!(namespace = ns, run = run.name_any(), "{reason}: {note}");
             self.reporter.run_event(run, etype, &reason, note).await;
         }

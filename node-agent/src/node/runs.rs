@@ -9,7 +9,6 @@ use coffer_engine::CancelToken;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 
 use crate::crd::{Phase, RunStatus, VolumeBackup, VolumeRestore};
@@ -17,7 +16,7 @@ use crate::metrics::VolumeLabels;
 use crate::node::backup::{pod_of, volume_of};
 use crate::node::context::{lock, Agent, NodeRun, RunHandle, RunKey, RunKind, StopReason};
 use crate::node::decide::{decide, Decision};
-use crate::report::write_run;
+use crate::report::{end_event, write_run};
 use crate::status::{self, Outcome};
 
 impl Agent /* stop */ {
@@ -257,11 +256,7 @@ impl Agent /* claim_and_spawn */ {
                         None,
                     )
                     .await;
-                    let (etype, reason) = match final_status.phase {
-                        Phase::Completed => (EventType::Normal, "RestoreCompleted"),
-                        Phase::Canceled => (EventType::Normal, "RestoreCanceled"),
-                        _ => (EventType::Warning, "RestoreFailed"),
-                    };
+                    let (etype, reason) = end_event::<VolumeRestore>(final_status.phase);
                     let note = final_status.message.clone().unwrap_or_else(|| {
                         format!(
                             "snapshot {} restored",
@@ -270,7 +265,7 @@ impl Agent /* claim_and_spawn */ {
                     });
                     agent
                         .reporter
-                        .event_on_ref(&vr.object_ref(&()), etype, reason, "Restore", note)
+                        .run_event(vr.as_ref(), etype, &reason, note)
                         .await;
                 }
             }
@@ -285,12 +280,7 @@ impl Agent /* finish_backup */ {
     pub(crate) async fn finish_backup(&self, vb: &VolumeBackup, s: RunStatus, rv: Option<String>) {
         let ns = vb.namespace().unwrap_or_default();
         write_run::<VolumeBackup>(&self.client, &ns, &vb.name_any(), &s, rv).await;
-        let (etype, reason) = match s.phase {
-            Phase::Completed => (EventType::Normal, "BackupCompleted"),
-            Phase::PartiallyFailed => (EventType::Warning, "BackupPartiallyFailed"),
-            Phase::Canceled => (EventType::Normal, "BackupCanceled"),
-            _ => (EventType::Warning, "BackupFailed"),
-        };
+        let (etype, reason) = end_event::<VolumeBackup>(s.phase);
         let note = match (&s.message, &s.snapshot_id) {
             (Some(m), _) => m.clone(),
             (None, Some(id)) => format!(
@@ -298,14 +288,14 @@ impl Agent /* finish_backup */ {
                 volume_of(vb),
                 pod_of(vb)
             ),
-            (None, None) => reason.to_string(),
+            (None, None) => reason.clone(),
         };
         self.reporter
-            .event_on_ref(&vb.object_ref(&()), etype, reason, "Backup", note.clone())
+            .run_event(vb, etype, &reason, note.clone())
             .await;
         if let Some(pod) = self.pod_here(&ns, pod_of(vb)) {
             self.reporter
-                .event_on_ref(&pod.object_ref(&()), etype, reason, "Backup", note)
+                .event_on_ref(&pod.object_ref(&()), etype, &reason, "Backup", note)
                 .await;
         }
     }
