@@ -17,7 +17,7 @@ use kube::{Resource, ResourceExt};
 use crate::crd::{BackupMethod, HookRun, Progress, RunStatus, VolumeBackup};
 use crate::hooks;
 use crate::node::annotations;
-use crate::node::context::{stopped, Agent, StopReason};
+use crate::node::context::{stopped, Agent, Ended, StopReason};
 use crate::node::kubelet;
 use crate::node::plan::{self, Planned, VolumeMode};
 use crate::report::write_run;
@@ -91,12 +91,11 @@ impl Agent /* backup_with_hooks */ {
         claimed: RunStatus,
         cancel: &CancelToken,
         reason: &Arc<Mutex<Option<StopReason>>>,
-    ) -> (Outcome, Option<String>, u64, Vec<HookRun>) {
+    ) -> Ended {
         let ns = vb.namespace().unwrap_or_default();
         let pod_name = pod_of(vb);
         let Some(cached) = self.pod_here(&ns, pod_name) else {
-            let (o, p, b) = self.backup(vb, claimed, cancel, reason).await;
-            return (o, p, b, Vec::new());
+            return self.backup(vb, claimed, cancel, reason).await;
         };
         // The hooks as the pod has them now, not as the watch last saw them.
         let pod = match Api::<Pod>::namespaced(self.client.clone(), &ns)
@@ -110,7 +109,7 @@ impl Agent /* backup_with_hooks */ {
             Ok(h) => h,
             Err(e) => {
                 let m = format!("pod {ns}/{pod_name}: {e}");
-                return (Outcome::Failed(m), None, 0, Vec::new());
+                return Ended::new(Outcome::Failed(m), None, 0);
             }
         };
         let first = hooks::first_container(&pod);
@@ -128,10 +127,13 @@ impl Agent /* backup_with_hooks */ {
                 if let Some(post) = &hooks.post {
                     runs.push(self.hook(vb, &ns, pod_name, &first, post).await);
                 }
-                return (Outcome::Failed(m), None, 0, runs);
+                return Ended {
+                    hooks: runs,
+                    ..Ended::new(Outcome::Failed(m), None, 0)
+                };
             }
         }
-        let (mut outcome, path, bytes) = match vb.spec.method {
+        let mut ended = match vb.spec.method {
             BackupMethod::Command => self.dump(vb, &pod, cancel, reason).await,
             _ => self.backup(vb, claimed, cancel, reason).await,
         };
@@ -139,15 +141,16 @@ impl Agent /* backup_with_hooks */ {
             let r = self.hook(vb, &ns, pod_name, &first, post).await;
             runs.push(r.clone());
             if let (false, hooks::OnError::Fail, Outcome::Done { snapshot_id, .. }) =
-                (r.succeeded, post.on_error, &outcome)
+                (r.succeeded, post.on_error, &ended.outcome)
             {
-                outcome = Outcome::Failed(format!(
+                ended.outcome = Outcome::Failed(format!(
                     "{} (on-error Fail); snapshot {snapshot_id} was written",
                     r.message.unwrap_or_default()
                 ));
             }
         }
-        (outcome, path, bytes, runs)
+        ended.hooks = runs;
+        ended
     }
 }
 
@@ -193,7 +196,7 @@ impl Agent /* dump */ {
         pod: &Pod,
         cancel: &CancelToken,
         reason: &Arc<Mutex<Option<StopReason>>>,
-    ) -> (Outcome, Option<String>, u64) {
+    ) -> Ended {
         let ns = vb.namespace().unwrap_or_default();
         let name = pod.name_any();
         let first = hooks::first_container(pod);
@@ -205,9 +208,9 @@ impl Agent /* dump */ {
             Ok(Some(d)) => d,
             Ok(None) => {
                 let m = format!("pod {ns}/{name} has no annotation {}: method Command backs up the output of that command", hooks::COMMAND);
-                return (Outcome::Failed(m), None, 0);
+                return Ended::new(Outcome::Failed(m), None, 0);
             }
-            Err(e) => return (Outcome::Failed(format!("pod {ns}/{name}: {e}")), None, 0),
+            Err(e) => return Ended::new(Outcome::Failed(format!("pod {ns}/{name}: {e}")), None, 0),
         };
         let path = format!("/{}", d.filename);
         let repo = match self
@@ -216,12 +219,12 @@ impl Agent /* dump */ {
             .await
         {
             Ok(r) => r,
-            Err(e) => return (Outcome::Failed(e.to_string()), Some(path), 0),
+            Err(e) => return Ended::new(Outcome::Failed(e.to_string()), Some(path), 0),
         };
         let (stdout, process) = match hooks::start_dump(&self.client, &ns, &name, &first, &d).await
         {
             Ok(p) => p,
-            Err(m) => return (Outcome::Failed(m), Some(path), 0),
+            Err(m) => return Ended::new(Outcome::Failed(m), Some(path), 0),
         };
         tracing::info!(namespace = ns, pod = name, command = ?d.command, "dump starts");
         let handle = tokio::runtime::Handle::current();
@@ -260,7 +263,7 @@ impl Agent /* dump */ {
                     files_done: 1,
                     total_files: Some(1),
                 };
-                (
+                Ended::new(
                     Outcome::Done {
                         snapshot_id: summary.snapshot_id.to_hex(),
                         incremental_bytes: Some(summary.snapshot.summary.data_added_packed),
@@ -271,9 +274,9 @@ impl Agent /* dump */ {
                     summary.bytes_read,
                 )
             }
-            Err(coffer_engine::Error::Cancelled) => (stopped(reason), Some(path), 0),
-            Err(_) if cancel.is_cancelled() => (stopped(reason), Some(path), 0),
-            Err(e) => (Outcome::Failed(e.to_string()), Some(path), 0),
+            Err(coffer_engine::Error::Cancelled) => Ended::new(stopped(reason), Some(path), 0),
+            Err(_) if cancel.is_cancelled() => Ended::new(stopped(reason), Some(path), 0),
+            Err(e) => Ended::new(Outcome::Failed(e.to_string()), Some(path), 0),
         }
     }
 }
@@ -285,7 +288,7 @@ impl Agent /* backup */ {
         claimed: RunStatus,
         cancel: &CancelToken,
         reason: &Arc<Mutex<Option<StopReason>>>,
-    ) -> (Outcome, Option<String>, u64) {
+    ) -> Ended {
         let ns = vb.namespace().unwrap_or_default();
         let name = vb.name_any();
         let span = tracing::info_span!(
@@ -297,7 +300,7 @@ impl Agent /* backup */ {
         );
         let _enter = span.enter();
         let Some(pod) = self.pod_here(&ns, pod_of(vb)) else {
-            return (
+            return Ended::new(
                 Outcome::Failed(format!(
                     "pod {ns}/{} is not on node {} (deleted or moved)",
                     pod_of(vb),
@@ -309,7 +312,7 @@ impl Agent /* backup */ {
         };
         let planned = match self.plan(&pod, volume_of(vb)).await {
             Ok(p) => p,
-            Err(m) => return (Outcome::Failed(m), None, 0),
+            Err(m) => return Ended::new(Outcome::Failed(m), None, 0),
         };
         let path = planned.record_path.display().to_string();
         let mut s = claimed.clone();
@@ -321,7 +324,7 @@ impl Agent /* backup */ {
             .await
         {
             Ok(r) => r,
-            Err(e) => return (Outcome::Failed(e.to_string()), Some(path), 0),
+            Err(e) => return Ended::new(Outcome::Failed(e.to_string()), Some(path), 0),
         };
         self.reporter
             .event_on_ref(
@@ -391,7 +394,7 @@ impl Agent /* backup */ {
                     .map(|e| format!("{}: {}", e.path.display(), e.message))
                     .collect();
                 tracing::info!(snapshot = %summary.snapshot_id.to_hex(), "backup done");
-                (
+                Ended::new(
                     Outcome::Done {
                         snapshot_id: summary.snapshot_id.to_hex(),
                         incremental_bytes: Some(summary.snapshot.summary.data_added_packed),
@@ -402,8 +405,8 @@ impl Agent /* backup */ {
                     summary.bytes_read,
                 )
             }
-            Err(coffer_engine::Error::Cancelled) => (stopped(reason), Some(path), 0),
-            Err(e) => (Outcome::Failed(e.to_string()), Some(path), 0),
+            Err(coffer_engine::Error::Cancelled) => Ended::new(stopped(reason), Some(path), 0),
+            Err(e) => Ended::new(Outcome::Failed(e.to_string()), Some(path), 0),
         }
     }
 }

@@ -171,6 +171,35 @@ impl Agent /* pod_here */ {
     }
 }
 
+/// How the work of a run ended: its outcome, the path it recorded, the
+/// bytes it read, and the hooks it ran.
+pub(crate) struct Ended {
+    pub(crate) outcome: Outcome,
+    pub(crate) path: Option<String>,
+    pub(crate) bytes: u64,
+    pub(crate) hooks: Vec<crate::crd::HookRun>,
+}
+
+impl Ended {
+    /// An end with no hooks run.
+    pub(crate) fn new(outcome: Outcome, path: Option<String>, bytes: u64) -> Ended {
+        Ended {
+            outcome,
+            path,
+            bytes,
+            hooks: Vec::new(),
+        }
+    }
+
+    /// The run's final status, from the status it was claimed with.
+    pub(crate) fn status(self, claimed: RunStatus) -> RunStatus {
+        let mut s = claimed;
+        s.path = self.path.or(s.path);
+        s.hooks = self.hooks;
+        crate::status::finished(s, self.outcome)
+    }
+}
+
 pub(crate) fn stopped(reason: &Arc<Mutex<Option<StopReason>>>) -> Outcome {
     match lock(reason).clone() {
         Some(StopReason::PodGone(m)) => Outcome::Failed(m),

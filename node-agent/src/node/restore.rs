@@ -6,7 +6,7 @@ use coffer_engine::CancelToken;
 use kube::ResourceExt;
 
 use crate::crd::VolumeRestore;
-use crate::node::context::{stopped, Agent, StopReason};
+use crate::node::context::{stopped, Agent, Ended, StopReason};
 use crate::node::plan::VolumeMode;
 use crate::report::STATUS_INTERVAL;
 use crate::status::Outcome;
@@ -17,7 +17,7 @@ impl Agent /* restore */ {
         vr: &VolumeRestore,
         cancel: &CancelToken,
         reason: &Arc<Mutex<Option<StopReason>>>,
-    ) -> (Outcome, Option<String>, u64) {
+    ) -> Ended {
         let ns = vr.namespace().unwrap_or_default();
         let (pod_name, volume) = vr.spec.pod_volume().unwrap_or_default();
         let span = tracing::info_span!(
@@ -29,7 +29,7 @@ impl Agent /* restore */ {
         );
         let _enter = span.enter();
         let Some(pod) = self.pod_here(&ns, pod_name) else {
-            return (
+            return Ended::new(
                 Outcome::Failed(format!(
                     "pod {ns}/{pod_name} is not on node {} (deleted or moved)",
                     self.me()
@@ -40,7 +40,7 @@ impl Agent /* restore */ {
         };
         let planned = match self.plan(&pod, volume).await {
             Ok(p) => p,
-            Err(m) => return (Outcome::Failed(m), None, 0),
+            Err(m) => return Ended::new(Outcome::Failed(m), None, 0),
         };
         let path = planned.record_path.display().to_string();
         let repo = match self
@@ -49,7 +49,7 @@ impl Agent /* restore */ {
             .await
         {
             Ok(r) => r,
-            Err(e) => return (Outcome::Failed(e.to_string()), Some(path), 0),
+            Err(e) => return Ended::new(Outcome::Failed(e.to_string()), Some(path), 0),
         };
         let snapshot = match crate::snapshot_source::find_snapshot(
             &repo,
@@ -60,7 +60,7 @@ impl Agent /* restore */ {
         .await
         {
             Ok((id, _)) => id,
-            Err(m) => return (Outcome::Failed(m), Some(path), 0),
+            Err(m) => return Ended::new(Outcome::Failed(m), Some(path), 0),
         };
         let what = format!("volume {volume:?} of pod {pod_name}");
         let target = crate::restore_target::Target {
@@ -94,10 +94,10 @@ impl Agent /* restore */ {
                     Outcome::Done { progress, .. } => progress.bytes_done,
                     _ => 0,
                 };
-                (outcome, Some(path), bytes)
+                Ended::new(outcome, Some(path), bytes)
             }
-            Err(coffer_engine::Error::Cancelled) => (stopped(reason), Some(path), 0),
-            Err(e) => (Outcome::Failed(e.to_string()), Some(path), 0),
+            Err(coffer_engine::Error::Cancelled) => Ended::new(stopped(reason), Some(path), 0),
+            Err(e) => Ended::new(Outcome::Failed(e.to_string()), Some(path), 0),
         }
     }
 }

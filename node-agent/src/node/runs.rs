@@ -206,13 +206,11 @@ impl Agent /* claim_and_spawn */ {
             let started = Instant::now();
             match run {
                 RunKind::Backup(vb) => {
-                    let (outcome, path, bytes, hooks) = agent
+                    let ended = agent
                         .backup_with_hooks(&vb, claimed.clone(), &cancel, &reason)
                         .await;
-                    let mut s = claimed;
-                    s.path = path.or(s.path);
-                    s.hooks = hooks;
-                    let final_status = status::finished(s, outcome);
+                    let bytes = ended.bytes;
+                    let final_status = ended.status(claimed);
                     agent.reporter.run_ended(
                         "backup",
                         &vb.namespace().unwrap_or_default(),
@@ -236,10 +234,9 @@ impl Agent /* claim_and_spawn */ {
                     agent.finish_backup(&vb, final_status, None).await;
                 }
                 RunKind::Restore(vr) => {
-                    let (outcome, path, bytes) = agent.restore(&vr, &cancel, &reason).await;
-                    let mut s = claimed;
-                    s.path = path.or(s.path);
-                    let final_status = status::finished(s, outcome);
+                    let ended = agent.restore(&vr, &cancel, &reason).await;
+                    let bytes = ended.bytes;
+                    let final_status = ended.status(claimed);
                     agent.reporter.run_ended(
                         "restore",
                         &vr.namespace().unwrap_or_default(),
