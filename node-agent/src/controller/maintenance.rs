@@ -163,55 +163,64 @@ pub fn next_subset(configured: &str, last: Option<&str>) -> String {
     }
 }
 
-/// Reconciles one repository's maintenance.
-pub(crate) async fn reconcile(repo: Arc<BackupRepository>, ctx: Arc<Ctx>) -> Result<Action, Error> {
-    if repo.meta().deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
-    }
-    let m = repo.spec.maintenance.clone().unwrap_or_default();
-    let old = repo.status.clone().unwrap_or_default();
-    let mut st = old.clone();
-    let mut requeue: Option<Duration> = None;
-    let mut soonest = |d: Duration| requeue = Some(requeue.map_or(d, |r: Duration| r.min(d)));
+/// What a pass over a repository's maintenance decides, from its spec,
+/// its status and the time ([`plan_maintenance`]).
+#[derive(Debug, PartialEq)]
+pub(crate) struct MaintenancePlan {
+    /// Jobs started whose result is not written yet: follow their movers
+    /// (with the time each was started for).
+    pub(crate) follow: Vec<(Job, String)>,
+    /// Jobs whose result is written: record it (Events, metrics, the pod).
+    pub(crate) record: Vec<Job>,
+    /// The job to start now, with the `*-now` value that asked for it: one
+    /// per pass, and none while another runs.
+    pub(crate) start: Option<(Job, Option<String>)>,
+    /// When the next scheduled time comes.
+    pub(crate) wake: Option<Duration>,
+}
 
-    // The jobs started and not recorded yet.
-    let mut running = false;
+/// Plans a pass; `st` becomes the status the pass leaves (each job's next
+/// time, a schedule's error, and the claim of the job it starts).
+pub(crate) fn plan_maintenance(
+    repo: &BackupRepository,
+    st: &mut BackupRepositoryStatus,
+    now: chrono::DateTime<Utc>,
+) -> MaintenancePlan {
+    let m = repo.spec.maintenance.clone().unwrap_or_default();
+    let mut plan = MaintenancePlan {
+        follow: Vec::new(),
+        record: Vec::new(),
+        start: None,
+        wake: None,
+    };
     for job in Job::ALL {
         let Some(at) = job
-            .times(&mut st)
+            .times(st)
             .as_ref()
             .and_then(|t| t.last_schedule_time.clone())
         else {
             continue;
         };
-        if job.result_at(&st) == Some(at.as_str()) {
-            if let Some(d) = record(&ctx, &repo, job, &st).await? {
-                soonest(d);
-            }
-            continue;
-        }
-        running = true;
-        if let Some(d) = follow(&ctx, &repo, &m, job, &at, &mut st).await? {
-            soonest(d);
+        if job.result_at(st) == Some(at.as_str()) {
+            plan.record.push(job);
+        } else {
+            plan.follow.push((job, at));
         }
     }
-
-    // The next times; one job starts per pass, and none while one runs.
-    let now = Utc::now();
-    let created = created_at(repo.as_ref(), now);
+    let running = !plan.follow.is_empty();
+    let created = created_at(repo, now);
     let id = format!(
         "{}/{}",
         repo.namespace().unwrap_or_default(),
         repo.name_any()
     );
-    let mut fire = None;
     for job in Job::ALL {
         let text = job.schedule(&m);
         let trigger = repo.annotations().get(job.trigger()).map(String::as_str);
-        if text.is_none() && trigger.is_none() && job.times(&mut st).is_none() {
+        if text.is_none() && trigger.is_none() && job.times(st).is_none() {
             continue;
         }
-        let times = job.times(&mut st).get_or_insert_with(Default::default);
+        let times = job.times(st).get_or_insert_with(Default::default);
         let schedule = match text.map(|s| Schedule::parse(s, &format!("{id}/{}", job.as_str()))) {
             Some(_) if job == Job::Copy && m.copy_to.is_none() => {
                 times.error = Some(
@@ -244,21 +253,55 @@ pub(crate) async fn reconcile(repo: Arc<BackupRepository>, ctx: Arc<Ctx>) -> Res
             created,
             now,
         ) {
-            Tick::Fire { trigger } if !running && fire.is_none() => fire = Some((job, trigger)),
-            Tick::Fire { .. } => times.next_schedule_time = Some(crate::time::now_secs()),
+            Tick::Fire { trigger } if !running && plan.start.is_none() => {
+                plan.start = Some((job, trigger))
+            }
+            Tick::Fire { .. } => {
+                times.next_schedule_time =
+                    Some(now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            }
             Tick::Wait(next) => {
                 times.next_schedule_time =
                     next.map(|n| n.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
                 if let Some(n) = next {
-                    soonest((n - now).to_std().unwrap_or_default() + Duration::from_secs(1));
+                    let d = (n - now).to_std().unwrap_or_default() + Duration::from_secs(1);
+                    plan.wake = Some(plan.wake.map_or(d, |w| w.min(d)));
                 }
             }
         }
     }
-    if let Some((job, trigger)) = fire {
-        let times = job.times(&mut st).get_or_insert_with(Default::default);
+    if let Some((job, trigger)) = &plan.start {
+        let times = job.times(st).get_or_insert_with(Default::default);
         times.last_schedule_time = Some(now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
-        times.last_trigger = trigger.or(times.last_trigger.take());
+        times.last_trigger = trigger.clone().or(times.last_trigger.take());
+    }
+    plan
+}
+
+/// Reconciles one repository's maintenance: plans the pass
+/// ([`plan_maintenance`]), follows and records the jobs that ran, then
+/// claims the job it starts (the next pass creates its pod).
+pub(crate) async fn reconcile(repo: Arc<BackupRepository>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    if repo.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let m = repo.spec.maintenance.clone().unwrap_or_default();
+    let old = repo.status.clone().unwrap_or_default();
+    let mut st = old.clone();
+    let plan = plan_maintenance(&repo, &mut st, Utc::now());
+    let mut requeue = plan.wake;
+    let mut soonest = |d: Duration| requeue = Some(requeue.map_or(d, |r: Duration| r.min(d)));
+    for job in &plan.record {
+        if let Some(d) = record(&ctx, &repo, *job, &st).await? {
+            soonest(d);
+        }
+    }
+    for (job, at) in &plan.follow {
+        if let Some(d) = follow(&ctx, &repo, &m, *job, at, &mut st).await? {
+            soonest(d);
+        }
+    }
+    if plan.start.is_some() {
         // Claimed at the version read: a pass on a stale copy starts nothing.
         write_status(&ctx, &repo, &old, &st, true).await?;
         return Ok(Action::requeue(Duration::ZERO));
@@ -637,6 +680,109 @@ async fn write_status(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn t(s: &str) -> chrono::DateTime<Utc> {
+        chrono::DateTime::parse_from_rfc3339(s)
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    /// A repository made at midnight with `maintenance`, `status` and
+    /// `annotations`.
+    fn repository(
+        maintenance: serde_json::Value,
+        status: serde_json::Value,
+        annotations: serde_json::Value,
+    ) -> BackupRepository {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "default", "namespace": "shop", "annotations": annotations,
+                         "creationTimestamp": "2026-03-01T00:00:00Z"},
+            "spec": {"url": "s3:bucket/shop", "passwordSecretRef": {"name": "p", "key": "k"},
+                     "maintenance": maintenance},
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    fn plan(repo: &BackupRepository, now: &str) -> (MaintenancePlan, BackupRepositoryStatus) {
+        let mut st = repo.status.clone().unwrap_or_default();
+        let p = plan_maintenance(repo, &mut st, t(now));
+        (p, st)
+    }
+
+    #[test]
+    fn one_job_starts_per_pass_and_the_other_waits_its_turn() {
+        let both = serde_json::json!({"pruneSchedule": "0 3 * * *", "checkSchedule": "0 3 * * *"});
+        let repo = repository(
+            both.clone(),
+            serde_json::json!(null),
+            serde_json::json!(null),
+        );
+        let (p, st) = plan(&repo, "2026-03-01T03:00:05Z");
+        assert_eq!(p.start, Some((Job::Prune, None)));
+        let prune = st.prune.unwrap();
+        assert_eq!(
+            prune.last_schedule_time.as_deref(),
+            Some("2026-03-01T03:00:05.000Z")
+        );
+        let check = st.check.unwrap();
+        assert_eq!(check.last_schedule_time, None);
+        assert_eq!(
+            check.next_schedule_time.as_deref(),
+            Some("2026-03-01T03:00:05Z"),
+            "due now"
+        );
+        // The prune runs (no result yet): it is followed, and nothing starts.
+        let running =
+            serde_json::json!({"prune": {"lastScheduleTime": "2026-03-01T03:00:05.000Z"}});
+        let (p, _) = plan(
+            &repository(both, running, serde_json::json!(null)),
+            "2026-03-01T03:01:00Z",
+        );
+        assert_eq!(
+            p.follow,
+            vec![(Job::Prune, "2026-03-01T03:00:05.000Z".to_string())]
+        );
+        assert_eq!(p.start, None);
+    }
+
+    #[test]
+    fn a_written_result_is_recorded_and_the_next_time_awaited() {
+        let at = "2026-03-01T03:00:05.000Z";
+        let done = serde_json::json!({
+            "prune": {"lastScheduleTime": at},
+            "lastPrune": {"scheduledAt": at, "time": "2026-03-01T03:02:00Z", "bytesFreed": 0,
+                          "bytesRepacked": 0, "packsDeleted": 0, "totalBytes": 0,
+                          "sessionsWaited": 0, "executed": true},
+        });
+        let repo = repository(
+            serde_json::json!({"pruneSchedule": "0 3 * * *"}),
+            done,
+            serde_json::json!(null),
+        );
+        let (p, st) = plan(&repo, "2026-03-01T04:00:00Z");
+        assert_eq!(p.record, vec![Job::Prune]);
+        assert!(p.follow.is_empty() && p.start.is_none());
+        assert_eq!(p.wake, Some(Duration::from_secs(23 * 3600 + 1)));
+        assert_eq!(
+            st.prune.unwrap().next_schedule_time.as_deref(),
+            Some("2026-03-02T03:00:00Z")
+        );
+    }
+
+    #[test]
+    fn a_now_annotation_starts_a_job_and_a_copy_without_a_destination_is_said() {
+        let repo = repository(
+            serde_json::json!({"copySchedule": "@daily"}),
+            serde_json::json!(null),
+            serde_json::json!({Job::Check.trigger(): "please"}),
+        );
+        let (p, st) = plan(&repo, "2026-03-01T05:00:00Z");
+        assert_eq!(p.start, Some((Job::Check, Some("please".into()))));
+        let copy = st.copy.unwrap();
+        assert!(copy.error.unwrap().contains("needs copyTo"));
+        assert_eq!(copy.last_schedule_time, None);
+    }
 
     #[test]
     fn a_subset_of_parts_moves_to_the_next_part_and_wraps() {
