@@ -121,20 +121,7 @@ pub(crate) async fn claim(ctx: &Ctx, vb: &VolumeBackup) -> Result<Action, Error>
         fail(ctx, vb, format!("PersistentVolumeClaim {ns}/{pvc_name} is {phase:?}, not Bound: only a provisioned volume can be snapshotted")).await?;
         return Ok(Action::await_change());
     }
-    let repos: Api<BackupRepository> = Api::namespaced(ctx.client.clone(), &ns);
-    let repo = repos
-        .get_opt(&vb.spec.repository)
-        .await
-        .map_err(kube_err(format!(
-            "reading BackupRepository {ns}/{}",
-            vb.spec.repository
-        )))?;
-    if repo.is_none() {
-        let e = crate::repos::RepoError::Missing {
-            namespace: ns.clone(),
-            name: vb.spec.repository.clone(),
-        };
-        fail(ctx, vb, e.to_string()).await?;
+    if repository(ctx, vb).await?.is_none() {
         return Ok(Action::await_change());
     }
     lifecycle::claim(
@@ -293,19 +280,7 @@ pub(crate) async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Res
             let Some(spec_source) = seen.source.as_ref().or(seen.clone.as_ref()) else {
                 return Ok(Action::requeue(Duration::ZERO));
             };
-            let repo = Api::<BackupRepository>::namespaced(ctx.client.clone(), &ns)
-                .get_opt(&vb.spec.repository)
-                .await
-                .map_err(kube_err(format!(
-                    "reading BackupRepository {ns}/{}",
-                    vb.spec.repository
-                )))?;
-            let Some(repo) = repo else {
-                let e = crate::repos::RepoError::Missing {
-                    namespace: ns.clone(),
-                    name: vb.spec.repository.clone(),
-                };
-                fail(ctx, vb, e.to_string()).await?;
+            let Some(repo) = repository(ctx, vb).await? else {
                 return Ok(Action::await_change());
             };
             let origin = origin_of(ctx, spec_source).await;
@@ -340,6 +315,26 @@ pub(crate) async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Res
             Ok(Action::requeue(ctx.opts.prepare_timeout))
         }
     }
+}
+
+/// The run's BackupRepository; a missing one fails the run (`None`).
+async fn repository(ctx: &Ctx, vb: &VolumeBackup) -> Result<Option<BackupRepository>, Error> {
+    let ns = vb.namespace().unwrap_or_default();
+    let repo = Api::<BackupRepository>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&vb.spec.repository)
+        .await
+        .map_err(kube_err(format!(
+            "reading BackupRepository {ns}/{}",
+            vb.spec.repository
+        )))?;
+    if repo.is_none() {
+        let e = crate::repos::RepoError::Missing {
+            namespace: ns,
+            name: vb.spec.repository.clone(),
+        };
+        fail(ctx, vb, e.to_string()).await?;
+    }
+    Ok(repo)
 }
 
 /// What a backup pass saw once its VolumeSnapshot exists: the claim it
