@@ -18,6 +18,14 @@ pub fn created_at<K: Resource>(obj: &K, now: DateTime<Utc>) -> DateTime<Utc> {
         .unwrap_or(now)
 }
 
+/// The time an RFC 3339 text names, for tests.
+#[cfg(test)]
+pub(crate) fn utc(text: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(text)
+        .expect("an RFC 3339 time")
+        .with_timezone(&Utc)
+}
+
 /// How long ago `obj` was created (zero when the server did not say).
 pub fn age<K: Resource>(obj: &K, now: DateTime<Utc>) -> Duration {
     (now - created_at(obj, now))

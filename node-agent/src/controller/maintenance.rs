@@ -680,12 +680,7 @@ async fn write_status(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn t(s: &str) -> chrono::DateTime<Utc> {
-        chrono::DateTime::parse_from_rfc3339(s)
-            .unwrap()
-            .with_timezone(&Utc)
-    }
+    use crate::time::utc as t;
 
     /// A repository made at midnight with `maintenance`, `status` and
     /// `annotations`.

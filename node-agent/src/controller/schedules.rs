@@ -795,12 +795,7 @@ async fn retention(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn t(s: &str) -> chrono::DateTime<Utc> {
-        chrono::DateTime::parse_from_rfc3339(s)
-            .unwrap()
-            .with_timezone(&Utc)
-    }
+    use crate::time::utc as t;
 
     /// An hourly schedule made at midnight, with `spec` and `status` merged
     /// in.
