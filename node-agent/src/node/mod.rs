@@ -78,8 +78,11 @@ pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) -> anyhow
 
     // The pods of this node first, so that runs find their pod.
     let pod_events = agent.clone();
+    // The caches keep no managedFields: often most of an object's bytes,
+    // and never read here.
     let pod_stream = watcher(Api::<Pod>::all(client.clone()), on_node.clone())
         .default_backoff()
+        .modify(|pod| pod.managed_fields_mut().clear())
         .reflect(pods_writer)
         .inspect_ok(move |ev| {
             pod_events.on_pod_event(ev);
@@ -161,6 +164,12 @@ where
     let deleted = agent.clone();
     let stream = watcher(Api::<Lenient<K>>::all(client.clone()), Default::default())
         .default_backoff()
+        .modify(|o| {
+            o.metadata.managed_fields = None;
+            if let Ok(run) = &mut o.parsed {
+                run.managed_fields_mut().clear();
+            }
+        })
         .reflect(writer)
         .inspect_ok(move |ev| match ev {
             Event::Delete(o) => {
