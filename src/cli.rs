@@ -587,6 +587,14 @@ pub struct BackupArgs {
     /// Read every file, even those unchanged since the parent snapshot
     #[arg(long)]
     pub force: bool,
+    /// Ignore inode number and ctime changes when checking for modified files
+    /// (a copy of the files, such as a CSI clone made by copying, is not read
+    /// again; a file rewritten with its size and mtime put back is missed)
+    #[arg(long)]
+    pub ignore_inode: bool,
+    /// Ignore ctime changes when checking for modified files
+    #[arg(long)]
+    pub ignore_ctime: bool,
     /// Read the source no faster than RATE (e.g. 50MiB/s), to leave the disk to others
     #[arg(long, value_name = "RATE", value_parser = coffer_engine::backup::parse_rate)]
     pub limit_read: Option<u64>,

@@ -1606,3 +1606,27 @@ fn snapshots_and_forget_filter_by_kubernetes_origin() {
     assert_eq!(count(&["--namespace", "team-a"]), 1);
     assert_eq!(count(&[]), 3, "team-b and the plain backup are untouched");
 }
+
+/// restic's `--ignore-inode` and `--ignore-ctime` reach the engine (whose
+/// tests show what they read) and the snapshot records the rules used.
+#[test]
+fn ignore_inode_and_ignore_ctime_are_recorded_in_the_snapshot() {
+    let env = Env::new();
+    env.init();
+    let src = env.source();
+    let rules = |extra: &[&str]| {
+        let mut args = vec!["backup", src.to_str().unwrap(), "--json"];
+        args.extend_from_slice(extra);
+        let summary = last_json_line(&env.expect(0, &args));
+        let id = summary["snapshot_id"].as_str().unwrap().to_string();
+        json(&env.expect(0, &["cat", "snapshot", &id]))["ignored_changes"].clone()
+    };
+    assert_eq!(rules(&[]), serde_json::Value::Null);
+    assert_eq!(rules(&["--ignore-ctime"]), serde_json::json!(["ctime"]));
+    assert_eq!(
+        rules(&["--ignore-inode"]),
+        serde_json::json!(["inode", "ctime"])
+    );
+    let help = env.expect(0, &["backup", "--help"]);
+    assert!(help.contains("--ignore-inode") && help.contains("--ignore-ctime"));
+}

@@ -437,6 +437,7 @@ mod tests {
                 summary: SnapshotSummary::default(),
                 origin: None,
                 original: None,
+                ignored_changes: Vec::new(),
             },
         )
     }

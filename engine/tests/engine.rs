@@ -1630,7 +1630,7 @@ mod keys {
 
 mod incremental {
     use super::*;
-    use coffer_engine::backup::ParentChoice;
+    use coffer_engine::backup::{ChangeRules, ParentChoice};
 
     /// A directory whose mtime lies in the future has its atime updated by
     /// every plain read (relatime). Reading it with `O_NOATIME` changes
@@ -1780,6 +1780,111 @@ mod incremental {
         o.parent = ParentChoice::Snapshot(first.snapshot_id.short());
         let explicit = backup_with(&repo, o).await;
         assert_eq!(explicit.snapshot.parent, Some(first.snapshot_id));
+    }
+
+    /// A copy of the files (`cp -a`: same sizes and mtimes, new inodes and
+    /// ctimes), as a CSI clone that copies files gives a mover each time.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_copy_of_the_files_is_read_again_unless_inodes_and_ctimes_are_ignored() {
+        let dir = tempdir();
+        let src = dir.path().join("a/data");
+        for i in 0..12 {
+            write(
+                &src.join(format!("d{}/f{i}", i % 3)),
+                &text(300 + i, 20_000),
+            );
+        }
+        let repo = memory_repo(init_opts(small_chunks(), Compression::Zstd(3), 1 << 20)).await;
+        let first = backup_with(&repo, opts(&src)).await;
+        assert!(first.snapshot.ignored_changes.is_empty());
+        let copy = dir.path().join("b/data");
+        std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+        let cp = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&src)
+            .arg(&copy)
+            .status()
+            .unwrap();
+        assert!(cp.success());
+        let from_first = |changes: ChangeRules| {
+            let mut o = opts(&copy);
+            o.parent = ParentChoice::Snapshot(first.snapshot_id.short());
+            o.changes = changes;
+            o
+        };
+        let total = first.snapshot.summary.total_bytes_processed;
+
+        // By default, and ignoring only the ctime, the new inodes count.
+        for changes in [
+            ChangeRules::default(),
+            ChangeRules {
+                ignore_ctime: true,
+                ..Default::default()
+            },
+        ] {
+            let again = backup_with(&repo, from_first(changes)).await;
+            assert_eq!(again.snapshot.parent, Some(first.snapshot_id));
+            assert_eq!(again.bytes_read, total, "{changes:?}: every file read");
+        }
+
+        // Ignoring inodes (and so ctimes): only metadata is read, and the
+        // snapshot says which rules it used.
+        let ignore_inode = ChangeRules {
+            ignore_inode: true,
+            ..Default::default()
+        };
+        let quick = backup_with(&repo, from_first(ignore_inode)).await;
+        let s = &quick.snapshot.summary;
+        assert_eq!(quick.bytes_read, 0, "{s:?}");
+        assert_eq!((s.files_unmodified, s.total_bytes_processed), (12, total));
+        assert_eq!(quick.snapshot.ignored_changes, ["inode", "ctime"]);
+        let target = tempdir();
+        restore_to(&repo, &quick.snapshot_id.to_hex(), target.path()).await;
+        let (mut expected, mut actual) = (manifest(&copy), manifest(target.path()));
+        expected.remove(&b""[..]);
+        actual.remove(&b""[..]);
+        assert_same(&expected, &actual);
+
+        // The documented limit: a file rewritten in the copy with its size
+        // and mtime put back is taken from the parent unread; by default
+        // its ctime gives it away.
+        let victim = copy.join("d1/f1");
+        let md = std::fs::metadata(&victim).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let (mt, mtn) = (md.mtime(), md.mtime_nsec() as u32);
+        let mut changed = text(301, 20_000);
+        changed[5] ^= 1;
+        std::fs::write(&victim, &changed).unwrap();
+        set_times(&victim, (mt, mtn), (mt, mtn));
+        let parent_quick = |changes: ChangeRules| {
+            let mut o = opts(&copy);
+            o.parent = ParentChoice::Snapshot(quick.snapshot_id.short());
+            o.changes = changes;
+            o
+        };
+        let missed = backup_with(&repo, parent_quick(ignore_inode)).await;
+        assert_eq!(missed.bytes_read, 0);
+        let caught = backup_with(&repo, parent_quick(ChangeRules::default())).await;
+        assert_eq!(caught.bytes_read, 20_000, "only the rewritten file");
+        assert_eq!(caught.snapshot.summary.files_changed, 1);
+
+        // Ignoring the ctime alone: a chmod (a new ctime, the same inode)
+        // reads nothing, where by default it reads the file again.
+        std::fs::set_permissions(
+            src.join("d2/f2"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        let mut o = opts(&src);
+        o.changes.ignore_ctime = true;
+        let chmod_only = backup_with(&repo, o).await;
+        assert_eq!(chmod_only.bytes_read, 0);
+        assert_eq!(chmod_only.snapshot.ignored_changes, ["ctime"]);
+        // By default, compared with the first snapshot (the old ctime).
+        let mut o = opts(&src);
+        o.parent = ParentChoice::Snapshot(first.snapshot_id.short());
+        let strict = backup_with(&repo, o).await;
+        assert_eq!(strict.bytes_read, 20_000, "the chmod'ed file is read again");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -3563,6 +3668,7 @@ mod hostile {
             summary: SnapshotSummary::default(),
             origin: None,
             original: None,
+            ignored_changes: Vec::new(),
         };
         repo.write_snapshot(&s).await.unwrap()
     }

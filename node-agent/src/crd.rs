@@ -11,6 +11,8 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use crate::time::Timestamp;
+
 /// The repository name a run uses when it names none.
 pub const DEFAULT_REPOSITORY: &str = "default";
 
@@ -149,7 +151,7 @@ pub struct BackupRepositoryStatus {
     pub message: Option<String>,
     /// When it was last opened or tried (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_checked: Option<String>,
+    pub last_checked: Option<Timestamp>,
     /// The generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0_i64, max = 9_007_199_254_740_991_i64))]
@@ -180,10 +182,10 @@ pub struct BackupRepositoryStatus {
 pub struct JobTimes {
     /// The time the last job was started for (RFC 3339, ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_schedule_time: Option<String>,
+    pub last_schedule_time: Option<Timestamp>,
     /// The next time, when the schedule has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next_schedule_time: Option<String>,
+    pub next_schedule_time: Option<Timestamp>,
     /// The last `maintenance.coffer.dev/{prune,check}-now` value acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_trigger: Option<String>,
@@ -197,9 +199,9 @@ pub struct JobTimes {
 #[serde(rename_all = "camelCase")]
 pub struct PruneResult {
     /// The `lastScheduleTime` it ran for.
-    pub scheduled_at: String,
+    pub scheduled_at: Timestamp,
     /// When it ended.
-    pub time: String,
+    pub time: Timestamp,
     /// Bytes freed in the store.
     #[schemars(range(min = 0_i64, max = 9_007_199_254_740_991_i64))]
     pub bytes_freed: u64,
@@ -228,9 +230,9 @@ pub struct PruneResult {
 #[serde(rename_all = "camelCase")]
 pub struct CheckResult {
     /// The `lastScheduleTime` it ran for.
-    pub scheduled_at: String,
+    pub scheduled_at: Timestamp,
     /// When it ended.
-    pub time: String,
+    pub time: Timestamp,
     /// Whether the repository is sound (and the check ran).
     pub ok: bool,
     /// The subset of packs read, when data was read.
@@ -261,9 +263,9 @@ pub struct CheckResult {
 #[serde(rename_all = "camelCase")]
 pub struct CopyResult {
     /// The `lastScheduleTime` it ran for.
-    pub scheduled_at: String,
+    pub scheduled_at: Timestamp,
     /// When it ended.
-    pub time: String,
+    pub time: Timestamp,
     /// The BackupRepository copied into.
     pub destination: String,
     /// Snapshots copied now.
@@ -619,10 +621,10 @@ pub struct RunStatus {
     pub incremental_bytes: Option<u64>,
     /// When the agent started it (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub start_time: Option<String>,
+    pub start_time: Option<Timestamp>,
     /// When it ended (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub completion_time: Option<String>,
+    pub completion_time: Option<Timestamp>,
     /// What happened, for humans.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -795,16 +797,16 @@ pub enum ConcurrencyPolicy {
 pub struct BackupScheduleStatus {
     /// When it last created runs (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_schedule_time: Option<String>,
+    pub last_schedule_time: Option<Timestamp>,
     /// When it last skipped a time (concurrencyPolicy Forbid).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_skipped_time: Option<String>,
+    pub last_skipped_time: Option<Timestamp>,
     /// When a run of it last completed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_successful_time: Option<String>,
+    pub last_successful_time: Option<Timestamp>,
     /// When it fires next (none while paused or invalid).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next_schedule_time: Option<String>,
+    pub next_schedule_time: Option<Timestamp>,
     /// The last `backup.coffer.dev/backup-now` value acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_trigger: Option<String>,
@@ -814,7 +816,7 @@ pub struct BackupScheduleStatus {
     /// A time claimed (`lastScheduleTime`) whose runs are not all created
     /// yet; a controller that stopped in between creates the rest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub creating: Option<String>,
+    pub creating: Option<Timestamp>,
     /// The last retention pass.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_retention: Option<RetentionResult>,
@@ -828,9 +830,9 @@ pub struct BackupScheduleStatus {
 #[serde(rename_all = "camelCase")]
 pub struct RetentionResult {
     /// The `lastScheduleTime` whose runs it followed.
-    pub after: String,
+    pub after: Timestamp,
     /// When it ran.
-    pub time: String,
+    pub time: Timestamp,
     /// Snapshots kept.
     #[schemars(range(min = 0_i64, max = 9_007_199_254_740_991_i64))]
     pub kept: u64,
@@ -879,7 +881,7 @@ pub struct Condition {
     pub message: String,
     /// When `status` last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_transition_time: Option<String>,
+    pub last_transition_time: Option<Timestamp>,
 }
 
 /// Every definition, as the YAML stream `coffer-agent crds` prints.

@@ -10,7 +10,9 @@
 //! and [`mover`] the program that a mover pod runs. Below them sit the shared
 //! modules: [`crd`] (the API), [`names`] (names, labels, annotations),
 //! [`api`] (API calls and their errors), [`run`], [`status`] and [`report`]
-//! (what a run is, its status transitions, and writing them), [`scheduling`]
+//! (what a run is, its status transitions, and writing them),
+//! [`volume_backup`] (one volume's backup, as the node agent and the mover
+//! both run it), [`time`] (the one format of coffer's times), [`scheduling`]
 //! (the schedule language and the one durable rule for firing), [`repos`] (a
 //! namespace's repository and its Secrets), [`policy`] (the administrator's
 //! limits) and [`metrics`] (Prometheus and health). `node` and `controller`
@@ -37,3 +39,4 @@ pub mod scheduling;
 pub mod snapshot_source;
 pub mod status;
 pub mod time;
+pub mod volume_backup;

@@ -246,14 +246,14 @@ async fn run_mover(m: MoverArgs) -> anyhow::Result<bool> {
                 namespace: a.common.namespace.clone(),
                 run: a.common.run.clone(),
                 repo: a.common.repo(),
-                source: a.source,
-                record_path: a.record_path,
-                origin: a.origin,
-                tags: a.tags,
-                excludes: a.excludes,
-                threads: a.threads,
-                read_limit: a.limit_read,
-                hostname: a.hostname,
+                source: coffer_node_agent::volume_backup::Source {
+                    hostname: a.hostname,
+                    tags: a.tags,
+                    excludes: a.excludes,
+                    threads: a.threads,
+                    read_limit: a.limit_read,
+                    ..mover::clone_source(a.source, a.record_path, a.origin)
+                },
             };
             Ok(done(
                 mover::backup(client().await?, job, password, cancel).await,

@@ -342,10 +342,8 @@ impl ScheduleGauges {
         state
             .exported_by
             .insert((labels.namespace.clone(), labels.schedule.clone()), uid);
-        let unix = |t: &Option<String>| {
-            t.as_deref()
-                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                .map(|t| t.timestamp_millis() as f64 / 1000.0)
+        let unix = |t: &Option<crate::time::Timestamp>| {
+            t.map(|t| t.at().timestamp_millis() as f64 / 1000.0)
         };
         let m = &self.metrics;
         if let Some(t) = unix(&st.last_successful_time) {
@@ -405,8 +403,8 @@ mod tests {
             .unwrap()
         };
         let st = BackupScheduleStatus {
-            last_successful_time: Some("2026-11-25T02:00:00Z".into()),
-            next_schedule_time: Some("2026-11-26T02:00:00Z".into()),
+            last_successful_time: Some(crate::time::stamp("2026-11-25T02:00:00Z")),
+            next_schedule_time: Some(crate::time::stamp("2026-11-26T02:00:00Z")),
             ..Default::default()
         };
         let series = |ns: &str| {

@@ -85,6 +85,16 @@ pub const SCHEDULE_LABEL: &str = "coffer.dev/schedule";
 /// The annotation on a schedule's VolumeBackups: the time that made them.
 pub const SCHEDULED_AT: &str = "coffer.dev/scheduled-at";
 
+/// The time `obj`'s [`SCHEDULED_AT`] names, when it has one that parses.
+pub fn scheduled_at<K: Resource>(obj: &K) -> Option<crate::time::Timestamp> {
+    obj.meta()
+        .annotations
+        .as_ref()?
+        .get(SCHEDULED_AT)?
+        .parse()
+        .ok()
+}
+
 /// The tag on every snapshot a schedule makes; retention considers only
 /// those.
 pub fn schedule_tag(name: &str) -> String {

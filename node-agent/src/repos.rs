@@ -202,7 +202,7 @@ impl Repos {
                 phase: Some(RepositoryPhase::Ready),
                 repository_id: Some(hex::encode(&r.config().id)),
                 message: None,
-                last_checked: Some(crate::time::now_secs()),
+                last_checked: Some(crate::time::Timestamp::now()),
                 observed_generation: repo.metadata.generation,
                 ..Default::default()
             },
@@ -210,7 +210,7 @@ impl Repos {
                 phase: Some(RepositoryPhase::NotReady),
                 repository_id: None,
                 message: Some(e.to_string()),
-                last_checked: Some(crate::time::now_secs()),
+                last_checked: Some(crate::time::Timestamp::now()),
                 observed_generation: repo.metadata.generation,
                 ..Default::default()
             },

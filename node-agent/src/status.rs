@@ -1,7 +1,7 @@
 //! Status transitions, pure: what an agent does with a run it sees, the
 //! status a result becomes, and the conditions of the other kinds.
 
-use crate::crd::{Condition, Phase, Progress, RunErrors, RunStatus, MAX_ATTEMPTS};
+use crate::crd::{Condition, Phase, Progress, RunErrors, RunStatus, Timestamp, MAX_ATTEMPTS};
 
 /// The status of a run just claimed by `node`.
 pub fn started(previous: Option<&RunStatus>, node: &str, path: Option<String>) -> RunStatus {
@@ -10,7 +10,7 @@ pub fn started(previous: Option<&RunStatus>, node: &str, path: Option<String>) -
         phase: Phase::InProgress,
         node: Some(node.to_string()),
         path,
-        start_time: Some(crate::time::now_secs()),
+        start_time: Some(Timestamp::now()),
         attempts,
         message: (attempts > 1).then(|| {
             format!("resumed on node {node} after the agent restarted (attempt {attempts} of {MAX_ATTEMPTS})")
@@ -44,7 +44,7 @@ pub const MAX_ERROR_PATHS: usize = 10;
 
 /// The final status of a run.
 pub fn finished(mut status: RunStatus, outcome: Outcome) -> RunStatus {
-    status.completion_time = Some(crate::time::now_secs());
+    status.completion_time = Some(Timestamp::now());
     match outcome {
         Outcome::Done {
             snapshot_id,
@@ -100,14 +100,14 @@ pub fn set_condition(
     ok: bool,
     reason: &str,
     message: String,
-    now: &str,
+    now: Timestamp,
 ) {
     let status = if ok { "True" } else { "False" };
     let since = conditions
         .iter()
         .find(|c| c.type_ == type_ && c.status == status)
-        .and_then(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| now.to_string());
+        .and_then(|c| c.last_transition_time)
+        .unwrap_or(now);
     conditions.retain(|c| c.type_ != type_);
     conditions.push(Condition {
         type_: type_.into(),
@@ -168,13 +168,19 @@ mod tests {
 
     #[test]
     fn conditions_keep_their_transition_time_until_they_change() {
+        let [t1, t2, t3] = [
+            "2026-12-01T00:00:00Z",
+            "2026-12-02T00:00:00Z",
+            "2026-12-03T00:00:00Z",
+        ]
+        .map(crate::time::stamp);
         let mut c = Vec::new();
-        set_condition(&mut c, "Scheduled", true, "Scheduled", String::new(), "t1");
-        set_condition(&mut c, "Scheduled", true, "Scheduled", String::new(), "t2");
+        set_condition(&mut c, "Scheduled", true, "Scheduled", String::new(), t1);
+        set_condition(&mut c, "Scheduled", true, "Scheduled", String::new(), t2);
         assert_eq!(c.len(), 1);
-        assert_eq!(c[0].last_transition_time.as_deref(), Some("t1"));
-        set_condition(&mut c, "Scheduled", false, "Paused", String::new(), "t3");
+        assert_eq!(c[0].last_transition_time, Some(t1));
+        set_condition(&mut c, "Scheduled", false, "Paused", String::new(), t3);
         assert_eq!(c[0].status, "False");
-        assert_eq!(c[0].last_transition_time.as_deref(), Some("t3"));
+        assert_eq!(c[0].last_transition_time, Some(t3));
     }
 }

@@ -140,6 +140,12 @@ pub struct Snapshot {
     /// that one had an `original` too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub original: Option<SnapshotId>,
+    /// The attributes that did not count as a change when files were
+    /// compared with the parent's: `inode` and `ctime` (`--ignore-inode`),
+    /// or `ctime` (`--ignore-ctime`). Empty when size, mtime, ctime and
+    /// inode all had to match for a file to be taken from the parent unread.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignored_changes: Vec<String>,
 }
 
 impl Snapshot {

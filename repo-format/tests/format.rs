@@ -320,6 +320,7 @@ fn vector_snapshot() -> Snapshot {
             ..Default::default()
         }),
         original: None,
+        ignored_changes: Vec::new(),
     }
 }
 

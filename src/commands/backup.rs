@@ -48,6 +48,10 @@ pub async fn run(g: &Global, a: BackupArgs) -> anyhow::Result<i32> {
     opts.walk_threads = a.walk_threads;
     opts.compression = a.compression;
     opts.force = a.force;
+    opts.changes = coffer_engine::backup::ChangeRules {
+        ignore_inode: a.ignore_inode,
+        ignore_ctime: a.ignore_ctime,
+    };
     opts.read_limit = a.limit_read;
     if let Some(p) = a.parent.clone() {
         opts.parent = ParentChoice::Snapshot(p);

@@ -131,6 +131,8 @@ pub struct BackupOptions {
     pub parent: ParentChoice,
     /// Read every file, even those unchanged since the parent snapshot.
     pub force: bool,
+    /// Which attributes count as a change against the parent snapshot.
+    pub changes: ChangeRules,
     /// Bytes per segment when one large file is chunked on several threads.
     pub segment_size: usize,
     /// What to leave out.
@@ -197,6 +199,7 @@ impl BackupOptions {
             cancel: CancelToken::new(),
             parent: ParentChoice::Auto,
             force: false,
+            changes: ChangeRules::default(),
             segment_size: DEFAULT_SEGMENT_SIZE,
             selection: Default::default(),
             timing: crate::protocol::Timing::default(),
@@ -364,6 +367,45 @@ pub(crate) struct Monitor {
     last_progress: Mutex<Instant>,
 }
 
+/// Which attributes of a file count as a change when it is compared with
+/// its parent snapshot's: a file whose size, mtime and the attributes that
+/// count all match is taken from the parent without being read. By default
+/// the ctime and the inode number count too. These are restic's
+/// `--ignore-inode` (which ignores the ctime as well) and `--ignore-ctime`.
+///
+/// A copy of the files (`cp -a`, a CSI clone that copies files rather than
+/// blocks) keeps sizes and mtimes but gives new inodes and ctimes: without
+/// `ignore_inode`, every file of it is read again. The price: a file
+/// rewritten with its size and mtime put back (`touch -r`) is taken from
+/// the parent unread.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChangeRules {
+    /// The inode number and the ctime do not count.
+    pub ignore_inode: bool,
+    /// The ctime does not count.
+    pub ignore_ctime: bool,
+}
+
+impl ChangeRules {
+    /// Whether `now` has the attributes of `parent` that count (its
+    /// content's presence in the index is checked apart).
+    pub(crate) fn same(self, parent: &Node, now: &Node) -> bool {
+        parent.size == now.size
+            && parent.mtime == now.mtime
+            && (self.ignore_inode || self.ignore_ctime || parent.ctime == now.ctime)
+            && (self.ignore_inode || parent.inode == now.inode)
+    }
+
+    /// The attributes that do not count, as a snapshot records them.
+    pub fn ignored(self) -> Vec<String> {
+        match (self.ignore_inode, self.ignore_ctime) {
+            (true, _) => vec!["inode".into(), "ctime".into()],
+            (false, true) => vec!["ctime".into()],
+            (false, false) => Vec::new(),
+        }
+    }
+}
+
 /// How the walker reads the source, and the parent snapshot beside it.
 pub(crate) struct WalkSetup {
     pub(crate) repo: Arc<Repository>,
@@ -374,6 +416,8 @@ pub(crate) struct WalkSetup {
     pub(crate) selector: crate::select::Selector,
     /// Read every file (no reuse from the parent).
     pub(crate) force: bool,
+    /// Which attributes count as a change against the parent.
+    pub(crate) changes: ChangeRules,
     /// The parent snapshot's root listing.
     pub(crate) parent_root: Option<coffer_repo_format::BlobId>,
     /// Directory readers ahead of the walk.
@@ -613,6 +657,7 @@ impl Job {
                 rt: tokio::runtime::Handle::current(),
                 selector: crate::select::Selector::new(&opts.selection)?,
                 force: opts.force,
+                changes: opts.changes,
                 parent_root: parent.as_ref().and_then(|(_, s)| s.root.subtree),
                 walk_threads: opts.walk_threads,
             },

@@ -63,5 +63,6 @@ pub(crate) fn build(
         },
         origin: opts.origin.clone(),
         original: None,
+        ignored_changes: opts.changes.ignored(),
     }
 }

@@ -158,12 +158,14 @@ pub fn device_size(path: &Path) -> std::io::Result<u64> {
 }
 
 /// Whether a file can be taken from the parent snapshot without reading it.
-fn unchanged(parent: &Node, now: &Node, index: &crate::index::Index) -> bool {
+fn unchanged(
+    parent: &Node,
+    now: &Node,
+    rules: super::ChangeRules,
+    index: &crate::index::Index,
+) -> bool {
     parent.kind == NodeKind::File
-        && parent.size == now.size
-        && parent.mtime == now.mtime
-        && parent.ctime == now.ctime
-        && parent.inode == now.inode
+        && rules.same(parent, now)
         && parent
             .content
             .iter()
@@ -652,10 +654,9 @@ impl Walker<'_> {
             _ => fsmeta::read_xattrs(at.at()),
         };
         if kind == NodeKind::File && node.size > 0 {
-            if let Some(p) = parent
-                .as_ref()
-                .filter(|p| !self.setup.force && unchanged(p, &node, &self.setup.index))
-            {
+            if let Some(p) = parent.as_ref().filter(|p| {
+                !self.setup.force && unchanged(p, &node, self.setup.changes, &self.setup.index)
+            }) {
                 node.content = p.content.clone();
                 self.monitor.stats.add_bytes(node.size);
                 return self.send(Event::Entry(

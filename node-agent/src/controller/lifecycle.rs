@@ -213,7 +213,7 @@ impl Ctx /* end */ {
             *s = status::finished(s.clone(), outcome.clone());
             s.stage = stage.or(Some(first_stage.into()));
             if s.start_time.is_none() {
-                s.start_time = s.completion_time.clone();
+                s.start_time = s.completion_time;
             }
         })
         .await?;

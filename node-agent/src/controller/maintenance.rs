@@ -49,7 +49,8 @@ use crate::mover::args::{CheckArgs, CopyArgs, MoverArgs, MoverCommon, PruneArgs}
 use crate::names::{label_value, object_name, CHECK_NOW, COPY_NOW, MAINTENANCE_LABEL, PRUNE_NOW};
 use crate::report::patch_status;
 use crate::scheduling::Schedule;
-use crate::scheduling::{created_at, parse_time, tick, Tick};
+use crate::scheduling::{created_at, tick, Tick};
+use crate::time::Timestamp;
 
 /// One of the maintenance jobs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,21 +101,21 @@ impl Job {
     }
 
     /// The time the last result was written for.
-    fn result_at(self, st: &BackupRepositoryStatus) -> Option<&str> {
+    fn result_at(self, st: &BackupRepositoryStatus) -> Option<Timestamp> {
         match self {
-            Job::Prune => st.last_prune.as_ref().map(|r| r.scheduled_at.as_str()),
-            Job::Check => st.last_check.as_ref().map(|r| r.scheduled_at.as_str()),
-            Job::Copy => st.last_copy.as_ref().map(|r| r.scheduled_at.as_str()),
+            Job::Prune => st.last_prune.as_ref().map(|r| r.scheduled_at),
+            Job::Check => st.last_check.as_ref().map(|r| r.scheduled_at),
+            Job::Copy => st.last_copy.as_ref().map(|r| r.scheduled_at),
         }
     }
 
     /// Writes a failed result for `at` into `st`.
-    fn fail(self, st: &mut BackupRepositoryStatus, at: &str, why: String) {
-        let time = crate::time::now_secs();
+    fn fail(self, st: &mut BackupRepositoryStatus, at: Timestamp, why: String) {
+        let time = Timestamp::now();
         match self {
             Job::Copy => {
                 st.last_copy = Some(CopyResult {
-                    scheduled_at: at.into(),
+                    scheduled_at: at,
                     time,
                     destination: st
                         .last_copy
@@ -127,7 +128,7 @@ impl Job {
             }
             Job::Prune => {
                 st.last_prune = Some(PruneResult {
-                    scheduled_at: at.into(),
+                    scheduled_at: at,
                     time,
                     error: Some(why),
                     ..Default::default()
@@ -135,7 +136,7 @@ impl Job {
             }
             Job::Check => {
                 st.last_check = Some(CheckResult {
-                    scheduled_at: at.into(),
+                    scheduled_at: at,
                     time,
                     error: Some(why),
                     ..Default::default()
@@ -169,7 +170,7 @@ pub fn next_subset(configured: &str, last: Option<&str>) -> String {
 pub(crate) struct MaintenancePlan {
     /// Jobs started whose result is not written yet: follow their movers
     /// (with the time each was started for).
-    pub(crate) follow: Vec<(Job, String)>,
+    pub(crate) follow: Vec<(Job, Timestamp)>,
     /// Jobs whose result is written: record it (Events, metrics, the pod).
     pub(crate) record: Vec<Job>,
     /// The job to start now, with the `*-now` value that asked for it: one
@@ -194,14 +195,10 @@ pub(crate) fn plan_maintenance(
         wake: None,
     };
     for job in Job::ALL {
-        let Some(at) = job
-            .times(st)
-            .as_ref()
-            .and_then(|t| t.last_schedule_time.clone())
-        else {
+        let Some(at) = job.times(st).as_ref().and_then(|t| t.last_schedule_time) else {
             continue;
         };
-        if job.result_at(st) == Some(at.as_str()) {
+        if job.result_at(st) == Some(at) {
             plan.record.push(job);
         } else {
             plan.follow.push((job, at));
@@ -242,7 +239,7 @@ pub(crate) fn plan_maintenance(
                 None
             }
         };
-        let last = parse_time(times.last_schedule_time.as_ref());
+        let last = times.last_schedule_time.map(Timestamp::at);
         let last_trigger = times.last_trigger.as_deref();
         match tick(
             schedule.as_ref(),
@@ -256,13 +253,9 @@ pub(crate) fn plan_maintenance(
             Tick::Fire { trigger } if !running && plan.start.is_none() => {
                 plan.start = Some((job, trigger))
             }
-            Tick::Fire { .. } => {
-                times.next_schedule_time =
-                    Some(now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-            }
+            Tick::Fire { .. } => times.next_schedule_time = Some(Timestamp::new(now)),
             Tick::Wait(next) => {
-                times.next_schedule_time =
-                    next.map(|n| n.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+                times.next_schedule_time = next.map(Timestamp::new);
                 if let Some(n) = next {
                     let d = (n - now).to_std().unwrap_or_default() + Duration::from_secs(1);
                     plan.wake = Some(plan.wake.map_or(d, |w| w.min(d)));
@@ -272,7 +265,7 @@ pub(crate) fn plan_maintenance(
     }
     if let Some((job, trigger)) = &plan.start {
         let times = job.times(st).get_or_insert_with(Default::default);
-        times.last_schedule_time = Some(now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+        times.last_schedule_time = Some(Timestamp::new(now));
         times.last_trigger = trigger.clone().or(times.last_trigger.take());
     }
     plan
@@ -297,7 +290,7 @@ pub(crate) async fn reconcile(repo: Arc<BackupRepository>, ctx: Arc<Ctx>) -> Res
         }
     }
     for (job, at) in &plan.follow {
-        if let Some(d) = follow(&ctx, &repo, &m, *job, at, &mut st).await? {
+        if let Some(d) = follow(&ctx, &repo, &m, *job, *at, &mut st).await? {
             soonest(d);
         }
     }
@@ -318,7 +311,7 @@ async fn follow(
     repo: &BackupRepository,
     m: &Maintenance,
     job: Job,
-    at: &str,
+    at: Timestamp,
     st: &mut BackupRepositoryStatus,
 ) -> Result<Option<Duration>, Error> {
     let ns = repo.namespace().unwrap_or_default();
@@ -333,7 +326,7 @@ async fn follow(
         // A repository the administrator does not allow is refused like a pod.
         let made = async {
             let common = common_args(ctx, &ns, &name, repo)?;
-            let scheduled_at = at.to_string();
+            let scheduled_at = at;
             let destination = match job {
                 Job::Copy => Some(copy_destination(ctx, repo, m).await?),
                 _ => None,
@@ -462,7 +455,7 @@ async fn copy_destination(
 
 /// The copy mover's arguments for the destination: its URL, options,
 /// credentials and whether to create it.
-fn copy_args(common: MoverCommon, scheduled_at: String, dest: &BackupRepository) -> CopyArgs {
+fn copy_args(common: MoverCommon, scheduled_at: Timestamp, dest: &BackupRepository) -> CopyArgs {
     CopyArgs {
         common,
         scheduled_at,
@@ -680,6 +673,7 @@ async fn write_status(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::time::stamp;
     use crate::time::utc as t;
 
     /// A repository made at midnight with `maintenance`, `status` and
@@ -717,14 +711,14 @@ mod tests {
         assert_eq!(p.start, Some((Job::Prune, None)));
         let prune = st.prune.unwrap();
         assert_eq!(
-            prune.last_schedule_time.as_deref(),
-            Some("2026-03-01T03:00:05.000Z")
+            prune.last_schedule_time,
+            Some(stamp("2026-03-01T03:00:05.000Z"))
         );
         let check = st.check.unwrap();
         assert_eq!(check.last_schedule_time, None);
         assert_eq!(
-            check.next_schedule_time.as_deref(),
-            Some("2026-03-01T03:00:05Z"),
+            check.next_schedule_time,
+            Some(stamp("2026-03-01T03:00:05Z")),
             "due now"
         );
         // The prune runs (no result yet): it is followed, and nothing starts.
@@ -736,7 +730,7 @@ mod tests {
         );
         assert_eq!(
             p.follow,
-            vec![(Job::Prune, "2026-03-01T03:00:05.000Z".to_string())]
+            vec![(Job::Prune, stamp("2026-03-01T03:00:05.000Z"))]
         );
         assert_eq!(p.start, None);
     }
@@ -760,8 +754,8 @@ mod tests {
         assert!(p.follow.is_empty() && p.start.is_none());
         assert_eq!(p.wake, Some(Duration::from_secs(23 * 3600 + 1)));
         assert_eq!(
-            st.prune.unwrap().next_schedule_time.as_deref(),
-            Some("2026-03-02T03:00:00Z")
+            st.prune.unwrap().next_schedule_time,
+            Some(stamp("2026-03-02T03:00:00Z"))
         );
     }
 

@@ -40,12 +40,14 @@ use crate::controller::movers::{
 };
 use crate::mover::args::{ForgetArgs, KeepArgs, MoverArgs};
 use crate::names::{
-    label_value, made_by_us, object_name, schedule_tag, BACKUP_NOW, SCHEDULED_AT, SCHEDULE_LABEL,
+    label_value, made_by_us, object_name, schedule_tag, scheduled_at, BACKUP_NOW, SCHEDULED_AT,
+    SCHEDULE_LABEL,
 };
 use crate::report::{patch_status, Written};
 use crate::scheduling::Schedule;
-use crate::scheduling::{created_at, parse_time, tick, Tick};
+use crate::scheduling::{created_at, tick, Tick};
 use crate::status::set_condition;
+use crate::time::Timestamp;
 
 /// The policy as `coffer-agent mover forget` flags (`coffer forget`'s).
 pub fn retention_args(r: &Retention) -> Vec<String> {
@@ -99,7 +101,7 @@ pub(crate) struct Pass {
     pub(crate) status: BackupScheduleStatus,
     /// Retention due for the runs of this time (the time they were made
     /// for), when it has not been applied yet.
-    pub(crate) retention: Option<String>,
+    pub(crate) retention: Option<Timestamp>,
     /// What to start.
     pub(crate) step: Step,
 }
@@ -112,10 +114,10 @@ pub(crate) enum Step {
     /// A pass claimed time `at` and stopped before every run existed (a
     /// crash, an API error): make the rest, after canceling `cancel`
     /// (concurrencyPolicy Replace).
-    Resume { at: String, cancel: Vec<String> },
+    Resume { at: Timestamp, cancel: Vec<String> },
     /// Make the runs of time `at` now, after canceling `cancel`; claimed at
     /// the version read, so a pass on a stale copy fires nothing.
-    Fire { at: String, cancel: Vec<String> },
+    Fire { at: Timestamp, cancel: Vec<String> },
     /// A time came while `running` still run (concurrencyPolicy Forbid).
     Skip { running: Vec<String> },
     /// Nothing to start until this long from now (never: `None`).
@@ -132,7 +134,7 @@ pub(crate) fn plan_pass(
     let ns = bs.namespace().unwrap_or_default();
     let name = bs.name_any();
     let mut st = bs.status.clone().unwrap_or_default();
-    let now_s = now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let now_s = Timestamp::new(now);
     let pass = |status, retention, step| Pass {
         status,
         retention,
@@ -147,7 +149,7 @@ pub(crate) fn plan_pass(
                 false,
                 "InvalidSchedule",
                 e.to_string(),
-                &now_s,
+                now_s,
             );
             st.next_schedule_time = None;
             return pass(st, None, Step::Invalid);
@@ -173,19 +175,14 @@ pub(crate) fn plan_pass(
         .filter(|vb| !is_final(vb))
         .map(|vb| vb.name_any())
         .collect();
-    let last_tick = st.last_schedule_time.clone();
+    let last_tick = st.last_schedule_time;
     let tick_runs: Vec<&VolumeBackup> = mine
         .iter()
         .copied()
-        .filter(|vb| {
-            last_tick.is_some() && vb.annotations().get(SCHEDULED_AT) == last_tick.as_ref()
-        })
+        .filter(|vb| last_tick.is_some() && scheduled_at(*vb) == last_tick)
         .collect();
     let replace = bs.spec.concurrency_policy == ConcurrencyPolicy::Replace;
-    if let Some(at) = last_tick
-        .clone()
-        .filter(|t| st.creating.as_ref() == Some(t))
-    {
+    if let Some(at) = last_tick.filter(|t| st.creating == Some(*t)) {
         // Replace had to cancel the older runs first.
         let cancel = if replace {
             active
@@ -205,7 +202,7 @@ pub(crate) fn plan_pass(
     let done = mine
         .iter()
         .filter(|vb| succeeded(vb))
-        .filter_map(|vb| vb.status.as_ref()?.completion_time.clone())
+        .filter_map(|vb| vb.status.as_ref()?.completion_time)
         .max();
     if done > st.last_successful_time {
         st.last_successful_time = done;
@@ -235,20 +232,22 @@ pub(crate) fn plan_pass(
             ok,
             reason,
             message,
-            &now_s,
+            now_s,
         );
-        let applied = |after: &String| {
+        let applied = |after: &Timestamp| {
             st.last_retention
                 .as_ref()
                 .is_some_and(|r| &r.after == after)
         };
         if bs.spec.retention.is_some() && failed.len() < tick_runs.len() {
-            retention = last_tick.clone().filter(|after| !applied(after));
+            retention = last_tick.filter(|after| !applied(after));
         }
     }
     let created = created_at(bs, now);
-    let last =
-        parse_time(st.last_schedule_time.as_ref()).max(parse_time(st.last_skipped_time.as_ref()));
+    let last = st
+        .last_schedule_time
+        .max(st.last_skipped_time)
+        .map(Timestamp::at);
     let trigger = bs.annotations().get(BACKUP_NOW).map(String::as_str);
     match tick(
         Some(&schedule),
@@ -262,20 +261,19 @@ pub(crate) fn plan_pass(
         Tick::Fire { trigger } => {
             // A time, to the millisecond: two triggers in one second are
             // two times.
-            let at = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            let at = Timestamp::new(now);
             st.last_trigger = trigger.or(st.last_trigger.clone());
             if !active.is_empty() && bs.spec.concurrency_policy == ConcurrencyPolicy::Forbid {
                 st.last_skipped_time = Some(at);
                 return pass(st, retention, Step::Skip { running: active });
             }
-            st.last_schedule_time = Some(at.clone());
-            st.creating = Some(at.clone());
+            st.last_schedule_time = Some(at);
+            st.creating = Some(at);
             let cancel = if replace { active } else { Vec::new() };
             pass(st, retention, Step::Fire { at, cancel })
         }
         Tick::Wait(next) => {
-            st.next_schedule_time =
-                next.map(|n| n.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+            st.next_schedule_time = next.map(Timestamp::new);
             let (ok, reason) = if bs.spec.paused {
                 (false, "Paused")
             } else {
@@ -287,7 +285,7 @@ pub(crate) fn plan_pass(
                 ok,
                 reason,
                 String::new(),
-                &now_s,
+                now_s,
             );
             let wait =
                 next.map(|n| (n - now).to_std().unwrap_or(Duration::ZERO) + Duration::from_secs(1));
@@ -326,21 +324,21 @@ pub(crate) async fn reconcile(bs: Arc<BackupSchedule>, ctx: Arc<Ctx>) -> Result<
             tracing::info!(
                 namespace = ns,
                 schedule = name,
-                time = at,
+                time = %at,
                 "creating the rest of a claimed time's runs"
             );
             cancel(&ctx, &ns, &older).await?;
             let planned = targets(&ctx, &bs).await?;
-            fire(&ctx, &bs, &planned, &at).await?;
+            fire(&ctx, &bs, &planned, at).await?;
             write_status(&ctx, &bs, &old, &st, false).await?;
             return Ok(Action::requeue(Duration::ZERO));
         }
         _ => {}
     }
     let mut requeue: Option<Duration> = None;
-    let last_tick = old.last_schedule_time.clone();
+    let last_tick = old.last_schedule_time;
     if let (Some(policy), Some(after)) = (&bs.spec.retention, &due) {
-        requeue = retention(&ctx, &bs, policy, after, &mut st).await?;
+        requeue = retention(&ctx, &bs, policy, *after, &mut st).await?;
         // Whatever failed it (the policy, the repository, the pod, the
         // mover's own report), once per time.
         let error = st
@@ -360,7 +358,7 @@ pub(crate) async fn reconcile(bs: Arc<BackupSchedule>, ctx: Arc<Ctx>) -> Result<
                 .await;
         }
     }
-    retention_condition(&mut st, &crate::time::now_secs());
+    retention_condition(&mut st, Timestamp::now());
     // A finished retention pod goes; one left Terminating (a lost node)
     // sends no event, so it is looked at again past the limit.
     if st.last_retention.as_ref().map(|r| &r.after) == last_tick.as_ref()
@@ -372,12 +370,12 @@ pub(crate) async fn reconcile(bs: Arc<BackupSchedule>, ctx: Arc<Ctx>) -> Result<
     match step {
         Step::Fire { at, cancel: older } => {
             let planned = targets(&ctx, &bs).await?;
-            st.active = planned.iter().map(|t| run_name(&name, t, &at)).collect();
+            st.active = planned.iter().map(|t| run_name(&name, t, at)).collect();
             if !write_status(&ctx, &bs, &old, &st, true).await? {
                 return Ok(Action::requeue(Duration::ZERO));
             }
             cancel(&ctx, &ns, &older).await?;
-            fire(&ctx, &bs, &planned, &at).await?;
+            fire(&ctx, &bs, &planned, at).await?;
             let mut created = st.clone();
             created.creating = None;
             write_status(&ctx, &bs, &st, &created, false).await?;
@@ -401,7 +399,7 @@ pub(crate) async fn reconcile(bs: Arc<BackupSchedule>, ctx: Arc<Ctx>) -> Result<
 }
 
 /// The RetentionApplied condition, from the last retention's result.
-fn retention_condition(st: &mut BackupScheduleStatus, now_s: &str) {
+fn retention_condition(st: &mut BackupScheduleStatus, now_s: Timestamp) {
     let Some(r) = &st.last_retention else {
         return;
     };
@@ -592,8 +590,12 @@ pub fn workload_groups(pods: &[Pod], pvcs: &[String]) -> BTreeMap<String, String
 }
 
 /// The name of the run of `target` at time `at`.
-fn run_name(schedule: &str, target: &(Option<String>, String), at: &str) -> String {
-    let stamp: String = at.chars().filter(char::is_ascii_digit).collect();
+fn run_name(schedule: &str, target: &(Option<String>, String), at: Timestamp) -> String {
+    let stamp: String = at
+        .to_string()
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
     match &target.0 {
         Some(pod) => object_name(&[schedule, pod, &target.1, &stamp]),
         None => object_name(&[schedule, &target.1, &stamp]),
@@ -605,7 +607,7 @@ async fn fire(
     ctx: &Ctx,
     bs: &BackupSchedule,
     targets: &[(Option<String>, String)],
-    at: &str,
+    at: Timestamp,
 ) -> Result<(), Error> {
     let ns = bs.namespace().unwrap_or_default();
     let name = bs.name_any();
@@ -636,7 +638,11 @@ async fn fire(
     } else {
         BTreeMap::new()
     };
-    let stamp: String = at.chars().filter(char::is_ascii_digit).collect();
+    let stamp: String = at
+        .to_string()
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
     let mut tags = bs.spec.tags.clone();
     tags.push(schedule_tag(&name));
     let mut made = Vec::new();
@@ -699,7 +705,7 @@ async fn retention(
     ctx: &Ctx,
     bs: &BackupSchedule,
     policy: &Retention,
-    after: &str,
+    after: Timestamp,
     st: &mut BackupScheduleStatus,
 ) -> Result<Option<Duration>, Error> {
     let ns = bs.namespace().unwrap_or_default();
@@ -707,8 +713,8 @@ async fn retention(
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let pod_name = retention_pod_name(bs);
     let failed = |why: String| RetentionResult {
-        after: after.to_string(),
-        time: crate::time::now_secs(),
+        after,
+        time: Timestamp::now(),
         error: Some(why),
         ..Default::default()
     };
@@ -740,7 +746,7 @@ async fn retention(
             let args = MoverArgs::Forget(Box::new(ForgetArgs {
                 common: common_args(ctx, &ns, &name, &repo)?,
                 tag: schedule_tag(&name),
-                after: after.to_string(),
+                after,
                 cluster: ctx.opts.cluster.clone(),
                 keep: KeepArgs::from(policy),
             }))
@@ -795,6 +801,7 @@ async fn retention(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::time::stamp;
     use crate::time::utc as t;
 
     /// An hourly schedule made at midnight, with `spec` and `status` merged
@@ -839,20 +846,14 @@ mod tests {
             Step::Wait(Some(Duration::from_secs(30 * 60 + 1)))
         );
         assert_eq!(
-            waiting.status.next_schedule_time.as_deref(),
-            Some("2026-03-01T01:00:00Z")
+            waiting.status.next_schedule_time,
+            Some(stamp("2026-03-01T01:00:00Z"))
         );
         assert_eq!(condition(&waiting.status, "Scheduled").1, "Scheduled");
         let firing = plan_pass(&bs, &[], t("2026-03-01T01:00:02Z"));
-        let at = "2026-03-01T01:00:02.000Z".to_string();
-        assert_eq!(
-            firing.step,
-            Step::Fire {
-                at: at.clone(),
-                cancel: vec![]
-            }
-        );
-        assert_eq!(firing.status.last_schedule_time, Some(at.clone()));
+        let at = stamp("2026-03-01T01:00:02.000Z");
+        assert_eq!(firing.step, Step::Fire { at, cancel: vec![] });
+        assert_eq!(firing.status.last_schedule_time, Some(at));
         assert_eq!(firing.status.creating, Some(at));
         // Paused: nothing until it is resumed.
         let paused = plan_pass(
@@ -880,7 +881,7 @@ mod tests {
         let status = json!({"lastScheduleTime": last});
         let runs = [run("old-1", last, Some("InProgress"))];
         let now = t("2026-03-01T02:00:01Z");
-        let at = "2026-03-01T02:00:01.000Z".to_string();
+        let at = stamp("2026-03-01T02:00:01.000Z");
         let replace = plan_pass(
             &schedule(json!({"concurrencyPolicy": "Replace"}), status.clone()),
             &runs,
@@ -889,7 +890,7 @@ mod tests {
         assert_eq!(
             replace.step,
             Step::Fire {
-                at: at.clone(),
+                at,
                 cancel: vec!["old-1".into()]
             }
         );
@@ -904,10 +905,10 @@ mod tests {
                 running: vec!["old-1".into()]
             }
         );
-        assert_eq!(forbid.status.last_skipped_time, Some(at.clone()));
+        assert_eq!(forbid.status.last_skipped_time, Some(at));
         assert_eq!(
-            forbid.status.last_schedule_time.as_deref(),
-            Some(last),
+            forbid.status.last_schedule_time,
+            Some(stamp(last)),
             "a skip is not a time made"
         );
         let allow = plan_pass(
@@ -934,7 +935,7 @@ mod tests {
         assert_eq!(
             p.step,
             Step::Resume {
-                at: last.into(),
+                at: stamp(last),
                 cancel: vec!["older".into()]
             }
         );
@@ -960,13 +961,13 @@ mod tests {
         assert_eq!((ok.as_str(), reason.as_str()), ("False", "RunsFailed"));
         assert_eq!(message, "b: b Failed");
         assert_eq!(
-            p.retention.as_deref(),
-            Some(last),
+            p.retention,
+            Some(stamp(last)),
             "one run completed: retention"
         );
         assert_eq!(
-            p.status.last_successful_time.as_deref(),
-            Some("2026-03-01T01:05:00Z")
+            p.status.last_successful_time,
+            Some(stamp("2026-03-01T01:05:00Z"))
         );
         // Applied already: not again.
         let applied = json!({"lastScheduleTime": last,

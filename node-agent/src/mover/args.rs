@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use coffer_engine::format::snapshot::KubernetesOrigin;
 use serde::de::DeserializeOwned;
 
-use crate::crd::{Retention, SnapshotSource};
+use crate::crd::{Retention, SnapshotSource, Timestamp};
 use crate::policy::TenantPolicy;
 
 /// What a mover pod does; `coffer-agent mover <this>`.
@@ -142,7 +142,7 @@ pub struct ForgetArgs {
     pub tag: String,
     /// The schedule time whose runs this pass follows
     #[arg(long)]
-    pub after: String,
+    pub after: Timestamp,
     /// Only snapshots of this cluster
     #[arg(long)]
     pub cluster: Option<String>,
@@ -188,7 +188,7 @@ pub struct PruneArgs {
     pub common: MoverCommon,
     /// The schedule time this job runs for
     #[arg(long)]
-    pub scheduled_at: String,
+    pub scheduled_at: Timestamp,
     /// Unused space to leave in packs, in percent (default 5)
     #[arg(long)]
     pub max_unused_percent: Option<f64>,
@@ -202,7 +202,7 @@ pub struct CheckArgs {
     pub common: MoverCommon,
     /// The schedule time this job runs for
     #[arg(long)]
-    pub scheduled_at: String,
+    pub scheduled_at: Timestamp,
     /// Download and verify this subset of packs: n/m or P%
     #[arg(long)]
     pub read_data_subset: Option<String>,
@@ -216,7 +216,7 @@ pub struct CopyArgs {
     pub common: MoverCommon,
     /// The schedule time this job runs for
     #[arg(long)]
-    pub scheduled_at: String,
+    pub scheduled_at: Timestamp,
     /// The BackupRepository copied into (its password is COFFER_TO_PASSWORD)
     #[arg(long)]
     pub to: String,
@@ -342,20 +342,20 @@ impl MoverArgs {
             }
             MoverArgs::Forget(f) => {
                 a.flag("--tag", &f.tag);
-                a.flag("--after", &f.after);
+                a.flag("--after", f.after.to_string());
                 a.opt("--cluster", f.cluster.as_ref());
                 a.0.extend(f.keep.to_argv());
             }
             MoverArgs::Prune(p) => {
-                a.flag("--scheduled-at", &p.scheduled_at);
+                a.flag("--scheduled-at", p.scheduled_at.to_string());
                 a.opt("--max-unused-percent", p.max_unused_percent);
             }
             MoverArgs::Check(c) => {
-                a.flag("--scheduled-at", &c.scheduled_at);
+                a.flag("--scheduled-at", c.scheduled_at.to_string());
                 a.opt("--read-data-subset", c.read_data_subset.as_ref());
             }
             MoverArgs::Copy(c) => {
-                a.flag("--scheduled-at", &c.scheduled_at);
+                a.flag("--scheduled-at", c.scheduled_at.to_string());
                 a.flag("--to", &c.to);
                 a.flag("--to-repository-url", &c.to_repository_url);
                 a.pairs("--to-option", &c.to_options);
@@ -521,7 +521,7 @@ mod tests {
             MoverArgs::Forget(Box::new(ForgetArgs {
                 common: common(),
                 tag: "coffer.dev/schedule=db".into(),
-                after: "2026-12-03T02:00:00.000Z".into(),
+                after: crate::time::stamp("2026-12-03T02:00:00.000Z"),
                 cluster: Some("prod".into()),
                 keep: KeepArgs {
                     keep_last: Some(1),
@@ -536,17 +536,17 @@ mod tests {
             })),
             MoverArgs::Prune(Box::new(PruneArgs {
                 common: common(),
-                scheduled_at: "2026-12-03T02:00:00.000Z".into(),
+                scheduled_at: crate::time::stamp("2026-12-03T02:00:00.000Z"),
                 max_unused_percent: Some(2.5),
             })),
             MoverArgs::Check(Box::new(CheckArgs {
                 common: common(),
-                scheduled_at: "2026-12-03T02:00:00.000Z".into(),
+                scheduled_at: crate::time::stamp("2026-12-03T02:00:00.000Z"),
                 read_data_subset: Some("1/7".into()),
             })),
             MoverArgs::Copy(Box::new(CopyArgs {
                 common: common(),
-                scheduled_at: "2026-12-03T02:00:00.000Z".into(),
+                scheduled_at: crate::time::stamp("2026-12-03T02:00:00.000Z"),
                 to: "offsite".into(),
                 to_repository_url: "s3://other/team-a".into(),
                 to_options: vec![("a".into(), "1".into()), ("b".into(), "2".into())],

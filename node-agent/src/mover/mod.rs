@@ -11,22 +11,22 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
 
-use coffer_engine::backup::{BackupOptions, BackupProgress, ParentChoice};
+use coffer_engine::backup::ChangeRules;
 use coffer_engine::forget::OriginFilter;
 use coffer_engine::format::snapshot::KubernetesOrigin;
 use coffer_engine::{CancelToken, Repository};
 use kube::Client;
 
 use crate::crd::{
-    BackupRepository, BackupSchedule, CheckResult, CopyResult, Phase, Progress, PruneResult,
-    RestorePolicy, RetentionResult, SnapshotSource, VolumeBackup, VolumeRestore,
+    BackupRepository, BackupSchedule, CheckResult, CopyResult, Phase, PruneResult, RestorePolicy,
+    RetentionResult, SnapshotSource, Timestamp, VolumeBackup, VolumeRestore,
 };
 use crate::report::STATUS_INTERVAL;
 
 pub mod args;
 use crate::status::{self, Outcome};
+use crate::volume_backup;
 
 /// The repository password, zeroed when it is dropped.
 pub type Password = zeroize::Zeroizing<Vec<u8>>;
@@ -75,24 +75,43 @@ pub struct BackupJob {
     pub namespace: String,
     /// The VolumeBackup whose status is written.
     pub run: String,
-    /// What is read: the clone's mount or device.
-    pub source: PathBuf,
-    /// The path recorded in the snapshot.
-    pub record_path: PathBuf,
     /// The repository.
     pub repo: RepoAccess,
-    /// The origin recorded in the snapshot (and the parent's selector).
-    pub origin: KubernetesOrigin,
-    /// Tags.
-    pub tags: Vec<String>,
-    /// Exclude patterns.
-    pub excludes: Vec<String>,
-    /// Engine threads.
-    pub threads: usize,
-    /// Read the clone no faster than this (bytes per second).
-    pub read_limit: Option<u64>,
-    /// The hostname recorded in the snapshot.
-    pub hostname: String,
+    /// What is read (the clone's mount or device) and recorded.
+    pub source: volume_backup::Source,
+}
+
+/// The backup of a clone of PVC `origin.pvc`, read at `path`: its parent is
+/// the newest snapshot of that claim. Every clone is new: a CSI driver that
+/// clones by copying files gives every file a new inode and ctime, so those
+/// do not count as changes (`--ignore-inode`; the snapshot records it).
+pub fn clone_source(
+    path: PathBuf,
+    record_path: PathBuf,
+    origin: KubernetesOrigin,
+) -> volume_backup::Source {
+    volume_backup::Source {
+        path,
+        record_path,
+        parent: OriginFilter {
+            cluster: origin.cluster.clone(),
+            namespace: origin.namespace.clone(),
+            pvc: origin.pvc.clone(),
+            ..Default::default()
+        },
+        origin,
+        hostname: String::new(),
+        program: format!("coffer-agent mover {}", env!("CARGO_PKG_VERSION")),
+        tags: Vec::new(),
+        excludes: Vec::new(),
+        threads: 1,
+        read_limit: None,
+        timing: coffer_engine::protocol::Timing::from_env(),
+        changes: ChangeRules {
+            ignore_inode: true,
+            ignore_ctime: false,
+        },
+    }
 }
 
 /// Runs the backup and reports it; returns the final phase (also when the
@@ -152,7 +171,7 @@ pub struct ForgetJob {
     /// Only snapshots of this cluster.
     pub cluster: Option<String>,
     /// The schedule time whose runs this pass follows.
-    pub after: String,
+    pub after: Timestamp,
     /// What to keep, per origin.
     pub policy: coffer_engine::forget::Policy,
 }
@@ -205,8 +224,8 @@ pub async fn forget(
             );
         }
         Ok::<_, String>(RetentionResult {
-            after: job.after.clone(),
-            time: crate::time::now_secs(),
+            after: job.after,
+            time: crate::time::Timestamp::now(),
             kept: kept as u64,
             removed: removed as u64,
             origins: plan.groups.len() as u64,
@@ -214,8 +233,8 @@ pub async fn forget(
         })
     };
     let result = run.await.unwrap_or_else(|e| RetentionResult {
-        after: job.after.clone(),
-        time: crate::time::now_secs(),
+        after: job.after,
+        time: crate::time::Timestamp::now(),
         error: Some(e),
         ..Default::default()
     });
@@ -252,7 +271,7 @@ pub struct MaintenanceJob {
     /// The repository.
     pub repo: RepoAccess,
     /// The schedule time this job runs for.
-    pub scheduled_at: String,
+    pub scheduled_at: Timestamp,
 }
 
 impl MaintenanceJob {
@@ -301,8 +320,8 @@ pub async fn prune(
     };
     let result = match run.await {
         Ok(plan) => PruneResult {
-            scheduled_at: job.scheduled_at.clone(),
-            time: crate::time::now_secs(),
+            scheduled_at: job.scheduled_at,
+            time: crate::time::Timestamp::now(),
             bytes_freed: plan.bytes_freed,
             bytes_repacked: plan.bytes_repacked,
             packs_deleted: (plan.delete_packs.len()
@@ -314,8 +333,8 @@ pub async fn prune(
             error: None,
         },
         Err(e) => PruneResult {
-            scheduled_at: job.scheduled_at.clone(),
-            time: crate::time::now_secs(),
+            scheduled_at: job.scheduled_at,
+            time: crate::time::Timestamp::now(),
             error: Some(e),
             ..Default::default()
         },
@@ -369,8 +388,8 @@ pub async fn copy(
     };
     let result = match run.await {
         Ok(done) => CopyResult {
-            scheduled_at: job.scheduled_at.clone(),
-            time: crate::time::now_secs(),
+            scheduled_at: job.scheduled_at,
+            time: crate::time::Timestamp::now(),
             destination: dest.name.clone(),
             snapshots_copied: done.iter().filter(|c| c.new.is_some()).count() as u64,
             snapshots_skipped: done.iter().filter(|c| c.already.is_some()).count() as u64,
@@ -379,8 +398,8 @@ pub async fn copy(
             error: None,
         },
         Err(e) => CopyResult {
-            scheduled_at: job.scheduled_at.clone(),
-            time: crate::time::now_secs(),
+            scheduled_at: job.scheduled_at,
+            time: crate::time::Timestamp::now(),
             destination: dest.name.clone(),
             error: Some(e),
             ..Default::default()
@@ -433,8 +452,8 @@ pub async fn check(
                 tracing::error!(object = p.object, kind = p.kind, "{}", p.message);
             }
             CheckResult {
-                scheduled_at: job.scheduled_at.clone(),
-                time: crate::time::now_secs(),
+                scheduled_at: job.scheduled_at,
+                time: crate::time::Timestamp::now(),
                 ok: report.is_ok(),
                 read_data_subset: subset.clone(),
                 snapshots: report.snapshots,
@@ -451,8 +470,8 @@ pub async fn check(
             }
         }
         Err(e) => CheckResult {
-            scheduled_at: job.scheduled_at.clone(),
-            time: crate::time::now_secs(),
+            scheduled_at: job.scheduled_at,
+            time: crate::time::Timestamp::now(),
             read_data_subset: subset.clone(),
             error: Some(e),
             ..Default::default()
@@ -609,62 +628,8 @@ async fn run_backup(
         Ok(r) => r,
         Err(m) => return Outcome::Failed(m),
     };
-    let (tx, mut rx) = tokio::sync::watch::channel(BackupProgress::default());
-    let mut opts = BackupOptions::new([job.source.clone()]);
-    // A clone of a tenant's volume: treated as the volume itself.
-    opts.untrusted_source = true;
-    opts.record_path = Some(job.record_path.clone());
-    opts.origin = Some(job.origin.clone());
-    let o = &job.origin;
-    opts.parent = ParentChoice::Origin(OriginFilter {
-        cluster: o.cluster.clone(),
-        namespace: o.namespace.clone(),
-        pvc: o.pvc.clone(),
-        ..Default::default()
-    });
-    opts.hostname = Some(job.hostname.clone());
-    opts.program = Some(format!("coffer-agent mover {}", env!("CARGO_PKG_VERSION")));
-    opts.tags = job.tags.clone();
-    opts.threads = job.threads.max(1);
-    opts.read_limit = job.read_limit;
-    opts.cancel = cancel.clone();
-    opts.timing = coffer_engine::protocol::Timing::from_env();
-    opts.selection.exclude = job.excludes.clone();
-    opts.progress = Some(Arc::new(move |p: &BackupProgress| {
-        let _ = tx.send(p.clone());
-    }));
-    // Progress into status, at most every STATUS_INTERVAL.
-    let (c, ns, name) = (client.clone(), job.namespace.clone(), job.run.clone());
-    let reporter = tokio::spawn(async move {
-        let mut last = Instant::now() - STATUS_INTERVAL;
-        while rx.changed().await.is_ok() {
-            tokio::time::sleep(STATUS_INTERVAL.saturating_sub(last.elapsed())).await;
-            let p = status::progress_of(&rx.borrow_and_update());
-            crate::report::update_run::<VolumeBackup>(&c, &ns, &name, |s| {
-                s.progress = Some(p.clone())
-            })
-            .await;
-            last = Instant::now();
-        }
-    });
-    let result = coffer_engine::backup::backup(repo, opts).await;
-    reporter.abort();
-    match result {
-        Ok(summary) => Outcome::Done {
-            snapshot_id: summary.snapshot_id.to_hex(),
-            incremental_bytes: Some(summary.snapshot.summary.data_added_packed),
-            progress: Progress {
-                bytes_done: summary.bytes_read,
-                total_bytes: Some(summary.snapshot.summary.total_bytes_processed),
-                files_done: summary.snapshot.summary.total_files_processed,
-                total_files: Some(summary.snapshot.summary.total_files_processed),
-            },
-            errors: summary
-                .errors
-                .iter()
-                .map(|e| format!("{}: {}", e.path.display(), e.message))
-                .collect(),
-        },
+    match volume_backup::run(client, &job.namespace, &job.run, repo, &job.source, cancel).await {
+        Ok((outcome, _)) => outcome,
         Err(coffer_engine::Error::Cancelled) => Outcome::Failed(
             "the mover was stopped (its pod was deleted or evicted); no snapshot was written"
                 .into(),
@@ -701,7 +666,7 @@ impl args::MoverCommon {
     }
 
     /// A maintenance job on the repository this mover reports to.
-    pub fn maintenance(&self, scheduled_at: String) -> MaintenanceJob {
+    pub fn maintenance(&self, scheduled_at: Timestamp) -> MaintenanceJob {
         MaintenanceJob {
             namespace: self.namespace.clone(),
             repository: self.run.clone(),

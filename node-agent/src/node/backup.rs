@@ -4,9 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
-use coffer_engine::backup::{BackupOptions, BackupProgress, ParentChoice};
+use coffer_engine::backup::BackupOptions;
 use coffer_engine::format::snapshot::KubernetesOrigin;
 use coffer_engine::CancelToken;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
@@ -21,8 +20,8 @@ use crate::node::context::{stopped, Agent, Ended, StopReason};
 use crate::node::kubelet;
 use crate::node::plan::{self, Planned, VolumeMode};
 use crate::report::write_run;
-use crate::report::STATUS_INTERVAL;
-use crate::status::{self, Outcome};
+use crate::status::Outcome;
+use crate::volume_backup;
 
 impl Agent /* plan */ {
     /// Plans one volume of a pod on this node.
@@ -341,70 +340,23 @@ impl Agent /* backup */ {
             )
             .await;
         tracing::info!(path = %planned.path.display(), record = %planned.record_path.display(), "backup starts");
-        let (tx, mut rx) = tokio::sync::watch::channel(BackupProgress::default());
-        let mut opts = BackupOptions::new([planned.path.clone()]);
-        // A tenant's volume: its pod may swap files while they are read.
-        opts.untrusted_source = true;
-        opts.record_path = Some(planned.record_path.clone());
-        opts.origin = Some(planned.origin.clone());
-        opts.parent = ParentChoice::Origin(planned.parent_filter());
-        opts.hostname = Some(self.me().to_string());
-        opts.program = Some(format!("coffer-agent {}", env!("CARGO_PKG_VERSION")));
-        opts.tags = vb.spec.tags.clone();
-        opts.threads = self.opts.threads_per_run;
-        opts.read_limit = self.opts.read_limit;
-        opts.cancel = cancel.clone();
-        opts.selection.exclude = vb.spec.excludes.clone();
-        opts.progress = Some(Arc::new(move |p: &BackupProgress| {
-            let _ = tx.send(p.clone());
-        }));
-        // Progress into status, at most every STATUS_INTERVAL. Only while
-        // the run is not over, at the version read: a progress write still in
-        // flight when the run ends must never land on the final status (it
-        // would put the phase back to InProgress).
-        let client = self.client.clone();
-        let (ns2, name2) = (ns.clone(), name.clone());
-        let reporter = tokio::spawn(async move {
-            let mut last = Instant::now() - STATUS_INTERVAL;
-            while rx.changed().await.is_ok() {
-                let wait = STATUS_INTERVAL.saturating_sub(last.elapsed());
-                tokio::time::sleep(wait).await;
-                let p = status::progress_of(&rx.borrow_and_update().clone());
-                crate::report::update_run::<VolumeBackup>(&client, &ns2, &name2, |st| {
-                    st.progress = Some(p.clone())
-                })
-                .await;
-                last = Instant::now();
-            }
-        });
-        let result = coffer_engine::backup::backup(repo, opts).await;
-        reporter.abort();
-        let _ = reporter.await;
-        match result {
-            Ok(summary) => {
-                let progress = Progress {
-                    bytes_done: summary.bytes_read,
-                    total_bytes: Some(summary.snapshot.summary.total_bytes_processed),
-                    files_done: summary.snapshot.summary.total_files_processed,
-                    total_files: Some(summary.snapshot.summary.total_files_processed),
-                };
-                let errors = summary
-                    .errors
-                    .iter()
-                    .map(|e| format!("{}: {}", e.path.display(), e.message))
-                    .collect();
-                tracing::info!(snapshot = %summary.snapshot_id.to_hex(), "backup done");
-                Ended::new(
-                    Outcome::Done {
-                        snapshot_id: summary.snapshot_id.to_hex(),
-                        incremental_bytes: Some(summary.snapshot.summary.data_added_packed),
-                        progress,
-                        errors,
-                    },
-                    Some(path),
-                    summary.bytes_read,
-                )
-            }
+        let source = volume_backup::Source {
+            path: planned.path.clone(),
+            record_path: planned.record_path.clone(),
+            origin: planned.origin.clone(),
+            parent: planned.parent_filter(),
+            hostname: self.me().to_string(),
+            program: format!("coffer-agent {}", env!("CARGO_PKG_VERSION")),
+            tags: vb.spec.tags.clone(),
+            excludes: vb.spec.excludes.clone(),
+            threads: self.opts.threads_per_run,
+            read_limit: self.opts.read_limit,
+            timing: Default::default(),
+            // In place: the volume's own files, every rule counts.
+            changes: Default::default(),
+        };
+        match volume_backup::run(&self.client, &ns, &name, repo, &source, cancel).await {
+            Ok((outcome, bytes)) => Ended::new(outcome, Some(path), bytes),
             Err(coffer_engine::Error::Cancelled) => Ended::new(stopped(reason), Some(path), 0),
             Err(e) => Ended::new(Outcome::Failed(e.to_string()), Some(path), 0),
         }

@@ -15,7 +15,7 @@ use kube::{Resource, ResourceExt};
 use crate::api::is_status;
 use crate::crd::{BackupMethod, VolumeBackup, VolumeBackupSpec};
 use crate::names::{
-    label_value, object_name, POD_LABEL, SCHEDULED_AT, TRIGGER_LABEL, VOLUME_LABEL,
+    label_value, object_name, scheduled_at, POD_LABEL, SCHEDULED_AT, TRIGGER_LABEL, VOLUME_LABEL,
 };
 use crate::node::annotations;
 use crate::node::context::{lock, Agent};
@@ -207,7 +207,7 @@ impl Agent /* create_backups */ {
                     annotations: scheduled_at.map(|at| {
                         BTreeMap::from([(
                             SCHEDULED_AT.to_string(),
-                            at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                            crate::time::Timestamp::new(at).to_string(),
                         )])
                     }),
                     ..Default::default()
@@ -289,12 +289,8 @@ impl Agent /* last_fired */ {
 pub(crate) fn last_fired(runs: &[VolumeBackup]) -> Option<DateTime<Utc>> {
     runs.iter()
         .filter_map(|vb| {
-            if let Some(t) = vb
-                .annotations()
-                .get(SCHEDULED_AT)
-                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-            {
-                return Some(t.with_timezone(&Utc));
+            if let Some(t) = scheduled_at(vb) {
+                return Some(t.at());
             }
             let name = vb.name_any();
             let digits = name.rsplit('-').next().unwrap_or_default();

@@ -49,12 +49,6 @@ pub fn tick(
     }
 }
 
-/// An RFC 3339 time of a status, when it is one.
-pub fn parse_time(t: Option<&String>) -> Option<DateTime<Utc>> {
-    t.and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| t.with_timezone(&Utc))
-}
-
 /// The latest time of `schedule` at or before `now`, from `due` (a time of
 /// the schedule at or before `now`): the one time that fires for all the
 /// times missed since `due`, so that missed times fire once.
@@ -76,7 +70,8 @@ pub fn latest_due(schedule: &Schedule, due: DateTime<Utc>, now: DateTime<Utc>) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::BackupScheduleStatus;
+    use crate::crd::{BackupScheduleStatus, Timestamp};
+    use crate::time::stamp;
 
     fn t(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
@@ -88,8 +83,10 @@ mod tests {
         let created = t("2026-11-20T10:00:00Z");
         let mut st = BackupScheduleStatus::default();
         let tick = |_: &Schedule, paused, trigger, st: &BackupScheduleStatus, created, now| {
-            let last = parse_time(st.last_schedule_time.as_ref())
-                .max(parse_time(st.last_skipped_time.as_ref()));
+            let last = st
+                .last_schedule_time
+                .max(st.last_skipped_time)
+                .map(Timestamp::at);
             let last_trigger = st.last_trigger.as_deref();
             tick(
                 Some(&daily),
@@ -113,7 +110,7 @@ mod tests {
             tick(&daily, false, None, &st, created, now),
             Tick::Fire { trigger: None }
         );
-        st.last_schedule_time = Some("2026-11-24T09:00:00.000Z".into());
+        st.last_schedule_time = Some(stamp("2026-11-24T09:00:00.000Z"));
         assert_eq!(
             tick(&daily, false, None, &st, created, now),
             Tick::Wait(Some(t("2026-11-25T02:00:00Z")))
@@ -135,7 +132,7 @@ mod tests {
             Tick::Wait(None)
         );
         // A skipped time counts as the last one.
-        st.last_skipped_time = Some("2026-11-25T02:00:00Z".into());
+        st.last_skipped_time = Some(stamp("2026-11-25T02:00:00Z"));
         let later = t("2026-11-25T03:00:00Z");
         assert_eq!(
             tick(&daily, false, None, &st, created, later),

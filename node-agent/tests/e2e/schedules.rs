@@ -4,8 +4,9 @@
 
 use std::collections::BTreeSet;
 
+use coffer_node_agent::crd::Timestamp;
 use coffer_node_agent::crd::{BackupSchedule, Phase, VolumeBackup};
-use coffer_node_agent::names::{SCHEDULED_AT, SCHEDULE_LABEL};
+use coffer_node_agent::names::{scheduled_at, SCHEDULED_AT, SCHEDULE_LABEL};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::ResourceExt;
@@ -92,9 +93,9 @@ async fn retention_keeps_exactly_the_newest_snapshots_of_each_origin_and_nothing
         .unwrap()
         .items;
     assert_eq!(runs.len(), 6, "{runs:#?}");
-    let snapshot_of = |tick: &str| -> BTreeSet<String> {
+    let snapshot_of = |tick: &Timestamp| -> BTreeSet<String> {
         runs.iter()
-            .filter(|r| r.annotations().get(SCHEDULED_AT).map(String::as_str) == Some(tick))
+            .filter(|r| scheduled_at(*r) == Some(*tick))
             .map(|r| {
                 let st = r.status.clone().unwrap();
                 assert_eq!(st.phase, Phase::Completed, "{st:#?}");
@@ -154,12 +155,7 @@ async fn retention_keeps_exactly_the_newest_snapshots_of_each_origin_and_nothing
             })
             .and_then(|l| l.rsplit(' ').next()?.parse().ok())
     };
-    let unix = |t: &Option<String>| {
-        chrono::DateTime::parse_from_rfc3339(t.as_deref().unwrap())
-            .unwrap()
-            .timestamp_millis() as f64
-            / 1000.0
-    };
+    let unix = |t: &Option<Timestamp>| t.unwrap().at().timestamp_millis() as f64 / 1000.0;
     assert_eq!(
         gauge("coffer_schedule_last_run_succeeded"),
         Some(1.0),
@@ -260,7 +256,10 @@ async fn a_time_claimed_by_a_controller_that_stopped_before_creating_its_runs_is
         })
         .await;
     let st = bs.status.unwrap();
-    assert_eq!(st.last_schedule_time.as_deref(), Some(at.as_str()));
+    assert_eq!(
+        st.last_schedule_time.map(|t| t.to_string()).as_deref(),
+        Some(at.as_str())
+    );
     let runs = Api::<VolumeBackup>::namespaced(env.client.clone(), &ns)
         .list(&ListParams::default().labels(SCHEDULE_LABEL))
         .await
@@ -311,7 +310,7 @@ async fn missed_times_of_a_cron_schedule_fire_once_then_it_waits_for_the_next() 
     let bs = env
         .wait_for::<BackupSchedule>(&ns, "db", "fired and done", |b| {
             b.status.as_ref().is_some_and(|s| {
-                s.last_schedule_time.as_deref() != Some(at.as_str())
+                s.last_schedule_time.map(|t| t.to_string()).as_deref() != Some(at.as_str())
                     && s.active.is_empty()
                     && s.last_successful_time.is_some()
             })
@@ -322,9 +321,7 @@ async fn missed_times_of_a_cron_schedule_fire_once_then_it_waits_for_the_next() 
         st.last_trigger, None,
         "fired by its schedule, not a trigger"
     );
-    let fired = chrono::DateTime::parse_from_rfc3339(st.last_schedule_time.as_deref().unwrap())
-        .unwrap()
-        .with_timezone(&chrono::Utc);
+    let fired = st.last_schedule_time.unwrap().at();
     assert!(fired > before + chrono::Duration::days(799), "{st:#?}");
     let runs = Api::<VolumeBackup>::namespaced(env.client.clone(), &ns)
         .list(&ListParams::default().labels(SCHEDULE_LABEL))
@@ -333,17 +330,13 @@ async fn missed_times_of_a_cron_schedule_fire_once_then_it_waits_for_the_next() 
         .items;
     assert_eq!(runs.len(), 1, "missed times fire once: {runs:#?}");
     assert_eq!(phase(&runs[0].status), Phase::Completed);
-    assert_eq!(
-        runs[0].annotations().get(SCHEDULED_AT),
-        st.last_schedule_time.as_ref()
-    );
+    assert_eq!(scheduled_at(&runs[0]), st.last_schedule_time);
     // The next time is the next New Year.
     use chrono::{Datelike, TimeZone};
     let next = chrono::Utc
         .with_ymd_and_hms(fired.year() + 1, 1, 1, 0, 0, 0)
         .unwrap();
-    let said =
-        chrono::DateTime::parse_from_rfc3339(st.next_schedule_time.as_deref().unwrap()).unwrap();
+    let said = st.next_schedule_time.unwrap().at();
     assert_eq!(said, next, "{st:#?}");
 }
 

@@ -138,6 +138,25 @@ async fn an_orphan_pvc_backs_up_through_a_snapshot_and_everything_is_cleaned_up_
     // Pod, clone PVC, its PV, then the VolumeSnapshot.
     let pv = clone_pv(&sim).await.expect("the clone's PV was deleted");
     assert_deletions(&sim, cleanup_order(&ns, "nightly", Some(&pv), true)).await;
+
+    // The next backup reads a new clone, made by copying (`cp -a`: new
+    // inodes and ctimes): only metadata is read, and the snapshot says so.
+    snapshot_backup(&env, &ns, "nightly-2", json!({"pvc": "data"})).await;
+    let st = wait_cleaned(&env, &ns, "nightly-2").await.status.unwrap();
+    assert_eq!(st.phase, Phase::Completed, "{st:#?}");
+    assert_eq!(
+        st.progress.as_ref().map(|p| p.bytes_done),
+        Some(0),
+        "{st:#?}"
+    );
+    let r = open_repo(&repo, PASSWORD).await;
+    let snaps = r.snapshots().await.unwrap();
+    let id = st.snapshot_id.clone().unwrap();
+    let (_, snap) = snaps.iter().find(|(i, _)| i.to_hex() == id).unwrap();
+    assert_eq!(snap.ignored_changes, ["inode", "ctime"]);
+    assert_eq!(snap.summary.files_new + snap.summary.files_changed, 0);
+    let restored = restore(&repo, &id, env.dir.path()).await;
+    assert_same_tree(&data, &restored);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -96,52 +96,157 @@ pub(crate) async fn group(ctx: &Ctx, vb: &VolumeBackup) -> Result<Group, Error> 
     Ok(Group::Claimed(members))
 }
 
-/// The leader's step 2: the pre-hooks of the running pods that use the PVCs
-/// of the `open` runs, then at once a VolumeSnapshot for each run that has
-/// none (after a restart, only those missing). A run whose PVC is gone or
-/// whose class cannot be chosen ends alone; a failed pre-hook ends them all.
-pub(crate) async fn take_snapshots(ctx: &Ctx, open: &[VolumeBackup]) -> Result<(), Error> {
-    let mut todo = Vec::new();
-    for r in open {
-        let ns = r.namespace().unwrap_or_default();
-        if !matches!(find_snapshot(ctx, r).await?, Found::Missing) {
-            continue;
-        }
-        let pvc_name = r
-            .status
-            .as_ref()
-            .and_then(|s| s.pvc.clone())
-            .unwrap_or_default();
-        let Some(pvc) = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &ns)
-            .get_opt(&pvc_name)
-            .await
-            .map_err(kube_err(format!("reading PVC {ns}/{pvc_name}")))?
-        else {
-            let m = format!(
-                "PersistentVolumeClaim {ns}/{pvc_name} was deleted before it was snapshotted"
-            );
-            fail(ctx, r, m).await?;
-            continue;
-        };
-        match snapshot_class(&ctx.client, &pvc).await? {
-            Ok(class) => todo.push((r.clone(), pvc_name, class)),
-            Err(m) => fail(ctx, r, m).await?,
+/// What the leader read of one open run before step 2.
+pub(crate) enum Member {
+    /// Its VolumeSnapshot (or its group's) exists already: nothing to take.
+    Taken,
+    /// Its PVC (named) was deleted.
+    PvcGone(String),
+    /// Its PVC, and the VolumeSnapshotClass chosen for it or why none can be.
+    Pvc {
+        pvc: String,
+        class: Result<String, String>,
+    },
+}
+
+impl Member {
+    /// Whether the run is snapshotted in this pass.
+    fn due(&self) -> bool {
+        matches!(self, Member::Pvc { class: Ok(_), .. })
+    }
+}
+
+/// What the leader does in step 2, decided by [`plan_snapshots`].
+pub(crate) struct SnapshotPlan {
+    /// Runs that end now, alone, and why.
+    pub(crate) fail: Vec<(VolumeBackup, String)>,
+    /// The runs snapshotted at one instant, between their hooks.
+    pub(crate) runs: Vec<VolumeBackup>,
+    /// How they are snapshotted.
+    pub(crate) take: Take,
+}
+
+/// How the runs of a [`SnapshotPlan`] are snapshotted.
+pub(crate) enum Take {
+    /// One VolumeGroupSnapshot of group `group`, of class `class`, that
+    /// selects their PVCs by label.
+    Group {
+        api: Box<GroupApi>,
+        class: String,
+        group: crate::crd::RunGroup,
+    },
+    /// One VolumeSnapshot each: its PVC and class, in the order of `runs`.
+    Each(Vec<(String, String)>),
+}
+
+/// Plans step 2 from what was read of each open run and, for the runs
+/// due, whether one VolumeGroupSnapshot can take them
+/// ([`group_snapshot_plan`]). A run whose PVC is gone or whose class cannot
+/// be chosen ends alone; the others are snapshotted together: with one
+/// VolumeGroupSnapshot when there are two or more and `grouped` says how,
+/// else one VolumeSnapshot each.
+pub(crate) fn plan_snapshots(
+    reads: Vec<(VolumeBackup, Member)>,
+    grouped: Option<(GroupApi, String)>,
+) -> SnapshotPlan {
+    let mut plan = SnapshotPlan {
+        fail: Vec::new(),
+        runs: Vec::new(),
+        take: Take::Each(Vec::new()),
+    };
+    let mut each = Vec::new();
+    for (r, member) in reads {
+        match member {
+            Member::Taken => {}
+            Member::PvcGone(pvc) => {
+                let ns = r.namespace().unwrap_or_default();
+                let why = format!(
+                    "PersistentVolumeClaim {ns}/{pvc} was deleted before it was snapshotted"
+                );
+                plan.fail.push((r, why));
+            }
+            Member::Pvc {
+                class: Err(why), ..
+            } => plan.fail.push((r, why)),
+            Member::Pvc {
+                pvc,
+                class: Ok(class),
+            } => {
+                plan.runs.push(r);
+                each.push((pvc, class));
+            }
         }
     }
-    let runs: Vec<VolumeBackup> = todo.iter().map(|(r, _, _)| r.clone()).collect();
-    let Some(first) = runs.first() else {
-        return Ok(());
+    let group = plan.runs.first().and_then(|r| r.spec.group.clone());
+    plan.take = match (grouped, group) {
+        (Some((api, class)), Some(group)) if plan.runs.len() > 1 => Take::Group {
+            api: Box::new(api),
+            class,
+            group,
+        },
+        _ => Take::Each(each),
     };
-    let grouped = match first.spec.group.as_ref() {
-        Some(g) if runs.len() > 1 => group_snapshot_plan(ctx, g, &runs).await?,
+    plan
+}
+
+/// What the leader reads of `r` for [`plan_snapshots`].
+async fn read_member(ctx: &Ctx, r: &VolumeBackup) -> Result<Member, Error> {
+    if !matches!(find_snapshot(ctx, r).await?, Found::Missing) {
+        return Ok(Member::Taken);
+    }
+    let ns = r.namespace().unwrap_or_default();
+    let pvc_name = r
+        .status
+        .as_ref()
+        .and_then(|s| s.pvc.clone())
+        .unwrap_or_default();
+    let Some(pvc) = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&pvc_name)
+        .await
+        .map_err(kube_err(format!("reading PVC {ns}/{pvc_name}")))?
+    else {
+        return Ok(Member::PvcGone(pvc_name));
+    };
+    Ok(Member::Pvc {
+        class: snapshot_class(&ctx.client, &pvc).await?,
+        pvc: pvc_name,
+    })
+}
+
+/// The leader's step 2: the pre-hooks of the running pods that use the PVCs
+/// of the `open` runs, then at once a VolumeSnapshot for each run that has
+/// none (after a restart, only those missing), or one VolumeGroupSnapshot
+/// of them all. Planned by [`plan_snapshots`]; a failed pre-hook ends them
+/// all.
+pub(crate) async fn take_snapshots(ctx: &Ctx, open: &[VolumeBackup]) -> Result<(), Error> {
+    let mut reads = Vec::with_capacity(open.len());
+    for r in open {
+        reads.push((r.clone(), read_member(ctx, r).await?));
+    }
+    let due: Vec<VolumeBackup> = reads
+        .iter()
+        .filter(|(_, m)| m.due())
+        .map(|(r, _)| r.clone())
+        .collect();
+    let grouped = match due.first().and_then(|r| r.spec.group.as_ref()) {
+        Some(g) if due.len() > 1 => group_snapshot_plan(ctx, g, &due).await?,
         _ => None,
     };
-    if grouped.is_some() {
+    let plan = plan_snapshots(reads, grouped);
+    for (r, why) in plan.fail {
+        fail(ctx, &r, why).await?;
+    }
+    let runs = plan.runs;
+    if runs.is_empty() {
+        return Ok(());
+    }
+    let grouped = matches!(plan.take, Take::Group { .. });
+    if grouped {
         // The PVCs the VolumeGroupSnapshot selects, labelled before any hook.
         label_group(ctx, &runs, true).await?;
     }
     if let Err(m) = snapshot_hooks(ctx, &runs, HookStage::Pre).await? {
-        if grouped.is_some() {
+        if grouped {
             label_group(ctx, &runs, false).await?;
         }
         for r in &runs {
@@ -149,83 +254,109 @@ pub(crate) async fn take_snapshots(ctx: &Ctx, open: &[VolumeBackup]) -> Result<(
         }
         return Ok(());
     }
-    if let (Some((api, class)), Some(g)) = (&grouped, first.spec.group.as_ref()) {
-        let ns = first.namespace().unwrap_or_default();
-        let name = group_snapshot_name(g);
-        // Owned by every run: it goes when the last run is deleted.
-        let owners: Vec<_> = runs
-            .iter()
-            .filter_map(|r| r.controller_owner_ref(&()))
-            .map(|mut o| {
-                o.controller = Some(false);
-                o
-            })
-            .collect();
-        let mut vgs = DynamicObject::new(&name, &api.snapshots).within(&ns);
-        vgs.metadata.owner_references = Some(owners);
-        vgs.data = json!({"spec": {
-            "source": {"selector": {"matchLabels": {crate::names::GROUP_LABEL: label_value(&g.name)}}},
-            "volumeGroupSnapshotClassName": class,
-        }});
-        let vgss = Api::<DynamicObject>::namespaced_with(ctx.client.clone(), &ns, &api.snapshots);
-        match create(&vgss, &vgs, &format!("VolumeGroupSnapshot {ns}/{name}")).await {
-            Ok(()) => {}
-            // The whole group fails now, as after a failed pre-hook: no
-            // member's snapshot may be taken later, after the post-hooks.
-            Err(Error::Refused(m)) => {
-                label_group(ctx, &runs, false).await?;
-                for r in &runs {
-                    fail(ctx, r, m.clone()).await?;
-                }
-                return Ok(());
-            }
-            Err(e) => return Err(e),
+    match plan.take {
+        Take::Group { api, class, group } => {
+            create_group_snapshot(ctx, &runs, &api, &class, &group).await
         }
-        tracing::info!(
-            namespace = ns,
-            group = g.name,
-            class,
-            "VolumeGroupSnapshot {name} created"
-        );
-        return Ok(());
-    }
-    for (r, pvc_name, class) in todo {
-        let ns = r.namespace().unwrap_or_default();
-        let child = child_name(&r);
-        let vs = VolumeSnapshot {
-            metadata: kube::api::ObjectMeta {
-                name: Some(child.clone()),
-                namespace: Some(ns.clone()),
-                labels: Some(run_labels(&r)),
-                owner_references: r.controller_owner_ref(&()).map(|o| vec![o]),
-                ..Default::default()
-            },
-            spec: VolumeSnapshotSpec {
-                source: VolumeSnapshotSource {
-                    persistent_volume_claim_name: Some(pvc_name),
-                    volume_snapshot_content_name: None,
-                },
-                volume_snapshot_class_name: Some(class.clone()),
-            },
-            status: None,
-        };
-        let snaps: Api<VolumeSnapshot> = Api::namespaced(ctx.client.clone(), &ns);
-        match create(&snaps, &vs, &format!("VolumeSnapshot {ns}/{child}")).await {
-            Ok(()) => {}
-            // This member fails; the others' snapshots are taken now.
-            Err(Error::Refused(m)) => {
-                fail(ctx, &r, m).await?;
-                continue;
+        Take::Each(each) => {
+            for (r, (pvc, class)) in runs.iter().zip(each) {
+                create_snapshot(ctx, r, pvc, class).await?;
             }
-            Err(e) => return Err(e),
+            Ok(())
         }
-        tracing::info!(
-            namespace = ns,
-            run = r.name_any(),
-            class,
-            "VolumeSnapshot {child} created"
-        );
     }
+}
+
+/// Creates the VolumeGroupSnapshot of `runs` (their pre-hooks ran). When
+/// it is refused the whole group fails now, as after a failed pre-hook: no
+/// member's snapshot may be taken later, after the post-hooks.
+async fn create_group_snapshot(
+    ctx: &Ctx,
+    runs: &[VolumeBackup],
+    api: &GroupApi,
+    class: &str,
+    g: &crate::crd::RunGroup,
+) -> Result<(), Error> {
+    let ns = runs.first().and_then(|r| r.namespace()).unwrap_or_default();
+    let name = group_snapshot_name(g);
+    // Owned by every run: it goes when the last run is deleted.
+    let owners: Vec<_> = runs
+        .iter()
+        .filter_map(|r| r.controller_owner_ref(&()))
+        .map(|mut o| {
+            o.controller = Some(false);
+            o
+        })
+        .collect();
+    let mut vgs = DynamicObject::new(&name, &api.snapshots).within(&ns);
+    vgs.metadata.owner_references = Some(owners);
+    vgs.data = json!({"spec": {
+        "source": {"selector": {"matchLabels": {crate::names::GROUP_LABEL: label_value(&g.name)}}},
+        "volumeGroupSnapshotClassName": class,
+    }});
+    let vgss = Api::<DynamicObject>::namespaced_with(ctx.client.clone(), &ns, &api.snapshots);
+    match create(&vgss, &vgs, &format!("VolumeGroupSnapshot {ns}/{name}")).await {
+        Ok(()) => {}
+        Err(Error::Refused(m)) => {
+            label_group(ctx, runs, false).await?;
+            for r in runs {
+                fail(ctx, r, m.clone()).await?;
+            }
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    }
+    tracing::info!(
+        namespace = ns,
+        group = g.name,
+        class,
+        "VolumeGroupSnapshot {name} created"
+    );
+    Ok(())
+}
+
+/// Creates the VolumeSnapshot of run `r` (its pre-hooks ran). When it is
+/// refused this run fails; the others' snapshots are taken now.
+async fn create_snapshot(
+    ctx: &Ctx,
+    r: &VolumeBackup,
+    pvc: String,
+    class: String,
+) -> Result<(), Error> {
+    let ns = r.namespace().unwrap_or_default();
+    let child = child_name(r);
+    let vs = VolumeSnapshot {
+        metadata: kube::api::ObjectMeta {
+            name: Some(child.clone()),
+            namespace: Some(ns.clone()),
+            labels: Some(run_labels(r)),
+            owner_references: r.controller_owner_ref(&()).map(|o| vec![o]),
+            ..Default::default()
+        },
+        spec: VolumeSnapshotSpec {
+            source: VolumeSnapshotSource {
+                persistent_volume_claim_name: Some(pvc),
+                volume_snapshot_content_name: None,
+            },
+            volume_snapshot_class_name: Some(class.clone()),
+        },
+        status: None,
+    };
+    let snaps: Api<VolumeSnapshot> = Api::namespaced(ctx.client.clone(), &ns);
+    match create(&snaps, &vs, &format!("VolumeSnapshot {ns}/{child}")).await {
+        Ok(()) => {}
+        Err(Error::Refused(m)) => {
+            fail(ctx, r, m).await?;
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    }
+    tracing::info!(
+        namespace = ns,
+        run = r.name_any(),
+        class,
+        "VolumeSnapshot {child} created"
+    );
     Ok(())
 }
 
@@ -545,5 +676,125 @@ mod tests {
         assert_eq!(followers::<&str>(&[]), None);
         assert_eq!(followers(&["leader"]), Some(&[][..]));
         assert_eq!(followers(&["leader", "b", "c"]), Some(&["b", "c"][..]));
+    }
+
+    fn run(name: &str, group: Option<&str>) -> VolumeBackup {
+        serde_json::from_value(json!({
+            "apiVersion": "coffer.dev/v1alpha1", "kind": "VolumeBackup",
+            "metadata": {"name": name, "namespace": "shop"},
+            "spec": {"method": "Snapshot", "pvc": format!("data-{name}"), "repository": "r",
+                     "group": group.map(|g| json!({"name": g, "size": 3}))},
+        }))
+        .unwrap()
+    }
+
+    fn pvc(name: &str, class: Result<&str, &str>) -> Member {
+        Member::Pvc {
+            pvc: format!("data-{name}"),
+            class: class.map(String::from).map_err(String::from),
+        }
+    }
+
+    fn group_api() -> (GroupApi, String) {
+        let gvk = kube::api::GroupVersionKind::gvk(
+            "groupsnapshot.storage.k8s.io",
+            "v1beta1",
+            "VolumeGroupSnapshot",
+        );
+        let class_gvk = kube::api::GroupVersionKind::gvk(
+            "groupsnapshot.storage.k8s.io",
+            "v1beta1",
+            "VolumeGroupSnapshotClass",
+        );
+        let api = GroupApi {
+            snapshots: kube::api::ApiResource::from_gvk(&gvk),
+            classes: kube::api::ApiResource::from_gvk(&class_gvk),
+        };
+        (api, "group-class".into())
+    }
+
+    fn names(runs: &[VolumeBackup]) -> Vec<String> {
+        runs.iter().map(ResourceExt::name_any).collect()
+    }
+
+    #[test]
+    fn a_run_whose_pvc_went_or_has_no_class_ends_alone_and_the_others_are_snapshotted() {
+        let reads = vec![
+            (run("a", Some("g")), pvc("a", Ok("csi-snap"))),
+            (run("b", Some("g")), Member::PvcGone("data-b".into())),
+            (
+                run("c", Some("g")),
+                pvc("c", Err("no VolumeSnapshotClass for driver x")),
+            ),
+            (run("d", Some("g")), Member::Taken),
+            (run("e", Some("g")), pvc("e", Ok("csi-snap"))),
+        ];
+        let plan = plan_snapshots(reads, None);
+        let failed: Vec<(String, String)> = plan
+            .fail
+            .iter()
+            .map(|(r, why)| (r.name_any(), why.clone()))
+            .collect();
+        assert_eq!(
+            failed,
+            [
+                (
+                    "b".to_string(),
+                    "PersistentVolumeClaim shop/data-b was deleted before it was snapshotted"
+                        .to_string()
+                ),
+                (
+                    "c".to_string(),
+                    "no VolumeSnapshotClass for driver x".to_string()
+                ),
+            ]
+        );
+        assert_eq!(names(&plan.runs), ["a", "e"]);
+        match plan.take {
+            Take::Each(each) => assert_eq!(
+                each,
+                [
+                    ("data-a".to_string(), "csi-snap".to_string()),
+                    ("data-e".to_string(), "csi-snap".to_string())
+                ]
+            ),
+            Take::Group { .. } => panic!("no group class was offered"),
+        }
+    }
+
+    #[test]
+    fn a_group_is_one_volume_group_snapshot_only_with_two_runs_and_a_class() {
+        let two = || {
+            vec![
+                (run("a", Some("g")), pvc("a", Ok("csi-snap"))),
+                (run("b", Some("g")), pvc("b", Ok("csi-snap"))),
+            ]
+        };
+        match plan_snapshots(two(), Some(group_api())).take {
+            Take::Group { class, group, .. } => {
+                assert_eq!((class.as_str(), group.name.as_str()), ("group-class", "g"))
+            }
+            Take::Each(_) => panic!("two runs of a group with a class are one group snapshot"),
+        }
+        // One run left (the other's PVC went): its own VolumeSnapshot.
+        let one = vec![
+            (run("a", Some("g")), pvc("a", Ok("csi-snap"))),
+            (run("b", Some("g")), Member::PvcGone("data-b".into())),
+        ];
+        let plan = plan_snapshots(one, Some(group_api()));
+        assert_eq!(names(&plan.runs), ["a"]);
+        assert!(matches!(plan.take, Take::Each(ref e) if e.len() == 1));
+        // Runs without a group are never grouped.
+        let alone = vec![
+            (run("a", None), pvc("a", Ok("csi-snap"))),
+            (run("b", None), pvc("b", Ok("csi-snap"))),
+        ];
+        assert!(matches!(
+            plan_snapshots(alone, Some(group_api())).take,
+            Take::Each(ref e) if e.len() == 2
+        ));
+        // Nothing due: nothing to take, nothing failed.
+        let plan = plan_snapshots(vec![(run("a", Some("g")), Member::Taken)], None);
+        assert!(plan.fail.is_empty() && plan.runs.is_empty());
     }
 }
