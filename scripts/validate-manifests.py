@@ -8,6 +8,9 @@ in its virtualenv (kubernetes-validate, jsonschema, PyYAML).
     validate-manifests.py policy RENDERED           RBAC, DaemonSet and Service rules
     validate-manifests.py component NAME BASE OVERLAY
         the component changes exactly what it should
+    validate-manifests.py monitoring VERSION BASE OVERLAY
+        components/monitoring adds only its ServiceMonitors, PrometheusRule
+        and dashboard ConfigMap, and they have the Prometheus Operator's shape
 
 Each prints one summary line on success; on failure the reasons, and exits 1.
 """
@@ -41,7 +44,7 @@ EXPECTED_RULES = {
 # What `coffer-agent controller` calls, and nothing more (see
 # deploy/controller.yaml).
 EXPECTED_CONTROLLER_RULES = {
-    ("coffer.dev", "volumebackups"): {"get", "list", "watch", "patch", "create"},
+    ("coffer.dev", "volumebackups"): {"get", "list", "watch", "patch", "create", "delete"},
     ("coffer.dev", "volumerestores"): {"get", "list", "watch", "patch"},
     ("coffer.dev", "backupschedules"): {"get", "list", "watch"},
     ("coffer.dev", "backupschedules/status"): {"get", "patch"},
@@ -459,6 +462,15 @@ def cmd_policy(rendered):
           "no cpu and memory requests", p)
     check(res.get("limits", {}).get("memory"), "no memory limit", p)
 
+    # The controller's metrics Service selects the controller's pods.
+    csvc = one(docs, "Service", "coffer-controller-metrics")
+    cpod = one(docs, "Deployment", "coffer-controller")["spec"]["template"]["metadata"]["labels"]
+    check(csvc["spec"].get("clusterIP") == "None", "the controller's metrics Service is not headless", p)
+    check(csvc["spec"].get("selector") and all(cpod.get(k) == v for k, v in csvc["spec"]["selector"].items()),
+          "the controller's metrics Service does not select the controller pods", p)
+    check(any(x.get("name") == "metrics" and x.get("targetPort") == "metrics" for x in csvc["spec"].get("ports", [])),
+          "the controller's metrics Service has no port 'metrics'", p)
+
     # Metrics Service.
     svc = one(docs, "Service", "coffer-agent-metrics")
     check(svc["spec"].get("clusterIP") == "None", "metrics Service is not headless", p)
@@ -565,6 +577,41 @@ def cmd_etcd(rendered):
     return "control-plane node, host network, certificates read-only, backup then retention"
 
 
+def cmd_monitoring(version, base, overlay):
+    """The overlay is the base plus two ServiceMonitors, a PrometheusRule and
+    the dashboard ConfigMap, each in coffer-system and of the right shape."""
+    import json
+
+    before = {kn(d) for d in load(base)}
+    added = [d for d in load(overlay) if kn(d) not in before]
+    p = []
+    kinds = sorted(d["kind"] for d in added)
+    check(kinds == ["ConfigMap", "PrometheusRule", "ServiceMonitor", "ServiceMonitor"],
+          f"the component adds {kinds}", p)
+    for d in added:
+        check(d["metadata"].get("namespace") == NAMESPACE, f"{kn(d)} is not in {NAMESPACE}", p)
+        if d["kind"] == "ConfigMap":
+            validate_doc(d, version, {})
+            check(d["metadata"].get("labels", {}).get("grafana_dashboard") == "1",
+                  f"{kn(d)} lacks the label grafana_dashboard: \"1\"", p)
+            dash = json.loads(d["data"]["coffer-dashboard.json"])
+            check(dash.get("panels") and dash.get("uid"), "the dashboard has no panels or uid", p)
+            continue
+        check(d["apiVersion"] == "monitoring.coreos.com/v1", f"{kn(d)} is not monitoring.coreos.com/v1", p)
+        if d["kind"] == "ServiceMonitor":
+            for e in d["spec"]["endpoints"]:
+                check(e.get("port") == "metrics" and e.get("honorLabels") is True,
+                      f"{kn(d)}: an endpoint is not port metrics with honorLabels", p)
+        else:
+            for g in d["spec"]["groups"]:
+                for r in g["rules"]:
+                    check(set(r) <= {"alert", "expr", "for", "labels", "annotations"} and r.get("alert")
+                          and r.get("expr"), f"{kn(d)}: rule {r.get('alert')} has the wrong fields", p)
+    if p:
+        raise Failed("\n".join(p))
+    return f"{len(added)} objects added: ServiceMonitors, PrometheusRule, dashboard ConfigMap"
+
+
 def main(argv):
     try:
         if argv[0] == "schemas":
@@ -577,6 +624,8 @@ def main(argv):
             msg = cmd_etcd(argv[1])
         elif argv[0] == "component":
             msg = cmd_component(argv[1], argv[2], argv[3])
+        elif argv[0] == "monitoring":
+            msg = cmd_monitoring(argv[1], argv[2], argv[3])
         else:
             raise SystemExit(__doc__)
     except Failed as e:

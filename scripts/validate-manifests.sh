@@ -110,6 +110,7 @@ check "render deploy/ (kubectl kustomize)" render deploy "$work/base.yaml"
 check "render with components/privileged" overlay privileged privileged
 check "render with components/read-only" overlay read-only read-only
 check "render with both components" overlay both privileged read-only
+check "render with components/monitoring" overlay monitoring monitoring
 check "render deploy/etcd-backup" render deploy/etcd-backup "$work/etcd.yaml"
 rendered=()
 for f in base privileged read-only both etcd; do
@@ -123,6 +124,10 @@ if [ -s "$work/base.yaml" ]; then
                 "$py" scripts/validate-manifests.py component "$c" "$work/base.yaml" "$work/$c.yaml"
     done
 fi
+
+[ -s "$work/base.yaml" ] && [ -s "$work/monitoring.yaml" ] &&
+    check "overlay monitoring: adds only its monitors, alerts and dashboard" \
+        "$py" scripts/validate-manifests.py monitoring "${k8s_versions[-1]}" "$work/base.yaml" "$work/monitoring.yaml"
 
 # ---- b) schemas -----------------------------------------------------------------
 examples=(deploy/examples/*.yaml)

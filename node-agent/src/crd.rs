@@ -27,6 +27,7 @@ fn default_repository() -> String {
     version = "v1alpha1",
     kind = "BackupRepository",
     namespaced,
+    category = "coffer",
     status = "BackupRepositoryStatus",
     shortname = "brepo",
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
@@ -156,6 +157,11 @@ pub struct BackupRepositoryStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0_i64, max = 9_007_199_254_740_991_i64))]
     pub observed_generation: Option<i64>,
+    /// `Ready`: whether it opened with its password (`kubectl wait
+    /// --for=condition=Ready`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
     /// Scheduling of the prune job (the controller's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prune: Option<JobTimes>,
@@ -294,6 +300,7 @@ pub struct CopyResult {
     version = "v1alpha1",
     kind = "VolumeBackup",
     namespaced,
+    category = "coffer",
     status = "RunStatus",
     shortname = "vb",
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
@@ -392,6 +399,7 @@ pub enum BackupMethod {
     version = "v1alpha1",
     kind = "VolumeRestore",
     namespaced,
+    category = "coffer",
     status = "RunStatus",
     shortname = "vr",
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
@@ -636,6 +644,16 @@ pub struct RunStatus {
     #[serde(default, skip_serializing_if = "is_zero")]
     #[schemars(range(min = 0, max = 1000000))]
     pub attempts: u32,
+    /// `Completed` and `Failed`, as a Job has them: both `False` while it
+    /// runs, then one of them `True` (`kubectl wait
+    /// --for=condition=Completed`); the reason is the phase.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0_i64, max = 9_007_199_254_740_991_i64))]
+    pub observed_generation: Option<i64>,
 }
 
 /// A PersistentVolumeClaim as a snapshot recorded it.
@@ -676,6 +694,7 @@ fn is_zero(n: &u32) -> bool {
     version = "v1alpha1",
     kind = "BackupSchedule",
     namespaced,
+    category = "coffer",
     status = "BackupScheduleStatus",
     shortname = "bsched",
     printcolumn = r#"{"name":"Schedule","type":"string","jsonPath":".spec.schedule"}"#,
@@ -721,7 +740,26 @@ pub struct BackupScheduleSpec {
     /// (skip it, the default), `Allow`, or `Replace` (cancel them).
     #[serde(default)]
     pub concurrency_policy: ConcurrencyPolicy,
+    /// How many of the latest times whose runs all succeeded keep their
+    /// VolumeBackups (default 3, as a CronJob keeps Jobs); older ones are
+    /// deleted. Their snapshots stay in the repository (retention decides).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub successful_runs_history_limit: Option<u32>,
+    /// How many of the latest times with a failed or canceled run keep
+    /// their VolumeBackups (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub failed_runs_history_limit: Option<u32>,
 }
+
+/// Times whose runs all succeeded that a schedule keeps the runs of, when
+/// `successfulRunsHistoryLimit` is not set.
+pub const DEFAULT_SUCCESSFUL_HISTORY: u32 = 3;
+
+/// Times with a failed run that a schedule keeps the runs of, when
+/// `failedRunsHistoryLimit` is not set.
+pub const DEFAULT_FAILED_HISTORY: u32 = 1;
 
 /// Labels to match (all of them).
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -822,7 +860,12 @@ pub struct BackupScheduleStatus {
     pub last_retention: Option<RetentionResult>,
     /// `Scheduled`, `LastRunSucceeded`, `RetentionApplied`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+    /// The generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0_i64, max = 9_007_199_254_740_991_i64))]
+    pub observed_generation: Option<i64>,
 }
 
 /// What a retention pass did.
@@ -882,6 +925,10 @@ pub struct Condition {
     /// When `status` last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<Timestamp>,
+    /// The generation of the object it was set for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0_i64, max = 9_007_199_254_740_991_i64))]
+    pub observed_generation: Option<i64>,
 }
 
 /// Every definition, as the YAML stream `coffer-agent crds` prints.

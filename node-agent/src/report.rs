@@ -176,6 +176,7 @@ where
             return Ok(None);
         }
         change(&mut s);
+        s.observe(current.meta().generation);
         if write_run::<K>(
             client,
             ns,

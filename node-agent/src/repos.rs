@@ -197,28 +197,52 @@ impl Repos {
             }
         };
         let result = self.open_spec(client, namespace, name, &repo).await;
-        let status = match &result {
+        let now = crate::time::Timestamp::now();
+        let mut status = match &result {
             Ok(r) => BackupRepositoryStatus {
                 phase: Some(RepositoryPhase::Ready),
                 repository_id: Some(hex::encode(&r.config().id)),
                 message: None,
-                last_checked: Some(crate::time::Timestamp::now()),
-                observed_generation: repo.metadata.generation,
                 ..Default::default()
             },
             Err(e) => BackupRepositoryStatus {
                 phase: Some(RepositoryPhase::NotReady),
                 repository_id: None,
                 message: Some(e.to_string()),
-                last_checked: Some(crate::time::Timestamp::now()),
-                observed_generation: repo.metadata.generation,
                 ..Default::default()
             },
         };
-        if repo.status.as_ref().map(|s| (s.phase, &s.message))
-            != Some((status.phase, &status.message))
-            || repo.status.is_none()
-        {
+        status.last_checked = Some(now);
+        status.observed_generation = repo.metadata.generation;
+        status.conditions = repo
+            .status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default();
+        let (ready, reason) = match &result {
+            Ok(_) => (true, "Opened"),
+            Err(_) => (false, "CannotOpen"),
+        };
+        crate::status::set_condition(
+            &mut status.conditions,
+            "Ready",
+            ready,
+            reason,
+            status.message.clone().unwrap_or_default(),
+            now,
+        );
+        for c in &mut status.conditions {
+            c.observed_generation = repo.metadata.generation;
+        }
+        let seen = |s: &BackupRepositoryStatus| {
+            (
+                s.phase,
+                s.message.clone(),
+                s.observed_generation,
+                s.conditions.len(),
+            )
+        };
+        if repo.status.as_ref().map(seen) != Some(seen(&status)) {
             // Every field the agent owns, null included (a Ready status
             // clears the last message); the controller's maintenance
             // fields are left alone.
@@ -228,6 +252,7 @@ impl Repos {
                 "message": status.message,
                 "lastChecked": status.last_checked,
                 "observedGeneration": status.observed_generation,
+                "conditions": status.conditions,
             });
             let written = crate::report::patch_status::<BackupRepository>(
                 client, namespace, name, fields, None,

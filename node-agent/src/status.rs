@@ -15,8 +15,10 @@ pub fn started(previous: Option<&RunStatus>, node: &str, path: Option<String>) -
         message: (attempts > 1).then(|| {
             format!("resumed on node {node} after the agent restarted (attempt {attempts} of {MAX_ATTEMPTS})")
         }),
+        conditions: previous.map(|s| s.conditions.clone()).unwrap_or_default(),
         ..Default::default()
     }
+    .with_conditions()
 }
 
 /// How a run ended.
@@ -79,7 +81,46 @@ pub fn finished(mut status: RunStatus, outcome: Outcome) -> RunStatus {
             status.message = Some(m);
         }
     }
-    status
+    status.with_conditions()
+}
+
+impl RunStatus {
+    /// This status with its conditions following its phase: `Completed`
+    /// and `Failed` both `False` while it runs, then `Completed` `True`
+    /// (reason `Completed` or `PartiallyFailed`) or `Failed` `True` (reason
+    /// `Failed` or `Canceled`), with the message.
+    pub fn with_conditions(mut self) -> RunStatus {
+        let (completed, failed) = match self.phase {
+            Phase::New => return self,
+            Phase::InProgress => (false, false),
+            Phase::Completed | Phase::PartiallyFailed => (true, false),
+            Phase::Failed | Phase::Canceled => (false, true),
+        };
+        let reason = format!("{:?}", self.phase);
+        let message = self.message.clone().unwrap_or_default();
+        let now = Timestamp::now();
+        for (type_, ok) in [("Completed", completed), ("Failed", failed)] {
+            set_condition(
+                &mut self.conditions,
+                type_,
+                ok,
+                &reason,
+                message.clone(),
+                now,
+            );
+        }
+        self.observe(self.observed_generation);
+        self
+    }
+
+    /// Records that this status (and each of its conditions) describes
+    /// generation `generation` of its object.
+    pub fn observe(&mut self, generation: Option<i64>) {
+        self.observed_generation = generation;
+        for c in &mut self.conditions {
+            c.observed_generation = generation;
+        }
+    }
 }
 
 /// A backup's progress as status shows it.
@@ -108,6 +149,7 @@ pub fn set_condition(
         .find(|c| c.type_ == type_ && c.status == status)
         .and_then(|c| c.last_transition_time)
         .unwrap_or(now);
+    let generation = conditions.iter().find_map(|c| c.observed_generation);
     conditions.retain(|c| c.type_ != type_);
     conditions.push(Condition {
         type_: type_.into(),
@@ -115,6 +157,7 @@ pub fn set_condition(
         reason: reason.into(),
         message,
         last_transition_time: Some(since),
+        observed_generation: generation,
     });
 }
 
@@ -164,6 +207,51 @@ mod tests {
         let f = finished(s, Outcome::Failed("pod db-0 was deleted".into()));
         assert_eq!(f.phase, Phase::Failed);
         assert_eq!(f.message.as_deref(), Some("pod db-0 was deleted"));
+    }
+
+    fn condition(s: &RunStatus, type_: &str) -> (String, String, String) {
+        let c = s.conditions.iter().find(|c| c.type_ == type_).unwrap();
+        (c.status.clone(), c.reason.clone(), c.message.clone())
+    }
+
+    #[test]
+    fn a_run_has_completed_and_failed_conditions_as_a_job_has() {
+        let strs = |a: &str, b: &str, c: &str| (a.to_string(), b.to_string(), c.to_string());
+        assert!(RunStatus::default().with_conditions().conditions.is_empty());
+        let mut s = started(None, "n1", None);
+        assert_eq!(condition(&s, "Completed"), strs("False", "InProgress", ""));
+        assert_eq!(condition(&s, "Failed"), strs("False", "InProgress", ""));
+        s.observe(Some(3));
+        let done = finished(s.clone(), Outcome::Failed("pod db-0 was deleted".into()));
+        assert_eq!(
+            condition(&done, "Failed"),
+            strs("True", "Failed", "pod db-0 was deleted")
+        );
+        assert_eq!(condition(&done, "Completed").0, "False");
+        assert_eq!(done.conditions.len(), 2, "a list-map keyed by type");
+        assert!(done
+            .conditions
+            .iter()
+            .all(|c| c.observed_generation == Some(3) && c.last_transition_time.is_some()));
+        let ok = Outcome::Done {
+            snapshot_id: "ab".into(),
+            incremental_bytes: None,
+            progress: Progress::default(),
+            errors: vec!["/x: denied".into()],
+        };
+        let partial = finished(s.clone(), ok);
+        assert_eq!(condition(&partial, "Completed").0, "True");
+        assert_eq!(condition(&partial, "Completed").1, "PartiallyFailed");
+        let canceled = finished(s, Outcome::Canceled);
+        assert_eq!(condition(&canceled, "Failed").1, "Canceled");
+        // A resumed run keeps its conditions' transition times.
+        let resumed = started(Some(&canceled), "n2", None);
+        let before = canceled.conditions.iter().find(|c| c.type_ == "Completed");
+        let after = resumed.conditions.iter().find(|c| c.type_ == "Completed");
+        assert_eq!(
+            before.unwrap().last_transition_time,
+            after.unwrap().last_transition_time
+        );
     }
 
     #[test]

@@ -388,6 +388,7 @@ pub(crate) async fn claim<K: ControllerRun>(
         return Ok(Action::requeue(Duration::ZERO));
     };
     let mut s = crate::status::started(run.run_status(), &ctx.opts.identity, path);
+    s.observe(run.meta().generation);
     s.node = None;
     s.pvc = Some(pvc);
     s.stage = Some(K::FIRST_STAGE.into());

@@ -31,7 +31,7 @@ use crate::crd::{
     Retention, RetentionResult, VolumeBackup,
 };
 
-use crate::api::{create, kube_err, Error};
+use crate::api::{create, delete, kube_err, Error};
 use crate::controller::context::Ctx;
 use crate::controller::movers::mover_state;
 use crate::controller::movers::pod::{mover_pod, MoverPod};
@@ -104,6 +104,8 @@ pub(crate) struct Pass {
     pub(crate) retention: Option<Timestamp>,
     /// What to start.
     pub(crate) step: Step,
+    /// Finished runs of older times past the history limits: deleted.
+    pub(crate) expired: Vec<String>,
 }
 
 /// What a pass starts.
@@ -124,6 +126,60 @@ pub(crate) enum Step {
     Wait(Option<Duration>),
 }
 
+/// The runs of schedule `bs` (among `runs`) to delete: those of the times
+/// past `successfulRunsHistoryLimit` (times whose runs all succeeded) and
+/// `failedRunsHistoryLimit` (times with a failed or canceled run), newest
+/// kept. A time with a run still going counts for neither, and the latest
+/// time is always kept: the schedule's conditions are read from its runs.
+pub(crate) fn expired_runs(
+    bs: &BackupSchedule,
+    runs: &[VolumeBackup],
+    now: chrono::DateTime<Utc>,
+) -> Vec<String> {
+    let mut times: BTreeMap<Timestamp, Vec<&VolumeBackup>> = BTreeMap::new();
+    for vb in runs.iter().filter(|vb| {
+        vb.owner_references()
+            .iter()
+            .any(|o| Some(&o.uid) == bs.uid().as_ref())
+    }) {
+        let at = scheduled_at(vb).unwrap_or_else(|| Timestamp::new(created_at(vb, now)));
+        times.entry(at).or_default().push(vb);
+    }
+    let latest = bs
+        .status
+        .as_ref()
+        .and_then(|s| s.last_schedule_time)
+        .into_iter()
+        .chain(times.keys().next_back().copied())
+        .max();
+    let phase = |vb: &VolumeBackup| vb.status.as_ref().map(|s| s.phase).unwrap_or_default();
+    let mut keep_ok = bs
+        .spec
+        .successful_runs_history_limit
+        .unwrap_or(crate::crd::DEFAULT_SUCCESSFUL_HISTORY);
+    let mut keep_failed = bs
+        .spec
+        .failed_runs_history_limit
+        .unwrap_or(crate::crd::DEFAULT_FAILED_HISTORY);
+    let mut expired = Vec::new();
+    for (at, made) in times.iter().rev() {
+        if !made.iter().all(|vb| phase(vb).is_final()) {
+            continue;
+        }
+        let ok = made
+            .iter()
+            .all(|vb| matches!(phase(vb), Phase::Completed | Phase::PartiallyFailed));
+        let left = if ok { &mut keep_ok } else { &mut keep_failed };
+        if Some(*at) == latest || *left > 0 {
+            *left = left.saturating_sub(1);
+            continue;
+        }
+        expired.extend(made.iter().map(|vb| vb.name_any()));
+    }
+    expired.sort();
+    expired
+}
+
 /// Plans a pass over schedule `bs` whose VolumeBackups (labelled with its
 /// name) are `runs`, at `now`.
 pub(crate) fn plan_pass(
@@ -135,10 +191,19 @@ pub(crate) fn plan_pass(
     let name = bs.name_any();
     let mut st = bs.status.clone().unwrap_or_default();
     let now_s = Timestamp::new(now);
-    let pass = |status, retention, step| Pass {
-        status,
+    let generation = bs.meta().generation;
+    let expired = expired_runs(bs, runs, now);
+    let pass = |mut status: BackupScheduleStatus, retention, step| Pass {
+        status: {
+            status.observed_generation = generation;
+            for c in &mut status.conditions {
+                c.observed_generation = generation;
+            }
+            status
+        },
         retention,
         step,
+        expired: expired.clone(),
     };
     let schedule = match Schedule::parse(&bs.spec.schedule, &format!("{ns}/{name}")) {
         Ok(s) => s,
@@ -314,7 +379,19 @@ pub(crate) async fn reconcile(bs: Arc<BackupSchedule>, ctx: Arc<Ctx>) -> Result<
         status: mut st,
         retention: due,
         step,
+        expired,
     } = plan_pass(&bs, &runs, Utc::now());
+    let api: Api<VolumeBackup> = Api::namespaced(ctx.client.clone(), &ns);
+    for run in &expired {
+        // Its snapshot stays in the repository; retention decides about it.
+        delete(&api, run, &format!("VolumeBackup {ns}/{run}")).await?;
+        tracing::info!(
+            namespace = ns,
+            schedule = name,
+            run,
+            "past the history limit: deleted"
+        );
+    }
     match step {
         Step::Invalid => {
             write_status(&ctx, &bs, &old, &st, false).await?;
@@ -461,6 +538,7 @@ async fn write_status(
         "active": st.active,
         "creating": st.creating,
         "conditions": st.conditions,
+        "observedGeneration": st.observed_generation,
     });
     if st.last_retention != old.last_retention {
         fields["lastRetention"] = json!(st.last_retention);
@@ -810,7 +888,7 @@ mod tests {
         let mut v = json!({
             "apiVersion": "coffer.dev/v1alpha1", "kind": "BackupSchedule",
             "metadata": {"name": "nightly", "namespace": "shop", "uid": "bs-1",
-                         "creationTimestamp": "2026-03-01T00:00:00Z"},
+                         "generation": 4, "creationTimestamp": "2026-03-01T00:00:00Z"},
             "spec": {"schedule": "0 * * * *"},
             "status": status,
         });
@@ -850,6 +928,12 @@ mod tests {
             Some(stamp("2026-03-01T01:00:00Z"))
         );
         assert_eq!(condition(&waiting.status, "Scheduled").1, "Scheduled");
+        assert_eq!(waiting.status.observed_generation, Some(4));
+        assert!(waiting
+            .status
+            .conditions
+            .iter()
+            .all(|c| c.observed_generation == Some(4)));
         let firing = plan_pass(&bs, &[], t("2026-03-01T01:00:02Z"));
         let at = stamp("2026-03-01T01:00:02.000Z");
         assert_eq!(firing.step, Step::Fire { at, cancel: vec![] });
@@ -863,6 +947,42 @@ mod tests {
         );
         assert_eq!(paused.step, Step::Wait(None));
         assert_eq!(condition(&paused.status, "Scheduled").1, "Paused");
+    }
+
+    #[test]
+    fn runs_of_times_past_the_history_limits_are_deleted_and_the_latest_time_never() {
+        let times = |n: u32| format!("2026-03-01T0{n}:00:00.000Z");
+        let runs = [
+            run("a", &times(1), Some("Completed")),
+            run("b", &times(2), Some("Failed")),
+            run("c", &times(3), Some("Completed")),
+            run("d", &times(3), Some("PartiallyFailed")),
+            run("e", &times(4), Some("Canceled")),
+            run("f", &times(5), Some("Completed")),
+            run("g", &times(6), Some("InProgress")),
+        ];
+        let status = json!({"lastScheduleTime": times(6)});
+        let now = t("2026-03-01T07:00:00Z");
+        // The defaults: three times that succeeded, one that failed.
+        let bs = schedule(json!({}), status.clone());
+        assert_eq!(expired_runs(&bs, &runs, now), ["b"]);
+        assert_eq!(plan_pass(&bs, &runs, now).expired, ["b"]);
+        // One and none: the time still going counts for neither.
+        let bs = schedule(
+            json!({"successfulRunsHistoryLimit": 1, "failedRunsHistoryLimit": 0}),
+            status,
+        );
+        assert_eq!(expired_runs(&bs, &runs, now), ["a", "b", "c", "d", "e"]);
+        // The latest time stays whatever the limits (its runs are the
+        // schedule's conditions), and runs of another owner are not ours.
+        let mut stranger = run("x", &times(1), Some("Completed"));
+        stranger.metadata.owner_references = None;
+        let bs = schedule(
+            json!({"successfulRunsHistoryLimit": 0, "failedRunsHistoryLimit": 0}),
+            json!({"lastScheduleTime": times(5)}),
+        );
+        let runs = [&runs[..6], &[stranger]].concat();
+        assert_eq!(expired_runs(&bs, &runs, now), ["a", "b", "c", "d", "e"]);
     }
 
     #[test]

@@ -251,6 +251,14 @@ impl RunKind {
         }
     }
 
+    /// The generation of the object as this agent saw it.
+    pub(crate) fn generation(&self) -> Option<i64> {
+        match self {
+            RunKind::Backup(vb) => vb.metadata.generation,
+            RunKind::Restore(vr) => vr.metadata.generation,
+        }
+    }
+
     pub(crate) fn status(&self) -> Option<&RunStatus> {
         match self {
             RunKind::Backup(vb) => vb.status.as_ref(),

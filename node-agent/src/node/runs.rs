@@ -60,13 +60,14 @@ impl Agent /* pod_node */ {
                     return Err(Action::requeue(self.opts.pod_wait - age));
                 }
                 let kind = K::kind(&());
-                let s = status::finished(
+                let mut s = status::finished(
                     RunStatus::default(),
                     Outcome::Failed(format!(
                         "pod {ns}/{pod} not found (waited {}s); create the {kind} for an existing pod",
                         self.opts.pod_wait.as_secs()
                     )),
                 );
+                s.observe(obj.meta().generation);
                 write_run::<K>(
                     &self.client,
                     ns,
@@ -146,7 +147,8 @@ impl Agent /* on_run */ {
 
 impl Agent /* finish_unstarted */ {
     /// Ends a run that never started (or cannot start again).
-    pub(crate) async fn finish_unstarted(&self, run: &RunKind, s: RunStatus) {
+    pub(crate) async fn finish_unstarted(&self, run: &RunKind, mut s: RunStatus) {
+        s.observe(run.generation());
         match run {
             RunKind::Backup(vb) => self.finish_backup(vb, s, None).await,
             RunKind::Restore(vr) => {
@@ -173,7 +175,8 @@ impl Agent /* claim_and_spawn */ {
             RunKind::Backup(vb) => (vb.name_any(), vb.status.clone(), vb.resource_version()),
             RunKind::Restore(vr) => (vr.name_any(), vr.status.clone(), vr.resource_version()),
         };
-        let claimed = status::started(prev.as_ref(), self.me(), None);
+        let mut claimed = status::started(prev.as_ref(), self.me(), None);
+        claimed.observe(run.generation());
         let ok = match &run {
             RunKind::Backup(_) => {
                 write_run::<VolumeBackup>(&self.client, &ns, &name, &claimed, rv).await

@@ -100,6 +100,18 @@ fn snapshot_of(vb: &VolumeBackup) -> String {
         .unwrap_or_else(|| panic!("{} has no snapshot: {:#?}", vb.name_any(), vb.status))
 }
 
+/// A condition's status, reason and message (it must be there).
+pub(crate) fn condition(
+    conditions: &[coffer_node_agent::crd::Condition],
+    type_: &str,
+) -> (String, String, String) {
+    let c = conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("no condition {type_}: {conditions:#?}"));
+    (c.status.clone(), c.reason.clone(), c.message.clone())
+}
+
 fn message(s: &Option<coffer_node_agent::crd::RunStatus>) -> String {
     s.as_ref()
         .and_then(|s| s.message.clone())
@@ -313,6 +325,17 @@ async fn annotated_volumes_are_backed_up_incrementally_and_restore_byte_for_byte
     let b = explicit_backup(&env, &ns, "ghost-now", "no-such-pod", "data").await;
     assert_eq!(phase(&b.status), Phase::Failed);
     assert!(message(&b.status).contains("no-such-pod"), "{:?}", b.status);
+    // What `kubectl wait --for=condition=Failed` reads.
+    let st = b.status.clone().unwrap();
+    assert_eq!(
+        condition(&st.conditions, "Failed"),
+        ("True".into(), "Failed".into(), message(&b.status))
+    );
+    assert_eq!(condition(&st.conditions, "Completed").0, "False");
+    assert!(
+        st.observed_generation.is_some() && st.observed_generation == b.metadata.generation,
+        "{st:#?}"
+    );
 
     // Events on the runs and on the pod.
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(env.client.clone(), &ns);
@@ -664,12 +687,12 @@ async fn each_namespace_has_its_own_key() {
                 .is_some_and(|s| s.phase == Some(RepositoryPhase::NotReady))
         })
         .await;
-    assert!(stolen
-        .status
-        .unwrap()
-        .message
-        .unwrap()
-        .contains("wrong password"));
+    let st = stolen.status.unwrap();
+    assert!(st.message.clone().unwrap().contains("wrong password"));
+    let (ready, reason, why) = condition(&st.conditions, "Ready");
+    assert_eq!((ready.as_str(), reason.as_str()), ("False", "CannotOpen"));
+    assert!(why.contains("wrong password"), "{why}");
+    assert_eq!(st.observed_generation, stolen.metadata.generation);
     // No default password: a missing Secret says how to create one.
     create_backup(&env, &c, "c-1", "p").await;
     let r = env

@@ -199,6 +199,18 @@ async fn retention_keeps_exactly_the_newest_snapshots_of_each_origin_and_nothing
         7,
         "4 kept, the manual one, 2 new"
     );
+    // Four times succeeded: the runs of the first are deleted (the default
+    // successfulRunsHistoryLimit keeps three), their snapshots are not.
+    for old in runs.iter().filter(|r| scheduled_at(*r) == Some(ticks[0])) {
+        env.wait_gone::<VolumeBackup>(&ns, &old.name_any()).await;
+    }
+    let left = Api::<VolumeBackup>::namespaced(env.client.clone(), &ns)
+        .list(&ListParams::default().labels(SCHEDULE_LABEL))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(left.len(), 6, "three times of two runs: {left:#?}");
+    assert_eq!(r.snapshots().await.unwrap().len(), 7);
 
     // A deleted schedule's gauges go with it.
     Api::<BackupSchedule>::namespaced(env.client.clone(), &ns)

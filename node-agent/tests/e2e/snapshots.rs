@@ -142,8 +142,17 @@ async fn an_orphan_pvc_backs_up_through_a_snapshot_and_everything_is_cleaned_up_
     // The next backup reads a new clone, made by copying (`cp -a`: new
     // inodes and ctimes): only metadata is read, and the snapshot says so.
     snapshot_backup(&env, &ns, "nightly-2", json!({"pvc": "data"})).await;
-    let st = wait_cleaned(&env, &ns, "nightly-2").await.status.unwrap();
+    let vb2 = wait_cleaned(&env, &ns, "nightly-2").await;
+    let st = vb2.status.clone().unwrap();
     assert_eq!(st.phase, Phase::Completed, "{st:#?}");
+    // What `kubectl wait --for=condition=Completed` reads.
+    let c = |t: &str| crate::condition(&st.conditions, t);
+    assert_eq!(
+        (c("Completed").0, c("Completed").1),
+        ("True".into(), "Completed".into())
+    );
+    assert_eq!(c("Failed").0, "False");
+    assert_eq!(st.observed_generation, vb2.metadata.generation);
     assert_eq!(
         st.progress.as_ref().map(|p| p.bytes_done),
         Some(0),
