@@ -329,7 +329,10 @@ def controller_policy(docs, p):
           "POD_NAME (the Lease identity) is not the pod's name", p)
     check(env.get("POD_NAMESPACE", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.namespace",
           "POD_NAMESPACE (the Lease's namespace) is not the pod's namespace", p)
-    check(env.get("MOVER_IMAGE", {}).get("value") == c.get("image"), "mover pods do not run the controller's image", p)
+    check("MOVER_IMAGE" not in env or env["MOVER_IMAGE"].get("value") == c.get("image"),
+          "mover pods do not run the controller's image", p)
+    check(env.get("POD_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name",
+          "POD_NAME is not this pod's name (the controller reads its own image from its pod)", p)
     check(c.get("args") == ["controller"], f"the container runs {c.get('args')}", p)
     sc = c.get("securityContext", {})
     check(sc.get("readOnlyRootFilesystem") is True and sc.get("allowPrivilegeEscalation") is False,

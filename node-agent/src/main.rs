@@ -46,9 +46,10 @@ struct ControllerArgs {
     /// The cluster's name, recorded in every snapshot
     #[arg(long, env = "CLUSTER_NAME")]
     cluster_name: Option<String>,
-    /// The image of mover pods (this image)
+    /// The image of mover pods (default: this pod's own image, read from
+    /// the pod POD_NAME in POD_NAMESPACE)
     #[arg(long, env = "MOVER_IMAGE")]
-    mover_image: String,
+    mover_image: Option<String>,
     /// Memory limit of mover pods
     #[arg(long, env = "MOVER_MEMORY", default_value = "1Gi")]
     mover_memory: String,
@@ -197,6 +198,22 @@ async fn serve_metrics(addr: SocketAddr) -> anyhow::Result<std::sync::Arc<metric
 
 async fn run_controller(a: ControllerArgs) -> anyhow::Result<()> {
     let client = client().await?;
+    let mover_image = match a.mover_image {
+        Some(image) => image,
+        None => {
+            let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+                kube::Api::namespaced(client.clone(), &a.namespace);
+            let pod = pods.get(&a.identity).await.map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot read this controller's pod {}/{} to learn the mover image ({e}); set MOVER_IMAGE (--mover-image), or POD_NAME and POD_NAMESPACE through the downward API",
+                    a.namespace,
+                    a.identity
+                )
+            })?;
+            controller::movers::pod::own_image(&pod).map_err(|e| anyhow::anyhow!(e))?
+        }
+    };
+    tracing::info!(image = mover_image, "mover pods run this image");
     let m = serve_metrics(a.metrics_addr).await?;
     let opts = controller::Options {
         cluster: a.cluster_name,
@@ -204,7 +221,7 @@ async fn run_controller(a: ControllerArgs) -> anyhow::Result<()> {
         lease_name: a.lease_name,
         identity: a.identity,
         lease_duration: a.lease_duration,
-        mover_image: a.mover_image,
+        mover_image,
         mover_memory: a.mover_memory,
         mover_threads: a.mover_threads.max(1),
         mover_read_limit: a.mover_limit_read,

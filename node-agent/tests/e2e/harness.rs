@@ -760,6 +760,16 @@ impl Controller {
             (None, Err(_)) => "coffer/coffer-agent:0.1.0".into(),
             (Some(_), _) => "coffer/coffer:test".into(),
         };
+        let extra: Vec<&str> = ["--mover-image", image.as_str()]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect();
+        Controller::start_as_deployed(env, identity, &extra)
+    }
+
+    /// Replica `identity` as deploy/ runs it: no `--mover-image` unless
+    /// `extra` has one (movers then run the image of the pod `identity`).
+    pub fn start_as_deployed(env: &Env, identity: &str, extra: &[&str]) -> Controller {
         let args: Vec<std::ffi::OsString> = [
             "controller",
             "--identity",
@@ -768,7 +778,7 @@ impl Controller {
             COFFER_NAMESPACE,
         ]
         .iter()
-        .chain(&["--lease-duration", "3s", "--mover-image", &image])
+        .chain(&["--lease-duration", "3s"])
         .chain(extra)
         .map(|a| (*a).into())
         .collect();

@@ -848,3 +848,57 @@ async fn one_of_two_replicas_leads_and_the_other_finishes_the_run_after_a_sigkil
 fn holder(l: &Lease) -> Option<String> {
     l.spec.as_ref()?.holder_identity.clone()
 }
+
+/// Without MOVER_IMAGE (as deploy/ runs it), mover pods run the controller's
+/// own image, read from its pod, so that a kustomize `images:` override
+/// changes both; a controller that cannot learn it refuses to start,
+/// saying what to set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn movers_run_the_controllers_own_image() {
+    let Some((mut env, sim)) = fake_cluster().await else {
+        return;
+    };
+    let ns = env.namespace("image").await;
+    env.repository(&ns, "default", PASSWORD).await;
+    let data = env.dir.path().join("csi/source/data");
+    fill(&data, 3, 4);
+    sim::csi_pvc(&env, &ns, "data", "Filesystem", &data, json!({})).await;
+
+    let lost = Controller::start_as_deployed(&env, "coffer-controller-gone", &[]);
+    let status = tokio::task::spawn_blocking(move || {
+        let mut lost = lost;
+        let status = lost.child.wait().unwrap();
+        (status, lost.log_text())
+    });
+    let (status, log) = tokio::time::timeout(WAIT, status).await.unwrap().unwrap();
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains("coffer-controller-gone") && log.contains("MOVER_IMAGE"),
+        "{log}"
+    );
+
+    let image = "registry.example.com/platform/coffer-agent:1.2.3";
+    env.create::<Pod>(
+        COFFER_NAMESPACE,
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "coffer-controller-7d9f", "namespace": COFFER_NAMESPACE},
+            "spec": {"containers": [{"name": "controller", "image": image}]},
+        }),
+    )
+    .await;
+    sim.behaviour.lock().unwrap().hold_movers = true;
+    let _c = Controller::start_as_deployed(&env, "coffer-controller-7d9f", &[]);
+    snapshot_backup(&env, &ns, "own", json!({"pvc": "data"})).await;
+    let pod = env
+        .wait_for::<Pod>(&ns, "coffer-own", "created", |_| true)
+        .await;
+    let images: Vec<_> = pod
+        .spec
+        .unwrap()
+        .containers
+        .into_iter()
+        .map(|c| c.image)
+        .collect();
+    assert_eq!(images, [Some(image.to_string())]);
+}

@@ -24,6 +24,30 @@ pub const CREDENTIALS_DIR: &str = "/coffer/credentials";
 /// Where a copy mover finds its destination's credentials Secret.
 pub const DESTINATION_CREDENTIALS_DIR: &str = "/coffer/destination-credentials";
 
+/// The image a controller's own pod runs: its container `controller`, or
+/// its only container. Mover pods run it unless `--mover-image` names
+/// another, so that a kustomize `images:` override changes both.
+pub fn own_image(pod: &Pod) -> Result<String, String> {
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    let containers = pod
+        .spec
+        .as_ref()
+        .map(|s| s.containers.as_slice())
+        .unwrap_or_default();
+    let chosen = match containers {
+        [only] => Some(only),
+        all => all.iter().find(|c| c.name == "controller"),
+    };
+    chosen
+        .and_then(|c| c.image.clone())
+        .filter(|i| !i.is_empty())
+        .ok_or_else(|| {
+            format!(
+                "pod {name} has no container named controller with an image; set MOVER_IMAGE (--mover-image) to the image mover pods run"
+            )
+        })
+}
+
 /// The directory of a local repository URL (`file:///path` or `/path`),
 /// which a mover pod can only reach as the same directory on its node (an
 /// NFS share mounted on every node, or a one-node cluster). `None` for an
@@ -198,6 +222,27 @@ pub fn mover_pod(m: &MoverPod) -> Pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn movers_run_the_controllers_own_image() {
+        let pod = |containers: serde_json::Value| -> Pod {
+            serde_json::from_value(json!({"metadata": {"name": "coffer-controller-1"}, "spec": {"containers": containers}}))
+                .unwrap()
+        };
+        let one = pod(json!([{"name": "main", "image": "r.example/coffer:1"}]));
+        assert_eq!(own_image(&one).unwrap(), "r.example/coffer:1");
+        let two = pod(
+            json!([{"name": "proxy", "image": "envoy"}, {"name": "controller", "image": "r.example/coffer:2"}]),
+        );
+        assert_eq!(own_image(&two).unwrap(), "r.example/coffer:2");
+        let none =
+            pod(json!([{"name": "proxy", "image": "envoy"}, {"name": "other", "image": "x"}]));
+        let e = own_image(&none).unwrap_err();
+        assert!(
+            e.contains("coffer-controller-1") && e.contains("MOVER_IMAGE"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn a_local_repository_is_mounted_into_the_mover_from_its_node() {
