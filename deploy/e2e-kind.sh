@@ -67,7 +67,8 @@ for arg in "$@"; do
 done
 
 cluster=${COFFER_E2E_CLUSTER:-coffer-e2e}
-image=coffer/coffer-agent:0.1.0
+# The name deploy/ runs (kind load puts it on the node, so nothing is pulled).
+image=registry.example.com/coffer/coffer-agent:0.1.0
 ns=coffer-e2e
 ns2=coffer-e2e-restore
 ctx=kind-$cluster

@@ -8,6 +8,9 @@ in its virtualenv (kubernetes-validate, jsonschema, PyYAML).
     validate-manifests.py policy RENDERED           RBAC, DaemonSet and Service rules
     validate-manifests.py component NAME BASE OVERLAY
         the component changes exactly what it should
+    validate-manifests.py configured RENDERED IMAGE CLUSTER
+        an overlay's images: override and edited configuration reach every
+        container, the agent and the controller alike
     validate-manifests.py monitoring VERSION BASE OVERLAY
         components/monitoring adds only its ServiceMonitors, PrometheusRule
         and dashboard ConfigMap, and they have the Prometheus Operator's shape
@@ -304,6 +307,48 @@ def commented_rules(source, p):
                   f"{source.relative_to(ROOT)}:{i + 1}: rule without a comment above it", p)
 
 
+IMAGE = "registry.example.com/coffer/coffer-agent"
+
+
+def configuration(docs, p):
+    """The data of the ConfigMap coffer-config (deploy/config.env), which the
+    agent and the controller both take whole through envFrom."""
+    maps = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("coffer-config")]
+    if len(maps) != 1:
+        raise Failed(f"{len(maps)} coffer-config ConfigMaps rendered")
+    name = maps[0]["metadata"]["name"]
+    for kind, wname in (("DaemonSet", "coffer-agent"), ("Deployment", "coffer-controller")):
+        for c in one(docs, kind, wname)["spec"]["template"]["spec"]["containers"]:
+            refs = [e.get("configMapRef", {}).get("name") for e in c.get("envFrom", [])]
+            check(refs == [name], f"{kind} {wname} container {c['name']} does not take {name} (envFrom: {refs})", p)
+            inline = {e["name"] for e in c.get("env", [])} & set(maps[0].get("data", {}))
+            check(not inline, f"{kind} {wname} sets {sorted(inline)} itself instead of coffer-config", p)
+    return maps[0].get("data", {})
+
+
+def cmd_configured(rendered, image, cluster):
+    """An overlay with one `images:` override and one edited value: every
+    container runs that image (mover pods follow the controller's) and the
+    one configuration names that cluster."""
+    docs = load(rendered)
+    p = []
+    config = configuration(docs, p)
+    check(config.get("CLUSTER_NAME") == cluster, f"CLUSTER_NAME is {config.get('CLUSTER_NAME')!r}, not {cluster!r}", p)
+    images = {}
+    for d in docs:
+        spec = d.get("spec", {}).get("template", {}).get("spec", {})
+        for c in spec.get("containers", []) + spec.get("initContainers", []):
+            images[f"{kn(d)} {c['name']}"] = c.get("image")
+    check(images and all(i == image for i in images.values()), f"images: {images}", p)
+    for d in docs:
+        for c in d.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+            for e in c.get("env", []):
+                check(e["name"] != "MOVER_IMAGE", f"{kn(d)} pins MOVER_IMAGE: an images: override would miss movers", p)
+    if p:
+        raise Failed("\n".join(p))
+    return f"{len(images)} containers run {image}; CLUSTER_NAME={cluster} in the one ConfigMap both read"
+
+
 def controller_policy(docs, p):
     """The controller: its ClusterRole exactly as used, the Lease Role in its
     own namespace only, two replicas, the downward API for its identity,
@@ -403,12 +448,15 @@ def cmd_policy(rendered):
     _, c = agent(docs)
     check(c.get("args") == ["node"], f"container agent args are {c.get('args')}", p)
     version = cargo_version()
-    check(c.get("image") == f"coffer/coffer-agent:{version}",
-          f"image {c.get('image')} is not coffer/coffer-agent:{version} (the workspace version)", p)
+    check(c.get("image") == f"{IMAGE}:{version}",
+          f"image {c.get('image')} is not {IMAGE}:{version} (the workspace version)", p)
     env = {e["name"]: e for e in c.get("env", [])}
-    for name in ("NODE_NAME", "CLUSTER_NAME", "KUBELET_ROOT", "HOST_ROOT", "HOST_PATH_ALLOW",
-                 "MAX_CONCURRENT", "METRICS_ADDR", "LOG_FORMAT"):
+    for name in ("NODE_NAME", "KUBELET_ROOT", "HOST_ROOT", "HOST_PATH_ALLOW",
+                 "MAX_CONCURRENT", "METRICS_ADDR"):
         check(name in env, f"env {name} missing", p)
+    config = configuration(docs, p)
+    for name in ("CLUSTER_NAME", "LOG_FORMAT"):
+        check(name in config and name not in env, f"{name} is not set once, in coffer-config", p)
     check(env.get("NODE_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "spec.nodeName",
           "NODE_NAME does not come from spec.nodeName", p)
     val = lambda n: env.get(n, {}).get("value", "")  # noqa: E731
@@ -627,6 +675,8 @@ def main(argv):
             msg = cmd_etcd(argv[1])
         elif argv[0] == "component":
             msg = cmd_component(argv[1], argv[2], argv[3])
+        elif argv[0] == "configured":
+            msg = cmd_configured(argv[1], argv[2], argv[3])
         elif argv[0] == "monitoring":
             msg = cmd_monitoring(argv[1], argv[2], argv[3])
         else:

@@ -111,6 +111,28 @@ check "render with components/privileged" overlay privileged privileged
 check "render with components/read-only" overlay read-only read-only
 check "render with both components" overlay both privileged read-only
 check "render with components/monitoring" overlay monitoring monitoring
+configured() { # an overlay as a user writes one: their image, their cluster
+    local dir=$work/overlay-configured rel
+    mkdir -p "$dir"
+    rel=$(python3 -c 'import os, sys; print(os.path.relpath(sys.argv[1], sys.argv[2]))' "$PWD/deploy" "$dir")
+    cat >"$dir/kustomization.yaml" <<EOF
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources: [$rel]
+images:
+  - name: registry.example.com/coffer/coffer-agent
+    newName: ghcr.io/acme/coffer-agent
+    newTag: 9.9.9
+configMapGenerator:
+  - name: coffer-config
+    namespace: coffer-system
+    behavior: merge
+    literals: [CLUSTER_NAME=prod-eu-1]
+EOF
+    render "$dir" "$work/configured.yaml"
+    "$py" scripts/validate-manifests.py configured "$work/configured.yaml" ghcr.io/acme/coffer-agent:9.9.9 prod-eu-1
+}
+check "an overlay's image and cluster name reach every container" configured
 check "render deploy/etcd-backup" render deploy/etcd-backup "$work/etcd.yaml"
 rendered=()
 for f in base privileged read-only both etcd; do

@@ -26,7 +26,7 @@
 //!     Secret;
 //!   - `COFFER_TEST_STORAGE_CLASS` (default `csi-hostpath-sc`, the class
 //!     `deploy/e2e-kind.sh` installs);
-//!   - `COFFER_TEST_MOVER_IMAGE` (default `coffer/coffer-agent:0.1.0`);
+//!   - `COFFER_TEST_MOVER_IMAGE` (default `registry.example.com/coffer/coffer-agent:0.1.0`, the name deploy/ runs);
 //!   - `COFFER_TEST_TOOLS_IMAGE`: an image with `sh`, `cp`, `find` and
 //!     `sha256sum` (default `busybox:1.36`).
 

@@ -757,7 +757,7 @@ impl Controller {
     pub fn start(env: &Env, identity: &str, extra: &[&str]) -> Controller {
         let image = match (&env.server, std::env::var("COFFER_TEST_MOVER_IMAGE")) {
             (None, Ok(image)) => image,
-            (None, Err(_)) => "coffer/coffer-agent:0.1.0".into(),
+            (None, Err(_)) => "registry.example.com/coffer/coffer-agent:0.1.0".into(),
             (Some(_), _) => "coffer/coffer:test".into(),
         };
         let extra: Vec<&str> = ["--mover-image", image.as_str()]
