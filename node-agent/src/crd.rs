@@ -27,6 +27,7 @@ fn default_repository() -> String {
     version = "v1alpha1",
     kind = "BackupRepository",
     namespaced,
+    doc = "A namespace's repository: where its snapshots are stored (file, S3, GCS or Azure) and the Secrets that open it. The node agent opens it and says whether it is Ready.",
     category = "coffer",
     status = "BackupRepositoryStatus",
     shortname = "brepo",
@@ -300,6 +301,7 @@ pub struct CopyResult {
     version = "v1alpha1",
     kind = "VolumeBackup",
     namespaced,
+    doc = "One backup of one volume: a pod's volume read in place by the node agent (Filesystem, Command), or a PersistentVolumeClaim read from a CSI snapshot by a mover pod (Snapshot). Its status says where it stands and which snapshot it wrote.",
     category = "coffer",
     status = "RunStatus",
     shortname = "vb",
@@ -399,6 +401,7 @@ pub enum BackupMethod {
     version = "v1alpha1",
     kind = "VolumeRestore",
     namespaced,
+    doc = "One restore of a snapshot: into a running pod's volume (pod, volume), or into a new PersistentVolumeClaim (target), here or in another namespace or cluster.",
     category = "coffer",
     status = "RunStatus",
     shortname = "vr",
@@ -433,6 +436,9 @@ pub struct VolumeRestoreSpec {
     pub repository: String,
     /// Restore only this path inside the snapshot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub_path: Option<String>,
+    /// Deprecated spelling of `subPath`, still read for this release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subpath: Option<String>,
     /// What to do with a volume that already holds data.
     #[serde(default)]
@@ -451,6 +457,11 @@ impl VolumeRestoreSpec {
     /// The pod and the volume, when both are given.
     pub fn pod_volume(&self) -> Option<(&str, &str)> {
         Some((self.pod.as_deref()?, self.volume.as_deref()?))
+    }
+
+    /// The path to restore, `subPath` or its older spelling `subpath`.
+    pub fn sub_path(&self) -> Option<&str> {
+        self.sub_path.as_deref().or(self.subpath.as_deref())
     }
 }
 
@@ -694,6 +705,7 @@ fn is_zero(n: &u32) -> bool {
     version = "v1alpha1",
     kind = "BackupSchedule",
     namespaced,
+    doc = "Backs up the volumes its selector picks on a schedule, applies retention to their snapshots, and keeps the runs of its latest times.",
     category = "coffer",
     status = "BackupScheduleStatus",
     shortname = "bsched",
@@ -947,4 +959,34 @@ pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
         out.push_str(&serde_yaml::to_string(&crd)?);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod spelling_tests {
+    use super::*;
+
+    #[test]
+    fn sub_path_is_spelled_as_kubernetes_spells_it_and_the_old_spelling_still_reads() {
+        let spec = |extra: serde_json::Value| -> VolumeRestoreSpec {
+            let mut v = serde_json::json!({"snapshot": {}, "pod": "p", "volume": "v"});
+            let fields = v.as_object_mut().unwrap();
+            fields.extend(extra.as_object().unwrap().clone());
+            serde_json::from_value(v).unwrap()
+        };
+        assert_eq!(
+            spec(serde_json::json!({"subPath": "/etc"})).sub_path(),
+            Some("/etc")
+        );
+        assert_eq!(
+            spec(serde_json::json!({"subpath": "/var"})).sub_path(),
+            Some("/var")
+        );
+        assert_eq!(
+            spec(serde_json::json!({"subPath": "/new", "subpath": "/old"})).sub_path(),
+            Some("/new")
+        );
+        assert_eq!(spec(serde_json::json!({})).sub_path(), None);
+        let yaml = crds_yaml().unwrap();
+        assert!(yaml.contains("subPath:") && yaml.contains("Deprecated spelling of `subPath`"));
+    }
 }

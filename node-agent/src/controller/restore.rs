@@ -384,7 +384,7 @@ async fn advance(
                 snapshot: snapshot_id.clone(),
                 target: volume.path().into(),
                 block: volume.block,
-                subpath: vr.spec.subpath.clone(),
+                subpath: vr.spec.sub_path().map(String::from),
                 special_files: vr.spec.special_files,
             }))
             .to_argv();

@@ -70,7 +70,7 @@ impl Agent /* restore */ {
             what: &what,
             special_files: vr.spec.special_files,
         };
-        let subpath = vr.spec.subpath.as_deref();
+        let subpath = vr.spec.sub_path();
         let (progress, reporter) = crate::report::restore_progress(
             self.client.clone(),
             ns.clone(),
