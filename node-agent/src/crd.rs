@@ -316,25 +316,38 @@ pub struct CopyResult {
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self.method != 'Snapshot' || has(self.pvc) != (has(self.pod) && has(self.volume))",
+     "message": "method Snapshot reads spec.pvc, or the PVC that spec.pod mounts as spec.volume: set one of the two"},
+    {"rule": "self.method != 'Filesystem' || (has(self.pod) && has(self.volume) && !has(self.pvc))",
+     "message": "method Filesystem reads a pod's volume in place: set spec.pod and spec.volume, not spec.pvc"},
+    {"rule": "self.method != 'Command' || (has(self.pod) && !has(self.pvc))",
+     "message": "method Command runs a command in a pod: set spec.pod, not spec.pvc"}
+]))]
 pub struct VolumeBackupSpec {
     /// How the volume is read: `Filesystem` (in place, by the node agent of
     /// the pod's node; needs `pod` and `volume`) or `Snapshot` (through a CSI
     /// VolumeSnapshot and a mover pod; needs `pvc`, or `pod` and `volume`
     /// naming a PVC).
     #[serde(default)]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "spec.method cannot change; create a new run"}]))]
     pub method: BackupMethod,
     /// The pod, in this namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "spec.pod cannot change; create a new run"}]))]
     pub pod: Option<String>,
     /// The volume's name in the pod's spec.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "spec.volume cannot change; create a new run"}]))]
     pub volume: Option<String>,
     /// The PersistentVolumeClaim, in this namespace (method `Snapshot`; no
     /// pod needs to use it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "spec.pvc cannot change; create a new run"}]))]
     pub pvc: Option<String>,
     /// The BackupRepository, in this namespace.
     #[serde(default = "default_repository")]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "spec.repository cannot change; create a new run"}]))]
     pub repository: String,
     /// Tags recorded in the snapshot.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -415,24 +428,35 @@ pub enum BackupMethod {
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "has(self.target) != has(self.pod)",
+     "message": "set spec.target (a new PVC) or spec.pod with spec.volume (in place): one of the two"},
+    {"rule": "!has(self.pod) || has(self.volume)",
+     "message": "spec.pod needs spec.volume: the volume to restore into"}
+]))]
 pub struct VolumeRestoreSpec {
     /// Which snapshot.
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "spec.snapshot cannot change; create a new run"}]))]
     pub snapshot: SnapshotSource,
     /// The pod, in this namespace, whose volume receives the data (restored
     /// in place by the node agent of the pod's node).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "spec.pod cannot change; create a new run"}]))]
     pub pod: Option<String>,
     /// The volume's name in the pod's spec (with `pod`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "spec.volume cannot change; create a new run"}]))]
     pub volume: Option<String>,
     /// Instead of `pod` and `volume`: a new PersistentVolumeClaim, created by
     /// the controller from the claim recorded in the snapshot and filled by
     /// a mover pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "spec.target cannot change; create a new run"}]))]
     pub target: Option<RestoreTarget>,
     /// The BackupRepository, in this namespace (with `target`: in the
     /// target's namespace, whose Secrets open it).
     #[serde(default = "default_repository")]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "spec.repository cannot change; create a new run"}]))]
     pub repository: String,
     /// Restore only this path inside the snapshot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
