@@ -8,6 +8,7 @@ in its virtualenv (kubernetes-validate, jsonschema, PyYAML).
     validate-manifests.py policy RENDERED           RBAC, DaemonSet and Service rules
     validate-manifests.py component NAME BASE OVERLAY
         the component changes exactly what it should
+    validate-manifests.py examples                  deploy/examples fit together
     validate-manifests.py configured RENDERED IMAGE CLUSTER
         an overlay's images: override and edited configuration reach every
         container, the agent and the controller alike
@@ -158,7 +159,7 @@ def crd_schemas():
     return out
 
 
-def validate_custom(doc, schemas):
+def validate_custom(doc, schemas, agnostic=False):
     key = (doc.get("apiVersion"), doc.get("kind"))
     if key not in schemas:
         raise Failed(f"{kn(doc)}: no CRD in deploy/crds.yaml serves {key[0]} {key[1]}")
@@ -173,14 +174,14 @@ def validate_custom(doc, schemas):
     md = doc["metadata"]
     if not DNS_SUBDOMAIN.match(md.get("name", "")):
         raise Failed(f"{kn(doc)}: metadata.name is not a DNS subdomain")
-    if scope == "Namespaced" and not md.get("namespace"):
+    if scope == "Namespaced" and not md.get("namespace") and not agnostic:
         raise Failed(f"{kn(doc)}: namespaced kind without metadata.namespace")
 
 
-def validate_doc(doc, version, schemas):
+def validate_doc(doc, version, schemas, agnostic=False):
     api = doc.get("apiVersion", "")
     if api.split("/")[0] in {g.split("/")[0] for g, _ in schemas}:
-        validate_custom(doc, schemas)
+        validate_custom(doc, schemas, agnostic)
         return "crd"
     try:
         kubernetes_validate.validate(doc, version, strict=True)
@@ -199,7 +200,8 @@ def cmd_schemas(version, files):
     for f in files:
         for doc in load(f):
             try:
-                counts[validate_doc(doc, version, schemas)] += 1
+                # The examples are namespace-agnostic (kubectl -n NS apply -f).
+                counts[validate_doc(doc, version, schemas, "/examples/" in str(f))] += 1
             except Failed as e:
                 problems.append(f"{f}: {e}")
     if problems:
@@ -663,6 +665,35 @@ def cmd_monitoring(version, base, overlay):
     return f"{len(added)} objects added: ServiceMonitors, PrometheusRule, dashboard ConfigMap"
 
 
+def cmd_examples():
+    """deploy/examples fit together: namespace-agnostic (apart from what lives
+    in coffer-system), the schedule selects the example StatefulSet, the
+    restores name its claim, and every run names the example repository."""
+    ex = ROOT / "deploy" / "examples"
+    docs = {f.name: load(f) for f in sorted(ex.glob("*.yaml"))}
+    p = []
+    for name, ds in docs.items():
+        for d in ds:
+            if d["metadata"].get("namespace") not in (None, NAMESPACE):
+                p.append(f"{name}: {kn(d)} pins namespace {d['metadata']['namespace']}")
+    sts = one(docs["pod.yaml"], "StatefulSet")
+    labels = sts["spec"]["template"]["metadata"].get("labels", {})
+    sched = one(docs["schedule.yaml"], "BackupSchedule")
+    sel = sched["spec"]["selector"]["matchLabels"]
+    check(sel and all(labels.get(k) == v for k, v in sel.items()),
+          f"the schedule selects {sel}, the StatefulSet's pods are {labels}", p)
+    claims = {f"{t['metadata']['name']}-{sts['metadata']['name']}-0" for t in sts["spec"].get("volumeClaimTemplates", [])}
+    repos = {d["metadata"]["name"] for d in docs["repository.yaml"] if d["kind"] == "BackupRepository"}
+    for d in docs["restore.yaml"]:
+        check(d["spec"]["snapshot"].get("pvc") in claims,
+              f"{kn(d)} restores {d['spec']['snapshot'].get('pvc')}, not one of the StatefulSet's claims {sorted(claims)}", p)
+        check(d["spec"].get("repository", "default") in repos, f"{kn(d)} names a repository no example makes", p)
+    check(sched["spec"].get("repository", "default") in repos, "the schedule names a repository no example makes", p)
+    if p:
+        raise Failed("\n".join(p))
+    return f"{sum(len(v) for v in docs.values())} objects: namespace-agnostic, the schedule selects StatefulSet {sts['metadata']['name']}"
+
+
 def main(argv):
     try:
         if argv[0] == "schemas":
@@ -675,6 +706,8 @@ def main(argv):
             msg = cmd_etcd(argv[1])
         elif argv[0] == "component":
             msg = cmd_component(argv[1], argv[2], argv[3])
+        elif argv[0] == "examples":
+            msg = cmd_examples()
         elif argv[0] == "configured":
             msg = cmd_configured(argv[1], argv[2], argv[3])
         elif argv[0] == "monitoring":

@@ -173,6 +173,8 @@ check "kubernetes-validate CLI on the rendered deploy/" kv_cli "$work/base.yaml"
     check "validators reject broken objects (negative control)" \
         "$py" scripts/validate-manifests.py negative "${k8s_versions[-1]}" "$work/base.yaml"
 
+check "deploy/examples fit together" "$py" scripts/validate-manifests.py examples
+
 # ---- policy ------------------------------------------------------------------
 [ -s "$work/base.yaml" ] &&
     check "least privilege and DaemonSet shape" "$py" scripts/validate-manifests.py policy "$work/base.yaml"
@@ -268,8 +270,9 @@ EOF
             # (apply, not `kubectl create namespace`: create sends protobuf)
             printf 'apiVersion: v1\nkind: Namespace\nmetadata: {name: team-a}\n' |
                 k apply --server-side -f -
-            k apply --server-side -f deploy/examples/repository.yaml -f deploy/examples/restore.yaml
-            k get -n team-a backuprepository/default volumerestore/db-0-data
+            k apply --server-side -n team-a -f deploy/examples/repository.yaml -f deploy/examples/restore.yaml \
+                -f deploy/examples/schedule.yaml -f deploy/examples/pod.yaml
+            k get -n team-a backuprepository/default volumerestore/db-0-data backupschedule/pg-nightly statefulset/db
         }
         check "fake API server: the coffer.dev examples" examples_apply
     fi

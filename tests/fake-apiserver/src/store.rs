@@ -45,6 +45,7 @@ const BUILTINS: &[Builtin] = &[
     ("", "v1", "Endpoints", "endpoints", true, false, &["ep"]),
     ("apps", "v1", "DaemonSet", "daemonsets", true, true, &["ds"]),
     ("apps", "v1", "Deployment", "deployments", true, true, &["deploy"]),
+    ("apps", "v1", "StatefulSet", "statefulsets", true, true, &["sts"]),
     ("storage.k8s.io", "v1", "CSIDriver", "csidrivers", false, false, &[]),
     ("storage.k8s.io", "v1", "StorageClass", "storageclasses", false, false, &["sc"]),
     ("coordination.k8s.io", "v1", "Lease", "leases", true, false, &[]),
