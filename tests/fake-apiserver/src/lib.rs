@@ -45,6 +45,12 @@
 //!   it, otherwise; 401 once that ServiceAccount is deleted. A pod that names a
 //!   `serviceAccountName` which does not exist is refused, as the ServiceAccount admission
 //!   plugin refuses it.
+//! - Pod Security admission: a pod created in a namespace labelled
+//!   `pod-security.kubernetes.io/enforce=baseline` or `=restricted` (an unknown value counts as
+//!   `restricted`) must pass that level's checks of the Pod Security Standards, or it gets
+//!   403 Forbidden worded as Kubernetes words it:
+//!   `pods "x" is forbidden: violates PodSecurity "restricted:latest": runAsUser=0 (...), ...`.
+//!   Dry-run creations are checked too.
 //! - Finalizers (deletion marks the object until the last finalizer is removed), background
 //!   garbage collection through `ownerReferences`, namespace deletion taking its contents.
 //! - CustomResourceDefinitions: creating one serves its versions (no conversion: every version
@@ -52,7 +58,10 @@
 //!
 //! # Simplified
 //!
-//! - No authentication, admission, validation against schemas, defaulting or field pruning.
+//! - No authentication, validation against schemas, defaulting or field pruning, and no
+//!   admission beyond the ServiceAccount and Pod Security checks above. Pod Security enforces
+//!   on pod creation only, always at version `latest` (the `-version` labels, `audit` and `warn`
+//!   are ignored), and without the AppArmor, Windows `hostProcess` and probe `host` checks.
 //!   Any other token acts as a cluster admin (the exec subresource is not authorized at all).
 //!   Any JSON object is accepted as long as it has a name, except where a test forbids
 //!   creations ([`FakeServer::forbid_creates`]), as an admission policy would.
@@ -86,6 +95,7 @@
 mod exec;
 mod http;
 mod patch;
+mod podsecurity;
 mod rbac;
 mod selector;
 mod store;

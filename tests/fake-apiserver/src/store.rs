@@ -13,6 +13,7 @@ use rand::RngExt;
 use serde_json::{json, Map, Value};
 use tokio::sync::broadcast;
 
+use crate::podsecurity::{self, Level};
 use crate::selector::Filter;
 
 /// How many changes the log keeps; a watch that resumes from before them gets 410 Expired.
@@ -544,6 +545,12 @@ impl Store {
             state.refusals += 1;
             return Err(refused);
         }
+        if rt.group.is_empty() && rt.plural == "pods" {
+            let level = state.enforced_level(&ns);
+            if let Some(why) = podsecurity::refusal(level, &obj) {
+                return Err(ApiError::forbidden(rt, &name, &why));
+            }
+        }
         set_meta(&mut obj, "name", Value::String(name.clone()));
         let crd_types = if rt.is_crd() {
             Some(crd_types(&obj).map_err(|why| ApiError::invalid(rt, &name, &why))?)
@@ -800,6 +807,15 @@ pub(crate) fn watch_event(
 }
 
 impl State {
+    /// The Pod Security level that namespace `ns` enforces on its pods: `privileged` where the
+    /// namespace does not exist (the fake lets objects be created there).
+    fn enforced_level(&self, ns: &str) -> Level {
+        self.objects
+            .get(&(String::new(), "namespaces".to_string()))
+            .and_then(|m| m.get(&(String::new(), ns.to_string())))
+            .map_or(Level::Privileged, Level::of_namespace)
+    }
+
     fn matching(&self, rt: &ResourceType, ns: Option<&str>, filter: &Filter) -> Vec<Value> {
         let Some(objects) = self.objects.get(&rt.storage_key()) else {
             return Vec::new();

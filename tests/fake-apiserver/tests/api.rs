@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use coffer_fake_apiserver::{kubeconfig_yaml, service_account_kubeconfig_yaml, FakeServer};
 use futures::{Stream, StreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -901,6 +902,249 @@ async fn a_service_account_may_do_only_what_its_roles_allow() {
     pods.create(&PostParams::default(), &p)
         .await
         .expect("an existing account");
+}
+
+/// The label that names a namespace's Pod Security level.
+const ENFORCE: &str = "pod-security.kubernetes.io/enforce";
+
+/// Creates namespace `name`, labelled to enforce Pod Security `level` (unlabelled for `None`),
+/// and returns its pods.
+async fn pods_enforcing(client: &Client, name: &str, level: Option<&str>) -> Api<Pod> {
+    let labels = level.map_or_else(|| json!({}), |level| json!({ ENFORCE: level }));
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &from_json(json!({"metadata": {"name": name, "labels": labels}})),
+        )
+        .await
+        .expect("namespace created");
+    Api::namespaced(client.clone(), name)
+}
+
+/// A pod with one container of the same name, with `pod_security` and `container_security`
+/// as their securityContexts, and `volumes`.
+fn secured_pod(name: &str, pod_security: Value, container_security: Value, volumes: Value) -> Pod {
+    from_json(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "securityContext": pod_security,
+            "containers": [{"name": name, "image": "busybox", "securityContext": container_security}],
+            "volumes": volumes,
+        },
+    }))
+}
+
+/// The code and message of a refused call.
+fn refusal<T: std::fmt::Debug>(result: kube::Result<T>) -> (u16, String) {
+    match result {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.reason, "Forbidden", "{}", status.message);
+            (status.code, status.message)
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn pod_security_restricted_refuses_a_root_pod_and_admits_a_hardened_one() {
+    let (_server, client) = setup().await;
+    let pods = pods_enforcing(&client, "apps", Some("restricted")).await;
+    let root = secured_pod(
+        "mover",
+        json!({}),
+        json!({"runAsUser": 0, "capabilities": {"add": ["DAC_READ_SEARCH"]}}),
+        json!([]),
+    );
+    let expected = (
+        403,
+        "pods \"mover\" is forbidden: violates PodSecurity \"restricted:latest\": \
+         allowPrivilegeEscalation != false (container \"mover\" must set securityContext.allowPrivilegeEscalation=false), \
+         unrestricted capabilities (container \"mover\" must set securityContext.capabilities.drop=[\"ALL\"]; \
+         container \"mover\" must not include \"DAC_READ_SEARCH\" in securityContext.capabilities.add), \
+         runAsNonRoot != true (pod or container \"mover\" must set securityContext.runAsNonRoot=true), \
+         runAsUser=0 (container \"mover\" must not set runAsUser=0), \
+         seccompProfile (pod or container \"mover\" must set securityContext.seccompProfile.type to \"RuntimeDefault\" or \"Localhost\")"
+            .to_string(),
+    );
+    let before = pods.list(&ListParams::default()).await.expect("list");
+    assert_eq!(
+        refusal(pods.create(&PostParams::default(), &root).await),
+        expected
+    );
+    let dry = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    assert_eq!(refusal(pods.create(&dry, &root).await), expected);
+    // Nothing was stored, and the resourceVersion did not move: no watcher heard of it.
+    assert_eq!(api_code(pods.get("mover").await).0, 404);
+    let after = pods.list(&ListParams::default()).await.expect("list");
+    assert!(after.items.is_empty());
+    assert_eq!(
+        after.metadata.resource_version,
+        before.metadata.resource_version
+    );
+
+    let hardened = secured_pod(
+        "app",
+        json!({"runAsNonRoot": true, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}}),
+        json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}}),
+        json!([
+            {"name": "data", "persistentVolumeClaim": {"claimName": "data"}},
+            {"name": "scratch", "emptyDir": {}},
+        ]),
+    );
+    pods.create(&PostParams::default(), &hardened)
+        .await
+        .expect("a hardened pod is admitted");
+    assert!(pods.get("app").await.is_ok());
+
+    // Only pods are enforced: a workload with a privileged template is stored (Kubernetes
+    // only warns about it).
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "apps");
+    let privileged: Deployment = from_json(json!({
+        "metadata": {"name": "web"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"hostNetwork": true, "containers": [{"name": "web", "securityContext": {"privileged": true}}]},
+            },
+        },
+    }));
+    deployments
+        .create(&PostParams::default(), &privileged)
+        .await
+        .expect("workloads are not enforced");
+
+    // A level Kubernetes does not know counts as restricted.
+    let unknown = pods_enforcing(&client, "typo", Some("restrcted")).await;
+    let (code, message) = refusal(unknown.create(&PostParams::default(), &root).await);
+    assert_eq!(code, 403);
+    assert!(
+        message.starts_with(
+            "pods \"mover\" is forbidden: violates PodSecurity \"restricted:latest\": "
+        ),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn pod_security_baseline_refuses_host_access_and_extra_capabilities() {
+    let (_server, client) = setup().await;
+    let pods = pods_enforcing(&client, "apps", Some("baseline")).await;
+    let cases = [
+        (
+            secured_pod(
+                "host",
+                json!({}),
+                json!({}),
+                json!([{"name": "root", "hostPath": {"path": "/"}}]),
+            ),
+            "hostPath volumes (volume \"root\")",
+        ),
+        (
+            secured_pod("priv", json!({}), json!({"privileged": true}), json!([])),
+            "privileged (container \"priv\" must not set securityContext.privileged=true)",
+        ),
+        (
+            secured_pod(
+                "admin",
+                json!({}),
+                json!({"capabilities": {"add": ["SYS_ADMIN"]}}),
+                json!([]),
+            ),
+            "non-default capabilities (container \"admin\" must not include \"SYS_ADMIN\" in securityContext.capabilities.add)",
+        ),
+        (
+            secured_pod(
+                "reader",
+                json!({"runAsUser": 0}),
+                json!({"capabilities": {"add": ["DAC_READ_SEARCH"]}}),
+                json!([]),
+            ),
+            "non-default capabilities (container \"reader\" must not include \"DAC_READ_SEARCH\" in securityContext.capabilities.add)",
+        ),
+    ];
+    for (pod, violation) in cases {
+        let name = pod.name_any();
+        assert_eq!(
+            refusal(pods.create(&PostParams::default(), &pod).await),
+            (
+                403,
+                format!("pods \"{name}\" is forbidden: violates PodSecurity \"baseline:latest\": {violation}")
+            )
+        );
+        assert_eq!(api_code(pods.get(&name).await).0, 404);
+    }
+    // Root with capabilities from the runtime's default set meets baseline.
+    let root = secured_pod(
+        "mover",
+        json!({"runAsUser": 0}),
+        json!({"capabilities": {"add": ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID"]}}),
+        json!([]),
+    );
+    pods.create(&PostParams::default(), &root)
+        .await
+        .expect("baseline admits the default capabilities");
+}
+
+#[tokio::test]
+async fn pod_security_privileged_or_unlabelled_namespaces_admit_any_pod() {
+    let (_server, client) = setup().await;
+    let anything = || {
+        from_json::<Pod>(json!({
+            "metadata": {"name": "node-agent"},
+            "spec": {
+                "hostNetwork": true,
+                "hostPID": true,
+                "securityContext": {"runAsUser": 0},
+                "containers": [{"name": "agent", "image": "busybox",
+                    "ports": [{"containerPort": 9100, "hostPort": 9100}],
+                    "securityContext": {"privileged": true, "capabilities": {"add": ["SYS_ADMIN"]}}}],
+                "volumes": [{"name": "kubelet", "hostPath": {"path": "/var/lib/kubelet"}}],
+            },
+        }))
+    };
+    for (ns, level) in [("system", Some("privileged")), ("plain", None)] {
+        let pods = pods_enforcing(&client, ns, level).await;
+        pods.create(&PostParams::default(), &anything())
+            .await
+            .expect("admitted");
+    }
+    // A namespace that does not exist enforces nothing either.
+    Api::<Pod>::namespaced(client.clone(), "nowhere")
+        .create(&PostParams::default(), &anything())
+        .await
+        .expect("admitted");
+
+    // The label is read at each creation: relabelled, the namespace refuses the next pod.
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .patch(
+            "plain",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": { ENFORCE: "baseline" }}})),
+        )
+        .await
+        .expect("relabelled");
+    let pods: Api<Pod> = Api::namespaced(client, "plain");
+    let mut again = anything();
+    again.metadata.name = Some("node-agent-2".into());
+    assert_eq!(
+        refusal(pods.create(&PostParams::default(), &again).await),
+        (
+            403,
+            "pods \"node-agent-2\" is forbidden: violates PodSecurity \"baseline:latest\": \
+             non-default capabilities (container \"agent\" must not include \"SYS_ADMIN\" in securityContext.capabilities.add), \
+             host namespaces (hostNetwork, hostPID), \
+             hostPath volumes (volume \"kubelet\"), \
+             hostPort (container \"agent\" uses hostPort 9100), \
+             privileged (container \"agent\" must not set securityContext.privileged=true)"
+                .to_string()
+        )
+    );
+    assert!(pods.get("node-agent").await.is_ok(), "stored pods stay");
 }
 
 #[test]
