@@ -245,10 +245,6 @@ async fn run_controller(a: ControllerArgs) -> anyhow::Result<()> {
 
 /// Runs a mover; returns whether it succeeded (its exit status).
 async fn run_mover(m: MoverArgs) -> anyhow::Result<bool> {
-    let password = std::env::var_os("COFFER_PASSWORD")
-        .map(|p| zeroize::Zeroizing::new(p.into_encoded_bytes()))
-        .filter(|p| !p.is_empty())
-        .ok_or_else(|| anyhow::anyhow!("COFFER_PASSWORD is not set: the mover pod takes the repository password from its BackupRepository's Secret"))?;
     let cancel = coffer_engine::CancelToken::new();
     let stop = cancel.clone();
     tokio::spawn(async move {
@@ -272,19 +268,17 @@ async fn run_mover(m: MoverArgs) -> anyhow::Result<bool> {
                     ..mover::clone_source(a.source, a.record_path, a.origin)
                 },
             };
-            Ok(done(
-                mover::backup(client().await?, job, password, cancel).await,
-            ))
+            Ok(done(mover::backup(client().await?, job, cancel).await))
         }
         MoverArgs::Resolve(a) => {
             let job = mover::ResolveJob {
                 namespace: a.common.namespace.clone(),
                 run: a.common.run.clone(),
                 repo: a.common.repo(),
-                repository: a.repository,
+                repository: a.common.repository.clone(),
                 snapshot: a.snapshot,
             };
-            Ok(mover::resolve(client().await?, job, password).await)
+            Ok(mover::resolve(client().await?, job).await)
         }
         MoverArgs::Forget(a) => {
             let job = mover::ForgetJob {
@@ -296,35 +290,36 @@ async fn run_mover(m: MoverArgs) -> anyhow::Result<bool> {
                 cluster: a.cluster,
                 after: a.after,
             };
-            Ok(mover::forget(client().await?, job, password, cancel).await)
+            Ok(mover::forget(client().await?, job, cancel).await)
         }
         MoverArgs::Prune(a) => {
             let job = a.common.maintenance(a.scheduled_at);
             let unused = a.max_unused_percent.unwrap_or(5.0);
-            Ok(mover::prune(client().await?, job, unused, password, cancel).await)
+            Ok(mover::prune(client().await?, job, unused, cancel).await)
         }
         MoverArgs::Check(a) => {
             let job = a.common.maintenance(a.scheduled_at);
-            Ok(mover::check(client().await?, job, a.read_data_subset, password, cancel).await)
+            Ok(mover::check(client().await?, job, a.read_data_subset, cancel).await)
         }
         MoverArgs::Copy(a) => {
-            let to_password = std::env::var_os("COFFER_TO_PASSWORD")
-                .map(|p| zeroize::Zeroizing::new(p.into_encoded_bytes()))
-                .filter(|p| !p.is_empty())
-                .ok_or_else(|| anyhow::anyhow!("COFFER_TO_PASSWORD is not set: the copy mover takes the destination's password from its BackupRepository's Secret"))?;
             let destination = mover::CopyDestination {
-                name: a.to,
+                name: a.to.clone(),
                 repo: mover::RepoAccess {
                     url: a.to_repository_url,
                     options: a.to_options,
-                    credentials_dir: a.to_credentials_dir,
+                    namespace: a.common.repo().namespace,
+                    repository: a.to.clone(),
+                    password: coffer_node_agent::crd::SecretKeyRef {
+                        name: a.to_password_secret,
+                        key: a.to_password_key,
+                    },
+                    credentials: a.to_credentials_secret,
                     init: a.to_init,
                     policy: a.common.policy.clone(),
                 },
-                password: to_password,
             };
             let job = a.common.maintenance(a.scheduled_at);
-            Ok(mover::copy(client().await?, job, destination, password, cancel).await)
+            Ok(mover::copy(client().await?, job, destination, cancel).await)
         }
         MoverArgs::Restore(a) => {
             let job = mover::RestoreJob {
@@ -337,9 +332,7 @@ async fn run_mover(m: MoverArgs) -> anyhow::Result<bool> {
                 block: a.block,
                 special_files: a.special_files,
             };
-            Ok(done(
-                mover::restore(client().await?, job, password, cancel).await,
-            ))
+            Ok(done(mover::restore(client().await?, job, cancel).await))
         }
     }
 }

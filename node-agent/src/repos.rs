@@ -18,7 +18,7 @@ use tokio::sync::Mutex;
 use zeroize::Zeroizing;
 
 use crate::api::is_status;
-use crate::crd::{BackupRepository, BackupRepositoryStatus, RepositoryPhase};
+use crate::crd::{BackupRepository, BackupRepositoryStatus, RepositoryPhase, SecretKeyRef};
 use crate::policy::TenantPolicy;
 
 /// Why a repository could not be used; the message names the object and the
@@ -278,89 +278,14 @@ impl Repos {
     ) -> Result<Arc<Repository>, RepoError> {
         let spec = &repo.spec;
         let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-        let pw_ref = &spec.password_secret_ref;
-        let no_password = |what: String| RepoError::NoPassword {
-            what,
-            namespace: namespace.into(),
-            secret: pw_ref.name.clone(),
-            key: pw_ref.key.clone(),
-        };
-        let pw_secret = match secrets.get(&pw_ref.name).await {
-            Ok(s) => s,
-            Err(e) if is_status(&e, 403) => {
-                return Err(RepoError::NotAllowed {
-                    namespace: namespace.into(),
-                    secret: pw_ref.name.clone(),
-                })
-            }
-            Err(e) if is_status(&e, 404) => {
-                return Err(no_password(format!(
-                    "password Secret {:?} of BackupRepository {namespace}/{name} not found",
-                    pw_ref.name
-                )))
-            }
-            Err(e) => {
-                return Err(RepoError::Kube {
-                    what: format!("Secret {namespace}/{}", pw_ref.name),
-                    source: e,
-                })
-            }
-        };
-        let password: Zeroizing<Vec<u8>> = pw_secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(&pw_ref.key))
-            .map(|b| b.0.clone())
-            .or_else(|| {
-                pw_secret
-                    .string_data
-                    .as_ref()
-                    .and_then(|d| d.get(&pw_ref.key))
-                    .map(|s| s.clone().into_bytes())
-            })
-            // As from a password file: `kubectl create secret --from-file`
-            // keeps the file's newline, and the CLI drops it.
-            .map(|p| Zeroizing::new(coffer_engine::keys::password_line(&p).to_vec()))
-            .filter(|p| !p.is_empty())
-            .ok_or_else(|| {
-                no_password(format!(
-                    "Secret {namespace}/{} has no key {:?} (or it is empty)",
-                    pw_ref.name, pw_ref.key
-                ))
-            })?;
+        let password = read_password(&secrets, namespace, name, &spec.password_secret_ref).await?;
         let mut options: Vec<(String, String)> = spec
             .options
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         if let Some(cref) = &spec.credentials_secret_ref {
-            let s = match secrets.get(&cref.name).await {
-                Ok(s) => s,
-                Err(e) if is_status(&e, 403) => {
-                    return Err(RepoError::NotAllowed {
-                        namespace: namespace.into(),
-                        secret: cref.name.clone(),
-                    })
-                }
-                Err(e) if is_status(&e, 404) => {
-                    return Err(RepoError::NoCredentials {
-                        namespace: namespace.into(),
-                        secret: cref.name.clone(),
-                    })
-                }
-                Err(e) => {
-                    return Err(RepoError::Kube {
-                        what: format!("Secret {namespace}/{}", cref.name),
-                        source: e,
-                    })
-                }
-            };
-            let data: BTreeMap<String, Vec<u8>> = s
-                .data
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, v.0))
-                .collect();
+            let data = read_credentials(&secrets, namespace, &cref.name).await?;
             options.extend(credential_options(&spec.url, &data));
         }
         let mut fp = blake3::Hasher::new_keyed(&self.fingerprint_key);
@@ -386,6 +311,91 @@ impl Repos {
         self.cached(key, fp, async { open.await.map_err(engine_err) })
             .await
     }
+}
+
+/// Reads Secret `name` of `namespace`; 403 is a namespace that has not
+/// opted in, 404 is `missing`.
+async fn read_secret(
+    secrets: &Api<Secret>,
+    namespace: &str,
+    name: &str,
+    missing: impl FnOnce() -> RepoError,
+) -> Result<Secret, RepoError> {
+    match secrets.get(name).await {
+        Ok(s) => Ok(s),
+        Err(e) if is_status(&e, 403) => Err(RepoError::NotAllowed {
+            namespace: namespace.into(),
+            secret: name.into(),
+        }),
+        Err(e) if is_status(&e, 404) => Err(missing()),
+        Err(e) => Err(RepoError::Kube {
+            what: format!("Secret {namespace}/{name}"),
+            source: e,
+        }),
+    }
+}
+
+/// The password of BackupRepository `namespace/repository`, from the key
+/// `pw_ref` names (a trailing newline dropped, as from a password file:
+/// `kubectl create secret --from-file` keeps it, and the CLI drops it).
+pub async fn read_password(
+    secrets: &Api<Secret>,
+    namespace: &str,
+    repository: &str,
+    pw_ref: &SecretKeyRef,
+) -> Result<Zeroizing<Vec<u8>>, RepoError> {
+    let no_password = |what: String| RepoError::NoPassword {
+        what,
+        namespace: namespace.into(),
+        secret: pw_ref.name.clone(),
+        key: pw_ref.key.clone(),
+    };
+    let secret = read_secret(secrets, namespace, &pw_ref.name, || {
+        no_password(format!(
+            "password Secret {:?} of BackupRepository {namespace}/{repository} not found",
+            pw_ref.name
+        ))
+    })
+    .await?;
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(&pw_ref.key))
+        .map(|b| b.0.clone())
+        .or_else(|| {
+            secret
+                .string_data
+                .as_ref()
+                .and_then(|d| d.get(&pw_ref.key))
+                .map(|s| s.clone().into_bytes())
+        })
+        .map(|p| Zeroizing::new(coffer_engine::keys::password_line(&p).to_vec()))
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| {
+            no_password(format!(
+                "Secret {namespace}/{} has no key {:?} (or it is empty)",
+                pw_ref.name, pw_ref.key
+            ))
+        })
+}
+
+/// The keys of credentials Secret `name` (the store's credentials).
+pub async fn read_credentials(
+    secrets: &Api<Secret>,
+    namespace: &str,
+    name: &str,
+) -> Result<BTreeMap<String, Vec<u8>>, RepoError> {
+    let secret = read_secret(secrets, namespace, name, || RepoError::NoCredentials {
+        namespace: namespace.into(),
+        secret: name.into(),
+    })
+    .await?;
+    Ok(secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect())
 }
 
 /// Opens the repository at `url` (named by a tenant's BackupRepository)

@@ -38,12 +38,10 @@ use crate::metrics::{CopyLabels, MaintenanceLabels};
 
 use crate::api::{kube_err, Error};
 use crate::controller::context::Ctx;
-use crate::controller::movers::pod::{
-    local_repository_dir, mover_pod, Destination, MoverPod, DESTINATION_CREDENTIALS_DIR,
-};
+use crate::controller::movers::pod::{local_repository_dir, mover_pod, MoverPod};
 use crate::controller::movers::{
-    common_args, create_mover, delete_account, delete_mover, mover_state, MoverState, StatusOf,
-    TERMINATING_RECHECK,
+    common_args, create_mover, delete_account, delete_mover, mover_state, MoverState, SecretsOf,
+    StatusOf, TERMINATING_RECHECK,
 };
 use crate::mover::args::{CheckArgs, CopyArgs, MoverArgs, MoverCommon, PruneArgs};
 use crate::names::{label_value, object_name, CHECK_NOW, COPY_NOW, MAINTENANCE_LABEL, PRUNE_NOW};
@@ -368,14 +366,12 @@ async fn follow(
                 labels: &labels,
                 owner: Some(&owner),
                 memory,
-                destination: destination.as_ref().map(|d| Destination {
-                    password: &d.spec.password_secret_ref,
-                    credentials: d.spec.credentials_secret_ref.as_ref(),
-                    repository_dir: dest_dir,
-                }),
+                destination_dir: dest_dir,
                 ..ctx.mover(&pod_name, &ns, repo)
             });
-            create_mover(ctx, &p, &StatusOf::of(repo)).await
+            let reads: Vec<&BackupRepository> =
+                std::iter::once(repo).chain(destination.as_ref()).collect();
+            create_mover(ctx, &p, &StatusOf::of(repo), &SecretsOf::of(&reads)).await
         }
         .await;
         if let Err(Error::Refused(why) | Error::Quota(why)) = made {
@@ -467,11 +463,13 @@ fn copy_args(common: MoverCommon, scheduled_at: Timestamp, dest: &BackupReposito
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
-        to_credentials_dir: dest
+        to_password_secret: dest.spec.password_secret_ref.name.clone(),
+        to_password_key: dest.spec.password_secret_ref.key.clone(),
+        to_credentials_secret: dest
             .spec
             .credentials_secret_ref
             .as_ref()
-            .map(|_| DESTINATION_CREDENTIALS_DIR.into()),
+            .map(|c| c.name.clone()),
         to_init: dest.spec.init,
     }
 }
@@ -496,14 +494,14 @@ async fn record(
         .await
         .map_err(kube_err(format!("reading pod {ns}/{pod_name}")))?;
     let Some(pod) = pod else {
-        delete_account(ctx, &ns, &pod_name, &ns).await?;
+        delete_account(ctx, &ns, &pod_name, std::slice::from_ref(&ns)).await?;
         return Ok(None);
     };
     // Told once: not again while the pod terminates.
     if pod.metadata.deletion_timestamp.is_none() {
         announce(ctx, repo, job, st).await;
     }
-    let left = delete_mover(ctx, &ns, &pod_name, &ns).await?;
+    let left = delete_mover(ctx, &ns, &pod_name, std::slice::from_ref(&ns)).await?;
     Ok(left.then_some(ctx.opts.terminating_limit + TERMINATING_RECHECK))
 }
 

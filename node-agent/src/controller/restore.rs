@@ -41,7 +41,7 @@ use crate::controller::lifecycle::{self, fail, follow_mover, ControllerRun, Tria
 use crate::controller::movers::pod::MoverVolume;
 use crate::controller::movers::pod::{mover_pod, MoverPod};
 use crate::controller::movers::{
-    common_args, create_mover, delete_account, delete_mover, StatusOf,
+    common_args, create_mover, delete_account, delete_mover, role_namespaces, SecretsOf, StatusOf,
 };
 use crate::mover::args::{MoverArgs, ResolveArgs, RestoreArgs};
 use crate::names::{
@@ -289,7 +289,7 @@ async fn advance(
     let mut seen = Seen::default();
     if st.snapshot_id.is_some() && st.source_claim.is_some() {
         // Resolved: its mover has done its work.
-        delete_mover(ctx, &tns, &resolver, &ns).await?;
+        delete_mover(ctx, &tns, &resolver, &role_namespaces(&ns, &tns)).await?;
         seen.claim = pvcs
             .get_opt(&target.pvc)
             .await
@@ -329,7 +329,6 @@ async fn advance(
             };
             let args = MoverArgs::Resolve(Box::new(ResolveArgs {
                 common: common_args(ctx, &ns, &vr.name_any(), &repo)?,
-                repository: vr.spec.repository.clone(),
                 snapshot: vr.spec.snapshot.clone(),
             }))
             .to_argv();
@@ -428,7 +427,7 @@ async fn start_mover(
     p.metadata.annotations = Some(BTreeMap::from([(RUN_ANNOTATION.to_string(), run_key(vr))]));
     // In another namespace, the run's status is written across namespaces:
     // the Role and its binding are in the run's, the account in the pod's.
-    create_mover(ctx, &p, &StatusOf::of(vr)).await
+    create_mover(ctx, &p, &StatusOf::of(vr), &SecretsOf::of(&[repo])).await
 }
 
 /// Step 5: the mover pods, then (after a failure or cancel) the PVC this
@@ -443,7 +442,7 @@ async fn cleanup(
     let ns = vr.namespace().unwrap_or_default();
     let mut left = false;
     for name in [resolver_name(vr), restorer_name(vr)] {
-        left |= delete_mover(ctx, &tns, &name, &ns).await?;
+        left |= delete_mover(ctx, &tns, &name, &role_namespaces(&ns, &tns)).await?;
     }
     if left {
         return Ok(false);
@@ -494,7 +493,7 @@ pub(crate) async fn sweep(ctx: &Ctx) {
             let api = Api::<Pod>::namespaced(ctx.client.clone(), &pns);
             let what = format!("leftover mover pod {pns}/{}", pod.name_any());
             let _ = delete(&api, &pod.name_any(), &what).await;
-            let _ = delete_account(ctx, &pns, &pod.name_any(), &ns).await;
+            let _ = delete_account(ctx, &pns, &pod.name_any(), &role_namespaces(&ns, &pns)).await;
         }
     }
 }

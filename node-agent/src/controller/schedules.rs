@@ -36,7 +36,7 @@ use crate::controller::context::Ctx;
 use crate::controller::movers::mover_state;
 use crate::controller::movers::pod::{mover_pod, MoverPod};
 use crate::controller::movers::{
-    common_args, create_mover, delete_mover, MoverState, StatusOf, TERMINATING_RECHECK,
+    common_args, create_mover, delete_mover, MoverState, SecretsOf, StatusOf, TERMINATING_RECHECK,
 };
 use crate::mover::args::{ForgetArgs, KeepArgs, MoverArgs};
 use crate::names::{
@@ -439,7 +439,13 @@ pub(crate) async fn reconcile(bs: Arc<BackupSchedule>, ctx: Arc<Ctx>) -> Result<
     // A finished retention pod goes; one left Terminating (a lost node)
     // sends no event, so it is looked at again past the limit.
     if st.last_retention.as_ref().map(|r| &r.after) == last_tick.as_ref()
-        && delete_mover(&ctx, &ns, &retention_pod_name(&bs), &ns).await?
+        && delete_mover(
+            &ctx,
+            &ns,
+            &retention_pod_name(&bs),
+            std::slice::from_ref(&ns),
+        )
+        .await?
     {
         let again = ctx.opts.terminating_limit + TERMINATING_RECHECK;
         requeue = Some(requeue.map_or(again, |r| r.min(again)));
@@ -840,7 +846,7 @@ async fn retention(
                 owner: Some(&owner),
                 ..ctx.mover(&pod_name, &ns, &repo)
             });
-            create_mover(ctx, &p, &StatusOf::of(bs)).await
+            create_mover(ctx, &p, &StatusOf::of(bs), &SecretsOf::of(&[&repo])).await
         }
         .await;
         if let Err(Error::Refused(why) | Error::Quota(why)) = made {

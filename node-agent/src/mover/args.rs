@@ -17,7 +17,7 @@ use crate::policy::TenantPolicy;
 /// What a mover pod does; `coffer-agent mover <this>`.
 #[derive(clap::Subcommand, Clone, Debug, PartialEq)]
 pub enum MoverArgs {
-    /// Back up a mounted clone into the repository; the password comes from COFFER_PASSWORD
+    /// Back up a mounted clone into the repository
     Backup(Box<BackupArgs>),
     /// Find the snapshot a VolumeRestore names; write its id and recorded claim into the run's status
     Resolve(Box<ResolveArgs>),
@@ -48,9 +48,21 @@ pub struct MoverCommon {
     /// Store options, KEY=VALUE (repeatable)
     #[arg(long = "option", value_name = "KEY=VALUE", value_parser = parse_pair)]
     pub options: Vec<(String, String)>,
-    /// A mounted Secret with the store's credentials
+    /// The BackupRepository opened, for messages
     #[arg(long)]
-    pub credentials_dir: Option<PathBuf>,
+    pub repository: String,
+    /// The namespace of the BackupRepository and its Secrets, when it is not --namespace
+    #[arg(long)]
+    pub repository_namespace: Option<String>,
+    /// The Secret holding the repository's password, read through the API
+    #[arg(long)]
+    pub password_secret: String,
+    /// The password's key in that Secret
+    #[arg(long, default_value = "password")]
+    pub password_key: String,
+    /// The Secret holding the store's credentials, read through the API
+    #[arg(long)]
+    pub credentials_secret: Option<String>,
     /// Create the repository when it does not exist
     #[arg(long)]
     pub init: bool,
@@ -100,9 +112,6 @@ pub struct ResolveArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: MoverCommon,
-    /// The BackupRepository's name, for messages
-    #[arg(long)]
-    pub repository: String,
     /// The VolumeRestore's spec.snapshot (JSON)
     #[arg(long, value_parser = json::<SnapshotSource>)]
     pub snapshot: SnapshotSource,
@@ -217,7 +226,7 @@ pub struct CopyArgs {
     /// The schedule time this job runs for
     #[arg(long)]
     pub scheduled_at: Timestamp,
-    /// The BackupRepository copied into (its password is COFFER_TO_PASSWORD)
+    /// The BackupRepository copied into (in --namespace)
     #[arg(long)]
     pub to: String,
     /// The destination's URL
@@ -226,9 +235,15 @@ pub struct CopyArgs {
     /// The destination's store options, KEY=VALUE (repeatable)
     #[arg(long = "to-option", value_name = "KEY=VALUE", value_parser = parse_pair)]
     pub to_options: Vec<(String, String)>,
-    /// A mounted Secret with the destination store's credentials
+    /// The Secret holding the destination's password
     #[arg(long)]
-    pub to_credentials_dir: Option<PathBuf>,
+    pub to_password_secret: String,
+    /// The password's key in that Secret
+    #[arg(long, default_value = "password")]
+    pub to_password_key: String,
+    /// The Secret holding the destination store's credentials
+    #[arg(long)]
+    pub to_credentials_secret: Option<String>,
     /// Create the destination when it does not exist
     #[arg(long)]
     pub to_init: bool,
@@ -307,9 +322,11 @@ impl MoverArgs {
         a.flag("--run", &c.run);
         a.flag("--repository-url", &c.repository_url);
         a.pairs("--option", &c.options);
-        if let Some(d) = &c.credentials_dir {
-            a.path("--credentials-dir", d);
-        }
+        a.flag("--repository", &c.repository);
+        a.opt("--repository-namespace", c.repository_namespace.as_ref());
+        a.flag("--password-secret", &c.password_secret);
+        a.flag("--password-key", &c.password_key);
+        a.opt("--credentials-secret", c.credentials_secret.as_ref());
         a.switch("--init", c.init);
         a.0.extend(c.policy.mover_args());
         match self {
@@ -327,7 +344,6 @@ impl MoverArgs {
                 a.opt("--limit-read", b.limit_read.map(|r| format!("{r}B/s")));
             }
             MoverArgs::Resolve(r) => {
-                a.flag("--repository", &r.repository);
                 a.flag(
                     "--snapshot",
                     serde_json::to_string(&r.snapshot).unwrap_or_default(),
@@ -359,9 +375,9 @@ impl MoverArgs {
                 a.flag("--to", &c.to);
                 a.flag("--to-repository-url", &c.to_repository_url);
                 a.pairs("--to-option", &c.to_options);
-                if let Some(d) = &c.to_credentials_dir {
-                    a.path("--to-credentials-dir", d);
-                }
+                a.flag("--to-password-secret", &c.to_password_secret);
+                a.flag("--to-password-key", &c.to_password_key);
+                a.opt("--to-credentials-secret", c.to_credentials_secret.as_ref());
                 a.switch("--to-init", c.to_init);
             }
         }
@@ -470,7 +486,11 @@ mod tests {
                 ("s3.endpoint".into(), "http://minio:9000".into()),
                 ("s3.region".into(), "eu=1".into()),
             ],
-            credentials_dir: Some("/coffer/credentials".into()),
+            repository: "main".into(),
+            repository_namespace: Some("team-b".into()),
+            password_secret: "main-password".into(),
+            password_key: "pw".into(),
+            credentials_secret: Some("main-s3".into()),
             init: true,
             log_format: "json".into(),
             policy: TenantPolicy {
@@ -504,7 +524,6 @@ mod tests {
             })),
             MoverArgs::Resolve(Box::new(ResolveArgs {
                 common: common(),
-                repository: "main".into(),
                 snapshot: SnapshotSource {
                     id: Some("abc".into()),
                     ..Default::default()
@@ -550,7 +569,9 @@ mod tests {
                 to: "offsite".into(),
                 to_repository_url: "s3://other/team-a".into(),
                 to_options: vec![("a".into(), "1".into()), ("b".into(), "2".into())],
-                to_credentials_dir: Some("/coffer/destination-credentials".into()),
+                to_password_secret: "offsite-password".into(),
+                to_password_key: "key".into(),
+                to_credentials_secret: Some("offsite-s3".into()),
                 to_init: true,
             })),
         ];
@@ -593,7 +614,8 @@ mod tests {
         assert!(
             argv.starts_with(
                 "mover backup --namespace team-a --run db-data --repository-url s3://bucket/team-a \
-                 --option s3.endpoint=http://minio:9000 --credentials-dir /coffer/credentials --init \
+                 --option s3.endpoint=http://minio:9000 --repository main --repository-namespace team-b --password-secret main-password \
+                 --password-key pw --credentials-secret main-s3 --init \
                  --max-store-timeout=5m --max-store-retries=10"
             ),
             "{argv}"

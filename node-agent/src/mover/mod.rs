@@ -5,42 +5,47 @@
 //! the only API access its ServiceAccount has.
 //!
 //! Everything else comes from its arguments (written by the controller) and
-//! its environment (the password, from the repository's Secret): the mover
-//! reads no Secret and no other object.
+//! the repository's Secrets, which it reads through the API: its account may
+//! read those Secrets (by name) and write that one status, nothing else.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use coffer_engine::backup::ChangeRules;
 use coffer_engine::forget::OriginFilter;
 use coffer_engine::format::snapshot::KubernetesOrigin;
 use coffer_engine::{CancelToken, Repository};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
 use kube::Client;
 
 use crate::crd::{
     BackupRepository, BackupSchedule, CheckResult, CopyResult, Phase, PruneResult, RestorePolicy,
-    RetentionResult, SnapshotSource, Timestamp, VolumeBackup, VolumeRestore,
+    RetentionResult, SecretKeyRef, SnapshotSource, Timestamp, VolumeBackup, VolumeRestore,
 };
 use crate::report::STATUS_INTERVAL;
+use crate::repos::{read_credentials, read_password};
 
 pub mod args;
 use crate::status::{self, Outcome};
 use crate::volume_backup;
 
-/// The repository password, zeroed when it is dropped.
-pub type Password = zeroize::Zeroizing<Vec<u8>>;
-
-/// How a mover opens its repository: everything but the password (from
-/// `COFFER_PASSWORD`) comes from its arguments.
+/// How a mover opens its repository: its arguments, and the Secrets they
+/// name, read through the API with the mover's own account.
 #[derive(Clone, Debug)]
 pub struct RepoAccess {
     /// The repository.
     pub url: String,
     /// Store options (`s3.endpoint`, ...).
     pub options: Vec<(String, String)>,
-    /// A directory holding the credentials Secret's keys as files.
-    pub credentials_dir: Option<PathBuf>,
+    /// The namespace of the BackupRepository and its Secrets.
+    pub namespace: String,
+    /// The BackupRepository, for messages.
+    pub repository: String,
+    /// Its password Secret and key.
+    pub password: SecretKeyRef,
+    /// Its credentials Secret.
+    pub credentials: Option<String>,
     /// Create the repository when it does not exist.
     pub init: bool,
     /// What the administrator allows (the controller's, passed on).
@@ -48,15 +53,22 @@ pub struct RepoAccess {
 }
 
 impl RepoAccess {
-    /// Opens (or creates) the repository; the error is the run's message.
-    async fn open(&self, password: &[u8]) -> Result<Arc<Repository>, String> {
+    /// Reads its Secrets, then opens (or creates) the repository; the
+    /// error is the run's message.
+    async fn open(&self, client: &Client) -> Result<Arc<Repository>, String> {
+        let ns = &self.namespace;
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+        let password = read_password(&secrets, ns, &self.repository, &self.password)
+            .await
+            .map_err(|e| e.to_string())?;
         let mut options = self.options.clone();
-        if let Some(dir) = &self.credentials_dir {
-            let data = read_secret_dir(dir)
-                .map_err(|e| format!("credentials in {}: {e}", dir.display()))?;
+        if let Some(name) = &self.credentials {
+            let data = read_credentials(&secrets, ns, name)
+                .await
+                .map_err(|e| e.to_string())?;
             options.extend(crate::repos::credential_options(&self.url, &data));
         }
-        crate::repos::open_or_init(&self.url, options, password, self.init, &self.policy)
+        crate::repos::open_or_init(&self.url, options, &password, self.init, &self.policy)
             .await
             .map(Arc::new)
             .map_err(|e| {
@@ -116,13 +128,8 @@ pub fn clone_source(
 
 /// Runs the backup and reports it; returns the final phase (also when the
 /// run had already been ended by the controller: then nothing is written).
-pub async fn backup(
-    client: Client,
-    job: BackupJob,
-    password: Password,
-    cancel: CancelToken,
-) -> Phase {
-    let outcome = run_backup(&client, &job, &password, &cancel).await;
+pub async fn backup(client: Client, job: BackupJob, cancel: CancelToken) -> Phase {
+    let outcome = run_backup(&client, &job, &cancel).await;
     report::<VolumeBackup>(&client, &job.namespace, &job.run, outcome).await
 }
 
@@ -179,15 +186,10 @@ pub struct ForgetJob {
 /// Applies the policy per origin to the schedule's snapshots and writes
 /// what it did into the schedule's `status.lastRetention`. Returns whether
 /// it succeeded.
-pub async fn forget(
-    client: Client,
-    job: ForgetJob,
-    password: Password,
-    cancel: CancelToken,
-) -> bool {
+pub async fn forget(client: Client, job: ForgetJob, cancel: CancelToken) -> bool {
     use coffer_engine::forget::{self, Filter, GroupBy};
     let run = async {
-        let repo = job.repo.open(&password).await?;
+        let repo = job.repo.open(&client).await?;
         let mut snapshots = repo.snapshots().await.map_err(|e| e.to_string())?;
         // This cluster's only, also when it has no name: the filter below
         // lets an unset cluster match every cluster's snapshots.
@@ -304,12 +306,11 @@ pub async fn prune(
     client: Client,
     job: MaintenanceJob,
     max_unused_percent: f64,
-    password: Password,
     cancel: CancelToken,
 ) -> bool {
     use coffer_engine::prune::{prune, PruneOptions};
     let run = async {
-        let repo = job.repo.open(&password).await?;
+        let repo = job.repo.open(&client).await?;
         let opts = PruneOptions {
             max_unused_percent,
             cancel,
@@ -358,8 +359,6 @@ pub struct CopyDestination {
     pub name: String,
     /// How to open it.
     pub repo: RepoAccess,
-    /// Its password.
-    pub password: Password,
 }
 
 /// Copies every snapshot of the repository that the destination does not
@@ -369,13 +368,12 @@ pub async fn copy(
     client: Client,
     job: MaintenanceJob,
     dest: CopyDestination,
-    password: Password,
     cancel: CancelToken,
 ) -> bool {
     use coffer_engine::copy::{copy, CopyOptions};
     let run = async {
-        let src = job.repo.open(&password).await?;
-        let dst = dest.repo.open(&dest.password).await?;
+        let src = job.repo.open(&client).await?;
+        let dst = dest.repo.open(&client).await?;
         let snapshots = src.snapshots().await.map_err(|e| e.to_string())?;
         let opts = CopyOptions {
             cancel,
@@ -429,7 +427,6 @@ pub async fn check(
     client: Client,
     job: MaintenanceJob,
     subset: Option<String>,
-    password: Password,
     cancel: CancelToken,
 ) -> bool {
     use coffer_engine::check::{check, CheckOptions, ReadData};
@@ -438,7 +435,7 @@ pub async fn check(
             Some(s) => ReadData::parse_subset(s).map_err(|e| format!("readDataSubset: {e}"))?,
             None => ReadData::None,
         };
-        let repo = job.repo.open(&password).await?;
+        let repo = job.repo.open(&client).await?;
         let opts = CheckOptions {
             read_data,
             cancel,
@@ -510,8 +507,8 @@ pub struct ResolveJob {
 /// Finds the snapshot and writes its id and recorded claim into the run's
 /// status (the phase stays InProgress); a snapshot not found fails the run.
 /// Returns whether it was found.
-pub async fn resolve(client: Client, job: ResolveJob, password: Password) -> bool {
-    let found = match job.repo.open(&password).await {
+pub async fn resolve(client: Client, job: ResolveJob) -> bool {
+    let found = match job.repo.open(&client).await {
         Ok(repo) => {
             crate::snapshot_source::find_snapshot(
                 &repo,
@@ -569,13 +566,8 @@ pub struct RestoreJob {
 }
 
 /// Restores and reports; returns the final phase.
-pub async fn restore(
-    client: Client,
-    job: RestoreJob,
-    password: Password,
-    cancel: CancelToken,
-) -> Phase {
-    let outcome = match job.repo.open(&password).await {
+pub async fn restore(client: Client, job: RestoreJob, cancel: CancelToken) -> Phase {
+    let outcome = match job.repo.open(&client).await {
         Err(m) => Outcome::Failed(m),
         Ok(repo) => {
             let target = crate::restore_target::Target {
@@ -618,13 +610,8 @@ pub async fn restore(
     report::<VolumeRestore>(&client, &job.namespace, &job.run, outcome).await
 }
 
-async fn run_backup(
-    client: &Client,
-    job: &BackupJob,
-    password: &[u8],
-    cancel: &CancelToken,
-) -> Outcome {
-    let repo = match job.repo.open(password).await {
+async fn run_backup(client: &Client, job: &BackupJob, cancel: &CancelToken) -> Outcome {
+    let repo = match job.repo.open(client).await {
         Ok(r) => r,
         Err(m) => return Outcome::Failed(m),
     };
@@ -638,28 +625,22 @@ async fn run_backup(
     }
 }
 
-/// A mounted Secret: one file per key (the `..data` links and hidden files
-/// the kubelet adds are skipped).
-fn read_secret_dir(dir: &Path) -> std::io::Result<BTreeMap<String, Vec<u8>>> {
-    let mut out = BTreeMap::new();
-    for e in std::fs::read_dir(dir)? {
-        let e = e?;
-        let name = e.file_name().to_string_lossy().to_string();
-        if name.starts_with('.') || !e.path().is_file() {
-            continue;
-        }
-        out.insert(name, std::fs::read(e.path())?);
-    }
-    Ok(out)
-}
-
 impl args::MoverCommon {
     /// How this mover opens its repository.
     pub fn repo(&self) -> RepoAccess {
         RepoAccess {
             url: self.repository_url.clone(),
             options: self.options.clone(),
-            credentials_dir: self.credentials_dir.clone(),
+            namespace: self
+                .repository_namespace
+                .clone()
+                .unwrap_or_else(|| self.namespace.clone()),
+            repository: self.repository.clone(),
+            password: SecretKeyRef {
+                name: self.password_secret.clone(),
+                key: self.password_key.clone(),
+            },
+            credentials: self.credentials_secret.clone(),
             init: self.init,
             policy: self.policy.clone(),
         }
@@ -673,20 +654,5 @@ impl args::MoverCommon {
             repo: self.repo(),
             scheduled_at,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_mounted_secret_reads_as_its_keys() {
-        let d = tempfile::tempdir().unwrap();
-        std::fs::write(d.path().join("AWS_ACCESS_KEY_ID"), "AKIA").unwrap();
-        std::fs::create_dir(d.path().join("..2026_11_24")).unwrap();
-        std::fs::write(d.path().join(".hidden"), "x").unwrap();
-        let m = read_secret_dir(d.path()).unwrap();
-        assert_eq!(m.keys().collect::<Vec<_>>(), vec!["AWS_ACCESS_KEY_ID"]);
     }
 }

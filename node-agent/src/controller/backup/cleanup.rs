@@ -22,7 +22,7 @@ use crate::names::RUN_LABEL;
 pub(crate) async fn cleanup(ctx: &Ctx, vb: &VolumeBackup) -> Result<bool, Error> {
     let ns = vb.namespace().unwrap_or_default();
     let child = child_name(vb);
-    if delete_mover(ctx, &ns, &child, &ns).await? {
+    if delete_mover(ctx, &ns, &child, std::slice::from_ref(&ns)).await? {
         return Ok(false);
     }
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);

@@ -25,7 +25,7 @@ use crate::controller::csi::snapshot_state;
 use crate::controller::csi::{SnapshotState, VolumeSnapshot};
 use crate::controller::lifecycle::{self, fail, follow_mover, ControllerRun, Triage};
 use crate::controller::movers::pod::{mover_pod, MoverPod, MoverVolume, SOURCE_DEVICE, SOURCE_DIR};
-use crate::controller::movers::{common_args, create_mover, StatusOf};
+use crate::controller::movers::{common_args, create_mover, SecretsOf, StatusOf};
 use crate::hooks::HookStage;
 use crate::mover::args::{BackupArgs, MoverArgs};
 use crate::run::Stage;
@@ -299,7 +299,7 @@ pub(crate) async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Res
                 owner: Some(&owner),
                 ..ctx.mover(&child, &ns, &repo)
             });
-            create_mover(ctx, &p, &StatusOf::of(vb)).await?;
+            create_mover(ctx, &p, &StatusOf::of(vb), &SecretsOf::of(&[&repo])).await?;
             crate::report::update_run::<VolumeBackup>(&ctx.client, &ns, &vb.name_any(), |s| {
                 s.stage = Some(Stage::Moving.into())
             })

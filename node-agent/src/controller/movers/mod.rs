@@ -19,7 +19,7 @@ use crate::crd::BackupRepository;
 use crate::api::{create, delete, kube_err, Error};
 use crate::controller::context::Ctx;
 use crate::controller::movers::events::{pod_events, this_pods_events};
-use crate::controller::movers::pod::{local_repository_dir, MoverPod, CREDENTIALS_DIR};
+use crate::controller::movers::pod::{local_repository_dir, MoverPod};
 use crate::controller::movers::state::{mover_failure, mover_started, permanent_mount_failure};
 use crate::mover::args::MoverCommon;
 use crate::time::remaining;
@@ -108,17 +108,21 @@ pub(crate) fn common_args(
         namespace: run_ns.into(),
         run: run.into(),
         repository_url: repo.spec.url.clone(),
+        repository: repo.name_any(),
+        repository_namespace: repo.namespace().filter(|ns| ns != run_ns),
+        password_secret: repo.spec.password_secret_ref.name.clone(),
+        password_key: repo.spec.password_secret_ref.key.clone(),
+        credentials_secret: repo
+            .spec
+            .credentials_secret_ref
+            .as_ref()
+            .map(|c| c.name.clone()),
         options: repo
             .spec
             .options
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
-        credentials_dir: repo
-            .spec
-            .credentials_secret_ref
-            .as_ref()
-            .map(|_| CREDENTIALS_DIR.into()),
         init: repo.spec.init,
         log_format: String::new(),
         policy: policy.clone(),
@@ -146,14 +150,83 @@ impl StatusOf {
     }
 }
 
+/// The Secrets a mover reads: those of the repository it opens (and of a
+/// copy's destination), all in the repository's namespace.
+pub(crate) struct SecretsOf {
+    namespace: String,
+    names: Vec<String>,
+}
+
+impl SecretsOf {
+    /// The password and credentials Secrets of `repos` (of one namespace).
+    pub(crate) fn of(repos: &[&BackupRepository]) -> SecretsOf {
+        let mut names: Vec<String> = repos
+            .iter()
+            .flat_map(|r| {
+                std::iter::once(r.spec.password_secret_ref.name.clone())
+                    .chain(r.spec.credentials_secret_ref.iter().map(|c| c.name.clone()))
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        SecretsOf {
+            namespace: repos
+                .first()
+                .and_then(|r| r.namespace())
+                .unwrap_or_default(),
+            names,
+        }
+    }
+}
+
+/// The rules of a mover's Roles, by namespace: the one status it writes,
+/// and the Secrets it reads (by name; `get` only).
+fn mover_rules(writes: &StatusOf, reads: &SecretsOf) -> BTreeMap<String, Vec<serde_json::Value>> {
+    let mut rules: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+    rules
+        .entry(writes.namespace.clone())
+        .or_default()
+        .push(json!({
+            "apiGroups": ["coffer.dev"],
+            "resources": [format!("{}/status", writes.plural)],
+            "resourceNames": [writes.name],
+            "verbs": ["get", "patch"],
+        }));
+    if !reads.names.is_empty() {
+        rules
+            .entry(reads.namespace.clone())
+            .or_default()
+            .push(json!({
+                "apiGroups": [""],
+                "resources": ["secrets"],
+                "resourceNames": reads.names,
+                "verbs": ["get"],
+            }));
+    }
+    rules
+}
+
+/// The namespaces where a mover that writes `writes` and reads `reads` has
+/// a Role ([`delete_account`] deletes them there).
+pub(crate) fn role_namespaces(writes_ns: &str, reads_ns: &str) -> Vec<String> {
+    let mut all = vec![writes_ns.to_string(), reads_ns.to_string()];
+    all.dedup();
+    all
+}
+
 /// Creates a mover pod, after its own ServiceAccount (named as the pod, in
-/// the pod's namespace) and a Role and RoleBinding (in `writes`' namespace)
-/// that let that account read and patch `writes`' status and nothing else:
-/// a mover cannot touch another run, even in its own namespace. The three
-/// carry the pod's labels and, where they share its namespace, are owned by
-/// the object written to, so that they go with it; [`delete_mover`] deletes
-/// them once the pod is gone.
-pub(crate) async fn create_mover(ctx: &Ctx, pod: &Pod, writes: &StatusOf) -> Result<(), Error> {
+/// the pod's namespace) and a Role and RoleBinding that let that account
+/// read and patch `writes`' status and read the Secrets `reads` names, and
+/// nothing else: a mover cannot touch another run, even in its own
+/// namespace, nor read another Secret. They carry the pod's labels and,
+/// where they share its namespace, are owned by the object written to, so
+/// that they go with it; [`delete_mover`] deletes them once the pod is gone.
+pub(crate) async fn create_mover(
+    ctx: &Ctx,
+    pod: &Pod,
+    writes: &StatusOf,
+    reads: &SecretsOf,
+) -> Result<(), Error> {
     let ns = pod.namespace().unwrap_or_default();
     let name = pod.name_any();
     let tns = writes.namespace.as_str();
@@ -166,40 +239,26 @@ pub(crate) async fn create_mover(ctx: &Ctx, pod: &Pod, writes: &StatusOf) -> Res
         "automountServiceAccountToken": true,
     }))
     .unwrap_or_default();
-    let role: Role = serde_json::from_value(json!({
-        "metadata": meta(tns),
-        "rules": [{
-            "apiGroups": ["coffer.dev"],
-            "resources": [format!("{}/status", writes.plural)],
-            "resourceNames": [writes.name],
-            "verbs": ["get", "patch"],
-        }],
-    }))
-    .unwrap_or_default();
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "metadata": meta(tns),
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}],
-    }))
-    .unwrap_or_default();
     create(
         &Api::namespaced(ctx.client.clone(), &ns),
         &sa,
         &format!("ServiceAccount {ns}/{name}"),
     )
     .await?;
-    create(
-        &Api::namespaced(ctx.client.clone(), tns),
-        &role,
-        &format!("Role {tns}/{name}"),
-    )
-    .await?;
-    create(
-        &Api::namespaced(ctx.client.clone(), tns),
-        &binding,
-        &format!("RoleBinding {tns}/{name}"),
-    )
-    .await?;
+    for (rns, rules) in mover_rules(writes, reads) {
+        let role: Role = serde_json::from_value(json!({"metadata": meta(&rns), "rules": rules}))
+            .unwrap_or_default();
+        let binding: RoleBinding = serde_json::from_value(json!({
+            "metadata": meta(&rns),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}],
+        }))
+        .unwrap_or_default();
+        let roles = Api::namespaced(ctx.client.clone(), &rns);
+        create(&roles, &role, &format!("Role {rns}/{name}")).await?;
+        let bindings = Api::namespaced(ctx.client.clone(), &rns);
+        create(&bindings, &binding, &format!("RoleBinding {rns}/{name}")).await?;
+    }
     create(
         &Api::namespaced(ctx.client.clone(), &ns),
         pod,
@@ -209,20 +268,20 @@ pub(crate) async fn create_mover(ctx: &Ctx, pod: &Pod, writes: &StatusOf) -> Res
 }
 
 /// Deletes the mover pod `ns/name` and, once it is gone, its account (made
-/// by [`create_mover`] for a status in `writes_ns`). Returns true while the
+/// by [`create_mover`], with Roles in `role_ns`). Returns true while the
 /// pod is still there.
 pub(crate) async fn delete_mover(
     ctx: &Ctx,
     ns: &str,
     name: &str,
-    writes_ns: &str,
+    role_ns: &[String],
 ) -> Result<bool, Error> {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let what = format!("pod {ns}/{name}");
     if delete_pod(&pods, name, &what, ctx.opts.terminating_limit).await? {
         return Ok(true);
     }
-    delete_account(ctx, ns, name, writes_ns).await?;
+    delete_account(ctx, ns, name, role_ns).await?;
     Ok(false)
 }
 
@@ -232,7 +291,7 @@ pub(crate) async fn delete_account(
     ctx: &Ctx,
     ns: &str,
     name: &str,
-    writes_ns: &str,
+    role_ns: &[String],
 ) -> Result<(), Error> {
     let accounts: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), ns);
     let what = format!("ServiceAccount {ns}/{name}");
@@ -250,10 +309,12 @@ pub(crate) async fn delete_account(
         }
         Err(e) => return Err(kube_err(format!("reading {what}"))(e)),
     }
-    let bindings: Api<RoleBinding> = Api::namespaced(ctx.client.clone(), writes_ns);
-    delete(&bindings, name, &format!("RoleBinding {writes_ns}/{name}")).await?;
-    let roles: Api<Role> = Api::namespaced(ctx.client.clone(), writes_ns);
-    delete(&roles, name, &format!("Role {writes_ns}/{name}")).await?;
+    for rns in role_ns {
+        let bindings: Api<RoleBinding> = Api::namespaced(ctx.client.clone(), rns);
+        delete(&bindings, name, &format!("RoleBinding {rns}/{name}")).await?;
+        let roles: Api<Role> = Api::namespaced(ctx.client.clone(), rns);
+        delete(&roles, name, &format!("Role {rns}/{name}")).await?;
+    }
     delete(&accounts, name, &what).await
 }
 
@@ -308,10 +369,10 @@ pub(crate) async fn delete_pod(
 }
 
 impl Ctx /* mover */ {
-    /// A mover pod `name` in `ns` that opens `repo` (its password Secret in
-    /// the environment, its credentials Secret mounted), with this
-    /// controller's image, account and memory limit; no volume, arguments,
-    /// labels or owner yet (struct update syntax fills them).
+    /// A mover pod `name` in `ns` that opens `repo` (a local repository's
+    /// directory mounted), with this controller's image, account and memory
+    /// limit; no volume, arguments, labels or owner yet (struct update
+    /// syntax fills them).
     pub(crate) fn mover<'a>(
         &'a self,
         name: &'a str,
@@ -325,13 +386,11 @@ impl Ctx /* mover */ {
             image: &self.opts.mover_image,
             volume: None,
             args: Vec::new(),
-            password: &repo.spec.password_secret_ref,
-            credentials: repo.spec.credentials_secret_ref.as_ref(),
             repository_dir: local_repository_dir(&repo.spec.url),
             memory: &self.opts.mover_memory,
             labels: &NO_LABELS,
             owner: None,
-            destination: None,
+            destination_dir: None,
         }
     }
 }
@@ -339,6 +398,41 @@ impl Ctx /* mover */ {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mover_may_read_its_repositorys_secrets_by_name_and_write_one_status() {
+        let repo = |ns: &str, pw: &str, creds: Option<&str>| -> BackupRepository {
+            serde_json::from_value(json!({
+                "metadata": {"name": "main", "namespace": ns},
+                "spec": {"url": "s3://b/x", "passwordSecretRef": {"name": pw},
+                         "credentialsSecretRef": creds.map(|c| json!({"name": c}))},
+            }))
+            .unwrap()
+        };
+        let writes = StatusOf {
+            plural: "volumerestores".into(),
+            namespace: "shop".into(),
+            name: "back".into(),
+            owner: None,
+        };
+        // One namespace: one Role with both rules.
+        let (a, b) = (repo("shop", "pw", Some("s3")), repo("shop", "pw2", None));
+        let rules = mover_rules(&writes, &SecretsOf::of(&[&a, &b]));
+        assert_eq!(rules.len(), 1);
+        assert_eq!(
+            rules["shop"][1],
+            json!({"apiGroups": [""], "resources": ["secrets"],
+                   "resourceNames": ["pw", "pw2", "s3"], "verbs": ["get"]})
+        );
+        assert_eq!(rules["shop"][0]["resourceNames"], json!(["back"]));
+        // A restore into another namespace reads that namespace's Secrets.
+        let other = repo("copy", "pw", None);
+        let rules = mover_rules(&writes, &SecretsOf::of(&[&other]));
+        assert_eq!(rules.keys().collect::<Vec<_>>(), ["copy", "shop"]);
+        assert_eq!(rules["copy"][0]["resourceNames"], json!(["pw"]));
+        assert_eq!(role_namespaces("shop", "copy"), ["shop", "copy"]);
+        assert_eq!(role_namespaces("shop", "shop"), ["shop"]);
+    }
 
     #[test]
     fn a_pod_terminating_past_the_limit_is_deleted_at_once() {

@@ -1,6 +1,5 @@
 //! The mover pod's spec, pure: its volumes, its Secrets, its command line.
 
-use crate::crd::{SecretKeyRef, SecretRef};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use serde_json::json;
@@ -17,12 +16,6 @@ pub const TARGET_DIR: &str = "/coffer/target";
 
 /// Where a restore mover finds its new block volume.
 pub const TARGET_DEVICE: &str = "/dev/coffer-target";
-
-/// Where a mover finds the repository's credentials Secret.
-pub const CREDENTIALS_DIR: &str = "/coffer/credentials";
-
-/// Where a copy mover finds its destination's credentials Secret.
-pub const DESTINATION_CREDENTIALS_DIR: &str = "/coffer/destination-credentials";
 
 /// The image a controller's own pod runs: its container `controller`, or
 /// its only container. Mover pods run it unless `--mover-image` names
@@ -72,10 +65,6 @@ pub struct MoverPod<'a> {
     pub volume: Option<MoverVolume<'a>>,
     /// `coffer-agent` arguments.
     pub args: Vec<String>,
-    /// The repository's password.
-    pub password: &'a SecretKeyRef,
-    /// The repository's credentials Secret, mounted at [`CREDENTIALS_DIR`].
-    pub credentials: Option<&'a SecretRef>,
     /// A local repository's directory (see [`local_repository_dir`]),
     /// mounted from the node at the same path.
     pub repository_dir: Option<&'a str>,
@@ -85,20 +74,9 @@ pub struct MoverPod<'a> {
     pub labels: &'a BTreeMap<String, String>,
     /// The owning run (none when it is in another namespace).
     pub owner: Option<&'a OwnerReference>,
-    /// A copy's second repository: its password (as `COFFER_TO_PASSWORD`),
-    /// credentials (at [`DESTINATION_CREDENTIALS_DIR`]) and local directory.
-    pub destination: Option<Destination<'a>>,
-}
-
-/// The repository a copy mover writes into.
-#[derive(Clone, Copy, Debug)]
-pub struct Destination<'a> {
-    /// Its password.
-    pub password: &'a SecretKeyRef,
-    /// Its credentials Secret.
-    pub credentials: Option<&'a SecretRef>,
-    /// A local repository's directory, mounted from the node.
-    pub repository_dir: Option<&'a str>,
+    /// A copy's second repository, where it is a local directory (mounted
+    /// from the node at the same path).
+    pub destination_dir: Option<&'a str>,
 }
 
 /// A mover's one volume.
@@ -127,8 +105,9 @@ impl MoverVolume<'_> {
 }
 
 /// The mover pod: its volume mounted (read-only for a backup) or attached
-/// as a device, the password from its Secret, nothing else from the cluster
-/// (no API token but its own ServiceAccount's), never restarted.
+/// as a device, nothing else from the cluster (no Secret: it reads the
+/// repository's through the API with its own ServiceAccount, which may read
+/// only those), never restarted.
 pub fn mover_pod(m: &MoverPod) -> Pod {
     let mut volumes = Vec::new();
     let mut mounts = Vec::new();
@@ -152,10 +131,6 @@ pub fn mover_pod(m: &MoverPod) -> Pod {
     } else {
         &["DAC_READ_SEARCH"]
     };
-    if let Some(c) = m.credentials {
-        volumes.push(json!({"name": "credentials", "secret": {"secretName": c.name}}));
-        mounts.push(json!({"name": "credentials", "mountPath": CREDENTIALS_DIR, "readOnly": true}));
-    }
     if let Some(dir) = m.repository_dir {
         // `Directory`, not `DirectoryOrCreate`: on a node where the shared
         // directory is missing the pod fails to start instead of writing a
@@ -163,26 +138,16 @@ pub fn mover_pod(m: &MoverPod) -> Pod {
         volumes.push(json!({"name": "repository", "hostPath": {"path": dir, "type": "Directory"}}));
         mounts.push(json!({"name": "repository", "mountPath": dir}));
     }
-    let mut env = vec![
-        json!({"name": "COFFER_PASSWORD", "valueFrom": {"secretKeyRef": {"name": m.password.name, "key": m.password.key}}}),
+    let env = vec![
         json!({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
     ];
-    if let Some(d) = &m.destination {
-        env.push(json!({"name": "COFFER_TO_PASSWORD", "valueFrom": {"secretKeyRef": {"name": d.password.name, "key": d.password.key}}}));
-        if let Some(c) = d.credentials {
-            volumes
-                .push(json!({"name": "destination-credentials", "secret": {"secretName": c.name}}));
-            mounts.push(json!({"name": "destination-credentials", "mountPath": DESTINATION_CREDENTIALS_DIR, "readOnly": true}));
-        }
-        if let Some(dir) = d
-            .repository_dir
-            .filter(|dir| Some(*dir) != m.repository_dir)
-        {
-            volumes.push(
-                json!({"name": "destination", "hostPath": {"path": dir, "type": "Directory"}}),
-            );
-            mounts.push(json!({"name": "destination", "mountPath": dir}));
-        }
+    if let Some(dir) = m
+        .destination_dir
+        .filter(|dir| Some(*dir) != m.repository_dir)
+    {
+        volumes
+            .push(json!({"name": "destination", "hostPath": {"path": dir, "type": "Directory"}}));
+        mounts.push(json!({"name": "destination", "mountPath": dir}));
     }
     volumes.push(json!({"name": "cache", "emptyDir": {}}));
     mounts.push(json!({"name": "cache", "mountPath": "/tmp"}));
@@ -254,10 +219,6 @@ mod tests {
         assert_eq!(local_repository_dir("repo"), None);
         assert_eq!(local_repository_dir("s3://bucket/file:///x"), None);
         let labels = BTreeMap::new();
-        let password = SecretKeyRef {
-            name: "pw".into(),
-            key: "password".into(),
-        };
         let mover = |dir| {
             let pod = mover_pod(&MoverPod {
                 name: "coffer-run",
@@ -265,13 +226,11 @@ mod tests {
                 image: "coffer",
                 volume: None,
                 args: Vec::new(),
-                password: &password,
-                credentials: None,
                 repository_dir: dir,
                 memory: "1Gi",
                 labels: &labels,
                 owner: None,
-                destination: None,
+                destination_dir: None,
             });
             serde_json::to_value(pod.spec.unwrap()).unwrap()
         };
@@ -285,5 +244,11 @@ mod tests {
             .contains(&json!({"name": "repository", "mountPath": "/srv/backup"})));
         let spec = mover(None);
         assert!(!spec.to_string().contains("hostPath"), "{spec}");
+        // No Secret reaches the pod: it reads them through the API.
+        let text = spec.to_string();
+        assert!(
+            !text.contains("secretKeyRef") && !text.contains("\"secret\""),
+            "{text}"
+        );
     }
 }
