@@ -62,6 +62,7 @@ EXPECTED_CONTROLLER_RULES = {
     ("", "persistentvolumes"): {"get", "list", "patch", "delete"},
     ("storage.k8s.io", "storageclasses"): {"get"},
     ("snapshot.storage.k8s.io", "volumesnapshots"): {"get", "list", "watch", "create", "delete", "patch"},
+    ("snapshot.storage.k8s.io", "volumesnapshotcontents"): {"get", "list", "create", "delete"},
     ("snapshot.storage.k8s.io", "volumesnapshotclasses"): {"list"},
     ("groupsnapshot.storage.k8s.io", "volumegroupsnapshots"): {"get", "create", "delete", "patch"},
     ("groupsnapshot.storage.k8s.io", "volumegroupsnapshotclasses"): {"list"},
@@ -364,6 +365,14 @@ def controller_policy(docs, p):
     check(lease["metadata"].get("namespace") == NAMESPACE, "the Lease Role is not in coffer-system", p)
     compare_rules("Role coffer-controller-lease", rules_of(lease, p),
                   {("coordination.k8s.io", "leases"): {"get", "create", "patch"}}, p)
+    movers = one(docs, "Role", "coffer-controller-movers")
+    check(movers["metadata"].get("namespace") == NAMESPACE, "the movers' Role is not in coffer-system", p)
+    compare_rules("Role coffer-controller-movers", rules_of(movers, p),
+                  {("", "pods"): {"create", "delete"}, ("", "serviceaccounts"): {"get", "create", "delete"}}, p)
+    binding = one(docs, "RoleBinding", "coffer-controller-movers")
+    check(binding["metadata"].get("namespace") == NAMESPACE and binding.get("subjects") ==
+          [{"kind": "ServiceAccount", "name": "coffer-controller", "namespace": NAMESPACE}],
+          "RoleBinding coffer-controller-movers does not bind coffer-controller in coffer-system", p)
     one(docs, "ServiceAccount", "coffer-controller")
     dep = one(docs, "Deployment", "coffer-controller")
     check(dep["metadata"].get("namespace") == NAMESPACE, "the Deployment is not in coffer-system", p)

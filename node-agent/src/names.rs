@@ -30,6 +30,23 @@ pub fn object_name(parts: &[&str]) -> String {
     format!("{}-{}", &joined[..240], short_hash(&joined))
 }
 
+/// The name of what is made in coffer's own namespace (or cluster-wide)
+/// for object `name` of namespace `ns`: `coffer-<ns>-<name>-<hash>`, a DNS
+/// label (at most 63 characters) that no other namespace's object shares.
+pub fn home_name(ns: &str, name: &str) -> String {
+    let hash = short_hash(&format!("{ns}/{name}"));
+    let head = object_name(&["coffer", ns, name]);
+    let head = head[..head.len().min(63 - 9)].trim_end_matches(['-', '.']);
+    format!("{head}-{hash}")
+}
+
+/// The run an object names in its [`RUN_ANNOTATION`]: `(namespace, name)`.
+pub fn annotated_run(
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> Option<(&str, &str)> {
+    annotations.get(RUN_ANNOTATION)?.split_once('/')
+}
+
 /// A valid label value (at most 63 characters).
 pub fn label_value(s: &str) -> String {
     if s.len() <= 63 {
@@ -70,7 +87,8 @@ pub const RUN_LABEL: &str = "coffer.dev/volumebackup";
 /// shortened when needed).
 pub const RESTORE_LABEL: &str = "coffer.dev/volumerestore";
 
-/// The annotation naming a mover pod's run exactly: `namespace/name`.
+/// The annotation naming the run of a mover pod, or of anything made in
+/// coffer's own namespace for a run, exactly: `namespace/name`.
 pub const RUN_ANNOTATION: &str = "coffer.dev/run";
 
 /// The annotation on a restored PVC: the run that made it.
@@ -129,6 +147,19 @@ pub const TRIGGER_LABEL: &str = "coffer.dev/trigger";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_in_coffers_namespace_are_dns_labels_no_two_namespaces_share() {
+        let a = home_name("a-b", "c");
+        let b = home_name("a", "b-c");
+        assert!(a.starts_with("coffer-a-b-c-") && b.starts_with("coffer-a-b-c-"));
+        assert_ne!(a, b);
+        let long = home_name(&"n".repeat(63), &"r".repeat(253));
+        assert!(long.len() <= 63, "{long}");
+        assert!(long.starts_with("coffer-nnn"));
+        let dots = home_name("ns", &format!("{}.x", "r".repeat(45)));
+        assert!(!dots.contains(".-") && !dots.contains("--"), "{dots}");
+    }
 
     #[test]
     fn names_are_valid_and_deterministic() {

@@ -6,7 +6,6 @@ use crate::crd::{RecordedClaim, RestoreTarget};
 use coffer_engine::format::snapshot::ClaimSpec;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use serde_json::json;
 use std::collections::BTreeMap;
 
@@ -46,8 +45,10 @@ pub fn is_block(pvc: &PersistentVolumeClaim) -> bool {
 
 /// How the clone of a snapshot is made.
 pub struct CloneClaim<'a> {
-    /// The clone's name (in the source's namespace).
+    /// The clone's name.
     pub name: &'a str,
+    /// Its namespace (coffer's own, where its VolumeSnapshot is exposed).
+    pub namespace: &'a str,
     /// The VolumeSnapshot it is provisioned from.
     pub snapshot: &'a str,
     /// The source claim.
@@ -60,8 +61,8 @@ pub struct CloneClaim<'a> {
     pub read_only_many: bool,
     /// Labels (the run label).
     pub labels: &'a BTreeMap<String, String>,
-    /// The owning VolumeBackup.
-    pub owner: &'a OwnerReference,
+    /// Annotations (the run, by namespace and name).
+    pub annotations: &'a BTreeMap<String, String>,
 }
 
 /// The clone claim: provisioned from the snapshot, sized from its restore
@@ -85,9 +86,9 @@ pub fn clone_claim(c: &CloneClaim) -> PersistentVolumeClaim {
     let mut value = json!({
         "metadata": {
             "name": c.name,
-            "namespace": c.source.metadata.namespace,
+            "namespace": c.namespace,
             "labels": c.labels,
-            "ownerReferences": [c.owner],
+            "annotations": c.annotations,
         },
         "spec": {
             "accessModes": modes,
@@ -238,18 +239,19 @@ mod tests {
             "status": {"capacity": {"storage": "8Gi"}}
         }));
         let labels = BTreeMap::from([(crate::names::RUN_LABEL.to_string(), "run".to_string())]);
-        let owner = OwnerReference::default();
+        let annotations = BTreeMap::new();
         let map = BTreeMap::from([("fast".to_string(), "cheap".to_string())]);
         let size = Quantity("9Gi".into());
         let mut c = CloneClaim {
             name: "coffer-run",
+            namespace: "coffer-system",
             snapshot: "coffer-run",
             source: &source,
             restore_size: Some(&size),
             storage_class_map: &map,
             read_only_many: false,
             labels: &labels,
-            owner: &owner,
+            annotations: &annotations,
         };
         let clone = clone_claim(&c);
         let spec = clone.spec.unwrap();
@@ -261,7 +263,7 @@ mod tests {
             spec.resources.unwrap().requests.unwrap()["storage"].0,
             "9Gi"
         );
-        assert_eq!(clone.metadata.namespace.as_deref(), Some("db"));
+        assert_eq!(clone.metadata.namespace.as_deref(), Some("coffer-system"));
         // No restore size: the source's capacity; ReadOnlyMany when asked.
         c.restore_size = None;
         c.read_only_many = true;

@@ -66,6 +66,125 @@ pub struct VolumeSnapshotSource {
     pub volume_snapshot_content_name: Option<String>,
 }
 
+/// A CSI VolumeSnapshotContent (cluster-scoped; the fields coffer reads
+/// and writes): the snapshot on the storage, which a VolumeSnapshot binds.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "snapshot.storage.k8s.io",
+    version = "v1",
+    kind = "VolumeSnapshotContent",
+    status = "VolumeSnapshotContentStatus",
+    schema = "disabled"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeSnapshotContentSpec {
+    /// `Delete` or `Retain`: whether the storage's snapshot goes with it.
+    pub deletion_policy: String,
+    /// The CSI driver.
+    pub driver: String,
+    /// A volume to snapshot, or an existing snapshot's handle.
+    pub source: ContentSource,
+    /// The VolumeSnapshot it is bound to.
+    pub volume_snapshot_ref: SnapshotRef,
+    /// The class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_snapshot_class_name: Option<String>,
+}
+
+/// Where a VolumeSnapshotContent's snapshot comes from.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ContentSource {
+    /// The volume (dynamic provisioning).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_handle: Option<String>,
+    /// An existing snapshot on the storage (pre-provisioned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_handle: Option<String>,
+}
+
+/// The VolumeSnapshot a content is bound to.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotRef {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+}
+
+/// What the snapshot controller reports of a content.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeSnapshotContentStatus {
+    /// The snapshot's handle on the storage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_handle: Option<String>,
+    /// Whether a volume can be provisioned from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_to_use: Option<bool>,
+}
+
+/// The handle of the snapshot that `content` holds: its status's, or the
+/// one it was pre-provisioned with.
+pub fn snapshot_handle(content: &VolumeSnapshotContent) -> Option<&str> {
+    content
+        .status
+        .as_ref()
+        .and_then(|s| s.snapshot_handle.as_deref())
+        .or(content.spec.source.snapshot_handle.as_deref())
+        .filter(|h| !h.is_empty())
+}
+
+/// The same snapshot exposed in another namespace, as Velero's data mover
+/// does: a pre-provisioned content `name` with `original`'s handle, driver
+/// and class, bound to VolumeSnapshot `namespace/name`. Its deletion policy
+/// is Retain, so that deleting it leaves the storage's snapshot to the
+/// original, which owns it.
+pub fn exposed_content(
+    original: &VolumeSnapshotContent,
+    handle: &str,
+    namespace: &str,
+    name: &str,
+) -> VolumeSnapshotContent {
+    VolumeSnapshotContent::new(
+        name,
+        VolumeSnapshotContentSpec {
+            deletion_policy: "Retain".into(),
+            driver: original.spec.driver.clone(),
+            source: ContentSource {
+                volume_handle: None,
+                snapshot_handle: Some(handle.into()),
+            },
+            volume_snapshot_ref: SnapshotRef {
+                namespace: namespace.into(),
+                name: name.into(),
+            },
+            volume_snapshot_class_name: original.spec.volume_snapshot_class_name.clone(),
+        },
+    )
+}
+
+/// The VolumeSnapshot `namespace/name` bound to content `name`.
+pub fn exposed_snapshot(
+    original: &VolumeSnapshotContent,
+    namespace: &str,
+    name: &str,
+) -> VolumeSnapshot {
+    let mut vs = VolumeSnapshot::new(
+        name,
+        VolumeSnapshotSpec {
+            source: VolumeSnapshotSource {
+                persistent_volume_claim_name: None,
+                volume_snapshot_content_name: Some(name.into()),
+            },
+            volume_snapshot_class_name: original.spec.volume_snapshot_class_name.clone(),
+        },
+    );
+    vs.metadata.namespace = Some(namespace.into());
+    vs
+}
+
 /// What the snapshot controller reports.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]

@@ -16,9 +16,13 @@
 //! makes). Only this module names the controllers; they never name each
 //! other.
 //!
-//! Every object made for a run carries the run label and an owner reference
-//! to the run, so a new leader finds where the run stands from the cluster
-//! alone, and a start-up sweep removes what a deleted run left.
+//! Mover pods, and what they read (a backup's exposed snapshot and clone),
+//! run in coffer's own namespace: the application's namespace needs no Pod
+//! Security exception and grants no right to create pods. Every object made
+//! for a run carries the run label and either an owner reference to the run
+//! (in the run's namespace) or the run's `namespace/name` in an annotation
+//! (in coffer's), so a new leader finds where the run stands from the
+//! cluster alone, and a start-up sweep removes what a deleted run left.
 
 pub(crate) mod backup;
 pub mod claims;
@@ -38,8 +42,9 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::Api;
 use kube::runtime::controller::Controller;
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::Client;
+use kube::{Client, Resource, ResourceExt};
 
 use crate::crd::{BackupRepository, BackupSchedule, VolumeBackup, VolumeRestore};
 use crate::lenient::Lenient;
@@ -49,6 +54,22 @@ use crate::controller::context::Ctx;
 use crate::controller::csi::VolumeSnapshot;
 use crate::names::RUN_LABEL;
 use crate::reconcile::{log_error, parsed, parsed_policy, retry_policy};
+
+/// The run of kind `K` that `o` was made for: its owner, or, for what lies
+/// in coffer's namespace (where no owner reference reaches), the run its
+/// annotation names. The controllers' watch mapper.
+pub fn run_of<K, O>(o: O) -> Option<ObjectRef<Lenient<K>>>
+where
+    K: Resource<DynamicType = ()>,
+    O: ResourceExt,
+{
+    let kind = K::kind(&());
+    if let Some(owner) = o.owner_references().iter().find(|r| r.kind == kind) {
+        return Some(ObjectRef::new(&owner.name).within(&o.namespace()?));
+    }
+    let (ns, name) = crate::names::annotated_run(o.annotations())?;
+    Some(ObjectRef::new(name).within(ns))
+}
 
 /// Leads (or waits to lead), then reconciles until leadership is lost or a
 /// watch ends. Losing the Lease ends the process's work: the caller exits
@@ -101,18 +122,25 @@ pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) -> anyhow
     // Every watched kind is lenient: one object that does not parse (in
     // any namespace) is logged and skipped, never the whole list.
     let children = watcher::Config::default().labels(RUN_LABEL);
+    let home = ctx.opts.namespace.clone();
     let backups = Controller::new(
         Api::<Lenient<VolumeBackup>>::all(client.clone()),
         watcher::Config::default(),
     )
-    .owns(Api::<Lenient<Pod>>::all(client.clone()), children.clone())
-    .owns(
-        Api::<Lenient<PersistentVolumeClaim>>::all(client.clone()),
+    .watches(
+        Api::<Pod>::namespaced(client.clone(), &home),
         children.clone(),
+        run_of::<VolumeBackup, _>,
     )
-    .owns(
-        Api::<Lenient<VolumeSnapshot>>::all(client.clone()),
+    .watches(
+        Api::<PersistentVolumeClaim>::namespaced(client.clone(), &home),
+        children.clone(),
+        run_of::<VolumeBackup, _>,
+    )
+    .watches(
+        Api::<VolumeSnapshot>::all(client.clone()),
         children,
+        run_of::<VolumeBackup, _>,
     )
     .run(
         parsed(backup::reconcile),
@@ -127,7 +155,7 @@ pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) -> anyhow
     .watches(
         Api::<Pod>::all(client.clone()),
         watcher::Config::default().labels(crate::names::RESTORE_LABEL),
-        restore::run_of,
+        run_of::<VolumeRestore, _>,
     )
     .run(
         parsed(restore::reconcile),

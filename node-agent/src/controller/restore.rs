@@ -29,7 +29,6 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
 use crate::crd::{BackupRepository, Phase, RestoreTarget, RunStatus, VolumeRestore};
@@ -48,12 +47,6 @@ use crate::names::{
     label_value, object_name, RESTORED_BY, RESTORED_FROM, RESTORE_LABEL, RUN_ANNOTATION,
 };
 use crate::run::Stage;
-
-/// The run a mover pod belongs to (the controller's watch mapper).
-pub fn run_of(pod: Pod) -> Option<ObjectRef<crate::lenient::Lenient<VolumeRestore>>> {
-    let (ns, name) = pod.annotations().get(RUN_ANNOTATION)?.split_once('/')?;
-    Some(ObjectRef::new(name).within(ns))
-}
 
 fn target_ns(vr: &VolumeRestore, t: &RestoreTarget) -> String {
     t.namespace
@@ -476,7 +469,7 @@ pub(crate) async fn sweep(ctx: &Ctx) {
         return;
     };
     for pod in list.items {
-        let Some(run) = run_of(pod.clone()) else {
+        let Some(run) = crate::controller::run_of::<VolumeRestore, _>(pod.clone()) else {
             continue;
         };
         let ns = run.namespace.clone().unwrap_or_default();

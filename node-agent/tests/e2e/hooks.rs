@@ -705,7 +705,11 @@ async fn a_group_with_only_pre_hooks_moves_its_runs_at_once() {
         .await;
     }
     for i in 0..2 {
-        env.wait_running(&ns, &format!("coffer-db-{i}")).await;
+        env.wait_running(
+            COFFER_NAMESPACE,
+            &crate::snapshots::mover(&ns, &format!("db-{i}")),
+        )
+        .await;
         let b = env
             .wait_for::<VolumeBackup>(&ns, &format!("db-{i}"), "moving", |b| {
                 b.status.as_ref().and_then(|s| s.stage.as_deref()) == Some("Moving")

@@ -134,7 +134,10 @@ async fn prune_runs_beside_a_backup_and_a_check_reads_every_part_then_finds_a_fl
     // prune finishes.
     use nix::sys::signal::Signal;
     snapshot_backup(&env, &ns, "new-1", json!({"pvc": "new"})).await;
-    let mover = format!("{ns}/coffer-new-1");
+    let mover = format!(
+        "{COFFER_NAMESPACE}/{}",
+        crate::snapshots::mover(&ns, "new-1")
+    );
     appears(&repo_dir.join("sessions"), "the backup's session").await;
     assert!(sim.signal(&mover, Signal::SIGSTOP), "no mover runs");
     let resume = async {

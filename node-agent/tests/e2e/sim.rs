@@ -337,17 +337,18 @@ pub async fn csi_pvc(
     .unwrap();
 }
 
-fn record(deletions: &Arc<Mutex<Vec<(u64, String)>>>, kind: &str, o: &impl ResourceExt) {
-    let rv = o
-        .resource_version()
+fn record(deletions: &Arc<Mutex<Vec<(u64, String)>>>, kind: &str, meta: &kube::api::ObjectMeta) {
+    let rv = meta
+        .resource_version
+        .as_deref()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     deletions.lock().unwrap().push((
         rv,
         format!(
             "{kind}/{}/{}",
-            o.namespace().unwrap_or_default(),
-            o.name_any()
+            meta.namespace.as_deref().unwrap_or_default(),
+            meta.name.as_deref().unwrap_or_default()
         ),
     ));
 }
@@ -365,7 +366,7 @@ async fn snapshotter(
         let vs = match ev {
             Ok(Event::Apply(vs) | Event::InitApply(vs)) => vs,
             Ok(Event::Delete(vs)) => {
-                record(&deletions, "VolumeSnapshot", &vs);
+                record(&deletions, "VolumeSnapshot", kube::Resource::meta(&vs));
                 continue;
             }
             _ => continue,
@@ -391,6 +392,23 @@ async fn snapshotter(
                     ),
                 )
                 .await;
+            continue;
+        }
+        if let Some(content) = vs.spec.source.volume_snapshot_content_name.clone() {
+            // Pre-provisioned: bound to its content, ready once the
+            // content's snapshot (its handle: here, the data's path) exists.
+            let Ok(c) = content_api(&client).get(&content).await else {
+                continue;
+            };
+            let bound_here = c.data["spec"]["volumeSnapshotRef"]["name"] == json!(vs.name_any())
+                && c.data["spec"]["volumeSnapshotRef"]["namespace"] == json!(ns);
+            let handle = c.data["spec"]["source"]["snapshotHandle"]
+                .as_str()
+                .unwrap_or_default();
+            if !bound_here || handle.is_empty() || !Path::new(handle).exists() {
+                continue;
+            }
+            bind_ready(&client, &snaps, &vs.name_any(), &content, handle).await;
             continue;
         }
         let Some(claim) = vs.spec.source.persistent_volume_claim_name.clone() else {
@@ -434,18 +452,32 @@ async fn snapshotter(
         let _ = content_api(&client)
             .create(&PostParams::default(), &c)
             .await;
-        let _ = snaps
-            .patch_status(
-                &vs.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": {
-                    "readyToUse": true,
-                    "restoreSize": "1Gi",
-                    "boundVolumeSnapshotContentName": content,
-                }})),
-            )
-            .await;
+        // The storage's handle of the snapshot: here, where its data is.
+        let handle = to.display().to_string();
+        bind_ready(&client, &snaps, &vs.name_any(), &content, &handle).await;
     }
+}
+
+/// Snapshot `name` and its `content` (of snapshot `handle`) are bound and
+/// ready, as the snapshot controller reports them.
+async fn bind_ready(
+    client: &Client,
+    snaps: &Api<VolumeSnapshot>,
+    name: &str,
+    content: &str,
+    handle: &str,
+) {
+    let pp = PatchParams::default();
+    let ready = json!({"status": {"readyToUse": true, "snapshotHandle": handle}});
+    let _ = content_api(client)
+        .patch_status(content, &pp, &Patch::Merge(ready))
+        .await;
+    let bound = json!({"status": {
+        "readyToUse": true,
+        "restoreSize": "1Gi",
+        "boundVolumeSnapshotContentName": content,
+    }});
+    let _ = snaps.patch_status(name, &pp, &Patch::Merge(bound)).await;
 }
 
 const GROUP_SNAPSHOTS: &str = "groupsnapshot.storage.k8s.io";
@@ -463,7 +495,7 @@ async fn group_snapshotter(client: Client, deletions: Arc<Mutex<Vec<(u64, String
         let vgs = match ev {
             Ok(Event::Apply(o) | Event::InitApply(o)) => o,
             Ok(Event::Delete(o)) => {
-                record(&deletions, "VolumeGroupSnapshot", &o);
+                record(&deletions, "VolumeGroupSnapshot", kube::Resource::meta(&o));
                 continue;
             }
             _ => continue,
@@ -547,7 +579,11 @@ async fn binder(
         let pvc = match ev {
             Ok(Event::Apply(p) | Event::InitApply(p)) => p,
             Ok(Event::Delete(p)) => {
-                record(&deletions, "PersistentVolumeClaim", &p);
+                record(
+                    &deletions,
+                    "PersistentVolumeClaim",
+                    kube::Resource::meta(&p),
+                );
                 continue;
             }
             _ => continue,
@@ -575,7 +611,12 @@ async fn binder(
                 let Ok(c) = content_api(&client).get(&content).await else {
                     continue;
                 };
-                let Some(from) = c.annotations().get("path").map(PathBuf::from) else {
+                // A pre-provisioned content's handle is the path too.
+                let Some(from) = c.annotations().get("path").map(PathBuf::from).or_else(|| {
+                    c.data["spec"]["source"]["snapshotHandle"]
+                        .as_str()
+                        .map(PathBuf::from)
+                }) else {
                     continue;
                 };
                 copy(&from, &to);
@@ -656,12 +697,29 @@ fn attach_loop(image: &Path) -> Option<String> {
 }
 
 async fn pv_deletions(client: Client, deletions: Arc<Mutex<Vec<(u64, String)>>>) {
-    let api: Api<PersistentVolume> = Api::all(client);
-    let mut stream = watcher::watcher(api, watcher::Config::default()).boxed();
-    while let Some(ev) = stream.next().await {
-        if let Ok(Event::Delete(pv)) = ev {
-            record(&deletions, "PersistentVolume", &pv);
+    let pvs = watcher::watcher(
+        Api::<PersistentVolume>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .filter_map(|ev| async move {
+        match ev {
+            Ok(Event::Delete(pv)) => Some(("PersistentVolume", pv.metadata)),
+            _ => None,
         }
+    });
+    // Only exposed contents are ever deleted here (the snapshotter's own
+    // go with nothing).
+    let contents = watcher::watcher(content_api(&client), watcher::Config::default()).filter_map(
+        |ev| async move {
+            match ev {
+                Ok(Event::Delete(c)) => Some(("VolumeSnapshotContent", c.metadata)),
+                _ => None,
+            }
+        },
+    );
+    let mut both = futures::stream::select(pvs.boxed(), contents.boxed());
+    while let Some((kind, meta)) = both.next().await {
+        record(&deletions, kind, &meta);
     }
 }
 
@@ -721,7 +779,7 @@ async fn kubelet(
         let pod = match ev {
             Ok(Event::Apply(p) | Event::InitApply(p)) => p,
             Ok(Event::Delete(p)) => {
-                record(&deletions, "Pod", &p);
+                record(&deletions, "Pod", kube::Resource::meta(&p));
                 let key = format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any());
                 // SIGTERM, as the kubelet stops a container.
                 if let Some(mover) = movers.lock().unwrap().remove(&key) {

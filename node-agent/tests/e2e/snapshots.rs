@@ -60,18 +60,29 @@ pub(crate) fn message(vb: &VolumeBackup) -> String {
         .unwrap_or_default()
 }
 
-/// The run's objects in cleanup order, as [`Sim::deletions`] names them.
+/// The name of run `ns/run`'s mover pod, clone and exposed snapshot, in
+/// coffer's namespace.
+pub(crate) fn mover(ns: &str, run: &str) -> String {
+    coffer_node_agent::names::home_name(ns, run)
+}
+
+/// The run's objects in cleanup order, as [`Sim::deletions`] names them:
+/// in coffer's namespace the mover pod, the clone and its volume, the
+/// exposed snapshot and its content; then the run's own snapshot, unless
+/// it is kept.
 fn cleanup_order(ns: &str, run: &str, pv: Option<&str>, snapshot: bool) -> Vec<String> {
-    let child = format!("coffer-{run}");
+    let home = mover(ns, run);
     let mut v = vec![
-        format!("Pod/{ns}/{child}"),
-        format!("PersistentVolumeClaim/{ns}/{child}"),
+        format!("Pod/{COFFER_NAMESPACE}/{home}"),
+        format!("PersistentVolumeClaim/{COFFER_NAMESPACE}/{home}"),
     ];
     if let Some(pv) = pv {
         v.push(format!("PersistentVolume//{pv}"));
     }
+    v.push(format!("VolumeSnapshot/{COFFER_NAMESPACE}/{home}"));
+    v.push(format!("VolumeSnapshotContent//{home}"));
     if snapshot {
-        v.push(format!("VolumeSnapshot/{ns}/{child}"));
+        v.push(format!("VolumeSnapshot/{ns}/coffer-{run}"));
     }
     v
 }
@@ -240,7 +251,7 @@ async fn runs_canceled_or_deleted_while_their_mover_runs_are_cleaned_up_in_order
         let ns = ns.clone();
         async move {
             snapshot_backup(env, &ns, run, json!({"pvc": "data"})).await;
-            env.wait_running(&ns, &format!("coffer-{run}")).await;
+            env.wait_running(COFFER_NAMESPACE, &mover(&ns, run)).await;
         }
     };
     let api: Api<VolumeBackup> = Api::namespaced(env.client.clone(), &ns);
@@ -248,8 +259,11 @@ async fn runs_canceled_or_deleted_while_their_mover_runs_are_cleaned_up_in_order
     moving("canceled").await;
     // The mover's own account may read and patch its run's status, and
     // nothing else: not another run's, not its run's spec, not the
-    // repository's status, not the Secrets of its namespace.
-    let mover = env.client_as(&ns, "coffer-canceled").await;
+    // repository's status, not the Secrets of its namespace but the
+    // repository's password, which it reads by name.
+    let mover = env
+        .client_as(COFFER_NAMESPACE, &self::mover(&ns, "canceled"))
+        .await;
     let runs: Api<VolumeBackup> = Api::namespaced(mover.clone(), &ns);
     let nothing = Patch::Merge(json!({"status": {}}));
     let pp = PatchParams::default();
@@ -286,7 +300,18 @@ async fn runs_canceled_or_deleted_while_their_mover_runs_are_cleaned_up_in_order
                 .await
                 .map(drop),
         ),
+        (
+            "another Secret",
+            Api::<k8s_openapi::api::core::v1::Secret>::namespaced(mover.clone(), &ns)
+                .get("other-password")
+                .await
+                .map(drop),
+        ),
     ];
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(mover.clone(), &ns)
+        .get("default-password")
+        .await
+        .expect("its repository's password");
     for (what, r) in refusals {
         match r {
             Err(kube::Error::Api(e)) => assert_eq!(e.code, 403, "{what}: {e:?}"),
@@ -304,7 +329,7 @@ async fn runs_canceled_or_deleted_while_their_mover_runs_are_cleaned_up_in_order
     assert_eq!(vb.status.as_ref().unwrap().phase, Phase::Canceled);
     let pv = clone_pv(&sim).await.expect("the clone's PV was deleted");
     assert_deletions(&sim, cleanup_order(&ns, "canceled", Some(&pv), true)).await;
-    env.assert_no_mover_account(&ns, &ns, "coffer-canceled")
+    env.assert_no_mover_account(COFFER_NAMESPACE, &ns, &self::mover(&ns, "canceled"))
         .await;
 
     sim.deletions.lock().unwrap().clear();
@@ -333,8 +358,8 @@ async fn runs_canceled_or_deleted_while_their_mover_runs_are_cleaned_up_in_order
     // cleanup goes on once the pod is gone.
     sim.deletions.lock().unwrap().clear();
     moving("evicted").await;
-    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &ns);
-    let mover = "coffer-evicted";
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), COFFER_NAMESPACE);
+    let mover = &self::mover(&ns, "evicted");
     pods.patch(
         mover,
         &PatchParams::default(),
@@ -362,7 +387,7 @@ async fn runs_canceled_or_deleted_while_their_mover_runs_are_cleaned_up_in_order
     assert_eq!(vb.status.as_ref().unwrap().phase, Phase::Failed);
     assert!(
         message(&vb).contains(&format!(
-            "mover pod {ns}/{mover} is being deleted before it finished (DeletionByTaintManager"
+            "mover pod {COFFER_NAMESPACE}/{mover} is being deleted before it finished (DeletionByTaintManager"
         )),
         "{}",
         message(&vb)
@@ -401,10 +426,11 @@ async fn a_mover_left_terminating_by_a_lost_node_is_force_deleted_and_cleanup_go
     env.server
         .as_ref()
         .unwrap()
-        .leave_pod_deletions_unconfirmed(&ns);
+        .leave_pod_deletions_unconfirmed(COFFER_NAMESPACE);
     let c = Controller::start(&env, "a", &["--terminating-limit", "1s"]);
     snapshot_backup(&env, &ns, "lost", json!({"pvc": "data"})).await;
-    env.wait_running(&ns, "coffer-lost").await;
+    env.wait_running(COFFER_NAMESPACE, &mover(&ns, "lost"))
+        .await;
     Api::<VolumeBackup>::namespaced(env.client.clone(), &ns)
         .patch(
             "lost",
@@ -417,20 +443,25 @@ async fn a_mover_left_terminating_by_a_lost_node_is_force_deleted_and_cleanup_go
     assert_eq!(vb.status.as_ref().unwrap().phase, Phase::Canceled);
     let pv = clone_pv(&sim).await.expect("the clone's PV was deleted");
     assert_deletions(&sim, cleanup_order(&ns, "lost", Some(&pv), true)).await;
-    env.assert_no_mover_account(&ns, &ns, "coffer-lost").await;
+    env.assert_no_mover_account(COFFER_NAMESPACE, &ns, &mover(&ns, "lost"))
+        .await;
     let log = c.log_text();
     assert!(
         log.contains(&format!(
-            "pod {ns}/coffer-lost is still Terminating 1s after its grace period"
+            "pod {COFFER_NAMESPACE}/{} is still Terminating 1s after its grace period",
+            mover(&ns, "lost")
         )),
         "{log}"
     );
 }
 
 /// What a run left when it was deleted while no controller ran and its
-/// finalizer was removed by hand (owned by a VolumeBackup that no longer
-/// exists): the start-up sweep deletes it in cleanup order, and sets the
-/// clone's retained volume to Delete, so that it goes with its claim.
+/// finalizer was removed by hand: in coffer's namespace (tied to the run by
+/// its annotation) a mover pod, a clone and an exposed snapshot, its
+/// content, and in the run's namespace its snapshot (owned by a
+/// VolumeBackup that no longer exists). The start-up sweep deletes them in
+/// cleanup order, and sets the clone's retained volume to Delete, so that
+/// it goes with its claim.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_start_up_sweep_deletes_what_a_run_deleted_behind_its_back_left() {
     let Some((mut env, sim)) = fake_cluster().await else {
@@ -439,17 +470,27 @@ async fn the_start_up_sweep_deletes_what_a_run_deleted_behind_its_back_left() {
     let ns = env.namespace("sweep").await;
     let data = env.dir.path().join("csi/source/data");
     fill(&data, 18, 1);
+    let home = mover(&ns, "gone");
+    let labels = json!({coffer_node_agent::names::RUN_LABEL: "gone",
+        "app.kubernetes.io/managed-by": "coffer-controller"});
     let left = json!({
-        "labels": {coffer_node_agent::names::RUN_LABEL: "gone",
-            "app.kubernetes.io/managed-by": "coffer-controller"},
-        "ownerReferences": [{"apiVersion": "coffer.dev/v1alpha1", "kind": "VolumeBackup",
-            "name": "gone", "uid": "a-run-long-gone", "controller": true}],
+        "name": home,
+        "labels": labels,
+        "annotations": {coffer_node_agent::names::RUN_ANNOTATION: format!("{ns}/gone")},
     });
-    sim::csi_pvc(&env, &ns, "coffer-gone", "Filesystem", &data, json!({})).await;
-    let pv = format!("pv-{ns}-coffer-gone");
-    Api::<PersistentVolumeClaim>::namespaced(env.client.clone(), &ns)
+    sim::csi_pvc(
+        &env,
+        COFFER_NAMESPACE,
+        &home,
+        "Filesystem",
+        &data,
+        json!({}),
+    )
+    .await;
+    let pv = format!("pv-{COFFER_NAMESPACE}-{home}");
+    Api::<PersistentVolumeClaim>::namespaced(env.client.clone(), COFFER_NAMESPACE)
         .patch(
-            "coffer-gone",
+            &home,
             &PatchParams::default(),
             &Patch::Merge(json!({"metadata": left})),
         )
@@ -463,26 +504,59 @@ async fn the_start_up_sweep_deletes_what_a_run_deleted_behind_its_back_left() {
         )
         .await
         .unwrap();
-    let mut pod = left.clone();
-    pod["name"] = json!("coffer-gone");
     env.create::<Pod>(
-        &ns,
+        COFFER_NAMESPACE,
         json!({
-            "metadata": pod,
+            "metadata": left,
             "spec": {"containers": [{"name": "mover", "image": "coffer"}]},
             "status": {"phase": "Running"},
         }),
     )
     .await;
-    let mut vs = left.clone();
-    vs["name"] = json!("coffer-gone");
-    env.create::<VolumeSnapshot>(
-        &ns,
+    env.create::<k8s_openapi::api::core::v1::ServiceAccount>(
+        COFFER_NAMESPACE,
+        json!({"metadata": left}),
+    )
+    .await;
+    let snapshot = |metadata: serde_json::Value, source: serde_json::Value| {
         json!({
             "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
-            "metadata": vs,
-            "spec": {"source": {"persistentVolumeClaimName": "data"}},
-        }),
+            "metadata": metadata, "spec": {"source": source},
+        })
+    };
+    env.create::<VolumeSnapshot>(
+        COFFER_NAMESPACE,
+        snapshot(left.clone(), json!({"volumeSnapshotContentName": home})),
+    )
+    .await;
+    let content: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotContent",
+        "metadata": left,
+        "spec": {"deletionPolicy": "Retain", "driver": sim::DRIVER,
+                 "source": {"snapshotHandle": data.display().to_string()},
+                 "volumeSnapshotRef": {"namespace": COFFER_NAMESPACE, "name": home}},
+    }))
+    .unwrap();
+    let contents = Api::<kube::api::DynamicObject>::all_with(
+        env.client.clone(),
+        &kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
+            "snapshot.storage.k8s.io",
+            "v1",
+            "VolumeSnapshotContent",
+        )),
+    );
+    contents
+        .create(&Default::default(), &content)
+        .await
+        .unwrap();
+    env.create::<VolumeSnapshot>(
+        &ns,
+        snapshot(
+            json!({"name": "coffer-gone", "labels": labels,
+                "ownerReferences": [{"apiVersion": "coffer.dev/v1alpha1", "kind": "VolumeBackup",
+                    "name": "gone", "uid": "a-run-long-gone", "controller": true}]}),
+            json!({"persistentVolumeClaimName": "data"}),
+        ),
     )
     .await;
 
@@ -509,6 +583,9 @@ async fn the_start_up_sweep_deletes_what_a_run_deleted_behind_its_back_left() {
         .unwrap()
         .persistent_volume_reclaim_policy;
     assert_eq!(policy.as_deref(), Some("Delete"));
+    // The swept mover's account went with it.
+    env.wait_gone::<k8s_openapi::api::core::v1::ServiceAccount>(COFFER_NAMESPACE, &home)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -577,7 +654,8 @@ async fn an_unschedulable_mover_fails_the_run_at_once_naming_the_reason() {
     assert_eq!(vb.status.as_ref().unwrap().phase, Phase::Failed);
     assert!(
         message(&vb).contains(&format!(
-            "mover pod {ns}/coffer-nowhere cannot be scheduled: 0/3 nodes are available: 3 node(s) had volume node affinity conflict."
+            "mover pod {COFFER_NAMESPACE}/{} cannot be scheduled: 0/3 nodes are available: 3 node(s) had volume node affinity conflict.",
+            mover(&ns, "nowhere")
         )),
         "{}",
         message(&vb)
@@ -602,14 +680,15 @@ async fn a_mover_refused_by_admission_fails_the_run_at_once_and_one_refused_for_
     env.server
         .as_ref()
         .unwrap()
-        .forbid_creates("pods", &ns, policy);
+        .forbid_creates("pods", COFFER_NAMESPACE, policy);
     let _c = Controller::start(&env, "a", &["--prepare-timeout", "30m"]);
     snapshot_backup(&env, &ns, "refused", json!({"pvc": "data"})).await;
     let vb = wait_cleaned(&env, &ns, "refused").await;
     assert_eq!(vb.status.as_ref().unwrap().phase, Phase::Failed);
     assert!(
         message(&vb).contains(&format!(
-            "the API server refused to create pod {ns}/coffer-refused: pods \"coffer-refused\" is forbidden: {policy} (403, Forbidden)"
+            "the API server refused to create pod {COFFER_NAMESPACE}/{m}: pods \"{m}\" is forbidden: {policy} (403, Forbidden)",
+            m = mover(&ns, "refused")
         )),
         "{}",
         message(&vb)
@@ -628,9 +707,10 @@ async fn a_mover_refused_by_admission_fails_the_run_at_once_and_one_refused_for_
     env.repository(&quota, "default", PASSWORD).await;
     sim::csi_pvc(&env, &quota, "data", "Filesystem", &data, json!({})).await;
     let server = env.server.as_ref().unwrap();
+    server.allow_creates("pods", COFFER_NAMESPACE);
     server.forbid_creates(
         "pods",
-        &quota,
+        COFFER_NAMESPACE,
         "exceeded quota: pods, requested: pods=1, used: pods=10, limited: pods=10",
     );
     let before = server.refusals();
@@ -640,7 +720,7 @@ async fn a_mover_refused_by_admission_fails_the_run_at_once_and_one_refused_for_
         assert!(tokio::time::Instant::now() < deadline, "never tried again");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    server.allow_creates("pods", &quota);
+    server.allow_creates("pods", COFFER_NAMESPACE);
     let vb = wait_cleaned(&env, &quota, "later").await;
     assert_eq!(
         vb.status.as_ref().unwrap().phase,
@@ -671,7 +751,8 @@ async fn a_mover_whose_repository_directory_is_missing_fails_the_run_at_once() {
     assert_eq!(vb.status.as_ref().unwrap().phase, Phase::Failed);
     assert!(
         message(&vb).contains(&format!(
-            "mover pod {ns}/coffer-nodir cannot start: FailedMount: MountVolume.SetUp failed for volume \"repository\" : hostPath type check failed: {} is not a directory",
+            "mover pod {COFFER_NAMESPACE}/{} cannot start: FailedMount: MountVolume.SetUp failed for volume \"repository\" : hostPath type check failed: {} is not a directory",
+            mover(&ns, "nodir"),
             missing.display()
         )),
         "{}",
@@ -891,7 +972,7 @@ async fn movers_run_the_controllers_own_image() {
     let _c = Controller::start_as_deployed(&env, "coffer-controller-7d9f", &[]);
     snapshot_backup(&env, &ns, "own", json!({"pvc": "data"})).await;
     let pod = env
-        .wait_for::<Pod>(&ns, "coffer-own", "created", |_| true)
+        .wait_for::<Pod>(COFFER_NAMESPACE, &mover(&ns, "own"), "created", |_| true)
         .await;
     let images: Vec<_> = pod
         .spec

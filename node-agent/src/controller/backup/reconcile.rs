@@ -18,11 +18,15 @@ use crate::controller::backup::group::{
     find_snapshot, group, take_snapshots, thaw, Found, Group, GROUP_POLL,
 };
 use crate::controller::backup::hooks::{frozen, snapshot_hooks};
-use crate::controller::backup::run::{child_name, is_open, run_labels};
+use crate::controller::backup::run::{
+    child_name, home_child, is_open, run_annotations, run_labels,
+};
 use crate::controller::claims::{claim_spec, clone_claim, is_block, CloneClaim};
 use crate::controller::context::Ctx;
-use crate::controller::csi::snapshot_state;
-use crate::controller::csi::{SnapshotState, VolumeSnapshot};
+use crate::controller::csi::{
+    exposed_content, exposed_snapshot, snapshot_handle, snapshot_state, SnapshotState,
+    VolumeSnapshot, VolumeSnapshotContent,
+};
 use crate::controller::lifecycle::{self, fail, follow_mover, ControllerRun, Triage};
 use crate::controller::movers::pod::{mover_pod, MoverPod, MoverVolume, SOURCE_DEVICE, SOURCE_DIR};
 use crate::controller::movers::{common_args, create_mover, SecretsOf, StatusOf};
@@ -175,7 +179,6 @@ pub(crate) async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Res
         return Ok(Action::await_change());
     };
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
 
     // 2. The snapshot, taken by the group's leader.
     let vs = match find_snapshot(ctx, vb).await? {
@@ -207,30 +210,62 @@ pub(crate) async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Res
         }
     };
 
-    // 3. and 4.: observe, plan, act.
-    let vs_name = vs.name_any();
-    let read_pvc = |name: String| {
-        let pvcs = pvcs.clone();
-        let what = format!("reading PVC {ns}/{name}");
-        async move { pvcs.get_opt(&name).await.map_err(kube_err(what)) }
+    // 3. to 5.: observe, plan, act. The snapshot is exposed in coffer's
+    // own namespace, where its clone and the mover are made: the
+    // application's namespace needs no right to run them.
+    let home = ctx.opts.namespace.clone();
+    let exposed = home_child(vb);
+    let home_pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &home);
+    let home_pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &home);
+    let home_snaps: Api<VolumeSnapshot> = Api::namespaced(ctx.client.clone(), &home);
+    let contents: Api<VolumeSnapshotContent> = Api::all(ctx.client.clone());
+    let original = match vs
+        .status
+        .as_ref()
+        .and_then(|s| s.bound_volume_snapshot_content_name.clone())
+    {
+        Some(c) => contents
+            .get_opt(&c)
+            .await
+            .map_err(kube_err(format!("reading VolumeSnapshotContent {c}")))?,
+        None => None,
     };
     let seen = MoverSeen {
-        source: read_pvc(pvc_name.clone()).await?,
-        clone: read_pvc(child.clone()).await?,
-        mover: pods
-            .get_opt(&child)
+        source: pvcs
+            .get_opt(&pvc_name)
             .await
-            .map_err(kube_err(format!("reading pod {ns}/{child}")))?,
+            .map_err(kube_err(format!("reading PVC {ns}/{pvc_name}")))?,
+        content: original,
+        exposed: home_snaps
+            .get_opt(&exposed)
+            .await
+            .map_err(kube_err(format!("reading VolumeSnapshot {home}/{exposed}")))?,
+        clone: home_pvcs
+            .get_opt(&exposed)
+            .await
+            .map_err(kube_err(format!("reading PVC {home}/{exposed}")))?,
+        mover: home_pods
+            .get_opt(&exposed)
+            .await
+            .map_err(kube_err(format!("reading pod {home}/{exposed}")))?,
     };
-    let left = remaining(
-        vs.meta().creation_timestamp.as_ref(),
-        ctx.opts.snapshot_timeout,
+    let left = |vs: &VolumeSnapshot| {
+        remaining(
+            vs.meta().creation_timestamp.as_ref(),
+            ctx.opts.snapshot_timeout,
+        )
+    };
+    let lefts = (
+        left(&vs),
+        seen.exposed.as_ref().map_or(Duration::ZERO, left),
     );
-    let step = plan_move(vb, st, &vs, left, ctx.opts.snapshot_timeout, &seen);
+    let step = plan_move(vb, st, &vs, lefts, ctx.opts.snapshot_timeout, &seen, &home);
     let block = matches!(
         step,
         MoveStep::CreateClone { block: true } | MoveStep::StartMover { block: true }
     );
+    let labels = run_labels(vb);
+    let annotations = run_annotations(vb);
     match step {
         MoveStep::Fail(why) => {
             fail(ctx, vb, why).await?;
@@ -248,36 +283,61 @@ pub(crate) async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Res
             fail(ctx, vb, why).await?;
             Ok(Action::await_change())
         }
-        MoveStep::CreateClone { .. } => {
-            // The point in time is taken: the post-hooks, before the clone.
+        MoveStep::Expose { handle } => {
+            // The point in time is taken: the post-hooks, before anything else.
             if let Some(wait) = thaw(ctx, vb).await? {
                 return Ok(wait);
             }
+            let Some(original) = &seen.content else {
+                return Ok(Action::requeue(Duration::ZERO));
+            };
+            let mark = |meta: &mut kube::api::ObjectMeta| {
+                meta.labels = Some(labels.clone());
+                meta.annotations = Some(annotations.clone());
+            };
+            let mut content = exposed_content(original, &handle, &home, &exposed);
+            mark(&mut content.metadata);
+            create(
+                &contents,
+                &content,
+                &format!("VolumeSnapshotContent {exposed}"),
+            )
+            .await?;
+            let mut snapshot = exposed_snapshot(original, &home, &exposed);
+            mark(&mut snapshot.metadata);
+            create(
+                &home_snaps,
+                &snapshot,
+                &format!("VolumeSnapshot {home}/{exposed}"),
+            )
+            .await?;
+            Ok(Action::requeue(ctx.opts.snapshot_timeout))
+        }
+        MoveStep::CreateClone { .. } => {
             let Some(source) = &seen.source else {
                 return Ok(Action::requeue(Duration::ZERO));
             };
-            let labels = run_labels(vb);
-            let owner = vb.controller_owner_ref(&()).unwrap_or_default();
             let restore_size = match snapshot_state(&vs) {
                 SnapshotState::Ready(size) => size,
                 _ => None,
             };
             let c = clone_claim(&CloneClaim {
-                name: &child,
-                snapshot: &vs_name,
+                name: &exposed,
+                namespace: &home,
+                snapshot: &exposed,
                 source,
                 restore_size: restore_size.as_ref(),
                 storage_class_map: &ctx.opts.storage_class_map,
                 read_only_many: ctx.opts.read_only_many,
                 labels: &labels,
-                owner: &owner,
+                annotations: &annotations,
             });
-            create(&pvcs, &c, &format!("PVC {ns}/{child}")).await?;
+            create(&home_pvcs, &c, &format!("PVC {home}/{exposed}")).await?;
             // The next pass starts the mover.
             Ok(Action::requeue(Duration::ZERO))
         }
         MoveStep::StartMover { .. } => {
-            let Some(spec_source) = seen.source.as_ref().or(seen.clone.as_ref()) else {
+            let Some(spec_source) = seen.source.as_ref() else {
                 return Ok(Action::requeue(Duration::ZERO));
             };
             let Some(repo) = repository(ctx, vb).await? else {
@@ -285,20 +345,18 @@ pub(crate) async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Res
             };
             let origin = origin_of(ctx, spec_source).await;
             let args = mover_args(ctx, vb, &repo, &pvc_name, block, &origin)?;
-            let labels = run_labels(vb);
-            let owner = vb.controller_owner_ref(&()).unwrap_or_default();
             let volume = MoverVolume {
-                claim: &child,
+                claim: &exposed,
                 block,
                 write: false,
             };
-            let p = mover_pod(&MoverPod {
+            let mut p = mover_pod(&MoverPod {
                 volume: Some(volume),
                 args,
                 labels: &labels,
-                owner: Some(&owner),
-                ..ctx.mover(&child, &ns, &repo)
+                ..ctx.mover(&exposed, &home, &repo)
             });
+            p.metadata.annotations = Some(annotations.clone());
             create_mover(ctx, &p, &StatusOf::of(vb), &SecretsOf::of(&[&repo])).await?;
             crate::report::update_run::<VolumeBackup>(&ctx.client, &ns, &vb.name_any(), |s| {
                 s.stage = Some(Stage::Moving.into())
@@ -309,7 +367,7 @@ pub(crate) async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Res
                     vb,
                     EventType::Normal,
                     "MoverStarted",
-                    format!("VolumeSnapshot {child} is ready; mover pod {child} reads its clone"),
+                    format!("VolumeSnapshot {child} is ready; mover pod {home}/{exposed} reads its clone"),
                 )
                 .await;
             Ok(Action::requeue(ctx.opts.prepare_timeout))
@@ -338,64 +396,90 @@ async fn repository(ctx: &Ctx, vb: &VolumeBackup) -> Result<Option<BackupReposit
 }
 
 /// What a backup pass saw once its VolumeSnapshot exists: the claim it
-/// snapshots, the clone, and the mover pod.
+/// snapshots and the snapshot's content, then in coffer's namespace the
+/// exposed snapshot, the clone and the mover pod.
 #[derive(Debug, Default)]
 pub(crate) struct MoverSeen {
     pub(crate) source: Option<PersistentVolumeClaim>,
+    pub(crate) content: Option<VolumeSnapshotContent>,
+    pub(crate) exposed: Option<VolumeSnapshot>,
     pub(crate) clone: Option<PersistentVolumeClaim>,
     pub(crate) mover: Option<Pod>,
 }
 
-/// Steps 3 and 4 of a backup, once its VolumeSnapshot exists.
+/// Steps 3 to 5 of a backup, once its VolumeSnapshot exists.
 #[derive(Debug, PartialEq)]
 pub(crate) enum MoveStep {
     /// End the run: the snapshot failed or timed out, or what the run
     /// relied on went.
     Fail(String),
-    /// The snapshot is not ready: look again after this.
+    /// A snapshot is not ready: look again after this.
     Wait(Duration),
-    /// Run the post-hooks, then make the clone (as a raw block claim).
-    CreateClone { block: bool },
+    /// Run the post-hooks, then expose the snapshot (its storage handle)
+    /// in coffer's namespace.
+    Expose { handle: String },
     /// Run the post-hooks, then end the run: the claim went before its
-    /// clone was made.
+    /// snapshot was exposed.
     ThawAndFail(String),
+    /// Make the clone of the exposed snapshot (as a raw block claim).
+    CreateClone { block: bool },
     /// Start the mover on the clone (reading it as a device).
     StartMover { block: bool },
     /// Follow the mover that runs.
     Follow,
 }
 
-/// Plans steps 3 and 4 of run `vb` from its snapshot `vs` (with `left` of
-/// `timeout` to become ready) and what the pass saw.
+/// Plans steps 3 to 5 of run `vb` from its snapshot `vs` and what the pass
+/// saw; `left` is how much of `timeout` the snapshot and the exposed one
+/// have left to become ready, `home` coffer's namespace.
 pub(crate) fn plan_move(
     vb: &VolumeBackup,
     st: &RunStatus,
     vs: &VolumeSnapshot,
-    left: Duration,
+    left: (Duration, Duration),
     timeout: Duration,
     seen: &MoverSeen,
+    home: &str,
 ) -> MoveStep {
     let ns = vb.namespace().unwrap_or_default();
-    let vs_name = vs.name_any();
-    match snapshot_state(vs) {
-        SnapshotState::Failed(m) => {
-            return MoveStep::Fail(format!("VolumeSnapshot {ns}/{vs_name} failed: {m}"))
-        }
-        SnapshotState::Pending if left.is_zero() => {
-            return MoveStep::Fail(format!(
-                "VolumeSnapshot {ns}/{vs_name} did not become ready within {}; check the CSI driver and the snapshot controller (kubectl -n {ns} describe volumesnapshot {vs_name})",
-                humantime::format_duration(timeout)
-            ))
-        }
-        SnapshotState::Pending => return MoveStep::Wait(left),
-        SnapshotState::Ready(_) => {}
+    if let Some(wait) = ready(vs, &ns, left.0, timeout) {
+        return wait;
     }
-    let child = child_name(vb);
+    let exposed = home_child(vb);
+    let Some(exposed_vs) = &seen.exposed else {
+        if seen.source.is_none() {
+            return MoveStep::ThawAndFail(format!(
+                "PersistentVolumeClaim {ns}/{} was deleted before its snapshot was read",
+                st.pvc.clone().unwrap_or_default()
+            ));
+        }
+        let content = vs
+            .status
+            .as_ref()
+            .and_then(|s| s.bound_volume_snapshot_content_name.clone())
+            .unwrap_or_default();
+        return match seen.content.as_ref().map(snapshot_handle) {
+            Some(Some(handle)) => MoveStep::Expose {
+                handle: handle.to_string(),
+            },
+            Some(None) => MoveStep::Fail(format!(
+                "VolumeSnapshotContent {content} of VolumeSnapshot {ns}/{} is ready but has no snapshotHandle; check the CSI driver",
+                vs.name_any()
+            )),
+            None => MoveStep::Fail(format!(
+                "VolumeSnapshot {ns}/{} is ready but its VolumeSnapshotContent {content:?} is missing",
+                vs.name_any()
+            )),
+        };
+    };
+    if let Some(wait) = ready(exposed_vs, home, left.1, timeout) {
+        return wait;
+    }
     let block = match (&seen.clone, &seen.source) {
         (Some(c), _) => is_block(c),
         (None, Some(s)) => return MoveStep::CreateClone { block: is_block(s) },
         (None, None) => {
-            return MoveStep::ThawAndFail(format!(
+            return MoveStep::Fail(format!(
                 "PersistentVolumeClaim {ns}/{} was deleted before its clone was made",
                 st.pvc.clone().unwrap_or_default()
             ))
@@ -404,9 +488,26 @@ pub(crate) fn plan_move(
     match &seen.mover {
         Some(_) => MoveStep::Follow,
         None if Stage::of(st) == Some(Stage::Moving) => MoveStep::Fail(format!(
-            "mover pod {ns}/{child} disappeared before the backup ended (deleted or evicted)"
+            "mover pod {home}/{exposed} disappeared before the backup ended (deleted or evicted)"
         )),
         None => MoveStep::StartMover { block },
+    }
+}
+
+/// `None` when snapshot `vs` (in `ns`) is ready; else whether to wait (it
+/// has `left` of `timeout`) or fail.
+fn ready(vs: &VolumeSnapshot, ns: &str, left: Duration, timeout: Duration) -> Option<MoveStep> {
+    let name = vs.name_any();
+    match snapshot_state(vs) {
+        SnapshotState::Failed(m) => Some(MoveStep::Fail(format!(
+            "VolumeSnapshot {ns}/{name} failed: {m}"
+        ))),
+        SnapshotState::Pending if left.is_zero() => Some(MoveStep::Fail(format!(
+            "VolumeSnapshot {ns}/{name} did not become ready within {}; check the CSI driver and the snapshot controller (kubectl -n {ns} describe volumesnapshot {name})",
+            humantime::format_duration(timeout)
+        ))),
+        SnapshotState::Pending => Some(MoveStep::Wait(left)),
+        SnapshotState::Ready(_) => None,
     }
 }
 
@@ -503,6 +604,26 @@ mod tests {
     }
 
     const TIMEOUT: Duration = Duration::from_secs(600);
+    const HOME: &str = "coffer-system";
+
+    fn content(handle: Option<&str>) -> VolumeSnapshotContent {
+        serde_json::from_value(json!({
+            "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotContent",
+            "metadata": {"name": "snapcontent-1"},
+            "spec": {"deletionPolicy": "Delete", "driver": "csi.example",
+                     "source": {"volumeHandle": "vol-1"},
+                     "volumeSnapshotRef": {"namespace": "shop", "name": "coffer-nightly"}},
+            "status": {"readyToUse": true, "snapshotHandle": handle},
+        }))
+        .unwrap()
+    }
+
+    fn exposed(status: serde_json::Value) -> VolumeSnapshot {
+        let mut vs = snapshot(status);
+        vs.metadata.namespace = Some(HOME.into());
+        vs.metadata.name = Some(crate::names::home_name("shop", "nightly"));
+        vs
+    }
 
     #[test]
     fn a_snapshot_that_fails_or_never_becomes_ready_ends_the_run_naming_it() {
@@ -510,11 +631,9 @@ mod tests {
         let seen = MoverSeen::default();
         let pending = snapshot(json!({"readyToUse": false}));
         let left = Duration::from_secs(42);
-        assert_eq!(
-            plan_move(&run(), &st, &pending, left, TIMEOUT, &seen),
-            MoveStep::Wait(left)
-        );
-        match plan_move(&run(), &st, &pending, Duration::ZERO, TIMEOUT, &seen) {
+        let plan = |vs, left, seen| plan_move(&run(), &st, vs, left, TIMEOUT, seen, HOME);
+        assert_eq!(plan(&pending, (left, left), &seen), MoveStep::Wait(left));
+        match plan(&pending, (Duration::ZERO, left), &seen) {
             MoveStep::Fail(m) => assert!(
                 m.contains("shop/coffer-nightly did not become ready within 10m"),
                 "{m}"
@@ -522,57 +641,114 @@ mod tests {
             other => panic!("planned {other:?}"),
         }
         let failed = snapshot(json!({"error": {"message": "driver says no"}}));
-        match plan_move(&run(), &st, &failed, left, TIMEOUT, &seen) {
+        match plan(&failed, (left, left), &seen) {
             MoveStep::Fail(m) => {
                 assert!(m.contains("coffer-nightly failed: driver says no"), "{m}")
             }
             other => panic!("planned {other:?}"),
         }
+        // The exposed snapshot is held to the same limit, named in its namespace.
+        let ready = snapshot(json!({"readyToUse": true}));
+        let waiting = MoverSeen {
+            source: Some(claim("data", false)),
+            exposed: Some(exposed(json!({}))),
+            ..Default::default()
+        };
+        assert_eq!(plan(&ready, (left, left), &waiting), MoveStep::Wait(left));
+        match plan(&ready, (left, Duration::ZERO), &waiting) {
+            MoveStep::Fail(m) => assert!(
+                m.contains("VolumeSnapshot coffer-system/coffer-shop-nightly-")
+                    && m.contains("did not become ready"),
+                "{m}"
+            ),
+            other => panic!("planned {other:?}"),
+        }
     }
 
     #[test]
-    fn a_ready_snapshot_is_cloned_then_read_by_a_mover_that_is_then_followed() {
-        let ready = snapshot(json!({"readyToUse": true, "restoreSize": "1Gi"}));
+    fn a_ready_snapshot_is_exposed_in_coffers_namespace_cloned_there_and_read_by_a_mover() {
+        let ready = snapshot(json!({"readyToUse": true, "restoreSize": "1Gi",
+                                    "boundVolumeSnapshotContentName": "snapcontent-1"}));
         let st = status(Stage::Snapshotting);
         let plan = |seen: &MoverSeen, st: &RunStatus| {
-            plan_move(&run(), st, &ready, TIMEOUT, TIMEOUT, seen)
+            plan_move(&run(), st, &ready, (TIMEOUT, TIMEOUT), TIMEOUT, seen, HOME)
         };
+        // 3. Exposed by the storage's handle of the snapshot.
+        let unexposed = MoverSeen {
+            source: Some(claim("data", false)),
+            content: Some(content(Some("snap-7"))),
+            ..Default::default()
+        };
+        assert_eq!(
+            plan(&unexposed, &st),
+            MoveStep::Expose {
+                handle: "snap-7".into()
+            }
+        );
+        let no_handle = MoverSeen {
+            content: Some(content(None)),
+            ..unexposed
+        };
+        match plan(&no_handle, &st) {
+            MoveStep::Fail(m) => assert!(
+                m.contains("VolumeSnapshotContent snapcontent-1")
+                    && m.contains("no snapshotHandle"),
+                "{m}"
+            ),
+            other => panic!("planned {other:?}"),
+        }
+        let no_content = MoverSeen {
+            source: Some(claim("data", false)),
+            ..Default::default()
+        };
+        match plan(&no_content, &st) {
+            MoveStep::Fail(m) => assert!(m.contains("\"snapcontent-1\" is missing"), "{m}"),
+            other => panic!("planned {other:?}"),
+        }
+        // 4. and 5. Cloned, then read.
+        let ready_exposed = exposed(json!({"readyToUse": true}));
         for block in [false, true] {
             let source_only = MoverSeen {
                 source: Some(claim("data", block)),
+                exposed: Some(ready_exposed.clone()),
                 ..Default::default()
             };
             assert_eq!(plan(&source_only, &st), MoveStep::CreateClone { block });
             let cloned = MoverSeen {
-                source: Some(claim("data", block)),
-                clone: Some(claim("coffer-nightly", block)),
-                ..Default::default()
+                clone: Some(claim("coffer-shop-nightly", block)),
+                ..source_only
             };
             assert_eq!(plan(&cloned, &st), MoveStep::StartMover { block });
         }
         let moving = MoverSeen {
-            clone: Some(claim("coffer-nightly", false)),
+            exposed: Some(ready_exposed.clone()),
+            clone: Some(claim("coffer-shop-nightly", false)),
             mover: Some(
-                serde_json::from_value(json!({"metadata": {"name": "coffer-nightly"}})).unwrap(),
+                serde_json::from_value(json!({"metadata": {"name": "coffer-shop-nightly"}}))
+                    .unwrap(),
             ),
             ..Default::default()
         };
         assert_eq!(plan(&moving, &status(Stage::Moving)), MoveStep::Follow);
-        // Gone: the claim before its clone (post-hooks first), the mover
-        // while it moved.
+        // Gone: the claim before its snapshot was exposed (post-hooks
+        // first), the mover while it moved.
         match plan(&MoverSeen::default(), &st) {
             MoveStep::ThawAndFail(m) => {
-                assert!(m.contains("shop/data was deleted before its clone"), "{m}")
+                assert!(
+                    m.contains("shop/data was deleted before its snapshot was read"),
+                    "{m}"
+                )
             }
             other => panic!("planned {other:?}"),
         }
         let mover_gone = MoverSeen {
-            clone: Some(claim("coffer-nightly", false)),
-            ..Default::default()
+            mover: None,
+            ..moving
         };
         match plan(&mover_gone, &status(Stage::Moving)) {
             MoveStep::Fail(m) => assert!(
-                m.contains("mover pod shop/coffer-nightly disappeared"),
+                m.contains("mover pod coffer-system/coffer-shop-nightly-")
+                    && m.contains("disappeared"),
                 "{m}"
             ),
             other => panic!("planned {other:?}"),

@@ -6,11 +6,27 @@ use kube::{Resource, ResourceExt};
 
 use crate::crd::VolumeBackup;
 
-use crate::names::{label_value, object_name, RUN_LABEL};
+use crate::names::{home_name, label_value, object_name, RUN_ANNOTATION, RUN_LABEL};
 
-/// The name of every object made for a run.
+/// The name of the VolumeSnapshot taken for a run, in the run's namespace.
 pub(crate) fn child_name(vb: &VolumeBackup) -> String {
     object_name(&["coffer", &vb.name_any()])
+}
+
+/// The name of everything made for a run in coffer's own namespace (the
+/// exposed VolumeSnapshot, the clone, the mover pod and its account) and of
+/// the exposed VolumeSnapshotContent.
+pub(crate) fn home_child(vb: &VolumeBackup) -> String {
+    home_name(&vb.namespace().unwrap_or_default(), &vb.name_any())
+}
+
+/// What ties an object in coffer's namespace to its run, where no owner
+/// reference can: `namespace/name`.
+pub(crate) fn run_annotations(vb: &VolumeBackup) -> BTreeMap<String, String> {
+    BTreeMap::from([(
+        RUN_ANNOTATION.to_string(),
+        format!("{}/{}", vb.namespace().unwrap_or_default(), vb.name_any()),
+    )])
 }
 
 pub(crate) fn run_labels(vb: &VolumeBackup) -> BTreeMap<String, String> {
