@@ -75,8 +75,6 @@ CONTROLLER_SOURCE = ROOT / "deploy" / "controller.yaml"
 EXPECTED_TENANT_RULES = {
     ("", "secrets"): {"get"},
     ("", "pods/exec"): {"create"},
-    ("", "pods"): {"create", "delete"},
-    ("", "serviceaccounts"): {"get", "create", "delete"},
     ("rbac.authorization.k8s.io", "roles"): {"create", "delete"},
     ("rbac.authorization.k8s.io", "rolebindings"): {"create", "delete"},
 }

@@ -40,6 +40,12 @@ pub fn home_name(ns: &str, name: &str) -> String {
     format!("{head}-{hash}")
 }
 
+/// The [`RUN_ANNOTATION`] of what is made in coffer's namespace for object
+/// `ns/name` (a run, a schedule, a repository).
+pub fn run_annotation(ns: &str, name: &str) -> std::collections::BTreeMap<String, String> {
+    std::collections::BTreeMap::from([(RUN_ANNOTATION.to_string(), format!("{ns}/{name}"))])
+}
+
 /// The run an object names in its [`RUN_ANNOTATION`]: `(namespace, name)`.
 pub fn annotated_run(
     annotations: &std::collections::BTreeMap<String, String>,

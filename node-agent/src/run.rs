@@ -46,6 +46,8 @@ pub enum Stage {
     Resolving,
     /// A restore: a mover writes the snapshot into the new claim.
     Restoring,
+    /// A restore: the data is in; the volume is handed to the target claim.
+    HandingOver,
     /// A run of a node agent (the stage a controller gives one it ends).
     Running,
     /// Cleaned up; the finalizer is off or about to be.
@@ -60,6 +62,7 @@ impl Stage {
             Stage::Moving => "Moving",
             Stage::Resolving => "Resolving",
             Stage::Restoring => "Restoring",
+            Stage::HandingOver => "HandingOver",
             Stage::Running => "Running",
             Stage::Done => "Done",
         }
@@ -72,6 +75,7 @@ impl Stage {
             Stage::Moving,
             Stage::Resolving,
             Stage::Restoring,
+            Stage::HandingOver,
             Stage::Running,
             Stage::Done,
         ]
@@ -97,6 +101,7 @@ mod tests {
             Stage::Moving,
             Stage::Resolving,
             Stage::Restoring,
+            Stage::HandingOver,
             Stage::Running,
             Stage::Done,
         ] {

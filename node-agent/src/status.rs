@@ -2,6 +2,7 @@
 //! status a result becomes, and the conditions of the other kinds.
 
 use crate::crd::{Condition, Phase, Progress, RunErrors, RunStatus, Timestamp, MAX_ATTEMPTS};
+use crate::run::Stage;
 
 /// The status of a run just claimed by `node`.
 pub fn started(previous: Option<&RunStatus>, node: &str, path: Option<String>) -> RunStatus {
@@ -57,20 +58,11 @@ pub fn finished(mut status: RunStatus, outcome: Outcome) -> RunStatus {
             status.snapshot_id = Some(snapshot_id);
             status.incremental_bytes = incremental_bytes;
             status.progress = Some(progress);
-            if errors.is_empty() {
-                status.phase = Phase::Completed;
-                status.message = None;
-            } else {
-                status.phase = Phase::PartiallyFailed;
-                status.message = Some(format!(
-                    "{} file(s) could not be processed; the snapshot holds everything else",
-                    errors.len()
-                ));
-                status.errors = Some(RunErrors {
-                    count: errors.len() as u64,
-                    paths: errors.into_iter().take(MAX_ERROR_PATHS).collect(),
-                });
-            }
+            status.errors = (!errors.is_empty()).then(|| RunErrors {
+                count: errors.len() as u64,
+                paths: errors.into_iter().take(MAX_ERROR_PATHS).collect(),
+            });
+            return complete(status);
         }
         Outcome::Canceled => {
             status.phase = Phase::Canceled;
@@ -79,6 +71,46 @@ pub fn finished(mut status: RunStatus, outcome: Outcome) -> RunStatus {
         Outcome::Failed(m) => {
             status.phase = Phase::Failed;
             status.message = Some(m);
+        }
+    }
+    status.with_conditions()
+}
+
+/// A restore whose data is in the volume it filled: its result recorded,
+/// still InProgress, at stage HandingOver, until the controller has handed
+/// the volume to the target claim and ends it ([`handed_over`]). Any other
+/// outcome ends it.
+pub fn filled(status: RunStatus, outcome: Outcome) -> RunStatus {
+    let mut done = match outcome {
+        Outcome::Done { .. } => finished(status, outcome),
+        other => return finished(status, other),
+    };
+    done.phase = Phase::InProgress;
+    done.stage = Some(Stage::HandingOver.into());
+    done.completion_time = None;
+    done.message = None;
+    done.with_conditions()
+}
+
+/// A filled restore whose volume its target claim now holds: Completed,
+/// or PartiallyFailed when files could not be written.
+pub fn handed_over(mut status: RunStatus) -> RunStatus {
+    status.completion_time = Some(Timestamp::now());
+    complete(status)
+}
+
+/// Completed, or PartiallyFailed where files could not be processed.
+fn complete(mut status: RunStatus) -> RunStatus {
+    match status.errors.as_ref().map(|e| e.count).unwrap_or(0) {
+        0 => {
+            status.phase = Phase::Completed;
+            status.message = None;
+        }
+        n => {
+            status.phase = Phase::PartiallyFailed;
+            status.message = Some(format!(
+                "{n} file(s) could not be processed; the snapshot holds everything else"
+            ));
         }
     }
     status.with_conditions()
@@ -164,6 +196,33 @@ pub fn set_condition(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_filled_restore_stays_in_progress_until_its_volume_is_handed_over() {
+        let done = |errors: Vec<String>| Outcome::Done {
+            snapshot_id: "abc".into(),
+            incremental_bytes: None,
+            progress: Progress::default(),
+            errors,
+        };
+        let st = filled(RunStatus::default(), done(vec![]));
+        assert_eq!(st.phase, Phase::InProgress);
+        assert_eq!(Stage::of(&st), Some(Stage::HandingOver));
+        assert_eq!(st.snapshot_id.as_deref(), Some("abc"));
+        assert!(st.completion_time.is_none());
+        let end = handed_over(st);
+        assert_eq!(end.phase, Phase::Completed);
+        assert!(end.completion_time.is_some());
+        let partial = handed_over(filled(
+            RunStatus::default(),
+            done(vec!["/x: denied".into()]),
+        ));
+        assert_eq!(partial.phase, Phase::PartiallyFailed);
+        assert_eq!(partial.errors.unwrap().count, 1);
+        // Anything but a result ends the run at once.
+        let failed = filled(RunStatus::default(), Outcome::Failed("no space".into()));
+        assert_eq!(failed.phase, Phase::Failed);
+    }
 
     #[test]
     fn outcomes() {

@@ -44,7 +44,9 @@ use crate::controller::movers::{
     StatusOf, TERMINATING_RECHECK,
 };
 use crate::mover::args::{CheckArgs, CopyArgs, MoverArgs, MoverCommon, PruneArgs};
-use crate::names::{label_value, object_name, CHECK_NOW, COPY_NOW, MAINTENANCE_LABEL, PRUNE_NOW};
+use crate::names::{
+    home_name, label_value, run_annotation, CHECK_NOW, COPY_NOW, MAINTENANCE_LABEL, PRUNE_NOW,
+};
 use crate::report::patch_status;
 use crate::scheduling::Schedule;
 use crate::scheduling::{created_at, tick, Tick};
@@ -143,8 +145,9 @@ impl Job {
         }
     }
 
-    fn pod_name(self, repo: &str) -> String {
-        object_name(&["coffer", self.as_str(), repo])
+    /// Its pod's name, in coffer's namespace, for repository `ns/repo`.
+    fn pod_name(self, ns: &str, repo: &str) -> String {
+        home_name(ns, &format!("{}-{repo}", self.as_str()))
     }
 }
 
@@ -314,12 +317,13 @@ async fn follow(
 ) -> Result<Option<Duration>, Error> {
     let ns = repo.namespace().unwrap_or_default();
     let name = repo.name_any();
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let pod_name = job.pod_name(&name);
+    let home = ctx.opts.namespace.clone();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &home);
+    let pod_name = job.pod_name(&ns, &name);
     let pod = pods
         .get_opt(&pod_name)
         .await
-        .map_err(kube_err(format!("reading pod {ns}/{pod_name}")))?;
+        .map_err(kube_err(format!("reading pod {home}/{pod_name}")))?;
     let Some(pod) = pod else {
         // A repository the administrator does not allow is refused like a pod.
         let made = async {
@@ -356,19 +360,18 @@ async fn follow(
                 (MAINTENANCE_LABEL.to_string(), label_value(&name)),
                 crate::names::managed_by(),
             ]);
-            let owner = repo.controller_owner_ref(&()).unwrap_or_default();
             let memory = m.memory.as_ref().unwrap_or(&ctx.opts.mover_memory);
             let dest_dir = destination
                 .as_ref()
                 .and_then(|d| local_repository_dir(&d.spec.url));
-            let p = mover_pod(&MoverPod {
+            let mut p = mover_pod(&MoverPod {
                 args,
                 labels: &labels,
-                owner: Some(&owner),
                 memory,
                 destination_dir: dest_dir,
-                ..ctx.mover(&pod_name, &ns, repo)
+                ..ctx.mover(&pod_name, &home, repo)
             });
+            p.metadata.annotations = Some(run_annotation(&ns, &name));
             let reads: Vec<&BackupRepository> =
                 std::iter::once(repo).chain(destination.as_ref()).collect();
             create_mover(ctx, &p, &StatusOf::of(repo), &SecretsOf::of(&reads)).await
@@ -404,7 +407,7 @@ async fn follow(
                 st.last_copy = fresh.last_copy.or(st.last_copy.take());
             } else {
                 let why = why.unwrap_or_else(|| {
-                    format!("mover pod {ns}/{pod_name} exited without writing its result")
+                    format!("mover pod {home}/{pod_name} exited without writing its result")
                 });
                 job.fail(st, at, why);
             }
@@ -487,21 +490,22 @@ async fn record(
 ) -> Result<Option<Duration>, Error> {
     let ns = repo.namespace().unwrap_or_default();
     let name = repo.name_any();
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let pod_name = job.pod_name(&name);
+    let home = ctx.opts.namespace.clone();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &home);
+    let pod_name = job.pod_name(&ns, &name);
     let pod = pods
         .get_opt(&pod_name)
         .await
-        .map_err(kube_err(format!("reading pod {ns}/{pod_name}")))?;
+        .map_err(kube_err(format!("reading pod {home}/{pod_name}")))?;
     let Some(pod) = pod else {
-        delete_account(ctx, &ns, &pod_name, std::slice::from_ref(&ns)).await?;
+        delete_account(ctx, &home, &pod_name, std::slice::from_ref(&ns)).await?;
         return Ok(None);
     };
     // Told once: not again while the pod terminates.
     if pod.metadata.deletion_timestamp.is_none() {
         announce(ctx, repo, job, st).await;
     }
-    let left = delete_mover(ctx, &ns, &pod_name, std::slice::from_ref(&ns)).await?;
+    let left = delete_mover(ctx, &home, &pod_name, std::slice::from_ref(&ns)).await?;
     Ok(left.then_some(ctx.opts.terminating_limit + TERMINATING_RECHECK))
 }
 

@@ -33,6 +33,7 @@ pub mod maintenance;
 pub mod movers;
 pub mod restore;
 pub mod schedules;
+pub(crate) mod volumes;
 
 pub use context::Options;
 
@@ -172,7 +173,11 @@ pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) -> anyhow
         Api::<Lenient<VolumeBackup>>::all(client.clone()),
         scheduled.clone(),
     )
-    .owns(Api::<Lenient<Pod>>::all(client.clone()), scheduled)
+    .watches(
+        Api::<Pod>::namespaced(client.clone(), &home),
+        scheduled,
+        run_of::<BackupSchedule, _>,
+    )
     .run(
         parsed(schedules::reconcile),
         parsed_policy(retry_policy),
@@ -183,9 +188,10 @@ pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) -> anyhow
         Api::<Lenient<BackupRepository>>::all(client.clone()),
         watcher::Config::default(),
     )
-    .owns(
-        Api::<Lenient<Pod>>::all(client.clone()),
+    .watches(
+        Api::<Pod>::namespaced(client.clone(), &home),
         watcher::Config::default().labels(crate::names::MAINTENANCE_LABEL),
+        run_of::<BackupRepository, _>,
     )
     .run(
         parsed(maintenance::reconcile),

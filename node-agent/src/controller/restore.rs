@@ -1,5 +1,8 @@
 //! The controller's restores into new PersistentVolumeClaims
-//! (VolumeRestores with `spec.target`), one step at a time:
+//! (VolumeRestores with `spec.target`), one step at a time. Its pods and
+//! the volume it fills live in coffer's own namespace; the target's
+//! namespace only ever sees its claim appear, Bound, with the data in it
+//! (the technique of volume populators):
 //!
 //! 1. **claim**: check the target (its namespace has the BackupRepository,
 //!    its PVC does not exist yet), add the cleanup finalizer, mark the run
@@ -8,32 +11,38 @@
 //!    the latest of an origin) and writes its id and recorded claim into the
 //!    run's status. The controller never reads Secrets, so it cannot open
 //!    the repository itself;
-//! 3. **provision**: the PVC, from the recorded claim with the target's
-//!    size and class, or the mapped class ([`restored_claim`]);
+//! 3. **provision**: a claim in coffer's namespace with the target's spec,
+//!    from the recorded claim with the target's size and class, or the
+//!    mapped class ([`restored_claim`]);
 //! 4. **restore**: a mover pod mounts it read-write (or as a device) and
-//!    restores the snapshot into it (stage `Restoring`);
-//! 5. **clean up**: the mover pods are deleted; the PVC stays, Bound and
-//!    ready for the workload. A restore that failed or was canceled also
-//!    deletes the PVC it made, so that running it again starts clean.
+//!    restores the snapshot into it (stage `Restoring`), then records its
+//!    result, the run still InProgress (stage `HandingOver`);
+//! 5. **hand over**: the volume is kept (reclaim policy Retain), its
+//!    `claimRef` moved to the target claim, the filling claim deleted, the
+//!    target claim created bound to the volume (`spec.volumeName`), and once
+//!    it is Bound the volume's reclaim policy is put back and the run ends;
+//! 6. **clean up**: the mover pods are deleted. A restore that failed or
+//!    was canceled also deletes what it made: the filling claim, the target
+//!    claim and the volume, so that running it again starts clean.
 //!
-//! Mover pods run in the target's namespace, with that namespace's
-//! BackupRepository: its Secrets open the repository, so a namespace
-//! without one cannot be restored into. Owner references cannot cross
-//! namespaces, so the pods carry the run in a label and an annotation.
+//! The movers open the target namespace's BackupRepository with its
+//! Secrets, so a namespace without one cannot be restored into. Owner
+//! references cannot cross namespaces, so what lies in coffer's namespace
+//! carries the run in a label and an annotation.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
-use kube::api::{Api, ListParams, PostParams};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 
 use crate::crd::{BackupRepository, Phase, RestoreTarget, RunStatus, VolumeRestore};
 
-use crate::api::{delete, kube_err, Error};
+use crate::api::{delete, delete_present, kube_err, Error};
 use crate::controller::claims::{is_block, restored_claim, RestoredClaim};
 use crate::controller::context::Ctx;
 use crate::controller::lifecycle::{self, fail, follow_mover, ControllerRun, Triage};
@@ -42,11 +51,14 @@ use crate::controller::movers::pod::{mover_pod, MoverPod};
 use crate::controller::movers::{
     common_args, create_mover, delete_account, delete_mover, role_namespaces, SecretsOf, StatusOf,
 };
+use crate::controller::volumes::delete_volume;
 use crate::mover::args::{MoverArgs, ResolveArgs, RestoreArgs};
 use crate::names::{
-    label_value, object_name, RESTORED_BY, RESTORED_FROM, RESTORE_LABEL, RUN_ANNOTATION,
+    annotated_run, home_name, label_value, RESTORED_BY, RESTORED_FROM, RESTORE_LABEL,
+    RUN_ANNOTATION,
 };
 use crate::run::Stage;
+use serde_json::json;
 
 fn target_ns(vr: &VolumeRestore, t: &RestoreTarget) -> String {
     t.namespace
@@ -55,11 +67,18 @@ fn target_ns(vr: &VolumeRestore, t: &RestoreTarget) -> String {
 }
 
 fn resolver_name(vr: &VolumeRestore) -> String {
-    object_name(&["coffer-resolve", &vr.name_any()])
+    home_name(
+        &vr.namespace().unwrap_or_default(),
+        &format!("resolve-{}", vr.name_any()),
+    )
 }
 
+/// The restorer pod's name, and the filling claim's.
 fn restorer_name(vr: &VolumeRestore) -> String {
-    object_name(&["coffer-restore", &vr.name_any()])
+    home_name(
+        &vr.namespace().unwrap_or_default(),
+        &format!("restore-{}", vr.name_any()),
+    )
 }
 
 fn run_key(vr: &VolumeRestore) -> String {
@@ -189,30 +208,51 @@ async fn repository(
     Ok(repo)
 }
 
-/// What a restore pass saw: the mover pods and the claim it made, each
-/// read only when the run has come that far.
+/// What a restore pass saw, each read only when the run has come that far.
 #[derive(Debug, Default)]
 pub(crate) struct Seen {
     /// The resolver pod (read until the snapshot is resolved).
     pub(crate) resolver: Option<Pod>,
-    /// The target claim (read once the snapshot is resolved).
-    pub(crate) claim: Option<PersistentVolumeClaim>,
-    /// The restore mover pod (read once the snapshot is resolved).
+    /// The claim the restorer fills, in coffer's namespace.
+    pub(crate) fill: Option<PersistentVolumeClaim>,
+    /// The restorer pod.
     pub(crate) restorer: Option<Pod>,
+    /// The volume filled (once handing over): the filling claim's, else
+    /// the one labelled with the run.
+    pub(crate) volume: Option<PersistentVolume>,
+    /// The target claim.
+    pub(crate) target: Option<PersistentVolumeClaim>,
 }
 
-/// What a pass over a restore into a new claim does (steps 2 to 4).
+/// What a pass over a restore into a new claim does (steps 2 to 5).
 #[derive(Debug, PartialEq)]
 pub(crate) enum RestoreStep {
     /// 2. Start the mover that finds the snapshot.
     StartResolver,
     /// 2. or 4. Watch the mover that runs: the resolver, or the restorer.
     Watch(MoverRole),
-    /// 3. Create the claim from the recorded one.
-    CreateClaim,
-    /// 4. Start the mover that restores into the claim (a raw block
-    ///    claim is written as a device).
+    /// 3. Create the claim to fill, in coffer's namespace.
+    CreateFill,
+    /// 4. Start the mover that restores into it (a raw block claim is
+    ///    written as a device).
     StartRestorer { block: bool },
+    /// 5. The restorer is done: delete its pod, which holds the volume.
+    RemoveRestorer,
+    /// 5. Keep the volume through the handover (reclaim policy Retain,
+    ///    the old policy and the run recorded on it).
+    KeepVolume(String),
+    /// 5. Reserve the volume for the target claim (its `claimRef`).
+    MoveVolume(String),
+    /// 5. Delete the filling claim, which no longer holds the volume.
+    DeleteFill,
+    /// 5. Create the target claim, bound to the volume.
+    CreateTarget(String),
+    /// 5. Wait for the target claim to be Bound.
+    WaitBound,
+    /// 5. Put the volume's reclaim policy back; its record goes.
+    Release(String),
+    /// 5. End the run: the target claim holds the data.
+    Complete,
     /// End the run: something it relied on went.
     Fail(String),
 }
@@ -224,12 +264,16 @@ pub(crate) enum MoverRole {
     Restorer,
 }
 
-/// Plans a pass over restore `vr` (into claim `pvc` of namespace `tns`)
-/// from its status and what was seen.
+/// The annotation on a volume being handed over: its reclaim policy before.
+pub const RECLAIM_POLICY: &str = "coffer.dev/reclaim-policy";
+
+/// Plans a pass over restore `vr` (into claim `pvc` of namespace `tns`,
+/// filled in namespace `home`) from its status and what was seen.
 pub(crate) fn plan_restore(
     vr: &VolumeRestore,
     tns: &str,
     pvc: &str,
+    home: &str,
     st: &RunStatus,
     seen: &Seen,
 ) -> RestoreStep {
@@ -239,22 +283,60 @@ pub(crate) fn plan_restore(
             Some(_) => RestoreStep::Watch(MoverRole::Resolver),
         };
     }
+    let ours = |c: &PersistentVolumeClaim| c.annotations().get(RESTORED_BY) == Some(&run_key(vr));
+    let fill = restorer_name(vr);
+    if seen.target.as_ref().is_some_and(|t| !ours(t)) {
+        return RestoreStep::Fail(format!("PersistentVolumeClaim {tns}/{pvc} was created by someone else during the restore; choose another spec.target.pvc"));
+    }
+    if Stage::of(st) == Some(Stage::HandingOver) {
+        if seen.restorer.is_some() {
+            return RestoreStep::RemoveRestorer;
+        }
+        let Some(pv) = &seen.volume else {
+            return match &seen.target {
+                Some(t) if is_bound(t) => RestoreStep::Complete,
+                _ => RestoreStep::Fail(format!(
+                    "the volume restored into PersistentVolumeClaim {home}/{fill} is gone (deleted during the handover to {tns}/{pvc})"
+                )),
+            };
+        };
+        let name = pv.name_any();
+        let spec = pv.spec.as_ref();
+        if !pv.annotations().contains_key(RECLAIM_POLICY) {
+            return RestoreStep::KeepVolume(name);
+        }
+        let claim = spec.and_then(|s| s.claim_ref.as_ref());
+        let reserved = claim
+            .is_some_and(|r| r.namespace.as_deref() == Some(tns) && r.name.as_deref() == Some(pvc));
+        if !reserved {
+            return RestoreStep::MoveVolume(name);
+        }
+        if seen.fill.is_some() {
+            return RestoreStep::DeleteFill;
+        }
+        return match &seen.target {
+            None => RestoreStep::CreateTarget(name),
+            Some(t) if !is_bound(t) => RestoreStep::WaitBound,
+            Some(_) => RestoreStep::Release(name),
+        };
+    }
+    if seen.target.is_some() {
+        return RestoreStep::Fail(format!("PersistentVolumeClaim {tns}/{pvc} was created by someone else during the restore; choose another spec.target.pvc"));
+    }
     let restoring = Stage::of(st) == Some(Stage::Restoring);
-    let claim = match &seen.claim {
-        Some(c) if c.annotations().get(RESTORED_BY) == Some(&run_key(vr)) => c,
-        Some(_) => return RestoreStep::Fail(format!("PersistentVolumeClaim {tns}/{pvc} was created by someone else during the restore; choose another spec.target.pvc")),
+    let claim = match &seen.fill {
+        Some(c) => c,
         None if restoring => {
             return RestoreStep::Fail(format!(
-                "PersistentVolumeClaim {tns}/{pvc} was deleted during the restore"
+                "PersistentVolumeClaim {home}/{fill} (the volume being filled) was deleted during the restore"
             ))
         }
-        None => return RestoreStep::CreateClaim,
+        None => return RestoreStep::CreateFill,
     };
     match seen.restorer {
         Some(_) => RestoreStep::Watch(MoverRole::Restorer),
         None if restoring => RestoreStep::Fail(format!(
-            "mover pod {tns}/{} disappeared before the restore ended (deleted or evicted)",
-            restorer_name(vr)
+            "mover pod {home}/{fill} disappeared before the restore ended (deleted or evicted)"
         )),
         None => RestoreStep::StartRestorer {
             block: is_block(claim),
@@ -262,7 +344,19 @@ pub(crate) fn plan_restore(
     }
 }
 
-/// Steps 2 to 4, from where the run stands: observe, plan, act.
+fn is_bound(c: &PersistentVolumeClaim) -> bool {
+    c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound")
+        && c.spec
+            .as_ref()
+            .and_then(|s| s.volume_name.as_ref())
+            .is_some()
+}
+
+/// How long a handed-over claim is given to bind before it is looked at
+/// again (the binding wakes nothing here).
+const BIND_POLL: Duration = Duration::from_secs(2);
+
+/// Steps 2 to 5, from where the run stands: observe, plan, act.
 async fn advance(
     ctx: &Ctx,
     vr: &VolumeRestore,
@@ -271,28 +365,63 @@ async fn advance(
 ) -> Result<Action, Error> {
     let tns = target_ns(vr, target);
     let ns = vr.namespace().unwrap_or_default();
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &tns);
-    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &tns);
+    let home = ctx.opts.namespace.clone();
+    let roles = role_namespaces(&ns, &tns);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &home);
+    let fills: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &home);
+    let targets: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &tns);
+    let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
     let (resolver, restorer) = (resolver_name(vr), restorer_name(vr));
     let read_pod = |name: String| {
         let pods = pods.clone();
-        let what = format!("reading pod {tns}/{name}");
+        let what = format!("reading pod {home}/{name}");
         async move { pods.get_opt(&name).await.map_err(kube_err(what)) }
     };
     let mut seen = Seen::default();
     if st.snapshot_id.is_some() && st.source_claim.is_some() {
         // Resolved: its mover has done its work.
-        delete_mover(ctx, &tns, &resolver, &role_namespaces(&ns, &tns)).await?;
-        seen.claim = pvcs
+        delete_mover(ctx, &home, &resolver, &roles).await?;
+        seen.fill = fills
+            .get_opt(&restorer)
+            .await
+            .map_err(kube_err(format!("reading PVC {home}/{restorer}")))?;
+        seen.restorer = read_pod(restorer.clone()).await?;
+        seen.target = targets
             .get_opt(&target.pvc)
             .await
             .map_err(kube_err(format!("reading PVC {tns}/{}", target.pvc)))?;
-        seen.restorer = read_pod(restorer.clone()).await?;
+        if Stage::of(st) == Some(Stage::HandingOver) {
+            seen.volume = filled_volume(ctx, vr, seen.fill.as_ref()).await?;
+        }
     } else {
         seen.resolver = read_pod(resolver.clone()).await?;
     }
-    let step = plan_restore(vr, &tns, &target.pvc, st, &seen);
+    let step = plan_restore(vr, &tns, &target.pvc, &home, st, &seen);
     let snapshot_id = st.snapshot_id.clone().unwrap_or_default();
+    let patch_pv = |name: String, patch: serde_json::Value, what: &'static str| {
+        let pvs = pvs.clone();
+        async move {
+            pvs.patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+                .await
+                .map(drop)
+                .map_err(kube_err(format!("{what} PV {name}")))
+        }
+    };
+    let annotations = BTreeMap::from([
+        (RESTORED_BY.to_string(), run_key(vr)),
+        (RESTORED_FROM.to_string(), snapshot_id.clone()),
+    ]);
+    let claim_of = |name: &str, namespace: &str| -> Result<PersistentVolumeClaim, String> {
+        let recorded = st.source_claim.clone().unwrap_or_default();
+        restored_claim(&RestoredClaim {
+            name,
+            namespace,
+            recorded: &recorded,
+            target,
+            storage_class_map: &ctx.opts.restore_storage_class_map,
+            annotations: &annotations,
+        })
+    };
     match step {
         RestoreStep::Fail(why) => {
             fail(ctx, vr, why).await?;
@@ -309,7 +438,7 @@ async fn advance(
                         MoverRole::Resolver => {
                             fresh.snapshot_id.is_some() && fresh.source_claim.is_some()
                         }
-                        MoverRole::Restorer => false,
+                        MoverRole::Restorer => Stage::of(fresh) == Some(Stage::HandingOver),
                     })
                     .await
                 }
@@ -325,41 +454,29 @@ async fn advance(
                 snapshot: vr.spec.snapshot.clone(),
             }))
             .to_argv();
-            start_mover(ctx, vr, &tns, &resolver, &repo, None, args).await?;
+            start_mover(ctx, vr, &resolver, &repo, None, args).await?;
             Ok(Action::requeue(ctx.opts.prepare_timeout))
         }
-        RestoreStep::CreateClaim => {
-            let Some(recorded) = st.source_claim.as_ref() else {
-                return Ok(Action::requeue(Duration::ZERO));
-            };
-            let annotations = BTreeMap::from([
-                (RESTORED_BY.to_string(), run_key(vr)),
-                (RESTORED_FROM.to_string(), snapshot_id),
-            ]);
-            let made = restored_claim(&RestoredClaim {
-                name: &target.pvc,
-                namespace: &tns,
-                recorded,
-                target,
-                storage_class_map: &ctx.opts.restore_storage_class_map,
-                annotations: &annotations,
-            });
-            let made = match made {
+        RestoreStep::CreateFill => {
+            let mut made = match claim_of(&restorer, &home) {
                 Ok(c) => c,
                 Err(m) => {
                     fail(ctx, vr, m).await?;
                     return Ok(Action::await_change());
                 }
             };
-            match pvcs.create(&PostParams::default(), &made).await {
-                // The next pass starts the restorer (or finds who made it).
+            made.labels_mut().extend(pod_labels(vr));
+            made.annotations_mut()
+                .insert(RUN_ANNOTATION.to_string(), run_key(vr));
+            match fills.create(&PostParams::default(), &made).await {
+                // The next pass starts the restorer.
                 Ok(_) => Ok(Action::requeue(Duration::ZERO)),
                 Err(kube::Error::Api(e)) if e.code == 409 => Ok(Action::requeue(Duration::ZERO)),
                 Err(kube::Error::Api(e)) if (400..500).contains(&e.code) => {
-                    fail(ctx, vr, format!("creating PersistentVolumeClaim {tns}/{}: {} (check spec.target.size and spec.target.storageClassName)", target.pvc, e.message)).await?;
+                    fail(ctx, vr, format!("creating PersistentVolumeClaim {home}/{restorer} (to fill, then hand to {tns}/{}): {} (check spec.target.size and spec.target.storageClassName)", target.pvc, e.message)).await?;
                     Ok(Action::await_change())
                 }
-                Err(e) => Err(kube_err(format!("creating PVC {tns}/{}", target.pvc))(e)),
+                Err(e) => Err(kube_err(format!("creating PVC {home}/{restorer}"))(e)),
             }
         }
         RestoreStep::StartRestorer { block } => {
@@ -367,7 +484,7 @@ async fn advance(
                 return Ok(Action::await_change());
             };
             let volume = MoverVolume {
-                claim: &target.pvc,
+                claim: &restorer,
                 block,
                 write: true,
             };
@@ -380,7 +497,7 @@ async fn advance(
                 special_files: vr.spec.special_files,
             }))
             .to_argv();
-            start_mover(ctx, vr, &tns, &restorer, &repo, Some(volume), args).await?;
+            start_mover(ctx, vr, &restorer, &repo, Some(volume), args).await?;
             crate::report::update_run::<VolumeRestore>(&ctx.client, &ns, &vr.name_any(), |s| {
                 s.stage = Some(Stage::Restoring.into())
             })
@@ -390,21 +507,130 @@ async fn advance(
                 EventType::Normal,
                 "MoverStarted",
                 format!(
-                    "PVC {tns}/{} created; mover pod {restorer} restores snapshot {snapshot_id} into it",
+                    "mover pod {home}/{restorer} restores snapshot {snapshot_id} into a new volume for PVC {tns}/{}",
                     target.pvc
                 ),
             )
             .await;
             Ok(Action::requeue(ctx.opts.prepare_timeout))
         }
+        RestoreStep::RemoveRestorer => {
+            delete_mover(ctx, &home, &restorer, &roles).await?;
+            Ok(Action::requeue(Duration::ZERO))
+        }
+        RestoreStep::KeepVolume(pv) => {
+            let policy = seen
+                .volume
+                .as_ref()
+                .and_then(|v| v.spec.as_ref()?.persistent_volume_reclaim_policy.clone())
+                .unwrap_or_else(|| "Delete".into());
+            let keep = json!({
+                "metadata": {
+                    "labels": {RESTORE_LABEL: label_value(&vr.name_any())},
+                    "annotations": {RESTORED_BY: run_key(vr), RECLAIM_POLICY: policy},
+                },
+                "spec": {"persistentVolumeReclaimPolicy": "Retain"},
+            });
+            patch_pv(pv, keep, "keeping").await?;
+            Ok(Action::requeue(Duration::ZERO))
+        }
+        RestoreStep::MoveVolume(pv) => {
+            let reserve = json!({"spec": {"claimRef": {
+                "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "namespace": tns, "name": target.pvc,
+                "uid": null, "resourceVersion": null,
+            }}});
+            patch_pv(pv, reserve, "reserving").await?;
+            Ok(Action::requeue(Duration::ZERO))
+        }
+        RestoreStep::DeleteFill => {
+            delete(&fills, &restorer, &format!("PVC {home}/{restorer}")).await?;
+            Ok(Action::requeue(Duration::ZERO))
+        }
+        RestoreStep::CreateTarget(pv) => {
+            let mut made = match claim_of(&target.pvc, &tns) {
+                Ok(c) => c,
+                Err(m) => {
+                    fail(ctx, vr, m).await?;
+                    return Ok(Action::await_change());
+                }
+            };
+            if let Some(spec) = made.spec.as_mut() {
+                spec.volume_name = Some(pv.clone());
+            }
+            match targets.create(&PostParams::default(), &made).await {
+                Ok(_) => Ok(Action::requeue(BIND_POLL)),
+                Err(kube::Error::Api(e)) if e.code == 409 => Ok(Action::requeue(Duration::ZERO)),
+                Err(kube::Error::Api(e)) if (400..500).contains(&e.code) => {
+                    fail(
+                        ctx,
+                        vr,
+                        format!(
+                            "creating PersistentVolumeClaim {tns}/{} on volume {pv}: {}",
+                            target.pvc, e.message
+                        ),
+                    )
+                    .await?;
+                    Ok(Action::await_change())
+                }
+                Err(e) => Err(kube_err(format!("creating PVC {tns}/{}", target.pvc))(e)),
+            }
+        }
+        RestoreStep::WaitBound => Ok(Action::requeue(BIND_POLL)),
+        RestoreStep::Release(pv) => {
+            let policy = seen
+                .volume
+                .as_ref()
+                .and_then(|v| v.annotations().get(RECLAIM_POLICY).cloned())
+                .unwrap_or_else(|| "Delete".into());
+            let release = json!({
+                "metadata": {
+                    "labels": {RESTORE_LABEL: null},
+                    "annotations": {RESTORED_BY: null, RECLAIM_POLICY: null},
+                },
+                "spec": {"persistentVolumeReclaimPolicy": policy},
+            });
+            patch_pv(pv, release, "releasing").await?;
+            Ok(Action::requeue(Duration::ZERO))
+        }
+        RestoreStep::Complete => {
+            crate::report::update_run::<VolumeRestore>(&ctx.client, &ns, &vr.name_any(), |s| {
+                *s = crate::status::handed_over(s.clone())
+            })
+            .await;
+            Ok(Action::requeue(Duration::ZERO))
+        }
     }
 }
 
-/// Creates a mover pod in `tns` for the run.
+/// The volume a restore filled: its filling claim's, else (once that is
+/// gone) the one the handover labelled with the run.
+async fn filled_volume(
+    ctx: &Ctx,
+    vr: &VolumeRestore,
+    fill: Option<&PersistentVolumeClaim>,
+) -> Result<Option<PersistentVolume>, Error> {
+    let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    if let Some(name) = fill.and_then(|c| c.spec.as_ref()?.volume_name.clone()) {
+        return pvs
+            .get_opt(&name)
+            .await
+            .map_err(kube_err(format!("reading PV {name}")));
+    }
+    let selector = format!("{RESTORE_LABEL}={}", label_value(&vr.name_any()));
+    Ok(pvs
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(kube_err("listing PersistentVolumes"))?
+        .items
+        .into_iter()
+        .find(|pv| pv.annotations().get(RESTORED_BY) == Some(&run_key(vr))))
+}
+
+/// Creates a mover pod in coffer's namespace for the run.
 async fn start_mover(
     ctx: &Ctx,
     vr: &VolumeRestore,
-    tns: &str,
     name: &str,
     repo: &BackupRepository,
     volume: Option<MoverVolume<'_>>,
@@ -415,16 +641,18 @@ async fn start_mover(
         volume,
         args,
         labels: &labels,
-        ..ctx.mover(name, tns, repo)
+        ..ctx.mover(name, &ctx.opts.namespace, repo)
     });
     p.metadata.annotations = Some(BTreeMap::from([(RUN_ANNOTATION.to_string(), run_key(vr))]));
-    // In another namespace, the run's status is written across namespaces:
-    // the Role and its binding are in the run's, the account in the pod's.
+    // The status is written across namespaces: the Roles and their
+    // bindings are in the run's and the repository's, the account in the
+    // pod's.
     create_mover(ctx, &p, &StatusOf::of(vr), &SecretsOf::of(&[repo])).await
 }
 
-/// Step 5: the mover pods, then (after a failure or cancel) the PVC this
-/// run made. Returns true when nothing is left to do.
+/// Step 6: the mover pods, then (after a failure or cancel) what this run
+/// made: the filling claim, the target claim, and the volume. Returns true
+/// when nothing is left to do.
 async fn cleanup(
     ctx: &Ctx,
     vr: &VolumeRestore,
@@ -433,60 +661,88 @@ async fn cleanup(
 ) -> Result<bool, Error> {
     let tns = target_ns(vr, target);
     let ns = vr.namespace().unwrap_or_default();
+    let home = ctx.opts.namespace.clone();
     let mut left = false;
     for name in [resolver_name(vr), restorer_name(vr)] {
-        left |= delete_mover(ctx, &tns, &name, &role_namespaces(&ns, &tns)).await?;
+        left |= delete_mover(ctx, &home, &name, &role_namespaces(&ns, &tns)).await?;
     }
     if left {
         return Ok(false);
     }
-    let keep = matches!(st.phase, Phase::Completed | Phase::PartiallyFailed);
-    if !keep && !target.pvc.is_empty() {
-        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &tns);
-        if let Some(p) = pvcs
-            .get_opt(&target.pvc)
-            .await
-            .map_err(kube_err(format!("reading PVC {tns}/{}", target.pvc)))?
-        {
-            if p.annotations().get(RESTORED_BY) == Some(&run_key(vr)) {
-                if p.meta().deletion_timestamp.is_none() {
-                    let what = format!("PVC {tns}/{} (an unfinished restore)", target.pvc);
-                    delete(&pvcs, &target.pvc, &what).await?;
-                }
-                return Ok(false);
+    if matches!(st.phase, Phase::Completed | Phase::PartiallyFailed) || target.pvc.is_empty() {
+        return Ok(true);
+    }
+    let fills: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &home);
+    let fill = restorer_name(vr);
+    let what = format!("PVC {home}/{fill} (an unfinished restore)");
+    if delete_present(&fills, &fill, &what).await? {
+        return Ok(false);
+    }
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &tns);
+    if let Some(p) = pvcs
+        .get_opt(&target.pvc)
+        .await
+        .map_err(kube_err(format!("reading PVC {tns}/{}", target.pvc)))?
+    {
+        if p.annotations().get(RESTORED_BY) == Some(&run_key(vr)) {
+            if p.meta().deletion_timestamp.is_none() {
+                let what = format!("PVC {tns}/{} (an unfinished restore)", target.pvc);
+                delete(&pvcs, &target.pvc, &what).await?;
             }
+            return Ok(false);
         }
+    }
+    // A volume kept for a handover that did not finish.
+    if let Some(pv) = filled_volume(ctx, vr, None).await? {
+        delete_volume(&Api::all(ctx.client.clone()), &pv).await?;
+        return Ok(false);
     }
     Ok(true)
 }
 
-/// Start-up sweep: mover pods of restores that no longer exist.
+/// Start-up sweep: mover pods and filling claims of restores that no
+/// longer exist.
 pub(crate) async fn sweep(ctx: &Ctx) {
-    let Ok(list) = Api::<Pod>::all(ctx.client.clone())
-        .list(&ListParams::default().labels(RESTORE_LABEL))
-        .await
-    else {
-        return;
+    let home = ctx.opts.namespace.clone();
+    let selector = ListParams::default().labels(RESTORE_LABEL);
+    let gone = |annotations: &BTreeMap<String, String>| {
+        let run = annotated_run(annotations).map(|(ns, name)| (ns.to_string(), name.to_string()));
+        async move {
+            let (ns, name) = run?;
+            let found = Api::<VolumeRestore>::namespaced(ctx.client.clone(), &ns)
+                .get_opt(&name)
+                .await;
+            matches!(found, Ok(None)).then_some(ns)
+        }
     };
-    for pod in list.items {
-        let Some(run) = crate::controller::run_of::<VolumeRestore, _>(pod.clone()) else {
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), &home);
+    for pod in pods
+        .list(&selector)
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+    {
+        let Some(ns) = gone(pod.annotations()).await else {
             continue;
         };
-        let ns = run.namespace.clone().unwrap_or_default();
-        let gone = matches!(
-            Api::<VolumeRestore>::namespaced(ctx.client.clone(), &ns)
-                .get_opt(&run.name)
-                .await,
-            Ok(None)
-        );
-        if gone {
-            // The Role and its binding went with the run (owned by it); the
-            // account in another namespace cannot be.
-            let pns = pod.namespace().unwrap_or_default();
-            let api = Api::<Pod>::namespaced(ctx.client.clone(), &pns);
-            let what = format!("leftover mover pod {pns}/{}", pod.name_any());
-            let _ = delete(&api, &pod.name_any(), &what).await;
-            let _ = delete_account(ctx, &pns, &pod.name_any(), &role_namespaces(&ns, &pns)).await;
+        let name = pod.name_any();
+        let what = format!("leftover mover pod {home}/{name}");
+        let _ = delete(&pods, &name, &what).await;
+        // Its Roles went with the run (owned by it); a Role in a target
+        // namespace, and the account here, cannot be: they go by name.
+        let tns: Vec<String> = Vec::from([ns]);
+        let _ = delete_account(ctx, &home, &name, &tns).await;
+    }
+    let fills = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &home);
+    for fill in fills
+        .list(&selector)
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+    {
+        if gone(fill.annotations()).await.is_some() {
+            let name = fill.name_any();
+            let _ = delete(&fills, &name, &format!("leftover PVC {home}/{name}")).await;
         }
     }
 }
@@ -494,7 +750,6 @@ pub(crate) async fn sweep(ctx: &Ctx) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     fn restore() -> VolumeRestore {
         serde_json::from_value(json!({
@@ -515,30 +770,48 @@ mod tests {
     }
 
     fn pod(name: &str) -> Pod {
-        serde_json::from_value(json!({"metadata": {"name": name, "namespace": "copy"}})).unwrap()
+        serde_json::from_value(json!({"metadata": {"name": name, "namespace": HOME}})).unwrap()
     }
 
-    fn claim(made_by: &str, block: bool) -> PersistentVolumeClaim {
+    fn claim(made_by: &str, block: bool, bound: bool) -> PersistentVolumeClaim {
         serde_json::from_value(json!({
             "metadata": {"name": "data-copy", "namespace": "copy", "annotations": {RESTORED_BY: made_by}},
-            "spec": {"volumeMode": if block { "Block" } else { "Filesystem" }},
+            "spec": {"volumeMode": if block { "Block" } else { "Filesystem" },
+                     "volumeName": bound.then_some("pv-1")},
+            "status": {"phase": if bound { "Bound" } else { "Pending" }},
         }))
         .unwrap()
     }
 
+    fn volume(kept: bool, claim: (&str, &str)) -> PersistentVolume {
+        let annotations = if kept {
+            json!({RECLAIM_POLICY: "Delete", RESTORED_BY: "shop/back"})
+        } else {
+            json!({})
+        };
+        serde_json::from_value(json!({
+            "metadata": {"name": "pv-1", "annotations": annotations},
+            "spec": {"persistentVolumeReclaimPolicy": if kept { "Retain" } else { "Delete" },
+                     "claimRef": {"namespace": claim.0, "name": claim.1}},
+        }))
+        .unwrap()
+    }
+
+    const HOME: &str = "coffer-system";
+
     fn plan(st: &RunStatus, seen: &Seen) -> RestoreStep {
-        plan_restore(&restore(), "copy", "data-copy", st, seen)
+        plan_restore(&restore(), "copy", "data-copy", HOME, st, seen)
     }
 
     #[test]
-    fn a_restore_resolves_then_makes_its_claim_then_restores_into_it() {
+    fn a_restore_resolves_then_fills_a_claim_in_coffers_namespace() {
         let resolving = status(false, Stage::Resolving);
         assert_eq!(
             plan(&resolving, &Seen::default()),
             RestoreStep::StartResolver
         );
         let running = Seen {
-            resolver: Some(pod("coffer-resolve-back")),
+            resolver: Some(pod("resolver")),
             ..Default::default()
         };
         assert_eq!(
@@ -546,17 +819,17 @@ mod tests {
             RestoreStep::Watch(MoverRole::Resolver)
         );
         let resolved = status(true, Stage::Resolving);
-        assert_eq!(plan(&resolved, &Seen::default()), RestoreStep::CreateClaim);
+        assert_eq!(plan(&resolved, &Seen::default()), RestoreStep::CreateFill);
         for block in [false, true] {
             let made = Seen {
-                claim: Some(claim("shop/back", block)),
+                fill: Some(claim("shop/back", block, false)),
                 ..Default::default()
             };
             assert_eq!(plan(&resolved, &made), RestoreStep::StartRestorer { block });
         }
         let restoring = Seen {
-            claim: Some(claim("shop/back", false)),
-            restorer: Some(pod("coffer-restore-back")),
+            fill: Some(claim("shop/back", false, true)),
+            restorer: Some(pod("restorer")),
             ..Default::default()
         };
         assert_eq!(
@@ -565,33 +838,121 @@ mod tests {
         );
     }
 
+    /// The handover, step by step, as each pass finds the last one done:
+    /// the restorer goes, the volume is kept and reserved for the target,
+    /// the filling claim goes, the target is made on the volume, binds, the
+    /// volume's policy comes back, and the run ends.
     #[test]
-    fn a_claim_or_mover_that_goes_or_is_taken_fails_the_restore_naming_it() {
+    fn a_filled_volume_is_handed_to_the_target_claim_one_step_at_a_time() {
+        let st = status(true, Stage::HandingOver);
+        let fill = || Some(claim("shop/back", false, true));
+        let steps = [
+            (
+                Seen {
+                    restorer: Some(pod("restorer")),
+                    fill: fill(),
+                    volume: Some(volume(false, (HOME, "fill"))),
+                    ..Default::default()
+                },
+                RestoreStep::RemoveRestorer,
+            ),
+            (
+                Seen {
+                    fill: fill(),
+                    volume: Some(volume(false, (HOME, "fill"))),
+                    ..Default::default()
+                },
+                RestoreStep::KeepVolume("pv-1".into()),
+            ),
+            (
+                Seen {
+                    fill: fill(),
+                    volume: Some(volume(true, (HOME, "fill"))),
+                    ..Default::default()
+                },
+                RestoreStep::MoveVolume("pv-1".into()),
+            ),
+            (
+                Seen {
+                    fill: fill(),
+                    volume: Some(volume(true, ("copy", "data-copy"))),
+                    ..Default::default()
+                },
+                RestoreStep::DeleteFill,
+            ),
+            (
+                Seen {
+                    volume: Some(volume(true, ("copy", "data-copy"))),
+                    ..Default::default()
+                },
+                RestoreStep::CreateTarget("pv-1".into()),
+            ),
+            (
+                Seen {
+                    volume: Some(volume(true, ("copy", "data-copy"))),
+                    target: Some(claim("shop/back", false, false)),
+                    ..Default::default()
+                },
+                RestoreStep::WaitBound,
+            ),
+            (
+                Seen {
+                    volume: Some(volume(true, ("copy", "data-copy"))),
+                    target: Some(claim("shop/back", false, true)),
+                    ..Default::default()
+                },
+                RestoreStep::Release("pv-1".into()),
+            ),
+            (
+                Seen {
+                    target: Some(claim("shop/back", false, true)),
+                    ..Default::default()
+                },
+                RestoreStep::Complete,
+            ),
+        ];
+        for (seen, want) in steps {
+            assert_eq!(plan(&st, &seen), want, "{seen:?}");
+        }
+    }
+
+    #[test]
+    fn a_claim_volume_or_mover_that_goes_or_is_taken_fails_the_restore_naming_it() {
         let fail = |step: RestoreStep| match step {
             RestoreStep::Fail(m) => m,
             other => panic!("expected a failure, planned {other:?}"),
         };
         let taken = Seen {
-            claim: Some(claim("other/run", false)),
+            target: Some(claim("other/run", false, false)),
             ..Default::default()
         };
-        let m = fail(plan(&status(true, Stage::Resolving), &taken));
-        assert!(
-            m.contains("copy/data-copy was created by someone else"),
-            "{m}"
-        );
+        for stage in [Stage::Resolving, Stage::HandingOver] {
+            let m = fail(plan(&status(true, stage), &taken));
+            assert!(
+                m.contains("copy/data-copy was created by someone else"),
+                "{m}"
+            );
+        }
+        let fill = restorer_name(&restore());
         let m = fail(plan(&status(true, Stage::Restoring), &Seen::default()));
         assert!(
-            m.contains("copy/data-copy was deleted during the restore"),
+            m.contains(&format!(
+                "{HOME}/{fill} (the volume being filled) was deleted"
+            )),
             "{m}"
         );
         let no_mover = Seen {
-            claim: Some(claim("shop/back", false)),
+            fill: Some(claim("shop/back", false, true)),
             ..Default::default()
         };
         let m = fail(plan(&status(true, Stage::Restoring), &no_mover));
         assert!(
-            m.contains("mover pod copy/coffer-restore-back disappeared"),
+            m.contains(&format!("mover pod {HOME}/{fill} disappeared")),
+            "{m}"
+        );
+        let m = fail(plan(&status(true, Stage::HandingOver), &Seen::default()));
+        assert!(
+            m.contains("is gone (deleted during the handover to copy/data-copy)"),
             "{m}"
         );
     }

@@ -40,8 +40,8 @@ use crate::controller::movers::{
 };
 use crate::mover::args::{ForgetArgs, KeepArgs, MoverArgs};
 use crate::names::{
-    label_value, made_by_us, object_name, schedule_tag, scheduled_at, BACKUP_NOW, SCHEDULED_AT,
-    SCHEDULE_LABEL,
+    home_name, label_value, made_by_us, object_name, run_annotation, schedule_tag, scheduled_at,
+    BACKUP_NOW, SCHEDULED_AT, SCHEDULE_LABEL,
 };
 use crate::report::{patch_status, Written};
 use crate::scheduling::Schedule;
@@ -87,8 +87,12 @@ pub fn retention_problem(r: &Retention) -> Option<String> {
     })
 }
 
+/// The retention pod's name, in coffer's namespace.
 fn retention_pod_name(bs: &BackupSchedule) -> String {
-    object_name(&["coffer-forget", &bs.name_any()])
+    home_name(
+        &bs.namespace().unwrap_or_default(),
+        &format!("forget-{}", bs.name_any()),
+    )
 }
 
 /// What one pass over a schedule does, decided from what it observed (the
@@ -441,7 +445,7 @@ pub(crate) async fn reconcile(bs: Arc<BackupSchedule>, ctx: Arc<Ctx>) -> Result<
     if st.last_retention.as_ref().map(|r| &r.after) == last_tick.as_ref()
         && delete_mover(
             &ctx,
-            &ns,
+            &ctx.opts.namespace,
             &retention_pod_name(&bs),
             std::slice::from_ref(&ns),
         )
@@ -794,7 +798,8 @@ async fn retention(
 ) -> Result<Option<Duration>, Error> {
     let ns = bs.namespace().unwrap_or_default();
     let name = bs.name_any();
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let home = ctx.opts.namespace.clone();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &home);
     let pod_name = retention_pod_name(bs);
     let failed = |why: String| RetentionResult {
         after,
@@ -805,7 +810,7 @@ async fn retention(
     let Some(pod) = pods
         .get_opt(&pod_name)
         .await
-        .map_err(kube_err(format!("reading pod {ns}/{pod_name}")))?
+        .map_err(kube_err(format!("reading pod {home}/{pod_name}")))?
     else {
         if let Some(why) = retention_problem(policy) {
             st.last_retention = Some(failed(why));
@@ -839,13 +844,12 @@ async fn retention(
                 (SCHEDULE_LABEL.to_string(), label_value(&name)),
                 crate::names::managed_by(),
             ]);
-            let owner = bs.controller_owner_ref(&()).unwrap_or_default();
-            let p = mover_pod(&MoverPod {
+            let mut p = mover_pod(&MoverPod {
                 args,
                 labels: &labels,
-                owner: Some(&owner),
-                ..ctx.mover(&pod_name, &ns, &repo)
+                ..ctx.mover(&pod_name, &home, &repo)
             });
+            p.metadata.annotations = Some(run_annotation(&ns, &name));
             create_mover(ctx, &p, &StatusOf::of(bs), &SecretsOf::of(&[&repo])).await
         }
         .await;

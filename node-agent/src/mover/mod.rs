@@ -140,11 +140,25 @@ async fn report<K>(client: &Client, ns: &str, name: &str, outcome: Outcome) -> P
 where
     K: crate::run::RunObject,
 {
+    report_as::<K>(client, ns, name, outcome, status::finished).await
+}
+
+/// [`report`], with `write` making the status of the outcome.
+async fn report_as<K>(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    outcome: Outcome,
+    write: fn(crate::crd::RunStatus, Outcome) -> crate::crd::RunStatus,
+) -> Phase
+where
+    K: crate::run::RunObject,
+{
     if let Outcome::Failed(m) = &outcome {
         tracing::error!(namespace = ns, run = name, "{m}");
     }
     let written = crate::report::update_run::<K>(client, ns, name, |s| {
-        *s = status::finished(s.clone(), outcome.clone());
+        *s = write(s.clone(), outcome.clone());
     })
     .await;
     match written {
@@ -607,7 +621,13 @@ pub async fn restore(client: Client, job: RestoreJob, cancel: CancelToken) -> Ph
             }
         }
     };
-    report::<VolumeRestore>(&client, &job.namespace, &job.run, outcome).await
+    // The controller hands the volume to the target claim, then ends the run.
+    match report_as::<VolumeRestore>(&client, &job.namespace, &job.run, outcome, status::filled)
+        .await
+    {
+        Phase::InProgress => Phase::Completed,
+        phase => phase,
+    }
 }
 
 async fn run_backup(client: &Client, job: &BackupJob, cancel: &CancelToken) -> Outcome {

@@ -369,26 +369,39 @@ fn sample_files(seed: u64) -> Vec<(String, Vec<u8>)> {
     files
 }
 
-/// What the controller leaves of run `run` in `ns`: its mover pods, its
-/// clone PVC and its VolumeSnapshot (none once the run is cleaned up).
+/// What the controller leaves of run `run` of `ns`: mover pods in either
+/// namespace, its clone PVC and exposed VolumeSnapshot in coffer's, its
+/// own VolumeSnapshot (none once the run is cleaned up).
 async fn leftovers(env: &Env, ns: &str, run: &str) -> Vec<String> {
-    let child = format!("coffer-{run}");
+    let home = coffer_node_agent::names::home_name(ns, run);
     let mut left = Vec::new();
     let managed = ListParams::default().labels("app.kubernetes.io/managed-by=coffer-controller");
-    for p in Api::<Pod>::namespaced(env.client.clone(), ns)
-        .list(&managed)
-        .await
-        .unwrap()
-    {
-        left.push(format!("Pod/{}", kube::ResourceExt::name_any(&p)));
+    for in_ns in [ns, COFFER_NAMESPACE] {
+        for p in Api::<Pod>::namespaced(env.client.clone(), in_ns)
+            .list(&managed)
+            .await
+            .unwrap()
+        {
+            let this_run = kube::ResourceExt::annotations(&p)
+                .get(coffer_node_agent::names::RUN_ANNOTATION)
+                .is_none_or(|r| *r == format!("{ns}/{run}"));
+            if this_run {
+                left.push(format!("Pod/{in_ns}/{}", kube::ResourceExt::name_any(&p)));
+            }
+        }
     }
-    let pvcs = Api::<PersistentVolumeClaim>::namespaced(env.client.clone(), ns);
-    if pvcs.get_opt(&child).await.unwrap().is_some() {
-        left.push(format!("PersistentVolumeClaim/{child}"));
+    let pvcs = Api::<PersistentVolumeClaim>::namespaced(env.client.clone(), COFFER_NAMESPACE);
+    if pvcs.get_opt(&home).await.unwrap().is_some() {
+        left.push(format!("PersistentVolumeClaim/{home}"));
     }
-    let snapshots = Api::<VolumeSnapshot>::namespaced(env.client.clone(), ns);
-    if snapshots.get_opt(&child).await.unwrap().is_some() {
-        left.push(format!("VolumeSnapshot/{child}"));
+    for (in_ns, name) in [
+        (ns.to_string(), format!("coffer-{run}")),
+        (COFFER_NAMESPACE.into(), home),
+    ] {
+        let snapshots = Api::<VolumeSnapshot>::namespaced(env.client.clone(), &in_ns);
+        if snapshots.get_opt(&name).await.unwrap().is_some() {
+            left.push(format!("VolumeSnapshot/{in_ns}/{name}"));
+        }
     }
     left
 }

@@ -58,6 +58,27 @@ impl<K> Watchable for K where
 /// controller's Lease).
 pub const COFFER_NAMESPACE: &str = "coffer-system";
 
+/// The label that sets a namespace's enforced Pod Security level.
+pub const POD_SECURITY: &str = "pod-security.kubernetes.io/enforce";
+
+/// A pod spec as a workload in a `restricted` namespace is written: not
+/// root, no privilege escalation, no capability, the runtime's seccomp
+/// profile (what the spec sets itself is kept).
+pub fn as_restricted(spec: &mut serde_json::Value) {
+    if spec.get("securityContext").is_none() {
+        spec["securityContext"] = json!({"runAsNonRoot": true, "runAsUser": 1000,
+            "seccompProfile": {"type": "RuntimeDefault"}});
+    }
+    for list in ["initContainers", "containers"] {
+        for c in spec[list].as_array_mut().into_iter().flatten() {
+            if c.get("securityContext").is_none() {
+                c["securityContext"] = json!({"allowPrivilegeEscalation": false,
+                    "capabilities": {"drop": ["ALL"]}});
+            }
+        }
+    }
+}
+
 /// Creates what deploy/ creates for RBAC, as the manifests say: the
 /// coffer-system namespace, the agent's and the controller's accounts,
 /// ClusterRoles and bindings, the Lease Role, and ClusterRole coffer-tenant.
@@ -203,6 +224,20 @@ impl Env {
         name
     }
 
+    /// Namespace `ns` admits pods with hostPath volumes (Pod Security
+    /// `privileged`): the workloads of tests that back up a hostPath
+    /// volume in place.
+    pub async fn allow_host_paths(&self, ns: &str) {
+        Api::<Namespace>::all(self.client.clone())
+            .patch(
+                ns,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {POD_SECURITY: "privileged"}}})),
+            )
+            .await
+            .unwrap();
+    }
+
     /// Namespace `name`'s admin opts it in to coffer.
     pub async fn opt_in(&self, name: &str) {
         let bindings: Api<RoleBinding> = Api::namespaced(self.client.clone(), name);
@@ -227,9 +262,12 @@ impl Env {
     pub async fn namespace_not_opted_in(&mut self, prefix: &str) -> String {
         let name = format!("{prefix}-{}", short_id());
         let api: Api<Namespace> = Api::all(self.client.clone());
+        // Coffer runs no pod in an application namespace: the strictest
+        // level admits everything it does there.
+        let labels = json!({POD_SECURITY: "restricted"});
         api.create(
             &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": name}})).unwrap(),
+            &serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap(),
         )
         .await
         .unwrap();
@@ -350,6 +388,7 @@ impl Env {
             .collect();
         let mut spec = spec;
         spec["nodeName"] = json!(node);
+        as_restricted(&mut spec);
         let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
         api.create(
             &PostParams::default(),
@@ -412,6 +451,10 @@ impl Env {
             + serde::Serialize
             + std::fmt::Debug,
     {
+        let mut obj = obj;
+        if K::kind(&()) == "Pod" {
+            as_restricted(&mut obj["spec"]);
+        }
         let api: Api<K> = Api::namespaced(self.client.clone(), ns);
         api.create(
             &PostParams::default(),

@@ -136,6 +136,8 @@ async fn explicit_backup(env: &Env, ns: &str, name: &str, pod: &str, volume: &st
 async fn annotated_volumes_are_backed_up_incrementally_and_restore_byte_for_byte() {
     let mut env = Env::new().await;
     let ns = env.namespace("team").await;
+    // Its pod mounts hostPath volumes, which only `privileged` admits.
+    env.allow_host_paths(&ns).await;
     let repo = env.repository(&ns, "default", PASSWORD).await;
     let mut node = common::Node::new();
     let node_name = format!("node-{}", short_id());
@@ -605,22 +607,19 @@ async fn small_pod(
     if let Some(o) = owner {
         meta_owner = json!([{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": o, "uid": "x", "controller": true}]);
     }
-    let api: Api<Pod> = Api::namespaced(env.client.clone(), ns);
-    let pod = api
+    let pod: Pod = env
         .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
+            ns,
+            json!({
                 "metadata": {"name": name, "namespace": ns, "ownerReferences": meta_owner},
                 "spec": {
                     "nodeName": node_name,
                     "containers": [{"name": "c", "image": "busybox", "volumeMounts": [{"name": "vol", "mountPath": "/vol"}]}],
                     "volumes": [{"name": "vol", "emptyDir": {}}]
                 }
-            }))
-            .unwrap(),
+            }),
         )
-        .await
-        .unwrap();
+        .await;
     let dir = node.empty_dir(&uid(&pod), "vol");
     if seed > 0 {
         fill(&dir, seed, 25);

@@ -20,7 +20,8 @@ use crate::snapshots::{fake_cluster, snapshot_backup, wait_cleaned};
 async fn run_now(env: &Env, ns: &str, key: &str, value: &str) -> BackupRepositoryStatus {
     env.annotate_object::<BackupRepository>(ns, "default", key, value)
         .await;
-    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(env.client.clone(), ns);
+    let pods: Api<k8s_openapi::api::core::v1::Pod> =
+        Api::namespaced(env.client.clone(), COFFER_NAMESPACE);
     let job = match key {
         PRUNE_NOW => "prune",
         COPY_NOW => "copy",
@@ -47,7 +48,7 @@ async fn run_now(env: &Env, ns: &str, key: &str, value: &str) -> BackupRepositor
         .await
         .status
         .unwrap();
-    let pod = format!("coffer-{job}-default");
+    let pod = coffer_node_agent::names::home_name(ns, &format!("{job}-default"));
     let deadline = tokio::time::Instant::now() + WAIT;
     while pods.get_opt(&pod).await.unwrap().is_some() {
         assert!(tokio::time::Instant::now() < deadline, "pod {pod} stays");
@@ -231,9 +232,11 @@ async fn prune_runs_beside_a_backup_and_a_check_reads_every_part_then_finds_a_fl
 
     // Each job's pod went once its result was in, and then its account.
     for job in ["prune", "check"] {
-        let mover = format!("coffer-{job}-default");
-        env.wait_gone::<ServiceAccount>(&ns, &mover).await;
-        env.assert_no_mover_account(&ns, &ns, &mover).await;
+        let mover = coffer_node_agent::names::home_name(&ns, &format!("{job}-default"));
+        env.wait_gone::<ServiceAccount>(COFFER_NAMESPACE, &mover)
+            .await;
+        env.assert_no_mover_account(COFFER_NAMESPACE, &ns, &mover)
+            .await;
     }
 }
 

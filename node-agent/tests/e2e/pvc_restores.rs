@@ -47,6 +47,16 @@ fn message(r: &VolumeRestore) -> String {
 }
 
 /// A PVC, and where its PV's data is.
+/// The names of the resolver and the restorer (and its claim) of restore
+/// `ns/name`, in coffer's namespace.
+pub(crate) fn resolver_of(ns: &str, name: &str) -> String {
+    coffer_node_agent::names::home_name(ns, &format!("resolve-{name}"))
+}
+
+pub(crate) fn restorer_of(ns: &str, name: &str) -> String {
+    coffer_node_agent::names::home_name(ns, &format!("restore-{name}"))
+}
+
 pub(crate) async fn restored_pvc(
     env: &Env,
     ns: &str,
@@ -146,6 +156,7 @@ async fn a_restore_makes_a_new_pvc_in_another_namespace_with_a_mapped_storage_cl
     // mover's, for its account in the target namespace.
     let bindings = {
         use futures::StreamExt;
+        let src_ns = src.clone();
         let api = Api::<RoleBinding>::namespaced(env.client.clone(), &src);
         let mut events = kube::runtime::watcher(api, Default::default()).boxed();
         tokio::spawn(async move {
@@ -167,7 +178,7 @@ async fn a_restore_makes_a_new_pvc_in_another_namespace_with_a_mapped_storage_cl
                     kube::runtime::watcher::Event::Delete(b) => {
                         let name = b.metadata.name.unwrap();
                         seen.push(format!("deleted {name}"));
-                        if name == "coffer-restore-back" {
+                        if name == restorer_of(&src_ns, "back") {
                             return seen;
                         }
                     }
@@ -214,18 +225,39 @@ async fn a_restore_makes_a_new_pvc_in_another_namespace_with_a_mapped_storage_cl
     assert!(pvc.owner_references().is_empty());
     assert_same_tree(&data, &path);
 
-    // Both movers ran in the target namespace and are gone; their account
-    // may write the run's status in the source namespace.
-    let movers = ["coffer-resolve-back", "coffer-restore-back"].map(|p| format!("Pod/{copy}/{p}"));
+    // The volume filled in coffer's namespace was handed over: the target
+    // claim is bound to it, its reclaim policy is back, its record gone.
+    let pv = Api::<PersistentVolume>::all(env.client.clone())
+        .get(pvc.spec.as_ref().unwrap().volume_name.as_ref().unwrap())
+        .await
+        .unwrap();
+    let pv_spec = pv.spec.clone().unwrap();
+    let claim_ref = pv_spec.claim_ref.unwrap();
+    assert_eq!(
+        (
+            claim_ref.namespace.as_deref(),
+            claim_ref.name.as_deref(),
+            claim_ref.uid
+        ),
+        (Some(copy.as_str()), Some("data-copy"), pvc.uid())
+    );
+    assert_eq!(
+        pv_spec.persistent_volume_reclaim_policy.as_deref(),
+        Some("Delete")
+    );
+    assert!(
+        pv.annotations().is_empty() && pv.labels().is_empty(),
+        "{pv:#?}"
+    );
+    // Both movers ran in coffer's namespace and are gone, and so is the
+    // claim the restorer filled; their account may write the run's status
+    // in the source namespace and read the target namespace's Secrets.
+    let (resolver, restorer) = (resolver_of(&src, "back"), restorer_of(&src, "back"));
+    let movers = [&resolver, &restorer].map(|p| format!("Pod/{COFFER_NAMESPACE}/{p}"));
+    let fill = format!("PersistentVolumeClaim/{COFFER_NAMESPACE}/{restorer}");
     let deleted = sim
-        .deletions_when(|d| movers.iter().all(|m| d.contains(m)))
+        .deletions_when(|d| movers.iter().chain([&fill]).all(|m| d.contains(m)))
         .await;
-    for pod in ["coffer-resolve-back", "coffer-restore-back"] {
-        assert!(
-            deleted.contains(&format!("Pod/{copy}/{pod}")),
-            "{deleted:?}"
-        );
-    }
     assert!(!deleted
         .iter()
         .any(|d| d.starts_with("PersistentVolumeClaim/") && d.ends_with("/data-copy")));
@@ -233,14 +265,17 @@ async fn a_restore_makes_a_new_pvc_in_another_namespace_with_a_mapped_storage_cl
     // once and deleted once, after it was made.
     let seen = tokio::time::timeout(WAIT, bindings).await.unwrap().unwrap();
     assert_eq!(seen.len(), 4, "{seen:?}");
-    for mover in ["coffer-resolve-back", "coffer-restore-back"] {
+    for mover in [&resolver, &restorer] {
         let at = |e: String| seen.iter().position(|s| *s == e);
-        let made = at(format!("made {mover} for {copy}"));
+        let made = at(format!("made {mover} for {COFFER_NAMESPACE}"));
         let deleted = at(format!("deleted {mover}"));
         assert!(made.is_some() && deleted > made, "{seen:?}");
     }
-    for mover in ["coffer-resolve-back", "coffer-restore-back"] {
-        env.assert_no_mover_account(&copy, &src, mover).await;
+    for mover in [&resolver, &restorer] {
+        env.assert_no_mover_account(COFFER_NAMESPACE, &src, mover)
+            .await;
+        env.assert_no_mover_account(COFFER_NAMESPACE, &copy, mover)
+            .await;
     }
 
     // The same target again: refused, and the existing PVC is left alone.

@@ -138,9 +138,10 @@ async fn retention_keeps_exactly_the_newest_snapshots_of_each_origin_and_nothing
     assert_eq!(cond("LastRunSucceeded"), "True");
     assert_eq!(cond("RetentionApplied"), "True");
     // The retention pod went once its result was in, and then its account.
-    env.wait_gone::<ServiceAccount>(&ns, "coffer-forget-db")
+    let retention = coffer_node_agent::names::home_name(&ns, "forget-db");
+    env.wait_gone::<ServiceAccount>(COFFER_NAMESPACE, &retention)
         .await;
-    env.assert_no_mover_account(&ns, &ns, "coffer-forget-db")
+    env.assert_no_mover_account(COFFER_NAMESPACE, &ns, &retention)
         .await;
 
     // The same, as gauges to alert on.

@@ -589,7 +589,11 @@ async fn binder(
             _ => continue,
         };
         let spec = pvc.spec.clone().unwrap_or_default();
-        if spec.volume_name.is_some() || pvc.metadata.deletion_timestamp.is_some() {
+        if pvc.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        if let Some(volume) = &spec.volume_name {
+            bind_prebound(&client, &pvc, volume).await;
             continue;
         }
         let ns = pvc.namespace().unwrap_or_default();
@@ -647,7 +651,7 @@ async fn binder(
                 "capacity": {"storage": "1Gi"},
                 "accessModes": spec.access_modes,
                 "volumeMode": spec.volume_mode,
-                "persistentVolumeReclaimPolicy": "Retain",
+                "persistentVolumeReclaimPolicy": "Delete",
                 "storageClassName": spec.storage_class_name,
                 "claimRef": {"namespace": ns, "name": pvc.name_any(), "uid": pvc.uid()},
                 "csi": {"driver": DRIVER, "volumeHandle": pv_name, "volumeAttributes": {"path": to.display().to_string()}},
@@ -676,6 +680,51 @@ async fn binder(
             )
             .await;
     }
+}
+
+/// As the PV controller: a claim that names its volume binds to it when the
+/// volume is free or reserved for that claim (its `claimRef` names it,
+/// with no uid or this claim's), and not otherwise.
+async fn bind_prebound(client: &Client, pvc: &PersistentVolumeClaim, volume: &str) {
+    let phase = pvc.status.as_ref().and_then(|s| s.phase.as_deref());
+    if phase == Some("Bound") {
+        return;
+    }
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    let Ok(pv) = pvs.get(volume).await else {
+        return;
+    };
+    let (ns, name, uid) = (pvc.namespace(), pvc.name_any(), pvc.uid());
+    let free = match pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref()) {
+        None => true,
+        Some(r) => {
+            r.namespace == ns
+                && r.name.as_deref() == Some(name.as_str())
+                && (r.uid.is_none() || r.uid == uid)
+        }
+    };
+    if !free {
+        return;
+    }
+    let pp = PatchParams::default();
+    let claim_ref = json!({"spec": {"claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "namespace": ns, "name": name, "uid": uid}}});
+    let _ = pvs.patch(volume, &pp, &Patch::Merge(claim_ref)).await;
+    let _ = pvs
+        .patch_status(
+            volume,
+            &pp,
+            &Patch::Merge(json!({"status": {"phase": "Bound"}})),
+        )
+        .await;
+    let capacity = pv.spec.as_ref().and_then(|s| s.capacity.clone());
+    let _ = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns.unwrap_or_default())
+        .patch_status(
+            &name,
+            &pp,
+            &Patch::Merge(json!({"status": {"phase": "Bound", "capacity": capacity}})),
+        )
+        .await;
 }
 
 /// The size of a new block volume.

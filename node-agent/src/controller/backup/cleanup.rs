@@ -15,6 +15,7 @@ use crate::controller::backup::run::{child_name, home_child};
 use crate::controller::context::Ctx;
 use crate::controller::csi::{VolumeSnapshot, VolumeSnapshotContent};
 use crate::controller::movers::{delete_account, delete_mover};
+use crate::controller::volumes::{delete_volume, reclaim_on_release};
 use crate::names::{annotated_run, RUN_LABEL};
 
 /// The end of a run, one deletion at a time: in coffer's namespace the
@@ -51,7 +52,7 @@ pub(crate) async fn cleanup(ctx: &Ctx, vb: &VolumeBackup) -> Result<bool, Error>
                 })
         });
     if let Some(pv) = bound {
-        delete_clone_volume(&pvs, &pv).await?;
+        delete_volume(&pvs, &pv).await?;
         return Ok(false);
     }
     let home_snaps: Api<VolumeSnapshot> = Api::namespaced(ctx.client.clone(), &home);
@@ -94,44 +95,6 @@ pub(crate) async fn cleanup(ctx: &Ctx, vb: &VolumeBackup) -> Result<bool, Error>
         Some(g) => group_cleanup(ctx, vb, g).await,
         None => Ok(true),
     }
-}
-
-/// Deletes a clone's PV, once its claim is gone, with its volume.
-pub(crate) async fn delete_clone_volume(
-    pvs: &Api<PersistentVolume>,
-    pv: &PersistentVolume,
-) -> Result<(), Error> {
-    let name = pv.name_any();
-    if pv.meta().deletion_timestamp.is_some() {
-        return Ok(());
-    }
-    reclaim_on_release(pvs, pv).await?;
-    delete(pvs, &name, &format!("PV {name}")).await
-}
-
-/// Sets a retained clone volume to Delete: it would outlive the run, and
-/// with Delete the driver deletes the volume with the object.
-pub(crate) async fn reclaim_on_release(
-    pvs: &Api<PersistentVolume>,
-    pv: &PersistentVolume,
-) -> Result<(), Error> {
-    let name = pv.name_any();
-    if pv
-        .spec
-        .as_ref()
-        .and_then(|s| s.persistent_volume_reclaim_policy.as_deref())
-        != Some("Retain")
-    {
-        return Ok(());
-    }
-    pvs.patch(
-        &name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"persistentVolumeReclaimPolicy": "Delete"}})),
-    )
-    .await
-    .map(drop)
-    .map_err(kube_err(format!("setting PV {name} to Delete")))
 }
 
 /// Start-up sweep: objects made for runs that no longer exist (deleted
