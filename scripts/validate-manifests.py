@@ -15,6 +15,9 @@ in its virtualenv (kubernetes-validate, jsonschema, PyYAML).
     validate-manifests.py monitoring VERSION BASE OVERLAY
         components/monitoring adds only its ServiceMonitors, PrometheusRule
         and dashboard ConfigMap, and they have the Prometheus Operator's shape
+    validate-manifests.py populator BASE OVERLAY
+        components/populator adds only a VolumePopulator, naming the
+        RestoreSource kind of deploy/crds.yaml
 
 Each prints one summary line on success; on failure the reasons, and exits 1.
 """
@@ -49,7 +52,8 @@ EXPECTED_RULES = {
 # deploy/controller.yaml).
 EXPECTED_CONTROLLER_RULES = {
     ("coffer.dev", "volumebackups"): {"get", "list", "watch", "patch", "create", "delete"},
-    ("coffer.dev", "volumerestores"): {"get", "list", "watch", "patch"},
+    ("coffer.dev", "volumerestores"): {"get", "list", "watch", "patch", "create"},
+    ("coffer.dev", "restoresources"): {"get"},
     ("coffer.dev", "backupschedules"): {"get", "list", "watch"},
     ("coffer.dev", "backupschedules/status"): {"get", "patch"},
     ("coffer.dev", "volumebackups/status"): {"get", "patch"},
@@ -672,6 +676,26 @@ def cmd_monitoring(version, base, overlay):
     return f"{len(added)} objects added: ServiceMonitors, PrometheusRule, dashboard ConfigMap"
 
 
+def cmd_populator(base, overlay):
+    """The overlay is the base plus one VolumePopulator (cluster-scoped)
+    whose sourceKind is the RestoreSource kind that deploy/crds.yaml
+    defines, so that the data-source validator knows the kind claims name."""
+    before = {kn(d) for d in load(base)}
+    added = [d for d in load(overlay) if kn(d) not in before]
+    p = []
+    check([d["kind"] for d in added] == ["VolumePopulator"], f"the component adds {[kn(d) for d in added]}", p)
+    crds = {(c["spec"]["group"], c["spec"]["names"]["kind"]) for c in load(ROOT / "deploy" / "crds.yaml")}
+    for d in added:
+        check(d["apiVersion"] == "populator.storage.k8s.io/v1beta1", f"{kn(d)} is {d['apiVersion']}", p)
+        check("namespace" not in d["metadata"], f"{kn(d)} is cluster-scoped but has a namespace", p)
+        src = d.get("sourceKind", {})
+        check((src.get("group"), src.get("kind")) in crds and src.get("kind") == "RestoreSource",
+              f"{kn(d)} names {src}, not the RestoreSource kind of deploy/crds.yaml", p)
+    if p:
+        raise Failed("\n".join(p))
+    return "one VolumePopulator, for coffer.dev RestoreSource"
+
+
 def cmd_examples():
     """deploy/examples fit together: namespace-agnostic (apart from what lives
     in coffer-system), the schedule selects the example StatefulSet, the
@@ -719,6 +743,8 @@ def main(argv):
             msg = cmd_configured(argv[1], argv[2], argv[3])
         elif argv[0] == "monitoring":
             msg = cmd_monitoring(argv[1], argv[2], argv[3])
+        elif argv[0] == "populator":
+            msg = cmd_populator(argv[1], argv[2])
         else:
             raise SystemExit(__doc__)
     except Failed as e:

@@ -111,6 +111,7 @@ check "render with components/privileged" overlay privileged privileged
 check "render with components/read-only" overlay read-only read-only
 check "render with both components" overlay both privileged read-only
 check "render with components/monitoring" overlay monitoring monitoring
+check "render with components/populator" overlay populator populator
 configured() { # an overlay as a user writes one: their image, their cluster
     local dir=$work/overlay-configured rel
     mkdir -p "$dir"
@@ -150,6 +151,10 @@ fi
 [ -s "$work/base.yaml" ] && [ -s "$work/monitoring.yaml" ] &&
     check "overlay monitoring: adds only its monitors, alerts and dashboard" \
         "$py" scripts/validate-manifests.py monitoring "${k8s_versions[-1]}" "$work/base.yaml" "$work/monitoring.yaml"
+
+[ -s "$work/base.yaml" ] && [ -s "$work/populator.yaml" ] &&
+    check "overlay populator: registers the RestoreSource kind the CRDs define" \
+        "$py" scripts/validate-manifests.py populator "$work/base.yaml" "$work/populator.yaml"
 
 # ---- b) schemas -----------------------------------------------------------------
 examples=(deploy/examples/*.yaml)

@@ -506,6 +506,49 @@ pub struct RestoreTarget {
     /// Its size (default: the recorded capacity).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<String>,
+    /// Fill this claim, which exists already, instead of creating it: it
+    /// must not be Bound, and its `spec.dataSourceRef` must name a
+    /// RestoreSource (the volume populator sets this).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub existing: bool,
+}
+
+/// What a new PersistentVolumeClaim is populated from: a claim whose
+/// `spec.dataSourceRef` names a RestoreSource (`apiGroup: coffer.dev`) is
+/// filled by the controller and appears Bound with the data in it.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "coffer.dev",
+    version = "v1alpha1",
+    kind = "RestoreSource",
+    namespaced,
+    doc = "A snapshot that new PersistentVolumeClaims are populated from: a claim whose spec.dataSourceRef names this object (apiGroup coffer.dev, kind RestoreSource) is filled by the controller, then bound, as a volume populator does.",
+    category = "coffer",
+    printcolumn = r#"{"name":"Repository","type":"string","jsonPath":".spec.repository"}"#,
+    printcolumn = r#"{"name":"PVC","type":"string","jsonPath":".spec.snapshot.pvc"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreSourceSpec {
+    /// Which snapshot: by id, or the latest of an origin. An origin that
+    /// names no `pvc` means each claim's own name, so that the
+    /// volumeClaimTemplates of a StatefulSet restore each replica's volume.
+    #[serde(default)]
+    pub snapshot: SnapshotSource,
+    /// The BackupRepository, in this namespace.
+    #[serde(default = "default_repository")]
+    pub repository: String,
+}
+
+impl RestoreSourceSpec {
+    /// The snapshot that claim `pvc` is populated from.
+    pub fn snapshot_for(&self, pvc: &str) -> SnapshotSource {
+        let mut s = self.snapshot.clone();
+        if s.id.is_none() && s.pvc.is_none() && s.owner.is_none() {
+            s.pvc = Some(pvc.to_string());
+        }
+        s
+    }
 }
 
 /// A snapshot by id, or the latest of an origin (at a point in time, with
@@ -978,6 +1021,7 @@ pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
         VolumeBackup::crd(),
         VolumeRestore::crd(),
         BackupSchedule::crd(),
+        RestoreSource::crd(),
     ] {
         out.push_str("---\n");
         out.push_str(&serde_yaml::to_string(&crd)?);

@@ -50,6 +50,10 @@ struct ControllerArgs {
     /// the pod POD_NAME in POD_NAMESPACE)
     #[arg(long, env = "MOVER_IMAGE")]
     mover_image: Option<String>,
+    /// Image pull Secrets of mover pods, in coffer's namespace
+    /// (comma-separated; default: this pod's own imagePullSecrets)
+    #[arg(long, env = "MOVER_IMAGE_PULL_SECRETS", value_delimiter = ',')]
+    mover_image_pull_secrets: Option<Vec<String>>,
     /// Memory limit of mover pods
     #[arg(long, env = "MOVER_MEMORY", default_value = "1Gi")]
     mover_memory: String,
@@ -198,22 +202,37 @@ async fn serve_metrics(addr: SocketAddr) -> anyhow::Result<std::sync::Arc<metric
 
 async fn run_controller(a: ControllerArgs) -> anyhow::Result<()> {
     let client = client().await?;
-    let mover_image = match a.mover_image {
-        Some(image) => image,
-        None => {
+    // What movers take from this controller's own pod, unless told.
+    let own = match (&a.mover_image, &a.mover_image_pull_secrets) {
+        (Some(_), Some(_)) => None,
+        _ => {
             let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
                 kube::Api::namespaced(client.clone(), &a.namespace);
-            let pod = pods.get(&a.identity).await.map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot read this controller's pod {}/{} to learn the mover image ({e}); set MOVER_IMAGE (--mover-image), or POD_NAME and POD_NAMESPACE through the downward API",
-                    a.namespace,
-                    a.identity
-                )
-            })?;
-            controller::movers::pod::own_image(&pod).map_err(|e| anyhow::anyhow!(e))?
+            Some(pods.get(&a.identity).await)
         }
     };
-    tracing::info!(image = mover_image, "mover pods run this image");
+    let mover_image = match (a.mover_image, &own) {
+        (Some(image), _) => image,
+        (None, Some(Ok(pod))) => {
+            controller::movers::pod::own_image(pod).map_err(|e| anyhow::anyhow!(e))?
+        }
+        (None, Some(Err(e))) => anyhow::bail!(
+            "cannot read this controller's pod {}/{} to learn the mover image ({e}); set MOVER_IMAGE (--mover-image), or POD_NAME and POD_NAMESPACE through the downward API",
+            a.namespace,
+            a.identity
+        ),
+        (None, None) => unreachable!("the pod is read when no image is given"),
+    };
+    let mover_pull_secrets = match (a.mover_image_pull_secrets, &own) {
+        (Some(names), _) => names,
+        (None, Some(Ok(pod))) => controller::movers::pod::own_pull_secrets(pod),
+        (None, _) => Vec::new(),
+    };
+    tracing::info!(
+        image = mover_image,
+        pull_secrets = ?mover_pull_secrets,
+        "mover pods run this image"
+    );
     let m = serve_metrics(a.metrics_addr).await?;
     let opts = controller::Options {
         cluster: a.cluster_name,
@@ -222,6 +241,7 @@ async fn run_controller(a: ControllerArgs) -> anyhow::Result<()> {
         identity: a.identity,
         lease_duration: a.lease_duration,
         mover_image,
+        mover_pull_secrets,
         mover_memory: a.mover_memory,
         mover_threads: a.mover_threads.max(1),
         mover_read_limit: a.mover_limit_read,

@@ -22,10 +22,11 @@ fn deploy_crds_match_the_rust_types() {
         "VolumeBackup",
         "VolumeRestore",
         "BackupSchedule",
+        "RestoreSource",
     ] {
         assert!(generated.contains(&format!("kind: {kind}\n")), "{kind}");
     }
-    assert_eq!(generated.matches("scope: Namespaced").count(), 4);
+    assert_eq!(generated.matches("scope: Namespaced").count(), 5);
 }
 
 /// Every integer a tenant could write has bounds in the schema, so the API

@@ -159,6 +159,28 @@ pub fn restored_claim(r: &RestoredClaim) -> Result<PersistentVolumeClaim, String
     serde_json::from_value(value).map_err(|e| format!("the restored claim: {e}"))
 }
 
+/// A claim `namespace/name` with the spec of `like` (class, access modes,
+/// volume mode, size), and no data source: the claim a populator fills.
+pub fn claim_like(
+    like: &PersistentVolumeClaim,
+    name: &str,
+    namespace: &str,
+) -> PersistentVolumeClaim {
+    let spec = like.spec.clone().unwrap_or_default();
+    let mut value = json!({
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "accessModes": spec.access_modes,
+            "volumeMode": spec.volume_mode,
+            "resources": spec.resources,
+        }
+    });
+    if let Some(class) = spec.storage_class_name {
+        value["spec"]["storageClassName"] = json!(class);
+    }
+    serde_json::from_value(value).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

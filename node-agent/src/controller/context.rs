@@ -26,6 +26,8 @@ pub struct Options {
     pub lease_duration: Duration,
     /// The image mover pods run (`coffer-agent`).
     pub mover_image: String,
+    /// The image pull Secrets of mover pods (in coffer's namespace).
+    pub mover_pull_secrets: Vec<String>,
     /// Mover pods' memory limit.
     pub mover_memory: String,
     /// Engine threads in a mover.

@@ -31,6 +31,7 @@ pub mod csi;
 pub(crate) mod lifecycle;
 pub mod maintenance;
 pub mod movers;
+pub mod populator;
 pub mod restore;
 pub mod schedules;
 pub(crate) mod volumes;
@@ -199,6 +200,16 @@ pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) -> anyhow
         ctx.clone(),
     )
     .for_each(log_error);
+    let populator = Controller::new(
+        Api::<Lenient<PersistentVolumeClaim>>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .run(
+        parsed(populator::reconcile),
+        parsed_policy(retry_policy),
+        ctx.clone(),
+    )
+    .for_each(log_error);
     let gauges = schedules::forget_deleted(client.clone(), ctx);
     let lost = async {
         loop {
@@ -208,7 +219,10 @@ pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) -> anyhow
         }
     };
     tokio::select! {
-        _ = futures::future::join5(backups, restores, schedules, maintenance, gauges) => anyhow::bail!("the controller's watches ended"),
+        _ = futures::future::join(
+            futures::future::join5(backups, restores, schedules, maintenance, gauges),
+            populator,
+        ) => anyhow::bail!("the controller's watches ended"),
         _ = lost => {
             lease_task.abort();
             anyhow::bail!("lost the Lease; stopping so that the new leader alone acts")

@@ -43,7 +43,7 @@ use kube::{Resource, ResourceExt};
 use crate::crd::{BackupRepository, Phase, RestoreTarget, RunStatus, VolumeRestore};
 
 use crate::api::{delete, delete_present, kube_err, Error};
-use crate::controller::claims::{is_block, restored_claim, RestoredClaim};
+use crate::controller::claims::{claim_like, is_block, restored_claim, RestoredClaim};
 use crate::controller::context::Ctx;
 use crate::controller::lifecycle::{self, fail, follow_mover, ControllerRun, Triage};
 use crate::controller::movers::pod::MoverVolume;
@@ -51,6 +51,7 @@ use crate::controller::movers::pod::{mover_pod, MoverPod};
 use crate::controller::movers::{
     common_args, create_mover, delete_account, delete_mover, role_namespaces, SecretsOf, StatusOf,
 };
+use crate::controller::populator::source_of;
 use crate::controller::volumes::delete_volume;
 use crate::mover::args::{MoverArgs, ResolveArgs, RestoreArgs};
 use crate::names::{
@@ -157,11 +158,23 @@ async fn claim(ctx: &Ctx, vr: &VolumeRestore, target: &RestoreTarget) -> Result<
         return Ok(Action::await_change());
     };
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &tns);
-    if let Some(existing) = pvcs
+    let found = pvcs
         .get_opt(&target.pvc)
         .await
-        .map_err(kube_err(format!("reading PVC {tns}/{}", target.pvc)))?
-    {
+        .map_err(kube_err(format!("reading PVC {tns}/{}", target.pvc)))?;
+    if target.existing {
+        let why = match &found {
+            None => Some("does not exist"),
+            Some(c) if source_of(c).is_none() => Some(
+                "is bound already, or its spec.dataSourceRef names no coffer.dev RestoreSource",
+            ),
+            Some(_) => None,
+        };
+        if let Some(why) = why {
+            fail(ctx, vr, format!("PersistentVolumeClaim {tns}/{} {why}: spec.target.existing fills only an unbound claim made to be populated by coffer", target.pvc)).await?;
+            return Ok(Action::await_change());
+        }
+    } else if let Some(existing) = found {
         if existing.annotations().get(RESTORED_BY) != Some(&run_key(vr)) {
             fail(ctx, vr, format!("PersistentVolumeClaim {tns}/{} already exists; a restore creates a new PVC: choose another spec.target.pvc, or delete that one", target.pvc)).await?;
             return Ok(Action::await_change());
@@ -283,8 +296,17 @@ pub(crate) fn plan_restore(
             Some(_) => RestoreStep::Watch(MoverRole::Resolver),
         };
     }
-    let ours = |c: &PersistentVolumeClaim| c.annotations().get(RESTORED_BY) == Some(&run_key(vr));
+    // A claim to populate is the user's; any other is made by the run.
+    let existing = vr.spec.target.as_ref().is_some_and(|t| t.existing);
+    let ours = |c: &PersistentVolumeClaim| {
+        existing || c.annotations().get(RESTORED_BY) == Some(&run_key(vr))
+    };
     let fill = restorer_name(vr);
+    if existing && seen.target.is_none() {
+        return RestoreStep::Fail(format!(
+            "PersistentVolumeClaim {tns}/{pvc}, which this restore populates, was deleted"
+        ));
+    }
     if seen.target.as_ref().is_some_and(|t| !ours(t)) {
         return RestoreStep::Fail(format!("PersistentVolumeClaim {tns}/{pvc} was created by someone else during the restore; choose another spec.target.pvc"));
     }
@@ -320,7 +342,7 @@ pub(crate) fn plan_restore(
             Some(_) => RestoreStep::Release(name),
         };
     }
-    if seen.target.is_some() {
+    if seen.target.is_some() && !existing {
         return RestoreStep::Fail(format!("PersistentVolumeClaim {tns}/{pvc} was created by someone else during the restore; choose another spec.target.pvc"));
     }
     let restoring = Stage::of(st) == Some(Stage::Restoring);
@@ -458,7 +480,12 @@ async fn advance(
             Ok(Action::requeue(ctx.opts.prepare_timeout))
         }
         RestoreStep::CreateFill => {
-            let mut made = match claim_of(&restorer, &home) {
+            let made = match &seen.target {
+                // The claim to populate: its own spec.
+                Some(t) if target.existing => Ok(claim_like(t, &restorer, &home)),
+                _ => claim_of(&restorer, &home),
+            };
+            let mut made = match made {
                 Ok(c) => c,
                 Err(m) => {
                     fail(ctx, vr, m).await?;
@@ -535,10 +562,13 @@ async fn advance(
             Ok(Action::requeue(Duration::ZERO))
         }
         RestoreStep::MoveVolume(pv) => {
+            // A claim to populate exists: bound to it by its uid, as the
+            // PV controller binds; a claim to create is reserved by name.
+            let uid = seen.target.as_ref().and_then(|t| t.uid());
             let reserve = json!({"spec": {"claimRef": {
                 "apiVersion": "v1", "kind": "PersistentVolumeClaim",
                 "namespace": tns, "name": target.pvc,
-                "uid": null, "resourceVersion": null,
+                "uid": uid, "resourceVersion": null,
             }}});
             patch_pv(pv, reserve, "reserving").await?;
             Ok(Action::requeue(Duration::ZERO))

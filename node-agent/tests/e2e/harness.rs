@@ -178,6 +178,7 @@ impl Env {
             VolumeBackup::crd(),
             VolumeRestore::crd(),
             coffer_node_agent::crd::BackupSchedule::crd(),
+            coffer_node_agent::crd::RestoreSource::crd(),
         ] {
             match crds.create(&PostParams::default(), &crd).await {
                 Ok(_) => {}

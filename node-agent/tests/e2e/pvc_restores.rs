@@ -405,3 +405,93 @@ async fn a_second_cluster_restores_from_the_url_and_password_alone() {
     let (_, path) = restored_pvc(&dr, &ns, "data-then").await;
     assert_same_tree(&then, &path);
 }
+
+/// The volume populator: PVC `data` is deleted by mistake; a new claim of
+/// that name whose `dataSourceRef` names a RestoreSource (as a rebuilt
+/// StatefulSet's volumeClaimTemplates would carry it, with no `pvc` in the
+/// source: each claim restores its own origin) binds with the data in it.
+/// Its namespace is `restricted` and runs nothing: the volume is filled in
+/// coffer's namespace and handed over. A claim naming a missing
+/// RestoreSource waits, saying so in an Event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_naming_a_restore_source_is_populated_and_binds_with_its_data() {
+    let Some((mut env, sim)) = fake_cluster().await else {
+        return;
+    };
+    let _c = Controller::start(&env, "a", &[]);
+    let (ns, _repo, data, snapshot) = backed_up(&mut env, 23).await;
+    Api::<PersistentVolumeClaim>::namespaced(env.client.clone(), &ns)
+        .delete("data", &Default::default())
+        .await
+        .unwrap();
+    env.wait_gone::<PersistentVolumeClaim>(&ns, "data").await;
+    env.create::<coffer_node_agent::crd::RestoreSource>(
+        &ns,
+        json!({"apiVersion": "coffer.dev/v1alpha1", "kind": "RestoreSource",
+               "metadata": {"name": "nightly"}, "spec": {"snapshot": {}}}),
+    )
+    .await;
+    let claim = |name: &str, source: &str| {
+        json!({"metadata": {"name": name},
+            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "hostpath",
+                     "resources": {"requests": {"storage": "1Gi"}},
+                     "dataSourceRef": {"apiGroup": "coffer.dev", "kind": "RestoreSource", "name": source}}})
+    };
+    let made: PersistentVolumeClaim = env.create(&ns, claim("data", "nightly")).await;
+    let pvc = env
+        .wait_for::<PersistentVolumeClaim>(&ns, "data", "Bound", |c| {
+            c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound")
+        })
+        .await;
+    assert_eq!(pvc.uid(), made.uid(), "the same claim, bound");
+    let (_, path) = restored_pvc(&env, &ns, "data").await;
+    assert_same_tree(&data, &path);
+    let run = wait_restored(&env, &ns, "coffer-populate-data").await;
+    let st = run.status.unwrap();
+    assert_eq!(st.phase, Phase::Completed, "{st:#?}");
+    assert_eq!(st.snapshot_id.as_deref(), Some(snapshot.as_str()));
+    assert_eq!(
+        run.metadata.owner_references.unwrap()[0].uid,
+        made.uid().unwrap(),
+        "the run goes with the claim"
+    );
+    let notes = env.event_notes(&ns, "Populating").await;
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("from RestoreSource nightly")),
+        "{notes:?}"
+    );
+    // Filled in coffer's namespace, whose claim went after the handover.
+    let fill = restorer_of(&ns, "coffer-populate-data");
+    sim.deletions_when(|d| d.contains(&format!("PersistentVolumeClaim/{COFFER_NAMESPACE}/{fill}")))
+        .await;
+
+    env.create::<PersistentVolumeClaim>(&ns, claim("other", "missing"))
+        .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while env
+        .event_notes(&ns, "RestoreSourceNotFound")
+        .await
+        .is_empty()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no Event says what the claim waits for"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let notes = env.event_notes(&ns, "RestoreSourceNotFound").await;
+    assert!(
+        notes[0].contains(&format!("RestoreSource {ns}/missing")),
+        "{notes:?}"
+    );
+    let other = Api::<PersistentVolumeClaim>::namespaced(env.client.clone(), &ns)
+        .get("other")
+        .await
+        .unwrap();
+    assert!(
+        other.spec.unwrap().volume_name.is_none(),
+        "nothing was provisioned for it"
+    );
+}

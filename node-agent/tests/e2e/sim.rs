@@ -194,6 +194,7 @@ impl Sim {
             client.clone(),
             sim.deletions.clone(),
         )));
+        sim.tasks.push(tokio::spawn(rebinder(client.clone())));
         sim.tasks.push(tokio::spawn(kubelet(
             client,
             url,
@@ -596,6 +597,14 @@ async fn binder(
             bind_prebound(&client, &pvc, volume).await;
             continue;
         }
+        // A claim of another data source's kind is its populator's: no
+        // provisioner touches it (AnyVolumeDataSource).
+        let populated = spec.data_source_ref.as_ref().is_some_and(|r| {
+            !matches!(r.kind.as_str(), "VolumeSnapshot" | "PersistentVolumeClaim")
+        });
+        if populated {
+            continue;
+        }
         let ns = pvc.namespace().unwrap_or_default();
         let pv_name = format!("pvc-{}", pvc.uid().unwrap_or_default());
         let mut to = data.join("volumes").join(&pv_name);
@@ -677,6 +686,50 @@ async fn binder(
                 &Patch::Merge(
                     json!({"status": {"phase": "Bound", "capacity": {"storage": "1Gi"}}}),
                 ),
+            )
+            .await;
+    }
+}
+
+/// As the PV controller: a volume whose `claimRef` names an existing,
+/// unbound claim by its uid (a populator's handover) binds that claim.
+async fn rebinder(client: Client) {
+    let api: Api<PersistentVolume> = Api::all(client.clone());
+    let mut stream = watcher::watcher(api, watcher::Config::default()).boxed();
+    while let Some(ev) = stream.next().await {
+        let Ok(Event::Apply(pv) | Event::InitApply(pv)) = ev else {
+            continue;
+        };
+        let Some(r) = pv.spec.as_ref().and_then(|s| s.claim_ref.clone()) else {
+            continue;
+        };
+        let (Some(ns), Some(name), Some(uid)) = (r.namespace, r.name, r.uid) else {
+            continue;
+        };
+        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+        let Ok(pvc) = pvcs.get(&name).await else {
+            continue;
+        };
+        let unbound = pvc.spec.as_ref().is_some_and(|s| s.volume_name.is_none());
+        if pvc.uid().as_deref() != Some(uid.as_str()) || !unbound {
+            continue;
+        }
+        let pp = PatchParams::default();
+        let _ = pvcs
+            .patch(
+                &name,
+                &pp,
+                &Patch::Merge(json!({"spec": {"volumeName": pv.name_any()}})),
+            )
+            .await;
+        let capacity = pv.spec.as_ref().and_then(|s| s.capacity.clone());
+        let bound = json!({"status": {"phase": "Bound", "capacity": capacity}});
+        let _ = pvcs.patch_status(&name, &pp, &Patch::Merge(bound)).await;
+        let _ = Api::<PersistentVolume>::all(client.clone())
+            .patch_status(
+                &pv.name_any(),
+                &pp,
+                &Patch::Merge(json!({"status": {"phase": "Bound"}})),
             )
             .await;
     }

@@ -932,7 +932,7 @@ fn holder(l: &Lease) -> Option<String> {
 
 /// Without MOVER_IMAGE (as deploy/ runs it), mover pods run the controller's
 /// own image, read from its pod, so that a kustomize `images:` override
-/// changes both; a controller that cannot learn it refuses to start,
+/// changes both, and are pulled with its own imagePullSecrets; a controller that cannot learn it refuses to start,
 /// saying what to set.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn movers_run_the_controllers_own_image() {
@@ -964,7 +964,8 @@ async fn movers_run_the_controllers_own_image() {
         json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": "coffer-controller-7d9f", "namespace": COFFER_NAMESPACE},
-            "spec": {"containers": [{"name": "controller", "image": image}]},
+            "spec": {"containers": [{"name": "controller", "image": image}],
+                     "imagePullSecrets": [{"name": "platform-registry"}]},
         }),
     )
     .await;
@@ -974,12 +975,18 @@ async fn movers_run_the_controllers_own_image() {
     let pod = env
         .wait_for::<Pod>(COFFER_NAMESPACE, &mover(&ns, "own"), "created", |_| true)
         .await;
-    let images: Vec<_> = pod
-        .spec
-        .unwrap()
-        .containers
-        .into_iter()
-        .map(|c| c.image)
+    let spec = pod.spec.unwrap();
+    let pulled_with: Vec<_> = spec
+        .image_pull_secrets
+        .iter()
+        .flatten()
+        .map(|r| r.name.clone())
         .collect();
+    assert_eq!(
+        pulled_with,
+        ["platform-registry"],
+        "the controller's own pull Secrets"
+    );
+    let images: Vec<_> = spec.containers.into_iter().map(|c| c.image).collect();
     assert_eq!(images, [Some(image.to_string())]);
 }

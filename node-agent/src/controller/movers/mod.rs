@@ -384,6 +384,7 @@ impl Ctx /* mover */ {
             name,
             namespace: ns,
             image: &self.opts.mover_image,
+            pull_secrets: &self.opts.mover_pull_secrets,
             volume: None,
             args: Vec::new(),
             repository_dir: local_repository_dir(&repo.spec.url),

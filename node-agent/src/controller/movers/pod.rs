@@ -41,6 +41,19 @@ pub fn own_image(pod: &Pod) -> Result<String, String> {
         })
 }
 
+/// The image pull Secrets of a controller's own pod, which its movers get
+/// too (they run in its namespace, where those Secrets are).
+pub fn own_pull_secrets(pod: &Pod) -> Vec<String> {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.image_pull_secrets.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|r| r.name.clone())
+        .filter(|n| !n.is_empty())
+        .collect()
+}
+
 /// The directory of a local repository URL (`file:///path` or `/path`),
 /// which a mover pod can only reach as the same directory on its node (an
 /// NFS share mounted on every node, or a one-node cluster). `None` for an
@@ -60,6 +73,8 @@ pub struct MoverPod<'a> {
     pub namespace: &'a str,
     /// The image holding `coffer-agent`.
     pub image: &'a str,
+    /// The Secrets the image is pulled with.
+    pub pull_secrets: &'a [String],
     /// The volume it reads or writes (none for a mover that only looks
     /// into the repository).
     pub volume: Option<MoverVolume<'a>>,
@@ -162,6 +177,7 @@ pub fn mover_pod(m: &MoverPod) -> Pod {
             "restartPolicy": "Never",
             // Its own account ([`crate::controller::create_mover`]).
             "serviceAccountName": m.name,
+            "imagePullSecrets": m.pull_secrets.iter().map(|n| json!({"name": n})).collect::<Vec<_>>(),
             "containers": [{
                 "name": "mover",
                 "image": m.image,
@@ -196,6 +212,11 @@ mod tests {
         };
         let one = pod(json!([{"name": "main", "image": "r.example/coffer:1"}]));
         assert_eq!(own_image(&one).unwrap(), "r.example/coffer:1");
+        assert!(own_pull_secrets(&one).is_empty());
+        let pulled: Pod = serde_json::from_value(json!({"metadata": {"name": "c"},
+            "spec": {"containers": [], "imagePullSecrets": [{"name": "a"}, {"name": "b"}]}}))
+        .unwrap();
+        assert_eq!(own_pull_secrets(&pulled), ["a", "b"]);
         let two = pod(
             json!([{"name": "proxy", "image": "envoy"}, {"name": "controller", "image": "r.example/coffer:2"}]),
         );
@@ -224,6 +245,7 @@ mod tests {
                 name: "coffer-run",
                 namespace: "team-a",
                 image: "coffer",
+                pull_secrets: &["registry".to_string()],
                 volume: None,
                 args: Vec::new(),
                 repository_dir: dir,
@@ -235,6 +257,7 @@ mod tests {
             serde_json::to_value(pod.spec.unwrap()).unwrap()
         };
         let spec = mover(Some("/srv/backup"));
+        assert_eq!(spec["imagePullSecrets"], json!([{"name": "registry"}]));
         assert!(spec["volumes"].as_array().unwrap().contains(&json!(
             {"name": "repository", "hostPath": {"path": "/srv/backup", "type": "Directory"}}
         )));
