@@ -52,7 +52,7 @@ EXPECTED_RULES = {
 # deploy/controller.yaml).
 EXPECTED_CONTROLLER_RULES = {
     ("coffer.dev", "volumebackups"): {"get", "list", "watch", "patch", "create", "delete"},
-    ("coffer.dev", "volumerestores"): {"get", "list", "watch", "patch", "create"},
+    ("coffer.dev", "volumerestores"): {"get", "list", "watch", "patch", "create", "delete"},
     ("coffer.dev", "restoresources"): {"get"},
     ("coffer.dev", "backupschedules"): {"get", "list", "watch"},
     ("coffer.dev", "backupschedules/status"): {"get", "patch"},

@@ -94,6 +94,10 @@ struct ControllerArgs {
     /// A node agent's run whose node is deleted, or not Ready this long, is ended (Failed, naming the node)
     #[arg(long, env = "LOST_NODE_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
     lost_node_timeout: std::time::Duration,
+    /// A finished one-off VolumeBackup or VolumeRestore (not a schedule's)
+    /// is deleted this long after it ended; its snapshot stays. 0 keeps them
+    #[arg(long, env = "FINISHED_RUN_TTL", default_value = "30d", value_parser = parse_duration)]
+    finished_run_ttl: std::time::Duration,
 }
 
 #[derive(clap::Args, Debug)]
@@ -253,6 +257,7 @@ async fn run_controller(a: ControllerArgs) -> anyhow::Result<()> {
         read_only_many: a.clone_read_only_many,
         policy: a.policy,
         lost_node_timeout: a.lost_node_timeout,
+        finished_run_ttl: a.finished_run_ttl,
     };
     tokio::select! {
         r = controller::run(client, opts, m) => r,

@@ -56,6 +56,9 @@ pub struct Options {
     /// A node agent's run whose node is gone (deleted, or not Ready this
     /// long) is ended.
     pub lost_node_timeout: Duration,
+    /// A finished one-off run is deleted this long after it ended (zero:
+    /// never).
+    pub finished_run_ttl: Duration,
 }
 
 pub(crate) struct Ctx {

@@ -286,10 +286,13 @@ pub(crate) async fn reconcile<K: ControllerRun>(
         fail(&ctx, run, why).await?;
         return Ok(Action::await_change());
     }
+    let finalized = run.finalizers().iter().any(|f| f == FINALIZER);
+    if st.phase.is_final() && !finalized && run.meta().deletion_timestamp.is_none() {
+        return expire(&ctx, run, &st).await;
+    }
     if let Triage::NodeAgents = whose {
         return end_if_node_gone(&ctx, run, &st).await;
     }
-    let finalized = run.finalizers().iter().any(|f| f == FINALIZER);
     if run.meta().deletion_timestamp.is_some() || st.phase.is_final() {
         if !finalized {
             return Ok(Action::await_change());
@@ -314,6 +317,57 @@ pub(crate) async fn reconcile<K: ControllerRun>(
             Ok(Action::await_change())
         }
         step => step,
+    }
+}
+
+/// How long finished run `run` is kept yet: `None` for ever (a schedule's
+/// run, by owner or by its `coffer.dev/scheduled-at`, whose schedule's
+/// history limits decide; a run with no completion time; a `ttl` of
+/// zero), else what is left of `ttl` after it ended at `now` (zero: delete
+/// it now).
+pub(crate) fn kept_for<K: kube::Resource>(
+    run: &K,
+    st: &RunStatus,
+    ttl: Duration,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<Duration> {
+    let scheduled = run
+        .meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.kind == "BackupSchedule")
+        || run
+            .meta()
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(crate::names::SCHEDULED_AT));
+    if scheduled || ttl.is_zero() {
+        return None;
+    }
+    let ended = st.completion_time?.at();
+    let past = (now - ended).to_std().unwrap_or_default();
+    Some(ttl.saturating_sub(past))
+}
+
+/// Deletes a finished one-off run once its time to live has passed (its
+/// snapshot stays in the repository), or looks at it again then.
+async fn expire<K: ControllerRun>(ctx: &Ctx, run: &K, st: &RunStatus) -> Result<Action, Error> {
+    match kept_for(run, st, ctx.opts.finished_run_ttl, chrono::Utc::now()) {
+        None => Ok(Action::await_change()),
+        Some(left) if !left.is_zero() => Ok(Action::requeue(left)),
+        Some(_) => {
+            let ns = run.namespace().unwrap_or_default();
+            let name = run.name_any();
+            let what = format!(
+                "{} {ns}/{name} (ended more than --finished-run-ttl {} ago)",
+                K::kind(&()),
+                humantime::format_duration(ctx.opts.finished_run_ttl)
+            );
+            crate::api::delete(&Api::<K>::namespaced(ctx.client.clone(), &ns), &name, &what)
+                .await?;
+            Ok(Action::await_change())
+        }
     }
 }
 
@@ -410,6 +464,64 @@ pub(crate) async fn claim<K: ControllerRun>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_finished_one_off_run_is_kept_for_its_time_to_live_and_a_schedules_for_ever() {
+        use crate::crd::VolumeBackup;
+        let run = |extra: serde_json::Value| -> VolumeBackup {
+            let mut v = serde_json::json!({"metadata": {"name": "once", "namespace": "shop"},
+                "spec": {"method": "Snapshot", "pvc": "data"}});
+            v["metadata"]
+                .as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            serde_json::from_value(v).unwrap()
+        };
+        let ended = crate::time::stamp("2026-12-01T00:00:00.000Z");
+        let st = RunStatus {
+            phase: Phase::Completed,
+            completion_time: Some(ended),
+            ..Default::default()
+        };
+        let day = Duration::from_secs(86400);
+        let at = |s: &str| crate::time::stamp(s).at();
+        let once = run(serde_json::json!({}));
+        assert_eq!(
+            kept_for(&once, &st, 30 * day, at("2026-12-11T00:00:00.000Z")),
+            Some(20 * day)
+        );
+        assert_eq!(
+            kept_for(&once, &st, 30 * day, at("2027-02-01T00:00:00.000Z")),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            kept_for(&once, &st, Duration::ZERO, at("2027-02-01T00:00:00.000Z")),
+            None
+        );
+        let unfinished = RunStatus {
+            completion_time: None,
+            ..st.clone()
+        };
+        assert_eq!(
+            kept_for(&once, &unfinished, day, at("2027-02-01T00:00:00.000Z")),
+            None
+        );
+        let owned = run(
+            serde_json::json!({"ownerReferences": [{"apiVersion": "coffer.dev/v1alpha1",
+            "kind": "BackupSchedule", "name": "nightly", "uid": "u"}]}),
+        );
+        assert_eq!(
+            kept_for(&owned, &st, day, at("2027-02-01T00:00:00.000Z")),
+            None
+        );
+        let annotated = run(
+            serde_json::json!({"annotations": {crate::names::SCHEDULED_AT: "2026-12-01T00:00:00.000Z"}}),
+        );
+        assert_eq!(
+            kept_for(&annotated, &st, day, at("2027-02-01T00:00:00.000Z")),
+            None
+        );
+    }
 
     #[test]
     fn a_node_deleted_or_not_ready_past_the_limit_is_gone() {

@@ -990,3 +990,27 @@ async fn movers_run_the_controllers_own_image() {
     let images: Vec<_> = spec.containers.into_iter().map(|c| c.image).collect();
     assert_eq!(images, [Some(image.to_string())]);
 }
+
+/// A finished one-off run goes once `--finished-run-ttl` has passed since
+/// it ended; its snapshot stays in the repository.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_one_off_run_is_deleted_past_its_time_to_live_and_its_snapshot_stays() {
+    let Some((mut env, _sim)) = fake_cluster().await else {
+        return;
+    };
+    let ns = env.namespace("ttl").await;
+    let repo = env.repository(&ns, "default", PASSWORD).await;
+    let data = env.dir.path().join("csi/source/data");
+    fill(&data, 19, 2);
+    sim::csi_pvc(&env, &ns, "data", "Filesystem", &data, json!({})).await;
+    let _c = Controller::start(&env, "a", &["--finished-run-ttl", "1s"]);
+    snapshot_backup(&env, &ns, "once", json!({"pvc": "data"})).await;
+    let vb = env
+        .wait_for::<VolumeBackup>(&ns, "once", "final", |b| is_final(&b.status))
+        .await;
+    let st = vb.status.unwrap();
+    assert_eq!(st.phase, Phase::Completed, "{st:#?}");
+    env.wait_gone::<VolumeBackup>(&ns, "once").await;
+    let restored = restore(&repo, st.snapshot_id.as_deref().unwrap(), env.dir.path()).await;
+    assert_same_tree(&data, &restored);
+}
