@@ -494,10 +494,11 @@ impl VolumeRestoreSpec {
 #[serde(rename_all = "camelCase")]
 pub struct RestoreTarget {
     /// Its namespace (this namespace when not given). That namespace needs
-    /// a BackupRepository named `spec.repository`: the mover runs there.
+    /// a BackupRepository named `spec.repository` (its Secrets open the
+    /// repository) that allows restores from this namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
-    /// Its name; it must not exist yet.
+    /// Its name; it must not exist yet (unless `existing`).
     pub pvc: String,
     /// Its storage class (default: the recorded one, renamed by the
     /// controller's `--restore-storage-class`).

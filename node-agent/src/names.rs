@@ -31,11 +31,13 @@ pub fn object_name(parts: &[&str]) -> String {
 }
 
 /// The name of what is made in coffer's own namespace (or cluster-wide)
-/// for object `name` of namespace `ns`: `coffer-<ns>-<name>-<hash>`, a DNS
-/// label (at most 63 characters) that no other namespace's object shares.
-pub fn home_name(ns: &str, name: &str) -> String {
-    let hash = short_hash(&format!("{ns}/{name}"));
-    let head = object_name(&["coffer", ns, name]);
+/// for the `kind` of work (`backup`, `restore`, `prune`...) of object
+/// `name` of namespace `ns`: `coffer-<ns>-<kind>-<name>-<hash>`, a DNS
+/// label (at most 63 characters) that no other namespace's object, and no
+/// other kind of work, shares (the hash is of all three).
+pub fn home_name(kind: &str, ns: &str, name: &str) -> String {
+    let hash = short_hash(&format!("{kind}/{ns}/{name}"));
+    let head = object_name(&["coffer", ns, kind, name]);
     let head = head[..head.len().min(63 - 9)].trim_end_matches(['-', '.']);
     format!("{head}-{hash}")
 }
@@ -156,14 +158,18 @@ mod tests {
 
     #[test]
     fn names_in_coffers_namespace_are_dns_labels_no_two_namespaces_share() {
-        let a = home_name("a-b", "c");
-        let b = home_name("a", "b-c");
-        assert!(a.starts_with("coffer-a-b-c-") && b.starts_with("coffer-a-b-c-"));
+        let a = home_name("backup", "a-b", "c");
+        let b = home_name("backup", "a", "b-c");
+        assert!(a.starts_with("coffer-a-b-backup-c-") && b.starts_with("coffer-a-backup-b-c-"));
         assert_ne!(a, b);
-        let long = home_name(&"n".repeat(63), &"r".repeat(253));
+        // Kinds whose visible parts meet stay apart.
+        let c = home_name("restore", "a", "x");
+        let d = home_name("backup", "a-restore", "x");
+        assert_ne!(c, d);
+        let long = home_name("backup", &"n".repeat(63), &"r".repeat(253));
         assert!(long.len() <= 63, "{long}");
         assert!(long.starts_with("coffer-nnn"));
-        let dots = home_name("ns", &format!("{}.x", "r".repeat(45)));
+        let dots = home_name("backup", "ns", &format!("{}.x", "r".repeat(45)));
         assert!(!dots.contains(".-") && !dots.contains("--"), "{dots}");
     }
 

@@ -45,7 +45,8 @@ pub enum RepoError {
         /// Key.
         key: String,
     },
-    /// The namespace has not opted in: the agent may not read its Secrets.
+    /// The namespace has not opted in: the agent (or a mover the controller
+    /// could not grant them to) may not read its Secrets.
     #[error("namespace {namespace} has not allowed coffer to read its Secrets (403 reading Secret {secret:?}); its admin opts it in: {}", crate::policy::opt_in_command(namespace))]
     NotAllowed {
         /// Namespace.

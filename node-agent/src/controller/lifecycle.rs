@@ -322,7 +322,7 @@ pub(crate) async fn reconcile<K: ControllerRun>(
 
 /// How long finished run `run` is kept yet: `None` for ever (a schedule's
 /// run, by owner or by its `coffer.dev/scheduled-at`, whose schedule's
-/// history limits decide; a run with no completion time; a `ttl` of
+/// history limits decide; one a pod's annotation made; a run with no completion time; a `ttl` of
 /// zero), else what is left of `ttl` after it ended at `now` (zero: delete
 /// it now).
 pub(crate) fn kept_for<K: kube::Resource>(
@@ -341,7 +341,14 @@ pub(crate) fn kept_for<K: kube::Resource>(
             .meta()
             .annotations
             .as_ref()
-            .is_some_and(|a| a.contains_key(crate::names::SCHEDULED_AT));
+            .is_some_and(|a| a.contains_key(crate::names::SCHEDULED_AT))
+        // A pod's annotation made it (schedule or backup-now): the pod
+        // would make it again.
+        || run
+            .meta()
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(crate::names::TRIGGER_LABEL));
     if scheduled || ttl.is_zero() {
         return None;
     }
@@ -519,6 +526,12 @@ mod tests {
         );
         assert_eq!(
             kept_for(&annotated, &st, day, at("2027-02-01T00:00:00.000Z")),
+            None
+        );
+        let by_pod =
+            run(serde_json::json!({"labels": {crate::names::TRIGGER_LABEL: "backup-now"}}));
+        assert_eq!(
+            kept_for(&by_pod, &st, day, at("2027-02-01T00:00:00.000Z")),
             None
         );
     }

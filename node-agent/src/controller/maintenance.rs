@@ -147,7 +147,7 @@ impl Job {
 
     /// Its pod's name, in coffer's namespace, for repository `ns/repo`.
     fn pod_name(self, ns: &str, repo: &str) -> String {
-        home_name(ns, &format!("{}-{repo}", self.as_str()))
+        home_name(self.as_str(), ns, repo)
     }
 }
 

@@ -121,6 +121,8 @@ pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) -> anyhow
     });
     backup::sweep(&ctx).await;
     restore::sweep(&ctx).await;
+    movers::sweep_movers::<BackupRepository>(&ctx, crate::names::MAINTENANCE_LABEL).await;
+    movers::sweep_movers::<BackupSchedule>(&ctx, crate::names::SCHEDULE_LABEL).await;
     // Every watched kind is lenient: one object that does not parse (in
     // any namespace) is logged and skipped, never the whole list.
     let children = watcher::Config::default().labels(RUN_LABEL);
@@ -130,17 +132,17 @@ pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) -> anyhow
         watcher::Config::default(),
     )
     .watches(
-        Api::<Pod>::namespaced(client.clone(), &home),
+        Api::<Lenient<Pod>>::namespaced(client.clone(), &home),
         children.clone(),
         run_of::<VolumeBackup, _>,
     )
     .watches(
-        Api::<PersistentVolumeClaim>::namespaced(client.clone(), &home),
+        Api::<Lenient<PersistentVolumeClaim>>::namespaced(client.clone(), &home),
         children.clone(),
         run_of::<VolumeBackup, _>,
     )
     .watches(
-        Api::<VolumeSnapshot>::all(client.clone()),
+        Api::<Lenient<VolumeSnapshot>>::all(client.clone()),
         children,
         run_of::<VolumeBackup, _>,
     )
@@ -155,7 +157,7 @@ pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) -> anyhow
         watcher::Config::default(),
     )
     .watches(
-        Api::<Pod>::all(client.clone()),
+        Api::<Lenient<Pod>>::all(client.clone()),
         watcher::Config::default().labels(crate::names::RESTORE_LABEL),
         run_of::<VolumeRestore, _>,
     )
@@ -175,7 +177,7 @@ pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) -> anyhow
         scheduled.clone(),
     )
     .watches(
-        Api::<Pod>::namespaced(client.clone(), &home),
+        Api::<Lenient<Pod>>::namespaced(client.clone(), &home),
         scheduled,
         run_of::<BackupSchedule, _>,
     )
@@ -190,7 +192,7 @@ pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) -> anyhow
         watcher::Config::default(),
     )
     .watches(
-        Api::<Pod>::namespaced(client.clone(), &home),
+        Api::<Lenient<Pod>>::namespaced(client.clone(), &home),
         watcher::Config::default().labels(crate::names::MAINTENANCE_LABEL),
         run_of::<BackupRepository, _>,
     )

@@ -49,7 +49,8 @@ use crate::controller::lifecycle::{self, fail, follow_mover, ControllerRun, Tria
 use crate::controller::movers::pod::MoverVolume;
 use crate::controller::movers::pod::{mover_pod, MoverPod};
 use crate::controller::movers::{
-    common_args, create_mover, delete_account, delete_mover, role_namespaces, SecretsOf, StatusOf,
+    common_args, create_mover, delete_mover, role_namespaces, sweep_movers, SecretsOf, StatusOf,
+    TERMINATING_RECHECK,
 };
 use crate::controller::populator::source_of;
 use crate::controller::volumes::delete_volume;
@@ -69,16 +70,18 @@ fn target_ns(vr: &VolumeRestore, t: &RestoreTarget) -> String {
 
 fn resolver_name(vr: &VolumeRestore) -> String {
     home_name(
+        "resolve",
         &vr.namespace().unwrap_or_default(),
-        &format!("resolve-{}", vr.name_any()),
+        &vr.name_any(),
     )
 }
 
 /// The restorer pod's name, and the filling claim's.
 fn restorer_name(vr: &VolumeRestore) -> String {
     home_name(
+        "restore",
         &vr.namespace().unwrap_or_default(),
-        &format!("restore-{}", vr.name_any()),
+        &vr.name_any(),
     )
 }
 
@@ -174,11 +177,11 @@ async fn claim(ctx: &Ctx, vr: &VolumeRestore, target: &RestoreTarget) -> Result<
             fail(ctx, vr, format!("PersistentVolumeClaim {tns}/{} {why}: spec.target.existing fills only an unbound claim made to be populated by coffer", target.pvc)).await?;
             return Ok(Action::await_change());
         }
-    } else if let Some(existing) = found {
-        if existing.annotations().get(RESTORED_BY) != Some(&run_key(vr)) {
-            fail(ctx, vr, format!("PersistentVolumeClaim {tns}/{} already exists; a restore creates a new PVC: choose another spec.target.pvc, or delete that one", target.pvc)).await?;
-            return Ok(Action::await_change());
-        }
+    } else if found.is_some() {
+        // A new run has made nothing yet: whatever is there is another's,
+        // or a finished run's of the same name.
+        fail(ctx, vr, format!("PersistentVolumeClaim {tns}/{} already exists; a restore creates a new PVC: choose another spec.target.pvc, or delete that one", target.pvc)).await?;
+        return Ok(Action::await_change());
     }
     lifecycle::claim(
         ctx,
@@ -492,7 +495,8 @@ async fn advance(
                     return Ok(Action::await_change());
                 }
             };
-            made.labels_mut().extend(pod_labels(vr));
+            // Only coffer's labels: the recorded ones are the target's.
+            made.metadata.labels = Some(pod_labels(vr));
             made.annotations_mut()
                 .insert(RUN_ANNOTATION.to_string(), run_key(vr));
             match fills.create(&PostParams::default(), &made).await {
@@ -542,8 +546,12 @@ async fn advance(
             Ok(Action::requeue(ctx.opts.prepare_timeout))
         }
         RestoreStep::RemoveRestorer => {
+            // Its deletion wakes this run (the pods are watched); one left
+            // Terminating by a lost node is looked at past the limit.
             delete_mover(ctx, &home, &restorer, &roles).await?;
-            Ok(Action::requeue(Duration::ZERO))
+            Ok(Action::requeue(
+                ctx.opts.terminating_limit + TERMINATING_RECHECK,
+            ))
         }
         RestoreStep::KeepVolume(pv) => {
             let policy = seen
@@ -575,7 +583,7 @@ async fn advance(
         }
         RestoreStep::DeleteFill => {
             delete(&fills, &restorer, &format!("PVC {home}/{restorer}")).await?;
-            Ok(Action::requeue(Duration::ZERO))
+            Ok(Action::requeue(BIND_POLL))
         }
         RestoreStep::CreateTarget(pv) => {
             let mut made = match claim_of(&target.pvc, &tns) {
@@ -714,7 +722,11 @@ async fn cleanup(
         .await
         .map_err(kube_err(format!("reading PVC {tns}/{}", target.pvc)))?
     {
-        if p.annotations().get(RESTORED_BY) == Some(&run_key(vr)) {
+        // Made by this run: named by it, and not older than it (a run of
+        // the same name before it may have made one that holds data now).
+        let made_here = p.annotations().get(RESTORED_BY) == Some(&run_key(vr))
+            && p.meta().creation_timestamp >= vr.meta().creation_timestamp;
+        if made_here && !target.existing {
             if p.meta().deletion_timestamp.is_none() {
                 let what = format!("PVC {tns}/{} (an unfinished restore)", target.pvc);
                 delete(&pvcs, &target.pvc, &what).await?;
@@ -730,39 +742,22 @@ async fn cleanup(
     Ok(true)
 }
 
-/// Start-up sweep: mover pods and filling claims of restores that no
-/// longer exist.
+/// Start-up sweep: the mover pods (with their accounts), filling claims
+/// and volumes kept for a handover of restores that no longer exist.
 pub(crate) async fn sweep(ctx: &Ctx) {
+    sweep_movers::<VolumeRestore>(ctx, RESTORE_LABEL).await;
     let home = ctx.opts.namespace.clone();
-    let selector = ListParams::default().labels(RESTORE_LABEL);
-    let gone = |annotations: &BTreeMap<String, String>| {
-        let run = annotated_run(annotations).map(|(ns, name)| (ns.to_string(), name.to_string()));
+    let gone = |run: Option<(&str, &str)>| {
+        let run = run.map(|(ns, name)| (ns.to_string(), name.to_string()));
         async move {
             let (ns, name) = run?;
             let found = Api::<VolumeRestore>::namespaced(ctx.client.clone(), &ns)
                 .get_opt(&name)
                 .await;
-            matches!(found, Ok(None)).then_some(ns)
+            matches!(found, Ok(None)).then_some(())
         }
     };
-    let pods = Api::<Pod>::namespaced(ctx.client.clone(), &home);
-    for pod in pods
-        .list(&selector)
-        .await
-        .map(|l| l.items)
-        .unwrap_or_default()
-    {
-        let Some(ns) = gone(pod.annotations()).await else {
-            continue;
-        };
-        let name = pod.name_any();
-        let what = format!("leftover mover pod {home}/{name}");
-        let _ = delete(&pods, &name, &what).await;
-        // Its Roles went with the run (owned by it); a Role in a target
-        // namespace, and the account here, cannot be: they go by name.
-        let tns: Vec<String> = Vec::from([ns]);
-        let _ = delete_account(ctx, &home, &name, &tns).await;
-    }
+    let selector = ListParams::default().labels(RESTORE_LABEL);
     let fills = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &home);
     for fill in fills
         .list(&selector)
@@ -770,9 +765,26 @@ pub(crate) async fn sweep(ctx: &Ctx) {
         .map(|l| l.items)
         .unwrap_or_default()
     {
-        if gone(fill.annotations()).await.is_some() {
+        if gone(annotated_run(fill.annotations())).await.is_some() {
             let name = fill.name_any();
             let _ = delete(&fills, &name, &format!("leftover PVC {home}/{name}")).await;
+        }
+    }
+    let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    for pv in pvs
+        .list(&selector)
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+    {
+        let run = pv
+            .annotations()
+            .get(RESTORED_BY)
+            .and_then(|r| r.split_once('/'));
+        if gone(run).await.is_some() {
+            if let Err(e) = delete_volume(&pvs, &pv).await {
+                tracing::warn!("start-up sweep: a volume kept for a handover: {e}");
+            }
         }
     }
 }

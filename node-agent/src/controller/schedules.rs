@@ -90,8 +90,9 @@ pub fn retention_problem(r: &Retention) -> Option<String> {
 /// The retention pod's name, in coffer's namespace.
 fn retention_pod_name(bs: &BackupSchedule) -> String {
     home_name(
+        "forget",
         &bs.namespace().unwrap_or_default(),
-        &format!("forget-{}", bs.name_any()),
+        &bs.name_any(),
     )
 }
 

@@ -373,7 +373,7 @@ fn sample_files(seed: u64) -> Vec<(String, Vec<u8>)> {
 /// namespace, its clone PVC and exposed VolumeSnapshot in coffer's, its
 /// own VolumeSnapshot (none once the run is cleaned up).
 async fn leftovers(env: &Env, ns: &str, run: &str) -> Vec<String> {
-    let home = coffer_node_agent::names::home_name(ns, run);
+    let home = coffer_node_agent::names::home_name("backup", ns, run);
     let mut left = Vec::new();
     let managed = ListParams::default().labels("app.kubernetes.io/managed-by=coffer-controller");
     for in_ns in [ns, COFFER_NAMESPACE] {

@@ -48,7 +48,7 @@ async fn run_now(env: &Env, ns: &str, key: &str, value: &str) -> BackupRepositor
         .await
         .status
         .unwrap();
-    let pod = coffer_node_agent::names::home_name(ns, &format!("{job}-default"));
+    let pod = coffer_node_agent::names::home_name(job, ns, "default");
     let deadline = tokio::time::Instant::now() + WAIT;
     while pods.get_opt(&pod).await.unwrap().is_some() {
         assert!(tokio::time::Instant::now() < deadline, "pod {pod} stays");
@@ -232,7 +232,7 @@ async fn prune_runs_beside_a_backup_and_a_check_reads_every_part_then_finds_a_fl
 
     // Each job's pod went once its result was in, and then its account.
     for job in ["prune", "check"] {
-        let mover = coffer_node_agent::names::home_name(&ns, &format!("{job}-default"));
+        let mover = coffer_node_agent::names::home_name(job, &ns, "default");
         env.wait_gone::<ServiceAccount>(COFFER_NAMESPACE, &mover)
             .await;
         env.assert_no_mover_account(COFFER_NAMESPACE, &ns, &mover)

@@ -50,11 +50,11 @@ fn message(r: &VolumeRestore) -> String {
 /// The names of the resolver and the restorer (and its claim) of restore
 /// `ns/name`, in coffer's namespace.
 pub(crate) fn resolver_of(ns: &str, name: &str) -> String {
-    coffer_node_agent::names::home_name(ns, &format!("resolve-{name}"))
+    coffer_node_agent::names::home_name("resolve", ns, name)
 }
 
 pub(crate) fn restorer_of(ns: &str, name: &str) -> String {
-    coffer_node_agent::names::home_name(ns, &format!("restore-{name}"))
+    coffer_node_agent::names::home_name("restore", ns, name)
 }
 
 pub(crate) async fn restored_pvc(

@@ -138,7 +138,7 @@ async fn retention_keeps_exactly_the_newest_snapshots_of_each_origin_and_nothing
     assert_eq!(cond("LastRunSucceeded"), "True");
     assert_eq!(cond("RetentionApplied"), "True");
     // The retention pod went once its result was in, and then its account.
-    let retention = coffer_node_agent::names::home_name(&ns, "forget-db");
+    let retention = coffer_node_agent::names::home_name("forget", &ns, "db");
     env.wait_gone::<ServiceAccount>(COFFER_NAMESPACE, &retention)
         .await;
     env.assert_no_mover_account(COFFER_NAMESPACE, &ns, &retention)

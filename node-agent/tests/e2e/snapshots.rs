@@ -63,7 +63,7 @@ pub(crate) fn message(vb: &VolumeBackup) -> String {
 /// The name of run `ns/run`'s mover pod, clone and exposed snapshot, in
 /// coffer's namespace.
 pub(crate) fn mover(ns: &str, run: &str) -> String {
-    coffer_node_agent::names::home_name(ns, run)
+    coffer_node_agent::names::home_name("backup", ns, run)
 }
 
 /// The run's objects in cleanup order, as [`Sim::deletions`] names them:

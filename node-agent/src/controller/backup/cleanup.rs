@@ -14,7 +14,7 @@ use crate::controller::backup::group::group_cleanup;
 use crate::controller::backup::run::{child_name, home_child};
 use crate::controller::context::Ctx;
 use crate::controller::csi::{VolumeSnapshot, VolumeSnapshotContent};
-use crate::controller::movers::{delete_account, delete_mover};
+use crate::controller::movers::{delete_account, delete_mover, roles_of};
 use crate::controller::volumes::{delete_volume, reclaim_on_release};
 use crate::names::{annotated_run, RUN_LABEL};
 
@@ -109,7 +109,7 @@ pub(crate) async fn sweep(ctx: &Ctx) {
     let home = ctx.opts.namespace.clone();
     for (pod, run_ns) in sweep_kind::<Pod>(ctx, Some(&home), "leftover mover pod").await {
         let name = pod.name_any();
-        if let Err(e) = delete_account(ctx, &home, &name, &[run_ns]).await {
+        if let Err(e) = delete_account(ctx, &home, &name, &roles_of(&pod, &run_ns)).await {
             tracing::warn!("start-up sweep: {e}");
         }
     }

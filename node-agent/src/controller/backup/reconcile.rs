@@ -458,6 +458,19 @@ pub(crate) fn plan_move(
             .as_ref()
             .and_then(|s| s.bound_volume_snapshot_content_name.clone())
             .unwrap_or_default();
+        // The content must be this snapshot's: its handle is exposed in
+        // coffer's namespace, where another namespace's must never be.
+        if let Some(c) = &seen.content {
+            let r = &c.spec.volume_snapshot_ref;
+            if r.namespace != ns || r.name != vs.name_any() {
+                return MoveStep::Fail(format!(
+                    "VolumeSnapshotContent {content} is bound to VolumeSnapshot {}/{}, not to {ns}/{}; it is not exposed",
+                    r.namespace,
+                    r.name,
+                    vs.name_any()
+                ));
+            }
+        }
         return match seen.content.as_ref().map(snapshot_handle) {
             Some(Some(handle)) => MoveStep::Expose {
                 handle: handle.to_string(),
@@ -621,7 +634,7 @@ mod tests {
     fn exposed(status: serde_json::Value) -> VolumeSnapshot {
         let mut vs = snapshot(status);
         vs.metadata.namespace = Some(HOME.into());
-        vs.metadata.name = Some(crate::names::home_name("shop", "nightly"));
+        vs.metadata.name = Some(crate::names::home_name("backup", "shop", "nightly"));
         vs
     }
 
@@ -657,7 +670,7 @@ mod tests {
         assert_eq!(plan(&ready, (left, left), &waiting), MoveStep::Wait(left));
         match plan(&ready, (left, Duration::ZERO), &waiting) {
             MoveStep::Fail(m) => assert!(
-                m.contains("VolumeSnapshot coffer-system/coffer-shop-nightly-")
+                m.contains("VolumeSnapshot coffer-system/coffer-shop-backup-nightly-")
                     && m.contains("did not become ready"),
                 "{m}"
             ),
@@ -693,6 +706,22 @@ mod tests {
             MoveStep::Fail(m) => assert!(
                 m.contains("VolumeSnapshotContent snapcontent-1")
                     && m.contains("no snapshotHandle"),
+                "{m}"
+            ),
+            other => panic!("planned {other:?}"),
+        }
+        let foreign = MoverSeen {
+            content: Some({
+                let mut c = content(Some("snap-9"));
+                c.spec.volume_snapshot_ref.namespace = "other".into();
+                c
+            }),
+            ..no_handle
+        };
+        match plan(&foreign, &st) {
+            MoveStep::Fail(m) => assert!(
+                m.contains("bound to VolumeSnapshot other/coffer-nightly")
+                    && m.contains("not exposed"),
                 "{m}"
             ),
             other => panic!("planned {other:?}"),
@@ -747,7 +776,7 @@ mod tests {
         };
         match plan(&mover_gone, &status(Stage::Moving)) {
             MoveStep::Fail(m) => assert!(
-                m.contains("mover pod coffer-system/coffer-shop-nightly-")
+                m.contains("mover pod coffer-system/coffer-shop-backup-nightly-")
                     && m.contains("disappeared"),
                 "{m}"
             ),

@@ -17,7 +17,11 @@ pub(crate) fn child_name(vb: &VolumeBackup) -> String {
 /// exposed VolumeSnapshot, the clone, the mover pod and its account) and of
 /// the exposed VolumeSnapshotContent.
 pub(crate) fn home_child(vb: &VolumeBackup) -> String {
-    home_name(&vb.namespace().unwrap_or_default(), &vb.name_any())
+    home_name(
+        "backup",
+        &vb.namespace().unwrap_or_default(),
+        &vb.name_any(),
+    )
 }
 
 /// What ties an object in coffer's namespace to its run, where no owner

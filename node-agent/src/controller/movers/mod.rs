@@ -245,7 +245,13 @@ pub(crate) async fn create_mover(
         &format!("ServiceAccount {ns}/{name}"),
     )
     .await?;
-    for (rns, rules) in mover_rules(writes, reads) {
+    let rules = mover_rules(writes, reads);
+    // Where its Roles are, for whoever deletes it without its run.
+    let mut pod = pod.clone();
+    let role_ns: Vec<&str> = rules.keys().map(String::as_str).collect();
+    pod.annotations_mut()
+        .insert(ROLE_NAMESPACES.to_string(), role_ns.join(","));
+    for (rns, rules) in rules {
         let role: Role = serde_json::from_value(json!({"metadata": meta(&rns), "rules": rules}))
             .unwrap_or_default();
         let binding: RoleBinding = serde_json::from_value(json!({
@@ -261,10 +267,61 @@ pub(crate) async fn create_mover(
     }
     create(
         &Api::namespaced(ctx.client.clone(), &ns),
-        pod,
+        &pod,
         &format!("pod {ns}/{name}"),
     )
     .await
+}
+
+/// The annotation of a mover pod naming the namespaces of its Roles.
+pub(crate) const ROLE_NAMESPACES: &str = "coffer.dev/role-namespaces";
+
+/// The namespaces of mover `pod`'s Roles (else `fallback`'s).
+pub(crate) fn roles_of(pod: &Pod, fallback: &str) -> Vec<String> {
+    match pod.annotations().get(ROLE_NAMESPACES) {
+        Some(list) => list
+            .split(',')
+            .filter(|n| !n.is_empty())
+            .map(String::from)
+            .collect(),
+        None => vec![fallback.to_string()],
+    }
+}
+
+/// Start-up sweep: the mover pods labelled `label` in coffer's namespace
+/// whose object of kind `K` (the run, repository or schedule its
+/// annotation names) is gone, with their accounts.
+pub(crate) async fn sweep_movers<K>(ctx: &Ctx, label: &str)
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let home = ctx.opts.namespace.clone();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &home);
+    let listed = pods
+        .list(&kube::api::ListParams::default().labels(label))
+        .await;
+    for pod in listed.map(|l| l.items).unwrap_or_default() {
+        let Some((ns, name)) = crate::names::annotated_run(pod.annotations()) else {
+            continue;
+        };
+        let found = Api::<K>::namespaced(ctx.client.clone(), ns)
+            .get_opt(name)
+            .await;
+        if !matches!(found, Ok(None)) {
+            continue;
+        }
+        let pod_name = pod.name_any();
+        let what = format!("leftover mover pod {home}/{pod_name}");
+        if let Err(e) = delete(&pods, &pod_name, &what).await {
+            tracing::warn!("start-up sweep: {e}");
+        }
+        if let Err(e) = delete_account(ctx, &home, &pod_name, &roles_of(&pod, ns)).await {
+            tracing::warn!("start-up sweep: {e}");
+        }
+    }
 }
 
 /// Deletes the mover pod `ns/name` and, once it is gone, its account (made
