@@ -464,11 +464,11 @@ def cmd_policy(rendered):
     check(c.get("image") == f"{IMAGE}:{version}",
           f"image {c.get('image')} is not {IMAGE}:{version} (the workspace version)", p)
     env = {e["name"]: e for e in c.get("env", [])}
-    for name in ("NODE_NAME", "KUBELET_ROOT", "HOST_ROOT", "HOST_PATH_ALLOW",
+    for name in ("NODE_NAME", "KUBELET_ROOT", "HOST_ROOT",
                  "MAX_CONCURRENT", "METRICS_ADDR"):
         check(name in env, f"env {name} missing", p)
     config = configuration(docs, p)
-    for name in ("CLUSTER_NAME", "LOG_FORMAT"):
+    for name in ("CLUSTER_NAME", "LOG_FORMAT", "HOST_PATH_ALLOW"):
         check(name in config and name not in env, f"{name} is not set once, in coffer-config", p)
     check(env.get("NODE_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "spec.nodeName",
           "NODE_NAME does not come from spec.nodeName", p)
@@ -493,7 +493,7 @@ def cmd_policy(rendered):
     host_mount(f"{kubelet}/pods", f"{kubelet}/pods", False, "pod volumes, read-write for restores")
     host_mount(f"{kubelet}/plugins", f"{kubelet}/plugins", False, "block devices")
     host_root = val("HOST_ROOT").rstrip("/")
-    allow = [a.strip() for a in val("HOST_PATH_ALLOW").split(",") if a.strip()]
+    allow = [a.strip() for a in config.get("HOST_PATH_ALLOW", "").split(",") if a.strip()]
     check(allow, "HOST_PATH_ALLOW is empty", p)
     for prefix in allow:
         host_mount(f"{host_root}{prefix}", prefix, True, f"allowed hostPath prefix {prefix}")
