@@ -127,6 +127,10 @@ pub fn schedule_tag(name: &str) -> String {
     format!("{SCHEDULE_LABEL}={name}")
 }
 
+/// The tag on every snapshot a pod's `backup.coffer.dev/schedule` makes;
+/// the `backup.coffer.dev/keep-…` retention considers only those.
+pub const ANNOTATION_SCHEDULE_TAG: &str = "coffer.dev/annotation-schedule";
+
 /// The label on maintenance pods: the repository's name.
 pub const MAINTENANCE_LABEL: &str = "coffer.dev/maintenance";
 

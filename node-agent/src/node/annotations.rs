@@ -9,6 +9,8 @@
 //! | `backup.coffer.dev/repository` | the BackupRepository (default `default`) |
 //! | `backup.coffer.dev/tags` | tags for the snapshots, comma-separated |
 //! | `backup.coffer.dev/backup-now` | any new value starts one backup of each selected volume |
+//! | `backup.coffer.dev/keep-last`, `keep-hourly`, `keep-daily`, `keep-weekly`, `keep-monthly`, `keep-yearly` | a count: the schedule's retention (`coffer forget --keep-…`), applied per volume after each scheduled backup |
+//! | `backup.coffer.dev/keep-within` | a duration such as `14d`: keep every scheduled snapshot that recent |
 //! | `backup.coffer.dev/command` | a dump (see [`crate::hooks`]): backed up with the volumes, as the pseudo-volume [`DUMP_VOLUME`] |
 
 use std::collections::BTreeMap;
@@ -32,6 +34,10 @@ pub const REPOSITORY: &str = "backup.coffer.dev/repository";
 /// Tags.
 pub const TAGS: &str = "backup.coffer.dev/tags";
 
+/// The retention annotations' prefix: `keep-last`, `keep-hourly`, …,
+/// `keep-within`, as `coffer forget` spells its flags.
+pub const KEEP_PREFIX: &str = "backup.coffer.dev/keep-";
+
 /// The pseudo-volume that stands for a pod's dump (`backup.coffer.dev/command`)
 /// among the selected volumes; its runs have method Command.
 pub const DUMP_VOLUME: &str = "coffer-dump";
@@ -51,6 +57,9 @@ pub struct BackupRequest {
     pub tags: Vec<String>,
     /// The current `backup-now` value, if any.
     pub backup_now: Option<String>,
+    /// What the schedule keeps of each volume's scheduled snapshots; none:
+    /// every snapshot is kept.
+    pub retention: Option<coffer_engine::forget::Policy>,
 }
 
 /// A problem with a pod's annotations, for an Event on the pod.
@@ -62,6 +71,58 @@ pub enum AnnotationError {
     /// The schedule does not parse.
     #[error("annotation {SCHEDULE}: {0}")]
     Schedule(#[from] ScheduleError),
+    /// A retention annotation that is not a count or a duration, or is unknown.
+    #[error("annotation {0}: {1}")]
+    Retention(String, String),
+}
+
+/// The schedule's retention from the `backup.coffer.dev/keep-…`
+/// annotations; `None` when there is none. A policy that keeps nothing
+/// cannot be written (every count is zero): the engine would refuse it.
+pub fn retention(
+    annotations: &BTreeMap<String, String>,
+) -> Result<Option<coffer_engine::forget::Policy>, AnnotationError> {
+    let mut policy = coffer_engine::forget::Policy::default();
+    let mut any = false;
+    for (key, value) in annotations {
+        let Some(rule) = key.strip_prefix(KEEP_PREFIX) else {
+            continue;
+        };
+        any = true;
+        let bad = |why: String| AnnotationError::Retention(key.clone(), why);
+        let value = value.trim();
+        if rule == "within" {
+            let d = coffer_engine::forget::parse_duration(value).map_err(|e| bad(e.to_string()))?;
+            policy.within = Some(d);
+            continue;
+        }
+        let slot =
+            match rule {
+                "last" => &mut policy.last,
+                "hourly" => &mut policy.hourly,
+                "daily" => &mut policy.daily,
+                "weekly" => &mut policy.weekly,
+                "monthly" => &mut policy.monthly,
+                "yearly" => &mut policy.yearly,
+                _ => return Err(bad(
+                    "unknown; the retention annotations are keep-last, keep-hourly, keep-daily, \
+                     keep-weekly, keep-monthly, keep-yearly and keep-within"
+                        .into(),
+                )),
+            };
+        *slot = value
+            .parse()
+            .map_err(|_| bad(format!("{value:?} is not a count of snapshots (0 or more)")))?;
+    }
+    if any && policy.is_empty() {
+        return Err(AnnotationError::Retention(
+            format!("{KEEP_PREFIX}…"),
+            "keeps nothing; set a count above 0 or a keep-within, or remove the keep \
+             annotations to keep every snapshot"
+                .into(),
+        ));
+    }
+    Ok(any.then_some(policy))
 }
 
 fn list(value: &str) -> Vec<String> {
@@ -120,7 +181,9 @@ pub fn parse(
             Some(s.to_string())
         }
     };
+    let retention = retention(annotations)?;
     Ok(Some(BackupRequest {
+        retention,
         volumes,
         excludes,
         schedule,
@@ -195,6 +258,64 @@ mod tests {
         assert_eq!(r.volumes, ["logs", "data"]);
         assert_eq!(r.repository, "default");
         assert!(r.schedule.is_none() && r.backup_now.is_none());
+    }
+
+    #[test]
+    fn keep_annotations_become_the_schedules_retention() {
+        let r = parse(
+            &ann(&[
+                (VOLUMES, "data"),
+                (SCHEDULE, "@daily"),
+                ("backup.coffer.dev/keep-daily", " 7 "),
+                ("backup.coffer.dev/keep-last", "2"),
+                ("backup.coffer.dev/keep-within", "36h"),
+            ]),
+            &vols(),
+            |v| v.into(),
+        )
+        .unwrap()
+        .unwrap();
+        let want = coffer_engine::forget::Policy {
+            daily: 7,
+            last: 2,
+            within: Some(chrono::Duration::hours(36)),
+            ..Default::default()
+        };
+        assert_eq!(r.retention, Some(want));
+        // No keep annotation: every snapshot is kept.
+        assert_eq!(retention(&ann(&[(SCHEDULE, "@daily")])).unwrap(), None);
+        // Each bad one is named, with what is wrong.
+        for (key, value, says) in [
+            (
+                "backup.coffer.dev/keep-daily",
+                "seven",
+                "\"seven\" is not a count",
+            ),
+            (
+                "backup.coffer.dev/keep-daily",
+                "-1",
+                "\"-1\" is not a count",
+            ),
+            (
+                "backup.coffer.dev/keep-within",
+                "soon",
+                "\"soon\" is not a duration",
+            ),
+            (
+                "backup.coffer.dev/keep-forever",
+                "1",
+                "unknown; the retention annotations",
+            ),
+            ("backup.coffer.dev/keep-last", "0", "keeps nothing"),
+        ] {
+            let e = parse(&ann(&[(VOLUMES, "data"), (key, value)]), &vols(), |v| {
+                v.into()
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(e.starts_with("annotation backup.coffer.dev/keep-"), "{e}");
+            assert!(e.contains(says), "{key}={value}: {e}");
+        }
     }
 
     #[test]

@@ -15,6 +15,8 @@ use kube::{Resource, ResourceExt};
 
 use crate::crd::{BackupMethod, HookRun, Progress, RunStatus, VolumeBackup};
 use crate::hooks;
+use crate::mover::forget_per_origin;
+use crate::names::{ANNOTATION_SCHEDULE_TAG, TRIGGER_LABEL};
 use crate::node::annotations;
 use crate::node::context::{stopped, Agent, Ended, StopReason};
 use crate::node::kubelet;
@@ -149,7 +151,97 @@ impl Agent /* backup_with_hooks */ {
             }
         }
         ended.hooks = runs;
+        if let Outcome::Done { snapshot_id, .. } = &ended.outcome {
+            if scheduled_by_annotation(vb) {
+                self.retain(vb, &pod, snapshot_id, cancel).await;
+            }
+        }
         ended
+    }
+}
+
+/// Whether a pod's `backup.coffer.dev/schedule` made this run.
+fn scheduled_by_annotation(vb: &VolumeBackup) -> bool {
+    vb.labels().get(TRIGGER_LABEL).map(String::as_str) == Some("schedule")
+        && vb.spec.tags.iter().any(|t| t == ANNOTATION_SCHEDULE_TAG)
+}
+
+impl Agent /* retain */ {
+    /// The pod's schedule's retention (`backup.coffer.dev/keep-…`), applied
+    /// after each scheduled backup to that volume's scheduled snapshots in
+    /// this cluster (tagged [`ANNOTATION_SCHEDULE_TAG`]). What it did is an
+    /// Event on the run; it never fails the run, whose snapshot is written.
+    pub(crate) async fn retain(
+        &self,
+        vb: &VolumeBackup,
+        pod: &Pod,
+        snapshot: &str,
+        cancel: &CancelToken,
+    ) {
+        use coffer_engine::forget::Filter;
+        let policy = match annotations::retention(pod.annotations()) {
+            Ok(Some(p)) => p,
+            Ok(None) => return,
+            Err(e) => {
+                self.retention_event(vb, EventType::Warning, "RetentionFailed", e.to_string())
+                    .await;
+                return;
+            }
+        };
+        let ns = vb.namespace().unwrap_or_default();
+        let result = async {
+            let repo = self
+                .repos
+                .open(&self.client, &ns, &vb.spec.repository)
+                .await
+                .map_err(|e| e.to_string())?;
+            let id: coffer_engine::format::id::SnapshotId = snapshot
+                .parse()
+                .map_err(|e| format!("snapshot {snapshot}: {e}"))?;
+            let origin = repo
+                .read_snapshot(&id)
+                .await
+                .map_err(|e| e.to_string())?
+                .origin
+                .ok_or_else(|| format!("snapshot {snapshot} records no origin"))?;
+            let filter = Filter {
+                tags: vec![ANNOTATION_SCHEDULE_TAG.to_string()],
+                origin: plan::same_volume(&origin),
+                ..Default::default()
+            };
+            let cluster = self.opts.node.cluster.as_ref();
+            let (plan, removed) =
+                forget_per_origin(&repo, cluster, &filter, &policy, cancel).await?;
+            let kept: usize = plan.groups.iter().map(|g| g.keep.len()).sum();
+            Ok::<_, String>((kept, removed))
+        }
+        .await;
+        match result {
+            Ok((kept, removed)) => {
+                let m = format!(
+                    "retention ({}…): kept {kept} scheduled snapshots of this volume, forgot {removed} (a prune frees their data)",
+                    annotations::KEEP_PREFIX
+                );
+                tracing::info!(namespace = ns, run = vb.name_any(), "{m}");
+                self.retention_event(vb, EventType::Normal, "RetentionApplied", m)
+                    .await;
+            }
+            Err(e) => {
+                let m = format!(
+                    "retention ({}…): {e}; snapshot {snapshot} was written",
+                    annotations::KEEP_PREFIX
+                );
+                tracing::warn!(namespace = ns, run = vb.name_any(), "{m}");
+                self.retention_event(vb, EventType::Warning, "RetentionFailed", m)
+                    .await;
+            }
+        }
+    }
+
+    async fn retention_event(&self, vb: &VolumeBackup, kind: EventType, reason: &str, m: String) {
+        self.reporter
+            .event_on_ref(&vb.object_ref(&()), kind, reason, "Retention", m)
+            .await;
     }
 }
 

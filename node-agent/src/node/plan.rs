@@ -123,27 +123,34 @@ impl Planned {
     /// PVC; or, for volumes without a PVC, the same namespace, workload (or
     /// pod, without one) and volume. A new pod UID or node changes nothing.
     pub fn parent_filter(&self) -> OriginFilter {
-        let o = &self.origin;
-        if o.pvc.is_some() {
-            return OriginFilter {
-                cluster: o.cluster.clone(),
-                namespace: o.namespace.clone(),
-                pvc: o.pvc.clone(),
-                ..Default::default()
-            };
-        }
-        OriginFilter {
+        same_volume(&self.origin)
+    }
+}
+
+/// The snapshots of the same volume as one with origin `o`: the same
+/// cluster, namespace and PVC; or, for volumes without a PVC, the same
+/// namespace, workload (or pod, without one) and volume. A backup's parent
+/// is found among them, and a pod's schedule's retention applies to them.
+pub fn same_volume(o: &KubernetesOrigin) -> OriginFilter {
+    if o.pvc.is_some() {
+        return OriginFilter {
             cluster: o.cluster.clone(),
             namespace: o.namespace.clone(),
-            pod: if o.owner.is_none() {
-                o.pod.clone()
-            } else {
-                None
-            },
-            owner: o.owner.clone(),
-            volume: o.volume.clone(),
+            pvc: o.pvc.clone(),
             ..Default::default()
-        }
+        };
+    }
+    OriginFilter {
+        cluster: o.cluster.clone(),
+        namespace: o.namespace.clone(),
+        pod: if o.owner.is_none() {
+            o.pod.clone()
+        } else {
+            None
+        },
+        owner: o.owner.clone(),
+        volume: o.volume.clone(),
+        ..Default::default()
     }
 }
 

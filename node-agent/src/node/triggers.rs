@@ -15,7 +15,8 @@ use kube::{Resource, ResourceExt};
 use crate::api::is_status;
 use crate::crd::{BackupMethod, VolumeBackup, VolumeBackupSpec};
 use crate::names::{
-    label_value, object_name, scheduled_at, POD_LABEL, SCHEDULED_AT, TRIGGER_LABEL, VOLUME_LABEL,
+    label_value, object_name, scheduled_at, ANNOTATION_SCHEDULE_TAG, POD_LABEL, SCHEDULED_AT,
+    TRIGGER_LABEL, VOLUME_LABEL,
 };
 use crate::node::annotations;
 use crate::node::context::{lock, Agent};
@@ -222,7 +223,13 @@ impl Agent /* create_backups */ {
                     volume: (!dump).then(|| v.clone()),
                     pvc: None,
                     repository: req.repository.clone(),
-                    tags: req.tags.clone(),
+                    tags: if scheduled_at.is_some() {
+                        let mut tags = req.tags.clone();
+                        tags.push(ANNOTATION_SCHEDULE_TAG.to_string());
+                        tags
+                    } else {
+                        req.tags.clone()
+                    },
                     excludes: req.excludes.get(v).cloned().unwrap_or_default(),
                     retain_snapshot: false,
                     cancel: false,

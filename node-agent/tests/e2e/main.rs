@@ -795,25 +795,15 @@ async fn two_nodes_back_up_into_one_repository_at_once() {
     }
 }
 
-/// Annotation schedules are durable: a yearly time missed while no agent ran
-/// (its last run, 800 days ago, is all the cluster remembers) fires once
-/// when an agent starts, as the latest missed time, and an agent started
-/// again fires nothing more before the next New Year.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_missed_annotation_schedule_fires_once_after_the_agent_was_away() {
-    use chrono::Datelike;
+/// The finished run of volume `vol` of pod `db-0` that a yearly schedule
+/// made 800 days ago: the schedule goes on from there, so this year's time
+/// is due. Returns its name.
+async fn fired_long_ago(env: &Env, ns: &str) -> String {
     use coffer_node_agent::names::{POD_LABEL, SCHEDULED_AT, TRIGGER_LABEL, VOLUME_LABEL};
-    let mut env = Env::new().await;
-    let ns = env.namespace("missed").await;
-    let repo = env.repository(&ns, "default", PASSWORD).await;
-    let node = common::Node::new();
-    let node_name = format!("node-{}", short_id());
-    let dir = small_pod(&env, &node, &ns, "db-0", &node_name, 9, None).await;
     let before = chrono::Utc::now() - chrono::Duration::days(800);
     let old = format!("db-0-vol-{}", before.format("%Y%m%d%H%M"));
-    let runs: Api<VolumeBackup> = Api::namespaced(env.client.clone(), &ns);
     env.create::<VolumeBackup>(
-        &ns,
+        ns,
         json!({
             "metadata": {"name": old, "namespace": ns,
                 "labels": {POD_LABEL: "db-0", VOLUME_LABEL: "vol", TRIGGER_LABEL: "schedule"},
@@ -822,13 +812,32 @@ async fn a_missed_annotation_schedule_fires_once_after_the_agent_was_away() {
         }),
     )
     .await;
-    runs.patch_status(
-        &old,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"status": {"phase": "Completed"}})),
-    )
-    .await
-    .unwrap();
+    Api::<VolumeBackup>::namespaced(env.client.clone(), ns)
+        .patch_status(
+            &old,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Completed"}})),
+        )
+        .await
+        .unwrap();
+    old
+}
+
+/// Annotation schedules are durable: a yearly time missed while no agent ran
+/// (its last run, 800 days ago, is all the cluster remembers) fires once
+/// when an agent starts, as the latest missed time, and an agent started
+/// again fires nothing more before the next New Year.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missed_annotation_schedule_fires_once_after_the_agent_was_away() {
+    use chrono::Datelike;
+    use coffer_node_agent::names::{SCHEDULED_AT, TRIGGER_LABEL};
+    let mut env = Env::new().await;
+    let ns = env.namespace("missed").await;
+    let repo = env.repository(&ns, "default", PASSWORD).await;
+    let node = common::Node::new();
+    let node_name = format!("node-{}", short_id());
+    let dir = small_pod(&env, &node, &ns, "db-0", &node_name, 9, None).await;
+    let old = fired_long_ago(&env, &ns).await;
     env.annotate(&ns, "db-0", "backup.coffer.dev/volumes", "vol")
         .await;
     env.annotate(&ns, "db-0", "backup.coffer.dev/schedule", "0 0 1 1 *")
@@ -874,6 +883,98 @@ async fn a_missed_annotation_schedule_fires_once_after_the_agent_was_away() {
     let mut want = vec![old, fired];
     want.sort();
     assert_eq!(scheduled, want, "{all:#?}");
+}
+
+/// A pod's schedule keeps what its `backup.coffer.dev/keep-…` annotations
+/// say: after a scheduled backup, that volume's scheduled snapshots past the
+/// policy are forgotten, and nothing else is: not the volume's other
+/// snapshots (a backup-now, a manual run), not another volume's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_annotation_schedule_forgets_its_own_snapshots_past_its_keep_annotations() {
+    use coffer_engine::format::snapshot::KubernetesOrigin;
+    use coffer_node_agent::names::ANNOTATION_SCHEDULE_TAG;
+    let mut env = Env::new().await;
+    let ns = env.namespace("keep").await;
+    let repo = env.repository(&ns, "default", PASSWORD).await;
+    let node = common::Node::new();
+    let node_name = format!("node-{}", short_id());
+    let dir = small_pod(&env, &node, &ns, "db-0", &node_name, 11, None).await;
+    // Earlier snapshots, as the agent records this volume's origin.
+    let seed = |volume: &str, tagged: bool| {
+        let mut o = coffer_engine::backup::BackupOptions::new(vec![dir.clone()]);
+        o.origin = Some(KubernetesOrigin {
+            cluster: Some("test-cluster".into()),
+            namespace: Some(ns.clone()),
+            pod: Some("db-0".into()),
+            volume: Some(volume.into()),
+            ..Default::default()
+        });
+        if tagged {
+            o.tags = vec![ANNOTATION_SCHEDULE_TAG.to_string()];
+        }
+        o
+    };
+    let store = coffer_engine::storage::open_location(&repo.display().to_string(), true).unwrap();
+    let opened = std::sync::Arc::new(
+        coffer_engine::Repository::init(store, PASSWORD.as_bytes(), Default::default())
+            .await
+            .unwrap(),
+    );
+    let mut ids = Vec::new();
+    for (volume, tagged) in [
+        ("vol", true),
+        ("vol", true),
+        ("vol", false),
+        ("other", true),
+    ] {
+        let s = coffer_engine::backup::backup(opened.clone(), seed(volume, tagged))
+            .await
+            .unwrap();
+        ids.push(s.snapshot_id.to_hex());
+    }
+    let [oldest, newer, untagged, other] = ids.try_into().unwrap();
+    // The schedule last fired long ago, so this year's time is due now.
+    fired_long_ago(&env, &ns).await;
+    env.annotate(&ns, "db-0", "backup.coffer.dev/keep-last", "2")
+        .await;
+    env.annotate(&ns, "db-0", "backup.coffer.dev/volumes", "vol")
+        .await;
+    env.annotate(&ns, "db-0", "backup.coffer.dev/schedule", "0 0 1 1 *")
+        .await;
+
+    let _agent = Agent::start(&env, &AgentConfig::new(&node_name, &node));
+    let year = chrono::Datelike::year(&chrono::Utc::now());
+    let b = env
+        .wait_for::<VolumeBackup>(&ns, &format!("db-0-vol-{year}01010000"), "final", |b| {
+            is_final(&b.status)
+        })
+        .await;
+    assert_eq!(phase(&b.status), Phase::Completed, "{:#?}", b.status);
+    let written = snapshot_of(&b);
+    let mut left: Vec<String> = open_repo(&repo, PASSWORD)
+        .await
+        .snapshots()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id.to_hex())
+        .collect();
+    left.sort();
+    let mut want = vec![written.clone(), newer, untagged, other];
+    want.sort();
+    assert_eq!(
+        left, want,
+        "the oldest scheduled snapshot {oldest} alone is forgotten"
+    );
+    let notes = env.event_notes(&ns, "RetentionApplied").await;
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("kept 2") && n.contains("forgot 1")),
+        "{notes:?}"
+    );
+    let r = restore(&repo, &written, env.dir.path()).await;
+    assert_same_tree(&dir, &r);
 }
 
 /// The one status writer tells a write that landed from one that lost to a
