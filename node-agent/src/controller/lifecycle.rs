@@ -360,6 +360,10 @@ pub(crate) fn kept_for<K: kube::Resource>(
 /// Deletes a finished one-off run once its time to live has passed (its
 /// snapshot stays in the repository), or looks at it again then.
 async fn expire<K: ControllerRun>(ctx: &Ctx, run: &K, st: &RunStatus) -> Result<Action, Error> {
+    if let Some(selector) = annotation_schedule_runs(run) {
+        expire_history(ctx, run, &selector).await?;
+        return Ok(Action::await_change());
+    }
     match kept_for(run, st, ctx.opts.finished_run_ttl, chrono::Utc::now()) {
         None => Ok(Action::await_change()),
         Some(left) if !left.is_zero() => Ok(Action::requeue(left)),
@@ -376,6 +380,54 @@ async fn expire<K: ControllerRun>(ctx: &Ctx, run: &K, st: &RunStatus) -> Result<
             Ok(Action::await_change())
         }
     }
+}
+
+/// The label selector of the runs that the same pod's annotation schedule
+/// made for the same volume as `run`, if a pod's schedule made it.
+pub(crate) fn annotation_schedule_runs<K: kube::Resource>(run: &K) -> Option<String> {
+    use crate::names::{POD_LABEL, TRIGGER_LABEL, VOLUME_LABEL};
+    let labels = run.meta().labels.as_ref()?;
+    if labels.get(TRIGGER_LABEL).map(String::as_str) != Some("schedule") {
+        return None;
+    }
+    Some(format!(
+        "{TRIGGER_LABEL}=schedule,{POD_LABEL}={},{VOLUME_LABEL}={}",
+        labels.get(POD_LABEL)?,
+        labels.get(VOLUME_LABEL)?
+    ))
+}
+
+/// A pod's schedule keeps its runs as a BackupSchedule does by default
+/// ([`crate::controller::schedules::past_history_limits`]): when one of
+/// them ends, those of the same pod and volume past the limits are deleted
+/// (their snapshots stay; the `backup.coffer.dev/keep-…` annotations
+/// decide those).
+async fn expire_history<K: ControllerRun>(ctx: &Ctx, run: &K, selector: &str) -> Result<(), Error> {
+    let ns = run.namespace().unwrap_or_default();
+    let api = Api::<K>::namespaced(ctx.client.clone(), &ns);
+    let runs = api
+        .list(&kube::api::ListParams::default().labels(selector))
+        .await
+        .map_err(kube_err(format!(
+            "listing the {} of {ns} labelled {selector}",
+            K::plural(&())
+        )))?
+        .items;
+    let refs: Vec<&K> = runs.iter().collect();
+    let expired = crate::controller::schedules::past_history_limits(
+        &refs,
+        None,
+        Default::default(),
+        chrono::Utc::now(),
+    );
+    for name in expired {
+        let what = format!(
+            "{} {ns}/{name} (past the history limits of its pod's schedule)",
+            K::kind(&())
+        );
+        crate::api::delete(&api, &name, &what).await?;
+    }
+    Ok(())
 }
 
 /// A run's status as the API server has it now (not as the cache had it).

@@ -44,6 +44,7 @@ use crate::names::{
     BACKUP_NOW, SCHEDULED_AT, SCHEDULE_LABEL,
 };
 use crate::report::{patch_status, Written};
+use crate::run::RunObject;
 use crate::scheduling::Schedule;
 use crate::scheduling::{created_at, tick, Tick};
 use crate::status::set_condition;
@@ -132,40 +133,81 @@ pub(crate) enum Step {
 }
 
 /// The runs of schedule `bs` (among `runs`) to delete: those of the times
-/// past `successfulRunsHistoryLimit` (times whose runs all succeeded) and
-/// `failedRunsHistoryLimit` (times with a failed or canceled run), newest
-/// kept. A time with a run still going counts for neither, and the latest
-/// time is always kept: the schedule's conditions are read from its runs.
+/// past `successfulRunsHistoryLimit` and `failedRunsHistoryLimit`, as
+/// [`past_history_limits`] counts them; the time the schedule's status
+/// last recorded is kept as well.
 pub(crate) fn expired_runs(
     bs: &BackupSchedule,
     runs: &[VolumeBackup],
     now: chrono::DateTime<Utc>,
 ) -> Vec<String> {
-    let mut times: BTreeMap<Timestamp, Vec<&VolumeBackup>> = BTreeMap::new();
-    for vb in runs.iter().filter(|vb| {
-        vb.owner_references()
-            .iter()
-            .any(|o| Some(&o.uid) == bs.uid().as_ref())
-    }) {
-        let at = scheduled_at(vb).unwrap_or_else(|| Timestamp::new(created_at(vb, now)));
+    let own = runs_of(bs, runs);
+    let limits = HistoryLimits {
+        successful: bs
+            .spec
+            .successful_runs_history_limit
+            .unwrap_or(crate::crd::DEFAULT_SUCCESSFUL_HISTORY),
+        failed: bs
+            .spec
+            .failed_runs_history_limit
+            .unwrap_or(crate::crd::DEFAULT_FAILED_HISTORY),
+    };
+    let recorded = bs.status.as_ref().and_then(|s| s.last_schedule_time);
+    past_history_limits(&own, recorded, limits, now)
+}
+
+/// The runs of `runs` that schedule `bs` owns.
+fn runs_of<'a>(bs: &BackupSchedule, runs: &'a [VolumeBackup]) -> Vec<&'a VolumeBackup> {
+    runs.iter()
+        .filter(|vb| {
+            vb.owner_references()
+                .iter()
+                .any(|o| Some(&o.uid) == bs.uid().as_ref())
+        })
+        .collect()
+}
+
+/// How many of a schedule's latest times keep their runs.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct HistoryLimits {
+    /// Times whose runs all succeeded.
+    pub(crate) successful: u32,
+    /// Times with a failed or canceled run.
+    pub(crate) failed: u32,
+}
+
+impl Default for HistoryLimits {
+    fn default() -> Self {
+        HistoryLimits {
+            successful: crate::crd::DEFAULT_SUCCESSFUL_HISTORY,
+            failed: crate::crd::DEFAULT_FAILED_HISTORY,
+        }
+    }
+}
+
+/// The names of one schedule's `runs` to delete: those of the times past
+/// `limits.successful` (times whose runs all succeeded) and `limits.failed`
+/// (times with a failed or canceled run), newest kept. A time with a run
+/// still going counts for neither, and the latest time (of the runs, or
+/// `recorded` if later) is always kept: a schedule goes on from its latest
+/// run. A run's time is its `coffer.dev/scheduled-at`, or its creation.
+pub(crate) fn past_history_limits<K: RunObject>(
+    runs: &[&K],
+    recorded: Option<Timestamp>,
+    limits: HistoryLimits,
+    now: chrono::DateTime<Utc>,
+) -> Vec<String> {
+    let mut times: BTreeMap<Timestamp, Vec<&K>> = BTreeMap::new();
+    for vb in runs {
+        let at = scheduled_at(*vb).unwrap_or_else(|| Timestamp::new(created_at(*vb, now)));
         times.entry(at).or_default().push(vb);
     }
-    let latest = bs
-        .status
-        .as_ref()
-        .and_then(|s| s.last_schedule_time)
+    let latest = recorded
         .into_iter()
         .chain(times.keys().next_back().copied())
         .max();
-    let phase = |vb: &VolumeBackup| vb.status.as_ref().map(|s| s.phase).unwrap_or_default();
-    let mut keep_ok = bs
-        .spec
-        .successful_runs_history_limit
-        .unwrap_or(crate::crd::DEFAULT_SUCCESSFUL_HISTORY);
-    let mut keep_failed = bs
-        .spec
-        .failed_runs_history_limit
-        .unwrap_or(crate::crd::DEFAULT_FAILED_HISTORY);
+    let phase = |vb: &K| vb.run_status().map(|s| s.phase).unwrap_or_default();
+    let (mut keep_ok, mut keep_failed) = (limits.successful, limits.failed);
     let mut expired = Vec::new();
     for (at, made) in times.iter().rev() {
         if !made.iter().all(|vb| phase(vb).is_final()) {
@@ -225,14 +267,7 @@ pub(crate) fn plan_pass(
             return pass(st, None, Step::Invalid);
         }
     };
-    let mine: Vec<&VolumeBackup> = runs
-        .iter()
-        .filter(|vb| {
-            vb.owner_references()
-                .iter()
-                .any(|o| Some(&o.uid) == bs.uid().as_ref())
-        })
-        .collect();
+    let mine = runs_of(bs, runs);
     let is_final = |vb: &VolumeBackup| vb.status.as_ref().is_some_and(|s| s.phase.is_final());
     let succeeded = |vb: &VolumeBackup| {
         matches!(

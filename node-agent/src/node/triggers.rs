@@ -257,20 +257,12 @@ impl Agent /* create_backups */ {
     }
 }
 
-impl Agent /* last_fired */ {
-    /// The last time a schedule fired for volume `volume` of pod `pod`
-    /// (uid `uid`): from its scheduled VolumeBackups, and no earlier than
-    /// this agent last fired it.
-    pub(crate) fn last_fired(
-        &self,
-        ns: &str,
-        pod: &str,
-        uid: &str,
-        volume: &str,
-    ) -> Option<DateTime<Utc>> {
+impl Agent /* scheduled_runs */ {
+    /// The runs that the annotation schedule of pod `pod` made for volume
+    /// `volume`, from the agent's cache.
+    pub(crate) fn scheduled_runs(&self, ns: &str, pod: &str, volume: &str) -> Vec<VolumeBackup> {
         let (pod_label, volume_label) = (label_value(pod), label_value(volume));
-        let runs: Vec<VolumeBackup> = self
-            .backups
+        self.backups
             .state()
             .iter()
             .filter(|o| o.metadata.namespace.as_deref() == Some(ns))
@@ -282,7 +274,22 @@ impl Agent /* last_fired */ {
                     && l.get(TRIGGER_LABEL).map(String::as_str) == Some("schedule")
             })
             .cloned()
-            .collect();
+            .collect()
+    }
+}
+
+impl Agent /* last_fired */ {
+    /// The last time a schedule fired for volume `volume` of pod `pod`
+    /// (uid `uid`): from its scheduled VolumeBackups, and no earlier than
+    /// this agent last fired it.
+    pub(crate) fn last_fired(
+        &self,
+        ns: &str,
+        pod: &str,
+        uid: &str,
+        volume: &str,
+    ) -> Option<DateTime<Utc>> {
+        let runs = self.scheduled_runs(ns, pod, volume);
         let floor = lock(&self.fired)
             .get(&(uid.to_string(), volume.to_string()))
             .copied();

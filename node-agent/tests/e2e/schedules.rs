@@ -466,3 +466,62 @@ async fn concurrency_policy_skips_replaces_or_overlaps_runs_still_going() {
         "{refused:#?}"
     );
 }
+
+/// A pod's annotation schedule keeps its runs as a BackupSchedule does by
+/// default: when its runs end, the controller deletes those of the same pod
+/// and volume past the 3 latest times that succeeded and the latest that
+/// failed; another volume's runs and a backup-now's stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_annotation_schedules_runs_past_the_history_limits_are_deleted() {
+    use coffer_node_agent::names::{POD_LABEL, TRIGGER_LABEL, VOLUME_LABEL};
+    let Some((mut env, _sim)) = fake_cluster().await else {
+        return;
+    };
+    let ns = env.namespace("history").await;
+    let runs: Api<VolumeBackup> = Api::namespaced(env.client.clone(), &ns);
+    let made = [
+        ("vol", "schedule", 1, Phase::Completed),
+        ("vol", "schedule", 2, Phase::Failed),
+        ("vol", "schedule", 3, Phase::Completed),
+        ("vol", "schedule", 4, Phase::Completed),
+        ("vol", "schedule", 5, Phase::Completed),
+        ("vol", "schedule", 6, Phase::Completed),
+        ("logs", "schedule", 1, Phase::Completed),
+        ("vol", "backup-now", 1, Phase::Completed),
+    ];
+    for (volume, trigger, day, phase) in made {
+        let name = format!("db-0-{volume}-{trigger}-{day}");
+        env.create::<VolumeBackup>(
+            &ns,
+            json!({
+                "metadata": {"name": name, "namespace": ns,
+                    "labels": {POD_LABEL: "db-0", VOLUME_LABEL: volume, TRIGGER_LABEL: trigger},
+                    "annotations": {SCHEDULED_AT: format!("2026-01-0{day}T00:00:00.000Z")}},
+                "spec": {"pod": "db-0", "volume": volume},
+            }),
+        )
+        .await;
+        runs.patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": phase}})),
+        )
+        .await
+        .unwrap();
+    }
+    let _c = Controller::start(&env, "a", &[]);
+    let want: BTreeSet<String> = [
+        "db-0-vol-schedule-2",
+        "db-0-vol-schedule-4",
+        "db-0-vol-schedule-5",
+        "db-0-vol-schedule-6",
+        "db-0-logs-schedule-1",
+        "db-0-vol-backup-now-1",
+    ]
+    .map(String::from)
+    .into();
+    env.wait_backups(&ns, "db-0", "the runs within the history limits", |bs| {
+        bs.iter().map(|b| b.name_any()).collect::<BTreeSet<_>>() == want
+    })
+    .await;
+}
