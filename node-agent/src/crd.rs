@@ -311,7 +311,10 @@ pub struct CopyResult {
     printcolumn = r#"{"name":"Volume","type":"string","jsonPath":".spec.volume"}"#,
     printcolumn = r#"{"name":"PVC","type":"string","jsonPath":".spec.pvc"}"#,
     printcolumn = r#"{"name":"Snapshot","type":"string","jsonPath":".status.snapshotID"}"#,
-    printcolumn = r#"{"name":"Bytes","type":"integer","jsonPath":".status.progress.bytesDone"}"#,
+    printcolumn = r#"{"name":"Size","type":"string","jsonPath":".status.size"}"#,
+    printcolumn = r#"{"name":"Duration","type":"string","jsonPath":".status.duration"}"#,
+    printcolumn = r#"{"name":"Node","type":"string","jsonPath":".status.node","priority":1}"#,
+    printcolumn = r#"{"name":"Bytes","type":"integer","jsonPath":".status.progress.bytesDone","priority":1}"#,
     printcolumn = r#"{"name":"Stage","type":"string","jsonPath":".status.stage","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -423,7 +426,10 @@ pub enum BackupMethod {
     printcolumn = r#"{"name":"Volume","type":"string","jsonPath":".spec.volume"}"#,
     printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.target.pvc"}"#,
     printcolumn = r#"{"name":"Snapshot","type":"string","jsonPath":".status.snapshotID"}"#,
-    printcolumn = r#"{"name":"Bytes","type":"integer","jsonPath":".status.progress.bytesDone"}"#,
+    printcolumn = r#"{"name":"Size","type":"string","jsonPath":".status.size"}"#,
+    printcolumn = r#"{"name":"Duration","type":"string","jsonPath":".status.duration"}"#,
+    printcolumn = r#"{"name":"Node","type":"string","jsonPath":".status.node","priority":1}"#,
+    printcolumn = r#"{"name":"Bytes","type":"integer","jsonPath":".status.progress.bytesDone","priority":1}"#,
     printcolumn = r#"{"name":"Stage","type":"string","jsonPath":".status.stage","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -712,6 +718,15 @@ pub struct RunStatus {
     /// When it ended (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Timestamp>,
+    /// How long it ran, from start to end, for humans (`4m 12s`): the
+    /// Duration column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<String>,
+    /// The bytes read (backup) or written (restore) when it ended, for
+    /// humans (`1.2 GiB`): the Size column (`progress.bytesDone` has the
+    /// number).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
     /// What happened, for humans.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

@@ -45,9 +45,19 @@ pub enum Outcome {
 /// Paths listed in `status.errors`.
 pub const MAX_ERROR_PATHS: usize = 10;
 
+/// Ends `status` now: its completion time, and how long it ran.
+fn ended(status: &mut RunStatus) {
+    let now = Timestamp::now();
+    status.completion_time = Some(now);
+    status.duration = status.start_time.map(|start| {
+        let secs = (now.at() - start.at()).num_seconds().max(0);
+        humantime::format_duration(std::time::Duration::from_secs(secs as u64)).to_string()
+    });
+}
+
 /// The final status of a run.
 pub fn finished(mut status: RunStatus, outcome: Outcome) -> RunStatus {
-    status.completion_time = Some(Timestamp::now());
+    ended(&mut status);
     match outcome {
         Outcome::Done {
             snapshot_id,
@@ -57,6 +67,7 @@ pub fn finished(mut status: RunStatus, outcome: Outcome) -> RunStatus {
         } => {
             status.snapshot_id = Some(snapshot_id);
             status.incremental_bytes = incremental_bytes;
+            status.size = Some(bytesize::ByteSize(progress.bytes_done).to_string());
             status.progress = Some(progress);
             status.errors = (!errors.is_empty()).then(|| RunErrors {
                 count: errors.len() as u64,
@@ -88,6 +99,7 @@ pub fn filled(status: RunStatus, outcome: Outcome) -> RunStatus {
     done.phase = Phase::InProgress;
     done.stage = Some(Stage::HandingOver.into());
     done.completion_time = None;
+    done.duration = None;
     done.message = None;
     done.with_conditions()
 }
@@ -95,7 +107,7 @@ pub fn filled(status: RunStatus, outcome: Outcome) -> RunStatus {
 /// A filled restore whose volume its target claim now holds: Completed,
 /// or PartiallyFailed when files could not be written.
 pub fn handed_over(mut status: RunStatus) -> RunStatus {
-    status.completion_time = Some(Timestamp::now());
+    ended(&mut status);
     complete(status)
 }
 
@@ -222,6 +234,37 @@ mod tests {
         // Anything but a result ends the run at once.
         let failed = filled(RunStatus::default(), Outcome::Failed("no space".into()));
         assert_eq!(failed.phase, Phase::Failed);
+    }
+
+    #[test]
+    fn an_ended_run_says_how_long_it_ran_and_how_much_it_moved_for_humans() {
+        let start = Timestamp::new(chrono::Utc::now() - chrono::Duration::seconds(90));
+        let running = RunStatus {
+            start_time: Some(start),
+            ..Default::default()
+        };
+        let done = finished(
+            running.clone(),
+            Outcome::Done {
+                snapshot_id: "ab".into(),
+                incremental_bytes: None,
+                progress: Progress {
+                    bytes_done: 3 * 1024 * 1024 / 2,
+                    ..Default::default()
+                },
+                errors: vec![],
+            },
+        );
+        // Ninety seconds, give or take the second the test may cross.
+        let d = done.duration.unwrap();
+        assert!(d == "1m 30s" || d == "1m 31s", "{d}");
+        assert_eq!(done.size.as_deref(), Some("1.5 MiB"));
+        // A failed run has a duration and no size.
+        let failed = finished(running, Outcome::Failed("no".into()));
+        assert!(failed.duration.is_some() && failed.size.is_none());
+        // A run that never started has no duration.
+        let never = finished(RunStatus::default(), Outcome::Failed("no".into()));
+        assert_eq!(never.duration, None);
     }
 
     #[test]

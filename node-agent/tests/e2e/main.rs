@@ -851,6 +851,8 @@ async fn a_missed_annotation_schedule_fires_once_after_the_agent_was_away() {
         .wait_for::<VolumeBackup>(&ns, &fired, "final", |b| is_final(&b.status))
         .await;
     assert_eq!(phase(&b.status), Phase::Completed, "{:#?}", b.status);
+    let st = b.status.as_ref().unwrap();
+    assert!(st.size.is_some() && st.duration.is_some(), "{st:#?}");
     assert_eq!(
         b.annotations().get(SCHEDULED_AT).map(String::as_str),
         Some(format!("{year}-01-01T00:00:00.000Z").as_str())

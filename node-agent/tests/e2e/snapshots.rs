@@ -1010,6 +1010,14 @@ async fn a_finished_one_off_run_is_deleted_past_its_time_to_live_and_its_snapsho
         .await;
     let st = vb.status.unwrap();
     assert_eq!(st.phase, Phase::Completed, "{st:#?}");
+    // The Size and Duration columns.
+    let bytes = st.progress.as_ref().unwrap().bytes_done;
+    assert_eq!(
+        st.size,
+        Some(bytesize::ByteSize(bytes).to_string()),
+        "{st:#?}"
+    );
+    assert!(st.duration.is_some(), "{st:#?}");
     env.wait_gone::<VolumeBackup>(&ns, "once").await;
     let restored = restore(&repo, st.snapshot_id.as_deref().unwrap(), env.dir.path()).await;
     assert_same_tree(&data, &restored);
