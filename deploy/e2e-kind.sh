@@ -141,11 +141,24 @@ fi
 say "loading $image into the node"
 kind load docker-image "$image" --name "$cluster"
 
-say "applying deploy/"
-k apply -k deploy/
+say "applying deploy/, with CLUSTER_NAME=$ctx in its one configuration"
+# An overlay, as a user makes one: the cluster name goes into coffer-config,
+# which the node agents and the controller both read (set on one of them
+# alone, both would refuse to run: they compare their names).
+overlay="$(mktemp -d .e2e-overlay.XXXXXX)"
+cat >"$overlay/kustomization.yaml" <<EOF
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources: [../deploy]
+configMapGenerator:
+  - name: coffer-config
+    behavior: merge
+    literals: ["CLUSTER_NAME=$ctx"]
+EOF
+k apply -k "$overlay"
+rm -rf "$overlay"
 k wait --for=condition=Established --timeout=60s \
     crd/backuprepositories.coffer.dev crd/volumebackups.coffer.dev crd/volumerestores.coffer.dev
-k -n coffer-system set env daemonset/coffer-agent "CLUSTER_NAME=$ctx"
 
 if [ -n "${COFFER_E2E_S3_ENDPOINT:-}" ]; then
     repo_url="s3://${COFFER_E2E_S3_BUCKET:-coffer-e2e}/e2e"
@@ -322,7 +335,6 @@ fi
 k label volumesnapshotclass csi-hostpath-snapclass backup.coffer.dev/default=true --overwrite
 
 say "controller"
-k -n coffer-system set env deployment/coffer-controller "CLUSTER_NAME=$ctx"
 k -n coffer-system rollout status deployment/coffer-controller --timeout=180s
 
 say "PVC $ns/pg-data on csi-hostpath-sc, filled by pod $ns/writer"

@@ -15,11 +15,13 @@
 //! both run it), [`time`] (the one format of coffer's times), [`scheduling`]
 //! (the schedule language and the one durable rule for firing), [`repos`] (a
 //! namespace's repository and its Secrets), [`policy`] (the administrator's
-//! limits) and [`metrics`] (Prometheus and health). `node` and `controller`
+//! limits), [`cluster_name`] (the agents' and the controller's name for the
+//! cluster, compared) and [`metrics`] (Prometheus and health). `node` and `controller`
 //! never name each other, and no module imports one that imports it back
 //! (`tests/layout.rs` checks both).
 
 pub mod api;
+pub mod cluster_name;
 pub mod controller;
 pub mod crd;
 pub mod hooks;

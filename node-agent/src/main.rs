@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use coffer_node_agent::crd::Phase;
 use coffer_node_agent::mover::args::MoverArgs;
 use coffer_node_agent::node::plan::NodeConfig;
-use coffer_node_agent::{controller, metrics, mover, node};
+use coffer_node_agent::{cluster_name, controller, metrics, mover, node};
 
 #[derive(Parser, Debug)]
 #[command(name = "coffer-agent", version, about = "coffer's Kubernetes agent")]
@@ -37,6 +37,10 @@ struct ControllerArgs {
     /// This replica's identity in the Lease
     #[arg(long, env = "POD_NAME")]
     identity: String,
+    /// How often the cluster name is compared with the other side's again
+    /// while running (each side refuses to run while they differ)
+    #[arg(long, env = "CLUSTER_NAME_RECHECK", default_value = "5m", value_parser = parse_duration, hide = true)]
+    cluster_name_recheck: std::time::Duration,
     /// The Lease's name
     #[arg(long, env = "LEASE_NAME", default_value = "coffer-controller")]
     lease_name: String,
@@ -105,6 +109,14 @@ struct NodeArgs {
     /// This node's name (from the downward API)
     #[arg(long, env = "NODE_NAME")]
     node_name: String,
+    /// How often the cluster name is compared with the other side's again
+    /// while running (each side refuses to run while they differ)
+    #[arg(long, env = "CLUSTER_NAME_RECHECK", default_value = "5m", value_parser = parse_duration, hide = true)]
+    cluster_name_recheck: std::time::Duration,
+    /// coffer's own namespace (from the downward API), where the cluster
+    /// name is compared with the controller's
+    #[arg(long, env = "POD_NAMESPACE", default_value = "coffer-system")]
+    namespace: String,
     /// The kubelet's root directory as mounted in the agent
     #[arg(long, env = "KUBELET_ROOT", default_value = "/var/lib/kubelet")]
     kubelet_root: PathBuf,
@@ -206,6 +218,15 @@ async fn serve_metrics(addr: SocketAddr) -> anyhow::Result<std::sync::Arc<metric
 
 async fn run_controller(a: ControllerArgs) -> anyhow::Result<()> {
     let client = client().await?;
+    let side = cluster_name::Side::Controller;
+    cluster_name::agree(&client, &a.namespace, side, a.cluster_name.as_deref()).await?;
+    let agreeing = cluster_name::keep_agreeing(
+        client.clone(),
+        a.namespace.clone(),
+        side,
+        a.cluster_name.clone(),
+        a.cluster_name_recheck,
+    );
     // What movers take from this controller's own pod, unless told.
     let own = match (&a.mover_image, &a.mover_image_pull_secrets) {
         (Some(_), Some(_)) => None,
@@ -261,6 +282,7 @@ async fn run_controller(a: ControllerArgs) -> anyhow::Result<()> {
     };
     tokio::select! {
         r = controller::run(client, opts, m) => r,
+        why = agreeing => Err(why),
         _ = shutdown() => {
             tracing::info!("stopping");
             Ok(())
@@ -378,6 +400,15 @@ fn init_logs(format: &str) {
 
 async fn run_node(a: NodeArgs) -> anyhow::Result<()> {
     let client = client().await?;
+    let side = cluster_name::Side::Agent;
+    cluster_name::agree(&client, &a.namespace, side, a.cluster_name.as_deref()).await?;
+    let agreeing = cluster_name::keep_agreeing(
+        client.clone(),
+        a.namespace.clone(),
+        side,
+        a.cluster_name.clone(),
+        a.cluster_name_recheck,
+    );
     let m = serve_metrics(a.metrics_addr).await?;
     let opts = node::Options {
         node: NodeConfig {
@@ -396,6 +427,7 @@ async fn run_node(a: NodeArgs) -> anyhow::Result<()> {
     };
     tokio::select! {
         r = node::run(client, opts, m) => r,
+        why = agreeing => Err(why),
         _ = shutdown() => {
             tracing::info!("stopping");
             Ok(())

@@ -485,6 +485,34 @@ pub fn credential_options(url: &str, data: &BTreeMap<String, Vec<u8>>) -> Vec<(S
     out
 }
 
+/// Applies `policy` to the snapshots of `repo` that pass `filter`, per
+/// origin, and returns the plan and how many snapshots were forgotten. Only
+/// the snapshots of `cluster` count, also when it is unset: an unset cluster
+/// in a filter would match every cluster's snapshots. Shared by schedules'
+/// retention pods and the node agent's retention of pods' schedules.
+pub async fn forget_per_origin(
+    repo: &coffer_engine::Repository,
+    cluster: Option<&String>,
+    filter: &coffer_engine::forget::Filter,
+    policy: &coffer_engine::forget::Policy,
+    cancel: &coffer_engine::CancelToken,
+) -> Result<(coffer_engine::forget::ForgetPlan, usize), String> {
+    use coffer_engine::forget::{self, GroupBy};
+    let mut snapshots = repo.snapshots().await.map_err(|e| e.to_string())?;
+    snapshots.retain(|(_, s)| s.origin.as_ref().and_then(|o| o.cluster.as_ref()) == cluster);
+    let by_origin = GroupBy {
+        host: false,
+        paths: false,
+        tags: false,
+        origin: true,
+    };
+    let plan = forget::plan(&snapshots, policy, by_origin, filter).map_err(|e| e.to_string())?;
+    let removed = forget::execute(repo, &plan, cancel)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((plan, removed))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

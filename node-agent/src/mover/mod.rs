@@ -178,34 +178,6 @@ where
     }
 }
 
-/// Applies `policy` to the snapshots of `repo` that pass `filter`, per
-/// origin, and returns the plan and how many snapshots were forgotten. Only
-/// the snapshots of `cluster` count, also when it is unset: an unset cluster
-/// in a filter would match every cluster's snapshots. Shared by schedules'
-/// retention pods and the node agent's retention of pods' schedules.
-pub(crate) async fn forget_per_origin(
-    repo: &coffer_engine::Repository,
-    cluster: Option<&String>,
-    filter: &coffer_engine::forget::Filter,
-    policy: &coffer_engine::forget::Policy,
-    cancel: &CancelToken,
-) -> Result<(coffer_engine::forget::ForgetPlan, usize), String> {
-    use coffer_engine::forget::{self, GroupBy};
-    let mut snapshots = repo.snapshots().await.map_err(|e| e.to_string())?;
-    snapshots.retain(|(_, s)| s.origin.as_ref().and_then(|o| o.cluster.as_ref()) == cluster);
-    let by_origin = GroupBy {
-        host: false,
-        paths: false,
-        tags: false,
-        origin: true,
-    };
-    let plan = forget::plan(&snapshots, policy, by_origin, filter).map_err(|e| e.to_string())?;
-    let removed = forget::execute(repo, &plan, cancel)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok((plan, removed))
-}
-
 /// A schedule's retention pass.
 #[derive(Clone, Debug)]
 pub struct ForgetJob {
@@ -241,8 +213,14 @@ pub async fn forget(client: Client, job: ForgetJob, cancel: CancelToken) -> bool
             },
             ..Default::default()
         };
-        let (plan, removed) =
-            forget_per_origin(&repo, job.cluster.as_ref(), &filter, &job.policy, &cancel).await?;
+        let (plan, removed) = crate::repos::forget_per_origin(
+            &repo,
+            job.cluster.as_ref(),
+            &filter,
+            &job.policy,
+            &cancel,
+        )
+        .await?;
         let kept: usize = plan.groups.iter().map(|g| g.keep.len()).sum();
         for g in &plan.groups {
             tracing::info!(

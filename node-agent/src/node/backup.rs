@@ -15,13 +15,13 @@ use kube::{Resource, ResourceExt};
 
 use crate::crd::{BackupMethod, HookRun, Progress, RunStatus, VolumeBackup};
 use crate::hooks;
-use crate::mover::forget_per_origin;
 use crate::names::{ANNOTATION_SCHEDULE_TAG, TRIGGER_LABEL};
 use crate::node::annotations;
 use crate::node::context::{stopped, Agent, Ended, StopReason};
 use crate::node::kubelet;
 use crate::node::plan::{self, Planned, VolumeMode};
 use crate::report::write_run;
+use crate::repos::forget_per_origin;
 use crate::status::Outcome;
 use crate::volume_backup;
 

@@ -752,6 +752,8 @@ fn spawn_agent(
             env.dir.path().display()
         ))
         .env("KUBECONFIG", kubeconfig)
+        // The cluster names compared every second, not every 5 minutes.
+        .env("CLUSTER_NAME_RECHECK", "1s")
         .env(
             "RUST_LOG",
             std::env::var("COFFER_TEST_AGENT_LOG")

@@ -1018,3 +1018,79 @@ async fn a_status_write_is_applied_refused_as_stale_or_told_gone() {
         Written::Gone
     );
 }
+
+/// Waits for a process to exit and returns its log; fails if it runs on.
+async fn exited(child: &mut std::process::Child, log: &std::path::Path, what: &str) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(!status.success(), "{what} exited with success");
+            return std::fs::read_to_string(log).unwrap_or_default();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} still runs: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// The node agents and the controller compare their cluster names: a
+/// controller given another name than the running agents' refuses to
+/// start, saying both names, and the agents stop as well (snapshots would
+/// carry one name and retention select the other); once both are given the
+/// same name again, both run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_and_a_controller_with_different_cluster_names_both_refuse_to_run() {
+    use coffer_node_agent::cluster_name::{AGENT_KEY, CONTROLLER_KEY, RECORD};
+    use k8s_openapi::api::coordination::v1::Lease;
+    let env = Env::new().await;
+    if env.server.is_none() {
+        eprintln!("skipped on a real cluster: it would change the cluster's recorded name");
+        return;
+    }
+    let node = common::Node::new();
+    let node_name = format!("node-{}", short_id());
+    let cfg = AgentConfig::new(&node_name, &node);
+    let mut agent = Agent::start(&env, &cfg);
+    wait_ready(&agent).await;
+
+    let mut wrong = Controller::start(&env, "a", &["--cluster-name", "staging"]);
+    let log = exited(&mut wrong.child, &wrong.log, "the controller named staging").await;
+    assert!(
+        log.contains("the controller (Deployment coffer-controller) here has CLUSTER_NAME \"staging\", but the node agents (DaemonSet coffer-agent) recorded CLUSTER_NAME \"test-cluster\""),
+        "{log}"
+    );
+    let log = exited(&mut agent.child, &agent.log, "the agent named test-cluster").await;
+    assert!(
+        log.contains("recorded CLUSTER_NAME \"staging\" (Lease coffer-system/coffer-cluster-name)"),
+        "{log}"
+    );
+    let lease = Api::<Lease>::namespaced(env.client.clone(), "coffer-system")
+        .get(RECORD)
+        .await
+        .unwrap();
+    let recorded = lease.metadata.annotations.unwrap_or_default();
+    assert_eq!(
+        recorded.get(CONTROLLER_KEY).map(String::as_str),
+        Some("staging")
+    );
+    assert_eq!(
+        recorded.get(AGENT_KEY).map(String::as_str),
+        Some("test-cluster")
+    );
+
+    // The same name on both sides again: the controller records it, and an
+    // agent starts and stays.
+    let controller = Controller::start(&env, "b", &[]);
+    controller.http_until("/readyz", "ready", |_| true).await;
+    let agent = Agent::start(&env, &cfg);
+    wait_ready(&agent).await;
+    let mut controller = controller;
+    assert!(
+        controller.child.try_wait().unwrap().is_none(),
+        "{}",
+        controller.log_text()
+    );
+}
