@@ -283,6 +283,24 @@ pub(crate) enum MoverRole {
 /// The annotation on a volume being handed over: its reclaim policy before.
 pub const RECLAIM_POLICY: &str = "coffer.dev/reclaim-policy";
 
+/// The annotation on a volume being handed over: when the handover began
+/// (the target claim must bind to it within `--prepare-timeout` of that).
+pub const HANDOVER_SINCE: &str = "coffer.dev/handover-since";
+
+/// Whether the claim that volume `pv` is handed to has had `limit` to bind
+/// since the handover began ([`HANDOVER_SINCE`]); a volume without the
+/// annotation (handed over by an older controller) is given the time.
+pub(crate) fn handover_overdue(
+    pv: &PersistentVolume,
+    limit: Duration,
+    now: chrono::DateTime<chrono::Utc>,
+) -> bool {
+    pv.annotations()
+        .get(HANDOVER_SINCE)
+        .and_then(|t| t.parse::<crate::time::Timestamp>().ok())
+        .is_some_and(|since| (now - since.at()).to_std().unwrap_or_default() >= limit)
+}
+
 /// Plans a pass over restore `vr` (into claim `pvc` of namespace `tns`,
 /// filled in namespace `home`) from its status and what was seen.
 pub(crate) fn plan_restore(
@@ -562,7 +580,11 @@ async fn advance(
             let keep = json!({
                 "metadata": {
                     "labels": {RESTORE_LABEL: label_value(&vr.name_any())},
-                    "annotations": {RESTORED_BY: run_key(vr), RECLAIM_POLICY: policy},
+                    "annotations": {
+                        RESTORED_BY: run_key(vr),
+                        RECLAIM_POLICY: policy,
+                        HANDOVER_SINCE: crate::time::Timestamp::now().to_string(),
+                    },
                 },
                 "spec": {"persistentVolumeReclaimPolicy": "Retain"},
             });
@@ -614,7 +636,26 @@ async fn advance(
                 Err(e) => Err(kube_err(format!("creating PVC {tns}/{}", target.pvc))(e)),
             }
         }
-        RestoreStep::WaitBound => Ok(Action::requeue(BIND_POLL)),
+        RestoreStep::WaitBound => {
+            // Bounded: a claim that never binds (a quota, an admission
+            // webhook, a wrong class) ends the restore, saying which.
+            if seen
+                .volume
+                .as_ref()
+                .is_some_and(|v| handover_overdue(v, ctx.opts.prepare_timeout, chrono::Utc::now()))
+            {
+                let m = format!(
+                    "PersistentVolumeClaim {tns}/{} did not bind to the restored volume {} within --prepare-timeout {}; `kubectl -n {tns} describe pvc {}` says why",
+                    target.pvc,
+                    seen.volume.as_ref().map(|v| v.name_any()).unwrap_or_default(),
+                    humantime::format_duration(ctx.opts.prepare_timeout),
+                    target.pvc
+                );
+                fail(ctx, vr, m).await?;
+                return Ok(Action::await_change());
+            }
+            Ok(Action::requeue(BIND_POLL))
+        }
         RestoreStep::Release(pv) => {
             let policy = seen
                 .volume
@@ -624,7 +665,7 @@ async fn advance(
             let release = json!({
                 "metadata": {
                     "labels": {RESTORE_LABEL: null},
-                    "annotations": {RESTORED_BY: null, RECLAIM_POLICY: null},
+                    "annotations": {RESTORED_BY: null, RECLAIM_POLICY: null, HANDOVER_SINCE: null},
                 },
                 "spec": {"persistentVolumeReclaimPolicy": policy},
             });
@@ -884,6 +925,31 @@ mod tests {
     /// the restorer goes, the volume is kept and reserved for the target,
     /// the filling claim goes, the target is made on the volume, binds, the
     /// volume's policy comes back, and the run ends.
+    #[test]
+    fn a_claim_that_does_not_bind_within_the_prepare_timeout_is_overdue() {
+        let pv = |since: Option<&str>| -> PersistentVolume {
+            let mut v = json!({"metadata": {"name": "pv-1"}});
+            if let Some(t) = since {
+                v["metadata"]["annotations"] = json!({ HANDOVER_SINCE: t });
+            }
+            serde_json::from_value(v).unwrap()
+        };
+        let now = crate::time::stamp("2026-12-07T10:30:00.000Z").at();
+        let limit = Duration::from_secs(1800);
+        assert!(!handover_overdue(
+            &pv(Some("2026-12-07T10:01:00.000Z")),
+            limit,
+            now
+        ));
+        assert!(handover_overdue(
+            &pv(Some("2026-12-07T10:00:00.000Z")),
+            limit,
+            now
+        ));
+        assert!(!handover_overdue(&pv(None), limit, now));
+        assert!(!handover_overdue(&pv(Some("yesterday")), limit, now));
+    }
+
     #[test]
     fn a_filled_volume_is_handed_to_the_target_claim_one_step_at_a_time() {
         let st = status(true, Stage::HandingOver);

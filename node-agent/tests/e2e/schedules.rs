@@ -525,3 +525,95 @@ async fn an_annotation_schedules_runs_past_the_history_limits_are_deleted() {
     })
     .await;
 }
+
+/// deploy/examples fit together and work: the repositories, the StatefulSet
+/// and the schedule, applied as they are (the repositories pointed at this
+/// machine's directories instead of the example's buckets), back up the
+/// StatefulSet's claim when the schedule is started now, and the snapshot
+/// restores byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_examples_applied_together_back_up_the_example_statefulsets_claim() {
+    use coffer_node_agent::crd::BackupRepository;
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    use k8s_openapi::api::core::v1::Service;
+    let Some((mut env, _sim)) = fake_cluster().await else {
+        return;
+    };
+    let ns = env.namespace("examples").await;
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+    let docs = |file: &str| -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(examples.join(file)).unwrap();
+        serde_yaml::Deserializer::from_str(&text)
+            .map(|d| serde::Deserialize::deserialize(d).unwrap())
+            .filter(|v: &serde_json::Value| !v.is_null())
+            .collect()
+    };
+    // The Secrets their comments say to create.
+    env.secret(&ns, "coffer-repo", "password", PASSWORD).await;
+    env.secret(&ns, "coffer-offsite", "password", "another password")
+        .await;
+    let mut repo = None;
+    for mut r in docs("repository.yaml") {
+        let name = r["metadata"]["name"].as_str().unwrap().to_string();
+        let dir = env.dir.path().join("repos").join(&ns).join(&name);
+        std::fs::create_dir_all(&dir).unwrap();
+        r["spec"]["url"] = json!(format!("file://{}", dir.display()));
+        let spec = r["spec"].as_object_mut().unwrap();
+        spec.remove("credentialsSecretRef");
+        spec.remove("options");
+        env.create::<BackupRepository>(&ns, r).await;
+        if name == "default" {
+            repo = Some(dir);
+        }
+    }
+    let repo = repo.expect("repository.yaml makes the repository named default");
+    let mut sts = None;
+    for d in docs("pod.yaml") {
+        match d["kind"].as_str() {
+            Some("StatefulSet") => sts = Some(env.create::<StatefulSet>(&ns, d).await),
+            Some("Service") => drop(env.create::<Service>(&ns, d).await),
+            other => panic!("pod.yaml: unexpected {other:?}"),
+        }
+    }
+    // Its claim, as the StatefulSet controller makes it: named after the
+    // template, the set and the ordinal, labelled with the set's selector.
+    let sts = sts.expect("pod.yaml has a StatefulSet");
+    let spec = sts.spec.unwrap();
+    let template = &spec.volume_claim_templates.as_ref().unwrap()[0];
+    let claim = format!(
+        "{}-{}-0",
+        template.metadata.name.as_deref().unwrap(),
+        sts.metadata.name.as_deref().unwrap()
+    );
+    let labels = serde_json::to_value(spec.selector.match_labels.unwrap()).unwrap();
+    let data = env.dir.path().join(format!("csi/source/{claim}"));
+    fill(&data, 29, 6);
+    sim::csi_pvc(&env, &ns, &claim, "Filesystem", &data, labels).await;
+    let schedule = docs("schedule.yaml").remove(0);
+    let name = schedule["metadata"]["name"].as_str().unwrap().to_string();
+    env.create::<BackupSchedule>(&ns, schedule).await;
+
+    let _c = Controller::start(&env, "a", &[]);
+    // As the example's comment says: run it now.
+    env.annotate_object::<BackupSchedule>(&ns, &name, "backup.coffer.dev/backup-now", "1")
+        .await;
+    env.wait_for::<BackupSchedule>(&ns, &name, "run and retained", |b| {
+        b.status.as_ref().is_some_and(|s| {
+            s.last_trigger.as_deref() == Some("1")
+                && s.active.is_empty()
+                && s.last_retention.as_ref().map(|r| &r.after) == s.last_schedule_time.as_ref()
+        })
+    })
+    .await;
+    let runs = Api::<VolumeBackup>::namespaced(env.client.clone(), &ns)
+        .list(&ListParams::default().labels(&format!("{SCHEDULE_LABEL}={name}")))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(runs.len(), 1, "{runs:#?}");
+    let st = runs[0].status.clone().unwrap();
+    assert_eq!(st.phase, Phase::Completed, "{st:#?}");
+    assert_eq!(runs[0].spec.pvc.as_deref(), Some(claim.as_str()));
+    let restored = restore(&repo, st.snapshot_id.as_deref().unwrap(), env.dir.path()).await;
+    assert_same_tree(&data, &restored);
+}
