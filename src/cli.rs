@@ -120,6 +120,32 @@ pub enum Command {
     /// Repair a damaged repository (after `check` found damage)
     #[command(subcommand)]
     Repair(RepairCommand),
+    /// Kubernetes application backups, read from the repository alone
+    #[command(subcommand)]
+    K8s(K8sCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum K8sCommand {
+    /// Print an application backup's objects as YAML, cleaned of what
+    /// belonged to the old cluster and in the order a restore creates them,
+    /// for `kubectl apply -f -` (or Git)
+    Manifests(ManifestsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ManifestsArgs {
+    /// The application backup's snapshot (`latest`, an id or a unique prefix)
+    #[arg(value_name = "SNAPSHOT")]
+    pub snapshot: String,
+    /// Put the objects into this namespace (default: the one they were
+    /// backed up from)
+    #[arg(long, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Replace storage class OLD by NEW in claims and claim templates
+    /// (repeatable)
+    #[arg(long = "storage-class-map", value_name = "OLD=NEW")]
+    pub storage_class_map: Vec<String>,
 }
 
 /// The source repository of `copy` and `init --copy-chunker-params`.

@@ -1513,13 +1513,7 @@ fn snapshots_and_forget_filter_by_kubernetes_origin() {
     common::write(&src.join("f"), b"data");
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let store =
-            coffer_engine::storage::open_location(env.repo.to_str().unwrap(), false).unwrap();
-        let repo = std::sync::Arc::new(
-            coffer_engine::Repository::open(store, b"correct horse")
-                .await
-                .unwrap(),
-        );
+        let repo = opened(&env).await;
         for (cluster, ns, pvc) in [
             ("prod", "team-a", "data-db-0"),
             ("prod", "team-b", "data-db-0"),
@@ -1629,4 +1623,166 @@ fn ignore_inode_and_ignore_ctime_are_recorded_in_the_snapshot() {
     );
     let help = env.expect(0, &["backup", "--help"]);
     assert!(help.contains("--ignore-inode") && help.contains("--ignore-ctime"));
+}
+
+/// The test repository, opened with the engine.
+async fn opened(env: &Env) -> std::sync::Arc<coffer_engine::Repository> {
+    let store = coffer_engine::storage::open_location(env.repo.to_str().unwrap(), false).unwrap();
+    std::sync::Arc::new(
+        coffer_engine::Repository::open(store, b"correct horse")
+            .await
+            .unwrap(),
+    )
+}
+
+/// Backs up `dir` as an application snapshot's tree: its contents at the
+/// snapshot's root, with the origin's namespace.
+fn application_snapshot(env: &Env, dir: &Path, namespace: &str) {
+    use coffer_engine::backup::{backup, BackupOptions};
+    use coffer_engine::format::snapshot::KubernetesOrigin;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let repo = opened(env).await;
+        let mut o = BackupOptions::new([dir]);
+        o.record_path = Some("/".into());
+        o.origin = Some(KubernetesOrigin {
+            cluster: Some("prod".into()),
+            namespace: Some(namespace.into()),
+            ..Default::default()
+        });
+        backup(repo, o).await.unwrap();
+    });
+}
+
+/// `coffer k8s manifests` prints an application backup's objects from the
+/// repository alone: cleaned of the old cluster's fields, in the new
+/// namespace, in restore order; a service account's token is left out.
+/// A snapshot that is no application backup, or whose file holds another
+/// object than its path names, is refused, naming it.
+#[test]
+fn k8s_manifests_prints_an_application_backups_objects_cleaned_and_in_restore_order() {
+    let env = Env::new();
+    env.expect(0, &["init"]);
+    let app = env.root.join("app");
+    let put = |path: &str, v: serde_json::Value| {
+        write(
+            &app.join(path),
+            serde_json::to_string(&v).unwrap().as_bytes(),
+        )
+    };
+    put(
+        "application.json",
+        serde_json::json!({"namespace": "shop", "objects": []}),
+    );
+    put(
+        "objects/apps/v1/Deployment/web.json",
+        serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "shop", "uid": "u1", "resourceVersion": "9"},
+            "spec": {"replicas": 2}, "status": {"readyReplicas": 2}}),
+    );
+    put(
+        "objects/core/v1/Service/web.json",
+        serde_json::json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"clusterIP": "10.1.2.3", "clusterIPs": ["10.1.2.3"], "ports": [{"port": 80}]}}),
+    );
+    put(
+        "objects/core/v1/PersistentVolumeClaim/data.json",
+        serde_json::json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "data", "namespace": "shop", "ownerReferences": [
+                {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "u1"}]},
+            "spec": {"volumeName": "pv-1", "storageClassName": "gp2"}}),
+    );
+    put(
+        "objects/core/v1/ConfigMap/cfg.json",
+        serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "cfg", "namespace": "shop"}, "data": {"a": "b"}}),
+    );
+    put(
+        "objects/core/v1/Secret/app-token.json",
+        serde_json::json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/service-account-token",
+            "metadata": {"name": "app-token", "namespace": "shop"}}),
+    );
+    application_snapshot(&env, &app, "shop");
+    let out = env.run(&[
+        "k8s",
+        "manifests",
+        "latest",
+        "--namespace",
+        "shop-2",
+        "--storage-class-map",
+        "gp2=fast",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout.clone()).unwrap();
+    let docs: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "ConfigMap",
+            "PersistentVolumeClaim",
+            "Deployment",
+            "Service"
+        ],
+        "{text}"
+    );
+    assert!(
+        docs.iter().all(|d| d["metadata"]["namespace"] == "shop-2"),
+        "{text}"
+    );
+    assert_eq!(
+        docs[2],
+        serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "shop-2"}, "spec": {"replicas": 2}})
+    );
+    assert_eq!(
+        docs[1]["spec"],
+        serde_json::json!({"storageClassName": "fast"}),
+        "the old volume goes, the class is mapped"
+    );
+    assert_eq!(docs[1]["metadata"].get("ownerReferences"), None);
+    assert_eq!(
+        docs[3]["spec"],
+        serde_json::json!({"ports": [{"port": 80}]})
+    );
+    assert!(
+        stderr(&out).contains("left out objects/core/v1/Secret/app-token.json"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A file that holds another object than its path names.
+    put(
+        "objects/core/v1/ConfigMap/cfg.json",
+        serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "stolen"}}),
+    );
+    application_snapshot(&env, &app, "shop");
+    let out = env.run(&["k8s", "manifests", "latest"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("objects/core/v1/ConfigMap/cfg.json holds v1 Secret \"stolen\", not the object its path names"),
+        "{}",
+        stderr(&out)
+    );
+    // A snapshot of anything else.
+    let other = env.root.join("other");
+    write(&other.join("f"), b"x");
+    env.expect(0, &["backup", other.to_str().unwrap()]);
+    let out = env.run(&["k8s", "manifests", "latest"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("is not an application backup"),
+        "{}",
+        stderr(&out)
+    );
+    // A bad mapping is refused before anything is read.
+    let out = env.run(&["k8s", "manifests", "latest", "--storage-class-map", "gp2"]);
+    assert!(
+        stderr(&out).contains("--storage-class-map \"gp2\": expected OLD=NEW"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -116,6 +116,49 @@ pub async fn dump(
     Ok(node)
 }
 
+/// The content of file node `n`, whole, when it is at most `max` bytes (a
+/// small file such as an application snapshot's object): every blob is
+/// verified, and a file larger than `max` is refused, naming `what`.
+pub async fn read_small_file(
+    repo: &Repository,
+    index: &Index,
+    n: &Node,
+    max: u64,
+    what: &str,
+) -> Result<Vec<u8>> {
+    if n.kind != NodeKind::File {
+        return Err(Error::InvalidArgument(format!(
+            "{what} is a {:?}, not a file",
+            n.kind
+        )));
+    }
+    let total: u64 = n.content.iter().map(|c| c.len).sum();
+    if n.size > max || total > max {
+        return Err(Error::InvalidArgument(format!(
+            "{what} has {} bytes, more than the {max} this reads",
+            n.size.max(total)
+        )));
+    }
+    let mut out = Vec::with_capacity(total as usize);
+    for c in &n.content {
+        match c.id {
+            None => out.resize(out.len() + c.len as usize, 0),
+            Some(id) => {
+                let plain = repo.read_blob(index, BlobType::Data, &id).await?;
+                if plain.len() as u64 != c.len {
+                    return Err(Error::InvalidArgument(format!(
+                        "{what}: blob {id} has {} bytes, the tree says {}",
+                        plain.len(),
+                        c.len
+                    )));
+                }
+                out.extend_from_slice(&plain);
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn reader<'a>(
     repo: &'a Repository,
     index: &'a Index,

@@ -8,6 +8,7 @@ mod diff;
 mod dump;
 mod forget;
 mod init;
+mod k8s;
 mod key;
 mod ls;
 mod mount;
@@ -47,6 +48,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Mount(a) => mount::run(g, a).await,
         Command::Repair(c) => repair::run(g, c).await,
         Command::Key(k) => key::run(g, k).await,
+        Command::K8s(k) => k8s::run(g, k).await,
     }
 }
 
