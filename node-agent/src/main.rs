@@ -327,6 +327,35 @@ async fn run_mover(m: MoverArgs) -> anyhow::Result<bool> {
             };
             Ok(mover::resolve(client().await?, job).await)
         }
+        MoverArgs::Capture(a) => {
+            let job = mover::capture::CaptureJob {
+                namespace: a.common.namespace.clone(),
+                application: a.common.run.clone(),
+                repo: a.common.repo(),
+                selection: coffer_application::select::Selection {
+                    include: a.include,
+                    exclude: a.exclude,
+                    include_recreated: a.include_recreated,
+                },
+                label_selector: a.selector,
+                work_dir: a.work_dir,
+                cluster: a.cluster,
+            };
+            match mover::capture::capture(&client().await?, &job, &cancel).await {
+                Ok(done) => {
+                    println!("{}", serde_json::to_string(&done)?);
+                    Ok(true)
+                }
+                Err(e) => {
+                    tracing::error!(
+                        namespace = job.namespace,
+                        application = job.application,
+                        "{e}"
+                    );
+                    Ok(false)
+                }
+            }
+        }
         MoverArgs::Forget(a) => {
             let job = mover::ForgetJob {
                 namespace: a.common.namespace.clone(),

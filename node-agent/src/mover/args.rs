@@ -31,6 +31,34 @@ pub enum MoverArgs {
     Check(Box<CheckArgs>),
     /// Copy every snapshot not copied yet into a second repository (scheduled maintenance); write the result into the BackupRepository's status
     Copy(Box<CopyArgs>),
+    /// Capture a namespace's objects, with this pod's account's rights, into an application snapshot (SPEC.md §16); print what was captured as JSON
+    Capture(Box<CaptureArgs>),
+}
+
+/// `mover capture`.
+#[derive(clap::Args, Clone, Debug, PartialEq)]
+pub struct CaptureArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: MoverCommon,
+    /// Only these resources (`plural.group`, `plural` or the kind; repeatable)
+    #[arg(long = "include")]
+    pub include: Vec<String>,
+    /// Not these resources (same spelling; repeatable)
+    #[arg(long = "exclude")]
+    pub exclude: Vec<String>,
+    /// Also objects that their controller recreates (a Deployment's ReplicaSets, their Pods, ...)
+    #[arg(long)]
+    pub include_recreated: bool,
+    /// Only objects with these labels (a label selector)
+    #[arg(long)]
+    pub selector: Option<String>,
+    /// Where the objects are written before they are backed up (private to the pod)
+    #[arg(long, default_value = "/tmp")]
+    pub work_dir: PathBuf,
+    /// The cluster's name, recorded in the snapshot's origin
+    #[arg(long)]
+    pub cluster: Option<String>,
 }
 
 /// What every mover takes: its run, and how to open the repository.
@@ -298,6 +326,7 @@ impl MoverArgs {
             MoverArgs::Prune(a) => &a.common,
             MoverArgs::Check(a) => &a.common,
             MoverArgs::Copy(a) => &a.common,
+            MoverArgs::Capture(a) => &a.common,
         }
     }
 
@@ -310,6 +339,7 @@ impl MoverArgs {
             MoverArgs::Prune(_) => "prune",
             MoverArgs::Check(_) => "check",
             MoverArgs::Copy(_) => "copy",
+            MoverArgs::Capture(_) => "capture",
         }
     }
 
@@ -379,6 +409,14 @@ impl MoverArgs {
                 a.flag("--to-password-key", &c.to_password_key);
                 a.opt("--to-credentials-secret", c.to_credentials_secret.as_ref());
                 a.switch("--to-init", c.to_init);
+            }
+            MoverArgs::Capture(c) => {
+                a.each("--include", &c.include);
+                a.each("--exclude", &c.exclude);
+                a.switch("--include-recreated", c.include_recreated);
+                a.opt("--selector", c.selector.as_ref());
+                a.path("--work-dir", &c.work_dir);
+                a.opt("--cluster", c.cluster.as_ref());
             }
         }
         a.0
@@ -574,6 +612,15 @@ mod tests {
                 to_credentials_secret: Some("offsite-s3".into()),
                 to_init: true,
             })),
+            MoverArgs::Capture(Box::new(CaptureArgs {
+                common: common(),
+                include: vec!["deployments.apps".into(), "ConfigMap".into()],
+                exclude: vec!["secrets".into(), "events".into()],
+                include_recreated: true,
+                selector: Some("app=shop,tier!=cache".into()),
+                work_dir: "/scratch".into(),
+                cluster: Some("prod".into()),
+            })),
         ];
         for m in all {
             let mut back = parse(&m.to_argv());
@@ -586,6 +633,7 @@ mod tests {
                 MoverArgs::Prune(x) => &mut x.common.log_format,
                 MoverArgs::Check(x) => &mut x.common.log_format,
                 MoverArgs::Copy(x) => &mut x.common.log_format,
+                MoverArgs::Capture(x) => &mut x.common.log_format,
             };
             *log = "json".into();
             assert_eq!(back, m, "{:?}", m.to_argv());

@@ -27,6 +27,7 @@ use crate::report::STATUS_INTERVAL;
 use crate::repos::{read_credentials, read_password};
 
 pub mod args;
+pub mod capture;
 use crate::status::{self, Outcome};
 use crate::volume_backup;
 
@@ -55,7 +56,7 @@ pub struct RepoAccess {
 impl RepoAccess {
     /// Reads its Secrets, then opens (or creates) the repository; the
     /// error is the run's message.
-    async fn open(&self, client: &Client) -> Result<Arc<Repository>, String> {
+    pub(crate) async fn open(&self, client: &Client) -> Result<Arc<Repository>, String> {
         let ns = &self.namespace;
         let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
         let password = read_password(&secrets, ns, &self.repository, &self.password)

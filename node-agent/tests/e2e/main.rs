@@ -3,6 +3,7 @@
 //! the kubelet and the scheduler. Every backup is checked by restoring its
 //! snapshot and comparing it with the source byte for byte.
 
+mod applications;
 mod cluster;
 #[path = "../common/mod.rs"]
 mod common;

@@ -1352,3 +1352,31 @@ async fn exec_runs_the_command_streams_its_output_and_reports_its_exit_code() {
     let status = ok.take_status().expect("status").await.expect("a status");
     assert_eq!(status.status.as_deref(), Some("Success"));
 }
+
+/// Discovery serves every built-in kind an application backup lists, each
+/// group at its version, as kube-rs discovers them.
+#[tokio::test]
+async fn discovery_lists_the_workload_kinds_with_their_scope_and_verbs() {
+    let (_server, client) = setup().await;
+    let apps = kube::discovery::group(&client, "apps").await.unwrap();
+    let batch = kube::discovery::group(&client, "batch").await.unwrap();
+    let core = kube::discovery::group(&client, "").await.unwrap();
+    for (group, kind) in [
+        (&apps, "ReplicaSet"),
+        (&apps, "Deployment"),
+        (&apps, "StatefulSet"),
+        (&batch, "Job"),
+        (&batch, "CronJob"),
+        (&core, "ConfigMap"),
+    ] {
+        let (ar, caps) = group.recommended_kind(kind).expect(kind);
+        assert_eq!(ar.version, "v1");
+        assert_eq!(caps.scope, kube::discovery::Scope::Namespaced, "{kind}");
+        assert!(
+            caps.supports_operation("list") && caps.supports_operation("get"),
+            "{kind}"
+        );
+    }
+    let (_, pv) = core.recommended_kind("PersistentVolume").unwrap();
+    assert_eq!(pv.scope, kube::discovery::Scope::Cluster);
+}

@@ -1,0 +1,251 @@
+//! An application backup's capture (`coffer-agent mover capture`): every
+//! namespaced object of one namespace that the capturing account can list,
+//! found through discovery (every API group, its preferred version), as one
+//! JSON file per object in a snapshot laid out as SPEC.md §16 fixes.
+//!
+//! It runs with the tenant's rights, never coffer's: what the account may
+//! not list is recorded as skipped, with the API server's reason, and the
+//! capture goes on. The objects are written into a private directory
+//! (`work_dir`, an emptyDir in the pod), then backed up with the engine as
+//! any directory is; memory stays bounded by one page of a list (500
+//! objects), whatever the namespace holds.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use coffer_application::layout::{ObjectPath, Scope, MANIFEST};
+use coffer_application::select::Selection;
+use coffer_application::ApiResource;
+use coffer_engine::backup::{backup, BackupOptions};
+use coffer_engine::format::snapshot::KubernetesOrigin;
+use coffer_engine::CancelToken;
+use kube::api::{Api, DynamicObject, ListParams};
+use kube::discovery::{self, Scope as KubeScope};
+use kube::Client;
+use serde_json::json;
+
+use crate::mover::RepoAccess;
+
+/// The tag on an application backup's snapshot (and its volumes'):
+/// `coffer.dev/application=<name>`.
+pub fn application_tag(name: &str) -> String {
+    format!("coffer.dev/application={name}")
+}
+
+/// Objects per list request.
+const PAGE: u32 = 500;
+
+/// One capture.
+#[derive(Clone, Debug)]
+pub struct CaptureJob {
+    /// The namespace captured.
+    pub namespace: String,
+    /// The application backup's name (its snapshot's tag).
+    pub application: String,
+    /// The repository written.
+    pub repo: RepoAccess,
+    /// Which resources and objects.
+    pub selection: Selection,
+    /// Only objects with these labels (a label selector), if given.
+    pub label_selector: Option<String>,
+    /// Where the objects are written before the backup (private).
+    pub work_dir: PathBuf,
+    /// The cluster's name, recorded in the origin.
+    pub cluster: Option<String>,
+}
+
+/// What could not be captured.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Skipped {
+    /// `plural.group`, or an API group whose discovery failed.
+    pub resource: String,
+    /// Why (the API server's words).
+    pub reason: String,
+}
+
+/// What a capture wrote.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Captured {
+    /// The snapshot.
+    pub snapshot_id: String,
+    /// Objects captured, by kind.
+    pub counts: BTreeMap<String, u64>,
+    /// What the account could not list.
+    pub skipped: Vec<Skipped>,
+    /// Bytes of JSON written.
+    pub bytes: u64,
+}
+
+/// The API resources to list, in a stable order, and the groups whose
+/// discovery failed.
+async fn resources(
+    client: &Client,
+    selection: &Selection,
+) -> Result<(Vec<kube::discovery::ApiResource>, Vec<Skipped>), String> {
+    let mut names = vec![String::new()];
+    names.extend(
+        client
+            .list_api_groups()
+            .await
+            .map_err(|e| format!("discovery: {e}"))?
+            .groups
+            .into_iter()
+            .map(|g| g.name),
+    );
+    let (mut found, mut skipped) = (Vec::new(), Vec::new());
+    for name in names {
+        let group = match discovery::group(client, &name).await {
+            Ok(g) => g,
+            Err(e) => {
+                // An aggregated API that is down must not stop the rest.
+                skipped.push(Skipped {
+                    resource: if name.is_empty() { "core".into() } else { name },
+                    reason: format!("discovery failed: {e}"),
+                });
+                continue;
+            }
+        };
+        for (ar, caps) in group.recommended_resources() {
+            let r = ApiResource {
+                group: ar.group.clone(),
+                version: ar.version.clone(),
+                kind: ar.kind.clone(),
+                plural: ar.plural.clone(),
+                namespaced: caps.scope == KubeScope::Namespaced,
+                verbs: caps.operations.clone(),
+            };
+            if selection.lists(&r) {
+                found.push(ar);
+            }
+        }
+    }
+    found.sort_by(|a, b| (&a.group, &a.plural).cmp(&(&b.group, &b.plural)));
+    Ok((found, skipped))
+}
+
+/// Captures `job.namespace` into a new snapshot of `job.repo`.
+pub async fn capture(
+    client: &Client,
+    job: &CaptureJob,
+    cancel: &CancelToken,
+) -> Result<Captured, String> {
+    // The repository first: a wrong password fails before anything is read.
+    let repo = job.repo.open(client).await?;
+    let work = tempfile::Builder::new()
+        .prefix("capture-")
+        .tempdir_in(&job.work_dir)
+        .map_err(|e| format!("a private directory in {}: {e}", job.work_dir.display()))?;
+    let root = work.path().to_path_buf();
+    let (kinds, mut skipped) = resources(client, &job.selection).await?;
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    let mut paths = Vec::new();
+    let mut bytes = 0u64;
+    for ar in &kinds {
+        let qualified = if ar.group.is_empty() {
+            ar.plural.clone()
+        } else {
+            format!("{}.{}", ar.plural, ar.group)
+        };
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &job.namespace, ar);
+        let mut params = ListParams::default().limit(PAGE);
+        if let Some(s) = &job.label_selector {
+            params = params.labels(s);
+        }
+        loop {
+            if cancel.is_cancelled() {
+                return Err("canceled".into());
+            }
+            let page = match api.list(&params).await {
+                Ok(p) => p,
+                Err(e) => {
+                    skipped.push(Skipped {
+                        resource: qualified.clone(),
+                        reason: match &e {
+                            kube::Error::Api(s) => s.message.clone(),
+                            other => other.to_string(),
+                        },
+                    });
+                    break;
+                }
+            };
+            for o in &page.items {
+                let mut v = serde_json::to_value(o).map_err(|e| e.to_string())?;
+                // List items do not always say what they are.
+                v["apiVersion"] = json!(ar.api_version);
+                v["kind"] = json!(ar.kind);
+                if !job.selection.keeps(&ar.kind, &v) {
+                    continue;
+                }
+                let name = v["metadata"]["name"].as_str().unwrap_or_default();
+                let Some(place) =
+                    ObjectPath::of(Scope::Namespaced, &ar.api_version, &ar.kind, name)
+                else {
+                    skipped.push(Skipped {
+                        resource: qualified.clone(),
+                        reason: format!("object {name:?} has a name no file can have"),
+                    });
+                    continue;
+                };
+                let path = place.path();
+                let file = root.join(&path);
+                let text = serde_json::to_vec_pretty(&v).map_err(|e| e.to_string())?;
+                write_private(&file, &text)?;
+                bytes += text.len() as u64;
+                *counts.entry(ar.kind.clone()).or_default() += 1;
+                paths.push(path);
+            }
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(next) => params = params.continue_token(&next),
+                None => break,
+            }
+        }
+    }
+    let manifest = json!({
+        "namespace": job.namespace,
+        "cluster": job.cluster,
+        "objects": paths,
+        "skipped": skipped,
+        "volumes": [],
+    });
+    let text = serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())?;
+    write_private(&root.join(MANIFEST), &text)?;
+    let mut o = BackupOptions::new([&root]);
+    o.record_path = Some("/".into());
+    o.tags = vec![application_tag(&job.application)];
+    o.hostname = Some("kubernetes".into());
+    o.program = Some(format!("coffer-agent {}", env!("CARGO_PKG_VERSION")));
+    o.origin = Some(KubernetesOrigin {
+        cluster: job.cluster.clone(),
+        namespace: Some(job.namespace.clone()),
+        ..Default::default()
+    });
+    o.cancel = cancel.clone();
+    let summary = backup(repo, o).await.map_err(|e| e.to_string())?;
+    Ok(Captured {
+        snapshot_id: summary.snapshot_id.to_hex(),
+        counts,
+        skipped,
+        bytes,
+    })
+}
+
+/// Writes `data` at `path` (its directories made), readable by this user
+/// alone: Secrets pass through here.
+fn write_private(path: &std::path::Path, data: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(data))
+        .map_err(|e| format!("{}: {e}", path.display()))
+}

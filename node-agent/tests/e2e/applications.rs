@@ -1,0 +1,219 @@
+//! Application backups: the capture of a namespace's objects, with the
+//! tenant's rights, into a snapshot laid out as SPEC.md §16 fixes.
+
+use coffer_application::clean::{clean, repoint_owners, CleanOptions};
+use coffer_application::layout::{ObjectPath, MANIFEST};
+use coffer_engine::trees;
+use coffer_node_agent::crd::SecretKeyRef;
+use coffer_node_agent::mover::capture::{application_tag, capture, CaptureJob};
+use coffer_node_agent::mover::RepoAccess;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::Api;
+use serde_json::json;
+
+use crate::harness::*;
+use crate::snapshots::fake_cluster;
+
+/// A file of the snapshot, as JSON; `None` when it is not there.
+async fn read_json(
+    repo: &coffer_engine::Repository,
+    index: &coffer_engine::Index,
+    root: &coffer_engine::format::snapshot::Snapshot,
+    path: &str,
+) -> Option<serde_json::Value> {
+    let node = trees::lookup(repo, index, &root.root, format!("/{path}").as_bytes())
+        .await
+        .unwrap()?;
+    let bytes = coffer_engine::dump::read_small_file(repo, index, &node, 1 << 20, path)
+        .await
+        .unwrap();
+    Some(serde_json::from_slice(&bytes).unwrap())
+}
+
+/// A namespace's objects are captured with the rights its owner gave the
+/// capturing account, and nothing more: what it may list is in the
+/// snapshot, one JSON file per object, equal to what the API server holds;
+/// the ReplicaSet its Deployment recreates is left out; Secrets, which the
+/// account may not list, are recorded as skipped with the API server's
+/// reason. `coffer k8s manifests`' cleaning of a captured object gives it
+/// back without what belonged to the old cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_is_captured_with_the_tenants_rights_one_file_per_object() {
+    let Some((mut env, _sim)) = fake_cluster().await else {
+        return;
+    };
+    let ns = env.namespace("shop").await;
+    let repo_dir = env.repository(&ns, "default", PASSWORD).await;
+    let cm: ConfigMap = env
+        .create(
+            &ns,
+            json!({"metadata": {"name": "cfg", "labels": {"app": "shop"}}, "data": {"a": "b"}}),
+        )
+        .await;
+    env.secret(&ns, "db-credentials", "password", "hunter2")
+        .await;
+    let deploy: Deployment = env
+        .create(
+            &ns,
+            json!({"metadata": {"name": "web"},
+                "spec": {"selector": {"matchLabels": {"app": "web"}},
+                    "template": {"metadata": {"labels": {"app": "web"}},
+                        "spec": {"containers": [{"name": "c", "image": "nginx"}]}}}}),
+        )
+        .await;
+    let _rs: ReplicaSet = env
+        .create(
+            &ns,
+            json!({"metadata": {"name": "web-5d8f", "ownerReferences": [{"apiVersion": "apps/v1",
+                    "kind": "Deployment", "name": "web", "uid": deploy.metadata.uid, "controller": true}]},
+                "spec": {"selector": {"matchLabels": {"app": "web"}},
+                    "template": {"metadata": {"labels": {"app": "web"}},
+                        "spec": {"containers": [{"name": "c", "image": "nginx"}]}}}}),
+        )
+        .await;
+    let _svc: Service = env
+        .create(&ns, json!({"metadata": {"name": "web"}, "spec": {"ports": [{"port": 80}], "clusterIP": "10.0.0.9"}}))
+        .await;
+    // The capturing account, as the namespace's owner binds it: it may read
+    // the workloads, ConfigMaps and Services, and the repository's password
+    // by name; it may not list Secrets.
+    env.create::<ServiceAccount>(&ns, json!({"metadata": {"name": "coffer-application"}}))
+        .await;
+    env.create::<Role>(
+        &ns,
+        json!({"metadata": {"name": "capture"}, "rules": [
+            {"apiGroups": [""], "resources": ["configmaps", "services", "serviceaccounts", "persistentvolumeclaims"], "verbs": ["get", "list"]},
+            {"apiGroups": ["apps"], "resources": ["deployments", "replicasets", "statefulsets"], "verbs": ["get", "list"]},
+            {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["default-password"], "verbs": ["get"]},
+        ]}),
+    )
+    .await;
+    env.create::<RoleBinding>(
+        &ns,
+        json!({"metadata": {"name": "capture"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "capture"},
+            "subjects": [{"kind": "ServiceAccount", "name": "coffer-application", "namespace": ns}]}),
+    )
+    .await;
+    let tenant = env.client_as(&ns, "coffer-application").await;
+    let job = CaptureJob {
+        namespace: ns.clone(),
+        application: "shop".into(),
+        repo: RepoAccess {
+            url: format!("file://{}", repo_dir.display()),
+            options: vec![],
+            namespace: ns.clone(),
+            repository: "default".into(),
+            password: SecretKeyRef {
+                name: "default-password".into(),
+                key: "password".into(),
+            },
+            credentials: None,
+            init: true,
+            policy: coffer_node_agent::policy::TenantPolicy {
+                file_repositories: vec![env.dir.path().to_path_buf()],
+                ..Default::default()
+            },
+        },
+        selection: Default::default(),
+        label_selector: None,
+        work_dir: env.dir.path().to_path_buf(),
+        cluster: Some("test-cluster".into()),
+    };
+    let got = capture(&tenant, &job, &Default::default()).await.unwrap();
+    assert_eq!(got.counts.get("ConfigMap"), Some(&1), "{got:#?}");
+    assert_eq!(got.counts.get("Deployment"), Some(&1), "{got:#?}");
+    assert_eq!(got.counts.get("Service"), Some(&1), "{got:#?}");
+    assert_eq!(
+        got.counts.get("ReplicaSet"),
+        None,
+        "recreated by its Deployment: {got:#?}"
+    );
+    assert_eq!(got.counts.get("Secret"), None, "{got:#?}");
+    let secrets = got
+        .skipped
+        .iter()
+        .find(|s| s.resource == "secrets")
+        .expect("secrets skipped");
+    assert!(secrets.reason.contains("forbidden"), "{secrets:?}");
+
+    // The snapshot, as SPEC.md §16 lays it out.
+    let repo = open_repo(&repo_dir, PASSWORD).await;
+    let index = repo.load_index().await.unwrap();
+    let (_, snap) = repo.find_snapshot(&got.snapshot_id).await.unwrap();
+    assert_eq!(snap.tags, vec![application_tag("shop")]);
+    assert_eq!(
+        snap.origin.as_ref().unwrap().namespace.as_deref(),
+        Some(ns.as_str())
+    );
+    let path = ObjectPath::of(
+        coffer_application::layout::Scope::Namespaced,
+        "v1",
+        "ConfigMap",
+        "cfg",
+    )
+    .unwrap()
+    .path();
+    let stored = read_json(&repo, &index, &snap, &path).await.unwrap();
+    let mut held = serde_json::to_value(
+        Api::<ConfigMap>::namespaced(env.client.clone(), &ns)
+            .get("cfg")
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    held["apiVersion"] = json!("v1");
+    held["kind"] = json!("ConfigMap");
+    assert_eq!(stored, held, "the object as the API server holds it");
+    assert_eq!(
+        cm.metadata.uid.as_deref(),
+        stored["metadata"]["uid"].as_str()
+    );
+    assert!(read_json(
+        &repo,
+        &index,
+        &snap,
+        "objects/apps/v1/ReplicaSet/web-5d8f.json"
+    )
+    .await
+    .is_none());
+    assert!(read_json(
+        &repo,
+        &index,
+        &snap,
+        "objects/core/v1/Secret/db-credentials.json"
+    )
+    .await
+    .is_none());
+    let manifest = read_json(&repo, &index, &snap, MANIFEST).await.unwrap();
+    assert_eq!(manifest["namespace"], json!(ns));
+    assert!(manifest["objects"]
+        .as_array()
+        .unwrap()
+        .contains(&json!(path)));
+    assert!(manifest["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["resource"] == "secrets"));
+
+    // Cleaned for a restore elsewhere: the old cluster's fields go.
+    let svc = read_json(&repo, &index, &snap, "objects/core/v1/Service/web.json")
+        .await
+        .unwrap();
+    let mut c = clean(
+        "Service",
+        &svc,
+        &CleanOptions {
+            namespace: "shop-2".into(),
+            ..Default::default()
+        },
+    );
+    repoint_owners(&mut c, |_, _| None);
+    assert_eq!(c["metadata"].get("uid"), None);
+    assert_eq!(c["metadata"]["namespace"], "shop-2");
+    assert_eq!(c["spec"].get("clusterIP"), None);
+    assert_eq!(c["spec"]["ports"], json!([{"port": 80}]));
+}
