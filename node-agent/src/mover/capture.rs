@@ -123,6 +123,52 @@ async fn resources(
     Ok((found, skipped))
 }
 
+/// The cluster-scoped objects that captured objects depend on: each
+/// claim's PersistentVolume and StorageClass, and the
+/// CustomResourceDefinition of each custom resource's kind. Recorded beside
+/// the namespace's objects for reference (a restore does not create them).
+#[derive(Default)]
+struct Dependencies(std::collections::BTreeSet<((String, String, String), String)>);
+
+impl Dependencies {
+    fn want(&mut self, group: &str, version: &str, kind: &str, name: &str) {
+        if !name.is_empty() {
+            self.0
+                .insert(((group.into(), version.into(), kind.into()), name.into()));
+        }
+    }
+
+    /// Notes what object `v` of resource `ar` depends on.
+    fn note(&mut self, ar: &kube::discovery::ApiResource, v: &serde_json::Value) {
+        if ar.group.is_empty() && ar.kind == "PersistentVolumeClaim" {
+            let spec = &v["spec"];
+            self.want(
+                "",
+                "v1",
+                "PersistentVolume",
+                spec["volumeName"].as_str().unwrap_or_default(),
+            );
+            self.want(
+                "storage.k8s.io",
+                "v1",
+                "StorageClass",
+                spec["storageClassName"].as_str().unwrap_or_default(),
+            );
+        } else if !coffer_application::order::is_builtin(&ar.group) {
+            self.want(
+                "apiextensions.k8s.io",
+                "v1",
+                "CustomResourceDefinition",
+                &format!("{}.{}", ar.plural, ar.group),
+            );
+        }
+    }
+
+    fn wanted(&self) -> impl Iterator<Item = ((String, String, String), String)> + '_ {
+        self.0.iter().cloned()
+    }
+}
+
 /// Captures `job.namespace` into a new snapshot of `job.repo`.
 pub async fn capture(
     client: &Client,
@@ -140,6 +186,7 @@ pub async fn capture(
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
     let mut paths = Vec::new();
     let mut bytes = 0u64;
+    let mut depends = Dependencies::default();
     for ar in &kinds {
         let qualified = if ar.group.is_empty() {
             ar.plural.clone()
@@ -160,10 +207,7 @@ pub async fn capture(
                 Err(e) => {
                     skipped.push(Skipped {
                         resource: qualified.clone(),
-                        reason: match &e {
-                            kube::Error::Api(s) => s.message.clone(),
-                            other => other.to_string(),
-                        },
+                        reason: reason(&e),
                     });
                     break;
                 }
@@ -186,6 +230,7 @@ pub async fn capture(
                     });
                     continue;
                 };
+                depends.note(ar, &v);
                 let path = place.path();
                 let file = root.join(&path);
                 let text = serde_json::to_vec_pretty(&v).map_err(|e| e.to_string())?;
@@ -200,10 +245,40 @@ pub async fn capture(
             }
         }
     }
+    // The cluster-scoped objects it depends on, recorded for reference.
+    let mut recorded = Vec::new();
+    for (gvk, name) in depends.wanted() {
+        let (group, version, kind) = (&gvk.0, &gvk.1, &gvk.2);
+        let ar = kube::discovery::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
+            group, version, kind,
+        ));
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+        match api.get_opt(&name).await {
+            Ok(Some(o)) => {
+                let mut v = serde_json::to_value(&o).map_err(|e| e.to_string())?;
+                v["apiVersion"] = json!(ar.api_version);
+                v["kind"] = json!(ar.kind);
+                if let Some(place) =
+                    ObjectPath::of(Scope::Cluster, &ar.api_version, &ar.kind, &name)
+                {
+                    let text = serde_json::to_vec_pretty(&v).map_err(|e| e.to_string())?;
+                    write_private(&root.join(place.path()), &text)?;
+                    bytes += text.len() as u64;
+                    recorded.push(place.path());
+                }
+            }
+            Ok(None) => {}
+            Err(e) => skipped.push(Skipped {
+                resource: format!("{kind} {name}"),
+                reason: reason(&e),
+            }),
+        }
+    }
     let manifest = json!({
         "namespace": job.namespace,
         "cluster": job.cluster,
         "objects": paths,
+        "recorded": recorded,
         "skipped": skipped,
         "volumes": [],
     });
@@ -227,6 +302,14 @@ pub async fn capture(
         skipped,
         bytes,
     })
+}
+
+/// The API server's words for why a request was refused.
+fn reason(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => s.message.clone(),
+        other => other.to_string(),
+    }
 }
 
 /// Writes `data` at `path` (its directories made), readable by this user

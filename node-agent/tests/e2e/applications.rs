@@ -76,6 +76,20 @@ async fn a_namespace_is_captured_with_the_tenants_rights_one_file_per_object() {
     let _svc: Service = env
         .create(&ns, json!({"metadata": {"name": "web"}, "spec": {"ports": [{"port": 80}], "clusterIP": "10.0.0.9"}}))
         .await;
+    // A claim on a volume of class hostpath, and a custom resource.
+    let data = env.dir.path().join("csi/source/shop-data");
+    fill(&data, 3, 2);
+    crate::sim::csi_pvc(&env, &ns, "data", "Filesystem", &data, json!({})).await;
+    env.create_cluster::<k8s_openapi::api::storage::v1::StorageClass>(
+        json!({"metadata": {"name": "hostpath"}, "provisioner": "hostpath.csi.k8s.io"}),
+    )
+    .await;
+    env.create::<coffer_node_agent::crd::BackupSchedule>(
+        &ns,
+        json!({"apiVersion": "coffer.dev/v1alpha1", "kind": "BackupSchedule",
+            "metadata": {"name": "nightly"}, "spec": {"schedule": "@daily", "selector": {}}}),
+    )
+    .await;
     // The capturing account, as the namespace's owner binds it: it may read
     // the workloads, ConfigMaps and Services, and the repository's password
     // by name; it may not list Secrets.
@@ -86,6 +100,7 @@ async fn a_namespace_is_captured_with_the_tenants_rights_one_file_per_object() {
         json!({"metadata": {"name": "capture"}, "rules": [
             {"apiGroups": [""], "resources": ["configmaps", "services", "serviceaccounts", "persistentvolumeclaims"], "verbs": ["get", "list"]},
             {"apiGroups": ["apps"], "resources": ["deployments", "replicasets", "statefulsets"], "verbs": ["get", "list"]},
+            {"apiGroups": ["coffer.dev"], "resources": ["backupschedules"], "verbs": ["get", "list"]},
             {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["default-password"], "verbs": ["get"]},
         ]}),
     )
@@ -96,6 +111,17 @@ async fn a_namespace_is_captured_with_the_tenants_rights_one_file_per_object() {
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "capture"},
             "subjects": [{"kind": "ServiceAccount", "name": "coffer-application", "namespace": ns}]}),
     )
+    .await;
+    // And, cluster-wide, to read volumes and storage classes (not CRDs).
+    env.create_cluster::<k8s_openapi::api::rbac::v1::ClusterRole>(json!({
+        "metadata": {"name": format!("{ns}-capture")},
+        "rules": [{"apiGroups": [""], "resources": ["persistentvolumes"], "verbs": ["get"]},
+            {"apiGroups": ["storage.k8s.io"], "resources": ["storageclasses"], "verbs": ["get"]}]}))
+        .await;
+    env.create_cluster::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>(json!({
+        "metadata": {"name": format!("{ns}-capture")},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": format!("{ns}-capture")},
+        "subjects": [{"kind": "ServiceAccount", "name": "coffer-application", "namespace": ns}]}))
     .await;
     let tenant = env.client_as(&ns, "coffer-application").await;
     let job = CaptureJob {
@@ -187,7 +213,31 @@ async fn a_namespace_is_captured_with_the_tenants_rights_one_file_per_object() {
     )
     .await
     .is_none());
+    // The volume and the class it depends on, recorded for reference.
+    let pv = read_json(
+        &repo,
+        &index,
+        &snap,
+        &format!("cluster/core/v1/PersistentVolume/pv-{ns}-data.json"),
+    )
+    .await
+    .expect("the claim's volume is recorded");
+    assert_eq!(pv["spec"]["claimRef"]["name"], "data");
+    let sc = read_json(
+        &repo,
+        &index,
+        &snap,
+        "cluster/storage.k8s.io/v1/StorageClass/hostpath.json",
+    )
+    .await
+    .expect("the claim's class is recorded");
+    assert_eq!(sc["provisioner"], "hostpath.csi.k8s.io");
     let manifest = read_json(&repo, &index, &snap, MANIFEST).await.unwrap();
+    assert_eq!(
+        manifest["recorded"].as_array().unwrap().len(),
+        2,
+        "{manifest}"
+    );
     assert_eq!(manifest["namespace"], json!(ns));
     assert!(manifest["objects"]
         .as_array()

@@ -465,6 +465,24 @@ impl Env {
         .unwrap()
     }
 
+    /// Creates a cluster-scoped object.
+    pub async fn create_cluster<K>(&self, obj: serde_json::Value) -> K
+    where
+        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::ClusterResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + serde::Serialize
+            + std::fmt::Debug,
+    {
+        Api::<K>::all(self.client.clone())
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(obj).unwrap(),
+            )
+            .await
+            .unwrap()
+    }
+
     /// Waits until `name` satisfies `cond`; returns it.
     pub async fn wait_for<K: Watchable>(
         &self,
