@@ -41,13 +41,51 @@ const JOB_LABELS: &[&str] = &[
 pub struct CleanOptions {
     /// The namespace the objects go into.
     pub namespace: String,
+    /// The namespace they were backed up from: a RoleBinding's subjects in
+    /// it are moved to `namespace` with the objects.
+    pub from_namespace: Option<String>,
     /// Storage classes to replace (old name → new name), for claims and a
     /// StatefulSet's claim templates.
     pub storage_classes: BTreeMap<String, String>,
 }
 
+/// Kubernetes' cluster-scoped kinds: never among a namespace's objects. A
+/// snapshot that has one under `objects/` is hostile or damaged, and
+/// applying it would act on the whole cluster.
+pub const CLUSTER_SCOPED: &[&str] = &[
+    "APIService",
+    "CertificateSigningRequest",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "ComponentStatus",
+    "CSIDriver",
+    "CSINode",
+    "CustomResourceDefinition",
+    "FlowSchema",
+    "IngressClass",
+    "MutatingWebhookConfiguration",
+    "Namespace",
+    "Node",
+    "PersistentVolume",
+    "PriorityClass",
+    "PriorityLevelConfiguration",
+    "RuntimeClass",
+    "StorageClass",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+    "ValidatingWebhookConfiguration",
+    "VolumeAttachment",
+    "VolumeSnapshotClass",
+    "VolumeSnapshotContent",
+];
+
 /// Why an object is not restored at all.
 pub fn not_restored(kind: &str, o: &Value) -> Option<&'static str> {
+    if CLUSTER_SCOPED.contains(&kind) {
+        return Some(
+            "a cluster-scoped kind among a namespace's objects: the snapshot is damaged or hostile",
+        );
+    }
     match kind {
         "Secret" if o["type"] == "kubernetes.io/service-account-token" => {
             Some("a ServiceAccount's token Secret: the new cluster issues its own tokens")
@@ -118,9 +156,13 @@ pub fn clean(kind: &str, o: &Value, opts: &CleanOptions) -> Value {
         "PersistentVolumeClaim" => {
             if let Some(spec) = object_mut(&mut o, "spec") {
                 spec.remove("volumeName");
+                // The old cluster's snapshot or populator: the restore fills
+                // the claim itself.
+                spec.remove("dataSource");
+                spec.remove("dataSourceRef");
             }
-            if let Some(a) = o["metadata"]
-                .get_mut("annotations")
+            if let Some(a) = o
+                .pointer_mut("/metadata/annotations")
                 .and_then(Value::as_object_mut)
             {
                 for k in BINDING_ANNOTATIONS {
@@ -130,8 +172,8 @@ pub fn clean(kind: &str, o: &Value, opts: &CleanOptions) -> Value {
             map_class(&mut o, &opts.storage_classes);
         }
         "StatefulSet" => {
-            for t in o["spec"]
-                .get_mut("volumeClaimTemplates")
+            for t in o
+                .pointer_mut("/spec/volumeClaimTemplates")
                 .and_then(Value::as_array_mut)
                 .into_iter()
                 .flatten()
@@ -149,12 +191,29 @@ pub fn clean(kind: &str, o: &Value, opts: &CleanOptions) -> Value {
             if let Some(spec) = object_mut(&mut o, "spec") {
                 spec.remove("selector");
             }
-            if let Some(labels) = o["spec"]["template"]["metadata"]
-                .get_mut("labels")
+            if let Some(labels) = o
+                .pointer_mut("/spec/template/metadata/labels")
                 .and_then(Value::as_object_mut)
             {
                 for k in JOB_LABELS {
                     labels.remove(*k);
+                }
+            }
+        }
+        "RoleBinding" => {
+            if let Some(from) = &opts.from_namespace {
+                for subject in o
+                    .get_mut("subjects")
+                    .and_then(Value::as_array_mut)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_object_mut)
+                {
+                    if subject.get("kind").and_then(Value::as_str) == Some("ServiceAccount")
+                        && subject.get("namespace").and_then(Value::as_str) == Some(from)
+                    {
+                        subject.insert("namespace".into(), Value::String(opts.namespace.clone()));
+                    }
                 }
             }
         }
@@ -215,6 +274,7 @@ mod tests {
     fn opts() -> CleanOptions {
         CleanOptions {
             namespace: "shop-restored".into(),
+            from_namespace: Some("shop".into()),
             storage_classes: BTreeMap::from([("gp2".into(), "fast".into())]),
         }
     }
@@ -262,7 +322,9 @@ mod tests {
         let pvc = json!({"kind": "PersistentVolumeClaim",
             "metadata": {"name": "data", "annotations": {
                 "pv.kubernetes.io/bind-completed": "yes", "volume.kubernetes.io/selected-node": "n1", "mine": "x"}},
-            "spec": {"volumeName": "pv-123", "storageClassName": "gp2", "resources": {"requests": {"storage": "1Gi"}}}});
+            "spec": {"volumeName": "pv-123", "storageClassName": "gp2", "resources": {"requests": {"storage": "1Gi"}},
+                "dataSource": {"kind": "VolumeSnapshot", "name": "old", "apiGroup": "snapshot.storage.k8s.io"},
+                "dataSourceRef": {"kind": "VolumeSnapshot", "name": "old", "apiGroup": "snapshot.storage.k8s.io"}}});
         let c = clean("PersistentVolumeClaim", &pvc, &opts());
         assert_eq!(c["metadata"]["annotations"], json!({"mine": "x"}));
         assert_eq!(
@@ -316,6 +378,70 @@ mod tests {
         );
         repoint_owners(&mut c, |_, _| None);
         assert_eq!(c["metadata"].get("ownerReferences"), None);
+    }
+
+    #[test]
+    fn a_role_bindings_service_accounts_move_with_the_namespace() {
+        let rb = json!({"kind": "RoleBinding", "metadata": {"name": "rb"},
+            "roleRef": {"kind": "Role", "name": "r"},
+            "subjects": [
+                {"kind": "ServiceAccount", "name": "app", "namespace": "shop"},
+                {"kind": "ServiceAccount", "name": "ci", "namespace": "tools"},
+                {"kind": "User", "name": "alice"}]});
+        assert_eq!(
+            clean("RoleBinding", &rb, &opts())["subjects"],
+            json!([
+                {"kind": "ServiceAccount", "name": "app", "namespace": "shop-restored"},
+                {"kind": "ServiceAccount", "name": "ci", "namespace": "tools"},
+                {"kind": "User", "name": "alice"}])
+        );
+    }
+
+    #[test]
+    fn malformed_objects_are_cleaned_without_a_panic() {
+        for kind in [
+            "Job",
+            "StatefulSet",
+            "PersistentVolumeClaim",
+            "Service",
+            "Pod",
+            "RoleBinding",
+            "ServiceAccount",
+            "ConfigMap",
+        ] {
+            for o in [
+                json!({"spec": "x", "metadata": 3}),
+                json!({"spec": {"template": 1}}),
+                json!(null),
+                json!([]),
+                json!({"subjects": 1, "secrets": "x"}),
+            ] {
+                let _ = clean(kind, &o, &opts());
+            }
+        }
+        let job = clean(
+            "Job",
+            &json!({"kind": "Job", "metadata": {"name": "j"}}),
+            &opts(),
+        );
+        assert_eq!(job.get("spec"), None, "nothing is added: {job}");
+    }
+
+    #[test]
+    fn a_cluster_scoped_kind_among_a_namespaces_objects_is_not_restored() {
+        for kind in [
+            "ClusterRoleBinding",
+            "Namespace",
+            "MutatingWebhookConfiguration",
+            "PersistentVolume",
+        ] {
+            assert!(
+                not_restored(kind, &json!({}))
+                    .unwrap()
+                    .contains("cluster-scoped"),
+                "{kind}"
+            );
+        }
     }
 
     #[test]

@@ -17,16 +17,46 @@ pub fn rank(group: &str, kind: &str) -> u8 {
         | ("", "Pod" | "ReplicationController") => 6,
         ("", "Service") => 7,
         (g, _) if is_builtin(g) => 8,
-        // Custom resources: before the workloads, which may need them
-        // (and after everything they may refer to).
+        // Custom resources (VolumeSnapshots, Gateways, an operator's
+        // kinds): before the workloads, which may need them, and after
+        // everything they may refer to.
         _ => 5,
     }
 }
 
-/// Whether API group `g` is one of Kubernetes' own (or an add-on's that
-/// every cluster has, such as snapshots).
+/// Kubernetes' own API groups (their kinds are no custom resources). Other
+/// groups, `snapshot.storage.k8s.io` and `gateway.networking.k8s.io`
+/// included, are defined by CustomResourceDefinitions.
+pub const BUILTIN_GROUPS: &[&str] = &[
+    "",
+    "admissionregistration.k8s.io",
+    "apiextensions.k8s.io",
+    "apiregistration.k8s.io",
+    "apps",
+    "authentication.k8s.io",
+    "authorization.k8s.io",
+    "autoscaling",
+    "batch",
+    "certificates.k8s.io",
+    "coordination.k8s.io",
+    "discovery.k8s.io",
+    "events.k8s.io",
+    "flowcontrol.apiserver.k8s.io",
+    "internal.apiserver.k8s.io",
+    "metrics.k8s.io",
+    "networking.k8s.io",
+    "node.k8s.io",
+    "policy",
+    "rbac.authorization.k8s.io",
+    "resource.k8s.io",
+    "scheduling.k8s.io",
+    "storage.k8s.io",
+    "storagemigration.k8s.io",
+];
+
+/// Whether API group `g` is one of Kubernetes' own.
 pub fn is_builtin(g: &str) -> bool {
-    !g.contains('.') || g.ends_with(".k8s.io")
+    BUILTIN_GROUPS.contains(&g)
 }
 
 /// Sorts `(group, kind, name)` triples into the restore order: by rank,
@@ -49,6 +79,7 @@ mod tests {
             ("", "Service", "web"),
             ("apps", "StatefulSet", "db"),
             ("example.com", "Widget", "w"),
+            ("gateway.networking.k8s.io", "HTTPRoute", "web"),
             ("", "PersistentVolumeClaim", "data-db-0"),
             ("rbac.authorization.k8s.io", "RoleBinding", "rb"),
             ("", "Secret", "creds"),
@@ -67,6 +98,7 @@ mod tests {
                 "Secret",
                 "RoleBinding",
                 "PersistentVolumeClaim",
+                "HTTPRoute",
                 "Widget",
                 "Deployment",
                 "StatefulSet",

@@ -132,7 +132,11 @@ pub async fn read_small_file(
             n.kind
         )));
     }
-    let total: u64 = n.content.iter().map(|c| c.len).sum();
+    let total = n
+        .content
+        .iter()
+        .try_fold(0u64, |t, c| t.checked_add(c.len))
+        .unwrap_or(u64::MAX);
     if n.size > max || total > max {
         return Err(Error::InvalidArgument(format!(
             "{what} has {} bytes, more than the {max} this reads",

@@ -9,8 +9,9 @@
 //! [`AGENT_KEY`]), and each refuses to start, and stops, while the other
 //! side's recorded name differs from its own, saying both names and the
 //! way out. A side records its own name even when it refuses, so the other
-//! side notices too; once both are given the same name (one
-//! `deploy/config.env`), each records it on its next start and they agree.
+//! side notices too, and records it again at each recheck while it runs, so
+//! a record left by a pod that is gone does not stand; once both are given
+//! the same name (one `deploy/config.env`), they agree.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -169,9 +170,10 @@ async fn record(
     }
 }
 
-/// Looks at the other side's name every `recheck` while this side runs,
-/// and returns why they disagree once they do (the caller stops). An API
-/// error is logged and tried again later: only a disagreement stops.
+/// Records this side's name again and looks at the other side's every
+/// `recheck` while this side runs, and returns why they disagree once they
+/// do (the caller stops). An API error is logged and tried again later:
+/// only a disagreement stops.
 pub async fn keep_agreeing(
     client: Client,
     namespace: String,
@@ -182,8 +184,10 @@ pub async fn keep_agreeing(
     let api: Api<Lease> = Api::namespaced(client, &namespace);
     loop {
         tokio::time::sleep(recheck).await;
-        match api.get_opt(RECORD).await {
-            Ok(Some(lease)) => {
+        // Recorded again each time: a record left by a pod of this side that
+        // is gone (a rolled-back rename) must not hold the other side off.
+        match record(&api, &namespace, me, name.as_deref()).await {
+            Ok(lease) => {
                 if let Some(why) = disagreement(
                     lease
                         .metadata
@@ -197,9 +201,7 @@ pub async fn keep_agreeing(
                     return anyhow::anyhow!(why);
                 }
             }
-            // Deleted (to start over): recorded again on the next start.
-            Ok(None) => {}
-            Err(e) => tracing::warn!("reading Lease {namespace}/{RECORD}: {e}"),
+            Err(e) => tracing::warn!("{e}"),
         }
     }
 }

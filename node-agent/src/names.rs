@@ -127,9 +127,24 @@ pub fn schedule_tag(name: &str) -> String {
     format!("{SCHEDULE_LABEL}={name}")
 }
 
-/// The tag on every snapshot a pod's `backup.coffer.dev/schedule` makes;
-/// the `backup.coffer.dev/keep-…` retention considers only those.
+/// The key of the tag on every snapshot a pod's `backup.coffer.dev/schedule`
+/// makes: [`annotation_schedule_tag`].
 pub const ANNOTATION_SCHEDULE_TAG: &str = "coffer.dev/annotation-schedule";
+
+/// The tag on the snapshots that the schedule annotation of workload
+/// `owner` (`StatefulSet/db`, or `Pod/<name>` for a pod without one) makes;
+/// its `backup.coffer.dev/keep-…` retention considers only those, so two
+/// workloads mounting one claim keep their own.
+pub fn annotation_schedule_tag(owner: &str) -> String {
+    format!("{ANNOTATION_SCHEDULE_TAG}={owner}")
+}
+
+/// The workload whose pod annotations made a run: its controlling owner
+/// (`Kind/name`), or `Pod/<name>`.
+pub fn annotation_owner(pod: &k8s_openapi::api::core::v1::Pod) -> String {
+    crate::pods::owner_of(pod)
+        .unwrap_or_else(|| format!("Pod/{}", pod.metadata.name.as_deref().unwrap_or_default()))
+}
 
 /// The label on maintenance pods: the repository's name.
 pub const MAINTENANCE_LABEL: &str = "coffer.dev/maintenance";

@@ -11,6 +11,7 @@ pub trait RunObject:
     Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
     + Clone
     + serde::de::DeserializeOwned
+    + serde::Serialize
     + std::fmt::Debug
 {
     /// `Backup` or `Restore`: the action of its Events, and the first word

@@ -75,8 +75,13 @@ async fn manifests(g: &Global, a: ManifestsArgs) -> anyhow::Result<i32> {
                 "snapshot {short} does not say which namespace it was taken in: give --namespace"
             )
         })?;
+    let from_namespace = manifest["namespace"]
+        .as_str()
+        .map(str::to_string)
+        .or_else(|| snap.origin.as_ref().and_then(|o| o.namespace.clone()));
     let opts = CleanOptions {
         namespace,
+        from_namespace,
         storage_classes: classes,
     };
     let mut found: Vec<(ObjectPath, Value)> = Vec::new();

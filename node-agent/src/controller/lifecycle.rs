@@ -322,34 +322,36 @@ pub(crate) async fn reconcile<K: ControllerRun>(
 
 /// How long finished run `run` is kept yet: `None` for ever (a schedule's
 /// run, by owner or by its `coffer.dev/scheduled-at`, whose schedule's
-/// history limits decide; one a pod's annotation made; a run with no completion time; a `ttl` of
-/// zero), else what is left of `ttl` after it ended at `now` (zero: delete
-/// it now).
+/// history limits decide; one a pod's annotation made, unless that pod is
+/// gone (`pod_gone`: it makes no more runs, so its last ones go as one-off
+/// runs do); a run with no completion time; a `ttl` of zero), else what is
+/// left of `ttl` after it ended at `now` (zero: delete it now).
 pub(crate) fn kept_for<K: kube::Resource>(
     run: &K,
     st: &RunStatus,
     ttl: Duration,
     now: chrono::DateTime<chrono::Utc>,
+    pod_gone: bool,
 ) -> Option<Duration> {
-    let scheduled = run
+    let by_schedule = run
         .meta()
         .owner_references
         .iter()
         .flatten()
-        .any(|o| o.kind == "BackupSchedule")
-        || run
-            .meta()
-            .annotations
-            .as_ref()
-            .is_some_and(|a| a.contains_key(crate::names::SCHEDULED_AT))
-        // A pod's annotation made it (schedule or backup-now): the pod
-        // would make it again.
+        .any(|o| o.kind == "BackupSchedule");
+    // A pod's annotation made it (schedule or backup-now): the pod would
+    // make it again, and its schedule goes on from it.
+    let by_pod = run
+        .meta()
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(crate::names::SCHEDULED_AT))
         || run
             .meta()
             .labels
             .as_ref()
             .is_some_and(|l| l.contains_key(crate::names::TRIGGER_LABEL));
-    if scheduled || ttl.is_zero() {
+    if by_schedule || (by_pod && !pod_gone) || ttl.is_zero() {
         return None;
     }
     let ended = st.completion_time?.at();
@@ -357,23 +359,61 @@ pub(crate) fn kept_for<K: kube::Resource>(
     Some(ttl.saturating_sub(past))
 }
 
+/// The pod whose annotation made `run` (its `spec.pod`), if it names one.
+fn annotating_pod<K: serde::Serialize>(run: &K) -> Option<String> {
+    serde_json::to_value(run).ok()?["spec"]["pod"]
+        .as_str()
+        .map(str::to_string)
+}
+
+/// How often a finished run that a pod's annotation made is looked at again
+/// (its pod may be gone by then).
+const POD_RECHECK: Duration = Duration::from_secs(24 * 3600);
+
 /// Deletes a finished one-off run once its time to live has passed (its
 /// snapshot stays in the repository), or looks at it again then.
 async fn expire<K: ControllerRun>(ctx: &Ctx, run: &K, st: &RunStatus) -> Result<Action, Error> {
-    if let Some(selector) = annotation_schedule_runs(run) {
-        expire_history(ctx, run, &selector).await?;
-        return Ok(Action::await_change());
+    let mut pod_gone = false;
+    let by_pod = run
+        .meta()
+        .labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(crate::names::TRIGGER_LABEL));
+    if by_pod {
+        if let Some(selector) = annotation_schedule_runs(run) {
+            expire_history(ctx, run, &selector).await?;
+        }
+        if let Some(pod) = annotating_pod(run) {
+            let ns = run.namespace().unwrap_or_default();
+            pod_gone = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+                .get_opt(&pod)
+                .await
+                .map_err(kube_err(format!("reading pod {ns}/{pod}")))?
+                .is_none();
+        }
     }
-    match kept_for(run, st, ctx.opts.finished_run_ttl, chrono::Utc::now()) {
+    match kept_for(
+        run,
+        st,
+        ctx.opts.finished_run_ttl,
+        chrono::Utc::now(),
+        pod_gone,
+    ) {
+        None if by_pod => Ok(Action::requeue(POD_RECHECK)),
         None => Ok(Action::await_change()),
         Some(left) if !left.is_zero() => Ok(Action::requeue(left)),
         Some(_) => {
             let ns = run.namespace().unwrap_or_default();
             let name = run.name_any();
             let what = format!(
-                "{} {ns}/{name} (ended more than --finished-run-ttl {} ago)",
+                "{} {ns}/{name} (ended more than --finished-run-ttl {} ago{})",
                 K::kind(&()),
-                humantime::format_duration(ctx.opts.finished_run_ttl)
+                humantime::format_duration(ctx.opts.finished_run_ttl),
+                if pod_gone {
+                    ", and the pod that made it is gone"
+                } else {
+                    ""
+                }
             );
             crate::api::delete(&Api::<K>::namespaced(ctx.client.clone(), &ns), &name, &what)
                 .await?;
@@ -546,15 +586,21 @@ mod tests {
         let at = |s: &str| crate::time::stamp(s).at();
         let once = run(serde_json::json!({}));
         assert_eq!(
-            kept_for(&once, &st, 30 * day, at("2026-12-11T00:00:00.000Z")),
+            kept_for(&once, &st, 30 * day, at("2026-12-11T00:00:00.000Z"), false),
             Some(20 * day)
         );
         assert_eq!(
-            kept_for(&once, &st, 30 * day, at("2027-02-01T00:00:00.000Z")),
+            kept_for(&once, &st, 30 * day, at("2027-02-01T00:00:00.000Z"), false),
             Some(Duration::ZERO)
         );
         assert_eq!(
-            kept_for(&once, &st, Duration::ZERO, at("2027-02-01T00:00:00.000Z")),
+            kept_for(
+                &once,
+                &st,
+                Duration::ZERO,
+                at("2027-02-01T00:00:00.000Z"),
+                false
+            ),
             None
         );
         let unfinished = RunStatus {
@@ -562,7 +608,13 @@ mod tests {
             ..st.clone()
         };
         assert_eq!(
-            kept_for(&once, &unfinished, day, at("2027-02-01T00:00:00.000Z")),
+            kept_for(
+                &once,
+                &unfinished,
+                day,
+                at("2027-02-01T00:00:00.000Z"),
+                false
+            ),
             None
         );
         let owned = run(
@@ -570,20 +622,34 @@ mod tests {
             "kind": "BackupSchedule", "name": "nightly", "uid": "u"}]}),
         );
         assert_eq!(
-            kept_for(&owned, &st, day, at("2027-02-01T00:00:00.000Z")),
+            kept_for(&owned, &st, day, at("2027-02-01T00:00:00.000Z"), false),
             None
         );
         let annotated = run(
             serde_json::json!({"annotations": {crate::names::SCHEDULED_AT: "2026-12-01T00:00:00.000Z"}}),
         );
         assert_eq!(
-            kept_for(&annotated, &st, day, at("2027-02-01T00:00:00.000Z")),
+            kept_for(&annotated, &st, day, at("2027-02-01T00:00:00.000Z"), false),
             None
         );
         let by_pod =
             run(serde_json::json!({"labels": {crate::names::TRIGGER_LABEL: "backup-now"}}));
         assert_eq!(
-            kept_for(&by_pod, &st, day, at("2027-02-01T00:00:00.000Z")),
+            kept_for(&by_pod, &st, day, at("2027-02-01T00:00:00.000Z"), false),
+            None
+        );
+        // The pod that made it is gone: it goes as a one-off run does.
+        assert_eq!(
+            kept_for(&by_pod, &st, day, at("2027-02-01T00:00:00.000Z"), true),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            kept_for(&by_pod, &st, 30 * day, at("2026-12-11T00:00:00.000Z"), true),
+            Some(20 * day)
+        );
+        // A BackupSchedule's run stays its schedule's to delete.
+        assert_eq!(
+            kept_for(&owned, &st, day, at("2027-02-01T00:00:00.000Z"), true),
             None
         );
     }

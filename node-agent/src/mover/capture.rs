@@ -194,6 +194,7 @@ pub async fn capture(
             format!("{}.{}", ar.plural, ar.group)
         };
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &job.namespace, ar);
+        let first = paths.len();
         let mut params = ListParams::default().limit(PAGE);
         if let Some(s) = &job.label_selector {
             params = params.labels(s);
@@ -205,9 +206,32 @@ pub async fn capture(
             let page = match api.list(&params).await {
                 Ok(p) => p,
                 Err(e) => {
+                    // A list that fails after its first pages (an expired
+                    // continue token) keeps nothing of the resource: it is
+                    // skipped whole, never captured in part.
+                    let partial = paths.len() - first;
+                    for path in paths.drain(first..) {
+                        let file = root.join(&path);
+                        bytes = bytes.saturating_sub(file.metadata().map(|m| m.len()).unwrap_or(0));
+                        std::fs::remove_file(&file)
+                            .map_err(|e| format!("{}: {e}", file.display()))?;
+                    }
+                    if let Some(n) = counts.get_mut(&ar.kind) {
+                        *n -= partial as u64;
+                        if *n == 0 {
+                            counts.remove(&ar.kind);
+                        }
+                    }
                     skipped.push(Skipped {
                         resource: qualified.clone(),
-                        reason: reason(&e),
+                        reason: if partial > 0 {
+                            format!(
+                                "listing failed after {partial} objects, none kept: {}",
+                                reason(&e)
+                            )
+                        } else {
+                            reason(&e)
+                        },
                     });
                     break;
                 }

@@ -15,7 +15,9 @@ use kube::{Resource, ResourceExt};
 
 use crate::crd::{BackupMethod, HookRun, Progress, RunStatus, VolumeBackup};
 use crate::hooks;
-use crate::names::{ANNOTATION_SCHEDULE_TAG, TRIGGER_LABEL};
+use crate::names::{
+    annotation_owner, annotation_schedule_tag, ANNOTATION_SCHEDULE_TAG, TRIGGER_LABEL,
+};
 use crate::node::annotations;
 use crate::node::context::{stopped, Agent, Ended, StopReason};
 use crate::node::kubelet;
@@ -163,13 +165,17 @@ impl Agent /* backup_with_hooks */ {
 /// Whether a pod's `backup.coffer.dev/schedule` made this run.
 fn scheduled_by_annotation(vb: &VolumeBackup) -> bool {
     vb.labels().get(TRIGGER_LABEL).map(String::as_str) == Some("schedule")
-        && vb.spec.tags.iter().any(|t| t == ANNOTATION_SCHEDULE_TAG)
+        && vb.spec.tags.iter().any(|t| {
+            t.strip_prefix(ANNOTATION_SCHEDULE_TAG)
+                .is_some_and(|rest| rest.starts_with('='))
+        })
 }
 
 impl Agent /* retain */ {
     /// The pod's schedule's retention (`backup.coffer.dev/keep-…`), applied
     /// after each scheduled backup to that volume's scheduled snapshots in
-    /// this cluster (tagged [`ANNOTATION_SCHEDULE_TAG`]). What it did is an
+    /// this cluster made by this workload's schedule (tagged
+    /// [`annotation_schedule_tag`]). What it did is an
     /// Event on the run; it never fails the run, whose snapshot is written.
     pub(crate) async fn retain(
         &self,
@@ -205,7 +211,7 @@ impl Agent /* retain */ {
                 .origin
                 .ok_or_else(|| format!("snapshot {snapshot} records no origin"))?;
             let filter = Filter {
-                tags: vec![ANNOTATION_SCHEDULE_TAG.to_string()],
+                tags: vec![annotation_schedule_tag(&annotation_owner(pod))],
                 origin: plan::same_volume(&origin),
                 ..Default::default()
             };

@@ -15,8 +15,8 @@ use kube::{Resource, ResourceExt};
 use crate::api::is_status;
 use crate::crd::{BackupMethod, VolumeBackup, VolumeBackupSpec};
 use crate::names::{
-    label_value, object_name, scheduled_at, ANNOTATION_SCHEDULE_TAG, POD_LABEL, SCHEDULED_AT,
-    TRIGGER_LABEL, VOLUME_LABEL,
+    annotation_owner, annotation_schedule_tag, label_value, object_name, scheduled_at, POD_LABEL,
+    SCHEDULED_AT, TRIGGER_LABEL, VOLUME_LABEL,
 };
 use crate::node::annotations;
 use crate::node::context::{lock, Agent};
@@ -35,7 +35,7 @@ impl Agent /* annotations */ {
             .flat_map(|s| s.volumes.iter().flatten())
             .map(|v| v.name.clone())
             .collect();
-        let owner = crate::pods::owner_of(pod).unwrap_or_else(|| format!("Pod/{name}"));
+        let owner = annotation_owner(pod);
         let identity = |v: &str| format!("{ns}/{owner}/{v}");
         let req = match annotations::parse(pod.annotations(), &volumes, identity) {
             Ok(Some(r)) => r,
@@ -225,7 +225,7 @@ impl Agent /* create_backups */ {
                     repository: req.repository.clone(),
                     tags: if scheduled_at.is_some() {
                         let mut tags = req.tags.clone();
-                        tags.push(ANNOTATION_SCHEDULE_TAG.to_string());
+                        tags.push(annotation_schedule_tag(&annotation_owner(pod)));
                         tags
                     } else {
                         req.tags.clone()

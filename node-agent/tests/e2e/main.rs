@@ -891,11 +891,12 @@ async fn a_missed_annotation_schedule_fires_once_after_the_agent_was_away() {
 /// A pod's schedule keeps what its `backup.coffer.dev/keep-…` annotations
 /// say: after a scheduled backup, that volume's scheduled snapshots past the
 /// policy are forgotten, and nothing else is: not the volume's other
-/// snapshots (a backup-now, a manual run), not another volume's.
+/// snapshots (a backup-now, a manual run, another workload's schedule), not
+/// another volume's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_annotation_schedule_forgets_its_own_snapshots_past_its_keep_annotations() {
     use coffer_engine::format::snapshot::KubernetesOrigin;
-    use coffer_node_agent::names::ANNOTATION_SCHEDULE_TAG;
+    use coffer_node_agent::names::annotation_schedule_tag;
     let mut env = Env::new().await;
     let ns = env.namespace("keep").await;
     let repo = env.repository(&ns, "default", PASSWORD).await;
@@ -903,7 +904,7 @@ async fn an_annotation_schedule_forgets_its_own_snapshots_past_its_keep_annotati
     let node_name = format!("node-{}", short_id());
     let dir = small_pod(&env, &node, &ns, "db-0", &node_name, 11, None).await;
     // Earlier snapshots, as the agent records this volume's origin.
-    let seed = |volume: &str, tagged: bool| {
+    let seed = |volume: &str, tag: Option<&str>| {
         let mut o = coffer_engine::backup::BackupOptions::new(vec![dir.clone()]);
         o.origin = Some(KubernetesOrigin {
             cluster: Some("test-cluster".into()),
@@ -912,9 +913,7 @@ async fn an_annotation_schedule_forgets_its_own_snapshots_past_its_keep_annotati
             volume: Some(volume.into()),
             ..Default::default()
         });
-        if tagged {
-            o.tags = vec![ANNOTATION_SCHEDULE_TAG.to_string()];
-        }
+        o.tags = tag.map(annotation_schedule_tag).into_iter().collect();
         o
     };
     let store = coffer_engine::storage::open_location(&repo.display().to_string(), true).unwrap();
@@ -924,18 +923,21 @@ async fn an_annotation_schedule_forgets_its_own_snapshots_past_its_keep_annotati
             .unwrap(),
     );
     let mut ids = Vec::new();
-    for (volume, tagged) in [
-        ("vol", true),
-        ("vol", true),
-        ("vol", false),
-        ("other", true),
+    let mine = Some("Pod/db-0");
+    for (volume, tag) in [
+        ("vol", mine),
+        ("vol", mine),
+        ("vol", None),
+        ("other", mine),
+        // Another workload's schedule on the same volume: its own.
+        ("vol", Some("Deployment/reader")),
     ] {
-        let s = coffer_engine::backup::backup(opened.clone(), seed(volume, tagged))
+        let s = coffer_engine::backup::backup(opened.clone(), seed(volume, tag))
             .await
             .unwrap();
         ids.push(s.snapshot_id.to_hex());
     }
-    let [oldest, newer, untagged, other] = ids.try_into().unwrap();
+    let [oldest, newer, untagged, other, theirs] = ids.try_into().unwrap();
     // The schedule last fired long ago, so this year's time is due now.
     fired_long_ago(&env, &ns).await;
     env.annotate(&ns, "db-0", "backup.coffer.dev/keep-last", "2")
@@ -963,7 +965,7 @@ async fn an_annotation_schedule_forgets_its_own_snapshots_past_its_keep_annotati
         .map(|(id, _)| id.to_hex())
         .collect();
     left.sort();
-    let mut want = vec![written.clone(), newer, untagged, other];
+    let mut want = vec![written.clone(), newer, untagged, other, theirs];
     want.sort();
     assert_eq!(
         left, want,

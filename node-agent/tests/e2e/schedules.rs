@@ -470,7 +470,8 @@ async fn concurrency_policy_skips_replaces_or_overlaps_runs_still_going() {
 /// A pod's annotation schedule keeps its runs as a BackupSchedule does by
 /// default: when its runs end, the controller deletes those of the same pod
 /// and volume past the 3 latest times that succeeded and the latest that
-/// failed; another volume's runs and a backup-now's stay.
+/// failed; another volume's runs and a backup-now's stay. A run whose pod
+/// is gone goes once it ended `--finished-run-ttl` ago.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_annotation_schedules_runs_past_the_history_limits_are_deleted() {
     use coffer_node_agent::names::{POD_LABEL, TRIGGER_LABEL, VOLUME_LABEL};
@@ -489,6 +490,26 @@ async fn an_annotation_schedules_runs_past_the_history_limits_are_deleted() {
         ("logs", "schedule", 1, Phase::Completed),
         ("vol", "backup-now", 1, Phase::Completed),
     ];
+    // A run whose pod is gone, ended long ago: it goes after the TTL.
+    env.create::<VolumeBackup>(
+        &ns,
+        json!({
+            "metadata": {"name": "gone-0-vol", "namespace": ns,
+                "labels": {POD_LABEL: "gone-0", VOLUME_LABEL: "vol", TRIGGER_LABEL: "schedule"},
+                "annotations": {SCHEDULED_AT: "2026-01-01T00:00:00.000Z"}},
+            "spec": {"pod": "gone-0", "volume": "vol"},
+        }),
+    )
+    .await;
+    runs.patch_status(
+        "gone-0-vol",
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"status": {"phase": "Completed", "completionTime": "2026-01-01T00:10:00.000Z"}}),
+        ),
+    )
+    .await
+    .unwrap();
     for (volume, trigger, day, phase) in made {
         let name = format!("db-0-{volume}-{trigger}-{day}");
         env.create::<VolumeBackup>(
@@ -509,7 +530,8 @@ async fn an_annotation_schedules_runs_past_the_history_limits_are_deleted() {
         .await
         .unwrap();
     }
-    let _c = Controller::start(&env, "a", &[]);
+    let _c = Controller::start(&env, "a", &["--finished-run-ttl", "1s"]);
+    env.wait_gone::<VolumeBackup>(&ns, "gone-0-vol").await;
     let want: BTreeSet<String> = [
         "db-0-vol-schedule-2",
         "db-0-vol-schedule-4",
