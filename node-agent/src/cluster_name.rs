@@ -100,28 +100,40 @@ pub fn disagreement(
 }
 
 /// Records `name` as side `me`'s on the Lease (creating it), then says
-/// whether the other side's recorded name disagrees: `Err` with why.
+/// why the other side's recorded name disagrees, if it does.
+async fn check(
+    api: &Api<Lease>,
+    namespace: &str,
+    me: Side,
+    name: Option<&str>,
+) -> anyhow::Result<Option<String>> {
+    let lease = record(api, namespace, me, name).await?;
+    let none = BTreeMap::new();
+    let annotations = lease.metadata.annotations.as_ref().unwrap_or(&none);
+    Ok(disagreement(annotations, me, name, namespace))
+}
+
+/// Records `name` as side `me`'s and refuses (`Err` with why) while the
+/// other side's differs; then returns the watch that goes on checking while
+/// this side runs (`keep_agreeing`), which the caller stops on.
 pub async fn agree(
     client: &Client,
     namespace: &str,
     me: Side,
     name: Option<&str>,
-) -> anyhow::Result<()> {
+    recheck: Duration,
+) -> anyhow::Result<impl std::future::Future<Output = anyhow::Error>> {
     let api: Api<Lease> = Api::namespaced(client.clone(), namespace);
-    let lease = record(&api, namespace, me, name).await?;
-    match disagreement(
-        lease
-            .metadata
-            .annotations
-            .as_ref()
-            .unwrap_or(&BTreeMap::new()),
-        me,
-        name,
-        namespace,
-    ) {
-        Some(why) => anyhow::bail!(why),
-        None => Ok(()),
+    if let Some(why) = check(&api, namespace, me, name).await? {
+        anyhow::bail!(why);
     }
+    Ok(keep_agreeing(
+        api,
+        namespace.to_string(),
+        me,
+        name.map(str::to_string),
+        recheck,
+    ))
 }
 
 /// Writes this side's name on the record and returns the record.
@@ -174,33 +186,20 @@ async fn record(
 /// `recheck` while this side runs, and returns why they disagree once they
 /// do (the caller stops). An API error is logged and tried again later:
 /// only a disagreement stops.
-pub async fn keep_agreeing(
-    client: Client,
+async fn keep_agreeing(
+    api: Api<Lease>,
     namespace: String,
     me: Side,
     name: Option<String>,
     recheck: Duration,
 ) -> anyhow::Error {
-    let api: Api<Lease> = Api::namespaced(client, &namespace);
     loop {
         tokio::time::sleep(recheck).await;
         // Recorded again each time: a record left by a pod of this side that
         // is gone (a rolled-back rename) must not hold the other side off.
-        match record(&api, &namespace, me, name.as_deref()).await {
-            Ok(lease) => {
-                if let Some(why) = disagreement(
-                    lease
-                        .metadata
-                        .annotations
-                        .as_ref()
-                        .unwrap_or(&BTreeMap::new()),
-                    me,
-                    name.as_deref(),
-                    &namespace,
-                ) {
-                    return anyhow::anyhow!(why);
-                }
-            }
+        match check(&api, &namespace, me, name.as_deref()).await {
+            Ok(Some(why)) => return anyhow::anyhow!(why),
+            Ok(None) => {}
             Err(e) => tracing::warn!("{e}"),
         }
     }

@@ -218,15 +218,14 @@ async fn serve_metrics(addr: SocketAddr) -> anyhow::Result<std::sync::Arc<metric
 
 async fn run_controller(a: ControllerArgs) -> anyhow::Result<()> {
     let client = client().await?;
-    let side = cluster_name::Side::Controller;
-    cluster_name::agree(&client, &a.namespace, side, a.cluster_name.as_deref()).await?;
-    let agreeing = cluster_name::keep_agreeing(
-        client.clone(),
-        a.namespace.clone(),
-        side,
-        a.cluster_name.clone(),
+    let agreeing = cluster_name::agree(
+        &client,
+        &a.namespace,
+        cluster_name::Side::Controller,
+        a.cluster_name.as_deref(),
         a.cluster_name_recheck,
-    );
+    )
+    .await?;
     // What movers take from this controller's own pod, unless told.
     let own = match (&a.mover_image, &a.mover_image_pull_secrets) {
         (Some(_), Some(_)) => None,
@@ -429,15 +428,14 @@ fn init_logs(format: &str) {
 
 async fn run_node(a: NodeArgs) -> anyhow::Result<()> {
     let client = client().await?;
-    let side = cluster_name::Side::Agent;
-    cluster_name::agree(&client, &a.namespace, side, a.cluster_name.as_deref()).await?;
-    let agreeing = cluster_name::keep_agreeing(
-        client.clone(),
-        a.namespace.clone(),
-        side,
-        a.cluster_name.clone(),
+    let agreeing = cluster_name::agree(
+        &client,
+        &a.namespace,
+        cluster_name::Side::Agent,
+        a.cluster_name.as_deref(),
         a.cluster_name_recheck,
-    );
+    )
+    .await?;
     let m = serve_metrics(a.metrics_addr).await?;
     let opts = node::Options {
         node: NodeConfig {
