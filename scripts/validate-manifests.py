@@ -54,6 +54,8 @@ EXPECTED_CONTROLLER_RULES = {
     ("coffer.dev", "volumebackups"): {"get", "list", "watch", "patch", "create", "delete"},
     ("coffer.dev", "volumerestores"): {"get", "list", "watch", "patch", "create", "delete"},
     ("coffer.dev", "restoresources"): {"get"},
+    ("coffer.dev", "applicationbackups"): {"get", "list", "watch", "patch", "delete"},
+    ("coffer.dev", "applicationbackups/status"): {"get", "patch"},
     ("coffer.dev", "backupschedules"): {"get", "list", "watch"},
     ("coffer.dev", "backupschedules/status"): {"get", "patch"},
     ("coffer.dev", "volumebackups/status"): {"get", "patch"},
@@ -81,6 +83,7 @@ EXPECTED_TENANT_RULES = {
     ("", "pods/exec"): {"create"},
     ("rbac.authorization.k8s.io", "roles"): {"create", "delete"},
     ("rbac.authorization.k8s.io", "rolebindings"): {"create", "delete"},
+    ("", "pods"): {"create", "delete"},
 }
 TENANT_SOURCE = ROOT / "deploy" / "tenant.yaml"
 # Rights that reach a namespace's Secrets (directly, through a pod that
@@ -720,6 +723,12 @@ def cmd_examples():
               f"{kn(d)} restores {d['spec']['snapshot'].get('pvc')}, not one of the StatefulSet's claims {sorted(claims)}", p)
         check(d["spec"].get("repository", "default") in repos, f"{kn(d)} names a repository no example makes", p)
     check(sched["spec"].get("repository", "default") in repos, "the schedule names a repository no example makes", p)
+    for d in docs["application-backup.yaml"]:
+        if d["kind"] == "ApplicationBackup":
+            check(d["spec"].get("repository", "default") in repos, f"{kn(d)} names a repository no example makes", p)
+            accounts = {a["metadata"]["name"] for a in docs["application-backup.yaml"] if a["kind"] == "ServiceAccount"}
+            check(d["spec"].get("serviceAccountName", "coffer-application") in accounts,
+                  f"{kn(d)} captures as an account no example makes", p)
     if p:
         raise Failed("\n".join(p))
     return f"{sum(len(v) for v in docs.values())} objects: namespace-agnostic, the schedule selects StatefulSet {sts['metadata']['name']}"

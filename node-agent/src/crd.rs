@@ -598,6 +598,188 @@ pub enum RestorePolicy {
     Overwrite,
 }
 
+/// The ServiceAccount an application backup captures objects as, when it
+/// names none: the namespace's owner creates it and binds it to what may be
+/// captured (the built-in `view` ClusterRole, plus `get`/`list` on Secrets
+/// to capture them).
+pub const DEFAULT_APPLICATION_ACCOUNT: &str = "coffer-application";
+
+fn default_application_account() -> String {
+    DEFAULT_APPLICATION_ACCOUNT.to_string()
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+/// A backup of an application: the objects of this namespace (one JSON file
+/// each, in a snapshot laid out as SPEC.md §16 fixes) together with the data
+/// of its PersistentVolumeClaims (one owned VolumeBackup each).
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "coffer.dev",
+    version = "v1alpha1",
+    kind = "ApplicationBackup",
+    namespaced,
+    doc = "Backs up this namespace as an application: the data of its PersistentVolumeClaims (one owned VolumeBackup each, snapshotted together) and then its objects, captured with the rights of spec.serviceAccountName into one snapshot. Its status names every snapshot written.",
+    category = "coffer",
+    status = "ApplicationBackupStatus",
+    shortname = "appb",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Objects","type":"integer","jsonPath":".status.objects.total"}"#,
+    printcolumn = r#"{"name":"Volumes","type":"integer","jsonPath":".status.volumeCount"}"#,
+    printcolumn = r#"{"name":"Snapshot","type":"string","jsonPath":".status.snapshotID"}"#,
+    printcolumn = r#"{"name":"Duration","type":"string","jsonPath":".status.duration"}"#,
+    printcolumn = r#"{"name":"Stage","type":"string","jsonPath":".status.stage","priority":1}"#,
+    printcolumn = r#"{"name":"Message","type":"string","jsonPath":".status.message","priority":1}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplicationBackupSpec {
+    /// The BackupRepository, in this namespace.
+    #[serde(default = "default_repository")]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "spec.repository cannot change; create a new backup"}]))]
+    pub repository: String,
+    /// The ServiceAccount of this namespace whose rights the objects are
+    /// captured with: what it cannot list is reported as skipped.
+    #[serde(default = "default_application_account")]
+    #[schemars(length(min = 1, max = 253))]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "spec.serviceAccountName cannot change; create a new backup"}]))]
+    pub service_account_name: String,
+    /// Only these resources (`plural.group`, `plural` or the kind, as
+    /// `kubectl get` takes them); all when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "spec.includedResources cannot change; create a new backup"}]))]
+    pub included_resources: Vec<String>,
+    /// Not these resources (same spelling). Events, Endpoints and
+    /// EndpointSlices are left out unless included by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "spec.excludedResources cannot change; create a new backup"}]))]
+    pub excluded_resources: Vec<String>,
+    /// Also capture the objects their controllers recreate (a Deployment's
+    /// ReplicaSets, owned Pods, ControllerRevisions, a CronJob's Jobs).
+    #[serde(default, skip_serializing_if = "is_false")]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "spec.includeRecreated cannot change; create a new backup"}]))]
+    pub include_recreated: bool,
+    /// Only objects (and claims) with these labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "spec.selector cannot change; create a new backup"}]))]
+    pub selector: Option<Selector>,
+    /// Back up the data of the namespace's claims (the default); `false`
+    /// captures the objects alone.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "spec.volumeData cannot change; create a new backup"}]))]
+    pub volume_data: bool,
+    /// Tags recorded in every snapshot (besides `coffer.dev/application=NAME`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// Set to true to stop the backup; it ends Canceled.
+    #[serde(default)]
+    pub cancel: bool,
+}
+
+/// The status of an ApplicationBackup: that of every run (phase, stage,
+/// times, conditions; `snapshotID` is the objects' snapshot), and what it
+/// captured.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplicationBackupStatus {
+    /// Where it stands, as for every run.
+    #[serde(flatten)]
+    pub run: RunStatus,
+    /// The claims whose data it backs up, each with its VolumeBackup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volumes: Option<Vec<ApplicationVolume>>,
+    /// How many claims (the Volumes column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000000))]
+    pub volume_count: Option<u32>,
+    /// What the capture wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objects: Option<CapturedObjects>,
+}
+
+/// One claim of an application backup.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplicationVolume {
+    /// The PersistentVolumeClaim.
+    pub pvc: String,
+    /// The VolumeBackup (owned by the application backup) that reads it.
+    pub volume_backup: String,
+    /// That run's phase, once it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// The snapshot of its data.
+    #[serde(
+        default,
+        rename = "snapshotID",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub snapshot_id: Option<String>,
+    /// Bytes read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0_i64, max = 9_007_199_254_740_991_i64))]
+    pub bytes: Option<u64>,
+    /// Why it failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// What an application backup's capture wrote.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CapturedObjects {
+    /// Objects captured.
+    #[schemars(range(min = 0_i64, max = 9_007_199_254_740_991_i64))]
+    pub total: u64,
+    /// Objects captured, by kind.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "counts_schema")]
+    pub counts: BTreeMap<String, u64>,
+    /// Bytes of JSON written.
+    #[schemars(range(min = 0_i64, max = 9_007_199_254_740_991_i64))]
+    pub bytes: u64,
+    /// What the account could not read, with the API server's reason (the
+    /// first [`MAX_SKIPPED`]; `skippedCount` has them all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<SkippedResource>,
+    /// How many resources were skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0_i64, max = 9_007_199_254_740_991_i64))]
+    pub skipped_count: Option<u64>,
+    /// Cluster-scoped objects the captured ones depend on (claims'
+    /// PersistentVolumes and StorageClasses, CustomResourceDefinitions)
+    /// that the account could not read: they are recorded for reference
+    /// only, so their absence does not make the backup PartiallyFailed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unrecorded: Vec<SkippedResource>,
+}
+
+fn counts_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "additionalProperties": {"type": "integer", "format": "uint64", "minimum": 0, "maximum": 9_007_199_254_740_991_i64},
+    })
+}
+
+/// Skipped resources listed in a status.
+pub const MAX_SKIPPED: usize = 50;
+
+/// A resource the capture could not read.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct SkippedResource {
+    /// `plural.group` (or an API group whose discovery failed, or
+    /// `Kind name` of a cluster-scoped object).
+    pub resource: String,
+    /// Why.
+    pub reason: String,
+}
+
 /// Where a run stands.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
 pub enum Phase {
@@ -1038,6 +1220,7 @@ pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
         VolumeRestore::crd(),
         BackupSchedule::crd(),
         RestoreSource::crd(),
+        ApplicationBackup::crd(),
     ] {
         out.push_str("---\n");
         out.push_str(&serde_yaml::to_string(&crd)?);

@@ -98,8 +98,9 @@ struct ControllerArgs {
     /// A node agent's run whose node is deleted, or not Ready this long, is ended (Failed, naming the node)
     #[arg(long, env = "LOST_NODE_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
     lost_node_timeout: std::time::Duration,
-    /// A finished one-off VolumeBackup or VolumeRestore (not a schedule's)
-    /// is deleted this long after it ended; its snapshot stays. 0 keeps them
+    /// A finished one-off VolumeBackup, VolumeRestore or ApplicationBackup
+    /// (not a schedule's) is deleted this long after it ended; its snapshots
+    /// stay. 0 keeps them
     #[arg(long, env = "FINISHED_RUN_TTL", default_value = "30d", value_parser = parse_duration)]
     finished_run_ttl: std::time::Duration,
 }
@@ -339,12 +340,24 @@ async fn run_mover(m: MoverArgs) -> anyhow::Result<bool> {
                 label_selector: a.selector,
                 work_dir: a.work_dir,
                 cluster: a.cluster,
+                tags: a.tags,
+                volumes: a.volumes,
             };
-            match mover::capture::capture(&client().await?, &job, &cancel).await {
-                Ok(done) => {
-                    println!("{}", serde_json::to_string(&done)?);
-                    Ok(true)
+            let client = client().await?;
+            let done = match mover::capture::capture(&client, &job, &cancel).await {
+                Ok(done) => done,
+                Err(e) => {
+                    tracing::error!(
+                        namespace = job.namespace,
+                        application = job.application,
+                        "{e}"
+                    );
+                    return Ok(false);
                 }
+            };
+            println!("{}", serde_json::to_string(&done)?);
+            match mover::capture::report(&client, &job, &done).await {
+                Ok(()) => Ok(true),
                 Err(e) => {
                     tracing::error!(
                         namespace = job.namespace,

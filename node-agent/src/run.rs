@@ -1,6 +1,7 @@
-//! What every run is: a namespaced object (VolumeBackup, VolumeRestore)
-//! whose status is a [`RunStatus`]. The node agent, the controller and the
-//! mover all handle runs through this one trait.
+//! What every run is: a namespaced object (VolumeBackup, VolumeRestore,
+//! ApplicationBackup) whose status is (or flattens) a [`RunStatus`]. The
+//! node agent, the controller and the mover all handle runs through this one
+//! trait.
 
 use kube::Resource;
 
@@ -35,6 +36,13 @@ impl RunObject for crate::crd::VolumeRestore {
     }
 }
 
+impl RunObject for crate::crd::ApplicationBackup {
+    const ACTION: &'static str = "Backup";
+    fn run_status(&self) -> Option<&RunStatus> {
+        self.status.as_ref().map(|s| &s.run)
+    }
+}
+
 /// Where a run the controller carries stands (`status.stage`; the node
 /// agent's runs have none until they end).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +51,8 @@ pub enum Stage {
     Snapshotting,
     /// A backup: its mover reads the clone into the repository.
     Moving,
+    /// An application backup: a pod captures the namespace's objects.
+    Capturing,
     /// A restore: a mover finds the snapshot (the first stage).
     Resolving,
     /// A restore: a mover writes the snapshot into the new claim.
@@ -61,6 +71,7 @@ impl Stage {
         match self {
             Stage::Snapshotting => "Snapshotting",
             Stage::Moving => "Moving",
+            Stage::Capturing => "Capturing",
             Stage::Resolving => "Resolving",
             Stage::Restoring => "Restoring",
             Stage::HandingOver => "HandingOver",
@@ -74,6 +85,7 @@ impl Stage {
         [
             Stage::Snapshotting,
             Stage::Moving,
+            Stage::Capturing,
             Stage::Resolving,
             Stage::Restoring,
             Stage::HandingOver,
@@ -100,6 +112,7 @@ mod tests {
         for st in [
             Stage::Snapshotting,
             Stage::Moving,
+            Stage::Capturing,
             Stage::Resolving,
             Stage::Restoring,
             Stage::HandingOver,

@@ -87,6 +87,15 @@ pub fn finished(mut status: RunStatus, outcome: Outcome) -> RunStatus {
     status.with_conditions()
 }
 
+/// The final status of a run whose controller judged the outcome itself
+/// (an application backup): `phase`, with `message`, ended now.
+pub fn concluded(mut status: RunStatus, phase: Phase, message: Option<String>) -> RunStatus {
+    ended(&mut status);
+    status.phase = phase;
+    status.message = message;
+    status.with_conditions()
+}
+
 /// A restore whose data is in the volume it filled: its result recorded,
 /// still InProgress, at stage HandingOver, until the controller has handed
 /// the volume to the target claim and ends it ([`handed_over`]). Any other

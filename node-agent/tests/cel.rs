@@ -145,6 +145,13 @@ fn what_a_run_reads_cannot_change_once_it_exists() {
         ("VolumeRestore", "spec.volume"),
         ("VolumeRestore", "spec.target"),
         ("VolumeRestore", "spec.repository"),
+        ("ApplicationBackup", "spec.repository"),
+        ("ApplicationBackup", "spec.serviceAccountName"),
+        ("ApplicationBackup", "spec.includedResources"),
+        ("ApplicationBackup", "spec.excludedResources"),
+        ("ApplicationBackup", "spec.includeRecreated"),
+        ("ApplicationBackup", "spec.selector"),
+        ("ApplicationBackup", "spec.volumeData"),
     ]
     .into_iter()
     .map(|(k, p)| (k.to_string(), p.to_string()))

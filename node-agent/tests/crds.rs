@@ -23,10 +23,11 @@ fn deploy_crds_match_the_rust_types() {
         "VolumeRestore",
         "BackupSchedule",
         "RestoreSource",
+        "ApplicationBackup",
     ] {
         assert!(generated.contains(&format!("kind: {kind}\n")), "{kind}");
     }
-    assert_eq!(generated.matches("scope: Namespaced").count(), 5);
+    assert_eq!(generated.matches("scope: Namespaced").count(), 6);
 }
 
 /// Every integer a tenant could write has bounds in the schema, so the API

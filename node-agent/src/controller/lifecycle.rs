@@ -338,7 +338,8 @@ pub(crate) fn kept_for<K: kube::Resource>(
         .owner_references
         .iter()
         .flatten()
-        .any(|o| o.kind == "BackupSchedule");
+        // An application backup's volumes go with it.
+        .any(|o| o.kind == "BackupSchedule" || o.kind == "ApplicationBackup");
     // A pod's annotation made it (schedule or backup-now): the pod would
     // make it again, and its schedule goes on from it.
     let by_pod = run
@@ -517,6 +518,28 @@ pub(crate) async fn follow_mover<K: ControllerRun>(
     Ok(Action::await_change())
 }
 
+/// The BackupRepository `name` in `run`'s namespace; a missing one fails
+/// the run, naming it (`None`).
+pub(crate) async fn repository_or_fail<K: ControllerRun>(
+    ctx: &Ctx,
+    run: &K,
+    name: &str,
+) -> Result<Option<crate::crd::BackupRepository>, Error> {
+    let ns = run.namespace().unwrap_or_default();
+    let repo = Api::<crate::crd::BackupRepository>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(name)
+        .await
+        .map_err(kube_err(format!("reading BackupRepository {ns}/{name}")))?;
+    if repo.is_none() {
+        let e = crate::repos::RepoError::Missing {
+            namespace: ns,
+            name: name.to_string(),
+        };
+        fail(ctx, run, e.to_string()).await?;
+    }
+    Ok(repo)
+}
+
 /// Ends a run as Failed with `message` (its stage kept, or the first).
 pub(crate) async fn fail<K: ControllerRun>(
     ctx: &Ctx,
@@ -533,7 +556,7 @@ pub(crate) async fn fail<K: ControllerRun>(
 pub(crate) async fn claim<K: ControllerRun>(
     ctx: &Ctx,
     run: &K,
-    pvc: String,
+    pvc: Option<String>,
     path: Option<String>,
     note: String,
 ) -> Result<Action, Error> {
@@ -543,7 +566,7 @@ pub(crate) async fn claim<K: ControllerRun>(
     let mut s = crate::status::started(run.run_status(), &ctx.opts.identity, path);
     s.observe(run.meta().generation);
     s.node = None;
-    s.pvc = Some(pvc);
+    s.pvc = pvc;
     s.stage = Some(K::FIRST_STAGE.into());
     crate::report::write_run::<K>(
         &ctx.client,

@@ -7,7 +7,9 @@
 //! - [`restore`]: VolumeRestores with a `target` (a new claim filled by a
 //!   mover pod);
 //! - [`schedules`]: BackupSchedules (runs on time, retention);
-//! - [`maintenance`]: the prune, check and copy of each BackupRepository.
+//! - [`maintenance`]: the prune, check and copy of each BackupRepository;
+//! - [`application`]: ApplicationBackups (a VolumeBackup per claim, then a
+//!   capture pod in the namespace, as the tenant's account).
 //!
 //! What they share sits beside them: `context` (settings, the context of
 //! a reconcile, the error policy), `lifecycle` (the finalizer, the end of
@@ -24,6 +26,7 @@
 //! (in coffer's), so a new leader finds where the run stands from the
 //! cluster alone, and a start-up sweep removes what a deleted run left.
 
+pub mod application;
 pub(crate) mod backup;
 pub mod claims;
 pub(crate) mod context;
@@ -48,7 +51,9 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 
-use crate::crd::{BackupRepository, BackupSchedule, VolumeBackup, VolumeRestore};
+use crate::crd::{
+    ApplicationBackup, BackupRepository, BackupSchedule, VolumeBackup, VolumeRestore,
+};
 use crate::lenient::Lenient;
 use crate::metrics::Metrics;
 
@@ -212,6 +217,22 @@ pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) -> anyhow
         ctx.clone(),
     )
     .for_each(log_error);
+    let applied = watcher::Config::default().labels(application::APPLICATION_LABEL);
+    let applications = Controller::new(
+        Api::<Lenient<ApplicationBackup>>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(
+        Api::<Lenient<VolumeBackup>>::all(client.clone()),
+        applied.clone(),
+    )
+    .owns(Api::<Lenient<Pod>>::all(client.clone()), applied)
+    .run(
+        parsed(application::reconcile),
+        parsed_policy(retry_policy),
+        ctx.clone(),
+    )
+    .for_each(log_error);
     let gauges = schedules::forget_deleted(client.clone(), ctx);
     let lost = async {
         loop {
@@ -221,9 +242,10 @@ pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) -> anyhow
         }
     };
     tokio::select! {
-        _ = futures::future::join(
+        _ = futures::future::join3(
             futures::future::join5(backups, restores, schedules, maintenance, gauges),
             populator,
+            applications,
         ) => anyhow::bail!("the controller's watches ended"),
         _ = lost => {
             lease_task.abort();

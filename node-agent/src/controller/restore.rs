@@ -186,7 +186,7 @@ async fn claim(ctx: &Ctx, vr: &VolumeRestore, target: &RestoreTarget) -> Result<
     lifecycle::claim(
         ctx,
         vr,
-        target.pvc.clone(),
+        Some(target.pvc.clone()),
         None,
         format!("restoring into new PVC {tns}/{}", target.pvc),
     )

@@ -31,7 +31,7 @@ pub enum MoverArgs {
     Check(Box<CheckArgs>),
     /// Copy every snapshot not copied yet into a second repository (scheduled maintenance); write the result into the BackupRepository's status
     Copy(Box<CopyArgs>),
-    /// Capture a namespace's objects, with this pod's account's rights, into an application snapshot (SPEC.md §16); print what was captured as JSON
+    /// Capture a namespace's objects, with this pod's account's rights, into an application snapshot (SPEC.md §16); write what was captured into the ApplicationBackup's status
     Capture(Box<CaptureArgs>),
 }
 
@@ -59,6 +59,12 @@ pub struct CaptureArgs {
     /// The cluster's name, recorded in the snapshot's origin
     #[arg(long)]
     pub cluster: Option<String>,
+    /// Tags recorded in the snapshot besides the application's (repeatable)
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// A claim whose data the application backup wrote, and that snapshot (PVC=SNAPSHOT, repeatable): recorded in application.json
+    #[arg(long = "volume", value_name = "PVC=SNAPSHOT", value_parser = parse_pair)]
+    pub volumes: Vec<(String, String)>,
 }
 
 /// What every mover takes: its run, and how to open the repository.
@@ -417,6 +423,8 @@ impl MoverArgs {
                 a.opt("--selector", c.selector.as_ref());
                 a.path("--work-dir", &c.work_dir);
                 a.opt("--cluster", c.cluster.as_ref());
+                a.each("--tag", &c.tags);
+                a.pairs("--volume", &c.volumes);
             }
         }
         a.0
@@ -620,6 +628,11 @@ mod tests {
                 selector: Some("app=shop,tier!=cache".into()),
                 work_dir: "/scratch".into(),
                 cluster: Some("prod".into()),
+                tags: vec!["release=7".into()],
+                volumes: vec![
+                    ("data-db-0".into(), "ab12".into()),
+                    ("logs".into(), "cd34".into()),
+                ],
             })),
         ];
         for m in all {

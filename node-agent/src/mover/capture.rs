@@ -52,6 +52,11 @@ pub struct CaptureJob {
     pub work_dir: PathBuf,
     /// The cluster's name, recorded in the origin.
     pub cluster: Option<String>,
+    /// Tags besides the application's.
+    pub tags: Vec<String>,
+    /// The claims whose data the application backup wrote, with their
+    /// snapshots (`application.json`'s `volumes`).
+    pub volumes: Vec<(String, String)>,
 }
 
 /// What could not be captured.
@@ -72,6 +77,9 @@ pub struct Captured {
     pub counts: BTreeMap<String, u64>,
     /// What the account could not list.
     pub skipped: Vec<Skipped>,
+    /// The cluster-scoped objects depended on that the account could not
+    /// read (recorded for reference only: a restore does not need them).
+    pub unrecorded: Vec<Skipped>,
     /// Bytes of JSON written.
     pub bytes: u64,
 }
@@ -271,6 +279,7 @@ pub async fn capture(
     }
     // The cluster-scoped objects it depends on, recorded for reference.
     let mut recorded = Vec::new();
+    let mut unrecorded = Vec::new();
     for (gvk, name) in depends.wanted() {
         let (group, version, kind) = (&gvk.0, &gvk.1, &gvk.2);
         let ar = kube::discovery::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
@@ -292,7 +301,7 @@ pub async fn capture(
                 }
             }
             Ok(None) => {}
-            Err(e) => skipped.push(Skipped {
+            Err(e) => unrecorded.push(Skipped {
                 resource: format!("{kind} {name}"),
                 reason: reason(&e),
             }),
@@ -303,14 +312,17 @@ pub async fn capture(
         "cluster": job.cluster,
         "objects": paths,
         "recorded": recorded,
+        "unrecorded": unrecorded,
         "skipped": skipped,
-        "volumes": [],
+        "volumes": job.volumes.iter().map(|(pvc, snapshot)| json!({"pvc": pvc, "snapshot": snapshot})).collect::<Vec<_>>(),
     });
     let text = serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())?;
     write_private(&root.join(MANIFEST), &text)?;
     let mut o = BackupOptions::new([&root]);
     o.record_path = Some("/".into());
-    o.tags = vec![application_tag(&job.application)];
+    o.tags = std::iter::once(application_tag(&job.application))
+        .chain(job.tags.iter().cloned())
+        .collect();
     o.hostname = Some("kubernetes".into());
     o.program = Some(format!("coffer-agent {}", env!("CARGO_PKG_VERSION")));
     o.origin = Some(KubernetesOrigin {
@@ -324,8 +336,59 @@ pub async fn capture(
         snapshot_id: summary.snapshot_id.to_hex(),
         counts,
         skipped,
+        unrecorded,
         bytes,
     })
+}
+
+/// Writes what `done` captured into the status of the ApplicationBackup
+/// `job.application` (its mover's one right there): the objects' snapshot
+/// and counts, and the skipped resources (the first
+/// [`crate::crd::MAX_SKIPPED`]). The controller ends the backup.
+pub async fn report(client: &Client, job: &CaptureJob, done: &Captured) -> Result<(), String> {
+    use crate::crd::{ApplicationBackup, CapturedObjects, SkippedResource, MAX_SKIPPED};
+    let listed = |all: &[Skipped]| -> Vec<SkippedResource> {
+        all.iter()
+            .take(MAX_SKIPPED)
+            .map(|s| SkippedResource {
+                resource: s.resource.clone(),
+                reason: s.reason.clone(),
+            })
+            .collect()
+    };
+    let objects = CapturedObjects {
+        total: done.counts.values().sum(),
+        counts: done.counts.clone(),
+        bytes: done.bytes,
+        skipped: listed(&done.skipped),
+        skipped_count: (!done.skipped.is_empty()).then_some(done.skipped.len() as u64),
+        unrecorded: listed(&done.unrecorded),
+    };
+    let fields = json!({"snapshotID": done.snapshot_id, "objects": objects});
+    let what = format!(
+        "the status of ApplicationBackup {}/{}",
+        job.namespace, job.application
+    );
+    for attempt in 0..5u32 {
+        match crate::report::patch_status::<ApplicationBackup>(
+            client,
+            &job.namespace,
+            &job.application,
+            fields.clone(),
+            None,
+        )
+        .await
+        {
+            Ok(crate::report::Written::Applied) => return Ok(()),
+            Ok(w) => return Err(format!("{what} was not written: {w:?}")),
+            Err(e) if attempt < 4 => {
+                tracing::warn!("writing {what}: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
+            }
+            Err(e) => return Err(format!("writing {what}: {e}")),
+        }
+    }
+    Err(format!("{what} was not written"))
 }
 
 /// The API server's words for why a request was refused.

@@ -4,13 +4,14 @@
 use coffer_application::clean::{clean, repoint_owners, CleanOptions};
 use coffer_application::layout::{ObjectPath, MANIFEST};
 use coffer_engine::trees;
-use coffer_node_agent::crd::SecretKeyRef;
+use coffer_node_agent::crd::{ApplicationBackup, Phase, SecretKeyRef};
 use coffer_node_agent::mover::capture::{application_tag, capture, CaptureJob};
 use coffer_node_agent::mover::RepoAccess;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::Api;
+use kube::ResourceExt;
 use serde_json::json;
 
 use crate::harness::*;
@@ -147,6 +148,8 @@ async fn a_namespace_is_captured_with_the_tenants_rights_one_file_per_object() {
         label_selector: None,
         work_dir: env.dir.path().to_path_buf(),
         cluster: Some("test-cluster".into()),
+        tags: vec![],
+        volumes: vec![],
     };
     let got = capture(&tenant, &job, &Default::default()).await.unwrap();
     assert_eq!(got.counts.get("ConfigMap"), Some(&1), "{got:#?}");
@@ -266,4 +269,207 @@ async fn a_namespace_is_captured_with_the_tenants_rights_one_file_per_object() {
     assert_eq!(c["metadata"]["namespace"], "shop-2");
     assert_eq!(c["spec"].get("clusterIP"), None);
     assert_eq!(c["spec"]["ports"], json!([{"port": 80}]));
+}
+
+/// The capturing account of `ns`, as its owner binds it: it reads the
+/// namespace's ConfigMaps, claims and Services, and the repository's
+/// password by name; Secrets it lists only `with_secrets`.
+async fn capturing_account(env: &Env, ns: &str, with_secrets: bool) {
+    env.create::<ServiceAccount>(ns, json!({"metadata": {"name": "coffer-application"}}))
+        .await;
+    let mut rules = vec![
+        json!({"apiGroups": [""], "resources": ["configmaps", "services", "persistentvolumeclaims"], "verbs": ["get", "list"]}),
+        json!({"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["default-password"], "verbs": ["get"]}),
+    ];
+    if with_secrets {
+        rules.push(json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list"]}));
+    }
+    env.create::<Role>(ns, json!({"metadata": {"name": "capture"}, "rules": rules}))
+        .await;
+    env.create::<RoleBinding>(
+        ns,
+        json!({"metadata": {"name": "capture"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "capture"},
+            "subjects": [{"kind": "ServiceAccount", "name": "coffer-application", "namespace": ns}]}),
+    )
+    .await;
+}
+
+async fn application_backup(env: &Env, ns: &str, name: &str) -> ApplicationBackup {
+    env.create::<ApplicationBackup>(
+        ns,
+        json!({"apiVersion": "coffer.dev/v1alpha1", "kind": "ApplicationBackup",
+            "metadata": {"name": name}, "spec": {"tags": ["by-test"]}}),
+    )
+    .await;
+    env.wait_for::<ApplicationBackup>(ns, name, "final and cleaned up", |b| {
+        b.status.as_ref().is_some_and(|s| s.run.phase.is_final())
+            && !b
+                .finalizers()
+                .iter()
+                .any(|f| f == coffer_node_agent::names::FINALIZER)
+    })
+    .await
+}
+
+/// An ApplicationBackup backs up each claim's data through its own
+/// VolumeBackup, then captures the namespace's objects as the tenant's
+/// account, in a pod of the namespace: the objects' snapshot names each
+/// claim's data snapshot, which restores byte for byte. An account that
+/// may not list Secrets makes it PartiallyFailed, naming them; with that
+/// right the next one is Completed and holds the Secret. The capture pod
+/// and its Role go at the end; the tenant's account stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_application_backup_takes_the_claims_data_then_the_objects_as_the_tenant() {
+    let Some((mut env, _sim)) = fake_cluster().await else {
+        return;
+    };
+    let ns = env.namespace("shop").await;
+    // The repository in these tests is a node's directory, mounted by
+    // hostPath, which only a privileged namespace admits (with an object
+    // store the capture pod is `restricted`: a unit test checks it).
+    env.allow_host_paths(&ns).await;
+    let repo_dir = env.repository(&ns, "default", PASSWORD).await;
+    let (orders, media) = (
+        env.dir.path().join("csi/source/orders"),
+        env.dir.path().join("csi/source/media"),
+    );
+    fill(&orders, 21, 6);
+    fill(&media, 22, 3);
+    crate::sim::csi_pvc(&env, &ns, "orders", "Filesystem", &orders, json!({})).await;
+    crate::sim::csi_pvc(&env, &ns, "media", "Filesystem", &media, json!({})).await;
+    env.create::<ConfigMap>(
+        &ns,
+        json!({"metadata": {"name": "cfg"}, "data": {"a": "b"}}),
+    )
+    .await;
+    env.secret(&ns, "db-credentials", "password", "hunter2")
+        .await;
+    capturing_account(&env, &ns, false).await;
+    let _c = Controller::start(&env, "a", &[]);
+
+    let ab = application_backup(&env, &ns, "shop").await;
+    let st = ab.status.clone().unwrap();
+    assert_eq!(st.run.phase, Phase::PartiallyFailed, "{st:#?}");
+    let message = st.run.message.clone().unwrap_or_default();
+    assert!(message.contains("secrets"), "{message}");
+    let objects = st.objects.clone().unwrap();
+    assert_eq!(objects.counts.get("ConfigMap"), Some(&1), "{objects:#?}");
+    assert_eq!(objects.counts.get("PersistentVolumeClaim"), Some(&2));
+    assert!(objects
+        .skipped
+        .iter()
+        .any(|s| s.resource == "secrets" && s.reason.contains("forbidden")));
+    let volumes = st.volumes.clone().unwrap();
+    assert_eq!(volumes.len(), 2, "{volumes:#?}");
+    assert_eq!(st.volume_count, Some(2));
+    for v in &volumes {
+        assert_eq!(v.phase, Some(Phase::Completed), "{v:#?}");
+    }
+    // Each claim's run is the backup's own, and says so.
+    for vb in env.list_backups(&ns).await {
+        assert_eq!(vb.owner_references()[0].name, "shop");
+        assert!(vb.spec.tags.contains(&application_tag("shop")));
+    }
+
+    // The objects' snapshot leads to each claim's data.
+    let repo = open_repo(&repo_dir, PASSWORD).await;
+    let index = repo.load_index().await.unwrap();
+    let id = st.run.snapshot_id.clone().unwrap();
+    let (_, snap) = repo.find_snapshot(&id).await.unwrap();
+    assert!(snap.tags.contains(&application_tag("shop")) && snap.tags.contains(&"by-test".into()));
+    let manifest = read_json(&repo, &index, &snap, MANIFEST).await.unwrap();
+    let recorded: Vec<(String, String)> = manifest["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["pvc"].as_str().unwrap().into(),
+                v["snapshot"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(recorded.len(), 2, "{manifest}");
+    for (pvc, snapshot) in &recorded {
+        let v = volumes.iter().find(|v| &v.pvc == pvc).unwrap();
+        assert_eq!(v.snapshot_id.as_ref(), Some(snapshot));
+        let source = if pvc == "orders" { &orders } else { &media };
+        let restored = restore(&repo_dir, snapshot, env.dir.path()).await;
+        assert_same_tree(source, &restored);
+    }
+    assert!(
+        read_json(&repo, &index, &snap, "objects/core/v1/ConfigMap/cfg.json")
+            .await
+            .is_some()
+    );
+    assert!(read_json(
+        &repo,
+        &index,
+        &snap,
+        "objects/core/v1/Secret/db-credentials.json"
+    )
+    .await
+    .is_none());
+    // What ran in the namespace is gone; the tenant's account is not.
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &ns);
+    assert!(pods.get_opt("coffer-capture-shop").await.unwrap().is_none());
+    let roles: Api<Role> = Api::namespaced(env.client.clone(), &ns);
+    assert!(roles
+        .get_opt("coffer-capture-shop")
+        .await
+        .unwrap()
+        .is_none());
+    let accounts: Api<ServiceAccount> = Api::namespaced(env.client.clone(), &ns);
+    assert!(accounts
+        .get_opt("coffer-application")
+        .await
+        .unwrap()
+        .is_some());
+
+    // The claims' volumes and class it could not read are noted, not
+    // counted against it.
+    assert!(
+        objects
+            .unrecorded
+            .iter()
+            .any(|s| s.resource.starts_with("PersistentVolume ")),
+        "{objects:#?}"
+    );
+
+    // Allowed to read everything in the namespace (as `view` and Secrets
+    // bound there), the next one is complete.
+    env.create::<Role>(
+        &ns,
+        json!({"metadata": {"name": "capture-secrets"}, "rules": [
+            {"apiGroups": ["*"], "resources": ["*"], "verbs": ["get", "list"]}]}),
+    )
+    .await;
+    env.create::<RoleBinding>(
+        &ns,
+        json!({"metadata": {"name": "capture-secrets"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "capture-secrets"},
+            "subjects": [{"kind": "ServiceAccount", "name": "coffer-application", "namespace": ns}]}),
+    )
+    .await;
+    let ab = application_backup(&env, &ns, "shop-2").await;
+    let st = ab.status.clone().unwrap();
+    assert_eq!(st.run.phase, Phase::Completed, "{st:#?}");
+    let repo = open_repo(&repo_dir, PASSWORD).await;
+    let index = repo.load_index().await.unwrap();
+    let (_, snap) = repo
+        .find_snapshot(st.run.snapshot_id.as_deref().unwrap())
+        .await
+        .unwrap();
+    let secret = read_json(
+        &repo,
+        &index,
+        &snap,
+        "objects/core/v1/Secret/db-credentials.json",
+    )
+    .await
+    .expect("the Secret is captured");
+    assert_eq!(secret["data"]["password"], json!("aHVudGVyMg=="));
+    // Secrets never reach a status.
+    assert!(!serde_json::to_string(&ab).unwrap().contains("aHVudGVyMg"));
 }

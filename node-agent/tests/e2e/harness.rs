@@ -179,6 +179,7 @@ impl Env {
             VolumeRestore::crd(),
             coffer_node_agent::crd::BackupSchedule::crd(),
             coffer_node_agent::crd::RestoreSource::crd(),
+            coffer_node_agent::crd::ApplicationBackup::crd(),
         ] {
             match crds.create(&PostParams::default(), &crd).await {
                 Ok(_) => {}

@@ -8,7 +8,8 @@
 //!   unbound PVC (a restore's target) to a new, empty one;
 //! - the **scheduler and kubelet** of mover pods: the pod's container runs
 //!   as a local `coffer-agent` process with the pod's arguments and
-//!   environment (Secrets resolved), each claim's data as its mount; its exit
+//!   environment (Secrets resolved), each claim's data as its mount (and
+//!   each emptyDir a fresh directory); its exit
 //!   becomes the pod's phase and termination message. It talks to the API
 //!   server as the pod's ServiceAccount, allowed only what that account's
 //!   Roles allow. A deleted pod's
@@ -986,6 +987,22 @@ async fn kubelet(
                 );
             for path in at {
                 mounts.insert(path, data.clone());
+            }
+        }
+        // An emptyDir is a fresh directory of its own.
+        for v in spec.volumes.iter().flatten() {
+            if v.empty_dir.is_none() {
+                continue;
+            }
+            let dir = logs.join(format!("{ns}-{name}-{}", v.name));
+            std::fs::create_dir_all(&dir).unwrap();
+            for m in c
+                .volume_mounts
+                .iter()
+                .flatten()
+                .filter(|m| m.name == v.name)
+            {
+                mounts.insert(m.mount_path.clone(), dir.clone());
             }
         }
         let args: Vec<String> = c

@@ -208,6 +208,14 @@ impl Drop for FakeServer {
     }
 }
 
+/// Why `pod` (as JSON) may not run at Pod Security level `level`
+/// (`privileged`, `baseline`, `restricted`), as this server judges pods it
+/// is asked to create: one entry per failed check, in Kubernetes' words.
+/// Empty when the pod is admitted.
+pub fn pod_security_violations(level: &str, pod: &serde_json::Value) -> Vec<String> {
+    podsecurity::violations(podsecurity::Level::parse(level), pod)
+}
+
 /// A kubeconfig that points `kubectl` and kube-rs at `url`: one cluster (TLS verification
 /// off, which plain HTTP ignores anyway), one user with a dummy token (a cluster admin), one
 /// current context with `namespace` as its default namespace. All three are named `fake`.

@@ -131,7 +131,7 @@ pub(crate) async fn claim(ctx: &Ctx, vb: &VolumeBackup) -> Result<Action, Error>
     lifecycle::claim(
         ctx,
         vb,
-        pvc_name.clone(),
+        Some(pvc_name.clone()),
         Some(format!("/{pvc_name}")),
         format!("snapshotting PVC {pvc_name}"),
     )
@@ -377,22 +377,7 @@ pub(crate) async fn advance(ctx: &Ctx, vb: &VolumeBackup, st: &RunStatus) -> Res
 
 /// The run's BackupRepository; a missing one fails the run (`None`).
 async fn repository(ctx: &Ctx, vb: &VolumeBackup) -> Result<Option<BackupRepository>, Error> {
-    let ns = vb.namespace().unwrap_or_default();
-    let repo = Api::<BackupRepository>::namespaced(ctx.client.clone(), &ns)
-        .get_opt(&vb.spec.repository)
-        .await
-        .map_err(kube_err(format!(
-            "reading BackupRepository {ns}/{}",
-            vb.spec.repository
-        )))?;
-    if repo.is_none() {
-        let e = crate::repos::RepoError::Missing {
-            namespace: ns,
-            name: vb.spec.repository.clone(),
-        };
-        fail(ctx, vb, e.to_string()).await?;
-    }
-    Ok(repo)
+    lifecycle::repository_or_fail(ctx, vb, &vb.spec.repository).await
 }
 
 /// What a backup pass saw once its VolumeSnapshot exists: the claim it

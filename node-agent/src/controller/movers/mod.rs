@@ -229,13 +229,13 @@ pub(crate) async fn create_mover(
 ) -> Result<(), Error> {
     let ns = pod.namespace().unwrap_or_default();
     let name = pod.name_any();
-    let tns = writes.namespace.as_str();
-    let owners = |in_ns: &str| -> Vec<&OwnerReference> {
-        writes.owner.iter().filter(|_| in_ns == tns).collect()
-    };
-    let meta = |in_ns: &str| json!({"name": name, "namespace": in_ns, "labels": pod.labels(), "ownerReferences": owners(in_ns)});
+    let owners: Vec<&OwnerReference> = writes
+        .owner
+        .iter()
+        .filter(|_| ns == writes.namespace)
+        .collect();
     let sa: ServiceAccount = serde_json::from_value(json!({
-        "metadata": meta(&ns),
+        "metadata": {"name": name, "namespace": ns, "labels": pod.labels(), "ownerReferences": owners},
         "automountServiceAccountToken": true,
     }))
     .unwrap_or_default();
@@ -245,6 +245,27 @@ pub(crate) async fn create_mover(
         &format!("ServiceAccount {ns}/{name}"),
     )
     .await?;
+    create_granted(ctx, pod, &name, writes, reads).await
+}
+
+/// Creates `pod`, which runs as ServiceAccount `account` of its namespace,
+/// after a Role and RoleBinding (named as the pod, labelled as it) that
+/// grant that account what [`create_mover`] grants a mover's own: the
+/// status of `writes`, the Secrets `reads` names. [`revoke`] deletes them.
+pub(crate) async fn create_granted(
+    ctx: &Ctx,
+    pod: &Pod,
+    account: &str,
+    writes: &StatusOf,
+    reads: &SecretsOf,
+) -> Result<(), Error> {
+    let ns = pod.namespace().unwrap_or_default();
+    let name = pod.name_any();
+    let tns = writes.namespace.as_str();
+    let owners = |in_ns: &str| -> Vec<&OwnerReference> {
+        writes.owner.iter().filter(|_| in_ns == tns).collect()
+    };
+    let meta = |in_ns: &str| json!({"name": name, "namespace": in_ns, "labels": pod.labels(), "ownerReferences": owners(in_ns)});
     let rules = mover_rules(writes, reads);
     // Where its Roles are, for whoever deletes it without its run.
     let mut pod = pod.clone();
@@ -257,7 +278,7 @@ pub(crate) async fn create_mover(
         let binding: RoleBinding = serde_json::from_value(json!({
             "metadata": meta(&rns),
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}],
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": ns}],
         }))
         .unwrap_or_default();
         let roles = Api::namespaced(ctx.client.clone(), &rns);
@@ -366,13 +387,20 @@ pub(crate) async fn delete_account(
         }
         Err(e) => return Err(kube_err(format!("reading {what}"))(e)),
     }
+    revoke(ctx, name, role_ns).await?;
+    delete(&accounts, name, &what).await
+}
+
+/// Deletes the Roles and RoleBindings `name` in `role_ns` that
+/// [`create_granted`] made.
+pub(crate) async fn revoke(ctx: &Ctx, name: &str, role_ns: &[String]) -> Result<(), Error> {
     for rns in role_ns {
         let bindings: Api<RoleBinding> = Api::namespaced(ctx.client.clone(), rns);
         delete(&bindings, name, &format!("RoleBinding {rns}/{name}")).await?;
         let roles: Api<Role> = Api::namespaced(ctx.client.clone(), rns);
         delete(&roles, name, &format!("Role {rns}/{name}")).await?;
     }
-    delete(&accounts, name, &what).await
+    Ok(())
 }
 
 /// How long after `--terminating-limit` a pod still Terminating is looked
