@@ -11,7 +11,10 @@
 //!   default exclusions, the include/exclude lists);
 //! - [`clean`]: an object as it is restored: what belonged to the old
 //!   cluster removed, the namespace mapped, storage classes mapped;
-//! - [`order`]: the order objects are created in on restore.
+//! - [`order`]: the order objects are created in on restore;
+//! - `read` (feature `engine`, the one module with I/O): an application
+//!   snapshot's objects read from a repository, each checked against its
+//!   path.
 //!
 //! Objects are `serde_json::Value`s: this crate knows Kubernetes' object
 //! conventions, not its types, so custom resources are handled as any
@@ -20,6 +23,8 @@
 pub mod clean;
 pub mod layout;
 pub mod order;
+#[cfg(feature = "engine")]
+pub mod read;
 pub mod select;
 
 /// An API resource as discovery lists it.

@@ -5,19 +5,13 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::PathBuf;
 
 use coffer_application::clean::{clean, not_restored, repoint_owners, CleanOptions};
-use coffer_application::layout::{ObjectPath, Scope, MANIFEST, OBJECTS};
-use coffer_engine::trees::{self, Step, Walk};
+use coffer_application::layout::ObjectPath;
 use serde_json::Value;
 
 use crate::cli::{Global, K8sCommand, ManifestsArgs};
 use crate::exit;
-
-/// The largest object file read: the API server's own limit is about
-/// 1.5 MiB per object.
-const MAX_OBJECT_BYTES: u64 = 8 << 20;
 
 pub async fn run(g: &Global, c: K8sCommand) -> anyhow::Result<i32> {
     match c {
@@ -40,93 +34,27 @@ async fn manifests(g: &Global, a: ManifestsArgs) -> anyhow::Result<i32> {
     let index = repo.load_index().await?;
     let (id, snap) = repo.find_snapshot(&a.snapshot).await?;
     let short = id.short();
-    let not_app = || {
-        anyhow::anyhow!(
-            "snapshot {short} is not an application backup: it has no /{OBJECTS} directory (SPEC.md §16)"
-        )
-    };
-    let objects = trees::lookup(&repo, &index, &snap.root, format!("/{OBJECTS}").as_bytes())
-        .await?
-        .ok_or_else(not_app)?;
-    let manifest: Value =
-        match trees::lookup(&repo, &index, &snap.root, format!("/{MANIFEST}").as_bytes()).await? {
-            Some(n) => {
-                let bytes = coffer_engine::dump::read_small_file(
-                    &repo,
-                    &index,
-                    &n,
-                    MAX_OBJECT_BYTES,
-                    MANIFEST,
-                )
-                .await?;
-                serde_json::from_slice(&bytes).map_err(|e| {
-                    anyhow::anyhow!("snapshot {short}: /{MANIFEST} is not JSON: {e}")
-                })?
-            }
-            None => Value::Null,
-        };
+    let app = coffer_application::read::read(&repo, &index, &snap, &short)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
     let namespace = a
         .namespace
         .clone()
-        .or_else(|| manifest["namespace"].as_str().map(str::to_string))
-        .or_else(|| snap.origin.as_ref().and_then(|o| o.namespace.clone()))
+        .or_else(|| app.namespace.clone())
         .ok_or_else(|| {
             anyhow::anyhow!(
                 "snapshot {short} does not say which namespace it was taken in: give --namespace"
             )
         })?;
-    let from_namespace = manifest["namespace"]
-        .as_str()
-        .map(str::to_string)
-        .or_else(|| snap.origin.as_ref().and_then(|o| o.namespace.clone()));
     let opts = CleanOptions {
         namespace,
-        from_namespace,
+        from_namespace: app.namespace.clone(),
         storage_classes: classes,
     };
     let mut found: Vec<(ObjectPath, Value)> = Vec::new();
-    let mut walk = Walk::new(&repo, &index, PathBuf::from(OBJECTS), objects);
-    while let Some(step) = walk.next().await? {
-        let Step::Leaf(entry) = step else {
-            continue;
-        };
-        let path = entry.path.to_string_lossy().to_string();
-        let place =
-            ObjectPath::parse(&path).map_err(|e| anyhow::anyhow!("snapshot {short}: {e}"))?;
-        if place.scope != Scope::Namespaced {
-            continue;
-        }
-        let bytes = coffer_engine::dump::read_small_file(
-            &repo,
-            &index,
-            &entry.node,
-            MAX_OBJECT_BYTES,
-            &path,
-        )
-        .await?;
-        let o: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| anyhow::anyhow!("snapshot {short}: {path} is not JSON: {e}"))?;
-        let says = (
-            o["apiVersion"].as_str().unwrap_or_default(),
-            o["kind"].as_str().unwrap_or_default(),
-            o["metadata"]["name"].as_str().unwrap_or_default(),
-        );
-        if says
-            != (
-                place.api_version().as_str(),
-                place.kind.as_str(),
-                place.name.as_str(),
-            )
-        {
-            anyhow::bail!(
-                "snapshot {short}: {path} holds {} {} {:?}, not the object its path names",
-                says.0,
-                says.1,
-                says.2
-            );
-        }
+    for (place, o) in app.objects {
         if let Some(why) = not_restored(&place.kind, &o) {
-            eprintln!("left out {path}: {why}");
+            eprintln!("left out {}: {why}", place.path());
             continue;
         }
         let mut c = clean(&place.kind, &o, &opts);

@@ -1,0 +1,129 @@
+//! An application snapshot's objects, read from a repository (feature
+//! `engine`). The repository is hostile: every path is checked
+//! ([`ObjectPath::parse`]), every file is bounded in size, and a file that
+//! holds another object than its path names is refused, naming it.
+
+use std::path::PathBuf;
+
+use coffer_engine::format::snapshot::Snapshot;
+use coffer_engine::trees::{self, Step, Walk};
+use coffer_engine::{Index, Repository};
+use serde_json::Value;
+
+use crate::layout::{ObjectPath, Scope, MANIFEST, OBJECTS};
+
+/// The largest object file read: the API server's own limit is about
+/// 1.5 MiB per object.
+pub const MAX_OBJECT_BYTES: u64 = 8 << 20;
+
+/// An application snapshot's namespaced objects, as captured.
+#[derive(Debug, Default)]
+pub struct Application {
+    /// `application.json` (`Null` when the snapshot has none).
+    pub manifest: Value,
+    /// The namespace it was captured in: `application.json`'s, else the
+    /// snapshot's origin's.
+    pub namespace: Option<String>,
+    /// Each object under `objects/`, with its place, in tree order.
+    pub objects: Vec<(ObjectPath, Value)>,
+}
+
+impl Application {
+    /// The claims whose data the backup wrote, with their snapshots
+    /// (`application.json`'s `volumes`; malformed entries are skipped).
+    pub fn volumes(&self) -> Vec<(String, String)> {
+        self.manifest["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| {
+                let pvc = v["pvc"].as_str().filter(|p| !p.is_empty())?;
+                let snap = v["snapshot"]
+                    .as_str()
+                    .filter(|s| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()))?;
+                Some((pvc.to_string(), snap.to_string()))
+            })
+            .collect()
+    }
+}
+
+/// Reads snapshot `snap` (`short`, its id for messages) as an application
+/// snapshot: an error when it has no `objects/` directory, when a path is
+/// outside SPEC.md §16's layout, or when a file is too large, is not JSON,
+/// or holds another object than its path names.
+pub async fn read(
+    repo: &Repository,
+    index: &Index,
+    snap: &Snapshot,
+    short: &str,
+) -> Result<Application, String> {
+    let objects = trees::lookup(repo, index, &snap.root, format!("/{OBJECTS}").as_bytes())
+        .await
+        .map_err(|e| format!("snapshot {short}: {e}"))?
+        .ok_or_else(|| {
+            format!("snapshot {short} is not an application backup: it has no /{OBJECTS} directory (SPEC.md §16)")
+        })?;
+    let manifest = match trees::lookup(repo, index, &snap.root, format!("/{MANIFEST}").as_bytes())
+        .await
+        .map_err(|e| format!("snapshot {short}: {e}"))?
+    {
+        Some(n) => {
+            let bytes =
+                coffer_engine::dump::read_small_file(repo, index, &n, MAX_OBJECT_BYTES, MANIFEST)
+                    .await
+                    .map_err(|e| format!("snapshot {short}: {e}"))?;
+            serde_json::from_slice(&bytes)
+                .map_err(|e| format!("snapshot {short}: /{MANIFEST} is not JSON: {e}"))?
+        }
+        None => Value::Null,
+    };
+    let namespace = manifest["namespace"]
+        .as_str()
+        .map(str::to_string)
+        .or_else(|| snap.origin.as_ref().and_then(|o| o.namespace.clone()));
+    let mut found = Vec::new();
+    let mut walk = Walk::new(repo, index, PathBuf::from(OBJECTS), objects);
+    while let Some(step) = walk
+        .next()
+        .await
+        .map_err(|e| format!("snapshot {short}: {e}"))?
+    {
+        let Step::Leaf(entry) = step else {
+            continue;
+        };
+        let path = entry.path.to_string_lossy().to_string();
+        let place = ObjectPath::parse(&path).map_err(|e| format!("snapshot {short}: {e}"))?;
+        if place.scope != Scope::Namespaced {
+            continue;
+        }
+        let bytes =
+            coffer_engine::dump::read_small_file(repo, index, &entry.node, MAX_OBJECT_BYTES, &path)
+                .await
+                .map_err(|e| format!("snapshot {short}: {e}"))?;
+        let o: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| format!("snapshot {short}: {path} is not JSON: {e}"))?;
+        let says = (
+            o["apiVersion"].as_str().unwrap_or_default(),
+            o["kind"].as_str().unwrap_or_default(),
+            o["metadata"]["name"].as_str().unwrap_or_default(),
+        );
+        if says
+            != (
+                place.api_version().as_str(),
+                place.kind.as_str(),
+                place.name.as_str(),
+            )
+        {
+            return Err(format!(
+                "snapshot {short}: {path} holds {} {} {:?}, not the object its path names",
+                says.0, says.1, says.2
+            ));
+        }
+        found.push((place, o));
+    }
+    Ok(Application {
+        manifest,
+        namespace,
+        objects: found,
+    })
+}
