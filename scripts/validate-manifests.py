@@ -53,7 +53,9 @@ EXPECTED_RULES = {
 EXPECTED_CONTROLLER_RULES = {
     ("coffer.dev", "volumebackups"): {"get", "list", "watch", "patch", "create", "delete"},
     ("coffer.dev", "volumerestores"): {"get", "list", "watch", "patch", "create", "delete"},
-    ("coffer.dev", "restoresources"): {"get"},
+    ("coffer.dev", "restoresources"): {"get", "create"},
+    ("coffer.dev", "applicationrestores"): {"get", "list", "watch", "patch", "delete"},
+    ("coffer.dev", "applicationrestores/status"): {"get", "patch"},
     ("coffer.dev", "applicationbackups"): {"get", "list", "watch", "patch", "delete"},
     ("coffer.dev", "applicationbackups/status"): {"get", "patch"},
     ("coffer.dev", "backupschedules"): {"get", "list", "watch"},
@@ -723,6 +725,8 @@ def cmd_examples():
               f"{kn(d)} restores {d['spec']['snapshot'].get('pvc')}, not one of the StatefulSet's claims {sorted(claims)}", p)
         check(d["spec"].get("repository", "default") in repos, f"{kn(d)} names a repository no example makes", p)
     check(sched["spec"].get("repository", "default") in repos, "the schedule names a repository no example makes", p)
+    for d in docs["application-restore.yaml"]:
+        check(d["spec"].get("repository", "default") in repos, f"{kn(d)} names a repository no example makes", p)
     for d in docs["application-backup.yaml"]:
         if d["kind"] == "ApplicationBackup":
             check(d["spec"].get("repository", "default") in repos, f"{kn(d)} names a repository no example makes", p)

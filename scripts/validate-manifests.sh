@@ -276,9 +276,10 @@ EOF
             printf 'apiVersion: v1\nkind: Namespace\nmetadata: {name: team-a}\n' |
                 k apply --server-side -f -
             k apply --server-side -n team-a -f deploy/examples/repository.yaml -f deploy/examples/restore.yaml \
-                -f deploy/examples/schedule.yaml -f deploy/examples/pod.yaml -f deploy/examples/application-backup.yaml
+                -f deploy/examples/schedule.yaml -f deploy/examples/pod.yaml -f deploy/examples/application-backup.yaml \
+                -f deploy/examples/application-restore.yaml
             k get -n team-a backuprepository/default volumerestore/db-0-data backupschedule/pg-nightly statefulset/db \
-                applicationbackup/shop
+                applicationbackup/shop applicationrestore/shop
         }
         check "fake API server: the coffer.dev examples" examples_apply
     fi

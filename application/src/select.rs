@@ -37,6 +37,10 @@ pub const RECREATING_OWNERS: &[(&str, &str)] = &[
     ("Job", "CronJob"),
 ];
 
+/// The label of what coffer's controller makes for a run (mover, capture
+/// and restore pods, their Roles): never part of an application.
+pub const MADE_BY_COFFER: (&str, &str) = ("app.kubernetes.io/managed-by", "coffer-controller");
+
 /// The include and exclude lists of an ApplicationBackup or restore.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Selection {
@@ -73,9 +77,15 @@ impl Selection {
         !DEFAULT_EXCLUDED.contains(&r.qualified().as_str())
     }
 
-    /// Whether object `o` (of kind `kind`) is kept: not one that its
-    /// controlling owner recreates, unless asked for.
+    /// Whether object `o` (of kind `kind`) is kept: not one that coffer
+    /// made for a run (labelled [`MADE_BY_COFFER`]: a capture or restore pod
+    /// and its Role), and not one that its controlling owner recreates,
+    /// unless asked for.
     pub fn keeps(&self, kind: &str, o: &Value) -> bool {
+        let (label, value) = MADE_BY_COFFER;
+        if o["metadata"]["labels"][label].as_str() == Some(value) {
+            return false;
+        }
         if self.include_recreated {
             return true;
         }
@@ -108,6 +118,18 @@ mod tests {
                 .map(String::from)
                 .to_vec(),
         }
+    }
+
+    #[test]
+    fn what_coffer_made_for_a_run_is_never_kept() {
+        let pod = json!({"metadata": {"name": "coffer-capture-shop",
+            "labels": {"app.kubernetes.io/managed-by": "coffer-controller"}}});
+        let all = Selection {
+            include_recreated: true,
+            ..Default::default()
+        };
+        assert!(!all.keeps("Pod", &pod));
+        assert!(all.keeps("Pod", &json!({"metadata": {"name": "web"}})));
     }
 
     #[test]

@@ -780,6 +780,152 @@ pub struct SkippedResource {
     pub reason: String,
 }
 
+/// The ServiceAccount an application restore creates objects as, when it
+/// names none: the namespace's owner creates it and binds it to `edit` (or
+/// `admin`, to restore Roles and RoleBindings).
+pub const DEFAULT_RESTORE_ACCOUNT: &str = "coffer-restore";
+
+fn default_restore_account() -> String {
+    DEFAULT_RESTORE_ACCOUNT.to_string()
+}
+
+/// Object results listed in an ApplicationRestore's status.
+pub const MAX_RESULTS: usize = 200;
+
+/// A restore of an application backup into this namespace: its objects,
+/// cleaned of the old cluster, created in dependency order with the rights
+/// of spec.serviceAccountName, its claims filled with their data first.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "coffer.dev",
+    version = "v1alpha1",
+    kind = "ApplicationRestore",
+    namespaced,
+    doc = "Restores an application backup into this namespace: from an ApplicationBackup of this namespace by name, or from the repository alone by origin (cluster, namespace, asOf) or id. Claims are created filled with their data (a RestoreSource each) before the workloads; every object's result is in the status.",
+    category = "coffer",
+    status = "ApplicationRestoreStatus",
+    shortname = "appr",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Created","type":"integer","jsonPath":".status.objects.counts.Created"}"#,
+    printcolumn = r#"{"name":"Failed","type":"integer","jsonPath":".status.objects.counts.Failed"}"#,
+    printcolumn = r#"{"name":"Snapshot","type":"string","jsonPath":".status.snapshotID"}"#,
+    printcolumn = r#"{"name":"Duration","type":"string","jsonPath":".status.duration"}"#,
+    printcolumn = r#"{"name":"Message","type":"string","jsonPath":".status.message","priority":1}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "has(self.backup) != has(self.snapshot)",
+     "message": "name the backup to restore: spec.backup (an ApplicationBackup of this namespace) or spec.snapshot (an id, or an origin's cluster and namespace), not both"},
+    {"rule": "self == oldSelf || (self.cancel && !oldSelf.cancel)",
+     "message": "an ApplicationRestore cannot change once made, apart from spec.cancel; create a new one"}
+]))]
+pub struct ApplicationRestoreSpec {
+    /// An ApplicationBackup of this namespace, by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<String>,
+    /// Or from the repository alone: a snapshot id, or the latest
+    /// application backup of an origin (`cluster`, `namespace`, `asOf`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotSource>,
+    /// The BackupRepository, in this namespace.
+    #[serde(default = "default_repository")]
+    pub repository: String,
+    /// The ServiceAccount of this namespace that creates the objects: what
+    /// it may not create is reported per object.
+    #[serde(default = "default_restore_account")]
+    #[schemars(length(min = 1, max = 253))]
+    pub service_account_name: String,
+    /// Only these resources (`plural.group`, `plural` or the kind).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub included_resources: Vec<String>,
+    /// Not these resources (same spelling).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded_resources: Vec<String>,
+    /// Only objects with these labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<Selector>,
+    /// What an object that already exists gets: `None` (left alone and
+    /// reported, the default) or `Update` (replaced by the backed-up one).
+    #[serde(default)]
+    pub existing_resource_policy: ExistingResourcePolicy,
+    /// Storage classes renamed on the restored claims (old: new).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub storage_class_mapping: BTreeMap<String, String>,
+    /// Fill the claims with their backed-up data (the default); `false`
+    /// creates them empty.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub volume_data: bool,
+    /// Set to true to stop the restore; it ends Canceled.
+    #[serde(default)]
+    pub cancel: bool,
+}
+
+/// What an application restore does with an object that already exists.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ExistingResourcePolicy {
+    /// Left as it is, and reported as `Existing`.
+    #[default]
+    None,
+    /// Replaced by the backed-up object (what the cluster assigned stays).
+    Update,
+}
+
+/// The status of an ApplicationRestore.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplicationRestoreStatus {
+    /// Where it stands, as for every run (`snapshotID`: the snapshot read).
+    #[serde(flatten)]
+    pub run: RunStatus,
+    /// The namespace the backup was taken in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_namespace: Option<String>,
+    /// What became of the objects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objects: Option<RestoredObjects>,
+    /// The claims filled with their data.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<RestoredVolume>,
+}
+
+/// What became of an application restore's objects.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct RestoredObjects {
+    /// Objects by result: `Created`, `Existing`, `Updated`, `Skipped`,
+    /// `Failed`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "counts_schema")]
+    pub counts: BTreeMap<String, u64>,
+    /// Each object's result, in creation order (the first [`MAX_RESULTS`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub results: Vec<ObjectResult>,
+}
+
+/// One object of an application restore.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct ObjectResult {
+    /// Its kind (`Deployment.apps`).
+    pub kind: String,
+    /// Its name.
+    pub name: String,
+    /// `Created`, `Existing`, `Updated`, `Skipped` or `Failed`.
+    pub result: String,
+    /// Why, in the API server's words where it refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// A claim an application restore filled.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct RestoredVolume {
+    /// The claim.
+    pub pvc: String,
+    /// The snapshot of its data.
+    #[serde(rename = "snapshotID")]
+    pub snapshot_id: String,
+}
+
 /// Where a run stands.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
 pub enum Phase {
@@ -1221,6 +1367,7 @@ pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
         BackupSchedule::crd(),
         RestoreSource::crd(),
         ApplicationBackup::crd(),
+        ApplicationRestore::crd(),
     ] {
         out.push_str("---\n");
         out.push_str(&serde_yaml::to_string(&crd)?);

@@ -368,6 +368,46 @@ async fn run_mover(m: MoverArgs) -> anyhow::Result<bool> {
                 }
             }
         }
+        MoverArgs::RestoreApplication(a) => {
+            let job = mover::apply::ApplyJob {
+                namespace: a.common.namespace.clone(),
+                restore: a.common.run.clone(),
+                restore_uid: a.restore_uid,
+                repo: a.common.repo(),
+                source: a.snapshot,
+                selection: coffer_application::select::Selection {
+                    include: a.include,
+                    exclude: a.exclude,
+                    // Recreated objects are not captured unless asked; those
+                    // that were are restored.
+                    include_recreated: true,
+                },
+                match_labels: a.labels.into_iter().collect(),
+                existing: if a.update_existing {
+                    mover::apply::Existing::Update
+                } else {
+                    mover::apply::Existing::None
+                },
+                storage_classes: a.storage_classes.into_iter().collect(),
+                volume_data: !a.no_volume_data,
+                bind_timeout: a.bind_timeout,
+            };
+            let client = client().await?;
+            let done = match mover::apply::apply(&client, &job, &cancel).await {
+                Ok(done) => done,
+                Err(e) => {
+                    tracing::error!(namespace = job.namespace, restore = job.restore, "{e}");
+                    return Ok(false);
+                }
+            };
+            match mover::apply::report(&client, &job, &done).await {
+                Ok(()) => Ok(true),
+                Err(e) => {
+                    tracing::error!(namespace = job.namespace, restore = job.restore, "{e}");
+                    Ok(false)
+                }
+            }
+        }
         MoverArgs::Forget(a) => {
             let job = mover::ForgetJob {
                 namespace: a.common.namespace.clone(),

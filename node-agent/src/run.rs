@@ -1,5 +1,5 @@
 //! What every run is: a namespaced object (VolumeBackup, VolumeRestore,
-//! ApplicationBackup) whose status is (or flattens) a [`RunStatus`]. The
+//! ApplicationBackup, ApplicationRestore) whose status is (or flattens) a [`RunStatus`]. The
 //! node agent, the controller and the mover all handle runs through this one
 //! trait.
 
@@ -38,6 +38,13 @@ impl RunObject for crate::crd::VolumeRestore {
 
 impl RunObject for crate::crd::ApplicationBackup {
     const ACTION: &'static str = "Backup";
+    fn run_status(&self) -> Option<&RunStatus> {
+        self.status.as_ref().map(|s| &s.run)
+    }
+}
+
+impl RunObject for crate::crd::ApplicationRestore {
+    const ACTION: &'static str = "Restore";
     fn run_status(&self) -> Option<&RunStatus> {
         self.status.as_ref().map(|s| &s.run)
     }

@@ -16,6 +16,35 @@ pub async fn find_snapshot(
     namespace: &str,
     repository: &str,
 ) -> Result<(String, Snapshot), String> {
+    find(repo, src, namespace, repository, None).await
+}
+
+/// The application backup `src` names: by id or prefix, or the latest
+/// application snapshot (tag `coffer.dev/application=…`) of its origin's
+/// cluster and namespace, at or before `asOf` when given.
+pub async fn find_application_snapshot(
+    repo: &Repository,
+    src: &SnapshotSource,
+    namespace: &str,
+    repository: &str,
+) -> Result<(String, Snapshot), String> {
+    find(
+        repo,
+        src,
+        namespace,
+        repository,
+        Some("coffer.dev/application="),
+    )
+    .await
+}
+
+async fn find(
+    repo: &Repository,
+    src: &SnapshotSource,
+    namespace: &str,
+    repository: &str,
+    tag_prefix: Option<&str>,
+) -> Result<(String, Snapshot), String> {
     if let (Some(_), Some(_)) = (&src.id, &src.as_of) {
         return Err(
             "spec.snapshot gives both id and asOf: an id names one snapshot; give asOf with an origin instead"
@@ -29,7 +58,7 @@ pub async fn find_snapshot(
             .map(|(id, s)| (id.to_hex(), s))
             .map_err(|e| format!("BackupRepository {namespace}/{repository}: {e}"));
     }
-    if src.pvc.is_none() && src.owner.is_none() && src.volume.is_none() {
+    if tag_prefix.is_none() && src.pvc.is_none() && src.owner.is_none() && src.volume.is_none() {
         return Err(
             "spec.snapshot names no snapshot: give an id, or an origin (pvc, or owner and volume)"
                 .into(),
@@ -58,6 +87,9 @@ pub async fn find_snapshot(
         .await
         .map_err(|e| format!("BackupRepository {namespace}/{repository}: {e}"))?;
     all.retain(|(_, s)| filter.matches(s));
+    if let Some(prefix) = tag_prefix {
+        all.retain(|(_, s)| s.tags.iter().any(|t| t.starts_with(prefix)));
+    }
     let Some(as_of) = as_of else {
         return all.pop().map(|(id, s)| (id.to_hex(), s)).ok_or_else(|| {
             format!("no snapshot in BackupRepository {namespace}/{repository} matches {filter:?}")

@@ -24,10 +24,11 @@ fn deploy_crds_match_the_rust_types() {
         "BackupSchedule",
         "RestoreSource",
         "ApplicationBackup",
+        "ApplicationRestore",
     ] {
         assert!(generated.contains(&format!("kind: {kind}\n")), "{kind}");
     }
-    assert_eq!(generated.matches("scope: Namespaced").count(), 6);
+    assert_eq!(generated.matches("scope: Namespaced").count(), 7);
 }
 
 /// Every integer a tenant could write has bounds in the schema, so the API

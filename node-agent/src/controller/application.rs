@@ -33,6 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
@@ -43,14 +44,12 @@ use crate::crd::{
     RunStatus, VolumeBackup,
 };
 
-use crate::api::{create, delete_present, kube_err, Error};
+use crate::api::{create, kube_err, Error};
 use crate::controller::context::Ctx;
-use crate::controller::lifecycle::{self, fail, ControllerRun, Triage};
+use crate::controller::lifecycle::{self, ControllerRun, Triage};
 use crate::controller::movers::pod::local_repository_dir;
-use crate::controller::movers::{
-    common_args, create_granted, mover_state, revoke, role_namespaces, roles_of, MoverState,
-    SecretsOf, StatusOf,
-};
+use crate::controller::movers::{common_args, create_granted, SecretsOf, StatusOf};
+use crate::controller::tenant_pods::{self, Followed};
 use crate::mover::args::{CaptureArgs, MoverArgs};
 use crate::mover::capture::application_tag;
 use crate::names::{label_value, managed_by, object_name};
@@ -59,6 +58,10 @@ use crate::run::Stage;
 /// The label on what an application backup makes (its VolumeBackups, its
 /// capture pod and that pod's Role): the backup's name.
 pub const APPLICATION_LABEL: &str = "coffer.dev/applicationbackup";
+
+/// The label on what an application restore makes (its pod, Role and
+/// RoleBinding, and RestoreSources): the restore's name.
+pub const RESTORE_LABEL: &str = "coffer.dev/applicationrestore";
 
 /// Where the capture pod writes the objects before they are backed up: a
 /// memory-backed emptyDir, so that Secrets never reach the node's disk.
@@ -133,21 +136,7 @@ impl ControllerRun for ApplicationBackup {
                 }
             }
         }
-        let name = capture_pod_name(self);
-        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-        let role_ns = match pods
-            .get_opt(&name)
-            .await
-            .map_err(kube_err(format!("reading pod {ns}/{name}")))?
-        {
-            Some(pod) => roles_of(&pod, &ns),
-            None => role_namespaces(&ns, &ns),
-        };
-        if delete_present(&pods, &name, &format!("capture pod {ns}/{name}")).await? {
-            return Ok(false);
-        }
-        revoke(ctx, &name, &role_ns).await?;
-        Ok(true)
+        tenant_pods::remove(ctx, &ns, &capture_pod_name(self)).await
     }
 }
 
@@ -415,38 +404,55 @@ async fn wait_volumes(
     Ok(Action::requeue(Duration::ZERO))
 }
 
-/// The capture pod: `coffer-agent mover capture` as the tenant's account,
-/// unprivileged (Pod Security `restricted`: non-root, no capability, no
-/// privilege escalation, the runtime's seccomp profile, a read-only root),
-/// its work directory in memory. Only a repository in a node's directory
-/// adds a hostPath volume, which `restricted` refuses: use an object store
-/// for application backups in such namespaces.
-pub fn capture_pod(
-    ab: &ApplicationBackup,
-    image: &str,
-    pull_secrets: &[String],
-    memory: &str,
-    args: Vec<String>,
-    repository_dir: Option<&str>,
-) -> Pod {
+/// A pod of coffer's in a tenant's namespace, as the tenant's account
+/// `account`: unprivileged (Pod Security `restricted`: non-root, no
+/// capability, no privilege escalation, the runtime's seccomp profile, a
+/// read-only root), its work directory in memory. Only a repository in a
+/// node's directory adds a hostPath volume, which `restricted` refuses: use
+/// an object store for application backups in such namespaces.
+pub struct TenantPod<'a> {
+    /// Its name.
+    pub name: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// Its owner (the run it works for).
+    pub owner: Option<OwnerReference>,
+    /// The tenant's ServiceAccount it runs as.
+    pub account: &'a str,
+    /// The image holding `coffer-agent`.
+    pub image: &'a str,
+    /// The Secrets the image is pulled with.
+    pub pull_secrets: &'a [String],
+    /// Memory limit.
+    pub memory: &'a str,
+    /// `coffer-agent` arguments.
+    pub args: Vec<String>,
+    /// A local repository's directory, mounted from the node.
+    pub repository_dir: Option<&'a str>,
+}
+
+/// The pod [`TenantPod`] describes.
+pub fn tenant_pod(t: &TenantPod) -> Pod {
     let mut volumes = vec![json!({"name": "work", "emptyDir": {"medium": "Memory"}})];
     let mut mounts = vec![json!({"name": "work", "mountPath": CAPTURE_DIR})];
-    if let Some(dir) = repository_dir {
+    if let Some(dir) = t.repository_dir {
         volumes.push(json!({"name": "repository", "hostPath": {"path": dir, "type": "Directory"}}));
         mounts.push(json!({"name": "repository", "mountPath": dir}));
     }
     serde_json::from_value(json!({
         "metadata": {
-            "name": capture_pod_name(ab),
-            "namespace": ab.namespace(),
-            "labels": labels(ab),
-            "ownerReferences": ab.controller_owner_ref(&()).into_iter().collect::<Vec<_>>(),
+            "name": t.name,
+            "namespace": t.namespace,
+            "labels": t.labels,
+            "ownerReferences": t.owner.iter().collect::<Vec<_>>(),
         },
         "spec": {
             "restartPolicy": "Never",
-            "serviceAccountName": ab.spec.service_account_name,
+            "serviceAccountName": t.account,
             "automountServiceAccountToken": true,
-            "imagePullSecrets": pull_secrets.iter().map(|n| json!({"name": n})).collect::<Vec<_>>(),
+            "imagePullSecrets": t.pull_secrets.iter().map(|n| json!({"name": n})).collect::<Vec<_>>(),
             "securityContext": {
                 "runAsNonRoot": true,
                 "runAsUser": 65532,
@@ -454,11 +460,11 @@ pub fn capture_pod(
                 "seccompProfile": {"type": "RuntimeDefault"},
             },
             "containers": [{
-                "name": "capture",
-                "image": image,
-                "args": args,
+                "name": "coffer",
+                "image": t.image,
+                "args": t.args,
                 "volumeMounts": mounts,
-                "resources": {"requests": {"memory": "128Mi"}, "limits": {"memory": memory}},
+                "resources": {"requests": {"memory": "128Mi"}, "limits": {"memory": t.memory}},
                 "securityContext": {
                     "allowPrivilegeEscalation": false,
                     "readOnlyRootFilesystem": true,
@@ -470,6 +476,29 @@ pub fn capture_pod(
         }
     }))
     .expect("a pod")
+}
+
+/// The capture pod: `coffer-agent mover capture` as the backup's account.
+pub fn capture_pod(
+    ab: &ApplicationBackup,
+    image: &str,
+    pull_secrets: &[String],
+    memory: &str,
+    args: Vec<String>,
+    repository_dir: Option<&str>,
+) -> Pod {
+    tenant_pod(&TenantPod {
+        name: capture_pod_name(ab),
+        namespace: ab.namespace().unwrap_or_default(),
+        labels: labels(ab),
+        owner: ab.controller_owner_ref(&()),
+        account: &ab.spec.service_account_name,
+        image,
+        pull_secrets,
+        memory,
+        args,
+        repository_dir,
+    })
 }
 
 /// Step 3: the capture pod, made once, followed to its end; then the end.
@@ -522,47 +551,28 @@ async fn capture(
             &ab.spec.service_account_name,
             &StatusOf::of(ab),
             &SecretsOf::of(&[&repo]),
+            Vec::new(),
         )
         .await?;
         return Ok(Action::await_change());
     };
-    let why = match mover_state(ctx, &pod).await {
-        MoverState::Running(again) => {
-            return Ok(again.map_or_else(Action::await_change, Action::requeue))
+    let account = &ab.spec.service_account_name;
+    match tenant_pods::follow(ctx, ab, &pod, account, "read what is captured").await? {
+        Followed::Done(action) => Ok(action),
+        // The capture writes its result before it exits.
+        Followed::Exited if fresh(ctx, ab).await?.run.snapshot_id.is_some() => {
+            conclude(ctx, ab).await
         }
-        MoverState::Stuck(why) | MoverState::Exited(Some(why)) => why,
-        MoverState::Exited(None) => {
-            // The capture writes its result before it exits.
-            if fresh(ctx, ab).await?.run.snapshot_id.is_some() {
-                return conclude(ctx, ab).await;
-            }
-            format!("capture pod {ns}/{name} exited without writing its result")
-        }
-    };
-    let why = if why.contains("forbidden") || why.contains("not found") {
-        format!(
-            "{why} (the capture runs as ServiceAccount {ns}/{}: check that it exists and that it may read what is captured)",
-            ab.spec.service_account_name
-        )
-    } else {
-        why
-    };
-    fail(ctx, ab, why).await?;
-    Ok(Action::await_change())
+        Followed::Exited => tenant_pods::exited_silently(ctx, ab, &name).await,
+    }
 }
 
 /// Its status as the API server has it now.
 async fn fresh(ctx: &Ctx, ab: &ApplicationBackup) -> Result<ApplicationBackupStatus, Error> {
-    let ns = ab.namespace().unwrap_or_default();
-    let name = ab.name_any();
-    Ok(
-        Api::<ApplicationBackup>::namespaced(ctx.client.clone(), &ns)
-            .get_status(&name)
-            .await
-            .map_err(kube_err(format!("reading ApplicationBackup {ns}/{name}")))?
-            .status
-            .unwrap_or_default(),
-    )
+    Ok(tenant_pods::fresh(ctx, ab)
+        .await?
+        .status
+        .unwrap_or_default())
 }
 
 /// How a backup whose capture wrote its snapshot ended: Completed, or

@@ -9,7 +9,9 @@
 //! - [`schedules`]: BackupSchedules (runs on time, retention);
 //! - [`maintenance`]: the prune, check and copy of each BackupRepository;
 //! - [`application`]: ApplicationBackups (a VolumeBackup per claim, then a
-//!   capture pod in the namespace, as the tenant's account).
+//!   capture pod in the namespace, as the tenant's account);
+//! - [`application_restore`]: ApplicationRestores (a restore pod in the
+//!   namespace, as the tenant's account).
 //!
 //! What they share sits beside them: `context` (settings, the context of
 //! a reconcile, the error policy), `lifecycle` (the finalizer, the end of
@@ -27,6 +29,7 @@
 //! cluster alone, and a start-up sweep removes what a deleted run left.
 
 pub mod application;
+pub mod application_restore;
 pub(crate) mod backup;
 pub mod claims;
 pub(crate) mod context;
@@ -37,6 +40,7 @@ pub mod movers;
 pub mod populator;
 pub mod restore;
 pub mod schedules;
+pub(crate) mod tenant_pods;
 pub(crate) mod volumes;
 
 pub use context::Options;
@@ -52,7 +56,8 @@ use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 
 use crate::crd::{
-    ApplicationBackup, BackupRepository, BackupSchedule, VolumeBackup, VolumeRestore,
+    ApplicationBackup, ApplicationRestore, BackupRepository, BackupSchedule, VolumeBackup,
+    VolumeRestore,
 };
 use crate::lenient::Lenient;
 use crate::metrics::Metrics;
@@ -233,6 +238,20 @@ pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) -> anyhow
         ctx.clone(),
     )
     .for_each(log_error);
+    let app_restores = Controller::new(
+        Api::<Lenient<ApplicationRestore>>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(
+        Api::<Lenient<Pod>>::all(client.clone()),
+        watcher::Config::default().labels(application::RESTORE_LABEL),
+    )
+    .run(
+        parsed(application_restore::reconcile),
+        parsed_policy(retry_policy),
+        ctx.clone(),
+    )
+    .for_each(log_error);
     let gauges = schedules::forget_deleted(client.clone(), ctx);
     let lost = async {
         loop {
@@ -242,10 +261,11 @@ pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) -> anyhow
         }
     };
     tokio::select! {
-        _ = futures::future::join3(
+        _ = futures::future::join4(
             futures::future::join5(backups, restores, schedules, maintenance, gauges),
             populator,
             applications,
+            app_restores,
         ) => anyhow::bail!("the controller's watches ended"),
         _ = lost => {
             lease_task.abort();

@@ -33,6 +33,43 @@ pub enum MoverArgs {
     Copy(Box<CopyArgs>),
     /// Capture a namespace's objects, with this pod's account's rights, into an application snapshot (SPEC.md §16); write what was captured into the ApplicationBackup's status
     Capture(Box<CaptureArgs>),
+    /// Restore an application snapshot's objects into the namespace, with this pod's account's rights; write each object's result into the ApplicationRestore's status
+    RestoreApplication(Box<RestoreApplicationArgs>),
+}
+
+/// `mover restore-application`.
+#[derive(clap::Args, Clone, Debug, PartialEq)]
+pub struct RestoreApplicationArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: MoverCommon,
+    /// The ApplicationRestore's uid (its RestoreSources are owned by it)
+    #[arg(long)]
+    pub restore_uid: String,
+    /// Which snapshot, as JSON (spec.snapshot's fields)
+    #[arg(long, value_parser = json::<SnapshotSource>)]
+    pub snapshot: SnapshotSource,
+    /// Only these resources (repeatable)
+    #[arg(long = "include")]
+    pub include: Vec<String>,
+    /// Not these resources (repeatable)
+    #[arg(long = "exclude")]
+    pub exclude: Vec<String>,
+    /// Only objects with this label (KEY=VALUE, repeatable)
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_pair)]
+    pub labels: Vec<(String, String)>,
+    /// Replace objects that exist (else leave them and report them)
+    #[arg(long)]
+    pub update_existing: bool,
+    /// A storage class renamed (OLD=NEW, repeatable)
+    #[arg(long = "storage-class", value_name = "OLD=NEW", value_parser = parse_pair)]
+    pub storage_classes: Vec<(String, String)>,
+    /// Create the claims empty (not filled with their data)
+    #[arg(long)]
+    pub no_volume_data: bool,
+    /// How long the restored claims may take to be filled and bound
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    pub bind_timeout: std::time::Duration,
 }
 
 /// `mover capture`.
@@ -333,6 +370,7 @@ impl MoverArgs {
             MoverArgs::Check(a) => &a.common,
             MoverArgs::Copy(a) => &a.common,
             MoverArgs::Capture(a) => &a.common,
+            MoverArgs::RestoreApplication(a) => &a.common,
         }
     }
 
@@ -346,6 +384,7 @@ impl MoverArgs {
             MoverArgs::Check(_) => "check",
             MoverArgs::Copy(_) => "copy",
             MoverArgs::Capture(_) => "capture",
+            MoverArgs::RestoreApplication(_) => "restore-application",
         }
     }
 
@@ -425,6 +464,23 @@ impl MoverArgs {
                 a.opt("--cluster", c.cluster.as_ref());
                 a.each("--tag", &c.tags);
                 a.pairs("--volume", &c.volumes);
+            }
+            MoverArgs::RestoreApplication(r) => {
+                a.flag("--restore-uid", &r.restore_uid);
+                a.flag(
+                    "--snapshot",
+                    serde_json::to_string(&r.snapshot).unwrap_or_default(),
+                );
+                a.each("--include", &r.include);
+                a.each("--exclude", &r.exclude);
+                a.pairs("--label", &r.labels);
+                a.switch("--update-existing", r.update_existing);
+                a.pairs("--storage-class", &r.storage_classes);
+                a.switch("--no-volume-data", r.no_volume_data);
+                a.flag(
+                    "--bind-timeout",
+                    humantime::format_duration(r.bind_timeout).to_string(),
+                );
             }
         }
         a.0
@@ -634,6 +690,23 @@ mod tests {
                     ("logs".into(), "cd34".into()),
                 ],
             })),
+            MoverArgs::RestoreApplication(Box::new(RestoreApplicationArgs {
+                common: common(),
+                restore_uid: "u-1".into(),
+                snapshot: SnapshotSource {
+                    cluster: Some("prod".into()),
+                    namespace: Some("shop".into()),
+                    as_of: Some("2026-12-01T00:00:00Z".into()),
+                    ..Default::default()
+                },
+                include: vec!["deployments.apps".into()],
+                exclude: vec!["secrets".into()],
+                labels: vec![("app".into(), "shop".into())],
+                update_existing: true,
+                storage_classes: vec![("gp2".into(), "standard".into())],
+                no_volume_data: true,
+                bind_timeout: std::time::Duration::from_secs(600),
+            })),
         ];
         for m in all {
             let mut back = parse(&m.to_argv());
@@ -647,6 +720,7 @@ mod tests {
                 MoverArgs::Check(x) => &mut x.common.log_format,
                 MoverArgs::Copy(x) => &mut x.common.log_format,
                 MoverArgs::Capture(x) => &mut x.common.log_format,
+                MoverArgs::RestoreApplication(x) => &mut x.common.log_format,
             };
             *log = "json".into();
             assert_eq!(back, m, "{:?}", m.to_argv());

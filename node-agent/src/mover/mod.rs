@@ -26,6 +26,7 @@ use crate::crd::{
 use crate::report::STATUS_INTERVAL;
 use crate::repos::{read_credentials, read_password};
 
+pub mod apply;
 pub mod args;
 pub mod capture;
 use crate::status::{self, Outcome};

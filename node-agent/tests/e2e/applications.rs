@@ -4,7 +4,7 @@
 use coffer_application::clean::{clean, repoint_owners, CleanOptions};
 use coffer_application::layout::{ObjectPath, MANIFEST};
 use coffer_engine::trees;
-use coffer_node_agent::crd::{ApplicationBackup, Phase, SecretKeyRef};
+use coffer_node_agent::crd::{ApplicationBackup, ApplicationRestore, Phase, SecretKeyRef};
 use coffer_node_agent::mover::capture::{application_tag, capture, CaptureJob};
 use coffer_node_agent::mover::RepoAccess;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
@@ -472,4 +472,265 @@ async fn an_application_backup_takes_the_claims_data_then_the_objects_as_the_ten
     assert_eq!(secret["data"]["password"], json!("aHVudGVyMg=="));
     // Secrets never reach a status.
     assert!(!serde_json::to_string(&ab).unwrap().contains("aHVudGVyMg"));
+}
+
+/// An account of `ns` named `name` allowed `rules`.
+async fn account_with(env: &Env, ns: &str, name: &str, rules: serde_json::Value) {
+    env.create::<ServiceAccount>(ns, json!({"metadata": {"name": name}}))
+        .await;
+    env.create::<Role>(ns, json!({"metadata": {"name": name}, "rules": rules}))
+        .await;
+    env.create::<RoleBinding>(
+        ns,
+        json!({"metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}]}),
+    )
+    .await;
+}
+
+async fn application_restore(
+    env: &Env,
+    ns: &str,
+    name: &str,
+    spec: serde_json::Value,
+) -> ApplicationRestore {
+    env.create::<ApplicationRestore>(
+        ns,
+        json!({"apiVersion": "coffer.dev/v1alpha1", "kind": "ApplicationRestore",
+            "metadata": {"name": name}, "spec": spec}),
+    )
+    .await;
+    env.wait_for::<ApplicationRestore>(ns, name, "final and cleaned up", |r| {
+        r.status.as_ref().is_some_and(|s| s.run.phase.is_final())
+            && !r
+                .finalizers()
+                .iter()
+                .any(|f| f == coffer_node_agent::names::FINALIZER)
+    })
+    .await
+}
+
+fn result_of(r: &ApplicationRestore, kind: &str, name: &str) -> (String, String) {
+    let st = r.status.as_ref().unwrap();
+    let o = st
+        .objects
+        .as_ref()
+        .unwrap()
+        .results
+        .iter()
+        .find(|o| o.kind == kind && o.name == name)
+        .unwrap_or_else(|| panic!("no result for {kind} {name}: {st:#?}"));
+    (o.result.clone(), o.message.clone().unwrap_or_default())
+}
+
+/// A namespace backed up as an application comes back in another namespace
+/// from the bucket alone (a BackupRepository and its password there, the
+/// origin's cluster and namespace): every object equal to the original but
+/// for what belonged to the old cluster, the claim filled with its data
+/// byte for byte before the Deployment that mounts it is created; a
+/// RoleBinding the restoring account may not create is reported as failed
+/// with the API server's words, and the rest is restored. Restoring again
+/// leaves an object changed since as it is (`None`) or puts the backed-up
+/// one back (`Update`), and `includedResources` restores nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_application_comes_back_in_another_namespace_from_the_bucket_alone() {
+    let Some((mut env, _sim)) = fake_cluster().await else {
+        return;
+    };
+    let ns = env.namespace("shop").await;
+    env.allow_host_paths(&ns).await;
+    let repo_dir = env.repository(&ns, "default", PASSWORD).await;
+    let data = env.dir.path().join("csi/source/shop-orders");
+    fill(&data, 31, 5);
+    crate::sim::csi_pvc(
+        &env,
+        &ns,
+        "orders",
+        "Filesystem",
+        &data,
+        json!({"app": "shop"}),
+    )
+    .await;
+    let cm: ConfigMap = env
+        .create(&ns, json!({"metadata": {"name": "cfg", "labels": {"app": "shop"}}, "data": {"mode": "live"}}))
+        .await;
+    env.secret(&ns, "db-credentials", "password", "hunter2")
+        .await;
+    let deploy: Deployment = env
+        .create(
+            &ns,
+            json!({"metadata": {"name": "web"},
+                "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                    "template": {"metadata": {"labels": {"app": "web"}},
+                        "spec": {"containers": [{"name": "c", "image": "nginx:1.27"}],
+                                 "volumes": [{"name": "orders", "persistentVolumeClaim": {"claimName": "orders"}}]}}}}),
+        )
+        .await;
+    env.create::<Service>(&ns, json!({"metadata": {"name": "web"}, "spec": {"ports": [{"port": 80}], "clusterIP": "10.0.0.9"}}))
+        .await;
+    env.create::<ServiceAccount>(&ns, json!({"metadata": {"name": "app"}}))
+        .await;
+    env.create::<RoleBinding>(
+        &ns,
+        json!({"metadata": {"name": "reader"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+            "subjects": [{"kind": "ServiceAccount", "name": "app", "namespace": ns}]}),
+    )
+    .await;
+    account_with(
+        &env,
+        &ns,
+        "coffer-application",
+        json!([{"apiGroups": ["*"], "resources": ["*"], "verbs": ["get", "list"]}]),
+    )
+    .await;
+    let _c = Controller::start(&env, "a", &[]);
+    let ab = application_backup(&env, &ns, "shop").await;
+    let backed = ab.status.clone().unwrap();
+    assert_eq!(backed.run.phase, Phase::Completed, "{backed:#?}");
+
+    // Another namespace: the repository and its password, an account that
+    // may create what a namespace's `edit` may (no RBAC), and nothing else.
+    let copy = env.namespace("shop-copy").await;
+    env.allow_host_paths(&copy).await;
+    env.secret(&copy, "shop-password", "password", PASSWORD)
+        .await;
+    env.repository_at(&copy, "default", &repo_dir, "shop-password")
+        .await;
+    account_with(
+        &env,
+        &copy,
+        "coffer-restore",
+        json!([{"apiGroups": ["", "apps"], "resources": ["*"], "verbs": ["*"]}]),
+    )
+    .await;
+    let r = application_restore(
+        &env,
+        &copy,
+        "shop",
+        json!({"snapshot": {"cluster": "test-cluster", "namespace": ns}}),
+    )
+    .await;
+    let st = r.status.clone().unwrap();
+    assert_eq!(st.run.phase, Phase::PartiallyFailed, "{st:#?}");
+    assert_eq!(st.run.snapshot_id, backed.run.snapshot_id);
+    assert_eq!(st.source_namespace.as_deref(), Some(ns.as_str()));
+    let (result, why) = result_of(&r, "RoleBinding.rbac.authorization.k8s.io", "reader");
+    assert_eq!(result, "Failed");
+    assert!(why.contains("forbidden"), "{why}");
+    let message = st.run.message.clone().unwrap_or_default();
+    assert!(message.contains("reader"), "{message}");
+    for (kind, name) in [
+        ("ConfigMap", "cfg"),
+        ("Secret", "db-credentials"),
+        ("Deployment.apps", "web"),
+        ("Service", "web"),
+        ("ServiceAccount", "app"),
+        ("PersistentVolumeClaim", "orders"),
+    ] {
+        assert_eq!(result_of(&r, kind, name).0, "Created", "{kind} {name}");
+    }
+    // Equal to the originals but for the old cluster's fields.
+    let got: ConfigMap = Api::namespaced(env.client.clone(), &copy)
+        .get("cfg")
+        .await
+        .unwrap();
+    assert_eq!(got.data, cm.data);
+    assert_eq!(got.metadata.labels, cm.metadata.labels);
+    assert_ne!(got.metadata.uid, cm.metadata.uid);
+    let secret: k8s_openapi::api::core::v1::Secret = Api::namespaced(env.client.clone(), &copy)
+        .get("db-credentials")
+        .await
+        .unwrap();
+    assert_eq!(secret.data.unwrap()["password"].0, b"hunter2");
+    let web: Deployment = Api::namespaced(env.client.clone(), &copy)
+        .get("web")
+        .await
+        .unwrap();
+    assert_eq!(web.spec, deploy.spec);
+    let svc: Service = Api::namespaced(env.client.clone(), &copy)
+        .get("web")
+        .await
+        .unwrap();
+    assert_ne!(svc.spec.unwrap().cluster_ip.as_deref(), Some("10.0.0.9"));
+    // The claim came back with its data, bound before the Deployment was
+    // made (it is created after the claim in the results' order).
+    let (pvc, path) = crate::pvc_restores::restored_pvc(&env, &copy, "orders").await;
+    assert_eq!(pvc.status.unwrap().phase.as_deref(), Some("Bound"));
+    assert_same_tree(&data, &path);
+    let order: Vec<String> = st
+        .objects
+        .as_ref()
+        .unwrap()
+        .results
+        .iter()
+        .map(|o| format!("{} {}", o.kind, o.name))
+        .collect();
+    let at = |s: &str| order.iter().position(|o| o == s).unwrap();
+    assert!(
+        at("PersistentVolumeClaim orders") < at("Deployment.apps web"),
+        "{order:?}"
+    );
+    assert!(
+        at("ServiceAccount app") < at("PersistentVolumeClaim orders"),
+        "{order:?}"
+    );
+    assert_eq!(st.volumes.len(), 1);
+    assert_eq!(st.volumes[0].pvc, "orders");
+    // What coffer made for the backup (its capture pod, that pod's Role)
+    // was never part of the application.
+    assert!(
+        !order.iter().any(|o| o.contains("coffer-capture")),
+        "{order:?}"
+    );
+
+    // Changed since: left alone (None), then put back (Update); only
+    // ConfigMaps are looked at.
+    let cms: Api<ConfigMap> = Api::namespaced(env.client.clone(), &copy);
+    cms.patch(
+        "cfg",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"data": {"mode": "maintenance"}})),
+    )
+    .await
+    .unwrap();
+    let again = application_restore(
+        &env,
+        &copy,
+        "again",
+        json!({"snapshot": {"id": backed.run.snapshot_id}, "includedResources": ["configmaps"]}),
+    )
+    .await;
+    assert_eq!(again.status.as_ref().unwrap().run.phase, Phase::Completed);
+    assert_eq!(result_of(&again, "ConfigMap", "cfg").0, "Existing");
+    let results = &again
+        .status
+        .as_ref()
+        .unwrap()
+        .objects
+        .as_ref()
+        .unwrap()
+        .results;
+    assert!(
+        results.iter().all(|o| o.kind == "ConfigMap"),
+        "{results:#?}"
+    );
+    assert_eq!(
+        cms.get("cfg").await.unwrap().data.unwrap()["mode"],
+        "maintenance"
+    );
+    let update = application_restore(
+        &env,
+        &copy,
+        "update",
+        json!({"snapshot": {"id": backed.run.snapshot_id}, "includedResources": ["configmaps"],
+               "existingResourcePolicy": "Update"}),
+    )
+    .await;
+    assert_eq!(result_of(&update, "ConfigMap", "cfg").0, "Updated");
+    assert_eq!(cms.get("cfg").await.unwrap().data.unwrap()["mode"], "live");
+    // What ran in the namespace is gone.
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &copy);
+    assert!(pods.get_opt("coffer-restore-shop").await.unwrap().is_none());
 }

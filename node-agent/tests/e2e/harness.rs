@@ -180,6 +180,7 @@ impl Env {
             coffer_node_agent::crd::BackupSchedule::crd(),
             coffer_node_agent::crd::RestoreSource::crd(),
             coffer_node_agent::crd::ApplicationBackup::crd(),
+            coffer_node_agent::crd::ApplicationRestore::crd(),
         ] {
             match crds.create(&PostParams::default(), &crd).await {
                 Ok(_) => {}

@@ -245,19 +245,21 @@ pub(crate) async fn create_mover(
         &format!("ServiceAccount {ns}/{name}"),
     )
     .await?;
-    create_granted(ctx, pod, &name, writes, reads).await
+    create_granted(ctx, pod, &name, writes, reads, Vec::new()).await
 }
 
 /// Creates `pod`, which runs as ServiceAccount `account` of its namespace,
 /// after a Role and RoleBinding (named as the pod, labelled as it) that
 /// grant that account what [`create_mover`] grants a mover's own: the
-/// status of `writes`, the Secrets `reads` names. [`revoke`] deletes them.
+/// status of `writes`, the Secrets `reads` names; and `extra` rules in the
+/// pod's namespace. [`revoke`] deletes them.
 pub(crate) async fn create_granted(
     ctx: &Ctx,
     pod: &Pod,
     account: &str,
     writes: &StatusOf,
     reads: &SecretsOf,
+    extra: Vec<serde_json::Value>,
 ) -> Result<(), Error> {
     let ns = pod.namespace().unwrap_or_default();
     let name = pod.name_any();
@@ -266,7 +268,10 @@ pub(crate) async fn create_granted(
         writes.owner.iter().filter(|_| in_ns == tns).collect()
     };
     let meta = |in_ns: &str| json!({"name": name, "namespace": in_ns, "labels": pod.labels(), "ownerReferences": owners(in_ns)});
-    let rules = mover_rules(writes, reads);
+    let mut rules = mover_rules(writes, reads);
+    if !extra.is_empty() {
+        rules.entry(ns.clone()).or_default().extend(extra);
+    }
     // Where its Roles are, for whoever deletes it without its run.
     let mut pod = pod.clone();
     let role_ns: Vec<&str> = rules.keys().map(String::as_str).collect();

@@ -1,0 +1,416 @@
+//! An application restore (`coffer-agent mover restore-application`): the
+//! objects of an application snapshot (SPEC.md §16), cleaned of what
+//! belonged to the old cluster, created in this namespace in dependency
+//! order with the rights of the pod's account (the namespace owner's
+//! grant), each one's result recorded.
+//!
+//! Claims whose data the backup wrote are created with a `dataSourceRef` to
+//! a RestoreSource naming that data's snapshot, so that the controller's
+//! volume populator fills them before they bind; the workloads (and
+//! everything ranked after the claims) are created only once those claims
+//! are Bound, so no pod starts on an empty volume. A StatefulSet's claims
+//! come back under their own names (`<template>-<set>-<ordinal>`), which is
+//! what the StatefulSet looks for: it adopts them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use coffer_application::clean::{clean, not_restored, repoint_owners, CleanOptions};
+use coffer_application::select::Selection;
+use coffer_application::ApiResource as AppResource;
+use coffer_engine::CancelToken;
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use kube::api::{Api, DynamicObject, GroupVersionKind, PostParams};
+use kube::discovery::{Discovery, Scope as KubeScope};
+use kube::Client;
+use serde_json::{json, Value};
+
+use crate::crd::SnapshotSource;
+use crate::mover::RepoAccess;
+
+/// What an existing object gets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Existing {
+    /// Left alone, and reported.
+    #[default]
+    None,
+    /// Replaced by the backed-up object (its spec and data).
+    Update,
+}
+
+/// One restore.
+#[derive(Clone, Debug)]
+pub struct ApplyJob {
+    /// The namespace restored into (the restore's own).
+    pub namespace: String,
+    /// The ApplicationRestore.
+    pub restore: String,
+    /// Its uid: the RestoreSources it makes are owned by it.
+    pub restore_uid: String,
+    /// The repository read.
+    pub repo: RepoAccess,
+    /// Which snapshot.
+    pub source: SnapshotSource,
+    /// Which resources.
+    pub selection: Selection,
+    /// Only objects with all these labels.
+    pub match_labels: BTreeMap<String, String>,
+    /// What an existing object gets.
+    pub existing: Existing,
+    /// Storage classes renamed (old → new).
+    pub storage_classes: BTreeMap<String, String>,
+    /// Restore the claims' data (else claims are created empty).
+    pub volume_data: bool,
+    /// How long the restored claims may take to bind.
+    pub bind_timeout: Duration,
+}
+
+pub use crate::crd::ObjectResult;
+
+/// What a restore did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Applied {
+    /// The snapshot read.
+    pub snapshot_id: String,
+    /// The namespace it was captured in.
+    pub source_namespace: Option<String>,
+    /// Every object's result, in creation order.
+    pub results: Vec<ObjectResult>,
+    /// The claims filled from their snapshots: (claim, snapshot).
+    pub volumes: Vec<(String, String)>,
+}
+
+impl Applied {
+    /// Results counted by kind of result.
+    pub fn counts(&self) -> BTreeMap<String, u64> {
+        let mut c = BTreeMap::new();
+        for r in &self.results {
+            *c.entry(r.result.clone()).or_default() += 1;
+        }
+        c
+    }
+}
+
+fn label_of(group: &str, kind: &str) -> String {
+    if group.is_empty() {
+        kind.to_string()
+    } else {
+        format!("{kind}.{group}")
+    }
+}
+
+/// Whether `o`'s labels include all of `want`.
+fn has_labels(o: &Value, want: &BTreeMap<String, String>) -> bool {
+    want.iter()
+        .all(|(k, v)| o["metadata"]["labels"][k].as_str() == Some(v.as_str()))
+}
+
+/// The RestoreSource that fills claim `pvc` from `snapshot`.
+fn restore_source(job: &ApplyJob, name: &str, snapshot: &str) -> Value {
+    json!({
+        "apiVersion": "coffer.dev/v1alpha1",
+        "kind": "RestoreSource",
+        "metadata": {
+            "name": name,
+            "namespace": job.namespace,
+            "labels": {crate::controller::application::RESTORE_LABEL: crate::names::label_value(&job.restore)},
+            "ownerReferences": [{"apiVersion": "coffer.dev/v1alpha1", "kind": "ApplicationRestore",
+                "name": job.restore, "uid": job.restore_uid}],
+        },
+        "spec": {"snapshot": {"id": snapshot}, "repository": job.repo.repository},
+    })
+}
+
+/// The rank of claims in the restore order: what ranks after them waits
+/// until the restored claims are bound.
+fn claims_rank() -> u8 {
+    coffer_application::order::rank("", "PersistentVolumeClaim")
+}
+
+/// Restores the application snapshot `job.source` names into
+/// `job.namespace`.
+pub async fn apply(
+    client: &Client,
+    job: &ApplyJob,
+    cancel: &CancelToken,
+) -> Result<Applied, String> {
+    let repo = job.repo.open(client).await?;
+    let (id, snap) = crate::snapshot_source::find_application_snapshot(
+        &repo,
+        &job.source,
+        &job.namespace,
+        &job.repo.repository,
+    )
+    .await?;
+    let index = repo.load_index().await.map_err(|e| e.to_string())?;
+    let short = id.chars().take(8).collect::<String>();
+    let app = coffer_application::read::read(&repo, &index, &snap, &short).await?;
+    let volumes: HashMap<String, String> = app.volumes().into_iter().collect();
+    let discovery = Discovery::new(client.clone())
+        .run()
+        .await
+        .map_err(|e| format!("discovery: {e}"))?;
+    let opts = CleanOptions {
+        namespace: job.namespace.clone(),
+        from_namespace: app.namespace.clone(),
+        storage_classes: job.storage_classes.clone(),
+    };
+    let mut results = Vec::new();
+    let mut todo = Vec::new();
+    for (place, o) in app.objects {
+        let what = label_of(&place.group, &place.kind);
+        let skip = |results: &mut Vec<ObjectResult>, why: String| {
+            results.push(ObjectResult {
+                kind: what.clone(),
+                name: place.name.clone(),
+                result: "Skipped".into(),
+                message: Some(why),
+            })
+        };
+        let gvk = GroupVersionKind::gvk(&place.group, &place.version, &place.kind);
+        let Some((ar, caps)) = discovery.resolve_gvk(&gvk) else {
+            results.push(ObjectResult {
+                kind: what.clone(),
+                name: place.name.clone(),
+                result: "Failed".into(),
+                message: Some(format!(
+                    "this cluster serves no {}/{} {}: install its CustomResourceDefinition (recorded under cluster/ in the snapshot) first",
+                    if place.group.is_empty() { "core" } else { &place.group },
+                    place.version,
+                    place.kind
+                )),
+            });
+            continue;
+        };
+        if caps.scope != KubeScope::Namespaced {
+            // A hostile snapshot's: a restore creates only namespaced objects.
+            skip(
+                &mut results,
+                "cluster-scoped in this cluster: a restore creates only namespaced objects".into(),
+            );
+            continue;
+        }
+        let resource = AppResource {
+            group: ar.group.clone(),
+            version: ar.version.clone(),
+            kind: ar.kind.clone(),
+            plural: ar.plural.clone(),
+            namespaced: caps.scope == KubeScope::Namespaced,
+            verbs: vec!["get".into(), "list".into()],
+        };
+        if !job.selection.lists(&resource) || !job.selection.keeps(&place.kind, &o) {
+            continue;
+        }
+        if !has_labels(&o, &job.match_labels) {
+            continue;
+        }
+        if let Some(why) = not_restored(&place.kind, &o) {
+            skip(&mut results, why.to_string());
+            continue;
+        }
+        let c = clean(&place.kind, &o, &opts);
+        todo.push((place, ar, c));
+    }
+    coffer_application::order::sort(&mut todo, |(p, _, _)| (&p.group, &p.kind, &p.name));
+    let mut uids: HashMap<(String, String), String> = HashMap::new();
+    let mut filled = Vec::new();
+    let mut waited = false;
+    for (place, ar, mut c) in todo {
+        if cancel.is_cancelled() {
+            return Err("canceled".into());
+        }
+        let what = label_of(&place.group, &place.kind);
+        if !waited && coffer_application::order::rank(&place.group, &place.kind) > claims_rank() {
+            wait_bound(client, job, &filled).await?;
+            waited = true;
+        }
+        repoint_owners(&mut c, |kind, name| {
+            uids.get(&(kind.to_string(), name.to_string())).cloned()
+        });
+        let mut message = None;
+        if place.group.is_empty() && place.kind == "PersistentVolumeClaim" && job.volume_data {
+            if let Some(snapshot) = volumes.get(&place.name) {
+                let source = crate::names::object_name(&["coffer", &job.restore, &place.name]);
+                let rs: DynamicObject =
+                    serde_json::from_value(restore_source(job, &source, snapshot))
+                        .map_err(|e| e.to_string())?;
+                let rs_ar = kube::discovery::ApiResource::erase::<crate::crd::RestoreSource>(&());
+                let api: Api<DynamicObject> =
+                    Api::namespaced_with(client.clone(), &job.namespace, &rs_ar);
+                match api.create(&PostParams::default(), &rs).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(e)) if e.code == 409 => {}
+                    Err(e) => {
+                        results.push(ObjectResult {
+                            kind: what,
+                            name: place.name.clone(),
+                            result: "Failed".into(),
+                            message: Some(format!(
+                                "RestoreSource {source} for its data: {}",
+                                reason(&e)
+                            )),
+                        });
+                        continue;
+                    }
+                }
+                c["spec"]["dataSourceRef"] =
+                    json!({"apiGroup": "coffer.dev", "kind": "RestoreSource", "name": source});
+                message = Some(format!("data from snapshot {}", &snapshot[..8]));
+                filled.push((place.name.clone(), snapshot.clone()));
+            }
+        }
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &job.namespace, &ar);
+        let obj: DynamicObject = serde_json::from_value(c.clone()).map_err(|e| e.to_string())?;
+        let (result, uid) = match api.create(&PostParams::default(), &obj).await {
+            Ok(made) => ("Created", made.metadata.uid),
+            Err(kube::Error::Api(e)) if e.code == 409 => match job.existing {
+                Existing::None => {
+                    // A claim restored earlier keeps its data: not ours to fill.
+                    filled.retain(|(n, _)| n != &place.name);
+                    message =
+                        Some("already exists; left as it is (existingResourcePolicy None)".into());
+                    let uid = api
+                        .get_opt(&place.name)
+                        .await
+                        .ok()
+                        .flatten()
+                        .and_then(|o| o.metadata.uid);
+                    ("Existing", uid)
+                }
+                Existing::Update => {
+                    filled.retain(|(n, _)| n != &place.name);
+                    match update(&api, &place.name, c).await {
+                        Ok(uid) => ("Updated", uid),
+                        Err(e) => {
+                            message = Some(e);
+                            ("Failed", None)
+                        }
+                    }
+                }
+            },
+            Err(e) => {
+                filled.retain(|(n, _)| n != &place.name);
+                message = Some(reason(&e));
+                ("Failed", None)
+            }
+        };
+        if let Some(uid) = uid {
+            uids.insert((place.kind.clone(), place.name.clone()), uid);
+        }
+        results.push(ObjectResult {
+            kind: what,
+            name: place.name.clone(),
+            result: result.into(),
+            message,
+        });
+    }
+    if !waited {
+        wait_bound(client, job, &filled).await?;
+    }
+    Ok(Applied {
+        snapshot_id: id,
+        source_namespace: app.namespace,
+        results,
+        volumes: filled,
+    })
+}
+
+/// Replaces `name` by backed-up object `c` (at the existing object's
+/// version); its uid.
+async fn update(
+    api: &Api<DynamicObject>,
+    name: &str,
+    mut c: Value,
+) -> Result<Option<String>, String> {
+    let current = api.get(name).await.map_err(|e| reason(&e))?;
+    c["metadata"]["resourceVersion"] = json!(current.metadata.resource_version);
+    // What the cluster assigned stays (a claim's volume, a Service's IPs).
+    if let Some(spec) = c["spec"].as_object_mut() {
+        let old = serde_json::to_value(&current).unwrap_or_default();
+        for keep in ["volumeName", "clusterIP", "clusterIPs", "selector"] {
+            if spec.get(keep).is_none() && !old["spec"][keep].is_null() {
+                spec.insert(keep.into(), old["spec"][keep].clone());
+            }
+        }
+        if old["kind"] == "PersistentVolumeClaim" {
+            // A bound claim's spec cannot change; its labels may.
+            c["spec"] = old["spec"].clone();
+        }
+    }
+    let obj: DynamicObject = serde_json::from_value(c).map_err(|e| e.to_string())?;
+    api.replace(name, &PostParams::default(), &obj)
+        .await
+        .map(|o| o.metadata.uid)
+        .map_err(|e| reason(&e))
+}
+
+/// Waits until every claim of `filled` is Bound (at most
+/// `job.bind_timeout`), so that no workload starts on an empty volume.
+async fn wait_bound(
+    client: &Client,
+    job: &ApplyJob,
+    filled: &[(String, String)],
+) -> Result<(), String> {
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &job.namespace);
+    for (name, _) in filled {
+        let bound = kube::runtime::wait::await_condition(
+            api.clone(),
+            name,
+            |c: Option<&PersistentVolumeClaim>| {
+                c.and_then(|c| c.status.as_ref()?.phase.as_deref()) == Some("Bound")
+            },
+        );
+        match tokio::time::timeout(job.bind_timeout, bound).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(format!("waiting for PVC {}/{name} to bind: {e}", job.namespace)),
+            Err(_) => {
+                return Err(format!(
+                    "PVC {}/{name} was not filled and bound within {}: see its Events and the VolumeRestore the populator made for it; the workloads were not created",
+                    job.namespace,
+                    humantime::format_duration(job.bind_timeout)
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The API server's words.
+fn reason(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => s.message.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Writes what `done` restored into the ApplicationRestore's status (its
+/// mover's one right there); the controller ends it.
+pub async fn report(client: &Client, job: &ApplyJob, done: &Applied) -> Result<(), String> {
+    use crate::crd::ApplicationRestore;
+    let fields = json!({
+        "snapshotID": done.snapshot_id,
+        "sourceNamespace": done.source_namespace,
+        "objects": {
+            "counts": done.counts(),
+            "results": done.results.iter().take(crate::crd::MAX_RESULTS).collect::<Vec<_>>(),
+        },
+        "volumes": done.volumes.iter().map(|(pvc, s)| json!({"pvc": pvc, "snapshotID": s})).collect::<Vec<_>>(),
+    });
+    let what = format!(
+        "the status of ApplicationRestore {}/{}",
+        job.namespace, job.restore
+    );
+    match crate::report::patch_status::<ApplicationRestore>(
+        client,
+        &job.namespace,
+        &job.restore,
+        fields,
+        None,
+    )
+    .await
+    {
+        Ok(crate::report::Written::Applied) => Ok(()),
+        Ok(w) => Err(format!("{what} was not written: {w:?}")),
+        Err(e) => Err(format!("writing {what}: {e}")),
+    }
+}
