@@ -1654,6 +1654,74 @@ fn application_snapshot(env: &Env, dir: &Path, namespace: &str) {
     });
 }
 
+/// `kubectl apply --dry-run=server` accepts `yaml` (into namespace
+/// `shop-2`) on the fake API server, and creates nothing. kubectl is
+/// `$KUBECTL`, which scripts/test.sh installs and sets; without it the check
+/// says it is skipped.
+fn server_dry_run(dir: &Path, yaml: &str) {
+    let Some(kubectl) = std::env::var_os("KUBECTL") else {
+        eprintln!(
+            "kubectl apply --dry-run=server: SKIPPED (KUBECTL not set; scripts/test.sh sets it)"
+        );
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt
+        .block_on(coffer_fake_apiserver::FakeServer::start(
+            "127.0.0.1:0".parse().unwrap(),
+        ))
+        .unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        coffer_fake_apiserver::kubeconfig_yaml(&server.url, "default"),
+    )
+    .unwrap();
+    let kubectl = |args: &[&str], stdin: &str| {
+        use std::io::Write;
+        let mut child = Command::new(&kubectl)
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .arg("--cache-dir")
+            .arg(dir.join("kube-cache"))
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("kubectl runs");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let ns = kubectl(
+        &["apply", "--server-side", "-f", "-"],
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop-2}\n",
+    );
+    assert!(ns.status.success(), "{}", stderr(&ns));
+    let out = kubectl(&["apply", "--dry-run=server", "-f", "-"], yaml);
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{said}{}", stderr(&out));
+    for object in [
+        "configmap/cfg",
+        "persistentvolumeclaim/data",
+        "deployment.apps/web",
+        "service/web",
+    ] {
+        assert!(
+            said.contains(&format!("{object} created (server dry run)")),
+            "{said}"
+        );
+    }
+    let get = kubectl(&["get", "-n", "shop-2", "configmap", "cfg"], "");
+    assert!(!get.status.success(), "a dry run created nothing");
+    drop(server);
+}
+
 /// `coffer k8s manifests` prints an application backup's objects from the
 /// repository alone: cleaned of the old cluster's fields, in the new
 /// namespace, in restore order; a service account's token is left out.
@@ -1753,6 +1821,7 @@ fn k8s_manifests_prints_an_application_backups_objects_cleaned_and_in_restore_or
         "{}",
         stderr(&out)
     );
+    server_dry_run(&env.root, &text);
 
     // A file that holds another object than its path names.
     put(

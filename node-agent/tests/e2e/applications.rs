@@ -7,7 +7,7 @@ use coffer_engine::trees;
 use coffer_node_agent::crd::{ApplicationBackup, ApplicationRestore, Phase, SecretKeyRef};
 use coffer_node_agent::mover::capture::{application_tag, capture, CaptureJob};
 use coffer_node_agent::mover::RepoAccess;
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::Api;
@@ -569,6 +569,50 @@ async fn an_application_comes_back_in_another_namespace_from_the_bucket_alone() 
         .await;
     env.create::<Service>(&ns, json!({"metadata": {"name": "web"}, "spec": {"ports": [{"port": 80}], "clusterIP": "10.0.0.9"}}))
         .await;
+    // A custom resource of a CRD, and a StatefulSet of two replicas whose
+    // claims its controller made from volumeClaimTemplates (labelled with
+    // its selector, named <template>-<set>-<ordinal>).
+    env.create_cluster::<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>(json!({
+        "metadata": {"name": "widgets.example.com"},
+        "spec": {"group": "example.com", "scope": "Namespaced",
+            "names": {"kind": "Widget", "plural": "widgets", "singular": "widget", "listKind": "WidgetList"},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]},
+    }))
+    .await;
+    let widgets = kube::discovery::ApiResource::from_gvk_with_plural(
+        &kube::api::GroupVersionKind::gvk("example.com", "v1", "Widget"),
+        "widgets",
+    );
+    let widget: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "example.com/v1", "kind": "Widget",
+        "metadata": {"name": "w1", "namespace": ns}, "spec": {"size": 3, "colour": "teal"}}))
+    .unwrap();
+    Api::<kube::api::DynamicObject>::namespaced_with(env.client.clone(), &ns, &widgets)
+        .create(&Default::default(), &widget)
+        .await
+        .unwrap();
+    let sts: StatefulSet = env
+        .create(
+            &ns,
+            json!({"metadata": {"name": "db"},
+                "spec": {"replicas": 2, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
+                    "template": {"metadata": {"labels": {"app": "db"}},
+                        "spec": {"containers": [{"name": "pg", "image": "postgres:17",
+                            "volumeMounts": [{"name": "data", "mountPath": "/var/lib/postgresql"}]}]}},
+                    "volumeClaimTemplates": [{"metadata": {"name": "data"},
+                        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "hostpath",
+                            "resources": {"requests": {"storage": "1Gi"}}}}]}}),
+        )
+        .await;
+    let mut replicas = Vec::new();
+    for i in 0..2 {
+        let dir = env.dir.path().join(format!("csi/source/shop-db-{i}"));
+        fill(&dir, 40 + i, 3);
+        let claim = format!("data-db-{i}");
+        crate::sim::csi_pvc(&env, &ns, &claim, "Filesystem", &dir, json!({"app": "db"})).await;
+        replicas.push((claim, dir));
+    }
     env.create::<ServiceAccount>(&ns, json!({"metadata": {"name": "app"}}))
         .await;
     env.create::<RoleBinding>(
@@ -602,7 +646,7 @@ async fn an_application_comes_back_in_another_namespace_from_the_bucket_alone() 
         &env,
         &copy,
         "coffer-restore",
-        json!([{"apiGroups": ["", "apps"], "resources": ["*"], "verbs": ["*"]}]),
+        json!([{"apiGroups": ["", "apps", "example.com"], "resources": ["*"], "verbs": ["*"]}]),
     )
     .await;
     let r = application_restore(
@@ -676,8 +720,30 @@ async fn an_application_comes_back_in_another_namespace_from_the_bucket_alone() 
         at("ServiceAccount app") < at("PersistentVolumeClaim orders"),
         "{order:?}"
     );
-    assert_eq!(st.volumes.len(), 1);
-    assert_eq!(st.volumes[0].pvc, "orders");
+    assert_eq!(st.volumes.len(), 3, "{:#?}", st.volumes);
+    // The custom resource, as it was.
+    let got = Api::<kube::api::DynamicObject>::namespaced_with(env.client.clone(), &copy, &widgets)
+        .get("w1")
+        .await
+        .unwrap();
+    assert_eq!(got.data["spec"], json!({"size": 3, "colour": "teal"}));
+    // The StatefulSet and, under the names its templates look for and with
+    // its selector's labels, its claims, each with its replica's data,
+    // bound before it was created: it adopts them.
+    let got: StatefulSet = Api::namespaced(env.client.clone(), &copy)
+        .get("db")
+        .await
+        .unwrap();
+    assert_eq!(got.spec, sts.spec);
+    for (claim, dir) in &replicas {
+        let (pvc, path) = crate::pvc_restores::restored_pvc(&env, &copy, claim).await;
+        assert_eq!(pvc.metadata.labels.unwrap()["app"], "db");
+        assert_same_tree(dir, &path);
+        assert!(
+            at(&format!("PersistentVolumeClaim {claim}")) < at("StatefulSet.apps db"),
+            "{order:?}"
+        );
+    }
     // What coffer made for the backup (its capture pod, that pod's Role)
     // was never part of the application.
     assert!(
