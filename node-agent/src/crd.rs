@@ -856,9 +856,45 @@ pub struct ApplicationRestoreSpec {
     /// creates them empty.
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub volume_data: bool,
+    /// Commands run in restored pods once they are Ready (a database's
+    /// post-restore step), in order, after the objects are created.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<RestoreHook>,
     /// Set to true to stop the restore; it ends Canceled.
     #[serde(default)]
     pub cancel: bool,
+}
+
+/// A command run in the restored pods a selector picks, once every one of
+/// them is Ready (waited for at most the controller's `--prepare-timeout`).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreHook {
+    /// The pods it runs in: each pod with these labels.
+    pub selector: Selector,
+    /// The container (default: the pod's first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// The command and its arguments, as exec takes them (no shell).
+    #[schemars(length(min = 1, max = 256))]
+    pub command: Vec<String>,
+    /// How long it may run in each pod (`30s`, the default; at most `1h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// `Fail` (the default: the restore ends PartiallyFailed, naming it) or
+    /// `Continue` (a Warning Event).
+    #[serde(default)]
+    pub on_error: HookOnError,
+}
+
+/// What a failed restore hook does.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum HookOnError {
+    /// The restore ends PartiallyFailed, naming the hook.
+    #[default]
+    Fail,
+    /// A Warning Event; the restore goes on.
+    Continue,
 }
 
 /// What an application restore does with an object that already exists.
@@ -887,6 +923,16 @@ pub struct ApplicationRestoreStatus {
     /// The claims filled with their data.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<RestoredVolume>,
+    /// How many of `spec.hooks` have run (their runs are in `hooks`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000000))]
+    pub hooks_done: Option<u32>,
+    /// When the next hook began waiting for its pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook_waiting_since: Option<Timestamp>,
+    /// The failures of hooks whose `onError` is `Fail`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_hooks: Vec<String>,
 }
 
 /// What became of an application restore's objects.

@@ -761,13 +761,66 @@ async fn an_application_comes_back_in_another_namespace_from_the_bucket_alone() 
     )
     .await
     .unwrap();
-    let again = application_restore(
-        &env,
+    // With restore hooks: the first runs in each pod it picks once all are
+    // Ready (not before); a failing one with onError Continue is a
+    // Warning, not a failure.
+    let ran = env.dir.path().join("hook-ran");
+    env.create::<Pod>(
         &copy,
-        "again",
-        json!({"snapshot": {"id": backed.run.snapshot_id}, "includedResources": ["configmaps"]}),
+        json!({"metadata": {"name": "web-0", "labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "c", "image": "nginx:1.27"}]},
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "False"}]}}),
     )
     .await;
+    env.create::<ApplicationRestore>(
+        &copy,
+        json!({"apiVersion": "coffer.dev/v1alpha1", "kind": "ApplicationRestore",
+            "metadata": {"name": "again"},
+            "spec": {"snapshot": {"id": backed.run.snapshot_id}, "includedResources": ["configmaps"],
+                "hooks": [
+                    {"selector": {"matchLabels": {"app": "web"}}, "container": "c",
+                     "command": ["sh", "-c", format!("echo \"$COFFER_FAKE_POD ran\" >> {}", ran.display())]},
+                    {"selector": {"matchLabels": {"app": "web"}}, "command": ["false"], "onError": "Continue"}]}}),
+    )
+    .await;
+    env.wait_for::<ApplicationRestore>(&copy, "again", "restored, waiting for its hooks", |r| {
+        r.status
+            .as_ref()
+            .is_some_and(|s| s.objects.is_some() && s.hook_waiting_since.is_some())
+    })
+    .await;
+    assert!(!ran.exists(), "the hook waited for the pod to be Ready");
+    Api::<Pod>::namespaced(env.client.clone(), &copy)
+        .patch_status(
+            "web-0",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let again = env
+        .wait_for::<ApplicationRestore>(&copy, "again", "final and cleaned up", |r| {
+            r.status.as_ref().is_some_and(|s| s.run.phase.is_final())
+                && !r
+                    .finalizers()
+                    .iter()
+                    .any(|f| f == coffer_node_agent::names::FINALIZER)
+        })
+        .await;
+    assert_eq!(
+        std::fs::read_to_string(&ran).unwrap(),
+        format!("{copy}/web-0 ran\n")
+    );
+    let hooks = &again.status.as_ref().unwrap().run.hooks;
+    assert_eq!(hooks.len(), 2, "{hooks:#?}");
+    assert!(hooks[0].succeeded && !hooks[1].succeeded, "{hooks:#?}");
+    assert!(env
+        .event_notes(&copy, "HookFailed")
+        .await
+        .iter()
+        .any(|n| n.contains("false")));
     assert_eq!(again.status.as_ref().unwrap().run.phase, Phase::Completed);
     assert_eq!(result_of(&again, "ConfigMap", "cfg").0, "Existing");
     let results = &again
