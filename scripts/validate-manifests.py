@@ -85,6 +85,10 @@ EXPECTED_TENANT_RULES = {
     ("", "pods/exec"): {"create"},
     ("rbac.authorization.k8s.io", "roles"): {"create", "delete"},
     ("rbac.authorization.k8s.io", "rolebindings"): {"create", "delete"},
+}
+# What the controller alone may do in a namespace that uses application
+# backups, bound there by the namespace's own RoleBinding.
+EXPECTED_APPLICATIONS_RULES = {
     ("", "pods"): {"create", "delete"},
 }
 TENANT_SOURCE = ROOT / "deploy" / "tenant.yaml"
@@ -430,13 +434,15 @@ def cmd_policy(rendered):
     # nothing bound cluster-wide reaches Secrets.
     tenant = one(docs, "ClusterRole", "coffer-tenant")
     compare_rules("ClusterRole coffer-tenant", rules_of(tenant, p), EXPECTED_TENANT_RULES, p)
+    apps = one(docs, "ClusterRole", "coffer-applications")
+    compare_rules("ClusterRole coffer-applications", rules_of(apps, p), EXPECTED_APPLICATIONS_RULES, p)
     commented_rules(TENANT_SOURCE, p)
     roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ClusterRole"}
     for d in docs:
         if d["kind"] != "ClusterRoleBinding":
             continue
         name = d["roleRef"]["name"]
-        check(name != "coffer-tenant", f"{kn(d)} binds coffer-tenant cluster-wide", p)
+        check(name not in ("coffer-tenant", "coffer-applications"), f"{kn(d)} binds {name} cluster-wide", p)
         for (g, res), verbs in rules_of(roles.get(name, {"rules": []}), p).items():
             reaches = (g, res) in SECRET_REACH and (res != "pods" or verbs & {"create", "update", "patch"})
             check(not reaches, f"{kn(d)} grants {g or 'core'}/{res} {sorted(verbs)} cluster-wide", p)

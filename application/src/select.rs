@@ -23,6 +23,7 @@ pub const DEFAULT_EXCLUDED: &[&str] = &[
     "volumerestores.coffer.dev",
     "applicationbackups.coffer.dev",
     "applicationrestores.coffer.dev",
+    "restoresources.coffer.dev",
 ];
 
 /// Owner kinds whose children are recreated by their controller, so the

@@ -943,7 +943,8 @@ pub struct RestoredObjects {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(schema_with = "counts_schema")]
     pub counts: BTreeMap<String, u64>,
-    /// Each object's result, in creation order (the first [`MAX_RESULTS`]).
+    /// Each object's result: the failures first, then the others in
+    /// creation order (the first [`MAX_RESULTS`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub results: Vec<ObjectResult>,
 }

@@ -82,6 +82,15 @@ pub fn opt_in_command(namespace: &str) -> String {
     )
 }
 
+/// The command with which namespace `namespace`'s admin lets the
+/// controller run application backups' and restores' pods there.
+pub fn applications_opt_in_command(namespace: &str) -> String {
+    format!(
+        "kubectl -n {namespace} create rolebinding coffer-applications --clusterrole=coffer-applications \
+         --serviceaccount=coffer-system:coffer-controller"
+    )
+}
+
 /// `90s`, `2m`, `1h`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (write e.g. 30s, 2m, 1h)"))

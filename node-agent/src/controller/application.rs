@@ -553,7 +553,8 @@ async fn capture(
             &SecretsOf::of(&[&repo]),
             Vec::new(),
         )
-        .await?;
+        .await
+        .map_err(tenant_pods::refused_pod)?;
         return Ok(Action::await_change());
     };
     let account = &ab.spec.service_account_name;

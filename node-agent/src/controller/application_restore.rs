@@ -77,6 +77,12 @@ async fn source(
     let Some(ab) = ab else {
         return Ok(Err(format!("ApplicationBackup {ns}/{name} not found: name another in spec.backup, or restore from the repository with spec.snapshot (cluster, namespace)")));
     };
+    if ab.spec.repository != ar.spec.repository {
+        return Ok(Err(format!(
+            "ApplicationBackup {ns}/{name} wrote to BackupRepository {}; set spec.repository: {} to restore it",
+            ab.spec.repository, ab.spec.repository
+        )));
+    }
     let st = ab.status.unwrap_or_default();
     if !st.run.phase.is_final() {
         return Ok(Ok(None));
@@ -213,7 +219,8 @@ async fn restore(ctx: &Ctx, ar: &ApplicationRestore) -> Result<Action, Error> {
             &SecretsOf::of(&[&repo]),
             vec![sources],
         )
-        .await?;
+        .await
+        .map_err(tenant_pods::refused_pod)?;
         return Ok(Action::await_change());
     };
     let account = &ar.spec.service_account_name;

@@ -93,3 +93,22 @@ pub(crate) async fn fresh<K: ControllerRun>(ctx: &Ctx, run: &K) -> Result<K, Err
         .await
         .map_err(kube_err(format!("reading {} {ns}/{name}", K::kind(&()))))
 }
+
+/// A refusal to create a tenant pod says how the namespace allows it
+/// (ClusterRole coffer-applications), not the general opt-in.
+pub(crate) fn refused_pod(e: Error) -> Error {
+    match e {
+        Error::Refused(m) if m.contains("cannot create resource \"pods\"") => {
+            let ns = m
+                .split("in the namespace \"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or("NAMESPACE");
+            Error::Refused(format!(
+                "the API server refused to create this run's pod: namespace {ns} has not let coffer's controller run application backups' and restores' pods there; its admin allows it: {}",
+                crate::policy::applications_opt_in_command(ns)
+            ))
+        }
+        other => other,
+    }
+}

@@ -20,8 +20,8 @@ use coffer_application::select::Selection;
 use coffer_application::ApiResource as AppResource;
 use coffer_engine::CancelToken;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
-use kube::api::{Api, DynamicObject, GroupVersionKind, PostParams};
-use kube::discovery::{Discovery, Scope as KubeScope};
+use kube::api::{Api, DynamicObject, PostParams};
+use kube::discovery::Scope as KubeScope;
 use kube::Client;
 use serde_json::{json, Value};
 
@@ -113,7 +113,10 @@ fn restore_source(job: &ApplyJob, name: &str, snapshot: &str) -> Value {
         "metadata": {
             "name": name,
             "namespace": job.namespace,
-            "labels": {crate::controller::application::RESTORE_LABEL: crate::names::label_value(&job.restore)},
+            "labels": {
+                crate::controller::application::RESTORE_LABEL: crate::names::label_value(&job.restore),
+                "app.kubernetes.io/managed-by": "coffer-controller",
+            },
             "ownerReferences": [{"apiVersion": "coffer.dev/v1alpha1", "kind": "ApplicationRestore",
                 "name": job.restore, "uid": job.restore_uid}],
         },
@@ -146,10 +149,17 @@ pub async fn apply(
     let short = id.chars().take(8).collect::<String>();
     let app = coffer_application::read::read(&repo, &index, &snap, &short).await?;
     let volumes: HashMap<String, String> = app.volumes().into_iter().collect();
-    let discovery = Discovery::new(client.clone())
-        .run()
-        .await
-        .map_err(|e| format!("discovery: {e}"))?;
+    // Only the groups the snapshot uses, each on its own: one aggregated
+    // API that is down fails its own objects, not the restore.
+    let mut groups: HashMap<String, Result<kube::discovery::ApiGroup, String>> = HashMap::new();
+    for (place, _) in &app.objects {
+        if !groups.contains_key(&place.group) {
+            let found = kube::discovery::group(client, &place.group)
+                .await
+                .map_err(|e| e.to_string());
+            groups.insert(place.group.clone(), found);
+        }
+    }
     let opts = CleanOptions {
         namespace: job.namespace.clone(),
         from_namespace: app.namespace.clone(),
@@ -167,8 +177,23 @@ pub async fn apply(
                 message: Some(why),
             })
         };
-        let gvk = GroupVersionKind::gvk(&place.group, &place.version, &place.kind);
-        let Some((ar, caps)) = discovery.resolve_gvk(&gvk) else {
+        let served = match groups.get(&place.group) {
+            Some(Ok(g)) => g
+                .versioned_resources(&place.version)
+                .into_iter()
+                .find(|(ar, _)| ar.kind == place.kind),
+            Some(Err(e)) => {
+                results.push(ObjectResult {
+                    kind: what.clone(),
+                    name: place.name.clone(),
+                    result: "Failed".into(),
+                    message: Some(format!("discovery of its API group failed: {e}")),
+                });
+                continue;
+            }
+            None => None,
+        };
+        let Some((ar, caps)) = served else {
             results.push(ObjectResult {
                 kind: what.clone(),
                 name: place.name.clone(),
@@ -253,14 +278,37 @@ pub async fn apply(
                         continue;
                     }
                 }
-                c["spec"]["dataSourceRef"] =
-                    json!({"apiGroup": "coffer.dev", "kind": "RestoreSource", "name": source});
+                let Some(spec) = c.get_mut("spec").and_then(Value::as_object_mut) else {
+                    results.push(ObjectResult {
+                        kind: what,
+                        name: place.name.clone(),
+                        result: "Failed".into(),
+                        message: Some("its spec is not an object: the snapshot is damaged".into()),
+                    });
+                    continue;
+                };
+                spec.insert(
+                    "dataSourceRef".into(),
+                    json!({"apiGroup": "coffer.dev", "kind": "RestoreSource", "name": source}),
+                );
                 message = Some(format!("data from snapshot {}", &snapshot[..8]));
                 filled.push((place.name.clone(), snapshot.clone()));
             }
         }
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &job.namespace, &ar);
-        let obj: DynamicObject = serde_json::from_value(c.clone()).map_err(|e| e.to_string())?;
+        let obj: DynamicObject = match serde_json::from_value(c.clone()) {
+            Ok(o) => o,
+            Err(e) => {
+                filled.retain(|(n, _)| n != &place.name);
+                results.push(ObjectResult {
+                    kind: what,
+                    name: place.name.clone(),
+                    result: "Failed".into(),
+                    message: Some(format!("not a valid object: {e}")),
+                });
+                continue;
+            }
+        };
         let (result, uid) = match api.create(&PostParams::default(), &obj).await {
             Ok(made) => ("Created", made.metadata.uid),
             Err(kube::Error::Api(e)) if e.code == 409 => match job.existing {
@@ -352,6 +400,7 @@ async fn wait_bound(
     filled: &[(String, String)],
 ) -> Result<(), String> {
     let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &job.namespace);
+    let deadline = tokio::time::Instant::now() + job.bind_timeout;
     for (name, _) in filled {
         let bound = kube::runtime::wait::await_condition(
             api.clone(),
@@ -360,7 +409,7 @@ async fn wait_bound(
                 c.and_then(|c| c.status.as_ref()?.phase.as_deref()) == Some("Bound")
             },
         );
-        match tokio::time::timeout(job.bind_timeout, bound).await {
+        match tokio::time::timeout_at(deadline, bound).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(format!("waiting for PVC {}/{name} to bind: {e}", job.namespace)),
             Err(_) => {
@@ -383,6 +432,14 @@ fn reason(e: &kube::Error) -> String {
     }
 }
 
+/// The results a status lists: every failure first (up to
+/// [`crate::crd::MAX_RESULTS`]), then the others in creation order.
+pub fn listed(results: &[ObjectResult]) -> Vec<&ObjectResult> {
+    let failed = results.iter().filter(|r| r.result == "Failed");
+    let rest = results.iter().filter(|r| r.result != "Failed");
+    failed.chain(rest).take(crate::crd::MAX_RESULTS).collect()
+}
+
 /// Writes what `done` restored into the ApplicationRestore's status (its
 /// mover's one right there); the controller ends it.
 pub async fn report(client: &Client, job: &ApplyJob, done: &Applied) -> Result<(), String> {
@@ -392,7 +449,7 @@ pub async fn report(client: &Client, job: &ApplyJob, done: &Applied) -> Result<(
         "sourceNamespace": done.source_namespace,
         "objects": {
             "counts": done.counts(),
-            "results": done.results.iter().take(crate::crd::MAX_RESULTS).collect::<Vec<_>>(),
+            "results": listed(&done.results),
         },
         "volumes": done.volumes.iter().map(|(pvc, s)| json!({"pvc": pvc, "snapshotID": s})).collect::<Vec<_>>(),
     });
@@ -400,17 +457,12 @@ pub async fn report(client: &Client, job: &ApplyJob, done: &Applied) -> Result<(
         "the status of ApplicationRestore {}/{}",
         job.namespace, job.restore
     );
-    match crate::report::patch_status::<ApplicationRestore>(
+    crate::mover::capture::write_status::<ApplicationRestore>(
         client,
         &job.namespace,
         &job.restore,
         fields,
-        None,
+        &what,
     )
     .await
-    {
-        Ok(crate::report::Written::Applied) => Ok(()),
-        Ok(w) => Err(format!("{what} was not written: {w:?}")),
-        Err(e) => Err(format!("writing {what}: {e}")),
-    }
 }

@@ -32,6 +32,15 @@ pub fn application_tag(name: &str) -> String {
     format!("coffer.dev/application={name}")
 }
 
+/// The tag only an application backup's objects' snapshot carries (its
+/// volumes' carry [`application_tag`] alone): `coffer.dev/application-objects=<name>`.
+pub fn objects_tag(name: &str) -> String {
+    format!("{OBJECTS_TAG}{name}")
+}
+
+/// [`objects_tag`]'s prefix.
+pub const OBJECTS_TAG: &str = "coffer.dev/application-objects=";
+
 /// Objects per list request.
 const PAGE: u32 = 500;
 
@@ -320,9 +329,13 @@ pub async fn capture(
     write_private(&root.join(MANIFEST), &text)?;
     let mut o = BackupOptions::new([&root]);
     o.record_path = Some("/".into());
-    o.tags = std::iter::once(application_tag(&job.application))
-        .chain(job.tags.iter().cloned())
-        .collect();
+    o.tags = [
+        application_tag(&job.application),
+        objects_tag(&job.application),
+    ]
+    .into_iter()
+    .chain(job.tags.iter().cloned())
+    .collect();
     o.hostname = Some("kubernetes".into());
     o.program = Some(format!("coffer-agent {}", env!("CARGO_PKG_VERSION")));
     o.origin = Some(KubernetesOrigin {
@@ -369,16 +382,26 @@ pub async fn report(client: &Client, job: &CaptureJob, done: &Captured) -> Resul
         "the status of ApplicationBackup {}/{}",
         job.namespace, job.application
     );
+    write_status::<ApplicationBackup>(client, &job.namespace, &job.application, fields, &what).await
+}
+
+/// A merge patch of `fields` into the status of `K` `ns/name` (`what`, for
+/// messages), tried 5 times while the API server fails.
+pub(crate) async fn write_status<K>(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    fields: serde_json::Value,
+    what: &str,
+) -> Result<(), String>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
     for attempt in 0..5u32 {
-        match crate::report::patch_status::<ApplicationBackup>(
-            client,
-            &job.namespace,
-            &job.application,
-            fields.clone(),
-            None,
-        )
-        .await
-        {
+        match crate::report::patch_status::<K>(client, ns, name, fields.clone(), None).await {
             Ok(crate::report::Written::Applied) => return Ok(()),
             Ok(w) => return Err(format!("{what} was not written: {w:?}")),
             Err(e) if attempt < 4 => {

@@ -172,7 +172,13 @@ async fn a_namespace_is_captured_with_the_tenants_rights_one_file_per_object() {
     let repo = open_repo(&repo_dir, PASSWORD).await;
     let index = repo.load_index().await.unwrap();
     let (_, snap) = repo.find_snapshot(&got.snapshot_id).await.unwrap();
-    assert_eq!(snap.tags, vec![application_tag("shop")]);
+    assert_eq!(
+        snap.tags,
+        vec![
+            application_tag("shop"),
+            coffer_node_agent::mover::capture::objects_tag("shop")
+        ]
+    );
     assert_eq!(
         snap.origin.as_ref().unwrap().namespace.as_deref(),
         Some(ns.as_str())
@@ -329,6 +335,7 @@ async fn an_application_backup_takes_the_claims_data_then_the_objects_as_the_ten
     // hostPath, which only a privileged namespace admits (with an object
     // store the capture pod is `restricted`: a unit test checks it).
     env.allow_host_paths(&ns).await;
+    env.allow_applications(&ns).await;
     let repo_dir = env.repository(&ns, "default", PASSWORD).await;
     let (orders, media) = (
         env.dir.path().join("csi/source/orders"),
@@ -472,6 +479,22 @@ async fn an_application_backup_takes_the_claims_data_then_the_objects_as_the_ten
     assert_eq!(secret["data"]["password"], json!("aHVudGVyMg=="));
     // Secrets never reach a status.
     assert!(!serde_json::to_string(&ab).unwrap().contains("aHVudGVyMg"));
+
+    // A namespace that opted in to coffer, but not to its pods: the
+    // backup fails, saying how the namespace allows them.
+    let bare = env.namespace("bare").await;
+    env.repository(&bare, "default", PASSWORD).await;
+    capturing_account(&env, &bare, true).await;
+    let ab = application_backup(&env, &bare, "shop").await;
+    let st = ab.status.unwrap();
+    assert_eq!(st.run.phase, Phase::Failed, "{st:#?}");
+    let m = st.run.message.unwrap_or_default();
+    assert!(
+        m.contains(&format!(
+            "kubectl -n {bare} create rolebinding coffer-applications"
+        )),
+        "{m}"
+    );
 }
 
 /// An account of `ns` named `name` allowed `rules`.
@@ -540,6 +563,7 @@ async fn an_application_comes_back_in_another_namespace_from_the_bucket_alone() 
     };
     let ns = env.namespace("shop").await;
     env.allow_host_paths(&ns).await;
+    env.allow_applications(&ns).await;
     let repo_dir = env.repository(&ns, "default", PASSWORD).await;
     let data = env.dir.path().join("csi/source/shop-orders");
     fill(&data, 31, 5);
@@ -638,6 +662,7 @@ async fn an_application_comes_back_in_another_namespace_from_the_bucket_alone() 
     // may create what a namespace's `edit` may (no RBAC), and nothing else.
     let copy = env.namespace("shop-copy").await;
     env.allow_host_paths(&copy).await;
+    env.allow_applications(&copy).await;
     env.secret(&copy, "shop-password", "password", PASSWORD)
         .await;
     env.repository_at(&copy, "default", &repo_dir, "shop-password")

@@ -261,6 +261,26 @@ impl Env {
             .unwrap();
     }
 
+    /// Namespace `name`'s admin lets the controller run application
+    /// backups' and restores' pods there (ClusterRole coffer-applications).
+    pub async fn allow_applications(&self, name: &str) {
+        let bindings: Api<RoleBinding> = Api::namespaced(self.client.clone(), name);
+        bindings
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({
+                    "metadata": {"name": "coffer-applications", "namespace": name},
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "coffer-applications"},
+                    "subjects": [
+                        {"kind": "ServiceAccount", "name": "coffer-controller", "namespace": COFFER_NAMESPACE}
+                    ]
+                }))
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+
     /// A new namespace with a unique name that has not opted in to coffer.
     pub async fn namespace_not_opted_in(&mut self, prefix: &str) -> String {
         let name = format!("{prefix}-{}", short_id());
