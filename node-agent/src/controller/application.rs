@@ -367,7 +367,7 @@ pub fn volume_results(
                 None => {
                     v.phase = Some(Phase::Failed);
                     v.message = Some(format!(
-                        "VolumeBackup {} was deleted before it ended",
+                        "VolumeBackup {} is not this backup's: it was deleted before it ended, or another object has its name (delete that one, or name this backup otherwise)",
                         v.volume_backup
                     ));
                 }

@@ -262,21 +262,37 @@ pub async fn apply(
                 let rs_ar = kube::discovery::ApiResource::erase::<crate::crd::RestoreSource>(&());
                 let api: Api<DynamicObject> =
                     Api::namespaced_with(client.clone(), &job.namespace, &rs_ar);
-                match api.create(&PostParams::default(), &rs).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(e)) if e.code == 409 => {}
-                    Err(e) => {
-                        results.push(ObjectResult {
-                            kind: what,
-                            name: place.name.clone(),
-                            result: "Failed".into(),
-                            message: Some(format!(
-                                "RestoreSource {source} for its data: {}",
-                                reason(&e)
-                            )),
-                        });
-                        continue;
-                    }
+                let created = match api.create(&PostParams::default(), &rs).await {
+                    Ok(_) => Ok(()),
+                    // Ours from a pass before, or another's of the same name.
+                    Err(kube::Error::Api(e)) if e.code == 409 => match api.get(&source).await {
+                        Ok(found)
+                            if found
+                                .metadata
+                                .owner_references
+                                .iter()
+                                .flatten()
+                                .any(|o| o.uid == job.restore_uid)
+                                && found.data["spec"]["snapshot"]["id"].as_str()
+                                    == Some(snapshot.as_str()) =>
+                        {
+                            Ok(())
+                        }
+                        Ok(_) => Err(format!(
+                            "RestoreSource {source} exists and is not this restore's: delete it, or name this restore otherwise"
+                        )),
+                        Err(e) => Err(format!("RestoreSource {source} for its data: {}", reason(&e))),
+                    },
+                    Err(e) => Err(format!("RestoreSource {source} for its data: {}", reason(&e))),
+                };
+                if let Err(why) = created {
+                    results.push(ObjectResult {
+                        kind: what,
+                        name: place.name.clone(),
+                        result: "Failed".into(),
+                        message: Some(why),
+                    });
+                    continue;
                 }
                 let Some(spec) = c.get_mut("spec").and_then(Value::as_object_mut) else {
                     results.push(ObjectResult {
