@@ -171,6 +171,29 @@ pub const VOLUME_LABEL: &str = "coffer.dev/volume";
 /// made it (`schedule` or `backup-now`).
 pub const TRIGGER_LABEL: &str = "coffer.dev/trigger";
 
+/// The tag on an application backup's snapshot (and its volumes'):
+/// `coffer.dev/application=<name>`.
+pub fn application_tag(name: &str) -> String {
+    format!("coffer.dev/application={name}")
+}
+
+/// The tag only an application backup's objects' snapshot carries (its
+/// volumes' carry [`application_tag`] alone): `coffer.dev/application-objects=<name>`.
+pub fn objects_tag(name: &str) -> String {
+    format!("{OBJECTS_TAG}{name}")
+}
+
+/// [`objects_tag`]'s prefix.
+pub const OBJECTS_TAG: &str = "coffer.dev/application-objects=";
+
+/// The label on what an application backup makes (its VolumeBackups, its
+/// capture pod and that pod's Role): the backup's name.
+pub const APPLICATION_LABEL: &str = "coffer.dev/applicationbackup";
+
+/// The label on what an application restore makes (its pod, Role and
+/// RoleBinding, and RestoreSources): the restore's name.
+pub const APPLICATION_RESTORE_LABEL: &str = "coffer.dev/applicationrestore";
+
 #[cfg(test)]
 mod tests {
     use super::*;

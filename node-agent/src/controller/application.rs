@@ -51,17 +51,12 @@ use crate::controller::movers::pod::local_repository_dir;
 use crate::controller::movers::{common_args, create_granted, SecretsOf, StatusOf};
 use crate::controller::tenant_pods::{self, Followed};
 use crate::mover::args::{CaptureArgs, MoverArgs};
-use crate::mover::capture::application_tag;
-use crate::names::{label_value, managed_by, object_name};
+use crate::names::{application_tag, label_value, managed_by, object_name};
 use crate::run::Stage;
 
-/// The label on what an application backup makes (its VolumeBackups, its
-/// capture pod and that pod's Role): the backup's name.
-pub const APPLICATION_LABEL: &str = "coffer.dev/applicationbackup";
+pub use crate::names::APPLICATION_LABEL;
 
-/// The label on what an application restore makes (its pod, Role and
-/// RoleBinding, and RestoreSources): the restore's name.
-pub const RESTORE_LABEL: &str = "coffer.dev/applicationrestore";
+pub use crate::names::APPLICATION_RESTORE_LABEL as RESTORE_LABEL;
 
 /// Where the capture pod writes the objects before they are backed up: a
 /// memory-backed emptyDir, so that Secrets never reach the node's disk.

@@ -114,7 +114,7 @@ fn restore_source(job: &ApplyJob, name: &str, snapshot: &str) -> Value {
             "name": name,
             "namespace": job.namespace,
             "labels": {
-                crate::controller::application::RESTORE_LABEL: crate::names::label_value(&job.restore),
+                crate::names::APPLICATION_RESTORE_LABEL: crate::names::label_value(&job.restore),
                 "app.kubernetes.io/managed-by": "coffer-controller",
             },
             "ownerReferences": [{"apiVersion": "coffer.dev/v1alpha1", "kind": "ApplicationRestore",

@@ -26,20 +26,7 @@ use serde_json::json;
 
 use crate::mover::RepoAccess;
 
-/// The tag on an application backup's snapshot (and its volumes'):
-/// `coffer.dev/application=<name>`.
-pub fn application_tag(name: &str) -> String {
-    format!("coffer.dev/application={name}")
-}
-
-/// The tag only an application backup's objects' snapshot carries (its
-/// volumes' carry [`application_tag`] alone): `coffer.dev/application-objects=<name>`.
-pub fn objects_tag(name: &str) -> String {
-    format!("{OBJECTS_TAG}{name}")
-}
-
-/// [`objects_tag`]'s prefix.
-pub const OBJECTS_TAG: &str = "coffer.dev/application-objects=";
+pub use crate::names::{application_tag, objects_tag, OBJECTS_TAG};
 
 /// Objects per list request.
 const PAGE: u32 = 500;
