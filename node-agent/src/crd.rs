@@ -1221,6 +1221,41 @@ pub struct BackupScheduleSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1000))]
     pub failed_runs_history_limit: Option<u32>,
+    /// Back up the namespace as an application instead: at each time, one
+    /// ApplicationBackup with these fields (and this schedule's repository
+    /// and tags), owned by the schedule; retention keeps or forgets each
+    /// application backup whole (its objects' snapshot and its volumes'
+    /// snapshots together). `selector`, `volumes`, `method` and `excludes`
+    /// choose volumes and must not be set with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub application: Option<ScheduledApplication>,
+}
+
+/// The ApplicationBackup a schedule of application backups makes at each
+/// time: the fields of its spec that say what is captured.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduledApplication {
+    /// The ServiceAccount the objects are captured with (default
+    /// `coffer-application`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub service_account_name: Option<String>,
+    /// Only these resources (all when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub included_resources: Vec<String>,
+    /// Not these resources.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded_resources: Vec<String>,
+    /// Also the objects their controllers recreate.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub include_recreated: bool,
+    /// Only objects (and claims) with these labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<Selector>,
+    /// Back up the claims' data (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_data: Option<bool>,
 }
 
 /// Times whose runs all succeeded that a schedule keeps the runs of, when

@@ -417,6 +417,7 @@ async fn run_mover(m: MoverArgs) -> anyhow::Result<bool> {
                 tag: a.tag,
                 cluster: a.cluster,
                 after: a.after,
+                applications: a.applications,
             };
             Ok(mover::forget(client().await?, job, cancel).await)
         }

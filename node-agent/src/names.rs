@@ -174,8 +174,11 @@ pub const TRIGGER_LABEL: &str = "coffer.dev/trigger";
 /// The tag on an application backup's snapshot (and its volumes'):
 /// `coffer.dev/application=<name>`.
 pub fn application_tag(name: &str) -> String {
-    format!("coffer.dev/application={name}")
+    format!("{APPLICATION_TAG}{name}")
 }
+
+/// [`application_tag`]'s prefix.
+pub const APPLICATION_TAG: &str = "coffer.dev/application=";
 
 /// The tag only an application backup's objects' snapshot carries (its
 /// volumes' carry [`application_tag`] alone): `coffer.dev/application-objects=<name>`.

@@ -497,25 +497,256 @@ pub async fn forget_per_origin(
     policy: &coffer_engine::forget::Policy,
     cancel: &coffer_engine::CancelToken,
 ) -> Result<(coffer_engine::forget::ForgetPlan, usize), String> {
-    use coffer_engine::forget::{self, GroupBy};
+    forget_planned(repo, cluster, cancel, |snapshots| {
+        coffer_engine::forget::plan(snapshots, policy, BY_ORIGIN, filter)
+            .map_err(|e| e.to_string())
+    })
+    .await
+}
+
+/// [`forget_per_origin`] for a schedule of application backups: each one
+/// is kept or forgotten whole, as [`application_plan`] decides.
+pub async fn forget_applications(
+    repo: &coffer_engine::Repository,
+    cluster: Option<&String>,
+    filter: &coffer_engine::forget::Filter,
+    policy: &coffer_engine::forget::Policy,
+    cancel: &coffer_engine::CancelToken,
+) -> Result<(coffer_engine::forget::ForgetPlan, usize), String> {
+    forget_planned(repo, cluster, cancel, |snapshots| {
+        application_plan(snapshots, policy, filter)
+    })
+    .await
+}
+
+/// Retention grouped by Kubernetes origin alone.
+const BY_ORIGIN: coffer_engine::forget::GroupBy = coffer_engine::forget::GroupBy {
+    host: false,
+    paths: false,
+    tags: false,
+    origin: true,
+};
+
+/// Loads the snapshots of `cluster` (only those, also when it is unset),
+/// plans with `plan`, and forgets what the plan removes.
+async fn forget_planned(
+    repo: &coffer_engine::Repository,
+    cluster: Option<&String>,
+    cancel: &coffer_engine::CancelToken,
+    plan: impl FnOnce(
+        &[(coffer_engine::format::SnapshotId, coffer_engine::format::snapshot::Snapshot)],
+    ) -> Result<coffer_engine::forget::ForgetPlan, String>,
+) -> Result<(coffer_engine::forget::ForgetPlan, usize), String> {
     let mut snapshots = repo.snapshots().await.map_err(|e| e.to_string())?;
     snapshots.retain(|(_, s)| s.origin.as_ref().and_then(|o| o.cluster.as_ref()) == cluster);
-    let by_origin = GroupBy {
-        host: false,
-        paths: false,
-        tags: false,
-        origin: true,
-    };
-    let plan = forget::plan(&snapshots, policy, by_origin, filter).map_err(|e| e.to_string())?;
-    let removed = forget::execute(repo, &plan, cancel)
+    let plan = plan(&snapshots)?;
+    let removed = coffer_engine::forget::execute(repo, &plan, cancel)
         .await
         .map_err(|e| e.to_string())?;
     Ok((plan, removed))
 }
 
+/// Retention of application backups. `policy` is applied per origin to
+/// the objects' snapshots among `snapshots` that pass `filter` (those
+/// tagged `coffer.dev/application-objects=NAME`); each application
+/// backup's volume snapshots (tagged `coffer.dev/application=NAME` alone)
+/// follow its objects' snapshot: kept with it, forgotten with it. The
+/// volume snapshots of a backup that has no objects' snapshot (its capture
+/// failed) are forgotten once they are older than the oldest application
+/// backup kept; newer ones may belong to a backup still going, and stay.
+/// Snapshots without an application tag are left alone.
+pub fn application_plan(
+    snapshots: &[(coffer_engine::format::SnapshotId, coffer_engine::format::snapshot::Snapshot)],
+    policy: &coffer_engine::forget::Policy,
+    filter: &coffer_engine::forget::Filter,
+) -> Result<coffer_engine::forget::ForgetPlan, String> {
+    use crate::names::{APPLICATION_TAG, OBJECTS_TAG};
+    use coffer_engine::forget::{Decision, GroupPlan};
+    use std::collections::BTreeSet;
+    let tagged = |s: &coffer_engine::format::snapshot::Snapshot, prefix: &str| {
+        s.tags
+            .iter()
+            .find_map(|t| t.strip_prefix(prefix).map(str::to_string))
+    };
+    let (objects, volumes): (Vec<_>, Vec<_>) = snapshots
+        .iter()
+        .filter(|(_, s)| filter.matches(s))
+        .cloned()
+        .partition(|(_, s)| tagged(s, OBJECTS_TAG).is_some());
+    let mut plan = coffer_engine::forget::plan(&objects, policy, BY_ORIGIN, filter)
+        .map_err(|e| e.to_string())?;
+    let application_of: BTreeMap<_, _> = objects
+        .iter()
+        .filter_map(|(id, s)| Some((*id, tagged(s, OBJECTS_TAG)?)))
+        .collect();
+    let names = |pick: fn(&GroupPlan) -> &Vec<Decision>| -> BTreeSet<String> {
+        plan.groups
+            .iter()
+            .flat_map(|g| pick(g).iter())
+            .filter_map(|d| application_of.get(&d.id).cloned())
+            .collect()
+    };
+    let kept = names(|g| &g.keep);
+    let forgotten = names(|g| &g.remove);
+    let kept_ids: BTreeSet<_> = plan
+        .groups
+        .iter()
+        .flat_map(|g| g.keep.iter().map(|d| d.id))
+        .collect();
+    let oldest_kept = objects
+        .iter()
+        .filter(|(id, _)| kept_ids.contains(id))
+        .map(|(_, s)| coffer_engine::repository::snapshot_time(s))
+        .min();
+    let mut follow = GroupPlan {
+        key: "the volumes of application backups".into(),
+        keep: Vec::new(),
+        remove: Vec::new(),
+    };
+    for (id, s) in &volumes {
+        let Some(app) = tagged(s, APPLICATION_TAG) else {
+            continue;
+        };
+        let orphan = !forgotten.contains(&app)
+            && oldest_kept.is_some_and(|t| coffer_engine::repository::snapshot_time(s) < t);
+        let mut d = Decision {
+            id: *id,
+            time: s.time.clone(),
+            reasons: Vec::new(),
+        };
+        if kept.contains(&app) {
+            d.reasons.push(format!("application {app}"));
+            follow.keep.push(d);
+        } else if forgotten.contains(&app) || orphan {
+            follow.remove.push(d);
+        } else {
+            d.reasons.push(format!("application {app} not captured yet"));
+            follow.keep.push(d);
+        }
+    }
+    if !follow.keep.is_empty() || !follow.remove.is_empty() {
+        plan.groups.push(follow);
+    }
+    Ok(plan)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A snapshot of namespace `shop` at minute `min`, with `tags` and
+    /// (for a volume) a claim.
+    fn snapshot(
+        i: u8,
+        min: u32,
+        pvc: Option<&str>,
+        tags: &[String],
+    ) -> (
+        coffer_engine::format::SnapshotId,
+        coffer_engine::format::snapshot::Snapshot,
+    ) {
+        use coffer_engine::format::snapshot::*;
+        use coffer_engine::format::tree::{Node, NodeKind};
+        use coffer_engine::format::{BlobId, SnapshotId};
+        let mut root = Node::new("r", NodeKind::Dir);
+        root.subtree = Some(BlobId([1; 32]));
+        let s = Snapshot {
+            version: SNAPSHOT_VERSION,
+            time: format!("2026-12-07T10:{min:02}:00Z"),
+            hostname: "h".into(),
+            username: "u".into(),
+            uid: 0,
+            gid: 0,
+            paths: vec!["/data".into()],
+            tags: tags.to_vec(),
+            root,
+            parent: None,
+            program: "t".into(),
+            summary: SnapshotSummary::default(),
+            origin: Some(KubernetesOrigin {
+                cluster: Some("prod".into()),
+                namespace: Some("shop".into()),
+                pvc: pvc.map(str::to_string),
+                ..Default::default()
+            }),
+            original: None,
+            ignored_changes: Vec::new(),
+        };
+        (SnapshotId([i; 32]), s)
+    }
+
+    /// An application backup `app` at minute `min`: its objects' snapshot
+    /// (unless `captured` is false) and one snapshot per claim.
+    fn application(
+        first: u8,
+        app: &str,
+        min: u32,
+        captured: bool,
+    ) -> Vec<(
+        coffer_engine::format::SnapshotId,
+        coffer_engine::format::snapshot::Snapshot,
+    )> {
+        use crate::names::{application_tag, objects_tag, schedule_tag};
+        let tags = vec![schedule_tag("nightly"), application_tag(app)];
+        let mut out = vec![
+            snapshot(first, min, Some("data-db-0"), &tags),
+            snapshot(first + 1, min, Some("data-db-1"), &tags),
+        ];
+        if captured {
+            let mut objects = tags.clone();
+            objects.push(objects_tag(app));
+            out.push(snapshot(first + 2, min + 1, None, &objects));
+        }
+        out
+    }
+
+    /// Retention of application backups keeps or forgets each one whole:
+    /// keep-last 2 over four backups forgets the two oldest's objects and
+    /// volumes together, never a kept one's volumes; the volumes of a
+    /// backup whose capture failed go once older than the oldest kept one,
+    /// and stay while newer (a backup still going). Another schedule's
+    /// snapshots are not touched.
+    #[test]
+    fn application_backups_are_kept_or_forgotten_whole() {
+        let mut snaps = Vec::new();
+        snaps.extend(application(10, "nightly-1", 0, true));
+        snaps.extend(application(20, "nightly-2", 10, false));
+        snaps.extend(application(30, "nightly-3", 20, true));
+        snaps.extend(application(40, "nightly-4", 30, true));
+        snaps.extend(application(50, "nightly-5", 40, true));
+        snaps.extend(application(60, "nightly-6", 50, false));
+        snaps.push(snapshot(
+            70,
+            0,
+            Some("other"),
+            &[crate::names::schedule_tag("hourly")],
+        ));
+        let filter = coffer_engine::forget::Filter {
+            tags: vec![crate::names::schedule_tag("nightly")],
+            ..Default::default()
+        };
+        let policy = coffer_engine::forget::Policy {
+            last: 2,
+            ..Default::default()
+        };
+        let plan = application_plan(&snaps, &policy, &filter).unwrap();
+        let mut removed: Vec<u8> = plan.removed().iter().map(|id| id.0[0]).collect();
+        removed.sort();
+        // nightly-1, -3 (objects and volumes), nightly-2's orphan volumes.
+        assert_eq!(removed, vec![10, 11, 12, 20, 21, 30, 31, 32]);
+        let mut kept: Vec<u8> = plan
+            .groups
+            .iter()
+            .flat_map(|g| g.keep.iter().map(|d| d.id.0[0]))
+            .collect();
+        kept.sort();
+        // nightly-4, -5 whole; nightly-6's volumes (newer than every kept).
+        assert_eq!(kept, vec![40, 41, 42, 50, 51, 52, 60, 61]);
+
+        // The policy is the engine's: one that keeps nothing is refused.
+        let none = coffer_engine::forget::Policy::default();
+        assert!(application_plan(&snaps, &none, &filter).is_err());
+    }
 
     async fn memory_repo() -> Repository {
         let store = storage::open_location("memory://", true).unwrap();

@@ -186,6 +186,10 @@ pub async fn run(client: Client, opts: Options, metrics: Arc<Metrics>) -> anyhow
         Api::<Lenient<VolumeBackup>>::all(client.clone()),
         scheduled.clone(),
     )
+    .owns(
+        Api::<Lenient<ApplicationBackup>>::all(client.clone()),
+        scheduled.clone(),
+    )
     .watches(
         Api::<Lenient<Pod>>::namespaced(client.clone(), &home),
         scheduled,

@@ -1,11 +1,13 @@
 //! The controller's BackupSchedules. At each time of `spec.schedule` (or
 //! when the annotation `backup.coffer.dev/backup-now` gets a new value) it
-//! creates one VolumeBackup per selected volume, labelled with the schedule
+//! creates one VolumeBackup per selected volume (or, with
+//! `spec.application`, one ApplicationBackup), labelled with the schedule
 //! and annotated with the time. When every run of that time is over, the
 //! retention policy is applied per origin to the snapshots this schedule
 //! made (tag `coffer.dev/schedule=NAME`), by a mover pod running
 //! `coffer-agent mover forget`: the controller reads no Secret, so it cannot
-//! open the repository itself.
+//! open the repository itself. Application backups are kept or forgotten
+//! whole: [`crate::repos::application_plan`].
 //!
 //! With method Snapshot, the PVCs used by the pods of one workload (the
 //! pods' controller: a StatefulSet, a ReplicaSet, ...) form a group
@@ -27,8 +29,8 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use crate::crd::{
-    BackupMethod, BackupRepository, BackupSchedule, BackupScheduleStatus, ConcurrencyPolicy, Phase,
-    Retention, RetentionResult, VolumeBackup,
+    ApplicationBackup, BackupMethod, BackupRepository, BackupSchedule, BackupScheduleStatus,
+    ConcurrencyPolicy, Phase, Retention, RetentionResult, Selector, VolumeBackup,
 };
 
 use crate::api::{create, delete, kube_err, Error};
@@ -136,9 +138,9 @@ pub(crate) enum Step {
 /// past `successfulRunsHistoryLimit` and `failedRunsHistoryLimit`, as
 /// [`past_history_limits`] counts them; the time the schedule's status
 /// last recorded is kept as well.
-pub(crate) fn expired_runs(
+pub(crate) fn expired_runs<K: RunObject>(
     bs: &BackupSchedule,
-    runs: &[VolumeBackup],
+    runs: &[K],
     now: chrono::DateTime<Utc>,
 ) -> Vec<String> {
     let own = runs_of(bs, runs);
@@ -157,7 +159,7 @@ pub(crate) fn expired_runs(
 }
 
 /// The runs of `runs` that schedule `bs` owns.
-fn runs_of<'a>(bs: &BackupSchedule, runs: &'a [VolumeBackup]) -> Vec<&'a VolumeBackup> {
+fn runs_of<'a, K: RunObject>(bs: &BackupSchedule, runs: &'a [K]) -> Vec<&'a K> {
     runs.iter()
         .filter(|vb| {
             vb.owner_references()
@@ -227,11 +229,35 @@ pub(crate) fn past_history_limits<K: RunObject>(
     expired
 }
 
-/// Plans a pass over schedule `bs` whose VolumeBackups (labelled with its
-/// name) are `runs`, at `now`.
-pub(crate) fn plan_pass(
+/// Why a schedule's spec cannot be carried out, told in its status: with
+/// `application`, the fields that choose volumes do not apply.
+fn spec_problem(bs: &BackupSchedule) -> Option<String> {
+    let spec = &bs.spec;
+    spec.application.as_ref()?;
+    let set: Vec<&str> = [
+        (spec.selector != Selector::default(), "selector"),
+        (!spec.volumes.is_empty(), "volumes"),
+        (spec.method != BackupMethod::default(), "method"),
+        (!spec.excludes.is_empty(), "excludes"),
+    ]
+    .into_iter()
+    .filter_map(|(set, field)| set.then_some(field))
+    .collect();
+    (!set.is_empty()).then(|| {
+        format!(
+            "spec.{} choose(s) volumes and cannot be set with spec.application: an application \
+             backup takes every claim in scope; put a label selector in \
+             spec.application.selector",
+            set.join(", spec.")
+        )
+    })
+}
+
+/// Plans a pass over schedule `bs` whose runs (VolumeBackups or
+/// ApplicationBackups labelled with its name) are `runs`, at `now`.
+pub(crate) fn plan_pass<K: RunObject>(
     bs: &BackupSchedule,
-    runs: &[VolumeBackup],
+    runs: &[K],
     now: chrono::DateTime<Utc>,
 ) -> Pass {
     let ns = bs.namespace().unwrap_or_default();
@@ -252,15 +278,20 @@ pub(crate) fn plan_pass(
         step,
         expired: expired.clone(),
     };
-    let schedule = match Schedule::parse(&bs.spec.schedule, &format!("{ns}/{name}")) {
+    let parsed = match spec_problem(bs) {
+        Some(why) => Err(("InvalidSpec", why)),
+        None => Schedule::parse(&bs.spec.schedule, &format!("{ns}/{name}"))
+            .map_err(|e| ("InvalidSchedule", e.to_string())),
+    };
+    let schedule = match parsed {
         Ok(s) => s,
-        Err(e) => {
+        Err((reason, why)) => {
             set_condition(
                 &mut st.conditions,
                 "Scheduled",
                 false,
-                "InvalidSchedule",
-                e.to_string(),
+                reason,
+                why,
                 now_s,
             );
             st.next_schedule_time = None;
@@ -268,10 +299,10 @@ pub(crate) fn plan_pass(
         }
     };
     let mine = runs_of(bs, runs);
-    let is_final = |vb: &VolumeBackup| vb.status.as_ref().is_some_and(|s| s.phase.is_final());
-    let succeeded = |vb: &VolumeBackup| {
+    let is_final = |vb: &K| vb.run_status().is_some_and(|s| s.phase.is_final());
+    let succeeded = |vb: &K| {
         matches!(
-            vb.status.as_ref().map(|s| s.phase),
+            vb.run_status().map(|s| s.phase),
             Some(Phase::Completed | Phase::PartiallyFailed)
         )
     };
@@ -281,7 +312,7 @@ pub(crate) fn plan_pass(
         .map(|vb| vb.name_any())
         .collect();
     let last_tick = st.last_schedule_time;
-    let tick_runs: Vec<&VolumeBackup> = mine
+    let tick_runs: Vec<&K> = mine
         .iter()
         .copied()
         .filter(|vb| last_tick.is_some() && scheduled_at(*vb) == last_tick)
@@ -307,7 +338,7 @@ pub(crate) fn plan_pass(
     let done = mine
         .iter()
         .filter(|vb| succeeded(vb))
-        .filter_map(|vb| vb.status.as_ref()?.completion_time)
+        .filter_map(|vb| vb.run_status()?.completion_time)
         .max();
     if done > st.last_successful_time {
         st.last_successful_time = done;
@@ -318,7 +349,7 @@ pub(crate) fn plan_pass(
             .iter()
             .filter(|vb| !succeeded(vb))
             .map(|vb| {
-                let m = vb.status.as_ref().and_then(|s| s.message.clone());
+                let m = vb.run_status().and_then(|s| s.message.clone());
                 format!("{}: {}", vb.name_any(), m.unwrap_or_default())
             })
             .collect();
@@ -405,15 +436,26 @@ pub(crate) async fn reconcile(bs: Arc<BackupSchedule>, ctx: Arc<Ctx>) -> Result<
     if bs.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
+    if bs.spec.application.is_some() {
+        reconcile_runs::<ApplicationBackup>(bs, ctx).await
+    } else {
+        reconcile_runs::<VolumeBackup>(bs, ctx).await
+    }
+}
+
+/// [`reconcile`] of a schedule whose runs are of kind `K`.
+async fn reconcile_runs<K: RunObject>(
+    bs: Arc<BackupSchedule>,
+    ctx: Arc<Ctx>,
+) -> Result<Action, Error> {
     let ns = bs.namespace().unwrap_or_default();
     let name = bs.name_any();
+    let kind = K::kind(&());
     let old = bs.status.clone().unwrap_or_default();
-    let runs = Api::<VolumeBackup>::namespaced(ctx.client.clone(), &ns)
+    let runs = Api::<K>::namespaced(ctx.client.clone(), &ns)
         .list(&ListParams::default().labels(&format!("{SCHEDULE_LABEL}={}", label_value(&name))))
         .await
-        .map_err(kube_err(format!(
-            "listing the VolumeBackups of schedule {ns}/{name}"
-        )))?
+        .map_err(kube_err(format!("listing the {kind}s of schedule {ns}/{name}")))?
         .items;
     let Pass {
         status: mut st,
@@ -421,10 +463,10 @@ pub(crate) async fn reconcile(bs: Arc<BackupSchedule>, ctx: Arc<Ctx>) -> Result<
         step,
         expired,
     } = plan_pass(&bs, &runs, Utc::now());
-    let api: Api<VolumeBackup> = Api::namespaced(ctx.client.clone(), &ns);
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
     for run in &expired {
         // Its snapshot stays in the repository; retention decides about it.
-        delete(&api, run, &format!("VolumeBackup {ns}/{run}")).await?;
+        delete(&api, run, &format!("{kind} {ns}/{run}")).await?;
         tracing::info!(
             namespace = ns,
             schedule = name,
@@ -444,9 +486,9 @@ pub(crate) async fn reconcile(bs: Arc<BackupSchedule>, ctx: Arc<Ctx>) -> Result<
                 time = %at,
                 "creating the rest of a claimed time's runs"
             );
-            cancel(&ctx, &ns, &older).await?;
-            let planned = targets(&ctx, &bs).await?;
-            fire(&ctx, &bs, &planned, at).await?;
+            cancel::<K>(&ctx, &ns, &older).await?;
+            let planned = Runs::of(&ctx, &bs).await?;
+            planned.create(&ctx, &bs, at).await?;
             write_status(&ctx, &bs, &old, &st, false).await?;
             return Ok(Action::requeue(Duration::ZERO));
         }
@@ -492,13 +534,13 @@ pub(crate) async fn reconcile(bs: Arc<BackupSchedule>, ctx: Arc<Ctx>) -> Result<
     }
     match step {
         Step::Fire { at, cancel: older } => {
-            let planned = targets(&ctx, &bs).await?;
-            st.active = planned.iter().map(|t| run_name(&name, t, at)).collect();
+            let planned = Runs::of(&ctx, &bs).await?;
+            st.active = planned.names(&name, at);
             if !write_status(&ctx, &bs, &old, &st, true).await? {
                 return Ok(Action::requeue(Duration::ZERO));
             }
-            cancel(&ctx, &ns, &older).await?;
-            fire(&ctx, &bs, &planned, at).await?;
+            cancel::<K>(&ctx, &ns, &older).await?;
+            planned.create(&ctx, &bs, at).await?;
             let mut created = st.clone();
             created.creating = None;
             write_status(&ctx, &bs, &st, &created, false).await?;
@@ -600,8 +642,8 @@ async fn write_status(
 }
 
 /// Cancels runs (concurrencyPolicy Replace).
-async fn cancel(ctx: &Ctx, ns: &str, runs: &[String]) -> Result<(), Error> {
-    let api: Api<VolumeBackup> = Api::namespaced(ctx.client.clone(), ns);
+async fn cancel<K: RunObject>(ctx: &Ctx, ns: &str, runs: &[String]) -> Result<(), Error> {
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
     for r in runs {
         match api
             .patch(
@@ -613,10 +655,45 @@ async fn cancel(ctx: &Ctx, ns: &str, runs: &[String]) -> Result<(), Error> {
         {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(kube_err(format!("canceling VolumeBackup {ns}/{r}"))(e)),
+            Err(e) => return Err(kube_err(format!("canceling {} {ns}/{r}", K::kind(&())))(e)),
         }
     }
     Ok(())
+}
+
+/// What one time of a schedule makes.
+enum Runs {
+    /// One VolumeBackup per `(pod, volume)` (Filesystem, Command) or PVC
+    /// (Snapshot): [`targets`].
+    Volumes(Vec<(Option<String>, String)>),
+    /// One ApplicationBackup.
+    Application,
+}
+
+impl Runs {
+    /// What schedule `bs` makes now.
+    async fn of(ctx: &Ctx, bs: &BackupSchedule) -> Result<Runs, Error> {
+        Ok(match bs.spec.application {
+            Some(_) => Runs::Application,
+            None => Runs::Volumes(targets(ctx, bs).await?),
+        })
+    }
+
+    /// The names of the runs of time `at`.
+    fn names(&self, schedule: &str, at: Timestamp) -> Vec<String> {
+        match self {
+            Runs::Volumes(targets) => targets.iter().map(|t| run_name(schedule, t, at)).collect(),
+            Runs::Application => vec![application_run_name(schedule, at)],
+        }
+    }
+
+    /// Creates the runs of time `at`.
+    async fn create(&self, ctx: &Ctx, bs: &BackupSchedule, at: Timestamp) -> Result<(), Error> {
+        match self {
+            Runs::Volumes(targets) => fire(ctx, bs, targets, at).await,
+            Runs::Application => fire_application(ctx, bs, at).await,
+        }
+    }
 }
 
 /// The volumes a schedule backs up: `(pod, volume)` for Filesystem, PVC
@@ -713,13 +790,88 @@ pub fn workload_groups(pods: &[Pod], pvcs: &[String]) -> BTreeMap<String, String
     of
 }
 
-/// The name of the run of `target` at time `at`.
-fn run_name(schedule: &str, target: &(Option<String>, String), at: Timestamp) -> String {
-    let stamp: String = at
-        .to_string()
+/// Time `at` as digits, for names.
+fn stamp(at: Timestamp) -> String {
+    at.to_string()
         .chars()
         .filter(char::is_ascii_digit)
-        .collect();
+        .collect()
+}
+
+/// The name of the ApplicationBackup of time `at`.
+fn application_run_name(schedule: &str, at: Timestamp) -> String {
+    object_name(&[schedule, &stamp(at)])
+}
+
+/// The metadata of a schedule's run `run` of time `at`: labelled with the
+/// schedule, annotated with the time, owned by the schedule.
+fn run_metadata(bs: &BackupSchedule, run: &str, at: Timestamp) -> serde_json::Value {
+    json!({
+        "name": run, "namespace": bs.namespace(),
+        "labels": {SCHEDULE_LABEL: label_value(&bs.name_any())},
+        "annotations": {SCHEDULED_AT: at},
+        "ownerReferences": bs.controller_owner_ref(&()).map(|o| vec![o]),
+    })
+}
+
+/// Tells in an Event that a run was refused (a policy, a quota): it misses
+/// this time, the others go on, and the next time tries again.
+async fn refused(ctx: &Ctx, bs: &BackupSchedule, why: String) {
+    tracing::warn!(
+        namespace = bs.namespace(),
+        schedule = bs.name_any(),
+        "{why}"
+    );
+    ctx.reporter
+        .event_on(bs, "Schedule", EventType::Warning, "RunRefused", why)
+        .await;
+}
+
+/// Creates the ApplicationBackup of time `at`: `spec.application` with the
+/// schedule's repository and tags.
+async fn fire_application(ctx: &Ctx, bs: &BackupSchedule, at: Timestamp) -> Result<(), Error> {
+    let ns = bs.namespace().unwrap_or_default();
+    let name = bs.name_any();
+    let run = application_run_name(&name, at);
+    let what = format!("ApplicationBackup {ns}/{run}");
+    let mut spec = serde_json::to_value(bs.spec.application.clone().unwrap_or_default())
+        .map_err(|e| Error::Invalid(format!("{what}: {e}")))?;
+    spec["repository"] = json!(bs.spec.repository);
+    spec["tags"] = json!(schedule_tags(bs));
+    let ab: ApplicationBackup = serde_json::from_value(json!({
+        "apiVersion": "coffer.dev/v1alpha1", "kind": "ApplicationBackup",
+        "metadata": run_metadata(bs, &run, at),
+        "spec": spec,
+    }))
+    .map_err(|e| Error::Invalid(format!("{what}: {e}")))?;
+    let api: Api<ApplicationBackup> = Api::namespaced(ctx.client.clone(), &ns);
+    match create(&api, &ab, &what).await {
+        Ok(()) => {
+            let note = format!("created {run}");
+            ctx.reporter
+                .event_on(bs, "Schedule", EventType::Normal, "Scheduled", note)
+                .await;
+            Ok(())
+        }
+        Err(Error::Refused(why) | Error::Quota(why)) => {
+            refused(ctx, bs, why).await;
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The tags of every snapshot a schedule makes: its own and
+/// `coffer.dev/schedule=NAME`.
+fn schedule_tags(bs: &BackupSchedule) -> Vec<String> {
+    let mut tags = bs.spec.tags.clone();
+    tags.push(schedule_tag(&bs.name_any()));
+    tags
+}
+
+/// The name of the run of `target` at time `at`.
+fn run_name(schedule: &str, target: &(Option<String>, String), at: Timestamp) -> String {
+    let stamp = stamp(at);
     match &target.0 {
         Some(pod) => object_name(&[schedule, pod, &target.1, &stamp]),
         None => object_name(&[schedule, &target.1, &stamp]),
@@ -762,13 +914,8 @@ async fn fire(
     } else {
         BTreeMap::new()
     };
-    let stamp: String = at
-        .to_string()
-        .chars()
-        .filter(char::is_ascii_digit)
-        .collect();
-    let mut tags = bs.spec.tags.clone();
-    tags.push(schedule_tag(&name));
+    let stamp = stamp(at);
+    let tags = schedule_tags(bs);
     let mut made = Vec::new();
     for target in targets {
         let run = run_name(&name, target, at);
@@ -792,25 +939,13 @@ async fn fire(
         }
         let vb: VolumeBackup = serde_json::from_value(json!({
             "apiVersion": "coffer.dev/v1alpha1", "kind": "VolumeBackup",
-            "metadata": {
-                "name": run, "namespace": ns,
-                "labels": {SCHEDULE_LABEL: label_value(&name)},
-                "annotations": {SCHEDULED_AT: at},
-                "ownerReferences": bs.controller_owner_ref(&()).map(|o| vec![o]),
-            },
+            "metadata": run_metadata(bs, &run, at),
             "spec": spec,
         }))
         .map_err(|e| Error::Invalid(format!("VolumeBackup {ns}/{run}: {e}")))?;
         match create(&api, &vb, &format!("VolumeBackup {ns}/{run}")).await {
             Ok(()) => made.push(run),
-            // Refused (a policy, a quota): this volume misses this time,
-            // the others go on, and the next time tries again.
-            Err(Error::Refused(why) | Error::Quota(why)) => {
-                tracing::warn!(namespace = ns, schedule = name, "{why}");
-                ctx.reporter
-                    .event_on(bs, "Schedule", EventType::Warning, "RunRefused", why)
-                    .await;
-            }
+            Err(Error::Refused(why) | Error::Quota(why)) => refused(ctx, bs, why).await,
             Err(e) => return Err(e),
         }
     }
@@ -873,6 +1008,7 @@ async fn retention(
                 tag: schedule_tag(&name),
                 after,
                 cluster: ctx.opts.cluster.clone(),
+                applications: bs.spec.application.is_some(),
                 keep: KeepArgs::from(policy),
             }))
             .to_argv();
@@ -964,7 +1100,7 @@ mod tests {
     #[test]
     fn a_pass_waits_for_the_next_time_and_fires_when_it_comes() {
         let bs = schedule(json!({}), json!(null));
-        let waiting = plan_pass(&bs, &[], t("2026-03-01T00:30:00Z"));
+        let waiting = plan_pass::<VolumeBackup>(&bs, &[], t("2026-03-01T00:30:00Z"));
         assert_eq!(
             waiting.step,
             Step::Wait(Some(Duration::from_secs(30 * 60 + 1)))
@@ -980,13 +1116,13 @@ mod tests {
             .conditions
             .iter()
             .all(|c| c.observed_generation == Some(4)));
-        let firing = plan_pass(&bs, &[], t("2026-03-01T01:00:02Z"));
+        let firing = plan_pass::<VolumeBackup>(&bs, &[], t("2026-03-01T01:00:02Z"));
         let at = stamp("2026-03-01T01:00:02.000Z");
         assert_eq!(firing.step, Step::Fire { at, cancel: vec![] });
         assert_eq!(firing.status.last_schedule_time, Some(at));
         assert_eq!(firing.status.creating, Some(at));
         // Paused: nothing until it is resumed.
-        let paused = plan_pass(
+        let paused = plan_pass::<VolumeBackup>(
             &schedule(json!({"paused": true}), json!(null)),
             &[],
             t("2026-03-01T05:00:00Z"),
@@ -1034,7 +1170,7 @@ mod tests {
     #[test]
     fn a_bad_schedule_is_said_and_nothing_fires() {
         let bs = schedule(json!({"schedule": "at teatime"}), json!(null));
-        let p = plan_pass(&bs, &[], t("2026-03-01T05:00:00Z"));
+        let p = plan_pass::<VolumeBackup>(&bs, &[], t("2026-03-01T05:00:00Z"));
         assert_eq!(p.step, Step::Invalid);
         let (ok, reason, message) = condition(&p.status, "Scheduled");
         assert_eq!((ok.as_str(), reason.as_str()), ("False", "InvalidSchedule"));
@@ -1106,6 +1242,53 @@ mod tests {
             }
         );
         assert_eq!(p.status.creating, None);
+    }
+
+    /// A schedule of application backups: its runs are ApplicationBackups,
+    /// planned as VolumeBackups are; the fields that choose volumes are
+    /// refused beside `application`, naming them.
+    #[test]
+    fn a_schedule_of_application_backups_plans_its_runs_and_refuses_volume_fields() {
+        let last = "2026-03-01T01:00:00.000Z";
+        let spec = json!({"application": {"includedResources": ["configmaps"]},
+                          "retention": {"keepLast": 1}});
+        let app = |phase: &str| -> ApplicationBackup {
+            let vb = serde_json::to_value(run("nightly-1", last, Some(phase))).unwrap();
+            serde_json::from_value(json!({
+                "apiVersion": "coffer.dev/v1alpha1", "kind": "ApplicationBackup",
+                "metadata": vb["metadata"], "spec": {}, "status": vb["status"],
+            }))
+            .unwrap()
+        };
+        let now = t("2026-03-01T01:30:00Z");
+        let bs = schedule(spec.clone(), json!({"lastScheduleTime": last}));
+        let p = plan_pass(&bs, &[app("PartiallyFailed")], now);
+        assert_eq!(p.retention, Some(stamp(last)));
+        assert_eq!(condition(&p.status, "LastRunSucceeded").0, "True");
+        assert_eq!(
+            plan_pass(&bs, &[app("Failed")], now).retention,
+            None,
+            "a failed application backup forgets nothing"
+        );
+        let fired = plan_pass::<ApplicationBackup>(&bs, &[], t("2026-03-01T02:00:01Z"));
+        assert!(matches!(fired.step, Step::Fire { .. }), "{:?}", fired.step);
+        assert_eq!(
+            application_run_name("nightly", stamp("2026-03-01T02:00:01.000Z")),
+            "nightly-20260301020001000"
+        );
+
+        let mut bad = spec;
+        bad["selector"] = json!({"matchLabels": {"app": "db"}});
+        bad["volumes"] = json!(["data"]);
+        let p = plan_pass::<ApplicationBackup>(&schedule(bad, json!(null)), &[], now);
+        assert_eq!(p.step, Step::Invalid);
+        let (ok, reason, why) = condition(&p.status, "Scheduled");
+        assert_eq!((ok.as_str(), reason.as_str()), ("False", "InvalidSpec"));
+        assert!(
+            why.starts_with("spec.selector, spec.volumes choose(s) volumes"),
+            "{why}"
+        );
+        assert!(why.contains("spec.application.selector"), "{why}");
     }
 
     #[test]

@@ -226,6 +226,10 @@ pub struct ForgetArgs {
     /// Only snapshots of this cluster
     #[arg(long)]
     pub cluster: Option<String>,
+    /// The schedule makes application backups: the policy keeps or forgets
+    /// each one whole (its objects' snapshot and its volumes' snapshots)
+    #[arg(long)]
+    pub applications: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub keep: KeepArgs,
@@ -435,6 +439,7 @@ impl MoverArgs {
                 a.flag("--tag", &f.tag);
                 a.flag("--after", f.after.to_string());
                 a.opt("--cluster", f.cluster.as_ref());
+                a.switch("--applications", f.applications);
                 a.0.extend(f.keep.to_argv());
             }
             MoverArgs::Prune(p) => {
@@ -644,6 +649,7 @@ mod tests {
                 tag: "coffer.dev/schedule=db".into(),
                 after: crate::time::stamp("2026-12-03T02:00:00.000Z"),
                 cluster: Some("prod".into()),
+                applications: true,
                 keep: KeepArgs {
                     keep_last: Some(1),
                     keep_hourly: Some(2),

@@ -197,6 +197,9 @@ pub struct ForgetJob {
     pub after: Timestamp,
     /// What to keep, per origin.
     pub policy: coffer_engine::forget::Policy,
+    /// The schedule makes application backups: each is kept or forgotten
+    /// whole ([`crate::repos::forget_applications`]).
+    pub applications: bool,
 }
 
 /// Applies the policy per origin to the schedule's snapshots and writes
@@ -215,14 +218,13 @@ pub async fn forget(client: Client, job: ForgetJob, cancel: CancelToken) -> bool
             },
             ..Default::default()
         };
-        let (plan, removed) = crate::repos::forget_per_origin(
-            &repo,
-            job.cluster.as_ref(),
-            &filter,
-            &job.policy,
-            &cancel,
-        )
-        .await?;
+        let cluster = job.cluster.as_ref();
+        let (plan, removed) = if job.applications {
+            crate::repos::forget_applications(&repo, cluster, &filter, &job.policy, &cancel)
+                .await?
+        } else {
+            crate::repos::forget_per_origin(&repo, cluster, &filter, &job.policy, &cancel).await?
+        };
         let kept: usize = plan.groups.iter().map(|g| g.keep.len()).sum();
         for g in &plan.groups {
             tracing::info!(
