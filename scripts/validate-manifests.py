@@ -56,7 +56,7 @@ EXPECTED_CONTROLLER_RULES = {
     ("coffer.dev", "restoresources"): {"get", "create"},
     ("coffer.dev", "applicationrestores"): {"get", "list", "watch", "patch", "delete"},
     ("coffer.dev", "applicationrestores/status"): {"get", "patch"},
-    ("coffer.dev", "applicationbackups"): {"get", "list", "watch", "patch", "delete"},
+    ("coffer.dev", "applicationbackups"): {"get", "list", "watch", "patch", "create", "delete"},
     ("coffer.dev", "applicationbackups/status"): {"get", "patch"},
     ("coffer.dev", "backupschedules"): {"get", "list", "watch"},
     ("coffer.dev", "backupschedules/status"): {"get", "patch"},

@@ -498,8 +498,7 @@ pub async fn forget_per_origin(
     cancel: &coffer_engine::CancelToken,
 ) -> Result<(coffer_engine::forget::ForgetPlan, usize), String> {
     forget_planned(repo, cluster, cancel, |snapshots| {
-        coffer_engine::forget::plan(snapshots, policy, BY_ORIGIN, filter)
-            .map_err(|e| e.to_string())
+        coffer_engine::forget::plan(snapshots, policy, BY_ORIGIN, filter).map_err(|e| e.to_string())
     })
     .await
 }
@@ -534,7 +533,10 @@ async fn forget_planned(
     cluster: Option<&String>,
     cancel: &coffer_engine::CancelToken,
     plan: impl FnOnce(
-        &[(coffer_engine::format::SnapshotId, coffer_engine::format::snapshot::Snapshot)],
+        &[(
+            coffer_engine::format::SnapshotId,
+            coffer_engine::format::snapshot::Snapshot,
+        )],
     ) -> Result<coffer_engine::forget::ForgetPlan, String>,
 ) -> Result<(coffer_engine::forget::ForgetPlan, usize), String> {
     let mut snapshots = repo.snapshots().await.map_err(|e| e.to_string())?;
@@ -556,7 +558,10 @@ async fn forget_planned(
 /// backup kept; newer ones may belong to a backup still going, and stay.
 /// Snapshots without an application tag are left alone.
 pub fn application_plan(
-    snapshots: &[(coffer_engine::format::SnapshotId, coffer_engine::format::snapshot::Snapshot)],
+    snapshots: &[(
+        coffer_engine::format::SnapshotId,
+        coffer_engine::format::snapshot::Snapshot,
+    )],
     policy: &coffer_engine::forget::Policy,
     filter: &coffer_engine::forget::Filter,
 ) -> Result<coffer_engine::forget::ForgetPlan, String> {
@@ -620,7 +625,8 @@ pub fn application_plan(
         } else if forgotten.contains(&app) || orphan {
             follow.remove.push(d);
         } else {
-            d.reasons.push(format!("application {app} not captured yet"));
+            d.reasons
+                .push(format!("application {app} not captured yet"));
             follow.keep.push(d);
         }
     }

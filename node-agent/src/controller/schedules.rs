@@ -286,14 +286,7 @@ pub(crate) fn plan_pass<K: RunObject>(
     let schedule = match parsed {
         Ok(s) => s,
         Err((reason, why)) => {
-            set_condition(
-                &mut st.conditions,
-                "Scheduled",
-                false,
-                reason,
-                why,
-                now_s,
-            );
+            set_condition(&mut st.conditions, "Scheduled", false, reason, why, now_s);
             st.next_schedule_time = None;
             return pass(st, None, Step::Invalid);
         }
@@ -455,7 +448,9 @@ async fn reconcile_runs<K: RunObject>(
     let runs = Api::<K>::namespaced(ctx.client.clone(), &ns)
         .list(&ListParams::default().labels(&format!("{SCHEDULE_LABEL}={}", label_value(&name))))
         .await
-        .map_err(kube_err(format!("listing the {kind}s of schedule {ns}/{name}")))?
+        .map_err(kube_err(format!(
+            "listing the {kind}s of schedule {ns}/{name}"
+        )))?
         .items;
     let Pass {
         status: mut st,

@@ -220,8 +220,7 @@ pub async fn forget(client: Client, job: ForgetJob, cancel: CancelToken) -> bool
         };
         let cluster = job.cluster.as_ref();
         let (plan, removed) = if job.applications {
-            crate::repos::forget_applications(&repo, cluster, &filter, &job.policy, &cancel)
-                .await?
+            crate::repos::forget_applications(&repo, cluster, &filter, &job.policy, &cancel).await?
         } else {
             crate::repos::forget_per_origin(&repo, cluster, &filter, &job.policy, &cancel).await?
         };

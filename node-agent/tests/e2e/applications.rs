@@ -878,3 +878,107 @@ async fn an_application_comes_back_in_another_namespace_from_the_bucket_alone() 
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), &copy);
     assert!(pods.get_opt("coffer-restore-shop").await.unwrap().is_none());
 }
+
+/// A BackupSchedule of application backups makes one ApplicationBackup per
+/// time, and its retention keeps or forgets each one whole: with keepLast
+/// 1, after two times the first one's objects' snapshot and its claim's
+/// data snapshot are both gone, the second's both stay, and an application
+/// backup made by hand (not the schedule's) is not touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_of_application_backups_forgets_each_one_whole() {
+    use coffer_node_agent::crd::BackupSchedule;
+    use coffer_node_agent::names::SCHEDULE_LABEL;
+    use kube::api::ListParams;
+    let Some((mut env, _sim)) = fake_cluster().await else {
+        return;
+    };
+    let ns = env.namespace("sched").await;
+    env.allow_host_paths(&ns).await;
+    env.allow_applications(&ns).await;
+    let repo_dir = env.repository(&ns, "default", PASSWORD).await;
+    let orders = env.dir.path().join("csi/source/sched-orders");
+    fill(&orders, 31, 3);
+    crate::sim::csi_pvc(&env, &ns, "orders", "Filesystem", &orders, json!({})).await;
+    env.create::<ConfigMap>(
+        &ns,
+        json!({"metadata": {"name": "cfg"}, "data": {"a": "b"}}),
+    )
+    .await;
+    capturing_account(&env, &ns, true).await;
+    let _c = Controller::start(&env, "a", &[]);
+    let by_hand = application_backup(&env, &ns, "by-hand").await;
+    let by_hand = by_hand.status.unwrap();
+
+    env.create::<BackupSchedule>(
+        &ns,
+        json!({"apiVersion": "coffer.dev/v1alpha1", "kind": "BackupSchedule",
+            "metadata": {"name": "nightly"},
+            "spec": {"schedule": "@daily", "application": {}, "retention": {"keepLast": 1}}}),
+    )
+    .await;
+    for i in ["1", "2"] {
+        env.annotate_object::<BackupSchedule>(&ns, "nightly", "backup.coffer.dev/backup-now", i)
+            .await;
+        env.wait_for::<BackupSchedule>(&ns, "nightly", "run and retained", |b| {
+            b.status.as_ref().is_some_and(|s| {
+                s.last_trigger.as_deref() == Some(i)
+                    && s.active.is_empty()
+                    && s.last_retention.as_ref().map(|r| &r.after) == s.last_schedule_time.as_ref()
+            })
+        })
+        .await;
+    }
+    let mut runs = Api::<ApplicationBackup>::namespaced(env.client.clone(), &ns)
+        .list(&ListParams::default().labels(SCHEDULE_LABEL))
+        .await
+        .unwrap()
+        .items;
+    runs.sort_by_key(|r| r.name_any());
+    assert_eq!(runs.len(), 2, "{runs:#?}");
+    // Each run's snapshots: its objects' and its claim's data.
+    let snapshots = |st: &coffer_node_agent::crd::ApplicationBackupStatus| {
+        let mut ids = vec![st.run.snapshot_id.clone().unwrap()];
+        for v in st.volumes.iter().flatten() {
+            ids.push(v.snapshot_id.clone().unwrap());
+        }
+        assert_eq!(ids.len(), 2, "{st:#?}");
+        ids
+    };
+    let mut expected: Vec<String> = snapshots(&by_hand);
+    let old = runs[0].status.clone().unwrap();
+    let new = runs[1].status.clone().unwrap();
+    for st in [&old, &new] {
+        assert!(
+            matches!(st.run.phase, Phase::Completed | Phase::PartiallyFailed),
+            "{st:#?}"
+        );
+    }
+    expected.extend(snapshots(&new));
+    expected.sort();
+    let repo = open_repo(&repo_dir, PASSWORD).await;
+    let mut left: Vec<String> = repo
+        .snapshots()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id.to_hex())
+        .collect();
+    left.sort();
+    assert_eq!(left, expected, "the first scheduled backup forgotten whole");
+    for id in snapshots(&old) {
+        assert!(!left.contains(&id), "{id} of the forgotten backup is left");
+    }
+    let bs = Api::<BackupSchedule>::namespaced(env.client.clone(), &ns)
+        .get_status("nightly")
+        .await
+        .unwrap();
+    let ret = bs.status.unwrap().last_retention.unwrap();
+    assert_eq!((ret.kept, ret.removed), (2, 2), "{ret:#?}");
+    assert!(ret.error.is_none(), "{ret:#?}");
+    // What is kept restores: the claim's data, byte for byte.
+    let data = new.volumes.as_ref().unwrap()[0]
+        .snapshot_id
+        .clone()
+        .unwrap();
+    assert_same_tree(&orders, &restore(&repo_dir, &data, env.dir.path()).await);
+}
