@@ -955,15 +955,7 @@ async fn a_schedule_of_application_backups_forgets_each_one_whole() {
     }
     expected.extend(snapshots(&new));
     expected.sort();
-    let repo = open_repo(&repo_dir, PASSWORD).await;
-    let mut left: Vec<String> = repo
-        .snapshots()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(id, _)| id.to_hex())
-        .collect();
-    left.sort();
+    let left = snapshot_ids(&repo_dir, PASSWORD).await;
     assert_eq!(left, expected, "the first scheduled backup forgotten whole");
     for id in snapshots(&old) {
         assert!(!left.contains(&id), "{id} of the forgotten backup is left");

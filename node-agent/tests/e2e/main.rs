@@ -956,15 +956,7 @@ async fn an_annotation_schedule_forgets_its_own_snapshots_past_its_keep_annotati
         .await;
     assert_eq!(phase(&b.status), Phase::Completed, "{:#?}", b.status);
     let written = snapshot_of(&b);
-    let mut left: Vec<String> = open_repo(&repo, PASSWORD)
-        .await
-        .snapshots()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(id, _)| id.to_hex())
-        .collect();
-    left.sort();
+    let left = snapshot_ids(&repo, PASSWORD).await;
     let mut want = vec![written.clone(), newer, untagged, other, theirs];
     want.sort();
     assert_eq!(
