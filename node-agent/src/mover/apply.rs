@@ -325,9 +325,19 @@ pub async fn apply(
                 continue;
             }
         };
-        let (result, uid) = match api.create(&PostParams::default(), &obj).await {
+        let created = api.create(&PostParams::default(), &obj).await;
+        let exists = match &created {
+            Err(kube::Error::Api(e)) if e.code == 409 => true,
+            // Kubernetes authorizes before it looks: an account that may
+            // not create an object that is already there hears 403.
+            Err(kube::Error::Api(e)) if e.code == 403 => {
+                matches!(api.get_opt(&place.name).await, Ok(Some(_)))
+            }
+            _ => false,
+        };
+        let (result, uid) = match created {
             Ok(made) => ("Created", made.metadata.uid),
-            Err(kube::Error::Api(e)) if e.code == 409 => match job.existing {
+            Err(_) if exists => match job.existing {
                 Existing::None => {
                     // A claim restored earlier keeps its data: not ours to fill.
                     filled.retain(|(n, _)| n != &place.name);

@@ -974,3 +974,156 @@ async fn a_schedule_of_application_backups_forgets_each_one_whole() {
         .unwrap();
     assert_same_tree(&orders, &restore(&repo_dir, &data, env.dir.path()).await);
 }
+
+/// `kubectl delete namespace` by mistake: the namespace and everything in
+/// it go (the backup's own objects with it). Made again under the same
+/// name with only its opt-ins, a repository and a restore account, it gets
+/// its application back from the bucket: every object equal to the
+/// original but for the old cluster's fields, the claim bound with its
+/// data byte for byte before the Deployment that mounts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_namespace_comes_back_under_its_own_name() {
+    let Some((mut env, _sim)) = fake_cluster().await else {
+        return;
+    };
+    let ns = env.namespace("oops").await;
+    env.allow_host_paths(&ns).await;
+    env.allow_applications(&ns).await;
+    let repo_dir = env.repository(&ns, "default", PASSWORD).await;
+    let data = env.dir.path().join("csi/source/oops-orders");
+    fill(&data, 51, 4);
+    crate::sim::csi_pvc(
+        &env,
+        &ns,
+        "orders",
+        "Filesystem",
+        &data,
+        json!({"app": "shop"}),
+    )
+    .await;
+    let cm: ConfigMap = env
+        .create(
+            &ns,
+            json!({"metadata": {"name": "cfg"}, "data": {"mode": "live"}}),
+        )
+        .await;
+    env.secret(&ns, "db-credentials", "password", "hunter2")
+        .await;
+    let deploy: Deployment = env
+        .create(
+            &ns,
+            json!({"metadata": {"name": "web", "labels": {"app": "web"}},
+                "spec": {"selector": {"matchLabels": {"app": "web"}},
+                    "template": {"metadata": {"labels": {"app": "web"}},
+                        "spec": {"containers": [{"name": "c", "image": "nginx:1.27"}],
+                                 "volumes": [{"name": "orders", "persistentVolumeClaim": {"claimName": "orders"}}]}}}}),
+        )
+        .await;
+    let svc: Service = env
+        .create(&ns, json!({"metadata": {"name": "web"}, "spec": {"ports": [{"port": 80}], "clusterIP": "10.0.0.7"}}))
+        .await;
+    account_with(
+        &env,
+        &ns,
+        "coffer-application",
+        json!([{"apiGroups": ["*"], "resources": ["*"], "verbs": ["get", "list"]}]),
+    )
+    .await;
+    let _c = Controller::start(&env, "a", &[]);
+    let backed = application_backup(&env, &ns, "shop").await.status.unwrap();
+    assert_eq!(backed.run.phase, Phase::Completed, "{backed:#?}");
+
+    env.delete_namespace(&ns).await;
+    assert!(Api::<ConfigMap>::namespaced(env.client.clone(), &ns)
+        .get_opt("cfg")
+        .await
+        .unwrap()
+        .is_none());
+
+    // The same name again: its admin's opt-ins, the repository's password,
+    // an account that may create what `edit` may (no RBAC: the opt-in
+    // bindings are made again by the admin, so RBAC objects are left out)
+    // and read the BackupRepository it restores from, which is there.
+    env.recreate_namespace(&ns).await;
+    env.allow_host_paths(&ns).await;
+    env.allow_applications(&ns).await;
+    env.secret(&ns, "again-password", "password", PASSWORD)
+        .await;
+    env.repository_at(&ns, "default", &repo_dir, "again-password")
+        .await;
+    account_with(
+        &env,
+        &ns,
+        "coffer-restore",
+        json!([{"apiGroups": ["", "apps"], "resources": ["*"], "verbs": ["*"]},
+               {"apiGroups": ["coffer.dev"], "resources": ["backuprepositories"], "verbs": ["get"]}]),
+    )
+    .await;
+    let r = application_restore(
+        &env,
+        &ns,
+        "back",
+        json!({"snapshot": {"cluster": "test-cluster", "namespace": ns},
+               "excludedResources": ["roles.rbac.authorization.k8s.io", "rolebindings.rbac.authorization.k8s.io"]}),
+    )
+    .await;
+    let st = r.status.clone().unwrap();
+    assert_eq!(st.run.phase, Phase::Completed, "{st:#?}");
+    assert_eq!(st.run.snapshot_id, backed.run.snapshot_id);
+    assert_eq!(st.source_namespace.as_deref(), Some(ns.as_str()));
+    for (kind, name) in [
+        ("ConfigMap", "cfg"),
+        ("Secret", "db-credentials"),
+        ("Deployment.apps", "web"),
+        ("Service", "web"),
+        ("ServiceAccount", "coffer-application"),
+        ("PersistentVolumeClaim", "orders"),
+    ] {
+        assert_eq!(result_of(&r, kind, name).0, "Created", "{kind} {name}");
+    }
+    // Not creatable by this account, but there: existing, not failed.
+    assert_eq!(
+        result_of(&r, "BackupRepository.coffer.dev", "default").0,
+        "Existing"
+    );
+    let got: ConfigMap = Api::namespaced(env.client.clone(), &ns)
+        .get("cfg")
+        .await
+        .unwrap();
+    assert_eq!(got.data, cm.data);
+    assert_ne!(got.metadata.uid, cm.metadata.uid);
+    let secret: k8s_openapi::api::core::v1::Secret = Api::namespaced(env.client.clone(), &ns)
+        .get("db-credentials")
+        .await
+        .unwrap();
+    assert_eq!(secret.data.unwrap()["password"].0, b"hunter2");
+    let web: Deployment = Api::namespaced(env.client.clone(), &ns)
+        .get("web")
+        .await
+        .unwrap();
+    assert_eq!(web.spec, deploy.spec);
+    assert_eq!(web.metadata.labels, deploy.metadata.labels);
+    let got: Service = Api::namespaced(env.client.clone(), &ns)
+        .get("web")
+        .await
+        .unwrap();
+    assert_eq!(got.spec.as_ref().unwrap().ports, svc.spec.unwrap().ports);
+    assert_ne!(got.spec.unwrap().cluster_ip.as_deref(), Some("10.0.0.7"));
+    let (pvc, path) = crate::pvc_restores::restored_pvc(&env, &ns, "orders").await;
+    assert_eq!(pvc.status.unwrap().phase.as_deref(), Some("Bound"));
+    assert_eq!(pvc.metadata.labels.unwrap()["app"], "shop");
+    assert_same_tree(&data, &path);
+    let order: Vec<String> = st
+        .objects
+        .as_ref()
+        .unwrap()
+        .results
+        .iter()
+        .map(|o| format!("{} {}", o.kind, o.name))
+        .collect();
+    let at = |s: &str| order.iter().position(|o| o == s).unwrap();
+    assert!(
+        at("PersistentVolumeClaim orders") < at("Deployment.apps web"),
+        "{order:?}"
+    );
+}

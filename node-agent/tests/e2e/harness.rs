@@ -284,6 +284,13 @@ impl Env {
     /// A new namespace with a unique name that has not opted in to coffer.
     pub async fn namespace_not_opted_in(&mut self, prefix: &str) -> String {
         let name = format!("{prefix}-{}", short_id());
+        self.create_namespace(&name).await;
+        self.namespaces.push(name.clone());
+        name
+    }
+
+    /// Creates namespace `name` (not opted in).
+    async fn create_namespace(&self, name: &str) {
         let api: Api<Namespace> = Api::all(self.client.clone());
         // Coffer runs no pod in an application namespace: the strictest
         // level admits everything it does there.
@@ -294,8 +301,26 @@ impl Env {
         )
         .await
         .unwrap();
-        self.namespaces.push(name.clone());
-        name
+    }
+
+    /// `kubectl delete namespace NAME` and wait until it is gone (its
+    /// contents with it, finalizers removed by whoever holds them).
+    pub async fn delete_namespace(&self, name: &str) {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        api.delete(name, &Default::default()).await.unwrap();
+        let gone = |o: Option<&Namespace>| o.is_none();
+        let waited =
+            tokio::time::timeout(WAIT, kube::runtime::wait::await_condition(api, name, gone)).await;
+        assert!(
+            matches!(waited, Ok(Ok(_))),
+            "namespace {name} is still there: {waited:?}"
+        );
+    }
+
+    /// Namespace `name`, deleted before, made again and opted in.
+    pub async fn recreate_namespace(&self, name: &str) {
+        self.create_namespace(name).await;
+        self.opt_in(name).await;
     }
 
     /// A client acting as the ServiceAccount `ns/account`, allowed only what

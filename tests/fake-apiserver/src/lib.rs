@@ -52,7 +52,8 @@
 //!   `pods "x" is forbidden: violates PodSecurity "restricted:latest": runAsUser=0 (...), ...`.
 //!   Dry-run creations are checked too.
 //! - Finalizers (deletion marks the object until the last finalizer is removed), background
-//!   garbage collection through `ownerReferences`, namespace deletion taking its contents.
+//!   garbage collection through `ownerReferences`, namespace deletion taking its contents
+//!   (the namespace stays `Terminating`, refusing new content, until the last of them is gone).
 //! - CustomResourceDefinitions: creating one serves its versions (no conversion: every version
 //!   sees the same stored object) and marks it Established; deleting one drops its objects.
 //!

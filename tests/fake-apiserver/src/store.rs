@@ -539,6 +539,12 @@ impl Store {
         if exists(&state, &name) {
             return Err(ApiError::already_exists(rt, &name));
         }
+        if rt.namespaced && state.terminating(&ns) {
+            let why = format!(
+                "unable to create new content in namespace {ns} because it is being terminated"
+            );
+            return Err(ApiError::forbidden(rt, &name, &why));
+        }
         if let Some((_, _, why)) = state
             .forbidden
             .iter()
@@ -865,28 +871,49 @@ impl State {
         self.types.extend(types);
     }
 
-    /// The deletion rules: a namespace takes its contents along; an object with finalizers is
-    /// only marked; otherwise it goes at once. Returns the object as it is afterwards.
+    /// The deletion rules: a namespace takes its contents along, and stays `Terminating`
+    /// until the last of them (held by a finalizer) is gone; an object with finalizers is only
+    /// marked; otherwise it goes at once. Returns the object as it is afterwards.
     fn delete_request(&mut self, key: &StorageKey, obj_key: &ObjectKey) -> Option<Value> {
         let obj = self.objects.get(key)?.get(obj_key)?.clone();
-        if key.0.is_empty() && key.1 == "namespaces" {
-            let contents: Vec<(StorageKey, ObjectKey)> = self
-                .objects
-                .iter()
-                .flat_map(|(k, m)| {
-                    m.keys()
-                        .filter(|(ns, _)| *ns == obj_key.1)
-                        .map(|o| (k.clone(), o.clone()))
-                })
-                .collect();
-            for (k, o) in contents {
+        if is_namespace(key) {
+            for (k, o) in self.contents(&obj_key.1) {
                 self.delete_request(&k, &o);
+            }
+            if !self.contents(&obj_key.1).is_empty() {
+                let marked = self.mark_deleting(key, obj_key);
+                if let Some(map) = self.objects.get_mut(key) {
+                    if let Some(ns) = map.get_mut(obj_key) {
+                        ns["status"] = json!({"phase": "Terminating"});
+                    }
+                }
+                return marked;
             }
         }
         if finalizers(&obj).is_empty() {
             return self.remove_now(key, obj_key);
         }
         self.mark_deleting(key, obj_key)
+    }
+
+    /// The objects of namespace `ns`.
+    fn contents(&self, ns: &str) -> Vec<(StorageKey, ObjectKey)> {
+        self.objects
+            .iter()
+            .flat_map(|(k, m)| {
+                m.keys()
+                    .filter(|(in_ns, _)| in_ns == ns)
+                    .map(|o| (k.clone(), o.clone()))
+            })
+            .collect()
+    }
+
+    /// Whether namespace `ns` is being deleted (new content is refused there).
+    pub(crate) fn terminating(&self, ns: &str) -> bool {
+        self.objects
+            .get(&(String::new(), "namespaces".to_string()))
+            .and_then(|m| m.get(&(String::new(), ns.to_string())))
+            .is_some_and(|n| n.pointer("/metadata/deletionTimestamp").is_some())
     }
 
     /// Sets `deletionTimestamp` (once) and keeps the object, for what will remove it.
@@ -921,6 +948,12 @@ impl State {
             Value::String(self.rv.to_string()),
         );
         self.emit(ChangeKind::Deleted, key, obj.clone(), None);
+        // The last object of a Terminating namespace: the namespace goes.
+        let ns = obj_key.0.clone();
+        if !ns.is_empty() && self.terminating(&ns) && self.contents(&ns).is_empty() {
+            let namespaces = (String::new(), "namespaces".to_string());
+            self.remove_now(&namespaces, &(String::new(), ns));
+        }
         if key.0 == CRD_GROUP && key.1 == CRDS {
             self.types
                 .retain(|t| t.crd.as_deref() != Some(obj_key.1.as_str()));
@@ -960,6 +993,10 @@ impl State {
         }
         Some(obj)
     }
+}
+
+fn is_namespace(key: &StorageKey) -> bool {
+    key.0.is_empty() && key.1 == "namespaces"
 }
 
 fn owned_by(obj: &Value, uid: &str) -> bool {

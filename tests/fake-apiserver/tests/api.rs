@@ -584,6 +584,67 @@ async fn deletion_collects_dependents_and_namespace_contents() {
         .await
         .expect("delete ns");
     assert_eq!(api_code(inside.get("x").await).0, 404);
+    assert_eq!(api_code(namespaces.get("doomed").await).0, 404);
+}
+
+/// As Kubernetes does: a namespace whose contents are held by a finalizer
+/// stays `Terminating` and refuses new content until the last of them is
+/// gone; then it goes, and its name can be used again.
+#[tokio::test]
+async fn a_namespace_terminates_until_its_last_object_is_gone() {
+    let (_server, client) = setup().await;
+    let pp = PostParams::default();
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns = || from_json::<Namespace>(json!({"metadata": {"name": "slow"}}));
+    namespaces.create(&pp, &ns()).await.expect("create ns");
+    let inside: Api<ConfigMap> = Api::namespaced(client, "slow");
+    let mut held = config_map("held", json!({}), json!({}));
+    held.metadata.finalizers = Some(vec!["example.com/hold".into()]);
+    inside.create(&pp, &held).await.expect("create held");
+    inside
+        .create(&pp, &config_map("free", json!({}), json!({})))
+        .await
+        .expect("create free");
+    namespaces
+        .delete("slow", &DeleteParams::default())
+        .await
+        .expect("delete ns");
+    assert_eq!(api_code(inside.get("free").await).0, 404);
+    let terminating = namespaces.get("slow").await.expect("still there");
+    assert!(terminating.metadata.deletion_timestamp.is_some());
+    assert_eq!(
+        terminating.status.and_then(|s| s.phase).as_deref(),
+        Some("Terminating")
+    );
+    let refused = inside
+        .create(&pp, &config_map("new", json!({}), json!({})))
+        .await;
+    let Err(kube::Error::Api(e)) = refused else {
+        panic!("created in a Terminating namespace: {refused:?}")
+    };
+    assert_eq!(e.code, 403);
+    assert!(
+        e.message.contains(
+            "unable to create new content in namespace slow because it is being terminated"
+        ),
+        "{}",
+        e.message
+    );
+    inside
+        .patch(
+            "held",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .expect("remove finalizer");
+    assert_eq!(api_code(inside.get("held").await).0, 404);
+    assert_eq!(api_code(namespaces.get("slow").await).0, 404);
+    namespaces.create(&pp, &ns()).await.expect("the name again");
+    inside
+        .create(&pp, &config_map("new", json!({}), json!({})))
+        .await
+        .expect("content again");
 }
 
 /// A small custom resource, as the agent defines its own.
