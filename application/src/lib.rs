@@ -27,6 +27,40 @@ pub mod order;
 pub mod read;
 pub mod select;
 
+/// An application's objects as `coffer k8s manifests` prints them for
+/// `kubectl apply`, and as a restore creates them before the cluster is
+/// asked: those a restore leaves out set aside with why
+/// ([`clean::not_restored`]), the rest cleaned ([`clean::clean`]) with
+/// their owner references dropped (an owner reference needs the restored
+/// owner's uid, which only the cluster gives; a restore re-points them as
+/// it goes), in the order a restore creates them ([`order::sort`]).
+pub fn manifests(
+    objects: Vec<(layout::ObjectPath, serde_json::Value)>,
+    opts: &clean::CleanOptions,
+) -> Manifests {
+    let mut out = Manifests::default();
+    for (place, o) in objects {
+        if let Some(why) = clean::not_restored(&place.kind, &o) {
+            out.left_out.push((place, why));
+            continue;
+        }
+        let mut c = clean::clean(&place.kind, &o, opts);
+        clean::repoint_owners(&mut c, |_, _| None);
+        out.objects.push((place, c));
+    }
+    order::sort(&mut out.objects, |(p, _)| (&p.group, &p.kind, &p.name));
+    out
+}
+
+/// What [`manifests`] gives.
+#[derive(Debug, Default)]
+pub struct Manifests {
+    /// The objects, cleaned, in creation order.
+    pub objects: Vec<(layout::ObjectPath, serde_json::Value)>,
+    /// The objects a restore leaves out, with why.
+    pub left_out: Vec<(layout::ObjectPath, &'static str)>,
+}
+
 /// An API resource as discovery lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApiResource {

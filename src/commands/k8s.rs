@@ -6,9 +6,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 
-use coffer_application::clean::{clean, not_restored, repoint_owners, CleanOptions};
-use coffer_application::layout::ObjectPath;
-use serde_json::Value;
+use coffer_application::clean::CleanOptions;
 
 use crate::cli::{Global, K8sCommand, ManifestsArgs};
 use crate::exit;
@@ -51,18 +49,11 @@ async fn manifests(g: &Global, a: ManifestsArgs) -> anyhow::Result<i32> {
         from_namespace: app.namespace.clone(),
         storage_classes: classes,
     };
-    let mut found: Vec<(ObjectPath, Value)> = Vec::new();
-    for (place, o) in app.objects {
-        if let Some(why) = not_restored(&place.kind, &o) {
-            eprintln!("left out {}: {why}", place.path());
-            continue;
-        }
-        let mut c = clean(&place.kind, &o, &opts);
-        // No owner exists yet for kubectl: an owner reference needs its uid.
-        repoint_owners(&mut c, |_, _| None);
-        found.push((place, c));
+    let made = coffer_application::manifests(app.objects, &opts);
+    for (place, why) in &made.left_out {
+        eprintln!("left out {}: {why}", place.path());
     }
-    coffer_application::order::sort(&mut found, |(p, _)| (&p.group, &p.kind, &p.name));
+    let found = made.objects;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for (i, (_, o)) in found.iter().enumerate() {
         if i > 0 {

@@ -1126,4 +1126,91 @@ async fn a_deleted_namespace_comes_back_under_its_own_name() {
         at("PersistentVolumeClaim orders") < at("Deployment.apps web"),
         "{order:?}"
     );
+
+    // What `coffer k8s manifests` prints for the snapshot is what the
+    // controller restored: the same objects in the same order (but the
+    // RBAC objects this restore left out), and each one's fields are in the
+    // live object (where the cluster added its own, and a claim its data
+    // source).
+    let repo = open_repo(&repo_dir, PASSWORD).await;
+    let index = repo.load_index().await.unwrap();
+    let (_, snap) = repo
+        .find_snapshot(backed.run.snapshot_id.as_deref().unwrap())
+        .await
+        .unwrap();
+    let app = coffer_application::read::read(&repo, &index, &snap, "backup")
+        .await
+        .unwrap();
+    let opts = CleanOptions {
+        namespace: ns.clone(),
+        from_namespace: app.namespace.clone(),
+        ..Default::default()
+    };
+    let printed: Vec<_> = coffer_application::manifests(app.objects, &opts)
+        .objects
+        .into_iter()
+        .filter(|(p, _)| p.group != "rbac.authorization.k8s.io")
+        .collect();
+    let kind = |p: &ObjectPath| match p.group.as_str() {
+        "" => p.kind.clone(),
+        g => format!("{}.{g}", p.kind),
+    };
+    let label = |p: &ObjectPath| format!("{} {}", kind(p), p.name);
+    let restored: Vec<String> = st
+        .objects
+        .as_ref()
+        .unwrap()
+        .results
+        .iter()
+        .filter(|o| o.result == "Created" || o.result == "Existing")
+        .map(|o| format!("{} {}", o.kind, o.name))
+        .collect();
+    assert_eq!(
+        printed.iter().map(|(p, _)| label(p)).collect::<Vec<_>>(),
+        restored
+    );
+    for (p, want) in &printed {
+        if result_of(&r, &kind(p), &p.name).0 != "Created" {
+            // Existing: the object made before the restore, not the backup's.
+            continue;
+        }
+        let gvk = kube::api::GroupVersionKind::gvk(&p.group, &p.version, &p.kind);
+        let ar = kube::discovery::ApiResource::from_gvk(&gvk);
+        let live = Api::<kube::api::DynamicObject>::namespaced_with(env.client.clone(), &ns, &ar)
+            .get(&p.name)
+            .await
+            .unwrap();
+        let live = serde_json::to_value(live).unwrap();
+        for field in ["spec", "data", "stringData"] {
+            assert!(
+                holds(&live[field], &want[field]),
+                "{}: {field} printed {} but restored {}",
+                label(p),
+                want[field],
+                live[field]
+            );
+        }
+        assert!(
+            holds(&live["metadata"]["labels"], &want["metadata"]["labels"]),
+            "{}",
+            label(p)
+        );
+    }
+}
+
+/// Whether `live` has every field of `want` with its value (arrays element
+/// by element): what the API server adds (defaults, assigned fields) is
+/// allowed, nothing of `want` may differ or be missing.
+fn holds(live: &serde_json::Value, want: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (live, want) {
+        (_, Value::Null) => true,
+        (Value::Object(l), Value::Object(w)) => w
+            .iter()
+            .all(|(k, v)| v.is_null() || l.get(k).is_some_and(|lv| holds(lv, v))),
+        (Value::Array(l), Value::Array(w)) => {
+            l.len() == w.len() && l.iter().zip(w).all(|(a, b)| holds(a, b))
+        }
+        _ => live == want,
+    }
 }
