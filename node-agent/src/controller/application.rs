@@ -51,7 +51,7 @@ use crate::controller::movers::pod::local_repository_dir;
 use crate::controller::movers::{common_args, create_granted, SecretsOf, StatusOf};
 use crate::controller::tenant_pods::{self, Followed};
 use crate::mover::args::{CaptureArgs, MoverArgs};
-use crate::names::{application_tag, label_value, managed_by, object_name};
+use crate::names::{application_tag, label_value, managed_by, object_name, short_hash};
 use crate::run::Stage;
 
 pub use crate::names::APPLICATION_LABEL;
@@ -157,18 +157,23 @@ async fn repository(ctx: &Ctx, ab: &ApplicationBackup) -> Result<Option<BackupRe
     lifecycle::repository_or_fail(ctx, ab, &ab.spec.repository).await
 }
 
+/// Whether `ab` owns VolumeBackup `vb`.
+fn owned_by(vb: &VolumeBackup, ab: &ApplicationBackup) -> bool {
+    let uid = ab.uid().unwrap_or_default();
+    vb.owner_references().iter().any(|o| o.uid == uid)
+}
+
 /// The VolumeBackups this backup owns.
 async fn owned_runs(ctx: &Ctx, ab: &ApplicationBackup) -> Result<Vec<VolumeBackup>, Error> {
     let ns = ab.namespace().unwrap_or_default();
     let selector = format!("{APPLICATION_LABEL}={}", label_value(&ab.name_any()));
-    let uid = ab.uid().unwrap_or_default();
     Ok(Api::<VolumeBackup>::namespaced(ctx.client.clone(), &ns)
         .list(&ListParams::default().labels(&selector))
         .await
         .map_err(kube_err(format!("listing the VolumeBackups of {ns}")))?
         .items
         .into_iter()
-        .filter(|vb| vb.owner_references().iter().any(|o| o.uid == uid))
+        .filter(|vb| owned_by(vb, ab))
         .collect())
 }
 
@@ -298,8 +303,19 @@ async fn plan(ctx: &Ctx, ab: &ApplicationBackup) -> Result<Action, Error> {
     let runs: Api<VolumeBackup> = Api::namespaced(ctx.client.clone(), &ns);
     let mut volumes = Vec::new();
     for (pvc, method) in &methods {
-        let vb = volume_run(ab, pvc, method, group);
-        let name = vb.name_any();
+        let mut vb = volume_run(ab, pvc, method, group);
+        let mut name = vb.name_any();
+        // `<backup>-<claim>` can be another's (backup `a` of claim `b-c`,
+        // backup `a-b` of claim `c`): never adopted, another name instead.
+        let taken = runs
+            .get_opt(&name)
+            .await
+            .map_err(kube_err(format!("reading VolumeBackup {ns}/{name}")))?
+            .is_some_and(|other| !owned_by(&other, ab));
+        if taken {
+            name = object_name(&[&name, &short_hash(&ab.uid().unwrap_or_default())]);
+            vb.metadata.name = Some(name.clone());
+        }
         create(&runs, &vb, &format!("VolumeBackup {ns}/{name}")).await?;
         volumes.push(ApplicationVolume {
             pvc: pvc.clone(),

@@ -1214,3 +1214,48 @@ fn holds(live: &serde_json::Value, want: &serde_json::Value) -> bool {
         _ => live == want,
     }
 }
+
+/// Two application backups whose claims' run names meet (backup `a` of
+/// claim `b-c`, backup `a-b` of claim `c`: both `a-b-c`): the second never
+/// takes the first's run for its own; it makes its own under another name,
+/// and each backup's snapshot of each claim holds that claim's data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_whose_run_names_meet_never_share_a_run() {
+    let Some((mut env, _sim)) = fake_cluster().await else {
+        return;
+    };
+    let ns = env.namespace("meet").await;
+    env.allow_host_paths(&ns).await;
+    env.allow_applications(&ns).await;
+    let repo_dir = env.repository(&ns, "default", PASSWORD).await;
+    let mut sources = Vec::new();
+    for (claim, seed) in [("b-c", 61), ("c", 62)] {
+        let dir = env.dir.path().join(format!("csi/source/meet-{claim}"));
+        fill(&dir, seed, 2);
+        crate::sim::csi_pvc(&env, &ns, claim, "Filesystem", &dir, json!({})).await;
+        sources.push((claim, dir));
+    }
+    capturing_account(&env, &ns, true).await;
+    let _c = Controller::start(&env, "a", &[]);
+    for backup in ["a", "a-b"] {
+        let st = application_backup(&env, &ns, backup).await.status.unwrap();
+        assert!(
+            matches!(st.run.phase, Phase::Completed | Phase::PartiallyFailed),
+            "{st:#?}"
+        );
+        let volumes = st.volumes.unwrap();
+        assert_eq!(volumes.len(), 2, "{volumes:#?}");
+        for v in &volumes {
+            let vb =
+                Api::<coffer_node_agent::crd::VolumeBackup>::namespaced(env.client.clone(), &ns)
+                    .get(&v.volume_backup)
+                    .await
+                    .unwrap();
+            assert_eq!(vb.owner_references()[0].name, backup, "{v:#?}");
+            assert_eq!(vb.spec.pvc.as_deref(), Some(v.pvc.as_str()));
+            let (_, dir) = sources.iter().find(|(c, _)| *c == v.pvc).unwrap();
+            let id = v.snapshot_id.as_deref().unwrap();
+            assert_same_tree(dir, &restore(&repo_dir, id, env.dir.path()).await);
+        }
+    }
+}
