@@ -16,6 +16,55 @@ use crate::layout::{ObjectPath, Scope, MANIFEST, OBJECTS};
 /// 1.5 MiB per object.
 pub const MAX_OBJECT_BYTES: u64 = 8 << 20;
 
+/// The most JSON one application's objects may hold, all together: a
+/// restore holds them all (to order them), so this bounds its memory. A
+/// whole cluster's etcd holds 2 GiB by default (8 GiB at most), so a
+/// namespace past this is not one a cluster could hold: the snapshot is
+/// damaged or hostile.
+pub const MAX_APPLICATION_BYTES: u64 = 256 << 20;
+
+/// The most objects one application may have (small objects cost more held
+/// than their JSON).
+pub const MAX_OBJECTS: usize = 200_000;
+
+/// What a read may still take, counted object by object.
+#[derive(Clone, Debug)]
+pub struct Budget {
+    /// Bytes of JSON left.
+    pub bytes: u64,
+    /// Objects left.
+    pub objects: usize,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget {
+            bytes: MAX_APPLICATION_BYTES,
+            objects: MAX_OBJECTS,
+        }
+    }
+}
+
+impl Budget {
+    /// Takes one object of `len` bytes at `path`, or says why not (in
+    /// snapshot `short`).
+    pub fn take(&mut self, short: &str, path: &str, len: u64) -> Result<(), String> {
+        let (Some(bytes), Some(objects)) =
+            (self.bytes.checked_sub(len), self.objects.checked_sub(1))
+        else {
+            return Err(format!(
+                "snapshot {short}: at {path}, its objects hold more than {} objects or {} MiB of \
+                 JSON, more than a restore holds (a whole cluster's etcd holds 2 GiB by \
+                 default): the snapshot is damaged or is not an application backup",
+                MAX_OBJECTS,
+                MAX_APPLICATION_BYTES >> 20
+            ));
+        };
+        (self.bytes, self.objects) = (bytes, objects);
+        Ok(())
+    }
+}
+
 /// An application snapshot's namespaced objects, as captured.
 #[derive(Debug, Default)]
 pub struct Application {
@@ -49,8 +98,9 @@ impl Application {
 
 /// Reads snapshot `snap` (`short`, its id for messages) as an application
 /// snapshot: an error when it has no `objects/` directory, when a path is
-/// outside SPEC.md §16's layout, or when a file is too large, is not JSON,
-/// or holds another object than its path names.
+/// outside SPEC.md §16's layout, when a file is too large, is not JSON, or
+/// holds another object than its path names, or when the objects together
+/// are more than [`Budget`] allows.
 pub async fn read(
     repo: &Repository,
     index: &Index,
@@ -82,6 +132,7 @@ pub async fn read(
         .map(str::to_string)
         .or_else(|| snap.origin.as_ref().and_then(|o| o.namespace.clone()));
     let mut found = Vec::new();
+    let mut budget = Budget::default();
     let mut walk = Walk::new(repo, index, PathBuf::from(OBJECTS), objects);
     while let Some(step) = walk
         .next()
@@ -100,6 +151,7 @@ pub async fn read(
             coffer_engine::dump::read_small_file(repo, index, &entry.node, MAX_OBJECT_BYTES, &path)
                 .await
                 .map_err(|e| format!("snapshot {short}: {e}"))?;
+        budget.take(short, &path, bytes.len() as u64)?;
         let o: Value = serde_json::from_slice(&bytes)
             .map_err(|e| format!("snapshot {short}: {path} is not JSON: {e}"))?;
         let says = (
@@ -126,4 +178,33 @@ pub async fn read(
         namespace,
         objects: found,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The budget takes objects until either bound is passed, then refuses
+    /// naming the snapshot, the path and the bounds.
+    #[test]
+    fn the_budget_bounds_objects_and_bytes() {
+        let mut b = Budget {
+            bytes: 100,
+            objects: 2,
+        };
+        b.take("ab12", "objects/core/v1/ConfigMap/a.json", 60)
+            .unwrap();
+        let e = b
+            .take("ab12", "objects/core/v1/ConfigMap/b.json", 41)
+            .unwrap_err();
+        assert!(
+            e.starts_with("snapshot ab12: at objects/core/v1/ConfigMap/b.json,"),
+            "{e}"
+        );
+        assert!(e.contains("256 MiB"), "{e}");
+        b.take("ab12", "objects/core/v1/ConfigMap/b.json", 40)
+            .unwrap();
+        assert_eq!((b.bytes, b.objects), (0, 0));
+        assert!(b.take("ab12", "objects/core/v1/ConfigMap/c.json", 0).is_err());
+    }
 }
