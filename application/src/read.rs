@@ -205,6 +205,8 @@ mod tests {
         b.take("ab12", "objects/core/v1/ConfigMap/b.json", 40)
             .unwrap();
         assert_eq!((b.bytes, b.objects), (0, 0));
-        assert!(b.take("ab12", "objects/core/v1/ConfigMap/c.json", 0).is_err());
+        assert!(b
+            .take("ab12", "objects/core/v1/ConfigMap/c.json", 0)
+            .is_err());
     }
 }

@@ -1259,3 +1259,175 @@ async fn backups_whose_run_names_meet_never_share_a_run() {
         }
     }
 }
+
+/// A tenant's snapshot is hostile. One crafted to reach past its namespace
+/// restores only into the restore's own namespace, even with an account
+/// that could do more: an object that names another namespace is created
+/// in this one (the other's object of that name is untouched); a
+/// cluster-scoped kind among its objects is skipped, not created; a claim
+/// whose spec is not an object fails naming itself; a RestoreSource of the
+/// name the restore needs that is not the restore's own is never used. The
+/// rest is restored and the restore is PartiallyFailed, naming each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_application_snapshot_restores_only_into_its_namespace() {
+    use coffer_engine::backup::{backup, BackupOptions};
+    use coffer_engine::format::snapshot::KubernetesOrigin;
+    use coffer_node_agent::crd::RestoreSource;
+    use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
+    let Some((mut env, _sim)) = fake_cluster().await else {
+        return;
+    };
+    let ns = env.namespace("victim").await;
+    let other = env.namespace("bystander").await;
+    env.allow_host_paths(&ns).await;
+    env.allow_applications(&ns).await;
+    env.create::<ConfigMap>(
+        &other,
+        json!({"metadata": {"name": "cfg"}, "data": {"v": "mine"}}),
+    )
+    .await;
+    let repo_dir = env.repository(&ns, "default", PASSWORD).await;
+    let store =
+        coffer_engine::storage::open_location(&repo_dir.display().to_string(), true).unwrap();
+    let repo = std::sync::Arc::new(
+        coffer_engine::Repository::init(store, PASSWORD.as_bytes(), Default::default())
+            .await
+            .unwrap(),
+    );
+    let backed_up = |dir: std::path::PathBuf| {
+        let repo = repo.clone();
+        let other = other.clone();
+        async move {
+            let mut o = BackupOptions::new([&dir]);
+            o.record_path = Some("/".into());
+            o.origin = Some(KubernetesOrigin {
+                cluster: Some("test-cluster".into()),
+                namespace: Some(other),
+                ..Default::default()
+            });
+            backup(repo, o).await.unwrap().snapshot_id.to_hex()
+        }
+    };
+    let data = env.dir.path().join("hostile-data");
+    fill(&data, 71, 1);
+    let data_id = backed_up(data).await;
+    let crafted = env.dir.path().join("hostile-app");
+    let put = |path: &str, v: serde_json::Value| {
+        let p = crafted.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, serde_json::to_vec(&v).unwrap()).unwrap();
+    };
+    put(
+        "application.json",
+        json!({"namespace": other, "volumes": [{"pvc": "taken", "snapshot": data_id},
+                                               {"pvc": "broken", "snapshot": data_id}]}),
+    );
+    put(
+        "objects/core/v1/ConfigMap/cfg.json",
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "cfg", "namespace": other}, "data": {"v": "attacker"}}),
+    );
+    put(
+        "objects/rbac.authorization.k8s.io/v1/ClusterRoleBinding/own.json",
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+               "metadata": {"name": "own"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+               "subjects": [{"kind": "ServiceAccount", "name": "coffer-restore", "namespace": ns}]}),
+    );
+    put(
+        "objects/core/v1/PersistentVolumeClaim/broken.json",
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+               "metadata": {"name": "broken"}, "spec": "not an object"}),
+    );
+    put(
+        "objects/core/v1/PersistentVolumeClaim/taken.json",
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "taken"},
+               "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}),
+    );
+    let id = backed_up(crafted).await;
+    // The name the restore's RestoreSource for claim `taken` would have,
+    // made first by someone else, naming other data.
+    let squatted = coffer_node_agent::names::object_name(&["coffer", "evil", "taken"]);
+    env.create::<RestoreSource>(
+        &ns,
+        json!({"apiVersion": "coffer.dev/v1alpha1", "kind": "RestoreSource",
+               "metadata": {"name": squatted},
+               "spec": {"snapshot": {"id": "f".repeat(64)}, "repository": "default"}}),
+    )
+    .await;
+    // An account that may do anything in its namespace, and even create
+    // ClusterRoleBindings: coffer itself must refuse what is not the
+    // namespace's.
+    account_with(
+        &env,
+        &ns,
+        "coffer-restore",
+        json!([{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]),
+    )
+    .await;
+    env.create_cluster::<k8s_openapi::api::rbac::v1::ClusterRole>(json!({
+        "metadata": {"name": format!("{ns}-crb")},
+        "rules": [{"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterrolebindings"], "verbs": ["*"]}]}))
+    .await;
+    env.create_cluster::<ClusterRoleBinding>(json!({
+        "metadata": {"name": format!("{ns}-crb")},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": format!("{ns}-crb")},
+        "subjects": [{"kind": "ServiceAccount", "name": "coffer-restore", "namespace": ns}]}))
+    .await;
+    let _c = Controller::start(&env, "a", &[]);
+    let r = application_restore(&env, &ns, "evil", json!({"snapshot": {"id": id}})).await;
+    let st = r.status.clone().unwrap();
+    assert_eq!(st.run.phase, Phase::PartiallyFailed, "{st:#?}");
+    // Into this namespace only; the other's object is untouched.
+    assert_eq!(result_of(&r, "ConfigMap", "cfg").0, "Created");
+    let here: ConfigMap = Api::namespaced(env.client.clone(), &ns)
+        .get("cfg")
+        .await
+        .unwrap();
+    assert_eq!(here.data.unwrap()["v"], "attacker");
+    let theirs: ConfigMap = Api::namespaced(env.client.clone(), &other)
+        .get("cfg")
+        .await
+        .unwrap();
+    assert_eq!(theirs.data.unwrap()["v"], "mine");
+    // No cluster-wide object.
+    let (result, why) = result_of(&r, "ClusterRoleBinding.rbac.authorization.k8s.io", "own");
+    assert_eq!(result, "Skipped", "{why}");
+    assert!(why.contains("cluster-scoped"), "{why}");
+    assert!(Api::<ClusterRoleBinding>::all(env.client.clone())
+        .get_opt("own")
+        .await
+        .unwrap()
+        .is_none());
+    // The broken claim fails naming itself; the squatted source is not
+    // used, and stays as it was.
+    let (result, why) = result_of(&r, "PersistentVolumeClaim", "broken");
+    assert_eq!(result, "Failed");
+    assert!(why.contains("not an object"), "{why}");
+    let (result, why) = result_of(&r, "PersistentVolumeClaim", "taken");
+    assert_eq!(result, "Failed");
+    assert!(
+        why.contains(&format!(
+            "RestoreSource {squatted} exists and is not this restore's"
+        )),
+        "{why}"
+    );
+    let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+        Api::namespaced(env.client.clone(), &ns);
+    for claim in ["broken", "taken"] {
+        assert!(claims.get_opt(claim).await.unwrap().is_none(), "{claim}");
+    }
+    let left = Api::<RestoreSource>::namespaced(env.client.clone(), &ns)
+        .get(&squatted)
+        .await
+        .unwrap();
+    assert_eq!(
+        left.spec.snapshot.id.as_deref(),
+        Some("f".repeat(64).as_str())
+    );
+    let message = st.run.message.unwrap_or_default();
+    assert!(
+        message.contains("broken") && message.contains("taken"),
+        "{message}"
+    );
+}
