@@ -654,7 +654,9 @@ async fn an_application_comes_back_in_another_namespace_from_the_bucket_alone() 
     )
     .await;
     let _c = Controller::start(&env, "a", &[]);
+    let started = std::time::Instant::now();
     let ab = application_backup(&env, &ns, "shop").await;
+    let backup_wall = started.elapsed();
     let backed = ab.status.clone().unwrap();
     assert_eq!(backed.run.phase, Phase::Completed, "{backed:#?}");
 
@@ -674,6 +676,7 @@ async fn an_application_comes_back_in_another_namespace_from_the_bucket_alone() 
         json!([{"apiGroups": ["", "apps", "example.com"], "resources": ["*"], "verbs": ["*"]}]),
     )
     .await;
+    let started = std::time::Instant::now();
     let r = application_restore(
         &env,
         &copy,
@@ -682,6 +685,25 @@ async fn an_application_comes_back_in_another_namespace_from_the_bucket_alone() 
     )
     .await;
     let st = r.status.clone().unwrap();
+    // The round trip, for the record (not asserted: speed is measured in
+    // benches/).
+    let objects = backed.objects.clone().unwrap();
+    let data_bytes: u64 = backed
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| v.bytes)
+        .sum();
+    eprintln!(
+        "round trip: backed up {} objects ({:?}), {} bytes of JSON, {} claims with {data_bytes} \
+         bytes of data in {backup_wall:?}; restored {:?} in {:?}",
+        objects.total,
+        objects.counts,
+        objects.bytes,
+        backed.volume_count.unwrap_or_default(),
+        st.objects.as_ref().map(|o| &o.counts),
+        started.elapsed()
+    );
     assert_eq!(st.run.phase, Phase::PartiallyFailed, "{st:#?}");
     assert_eq!(st.run.snapshot_id, backed.run.snapshot_id);
     assert_eq!(st.source_namespace.as_deref(), Some(ns.as_str()));
