@@ -631,31 +631,19 @@ pub fn outcome(status: &ApplicationBackupStatus) -> (Phase, Option<String>) {
 
 /// Step 4: the end, as [`outcome`] judges it, then its Event.
 async fn conclude(ctx: &Ctx, ab: &ApplicationBackup) -> Result<Action, Error> {
-    let ns = ab.namespace().unwrap_or_default();
     let status = fresh(ctx, ab).await?;
     let (phase, message) = outcome(&status);
-    let written =
-        crate::report::try_update_run::<ApplicationBackup>(&ctx.client, &ns, &ab.name_any(), |s| {
-            let mut done = crate::status::concluded(s.clone(), phase, message.clone());
-            if let Some(o) = &status.objects {
-                done.size = Some(bytesize::ByteSize(o.bytes).to_string());
-            }
-            *s = done;
-        })
-        .await?;
-    if written.is_some() {
-        let (etype, reason) = crate::report::end_event::<ApplicationBackup>(phase);
-        let note = message.unwrap_or_else(|| {
-            format!(
-                "snapshot {}: {} object(s), {} volume(s)",
-                status.run.snapshot_id.as_deref().unwrap_or_default(),
-                status.objects.as_ref().map(|o| o.total).unwrap_or(0),
-                status.volumes.as_ref().map(Vec::len).unwrap_or(0)
-            )
-        });
-        ctx.reporter.run_event(ab, etype, &reason, note).await;
-    }
-    Ok(Action::requeue(Duration::ZERO))
+    let size = status
+        .objects
+        .as_ref()
+        .map(|o| bytesize::ByteSize(o.bytes).to_string());
+    let summary = format!(
+        "snapshot {}: {} object(s), {} volume(s)",
+        status.run.snapshot_id.as_deref().unwrap_or_default(),
+        status.objects.as_ref().map(|o| o.total).unwrap_or(0),
+        status.volumes.as_ref().map(Vec::len).unwrap_or(0)
+    );
+    tenant_pods::conclude(ctx, ab, phase, message, size, summary).await
 }
 
 #[cfg(test)]

@@ -416,29 +416,15 @@ pub fn outcome(status: &ApplicationRestoreStatus) -> (Phase, Option<String>) {
 }
 
 async fn conclude(ctx: &Ctx, ar: &ApplicationRestore) -> Result<Action, Error> {
-    let ns = ar.namespace().unwrap_or_default();
     let status = fresh(ctx, ar).await?;
     let (phase, message) = outcome(&status);
-    let written = crate::report::try_update_run::<ApplicationRestore>(
-        &ctx.client,
-        &ns,
-        &ar.name_any(),
-        |s| *s = crate::status::concluded(s.clone(), phase, message.clone()),
-    )
-    .await?;
-    if written.is_some() {
-        let (etype, reason) = crate::report::end_event::<ApplicationRestore>(phase);
-        let counts = status.objects.map(|o| o.counts).unwrap_or_default();
-        let note = message.unwrap_or_else(|| {
-            format!(
-                "snapshot {}: {counts:?}, {} volume(s) filled",
-                status.run.snapshot_id.as_deref().unwrap_or_default(),
-                status.volumes.len()
-            )
-        });
-        ctx.reporter.run_event(ar, etype, &reason, note).await;
-    }
-    Ok(Action::requeue(Duration::ZERO))
+    let counts = status.objects.map(|o| o.counts).unwrap_or_default();
+    let summary = format!(
+        "snapshot {}: {counts:?}, {} volume(s) filled",
+        status.run.snapshot_id.as_deref().unwrap_or_default(),
+        status.volumes.len()
+    );
+    tenant_pods::conclude(ctx, ar, phase, message, None, summary).await
 }
 
 #[cfg(test)]

@@ -12,6 +12,34 @@ use crate::controller::context::Ctx;
 use crate::controller::lifecycle::{fail, ControllerRun};
 use crate::controller::movers::{mover_state, revoke, role_namespaces, roles_of, MoverState};
 
+/// Ends `run` with `phase` and `message` (and `size`, the bytes it wrote),
+/// once: the pass that wrote the end raises the Event `<Action><Phase>`,
+/// saying `message`, else `summary`.
+pub(crate) async fn conclude<K: ControllerRun>(
+    ctx: &Ctx,
+    run: &K,
+    phase: crate::crd::Phase,
+    message: Option<String>,
+    size: Option<String>,
+    summary: String,
+) -> Result<Action, Error> {
+    let ns = run.namespace().unwrap_or_default();
+    let written = crate::report::try_update_run::<K>(&ctx.client, &ns, &run.name_any(), |s| {
+        let mut done = crate::status::concluded(s.clone(), phase, message.clone());
+        if size.is_some() {
+            done.size = size.clone();
+        }
+        *s = done;
+    })
+    .await?;
+    if written.is_some() {
+        let (etype, reason) = crate::report::end_event::<K>(phase);
+        let note = message.unwrap_or(summary);
+        ctx.reporter.run_event(run, etype, &reason, note).await;
+    }
+    Ok(Action::requeue(std::time::Duration::ZERO))
+}
+
 /// Where a run's tenant pod stands.
 pub(crate) enum Followed {
     /// Still running, or the run failed with why: this is the pass's end.
