@@ -266,6 +266,29 @@ pub fn repoint_owners(o: &mut Value, uid_of: impl Fn(&str, &str) -> Option<Strin
     }
 }
 
+/// The subjects of a cleaned RoleBinding `o` that are not accounts of
+/// `namespace` (Users, Groups, another namespace's ServiceAccounts), as
+/// `kind name` or `ServiceAccount ns/name`: restoring it gives them rights
+/// in this namespace, which a restore reports rather than does silently.
+pub fn outside_subjects(o: &Value, namespace: &str) -> Vec<String> {
+    o.get("subjects")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|s| {
+            let kind = s.get("kind").and_then(Value::as_str).unwrap_or_default();
+            let name = s.get("name").and_then(Value::as_str).unwrap_or_default();
+            match (kind, s.get("namespace").and_then(Value::as_str)) {
+                ("ServiceAccount", Some(ns)) if ns == namespace => None,
+                ("ServiceAccount", ns) => {
+                    Some(format!("ServiceAccount {}/{name}", ns.unwrap_or("")))
+                }
+                _ => Some(format!("{kind} {name}")),
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,6 +417,11 @@ mod tests {
                 {"kind": "ServiceAccount", "name": "app", "namespace": "shop-restored"},
                 {"kind": "ServiceAccount", "name": "ci", "namespace": "tools"},
                 {"kind": "User", "name": "alice"}])
+        );
+        // Who keeps rights here from outside the namespace: reported.
+        assert_eq!(
+            outside_subjects(&clean("RoleBinding", &rb, &opts()), "shop-restored"),
+            ["ServiceAccount tools/ci", "User alice"]
         );
     }
 

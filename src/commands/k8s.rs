@@ -54,6 +54,19 @@ async fn manifests(g: &Global, a: ManifestsArgs) -> anyhow::Result<i32> {
         eprintln!("left out {}: {why}", place.path());
     }
     let found = made.objects;
+    for (place, o) in &found {
+        if place.kind == "RoleBinding" {
+            let outside = coffer_application::clean::outside_subjects(o, &opts.namespace);
+            if !outside.is_empty() {
+                eprintln!(
+                    "{} grants rights in namespace {} to subjects outside it: {}",
+                    place.path(),
+                    opts.namespace,
+                    outside.join(", ")
+                );
+            }
+        }
+    }
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for (i, (_, o)) in found.iter().enumerate() {
         if i > 0 {

@@ -253,6 +253,15 @@ pub async fn apply(
             uids.get(&(kind.to_string(), name.to_string())).cloned()
         });
         let mut message = None;
+        if place.group == "rbac.authorization.k8s.io" && place.kind == "RoleBinding" {
+            let outside = coffer_application::clean::outside_subjects(&c, &job.namespace);
+            if !outside.is_empty() {
+                message = Some(format!(
+                    "grants rights in this namespace to subjects outside it: {}",
+                    outside.join(", ")
+                ));
+            }
+        }
         if place.group.is_empty() && place.kind == "PersistentVolumeClaim" && job.volume_data {
             if let Some(snapshot) = volumes.get(&place.name) {
                 let source = crate::names::object_name(&["coffer", &job.restore, &place.name]);

@@ -1357,6 +1357,13 @@ async fn a_hostile_application_snapshot_restores_only_into_its_namespace() {
                "subjects": [{"kind": "ServiceAccount", "name": "coffer-restore", "namespace": ns}]}),
     );
     put(
+        "objects/rbac.authorization.k8s.io/v1/RoleBinding/backdoor.json",
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": "backdoor"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+               "subjects": [{"kind": "User", "name": "mallory"}]}),
+    );
+    put(
         "objects/core/v1/PersistentVolumeClaim/broken.json",
         json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
                "metadata": {"name": "broken"}, "spec": "not an object"}),
@@ -1421,6 +1428,11 @@ async fn a_hostile_application_snapshot_restores_only_into_its_namespace() {
         .await
         .unwrap()
         .is_none());
+    // A RoleBinding the account may create is, but never silently when it
+    // reaches outside the namespace.
+    let (result, why) = result_of(&r, "RoleBinding.rbac.authorization.k8s.io", "backdoor");
+    assert_eq!(result, "Created");
+    assert!(why.contains("subjects outside it: User mallory"), "{why}");
     // The broken claim fails naming itself; the squatted source is not
     // used, and stays as it was.
     let (result, why) = result_of(&r, "PersistentVolumeClaim", "broken");
