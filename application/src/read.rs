@@ -16,12 +16,25 @@ use crate::layout::{ObjectPath, Scope, MANIFEST, OBJECTS};
 /// 1.5 MiB per object.
 pub const MAX_OBJECT_BYTES: u64 = 8 << 20;
 
-/// The most JSON one application's objects may hold, all together: a
-/// restore holds them all (to order them), so this bounds its memory. A
-/// whole cluster's etcd holds 2 GiB by default (8 GiB at most), so a
-/// namespace past this is not one a cluster could hold: the snapshot is
-/// damaged or hostile.
+/// The most memory one application's objects may take once parsed, as
+/// [`held_size`] estimates it: a restore holds them all (to order them),
+/// so this bounds its memory, within the movers' default limit (1 GiB).
+/// Typical objects take about four times their JSON, so this is some
+/// 64 MiB of JSON, many times what a namespace holds (a whole cluster's
+/// etcd holds 2 GiB by default).
 pub const MAX_APPLICATION_BYTES: u64 = 256 << 20;
+
+/// About what `json` takes in memory parsed into a `serde_json::Value`:
+/// its bytes, and 32 more for every value and member it can hold (every
+/// `{`, `[`, `,` and `:`), so that many tiny values count for what they
+/// cost, not for their few bytes.
+pub fn held_size(json: &[u8]) -> u64 {
+    let values = json
+        .iter()
+        .filter(|b| matches!(b, b'{' | b'[' | b',' | b':'))
+        .count() as u64;
+    json.len() as u64 + 32 * values
+}
 
 /// The most objects one application may have (small objects cost more held
 /// than their JSON).
@@ -46,16 +59,16 @@ impl Default for Budget {
 }
 
 impl Budget {
-    /// Takes one object of `len` bytes at `path`, or says why not (in
-    /// snapshot `short`).
+    /// Takes one object that holds `len` bytes ([`held_size`]) at `path`,
+    /// or says why not (in snapshot `short`).
     pub fn take(&mut self, short: &str, path: &str, len: u64) -> Result<(), String> {
         let (Some(bytes), Some(objects)) =
             (self.bytes.checked_sub(len), self.objects.checked_sub(1))
         else {
             return Err(format!(
-                "snapshot {short}: at {path}, its objects hold more than {} objects or {} MiB of \
-                 JSON, more than a restore holds (a whole cluster's etcd holds 2 GiB by \
-                 default): the snapshot is damaged or is not an application backup",
+                "snapshot {short}: at {path}, its objects are more than {} objects or take more \
+                 than {} MiB parsed, more than a restore holds (a whole cluster's etcd holds \
+                 2 GiB by default): the snapshot is damaged or is not an application backup",
                 MAX_OBJECTS,
                 MAX_APPLICATION_BYTES >> 20
             ));
@@ -151,7 +164,7 @@ pub async fn read(
             coffer_engine::dump::read_small_file(repo, index, &entry.node, MAX_OBJECT_BYTES, &path)
                 .await
                 .map_err(|e| format!("snapshot {short}: {e}"))?;
-        budget.take(short, &path, bytes.len() as u64)?;
+        budget.take(short, &path, held_size(&bytes))?;
         let o: Value = serde_json::from_slice(&bytes)
             .map_err(|e| format!("snapshot {short}: {path} is not JSON: {e}"))?;
         let says = (
@@ -208,5 +221,13 @@ mod tests {
         assert!(b
             .take("ab12", "objects/core/v1/ConfigMap/c.json", 0)
             .is_err());
+    }
+
+    /// Tiny values count for what they cost parsed, not for their bytes.
+    #[test]
+    fn held_size_counts_every_value() {
+        assert_eq!(held_size(b"\"abc\""), 5);
+        assert_eq!(held_size(b"[1,1,1]"), 7 + 32 * 3);
+        assert_eq!(held_size(br#"{"a":1,"b":[2]}"#), 15 + 32 * 5);
     }
 }

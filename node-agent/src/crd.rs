@@ -1175,6 +1175,10 @@ fn is_zero(n: &u32) -> bool {
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "has(self.application) == has(oldSelf.application)",
+     "message": "spec.application cannot be added or removed: a schedule backs up volumes or an application, and its runs and retention follow that; create a new schedule"}
+]))]
 pub struct BackupScheduleSpec {
     /// When: the annotation's language (five-field cron, `@daily`,
     /// `@every 6h`, `@daily-random`, ...), spread by this schedule's name.

@@ -418,6 +418,7 @@ async fn run_mover(m: MoverArgs) -> anyhow::Result<bool> {
                 cluster: a.cluster,
                 after: a.after,
                 applications: a.applications,
+                running: a.running,
             };
             Ok(mover::forget(client().await?, job, cancel).await)
         }

@@ -504,16 +504,18 @@ pub async fn forget_per_origin(
 }
 
 /// [`forget_per_origin`] for a schedule of application backups: each one
-/// is kept or forgotten whole, as [`application_plan`] decides.
+/// is kept or forgotten whole, as [`application_plan`] decides; `running`
+/// are the schedule's ApplicationBackups not ended yet.
 pub async fn forget_applications(
     repo: &coffer_engine::Repository,
     cluster: Option<&String>,
     filter: &coffer_engine::forget::Filter,
     policy: &coffer_engine::forget::Policy,
+    running: &[String],
     cancel: &coffer_engine::CancelToken,
 ) -> Result<(coffer_engine::forget::ForgetPlan, usize), String> {
     forget_planned(repo, cluster, cancel, |snapshots| {
-        application_plan(snapshots, policy, filter)
+        application_plan(snapshots, policy, filter, running)
     })
     .await
 }
@@ -552,11 +554,14 @@ async fn forget_planned(
 /// the objects' snapshots among `snapshots` that pass `filter` (those
 /// tagged `coffer.dev/application-objects=NAME`); each application
 /// backup's volume snapshots (tagged `coffer.dev/application=NAME` alone)
-/// follow its objects' snapshot: kept with it, forgotten with it. The
-/// volume snapshots of a backup that has no objects' snapshot (its capture
-/// failed) are forgotten once they are older than the oldest application
-/// backup kept; newer ones may belong to a backup still going, and stay.
-/// Snapshots without an application tag are left alone.
+/// follow its objects' snapshot: kept with it, forgotten with it, with two
+/// exceptions that keep data: a volume snapshot that `policy` keeps among
+/// its own claim's (its origin's) stays, so that a claim whose backups
+/// failed lately keeps its last good data; and one of an application
+/// backup in `running` stays. The volume snapshots of a backup that has
+/// no objects' snapshot (its capture failed) are forgotten once they are
+/// older than the oldest application backup kept. Snapshots without an
+/// application tag are left alone.
 pub fn application_plan(
     snapshots: &[(
         coffer_engine::format::SnapshotId,
@@ -564,9 +569,11 @@ pub fn application_plan(
     )],
     policy: &coffer_engine::forget::Policy,
     filter: &coffer_engine::forget::Filter,
+    running: &[String],
 ) -> Result<coffer_engine::forget::ForgetPlan, String> {
     use crate::names::{APPLICATION_TAG, OBJECTS_TAG};
-    use coffer_engine::forget::{Decision, GroupPlan};
+    use coffer_engine::forget::{plan, Decision, GroupPlan};
+    use coffer_engine::repository::snapshot_time;
     use std::collections::BTreeSet;
     let tagged = |s: &coffer_engine::format::snapshot::Snapshot, prefix: &str| {
         s.tags
@@ -575,17 +582,20 @@ pub fn application_plan(
     };
     let (objects, volumes): (Vec<_>, Vec<_>) = snapshots
         .iter()
-        .filter(|(_, s)| filter.matches(s))
+        .filter(|(_, s)| filter.matches(s) && tagged(s, APPLICATION_TAG).is_some())
         .cloned()
         .partition(|(_, s)| tagged(s, OBJECTS_TAG).is_some());
-    let mut plan = coffer_engine::forget::plan(&objects, policy, BY_ORIGIN, filter)
-        .map_err(|e| e.to_string())?;
-    let application_of: BTreeMap<_, _> = objects
+    let mut out = plan(&objects, policy, BY_ORIGIN, filter).map_err(|e| e.to_string())?;
+    let application_of: BTreeMap<_, _> = snapshots
         .iter()
-        .filter_map(|(id, s)| Some((*id, tagged(s, OBJECTS_TAG)?)))
+        .filter_map(|(id, s)| Some((*id, tagged(s, APPLICATION_TAG)?)))
+        .collect();
+    let time_of: BTreeMap<_, _> = snapshots
+        .iter()
+        .map(|(id, s)| (*id, snapshot_time(s)))
         .collect();
     let names = |pick: fn(&GroupPlan) -> &Vec<Decision>| -> BTreeSet<String> {
-        plan.groups
+        out.groups
             .iter()
             .flat_map(|g| pick(g).iter())
             .filter_map(|d| application_of.get(&d.id).cloned())
@@ -593,47 +603,54 @@ pub fn application_plan(
     };
     let kept = names(|g| &g.keep);
     let forgotten = names(|g| &g.remove);
-    let kept_ids: BTreeSet<_> = plan
+    let oldest_kept = out
         .groups
         .iter()
-        .flat_map(|g| g.keep.iter().map(|d| d.id))
-        .collect();
-    let oldest_kept = objects
-        .iter()
-        .filter(|(id, _)| kept_ids.contains(id))
-        .map(|(_, s)| coffer_engine::repository::snapshot_time(s))
-        .min();
-    let mut follow = GroupPlan {
-        key: "the volumes of application backups".into(),
-        keep: Vec::new(),
-        remove: Vec::new(),
+        .flat_map(|g| g.keep.iter())
+        .filter_map(|d| time_of.get(&d.id))
+        .min()
+        .copied();
+    // Per claim: what the policy keeps of each claim's own snapshots.
+    let per_claim = if volumes.is_empty() {
+        Vec::new()
+    } else {
+        plan(&volumes, policy, BY_ORIGIN, filter)
+            .map_err(|e| e.to_string())?
+            .groups
     };
-    for (id, s) in &volumes {
-        let Some(app) = tagged(s, APPLICATION_TAG) else {
-            continue;
+    for g in per_claim {
+        let mut follow = GroupPlan {
+            key: g.key,
+            keep: Vec::new(),
+            remove: Vec::new(),
         };
-        let orphan = !forgotten.contains(&app)
-            && oldest_kept.is_some_and(|t| coffer_engine::repository::snapshot_time(s) < t);
-        let mut d = Decision {
-            id: *id,
-            time: s.time.clone(),
-            reasons: Vec::new(),
-        };
-        if kept.contains(&app) {
-            d.reasons.push(format!("application {app}"));
-            follow.keep.push(d);
-        } else if forgotten.contains(&app) || orphan {
-            follow.remove.push(d);
-        } else {
-            d.reasons
-                .push(format!("application {app} not captured yet"));
-            follow.keep.push(d);
+        for mut d in g.keep.into_iter().chain(g.remove) {
+            let app = application_of.get(&d.id).cloned().unwrap_or_default();
+            let orphan = !kept.contains(&app)
+                && !forgotten.contains(&app)
+                && oldest_kept.is_some_and(|t| time_of.get(&d.id).is_some_and(|v| *v < t));
+            if kept.contains(&app) {
+                d.reasons.push(format!("application {app}"));
+            } else if running.contains(&app) {
+                d.reasons.push(format!("application {app} still running"));
+            } else if !d.reasons.is_empty() {
+                // Kept among its claim's own: the claim's last good data.
+            } else if !(forgotten.contains(&app) || orphan) {
+                d.reasons
+                    .push(format!("application {app} not captured yet"));
+            }
+            if d.reasons.is_empty() {
+                follow.remove.push(d);
+            } else {
+                follow.keep.push(d);
+            }
         }
+        let newest_first = |a: &Decision, b: &Decision| time_of.get(&b.id).cmp(&time_of.get(&a.id));
+        follow.keep.sort_by(newest_first);
+        follow.remove.sort_by(newest_first);
+        out.groups.push(follow);
     }
-    if !follow.keep.is_empty() || !follow.remove.is_empty() {
-        plan.groups.push(follow);
-    }
-    Ok(plan)
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -682,7 +699,33 @@ mod tests {
     }
 
     /// An application backup `app` at minute `min`: its objects' snapshot
-    /// (unless `captured` is false) and one snapshot per claim.
+    /// (unless `captured` is false) and one snapshot per claim of `claims`.
+    fn application_of(
+        first: u8,
+        app: &str,
+        min: u32,
+        captured: bool,
+        claims: &[&str],
+    ) -> Vec<(
+        coffer_engine::format::SnapshotId,
+        coffer_engine::format::snapshot::Snapshot,
+    )> {
+        use crate::names::{application_tag, objects_tag, schedule_tag};
+        let tags = vec![schedule_tag("nightly"), application_tag(app)];
+        let mut out: Vec<_> = claims
+            .iter()
+            .zip(first..)
+            .map(|(claim, id)| snapshot(id, min, Some(claim), &tags))
+            .collect();
+        if captured {
+            let mut objects = tags.clone();
+            objects.push(objects_tag(app));
+            out.push(snapshot(first + 2, min + 1, None, &objects));
+        }
+        out
+    }
+
+    /// [`application_of`] with both claims.
     fn application(
         first: u8,
         app: &str,
@@ -692,18 +735,7 @@ mod tests {
         coffer_engine::format::SnapshotId,
         coffer_engine::format::snapshot::Snapshot,
     )> {
-        use crate::names::{application_tag, objects_tag, schedule_tag};
-        let tags = vec![schedule_tag("nightly"), application_tag(app)];
-        let mut out = vec![
-            snapshot(first, min, Some("data-db-0"), &tags),
-            snapshot(first + 1, min, Some("data-db-1"), &tags),
-        ];
-        if captured {
-            let mut objects = tags.clone();
-            objects.push(objects_tag(app));
-            out.push(snapshot(first + 2, min + 1, None, &objects));
-        }
-        out
+        application_of(first, app, min, captured, &["data-db-0", "data-db-1"])
     }
 
     /// Retention of application backups keeps or forgets each one whole:
@@ -721,11 +753,15 @@ mod tests {
         snaps.extend(application(40, "nightly-4", 30, true));
         snaps.extend(application(50, "nightly-5", 40, true));
         snaps.extend(application(60, "nightly-6", 50, false));
+        // Another schedule's application backup, older than all.
         snaps.push(snapshot(
             70,
             0,
-            Some("other"),
-            &[crate::names::schedule_tag("hourly")],
+            Some("data-db-0"),
+            &[
+                crate::names::schedule_tag("hourly"),
+                crate::names::application_tag("hourly-1"),
+            ],
         ));
         let filter = coffer_engine::forget::Filter {
             tags: vec![crate::names::schedule_tag("nightly")],
@@ -735,7 +771,7 @@ mod tests {
             last: 2,
             ..Default::default()
         };
-        let plan = application_plan(&snaps, &policy, &filter).unwrap();
+        let plan = application_plan(&snaps, &policy, &filter, &[]).unwrap();
         let mut removed: Vec<u8> = plan.removed().iter().map(|id| id.0[0]).collect();
         removed.sort();
         // nightly-1, -3 (objects and volumes), nightly-2's orphan volumes.
@@ -751,7 +787,60 @@ mod tests {
 
         // The policy is the engine's: one that keeps nothing is refused.
         let none = coffer_engine::forget::Policy::default();
-        assert!(application_plan(&snaps, &none, &filter).is_err());
+        assert!(application_plan(&snaps, &none, &filter, &[]).is_err());
+    }
+
+    /// Data is never lost to the whole-backup rule: a claim whose backups
+    /// failed lately keeps its last good snapshot (the policy per claim
+    /// keeps it), though its application backup is forgotten; the volumes
+    /// of a backup still running stay, however old.
+    #[test]
+    fn a_claims_last_good_data_and_a_running_backups_volumes_stay() {
+        let mut snaps = Vec::new();
+        snaps.extend(application(10, "nightly-1", 0, true));
+        snaps.extend(application_of(20, "nightly-2", 10, true, &["data-db-0"]));
+        snaps.extend(application_of(30, "nightly-3", 20, true, &["data-db-0"]));
+        // Started before nightly-3, still capturing (concurrencyPolicy Allow).
+        snaps.extend(application_of(40, "nightly-x", 5, false, &["data-db-0"]));
+        let filter = coffer_engine::forget::Filter {
+            tags: vec![crate::names::schedule_tag("nightly")],
+            ..Default::default()
+        };
+        let policy = coffer_engine::forget::Policy {
+            last: 1,
+            ..Default::default()
+        };
+        let running = ["nightly-x".to_string()];
+        let plan = application_plan(&snaps, &policy, &filter, &running).unwrap();
+        let mut removed: Vec<u8> = plan.removed().iter().map(|id| id.0[0]).collect();
+        removed.sort();
+        // nightly-1's objects and data-db-0, nightly-2 whole.
+        assert_eq!(removed, vec![10, 12, 20, 22]);
+        let reasons: BTreeMap<u8, Vec<String>> = plan
+            .groups
+            .iter()
+            .flat_map(|g| g.keep.iter().map(|d| (d.id.0[0], d.reasons.clone())))
+            .collect();
+        assert_eq!(
+            reasons.keys().copied().collect::<Vec<_>>(),
+            vec![11, 30, 32, 40]
+        );
+        assert_eq!(
+            reasons[&11],
+            vec!["last".to_string()],
+            "data-db-1's last good data"
+        );
+        assert_eq!(
+            reasons[&40],
+            vec!["application nightly-x still running".to_string()]
+        );
+        // Each claim and the objects are origins of their own.
+        assert_eq!(plan.groups.len(), 3, "{plan:#?}");
+
+        // Once it ended without its objects, its volumes go (older than
+        // the oldest backup kept).
+        let plan = application_plan(&snaps, &policy, &filter, &[]).unwrap();
+        assert!(plan.removed().iter().any(|id| id.0[0] == 40));
     }
 
     async fn memory_repo() -> Repository {

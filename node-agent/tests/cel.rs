@@ -126,6 +126,27 @@ fn a_run_that_names_the_wrong_fields_for_its_method_is_refused_with_the_reason()
     );
 }
 
+/// A schedule of volumes cannot become one of applications, or back: its
+/// runs, history and retention follow what it makes.
+#[test]
+fn a_schedule_cannot_switch_between_volumes_and_an_application() {
+    let rules = rules();
+    let rule = rules
+        .iter()
+        .find(|r| r.kind == "BackupSchedule" && r.path == "spec")
+        .expect("the spec rule of BackupSchedule");
+    let volumes = json!({"schedule": "@daily", "method": "Snapshot"});
+    let application = json!({"schedule": "@daily", "application": {}});
+    let later = json!({"schedule": "@hourly", "application": {"volumeData": false}});
+    assert!(holds(&rule.rule, &volumes, Some(&volumes)));
+    assert!(holds(&rule.rule, &later, Some(&application)));
+    assert!(!holds(&rule.rule, &application, Some(&volumes)));
+    assert!(!holds(&rule.rule, &volumes, Some(&application)));
+    assert!(rule
+        .message
+        .starts_with("spec.application cannot be added or removed"));
+}
+
 #[test]
 fn what_a_run_reads_cannot_change_once_it_exists() {
     let rules = rules();

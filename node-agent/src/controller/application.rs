@@ -304,19 +304,35 @@ async fn plan(ctx: &Ctx, ab: &ApplicationBackup) -> Result<Action, Error> {
     let mut volumes = Vec::new();
     for (pvc, method) in &methods {
         let mut vb = volume_run(ab, pvc, method, group);
-        let mut name = vb.name_any();
+        let base = vb.name_any();
         // `<backup>-<claim>` can be another's (backup `a` of claim `b-c`,
         // backup `a-b` of claim `c`): never adopted, another name instead.
-        let taken = runs
-            .get_opt(&name)
-            .await
-            .map_err(kube_err(format!("reading VolumeBackup {ns}/{name}")))?
-            .is_some_and(|other| !owned_by(&other, ab));
-        if taken {
-            name = object_name(&[&name, &short_hash(&ab.uid().unwrap_or_default())]);
-            vb.metadata.name = Some(name.clone());
+        // Checked after the create (which takes "exists" for done), so that
+        // two backups planning at once cannot both take it.
+        let hashed = object_name(&[&base, &short_hash(&ab.uid().unwrap_or_default())]);
+        let mut name = String::new();
+        for candidate in [base, hashed] {
+            vb.metadata.name = Some(candidate.clone());
+            let what = format!("VolumeBackup {ns}/{candidate}");
+            create(&runs, &vb, &what).await?;
+            let ours = runs
+                .get_opt(&candidate)
+                .await
+                .map_err(kube_err(format!("reading {what}")))?
+                .is_some_and(|made| owned_by(&made, ab));
+            if ours {
+                name = candidate;
+                break;
+            }
         }
-        create(&runs, &vb, &format!("VolumeBackup {ns}/{name}")).await?;
+        if name.is_empty() {
+            let why = format!(
+                "the names of claim {pvc}'s VolumeBackup are taken by other runs; delete them \
+                 or name this backup otherwise"
+            );
+            lifecycle::fail(ctx, ab, why).await?;
+            return Ok(Action::await_change());
+        }
         volumes.push(ApplicationVolume {
             pvc: pvc.clone(),
             volume_backup: name,

@@ -1004,6 +1004,7 @@ async fn retention(
                 after,
                 cluster: ctx.opts.cluster.clone(),
                 applications: bs.spec.application.is_some(),
+                running: st.active.clone(),
                 keep: KeepArgs::from(policy),
             }))
             .to_argv();

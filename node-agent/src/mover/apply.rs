@@ -338,9 +338,13 @@ pub async fn apply(
         let exists = match &created {
             Err(kube::Error::Api(e)) if e.code == 409 => true,
             // Kubernetes authorizes before it looks: an account that may
-            // not create an object that is already there hears 403.
-            Err(kube::Error::Api(e)) if e.code == 403 => {
-                matches!(api.get_opt(&place.name).await, Ok(Some(_)))
+            // not create an object that is already there hears RBAC's 403
+            // (not admission's, not a terminating namespace's).
+            Err(kube::Error::Api(e))
+                if e.code == 403 && e.message.contains("cannot create resource") =>
+            {
+                matches!(api.get_opt(&place.name).await,
+                    Ok(Some(o)) if o.metadata.deletion_timestamp.is_none())
             }
             _ => false,
         };

@@ -230,6 +230,10 @@ pub struct ForgetArgs {
     /// each one whole (its objects' snapshot and its volumes' snapshots)
     #[arg(long)]
     pub applications: bool,
+    /// The schedule's ApplicationBackups not ended yet: their volumes'
+    /// snapshots stay
+    #[arg(long)]
+    pub running: Vec<String>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub keep: KeepArgs,
@@ -440,6 +444,7 @@ impl MoverArgs {
                 a.flag("--after", f.after.to_string());
                 a.opt("--cluster", f.cluster.as_ref());
                 a.switch("--applications", f.applications);
+                a.each("--running", &f.running);
                 a.0.extend(f.keep.to_argv());
             }
             MoverArgs::Prune(p) => {
@@ -650,6 +655,7 @@ mod tests {
                 after: crate::time::stamp("2026-12-03T02:00:00.000Z"),
                 cluster: Some("prod".into()),
                 applications: true,
+                running: vec!["db-1".into(), "db-2".into()],
                 keep: KeepArgs {
                     keep_last: Some(1),
                     keep_hourly: Some(2),

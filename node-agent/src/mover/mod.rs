@@ -200,6 +200,8 @@ pub struct ForgetJob {
     /// The schedule makes application backups: each is kept or forgotten
     /// whole ([`crate::repos::forget_applications`]).
     pub applications: bool,
+    /// The schedule's ApplicationBackups not ended yet.
+    pub running: Vec<String>,
 }
 
 /// Applies the policy per origin to the schedule's snapshots and writes
@@ -220,11 +222,15 @@ pub async fn forget(client: Client, job: ForgetJob, cancel: CancelToken) -> bool
         };
         let cluster = job.cluster.as_ref();
         let (plan, removed) = if job.applications {
-            crate::repos::forget_applications(&repo, cluster, &filter, &job.policy, &cancel).await?
+            let (policy, running) = (&job.policy, &job.running);
+            crate::repos::forget_applications(&repo, cluster, &filter, policy, running, &cancel)
+                .await?
         } else {
             crate::repos::forget_per_origin(&repo, cluster, &filter, &job.policy, &cancel).await?
         };
         let kept: usize = plan.groups.iter().map(|g| g.keep.len()).sum();
+        // With application backups, each claim's group and the objects'
+        // group are origins alike.
         for g in &plan.groups {
             tracing::info!(
                 origin = g.key,

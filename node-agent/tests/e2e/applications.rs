@@ -935,9 +935,20 @@ async fn a_schedule_of_application_backups_forgets_each_one_whole() {
         &ns,
         json!({"apiVersion": "coffer.dev/v1alpha1", "kind": "BackupSchedule",
             "metadata": {"name": "nightly"},
-            "spec": {"schedule": "@daily", "application": {}, "retention": {"keepLast": 1}}}),
+            "spec": {"schedule": "@daily", "application": {}, "retention": {"keepLast": 1},
+                     "successfulRunsHistoryLimit": 1}}),
     )
     .await;
+    let list = || async {
+        let mut runs = Api::<ApplicationBackup>::namespaced(env.client.clone(), &ns)
+            .list(&ListParams::default().labels(SCHEDULE_LABEL))
+            .await
+            .unwrap()
+            .items;
+        runs.sort_by_key(|r| r.name_any());
+        runs
+    };
+    let mut runs = Vec::new();
     for i in ["1", "2"] {
         env.annotate_object::<BackupSchedule>(&ns, "nightly", "backup.coffer.dev/backup-now", i)
             .await;
@@ -949,14 +960,18 @@ async fn a_schedule_of_application_backups_forgets_each_one_whole() {
             })
         })
         .await;
+        runs.push(list().await.pop().unwrap());
     }
-    let mut runs = Api::<ApplicationBackup>::namespaced(env.client.clone(), &ns)
-        .list(&ListParams::default().labels(SCHEDULE_LABEL))
-        .await
-        .unwrap()
-        .items;
-    runs.sort_by_key(|r| r.name_any());
-    assert_eq!(runs.len(), 2, "{runs:#?}");
+    // Past the history limit (1), the first ApplicationBackup went, and
+    // its VolumeBackup with it; its snapshots went by retention.
+    let kept = list().await;
+    assert_eq!(kept.len(), 1, "{kept:#?}");
+    assert_eq!(kept[0].name_any(), runs[1].name_any());
+    let first_volume = runs[0].status.as_ref().unwrap().volumes.as_ref().unwrap()[0]
+        .volume_backup
+        .clone();
+    env.wait_gone::<coffer_node_agent::crd::VolumeBackup>(&ns, &first_volume)
+        .await;
     // Each run's snapshots: its objects' and its claim's data.
     let snapshots = |st: &coffer_node_agent::crd::ApplicationBackupStatus| {
         let mut ids = vec![st.run.snapshot_id.clone().unwrap()];

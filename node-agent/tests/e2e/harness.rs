@@ -945,7 +945,6 @@ impl Drop for Controller {
     }
 }
 
-/// Opens a test repository with the engine.
 /// The ids of every snapshot of the repository at `path`, sorted.
 pub async fn snapshot_ids(path: &Path, password: &str) -> Vec<String> {
     let mut ids: Vec<String> = open_repo(path, password)
@@ -960,6 +959,7 @@ pub async fn snapshot_ids(path: &Path, password: &str) -> Vec<String> {
     ids
 }
 
+/// Opens a test repository with the engine.
 pub async fn open_repo(path: &Path, password: &str) -> Arc<coffer_engine::Repository> {
     let store = coffer_engine::storage::open_location(&path.display().to_string(), false).unwrap();
     Arc::new(

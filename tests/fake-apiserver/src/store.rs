@@ -536,14 +536,15 @@ impl Store {
                 }
             }
         }
-        if exists(&state, &name) {
-            return Err(ApiError::already_exists(rt, &name));
-        }
+        // Admission (a terminating namespace) answers before storage.
         if rt.namespaced && state.terminating(&ns) {
             let why = format!(
                 "unable to create new content in namespace {ns} because it is being terminated"
             );
             return Err(ApiError::forbidden(rt, &name, &why));
+        }
+        if exists(&state, &name) {
+            return Err(ApiError::already_exists(rt, &name));
         }
         if let Some((_, _, why)) = state
             .forbidden
@@ -881,13 +882,11 @@ impl State {
                 self.delete_request(&k, &o);
             }
             if !self.contents(&obj_key.1).is_empty() {
-                let marked = self.mark_deleting(key, obj_key);
-                if let Some(map) = self.objects.get_mut(key) {
-                    if let Some(ns) = map.get_mut(obj_key) {
-                        ns["status"] = json!({"phase": "Terminating"});
-                    }
+                // Marked with its phase, in one change watchers see.
+                if let Some(ns) = self.objects.get_mut(key).and_then(|m| m.get_mut(obj_key)) {
+                    ns["status"] = json!({"phase": "Terminating"});
                 }
-                return marked;
+                return self.mark_deleting(key, obj_key);
             }
         }
         if finalizers(&obj).is_empty() {

@@ -630,6 +630,11 @@ async fn a_namespace_terminates_until_its_last_object_is_gone() {
         "{}",
         e.message
     );
+    // Admission answers before storage: 403, also for a name that exists.
+    assert_eq!(
+        api_code(inside.create(&pp, &held).await),
+        (403, "Forbidden".to_string())
+    );
     inside
         .patch(
             "held",
