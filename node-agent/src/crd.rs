@@ -971,6 +971,10 @@ pub struct RestoredVolume {
     /// The snapshot of its data.
     #[serde(rename = "snapshotID")]
     pub snapshot_id: String,
+    /// The bytes of its data, as the snapshot records them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0_i64, max = 9_007_199_254_740_991_i64))]
+    pub bytes: Option<u64>,
 }
 
 /// Where a run stands.

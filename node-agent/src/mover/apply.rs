@@ -78,6 +78,8 @@ pub struct Applied {
     pub results: Vec<ObjectResult>,
     /// The claims filled from their snapshots: (claim, snapshot).
     pub volumes: Vec<(String, String)>,
+    /// The bytes of each filled claim's data, as its snapshot records them.
+    pub volume_bytes: HashMap<String, u64>,
 }
 
 impl Applied {
@@ -394,11 +396,18 @@ pub async fn apply(
     if !waited {
         wait_bound(client, job, &filled).await?;
     }
+    let mut volume_bytes = HashMap::new();
+    for (_, snapshot) in &filled {
+        if let Ok((_, s)) = repo.find_snapshot(snapshot).await {
+            volume_bytes.insert(snapshot.clone(), s.summary.total_bytes_processed);
+        }
+    }
     Ok(Applied {
         snapshot_id: id,
         source_namespace: app.namespace,
         results,
         volumes: filled,
+        volume_bytes,
     })
 }
 
@@ -490,7 +499,9 @@ pub async fn report(client: &Client, job: &ApplyJob, done: &Applied) -> Result<(
             "counts": done.counts(),
             "results": listed(&done.results),
         },
-        "volumes": done.volumes.iter().map(|(pvc, s)| json!({"pvc": pvc, "snapshotID": s})).collect::<Vec<_>>(),
+        "volumes": done.volumes.iter().map(|(pvc, s)| {
+            json!({"pvc": pvc, "snapshotID": s, "bytes": done.volume_bytes.get(s)})
+        }).collect::<Vec<_>>(),
     });
     let what = format!(
         "the status of ApplicationRestore {}/{}",

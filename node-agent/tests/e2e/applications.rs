@@ -1150,6 +1150,16 @@ async fn a_deleted_namespace_comes_back_under_its_own_name() {
     assert_eq!(pvc.status.unwrap().phase.as_deref(), Some("Bound"));
     assert_eq!(pvc.metadata.labels.unwrap()["app"], "shop");
     assert_same_tree(&data, &path);
+    // The status names the claim filled, its snapshot and its bytes.
+    let size: u64 = walkdir::WalkDir::new(&data)
+        .into_iter()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    assert_eq!(st.volumes.len(), 1, "{:#?}", st.volumes);
+    assert_eq!(st.volumes[0].pvc, "orders");
+    assert_eq!(st.volumes[0].bytes, Some(size));
     let order: Vec<String> = st
         .objects
         .as_ref()
