@@ -317,7 +317,7 @@ fn a_flipped_byte_fails_that_file_with_eio_naming_the_blob_and_nothing_else() {
     write(&src.join("c.txt"), b"small\n");
     // One worker: packs hold the files' chunks in order.
     env.expect(0, &["backup", "--threads", "1", src.to_str().unwrap()]);
-    let victim = pack_holding(&env, &b[800_000..1_200_000]);
+    let victim = pack_holding(&env, &b, 800_000..1_200_000);
     let mut bytes = std::fs::read(&victim).unwrap();
     bytes[300] ^= 0x01;
     std::fs::write(&victim, bytes).unwrap();

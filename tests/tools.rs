@@ -202,7 +202,7 @@ fn restores_but(env: &Env, src: &Path, lost: &[&str], name: &str) {
 /// A pack holding a piece of the middle of `file` (2 MB), and of no other file.
 fn the_pack_holding(env: &Env, file: &str) -> PathBuf {
     let content = std::fs::read(env.root.join("src").join(file)).unwrap();
-    pack_holding(env, &content[800_000..1_200_000])
+    pack_holding(env, &content, 800_000..1_200_000)
 }
 
 #[test]

@@ -162,20 +162,26 @@ pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
 }
 
 /// The data pack of `env`'s repository holding a blob whose first 64 bytes
-/// occur in `piece` (a piece of one file, from a backup with one worker).
-pub fn pack_holding(env: &Env, piece: &[u8]) -> PathBuf {
+/// occur in `file[piece]`, and no data of anything but `file`: damaging it
+/// loses a piece of that file and of no other, however the backup's
+/// workers interleaved the files' chunks in packs.
+pub fn pack_holding(env: &Env, file: &[u8], piece: std::ops::Range<usize>) -> PathBuf {
+    let starts = |blob: &[u8], hay: &[u8]| blob.len() >= 64 && contains(hay, &blob[..64]);
     for pack in walk_files(&env.repo.join("data")) {
         let id = pack.file_name().unwrap().to_str().unwrap();
         let header = json(&env.expect(0, &["cat", "pack", id]));
-        for b in header["blobs"].as_array().unwrap() {
-            if b["type"] != "data" {
-                continue;
-            }
-            let got = env.run(&["cat", "blob", b["id"].as_str().unwrap()]).stdout;
-            if got.len() >= 64 && contains(piece, &got[..64]) {
-                return pack;
-            }
+        let blobs: Vec<Vec<u8>> = header["blobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|b| b["type"] == "data")
+            .map(|b| env.run(&["cat", "blob", b["id"].as_str().unwrap()]).stdout)
+            .collect();
+        if blobs.iter().any(|b| starts(b, &file[piece.clone()]))
+            && blobs.iter().all(|b| starts(b, file))
+        {
+            return pack;
         }
     }
-    panic!("no pack holds the piece");
+    panic!("no pack holds the piece alone");
 }
