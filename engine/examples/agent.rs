@@ -167,7 +167,7 @@ async fn main() -> Res<()> {
         origin: by_pvc("shop", "db-data"),
         ..Default::default()
     };
-    let restored = restore::restore(repo.clone(), repo.load_index().await?, opts).await?;
+    let restored = restore::restore(repo.clone(), repo.load_tree_index().await?, opts).await?;
     let same = std::fs::read(target.join("table.dat"))? == std::fs::read(db.join("table.dat"))?
         && std::fs::read(target.join("sub/notes.txt"))? == b"volume 1, changed\n";
     check(

@@ -7,6 +7,11 @@
 //! hash map that is merged into the array when it reaches an eighth of it.
 //! Plus 36 bytes per pack. At the default 128 KiB chunks: about 400 MB per TB
 //! of unique data.
+//!
+//! A restore needs less: [`Index::trees_only`] keeps the tree blobs alone
+//! (what walking a snapshot reads), and the restore looks up each batch's
+//! data blobs with [`crate::repository::Repository::locate_blobs`], so its
+//! memory follows the repository's trees and the batch, not its data.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, RwLock};
@@ -156,6 +161,8 @@ impl Inner {
 pub struct Index {
     inner: RwLock<Inner>,
     claimed: Mutex<HashSet<BlobId>>,
+    /// Data blobs are not indexed (see [`Index::trees_only`]).
+    trees_only: bool,
 }
 
 /// `recent` is merged when it exceeds this many entries and an eighth of `sorted`.
@@ -175,11 +182,30 @@ impl Index {
         self.inner.write().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// An index that keeps tree blobs and leaves data blobs out: what a
+    /// walk of snapshots needs, in memory that grows with the repository's
+    /// directories, not its data. [`Index::get`] finds no data blob in it.
+    pub fn trees_only() -> Self {
+        Index {
+            trees_only: true,
+            ..Self::default()
+        }
+    }
+
+    /// Whether data blobs are indexed (false for [`Index::trees_only`]).
+    pub fn holds_data(&self) -> bool {
+        !self.trees_only
+    }
+
     /// Adds one pack's blobs. A blob already indexed keeps its first location.
     pub fn add_pack(&self, pack: PackId, size: u32, blobs: &[PackEntry]) {
+        let keep = |b: &&PackEntry| !self.trees_only || b.blob_type == BlobType::Tree;
+        if self.trees_only && !blobs.iter().any(|b| keep(&b)) {
+            return;
+        }
         let mut inner = self.write();
         let slot = inner.pack_slot(pack, size);
-        for b in blobs {
+        for b in blobs.iter().filter(keep) {
             if inner.find(&b.id).is_none() {
                 inner.recent.insert(b.id, Entry::new(slot, b));
             }
@@ -310,6 +336,20 @@ mod tests {
             "first location wins"
         );
         assert_eq!(idx.len(), 2);
+    }
+
+    #[test]
+    fn a_trees_only_index_keeps_tree_blobs_alone() {
+        let idx = Index::trees_only();
+        assert!(!idx.holds_data());
+        // entry(1) is a tree, entry(2) and entry(4) data.
+        idx.add_pack(PackId([9; 32]), 100, &[entry(1), entry(2)]);
+        idx.add_pack(PackId([8; 32]), 100, &[entry(4)]);
+        assert_eq!(idx.get(&BlobId([1; 32])).unwrap().blob_type, BlobType::Tree);
+        assert!(idx.get(&BlobId([2; 32])).is_none());
+        assert_eq!(idx.len(), 1);
+        assert_eq!(idx.packs().len(), 1, "a pack of data alone takes no slot");
+        assert!(Index::new().holds_data());
     }
 
     #[test]

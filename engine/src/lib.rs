@@ -25,7 +25,7 @@
 //! let target = tempfile::tempdir().unwrap();
 //! let restored = restore::restore(
 //!     repo.clone(),
-//!     repo.load_index().await?,
+//!     repo.load_tree_index().await?,
 //!     restore::RestoreOptions::new(summary.snapshot_id.to_hex(), target.path()),
 //! )
 //! .await?;

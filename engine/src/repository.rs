@@ -549,7 +549,51 @@ impl Repository {
     /// index file is skipped with a warning (`coffer check` reports it); the
     /// blobs it listed then read as missing. Store failures are errors.
     pub async fn load_index(&self) -> Result<Arc<Index>> {
-        let index = Arc::new(Index::new());
+        let index = Index::new();
+        self.each_index_file(|file| index.add_file(&file)).await?;
+        Ok(Arc::new(index))
+    }
+
+    /// Loads the tree blobs of every index file ([`Index::trees_only`]):
+    /// what walking snapshots needs; a restore finds its data blobs batch by
+    /// batch with [`Self::locate_blobs`].
+    pub async fn load_tree_index(&self) -> Result<Arc<Index>> {
+        let index = Index::trees_only();
+        self.each_index_file(|file| index.add_file(&file)).await?;
+        Ok(Arc::new(index))
+    }
+
+    /// Where each of `ids` is stored, read from the index files (a blob in
+    /// none of them is absent from the answer). Holds one index file per
+    /// read in flight and the answer: memory follows `ids`, not the
+    /// repository. Index files are skipped as [`Self::load_index`] skips them.
+    pub async fn locate_blobs(
+        &self,
+        ids: &std::collections::HashSet<BlobId>,
+    ) -> Result<HashMap<BlobId, crate::index::BlobLocation>> {
+        let mut found = HashMap::with_capacity(ids.len());
+        self.each_index_file(|file| {
+            for p in &file.packs {
+                for b in p.blobs.iter().filter(|b| ids.contains(&b.id)) {
+                    found
+                        .entry(b.id)
+                        .or_insert_with(|| crate::index::BlobLocation {
+                            pack: p.id,
+                            blob_type: b.blob_type,
+                            offset: b.offset,
+                            stored_len: b.stored_len,
+                            raw_len: b.raw_len,
+                        });
+                }
+            }
+        })
+        .await?;
+        Ok(found)
+    }
+
+    /// Reads every index file, eight at a time, and hands each to `take`.
+    /// A damaged or vanished one is skipped with a warning.
+    async fn each_index_file(&self, mut take: impl FnMut(IndexFile)) -> Result<()> {
         let ids = self.index_ids().await?;
         let mut reads = futures::stream::iter(
             ids.into_iter()
@@ -558,14 +602,14 @@ impl Repository {
         .buffer_unordered(8);
         while let Some((id, file)) = reads.next().await {
             match file {
-                Ok(file) => index.add_file(&file),
+                Ok(file) => take(file),
                 Err(e) if is_damage(&e) => {
                     tracing::warn!("skipping index file {}: {e}", id.short())
                 }
                 Err(e) => return Err(e),
             }
         }
-        Ok(index)
+        Ok(())
     }
 
     /// Writes a snapshot; this is the last write of a backup.

@@ -789,7 +789,15 @@ mod damage {
     use coffer_engine::check::{self, CheckOptions, CheckReport, ReadData};
     use coffer_engine::format::layout;
     use coffer_engine::format::{IndexId, PackId};
+    use std::path::PathBuf;
     use std::sync::Arc;
+
+    /// A restore's directory (removed when dropped), its target, its summary.
+    type Restored = (
+        tempfile::TempDir,
+        PathBuf,
+        coffer_engine::restore::RestoreSummary,
+    );
 
     struct Fixture {
         _dir: tempfile::TempDir,
@@ -970,19 +978,46 @@ mod damage {
         }
 
         /// As `restore_soundly`, but a restore that cannot start is returned.
+        /// Restores twice: with the whole index, and with the trees alone
+        /// and the data blobs looked up two places at a time (what the
+        /// command line does, in several batches); both must agree.
         async fn try_restore_soundly(
             &self,
         ) -> coffer_engine::Result<coffer_engine::restore::RestoreSummary> {
+            let whole = self.restore_checked(false).await;
+            let scoped = self.restore_checked(true).await;
+            let shown = |r: &coffer_engine::Result<Restored>| match r {
+                Ok((_, out, s)) => {
+                    let mut e: Vec<_> = s
+                        .errors
+                        .iter()
+                        .map(|e| (e.path.strip_prefix(out).unwrap().to_path_buf(), e.blob))
+                        .collect();
+                    e.sort();
+                    e.dedup();
+                    format!("{} files, errors {e:?}", s.files_restored)
+                }
+                Err(e) => format!("error {e}"),
+            };
+            assert_eq!(shown(&whole), shown(&scoped), "trees-only index");
+            whole.map(|(_, _, s)| s)
+        }
+
+        /// Restores into a new directory, and checks each file against the source.
+        async fn restore_checked(&self, trees_only: bool) -> coffer_engine::Result<Restored> {
             let repo = self.reopen().await;
-            let index = repo.load_index().await.unwrap();
+            let index = if trees_only {
+                repo.load_tree_index().await.unwrap()
+            } else {
+                repo.load_index().await.unwrap()
+            };
             let target = tempdir();
             let out = target.path().join("out");
-            let summary = restore::restore(
-                repo,
-                index,
-                RestoreOptions::new(self.snapshot.clone(), &out),
-            )
-            .await?;
+            let mut opts = RestoreOptions::new(self.snapshot.clone(), &out);
+            if trees_only {
+                opts.plan_limit = 2;
+            }
+            let summary = restore::restore(repo, index, opts).await?;
             for name in ["a.bin", "b.bin", "notes.txt"] {
                 let restored = out.join(name);
                 if restored.exists() {
@@ -998,7 +1033,7 @@ mod damage {
                     );
                 }
             }
-            Ok(summary)
+            Ok((target, out, summary))
         }
     }
 
@@ -2436,6 +2471,19 @@ mod retention {
         let last = seen.last().unwrap();
         assert_eq!(Some(last.bytes_done), last.total_bytes);
         assert!(last.bytes_done >= 2 * 700_000 + 3_000_000, "{last:?}");
+
+        // The same with the tree blobs alone indexed: each pass looks its
+        // data blobs up in the index files.
+        let out = dir.path().join("out-trees-only");
+        let mut opts = RestoreOptions::new("latest", &out);
+        opts.plan_limit = 7;
+        let index = repo.load_tree_index().await.unwrap();
+        let summary = restore::restore(repo.clone(), index, opts).await.unwrap();
+        assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+        crate::support::assert_same(
+            &crate::support::manifest(&src),
+            &crate::support::manifest(&out),
+        );
     }
 
     /// A restore whose future is dropped (a timeout) trips its token, and its

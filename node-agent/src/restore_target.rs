@@ -57,7 +57,7 @@ pub async fn restore_into(
             Err(e) => return Ok(Outcome::Failed(format!("{}: {e}", target.path.display()))),
         }
     }
-    let index = repo.load_index().await?;
+    let index = repo.load_tree_index().await?;
     let mut opts = RestoreOptions::new(snapshot, target.path);
     opts.subpath = subpath.map(PathBuf::from);
     opts.overwrite = overwrite;

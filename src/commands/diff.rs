@@ -6,7 +6,7 @@ use crate::exit;
 
 pub async fn diff(g: &Global, a: DiffArgs) -> anyhow::Result<i32> {
     let repo = super::open(g).await?;
-    let index = repo.load_index().await?;
+    let index = repo.load_tree_index().await?;
     let (ida, sa) = repo.find_snapshot(&a.a).await?;
     let (idb, sb) = repo.find_snapshot(&a.b).await?;
     let changes = diff::diff(&repo, &index, &sa, &sb).await?;
@@ -40,7 +40,7 @@ pub async fn diff(g: &Global, a: DiffArgs) -> anyhow::Result<i32> {
 
 pub async fn find(g: &Global, a: FindArgs) -> anyhow::Result<i32> {
     let repo = super::open(g).await?;
-    let index = repo.load_index().await?;
+    let index = repo.load_tree_index().await?;
     let pattern = if a.ignore_case {
         Patterns::new(&[], std::slice::from_ref(&a.pattern))?
     } else {

@@ -57,7 +57,7 @@ fn print_node(g: &Global, long: bool, path: &str, n: &Node) -> anyhow::Result<()
 pub async fn run(g: &Global, a: LsArgs) -> anyhow::Result<i32> {
     let (snap, sub) = super::split_snapshot(&a.snapshot);
     let repo = super::open(g).await?;
-    let index = repo.load_index().await?;
+    let index = repo.load_tree_index().await?;
     let (id, snapshot) = repo.find_snapshot(&snap).await?;
     if g.json {
         let mut v = super::snapshots::to_json(&id, &snapshot);

@@ -6,7 +6,7 @@ use crate::{exit, fmt};
 pub async fn run(g: &Global, a: RestoreArgs) -> anyhow::Result<i32> {
     let (snap, sub) = super::split_snapshot(&a.snapshot);
     let repo = super::open(g).await?;
-    let index = repo.load_index().await?;
+    let index = repo.load_tree_index().await?;
     let mut opts = RestoreOptions::new(snap, &a.target);
     opts.subpath = sub.map(Into::into);
     opts.overwrite = a.overwrite;

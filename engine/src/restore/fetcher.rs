@@ -65,6 +65,11 @@ impl Fetch {
             .block_on(run(&self.shared, batch, self.concurrency, &self.progress))
     }
 
+    /// The runtime the batches are fetched on.
+    pub(crate) fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.rt
+    }
+
     /// Starts the phase if no batch did (nothing had contents).
     pub(crate) fn finish(self) {
         if !self.started {

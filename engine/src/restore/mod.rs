@@ -213,6 +213,10 @@ impl Shared {
 
 /// Restores a snapshot (or a path in it) into a directory.
 ///
+/// `index` may be [`Index::trees_only`] ([`Repository::load_tree_index`]):
+/// each batch's data blobs are then looked up in the index files, so memory
+/// does not grow with the repository's data. A full index is used as it is.
+///
 /// Dropping the returned future (an abort, a `tokio::time::timeout`) trips
 /// `opts.cancel`: the planning and writing threads stop at their next check,
 /// as after a cancellation.

@@ -1,6 +1,6 @@
 //! Plan: create the structure of the restore and list which blob goes where.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -13,7 +13,7 @@ use super::batch::{Batch, BlobTargets, FileEntry};
 use super::fetcher::Fetch;
 use super::{RestoreOptions, Shared};
 use crate::error::{Conflict, Error, Missing, Result};
-use crate::index::Index;
+use crate::index::{BlobLocation, Index};
 use crate::repository::{is_damage, Repository};
 use crate::trees::{self, Step, Walk};
 
@@ -85,11 +85,20 @@ pub(crate) struct Planner<'a> {
     fresh: bool,
     links: Vec<(PathBuf, PathBuf)>,
     files: Vec<FileEntry>,
-    blobs: Vec<(PackId, BlobTargets)>,
+    blobs: Vec<Wanted>,
     blob_slot: HashMap<BlobId, usize>,
     /// Blob places in this batch.
     places: usize,
     counts: Counts,
+}
+
+/// A blob the batch needs, before it is looked up in the index.
+struct Wanted {
+    id: BlobId,
+    /// Its length in the tree.
+    len: u64,
+    /// (file in the batch, offset): every place it goes.
+    targets: Vec<(u32, u64)>,
 }
 
 /// Which snapshot paths a restore takes (`--include`, `--exclude`).
@@ -254,19 +263,64 @@ impl<'a> Planner<'a> {
         })
     }
 
-    /// Hands the batch planned so far to the fetcher, and starts a new one.
+    /// Looks up the batch planned so far, hands it to the fetcher, and
+    /// starts a new one. A blob that is in no index file, or whose length
+    /// there differs from the tree's, fails each file that needs it.
     fn flush(&mut self) -> Result<()> {
-        let mut packs: HashMap<PackId, Vec<BlobTargets>> = HashMap::new();
-        for (pack, b) in self.blobs.drain(..) {
-            packs.entry(pack).or_default().push(b);
-        }
+        let wanted = std::mem::take(&mut self.blobs);
         self.blob_slot.clear();
         self.places = 0;
         let files = std::mem::take(&mut self.files);
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let found = self.locate(&wanted)?;
+        let mut packs: HashMap<PackId, Vec<BlobTargets>> = HashMap::new();
+        for w in wanted {
+            let message = match found.get(&w.id) {
+                Some(loc) if u64::from(loc.raw_len) == w.len => {
+                    packs.entry(loc.pack).or_default().push(BlobTargets {
+                        id: w.id,
+                        offset: loc.offset,
+                        stored_len: loc.stored_len,
+                        raw_len: loc.raw_len,
+                        targets: w.targets,
+                    });
+                    continue;
+                }
+                Some(loc) => format!(
+                    "blob {} has {} bytes in the index but {} in the tree",
+                    w.id, loc.raw_len, w.len
+                ),
+                None => format!("blob {} is in no index file", w.id),
+            };
+            let mut failed: Vec<u32> = w.targets.iter().map(|t| t.0).collect();
+            failed.dedup();
+            for f in failed {
+                self.shared
+                    .fail(&files[f as usize].path, Some(w.id), message.clone());
+            }
+        }
         if packs.is_empty() {
             return Ok(());
         }
         self.fetch.batch(Batch { files, packs })
+    }
+
+    /// Where the batch's blobs are: from the index where it holds data
+    /// blobs, otherwise read from the index files for this batch alone.
+    fn locate(&self, wanted: &[Wanted]) -> Result<HashMap<BlobId, BlobLocation>> {
+        let index = &self.shared.index;
+        if index.holds_data() {
+            return Ok(wanted
+                .iter()
+                .filter_map(|w| index.get(&w.id).map(|l| (w.id, l)))
+                .collect());
+        }
+        let ids: HashSet<BlobId> = wanted.iter().map(|w| w.id).collect();
+        self.fetch
+            .runtime()
+            .block_on(self.shared.repo.locate_blobs(&ids))
     }
 
     /// Makes room for a new entry at `path` when overwriting.
@@ -424,40 +478,27 @@ impl<'a> Planner<'a> {
                     (files.len() - 1) as u32
                 });
                 match self.blob_slot.get(&id) {
-                    Some(&slot) => {
-                        self.blobs[slot].1.targets.push((f, offset));
-                        self.places += 1;
+                    Some(&slot) if self.blobs[slot].len == c.len => {
+                        self.blobs[slot].targets.push((f, offset))
                     }
-                    None => match self.shared.index.get(&id) {
-                        Some(loc) if u64::from(loc.raw_len) == c.len => {
-                            self.blob_slot.insert(id, self.blobs.len());
-                            self.blobs.push((
-                                loc.pack,
-                                BlobTargets {
-                                    id,
-                                    offset: loc.offset,
-                                    stored_len: loc.stored_len,
-                                    raw_len: loc.raw_len,
-                                    targets: vec![(f, offset)],
-                                },
-                            ));
-                            self.places += 1;
-                        }
-                        Some(loc) => self.shared.fail(
-                            path,
-                            Some(id),
-                            format!(
-                                "blob {id} has {} bytes in the index but {} in the tree",
-                                loc.raw_len, c.len
-                            ),
+                    Some(&slot) => self.shared.fail(
+                        path,
+                        Some(id),
+                        format!(
+                            "blob {id} has {} bytes in one place of the tree and {} in another",
+                            self.blobs[slot].len, c.len
                         ),
-                        None => self.shared.fail(
-                            path,
-                            Some(id),
-                            format!("blob {id} is in no index file"),
-                        ),
-                    },
+                    ),
+                    None => {
+                        self.blob_slot.insert(id, self.blobs.len());
+                        self.blobs.push(Wanted {
+                            id,
+                            len: c.len,
+                            targets: vec![(f, offset)],
+                        });
+                    }
                 }
+                self.places += 1;
             }
             offset += c.len;
         }
