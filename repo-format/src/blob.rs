@@ -184,7 +184,8 @@ impl BlobSealer {
     /// Whether three 16 KiB samples (start, middle, end) of a large blob fail to
     /// shrink by 1/32 at zstd level 1: then the whole blob is stored as is,
     /// without spending a full compression on it (media, encrypted or already
-    /// compressed data).
+    /// compressed data). Samples whose bytes alone are predictable (text,
+    /// sparse records: see [`low_entropy`]) compress without the zstd probe.
     fn looks_incompressible(&mut self, data: &[u8]) -> bool {
         let Some(probe) = self.probe.as_mut() else {
             return false;
@@ -192,9 +193,13 @@ impl BlobSealer {
         if data.len() < PROBE_MIN {
             return false;
         }
-        self.sample.clear();
         let mid = data.len() / 2 - PROBE_PIECE / 2;
-        for start in [0, mid, data.len() - PROBE_PIECE] {
+        let starts = [0, mid, data.len() - PROBE_PIECE];
+        if low_entropy(starts.map(|s| &data[s..s + ENTROPY_PIECE])) {
+            return false;
+        }
+        self.sample.clear();
+        for start in starts {
             self.sample
                 .extend_from_slice(&data[start..start + PROBE_PIECE]);
         }
@@ -204,6 +209,34 @@ impl BlobSealer {
             Err(_) => false,
         }
     }
+}
+
+/// Bytes of each probe sample whose byte frequencies are counted first.
+const ENTROPY_PIECE: usize = 4 * 1024;
+
+/// Whether the byte frequencies of `pieces` give them under 7 bits of
+/// entropy a byte: an order-0 coder alone would save an eighth of them, so
+/// zstd saves at least the 1/32 that compression must, and the zstd probe
+/// (which costs several times this count) is not needed.
+fn low_entropy<const N: usize>(pieces: [&[u8]; N]) -> bool {
+    let mut counts = [0u32; 256];
+    for b in pieces.iter().flat_map(|p| p.iter()) {
+        counts[usize::from(*b)] += 1;
+    }
+    let n: u32 = counts.iter().sum();
+    if n == 0 {
+        return false;
+    }
+    let n = f64::from(n);
+    let bits: f64 = counts
+        .iter()
+        .filter(|c| **c > 0)
+        .map(|c| {
+            let p = f64::from(*c) / n;
+            -p * p.log2()
+        })
+        .sum();
+    bits < 7.0
 }
 
 /// Decrypts, decompresses and verifies one stored blob.
@@ -373,6 +406,27 @@ mod tests {
         )
         .unwrap();
         assert_eq!(back, text);
+    }
+
+    #[test]
+    fn byte_frequencies_decide_only_what_they_can() {
+        let text = b"SELECT * FROM volumes WHERE pod = 'db-0';\n".repeat(100);
+        assert!(low_entropy([&text[..4096], &text[100..4196]]));
+        let mut noise = vec![0u8; 8192];
+        blake3::Hasher::new()
+            .update(b"e")
+            .finalize_xof()
+            .fill(&mut noise);
+        assert!(!low_entropy([&noise[..4096], &noise[4096..]]));
+        assert!(!low_entropy::<1>([&[]]));
+        // Every byte value equally often, yet a repeated pattern: the
+        // frequencies cannot tell, the zstd probe does, and it compresses.
+        let cycle: Vec<u8> = (0..=255u8).cycle().take(1 << 20).collect();
+        assert!(!low_entropy([&cycle[..4096]]));
+        let key = MasterKey::generate().unwrap();
+        let mut s = BlobSealer::new(&key, Compression::Zstd(3)).unwrap();
+        let sealed = s.seal(BlobType::Data, key.blob_id(&cycle), &cycle).unwrap();
+        assert!(sealed.bytes.len() < cycle.len() / 20);
     }
 
     #[test]
