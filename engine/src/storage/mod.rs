@@ -18,6 +18,7 @@ mod bucket;
 mod cache;
 #[cfg(feature = "internals")]
 mod fault;
+mod local_read;
 mod object;
 #[cfg(feature = "cloud")]
 mod remote;
