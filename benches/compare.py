@@ -20,6 +20,7 @@ median one.
 
   benches/compare.py [--size 2G] [--rounds 3] [--tools coffer,restic,rustic,borg]
                      [--workdir /tmp/coffer-bench] [--out benches/RESULTS.md]
+  benches/compare.py --small-files 200000  # a corpus of that many files of 1 to 64 KiB
   benches/compare.py --single-file 4G      # one large file: coffer --threads 1 vs 2
   benches/compare.py --s3 --size 1G        # coffer and restic on a local S3 server (moto,
                                            # started by scripts/s3-server.sh); no repository sizes
@@ -32,6 +33,7 @@ equivalent default (restic and rustic `auto`, borg `zstd,3`, coffer `auto`).
 import argparse
 import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -168,6 +170,49 @@ def gen(corpus, size, seed):
     sh([sys.executable, GEN, "gen", "--out", corpus, "--size", size, "--seed", str(seed)])
 
 
+def small_file(rng, i):
+    """File `i` of the small-files corpus: 1 to 64 KiB, two in three
+    text-like (log and config lines), the rest random."""
+    n = rng.randint(1024, 64 * 1024)
+    if i % 3 == 2:
+        return rng.randbytes(n)
+    text = b"".join(rng.choices(LINES, k=n // 40 + 1))
+    return text[:n]
+
+
+_words = ("volume", "pod", "backup", "ready", "error", "retry", "db-0", "shop", "200", "GET")
+_lines = random.Random(5)
+# Log and config lines that the text-like files are drawn from.
+LINES = [(" ".join(_lines.choice(_words) for _ in range(6)) + f" {_lines.randint(0, 1 << 30)}\n").encode()
+         for _ in range(4096)]
+
+
+def gen_small(corpus, files, seed):
+    """`files` files of 1 to 64 KiB, 1,000 to a directory (deterministic)."""
+    shutil.rmtree(corpus, ignore_errors=True)
+    rng = random.Random(seed)
+    for i in range(files):
+        d = os.path.join(corpus, f"d{i // 1000:04}")
+        if i % 1000 == 0:
+            os.makedirs(d)
+        with open(os.path.join(d, f"f{i:07}"), "wb") as f:
+            f.write(small_file(rng, i))
+
+
+def mutate_small(corpus, files, seed):
+    """Rewrites 4 % of the files and adds 1 % more: the bytes written."""
+    rng = random.Random(seed + 1000)
+    changed = 0
+    for i in rng.sample(range(files), files // 25) + list(range(files, files + files // 100)):
+        d = os.path.join(corpus, f"d{i // 1000:04}")
+        os.makedirs(d, exist_ok=True)
+        data = small_file(rng, i)
+        with open(os.path.join(d, f"f{i:07}"), "wb") as f:
+            f.write(data)
+        changed += len(data)
+    return changed
+
+
 def apparent_size(path):
     return du(path)
 
@@ -188,7 +233,10 @@ def run(args):
     cold = drop_caches()
     for rnd in range(args.rounds):
         order = tools[rnd % len(tools):] + tools[:rnd % len(tools)]
-        gen(corpus, args.size, seed=1)
+        if args.small_files:
+            gen_small(corpus, args.small_files, seed=1)
+        else:
+            gen(corpus, args.size, seed=1)
         data_mib = apparent_size(corpus) / 2**20
         t = {name: Tool(name, os.path.join(work, f"repo-{name}")) for name in order}
         for name in order:
@@ -197,11 +245,14 @@ def run(args):
             results[name]["repo"].append(du(t[name].repo))
             results[name]["unchanged"].append(t[name].backup(corpus))
         before = {name: du(t[name].repo) for name in order}
-        m = sh([sys.executable, GEN, "mutate", "--out", corpus, "--seed", "1", "--round", "1"], capture=True)
-        try:
-            changed = json.loads(m.stdout).get("changed_or_added_bytes")
-        except (ValueError, AttributeError):
-            changed = None
+        if args.small_files:
+            changed = mutate_small(corpus, args.small_files, seed=1)
+        else:
+            m = sh([sys.executable, GEN, "mutate", "--out", corpus, "--seed", "1", "--round", "1"], capture=True)
+            try:
+                changed = json.loads(m.stdout).get("changed_or_added_bytes")
+            except (ValueError, AttributeError):
+                changed = None
         changed_bytes.append(changed)
         for name in order:
             results[name]["mutated"].append(t[name].backup(corpus))
@@ -229,11 +280,15 @@ def report(args, tools, r, data_mib, changed_bytes, cold):
     host = os.uname()
     cpus = os.cpu_count()
     where = f"on a local S3 server (moto 5.2.5 at {S3['endpoint']})" if S3 else "local repositories"
-    lines.append(f"## {args.size} corpus, {where}, {args.rounds} round(s), {time.strftime('%Y-%m-%d')}\n")
+    name = f"{args.small_files:,} small files" if args.small_files else args.size
+    lines.append(f"## {name} corpus, {where}, {args.rounds} round(s), {time.strftime('%Y-%m-%d')}\n")
     lines.append(f"Machine: {host.nodename}, {host.machine}, {cpus} CPUs, Linux {host.release}; "
                  f"page cache {'dropped before each step (cold)' if cold else 'NOT dropped (warm)'}. "
-                 f"Corpus: `gen_corpus.py gen --size {args.size} --seed 1`, {data_mib:.0f} MiB apparent; "
-                 f"mutation: `gen_corpus.py mutate --round 1`"
+                 + (f"Corpus: `compare.py --small-files {args.small_files}` (1 to 64 KiB, 1,000 a directory, "
+                    f"two in three text-like), {data_mib:.0f} MiB apparent; mutation: 4 % of the files rewritten, "
+                    f"1 % added" if args.small_files else
+                    f"Corpus: `gen_corpus.py gen --size {args.size} --seed 1`, {data_mib:.0f} MiB apparent; "
+                    f"mutation: `gen_corpus.py mutate --round 1`")
                  + (f", {changed_bytes[0] / 2**20:.1f} MiB changed" if changed_bytes and changed_bytes[0] else "") + ".\n")
     lines.append("Versions: " + "; ".join(version(t) for t in tools) + ".\n")
     lines.append("| step | tool | wall s min / median / max | MiB/s (median) | CPU s (median) | peak RSS MiB (max) "
@@ -325,6 +380,8 @@ def main():
     p.add_argument("--tools", default="coffer,restic,rustic,borg")
     p.add_argument("--workdir", default="/tmp/coffer-bench")
     p.add_argument("--out", default=None, help="append the table to this file")
+    p.add_argument("--small-files", type=int, default=None,
+                   help="a corpus of this many files of 1 to 64 KiB instead of gen_corpus.py's")
     p.add_argument("--single-file", default=None, help="measure one large file instead, e.g. 4G")
     p.add_argument("--s3", action="store_true", help="repositories on a local S3 server (coffer and restic)")
     args = p.parse_args()

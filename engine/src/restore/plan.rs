@@ -295,6 +295,7 @@ impl<'a> Planner<'a> {
                 None => format!("blob {} is in no index file", w.id),
             };
             let mut failed: Vec<u32> = w.targets.iter().map(|t| t.0).collect();
+            failed.sort_unstable();
             failed.dedup();
             for f in failed {
                 self.shared
