@@ -153,7 +153,7 @@ current-context: fake
         agent = subprocess.Popen(
             [agent_bin, "node", "--node-name", NODE, "--kubelet-root", kubelet,
              "--max-concurrent", str(n), "--threads-per-run", str(a.threads_per_run),
-             "--metrics-addr", "127.0.0.1:0"],
+             "--metrics-addr", "127.0.0.1:0", "--allow-file-repository", d],
             env=env, stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "agent.log"), "w"))
         time.sleep(2)
         idle = rss_kib(agent.pid, "VmRSS")

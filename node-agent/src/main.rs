@@ -138,6 +138,10 @@ struct NodeArgs {
     /// Engine threads per backup or restore
     #[arg(long, env = "THREADS_PER_RUN", default_value_t = 2)]
     threads_per_run: usize,
+    /// Bytes of a large file each backup thread holds at once (e.g. 4MiB): what
+    /// a backup's memory follows (README: "The agent's memory")
+    #[arg(long, env = "RUN_READ_WINDOW", default_value = "4MiB", value_parser = read_window)]
+    run_read_window: usize,
     /// Each backup reads its volume no faster than RATE (e.g. 50MiB/s), leaving the disk to the application
     #[arg(long, env = "LIMIT_READ", value_name = "RATE", value_parser = coffer_engine::backup::parse_rate)]
     limit_read: Option<u64>,
@@ -502,6 +506,7 @@ async fn run_node(a: NodeArgs) -> anyhow::Result<()> {
         },
         max_concurrent: a.max_concurrent,
         threads_per_run: a.threads_per_run.max(1),
+        read_window: a.run_read_window,
         read_limit: a.limit_read,
         pod_wait: a.pod_wait,
         policy: a.policy,
@@ -541,9 +546,26 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (write e.g. 30s, 2m, 1h)"))
 }
 
+/// `--run-read-window`: a size of 1 MiB to 256 MiB.
+fn read_window(s: &str) -> Result<usize, String> {
+    let n = coffer_engine::backup::parse_size(s)?;
+    if !(1 << 20..=256 << 20).contains(&n) {
+        return Err(format!("{s} is outside 1MiB..256MiB"));
+    }
+    usize::try_from(n).map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_read_window_is_a_size_within_bounds() {
+        assert_eq!(read_window("4MiB"), Ok(4 << 20));
+        assert!(read_window("512KiB").unwrap_err().contains("outside"));
+        assert!(read_window("1GiB").unwrap_err().contains("outside"));
+        assert!(read_window("four").is_err());
+    }
     use coffer_node_agent::crd::Retention;
 
     /// A schedule's retention, as the controller writes it into the

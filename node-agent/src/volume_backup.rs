@@ -40,6 +40,9 @@ pub struct Source {
     pub excludes: Vec<String>,
     /// Engine threads.
     pub threads: usize,
+    /// Bytes of a large file each thread holds at once
+    /// ([`BackupOptions::segment_size`]).
+    pub read_window: usize,
     /// Read no faster than this (bytes per second).
     pub read_limit: Option<u64>,
     /// The protocol's timing (leases, stalls).
@@ -61,6 +64,7 @@ impl Source {
         opts.program = Some(self.program.clone());
         opts.tags = self.tags.clone();
         opts.threads = self.threads.max(1);
+        opts.segment_size = self.read_window;
         opts.read_limit = self.read_limit;
         opts.cancel = cancel.clone();
         opts.timing = self.timing;

@@ -193,11 +193,13 @@ impl<'a> Worker<'a> {
         let par = if big { read.threads.max(1) } else { 1 };
         let (content, total) = if big {
             std::thread::scope(|s| {
-                // 2 MiB reads, two queued: enough to keep the disk busy while
-                // the window is chunked (the kernel reads ahead too), little memory.
+                // Reads of a quarter segment (2 MiB at the default), two
+                // queued: enough to keep the disk busy while the window is
+                // chunked (the kernel reads ahead too), little memory.
                 let (blocks_tx, blocks) = crossbeam_channel::bounded(2);
                 let (recycle, recycled) = crossbeam_channel::bounded(3);
-                s.spawn(move || read_ahead(reader, READ_AHEAD_BLOCK, blocks_tx, recycled));
+                let block = (seg / 4).clamp(READ_AHEAD_MIN, READ_AHEAD_MAX);
+                s.spawn(move || read_ahead(reader, block, blocks_tx, recycled));
                 let mut feed = Feed::Ahead {
                     blocks,
                     recycle,
@@ -329,8 +331,10 @@ impl Feed<'_> {
     }
 }
 
-/// Block size of the read-ahead thread.
-const READ_AHEAD_BLOCK: usize = 2 * 1024 * 1024;
+/// Largest block of the read-ahead thread (a quarter of the default segment).
+const READ_AHEAD_MAX: usize = 2 * 1024 * 1024;
+/// Smallest block of the read-ahead thread.
+const READ_AHEAD_MIN: usize = 256 * 1024;
 
 /// Reads `r` in blocks of `size` bytes and sends them, ending with an empty
 /// block; reuses the blocks the consumer sends back. Large plain `read` calls

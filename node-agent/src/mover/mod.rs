@@ -119,6 +119,7 @@ pub fn clone_source(
         tags: Vec::new(),
         excludes: Vec::new(),
         threads: 1,
+        read_window: coffer_engine::backup::DEFAULT_SEGMENT_SIZE,
         read_limit: None,
         timing: coffer_engine::protocol::Timing::from_env(),
         changes: ChangeRules {

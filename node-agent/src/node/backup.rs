@@ -448,6 +448,7 @@ impl Agent /* backup */ {
             tags: vb.spec.tags.clone(),
             excludes: vb.spec.excludes.clone(),
             threads: self.opts.threads_per_run,
+            read_window: self.opts.read_window,
             read_limit: self.opts.read_limit,
             timing: Default::default(),
             // In place: the volume's own files, every rule counts.

@@ -30,6 +30,8 @@ pub struct Options {
     pub max_concurrent: usize,
     /// Engine threads per run.
     pub threads_per_run: usize,
+    /// Bytes of a large file each backup thread holds at once.
+    pub read_window: usize,
     /// Each backup reads its volume no faster than this (bytes per second).
     pub read_limit: Option<u64>,
     /// How long a run waits for its pod to exist before it fails.
