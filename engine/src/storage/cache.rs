@@ -24,11 +24,20 @@ use super::{DynStore, ObjectInfo, Store, StoreError, StoreErrorKind, WriteMode};
 /// Packs of trees larger than this are not cached.
 const MAX_CACHED_PACK: u64 = 256 * 1024 * 1024;
 
+/// Tree packs whose cached copy this process has verified, at most this many
+/// (then the set starts again): a verified pack's trees are read by range.
+const MAX_VERIFIED: usize = 4096;
+
 /// A store with a verified local cache in front of it.
 #[derive(Debug)]
 pub struct Caching {
     inner: DynStore,
     dir: PathBuf,
+    /// Cached tree packs verified whole by this process: their trees are
+    /// read by range, without reading and hashing the whole pack again for
+    /// each tree. A tree that then fails to open discards the entry
+    /// ([`Store::discard_cached`]), as before.
+    verified: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// How an entry's bytes are checked.
@@ -60,7 +69,11 @@ impl Caching {
             path: dir.clone(),
             source,
         })?;
-        Ok(Caching { inner, dir })
+        Ok(Caching {
+            inner,
+            dir,
+            verified: Default::default(),
+        })
     }
 
     /// The directory of this repository's entries.
@@ -143,7 +156,40 @@ impl Caching {
         }
     }
 
+    /// `range` of the cached tree pack `key`, if this process verified it;
+    /// `None` when it did not, or the entry is gone or shorter.
+    async fn verified_range(&self, key: &str, range: &Range<u64>) -> Option<Bytes> {
+        if !self.verified_set().contains(key) {
+            return None;
+        }
+        let path = self.path(key);
+        let (start, len) = (range.start, range.end.checked_sub(range.start)?);
+        let read = tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            let file = std::fs::File::open(path)?;
+            if start + len > file.metadata()?.len() {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            let mut buf = vec![0u8; usize::try_from(len).map_err(std::io::Error::other)?];
+            file.read_exact_at(&mut buf, start)?;
+            Ok::<_, std::io::Error>(buf)
+        })
+        .await;
+        match read {
+            Ok(Ok(buf)) => Some(Bytes::from(buf)),
+            _ => {
+                self.verified_set().remove(key);
+                None
+            }
+        }
+    }
+
+    fn verified_set(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.verified.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn forget(&self, key: &str) {
+        self.verified_set().remove(key);
         if check_for(key).is_some() {
             let _ = std::fs::remove_file(self.path(key));
         }
@@ -177,8 +223,18 @@ impl Store for Caching {
         let Some(check) = check_for(key) else {
             return self.inner.get_tree_range(key, range).await;
         };
+        if let Some(b) = self.verified_range(key, &range).await {
+            return Ok(b);
+        }
         let whole = match self.lookup(key, &check).await {
-            Some(b) => b,
+            Some(b) => {
+                let mut verified = self.verified_set();
+                if verified.len() >= MAX_VERIFIED {
+                    verified.clear();
+                }
+                verified.insert(key.to_string());
+                b
+            }
             None => {
                 if self.inner.size(key).await? > MAX_CACHED_PACK {
                     return self.inner.get_tree_range(key, range).await;
@@ -442,6 +498,32 @@ mod tests {
             pack.slice(4000..5000)
         );
         assert!(cache.get_tree_range(&key, 4000..5001).await.is_err());
+        assert!(cache
+            .get_tree_range(&key, Range { start: 20, end: 10 })
+            .await
+            .is_err());
+        assert!(cache.verified_set().contains(&key));
+        // A verified entry changed behind the cache's back: its ranges are
+        // what the file holds now (the blob's own check catches that), and
+        // once discarded, the pack is read from the store again.
+        let mut changed = pack.to_vec();
+        changed[15] ^= 1;
+        std::fs::write(cache.path(&key), &changed).unwrap();
+        assert_eq!(
+            cache.get_tree_range(&key, 10..20).await.unwrap()[5],
+            changed[15]
+        );
+        cache.discard_cached(&key);
+        assert!(!cache.verified_set().contains(&key));
+        inner
+            .put(&key, pack.clone(), WriteMode::CreateNew)
+            .await
+            .unwrap();
+        assert_eq!(
+            cache.get_tree_range(&key, 10..20).await.unwrap(),
+            pack.slice(10..20)
+        );
+        inner.delete(&key).await.unwrap();
         // Plain ranged reads (file contents) never use the cache.
         assert_eq!(
             cache.get_range(&key, 0..10).await.unwrap_err().kind,
