@@ -39,7 +39,7 @@ pub(crate) fn run_worker(
                 *c = Some(job.path.clone());
             }
         }
-        let outcome: FileOutcome = match w.back_up_file(&job.at, &job.path, job.node) {
+        let outcome: FileOutcome = match w.back_up_file(&job.at, &job.path, job.node, job.opened) {
             Ok(node) => Ok(node),
             Err(FileError::Source(e)) => Err(e),
             // The tree builder sees the closed reply channel; the error is the pipeline's.
@@ -100,19 +100,23 @@ impl<'a> Worker<'a> {
     }
 
     /// Opens the file where the walker listed it (never through a symlink,
-    /// never anything but a regular file) and reads it. A file replaced by
-    /// another regular file since it was listed is read as it is now, with
-    /// its metadata.
+    /// never anything but a regular file), unless the prefetch stage did
+    /// (`opened`), and reads it. A file replaced by another regular file since
+    /// it was listed is read as it is now, with its metadata.
     fn back_up_file(
         &mut self,
         at: &FileAt,
         path: &Path,
         mut node: Node,
+        opened: Option<(std::fs::File, crate::fsmeta::Meta)>,
     ) -> Result<Node, FileError> {
-        let (mut file, md) = at
-            .at()
-            .open_regular(self.read.untrusted_source)
-            .map_err(|e| source_error(path, e))?;
+        let (mut file, md) = match opened {
+            Some(o) => o,
+            None => at
+                .at()
+                .open_regular(self.read.untrusted_source)
+                .map_err(|e| source_error(path, e))?,
+        };
         if let FileAt::Dir(..) = at {
             if (md.dev, md.ino) != (node.device, node.inode) {
                 tracing::debug!(

@@ -13,6 +13,7 @@ pub(crate) mod indexer;
 mod lookahead;
 mod pace;
 mod packer;
+mod prefetch;
 mod snapshot;
 pub(crate) mod source;
 mod stream;
@@ -850,6 +851,17 @@ fn run_pipeline(ctx: &Ctx, plan: &source::SourcePlan, root: Node) -> Result<Node
         if monitor.wants_progress() {
             s.spawn(|| monitor.scan.run(plan, &walk.selector, &monitor.cancel));
         }
+        // Without a read limit, a prefetch stage opens the queued files and
+        // starts their reads; with one, the workers read at the paced rate only.
+        let job_rx = if read.pacer.is_none() {
+            let (ready_tx, ready_rx) = crossbeam_channel::bounded(prefetch::QUEUE);
+            let untrusted = read.untrusted_source;
+            let cancel = &monitor.cancel;
+            s.spawn(move || prefetch::run(untrusted, cancel, job_rx, ready_tx));
+            ready_rx
+        } else {
+            job_rx
+        };
         let walker = s.spawn(move || {
             source::Walker {
                 setup: walk,

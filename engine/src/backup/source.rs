@@ -50,6 +50,8 @@ pub(crate) struct FileJob {
     pub(crate) path: PathBuf,
     pub(crate) node: Node,
     pub(crate) reply: Sender<FileOutcome>,
+    /// The file, already opened by the prefetch stage.
+    pub(crate) opened: Option<(std::fs::File, Meta)>,
 }
 
 /// A node of the walk, finished or still being read by a worker.
@@ -600,6 +602,7 @@ impl Walker<'_> {
                 path: path.to_path_buf(),
                 node,
                 reply: tx,
+                opened: None,
             })
             .map_err(|_| Error::Cancelled)?;
         self.send(Event::Entry(
@@ -671,6 +674,7 @@ impl Walker<'_> {
                     path: path.to_path_buf(),
                     node,
                     reply: tx,
+                    opened: None,
                 })
                 .map_err(|_| Error::Cancelled)?;
             self.send(Event::Entry(

@@ -24,6 +24,8 @@ pub(crate) struct Fetch {
     /// Bytes the caller places after the batches (a device's holes).
     extra_bytes: u64,
     started: bool,
+    /// When the restore's planning began (for the debug log of each batch).
+    begun: std::time::Instant,
 }
 
 impl Fetch {
@@ -41,6 +43,7 @@ impl Fetch {
             concurrency: concurrency.max(1),
             extra_bytes,
             started: false,
+            begun: std::time::Instant::now(),
         }
     }
 
@@ -54,6 +57,10 @@ impl Fetch {
             .map(BlobTargets::placed)
             .sum();
         let packs = batch.packs.len() as u64;
+        tracing::debug!(
+            "restore: a batch of {packs} packs planned at {:.2}s",
+            self.begun.elapsed().as_secs_f64()
+        );
         if self.started {
             self.progress.grow(bytes, packs);
         } else {
