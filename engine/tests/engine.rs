@@ -1934,23 +1934,8 @@ mod incremental {
         let repo = memory_repo(init_opts(small_chunks(), Compression::Zstd(3), 1 << 20)).await;
         let mut contents = Vec::new();
         for threads in [1, 2, 5] {
-            let mut o = BackupOptions::new([&src]);
-            o.threads = threads;
-            o.force = true;
-            o.segment_size = 200_000;
-            let s = backup_with(&repo, o).await;
-            if threads > 1 {
-                assert_eq!(
-                    s.snapshot.summary.data_blobs, 0,
-                    "the same chunks as the one-thread pass"
-                );
-            }
-            let index = repo.load_index().await.unwrap();
-            let node = coffer_engine::trees::lookup(&repo, &index, &s.snapshot.root, b"image.raw")
-                .await
-                .unwrap()
-                .unwrap();
-            contents.push(node.content);
+            let (_, content) = back_up_on_threads(&repo, &src, threads, b"image.raw").await;
+            contents.push(content);
         }
         assert_eq!(contents[0], contents[1]);
         assert_eq!(contents[0], contents[2]);
@@ -2235,6 +2220,70 @@ mod devices {
             "restored holes stay holes: {}",
             allocated(&out)
         );
+    }
+
+    /// Many extents of many sizes (some longer than two segments), read in
+    /// groups and sealed on several threads: the same chunks on any number of
+    /// threads, no chunk across a hole, and a restore equal to the file.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sparse_file_of_many_extents_gives_the_same_chunks_on_any_threads() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempdir();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        let path = src.join("disk.img");
+        let sizes = [
+            8_192usize, 300_000, 1_400_000, 4_096, 700_000, 90_000, 1_100_000, 250_000, 40_960,
+            600_000,
+        ];
+        let f = std::fs::File::create(&path).unwrap();
+        let mut pos = 65_536u64;
+        for (i, n) in sizes.iter().enumerate() {
+            let seed = 80 + i as u64;
+            let data = if i % 3 == 1 {
+                text(seed, *n)
+            } else {
+                noise(seed, *n)
+            };
+            f.write_all_at(&data, pos).unwrap();
+            pos = (pos + *n as u64).div_ceil(4096) * 4096 + 65_536 * (1 + i as u64 % 3);
+        }
+        f.set_len(pos).unwrap();
+        drop(f);
+        let img = std::fs::read(&path).unwrap();
+        let data: usize = sizes.iter().sum();
+        let repo = memory_repo(init_opts(small_chunks(), Compression::Zstd(3), 1 << 20)).await;
+        let mut contents = Vec::new();
+        for threads in [1, 2, 5] {
+            let (read, content) = back_up_on_threads(&repo, &src, threads, b"disk.img").await;
+            assert!(
+                read < (data + sizes.len() * 4096) as u64,
+                "holes are not read: read {read} bytes"
+            );
+            contents.push(content);
+        }
+        assert_eq!(contents[0], contents[1]);
+        assert_eq!(contents[0], contents[2]);
+        // Each stored chunk lies within one data extent of the file.
+        let file = std::fs::File::open(&path).unwrap();
+        let mut at = 0u64;
+        for c in &contents[0] {
+            if c.id.is_some() {
+                let hole = nix::unistd::lseek(&file, at as i64, nix::unistd::Whence::SeekHole)
+                    .unwrap() as u64;
+                assert!(
+                    hole >= at + c.len,
+                    "the chunk at {at} runs into the hole at {hole}"
+                );
+            }
+            at += c.len;
+        }
+        assert_eq!(at, img.len() as u64);
+        let target = tempdir();
+        restore_to(&repo, "latest", target.path()).await;
+        let out = target.path().join("disk.img");
+        assert!(std::fs::read(&out).unwrap() == img);
+        assert!(allocated(&out) < img.len() as u64, "holes stay holes");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -4173,4 +4222,33 @@ mod changing_source {
             }
         }
     }
+}
+
+/// Backs up `src` again (forced) on `threads` threads with segments of
+/// 200,000 bytes; on more than one thread, checks that no new data was
+/// stored (the chunks of the one-thread pass). Returns the bytes read and
+/// the content of the file `name` at the snapshot's root.
+async fn back_up_on_threads(
+    repo: &std::sync::Arc<coffer_engine::repository::Repository>,
+    src: &Path,
+    threads: usize,
+    name: &[u8],
+) -> (u64, Vec<coffer_engine::format::tree::ContentRef>) {
+    let mut o = BackupOptions::new([src]);
+    o.threads = threads;
+    o.force = true;
+    o.segment_size = 200_000;
+    let s = backup_with(repo, o).await;
+    if threads > 1 {
+        assert_eq!(
+            s.snapshot.summary.data_blobs, 0,
+            "the same chunks as the one-thread pass"
+        );
+    }
+    let index = repo.load_index().await.unwrap();
+    let node = coffer_engine::trees::lookup(repo, &index, &s.snapshot.root, name)
+        .await
+        .unwrap()
+        .unwrap();
+    (s.bytes_read, node.content)
 }

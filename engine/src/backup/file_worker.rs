@@ -134,37 +134,66 @@ impl<'a> Worker<'a> {
             Some(e) => e,
             None => return self.back_up_reader(path, &mut file, node),
         };
-        // A sparse file: holes become zero runs without being read.
-        let mut content: Vec<ContentRef> = Vec::new();
-        let mut pos = 0u64;
-        let mut total = 0u64;
+        // A sparse file: holes become zero runs without being read. Extents
+        // too short to be chunked on several threads are read a window at a
+        // time and their chunks sealed in parallel; a hole ends a chunk, so
+        // the chunks are those of each extent on its own either way.
+        let mut out = Sparse::default();
+        let read = self.read;
+        let max = read.chunker.params().max_size as usize;
+        let seg = read.segment_size.max(2 * max) as u64;
+        let window = read.threads.max(1) as u64 * seg;
+        let mut group: Vec<(u64, u64)> = Vec::new();
+        let mut group_bytes = 0u64;
+        let mut shrank = false;
         for (start, end) in extents {
-            if start > pos {
-                push_ref(
-                    &mut content,
-                    ContentRef {
-                        id: None,
-                        len: start - pos,
-                    },
-                );
-                self.monitor.stats.add_bytes(start - pos);
-                total += start - pos;
+            let len = end - start;
+            if len < 2 * seg {
+                group.push((start, end));
+                group_bytes += len;
+                if group_bytes >= window {
+                    shrank = self.back_up_extents(path, &file, &group, &mut out)?;
+                    group.clear();
+                    group_bytes = 0;
+                    if shrank {
+                        break;
+                    }
+                }
+                continue;
             }
+            if !group.is_empty() {
+                shrank = self.back_up_extents(path, &file, &group, &mut out)?;
+                group.clear();
+                group_bytes = 0;
+                if shrank {
+                    break;
+                }
+            }
+            out.hole_to(start, self.monitor);
             use std::io::{Seek, SeekFrom};
             file.seek(SeekFrom::Start(start))
                 .map_err(|e| source_error(path, e))?;
             let mut part = Node::new(node.name.clone(), node.kind);
-            part.size = end - start;
-            let part = self.back_up_reader(path, &mut (&mut file).take(end - start), part)?;
+            part.size = len;
+            let part = self.back_up_reader(path, &mut (&mut file).take(len), part)?;
             for r in part.content {
-                push_ref(&mut content, r);
+                push_ref(&mut out.content, r);
             }
-            total += part.size;
-            pos = start + part.size;
-            if part.size < end - start {
+            out.total += part.size;
+            out.pos = start + part.size;
+            if part.size < len {
+                shrank = true;
                 break; // the file shrank while it was read
             }
         }
+        if !shrank && !group.is_empty() {
+            self.back_up_extents(path, &file, &group, &mut out)?;
+        }
+        let Sparse {
+            mut content,
+            pos,
+            mut total,
+        } = out;
         if pos < node.size && total == pos {
             push_ref(
                 &mut content,
@@ -179,6 +208,99 @@ impl<'a> Worker<'a> {
         node.size = total;
         node.content = content;
         Ok(node)
+    }
+
+    /// Reads the data extents `group` of a sparse file (each shorter than two
+    /// segments), cuts each into chunks on its own, and seals them all on
+    /// `threads` threads; appends the holes before each extent and its chunks
+    /// to `out`. True when the file shrank while it was read (the rest is
+    /// not read).
+    fn back_up_extents(
+        &mut self,
+        path: &Path,
+        file: &std::fs::File,
+        group: &[(u64, u64)],
+        out: &mut Sparse,
+    ) -> Result<bool, FileError> {
+        use std::os::unix::fs::FileExt;
+        let (read, sink, monitor) = (self.read, self.sink, self.monitor);
+        if monitor.cancel.is_cancelled() {
+            return Err(FileError::Fatal(Error::Cancelled));
+        }
+        let len: u64 = group.iter().map(|(s, e)| e - s).sum();
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        buf.resize(len as usize, 0);
+        // (start in the file, start in buf, bytes read) of each extent.
+        let mut spans: Vec<(u64, usize, usize)> = Vec::with_capacity(group.len());
+        let mut at = 0usize;
+        let mut shrank = false;
+        for &(start, end) in group {
+            let want = (end - start) as usize;
+            let mut got = 0usize;
+            while got < want {
+                match file.read_at(&mut buf[at + got..at + want], start + got as u64) {
+                    Ok(0) => break,
+                    Ok(n) => got += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        self.buf = buf;
+                        return Err(source_error(path, e));
+                    }
+                }
+            }
+            spans.push((start, at, got));
+            at += got;
+            if got < want {
+                shrank = true;
+                break;
+            }
+        }
+        // Start reading what the next group will read while this one is
+        // chunked and sealed (holes in the range cost nothing).
+        if let (false, Some(&(_, end))) = (shrank, group.last()) {
+            let ahead = 2 * len.max(1) as nix::libc::off_t;
+            let _ = nix::fcntl::posix_fadvise(
+                file,
+                end as nix::libc::off_t,
+                ahead,
+                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
+            );
+        }
+        let mut chunks: Vec<(usize, usize)> = Vec::new();
+        let mut per_span: Vec<usize> = Vec::with_capacity(spans.len());
+        for &(_, off, got) in &spans {
+            let before = chunks.len();
+            let mut p = off;
+            while p < off + got {
+                let l = read.chunker.cut(&buf[p..off + got]);
+                chunks.push((p, l));
+                p += l;
+            }
+            per_span.push(chunks.len() - before);
+        }
+        let sealed = self
+            .sealers(read.threads.max(1))
+            .and_then(|sealers| process_chunks(sink, monitor, sealers, &buf, &chunks));
+        let max = read.chunker.params().max_size as usize;
+        let seg = read.segment_size.max(2 * max);
+        if buf.capacity() <= 2 * (seg + max) {
+            self.buf = buf;
+        }
+        let mut refs = sealed.map_err(FileError::Fatal)?.into_iter();
+        for (&(start, _, got), n) in spans.iter().zip(per_span) {
+            out.hole_to(start, monitor);
+            for r in refs.by_ref().take(n) {
+                push_ref(&mut out.content, r);
+            }
+            out.total += got as u64;
+            out.pos = start + got as u64;
+        }
+        monitor.stats.add_read(at as u64);
+        if let Some(pacer) = &read.pacer {
+            pacer.pace(at as u64, &monitor.cancel);
+        }
+        Ok(shrank)
     }
 
     /// Chunks and stores everything `reader` yields as the content of `node`;
@@ -282,6 +404,33 @@ impl<'a> Worker<'a> {
             self.buf = buf;
         }
         result.map(|()| (content, total))
+    }
+}
+
+/// The content of a sparse file as it is built: references so far, the
+/// file offset they reach, and the bytes they cover.
+#[derive(Default)]
+struct Sparse {
+    content: Vec<ContentRef>,
+    pos: u64,
+    total: u64,
+}
+
+impl Sparse {
+    /// Records the hole from where the content reaches to `start`.
+    fn hole_to(&mut self, start: u64, monitor: &Monitor) {
+        if start > self.pos {
+            push_ref(
+                &mut self.content,
+                ContentRef {
+                    id: None,
+                    len: start - self.pos,
+                },
+            );
+            monitor.stats.add_bytes(start - self.pos);
+            self.total += start - self.pos;
+            self.pos = start;
+        }
     }
 }
 
