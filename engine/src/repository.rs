@@ -286,13 +286,22 @@ impl Repository {
         // costs at most its bounded derivation, and only after the others.
         let mut candidates = Vec::new();
         for id in &key_ids {
-            let bytes = store
-                .get(&layout::key(id))
-                .await
-                .map_err(|e| Error::Store {
-                    location: location.clone(),
-                    source: e,
-                })?;
+            let bytes = match store.get(&layout::key(id)).await {
+                Ok(b) => b,
+                // Removed since the listing: `key remove`, or the key of an
+                // init that lost the race for the config (it takes its key
+                // back). Never the one that opens this repository's config.
+                Err(e) if e.kind == StoreErrorKind::NotFound => {
+                    tracing::debug!("key file {id} was removed while the repository was opened");
+                    continue;
+                }
+                Err(e) => {
+                    return Err(Error::Store {
+                        location: location.clone(),
+                        source: e,
+                    })
+                }
+            };
             if KeyId::of(&bytes) != *id {
                 damaged.push(format!("key file {id} does not match its name"));
                 continue;

@@ -1470,6 +1470,39 @@ mod keys {
         coffer_engine::Repository::open(store, password).await
     }
 
+    /// A key file removed between the listing and its read (`key remove`
+    /// elsewhere, or the key that an init which lost the race for the config
+    /// takes back) does not stop an open with another key.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_key_file_removed_while_the_repository_opens_is_skipped() {
+        use coffer_engine::storage::{Faults, Faulty, Hold, HoldOp};
+        use std::sync::Arc;
+        let (dir, repo) = keys_repo().await;
+        let doomed = repo.add_key(b"other", WEAK_KDF).await.unwrap();
+        // The opener's reads of key files wait until the doomed key is gone.
+        let hold = Arc::new(Hold::new(HoldOp::Get, "keys/"));
+        let inner =
+            coffer_engine::storage::open_location(dir.path().join("repo").to_str().unwrap(), false)
+                .unwrap();
+        let faults = Faults {
+            holds: vec![hold.clone()],
+            ..Default::default()
+        };
+        let store: coffer_engine::storage::DynStore = Arc::new(Faulty::new(inner, faults, 1));
+        let open =
+            tokio::spawn(
+                async move { coffer_engine::Repository::open(store, b"test password").await },
+            );
+        // (A bound on a wait for an event, not a timing: a hang fails.)
+        tokio::time::timeout(std::time::Duration::from_secs(120), hold.wait_held(1))
+            .await
+            .expect("the open never read a key file");
+        repo.remove_key(&doomed).await.unwrap();
+        hold.release();
+        let opened = open.await.unwrap().unwrap();
+        assert_eq!(opened.key_id(), repo.key_id());
+    }
+
     /// A process with less memory than the format's largest Argon2 cost
     /// (the agent) opens repositories with a cap: a key file that asks for
     /// more is not derived, and the error says so; the others still open.

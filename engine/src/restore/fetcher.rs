@@ -120,6 +120,26 @@ async fn run(
                     .store()
                     .get_range(&key, read.start..read.end)
                     .await;
+                if fetched.is_err() && read.blobs.len() > 1 {
+                    // A range that cannot be read (a truncated pack, say) must
+                    // not take down the blobs in it that can: each on its own.
+                    for b in read.blobs {
+                        let start = u64::from(b.offset);
+                        let end = start + u64::from(b.stored_len);
+                        let one = Read {
+                            start,
+                            end,
+                            blobs: vec![b],
+                        };
+                        let fetched = shared.repo.store().get_range(&key, start..end).await;
+                        let (shared, files) = (shared.clone(), files.clone());
+                        tokio::task::spawn_blocking(move || {
+                            writer::write_read(&shared, &files, pack, one, fetched)
+                        })
+                        .await?;
+                    }
+                    return Ok((pack, bytes));
+                }
                 tokio::task::spawn_blocking(move || {
                     writer::write_read(&shared, &files, pack, read, fetched)
                 })

@@ -39,6 +39,8 @@ pub enum HoldOp {
     Put,
     /// Deletions.
     Delete,
+    /// Whole-object reads.
+    Get,
 }
 
 /// Holds the matching operations (a kind, a key prefix) until released: a
@@ -224,6 +226,9 @@ impl Store for Faulty {
         self.inner.location()
     }
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        if let Some(hold) = self.holding(HoldOp::Get, key) {
+            Hold::until_released(hold.released.subscribe()).await;
+        }
         self.before("reading", key).await?;
         self.inner.get(key).await
     }
